@@ -1,0 +1,28 @@
+"""robgen: the generative model hidden inside an image classifier.
+
+Energies from logits, attacks (PGD, HE-PGD, APGD, FGSM) with per-step traces,
+and the training-free energy detector of Beadini & Masi, "Exploring the
+Connection between Robust and Generative Models" (Ital-IA 2023).
+
+    import robgen
+    model = robgen.load_model("timm:resnet10_cifar", pretrained=False)
+    x_adv = robgen.PGD(model, eps=8/255, alpha=1/255, steps=10)(x, y)
+    e = robgen.energy(model(x_adv))
+"""
+
+from . import attacks, data, metrics
+from .attacks import APGD, FGSM, HEPGD, PGD, Attack, HighEnergyPGD, Trace, make_attack
+from .detector import EnergyDetector
+from .energy import EnergyRecord, class_energy, compute_energies, energy, log_prob_given_x
+from .images import load_image, save_image
+from .models import Classifier, ModelSpec, list_models, load_checkpoint, load_model, save_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load_model", "list_models", "load_checkpoint", "save_checkpoint", "Classifier", "ModelSpec",
+    "energy", "class_energy", "log_prob_given_x", "compute_energies", "EnergyRecord",
+    "Attack", "FGSM", "PGD", "HighEnergyPGD", "HEPGD", "APGD", "Trace", "make_attack",
+    "EnergyDetector", "load_image", "save_image",
+    "attacks", "data", "metrics", "__version__",
+]

@@ -1,0 +1,29 @@
+"""Adversarial attacks sharing one projected-gradient loop.
+
+`PGD`, `FGSM`, `HighEnergyPGD` (alias `HEPGD`) and `APGD`; the loop, the
+threat models and the objectives are in loop.py, constraints.py and
+objectives.py, so a new attack is a subclass with another `objective`.
+"""
+
+from .apgd import APGD
+from .base import Attack
+from .constraints import L2Ball, LinfBall, Unconstrained, make_constraint
+from .hepgd import HEPGD, HighEnergyPGD
+from .loop import Trace, eval_mode, projected_gradient_ascent
+from .pgd import FGSM, PGD
+
+ATTACKS = {"fgsm": FGSM, "pgd": PGD, "hepgd": HighEnergyPGD, "apgd": APGD}
+
+
+def make_attack(name: str, model, **settings) -> Attack:
+    """An attack by name ("fgsm", "pgd", "hepgd", "apgd") with its settings."""
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}: choose from {', '.join(ATTACKS)}")
+    return ATTACKS[key](model, **settings)
+
+
+__all__ = [
+    "Attack", "PGD", "FGSM", "HighEnergyPGD", "HEPGD", "APGD", "Trace", "LinfBall", "L2Ball", "Unconstrained",
+    "make_constraint", "make_attack", "projected_gradient_ascent", "eval_mode", "ATTACKS",
+]

@@ -1,0 +1,78 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness
+with an ensemble of diverse parameter-free attacks"), through torchattacks.
+
+torchattacks' APGD seeds the global RNG; here it runs inside
+`torch.random.fork_rng`, seeded from our generator, so the caller's global
+random state is left as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..checks import check_steps
+from .base import Attack
+
+
+class APGD(Attack):
+    """Step-size-free PGD with momentum; `loss` is "ce" or "dlr".
+
+    Its trace holds two entries, the clean input (step 0) and the result,
+    since torchattacks does not expose its iterates.
+
+    Example:
+        >>> x_adv = APGD(model, eps=8/255, steps=10)(x, y)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eps: float = 8 / 255,
+        steps: int = 10,
+        norm: str = "linf",
+        loss: str = "ce",
+        n_restarts: int = 1,
+        rho: float = 0.75,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=eps, steps=steps, norm=norm, random_start=True, generator=generator)
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"APGD supports norm 'linf' or 'l2', got {norm!r}")
+        if loss not in ("ce", "dlr"):
+            raise ValueError(f"APGD loss must be 'ce' or 'dlr', got {loss!r}")
+        self.loss, self.n_restarts, self.rho = loss, check_steps(n_restarts, "n_restarts"), float(rho)
+
+    def perturb(self, x, y, target, recorder, progress):
+        if target is not None:
+            raise ValueError("APGD here is untargeted: call it without target (torchattacks.APGDT is the targeted one)")
+        import torchattacks
+
+        if self.generator is not None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        else:
+            seed = 0
+        devices = [x.device] if x.device.type == "cuda" else []
+        if recorder is not None:
+            self._record(recorder, 0, x, y)
+        with torch.random.fork_rng(devices=devices):
+            atk = torchattacks.APGD(
+                self.model, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps, steps=self.steps,
+                n_restarts=self.n_restarts, seed=seed, loss=self.loss, eot_iter=1, rho=self.rho, verbose=False,
+            )
+            x_adv = atk(x, y).detach()
+        x_adv = self.constraint.project(x_adv, x)  # guard float drift
+        if recorder is not None:
+            self._record(recorder, self.steps, x_adv, y)
+        if progress is not None:
+            progress(1.0)
+        return x_adv
+
+    @torch.no_grad()
+    def _record(self, recorder, step, images, labels):
+        logits = self.model(images)
+        recorder.record(step, logits, torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
+
+    def __repr__(self) -> str:
+        return f"APGD(eps={self.eps:.5g}, steps={self.steps}, norm={self.norm!r}, loss={self.loss!r})"

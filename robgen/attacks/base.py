@@ -1,0 +1,106 @@
+"""`Attack`: settings at construction, data at call time (as in torchattacks).
+
+    attack = PGD(model, eps=8/255, alpha=1/255, steps=10)
+    x_adv = attack(x, y)                          # untargeted
+    x_adv = attack(x, y, target=t)                # targeted toward classes t
+    x_adv, trace = attack(x, y, return_trace=True)
+
+Calling checks the inputs, puts the model in eval mode (restoring the
+caller's mode afterwards) and returns pixels in [0, 1] inside the eps-ball.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+
+from ..checks import check_labels, check_pixels, check_positive, check_steps
+from .constraints import make_constraint
+from .loop import Objective, Trace, TraceRecorder, eval_mode, projected_gradient_ascent
+from .objectives import cross_entropy, negative_cross_entropy
+
+
+class Attack:
+    """A projected-gradient attack; subclasses choose the objective.
+
+    Args:
+        model: a classifier taking [0, 1] pixels and returning logits.
+        eps: radius of the threat model (L-inf: in pixel units, e.g. 8/255).
+        alpha: step size.
+        steps: number of gradient steps (>= 1).
+        norm: "linf" or "l2".
+        random_start: start from a uniform point of the eps-ball.
+        generator: a `torch.Generator` for the random start (global RNG untouched).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 1 / 255,
+        steps: int = 10,
+        norm: str = "linf",
+        random_start: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        self.model = model
+        self.constraint = make_constraint(norm, eps)
+        self.eps = self.constraint.eps
+        self.norm = self.constraint.norm
+        self.alpha = check_positive(alpha, "alpha")
+        self.steps = check_steps(steps)
+        self.random_start = bool(random_start)
+        self.generator = generator
+
+    def objective(self, labels: torch.Tensor, target: Optional[torch.Tensor]) -> Objective:
+        """What to ascend: CE away from the labels, or -CE toward the target."""
+        if target is not None:
+            return lambda logits: negative_cross_entropy(logits, target)
+        return lambda logits: cross_entropy(logits, labels)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: Optional[torch.Tensor] = None,
+        return_trace: bool = False,
+        progress: Optional[Callable] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, Trace]]:
+        """Adversarial versions of `x` (true labels `y`; `target` makes it targeted)."""
+        x, y, target = self._check_inputs(x, y, target)
+        recorder = TraceRecorder(y, target) if return_trace else None
+        with eval_mode(self.model):
+            x_adv = self.perturb(x, y, target, recorder, progress)
+        if return_trace:
+            return x_adv, recorder.finish()
+        return x_adv
+
+    def perturb(self, x, y, target, recorder, progress) -> torch.Tensor:
+        return projected_gradient_ascent(
+            self.model, x, self.objective(y, target), self.constraint, self.steps, self.alpha,
+            random_start=self.random_start, generator=self.generator, recorder=recorder, progress=progress,
+        )
+
+    def _check_inputs(self, x, y, target):
+        spec = getattr(self.model, "spec", None)
+        channels = spec.input_size[0] if spec is not None else None
+        check_pixels(x, channels)
+        num_classes = spec.num_classes if spec is not None else None
+        if num_classes is None:
+            with torch.no_grad(), eval_mode(self.model):
+                num_classes = self.model(x[:1]).shape[1]
+        device = x.device
+        y = torch.as_tensor(y, device=device)
+        check_labels(y, x.shape[0], num_classes)
+        if target is not None:
+            target = torch.as_tensor(target, device=device)
+            check_labels(target, x.shape[0], num_classes, name="target")
+            target = target.long()
+        return x, y.long(), target
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(eps={self.eps:.5g}, alpha={self.alpha:.5g}, steps={self.steps}, "
+            f"norm={self.norm!r}, random_start={self.random_start})"
+        )

@@ -1,0 +1,108 @@
+"""Threat models for the projected-gradient loop: L-inf ball, L2 ball, none.
+
+Each constraint knows three things about its set around the clean image x:
+how to draw a random start inside it, which direction of steepest ascent a
+gradient gives under its norm, and how to project back into it (and into the
+valid pixel range [0, 1]).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..checks import check_positive
+
+
+def random_uniform(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """U[0, 1) noise drawn from `generator` (on its own device) and moved to `like`'s."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def random_normal(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _flat_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-example L2 norms, shaped (N, 1, 1, 1) for broadcasting."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+class LinfBall:
+    """{x' : ||x' - x||_inf <= eps} ∩ [0, 1]^d; steepest ascent is sign(grad)."""
+
+    norm = "linf"
+
+    def __init__(self, eps: float) -> None:
+        self.eps = check_positive(eps, "eps")
+        if self.eps > 1:
+            raise ValueError(
+                f"L-inf eps={eps} is larger than the whole pixel range [0, 1]; pixels are in [0, 1], "
+                f"so did you mean {eps}/255 = {self.eps / 255:.4f}?"
+            )
+
+    def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        noise = random_uniform(x.shape, x, generator) * (2 * self.eps) - self.eps
+        return (x + noise).clamp_(0, 1)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.sign()
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        delta = (x_adv - x).clamp_(-self.eps, self.eps)
+        return (x + delta).clamp_(0, 1)
+
+
+class L2Ball:
+    """{x' : ||x' - x||_2 <= eps} ∩ [0, 1]^d; steepest ascent is grad / ||grad||."""
+
+    norm = "l2"
+
+    def __init__(self, eps: float) -> None:
+        self.eps = check_positive(eps, "eps")
+
+    def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        # A uniform direction scaled by a uniform radius in [0, eps].
+        direction = random_normal(x.shape, x, generator)
+        direction = direction / _flat_norms(direction).clamp_min(1e-12)
+        radius = random_uniform((x.shape[0],) + (1,) * (x.ndim - 1), x, generator) * self.eps
+        return (x + direction * radius).clamp_(0, 1)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad / (_flat_norms(grad) + 1e-10)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        delta = x_adv - x
+        scale = (self.eps / _flat_norms(delta).clamp_min(1e-12)).clamp_(max=1.0)
+        return (x + delta * scale).clamp_(0, 1)
+
+
+class Unconstrained:
+    """Only the pixel range [0, 1]; steps along the L2-normalised gradient."""
+
+    norm = "none"
+    eps = float("inf")
+
+    def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return x.clone()
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad / (_flat_norms(grad) + 1e-10)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x_adv.clamp_(0, 1)
+
+
+def make_constraint(norm: str, eps: float):
+    """The constraint for a norm name: "linf" / "inf", "l2" or "none"."""
+    key = str(norm).lower().replace("-", "").replace("_", "")
+    if key in ("linf", "inf"):
+        return LinfBall(eps)
+    if key == "l2":
+        return L2Ball(eps)
+    if key == "none":
+        return Unconstrained()
+    raise ValueError(f"unknown norm {norm!r}: use 'linf' or 'l2'")

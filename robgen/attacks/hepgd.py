@@ -1,0 +1,61 @@
+"""High-Energy PGD (Beadini & Masi, Ital-IA 2023).
+
+Untargeted PGD lowers the energy E(x) = -logsumexp(f(x)) of its examples below
+that of natural images, so a threshold on E(x) detects them. HE-PGD ascends
+
+    CE(f(x + δ), y) + λ · E(x + δ)
+
+instead, fooling the classifier while keeping the energy at the level of
+natural data, which defeats the energy detector. The paper uses λ ≈ 1.2,
+step 1/255 and a random start in the eps-ball.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..checks import check_positive
+from .base import Attack
+from .objectives import high_energy_loss
+
+
+class HighEnergyPGD(Attack):
+    """PGD on CE + lam * E(x); `lam=0` is exactly `PGD`.
+
+    Example:
+        >>> attack = HighEnergyPGD(model, eps=8/255, alpha=1/255, steps=40, lam=1.2)
+        >>> x_adv = attack(x, y)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 1 / 255,
+        steps: int = 10,
+        lam: float = 1.2,
+        T: float = 1.0,
+        norm: str = "linf",
+        random_start: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start, generator=generator)
+        lam = float(lam)
+        if not math.isfinite(lam):
+            raise ValueError(f"lam must be a finite number, got {lam}")
+        self.lam = lam
+        self.T = check_positive(T, "T")
+
+    def objective(self, labels, target):
+        if target is not None:
+            raise ValueError("HighEnergyPGD is an untargeted attack: call it without target")
+        return lambda logits: high_energy_loss(logits, labels, self.lam, self.T)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", lam={self.lam:g})"
+
+
+HEPGD = HighEnergyPGD

@@ -1,0 +1,36 @@
+"""FGSM and PGD, the standard first-order attacks.
+
+FGSM: Goodfellow et al. 2015, "Explaining and Harnessing Adversarial Examples".
+PGD: Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks".
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import Attack
+
+
+class PGD(Attack):
+    """Projected gradient descent on the cross-entropy, L-inf or L2.
+
+    Example:
+        >>> attack = PGD(model, eps=8/255, alpha=1/255, steps=10)
+        >>> x_adv = attack(x, y)
+        >>> x_adv, trace = attack(x, y, return_trace=True)   # per-step energy, accuracy, loss
+    """
+
+
+class FGSM(Attack):
+    """One step of size eps along sign(∇ CE) (L-inf), or along ∇ CE / ||∇ CE|| (L2, "FGM").
+
+    Example:
+        >>> x_adv = FGSM(model, eps=8/255)(x, y)
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, eps: float = 8 / 255, norm: str = "linf", generator: Optional[torch.Generator] = None
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=eps, steps=1, norm=norm, random_start=False, generator=generator)

@@ -1,0 +1,211 @@
+"""Data sets as [0, 1] pixel tensors: CIFAR-10/100, Imagenette, any ImageFolder.
+
+Online, torchvision downloads the originals (`download=True`). Offline, point
+robgen at a folder holding them (`root=...`, the CLI's `--data-root`, or the
+`ROBGEN_DATA` environment variable; default `~/.cache/robgen-data`), in either
+layout:
+- torchvision's own (`cifar-10-batches-py/`, `imagenette2-160/`), or
+- ImageFolder (`cifar10/{train,test}/<class>/*.png|jpg`).
+
+ImageFolder lists images class by class, so the loaders here reorder them to
+interleave the classes (image 0 of every class, then image 1, ...): the first
+N images of a split are then class-balanced, and for CIFAR-10 the order is
+close to the original test order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+DATA_ENV = "ROBGEN_DATA"
+KNOWN = ("cifar10", "cifar100", "imagenette")
+_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "imagenette": ("train", "val")}
+
+
+def default_data_root(root: Optional[Union[str, Path]] = None) -> Path:
+    """`root`, else `$ROBGEN_DATA`, else `~/.cache/robgen-data`."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path.home() / ".cache" / "robgen-data"
+
+
+def pixel_transform(image_size: Optional[int] = None, train: bool = False):
+    """PIL image -> float tensor in [0, 1]; resized and centre-cropped to `image_size` if given.
+
+    `train=True` adds the standard augmentation (random crop with padding for
+    small images, random resized crop for larger ones, horizontal flip).
+    """
+    from torchvision import transforms as T
+
+    steps = []
+    if train:
+        if image_size is None or image_size <= 64:
+            size = image_size or 32
+            steps += [T.Resize(size), T.CenterCrop(size)] if image_size else []
+            steps += [T.RandomCrop(size, padding=size // 8, padding_mode="reflect")]
+        else:
+            steps += [T.RandomResizedCrop(image_size, scale=(0.35, 1.0))]
+        steps += [T.RandomHorizontalFlip()]
+    elif image_size is not None:
+        steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+    steps.append(T.ToTensor())
+    return T.Compose(steps)
+
+
+def load_dataset(
+    name: Union[str, Path],
+    split: str = "test",
+    root: Optional[Union[str, Path]] = None,
+    download: bool = False,
+    image_size: Optional[int] = None,
+    train_augment: bool = False,
+    transform=None,
+) -> Dataset:
+    """A data set yielding (pixels in [0, 1] of shape (3, H, W), label); `.classes` lists its labels.
+
+    Args:
+        name: "cifar10", "cifar100", "imagenette", or the path of an ImageFolder root
+            (class sub-folders; pass the split folder itself).
+        split: "train" or "test" ("val" is the test split of Imagenette).
+        root: where the data sets live (see module docs); ignored for a path name.
+        download: let torchvision download a missing data set (needs the internet).
+        image_size: resize + centre-crop to this size (Imagenette default: 160).
+    """
+    key = str(name).lower()
+    if key in KNOWN:
+        split = _normalise_split(key, split)
+        data_root = default_data_root(root)
+        if key == "imagenette" and image_size is None:
+            image_size = 160
+        transform = transform or pixel_transform(image_size, train_augment)
+        dataset = _load_known(key, split, data_root, download, transform)
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"unknown data set {str(name)!r}: use one of {', '.join(KNOWN)} or an existing ImageFolder path"
+            )
+        transform = transform or pixel_transform(image_size, train_augment)
+        dataset = _image_folder(folder, transform)
+    return dataset
+
+
+def _normalise_split(key: str, split: str) -> str:
+    train_name, test_name = _SPLITS[key]
+    split = split.lower()
+    if split in ("train",):
+        return train_name
+    if split in ("test", "val", "validation"):
+        return test_name
+    raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
+
+
+def _load_known(key: str, split: str, data_root: Path, download: bool, transform) -> Dataset:
+    from torchvision import datasets
+
+    image_folder = data_root / key / split
+    if image_folder.is_dir():
+        return _image_folder(image_folder, transform)
+    if key in ("cifar10", "cifar100"):
+        cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
+        pickled = data_root / ("cifar-10-batches-py" if key == "cifar10" else "cifar-100-python")
+        if pickled.is_dir() or download:
+            return cls(str(data_root), train=split == "train", transform=transform, download=download)
+    else:
+        if (data_root / "imagenette2-160" / split).is_dir() or download:
+            dataset = datasets.Imagenette(str(data_root), split=split, size="160px", transform=transform, download=download)
+            return _interleaved(dataset, [label for _, label in dataset._samples], dataset.classes)
+    raise FileNotFoundError(
+        f"{key} ({split}) not found under {data_root}. Online: pass download=True (CLI: --download). Offline: point "
+        f"--data-root or ${DATA_ENV} at a folder holding {key}/{split}/<class>/ images"
+        + (" or imagenette2-160/" if key == "imagenette" else f" or torchvision's {key} files")
+        + " (e.g. unpack an archive there with tar xzf)"
+    )
+
+
+def _image_folder(folder: Path, transform) -> Dataset:
+    from torchvision import datasets
+
+    try:
+        dataset = datasets.ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise FileNotFoundError(
+            f"{folder} does not have the ImageFolder layout <root>/<class>/<image> with images inside ({error})"
+        ) from None
+    return _interleaved(dataset, dataset.targets, dataset.classes)
+
+
+class _Interleaved(Subset):
+    """A reordering of a class-sorted data set that keeps its `.classes`."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], classes: List[str], targets: List[int]) -> None:
+        super().__init__(dataset, list(indices))
+        self.classes = list(classes)
+        self.targets = [targets[i] for i in self.indices]
+
+
+def _interleaved(dataset: Dataset, targets: Sequence[int], classes: List[str]) -> Dataset:
+    rank_in_class, seen = [], {}
+    for label in targets:
+        rank_in_class.append(seen.get(label, 0))
+        seen[label] = rank_in_class[-1] + 1
+    order = sorted(range(len(targets)), key=lambda i: (rank_in_class[i], targets[i]))
+    return _Interleaved(dataset, order, classes, list(targets))
+
+
+def class_names(dataset: Dataset) -> List[str]:
+    """The class labels of a data set (or of the data set a Subset draws from)."""
+    while not hasattr(dataset, "classes") and isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if not hasattr(dataset, "classes"):
+        raise ValueError("this data set does not list its classes (no .classes attribute)")
+    return list(dataset.classes)
+
+
+def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Subset, Subset]:
+    """Hold `val_size` examples out of `dataset`, chosen by a seeded permutation.
+
+    The same seed always gives the same split (the paper uses 45k/5k on CIFAR-10).
+    """
+    n = len(dataset)
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size must be between 1 and {n - 1} for a data set of {n} examples, got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[val_size:])), Subset(dataset, sorted(order[:val_size]))
+
+
+def first(dataset: Dataset, limit: Optional[int], what: str = "split") -> Dataset:
+    """The first `limit` examples (all if None); a limit beyond the data is an error."""
+    if limit is None:
+        return dataset
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if limit > len(dataset):
+        raise ValueError(f"limit {limit} is larger than the {what}, which has {len(dataset)} examples")
+    return Subset(dataset, range(limit))
+
+
+def make_loader(dataset: Dataset, batch_size: int = 256, shuffle: bool = False, workers: int = 0, seed: int = 0) -> DataLoader:
+    """A DataLoader with a seeded shuffle (no global RNG) and pinned memory when CUDA is present."""
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+    )
+
+
+def load_tensors(dataset: Dataset, limit: Optional[int] = None, batch_size: int = 500) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All (or the first `limit`) examples stacked into (images, labels) tensors."""
+    subset = first(dataset, limit)
+    images, labels = [], []
+    for x, y in make_loader(subset, batch_size=batch_size):
+        images.append(x)
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)

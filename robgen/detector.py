@@ -1,0 +1,133 @@
+"""`EnergyDetector`: flag inputs whose energy E(x) is at or below a threshold.
+
+Beadini & Masi (2023): PGD adversarial examples have lower energy than natural
+images, so a threshold on E(x) fitted on a validation set detects them without
+training anything. The threshold rule ("gmean", "youden" or "fpr") and,
+optionally, the temperature T of E(x) = -T logsumexp(f(x)/T) are chosen on
+validation data; the temperature by AUROC over {0.1, ..., 20}.
+
+    detector = EnergyDetector(rule="gmean").fit(clean_val_energy, adv_val_energy)
+    flagged = detector.predict(test_energy)              # bool, True = adversarial
+    report = detector.evaluate(clean_test_energy, adv_test_energy)
+
+Inputs are 1-D energies, or 2-D logits (needed for the temperature search).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+
+from .energy import energy as free_energy
+from .metrics import RULES, auroc, choose_threshold, detection_metrics
+
+TEMPERATURES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+
+
+class EnergyDetector:
+    """Threshold detector on E(x); adversarial = `energy <= threshold`.
+
+    Args:
+        rule: "gmean" (max sqrt(TPR (1 - FPR))), "youden" (max TPR - FPR) or
+            "fpr" (highest threshold with FPR <= target_fpr).
+        temperature: a number, or "search" to pick T by validation AUROC from
+            `temperatures` (then fit/predict need logits).
+        target_fpr: the false-positive budget of the "fpr" rule.
+    """
+
+    def __init__(
+        self,
+        rule: str = "gmean",
+        temperature: Union[float, str] = 1.0,
+        target_fpr: float = 0.05,
+        temperatures: Sequence[float] = TEMPERATURES,
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
+        self.search_temperature = temperature == "search"
+        if not self.search_temperature:
+            temperature = float(temperature)
+            if not temperature > 0:
+                raise ValueError(f"temperature must be > 0 or 'search', got {temperature}")
+        self.rule = rule
+        self.temperature = 1.0 if self.search_temperature else temperature
+        self.target_fpr = float(target_fpr)
+        self.temperatures = tuple(float(t) for t in temperatures)
+        self.threshold: Optional[float] = None
+        self.validation: Dict[str, object] = {}
+
+    def energies(self, scores: torch.Tensor) -> torch.Tensor:
+        """E(x) at the detector's temperature: `scores` are energies (1-D) or logits (2-D)."""
+        scores = torch.as_tensor(scores)
+        if scores.ndim == 2:
+            return free_energy(scores.double(), self.temperature)
+        if scores.ndim == 1:
+            if self.temperature != 1.0 and self.search_temperature:
+                raise ValueError(
+                    f"this detector uses temperature {self.temperature:g}: pass logits (N, K), not energies, "
+                    "so that it can compute E(x) at that temperature"
+                )
+            return scores.double()
+        raise ValueError(f"expected energies (N,) or logits (N, K), got shape {tuple(scores.shape)}")
+
+    def fit(self, clean: torch.Tensor, adversarial: torch.Tensor) -> "EnergyDetector":
+        """Choose the temperature (if searching) and the threshold on validation data."""
+        if self.search_temperature:
+            clean, adversarial = torch.as_tensor(clean), torch.as_tensor(adversarial)
+            if clean.ndim != 2 or adversarial.ndim != 2:
+                raise ValueError("temperature='search' needs logits of shape (N, K) for fit, not energies")
+            table = {t: auroc(free_energy(clean.double(), t), free_energy(adversarial.double(), t)) for t in self.temperatures}
+            self.temperature = max(table, key=lambda t: (table[t], -abs(t - 1.0)))
+            self.validation["auroc_by_temperature"] = {str(t): a for t, a in table.items()}
+        clean_energy, adv_energy = self.energies(clean), self.energies(adversarial)
+        self.threshold = choose_threshold(clean_energy, adv_energy, self.rule, self.target_fpr)
+        self.validation.update(detection_metrics(clean_energy, adv_energy, self.threshold))
+        return self
+
+    def _require_fit(self) -> float:
+        if self.threshold is None:
+            raise RuntimeError("the detector has no threshold yet: call fit(clean, adversarial) or load(path) first")
+        return self.threshold
+
+    def predict(self, scores: torch.Tensor) -> torch.Tensor:
+        """True where the input is flagged adversarial (energy <= threshold)."""
+        return self.energies(scores) <= self._require_fit()
+
+    def evaluate(self, clean: torch.Tensor, adversarial: torch.Tensor) -> Dict[str, float]:
+        """Detection rate, FPR, FNR, AUROC, ... of the fitted threshold on (test) data."""
+        report = detection_metrics(self.energies(clean), self.energies(adversarial), self._require_fit())
+        report.update(rule=self.rule, temperature=self.temperature)
+        return report
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": self.rule, "temperature": self.temperature, "search_temperature": self.search_temperature,
+            "target_fpr": self.target_fpr, "temperatures": list(self.temperatures), "threshold": self.threshold,
+            "validation": self.validation,
+        }
+
+    def save(self, path: Union[str, Path]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "EnergyDetector":
+        try:
+            data = json.loads(Path(path).read_text())
+            detector = cls(rule=data["rule"], temperature=data["temperature"], target_fpr=data.get("target_fpr", 0.05),
+                           temperatures=data.get("temperatures", TEMPERATURES))
+            detector.search_temperature = bool(data.get("search_temperature", False))
+            detector.threshold = None if data["threshold"] is None else float(data["threshold"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a saved EnergyDetector ({type(error).__name__}: {error})") from None
+        detector.validation = data.get("validation", {})
+        return detector
+
+    def __repr__(self) -> str:
+        threshold = "unfitted" if self.threshold is None else f"{self.threshold:.4f}"
+        return f"EnergyDetector(rule={self.rule!r}, temperature={self.temperature:g}, threshold={threshold})"

@@ -1,0 +1,124 @@
+"""robgen's checkpoint format: a folder with `model.safetensors` and `config.json`.
+
+`config.json` holds the `ModelSpec` (architecture, classes, normalisation,
+input size, training recipe, measured accuracies) plus a format tag. The
+weights are the wrapped network's state dict; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Union
+
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .classifier import Classifier, ModelSpec
+
+FORMAT = "robgen-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def is_checkpoint_dir(path: Union[str, Path]) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dtype = None) -> Path:
+    """Write `model` to `folder` (created); `dtype=torch.float16` halves the size.
+
+    The files are written under temporary names and renamed into place, so a
+    run that dies mid-write keeps the previous complete checkpoint.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, tensor in model.net.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[key] = tensor
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.spec.to_dict()}
+    config.pop("source", None)
+    tmp_weights, tmp_config = folder / (WEIGHTS_FILE + ".tmp"), folder / (CONFIG_FILE + ".tmp")
+    save_file(state, str(tmp_weights))
+    tmp_config.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp_weights, folder / WEIGHTS_FILE)
+    os.replace(tmp_config, folder / CONFIG_FILE)
+    return folder
+
+
+def read_config(folder: Union[str, Path]) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); the checkpoint is corrupt") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a robgen checkpoint config (no \"format\": \"{FORMAT}\")")
+    return config
+
+
+def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Classifier:
+    """Rebuild the model saved in `folder` by `save_checkpoint`, in eval mode."""
+    folder = Path(folder)
+    if not is_checkpoint_dir(folder):
+        raise FileNotFoundError(f"{folder} is not a robgen checkpoint: it needs {WEIGHTS_FILE} and {CONFIG_FILE}")
+    config = read_config(folder)
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{folder} was written by a newer robgen (format {config['format_version']}); upgrade robgen")
+    try:
+        spec = ModelSpec.from_dict(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{folder / CONFIG_FILE} does not describe a model: {error}") from None
+    spec.source = str(folder)
+    net = build_network(spec)
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{folder / WEIGHTS_FILE} cannot be read ({error}); the checkpoint is corrupt") from None
+    load_weights(net, state, str(folder / WEIGHTS_FILE))
+    model = Classifier(net, spec).to(map_location)
+    return model.eval()
+
+
+def build_network(spec: ModelSpec) -> torch.nn.Module:
+    """An untrained network of the spec's architecture (from timm's registry)."""
+    from . import resnet_cifar  # noqa: F401  (registers robgen's architectures with timm)
+
+    if not timm.is_model(spec.architecture):
+        raise ValueError(f"unknown architecture {spec.architecture!r}: it is not in timm's registry")
+    return timm.create_model(
+        spec.architecture, pretrained=False, num_classes=spec.num_classes, in_chans=spec.input_size[0], **spec.arch_kwargs
+    )
+
+
+def load_weights(net: torch.nn.Module, state: dict, where: str) -> None:
+    """Load `state` into `net` strictly, casting dtypes, with a readable error on mismatch."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
+        if wrong_shape:
+            key = wrong_shape[0]
+            details.append(
+                f"{len(wrong_shape)} tensors of the wrong shape (e.g. {key}: {tuple(state[key].shape)} in the file, "
+                f"{tuple(expected[key].shape)} in the model)"
+            )
+        raise ValueError(
+            f"the weights in {where} do not match the architecture: {'; '.join(details)}. "
+            "Is the config's architecture (or width / num_classes) the one these weights were trained with?"
+        )
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

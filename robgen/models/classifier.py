@@ -1,0 +1,93 @@
+"""A classifier that takes [0, 1] pixels and carries its own spec.
+
+Everything outside the model works on [0, 1] NCHW pixels. `Classifier` holds
+the mean/std as registered buffers (so `.to(device)` moves them) and applies
+them before the wrapped network, and `model.spec` says what the model is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class ModelSpec:
+    """What a model is: enough to rebuild it, feed it and label its outputs."""
+
+    architecture: str  # a timm model name, e.g. "resnet10_cifar"
+    num_classes: int
+    class_labels: List[str]
+    mean: Tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: Tuple[float, ...] = (1.0, 1.0, 1.0)
+    input_size: Tuple[int, int, int] = (3, 32, 32)  # (C, H, W)
+    arch_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments, e.g. width
+    training: Dict[str, Any] = field(default_factory=dict)  # the recipe and data it was trained on
+    metrics: Dict[str, Any] = field(default_factory=dict)  # accuracies measured after training
+    source: str = ""  # where it was loaded from
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        self.input_size = tuple(int(v) for v in self.input_size)
+        self.class_labels = [str(label) for label in self.class_labels]
+        if len(self.input_size) != 3:
+            raise ValueError(f"input_size must be (C, H, W), got {self.input_size}")
+        channels = self.input_size[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean and std need {channels} values each, got {self.mean} and {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if len(self.class_labels) != self.num_classes:
+            raise ValueError(f"{self.num_classes} classes but {len(self.class_labels)} class labels")
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"], data["input_size"] = list(self.mean), list(self.std), list(self.input_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ModelSpec":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def class_index(self, label) -> int:
+        """The index of a class given as an index or a label name."""
+        if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
+            lowered = [name.lower() for name in self.class_labels]
+            if label.lower() not in lowered:
+                raise ValueError(f"unknown class {label!r}; this model's classes are: {', '.join(self.class_labels)}")
+            return lowered.index(label.lower())
+        index = int(label)
+        if not 0 <= index < self.num_classes:
+            raise ValueError(f"class index {index} is out of range: this model has classes 0..{self.num_classes - 1}")
+        return index
+
+
+class Classifier(nn.Module):
+    """`net((x - mean) / std)` for x in [0, 1]; `spec` describes the model."""
+
+    def __init__(self, net: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        channels = spec.input_size[0]
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(
+                f"expected images of shape (N, {self.mean.shape[1]}, H, W) with pixels in [0, 1], got {tuple(x.shape)}"
+            )
+        return self.net((x - self.mean) / self.std)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.spec.architecture!r}, num_classes={self.spec.num_classes}, source={self.spec.source!r}"

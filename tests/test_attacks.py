@@ -1,0 +1,173 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+
+from robgen import APGD, FGSM, HEPGD, PGD, HighEnergyPGD, energy, make_attack
+from robgen.attacks import L2Ball, LinfBall, projected_gradient_ascent
+from tests.conftest import tiny_model
+
+
+def ce(model, x, y):
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y, reduction="none")
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_pgd_stays_in_the_eps_ball_and_pixel_range(model, batch, norm, eps):
+    x, y = batch
+    x_adv = PGD(model, eps=eps, alpha=eps / 4, steps=5, norm=norm, generator=torch.Generator().manual_seed(0))(x, y)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-6).all()
+    assert (size > eps / 2).all(), "the attack moved"
+
+
+def test_pgd_raises_the_loss(model, batch):
+    x, y = batch
+    x_adv = PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
+    assert (ce(model, x_adv, y) > ce(model, x, y)).all()
+
+
+def test_pgd_without_random_start_equals_torchattacks(model, batch):
+    x, y = batch
+    ours = PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_l2_pgd_without_random_start_equals_torchattacks(model, batch):
+    x, y = batch
+    ours = PGD(model, eps=0.5, alpha=0.1, steps=5, norm="l2", random_start=False)(x, y)
+    theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=5, random_start=False)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_hepgd_with_zero_lambda_is_pgd(model, batch):
+    x, y = batch
+    pgd = PGD(model, eps=8 / 255, alpha=1 / 255, steps=5, generator=torch.Generator().manual_seed(3))(x, y)
+    he = HEPGD(model, eps=8 / 255, alpha=1 / 255, steps=5, lam=0.0, generator=torch.Generator().manual_seed(3))(x, y)
+    assert torch.equal(pgd, he)
+    assert HEPGD is HighEnergyPGD
+
+
+def test_hepgd_raises_energy_relative_to_pgd(model, batch):
+    x, y = batch
+    pgd = PGD(model, eps=8 / 255, alpha=1 / 255, steps=10, random_start=False)(x, y)
+    he = HEPGD(model, eps=8 / 255, alpha=1 / 255, steps=10, lam=5.0, random_start=False)(x, y)
+    with torch.no_grad():
+        assert energy(model(he)).mean() > energy(model(pgd)).mean()
+
+
+def test_targeted_pgd_raises_the_target_probability(model, batch):
+    x, y = batch
+    target = (y + 1) % 10
+    x_adv, trace = PGD(model, eps=16 / 255, alpha=2 / 255, steps=10)(x, y, target=target, return_trace=True)
+    with torch.no_grad():
+        before = model(x).softmax(1).gather(1, target.view(-1, 1))
+        after = model(x_adv).softmax(1).gather(1, target.view(-1, 1))
+    assert (after > before).all()
+    assert len(trace.target_prob) == 11 and trace.target_prob[-1] > trace.target_prob[0]
+
+
+def test_trace_records_every_iterate(model, batch):
+    x, y = batch
+    x_adv, trace = PGD(model, eps=8 / 255, alpha=1 / 255, steps=4, random_start=False)(x, y, return_trace=True)
+    assert trace.step == [0, 1, 2, 3, 4]
+    with torch.no_grad():
+        clean_logits, adv_logits = model(x), model(x_adv)
+    assert trace.energy_mean[0] == pytest.approx(float(energy(clean_logits).mean()), abs=1e-5)
+    assert trace.energy_mean[-1] == pytest.approx(float(energy(adv_logits).mean()), abs=1e-5)
+    assert trace.accuracy[-1] == pytest.approx(float((adv_logits.argmax(1) == y).float().mean()))
+    assert trace.loss[-1] == pytest.approx(float(ce(model, x_adv, y).mean()), abs=1e-5)
+    assert trace.loss[-1] > trace.loss[0]
+    assert trace.target_prob == []
+
+
+def test_fgsm_is_one_step_of_size_eps(model, batch):
+    x, y = batch
+    x.requires_grad_(True)
+    grad = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)[0]
+    x = x.detach()
+    expected = (x + 8 / 255 * grad.sign()).clamp(0, 1)
+    assert torch.allclose(FGSM(model, eps=8 / 255)(x, y), expected, atol=1e-6)
+
+
+def test_model_mode_is_restored_and_global_rng_untouched(model, batch):
+    x, y = batch
+    model.train()
+    state = torch.random.get_rng_state()
+    PGD(model, steps=2, generator=torch.Generator().manual_seed(0))(x, y)
+    APGD(model, steps=2, generator=torch.Generator().manual_seed(0))(x, y)
+    assert model.training
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_generator_makes_random_starts_reproducible(model, batch):
+    x, y = batch
+    runs = [PGD(model, steps=2, generator=torch.Generator().manual_seed(s))(x, y) for s in (5, 5, 6)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_apgd_stays_in_the_ball_and_fools_the_model(model, batch):
+    x, _ = batch
+    with torch.no_grad():
+        y = model(x).argmax(1)  # APGD leaves already-misclassified points alone: start from correct ones
+    eps = 16 / 255  # the random model is too flat to fool at 8/255
+    x_adv, trace = APGD(model, eps=eps, steps=5, generator=torch.Generator().manual_seed(0))(x, y, return_trace=True)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert ce(model, x_adv, y).mean() > ce(model, x, y).mean()
+    assert trace.step == [0, 5] and trace.accuracy[0] == 1.0 and trace.accuracy[1] < 1.0
+
+
+def test_one_loop_with_pluggable_objective(model, batch):
+    """A new attack is an objective: here, lowering the energy directly."""
+    x, _ = batch
+    x_low = projected_gradient_ascent(
+        model, x, lambda logits: -energy(logits, check=False), LinfBall(8 / 255), steps=5, step_size=2 / 255
+    )
+    with torch.no_grad():
+        assert (energy(model(x_low)) < energy(model(x))).all()
+    ball = L2Ball(1.0)
+    projected = ball.project(x + torch.randn_like(x), x)
+    assert ((projected - x).flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
+
+
+def test_loop_keeps_no_graph_between_steps(model, batch):
+    x, y = batch
+    x_adv = PGD(model, steps=3)(x, y)
+    assert not x_adv.requires_grad and x_adv.grad_fn is None
+    assert all(p.grad is None for p in model.parameters()), "no parameter gradients are accumulated"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(eps=0), "eps must be > 0"),
+        (dict(eps=-0.1), "eps must be > 0"),
+        (dict(eps=8), "8/255"),
+        (dict(steps=0), "steps must be >= 1"),
+        (dict(alpha=0), "alpha must be > 0"),
+        (dict(norm="l3"), "unknown norm"),
+    ],
+)
+def test_bad_settings_are_refused(model, settings, message):
+    with pytest.raises(ValueError, match=message):
+        PGD(model, **settings)
+
+
+def test_bad_data_is_refused(model, batch):
+    x, y = batch
+    attack = PGD(model, steps=1)
+    with pytest.raises(ValueError, match="divide by 255"):
+        attack(x * 255, y)
+    with pytest.raises(ValueError, match="channels"):
+        attack(x[:, :1], y)
+    with pytest.raises(ValueError, match="10 classes"):
+        attack(x, y + 10)
+    with pytest.raises(ValueError, match="untargeted"):
+        HEPGD(model, steps=1)(x, y, target=y)
+    with pytest.raises(ValueError, match="unknown attack"):
+        make_attack("cw", model)

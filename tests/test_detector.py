@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from robgen import EnergyDetector, energy
+from robgen.metrics import auroc, choose_threshold, detection_metrics, roc_curve
+
+
+def test_auroc_by_hand():
+    # adversarial = lower energy. Pairs (a, c) with a < c count 1, ties 1/2.
+    clean = [1.0, 2.0, 3.0]
+    adv = [0.0, 2.0]
+    # a=0: beats 1,2,3 -> 3; a=2: beats 3 -> 1, ties 2 -> 0.5. Total 4.5 / 6.
+    assert auroc(clean, adv) == pytest.approx(4.5 / 6)
+    assert auroc([1.0, 2.0], [-1.0, 0.0]) == 1.0
+    assert auroc([-1.0, 0.0], [1.0, 2.0]) == 0.0
+    assert auroc([5.0, 5.0], [5.0]) == 0.5
+
+
+def test_roc_curve_by_hand():
+    thresholds, tpr, fpr = roc_curve([1.0, 3.0], [0.0, 2.0])
+    assert thresholds.tolist() == [-math.inf, 0.0, 1.0, 2.0, 3.0]
+    assert tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
+
+
+def test_threshold_rules_by_hand():
+    clean = [1.0, 3.0, 4.0, 5.0]
+    adv = [0.0, 2.0, 3.5, 6.0]
+    # candidates t: (tpr, fpr): 0:(.25,0) 1:(.25,.25) 2:(.5,.25) 3:(.5,.5) 3.5:(.75,.5) 4:(.75,.75) 5:(.75,1) 6:(1,1)
+    # gmean: 0 -> .5, 2 -> sqrt(.375)=.612, 3.5 -> .612 ; first maximum (lowest) is 2
+    assert choose_threshold(clean, adv, "gmean") == 2.0
+    # youden: 0 -> .25, 2 -> .25, 3.5 -> .25 -> lowest is 0
+    assert choose_threshold(clean, adv, "youden") == 0.0
+    # fpr <= 0.25: highest tpr is at t=2 (tpr .5)
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.25) == 2.0
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.0) == 0.0
+    report = detection_metrics(clean, adv, 2.0)
+    assert report["detection_rate"] == 0.5 and report["false_positive_rate"] == 0.25
+    assert report["false_negative_rate"] == 0.5 and report["g_mean"] == pytest.approx(math.sqrt(0.375))
+
+
+def test_threshold_is_right_on_known_distributions():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(20000, generator=g)
+    adv = torch.randn(20000, generator=g) - 3.0
+    # equal-variance Gaussians 3 apart: both rules put the threshold half way, at -1.5
+    for rule in ("gmean", "youden"):
+        detector = EnergyDetector(rule=rule).fit(clean, adv)
+        assert detector.threshold == pytest.approx(-1.5, abs=0.1)
+    detector = EnergyDetector(rule="fpr", target_fpr=0.05).fit(clean, adv)
+    assert detector.threshold == pytest.approx(-1.645, abs=0.05)  # the 5% quantile of N(0, 1)
+    report = detector.evaluate(torch.randn(20000, generator=g), torch.randn(20000, generator=g) - 3.0)
+    assert report["false_positive_rate"] == pytest.approx(0.05, abs=0.01)
+    assert report["detection_rate"] == pytest.approx(0.9123, abs=0.01)  # P(N(-3,1) <= -1.645)
+    assert report["auroc"] == pytest.approx(0.9831, abs=0.005)  # Phi(3 / sqrt 2)
+
+
+def test_predict_flags_low_energy():
+    detector = EnergyDetector().fit(torch.tensor([0.0, 1.0]), torch.tensor([-3.0, -2.0]))
+    flagged = detector.predict(torch.tensor([-5.0, detector.threshold, 10.0]))
+    assert flagged.dtype == torch.bool and flagged.tolist() == [True, True, False]
+
+
+def test_temperature_search_picks_the_best_auroc():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(400, 10, generator=g) * 3
+    adv = torch.randn(400, 10, generator=g) * 3
+    adv[:, 0] += 4.0  # a larger top logit: separable at low temperature, washed out at high T
+    detector = EnergyDetector(temperature="search").fit(clean, adv)
+    table = detector.validation["auroc_by_temperature"]
+    assert len(table) == 8
+    assert detector.temperature == float(max(table, key=table.get))
+    assert table[str(detector.temperature)] >= table["20.0"]
+    assert torch.equal(detector.energies(adv), energy(adv.double(), detector.temperature))
+    with pytest.raises(ValueError, match="logits"):
+        EnergyDetector(temperature="search").fit(clean[:, 0], adv[:, 0])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    detector = EnergyDetector(rule="youden").fit(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-1.0, 0.5]))
+    path = detector.save(tmp_path / "det" / "detector.json")
+    loaded = EnergyDetector.load(path)
+    assert loaded.threshold == detector.threshold and loaded.rule == "youden" and loaded.temperature == 1.0
+    scores = torch.linspace(-2, 3, 11)
+    assert torch.equal(loaded.predict(scores), detector.predict(scores))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a saved EnergyDetector"):
+        EnergyDetector.load(tmp_path / "bad.json")
+
+
+def test_bad_use_is_explained():
+    with pytest.raises(ValueError, match="gmean, youden, fpr"):
+        EnergyDetector(rule="best")
+    with pytest.raises(RuntimeError, match="fit"):
+        EnergyDetector().predict(torch.zeros(3))
+    with pytest.raises(ValueError, match="empty"):
+        EnergyDetector().fit(torch.zeros(0), torch.zeros(3))
