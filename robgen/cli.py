@@ -114,8 +114,8 @@ def command_attack(args) -> int:
             problems.append(str(error))
     if problems:
         raise UsageError("cannot read the input images:\n  " + "\n  ".join(problems))
-    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json"])
     attack = build_attack(args, model, device)
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json"])
     x = torch.stack(images).to(device)
     with torch.no_grad():
         clean_logits = model(x)
@@ -182,8 +182,8 @@ def command_detect(args) -> int:
         test = datasets.first(test, args.limit, "test split")
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
-    out = prepare_out_dir(Path(args.out), args.overwrite, ["detector.json", "metrics.json"])
     attack = build_attack(args, model, device)
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["detector.json", "metrics.json"])
     detector = EnergyDetector(rule=args.rule, temperature=args.temperature, target_fpr=args.target_fpr)
     started = time.perf_counter()
     records = {}

@@ -40,8 +40,8 @@ class LinfBall:
         self.eps = check_positive(eps, "eps")
         if self.eps > 1:
             raise ValueError(
-                f"L-inf eps={eps} is larger than the whole pixel range [0, 1]; pixels are in [0, 1], "
-                f"so did you mean {eps}/255 = {self.eps / 255:.4f}?"
+                f"L-inf eps={self.eps:g} is larger than the whole pixel range [0, 1]; pixels are in [0, 1], "
+                f"so did you mean {self.eps:g}/255 = {self.eps / 255:.4f}?"
             )
 
     def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -1,0 +1,96 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import robgen
+from robgen.cli import main
+from tests.conftest import REPO, tiny_model
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return robgen.save_checkpoint(tiny_model(), tmp_path / "tiny")
+
+
+@pytest.fixture
+def images(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(2):
+        x = torch.randint(0, 256, (3, 40, 48), generator=g).float() / 255
+        paths.append(robgen.save_image(x, tmp_path / f"photo{i}.png"))
+    return paths
+
+
+def test_help_runs_as_a_module():
+    result = subprocess.run([sys.executable, "-m", "robgen", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "attack" in result.stdout and "detect" in result.stdout
+
+
+def test_attack_writes_pngs_inside_the_ball_and_a_report(tmp_path, checkpoint, images, capsys):
+    out = tmp_path / "out"
+    code = main(["attack", "--model", str(checkpoint), "--attack", "pgd", "--eps", "8/255", "--steps", "3",
+                 "--out", str(out), *map(str, images)])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert len(report["images"]) == 2 and report["trace"]["step"] == [0, 1, 2, 3]
+    model = robgen.load_model(checkpoint)
+    for row in report["images"]:
+        clean = robgen.load_image(out / row["clean_png"])
+        adv = robgen.load_image(out / row["adversarial_png"])
+        assert clean.shape == (3, 32, 32), "saved as the model sees it"
+        assert (adv - clean).abs().max() <= 8 / 255 + 1e-6
+        with torch.no_grad():
+            e = robgen.energy(model(adv[None]))
+        assert row["adversarial"]["energy"] == pytest.approx(float(e), abs=1e-4), "report describes the PNG"
+    assert "->" in capsys.readouterr().out
+
+
+def test_targeted_attack_by_label(tmp_path, checkpoint, images):
+    code = main(["attack", "--model", str(checkpoint), "--target", "c3", "--steps", "2", "--out", str(tmp_path / "o"),
+                 str(images[0])])
+    assert code == 0
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["target"] == "c3"
+
+
+def test_attack_input_errors_say_what_to_fix(tmp_path, checkpoint, images, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["attack", "--model", str(checkpoint), "--out", str(out), str(images[0]), str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt is not an image" in capsys.readouterr().err
+    assert not out.exists(), "nothing was written"
+    assert main(["attack", "--model", "nope", "--out", str(out), str(images[0])]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["attack", "--model", str(checkpoint), "--eps", "8", "--out", str(out), str(images[0])]) == 2
+    assert "8/255" in capsys.readouterr().err
+    assert main(["attack", "--model", str(checkpoint), "--steps", "1", "--out", str(out), str(images[0])]) == 0
+    assert main(["attack", "--model", str(checkpoint), "--steps", "1", "--out", str(out), str(images[0])]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["attack", "--model", str(checkpoint), "--eps", "eight", "--out", str(out), str(images[0])])
+
+
+def test_detect_refuses_a_model_of_other_classes(tmp_path, cifar_root, capsys):
+    five = robgen.save_checkpoint(tiny_model(num_classes=5), tmp_path / "five")
+    code = main(["detect", "--model", str(five), "--data", "cifar10", "--data-root", str(cifar_root),
+                 "--limit", "10", "--out", str(tmp_path / "d")])
+    assert code == 2 and "5 classes but cifar10 has 10" in capsys.readouterr().err
+
+
+def test_detect_fits_and_evaluates_on_real_data(tmp_path, trained_checkpoint, cifar_root):
+    out = tmp_path / "detect"
+    code = main(["detect", "--model", str(trained_checkpoint), "--data", "cifar10", "--data-root", str(cifar_root),
+                 "--steps", "10", "--alpha", "2/255", "--limit", "200", "--val-size", "1000", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    detector = robgen.EnergyDetector.load(out / "detector.json")
+    assert metrics["threshold"] == detector.threshold
+    assert metrics["n_test"] == 200 and metrics["n_validation"] == 200
+    for key in ("detection_rate", "false_positive_rate", "false_negative_rate", "auroc"):
+        assert 0 <= metrics[key] <= 1
+    assert metrics["auroc"] > 0.5
+    assert metrics["adversarial_accuracy"] < metrics["clean_accuracy"]

@@ -1,0 +1,69 @@
+import pytest
+import torch
+from PIL import Image
+
+from robgen import data
+
+
+def make_image_folder(root, classes=("ant", "bee", "cat"), per_class=4, size=12):
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (size, size), (label * 80, i * 40, 0)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_image_folder_pixels_and_interleaved_order(tmp_path):
+    dataset = data.load_dataset(make_image_folder(tmp_path / "imgs"))
+    assert data.class_names(dataset) == ["ant", "bee", "cat"]
+    x, y = data.load_tensors(dataset)
+    assert x.shape == (12, 3, 12, 12) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert y.tolist()[:6] == [0, 1, 2, 0, 1, 2], "the first N images are class-balanced"
+    assert x[1, 0, 0, 0] == pytest.approx(80 / 255)
+
+
+def test_train_val_split_is_deterministic_and_disjoint(tmp_path):
+    dataset = data.load_dataset(make_image_folder(tmp_path / "imgs", per_class=10))
+    train_a, val_a = data.train_val_split(dataset, 7, seed=0)
+    train_b, val_b = data.train_val_split(dataset, 7, seed=0)
+    _, val_c = data.train_val_split(dataset, 7, seed=1)
+    assert val_a.indices == val_b.indices and train_a.indices == train_b.indices
+    assert val_a.indices != val_c.indices
+    assert len(train_a) == 23 and len(val_a) == 7
+    assert not set(train_a.indices) & set(val_a.indices)
+    with pytest.raises(ValueError, match="val_size"):
+        data.train_val_split(dataset, 30)
+
+
+def test_limit_beyond_the_split_is_an_error(tmp_path):
+    dataset = data.load_dataset(make_image_folder(tmp_path / "imgs"))
+    assert len(data.first(dataset, 5)) == 5
+    with pytest.raises(ValueError, match="larger than the test split, which has 12"):
+        data.first(dataset, 13, "test split")
+
+
+def test_offline_root_from_environment_and_clear_errors(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "cifar10" / "test", classes=[f"k{i}" for i in range(10)], per_class=2, size=32)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    assert len(data.load_dataset("cifar10", "test")) == 20
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        data.load_dataset("cifar10", "train")
+    with pytest.raises(FileNotFoundError, match="unknown data set"):
+        data.load_dataset(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="ImageFolder layout"):
+        data.load_dataset(tmp_path / "empty")
+    with pytest.raises(ValueError, match="unknown split"):
+        data.load_dataset("cifar10", "dev")
+
+
+def test_real_cifar10_loads_as_the_paper_uses_it(cifar_root):
+    test = data.load_dataset("cifar10", "test", root=cifar_root)
+    assert len(test) == 10000 and data.class_names(test)[0] == "airplane"
+    train = data.load_dataset("cifar10", "train", root=cifar_root)
+    train_part, val = data.train_val_split(train, 5000)
+    assert (len(train_part), len(val)) == (45000, 5000)
+    x, y = data.load_tensors(test, 10)
+    assert x.shape == (10, 3, 32, 32) and y.tolist() == list(range(10))
