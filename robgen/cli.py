@@ -214,6 +214,80 @@ def command_detect(args) -> int:
     return 0
 
 
+def command_train(args) -> int:
+    from .training import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            data=args.data, architecture=args.arch, width=args.width, mode=args.mode, norm=args.norm, eps=args.eps,
+            attack_steps=args.attack_steps, attack_alpha=args.attack_alpha, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+            label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,
+            train_limit=args.train_limit, image_size=args.image_size, seed=args.seed, workers=args.workers,
+            channels_last=args.channels_last,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    out = Path(args.out)
+    if not args.resume and (out / "config.json").exists() and not args.overwrite:
+        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite to start again")
+    if args.overwrite and not args.resume:
+        for name in ("log.jsonl", "trainer_state.pt"):
+            (out / name).unlink(missing_ok=True)
+    device = pick_device(args.device)
+    try:
+        model = train(config, out, data_root=args.data_root, resume=args.resume, device=device,
+                      on_epoch=lambda row: print(json.dumps(row), flush=True))
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {out} ({model.spec.training['wall_seconds']:.0f} s on {model.spec.training['hardware']})")
+    return 0
+
+
+def command_eval(args) -> int:
+    from . import distributed
+    from .evaluation import evaluate_robustness
+    from .models.checkpoint import CONFIG_FILE, is_checkpoint_dir
+
+    device = distributed.setup(pick_device(args.device))
+    model = open_model(args, device)
+    try:
+        dataset = datasets.load_dataset(args.data, args.split, root=args.data_root, download=args.download,
+                                        image_size=model.spec.input_size[1])
+        if len(datasets.class_names(dataset)) != model.spec.num_classes:
+            raise UsageError(f"the model has {model.spec.num_classes} classes but {args.data} has "
+                             f"{len(datasets.class_names(dataset))}")
+        what = f"{args.split} split"
+        if args.exact:
+            dataset, what = datasets.lossless_only(dataset), f"PNG (exact) images of the {args.split} split"
+        dataset = datasets.first(dataset, args.limit, what)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps, alpha=args.alpha,
+                                 apgd=args.apgd, batch_size=args.batch_size, seed=args.seed)
+    result.update(model=model.spec.source, data=str(args.data), split=args.split, exact_only=args.exact,
+                  limit=args.limit, device=str(device), command="python -m robgen " + " ".join(sys.argv[1:]))
+    if distributed.is_main():
+        line = f"{what}, {result['n']} images: clean accuracy {result['clean_accuracy']:.4f}, PGD-{args.steps} " \
+               f"({args.norm}, eps {args.eps:.4g}) accuracy {result['pgd_accuracy']:.4f}"
+        if args.apgd:
+            line += f", APGD accuracy {result['apgd_accuracy']:.4f}"
+        print(line)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        if args.record:
+            folder = Path(model.spec.source)
+            if not is_checkpoint_dir(folder):
+                raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            key = f"{args.data}-{args.split}{'-png' if args.exact else ''}{f'-first{args.limit}' if args.limit else ''}"
+            config.setdefault("metrics", {}).setdefault("eval", {})[key] = result
+            (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    distributed.teardown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m robgen", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -244,6 +318,55 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--out", required=True, help="output folder")
     detect.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     detect.set_defaults(run=command_detect)
+
+    train = commands.add_parser("train", help="train a standard, robust (PGD / fast) or quasi-robust classifier")
+    train.add_argument("--data", default="cifar10", help="cifar10, cifar100, imagenette or an ImageFolder path")
+    train.add_argument("--data-root", help="folder holding the data sets")
+    train.add_argument("--arch", default="resnet10_cifar", help="timm architecture (default resnet10_cifar)")
+    train.add_argument("--width", type=int, help="width of robgen's CIFAR ResNets (default 64)")
+    train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi"])
+    train.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    train.add_argument("--eps", type=parse_number, default=8 / 255, help="training budget (quasi default: L2 0.05)")
+    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd")
+    train.add_argument("--attack-alpha", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=128, help="per process")
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine"])
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
+    train.add_argument("--eval-subset", type=int, default=500, help="validation images for the per-epoch PGD check")
+    train.add_argument("--train-limit", type=int, help="train on the first N images only")
+    train.add_argument("--image-size", type=int, help="resize + crop images to this size")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels-last memory format (default: on CUDA only)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--out", required=True, help="checkpoint folder (written every epoch)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--overwrite", action="store_true", help="start again over a checkpoint in --out")
+    train.set_defaults(run=command_train)
+
+    evaluate = commands.add_parser("eval", help="clean accuracy and accuracy under PGD (and APGD)")
+    add_model_arguments(evaluate)
+    evaluate.add_argument("--data", required=True, help="cifar10, cifar100, imagenette or an ImageFolder path")
+    evaluate.add_argument("--data-root", help="folder holding the data sets")
+    evaluate.add_argument("--download", action="store_true")
+    evaluate.add_argument("--split", default="test", choices=["train", "test"])
+    evaluate.add_argument("--limit", type=int, help="the first N images of the split")
+    evaluate.add_argument("--exact", action="store_true", help="only the PNG images (CIFAR-10 archive: exact pixels)")
+    evaluate.add_argument("--eps", type=parse_number, default=8 / 255)
+    evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    evaluate.add_argument("--steps", type=int, default=20)
+    evaluate.add_argument("--alpha", type=parse_number, help="PGD step (default 2.5 eps / steps)")
+    evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", help="write the result as JSON here")
+    evaluate.add_argument("--record", action="store_true", help="store the result in the checkpoint's config.json")
+    evaluate.set_defaults(run=command_eval)
     return parser
 
 

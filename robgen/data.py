@@ -47,9 +47,9 @@ def pixel_transform(image_size: Optional[int] = None, train: bool = False):
     steps = []
     if train:
         if image_size is None or image_size <= 64:
-            size = image_size or 32
-            steps += [T.Resize(size), T.CenterCrop(size)] if image_size else []
-            steps += [T.RandomCrop(size, padding=size // 8, padding_mode="reflect")]
+            if image_size is not None:
+                steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+            steps += [_PadRandomCrop()]
         else:
             steps += [T.RandomResizedCrop(image_size, scale=(0.35, 1.0))]
         steps += [T.RandomHorizontalFlip()]
@@ -57,6 +57,16 @@ def pixel_transform(image_size: Optional[int] = None, train: bool = False):
         steps += [T.Resize(image_size), T.CenterCrop(image_size)]
     steps.append(T.ToTensor())
     return T.Compose(steps)
+
+
+class _PadRandomCrop:
+    """Reflect-pad by 1/8 of the side and crop back to the image's own size (the CIFAR augmentation)."""
+
+    def __call__(self, image):
+        from torchvision import transforms as T
+
+        width, height = image.size
+        return T.RandomCrop((height, width), padding=max(1, min(height, width) // 8), padding_mode="reflect")(image)
 
 
 def load_dataset(
@@ -209,3 +219,23 @@ def load_tensors(dataset: Dataset, limit: Optional[int] = None, batch_size: int 
         images.append(x)
         labels.append(y)
     return torch.cat(images), torch.cat(labels)
+
+
+def lossless_only(dataset: Dataset) -> Subset:
+    """The examples stored as PNG files (for the CIFAR-10 archive: the exact original pixels).
+
+    Works on ImageFolder data sets and reorderings of them, keeping their order.
+    """
+    base, indices = dataset, list(range(len(dataset)))
+    while isinstance(base, Subset):
+        indices = [base.indices[i] for i in indices]
+        base = base.dataset
+    samples = getattr(base, "samples", None)
+    if samples is None:
+        raise ValueError("only image-file data sets (ImageFolder layouts) know which images are lossless")
+    keep = [position for position, index in enumerate(indices) if str(samples[index][0]).lower().endswith(".png")]
+    if not keep:
+        raise ValueError("this data set holds no PNG images")
+    subset = Subset(dataset, keep)
+    subset.classes = class_names(dataset)
+    return subset

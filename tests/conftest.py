@@ -100,3 +100,22 @@ def trained_checkpoint(cifar_root, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("trained") / "cifar10-small"
     robgen.save_checkpoint(train_small_cnn(cifar_root), folder)
     return folder
+
+
+def make_toy_image_folder(root: Path, classes: int = 4, per_class: int = 40, size: int = 16) -> Path:
+    """A learnable ImageFolder: each class a colour plus noise."""
+    g = torch.Generator().manual_seed(0)
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.1]])[:classes]
+    for label, colour in enumerate(colours):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            x = (colour.view(3, 1, 1) + 0.25 * torch.randn(3, size, size, generator=g)).clamp(0, 1)
+            robgen.save_image(x, folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    """A 4-class, 160-image ImageFolder of 16x16 images that a tiny model learns in seconds."""
+    return make_toy_image_folder(tmp_path_factory.mktemp("toy") / "images")

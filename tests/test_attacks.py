@@ -171,3 +171,10 @@ def test_bad_data_is_refused(model, batch):
         HEPGD(model, steps=1)(x, y, target=y)
     with pytest.raises(ValueError, match="unknown attack"):
         make_attack("cw", model)
+
+
+def test_attack_works_inside_no_grad(model, batch):
+    x, y = batch
+    with torch.no_grad():
+        inside = PGD(model, steps=2, random_start=False)(x, y)
+    assert torch.equal(inside, PGD(model, steps=2, random_start=False)(x, y))

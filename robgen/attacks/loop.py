@@ -98,10 +98,11 @@ def projected_gradient_ascent(
     x = x.detach()
     x_adv = constraint.random_start(x, generator) if random_start else x.clone()
     for step in range(steps):
-        x_adv.requires_grad_(True)
-        logits = model(x_adv)
-        loss = objective(logits)
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        with torch.enable_grad():  # also when the caller is inside torch.no_grad()
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            loss = objective(logits)
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         if step == 0 and not bool(grad.any()):
             logger.warning(
                 "the input gradient is exactly zero: the attack cannot move. Is the model returning "

@@ -1,0 +1,296 @@
+"""Training standard, adversarially robust and quasi-robust classifiers.
+
+Modes (the `mode` of `TrainConfig`):
+- "standard": cross-entropy on clean images;
+- "pgd": Madry et al. 2018, training on PGD examples (`attack_steps` steps, L-inf or L2);
+- "fast": Wong et al. 2020, "Fast is better than free": one FGSM step of size
+  1.25·eps from a uniform random start (the cheap route to L-inf robustness);
+- "quasi": quasi-robust training, adversarial training with a very small
+  budget (default L2 eps 0.05, one random-start step); see `QUASI_EPS`.
+
+Adversarial examples come from robgen's own attacks (the same loop as the
+attacks and the synthesis), generated with the model in eval mode.
+
+Every epoch writes a complete robgen checkpoint (`model.safetensors` +
+`config.json` with the recipe, data and measured accuracies) and a
+`trainer_state.pt` (optimiser, schedule, epoch, RNG) to the output folder,
+atomically, so `resume=True` continues a run that died. Runs unchanged
+under `torchrun --nproc_per_node N` (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
+
+from . import data as datasets
+from . import distributed
+from .attacks import PGD
+from .evaluation import evaluate_robustness
+from .models import Classifier, ModelSpec, save_checkpoint
+from .models.checkpoint import build_network, is_checkpoint_dir, load_checkpoint, read_config
+from .progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+MODES = ("standard", "pgd", "fast", "quasi")
+# Quasi-robust budget. MAGIC (AAAI 2023) uses L2 eps 0.05 on ImageNet, 1/60 of the usual robust
+# radius 3.0 there; we keep 0.05, which on 32x32 CIFAR is 1/10 of the usual robust L2 radius 0.5
+# (per-pixel RMS 0.05/sqrt(3072) = 0.23/255, below 8-bit quantisation): small enough that clean
+# accuracy stays near standard, large enough to change the gradients on a small model.
+QUASI_NORM, QUASI_EPS = "l2", 0.05
+STATE_FILE = "trainer_state.pt"
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """The full training recipe; it is stored in the checkpoint's config.json."""
+
+    data: str = "cifar10"
+    architecture: str = "resnet10_cifar"
+    width: Optional[int] = None  # for robgen's CIFAR ResNets; None = the architecture's default
+    mode: str = "standard"
+    norm: str = "linf"  # threat model for training (adversarial modes) and per-epoch evaluation
+    eps: float = 8 / 255
+    attack_steps: int = 7  # "pgd" mode
+    attack_alpha: Optional[float] = None  # default: 2.5·eps/steps ("pgd"), 1.25·eps ("fast", "quasi")
+    epochs: int = 30
+    batch_size: int = 128  # per process
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # "onecycle" or "cosine", stepped every iteration
+    label_smoothing: float = 0.0
+    val_size: int = 5000  # held out of train (the paper's 45k/5k on CIFAR-10)
+    eval_subset: int = 500  # first N validation images for the per-epoch PGD accuracy
+    eval_steps: int = 10
+    train_limit: Optional[int] = None  # first N training images only (tests, smoke runs)
+    image_size: Optional[int] = None
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True  # bfloat16 autocast on CUDA
+    channels_last: Optional[bool] = None  # None: on CUDA only (on the CPU it helps width >= 16, cripples width 4)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown training mode {self.mode!r}: choose from {', '.join(MODES)}")
+        if self.mode == "quasi" and self.norm == "linf" and self.eps == 8 / 255:
+            self.norm, self.eps = QUASI_NORM, QUASI_EPS
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"L-inf eps={self.eps:g} is on the 0-255 scale; pixels are in [0, 1]: use {self.eps:g}/255")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.schedule not in ("onecycle", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}: use 'onecycle' or 'cosine'")
+        for name in ("epochs", "batch_size", "attack_steps", "eval_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def alpha(self) -> float:
+        if self.attack_alpha is not None:
+            return self.attack_alpha
+        return 2.5 * self.eps / self.attack_steps if self.mode == "pgd" else 1.25 * self.eps
+
+
+def lr_factor(schedule: str, total: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per iteration: "onecycle" rises linearly over the first quarter and
+    falls linearly to 0 (the triangle of Wong et al. 2020); "cosine" decays from 1 to 0."""
+    warm = max(1, total // 4)
+    if schedule == "onecycle":
+        return lambda step: (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def channel_stats(dataset, n: int = 5000, batch_size: int = 500):
+    """Per-channel mean and std of the first `n` images (for the model's normalisation)."""
+    x, _ = datasets.load_tensors(dataset, min(n, len(dataset)), batch_size)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{distributed.world_size()} x {torch.cuda.get_device_name(device)}"
+    return f"{distributed.world_size()} x CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def _make_attack(config: TrainConfig, model, device):
+    if config.mode == "standard":
+        return None
+    steps = config.attack_steps if config.mode == "pgd" else 1
+    generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
+    return PGD(model, eps=config.eps, alpha=config.alpha, steps=steps, norm=config.norm, random_start=True,
+               generator=generator)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: Union[str, Path],
+    data_root: Optional[Union[str, Path]] = None,
+    resume: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+    progress=True,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+) -> Classifier:
+    """Train a classifier as `config` says; checkpoints go to `out_dir` every epoch.
+
+    The caller's global RNG state is left untouched: the run seeds a forked
+    RNG from `config.seed`, so the same config gives the same model.
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.setup(device)
+    out_dir = Path(out_dir)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        return _train(config, out_dir, data_root, resume, device, progress, on_epoch)
+
+
+def _load_data(config: TrainConfig, data_root):
+    common = dict(root=data_root, image_size=config.image_size)
+    augmented = datasets.load_dataset(config.data, "train", train_augment=True, **common)
+    plain = datasets.load_dataset(config.data, "train", **common)
+    train_part, _ = datasets.train_val_split(augmented, config.val_size, seed=config.seed)
+    _, val = datasets.train_val_split(plain, config.val_size, seed=config.seed)
+    if config.train_limit is not None:
+        train_part = datasets.first(train_part, config.train_limit, "training split")
+    return train_part, val, datasets.class_names(plain), plain
+
+
+def _train(config, out_dir, data_root, resume, device, progress, on_epoch) -> Classifier:
+    train_set, val_set, classes, plain = _load_data(config, data_root)
+    state_path = out_dir / STATE_FILE
+    if resume:
+        if not (is_checkpoint_dir(out_dir) and state_path.is_file()):
+            raise FileNotFoundError(f"nothing to resume in {out_dir}: it needs config.json, model.safetensors and {STATE_FILE}")
+        saved = read_config(out_dir)
+        saved_recipe = saved.get("training", {}).get("config", {})
+        if saved.get("architecture") != config.architecture or saved_recipe.get("width") != config.width:
+            raise ValueError(
+                f"{out_dir} holds a {saved.get('architecture')} (width {saved_recipe.get('width')}) checkpoint, "
+                f"but this run trains {config.architecture} (width {config.width}): resume with the same architecture"
+            )
+        model = load_checkpoint(out_dir, map_location=device)
+    else:
+        mean, std = channel_stats(plain)
+        sample, _ = plain[0]
+        arch_kwargs = {"width": config.width} if config.width is not None else {}
+        spec = ModelSpec(
+            architecture=config.architecture, num_classes=len(classes), class_labels=classes, mean=mean, std=std,
+            input_size=tuple(sample.shape), arch_kwargs=arch_kwargs,
+        )
+        model = Classifier(build_network(spec), spec).to(device)
+    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    net = model
+    if distributed.is_distributed():
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    if distributed.is_distributed():
+        sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    if len(loader) == 0:
+        raise ValueError(f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size}")
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(loader)))
+    start_epoch, wall_before, history = 0, 0.0, []
+    if resume:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
+        history = json.loads(state["history"])
+        torch.set_rng_state(state["rng"].cpu())
+        logger.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
+
+    attack = _make_attack(config, model, device)
+    eval_set = datasets.first(val_set, min(config.eval_subset, len(val_set)), "validation split")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        else:
+            sampler.generator.manual_seed(config.seed * 1000 + epoch)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        for x, y in progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} ({config.mode})",
+                                 progress=progress and distributed.is_main()):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if attack is not None:
+                x = attack(x, y)  # eval-mode attack; the model's train mode is restored
+            with autocast:
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            totals += torch.tensor([float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
+        loss_sum, correct, count = distributed.reduce_sums(totals.tolist(), device)
+        check = evaluate_robustness(model, eval_set, eps=config.eps, norm=config.norm, steps=config.eval_steps,
+                                    batch_size=256, progress=False)
+        model.train()
+        row = {
+            "epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count,
+            "val_clean_accuracy": check["clean_accuracy"], "val_pgd_accuracy": check["pgd_accuracy"],
+            "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started + wall_before,
+        }
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"the training loss became {row['loss']} at epoch {epoch + 1}: lower the learning rate")
+        history.append(row)
+        if distributed.is_main():
+            _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set)
+            logger.info("epoch %d: %s", epoch + 1, json.dumps(row))
+        if on_epoch is not None:
+            on_epoch(row)
+        distributed.barrier()
+    return model.eval()
+
+
+def _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.spec.training = {
+        "config": asdict(config), "data": {"name": str(config.data), "classes": classes, "split": "train minus val",
+                                           "val_size": config.val_size, "train_limit": config.train_limit},
+        "epochs_done": epoch + 1, "hardware": _hardware(device), "wall_seconds": row["seconds"],
+        "torch": torch.__version__, "world_size": distributed.world_size(),
+    }
+    model.spec.metrics = {
+        "val_clean_accuracy": row["val_clean_accuracy"], "val_pgd_accuracy": row["val_pgd_accuracy"],
+        "val_images": len(eval_set), "val_pgd": {"eps": config.eps, "norm": config.norm, "steps": config.eval_steps},
+    }
+    save_checkpoint(model, out_dir)
+    _atomic_save({
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+        "wall_seconds": row["seconds"], "history": json.dumps(history), "rng": torch.get_rng_state(),
+    }, out_dir / STATE_FILE)
+    with open(out_dir / LOG_FILE, "a") as log:
+        log.write(json.dumps(row) + "\n")

@@ -1,0 +1,108 @@
+"""Training: every mode learns, adversarial modes train on examples inside the eps-ball,
+checkpoints round-trip, runs resume exactly, and bad input is explained."""
+
+import json
+
+import pytest
+import torch
+
+import robgen
+from robgen import training
+from robgen.training import TrainConfig, train
+
+
+def config(toy_data, **overrides):
+    settings = dict(data=str(toy_data), width=4, epochs=3, batch_size=16, lr=0.05, val_size=32, eval_subset=16,
+                    eval_steps=2, eps=8 / 255, seed=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("mode", ["standard", "pgd", "fast", "quasi"])
+def test_every_mode_lowers_the_loss(toy_data, tmp_path, mode):
+    rows = []
+    model = train(config(toy_data, mode=mode, attack_steps=2), tmp_path / mode, progress=False, on_epoch=rows.append)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    saved = json.loads((tmp_path / mode / "config.json").read_text())
+    assert saved["training"]["config"]["mode"] == mode and saved["training"]["epochs_done"] == 3
+    assert len((tmp_path / mode / "log.jsonl").read_text().splitlines()) == 3
+    assert "val_pgd_accuracy" in saved["metrics"]
+    loaded = robgen.load_model(tmp_path / mode)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a.cpu(), b), f"checkpoint round trip of {name}"
+
+
+def test_quasi_mode_uses_the_small_l2_budget(toy_data):
+    quasi = config(toy_data, mode="quasi")
+    assert (quasi.norm, quasi.eps) == ("l2", training.QUASI_EPS)
+    assert quasi.alpha == pytest.approx(1.25 * training.QUASI_EPS)
+
+
+@pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25)])
+def test_adversarial_training_trains_on_examples_in_the_ball(toy_data, tmp_path, monkeypatch, mode, norm, eps):
+    seen = []
+    original = training.PGD.__call__
+
+    def spy(self, x, y, *args, **kwargs):
+        x_adv = original(self, x, y, *args, **kwargs)
+        seen.append((x.clone(), x_adv.clone()))
+        return x_adv
+
+    monkeypatch.setattr(training.PGD, "__call__", spy)
+    train(config(toy_data, mode=mode, norm=norm, eps=eps, epochs=1, attack_steps=2), tmp_path / "adv", progress=False)
+    training_calls = [pair for pair in seen if pair[0].shape[0] == 16]  # batch_size 16; evaluation batches differ
+    assert training_calls
+    for x, x_adv in training_calls:
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+        assert (size <= eps + 1e-5).all() and (size > 0).all()
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def stop_after_epoch(n):
+    def callback(row):
+        if row["epoch"] == n:
+            raise KeyboardInterrupt  # the run dies after epoch n was written
+
+    return callback
+
+
+def test_resume_continues_exactly(toy_data, tmp_path):
+    straight = train(config(toy_data, epochs=2), tmp_path / "straight", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, epochs=2), tmp_path / "resumed", progress=False, on_epoch=stop_after_epoch(1))
+    resumed = train(config(toy_data, epochs=2), tmp_path / "resumed", resume=True, progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_training_leaves_the_global_rng_alone(toy_data, tmp_path):
+    state = torch.random.get_rng_state()
+    train(config(toy_data, epochs=1), tmp_path / "rng", progress=False)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_bad_input_is_explained(toy_data, tmp_path):
+    with pytest.raises(ValueError, match="8/255"):
+        TrainConfig(eps=8)
+    with pytest.raises(ValueError, match="unknown training mode"):
+        TrainConfig(mode="trades")
+    with pytest.raises(FileNotFoundError, match="unknown data set"):
+        train(config(toy_data, data=str(tmp_path / "nowhere")), tmp_path / "x", progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(config(toy_data), tmp_path / "empty", resume=True, progress=False)
+    train(config(toy_data, epochs=1), tmp_path / "w4", progress=False)
+    with pytest.raises(ValueError, match="same architecture"):
+        train(config(toy_data, epochs=2, width=8), tmp_path / "w4", resume=True, progress=False)
+
+
+def test_a_run_that_dies_keeps_its_last_complete_checkpoint(toy_data, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, epochs=3), tmp_path / "dies", progress=False, on_epoch=stop_after_epoch(2))
+    saved = json.loads((tmp_path / "dies" / "config.json").read_text())
+    assert saved["training"]["epochs_done"] == 2
+    robgen.load_model(tmp_path / "dies")
+    resumed = train(config(toy_data, epochs=3), tmp_path / "dies", resume=True, progress=False)
+    assert resumed.spec.training["epochs_done"] == 3
