@@ -19,11 +19,12 @@ from typing import List, Optional
 import torch
 
 from . import data as datasets
-from .attacks import ATTACKS, make_attack
+from .attacks import ATTACKS, Trace, make_attack
 from .detector import EnergyDetector
 from .energy import compute_energies, energy
 from .images import ImageError, load_image, save_image
 from .models import load_model
+from .progress import progress_bar
 
 logger = logging.getLogger("robgen")
 
@@ -116,30 +117,43 @@ def command_attack(args) -> int:
         raise UsageError("cannot read the input images:\n  " + "\n  ".join(problems))
     attack = build_attack(args, model, device)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json"])
-    x = torch.stack(images).to(device)
-    with torch.no_grad():
-        clean_logits = model(x)
-    labels = clean_logits.argmax(1)
-    target = None
+    x = torch.stack(images)
+    target_class = None
     if args.target is not None:
         try:
-            target = torch.full_like(labels, spec.class_index(args.target))
+            target_class = spec.class_index(args.target)
         except ValueError as error:
             raise UsageError(str(error)) from None
     started = time.perf_counter()
-    try:
-        x_adv, trace = attack(x, labels, target=target, return_trace=True, progress=None)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    # What the user gets is an 8-bit PNG: quantise, stay inside the threat model, and report on those pixels.
-    x_adv = attack.constraint.project((x_adv * 255).round() / 255, x)
+    clean_logits, adv_logits, adversarial, traces, sizes = [], [], [], [], []
+    for start in progress_bar(range(0, len(x), args.batch_size), desc=f"{args.attack}", progress=len(x) > args.batch_size):
+        batch = x[start:start + args.batch_size].to(device)
+        with torch.no_grad():
+            logits = model(batch)
+        labels = logits.argmax(1)  # attack the model's own prediction
+        target = torch.full_like(labels, target_class) if target_class is not None else None
+        try:
+            batch_adv, trace = attack(batch, labels, target=target, return_trace=True)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        # What the user gets is an 8-bit PNG: quantise, stay inside the threat model, report on those pixels.
+        batch_adv = attack.constraint.project((batch_adv * 255).round() / 255, batch)
+        with torch.no_grad():
+            adv_logits.append(model(batch_adv).cpu())
+        clean_logits.append(logits.cpu())
+        adversarial.append(batch_adv.cpu())
+        traces.append(trace)
+        sizes.append(len(batch))
     seconds = time.perf_counter() - started
-    with torch.no_grad():
-        adv_logits = model(x_adv)
+    clean_logits, adv_logits, x_adv = torch.cat(clean_logits), torch.cat(adv_logits), torch.cat(adversarial)
+    trace = Trace.combine(traces, sizes)
     clean_energy, adv_energy = energy(clean_logits), energy(adv_logits)
-    rows = []
+    rows, used = [], set()
     for i, path in enumerate(args.images):
         stem = Path(path).stem
+        if stem in used:  # two inputs with one name: keep both
+            stem = f"{stem}-{i}"
+        used.add(stem)
         save_image(x[i], out / f"{stem}_clean.png")
         save_image(x_adv[i], out / f"{stem}_adv.png")
         delta = (x_adv[i] - x[i]).flatten()
@@ -297,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(attack)
     add_attack_arguments(attack, steps=10)
     attack.add_argument("--target", help="class index or label for a targeted attack (PGD / FGSM)")
+    attack.add_argument("--batch-size", type=int, default=64, help="images attacked at once")
     attack.add_argument("--out", required=True, help="output folder")
     attack.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     attack.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")

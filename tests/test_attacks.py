@@ -178,3 +178,16 @@ def test_attack_works_inside_no_grad(model, batch):
     with torch.no_grad():
         inside = PGD(model, steps=2, random_start=False)(x, y)
     assert torch.equal(inside, PGD(model, steps=2, random_start=False)(x, y))
+
+
+def test_traces_of_batches_combine_into_the_trace_of_the_whole(model, batch):
+    from robgen.attacks import Trace
+
+    x, y = batch
+    attack = PGD(model, steps=3, random_start=False)
+    _, whole = attack(x, y, return_trace=True)
+    _, first = attack(x[:4], y[:4], return_trace=True)
+    _, second = attack(x[4:], y[4:], return_trace=True)
+    combined = Trace.combine([first, second], [4, 2])
+    for name in ("energy_mean", "energy_std", "accuracy", "loss", "true_prob"):
+        assert getattr(combined, name) == pytest.approx(getattr(whole, name), abs=1e-5), name

@@ -94,3 +94,15 @@ def test_detect_fits_and_evaluates_on_real_data(tmp_path, trained_checkpoint, ci
         assert 0 <= metrics[key] <= 1
     assert metrics["auroc"] > 0.5
     assert metrics["adversarial_accuracy"] < metrics["clean_accuracy"]
+
+
+def test_attack_in_batches_keeps_every_image(tmp_path, checkpoint, images):
+    copy = tmp_path / "other" / images[0].name
+    copy.parent.mkdir()
+    copy.write_bytes(images[0].read_bytes())
+    out = tmp_path / "batched"
+    assert main(["attack", "--model", str(checkpoint), "--steps", "1", "--batch-size", "1", "--out", str(out),
+                 str(images[0]), str(images[1]), str(copy)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    names = [row["adversarial_png"] for row in report["images"]]
+    assert len(set(names)) == 3 and all((out / name).is_file() for name in names)

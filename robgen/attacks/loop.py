@@ -48,6 +48,31 @@ class Trace:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @staticmethod
+    def combine(traces: List["Trace"], sizes: List[int]) -> "Trace":
+        """One trace for several batches of `sizes` images (weighted means, pooled std)."""
+        if len(traces) == 1:
+            return traces[0]
+        weights = torch.tensor(sizes, dtype=torch.float64)
+        total = weights.sum()
+
+        def mean(name):
+            table = torch.tensor([getattr(t, name) for t in traces], dtype=torch.float64)
+            return (table * weights[:, None]).sum(0) / total if table.numel() else table.new_zeros(0)
+
+        means = torch.tensor([t.energy_mean for t in traces], dtype=torch.float64)
+        stds = torch.tensor([t.energy_std for t in traces], dtype=torch.float64)
+        energy_mean = mean("energy_mean")
+        # pooled second moment: E[e^2] = std^2 (n-1)/n + mean^2 within each batch
+        n = weights[:, None]
+        second = (((stds**2) * (n - 1) / n + means**2) * n).sum(0) / total
+        pooled_std = torch.sqrt((second - energy_mean**2).clamp_min(0) * total / max(total - 1, 1))
+        return Trace(
+            step=list(traces[0].step), energy_mean=energy_mean.tolist(), energy_std=pooled_std.tolist(),
+            accuracy=mean("accuracy").tolist(), loss=mean("loss").tolist(), true_prob=mean("true_prob").tolist(),
+            target_prob=mean("target_prob").tolist(),
+        )
+
 
 class TraceRecorder:
     """Collects per-step statistics on the device and syncs once at the end."""
