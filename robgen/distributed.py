@@ -7,6 +7,7 @@ group (NCCL on CUDA, gloo on the CPU). Metrics are reduced as sums across ranks.
 from __future__ import annotations
 
 import os
+import platform
 from typing import Sequence
 
 import torch
@@ -40,6 +41,13 @@ def setup(device: torch.device) -> torch.device:
     else:
         dist.init_process_group("gloo")
     return device
+
+
+def hardware(device: torch.device) -> str:
+    """What ran the work, for reports: e.g. "1 x NVIDIA H100 80GB HBM3" or "1 x CPU (2 cores, x86_64)"."""
+    if device.type == "cuda":
+        return f"{world_size()} x {torch.cuda.get_device_name(device)}"
+    return f"{world_size()} x CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
 def teardown() -> None:

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,12 +119,6 @@ def channel_stats(dataset, n: int = 5000, batch_size: int = 500):
     """Per-channel mean and std of the first `n` images (for the model's normalisation)."""
     x, _ = datasets.load_tensors(dataset, min(n, len(dataset)), batch_size)
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{distributed.world_size()} x {torch.cuda.get_device_name(device)}"
-    return f"{distributed.world_size()} x CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
 def _make_attack(config: TrainConfig, model, device):
@@ -280,7 +273,7 @@ def _write_epoch(model, config, out_dir, classes, history, device, optimizer, sc
     model.spec.training = {
         "config": asdict(config), "data": {"name": str(config.data), "classes": classes, "split": "train minus val",
                                            "val_size": config.val_size, "train_limit": config.train_limit},
-        "epochs_done": epoch + 1, "hardware": _hardware(device), "wall_seconds": row["seconds"],
+        "epochs_done": epoch + 1, "hardware": distributed.hardware(device), "wall_seconds": row["seconds"],
         "torch": torch.__version__, "world_size": distributed.world_size(),
     }
     model.spec.metrics = {

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import robgen
 from robgen.models import Classifier, ModelSpec
@@ -23,7 +21,6 @@ from robgen.models.checkpoint import build_network
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ROBGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-imagefolder.tar.gz"
-CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def tiny_model(width: int = 4, seed: int = 0, num_classes: int = 10) -> Classifier:
@@ -64,41 +61,15 @@ def cifar_root() -> Path:
     return cache
 
 
-def train_small_cnn(root: Path, seconds: float = 50.0, n_train: int = 10000, seed: int = 0) -> Classifier:
-    """Train a width-8 ResNet10 on the first n_train CIFAR-10 training images for about `seconds`."""
-    train = robgen.data.load_dataset("cifar10", "train", root=root)
-    x, y = robgen.data.load_tensors(train, n_train)
-    spec = ModelSpec(
-        architecture="resnet10_cifar", num_classes=10, class_labels=CIFAR_LABELS,
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), input_size=(3, 32, 32),
-        arch_kwargs={"width": 8}, training={"recipe": "tests: standard, SGD, flips", "images": n_train},
-    )
-    torch.manual_seed(seed)
-    model = Classifier(build_network(spec), spec).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    g = torch.Generator().manual_seed(seed)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        order = torch.randperm(n_train, generator=g)
-        for start in range(0, n_train, 128):
-            index = order[start:start + 128]
-            images = x[index]
-            flip = torch.rand(len(index), generator=g) < 0.5
-            images[flip] = images[flip].flip(-1)
-            loss = F.cross_entropy(model(images), y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if time.monotonic() > deadline:
-                break
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
 def trained_checkpoint(cifar_root, tmp_path_factory) -> Path:
-    """A robgen checkpoint folder of the small CNN trained on real CIFAR-10 (once per session)."""
+    """A width-8 ResNet10 trained for about a minute (4 epochs of 10,000 CIFAR-10 images), once per session."""
+    from robgen.training import TrainConfig, train
+
     folder = tmp_path_factory.mktemp("trained") / "cifar10-small"
-    robgen.save_checkpoint(train_small_cnn(cifar_root), folder)
+    config = TrainConfig(data="cifar10", width=8, epochs=4, train_limit=10000, batch_size=128, lr=0.1,
+                         eval_subset=100, eval_steps=2, seed=0)
+    train(config, folder, data_root=cifar_root, device="cpu", progress=False)
     return folder
 
 
