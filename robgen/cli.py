@@ -64,6 +64,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", required=required, default=None if required else "cifar10",
+                        help="cifar10, cifar100, imagenette or an ImageFolder path")
+    parser.add_argument("--data-root", help=f"folder holding the data sets (default ${datasets.DATA_ENV} or ~/.cache/robgen-data)")
+    parser.add_argument("--download", action="store_true", help="download missing data sets through torchvision")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output folder") -> None:
+    parser.add_argument("--out", required=True, help=what)
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
 def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="attack (default pgd)")
     parser.add_argument("--eps", type=parse_number, default=8 / 255, help="threat-model radius (default 8/255)")
@@ -251,7 +263,7 @@ def command_train(args) -> int:
     device = pick_device(args.device)
     try:
         model = train(config, out, data_root=args.data_root, resume=args.resume, device=device,
-                      on_epoch=lambda row: print(json.dumps(row), flush=True))
+                      on_epoch=lambda row: print(json.dumps(row), flush=True), download=args.download)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     print(f"wrote {out} ({model.spec.training['wall_seconds']:.0f} s on {model.spec.training['hardware']})")
@@ -316,7 +328,7 @@ def command_reproduce(args) -> int:
         raise UsageError(str(error)) from None
     out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])
     try:
-        results = reproduce(model, args.data, out, data_root=args.data_root, settings=settings)
+        results = reproduce(model, args.data, out, data_root=args.data_root, settings=settings, download=args.download)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     for row in results["table1"]:
@@ -324,6 +336,54 @@ def command_reproduce(args) -> int:
             print(f"{row['attack']:>16}: detection {row['detection_rate']:.3f}, FPR {row['false_positive_rate']:.3f}, "
                   f"AUROC {row['auroc']:.3f}")
     print(f"wrote results.json, results.md and figures to {out} ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def models_table(names: List[str]) -> str:
+    """A Markdown table of shipped checkpoints: recipe, hardware, wall time and recorded accuracies."""
+    lines = [
+        "| name | architecture | training | epochs | hardware | wall time | clean acc. (932 PNG / 10k) | PGD-20 acc. (932 PNG / 10k) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        spec = load_model(name).spec
+        recipe = spec.training.get("config", {})
+        evals = spec.metrics.get("eval", {})
+        png, full = evals.get("cifar10-test-png", {}), evals.get("cifar10-test", {})
+
+        def pct(result, key):
+            return f"{100 * result[key]:.1f}" if key in result else "—"
+
+        attack = png.get("attack") or full.get("attack") or {}
+        budget = f"{attack.get('norm', '?')} {attack.get('eps', 0) * (255 if attack.get('norm') == 'linf' else 1):.3g}" \
+            + ("/255" if attack.get("norm") == "linf" else "")
+        mode = recipe.get("mode", "?")
+        if mode != "standard":
+            norm, eps = recipe.get("norm"), recipe.get("eps", 0)
+            mode += f" ({norm} {eps * 255:.3g}/255)" if norm == "linf" else f" ({norm} {eps:g})"
+        lines.append(
+            f"| `{name}` | {spec.architecture} width {spec.arch_kwargs.get('width', 64)} | {mode} | "
+            f"{spec.training.get('epochs_done', '?')} | {spec.training.get('hardware', '?')} | "
+            f"{spec.training.get('wall_seconds', 0) / 60:.0f} min | {pct(png, 'clean_accuracy')} / {pct(full, 'clean_accuracy')} | "
+            f"{pct(png, 'pgd_accuracy')} / {pct(full, 'pgd_accuracy')} at {budget} |"
+        )
+    return "\n".join(lines)
+
+
+def command_models(args) -> int:
+    from .models import list_models
+
+    names = list_models()
+    if not names:
+        print("no shipped checkpoints found")
+        return 0
+    if args.markdown:
+        print(models_table(names))
+    else:
+        for name in names:
+            spec = load_model(name).spec
+            print(f"{name}: {spec.architecture} {spec.arch_kwargs}, {spec.num_classes} classes, "
+                  f"trained {spec.training.get('config', {}).get('mode', '?')}")
     return 0
 
 
@@ -337,17 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_attack_arguments(attack, steps=10)
     attack.add_argument("--target", help="class index or label for a targeted attack (PGD / FGSM)")
     attack.add_argument("--batch-size", type=int, default=64, help="images attacked at once")
-    attack.add_argument("--out", required=True, help="output folder")
-    attack.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_output_arguments(attack)
     attack.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     attack.set_defaults(run=command_attack)
 
     detect = commands.add_parser("detect", help="fit the energy detector on validation data, evaluate it on test data")
     add_model_arguments(detect)
     add_attack_arguments(detect, steps=40)
-    detect.add_argument("--data", required=True, help="cifar10, cifar100, imagenette or an ImageFolder path")
-    detect.add_argument("--data-root", help=f"folder holding the data sets (default ${datasets.DATA_ENV} or ~/.cache/robgen-data)")
-    detect.add_argument("--download", action="store_true", help="download missing data sets through torchvision")
+    add_data_arguments(detect)
     detect.add_argument("--rule", default="gmean", choices=["gmean", "youden", "fpr"])
     detect.add_argument("--temperature", default="1", help="energy temperature, or 'search' (by validation AUROC)")
     detect.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
@@ -355,13 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--limit", type=int, help="use the first N images of the validation and test splits")
     detect.add_argument("--batch-size", type=int, default=256)
     detect.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    detect.add_argument("--out", required=True, help="output folder")
-    detect.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_output_arguments(detect)
     detect.set_defaults(run=command_detect)
 
     train = commands.add_parser("train", help="train a standard, robust (PGD / fast) or quasi-robust classifier")
-    train.add_argument("--data", default="cifar10", help="cifar10, cifar100, imagenette or an ImageFolder path")
-    train.add_argument("--data-root", help="folder holding the data sets")
+    add_data_arguments(train, required=False)
     train.add_argument("--arch", default="resnet10_cifar", help="timm architecture (default resnet10_cifar)")
     train.add_argument("--width", type=int, help="width of robgen's CIFAR ResNets (default 64)")
     train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi"])
@@ -384,16 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels-last memory format (default: on CUDA only)")
     train.add_argument("--device", default="auto")
-    train.add_argument("--out", required=True, help="checkpoint folder (written every epoch)")
+    add_output_arguments(train, "checkpoint folder (written every epoch)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--overwrite", action="store_true", help="start again over a checkpoint in --out")
     train.set_defaults(run=command_train)
 
     evaluate = commands.add_parser("eval", help="clean accuracy and accuracy under PGD (and APGD)")
     add_model_arguments(evaluate)
-    evaluate.add_argument("--data", required=True, help="cifar10, cifar100, imagenette or an ImageFolder path")
-    evaluate.add_argument("--data-root", help="folder holding the data sets")
-    evaluate.add_argument("--download", action="store_true")
+    add_data_arguments(evaluate)
     evaluate.add_argument("--split", default="test", choices=["train", "test"])
     evaluate.add_argument("--limit", type=int, help="the first N images of the split")
     evaluate.add_argument("--exact", action="store_true", help="only the PNG images (CIFAR-10 archive: exact pixels)")
@@ -410,17 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     repro = commands.add_parser("reproduce", help="the paper's Table 1 and Figs. 2-3, baselines, adaptive attacker")
     add_model_arguments(repro)
-    repro.add_argument("--data", required=True, help="cifar10, cifar100, imagenette or an ImageFolder path")
-    repro.add_argument("--data-root", help="folder holding the data sets")
+    add_data_arguments(repro)
     repro.add_argument("--limit", type=int, help="first N images of the validation and test splits (default: all)")
     repro.add_argument("--attacks", default="pgd-8,pgd-16,apgd-8", help="comma-separated, from pgd-8, pgd-16, apgd-8")
     repro.add_argument("--steps", type=int, default=40, help="attack steps (the paper: 40)")
     repro.add_argument("--val-size", type=int, default=5000, help="validation images held out of train")
     repro.add_argument("--batch-size", type=int, default=250)
     repro.add_argument("--seed", type=int, default=0)
-    repro.add_argument("--out", required=True, help="output folder")
-    repro.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_output_arguments(repro)
     repro.set_defaults(run=command_reproduce)
+
+    models = commands.add_parser("models", help="list the shipped checkpoints")
+    models.add_argument("--markdown", action="store_true", help="a table of recipes and recorded accuracies")
+    models.set_defaults(run=command_models)
     return parser
 
 

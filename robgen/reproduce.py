@@ -120,13 +120,13 @@ def _score_rule(clean_val, adv_val, clean_test, adv_test) -> dict:
 
 
 def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data_root=None,
-              settings: Optional[ReproduceSettings] = None, progress=True) -> dict:
+              settings: Optional[ReproduceSettings] = None, progress=True, download: bool = False) -> dict:
     """Run every experiment; write results.json, results.md and the figures to `out_dir` (if given)."""
     settings = settings or ReproduceSettings()
     started = time.perf_counter()
     size = model.spec.input_size[1]
-    train = datasets.load_dataset(data, "train", root=data_root, image_size=size)
-    test = datasets.load_dataset(data, "test", root=data_root, image_size=size)
+    train = datasets.load_dataset(data, "train", root=data_root, download=download, image_size=size)
+    test = datasets.load_dataset(data, "test", root=data_root, download=download, image_size=size)
     classes = datasets.class_names(test)
     if len(classes) != model.spec.num_classes:
         raise ValueError(f"the model has {model.spec.num_classes} classes but {data} has {len(classes)}: "
