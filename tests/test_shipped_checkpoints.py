@@ -1,0 +1,36 @@
+"""The models shipped in checkpoints/ load by bare name and reach their recorded accuracy."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import robgen
+from robgen import data
+from robgen.models import checkpoints_dir
+
+SHIPPED = ["cifar10-resnet10-quasirobust", "cifar10-resnet10-robust", "cifar10-resnet10-standard"]
+
+
+def test_shipped_models_are_listed_and_small():
+    assert set(SHIPPED) <= set(robgen.list_models())
+    size = sum(f.stat().st_size for f in Path(checkpoints_dir()).rglob("*") if f.is_file())
+    assert size <= 60 * 2**20, f"checkpoints/ holds {size / 2**20:.1f} MB; the budget is 60 MB"
+
+
+@pytest.fixture(scope="module")
+def exact_test_images(cifar_root):
+    return data.load_tensors(data.lossless_only(data.load_dataset("cifar10", "test", root=cifar_root)))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_reaches_its_recorded_clean_accuracy(name, exact_test_images):
+    model = robgen.load_model(name)
+    assert model.spec.class_labels[3] == "cat" and model.spec.training["config"]["mode"]
+    x, y = exact_test_images
+    with torch.no_grad():
+        accuracy = float((model(x).argmax(1) == y).float().mean())
+    recorded = model.spec.metrics["eval"]["cifar10-test-png"]
+    assert recorded["n"] == len(y) == 932
+    assert abs(accuracy - recorded["clean_accuracy"]) <= 0.01
+    assert accuracy > 0.5, "a trained model, not a random one"
