@@ -98,10 +98,19 @@ def _outputs(model, x: torch.Tensor, batch_size: int, attack=None, labels=None, 
     return Outputs(torch.cat(logits), torch.cat(features), Trace.combine(traces, sizes) if traces else None)
 
 
-def _make_attack(name: str, model, settings: ReproduceSettings, lam: Optional[float] = None):
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(settings.seed)
-    if lam is not None:
-        return HighEnergyPGD(model, eps=8 / 255, alpha=settings.alpha, steps=settings.steps, lam=lam, generator=generator)
+def _generator(model, settings: ReproduceSettings) -> torch.Generator:
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(settings.seed)
+
+
+def _make_hepgd(model, settings: ReproduceSettings, lam: float) -> HighEnergyPGD:
+    """HE-PGD at 8/255 with the paper's step 1/255 and random start."""
+    return HighEnergyPGD(model, eps=8 / 255, alpha=settings.alpha, steps=settings.steps, lam=lam,
+                         generator=_generator(model, settings))
+
+
+def _make_attack(name: str, model, settings: ReproduceSettings):
+    """One of the Table 1 attacks by name (see TABLE_ATTACKS)."""
+    generator = _generator(model, settings)
     kind, eps = TABLE_ATTACKS[name]
     if kind == "apgd":
         return APGD(model, eps=eps, steps=settings.steps, generator=generator)
@@ -151,7 +160,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
             for split, x, y in (("val", x_val, y_val), ("test", x_test, y_test))
         }
     he_name = f"hepgd-8-lam{settings.lam:g}"
-    he_attack = _make_attack("", model, settings, lam=settings.lam)
+    he_attack = _make_hepgd(model, settings, settings.lam)
     adversarial[he_name] = {
         split: _outputs(model, x, b, he_attack, y, progress, desc=f"HE-PGD λ={settings.lam:g} ({split})")
         for split, x, y in (("val", x_val, y_val), ("test", x_test, y_test))
@@ -258,7 +267,7 @@ def _adaptive_study(model, settings, clean, adversarial, he_name, x_test, y_test
         elif lam == settings.lam:
             adv = adversarial[he_name]["test"]
         else:
-            attack = _make_attack("", model, settings, lam=lam)
+            attack = _make_hepgd(model, settings, lam)
             adv = _outputs(model, x_test, settings.batch_size, attack, y_test, progress, desc=f"HE-PGD λ={lam:g}")
         e = adv.energy
         class_e = -adv.logits.max(1).values

@@ -157,11 +157,10 @@ def train(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return _train(config, out_dir, (data_root, download), resume, device, progress, on_epoch)
+        return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch)
 
 
-def _load_data(config: TrainConfig, source):
-    data_root, download = source
+def _load_data(config: TrainConfig, data_root, download: bool):
     common = dict(root=data_root, download=download, image_size=config.image_size)
     augmented = datasets.load_dataset(config.data, "train", train_augment=True, **common)
     plain = datasets.load_dataset(config.data, "train", **common)
@@ -172,8 +171,8 @@ def _load_data(config: TrainConfig, source):
     return train_part, val, datasets.class_names(plain), plain
 
 
-def _train(config, out_dir, source, resume, device, progress, on_epoch) -> Classifier:
-    train_set, val_set, classes, plain = _load_data(config, source)
+def _train(config, out_dir, data_root, download, resume, device, progress, on_epoch) -> Classifier:
+    train_set, val_set, classes, plain = _load_data(config, data_root, download)
     state_path = out_dir / STATE_FILE
     if resume:
         if not (is_checkpoint_dir(out_dir) and state_path.is_file()):
