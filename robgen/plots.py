@@ -66,3 +66,53 @@ def adaptive_sweep(lams: Sequence[float], series: dict, path: Path, title: str) 
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), scale: int = 3) -> Path:
+    """A (rows, columns, C, H, W) tensor of images in [0, 1] as one PNG, each row labelled on its left."""
+    rows, columns = grid.shape[:2]
+    height, width = grid.shape[-2] * scale, grid.shape[-1] * scale
+    dpi = 100
+    label_width = 1.2 if row_labels else 0.0
+    figure = plt.figure(figsize=(label_width + columns * (width + 4) / dpi, rows * (height + 4) / dpi), dpi=dpi)
+    for r in range(rows):
+        for c in range(columns):
+            left = (label_width + c * (width + 4) / dpi) / figure.get_figwidth()
+            bottom = 1 - (r + 1) * (height + 4) / dpi / figure.get_figheight()
+            axis = figure.add_axes([left, bottom, width / dpi / figure.get_figwidth(), height / dpi / figure.get_figheight()])
+            axis.imshow(grid[r, c].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axis.set_axis_off()
+        if row_labels:
+            figure.text(0.02, 1 - (r + 0.5) * (height + 4) / dpi / figure.get_figheight(), row_labels[r],
+                        va="center", ha="left", fontsize=9)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+def gradient_maps(images: torch.Tensor, gradients: dict, path: Path) -> Path:
+    """Fig. 4: each image, then for every model its -∇ₓ loss as a signed RGB map and a magnitude map."""
+    from .synthesis.gradmaps import magnitude_map, signed_map
+
+    names = list(gradients)
+    columns = 1 + 2 * len(names)
+    figure, axes = plt.subplots(len(images), columns, figsize=(1.6 * columns, 1.7 * len(images) + 0.4), dpi=120,
+                                squeeze=False)
+    for row, image in enumerate(images):
+        axes[row, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        for k, name in enumerate(names):
+            grad = gradients[name][row:row + 1]
+            axes[row, 1 + 2 * k].imshow(signed_map(-grad)[0].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[row, 2 + 2 * k].imshow(magnitude_map(grad)[0, 0].numpy(), cmap="inferno", vmin=0, vmax=1,
+                                        interpolation="nearest")
+            if row == 0:
+                axes[row, 1 + 2 * k].set_title(f"{name}\n-∇ₓ loss", fontsize=7)
+                axes[row, 2 + 2 * k].set_title(f"{name}\n|∇ₓ loss|", fontsize=7)
+        if row == 0:
+            axes[row, 0].set_title("image", fontsize=7)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

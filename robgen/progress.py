@@ -7,7 +7,7 @@ that signature.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -30,3 +30,20 @@ def progress_bar(items: Iterable[T], desc: str = "", progress=True, total: Optio
         progress(1.0, desc=desc)
     else:
         yield from items
+
+
+def step_reporter(progress, desc: str = "") -> Optional[Callable[[float], None]]:
+    """A `fn(fraction)` for loops that report a fraction done, from a `progress` argument (see above)."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        bar = tqdm(total=100, desc=desc, leave=False, dynamic_ncols=True)
+
+        def report(fraction: float) -> None:
+            bar.n = round(100 * fraction)
+            bar.refresh()
+            if fraction >= 1:
+                bar.close()
+
+        return report
+    return lambda fraction: progress(fraction, desc=desc)

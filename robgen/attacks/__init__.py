@@ -7,7 +7,7 @@ objectives.py, so a new attack is a subclass with another `objective`.
 
 from .apgd import APGD
 from .base import Attack
-from .constraints import L2Ball, LinfBall, Unconstrained, make_constraint
+from .constraints import L2Ball, LinfBall, Masked, Unconstrained, make_constraint
 from .hepgd import HEPGD, HighEnergyPGD
 from .loop import Trace, eval_mode, projected_gradient_ascent
 from .pgd import FGSM, PGD
@@ -24,6 +24,6 @@ def make_attack(name: str, model, **settings) -> Attack:
 
 
 __all__ = [
-    "Attack", "PGD", "FGSM", "HighEnergyPGD", "HEPGD", "APGD", "Trace", "LinfBall", "L2Ball", "Unconstrained",
+    "Attack", "PGD", "FGSM", "HighEnergyPGD", "HEPGD", "APGD", "Trace", "LinfBall", "L2Ball", "Unconstrained", "Masked",
     "make_constraint", "make_attack", "projected_gradient_ascent", "eval_mode", "ATTACKS",
 ]

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 
 from ..checks import check_labels, check_pixels, check_positive, check_steps
+from ..progress import step_reporter
 from .constraints import make_constraint
 from .loop import Objective, Trace, TraceRecorder, eval_mode, projected_gradient_ascent
 from .objectives import cross_entropy, negative_cross_entropy
@@ -71,7 +72,7 @@ class Attack:
         x, y, target = self._check_inputs(x, y, target)
         recorder = TraceRecorder(y, target) if return_trace else None
         with eval_mode(self.model):
-            x_adv = self.perturb(x, y, target, recorder, progress)
+            x_adv = self.perturb(x, y, target, recorder, step_reporter(progress, type(self).__name__))
         if return_trace:
             return x_adv, recorder.finish()
         return x_adv

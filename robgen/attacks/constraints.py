@@ -96,6 +96,31 @@ class Unconstrained:
         return x_adv.clamp_(0, 1)
 
 
+class Masked:
+    """Another constraint restricted to the pixels where `mask` is true; the rest stay exactly as x.
+
+    `mask` is a boolean tensor broadcastable to the images, e.g. (N, 1, H, W).
+    Masked synthesis (inpainting, shape-guided layouts) uses it: the gradient
+    is zeroed outside the mask before the steepest-ascent direction is taken,
+    so an L2 step spends its whole length inside the mask.
+    """
+
+    def __init__(self, inner, mask: torch.Tensor) -> None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a boolean tensor, got dtype {mask.dtype}")
+        self.inner, self.mask = inner, mask
+        self.norm, self.eps = inner.norm, inner.eps
+
+    def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return torch.where(self.mask, self.inner.random_start(x, generator), x)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return self.inner.direction(grad * self.mask)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, self.inner.project(x_adv, x), x)
+
+
 def make_constraint(norm: str, eps: float):
     """The constraint for a norm name: "linf" / "inf", "l2" or "none"."""
     key = str(norm).lower().replace("-", "").replace("_", "")

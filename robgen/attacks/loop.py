@@ -112,13 +112,15 @@ def projected_gradient_ascent(
     generator: Optional[torch.Generator] = None,
     recorder: Optional[TraceRecorder] = None,
     progress: Optional[Callable] = None,
+    on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Ascend `objective(model(x'))` over x' in `constraint` around x; returns x' (detached).
 
     The caller chooses the model's mode (attacks use `eval_mode`). With a
     `recorder`, statistics of every iterate are recorded, the last one with an
     extra forward pass; without one, the cost is exactly `steps` forward and
-    backward passes.
+    backward passes. `on_step(k, x_k)` sees every iterate after step k
+    (synthesis keeps the snapshots of a path with it).
     """
     x = x.detach()
     x_adv = constraint.random_start(x, generator) if random_start else x.clone()
@@ -137,6 +139,8 @@ def projected_gradient_ascent(
             recorder.record(step, logits.detach(), loss.detach())
         with torch.no_grad():
             x_adv = constraint.project(x_adv.detach() + step_size * constraint.direction(grad), x)
+        if on_step is not None:
+            on_step(step + 1, x_adv)
         if progress is not None:
             progress((step + 1) / steps)
     if recorder is not None:

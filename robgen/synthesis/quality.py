@@ -1,0 +1,128 @@
+"""How convincing and how diverse synthesised images are, judged by other models.
+
+For every generator model, `measure_quality` synthesises `n` images of every
+class (same seeds, same settings) and asks every judge model for
+p(target class | image). A judge that is not the generator is an
+independent opinion; the generator judging itself is not (on a standard
+model its "samples" are adversarial examples that fool it and nobody else).
+Diversity is the mean pairwise L2 distance between the samples of one
+class, next to the same number for the seeds they started from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+import torch
+
+from ..progress import progress_bar
+from .ascent import synthesize
+from .seeds import SeedDistribution, initial_images
+
+SEEDS_ROW = "seeds only (no ascent)"
+
+
+def mean_pairwise_distance(images: torch.Tensor) -> float:
+    """Mean L2 distance over all pairs of images (N >= 2) of one set."""
+    flat = images.flatten(1).double()
+    if len(flat) < 2:
+        raise ValueError("diversity needs at least 2 images per class")
+    distances = torch.cdist(flat, flat)
+    n = len(flat)
+    return float(distances.sum() / (n * (n - 1)))
+
+
+def measure_quality(
+    generators: Dict[str, torch.nn.Module],
+    judges: Dict[str, torch.nn.Module],
+    n: int = 16,
+    seed: int = 0,
+    seeds: Optional[SeedDistribution] = None,
+    progress=True,
+    **settings,
+) -> dict:
+    """Judge-probability matrix, judge accuracy and diversity of samples from each generator.
+
+    `settings` go to `synthesize` (steps, eps, step_size, init, objective).
+    Returns a dict with `rows` (one per generator x judge), `diversity` (one
+    per generator) and the samples themselves under `samples` (name -> (K, n, C, H, W)).
+    """
+    rows, diversity, samples = [], [], {}
+    seed_grid = None
+    for gen_name, generator_model in generators.items():
+        num_classes = generator_model.spec.num_classes
+        device = next(generator_model.parameters()).device
+        started = time.perf_counter()
+        per_class, seed_images = [], []
+        for k in progress_bar(range(num_classes), desc=f"synthesising from {gen_name}", progress=progress):
+            rng = torch.Generator(device=device).manual_seed(seed * 1000 + k)  # same seeds for every generator
+            per_class.append(synthesize(generator_model, k, n, generator=rng, seeds=seeds, **settings).cpu())
+            init = settings.get("init", "gaussian")
+            rng = torch.Generator(device=device).manual_seed(seed * 1000 + k)
+            seed_images.append(initial_images(init, torch.full((n,), k, device=device), generator_model, rng,
+                                              device, seeds).cpu())
+        seconds = time.perf_counter() - started
+        grid = torch.stack(per_class)  # (K, n, C, H, W)
+        samples[gen_name] = grid
+        seed_grid = torch.stack(seed_images) if seed_grid is None else seed_grid
+        rows += judge_samples(grid, gen_name, judges, generator_model)
+        diversity.append({
+            "generator": gen_name,
+            "mean_pairwise_l2": sum(mean_pairwise_distance(c) for c in per_class) / num_classes,
+            "seed_mean_pairwise_l2": sum(mean_pairwise_distance(c) for c in seed_images) / num_classes,
+            "mean_l2_from_seed": float((grid - torch.stack(seed_images)).flatten(2).norm(dim=2).mean()),
+            "seconds": seconds,
+        })
+    # The control: the starting seeds themselves, before any ascent (the same for every generator).
+    rows += judge_samples(seed_grid, SEEDS_ROW, judges, None)
+    return {"rows": rows, "diversity": diversity, "samples": samples, "n_per_class": n, "seed": seed}
+
+
+def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Module], generator_model) -> list:
+    """One row per judge: mean p(target | sample) and accuracy for a (K, n, C, H, W) grid of class samples."""
+    num_classes, n = grid.shape[:2]
+    targets = torch.arange(num_classes).repeat_interleave(n)
+    rows = []
+    for judge_name, judge in judges.items():
+        judge_device = next(judge.parameters()).device
+        with torch.no_grad():
+            probs = judge(grid.flatten(0, 1).to(judge_device)).float().softmax(1).cpu()
+        target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)
+        rows.append({
+            "generator": name, "judge": judge_name, "independent": judge is not generator_model,
+            "mean_target_probability": float(target_probs.mean()),
+            "judge_accuracy": float((probs.argmax(1) == targets).float().mean()),
+            "per_class_target_probability": target_probs.view(num_classes, n).mean(1).tolist(),
+        })
+    return rows
+
+
+def quality_markdown(result: dict) -> str:
+    """The judge matrix and the diversity table as Markdown."""
+    generators = list(dict.fromkeys(row["generator"] for row in result["rows"]))
+    judges = list(dict.fromkeys(row["judge"] for row in result["rows"]))
+    cell = {(row["generator"], row["judge"]): row for row in result["rows"]}
+    lines = [
+        f"Mean p(target class | sample) given by each judge ({result['n_per_class']} samples per class; "
+        "judge accuracy in brackets; * = the generator judging its own samples, not independent).",
+        "",
+        "| samples from \\ judged by | " + " | ".join(judges) + " |",
+        "|---|" + "---|" * len(judges),
+    ]
+    for gen in generators:
+        cells = []
+        for judge in judges:
+            row = cell[(gen, judge)]
+            mark = "" if row["independent"] else "*"
+            cells.append(f"{row['mean_target_probability']:.3f}{mark} ({100 * row['judge_accuracy']:.0f}%)")
+        lines.append(f"| {gen} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| samples from | mean pairwise L2 within a class | same for the seeds | mean L2 moved from the seed | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["diversity"]:
+        lines.append(f"| {row['generator']} | {row['mean_pairwise_l2']:.2f} | {row['seed_mean_pairwise_l2']:.2f} | "
+                     f"{row['mean_l2_from_seed']:.2f} | {row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"

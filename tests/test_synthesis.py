@@ -1,0 +1,185 @@
+"""Synthesis, masked synthesis, translation, SGLD, seeds and gradient maps, mostly on the shipped models."""
+
+import pytest
+import torch
+
+import robgen
+from robgen.synthesis import (
+    SeedDistribution, default_budget, inpaint, input_gradient, load_seeds, magnitude_map, sgld_sample, signed_map,
+    synthesize, translate,
+)
+from robgen.synthesis.quality import mean_pairwise_distance, measure_quality
+from robgen.synthesis.seeds import initial_images
+
+from tests.conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def robust():
+    return robgen.load_model("cifar10-resnet10-robust")
+
+
+@pytest.fixture(scope="module")
+def standard():
+    return robgen.load_model("cifar10-resnet10-standard")
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def target_prob(model, x, k):
+    with torch.no_grad():
+        return model(x).softmax(1)[:, k]
+
+
+def test_a_few_ascent_steps_raise_the_target_probability_under_the_robust_model(robust):
+    start = initial_images("gaussian", torch.full((8,), 3), robust, gen(), torch.device("cpu"))
+    images, trace = synthesize(robust, "cat", 8, steps=10, generator=gen(), return_trace=True)
+    before, after = target_prob(robust, start, 3), target_prob(robust, images, 3)
+    assert float(after.mean()) > float(before.mean()) + 0.1
+    assert bool((after > before).all())
+    assert trace.target_prob[-1] == pytest.approx(float(after.mean()), abs=1e-5)
+    assert trace.target_prob[0] == pytest.approx(float(before.mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("init", ["gaussian", "uniform", "gray"])
+def test_samples_are_pixels_within_the_l2_budget_of_their_seed(robust, init):
+    eps = 2.0
+    start = initial_images(init, torch.full((4,), 1), robust, gen(5), torch.device("cpu"))
+    images = synthesize(robust, 1, 4, steps=8, eps=eps, step_size=0.7, init=init, generator=gen(5))
+    assert images.shape == (4, 3, 32, 32)
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+    moved = (images - start).flatten(1).norm(dim=1)
+    assert float(moved.max()) <= eps + 1e-4
+    assert float(moved.min()) > 1.0  # it did move, most of the way to the budget
+
+
+def test_the_same_generator_seed_gives_the_same_images(robust):
+    first = synthesize(robust, "ship", 3, steps=3, generator=gen(7))
+    second = synthesize(robust, "ship", 3, steps=3, generator=gen(7))
+    other = synthesize(robust, "ship", 3, steps=3, generator=gen(8))
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, other)
+
+
+def test_masked_synthesis_keeps_every_pixel_outside_the_mask(robust):
+    image = torch.rand(1, 3, 32, 32, generator=gen(2))
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1
+    images = inpaint(robust, image, mask, "horse", 2, steps=6, generator=gen())
+    outside = ~mask.bool().expand(2, 3, 32, 32)
+    assert torch.equal(images[outside], image.expand(2, -1, -1, -1)[outside])
+    assert not torch.allclose(images[~outside], image.expand(2, -1, -1, -1)[~outside])
+    assert float(target_prob(robust, images, 7).mean()) > float(target_prob(robust, image, 7).mean())
+
+
+def test_masked_steps_spend_their_whole_length_inside_the_mask(robust):
+    mask = torch.zeros(32, 32)
+    mask[:, :16] = 1
+    start = torch.full((1, 3, 32, 32), 0.5)
+    images = synthesize(robust, 0, 1, steps=1, step_size=0.5, eps=5.0, init=start, mask=mask)
+    assert float((images - start).norm()) == pytest.approx(0.5, rel=1e-3)
+    assert float((images - start)[..., 16:].abs().max()) == 0
+
+
+def test_translation_path_starts_at_the_image_and_moves_toward_the_target(robust, standard):
+    image = robgen.load_image("examples/chelsea.png", size=32)
+    result = translate(robust, image, "dog", steps=20, snapshots=4)
+    assert result.path.shape == (5, 1, 3, 32, 32) and result.steps_at == [0, 5, 10, 15, 20]
+    assert torch.equal(result.path[0], image.unsqueeze(0))
+    assert float(result.target_prob[-1, 0]) > float(result.target_prob[0, 0]) + 0.3
+    assert float((result.images - image).norm()) <= default_budget((3, 32, 32)) + 1e-4
+
+
+def test_conditional_sgld_lowers_the_class_energy_and_is_reproducible(robust):
+    x, trace = sgld_sample(robust, 6, target_class="truck", steps=15, alpha=20.0, sigma=0.005, generator=gen(1),
+                           return_trace=True)
+    again = sgld_sample(robust, 6, target_class="truck", steps=15, alpha=20.0, sigma=0.005, generator=gen(1))
+    assert torch.equal(x, again)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    # trace.loss holds -E(x, y) = the truck logit: Langevin descends the energy
+    assert trace.loss[-1] > trace.loss[0] + 1.0
+    assert trace.target_prob[-1] > trace.target_prob[0]
+
+
+def test_unconditional_sgld_lowers_the_free_energy(robust):
+    _, trace = sgld_sample(robust, 6, steps=15, alpha=20.0, sigma=0.005, generator=gen(1), return_trace=True)
+    assert trace.energy_mean[-1] < trace.energy_mean[0] - 0.5
+
+
+def test_input_gradient_matches_a_finite_difference():
+    model = tiny_model(width=4).double()
+    x = torch.rand(1, 3, 32, 32, generator=gen(3), dtype=torch.float64) * 0.8 + 0.1
+    y = torch.tensor([2])
+    grad = input_gradient(model, x, y)
+    direction = torch.randn(x.shape, generator=gen(4), dtype=torch.float64)
+    h = 1e-5
+    loss = lambda z: torch.nn.functional.cross_entropy(model(z), y)  # noqa: E731
+    with torch.no_grad():
+        numeric = (loss(x + h * direction) - loss(x - h * direction)) / (2 * h)
+    assert float((grad * direction).sum()) == pytest.approx(float(numeric), rel=1e-4)
+
+
+def test_gradient_maps_are_images_with_gray_for_no_change():
+    grad = torch.randn(2, 3, 8, 8, generator=gen())
+    magnitude = magnitude_map(grad)
+    assert magnitude.shape == (2, 1, 8, 8) and 0 <= float(magnitude.min()) and float(magnitude.max()) == 1
+    signed = signed_map(grad)
+    assert signed.shape == (2, 3, 8, 8)
+    assert torch.equal(signed_map(torch.zeros(1, 3, 4, 4)), torch.full((1, 3, 4, 4), 0.5))
+    assert bool(((signed > 0.5) == (grad > 0)).all() | (grad == 0).any())
+
+
+def test_seed_distribution_recovers_a_known_gaussian_and_survives_a_round_trip(tmp_path):
+    g = gen(0)
+    means = torch.tensor([[0.2, 0.5, 0.8], [0.7, 0.3, 0.4]])
+    labels = torch.arange(2).repeat(4000)
+    images = (means[labels].view(-1, 3, 1, 1) + 0.05 * torch.randn(len(labels), 3, 1, 1, generator=g)).expand(-1, 3, 2, 2)
+    seeds = SeedDistribution.fit([(images, labels)], ["a", "b"], resolution=2, rank=4, progress=False)
+    samples = seeds.sample(torch.zeros(3000, dtype=torch.long), (2, 2), generator=gen(1))
+    assert samples.mean((0, 2, 3)).tolist() == pytest.approx(means[0].tolist(), abs=0.01)
+    assert float(samples[:, :, 0, 0].std(0).mean()) == pytest.approx(0.05, abs=0.01)
+    path = seeds.save(tmp_path / "seeds.safetensors")
+    loaded = SeedDistribution.load(path)
+    assert loaded.class_labels == ["a", "b"] and torch.allclose(loaded.means, seeds.means)
+
+
+def test_shipped_models_carry_seeds_for_their_classes(robust):
+    seeds = load_seeds(robust)
+    assert seeds.class_labels == robust.spec.class_labels
+
+
+def test_models_without_seeds_say_how_to_fit_them():
+    with pytest.raises(FileNotFoundError, match="fit-seeds"):
+        synthesize(tiny_model(), 0, 1, steps=1)
+
+
+def test_bad_synthesis_input_is_refused_with_what_to_fix(robust):
+    with pytest.raises(ValueError, match="unknown class 'unicorn'"):
+        synthesize(robust, "unicorn", 1, steps=1)
+    with pytest.raises(ValueError, match="out of range"):
+        synthesize(robust, 10, 1, steps=1)
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        synthesize(robust, 0, 1, steps=1, step_size=0)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        synthesize(robust, 0, 1, steps=1, eps=-1)
+    with pytest.raises(ValueError, match=r"mask has shape \(16, 16\).*32x32"):
+        inpaint(robust, torch.rand(1, 3, 32, 32), torch.ones(16, 16), 0)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        inpaint(robust, torch.rand(1, 3, 32, 32), torch.full((32, 32), 0.5), 0)
+    with pytest.raises(ValueError, match="unknown init"):
+        synthesize(robust, 0, 1, steps=1, init="noise")
+    with pytest.raises(ValueError, match="target_class"):
+        sgld_sample(robust, 1, init="gaussian")
+
+
+def test_quality_judges_samples_and_controls_with_the_unmodified_seeds(robust, standard):
+    result = measure_quality({"robust": robust}, {"robust": robust, "standard": standard}, n=2, steps=5,
+                             progress=False)
+    rows = {(r["generator"], r["judge"]): r for r in result["rows"]}
+    assert not rows[("robust", "robust")]["independent"] and rows[("robust", "standard")]["independent"]
+    seeds_row = rows[("seeds only (no ascent)", "robust")]
+    assert rows[("robust", "robust")]["mean_target_probability"] > seeds_row["mean_target_probability"]
+    assert result["samples"]["robust"].shape == (10, 2, 3, 32, 32)
+    assert mean_pairwise_distance(torch.stack([torch.zeros(3), torch.ones(3) * 2])) == pytest.approx(12**0.5)

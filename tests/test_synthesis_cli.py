@@ -1,0 +1,67 @@
+"""The synthesis commands: fit-seeds, synthesize, gradmap, synthesis-quality."""
+
+import json
+
+import torch
+from PIL import Image
+
+import robgen
+from robgen.cli import main
+from robgen.synthesis import SEEDS_FILE, load_seeds
+from tests.conftest import REPO, tiny_model
+
+ROBUST = "cifar10-resnet10-robust"
+
+
+def test_fit_seeds_writes_a_seed_file_next_to_the_checkpoint(tmp_path, toy_data, capsys):
+    spec_model = tiny_model(num_classes=4)
+    spec_model.spec.class_labels = ["class0", "class1", "class2", "class3"]
+    folder = robgen.save_checkpoint(spec_model, tmp_path / "toy-model")
+    assert main(["fit-seeds", "--model", str(folder), "--data", str(toy_data), "--resolution", "4"]) == 0
+    seeds = load_seeds(robgen.load_model(folder))
+    assert (folder / SEEDS_FILE).is_file() and seeds.resolution == 4
+    # the class colours of the toy data come back as the seeds' means: class0 is red
+    red = seeds.means[0].view(3, 4, 4).mean((1, 2))
+    assert float(red[0]) > 0.6 and float(red[1]) < 0.4
+    assert main(["fit-seeds", "--model", str(folder), "--data", str(toy_data)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_synthesize_writes_a_grid_of_classes_by_samples(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["synthesize", "--model", ROBUST, "--classes", "cat", "8", "--n", "3", "--steps", "4",
+                 "--out", str(out), "--scale", "2"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [row["class"] for row in report["classes"]] == ["cat", "ship"]
+    assert len(report["traces"]["cat"]["target_prob"]) == 5
+    with Image.open(out / "grid.png") as grid:
+        assert grid.width > 3 * 64 and grid.height >= 2 * 64
+    assert main(["synthesize", "--model", ROBUST, "--classes", "unicorn", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown class 'unicorn'" in capsys.readouterr().err
+
+
+def test_synthesize_by_sgld_and_from_an_image_file(tmp_path):
+    out = tmp_path / "sgld"
+    assert main(["synthesize", "--model", ROBUST, "--classes", "0", "--n", "2", "--steps", "3", "--method", "sgld",
+                 "--init", str(REPO / "examples" / "rocket.png"), "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["method"] == "sgld"
+
+
+def test_gradmap_draws_every_model_side_by_side(tmp_path, capsys):
+    out = tmp_path / "maps.png"
+    assert main(["gradmap", "--models", "cifar10-resnet10-standard", ROBUST, "--out", str(out),
+                 str(REPO / "examples" / "chelsea.png"), str(REPO / "examples" / "coffee.png")]) == 0
+    with Image.open(out) as figure:
+        assert figure.width > figure.height  # 2 rows of 5 panels
+    assert main(["gradmap", "--models", ROBUST, "--out", str(tmp_path / "bad.png"), str(REPO / "README.md")]) == 2
+    assert "README.md" in capsys.readouterr().err
+
+
+def test_synthesis_quality_writes_the_judge_table(tmp_path):
+    out = tmp_path / "quality"
+    assert main(["synthesis-quality", "--models", ROBUST, "--judges", "cifar10-resnet10-standard", ROBUST,
+                 "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    generators = {row["generator"] for row in result["rows"]}
+    assert generators == {ROBUST, "seeds only (no ascent)"}
+    assert "samples from" in (out / "results.md").read_text() and (out / f"grid_{ROBUST}.png").is_file()
