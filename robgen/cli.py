@@ -344,6 +344,33 @@ def command_reproduce(args) -> int:
     return 0
 
 
+def command_fit_detector(args) -> int:
+    from .calibration import DETECTOR_FILE, calibrate_detector, shipped_detector_path
+
+    device = pick_device(args.device)
+    model = open_model(args, device)
+    path = Path(args.out) if args.out else shipped_detector_path(model)
+    if path is None:
+        raise UsageError("this model has no checkpoint folder to store the detector in: pass --out FILE")
+    if path.is_dir():
+        path = path / DETECTOR_FILE
+    if path.exists() and not args.overwrite:
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    attack = build_attack(args, model, device)
+    try:
+        detector = calibrate_detector(model, args.data, attack, n=args.limit, rule=args.rule, val_size=args.val_size,
+                                      data_root=args.data_root, download=args.download, batch_size=args.batch_size,
+                                      seed=args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    detector.save(path)
+    test = detector.calibration["test"]
+    print(f"threshold {detector.threshold:.4f} on {args.limit} validation images; on {args.limit} test images: "
+          f"detection rate {test['detection_rate']:.3f}, FPR {test['false_positive_rate']:.3f}, AUROC {test['auroc']:.3f}")
+    print(f"wrote {path}")
+    return 0
+
+
 def command_fit_seeds(args) -> int:
     from .synthesis.seeds import SEEDS_FILE, SeedDistribution, seeds_path
 
@@ -607,6 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--seed", type=int, default=0)
     add_output_arguments(repro)
     repro.set_defaults(run=command_reproduce)
+
+    fit_detector = commands.add_parser("fit-detector", help="fit the energy detector the app uses; store it with the model")
+    add_model_arguments(fit_detector)
+    add_attack_arguments(fit_detector, steps=10)
+    add_data_arguments(fit_detector)
+    fit_detector.add_argument("--rule", default="gmean", choices=["gmean", "youden", "fpr"])
+    fit_detector.add_argument("--limit", type=int, default=500, help="validation images to fit on, test images to check on")
+    fit_detector.add_argument("--val-size", type=int, default=5000, help="validation images held out of train")
+    fit_detector.add_argument("--batch-size", type=int, default=250)
+    fit_detector.add_argument("--out", help="file or folder to write (default: detector.json in the checkpoint folder)")
+    fit_detector.add_argument("--overwrite", action="store_true")
+    fit_detector.set_defaults(run=command_fit_detector)
 
     seeds = commands.add_parser("fit-seeds", help="fit the class-conditional Gaussian seeds of synthesis; store them with the model")
     add_model_arguments(seeds)

@@ -58,6 +58,9 @@ class EnergyDetector:
         self.temperatures = tuple(float(t) for t in temperatures)
         self.threshold: Optional[float] = None
         self.validation: Dict[str, object] = {}
+        # Optional record of how it was fitted (see robgen.calibration): the attack, the data and the
+        # clean and adversarial validation energies, which the app draws as a histogram.
+        self.calibration: Dict[str, object] = {}
 
     def energies(self, scores: torch.Tensor) -> torch.Tensor:
         """E(x) at the detector's temperature: `scores` are energies (1-D) or logits (2-D)."""
@@ -106,7 +109,7 @@ class EnergyDetector:
         return {
             "rule": self.rule, "temperature": self.temperature, "search_temperature": self.search_temperature,
             "target_fpr": self.target_fpr, "temperatures": list(self.temperatures), "threshold": self.threshold,
-            "validation": self.validation,
+            "validation": self.validation, **({"calibration": self.calibration} if self.calibration else {}),
         }
 
     def save(self, path: Union[str, Path]) -> Path:
@@ -126,6 +129,7 @@ class EnergyDetector:
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path} is not a saved EnergyDetector ({type(error).__name__}: {error})") from None
         detector.validation = data.get("validation", {})
+        detector.calibration = data.get("calibration", {})
         return detector
 
     def __repr__(self) -> str:

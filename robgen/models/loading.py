@@ -6,7 +6,9 @@ Names it understands:
 - a path to a checkpoint folder (`model.safetensors` + `config.json`);
 - `timm:<name>`: any timm architecture, pretrained through timm / the Hugging
   Face Hub when online, or random weights with `pretrained=False`;
-- `hf-hub:<org>/<repo>`: a robgen checkpoint or a timm model on the Hub.
+- `hf-hub:<org>/<repo>`: a robgen checkpoint or a timm model on the Hub;
+- `madrylab:<stem>`: a robust ImageNet ResNet of `madrylab/robust-imagenet-models`
+  (e.g. `madrylab:resnet50_l2_eps3`), converted once to a cached checkpoint.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def load_model(
         model = _load_timm(text[len("timm:"):], pretrained, weights, timm_kwargs)
     elif text.startswith("hf-hub:"):
         model = _load_hub(text[len("hf-hub:"):])
+    elif text.startswith("madrylab:"):
+        from .madrylab import load_madrylab
+
+        model = load_madrylab(text[len("madrylab:"):])
     elif is_checkpoint_dir(text):
         model = load_checkpoint(text)
     elif is_checkpoint_dir(checkpoints_dir() / text) and "/" not in text:

@@ -1,0 +1,194 @@
+"""Running the app as a Hugging Face Space: settings in `space.yaml`, README front matter, deploy, ZeroGPU.
+
+    python -m robgen.space render                           # print the Space README front matter
+    python -m robgen.space render --out space-README.md
+    python -m robgen.space deploy --repo USER/NAME --dry-run # what would be uploaded, no network
+    python -m robgen.space deploy --repo USER/NAME          # create or update the Space (needs HF_TOKEN)
+
+`space.yaml` holds the title, Gradio and Python versions, hardware (e.g.
+"t4-small" or "zero-a10g"), the models to preload and the files to leave
+out. `gpu` wraps the app's handlers with `spaces.GPU` on ZeroGPU Spaces,
+where the `spaces` package is installed, and does nothing anywhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPACE_FILE = "space.yaml"
+HARDWARE = ("cpu-basic", "cpu-upgrade", "zero-a10g", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large",
+            "a100-large")
+# Front-matter keys of a Space README (https://huggingface.co/docs/hub/spaces-config-reference) robgen sets.
+FRONT_MATTER_KEYS = ("title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "python_version", "app_file",
+                     "pinned", "license", "short_description", "suggested_hardware", "preload_from_hub", "models")
+
+
+def gpu(function: Optional[Callable] = None, *, duration: int = 60):
+    """`spaces.GPU(duration=...)` when the `spaces` package is present (ZeroGPU), else the function unchanged."""
+    try:
+        import spaces  # noqa: F401  (only on Hugging Face Spaces)
+    except ImportError:
+        spaces = None
+
+    def wrap(fn: Callable) -> Callable:
+        return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+    return wrap(function) if function is not None else wrap
+
+
+@dataclass
+class SpaceSettings:
+    """The contents of `space.yaml`."""
+
+    title: str
+    sdk_version: str
+    python_version: str
+    hardware: str = "cpu-basic"
+    emoji: str = "🔋"
+    color_from: str = "indigo"
+    color_to: str = "red"
+    license: str = "mit"
+    short_description: str = ""
+    app_file: str = "app.py"
+    preload_models: List[str] = field(default_factory=list)  # robgen model names the app loads at start
+    preload_from_hub: List[str] = field(default_factory=list)  # "org/repo file1,file2" entries for the Hub
+    ignore: List[str] = field(default_factory=list)  # glob patterns left out of the upload
+
+    @classmethod
+    def load(cls, path: Path = REPO_ROOT / SPACE_FILE) -> "SpaceSettings":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: the Space settings live in {SPACE_FILE} at the repo root")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must be a YAML mapping of settings")
+        known = {name for name in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = [name for name in ("title", "sdk_version", "python_version") if name not in data]
+        if missing:
+            raise ValueError(f"{path}: missing {', '.join(missing)}")
+        settings = cls(**{key: (str(value) if key in ("sdk_version", "python_version") else value)
+                          for key, value in data.items()})
+        if settings.hardware not in HARDWARE:
+            raise ValueError(f"{path}: hardware {settings.hardware!r} is not one of {', '.join(HARDWARE)}")
+        if len(settings.short_description) > 60:
+            raise ValueError(f"{path}: short_description has {len(settings.short_description)} characters; "
+                             "the Hub allows 60")
+        return settings
+
+    def front_matter(self) -> dict:
+        matter = {
+            "title": self.title, "emoji": self.emoji, "colorFrom": self.color_from, "colorTo": self.color_to,
+            "sdk": "gradio", "sdk_version": self.sdk_version, "python_version": self.python_version,
+            "app_file": self.app_file, "pinned": False, "license": self.license,
+            "short_description": self.short_description, "suggested_hardware": self.hardware,
+        }
+        if self.preload_from_hub:
+            matter["preload_from_hub"] = list(self.preload_from_hub)
+        return {key: matter[key] for key in FRONT_MATTER_KEYS if key in matter and matter[key] not in ("", None)}
+
+
+def render(settings: SpaceSettings, body: str = "") -> str:
+    """A Space README: the YAML front matter between --- lines, then `body`."""
+    matter = yaml.safe_dump(settings.front_matter(), sort_keys=False, allow_unicode=True)
+    return f"---\n{matter}---\n\n{body}"
+
+
+def files_to_upload(root: Path, ignore: List[str]) -> List[str]:
+    """The repo files a Space upload takes (tracked-looking files minus the `ignore` globs), sorted."""
+    chosen = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(root).as_posix()
+        if any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative + "/", pattern) for pattern in ignore):
+            continue
+        chosen.append(relative)
+    return chosen
+
+
+def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_run: bool = False, api=None,
+           private: bool = False, token: Optional[str] = None) -> dict:
+    """Create or update the Space `repo_id`: repo, files, README with front matter, hardware.
+
+    With `dry_run`, nothing touches the network: the plan is returned (and
+    printed by the CLI). `api` is an `HfApi` (made here when None).
+    """
+    if "/" not in repo_id or repo_id.count("/") != 1:
+        raise ValueError(f"--repo must look like USER/NAME, got {repo_id!r}")
+    readme = render(settings, (root / "README.md").read_text() if (root / "README.md").is_file() else "")
+    ignore = list(settings.ignore) + ["README.md"]
+    plan = {
+        "repo_id": repo_id, "create_repo": {"repo_type": "space", "space_sdk": "gradio",
+                                            "space_hardware": settings.hardware, "private": private, "exist_ok": True},
+        "upload_folder": {"folder_path": str(root), "ignore_patterns": ignore},
+        "files": files_to_upload(root, ignore) + ["README.md"], "readme": readme,
+        "request_space_hardware": settings.hardware,
+    }
+    if dry_run:
+        return plan
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", space_hardware=settings.hardware,
+                          private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(root), ignore_patterns=ignore,
+                      commit_message="Deploy robgen")
+    api.upload_file(repo_id=repo_id, repo_type="space", path_or_fileobj=readme.encode(), path_in_repo="README.md",
+                    commit_message="Space README front matter from space.yaml")
+    api.request_space_hardware(repo_id, settings.hardware)
+    plan["url"] = str(url)
+    return plan
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m robgen.space", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(REPO_ROOT / SPACE_FILE), help="the Space settings (default space.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    render_parser = commands.add_parser("render", help="write the Space README front matter")
+    render_parser.add_argument("--out", help="write here instead of printing")
+    render_parser.add_argument("--with-readme", action="store_true", help="append the project README")
+    deploy_parser = commands.add_parser("deploy", help="create or update the Space")
+    deploy_parser.add_argument("--repo", required=True, help="USER/NAME of the Space")
+    deploy_parser.add_argument("--dry-run", action="store_true", help="print the plan, touch no network")
+    deploy_parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        settings = SpaceSettings.load(Path(args.config))
+        if args.command == "render":
+            body = (REPO_ROOT / "README.md").read_text() if args.with_readme else ""
+            text = render(settings, body)
+            if args.out:
+                Path(args.out).write_text(text)
+                print(f"wrote {args.out}")
+            else:
+                print(text, end="")
+            return 0
+        plan = deploy(args.repo, settings, dry_run=args.dry_run, private=args.private)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"dry run: would create/update the Space {plan['repo_id']} (sdk gradio {settings.sdk_version}, "
+              f"hardware {settings.hardware}) and upload {len(plan['files'])} files:")
+        for name in plan["files"]:
+            print(f"  {name}")
+        print("README.md front matter:\n" + plan["readme"].split("\n---\n")[0] + "\n---")
+    else:
+        print(f"deployed {plan['url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""What each tab of the Gradio app computes, one function per tab, free of any UI code.
+
+`app.py` turns an upload into a file path and a few numbers, calls one of
+these, and shows the result. Everything here works on the library's own
+types (tensors in [0, 1], `Trace`, `EnergyDetector`) plus PIL images and
+matplotlib figures ready to display, so it is tested without a browser.
+
+    model = cached_model("cifar10-resnet10-standard")
+    result = attack_image(model, "examples/chelsea.png", attack="pgd", eps=8/255, steps=10)
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from .attacks import make_attack
+from .attacks.loop import Trace
+from .calibration import calibration_energies, load_shipped_detector
+from .detector import EnergyDetector
+from .energy import energy
+from .images import load_image, tensor_to_pil
+from .models import list_models, load_model
+from .synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
+
+ImageInput = Union[str, Path, torch.Tensor]
+DISPLAY_SIZE = 192  # small model inputs are enlarged (nearest neighbour) to this many pixels for display
+
+# Hub models offered when the machine is online (downloaded and converted once, then cached).
+HUB_MODELS = ["madrylab:resnet50_l2_eps3", "madrylab:resnet50_l2_eps0.05", "timm:inception_v3.tf_adv_in1k"]
+
+_load_lock = threading.Lock()
+
+
+def hub_reachable(timeout: float = 1.0) -> bool:
+    """Whether huggingface.co answers (False at once under HF_HUB_OFFLINE=1)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def available_models(online: bool = False) -> List[str]:
+    """The shipped checkpoints, plus the ImageNet Hub models when `online`."""
+    return list_models() + (HUB_MODELS if online else [])
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(name: str):
+    return load_model(name)
+
+
+def cached_model(name: str, device: Optional[Union[str, torch.device]] = None):
+    """`load_model(name)`, loaded once per process and moved to `device` (default: CUDA when present)."""
+    with _load_lock:  # two requests for one new model load it once
+        model = _cached(name)
+        target = torch.device(device) if device is not None else default_device()
+        if next(model.parameters()).device != target:
+            model.to(target)
+    return model
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_input(model, image: ImageInput) -> torch.Tensor:
+    """A (1, C, H, W) batch on the model's device: a file resized and centre-cropped as the model sees it."""
+    if isinstance(image, torch.Tensor):
+        x = image if image.ndim == 4 else image.unsqueeze(0)
+    else:
+        x = load_image(image, size=model.spec.input_size[1:]).unsqueeze(0)
+    return x.to(next(model.parameters()).device)
+
+
+def display(x: torch.Tensor, size: int = DISPLAY_SIZE):
+    """One (C, H, W) or (1, C, H, W) image as a PIL image, enlarged without smoothing when small."""
+    from PIL import Image
+
+    picture = tensor_to_pil(x.squeeze(0) if x.ndim == 4 else x)
+    if max(picture.size) < size:
+        factor = max(1, size // max(picture.size))
+        picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+    return picture
+
+
+def top_classes(logits: torch.Tensor, labels: List[str], k: int = 5) -> Dict[str, float]:
+    """{label: probability} of the k most likely classes of one image."""
+    probs = logits.float().softmax(-1).view(-1)
+    values, indices = probs.topk(min(k, len(labels)))
+    return {labels[int(i)]: float(v) for v, i in zip(values, indices)}
+
+
+@dataclass
+class AttackResult:
+    clean: torch.Tensor  # (1, C, H, W) as the model sees it
+    adversarial: torch.Tensor  # (1, C, H, W), quantised to 8 bits and inside the threat model
+    top_clean: Dict[str, float]
+    top_adversarial: Dict[str, float]
+    energy_clean: float
+    energy_adversarial: float
+    trace: Trace
+    attack: str
+
+    @property
+    def perturbation(self) -> torch.Tensor:
+        """The change, amplified to the full range for display: gray = no change."""
+        delta = (self.adversarial - self.clean)[0]
+        peak = float(delta.abs().max())
+        return (0.5 + delta / (2 * peak)).clamp(0, 1) if peak > 0 else torch.full_like(delta, 0.5)
+
+    def summary(self) -> str:
+        clean_label, clean_p = next(iter(self.top_clean.items()))
+        adv_label, adv_p = next(iter(self.top_adversarial.items()))
+        delta = (self.adversarial - self.clean).flatten()
+        return (
+            f"{self.attack}: **{clean_label}** ({clean_p:.1%}) → **{adv_label}** ({adv_p:.1%}). "
+            f"Energy E(x) {self.energy_clean:.2f} → {self.energy_adversarial:.2f} "
+            f"({'lower: looks *more* likely to the model' if self.energy_adversarial < self.energy_clean else 'higher'}). "
+            f"Change: L∞ {float(delta.abs().max()) * 255:.1f}/255, L2 {float(delta.norm()):.3f}."
+        )
+
+
+def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 / 255, steps: int = 10,
+                 step_size: float = 1 / 255, lam: float = 1.2, target: Optional[Union[int, str]] = None,
+                 seed: int = 0, progress: Optional[Callable] = None) -> AttackResult:
+    """Attack one image against the model's own prediction (or toward `target`) with FGSM / PGD / HE-PGD / APGD."""
+    x = model_input(model, image)
+    device = x.device
+    settings = {"eps": eps, "generator": torch.Generator(device=device).manual_seed(int(seed))}
+    key = attack.lower().replace("-", "")
+    if key in ("pgd", "hepgd"):
+        settings.update(alpha=step_size, steps=steps)
+    if key == "hepgd":
+        settings.update(lam=lam)
+    if key == "apgd":
+        settings.update(steps=steps)
+    attacker = make_attack(key, model, **settings)
+    with torch.no_grad():
+        clean_logits = model(x)
+    label = clean_logits.argmax(1)
+    target_index = None
+    if target not in (None, ""):
+        if key in ("hepgd", "apgd"):
+            raise ValueError(f"{attack} is untargeted here: clear the target class or use PGD / FGSM")
+        target_index = torch.tensor([model.spec.class_index(target)], device=device)
+    adversarial, trace = attacker(x, label, target=target_index, return_trace=True, progress=progress)
+    adversarial = attacker.constraint.project((adversarial * 255).round() / 255, x)  # what a PNG can hold
+    with torch.no_grad():
+        adv_logits = model(adversarial)
+    labels = model.spec.class_labels
+    return AttackResult(
+        clean=x.cpu(), adversarial=adversarial.cpu(), top_clean=top_classes(clean_logits, labels),
+        top_adversarial=top_classes(adv_logits, labels), energy_clean=float(energy(clean_logits.float())),
+        energy_adversarial=float(energy(adv_logits.float())), trace=trace, attack=repr(attacker),
+    )
+
+
+def trace_figure(trace: Trace, title: str = ""):
+    """Energy E(x) and the class probability after every step of an attack or synthesis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.2, 3.2), dpi=100)
+    axis.plot(trace.step, trace.energy_mean, marker="o", markersize=3, color="tab:red", label="E(x)")
+    axis.set_xlabel("step")
+    axis.set_ylabel("energy E(x)", color="tab:red")
+    twin = axis.twinx()
+    targeted = bool(trace.target_prob) and not any(p != p for p in trace.target_prob)
+    probs, name = (trace.target_prob, "p(target | x)") if targeted else (trace.true_prob, "p(original class | x)")
+    twin.plot(trace.step, probs, marker="s", markersize=3, color="tab:blue", label=name)
+    twin.set_ylim(-0.02, 1.02)
+    twin.set_ylabel(name, color="tab:blue")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+@dataclass
+class DetectResult:
+    image: torch.Tensor
+    energy: float
+    threshold: float
+    flagged: bool
+    top: Dict[str, float]
+    detector: EnergyDetector
+
+    def summary(self) -> str:
+        verdict = "**adversarial**" if self.flagged else "**natural**"
+        relation = "≤" if self.flagged else ">"
+        calibration = self.detector.calibration
+        test = calibration.get("test", {})
+        measured = (f" On {calibration.get('n_test', '?')} test images this threshold caught "
+                    f"{test.get('detection_rate', float('nan')):.1%} of {calibration.get('attack', 'attacked')} examples "
+                    f"with {test.get('false_positive_rate', float('nan')):.1%} false positives.") if test else ""
+        return (f"E(x) = {self.energy:.3f} {relation} threshold {self.threshold:.3f}: flagged as {verdict} "
+                f"(adversarial examples get *lower* energy).{measured}")
+
+
+def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = None) -> DetectResult:
+    """Energy of one image against the detector shipped with the model (or `detector`)."""
+    detector = detector if detector is not None else load_shipped_detector(model)
+    x = model_input(model, image)
+    with torch.no_grad():
+        logits = model(x).float()
+    value = float(detector.energies(logits)[0])
+    return DetectResult(x.cpu(), value, float(detector.threshold), bool(detector.predict(logits)[0]),
+                        top_classes(logits, model.spec.class_labels), detector)
+
+
+def detection_figure(result: DetectResult):
+    """The calibration set's clean and adversarial energies, the threshold, and this image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean, adversarial = calibration_energies(result.detector)
+    figure, axis = plt.subplots(figsize=(5.2, 3.2), dpi=100)
+    if len(clean) and len(adversarial):
+        low = min(float(clean.min()), float(adversarial.min()), result.energy)
+        high = max(float(clean.max()), float(adversarial.max()), result.energy)
+        bins = torch.linspace(low, high, 50).tolist()
+        axis.hist(clean.tolist(), bins=bins, alpha=0.6, color="tab:blue", label="clean (calibration)")
+        axis.hist(adversarial.tolist(), bins=bins, alpha=0.6, color="tab:red", label="adversarial (calibration)")
+    axis.axvline(result.threshold, color="black", linestyle="--", label="threshold")
+    axis.axvline(result.energy, color="tab:green", linewidth=2.5, label="this image")
+    axis.set_xlabel("E(x) = -logsumexp f(x)")
+    axis.set_ylabel("images")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def synthesize_gallery(model, target_class, n: int = 8, steps: int = 60, step_size: Optional[float] = None,
+                       seed: int = 0, progress: Optional[Callable] = None) -> Tuple[List[Tuple[object, str]], Trace]:
+    """`n` images of a class, each captioned with the model's probability of that class."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    index = model.spec.class_index(target_class)
+    images, trace = synthesize(model, index, n, steps=steps, step_size=step_size, generator=generator,
+                               progress=progress, return_trace=True)
+    with torch.no_grad():
+        probs = model(images).float().softmax(1)[:, index]
+    label = model.spec.class_labels[index]
+    return [(display(image), f"p({label}) = {float(p):.2f}") for image, p in zip(images.cpu(), probs.cpu())], trace
+
+
+def gradient_gallery(models: Dict[str, torch.nn.Module], image: ImageInput) -> List[Tuple[object, str]]:
+    """For each model: its view of the image, -∇ₓ loss as a signed RGB map and |∇ₓ loss|."""
+    gallery = []
+    for name, model in models.items():
+        x = model_input(model, image)
+        grad = input_gradient(model, x).cpu()
+        magnitude = magnitude_map(grad)[0].expand(3, -1, -1)
+        gallery += [(display(signed_map(-grad)[0]), f"{name}: -∇ₓ loss"), (display(magnitude), f"{name}: |∇ₓ loss|")]
+    return gallery
+
+
+def translate_gallery(model, image: ImageInput, target_class, steps: int = 60, eps: Optional[float] = None,
+                      snapshots: int = 5, progress: Optional[Callable] = None) -> List[Tuple[object, str]]:
+    """The path of an image toward a class, captioned with p(target) and the step."""
+    x = model_input(model, image)
+    result = translate(model, x, target_class, steps=steps, eps=eps, snapshots=snapshots, progress=progress)
+    label = model.spec.class_labels[model.spec.class_index(target_class)]
+    return [(display(frame[0]), f"step {step}: p({label}) = {float(p):.2f}")
+            for frame, step, p in zip(result.path.cpu(), result.steps_at, result.target_prob[:, 0])]

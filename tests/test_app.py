@@ -1,0 +1,129 @@
+"""The Gradio app end to end: launched on localhost, called through gradio_client on the shipped models."""
+
+import io
+import re
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+gradio_client = pytest.importorskip("gradio_client")
+sys.path.insert(0, str(REPO))
+import app  # noqa: E402
+
+STANDARD, ROBUST = "cifar10-resnet10-standard", "cifar10-resnet10-robust"
+
+
+@pytest.fixture(scope="module")
+def client():
+    demo = app.build_app()
+    demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
+                            max_file_size=app.MAX_FILE_SIZE, show_error=True, quiet=True)
+    yield gradio_client.Client(url, verbose=False)
+    demo.close()
+
+
+def upload(path):
+    return gradio_client.handle_file(str(path))
+
+
+def attack(client, image, **settings):
+    arguments = dict(model_name=STANDARD, method="pgd", eps_255=8, steps=5, step_size_255=2, lam=1.2, target="", seed=0)
+    arguments.update(settings)
+    return client.predict(image=upload(image), api_name="/attack", **arguments)
+
+
+def test_every_handler_has_an_api_name_and_an_image_parameter(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/attack", "/detect", "/synthesize", "/gradient_maps", "/translate"} <= set(endpoints)
+    for name in ("/attack", "/detect", "/gradient_maps", "/translate"):
+        assert "image" in [p["parameter_name"] for p in endpoints[name]["parameters"]]
+
+
+def test_attack_fools_the_standard_model_and_lowers_the_energy(client):
+    seen, adversarial, perturbation, before, after, summary, plot = attack(client, REPO / "examples" / "chelsea.png")
+    assert before["label"] != after["label"]
+    energy_before, energy_after = map(float, re.search(r"Energy E\(x\) (\S+) → (\S+) ", summary).groups())
+    assert energy_after < energy_before
+    with Image.open(seen) as a, Image.open(adversarial) as b:
+        assert a.size == b.size == (192, 192)  # 32x32 as the model sees it, enlarged 6x
+        delta = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max()
+        assert 0 < delta <= 8
+    assert plot is not None
+
+
+def test_detect_flags_the_shipped_adversarial_example_and_passes_its_clean_twin(client):
+    folder = REPO / "examples" / "adversarial"
+    _, verdict, top, _ = client.predict(image=upload(folder / "chelsea_adv.png"), model_name=STANDARD, api_name="/detect")
+    assert "flagged as **adversarial**" in verdict
+    _, verdict, top, _ = client.predict(image=upload(folder / "chelsea_clean.png"), model_name=STANDARD, api_name="/detect")
+    assert "flagged as **natural**" in verdict and top["label"] == "cat"
+
+
+def test_synthesize_returns_a_gallery_of_the_class(client):
+    gallery, _ = client.predict(model_name=ROBUST, target_class="horse", n=3, steps=10, step_size=None, seed=0,
+                                api_name="/synthesize")
+    assert len(gallery) == 3 and all(item["caption"].startswith("p(horse)") for item in gallery)
+
+
+def test_gradient_maps_and_translation_of_an_upload(client):
+    maps = client.predict(image=upload(REPO / "examples" / "coffee.png"), model_name=ROBUST, api_name="/gradient_maps")
+    captions = [item["caption"] for item in maps]
+    assert any(c.startswith(STANDARD) for c in captions) and any(c.startswith(ROBUST) for c in captions)
+    path = client.predict(image=upload(REPO / "examples" / "chelsea.png"), model_name=ROBUST, target_class="dog",
+                          steps=10, api_name="/translate")
+    assert len(path) == 6 and path[0]["caption"].startswith("step 0")
+    assert float(path[-1]["caption"].split("= ")[1]) > float(path[0]["caption"].split("= ")[1])
+
+
+def write_bad_uploads(folder):
+    """Each file with the message the app must answer, or None where the upload must just work."""
+    files = {}
+    (folder / "notes.png").write_text("this is not an image")
+    files["notes.png"] = "not an image file"
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
+    (folder / "truncated.png").write_bytes(buffer.getvalue()[:120])
+    files["truncated.png"] = "could not be decoded"
+    Image.new("RGB", (1, 1)).save(folder / "tiny.png")
+    files["tiny.png"] = "too small"
+    Image.new("L", (8000, 8000)).save(folder / "huge.png")
+    files["huge.png"] = "megapixel limit"
+    Image.new("RGBA", (40, 40), (0, 0, 255, 128)).save(folder / "rgba.png")
+    Image.new("L", (40, 40), 128).save(folder / "gray.png")
+    Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)).save(folder / "sixteen.png")
+    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    Image.new("CMYK", (40, 40), (0, 100, 200, 0)).save(folder / "cmyk.jpg")
+    for name in ("rgba.png", "gray.png", "sixteen.png", "animated.gif", "cmyk.jpg"):
+        files[name] = None
+    return files
+
+
+def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(client, tmp_path):
+    for name, message in write_bad_uploads(tmp_path).items():
+        if message is None:
+            _, verdict, top, _ = client.predict(image=upload(tmp_path / name), model_name=STANDARD, api_name="/detect")
+            assert "E(x) =" in verdict, name
+            continue
+        with pytest.raises(gradio_client.exceptions.AppError, match=message) as error:
+            client.predict(image=upload(tmp_path / name), model_name=STANDARD, api_name="/detect")
+        assert "/gradio/" not in str(error.value) and name in str(error.value)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Upload an image"):
+        client.predict(image=None, model_name=STANDARD, api_name="/detect")
+    with pytest.raises(gradio_client.exceptions.AppError, match="untargeted"):
+        attack(client, REPO / "examples" / "rocket.png", method="hepgd", target="cat")
+    # and everyone else is still served
+    assert attack(client, REPO / "examples" / "rocket.png")[5].startswith("PGD")
+
+
+def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(11 * 2**20))
+    with pytest.raises(Exception, match="(?i)size|large"):
+        client.predict(image=upload(big), model_name=STANDARD, api_name="/detect")
+    assert client.predict(image=upload(REPO / "examples" / "coffee.png"), model_name=STANDARD, api_name="/detect")
