@@ -1,0 +1,86 @@
+"""The app as a person sees it: headless Chromium opens every tab and runs an attack from the page.
+
+Screenshots go to $ROBGEN_TEST_ARTIFACTS (default out/test-artifacts/, git-ignored). Needs the
+`playwright` package and a Chromium binary (`apt-get install chromium`); skips, saying which is
+missing, where they are absent.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (requirements-test.txt)")
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium binary: apt-get install chromium")
+ARTIFACTS = Path(os.environ.get("ROBGEN_TEST_ARTIFACTS", REPO / "out" / "test-artifacts"))
+
+sys.path.insert(0, str(REPO))
+import app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def page():
+    demo = app.build_app()
+    demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
+                            max_file_size=app.MAX_FILE_SIZE, show_error=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+        tab.goto(url)
+        tab.get_by_text("the generative model inside a classifier").wait_for(timeout=30_000)
+        yield tab
+        browser.close()
+    demo.close()
+
+
+def open_tab(page, name):
+    page.get_by_role("tab", name=name).click()
+
+
+def test_each_tab_renders_its_controls(page):
+    expectations = {
+        "Attack": ["button:Attack", "text:eps (/255, L∞)", "text:λ (HE-PGD energy weight)"],
+        "Detect": ["button:Detect", "text:calibration energies"],
+        "Synthesize": ["button:Synthesize", "button:Translate", "text:step size (L2"],
+        "About": ["text:Cite", "text:From Python"],
+    }
+    for tab, controls in expectations.items():
+        open_tab(page, tab)
+        for control in controls:
+            kind, text = control.split(":", 1)
+            locator = (page.get_by_role("button", name=text, exact=True) if kind == "button"
+                       else page.get_by_text(text, exact=False).first)
+            locator.wait_for(state="visible", timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / f"tab-{tab.lower()}.png"), full_page=True)
+        assert (ARTIFACTS / f"tab-{tab.lower()}.png").stat().st_size > 10_000
+
+
+def test_an_attack_run_from_the_page_shows_a_result(page):
+    open_tab(page, "Attack")
+    page.locator("input[type=file]").first.set_input_files(str(REPO / "examples" / "chelsea.png"))
+    page.get_by_role("button", name="Attack", exact=True).click()
+    result = page.get_by_text("Energy E(x)")
+    result.wait_for(state="visible", timeout=60_000)
+    assert "→" in result.inner_text()
+    page.get_by_text("top-5 after").first.wait_for(state="visible")
+    page.screenshot(path=str(ARTIFACTS / "attack-result.png"), full_page=True)
+
+
+def test_a_bad_upload_shows_its_message_in_the_page(page, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    open_tab(page, "Detect")
+    page.locator("input[type=file]").nth(1).set_input_files(str(bad))
+    page.get_by_role("button", name="Detect", exact=True).click()
+    page.get_by_text("is not an image file").first.wait_for(state="visible", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "detect-bad-upload.png"))  # the viewport, where the message toast is
