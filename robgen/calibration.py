@@ -20,6 +20,7 @@ import torch
 from . import data as datasets
 from .detector import EnergyDetector
 from .energy import compute_energies
+from .models.checkpoint import model_folder
 
 DETECTOR_FILE = "detector.json"
 
@@ -54,8 +55,8 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
 
 
 def shipped_detector_path(model) -> Optional[Path]:
-    source = getattr(getattr(model, "spec", None), "source", "")
-    return Path(source) / DETECTOR_FILE if source and Path(source).is_dir() else None
+    folder = model_folder(model)
+    return folder / DETECTOR_FILE if folder is not None else None
 
 
 def load_shipped_detector(model) -> EnergyDetector:

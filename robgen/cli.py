@@ -344,18 +344,27 @@ def command_reproduce(args) -> int:
     return 0
 
 
+def companion_file(args, model, name: str) -> Path:
+    """Where a file that belongs with the model goes: `--out`, or `name` in its checkpoint folder."""
+    from .models.checkpoint import model_folder
+
+    folder = model_folder(model)
+    path = Path(args.out) if args.out else (folder / name if folder is not None else None)
+    if path is None:
+        raise UsageError(f"this model has no checkpoint folder to store {name} in: pass --out FILE")
+    if path.is_dir():
+        path = path / name
+    if path.exists() and not args.overwrite:
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    return path
+
+
 def command_fit_detector(args) -> int:
-    from .calibration import DETECTOR_FILE, calibrate_detector, shipped_detector_path
+    from .calibration import DETECTOR_FILE, calibrate_detector
 
     device = pick_device(args.device)
     model = open_model(args, device)
-    path = Path(args.out) if args.out else shipped_detector_path(model)
-    if path is None:
-        raise UsageError("this model has no checkpoint folder to store the detector in: pass --out FILE")
-    if path.is_dir():
-        path = path / DETECTOR_FILE
-    if path.exists() and not args.overwrite:
-        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    path = companion_file(args, model, DETECTOR_FILE)
     attack = build_attack(args, model, device)
     try:
         detector = calibrate_detector(model, args.data, attack, n=args.limit, rule=args.rule, val_size=args.val_size,
@@ -372,17 +381,11 @@ def command_fit_detector(args) -> int:
 
 
 def command_fit_seeds(args) -> int:
-    from .synthesis.seeds import SEEDS_FILE, SeedDistribution, seeds_path
+    from .synthesis.seeds import SEEDS_FILE, SeedDistribution
 
     device = pick_device("cpu")
     model = open_model(args, device)
-    path = Path(args.out) if args.out else seeds_path(model)
-    if path is None:
-        raise UsageError("this model has no checkpoint folder to store seeds in: pass --out FILE")
-    if path.is_dir():
-        path = path / SEEDS_FILE
-    if path.exists() and not args.overwrite:
-        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    path = companion_file(args, model, SEEDS_FILE)
     try:
         train = datasets.load_dataset(args.data, "train", root=args.data_root, download=args.download,
                                       image_size=model.spec.input_size[1])

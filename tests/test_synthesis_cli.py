@@ -65,3 +65,21 @@ def test_synthesis_quality_writes_the_judge_table(tmp_path):
     generators = {row["generator"] for row in result["rows"]}
     assert generators == {ROBUST, "seeds only (no ascent)"}
     assert "samples from" in (out / "results.md").read_text() and (out / f"grid_{ROBUST}.png").is_file()
+
+
+def test_fit_detector_stores_the_detector_and_its_calibration_energies(tmp_path, toy_data, capsys):
+    model = tiny_model(num_classes=4)
+    model.spec.class_labels = ["class0", "class1", "class2", "class3"]
+    model.spec.input_size = (3, 16, 16)
+    folder = robgen.save_checkpoint(model, tmp_path / "toy-model")
+    arguments = ["fit-detector", "--model", str(folder), "--data", str(toy_data), "--val-size", "40", "--limit", "20",
+                 "--steps", "2", "--device", "cpu"]
+    assert main(arguments) == 0
+    from robgen.calibration import load_shipped_detector
+
+    detector = load_shipped_detector(robgen.load_model(folder))
+    calibration = detector.calibration
+    assert len(calibration["clean_energy"]) == len(calibration["adversarial_energy"]) == 20
+    assert calibration["n_test"] == 20 and "detection_rate" in calibration["test"]
+    assert min(calibration["clean_energy"]) <= detector.threshold <= max(calibration["clean_energy"] + calibration["adversarial_energy"])
+    assert main(arguments) == 2 and "--overwrite" in capsys.readouterr().err

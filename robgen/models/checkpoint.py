@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import timm
 import torch
@@ -28,6 +28,12 @@ CONFIG_FILE = "config.json"
 def is_checkpoint_dir(path: Union[str, Path]) -> bool:
     path = Path(path)
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def model_folder(model) -> Optional[Path]:
+    """The checkpoint folder a model was loaded from (where its seeds and detector live), or None."""
+    source = getattr(getattr(model, "spec", None), "source", "")
+    return Path(source) if source and is_checkpoint_dir(source) else None
 
 
 def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dtype = None) -> Path:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..attacks.constraints import random_normal, random_uniform
+from ..models.checkpoint import model_folder
 from ..progress import progress_bar
 
 SEEDS_FILE = "seeds.safetensors"
@@ -140,9 +141,8 @@ def downsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def seeds_path(model) -> Optional[Path]:
     """`seeds.safetensors` in the folder the model was loaded from, or None for models without a folder."""
-    source = getattr(getattr(model, "spec", None), "source", "")
-    folder = Path(source) if source else None
-    return folder / SEEDS_FILE if folder is not None and folder.is_dir() else None
+    folder = model_folder(model)
+    return folder / SEEDS_FILE if folder is not None else None
 
 
 def load_seeds(model) -> SeedDistribution:
