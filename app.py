@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 import robgen
-from robgen import tabs
+from robgen import plots, tabs
 from robgen.space import SpaceSettings, gpu
 
 HERE = Path(__file__).resolve().parent
@@ -96,7 +96,7 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
                                progress=progress)
     return (tabs.display(result.clean), tabs.display(result.adversarial), tabs.display(result.perturbation),
             result.top_clean, result.top_adversarial, result.summary(),
-            tabs.trace_figure(result.trace, "energy and probability per step"))
+            plots.trace_figure(result.trace, "energy and probability per step"))
 
 
 @gpu
@@ -111,7 +111,7 @@ def detect(image, model_name):
 def synthesize(model_name, target_class, n, steps, step_size, seed, progress=gr.Progress()):
     gallery, trace = tabs.synthesize_gallery(tabs.cached_model(model_name), target_class, n=int(n), steps=int(steps),
                                              step_size=step_size or None, seed=int(seed), progress=progress)
-    return gallery, tabs.trace_figure(trace, f"synthesising '{target_class}': mean over the samples")
+    return gallery, plots.trace_figure(trace, f"synthesising '{target_class}': mean over the samples")
 
 
 @gpu

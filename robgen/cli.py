@@ -19,7 +19,7 @@ from typing import List, Optional
 import torch
 
 from . import data as datasets
-from .attacks import ATTACKS, Trace, make_attack
+from .attacks import ATTACKS, Trace, attack_from_settings
 from .detector import EnergyDetector
 from .energy import compute_energies, energy
 from .images import ImageError, load_image, save_image
@@ -89,15 +89,9 @@ def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
 
 def build_attack(args, model, device: torch.device):
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    settings = dict(eps=args.eps, norm=args.norm, generator=generator)
-    if args.attack in ("pgd", "hepgd"):
-        settings.update(alpha=args.alpha, steps=args.steps, random_start=not args.no_random_start)
-    if args.attack == "hepgd":
-        settings.update(lam=args.lam)
-    if args.attack == "apgd":
-        settings.update(steps=args.steps)
     try:
-        return make_attack(args.attack, model, **settings)
+        return attack_from_settings(args.attack, model, eps=args.eps, alpha=args.alpha, steps=args.steps, lam=args.lam,
+                                    norm=args.norm, random_start=not args.no_random_start, generator=generator)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -12,23 +12,53 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def energy_histogram(clean: torch.Tensor, adversarial: torch.Tensor, path: Path, title: str,
-                     adversarial_label: str = "PGD") -> Path:
-    """Fig. 2a / 3a: histograms of E(x) for clean and adversarial images."""
+def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, title: str = "",
+                            adversarial_label: str = "PGD", threshold: Optional[float] = None,
+                            mark: Optional[float] = None):
+    """Histograms of E(x) for clean and adversarial images; optionally the threshold and one image's energy."""
     figure, axis = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    low = float(min(clean.min(), adversarial.min()))
-    high = float(max(clean.max(), adversarial.max()))
-    bins = torch.linspace(low, high, 60).tolist()
-    axis.hist(clean.tolist(), bins=bins, alpha=0.6, label="clean", color="tab:blue")
-    axis.hist(adversarial.tolist(), bins=bins, alpha=0.6, label=adversarial_label, color="tab:red")
+    values = [float(v) for v in (clean.min(), clean.max(), adversarial.min(), adversarial.max())] if len(clean) and len(adversarial) else []
+    values += [v for v in (threshold, mark) if v is not None]
+    if len(clean) and len(adversarial):
+        bins = torch.linspace(min(values), max(values), 60).tolist()
+        axis.hist(clean.tolist(), bins=bins, alpha=0.6, label="clean", color="tab:blue")
+        axis.hist(adversarial.tolist(), bins=bins, alpha=0.6, label=adversarial_label, color="tab:red")
+    if threshold is not None:
+        axis.axvline(threshold, color="black", linestyle="--", label="threshold")
+    if mark is not None:
+        axis.axvline(mark, color="tab:green", linewidth=2.5, label="this image")
     axis.set_xlabel("E(x) = -logsumexp f(x)   (lower = more likely)")
     axis.set_ylabel("images")
     axis.set_title(title)
-    axis.legend()
+    axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
     plt.close(figure)
+    return figure
+
+
+def energy_histogram(clean: torch.Tensor, adversarial: torch.Tensor, path: Path, title: str,
+                     adversarial_label: str = "PGD") -> Path:
+    """Fig. 2a / 3a: histograms of E(x) for clean and adversarial images, as a PNG."""
+    energy_histogram_figure(clean, adversarial, title, adversarial_label).savefig(path)
     return path
+
+
+def trace_figure(trace, title: str = ""):
+    """Energy E(x) and the class probability after every step of an attack or synthesis (a `Trace`)."""
+    figure, axis = plt.subplots(figsize=(5.2, 3.2), dpi=100)
+    axis.plot(trace.step, trace.energy_mean, marker="o", markersize=3, color="tab:red", label="E(x)")
+    axis.set_xlabel("step")
+    axis.set_ylabel("energy E(x)", color="tab:red")
+    twin = axis.twinx()
+    targeted = bool(trace.target_prob) and not any(p != p for p in trace.target_prob)
+    probs, name = (trace.target_prob, "p(target | x)") if targeted else (trace.true_prob, "p(original class | x)")
+    twin.plot(trace.step, probs, marker="s", markersize=3, color="tab:blue", label=name)
+    twin.set_ylim(-0.02, 1.02)
+    twin.set_ylabel(name, color="tab:blue")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
 
 
 def energy_vs_steps(steps: Sequence[int], means: Sequence[float], stds: Sequence[float], accuracies: Sequence[float],

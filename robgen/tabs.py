@@ -19,13 +19,14 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .attacks import make_attack
+from .attacks import attack_from_settings
 from .attacks.loop import Trace
 from .calibration import calibration_energies, load_shipped_detector
 from .detector import EnergyDetector
 from .energy import energy
 from .images import load_image, tensor_to_pil
 from .models import list_models, load_model
+from .plots import energy_histogram_figure
 from .synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
 
 ImageInput = Union[str, Path, torch.Tensor]
@@ -138,15 +139,9 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
     """Attack one image against the model's own prediction (or toward `target`) with FGSM / PGD / HE-PGD / APGD."""
     x = model_input(model, image)
     device = x.device
-    settings = {"eps": eps, "generator": torch.Generator(device=device).manual_seed(int(seed))}
     key = attack.lower().replace("-", "")
-    if key in ("pgd", "hepgd"):
-        settings.update(alpha=step_size, steps=steps)
-    if key == "hepgd":
-        settings.update(lam=lam)
-    if key == "apgd":
-        settings.update(steps=steps)
-    attacker = make_attack(key, model, **settings)
+    attacker = attack_from_settings(key, model, eps=eps, alpha=step_size, steps=steps, lam=lam,
+                                    generator=torch.Generator(device=device).manual_seed(int(seed)))
     with torch.no_grad():
         clean_logits = model(x)
     label = clean_logits.argmax(1)
@@ -165,29 +160,6 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
         top_adversarial=top_classes(adv_logits, labels), energy_clean=float(energy(clean_logits.float())),
         energy_adversarial=float(energy(adv_logits.float())), trace=trace, attack=repr(attacker),
     )
-
-
-def trace_figure(trace: Trace, title: str = ""):
-    """Energy E(x) and the class probability after every step of an attack or synthesis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5.2, 3.2), dpi=100)
-    axis.plot(trace.step, trace.energy_mean, marker="o", markersize=3, color="tab:red", label="E(x)")
-    axis.set_xlabel("step")
-    axis.set_ylabel("energy E(x)", color="tab:red")
-    twin = axis.twinx()
-    targeted = bool(trace.target_prob) and not any(p != p for p in trace.target_prob)
-    probs, name = (trace.target_prob, "p(target | x)") if targeted else (trace.true_prob, "p(original class | x)")
-    twin.plot(trace.step, probs, marker="s", markersize=3, color="tab:blue", label=name)
-    twin.set_ylim(-0.02, 1.02)
-    twin.set_ylabel(name, color="tab:blue")
-    axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    plt.close(figure)
-    return figure
 
 
 @dataclass
@@ -224,27 +196,8 @@ def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = 
 
 def detection_figure(result: DetectResult):
     """The calibration set's clean and adversarial energies, the threshold, and this image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     clean, adversarial = calibration_energies(result.detector)
-    figure, axis = plt.subplots(figsize=(5.2, 3.2), dpi=100)
-    if len(clean) and len(adversarial):
-        low = min(float(clean.min()), float(adversarial.min()), result.energy)
-        high = max(float(clean.max()), float(adversarial.max()), result.energy)
-        bins = torch.linspace(low, high, 50).tolist()
-        axis.hist(clean.tolist(), bins=bins, alpha=0.6, color="tab:blue", label="clean (calibration)")
-        axis.hist(adversarial.tolist(), bins=bins, alpha=0.6, color="tab:red", label="adversarial (calibration)")
-    axis.axvline(result.threshold, color="black", linestyle="--", label="threshold")
-    axis.axvline(result.energy, color="tab:green", linewidth=2.5, label="this image")
-    axis.set_xlabel("E(x) = -logsumexp f(x)")
-    axis.set_ylabel("images")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    plt.close(figure)
-    return figure
+    return energy_histogram_figure(clean, adversarial, "calibration set", "adversarial", result.threshold, result.energy)
 
 
 def synthesize_gallery(model, target_class, n: int = 8, steps: int = 60, step_size: Optional[float] = None,

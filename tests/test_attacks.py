@@ -191,3 +191,14 @@ def test_traces_of_batches_combine_into_the_trace_of_the_whole(model, batch):
     combined = Trace.combine([first, second], [4, 2])
     for name in ("energy_mean", "energy_std", "accuracy", "loss", "true_prob"):
         assert getattr(combined, name) == pytest.approx(getattr(whole, name), abs=1e-5), name
+
+
+def test_attack_from_settings_gives_each_attack_the_settings_it_uses(model):
+    from robgen.attacks import attack_from_settings
+
+    common = dict(eps=4 / 255, alpha=2 / 255, steps=3, lam=0.7, random_start=False)
+    pgd = attack_from_settings("pgd", model, **common)
+    assert (pgd.alpha, pgd.steps, pgd.random_start) == (2 / 255, 3, False)
+    assert attack_from_settings("he-pgd", model, **common).lam == 0.7
+    assert attack_from_settings("apgd", model, **common).steps == 3
+    assert attack_from_settings("fgsm", model, **common).eps == 4 / 255

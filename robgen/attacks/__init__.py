@@ -23,7 +23,26 @@ def make_attack(name: str, model, **settings) -> Attack:
     return ATTACKS[key](model, **settings)
 
 
+def attack_from_settings(name: str, model, *, eps: float, alpha: float, steps: int, lam: float = 1.2,
+                         norm: str = "linf", random_start: bool = True, generator=None) -> Attack:
+    """An attack by name from one common set of settings, each attack taking those it uses.
+
+    FGSM takes eps; PGD also alpha, steps and random_start; HE-PGD also lam;
+    APGD eps and steps (it picks its own step sizes). The CLI and the app
+    offer all the settings at once and build their attack with this.
+    """
+    key = name.lower().replace("-", "").replace("_", "")
+    settings = dict(eps=eps, norm=norm, generator=generator)
+    if key in ("pgd", "hepgd"):
+        settings.update(alpha=alpha, steps=steps, random_start=random_start)
+    if key == "hepgd":
+        settings.update(lam=lam)
+    if key == "apgd":
+        settings.update(steps=steps)
+    return make_attack(name, model, **settings)
+
+
 __all__ = [
     "Attack", "PGD", "FGSM", "HighEnergyPGD", "HEPGD", "APGD", "Trace", "LinfBall", "L2Ball", "Unconstrained", "Masked",
-    "make_constraint", "make_attack", "projected_gradient_ascent", "eval_mode", "ATTACKS",
+    "make_constraint", "make_attack", "attack_from_settings", "projected_gradient_ascent", "eval_mode", "ATTACKS",
 ]
