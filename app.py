@@ -4,7 +4,7 @@
     python app.py --port 8000 --share
 
 A thin layer: every handler turns the page's inputs into a file path and
-numbers, makes one call into `robgen.tabs`, and turns the result into what
+numbers, makes one call into `robgen.web.handlers`, and turns the result into what
 the page shows. The maths lives in the library.
 """
 
@@ -19,8 +19,10 @@ from pathlib import Path
 import gradio as gr
 
 import robgen
-from robgen import plots, tabs
-from robgen.space import SpaceSettings, gpu
+from robgen import plots
+from robgen.web import handlers as tabs
+from robgen.web.model_cache import available_models, cached_model, hub_reachable
+from robgen.web.space import SpaceSettings, gpu
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
@@ -54,7 +56,7 @@ import robgen
 model = robgen.load_model("cifar10-resnet10-standard")
 x = robgen.load_image("examples/chelsea.png", size=32).unsqueeze(0)
 y = model(x).argmax(1)
-x_adv = robgen.PGD(model, eps=8/255, alpha=1/255, steps=10)(x, y)
+x_adv = robgen.PGD(model, eps=8/255, step_size=1/255, steps=10)(x, y)
 print(robgen.energy(model(x)), robgen.energy(model(x_adv)))      # the adversarial energy is lower
 images = robgen.synthesize(robgen.load_model("cifar10-resnet10-robust"), "horse", n=8)
 ```
@@ -90,7 +92,7 @@ def need_image(image) -> str:
 @gpu
 @friendly_errors
 def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target, seed, progress=gr.Progress()):
-    model = tabs.cached_model(model_name)
+    model = cached_model(model_name)
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
                                step_size=step_size_255 / 255, lam=lam, target=target or None, seed=int(seed),
                                progress=progress)
@@ -102,14 +104,14 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
 @gpu
 @friendly_errors
 def detect(image, model_name):
-    result = tabs.detect_image(tabs.cached_model(model_name), need_image(image))
+    result = tabs.detect_image(cached_model(model_name), need_image(image))
     return tabs.display(result.image), result.summary(), result.top, tabs.detection_figure(result)
 
 
 @gpu(duration=120)
 @friendly_errors
 def synthesize(model_name, target_class, n, steps, step_size, seed, progress=gr.Progress()):
-    gallery, trace = tabs.synthesize_gallery(tabs.cached_model(model_name), target_class, n=int(n), steps=int(steps),
+    gallery, trace = tabs.synthesize_gallery(cached_model(model_name), target_class, n=int(n), steps=int(steps),
                                              step_size=step_size or None, seed=int(seed), progress=progress)
     return gallery, plots.trace_figure(trace, f"synthesising '{target_class}': mean over the samples")
 
@@ -117,28 +119,28 @@ def synthesize(model_name, target_class, n, steps, step_size, seed, progress=gr.
 @gpu
 @friendly_errors
 def gradient_maps(image, model_name):
-    model = tabs.cached_model(model_name)
-    siblings = [name for name in tabs.available_models() if tabs.cached_model(name).spec.class_labels == model.spec.class_labels]
-    return tabs.gradient_gallery({name: tabs.cached_model(name) for name in siblings[:4]}, need_image(image))
+    model = cached_model(model_name)
+    siblings = [name for name in available_models() if cached_model(name).spec.class_labels == model.spec.class_labels]
+    return tabs.gradient_gallery({name: cached_model(name) for name in siblings[:4]}, need_image(image))
 
 
 @gpu
 @friendly_errors
 def translate(image, model_name, target_class, steps, progress=gr.Progress()):
-    return tabs.translate_gallery(tabs.cached_model(model_name), need_image(image), target_class, steps=int(steps),
+    return tabs.translate_gallery(cached_model(model_name), need_image(image), target_class, steps=int(steps),
                                   progress=progress)
 
 
 def class_choices(model_name):
-    labels = tabs.cached_model(model_name).spec.class_labels
+    labels = cached_model(model_name).spec.class_labels
     return gr.Dropdown(choices=labels, value=labels[0]), gr.Dropdown(choices=[""] + labels, value=""), \
         gr.Dropdown(choices=labels, value=labels[min(5, len(labels) - 1)])
 
 
 def build_app(models=None) -> gr.Blocks:
-    models = models or tabs.available_models(online=tabs.hub_reachable())
+    models = models or available_models(online=hub_reachable())
     default = "cifar10-resnet10-standard" if "cifar10-resnet10-standard" in models else models[0]
-    labels = tabs.cached_model(default).spec.class_labels
+    labels = cached_model(default).spec.class_labels
     with gr.Blocks(title="robgen") as app:
         gr.Markdown("# robgen — the generative model inside a classifier\n"
                     "Attack an image, detect adversarial examples by their energy, and draw images from robust models.")
@@ -234,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in SpaceSettings.load().preload_models:
         if name in robgen.list_models():
-            tabs.cached_model(name)
+            cached_model(name)
     app = build_app()
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,

@@ -52,7 +52,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
-    settings = dict(eps=8 / 255, alpha=1 / 255, steps=args.steps, random_start=False)
+    settings = dict(eps=8 / 255, step_size=1 / 255, steps=args.steps, random_start=False)
     ours = robgen.PGD(model, **settings)
     theirs = torchattacks.PGD(model, **settings)
 

@@ -19,9 +19,10 @@ from typing import List, Optional
 import torch
 
 from . import data as datasets
-from .attacks import ATTACKS, Trace, attack_from_settings
-from .detector import EnergyDetector
-from .energy import compute_energies, energy
+from .attacks import ATTACKS, make_attack
+from .energy import energy
+from .engine import Trace
+from .experiments.single_image import attack_own_predictions, combine_outcomes
 from .images import ImageError, load_image, save_image
 from .models import load_model
 from .progress import progress_bar
@@ -79,7 +80,8 @@ def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output fo
 def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="attack (default pgd)")
     parser.add_argument("--eps", type=parse_number, default=8 / 255, help="threat-model radius (default 8/255)")
-    parser.add_argument("--alpha", type=parse_number, default=1 / 255, help="step size (default 1/255)")
+    parser.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, default=1 / 255,
+                        help="step size (default 1/255; --alpha is torchattacks' name for it)")
     parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps (default {steps})")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--lam", type=parse_number, default=1.2, help="HE-PGD energy weight (default 1.2)")
@@ -90,7 +92,7 @@ def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
 def build_attack(args, model, device: torch.device):
     generator = torch.Generator(device=device).manual_seed(args.seed)
     try:
-        return attack_from_settings(args.attack, model, eps=args.eps, alpha=args.alpha, steps=args.steps, lam=args.lam,
+        return make_attack(args.attack, model, eps=args.eps, step_size=args.step_size, steps=args.steps, lam=args.lam,
                                     norm=args.norm, random_start=not args.no_random_start, generator=generator)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
@@ -136,29 +138,17 @@ def command_attack(args) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
     started = time.perf_counter()
-    clean_logits, adv_logits, adversarial, traces, sizes = [], [], [], [], []
+    outcomes = []
     for start in progress_bar(range(0, len(x), args.batch_size), desc=f"{args.attack}", progress=len(x) > args.batch_size):
-        batch = x[start:start + args.batch_size].to(device)
-        with torch.no_grad():
-            logits = model(batch)
-        labels = logits.argmax(1)  # attack the model's own prediction
-        target = torch.full_like(labels, target_class) if target_class is not None else None
         try:
-            batch_adv, trace = attack(batch, labels, target=target, return_trace=True)
+            outcomes.append(attack_own_predictions(model, x[start:start + args.batch_size].to(device), attack, target_class))
         except ValueError as error:
             raise UsageError(str(error)) from None
-        # What the user gets is an 8-bit PNG: quantise, stay inside the threat model, report on those pixels.
-        batch_adv = attack.constraint.project((batch_adv * 255).round() / 255, batch)
-        with torch.no_grad():
-            adv_logits.append(model(batch_adv).cpu())
-        clean_logits.append(logits.cpu())
-        adversarial.append(batch_adv.cpu())
-        traces.append(trace)
-        sizes.append(len(batch))
     seconds = time.perf_counter() - started
-    clean_logits, adv_logits, x_adv = torch.cat(clean_logits), torch.cat(adv_logits), torch.cat(adversarial)
-    trace = Trace.combine(traces, sizes)
-    clean_energy, adv_energy = energy(clean_logits), energy(adv_logits)
+    outcome = combine_outcomes(outcomes)
+    x_adv, trace = outcome.adversarial, outcome.trace
+    clean_logits, adv_logits = outcome.clean_logits, outcome.adversarial_logits
+    clean_energy, adv_energy = outcome.clean_energy, outcome.adversarial_energy
     rows, used = [], set()
     for i, path in enumerate(args.images):
         stem = Path(path).stem
@@ -189,50 +179,28 @@ def command_attack(args) -> int:
 
 
 def command_detect(args) -> int:
+    from .experiments.pipeline import detection_experiment, detection_splits
+
     device = pick_device(args.device)
     model = open_model(args, device)
     try:
-        train = datasets.load_dataset(args.data, "train", root=args.data_root, download=args.download,
-                                      image_size=model.spec.input_size[1])
-        test = datasets.load_dataset(args.data, "test", root=args.data_root, download=args.download,
-                                     image_size=model.spec.input_size[1])
-        classes = datasets.class_names(test)
-        if len(classes) != model.spec.num_classes:
-            raise UsageError(
-                f"the model has {model.spec.num_classes} classes but {args.data} has {len(classes)}: "
-                "pick a model trained on this data set"
-            )
-        _, val = datasets.train_val_split(train, args.val_size, seed=args.seed)
-        val = datasets.first(val, args.limit, "validation split")
-        test = datasets.first(test, args.limit, "test split")
+        splits = detection_splits(model, args.data, val_size=args.val_size, limit=args.limit, seed=args.seed,
+                                  data_root=args.data_root, download=args.download)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     attack = build_attack(args, model, device)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["detector.json", "metrics.json"])
-    detector = EnergyDetector(rule=args.rule, temperature=args.temperature, target_fpr=args.target_fpr)
     started = time.perf_counter()
-    records = {}
-    for name, subset in (("validation", val), ("test", test)):
-        loader = datasets.make_loader(subset, batch_size=args.batch_size, workers=args.workers)
-        clean = compute_energies(model, loader, desc=f"{name}: clean")
-        adv = compute_energies(model, loader, attack=attack, desc=f"{name}: {args.attack}")
-        records[name] = (clean, adv)
-    (val_clean, val_adv), (test_clean, test_adv) = records["validation"], records["test"]
-    detector.fit(val_clean.logits, val_adv.logits)
-    metrics = detector.evaluate(test_clean.logits, test_adv.logits)
-    metrics.update(
-        model=model.spec.source, data=str(args.data), attack=repr(attack), n_validation=len(val), n_test=len(test),
-        clean_accuracy=test_clean.accuracy, adversarial_accuracy=test_adv.accuracy,
-        attack_success_rate=float((test_adv.predictions != test_clean.labels)[test_clean.predictions == test_clean.labels]
-                                  .float().mean()) if (test_clean.predictions == test_clean.labels).any() else float("nan"),
-        seconds=time.perf_counter() - started, device=str(device),
-    )
+    result = detection_experiment(model, splits, attack, rule=args.rule, temperature=args.temperature,
+                                  target_fpr=args.target_fpr, batch_size=args.batch_size, workers=args.workers)
+    detector, metrics = result.detector, result.report
+    metrics.update(model=model.spec.source, seconds=time.perf_counter() - started, device=str(device))
     detector.save(out / "detector.json")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(
-        f"threshold {detector.threshold:.4f} (rule {args.rule}, T={detector.temperature:g}) on {len(val)} validation images; "
-        f"test ({len(test)} images): detection rate {metrics['detection_rate']:.3f}, FPR {metrics['false_positive_rate']:.3f}, "
-        f"FNR {metrics['false_negative_rate']:.3f}, AUROC {metrics['auroc']:.3f}; "
+        f"threshold {detector.threshold:.4f} (rule {args.rule}, T={detector.temperature:g}) on {metrics['n_validation']} "
+        f"validation images; test ({metrics['n_test']} images): detection rate {metrics['detection_rate']:.3f}, "
+        f"FPR {metrics['false_positive_rate']:.3f}, FNR {metrics['false_negative_rate']:.3f}, AUROC {metrics['auroc']:.3f}; "
         f"accuracy clean {metrics['clean_accuracy']:.3f} -> adversarial {metrics['adversarial_accuracy']:.3f}"
     )
     print(f"wrote detector.json and metrics.json to {out}")
@@ -245,7 +213,7 @@ def command_train(args) -> int:
     try:
         config = TrainConfig(
             data=args.data, architecture=args.arch, width=args.width, mode=args.mode, norm=args.norm, eps=args.eps,
-            attack_steps=args.attack_steps, attack_alpha=args.attack_alpha, epochs=args.epochs,
+            attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
             label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,
             train_limit=args.train_limit, image_size=args.image_size, seed=args.seed, workers=args.workers,
@@ -288,7 +256,7 @@ def command_eval(args) -> int:
         dataset = datasets.first(dataset, args.limit, what)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
-    result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps, alpha=args.alpha,
+    result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps, step_size=args.step_size,
                                  apgd=args.apgd, batch_size=args.batch_size, seed=args.seed)
     result.update(model=model.spec.source, data=str(args.data), split=args.split, exact_only=args.exact,
                   limit=args.limit, device=str(device), command="python -m robgen " + " ".join(sys.argv[1:]))
@@ -314,7 +282,7 @@ def command_eval(args) -> int:
 
 
 def command_reproduce(args) -> int:
-    from .reproduce import ReproduceSettings, reproduce
+    from .experiments.reproduce import ReproduceSettings, reproduce
 
     device = pick_device(args.device)
     model = open_model(args, device)
@@ -354,7 +322,7 @@ def companion_file(args, model, name: str) -> Path:
 
 
 def command_fit_detector(args) -> int:
-    from .calibration import DETECTOR_FILE, calibrate_detector
+    from .experiments.calibration import DETECTOR_FILE, calibrate_detector
 
     device = pick_device(args.device)
     model = open_model(args, device)
@@ -400,6 +368,7 @@ def command_fit_seeds(args) -> int:
 def command_synthesize(args) -> int:
     from .plots import image_grid
     from .synthesis import sgld_sample, synthesize
+    from .synthesis.sgld import DEFAULT_STEP_SIZE as SGLD_STEP_SIZE
 
     device = pick_device(args.device)
     model = open_model(args, device)
@@ -417,8 +386,9 @@ def command_synthesize(args) -> int:
     for index in progress_bar(classes, desc=f"{args.method}: classes", progress=len(classes) > 1):
         try:
             if args.method == "sgld":
-                images, trace = sgld_sample(model, args.n, target_class=index, steps=args.steps, alpha=args.alpha,
-                                            sigma=args.sigma, init=init, generator=generator, return_trace=True)
+                images, trace = sgld_sample(model, index, args.n, steps=args.steps,
+                                            step_size=args.step_size or SGLD_STEP_SIZE, noise=args.noise, init=init,
+                                            generator=generator, return_trace=True)
             else:
                 images, trace = synthesize(model, index, args.n, steps=args.steps, step_size=args.step_size,
                                            eps=args.eps, init=init, objective=args.objective, generator=generator,
@@ -583,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--norm", default="linf", choices=["linf", "l2"])
     train.add_argument("--eps", type=parse_number, default=8 / 255, help="training budget (quasi default: L2 0.05)")
     train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd")
-    train.add_argument("--attack-alpha", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
+    train.add_argument("--attack-step-size", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=128, help="per process")
     train.add_argument("--lr", type=float, default=0.1)
@@ -612,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eps", type=parse_number, default=8 / 255)
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
     evaluate.add_argument("--steps", type=int, default=20)
-    evaluate.add_argument("--alpha", type=parse_number, help="PGD step (default 2.5 eps / steps)")
+    evaluate.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, help="PGD step (default 2.5 eps / steps)")
     evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--seed", type=int, default=0)
@@ -662,11 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--method", default="ascent", choices=["ascent", "sgld"],
                        help="ascent: L2-budgeted gradient ascent on the class; sgld: Langevin on E(x, y)")
     synth.add_argument("--steps", type=int, default=60)
-    synth.add_argument("--step-size", type=parse_number, help="ascent: L2 step (default 2.5 eps / steps)")
+    synth.add_argument("--step-size", type=parse_number,
+                       help="ascent: L2 step (default 2.5 eps / steps); sgld: step on -grad E (default 1)")
     synth.add_argument("--eps", type=parse_number, help="ascent: L2 budget (default 0.1 sqrt(C H W))")
     synth.add_argument("--objective", default="log_prob", choices=["log_prob", "class_energy"])
-    synth.add_argument("--alpha", type=parse_number, default=2.0, help="sgld: step on -grad E (x moves by alpha/2 grad)")
-    synth.add_argument("--sigma", type=parse_number, default=0.01, help="sgld: noise standard deviation")
+    synth.add_argument("--noise", type=parse_number, default=0.01, help="sgld: noise standard deviation (default 0.01)")
     synth.add_argument("--init", default="gaussian", help="gaussian (shipped seeds), uniform, gray, or an image file")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--scale", type=int, default=3, help="enlarge each sample this many times in the grid")

@@ -18,6 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from . import distributed
 from .attacks import APGD, PGD
+from .models.state import model_device
 from .progress import progress_bar
 
 
@@ -27,7 +28,7 @@ def evaluate_robustness(
     eps: float = 8 / 255,
     norm: str = "linf",
     steps: int = 20,
-    alpha: Optional[float] = None,
+    step_size: Optional[float] = None,
     apgd: bool = False,
     batch_size: int = 256,
     seed: int = 0,
@@ -35,13 +36,13 @@ def evaluate_robustness(
 ) -> dict:
     """Clean accuracy and accuracy under PGD-`steps` (and APGD) at `eps`.
 
-    PGD uses a random start and step `alpha` (default 2.5 * eps / steps, as in
+    PGD uses a random start and step `step_size` (default 2.5 * eps / steps, as in
     Madry et al.); the random start is seeded, so results repeat exactly.
     """
-    device = next(model.parameters()).device
-    alpha = alpha if alpha is not None else 2.5 * eps / steps
+    device = model_device(model)
+    step_size = step_size if step_size is not None else 2.5 * eps / steps
     generator = torch.Generator(device=device).manual_seed(seed + distributed.rank())
-    pgd = PGD(model, eps=eps, alpha=alpha, steps=steps, norm=norm, generator=generator)
+    pgd = PGD(model, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=generator)
     auto = APGD(model, eps=eps, steps=max(steps, 10), norm=norm, generator=generator) if apgd else None
     sampler = DistributedSampler(dataset, shuffle=False) if distributed.is_distributed() else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
@@ -65,7 +66,7 @@ def evaluate_robustness(
     n, clean, robust, auto_robust = distributed.reduce_sums(counts.tolist(), device)
     result = {
         "n": int(n), "clean_accuracy": clean / n, "pgd_accuracy": robust / n,
-        "attack": {"name": "pgd", "eps": eps, "norm": norm, "steps": steps, "alpha": alpha, "random_start": True, "seed": seed},
+        "attack": {"name": "pgd", "eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "random_start": True, "seed": seed},
         "seconds": time.perf_counter() - started,
     }
     if auto is not None:

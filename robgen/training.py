@@ -65,7 +65,7 @@ class TrainConfig:
     norm: str = "linf"  # threat model for training (adversarial modes) and per-epoch evaluation
     eps: float = 8 / 255
     attack_steps: int = 7  # "pgd" mode
-    attack_alpha: Optional[float] = None  # default: 2.5·eps/steps ("pgd"), 1.25·eps ("fast", "quasi")
+    attack_step_size: Optional[float] = None  # default: 2.5·eps/steps ("pgd"), 1.25·eps ("fast", "quasi")
     epochs: int = 30
     batch_size: int = 128  # per process
     lr: float = 0.1
@@ -100,9 +100,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
-    def alpha(self) -> float:
-        if self.attack_alpha is not None:
-            return self.attack_alpha
+    def step_size(self) -> float:
+        if self.attack_step_size is not None:
+            return self.attack_step_size
         return 2.5 * self.eps / self.attack_steps if self.mode == "pgd" else 1.25 * self.eps
 
 
@@ -126,7 +126,7 @@ def _make_attack(config: TrainConfig, model, device):
         return None
     steps = config.attack_steps if config.mode == "pgd" else 1
     generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
-    return PGD(model, eps=config.eps, alpha=config.alpha, steps=steps, norm=config.norm, random_start=True,
+    return PGD(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
                generator=generator)
 
 

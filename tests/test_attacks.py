@@ -4,7 +4,7 @@ import torch.nn.functional as F
 import torchattacks
 
 from robgen import APGD, FGSM, HEPGD, PGD, HighEnergyPGD, energy, make_attack
-from robgen.attacks import L2Ball, LinfBall, projected_gradient_ascent
+from robgen.engine import L2Ball, LinfBall, projected_gradient_ascent
 from tests.conftest import tiny_model
 
 
@@ -16,7 +16,7 @@ def ce(model, x, y):
 @pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
 def test_pgd_stays_in_the_eps_ball_and_pixel_range(model, batch, norm, eps):
     x, y = batch
-    x_adv = PGD(model, eps=eps, alpha=eps / 4, steps=5, norm=norm, generator=torch.Generator().manual_seed(0))(x, y)
+    x_adv = PGD(model, eps=eps, step_size=eps / 4, steps=5, norm=norm, generator=torch.Generator().manual_seed(0))(x, y)
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     delta = (x_adv - x).flatten(1)
     size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
@@ -26,36 +26,36 @@ def test_pgd_stays_in_the_eps_ball_and_pixel_range(model, batch, norm, eps):
 
 def test_pgd_raises_the_loss(model, batch):
     x, y = batch
-    x_adv = PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
+    x_adv = PGD(model, eps=8 / 255, step_size=2 / 255, steps=5, random_start=False)(x, y)
     assert (ce(model, x_adv, y) > ce(model, x, y)).all()
 
 
 def test_pgd_without_random_start_equals_torchattacks(model, batch):
     x, y = batch
-    ours = PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
+    ours = PGD(model, eps=8 / 255, step_size=2 / 255, steps=7, random_start=False)(x, y)
     theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
 def test_l2_pgd_without_random_start_equals_torchattacks(model, batch):
     x, y = batch
-    ours = PGD(model, eps=0.5, alpha=0.1, steps=5, norm="l2", random_start=False)(x, y)
+    ours = PGD(model, eps=0.5, step_size=0.1, steps=5, norm="l2", random_start=False)(x, y)
     theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=5, random_start=False)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
 def test_hepgd_with_zero_lambda_is_pgd(model, batch):
     x, y = batch
-    pgd = PGD(model, eps=8 / 255, alpha=1 / 255, steps=5, generator=torch.Generator().manual_seed(3))(x, y)
-    he = HEPGD(model, eps=8 / 255, alpha=1 / 255, steps=5, lam=0.0, generator=torch.Generator().manual_seed(3))(x, y)
+    pgd = PGD(model, eps=8 / 255, step_size=1 / 255, steps=5, generator=torch.Generator().manual_seed(3))(x, y)
+    he = HEPGD(model, eps=8 / 255, step_size=1 / 255, steps=5, lam=0.0, generator=torch.Generator().manual_seed(3))(x, y)
     assert torch.equal(pgd, he)
     assert HEPGD is HighEnergyPGD
 
 
 def test_hepgd_raises_energy_relative_to_pgd(model, batch):
     x, y = batch
-    pgd = PGD(model, eps=8 / 255, alpha=1 / 255, steps=10, random_start=False)(x, y)
-    he = HEPGD(model, eps=8 / 255, alpha=1 / 255, steps=10, lam=5.0, random_start=False)(x, y)
+    pgd = PGD(model, eps=8 / 255, step_size=1 / 255, steps=10, random_start=False)(x, y)
+    he = HEPGD(model, eps=8 / 255, step_size=1 / 255, steps=10, lam=5.0, random_start=False)(x, y)
     with torch.no_grad():
         assert energy(model(he)).mean() > energy(model(pgd)).mean()
 
@@ -63,7 +63,7 @@ def test_hepgd_raises_energy_relative_to_pgd(model, batch):
 def test_targeted_pgd_raises_the_target_probability(model, batch):
     x, y = batch
     target = (y + 1) % 10
-    x_adv, trace = PGD(model, eps=16 / 255, alpha=2 / 255, steps=10)(x, y, target=target, return_trace=True)
+    x_adv, trace = PGD(model, eps=16 / 255, step_size=2 / 255, steps=10)(x, y, target=target, return_trace=True)
     with torch.no_grad():
         before = model(x).softmax(1).gather(1, target.view(-1, 1))
         after = model(x_adv).softmax(1).gather(1, target.view(-1, 1))
@@ -73,7 +73,7 @@ def test_targeted_pgd_raises_the_target_probability(model, batch):
 
 def test_trace_records_every_iterate(model, batch):
     x, y = batch
-    x_adv, trace = PGD(model, eps=8 / 255, alpha=1 / 255, steps=4, random_start=False)(x, y, return_trace=True)
+    x_adv, trace = PGD(model, eps=8 / 255, step_size=1 / 255, steps=4, random_start=False)(x, y, return_trace=True)
     assert trace.step == [0, 1, 2, 3, 4]
     with torch.no_grad():
         clean_logits, adv_logits = model(x), model(x_adv)
@@ -149,7 +149,7 @@ def test_loop_keeps_no_graph_between_steps(model, batch):
         (dict(eps=-0.1), "eps must be > 0"),
         (dict(eps=8), "8/255"),
         (dict(steps=0), "steps must be >= 1"),
-        (dict(alpha=0), "alpha must be > 0"),
+        (dict(step_size=0), "step_size must be > 0"),
         (dict(norm="l3"), "unknown norm"),
     ],
 )
@@ -181,7 +181,7 @@ def test_attack_works_inside_no_grad(model, batch):
 
 
 def test_traces_of_batches_combine_into_the_trace_of_the_whole(model, batch):
-    from robgen.attacks import Trace
+    from robgen.engine import Trace
 
     x, y = batch
     attack = PGD(model, steps=3, random_start=False)
@@ -193,12 +193,12 @@ def test_traces_of_batches_combine_into_the_trace_of_the_whole(model, batch):
         assert getattr(combined, name) == pytest.approx(getattr(whole, name), abs=1e-5), name
 
 
-def test_attack_from_settings_gives_each_attack_the_settings_it_uses(model):
-    from robgen.attacks import attack_from_settings
+def test_make_attack_gives_each_attack_the_settings_it_uses(model):
+    from robgen.attacks import make_attack as attack_from_settings
 
-    common = dict(eps=4 / 255, alpha=2 / 255, steps=3, lam=0.7, random_start=False)
+    common = dict(eps=4 / 255, step_size=2 / 255, steps=3, lam=0.7, random_start=False)
     pgd = attack_from_settings("pgd", model, **common)
-    assert (pgd.alpha, pgd.steps, pgd.random_start) == (2 / 255, 3, False)
+    assert (pgd.step_size, pgd.steps, pgd.random_start) == (2 / 255, 3, False)
     assert attack_from_settings("he-pgd", model, **common).lam == 0.7
     assert attack_from_settings("apgd", model, **common).steps == 3
     assert attack_from_settings("fgsm", model, **common).eps == 4 / 255

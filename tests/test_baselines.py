@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from robgen.baselines import LIDScorer, MahalanobisScorer, lid_estimates, penultimate_features
+from robgen.detection.baselines import LIDScorer, MahalanobisScorer, lid_estimates, penultimate_features
 from tests.conftest import tiny_model
 
 

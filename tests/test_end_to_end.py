@@ -21,7 +21,7 @@ def test_paper_claims_on_a_small_cifar10_model(trained_checkpoint, cifar_root):
     x_val, y_val = data.load_tensors(val, 300)
     x_test, y_test = data.load_tensors(test, 300)
 
-    settings = dict(eps=8 / 255, alpha=1 / 255, steps=10)
+    settings = dict(eps=8 / 255, step_size=1 / 255, steps=10)
     pgd = robgen.PGD(model, generator=torch.Generator().manual_seed(0), **settings)
     hepgd = robgen.HEPGD(model, lam=1.2, generator=torch.Generator().manual_seed(0), **settings)
 

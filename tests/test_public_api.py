@@ -7,7 +7,7 @@ from tests.conftest import REPO
 
 PUBLIC = {
     "load_model", "list_models", "load_checkpoint", "save_checkpoint", "Classifier", "ModelSpec",
-    "energy", "class_energy", "log_prob_given_x", "compute_energies", "EnergyRecord",
+    "energy", "class_energy", "log_prob_given_x", "model_outputs", "ModelOutputs",
     "Attack", "FGSM", "PGD", "HighEnergyPGD", "HEPGD", "APGD", "Trace", "make_attack",
     "EnergyDetector", "load_image", "save_image", "synthesize", "inpaint", "translate", "sgld_sample",
     "attacks", "data", "metrics", "synthesis", "__version__",

@@ -7,7 +7,7 @@ import timm
 import torch
 import yaml
 
-from robgen import space
+from robgen.web import space
 from robgen.models.madrylab import convert_state_dict, load_madrylab
 from tests.conftest import REPO
 

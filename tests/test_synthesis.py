@@ -93,9 +93,9 @@ def test_translation_path_starts_at_the_image_and_moves_toward_the_target(robust
 
 
 def test_conditional_sgld_lowers_the_class_energy_and_is_reproducible(robust):
-    x, trace = sgld_sample(robust, 6, target_class="truck", steps=15, alpha=20.0, sigma=0.005, generator=gen(1),
+    x, trace = sgld_sample(robust, "truck", 6, steps=15, step_size=10.0, noise=0.005, generator=gen(1),
                            return_trace=True)
-    again = sgld_sample(robust, 6, target_class="truck", steps=15, alpha=20.0, sigma=0.005, generator=gen(1))
+    again = sgld_sample(robust, "truck", 6, steps=15, step_size=10.0, noise=0.005, generator=gen(1))
     assert torch.equal(x, again)
     assert float(x.min()) >= 0 and float(x.max()) <= 1
     # trace.loss holds -E(x, y) = the truck logit: Langevin descends the energy
@@ -104,7 +104,7 @@ def test_conditional_sgld_lowers_the_class_energy_and_is_reproducible(robust):
 
 
 def test_unconditional_sgld_lowers_the_free_energy(robust):
-    _, trace = sgld_sample(robust, 6, steps=15, alpha=20.0, sigma=0.005, generator=gen(1), return_trace=True)
+    _, trace = sgld_sample(robust, None, 6, steps=15, step_size=10.0, noise=0.005, generator=gen(1), return_trace=True)
     assert trace.energy_mean[-1] < trace.energy_mean[0] - 0.5
 
 
@@ -171,7 +171,7 @@ def test_bad_synthesis_input_is_refused_with_what_to_fix(robust):
     with pytest.raises(ValueError, match="unknown init"):
         synthesize(robust, 0, 1, steps=1, init="noise")
     with pytest.raises(ValueError, match="target_class"):
-        sgld_sample(robust, 1, init="gaussian")
+        sgld_sample(robust, None, 1, init="gaussian")
 
 
 def test_quality_judges_samples_and_controls_with_the_unmodified_seeds(robust, standard):

@@ -75,7 +75,7 @@ def test_fit_detector_stores_the_detector_and_its_calibration_energies(tmp_path,
     arguments = ["fit-detector", "--model", str(folder), "--data", str(toy_data), "--val-size", "40", "--limit", "20",
                  "--steps", "2", "--device", "cpu"]
     assert main(arguments) == 0
-    from robgen.calibration import load_shipped_detector
+    from robgen.experiments.calibration import load_shipped_detector
 
     detector = load_shipped_detector(robgen.load_model(folder))
     calibration = detector.calibration

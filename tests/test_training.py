@@ -35,7 +35,7 @@ def test_every_mode_lowers_the_loss(toy_data, tmp_path, mode):
 def test_quasi_mode_uses_the_small_l2_budget(toy_data):
     quasi = config(toy_data, mode="quasi")
     assert (quasi.norm, quasi.eps) == ("l2", training.QUASI_EPS)
-    assert quasi.alpha == pytest.approx(1.25 * training.QUASI_EPS)
+    assert quasi.step_size == pytest.approx(1.25 * training.QUASI_EPS)
 
 
 @pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25)])

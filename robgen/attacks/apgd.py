@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from ..checks import check_steps
+from ..engine import random_seed
 from .base import Attack
 
 
@@ -37,7 +38,7 @@ class APGD(Attack):
         rho: float = 0.75,
         generator: Optional[torch.Generator] = None,
     ) -> None:
-        super().__init__(model, eps=eps, alpha=eps, steps=steps, norm=norm, random_start=True, generator=generator)
+        super().__init__(model, eps=eps, step_size=eps, steps=steps, norm=norm, random_start=True, generator=generator)
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"APGD supports norm 'linf' or 'l2', got {norm!r}")
         if loss not in ("ce", "dlr"):
@@ -49,10 +50,7 @@ class APGD(Attack):
             raise ValueError("APGD here is untargeted: call it without target (torchattacks.APGDT is the targeted one)")
         import torchattacks
 
-        if self.generator is not None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
-        else:
-            seed = 0
+        seed = random_seed(self.generator, x.device)
         devices = [x.device] if x.device.type == "cuda" else []
         if recorder is not None:
             self._record(recorder, 0, x, y)

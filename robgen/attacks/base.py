@@ -1,6 +1,6 @@
 """`Attack`: settings at construction, data at call time (as in torchattacks).
 
-    attack = PGD(model, eps=8/255, alpha=1/255, steps=10)
+    attack = PGD(model, eps=8/255, step_size=1/255, steps=10)
     x_adv = attack(x, y)                          # untargeted
     x_adv = attack(x, y, target=t)                # targeted toward classes t
     x_adv, trace = attack(x, y, return_trace=True)
@@ -17,9 +17,18 @@ import torch
 
 from ..checks import check_labels, check_pixels, check_positive, check_steps
 from ..progress import step_reporter
-from .constraints import make_constraint
-from .loop import Objective, Trace, TraceRecorder, eval_mode, projected_gradient_ascent
+from ..engine import Objective, Trace, TraceRecorder, make_constraint, projected_gradient_ascent
+from ..models.state import eval_mode
 from .objectives import cross_entropy, negative_cross_entropy
+
+
+def resolve_step_size(step_size: Optional[float], alpha: Optional[float], default: float) -> float:
+    """`step_size`, or torchattacks' `alpha` for it, or `default`; both at once is an error."""
+    if step_size is not None and alpha is not None:
+        raise TypeError("pass step_size or its torchattacks alias alpha, not both")
+    if step_size is not None:
+        return step_size
+    return alpha if alpha is not None else default
 
 
 class Attack:
@@ -28,28 +37,32 @@ class Attack:
     Args:
         model: a classifier taking [0, 1] pixels and returning logits.
         eps: radius of the threat model (L-inf: in pixel units, e.g. 8/255).
-        alpha: step size.
+        step_size: length of one step (L-inf: per pixel; L2: of the whole step).
         steps: number of gradient steps (>= 1).
         norm: "linf" or "l2".
         random_start: start from a uniform point of the eps-ball.
         generator: a `torch.Generator` for the random start (global RNG untouched).
+        alpha: torchattacks' name for `step_size`, accepted so that code written for
+            torchattacks (`PGD(model, eps=8/255, alpha=2/255, steps=10)`) runs unchanged.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         eps: float = 8 / 255,
-        alpha: float = 1 / 255,
+        step_size: Optional[float] = None,
         steps: int = 10,
         norm: str = "linf",
         random_start: bool = True,
         generator: Optional[torch.Generator] = None,
+        *,
+        alpha: Optional[float] = None,
     ) -> None:
         self.model = model
         self.constraint = make_constraint(norm, eps)
         self.eps = self.constraint.eps
         self.norm = self.constraint.norm
-        self.alpha = check_positive(alpha, "alpha")
+        self.step_size = check_positive(resolve_step_size(step_size, alpha, default=1 / 255), "step_size")
         self.steps = check_steps(steps)
         self.random_start = bool(random_start)
         self.generator = generator
@@ -79,7 +92,7 @@ class Attack:
 
     def perturb(self, x, y, target, recorder, progress) -> torch.Tensor:
         return projected_gradient_ascent(
-            self.model, x, self.objective(y, target), self.constraint, self.steps, self.alpha,
+            self.model, x, self.objective(y, target), self.constraint, self.steps, self.step_size,
             random_start=self.random_start, generator=self.generator, recorder=recorder, progress=progress,
         )
 
@@ -102,6 +115,6 @@ class Attack:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(eps={self.eps:.5g}, alpha={self.alpha:.5g}, steps={self.steps}, "
+            f"{type(self).__name__}(eps={self.eps:.5g}, step_size={self.step_size:.5g}, steps={self.steps}, "
             f"norm={self.norm!r}, random_start={self.random_start})"
         )

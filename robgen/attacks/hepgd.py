@@ -26,7 +26,7 @@ class HighEnergyPGD(Attack):
     """PGD on CE + lam * E(x); `lam=0` is exactly `PGD`.
 
     Example:
-        >>> attack = HighEnergyPGD(model, eps=8/255, alpha=1/255, steps=40, lam=1.2)
+        >>> attack = HighEnergyPGD(model, eps=8/255, step_size=1/255, steps=40, lam=1.2)
         >>> x_adv = attack(x, y)
     """
 
@@ -34,25 +34,28 @@ class HighEnergyPGD(Attack):
         self,
         model: torch.nn.Module,
         eps: float = 8 / 255,
-        alpha: float = 1 / 255,
+        step_size: Optional[float] = None,
         steps: int = 10,
         lam: float = 1.2,
-        T: float = 1.0,
+        temperature: float = 1.0,
         norm: str = "linf",
         random_start: bool = True,
         generator: Optional[torch.Generator] = None,
+        *,
+        alpha: Optional[float] = None,
     ) -> None:
-        super().__init__(model, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start, generator=generator)
+        super().__init__(model, eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start,
+                         generator=generator, alpha=alpha)
         lam = float(lam)
         if not math.isfinite(lam):
             raise ValueError(f"lam must be a finite number, got {lam}")
         self.lam = lam
-        self.T = check_positive(T, "T")
+        self.temperature = check_positive(temperature, "temperature")
 
     def objective(self, labels, target):
         if target is not None:
             raise ValueError("HighEnergyPGD is an untargeted attack: call it without target")
-        return lambda logits: high_energy_loss(logits, labels, self.lam, self.T)
+        return lambda logits: high_energy_loss(logits, labels, self.lam, self.temperature)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", lam={self.lam:g})"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..energy import energy
+
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CE(f(x), y): ascending it pushes x away from class y (untargeted attack)."""
@@ -20,12 +22,11 @@ def negative_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.
     return -F.cross_entropy(logits, target, reduction="none")
 
 
-def high_energy_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float, T: float = 1.0) -> torch.Tensor:
-    """CE(f(x), y) + lam * E(x), with E(x) = -T logsumexp(f(x) / T).
+def high_energy_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float, temperature: float = 1.0) -> torch.Tensor:
+    """CE(f(x), y) + lam * E(x), with E(x) = -T logsumexp(f(x) / T) at T = `temperature`.
 
     The High-Energy PGD objective of Beadini & Masi (2023): the CE term fools
     the classifier while the energy term keeps E(x) from dropping below the
     energies of natural images, which hides the example from EnergyDetector.
     """
-    free_energy = -T * torch.logsumexp(logits / T, dim=1)
-    return F.cross_entropy(logits, labels, reduction="none") + lam * free_energy
+    return F.cross_entropy(logits, labels, reduction="none") + lam * energy(logits, temperature, check=False)

@@ -17,7 +17,7 @@ class PGD(Attack):
     """Projected gradient descent on the cross-entropy, L-inf or L2.
 
     Example:
-        >>> attack = PGD(model, eps=8/255, alpha=1/255, steps=10)
+        >>> attack = PGD(model, eps=8/255, step_size=1/255, steps=10)
         >>> x_adv = attack(x, y)
         >>> x_adv, trace = attack(x, y, return_trace=True)   # per-step energy, accuracy, loss
     """
@@ -33,4 +33,4 @@ class FGSM(Attack):
     def __init__(
         self, model: torch.nn.Module, eps: float = 8 / 255, norm: str = "linf", generator: Optional[torch.Generator] = None
     ) -> None:
-        super().__init__(model, eps=eps, alpha=eps, steps=1, norm=norm, random_start=False, generator=generator)
+        super().__init__(model, eps=eps, step_size=eps, steps=1, norm=norm, random_start=False, generator=generator)

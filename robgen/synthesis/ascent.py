@@ -19,10 +19,10 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
-from ..attacks.constraints import L2Ball, Masked
-from ..attacks.loop import Trace, TraceRecorder, eval_mode, projected_gradient_ascent
+from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
+from ..models.state import eval_mode, model_device
 from ..checks import check_pixels, check_positive, check_steps
-from ..energy import class_energy, log_prob_given_x
+from ..energy import class_energy, energy, log_prob_given_x
 from ..progress import step_reporter
 from .seeds import SeedDistribution, initial_images
 
@@ -142,7 +142,7 @@ def synthesize(
     Example:
         >>> images = synthesize(load_model("cifar10-resnet10-robust"), "dog", n=4)
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     n = check_steps(n, "n")
     settings = SynthesisSettings.resolve(model, steps, step_size, eps)
     target = class_indices(model, target_class, n, device)
@@ -169,7 +169,7 @@ def inpaint(model, image: torch.Tensor, mask: torch.Tensor, target_class, n: int
     mask-shaped object (MAGIC-style layout guidance). Keyword `settings` are
     those of `synthesize`.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     n = check_steps(n, "n")
     image = image.to(device)
     if image.ndim == 3:
@@ -217,7 +217,7 @@ def translate(
     edit that adds features of the target class; on a standard model it is
     an invisible adversarial perturbation.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     x = image.to(device)
     if x.ndim == 3:
         x = x.unsqueeze(0)
@@ -241,6 +241,6 @@ def translate(
         with torch.no_grad():
             logits = model(path.flatten(0, 1)).float()
     probs = logits.softmax(1).gather(1, target.repeat(len(path)).view(-1, 1)).view(len(path), -1)
-    energies = -torch.logsumexp(logits, 1).view(len(path), -1)
+    energies = energy(logits, check=False).view(len(path), -1)
     return Translation(path, sorted(kept), probs.cpu(), energies.cpu())
 

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..attacks.loop import eval_mode
+from ..models.state import eval_mode
 from ..checks import check_pixels
 
 

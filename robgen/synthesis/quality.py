@@ -19,6 +19,7 @@ import torch
 from ..progress import progress_bar
 from .ascent import synthesize
 from .seeds import SeedDistribution, initial_images
+from ..models.state import model_device
 
 SEEDS_ROW = "seeds only (no ascent)"
 
@@ -52,7 +53,7 @@ def measure_quality(
     seed_grid = None
     for gen_name, generator_model in generators.items():
         num_classes = generator_model.spec.num_classes
-        device = next(generator_model.parameters()).device
+        device = model_device(generator_model)
         started = time.perf_counter()
         per_class, seed_images = [], []
         for k in progress_bar(range(num_classes), desc=f"synthesising from {gen_name}", progress=progress):
@@ -85,7 +86,7 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
     targets = torch.arange(num_classes).repeat_interleave(n)
     rows = []
     for judge_name, judge in judges.items():
-        judge_device = next(judge.parameters()).device
+        judge_device = model_device(judge)
         with torch.no_grad():
             probs = judge(grid.flatten(0, 1).to(judge_device)).float().softmax(1).cpu()
         target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..attacks.constraints import random_normal, random_uniform
+from ..engine.random import random_normal, random_uniform
 from ..models.checkpoint import model_folder
 from ..progress import progress_bar
 

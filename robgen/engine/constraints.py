@@ -13,17 +13,7 @@ from typing import Optional
 import torch
 
 from ..checks import check_positive
-
-
-def random_uniform(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """U[0, 1) noise drawn from `generator` (on its own device) and moved to `like`'s."""
-    device = generator.device if generator is not None else like.device
-    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def random_normal(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+from .random import random_normal, random_uniform
 
 
 def _flat_norms(t: torch.Tensor) -> torch.Tensor:

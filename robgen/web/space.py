@@ -1,9 +1,9 @@
 """Running the app as a Hugging Face Space: settings in `space.yaml`, README front matter, deploy, ZeroGPU.
 
-    python -m robgen.space render                           # print the Space README front matter
-    python -m robgen.space render --out space-README.md
-    python -m robgen.space deploy --repo USER/NAME --dry-run # what would be uploaded, no network
-    python -m robgen.space deploy --repo USER/NAME          # create or update the Space (needs HF_TOKEN)
+    python -m robgen.web.space render                           # print the Space README front matter
+    python -m robgen.web.space render --out space-README.md
+    python -m robgen.web.space deploy --repo USER/NAME --dry-run # what would be uploaded, no network
+    python -m robgen.web.space deploy --repo USER/NAME          # create or update the Space (needs HF_TOKEN)
 
 `space.yaml` holds the title, Gradio and Python versions, hardware (e.g.
 "t4-small" or "zero-a10g"), the models to preload and the files to leave
@@ -22,7 +22,7 @@ from typing import Callable, List, Optional
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACE_FILE = "space.yaml"
 HARDWARE = ("cpu-basic", "cpu-upgrade", "zero-a10g", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large",
             "a100-large")
@@ -153,7 +153,7 @@ def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_ru
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m robgen.space", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m robgen.web.space", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(REPO_ROOT / SPACE_FILE), help="the Space settings (default space.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
     render_parser = commands.add_parser("render", help="write the Space README front matter")

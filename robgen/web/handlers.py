@@ -5,75 +5,31 @@ these, and shows the result. Everything here works on the library's own
 types (tensors in [0, 1], `Trace`, `EnergyDetector`) plus PIL images and
 matplotlib figures ready to display, so it is tested without a browser.
 
-    model = cached_model("cifar10-resnet10-standard")
+    model = cached_model("cifar10-resnet10-standard")        # robgen.web.model_cache
     result = attack_image(model, "examples/chelsea.png", attack="pgd", eps=8/255, steps=10)
 """
 
 from __future__ import annotations
 
-import functools
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .attacks import attack_from_settings
-from .attacks.loop import Trace
-from .calibration import calibration_energies, load_shipped_detector
-from .detector import EnergyDetector
-from .energy import energy
-from .images import load_image, tensor_to_pil
-from .models import list_models, load_model
-from .plots import energy_histogram_figure
-from .synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
+from ..attacks import make_attack
+from ..attacks.factory import attack_key
+from ..detection import EnergyDetector
+from ..engine import Trace
+from ..experiments.calibration import calibration_energies, load_shipped_detector
+from ..experiments.single_image import attack_own_predictions, top_classes
+from ..images import load_image, tensor_to_pil
+from ..models.state import model_device
+from ..plots import energy_histogram_figure
+from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
 
 ImageInput = Union[str, Path, torch.Tensor]
 DISPLAY_SIZE = 192  # small model inputs are enlarged (nearest neighbour) to this many pixels for display
-
-# Hub models offered when the machine is online (downloaded and converted once, then cached).
-HUB_MODELS = ["madrylab:resnet50_l2_eps3", "madrylab:resnet50_l2_eps0.05", "timm:inception_v3.tf_adv_in1k"]
-
-_load_lock = threading.Lock()
-
-
-def hub_reachable(timeout: float = 1.0) -> bool:
-    """Whether huggingface.co answers (False at once under HF_HUB_OFFLINE=1)."""
-    import os
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def available_models(online: bool = False) -> List[str]:
-    """The shipped checkpoints, plus the ImageNet Hub models when `online`."""
-    return list_models() + (HUB_MODELS if online else [])
-
-
-@functools.lru_cache(maxsize=8)
-def _cached(name: str):
-    return load_model(name)
-
-
-def cached_model(name: str, device: Optional[Union[str, torch.device]] = None):
-    """`load_model(name)`, loaded once per process and moved to `device` (default: CUDA when present)."""
-    with _load_lock:  # two requests for one new model load it once
-        model = _cached(name)
-        target = torch.device(device) if device is not None else default_device()
-        if next(model.parameters()).device != target:
-            model.to(target)
-    return model
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_input(model, image: ImageInput) -> torch.Tensor:
@@ -82,7 +38,7 @@ def model_input(model, image: ImageInput) -> torch.Tensor:
         x = image if image.ndim == 4 else image.unsqueeze(0)
     else:
         x = load_image(image, size=model.spec.input_size[1:]).unsqueeze(0)
-    return x.to(next(model.parameters()).device)
+    return x.to(model_device(model))
 
 
 def display(x: torch.Tensor, size: int = DISPLAY_SIZE):
@@ -94,13 +50,6 @@ def display(x: torch.Tensor, size: int = DISPLAY_SIZE):
         factor = max(1, size // max(picture.size))
         picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
     return picture
-
-
-def top_classes(logits: torch.Tensor, labels: List[str], k: int = 5) -> Dict[str, float]:
-    """{label: probability} of the k most likely classes of one image."""
-    probs = logits.float().softmax(-1).view(-1)
-    values, indices = probs.topk(min(k, len(labels)))
-    return {labels[int(i)]: float(v) for v, i in zip(values, indices)}
 
 
 @dataclass
@@ -138,27 +87,19 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
                  seed: int = 0, progress: Optional[Callable] = None) -> AttackResult:
     """Attack one image against the model's own prediction (or toward `target`) with FGSM / PGD / HE-PGD / APGD."""
     x = model_input(model, image)
-    device = x.device
-    key = attack.lower().replace("-", "")
-    attacker = attack_from_settings(key, model, eps=eps, alpha=step_size, steps=steps, lam=lam,
-                                    generator=torch.Generator(device=device).manual_seed(int(seed)))
-    with torch.no_grad():
-        clean_logits = model(x)
-    label = clean_logits.argmax(1)
+    key = attack_key(attack)
+    attacker = make_attack(key, model, eps=eps, step_size=step_size, steps=steps, lam=lam,
+                           generator=torch.Generator(device=x.device).manual_seed(int(seed)))
     target_index = None
     if target not in (None, ""):
         if key in ("hepgd", "apgd"):
             raise ValueError(f"{attack} is untargeted here: clear the target class or use PGD / FGSM")
-        target_index = torch.tensor([model.spec.class_index(target)], device=device)
-    adversarial, trace = attacker(x, label, target=target_index, return_trace=True, progress=progress)
-    adversarial = attacker.constraint.project((adversarial * 255).round() / 255, x)  # what a PNG can hold
-    with torch.no_grad():
-        adv_logits = model(adversarial)
-    labels = model.spec.class_labels
+        target_index = model.spec.class_index(target)
+    outcome = attack_own_predictions(model, x, attacker, target_index, progress=progress)
     return AttackResult(
-        clean=x.cpu(), adversarial=adversarial.cpu(), top_clean=top_classes(clean_logits, labels),
-        top_adversarial=top_classes(adv_logits, labels), energy_clean=float(energy(clean_logits.float())),
-        energy_adversarial=float(energy(adv_logits.float())), trace=trace, attack=repr(attacker),
+        clean=outcome.clean, adversarial=outcome.adversarial, top_clean=outcome.top(0, adversarial=False),
+        top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
+        energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=repr(attacker),
     )
 
 
@@ -203,7 +144,7 @@ def detection_figure(result: DetectResult):
 def synthesize_gallery(model, target_class, n: int = 8, steps: int = 60, step_size: Optional[float] = None,
                        seed: int = 0, progress: Optional[Callable] = None) -> Tuple[List[Tuple[object, str]], Trace]:
     """`n` images of a class, each captioned with the model's probability of that class."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     index = model.spec.class_index(target_class)
     images, trace = synthesize(model, index, n, steps=steps, step_size=step_size, generator=generator,

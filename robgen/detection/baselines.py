@@ -24,6 +24,8 @@ from typing import List
 import torch
 import torch.nn as nn
 
+from ..models.state import model_device
+
 
 def last_linear(model: nn.Module) -> nn.Linear:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -39,7 +41,7 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 25
     captured: List[torch.Tensor] = []
     hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].flatten(1).float().cpu()))
     logits = []
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         for start in range(0, len(x), batch_size):
             logits.append(model(x[start:start + batch_size].to(device)).float().cpu())

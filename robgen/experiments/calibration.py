@@ -17,10 +17,9 @@ from typing import Optional
 
 import torch
 
-from . import data as datasets
-from .detector import EnergyDetector
-from .energy import compute_energies
-from .models.checkpoint import model_folder
+from ..detection.detector import EnergyDetector
+from ..models.checkpoint import model_folder
+from .pipeline import detection_experiment, detection_splits
 
 DETECTOR_FILE = "detector.json"
 
@@ -29,27 +28,21 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
                        data_root: Optional[str] = None, download: bool = False, batch_size: int = 250,
                        progress=True, seed: int = 0) -> EnergyDetector:
     """Fit on the first `n` images of the seeded validation split; evaluate on the first `n` test images."""
-    size = model.spec.input_size[1]
-    train = datasets.load_dataset(dataset_name, "train", root=data_root, download=download, image_size=size)
-    test = datasets.load_dataset(dataset_name, "test", root=data_root, download=download, image_size=size)
-    if datasets.class_names(test) != list(model.spec.class_labels):
+    splits = detection_splits(model, dataset_name, val_size=val_size, limit=n, seed=seed, data_root=data_root,
+                              download=download)
+    if splits.classes != list(model.spec.class_labels):
         raise ValueError(f"{dataset_name}'s classes are not the model's {model.spec.class_labels}")
-    _, val = datasets.train_val_split(train, val_size, seed=seed)
-    splits = {"validation": datasets.first(val, n, "validation split"), "test": datasets.first(test, n, "test split")}
-    energies = {}
-    for name, subset in splits.items():
-        loader = datasets.make_loader(subset, batch_size=batch_size)
-        clean = compute_energies(model, loader, progress=progress, desc=f"{name}: clean")
-        adversarial = compute_energies(model, loader, attack=attack, progress=progress, desc=f"{name}: attack")
-        energies[name] = (clean, adversarial)
-    (val_clean, val_adv), (test_clean, test_adv) = energies["validation"], energies["test"]
-    detector = EnergyDetector(rule=rule).fit(val_clean.energy, val_adv.energy)
+    result = detection_experiment(model, splits, attack, rule=rule, temperature=1.0, batch_size=batch_size,
+                                  progress=progress)
+    detector = result.detector
+    val_clean, val_adv = result.clean["validation"], result.adversarial["validation"]
     detector.calibration = {
-        "data": str(dataset_name), "attack": repr(attack), "n_validation": len(val_clean.energy),
-        "n_test": len(test_clean.energy), "test": detector.evaluate(test_clean.energy, test_adv.energy),
-        "clean_accuracy": test_clean.accuracy, "adversarial_accuracy": test_adv.accuracy,
-        "clean_energy": [round(float(e), 4) for e in val_clean.energy],
-        "adversarial_energy": [round(float(e), 4) for e in val_adv.energy],
+        "data": str(dataset_name), "attack": repr(attack), "n_validation": len(val_clean),
+        "n_test": result.report["n_test"], "test": detector.evaluate(result.clean["test"].logits,
+                                                                     result.adversarial["test"].logits),
+        "clean_accuracy": result.report["clean_accuracy"], "adversarial_accuracy": result.report["adversarial_accuracy"],
+        "clean_energy": [round(float(e), 4) for e in val_clean.energy(detector.temperature)],
+        "adversarial_energy": [round(float(e), 4) for e in val_adv.energy(detector.temperature)],
     }
     return detector
 

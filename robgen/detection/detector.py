@@ -21,8 +21,8 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-from .energy import energy as free_energy
-from .metrics import RULES, auroc, choose_threshold, detection_metrics
+from ..energy import energy as free_energy
+from ..metrics import RULES, auroc, choose_threshold, detection_metrics
 
 TEMPERATURES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 
@@ -58,7 +58,7 @@ class EnergyDetector:
         self.temperatures = tuple(float(t) for t in temperatures)
         self.threshold: Optional[float] = None
         self.validation: Dict[str, object] = {}
-        # Optional record of how it was fitted (see robgen.calibration): the attack, the data and the
+        # Optional record of how it was fitted (see robgen.experiments.calibration): the attack, the data and the
         # clean and adversarial validation energies, which the app draws as a histogram.
         self.calibration: Dict[str, object] = {}
 

@@ -1,0 +1,93 @@
+"""Per-step statistics of an optimisation: what the attack or synthesis did at every iterate.
+
+`TraceRecorder` collects batch means on the device while the loop runs and
+syncs once at the end; `Trace` is the result (plain lists, JSON-ready), and
+`Trace.combine` merges the traces of several batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+import torch
+
+from ..energy import energy
+
+
+@dataclass
+class Trace:
+    """Batch means per step of an attack; entry k describes the iterate after k steps."""
+
+    step: List[int] = field(default_factory=list)
+    energy_mean: List[float] = field(default_factory=list)  # mean E(x) at T = 1
+    energy_std: List[float] = field(default_factory=list)
+    accuracy: List[float] = field(default_factory=list)  # fraction still classified as the true label
+    loss: List[float] = field(default_factory=list)  # mean objective
+    true_prob: List[float] = field(default_factory=list)  # mean p(y | x), true label
+    target_prob: List[float] = field(default_factory=list)  # mean p(t | x), targeted attacks only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def combine(traces: List["Trace"], sizes: List[int]) -> "Trace":
+        """One trace for several batches of `sizes` images (weighted means, pooled std)."""
+        if len(traces) == 1:
+            return traces[0]
+        weights = torch.tensor(sizes, dtype=torch.float64)
+        total = weights.sum()
+
+        def mean(name):
+            table = torch.tensor([getattr(t, name) for t in traces], dtype=torch.float64)
+            return (table * weights[:, None]).sum(0) / total if table.numel() else table.new_zeros(0)
+
+        means = torch.tensor([t.energy_mean for t in traces], dtype=torch.float64)
+        stds = torch.tensor([t.energy_std for t in traces], dtype=torch.float64)
+        energy_mean = mean("energy_mean")
+        # pooled second moment: E[e^2] = std^2 (n-1)/n + mean^2 within each batch
+        n = weights[:, None]
+        second = (((stds**2) * (n - 1) / n + means**2) * n).sum(0) / total
+        pooled_std = torch.sqrt((second - energy_mean**2).clamp_min(0) * total / max(total - 1, 1))
+        return Trace(
+            step=list(traces[0].step), energy_mean=energy_mean.tolist(), energy_std=pooled_std.tolist(),
+            accuracy=mean("accuracy").tolist(), loss=mean("loss").tolist(), true_prob=mean("true_prob").tolist(),
+            target_prob=mean("target_prob").tolist(),
+        )
+
+
+class TraceRecorder:
+    """Collects per-step statistics on the device and syncs once at the end.
+
+    `labels` are the true classes (accuracy and p(y | x) are measured against
+    them); None when there are none, as in unconditional sampling, and then the
+    trace leaves `accuracy` and `true_prob` empty rather than invent a class.
+    """
+
+    def __init__(self, labels: Optional[torch.Tensor], target: Optional[torch.Tensor] = None) -> None:
+        self.labels, self.target = labels, target
+        self.steps: List[int] = []
+        self.rows: List[torch.Tensor] = []
+
+    @torch.no_grad()
+    def record(self, step: int, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        logits = logits.float()
+        energies = energy(logits, check=False)
+        probs = logits.softmax(1)
+        missing = energies.new_tensor(float("nan"))
+        true_prob = probs.gather(1, self.labels.view(-1, 1)).mean() if self.labels is not None else missing
+        target_prob = probs.gather(1, self.target.view(-1, 1)).mean() if self.target is not None else missing
+        std = energies.std() if energies.numel() > 1 else energies.new_zeros(())
+        accuracy = (logits.argmax(1) == self.labels).float().mean() if self.labels is not None else missing
+        self.steps.append(step)
+        self.rows.append(torch.stack([energies.mean(), std, accuracy, loss.float().mean(), true_prob, target_prob]))
+
+    def finish(self) -> Trace:
+        table = torch.stack(self.rows).cpu().tolist() if self.rows else []
+        columns = [list(c) for c in zip(*table)] if table else [[] for _ in range(6)]
+        energy_mean, energy_std, accuracy, loss, true_prob, target_prob = columns
+        if self.labels is None:
+            accuracy, true_prob = [], []
+        if self.target is None:
+            target_prob = []
+        return Trace(self.steps, energy_mean, energy_std, accuracy, loss, true_prob, target_prob)

@@ -1,0 +1,195 @@
+"""The detection experiment as one pipeline: split → attack → energies (+ features) → fit → evaluate.
+
+Every entry point that measures the energy detector runs these steps: the
+CLI's `detect`, the detector shipped next to a checkpoint (calibration.py),
+the paper's reproduction (reproduce.py) and, through the shipped detector,
+the app's Detect tab.
+
+    splits = detection_splits(model, "cifar10", val_size=5000, limit=1000)
+    result = detection_experiment(model, splits, PGD(model, eps=8/255, step_size=1/255, steps=40))
+    result.detector.threshold, result.report["detection_rate"]
+
+The steps are also usable one by one (`model_outputs`, `fit_detector`,
+`evaluate_detector`), as the reproduction does to share clean outputs
+between several attacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from .. import data as datasets
+from ..detection.baselines import penultimate_features
+from ..detection.detector import TEMPERATURES, EnergyDetector
+from ..energy import energy
+from ..engine import Trace
+from ..models.state import eval_mode, model_device
+from ..progress import progress_bar
+
+
+@dataclass
+class ModelOutputs:
+    """What a model says about a set of images, in data order, on the CPU."""
+
+    logits: torch.Tensor  # (N, K)
+    labels: torch.Tensor  # (N,) the true labels
+    features: Optional[torch.Tensor] = None  # (N, D) penultimate features, when asked for
+    trace: Optional[Trace] = None  # per-step statistics of the attack, when asked for
+
+    def energy(self, temperature: float = 1.0) -> torch.Tensor:
+        """E(x) at `temperature`, shape (N,)."""
+        return energy(self.logits, temperature, check=False)
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.logits.argmax(1)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.predictions == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.double().mean()) if len(self.labels) else float("nan")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def model_outputs(
+    model: torch.nn.Module,
+    batches: Iterable,
+    attack: Optional[Callable] = None,
+    features: bool = False,
+    trace: bool = False,
+    progress=True,
+    desc: str = "",
+) -> ModelOutputs:
+    """Logits (and penultimate features, and the attack's trace) over (images, labels) batches.
+
+    With `attack`, each batch is first replaced by `attack(images, labels)`;
+    the adversarial images are not kept, so memory stays bounded by one batch.
+    `batches` is a DataLoader or any iterable of (images, labels);
+    `progress` is True (tqdm), False or a callback `fn(fraction, desc)`.
+    """
+    device = model_device(model)
+    logits, labels, feature_rows, traces, sizes = [], [], [], [], []
+    with eval_mode(model):
+        for images, targets in progress_bar(batches, desc=desc, progress=progress):
+            images, targets = images.to(device), targets.to(device)
+            if attack is not None:
+                if trace:
+                    images, batch_trace = attack(images, targets, return_trace=True)
+                    traces.append(batch_trace)
+                    sizes.append(len(targets))
+                else:
+                    images = attack(images, targets)
+            if features:
+                batch_features, batch_logits = penultimate_features(model, images)
+                feature_rows.append(batch_features)
+            else:
+                with torch.no_grad():
+                    batch_logits = model(images).float().cpu()
+            logits.append(batch_logits)
+            labels.append(targets.cpu())
+    if not logits:
+        raise ValueError("the data yielded no batches: is the data set empty?")
+    return ModelOutputs(
+        torch.cat(logits), torch.cat(labels), torch.cat(feature_rows) if features else None,
+        Trace.combine(traces, sizes) if traces else None,
+    )
+
+
+def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[tuple]:
+    """(images, labels) tensors cut into batches, for `model_outputs`."""
+    return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+@dataclass
+class DetectionSplits:
+    """The images a detection experiment uses: validation (held out of train) and test."""
+
+    data: str
+    validation: Dataset
+    test: Dataset
+    train: Dataset  # the training split minus the validation images (reference statistics of baselines)
+    classes: List[str]
+
+    def loaders(self, batch_size: int = 250, workers: int = 0) -> Dict[str, torch.utils.data.DataLoader]:
+        return {name: datasets.make_loader(subset, batch_size=batch_size, workers=workers)
+                for name, subset in (("validation", self.validation), ("test", self.test))}
+
+
+def detection_splits(model, data: Union[str, "object"], *, val_size: int = 5000, limit: Optional[int] = None,
+                     seed: int = 0, data_root=None, download: bool = False) -> DetectionSplits:
+    """Validation images held out of train by a seeded split, and the test split, at the model's input size.
+
+    `limit` keeps the first N images of each (class-balanced: the loaders
+    interleave classes). A data set whose classes are not the model's is refused.
+    """
+    size = model.spec.input_size[1]
+    train = datasets.load_dataset(data, "train", root=data_root, download=download, image_size=size)
+    test = datasets.load_dataset(data, "test", root=data_root, download=download, image_size=size)
+    classes = datasets.class_names(test)
+    if len(classes) != model.spec.num_classes:
+        raise ValueError(f"the model has {model.spec.num_classes} classes but {data} has {len(classes)}: "
+                         "pick a model trained on this data set")
+    train_part, validation = datasets.train_val_split(train, val_size, seed=seed)
+    return DetectionSplits(
+        str(data), datasets.first(validation, limit, "validation split"), datasets.first(test, limit, "test split"),
+        train_part, classes,
+    )
+
+
+def fit_detector(clean: ModelOutputs, adversarial: ModelOutputs, rule: str = "youden",
+                 temperature: Union[float, str] = "search", temperatures: Sequence[float] = TEMPERATURES,
+                 target_fpr: float = 0.05) -> EnergyDetector:
+    """An `EnergyDetector` fitted on validation logits (so that the temperature can be searched)."""
+    detector = EnergyDetector(rule=rule, temperature=temperature, target_fpr=target_fpr, temperatures=temperatures)
+    return detector.fit(clean.logits, adversarial.logits)
+
+
+def successful(clean: ModelOutputs, adversarial: ModelOutputs) -> torch.Tensor:
+    """Examples the model got right before the attack and wrong after it."""
+    return clean.correct & ~adversarial.correct
+
+
+def evaluate_detector(detector: EnergyDetector, clean: ModelOutputs, adversarial: ModelOutputs) -> dict:
+    """The detector's rates on test outputs, plus what the attack did to the classifier."""
+    report = detector.evaluate(clean.logits, adversarial.logits)
+    success = successful(clean, adversarial)
+    flagged = detector.predict(adversarial.logits)
+    report.update(
+        detection_rate_successful=float(flagged[success].double().mean()) if success.any() else float("nan"),
+        n_successful=int(success.sum()),
+        attack_success_rate=float(success[clean.correct].double().mean()) if clean.correct.any() else float("nan"),
+        clean_accuracy=clean.accuracy, adversarial_accuracy=adversarial.accuracy,
+    )
+    return report
+
+
+@dataclass
+class DetectionResult:
+    detector: EnergyDetector
+    report: dict  # test rates (see `evaluate_detector`)
+    clean: Dict[str, ModelOutputs] = field(default_factory=dict)  # "validation", "test"
+    adversarial: Dict[str, ModelOutputs] = field(default_factory=dict)
+
+
+def detection_experiment(model, splits: DetectionSplits, attack, *, rule: str = "youden",
+                         temperature: Union[float, str] = "search", temperatures: Sequence[float] = TEMPERATURES,
+                         target_fpr: float = 0.05, batch_size: int = 250, workers: int = 0,
+                         progress=True) -> DetectionResult:
+    """The whole pipeline for one attack: outputs on clean and attacked splits, fit on validation, rates on test."""
+    clean, adversarial = {}, {}
+    for name, loader in splits.loaders(batch_size, workers).items():
+        clean[name] = model_outputs(model, loader, progress=progress, desc=f"{name}: clean")
+        adversarial[name] = model_outputs(model, loader, attack=attack, progress=progress, desc=f"{name}: attack")
+    detector = fit_detector(clean["validation"], adversarial["validation"], rule, temperature, temperatures, target_fpr)
+    report = evaluate_detector(detector, clean["test"], adversarial["test"])
+    report.update(attack=repr(attack), data=splits.data, n_validation=len(clean["validation"]), n_test=len(clean["test"]))
+    return DetectionResult(detector, report, clean, adversarial)

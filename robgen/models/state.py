@@ -1,0 +1,33 @@
+"""Where a model lives and which mode it is in: the one place robgen asks either question.
+
+    device = model_device(model)
+    with eval_mode(model):      # batch norm and dropout frozen; the caller's mode comes back after
+        logits = model(x)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put `model` in eval mode for the block and restore the caller's mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
