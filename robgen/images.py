@@ -84,6 +84,11 @@ def load_image(path: Union[str, Path], size: Optional[Union[int, Tuple[int, int]
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
+def load_model_input(path: Union[str, Path], spec) -> torch.Tensor:
+    """An image file as a (3, H, W) tensor exactly as the model of `spec` sees it (its eval transform)."""
+    return load_image(path, size=tuple(spec.input_size[1:]))
+
+
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """A (3, H, W) tensor in [0, 1] as an 8-bit RGB PIL image (rounded, not truncated)."""
     if x.ndim != 3 or x.shape[0] not in (1, 3):
