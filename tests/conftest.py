@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny random models, and a small CNN trained on real CIFAR-10.
+"""Shared fixtures: tiny random models, and a small CNN trained on real CIFAR-10; the test markers.
+
+Markers (`pytest -m "not slow"` gives feedback in under a minute; CI runs everything):
+- `data`: needs the shared CIFAR-10 archive (any test using `cifar_root`); also `slow`;
+- `browser`: drives headless Chromium (tests/test_browser.py); also `slow`;
+- `slow`: the above, the modules in SLOW_MODULES, and tests marked by hand.
 
 The real-data fixtures unpack ../shared/data/cifar10-imagefolder.tar.gz (or
 use $ROBGEN_DATA if it already holds cifar10/) into a git-ignored cache, and
@@ -21,6 +26,29 @@ from robgen.models.checkpoint import build_network
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ROBGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-imagefolder.tar.gz"
+
+
+SLOW_MODULES = {"test_app", "test_browser", "test_distributed", "test_end_to_end", "test_reproduce",
+                "test_packaging", "test_shipped_checkpoints", "test_synthesis_cli"}
+DATA_FIXTURES = {"cifar_root", "trained_checkpoint"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: takes seconds to minutes; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "browser: drives headless Chromium")
+    config.addinivalue_line("markers", "data: needs the shared CIFAR-10 archive (../shared/data)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
+            item.add_marker(pytest.mark.slow)
+        if module == "test_browser":
+            item.add_marker(pytest.mark.browser)
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_model(width: int = 4, seed: int = 0, num_classes: int = 10) -> Classifier:

@@ -1,0 +1,96 @@
+"""The detection pipeline (split → attack → energies → fit → evaluate) and the single-image attack flow."""
+
+import pytest
+import torch
+
+from robgen import PGD, EnergyDetector, energy
+from robgen.detection import penultimate_features
+from robgen.experiments.pipeline import (
+    ModelOutputs, detection_experiment, detection_splits, evaluate_detector, fit_detector, model_outputs, tensor_batches,
+)
+from robgen.experiments.single_image import attack_own_predictions, combine_outcomes, quantise
+from robgen.metrics import choose_threshold
+
+
+def test_model_outputs_with_an_attack_are_the_outputs_on_the_attacked_images(model, batch):
+    x, y = batch
+    attack = PGD(model, eps=8 / 255, step_size=2 / 255, steps=3, random_start=False)
+    outputs = model_outputs(model, tensor_batches(x, y, 4), attack=attack, features=True, trace=True, progress=False)
+    x_adv = attack(x, y)
+    features, logits = penultimate_features(model, x_adv)
+    assert torch.allclose(outputs.logits, logits, atol=1e-5)
+    assert torch.allclose(outputs.features, features, atol=1e-5)
+    assert torch.equal(outputs.labels, y)
+    assert outputs.trace.step == [0, 1, 2, 3]
+    assert outputs.trace.accuracy[-1] == pytest.approx(outputs.accuracy)
+
+
+def test_evaluate_detector_counts_by_hand():
+    # 4 test images, class 0 is right; the attack fools images 0-2; image 3 stays correct.
+    labels = torch.zeros(4, dtype=torch.long)
+    clean = ModelOutputs(torch.tensor([[5.0, 0.0], [5.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), labels)
+    adversarial = ModelOutputs(torch.tensor([[0.0, 1.0], [0.0, 9.0], [0.0, 1.0], [0.0, 1.0]]), labels)
+    detector = EnergyDetector(rule="youden")
+    detector.threshold = -2.0  # flags E(x) <= -2: the energies are about -1.31, -9.0, -1.31, -1.31
+    report = evaluate_detector(detector, clean, adversarial)
+    assert report["detection_rate"] == pytest.approx(1 / 4)  # only image 1 (E = -9) is flagged
+    assert report["false_positive_rate"] == pytest.approx(1.0)  # every clean E is about -5
+    assert report["n_successful"] == 3  # image 3 was wrong before the attack
+    assert report["attack_success_rate"] == pytest.approx(1.0)  # all 3 correct images were fooled
+    assert report["detection_rate_successful"] == pytest.approx(1 / 3)
+    assert report["clean_accuracy"] == pytest.approx(3 / 4)
+    assert report["adversarial_accuracy"] == 0.0
+
+
+def test_fit_detector_is_the_threshold_rule_on_validation_energies():
+    g = torch.Generator().manual_seed(0)
+    clean = ModelOutputs(torch.randn(200, 10, generator=g) * 2, torch.zeros(200, dtype=torch.long))
+    adversarial = ModelOutputs(torch.randn(200, 10, generator=g) * 2 + 3, torch.zeros(200, dtype=torch.long))
+    detector = fit_detector(clean, adversarial, rule="gmean", temperature=1.0)
+    assert detector.threshold == pytest.approx(choose_threshold(energy(clean.logits.double()),
+                                                                energy(adversarial.logits.double()), "gmean"))
+
+
+def test_detection_splits_refuse_a_model_of_another_data_set(model, toy_data):
+    with pytest.raises(ValueError, match="the model has 10 classes but .* has 4"):
+        detection_splits(model, toy_data, val_size=40)
+
+
+def test_detection_experiment_fits_on_validation_and_reports_on_test(toy_data):
+    from conftest import tiny_model
+
+    four_class = tiny_model(num_classes=4)
+    splits = detection_splits(four_class, toy_data, val_size=40, limit=24)
+    attack = PGD(four_class, eps=8 / 255, step_size=2 / 255, steps=2, generator=torch.Generator().manual_seed(0))
+    result = detection_experiment(four_class, splits, attack, rule="gmean", temperature=1.0, batch_size=10,
+                                  progress=False)
+    assert result.report["n_validation"] == result.report["n_test"] == 24
+    refit = EnergyDetector(rule="gmean").fit(result.clean["validation"].logits, result.adversarial["validation"].logits)
+    assert result.detector.threshold == pytest.approx(refit.threshold)
+    expected = refit.evaluate(result.clean["test"].logits, result.adversarial["test"].logits)
+    assert result.report["detection_rate"] == pytest.approx(expected["detection_rate"])
+
+
+def test_attack_own_predictions_attacks_the_prediction_and_keeps_8_bit_pixels_in_the_ball(model, batch):
+    x = (batch[0] * 255).round() / 255  # pixels of an image file
+    attack = PGD(model, eps=8 / 255, step_size=2 / 255, steps=5, generator=torch.Generator().manual_seed(0))
+    outcome = attack_own_predictions(model, x, attack)
+    assert outcome.trace.accuracy[0] == 1.0  # the labels attacked are the model's own predictions
+    levels = outcome.adversarial * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert (outcome.adversarial - x).abs().max() <= 8 / 255 + 1e-6
+    with torch.no_grad():
+        assert torch.allclose(outcome.adversarial_logits, model(outcome.adversarial), atol=1e-5)
+    assert outcome.change(0)["linf"] <= 8 / 255 + 1e-6
+    both = combine_outcomes([outcome, outcome])
+    assert len(both.clean) == 2 * len(x) and both.trace.step == outcome.trace.step
+
+
+def test_quantise_stays_inside_an_l2_ball():
+    from robgen.attacks import FGSM
+    from conftest import tiny_model
+
+    attack = FGSM(tiny_model(), eps=0.3, norm="l2")
+    x = torch.full((1, 3, 32, 32), 0.5)
+    x_adv = x + 0.3 * torch.ones_like(x) / (3 * 32 * 32) ** 0.5  # on the sphere; rounding may push it out
+    assert (quantise(x_adv, x, attack) - x).flatten().norm() <= 0.3 + 1e-5
