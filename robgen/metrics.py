@@ -8,12 +8,18 @@ or below the threshold (`energy <= threshold`), because PGD lowers E(x).
     false-negative rate (FNR) = 1 - TPR
     false-positive rate (FPR) = P(clean flagged)
     AUROC = P(E(adv) < E(clean)) + 1/2 P(E(adv) = E(clean))
+
+Every rate comes with a 95% interval: Wilson's score interval for
+proportions (detection rate, FPR, accuracies), a percentile bootstrap over
+images for AUROC (clean and adversarial images resampled independently, with a
+fixed generator so that a report repeats exactly), and a normal-approximation
+interval for means (mean ± z·s/√n).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -78,12 +84,17 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     return threshold
 
 
-def detection_metrics(clean_energy, adv_energy, threshold: float) -> Dict[str, float]:
-    """Rates of the rule `energy <= threshold` on clean and adversarial energies."""
+def detection_metrics(clean_energy, adv_energy, threshold: float, n_boot: int = 500) -> Dict[str, float]:
+    """Rates of the rule `energy <= threshold` on clean and adversarial energies, with 95% intervals.
+
+    `*_ci` entries are (low, high): Wilson for the detection rate and FPR, a
+    bootstrap of `n_boot` resamples for AUROC (0 skips it).
+    """
     clean = _as_1d(clean_energy, "clean_energy")
     adv = _as_1d(adv_energy, "adv_energy")
     tpr = float((adv <= threshold).double().mean())
     fpr = float((clean <= threshold).double().mean())
+    area = auroc(clean, adv)
     return {
         "detection_rate": tpr,
         "false_negative_rate": 1.0 - tpr,
@@ -92,10 +103,71 @@ def detection_metrics(clean_energy, adv_energy, threshold: float) -> Dict[str, f
         "balanced_accuracy": (tpr + 1.0 - fpr) / 2,
         "g_mean": math.sqrt(tpr * (1.0 - fpr)),
         "youden_j": tpr - fpr,
-        "auroc": auroc(clean, adv),
+        "auroc": area,
+        "detection_rate_ci": rate_interval(adv <= threshold),
+        "false_positive_rate_ci": rate_interval(clean <= threshold),
+        "auroc_ci": bootstrap_interval(auroc, clean, adv, n_boot=n_boot) if n_boot else (math.nan, math.nan),
+        "confidence": 0.95,
         "threshold": float(threshold),
         "n_clean": int(clean.numel()),
         "n_adversarial": int(adv.numel()),
         "clean_energy_mean": float(clean.mean()),
         "adversarial_energy_mean": float(adv.mean()),
     }
+
+
+def _z(confidence: float) -> float:
+    """The two-sided normal quantile of a confidence level, e.g. 1.96 for 0.95."""
+    confidence = float(confidence)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + confidence / 2, dtype=torch.float64)))
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> Tuple[float, float]:
+    """Wilson's score interval for a proportion `successes / n`; (nan, nan) when n = 0."""
+    z = _z(confidence)
+    if n <= 0:
+        return (math.nan, math.nan)
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be between 0 and n={n}, got {successes}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate_interval(flags, confidence: float = 0.95) -> Tuple[float, float]:
+    """Wilson interval of the fraction of true values in a boolean tensor."""
+    flags = torch.as_tensor(flags).flatten()
+    return wilson_interval(float(flags.sum()), int(flags.numel()), confidence)
+
+
+def mean_interval(values, confidence: float = 0.95) -> Tuple[float, float]:
+    """mean ± z·s/√n (normal approximation; fine for the hundreds of images robgen reports on)."""
+    z = _z(confidence)
+    values = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if values.numel() < 2:
+        return (math.nan, math.nan)
+    mean, half = float(values.mean()), z * float(values.std()) / math.sqrt(values.numel())
+    return (mean - half, mean + half)
+
+
+def bootstrap_interval(statistic: Callable[..., float], *samples, n_boot: int = 1000, confidence: float = 0.95,
+                       generator: Optional[torch.Generator] = None) -> Tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(*samples)`, each sample resampled with replacement on its own.
+
+    The default generator is seeded with 0, so a report computed twice gives the same interval.
+    """
+    _z(confidence)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    tensors = [torch.as_tensor(sample).detach().cpu() for sample in samples]
+    values = []
+    for _ in range(n_boot):
+        resampled = [t[torch.randint(0, len(t), (len(t),), generator=generator)] for t in tensors]
+        values.append(float(statistic(*resampled)))
+    table = torch.tensor(values, dtype=torch.float64)
+    tail = (1 - confidence) / 2
+    return (float(torch.quantile(table, tail)), float(torch.quantile(table, 1 - tail)))
