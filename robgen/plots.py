@@ -62,10 +62,20 @@ def trace_figure(trace, title: str = ""):
 
 
 def energy_vs_steps(steps: Sequence[int], means: Sequence[float], stds: Sequence[float], accuracies: Sequence[float],
-                    path: Path, title: str) -> Path:
-    """Fig. 2b / 3b: mean ± std of E(x) against attack steps, the accuracy written above each point."""
+                    path: Path, title: str, clean: Optional[dict] = None) -> Path:
+    """Fig. 2b / 3b: mean ± std of E(x) against attack steps, the accuracy written above each point.
+
+    Step 0 is the attack's random start; `clean` ({"energy_mean", "energy_std", "accuracy"})
+    adds the clean images' energy as a dashed reference line with its ± std band.
+    """
     figure, axis = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     positions = list(range(len(steps)))
+    if clean is not None:
+        mean, std = clean["energy_mean"], clean["energy_std"]
+        axis.axhline(mean, color="tab:blue", linestyle="--", linewidth=1,
+                     label=f"clean images (accuracy {100 * clean['accuracy']:.0f}%)")
+        axis.axhspan(mean - std, mean + std, color="tab:blue", alpha=0.1)
+        axis.legend(fontsize=8, loc="lower left")
     axis.errorbar(positions, means, yerr=stds, marker="o", capsize=4, color="tab:red")
     for x, mean, std, accuracy in zip(positions, means, stds, accuracies):
         axis.annotate(f"{100 * accuracy:.0f}%", (x, mean + std), textcoords="offset points", xytext=(0, 6),

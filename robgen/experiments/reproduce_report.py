@@ -18,7 +18,8 @@ def write_report(results: dict, clean, adversarial, he_name: str, out: Path) -> 
     for name, file, title in (("pgd-8", "fig2b_energy_vs_steps_pgd.png", "Fig. 2b: PGD 8/255"),
                               (he_name, "fig3b_energy_vs_steps_hepgd.png", f"Fig. 3b: HE-PGD 8/255, λ={lam:g}")):
         curve = results["curves"][name]
-        plots.energy_vs_steps(curve["steps"], curve["energy_mean"], curve["energy_std"], curve["accuracy"], out / file, title)
+        plots.energy_vs_steps(curve["steps"], curve["energy_mean"], curve["energy_std"], curve["accuracy"], out / file, title,
+                              clean=curve.get("clean"))
     rows = results["adaptive"]["rows"]
     plots.adaptive_sweep([r["lam"] for r in rows], {
         "attack success": [r["attack_success_rate"] for r in rows],
@@ -34,6 +35,17 @@ def _pct(value) -> str:
     return "—" if value is None or value != value else f"{100 * value:.1f}"
 
 
+def _pct_ci(row: dict, key: str) -> str:
+    """"98.4 [97.2, 99.1]": a rate in % with its 95% interval, when the row has one."""
+    low, high = row.get(f"{key}_ci") or (None, None)
+    return _pct(row[key]) + (f" [{_pct(low)}, {_pct(high)}]" if low is not None else "")
+
+
+def _auroc_ci(row: dict) -> str:
+    low, high = row.get("auroc_ci") or (None, None)
+    return f"{row['auroc']:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and low == low else "")
+
+
 def markdown_report(results: dict) -> str:
     s = results["settings"]
     lines = [
@@ -47,8 +59,9 @@ def markdown_report(results: dict) -> str:
         "",
         "## Table 1: the energy detector",
         "",
-        "Rates in %. Adversarial = E(x) <= threshold. \"succ.\" = detection rate on the examples that fooled the model "
-        "(clean correct, adversarial wrong). The paper's numbers stand beside the G-mean, T = 1 rows.",
+        "Rates in %, with 95% intervals in brackets (Wilson for rates, a bootstrap over images for AUROC). Adversarial = "
+        "E(x) <= threshold. \"succ.\" = detection rate on the examples that fooled the model (clean correct, adversarial "
+        "wrong). The paper's numbers stand beside the G-mean, T = 1 rows.",
         "",
         "| attack | rule | T | detection | FPR | FNR | AUROC | det. (succ.) | attack success | paper detection | paper \"FPR\" column |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -57,8 +70,8 @@ def markdown_report(results: dict) -> str:
         paper = row.get("paper", {})
         t = f"{row['temperature']:g}" + (" (search)" if row["search_temperature"] else "")
         lines.append(
-            f"| {row['attack']} | {row['rule']} | {t} | {_pct(row['detection_rate'])} | {_pct(row['false_positive_rate'])} | "
-            f"{_pct(row['false_negative_rate'])} | {row['auroc']:.3f} | {_pct(row['detection_rate_successful'])} | "
+            f"| {row['attack']} | {row['rule']} | {t} | {_pct_ci(row, 'detection_rate')} | {_pct_ci(row, 'false_positive_rate')} | "
+            f"{_pct(row['false_negative_rate'])} | {_auroc_ci(row)} | {_pct(row['detection_rate_successful'])} | "
             f"{_pct(row['attack_success_rate'])} | {_pct(paper.get('detection_rate'))} | {_pct(paper.get('printed_fpr_column'))} |"
         )
     lines += [
@@ -72,7 +85,7 @@ def markdown_report(results: dict) -> str:
     ]
     for row in results["baselines"]:
         lines.append(f"| {row['detector']} | {row['attack']} | {'yes' if row['needs_adversarial_training'] else 'no'} | "
-                     f"{_pct(row['detection_rate'])} | {_pct(row['false_positive_rate'])} | {row['auroc']:.3f} |")
+                     f"{_pct_ci(row, 'detection_rate')} | {_pct_ci(row, 'false_positive_rate')} | {_auroc_ci(row)} |")
     lines += ["", "The energy detector needs adversarial examples only to choose its threshold (as does the Mahalanobis "
               "baseline here); LID trains a logistic regression on them.", ""]
     adaptive = results["adaptive"]
@@ -89,9 +102,9 @@ def markdown_report(results: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in adaptive["rows"]:
-        lines.append(f"| {row['lam']:g} | {_pct(row['attack_success_rate'])} | {row['energy_mean']:.2f} | "
-                     f"{_pct(row['detection_rate_one_sided'])} | {_pct(row['detection_rate_band'])} | "
-                     f"{_pct(row['detection_rate_class_energy'])} |")
+        lines.append(f"| {row['lam']:g} | {_pct_ci(row, 'attack_success_rate')} | {row['energy_mean']:.2f} | "
+                     f"{_pct_ci(row, 'detection_rate_one_sided')} | {_pct_ci(row, 'detection_rate_band')} | "
+                     f"{_pct_ci(row, 'detection_rate_class_energy')} |")
     lines += ["", "## Figures", "",
               "![Fig. 2a](fig2a_energy_hist_pgd.png) ![Fig. 2b](fig2b_energy_vs_steps_pgd.png)", "",
               "![Fig. 3a](fig3a_energy_hist_hepgd.png) ![Fig. 3b](fig3b_energy_vs_steps_hepgd.png)", "",
