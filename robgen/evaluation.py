@@ -4,7 +4,8 @@
     result["clean_accuracy"], result["pgd_accuracy"]
 
 Runs batch by batch (bounded memory), with a progress bar, and reduces the
-counts across ranks under torchrun.
+counts across ranks under torchrun. Every accuracy comes with its 95% Wilson
+interval (`*_ci`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from . import distributed
 from .attacks import APGD, PGD
+from .metrics import wilson_interval
 from .models.state import model_device
 from .progress import progress_bar
 
@@ -66,9 +68,11 @@ def evaluate_robustness(
     n, clean, robust, auto_robust = distributed.reduce_sums(counts.tolist(), device)
     result = {
         "n": int(n), "clean_accuracy": clean / n, "pgd_accuracy": robust / n,
+        "clean_accuracy_ci": wilson_interval(clean, int(n)), "pgd_accuracy_ci": wilson_interval(robust, int(n)),
         "attack": {"name": "pgd", "eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "random_start": True, "seed": seed},
         "seconds": time.perf_counter() - started,
     }
     if auto is not None:
         result["apgd_accuracy"] = auto_robust / n
+        result["apgd_accuracy_ci"] = wilson_interval(auto_robust, int(n))
     return result
