@@ -1,21 +1,31 @@
 """Image files in and out: decode any common format to [0, 1] pixels, write PNGs.
 
 `load_image` accepts what people actually upload (RGBA, grayscale, palette,
-16-bit, CMYK, animated GIF: first frame) and refuses what is not an image or
-is too small to classify, with a message that says what is wrong.
+16-bit, CMYK, animated GIF: first frame) and refuses what is not an image,
+is truncated or is too small to classify, with a message that says what is
+wrong. `load_model_input` applies a model's eval transform (timm's: resize
+the short side to size / crop_pct, centre-crop size). Nothing here changes
+PIL's global settings (`ImageFile.LOAD_TRUNCATED_IMAGES` included), so
+concurrent requests cannot race on them.
 """
 
 from __future__ import annotations
 
+import io
+import math
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 MIN_SIDE = 8
 MAX_PIXELS = 40_000_000  # 40 megapixels
+RESAMPLE = {
+    "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
+    "box": Image.BOX, "hamming": Image.HAMMING,
+}
 
 
 class ImageError(ValueError):
@@ -50,43 +60,94 @@ def check_image_size(image: Image.Image, what: str = "the image") -> None:
         )
 
 
-def pil_to_tensor(image: Image.Image, size: Optional[Union[int, Tuple[int, int]]] = None, what: str = "the image") -> torch.Tensor:
-    """A (3, H, W) float tensor in [0, 1]; with `size`, resized (short side) and centre-cropped as the model sees it."""
+def pil_to_tensor(
+    image: Image.Image,
+    size: Optional[Union[int, Tuple[int, int]]] = None,
+    what: str = "the image",
+    *,
+    crop_pct: float = 1.0,
+    interpolation: str = "bicubic",
+) -> torch.Tensor:
+    """A (3, H, W) float tensor in [0, 1]; with `size`, as the model sees it (see `resize_and_crop`)."""
     check_image_size(image, what)
     image = to_rgb(image)
     if size is not None:
-        height, width = (size, size) if isinstance(size, int) else size
-        scale = max(height / image.height, width / image.width)
-        new_size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-        image = image.resize(new_size, Image.BICUBIC, reducing_gap=3.0)
-        left, top = (image.width - width) // 2, (image.height - height) // 2
-        image = image.crop((left, top, left + width, top + height))
+        image = resize_and_crop(image, size, crop_pct=crop_pct, interpolation=interpolation)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def load_image(path: Union[str, Path], size: Optional[Union[int, Tuple[int, int]]] = None) -> torch.Tensor:
-    """Read an image file as a (3, H, W) tensor in [0, 1] (see `pil_to_tensor`)."""
+def resize_and_crop(
+    image: Image.Image, size: Union[int, Tuple[int, int]], *, crop_pct: float = 1.0, interpolation: str = "bicubic"
+) -> Image.Image:
+    """timm's eval transform: scale (keeping the aspect ratio) to cover size / crop_pct, then centre-crop `size`.
+
+    `size` is an int (square) or (height, width). crop_pct=1 fits the short side to the crop;
+    0.875 is the ImageNet convention (short side 256, crop 224).
+    """
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if not crop_pct > 0:
+        raise ValueError(f"crop_pct must be positive (1.0: no margin, 0.875: ImageNet's 256 -> 224), got {crop_pct}")
+    if interpolation not in RESAMPLE:
+        raise ValueError(f"unknown interpolation {interpolation!r}; use one of {', '.join(RESAMPLE)}")
+    scaled_height, scaled_width = math.floor(height / crop_pct), math.floor(width / crop_pct)
+    scale = max(scaled_height / image.height, scaled_width / image.width)
+    new_size = (max(scaled_width, round(image.width * scale)), max(scaled_height, round(image.height * scale)))
+    image = image.resize(new_size, RESAMPLE[interpolation], reducing_gap=3.0)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+class _WatchedBytes(io.BytesIO):
+    """A file's bytes that note a read finding nothing left while `watching`.
+
+    That empty read is how PIL itself spots a truncated file; PIL raises on it
+    only while its global `ImageFile.LOAD_TRUNCATED_IMAGES` is False, so
+    watching for it refuses truncated files whatever that global says.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.watching = False
+        self.ran_out = False
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        chunk = super().read(size)
+        if self.watching and not chunk and size is not None and size > 0:
+            self.ran_out = True
+        return chunk
+
+
+def load_image(
+    path: Union[str, Path],
+    size: Optional[Union[int, Tuple[int, int]]] = None,
+    *,
+    crop_pct: float = 1.0,
+    interpolation: str = "bicubic",
+) -> torch.Tensor:
+    """Read an image file as a (3, H, W) tensor in [0, 1] (see `pil_to_tensor` and `resize_and_crop`)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path} does not exist or is not a file")
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    data = _WatchedBytes(path.read_bytes())
     try:
-        with Image.open(path) as image:
+        with Image.open(data) as image:
+            data.watching = True
             image.load()
-            return pil_to_tensor(image, size, what=str(path))
+            data.watching = False
+            if data.ran_out:
+                raise OSError("image file is truncated")
+            return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation)
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image file PIL can read (PNG, JPEG, GIF, WebP, BMP, TIFF, ...)") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageError(f"{path} could not be decoded: {error} (truncated or corrupt file?)") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def load_model_input(path: Union[str, Path], spec) -> torch.Tensor:
     """An image file as a (3, H, W) tensor exactly as the model of `spec` sees it (its eval transform)."""
-    return load_image(path, size=tuple(spec.input_size[1:]))
+    return load_image(path, size=tuple(spec.input_size[1:]), crop_pct=getattr(spec, "crop_pct", 1.0),
+                      interpolation=getattr(spec, "interpolation", "bicubic"))
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:

@@ -1,11 +1,13 @@
 import io
+import threading
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
-from robgen.images import ImageError, load_image, save_image
+from robgen.images import ImageError, load_image, load_model_input, save_image
+from robgen.models import ModelSpec
 
 
 def save(image: Image.Image, path, **kwargs):
@@ -67,3 +69,86 @@ def test_bad_files_are_explained(tmp_path):
         load_image(save(Image.new("RGB", (1, 1)), tmp_path / "dot.png"))
     with pytest.raises(ImageError, match="does not exist"):
         load_image(tmp_path / "missing.png")
+
+
+def noise_png(path, height, width, seed=0):
+    """A random RGB PNG (lossless, so its pixels are known exactly) and its (3, H, W) tensor."""
+    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(array).save(path)
+    return path, torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+
+def test_crop_pct_resizes_the_short_side_to_size_over_crop_pct_then_crops_the_centre(tmp_path):
+    # short side 64 = 32 / 0.5: no resize, so the result is exactly the central 32x32 pixels
+    path, full = noise_png(tmp_path / "square.png", 64, 64)
+    assert torch.equal(load_image(path, size=32, crop_pct=0.5), full[:, 16:48, 16:48])
+    path, full = noise_png(tmp_path / "wide.png", 64, 96)
+    assert torch.equal(load_image(path, size=(32, 32), crop_pct=0.5), full[:, 16:48, 32:64])
+    spec = ModelSpec(architecture="x", num_classes=1, class_labels=["a"], input_size=(3, 32, 32), crop_pct=0.5)
+    assert torch.equal(load_model_input(path, spec), full[:, 16:48, 32:64]), "the model's eval transform"
+
+
+def test_interpolation_picks_the_resize_filter(tmp_path):
+    path, _ = noise_png(tmp_path / "big.png", 128, 128)
+    with Image.open(path) as image:
+        expected = image.convert("RGB").resize((64, 64), Image.NEAREST).crop((16, 16, 48, 48))
+    expected = torch.from_numpy(np.asarray(expected).copy()).permute(2, 0, 1).float() / 255
+    nearest = load_image(path, size=32, crop_pct=0.5, interpolation="nearest")
+    assert torch.equal(nearest, expected)
+    assert not torch.equal(load_image(path, size=32, crop_pct=0.5, interpolation="bilinear"), nearest)
+    spec = ModelSpec(architecture="x", num_classes=1, class_labels=["a"], input_size=(3, 32, 32), crop_pct=0.5,
+                     interpolation="nearest")
+    assert torch.equal(load_model_input(path, spec), expected)
+    with pytest.raises(ValueError, match="interpolation"):
+        load_image(path, size=32, interpolation="cubic-ish")
+
+
+def test_crop_pct_one_keeps_the_plain_resize(tmp_path):
+    path, _ = noise_png(tmp_path / "wide.png", 40, 60)
+    with Image.open(path) as image:  # what load_image(path, size=...) has always done: cover, then crop
+        expected = image.convert("RGB").resize((48, 32), Image.BICUBIC, reducing_gap=3.0).crop((8, 0, 40, 32))
+    expected = torch.from_numpy(np.asarray(expected).copy()).permute(2, 0, 1).float() / 255
+    assert torch.equal(load_image(path, size=32), expected)
+    spec = ModelSpec(architecture="x", num_classes=1, class_labels=["a"], input_size=(3, 32, 32))
+    assert torch.equal(load_model_input(path, spec), expected), "old specs: crop_pct 1, bicubic"
+
+
+def test_loading_leaves_pils_global_truncation_flag_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as an app that opted in would
+    seen, errors = [], []
+    original_load = ImageFile.ImageFile.load
+
+    def observing_load(self):
+        seen.append(ImageFile.LOAD_TRUNCATED_IMAGES)
+        return original_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", observing_load)
+    path, full = noise_png(tmp_path / "good.png", 24, 24)
+
+    def worker():
+        try:
+            for _ in range(20):
+                assert torch.equal(load_image(path), full)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(seen) >= 160 and all(seen), "load_image changed the global while decoding"
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+    # truncated files are still refused, whatever the global says
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[:200])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(tmp_path / "cut.jpg")
+    png = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(tmp_path / "cut.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True

@@ -1,14 +1,18 @@
 import json
+import os
 import pickle
+import shutil
 
 import pytest
 import timm
 import torch
 
 import robgen
+from robgen.models import ModelSpec
 from robgen.models import checkpoint as checkpoint_module
 from robgen.models import loading
-from tests.conftest import tiny_model
+from robgen.models.checkpoint import model_folder
+from tests.conftest import REPO, tiny_model
 
 
 def test_paper_resnet10_is_registered_with_timm():
@@ -59,9 +63,9 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, monkeypatch):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert loaded.spec.training == {"recipe": "none"}
-    # a bare name resolves to the checkpoints folder; list_models lists it
+    # a bare name resolves through the checkpoint search path; list_models lists it
     monkeypatch.setenv(loading.CHECKPOINTS_ENV, str(tmp_path))
-    assert robgen.list_models() == ["ckpt"]
+    assert "ckpt" in robgen.list_models()
     assert torch.equal(robgen.load_model("ckpt").net.head.weight, model.net.head.weight)
 
 
@@ -111,21 +115,111 @@ def test_foreign_weights_are_never_unpickled(tmp_path):
         robgen.load_model("timm:resnet10_cifar", weights=evil, width=4)
 
 
-def test_hub_names_load_robgen_checkpoints_from_the_hub_cache(tmp_path, monkeypatch):
-    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "snapshot")
+def test_checkpoint_search_path_is_env_then_checkout_then_package(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    robgen.save_checkpoint(tiny_model(seed=1), first / "mine")
+    robgen.save_checkpoint(tiny_model(seed=2), second / "mine")
+    robgen.save_checkpoint(tiny_model(seed=3), second / "cifar10-resnet10-robust")
+    monkeypatch.setenv(loading.CHECKPOINTS_ENV, os.pathsep.join([str(first), str(second)]))
+    path = loading.checkpoint_search_path()
+    assert path[:2] == [first, second] and loading.SOURCE_CHECKPOINTS in path
+    assert loading.checkpoints_dir() == first
+    assert {"mine", "cifar10-resnet10-standard"} <= set(robgen.list_models())
+    mine = robgen.load_model("mine")
+    assert torch.equal(mine.net.head.weight, tiny_model(seed=1).net.head.weight), "the first folder wins"
+    assert model_folder(mine) == first / "mine"
+    shadowed = robgen.load_model("cifar10-resnet10-robust")
+    assert torch.equal(shadowed.net.head.weight, tiny_model(seed=3).net.head.weight), "$ROBGEN_CHECKPOINTS shadows"
+    monkeypatch.delenv(loading.CHECKPOINTS_ENV)
+    assert model_folder(robgen.load_model("cifar10-resnet10-robust")) == REPO / "checkpoints" / "cifar10-resnet10-robust"
+    with pytest.raises(ValueError, match="unknown model"):
+        robgen.load_model("../checkpoints")
+
+
+def test_source_is_a_display_name_and_folder_is_where_the_files_are(tmp_path):
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "ckpt")
+    model = robgen.load_model(folder)
+    assert model.spec.folder == str(folder) and model_folder(model) == folder
+    model.spec.source = "shown to the user"  # what loaders such as hf-hub: and madrylab: do
+    assert model_folder(model) == folder
+    robgen.save_checkpoint(model, tmp_path / "again")
+    config = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert "folder" not in config and "source" not in config, "nothing local or per-load is saved"
+    assert model_folder(tiny_model()) is None
+
+
+def test_companion_file_names_are_the_ones_synthesis_and_calibration_read():
+    from robgen.experiments.calibration import DETECTOR_FILE
+    from robgen.synthesis.seeds import SEEDS_FILE
+
+    assert set(checkpoint_module.COMPANION_FILES) == {SEEDS_FILE, DETECTOR_FILE}
+
+
+def _fake_hub(monkeypatch, remote, cache):
+    """`hf_hub_download` serving files of the folder `remote` from a snapshot folder named after a commit."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
     calls = []
 
-    def fake_download(repo_id, filename, **kwargs):
-        calls.append((repo_id, filename))
-        return str(folder / filename)
-
-    import huggingface_hub
+    def fake_download(repo_id, filename, revision=None, **kwargs):
+        calls.append((repo_id, filename, revision))
+        if not (remote / filename).is_file():
+            raise EntryNotFoundError(f"{filename} is not in {repo_id}")
+        snapshot = cache / repo_id.replace("/", "--") / "snapshots" / commit
+        snapshot.mkdir(parents=True, exist_ok=True)
+        shutil.copy(remote / filename, snapshot / filename)
+        return str(snapshot / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    return calls, commit
+
+
+def test_hub_names_load_robgen_checkpoints_from_the_hub_cache(tmp_path, monkeypatch):
+    remote = robgen.save_checkpoint(tiny_model(), tmp_path / "remote")
+    calls, commit = _fake_hub(monkeypatch, remote, tmp_path / "cache")
     model = robgen.load_model("hf-hub:someone/robust-model")
-    assert calls == [("someone/robust-model", "config.json"), ("someone/robust-model", "model.safetensors")]
+    assert calls[0] == ("someone/robust-model", "config.json", None)
+    assert all(revision == commit for _, _, revision in calls[1:]), "the other files come from the same commit"
+    assert {filename for _, filename, _ in calls} == {"config.json", "model.safetensors", "seeds.safetensors", "detector.json"}
     assert model.spec.source == "hf-hub:someone/robust-model"
+    assert model_folder(model) is not None and model_folder(model).name == commit
     assert torch.equal(model.net.head.weight, tiny_model().net.head.weight)
+
+
+def test_hub_checkpoints_bring_their_seeds_and_detector(tmp_path, monkeypatch):
+    from robgen.experiments.calibration import load_shipped_detector
+    from robgen.synthesis import load_seeds
+
+    remote = tmp_path / "remote"
+    shutil.copytree(REPO / "checkpoints" / "cifar10-resnet10-robust", remote)
+    _fake_hub(monkeypatch, remote, tmp_path / "cache")
+    model = robgen.load_model("hf-hub:someone/cifar10-robust")
+    assert model.spec.source == "hf-hub:someone/cifar10-robust"
+    folder = model_folder(model)
+    assert (folder / "seeds.safetensors").is_file() and (folder / "detector.json").is_file()
+    assert load_seeds(model).class_labels == model.spec.class_labels
+    assert load_shipped_detector(model).threshold is not None
+
+
+def test_timm_models_carry_timms_eval_transform(tmp_path):
+    model = robgen.load_model("timm:resnet18", pretrained=False)
+    expected = timm.data.resolve_data_config(model=model.net)
+    assert (model.spec.crop_pct, model.spec.interpolation) == (expected["crop_pct"], expected["interpolation"])
+    assert model.spec.crop_pct < 1.0, "resnet18's default weights are evaluated with a crop margin"
+    cifar = robgen.load_model("timm:resnet10_cifar", pretrained=False, width=4)
+    assert (cifar.spec.crop_pct, cifar.spec.interpolation) == (1.0, "bilinear")  # its registered data config
+
+    folder = robgen.save_checkpoint(model, tmp_path / "r18")
+    assert robgen.load_model(folder).spec.crop_pct == model.spec.crop_pct
+    config = json.loads((folder / "config.json").read_text())
+    del config["crop_pct"], config["interpolation"]  # a checkpoint written before these fields existed
+    (folder / "config.json").write_text(json.dumps(config))
+    old = robgen.load_model(folder)
+    assert (old.spec.crop_pct, old.spec.interpolation) == (1.0, "bicubic")
+    with pytest.raises(ValueError, match="interpolation"):
+        ModelSpec(architecture="x", num_classes=1, class_labels=["a"], interpolation="cubic-ish")
 
 
 def test_offline_pretrained_download_says_what_to_do(monkeypatch):

@@ -2,6 +2,9 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .classifier import Classifier, ModelSpec
-from .loading import checkpoints_dir, list_models, load_model
+from .loading import checkpoint_search_path, checkpoints_dir, list_models, load_model
 
-__all__ = ["Classifier", "ModelSpec", "load_model", "list_models", "load_checkpoint", "save_checkpoint", "checkpoints_dir"]
+__all__ = [
+    "Classifier", "ModelSpec", "load_model", "list_models", "load_checkpoint", "save_checkpoint", "checkpoints_dir",
+    "checkpoint_search_path",
+]

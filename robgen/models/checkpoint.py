@@ -1,8 +1,11 @@
 """robgen's checkpoint format: a folder with `model.safetensors` and `config.json`.
 
 `config.json` holds the `ModelSpec` (architecture, classes, normalisation,
-input size, training recipe, measured accuracies) plus a format tag. The
-weights are the wrapped network's state dict; nothing is pickled.
+input size, eval transform, training recipe, measured accuracies) plus a
+format tag. The weights are the wrapped network's state dict; nothing is
+pickled. The folder may also hold companion files fitted to the model
+(`COMPANION_FILES`: the synthesis seeds and the shipped detector), found
+through `model_folder(model)`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ FORMAT = "robgen-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# Files fitted to a model that live next to its weights; their formats belong to
+# robgen.synthesis.seeds (SEEDS_FILE) and robgen.experiments.calibration (DETECTOR_FILE).
+COMPANION_FILES = ("seeds.safetensors", "detector.json")
 
 
 def is_checkpoint_dir(path: Union[str, Path]) -> bool:
@@ -31,9 +37,14 @@ def is_checkpoint_dir(path: Union[str, Path]) -> bool:
 
 
 def model_folder(model) -> Optional[Path]:
-    """The checkpoint folder a model was loaded from (where its seeds and detector live), or None."""
-    source = getattr(getattr(model, "spec", None), "source", "")
-    return Path(source) if source and is_checkpoint_dir(source) else None
+    """The local checkpoint folder a model was loaded from (where its seeds and detector live), or None.
+
+    That is `model.spec.folder`, set by `load_checkpoint` (also for Hub and
+    MadryLab models, whose checkpoint is a local snapshot or cache folder);
+    `model.spec.source` is only the name to show.
+    """
+    folder = getattr(getattr(model, "spec", None), "folder", "")
+    return Path(folder) if folder and is_checkpoint_dir(folder) else None
 
 
 def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dtype = None) -> Path:
@@ -51,7 +62,7 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
             tensor = tensor.to(dtype)
         state[key] = tensor
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.spec.to_dict()}
-    config.pop("source", None)
+    config.pop("source", None)  # how it was loaded this time; `folder` is never in to_dict()
     tmp_weights, tmp_config = folder / (WEIGHTS_FILE + ".tmp"), folder / (CONFIG_FILE + ".tmp")
     save_file(state, str(tmp_weights))
     tmp_config.write_text(json.dumps(config, indent=2) + "\n")
@@ -83,7 +94,7 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
         spec = ModelSpec.from_dict(config)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{folder / CONFIG_FILE} does not describe a model: {error}") from None
-    spec.source = str(folder)
+    spec.source = spec.folder = str(folder)
     net = build_network(spec)
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))

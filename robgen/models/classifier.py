@@ -13,6 +13,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+# Resampling filters an eval transform may name (timm's names; PIL has all of them).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
 
 @dataclass
 class ModelSpec:
@@ -27,7 +30,10 @@ class ModelSpec:
     arch_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments, e.g. width
     training: Dict[str, Any] = field(default_factory=dict)  # the recipe and data it was trained on
     metrics: Dict[str, Any] = field(default_factory=dict)  # accuracies measured after training
-    source: str = ""  # where it was loaded from
+    crop_pct: float = 1.0  # eval transform (timm's): resize the short side to size / crop_pct, centre-crop size
+    interpolation: str = "bicubic"  # resampling filter of that resize
+    source: str = ""  # what it was loaded as, for display: "hf-hub:org/repo", "madrylab:...", a path
+    folder: str = ""  # the local checkpoint folder it was read from (runtime only, never saved)
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(v) for v in self.mean)
@@ -43,15 +49,24 @@ class ModelSpec:
             raise ValueError(f"std must be positive, got {self.std}")
         if len(self.class_labels) != self.num_classes:
             raise ValueError(f"{self.num_classes} classes but {len(self.class_labels)} class labels")
+        self.crop_pct = float(self.crop_pct)
+        if not self.crop_pct > 0:
+            raise ValueError(f"crop_pct must be positive (1.0: no crop margin), got {self.crop_pct}")
+        self.interpolation = str(self.interpolation).lower()
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
 
     def to_dict(self) -> Dict[str, Any]:
+        """The spec as JSON-ready data, without the local `folder` (a property of this machine)."""
         data = asdict(self)
+        data.pop("folder")
         data["mean"], data["std"], data["input_size"] = list(self.mean), list(self.std), list(self.input_size)
         return data
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelSpec":
-        known = set(cls.__dataclass_fields__)
+        """A spec from `to_dict` data or a `config.json`; fields added later keep their defaults."""
+        known = set(cls.__dataclass_fields__) - {"folder"}
         return cls(**{key: value for key, value in data.items() if key in known})
 
     def class_index(self, label) -> int:

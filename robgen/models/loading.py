@@ -1,19 +1,33 @@
 """`load_model(name)`: one entry point for every classifier robgen can use.
 
 Names it understands:
-- a shipped checkpoint, by bare name (`"cifar10-resnet10-robust"`), found in
-  the `checkpoints/` folder of the repository (or `$ROBGEN_CHECKPOINTS`);
+- a shipped checkpoint, by bare name (`"cifar10-resnet10-robust"`), looked up
+  on the checkpoint search path (below);
 - a path to a checkpoint folder (`model.safetensors` + `config.json`);
 - `timm:<name>`: any timm architecture, pretrained through timm / the Hugging
   Face Hub when online, or random weights with `pretrained=False`;
-- `hf-hub:<org>/<repo>`: a robgen checkpoint or a timm model on the Hub;
+- `hf-hub:<org>/<repo>`: a robgen checkpoint (with its `seeds.safetensors` and
+  `detector.json` when the repo has them) or a timm model on the Hub;
 - `madrylab:<stem>`: a robust ImageNet ResNet of `madrylab/robust-imagenet-models`
   (e.g. `madrylab:resnet50_l2_eps3`), converted once to a cached checkpoint.
+
+The checkpoint search path (`checkpoint_search_path()`), first match wins:
+1. the folders in `$ROBGEN_CHECKPOINTS` (separated by `os.pathsep`, ":" on
+   Linux and macOS, ";" on Windows);
+2. `checkpoints/` of the source checkout, when robgen runs from one (a
+   `pyproject.toml` next to the `robgen/` package);
+3. `robgen/_checkpoints/` inside the installed package: `pip install .` copies
+   the repository's `checkpoints/` there (pyproject.toml maps the data package
+   `robgen._checkpoints` to `checkpoints/`). Installs must be unpacked on disk
+   (no zip imports): a model's folder also holds its seeds and detector files.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -22,26 +36,55 @@ import torch
 from safetensors.torch import load_file
 
 from . import resnet_cifar  # noqa: F401  (registers robgen's architectures with timm)
-from .checkpoint import CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_checkpoint_dir, load_checkpoint, load_weights
+from .checkpoint import (COMPANION_FILES, CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_checkpoint_dir, load_checkpoint,
+                         load_weights)
 from .classifier import Classifier, ModelSpec
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINTS_ENV = "ROBGEN_CHECKPOINTS"
+_PACKAGE = Path(__file__).resolve().parents[1]  # the robgen/ package folder
+SOURCE_CHECKPOINTS = _PACKAGE.parent / "checkpoints"  # in a source checkout
+INSTALLED_CHECKPOINTS = _PACKAGE / "_checkpoints"  # in an installed package
+
+
+def checkpoint_search_path() -> List[Path]:
+    """The folders searched for checkpoints by bare name, in order (see the module docstring)."""
+    folders = [Path(entry).expanduser() for entry in os.environ.get(CHECKPOINTS_ENV, "").split(os.pathsep) if entry]
+    if SOURCE_CHECKPOINTS.is_dir() and (_PACKAGE.parent / "pyproject.toml").is_file():
+        folders.append(SOURCE_CHECKPOINTS)
+    if INSTALLED_CHECKPOINTS.is_dir():
+        folders.append(INSTALLED_CHECKPOINTS)
+    unique = []
+    for folder in folders:
+        if folder not in unique:
+            unique.append(folder)
+    return unique
 
 
 def checkpoints_dir() -> Path:
-    """Where shipped checkpoints live: `$ROBGEN_CHECKPOINTS` or the repository's `checkpoints/`."""
-    override = os.environ.get(CHECKPOINTS_ENV)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "checkpoints"
+    """The first existing folder of the search path (the shipped checkpoints unless overridden)."""
+    existing = [folder for folder in checkpoint_search_path() if folder.is_dir()]
+    return existing[0] if existing else INSTALLED_CHECKPOINTS
+
+
+def find_checkpoint(name: str) -> Optional[Path]:
+    """The folder of the checkpoint called `name` on the search path, or None."""
+    if not name or name in (".", "..") or any(sep and sep in name for sep in ("/", os.sep, os.altsep)):
+        return None
+    for folder in checkpoint_search_path():
+        if is_checkpoint_dir(folder / name):
+            return folder / name
+    return None
 
 
 def list_models() -> List[str]:
-    """Names of the shipped checkpoints, loadable with `load_model(name)`."""
-    folder = checkpoints_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(entry.name for entry in folder.iterdir() if is_checkpoint_dir(entry))
+    """Names of the checkpoints on the search path, loadable with `load_model(name)`."""
+    names = set()
+    for folder in checkpoint_search_path():
+        if folder.is_dir():
+            names.update(entry.name for entry in folder.iterdir() if is_checkpoint_dir(entry))
+    return sorted(names)
 
 
 def load_model(
@@ -81,8 +124,8 @@ def load_model(
         model = load_madrylab(text[len("madrylab:"):])
     elif is_checkpoint_dir(text):
         model = load_checkpoint(text)
-    elif is_checkpoint_dir(checkpoints_dir() / text) and "/" not in text:
-        model = load_checkpoint(checkpoints_dir() / text)
+    elif find_checkpoint(text) is not None:
+        model = load_checkpoint(find_checkpoint(text))
     else:
         raise ValueError(_unknown_model_message(text))
     return model.to(device).eval()
@@ -90,7 +133,8 @@ def load_model(
 
 def _unknown_model_message(name: str) -> str:
     shipped = list_models()
-    known = ", ".join(shipped) if shipped else f"none found in {checkpoints_dir()}"
+    searched = os.pathsep.join(str(folder) for folder in checkpoint_search_path()) or "an empty search path"
+    known = ", ".join(shipped) if shipped else f"none found in {searched}; set ${CHECKPOINTS_ENV} to a folder of them"
     hint = ""
     if Path(name).exists():
         hint = f" ({name} exists but is not a checkpoint folder with {WEIGHTS_FILE} and {CONFIG_FILE})"
@@ -131,12 +175,15 @@ def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weigh
     std = tuple(cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD)
     if len(mean) != input_size[0]:
         mean, std = (0.5,) * input_size[0], (0.5,) * input_size[0]
+    # timm's eval transform for this model: crop_pct and interpolation, with timm's defaults where unset
+    data_cfg = timm.data.resolve_data_config(pretrained_cfg=cfg) if cfg else {}
     labels = _imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     arch_kwargs = {k: v for k, v in timm_kwargs.items() if k not in ("num_classes", "in_chans")}
     return ModelSpec(
         architecture=architecture, num_classes=num_classes, class_labels=labels, mean=mean, std=std,
         input_size=input_size, arch_kwargs=arch_kwargs,
         training={"source": "timm", "weights": weights_from, "pretrained_tag": cfg.get("tag")},
+        crop_pct=data_cfg.get("crop_pct", 1.0), interpolation=data_cfg.get("interpolation", "bicubic"),
         source=f"timm:{architecture}",
     )
 
@@ -171,25 +218,54 @@ def _read_state_dict(path: Union[str, Path]) -> dict:
 
 
 def _load_hub(repo_id: str) -> Classifier:
-    """A robgen checkpoint on the Hub, or else a timm model (`hf-hub:` in timm)."""
+    """A robgen checkpoint on the Hub (with its companion files), or else a timm model (`hf-hub:` in timm)."""
     from huggingface_hub import hf_hub_download
 
     try:
-        config_path = hf_hub_download(repo_id, CONFIG_FILE)
+        config_path = Path(hf_hub_download(repo_id, CONFIG_FILE))
     except Exception as error:
         raise RuntimeError(
             f"could not fetch {CONFIG_FILE} from the Hugging Face Hub repo {repo_id!r} ({type(error).__name__}: {error}). "
             "Check the name and that you are online (or set HF_HUB_OFFLINE=1 with the files in the local cache)."
         ) from error
-    import json
+    config = json.loads(config_path.read_text())
+    if config.get("format") != FORMAT:
+        net = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)
+        return Classifier(net, _timm_spec(repo_id, net, {}, "pretrained"))
+    snapshot = config_path.parent
+    # the cache's snapshot folder is named after the commit: pin the other files to that same commit
+    revision = snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else None
+    _download_into(snapshot, repo_id, WEIGHTS_FILE, revision)
+    for filename in COMPANION_FILES:
+        _download_into(snapshot, repo_id, filename, revision, optional=True)
+    model = load_checkpoint(snapshot)
+    model.spec.source = f"hf-hub:{repo_id}"
+    return model
 
-    config = json.loads(Path(config_path).read_text())
-    if config.get("format") == FORMAT:
-        folder = Path(hf_hub_download(repo_id, WEIGHTS_FILE)).parent
-        if folder != Path(config_path).parent:
-            raise RuntimeError(f"the Hub cache for {repo_id} holds the config and weights in different snapshots")
-        model = load_checkpoint(folder)
-        model.spec.source = f"hf-hub:{repo_id}"
-        return model
-    net = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)
-    return Classifier(net, _timm_spec(repo_id, net, {}, "pretrained"))
+
+def _download_into(snapshot: Path, repo_id: str, filename: str, revision: Optional[str], optional: bool = False) -> None:
+    """Fetch `filename` of the Hub repo into the snapshot folder that holds its config.json."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:  # huggingface_hub < 0.24
+        from huggingface_hub.utils import EntryNotFoundError
+
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision))
+    except Exception as error:
+        missing = isinstance(error, EntryNotFoundError)  # not in the repo (or, offline, not in the cache)
+        if optional and missing:
+            logger.debug("hf-hub:%s has no %s", repo_id, filename)
+            return
+        if optional:
+            logger.warning("could not fetch %s of hf-hub:%s (%s); loading the model without it", filename, repo_id, error)
+            return
+        reason = f"it has a robgen {CONFIG_FILE} but no {filename}" if missing else f"{type(error).__name__}: {error}"
+        raise RuntimeError(f"could not fetch {filename} from the Hugging Face Hub repo {repo_id!r} ({reason})") from error
+    if path.parent != snapshot:
+        raise RuntimeError(
+            f"the Hub cache for {repo_id} holds {CONFIG_FILE} and {filename} in different snapshots "
+            f"({snapshot} and {path.parent}); clear the cache entry and load it again"
+        )
