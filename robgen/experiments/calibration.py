@@ -12,13 +12,12 @@ draw the histogram that the threshold was chosen on. The result lives in
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..detection.detector import EnergyDetector
-from ..models.checkpoint import model_folder
+from ..models.checkpoint import companion_file
 from .pipeline import detection_experiment, detection_splits
 
 DETECTOR_FILE = "detector.json"
@@ -47,20 +46,9 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
     return detector
 
 
-def shipped_detector_path(model) -> Optional[Path]:
-    folder = model_folder(model)
-    return folder / DETECTOR_FILE if folder is not None else None
-
-
 def load_shipped_detector(model) -> EnergyDetector:
     """The detector in the model's checkpoint folder, or an error that says how to fit one."""
-    path = shipped_detector_path(model)
-    if path is None or not path.is_file():
-        raise FileNotFoundError(
-            f"no {DETECTOR_FILE} next to this model: fit one with `python -m robgen fit-detector --model "
-            f"{getattr(model.spec, 'source', '') or 'MODEL'} --data DATASET`"
-        )
-    return EnergyDetector.load(path)
+    return EnergyDetector.load(companion_file(model, DETECTOR_FILE, "fit-detector"))
 
 
 def calibration_energies(detector: EnergyDetector) -> tuple:

@@ -47,6 +47,22 @@ def model_folder(model) -> Optional[Path]:
     return Path(folder) if folder and is_checkpoint_dir(folder) else None
 
 
+def companion_file(model, name: str, fit_command: str, alternative: str = "") -> Path:
+    """The file `name` kept next to the model's checkpoint (detector.json, seeds.safetensors).
+
+    A missing file is an error that names the command writing it: `python -m
+    robgen FIT_COMMAND --model MODEL --data DATASET` (and `alternative`, if any).
+    """
+    folder = model_folder(model)
+    path = folder / name if folder is not None else None
+    if path is None or not path.is_file():
+        where = f" in {folder}" if folder is not None else " (it has no checkpoint folder)"
+        source = getattr(getattr(model, "spec", None), "source", "") or "MODEL"
+        raise FileNotFoundError(f"no {name}{where} for this model: fit one with `python -m robgen {fit_command} "
+                                f"--model {source} --data DATASET`" + (f", {alternative}" if alternative else ""))
+    return path
+
+
 def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dtype = None) -> Path:
     """Write `model` to `folder` (created); `dtype=torch.float16` halves the size.
 

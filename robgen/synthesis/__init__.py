@@ -10,10 +10,10 @@
 
 from .ascent import Translation, default_budget, inpaint, synthesize, translate
 from .gradmaps import input_gradient, magnitude_map, signed_map
-from .seeds import SEEDS_FILE, SeedDistribution, load_seeds, seeds_path
+from .seeds import SEEDS_FILE, SeedDistribution, load_seeds
 from .sgld import sgld_sample
 
 __all__ = [
     "synthesize", "inpaint", "translate", "Translation", "default_budget", "sgld_sample",
-    "input_gradient", "magnitude_map", "signed_map", "SeedDistribution", "load_seeds", "seeds_path", "SEEDS_FILE",
+    "input_gradient", "magnitude_map", "signed_map", "SeedDistribution", "load_seeds", "SEEDS_FILE",
 ]

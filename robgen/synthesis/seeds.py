@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..engine.random import random_normal, random_uniform
-from ..models.checkpoint import model_folder
+from ..models.checkpoint import companion_file
 from ..progress import progress_bar
 
 SEEDS_FILE = "seeds.safetensors"
@@ -139,21 +139,9 @@ def downsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(images.float(), resolution)
 
 
-def seeds_path(model) -> Optional[Path]:
-    """`seeds.safetensors` in the folder the model was loaded from, or None for models without a folder."""
-    folder = model_folder(model)
-    return folder / SEEDS_FILE if folder is not None else None
-
-
 def load_seeds(model) -> SeedDistribution:
     """The seed distribution shipped next to the model's checkpoint, checked against its classes."""
-    path = seeds_path(model)
-    if path is None or not path.is_file():
-        where = f" in {path.parent}" if path is not None else ""
-        raise FileNotFoundError(
-            f"no {SEEDS_FILE}{where} for this model: fit one with `python -m robgen fit-seeds --model "
-            f"{getattr(model.spec, 'source', 'MODEL') or 'MODEL'} --data DATASET`, or use init='uniform' or 'gray'"
-        )
+    path = companion_file(model, SEEDS_FILE, "fit-seeds", "or use init='uniform' or 'gray'")
     seeds = SeedDistribution.load(path)
     if seeds.class_labels != list(model.spec.class_labels):
         raise ValueError(f"{path} was fitted for the classes {seeds.class_labels}, not this model's")
