@@ -2,6 +2,7 @@
 
     python app.py                  # http://127.0.0.1:7860
     python app.py --port 8000 --share
+    gradio app.py                  # reload mode while editing: serves the module-level `demo`
 
 A thin layer: every handler turns the page's inputs into a file path and
 numbers, makes one call into `robgen.web.handlers`, and turns the result into what
@@ -12,23 +13,29 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import gradio as gr
+import gradio.utils
 
-import robgen
 from robgen import plots
 from robgen.web import handlers as tabs
-from robgen.web.model_cache import available_models, cached_model, hub_reachable
-from robgen.web.space import SpaceSettings, gpu
+from robgen.web.model_cache import available_models, cached_model, hub_reachable, model_spec, most_robust, preload
+from robgen.web.space import gpu
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
 ADVERSARIAL_EXAMPLES = sorted(str(p) for p in (HERE / "examples" / "adversarial").glob("*.png"))
+PHOTO = str(HERE / "examples" / "chelsea.png")  # what the image inputs hold before an upload (the API's default)
+ADVERSARIAL_PHOTO = str(HERE / "examples" / "adversarial" / "chelsea_adv.png")
+INPUT_HEIGHT = 240  # pixels: the image inputs keep one size, whatever the picture's
 MAX_FILE_SIZE = "10mb"
 CONCURRENCY = int(os.environ.get("ROBGEN_CONCURRENCY", "2"))
+DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete this app's result files older than six hours
 
 ABOUT = """
 ## What this is
@@ -82,11 +89,31 @@ def friendly_errors(handler):
 
 def need_image(image) -> str:
     """The uploaded file's path. Image events skip Gradio's own decoding (preprocess=False), so that
-    robgen.load_image reads every upload and a bad one gets its message, not a decoder traceback."""
+    robgen's image reader reads every upload and a bad one gets its message, not a decoder traceback."""
     path = image.get("path") if isinstance(image, dict) else getattr(image, "path", image)
     if not path:
         raise gr.Error("Upload an image or pick an example first.", print_exception=False)
     return path
+
+
+def image_file(picture, name: str = "image") -> str:
+    """`picture` written to a PNG file of its own in Gradio's cache folder; its path is what the page gets.
+
+    Gradio stores a PIL or numpy output under a name made from a hash of its bytes and rewrites that
+    file on every request (processing_utils.save_pil_to_cache), so when two visitors get the same
+    result, one request truncates the file while the other streams it ("Too little data for declared
+    Content-Length"). A file per result is written once, before anyone knows its name, and never again.
+    """
+    folder = Path(gradio.utils.get_upload_folder()) / "robgen"
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".png", dir=folder)
+    with os.fdopen(handle, "wb") as file:
+        picture.save(file, format="PNG")
+    return path
+
+
+def gallery_files(items, name: str):
+    return [(image_file(picture, name), caption) for picture, caption in items]
 
 
 @gpu
@@ -96,60 +123,77 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
                                step_size=step_size_255 / 255, lam=lam, target=target or None, seed=int(seed),
                                progress=progress)
-    return (tabs.display(result.clean), tabs.display(result.adversarial), tabs.display(result.perturbation),
-            result.top_clean, result.top_adversarial, result.summary(),
-            plots.trace_figure(result.trace, "energy and probability per step"))
+    return (image_file(tabs.display(result.clean), "seen"), image_file(tabs.display(result.adversarial), "adversarial"),
+            image_file(tabs.display(result.perturbation), "perturbation"), result.top_clean, result.top_adversarial,
+            result.summary(), plots.trace_figure(result.trace, "energy and probability per step"))
 
 
 @gpu
 @friendly_errors
 def detect(image, model_name):
     result = tabs.detect_image(cached_model(model_name), need_image(image))
-    return tabs.display(result.image), result.summary(), result.top, tabs.detection_figure(result)
+    return image_file(tabs.display(result.image), "seen"), result.summary(), result.top, tabs.detection_figure(result)
 
 
 @gpu(duration=120)
 @friendly_errors
-def synthesize(model_name, target_class, n, steps, step_size, seed, progress=gr.Progress()):
+def synthesize(model_name, target_class, n, steps, automatic_step_size, step_size, seed, progress=gr.Progress()):
+    """`automatic_step_size` (the default) takes the library's L2 step, 2.5·eps/steps, and ignores `step_size`."""
     gallery, trace = tabs.synthesize_gallery(cached_model(model_name), target_class, n=int(n), steps=int(steps),
-                                             step_size=step_size or None, seed=int(seed), progress=progress)
-    return gallery, plots.trace_figure(trace, f"synthesising '{target_class}': mean over the samples")
+                                             step_size=None if automatic_step_size else step_size, seed=int(seed),
+                                             progress=progress)
+    return (gallery_files(gallery, "sample"),
+            plots.trace_figure(trace, f"synthesising '{target_class}': mean over the samples"))
 
 
 @gpu
 @friendly_errors
 def gradient_maps(image, model_name):
-    model = cached_model(model_name)
-    siblings = [name for name in available_models() if cached_model(name).spec.class_labels == model.spec.class_labels]
-    return tabs.gradient_gallery({name: cached_model(name) for name in siblings[:4]}, need_image(image))
+    labels = model_spec(model_name).class_labels
+    siblings = [name for name in available_models() if model_spec(name).class_labels == labels]
+    models = {name: cached_model(name) for name in ([model_name] + [s for s in siblings if s != model_name])[:4]}
+    return gallery_files(tabs.gradient_gallery(models, need_image(image)), "gradient")
 
 
 @gpu
 @friendly_errors
 def translate(image, model_name, target_class, steps, progress=gr.Progress()):
-    return tabs.translate_gallery(cached_model(model_name), need_image(image), target_class, steps=int(steps),
+    path = tabs.translate_gallery(cached_model(model_name), need_image(image), target_class, steps=int(steps),
                                   progress=progress)
+    return gallery_files(path, "step")
+
+
+def target_choices(model_name, synthesis_model, models):
+    """After the Attack/Detect model changes: its classes as targets; the Synthesize tab follows its data set."""
+    labels = model_spec(model_name).class_labels
+    same_data = model_spec(synthesis_model).class_labels == labels
+    return (gr.Dropdown(choices=[""] + labels, value=""),
+            gr.Dropdown(value=synthesis_model if same_data else most_robust(models, like=model_name)))
 
 
 def class_choices(model_name):
-    labels = cached_model(model_name).spec.class_labels
-    return gr.Dropdown(choices=labels, value=labels[0]), gr.Dropdown(choices=[""] + labels, value=""), \
-        gr.Dropdown(choices=labels, value=labels[min(5, len(labels) - 1)])
+    labels = model_spec(model_name).class_labels
+    return (gr.Dropdown(choices=labels, value=labels[0]),
+            gr.Dropdown(choices=labels, value=labels[min(5, len(labels) - 1)]))
 
 
 def build_app(models=None) -> gr.Blocks:
-    models = models or available_models(online=hub_reachable())
+    """The page. Building it loads the shipped models' specs and starts no server."""
+    models = list(models or available_models(online=hub_reachable()))
     default = "cifar10-resnet10-standard" if "cifar10-resnet10-standard" in models else models[0]
-    labels = cached_model(default).spec.class_labels
-    with gr.Blocks(title="robgen") as app:
+    shipped = [name for name in models if name in available_models()]  # cheap to load; Hub models load when used
+    synthesis_default = most_robust(shipped or [default], like=default)
+    labels, synthesis_labels = model_spec(default).class_labels, model_spec(synthesis_default).class_labels
+    with gr.Blocks(title="robgen", delete_cache=DELETE_CACHE) as app:
         gr.Markdown("# robgen — the generative model inside a classifier\n"
                     "Attack an image, detect adversarial examples by their energy, and draw images from robust models.")
-        model_name = gr.Dropdown(models, value=default, label="model",
-                                 info="shipped CIFAR-10 ResNet10s (32×32 inputs); ImageNet models from the Hub when online")
         with gr.Tab("Attack"):
+            model_name = gr.Dropdown(models, value=default, label="model (Attack and Detect)",
+                                     info="shipped CIFAR-10 ResNet10s (32×32 inputs); ImageNet models from the Hub when online")
             with gr.Row():
                 with gr.Column():
-                    attack_image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"])
+                    attack_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
+                                            height=INPUT_HEIGHT)
                     gr.Examples(EXAMPLES, inputs=attack_image)
                     method = gr.Radio(["fgsm", "pgd", "hepgd", "apgd"], value="pgd", label="attack",
                                       info="hepgd = High-Energy PGD: fools the model and keeps natural energy")
@@ -177,9 +221,11 @@ def build_app(models=None) -> gr.Blocks:
                                 [seen, adversarial, perturbation, top_before, top_after, attack_summary, attack_plot],
                                 api_name="attack", preprocess=False)
         with gr.Tab("Detect"):
+            gr.Markdown("Uses the model picked in the Attack tab, and the energy threshold shipped with it.")
             with gr.Row():
                 with gr.Column():
-                    detect_image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"])
+                    detect_image = gr.Image(ADVERSARIAL_PHOTO, type="filepath", label="image",
+                                            sources=["upload", "clipboard"], height=INPUT_HEIGHT)
                     gr.Examples(ADVERSARIAL_EXAMPLES + EXAMPLES, inputs=detect_image,
                                 label="natural (*_clean) and PGD adversarial (*_adv) examples for the standard model")
                     detect_button = gr.Button("Detect", variant="primary")
@@ -191,41 +237,55 @@ def build_app(models=None) -> gr.Blocks:
             detect_button.click(detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
                                 api_name="detect", preprocess=False)
         with gr.Tab("Synthesize"):
+            synthesis_model = gr.Dropdown(models, value=synthesis_default, label="model to draw from",
+                                          info="robust or quasi-robust: a standard model only makes adversarial noise")
             with gr.Row():
                 with gr.Column():
-                    synth_class = gr.Dropdown(labels, value=labels[0], label="class")
+                    synth_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[0], label="class")
                     with gr.Row():
                         synth_n = gr.Slider(1, 16, value=8, step=1, label="images")
                         synth_steps = gr.Slider(1, 200, value=60, step=1, label="steps")
                     with gr.Row():
-                        synth_step = gr.Number(None, label="step size (L2; empty = 2.5·eps/steps)")
+                        synth_auto = gr.Checkbox(True, label="automatic step size", info="L2 step 2.5·eps/steps")
+                        synth_step = gr.Number(0.25, minimum=1e-4, label="step size (L2)", visible=False)
                         synth_seed = gr.Number(0, precision=0, label="seed")
                     synth_button = gr.Button("Synthesize", variant="primary")
-                    gr.Markdown("Pick a robust or quasi-robust model above: a standard model only makes adversarial noise.")
                 with gr.Column():
                     gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png")
                     synth_plot = gr.Plot(label="per step")
-            synth_button.click(synthesize, [model_name, synth_class, synth_n, synth_steps, synth_step, synth_seed],
-                               [gallery, synth_plot], api_name="synthesize")
+            synth_button.click(synthesize, [synthesis_model, synth_class, synth_n, synth_steps, synth_auto, synth_step,
+                                            synth_seed], [gallery, synth_plot], api_name="synthesize")
+            synth_auto.change(lambda automatic: gr.Number(visible=not automatic), synth_auto, synth_step,
+                              api_visibility="private")
             gr.Markdown("### Gradient maps and image-to-class translation of an upload")
             with gr.Row():
                 with gr.Column():
-                    explain_image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"])
+                    explain_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
+                                             height=INPUT_HEIGHT)
                     gr.Examples(EXAMPLES, inputs=explain_image)
-                    maps_button = gr.Button("Gradient maps (all models of this data set)")
-                    translate_class = gr.Dropdown(labels, value=labels[min(5, len(labels) - 1)], label="translate toward")
+                    maps_button = gr.Button("Gradient maps (up to 4 models of this data set)")
+                    translate_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[min(5, len(synthesis_labels) - 1)],
+                                                  label="translate toward")
                     translate_steps = gr.Slider(1, 200, value=60, step=1, label="translation steps")
                     translate_button = gr.Button("Translate")
                 with gr.Column():
                     maps = gr.Gallery(label="-∇ₓ loss and |∇ₓ loss| per model", columns=4, height="auto", format="png")
                     path = gr.Gallery(label="translation path", columns=6, height="auto", format="png")
-            maps_button.click(gradient_maps, [explain_image, model_name], maps, api_name="gradient_maps", preprocess=False)
-            translate_button.click(translate, [explain_image, model_name, translate_class, translate_steps], path,
+            maps_button.click(gradient_maps, [explain_image, synthesis_model], maps, api_name="gradient_maps",
+                              preprocess=False)
+            translate_button.click(translate, [explain_image, synthesis_model, translate_class, translate_steps], path,
                                    api_name="translate", preprocess=False)
         with gr.Tab("About"):
             gr.Markdown(ABOUT)
-        model_name.change(class_choices, model_name, [synth_class, target, translate_class], api_visibility="private")
+        model_name.change(functools.partial(target_choices, models=models), [model_name, synthesis_model],
+                          [target, synthesis_model], api_visibility="private")
+        synthesis_model.change(class_choices, synthesis_model, [synth_class, translate_class], api_visibility="private")
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return app
+
+
+MODELS = available_models(online=hub_reachable())
+demo = build_app(MODELS)  # module level, so that `gradio app.py` (reload mode) finds it; starts no server
 
 
 def main() -> None:
@@ -234,13 +294,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="a public gradio.live link (needs the internet)")
     args = parser.parse_args()
-    for name in SpaceSettings.load().preload_models:
-        if name in robgen.list_models():
-            cached_model(name)
-    app = build_app()
-    app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
-    app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-               show_error=True, footer_links=["api", "gradio"])
+    logging.basicConfig(level=logging.INFO)
+    preload(MODELS)  # every model offered, on the CPU, before any GPU call (ZeroGPU runs each call in a fork)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
+                show_error=True, footer_links=["api", "gradio"])
 
 
 if __name__ == "__main__":

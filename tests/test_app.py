@@ -3,6 +3,7 @@
 import io
 import re
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -65,9 +66,102 @@ def test_detect_flags_the_shipped_adversarial_example_and_passes_its_clean_twin(
 
 
 def test_synthesize_returns_a_gallery_of_the_class(client):
-    gallery, _ = client.predict(model_name=ROBUST, target_class="horse", n=3, steps=10, step_size=None, seed=0,
-                                api_name="/synthesize")
+    gallery, _ = client.predict(model_name=ROBUST, target_class="horse", n=3, steps=10, automatic_step_size=True,
+                                step_size=0.25, seed=0, api_name="/synthesize")
     assert len(gallery) == 3 and all(item["caption"].startswith("p(horse)") for item in gallery)
+    manual, _ = client.predict(model_name=ROBUST, target_class="horse", n=3, steps=10, automatic_step_size=False,
+                               step_size=0.01, seed=0, api_name="/synthesize")
+    with Image.open(gallery[0]["image"]) as automatic_image, Image.open(manual[0]["image"]) as manual_image:
+        assert automatic_image.tobytes() != manual_image.tobytes()  # a step size typed in is used
+
+
+def test_every_endpoint_runs_with_its_defaults_alone(client):
+    """What a visitor's first click does, and what `Client(url).predict(api_name=...)` does with no arguments."""
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert all(p["parameter_has_default"] for e in endpoints.values() for p in e["parameters"])
+    summary = client.predict(api_name="/attack")[5]
+    assert summary.startswith("PGD") and "→" in summary
+    assert "flagged as **adversarial**" in client.predict(api_name="/detect")[1]  # the shipped adversarial photo
+    gallery, _ = client.predict(api_name="/synthesize")
+    assert len(gallery) == 8 and all(item["caption"].startswith("p(airplane)") for item in gallery)
+    assert any(item["caption"].startswith(ROBUST) for item in client.predict(api_name="/gradient_maps"))
+    path = client.predict(api_name="/translate")
+    assert float(path[-1]["caption"].split("= ")[1]) > float(path[0]["caption"].split("= ")[1])
+
+
+def test_default_models_suit_their_tabs(client):
+    """Attack and Detect start on a standard model with a shipped detector, out of every shipped model;
+    Synthesize and translation start on an adversarially robust model of the same classes."""
+    from robgen.experiments.calibration import load_shipped_detector
+    from robgen.web.model_cache import available_models, cached_model, model_spec, robustness
+
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+
+    def default(endpoint, name):
+        return next(p for p in endpoints[endpoint]["parameters"] if p["parameter_name"] == name)
+
+    attack_model = default("/attack", "model_name")
+    assert set(available_models()) <= set(attack_model["type"]["enum"])
+    assert attack_model["parameter_default"] == default("/detect", "model_name")["parameter_default"] == STANDARD
+    assert robustness(model_spec(STANDARD)) == 0 and load_shipped_detector(cached_model(STANDARD)).threshold < 0
+    for endpoint in ("/synthesize", "/translate", "/gradient_maps"):
+        name = default(endpoint, "model_name")["parameter_default"]
+        assert robustness(model_spec(name)) == 2 and model_spec(name).class_labels == model_spec(STANDARD).class_labels
+    eps, steps, step = (default("/attack", key)["parameter_default"] for key in ("eps_255", "steps", "step_size_255"))
+    assert step < eps <= steps * step  # PGD can reach the edge of the eps-ball, in more than one step
+    assert default("/attack", "target")["parameter_default"] == ""  # untargeted
+    assert default("/synthesize", "automatic_step_size")["parameter_default"] is True
+
+
+def test_start_up_loads_every_offered_model_on_the_cpu_before_serving(monkeypatch):
+    """ZeroGPU runs each GPU call in a forked worker: a model first loaded there would be lost after the call."""
+    from robgen.web.model_cache import preload
+
+    events = []
+    monkeypatch.setattr(app, "preload", lambda names: events.append(("preload", list(names))) or {})
+    monkeypatch.setattr(app.demo, "launch", lambda **settings: events.append(("launch", settings["server_name"])))
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    app.main()
+    assert events == [("preload", app.MODELS), ("launch", "127.0.0.1")]
+    assert preload([STANDARD, "no-such-model"]).keys() == {"no-such-model"}  # logged, loads (or fails) on first use
+
+
+def test_identical_requests_get_result_files_of_their_own():
+    """Gradio names a PIL output by a hash of its bytes and rewrites that file per request; the app writes
+    each result to a file of its own instead, so no file changes while it is being served."""
+    photo = str(REPO / "examples" / "chelsea.png")
+    first, second = app.detect(photo, STANDARD)[0], app.detect(photo, STANDARD)[0]
+    assert isinstance(first, str) and first != second
+    with open(first, "rb") as a, open(second, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_many_visitors_sending_the_same_photo_at_once_all_get_their_results(client):
+    """24 visitors at once, three times, half attacking and half detecting the same photo: every result arrives
+    whole (before the fix about one request in 20 failed: 'peer closed connection without sending complete
+    message body')."""
+    photo, errors, lock = REPO / "examples" / "chelsea.png", [], threading.Lock()
+
+    def visitor(index):
+        try:
+            visitor_client = gradio_client.Client(client.src, verbose=False)
+            if index % 2:
+                visitor_client.predict(image=upload(photo), model_name=STANDARD, method="pgd", eps_255=8, steps=1,
+                                       step_size_255=8, lam=1.2, target="", seed=0, api_name="/attack")
+            else:
+                visitor_client.predict(image=upload(photo), model_name=STANDARD, api_name="/detect")
+        except Exception as error:  # noqa: BLE001 - every failure is reported below
+            with lock:
+                errors.append(f"{type(error).__name__}: {error}")
+
+    for _ in range(3):
+        threads = [threading.Thread(target=visitor, args=(i,), daemon=True) for i in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads), "a request took over two minutes"
+    assert errors == [], errors[:3]
 
 
 def test_gradient_maps_and_translation_of_an_upload(client):
@@ -127,3 +221,4 @@ def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
     with pytest.raises(Exception, match="(?i)size|large"):
         client.predict(image=upload(big), model_name=STANDARD, api_name="/detect")
     assert client.predict(image=upload(REPO / "examples" / "coffee.png"), model_name=STANDARD, api_name="/detect")
+

@@ -1,14 +1,16 @@
-"""The app as a person sees it: headless Chromium opens every tab and runs an attack from the page.
+"""The app as a person sees it: headless Chromium opens every tab, runs an attack and a synthesis from the page.
 
 Screenshots go to $ROBGEN_TEST_ARTIFACTS (default out/test-artifacts/, git-ignored). Needs the
-`playwright` package and a Chromium binary (`apt-get install chromium`); skips, saying which is
-missing, where they are absent.
+`playwright` package and a Chromium binary (`apt-get install chromium`; .ci/run installs it where
+it is missing); skips, saying which is missing, where they are absent.
 """
 
 import os
 import shutil
 import sys
 from pathlib import Path
+
+from PIL import Image
 
 import pytest
 
@@ -21,6 +23,7 @@ ARTIFACTS = Path(os.environ.get("ROBGEN_TEST_ARTIFACTS", REPO / "out" / "test-ar
 
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402
+from robgen.web.model_cache import model_spec, robustness  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def test_each_tab_renders_its_controls(page):
     expectations = {
         "Attack": ["button:Attack", "text:eps (/255, L∞)", "text:λ (HE-PGD energy weight)"],
         "Detect": ["button:Detect", "text:calibration energies"],
-        "Synthesize": ["button:Synthesize", "button:Translate", "text:step size (L2"],
+        "Synthesize": ["button:Synthesize", "button:Translate", "text:automatic step size"],
         "About": ["text:Cite", "text:From Python"],
     }
     for tab, controls in expectations.items():
@@ -67,7 +70,7 @@ def test_each_tab_renders_its_controls(page):
 
 def test_an_attack_run_from_the_page_shows_a_result(page):
     open_tab(page, "Attack")
-    page.locator("input[type=file]").first.set_input_files(str(REPO / "examples" / "chelsea.png"))
+    page.locator("input[type=file]").first.set_input_files(str(REPO / "examples" / "rocket.png"))  # not the default
     page.get_by_role("button", name="Attack", exact=True).click()
     result = page.get_by_text("Energy E(x)")
     result.wait_for(state="visible", timeout=60_000)
@@ -84,3 +87,24 @@ def test_a_bad_upload_shows_its_message_in_the_page(page, tmp_path):
     page.get_by_role("button", name="Detect", exact=True).click()
     page.get_by_text("is not an image file").first.wait_for(state="visible", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "detect-bad-upload.png"))  # the viewport, where the message toast is
+
+
+def test_synthesize_starts_on_a_robust_model_with_an_automatic_step_and_draws_from_the_page(page):
+    page.reload()  # a fresh page: no message left over from an earlier test
+    page.get_by_text("the generative model inside a classifier").wait_for(timeout=30_000)
+    open_tab(page, "Synthesize")
+    chosen = page.get_by_label("model to draw from").input_value()
+    assert robustness(model_spec(chosen)) == 2, chosen  # adversarially robust: it draws objects, not noise
+    automatic = page.get_by_label("automatic step size")
+    assert automatic.is_checked() and not page.get_by_label("step size (L2)").is_visible()
+    automatic.uncheck()
+    page.get_by_label("step size (L2)").wait_for(state="visible", timeout=10_000)
+    assert float(page.get_by_label("step size (L2)").input_value()) > 0
+    automatic.check()
+    page.get_by_role("button", name="Synthesize", exact=True).click()
+    page.get_by_text("p(airplane) =").first.wait_for(state="visible", timeout=120_000)
+    assert page.get_by_text("p(airplane) =").count() == 8
+    shot = ARTIFACTS / "synthesize-result.png"
+    page.screenshot(path=str(shot), full_page=True)
+    with Image.open(shot) as picture:
+        assert picture.width == 1280 and len(set(picture.convert("RGB").resize((64, 64)).getdata())) > 200

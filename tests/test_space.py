@@ -1,27 +1,54 @@
-"""space.yaml, the rendered Space README, the deploy plan (no network), ZeroGPU's decorator, Hub model conversion."""
+"""space.yaml, the rendered Space README, the deploy (a fake HfApi, no network), ZeroGPU's decorator."""
 
 import re
+import subprocess
+import sys
+import types
 
 import pytest
-import timm
-import torch
 import yaml
 
 from robgen.web import space
-from robgen.models.madrylab import convert_state_dict, load_madrylab
+from robgen.web.model_cache import HUB_MODELS
 from tests.conftest import REPO
+
+
+def front_matter(text):
+    match = re.match(r"---\n(.*?)\n---\n\n", text, flags=re.S)
+    assert match, text
+    return yaml.safe_load(match.group(1))
 
 
 def test_front_matter_is_yaml_with_the_space_settings():
     settings = space.SpaceSettings.load()
     text = space.render(settings, "# body\n")
-    match = re.match(r"---\n(.*?)\n---\n\n# body\n$", text, flags=re.S)
-    assert match, text
-    matter = yaml.safe_load(match.group(1))
-    assert matter["sdk"] == "gradio" and matter["app_file"] == "app.py" and matter["python_version"] == "3.11"
-    assert matter["suggested_hardware"] == settings.hardware
-    assert any(entry.startswith("madrylab/robust-imagenet-models ") for entry in matter["preload_from_hub"])
+    assert text.endswith("\n---\n\n# body\n")
+    matter = front_matter(text)
+    assert matter["sdk"] == "gradio" and matter["app_file"] == "app.py"
     assert len(matter["short_description"]) <= 60
+    assert matter["models"] == ["madrylab/robust-imagenet-models", "timm/inception_v3.tf_adv_in1k"]
+    for entry in matter["preload_from_hub"]:  # files, not whole repos
+        repo, files = entry.split(" ")
+        assert repo in matter["models"] and all(files.split(","))
+
+
+def test_the_space_targets_zerogpu_as_it_requires():
+    settings = space.SpaceSettings.load()
+    assert settings.hardware == "zero-a10g"
+    matter = front_matter(space.render(settings))
+    assert matter["python_version"] in ("3.10", "3.12") and "suggested_hardware" not in matter
+    gpu_space = space.SpaceSettings(title="t", sdk_version="6.31.0", python_version="3.11", hardware="t4-small")
+    assert front_matter(space.render(gpu_space))["suggested_hardware"] == "t4-small"
+
+
+def test_the_space_preloads_the_file_of_every_hub_model_the_app_offers():
+    entries = dict(entry.split(" ") for entry in space.SpaceSettings.load().preload_from_hub)
+    for name in HUB_MODELS:
+        kind, model = name.split(":", 1)
+        if kind == "madrylab":
+            assert f"{model}.ckpt" in entries["madrylab/robust-imagenet-models"].split(","), name
+        else:  # timm loads <org>/<name>'s safetensors weights
+            assert "model.safetensors" in entries[f"timm/{model}"].split(","), name
 
 
 def test_the_space_runs_the_gradio_version_the_requirements_pin():
@@ -39,12 +66,30 @@ def test_dry_run_plans_the_upload_without_tests_caches_or_training_state(capsys)
     plan = space.deploy("someone/robgen", space.SpaceSettings.load(), dry_run=True)
     files = plan["files"]
     assert "app.py" in files and "README.md" in files and "checkpoints/cifar10-resnet10-robust/model.safetensors" in files
-    assert "checkpoints/cifar10-resnet10-robust/seeds.safetensors" in files
-    assert not [f for f in files if f.startswith((".git/", "tests/")) or f.endswith("trainer_state.pt") or "__pycache__" in f]
+    assert "checkpoints/cifar10-resnet10-robust/seeds.safetensors" in files and "robgen/web/space.py" in files
+    assert not [f for f in files if f.startswith((".git/", "tests/", "runs/", "out/")) or f.endswith("trainer_state.pt")
+                or "__pycache__" in f]
     assert plan["readme"].startswith("---\n") and "dry run" in capsys.readouterr().out
 
 
+def test_a_checkout_uploads_what_git_tracks_or_would_track(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "trainer_state.pt").write_bytes(b"big")
+    (tmp_path / "app.py").write_text("tracked\n")
+    (tmp_path / "new.py").write_text("not yet added\n")
+    (tmp_path / "notes.txt").write_text("left out by space.yaml\n")
+    git("add", "app.py")
+    assert space.files_to_upload(tmp_path, ["*.txt"]) == [".gitignore", "app.py", "new.py"]
+
+
 class RecordingApi:
+    """Records every HfApi call instead of making it."""
+
     def __init__(self):
         self.calls = []
 
@@ -55,59 +100,63 @@ class RecordingApi:
         return record
 
 
-def test_deploy_creates_the_space_uploads_and_requests_hardware(tmp_path):
+def test_deploy_is_one_commit_with_the_readme_then_the_hardware(tmp_path):
     (tmp_path / "app.py").write_text("print('app')\n")
     (tmp_path / "README.md").write_text("# robgen\n")
-    settings = space.SpaceSettings(title="t", sdk_version="6.31.0", python_version="3.11", hardware="zero-a10g",
-                                   ignore=["*.pyc"])
+    (tmp_path / "cache.pyc").write_bytes(b"\0")
+    settings = space.SpaceSettings(title="t", sdk_version="6.31.0", python_version="3.12", hardware="zero-a10g",
+                                   ignore=["*.pyc"], preload_from_hub=["org/weights model.safetensors"])
     api = RecordingApi()
     space.deploy("me/robgen", settings, root=tmp_path, api=api)
-    names = [name for name, _, _ in api.calls]
-    assert names == ["create_repo", "upload_folder", "upload_file", "request_space_hardware"]
+    assert [name for name, _, _ in api.calls] == ["create_repo", "create_commit", "request_space_hardware"]
     create = api.calls[0][2]
     assert create["repo_type"] == "space" and create["space_sdk"] == "gradio" and create["space_hardware"] == "zero-a10g"
-    assert "README.md" in api.calls[1][2]["ignore_patterns"]
-    readme = api.calls[2][2]["path_or_fileobj"].decode()
-    assert readme.startswith("---\n") and readme.endswith("# robgen\n")
-    assert api.calls[3][1] == ("me/robgen", "zero-a10g")
+    commit = api.calls[1][2]
+    assert commit["repo_id"] == "me/robgen" and commit["repo_type"] == "space"
+    operations = {op.path_in_repo: op for op in commit["operations"]}
+    assert sorted(operations) == ["README.md", "app.py"]
+    readme = operations["README.md"].path_or_fileobj.decode()
+    matter = front_matter(readme)
+    assert readme.endswith("# robgen\n") and matter["models"] == ["org/weights"] and "suggested_hardware" not in matter
+    assert api.calls[2][1] == ("me/robgen", "zero-a10g")
 
 
 def test_bad_space_settings_are_refused(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("title: x\nsdk_version: '6'\npython_version: '3.11'\nhardware: quantum-1\n")
-    with pytest.raises(ValueError, match="hardware 'quantum-1'"):
-        space.SpaceSettings.load(path)
-    path.write_text("title: x\nsdk_version: '6'\npython_version: '3.11'\ncolour: red\n")
-    with pytest.raises(ValueError, match="unknown settings colour"):
-        space.SpaceSettings.load(path)
+    cases = {
+        "hardware: quantum-1\n": "hardware 'quantum-1'",
+        "colour: red\n": "unknown settings colour",
+        "hardware: zero-a10g\n": r"ZeroGPU \(zero-a10g\) runs Python 3.10 or 3.12, not 3.11",
+        "preload_from_hub: [timm/inception_v3.tf_adv_in1k]\n": "must be 'org/repo file1,file2'",
+    }
+    for extra, message in cases.items():
+        path.write_text("title: x\nsdk_version: '6'\npython_version: '3.11'\n" + extra)
+        with pytest.raises(ValueError, match=message):
+            space.SpaceSettings.load(path)
     with pytest.raises(ValueError, match="USER/NAME"):
         space.deploy("robgen", space.SpaceSettings.load(), dry_run=True)
 
 
-def test_gpu_decorator_is_a_no_op_without_the_spaces_package():
+def test_gpu_decorator_is_a_no_op_without_the_spaces_package(monkeypatch):
     def handler(x):
         return x + 1
 
+    monkeypatch.setitem(sys.modules, "spaces", None)  # `import spaces` raises ImportError
     assert space.gpu(handler) is handler and space.gpu(duration=5)(handler) is handler
+    monkeypatch.setitem(sys.modules, "spaces", types.ModuleType("spaces"))  # some other `spaces`, without GPU
+    assert space.gpu(handler) is handler
 
 
-def test_a_madrylab_checkpoint_is_converted_once_to_safetensors(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBGEN_CACHE", str(tmp_path / "cache"))
-    net = timm.create_model("resnet18", pretrained=False, num_classes=1000).eval()
-    state = {f"module.model.{k}": v for k, v in net.state_dict().items()}
-    state.update({f"module.attacker.model.{k}": v for k, v in net.state_dict().items()})
-    state["module.normalizer.new_mean"] = torch.zeros(3, 1, 1)
-    torch.save({"model": state, "epoch": 90}, tmp_path / "resnet18_l2_eps3.ckpt")
-    model = load_madrylab("resnet18_l2_eps3", ckpt_path=tmp_path / "resnet18_l2_eps3.ckpt")
-    assert (tmp_path / "cache" / "madrylab" / "resnet18_l2_eps3" / "model.safetensors").is_file()
-    x = torch.rand(1, 3, 64, 64)
-    expected = net((x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-    with torch.no_grad():
-        assert torch.allclose(model(x), expected.detach(), atol=1e-4)
-    assert model.spec.training["norm"] == "l2" and model.spec.training["eps"] == 3.0
-    again = load_madrylab("resnet18_l2_eps3")  # from the cache: no download, no ckpt needed
-    assert torch.equal(again.net.fc.weight, model.net.fc.weight)
-    with pytest.raises(ValueError, match="no 'module.model"):
-        convert_state_dict({"model": {"fc.weight": torch.zeros(1)}})
-    with pytest.raises(ValueError, match="unknown MadryLab model"):
-        load_madrylab("vgg16_bn")
+def test_gpu_decorator_wraps_handlers_in_spaces_gpu_on_zerogpu(monkeypatch):
+    durations = []
+    fake = types.ModuleType("spaces")
+
+    def gpu(duration=None):
+        durations.append(duration)
+        return lambda fn: (lambda *args: ("on the GPU", fn(*args)))
+
+    fake.GPU = gpu
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert space.gpu(lambda x: x + 1)(1) == ("on the GPU", 2)
+    assert space.gpu(duration=120)(lambda: 0)() == ("on the GPU", 0)
+    assert durations == [60, 120]

@@ -23,7 +23,7 @@ from ..detection import EnergyDetector
 from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
 from ..experiments.single_image import attack_own_predictions, top_classes
-from ..images import load_image, tensor_to_pil
+from ..images import load_model_input, tensor_to_pil
 from ..models.state import model_device
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
@@ -33,12 +33,9 @@ DISPLAY_SIZE = 192  # small model inputs are enlarged (nearest neighbour) to thi
 
 
 def model_input(model, image: ImageInput) -> torch.Tensor:
-    """A (1, C, H, W) batch on the model's device: a file resized and centre-cropped as the model sees it."""
-    if isinstance(image, torch.Tensor):
-        x = image if image.ndim == 4 else image.unsqueeze(0)
-    else:
-        x = load_image(image, size=model.spec.input_size[1:]).unsqueeze(0)
-    return x.to(model_device(model))
+    """A (1, C, H, W) batch on the model's device: a file read as the model sees it (`load_model_input`)."""
+    x = image if isinstance(image, torch.Tensor) else load_model_input(image, model.spec)
+    return (x if x.ndim == 4 else x.unsqueeze(0)).to(model_device(model))
 
 
 def display(x: torch.Tensor, size: int = DISPLAY_SIZE):

@@ -1,29 +1,50 @@
 """The app's models: loaded once per process, moved to the GPU when there is one, Hub models when online.
 
-    model = cached_model("cifar10-resnet10-standard")
+    preload(available_models(online=hub_reachable()))     # at start-up, on the CPU
+    model = cached_model("cifar10-resnet10-standard")      # in a handler: on CUDA when there is one
     names = available_models(online=hub_reachable())
+
+On a ZeroGPU Space every GPU call runs in a forked worker, so a model first
+loaded inside one is lost when the call ends: `preload` every model the app
+offers at start-up, outside the GPU calls.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import threading
-from typing import List, Optional, Union
+from typing import Dict, Iterable, List, Optional, Union
 
 import torch
 
 from ..models import list_models, load_model
 from ..models.state import model_device
 
-# Hub models offered when the machine is online (downloaded and converted once, then cached).
+# Hub models offered when the machine is online (downloaded and converted once, then cached). The Space
+# preloads their files at build time (space.yaml's preload_from_hub); tests/test_space.py checks both agree.
 HUB_MODELS = ["madrylab:resnet50_l2_eps3", "madrylab:resnet50_l2_eps0.05", "timm:inception_v3.tf_adv_in1k"]
+# How robust a training mode makes a model (robgen.training's modes; MadryLab's models say "pgd" or "quasi").
+ROBUSTNESS = {"standard": 0, "quasi": 1, "fast": 2, "pgd": 2}
 
+logger = logging.getLogger(__name__)
 _load_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    """A forked worker (ZeroGPU runs each GPU call in one) gets a free lock, even if a thread of the parent
+    held it at the moment of the fork."""
+    global _load_lock
+    _load_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def hub_reachable(timeout: float = 1.0) -> bool:
     """Whether huggingface.co answers (False at once under HF_HUB_OFFLINE=1)."""
-    import os
     import socket
 
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
@@ -40,7 +61,7 @@ def available_models(online: bool = False) -> List[str]:
     return list_models() + (HUB_MODELS if online else [])
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _cached(name: str):
     return load_model(name)
 
@@ -55,5 +76,46 @@ def cached_model(name: str, device: Optional[Union[str, torch.device]] = None):
     return model
 
 
+def model_spec(name: str):
+    """The spec of a model (loaded once, left on whatever device it is on)."""
+    with _load_lock:
+        return _cached(name).spec
+
+
+def preload(names: Iterable[str]) -> Dict[str, str]:
+    """Load each model once, on the CPU (at start-up, outside any GPU call). A model that fails to load
+    is logged and left to load (and report its error) on first use; returns {name: error} for those."""
+    failed = {}
+    for name in names:
+        try:
+            cached_model(name, device="cpu")
+        except (OSError, RuntimeError, ValueError) as error:
+            failed[name] = f"{type(error).__name__}: {error}"
+            logger.warning("could not preload %s (it will load on first use): %s", name, failed[name])
+    return failed
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def robustness(spec) -> int:
+    """0 for a standard model, 1 quasi-robust, 2 adversarially robust (from the training mode in its spec)."""
+    training = spec.training or {}
+    mode = training.get("mode") or (training.get("config") or {}).get("mode") or "standard"
+    return ROBUSTNESS.get(str(mode), 0)
+
+
+def most_robust(names: Iterable[str], like: Optional[str] = None) -> str:
+    """Of `names`, the most robust model (the first on ties); with `like`, of `like` and the models with its
+    classes (`like` itself on ties).
+
+    The Synthesize tab's default: a standard model only draws adversarial noise.
+    """
+    names = list(names)
+    if like is not None:
+        labels = model_spec(like).class_labels
+        names = [like] + [name for name in names if name != like and model_spec(name).class_labels == labels]
+    if not names:
+        raise ValueError("no models to choose from")
+    return max(names, key=lambda name: robustness(model_spec(name)))  # max keeps the first of equals

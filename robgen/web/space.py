@@ -6,15 +6,21 @@
     python -m robgen.web.space deploy --repo USER/NAME          # create or update the Space (needs HF_TOKEN)
 
 `space.yaml` holds the title, Gradio and Python versions, hardware (e.g.
-"t4-small" or "zero-a10g"), the models to preload and the files to leave
-out. `gpu` wraps the app's handlers with `spaces.GPU` on ZeroGPU Spaces,
-where the `spaces` package is installed, and does nothing anywhere else.
+"zero-a10g" or "t4-small"), the Hub files to preload at build time and the
+files to leave out. `gpu` wraps the app's handlers with `spaces.GPU` on
+ZeroGPU Spaces, where the `spaces` package is installed, and does nothing
+anywhere else. ZeroGPU runs each such call in a forked worker, so the app
+loads every model it offers on the CPU at start-up (`robgen.web.model_cache.preload`).
+
+A deploy is one commit: the files of the checkout (those git tracks or would
+track, minus `ignore`) and the README with its front matter, together.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACE_FILE = "space.yaml"
 HARDWARE = ("cpu-basic", "cpu-upgrade", "zero-a10g", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large",
             "a100-large")
+ZERO_GPU = "zero-a10g"
+ZERO_GPU_PYTHONS = ("3.10", "3.12")  # the Python versions ZeroGPU Spaces run
 # Front-matter keys of a Space README (https://huggingface.co/docs/hub/spaces-config-reference) robgen sets.
 FRONT_MATTER_KEYS = ("title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "python_version", "app_file",
-                     "pinned", "license", "short_description", "suggested_hardware", "preload_from_hub", "models")
+                     "pinned", "license", "short_description", "suggested_hardware", "models", "preload_from_hub")
 
 
 def gpu(function: Optional[Callable] = None, *, duration: int = 60):
@@ -37,9 +45,10 @@ def gpu(function: Optional[Callable] = None, *, duration: int = 60):
         import spaces  # noqa: F401  (only on Hugging Face Spaces)
     except ImportError:
         spaces = None
+    decorator = getattr(spaces, "GPU", None)  # None also for an unrelated module or folder called `spaces`
 
     def wrap(fn: Callable) -> Callable:
-        return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+        return decorator(duration=duration)(fn) if decorator is not None else fn
 
     return wrap(function) if function is not None else wrap
 
@@ -58,8 +67,7 @@ class SpaceSettings:
     license: str = "mit"
     short_description: str = ""
     app_file: str = "app.py"
-    preload_models: List[str] = field(default_factory=list)  # robgen model names the app loads at start
-    preload_from_hub: List[str] = field(default_factory=list)  # "org/repo file1,file2" entries for the Hub
+    preload_from_hub: List[str] = field(default_factory=list)  # "org/repo file1,file2": files fetched at build time
     ignore: List[str] = field(default_factory=list)  # glob patterns left out of the upload
 
     @classmethod
@@ -84,16 +92,32 @@ class SpaceSettings:
         if len(settings.short_description) > 60:
             raise ValueError(f"{path}: short_description has {len(settings.short_description)} characters; "
                              "the Hub allows 60")
+        if settings.hardware == ZERO_GPU and ".".join(settings.python_version.split(".")[:2]) not in ZERO_GPU_PYTHONS:
+            raise ValueError(f"{path}: ZeroGPU ({ZERO_GPU}) runs Python {' or '.join(ZERO_GPU_PYTHONS)}, "
+                             f"not {settings.python_version}")
+        for entry in settings.preload_from_hub:
+            parts = str(entry).split()
+            if len(parts) != 2 or parts[0].count("/") != 1 or not all(parts[1].split(",")):
+                raise ValueError(f"{path}: preload_from_hub entry {entry!r} must be 'org/repo file1,file2' "
+                                 "(the files the app downloads, not the whole repo)")
         return settings
+
+    @property
+    def hub_models(self) -> List[str]:
+        """The Hub repos the Space uses: those it preloads files from, in order."""
+        return list(dict.fromkeys(str(entry).split()[0] for entry in self.preload_from_hub))
 
     def front_matter(self) -> dict:
         matter = {
             "title": self.title, "emoji": self.emoji, "colorFrom": self.color_from, "colorTo": self.color_to,
             "sdk": "gradio", "sdk_version": self.sdk_version, "python_version": self.python_version,
             "app_file": self.app_file, "pinned": False, "license": self.license,
-            "short_description": self.short_description, "suggested_hardware": self.hardware,
+            "short_description": self.short_description,
         }
+        if self.hardware != ZERO_GPU:  # ZeroGPU cannot be suggested to people who duplicate the Space
+            matter["suggested_hardware"] = self.hardware
         if self.preload_from_hub:
+            matter["models"] = self.hub_models
             matter["preload_from_hub"] = list(self.preload_from_hub)
         return {key: matter[key] for key in FRONT_MATTER_KEYS if key in matter and matter[key] not in ("", None)}
 
@@ -104,22 +128,34 @@ def render(settings: SpaceSettings, body: str = "") -> str:
     return f"---\n{matter}---\n\n{body}"
 
 
+def _candidate_files(root: Path) -> List[str]:
+    """What git tracks or would track in the checkout at `root` (so never runs/, out/ or the caches
+    .gitignore names); every file but .git/ where `root` is not the top of a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, check=True).stdout.decode()
+
+    try:
+        is_checkout = Path(git("rev-parse", "--show-toplevel").strip()).resolve() == root.resolve()
+    except (OSError, subprocess.CalledProcessError):
+        is_checkout = False
+    if is_checkout:
+        listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+        return sorted({name for name in listed if name and (root / name).is_file()})
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*")
+                  if path.is_file() and ".git" not in path.relative_to(root).parts)
+
+
 def files_to_upload(root: Path, ignore: List[str]) -> List[str]:
-    """The repo files a Space upload takes (tracked-looking files minus the `ignore` globs), sorted."""
-    chosen = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file():
-            continue
-        relative = path.relative_to(root).as_posix()
-        if any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative + "/", pattern) for pattern in ignore):
-            continue
-        chosen.append(relative)
-    return chosen
+    """The repo files a Space upload takes (what git tracks or would track, minus the `ignore` globs), sorted."""
+    return [relative for relative in _candidate_files(root)
+            if not any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative + "/", pattern)
+                       for pattern in ignore)]
 
 
 def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_run: bool = False, api=None,
            private: bool = False, token: Optional[str] = None) -> dict:
-    """Create or update the Space `repo_id`: repo, files, README with front matter, hardware.
+    """Create or update the Space `repo_id`: the repo, then one commit with the files and the README (front
+    matter from space.yaml), then the hardware. A Space never runs a half-deployed state.
 
     With `dry_run`, nothing touches the network: the plan is returned (and
     printed by the CLI). `api` is an `HfApi` (made here when None).
@@ -127,26 +163,26 @@ def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_ru
     if "/" not in repo_id or repo_id.count("/") != 1:
         raise ValueError(f"--repo must look like USER/NAME, got {repo_id!r}")
     readme = render(settings, (root / "README.md").read_text() if (root / "README.md").is_file() else "")
-    ignore = list(settings.ignore) + ["README.md"]
+    files = files_to_upload(root, list(settings.ignore) + ["README.md"])
     plan = {
         "repo_id": repo_id, "create_repo": {"repo_type": "space", "space_sdk": "gradio",
                                             "space_hardware": settings.hardware, "private": private, "exist_ok": True},
-        "upload_folder": {"folder_path": str(root), "ignore_patterns": ignore},
-        "files": files_to_upload(root, ignore) + ["README.md"], "readme": readme,
-        "request_space_hardware": settings.hardware,
+        "files": files + ["README.md"], "readme": readme, "request_space_hardware": settings.hardware,
     }
     if dry_run:
         return plan
+    from huggingface_hub import CommitOperationAdd
+
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
     url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", space_hardware=settings.hardware,
                           private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(root), ignore_patterns=ignore,
-                      commit_message="Deploy robgen")
-    api.upload_file(repo_id=repo_id, repo_type="space", path_or_fileobj=readme.encode(), path_in_repo="README.md",
-                    commit_message="Space README front matter from space.yaml")
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(root / name)) for name in files]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode()))
+    api.create_commit(repo_id=repo_id, repo_type="space", operations=operations,
+                      commit_message="Deploy robgen (README front matter from space.yaml)")
     api.request_space_hardware(repo_id, settings.hardware)
     plan["url"] = str(url)
     return plan
