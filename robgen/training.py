@@ -13,8 +13,10 @@ attacks and the synthesis), generated with the model in eval mode.
 
 Every epoch writes a complete robgen checkpoint (`model.safetensors` +
 `config.json` with the recipe, data and measured accuracies) and a
-`trainer_state.pt` (optimiser, schedule, epoch, RNG) to the output folder,
-atomically, so `resume=True` continues a run that died. Runs unchanged
+`trainer_state.pt` (optimiser, schedule, epoch, and every random state: the
+torch CPU RNG, the CUDA RNG, the attack's random-start generator and the
+sampler's generator, per rank) to the output folder, atomically, so
+`resume=True` continues a run that died as if it had not. Runs unchanged
 under `torchrun --nproc_per_node N` (DistributedDataParallel).
 """
 
@@ -81,7 +83,9 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA
-    channels_last: Optional[bool] = None  # None: on CUDA only (on the CPU it helps width >= 16, cripples width 4)
+    # None: on CUDA only. On the CPU (torch 2.14, 2 cores shared with another job) channels-last train steps
+    # took 0.62-0.86x the time at widths 4, 16 and 32; measure on a quiet machine before making it the default
+    channels_last: Optional[bool] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,6 +132,75 @@ def _make_attack(config: TrainConfig, model, device):
     generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
     return PGD(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
                generator=generator)
+
+
+def _share_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics) at the end of an epoch.
+
+    DDP broadcasts them before each training forward, but each rank's last forward then updates its own
+    copy, and the next epoch's first eval-mode attack runs on it. Sharing rank 0's makes every replica the
+    model that the checkpoint holds, so a resumed run attacks with the statistics the interrupted one had.
+    """
+    if distributed.is_distributed():
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def _random_states(device: torch.device, attack, sampler) -> dict:
+    """Every random state this process's next epoch depends on (CPU tensors, as trainer_state.pt stores them)."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    if attack is not None and attack.generator is not None:
+        states["attack"] = attack.generator.get_state()
+    generator = getattr(sampler, "generator", None)
+    if generator is not None:
+        states["sampler"] = generator.get_state()
+    return states
+
+
+def _gather_random_states(states: dict) -> list:
+    """The random states of every rank, in rank order (a list of one when training alone)."""
+    if not distributed.is_distributed():
+        return [states]
+    gathered = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(gathered, states)
+    return gathered
+
+
+def _restore_random_states(state: dict, device: torch.device, attack, sampler, out_dir: Path) -> None:
+    """Put back the random states of `_random_states`, this rank's, from a trainer_state.pt.
+
+    Files written before robgen saved every generator hold only "rng" (rank 0's CPU RNG): those resume
+    with the CPU RNG restored and the others as a fresh run seeds them, which is exact for "standard"
+    mode on the CPU and differs from the interrupted run in the attack's random starts (and on CUDA).
+    """
+    per_rank = state.get("random_states")
+    if per_rank is None:
+        torch.set_rng_state(state["rng"].cpu())
+        if attack is not None or device.type == "cuda":
+            logger.warning(
+                "%s/%s predates saved generator states: the torch CPU RNG is restored, but the attack's random "
+                "starts and the CUDA RNG restart from the seed, so this resumed run is not bit-identical to an "
+                "uninterrupted one", out_dir, STATE_FILE)
+        return
+    if len(per_rank) != distributed.world_size():
+        torch.set_rng_state(per_rank[0]["cpu"].cpu())
+        logger.warning(
+            "%s/%s was written by %d process(es) but this run has %d: only rank 0's torch CPU RNG is restored and "
+            "the other generators restart from the seed, so the run is not bit-identical to an uninterrupted one "
+            "(resume with the same --nproc_per_node for that)", out_dir, STATE_FILE, len(per_rank),
+            distributed.world_size())
+        return
+    mine = per_rank[distributed.rank()]
+    torch.set_rng_state(mine["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
+    if attack is not None and attack.generator is not None and "attack" in mine:
+        attack.generator.set_state(mine["attack"].cpu())
+    generator = getattr(sampler, "generator", None)
+    if generator is not None and "sampler" in mine:
+        generator.set_state(mine["sampler"].cpu())
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -214,16 +287,16 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
                                 weight_decay=config.weight_decay, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, config.epochs * len(loader)))
     start_epoch, wall_before, history = 0, 0.0, []
+    attack = _make_attack(config, model, device)
     if resume:
         state = torch.load(state_path, map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
         history = json.loads(state["history"])
-        torch.set_rng_state(state["rng"].cpu())
+        _restore_random_states(state, device, attack, sampler, out_dir)
         logger.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
 
-    attack = _make_attack(config, model, device)
     eval_set = datasets.first(val_set, min(config.eval_subset, len(val_set)), "validation split")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     started = time.perf_counter()
@@ -249,6 +322,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             scheduler.step()
             totals += torch.tensor([float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
         loss_sum, correct, count = distributed.reduce_sums(totals.tolist(), device)
+        _share_buffers(model)
         check = evaluate_robustness(model, eval_set, eps=config.eps, norm=config.norm, steps=config.eval_steps,
                                     batch_size=256, progress=False)
         model.train()
@@ -260,8 +334,10 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"the training loss became {row['loss']} at epoch {epoch + 1}: lower the learning rate")
         history.append(row)
+        random_states = _gather_random_states(_random_states(device, attack, sampler))
         if distributed.is_main():
-            _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set)
+            _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set,
+                         random_states)
             logger.info("epoch %d: %s", epoch + 1, json.dumps(row))
         if on_epoch is not None:
             on_epoch(row)
@@ -269,7 +345,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
     return model.eval()
 
 
-def _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set) -> None:
+def _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set,
+                 random_states) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.spec.training = {
         "config": asdict(config), "data": {"name": str(config.data), "classes": classes, "split": "train minus val",
@@ -284,7 +361,9 @@ def _write_epoch(model, config, out_dir, classes, history, device, optimizer, sc
     save_checkpoint(model, out_dir)
     _atomic_save({
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-        "wall_seconds": row["seconds"], "history": json.dumps(history), "rng": torch.get_rng_state(),
+        "wall_seconds": row["seconds"], "history": json.dumps(history),
+        "rng": random_states[0]["cpu"],  # the only random state of files from before "random_states"
+        "random_states": random_states,  # per rank: cpu, cuda, attack and sampler generator states
     }, out_dir / STATE_FILE)
     with open(out_dir / LOG_FILE, "a") as log:
         log.write(json.dumps(row) + "\n")

@@ -3,7 +3,10 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
+import robgen.engine.random
 from robgen import APGD, FGSM, HEPGD, PGD, HighEnergyPGD, energy, make_attack
+from robgen.attacks.objectives import high_energy_loss
+from robgen.energy import class_energy
 from robgen.engine import L2Ball, LinfBall, projected_gradient_ascent
 from tests.conftest import tiny_model
 
@@ -52,6 +55,36 @@ def test_hepgd_with_zero_lambda_is_pgd(model, batch):
     assert HEPGD is HighEnergyPGD
 
 
+@pytest.mark.parametrize("lam", [0.5, 1.0, 1.2, 3.0])
+def test_hepgd_objective_is_ce_plus_lambda_energy(lam):
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(16, 10, generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = torch.randint(0, 10, (16,), generator=g)
+    value = high_energy_loss(logits, y, lam)
+    assert torch.allclose(value, F.cross_entropy(logits, y, reduction="none") + lam * energy(logits))
+    # CE = -f_y + logsumexp f = -f_y - E, so CE + lam E = -f_y + (lam - 1) E (at lam = 1: the true logit alone)
+    rewritten = class_energy(logits, y) + (lam - 1) * energy(logits)
+    assert torch.allclose(value, rewritten)
+    (grad,) = torch.autograd.grad(value.sum(), logits)
+    (expected,) = torch.autograd.grad(rewritten.sum(), logits)
+    assert torch.allclose(grad, expected)
+    T = 5.0
+    assert torch.allclose(high_energy_loss(logits, y, lam, temperature=T),
+                          F.cross_entropy(logits, y, reduction="none") - lam * T * torch.logsumexp(logits / T, dim=1))
+
+
+def test_hepgd_steps_along_the_gradient_of_its_formula(model, batch):
+    x, y = batch
+    lam = 2.0
+    x_in = x.clone().requires_grad_(True)
+    logits = model(x_in)
+    (grad,) = torch.autograd.grad((class_energy(logits, y) + (lam - 1) * energy(logits)).sum(), x_in)
+    expected = (x + 1 / 255 * grad.sign()).clamp(0, 1)
+    one_step = HEPGD(model, eps=8 / 255, step_size=1 / 255, steps=1, lam=lam, random_start=False)(x, y)
+    assert torch.allclose(one_step, expected, atol=1e-6)
+    assert not torch.equal(one_step, PGD(model, eps=8 / 255, step_size=1 / 255, steps=1, random_start=False)(x, y))
+
+
 def test_hepgd_raises_energy_relative_to_pgd(model, batch):
     x, y = batch
     pgd = PGD(model, eps=8 / 255, step_size=1 / 255, steps=10, random_start=False)(x, y)
@@ -69,6 +102,30 @@ def test_targeted_pgd_raises_the_target_probability(model, batch):
         after = model(x_adv).softmax(1).gather(1, target.view(-1, 1))
     assert (after > before).all()
     assert len(trace.target_prob) == 11 and trace.target_prob[-1] > trace.target_prob[0]
+
+
+@pytest.mark.parametrize(
+    "norm, ours_settings, theirs",
+    [
+        ("linf", dict(eps=8 / 255, step_size=2 / 255, steps=7),
+         lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)),
+        ("l2", dict(eps=0.5, step_size=0.1, steps=5),
+         lambda m: torchattacks.PGDL2(m, eps=0.5, alpha=0.1, steps=5, random_start=False)),
+    ],
+)
+def test_targeted_pgd_without_random_start_equals_torchattacks(model, batch, norm, ours_settings, theirs):
+    x, y = batch
+    target = (y + 3) % 10
+    attack = PGD(model, norm=norm, random_start=False, **ours_settings)
+    ours = attack(x, y, target=target)
+    reference = theirs(model)
+    reference.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its second argument as the target
+    theirs = reference(x, target)
+    if norm == "linf":  # sign steps: bit for bit
+        assert torch.equal(ours, theirs)
+    else:  # torchattacks' mean-reduced loss scales the gradient by 1/N before normalising: 1 ulp apart
+        assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
+    assert not torch.equal(ours, attack(x, y)), "targeted and untargeted runs differ"
 
 
 def test_trace_records_every_iterate(model, batch):
@@ -120,6 +177,53 @@ def test_apgd_stays_in_the_ball_and_fools_the_model(model, batch):
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert ce(model, x_adv, y).mean() > ce(model, x, y).mean()
     assert trace.step == [0, 5] and trace.accuracy[0] == 1.0 and trace.accuracy[1] < 1.0
+
+
+def test_apgd_draws_its_seed_on_the_generators_device(model, batch, monkeypatch):
+    x, y = batch
+    generator = torch.Generator().manual_seed(0)
+    seen = []
+    original = torch.randint
+
+    def spy(*args, **kwargs):
+        if kwargs.get("generator") is generator:
+            seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(robgen.engine.random.torch, "randint", spy)
+    APGD(model, steps=1, generator=generator)(x, y)
+    assert len(seen) == 1, "APGD seeds torchattacks from its generator"
+    assert "device" in seen[0] and torch.device(seen[0]["device"]) == generator.device, (
+        "a draw from a CUDA generator without device=... raises, so the device must be passed")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to draw from a CUDA generator for real")
+def test_apgd_runs_with_a_cuda_generator(batch):
+    x, y = batch
+    model = tiny_model().cuda()
+    x, y = x.cuda(), y.cuda()
+    runs = [APGD(model, steps=2, generator=torch.Generator(device="cuda").manual_seed(1))(x, y) for _ in range(2)]
+    assert runs[0].device.type == "cuda" and torch.equal(runs[0], runs[1])
+    assert (runs[0] - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_l2_random_start_is_uniform_in_the_ball():
+    eps = 0.5
+    x = torch.full((400, 3, 32, 32), 0.5)  # far from the pixel bounds: the clip changes nothing
+    radius = (L2Ball(eps).random_start(x, torch.Generator().manual_seed(0)) - x).flatten(1).norm(dim=1)
+    assert float(radius.max()) <= eps * (1 + 1e-5)
+    # uniform in a ball of d = 3072 dimensions: P(r < eps/2) = 2^-3072, P(r < 0.99 eps) = 0.99^3072 ~ 4e-14;
+    # a uniform radius (torchattacks' PGDL2) would put half of the starts below eps/2
+    assert float((radius < eps / 2).double().mean()) == 0.0
+    assert float(radius.min()) > 0.99 * eps
+    # in few dimensions the radius law P(r <= t eps) = t^d can be seen directly
+    g = torch.Generator().manual_seed(1)
+    for shape in ((1, 1, 2), (3, 1, 1)):
+        d = shape[0] * shape[1] * shape[2]
+        x = torch.full((20000, *shape), 0.5)
+        r = (L2Ball(0.1).random_start(x, g) - x).flatten(1).norm(dim=1) / 0.1
+        for t in (0.25, 0.5, 0.75, 0.9):
+            assert float((r <= t).double().mean()) == pytest.approx(t**d, abs=0.012), (d, t)
 
 
 def test_one_loop_with_pluggable_objective(model, batch):

@@ -19,9 +19,13 @@ def test_image_folder_pixels_and_interleaved_order(tmp_path):
     assert data.class_names(dataset) == ["ant", "bee", "cat"]
     x, y = data.load_tensors(dataset)
     assert x.shape == (12, 3, 12, 12) and x.dtype == torch.float32
-    assert 0 <= float(x.min()) and float(x.max()) <= 1
     assert y.tolist()[:6] == [0, 1, 2, 0, 1, 2], "the first N images are class-balanced"
-    assert x[1, 0, 0, 0] == pytest.approx(80 / 255)
+    # every image is exactly the colour it was written with, on the [0, 1] scale: (80 * label, 40 * i, 0) / 255
+    for k in range(12):
+        label, i = k % 3, k // 3
+        assert int(y[k]) == label
+        expected = torch.tensor([80 * label, 40 * i, 0], dtype=torch.float32).div(255).view(3, 1, 1).expand(3, 12, 12)
+        assert torch.allclose(x[k], expected, atol=1e-6), f"image {k}"
 
 
 def test_train_val_split_is_deterministic_and_disjoint(tmp_path):

@@ -78,6 +78,27 @@ def test_temperature_search_picks_the_best_auroc():
         EnergyDetector(temperature="search").fit(clean[:, 0], adv[:, 0])
 
 
+def test_energies_are_refused_at_a_temperature_other_than_one():
+    """1-D energies carry no temperature (robgen.energy gives T = 1): a T = 5 detector must not take them as its own."""
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(300, 10, generator=g) * 3
+    adv = torch.randn(300, 10, generator=g) * 3
+    adv[:, 0] += 4.0
+    hot = EnergyDetector(temperature=5.0).fit(clean, adv)
+    assert torch.equal(hot.energies(adv), energy(adv.double(), 5.0))
+    cold_threshold = EnergyDetector().fit(energy(clean), energy(adv)).threshold
+    assert hot.threshold != pytest.approx(cold_threshold, abs=0.5), "the temperatures really give different thresholds"
+    for call in (lambda: EnergyDetector(temperature=5.0).fit(energy(clean), energy(adv)),
+                 lambda: hot.predict(energy(clean)), lambda: hot.evaluate(energy(clean), energy(adv))):
+        with pytest.raises(ValueError, match=r"temperature 5.*pass the logits \(N, K\)"):
+            call()
+    # at T = 1, fitting on energies and on logits is the same thing
+    one = EnergyDetector().fit(clean, adv)
+    assert one.threshold == pytest.approx(cold_threshold, abs=1e-5)
+    fresh = torch.randn(300, 10, generator=g) * 3  # not the fitted points, one of which sits on the threshold
+    assert torch.equal(one.predict(fresh), one.predict(energy(fresh)))
+
+
 def test_save_and_load_round_trip(tmp_path):
     detector = EnergyDetector(rule="youden").fit(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-1.0, 0.5]))
     path = detector.save(tmp_path / "det" / "detector.json")

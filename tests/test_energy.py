@@ -13,7 +13,20 @@ def test_energy_matches_formula_and_temperature():
     assert energy(logits).shape == (2,)
     T = 5.0
     assert torch.allclose(energy(logits, temperature=T), -T * torch.log(torch.exp(logits / T).sum(1)))
-    assert math.isclose(float(energy(logits)[1]), -math.log(3), rel_tol=1e-6)
+
+
+def test_energy_properties_that_do_not_restate_the_formula():
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(64, 10, generator=g, dtype=torch.float64)
+    top = logits.max(1).values
+    for T in (0.5, 1.0, 5.0):
+        e = energy(logits, temperature=T)
+        # -max f - T log K <= E <= -max f: softmax mass sits between 1/K and 1 on the top logit
+        assert (e <= -top + 1e-12).all() and (e >= -top - T * math.log(10) - 1e-12).all()
+        assert torch.allclose(energy(logits + 2.5, temperature=T), e - 2.5), "a shift of every logit shifts E"
+        assert torch.allclose(e, T * energy(logits / T)), "E_T(f) = T E_1(f / T)"
+    # large logits: logsumexp must not overflow where exp would
+    assert energy(torch.tensor([[1000.0, 1000.0]])).item() == pytest.approx(-1000 - math.log(2))
 
 
 def test_low_temperature_tends_to_minus_max_logit():

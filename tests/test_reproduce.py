@@ -6,6 +6,7 @@ import pytest
 
 import robgen
 from robgen.cli import main
+from robgen.detection.detector import TEMPERATURES
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,18 @@ def test_results_have_every_table_and_figure(results):
 
 def test_results_are_sane(results):
     _, r = results
+    n = r["n_test"]
     for row in r["table1"] + r["baselines"]:
-        for key in ("detection_rate", "false_positive_rate", "false_negative_rate"):
-            assert 0 <= row[key] <= 1
-        assert row["detection_rate"] + row["false_negative_rate"] == pytest.approx(1)
+        assert row["n_clean"] == row["n_adversarial"] == n, "every detector is evaluated on the whole test split"
+    for row in r["table1"]:
+        name = row["attack"]
+        if row["search_temperature"]:
+            assert row["temperature"] in TEMPERATURES
+        else:  # at T = 1 the row's energies are the test energies reported beside it: the rates are of the test split
+            assert row["temperature"] == 1.0
+            assert row["clean_energy_mean"] == pytest.approx(r["energy_means"]["clean"], abs=1e-4)
+            assert row["adversarial_energy_mean"] == pytest.approx(r["energy_means"][name], abs=1e-4)
+        assert row["adversarial_accuracy"] < row["clean_accuracy"], f"{name} fools the standard model"
     pgd = [row for row in r["table1"] if row["attack"] == "pgd-8" and row["rule"] == "gmean"][0]
     assert pgd["auroc"] > 0.5
     means = r["energy_means"]

@@ -8,6 +8,7 @@ from robgen.synthesis import (
     SeedDistribution, default_budget, inpaint, input_gradient, load_seeds, magnitude_map, sgld_sample, signed_map,
     synthesize, translate,
 )
+from robgen.models import Classifier, ModelSpec
 from robgen.synthesis.quality import mean_pairwise_distance, measure_quality
 from robgen.synthesis.seeds import initial_images
 
@@ -108,6 +109,51 @@ def test_unconditional_sgld_lowers_the_free_energy(robust):
     assert trace.energy_mean[-1] < trace.energy_mean[0] - 0.5
 
 
+def tiny_mlp() -> Classifier:
+    """A two-layer perceptron on 3x8x8 images: no convolution or batch norm, so the model that synthesis
+    runs computes bit for bit what the test computes by hand."""
+    torch.manual_seed(0)  # tests only
+    spec = ModelSpec(architecture="mlp", num_classes=10, class_labels=[f"c{i}" for i in range(10)],
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(3, 8, 8))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+    return Classifier(net, spec).eval()
+
+
+@pytest.mark.parametrize("target_class", [3, None], ids=["conditional", "unconditional"])
+def test_one_sgld_step_is_the_langevin_update(target_class):
+    """x_1 = clip(x_0 - step_size * grad E(x_0) + noise * e_0), with E(x, y) = -f_y(x) or E(x) = -logsumexp f(x)."""
+    model = tiny_mlp()
+    step_size, noise, n = 2.0, 0.05, 4
+    x1 = sgld_sample(model, target_class, n, steps=1, step_size=step_size, noise=noise, init="uniform", generator=gen(9))
+    g = gen(9)  # the same draws, in the same order: the uniform start, then the step's noise
+    x0 = torch.rand(n, 3, 8, 8, generator=g).requires_grad_(True)
+    e0 = torch.randn(n, 3, 8, 8, generator=g)
+    logits = model(x0)
+    if target_class is None:
+        energies = -torch.logsumexp(logits, dim=1)
+    else:
+        energies = -logits[:, target_class]
+    (grad,) = torch.autograd.grad(energies.sum(), x0)
+    expected = (x0.detach() - step_size * grad + noise * e0).clamp(0, 1)
+    assert torch.equal(x1, expected)
+    assert (x1 - (x0.detach() + noise * e0).clamp(0, 1)).abs().max() > 1e-3, "the gradient term is not negligible"
+
+
+def test_sgld_traces_measure_accuracy_only_against_a_real_class():
+    model = tiny_mlp()
+    start = torch.rand(4, 3, 8, 8, generator=gen(2))
+    _, free = sgld_sample(model, None, 4, steps=2, init=start, generator=gen(3), return_trace=True)
+    assert free.step == [0, 1, 2] and len(free.energy_mean) == 3
+    assert free.accuracy == [] and free.true_prob == [] and free.target_prob == [], "no class to measure against"
+    with torch.no_grad():
+        logits = model(start)
+    assert free.loss[0] == pytest.approx(float(robgen.energy(logits).neg().mean()), abs=1e-5), "loss = -E(x)"
+    _, conditional = sgld_sample(model, 3, 4, steps=2, init=start, generator=gen(3), return_trace=True)
+    assert len(conditional.accuracy) == 3 and len(conditional.target_prob) == 3
+    assert conditional.accuracy[0] == float((logits.argmax(1) == 3).float().mean())
+    assert conditional.target_prob[0] == pytest.approx(float(logits.softmax(1)[:, 3].mean()), abs=1e-6)
+
+
 def test_input_gradient_matches_a_finite_difference():
     model = tiny_model(width=4).double()
     x = torch.rand(1, 3, 32, 32, generator=gen(3), dtype=torch.float64) * 0.8 + 0.1
@@ -128,7 +174,8 @@ def test_gradient_maps_are_images_with_gray_for_no_change():
     signed = signed_map(grad)
     assert signed.shape == (2, 3, 8, 8)
     assert torch.equal(signed_map(torch.zeros(1, 3, 4, 4)), torch.full((1, 3, 4, 4), 0.5))
-    assert bool(((signed > 0.5) == (grad > 0)).all() | (grad == 0).any())
+    assert not bool((grad == 0).any())  # normal draws: every sign is defined
+    assert bool(((signed > 0.5) == (grad > 0)).all())
 
 
 def test_seed_distribution_recovers_a_known_gaussian_and_survives_a_round_trip(tmp_path):

@@ -67,15 +67,44 @@ def stop_after_epoch(n):
     return callback
 
 
-def test_resume_continues_exactly(toy_data, tmp_path):
-    straight = train(config(toy_data, epochs=2), tmp_path / "straight", progress=False)
+def assert_same_weights(a, b):
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), f"{name} differs"
+
+
+@pytest.mark.parametrize("mode", ["standard", "pgd", "fast"])
+def test_resume_continues_exactly(toy_data, tmp_path, mode):
+    # adversarial modes draw random starts from the attack's generator: resuming must continue its stream
+    settings = dict(mode=mode, epochs=2, attack_steps=2)
+    straight = train(config(toy_data, **settings), tmp_path / "straight", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train(config(toy_data, epochs=2), tmp_path / "resumed", progress=False, on_epoch=stop_after_epoch(1))
-    resumed = train(config(toy_data, epochs=2), tmp_path / "resumed", resume=True, progress=False)
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
-        assert torch.allclose(a, b, atol=1e-6), name
+        train(config(toy_data, **settings), tmp_path / "resumed", progress=False, on_epoch=stop_after_epoch(1))
+    resumed = train(config(toy_data, **settings), tmp_path / "resumed", resume=True, progress=False)
+    assert_same_weights(straight, resumed)
     log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+@pytest.mark.parametrize("mode", ["standard", "pgd"])
+def test_a_trainer_state_from_before_the_generator_states_still_resumes(toy_data, tmp_path, caplog, mode):
+    """Runs started by older robgen (trainer_state.pt with only the CPU RNG under "rng") must still resume."""
+    settings = dict(mode=mode, epochs=2, attack_steps=2)
+    folder = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, **settings), folder, progress=False, on_epoch=stop_after_epoch(1))
+    state = torch.load(folder / training.STATE_FILE, weights_only=True)
+    old_format = {key: state[key] for key in ("optimizer", "scheduler", "epoch", "wall_seconds", "history", "rng")}
+    torch.save(old_format, folder / training.STATE_FILE)
+    with caplog.at_level("WARNING", logger="robgen.training"):
+        resumed = train(config(toy_data, **settings), folder, resume=True, progress=False)
+    assert resumed.spec.training["epochs_done"] == 2
+    warned = "predates saved generator states" in caplog.text
+    if mode == "standard":  # the CPU RNG is all a standard run on the CPU draws from: still exact
+        assert not warned
+        assert_same_weights(train(config(toy_data, **settings), tmp_path / "straight", progress=False), resumed)
+    else:
+        assert warned, "the user is told the attack's random starts restart"
+    assert "random_states" in torch.load(folder / training.STATE_FILE, weights_only=True), "rewritten in the new format"
 
 
 def test_training_leaves_the_global_rng_alone(toy_data, tmp_path):

@@ -24,7 +24,7 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from ..models.state import model_device
+from ..models.state import eval_mode, model_device
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -36,15 +36,20 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 @torch.no_grad()
 def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 256):
-    """(features, logits) of the model's final linear layer's input and output, on the CPU."""
+    """(features, logits) of the model's final linear layer's input and output, on the CPU.
+
+    The model runs in eval mode (batch norm on its running statistics, no dropout), so an example's
+    features do not depend on the rest of its batch; the caller's mode comes back afterwards.
+    """
     head = last_linear(model)
     captured: List[torch.Tensor] = []
     hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].flatten(1).float().cpu()))
     logits = []
     device = model_device(model)
     try:
-        for start in range(0, len(x), batch_size):
-            logits.append(model(x[start:start + batch_size].to(device)).float().cpu())
+        with eval_mode(model):
+            for start in range(0, len(x), batch_size):
+                logits.append(model(x[start:start + batch_size].to(device)).float().cpu())
     finally:
         hook.remove()
     return torch.cat(captured), torch.cat(logits)

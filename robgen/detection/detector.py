@@ -10,7 +10,10 @@ validation data; the temperature by AUROC over {0.1, ..., 20}.
     flagged = detector.predict(test_energy)              # bool, True = adversarial
     report = detector.evaluate(clean_test_energy, adv_test_energy)
 
-Inputs are 1-D energies, or 2-D logits (needed for the temperature search).
+Inputs are 2-D logits, or 1-D energies E(x) at T = 1. Energies carry no
+temperature, so a detector at any other temperature (given, or chosen by the
+search) refuses them and asks for logits rather than threshold T = 1 energies
+as if they were T energies.
 """
 
 from __future__ import annotations
@@ -63,15 +66,16 @@ class EnergyDetector:
         self.calibration: Dict[str, object] = {}
 
     def energies(self, scores: torch.Tensor) -> torch.Tensor:
-        """E(x) at the detector's temperature: `scores` are energies (1-D) or logits (2-D)."""
+        """E(x) at the detector's temperature: `scores` are logits (2-D), or energies at T = 1 (1-D)."""
         scores = torch.as_tensor(scores)
         if scores.ndim == 2:
             return free_energy(scores.double(), self.temperature)
         if scores.ndim == 1:
-            if self.temperature != 1.0 and self.search_temperature:
+            if self.temperature != 1.0:
                 raise ValueError(
-                    f"this detector uses temperature {self.temperature:g}: pass logits (N, K), not energies, "
-                    "so that it can compute E(x) at that temperature"
+                    f"this detector uses temperature {self.temperature:g}, but it was given energies (N,), which "
+                    f"robgen.energy computes at T = 1 unless told otherwise: pass the logits (N, K) instead, so that "
+                    f"it computes E(x) at T = {self.temperature:g} itself"
                 )
             return scores.double()
         raise ValueError(f"expected energies (N,) or logits (N, K), got shape {tuple(scores.shape)}")

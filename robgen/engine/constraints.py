@@ -55,10 +55,19 @@ class L2Ball:
         self.eps = check_positive(eps, "eps")
 
     def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        # A uniform direction scaled by a uniform radius in [0, eps].
+        """A point drawn uniformly from the L2 ball of radius eps around each image (then clipped to [0, 1]).
+
+        Uniform in a d-dimensional ball (d = pixels per image, C*H*W) means a uniform
+        direction and a radius eps * U^(1/d), U ~ U[0, 1): almost all of the ball's
+        volume lies near its surface, so for d = 3072 nearly every start has radius
+        above 0.99 * eps. torchattacks' PGDL2 instead draws the radius uniformly in
+        [0, eps], which puts half of its starts within eps / 2; robgen's L2 starts
+        therefore differ from torchattacks' in distribution, not only in the draws.
+        """
         direction = random_normal(x.shape, x, generator)
         direction = direction / _flat_norms(direction).clamp_min(1e-12)
-        radius = random_uniform((x.shape[0],) + (1,) * (x.ndim - 1), x, generator) * self.eps
+        dimension = x[0].numel()
+        radius = random_uniform((x.shape[0],) + (1,) * (x.ndim - 1), x, generator).pow(1.0 / dimension) * self.eps
         return (x + direction * radius).clamp_(0, 1)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
