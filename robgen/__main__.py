@@ -1,4 +1,4 @@
-"""`python -m robgen ...`: the command line (see robgen/cli.py)."""
+"""`python -m robgen ...`: the command line (see the package robgen/cli/)."""
 
 from .cli import main
 

@@ -106,3 +106,35 @@ def test_attack_in_batches_keeps_every_image(tmp_path, checkpoint, images):
     report = json.loads((out / "results.json").read_text())
     names = [row["adversarial_png"] for row in report["images"]]
     assert len(set(names)) == 3 and all((out / name).is_file() for name in names)
+
+
+def test_each_command_group_module_holds_its_commands():
+    from robgen.cli import attack, build_parser, detection, reproduce, synthesis, training
+
+    groups = {attack: ["attack"], detection: ["detect", "fit-detector"], training: ["train", "eval", "models"],
+              reproduce: ["reproduce"], synthesis: ["fit-seeds", "synthesize", "gradmap", "synthesis-quality"]}
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
+    for module, names in groups.items():
+        for name in names:
+            assert commands[name].get_default("run").__module__ == module.__name__, name
+    for name, parser in commands.items():  # later commands too: each in a command-group module
+        assert parser.get_default("run").__module__ not in ("robgen.cli", "robgen.cli.common"), name
+
+
+def test_detect_refuses_a_temperature_that_is_not_a_number(tmp_path, capsys):
+    code = main(["detect", "--model", "nope", "--data", "cifar10", "--temperature", "warm", "--out", str(tmp_path / "d")])
+    assert code == 2 and "--temperature must be a number or 'search', got 'warm'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_attack_reads_images_through_the_models_eval_transform(tmp_path, images):
+    model = tiny_model()
+    model.spec.crop_pct, model.spec.interpolation = 0.5, "bilinear"
+    folder = robgen.save_checkpoint(model, tmp_path / "cropping")
+    out = tmp_path / "out"
+    assert main(["attack", "--model", str(folder), "--steps", "1", "--out", str(out), str(images[0])]) == 0
+    clean = robgen.load_image(out / json.loads((out / "results.json").read_text())["images"][0]["clean_png"])
+    expected = robgen.images.load_model_input(images[0], robgen.load_model(folder).spec)
+    plain = robgen.load_image(images[0], size=32)
+    assert (clean - expected).abs().max() <= 0.5 / 255 + 1e-6, "the PNG is the model's view (crop 0.5, bilinear)"
+    assert (clean - plain).abs().max() > 0.1, "not a plain resize"

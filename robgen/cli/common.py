@@ -1,0 +1,124 @@
+"""What every command shares: argument groups, number parsing, device, output folders, model and image loading.
+
+No command lives here. `UsageError` is the one way a command reports bad input:
+`robgen.cli.main` prints it as "error: ..." and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .. import data as datasets
+from ..attacks import ATTACKS, make_attack
+from ..images import ImageError, load_model_input
+from ..models import load_model
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed without a traceback, exit code 2."""
+
+
+def parse_number(text: str) -> float:
+    """A float, also written as a fraction such as 8/255."""
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (write e.g. 0.03 or 8/255)") from None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def prepare_out_dir(path: Path, overwrite: bool, products: List[str]) -> Path:
+    """Create the output folder; refuse to replace earlier results unless --overwrite."""
+    existing = [name for name in products if (path / name).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{path} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def companion_output_path(args, model, name: str) -> Path:
+    """Where a file that belongs with the model goes: `--out`, or `name` in its checkpoint folder."""
+    from ..models.checkpoint import model_folder
+
+    folder = model_folder(model)
+    path = Path(args.out) if args.out else (folder / name if folder is not None else None)
+    if path is None:
+        raise UsageError(f"this model has no checkpoint folder to store {name} in: pass --out FILE")
+    if path.is_dir():
+        path = path / name
+    if path.exists() and not args.overwrite:
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    return path
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="shipped name, checkpoint folder, timm:<name> or hf-hub:<org>/<repo>")
+    parser.add_argument("--random-weights", action="store_true", help="timm: models: random weights instead of downloading")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", required=required, default=None if required else "cifar10",
+                        help="cifar10, cifar100, imagenette or an ImageFolder path")
+    parser.add_argument("--data-root", help=f"folder holding the data sets (default ${datasets.DATA_ENV} or ~/.cache/robgen-data)")
+    parser.add_argument("--download", action="store_true", help="download missing data sets through torchvision")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output folder") -> None:
+    parser.add_argument("--out", required=True, help=what)
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
+def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    parser.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="attack (default pgd)")
+    parser.add_argument("--eps", type=parse_number, default=8 / 255, help="threat-model radius (default 8/255)")
+    parser.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, default=1 / 255,
+                        help="step size (default 1/255; --alpha is torchattacks' name for it)")
+    parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps (default {steps})")
+    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--lam", type=parse_number, default=1.2, help="HE-PGD energy weight (default 1.2)")
+    parser.add_argument("--no-random-start", action="store_true", help="start PGD / HE-PGD at the clean image")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random start")
+
+
+def build_attack(args, model, device: torch.device):
+    """The attack of the `add_attack_arguments` flags, seeded by --seed on `device`."""
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    try:
+        return make_attack(args.attack, model, eps=args.eps, step_size=args.step_size, steps=args.steps, lam=args.lam,
+                           norm=args.norm, random_start=not args.no_random_start, generator=generator)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+
+
+def open_model(args, device: torch.device, name: Optional[str] = None):
+    """The model named by --model (or `name`, for commands that take several), on `device`."""
+    try:
+        return load_model(args.model if name is None else name, pretrained=not args.random_weights, device=device)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+
+
+def read_images(paths: List[str], spec) -> torch.Tensor:
+    """Image files as one (N, C, H, W) batch as the model of `spec` sees them; every unreadable file named in one error."""
+    images, problems = [], []
+    for path in paths:
+        try:
+            images.append(load_model_input(path, spec))
+        except ImageError as error:
+            problems.append(str(error))
+    if problems:
+        raise UsageError("cannot read the input images:\n  " + "\n  ".join(problems))
+    return torch.stack(images)

@@ -1,0 +1,104 @@
+"""The energy-detector commands: `detect` (fit on validation data, evaluate on test data, write
+detector.json and metrics.json) and `fit-detector` (fit the detector the app uses and store it
+with the model, with its calibration energies).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .common import (
+    UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
+    companion_output_path, open_model, pick_device, prepare_out_dir,
+)
+
+
+def add_parsers(commands) -> None:
+    detect = commands.add_parser("detect", help="fit the energy detector on validation data, evaluate it on test data")
+    add_model_arguments(detect)
+    add_attack_arguments(detect, steps=40)
+    add_data_arguments(detect)
+    detect.add_argument("--rule", default="gmean", choices=["gmean", "youden", "fpr"])
+    detect.add_argument("--temperature", default="1", help="energy temperature, or 'search' (by validation AUROC)")
+    detect.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
+    detect.add_argument("--val-size", type=int, default=5000, help="validation images held out of train (default 5000)")
+    detect.add_argument("--limit", type=int, help="use the first N images of the validation and test splits")
+    detect.add_argument("--batch-size", type=int, default=256)
+    detect.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    add_output_arguments(detect)
+    detect.set_defaults(run=command_detect)
+
+    fit_detector = commands.add_parser("fit-detector", help="fit the energy detector the app uses; store it with the model")
+    add_model_arguments(fit_detector)
+    add_attack_arguments(fit_detector, steps=10)
+    add_data_arguments(fit_detector)
+    fit_detector.add_argument("--rule", default="gmean", choices=["gmean", "youden", "fpr"])
+    fit_detector.add_argument("--limit", type=int, default=500, help="validation images to fit on, test images to check on")
+    fit_detector.add_argument("--val-size", type=int, default=5000, help="validation images held out of train")
+    fit_detector.add_argument("--batch-size", type=int, default=250)
+    fit_detector.add_argument("--out", help="file or folder to write (default: detector.json in the checkpoint folder)")
+    fit_detector.add_argument("--overwrite", action="store_true")
+    fit_detector.set_defaults(run=command_fit_detector)
+
+
+def parse_temperature(text: str):
+    """--temperature: a number, or 'search' (picked by validation AUROC)."""
+    if text == "search":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--temperature must be a number or 'search', got {text!r}") from None
+
+
+def command_detect(args) -> int:
+    from ..experiments.pipeline import detection_experiment, detection_splits
+
+    temperature = parse_temperature(args.temperature)
+    device = pick_device(args.device)
+    model = open_model(args, device)
+    try:
+        splits = detection_splits(model, args.data, val_size=args.val_size, limit=args.limit, seed=args.seed,
+                                  data_root=args.data_root, download=args.download)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    attack = build_attack(args, model, device)
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["detector.json", "metrics.json"])
+    started = time.perf_counter()
+    result = detection_experiment(model, splits, attack, rule=args.rule, temperature=temperature,
+                                  target_fpr=args.target_fpr, batch_size=args.batch_size, workers=args.workers)
+    detector, metrics = result.detector, result.report
+    metrics.update(model=model.spec.source, seconds=time.perf_counter() - started, device=str(device))
+    detector.save(out / "detector.json")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(
+        f"threshold {detector.threshold:.4f} (rule {args.rule}, T={detector.temperature:g}) on {metrics['n_validation']} "
+        f"validation images; test ({metrics['n_test']} images): detection rate {metrics['detection_rate']:.3f}, "
+        f"FPR {metrics['false_positive_rate']:.3f}, FNR {metrics['false_negative_rate']:.3f}, AUROC {metrics['auroc']:.3f}; "
+        f"accuracy clean {metrics['clean_accuracy']:.3f} -> adversarial {metrics['adversarial_accuracy']:.3f}"
+    )
+    print(f"wrote detector.json and metrics.json to {out}")
+    return 0
+
+
+def command_fit_detector(args) -> int:
+    from ..experiments.calibration import DETECTOR_FILE, calibrate_detector
+
+    device = pick_device(args.device)
+    model = open_model(args, device)
+    path = companion_output_path(args, model, DETECTOR_FILE)
+    attack = build_attack(args, model, device)
+    try:
+        detector = calibrate_detector(model, args.data, attack, n=args.limit, rule=args.rule, val_size=args.val_size,
+                                      data_root=args.data_root, download=args.download, batch_size=args.batch_size,
+                                      seed=args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    detector.save(path)
+    test = detector.calibration["test"]
+    print(f"threshold {detector.threshold:.4f} on {args.limit} validation images; on {args.limit} test images: "
+          f"detection rate {test['detection_rate']:.3f}, FPR {test['false_positive_rate']:.3f}, AUROC {test['auroc']:.3f}")
+    print(f"wrote {path}")
+    return 0

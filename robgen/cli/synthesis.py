@@ -1,0 +1,196 @@
+"""The synthesis commands: `fit-seeds` (class-conditional Gaussian seeds, stored with the model),
+`synthesize` (a PNG grid of samples per class), `gradmap` (input-gradient maps under several models)
+and `synthesis-quality` (how convincing to other models, and how diverse, each model's samples are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .. import data as datasets
+from ..progress import progress_bar
+from .common import (
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, open_model,
+    parse_number, pick_device, prepare_out_dir, read_images,
+)
+
+
+def add_parsers(commands) -> None:
+    seeds = commands.add_parser("fit-seeds", help="fit the class-conditional Gaussian seeds of synthesis; store them with the model")
+    add_model_arguments(seeds)
+    add_data_arguments(seeds)
+    seeds.add_argument("--resolution", type=int, default=8, help="fit on images downsampled to this size (default 8)")
+    seeds.add_argument("--rank", type=int, default=64, help="principal components kept per class (default 64)")
+    seeds.add_argument("--limit", type=int, help="the first N training images (class-balanced)")
+    seeds.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    seeds.add_argument("--out", help="file or folder to write (default: seeds.safetensors in the checkpoint folder)")
+    seeds.add_argument("--overwrite", action="store_true")
+    seeds.set_defaults(run=command_fit_seeds)
+
+    synth = commands.add_parser("synthesize", help="draw images of classes from a (robust) classifier; write a PNG grid")
+    add_model_arguments(synth)
+    synth.add_argument("--classes", nargs="+", help="class indices or labels (default: all classes)")
+    synth.add_argument("--n", type=int, default=8, help="samples per class (default 8)")
+    synth.add_argument("--method", default="ascent", choices=["ascent", "sgld"],
+                       help="ascent: L2-budgeted gradient ascent on the class; sgld: Langevin on E(x, y)")
+    synth.add_argument("--steps", type=int, default=60)
+    synth.add_argument("--step-size", type=parse_number,
+                       help="ascent: L2 step (default 2.5 eps / steps); sgld: step on -grad E (default 1)")
+    synth.add_argument("--eps", type=parse_number, help="ascent: L2 budget (default 0.1 sqrt(C H W))")
+    synth.add_argument("--objective", default="log_prob", choices=["log_prob", "class_energy"])
+    synth.add_argument("--noise", type=parse_number, default=0.01, help="sgld: noise standard deviation (default 0.01)")
+    synth.add_argument("--init", default="gaussian", help="gaussian (shipped seeds), uniform, gray, or an image file")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--scale", type=int, default=3, help="enlarge each sample this many times in the grid")
+    add_output_arguments(synth)
+    synth.set_defaults(run=command_synthesize)
+
+    gradmap = commands.add_parser("gradmap", help="input-gradient maps of images under several models, side by side")
+    gradmap.add_argument("--models", nargs="+", required=True, help="model names (e.g. standard, quasi-robust, robust)")
+    gradmap.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
+    gradmap.add_argument("--device", default="auto")
+    gradmap.add_argument("--out", required=True, help="the PNG figure to write")
+    gradmap.add_argument("--overwrite", action="store_true")
+    gradmap.add_argument("images", nargs="+", help="image files")
+    gradmap.set_defaults(run=command_gradmap)
+
+    quality = commands.add_parser("synthesis-quality",
+                                  help="how convincing (to other models) and diverse each model's samples are")
+    quality.add_argument("--models", nargs="+", required=True, help="generators, e.g. the robust, quasi-robust and standard models")
+    quality.add_argument("--judges", nargs="+", required=True, help="models that judge every generator's samples")
+    quality.add_argument("--n", type=int, default=16, help="samples per class (default 16)")
+    quality.add_argument("--steps", type=int, default=60)
+    quality.add_argument("--eps", type=parse_number, help="L2 budget (default 0.1 sqrt(C H W))")
+    quality.add_argument("--step-size", type=parse_number, help="L2 step (default 2.5 eps / steps)")
+    quality.add_argument("--init", default="gaussian", choices=["gaussian", "uniform", "gray"])
+    quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--grid-columns", type=int, default=8, help="samples per class shown in each grid PNG")
+    quality.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
+    quality.add_argument("--device", default="auto")
+    add_output_arguments(quality)
+    quality.set_defaults(run=command_synthesis_quality)
+
+
+def command_fit_seeds(args) -> int:
+    from ..synthesis.seeds import SEEDS_FILE, SeedDistribution
+
+    device = pick_device("cpu")
+    model = open_model(args, device)
+    path = companion_output_path(args, model, SEEDS_FILE)
+    try:
+        train = datasets.load_dataset(args.data, "train", root=args.data_root, download=args.download,
+                                      image_size=model.spec.input_size[1])
+        classes = datasets.class_names(train)
+        if classes != list(model.spec.class_labels):
+            raise UsageError(f"{args.data} has the classes {classes}, the model {model.spec.class_labels}")
+        train = datasets.first(train, args.limit, "train split")
+        seeds = SeedDistribution.fit(datasets.make_loader(train, batch_size=500, workers=args.workers), classes,
+                                     resolution=args.resolution, rank=args.rank)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    seeds.save(path)
+    print(f"fitted class-conditional seeds ({args.resolution}x{args.resolution}, rank {min(args.rank, 3 * args.resolution**2)}) "
+          f"on {len(train)} images of {args.data}; wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
+def command_synthesize(args) -> int:
+    from ..plots import image_grid
+    from ..synthesis import sgld_sample, synthesize
+    from ..synthesis.sgld import DEFAULT_STEP_SIZE as SGLD_STEP_SIZE
+
+    device = pick_device(args.device)
+    model = open_model(args, device)
+    spec = model.spec
+    try:
+        classes = [spec.class_index(c) for c in (args.classes or range(spec.num_classes))]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    init = args.init
+    if init not in ("gaussian", "uniform", "gray"):
+        init = read_images([init], spec)
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["grid.png", "results.json"])
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    rows, traces, started = [], {}, time.perf_counter()
+    for index in progress_bar(classes, desc=f"{args.method}: classes", progress=len(classes) > 1):
+        try:
+            if args.method == "sgld":
+                images, trace = sgld_sample(model, index, args.n, steps=args.steps,
+                                            step_size=args.step_size or SGLD_STEP_SIZE, noise=args.noise, init=init,
+                                            generator=generator, return_trace=True)
+            else:
+                images, trace = synthesize(model, index, args.n, steps=args.steps, step_size=args.step_size,
+                                           eps=args.eps, init=init, objective=args.objective, generator=generator,
+                                           return_trace=True)
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        rows.append(images.cpu())
+        traces[spec.class_labels[index]] = trace.to_dict()
+    grid = torch.stack(rows)  # (classes, n, C, H, W)
+    image_grid(grid, out / "grid.png", row_labels=[spec.class_labels[i] for i in classes], scale=args.scale)
+    with torch.no_grad():
+        probs = model(grid.flatten(0, 1).to(device)).float().softmax(1).view(len(classes), args.n, -1).cpu()
+    report = {
+        "model": spec.source, "method": args.method, "init": args.init, "seed": args.seed, "steps": args.steps,
+        "seconds": time.perf_counter() - started,
+        "classes": [{"class": spec.class_labels[i], "mean_target_probability": float(probs[row, :, i].mean())}
+                    for row, i in enumerate(classes)],
+        "traces": traces,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    for row in report["classes"]:
+        print(f"{row['class']}: mean p(class | sample) = {row['mean_target_probability']:.3f} under {Path(spec.source).name}")
+    print(f"wrote grid.png ({len(classes)} classes x {args.n} samples) and results.json to {out}")
+    return 0
+
+
+def command_gradmap(args) -> int:
+    from ..plots import gradient_maps
+    from ..synthesis import input_gradient
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
+    device = pick_device(args.device)
+    models = {Path(name).name: open_model(args, device, name) for name in args.models}
+    sizes = {tuple(m.spec.input_size) for m in models.values()}
+    if len(sizes) > 1:
+        raise UsageError(f"the models take different input sizes {sorted(sizes)}: compare models of one data set")
+    x = read_images(args.images, next(iter(models.values())).spec).to(device)
+    gradients = {name: input_gradient(model, x).cpu() for name, model in models.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gradient_maps(x.cpu(), gradients, out)
+    print(f"wrote gradient maps of {len(args.images)} images under {len(models)} models to {out}")
+    return 0
+
+
+def command_synthesis_quality(args) -> int:
+    from ..plots import image_grid
+    from ..synthesis.quality import measure_quality, quality_markdown
+
+    device = pick_device(args.device)
+    loaded = {name: open_model(args, device, name) for name in dict.fromkeys(args.models + args.judges)}
+    generators = {Path(name).name: loaded[name] for name in args.models}
+    judges = {Path(name).name: loaded[name] for name in args.judges}
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])
+    started = time.perf_counter()
+    try:
+        result = measure_quality(generators, judges, n=args.n, seed=args.seed, steps=args.steps, eps=args.eps,
+                                 step_size=args.step_size, init=args.init)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    for name, grid in result.pop("samples").items():
+        labels = next(iter(generators.values())).spec.class_labels
+        image_grid(grid[:, : args.grid_columns], out / f"grid_{name}.png", row_labels=labels)
+    result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
+                  wall_seconds=time.perf_counter() - started, device=str(device))
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(quality_markdown(result))
+    print(quality_markdown(result))
+    print(f"wrote results.json, results.md and grid_*.png to {out}")
+    return 0

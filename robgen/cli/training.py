@@ -1,0 +1,191 @@
+"""The classifier commands: `train` (standard, robust or quasi-robust training into a checkpoint
+folder), `eval` (clean and PGD / APGD accuracy, optionally recorded in the checkpoint) and
+`models` (the shipped checkpoints, as a list or a Markdown table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List
+
+from .. import data as datasets
+from ..models import load_model
+from .common import (
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, open_model, parse_number, pick_device,
+)
+
+
+def add_parsers(commands) -> None:
+    train = commands.add_parser("train", help="train a standard, robust (PGD / fast) or quasi-robust classifier")
+    add_data_arguments(train, required=False)
+    train.add_argument("--arch", default="resnet10_cifar", help="timm architecture (default resnet10_cifar)")
+    train.add_argument("--width", type=int, help="width of robgen's CIFAR ResNets (default 64)")
+    train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi"])
+    train.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    train.add_argument("--eps", type=parse_number, default=8 / 255, help="training budget (quasi default: L2 0.05)")
+    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd")
+    train.add_argument("--attack-step-size", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=128, help="per process")
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine"])
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
+    train.add_argument("--eval-subset", type=int, default=500, help="validation images for the per-epoch PGD check")
+    train.add_argument("--train-limit", type=int, help="train on the first N images only")
+    train.add_argument("--image-size", type=int, help="resize + crop images to this size")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels-last memory format (default: on CUDA only)")
+    train.add_argument("--device", default="auto")
+    add_output_arguments(train, "checkpoint folder (written every epoch)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.set_defaults(run=command_train)
+
+    evaluate = commands.add_parser("eval", help="clean accuracy and accuracy under PGD (and APGD)")
+    add_model_arguments(evaluate)
+    add_data_arguments(evaluate)
+    evaluate.add_argument("--split", default="test", choices=["train", "test"])
+    evaluate.add_argument("--limit", type=int, help="the first N images of the split")
+    evaluate.add_argument("--exact", action="store_true", help="only the PNG images (CIFAR-10 archive: exact pixels)")
+    evaluate.add_argument("--eps", type=parse_number, default=8 / 255)
+    evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    evaluate.add_argument("--steps", type=int, default=20)
+    evaluate.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, help="PGD step (default 2.5 eps / steps)")
+    evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", help="write the result as JSON here")
+    evaluate.add_argument("--record", action="store_true", help="store the result in the checkpoint's config.json")
+    evaluate.set_defaults(run=command_eval)
+
+    models = commands.add_parser("models", help="list the shipped checkpoints")
+    models.add_argument("--markdown", action="store_true", help="a table of recipes and recorded accuracies")
+    models.set_defaults(run=command_models)
+
+
+def command_train(args) -> int:
+    from ..training import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            data=args.data, architecture=args.arch, width=args.width, mode=args.mode, norm=args.norm, eps=args.eps,
+            attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+            label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,
+            train_limit=args.train_limit, image_size=args.image_size, seed=args.seed, workers=args.workers,
+            channels_last=args.channels_last,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    out = Path(args.out)
+    if not args.resume and (out / "config.json").exists() and not args.overwrite:
+        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite to start again")
+    if args.overwrite and not args.resume:
+        for name in ("log.jsonl", "trainer_state.pt"):
+            (out / name).unlink(missing_ok=True)
+    device = pick_device(args.device)
+    try:
+        model = train(config, out, data_root=args.data_root, resume=args.resume, device=device,
+                      on_epoch=lambda row: print(json.dumps(row), flush=True), download=args.download)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {out} ({model.spec.training['wall_seconds']:.0f} s on {model.spec.training['hardware']})")
+    return 0
+
+
+def command_eval(args) -> int:
+    from .. import distributed
+    from ..evaluation import evaluate_robustness
+    from ..models.checkpoint import CONFIG_FILE, model_folder
+
+    device = distributed.setup(pick_device(args.device))
+    model = open_model(args, device)
+    try:
+        dataset = datasets.load_dataset(args.data, args.split, root=args.data_root, download=args.download,
+                                        image_size=model.spec.input_size[1])
+        if len(datasets.class_names(dataset)) != model.spec.num_classes:
+            raise UsageError(f"the model has {model.spec.num_classes} classes but {args.data} has "
+                             f"{len(datasets.class_names(dataset))}")
+        what = f"{args.split} split"
+        if args.exact:
+            dataset, what = datasets.lossless_only(dataset), f"PNG (exact) images of the {args.split} split"
+        dataset = datasets.first(dataset, args.limit, what)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps, step_size=args.step_size,
+                                 apgd=args.apgd, batch_size=args.batch_size, seed=args.seed)
+    result.update(model=model.spec.source, data=str(args.data), split=args.split, exact_only=args.exact,
+                  limit=args.limit, device=str(device), command="python -m robgen " + " ".join(sys.argv[1:]))
+    if distributed.is_main():
+        line = f"{what}, {result['n']} images: clean accuracy {result['clean_accuracy']:.4f}, PGD-{args.steps} " \
+               f"({args.norm}, eps {args.eps:.4g}) accuracy {result['pgd_accuracy']:.4f}"
+        if args.apgd:
+            line += f", APGD accuracy {result['apgd_accuracy']:.4f}"
+        print(line)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        if args.record:
+            folder = model_folder(model)
+            if folder is None:
+                raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            key = f"{args.data}-{args.split}{'-png' if args.exact else ''}{f'-first{args.limit}' if args.limit else ''}"
+            config.setdefault("metrics", {}).setdefault("eval", {})[key] = result
+            (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    distributed.teardown()
+    return 0
+
+
+def models_table(names: List[str]) -> str:
+    """A Markdown table of shipped checkpoints: recipe, hardware, wall time and recorded accuracies."""
+    lines = [
+        "| name | architecture | training | epochs | hardware | wall time | clean acc. (932 PNG / 10k) | PGD-20 acc. (932 PNG / 10k) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        spec = load_model(name).spec
+        recipe = spec.training.get("config", {})
+        evals = spec.metrics.get("eval", {})
+        png, full = evals.get("cifar10-test-png", {}), evals.get("cifar10-test", {})
+
+        def pct(result, key):
+            return f"{100 * result[key]:.1f}" if key in result else "—"
+
+        attack = png.get("attack") or full.get("attack") or {}
+        budget = f"{attack.get('norm', '?')} {attack.get('eps', 0) * (255 if attack.get('norm') == 'linf' else 1):.3g}" \
+            + ("/255" if attack.get("norm") == "linf" else "")
+        mode = recipe.get("mode", "?")
+        if mode != "standard":
+            norm, eps = recipe.get("norm"), recipe.get("eps", 0)
+            mode += f" ({norm} {eps * 255:.3g}/255)" if norm == "linf" else f" ({norm} {eps:g})"
+        lines.append(
+            f"| `{name}` | {spec.architecture} width {spec.arch_kwargs.get('width', 64)} | {mode} | "
+            f"{spec.training.get('epochs_done', '?')} | {spec.training.get('hardware', '?')} | "
+            f"{spec.training.get('wall_seconds', 0) / 60:.0f} min | {pct(png, 'clean_accuracy')} / {pct(full, 'clean_accuracy')} | "
+            f"{pct(png, 'pgd_accuracy')} / {pct(full, 'pgd_accuracy')} at {budget} |"
+        )
+    return "\n".join(lines)
+
+
+def command_models(args) -> int:
+    from ..models import list_models
+
+    names = list_models()
+    if not names:
+        print("no shipped checkpoints found")
+        return 0
+    if args.markdown:
+        print(models_table(names))
+    else:
+        for name in names:
+            spec = load_model(name).spec
+            print(f"{name}: {spec.architecture} {spec.arch_kwargs}, {spec.num_classes} classes, "
+                  f"trained {spec.training.get('config', {}).get('mode', '?')}")
+    return 0
