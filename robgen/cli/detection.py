@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from ..detection.detector import TEMPERATURES
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
     companion_output_path, open_model, pick_device, prepare_out_dir,
@@ -20,8 +21,12 @@ def add_parsers(commands) -> None:
     add_model_arguments(detect)
     add_attack_arguments(detect, steps=40)
     add_data_arguments(detect)
-    detect.add_argument("--rule", default="gmean", choices=["gmean", "youden", "fpr"])
-    detect.add_argument("--temperature", default="1", help="energy temperature, or 'search' (by validation AUROC)")
+    detect.add_argument("--rule", default="youden", choices=["youden", "gmean", "fpr"],
+                        help="threshold rule (default youden, as the official code)")
+    detect.add_argument("--temperature", default="search",
+                        help="energy temperature, or 'search' (by validation AUROC over --temperatures; the default)")
+    detect.add_argument("--temperatures", type=parse_grid, default=TEMPERATURES,
+                        help="the grid searched (default the official 0.1,0.2,0.5,1,2,10,20)")
     detect.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
     detect.add_argument("--val-size", type=int, default=5000, help="validation images held out of train (default 5000)")
     detect.add_argument("--limit", type=int, help="use the first N images of the validation and test splits")
@@ -34,13 +39,30 @@ def add_parsers(commands) -> None:
     add_model_arguments(fit_detector)
     add_attack_arguments(fit_detector, steps=10)
     add_data_arguments(fit_detector)
-    fit_detector.add_argument("--rule", default="gmean", choices=["gmean", "youden", "fpr"])
+    fit_detector.add_argument("--rule", default="youden", choices=["youden", "gmean", "fpr"],
+                              help="threshold rule (default youden, as the official code)")
+    fit_detector.add_argument("--temperature", default="search", help="energy temperature, or 'search' (the default)")
+    fit_detector.add_argument("--temperatures", type=parse_grid, default=TEMPERATURES,
+                              help="the grid searched (default the official 0.1,0.2,0.5,1,2,10,20)")
     fit_detector.add_argument("--limit", type=int, default=500, help="validation images to fit on, test images to check on")
     fit_detector.add_argument("--val-size", type=int, default=5000, help="validation images held out of train")
     fit_detector.add_argument("--batch-size", type=int, default=250)
     fit_detector.add_argument("--out", help="file or folder to write (default: detector.json in the checkpoint folder)")
     fit_detector.add_argument("--overwrite", action="store_true")
     fit_detector.set_defaults(run=command_fit_detector)
+
+
+def parse_grid(text: str) -> tuple:
+    """--temperatures: comma-separated numbers > 0, e.g. 0.1,0.5,1,2."""
+    import argparse
+
+    try:
+        grid = tuple(float(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r} (write e.g. 0.1,0.5,1,2)") from None
+    if not grid or any(not t > 0 for t in grid):
+        raise argparse.ArgumentTypeError(f"temperatures must be numbers > 0, got {text!r}")
+    return grid
 
 
 def parse_temperature(text: str):
@@ -68,7 +90,7 @@ def command_detect(args) -> int:
     out = prepare_out_dir(Path(args.out), args.overwrite, ["detector.json", "metrics.json"])
     started = time.perf_counter()
     result = detection_experiment(model, splits, attack, rule=args.rule, temperature=temperature,
-                                  target_fpr=args.target_fpr, batch_size=args.batch_size, workers=args.workers)
+                                  temperatures=args.temperatures, target_fpr=args.target_fpr, batch_size=args.batch_size, workers=args.workers)
     detector, metrics = result.detector, result.report
     metrics.update(model=model.spec.source, seconds=time.perf_counter() - started, device=str(device))
     detector.save(out / "detector.json")
@@ -86,19 +108,22 @@ def command_detect(args) -> int:
 def command_fit_detector(args) -> int:
     from ..experiments.calibration import DETECTOR_FILE, calibrate_detector
 
+    temperature = parse_temperature(args.temperature)
     device = pick_device(args.device)
     model = open_model(args, device)
     path = companion_output_path(args, model, DETECTOR_FILE)
     attack = build_attack(args, model, device)
     try:
-        detector = calibrate_detector(model, args.data, attack, n=args.limit, rule=args.rule, val_size=args.val_size,
+        detector = calibrate_detector(model, args.data, attack, n=args.limit, rule=args.rule, temperature=temperature,
+                                      temperatures=args.temperatures, val_size=args.val_size,
                                       data_root=args.data_root, download=args.download, batch_size=args.batch_size,
                                       seed=args.seed)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     detector.save(path)
     test = detector.calibration["test"]
-    print(f"threshold {detector.threshold:.4f} on {args.limit} validation images; on {args.limit} test images: "
+    print(f"threshold {detector.threshold:.4f} (rule {detector.rule}, T={detector.temperature:g}) on {args.limit} "
+          f"validation images; on {args.limit} test images: "
           f"detection rate {test['detection_rate']:.3f}, FPR {test['false_positive_rate']:.3f}, AUROC {test['auroc']:.3f}")
     print(f"wrote {path}")
     return 0

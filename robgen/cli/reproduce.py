@@ -41,7 +41,7 @@ def command_reproduce(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     for row in results["table1"]:
-        if row["rule"] == "gmean" and not row["search_temperature"]:
+        if row["official_protocol"]:
             print(f"{row['attack']:>16}: detection {row['detection_rate']:.3f}, FPR {row['false_positive_rate']:.3f}, "
                   f"AUROC {row['auroc']:.3f}")
     print(f"wrote results.json, results.md and figures to {out} ({results['wall_seconds']:.0f} s)")

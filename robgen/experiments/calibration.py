@@ -12,26 +12,32 @@ draw the histogram that the threshold was chosen on. The result lives in
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 
-from ..detection.detector import EnergyDetector
+from ..detection.detector import TEMPERATURES, EnergyDetector
 from ..models.checkpoint import companion_file
 from .pipeline import detection_experiment, detection_splits
 
 DETECTOR_FILE = "detector.json"
 
 
-def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str = "gmean", val_size: int = 5000,
+def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str = "youden",
+                       temperature: Union[float, str] = "search", temperatures: Sequence[float] = TEMPERATURES,
+                       val_size: int = 5000,
                        data_root: Optional[str] = None, download: bool = False, batch_size: int = 250,
                        progress=True, seed: int = 0) -> EnergyDetector:
-    """Fit on the first `n` images of the seeded validation split; evaluate on the first `n` test images."""
+    """Fit on the first `n` images of the seeded validation split; evaluate on the first `n` test images.
+
+    The defaults are the official protocol: Youden's J, temperature searched over the official grid.
+    """
     splits = detection_splits(model, dataset_name, val_size=val_size, limit=n, seed=seed, data_root=data_root,
                               download=download)
     if splits.classes != list(model.spec.class_labels):
         raise ValueError(f"{dataset_name}'s classes are not the model's {model.spec.class_labels}")
-    result = detection_experiment(model, splits, attack, rule=rule, temperature=1.0, batch_size=batch_size,
+    result = detection_experiment(model, splits, attack, rule=rule, temperature=temperature,
+                                  temperatures=temperatures, batch_size=batch_size,
                                   progress=progress)
     detector = result.detector
     val_clean, val_adv = result.clean["validation"], result.adversarial["validation"]
