@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -94,3 +96,64 @@ def test_penultimate_features_of_a_model_in_train_mode_are_its_eval_mode_feature
     assert torch.equal(features, expected[0]) and torch.equal(logits, expected[1]), "batch norm used running statistics"
     for name, b in model.named_buffers():
         assert torch.equal(b, buffers[name]), f"{name}: no running statistic was updated"
+
+
+def _two_clusters(n: int, generator: torch.Generator):
+    centres = torch.tensor([[4.0, 0.0], [-4.0, 0.0]])
+    labels = torch.arange(n) % 2
+    return centres[labels] + 0.5 * torch.randn(n, 2, generator=generator), labels
+
+
+def test_kernel_density_is_the_gaussian_kernel_mean_by_hand():
+    from robgen.detection import KDBUScorer
+
+    reference = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0]])
+    scorer = KDBUScorer(bandwidth=1.5).fit_reference(reference, torch.tensor([0, 0, 1]), 2)
+    query = torch.tensor([[1.0, 1.0]])
+    expected = math.log((math.exp(-2 / 1.5**2) + math.exp(-2 / 1.5**2)) / 2)  # both class-0 points are sqrt(2) away
+    assert float(scorer.log_density(query, torch.tensor([0]))) == pytest.approx(expected)
+    far = float(scorer.log_density(torch.tensor([[30.0, -30.0]]), torch.tensor([0])))
+    assert far < expected - 100  # off the class's manifold: next to no density
+
+
+def test_bayesian_uncertainty_is_high_at_the_boundary_and_zero_for_a_fixed_prediction():
+    from robgen.detection import KDBUScorer
+
+    scorer = KDBUScorer(passes=200, dropout=0.5)
+    # 100 features all voting for class 0: whichever half dropout keeps, class 0 wins by a mile: no spread
+    wide = torch.nn.Linear(100, 2, bias=False)
+    with torch.no_grad():
+        wide.weight.copy_(torch.stack([torch.ones(100), -torch.ones(100)]))
+    assert float(scorer.uncertainty(torch.ones(1, 100), wide)[0]) == pytest.approx(0.0, abs=1e-12)
+    # one feature at the boundary: dropped -> p = (.5, .5), ||p||² = .5; kept (x2) -> p ≈ (1, 0), ||p||² ≈ 1
+    narrow = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        narrow.weight.copy_(torch.tensor([[4.0, 0.0], [-4.0, 0.0]]))
+    bu = scorer.uncertainty(torch.tensor([[1.0, 0.0]]), narrow, torch.Generator().manual_seed(0))
+    # mean ||p||² ≈ .75 and mean p ≈ (.75, .25): BU ≈ .75 - (.5625 + .0625) = .125
+    assert float(bu[0]) == pytest.approx(0.125, abs=0.02)
+    assert torch.equal(narrow.weight, torch.tensor([[4.0, 0.0], [-4.0, 0.0]])), "the model's head is left as it was"
+
+
+def test_kdbu_separates_off_manifold_features_and_needs_adversarial_examples_to_fit():
+    from robgen.detection import KDBUScorer
+    from robgen.metrics import auroc
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        head.bias.zero_()
+    train, train_labels = _two_clusters(400, g)
+    scorer = KDBUScorer().fit_reference(train, train_labels, 2)
+
+    def features(split_clean, split_adv):
+        return [scorer.kdbu_features(x, head(x), head, torch.Generator().manual_seed(1)) for x in (split_clean, split_adv)]
+
+    clean_val, _ = _two_clusters(200, g)
+    adv_val = torch.randn(200, 2, generator=g) * 0.5 + torch.tensor([0.0, 3.0])  # between the classes, off both
+    clean_test, _ = _two_clusters(200, g)
+    adv_test = torch.randn(200, 2, generator=g) * 0.5 + torch.tensor([0.0, 3.0])
+    scorer.fit(*features(clean_val, adv_val))
+    clean_scores, adv_scores = (scorer.score(f) for f in features(clean_test, adv_test))
+    assert auroc(-clean_scores, -adv_scores) > 0.95  # higher score = more adversarial

@@ -24,7 +24,7 @@ def test_results_have_every_table_and_figure(results):
     out, r = results
     assert {row["attack"] for row in r["table1"]} == {"pgd-8", "pgd-16", "apgd-8", "hepgd-8-lam1.2"}
     assert len(r["table1"]) == 4 * 2 * 2  # attacks x rules x temperature on/off
-    assert {row["detector"].split()[0] for row in r["baselines"]} == {"Mahalanobis", "LID"}
+    assert {row["detector"].split()[0] for row in r["baselines"]} == {"Mahalanobis", "LID", "KD+BU"}
     assert [row["lam"] for row in r["adaptive"]["rows"]] == [0.0, 0.3, 0.6, 1.2, 2.0, 4.0]
     for name in ("fig2a_energy_hist_pgd.png", "fig2b_energy_vs_steps_pgd.png", "fig3a_energy_hist_hepgd.png",
                  "fig3b_energy_vs_steps_hepgd.png", "adaptive_lambda.png", "results.md"):

@@ -15,11 +15,20 @@ and is thresholded like the energy detector (rules in metrics.py):
   example's penultimate and logit features against a reference batch of clean
   images, combined by a logistic regression trained on validation clean and
   adversarial examples. It needs adversarial examples to train.
+- `KDBUScorer` (Feinman et al. 2017, "Detecting Adversarial Samples from
+  Artifacts"): kernel density of the penultimate features under the clean
+  training features of the predicted class, plus Bayesian uncertainty from MC
+  dropout, combined by a logistic regression trained on validation clean and
+  adversarial examples. It needs adversarial examples to train. robgen's
+  ResNets have no dropout layer, so the MC-dropout passes drop penultimate
+  features (p = 0.5) and rerun only the final linear layer.
 """
 
 from __future__ import annotations
 
-from typing import List
+import copy
+import math
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -100,10 +109,22 @@ class LIDScorer:
         return torch.stack([lid_estimates(features, self.reference[0], self.k),
                             lid_estimates(logits, self.reference[1], self.k)], dim=1)
 
-    def fit(self, clean: torch.Tensor, adversarial: torch.Tensor, steps: int = 500) -> "LIDScorer":
+    def fit(self, clean: torch.Tensor, adversarial: torch.Tensor) -> "LIDScorer":
         """Train the logistic regression on LID features of clean (0) and adversarial (1) examples."""
-        x = torch.cat([clean, adversarial]).double()
-        y = torch.cat([torch.zeros(len(clean)), torch.ones(len(adversarial))]).double()
+        self.regression = LogisticRegression().fit(clean, adversarial)
+        return self
+
+    def score(self, lid: torch.Tensor) -> torch.Tensor:
+        return self.regression.score(lid)
+
+
+class LogisticRegression:
+    """Standardised features, an L2-regularised logistic regression fitted by L-BFGS; score = its logit."""
+
+    def fit(self, negatives: torch.Tensor, positives: torch.Tensor, steps: int = 500) -> "LogisticRegression":
+        """Fit on feature rows of negatives (label 0: clean) and positives (label 1: adversarial)."""
+        x = torch.cat([negatives, positives]).double()
+        y = torch.cat([torch.zeros(len(negatives)), torch.ones(len(positives))]).double()
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-12)
         x = (x - self.mean) / self.std
         weights = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
@@ -120,7 +141,75 @@ class LIDScorer:
         self.weights = weights.detach()
         return self
 
-    def score(self, lid: torch.Tensor) -> torch.Tensor:
-        x = (lid.double() - self.mean) / self.std
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features.double() - self.mean) / self.std
         return x @ self.weights[:-1] + self.weights[-1]
 
+
+class KDBUScorer:
+    """Kernel density (KD) and Bayesian uncertainty (BU), combined by a logistic regression (Feinman et al. 2017).
+
+    - KD(x) = mean over clean training features z_i of the predicted class of
+      exp(-||z(x) - z_i||² / σ²); kept as its logarithm (adversarial examples
+      sit in low-density regions: low KD).
+    - BU(x) = mean_t ||p_t||² - ||mean_t p_t||², the variance of the softmax
+      p_t over `passes` MC-dropout passes (high near decision boundaries).
+    `bandwidth` σ defaults to the median distance between reference features.
+    """
+
+    def __init__(self, bandwidth: Optional[float] = None, passes: int = 50, dropout: float = 0.5) -> None:
+        if not 0 < dropout < 1:
+            raise ValueError(f"dropout must be between 0 and 1, got {dropout}")
+        self.bandwidth, self.passes, self.dropout = bandwidth, int(passes), float(dropout)
+
+    def fit_reference(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "KDBUScorer":
+        """Store the clean training features of each class (and pick σ if not given)."""
+        features = features.double()
+        self.reference = [features[labels == c] for c in range(num_classes)]
+        missing = [c for c, rows in enumerate(self.reference) if len(rows) == 0]
+        if missing:
+            raise ValueError(f"KD needs clean reference features of every class; classes {missing} have none")
+        if self.bandwidth is None:
+            sample = features[: min(len(features), 1000)]
+            distances = torch.cdist(sample, sample)
+            self.bandwidth = float(distances[distances > 0].median())
+        return self
+
+    def log_density(self, features: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+        """log KD(x) under the reference features of each example's predicted class."""
+        features = features.double()
+        out = torch.empty(len(features), dtype=torch.float64)
+        for c, reference in enumerate(self.reference):
+            rows = predictions == c
+            if rows.any():
+                squared = torch.cdist(features[rows], reference).pow(2)
+                out[rows] = torch.logsumexp(-squared / self.bandwidth**2, dim=1) - math.log(len(reference))
+        return out
+
+    def uncertainty(self, features: torch.Tensor, head: nn.Linear, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """BU(x): the variance of the softmax over MC-dropout passes through the final linear layer."""
+        head = copy.deepcopy(head).to("cpu").double()  # the model's own head stays as it is
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        features = features.double()
+        keep = 1 - self.dropout
+        with torch.no_grad():
+            probs = torch.stack([
+                torch.softmax(head(features * (torch.rand(features.shape, generator=generator, dtype=torch.float64) < keep)
+                                   / keep), dim=1)
+                for _ in range(self.passes)
+            ])  # (passes, N, K)
+        return probs.pow(2).sum(2).mean(0) - probs.mean(0).pow(2).sum(1)
+
+    def kdbu_features(self, features: torch.Tensor, logits: torch.Tensor, head: nn.Linear,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(N, 2): log KD and BU of each example."""
+        return torch.stack([self.log_density(features, logits.argmax(1)), self.uncertainty(features, head, generator)], 1)
+
+    def fit(self, clean: torch.Tensor, adversarial: torch.Tensor) -> "KDBUScorer":
+        """Train the logistic regression on KD/BU features of clean (0) and adversarial (1) validation examples."""
+        self.regression = LogisticRegression().fit(clean, adversarial)
+        return self
+
+    def score(self, kdbu: torch.Tensor) -> torch.Tensor:
+        """Higher = more adversarial."""
+        return self.regression.score(kdbu)

@@ -7,7 +7,7 @@ same clean and adversarial examples:
   8/255 (40 steps; PGD and HE-PGD step 1/255 with a random start): threshold
   fitted on the validation split (held out of train), evaluated on the test
   split; the official protocol (Youden's J, temperature searched) and, for comparison, G-mean and T = 1.
-- **Baselines**: Mahalanobis and LID (baselines.py) on the same examples.
+- **Baselines**: Mahalanobis, LID and KD+BU (detection/baselines.py) on the same examples.
 - **Figs. 2-3**: E(x) histograms, clean vs PGD and vs HE-PGD (λ = 1.2), and
   mean ± std of E(x) against the number of steps with the accuracy above.
 - **Adaptive attacker**: HE-PGD for several λ against the detector fitted on
@@ -28,7 +28,7 @@ import torch
 from .. import data as datasets
 from .. import distributed
 from ..attacks import APGD, PGD, HighEnergyPGD
-from ..detection.baselines import LIDScorer, MahalanobisScorer
+from ..detection.baselines import KDBUScorer, LIDScorer, MahalanobisScorer, last_linear
 from ..detection.detector import EnergyDetector
 from ..metrics import choose_threshold, detection_metrics, rate_interval
 from ..models.state import model_device
@@ -137,6 +137,8 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
     # Baselines on the same examples
     mahalanobis = MahalanobisScorer().fit(ref.features, ref.labels, model.spec.num_classes)
     lid = LIDScorer(reference_size=settings.lid_reference).fit_reference(ref.features, ref.logits)
+    kdbu = KDBUScorer().fit_reference(ref.features, ref.labels, model.spec.num_classes)
+    head = last_linear(model)
     baselines = []
     for name in settings.attacks:
         adv = adversarial[name]
@@ -152,6 +154,13 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
         row = _score_rule(scores["val"][0], scores["val"][1], scores["test"][0], scores["test"][1])
         baselines.append({"detector": "LID (penultimate + logits, logistic regression)", "attack": name,
                           "needs_adversarial_training": True, **row})
+        kdbu_features = {split: (kdbu.kdbu_features(clean[split].features, clean[split].logits, head),
+                                 kdbu.kdbu_features(adv[split].features, adv[split].logits, head)) for split in ("val", "test")}
+        kdbu.fit(*kdbu_features["val"])
+        scores = {split: (-kdbu.score(c), -kdbu.score(a)) for split, (c, a) in kdbu_features.items()}
+        row = _score_rule(scores["val"][0], scores["val"][1], scores["test"][0], scores["test"][1])
+        baselines.append({"detector": "KD+BU (kernel density + MC-dropout uncertainty, logistic regression)",
+                          "attack": name, "needs_adversarial_training": True, **row})
 
     adaptive = _adaptive_study(model, settings, clean, adversarial, he_name, lambda attack, desc: outputs("test", attack, desc))
     curves = {name: _curve(clean["test"], adversarial[name]["test"], settings.steps)
