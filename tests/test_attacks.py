@@ -35,14 +35,14 @@ def test_pgd_raises_the_loss(model, batch):
 
 def test_pgd_without_random_start_equals_torchattacks(model, batch):
     x, y = batch
-    ours = PGD(model, eps=8 / 255, step_size=2 / 255, steps=7, random_start=False)(x, y)
+    ours = PGD(model, eps=8 / 255, step_size=2 / 255, steps=7, random_start=False, fused=False)(x, y)
     theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
 def test_l2_pgd_without_random_start_equals_torchattacks(model, batch):
     x, y = batch
-    ours = PGD(model, eps=0.5, step_size=0.1, steps=5, norm="l2", random_start=False)(x, y)
+    ours = PGD(model, eps=0.5, step_size=0.1, steps=5, norm="l2", random_start=False, fused=False)(x, y)
     theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=5, random_start=False)(x, y)
     assert torch.allclose(ours, theirs, atol=1e-5)
 
@@ -116,7 +116,7 @@ def test_targeted_pgd_raises_the_target_probability(model, batch):
 def test_targeted_pgd_without_random_start_equals_torchattacks(model, batch, norm, ours_settings, theirs):
     x, y = batch
     target = (y + 3) % 10
-    attack = PGD(model, norm=norm, random_start=False, **ours_settings)
+    attack = PGD(model, norm=norm, random_start=False, fused=False, **ours_settings)  # the exact path: unfused
     ours = attack(x, y, target=target)
     reference = theirs(model)
     reference.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its second argument as the target

@@ -37,8 +37,11 @@ class APGD(Attack):
         n_restarts: int = 1,
         rho: float = 0.75,
         generator: Optional[torch.Generator] = None,
+        *,
+        fused: Optional[bool] = None,
     ) -> None:
-        super().__init__(model, eps=eps, step_size=eps, steps=steps, norm=norm, random_start=True, generator=generator)
+        super().__init__(model, eps=eps, step_size=eps, steps=steps, norm=norm, random_start=True, generator=generator,
+                         fused=fused)
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"APGD supports norm 'linf' or 'l2', got {norm!r}")
         if loss not in ("ce", "dlr"):
@@ -56,7 +59,7 @@ class APGD(Attack):
             self._record(recorder, 0, x, y)
         with torch.random.fork_rng(devices=devices):
             atk = torchattacks.APGD(
-                self.model, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps, steps=self.steps,
+                self.graph, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps, steps=self.steps,
                 n_restarts=self.n_restarts, seed=seed, loss=self.loss, eot_iter=1, rho=self.rho, verbose=False,
             )
             x_adv = atk(x, y).detach()
@@ -69,7 +72,7 @@ class APGD(Attack):
 
     @torch.no_grad()
     def _record(self, recorder, step, images, labels):
-        logits = self.model(images)
+        logits = self.graph(images)
         recorder.record(step, logits, torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
 
     def __repr__(self) -> str:

@@ -7,6 +7,9 @@
 
 Calling checks the inputs, puts the model in eval mode (restoring the
 caller's mode afterwards) and returns pixels in [0, 1] inside the eps-ball.
+A model the caller left in eval mode is attacked through its fused copy
+(batch norm folded into the convolutions, see robgen/engine/fused.py); one
+left in train mode, as training leaves it, is attacked as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from ..checks import check_labels, check_pixels, check_positive, check_steps
 from ..progress import step_reporter
 from ..engine import Objective, Trace, TraceRecorder, make_constraint, projected_gradient_ascent
+from ..engine.fused import inference_graph
 from ..models.state import eval_mode
 from .objectives import cross_entropy, negative_cross_entropy
 
@@ -44,6 +48,9 @@ class Attack:
         generator: a `torch.Generator` for the random start (global RNG untouched).
         alpha: torchattacks' name for `step_size`, accepted so that code written for
             torchattacks (`PGD(model, eps=8/255, alpha=2/255, steps=10)`) runs unchanged.
+        fused: run the fused copy of an eval-mode model (True), the model itself (False),
+            or follow `robgen.engine.fused.fusion_enabled()` (None, the default). Also
+            settable after construction: `attack.fused = False`.
     """
 
     def __init__(
@@ -57,8 +64,11 @@ class Attack:
         generator: Optional[torch.Generator] = None,
         *,
         alpha: Optional[float] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         self.model = model
+        self.fused = fused
+        self._graph: Optional[torch.nn.Module] = None
         self.constraint = make_constraint(norm, eps)
         self.eps = self.constraint.eps
         self.norm = self.constraint.norm
@@ -84,15 +94,25 @@ class Attack:
         """Adversarial versions of `x` (true labels `y`; `target` makes it targeted)."""
         x, y, target = self._check_inputs(x, y, target)
         recorder = TraceRecorder(y, target) if return_trace else None
+        graph = inference_graph(self.model, self.fused)  # decided before eval_mode: train mode runs the model
         with eval_mode(self.model):
-            x_adv = self.perturb(x, y, target, recorder, step_reporter(progress, type(self).__name__))
+            self._graph = graph
+            try:
+                x_adv = self.perturb(x, y, target, recorder, step_reporter(progress, type(self).__name__))
+            finally:
+                self._graph = None
         if return_trace:
             return x_adv, recorder.finish()
         return x_adv
 
+    @property
+    def graph(self) -> torch.nn.Module:
+        """What the current call runs: the fused copy of an eval-mode model, else the model itself."""
+        return self._graph if self._graph is not None else self.model
+
     def perturb(self, x, y, target, recorder, progress) -> torch.Tensor:
         return projected_gradient_ascent(
-            self.model, x, self.objective(y, target), self.constraint, self.steps, self.step_size,
+            self.graph, x, self.objective(y, target), self.constraint, self.steps, self.step_size,
             random_start=self.random_start, generator=self.generator, recorder=recorder, progress=progress,
         )
 

@@ -43,9 +43,10 @@ class HighEnergyPGD(Attack):
         generator: Optional[torch.Generator] = None,
         *,
         alpha: Optional[float] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         super().__init__(model, eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start,
-                         generator=generator, alpha=alpha)
+                         generator=generator, alpha=alpha, fused=fused)
         lam = float(lam)
         if not math.isfinite(lam):
             raise ValueError(f"lam must be a finite number, got {lam}")

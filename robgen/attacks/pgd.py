@@ -31,6 +31,8 @@ class FGSM(Attack):
     """
 
     def __init__(
-        self, model: torch.nn.Module, eps: float = 8 / 255, norm: str = "linf", generator: Optional[torch.Generator] = None
+        self, model: torch.nn.Module, eps: float = 8 / 255, norm: str = "linf", generator: Optional[torch.Generator] = None,
+        *, fused: Optional[bool] = None,
     ) -> None:
-        super().__init__(model, eps=eps, step_size=eps, steps=1, norm=norm, random_start=False, generator=generator)
+        super().__init__(model, eps=eps, step_size=eps, steps=1, norm=norm, random_start=False, generator=generator,
+                         fused=fused)

@@ -12,6 +12,7 @@ to its commands:
 - `training`: train, eval, models
 - `reproduce`: reproduce
 - `synthesis`: fit-seeds, synthesize, gradmap, synthesis-quality
+- `zoo`: zoo (the energy detector against the whole attack zoo)
 - `common`: the argument groups, loaders and `UsageError` they share
 """
 
@@ -22,12 +23,12 @@ import logging
 import sys
 from typing import List, Optional
 
-from . import attack, detection, reproduce, synthesis, training
+from . import attack, detection, reproduce, synthesis, training, zoo
 from .common import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
 
-COMMAND_GROUPS = (attack, detection, training, reproduce, synthesis)
+COMMAND_GROUPS = (attack, detection, training, reproduce, synthesis, zoo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 
 from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
+from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_device
 from ..checks import check_pixels, check_positive, check_steps
 from ..energy import class_energy, energy, log_prob_given_x
@@ -152,9 +153,10 @@ def synthesize(
     if mask is not None:
         constraint = Masked(constraint, check_mask(mask, n, model.spec.input_size[1:], device))
     recorder = TraceRecorder(target, target) if return_trace else None
+    graph = inference_graph(model)  # the fused copy of an eval-mode model
     with eval_mode(model):
         images = projected_gradient_ascent(
-            model, start, target_objective(target, objective), constraint, settings.steps, settings.step_size,
+            graph, start, target_objective(target, objective), constraint, settings.steps, settings.step_size,
             recorder=recorder, progress=step_reporter(progress, "synthesising"),
         )
     return (images, recorder.finish()) if return_trace else images
@@ -232,9 +234,10 @@ def translate(
         if step in keep_at:
             kept[step] = current.clone()
 
+    graph = inference_graph(model)  # the fused copy of an eval-mode model
     with eval_mode(model):
         projected_gradient_ascent(
-            model, x, target_objective(target, objective), L2Ball(settings.eps), settings.steps,
+            graph, x, target_objective(target, objective), L2Ball(settings.eps), settings.steps,
             settings.step_size, progress=step_reporter(progress, "translating"), on_step=keep,
         )
         path = torch.stack([kept[step] for step in sorted(kept)])

@@ -26,6 +26,7 @@ import torch
 from ..checks import check_positive, check_steps
 from ..energy import class_energy, energy
 from ..engine import Trace, TraceRecorder, random_normal
+from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_device
 from ..progress import step_reporter
 from .ascent import class_indices
@@ -80,11 +81,12 @@ def sgld_sample(
     x = initial_images(init, target, model, generator, device, seeds)
     recorder = TraceRecorder(target if conditional else None, target if conditional else None) if return_trace else None
     report = step_reporter(progress, "SGLD")
+    graph = inference_graph(model)  # the fused copy of an eval-mode model
     with eval_mode(model):
         for step in range(steps):
             with torch.enable_grad():
                 x.requires_grad_(True)
-                logits = model(x)
+                logits = graph(x)
                 energies = _energies(logits, target if conditional else None)
                 (grad,) = torch.autograd.grad(energies.sum(), x)
             if recorder is not None:
@@ -95,7 +97,7 @@ def sgld_sample(
                 report((step + 1) / steps)
         if recorder is not None:
             with torch.no_grad():
-                logits = model(x)
+                logits = graph(x)
                 energies = _energies(logits, target if conditional else None)
                 recorder.record(steps, logits, -energies)
     return (x, recorder.finish()) if return_trace else x

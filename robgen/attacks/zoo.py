@@ -1,0 +1,312 @@
+"""The attack zoo: every attack the energy detector is measured against, by name.
+
+    attack = zoo_attack("CW-L2", model, generator=torch.Generator().manual_seed(0))
+    x_adv = attack(x, y)
+    ZOO_NAMES   # "FGSM", "PGD-10", "PGD-40", "PGD-L2", "PGD-T", "HE-PGD", "APGD-CE", "APGD-DLR",
+                # "APGD-T", "CW-L2", "DeepFool", "FAB-L2", "Square", "AutoAttack"
+
+robgen's own attacks (FGSM, PGD, HE-PGD, APGD) come from robgen.attacks; the
+others are torchattacks' (Kim 2020, "Torchattacks: A PyTorch repository for
+adversarial attacks"), run through `TorchAttacksAttack`, which holds them to
+robgen's conventions:
+- pixels in [0, 1] in and out, checked as every robgen attack checks them;
+- randomness from a `torch.Generator`: torchattacks draws from the global RNG
+  (and some attacks take a `seed`), so each call runs inside
+  `torch.random.fork_rng`, seeded from the generator, as apgd.py does; the
+  caller's global random state is left as it was;
+- the model in eval mode during the attack and the caller's mode after it,
+  through its fused copy when the caller left it in eval mode (see
+  robgen/engine/fused.py);
+- bounded attacks (an eps-ball) return points projected into the ball and
+  [0, 1], whatever float drift the attack left; minimum-norm attacks (CW-L2,
+  DeepFool, FAB-L2) have no ball: their outputs are only clipped to [0, 1],
+  and a study reports their perturbation size instead.
+
+Targets. "PGD-T" is targeted: called without `target`, it draws a random
+other class for every image from its generator, t = (y + U{1, ..., K-1}) mod K
+(`RandomTarget`); `TorchAttacksAttack(..., targeted=True)` called without a
+target is an error. APGD-T and AutoAttack choose their own targets (the
+top-scoring wrong classes) and are called like untargeted attacks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import make_constraint, random_seed
+from ..engine.random import generator_device
+from .apgd import APGD
+from .base import Attack
+from .hepgd import HighEnergyPGD
+from .pgd import FGSM, PGD
+
+_TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """The global RNG (CPU, and `device` if CUDA) seeded with `seed` inside the block, restored after it."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+class TorchAttacksAttack(Attack):
+    """A torchattacks attack behind robgen's `Attack` interface and conventions (see the module notes).
+
+    Args:
+        model: a classifier taking [0, 1] pixels and returning logits.
+        attack: a torchattacks class or its name ("CW", "DeepFool", "FAB", "Square", "APGDT", "AutoAttack", ...).
+        eps: the radius of the threat model; None for a minimum-norm attack (no ball: outputs are only
+            clipped to [0, 1]; a torchattacks `eps` it takes is set to the diameter of the pixel cube).
+        norm: "linf" or "l2": the ball's norm, and the attack's (passed to torchattacks as "Linf" / "L2").
+        targeted: run torchattacks' targeted mode; calls then need `target`.
+        generator: the source of the attack's randomness.
+        fused: see `Attack`.
+        settings: torchattacks constructor arguments (e.g. `steps=50`, `n_queries=1000`); `eps`, `norm`,
+            `n_classes` and `seed` are filled in from the above and the model when the class takes them.
+
+    Example:
+        >>> square = TorchAttacksAttack(model, "Square", eps=8/255, n_queries=1000)
+        >>> x_adv = square(x, y)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        attack: Union[str, Type],
+        eps: Optional[float] = 8 / 255,
+        norm: str = "linf",
+        targeted: bool = False,
+        generator: Optional[torch.Generator] = None,
+        fused: Optional[bool] = None,
+        **settings,
+    ) -> None:
+        bounded = eps is not None
+        self.attack_norm = make_constraint(norm, 1.0).norm  # the attack's norm, bounded or not
+        super().__init__(model, eps=eps if bounded else 1.0, steps=int(settings.get("steps", 1)),
+                         norm=norm if bounded else "none", random_start=False, generator=generator, fused=fused)
+        self.attack_class = _torchattacks_class(attack)
+        self.bounded, self.targeted = bounded, bool(targeted)
+        takes = set(inspect.signature(self.attack_class.__init__).parameters) - {"self", "model"}
+        unknown = sorted(set(settings) - takes)
+        if unknown:
+            raise TypeError(f"torchattacks.{self.attack_class.__name__} does not take {', '.join(unknown)}; "
+                            f"it takes {', '.join(sorted(takes))}")
+        if bounded and "eps" in takes:
+            settings.setdefault("eps", self.eps)
+        if "norm" in takes and self.attack_norm in _TORCHATTACKS_NORMS:
+            settings.setdefault("norm", _TORCHATTACKS_NORMS[self.attack_norm])
+        self._takes, self.settings = takes, settings
+
+    def perturb(self, x, y, target, recorder, progress):
+        if self.targeted and target is None:
+            raise ValueError(f"{self!r} is targeted: call it with target=<classes> (the zoo's 'PGD-T' draws a "
+                             "random other class per image instead)")
+        if not self.targeted and target is not None:
+            raise ValueError(f"{self!r} is untargeted: call it without target (or build it with targeted=True)")
+        graph = self.graph
+        settings = dict(self.settings)
+        if not self.bounded and "eps" in self._takes:  # a minimum-norm attack that keeps points within eps:
+            # the whole pixel cube's diameter, so that it rejects none
+            settings.setdefault("eps", 1.0 if self.attack_norm == "linf" else float(x[0].numel()) ** 0.5)
+        if "n_classes" in self._takes:
+            with torch.no_grad():
+                settings.setdefault("n_classes", int(graph(x[:1]).shape[1]))
+        seed = random_seed(self.generator, x.device)
+        if "seed" in self._takes:
+            settings["seed"] = seed
+        if recorder is not None:
+            self._record(recorder, 0, x, y, target)
+        with seeded_global_rng(seed, x.device):
+            atk = self.attack_class(graph, **settings)
+            if self.targeted:
+                atk.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its labels as targets
+            x_adv = atk(x, target if self.targeted else y).detach()
+        x_adv = self.constraint.project(x_adv, x)  # the eps-ball and [0, 1] (only [0, 1] if unbounded)
+        if recorder is not None:
+            self._record(recorder, self.steps, x_adv, y, target)
+        if progress is not None:
+            progress(1.0)
+        return x_adv
+
+    @torch.no_grad()
+    def _record(self, recorder, step, images, labels, target):
+        logits = self.graph(images)
+        loss = (-F.cross_entropy(logits, target, reduction="none") if target is not None
+                else F.cross_entropy(logits, labels, reduction="none"))
+        recorder.record(step, logits, loss)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.settings.items()
+                          if not (self.bounded and k in ("eps", "norm")))
+        threat = f"eps={self.eps:.5g}, norm={self.norm!r}" if self.bounded else f"minimum-norm {self.attack_norm}"
+        return f"TorchAttacksAttack({self.attack_class.__name__}, {threat}{', ' if shown else ''}{shown}" + \
+            (", targeted)" if self.targeted else ")")
+
+
+def _torchattacks_class(attack: Union[str, Type]) -> Type:
+    import torchattacks
+
+    if not isinstance(attack, str):
+        return attack
+    found = getattr(torchattacks, attack, None)
+    if not (isinstance(found, type) and issubclass(found, torchattacks.attack.Attack)):
+        known = sorted(name for name in dir(torchattacks) if isinstance(getattr(torchattacks, name), type)
+                       and issubclass(getattr(torchattacks, name), torchattacks.attack.Attack) and name != "Attack")
+        raise ValueError(f"torchattacks has no attack {attack!r}; it has {', '.join(known)}")
+    return found
+
+
+def random_other_class(labels: torch.Tensor, num_classes: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One class per label, uniform over the K - 1 others: (y + U{1, ..., K-1}) mod K, drawn from `generator`."""
+    if num_classes < 2:
+        raise ValueError("a targeted attack needs a model with at least 2 classes")
+    device = generator_device(generator, labels.device)
+    shift = torch.randint(1, num_classes, labels.shape, generator=generator, device=device).to(labels.device)
+    return (labels + shift) % num_classes
+
+
+class RandomTarget:
+    """A targeted attack that, called without `target`, aims every image at a random other class.
+
+    The targets are drawn from `generator` with `random_other_class`, so that
+    a targeted attack fits pipelines that call `attack(images, labels)`.
+    """
+
+    def __init__(self, attack: Attack, num_classes: int, generator: Optional[torch.Generator] = None) -> None:
+        self.attack, self.num_classes, self.generator = attack, int(num_classes), generator
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.attack.model
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None, **call_settings):
+        if target is None:
+            target = random_other_class(torch.as_tensor(y, device=x.device).long(), self.num_classes, self.generator)
+        return self.attack(x, y, target=target, **call_settings)
+
+    def __repr__(self) -> str:
+        return f"RandomTarget({self.attack!r})"
+
+
+@dataclass(frozen=True)
+class ZooSettings:
+    """The threat models of the zoo: one L-inf and one L2 budget for every bounded attack."""
+
+    eps: float = 8 / 255  # L-inf radius (the paper's)
+    l2_eps: float = 0.5  # L2 radius (for 32x32 CIFAR images; scale with sqrt(C*H*W) for others)
+    step_size: float = 1 / 255  # PGD-40, PGD-T and HE-PGD (the paper's)
+    lam: float = 1.2  # HE-PGD's energy weight (the paper's text)
+    square_queries: int = 1000  # Square's query budget (AutoAttack uses 5000)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One attack of the zoo: how to build it and what it is."""
+
+    name: str
+    threat: str  # "linf", "l2" or "min-l2" (minimum-norm, unbounded)
+    access: str  # "white-box" or "black-box"
+    source: str  # "robgen" or "torchattacks"
+    reference: str
+    build: Callable[..., Callable]  # (model, settings, generator, fused) -> attack(x, y)
+    targeted: bool = False
+
+    @property
+    def bounded(self) -> bool:
+        return not self.threat.startswith("min")
+
+
+def _robgen(attack: Attack, fused: Optional[bool]) -> Attack:
+    attack.fused = fused  # FGSM, HE-PGD and APGD take no `fused` argument: set it on the instance
+    return attack
+
+
+def _num_classes(model) -> int:
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("a zoo attack needs a robgen model with `model.spec` (for its number of classes)")
+    return spec.num_classes
+
+
+_ENTRIES = [
+    ZooEntry("FGSM", "linf", "white-box", "robgen", "Goodfellow et al. 2015",
+             lambda m, s, g, f: _robgen(FGSM(m, eps=s.eps, generator=g), f)),
+    ZooEntry("PGD-10", "linf", "white-box", "robgen", "Madry et al. 2018 (step 2.5·eps/10, random start)",
+             lambda m, s, g, f: PGD(m, eps=s.eps, step_size=2.5 * s.eps / 10, steps=10, generator=g, fused=f)),
+    ZooEntry("PGD-40", "linf", "white-box", "robgen", "Madry et al. 2018; the paper's detector attack (step 1/255)",
+             lambda m, s, g, f: PGD(m, eps=s.eps, step_size=s.step_size, steps=40, generator=g, fused=f)),
+    ZooEntry("PGD-L2", "l2", "white-box", "robgen", "Madry et al. 2018, L2 (20 steps of 2.5·eps/20)",
+             lambda m, s, g, f: PGD(m, eps=s.l2_eps, step_size=2.5 * s.l2_eps / 20, steps=20, norm="l2",
+                                    generator=g, fused=f)),
+    ZooEntry("PGD-T", "linf", "white-box", "robgen", "targeted PGD-40 toward a random other class",
+             lambda m, s, g, f: RandomTarget(PGD(m, eps=s.eps, step_size=s.step_size, steps=40, generator=g,
+                                                 fused=f), _num_classes(m), g), targeted=True),
+    ZooEntry("HE-PGD", "linf", "white-box", "robgen", "Beadini & Masi 2023 (λ·E added to CE, 40 steps)",
+             lambda m, s, g, f: _robgen(HighEnergyPGD(m, eps=s.eps, step_size=s.step_size, steps=40, lam=s.lam,
+                                                      generator=g), f)),
+    ZooEntry("APGD-CE", "linf", "white-box", "robgen", "Croce & Hein 2020 (20 iterations)",
+             lambda m, s, g, f: _robgen(APGD(m, eps=s.eps, steps=20, loss="ce", generator=g), f)),
+    ZooEntry("APGD-DLR", "linf", "white-box", "robgen", "Croce & Hein 2020 (DLR loss, 20 iterations)",
+             lambda m, s, g, f: _robgen(APGD(m, eps=s.eps, steps=20, loss="dlr", generator=g), f)),
+    ZooEntry("APGD-T", "linf", "white-box", "torchattacks", "Croce & Hein 2020 (targeted DLR, every other class)",
+             lambda m, s, g, f: TorchAttacksAttack(m, "APGDT", eps=s.eps, steps=20, generator=g, fused=f)),
+    ZooEntry("CW-L2", "min-l2", "white-box", "torchattacks", "Carlini & Wagner 2017 (c=1, 50 steps)",
+             lambda m, s, g, f: TorchAttacksAttack(m, "CW", eps=None, norm="l2", c=1.0, kappa=0.0, steps=50, lr=0.01,
+                                                   generator=g, fused=f)),
+    ZooEntry("DeepFool", "min-l2", "white-box", "torchattacks", "Moosavi-Dezfooli et al. 2016 (50 steps)",
+             lambda m, s, g, f: TorchAttacksAttack(m, "DeepFool", eps=None, norm="l2", steps=50, overshoot=0.02,
+                                                   generator=g, fused=f)),
+    ZooEntry("FAB-L2", "min-l2", "white-box", "torchattacks", "Croce & Hein 2020, FAB (L2, minimum norm, 20 steps)",
+             lambda m, s, g, f: TorchAttacksAttack(m, "FAB", eps=None, norm="l2", steps=20, generator=g, fused=f)),
+    ZooEntry("Square", "linf", "black-box", "torchattacks", "Andriushchenko et al. 2020 (score-based queries)",
+             lambda m, s, g, f: TorchAttacksAttack(m, "Square", eps=s.eps, n_queries=s.square_queries,
+                                                   generator=g, fused=f)),
+    ZooEntry("AutoAttack", "linf", "white-box", "torchattacks",
+             "Croce & Hein 2020, standard set: APGD-CE, APGD-T, FAB-T, Square (torchattacks' step counts)",
+             lambda m, s, g, f: TorchAttacksAttack(m, "AutoAttack", eps=s.eps, version="standard", generator=g,
+                                                   fused=f)),
+]
+
+ZOO: Dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
+ZOO_NAMES: Tuple[str, ...] = tuple(ZOO)
+_ALIASES = {"pgd": "PGD-40", "cw": "CW-L2", "fab": "FAB-L2", "apgd": "APGD-CE", "aa": "AutoAttack",
+            "targetedpgd": "PGD-T", "pgdtargeted": "PGD-T", "pgdlinf": "PGD-40"}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+_BY_KEY = {**{_key(name): name for name in ZOO}, **_ALIASES}
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    """The zoo's entry for a name (case, dashes and spaces ignored: "pgd40", "PGD 40"), or an error listing them."""
+    found = _BY_KEY.get(_key(name))
+    if found is None:
+        raise ValueError(f"unknown zoo attack {name!r}: choose from {', '.join(ZOO_NAMES)}")
+    return ZOO[found]
+
+
+def zoo_attack(name: str, model: torch.nn.Module, settings: Optional[ZooSettings] = None,
+               generator: Optional[torch.Generator] = None, fused: Optional[bool] = None) -> Callable:
+    """The zoo's attack called `name` on `model`: call it as `attack(x, y)` on [0, 1] pixels.
+
+    Example:
+        >>> x_adv = zoo_attack("DeepFool", model)(x, y)
+    """
+    entry = zoo_entry(name)
+    return entry.build(model, settings or ZooSettings(), generator, fused)

@@ -1,0 +1,194 @@
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import robgen
+from robgen import PGD
+from robgen.engine.fused import cached_graphs, clear_fusion_cache, fusion, fusion_enabled, inference_graph
+from robgen.models import Classifier
+from tests.conftest import tiny_model
+
+
+def with_batch_statistics(model: Classifier, seed: int = 0) -> Classifier:
+    """`model` with non-trivial batch norm: affine weights and running statistics far from (1, 0, 0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(0.5 + torch.rand(n, generator=g))
+                module.bias.copy_(0.3 * torch.randn(n, generator=g))
+                module.running_mean.copy_(0.5 * torch.randn(n, generator=g))
+                module.running_var.copy_(0.2 + 2 * torch.rand(n, generator=g))
+    return model.eval()
+
+
+@pytest.fixture
+def bn_model():
+    return with_batch_statistics(tiny_model(width=8, seed=3))
+
+
+def test_fused_copy_gives_the_same_logits_and_input_gradients(bn_model, batch):
+    x, y = batch
+    graph = inference_graph(bn_model)
+    assert graph is not bn_model
+    outputs = []
+    for module in (bn_model, graph):
+        xr = x.clone().requires_grad_(True)
+        logits = module(xr)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), xr)
+        outputs.append((logits.detach(), grad))
+    (logits, grad), (fused_logits, fused_grad) = outputs
+    assert torch.allclose(fused_logits, logits, rtol=1e-4, atol=1e-5 * logits.abs().max().item())
+    assert torch.allclose(fused_grad, grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item())
+    assert F.cosine_similarity(fused_grad.flatten(), grad.flatten(), dim=0) > 0.9999
+
+
+def test_fused_copy_folds_batch_norm_and_keeps_the_classifier(bn_model):
+    graph = inference_graph(bn_model)
+    assert isinstance(graph, Classifier) and graph.spec is bn_model.spec
+    assert torch.equal(graph.mean, bn_model.mean) and torch.equal(graph.std, bn_model.std)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in graph.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in bn_model.modules()), "the original is untouched"
+    assert not graph.training and not any(p.requires_grad for p in graph.parameters())
+    convs = [m for m in graph.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    with pytest.raises(ValueError, match="pixels in \\[0, 1\\]"):  # still robgen's Classifier: its shape check
+        graph(torch.rand(2, 1, 32, 32))
+
+
+class BatchNormCalls:
+    """Counts forward calls of BatchNorm2d modules anywhere (a global hook): the fused copy has none."""
+
+    def __enter__(self):
+        self.count = 0
+
+        def hook(module, inputs, output):
+            self.count += isinstance(module, nn.BatchNorm2d)
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def batch_norms(model) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_no_fused_copy_for_a_model_in_train_mode(bn_model, batch):
+    x, y = batch
+    clear_fusion_cache()
+    bn_model.train()
+    assert inference_graph(bn_model) is bn_model
+    with BatchNormCalls() as calls:
+        PGD(bn_model, eps=8 / 255, step_size=2 / 255, steps=2)(x, y)
+    assert calls.count == 2 * batch_norms(bn_model), "the attack ran the model itself, one forward per step"
+    assert bn_model.training, "the caller's train mode is restored"
+    assert cached_graphs() == 0, "no fused copy was made"
+
+
+def test_eval_mode_attacks_and_synthesis_run_the_fused_copy(bn_model, batch):
+    x, y = batch
+    with BatchNormCalls() as calls:
+        PGD(bn_model, eps=8 / 255, step_size=2 / 255, steps=3)(x, y)
+        robgen.synthesize(bn_model, 1, n=2, steps=3, init="uniform", generator=torch.Generator().manual_seed(0))
+        robgen.sgld_sample(bn_model, n=2, steps=2, generator=torch.Generator().manual_seed(0))
+    assert calls.count == 0, "no batch norm ran: the fused copy did the work"
+    with BatchNormCalls() as calls, fusion(False):
+        PGD(bn_model, eps=8 / 255, step_size=2 / 255, steps=3)(x, y)
+    assert calls.count == 3 * batch_norms(bn_model), "with fusion switched off the model itself runs"
+    with BatchNormCalls() as calls:
+        PGD(bn_model, eps=8 / 255, step_size=2 / 255, steps=3, fused=False)(x, y)
+    assert calls.count == 3 * batch_norms(bn_model), "fused=False for one attack"
+    assert fusion_enabled()
+
+
+def test_a_model_with_hooks_runs_as_it_is(bn_model, batch):
+    x, y = batch
+    calls = []
+    bn_model.register_forward_hook(lambda *args: calls.append(1))
+    assert inference_graph(bn_model) is bn_model
+    PGD(bn_model, eps=8 / 255, step_size=2 / 255, steps=3)(x, y)
+    assert len(calls) == 3, "the caller's hook saw every step"
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_fused_attack_stays_in_the_eps_ball_and_agrees_with_the_unfused_one(bn_model, batch, norm, eps):
+    x, y = batch
+    settings = dict(eps=eps, step_size=eps / 4, steps=5, norm=norm, random_start=False)
+    fused = PGD(bn_model, fused=True, **settings)(x, y)
+    plain = PGD(bn_model, fused=False, **settings)(x, y)
+    delta = (fused - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert fused.min() >= 0 and fused.max() <= 1 and (size <= eps + 1e-6).all()
+    if norm == "l2":  # a continuous step: the two paths stay within float drift of each other
+        assert torch.allclose(fused, plain, atol=1e-4)
+    else:  # sign steps: a gradient entry within rounding of 0 may flip a pixel, nothing more
+        assert ((fused - plain).abs() > 1e-6).double().mean() < 0.01
+
+
+def test_synthesis_agrees_fused_and_unfused(bn_model):
+    settings = dict(n=2, steps=5, init="uniform")
+    fused = robgen.synthesize(bn_model, 2, generator=torch.Generator().manual_seed(0), **settings)
+    with fusion(False):
+        plain = robgen.synthesize(bn_model, 2, generator=torch.Generator().manual_seed(0), **settings)
+    assert torch.allclose(fused, plain, atol=1e-4)
+
+
+def test_cache_returns_the_same_copy_until_the_weights_change(bn_model, batch):
+    x, _ = batch
+    first = inference_graph(bn_model)
+    assert inference_graph(bn_model) is first
+    with torch.no_grad():
+        bn_model.net.head.bias.add_(1.0)  # an in-place update, as an optimiser step makes
+    second = inference_graph(bn_model)
+    assert second is not first
+    with torch.no_grad():
+        assert torch.allclose(second(x), bn_model(x), atol=1e-4), "the new copy has the new weights"
+    bn_model.train()
+    bn_model(x)  # a train-mode forward moves the batch-norm running statistics
+    bn_model.eval()
+    assert inference_graph(bn_model) is not second
+    state = {k: v.clone() for k, v in bn_model.state_dict().items()}
+    third = inference_graph(bn_model)
+    bn_model.load_state_dict(state)
+    assert inference_graph(bn_model) is not third
+
+
+def test_cache_lets_models_be_garbage_collected():
+    model = tiny_model(width=4, seed=5)
+    inference_graph(model)
+    count = cached_graphs()
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None, "the cache keeps no strong reference to the model"
+    assert cached_graphs() == count - 1
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        if h.sum() > 0:
+            h = h.relu()
+        return self.head(h.mean((2, 3)))
+
+
+def test_a_model_fx_cannot_trace_runs_unfused(batch):
+    model = Branchy().eval()
+    x, _ = batch
+    assert inference_graph(model) is model
+    x_adv = PGD(model, eps=8 / 255, step_size=2 / 255, steps=2)(x, torch.zeros(len(x), dtype=torch.long))
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6

@@ -1,0 +1,188 @@
+import argparse
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import robgen
+from robgen.attacks.zoo import (
+    ZOO, ZOO_NAMES, RandomTarget, TorchAttacksAttack, ZooSettings, random_other_class, zoo_attack, zoo_entry,
+)
+from robgen.cli import zoo as zoo_cli
+from robgen.cli.common import UsageError
+from robgen.models import Classifier, ModelSpec
+from robgen.models.checkpoint import build_network
+
+BOUNDED = [name for name in ZOO_NAMES if ZOO[name].bounded]
+MINIMUM_NORM = [name for name in ZOO_NAMES if not ZOO[name].bounded]
+THREAT = ZooSettings(eps=16 / 255, l2_eps=1.0, square_queries=20)
+
+
+def fragile_model(seed: int = 0) -> Classifier:
+    """A random 4-class ResNet10 (width 4, 16x16 inputs) with large logit gaps that every attack can fool."""
+    torch.manual_seed(seed)  # tests only
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=4, class_labels=["a", "b", "c", "d"],
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(3, 16, 16), arch_kwargs={"width": 4})
+    model = Classifier(build_network(spec), spec).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.copy_(0.05 + 0.1 * torch.rand(module.num_features, generator=g))
+                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=g))
+        model.net.head.weight.mul_(10)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fragile_model()
+
+
+@pytest.fixture(scope="module")
+def own_predictions(model):
+    """Images and the model's own predictions as labels: every image starts correctly classified."""
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return x, model(x).argmax(1)
+
+
+def sizes(x_adv, x):
+    delta = (x_adv - x).flatten(1)
+    return delta.abs().amax(1), delta.norm(dim=1)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "AutoAttack" else n for n in BOUNDED])
+def test_bounded_zoo_attacks_stay_in_the_eps_ball_and_pixel_range(model, own_predictions, name):
+    x, y = own_predictions
+    x_adv = zoo_attack(name, model, THREAT, generator=torch.Generator().manual_seed(0))(x, y)
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    linf, l2 = sizes(x_adv, x)
+    if ZOO[name].threat == "l2":
+        assert (l2 <= THREAT.l2_eps + 1e-5).all()
+    else:
+        assert (linf <= THREAT.eps + 1e-6).all()
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    assert fooled.any(), f"{name} fooled none of the images of a model built to be fooled"
+    assert (linf[fooled] > 0).all()
+
+
+@pytest.mark.parametrize("name", MINIMUM_NORM)
+def test_minimum_norm_attacks_are_unbounded_but_stay_in_the_pixel_range(model, own_predictions, name):
+    x, y = own_predictions
+    attack = zoo_attack(name, model, THREAT)
+    assert not attack.bounded and attack.norm == "none"
+    x_adv = attack(x, y)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    assert fooled.any()
+    _, l2 = sizes(x_adv, x)
+    assert (l2[fooled] > 0).all()
+
+
+def test_the_adapter_projects_what_torchattacks_returns_into_its_ball(model, own_predictions):
+    x, y = own_predictions
+    # DeepFool knows no budget and moves these images by about 2/255 in L-inf: robgen projects into 1/255
+    x_adv = TorchAttacksAttack(model, "DeepFool", eps=1 / 255, norm="linf", steps=50)(x, y)
+    linf, _ = sizes(x_adv, x)
+    assert (linf <= 1 / 255 + 1e-6).all() and linf.max() > 0.99 / 255
+
+
+def test_the_adapter_seeds_from_the_generator_and_leaves_global_state_alone(model, own_predictions):
+    x, y = own_predictions
+    model.train()
+    state = torch.random.get_rng_state()
+    runs = [TorchAttacksAttack(model, "Square", eps=16 / 255, n_queries=10,
+                               generator=torch.Generator().manual_seed(5))(x, y) for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state), "the global RNG is untouched"
+    assert model.training, "the caller's train mode is restored"
+    model.eval()
+    assert torch.equal(runs[0], runs[1]), "the same generator seed gives the same examples"
+
+
+def test_targets(model, own_predictions):
+    x, y = own_predictions
+    with pytest.raises(ValueError, match="targeted"):
+        TorchAttacksAttack(model, "PGD", eps=8 / 255, targeted=True)(x, y)
+    labels = torch.arange(4).repeat(50)
+    targets = random_other_class(labels, 4, torch.Generator().manual_seed(0))
+    assert (targets != labels).all() and set(targets.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(targets, random_other_class(labels, 4, torch.Generator().manual_seed(0)))
+    seen = []
+
+    class Recording:
+        def __call__(self, x, y, target=None):
+            seen.append(target)
+            return x
+
+    RandomTarget(Recording(), 4, torch.Generator().manual_seed(0))(x, y)
+    assert seen[0] is not None and (seen[0] != y).all()
+    x_adv = zoo_attack("PGD-T", model, THREAT, generator=torch.Generator().manual_seed(0))(x, y)
+    assert (sizes(x_adv, x)[0] <= THREAT.eps + 1e-6).all()
+
+
+def test_unknown_names_list_the_known_ones(model):
+    with pytest.raises(ValueError, match="choose from FGSM, PGD-10"):
+        zoo_attack("BIM", model)
+    with pytest.raises(ValueError, match="torchattacks has no attack 'NoSuch'"):
+        TorchAttacksAttack(model, "NoSuch")
+    assert zoo_entry("pgd 40").name == "PGD-40" and zoo_entry("cw").name == "CW-L2"
+
+
+def test_registry_covers_the_issue_list():
+    wanted = {"FGSM", "PGD-10", "PGD-40", "PGD-L2", "PGD-T", "CW-L2", "DeepFool", "APGD-CE", "APGD-DLR", "APGD-T",
+              "FAB-L2", "Square", "AutoAttack", "HE-PGD"}
+    assert wanted <= set(ZOO_NAMES)
+    assert ZOO["Square"].access == "black-box" and not ZOO["CW-L2"].bounded and ZOO["PGD-T"].targeted
+
+
+def broken_entry(entry):
+    def build(*args):
+        def attack(images, labels, **kwargs):
+            raise RuntimeError("this attack does not work on this model")
+        return attack
+    return dataclasses.replace(entry, build=build)
+
+
+def test_zoo_command_writes_a_well_formed_table(toy_data, tmp_path, monkeypatch):
+    folder = robgen.save_checkpoint(fragile_model(), tmp_path / "fragile")
+    monkeypatch.setitem(ZOO, "Square", broken_entry(ZOO["Square"]))
+    parser = argparse.ArgumentParser()
+    zoo_cli.add_parsers(parser.add_subparsers())
+    out = tmp_path / "zoo"
+    attacks = ["FGSM", "DeepFool", "Square"]
+    args = parser.parse_args(["zoo", "--model", str(folder), "--data", str(toy_data), "--limit", "6",
+                              "--val-size", "40", "--attacks", ",".join(attacks), "--n-boot", "50", "--device", "cpu",
+                              "--out", str(out)])
+    assert args.run(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [row["attack"] for row in results["rows"]] == attacks
+    assert results["n_test"] == 6 and results["fit_attack"] == "PGD-40"
+    ran = [row for row in results["rows"] if "error" not in row]
+    assert [row["attack"] for row in ran] == ["FGSM", "DeepFool"]
+    assert "does not work" in results["rows"][-1]["error"], "the failing attack is reported, the study went on"
+    for row in ran:
+        rates = [row[fit][key] for fit in ("fitted_on_pgd40", "refitted")
+                 for key in ("detection_rate", "false_positive_rate", "auroc", "detection_rate_successful")]
+        cells = [row["success_rate"], row["delta_energy"], *rates]
+        for cell in (cell for cell in cells if cell["value"] is not None):  # None: a rate over no images
+            low, high = cell["ci"]
+            assert low - 1e-9 <= cell["value"] <= high + 1e-9
+        assert row["success_rate"]["n"] == round(results["clean_accuracy"]["value"] * 6)
+        deltas = torch.tensor(results["delta_energy"][row["attack"]])
+        assert len(deltas) == 6 and row["delta_energy"]["value"] == pytest.approx(float(deltas.mean()))
+        assert row["linf"]["value"] <= 8 / 255 + 1e-6 or row["threat"] == "min-l2"  # the default --eps
+    table = (out / "results.md").read_text()
+    for name in ("FGSM", "DeepFool"):
+        assert table.count(f"| {name} |") == 3, "one line in each of the three tables"
+    assert "| Square | RuntimeError" in table
+    assert (out / "delta_energy.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UsageError, match="choose from FGSM"):
+        args = parser.parse_args(["zoo", "--model", str(folder), "--data", str(toy_data), "--attacks", "BIM",
+                                  "--out", str(tmp_path / "other")])
+        args.run(args)
+
