@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import REPO
@@ -46,7 +47,11 @@ def test_every_handler_has_an_api_name_and_an_image_parameter(client):
 
 
 def test_attack_fools_the_standard_model_and_lowers_the_energy(client):
-    seen, adversarial, perturbation, before, after, summary, plot = attack(client, REPO / "examples" / "chelsea.png")
+    from robgen.web.handlers import attack_image
+    from robgen.web.model_cache import cached_model
+
+    photo = REPO / "examples" / "chelsea.png"
+    seen, adversarial, perturbation, before, after, summary, _ = attack(client, photo)
     assert before["label"] != after["label"]
     energy_before, energy_after = map(float, re.search(r"Energy E\(x\) (\S+) → (\S+) ", summary).groups())
     assert energy_after < energy_before
@@ -54,7 +59,18 @@ def test_attack_fools_the_standard_model_and_lowers_the_energy(client):
         assert a.size == b.size == (192, 192)  # 32x32 as the model sees it, enlarged 6x
         delta = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max()
         assert 0 < delta <= 8
-    assert plot is not None
+    # The page's plot (a matplotlib figure: the handler called directly, as the client gets only its picture)
+    # holds steps + 1 energies, those of the attack the summary reports: the random start, then every step.
+    *_, direct_summary, figure = app.attack(str(photo), STANDARD, "pgd", 8, 5, 2, 1.2, "", 0)
+    assert direct_summary == summary, "the same seeded attack"
+    (energy_line,) = figure.axes[0].get_lines()
+    assert list(energy_line.get_xdata()) == [0, 1, 2, 3, 4, 5]
+    result = attack_image(cached_model(STANDARD), photo, "pgd", eps=8 / 255, steps=5, step_size=2 / 255, seed=0)
+    assert result.summary() == summary
+    energies = list(energy_line.get_ydata())
+    assert energies == pytest.approx(result.trace.energy_mean, abs=1e-6) and len(energies) == 6
+    assert energies[-1] == pytest.approx(energy_after, abs=0.05), "the last step: the summary's, before 8-bit rounding"
+    assert energies[-1] < energies[0]
 
 
 def test_detect_flags_the_shipped_adversarial_example_and_passes_its_clean_twin(client):
@@ -220,5 +236,22 @@ def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
     big.write_bytes(b"\x89PNG" + bytes(11 * 2**20))
     with pytest.raises(Exception, match="(?i)size|large"):
         client.predict(image=upload(big), model_name=STANDARD, api_name="/detect")
-    assert client.predict(image=upload(REPO / "examples" / "coffee.png"), model_name=STANDARD, api_name="/detect")
+    # and a photo within the limit still gets its verdict: the model's energy against the shipped threshold
+    from robgen.experiments.calibration import load_shipped_detector
+    from robgen.images import load_model_input
+    from robgen.web.model_cache import cached_model
+
+    photo = REPO / "examples" / "coffee.png"
+    _, verdict, _, _ = client.predict(image=upload(photo), model_name=STANDARD, api_name="/detect")
+    assert "E(x) =" in verdict
+    energy, relation, threshold, word = re.search(
+        r"E\(x\) = (\S+) (≤|>) threshold (\S+): flagged as \*\*(\w+)\*\*", verdict).groups()
+    model = cached_model(STANDARD)
+    detector = load_shipped_detector(model)
+    with torch.no_grad():
+        expected = float(detector.energies(model(load_model_input(photo, model.spec)[None]))[0])
+    assert float(energy) == pytest.approx(expected, abs=5e-4)
+    assert float(threshold) == pytest.approx(detector.threshold, abs=5e-4)
+    flagged = expected <= detector.threshold
+    assert (word, relation) == (("adversarial", "≤") if flagged else ("natural", ">")), verdict
 

@@ -51,10 +51,23 @@ def test_attack_writes_pngs_inside_the_ball_and_a_report(tmp_path, checkpoint, i
 
 
 def test_targeted_attack_by_label(tmp_path, checkpoint, images):
-    code = main(["attack", "--model", str(checkpoint), "--target", "c3", "--steps", "2", "--out", str(tmp_path / "o"),
-                 str(images[0])])
+    out = tmp_path / "o"
+    code = main(["attack", "--model", str(checkpoint), "--target", "c5", "--steps", "5", "--step-size", "2/255",
+                 "--out", str(out), str(images[0])])
     assert code == 0
-    assert json.loads((tmp_path / "o" / "results.json").read_text())["target"] == "c3"
+    report = json.loads((out / "results.json").read_text())
+    assert report["target"] == "c5"
+    # the written PNG, read back, is pulled toward class 5 ("c5") more than toward any other class
+    # (an untargeted attack on this model and image raises class 0 most)
+    model = robgen.load_model(checkpoint)
+    row = report["images"][0]
+    clean = robgen.load_image(out / row["clean_png"])
+    adv = robgen.load_image(out / row["adversarial_png"])
+    with torch.no_grad():
+        log_p_clean, log_p_adv = model(torch.stack([clean, adv])).log_softmax(1)
+    assert log_p_adv[5] > log_p_clean[5]
+    assert int((log_p_adv - log_p_clean).argmax()) == 5, (log_p_adv - log_p_clean).tolist()
+    assert report["trace"]["target_prob"][-1] > report["trace"]["target_prob"][0], "the trace follows p(c5)"
 
 
 def test_attack_input_errors_say_what_to_fix(tmp_path, checkpoint, images, capsys):
@@ -81,18 +94,35 @@ def test_detect_refuses_a_model_of_other_classes(tmp_path, cifar_root, capsys):
     assert code == 2 and "5 classes but cifar10 has 10" in capsys.readouterr().err
 
 
-def test_detect_fits_and_evaluates_on_real_data(tmp_path, trained_checkpoint, cifar_root):
+def test_detect_fits_and_evaluates_on_real_data(tmp_path, trained_checkpoint, cifar_root, monkeypatch):
+    from robgen.experiments import pipeline
+
+    runs, run_pipeline = [], pipeline.detection_experiment
+
+    def recording_pipeline(*args, **kwargs):  # keeps the result: the test split's clean and attacked logits
+        runs.append(run_pipeline(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(pipeline, "detection_experiment", recording_pipeline)
     out = tmp_path / "detect"
     code = main(["detect", "--model", str(trained_checkpoint), "--data", "cifar10", "--data-root", str(cifar_root),
                  "--steps", "10", "--alpha", "2/255", "--limit", "200", "--val-size", "1000", "--out", str(out)])
-    assert code == 0
+    assert code == 0 and len(runs) == 1
     metrics = json.loads((out / "metrics.json").read_text())
     detector = robgen.EnergyDetector.load(out / "detector.json")
     assert metrics["threshold"] == detector.threshold
     assert metrics["n_test"] == 200 and metrics["n_validation"] == 200
-    for key in ("detection_rate", "false_positive_rate", "false_negative_rate", "auroc"):
-        assert 0 <= metrics[key] <= 1
+    # the written rates are the written detector's, recomputed on the test split's logits
+    clean, adversarial = runs[0].clean["test"], runs[0].adversarial["test"]
+    assert clean.logits.shape == adversarial.logits.shape == (200, 10)
+    recomputed = detector.evaluate(clean.logits, adversarial.logits)
+    for key in ("detection_rate", "false_positive_rate", "false_negative_rate", "auroc", "threshold", "n_clean",
+                "n_adversarial"):
+        assert metrics[key] == pytest.approx(recomputed[key], abs=1e-12), key
+    assert metrics["detection_rate"] == float(detector.predict(adversarial.logits).double().mean())
+    assert metrics["false_positive_rate"] == float(detector.predict(clean.logits).double().mean())
     assert metrics["auroc"] > 0.5
+    assert metrics["clean_accuracy"] == clean.accuracy and metrics["adversarial_accuracy"] == adversarial.accuracy
     assert metrics["adversarial_accuracy"] < metrics["clean_accuracy"]
 
 

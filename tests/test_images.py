@@ -26,21 +26,33 @@ def test_resize_and_centre_crop_to_the_model_input(tmp_path):
     assert x.shape == (3, 16, 16) and float(x[0].mean()) > 0.9
 
 
+def palette_image():
+    """A palette image of index 3, whose colour is (10, 200, 30)."""
+    image = Image.new("P", (20, 20), 3)
+    image.putpalette([0, 0, 0, 255, 255, 255, 1, 2, 3, 10, 200, 30])
+    return image
+
+
 @pytest.mark.parametrize(
-    "image",
+    "image, rgb, tolerance",
     [
-        Image.new("RGBA", (20, 20), (255, 0, 0, 0)),
-        Image.new("L", (20, 20), 128),
-        Image.new("CMYK", (20, 20), (0, 0, 0, 0)),
-        Image.new("P", (20, 20), 3),
-        Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)),
+        # (200, 40, 0) at alpha 64 over white: c * 64/255 + 255 * (1 - 64/255), rounded
+        (Image.new("RGBA", (20, 20), (200, 40, 0, 64)), (241, 201, 191), 0),
+        (Image.new("L", (20, 20), 128), (128, 128, 128), 0),
+        # with K = 0, PIL's CMYK -> RGB is (255 - C, 255 - M, 255 - Y); JPEG may move a level
+        (Image.new("CMYK", (20, 20), (0, 100, 200, 0)), (255, 155, 55), 1),
+        (palette_image(), (10, 200, 30), 0),
+        # 16-bit 40000 scaled to 8 bits: 40000 / 65535 * 255 = 155.64 -> 156
+        (Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), (156, 156, 156), 0),
     ],
     ids=["rgba", "gray", "cmyk", "palette", "16bit"],
 )
-def test_common_modes_become_rgb(tmp_path, image):
+def test_common_modes_become_rgb(tmp_path, image, rgb, tolerance):
     ext = "jpg" if image.mode == "CMYK" else "png"
     x = load_image(save(image, tmp_path / f"img.{ext}"))
-    assert x.shape == (3, 20, 20) and 0 <= float(x.min()) and float(x.max()) <= 1
+    expected = torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1).expand(3, 20, 20) / 255
+    assert x.shape == (3, 20, 20)
+    assert float((x - expected).abs().max()) <= (tolerance + 0.01) / 255, (x[:, 0, 0] * 255).tolist()
 
 
 def test_transparent_pixels_are_composited_on_white(tmp_path):

@@ -2,6 +2,8 @@
 
 import re
 
+import torch
+
 import robgen
 from tests.conftest import REPO
 
@@ -25,5 +27,15 @@ def test_readme_python_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert blocks, "the README has a Python example"
     namespace = {}
+    torch.manual_seed(0)  # the example draws unseeded images: seeded, its clean and adversarial rates differ
     exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    assert namespace["report"]["detection_rate"] >= 0
+    report, detector = namespace["report"], namespace["detector"]
+    clean_test, adversarial_test = namespace["clean_logits"][8:], namespace["adv_logits"][8:]
+    assert report["n_clean"] == report["n_adversarial"] == 8, "the report describes the 8-image test half"
+    # the report's rates are those of the fitted detector's own predictions on the test half
+    flagged_adversarial = detector.predict(adversarial_test)
+    flagged_clean = detector.predict(clean_test)
+    assert flagged_adversarial.shape == flagged_clean.shape == (8,)
+    assert report["detection_rate"] == float(flagged_adversarial.double().mean())
+    assert report["false_positive_rate"] == float(flagged_clean.double().mean())
+    assert report["threshold"] == detector.threshold

@@ -100,7 +100,7 @@ class RecordingApi:
         return record
 
 
-def test_deploy_is_one_commit_with_the_readme_then_the_hardware(tmp_path):
+def test_deploy_is_one_commit_with_the_readme_and_sets_the_hardware(tmp_path):
     (tmp_path / "app.py").write_text("print('app')\n")
     (tmp_path / "README.md").write_text("# robgen\n")
     (tmp_path / "cache.pyc").write_bytes(b"\0")
@@ -108,17 +108,22 @@ def test_deploy_is_one_commit_with_the_readme_then_the_hardware(tmp_path):
                                    ignore=["*.pyc"], preload_from_hub=["org/weights model.safetensors"])
     api = RecordingApi()
     space.deploy("me/robgen", settings, root=tmp_path, api=api)
-    assert [name for name, _, _ in api.calls] == ["create_repo", "create_commit", "request_space_hardware"]
-    create = api.calls[0][2]
+    # each call once: the Space created, one commit, the hardware requested (whatever the order)
+    calls = {name: (args, kwargs) for name, args, kwargs in api.calls}
+    assert len(api.calls) == len(calls) and set(calls) == {"create_repo", "create_commit", "request_space_hardware"}
+    create_args, create = calls["create_repo"]
+    assert create_args == ("me/robgen",)
     assert create["repo_type"] == "space" and create["space_sdk"] == "gradio" and create["space_hardware"] == "zero-a10g"
-    commit = api.calls[1][2]
+    _, commit = calls["create_commit"]
     assert commit["repo_id"] == "me/robgen" and commit["repo_type"] == "space"
     operations = {op.path_in_repo: op for op in commit["operations"]}
-    assert sorted(operations) == ["README.md", "app.py"]
+    assert set(operations) == {"README.md", "app.py"} and len(commit["operations"]) == 2  # not cache.pyc
+    with open(operations["app.py"].path_or_fileobj) as app_file:
+        assert app_file.read() == "print('app')\n"
     readme = operations["README.md"].path_or_fileobj.decode()
     matter = front_matter(readme)
     assert readme.endswith("# robgen\n") and matter["models"] == ["org/weights"] and "suggested_hardware" not in matter
-    assert api.calls[2][1] == ("me/robgen", "zero-a10g")
+    assert calls["request_space_hardware"] == (("me/robgen", "zero-a10g"), {})
 
 
 def test_bad_space_settings_are_refused(tmp_path):

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 import robgen
 from robgen.cli import main
+from robgen.energy import class_energy
+from robgen.images import load_model_input
 from robgen.synthesis import SEEDS_FILE, load_seeds
 from tests.conftest import REPO, tiny_model
 
@@ -40,11 +43,37 @@ def test_synthesize_writes_a_grid_of_classes_by_samples(tmp_path, capsys):
     assert "unknown class 'unicorn'" in capsys.readouterr().err
 
 
-def test_synthesize_by_sgld_and_from_an_image_file(tmp_path):
+def test_synthesize_by_sgld_and_from_an_image_file(tmp_path, monkeypatch):
+    from robgen import plots
+
+    drawn, draw = [], plots.image_grid
+
+    def recording_grid(grid, *args, **kwargs):  # the (classes, n, C, H, W) images that grid.png shows
+        drawn.append(grid.clone())
+        return draw(grid, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "image_grid", recording_grid)
     out = tmp_path / "sgld"
+    photo = REPO / "examples" / "astronaut.png"  # black pixels: a step past 0 must be clipped
     assert main(["synthesize", "--model", ROBUST, "--classes", "0", "--n", "2", "--steps", "3", "--method", "sgld",
-                 "--init", str(REPO / "examples" / "rocket.png"), "--out", str(out)]) == 0
-    assert json.loads((out / "results.json").read_text())["method"] == "sgld"
+                 "--init", str(photo), "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["method"] == "sgld" and (out / "grid.png").is_file() and len(drawn) == 1
+    model = robgen.load_model(ROBUST)
+    start = load_model_input(photo, model.spec)
+    images = drawn[0][0]
+    assert images.shape == (2, *start.shape)
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+    assert all(float((image - start).abs().max()) > 1 / 255 for image in images), "each chain moved from the photo"
+    # SGLD descends E(x, y) of the class (airplane, 0): lower at the end than at the photo, in the model and the trace
+    with torch.no_grad():
+        energy_start = float(class_energy(model(start[None]), torch.tensor([0]))[0])
+        energy_end = float(class_energy(model(images), torch.tensor([0, 0])).mean())
+    assert energy_end < energy_start
+    trace = report["traces"]["airplane"]
+    assert trace["step"] == [0, 1, 2, 3]
+    assert -trace["loss"][0] == pytest.approx(energy_start, abs=1e-3)  # the trace's loss is -E(x, y)
+    assert -trace["loss"][-1] == pytest.approx(energy_end, abs=1e-3)
 
 
 def test_gradmap_draws_every_model_side_by_side(tmp_path, capsys):
