@@ -126,6 +126,7 @@ def load_model(
         model = load_checkpoint(text)
     elif find_checkpoint(text) is not None:
         model = load_checkpoint(find_checkpoint(text))
+        model.spec.source = text  # a shipped name shows as itself, not as this machine's path to it
     else:
         raise ValueError(_unknown_model_message(text))
     return model.to(device).eval()
