@@ -168,3 +168,18 @@ def test_attack_reads_images_through_the_models_eval_transform(tmp_path, images)
     plain = robgen.load_image(images[0], size=32)
     assert (clean - expected).abs().max() <= 0.5 / 255 + 1e-6, "the PNG is the model's view (crop 0.5, bilinear)"
     assert (clean - plain).abs().max() > 0.1, "not a plain resize"
+
+
+def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, toy_data, capsys):
+    import json
+
+    import robgen
+    from conftest import tiny_model
+
+    folder = robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "four")
+    args = ["eval", "--model", str(folder), "--data", str(toy_data), "--steps", "1", "--limit", "8", "--batch-size", "8"]
+    assert main(args + ["--record"]) == 0
+    recorded = json.loads((folder / "config.json").read_text())["metrics"]["eval"]
+    (key, result), = recorded.items()
+    assert key.endswith("-first8") and result["n"] == 8
+    assert result["clean_accuracy_ci"][0] <= result["clean_accuracy"] <= result["clean_accuracy_ci"][1]

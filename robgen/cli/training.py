@@ -106,6 +106,9 @@ def command_eval(args) -> int:
 
     device = distributed.setup(pick_device(args.device))
     model = open_model(args, device)
+    folder = model_folder(model)
+    if args.record and folder is None:  # refused before the evaluation, not after it
+        raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
     try:
         dataset = datasets.load_dataset(args.data, args.split, root=args.data_root, download=args.download,
                                         image_size=model.spec.input_size[1])
@@ -132,9 +135,6 @@ def command_eval(args) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         if args.record:
-            folder = model_folder(model)
-            if folder is None:
-                raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
             config = json.loads((folder / CONFIG_FILE).read_text())
             key = f"{args.data}-{args.split}{'-png' if args.exact else ''}{f'-first{args.limit}' if args.limit else ''}"
             config.setdefault("metrics", {}).setdefault("eval", {})[key] = result
