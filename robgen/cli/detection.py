@@ -21,12 +21,7 @@ def add_parsers(commands) -> None:
     add_model_arguments(detect)
     add_attack_arguments(detect, steps=40)
     add_data_arguments(detect)
-    detect.add_argument("--rule", default="youden", choices=["youden", "gmean", "fpr"],
-                        help="threshold rule (default youden, as the official code)")
-    detect.add_argument("--temperature", default="search",
-                        help="energy temperature, or 'search' (by validation AUROC over --temperatures; the default)")
-    detect.add_argument("--temperatures", type=parse_grid, default=TEMPERATURES,
-                        help="the grid searched (default the official 0.1,0.2,0.5,1,2,10,20)")
+    add_protocol_arguments(detect)
     detect.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
     detect.add_argument("--val-size", type=int, default=5000, help="validation images held out of train (default 5000)")
     detect.add_argument("--limit", type=int, help="use the first N images of the validation and test splits")
@@ -39,17 +34,23 @@ def add_parsers(commands) -> None:
     add_model_arguments(fit_detector)
     add_attack_arguments(fit_detector, steps=10)
     add_data_arguments(fit_detector)
-    fit_detector.add_argument("--rule", default="youden", choices=["youden", "gmean", "fpr"],
-                              help="threshold rule (default youden, as the official code)")
-    fit_detector.add_argument("--temperature", default="search", help="energy temperature, or 'search' (the default)")
-    fit_detector.add_argument("--temperatures", type=parse_grid, default=TEMPERATURES,
-                              help="the grid searched (default the official 0.1,0.2,0.5,1,2,10,20)")
+    add_protocol_arguments(fit_detector)
     fit_detector.add_argument("--limit", type=int, default=500, help="validation images to fit on, test images to check on")
     fit_detector.add_argument("--val-size", type=int, default=5000, help="validation images held out of train")
     fit_detector.add_argument("--batch-size", type=int, default=250)
     fit_detector.add_argument("--out", help="file or folder to write (default: detector.json in the checkpoint folder)")
     fit_detector.add_argument("--overwrite", action="store_true")
     fit_detector.set_defaults(run=command_fit_detector)
+
+
+def add_protocol_arguments(parser) -> None:
+    """The detector's threshold rule and temperature; the defaults are the official protocol."""
+    parser.add_argument("--rule", default="youden", choices=["youden", "gmean", "fpr"],
+                        help="threshold rule (default youden, as the official code)")
+    parser.add_argument("--temperature", default="search",
+                        help="energy temperature, or 'search' (by validation AUROC over --temperatures; the default)")
+    parser.add_argument("--temperatures", type=parse_grid, default=TEMPERATURES,
+                        help="the grid searched (default the official 0.1,0.2,0.5,1,2,10,20)")
 
 
 def parse_grid(text: str) -> tuple:
