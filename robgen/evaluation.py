@@ -20,7 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 from . import distributed
 from .attacks import APGD, PGD
 from .metrics import wilson_interval
-from .models.state import model_device
+from .models.state import eval_mode, model_device
 from .progress import progress_bar
 
 
@@ -50,9 +50,7 @@ def evaluate_robustness(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
     counts = torch.zeros(4, dtype=torch.float64)  # n, clean, pgd, apgd
     started = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for x, y in progress_bar(loader, desc=f"eval (PGD-{steps})", progress=progress and distributed.is_main()):
             x, y = x.to(device), y.to(device)
             x_pgd = pgd(x, y)
@@ -63,8 +61,6 @@ def evaluate_robustness(
                 if x_auto is not None:
                     counts[3] += float((model(x_auto).argmax(1) == y).sum())
             counts[0] += len(y)
-    finally:
-        model.train(was_training)
     n, clean, robust, auto_robust = distributed.reduce_sums(counts.tolist(), device)
     result = {
         "n": int(n), "clean_accuracy": clean / n, "pgd_accuracy": robust / n,
