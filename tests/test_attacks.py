@@ -306,3 +306,13 @@ def test_make_attack_gives_each_attack_the_settings_it_uses(model):
     assert attack_from_settings("he-pgd", model, **common).lam == 0.7
     assert attack_from_settings("apgd", model, **common).steps == 3
     assert attack_from_settings("fgsm", model, **common).eps == 4 / 255
+
+
+def test_without_a_generator_the_torchattacks_seed_follows_the_global_rng():
+    from robgen.engine import random_seed
+
+    torch.manual_seed(0)  # tests only
+    first, second = random_seed(None, torch.device("cpu")), random_seed(None, torch.device("cpu"))
+    assert first != second, "repeated calls are not all seeded alike"
+    torch.manual_seed(0)
+    assert random_seed(None, torch.device("cpu")) == first

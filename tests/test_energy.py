@@ -68,3 +68,13 @@ def test_model_outputs_reports_progress_through_a_callback(model, batch):
     seen = []
     model_outputs(model, [(x, y), (x, y)], progress=lambda fraction, desc="": seen.append(fraction))
     assert seen[0] == 0.0 and seen[-1] == 1.0
+
+
+def test_eval_mode_restores_each_modules_own_mode():
+    from robgen.models.state import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).train()
+    model[1].eval()  # fine-tuning with frozen batch norm
+    with eval_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert model.training and model[0].training and not model[1].training

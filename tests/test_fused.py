@@ -192,3 +192,20 @@ def test_a_model_fx_cannot_trace_runs_unfused(batch):
     assert inference_graph(model) is model
     x_adv = PGD(model, eps=8 / 255, step_size=2 / 255, steps=2)(x, torch.zeros(len(x), dtype=torch.long))
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_a_change_that_touches_no_weight_makes_a_new_copy():
+    from robgen.engine.fused import inference_graph
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    first = inference_graph(model)
+    model[1].eps = 1.0  # a plain setting, no tensor changes
+    second = inference_graph(model)
+    assert second is not first
+    model[2] = torch.nn.Softplus()  # a swapped module without weights
+    third = inference_graph(model)
+    assert third is not second
+    with torch.no_grad():
+        assert torch.allclose(third(x), model(x), atol=1e-5)

@@ -229,11 +229,6 @@ class ZooEntry:
         return not self.threat.startswith("min")
 
 
-def _robgen(attack: Attack, fused: Optional[bool]) -> Attack:
-    attack.fused = fused  # FGSM, HE-PGD and APGD take no `fused` argument: set it on the instance
-    return attack
-
-
 def _num_classes(model) -> int:
     spec = getattr(model, "spec", None)
     if spec is None:
@@ -243,7 +238,7 @@ def _num_classes(model) -> int:
 
 _ENTRIES = [
     ZooEntry("FGSM", "linf", "white-box", "robgen", "Goodfellow et al. 2015",
-             lambda m, s, g, f: _robgen(FGSM(m, eps=s.eps, generator=g), f)),
+             lambda m, s, g, f: FGSM(m, eps=s.eps, generator=g, fused=f)),
     ZooEntry("PGD-10", "linf", "white-box", "robgen", "Madry et al. 2018 (step 2.5·eps/10, random start)",
              lambda m, s, g, f: PGD(m, eps=s.eps, step_size=2.5 * s.eps / 10, steps=10, generator=g, fused=f)),
     ZooEntry("PGD-40", "linf", "white-box", "robgen", "Madry et al. 2018; the paper's detector attack (step 1/255)",
@@ -255,12 +250,12 @@ _ENTRIES = [
              lambda m, s, g, f: RandomTarget(PGD(m, eps=s.eps, step_size=s.step_size, steps=40, generator=g,
                                                  fused=f), _num_classes(m), g), targeted=True),
     ZooEntry("HE-PGD", "linf", "white-box", "robgen", "Beadini & Masi 2023 (λ·E added to CE, 40 steps)",
-             lambda m, s, g, f: _robgen(HighEnergyPGD(m, eps=s.eps, step_size=s.step_size, steps=40, lam=s.lam,
-                                                      generator=g), f)),
+             lambda m, s, g, f: HighEnergyPGD(m, eps=s.eps, step_size=s.step_size, steps=40, lam=s.lam,
+                                              generator=g, fused=f)),
     ZooEntry("APGD-CE", "linf", "white-box", "robgen", "Croce & Hein 2020 (20 iterations)",
-             lambda m, s, g, f: _robgen(APGD(m, eps=s.eps, steps=20, loss="ce", generator=g), f)),
+             lambda m, s, g, f: APGD(m, eps=s.eps, steps=20, loss="ce", generator=g, fused=f)),
     ZooEntry("APGD-DLR", "linf", "white-box", "robgen", "Croce & Hein 2020 (DLR loss, 20 iterations)",
-             lambda m, s, g, f: _robgen(APGD(m, eps=s.eps, steps=20, loss="dlr", generator=g), f)),
+             lambda m, s, g, f: APGD(m, eps=s.eps, steps=20, loss="dlr", generator=g, fused=f)),
     ZooEntry("APGD-T", "linf", "white-box", "torchattacks", "Croce & Hein 2020 (targeted DLR, every other class)",
              lambda m, s, g, f: TorchAttacksAttack(m, "APGDT", eps=s.eps, steps=20, generator=g, fused=f)),
     ZooEntry("CW-L2", "min-l2", "white-box", "torchattacks", "Carlini & Wagner 2017 (c=1, 50 steps)",

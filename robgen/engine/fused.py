@@ -92,7 +92,8 @@ _lock = threading.Lock()
 
 
 def weights_signature(model: nn.Module) -> Optional[Tuple]:
-    """What identifies the current weights: (id, address, shape, dtype, device, version) of every tensor.
+    """What identifies the current network: (id, address, shape, dtype, device, version) of every tensor,
+    and every module's name, type, identity and plain settings (a swapped activation, a BN `eps`).
 
     None for a model whose tensors keep no version counter (made under
     `torch.inference_mode`): its changes cannot be seen, so it is not fused.
@@ -104,6 +105,10 @@ def weights_signature(model: nn.Module) -> Optional[Tuple]:
                          tensor._version))
     except RuntimeError:  # inference tensors have no version counter
         return None
+    for name, module in model.named_modules():  # the structure and each module's plain settings
+        settings = tuple(sorted((key, value) for key, value in vars(module).items()
+                                if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))))
+        rows.append((name, type(module), id(module), settings))
     return tuple(rows)
 
 

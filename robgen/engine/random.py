@@ -31,7 +31,11 @@ def random_normal(shape: Sequence[int], like: torch.Tensor, generator: Optional[
 
 
 def random_seed(generator: Optional[torch.Generator], device: torch.device) -> int:
-    """An integer seed drawn from `generator` (for code that seeds its own RNG, such as torchattacks)."""
+    """An integer seed drawn from `generator` (for code that seeds its own RNG, such as torchattacks).
+
+    Without a generator the seed is drawn from the global RNG (not a constant, so that repeated calls
+    stay random); the caller seeds nothing globally.
+    """
     if generator is None:
-        return 0
+        return int(torch.randint(0, 2**31 - 1, (1,)))
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator_device(generator, device)))

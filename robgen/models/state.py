@@ -24,10 +24,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put `model` in eval mode for the block and restore the caller's mode after."""
-    was_training = model.training
+    """Put `model` in eval mode for the block and restore every module's own mode after.
+
+    Modes are restored module by module, so a caller fine-tuning with frozen batch norm (model in
+    train mode, its BN layers in eval mode) gets exactly that back.
+    """
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
