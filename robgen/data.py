@@ -25,6 +25,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 DATA_ENV = "ROBGEN_DATA"
 KNOWN = ("cifar10", "cifar100", "imagenette")
 _SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "imagenette": ("train", "val")}
+# Imagenette's ten ImageNet classes: WordNet id -> the first ImageNet name (torchvision's Imagenette lists
+# every synonym; robgen labels a class with its first name, whichever layout the images come in).
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player", "n03000684": "chain saw",
+    "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck", "n03425413": "gas pump",
+    "n03445777": "golf ball", "n03888257": "parachute",
+}
 
 
 def default_data_root(root: Optional[Union[str, Path]] = None) -> Path:
@@ -36,11 +43,16 @@ def default_data_root(root: Optional[Union[str, Path]] = None) -> Path:
     return Path.home() / ".cache" / "robgen-data"
 
 
-def pixel_transform(image_size: Optional[int] = None, train: bool = False):
-    """PIL image -> float tensor in [0, 1]; resized and centre-cropped to `image_size` if given.
+def pixel_transform(image_size: Optional[int] = None, train: bool = False, crop_pct: float = 1.0,
+                    interpolation: str = "bilinear"):
+    """PIL image -> float tensor in [0, 1], as a model of input side `image_size` sees it.
 
-    `train=True` adds the standard augmentation (random crop with padding for
-    small images, random resized crop for larger ones, horizontal flip).
+    Evaluation (`train=False`) is timm's eval transform, the one `robgen.load_image`
+    applies to a single file: resize the short side to image_size / crop_pct with
+    `interpolation`, centre-crop image_size (no resize when `image_size` is None).
+    `train=True` is the standard augmentation instead: a reflect-padded random crop
+    for small images (<= 64 px), a random resized crop for larger ones, and a
+    horizontal flip.
     """
     from torchvision import transforms as T
 
@@ -48,15 +60,41 @@ def pixel_transform(image_size: Optional[int] = None, train: bool = False):
     if train:
         if image_size is None or image_size <= 64:
             if image_size is not None:
-                steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+                steps += [_EvalResize(image_size, 1.0, interpolation)]
             steps += [_PadRandomCrop()]
         else:
-            steps += [T.RandomResizedCrop(image_size, scale=(0.35, 1.0))]
+            steps += [T.RandomResizedCrop(image_size, scale=(0.35, 1.0), interpolation=_torchvision_mode(interpolation))]
         steps += [T.RandomHorizontalFlip()]
     elif image_size is not None:
-        steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+        steps += [_EvalResize(image_size, crop_pct, interpolation)]
     steps.append(T.ToTensor())
     return T.Compose(steps)
+
+
+def eval_transform(spec):
+    """The eval transform of the model `spec` describes (its input size, crop_pct and interpolation)."""
+    return pixel_transform(spec.input_size[1], crop_pct=spec.crop_pct, interpolation=spec.interpolation)
+
+
+class _EvalResize:
+    """`images.resize_and_crop` as a transform step (one implementation for files and data sets)."""
+
+    def __init__(self, size: int, crop_pct: float, interpolation: str) -> None:
+        self.size, self.crop_pct, self.interpolation = size, crop_pct, interpolation
+
+    def __call__(self, image):
+        from .images import resize_and_crop
+
+        return resize_and_crop(image.convert("RGB"), self.size, crop_pct=self.crop_pct, interpolation=self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"EvalResize(size={self.size}, crop_pct={self.crop_pct}, interpolation={self.interpolation!r})"
+
+
+def _torchvision_mode(interpolation: str):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(interpolation.lower())
 
 
 class _PadRandomCrop:
@@ -77,6 +115,7 @@ def load_dataset(
     image_size: Optional[int] = None,
     train_augment: bool = False,
     transform=None,
+    spec=None,
 ) -> Dataset:
     """A data set yielding (pixels in [0, 1] of shape (3, H, W), label); `.classes` lists its labels.
 
@@ -87,7 +126,11 @@ def load_dataset(
         root: where the data sets live (see module docs); ignored for a path name.
         download: let torchvision download a missing data set (needs the internet).
         image_size: resize + centre-crop to this size (Imagenette default: 160).
+        spec: a model's `ModelSpec`: apply that model's eval transform (`eval_transform`), so the
+            images are exactly what the model sees; overrides `image_size`.
     """
+    if spec is not None and transform is None and not train_augment:
+        transform = eval_transform(spec)
     key = str(name).lower()
     if key in KNOWN:
         split = _normalise_split(key, split)
@@ -122,7 +165,10 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
 
     image_folder = data_root / key / split
     if image_folder.is_dir():
-        return _image_folder(image_folder, transform)
+        dataset = _image_folder(image_folder, transform)
+        if key == "imagenette":
+            dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
+        return dataset
     if key in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
         pickled = data_root / ("cifar-10-batches-py" if key == "cifar10" else "cifar-100-python")
@@ -131,7 +177,7 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
     else:
         if (data_root / "imagenette2-160" / split).is_dir() or download:
             dataset = datasets.Imagenette(str(data_root), split=split, size="160px", transform=transform, download=download)
-            return _interleaved(dataset, [label for _, label in dataset._samples], dataset.classes)
+            return _interleaved(dataset, [label for _, label in dataset._samples], [names[0] for names in dataset.classes])
     raise FileNotFoundError(
         f"{key} ({split}) not found under {data_root}. Online: pass download=True (CLI: --download). Offline: point "
         f"--data-root or ${DATA_ENV} at a folder holding {key}/{split}/<class>/ images"
@@ -177,6 +223,40 @@ def class_names(dataset: Dataset) -> List[str]:
     if not hasattr(dataset, "classes"):
         raise ValueError("this data set does not list its classes (no .classes attribute)")
     return list(dataset.classes)
+
+
+def default_val_size(data: Union[str, Path]) -> int:
+    """Images held out of train for validation by default: the paper's 500 on Imagenette, 5,000 elsewhere."""
+    return 500 if str(data).lower() == "imagenette" else 5000
+
+
+def model_val_size(spec, data: Union[str, Path]) -> int:
+    """The validation split to use with a model: the one its training held out (so no validation image
+    was trained on) when it was trained on `data`, else `default_val_size(data)`."""
+    recorded = spec.training.get("data", {}) if isinstance(spec.training, dict) else {}
+    if str(recorded.get("name", "")).lower() == str(data).lower() and recorded.get("val_size"):
+        return int(recorded["val_size"])
+    return default_val_size(data)
+
+
+def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) -> None:
+    """Refuse a data set that is not the one the model of `spec` classifies, saying which it needs.
+
+    Checked: the number of classes, the data set the model was trained on (when its spec
+    records one of the named data sets), and, for named data sets, the class labels.
+    """
+    key = str(data).lower()
+    if len(classes) != spec.num_classes:
+        raise ValueError(f"the model has {spec.num_classes} classes but {data} has {len(classes)}: "
+                         "pick a model trained on this data set")
+    trained_on = str(spec.training.get("data", {}).get("name") or spec.training.get("config", {}).get("data") or "")
+    if key in KNOWN and trained_on.lower() in KNOWN and trained_on.lower() != key:
+        raise ValueError(f"this model was trained on {trained_on}, not {data}: pick a {data} model "
+                         f"(python -m robgen models lists the shipped ones)")
+    if key in KNOWN and [c.lower() for c in classes] != [c.lower() for c in spec.class_labels] \
+            and not all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels)):
+        raise ValueError(f"{data}'s classes ({', '.join(classes)}) are not the model's "
+                         f"({', '.join(spec.class_labels)}): pick a model trained on {data}")
 
 
 def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Subset, Subset]:

@@ -11,6 +11,13 @@ Modes (the `mode` of `TrainConfig`):
 Adversarial examples come from robgen's own attacks (the same loop as the
 attacks and the synthesis), generated with the model in eval mode.
 
+Adversarial runs ("pgd", "fast") also keep the epoch with the best PGD
+accuracy on the fixed validation subset in `<out>/best/`: fast training can
+collapse into catastrophic overfitting (PGD accuracy falls to ~0 within an
+epoch while FGSM accuracy soars), and that copy is the model to use then.
+`init_from` starts from a trained checkpoint instead of random weights (e.g.
+fine-tuning a standard model at a quasi-robust budget).
+
 Every epoch writes a complete robgen checkpoint (`model.safetensors` +
 `config.json` with the recipe, data and measured accuracies) and a
 `trainer_state.pt` (optimiser, schedule, epoch, and every random state: the
@@ -52,7 +59,13 @@ MODES = ("standard", "pgd", "fast", "quasi")
 # (per-pixel RMS 0.05/sqrt(3072) = 0.23/255, below 8-bit quantisation): small enough that clean
 # accuracy stays near standard, large enough to change the gradients on a small model.
 QUASI_NORM, QUASI_EPS = "l2", 0.05
+# Per data set defaults of the recipe. Imagenette: 128-px inputs (random resized crops in training; at eval time the short side resized to
+# 128 / 0.875 = 146 and the centre 128 cropped), so that a CPU can train it (checkpoints/README.md).
+DATA_DEFAULTS = {
+    "imagenette": dict(image_size=128, crop_pct=0.875),
+}
 STATE_FILE = "trainer_state.pt"
+BEST_DIR = "best"  # the best-PGD-epoch checkpoint of adversarial runs
 LOG_FILE = "log.jsonl"
 
 
@@ -75,20 +88,36 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # "onecycle" or "cosine", stepped every iteration
     label_smoothing: float = 0.0
-    val_size: int = 5000  # held out of train (the paper's 45k/5k on CIFAR-10)
+    val_size: Optional[int] = None  # held out of train; None: data.default_val_size (Imagenette 500, else 5000)
     eval_subset: int = 500  # first N validation images for the per-epoch PGD accuracy
     eval_steps: int = 10
     train_limit: Optional[int] = None  # first N training images only (tests, smoke runs)
-    image_size: Optional[int] = None
+    image_size: Optional[int] = None  # input side; None: the data set's default (DATA_DEFAULTS), else as stored
+    crop_pct: Optional[float] = None  # eval transform: resize the short side to image_size / crop_pct, centre-crop
+    interpolation: str = "bilinear"  # resampling filter of the eval resize and of the training crops
     seed: int = 0
     workers: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA
     # None: on CUDA only. On the CPU (torch 2.14, 2 cores shared with another job) channels-last train steps
     # took 0.62-0.86x the time at widths 4, 16 and 32; measure on a quiet machine before making it the default
     channels_last: Optional[bool] = None
+    # "pgd" / "fast" only: also keep the epoch with the best PGD accuracy on the validation subset in
+    # <out>/best/ (the guard against catastrophic overfitting of fast adversarial training, Wong et al. 2020)
+    keep_best: bool = True
+    init_from: Optional[str] = None  # start from this checkpoint's weights and spec (fine-tuning), not at random
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        defaults = DATA_DEFAULTS.get(str(self.data).lower(), {})
+        for name in ("image_size", "crop_pct"):
+            if getattr(self, name) is None and name in defaults:
+                setattr(self, name, defaults[name])
+        if self.val_size is None:
+            self.val_size = datasets.default_val_size(self.data)
+        if self.crop_pct is None:
+            self.crop_pct = 1.0
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1] (1: no margin, 0.875: ImageNet's), got {self.crop_pct}")
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}: choose from {', '.join(MODES)}")
         if self.mode == "quasi" and self.norm == "linf" and self.eps == 8 / 255:
@@ -234,14 +263,32 @@ def train(
 
 
 def _load_data(config: TrainConfig, data_root, download: bool):
-    common = dict(root=data_root, download=download, image_size=config.image_size)
-    augmented = datasets.load_dataset(config.data, "train", train_augment=True, **common)
-    plain = datasets.load_dataset(config.data, "train", **common)
+    size, how = config.image_size, dict(crop_pct=config.crop_pct, interpolation=config.interpolation)
+    augmented = datasets.load_dataset(config.data, "train", root=data_root, download=download,
+                                      transform=datasets.pixel_transform(size, train=True, **how))
+    plain = datasets.load_dataset(config.data, "train", root=data_root, download=download,
+                                  transform=datasets.pixel_transform(size, **how))
     train_part, _ = datasets.train_val_split(augmented, config.val_size, seed=config.seed)
     _, val = datasets.train_val_split(plain, config.val_size, seed=config.seed)
     if config.train_limit is not None:
         train_part = datasets.first(train_part, config.train_limit, "training split")
     return train_part, val, datasets.class_names(plain), plain
+
+
+def _initial_model(config: TrainConfig, classes, device) -> Classifier:
+    """The checkpoint `config.init_from` names, to fine-tune: same classes and architecture as the run."""
+    from .models import load_model
+
+    model = load_model(config.init_from, device=device)
+    if list(model.spec.class_labels) != list(classes):
+        raise ValueError(f"{config.init_from} classifies {', '.join(model.spec.class_labels)}, but {config.data} has "
+                         f"{', '.join(classes)}: fine-tune a model of this data set")
+    width = model.spec.arch_kwargs.get("width")
+    if model.spec.architecture != config.architecture or (config.width is not None and width != config.width):
+        raise ValueError(f"{config.init_from} is a {model.spec.architecture} (width {width}), but this run trains "
+                         f"{config.architecture} (width {config.width}): pass the same --arch and --width")
+    model.spec.metrics = {}  # measured again every epoch; the recipe records init_from
+    return model
 
 
 def _train(config, out_dir, data_root, download, resume, device, progress, on_epoch) -> Classifier:
@@ -258,13 +305,16 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
                 f"but this run trains {config.architecture} (width {config.width}): resume with the same architecture"
             )
         model = load_checkpoint(out_dir, map_location=device)
+    elif config.init_from is not None:
+        model = _initial_model(config, classes, device)
     else:
         mean, std = channel_stats(plain)
         sample, _ = plain[0]
         arch_kwargs = {"width": config.width} if config.width is not None else {}
         spec = ModelSpec(
             architecture=config.architecture, num_classes=len(classes), class_labels=classes, mean=mean, std=std,
-            input_size=tuple(sample.shape), arch_kwargs=arch_kwargs,
+            input_size=tuple(sample.shape), arch_kwargs=arch_kwargs, crop_pct=config.crop_pct,
+            interpolation=config.interpolation,
         )
         model = Classifier(build_network(spec), spec).to(device)
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
@@ -334,10 +384,11 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"the training loss became {row['loss']} at epoch {epoch + 1}: lower the learning rate")
         history.append(row)
+        best = _is_best(config, history)
         random_states = _gather_random_states(_random_states(device, attack, sampler))
         if distributed.is_main():
             _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set,
-                         random_states)
+                         random_states, best)
             logger.info("epoch %d: %s", epoch + 1, json.dumps(row))
         if on_epoch is not None:
             on_epoch(row)
@@ -345,8 +396,15 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
     return model.eval()
 
 
+def _is_best(config: TrainConfig, history: list) -> bool:
+    """Whether the last epoch of `history` has the best validation PGD accuracy so far (ties: the later)."""
+    if not (config.keep_best and config.mode in ("pgd", "fast")):
+        return False
+    return history[-1]["val_pgd_accuracy"] >= max(row["val_pgd_accuracy"] for row in history)
+
+
 def _write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch, row, eval_set,
-                 random_states) -> None:
+                 random_states, best: bool = False) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.spec.training = {
         "config": asdict(config), "data": {"name": str(config.data), "classes": classes, "split": "train minus val",
@@ -359,6 +417,10 @@ def _write_epoch(model, config, out_dir, classes, history, device, optimizer, sc
         "val_images": len(eval_set), "val_pgd": {"eps": config.eps, "norm": config.norm, "steps": config.eval_steps},
     }
     save_checkpoint(model, out_dir)
+    if best:
+        model.spec.training["best_epoch"] = epoch + 1
+        save_checkpoint(model, out_dir / BEST_DIR)
+        del model.spec.training["best_epoch"]
     _atomic_save({
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
         "wall_seconds": row["seconds"], "history": json.dumps(history),

@@ -71,3 +71,62 @@ def test_real_cifar10_loads_as_the_paper_uses_it(cifar_root):
     assert (len(train_part), len(val)) == (45000, 5000)
     x, y = data.load_tensors(test, 10)
     assert x.shape == (10, 3, 32, 32) and y.tolist() == list(range(10))
+
+
+def _photo(width, height):
+    """A smooth, non-square test photo whose crops differ from each other (a gradient in both axes)."""
+    xs = torch.linspace(0, 1, width).view(1, 1, width).expand(1, height, width)
+    ys = torch.linspace(0, 1, height).view(1, height, 1).expand(1, height, width)
+    pixels = torch.cat([xs, ys, (xs + ys) / 2]).mul(255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(pixels)
+
+
+def test_a_data_set_read_through_a_model_spec_is_what_load_image_gives(tmp_path):
+    from robgen import images
+    from robgen.models import ModelSpec
+
+    folder = tmp_path / "photos" / "church"
+    folder.mkdir(parents=True)
+    _photo(60, 40).save(folder / "a.png")
+    (tmp_path / "photos" / "tench").mkdir()
+    _photo(40, 70).save(tmp_path / "photos" / "tench" / "b.png")
+    spec = ModelSpec(architecture="resnet10_imagenette", num_classes=2, class_labels=["church", "tench"],
+                     input_size=(3, 24, 24), crop_pct=0.75, interpolation="bicubic")
+    dataset = data.load_dataset(tmp_path / "photos", spec=spec)
+    for index, path in enumerate([folder / "a.png", tmp_path / "photos" / "tench" / "b.png"]):
+        x, _ = dataset[index]
+        assert x.shape == (3, 24, 24)
+        assert torch.equal(x, images.load_model_input(path, spec)), "one eval transform for files and data sets"
+    # crop_pct < 1 keeps the centre only: the same image at crop_pct 1 shows more of the border
+    wide = data.load_dataset(tmp_path / "photos", transform=data.pixel_transform(24, crop_pct=1.0, interpolation="bicubic"))
+    assert not torch.equal(wide[0][0], dataset[0][0])
+    assert data.eval_transform(spec).transforms[0].crop_pct == 0.75
+
+
+def test_imagenette_folders_are_labelled_with_class_names(tmp_path):
+    for wnid in ("n01440764", "n03028079"):
+        (tmp_path / "imagenette" / "val" / wnid).mkdir(parents=True)
+        _photo(30, 30).save(tmp_path / "imagenette" / "val" / wnid / "x.png")
+    dataset = data.load_dataset("imagenette", "test", root=tmp_path)
+    assert data.class_names(dataset) == ["tench", "church"]
+    assert dataset[0][0].shape == (3, 160, 160), "Imagenette without a spec: the 160-px images"
+
+
+def test_a_model_of_another_data_set_is_refused():
+    from robgen.models import ModelSpec
+
+    cifar = ModelSpec(architecture="resnet10_cifar", num_classes=10, class_labels=[f"c{i}" for i in range(10)],
+                      training={"data": {"name": "cifar10", "val_size": 5000}})
+    nette_classes = list(data.IMAGENETTE_CLASSES.values())
+    with pytest.raises(ValueError, match="trained on cifar10, not imagenette"):
+        data.check_model_matches(cifar, "imagenette", nette_classes)
+    named = ModelSpec(architecture="resnet10_cifar", num_classes=10, class_labels=["airplane"] + ["x"] * 9)
+    with pytest.raises(ValueError, match="not the model's"):
+        data.check_model_matches(named, "imagenette", nette_classes)
+    with pytest.raises(ValueError, match="10 classes but imagenette has 2"):
+        data.check_model_matches(cifar, "imagenette", nette_classes[:2])
+    nette = ModelSpec(architecture="resnet10_imagenette", num_classes=10, class_labels=nette_classes,
+                      training={"data": {"name": "imagenette", "val_size": 500}})
+    data.check_model_matches(nette, "imagenette", nette_classes)
+    assert data.model_val_size(nette, "imagenette") == 500
+    assert data.model_val_size(cifar, "imagenette") == 500 and data.model_val_size(cifar, "cifar10") == 5000

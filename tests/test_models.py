@@ -252,3 +252,18 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         robgen.save_checkpoint(tiny_model(seed=1), folder)
     assert (folder / "model.safetensors").read_bytes() == before
     robgen.load_model(folder)
+
+
+@pytest.mark.parametrize("name, size, kwargs, features", [
+    ("resnet10_imagenette", 128, {"width": 32}, 256),  # 7x7 stride-2 stem + max-pool: 128 -> 32 before the blocks
+    ("resnet10_imagenette_official", 150, {}, 2048),  # the notebook's: 512 channels on a 2x2 pooled map
+])
+def test_the_imagenette_resnets_come_from_timm(name, size, kwargs, features):
+    import robgen.models.resnets  # noqa: F401  (registers them)
+
+    net = timm.create_model(name, num_classes=10, **kwargs)
+    x = torch.rand(2, 3, size, size)
+    assert net.forward_features(x).shape == (2, features)
+    assert net(x).shape == (2, 10)
+    stem_out = net.stem(x)
+    assert stem_out.shape[-1] == (size // 4 if "official" not in name else (size + 1) // 2)

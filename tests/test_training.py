@@ -135,3 +135,56 @@ def test_a_run_that_dies_keeps_its_last_complete_checkpoint(toy_data, tmp_path):
     robgen.load_model(tmp_path / "dies")
     resumed = train(config(toy_data, epochs=3), tmp_path / "dies", resume=True, progress=False)
     assert resumed.spec.training["epochs_done"] == 3
+
+
+@pytest.mark.parametrize("mode", ["fast", "pgd"])
+def test_adversarial_runs_keep_their_best_pgd_epoch(toy_data, tmp_path, mode):
+    rows = []
+    train(config(toy_data, mode=mode, attack_steps=2, epochs=4), tmp_path / mode, progress=False, on_epoch=rows.append)
+    best = json.loads((tmp_path / mode / training.BEST_DIR / "config.json").read_text())
+    accuracies = [row["val_pgd_accuracy"] for row in rows]
+    latest_best = max(i for i, a in enumerate(accuracies) if a == max(accuracies)) + 1  # ties go to the later epoch
+    assert best["training"]["best_epoch"] == latest_best
+    assert best["metrics"]["val_pgd_accuracy"] == max(accuracies)
+    assert best["training"]["epochs_done"] == latest_best
+
+
+def test_standard_and_quasi_runs_keep_no_best_copy(toy_data, tmp_path):
+    train(config(toy_data, mode="quasi", epochs=1), tmp_path / "q", progress=False)
+    assert not (tmp_path / "q" / training.BEST_DIR).exists()
+
+
+def test_fine_tuning_starts_from_the_given_checkpoint(toy_data, tmp_path):
+    base = train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
+    # one epoch at a tiny learning rate: the tuned weights stay far closer to the base than a fresh start's
+    tuned = train(config(toy_data, mode="quasi", epochs=1, lr=1e-4, init_from=str(tmp_path / "base")), tmp_path / "tuned",
+                  progress=False)
+    fresh = train(config(toy_data, mode="quasi", epochs=1, lr=1e-4, seed=5), tmp_path / "fresh", progress=False)
+    weight = "net.head.weight"
+    to_base = (tuned.state_dict()[weight] - base.state_dict()[weight]).norm()
+    fresh_to_base = (fresh.state_dict()[weight] - base.state_dict()[weight]).norm()
+    assert to_base < 0.1 * fresh_to_base
+    assert tuned.spec.mean == base.spec.mean and tuned.spec.std == base.spec.std
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert saved["training"]["config"]["init_from"] == str(tmp_path / "base")
+    with pytest.raises(ValueError, match="same --arch and --width"):
+        train(config(toy_data, width=8, init_from=str(tmp_path / "base")), tmp_path / "wide", progress=False)
+
+
+def test_data_set_defaults_fill_the_recipe():
+    nette = TrainConfig(data="imagenette")
+    assert (nette.val_size, nette.image_size, nette.crop_pct) == (500, 128, 0.875)
+    cifar = TrainConfig(data="cifar10")
+    assert (cifar.val_size, cifar.image_size, cifar.crop_pct) == (5000, None, 1.0)
+    assert TrainConfig(data="imagenette", val_size=100, crop_pct=1.0).val_size == 100
+    with pytest.raises(ValueError, match="crop_pct"):
+        TrainConfig(crop_pct=1.5)
+
+
+def test_the_eval_transform_travels_with_the_trained_model(toy_data, tmp_path):
+    model = train(config(toy_data, epochs=1, image_size=12, crop_pct=0.75, interpolation="bicubic"), tmp_path / "crop",
+                  progress=False)
+    loaded = robgen.load_model(tmp_path / "crop")
+    assert loaded.spec.input_size == (3, 12, 12)
+    assert (loaded.spec.crop_pct, loaded.spec.interpolation) == (0.75, "bicubic")
+    assert model.spec.crop_pct == 0.75

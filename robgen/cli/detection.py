@@ -23,7 +23,8 @@ def add_parsers(commands) -> None:
     add_data_arguments(detect)
     add_protocol_arguments(detect)
     detect.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
-    detect.add_argument("--val-size", type=int, default=5000, help="validation images held out of train (default 5000)")
+    detect.add_argument("--val-size", type=int,
+        help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     detect.add_argument("--limit", type=int, help="use the first N images of the validation and test splits")
     detect.add_argument("--batch-size", type=int, default=256)
     detect.add_argument("--workers", type=int, default=0, help="data-loading processes")
@@ -36,7 +37,8 @@ def add_parsers(commands) -> None:
     add_data_arguments(fit_detector)
     add_protocol_arguments(fit_detector)
     fit_detector.add_argument("--limit", type=int, default=500, help="validation images to fit on, test images to check on")
-    fit_detector.add_argument("--val-size", type=int, default=5000, help="validation images held out of train")
+    fit_detector.add_argument("--val-size", type=int,
+        help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     fit_detector.add_argument("--batch-size", type=int, default=250)
     fit_detector.add_argument("--out", help="file or folder to write (default: detector.json in the checkpoint folder)")
     fit_detector.add_argument("--overwrite", action="store_true")

@@ -16,7 +16,8 @@ def add_parsers(commands) -> None:
     repro.add_argument("--limit", type=int, help="first N images of the validation and test splits (default: all)")
     repro.add_argument("--attacks", default="pgd-8,pgd-16,apgd-8", help="comma-separated, from pgd-8, pgd-16, apgd-8")
     repro.add_argument("--steps", type=int, default=40, help="attack steps (the paper: 40)")
-    repro.add_argument("--val-size", type=int, default=5000, help="validation images held out of train")
+    repro.add_argument("--val-size", type=int,
+        help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     repro.add_argument("--batch-size", type=int, default=250)
     repro.add_argument("--seed", type=int, default=0)
     add_output_arguments(repro)

@@ -84,7 +84,7 @@ def command_fit_seeds(args) -> int:
     path = companion_output_path(args, model, SEEDS_FILE)
     try:
         train = datasets.load_dataset(args.data, "train", root=args.data_root, download=args.download,
-                                      image_size=model.spec.input_size[1])
+                                      spec=model.spec)
         classes = datasets.class_names(train)
         if classes != list(model.spec.class_labels):
             raise UsageError(f"{args.data} has the classes {classes}, the model {model.spec.class_labels}")

@@ -34,10 +34,16 @@ def add_parsers(commands) -> None:
     train.add_argument("--weight-decay", type=float, default=5e-4)
     train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine"])
     train.add_argument("--label-smoothing", type=float, default=0.0)
-    train.add_argument("--val-size", type=int, default=5000, help="images held out of train for validation")
+    train.add_argument("--val-size", type=int,
+                       help="images held out of train for validation (default: 5000; Imagenette 500, as the paper)")
     train.add_argument("--eval-subset", type=int, default=500, help="validation images for the per-epoch PGD check")
+    train.add_argument("--eval-steps", type=int, default=10, help="PGD steps of the per-epoch check (default 10)")
     train.add_argument("--train-limit", type=int, help="train on the first N images only")
-    train.add_argument("--image-size", type=int, help="resize + crop images to this size")
+    train.add_argument("--image-size", type=int, help="input side in pixels (default: the images' own; Imagenette 128)")
+    train.add_argument("--crop-pct", type=float,
+                       help="eval transform: resize the short side to size / crop-pct, centre-crop (default 1; Imagenette 0.875)")
+    train.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "lanczos", "nearest"],
+                       help="resampling filter of the resizes (default bilinear)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0, help="data-loading processes")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -45,6 +51,10 @@ def add_parsers(commands) -> None:
     train.add_argument("--device", default="auto")
     add_output_arguments(train, "checkpoint folder (written every epoch)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--init-from", metavar="MODEL",
+                       help="start from this checkpoint's weights (fine-tuning; a name, folder or hf-hub:...)")
+    train.add_argument("--no-keep-best", dest="keep_best", action="store_false",
+                       help="pgd/fast: do not keep the best-PGD epoch in <out>/best/")
     train.set_defaults(run=command_train)
 
     evaluate = commands.add_parser("eval", help="clean accuracy and accuracy under PGD (and APGD)")
@@ -78,8 +88,10 @@ def command_train(args) -> int:
             attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
             label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,
-            train_limit=args.train_limit, image_size=args.image_size, seed=args.seed, workers=args.workers,
-            channels_last=args.channels_last,
+            eval_steps=args.eval_steps,
+            train_limit=args.train_limit, image_size=args.image_size, crop_pct=args.crop_pct,
+            interpolation=args.interpolation, seed=args.seed, workers=args.workers,
+            channels_last=args.channels_last, keep_best=args.keep_best, init_from=args.init_from,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -111,10 +123,8 @@ def command_eval(args) -> int:
         raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
     try:
         dataset = datasets.load_dataset(args.data, args.split, root=args.data_root, download=args.download,
-                                        image_size=model.spec.input_size[1])
-        if len(datasets.class_names(dataset)) != model.spec.num_classes:
-            raise UsageError(f"the model has {model.spec.num_classes} classes but {args.data} has "
-                             f"{len(datasets.class_names(dataset))}")
+                                        spec=model.spec)
+        datasets.check_model_matches(model.spec, args.data, datasets.class_names(dataset))
         what = f"{args.split} split"
         if args.exact:
             dataset, what = datasets.lossless_only(dataset), f"PNG (exact) images of the {args.split} split"

@@ -28,7 +28,8 @@ def add_parsers(commands) -> None:
                      help="threshold rule (default youden, as the official notebooks)")
     zoo.add_argument("--temperature", default="search",
                      help="energy temperature, or 'search' (default: by validation AUROC)")
-    zoo.add_argument("--val-size", type=int, default=5000, help="validation images held out of train (default 5000)")
+    zoo.add_argument("--val-size", type=int,
+        help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     zoo.add_argument("--batch-size", type=int, default=250)
     zoo.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the AUROC intervals")
     zoo.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ DETECTOR_FILE = "detector.json"
 
 def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str = "youden",
                        temperature: Union[float, str] = "search", temperatures: Sequence[float] = TEMPERATURES,
-                       val_size: int = 5000,
+                       val_size: Optional[int] = None,
                        data_root: Optional[str] = None, download: bool = False, batch_size: int = 250,
                        progress=True, seed: int = 0) -> EnergyDetector:
     """Fit on the first `n` images of the seeded validation split; evaluate on the first `n` test images.

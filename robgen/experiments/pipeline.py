@@ -5,7 +5,7 @@ CLI's `detect`, the detector shipped next to a checkpoint (calibration.py),
 the paper's reproduction (reproduce.py) and, through the shipped detector,
 the app's Detect tab.
 
-    splits = detection_splits(model, "cifar10", val_size=5000, limit=1000)
+    splits = detection_splits(model, "cifar10", limit=1000)
     result = detection_experiment(model, splits, PGD(model, eps=8/255, step_size=1/255, steps=40))
     result.detector.threshold, result.report["detection_rate"]
 
@@ -124,20 +124,21 @@ class DetectionSplits:
                 for name, subset in (("validation", self.validation), ("test", self.test))}
 
 
-def detection_splits(model, data: Union[str, "object"], *, val_size: int = 5000, limit: Optional[int] = None,
+def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[int] = None, limit: Optional[int] = None,
                      seed: int = 0, data_root=None, download: bool = False) -> DetectionSplits:
-    """Validation images held out of train by a seeded split, and the test split, at the model's input size.
+    """Validation images held out of train by a seeded split, and the test split, through the model's eval transform.
 
     `limit` keeps the first N images of each (class-balanced: the loaders
-    interleave classes). A data set whose classes are not the model's is refused.
+    interleave classes). `val_size` None: the split the model's training held out
+    (`data.model_val_size`), so no validation image was trained on. A data set whose
+    classes are not the model's is refused.
     """
-    size = model.spec.input_size[1]
-    train = datasets.load_dataset(data, "train", root=data_root, download=download, image_size=size)
-    test = datasets.load_dataset(data, "test", root=data_root, download=download, image_size=size)
+    train = datasets.load_dataset(data, "train", root=data_root, download=download, spec=model.spec)
+    test = datasets.load_dataset(data, "test", root=data_root, download=download, spec=model.spec)
     classes = datasets.class_names(test)
-    if len(classes) != model.spec.num_classes:
-        raise ValueError(f"the model has {model.spec.num_classes} classes but {data} has {len(classes)}: "
-                         "pick a model trained on this data set")
+    datasets.check_model_matches(model.spec, data, classes)
+    if val_size is None:
+        val_size = datasets.model_val_size(model.spec, data)
     train_part, validation = datasets.train_val_split(train, val_size, seed=seed)
     return DetectionSplits(
         str(data), datasets.first(validation, limit, "validation split"), datasets.first(test, limit, "test split"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -54,7 +54,7 @@ class ReproduceSettings:
     step_size: float = 1 / 255
     lam: float = 1.2
     lambdas: Tuple[float, ...] = (0.0, 0.3, 0.6, 1.2, 2.0, 4.0)
-    val_size: int = 5000
+    val_size: Optional[int] = None  # None: the split the model's training held out (data.model_val_size)
     limit: Optional[int] = None
     batch_size: int = 250
     reference_size: int = 2000  # clean training images: Mahalanobis class statistics, LID reference
@@ -100,6 +100,8 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
               settings: Optional[ReproduceSettings] = None, progress=True, download: bool = False) -> dict:
     """Run every experiment; write results.json, results.md and the figures to `out_dir` (if given)."""
     settings = settings or ReproduceSettings()
+    if settings.val_size is None:  # recorded in results.json as resolved
+        settings = replace(settings, val_size=datasets.model_val_size(model.spec, data))
     started = time.perf_counter()
     splits = detection_splits(model, data, val_size=settings.val_size, limit=settings.limit, seed=settings.seed,
                               data_root=data_root, download=download)

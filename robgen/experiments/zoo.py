@@ -200,7 +200,7 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
     }
 
 
-def run_zoo(model, data, out: Optional[Path] = None, *, val_size: int = 5000, limit: Optional[int] = None,
+def run_zoo(model, data, out: Optional[Path] = None, *, val_size: Optional[int] = None, limit: Optional[int] = None,
             data_root=None, download: bool = False, settings: Optional[ZooStudySettings] = None, progress=True,
             on_attack=None) -> dict:
     """Splits of `data` (validation held out of train, test), the study, and its report in `out` (if given)."""

@@ -123,7 +123,7 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
     """An untrained network of the spec's architecture (from timm's registry)."""
-    from . import resnet_cifar  # noqa: F401  (registers robgen's architectures with timm)
+    from . import resnets  # noqa: F401  (registers robgen's architectures with timm)
 
     if not timm.is_model(spec.architecture):
         raise ValueError(f"unknown architecture {spec.architecture!r}: it is not in timm's registry")

@@ -35,7 +35,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from . import resnet_cifar  # noqa: F401  (registers robgen's architectures with timm)
+from . import resnets  # noqa: F401  (registers robgen's architectures with timm)
 from .checkpoint import (COMPANION_FILES, CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_checkpoint_dir, load_checkpoint,
                          load_weights)
 from .classifier import Classifier, ModelSpec
