@@ -230,3 +230,38 @@ def test_quality_judges_samples_and_controls_with_the_unmodified_seeds(robust, s
     assert rows[("robust", "robust")]["mean_target_probability"] > seeds_row["mean_target_probability"]
     assert result["samples"]["robust"].shape == (10, 2, 3, 32, 32)
     assert mean_pairwise_distance(torch.stack([torch.zeros(3), torch.ones(3) * 2])) == pytest.approx(12**0.5)
+
+
+def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():
+    import copy
+
+    from torch.utils.data import TensorDataset
+
+    from robgen.experiments.budget_sweep import budget_sweep, sweep_markdown
+
+    reference = tiny_model(seed=0)
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = reference(x).argmax(1)  # the reference is right on every image
+    same = copy.deepcopy(reference)  # eligible: no accuracy drop
+    constant = copy.deepcopy(reference)  # always says class 0: a large drop unless every label is 0
+    with torch.no_grad():
+        constant.net.head.weight.zero_()
+        constant.net.head.bias.copy_(torch.arange(10, 0, -1).float())
+    candidates = {"standard": reference, "same": same, "constant": constant}
+    result = budget_sweep(candidates, "standard", "judge", tiny_model(seed=3), TensorDataset(x, labels), n=2, steps=2,
+                          init="uniform", progress=False)
+    rows = {row["model"]: row for row in result["rows"]}
+    assert rows["standard"]["clean_accuracy"] == 1.0 and rows["same"]["accuracy_drop"] == 0.0
+    assert rows["constant"]["clean_accuracy"] == pytest.approx(float((labels == 0).float().mean()))
+    assert not rows["standard"]["within_budget"], "the reference is not a candidate for itself"
+    assert rows["same"]["within_budget"] and (rows["constant"]["within_budget"] == (rows["constant"]["accuracy_drop"] <= 0.03))
+    eligible = [row for row in result["rows"] if row["within_budget"]]
+    assert result["pick"] == max(eligible, key=lambda row: row["judge_mean_probability"])["model"]
+    low, high = rows["same"]["clean_accuracy_ci"]
+    assert 0.9 < low < 1.0 and high == pytest.approx(1.0), "Wilson interval of 40 / 40"
+    assert f"`{result['pick']}` **(pick)**" in sweep_markdown(result)
+    with pytest.raises(ValueError, match="independent"):
+        budget_sweep(candidates, "standard", "same", same, TensorDataset(x, labels), n=2, steps=1, progress=False)
+    with pytest.raises(ValueError, match="must be one of the candidates"):
+        budget_sweep(candidates, "other", "judge", tiny_model(seed=3), TensorDataset(x, labels), n=2, progress=False)

@@ -11,7 +11,7 @@ to its commands:
 - `detection`: detect, fit-detector
 - `training`: train, eval, models
 - `reproduce`: reproduce
-- `synthesis`: fit-seeds, synthesize, gradmap, synthesis-quality
+- `synthesis`: fit-seeds, synthesize, gradmap, synthesis-quality, budget-sweep
 - `zoo`: zoo (the energy detector against the whole attack zoo)
 - `common`: the argument groups, loaders and `UsageError` they share
 """

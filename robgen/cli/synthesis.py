@@ -1,6 +1,7 @@
 """The synthesis commands: `fit-seeds` (class-conditional Gaussian seeds, stored with the model),
-`synthesize` (a PNG grid of samples per class), `gradmap` (input-gradient maps under several models)
-and `synthesis-quality` (how convincing to other models, and how diverse, each model's samples are).
+`synthesize` (a PNG grid of samples per class), `gradmap` (input-gradient maps under several models),
+`synthesis-quality` (how convincing to other models, and how diverse, each model's samples are) and
+`budget-sweep` (the quasi-robust budget: clean accuracy and a robust judge's view of each candidate).
 """
 
 from __future__ import annotations
@@ -74,6 +75,26 @@ def add_parsers(commands) -> None:
     quality.add_argument("--device", default="auto")
     add_output_arguments(quality)
     quality.set_defaults(run=command_synthesis_quality)
+
+    sweep = commands.add_parser("budget-sweep",
+                                help="pick the quasi-robust budget: clean accuracy and a robust judge's view of the samples")
+    sweep.add_argument("--models", nargs="+", required=True,
+                       help="the candidates (one per budget) and the standard model they are compared with")
+    sweep.add_argument("--reference", help="the standard model among --models (default: the first)")
+    sweep.add_argument("--judge", required=True, help="an independent robust model that judges the samples")
+    add_data_arguments(sweep)
+    sweep.add_argument("--limit", type=int, default=1000, help="test images for the clean accuracy (default 1000)")
+    sweep.add_argument("--max-drop", type=float, default=0.03, help="eligible: clean accuracy within this of the reference")
+    sweep.add_argument("--n", type=int, default=16, help="samples per class (default 16)")
+    sweep.add_argument("--steps", type=int, default=60)
+    sweep.add_argument("--eps", type=parse_number, help="L2 budget of the ascent (default 0.1 sqrt(C H W))")
+    sweep.add_argument("--step-size", type=parse_number, help="L2 step (default 2.5 eps / steps)")
+    sweep.add_argument("--init", default="gaussian", choices=["gaussian", "uniform", "gray"])
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
+    sweep.add_argument("--device", default="auto")
+    add_output_arguments(sweep)
+    sweep.set_defaults(run=command_budget_sweep)
 
 
 def command_fit_seeds(args) -> int:
@@ -192,5 +213,37 @@ def command_synthesis_quality(args) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(quality_markdown(result))
     print(quality_markdown(result))
+    print(f"wrote results.json, results.md and grid_*.png to {out}")
+    return 0
+
+
+def command_budget_sweep(args) -> int:
+    from ..experiments.budget_sweep import budget_sweep, sweep_markdown
+    from ..plots import image_grid
+
+    device = pick_device(args.device)
+    candidates = {Path(name).name: open_model(args, device, name) for name in dict.fromkeys(args.models)}
+    reference = Path(args.reference).name if args.reference else next(iter(candidates))
+    judge = open_model(args, device, args.judge)
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])
+    started = time.perf_counter()
+    try:
+        spec = candidates[reference].spec if reference in candidates else next(iter(candidates.values())).spec
+        test = datasets.load_dataset(args.data, "test", root=args.data_root, download=args.download, spec=spec)
+        for name, model in [*candidates.items(), (Path(args.judge).name, judge)]:
+            datasets.check_model_matches(model.spec, args.data, datasets.class_names(test))
+        test = datasets.first(test, args.limit, "test split")
+        result = budget_sweep(candidates, reference, Path(args.judge).name, judge, test, max_drop=args.max_drop,
+                              n=args.n, seed=args.seed, steps=args.steps, eps=args.eps, step_size=args.step_size,
+                              init=args.init)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    for name, grid in result.pop("samples").items():
+        image_grid(grid[:, :8], out / f"grid_{name}.png", row_labels=spec.class_labels)
+    result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
+                  data=str(args.data), wall_seconds=time.perf_counter() - started, device=str(device))
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(sweep_markdown(result))
+    print(sweep_markdown(result))
     print(f"wrote results.json, results.md and grid_*.png to {out}")
     return 0

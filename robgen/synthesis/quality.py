@@ -16,6 +16,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..metrics import mean_interval, rate_interval
 from ..progress import progress_bar
 from .ascent import synthesize
 from .seeds import SeedDistribution, initial_images
@@ -90,13 +91,24 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
         with torch.no_grad():
             probs = judge(grid.flatten(0, 1).to(judge_device)).float().softmax(1).cpu()
         target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)
+        hits = probs.argmax(1) == targets
         rows.append({
             "generator": name, "judge": judge_name, "independent": judge is not generator_model,
             "mean_target_probability": float(target_probs.mean()),
-            "judge_accuracy": float((probs.argmax(1) == targets).float().mean()),
+            "mean_target_probability_ci": list(mean_interval(target_probs)),  # mean ± 1.96 s/√n over the samples
+            "judge_accuracy": float(hits.float().mean()),
+            "judge_accuracy_ci": list(rate_interval(hits)),  # Wilson
             "per_class_target_probability": target_probs.view(num_classes, n).mean(1).tolist(),
         })
     return rows
+
+
+def _interval(row: dict, key: str, scale: float, digits: int) -> str:
+    """"[low, high]" of `row[key + '_ci']` (results from before intervals were recorded have none: "")."""
+    low, high = row.get(f"{key}_ci") or (None, None)
+    if low is None or low != low:
+        return ""
+    return f"[{scale * max(low, 0.0):.{digits}f}, {scale * min(high, 1.0):.{digits}f}]"
 
 
 def quality_markdown(result: dict) -> str:
@@ -105,8 +117,9 @@ def quality_markdown(result: dict) -> str:
     judges = list(dict.fromkeys(row["judge"] for row in result["rows"]))
     cell = {(row["generator"], row["judge"]): row for row in result["rows"]}
     lines = [
-        f"Mean p(target class | sample) given by each judge ({result['n_per_class']} samples per class; "
-        "judge accuracy in brackets; * = the generator judging its own samples, not independent).",
+        f"Mean p(target class | sample) given by each judge ({result['n_per_class']} samples per class) with its 95% "
+        "interval (mean ± 1.96 s/√n over the samples), then the judge's accuracy with its 95% Wilson interval; "
+        "* = the generator judging its own samples, not independent.",
         "",
         "| samples from \\ judged by | " + " | ".join(judges) + " |",
         "|---|" + "---|" * len(judges),
@@ -116,7 +129,8 @@ def quality_markdown(result: dict) -> str:
         for judge in judges:
             row = cell[(gen, judge)]
             mark = "" if row["independent"] else "*"
-            cells.append(f"{row['mean_target_probability']:.3f}{mark} ({100 * row['judge_accuracy']:.0f}%)")
+            cells.append(f"{row['mean_target_probability']:.3f}{mark} {_interval(row, 'mean_target_probability', 1, 3)}; "
+                         f"{100 * row['judge_accuracy']:.0f}% {_interval(row, 'judge_accuracy', 100, 0)}")
         lines.append(f"| {gen} | " + " | ".join(cells) + " |")
     lines += [
         "",
