@@ -24,14 +24,16 @@ import gradio.utils
 
 from robgen import plots
 from robgen.web import handlers as tabs
-from robgen.web.model_cache import available_models, cached_model, hub_reachable, model_spec, most_robust, preload
+from robgen.web.examples import adversarial_examples, adversarial_photo
+from robgen.web.model_cache import (available_models, cached_model, default_models, hub_reachable, model_spec,
+                                    most_robust, preload, same_classes)
 from robgen.web.space import gpu
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
-ADVERSARIAL_EXAMPLES = sorted(str(p) for p in (HERE / "examples" / "adversarial").glob("*.png"))
+EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))  # free photos (examples/README.md)
+# <model>/<photo>_clean.png and _adv.png: natural and PGD-adversarial pairs, made by scripts/make_app_examples.py
+ADVERSARIAL_EXAMPLES = HERE / "examples" / "adversarial"
 PHOTO = str(HERE / "examples" / "chelsea.png")  # what the image inputs hold before an upload (the API's default)
-ADVERSARIAL_PHOTO = str(HERE / "examples" / "adversarial" / "chelsea_adv.png")
 INPUT_HEIGHT = 240  # pixels: the image inputs keep one size, whatever the picture's
 MAX_FILE_SIZE = "10mb"
 CONCURRENCY = int(os.environ.get("ROBGEN_CONCURRENCY", "2"))
@@ -163,12 +165,32 @@ def translate(image, model_name, target_class, steps, progress=gr.Progress()):
     return gallery_files(path, "step")
 
 
-def target_choices(model_name, synthesis_model, models):
-    """After the Attack/Detect model changes: its classes as targets; the Synthesize tab follows its data set."""
-    labels = model_spec(model_name).class_labels
-    same_data = model_spec(synthesis_model).class_labels == labels
-    return (gr.Dropdown(choices=[""] + labels, value=""),
-            gr.Dropdown(value=synthesis_model if same_data else most_robust(models, like=model_name)))
+def follow_model(model_name, synthesis_model, models, example_makers):
+    """After the Attack/Detect model changes: its classes as targets and in the notes, the Synthesize tab on a
+    model of its data set (the most robust one, unless it is there already), the Detect examples of its data set."""
+    spec = model_spec(model_name)
+    note = tabs.describe_classes(spec, model_name)
+    synthesis = synthesis_model if same_classes(synthesis_model, model_name) else most_robust(models, like=model_name)
+    return (gr.Dropdown(choices=[""] + spec.class_labels, value=""), gr.Dropdown(choices=models, value=synthesis),
+            note, note, *[gr.Dataset(visible=same_classes(maker, model_name)) for maker in example_makers])
+
+
+def models_info(names) -> str:
+    """The model picker's help: the shipped data sets and their input sizes, then the Hub models."""
+    kinds = []
+    for name in names:
+        spec = model_spec(name)
+        kind = f"{tabs.data_set_name(spec) or name} {spec.input_size[2]}×{spec.input_size[1]}"
+        if kind not in kinds:
+            kinds.append(kind)
+    return f"shipped: {', '.join(kinds)} px; ImageNet models from the Hub when online"
+
+
+def detect_default(default, example_sets) -> str:
+    """The Detect tab's first image: an adversarial example made by the default model (or one of its classes)."""
+    makers = sorted(example_sets, key=lambda maker: maker != default)  # the default model's own first
+    maker = next((maker for maker in makers if same_classes(maker, default)), None)
+    return adversarial_photo(example_sets[maker]) if maker else PHOTO
 
 
 def class_choices(model_name):
@@ -177,19 +199,29 @@ def class_choices(model_name):
             gr.Dropdown(choices=labels, value=labels[min(5, len(labels) - 1)]))
 
 
-def build_app(models=None) -> gr.Blocks:
-    """The page. Building it loads the shipped models' specs and starts no server."""
+def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> gr.Blocks:
+    """The page. Building it loads the shipped models' specs and starts no server.
+
+    `models`: the names offered (default: the shipped checkpoints, and the Hub models when online); the tabs'
+    defaults come from `default_models`. `adversarial_examples_folder`: the Detect tab's examples, a folder per
+    model that made them (robgen.web.examples). The class pickers list the default model's classes but take any
+    value (`allow_custom_value`), so that an API call may name a model of another data set with one of its
+    classes; the handlers check the class against the model's own (an unknown one gets the list of its classes).
+    """
     models = list(models or available_models(online=hub_reachable()))
-    default = "cifar10-resnet10-standard" if "cifar10-resnet10-standard" in models else models[0]
+    default, synthesis_default = default_models(models)
     shipped = [name for name in models if name in available_models()]  # cheap to load; Hub models load when used
-    synthesis_default = most_robust(shipped or [default], like=default)
     labels, synthesis_labels = model_spec(default).class_labels, model_spec(synthesis_default).class_labels
+    example_sets = {maker: files for maker, files in adversarial_examples(adversarial_examples_folder).items()
+                    if maker in shipped}
+    classes_note = tabs.describe_classes(model_spec(default), default)
     with gr.Blocks(title="robgen", delete_cache=DELETE_CACHE) as app:
         gr.Markdown("# robgen — the generative model inside a classifier\n"
                     "Attack an image, detect adversarial examples by their energy, and draw images from robust models.")
         with gr.Tab("Attack"):
             model_name = gr.Dropdown(models, value=default, label="model (Attack and Detect)",
-                                     info="shipped CIFAR-10 ResNet10s (32×32 inputs); ImageNet models from the Hub when online")
+                                     info=models_info([default] + shipped))  # the default's data set first
+            attack_classes = gr.Markdown(classes_note)
             with gr.Row():
                 with gr.Column():
                     attack_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
@@ -204,7 +236,8 @@ def build_app(models=None) -> gr.Blocks:
                         step_size = gr.Slider(0.25, 8, value=1, step=0.25, label="step size (/255)")
                         lam = gr.Slider(0, 4, value=1.2, step=0.1, label="λ (HE-PGD energy weight)")
                     with gr.Row():
-                        target = gr.Dropdown([""] + labels, value="", label="target class (optional, PGD/FGSM)")
+                        target = gr.Dropdown([""] + labels, value="", label="target class (optional, PGD/FGSM)",
+                                             allow_custom_value=True)
                         attack_seed = gr.Number(0, precision=0, label="seed")
                     attack_button = gr.Button("Attack", variant="primary")
                 with gr.Column():
@@ -222,12 +255,17 @@ def build_app(models=None) -> gr.Blocks:
                                 api_name="attack", preprocess=False)
         with gr.Tab("Detect"):
             gr.Markdown("Uses the model picked in the Attack tab, and the energy threshold shipped with it.")
+            detect_classes = gr.Markdown(classes_note)
             with gr.Row():
                 with gr.Column():
-                    detect_image = gr.Image(ADVERSARIAL_PHOTO, type="filepath", label="image",
+                    detect_image = gr.Image(detect_default(default, example_sets), type="filepath", label="image",
                                             sources=["upload", "clipboard"], height=INPUT_HEIGHT)
-                    gr.Examples(ADVERSARIAL_EXAMPLES + EXAMPLES, inputs=detect_image,
-                                label="natural (*_clean) and PGD adversarial (*_adv) examples for the standard model")
+                    example_datasets = []  # one per model that made examples; those of the picked model's classes show
+                    for maker, files in example_sets.items():
+                        example_datasets.append(gr.Examples(
+                            files, inputs=detect_image, visible=same_classes(maker, default),
+                            label=f"natural (*_clean) and PGD-adversarial (*_adv) examples made by {maker}").dataset)
+                    gr.Examples(EXAMPLES, inputs=detect_image, label="photos (public domain / CC0)")
                     detect_button = gr.Button("Detect", variant="primary")
                 with gr.Column():
                     detect_seen = gr.Image(label="as the model sees it", interactive=False, format="png")
@@ -241,7 +279,8 @@ def build_app(models=None) -> gr.Blocks:
                                           info="robust or quasi-robust: a standard model only makes adversarial noise")
             with gr.Row():
                 with gr.Column():
-                    synth_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[0], label="class")
+                    synth_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[0], label="class",
+                                              allow_custom_value=True)
                     with gr.Row():
                         synth_n = gr.Slider(1, 16, value=8, step=1, label="images")
                         synth_steps = gr.Slider(1, 200, value=60, step=1, label="steps")
@@ -265,7 +304,7 @@ def build_app(models=None) -> gr.Blocks:
                     gr.Examples(EXAMPLES, inputs=explain_image)
                     maps_button = gr.Button("Gradient maps (up to 4 models of this data set)")
                     translate_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[min(5, len(synthesis_labels) - 1)],
-                                                  label="translate toward")
+                                                  label="translate toward", allow_custom_value=True)
                     translate_steps = gr.Slider(1, 200, value=60, step=1, label="translation steps")
                     translate_button = gr.Button("Translate")
                 with gr.Column():
@@ -277,8 +316,10 @@ def build_app(models=None) -> gr.Blocks:
                                    api_name="translate", preprocess=False)
         with gr.Tab("About"):
             gr.Markdown(ABOUT)
-        model_name.change(functools.partial(target_choices, models=models), [model_name, synthesis_model],
-                          [target, synthesis_model], api_visibility="private")
+        model_name.change(functools.partial(follow_model, models=models, example_makers=list(example_sets)),
+                          [model_name, synthesis_model],
+                          [target, synthesis_model, attack_classes, detect_classes, *example_datasets],
+                          api_visibility="private")
         synthesis_model.change(class_choices, synthesis_model, [synth_class, translate_class], api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return app

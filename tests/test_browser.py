@@ -1,5 +1,8 @@
 """The app as a person sees it: headless Chromium opens every tab, runs an attack and a synthesis from the page.
 
+The Imagenette models are test_app's stand-ins (first on the checkpoint search path), so the page starts
+on them as it will once the real ones ship; the CIFAR-10 models are the shipped ones.
+
 Screenshots go to $ROBGEN_TEST_ARTIFACTS (default out/test-artifacts/, git-ignored). Needs the
 `playwright` package and a Chromium binary (`apt-get install chromium`; .ci/run installs it where
 it is missing); skips, saying which is missing, where they are absent.
@@ -24,11 +27,17 @@ ARTIFACTS = Path(os.environ.get("ROBGEN_TEST_ARTIFACTS", REPO / "out" / "test-ar
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402
 from robgen.web.model_cache import model_spec, robustness  # noqa: E402
+from tests.test_app import NETTE_ROBUST, NETTE_STANDARD, ROBUST, STANDARD, checkpoints_first, ship_imagenette_stand_ins  # noqa: E402,E501
 
 
 @pytest.fixture(scope="module")
-def page():
-    demo = app.build_app()
+def page(tmp_path_factory):
+    checkpoints, examples = ship_imagenette_stand_ins(tmp_path_factory.mktemp("imagenette"))
+    with checkpoints_first(checkpoints):
+        yield from open_page(app.build_app(adversarial_examples_folder=examples))
+
+
+def open_page(demo):
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
                             max_file_size=app.MAX_FILE_SIZE, show_error=True)
@@ -89,12 +98,45 @@ def test_a_bad_upload_shows_its_message_in_the_page(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "detect-bad-upload.png"))  # the viewport, where the message toast is
 
 
-def test_synthesize_starts_on_a_robust_model_with_an_automatic_step_and_draws_from_the_page(page):
-    page.reload()  # a fresh page: no message left over from an earlier test
+def fresh(page):
+    page.reload()  # a fresh page: the defaults, and no message left over from an earlier test
     page.get_by_text("the generative model inside a classifier").wait_for(timeout=30_000)
+
+
+def test_the_page_starts_on_imagenette_says_what_the_model_knows_and_follows_the_picked_model(page):
+    """Attack and Detect start on the Imagenette model, with its ten classes written out and its own adversarial
+    examples; picking the CIFAR-10 model switches the notes, the Detect examples and the Synthesize model."""
+    fresh(page)
+    picker = page.get_by_label("model (Attack and Detect)")
+    assert picker.input_value() == NETTE_STANDARD
+    note = page.get_by_text(f"{NETTE_STANDARD} (Imagenette, 128×128 inputs) knows 10 classes").first
+    note.wait_for(state="visible", timeout=10_000)
+    assert "tench, English springer, cassette player" in note.inner_text() and "parachute" in note.inner_text()
+    open_tab(page, "Detect")
+    page.get_by_text(f"examples made by {NETTE_STANDARD}").wait_for(state="visible", timeout=10_000)
+    assert not page.get_by_text(f"examples made by {STANDARD}").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "detect-imagenette.png"), full_page=True)
+    open_tab(page, "Synthesize")
+    assert page.get_by_label("model to draw from").input_value() == NETTE_ROBUST
+    open_tab(page, "Attack")
+    picker.click()
+    page.get_by_role("option", name=STANDARD, exact=True).click()
+    page.get_by_text(f"{STANDARD} (CIFAR-10, 32×32 inputs) knows 10 classes: airplane").first.wait_for(
+        state="visible", timeout=10_000)
+    open_tab(page, "Detect")
+    page.get_by_text(f"examples made by {STANDARD}").wait_for(state="visible", timeout=10_000)
+    assert not page.get_by_text(f"examples made by {NETTE_STANDARD}").is_visible()
+    open_tab(page, "Synthesize")
+    page.wait_for_function(  # the change event's update arrives after the click
+        "() => document.querySelector('input[aria-label=\"model to draw from\"]')?.value === '%s'" % ROBUST,
+        timeout=10_000)
+
+
+def test_synthesize_starts_on_a_robust_model_with_an_automatic_step_and_draws_from_the_page(page):
+    fresh(page)
     open_tab(page, "Synthesize")
     chosen = page.get_by_label("model to draw from").input_value()
-    assert robustness(model_spec(chosen)) == 2, chosen  # adversarially robust: it draws objects, not noise
+    assert chosen == NETTE_ROBUST and robustness(model_spec(chosen)) == 2  # robust: it draws objects, not noise
     automatic = page.get_by_label("automatic step size")
     assert automatic.is_checked() and not page.get_by_label("step size (L2)").is_visible()
     automatic.uncheck()
@@ -102,8 +144,8 @@ def test_synthesize_starts_on_a_robust_model_with_an_automatic_step_and_draws_fr
     assert float(page.get_by_label("step size (L2)").input_value()) > 0
     automatic.check()
     page.get_by_role("button", name="Synthesize", exact=True).click()
-    page.get_by_text("p(airplane) =").first.wait_for(state="visible", timeout=120_000)
-    assert page.get_by_text("p(airplane) =").count() == 8
+    page.get_by_text("p(tench) =").first.wait_for(state="visible", timeout=120_000)
+    assert page.get_by_text("p(tench) =").count() == 8
     shot = ARTIFACTS / "synthesize-result.png"
     page.screenshot(path=str(shot), full_page=True)
     with Image.open(shot) as picture:

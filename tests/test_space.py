@@ -4,11 +4,13 @@ import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import yaml
 
 from robgen.web import space
+from robgen.web.examples import adversarial_examples
 from robgen.web.model_cache import HUB_MODELS
 from tests.conftest import REPO
 
@@ -70,6 +72,10 @@ def test_dry_run_plans_the_upload_without_tests_caches_or_training_state(capsys)
     assert not [f for f in files if f.startswith((".git/", "tests/", "runs/", "out/")) or f.endswith("trainer_state.pt")
                 or "__pycache__" in f]
     assert plan["readme"].startswith("---\n") and "dry run" in capsys.readouterr().out
+    # the app's example photos and every Detect example set it shows (examples/adversarial/<model>/) go up too
+    shown = [Path(name).relative_to(REPO).as_posix() for names in adversarial_examples(REPO / "examples" / "adversarial")
+             .values() for name in names]
+    assert shown and set(shown) <= set(files) and "examples/chelsea.png" in files
 
 
 def test_a_checkout_uploads_what_git_tracks_or_would_track(tmp_path):

@@ -11,6 +11,7 @@ matplotlib figures ready to display, so it is tested without a browser.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -30,12 +31,65 @@ from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, t
 
 ImageInput = Union[str, Path, torch.Tensor]
 DISPLAY_SIZE = 192  # small model inputs are enlarged (nearest neighbour) to this many pixels for display
+UPSAMPLED_NOTE = 2.0  # an upload the eval transform enlarges at least this much gets a note: the model sees a blur
+CLASSES_LISTED = 20  # a model with more classes has the first ones listed, then a count
+DATA_SET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": "Imagenette"}
 
 
 def model_input(model, image: ImageInput) -> torch.Tensor:
     """A (1, C, H, W) batch on the model's device: a file read as the model sees it (`load_model_input`)."""
     x = image if isinstance(image, torch.Tensor) else load_model_input(image, model.spec)
     return (x if x.ndim == 4 else x.unsqueeze(0)).to(model_device(model))
+
+
+def resized_size(spec) -> Tuple[int, int]:
+    """(height, width) that the eval transform of `spec` resizes an image to cover before its centre crop:
+    input size / crop_pct (`robgen.images.resize_and_crop`)."""
+    return math.floor(spec.input_size[1] / spec.crop_pct), math.floor(spec.input_size[2] / spec.crop_pct)
+
+
+def enlargement(width: int, height: int, spec) -> float:
+    """How much the eval transform of `spec` enlarges a `width` x `height` image (below 1: shrinks it)."""
+    rows, columns = resized_size(spec)
+    return max(rows / height, columns / width)
+
+
+def upsampling_note(model, image: ImageInput) -> str:
+    """A sentence about an upload far smaller than the model's input (enlarged `UPSAMPLED_NOTE` times or more),
+    else "". Such an upload is no error: the eval transform upsamples it."""
+    if isinstance(image, torch.Tensor):
+        return ""
+    from PIL import Image
+
+    with Image.open(image) as picture:  # the header only: `load_model_input` has already read and checked it
+        width, height = picture.size
+    factor = enlargement(width, height, model.spec)
+    if factor < UPSAMPLED_NOTE:
+        return ""
+    rows, columns = model.spec.input_size[1:]
+    return (f"Note: the image is {width}×{height} pixels, far smaller than the {columns}×{rows} the model sees, "
+            f"so it was enlarged {factor:.1f}× (with {model.spec.interpolation} interpolation): the model sees a blurred "
+            f"picture, and its answer says less about the photo than it would for a larger one.")
+
+
+def data_set_name(spec) -> str:
+    """The name of the data set a model was trained on, from its spec ("" when the spec does not say)."""
+    training = spec.training or {}
+    data = training.get("data")
+    name = (data.get("name") if isinstance(data, dict) else data) or (training.get("config") or {}).get("data")
+    return DATA_SET_NAMES.get(str(name).lower(), str(name)) if name else ""
+
+
+def describe_classes(spec, name: str = "") -> str:
+    """Which classes the model knows, for the page: every image gets one of them."""
+    labels = spec.class_labels
+    listed = ", ".join(labels[:CLASSES_LISTED])
+    if len(labels) > CLASSES_LISTED:
+        listed += f", … and {len(labels) - CLASSES_LISTED} more"
+    rows, columns = spec.input_size[1:]
+    about = ", ".join(part for part in (data_set_name(spec), f"{columns}×{rows} inputs") if part)
+    return (f"**{name or spec.source or spec.architecture}** ({about}) knows {len(labels)} classes: {listed}. "
+            "It files every image under one of them, so photos of these work best.")
 
 
 def display(x: torch.Tensor, size: int = DISPLAY_SIZE):
@@ -59,6 +113,7 @@ class AttackResult:
     energy_adversarial: float
     trace: Trace
     attack: str
+    note: str = ""  # about the upload (see `upsampling_note`)
 
     @property
     def perturbation(self) -> torch.Tensor:
@@ -76,7 +131,7 @@ class AttackResult:
             f"Energy E(x) {self.energy_clean:.2f} → {self.energy_adversarial:.2f} "
             f"({'lower: looks *more* likely to the model' if self.energy_adversarial < self.energy_clean else 'higher'}). "
             f"Change: L∞ {float(delta.abs().max()) * 255:.1f}/255, L2 {float(delta.norm()):.3f}."
-        )
+        ) + (f"\n\n*{self.note}*" if self.note else "")
 
 
 def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 / 255, steps: int = 10,
@@ -97,6 +152,7 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
         clean=outcome.clean, adversarial=outcome.adversarial, top_clean=outcome.top(0, adversarial=False),
         top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
         energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=repr(attacker),
+        note=upsampling_note(model, image),
     )
 
 
@@ -108,6 +164,7 @@ class DetectResult:
     flagged: bool
     top: Dict[str, float]
     detector: EnergyDetector
+    note: str = ""  # about the upload (see `upsampling_note`)
 
     def summary(self) -> str:
         verdict = "**adversarial**" if self.flagged else "**natural**"
@@ -118,7 +175,7 @@ class DetectResult:
                     f"{test.get('detection_rate', float('nan')):.1%} of {calibration.get('attack', 'attacked')} examples "
                     f"with {test.get('false_positive_rate', float('nan')):.1%} false positives.") if test else ""
         return (f"E(x) = {self.energy:.3f} {relation} threshold {self.threshold:.3f}: flagged as {verdict} "
-                f"(adversarial examples get *lower* energy).{measured}")
+                f"(adversarial examples get *lower* energy).{measured}" + (f"\n\n*{self.note}*" if self.note else ""))
 
 
 def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = None) -> DetectResult:
@@ -129,7 +186,7 @@ def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = 
         logits = model(x).float()
     value = float(detector.energies(logits)[0])
     return DetectResult(x.cpu(), value, float(detector.threshold), bool(detector.predict(logits)[0]),
-                        top_classes(logits, model.spec.class_labels), detector)
+                        top_classes(logits, model.spec.class_labels), detector, upsampling_note(model, image))
 
 
 def detection_figure(result: DetectResult):

@@ -1,8 +1,9 @@
 """The app's models: loaded once per process, moved to the GPU when there is one, Hub models when online.
 
-    preload(available_models(online=hub_reachable()))     # at start-up, on the CPU
-    model = cached_model("cifar10-resnet10-standard")      # in a handler: on CUDA when there is one
     names = available_models(online=hub_reachable())
+    attack_default, synthesis_default = default_models(names)   # what the tabs start on
+    preload(names)                                           # at start-up, on the CPU
+    model = cached_model("cifar10-resnet10-standard")      # in a handler: on CUDA when there is one
 
 On a ZeroGPU Space every GPU call runs in a forked worker, so a model first
 loaded inside one is lost when the call ends: `preload` every model the app
@@ -15,11 +16,13 @@ import functools
 import logging
 import os
 import threading
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
+from ..experiments.calibration import DETECTOR_FILE
 from ..models import list_models, load_model
+from ..models.checkpoint import model_folder
 from ..models.state import model_device
 
 # Hub models offered when the machine is online (downloaded and converted once, then cached). The Space
@@ -82,6 +85,18 @@ def model_spec(name: str):
         return _cached(name).spec
 
 
+def same_classes(name: str, other: str) -> bool:
+    """Whether two models label the same classes (the app's notion of "the same data set")."""
+    return model_spec(name).class_labels == model_spec(other).class_labels
+
+
+def has_detector(name: str) -> bool:
+    """Whether the model ships the energy detector the Detect tab uses (`detector.json` next to its weights)."""
+    with _load_lock:
+        folder = model_folder(_cached(name))
+    return folder is not None and (folder / DETECTOR_FILE).is_file()
+
+
 def preload(names: Iterable[str]) -> Dict[str, str]:
     """Load each model once, on the CPU (at start-up, outside any GPU call). A model that fails to load
     is logged and left to load (and report its error) on first use; returns {name: error} for those."""
@@ -119,3 +134,26 @@ def most_robust(names: Iterable[str], like: Optional[str] = None) -> str:
     if not names:
         raise ValueError("no models to choose from")
     return max(names, key=lambda name: robustness(model_spec(name)))  # max keeps the first of equals
+
+
+def default_models(names: Iterable[str]) -> Tuple[str, str]:
+    """(the Attack and Detect tabs' model, the Synthesize tab's model) out of the app's `names`.
+
+    Only shipped checkpoints (`list_models()`) compete: Hub models download when first used. Attack and
+    Detect start on a standard model with a shipped detector, the one with the largest input (photos are
+    what people upload: a 128-px Imagenette model before a 32-px CIFAR-10 one), the first of `names` on
+    ties; without any such model, the first shipped one. Synthesize starts on the most robust model of
+    the same classes (`most_robust`). The one place the app's defaults are chosen.
+    """
+    names = list(names)
+    if not names:
+        raise ValueError("no models to offer: put a checkpoint in checkpoints/ or name a folder in $ROBGEN_CHECKPOINTS")
+    shipped = set(list_models())
+    candidates = [name for name in names if name in shipped] or names[:1]
+
+    def suits_attack_and_detect(name: str) -> tuple:
+        spec = model_spec(name)
+        return robustness(spec) == 0, has_detector(name), spec.input_size[1] * spec.input_size[2]
+
+    attack_default = max(candidates, key=suits_attack_and_detect)  # max keeps the first of equals
+    return attack_default, most_robust(candidates, like=attack_default)

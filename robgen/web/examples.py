@@ -1,0 +1,95 @@
+"""The app's example images: free photos, and natural/adversarial pairs made by a shipped model.
+
+    examples/<photo>.png                                  scikit-image's public-domain / CC0 photos
+    examples/adversarial/<model>/<photo>_clean.png        the photo resized as <model>'s eval transform resizes it
+    examples/adversarial/<model>/<photo>_adv.png          the same, PGD applied to the crop <model> sees
+
+A pair is adversarial only for the weights that made it, so each folder is named after its model;
+`scripts/make_app_examples.py` writes one from the model. The attack is the CLI `attack` command's
+default (and the one `fit-detector` calibrates the shipped detector on): L-inf PGD, eps 8/255, 10 steps
+of 1/255 from a random start, seed 0; for a model with crop_pct 1 (CIFAR-10's),
+`python -m robgen attack --model NAME --out DIR examples/*.png` writes the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence, Union
+
+import torch
+
+from ..attacks import make_attack
+from ..experiments.single_image import attack_own_predictions
+from ..images import load_image, load_model_input, save_image
+from ..models.state import model_device
+from .handlers import resized_size
+
+# The CLI's `attack` defaults, which are also `fit-detector`'s calibration attack.
+EXAMPLE_ATTACK = dict(attack="pgd", eps=8 / 255, step_size=1 / 255, steps=10)
+CLEAN_SUFFIX, ADVERSARIAL_SUFFIX = "_clean", "_adv"
+
+
+def make_adversarial_examples(model, photos: Sequence[Union[str, Path]], out: Union[str, Path],
+                              seed: int = 0) -> List[dict]:
+    """Write `<photo>_clean.png` and `<photo>_adv.png` (PGD against the model's prediction) to `out`.
+
+    Each file is the photo resized as the model's eval transform resizes it, before the centre crop
+    (so 146x146 for a 128-px model with crop_pct 0.875, 32x32 for CIFAR-10's crop_pct 1). Reading
+    the file back through that transform resizes nothing and crops exactly the attacked pixels, so an
+    upload of `_adv.png` is the adversarial example the model was given; this is checked here.
+    Returns one row per photo: file names, the top label and the energy before and after the attack.
+    """
+    out = Path(out)
+    photos = [Path(photo) for photo in photos]
+    if not photos:
+        raise ValueError("no photos to attack: pass image files (the app uses examples/*.png)")
+    spec, device = model.spec, model_device(model)
+    height, width = spec.input_size[1:]
+    resized_height, resized_width = resized_size(spec)
+    top, left = (resized_height - height) // 2, (resized_width - width) // 2
+    resized = torch.stack([load_image(photo, size=(resized_height, resized_width), crop_pct=1.0,
+                                      interpolation=spec.interpolation)
+                           for photo in photos])
+    x = resized[:, :, top:top + height, left:left + width].to(device)
+    settings = dict(EXAMPLE_ATTACK)
+    attack = make_attack(settings.pop("attack"), model, generator=torch.Generator(device=device).manual_seed(seed),
+                         **settings)
+    outcome = attack_own_predictions(model, x, attack)
+    rows = []
+    for i, photo in enumerate(photos):
+        adversarial_image = resized[i].clone()
+        adversarial_image[:, top:top + height, left:left + width] = outcome.adversarial[i]
+        clean = save_image(resized[i], out / f"{photo.stem}{CLEAN_SUFFIX}.png")
+        adversarial = save_image(adversarial_image, out / f"{photo.stem}{ADVERSARIAL_SUFFIX}.png")
+        for path, expected in ((clean, outcome.clean[i]), (adversarial, outcome.adversarial[i])):
+            if not torch.allclose(load_model_input(path, spec), expected, rtol=0, atol=1e-5):  # 8-bit levels
+                raise RuntimeError(f"{path} does not read back as the pixels the model was attacked on: the eval "
+                                   f"transform of {spec.input_size} with crop_pct {spec.crop_pct} changed them")
+        (clean_label, _), = outcome.top(i, k=1, adversarial=False).items()
+        (adversarial_label, _), = outcome.top(i, k=1).items()
+        rows.append({"clean": clean.name, "adversarial": adversarial.name, "clean_label": clean_label,
+                     "adversarial_label": adversarial_label, "clean_energy": float(outcome.clean_energy[i]),
+                     "adversarial_energy": float(outcome.adversarial_energy[i])})
+    return rows
+
+
+def adversarial_examples(folder: Union[str, Path]) -> Dict[str, List[str]]:
+    """{model name: its example files, sorted} for each `folder/<model>/` holding `*_adv.png` files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for sub in sorted(path for path in folder.iterdir() if path.is_dir()):
+        files = sorted(str(path) for path in sub.glob("*.png")
+                       if path.stem.endswith((CLEAN_SUFFIX, ADVERSARIAL_SUFFIX)))
+        if any(Path(name).stem.endswith(ADVERSARIAL_SUFFIX) for name in files):
+            found[sub.name] = files
+    return found
+
+
+def adversarial_photo(files: Sequence[str], prefer: str = "chelsea") -> str:
+    """The adversarial file of `prefer` among `files`, else the first adversarial file."""
+    adversarial = [name for name in files if Path(name).stem.endswith(ADVERSARIAL_SUFFIX)]
+    if not adversarial:
+        raise ValueError(f"no *{ADVERSARIAL_SUFFIX}.png among {list(files)}")
+    return next((name for name in adversarial if Path(name).stem == prefer + ADVERSARIAL_SUFFIX), adversarial[0])

@@ -1,0 +1,95 @@
+"""Write the app's Detect-tab examples for shipped models: each free photo as the model sees it, and its PGD version.
+
+    python scripts/make_app_examples.py                       # the Detect tab's model of each data set
+    python scripts/make_app_examples.py --model imagenette-resnet10-standard
+    python scripts/make_app_examples.py --model NAME --out /tmp/examples      # default examples/adversarial
+
+For each model it writes `OUT/<model>/<photo>_clean.png` (the photo resized as the model's eval
+transform resizes it, before the centre crop: 146x146 for a 128-px model with crop_pct 0.875) and
+`<photo>_adv.png` (the same with L-inf PGD, eps 8/255, 10 steps of 1/255 from a random start, seed 0,
+applied to the crop the model sees, against its own prediction: the attack the shipped detector was
+calibrated on; `robgen.web.examples.make_adversarial_examples`), from the photos in examples/*.png
+(scikit-image's public-domain and CC0 images: examples/README.md). Then it prints what the model
+and its shipped detector say about every file. Run it again whenever a model's weights change:
+an adversarial example belongs to the weights that made it. Exits 1 when a model has no detector
+(after writing its files), or, with --strict, when the detector misses an adversarial example or
+flags a natural one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import robgen  # noqa: E402
+from robgen.experiments.calibration import load_shipped_detector  # noqa: E402
+from robgen.images import load_model_input  # noqa: E402
+from robgen.web.examples import make_adversarial_examples  # noqa: E402
+from robgen.web.model_cache import default_models, model_spec  # noqa: E402
+
+PHOTOS = sorted((REPO / "examples").glob("*.png"))
+OUT = REPO / "examples" / "adversarial"
+
+
+def detect_defaults() -> list:
+    """For each data set (class list) of the shipped models, the model the app's Detect tab starts on with it."""
+    groups = {}
+    for name in robgen.list_models():
+        groups.setdefault(tuple(model_spec(name).class_labels), []).append(name)
+    return [default_models(names)[0] for names in groups.values()]
+
+
+def check(model, folder: Path, rows: list) -> list:
+    """Print the model's label and energy, and its detector's verdict, for each written file; the problems."""
+    detector = load_shipped_detector(model)
+    problems = []
+    print(f"{folder}: threshold {detector.threshold:.3f} (adversarial when E(x) <= threshold)")
+    for row in rows:
+        for kind in ("clean", "adversarial"):
+            x = load_model_input(folder / row[kind], model.spec)[None]
+            with torch.no_grad():
+                logits = model(x)
+            flagged = bool(detector.predict(logits)[0])
+            label = model.spec.class_labels[int(logits.argmax())]
+            energy = float(detector.energies(logits)[0])
+            wrong = flagged != (kind == "adversarial")
+            print(f"  {row[kind]:24} {label:>20}  E(x) = {energy:8.3f}  {'adversarial' if flagged else 'natural':11}"
+                  + ("  <- the detector gets this one wrong" if wrong else ""))
+            if wrong:
+                problems.append(f"{folder.name}/{row[kind]}")
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append",
+                        help="a model name or folder (repeatable; default: for each data set, the model the Detect "
+                             "tab starts on with it: its standard model with a detector)")
+    parser.add_argument("--out", default=str(OUT),
+                        help="where the per-model folders go (default examples/adversarial)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the detector gets an example wrong")
+    args = parser.parse_args(argv)
+    names = args.model or detect_defaults()
+    problems = []
+    for name in names:
+        model = robgen.load_model(name)
+        folder = Path(args.out) / Path(str(name)).name
+        rows = make_adversarial_examples(model, PHOTOS, folder)
+        try:
+            problems += check(model, folder, rows)
+        except FileNotFoundError as error:
+            print(f"{name}: {error}", file=sys.stderr)
+            return 1
+    if problems:
+        print(f"the shipped detector gets {len(problems)} of these wrong: {', '.join(problems)}")
+    return 1 if problems and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
