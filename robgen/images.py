@@ -77,6 +77,14 @@ def pil_to_tensor(
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def cover_size(size: Union[int, Tuple[int, int]], crop_pct: float = 1.0) -> Tuple[int, int]:
+    """(height, width) that timm's eval transform scales an image to cover before its centre crop: size / crop_pct."""
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if not crop_pct > 0:
+        raise ValueError(f"crop_pct must be positive (1.0: no margin, 0.875: ImageNet's 256 -> 224), got {crop_pct}")
+    return math.floor(height / crop_pct), math.floor(width / crop_pct)
+
+
 def resize_and_crop(
     image: Image.Image, size: Union[int, Tuple[int, int]], *, crop_pct: float = 1.0, interpolation: str = "bicubic"
 ) -> Image.Image:
@@ -86,11 +94,9 @@ def resize_and_crop(
     0.875 is the ImageNet convention (short side 256, crop 224).
     """
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if not crop_pct > 0:
-        raise ValueError(f"crop_pct must be positive (1.0: no margin, 0.875: ImageNet's 256 -> 224), got {crop_pct}")
+    scaled_height, scaled_width = cover_size(size, crop_pct)
     if interpolation not in RESAMPLE:
         raise ValueError(f"unknown interpolation {interpolation!r}; use one of {', '.join(RESAMPLE)}")
-    scaled_height, scaled_width = math.floor(height / crop_pct), math.floor(width / crop_pct)
     scale = max(scaled_height / image.height, scaled_width / image.width)
     new_size = (max(scaled_width, round(image.width * scale)), max(scaled_height, round(image.height * scale)))
     image = image.resize(new_size, RESAMPLE[interpolation], reducing_gap=3.0)

@@ -11,7 +11,6 @@ matplotlib figures ready to display, so it is tested without a browser.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -24,7 +23,7 @@ from ..detection import EnergyDetector
 from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
 from ..experiments.single_image import attack_own_predictions, top_classes
-from ..images import load_model_input, tensor_to_pil
+from ..images import cover_size, load_model_input, tensor_to_pil
 from ..models.state import model_device
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
@@ -45,7 +44,7 @@ def model_input(model, image: ImageInput) -> torch.Tensor:
 def resized_size(spec) -> Tuple[int, int]:
     """(height, width) that the eval transform of `spec` resizes an image to cover before its centre crop:
     input size / crop_pct (`robgen.images.resize_and_crop`)."""
-    return math.floor(spec.input_size[1] / spec.crop_pct), math.floor(spec.input_size[2] / spec.crop_pct)
+    return cover_size(tuple(spec.input_size[1:]), spec.crop_pct)
 
 
 def enlargement(width: int, height: int, spec) -> float:
