@@ -3,9 +3,11 @@
     result = evaluate_robustness(model, dataset, eps=8/255, steps=20)
     result["clean_accuracy"], result["pgd_accuracy"]
 
-Runs batch by batch (bounded memory), with a progress bar, and reduces the
-counts across ranks under torchrun. Every accuracy comes with its 95% Wilson
-interval (`*_ci`).
+Runs batch by batch (bounded memory), with a progress bar. Under torchrun each
+rank attacks its share of the batches (`distributed.shard_batches`) with random
+starts drawn per batch (`distributed.per_batch_seeds`), and the counts are
+summed across ranks, so N processes report what one does. Every accuracy comes
+with its 95% Wilson interval (`*_ci`), computed on the summed counts.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import time
 from typing import Optional
 
 import torch
-from torch.utils.data import Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
 from .attacks import APGD, PGD
@@ -39,19 +40,22 @@ def evaluate_robustness(
     """Clean accuracy and accuracy under PGD-`steps` (and APGD) at `eps`.
 
     PGD uses a random start and step `step_size` (default 2.5 * eps / steps, as in
-    Madry et al.); the random start is seeded, so results repeat exactly.
+    Madry et al.); the random start is seeded per batch from `seed`, so results
+    repeat exactly, with any number of torchrun processes. Fewer images than
+    processes is refused (ValueError) on every rank before any work.
     """
     device = model_device(model)
     step_size = step_size if step_size is not None else 2.5 * eps / steps
-    generator = torch.Generator(device=device).manual_seed(seed + distributed.rank())
+    generator = torch.Generator(device=device).manual_seed(seed)
     pgd = PGD(model, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=generator)
     auto = APGD(model, eps=eps, steps=max(steps, 10), norm=norm, generator=generator) if apgd else None
-    sampler = DistributedSampler(dataset, shuffle=False) if distributed.is_distributed() else None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    share = distributed.shard_batches(DataLoader(dataset, batch_size=batch_size))
     counts = torch.zeros(4, dtype=torch.float64)  # n, clean, pgd, apgd
     started = time.perf_counter()
-    with eval_mode(model):
-        for x, y in progress_bar(loader, desc=f"eval (PGD-{steps})", progress=progress and distributed.is_main()):
+    with eval_mode(model), distributed.per_batch_seeds(generator) as reseed:
+        for index, (x, y) in progress_bar(share, desc=f"eval (PGD-{steps})",
+                                          progress=progress if distributed.is_main() else False):
+            reseed(index)
             x, y = x.to(device), y.to(device)
             x_pgd = pgd(x, y)
             x_auto = auto(x, y) if auto is not None else None

@@ -1,4 +1,5 @@
-"""Training and evaluation under torchrun: two CPU processes (gloo) on a tiny subset agree, and resume exactly."""
+"""Under torchrun (two or four CPU processes, gloo): training agrees across ranks and resumes exactly; `eval`,
+`reproduce` and `model_outputs` give exactly the numbers of one process; more ranks than images is refused."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
@@ -18,11 +20,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # one thread alone too: the same kernels
+
+
+def torchrun(processes: int, *arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node processes ARGUMENTS` (a script, or -m module ...) on this machine."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *arguments]
+    return subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def alone(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python ARGUMENTS` in one process, with the environment the torchrun ranks get."""
+    return subprocess.run([sys.executable, *arguments], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def differing_keys(one: dict, many: dict, ignore=()) -> list:
+    """Keys whose values differ between two results.json-like dicts (NaN equals NaN: compared as JSON text)."""
+    def text(value) -> str:
+        return json.dumps(value, sort_keys=True)
+
+    keys = (set(one) | set(many)) - set(ignore)
+    return sorted(key for key in keys if text(one.get(key)) != text(many.get(key)))
+
+
 def test_two_ranks_agree(toy_data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(REPO / "tests" / "ddp_worker.py"), str(toy_data), str(tmp_path)]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = torchrun(2, str(REPO / "tests" / "ddp_worker.py"), str(toy_data), str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
@@ -67,10 +91,118 @@ def test_two_ranks_resume_adversarial_training_exactly(toy_data, tmp_path):
     run must give every rank back what it had."""
     worker = tmp_path / "resume_worker.py"
     worker.write_text(RESUME_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(worker), str(toy_data), str(tmp_path)]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    result = torchrun(2, str(worker), str(toy_data), str(tmp_path), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"resume{rank}.json").read_text()) == [], f"rank {rank}: weights differ"
+
+
+OUTPUTS_WORKER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import torch
+    from torch.utils.data import TensorDataset
+    from robgen import PGD, distributed
+    from robgen.data import make_loader
+    from robgen.evaluation import evaluate_robustness
+    from robgen.experiments.pipeline import model_outputs, tensor_batches
+    from tests.conftest import tiny_model
+
+    distributed.setup(torch.device("cpu"))
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(19, 3, 32, 32, generator=g), torch.randint(0, 10, (19,), generator=g)
+    attack = PGD(model, eps=8 / 255, step_size=2 / 255, steps=2, generator=torch.Generator().manual_seed(0))
+    listed = model_outputs(model, tensor_batches(x, y, 4), attack=attack, features=True, trace=True, progress=False)
+    loaded = model_outputs(model, make_loader(TensorDataset(x, y), batch_size=4), attack=attack, trace=True,
+                           progress=False)
+    robustness = evaluate_robustness(model, TensorDataset(x, y), steps=2, apgd=True, batch_size=4, progress=False)
+    try:
+        model_outputs(model, tensor_batches(x[:1], y[:1], 1), progress=False)
+        refusal = None
+    except ValueError as error:
+        refusal = str(error)
+    robustness.pop("seconds")
+    torch.save({"listed": listed, "loaded": loaded, "robustness": robustness, "refusal": refusal,
+                "generator": attack.generator.get_state()},
+               Path(sys.argv[1]) / f"world{distributed.world_size()}-rank{distributed.rank()}.pt")
+    distributed.teardown()
+""")
+
+
+def test_model_outputs_and_robustness_on_two_ranks_equal_one_process(tmp_path):
+    """5 batches (4, 4, 4, 4, 3 images) attacked with random starts: rank 0 runs batches 0, 2, 4 and rank 1 runs
+    1, 3; every rank gets back exactly the single process's outputs, trace and counts."""
+    worker = tmp_path / "outputs_worker.py"
+    worker.write_text(OUTPUTS_WORKER)
+    result = alone(str(worker), str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(2, str(worker), str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = torch.load(tmp_path / "world1-rank0.pt", weights_only=False)
+    assert one["refusal"] is None
+    for rank in (0, 1):
+        many = torch.load(tmp_path / f"world2-rank{rank}.pt", weights_only=False)
+        for name in ("listed", "loaded"):
+            assert torch.equal(many[name].logits, one[name].logits), f"rank {rank}: {name} logits"
+            assert torch.equal(many[name].labels, one[name].labels)
+            assert many[name].trace == one[name].trace, "per-step statistics combined from the same batches"
+        assert torch.equal(many["listed"].features, one["listed"].features)
+        assert many["robustness"] == one["robustness"] and many["robustness"]["n"] == 19
+        assert torch.equal(many["generator"], one["generator"]), "the caller's generator moves on alike"
+        assert "1 image(s) cannot be shared among the 2 processes" in many["refusal"]
+    # the second call drew a new base seed from the attack's generator: its random starts are not the first's
+    assert one["listed"].trace.energy_mean[0] != one["loaded"].trace.energy_mean[0]
+
+
+def test_reproduce_on_two_ranks_equals_one_process(cifar_root, tmp_path):
+    """Every number of results.json, from 20 validation and 20 test images in batches of 8 (rank 0: batches 0 and 2,
+    rank 1: batch 1), attacked by PGD, APGD and HE-PGD with random starts."""
+    arguments = ["-m", "robgen", "reproduce", "--model", "cifar10-resnet10-standard", "--data", "cifar10",
+                 "--data-root", str(cifar_root), "--limit", "20", "--val-size", "1000", "--steps", "2",
+                 "--batch-size", "8", "--attacks", "pgd-8,apgd-8"]
+    result = alone(*arguments, "--out", str(tmp_path / "one"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(2, *arguments, "--out", str(tmp_path / "two"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote results.json") == 1, "rank 0 alone prints"
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["hardware"].startswith("2 x CPU") and two["n_test"] == two["n_validation"] == 20
+    assert differing_keys(one, two, ignore=("wall_seconds", "hardware", "cost")) == [], "cost: this run's timings"
+    assert (tmp_path / "two" / "fig2a_energy_hist_pgd.png").is_file()
+
+
+def test_eval_on_two_ranks_equals_one_process(cifar_root, tmp_path):
+    """Counts summed over ranks (20 images in batches of 6: rank 0 runs 12, rank 1 runs 8) and Wilson intervals
+    computed on the sums: exactly the single process's result."""
+    from robgen.metrics import wilson_interval
+
+    arguments = ["-m", "robgen", "eval", "--model", "cifar10-resnet10-standard", "--data", "cifar10",
+                 "--data-root", str(cifar_root), "--limit", "20", "--steps", "2", "--apgd", "--batch-size", "6"]
+    result = alone(*arguments, "--out", str(tmp_path / "one.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(2, *arguments, "--out", str(tmp_path / "two.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("clean accuracy") == 1, "rank 0 alone prints"
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert differing_keys(one, two, ignore=("seconds", "command")) == []
+    assert two["n"] == 20
+    for name in ("clean", "pgd", "apgd"):
+        hits = round(two[f"{name}_accuracy"] * 20)
+        assert two[f"{name}_accuracy_ci"] == pytest.approx(list(wilson_interval(hits, 20)))
+
+
+@pytest.mark.parametrize("command", ["eval", "reproduce"])
+def test_more_ranks_than_images_is_refused_on_every_rank(command, tmp_path):
+    """4 ranks for 3 images: every rank says what to fix and exits before any work (no model, no data, no hang:
+    the timeout). The monitor interval gives every rank time to print before torchrun stops the others."""
+    result = torchrun(4, "--monitor-interval", "5", "-m", "robgen", command, "--model", "cifar10-resnet10-standard",
+                      "--data", "cifar10", "--data-root", str(tmp_path / "no-data"), "--limit", "3",
+                      "--out", str(tmp_path / "out"), timeout=300)
+    assert result.returncode != 0
+    message = "3 image(s) cannot be shared among the 4 processes torchrun started: start at most 3 " \
+              "(torchrun --nproc_per_node 3) or raise --limit"
+    assert result.stderr.count(message) == 4, result.stderr[-3000:]
+    assert not (tmp_path / "out").exists()

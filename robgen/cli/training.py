@@ -112,11 +112,17 @@ def command_train(args) -> int:
 
 
 def command_eval(args) -> int:
+    """Under torchrun each rank attacks its share of the batches, the counts are summed; rank 0 prints and writes."""
     from .. import distributed
     from ..evaluation import evaluate_robustness
     from ..models.checkpoint import CONFIG_FILE, model_folder
 
     device = distributed.setup(pick_device(args.device))
+    if args.limit is not None:  # refused on every rank before any work
+        try:
+            distributed.check_shareable(args.limit, "or raise --limit")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     model = open_model(args, device)
     folder = model_folder(model)
     if args.record and folder is None:  # refused before the evaluation, not after it
@@ -129,10 +135,11 @@ def command_eval(args) -> int:
         if args.exact:
             dataset, what = datasets.lossless_only(dataset), f"PNG (exact) images of the {args.split} split"
         dataset = datasets.first(dataset, args.limit, what)
+        result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps,
+                                     step_size=args.step_size, apgd=args.apgd, batch_size=args.batch_size,
+                                     seed=args.seed)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
-    result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps, step_size=args.step_size,
-                                 apgd=args.apgd, batch_size=args.batch_size, seed=args.seed)
     result.update(model=model.spec.source, data=str(args.data), split=args.split, exact_only=args.exact,
                   limit=args.limit, device=str(device), command="python -m robgen " + " ".join(sys.argv[1:]))
     if distributed.is_main():

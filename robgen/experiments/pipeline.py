@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import data as datasets
+from .. import distributed
 from ..detection.baselines import penultimate_features
 from ..detection.detector import TEMPERATURES, EnergyDetector
 from ..energy import energy
@@ -75,32 +76,43 @@ def model_outputs(
     the adversarial images are not kept, so memory stays bounded by one batch.
     `batches` is a DataLoader or any iterable of (images, labels);
     `progress` is True (tqdm), False or a callback `fn(fraction, desc)`.
+
+    An attack with a `generator` draws each batch's randomness (its random start)
+    from a seed derived from that generator and the batch's index
+    (`distributed.per_batch_seeds`), so that under torchrun, where each rank runs
+    its share of the batches (`distributed.shard_batches`) and every rank gets
+    all the outputs back in data order, the outputs are those of one process.
     """
     device = model_device(model)
-    logits, labels, feature_rows, traces, sizes = [], [], [], [], []
-    with eval_mode(model):
-        for images, targets in progress_bar(batches, desc=desc, progress=progress):
+    share = distributed.shard_batches(batches)
+    generator = getattr(attack, "generator", None) if attack is not None else None
+    rows = []  # (batch index, (logits, labels, features, trace))
+    with eval_mode(model), distributed.per_batch_seeds(generator) as reseed:
+        for index, (images, targets) in progress_bar(share, desc=desc,
+                                                     progress=progress if distributed.is_main() else False):
+            reseed(index)
             images, targets = images.to(device), targets.to(device)
+            batch_trace = None
             if attack is not None:
                 if trace:
                     images, batch_trace = attack(images, targets, return_trace=True)
-                    traces.append(batch_trace)
-                    sizes.append(len(targets))
                 else:
                     images = attack(images, targets)
+            batch_features = None
             if features:
                 batch_features, batch_logits = penultimate_features(model, images)
-                feature_rows.append(batch_features)
             else:
                 with torch.no_grad():
                     batch_logits = model(images).float().cpu()
-            logits.append(batch_logits)
-            labels.append(targets.cpu())
-    if not logits:
+            rows.append((index, (batch_logits, targets.cpu(), batch_features, batch_trace)))
+    rows = distributed.gather_in_order(rows)
+    if not rows:
         raise ValueError("the data yielded no batches: is the data set empty?")
+    logits, labels, feature_rows, traces = zip(*rows)
+    traces = [batch_trace for batch_trace in traces if batch_trace is not None]
     return ModelOutputs(
         torch.cat(logits), torch.cat(labels), torch.cat(feature_rows) if features else None,
-        Trace.combine(traces, sizes) if traces else None,
+        Trace.combine(traces, [len(batch_labels) for batch_labels in labels]) if traces else None,
     )
 
 
