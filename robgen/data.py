@@ -251,7 +251,7 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) ->
                          "pick a model trained on this data set")
     trained_on = str(spec.training.get("data", {}).get("name") or spec.training.get("config", {}).get("data") or "")
     if key in KNOWN and trained_on.lower() in KNOWN and trained_on.lower() != key:
-        raise ValueError(f"this model was trained on {trained_on}, not {data}: pick a {data} model "
+        raise ValueError(f"this model was trained on {trained_on}, not {data}: pick a model trained on {data} "
                          f"(python -m robgen models lists the shipped ones)")
     if key in KNOWN and [c.lower() for c in classes] != [c.lower() for c in spec.class_labels] \
             and not all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels)):

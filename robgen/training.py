@@ -308,7 +308,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
     elif config.init_from is not None:
         model = _initial_model(config, classes, device)
     else:
-        mean, std = channel_stats(plain)
+        mean, std = channel_stats(plain, n=min(5000, config.train_limit or 5000))  # smoke runs: fewer
         sample, _ = plain[0]
         arch_kwargs = {"width": config.width} if config.width is not None else {}
         spec = ModelSpec(

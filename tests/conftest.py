@@ -89,6 +89,31 @@ def cifar_root() -> Path:
     return cache
 
 
+IMAGENETTE_ARCHIVE = SHARED_DATA / "imagenette2-160.tar.gz"
+DATA_FIXTURES |= {"imagenette_root"}
+
+
+@pytest.fixture(scope="session")
+def imagenette_root() -> Path:
+    """A data root holding Imagenette (imagenette2-160/{train,val}/<wnid>/ images, or imagenette/{train,val}/)."""
+    def holds_imagenette(root: Path) -> bool:
+        return any((root / folder / "train" / "n03888257").is_dir() and (root / folder / "val" / "n03888257").is_dir()
+                   for folder in ("imagenette", "imagenette2-160"))
+
+    env_root = os.environ.get("ROBGEN_DATA")
+    if env_root and holds_imagenette(Path(env_root)):
+        return Path(env_root)
+    cache = Path.home() / ".cache" / "robgen-data"
+    if holds_imagenette(cache):
+        return cache
+    if not IMAGENETTE_ARCHIVE.is_file():
+        pytest.skip(f"real-data test: {IMAGENETTE_ARCHIVE} is absent (needs the shared Imagenette archive)")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(IMAGENETTE_ARCHIVE) as archive:
+        archive.extractall(cache, filter="data")
+    return cache
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(cifar_root, tmp_path_factory) -> Path:
     """A width-8 ResNet10 trained for about a minute (4 epochs of 10,000 CIFAR-10 images), once per session."""

@@ -1,12 +1,18 @@
-"""`reproduce` on a shipped checkpoint with a tiny N: structure and sanity of results.json."""
+"""`reproduce` with a tiny N on CIFAR-10 (shipped checkpoint) and Imagenette (a tiny model trained here):
+structure and sanity of results.json and results.md, the paper's numbers per data set, the cost accounting,
+and bad input refused through the CLI."""
 
 import json
+import math
 
 import pytest
 
 import robgen
 from robgen.cli import main
 from robgen.detection.detector import TEMPERATURES
+from robgen.experiments.reproduce import PAPER_FACTS, ReproduceSettings, attack_passes, hepgd_name
+
+NETTE_STEPS = 3  # the detector's attacks in the Imagenette run; HE-PGD also at the notebook's 10
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +26,27 @@ def results(cifar_root, tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def nette_model(imagenette_root, tmp_path_factory):
+    """A barely trained width-4 Imagenette ResNet10 (1 epoch on 256 images), as `python -m robgen train` writes it."""
+    from robgen.training import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("nette") / "imagenette-resnet10-tiny"
+    config = TrainConfig(data="imagenette", architecture="resnet10_imagenette", width=4, epochs=1, train_limit=256,
+                         eval_subset=32, eval_steps=1, seed=0)
+    train(config, folder, data_root=imagenette_root, device="cpu", progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nette_results(nette_model, imagenette_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro-nette") / "run"
+    code = main(["reproduce", "--data", "imagenette", "--data-root", str(imagenette_root), "--model", str(nette_model),
+                 "--limit", "20", "--steps", str(NETTE_STEPS), "--reference-size", "200", "--out", str(out)])
+    assert code == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
 def test_results_have_every_table_and_figure(results):
     out, r = results
     assert {row["attack"] for row in r["table1"]} == {"pgd-8", "pgd-16", "apgd-8", "hepgd-8-lam1.2"}
@@ -29,7 +56,23 @@ def test_results_have_every_table_and_figure(results):
     for name in ("fig2a_energy_hist_pgd.png", "fig2b_energy_vs_steps_pgd.png", "fig3a_energy_hist_hepgd.png",
                  "fig3b_energy_vs_steps_hepgd.png", "adaptive_lambda.png", "results.md"):
         assert (out / name).stat().st_size > 1000, name
-    assert "98.4" in (out / "results.md").read_text()
+    assert r["settings"]["hepgd_steps"] == [10] and [run["steps"] for run in r["hepgd_runs"]] == [10]
+
+
+def test_cifar10_rows_carry_the_papers_cifar10_numbers(results):
+    out, r = results
+    official = {row["attack"]: row for row in r["table1"] if row["official_protocol"]}
+    assert official["pgd-8"]["paper"] == {"detection_rate": 0.9838, "printed_fpr_column": 0.0162}
+    assert official["apgd-8"]["paper"] == {"detection_rate": 0.8545, "printed_fpr_column": 0.0119}
+    assert official["pgd-16"]["paper"] == {} and official["hepgd-8-lam1.2"]["paper"] == {}
+    assert all(row["paper"] == {} for row in r["table1"] if not row["official_protocol"])
+    cited = {row["detector"].split()[0]: row["paper_cited"] for row in r["baselines"] if row["attack"] == "pgd-8"}
+    assert cited == {"Mahalanobis": {}, "LID": {"detection_rate": 0.9439, "printed_fpr_column": 0.0181},
+                     "KD+BU": {"detection_rate": 0.9227, "printed_fpr_column": 0.0096}}
+    report = (out / "results.md").read_text()
+    for text in ("98.38", "1.62", "85.45", "92.27 / 0.96", "94.39 / 1.81", "equals 100 − 98.38", "## Cost"):
+        assert text in report, text
+    assert "98.24" not in report, "no Imagenette numbers in a CIFAR-10 report"
 
 
 def test_results_are_sane(results):
@@ -65,7 +108,207 @@ def test_bad_input_is_refused(cifar_root, tmp_path, capsys):
     assert "unknown attack 'cw'" in capsys.readouterr().err
     assert main(args + ["--limit", "20000", "--val-size", "1000", "--out", str(tmp_path / "b")]) == 2
     assert "larger than the validation split" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists(), "a refused run leaves no output folder behind"
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "results.json").write_text("{}")
     assert main(args + ["--limit", "5", "--out", str(tmp_path / "c")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--hepgd-steps", "10,x", "--out", str(tmp_path / "d")]) == 2
+    assert "--hepgd-steps takes whole numbers" in capsys.readouterr().err
+
+
+# ---- Imagenette ----
+
+
+def test_imagenette_results_have_every_table_figure_and_step_count(nette_results):
+    out, r = nette_results
+    main_he, official_he = hepgd_name(_settings(r), NETTE_STEPS), hepgd_name(_settings(r), 10)
+    assert (main_he, official_he) == ("hepgd-8-lam1.2", "hepgd-8-lam1.2-10steps")
+    assert r["data"] == "imagenette" and r["n_validation"] == r["n_test"] == 20 and r["n_reference"] == 200
+    s = r["settings"]
+    assert s["val_size"] == 500, "the validation split is the one the model's training held out"
+    assert s["lam"] == 1.2 and s["hepgd_steps"] == [NETTE_STEPS, 10], "HE-PGD at --steps and the notebook's 10 steps"
+    assert r["hepgd_runs"] == [{"name": main_he, "steps": NETTE_STEPS, "lam": 1.2, "main": True},
+                               {"name": official_he, "steps": 10, "lam": 1.2, "main": False}]
+    assert len(r["table1"]) == 5 * 2 * 2
+    steps = {(row["attack"], row["steps"]) for row in r["table1"]}
+    assert steps == {("pgd-8", NETTE_STEPS), ("pgd-16", NETTE_STEPS), ("apgd-8", NETTE_STEPS),
+                     (main_he, NETTE_STEPS), (official_he, 10)}
+    assert {row["detector"].split()[0] for row in r["baselines"]} == {"Mahalanobis", "LID", "KD+BU"}
+    assert all(row["paper_cited"] == {} for row in r["baselines"]), "the paper cites no Imagenette baselines"
+    assert [row["lam"] for row in r["adaptive"]["rows"]] == [0.0, 0.3, 0.6, 1.2, 2.0, 4.0]
+    assert r["curves"][official_he]["steps"] == [0, 2, 5, 10] and r["curves"][main_he]["steps"] == [0, 2]
+    for name in ("fig2a_energy_hist_pgd.png", "fig2b_energy_vs_steps_pgd.png", "fig3a_energy_hist_hepgd.png",
+                 "fig3a_energy_hist_hepgd_10steps.png", "fig3b_energy_vs_steps_hepgd.png", "adaptive_lambda.png"):
+        assert (out / name).stat().st_size > 1000, name
+
+
+def test_imagenette_rows_carry_the_papers_imagenette_numbers(nette_results):
+    out, r = nette_results
+    official = {row["attack"]: row for row in r["table1"] if row["official_protocol"]}
+    assert official["pgd-8"]["paper"] == {"detection_rate": 0.9824, "printed_fpr_column": 0.0137}
+    assert official["pgd-16"]["paper"] == {"detection_rate": 0.996, "printed_fpr_column": 0.0}
+    assert all(official[name]["paper"] == {} for name in ("apgd-8", "hepgd-8-lam1.2", "hepgd-8-lam1.2-10steps"))
+    assert all(row["paper"] == {} for row in r["table1"] if not row["official_protocol"])
+    assert r["paper_facts"] == json.loads(json.dumps(_asdict(PAPER_FACTS["imagenette"])))
+    report = (out / "results.md").read_text()
+    assert report.startswith("# Reproduction on Imagenette")
+    for text in ("| 98.24 | 1.37 |", "| 99.60 | 0.00 |", "is not 100 − 98.24 (= 1.76), so it is not the miss rate",
+                 "leaves 1 of 3,925 test images correctly classified", "fig3a_energy_hist_hepgd_10steps.png"):
+        assert text in report, text
+    assert "98.38" not in report, "no CIFAR-10 numbers in an Imagenette report"
+
+
+def test_imagenette_results_are_sane_for_any_model(nette_results):
+    """True of a barely trained model too: shapes, counts, finite energies, intervals around their rates."""
+    _, r = nette_results
+    n = r["n_test"]
+    for row in r["table1"] + r["baselines"]:
+        assert row["n_clean"] == row["n_adversarial"] == n
+    for row in r["table1"]:
+        assert row["temperature"] in TEMPERATURES if row["search_temperature"] else row["temperature"] == 1.0
+        assert row["clean_accuracy"] == pytest.approx(r["clean_accuracy"])
+        assert row["false_negative_rate"] == pytest.approx(1 - row["detection_rate"])
+        assert 0 <= row["n_successful"] <= round(r["clean_accuracy"] * n)
+    assert all(math.isfinite(value) for value in r["energy_means"].values())
+    assert set(r["energy_means"]) == {"clean", "pgd-8", "pgd-16", "apgd-8", "hepgd-8-lam1.2", "hepgd-8-lam1.2-10steps"}
+    for curve in r["curves"].values():
+        assert len(curve["steps"]) == len(curve["energy_mean"]) == len(curve["accuracy"])
+        assert all(0 <= a <= 1 for a in curve["accuracy"])
+
+
+def test_every_rate_and_auroc_has_its_95_interval(nette_results):
+    out, r = nette_results
+    table = ("detection_rate", "false_positive_rate", "false_negative_rate", "detection_rate_successful",
+             "attack_success_rate", "adversarial_accuracy", "auroc")
+    rows = [(row, table) for row in r["table1"]]
+    rows += [(row, ("detection_rate", "false_positive_rate", "auroc")) for row in r["baselines"]]
+    rows += [(row, ("attack_success_rate", "adversarial_accuracy", "detection_rate_one_sided", "detection_rate_band",
+                    "detection_rate_class_energy")) for row in r["adaptive"]["rows"]]
+    fpr = r["adaptive"]["false_positive_rate_on_clean_test"]
+    rows += [({"rate": fpr[name], "rate_ci": r["adaptive"]["false_positive_rate_on_clean_test_ci"][name]}, ("rate",))
+             for name in fpr]
+    rows += [(r, ("clean_accuracy",))]
+    for row, keys in rows:
+        for key in keys:
+            low, high = row[f"{key}_ci"]
+            value = row[key]
+            if value == value:  # nan: a rate over no examples (e.g. detection on successful attacks that did not succeed)
+                assert low - 1e-9 <= value <= high + 1e-9, (key, low, value, high)
+    report = (out / "results.md").read_text()
+    assert "Wilson's score interval for proportions" in report and "percentile bootstrap over images" in report
+    section = report.split("## Table 1")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith(("| pgd-", "| apgd-", "| hepgd-"))]
+    assert len(table) == len(r["table1"])
+    for line in table:  # detection, FPR, FNR, AUROC, det. (succ.), attack success: each with its interval, or "—"
+        cells = [cell.strip() for cell in line.strip("|").split("|")][4:10]
+        assert all("[" in cell or cell == "—" for cell in cells), line
+
+
+def test_imagenette_cost_is_counted_and_consistent(nette_results):
+    out, r = nette_results
+    cost = r["cost"]
+    runs = cost["runs"]
+    assert cost["forward_backward_passes"] == sum(run["forward_backward"] for run in runs) > 0
+    assert cost["forward_passes"] == sum(run["forward"] for run in runs) > 0
+    for run in runs:
+        if run["run"].startswith("clean"):
+            assert run["forward_backward"] == 0 and run["forward"] == run["images"]
+        elif run["run"] == "apgd-8":  # (steps + 1) gradient passes on the correctly classified images only
+            assert run["forward_backward"] % (NETTE_STEPS + 1) == 0
+            assert run["forward_backward"] <= (NETTE_STEPS + 1) * run["images"] and run["forward"] == 4 * run["images"]
+        else:
+            assert run["forward_backward"] == run["steps"] * run["images"] and run["forward"] == 2 * run["images"]
+    n = r["n_test"]  # = n_validation
+    pgd_like = (2 * 2 * NETTE_STEPS * n  # PGD 8 and 16 on val + test
+                + 2 * NETTE_STEPS * n + 2 * 10 * n  # HE-PGD at 3 and 10 steps on val + test
+                + 4 * NETTE_STEPS * n)  # the adaptive study's four other λ, on test
+    apgd = sum(run["forward_backward"] for run in runs if run["run"] == "apgd-8")
+    assert cost["forward_backward_passes"] == pgd_like + apgd
+    assert {(run["run"], run["split"]) for run in runs if run["run"].endswith("(adaptive)")} == \
+        {(f"hepgd-8-lam{lam:g} (adaptive)", "test") for lam in (0.3, 0.6, 2.0, 4.0)}
+    size = cost["batch_size"]
+    assert size == min(250, n) and cost["seconds_per_forward_backward_batch"] > 0 and cost["seconds_per_forward_batch"] > 0
+    floor = (cost["forward_backward_passes"] * cost["seconds_per_forward_backward_batch"]
+             + cost["forward_passes"] * cost["seconds_per_forward_batch"]) / size
+    assert cost["floor_seconds"] == pytest.approx(floor)
+    assert cost["wall_seconds"] == r["wall_seconds"] > cost["timing_seconds"] > 0
+    assert 0 < cost["floor_fraction_of_wall"] == pytest.approx(floor / r["wall_seconds"])
+    assert cost["floor_fraction_of_wall"] < 1, "the passes counted cannot take longer than the run"
+    report = (out / "results.md").read_text()
+    assert "## Cost" in report and f"| forward + backward | {cost['forward_backward_passes']:,} |" in report
+
+
+def test_a_model_of_another_data_set_is_refused(imagenette_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["reproduce", "--data", "imagenette", "--data-root", str(imagenette_root),
+                 "--model", "cifar10-resnet10-standard", "--limit", "5", "--out", str(out)])
+    assert code == 2
+    assert "this model was trained on cifar10, not imagenette" in capsys.readouterr().err
+    assert not out.exists(), "nothing is written"
+
+
+def test_missing_imagenette_data_says_where_it_looked_and_how_to_get_it(tmp_path, capsys):
+    model = _untrained_imagenette_checkpoint(tmp_path / "model")
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    out = tmp_path / "out"
+    code = main(["reproduce", "--data", "imagenette", "--data-root", str(empty), "--model", str(model),
+                 "--limit", "5", "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    for text in (f"imagenette (train) not found under {empty}", "--download", "imagenette2-160/", "tar xzf"):
+        assert text in err, text
+    assert not out.exists(), "nothing is written"
+
+
+def test_attack_passes_follow_the_loops():
+    """The counting rule itself, on attacks as `reproduce` builds them."""
+    from robgen.attacks import APGD, PGD, HighEnergyPGD
+    from conftest import tiny_model
+
+    model = tiny_model()
+    assert attack_passes(None, 7, 0) == (0, 7)
+    assert attack_passes(PGD(model, steps=5), 7, 3) == (35, 14)
+    assert attack_passes(HighEnergyPGD(model, steps=10), 7, 3) == (70, 14)
+    assert attack_passes(APGD(model, steps=5), 7, 3) == (18, 28)
+
+
+def test_per_data_set_defaults_resolve_from_the_one_table():
+    from conftest import tiny_model
+
+    model = tiny_model()
+    nette = ReproduceSettings(steps=40).resolved(model, "imagenette")
+    assert (nette.lam, nette.hepgd_steps, nette.val_size) == (1.2, (10, 40), 500)
+    cifar = ReproduceSettings(steps=40).resolved(model, "cifar10")
+    assert (cifar.lam, cifar.hepgd_steps, cifar.val_size) == (1.2, (40,), 5000)
+    mine = ReproduceSettings(steps=40, lam=1.5, hepgd_steps=(20,)).resolved(model, "cifar10")
+    assert (mine.lam, mine.hepgd_steps) == (1.5, (20, 40))
+    assert ReproduceSettings().resolved(model, "cifar100").hepgd_steps == (40,), "no paper facts: HE-PGD at --steps"
+    with pytest.raises(ValueError, match="hepgd_steps must be >= 1"):
+        ReproduceSettings(hepgd_steps=(0,))
+
+
+def _settings(r):
+    s = dict(r["settings"])
+    s = {key: tuple(value) if isinstance(value, list) else value for key, value in s.items()}
+    return ReproduceSettings(**s)
+
+
+def _asdict(facts):
+    from dataclasses import asdict
+
+    return asdict(facts)
+
+
+def _untrained_imagenette_checkpoint(folder):
+    """A random width-4 Imagenette ResNet10 whose spec says it was trained on Imagenette (no data needed)."""
+    from robgen.data import IMAGENETTE_CLASSES
+    from robgen.models import Classifier, ModelSpec
+    from robgen.models.checkpoint import build_network, save_checkpoint
+
+    spec = ModelSpec(architecture="resnet10_imagenette", num_classes=10, class_labels=list(IMAGENETTE_CLASSES.values()),
+                     mean=(0.46, 0.45, 0.42), std=(0.27, 0.27, 0.29), input_size=(3, 128, 128), arch_kwargs={"width": 4},
+                     training={"data": {"name": "imagenette", "val_size": 500}}, crop_pct=0.875)
+    save_checkpoint(Classifier(build_network(spec), spec).eval(), folder)
+    return folder

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, open_model, pick_device, prepare_out_dir,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, open_model, parse_number, pick_device,
+    prepare_out_dir,
 )
+
+PRODUCTS = ["results.json", "results.md"]
 
 
 def add_parsers(commands) -> None:
@@ -16,34 +20,68 @@ def add_parsers(commands) -> None:
     repro.add_argument("--limit", type=int, help="first N images of the validation and test splits (default: all)")
     repro.add_argument("--attacks", default="pgd-8,pgd-16,apgd-8", help="comma-separated, from pgd-8, pgd-16, apgd-8")
     repro.add_argument("--steps", type=int, default=40, help="attack steps (the paper: 40)")
+    repro.add_argument("--lam", type=parse_number, help="HE-PGD's λ (default: the data set's; the paper: 1.2)")
+    repro.add_argument("--hepgd-steps",
+        help="comma-separated HE-PGD step counts run besides --steps (default: the official notebook's, "
+             "Imagenette 10; none for CIFAR-10)")
     repro.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
+    repro.add_argument("--reference-size", type=int, default=2000,
+        help="clean training images for the baselines' reference statistics (default 2000)")
     repro.add_argument("--batch-size", type=int, default=250)
     repro.add_argument("--seed", type=int, default=0)
     add_output_arguments(repro)
     repro.set_defaults(run=command_reproduce)
 
 
+def _step_counts(text):
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--hepgd-steps takes whole numbers separated by commas, e.g. 10,20; got {text!r}") from None
+
+
 def command_reproduce(args) -> int:
+    """Under torchrun each rank attacks its share of the batches and gets every output back; rank 0 prints and writes."""
+    from .. import distributed
     from ..experiments.reproduce import ReproduceSettings, reproduce
 
-    device = pick_device(args.device)
+    device = distributed.setup(pick_device(args.device))
+    if args.limit is not None:  # refused on every rank before any work
+        try:
+            distributed.check_shareable(args.limit, "or raise --limit")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     model = open_model(args, device)
     try:
         settings = ReproduceSettings(
             attacks=tuple(name.strip() for name in args.attacks.split(",") if name.strip()), steps=args.steps,
-            limit=args.limit, val_size=args.val_size, batch_size=args.batch_size, seed=args.seed,
+            lam=args.lam, hepgd_steps=_step_counts(args.hepgd_steps), limit=args.limit, val_size=args.val_size,
+            reference_size=args.reference_size, batch_size=args.batch_size, seed=args.seed,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])
+    out = Path(args.out)
+    created = not out.exists()
+    prepare_out_dir(out, args.overwrite, PRODUCTS)  # on every rank, so that a refusal stops them all
     try:
-        results = reproduce(model, args.data, out, data_root=args.data_root, settings=settings, download=args.download)
+        results = reproduce(model, args.data, out if distributed.is_main() else None, data_root=args.data_root,
+                            settings=settings, download=args.download)
     except (FileNotFoundError, ValueError) as error:
+        if created and distributed.is_main():  # a refused run leaves nothing behind
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
         raise UsageError(str(error)) from None
-    for row in results["table1"]:
-        if row["official_protocol"]:
-            print(f"{row['attack']:>16}: detection {row['detection_rate']:.3f}, FPR {row['false_positive_rate']:.3f}, "
-                  f"AUROC {row['auroc']:.3f}")
-    print(f"wrote results.json, results.md and figures to {out} ({results['wall_seconds']:.0f} s)")
+    if distributed.is_main():
+        for row in results["table1"]:
+            if row["official_protocol"]:
+                print(f"{row['attack']:>22}: detection {row['detection_rate']:.3f}, FPR {row['false_positive_rate']:.3f}, "
+                      f"AUROC {row['auroc']:.3f}")
+        cost = results["cost"]
+        print(f"cost: {cost['forward_backward_passes']:,} forward+backward and {cost['forward_passes']:,} forward "
+              f"image-passes; floor {cost['floor_seconds']:.0f} s of {cost['wall_seconds']:.0f} s wall")
+        print(f"wrote results.json, results.md and figures to {out} ({results['wall_seconds']:.0f} s)")
+    distributed.teardown()
     return 0
