@@ -160,35 +160,61 @@ def command_eval(args) -> int:
     return 0
 
 
+# Where each data set's recorded accuracies live in a checkpoint's metrics["eval"] (keys written by
+# `eval --record`), and how the table names them.
+_EVAL_COLUMNS = {
+    "cifar10": (("cifar10-test-png", "cifar10-test"), "932 PNG / 10k"),
+    "imagenette": (("imagenette-test",), "3,925 val"),
+}
+
+
 def models_table(names: List[str]) -> str:
-    """A Markdown table of shipped checkpoints: recipe, hardware, wall time and recorded accuracies."""
-    lines = [
-        "| name | architecture | training | epochs | hardware | wall time | clean acc. (932 PNG / 10k) | PGD-20 acc. (932 PNG / 10k) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    """Markdown tables of shipped checkpoints, one per data set: recipe, hardware, wall time, recorded accuracies."""
+    by_data = {}
     for name in names:
         spec = load_model(name).spec
-        recipe = spec.training.get("config", {})
-        evals = spec.metrics.get("eval", {})
-        png, full = evals.get("cifar10-test-png", {}), evals.get("cifar10-test", {})
+        by_data.setdefault(str(spec.training.get("data", {}).get("name", "?")), []).append((name, spec))
+    tables = []
+    for data_name, models in by_data.items():
+        keys, label = _EVAL_COLUMNS.get(data_name, ((f"{data_name}-test",), "test split"))
+        lines = [
+            f"| name | architecture | training | epochs | hardware | wall time | clean acc. ({label}) | PGD-20 acc. ({label}) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, spec in models:
+            recipe = spec.training.get("config", {})
+            evals = [spec.metrics.get("eval", {}).get(key, {}) for key in keys]
 
-        def pct(result, key):
-            return f"{100 * result[key]:.1f}" if key in result else "—"
+            def pct(key):  # "89.3 [87.1, 91.1]": with the 95% Wilson interval where the record has one
+                def one(result):
+                    if key not in result:
+                        return "—"
+                    low, high = result.get(f"{key}_ci") or (None, None)
+                    return f"{100 * result[key]:.1f}" + (f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else "")
+                return " / ".join(one(result) for result in evals)
 
-        attack = png.get("attack") or full.get("attack") or {}
-        budget = f"{attack.get('norm', '?')} {attack.get('eps', 0) * (255 if attack.get('norm') == 'linf' else 1):.3g}" \
-            + ("/255" if attack.get("norm") == "linf" else "")
-        mode = recipe.get("mode", "?")
-        if mode != "standard":
-            norm, eps = recipe.get("norm"), recipe.get("eps", 0)
-            mode += f" ({norm} {eps * 255:.3g}/255)" if norm == "linf" else f" ({norm} {eps:g})"
-        lines.append(
-            f"| `{name}` | {spec.architecture} width {spec.arch_kwargs.get('width', 64)} | {mode} | "
-            f"{spec.training.get('epochs_done', '?')} | {spec.training.get('hardware', '?')} | "
-            f"{spec.training.get('wall_seconds', 0) / 60:.0f} min | {pct(png, 'clean_accuracy')} / {pct(full, 'clean_accuracy')} | "
-            f"{pct(png, 'pgd_accuracy')} / {pct(full, 'pgd_accuracy')} at {budget} |"
-        )
-    return "\n".join(lines)
+            attack = next((result["attack"] for result in evals if result.get("attack")), {})
+            budget = _budget(attack.get("norm"), attack.get("eps", 0)) if attack else "?"
+            mode = recipe.get("mode", "?")
+            if mode != "standard":
+                mode += f" ({_budget(recipe.get('norm'), recipe.get('eps', 0))})"
+            if recipe.get("init_from"):
+                mode += f", fine-tuned from `{Path(recipe['init_from']).name}`"
+            if spec.training.get("best_epoch"):
+                mode += f", best PGD epoch {spec.training['best_epoch']}"
+            size = "x".join(str(v) for v in spec.input_size[1:])
+            lines.append(
+                f"| `{name}` | {spec.architecture} width {spec.arch_kwargs.get('width', 64)}, {size} px | {mode} | "
+                f"{spec.training.get('epochs_done', '?')} | {spec.training.get('hardware', '?')} | "
+                f"{spec.training.get('wall_seconds', 0) / 60:.0f} min | {pct('clean_accuracy')} | "
+                f"{pct('pgd_accuracy')} at {budget} |"
+            )
+        tables.append(f"**{data_name}**\n\n" + "\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def _budget(norm, eps) -> str:
+    return f"L∞ {eps * 255:.3g}/255" if norm == "linf" else f"L2 {eps:g}"
 
 
 def command_models(args) -> int:
