@@ -37,41 +37,44 @@ def evaluate_robustness(
     seed: int = 0,
     progress=True,
 ) -> dict:
-    """Clean accuracy and accuracy under PGD-`steps` (and APGD) at `eps`.
+    """Clean accuracy and accuracy under PGD-`steps` (and APGD) at `eps`; `steps=0`: clean accuracy only.
 
     PGD uses a random start and step `step_size` (default 2.5 * eps / steps, as in
     Madry et al.); the random start is seeded per batch from `seed`, so results
     repeat exactly, with any number of torchrun processes. Fewer images than
     processes is refused (ValueError) on every rank before any work.
     """
+    if steps < 0 or (steps == 0 and apgd):
+        raise ValueError(f"steps must be >= 0 (0: clean accuracy only, without APGD), got {steps}")
     device = model_device(model)
-    step_size = step_size if step_size is not None else 2.5 * eps / steps
+    step_size = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
     generator = torch.Generator(device=device).manual_seed(seed)
-    pgd = PGD(model, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=generator)
+    pgd = PGD(model, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=generator) if steps else None
     auto = APGD(model, eps=eps, steps=max(steps, 10), norm=norm, generator=generator) if apgd else None
     share = distributed.shard_batches(DataLoader(dataset, batch_size=batch_size))
     counts = torch.zeros(4, dtype=torch.float64)  # n, clean, pgd, apgd
     started = time.perf_counter()
     with eval_mode(model), distributed.per_batch_seeds(generator) as reseed:
-        for index, (x, y) in progress_bar(share, desc=f"eval (PGD-{steps})",
+        for index, (x, y) in progress_bar(share, desc=f"eval (PGD-{steps})" if steps else "eval (clean)",
                                           progress=progress if distributed.is_main() else False):
             reseed(index)
             x, y = x.to(device), y.to(device)
-            x_pgd = pgd(x, y)
+            x_pgd = pgd(x, y) if pgd is not None else None
             x_auto = auto(x, y) if auto is not None else None
             with torch.no_grad():
                 counts[1] += float((model(x).argmax(1) == y).sum())
-                counts[2] += float((model(x_pgd).argmax(1) == y).sum())
+                if x_pgd is not None:
+                    counts[2] += float((model(x_pgd).argmax(1) == y).sum())
                 if x_auto is not None:
                     counts[3] += float((model(x_auto).argmax(1) == y).sum())
             counts[0] += len(y)
     n, clean, robust, auto_robust = distributed.reduce_sums(counts.tolist(), device)
-    result = {
-        "n": int(n), "clean_accuracy": clean / n, "pgd_accuracy": robust / n,
-        "clean_accuracy_ci": wilson_interval(clean, int(n)), "pgd_accuracy_ci": wilson_interval(robust, int(n)),
-        "attack": {"name": "pgd", "eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "random_start": True, "seed": seed},
-        "seconds": time.perf_counter() - started,
-    }
+    result = {"n": int(n), "clean_accuracy": clean / n, "clean_accuracy_ci": wilson_interval(clean, int(n)),
+              "seconds": time.perf_counter() - started}
+    if pgd is not None:
+        result.update(pgd_accuracy=robust / n, pgd_accuracy_ci=wilson_interval(robust, int(n)), attack={
+            "name": "pgd", "eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "random_start": True,
+            "seed": seed})
     if auto is not None:
         result["apgd_accuracy"] = auto_robust / n
         result["apgd_accuracy_ci"] = wilson_interval(auto_robust, int(n))

@@ -188,3 +188,18 @@ def test_the_eval_transform_travels_with_the_trained_model(toy_data, tmp_path):
     assert loaded.spec.input_size == (3, 12, 12)
     assert (loaded.spec.crop_pct, loaded.spec.interpolation) == (0.75, "bicubic")
     assert model.spec.crop_pct == 0.75
+
+
+def test_evaluation_with_zero_steps_measures_clean_accuracy_only(toy_data, tmp_path):
+    from robgen import data as datasets
+    from robgen.evaluation import evaluate_robustness
+
+    model = train(config(toy_data, epochs=1), tmp_path / "m", progress=False)
+    images = datasets.first(datasets.load_dataset(str(toy_data)), 40)
+    clean_only = evaluate_robustness(model, images, steps=0, progress=False)
+    full = evaluate_robustness(model, images, steps=2, progress=False)
+    assert clean_only["clean_accuracy"] == full["clean_accuracy"] and clean_only["n"] == 40
+    assert "pgd_accuracy" not in clean_only and "attack" not in clean_only
+    assert clean_only["clean_accuracy_ci"] == full["clean_accuracy_ci"]
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        evaluate_robustness(model, images, steps=0, apgd=True, progress=False)

@@ -65,7 +65,7 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--exact", action="store_true", help="only the PNG images (CIFAR-10 archive: exact pixels)")
     evaluate.add_argument("--eps", type=parse_number, default=8 / 255)
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    evaluate.add_argument("--steps", type=int, default=20)
+    evaluate.add_argument("--steps", type=int, default=20, help="PGD steps (default 20; 0: clean accuracy only)")
     evaluate.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, help="PGD step (default 2.5 eps / steps)")
     evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
     evaluate.add_argument("--batch-size", type=int, default=256)
@@ -143,8 +143,9 @@ def command_eval(args) -> int:
     result.update(model=model.spec.source, data=str(args.data), split=args.split, exact_only=args.exact,
                   limit=args.limit, device=str(device), command="python -m robgen " + " ".join(sys.argv[1:]))
     if distributed.is_main():
-        line = f"{what}, {result['n']} images: clean accuracy {result['clean_accuracy']:.4f}, PGD-{args.steps} " \
-               f"({args.norm}, eps {args.eps:.4g}) accuracy {result['pgd_accuracy']:.4f}"
+        line = f"{what}, {result['n']} images: clean accuracy {result['clean_accuracy']:.4f}"
+        if "pgd_accuracy" in result:
+            line += f", PGD-{args.steps} ({args.norm}, eps {args.eps:.4g}) accuracy {result['pgd_accuracy']:.4f}"
         if args.apgd:
             line += f", APGD accuracy {result['apgd_accuracy']:.4f}"
         print(line)
