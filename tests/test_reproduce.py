@@ -10,7 +10,8 @@ import pytest
 import robgen
 from robgen.cli import main
 from robgen.detection.detector import TEMPERATURES
-from robgen.experiments.reproduce import PAPER_FACTS, ReproduceSettings, attack_passes, hepgd_name
+from robgen.experiments.cost import attack_passes
+from robgen.experiments.reproduce import PAPER_FACTS, ReproduceSettings, hepgd_name
 
 NETTE_STEPS = 3  # the detector's attacks in the Imagenette run; HE-PGD also at the notebook's 10
 

@@ -27,17 +27,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
 from .. import data as datasets
 from .. import distributed
 from ..attacks import APGD, PGD, HighEnergyPGD
-from ..detection.baselines import KDBUScorer, LIDScorer, MahalanobisScorer, last_linear, penultimate_features
+from ..detection.baselines import KDBUScorer, LIDScorer, MahalanobisScorer, last_linear
 from ..detection.detector import EnergyDetector
 from ..metrics import choose_threshold, detection_metrics, rate_interval
-from ..models.state import eval_mode, model_device
+from ..models.state import model_device
+from .cost import PassLedger, measure_pass_time
 from .pipeline import ModelOutputs, detection_splits, evaluate_detector, fit_detector, model_outputs, successful
 from .reproduce_report import write_report
 
@@ -290,88 +291,6 @@ def _more_intervals(row: dict, detector: EnergyDetector, clean: ModelOutputs, ad
             "detection_rate_successful_ci": rate_interval(detector.predict(adversarial.logits)[success]),
             "attack_success_rate_ci": rate_interval(success[clean.correct]),
             "adversarial_accuracy_ci": rate_interval(adversarial.correct)}
-
-
-# ---- cost accounting: image-passes counted where the attacks run, one batch pass timed on this hardware ----
-
-
-def attack_passes(attack, images: int, correct: int) -> Tuple[int, int]:
-    """(forward+backward, forward-only) image-passes of one traced `model_outputs` run (a pass of one image = 1).
-
-    PGD / HE-PGD: `steps` gradient passes per image, the trace's forward of the last iterate and the features
-    forward. APGD (torchattacks): a forward to find the correctly classified images, (steps + 1) gradient passes
-    per restart on those (`correct` of them; an upper bound after the first restart), the trace's two forwards
-    (start and result) and the features forward. No attack: the features forward only.
-    """
-    if attack is None:
-        return 0, images
-    if isinstance(attack, APGD):
-        return (attack.steps + 1) * attack.n_restarts * correct, 4 * images
-    return attack.steps * images, 2 * images
-
-
-class PassLedger:
-    """The model passes of a run, one entry per `model_outputs` call, and the floor they set on its wall time."""
-
-    def __init__(self) -> None:
-        self.runs: List[dict] = []
-
-    def add(self, name: str, split: str, attack, images: int, correct: int) -> None:
-        backward, forward = attack_passes(attack, images, correct)
-        self.runs.append({"run": name, "split": split, "steps": getattr(attack, "steps", 0), "images": images,
-                          "forward_backward": backward, "forward": forward})
-
-    def summary(self, timing: dict, wall_seconds: float) -> dict:
-        backward = sum(run["forward_backward"] for run in self.runs)
-        forward = sum(run["forward"] for run in self.runs)
-        size = timing["batch_size"]
-        floor = (backward * timing["seconds_per_forward_backward_batch"] + forward * timing["seconds_per_forward_batch"]) / size
-        floor /= distributed.world_size()  # ranks share the images; each rank's share runs at the same time
-        return {
-            "forward_backward_passes": backward, "forward_passes": forward,
-            "forward_backward_batches": backward / size, "forward_batches": forward / size, **timing,
-            "world_size": distributed.world_size(), "floor_seconds": floor, "wall_seconds": wall_seconds,
-            "floor_fraction_of_wall": floor / wall_seconds if wall_seconds > 0 else float("nan"),
-            "runs": self.runs,
-            "not_counted": "KD+BU's MC-dropout passes (through the final linear layer only), the baselines' fits, "
-                           "bootstrap intervals, data loading and decoding; the figures are drawn after the clock stops",
-        }
-
-
-def measure_pass_time(model, batch_size: int, repeats: int = 5, generator: Optional[torch.Generator] = None) -> dict:
-    """Seconds of one forward+backward pass (a PGD step, as the attacks run it: the fused eval-mode graph) and of
-    one forward pass (features and logits, as `model_outputs` runs it) over a batch of `batch_size` images.
-
-    Each is the fastest of `repeats` timed passes after one untimed warm-up, on uniform random pixels: a
-    floor, as the accounting wants, since a busy machine only ever makes a pass slower.
-    """
-    device = model_device(model)
-    images = torch.rand((batch_size, *model.spec.input_size), generator=generator, device=device)
-    labels = torch.zeros(batch_size, dtype=torch.long, device=device)
-    one_step = PGD(model, eps=8 / 255, step_size=1 / 255, steps=1, random_start=False)
-
-    def timed(run) -> float:
-        run()  # warm-up: allocations, the fused copy of the model
-        times = []
-        for _ in range(repeats):
-            _synchronize(device)
-            start = time.perf_counter()
-            run()
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    started = time.perf_counter()
-    with eval_mode(model):
-        backward = timed(lambda: one_step(images, labels))
-        forward = timed(lambda: penultimate_features(model, images))
-    return {"batch_size": batch_size, "timing_repeats": repeats, "seconds_per_forward_backward_batch": backward,
-            "seconds_per_forward_batch": forward, "timing_seconds": time.perf_counter() - started}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rate(hits: torch.Tensor, among: torch.Tensor) -> float:
