@@ -378,7 +378,9 @@ def test_many_visitors_sending_the_same_photo_at_once_all_get_their_results(clie
 
     def visitor(index):
         try:
-            visitor_client = gradio_client.Client(client.src, verbose=False)
+            # a queue of 24 at two at a time can keep a visitor waiting longer than httpx's 5-second default;
+            # the join below bounds the wait at two minutes
+            visitor_client = gradio_client.Client(client.src, verbose=False, httpx_kwargs={"timeout": 90})
             if index % 2:
                 visitor_client.predict(image=upload(photo), model_name=STANDARD, method="pgd", eps_255=8, steps=1,
                                        step_size_255=8, lam=1.2, target="", seed=0, api_name="/attack")
