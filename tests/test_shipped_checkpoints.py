@@ -34,3 +34,26 @@ def test_shipped_checkpoint_reaches_its_recorded_clean_accuracy(name, exact_test
     assert recorded["n"] == len(y) == 932
     assert abs(accuracy - recorded["clean_accuracy"]) <= 0.01
     assert accuracy > 0.5, "a trained model, not a random one"
+
+
+IMAGENETTE_SHIPPED = [name for name in robgen.list_models() if name.startswith("imagenette-")]
+
+
+def test_an_imagenette_standard_model_is_shipped():
+    assert "imagenette-resnet10-standard" in IMAGENETTE_SHIPPED
+
+
+@pytest.mark.parametrize("name", IMAGENETTE_SHIPPED)
+def test_shipped_imagenette_checkpoint_reaches_its_recorded_accuracy(name, imagenette_root):
+    """On the first 500 val images (class-balanced), through the eval transform in the model's spec."""
+    model = robgen.load_model(name)
+    assert model.spec.class_labels[0] == "tench" and model.spec.input_size == (3, 128, 128)
+    assert model.spec.crop_pct == 0.875
+    recorded = model.spec.metrics["eval"]["imagenette-test-first500"]
+    test = data.first(data.load_dataset("imagenette", "test", root=imagenette_root, spec=model.spec), 500)
+    x, y = data.load_tensors(test)
+    with torch.no_grad():
+        accuracy = float((model(x).argmax(1) == y).float().mean())
+    assert recorded["n"] == len(y) == 500
+    assert abs(accuracy - recorded["clean_accuracy"]) <= 0.01
+    assert model.spec.metrics["eval"]["imagenette-test"]["n"] == 3925, "the full val split is recorded too"

@@ -195,7 +195,7 @@ def models_table(names: List[str]) -> str:
                 return " / ".join(one(result) for result in evals)
 
             attack = next((result["attack"] for result in evals if result.get("attack")), {})
-            budget = _budget(attack.get("norm"), attack.get("eps", 0)) if attack else "?"
+            budget = f" at {_budget(attack.get('norm'), attack.get('eps', 0))}" if attack else " (not measured)"
             mode = recipe.get("mode", "?")
             if mode != "standard":
                 mode += f" ({_budget(recipe.get('norm'), recipe.get('eps', 0))})"
@@ -208,7 +208,7 @@ def models_table(names: List[str]) -> str:
                 f"| `{name}` | {spec.architecture} width {spec.arch_kwargs.get('width', 64)}, {size} px | {mode} | "
                 f"{spec.training.get('epochs_done', '?')} | {spec.training.get('hardware', '?')} | "
                 f"{spec.training.get('wall_seconds', 0) / 60:.0f} min | {pct('clean_accuracy')} | "
-                f"{pct('pgd_accuracy')} at {budget} |"
+                f"{pct('pgd_accuracy')}{budget} |"
             )
         tables.append(f"**{data_name}**\n\n" + "\n".join(lines))
     return "\n\n".join(tables)
