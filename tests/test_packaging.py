@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import REPO
 
-SHIPPED = ["cifar10-resnet10-quasirobust", "cifar10-resnet10-robust", "cifar10-resnet10-standard",
-           "cifar10-resnet10-standard-seed1"]
+# every checkpoint folder of the checkout (the CIFAR-10 and Imagenette models)
+SHIPPED = sorted(folder.name for folder in (REPO / "checkpoints").iterdir() if (folder / "config.json").is_file())
 
 # Run in a fresh interpreter, outside the checkout, against the installed copy only.
 PROBE = """
