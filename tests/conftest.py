@@ -72,21 +72,30 @@ def batch():
     return torch.rand(6, 3, 32, 32, generator=g), torch.randint(0, 10, (6,), generator=g)
 
 
+def unpacked_data_root(holds, archive: Path, what: str) -> Path:
+    """$ROBGEN_DATA or ~/.cache/robgen-data where `holds(root)`, else the cache with `archive` unpacked into it;
+    a skip with the reason where the archive is absent."""
+    env_root = os.environ.get("ROBGEN_DATA")
+    if env_root and holds(Path(env_root)):
+        return Path(env_root)
+    cache = Path.home() / ".cache" / "robgen-data"
+    if holds(cache):
+        return cache
+    if not archive.is_file():
+        pytest.skip(f"real-data test: {archive} is absent (needs {what})")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as unpacking:
+        unpacking.extractall(cache, filter="data")
+    return cache
+
+
 @pytest.fixture(scope="session")
 def cifar_root() -> Path:
     """A data root holding cifar10/{train,test}/<class>/ images."""
-    env_root = os.environ.get("ROBGEN_DATA")
-    if env_root and (Path(env_root) / "cifar10" / "test").is_dir():
-        return Path(env_root)
-    cache = Path.home() / ".cache" / "robgen-data"
-    if (cache / "cifar10" / "test" / "truck").is_dir() and (cache / "cifar10" / "train" / "truck").is_dir():
-        return cache
-    if not CIFAR_ARCHIVE.is_file():
-        pytest.skip(f"real-data test: {CIFAR_ARCHIVE} is absent (needs the shared CIFAR-10 archive)")
-    cache.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(CIFAR_ARCHIVE) as archive:
-        archive.extractall(cache, filter="data")
-    return cache
+    def holds_cifar(root: Path) -> bool:
+        return (root / "cifar10" / "test" / "truck").is_dir() and (root / "cifar10" / "train" / "truck").is_dir()
+
+    return unpacked_data_root(holds_cifar, CIFAR_ARCHIVE, "the shared CIFAR-10 archive")
 
 
 IMAGENETTE_ARCHIVE = SHARED_DATA / "imagenette2-160.tar.gz"
@@ -100,18 +109,7 @@ def imagenette_root() -> Path:
         return any((root / folder / "train" / "n03888257").is_dir() and (root / folder / "val" / "n03888257").is_dir()
                    for folder in ("imagenette", "imagenette2-160"))
 
-    env_root = os.environ.get("ROBGEN_DATA")
-    if env_root and holds_imagenette(Path(env_root)):
-        return Path(env_root)
-    cache = Path.home() / ".cache" / "robgen-data"
-    if holds_imagenette(cache):
-        return cache
-    if not IMAGENETTE_ARCHIVE.is_file():
-        pytest.skip(f"real-data test: {IMAGENETTE_ARCHIVE} is absent (needs the shared Imagenette archive)")
-    cache.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(IMAGENETTE_ARCHIVE) as archive:
-        archive.extractall(cache, filter="data")
-    return cache
+    return unpacked_data_root(holds_imagenette, IMAGENETTE_ARCHIVE, "the shared Imagenette archive")
 
 
 @pytest.fixture(scope="session")

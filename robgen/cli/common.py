@@ -122,3 +122,17 @@ def read_images(paths: List[str], spec) -> torch.Tensor:
     if problems:
         raise UsageError("cannot read the input images:\n  " + "\n  ".join(problems))
     return torch.stack(images)
+
+
+def join_processes(args) -> torch.device:
+    """This process's device, joining torchrun's process group if launched by it; a `--limit` smaller than
+    the number of processes is refused on every rank before any work."""
+    from .. import distributed
+
+    device = distributed.setup(pick_device(args.device))
+    if getattr(args, "limit", None) is not None:
+        try:
+            distributed.check_shareable(args.limit, "or raise --limit")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    return device

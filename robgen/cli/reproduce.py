@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, open_model, parse_number, pick_device,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model, parse_number,
     prepare_out_dir,
 )
 
@@ -48,12 +48,7 @@ def command_reproduce(args) -> int:
     from .. import distributed
     from ..experiments.reproduce import ReproduceSettings, reproduce
 
-    device = distributed.setup(pick_device(args.device))
-    if args.limit is not None:  # refused on every rank before any work
-        try:
-            distributed.check_shareable(args.limit, "or raise --limit")
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+    device = join_processes(args)
     model = open_model(args, device)
     try:
         settings = ReproduceSettings(

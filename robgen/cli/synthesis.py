@@ -64,15 +64,8 @@ def add_parsers(commands) -> None:
                                   help="how convincing (to other models) and diverse each model's samples are")
     quality.add_argument("--models", nargs="+", required=True, help="generators, e.g. the robust, quasi-robust and standard models")
     quality.add_argument("--judges", nargs="+", required=True, help="models that judge every generator's samples")
-    quality.add_argument("--n", type=int, default=16, help="samples per class (default 16)")
-    quality.add_argument("--steps", type=int, default=60)
-    quality.add_argument("--eps", type=parse_number, help="L2 budget (default 0.1 sqrt(C H W))")
-    quality.add_argument("--step-size", type=parse_number, help="L2 step (default 2.5 eps / steps)")
-    quality.add_argument("--init", default="gaussian", choices=["gaussian", "uniform", "gray"])
-    quality.add_argument("--seed", type=int, default=0)
+    add_judged_synthesis_arguments(quality)
     quality.add_argument("--grid-columns", type=int, default=8, help="samples per class shown in each grid PNG")
-    quality.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
-    quality.add_argument("--device", default="auto")
     add_output_arguments(quality)
     quality.set_defaults(run=command_synthesis_quality)
 
@@ -85,16 +78,21 @@ def add_parsers(commands) -> None:
     add_data_arguments(sweep)
     sweep.add_argument("--limit", type=int, default=1000, help="test images for the clean accuracy (default 1000)")
     sweep.add_argument("--max-drop", type=float, default=0.03, help="eligible: clean accuracy within this of the reference")
-    sweep.add_argument("--n", type=int, default=16, help="samples per class (default 16)")
-    sweep.add_argument("--steps", type=int, default=60)
-    sweep.add_argument("--eps", type=parse_number, help="L2 budget of the ascent (default 0.1 sqrt(C H W))")
-    sweep.add_argument("--step-size", type=parse_number, help="L2 step (default 2.5 eps / steps)")
-    sweep.add_argument("--init", default="gaussian", choices=["gaussian", "uniform", "gray"])
-    sweep.add_argument("--seed", type=int, default=0)
-    sweep.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
-    sweep.add_argument("--device", default="auto")
+    add_judged_synthesis_arguments(sweep)
     add_output_arguments(sweep)
     sweep.set_defaults(run=command_budget_sweep)
+
+
+def add_judged_synthesis_arguments(parser) -> None:
+    """The samples that `synthesis-quality` and `budget-sweep` draw from every model for their judges."""
+    parser.add_argument("--n", type=int, default=16, help="samples per class (default 16)")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--eps", type=parse_number, help="L2 budget of the ascent (default 0.1 sqrt(C H W))")
+    parser.add_argument("--step-size", type=parse_number, help="L2 step (default 2.5 eps / steps)")
+    parser.add_argument("--init", default="gaussian", choices=["gaussian", "uniform", "gray"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="auto")
 
 
 def command_fit_seeds(args) -> int:

@@ -14,7 +14,8 @@ from typing import List
 from .. import data as datasets
 from ..models import load_model
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, open_model, parse_number, pick_device,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model, parse_number,
+    pick_device,
 )
 
 
@@ -117,12 +118,7 @@ def command_eval(args) -> int:
     from ..evaluation import evaluate_robustness
     from ..models.checkpoint import CONFIG_FILE, model_folder
 
-    device = distributed.setup(pick_device(args.device))
-    if args.limit is not None:  # refused on every rank before any work
-        try:
-            distributed.check_shareable(args.limit, "or raise --limit")
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+    device = join_processes(args)
     model = open_model(args, device)
     folder = model_folder(model)
     if args.record and folder is None:  # refused before the evaluation, not after it
