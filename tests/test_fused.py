@@ -95,6 +95,7 @@ def test_no_fused_copy_for_a_model_in_train_mode(bn_model, batch):
 
 def test_eval_mode_attacks_and_synthesis_run_the_fused_copy(bn_model, batch):
     x, y = batch
+    inference_graph(bn_model, example=x)  # made once (finding and checking the folding runs the model)
     with BatchNormCalls() as calls:
         PGD(bn_model, eps=8 / 255, step_size=2 / 255, steps=3)(x, y)
         robgen.synthesize(bn_model, 1, n=2, steps=3, init="uniform", generator=torch.Generator().manual_seed(0))
@@ -173,7 +174,7 @@ def test_cache_lets_models_be_garbage_collected():
 
 
 class Branchy(nn.Module):
-    """Data-dependent control flow: torch.fx cannot trace it."""
+    """Data-dependent control flow (torch.fx cannot trace it): the folding still holds."""
 
     def __init__(self):
         super().__init__()
@@ -186,12 +187,78 @@ class Branchy(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
-def test_a_model_fx_cannot_trace_runs_unfused(batch):
-    model = Branchy().eval()
+def randomised_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.copy_(0.5 + torch.rand(module.num_features, generator=g))
+                module.running_var.copy_(0.2 + 2 * torch.rand(module.num_features, generator=g))
+                module.running_mean.copy_(torch.randn(module.num_features, generator=g))
+    return model.eval()
+
+
+def test_a_model_with_data_dependent_control_flow_is_fused_and_agrees(batch):
+    model = randomised_batch_norm(Branchy())
     x, _ = batch
-    assert inference_graph(model) is model
+    graph = inference_graph(model, example=x)
+    assert graph is not model and not any(isinstance(m, nn.BatchNorm2d) for m in graph.modules())
+    with torch.no_grad():
+        assert torch.allclose(graph(x), model(x), atol=1e-5)
+
+
+class ConvUsedTwice(nn.Module):
+    """The convolution's output feeds its batch norm and, unnormalised, the head: folding would change it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.head(torch.cat([self.bn(h).mean((2, 3)), h.mean((2, 3))], 1))
+
+
+def test_a_folding_that_would_change_the_model_is_dropped(batch):
+    model = randomised_batch_norm(ConvUsedTwice())
+    x, _ = batch
+    assert inference_graph(model, example=x) is model, "the folded copy disagreed, so the model runs itself"
     x_adv = PGD(model, eps=8 / 255, step_size=2 / 255, steps=2)(x, torch.zeros(len(x), dtype=torch.long))
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+ORIGINAL_MODULE_CALL = nn.Module.__call__
+
+
+class WatchesModuleCall(nn.Module):
+    """Records whether `nn.Module.__call__` is PyTorch's own each time it runs (tracing replaces it process-wide)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(nn.Module.__call__ is ORIGINAL_MODULE_CALL)
+        return x
+
+
+def test_making_a_fused_copy_leaves_module_calls_of_other_threads_alone(batch):
+    # A copy made while another visitor's request runs the model must not change how modules are called:
+    # torch.fx tracing patches nn.Module.__call__ for the whole process, which broke concurrent app requests.
+    model = with_batch_statistics(tiny_model(width=4, seed=7))
+    watcher = WatchesModuleCall()
+    model.net.stem.append(watcher)
+    x, _ = batch
+    graph = inference_graph(model, example=x)
+    assert graph is not model and not any(isinstance(m, nn.BatchNorm2d) for m in graph.modules())
+    copied = [m for m in graph.modules() if isinstance(m, WatchesModuleCall)]
+    assert copied and copied[0].seen and all(copied[0].seen), "module calls during the build were PyTorch's own"
+
+
+def test_no_fused_copy_without_an_example_or_an_input_size():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    assert inference_graph(model) is model
+    assert inference_graph(model, example=torch.rand(2, 3, 8, 8)) is not model
 
 
 def test_a_change_that_touches_no_weight_makes_a_new_copy():
@@ -200,12 +267,13 @@ def test_a_change_that_touches_no_weight_makes_a_new_copy():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
     x = torch.rand(2, 3, 8, 8)
-    first = inference_graph(model)
+    first = inference_graph(model, example=x)
+    assert first is not model
     model[1].eps = 1.0  # a plain setting, no tensor changes
-    second = inference_graph(model)
+    second = inference_graph(model, example=x)
     assert second is not first
     model[2] = torch.nn.Softplus()  # a swapped module without weights
-    third = inference_graph(model)
+    third = inference_graph(model, example=x)
     assert third is not second
     with torch.no_grad():
         assert torch.allclose(third(x), model(x), atol=1e-5)

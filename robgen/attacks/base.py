@@ -94,7 +94,7 @@ class Attack:
         """Adversarial versions of `x` (true labels `y`; `target` makes it targeted)."""
         x, y, target = self._check_inputs(x, y, target)
         recorder = TraceRecorder(y, target) if return_trace else None
-        graph = inference_graph(self.model, self.fused)  # decided before eval_mode: train mode runs the model
+        graph = inference_graph(self.model, self.fused, example=x)  # decided before eval_mode: train mode runs the model
         with eval_mode(self.model):
             self._graph = graph
             try:

@@ -1,28 +1,34 @@
 """The fused inference graph that attacks and synthesis run: batch norm folded into the convolutions.
 
-    graph = inference_graph(model)    # model in eval mode: its fused copy (made once, cached)
-    logits = graph(x)                 # same [0, 1] pixels, normalisation and spec; same logits and
-                                      # input gradients as model(x), up to float rounding
+    graph = inference_graph(model, example=x)  # model in eval mode: its fused copy (made once, cached)
+    logits = graph(x)                          # same [0, 1] pixels, normalisation and spec; same logits and
+                                               # input gradients as model(x), up to float rounding
 
 An attack or a synthesis run makes `steps` forward and backward passes through
 a model whose weights do not change, so every batch-norm layer after a
 convolution is an affine map that can be folded into that convolution's
-weights and bias. The fused copy is made with PyTorch's own fusion utilities
-(`torch.fx.experimental.optimization.fuse`, which applies
-`torch.nn.utils.fusion.fuse_conv_bn_eval` to every conv → BN pair it traces),
-its weights are stored channels-last (the layout oneDNN and cuDNN convolve
+weights and bias (`torch.nn.utils.fusion.fuse_conv_bn_eval`). The copy's
+weights are stored channels-last (the layout oneDNN and cuDNN convolve
 fastest) and frozen (`requires_grad=False`: only input gradients are wanted).
 
-For a robgen `Classifier` only the wrapped network is traced; the copy keeps
-the normalisation buffers, takes [0, 1] pixels and carries the same `spec`
-object. Another module is traced whole; one that torch.fx cannot trace (data-
-dependent control flow) is run as it is.
+Which convolution feeds which batch norm is found by running the copy once on
+an example batch with hooks on the copy's own modules: a batch norm whose
+input *is* the output tensor of a convolution (each called once) is folded
+into it. Nothing global is touched, so a copy can be made while other threads
+run the model (torch.fx tracing, the usual route, patches
+`torch.nn.Module.__call__` for the whole process while it traces and breaks
+every forward pass that runs beside it: a web app serving several visitors).
+The folded copy is then checked against the model on that example and on
+random pixels; a copy that disagrees (a convolution whose output is also used
+elsewhere) is dropped and the model runs as it is.
 
 When no fused copy is made (the model itself runs):
 - the caller left the model in train mode (training attacks its model in train
   mode; its weights change every step, and its batch norm is not an affine map);
 - the model or one of its modules has forward or backward hooks (a copy could
   not honour them: the caller watches or changes what the model computes);
+- no example batch is known: none was given and the model has no
+  `spec.input_size` (a robgen `Classifier` has one);
 - fusion is switched off: `set_fusion(False)`, `with fusion(False): ...`, the
   environment variable ROBGEN_FUSION=0, or `fused=False` for one attack.
 
@@ -45,10 +51,11 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 logger = logging.getLogger(__name__)
 
@@ -118,34 +125,112 @@ def has_hooks(model: nn.Module) -> bool:
     return any(getattr(module, name, None) for module in model.modules() for name in names)
 
 
-def fused_copy(model: nn.Module) -> nn.Module:
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, str]]:
+    """(convolution name, batch-norm name) for every batch norm that reads a convolution's output directly.
+
+    Found by one forward pass of `model` on `example` with hooks on its own
+    modules (call it on a copy: the hooks are removed afterwards, but the pass
+    runs). Modules called more than once, or registered under two names, are
+    left out: folding them would change their other uses.
+    """
+    names: Dict[nn.Module, List[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(module, []).append(name)
+    calls: Dict[nn.Module, int] = {}
+    made_by: Dict[int, Tuple[nn.Module, torch.Tensor]] = {}  # id(output) -> (conv, output): kept alive, ids stay unique
+    read: List[Tuple[nn.Module, nn.Module]] = []
+
+    def after_conv(module, inputs, output):
+        calls[module] = calls.get(module, 0) + 1
+        made_by[id(output)] = (module, output)
+
+    def before_norm(module, inputs):
+        calls[module] = calls.get(module, 0) + 1
+        source = made_by.get(id(inputs[0])) if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if source is not None and source[1] is inputs[0]:
+            read.append((source[0], module))
+
+    handles = []
+    for module in names:
+        if type(module) in _CONVS:
+            handles.append(module.register_forward_hook(after_conv))
+        elif type(module) in _NORMS and module.track_running_stats and module.running_mean is not None:
+            handles.append(module.register_forward_pre_hook(before_norm))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(names[conv][0], names[norm][0]) for conv, norm in read
+            if calls[conv] == 1 and calls[norm] == 1 and len(names[conv]) == 1 and len(names[norm]) == 1]
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def example_batch(model: nn.Module, example: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """Up to two images to find and check the folding on: from `example`, else random pixels of
+    `model.spec.input_size`; None when neither is known."""
+    if example is not None:
+        return example[:2].detach()
+    size = getattr(getattr(model, "spec", None), "input_size", None)
+    if size is None:
+        return None
+    reference = next(iter(model.parameters()), None)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand((2, *size), generator=generator)
+    return pixels if reference is None else pixels.to(device=reference.device, dtype=reference.dtype)
+
+
+def fused_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A new eval-mode copy of `model` with conv → BN pairs folded, channels-last and frozen weights.
 
-    Raises whatever torch.fx raises for a model it cannot trace.
+    `example`: a batch the model takes (one or two images are used). Raises
+    ValueError when the folded copy does not compute what the model computes.
     """
-    from torch.fx.experimental.optimization import fuse
-
-    from ..models.classifier import Classifier
-
     fused = copy.deepcopy(model).eval()
-    if isinstance(fused, Classifier):
-        fused.net = fuse(fused.net, inplace=True)
-        fused.spec = model.spec  # the same object, not a copy
-    else:
-        spec = getattr(model, "spec", None)
-        fused = fuse(fused, inplace=True)
-        if spec is not None:
-            fused.spec = spec
+    for conv_name, norm_name in conv_bn_pairs(fused, example):
+        conv, norm = fused.get_submodule(conv_name), fused.get_submodule(norm_name)
+        _replace(fused, conv_name, fuse_conv_bn_eval(conv, norm))
+        _replace(fused, norm_name, nn.Identity())
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        fused.spec = spec  # the same object, not a copy
     fused.requires_grad_(False)
-    return fused.to(memory_format=torch.channels_last).eval()
+    fused = fused.to(memory_format=torch.channels_last).eval()
+    check_agrees(model, fused, example)
+    return fused
 
 
-def inference_graph(model: nn.Module, fused: Optional[bool] = None) -> nn.Module:
+def check_agrees(model: nn.Module, fused: nn.Module, example: torch.Tensor) -> None:
+    """ValueError unless `fused` gives `model`'s logits on `example` and on random pixels (float tolerance)."""
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.rand(example.shape, generator=generator).to(device=example.device, dtype=example.dtype)
+    with torch.no_grad():
+        for x in (example, noise):
+            want, got = model(x), fused(x)
+            scale = want.abs().max().item() + 1e-6
+            if want.shape != got.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4 * scale):
+                raise ValueError(f"the folded copy differs from the model (max |difference| "
+                                 f"{(got - want).abs().max().item():.3g}): a convolution's output is used "
+                                 "elsewhere too")
+
+
+def inference_graph(model: nn.Module, fused: Optional[bool] = None, *,
+                    example: Optional[torch.Tensor] = None) -> nn.Module:
     """The module to run attack or synthesis steps on: the cached fused copy of `model`, or `model` itself.
 
     Call it *before* putting the model in eval mode: a model the caller left
-    in train mode is returned as it is. `fused` overrides the module setting
-    (None: `fusion_enabled()`).
+    in train mode is returned as it is. `example`: the batch about to be run
+    (finds and checks the folding; None: random pixels of `model.spec.input_size`).
+    `fused` overrides the module setting (None: `fusion_enabled()`).
     """
     if not (fusion_enabled() if fused is None else fused) or model.training or has_hooks(model):
         return model
@@ -155,16 +240,19 @@ def inference_graph(model: nn.Module, fused: Optional[bool] = None) -> nn.Module
     with _lock:
         entry = _cache.get(model)
         if entry is None or entry.signature != signature:
-            entry = _Entry(signature, _build(model))
+            batch = example_batch(model, example)
+            if batch is None:
+                return model
+            entry = _Entry(signature, _build(model, batch))
             _cache[model] = entry
     return entry.graph if entry.graph is not None else model
 
 
-def _build(model: nn.Module) -> Optional[nn.Module]:
+def _build(model: nn.Module, example: torch.Tensor) -> Optional[nn.Module]:
     started = time.perf_counter()
     try:
-        graph = fused_copy(model)
-    except Exception as error:  # torch.fx cannot trace every model; such a model runs unfused
+        graph = fused_copy(model, example)
+    except Exception as error:  # a model that cannot be run on the example, or a folding that changes it
         logger.info("%s cannot be fused (%s: %s); attacks run it unfused", type(model).__name__,
                     type(error).__name__, error)
         return None

@@ -153,7 +153,7 @@ def synthesize(
     if mask is not None:
         constraint = Masked(constraint, check_mask(mask, n, model.spec.input_size[1:], device))
     recorder = TraceRecorder(target, target) if return_trace else None
-    graph = inference_graph(model)  # the fused copy of an eval-mode model
+    graph = inference_graph(model, example=start)  # the fused copy of an eval-mode model
     with eval_mode(model):
         images = projected_gradient_ascent(
             graph, start, target_objective(target, objective), constraint, settings.steps, settings.step_size,
@@ -234,7 +234,7 @@ def translate(
         if step in keep_at:
             kept[step] = current.clone()
 
-    graph = inference_graph(model)  # the fused copy of an eval-mode model
+    graph = inference_graph(model, example=x)  # the fused copy of an eval-mode model
     with eval_mode(model):
         projected_gradient_ascent(
             graph, x, target_objective(target, objective), L2Ball(settings.eps), settings.steps,

@@ -81,7 +81,7 @@ def sgld_sample(
     x = initial_images(init, target, model, generator, device, seeds)
     recorder = TraceRecorder(target if conditional else None, target if conditional else None) if return_trace else None
     report = step_reporter(progress, "SGLD")
-    graph = inference_graph(model)  # the fused copy of an eval-mode model
+    graph = inference_graph(model, example=x)  # the fused copy of an eval-mode model
     with eval_mode(model):
         for step in range(steps):
             with torch.enable_grad():
