@@ -95,7 +95,9 @@ class TrainConfig:
     image_size: Optional[int] = None  # input side; None: the data set's default (DATA_DEFAULTS), else as stored
     crop_pct: Optional[float] = None  # eval transform: resize the short side to image_size / crop_pct, centre-crop
     interpolation: str = "bilinear"  # resampling filter of the eval resize and of the training crops
-    seed: int = 0
+    seed: int = 0  # weights' initialisation, data order, attacks' random starts
+    split_seed: Optional[int] = None  # the held-out validation split's seed; None: `seed`. Give 0 to a second
+    # seed's run to hold out the split every robgen evaluation uses (data.train_val_split(..., seed=0))
     workers: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA
     # None: on CUDA only. On the CPU (torch 2.14, 2 cores shared with another job) channels-last train steps
@@ -268,8 +270,9 @@ def _load_data(config: TrainConfig, data_root, download: bool):
                                       transform=datasets.pixel_transform(size, train=True, **how))
     plain = datasets.load_dataset(config.data, "train", root=data_root, download=download,
                                   transform=datasets.pixel_transform(size, **how))
-    train_part, _ = datasets.train_val_split(augmented, config.val_size, seed=config.seed)
-    _, val = datasets.train_val_split(plain, config.val_size, seed=config.seed)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    train_part, _ = datasets.train_val_split(augmented, config.val_size, seed=split_seed)
+    _, val = datasets.train_val_split(plain, config.val_size, seed=split_seed)
     if config.train_limit is not None:
         train_part = datasets.first(train_part, config.train_limit, "training split")
     return train_part, val, datasets.class_names(plain), plain
@@ -408,7 +411,8 @@ def _write_epoch(model, config, out_dir, classes, history, device, optimizer, sc
     out_dir.mkdir(parents=True, exist_ok=True)
     model.spec.training = {
         "config": asdict(config), "data": {"name": str(config.data), "classes": classes, "split": "train minus val",
-                                           "val_size": config.val_size, "train_limit": config.train_limit},
+                                           "val_size": config.val_size, "train_limit": config.train_limit,
+                                           "split_seed": config.seed if config.split_seed is None else config.split_seed},
         "epochs_done": epoch + 1, "hardware": distributed.hardware(device), "wall_seconds": row["seconds"],
         "torch": torch.__version__, "world_size": distributed.world_size(),
     }

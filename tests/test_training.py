@@ -203,3 +203,16 @@ def test_evaluation_with_zero_steps_measures_clean_accuracy_only(toy_data, tmp_p
     assert clean_only["clean_accuracy_ci"] == full["clean_accuracy_ci"]
     with pytest.raises(ValueError, match="steps must be >= 0"):
         evaluate_robustness(model, images, steps=0, apgd=True, progress=False)
+
+
+def test_a_second_seed_can_hold_out_the_same_validation_split(toy_data, tmp_path):
+    from robgen import data as datasets
+
+    plain = datasets.load_dataset(str(toy_data), "train")
+    split = {seed: set(datasets.train_val_split(plain, 32, seed=seed)[1].indices) for seed in (0, 1)}
+    assert split[0] != split[1]
+    for seed, split_seed, held_out in ((1, None, split[1]), (1, 0, split[0]), (0, None, split[0])):
+        _, val, _, _ = training._load_data(config(toy_data, seed=seed, split_seed=split_seed), None, False)
+        assert set(val.indices) == held_out
+    model = train(config(toy_data, epochs=1, seed=1, split_seed=0), tmp_path / "run", progress=False)
+    assert model.spec.training["data"]["split_seed"] == 0

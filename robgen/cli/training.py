@@ -45,7 +45,10 @@ def add_parsers(commands) -> None:
                        help="eval transform: resize the short side to size / crop-pct, centre-crop (default 1; Imagenette 0.875)")
     train.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "lanczos", "nearest"],
                        help="resampling filter of the resizes (default bilinear)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="initialisation, data order and attack starts (default 0)")
+    train.add_argument("--split-seed", type=int, default=None,
+                       help="seed of the held-out validation split (default: --seed); 0 holds out the split that "
+                            "detect, fit-detector and reproduce use")
     train.add_argument("--workers", type=int, default=0, help="data-loading processes")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels-last memory format (default: on CUDA only)")
@@ -91,7 +94,7 @@ def command_train(args) -> int:
             label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,
             eval_steps=args.eval_steps,
             train_limit=args.train_limit, image_size=args.image_size, crop_pct=args.crop_pct,
-            interpolation=args.interpolation, seed=args.seed, workers=args.workers,
+            interpolation=args.interpolation, seed=args.seed, split_seed=args.split_seed, workers=args.workers,
             channels_last=args.channels_last, keep_best=args.keep_best, init_from=args.init_from,
         )
     except ValueError as error:
