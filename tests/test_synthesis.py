@@ -232,6 +232,17 @@ def test_quality_judges_samples_and_controls_with_the_unmodified_seeds(robust, s
     assert mean_pairwise_distance(torch.stack([torch.zeros(3), torch.ones(3) * 2])) == pytest.approx(12**0.5)
 
 
+def test_quality_refuses_what_would_fail_after_synthesis_before_it_starts(robust, standard, monkeypatch):
+    import robgen.synthesis.quality as quality
+
+    monkeypatch.setattr(quality, "synthesize", lambda *a, **k: pytest.fail("synthesis ran before the check"))
+    with pytest.raises(ValueError, match="at least 2 samples per class"):
+        measure_quality({"robust": robust}, {"standard": standard}, n=1, steps=5, progress=False)
+    other = tiny_model(seed=2, num_classes=3)
+    with pytest.raises(ValueError, match="classify different data"):
+        measure_quality({"robust": robust}, {"other": other}, n=2, steps=5, progress=False)
+
+
 def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():
     import copy
 

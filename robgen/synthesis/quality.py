@@ -50,6 +50,7 @@ def measure_quality(
     Returns a dict with `rows` (one per generator x judge), `diversity` (one
     per generator) and the samples themselves under `samples` (name -> (K, n, C, H, W)).
     """
+    check_comparable(generators, judges, n)
     rows, diversity, samples = [], [], {}
     seed_grid = None
     for gen_name, generator_model in generators.items():
@@ -79,6 +80,21 @@ def measure_quality(
     # The control: the starting seeds themselves, before any ascent (the same for every generator).
     rows += judge_samples(seed_grid, SEEDS_ROW, judges, None)
     return {"rows": rows, "diversity": diversity, "samples": samples, "n_per_class": n, "seed": seed}
+
+
+def check_comparable(generators: Dict[str, torch.nn.Module], judges: Dict[str, torch.nn.Module], n: int) -> None:
+    """Refuse, before any synthesis, what would fail after it: fewer than 2 samples per class, or
+    generators and judges that do not share one set of classes and one input size."""
+    if int(n) < 2:
+        raise ValueError(f"n={n}: diversity needs at least 2 samples per class, give n >= 2")
+    models = {**generators, **judges}
+    shapes = {name: (tuple(model.spec.class_labels), tuple(model.spec.input_size)) for name, model in models.items()}
+    first_name, first = next(iter(shapes.items()))
+    for name, shape in shapes.items():
+        if shape != first:
+            raise ValueError(f"{name} ({len(shape[0])} classes, input {shape[1]}) and {first_name} ({len(first[0])} "
+                             f"classes, input {first[1]}) classify different data: give generators and judges of "
+                             "one data set")
 
 
 def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Module], generator_model) -> list:
