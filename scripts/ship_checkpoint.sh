@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ship a finished training run as checkpoints/NAME, with everything the library and the app read:
 # the weights, config.json and log.jsonl (not the trainer state), the accuracies measured by
-# `robgen eval --record` on the whole test split (CIFAR-10: also the 932 exact PNG images), the Detect
+# `robgen eval --record` on the whole test split (CIFAR-10: also the 932 exact PNG images; Imagenette:
+# also the first 500 val images, clean), the Detect
 # tab's detector.json and the synthesis seeds.
 #
 #   bash scripts/ship_checkpoint.sh RUN_FOLDER NAME DATA [NORM EPS]
@@ -28,6 +29,8 @@ FULL_STEPS=20; [ "$MODE" = standard ] && FULL_STEPS=0
 $PY -m robgen eval --model "$DEST" --data "$DATA" --norm "$NORM" --eps "$EPS" --steps "$FULL_STEPS" --record
 if [ "$DATA" = cifar10 ]; then
   $PY -m robgen eval --model "$DEST" --data "$DATA" --norm "$NORM" --eps "$EPS" --steps 20 --exact --record
+else  # the fixed subset tests/test_shipped_checkpoints.py checks the checkpoint against
+  $PY -m robgen eval --model "$DEST" --data "$DATA" --limit 500 --steps 0 --record
 fi
 $PY -m robgen fit-detector --model "$DEST" --data "$DATA" --overwrite
 RESOLUTION=8; [ "$DATA" = imagenette ] && RESOLUTION=16
