@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import matplotlib
 
@@ -130,11 +130,28 @@ def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), s
     return path
 
 
+def shared_prefix(names: List[str]) -> str:
+    """The prefix of whole dash-separated words that every one of two or more names shares ("" if none)."""
+    if len(names) < 2:
+        return ""
+    words = [name.split("-") for name in names]
+    shared = []
+    for column in zip(*(w[:-1] for w in words)):
+        if len(set(column)) > 1:
+            break
+        shared.append(column[0])
+    return "-".join(shared) + "-" if shared else ""
+
+
 def gradient_maps(images: torch.Tensor, gradients: dict, path: Path) -> Path:
-    """Fig. 4: each image, then for every model its -∇ₓ loss as a signed RGB map and a magnitude map."""
+    """Fig. 4: each image, then for every model its -∇ₓ loss as a signed RGB map and a magnitude map.
+
+    Model names that share a prefix (imagenette-resnet10-...) are titled by what differs, the prefix
+    once above the figure."""
     from .synthesis.gradmaps import magnitude_map, signed_map
 
     names = list(gradients)
+    prefix = shared_prefix(names)
     columns = 1 + 2 * len(names)
     figure, axes = plt.subplots(len(images), columns, figsize=(1.6 * columns, 1.7 * len(images) + 0.4), dpi=120,
                                 squeeze=False)
@@ -146,12 +163,14 @@ def gradient_maps(images: torch.Tensor, gradients: dict, path: Path) -> Path:
             axes[row, 2 + 2 * k].imshow(magnitude_map(grad)[0, 0].numpy(), cmap="inferno", vmin=0, vmax=1,
                                         interpolation="nearest")
             if row == 0:
-                axes[row, 1 + 2 * k].set_title(f"{name}\n-∇ₓ loss", fontsize=7)
-                axes[row, 2 + 2 * k].set_title(f"{name}\n|∇ₓ loss|", fontsize=7)
+                axes[row, 1 + 2 * k].set_title(f"{name[len(prefix):]}\n-∇ₓ loss", fontsize=7)
+                axes[row, 2 + 2 * k].set_title(f"{name[len(prefix):]}\n|∇ₓ loss|", fontsize=7)
         if row == 0:
             axes[row, 0].set_title("image", fontsize=7)
     for axis in axes.flat:
         axis.set_axis_off()
+    if prefix:
+        figure.suptitle(prefix.rstrip("-"), fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -276,3 +276,11 @@ def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():
         budget_sweep(candidates, "standard", "same", same, TensorDataset(x, labels), n=2, steps=1, progress=False)
     with pytest.raises(ValueError, match="must be one of the candidates"):
         budget_sweep(candidates, "other", "judge", tiny_model(seed=3), TensorDataset(x, labels), n=2, progress=False)
+
+
+def test_gradient_map_titles_drop_the_prefix_the_models_share():
+    from robgen.plots import shared_prefix
+
+    assert shared_prefix(["imagenette-resnet10-standard", "imagenette-resnet10-robust"]) == "imagenette-resnet10-"
+    assert shared_prefix(["cifar10-resnet10-standard", "cifar10-resnet10-standard-seed1"]) == "cifar10-resnet10-"
+    assert shared_prefix(["robust", "standard"]) == "" and shared_prefix(["only-one"]) == ""
