@@ -475,3 +475,12 @@ def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
     flagged = expected <= detector.threshold
     assert (word, relation) == (("adversarial", "≤") if flagged else ("natural", ">")), verdict
 
+
+
+def test_detect_warns_when_the_models_detector_barely_separates():
+    from robgen.web.handlers import uninformative_warning
+
+    assert "barely separates" in uninformative_warning({"auroc": 0.39, "auroc_ci": [0.36, 0.42]})
+    assert "barely separates" in uninformative_warning({"auroc": 0.65, "auroc_ci": [0.58, 0.71]}), "may be < 0.6"
+    assert uninformative_warning({"auroc": 0.86, "auroc_ci": [0.83, 0.88]}) == ""
+    assert uninformative_warning({"auroc": 0.86}) == "", "an older detector file without intervals: no claim"

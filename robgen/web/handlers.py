@@ -174,7 +174,24 @@ class DetectResult:
                     f"{test.get('detection_rate', float('nan')):.1%} of {calibration.get('attack', 'attacked')} examples "
                     f"with {test.get('false_positive_rate', float('nan')):.1%} false positives.") if test else ""
         return (f"E(x) = {self.energy:.3f} {relation} threshold {self.threshold:.3f}: flagged as {verdict} "
-                f"(adversarial examples get *lower* energy).{measured}" + (f"\n\n*{self.note}*" if self.note else ""))
+                f"(adversarial examples get *lower* energy).{measured}" + uninformative_warning(test)
+                + (f"\n\n*{self.note}*" if self.note else ""))
+
+
+UNINFORMATIVE_AUROC = 0.6
+
+
+def uninformative_warning(test: dict) -> str:
+    """A warning for a detector whose test AUROC may be below `UNINFORMATIVE_AUROC` (its 95% interval
+    reaches under it): its verdicts say little (a robust model keeps its energy under attack)."""
+    interval = test.get("auroc_ci")
+    if not interval or not interval[0] < UNINFORMATIVE_AUROC:
+        return ""
+    auroc = test.get("auroc", float("nan"))
+    return (f"\n\n**This model's detector barely separates attacked images from natural ones**: AUROC {auroc:.2f} "
+            f"[{interval[0]:.2f}, {interval[1]:.2f}] on its test images (0.5 is chance). The energy of this model "
+            "hardly moves under the attack (robust models keep their energy), so its verdicts say little; "
+            "pick a standard model to see the paper's detector at work.")
 
 
 def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = None) -> DetectResult:
