@@ -313,3 +313,56 @@ def _untrained_imagenette_checkpoint(folder):
                      training={"data": {"name": "imagenette", "val_size": 500}}, crop_pct=0.875)
     save_checkpoint(Classifier(build_network(spec), spec).eval(), folder)
     return folder
+
+
+# ---- continuing an interrupted run ----
+
+
+def test_an_interrupted_run_continues_where_it_stopped_with_the_same_results(cifar_root, tmp_path, monkeypatch):
+    import robgen.experiments.reproduce as reproduce_module
+    from robgen.experiments.reproduce import STAGES, reproduce
+
+    model = robgen.load_model("cifar10-resnet10-standard")
+    settings = dict(attacks=("pgd-8",), steps=3, limit=20, val_size=1000, reference_size=200, lambdas=(0.0, 1.2, 3.0))
+
+    def run(out):
+        return reproduce(model, "cifar10", out, data_root=cifar_root, settings=ReproduceSettings(**settings),
+                         progress=False)
+
+    def comparable(results):
+        return {key: value for key, value in results.items() if key not in ("cost", "wall_seconds", "continued")}
+
+    uninterrupted = run(tmp_path / "whole")
+    assert not (tmp_path / "whole" / STAGES).exists(), "the stages are removed once the results are written"
+
+    real, calls = reproduce_module.model_outputs, []
+
+    def dies_on_the_sixth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # clean val, clean test, the reference, PGD val, PGD test: then it dies
+            raise KeyboardInterrupt  # the session ends mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "model_outputs", dies_on_the_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    assert len(list((tmp_path / "cut" / STAGES).glob("*.safetensors"))) == 4, "four stages finished and were kept"
+    calls.clear()
+    continued = run(tmp_path / "cut")
+    assert continued["continued"]["stages_read_back"] == 4
+    assert len(calls) == sum(1 for _ in uninterrupted["cost"]["runs"]) - 4, "only the unfinished stages ran"
+    assert json.dumps(comparable(continued), sort_keys=True) == json.dumps(comparable(uninterrupted), sort_keys=True)
+    assert not (tmp_path / "cut" / STAGES).exists()
+    assert "continued an interrupted one" in (tmp_path / "cut" / "results.md").read_text()
+
+
+def test_stages_of_another_run_are_not_mixed_in(cifar_root, tmp_path, capsys):
+    args = ["reproduce", "--data", "cifar10", "--data-root", str(cifar_root), "--model", "cifar10-resnet10-standard",
+            "--attacks", "pgd-8", "--val-size", "1000", "--reference-size", "200", "--out", str(tmp_path / "run")]
+    stages = tmp_path / "run" / ".stages"
+    stages.mkdir(parents=True)
+    (stages / "key.json").write_text(json.dumps({"settings": {}, "data": "cifar10", "model": "another"}))
+    assert main(args + ["--limit", "10", "--steps", "2"]) == 2
+    assert "holds the finished stages of another run" in capsys.readouterr().err
+    assert main(args + ["--limit", "10", "--steps", "2", "--overwrite"]) == 0, "--overwrite starts again"
+    assert (tmp_path / "run" / "results.json").exists() and not stages.exists()

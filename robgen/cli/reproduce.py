@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 from .common import (
@@ -46,7 +47,7 @@ def _step_counts(text):
 def command_reproduce(args) -> int:
     """Under torchrun each rank attacks its share of the batches and gets every output back; rank 0 prints and writes."""
     from .. import distributed
-    from ..experiments.reproduce import ReproduceSettings, reproduce
+    from ..experiments.reproduce import STAGES, ReproduceSettings, reproduce
 
     device = join_processes(args)
     model = open_model(args, device)
@@ -61,9 +62,16 @@ def command_reproduce(args) -> int:
     out = Path(args.out)
     created = not out.exists()
     prepare_out_dir(out, args.overwrite, PRODUCTS)  # on every rank, so that a refusal stops them all
+    stage_dir = out / STAGES  # an interrupted run's finished attacks: the same command continues it
+    if args.overwrite and distributed.is_main():
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    distributed.barrier()
+    if stage_dir.is_dir() and distributed.is_main():
+        print(f"{stage_dir} holds the finished stages of an interrupted run: the ones of this run are read back, "
+              "not recomputed (--overwrite starts again)")
     try:
         results = reproduce(model, args.data, out if distributed.is_main() else None, data_root=args.data_root,
-                            settings=settings, download=args.download)
+                            settings=settings, download=args.download, stage_dir=stage_dir)
     except (FileNotFoundError, ValueError) as error:
         if created and distributed.is_main():  # a refused run leaves nothing behind
             with contextlib.suppress(OSError):
@@ -77,6 +85,9 @@ def command_reproduce(args) -> int:
         cost = results["cost"]
         print(f"cost: {cost['forward_backward_passes']:,} forward+backward and {cost['forward_passes']:,} forward "
               f"image-passes; floor {cost['floor_seconds']:.0f} s of {cost['wall_seconds']:.0f} s wall")
-        print(f"wrote results.json, results.md and figures to {out} ({results['wall_seconds']:.0f} s)")
+        continued = results["continued"]
+        earlier = (f"; {continued['stages_read_back']} stages ({continued['their_seconds']:.0f} s) came from the "
+                   "interrupted run") if continued["stages_read_back"] else ""
+        print(f"wrote results.json, results.md and figures to {out} ({results['wall_seconds']:.0f} s{earlier})")
     distributed.teardown()
     return 0

@@ -41,8 +41,10 @@ from ..models.state import model_device
 from .cost import PassLedger, measure_pass_time
 from .pipeline import ModelOutputs, detection_splits, evaluate_detector, fit_detector, model_outputs, successful
 from .reproduce_report import write_report
+from .stages import StageStore, model_fingerprint
 
 TABLE_ATTACKS = {"pgd-8": ("pgd", 8 / 255), "pgd-16": ("pgd", 16 / 255), "apgd-8": ("apgd", 8 / 255)}
+STAGES = ".stages"  # under the output folder: finished attacks of a run not yet written (experiments.stages)
 FIGURE_STEPS = (0, 2, 5, 10, 20, 40)  # the official notebooks' points; 0 = the random start
 
 
@@ -169,13 +171,23 @@ def _score_rule(clean_val, adv_val, clean_test, adv_test) -> dict:
 
 
 def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data_root=None,
-              settings: Optional[ReproduceSettings] = None, progress=True, download: bool = False) -> dict:
-    """Run every experiment; write results.json, results.md and the figures to `out_dir` (if given)."""
+              settings: Optional[ReproduceSettings] = None, progress=True, download: bool = False,
+              stage_dir: Optional[Path] = None) -> dict:
+    """Run every experiment; write results.json, results.md and the figures to `out_dir` (if given).
+
+    `stage_dir` (default `out_dir/.stages`): where each finished attack's outputs are kept
+    (`experiments.stages`), so that the same call after an interruption continues where it stopped;
+    removed once the results are written.
+    """
     settings = (settings or ReproduceSettings()).resolved(model, data)  # recorded in results.json as resolved
     facts = paper_facts(data)
     started = time.perf_counter()
     splits = detection_splits(model, data, val_size=settings.val_size, limit=settings.limit, seed=settings.seed,
                               data_root=data_root, download=download)
+    if stage_dir is None and out_dir is not None:
+        stage_dir = Path(out_dir) / STAGES
+    stages = StageStore(stage_dir, {"settings": asdict(settings), "data": str(data), "model": model_fingerprint(model),
+                                    "n_validation": len(splits.validation), "n_test": len(splits.test)})
     reference = datasets.first(splits.train, min(settings.reference_size, len(splits.train)), "training split")
     loaders = {"val": datasets.make_loader(splits.validation, settings.batch_size),
                "test": datasets.make_loader(splits.test, settings.batch_size)}
@@ -185,8 +197,9 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
     clean: Dict[str, ModelOutputs] = {}
 
     def outputs(split: str, attack=None, desc: str = "", name: str = "clean") -> ModelOutputs:
-        result = model_outputs(model, loaders[split], attack=attack, features=True, trace=attack is not None,
-                               progress=progress if attack is not None else False, desc=desc)
+        result = stages.run(f"{name}-{split}", lambda: model_outputs(
+            model, loaders[split], attack=attack, features=True, trace=attack is not None,
+            progress=progress if attack is not None else False, desc=desc))
         ledger.add(name, split, attack, len(result), int(clean[split].correct.sum()) if attack is not None else 0)
         return result
 
@@ -262,7 +275,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
     adaptive = _adaptive_study(model, settings, clean, adversarial, he_name,
                                lambda attack, desc, name: outputs("test", attack, desc, name))
     curves = {name: _curve(clean["test"], adversarial[name]["test"], steps_of[name]) for name in ("pgd-8", *he_names)}
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started + stages.reused_seconds  # earlier runs' share of a continued run
     results = {
         "paper": "Beadini & Masi, Exploring the Connection between Robust and Generative Models, Ital-IA 2023",
         "model": model.spec.source, "architecture": model.spec.architecture, "arch_kwargs": model.spec.arch_kwargs,
@@ -277,9 +290,11 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
                          **{name: float(adv["test"].energy().mean()) for name, adv in adversarial.items()}},
         "cost": ledger.summary(timing, wall),
         "wall_seconds": wall,
+        "continued": {"stages_read_back": stages.reused, "their_seconds": stages.reused_seconds},
     }
     if out_dir is not None:
         write_report(results, clean, adversarial, Path(out_dir))
+    stages.clear()
     return results
 
 

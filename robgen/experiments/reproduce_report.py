@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from .. import plots
 
@@ -182,12 +183,14 @@ def markdown_report(results: dict) -> str:
     lines += (["", f"Fig. 3b plots the {s['steps']}-step HE-PGD run; the other runs' curves are in results.json."]
               if other_hepgd else [])
     lines += ["", "![Adaptive](adaptive_lambda.png)", ""]
-    lines += cost_section(results["cost"])
+    lines += cost_section(results["cost"], results.get("continued"))
     return "\n".join(lines)
 
 
-def cost_section(cost: dict) -> list:
-    """The Cost section: passes counted where the attacks run, one batch pass timed here, floor against wall time."""
+def cost_section(cost: dict, continued: Optional[dict] = None) -> list:
+    """The Cost section: passes counted where the attacks run, one batch pass timed here, floor against wall time.
+
+    `continued`: how many stages a continued run read back from the interrupted one, and their seconds."""
     size = cost["batch_size"]
     fb_floor = cost["forward_backward_passes"] * cost["seconds_per_forward_backward_batch"] / size
     f_floor = cost["forward_passes"] * cost["seconds_per_forward_batch"] / size
@@ -211,6 +214,9 @@ def cost_section(cost: dict) -> list:
         f"| **floor** (passes × time per pass{ranks}) | | | | **{cost['floor_seconds']:.1f}** |",
         f"| **wall time** | | | | **{cost['wall_seconds']:.1f}** |",
         "",
+        *([f"This run continued an interrupted one: {continued['stages_read_back']} finished stages were read back, "
+           f"and the {continued['their_seconds']:.0f} s they took then are part of the wall time.", ""]
+          if continued and continued.get("stages_read_back") else []),
         f"The passes account for {100 * cost['floor_fraction_of_wall']:.0f}% of the wall time. Not counted: "
         f"{cost['not_counted']}.",
         "",
