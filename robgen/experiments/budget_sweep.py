@@ -8,7 +8,8 @@ standard model, at one budget),
 - its clean accuracy on test images, with a 95% Wilson interval, and
 - how class-like its samples are to an independent robust judge: the judge's mean
   p(target class | sample) with a 95% interval (synthesis/quality.py draws them,
-  same seeds and settings for every candidate).
+  same seeds and settings for every candidate: the Gaussian seeds are the
+  reference model's, so only it needs a `seeds.safetensors`).
 The pick is the candidate whose clean accuracy is within `max_drop` of the
 reference (standard) model's and whose samples the judge rates highest.
 """
@@ -22,6 +23,7 @@ import torch
 from .. import data as datasets
 from ..metrics import rate_interval
 from ..synthesis.quality import measure_quality
+from ..synthesis.seeds import load_seeds
 from .pipeline import model_outputs
 
 
@@ -51,6 +53,10 @@ def budget_sweep(candidates: Dict[str, torch.nn.Module], reference: str, judge_n
         raise ValueError(f"the reference model {reference!r} must be one of the candidates ({', '.join(candidates)})")
     if judge_name in candidates:
         raise ValueError(f"the judge {judge_name!r} is also a candidate: judge with an independent (robust) model")
+    if synthesis_settings.get("init") in (None, "gaussian") and synthesis_settings.get("seeds") is None:
+        # One seed distribution for every candidate: the reference's (seeds are fitted on the data, not the
+        # model), so that the candidates start from the same images and only one of them needs a seeds file.
+        synthesis_settings = {**synthesis_settings, "seeds": load_seeds(candidates[reference])}
     quality = measure_quality(candidates, {judge_name: judge}, n=n, seed=seed, progress=progress, **synthesis_settings)
     judged = {row["generator"]: row for row in quality["rows"]}
     loader = datasets.make_loader(test_set, batch_size=batch_size)
