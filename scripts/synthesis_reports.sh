@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The synthesis results of one data set under results/synthesis/DATA/, from its shipped models:
-# the quasi-robust budget sweep (when candidate runs are given), the judged synthesis-quality table with
-# each generator's class grid, and the gradient-map figure (the paper's Fig. 4).
+# The synthesis results of one data set under results/synthesis/DATA/, from its shipped models.
 #
-#   bash scripts/synthesis_reports.sh DATA [CANDIDATE_RUN ...]
+#   bash scripts/synthesis_reports.sh DATA CANDIDATE_RUN ...   # 1. the quasi-robust budget sweep
+#   bash scripts/ship_checkpoint.sh PICK DATA-resnet10-quasirobust DATA   # 2. ship the sweep's pick
+#   bash scripts/synthesis_reports.sh DATA                     # 3. the judged synthesis-quality table with
+#                                                              #    each generator's class grid, and the
+#                                                              #    gradient-map figure (the paper's Fig. 4)
 #   e.g. bash scripts/synthesis_reports.sh imagenette runs/imagenette-w32-quasi-*
 #
 # Models used: checkpoints/DATA-resnet10-{standard,quasirobust,robust} and the independently seeded
@@ -22,6 +24,8 @@ mkdir -p "$OUT"
 if [ $# -gt 0 ]; then
   $PY -m robgen budget-sweep --models $S-standard "$@" --judge $S-robust --data "$DATA" --limit 1000 \
     --out "$OUT/budget-sweep" --overwrite
+  echo "next: ship the pick as $S-quasirobust (scripts/ship_checkpoint.sh), then run: bash $0 $DATA"
+  exit 0
 fi
 $PY -m robgen synthesis-quality --models $S-robust $S-quasirobust $S-standard \
   --judges "$SEEDED" $S-standard $S-quasirobust $S-robust --n 16 --out "$OUT" --overwrite
