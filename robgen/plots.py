@@ -108,9 +108,13 @@ def adaptive_sweep(lams: Sequence[float], series: dict, path: Path, title: str) 
     return path
 
 
-def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), scale: int = 3) -> Path:
-    """A (rows, columns, C, H, W) tensor of images in [0, 1] as one PNG, each row labelled on its left."""
+def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), scale: Optional[int] = None) -> Path:
+    """A (rows, columns, C, H, W) tensor of images in [0, 1] as one PNG, each row labelled on its left.
+
+    `scale`: each pixel drawn as scale x scale (None: enough to show an image about 96 px tall, so
+    3 for 32-px CIFAR images and 1 for 128-px Imagenette ones)."""
     rows, columns = grid.shape[:2]
+    scale = max(1, round(96 / grid.shape[-2])) if scale is None else int(scale)
     height, width = grid.shape[-2] * scale, grid.shape[-1] * scale
     dpi = 100
     label_width = 1.2 if row_labels else 0.0

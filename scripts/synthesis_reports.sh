@@ -23,12 +23,12 @@ SEEDED=$(ls -d $S-standard-seed* | head -1)
 mkdir -p "$OUT"
 if [ $# -gt 0 ]; then
   $PY -m robgen budget-sweep --models $S-standard "$@" --judge $S-robust --data "$DATA" --limit 1000 \
-    --out "$OUT/budget-sweep" --overwrite
+    --grid-columns 4 --out "$OUT/budget-sweep" --overwrite
   echo "next: ship the pick as $S-quasirobust (scripts/ship_checkpoint.sh), then run: bash $0 $DATA"
   exit 0
 fi
 $PY -m robgen synthesis-quality --models $S-robust $S-quasirobust $S-standard \
-  --judges "$SEEDED" $S-standard $S-quasirobust $S-robust --n 16 --out "$OUT" --overwrite
+  --judges "$SEEDED" $S-standard $S-quasirobust $S-robust --n 16 --grid-columns 6 --out "$OUT" --overwrite
 IMAGES=$(mktemp -d)
 trap 'rm -rf "$IMAGES"' EXIT
 $PY - "$DATA" "$IMAGES" <<'EOF'

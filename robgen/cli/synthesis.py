@@ -47,7 +47,8 @@ def add_parsers(commands) -> None:
     synth.add_argument("--noise", type=parse_number, default=0.01, help="sgld: noise standard deviation (default 0.01)")
     synth.add_argument("--init", default="gaussian", help="gaussian (shipped seeds), uniform, gray, or an image file")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--scale", type=int, default=3, help="enlarge each sample this many times in the grid")
+    synth.add_argument("--scale", type=int,
+                       help="enlarge each sample this many times in the grid (default: to about 96 px; 3 for CIFAR-10)")
     add_output_arguments(synth)
     synth.set_defaults(run=command_synthesize)
 
@@ -65,7 +66,6 @@ def add_parsers(commands) -> None:
     quality.add_argument("--models", nargs="+", required=True, help="generators, e.g. the robust, quasi-robust and standard models")
     quality.add_argument("--judges", nargs="+", required=True, help="models that judge every generator's samples")
     add_judged_synthesis_arguments(quality)
-    quality.add_argument("--grid-columns", type=int, default=8, help="samples per class shown in each grid PNG")
     add_output_arguments(quality)
     quality.set_defaults(run=command_synthesis_quality)
 
@@ -93,6 +93,7 @@ def add_judged_synthesis_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--grid-columns", type=int, default=8, help="samples per class shown in each grid PNG")
 
 
 def command_fit_seeds(args) -> int:
@@ -237,7 +238,7 @@ def command_budget_sweep(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     for name, grid in result.pop("samples").items():
-        image_grid(grid[:, :8], out / f"grid_{name}.png", row_labels=spec.class_labels)
+        image_grid(grid[:, : args.grid_columns], out / f"grid_{name}.png", row_labels=spec.class_labels)
     result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
                   data=str(args.data), wall_seconds=time.perf_counter() - started, device=str(device))
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
