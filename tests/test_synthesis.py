@@ -278,6 +278,28 @@ def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():
         budget_sweep(candidates, "other", "judge", tiny_model(seed=3), TensorDataset(x, labels), n=2, progress=False)
 
 
+def test_the_budget_sweep_starts_every_candidate_from_the_references_seeds(monkeypatch):
+    import copy
+
+    from torch.utils.data import TensorDataset
+
+    import robgen.experiments.budget_sweep as sweep_module
+    from robgen.synthesis.seeds import SeedDistribution
+
+    reference = tiny_model(seed=0)
+    g = torch.Generator().manual_seed(2)
+    images, labels = torch.rand(40, 3, 32, 32, generator=g), torch.arange(40) % 10
+    seeds = SeedDistribution.fit([(images, labels)], reference.spec.class_labels, resolution=4, rank=2, progress=False)
+    asked = []
+    monkeypatch.setattr(sweep_module, "load_seeds", lambda model: asked.append(model) or seeds)
+    candidates = {"standard": reference, "other": tiny_model(seed=5)}  # the other has no seeds of its own
+    result = sweep_module.budget_sweep(candidates, "standard", "judge", tiny_model(seed=3),
+                                       TensorDataset(images, labels), n=2, steps=1, progress=False)
+    assert asked == [reference], "the reference's seeds, read once"
+    seed_spread = {row["generator"]: row["seed_mean_pairwise_l2"] for row in result["diversity"]}
+    assert seed_spread["standard"] == seed_spread["other"], "both started from the same seed images"
+
+
 def test_gradient_map_titles_drop_the_prefix_the_models_share():
     from robgen.plots import shared_prefix
 
