@@ -11,7 +11,7 @@
 # Models used: checkpoints/DATA-resnet10-{standard,quasirobust,robust} and the independently seeded
 # standard model checkpoints/DATA-resnet10-standard-seed* (the second standard judge). The sweep
 # compares the candidates with the standard model and lets the robust model judge their samples.
-# Gradient maps are drawn on the first image of each of the first six classes of the test split
+# Gradient maps are drawn on the first image of each of the first four classes of the test split
 # (written to a temporary folder, not to the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ if [ $# -gt 0 ]; then
   exit 0
 fi
 $PY -m robgen synthesis-quality --models $S-robust $S-quasirobust $S-standard \
-  --judges "$SEEDED" $S-standard $S-quasirobust $S-robust --n 16 --grid-columns 6 --out "$OUT" --overwrite
+  --judges "$SEEDED" $S-standard $S-quasirobust $S-robust --n 16 --grid-columns 4 --out "$OUT" --overwrite
 IMAGES=$(mktemp -d)
 trap 'rm -rf "$IMAGES"' EXIT
 $PY - "$DATA" "$IMAGES" <<'EOF'
@@ -43,7 +43,7 @@ classes = data.class_names(test)
 seen = set()
 for index in range(len(test)):
     x, y = test[index]
-    if y not in seen and len(seen) < 6:
+    if y not in seen and len(seen) < 4:
         seen.add(y)
         save_image(x, f"{folder}/{len(seen)}_{classes[y].replace(' ', '_')}.png")
 EOF

@@ -170,11 +170,6 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, st
             if calls[conv] == 1 and calls[norm] == 1 and len(names[conv]) == 1 and len(names[norm]) == 1]
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def example_batch(model: nn.Module, example: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Up to two images to find and check the folding on: from `example`, else random pixels of
     `model.spec.input_size`; None when neither is known."""
@@ -198,8 +193,8 @@ def fused_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     fused = copy.deepcopy(model).eval()
     for conv_name, norm_name in conv_bn_pairs(fused, example):
         conv, norm = fused.get_submodule(conv_name), fused.get_submodule(norm_name)
-        _replace(fused, conv_name, fuse_conv_bn_eval(conv, norm))
-        _replace(fused, norm_name, nn.Identity())
+        fused.set_submodule(conv_name, fuse_conv_bn_eval(conv, norm))
+        fused.set_submodule(norm_name, nn.Identity())
     spec = getattr(model, "spec", None)
     if spec is not None:
         fused.spec = spec  # the same object, not a copy

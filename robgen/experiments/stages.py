@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .. import distributed
 from ..engine.trace import Trace
@@ -103,10 +104,8 @@ def write_stage(outputs: ModelOutputs, seconds: float, path: Path) -> None:
 
 
 def read_stage(path: Path) -> Tuple[ModelOutputs, float]:
-    from safetensors import safe_open
-
-    tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         metadata = handle.metadata() or {}
     trace = Trace(**json.loads(metadata["trace"])) if metadata.get("trace") else None
     outputs = ModelOutputs(tensors["logits"], tensors["labels"], tensors.get("features"), trace)
