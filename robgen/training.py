@@ -278,8 +278,12 @@ def _load_data(config: TrainConfig, data_root, download: bool):
     return train_part, val, datasets.class_names(plain), plain
 
 
-def _initial_model(config: TrainConfig, classes, device) -> Classifier:
-    """The checkpoint `config.init_from` names, to fine-tune: same classes and architecture as the run."""
+def _initial_model(config: TrainConfig, classes, device, input_size) -> Classifier:
+    """The checkpoint `config.init_from` names, to fine-tune: same classes and architecture as the run.
+
+    Its spec takes this run's eval transform (`input_size`, crop_pct, interpolation): a model fine-tuned at
+    another resolution (e.g. 128 -> 160 px) is fed as it was last trained.
+    """
     from .models import load_model
 
     model = load_model(config.init_from, device=device)
@@ -291,6 +295,8 @@ def _initial_model(config: TrainConfig, classes, device) -> Classifier:
         raise ValueError(f"{config.init_from} is a {model.spec.architecture} (width {width}), but this run trains "
                          f"{config.architecture} (width {config.width}): pass the same --arch and --width")
     model.spec.metrics = {}  # measured again every epoch; the recipe records init_from
+    model.spec.input_size = input_size
+    model.spec.crop_pct, model.spec.interpolation = config.crop_pct, config.interpolation
     return model
 
 
@@ -309,7 +315,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             )
         model = load_checkpoint(out_dir, map_location=device)
     elif config.init_from is not None:
-        model = _initial_model(config, classes, device)
+        model = _initial_model(config, classes, device, input_size=tuple(plain[0][0].shape))
     else:
         mean, std = channel_stats(plain, n=min(5000, config.train_limit or 5000))  # smoke runs: fewer
         sample, _ = plain[0]

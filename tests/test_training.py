@@ -171,6 +171,17 @@ def test_fine_tuning_starts_from_the_given_checkpoint(toy_data, tmp_path):
         train(config(toy_data, width=8, init_from=str(tmp_path / "base")), tmp_path / "wide", progress=False)
 
 
+def test_fine_tuning_at_another_resolution_records_the_new_input(toy_data, tmp_path):
+    base = train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
+    assert base.spec.input_size == (3, 16, 16) and base.spec.crop_pct == 1.0
+    tuned = train(config(toy_data, epochs=1, image_size=24, crop_pct=0.875, interpolation="bicubic",
+                         init_from=str(tmp_path / "base")), tmp_path / "tuned", progress=False)
+    assert tuned.spec.input_size == (3, 24, 24)
+    assert (tuned.spec.crop_pct, tuned.spec.interpolation) == (0.875, "bicubic")
+    loaded = robgen.load_model(tmp_path / "tuned")
+    assert loaded.spec.input_size == (3, 24, 24) and loaded.spec.crop_pct == 0.875
+
+
 def test_data_set_defaults_fill_the_recipe():
     nette = TrainConfig(data="imagenette")
     assert (nette.val_size, nette.image_size, nette.crop_pct) == (500, 128, 0.875)
