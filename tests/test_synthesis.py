@@ -9,7 +9,7 @@ from robgen.synthesis import (
     synthesize, translate,
 )
 from robgen.models import Classifier, ModelSpec
-from robgen.synthesis.quality import mean_pairwise_distance, measure_quality
+from robgen.synthesis.quality import mean_pairwise_distance, measure_quality, quality_markdown
 from robgen.synthesis.seeds import initial_images
 
 from tests.conftest import tiny_model
@@ -241,6 +241,29 @@ def test_quality_refuses_what_would_fail_after_synthesis_before_it_starts(robust
     other = tiny_model(seed=2, num_classes=3)
     with pytest.raises(ValueError, match="classify different data"):
         measure_quality({"robust": robust}, {"other": other}, n=2, steps=5, progress=False)
+
+
+def test_judges_of_another_input_size_see_the_samples_resized_to_theirs(robust):
+    """A 48-px judge of the same classes judges 32-px samples after a bilinear resize: its numbers are its
+    own verdicts on the resized samples, and the samples themselves keep the generator's size."""
+    import copy
+
+    from robgen.synthesis.quality import as_judge_input
+
+    large = copy.deepcopy(robust)
+    large.spec.input_size = (3, 48, 48)  # the CIFAR ResNet pools globally, so it runs at any side
+    result = measure_quality({"robust": robust}, {"large": large}, n=2, steps=3, progress=False)
+    grid = result["samples"]["robust"]
+    assert grid.shape == (10, 2, 3, 32, 32)
+    resized = as_judge_input(grid.flatten(0, 1), large)
+    assert resized.shape == (20, 3, 48, 48) and 0 <= resized.min() and resized.max() <= 1
+    with torch.no_grad():
+        expected = large(resized).softmax(1)[torch.arange(20), torch.arange(10).repeat_interleave(2)].mean()
+    row = next(r for r in result["rows"] if r["generator"] == "robust" and r["judge"] == "large")
+    assert row["mean_target_probability"] == pytest.approx(float(expected), abs=1e-5)
+    assert torch.equal(as_judge_input(grid.flatten(0, 1), robust), grid.flatten(0, 1))  # same side: unchanged
+    assert result["input_sizes"] == {"robust": [3, 32, 32], "large": [3, 48, 48]}
+    assert "resized to its own input side" in quality_markdown(result)
 
 
 def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():

@@ -7,6 +7,13 @@ independent opinion; the generator judging itself is not (on a standard
 model its "samples" are adversarial examples that fool it and nobody else).
 Diversity is the mean pairwise L2 distance between the samples of one
 class, next to the same number for the seeds they started from.
+
+Models of one data set may take different input sizes (Imagenette: 128 or
+160 px). A judge then sees each sample resized to its own input size
+(bilinear, antialiased): a sample is the whole crop its generator sees, so
+it maps onto the whole crop the judge sees. Distances stay at the
+generator's own size (an L2 distance grows with the square root of the
+pixel count, as the default synthesis budget does).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import time
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..metrics import mean_interval, rate_interval
 from ..progress import progress_bar
@@ -79,22 +87,33 @@ def measure_quality(
         })
     # The control: the starting seeds themselves, before any ascent (the same for every generator).
     rows += judge_samples(seed_grid, SEEDS_ROW, judges, None)
-    return {"rows": rows, "diversity": diversity, "samples": samples, "n_per_class": n, "seed": seed}
+    input_sizes = {name: list(model.spec.input_size) for name, model in {**generators, **judges}.items()}
+    return {"rows": rows, "diversity": diversity, "samples": samples, "n_per_class": n, "seed": seed,
+            "input_sizes": input_sizes}
 
 
 def check_comparable(generators: Dict[str, torch.nn.Module], judges: Dict[str, torch.nn.Module], n: int) -> None:
     """Refuse, before any synthesis, what would fail after it: fewer than 2 samples per class, or
-    generators and judges that do not share one set of classes and one input size."""
+    generators and judges that do not share one set of classes and one number of channels (input sides
+    may differ: judges resize)."""
     if int(n) < 2:
         raise ValueError(f"n={n}: diversity needs at least 2 samples per class, give n >= 2")
     models = {**generators, **judges}
-    shapes = {name: (tuple(model.spec.class_labels), tuple(model.spec.input_size)) for name, model in models.items()}
+    shapes = {name: (tuple(model.spec.class_labels), model.spec.input_size[0]) for name, model in models.items()}
     first_name, first = next(iter(shapes.items()))
     for name, shape in shapes.items():
         if shape != first:
-            raise ValueError(f"{name} ({len(shape[0])} classes, input {shape[1]}) and {first_name} ({len(first[0])} "
-                             f"classes, input {first[1]}) classify different data: give generators and judges of "
-                             "one data set")
+            raise ValueError(f"{name} ({len(shape[0])} classes, {shape[1]} channels) and {first_name} "
+                             f"({len(first[0])} classes, {first[1]} channels) classify different data: give "
+                             "generators and judges of one data set")
+
+
+def as_judge_input(images: torch.Tensor, judge) -> torch.Tensor:
+    """(N, C, H, W) samples resized to the judge's input side (bilinear, antialiased); unchanged when it matches."""
+    size = tuple(judge.spec.input_size[1:])
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
 def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Module], generator_model) -> list:
@@ -105,7 +124,7 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
     for judge_name, judge in judges.items():
         judge_device = model_device(judge)
         with torch.no_grad():
-            probs = judge(grid.flatten(0, 1).to(judge_device)).float().softmax(1).cpu()
+            probs = judge(as_judge_input(grid.flatten(0, 1), judge).to(judge_device)).float().softmax(1).cpu()
         target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)
         hits = probs.argmax(1) == targets
         rows.append({
@@ -156,4 +175,10 @@ def quality_markdown(result: dict) -> str:
     for row in result["diversity"]:
         lines.append(f"| {row['generator']} | {row['mean_pairwise_l2']:.2f} | {row['seed_mean_pairwise_l2']:.2f} | "
                      f"{row['mean_l2_from_seed']:.2f} | {row['seconds']:.0f} |")
+    sides = {name: size[-1] for name, size in result.get("input_sizes", {}).items()}
+    if len(set(sides.values())) > 1:
+        listed = ", ".join(f"{name} {side} px" for name, side in sides.items())
+        lines += ["", f"Input sides differ ({listed}): each judge saw every sample resized to its own input side "
+                      "(bilinear, antialiased); the distances are at each generator's own size (L2 grows with "
+                      "the square root of the pixel count)."]
     return "\n".join(lines) + "\n"
