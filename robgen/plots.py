@@ -150,6 +150,9 @@ def shared_prefix(names: List[str]) -> str:
 def gradient_maps(images: torch.Tensor, gradients: dict, path: Path) -> Path:
     """Fig. 4: each image, then for every model its -∇ₓ loss as a signed RGB map and a magnitude map.
 
+    The maps may have other sizes than `images` (models of one data set at different input sizes): every
+    panel is drawn at the same size.
+
     Model names that share a prefix (imagenette-resnet10-...) are titled by what differs, the prefix
     once above the figure."""
     from .synthesis.gradmaps import magnitude_map, signed_map

@@ -86,6 +86,27 @@ def test_gradmap_draws_every_model_side_by_side(tmp_path, capsys):
     assert "README.md" in capsys.readouterr().err
 
 
+def test_gradmap_gives_each_model_the_images_at_its_own_input_size(tmp_path, monkeypatch, capsys):
+    """The Imagenette standard model takes 160 px, the robust one 128: each gets its own view of the photo;
+    models of different classes are refused."""
+    import robgen.plots
+
+    drawn = {}
+    real = robgen.plots.gradient_maps
+    monkeypatch.setattr(robgen.plots, "gradient_maps",
+                        lambda images, gradients, path: drawn.update(images=images, gradients=gradients)
+                        or real(images, gradients, path))
+    out = tmp_path / "maps.png"
+    assert main(["gradmap", "--models", "imagenette-resnet10-standard", "imagenette-resnet10-robust", "--out", str(out),
+                 str(REPO / "examples" / "chelsea.png")]) == 0
+    sides = {name: robgen.load_model(name).spec.input_size[-1] for name in drawn["gradients"]}
+    assert {name: grad.shape[-1] for name, grad in drawn["gradients"].items()} == sides
+    assert len(set(sides.values())) == 2 and out.is_file()
+    assert main(["gradmap", "--models", "imagenette-resnet10-robust", ROBUST, "--out", str(tmp_path / "x.png"),
+                 str(REPO / "examples" / "chelsea.png")]) == 2
+    assert "different classes" in capsys.readouterr().err
+
+
 def test_synthesis_quality_writes_the_judge_table(tmp_path):
     out = tmp_path / "quality"
     assert main(["synthesis-quality", "--models", ROBUST, "--judges", "cifar10-resnet10-standard", ROBUST,

@@ -178,13 +178,14 @@ def command_gradmap(args) -> int:
         raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
     device = pick_device(args.device)
     models = {Path(name).name: open_model(args, device, name) for name in args.models}
-    sizes = {tuple(m.spec.input_size) for m in models.values()}
-    if len(sizes) > 1:
-        raise UsageError(f"the models take different input sizes {sorted(sizes)}: compare models of one data set")
-    x = read_images(args.images, next(iter(models.values())).spec).to(device)
-    gradients = {name: input_gradient(model, x).cpu() for name, model in models.items()}
+    classes = {tuple(m.spec.class_labels) for m in models.values()}
+    if len(classes) > 1:
+        raise UsageError("the models classify different classes: compare models of one data set")
+    # each model reads the images through its own eval transform (Imagenette: 128 or 160 px, the same crop)
+    views = {name: read_images(args.images, model.spec).to(device) for name, model in models.items()}
+    gradients = {name: input_gradient(model, views[name]).cpu() for name, model in models.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    gradient_maps(x.cpu(), gradients, out)
+    gradient_maps(next(iter(views.values())).cpu(), gradients, out)
     print(f"wrote gradient maps of {len(args.images)} images under {len(models)} models to {out}")
     return 0
 
