@@ -299,6 +299,11 @@ def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():
         budget_sweep(candidates, "standard", "same", same, TensorDataset(x, labels), n=2, steps=1, progress=False)
     with pytest.raises(ValueError, match="must be one of the candidates"):
         budget_sweep(candidates, "other", "judge", tiny_model(seed=3), TensorDataset(x, labels), n=2, progress=False)
+    larger = copy.deepcopy(reference)
+    larger.spec.input_size = (3, 48, 48)  # e.g. a candidate fine-tuned at another --image-size
+    with pytest.raises(ValueError, match=r"fine-tune the candidates at the reference's size \(train --image-size 32\)"):
+        budget_sweep({"standard": reference, "larger": larger}, "standard", "judge", tiny_model(seed=3),
+                     TensorDataset(x, labels), n=2, progress=False)
 
 
 def test_the_budget_sweep_starts_every_candidate_from_the_references_seeds(monkeypatch):

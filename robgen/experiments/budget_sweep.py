@@ -53,6 +53,12 @@ def budget_sweep(candidates: Dict[str, torch.nn.Module], reference: str, judge_n
         raise ValueError(f"the reference model {reference!r} must be one of the candidates ({', '.join(candidates)})")
     if judge_name in candidates:
         raise ValueError(f"the judge {judge_name!r} is also a candidate: judge with an independent (robust) model")
+    side = candidates[reference].spec.input_size
+    for name, model in candidates.items():
+        if tuple(model.spec.input_size) != tuple(side):
+            raise ValueError(f"{name} takes {tuple(model.spec.input_size)} inputs and the reference {reference} "
+                             f"{tuple(side)}: every candidate is measured on the same test images, so fine-tune "
+                             f"the candidates at the reference's size (train --image-size {side[-1]})")
     if synthesis_settings.get("init") in (None, "gaussian") and synthesis_settings.get("seeds") is None:
         # One seed distribution for every candidate: the reference's (seeds are fitted on the data, not the
         # model), so that the candidates start from the same images and only one of them needs a seeds file.
