@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -92,9 +92,11 @@ class TrainConfig:
     eval_subset: int = 500  # first N validation images for the per-epoch PGD accuracy
     eval_steps: int = 10
     train_limit: Optional[int] = None  # first N training images only (tests, smoke runs)
-    image_size: Optional[int] = None  # input side; None: the data set's default (DATA_DEFAULTS), else as stored
+    # The input transform. None: fine-tuning (init_from) keeps the base model's; otherwise the data set's default
+    # (DATA_DEFAULTS), else the images' own size, crop_pct 1 and bilinear.
+    image_size: Optional[int] = None  # input side
     crop_pct: Optional[float] = None  # eval transform: resize the short side to image_size / crop_pct, centre-crop
-    interpolation: str = "bilinear"  # resampling filter of the eval resize and of the training crops
+    interpolation: Optional[str] = None  # resampling filter of the eval resize and of the training crops
     seed: int = 0  # weights' initialisation, data order, attacks' random starts
     split_seed: Optional[int] = None  # the held-out validation split's seed; None: `seed`. Give 0 to a second
     # seed's run to hold out the split every robgen evaluation uses (data.train_val_split(..., seed=0))
@@ -110,15 +112,14 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        defaults = DATA_DEFAULTS.get(str(self.data).lower(), {})
-        for name in ("image_size", "crop_pct"):
-            if getattr(self, name) is None and name in defaults:
-                setattr(self, name, defaults[name])
+        if self.init_from is None:  # fine-tuning fills these from the base model (inherit_input_transform)
+            defaults = {"crop_pct": 1.0, "interpolation": "bilinear", **DATA_DEFAULTS.get(str(self.data).lower(), {})}
+            for name, value in defaults.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
         if self.val_size is None:
             self.val_size = datasets.default_val_size(self.data)
-        if self.crop_pct is None:
-            self.crop_pct = 1.0
-        if not 0 < self.crop_pct <= 1:
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1] (1: no margin, 0.875: ImageNet's), got {self.crop_pct}")
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}: choose from {', '.join(MODES)}")
@@ -278,15 +279,24 @@ def _load_data(config: TrainConfig, data_root, download: bool):
     return train_part, val, datasets.class_names(plain), plain
 
 
-def _initial_model(config: TrainConfig, classes, device, input_size) -> Classifier:
-    """The checkpoint `config.init_from` names, to fine-tune: same classes and architecture as the run.
+def inherit_input_transform(config: TrainConfig, base_spec) -> TrainConfig:
+    """A fine-tuning config whose unset input transform is the base model's: image side (where the data set
+    is resized at all, as Imagenette is), crop_pct and interpolation. Set ones are kept: `--image-size 160`
+    fine-tunes a 128-px model at 160 px."""
+    resized = "image_size" in DATA_DEFAULTS.get(str(config.data).lower(), {})
+    return replace(
+        config,
+        image_size=config.image_size or (base_spec.input_size[-1] if resized else None),
+        crop_pct=config.crop_pct if config.crop_pct is not None else (base_spec.crop_pct or 1.0),
+        interpolation=config.interpolation or base_spec.interpolation or "bilinear",
+    )
 
-    Its spec takes this run's eval transform (`input_size`, crop_pct, interpolation): a model fine-tuned at
-    another resolution (e.g. 128 -> 160 px) is fed as it was last trained.
+
+def _initial_model(config: TrainConfig, model: Classifier, classes, input_size) -> Classifier:
+    """`model`, the checkpoint `config.init_from` names, made ready to fine-tune: same classes and architecture
+    as the run. Its spec takes this run's eval transform (`input_size`, crop_pct, interpolation): a model
+    fine-tuned at another resolution (e.g. 128 -> 160 px) is fed as it was last trained.
     """
-    from .models import load_model
-
-    model = load_model(config.init_from, device=device)
     if list(model.spec.class_labels) != list(classes):
         raise ValueError(f"{config.init_from} classifies {', '.join(model.spec.class_labels)}, but {config.data} has "
                          f"{', '.join(classes)}: fine-tune a model of this data set")
@@ -301,6 +311,12 @@ def _initial_model(config: TrainConfig, classes, device, input_size) -> Classifi
 
 
 def _train(config, out_dir, data_root, download, resume, device, progress, on_epoch) -> Classifier:
+    base = None
+    if config.init_from is not None:
+        from .models import load_model
+
+        base = load_model(config.init_from, device=device)
+        config = inherit_input_transform(config, base.spec)
     train_set, val_set, classes, plain = _load_data(config, data_root, download)
     state_path = out_dir / STATE_FILE
     if resume:
@@ -315,7 +331,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             )
         model = load_checkpoint(out_dir, map_location=device)
     elif config.init_from is not None:
-        model = _initial_model(config, classes, device, input_size=tuple(plain[0][0].shape))
+        model = _initial_model(config, base, classes, input_size=tuple(plain[0][0].shape))
     else:
         mean, std = channel_stats(plain, n=min(5000, config.train_limit or 5000))  # smoke runs: fewer
         sample, _ = plain[0]

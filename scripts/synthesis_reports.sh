@@ -10,7 +10,8 @@
 #
 # Models used: checkpoints/DATA-resnet10-{standard,quasirobust,robust} and the independently seeded
 # standard model checkpoints/DATA-resnet10-standard-seed* (the second standard judge). The sweep
-# compares the candidates with the standard model and lets the robust model judge their samples.
+# compares the candidates with the standard model (or with REFERENCE=<the model they were fine-tuned
+# from>, which must take the same input size) and lets the robust model judge their samples.
 # Gradient maps are drawn on the first image of each of the first four classes of the test split
 # (written to a temporary folder, not to the repository).
 set -euo pipefail
@@ -22,7 +23,7 @@ OUT=results/synthesis/$DATA
 SEEDED=$(ls -d $S-standard-seed* | head -1)
 mkdir -p "$OUT"
 if [ $# -gt 0 ]; then
-  $PY -m robgen budget-sweep --models $S-standard "$@" --judge $S-robust --data "$DATA" --limit 1000 \
+  $PY -m robgen budget-sweep --models "${REFERENCE:-$S-standard}" "$@" --judge $S-robust --data "$DATA" --limit 1000 \
     --grid-columns 4 --out "$OUT/budget-sweep" --overwrite
   echo "next: ship the pick as $S-quasirobust (scripts/ship_checkpoint.sh), then run: bash $0 $DATA"
   exit 0

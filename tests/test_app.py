@@ -34,18 +34,18 @@ NETTE_STANDARD, NETTE_ROBUST = "imagenette-resnet10-standard", "imagenette-resne
 PHOTOS = sorted((REPO / "examples").glob("*.png"))
 
 
-def imagenette_stand_in(mode: str, seed: int) -> Classifier:
-    """A random width-4 Imagenette ResNet10 with the spec the real ones carry (128 px, crop_pct 0.875, bilinear,
-    the ten classes, the training mode), its BatchNorm statistics taken from the example photos and noise and
+def imagenette_stand_in(mode: str, seed: int, side: int = 128) -> Classifier:
+    """A random width-4 Imagenette ResNet10 with the spec the real ones carry (`side` px: 160 for the standard
+    model, 128 for the others; crop_pct 0.875, bilinear, the ten classes, the training mode), its BatchNorm statistics taken from the example photos and noise and
     its head scaled, so that it answers like a trained model: varied, confident logits whose energy PGD lowers."""
     torch.manual_seed(seed)  # tests only
     spec = ModelSpec(architecture="resnet10_imagenette", num_classes=10, class_labels=list(IMAGENETTE_CLASSES.values()),
-                     mean=(0.461, 0.454, 0.425), std=(0.270, 0.267, 0.288), input_size=(3, 128, 128),
+                     mean=(0.461, 0.454, 0.425), std=(0.270, 0.267, 0.288), input_size=(3, side, side),
                      arch_kwargs={"width": 4}, crop_pct=0.875, interpolation="bilinear",
                      training={"config": {"data": "imagenette", "mode": mode}, "data": {"name": "imagenette"}})
     model = Classifier(build_network(spec), spec)
     photos = torch.stack([load_model_input(photo, spec) for photo in PHOTOS])
-    noise = torch.rand(28, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
+    noise = torch.rand(28, 3, side, side, generator=torch.Generator().manual_seed(seed))
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
@@ -62,7 +62,7 @@ def ship_imagenette_stand_ins(folder):
     whose threshold separates its example pairs) and -robust (with synthesis seeds fitted on tinted noise);
     examples/ the Detect examples the standard one made, beside the shipped CIFAR-10 ones."""
     checkpoints, examples = folder / "checkpoints", folder / "adversarial"
-    standard = imagenette_stand_in("standard", seed=0)
+    standard = imagenette_stand_in("standard", seed=0, side=160)  # as shipped: the standard model at 160 px
     save_checkpoint(standard, checkpoints / NETTE_STANDARD)
     robust = imagenette_stand_in("fast", seed=1)
     save_checkpoint(robust, checkpoints / NETTE_ROBUST)
@@ -224,7 +224,7 @@ def test_every_endpoint_runs_with_its_defaults_alone(client):
 
 def test_default_models_suit_their_tabs(client, imagenette):
     """With Imagenette models shipped, Attack and Detect start on the standard one (photos are what people upload:
-    128 px, not CIFAR-10's 32) with its shipped detector and its own adversarial example; Synthesize and
+    160 px, not CIFAR-10's 32) with its shipped detector and its own adversarial example; Synthesize and
     translation start on the adversarially robust model of the same classes."""
     from robgen.experiments.calibration import load_shipped_detector
     from robgen.web.model_cache import available_models, cached_model, model_spec, robustness
@@ -288,14 +288,15 @@ def test_picking_a_model_of_another_data_set_moves_the_other_tabs_to_it(imagenet
     assert attack_note == detect_note and attack_note.startswith(f"**{STANDARD}** (CIFAR-10, 32×32 inputs)")
     _, synthesis, note, _, *columns = app.follow_model(NETTE_STANDARD, STANDARD, models, makers)
     assert synthesis.value == NETTE_ROBUST and [column.visible for column in columns] == [False, True]
-    assert note.startswith(f"**{NETTE_STANDARD}** (Imagenette, 128×128 inputs) knows 10 classes: "
+    assert note.startswith(f"**{NETTE_STANDARD}** (Imagenette, 160×160 inputs) knows 10 classes: "
                            + ", ".join(IMAGENETTE_CLASSES.values()) + ".")
     assert app.follow_model(NETTE_STANDARD, NETTE_STANDARD, models, makers)[1].value == NETTE_STANDARD  # kept
 
 
 def test_the_eval_transform_comes_from_the_model_spec_and_a_small_upload_gets_a_note(client, imagenette, tmp_path):
-    """An Imagenette example reads back as the pixels it was attacked on (resize to 146 = 128 / 0.875, bilinear,
-    centre crop 128); a 40x40 photo is enlarged 146 / 40 times, with a note, not an error; under 8 pixels, refused."""
+    """An Imagenette example reads back as the pixels it was attacked on (resize to 182 = int(160 / 0.875),
+    bilinear, centre crop 160); a 40x40 photo is enlarged 182 / 40 times, with a note, not an error; under 8
+    pixels, refused."""
     from robgen.experiments.calibration import load_shipped_detector
     from robgen.web.model_cache import cached_model
 
@@ -306,7 +307,7 @@ def test_the_eval_transform_comes_from_the_model_spec_and_a_small_upload_gets_a_
     energy = float(re.search(r"E\(x\) = (\S+) ", verdict).group(1))
     with torch.no_grad():
         spec_energy = float(detector.energies(model(load_model_input(example, model.spec)[None]))[0])
-        other_energy = float(detector.energies(model(load_image(example, size=128, crop_pct=1.0)[None]))[0])
+        other_energy = float(detector.energies(model(load_image(example, size=160, crop_pct=1.0)[None]))[0])
     assert energy == pytest.approx(spec_energy, abs=5e-4) and abs(other_energy - spec_energy) > 1e-2
     assert "flagged as **adversarial**" in verdict and "enlarged" not in verdict
     with Image.open(PHOTOS[1]) as photo:
@@ -315,8 +316,8 @@ def test_the_eval_transform_comes_from_the_model_spec_and_a_small_upload_gets_a_
     _, verdict, top, _ = client.predict(image=upload(tmp_path / "small.png"), model_name=NETTE_STANDARD,
                                         api_name="/detect")
     assert "E(x) =" in verdict and top["label"] in IMAGENETTE_CLASSES.values()
-    enlarged = f"enlarged {146 / 40:.1f}×"
-    assert f"the image is 40×40 pixels, far smaller than the 128×128 the model sees, so it was {enlarged}" in verdict
+    enlarged = f"enlarged {182 / 40:.1f}×"
+    assert f"the image is 40×40 pixels, far smaller than the 160×160 the model sees, so it was {enlarged}" in verdict
     summary = attack(client, tmp_path / "small.png", model_name=NETTE_STANDARD, steps=2)[5]
     assert summary.startswith("PGD") and enlarged in summary
     _, verdict, _, _ = client.predict(image=upload(tmp_path / "small.png"), model_name=STANDARD, api_name="/detect")
@@ -327,7 +328,7 @@ def test_the_eval_transform_comes_from_the_model_spec_and_a_small_upload_gets_a_
 
 def test_the_examples_script_remakes_the_detect_examples_from_the_model(imagenette, tmp_path, capsys):
     """scripts/make_app_examples.py on the Imagenette stand-in: the same files as the fixture's (seeded), each pair
-    146x146 (128 / 0.875) and equal outside the 128x128 centre the model sees, where they differ by at most 8/255;
+    182x182 (160 / 0.875, rounded down) and equal outside the 160x160 centre the model sees, where they differ by at most 8/255;
     it reports the detector's verdicts and, with --strict, passes because the detector gets all eight right."""
     import importlib.util
 
@@ -342,9 +343,9 @@ def test_the_examples_script_remakes_the_detect_examples_from_the_model(imagenet
         clean, adversarial = (tmp_path / NETTE_STANDARD / f"{photo.stem}_{kind}.png" for kind in ("clean", "adv"))
         assert same_file({"path": adversarial}, imagenette / NETTE_STANDARD / adversarial.name)
         x, x_adv = (np.asarray(Image.open(path), dtype=int) for path in (clean, adversarial))
-        assert x.shape == (146, 146, 3)
+        assert x.shape == (182, 182, 3)
         change = np.abs(x_adv - x)
-        assert change[9:137, 9:137].max() == 8 and change.sum() == change[9:137, 9:137].sum()
+        assert change[11:171, 11:171].max() == 8 and change.sum() == change[11:171, 11:171].sum()
 
 
 def test_start_up_loads_every_offered_model_on_the_cpu_before_serving(monkeypatch):

@@ -109,7 +109,7 @@ def test_the_page_starts_on_imagenette_says_what_the_model_knows_and_follows_the
     fresh(page)
     picker = page.get_by_label("model (Attack and Detect)")
     assert picker.input_value() == NETTE_STANDARD
-    note = page.get_by_text(f"{NETTE_STANDARD} (Imagenette, 128×128 inputs) knows 10 classes").first
+    note = page.get_by_text(f"{NETTE_STANDARD} (Imagenette, 160×160 inputs) knows 10 classes").first
     note.wait_for(state="visible", timeout=10_000)
     assert "tench, English springer, cassette player" in note.inner_text() and "parachute" in note.inner_text()
     open_tab(page, "Detect")

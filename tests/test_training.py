@@ -180,6 +180,22 @@ def test_fine_tuning_at_another_resolution_records_the_new_input(toy_data, tmp_p
     assert (tuned.spec.crop_pct, tuned.spec.interpolation) == (0.875, "bicubic")
     loaded = robgen.load_model(tmp_path / "tuned")
     assert loaded.spec.input_size == (3, 24, 24) and loaded.spec.crop_pct == 0.875
+    assert loaded.spec.interpolation == "bicubic"
+
+
+def test_fine_tuning_keeps_the_base_models_input_transform_unless_told_otherwise():
+    from robgen.models import ModelSpec
+
+    base = ModelSpec(architecture="resnet10_imagenette", num_classes=10, class_labels=[str(i) for i in range(10)],
+                     mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 160, 160), crop_pct=0.9, interpolation="bicubic")
+    tuned = training.inherit_input_transform(TrainConfig(data="imagenette", init_from="base"), base)
+    assert (tuned.image_size, tuned.crop_pct, tuned.interpolation) == (160, 0.9, "bicubic")
+    told = training.inherit_input_transform(TrainConfig(data="imagenette", init_from="base", image_size=128), base)
+    assert (told.image_size, told.crop_pct) == (128, 0.9)
+    fresh = TrainConfig(data="imagenette")  # no base: the data set's defaults
+    assert (fresh.image_size, fresh.crop_pct, fresh.interpolation) == (128, 0.875, "bilinear")
+    cifar = training.inherit_input_transform(TrainConfig(data="cifar10", init_from="base"), base)
+    assert cifar.image_size is None, "CIFAR-10 images are used at their own size, never resized"
 
 
 def test_data_set_defaults_fill_the_recipe():

@@ -40,11 +40,13 @@ def add_parsers(commands) -> None:
     train.add_argument("--eval-subset", type=int, default=500, help="validation images for the per-epoch PGD check")
     train.add_argument("--eval-steps", type=int, default=10, help="PGD steps of the per-epoch check (default 10)")
     train.add_argument("--train-limit", type=int, help="train on the first N images only")
-    train.add_argument("--image-size", type=int, help="input side in pixels (default: the images' own; Imagenette 128)")
+    train.add_argument("--image-size", type=int,
+                       help="input side in pixels (default: --init-from's; else the images' own, Imagenette 128)")
     train.add_argument("--crop-pct", type=float,
-                       help="eval transform: resize the short side to size / crop-pct, centre-crop (default 1; Imagenette 0.875)")
-    train.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic", "lanczos", "nearest"],
-                       help="resampling filter of the resizes (default bilinear)")
+                       help="eval transform: resize the short side to size / crop-pct, centre-crop (default: "
+                            "--init-from's; else 1, Imagenette 0.875)")
+    train.add_argument("--interpolation", choices=["bilinear", "bicubic", "lanczos", "nearest"],
+                       help="resampling filter of the resizes (default: --init-from's; else bilinear)")
     train.add_argument("--seed", type=int, default=0, help="initialisation, data order and attack starts (default 0)")
     train.add_argument("--split-seed", type=int, default=None,
                        help="seed of the held-out validation split (default: --seed); 0 holds out the split that "
@@ -56,7 +58,8 @@ def add_parsers(commands) -> None:
     add_output_arguments(train, "checkpoint folder (written every epoch)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--init-from", metavar="MODEL",
-                       help="start from this checkpoint's weights (fine-tuning; a name, folder or hf-hub:...)")
+                       help="start from this checkpoint's weights and input transform (fine-tuning; a name, folder "
+                            "or hf-hub:...)")
     train.add_argument("--no-keep-best", dest="keep_best", action="store_false",
                        help="pgd/fast: do not keep the best-PGD epoch in <out>/best/")
     train.set_defaults(run=command_train)

@@ -11,9 +11,13 @@ class, next to the same number for the seeds they started from.
 Models of one data set may take different input sizes (Imagenette: 128 or
 160 px). A judge then sees each sample resized to its own input size
 (bilinear, antialiased): a sample is the whole crop its generator sees, so
-it maps onto the whole crop the judge sees. Distances stay at the
-generator's own size (an L2 distance grows with the square root of the
-pixel count, as the default synthesis budget does).
+it maps onto the whole crop the judge sees (this assumes one crop_pct, as
+every shipped model has). Distances stay at the generator's own size (an L2
+distance grows with the square root of the pixel count, as the default
+synthesis budget does; an explicit `eps` is the same total budget at every
+size). "Same seeds" then means the same random draws: each generator starts
+from its own seed file at its own size, and the "seeds only" row is the
+first generator's.
 """
 
 from __future__ import annotations
