@@ -235,7 +235,8 @@ def test_imagenette_cost_is_counted_and_consistent(nette_results):
     assert cost["floor_seconds"] == pytest.approx(floor)
     assert cost["wall_seconds"] == r["wall_seconds"] > cost["timing_seconds"] > 0
     assert 0 < cost["floor_fraction_of_wall"] == pytest.approx(floor / r["wall_seconds"])
-    assert cost["floor_fraction_of_wall"] < 1, "the passes counted cannot take longer than the run"
+    # No bound on the fraction itself: the time of one pass is measured at one moment, and on a shared
+    # machine (CI beside another job) it can exceed that pass's average during the run (measured: 1.18)
     report = (out / "results.md").read_text()
     assert "## Cost" in report and f"| forward + backward | {cost['forward_backward_passes']:,} |" in report
 
