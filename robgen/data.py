@@ -239,6 +239,22 @@ def model_val_size(spec, data: Union[str, Path]) -> int:
     return default_val_size(data)
 
 
+def model_split_seed(spec, data: Union[str, Path], default: int = 0) -> int:
+    """The seed of the validation split a model's training held out of `data` (see `train_val_split`).
+
+    Recorded as `split_seed` by training; older records hold only the run's `seed`, which then chose the
+    split. `default` when the model was not trained on `data` (or records neither).
+    """
+    training = spec.training if isinstance(spec.training, dict) else {}
+    recorded = training.get("data", {})
+    if str(recorded.get("name", "")).lower() != str(data).lower():
+        return default
+    if recorded.get("split_seed") is not None:
+        return int(recorded["split_seed"])
+    seed = training.get("config", {}).get("seed")
+    return default if seed is None else int(seed)
+
+
 def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) -> None:
     """Refuse a data set that is not the one the model of `spec` classifies, saying which it needs.
 

@@ -183,3 +183,27 @@ def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, to
     (key, result), = recorded.items()
     assert key.endswith("-first8") and result["n"] == 8
     assert result["clean_accuracy_ci"][0] <= result["clean_accuracy"] <= result["clean_accuracy_ci"][1]
+
+
+def test_eval_on_the_validation_split_the_models_training_held_out(tmp_path, toy_data, capsys):
+    import json
+
+    import robgen
+    from conftest import tiny_model
+    from robgen import data
+
+    model = tiny_model(num_classes=4)
+    model.spec.training = {"data": {"name": str(toy_data), "val_size": 40, "split_seed": 3}}
+    folder = robgen.save_checkpoint(model, tmp_path / "four")
+    out = tmp_path / "val.json"
+    assert main(["eval", "--model", str(folder), "--data", str(toy_data), "--split", "val", "--steps", "0",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 40 and result["split"] == "val"
+    # the same 40 images as the training's held-out split (seed 3), measured directly
+    _, held_out = data.train_val_split(data.load_dataset(str(toy_data), "train", spec=model.spec), 40, seed=3)
+    direct = robgen.evaluation.evaluate_robustness(robgen.load_model(folder), held_out, steps=0, progress=False)
+    assert result["clean_accuracy"] == direct["clean_accuracy"]
+    capsys.readouterr()
+    assert main(["eval", "--model", str(folder), "--data", str(toy_data), "--val-size", "10", "--steps", "0"]) == 2
+    assert "give it with --split val" in capsys.readouterr().err

@@ -130,3 +130,18 @@ def test_a_model_of_another_data_set_is_refused():
     data.check_model_matches(nette, "imagenette", nette_classes)
     assert data.model_val_size(nette, "imagenette") == 500
     assert data.model_val_size(cifar, "imagenette") == 500 and data.model_val_size(cifar, "cifar10") == 5000
+
+
+def test_the_split_seed_is_the_one_the_models_training_recorded():
+    from robgen.models import ModelSpec
+
+    def spec(training):
+        return ModelSpec(architecture="resnet10_cifar", num_classes=10, class_labels=[f"c{i}" for i in range(10)],
+                         training=training)
+
+    recorded = spec({"data": {"name": "cifar10", "val_size": 5000, "split_seed": 0}, "config": {"seed": 1}})
+    older = spec({"data": {"name": "cifar10", "val_size": 5000}, "config": {"seed": 1}})  # the run's seed chose it
+    assert data.model_split_seed(recorded, "cifar10") == 0
+    assert data.model_split_seed(older, "cifar10") == 1
+    assert data.model_split_seed(older, "imagenette", default=7) == 7, "not trained on it: the default"
+    assert data.model_split_seed(spec({}), "cifar10", default=3) == 3

@@ -37,7 +37,9 @@ def add_parsers(commands) -> None:
     train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument("--val-size", type=int,
                        help="images held out of train for validation (default: 5000; Imagenette 500, as the paper)")
-    train.add_argument("--eval-subset", type=int, default=500, help="validation images for the per-epoch PGD check")
+    train.add_argument("--eval-subset", type=int, default=500, help="validation images for the per-epoch PGD check (500: a 95%% interval of about "
+                            "±4 points, enough to catch catastrophic overfitting but not to rank epochs 1-2 "
+                            "points apart; eval --split val measures the whole held-out split)")
     train.add_argument("--eval-steps", type=int, default=10, help="PGD steps of the per-epoch check (default 10)")
     train.add_argument("--train-limit", type=int, help="train on the first N images only")
     train.add_argument("--image-size", type=int,
@@ -67,7 +69,12 @@ def add_parsers(commands) -> None:
     evaluate = commands.add_parser("eval", help="clean accuracy and accuracy under PGD (and APGD)")
     add_model_arguments(evaluate)
     add_data_arguments(evaluate)
-    evaluate.add_argument("--split", default="test", choices=["train", "test"])
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"],
+                          help="val: the validation images the model's training held out of train (its recorded "
+                               "size and seed), e.g. to choose between epochs without touching the test split")
+    evaluate.add_argument("--val-size", type=int,
+                          help="--split val: images held out (default: the split the model's training held out, "
+                               "else 5000; Imagenette 500)")
     evaluate.add_argument("--limit", type=int, help="the first N images of the split")
     evaluate.add_argument("--exact", action="store_true", help="only the PNG images (CIFAR-10 archive: exact pixels)")
     evaluate.add_argument("--eps", type=parse_number, default=8 / 255)
@@ -130,9 +137,7 @@ def command_eval(args) -> int:
     if args.record and folder is None:  # refused before the evaluation, not after it
         raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
     try:
-        dataset = datasets.load_dataset(args.data, args.split, root=args.data_root, download=args.download,
-                                        spec=model.spec)
-        datasets.check_model_matches(model.spec, args.data, datasets.class_names(dataset))
+        dataset = _eval_split(model, args)
         what = f"{args.split} split"
         if args.exact:
             dataset, what = datasets.lossless_only(dataset), f"PNG (exact) images of the {args.split} split"
@@ -161,6 +166,21 @@ def command_eval(args) -> int:
             (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     distributed.teardown()
     return 0
+
+
+def _eval_split(model, args):
+    """The images `eval` measures: a split of the data set, or (--split val) the validation images held out of
+    its train split by the model's training."""
+    if args.val_size is not None and args.split != "val":
+        raise ValueError("--val-size sizes the held-out validation split: give it with --split val")
+    split = "train" if args.split == "val" else args.split
+    dataset = datasets.load_dataset(args.data, split, root=args.data_root, download=args.download, spec=model.spec)
+    datasets.check_model_matches(model.spec, args.data, datasets.class_names(dataset))
+    if args.split != "val":
+        return dataset
+    val_size = args.val_size if args.val_size is not None else datasets.model_val_size(model.spec, args.data)
+    _, validation = datasets.train_val_split(dataset, val_size, seed=datasets.model_split_seed(model.spec, args.data))
+    return validation
 
 
 # Where each data set's recorded accuracies live in a checkpoint's metrics["eval"] (keys written by
