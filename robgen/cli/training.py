@@ -222,7 +222,8 @@ def models_table(names: List[str]) -> str:
             if mode != "standard":
                 mode += f" ({_budget(recipe.get('norm'), recipe.get('eps', 0))})"
             if recipe.get("init_from"):
-                mode += f", fine-tuned from `{Path(recipe['init_from']).name}`"
+                source = Path(recipe["init_from"])  # a run's best/ folder is named by its run: "run/best"
+                mode += f", fine-tuned from `{source.parent.name + '/' if source.name == 'best' else ''}{source.name}`"
             if spec.training.get("best_epoch"):
                 mode += f", best PGD epoch {spec.training['best_epoch']}"
             size = "x".join(str(v) for v in spec.input_size[1:])
