@@ -255,6 +255,16 @@ def model_split_seed(spec, data: Union[str, Path], default: int = 0) -> int:
     return default if seed is None else int(seed)
 
 
+def model_val_split(train: Dataset, spec, data: Union[str, Path], val_size: Optional[int] = None,
+                    default_seed: int = 0) -> Tuple[Subset, Subset]:
+    """`train` split into (the rest, the validation images) as the model's training split it: its recorded
+    size (or `val_size`) and seed (`model_split_seed`; `default_seed` for a model not trained on `data`), so
+    no validation image was trained on."""
+    if val_size is None:
+        val_size = model_val_size(spec, data)
+    return train_val_split(train, val_size, seed=model_split_seed(spec, data, default=default_seed))
+
+
 def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) -> None:
     """Refuse a data set that is not the one the model of `spec` classifies, saying which it needs.
 

@@ -15,9 +15,8 @@
 #   reproduce   results/cifar10 on 5,000 validation + the first 5,000 test images (~2.5 M passes); it needs
 #               only the standard model, so it runs before the sweep that stops for a human pick
 #   robust-pgd  5 epochs of PGD-4 training from the fast run's best epoch (about 7 min an epoch); the last
-#               epoch is shipped: on the 4,500 validation images outside the run's 500-image selection subset
-#               it beat the subset's pick (epoch 1) by 2 points under PGD-10, more than the subset's noise
-#               (eval --split val compares them; see checkpoints/README.md)
+#               epoch is shipped: on the whole 5,000-image validation split (eval --split val) it beat the
+#               500-image subset's pick (epoch 1) by 2 points under PGD-10 (see checkpoints/README.md)
 #   quasi       five small-budget fine-tunes of the standard model, 3 epochs each (about 12 min each),
 #               then the budget sweep under results/synthesis/cifar10/budget-sweep (needs the robust model)
 #   -- stops here until PICK names the candidate to ship as cifar10-resnet10-quasirobust --
@@ -53,7 +52,7 @@ if ! done_already robust; then
 fi
 
 # Fast AT alone left the width-32 model at 74.9% clean / 39.7% PGD-20 on the test set (target: 42%): a few epochs
-# of multi-step PGD training from its best epoch, keeping the best epoch by validation PGD accuracy again.
+# of multi-step PGD training from its best epoch; the last epoch is shipped (chosen on the whole validation split).
 if ! done_already robust-pgd; then
     say robust-pgd
     train runs/cifar10-w32-robust-linf8-pgd4 --mode pgd --norm linf --eps 8/255 --attack-steps 4 --epochs 5 \

@@ -145,3 +145,16 @@ def test_the_split_seed_is_the_one_the_models_training_recorded():
     assert data.model_split_seed(older, "cifar10") == 1
     assert data.model_split_seed(older, "imagenette", default=7) == 7, "not trained on it: the default"
     assert data.model_split_seed(spec({}), "cifar10", default=3) == 3
+
+
+def test_the_models_validation_split_uses_its_recorded_size_and_seed():
+    from robgen.models import ModelSpec
+
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=10, class_labels=[f"c{i}" for i in range(10)],
+                     training={"data": {"name": "toy", "val_size": 7, "split_seed": 5}})
+    items = list(range(50))
+    rest, validation = data.model_val_split(items, spec, "toy")
+    assert list(validation) == list(data.train_val_split(items, 7, seed=5)[1]) and len(rest) == 43
+    assert len(data.model_val_split(items, spec, "toy", val_size=3)[1]) == 3
+    other = data.model_val_split(items, spec, "other", val_size=7, default_seed=2)[1]  # not trained on it
+    assert list(other) == list(data.train_val_split(items, 7, seed=2)[1])

@@ -37,9 +37,10 @@ def add_parsers(commands) -> None:
     train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument("--val-size", type=int,
                        help="images held out of train for validation (default: 5000; Imagenette 500, as the paper)")
-    train.add_argument("--eval-subset", type=int, default=500, help="validation images for the per-epoch PGD check (500: a 95%% interval of about "
-                            "±4 points, enough to catch catastrophic overfitting but not to rank epochs 1-2 "
-                            "points apart; eval --split val measures the whole held-out split)")
+    train.add_argument("--eval-subset", type=int, default=500,
+                       help="validation images for the per-epoch PGD check (500: a 95%% interval of about ±4 "
+                            "points, enough to catch catastrophic overfitting but not to rank epochs 1-2 points "
+                            "apart; eval --split val measures the whole held-out split)")
     train.add_argument("--eval-steps", type=int, default=10, help="PGD steps of the per-epoch check (default 10)")
     train.add_argument("--train-limit", type=int, help="train on the first N images only")
     train.add_argument("--image-size", type=int,
@@ -178,9 +179,7 @@ def _eval_split(model, args):
     datasets.check_model_matches(model.spec, args.data, datasets.class_names(dataset))
     if args.split != "val":
         return dataset
-    val_size = args.val_size if args.val_size is not None else datasets.model_val_size(model.spec, args.data)
-    _, validation = datasets.train_val_split(dataset, val_size, seed=datasets.model_split_seed(model.spec, args.data))
-    return validation
+    return datasets.model_val_split(dataset, model.spec, args.data, args.val_size)[1]
 
 
 # Where each data set's recorded accuracies live in a checkpoint's metrics["eval"] (keys written by

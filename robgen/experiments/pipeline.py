@@ -142,18 +142,15 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
 
     `limit` keeps the first N images of each (class-balanced: the loaders
     interleave classes). `val_size` None: the split the model's training held out
-    (`data.model_val_size`), so no validation image was trained on. The split's seed is
-    the one the model's training recorded (`data.model_split_seed`), `seed` for a model
-    not trained on `data`. A data set whose classes are not the model's is refused.
+    (`data.model_val_split`: its recorded size and seed; `seed` for a model not trained
+    on `data`), so no validation image was trained on. A data set whose classes are not
+    the model's is refused.
     """
     train = datasets.load_dataset(data, "train", root=data_root, download=download, spec=model.spec)
     test = datasets.load_dataset(data, "test", root=data_root, download=download, spec=model.spec)
     classes = datasets.class_names(test)
     datasets.check_model_matches(model.spec, data, classes)
-    if val_size is None:
-        val_size = datasets.model_val_size(model.spec, data)
-    split_seed = datasets.model_split_seed(model.spec, data, default=seed)
-    train_part, validation = datasets.train_val_split(train, val_size, seed=split_seed)
+    train_part, validation = datasets.model_val_split(train, model.spec, data, val_size, default_seed=seed)
     return DetectionSplits(
         str(data), datasets.first(validation, limit, "validation split"), datasets.first(test, limit, "test split"),
         train_part, classes,
