@@ -277,3 +277,160 @@ def test_a_change_that_touches_no_weight_makes_a_new_copy():
     assert third is not second
     with torch.no_grad():
         assert torch.allclose(third(x), model(x), atol=1e-5)
+
+
+def l2_pgd(model, x, y, fused):
+    """A deterministic attack (no random start, continuous L2 steps): fused and unfused agree to float drift."""
+    return PGD(model, eps=0.5, step_size=0.125, steps=4, norm="l2", random_start=False, fused=fused)(x, y)
+
+
+def fused_optimiser_step(optimiser):
+    def step(model, x, y):
+        opt = optimiser(model.parameters(), lr=0.05, fused=True)  # fused steps bump no version counter
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def write_through_data(model, x, y):
+    for parameter in model.parameters():
+        parameter.data.mul_(1.05)  # `.data` has its own version counter: the parameter's does not move
+
+
+@pytest.mark.parametrize("update", [fused_optimiser_step(torch.optim.SGD), fused_optimiser_step(torch.optim.Adam),
+                                    write_through_data], ids=["fused-sgd", "fused-adam", "data-write"])
+def test_updates_that_bump_no_version_counter_make_a_new_copy(bn_model, batch, update):
+    # A model in eval mode (frozen batch norm) fine-tuned by a fused optimiser step: its tensors keep their
+    # identity, storage and version counter, so only their contents tell that the weights changed.
+    x, y = batch
+    before = l2_pgd(bn_model, x, y, fused=True)
+    versions = [p._version for p in bn_model.parameters()]
+    update(bn_model, x, y)
+    if update is not write_through_data:
+        assert [p._version for p in bn_model.parameters()] == versions, "the step bumped no version counter"
+    fused, plain = l2_pgd(bn_model, x, y, fused=True), l2_pgd(bn_model, x, y, fused=False)
+    assert (plain - before).abs().max() > 1e-2, "the update changes the attack (a stale copy would be seen)"
+    assert torch.allclose(fused, plain, atol=1e-4), "the fused attack ran the updated weights"
+
+
+def test_a_permutation_written_through_data_makes_a_new_copy(bn_model, batch):
+    # Sum and sum of squares of a tensor are blind to a permutation of its values; the fingerprint is not.
+    x, _ = batch
+    first = inference_graph(bn_model, example=x)
+    weight = bn_model.net.head.weight
+    weight.data.copy_(weight.data.flip(1))  # same values, other places
+    second = inference_graph(bn_model, example=x)
+    assert second is not first
+    with torch.no_grad():
+        assert torch.allclose(second(x), bn_model(x), atol=1e-4)
+
+
+def run_with_timeout(work, seconds: float = 60.0):
+    """Runs `work()` in a daemon thread; its result, or a test failure (not a hang) after `seconds`."""
+    import threading
+
+    result, errors = [], []
+
+    def target():
+        try:
+            result.append(work())
+        except BaseException as error:  # re-raised in the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: a deadlock"
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+class Purified(nn.Module):
+    """A purification defence: a few PGD steps on `inner` move the input before `inner` classifies it, with
+    BPDA's straight-through gradient (the purification counts as the identity on the way back).
+
+    Its forward runs a robgen attack, so building its fused copy (which runs the forward) builds `inner`'s.
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.no_grad():
+            guess = self.inner(x).argmax(1)
+        purified = PGD(self.inner, eps=2 / 255, step_size=1 / 255, steps=2, random_start=False)(x.detach(), guess)
+        return self.inner(x + (purified - x).detach())
+
+
+def test_a_model_whose_forward_runs_an_attack_can_be_attacked(bn_model, batch):
+    x, y = batch
+    defended = Purified(bn_model).eval()
+    settings = dict(eps=8 / 255, step_size=2 / 255, steps=2, norm="l2", random_start=False)
+    fused = run_with_timeout(lambda: PGD(defended, fused=True, **settings)(x, y))
+    plain = run_with_timeout(lambda: PGD(defended, fused=False, **settings)(x, y))
+    assert torch.allclose(fused, plain, atol=1e-4)
+
+
+class PurifiesWithItself(nn.Module):
+    """A defence whose forward attacks *itself* (one step against its own guess, then classifies)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.purifying = False
+
+    def forward(self, x):
+        if self.purifying:  # the inner attack's own forward passes: no purification inside purification
+            return self.net(x)
+        self.purifying = True
+        try:
+            with torch.no_grad():
+                guess = self.net(x).argmax(1)
+            purified = PGD(self, eps=2 / 255, step_size=1 / 255, steps=1, random_start=False)(x.detach(), guess)
+            x = x + (purified - x).detach()  # BPDA: the identity on the way back
+        finally:
+            self.purifying = False
+        return self.net(x)
+
+
+def test_a_model_whose_forward_attacks_itself_does_not_deadlock(bn_model, batch):
+    x, y = batch
+    defended = PurifiesWithItself(bn_model).eval()
+    settings = dict(eps=8 / 255, step_size=2 / 255, steps=2, norm="l2", random_start=False)
+    fused = run_with_timeout(lambda: PGD(defended, fused=True, **settings)(x, y))
+    plain = run_with_timeout(lambda: PGD(defended, fused=False, **settings)(x, y))
+    assert not defended.purifying
+    assert torch.allclose(fused, plain, atol=1e-4)
+
+
+def test_making_a_copy_leaves_the_batch_norm_statistics_alone(bn_model, batch):
+    """A model in eval mode with one batch norm left in train mode: nothing the fused machinery does may
+    update that layer's running statistics.
+
+    Attacks run the model under `eval_mode` (every module in eval mode, the caller's modes restored after),
+    so the unfused attack leaves the statistics bit-identical: asserted first, as the reference. The fused
+    path (finding, building and checking the copy, then the attack) must leave them bit-identical too; on
+    the old code the agreement check ran the caller's model as it was, and the train-mode layer folded the
+    example and the check's random pixels into its running mean, variance and batch count (and, normalising
+    by the batch, disagreed with the copy, which was dropped). The copy is checked against the model under
+    `eval_mode`, the function both paths attack: it is made, and the two attacks agree.
+    """
+    x, y = batch
+    norm = bn_model.net.stem[1]
+    assert isinstance(norm, nn.BatchNorm2d)
+    norm.train()
+
+    def statistics():
+        return [t.clone() for t in (norm.running_mean, norm.running_var, norm.num_batches_tracked)]
+
+    before = statistics()
+    plain = PGD(bn_model, fused=False, eps=8 / 255, step_size=2 / 255, steps=2, random_start=False)(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(statistics(), before)), "the unfused attack changes nothing"
+    fused = PGD(bn_model, fused=True, eps=8 / 255, step_size=2 / 255, steps=2, random_start=False)(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(statistics(), before)), "the fused path changes nothing either"
+    assert norm.training and not bn_model.training, "the caller's modes are kept"
+    assert inference_graph(bn_model, example=x) is not bn_model, "the copy agreed with the eval-mode model"
+    assert ((fused - plain).abs() > 1e-6).double().mean() < 0.01

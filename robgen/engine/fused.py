@@ -20,7 +20,13 @@ run the model (torch.fx tracing, the usual route, patches
 every forward pass that runs beside it: a web app serving several visitors).
 The folded copy is then checked against the model on that example and on
 random pixels; a copy that disagrees (a convolution whose output is also used
-elsewhere) is dropped and the model runs as it is.
+elsewhere) is dropped and the model runs as it is. The check runs the model as
+attacks and synthesis run it, every module in eval mode (`eval_mode`, each
+module's own mode restored after): a model in eval mode with a submodule left
+in train mode (a batch norm, a dropout, a module appended after `.eval()`) is
+attacked as that eval-mode function, fused or not, and the check never folds
+its batches into the caller's batch-norm running statistics. The fusion
+machinery changes nothing in the caller's model.
 
 When no fused copy is made (the model itself runs):
 - the caller left the model in train mode (training attacks its model in train
@@ -33,12 +39,29 @@ When no fused copy is made (the model itself runs):
   environment variable ROBGEN_FUSION=0, or `fused=False` for one attack.
 
 The copy is cached per model (weakly: a model that is garbage collected takes
-its copy with it) and made again when the weights change: the cache compares
-each parameter's and buffer's identity, storage address, shape, dtype and
-autograd version counter, which every in-place update through PyTorch
-(optimiser steps, `load_state_dict`, `.copy_()` under `no_grad`, running
-statistics of a train-mode forward) bumps. Writes through `.data` bypass the
-version counter; call `clear_fusion_cache(model)` after them.
+its copy with it) and made again when the network changes. Every call compares
+(`weights_signature`) each parameter's and buffer's identity, storage address,
+shape, dtype and autograd version counter, every module's plain settings, and a
+fingerprint of the tensors' contents: per tensor, in float64, the sum, the sum
+of squares and the sum weighted by a fixed pseudo-random vector. The version
+counter sees every in-place update through PyTorch (`load_state_dict`,
+`.copy_()` under `no_grad`, running statistics of a train-mode forward); the
+fingerprint sees the updates that bypass it: fused optimiser steps
+(`torch.optim.SGD(..., fused=True)`, Adam's too) and writes through `.data`,
+a permutation of a tensor's values included. It costs a few passes over the
+weights, O(parameters), where one forward pass costs O(parameters x pixels).
+A change it could miss is below float64 rounding of those sums, far below
+what the model's float32 forward pass resolves.
+
+Making a copy runs the model's forward (to find and check the folding), so a
+model whose forward itself runs an attack or a synthesis (a purification
+defence, BPDA) asks for further copies while its own is being made. The
+global lock guards only the short dictionary look-ups; each model's copy is
+built under that model's own lock (two threads wanting one model's copy make
+it once), and a model whose forward asks for its *own* copy while this thread
+builds it gets the model itself for that inner call. (Two models whose
+forwards attack each other, built at once by two threads, would still wait on
+each other's locks.)
 """
 
 from __future__ import annotations
@@ -56,6 +79,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ..models.state import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -94,29 +119,76 @@ class _Entry:
     # a value that referenced its weak key would keep the model alive)
 
 
+_lock = threading.Lock()  # guards the dictionaries below; held for look-ups and stores only, never for a build
 _cache: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+_build_locks: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_this_thread = threading.local()  # .building: ids of the models this thread is making copies of
 
 
 def weights_signature(model: nn.Module) -> Optional[Tuple]:
     """What identifies the current network: (id, address, shape, dtype, device, version) of every tensor,
-    and every module's name, type, identity and plain settings (a swapped activation, a BN `eps`).
+    every module's name, type, identity and plain settings (a swapped activation, a BN `eps`), and
+    `content_fingerprint` of the tensors (the updates that bump no version counter).
 
     None for a model whose tensors keep no version counter (made under
-    `torch.inference_mode`): its changes cannot be seen, so it is not fused.
+    `torch.inference_mode`) or whose contents cannot be read (meta tensors):
+    it is not fused.
     """
+    tensors = list(model.parameters()) + list(model.buffers())
     rows = []
     try:
-        for tensor in list(model.parameters()) + list(model.buffers()):
+        for tensor in tensors:
             rows.append((id(tensor), tensor.data_ptr(), tuple(tensor.shape), tensor.dtype, tensor.device,
                          tensor._version))
-    except RuntimeError:  # inference tensors have no version counter
+        rows.append(content_fingerprint(tensors))
+    except (RuntimeError, NotImplementedError):  # inference tensors have no version counter; meta ones no values
         return None
     for name, module in model.named_modules():  # the structure and each module's plain settings
         settings = tuple(sorted((key, value) for key, value in vars(module).items()
                                 if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))))
         rows.append((name, type(module), id(module), settings))
     return tuple(rows)
+
+
+def content_fingerprint(tensors: List[torch.Tensor]) -> bytes:
+    """Per tensor, in float64: the sum of its values, the sum of their squares and their sum weighted by
+    `fingerprint_weights` (sees a permutation, and a zero-sum update such as a softmax bias step); as bytes,
+    so that NaNs compare equal to themselves.
+
+    A few passes over each tensor and one transfer per device: far cheaper than a forward pass.
+    """
+    sums: Dict[torch.device, List[torch.Tensor]] = {}
+    with torch.no_grad():
+        for tensor in tensors:
+            values = tensor.detach()
+            if values.is_complex():
+                values = torch.view_as_real(values)
+            values = values.to(torch.float64, memory_format=torch.contiguous_format).view(-1)
+            weights = fingerprint_weights(values.numel(), values.device)
+            sums.setdefault(values.device, []).append(
+                torch.stack([values.sum(), values.dot(values), values.dot(weights)]))
+    return b"".join(torch.stack(rows).cpu().numpy().tobytes() for rows in sums.values())
+
+
+_FINGERPRINT_CHUNK = 1 << 16
+_weights_by_device: Dict[torch.device, torch.Tensor] = {}
+
+
+def fingerprint_weights(n: int, device: torch.device) -> torch.Tensor:
+    """The first `n` numbers (float64, in [0.5, 1.5)) of one fixed pseudo-random sequence, on `device`.
+
+    Drawn in chunks, chunk k from seed k, so a longer sequence begins with a
+    shorter one; kept per device, as long as the largest tensor seen.
+    """
+    have = _weights_by_device.get(device)
+    if have is None or have.numel() < n:
+        start = 0 if have is None else have.numel() // _FINGERPRINT_CHUNK
+        chunks = [torch.rand(_FINGERPRINT_CHUNK, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+                  for k in range(start, -(-n // _FINGERPRINT_CHUNK))]
+        grown = torch.cat(chunks).add_(0.5).to(device)
+        have = grown if have is None else torch.cat([have, grown])
+        _weights_by_device[device] = have
+    return have[:n]
 
 
 def has_hooks(model: nn.Module) -> bool:
@@ -205,10 +277,15 @@ def fused_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def check_agrees(model: nn.Module, fused: nn.Module, example: torch.Tensor) -> None:
-    """ValueError unless `fused` gives `model`'s logits on `example` and on random pixels (float tolerance)."""
+    """ValueError unless `fused` gives `model`'s logits on `example` and on random pixels (float tolerance).
+
+    `model` runs under `eval_mode`, as attacks and synthesis run it: a batch
+    norm the caller left in train mode neither normalises by the batch here nor
+    updates its running statistics.
+    """
     generator = torch.Generator().manual_seed(1)
     noise = torch.rand(example.shape, generator=generator).to(device=example.device, dtype=example.dtype)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for x in (example, noise):
             want, got = model(x), fused(x)
             scale = want.abs().max().item() + 1e-6
@@ -223,8 +300,11 @@ def inference_graph(model: nn.Module, fused: Optional[bool] = None, *,
     """The module to run attack or synthesis steps on: the cached fused copy of `model`, or `model` itself.
 
     Call it *before* putting the model in eval mode: a model the caller left
-    in train mode is returned as it is. `example`: the batch about to be run
-    (finds and checks the folding; None: random pixels of `model.spec.input_size`).
+    in train mode is returned as it is; one in eval mode gets a copy that
+    computes what the model computes under `eval_mode` (every module in eval
+    mode), as attacks and synthesis run it. `example`: the batch about to be
+    run (finds and checks the folding; None: random pixels of
+    `model.spec.input_size`).
     `fused` overrides the module setting (None: `fusion_enabled()`).
     """
     if not (fusion_enabled() if fused is None else fused) or model.training or has_hooks(model):
@@ -232,15 +312,39 @@ def inference_graph(model: nn.Module, fused: Optional[bool] = None, *,
     signature = weights_signature(model)
     if signature is None:
         return model
+    entry = _cached(model, signature)
+    if entry is None:
+        building = _building()
+        if id(model) in building:  # the model's forward asks for its own copy while this thread makes it
+            return model
+        with _lock:
+            build_lock = _build_locks.setdefault(model, threading.Lock())
+        with build_lock:  # not the global lock: the build runs the forward, which may need other copies
+            entry = _cached(model, signature)  # made by another thread while this one waited
+            if entry is None:
+                batch = example_batch(model, example)
+                if batch is None:
+                    return model
+                building.add(id(model))
+                try:
+                    entry = _Entry(signature, _build(model, batch))
+                finally:
+                    building.discard(id(model))
+                with _lock:
+                    _cache[model] = entry
+    return entry.graph if entry.graph is not None else model
+
+
+def _cached(model: nn.Module, signature: Tuple) -> Optional[_Entry]:
     with _lock:
         entry = _cache.get(model)
-        if entry is None or entry.signature != signature:
-            batch = example_batch(model, example)
-            if batch is None:
-                return model
-            entry = _Entry(signature, _build(model, batch))
-            _cache[model] = entry
-    return entry.graph if entry.graph is not None else model
+    return entry if entry is not None and entry.signature == signature else None
+
+
+def _building() -> set:
+    if not hasattr(_this_thread, "building"):
+        _this_thread.building = set()
+    return _this_thread.building
 
 
 def _build(model: nn.Module, example: torch.Tensor) -> Optional[nn.Module]:
@@ -256,7 +360,8 @@ def _build(model: nn.Module, example: torch.Tensor) -> Optional[nn.Module]:
 
 
 def clear_fusion_cache(model: Optional[nn.Module] = None) -> None:
-    """Forget the fused copy of `model` (of every model without one), e.g. after writes through `.data`."""
+    """Forget the fused copy of `model` (of every model without one) to free its memory; never needed for
+    correctness: every call sees a change of the weights, `.data` writes and fused optimiser steps included."""
     with _lock:
         if model is None:
             _cache.clear()
