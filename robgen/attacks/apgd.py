@@ -2,8 +2,10 @@
 with an ensemble of diverse parameter-free attacks"), through torchattacks.
 
 torchattacks' APGD seeds the global RNG; here it runs inside
-`torch.random.fork_rng`, seeded from our generator, so the caller's global
-random state is left as it was.
+`seeded_global_rng` (robgen/engine/random.py), seeded from our generator: the
+caller's global random state is left as it was, and concurrent calls (the web
+app's threads) take turns, so that a seeded call gives the same result however
+many run at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from ..checks import check_steps
 from ..engine import random_seed
+from ..engine.random import seeded_global_rng
 from .base import Attack
 
 
@@ -54,10 +57,9 @@ class APGD(Attack):
         import torchattacks
 
         seed = random_seed(self.generator, x.device)
-        devices = [x.device] if x.device.type == "cuda" else []
         if recorder is not None:
             self._record(recorder, 0, x, y)
-        with torch.random.fork_rng(devices=devices):
+        with seeded_global_rng(seed):  # torchattacks reseeds the global RNG with `seed` itself
             atk = torchattacks.APGD(
                 self.graph, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps, steps=self.steps,
                 n_restarts=self.n_restarts, seed=seed, loss=self.loss, eot_iter=1, rho=self.rho, verbose=False,

@@ -12,8 +12,10 @@ robgen's conventions:
 - pixels in [0, 1] in and out, checked as every robgen attack checks them;
 - randomness from a `torch.Generator`: torchattacks draws from the global RNG
   (and some attacks take a `seed`), so each call runs inside
-  `torch.random.fork_rng`, seeded from the generator, as apgd.py does; the
-  caller's global random state is left as it was;
+  `seeded_global_rng` (robgen/engine/random.py), seeded from the generator, as
+  apgd.py does; the caller's global random state is left as it was, and
+  concurrent calls take turns (one process-wide lock), so that they stay
+  reproducible;
 - the model in eval mode during the attack and the caller's mode after it,
   through its fused copy when the caller left it in eval mode (see
   robgen/engine/fused.py);
@@ -33,33 +35,20 @@ from __future__ import annotations
 
 import inspect
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Tuple, Type, Union
+from typing import Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..engine import make_constraint, random_seed
-from ..engine.random import generator_device
+from ..engine.random import generator_device, seeded_global_rng
 from .apgd import APGD
 from .base import Attack
 from .hepgd import HighEnergyPGD
 from .pgd import FGSM, PGD
 
 _TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
-
-
-@contextmanager
-def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """The global RNG (CPU, and `device` if CUDA) seeded with `seed` inside the block, restored after it."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 class TorchAttacksAttack(Attack):
@@ -129,7 +118,7 @@ class TorchAttacksAttack(Attack):
             settings["seed"] = seed
         if recorder is not None:
             self._record(recorder, 0, x, y, target)
-        with seeded_global_rng(seed, x.device):
+        with seeded_global_rng(seed):
             atk = self.attack_class(graph, **settings)
             if self.targeted:
                 atk.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its labels as targets

@@ -4,13 +4,33 @@ A generator lives on one device (a CUDA generator cannot fill a CPU tensor, and
 the other way round), so every draw is made on the generator's own device and
 then moved to where it is needed. The global RNG is never touched when a
 generator is given.
+
+Third-party code that seeds and draws from the global RNG itself (torchattacks)
+runs inside `seeded_global_rng`, which seeds it from a number drawn from the
+generator and restores it afterwards. The global RNG belongs to the whole
+process, so those blocks hold one process-wide lock: the web app serves requests
+in threads, and two seeded blocks at once would reseed each other's stream and
+restore each other's saved state.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import threading
+from contextlib import contextmanager, nullcontext
+from typing import ContextManager, Iterator, Optional, Sequence
 
 import torch
+
+# Held for a whole `seeded_global_rng` block, and for every draw this module makes from the global RNG
+# (no generator given), so that no such draw lands inside another thread's block. Re-entrant, so that a
+# seeded block may call code that takes it again (a draw without a generator, a nested block).
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+def _guard_global_draw(generator: Optional[torch.Generator]) -> ContextManager:
+    """The process-wide lock when a draw falls back to the global RNG (not from inside another thread's
+    `seeded_global_rng` block); nothing when it draws from a generator."""
+    return _GLOBAL_RNG_LOCK if generator is None else nullcontext()
 
 
 def generator_device(generator: Optional[torch.Generator], fallback: torch.device) -> torch.device:
@@ -21,13 +41,17 @@ def generator_device(generator: Optional[torch.Generator], fallback: torch.devic
 def random_uniform(shape: Sequence[int], like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """U[0, 1) noise of `like`'s dtype, drawn from `generator` and moved to `like`'s device."""
     device = generator_device(generator, like.device)
-    return torch.rand(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
+    with _guard_global_draw(generator):
+        noise = torch.rand(tuple(shape), generator=generator, device=device, dtype=like.dtype)
+    return noise.to(like.device)
 
 
 def random_normal(shape: Sequence[int], like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """N(0, 1) noise of `like`'s dtype, drawn from `generator` and moved to `like`'s device."""
     device = generator_device(generator, like.device)
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
+    with _guard_global_draw(generator):
+        noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype)
+    return noise.to(like.device)
 
 
 def random_seed(generator: Optional[torch.Generator], device: torch.device) -> int:
@@ -37,5 +61,21 @@ def random_seed(generator: Optional[torch.Generator], device: torch.device) -> i
     stay random); the caller seeds nothing globally.
     """
     if generator is None:
-        return int(torch.randint(0, 2**31 - 1, (1,)))
+        with _guard_global_draw(generator):
+            return int(torch.randint(0, 2**31 - 1, (1,)))
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator_device(generator, device)))
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """The global RNG seeded with `seed` inside the block and restored after it, one block at a time per process.
+
+    For code that draws from the global RNG or seeds it itself (torchattacks). `torch.manual_seed` seeds
+    the CPU and every CUDA device, and so may the code inside, so the state of every CUDA device is saved
+    and restored, not only the inputs' device. Other threads' blocks wait for this one to end.
+    """
+    with _GLOBAL_RNG_LOCK:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
