@@ -63,23 +63,32 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     - "gmean": maximise sqrt(TPR * (1 - FPR));
     - "youden": maximise Youden's J = TPR - FPR;
     - "fpr": the highest threshold whose FPR is at most `target_fpr`.
-    Ties go to the lowest threshold (fewest clean inputs flagged).
+
+    Thresholds are the energies themselves (clean and adversarial), so a
+    threshold flags every input tied with it. For "gmean" and "youden", ties of
+    the score go to the lowest threshold (fewest clean inputs flagged). For
+    "fpr", FPR only grows with the threshold, so the rule takes the last
+    energy before FPR exceeds the budget (spending it, and so catching the most
+    adversarial inputs it allows); when even the lowest energy would exceed
+    it, the threshold flags nothing.
+    A threshold that flags nothing is returned as 1 below the lowest energy.
     """
     thresholds, tpr, fpr = roc_curve(clean_energy, adv_energy)
-    if rule == "gmean":
-        score = torch.sqrt(tpr * (1 - fpr))
-    elif rule == "youden":
-        score = tpr - fpr
-    elif rule == "fpr":
+    if rule == "fpr":
         if not 0 <= target_fpr < 1:
             raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
-        allowed = fpr <= target_fpr + 1e-12
-        score = torch.where(allowed, tpr, torch.full_like(tpr, -1.0))
+        allowed = fpr <= target_fpr + 1e-12  # a prefix (FPR is non-decreasing); thresholds[0] = -inf always in it
+        best = int(allowed.sum()) - 1  # its last entry = the highest threshold within the budget
     else:
-        raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
-    best = int(torch.argmax(score))  # first maximum = lowest threshold
+        if rule == "gmean":
+            score = torch.sqrt(tpr * (1 - fpr))
+        elif rule == "youden":
+            score = tpr - fpr
+        else:
+            raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
+        best = int(torch.argmax(score))  # first maximum = lowest threshold
     threshold = float(thresholds[best])
-    if math.isinf(threshold):  # nothing flagged is best: sit just below the lowest energy
+    if math.isinf(threshold):  # flag nothing: sit just below the lowest energy
         threshold = float(torch.min(thresholds[1:])) - 1.0
     return threshold
 

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from robgen.metrics import auroc, bootstrap_interval, detection_metrics, mean_interval, rate_interval, wilson_interval
+from robgen.metrics import (
+    auroc, bootstrap_interval, choose_threshold, detection_metrics, mean_interval, rate_interval, wilson_interval,
+)
 
 
 def test_wilson_interval_matches_the_formula_by_hand():
@@ -55,3 +57,50 @@ def test_detection_metrics_carry_intervals_around_their_rates():
         low, high = report[f"{key}_ci"]
         assert low <= report[key] <= high
         assert high - low < 0.15
+
+
+def test_fpr_rule_takes_the_highest_threshold_within_the_budget():
+    # clean 0..99, adversarial -50..-1: threshold 4 flags clean 0..4, 5 of 100 = the 5% budget exactly;
+    # a threshold of -1 (the lowest reaching full detection) would waste the budget.
+    clean = torch.arange(100, dtype=torch.float64)
+    adv = torch.arange(-50, 0, dtype=torch.float64)
+    threshold = choose_threshold(clean, adv, "fpr", target_fpr=0.05)
+    assert threshold == 4.0
+    report = detection_metrics(clean, adv, threshold, n_boot=0)
+    assert report["false_positive_rate"] == 0.05 and report["detection_rate"] == 1.0
+
+
+def test_fpr_rule_flags_nothing_when_even_the_lowest_energy_is_over_budget():
+    # the lowest energy is clean and flagging it alone is 1/4 > 10%: no threshold at an energy fits the budget
+    threshold = choose_threshold([1.0, 2.0, 3.0, 4.0], [1.5, 5.0], "fpr", target_fpr=0.1)
+    assert threshold < 1.0
+    assert detection_metrics([1.0, 2.0, 3.0, 4.0], [1.5, 5.0], threshold, n_boot=0)["false_positive_rate"] == 0.0
+
+
+def test_fpr_rule_counts_tied_clean_energies_together():
+    # three clean inputs share energy 1: a threshold at 1 flags them all with 0 (FPR 4/5), so any budget below
+    # 80% stops at 0.5 (FPR 1/5), the highest energy under 1
+    clean = [0.0, 1.0, 1.0, 1.0, 2.0]
+    adv = [-1.0, 0.5, 1.0]
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.2) == 0.5
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.6) == 0.5
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.8) == 1.0
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.1) == -1.0  # the adversarial -1 alone (FPR 0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fpr_rule_threshold_is_the_highest_candidate_within_the_budget(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_clean, n_adv = (int(n) for n in torch.randint(1, 60, (2,), generator=g))
+    # integer energies on a small range, so that ties within and across the two sets are common
+    clean = torch.randint(-10, 10, (n_clean,), generator=g).double()
+    adv = torch.randint(-15, 5, (n_adv,), generator=g).double()
+    target = float(torch.rand((), generator=g)) * 0.5
+
+    def fpr(t):
+        return float((clean <= t).double().mean())
+
+    threshold = choose_threshold(clean, adv, "fpr", target_fpr=target)
+    assert fpr(threshold) <= target
+    higher = [float(t) for t in torch.cat([clean, adv]).unique() if t > threshold]
+    assert all(fpr(t) > target for t in higher), (threshold, target, higher)
