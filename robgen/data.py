@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -43,30 +44,37 @@ def default_data_root(root: Optional[Union[str, Path]] = None) -> Path:
     return Path.home() / ".cache" / "robgen-data"
 
 
+AUGMENTATIONS = ("crop-flip", "flip", "none")  # what `pixel_transform(train=True, augment=...)` does in training
+
+
 def pixel_transform(image_size: Optional[int] = None, train: bool = False, crop_pct: float = 1.0,
-                    interpolation: str = "bilinear"):
+                    interpolation: str = "bilinear", augment: str = "crop-flip"):
     """PIL image -> float tensor in [0, 1], as a model of input side `image_size` sees it.
 
     Evaluation (`train=False`) is timm's eval transform, the one `robgen.load_image`
     applies to a single file: resize the short side to image_size / crop_pct with
     `interpolation`, centre-crop image_size (no resize when `image_size` is None).
-    `train=True` is the standard augmentation instead: a reflect-padded random crop
-    for small images (<= 64 px), a random resized crop for larger ones, and a
-    horizontal flip.
+    `train=True` adds the training augmentation `augment`: "crop-flip", the standard one
+    (a reflect-padded random crop for small images (<= 64 px), a random resized crop for
+    larger ones, and a horizontal flip); "flip", a horizontal flip of the eval transform's
+    image (the official CIFAR-10 recipe); "none", the eval transform alone.
     """
     from torchvision import transforms as T
 
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}: choose from {', '.join(AUGMENTATIONS)}")
     steps = []
-    if train:
+    if train and augment == "crop-flip":
         if image_size is None or image_size <= 64:
             if image_size is not None:
                 steps += [_EvalResize(image_size, 1.0, interpolation)]
             steps += [_PadRandomCrop()]
         else:
             steps += [T.RandomResizedCrop(image_size, scale=(0.35, 1.0), interpolation=_torchvision_mode(interpolation))]
-        steps += [T.RandomHorizontalFlip()]
     elif image_size is not None:
         steps += [_EvalResize(image_size, crop_pct, interpolation)]
+    if train and augment != "none":
+        steps += [T.RandomHorizontalFlip()]
     steps.append(T.ToTensor())
     return T.Compose(steps)
 
@@ -345,3 +353,39 @@ def lossless_only(dataset: Dataset) -> Subset:
     subset = Subset(dataset, keep)
     subset.classes = class_names(dataset)
     return subset
+
+
+class _JpegCopies(Dataset):
+    """`dataset`'s images encoded as JPEG at `quality` (PIL, 4:2:0 chroma subsampling) and decoded again."""
+
+    def __init__(self, dataset: Dataset, quality: int) -> None:
+        self.dataset, self.quality = dataset, quality
+        self.classes = class_names(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        import io
+
+        from PIL import Image
+
+        x, y = self.dataset[index]
+        pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.quality)
+        buffer.seek(0)
+        decoded = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy())
+        return decoded.permute(2, 0, 1).float() / 255, y
+
+
+def jpeg_copies(dataset: Dataset, quality: int = 75) -> Dataset:
+    """The same images as `dataset` (tensors in [0, 1]), each JPEG-compressed at `quality` and decoded.
+
+    The CIFAR-10 archive's JPEG copies are PIL's quality 75 with 4:2:0 chroma subsampling (its quantisation
+    tables match PIL's at 75); `jpeg_copies(lossless_only(test))` gives the exact test images as the archive
+    would have copied them.
+    """
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    return _JpegCopies(dataset, quality)

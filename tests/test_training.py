@@ -41,14 +41,14 @@ def test_quasi_mode_uses_the_small_l2_budget(toy_data):
 @pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25)])
 def test_adversarial_training_trains_on_examples_in_the_ball(toy_data, tmp_path, monkeypatch, mode, norm, eps):
     seen = []
-    original = training.PGD.__call__
+    original = robgen.PGD.__call__
 
     def spy(self, x, y, *args, **kwargs):
         x_adv = original(self, x, y, *args, **kwargs)
         seen.append((x.clone(), x_adv.clone()))
         return x_adv
 
-    monkeypatch.setattr(training.PGD, "__call__", spy)
+    monkeypatch.setattr(robgen.PGD, "__call__", spy)
     train(config(toy_data, mode=mode, norm=norm, eps=eps, epochs=1, attack_steps=2), tmp_path / "adv", progress=False)
     training_calls = [pair for pair in seen if pair[0].shape[0] == 16]  # batch_size 16; evaluation batches differ
     assert training_calls
@@ -239,7 +239,58 @@ def test_a_second_seed_can_hold_out_the_same_validation_split(toy_data, tmp_path
     split = {seed: set(datasets.train_val_split(plain, 32, seed=seed)[1].indices) for seed in (0, 1)}
     assert split[0] != split[1]
     for seed, split_seed, held_out in ((1, None, split[1]), (1, 0, split[0]), (0, None, split[0])):
-        _, val, _, _ = training._load_data(config(toy_data, seed=seed, split_seed=split_seed), None, False)
+        _, val, _, _ = training.preparation.load_data(config(toy_data, seed=seed, split_seed=split_seed), None, False)
         assert set(val.indices) == held_out
     model = train(config(toy_data, epochs=1, seed=1, split_seed=0), tmp_path / "run", progress=False)
     assert model.spec.training["data"]["split_seed"] == 0
+
+
+def test_multistep_schedule_divides_the_rate_by_ten_at_each_milestone():
+    factor = training.lr_factor("multistep", total=100 * 10, steps_per_epoch=10, milestones=(30, 80))
+    assert [factor(step) for step in (0, 299)] == [1.0, 1.0]  # epochs 1-30
+    assert factor(300) == pytest.approx(0.1) and factor(799) == pytest.approx(0.1)  # epochs 31-80
+    assert factor(800) == pytest.approx(0.01) and factor(999) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("augment", ["flip", "none"])
+def test_flip_and_no_augmentation_never_crop(augment):
+    from PIL import Image
+
+    from robgen import data
+
+    pixels = torch.rand(3, 12, 12)
+    image = Image.fromarray((pixels.permute(1, 2, 0) * 255).round().byte().numpy())
+    plain = data.pixel_transform(None)(image)
+    augmented = data.pixel_transform(None, train=True, augment=augment)
+    seen = {tuple(augmented(image).flatten()[:5].tolist()) for _ in range(40)}
+    allowed = {tuple(plain.flatten()[:5].tolist()), tuple(plain.flip(-1).flatten()[:5].tolist())}
+    assert seen <= allowed  # the image itself, or its mirror: never shifted
+    assert len(seen) == (2 if augment == "flip" else 1)
+    with pytest.raises(ValueError, match="crop-flip, flip, none"):
+        data.pixel_transform(None, train=True, augment="jitter")
+
+
+def test_official_cifar_recipe_options_train_and_snapshot(toy_data, tmp_path):
+    rows = []
+    train(config(toy_data, epochs=4, optimizer="adam", lr=1e-3, schedule="multistep", milestones=(2, 3),
+                 augment="flip", snapshot_every=2), tmp_path / "run", progress=False, on_epoch=rows.append)
+    assert [row["lr"] for row in rows] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-5])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["training"]["config"]
+    assert (saved["optimizer"], saved["augment"], saved["milestones"]) == ("adam", "flip", [2, 3])
+    snapshots = sorted(p.name for p in (tmp_path / "run" / training.SNAPSHOT_DIR).iterdir())
+    assert snapshots == ["epoch-002", "epoch-004"]
+    early = robgen.load_model(training.snapshot_folder(tmp_path / "run", 2))
+    assert json.loads((training.snapshot_folder(tmp_path / "run", 2) / "config.json").read_text())["training"][
+        "epochs_done"] == 2
+    last = robgen.load_model(tmp_path / "run")
+    assert not all(torch.equal(a, b) for a, b in zip(early.state_dict().values(), last.state_dict().values()))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("optimizer", "rmsprop", "sgd, adam"), ("schedule", "step", "onecycle, cosine, multistep"),
+    ("augment", "mixup", "crop-flip, flip, none"), ("milestones", (80, 30), "increasing"),
+    ("snapshot_every", -1, ">= 0"),
+])
+def test_bad_recipe_options_are_explained(toy_data, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config(toy_data, **{field: value})

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import List
 
-from .. import data as datasets
-from ..models import load_model
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model, parse_number,
     pick_device,
@@ -31,9 +29,17 @@ def add_parsers(commands) -> None:
     train.add_argument("--attack-step-size", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=128, help="per process")
+    train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
+                       help="sgd: Nesterov momentum 0.9 (default); adam: Adam, weight decay as an L2 term")
     train.add_argument("--lr", type=float, default=0.1)
     train.add_argument("--weight-decay", type=float, default=5e-4)
-    train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine"])
+    train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "multistep"],
+                       help="onecycle (default) and cosine step every iteration; multistep: x0.1 at each --milestones epoch")
+    train.add_argument("--milestones", type=epoch_list, default=(30, 80),
+                       metavar="E1,E2", help="epochs where --schedule multistep divides the rate by 10 (default 30,80)")
+    train.add_argument("--augment", default="crop-flip", choices=["crop-flip", "flip", "none"],
+                       help="training augmentation: crop-flip (default: random crop, or random resized crop above "
+                            "64 px, and flip), flip (horizontal flips only: the official CIFAR-10 recipe), none")
     train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument("--val-size", type=int,
                        help="images held out of train for validation (default: 5000; Imagenette 500, as the paper)")
@@ -63,6 +69,8 @@ def add_parsers(commands) -> None:
     train.add_argument("--init-from", metavar="MODEL",
                        help="start from this checkpoint's weights and input transform (fine-tuning; a name, folder "
                             "or hf-hub:...)")
+    train.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                       help="also keep every N-th epoch's checkpoint in <out>/epochs/epoch-NNN/ (default 0: none)")
     train.add_argument("--no-keep-best", dest="keep_best", action="store_false",
                        help="pgd/fast: do not keep the best-PGD epoch in <out>/best/")
     train.set_defaults(run=command_train)
@@ -94,6 +102,14 @@ def add_parsers(commands) -> None:
     models.set_defaults(run=command_models)
 
 
+def epoch_list(text: str) -> tuple:
+    """'30,80' -> (30, 80), for --milestones."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs, e.g. 30,80") from None
+
+
 def command_train(args) -> int:
     from ..training import TrainConfig, train
 
@@ -101,7 +117,8 @@ def command_train(args) -> int:
         config = TrainConfig(
             data=args.data, architecture=args.arch, width=args.width, mode=args.mode, norm=args.norm, eps=args.eps,
             attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+            batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+            schedule=args.schedule, milestones=args.milestones, augment=args.augment, snapshot_every=args.snapshot_every,
             label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,
             eval_steps=args.eval_steps,
             train_limit=args.train_limit, image_size=args.image_size, crop_pct=args.crop_pct,
@@ -128,6 +145,7 @@ def command_train(args) -> int:
 
 def command_eval(args) -> int:
     """Under torchrun each rank attacks its share of the batches, the counts are summed; rank 0 prints and writes."""
+    from .. import data as datasets
     from .. import distributed
     from ..evaluation import evaluate_robustness
     from ..models.checkpoint import CONFIG_FILE, model_folder
@@ -172,6 +190,8 @@ def command_eval(args) -> int:
 def _eval_split(model, args):
     """The images `eval` measures: a split of the data set, or (--split val) the validation images held out of
     its train split by the model's training."""
+    from .. import data as datasets
+
     if args.val_size is not None and args.split != "val":
         raise ValueError("--val-size sizes the held-out validation split: give it with --split val")
     split = "train" if args.split == "val" else args.split
@@ -192,6 +212,8 @@ _EVAL_COLUMNS = {
 
 def models_table(names: List[str]) -> str:
     """Markdown tables of shipped checkpoints, one per data set: recipe, hardware, wall time, recorded accuracies."""
+    from ..models import load_model
+
     by_data = {}
     for name in names:
         spec = load_model(name).spec
@@ -241,7 +263,7 @@ def _budget(norm, eps) -> str:
 
 
 def command_models(args) -> int:
-    from ..models import list_models
+    from ..models import list_models, load_model
 
     names = list_models()
     if not names:

@@ -1,0 +1,33 @@
+"""The adversarial examples a training run learns from (modes "pgd", "fast" and "quasi").
+
+They come from robgen's own PGD (the same loop as the attacks and the synthesis), run with the model in eval
+mode (the attack restores the train mode), from a random start drawn from a generator of this run's own:
+
+- "pgd": Madry et al. 2018, `attack_steps` steps of `step_size` (default 2.5·eps/steps);
+- "fast": Wong et al. 2020, "Fast is better than free": one step of 1.25·eps from a uniform random start;
+- "quasi": the same single step at a very small budget (default L2 0.05, `config.QUASI_EPS`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import distributed
+from ..attacks import PGD
+from .config import TrainConfig
+
+
+def training_attack(config: TrainConfig, model, device: torch.device) -> Optional[PGD]:
+    """The attack that makes the run's training examples (None for "standard" mode).
+
+    Its generator is seeded from the run's seed and the process's rank, so every rank draws its own starts and a
+    resumed run (which restores the generator's state) draws the same ones as an uninterrupted run.
+    """
+    if config.mode == "standard":
+        return None
+    steps = config.attack_steps if config.mode == "pgd" else 1
+    generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
+    return PGD(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
+               generator=generator)

@@ -1,0 +1,137 @@
+"""What a training run writes every epoch, and how `resume=True` reads it back.
+
+Every epoch writes, atomically, to the run's folder:
+- a complete robgen checkpoint (`model.safetensors` + `config.json` with the recipe, data and measured
+  accuracies), loadable by `robgen.load_model(folder)`;
+- `trainer_state.pt`: optimiser, schedule, epoch, history and every random state (the torch CPU RNG, the CUDA
+  RNG, the attack's random-start generator and the sampler's generator, per rank), so a resumed run continues
+  as if it had not stopped;
+- a line of `log.jsonl`;
+- adversarial runs: `best/`, the epoch with the best validation PGD accuracy; with `snapshot_every` N, every
+  N-th epoch's checkpoint in `epochs/epoch-NNN/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import distributed
+from ..models import save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+BEST_DIR = "best"  # the best-PGD-epoch checkpoint of adversarial runs
+SNAPSHOT_DIR = "epochs"  # every `snapshot_every`-th epoch's checkpoint: epochs/epoch-010/, ...
+LOG_FILE = "log.jsonl"
+
+
+def snapshot_folder(out_dir: Path, epoch: int) -> Path:
+    """Where the snapshot of `epoch` (counted from 1) is kept."""
+    return Path(out_dir) / SNAPSHOT_DIR / f"epoch-{epoch:03d}"
+
+
+def random_states(device: torch.device, attack, sampler) -> dict:
+    """Every random state this process's next epoch depends on (CPU tensors, as trainer_state.pt stores them)."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    if attack is not None and attack.generator is not None:
+        states["attack"] = attack.generator.get_state()
+    generator = getattr(sampler, "generator", None)
+    if generator is not None:
+        states["sampler"] = generator.get_state()
+    return states
+
+
+def gather_random_states(states: dict) -> list:
+    """The random states of every rank, in rank order (a list of one when training alone)."""
+    if not distributed.is_distributed():
+        return [states]
+    gathered = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(gathered, states)
+    return gathered
+
+
+def restore_random_states(state: dict, device: torch.device, attack, sampler, out_dir: Path) -> None:
+    """Put back the random states of `random_states`, this rank's, from a trainer_state.pt.
+
+    Files written before robgen saved every generator hold only "rng" (rank 0's CPU RNG): those resume
+    with the CPU RNG restored and the others as a fresh run seeds them, which is exact for "standard"
+    mode on the CPU and differs from the interrupted run in the attack's random starts (and on CUDA).
+    """
+    per_rank = state.get("random_states")
+    if per_rank is None:
+        torch.set_rng_state(state["rng"].cpu())
+        if attack is not None or device.type == "cuda":
+            logger.warning(
+                "%s/%s predates saved generator states: the torch CPU RNG is restored, but the attack's random "
+                "starts and the CUDA RNG restart from the seed, so this resumed run is not bit-identical to an "
+                "uninterrupted one", out_dir, STATE_FILE)
+        return
+    if len(per_rank) != distributed.world_size():
+        torch.set_rng_state(per_rank[0]["cpu"].cpu())
+        logger.warning(
+            "%s/%s was written by %d process(es) but this run has %d: only rank 0's torch CPU RNG is restored and "
+            "the other generators restart from the seed, so the run is not bit-identical to an uninterrupted one "
+            "(resume with the same --nproc_per_node for that)", out_dir, STATE_FILE, len(per_rank),
+            distributed.world_size())
+        return
+    mine = per_rank[distributed.rank()]
+    torch.set_rng_state(mine["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
+    if attack is not None and attack.generator is not None and "attack" in mine:
+        attack.generator.set_state(mine["attack"].cpu())
+    generator = getattr(sampler, "generator", None)
+    if generator is not None and "sampler" in mine:
+        generator.set_state(mine["sampler"].cpu())
+
+
+def read_trainer_state(out_dir: Path, device: torch.device) -> dict:
+    """The trainer_state.pt of a run, read with weights_only=True (it holds tensors and plain data only)."""
+    return torch.load(Path(out_dir) / STATE_FILE, map_location=device, weights_only=True)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_epoch(model, config, out_dir: Path, classes, history, device, optimizer, scheduler, epoch: int, row: dict,
+                eval_set, states: list, best: bool = False) -> None:
+    """Write epoch `epoch` (counted from 0) of a run: checkpoint, best/ and snapshot copies, trainer state, log."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.spec.training = {
+        "config": asdict(config), "data": {"name": str(config.data), "classes": classes, "split": "train minus val",
+                                           "val_size": config.val_size, "train_limit": config.train_limit,
+                                           "split_seed": config.seed if config.split_seed is None else config.split_seed},
+        "epochs_done": epoch + 1, "hardware": distributed.hardware(device), "wall_seconds": row["seconds"],
+        "torch": torch.__version__, "world_size": distributed.world_size(),
+    }
+    model.spec.metrics = {
+        "val_clean_accuracy": row["val_clean_accuracy"], "val_pgd_accuracy": row["val_pgd_accuracy"],
+        "val_images": len(eval_set), "val_pgd": {"eps": config.eps, "norm": config.norm, "steps": config.eval_steps},
+    }
+    save_checkpoint(model, out_dir)
+    if best:
+        model.spec.training["best_epoch"] = epoch + 1
+        save_checkpoint(model, out_dir / BEST_DIR)
+        del model.spec.training["best_epoch"]
+    if config.snapshot_every and (epoch + 1) % config.snapshot_every == 0:
+        save_checkpoint(model, snapshot_folder(out_dir, epoch + 1))
+    atomic_save({
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+        "wall_seconds": row["seconds"], "history": json.dumps(history),
+        "rng": states[0]["cpu"],  # the only random state of files from before "random_states"
+        "random_states": states,  # per rank: cpu, cuda, attack and sampler generator states
+    }, out_dir / STATE_FILE)
+    with open(out_dir / LOG_FILE, "a") as log:
+        log.write(json.dumps(row) + "\n")

@@ -1,0 +1,83 @@
+"""What a training run starts from: its data splits and its initial model.
+
+The training split is the data set's train split minus a seeded validation split (held out, recorded in the
+checkpoint, and used by every later robgen evaluation of the model). The initial model is a fresh network
+(normalised by the training images' channel statistics), or, with `init_from`, a trained checkpoint to
+fine-tune, which keeps its input transform unless the recipe sets another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .. import data as datasets
+from ..models import Classifier, ModelSpec
+from ..models.checkpoint import build_network
+from .config import DATA_DEFAULTS, TrainConfig
+
+
+def channel_stats(dataset, n: int = 5000, batch_size: int = 500):
+    """Per-channel mean and std of the first `n` images (for the model's normalisation)."""
+    x, _ = datasets.load_tensors(dataset, min(n, len(dataset)), batch_size)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def load_data(config: TrainConfig, data_root, download: bool):
+    """(training split with the recipe's augmentation, validation split, class names, the whole train split
+    without augmentation)."""
+    size = config.image_size
+    how = dict(crop_pct=config.crop_pct, interpolation=config.interpolation)
+    augmented = datasets.load_dataset(config.data, "train", root=data_root, download=download,
+                                      transform=datasets.pixel_transform(size, train=True, augment=config.augment, **how))
+    plain = datasets.load_dataset(config.data, "train", root=data_root, download=download,
+                                  transform=datasets.pixel_transform(size, **how))
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    train_part, _ = datasets.train_val_split(augmented, config.val_size, seed=split_seed)
+    _, val = datasets.train_val_split(plain, config.val_size, seed=split_seed)
+    if config.train_limit is not None:
+        train_part = datasets.first(train_part, config.train_limit, "training split")
+    return train_part, val, datasets.class_names(plain), plain
+
+
+def inherit_input_transform(config: TrainConfig, base_spec) -> TrainConfig:
+    """A fine-tuning config whose unset input transform is the base model's: image side (where the data set
+    is resized at all, as Imagenette is), crop_pct and interpolation. Set ones are kept: `--image-size 160`
+    fine-tunes a 128-px model at 160 px."""
+    resized = "image_size" in DATA_DEFAULTS.get(str(config.data).lower(), {})
+    return replace(
+        config,
+        image_size=config.image_size or (base_spec.input_size[-1] if resized else None),
+        crop_pct=config.crop_pct if config.crop_pct is not None else (base_spec.crop_pct or 1.0),
+        interpolation=config.interpolation or base_spec.interpolation or "bilinear",
+    )
+
+
+def fresh_model(config: TrainConfig, plain, classes) -> Classifier:
+    """A network of the recipe's architecture at random initialisation, normalised by `plain`'s statistics."""
+    mean, std = channel_stats(plain, n=min(5000, config.train_limit or 5000))  # smoke runs: fewer
+    sample, _ = plain[0]
+    arch_kwargs = {"width": config.width} if config.width is not None else {}
+    spec = ModelSpec(
+        architecture=config.architecture, num_classes=len(classes), class_labels=classes, mean=mean, std=std,
+        input_size=tuple(sample.shape), arch_kwargs=arch_kwargs, crop_pct=config.crop_pct,
+        interpolation=config.interpolation,
+    )
+    return Classifier(build_network(spec), spec)
+
+
+def model_to_fine_tune(config: TrainConfig, model: Classifier, classes, input_size) -> Classifier:
+    """`model`, the checkpoint `config.init_from` names, made ready to fine-tune: same classes and architecture
+    as the run. Its spec takes this run's eval transform (`input_size`, crop_pct, interpolation): a model
+    fine-tuned at another resolution (e.g. 128 -> 160 px) is fed as it was last trained.
+    """
+    if list(model.spec.class_labels) != list(classes):
+        raise ValueError(f"{config.init_from} classifies {', '.join(model.spec.class_labels)}, but {config.data} has "
+                         f"{', '.join(classes)}: fine-tune a model of this data set")
+    width = model.spec.arch_kwargs.get("width")
+    if model.spec.architecture != config.architecture or (config.width is not None and width != config.width):
+        raise ValueError(f"{config.init_from} is a {model.spec.architecture} (width {width}), but this run trains "
+                         f"{config.architecture} (width {config.width}): pass the same --arch and --width")
+    model.spec.metrics = {}  # measured again every epoch; the recipe records init_from
+    model.spec.input_size = input_size
+    model.spec.crop_pct, model.spec.interpolation = config.crop_pct, config.interpolation
+    return model
