@@ -13,6 +13,7 @@ to its commands:
 - `reproduce`: reproduce
 - `synthesis`: fit-seeds, synthesize, gradmap, synthesis-quality, budget-sweep
 - `zoo`: zoo (the energy detector against the whole attack zoo)
+- `ablation`: ablation (what moves the detector: one row per model, grouped by factor)
 - `common`: the argument groups, loaders and `UsageError` they share
 """
 
@@ -23,12 +24,12 @@ import logging
 import sys
 from typing import List, Optional
 
-from . import attack, detection, reproduce, synthesis, training, zoo
+from . import ablation, attack, detection, reproduce, synthesis, training, zoo
 from .common import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
 
-COMMAND_GROUPS = (attack, detection, training, reproduce, synthesis, zoo)
+COMMAND_GROUPS = (attack, detection, training, reproduce, synthesis, zoo, ablation)
 
 
 def build_parser() -> argparse.ArgumentParser:

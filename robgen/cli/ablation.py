@@ -1,0 +1,48 @@
+"""The `ablation` command: which difference from the paper's model moves the energy detector (ablation.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import UsageError, add_data_arguments, pick_device
+
+
+def add_parsers(commands) -> None:
+    ablation = commands.add_parser(
+        "ablation", help="the detector under the official protocol on several models, grouped by the factor they vary")
+    ablation.add_argument("--row", action="append", default=[], metavar="FACTOR/LABEL=MODEL",
+                          help="a model to measure as the value LABEL of FACTOR (repeat), e.g. "
+                               "width/w32=cifar10-resnet10-standard or schedule/e10=runs/RUN/epochs/epoch-010")
+    ablation.add_argument("--pixels", action="append", default=[], metavar="FACTOR/LABEL=MODEL",
+                          help="the pixel factor on MODEL: exact PNG test images against their JPEG q75 copies")
+    add_data_arguments(ablation)
+    ablation.add_argument("--limit", type=int, default=2000,
+                          help="first N validation and N test images per row (default 2000)")
+    ablation.add_argument("--batch-size", type=int, default=250)
+    ablation.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    ablation.add_argument("--device", default="auto")
+    ablation.add_argument("--out", required=True,
+                          help="folder: rows/ (one file per measured row, reused by later runs), results.md, "
+                               "results.json, ablation.png")
+    ablation.set_defaults(run=command_ablation)
+
+
+def command_ablation(args) -> int:
+    from ..experiments.ablation import ablation_rows, parse_spec, read_rows
+    from ..experiments.ablation_report import write_report
+
+    try:
+        specs = [parse_spec(text) for text in args.row] + [parse_spec(text, pixels=True) for text in args.pixels]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    out = Path(args.out)
+    if not specs and not read_rows(out):
+        raise UsageError(f"nothing to measure and no rows in {out}/rows: give --row or --pixels")
+    try:
+        records = ablation_rows(specs, args.data, out, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
+                                data_root=args.data_root, device=pick_device(args.device))
+        paths = write_report(records, out)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print("wrote " + ", ".join(str(path) for path in paths))
+    return 0

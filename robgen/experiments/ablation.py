@@ -1,0 +1,181 @@
+"""The detection ablation: which difference from the paper's model moves the energy detector, and by how much.
+
+Every row is one model measured by the official protocol (PAPER.md): PGD 8/255, 40 steps of 1/255 from a
+random start, on the first `limit` images of the validation split the model's training held out and of the
+test split; threshold by Youden's J, temperature searched by validation AUROC. Rows are grouped by the factor
+they vary (augmentation, schedule and length, width, ...); a row's model is any checkpoint, e.g. the epoch
+snapshots of one run (`train --snapshot-every 10`) give that run's curve.
+
+The pixel factor needs no model of its own: `pixel_rows` fits the detector on the validation split as usual
+and evaluates it twice on the same test images, the exact PNG pixels of the CIFAR-10 archive and the same
+images JPEG-compressed as the archive compressed the rest (quality 75), with the paired difference (a normal interval over the per-image differences).
+
+    rows = ablation_rows([AblationSpec("width", "w32", "cifar10-resnet10-standard")], "cifar10", out_dir)
+
+Each row's result is written to `<out>/rows/<factor>--<label>.json` as soon as it is measured, with the model's
+fingerprint and the settings; a later run with the same settings reads it back instead of measuring again, so
+rows can be added one run at a time (`ablation_report.py` writes the table and the figure from all of them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from .. import data as datasets
+from ..attacks import PGD
+from ..metrics import mean_interval, rate_interval
+from ..models.state import model_device
+from .pipeline import DetectionSplits, detection_experiment, detection_splits, evaluate_detector, model_outputs
+from .stages import model_fingerprint
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_PGD = {"eps": 8 / 255, "step_size": 1 / 255, "steps": 40}  # the official notebooks' detector attack
+ARCHIVE_JPEG_QUALITY = 75  # the CIFAR-10 archive's JPEG copies (PIL quality 75, 4:2:0; data.jpeg_copies)
+ROWS = "rows"
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """One row to measure: `model` (a name, folder or hf-hub: id) as the value `label` of `factor`.
+
+    `pixels` True measures the pixel factor on that model instead (two rows: exact and JPEG test pixels).
+    """
+
+    factor: str
+    label: str
+    model: str
+    pixels: bool = False
+
+    @property
+    def file_name(self) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in f"{self.factor}--{self.label}")
+        return f"{safe}.json"
+
+
+def parse_spec(text: str, pixels: bool = False) -> AblationSpec:
+    """'factor/label=MODEL' -> AblationSpec (the command line's --row and --pixels)."""
+    head, sep, model = text.partition("=")
+    factor, slash, label = head.partition("/")
+    if not (sep and slash and factor and label and model):
+        raise ValueError(f"a row is FACTOR/LABEL=MODEL, e.g. width/w32=cifar10-resnet10-standard; got {text!r}")
+    return AblationSpec(factor.strip(), label.strip(), model.strip(), pixels)
+
+
+def official_attack(model, seed: int = 0) -> PGD:
+    """The official protocol's PGD, seeded."""
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    return PGD(model, random_start=True, generator=generator, **OFFICIAL_PGD)
+
+
+def _rates(report: dict) -> dict:
+    """The numbers a row keeps from a detection report (rates with their 95% intervals)."""
+    keep = ("detection_rate", "detection_rate_ci", "false_positive_rate", "false_positive_rate_ci", "auroc", "auroc_ci",
+            "threshold", "temperature", "detection_rate_successful", "n_successful", "n_perturbed",
+            "clean_accuracy", "adversarial_accuracy")
+    return {name: report[name] for name in keep if name in report}
+
+
+def _model_facts(model) -> dict:
+    """What a row says about its model's recipe (from the checkpoint's spec)."""
+    training = model.spec.training or {}
+    recipe = training.get("config", {})
+    return {
+        "source": model.spec.source, "architecture": model.spec.architecture,
+        "width": model.spec.arch_kwargs.get("width"), "epochs_done": training.get("epochs_done"),
+        "recipe": {name: recipe.get(name) for name in ("epochs", "optimizer", "lr", "weight_decay", "schedule",
+                                                         "milestones", "augment", "batch_size", "label_smoothing",
+                                                         "seed") if name in recipe},
+    }
+
+
+def measure_model(model, splits: DetectionSplits, seed: int = 0, batch_size: int = 250, progress=True) -> dict:
+    """The official protocol on `splits`: the detector's test rates and the model's clean test accuracy."""
+    result = detection_experiment(model, splits, official_attack(model, seed), batch_size=batch_size, progress=progress)
+    clean = result.clean["test"]
+    row = _rates(result.report)
+    row.update(n_validation=len(result.clean["validation"]), n_test=len(clean),
+               clean_accuracy_ci=list(rate_interval(clean.correct)))
+    return row
+
+
+def measure_pixels(model, splits: DetectionSplits, quality: int = ARCHIVE_JPEG_QUALITY, seed: int = 0,
+                   batch_size: int = 250, progress=True) -> List[dict]:
+    """The pixel factor: one detector (fitted on `splits.validation`), evaluated on the exact PNG test images and
+    on the same images JPEG-compressed at `quality`. Returns the two rows; the second carries the paired
+    difference in detection rate and FPR (JPEG minus exact) with its 95% interval."""
+    from .pipeline import fit_detector
+
+    loader = lambda dataset: datasets.make_loader(dataset, batch_size=batch_size)  # noqa: E731
+    attack = official_attack(model, seed)
+    clean_val = model_outputs(model, loader(splits.validation), progress=progress, desc="validation: clean")
+    adv_val = model_outputs(model, loader(splits.validation), attack=attack, progress=progress, desc="validation: attack")
+    detector = fit_detector(clean_val, adv_val)
+    exact = datasets.lossless_only(splits.test)
+    rows, flags = [], []
+    for name, images in (("exact PNG", exact), (f"JPEG q{quality}", datasets.jpeg_copies(exact, quality))):
+        clean = model_outputs(model, loader(images), progress=progress, desc=f"{name}: clean")
+        adversarial = model_outputs(model, loader(images), attack=official_attack(model, seed + 1), progress=progress,
+                                    desc=f"{name}: attack")
+        report = evaluate_detector(detector, clean, adversarial)
+        row = _rates(report)
+        row.update(pixels=name, n_validation=len(clean_val), n_test=len(clean),
+                   clean_accuracy_ci=list(rate_interval(clean.correct)))
+        rows.append(row)
+        flags.append((detector.predict(adversarial.logits).double(), detector.predict(clean.logits).double()))
+    (adv_exact, clean_exact), (adv_jpeg, clean_jpeg) = flags
+    for rate, exact_flags, jpeg_flags in (("detection_rate", adv_exact, adv_jpeg),
+                                          ("false_positive_rate", clean_exact, clean_jpeg)):
+        paired = jpeg_flags - exact_flags  # per image: +1 flagged only as JPEG, -1 only as exact
+        rows[1][f"{rate}_minus_exact"] = float(paired.mean())
+        rows[1][f"{rate}_minus_exact_ci"] = list(mean_interval(paired))
+    return rows
+
+
+def _settings(spec: AblationSpec, data: str, limit: Optional[int], seed: int, val_size: Optional[int]) -> dict:
+    return {"data": str(data), "limit": limit, "seed": seed, "val_size": val_size, "attack": OFFICIAL_PGD, "pixels": spec.pixels,
+            "protocol": "youden, temperature searched"}
+
+
+def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, limit: Optional[int] = 2000,
+                  seed: int = 0, batch_size: int = 250, val_size: Optional[int] = None, data_root=None, device=None,
+                  progress=True) -> List[dict]:
+    """Measure every spec (or read back the ones an earlier run with the same settings measured) into
+    `<out_dir>/rows/`; returns every row there, the earlier runs' too, in file order."""
+    from ..models import load_model
+
+    folder = Path(out_dir) / ROWS
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        model = load_model(spec.model, device=device)
+        path = folder / spec.file_name
+        settings, fingerprint = _settings(spec, data, limit, seed, val_size), model_fingerprint(model)
+        if path.exists():
+            kept = json.loads(path.read_text())
+            if kept.get("settings") == json.loads(json.dumps(settings)) and kept.get("fingerprint") == fingerprint:
+                logger.info("%s: measured already, read back", path)
+                continue
+        started = time.perf_counter()
+        splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root)
+        if spec.pixels:
+            measured = measure_pixels(model, splits, seed=seed, batch_size=batch_size, progress=progress)
+        else:
+            measured = [measure_model(model, splits, seed=seed, batch_size=batch_size, progress=progress)]
+        record = {"spec": asdict(spec), "settings": settings, "fingerprint": fingerprint, "model": _model_facts(model),
+                  "rows": measured, "seconds": time.perf_counter() - started}
+        temporary = path.with_suffix(".partial")
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        temporary.replace(path)
+    return read_rows(out_dir)
+
+
+def read_rows(out_dir: Path) -> List[dict]:
+    """Every row file under `<out_dir>/rows/`, sorted by name."""
+    return [json.loads(path.read_text()) for path in sorted((Path(out_dir) / ROWS).glob("*.json"))]

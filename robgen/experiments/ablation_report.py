@@ -1,0 +1,138 @@
+"""The detection ablation's table (`results.md`), data (`results.json`) and figure (`ablation.png`).
+
+One table row per measured row (ablation.py), grouped by factor in the order the factors first appear; the
+paper's number beside the table. The figure has one panel per factor: detection rate and false-positive rate
+of each row with their 95% intervals, rows in the order given (a run's epoch snapshots make its curve).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+PAPER_CIFAR10 = {"detection_rate": 0.9838, "false_positive_rate": 0.0167}  # notebook: TPR 98.38 / FPR 1.67
+
+
+def flat_rows(records: List[dict]) -> List[dict]:
+    """One dict per measured row: factor, label, model facts and rates (pixel records give two rows)."""
+    rows = []
+    for record in records:
+        for measured in record["rows"]:
+            label = record["spec"]["label"] + (f" ({measured['pixels']})" if "pixels" in measured else "")
+            rows.append({"factor": record["spec"]["factor"], "label": label, "model": record["model"], **measured})
+    return rows
+
+
+def _pct(value, interval=None) -> str:
+    if value is None or value != value:
+        return "n/a"
+    text = f"{100 * value:.1f}"
+    if interval:
+        text += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return text
+
+
+def _recipe(model: dict) -> str:
+    recipe = model.get("recipe", {})
+    parts = [f"w{model.get('width')}"]
+    if recipe:
+        parts.append(f"{recipe.get('optimizer', 'sgd')} lr {recipe.get('lr')}")
+        schedule = recipe.get("schedule")
+        if schedule == "multistep":
+            schedule += " " + ",".join(str(m) for m in recipe.get("milestones", []))
+        parts += [str(schedule), str(recipe.get("augment", "crop-flip")), f"batch {recipe.get('batch_size')}"]
+    parts.append(f"epoch {model.get('epochs_done')}/{recipe.get('epochs', '?')}")
+    return ", ".join(parts)
+
+
+def by_factor(rows: List[dict]) -> Dict[str, List[dict]]:
+    groups: Dict[str, List[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["factor"], []).append(row)
+    return groups
+
+
+def markdown(rows: List[dict], settings: dict) -> str:
+    lines = [
+        "# CIFAR-10 detection ablation: what moves the energy detector",
+        "",
+        f"Official protocol on every row: PGD 8/255, 40 steps of 1/255 from a random start, on the first "
+        f"{settings.get('limit')} validation images (held out of each model's training) and the first "
+        f"{settings.get('limit')} test images; Youden's J, temperature searched by validation AUROC. Pixel rows: "
+        "the same detector (fitted on the validation images) on the exact PNG test images among those, and on "
+        "the same images JPEG-compressed at the archive's quality 75. 95% intervals: Wilson for rates; the "
+        "paired JPEG - exact difference: normal interval over images.",
+        "",
+        f"Paper (official width-64 model, all 10,000 test images): detection {_pct(PAPER_CIFAR10['detection_rate'])}, "
+        f"FPR {_pct(PAPER_CIFAR10['false_positive_rate'])}.",
+        "",
+        "| factor | row | model | clean acc. | detection | FPR | AUROC | T | detection of successful |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for factor, group in by_factor(rows).items():
+        for row in group:
+            lines.append(
+                f"| {factor} | {row['label']} | {_recipe(row['model'])} | "
+                f"{_pct(row.get('clean_accuracy'), row.get('clean_accuracy_ci'))} | "
+                f"{_pct(row.get('detection_rate'), row.get('detection_rate_ci'))} | "
+                f"{_pct(row.get('false_positive_rate'), row.get('false_positive_rate_ci'))} | "
+                f"{row.get('auroc', float('nan')):.3f} | {row.get('temperature', float('nan')):g} | "
+                f"{_pct(row.get('detection_rate_successful'))} |")
+    paired = [row for row in rows if "detection_rate_minus_exact" in row]
+    if paired:
+        lines += ["", "Pixels, paired on the same test images (JPEG minus exact, points):", ""]
+        for row in paired:
+            d, f = row["detection_rate_minus_exact_ci"], row["false_positive_rate_minus_exact_ci"]
+            lines.append(f"- {row['label']}: detection {100 * row['detection_rate_minus_exact']:+.1f} "
+                         f"[{100 * d[0]:+.1f}, {100 * d[1]:+.1f}], FPR {100 * row['false_positive_rate_minus_exact']:+.1f} "
+                         f"[{100 * f[0]:+.1f}, {100 * f[1]:+.1f}] ({row['n_test']} images)")
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows: List[dict], path: Path) -> Path:
+    """Detection rate and FPR with 95% intervals, one panel per factor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = by_factor(rows)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 3.6), dpi=110, squeeze=False)
+    for axis, (factor, group) in zip(axes[0], groups.items()):
+        xs = list(range(len(group)))
+        for key, colour, name in (("detection_rate", "tab:red", "detection"),
+                                  ("false_positive_rate", "tab:blue", "false positives")):
+            values = [100 * row[key] for row in group]
+            low = [100 * (row[key] - row[f"{key}_ci"][0]) for row in group]
+            high = [100 * (row[f"{key}_ci"][1] - row[key]) for row in group]
+            axis.errorbar(xs, values, yerr=[low, high], marker="o", capsize=3, color=colour, label=name)
+        axis.axhline(100 * PAPER_CIFAR10["detection_rate"], color="tab:red", linestyle=":", linewidth=1)
+        axis.axhline(100 * PAPER_CIFAR10["false_positive_rate"], color="tab:blue", linestyle=":", linewidth=1)
+        axis.set_xticks(xs)
+        axis.set_xticklabels([row["label"] for row in group], rotation=30, ha="right", fontsize=7)
+        axis.set_title(factor, fontsize=9)
+        axis.set_ylim(0, 100)
+    axes[0][0].set_ylabel("% (dotted: the paper)")
+    axes[0][0].legend(fontsize=7, loc="center left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(records: List[dict], out_dir: Path) -> List[Path]:
+    out_dir = Path(out_dir)
+    rows = flat_rows(records)
+    if not rows:
+        raise ValueError(f"no ablation rows under {out_dir}: measure some first")
+    settings = {name: value for name, value in records[0]["settings"].items() if name != "pixels"}
+    for record in records[1:]:
+        other = {name: value for name, value in record["settings"].items() if name != "pixels"}
+        if other != settings:
+            differ = sorted(name for name in set(other) | set(settings) if other.get(name) != settings.get(name))
+            raise ValueError(f"{out_dir}/rows holds rows measured with other settings ({', '.join(differ)} differ): "
+                             "measure every row with the same --limit and --seed, or write to another --out")
+    (out_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown(rows, settings))
+    return [out_dir / "results.json", out_dir / "results.md", figure(rows, out_dir / "ablation.png")]

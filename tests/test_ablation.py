@@ -1,0 +1,90 @@
+"""The detection ablation: rows measured by the official protocol, kept and reused, the pixel factor paired on
+the same images, the report refusing rows of other settings, and JPEG copies as the CIFAR-10 archive made them."""
+
+import json
+
+import pytest
+import torch
+
+import robgen
+from robgen import data
+from robgen.experiments import ablation
+from robgen.experiments.ablation import AblationSpec, ablation_rows, parse_spec
+from robgen.experiments.ablation_report import write_report
+
+
+@pytest.fixture
+def four_class_checkpoint(tmp_path, monkeypatch):
+    """A tiny 4-class model for the toy images; the official attack cut to 3 steps to keep the tests fast."""
+    from conftest import tiny_model
+
+    monkeypatch.setattr(ablation, "OFFICIAL_PGD", {"eps": 8 / 255, "step_size": 2 / 255, "steps": 3})
+
+    return robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "tiny")
+
+
+def test_parse_spec_reads_factor_label_and_model():
+    assert parse_spec("width/w32=cifar10-resnet10-standard") == AblationSpec("width", "w32", "cifar10-resnet10-standard")
+    with pytest.raises(ValueError, match="FACTOR/LABEL=MODEL"):
+        parse_spec("w32=cifar10-resnet10-standard")
+
+
+def test_rows_are_measured_once_and_read_back(toy_data, four_class_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "ablation"
+    specs = [AblationSpec("seed", "a", str(four_class_checkpoint)), AblationSpec("pixels", "tiny", str(four_class_checkpoint), True)]
+    records = ablation_rows(specs, str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
+    assert [len(record["rows"]) for record in records] == [2, 1]  # files sorted: pixels--tiny, seed--a
+    row = records[1]["rows"][0]
+    assert row["n_validation"] == row["n_test"] == 24
+    assert 0 <= row["detection_rate_ci"][0] <= row["detection_rate"] <= row["detection_rate_ci"][1] <= 1
+    exact, jpeg = records[0]["rows"]
+    assert exact["pixels"] == "exact PNG" and jpeg["pixels"] == "JPEG q75"
+    assert jpeg["detection_rate_minus_exact"] == pytest.approx(jpeg["detection_rate"] - exact["detection_rate"])
+    assert jpeg["false_positive_rate_minus_exact"] == pytest.approx(
+        jpeg["false_positive_rate"] - exact["false_positive_rate"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kept row was measured again")
+
+    monkeypatch.setattr(ablation, "measure_model", refuse)
+    monkeypatch.setattr(ablation, "measure_pixels", refuse)
+    again = ablation_rows(specs, str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
+    assert again == records
+    paths = write_report(again, out)
+    assert {path.name for path in paths} == {"results.json", "results.md", "ablation.png"}
+    table = (out / "results.md").read_text()
+    assert "| seed | a |" in table and "tiny (JPEG q75)" in table
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 3
+
+
+def test_a_row_is_measured_again_when_the_settings_change_and_the_report_refuses_to_mix(toy_data, four_class_checkpoint,
+                                                                                       tmp_path):
+    out = tmp_path / "ablation"
+    spec = AblationSpec("seed", "a", str(four_class_checkpoint))
+    ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
+    records = ablation_rows([AblationSpec("seed", "b", str(four_class_checkpoint))], str(toy_data), out, limit=12,
+                            val_size=40, batch_size=12, progress=False)
+    with pytest.raises(ValueError, match="limit differ"):
+        write_report(records, out)
+    remeasured = ablation_rows([spec], str(toy_data), out, limit=12, val_size=40, batch_size=12, progress=False)
+    assert {record["rows"][0]["n_test"] for record in remeasured} == {12}
+
+
+def test_jpeg_copies_are_the_archives_compression(toy_data):
+    from PIL import Image
+
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import ToTensor
+
+    images = ImageFolder(str(toy_data), transform=ToTensor())
+    copies = data.jpeg_copies(images, 75)
+    x, y = images[0]
+    x_jpeg, y_jpeg = copies[0]
+    assert y_jpeg == y and x_jpeg.shape == x.shape
+    assert (x_jpeg - x).abs().mean() > 0  # lossy
+    path = images.samples[0][0]
+    Image.open(path).convert("RGB").save(toy_data.parent / "reference.jpg", quality=75)  # PIL: 4:2:0 at 75
+    reference = torch.tensor(__import__("numpy").array(Image.open(toy_data.parent / "reference.jpg"))).permute(2, 0, 1)
+    assert torch.equal((x_jpeg * 255).round().byte(), reference)  # PIL's quality 75, as the archive
+    with pytest.raises(ValueError, match="1..100"):
+        data.jpeg_copies(images, 0)
