@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
-import torch
-
-from ..experiments.single_image import attack_own_predictions, combine_outcomes
-from ..images import save_image
-from ..progress import progress_bar
 from .common import (
     UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, open_model,
     pick_device, prepare_out_dir, read_images,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parsers(commands) -> None:
@@ -36,6 +34,10 @@ def top_prediction(logits: torch.Tensor, labels: List[str]) -> dict:
 
 
 def command_attack(args) -> int:
+    from ..experiments.single_image import attack_own_predictions, combine_outcomes
+    from ..images import save_image
+    from ..progress import progress_bar
+
     device = pick_device(args.device)
     model = open_model(args, device)
     spec = model.spec

@@ -2,6 +2,9 @@
 
 No command lives here. `UsageError` is the one way a command reports bad input:
 `robgen.cli.main` prints it as "error: ..." and exits with code 2.
+
+Building the parsers imports neither torch nor the library, so that `--help` and argument errors
+answer at once: the helpers that need them import them when a command calls them.
 """
 
 from __future__ import annotations
@@ -9,14 +12,15 @@ from __future__ import annotations
 import argparse
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from .. import data as datasets
-from ..attacks import ATTACKS, make_attack
-from ..images import ImageError, load_model_input
-from ..models import load_model
+# Plain copies of library constants that argparse needs while parsing, before the library is
+# imported (tests/test_startup.py pins them to robgen.attacks.ATTACKS and robgen.data.DATA_ENV).
+ATTACK_NAMES = ("apgd", "fgsm", "hepgd", "pgd")
+DATA_ENV = "ROBGEN_DATA"
 
 
 class UsageError(Exception):
@@ -32,6 +36,8 @@ def parse_number(text: str) -> float:
 
 
 def pick_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -72,7 +78,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--data", required=required, default=None if required else "cifar10",
                         help="cifar10, cifar100, imagenette or an ImageFolder path")
-    parser.add_argument("--data-root", help=f"folder holding the data sets (default ${datasets.DATA_ENV} or ~/.cache/robgen-data)")
+    parser.add_argument("--data-root", help=f"folder holding the data sets (default ${DATA_ENV} or ~/.cache/robgen-data)")
     parser.add_argument("--download", action="store_true", help="download missing data sets through torchvision")
 
 
@@ -82,7 +88,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output fo
 
 
 def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
-    parser.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="attack (default pgd)")
+    parser.add_argument("--attack", default="pgd", choices=ATTACK_NAMES, help="attack (default pgd)")
     parser.add_argument("--eps", type=parse_number, default=8 / 255, help="threat-model radius (default 8/255)")
     parser.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, default=1 / 255,
                         help="step size (default 1/255; --alpha is torchattacks' name for it)")
@@ -95,6 +101,10 @@ def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
 
 def build_attack(args, model, device: torch.device):
     """The attack of the `add_attack_arguments` flags, seeded by --seed on `device`."""
+    import torch
+
+    from ..attacks import make_attack
+
     generator = torch.Generator(device=device).manual_seed(args.seed)
     try:
         return make_attack(args.attack, model, eps=args.eps, step_size=args.step_size, steps=args.steps, lam=args.lam,
@@ -105,6 +115,8 @@ def build_attack(args, model, device: torch.device):
 
 def open_model(args, device: torch.device, name: Optional[str] = None):
     """The model named by --model (or `name`, for commands that take several), on `device`."""
+    from ..models import load_model
+
     try:
         return load_model(args.model if name is None else name, pretrained=not args.random_weights, device=device)
     except (ValueError, FileNotFoundError) as error:
@@ -113,6 +125,10 @@ def open_model(args, device: torch.device, name: Optional[str] = None):
 
 def read_images(paths: List[str], spec) -> torch.Tensor:
     """Image files as one (N, C, H, W) batch as the model of `spec` sees them; every unreadable file named in one error."""
+    import torch
+
+    from ..images import ImageError, load_model_input
+
     images, problems = [], []
     for path in paths:
         try:

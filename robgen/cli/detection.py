@@ -9,11 +9,14 @@ import json
 import time
 from pathlib import Path
 
-from ..detection.detector import TEMPERATURES
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
     companion_output_path, open_model, pick_device, prepare_out_dir,
 )
+
+# The official temperature grid, a plain copy of robgen.detection.TEMPERATURES for parsing without
+# importing the library (tests/test_startup.py pins the two together).
+TEMPERATURES = (0.1, 0.2, 0.5, 1.0, 2.0, 10.0, 20.0)
 
 
 def add_parsers(commands) -> None:

@@ -11,10 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from .. import data as datasets
-from ..progress import progress_bar
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, open_model,
     parse_number, pick_device, prepare_out_dir, read_images,
@@ -97,6 +93,7 @@ def add_judged_synthesis_arguments(parser) -> None:
 
 
 def command_fit_seeds(args) -> int:
+    from .. import data as datasets
     from ..synthesis.seeds import SEEDS_FILE, SeedDistribution
 
     device = pick_device("cpu")
@@ -120,7 +117,10 @@ def command_fit_seeds(args) -> int:
 
 
 def command_synthesize(args) -> int:
+    import torch
+
     from ..plots import image_grid
+    from ..progress import progress_bar
     from ..synthesis import sgld_sample, synthesize
     from ..synthesis.sgld import DEFAULT_STEP_SIZE as SGLD_STEP_SIZE
 
@@ -218,6 +218,7 @@ def command_synthesis_quality(args) -> int:
 
 
 def command_budget_sweep(args) -> int:
+    from .. import data as datasets
     from ..experiments.budget_sweep import budget_sweep, sweep_markdown
     from ..plots import image_grid
 

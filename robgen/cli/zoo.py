@@ -9,10 +9,13 @@ from .common import (
     prepare_out_dir,
 )
 
+# The zoo's attacks, a plain copy of robgen.attacks.zoo.ZOO_NAMES for parsing without importing torch
+# (tests/test_startup.py pins the two together).
+ZOO_NAMES = ("FGSM", "PGD-10", "PGD-40", "PGD-L2", "PGD-T", "HE-PGD", "APGD-CE", "APGD-DLR", "APGD-T", "CW-L2",
+             "DeepFool", "FAB-L2", "Square", "AutoAttack")
+
 
 def add_parsers(commands) -> None:
-    from ..attacks.zoo import ZOO_NAMES
-
     zoo = commands.add_parser("zoo", help="the energy detector against the whole attack zoo (table and ΔE figure)")
     add_model_arguments(zoo)
     add_data_arguments(zoo)
