@@ -50,11 +50,16 @@ def test_rows_are_measured_once_and_read_back(toy_data, four_class_checkpoint, t
     monkeypatch.setattr(ablation, "measure_pixels", refuse)
     again = ablation_rows(specs, str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
     assert again == records
+    same_model = ablation_rows([AblationSpec("width", "w4", str(four_class_checkpoint))], str(toy_data), out, limit=24,
+                               val_size=40, batch_size=12, progress=False)  # measured already as seed/a
+    assert [record["spec"]["label"] for record in same_model] == ["tiny", "a", "w4"]
+    assert same_model[2]["rows"] == records[1]["rows"]
+    again = same_model[:2]
     paths = write_report(again, out)
     assert {path.name for path in paths} == {"results.json", "results.md", "ablation.png"}
     table = (out / "results.md").read_text()
     assert "| seed | a |" in table and "tiny (JPEG q75)" in table
-    assert len(json.loads((out / "results.json").read_text())["rows"]) == 3
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 3  # the first two files: 2 + 1 rows
 
 
 def test_a_row_is_measured_again_when_the_settings_change_and_the_report_refuses_to_mix(toy_data, four_class_checkpoint,

@@ -13,8 +13,8 @@ images JPEG-compressed as the archive compressed the rest (quality 75), with the
     rows = ablation_rows([AblationSpec("width", "w32", "cifar10-resnet10-standard")], "cifar10", out_dir)
 
 Each row's result is written to `<out>/rows/<factor>--<label>.json` as soon as it is measured, with the model's
-fingerprint and the settings; a later run with the same settings reads it back instead of measuring again, so
-rows can be added one run at a time (`ablation_report.py` writes the table and the figure from all of them).
+fingerprint and the settings; a later run with the same settings reads it back instead of measuring again (and a
+row of a model already measured under another factor copies those numbers), so rows can be added one run at a time (`ablation_report.py` writes the table and the figure from all of them).
 """
 
 from __future__ import annotations
@@ -162,6 +162,11 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
             if kept.get("settings") == json.loads(json.dumps(settings)) and kept.get("fingerprint") == fingerprint:
                 logger.info("%s: measured already, read back", path)
                 continue
+        same = _measured_elsewhere(folder, settings, fingerprint)
+        if same is not None:  # the same model measured as another row: its numbers, under this row's name
+            record = {**same, "spec": asdict(spec)}
+            _write(path, record)
+            continue
         started = time.perf_counter()
         splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root)
         if spec.pixels:
@@ -170,10 +175,24 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
             measured = [measure_model(model, splits, seed=seed, batch_size=batch_size, progress=progress)]
         record = {"spec": asdict(spec), "settings": settings, "fingerprint": fingerprint, "model": _model_facts(model),
                   "rows": measured, "seconds": time.perf_counter() - started}
-        temporary = path.with_suffix(".partial")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        temporary.replace(path)
+        _write(path, record)
     return read_rows(out_dir)
+
+
+def _measured_elsewhere(folder: Path, settings: dict, fingerprint: str) -> Optional[dict]:
+    """A kept row of the same model (fingerprint) measured with the same settings, if any."""
+    settings = json.loads(json.dumps(settings))
+    for path in sorted(folder.glob("*.json")):
+        kept = json.loads(path.read_text())
+        if kept.get("settings") == settings and kept.get("fingerprint") == fingerprint:
+            return kept
+    return None
+
+
+def _write(path: Path, record: dict) -> None:
+    temporary = path.with_suffix(".partial")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(path)
 
 
 def read_rows(out_dir: Path) -> List[dict]:
