@@ -12,6 +12,13 @@ the app's Detect tab.
 The steps are also usable one by one (`model_outputs`, `fit_detector`,
 `evaluate_detector`), as the reproduction does to share clean outputs
 between several attacks.
+
+Not every attacked image is an adversarial example: torchattacks' APGD,
+APGD-T, CW, FAB, Square and AutoAttack hand back the clean image itself where
+they fail or where the model was already wrong. `model_outputs` records which
+images the attack changed (`ModelOutputs.perturbed`); the detector is fitted on
+those alone, and the reports count all attacked, perturbed and successful
+examples apart (DEFINITIONS).
 """
 
 from __future__ import annotations
@@ -31,6 +38,22 @@ from ..engine import Trace
 from ..models.state import eval_mode, model_device
 from ..progress import progress_bar
 
+# What the reports count; results.json carries these words and results.md prints them.
+DEFINITIONS = {
+    "attacked": "every image the attack was run on; the detection rate is over all of them, unchanged ones included",
+    "perturbed": "an attacked image that differs from its clean image in at least one pixel (max |x_adv - x| > 0); "
+                 "torchattacks' APGD, APGD-T, CW, FAB, Square and AutoAttack return the clean image itself where they "
+                 "fail or where the model was already wrong",
+    "successful": "a perturbed image that the model classified correctly before the attack and wrongly after it",
+    "fit": "the threshold, and the temperature search, are fitted on the clean validation images against the "
+           "perturbed attacked validation images only",
+}
+
+
+def definitions_markdown(definitions: Dict[str, str] = DEFINITIONS) -> List[str]:
+    """DEFINITIONS (or the ones a results.json recorded) as the lines of a Markdown list, for results.md."""
+    return [f"- **{name}**: {text}." for name, text in definitions.items()]
+
 
 @dataclass
 class ModelOutputs:
@@ -40,6 +63,7 @@ class ModelOutputs:
     labels: torch.Tensor  # (N,) the true labels
     features: Optional[torch.Tensor] = None  # (N, D) penultimate features, when asked for
     trace: Optional[Trace] = None  # per-step statistics of the attack, when asked for
+    perturbed: Optional[torch.Tensor] = None  # (N,) bool: the attack changed the image (`perturbed_images`)
 
     def energy(self, temperature: float = 1.0) -> torch.Tensor:
         """E(x) at `temperature`, shape (N,)."""
@@ -52,6 +76,11 @@ class ModelOutputs:
     @property
     def correct(self) -> torch.Tensor:
         return self.predictions == self.labels
+
+    @property
+    def perturbed_mask(self) -> torch.Tensor:
+        """`perturbed`, or every example where it is not recorded (clean outputs, logits given by hand)."""
+        return self.perturbed if self.perturbed is not None else torch.ones(len(self), dtype=torch.bool)
 
     @property
     def accuracy(self) -> float:
@@ -73,7 +102,8 @@ def model_outputs(
     """Logits (and penultimate features, and the attack's trace) over (images, labels) batches.
 
     With `attack`, each batch is first replaced by `attack(images, labels)`;
-    the adversarial images are not kept, so memory stays bounded by one batch.
+    the adversarial images are not kept, so memory stays bounded by one batch,
+    but which of them the attack changed is (`ModelOutputs.perturbed`).
     `batches` is a DataLoader or any iterable of (images, labels);
     `progress` is True (tqdm), False or a callback `fn(fraction, desc)`.
 
@@ -86,34 +116,47 @@ def model_outputs(
     device = model_device(model)
     share = distributed.shard_batches(batches)
     generator = getattr(attack, "generator", None) if attack is not None else None
-    rows = []  # (batch index, (logits, labels, features, trace))
+    rows = []  # (batch index, (logits, labels, features, trace, perturbed))
     with eval_mode(model), distributed.per_batch_seeds(generator) as reseed:
         for index, (images, targets) in progress_bar(share, desc=desc,
                                                      progress=progress if distributed.is_main() else False):
             reseed(index)
             images, targets = images.to(device), targets.to(device)
-            batch_trace = None
+            batch_trace = batch_perturbed = None
             if attack is not None:
+                clean_images = images
                 if trace:
                     images, batch_trace = attack(images, targets, return_trace=True)
                 else:
                     images = attack(images, targets)
+                batch_perturbed = perturbed_images(clean_images, images).cpu()
             batch_features = None
             if features:
                 batch_features, batch_logits = penultimate_features(model, images)
             else:
                 with torch.no_grad():
                     batch_logits = model(images).float().cpu()
-            rows.append((index, (batch_logits, targets.cpu(), batch_features, batch_trace)))
+            rows.append((index, (batch_logits, targets.cpu(), batch_features, batch_trace, batch_perturbed)))
     rows = distributed.gather_in_order(rows)
     if not rows:
         raise ValueError("the data yielded no batches: is the data set empty?")
-    logits, labels, feature_rows, traces = zip(*rows)
+    logits, labels, feature_rows, traces, perturbed = zip(*rows)
     traces = [batch_trace for batch_trace in traces if batch_trace is not None]
     return ModelOutputs(
         torch.cat(logits), torch.cat(labels), torch.cat(feature_rows) if features else None,
         Trace.combine(traces, [len(batch_labels) for batch_labels in labels]) if traces else None,
+        torch.cat(perturbed) if attack is not None else None,
     )
+
+
+def perturbed_images(images: torch.Tensor, adversarial_images: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: True where the attack changed the image, max |x_adv - x| > 0 over its pixels.
+
+    The test is exact, not within a tolerance: an attack that gives up returns
+    the clean tensor itself (or a copy), and a projection of it into the ball
+    and [0, 1] leaves it bit for bit the same.
+    """
+    return (adversarial_images.detach() - images).flatten(1).abs().amax(1) > 0
 
 
 def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> List[tuple]:
@@ -160,24 +203,47 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
 def fit_detector(clean: ModelOutputs, adversarial: ModelOutputs, rule: str = "youden",
                  temperature: Union[float, str] = "search", temperatures: Sequence[float] = TEMPERATURES,
                  target_fpr: float = 0.05) -> EnergyDetector:
-    """An `EnergyDetector` fitted on validation logits (so that the temperature can be searched)."""
+    """An `EnergyDetector` fitted on validation logits (so that the temperature can be searched).
+
+    The adversarial side is the perturbed attacked images only (`perturbed_only`).
+    """
     detector = EnergyDetector(rule=rule, temperature=temperature, target_fpr=target_fpr, temperatures=temperatures)
-    return detector.fit(clean.logits, adversarial.logits)
+    return detector.fit(clean.logits, perturbed_only(adversarial).logits)
+
+
+def perturbed_only(adversarial: ModelOutputs) -> ModelOutputs:
+    """The attacked examples the attack changed (DEFINITIONS["perturbed"]): the adversarial side of every fit.
+
+    An image the attack returned unchanged is a clean image; fitting on it as adversarial
+    would pull a threshold (and the temperature search) towards the clean energies.
+    The trace, a summary over all attacked images, is not carried over.
+    """
+    changed = adversarial.perturbed_mask
+    if not changed.any():
+        raise ValueError(f"the attack changed none of the {len(adversarial)} images, so there is nothing to fit a "
+                         "detector on: use a stronger attack (more steps, a larger eps) or more images")
+    return ModelOutputs(adversarial.logits[changed], adversarial.labels[changed],
+                        adversarial.features[changed] if adversarial.features is not None else None,
+                        perturbed=changed[changed])
 
 
 def successful(clean: ModelOutputs, adversarial: ModelOutputs) -> torch.Tensor:
-    """Examples the model got right before the attack and wrong after it."""
-    return clean.correct & ~adversarial.correct
+    """Successful adversarial examples (DEFINITIONS): perturbed, right before the attack and wrong after it."""
+    return adversarial.perturbed_mask & clean.correct & ~adversarial.correct
 
 
 def evaluate_detector(detector: EnergyDetector, clean: ModelOutputs, adversarial: ModelOutputs) -> dict:
-    """The detector's rates on test outputs, plus what the attack did to the classifier."""
+    """The detector's rates on test outputs, plus what the attack did to the classifier.
+
+    "detection_rate" is over every attacked image, "detection_rate_successful" over the
+    successful ones; "n_attacked", "n_perturbed" and "n_successful" count them (DEFINITIONS).
+    """
     report = detector.evaluate(clean.logits, adversarial.logits)
     success = successful(clean, adversarial)
     flagged = detector.predict(adversarial.logits)
     report.update(
         detection_rate_successful=float(flagged[success].double().mean()) if success.any() else float("nan"),
-        n_successful=int(success.sum()),
+        n_attacked=len(adversarial), n_perturbed=int(adversarial.perturbed_mask.sum()), n_successful=int(success.sum()),
         attack_success_rate=float(success[clean.correct].double().mean()) if clean.correct.any() else float("nan"),
         clean_accuracy=clean.accuracy, adversarial_accuracy=adversarial.accuracy,
     )
@@ -203,5 +269,7 @@ def detection_experiment(model, splits: DetectionSplits, attack, *, rule: str = 
         adversarial[name] = model_outputs(model, loader, attack=attack, progress=progress, desc=f"{name}: attack")
     detector = fit_detector(clean["validation"], adversarial["validation"], rule, temperature, temperatures, target_fpr)
     report = evaluate_detector(detector, clean["test"], adversarial["test"])
-    report.update(attack=repr(attack), data=splits.data, n_validation=len(clean["validation"]), n_test=len(clean["test"]))
+    report.update(attack=repr(attack), data=splits.data, n_validation=len(clean["validation"]),
+                  n_test=len(clean["test"]), n_validation_perturbed=int(adversarial["validation"].perturbed_mask.sum()),
+                  definitions=DEFINITIONS)
     return DetectionResult(detector, report, clean, adversarial)

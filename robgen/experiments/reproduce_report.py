@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import plots
+from .pipeline import definitions_markdown
 
 DATA_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": "Imagenette"}
 INTERVALS = ("Every rate and every AUROC comes with its 95% interval in brackets: Wilson's score interval for "
@@ -111,14 +112,17 @@ def markdown_report(results: dict) -> str:
         "",
         "## Table 1: the energy detector",
         "",
-        "Rates in %. Adversarial = E(x) <= threshold. \"succ.\" = detection rate on the examples that fooled the model "
-        "(clean correct, adversarial wrong). The official protocol (Youden's J, temperature searched over "
-        "{0.1, 0.2, 0.5, 1, 2, 10, 20} by validation AUROC) comes first for each attack, with the paper's numbers beside "
-        "it; G-mean and T = 1 rows follow for comparison.",
+        "Rates in %. Adversarial = E(x) <= threshold. \"detection\" is over all attacked test images, \"det. (succ.)\" "
+        "over the successful ones; the counts column gives how many test images were successful / perturbed / attacked "
+        "(torchattacks' APGD returns the clean image where it fails or the model was already wrong). The "
+        "official protocol (Youden's J, temperature searched over {0.1, 0.2, 0.5, 1, 2, 10, 20} by validation AUROC) "
+        "comes first for each attack, with the paper's numbers beside it; G-mean and T = 1 rows follow for comparison.",
         "",
-        "| attack | steps | rule | T | detection | FPR | FNR | AUROC | det. (succ.) | attack success | paper detection | "
-        "paper \"FPR\" column |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *definitions_markdown(results["definitions"]),
+        "",
+        "| attack | steps | rule | T | detection | FPR | FNR | AUROC | det. (succ.) | attack success | "
+        "successful / perturbed / attacked | paper detection | paper \"FPR\" column |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["table1"]:
         paper = row.get("paper", {})
@@ -127,8 +131,11 @@ def markdown_report(results: dict) -> str:
             f"| {row['attack']} | {row['steps']} | {row['rule']} | {t} | {_pct_ci(row, 'detection_rate')} | "
             f"{_pct_ci(row, 'false_positive_rate')} | {_pct_ci(row, 'false_negative_rate')} | {_auroc_ci(row)} | "
             f"{_pct_ci(row, 'detection_rate_successful')} | {_pct_ci(row, 'attack_success_rate')} | "
+            f"{row['n_successful']} / {row['n_perturbed']} / {row['n_attacked']} | "
             f"{_paper(paper.get('detection_rate'))} | {_paper(paper.get('printed_fpr_column'))} |"
         )
+    for row in results.get("unfitted", []):
+        lines.append(f"\nNot in the table: {row['attack']}, because {row['reason']}.")
     lines += ["", "What the paper's numbers are:"]
     lines += _printed_column_notes(results) or ["- the paper reports no Table 1 numbers for this data set."]
     notebook = facts.get("notebook_hepgd")

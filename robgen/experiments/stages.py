@@ -1,21 +1,28 @@
 """Finished stages of a long experiment, kept on disk so that an interrupted run continues where it stopped.
 
-    stages = StageStore(out_dir / ".stages", key={"settings": ..., "model": model_fingerprint(model)})
+    key = {"settings": ..., "model": model_fingerprint(model), **run_environment(model)}
+    stages = StageStore(out_dir / ".stages", key)
     clean = stages.run("clean-test", lambda: model_outputs(model, loader))   # computed, or read back
 
 A full-size reproduction on a CPU takes hours, more than a working session
 holds. Each attack over a split is a stage: its `ModelOutputs` (logits,
-labels, penultimate features, the attack's trace) and the seconds it took are
-written to `<folder>/<name>.safetensors` as soon as it finishes. Run the same
-command again and every finished stage is read back instead of recomputed;
-because each batch's random start is seeded from the batch alone
-(`distributed.per_batch_seeds`), the outputs, and so the results, are those of
-an uninterrupted run.
+labels, penultimate features, the attack's trace, which images it changed)
+and the seconds it took are written to `<folder>/<name>.safetensors` as soon
+as it finishes. Run the same command again and every finished stage is read
+back instead of recomputed.
+The outputs, and so the results, are those of an uninterrupted run because a
+stage's randomness depends on the stage alone: its attack's generator is
+seeded from (the run's seed, the stage's name), `stage_seed`, not from what
+earlier stages drew (a stage read back draws nothing), and each batch's random
+start from that and the batch's index (`distributed.per_batch_seeds`).
 
-The folder records the `key` it was made for (the settings, the data, the
-model's weights): a store opened with another key refuses to mix its stages
-into a different experiment. Under torchrun only rank 0 writes; every rank
-reads. `clear()` removes the folder (after the run has written its results).
+The folder records the `key` it was made for: the settings, the data, the
+model's weights, and what else decides the outputs (`run_environment`: the
+eval transform, fusion, the device type, the versions of robgen, torch and
+torchattacks, the code that computes the stages). A store opened with another
+key refuses, saying what differs, to mix its stages into a different
+experiment. Under torchrun only rank 0 writes; every rank reads. `clear()`
+removes the folder (after the run has written its results).
 """
 
 from __future__ import annotations
@@ -25,28 +32,89 @@ import json
 import os
 import shutil
 import time
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import distributed
+from ..engine.fused import fusion_enabled
 from ..engine.trace import Trace
+from ..models.fingerprint import model_fingerprint  # noqa: F401  (a stage key's "model"; re-exported)
+from ..models.state import model_device
 from .pipeline import ModelOutputs
 
 KEY_FILE = "key.json"
+PACKAGE = Path(__file__).resolve().parents[1]  # robgen/
+# robgen's code that computes a stage's outputs (attacks, the model's forward pass, the data's pixels, the loop
+# over batches and their seeds, the stage files): an edit here changes the outputs without changing the version
+STAGE_CODE = ("attacks", "engine", "models", "checks.py", "data.py", "distributed.py", "energy.py", "images.py",
+              "experiments/pipeline.py", "experiments/stages.py")
+VERSIONED = ("robgen", "torch", "torchattacks")  # the packages whose versions a key records
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes and values)."""
+def stage_seed(seed: int, name: str) -> int:
+    """The seed of stage `name`'s random draws in a run seeded with `seed`: a hash of the two, in [0, 2**63).
+
+    Depends on nothing else, so a stage computed after earlier ones were read
+    back from disk draws what it draws in an uninterrupted run.
+    """
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def installed_version(package: str) -> Optional[str]:
+    """The version of `package` as this process runs it (robgen: its `__version__`); None if not installed.
+
+    Read from the package's metadata, so that torchattacks is not imported for it.
+    """
+    if package == "robgen":
+        from .. import __version__
+
+        return __version__
+    if package == "torch":
+        return str(torch.__version__)
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def code_fingerprint(package: Path = PACKAGE, parts: Sequence[str] = STAGE_CODE) -> str:
+    """SHA-256 of the Python files under `parts` of `package` (folders searched through), names and contents."""
+    files = []
+    for part in parts:
+        path = package / part
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN counters) too
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    for path in files:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dict:
+    """What decides a stage's outputs besides the settings, the data and the weights, for a store's key.
+
+    The model's eval transform (its spec's input size, crop_pct and
+    interpolation: not in the weights, and an edited config.json changes them);
+    whether attacks run the fused graph (`fused`, the run's own setting; None:
+    `engine.fused.fusion_enabled()`), which changes the float rounding; the device
+    type; the versions of robgen, torch and torchattacks; and `code_fingerprint`,
+    since a bug fix in an attack changes its outputs, not robgen's version number.
+    """
+    spec = model.spec
+    return {
+        "eval_transform": {"input_size": list(spec.input_size), "crop_pct": float(spec.crop_pct),
+                           "interpolation": spec.interpolation},
+        "fusion": fusion_enabled() if fused is None else bool(fused),
+        "device": model_device(model).type,
+        **{package: installed_version(package) for package in VERSIONED},
+        "code": code_fingerprint(),
+    }
 
 
 class StageStore:
@@ -65,7 +133,8 @@ class StageStore:
             if recorded != self.key:
                 differ = sorted(k for k in set(recorded) | set(self.key) if recorded.get(k) != self.key.get(k))
                 raise ValueError(f"{self.folder} holds the finished stages of another run (its {', '.join(differ)} "
-                                 "differ): run the same command to continue it, or pass --overwrite to start again")
+                                 f"differ: {'; '.join(_differences(recorded, self.key))}): run the same command "
+                                 "with the same software to continue it, or pass --overwrite to start again")
         elif distributed.is_main():
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomically(key_file, lambda path: path.write_text(json.dumps(self.key, indent=2, sort_keys=True)))
@@ -98,6 +167,8 @@ def write_stage(outputs: ModelOutputs, seconds: float, path: Path) -> None:
     tensors = {"logits": outputs.logits.contiguous(), "labels": outputs.labels.contiguous()}
     if outputs.features is not None:
         tensors["features"] = outputs.features.contiguous()
+    if outputs.perturbed is not None:
+        tensors["perturbed"] = outputs.perturbed.contiguous()
     metadata = {"seconds": repr(float(seconds)),
                 "trace": json.dumps(outputs.trace.to_dict()) if outputs.trace is not None else ""}
     save_file(tensors, str(path), metadata=metadata)
@@ -108,8 +179,22 @@ def read_stage(path: Path) -> Tuple[ModelOutputs, float]:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         metadata = handle.metadata() or {}
     trace = Trace(**json.loads(metadata["trace"])) if metadata.get("trace") else None
-    outputs = ModelOutputs(tensors["logits"], tensors["labels"], tensors.get("features"), trace)
+    outputs = ModelOutputs(tensors["logits"], tensors["labels"], tensors.get("features"), trace,
+                           tensors.get("perturbed"))
     return outputs, float(metadata.get("seconds", 0.0))
+
+
+def _differences(recorded, current, name: str = "") -> List[str]:
+    """Each leaf where two keys differ, as "name: then → now" (nested settings by their dotted names)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [line for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)
+                for line in _differences(recorded.get(k), current.get(k), f"{name}.{k}" if name else k)]
+    return [f"{name}: {_shown(recorded)} → {_shown(current)}"]
+
+
+def _shown(value) -> str:
+    text = "not recorded" if value is None else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 40 else text[:16] + "…"
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:

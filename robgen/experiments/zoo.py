@@ -6,15 +6,19 @@
 For every attack, on the same clean images and through the one detection
 pipeline (`model_outputs`, `fit_detector`, `evaluate_detector`):
 
-- what the attack does: success rate (clean-correct images it makes wrong),
-  mean perturbation size (L-inf and L2), mean ΔE = E(adv) - E(clean) per image;
+- what the attack does: how many images it perturbed at all (torchattacks'
+  APGD, APGD-T, CW, FAB, Square and AutoAttack return the clean image where
+  they fail or the model was already wrong), success rate (clean-correct
+  images it makes wrong), mean perturbation size (L-inf and L2), mean
+  ΔE = E(adv) - E(clean) per image;
 - the detector fitted once on PGD-40 (the paper's: 8/255, step 1/255, 40
-  steps, random start) on the validation split: detection rate, false-positive
-  rate and AUROC on the test split, and the detection rate on successful
-  examples (torchattacks' APGD, CW, DeepFool and FAB return the clean image
-  where they fail, which would otherwise count as a miss);
+  steps, random start) on the validation split: detection rate (over all
+  attacked images), false-positive rate and AUROC on the test split, and the
+  detection rate on successful examples (pipeline.DEFINITIONS), which leaves
+  out the images an attack returned unchanged, that would otherwise count as misses;
 - the detector refitted on the attack itself (the most a defender who knows
-  the attack could do with a threshold on E(x)): the same rates.
+  the attack could do with a threshold on E(x)), on its perturbed validation
+  images only (`fit_detector`): the same rates.
 
 Intervals are 95%: Wilson's for proportions, a percentile bootstrap over images
 for AUROC, the normal approximation for means. An attack that fails on a model
@@ -38,7 +42,9 @@ from ..attacks.zoo import ZOO_NAMES, ZooSettings, zoo_attack, zoo_entry
 from ..detection.detector import EnergyDetector
 from ..metrics import bootstrap_interval, auroc, mean_interval, wilson_interval
 from ..models.state import model_device
-from .pipeline import DetectionSplits, ModelOutputs, evaluate_detector, fit_detector, model_outputs, successful
+from .pipeline import (
+    DEFINITIONS, DetectionSplits, ModelOutputs, evaluate_detector, fit_detector, model_outputs, successful,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +127,11 @@ def detector_rates(detector: EnergyDetector, clean: ModelOutputs, adversarial: M
 
 
 def attack_effect(clean: ModelOutputs, adversarial: ModelOutputs, sizes: Dict[str, torch.Tensor]) -> dict:
-    """Success rate, perturbation sizes and ΔE = E(adv) - E(clean) (T = 1, per image) on one split."""
+    """Images attacked and perturbed, success rate, perturbation sizes, ΔE = E(adv) - E(clean) (T = 1, per image)."""
     success = successful(clean, adversarial)
     delta_energy = adversarial.energy() - clean.energy()
     return {
+        "n_attacked": len(adversarial), "n_perturbed": int(adversarial.perturbed_mask.sum()),
         "success_rate": _proportion(success[clean.correct]),
         "adversarial_accuracy": _proportion(adversarial.correct),
         "linf": _mean(sizes["linf"]), "l2": _mean(sizes["l2"]),
@@ -181,6 +188,7 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
         row.update(
             attack_repr=description, seconds=seconds,
             **attack_effect(clean["test"], test, sizes["test"]),
+            n_perturbed_validation=int(adversarial["validation"].perturbed_mask.sum()),
             fitted_on_pgd40=detector_rates(paper_detector, clean["test"], test, settings.n_boot, settings.seed),
             refitted=detector_rates(refit, clean["test"], test, settings.n_boot, settings.seed),
         )
@@ -194,6 +202,8 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
         "clean_accuracy": _proportion(clean["test"].correct),
         "clean_energy_mean": _mean(clean["test"].energy()),
         "fit_attack": FIT_ATTACK, "detector": paper_detector.to_dict(),
+        "n_validation_perturbed_fit_attack": int(fit_run[0]["validation"].perturbed_mask.sum()),
+        "definitions": DEFINITIONS,
         "settings": {**asdict(settings), "attacks": list(settings.attacks)},
         "rows": rows, "delta_energy": delta_energy,
         "hardware": distributed.hardware(model_device(model)), "wall_seconds": time.perf_counter() - started,

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .pipeline import definitions_markdown  # noqa: E402
+
 FIGURE = "delta_energy.png"
 PRODUCTS = ("results.json", "results.md", FIGURE)
 
@@ -107,25 +109,31 @@ def markdown_report(results: dict) -> str:
         "",
         f"The paper's detector: E(x) = −T·logsumexp(f(x)/T) ≤ threshold, fitted on {results['fit_attack']} "
         f"(L∞ {threat['eps'] * 255:.3g}/255, step {threat['step_size'] * 255:.3g}/255, 40 steps, random start) "
-        f"examples of the validation split, rule {settings['rule']}, temperature {settings['temperature']} "
+        f"examples of the validation split ({results['n_validation_perturbed_fit_attack']} of "
+        f"{results['n_validation']} perturbed), rule {settings['rule']}, temperature {settings['temperature']} "
         f"(chosen: T = {detector['temperature']:g}, threshold {detector['threshold']:.4f}). "
         "Intervals are 95%: Wilson for rates, a percentile bootstrap over images "
         f"({settings['n_boot']} resamples) for AUROC, the normal approximation for means.",
         "",
+        "Which examples count:",
+        "",
+        *definitions_markdown(results["definitions"]),
+        "",
         "## What the attacks do (test split)",
         "",
-        "Success: clean-correct images the attack makes wrong (for PGD-T too: any wrong class, not only the "
-        "target). Perturbation sizes: mean over all attacked test images / over the successful ones (many attacks "
-        "leave images they do not fool, or that were misclassified already, unchanged). ΔE = E(adv) − E(clean) at "
-        "T = 1, per image.",
+        "Perturbed: attacked test images the attack changed at all, of all attacked. Success: clean-correct images "
+        "the attack makes wrong (for PGD-T too: any wrong class, not only the target). Perturbation sizes: mean over "
+        "all attacked test images / over the successful ones (many attacks leave images they do not fool, or that "
+        "were misclassified already, unchanged). ΔE = E(adv) − E(clean) at T = 1, per image.",
         "",
-        "| attack | threat | access | success % | adv. accuracy % | L∞ ×255: all / successful "
-        "| L2: all / successful | mean ΔE | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| attack | threat | access | perturbed / attacked | success % | adv. accuracy % "
+        "| L∞ ×255: all / successful | L2: all / successful | mean ΔE | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in ran:
         lines.append(
-            f"| {row['attack']} | {_threat(row, threat)} | {row['access']} | {_pct(row['success_rate'])} | "
+            f"| {row['attack']} | {_threat(row, threat)} | {row['access']} | "
+            f"{row['n_perturbed']} / {row['n_attacked']} | {_pct(row['success_rate'])} | "
             f"{_pct(row['adversarial_accuracy'])} | {_plain(row['linf'], 2, 255)} / "
             f"{_plain(row['linf_successful'], 2, 255)} | {_plain(row['l2'], 3)} / {_plain(row['l2_successful'], 3)} | "
             f"{_num(row['delta_energy'])} | {row['seconds']:.0f} |"
@@ -134,11 +142,13 @@ def markdown_report(results: dict) -> str:
         (f"The detector fitted on {results['fit_attack']} (the paper's)", "fitted_on_pgd40",
          "One threshold for every attack: what the paper's detector does against attacks it was not fitted on."),
         ("The detector refitted on each attack", "refitted",
-         "Threshold (and temperature) fitted on the attack's own validation examples: the best a threshold on E(x) "
-         "can do against it."),
+         "Threshold (and temperature) fitted on the attack's own perturbed validation examples: the best a threshold "
+         "on E(x) can do against it."),
     ):
-        lines += ["", f"## {title}", "", note, "",
-                  "| attack | detection % | FPR % | AUROC | detection on successful % (n) | T | threshold |",
+        lines += ["", f"## {title}", "", note + " Detection over all attacked test images, and over the successful "
+                  "ones (n: how many).", "",
+                  "| attack | detection, all attacked % | FPR % | AUROC | detection, successful % (n) | T "
+                  "| threshold |",
                   "|---|---|---|---|---|---|---|"]
         for row in ran:
             rates = row[key]
@@ -157,8 +167,8 @@ def markdown_report(results: dict) -> str:
         "",
         "- Minimum-norm attacks (CW-L2, DeepFool, FAB-L2) have no budget: compare their perturbation sizes, not "
         "only their success rates, with the bounded attacks'.",
-        "- torchattacks' APGD, APGD-T, CW, DeepFool and FAB return the clean image where they fail; the detection "
-        "rate on successful examples leaves those out.",
+        "- The refitted detectors are fitted on the perturbed validation images only; an attack that changed none "
+        "of them is listed with its error.",
         f"- HE-PGD ascends CE + λ·E (λ = {threat['lam']:g}): it is built to keep E(x) at the level of natural "
         "images, so a low detection rate there is the paper's Claim 4, not a bug.",
         "- Attacks: " + "; ".join(f"{row['attack']}: {row['reference']}" for row in results["rows"]) + ".",

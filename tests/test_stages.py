@@ -1,0 +1,212 @@
+"""The resumable stages of `reproduce` (experiments/stages.py): a run continued from any stage boundary gives,
+bit for bit, the stages and results of an uninterrupted run; a store refuses stages made under anything else
+that changes their outputs (the eval transform, fusion, the device type, software versions, the code).
+
+A tiny random model on a toy ImageFolder (no shared data): two 4-image batches per split, two attack steps."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import robgen.experiments.stages as stages_module
+from robgen.engine.fused import fusion, fusion_enabled
+from robgen.experiments.reproduce import ReproduceSettings, reproduce
+from robgen.experiments.stages import KEY_FILE, StageStore, run_environment, stage_seed
+from robgen.models import Classifier, ModelSpec
+from robgen.models.checkpoint import build_network
+
+SETTINGS = dict(attacks=("pgd-8", "pgd-16"), steps=2, lambdas=(0.0, 1.2, 3.0), val_size=40, limit=8, batch_size=4,
+                reference_size=32, lid_reference=24, timing_repeats=1)
+UNCOMPARABLE = ("cost", "wall_seconds", "continued")  # timings, and how many stages were read back
+CODE_FINGERPRINT = stages_module.code_fingerprint
+
+
+@pytest.fixture(scope="module", autouse=True)
+def same_code():
+    """The code's fingerprint pinned for these runs (a checkout edited while the tests run would change it);
+    `test_other_code_is_refused` and `test_the_code_fingerprint_follows_the_files` test it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages_module, "code_fingerprint", lambda *args, **kwargs: "this checkout")
+        yield
+
+
+def _model():
+    """A random width-4 ResNet10 for the toy data's 4 classes, at its 16 x 16 pixels (cheap on a busy CPU)."""
+    torch.manual_seed(0)  # tests only: library code never seeds globally
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=4, class_labels=[f"c{i}" for i in range(4)],
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(3, 16, 16), arch_kwargs={"width": 4})
+    return Classifier(build_network(spec), spec).eval()
+
+
+def _run(model, data, stage_dir):
+    return reproduce(model, str(data), None, settings=ReproduceSettings(**SETTINGS), progress=False,
+                     stage_dir=stage_dir)
+
+
+def _comparable(results) -> str:
+    return json.dumps({key: value for key, value in results.items() if key not in UNCOMPARABLE}, sort_keys=True)
+
+
+def _stage_file(folder, name):
+    """Where a store on `folder` keeps stage `name` (opened with the key it records)."""
+    return StageStore(folder, json.loads((folder / KEY_FILE).read_text())).path(name)
+
+
+def _stage(path):
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        return tensors, json.loads(handle.metadata()["trace"] or "null")
+
+
+ORDER = ["clean-val", "clean-test", "pgd-8-val", "pgd-8-test", "pgd-16-val", "pgd-16-test",
+         "hepgd-8-lam1.2-val", "hepgd-8-lam1.2-test", "hepgd-8-lam3 (adaptive)-test"]  # the stages, in run order
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy_data, tmp_path_factory):
+    """One uninterrupted run whose stages are kept (not cleared): (results, stage folder, stage names in run order)."""
+    folder = tmp_path_factory.mktemp("whole") / "stages"
+    order = []
+    real_run = StageStore.run
+
+    def recording(self, name, compute):
+        order.append(name)
+        return real_run(self, name, compute)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StageStore, "run", recording)
+        patch.setattr(StageStore, "clear", lambda self: None)
+        results = _run(_model(), toy_data, folder)
+    return results, folder, order
+
+
+def test_the_run_has_a_stage_per_split_and_attack(uninterrupted):
+    _, folder, order = uninterrupted
+    assert order == ORDER
+    assert len(list(folder.glob("*.safetensors"))) == len(order)
+    for name in ORDER:  # which attacked images were changed is kept with the attack's stages
+        assert ("perturbed" in _stage(_stage_file(folder, name))[0]) == (not name.startswith("clean")), name
+
+
+# every boundary; the quick suite (-m "not slow") keeps the one between pgd-8's validation and test stages
+BOUNDARIES = [k if k == 3 else pytest.param(k, marks=pytest.mark.slow) for k in range(len(ORDER) + 1)]
+
+
+@pytest.mark.parametrize("finished", BOUNDARIES)
+def test_a_run_continued_from_any_stage_boundary_equals_the_uninterrupted_run(uninterrupted, toy_data, tmp_path,
+                                                                             monkeypatch, finished):
+    """Stop after `finished` stages (among them between each attack's validation and test stages), run again:
+    every stage it computes (logits, labels, features, trace) and the results are the uninterrupted run's,
+    bit for bit."""
+    results, whole, _ = uninterrupted
+    folder = tmp_path / "stages"
+    shutil.copytree(whole, folder)
+    for name in ORDER[finished:]:  # what the interrupted run had not finished
+        _stage_file(folder, name).unlink()
+    monkeypatch.setattr(StageStore, "clear", lambda self: None)  # keep what the continued run wrote, to compare it
+    continued = _run(_model(), toy_data, folder)
+    assert continued["continued"]["stages_read_back"] == finished
+    for name in ORDER[finished:]:
+        tensors, trace = _stage(_stage_file(folder, name))
+        expected, expected_trace = _stage(_stage_file(whole, name))
+        assert tensors.keys() == expected.keys()
+        for key in tensors:
+            assert torch.equal(tensors[key], expected[key]), f"{name}: {key} differs after {finished} stages"
+        assert trace == expected_trace, f"{name}: trace differs after {finished} stages"
+    assert _comparable(continued) == _comparable(results)
+
+
+def test_stage_seeds_depend_on_the_seed_and_the_stage_alone():
+    assert stage_seed(0, "pgd-8-test") == stage_seed(0, "pgd-8-test")
+    seeds = {stage_seed(seed, name) for seed in (0, 1) for name in ("pgd-8-val", "pgd-8-test", "pgd-16-test")}
+    assert len(seeds) == 6
+    assert all(0 <= seed < 2**63 for seed in seeds)
+
+
+# ---- the key: what a store's stages were made under ----
+
+
+@pytest.fixture
+def stopped_run(uninterrupted, tmp_path):
+    """The stages of a run that stopped half way, as the same command would find them."""
+    _, whole, _ = uninterrupted
+    folder = tmp_path / "stages"
+    shutil.copytree(whole, folder)
+    for name in ORDER[4:]:
+        _stage_file(folder, name).unlink()
+    return folder
+
+
+def test_the_same_command_is_accepted(stopped_run, toy_data):
+    assert _run(_model(), toy_data, stopped_run)["continued"]["stages_read_back"] == 4
+
+
+def test_another_eval_transform_is_refused(stopped_run, toy_data):
+    model = _model()
+    model.spec.crop_pct = 0.875  # an edited config.json: same weights, other pixels
+    with pytest.raises(ValueError, match=r"holds the finished stages of another run \(its eval_transform differ: "
+                                         r"eval_transform.crop_pct: 1.0 → 0.875\)"):
+        _run(model, toy_data, stopped_run)
+    model = _model()
+    model.spec.interpolation = "bilinear"
+    with pytest.raises(ValueError, match="eval_transform"):
+        _run(model, toy_data, stopped_run)
+
+
+def test_fusion_switched_is_refused(stopped_run, toy_data):
+    with fusion(not fusion_enabled()):
+        with pytest.raises(ValueError, match=r"another run \(its fusion differ: "
+                                             r"fusion: (true → false|false → true)\)"):
+            _run(_model(), toy_data, stopped_run)
+
+
+def test_another_device_type_is_refused(stopped_run, toy_data, monkeypatch):
+    monkeypatch.setattr(stages_module, "model_device", lambda model: torch.device("cuda", 0))  # a GPU run's key
+    with pytest.raises(ValueError, match=r"another run \(its device differ: device: \"cpu\" → \"cuda\"\)"):
+        _run(_model(), toy_data, stopped_run)
+
+
+@pytest.mark.parametrize("package", ["robgen", "torch", "torchattacks"])
+def test_other_software_versions_are_refused(stopped_run, toy_data, monkeypatch, package):
+    real = stages_module.installed_version
+    monkeypatch.setattr(stages_module, "installed_version",
+                        lambda name: "999.0" if name == package else real(name))
+    with pytest.raises(ValueError, match=rf"another run.*\b{package}\b"):
+        _run(_model(), toy_data, stopped_run)
+
+
+def test_other_code_is_refused(stopped_run, toy_data, monkeypatch):
+    """A bug fix in an attack changes its outputs without changing robgen's version number."""
+    monkeypatch.setattr(stages_module, "code_fingerprint", lambda: "edited")
+    with pytest.raises(ValueError, match=r"another run.*\bcode\b"):
+        _run(_model(), toy_data, stopped_run)
+
+
+def test_the_environment_names_what_decides_a_stages_outputs(monkeypatch):
+    model = _model()
+    environment = run_environment(model)
+    assert environment["eval_transform"] == {"input_size": [3, 16, 16], "crop_pct": 1.0, "interpolation": "bicubic"}
+    assert environment["fusion"] is fusion_enabled() and environment["device"] == "cpu"
+    assert environment["torch"] == torch.__version__ and environment["robgen"]
+    assert environment["code"] == "this checkout" and len(CODE_FINGERPRINT()) == 64  # (pinned here, see same_code)
+    assert run_environment(model, fused=not fusion_enabled())["fusion"] is not fusion_enabled(), "a run's own setting"
+    monkeypatch.setattr(stages_module, "model_device", lambda model: torch.device("cuda", 0))
+    assert run_environment(model)["device"] == "cuda"
+
+
+def test_the_code_fingerprint_follows_the_files(tmp_path):
+    package = tmp_path / "package"
+    (package / "attacks").mkdir(parents=True)
+    (package / "attacks" / "pgd.py").write_text("STEP = 1\n")
+    (package / "data.py").write_text("SIZE = 32\n")
+    parts = ("attacks", "data.py")
+    before = CODE_FINGERPRINT(package, parts)
+    assert CODE_FINGERPRINT(package, parts) == before
+    (package / "attacks" / "pgd.py").write_text("STEP = 2\n")
+    edited = CODE_FINGERPRINT(package, parts)
+    assert edited != before
+    (package / "app.py").write_text("TITLE = 'robgen'\n")  # not one of the parts
+    assert CODE_FINGERPRINT(package, parts) == edited
