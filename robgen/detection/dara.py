@@ -1,0 +1,174 @@
+"""Detection-aware metrics of a classifier with a reject option, as pure functions on per-image booleans.
+
+The reporting rule of Tramèr, Carlini, Brendel & Madry (2020, "On adaptive attacks to adversarial
+example defenses"): the threshold is fixed on clean held-out data, and a test image counts as
+defended when its clean image is classified correctly and accepted and no attack finds a point in
+the ε-ball that is misclassified *and* accepted. Inputs are booleans per test image (N,):
+
+    clean_correct     the model classifies the clean image correctly
+    clean_accepted    the reject option accepts the clean image (score <= 0)
+    evaded            an attack found an accepted, misclassified point in the ball: one (N,) tensor,
+                      an (A, N) stack, or a mapping {attack name: (N,)}
+    adversarial_correct / adversarial_rejected
+                      an attack's point (e.g. one made against the bare model) is still classified
+                      correctly / is rejected
+
+Every rate comes as {"rate", "ci", "count", "n"} with Wilson's 95% interval (robgen.metrics).
+`tramer_ceiling_note` states the bound of Tramèr (2022, "Detecting adversarial examples is (nearly)
+as hard as classifying them"): a detector robust at ε gives a (slow) classifier robust at ε/2, so
+a DARA at ε above the best robust accuracy known at ε/2 points to a weak attack.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Union
+
+import torch
+
+from ..metrics import rate_interval
+
+Flags = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+
+
+def as_flags(values, name: str, n: Optional[int] = None) -> torch.Tensor:
+    """A 1-D bool tensor from booleans (or 0/1 numbers), of length `n` if given; a clear error otherwise."""
+    flags = torch.as_tensor(values).detach().cpu()
+    if flags.ndim != 1:
+        raise ValueError(f"{name} must hold one boolean per test image, shape (N,), got {tuple(flags.shape)}")
+    if flags.dtype != torch.bool:
+        if flags.numel() and not bool(((flags == 0) | (flags == 1)).all()):
+            raise ValueError(f"{name} must be booleans (True/False or 0/1), got other values: pass e.g. "
+                             "`score > 0` or `logits.argmax(1) == y`, not the scores themselves")
+        flags = flags.bool()
+    if n is not None and len(flags) != n:
+        raise ValueError(f"{name} has {len(flags)} entries but the clean results have {n}: pass the same test images")
+    return flags
+
+
+def _stack(values: Flags, name: str, n: int) -> Dict[str, torch.Tensor]:
+    """{attack name: (N,) flags} from a mapping, an (A, N) stack or one (N,) tensor."""
+    if isinstance(values, Mapping):
+        if not values:
+            raise ValueError(f"{name} names no attack: pass at least one")
+        return {str(key): as_flags(flags, f"{name}[{key!r}]", n) for key, flags in values.items()}
+    tensor = torch.as_tensor(values)
+    if tensor.ndim == 1:
+        return {"attack": as_flags(tensor, name, n)}
+    if tensor.ndim == 2:
+        return {f"attack {i}": as_flags(row, f"{name}[{i}]", n) for i, row in enumerate(tensor)}
+    raise ValueError(f"{name} must be (N,), (attacks, N) or a mapping of attack names to (N,), got {tuple(tensor.shape)}")
+
+
+def rate(flags: torch.Tensor) -> Dict[str, object]:
+    """{"rate", "ci" (Wilson 95%), "count", "n"} of a boolean tensor; rate and ci are nan when n = 0."""
+    flags = as_flags(flags, "flags")
+    n, count = int(flags.numel()), int(flags.sum())
+    return {"rate": count / n if n else math.nan, "ci": rate_interval(flags), "count": count, "n": n}
+
+
+def clean_accuracy_with_rejection(clean_correct, clean_accepted) -> Dict[str, Dict[str, object]]:
+    """Clean test images: accuracy with rejection (correct and accepted), the rejection rate (= the test FPR),
+    the accuracy without the detector, and the accuracy among accepted images."""
+    correct = as_flags(clean_correct, "clean_correct")
+    accepted = as_flags(clean_accepted, "clean_accepted", len(correct))
+    return {"accuracy": rate(correct & accepted), "rejection_rate": rate(~accepted),
+            "accuracy_without_detector": rate(correct), "accuracy_among_accepted": rate(correct[accepted])}
+
+
+def defended_images(clean_correct, clean_accepted, evaded: Flags) -> torch.Tensor:
+    """(N,) bool: clean image correct and accepted, and no attack found an accepted misclassified point."""
+    correct = as_flags(clean_correct, "clean_correct")
+    accepted = as_flags(clean_accepted, "clean_accepted", len(correct))
+    broken = torch.zeros_like(correct)
+    for flags in _stack(evaded, "evaded", len(correct)).values():
+        broken |= flags
+    return correct & accepted & ~broken
+
+
+def detection_aware_robust_accuracy(clean_correct, clean_accepted, evaded: Flags) -> Dict[str, object]:
+    """DARA: the fraction of test images defended against every attack (`defended_images`), over all N."""
+    return rate(defended_images(clean_correct, clean_accepted, evaded))
+
+
+def detection_rate(clean_correct, adversarial_correct, adversarial_rejected) -> Dict[str, object]:
+    """Among the images an attack succeeds on (clean correct, its point misclassified), the fraction rejected.
+
+    For attacks made against the bare model this is the detector's usual "detection rate"; n is the
+    number of successes (0 gives a nan rate).
+    """
+    correct = as_flags(clean_correct, "clean_correct")
+    succeeded = correct & ~as_flags(adversarial_correct, "adversarial_correct", len(correct))
+    rejected = as_flags(adversarial_rejected, "adversarial_rejected", len(correct))
+    return rate(rejected[succeeded])
+
+
+def bare_robust_accuracy(clean_correct, adversarial_correct: Flags) -> Dict[str, object]:
+    """The model without its detector: clean correct and still correct under every attack."""
+    correct = as_flags(clean_correct, "clean_correct")
+    robust = correct.clone()
+    for flags in _stack(adversarial_correct, "adversarial_correct", len(correct)).values():
+        robust &= flags
+    return rate(robust)
+
+
+def per_attack_breakdown(clean_correct, clean_accepted, evaded: Flags) -> Dict[str, Dict[str, object]]:
+    """Per attack: its DARA alone, its evasion rate among the images defended on clean inputs, and how many
+    images only it broke (so which attacks the final number rests on)."""
+    correct = as_flags(clean_correct, "clean_correct")
+    accepted = as_flags(clean_accepted, "clean_accepted", len(correct))
+    attacks = _stack(evaded, "evaded", len(correct))
+    clean_ok = correct & accepted
+    counts = torch.stack([flags & clean_ok for flags in attacks.values()]).sum(0)  # attacks that broke each image
+    return {name: {"dara": rate(clean_ok & ~flags), "evasion_rate": rate(flags[clean_ok]),
+                   "only_this_attack": int((flags & clean_ok & (counts == 1)).sum())}
+            for name, flags in attacks.items()}
+
+
+def _format_eps(eps: float) -> str:
+    scaled = eps * 255
+    return f"{round(scaled):d}/255" if abs(scaled - round(scaled)) < 1e-6 and round(scaled) else f"{eps:g}"
+
+
+def tramer_ceiling_note(eps: float, norm: str = "Linf", best_known_at_half: Optional[float] = None) -> str:
+    """One sentence for a report: the bound of Tramèr (2022) on a DARA at `eps`.
+
+    A detector robust at distance ε yields a (computationally inefficient) classifier robust at ε/2
+    with the same robust accuracy, so a DARA at ε above the best robust accuracy any classifier is
+    known to reach at ε/2 (`best_known_at_half`, a fraction, if given) signals a weak attack rather
+    than a strong detector.
+    """
+    eps = float(eps)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    note = (f"Tramèr (2022): a detector robust at {norm} ε = {_format_eps(eps)} gives a (slow) classifier robust at "
+            f"ε/2 = {_format_eps(eps / 2)}, so detection-aware robust accuracy at {_format_eps(eps)} cannot credibly "
+            f"exceed the best robust accuracy known at {_format_eps(eps / 2)}")
+    if best_known_at_half is not None:
+        note += f" ({100 * float(best_known_at_half):.1f}%)"
+    return note + "; a higher number points to a weak attack, not a strong detector."
+
+
+def detection_aware_report(clean_correct, clean_accepted, evaded: Flags, eps: float,
+                           bare_adversarial_correct: Optional[Flags] = None,
+                           bare_adversarial_rejected: Optional[Flags] = None, norm: str = "Linf",
+                           best_known_at_half: Optional[float] = None) -> Dict[str, object]:
+    """Every metric at once: clean accuracy with rejection, DARA, the per-attack breakdown, and, given the
+    attacks' results on the bare model, its robust accuracy and the detection rate of each; Tramèr's note."""
+    report: Dict[str, object] = {
+        "clean": clean_accuracy_with_rejection(clean_correct, clean_accepted),
+        "dara": detection_aware_robust_accuracy(clean_correct, clean_accepted, evaded),
+        "per_attack": per_attack_breakdown(clean_correct, clean_accepted, evaded),
+        "eps": float(eps), "norm": norm, "tramer_ceiling": tramer_ceiling_note(eps, norm, best_known_at_half),
+    }
+    n = len(as_flags(clean_correct, "clean_correct"))
+    if bare_adversarial_correct is not None:
+        bare = _stack(bare_adversarial_correct, "bare_adversarial_correct", n)
+        report["bare_robust_accuracy"] = bare_robust_accuracy(clean_correct, bare)
+        if bare_adversarial_rejected is not None:
+            rejected = _stack(bare_adversarial_rejected, "bare_adversarial_rejected", n)
+            if set(rejected) != set(bare):
+                raise ValueError(f"bare_adversarial_rejected names attacks {sorted(rejected)} but "
+                                 f"bare_adversarial_correct names {sorted(bare)}: give both for the same attacks")
+            report["detection_rate"] = {name: detection_rate(clean_correct, bare[name], rejected[name]) for name in bare}
+    return report

@@ -1,0 +1,131 @@
+"""`DefendedClassifier`: a model plus a calibrated reject option, attacked and measured as one system.
+
+    defended = DefendedClassifier(model, reject)      # refuses a reject option calibrated for another model
+    logits, score = defended.outputs(x)                # one model pass; score > 0 = rejected
+    defended.predict(x)                                # class, or -1 where rejected
+    defended.combined_logits(x)                        # (N, K + 1): class K means "rejected"
+
+An adaptive attacker needs the classifier and the detector as differentiable functions of the input
+(Carlini & Wagner 2017, "Adversarial examples are not easily detected"; Tramèr, Carlini, Brendel &
+Madry 2020, "On adaptive attacks to adversarial example defenses"). `outputs` gives both from one
+forward pass: the logits, and the score of the reject option computed from them (and from the
+penultimate features, caught on their way into the last linear layer, when the detector reads them).
+
+The (K + 1)-logit construction of Carlini & Wagner (2017) lets any attack on an ordinary classifier
+attack the defended one: a point is misclassified by the combined model exactly when it is
+misclassified by the model and accepted. Their extra logit (d(x) + 1) · max_k f_k(x) is above every
+class only when max_k f_k(x) > 0: with a negative top logit a rejected point (d > 0) scores below
+it, and d < -1 flips the sign, so "argmax = K + 1 iff rejected" fails. robgen uses
+G_{K+1}(x) = max_k f_k(x) + d(x) instead, which is above every class exactly when d > 0, for any
+logits; it is computed as G = [f(x) - max_k f_k(x), d(x)] (the same logits shifted by a common
+constant, so the softmax, cross-entropy, margins and argmax are unchanged), because then the class
+side's maximum is exactly 0 and the comparison with d has no rounding: argmax G = K (counted from 0)
+if and only if d(x) > 0, exactly, also in float32. Ties (d = 0) go to the class, as `score > 0` does.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .baselines import last_linear
+from .reject import RejectOption
+
+
+def combine_logits(logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """(N, K + 1) logits whose argmax is K (the extra class) exactly where `score > 0`, else the top class.
+
+    G = [f - max_k f_k, d]: Carlini & Wagner (2017)'s extra "rejected" logit in the form
+    max_k f_k + d, shifted by -max_k f_k so that the comparison is exact in floating point.
+    Computed in the wider of the two dtypes.
+    """
+    if logits.ndim != 2 or score.shape != (logits.shape[0],):
+        raise ValueError(f"need logits (N, K) and a score (N,), got {tuple(logits.shape)} and {tuple(score.shape)}")
+    dtype = torch.promote_types(logits.dtype, score.dtype)
+    logits, score = logits.to(dtype), score.to(dtype)
+    top = logits.max(dim=1, keepdim=True).values
+    return torch.cat([logits - top, score[:, None]], dim=1)
+
+
+class DefendedClassifier(nn.Module):
+    """A classifier with a reject option: `forward` gives the model's logits, `outputs` adds the score.
+
+    Args:
+        model: the classifier (a robgen `Classifier`, or any module mapping [0, 1] pixels to logits).
+        reject: a calibrated `RejectOption` for this model; one calibrated for another model (its
+            weights' fingerprint differs) or not calibrated is refused before any work starts.
+
+    The defended classifier is in the model's mode (train or eval) when built, and has its `spec`
+    and device; it holds no parameters of its own.
+    """
+
+    def __init__(self, model: nn.Module, reject: RejectOption) -> None:
+        super().__init__()
+        if not isinstance(reject, RejectOption):
+            raise TypeError(f"reject must be a RejectOption (make_reject_option(kind) or RejectOption.from_callable"
+                            f"(fn), then calibrate it), got {type(reject).__name__}")
+        reject._require_fit()
+        reject.check_model(model)
+        if reject.needs_features:
+            last_linear(model)  # a model without a linear head cannot give penultimate features: say so now
+        self.model = model
+        self.reject = reject
+        self.training = model.training  # its own flag only: model.train() would reset the model's submodules' modes
+
+    @property
+    def spec(self):
+        """The wrapped model's spec (architecture, classes, normalisation)."""
+        return self.model.spec
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.spec.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (N, K), as if undefended."""
+        return self.model(x)
+
+    def outputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, K), score (N,)) from one forward pass of the model; score > 0 means rejected."""
+        features: Optional[torch.Tensor] = None
+        caught: List[torch.Tensor] = []
+        hook = None
+        if self.reject.needs_features:  # catch the last linear layer's input, inside the autograd graph
+            hook = last_linear(self.model).register_forward_hook(
+                lambda module, inputs, output: caught.append(inputs[0].flatten(1)))
+        try:
+            logits = self.model(x)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if hook is not None:
+            if len(caught) != 1:
+                raise RuntimeError(f"the model's last linear layer ran {len(caught)} times in one forward pass, so its "
+                                   "input is not one set of penultimate features")
+            features = caught[0]
+        inputs = x if self.reject.needs_inputs else None
+        return logits, self.reject.score_from(logits, features, inputs)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) reject score of the inputs; > 0 means rejected."""
+        return self.outputs(x)[1]
+
+    def combined_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K + 1): Carlini & Wagner (2017)'s construction; argmax K (from 0) iff rejected. See `combine_logits`."""
+        return combine_logits(*self.outputs(x))
+
+    @torch.no_grad()
+    def accepts(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) bool, True where the reject option accepts the input (score <= 0)."""
+        return self.score(x) <= 0
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) long: the predicted class where accepted, -1 where rejected."""
+        logits, score = self.outputs(x)
+        return torch.where(score > 0, torch.full_like(score, -1, dtype=torch.long), logits.argmax(1))
+
+    def extra_repr(self) -> str:
+        return f"reject={self.reject!r}"

@@ -1,0 +1,626 @@
+"""Reject options: detectors as calibrated, differentiable scores, ready for an adaptive attacker.
+
+One convention for every detector: `score > 0` means rejected (flagged adversarial), `score <= 0`
+accepted. The score is a detector's raw statistic minus its threshold, signed so that the side that
+looks adversarial is positive:
+
+    kind            statistic                              rejected when          score
+    "energy"        E_T(x) = -T logsumexp(f(x)/T)          E_T(x) < tau           tau - E_T(x)
+    "band"          E_T(x)                                 E < lo or E > hi       max(lo - E, E - hi)
+    "class-energy"  E(x, ŷ) = -f_ŷ(x) = -max_k f_k(x)      E(x, ŷ) < tau          tau - E(x, ŷ) = tau + max_k f_k(x)
+    "multi-t"       E_t(x) at temperatures t_1..t_M        some E_t(x) < tau_t    max_t (tau_t - E_t(x))
+    "mahalanobis"   min_c Mahalanobis distance of the      distance > t           distance - t
+                    penultimate features to class c
+    "custom"        a user's s(x) (or s(logits))           s > t                  s - t
+
+"energy" is Beadini & Masi (2023)'s detector: untargeted PGD lowers E(x), so low energy is
+adversarial. `EnergyDetector` flags `E <= threshold`; a reject option rejects only strictly below
+`tau`, so that its calibration can promise an exact bound (below). "mahalanobis" is the simplified
+Lee et al. (2018) score of `baselines.MahalanobisScorer` (class means and a shared covariance of the
+penultimate features of clean *training* images).
+
+Calibration (the rule of Tramèr, Carlini, Brendel & Madry 2020, "On adaptive attacks to adversarial
+example defenses": fix the threshold on clean held-out data, then attack): every threshold comes from
+the clean validation images alone, at a target false-positive rate α (default 5%). With n validation
+images, at most m = floor(α n) of them are rejected, exactly: the threshold is an order statistic of
+the clean statistic (no interpolation), and ties with it are accepted. For an upper threshold
+(reject s > t) t is the (n - m)-th smallest value; for a lower one (reject E < tau) tau is the
+(m + 1)-th smallest. The band spends floor(α n / 2) on its low tail and the rest on its high tail.
+"multi-t" rejects the union over temperatures, so its per-temperature thresholds sit at a common
+level k (each alone would reject at most k) found by bisection as the largest k whose union still
+rejects at most m. The validation false-positive rate achieved, with its Wilson interval, is kept.
+The bound is exact for the statistic as computed at calibration; a threshold fitted on float32
+outputs is a float32 number, so the same float32 outputs give the same decisions again (outputs
+recomputed on another device or batch may differ in the last bits).
+
+Scores are pure functions of one forward pass's outputs (`score_from(logits, features)`), and
+differentiable, so an attack pays one model pass per step for both the classifier and the detector
+(`robgen.detection.defended.DefendedClassifier`). A reject option records the fingerprint of the
+model it was calibrated on (`robgen.models.fingerprint`) and refuses any other.
+
+    reject = make_reject_option("energy", temperature=1.0, target_fpr=0.05).calibrate(model, val_images)
+    reject.save(folder / "reject-energy.json")
+    reject = RejectOption.load(folder / "reject-energy.json", model=model)   # refuses another model
+    mine = RejectOption.from_callable(lambda x: my_detector(x)).calibrate(model, val_images)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..checks import check_logits, check_positive
+from ..energy import class_energy, energy
+from ..metrics import rate_interval
+from ..models.fingerprint import model_fingerprint
+from ..models.state import eval_mode, model_device
+from .baselines import MahalanobisScorer, penultimate_features
+from .detector import TEMPERATURES
+
+FORMAT = "robgen-reject-option"
+FORMAT_VERSION = 1
+
+
+def allowed_rejections(n: int, target_fpr: float) -> int:
+    """m = floor(target_fpr · n): the most clean validation images a threshold may reject."""
+    return int(math.floor(float(target_fpr) * n + 1e-9))  # 1e-9: 0.29 * 100 is 28.999999999999996
+
+
+def upper_threshold(values: torch.Tensor, target_fpr: float) -> float:
+    """The smallest order statistic t of `values` with #{v > t} <= floor(target_fpr · n): reject `v > t`."""
+    ordered = torch.sort(values.detach().flatten()).values
+    return float(ordered[len(ordered) - 1 - allowed_rejections(len(ordered), target_fpr)])
+
+
+def lower_threshold(values: torch.Tensor, target_fpr: float) -> float:
+    """The largest order statistic tau of `values` with #{v < tau} <= floor(target_fpr · n): reject `v < tau`."""
+    ordered = torch.sort(values.detach().flatten()).values
+    return float(ordered[allowed_rejections(len(ordered), target_fpr)])
+
+
+def _check_fpr(target_fpr: float) -> float:
+    target_fpr = float(target_fpr)
+    if not 0 <= target_fpr < 1:
+        raise ValueError(f"target_fpr must be in [0, 1) (e.g. 0.05 for 5% of clean images rejected), got {target_fpr}")
+    return target_fpr
+
+
+def _check_values(values: torch.Tensor) -> torch.Tensor:
+    if values.shape[0] == 0:
+        raise ValueError("no clean validation images to calibrate on: pass at least one")
+    if not torch.isfinite(values).all():
+        raise ValueError("the detector's statistic is NaN or infinite on some clean validation images; "
+                         "check the model's outputs (or your detector function) on them")
+    return values
+
+
+class RejectOption:
+    """A detector as a calibrated score: `score_from(logits, features, inputs) > 0` means rejected.
+
+    Subclasses define `values` (the detector's statistic, differentiable), `_fit_values` (thresholds
+    from clean validation statistics) and `_score_from_values`; the rest (calibration, the model
+    check, JSON) is shared. Attributes:
+
+    - `kind`: the registry name ("energy", "band", "class-energy", "multi-t", "mahalanobis", "custom");
+    - `target_fpr`: the clean false-positive rate the thresholds were set for;
+    - `needs_features`: `score_from` needs the penultimate features (the input of the last nn.Linear);
+    - `needs_inputs`: `score_from` needs the input images (a user's detector of x);
+    - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n;
+    - `model_fingerprint`: the SHA-256 of the weights it was calibrated on;
+    - `calibration`: free-form provenance for the caller to fill (data, split, seed).
+    """
+
+    kind = ""
+    needs_features = False
+    needs_inputs = False
+
+    def __init__(self, target_fpr: float = 0.05) -> None:
+        self.target_fpr = _check_fpr(target_fpr)
+        self.model_fingerprint: Optional[str] = None
+        self.validation: Dict[str, object] = {}
+        self.calibration: Dict[str, object] = {}
+
+    # ---- what a kind defines -------------------------------------------------------------------
+    def values(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+               inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The detector's raw statistic (N,) or (N, M), differentiable in the outputs it reads."""
+        raise NotImplementedError
+
+    def _fit_values(self, values: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _score_from_values(self, values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def thresholds(self) -> Dict[str, object]:
+        """The fitted thresholds by name (None before calibration)."""
+        raise NotImplementedError
+
+    def _set_thresholds(self, thresholds: Dict[str, object]) -> None:
+        raise NotImplementedError
+
+    def settings(self) -> Dict[str, object]:
+        """The constructor's settings besides target_fpr (temperature, temperatures, ...)."""
+        return {}
+
+    def _state(self) -> Dict[str, object]:
+        """Fitted state besides thresholds (Mahalanobis: class means and precision)."""
+        return {}
+
+    def _set_state(self, state: Dict[str, object]) -> None:
+        pass
+
+    # ---- scores --------------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return all(value is not None for value in self.thresholds().values())
+
+    def _require_fit(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"this {self.kind!r} reject option has no threshold yet: call calibrate(model, images) "
+                               "or fit(clean validation outputs) first, or load a saved one")
+
+    def score_from(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+                   inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N,) score of one forward pass's outputs; > 0 means rejected. Differentiable.
+
+        `features` (the penultimate features) are needed when `needs_features`, `inputs` (the
+        images) when `needs_inputs`.
+        """
+        self._require_fit()
+        self._require_outputs(logits, features, inputs)
+        return self._score_from_values(self.values(logits, features, inputs))
+
+    def rejects(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+                inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N,) bool, True where rejected: `score_from(...) > 0`."""
+        return self.score_from(logits, features, inputs) > 0
+
+    def _require_outputs(self, logits, features, inputs) -> None:
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ValueError(f"logits must be a tensor of shape (N, num_classes), got "
+                             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+        if self.needs_features and features is None:
+            raise ValueError(f"the {self.kind!r} reject option reads the penultimate features: pass features= "
+                             "(robgen.detection.penultimate_features gives them) or use DefendedClassifier.outputs")
+        if self.needs_inputs and inputs is None:
+            raise ValueError(f"the {self.kind!r} reject option reads the input images: pass inputs=")
+
+    # ---- calibration ---------------------------------------------------------------------------
+    def fit(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+            inputs: Optional[torch.Tensor] = None, model: Optional[torch.nn.Module] = None) -> "RejectOption":
+        """Set the thresholds on one batch of clean validation outputs (`model`: record its fingerprint)."""
+        if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
+            check_logits(logits)
+        self._require_outputs(logits, features, inputs)
+        with torch.no_grad():
+            values = self.values(logits.detach(), None if features is None else features.detach(),
+                                 None if inputs is None else inputs.detach())
+        self.fit_values(values)
+        if model is not None:
+            self.bind(model)
+        return self
+
+    def fit_values(self, values: torch.Tensor) -> "RejectOption":
+        """Set the thresholds on the statistic `values(...)` of clean validation images; record the FPR reached."""
+        values = _check_values(values.detach())
+        self._fit_values(values)
+        rejected = self._score_from_values(values) > 0
+        self.validation = {
+            "n": int(values.shape[0]), "rejected": int(rejected.sum()),
+            "false_positive_rate": float(rejected.double().mean()),
+            "false_positive_rate_ci": list(rate_interval(rejected)), "confidence": 0.95,
+        }
+        return self
+
+    @torch.no_grad()
+    def calibrate(self, model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> "RejectOption":
+        """Run `model` (in eval mode) over clean validation `images` once and fit the thresholds on its outputs.
+
+        The images must be held out of the model's training (robgen.data.model_val_split gives the
+        split a robgen model's training held out). Records the model's fingerprint.
+        """
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
+            raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
+        if self.needs_features:
+            features, logits = penultimate_features(model, images, batch_size)
+        else:
+            device, chunks = model_device(model), []
+            with eval_mode(model):
+                for start in range(0, len(images), batch_size):
+                    chunks.append(model(images[start:start + batch_size].to(device)).detach())
+            logits, features = torch.cat(chunks), None
+        check_logits(logits)
+        values = []
+        for start in range(0, len(images), batch_size):
+            part = slice(start, start + batch_size)
+            inputs = images[part].to(model_device(model)) if self.needs_inputs else None
+            values.append(self.values(logits[part], None if features is None else features[part], inputs).detach().cpu())
+        self.fit_values(torch.cat(values))
+        return self.bind(model)
+
+    # ---- the model it belongs to ---------------------------------------------------------------
+    def bind(self, model: torch.nn.Module) -> "RejectOption":
+        """Record that the thresholds belong to `model` (its weights' fingerprint)."""
+        self.model_fingerprint = model_fingerprint(model)
+        return self
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse a model other than the one the thresholds were calibrated on, saying what to do."""
+        if self.model_fingerprint is None:
+            raise ValueError(f"this {self.kind!r} reject option does not record which model it was calibrated on: "
+                             "calibrate(model, val_images), or fit(..., model=model) on that model's outputs")
+        found = model_fingerprint(model)
+        if found != self.model_fingerprint:
+            raise ValueError(f"this {self.kind!r} reject option was calibrated for another model (weights "
+                             f"{self.model_fingerprint[:12]}…, this model's are {found[:12]}…): calibrate it again "
+                             "on this model's clean validation images")
+
+    # ---- saving --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        state = self._state()
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "target_fpr": self.target_fpr,
+                "settings": self.settings(), "thresholds": self.thresholds(), "validation": self.validation,
+                "model_fingerprint": self.model_fingerprint, "calibration": self.calibration,
+                **({"state": state} if state else {})}
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the reject option as JSON (next to the checkpoint, like detector.json)."""
+        self._require_fit()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "RejectOption":
+        """Rebuild a reject option from `to_dict` data (a "custom" one needs its function back: `fn`)."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a saved reject option (no \"format\": \"{FORMAT}\")")
+        kind = data.get("kind")
+        if kind == CallableReject.kind:
+            if fn is None:
+                raise ValueError(f"this reject option is a user's detector ({data.get('settings', {}).get('name')!r}): "
+                                 "pass its function again, RejectOption.load(path, fn=my_detector)")
+            option = CallableReject(fn, target_fpr=data["target_fpr"], **data.get("settings", {}))
+        else:
+            option = make_reject_option(kind, target_fpr=data["target_fpr"], **data.get("settings", {}))
+        option._set_state(data.get("state", {}))
+        option._set_thresholds(data["thresholds"])
+        option.validation = data.get("validation", {})
+        option.model_fingerprint = data.get("model_fingerprint")
+        option.calibration = data.get("calibration", {})
+        return option
+
+    @classmethod
+    def load(cls, path: Union[str, Path], model: Optional[torch.nn.Module] = None,
+             fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "RejectOption":
+        """Read a saved reject option; with `model`, refuse it unless it was calibrated on that model."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
+        try:
+            option = cls.from_dict(data, fn=fn)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
+        if model is not None:
+            option.check_model(model)
+        return option
+
+    @staticmethod
+    def from_callable(fn: Callable[[torch.Tensor], torch.Tensor], on: str = "input", name: str = "custom",
+                      target_fpr: float = 0.05) -> "CallableReject":
+        """A user's differentiable detector `fn` -> (N,) score, higher = more adversarial; see `CallableReject`."""
+        return CallableReject(fn, on=on, name=name, target_fpr=target_fpr)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        state = "fitted" if self.fitted else "unfitted"
+        return f"{type(self).__name__}({settings + ', ' if settings else ''}target_fpr={self.target_fpr:g}, {state})"
+
+
+class EnergyReject(RejectOption):
+    """Beadini & Masi (2023)'s one-sided energy detector: reject E_T(x) < tau; score = tau - E_T(x)."""
+
+    kind = "energy"
+
+    def __init__(self, temperature: float = 1.0, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.temperature = check_positive(temperature, "temperature")
+        self.tau: Optional[float] = None
+
+    def values(self, logits, features=None, inputs=None):
+        return energy(logits, self.temperature, check=False)
+
+    def _fit_values(self, values):
+        self.tau = lower_threshold(values, self.target_fpr)
+
+    def _score_from_values(self, values):
+        return self.tau - values
+
+    def thresholds(self):
+        return {"tau": self.tau}
+
+    def _set_thresholds(self, thresholds):
+        self.tau = float(thresholds["tau"])
+
+    def settings(self):
+        return {"temperature": self.temperature}
+
+
+class EnergyBandReject(RejectOption):
+    """A two-sided energy band: reject E_T(x) < lo or E_T(x) > hi; score = max(lo - E, E - hi).
+
+    Catches attacks that push the energy either way (untargeted attacks lower it, targeted ones
+    raise it: Mirza et al. 2024). The low tail gets floor(α n / 2) of the clean budget, the high
+    tail the rest.
+    """
+
+    kind = "band"
+
+    def __init__(self, temperature: float = 1.0, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.temperature = check_positive(temperature, "temperature")
+        self.lo: Optional[float] = None
+        self.hi: Optional[float] = None
+
+    def values(self, logits, features=None, inputs=None):
+        return energy(logits, self.temperature, check=False)
+
+    def _fit_values(self, values):
+        ordered = torch.sort(values.flatten()).values
+        n = len(ordered)
+        total = allowed_rejections(n, self.target_fpr)
+        low = total // 2
+        self.lo = float(ordered[low])  # #{E < lo} <= low
+        self.hi = float(ordered[n - 1 - (total - low)])  # #{E > hi} <= total - low; lo <= hi as total <= n - 1
+
+    def _score_from_values(self, values):
+        return torch.maximum(self.lo - values, values - self.hi)
+
+    def thresholds(self):
+        return {"lo": self.lo, "hi": self.hi}
+
+    def _set_thresholds(self, thresholds):
+        self.lo, self.hi = float(thresholds["lo"]), float(thresholds["hi"])
+
+    def settings(self):
+        return {"temperature": self.temperature}
+
+
+class ClassEnergyReject(RejectOption):
+    """Reject a low class energy at the predicted class: E(x, ŷ) = -max_k f_k(x) < tau.
+
+    score = tau - E(x, ŷ) = tau + max_k f_k(x): an over-confident top logit is rejected. (A
+    threshold on max_k f_k would be t = -tau; the energy scale is kept so that "low energy =
+    rejected" reads the same as for "energy".)
+    """
+
+    kind = "class-energy"
+
+    def __init__(self, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.tau: Optional[float] = None
+
+    def values(self, logits, features=None, inputs=None):
+        return class_energy(logits, logits.argmax(1), check=False)
+
+    def _fit_values(self, values):
+        self.tau = lower_threshold(values, self.target_fpr)
+
+    def _score_from_values(self, values):
+        return self.tau - values
+
+    def thresholds(self):
+        return {"tau": self.tau}
+
+    def _set_thresholds(self, thresholds):
+        self.tau = float(thresholds["tau"])
+
+
+class MultiTemperatureReject(RejectOption):
+    """Energies at several temperatures: reject when any E_t(x) < tau_t; score = max_t (tau_t - E_t(x)).
+
+    The taus sit at one common level k (tau_t is the (k + 1)-th smallest clean E_t, so each alone
+    rejects at most k), with k the largest level at which the union rejects at most floor(α n)
+    clean validation images, found by bisection (the union only grows with k).
+    """
+
+    kind = "multi-t"
+
+    def __init__(self, temperatures: Sequence[float] = TEMPERATURES, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.temperatures = tuple(check_positive(t, "temperature") for t in temperatures)
+        if not self.temperatures:
+            raise ValueError("multi-t needs at least one temperature, e.g. temperatures=(0.1, 1.0, 10.0)")
+        self.taus: Optional[List[float]] = None
+        self.level: Optional[int] = None
+
+    def values(self, logits, features=None, inputs=None):
+        return torch.stack([energy(logits, t, check=False) for t in self.temperatures], dim=1)
+
+    def _fit_values(self, values):
+        ordered = torch.sort(values, dim=0).values  # (n, M), each column ascending
+        budget = allowed_rejections(len(values), self.target_fpr)
+
+        def union(level: int) -> int:
+            return int((values < ordered[level][None, :]).any(1).sum())
+
+        low, high = 0, budget  # union(0) = 0 <= budget; find the largest level within it
+        while low < high:
+            middle = (low + high + 1) // 2
+            if union(middle) <= budget:
+                low = middle
+            else:
+                high = middle - 1
+        self.level = low
+        self.taus = [float(v) for v in ordered[low]]
+
+    def _score_from_values(self, values):
+        taus = torch.tensor(self.taus, dtype=values.dtype, device=values.device)
+        return (taus[None, :] - values).max(1).values
+
+    def thresholds(self):
+        return {"taus": self.taus, "level": self.level}
+
+    def _set_thresholds(self, thresholds):
+        self.taus = [float(t) for t in thresholds["taus"]]
+        self.level = None if thresholds.get("level") is None else int(thresholds["level"])
+        if len(self.taus) != len(self.temperatures):
+            raise ValueError(f"{len(self.taus)} thresholds for {len(self.temperatures)} temperatures")
+
+    def settings(self):
+        return {"temperatures": list(self.temperatures)}
+
+
+class MahalanobisReject(RejectOption):
+    """Lee et al. (2018), simplified: reject a large Mahalanobis distance of the penultimate features.
+
+    The class means and shared covariance come from clean *training* images (`fit_reference` or
+    `fit_reference_on`, through `baselines.MahalanobisScorer`); the threshold from clean validation
+    images. score = min_c (z - mu_c)^T Sigma^-1 (z - mu_c) - t, in float64, differentiable in the
+    features z (and so in the input, through the model).
+    """
+
+    kind = "mahalanobis"
+    needs_features = True
+
+    def __init__(self, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.scorer: Optional[MahalanobisScorer] = None
+        self.threshold: Optional[float] = None
+        self.reference: Dict[str, object] = {}
+
+    def fit_reference(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "MahalanobisReject":
+        """Class means and the shared covariance of clean training features (N, D) with their labels."""
+        labels = torch.as_tensor(labels).long().cpu()
+        missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+        if missing:
+            raise ValueError(f"Mahalanobis needs clean training features of every class; classes {missing} have none")
+        self.scorer = MahalanobisScorer().fit(features.detach().cpu(), labels, num_classes)
+        self.reference = {"n": int(len(labels)), "num_classes": int(num_classes), "dim": int(features.shape[1])}
+        return self
+
+    def fit_reference_on(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                         batch_size: int = 256) -> "MahalanobisReject":
+        """`fit_reference` on the penultimate features of clean training `images` through `model`."""
+        features, logits = penultimate_features(model, images, batch_size)
+        return self.fit_reference(features, labels, logits.shape[1])
+
+    def _require_reference(self) -> MahalanobisScorer:
+        if self.scorer is None:
+            raise RuntimeError("the Mahalanobis reject option has no class statistics yet: call "
+                               "fit_reference_on(model, train_images, train_labels) before calibrating it")
+        return self.scorer
+
+    def values(self, logits, features=None, inputs=None):
+        scorer = self._require_reference()
+        if features.shape[1] != scorer.means.shape[1]:
+            raise ValueError(f"features have {features.shape[1]} dimensions but the class statistics "
+                             f"{scorer.means.shape[1]}: pass the same model's penultimate features")
+        if scorer.means.device != features.device:  # follow the features (the model's device)
+            scorer.means, scorer.precision = scorer.means.to(features.device), scorer.precision.to(features.device)
+        return scorer.score(features)
+
+    def _fit_values(self, values):
+        self.threshold = upper_threshold(values, self.target_fpr)
+
+    def _score_from_values(self, values):
+        return values - self.threshold
+
+    def thresholds(self):
+        return {"threshold": self.threshold}
+
+    def _set_thresholds(self, thresholds):
+        self.threshold = float(thresholds["threshold"])
+
+    def _state(self):
+        if self.scorer is None:
+            return {}
+        return {"means": self.scorer.means.cpu().tolist(), "precision": self.scorer.precision.cpu().tolist(),
+                "reference": self.reference}
+
+    def _set_state(self, state):
+        if state:
+            self.scorer = MahalanobisScorer()
+            self.scorer.means = torch.tensor(state["means"], dtype=torch.float64)
+            self.scorer.precision = torch.tensor(state["precision"], dtype=torch.float64)
+            self.reference = state.get("reference", {})
+
+
+class CallableReject(RejectOption):
+    """A user's own detector: any differentiable `fn` returning one score per image, higher = more adversarial.
+
+    `on="input"`: `fn(x)` of the images (it may run its own networks); `on="logits"`: `fn(logits)` of
+    the defended model's logits (no extra pass). Calibrated like the others: reject `fn > t`, t
+    the clean validation order statistic; score = fn - t. Saved with its threshold and name; the
+    function itself is passed again to `RejectOption.load(path, fn=...)`.
+    """
+
+    kind = "custom"
+    ON = ("input", "logits")
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], on: str = "input", name: str = "custom",
+                 target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        if not callable(fn):
+            raise TypeError(f"fn must be a function of the images (or logits) returning (N,) scores, got {fn!r}")
+        if on not in self.ON:
+            raise ValueError(f"on must be one of {', '.join(self.ON)}, got {on!r}")
+        self.fn, self.on, self.name = fn, on, str(name)
+        self.needs_inputs = on == "input"
+        self.threshold: Optional[float] = None
+
+    def values(self, logits, features=None, inputs=None):
+        source = inputs if self.on == "input" else logits
+        out = self.fn(source)
+        if not isinstance(out, torch.Tensor) or out.shape != (source.shape[0],):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the detector function {self.name!r} must return a tensor of shape "
+                             f"({source.shape[0]},), one score per image, got {shape}")
+        return out
+
+    def _fit_values(self, values):
+        self.threshold = upper_threshold(values, self.target_fpr)
+
+    def _score_from_values(self, values):
+        return values - self.threshold
+
+    def thresholds(self):
+        return {"threshold": self.threshold}
+
+    def _set_thresholds(self, thresholds):
+        self.threshold = float(thresholds["threshold"])
+
+    def settings(self):
+        return {"on": self.on, "name": self.name}
+
+
+REJECT_OPTIONS = {option.kind: option for option in
+                  (EnergyReject, EnergyBandReject, ClassEnergyReject, MultiTemperatureReject, MahalanobisReject)}
+KINDS: Tuple[str, ...] = tuple(REJECT_OPTIONS)
+
+
+def make_reject_option(kind: str, **settings) -> RejectOption:
+    """An uncalibrated reject option of a known kind, e.g. `make_reject_option("energy", temperature=2.0)`.
+
+    Kinds: "energy", "band", "class-energy", "multi-t", "mahalanobis"; a user's detector comes
+    from `RejectOption.from_callable(fn)`.
+    """
+    if kind not in REJECT_OPTIONS:
+        hint = " (a user's detector: RejectOption.from_callable(fn))" if kind == CallableReject.kind else ""
+        raise ValueError(f"unknown detector {kind!r}: choose from {', '.join(KINDS)}{hint}, or wrap your own "
+                         "differentiable detector with RejectOption.from_callable(fn)")
+    option_class = REJECT_OPTIONS[kind]
+    accepted = [name for name in inspect.signature(option_class.__init__).parameters if name != "self"]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise TypeError(f"the {kind!r} detector takes no setting {', '.join(unknown)}: its settings are "
+                        f"{', '.join(accepted) or 'none'}")
+    return option_class(**settings)

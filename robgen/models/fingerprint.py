@@ -1,0 +1,24 @@
+"""Which weights a model has: a SHA-256 of its parameters and buffers, so that a file fitted to a model knows it.
+
+    fingerprint = model_fingerprint(model)   # 64 hex digits; equal weights give equal fingerprints
+
+Things fitted to one model's outputs (a reject option's thresholds, an experiment's stages) record this
+fingerprint and refuse another model's. It lives with the models (layer 1), so the detection methods can use
+it without importing from the experiments above them (`robgen.experiments.stages` re-exports it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes and values), on any device."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN counters) too
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

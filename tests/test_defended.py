@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from robgen.detection.defended import DefendedClassifier, combine_logits
+from robgen.detection.reject import EnergyReject, make_reject_option
+from tests.conftest import tiny_model
+
+
+def images(n, seed):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_extra_logit_wins_exactly_when_the_score_is_positive(dtype):
+    g = torch.Generator().manual_seed(0)
+    n, k = 4000, 10
+    scale = 10.0 ** torch.randint(-3, 4, (n, 1), generator=g)  # tiny to huge logits, many rows all negative
+    logits = (torch.randn(n, k, generator=g) * scale - scale * torch.rand(n, 1, generator=g) * 3).to(dtype)
+    magnitude = 10.0 ** torch.randint(-40, 3, (n,), generator=g).double()  # down to 1e-40: below float32's ulp
+    score = (torch.randn(n, generator=g, dtype=torch.float64).sign() * magnitude).to(dtype)
+    score[:50] = 0.0  # a tie is accepted
+    rejected = score > 0
+    assert rejected.any() and (~rejected).any() and bool((logits.max(1).values < 0).any())
+    combined = combine_logits(logits, score)
+    assert combined.shape == (n, k + 1)
+    assert torch.equal(combined.argmax(1) == k, rejected)
+    accepted = ~rejected
+    assert torch.equal(combined[accepted].argmax(1), logits[accepted].argmax(1))  # accepted: the model's class
+
+
+def test_the_original_carlini_wagner_logit_fails_with_a_negative_top_logit_and_ours_does_not():
+    logits, score = torch.tensor([[-2.0, -3.0]]), torch.tensor([0.5])  # rejected (d > 0), every logit negative
+    naive = torch.cat([logits, (score + 1)[:, None] * logits.max(1, keepdim=True).values], 1)
+    assert naive.argmax(1).item() != 2  # (d + 1) max f = -3 < -2: the rejected point reads as class 0
+    assert combine_logits(logits, score).argmax(1).item() == 2
+
+
+def test_combined_logits_are_the_shifted_max_plus_score_construction():
+    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    score = torch.randn(5, generator=torch.Generator().manual_seed(2))
+    unshifted = torch.cat([logits, (logits.max(1).values + score)[:, None]], 1)
+    assert torch.allclose(torch.log_softmax(combine_logits(logits, score), 1), torch.log_softmax(unshifted, 1), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def energy_defended(model, fpr=0.5):
+    return DefendedClassifier(model, EnergyReject(target_fpr=fpr).calibrate(model, images(32, 2)))
+
+
+def mahalanobis_defended(model):
+    option = make_reject_option("mahalanobis", target_fpr=0.5).fit_reference_on(model, images(40, 1), torch.arange(40) % 10)
+    return DefendedClassifier(model, option.calibrate(model, images(32, 2)))
+
+
+@pytest.mark.parametrize("build", [energy_defended, mahalanobis_defended])
+def test_outputs_cost_one_forward_pass_and_match_separate_computation(model, build):
+    defended = build(model)
+    calls = []
+    handle = model.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    try:
+        x = images(6, 3)
+        logits, score = defended.outputs(x)
+        assert len(calls) == 1
+        from robgen.detection.baselines import penultimate_features
+
+        features, reference_logits = penultimate_features(model, x)
+        assert torch.allclose(logits, reference_logits, atol=1e-5)
+        expected = defended.reject.score_from(reference_logits, features)
+        assert torch.allclose(score.double(), expected.double(), atol=1e-5)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("build", [energy_defended, mahalanobis_defended])
+def test_predict_is_minus_one_exactly_where_rejected(model, build):
+    defended = build(model)
+    x = images(64, 4)
+    logits, score = defended.outputs(x)
+    rejected = score > 0
+    assert rejected.any() and (~rejected).any()  # a 50% budget: both kinds present
+    prediction = defended.predict(x)
+    assert torch.equal(prediction == -1, rejected)
+    assert torch.equal(prediction[~rejected], logits.argmax(1)[~rejected])
+    assert torch.equal(defended.accepts(x), ~rejected)
+    assert torch.equal(defended.combined_logits(x).argmax(1) == model.spec.num_classes, rejected)
+
+
+def test_forward_is_the_models_and_the_combined_logits_carry_gradients(model):
+    defended = energy_defended(model)
+    x = images(3, 5).requires_grad_(True)
+    assert torch.equal(defended(x), model(x))
+    defended.combined_logits(x)[:, -1].sum().backward()
+    assert float(x.grad.abs().sum()) > 0
+    assert defended.spec is model.spec and defended.num_classes == 10
+    assert not defended.training and list(defended.parameters()) == list(model.parameters())
+
+
+def test_a_reject_option_of_another_model_or_unfitted_is_refused_before_any_work(model):
+    option = EnergyReject().calibrate(model, images(16, 2))
+    with pytest.raises(ValueError, match="calibrated for another model"):
+        DefendedClassifier(tiny_model(seed=1), option)
+    with pytest.raises(RuntimeError, match="no threshold yet"):
+        DefendedClassifier(model, EnergyReject())
+    with pytest.raises(TypeError, match="must be a RejectOption"):
+        DefendedClassifier(model, lambda x: x)
+
+
+def test_training_mode_follows_the_model_without_touching_its_submodules():
+    model = tiny_model().train()
+    batch_norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    batch_norm.eval()  # frozen batch norm inside a training model
+    option = EnergyReject().fit(torch.randn(20, 10), model=model)
+    defended = DefendedClassifier(model, option)
+    assert defended.training and not batch_norm.training

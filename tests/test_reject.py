@@ -1,0 +1,230 @@
+import math
+
+import pytest
+import torch
+
+from robgen.detection.defended import DefendedClassifier
+from robgen.detection.reject import (
+    KINDS, CallableReject, EnergyBandReject, EnergyReject, MultiTemperatureReject, RejectOption, allowed_rejections,
+    lower_threshold, make_reject_option, upper_threshold,
+)
+from robgen.energy import energy
+from robgen.metrics import wilson_interval
+from robgen.models.fingerprint import model_fingerprint
+from tests.conftest import tiny_model
+
+
+def clean_logits(n=400, k=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g)
+
+
+def adversarial_looking_logits(k=10):
+    """A very confident wrong prediction: one huge logit, so E(x) and E(x, ŷ) are far below any clean value."""
+    logits = torch.zeros(1, k)
+    logits[0, 3] = 100.0
+    return logits
+
+
+def fitted(kind, logits, **settings):
+    return make_reject_option(kind, **settings).fit(logits)
+
+
+# ---- the calibration rule ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [100, 101, 999])
+@pytest.mark.parametrize("fpr", [0.0, 0.05, 0.1, 0.29])
+def test_thresholds_reject_exactly_floor_of_target_fpr_times_n_distinct_values(n, fpr):
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    m = math.floor(fpr * n + 1e-9)
+    assert allowed_rejections(n, fpr) == m
+    assert int((values > upper_threshold(values, fpr)).sum()) == m  # distinct values: the whole budget, no more
+    assert int((values < lower_threshold(values, fpr)).sum()) == m
+
+
+def test_thresholds_never_exceed_the_budget_with_ties():
+    values = torch.arange(10).repeat_interleave(10).double()  # ten ties of each of 0..9, n = 100
+    for fpr in (0.05, 0.1, 0.15, 0.5):
+        assert int((values > upper_threshold(values, fpr)).sum()) <= fpr * 100
+        assert int((values < lower_threshold(values, fpr)).sum()) <= fpr * 100
+    assert int((values > upper_threshold(values, 0.15)).sum()) == 10  # the whole tie block of 9 fits in 15
+
+
+def test_energy_threshold_on_a_known_distribution_is_its_quantile():
+    # E(x) of logits [a, 0] with a -> -inf is ~0 - log(1 + e^a); simpler: feed the statistic directly.
+    energies = torch.randn(20000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    option = EnergyReject(target_fpr=0.05).fit_values(energies)
+    assert option.tau == pytest.approx(-1.6449, abs=0.03)  # the 5% quantile of N(0, 1)
+    assert option.validation["rejected"] == 1000 and option.validation["false_positive_rate"] == 0.05
+    assert option.validation["false_positive_rate_ci"] == list(wilson_interval(1000, 20000))
+    assert option.validation["n"] == 20000
+
+
+@pytest.mark.parametrize("kind", KINDS[:4])
+def test_each_logit_kind_rejects_at_most_the_target_on_its_clean_validation_logits(kind):
+    logits = clean_logits(n=500) * torch.linspace(0.2, 4, 500)[:, None]  # energies spread at every temperature
+    option = fitted(kind, logits, target_fpr=0.05)
+    rejected = option.score_from(logits) > 0
+    assert int(rejected.sum()) <= 25 and option.validation["rejected"] == int(rejected.sum())
+    assert int(rejected.sum()) >= 20  # and spends (nearly) the budget: it is a detector, not a no-op
+
+
+def test_target_fpr_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match="target_fpr"):
+        EnergyReject(target_fpr=5)
+
+
+# ---- the sign convention -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["energy", "class-energy", "multi-t", "band"])
+def test_an_overconfident_input_is_rejected_and_a_typical_one_accepted(kind):
+    logits = clean_logits()
+    option = fitted(kind, logits)
+    assert float(option.score_from(adversarial_looking_logits())[0]) > 0
+    typical = torch.median(energy(logits)).item()
+    middle = logits[(energy(logits) - typical).abs().argmin()][None]  # the clean image of median energy
+    assert float(option.score_from(middle)[0]) <= 0
+
+
+def test_energy_score_is_tau_minus_energy():
+    logits = clean_logits()
+    option = EnergyReject(temperature=2.0).fit(logits)
+    assert torch.allclose(option.score_from(logits), option.tau - energy(logits, 2.0))
+
+
+def test_class_energy_score_is_tau_plus_the_top_logit():
+    logits = clean_logits()
+    option = fitted("class-energy", logits)
+    assert torch.allclose(option.score_from(logits), option.tau + logits.max(1).values)
+
+
+def test_band_rejects_both_tails():
+    logits = clean_logits()
+    option = EnergyBandReject(target_fpr=0.1).fit(logits)
+    e = energy(logits)
+    assert option.lo < option.hi
+    assert int((e < option.lo).sum()) <= 20 and int((e > option.hi).sum()) <= 20  # floor(0.1 * 400 / 2) each
+    low_energy = adversarial_looking_logits()  # E ~ -100
+    high_energy = torch.full((1, 10), -50.0)  # E ~ 50 - log 10: far above every clean energy
+    assert float(option.score_from(low_energy)[0]) > 0 and float(option.score_from(high_energy)[0]) > 0
+    assert EnergyReject().fit(logits).score_from(high_energy)[0] < 0  # the one-sided detector misses it
+
+
+def test_multi_t_calibrates_the_joint_fpr_and_takes_the_largest_level():
+    logits = clean_logits(n=600) * torch.linspace(0.1, 5, 600)[:, None]
+    option = MultiTemperatureReject(temperatures=(0.1, 1.0, 10.0), target_fpr=0.05).fit(logits)
+    values = option.values(logits)
+    budget = allowed_rejections(600, 0.05)
+    assert int((option.score_from(logits) > 0).sum()) <= budget
+    assert option.level <= budget
+    ordered = torch.sort(values, 0).values
+    if option.level < budget:  # one level more would break the budget
+        assert int((values < ordered[option.level + 1][None]).any(1).sum()) > budget
+    assert torch.allclose(option.score_from(logits), (torch.tensor(option.taus)[None] - values).max(1).values)
+
+
+# ---- the model it belongs to, JSON, errors -------------------------------------------------------
+
+def test_the_fingerprint_tells_weights_apart():
+    model = tiny_model(seed=0)
+    assert model_fingerprint(model) == model_fingerprint(tiny_model(seed=0))  # equal weights, equal fingerprints
+    assert model_fingerprint(model) != model_fingerprint(tiny_model(seed=1))
+
+
+def images(n, seed):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A tiny model, 40 training images with labels covering every class, 32 validation images."""
+    model = tiny_model()
+    labels = torch.arange(40) % 10
+    return model, images(40, 1), labels, images(32, 2)
+
+
+def calibrated(kind, small, **settings):
+    model, train_x, train_y, val_x = small
+    option = make_reject_option(kind, target_fpr=0.1, **settings)
+    if kind == "mahalanobis":
+        option.fit_reference_on(model, train_x, train_y)
+    return option.calibrate(model, val_x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_json_round_trip_gives_equal_scores_and_refuses_another_model(kind, small, tmp_path):
+    model, _, _, val_x = small
+    option = calibrated(kind, small)
+    assert option.validation["n"] == 32 and option.validation["rejected"] <= 3
+    path = option.save(tmp_path / f"{kind}.json")
+    loaded = RejectOption.load(path, model=model)
+    assert type(loaded) is type(option) and loaded.thresholds() == option.thresholds()
+    assert loaded.validation == option.validation and loaded.target_fpr == option.target_fpr
+    x = images(8, 5)
+    a, b = DefendedClassifier(model, option).score(x), DefendedClassifier(model, loaded).score(x)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="calibrated for another model"):
+        RejectOption.load(path, model=tiny_model(seed=1))
+
+
+def test_unknown_kind_is_refused_listing_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown detector 'odds'") as error:
+        make_reject_option("odds")
+    for kind in KINDS:
+        assert repr(kind) in str(error.value) or kind in str(error.value)
+    assert "from_callable" in str(error.value)
+    with pytest.raises(TypeError, match="its settings are temperature, target_fpr"):
+        make_reject_option("energy", temprature=2.0)
+    path = EnergyReject().fit(clean_logits()).save(tmp_path / "r.json")
+    path.write_text(path.read_text().replace('"kind": "energy"', '"kind": "lid"'))
+    with pytest.raises(ValueError, match="unknown detector 'lid'"):
+        RejectOption.load(path)
+
+
+def test_an_unbound_or_unfitted_option_says_what_to_do():
+    with pytest.raises(RuntimeError, match="call calibrate"):
+        EnergyReject().score_from(clean_logits())
+    with pytest.raises(ValueError, match="does not record which model"):
+        EnergyReject().fit(clean_logits()).check_model(tiny_model())
+
+
+def test_a_users_callable_detector_is_calibrated_saved_and_differentiable(small, tmp_path):
+    model, _, _, val_x = small
+    brightness = lambda x: x.mean(dim=(1, 2, 3))  # noqa: E731 - "too bright" is adversarial, say
+    option = RejectOption.from_callable(brightness, name="brightness", target_fpr=0.1).calibrate(model, val_x)
+    assert isinstance(option, CallableReject) and option.needs_inputs
+    assert int((brightness(val_x) > option.threshold).sum()) <= 3
+    defended = DefendedClassifier(model, option)
+    bright, dark = torch.full((1, 3, 32, 32), 0.9), torch.full((1, 3, 32, 32), 0.1)
+    assert defended.score(bright)[0] > 0 and defended.score(dark)[0] <= 0
+    x = dark.clone().requires_grad_(True)
+    defended.score(x).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 1 / x[0].numel()))
+    path = option.save(tmp_path / "mine.json")
+    with pytest.raises(ValueError, match="pass its function again"):
+        RejectOption.load(path)
+    assert RejectOption.load(path, model=model, fn=brightness).threshold == option.threshold
+    with pytest.raises(ValueError, match=r"shape \(32,\)"):
+        RejectOption.from_callable(lambda x: x.mean(1)).calibrate(model, val_x)
+
+
+def test_a_callable_on_logits_reads_no_images():
+    option = RejectOption.from_callable(lambda logits: logits.max(1).values, on="logits").fit(clean_logits())
+    assert not option.needs_inputs
+    assert option.score_from(adversarial_looking_logits())[0] > 0
+
+
+def test_mahalanobis_score_is_differentiable_in_the_input_and_rejects_far_features(small):
+    model, *_ = small
+    option = calibrated("mahalanobis", small)
+    x = images(4, 7).requires_grad_(True)
+    score = DefendedClassifier(model, option).score(x)
+    score.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    means = option.scorer.means.float()
+    logits = torch.zeros(2, 10)
+    at_a_mean, far = means[:1], means[:1] + 1e3
+    assert option.score_from(logits[:1], at_a_mean)[0] <= 0  # distance 0
+    assert option.score_from(logits[:1], far)[0] > 0
+    with pytest.raises(ValueError, match="penultimate features"):
+        option.score_from(logits)
