@@ -34,6 +34,7 @@ def projected_gradient_ascent(
     recorder: Optional[TraceRecorder] = None,
     progress: Optional[Callable] = None,
     on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
+    watch: Optional[Callable[[int, torch.Tensor, object], None]] = None,
 ) -> torch.Tensor:
     """Ascend `objective(model(x'))` over x' in `constraint` around x; returns x' (detached).
 
@@ -42,6 +43,13 @@ def projected_gradient_ascent(
     extra forward pass; without one, the cost is exactly `steps` forward and
     backward passes. `on_step(k, x_k)` sees every iterate after step k
     (synthesis keeps the snapshots of a path with it).
+
+    `watch(k, x_k, outputs_k)` sees every iterate the loop differentiates, x_0 (the start)
+    to x_{steps-1}, with the model's outputs for it from the step's own forward pass (no
+    extra pass). The outputs come as the model returned them, a tensor or a tuple, their
+    graph already freed by the backward pass: detach what you keep. The returned point
+    x_steps is not watched: a caller for whom every iterate counts
+    (robgen.attacks.evasion.EvasionTracker) checks it with one more forward pass.
     """
     x = x.detach()
     x_adv = constraint.random_start(x, generator) if random_start else x.clone()
@@ -51,6 +59,8 @@ def projected_gradient_ascent(
             logits = model(x_adv)
             loss = objective(logits)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        if watch is not None:
+            watch(step, x_adv.detach(), logits)
         if step == 0 and not bool(grad.any()):
             logger.warning(
                 "the input gradient is exactly zero: the attack cannot move. Is the model returning "

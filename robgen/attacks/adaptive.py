@@ -1,0 +1,277 @@
+"""Adaptive attacks on a classifier with a reject option: each knows the detector exactly.
+
+    defended = DefendedClassifier(model, reject)
+    x_adv = KPlusOnePGD(defended, eps=8/255, steps=100, restarts=5, generator=g)(x, y)
+    x_adv = KPlusOneAPGD(defended, eps=8/255, steps=100, loss="dlr")(x, y)
+    x_adv = PenaltyPGD(defended, eps=8/255, steps=100, restarts=4)(x, y)
+
+A detector is only evaluated when the attacker knows it (Carlini & Wagner 2017, "Adversarial
+examples are not easily detected"; Tramèr, Carlini, Brendel & Madry 2020, "On adaptive attacks to
+adversarial example defenses"). The attacker wins on an image when some point of the eps-ball is
+misclassified *and* accepted (score <= 0). Every iterate counts: each attack shows every iterate
+of every restart to an `EvasionTracker` (evasion.py) through the engine's `watch` hook, from the
+forward pass each step makes anyway, and the call returns, per image, the first evading point
+found (else the final iterate). Later restarts run only on the images not yet evaded.
+
+- `KPlusOnePGD`, `KPlusOneAPGD`: Carlini & Wagner (2017)'s (K + 1)-logit construction: the
+  detector becomes an extra class K, and the attack drives the combined logits G to a class other
+  than y *and* K. Objectives on G: the margin max_{j not in {y, K}} G_j - max(G_y, G_K)
+  (`kplusone_margin`, CW-like), log p(best other class) (`kplusone_cross_entropy`) and the margin
+  over Croce & Hein (2020)'s DLR scale (`kplusone_dlr`). PGD takes fixed steps, APGD its step-size
+  schedule (robgen/engine/apgd.py).
+- `PenaltyPGD`: the Lagrangian min(margin(f(x), y), kappa) - lam * relu(score(x) + m), with lam
+  searched per image over the restarts (doubled for an image whose final point is still rejected,
+  halved for one still classified correctly).
+- `OrthogonalPGD` (orthogonal.py) and `LogitMatching` (matching.py); `run_suite` (suite.py) runs
+  them all, and non-adaptive attacks beside them, and keeps each image's first evasion.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..checks import check_labels, check_pixels, check_positive, check_steps
+from ..engine import make_constraint, projected_gradient_ascent
+from ..engine.apgd import auto_projected_gradient_ascent
+from ..models.state import eval_mode
+from .evasion import DefendedOutputs, EvasionTracker, Outputs, check_defended
+
+
+# ---- objectives on the (K + 1) combined logits G (class K = "rejected") -------------------------
+def _wrong_for_attacker(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, K + 1) bool: the true class and the detector class K, the two the attacker must avoid."""
+    mask = F.one_hot(labels, combined.shape[1]).bool()
+    mask[:, -1] = True
+    return mask
+
+
+def kplusone_margin(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """max_{j not in {y, K}} G_j - max(G_y, G_K): > 0 exactly where the point is misclassified and accepted."""
+    others = combined.masked_fill(_wrong_for_attacker(combined, labels), float("-inf")).max(1).values
+    guard = torch.maximum(combined.gather(1, labels[:, None])[:, 0], combined[:, -1])
+    return others - guard
+
+
+def kplusone_cross_entropy(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p_o(G), o the best class other than y and K: minus the cross-entropy toward it (ascend it)."""
+    best_other = combined.masked_fill(_wrong_for_attacker(combined, labels), float("-inf")).argmax(1)
+    return torch.log_softmax(combined, 1).gather(1, best_other[:, None])[:, 0]
+
+
+def kplusone_dlr(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`kplusone_margin` over G_pi1 - G_pi4: Croce & Hein (2020)'s DLR, invariant to the logits' scale.
+
+    DLR divides by G_pi1 - G_pi3; here two classes (y and K) are excluded instead of one, so the
+    scale reaches one rank further down: with pi3, whenever y and K are the top two the best other
+    class is pi3 itself and the ratio is -1 whatever the logits, with no gradient to climb.
+    """
+    ordered = combined.sort(1, descending=True).values
+    return kplusone_margin(combined, labels) / (ordered[:, 0] - ordered[:, min(3, combined.shape[1] - 1)] + 1e-12)
+
+
+KPLUSONE_LOSSES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "margin": kplusone_margin, "ce": kplusone_cross_entropy, "dlr": kplusone_dlr}
+
+
+def classification_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """max_{j != y} f_j - f_y (Carlini & Wagner's margin): > 0 exactly where misclassified."""
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).max(1).values
+    return others - logits.gather(1, labels[:, None])[:, 0]
+
+
+def _loss(name: str, table: Dict[str, Callable]) -> str:
+    if name not in table:
+        raise ValueError(f"unknown loss {name!r}: choose from {', '.join(table)}")
+    return name
+
+
+# ---- the shared driver ---------------------------------------------------------------------------
+class AdaptiveAttack:
+    """An attack on a `DefendedClassifier`: settings at construction, data at call time.
+
+    Args:
+        defended: the classifier with its calibrated reject option.
+        eps, norm: the threat model ("linf" or "l2"; eps in pixel units, e.g. 8/255).
+        step_size: length of one step; default 2.5 eps / steps (Madry et al. 2018).
+        steps: gradient steps per restart.
+        restarts: runs per image; a later run starts at a fresh random point of the ball and is made
+            only on the images no earlier run evaded.
+        random_start: start the first run at a random point of the ball (later ones always do).
+        generator: the `torch.Generator` for the random starts (the global RNG is untouched).
+
+    `attack(x, y)` returns, per image, the first evading point found, else its final iterate;
+    `attack.run(x, y, tracker)` returns the final iterates and shows every iterate to `tracker`
+    (what `run_suite` calls). Subclasses define `_once` (one run on some of the images).
+    """
+
+    def __init__(self, defended, eps: float = 8 / 255, step_size: Optional[float] = None, steps: int = 100,
+                 norm: str = "linf", restarts: int = 1, random_start: bool = True,
+                 generator: Optional[torch.Generator] = None) -> None:
+        self.defended = check_defended(defended)
+        self.constraint = make_constraint(norm, eps)
+        self.eps, self.norm = self.constraint.eps, self.constraint.norm
+        if self.norm == "none":
+            raise ValueError("adaptive attacks are measured in a ball: use norm 'linf' or 'l2'")
+        self.steps = check_steps(steps)
+        self.step_size = check_positive(2.5 * self.eps / self.steps if step_size is None else step_size, "step_size")
+        self.restarts = check_steps(restarts, "restarts")
+        self.random_start, self.generator = bool(random_start), generator
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per image, the first evading point found (misclassified and accepted), else the final iterate."""
+        x, y = self._check_inputs(x, y)
+        tracker = EvasionTracker(self.defended, x, y)
+        final = self.run(x, y, tracker)
+        return torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, tracker: EvasionTracker) -> torch.Tensor:
+        """Every restart, every iterate shown to `tracker`; returns each image's final iterate of its last run."""
+        x, y = x.detach(), torch.as_tensor(y, device=x.device).long()
+        final = x.clone()
+        with eval_mode(self.defended.model):
+            self._begin(x, y)
+            for restart in range(self.restarts):
+                todo = (~tracker.evaded).nonzero()[:, 0]
+                if len(todo) == 0:
+                    break
+                final[todo] = self._once(x[todo], y[todo], restart, tracker.watch(todo), todo)
+                misclassified, rejected = tracker.check(final[todo], todo)
+                self._adapt(todo, misclassified, rejected)
+        return final
+
+    def _once(self, x, y, restart: int, watch, index: torch.Tensor) -> torch.Tensor:
+        """One run on the images `index` (x, y are theirs); returns the final iterates."""
+        raise NotImplementedError
+
+    def _begin(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Per-call set-up before the first run (PenaltyPGD: its lam per image)."""
+
+    def _adapt(self, index: torch.Tensor, misclassified: torch.Tensor, rejected: torch.Tensor) -> None:
+        """After a run: what its final points were (PenaltyPGD moves lam)."""
+
+    def _starts_random(self, restart: int) -> bool:
+        return self.random_start or restart > 0
+
+    def _check_inputs(self, x, y):
+        spec = getattr(self.defended.model, "spec", None)
+        check_pixels(x, spec.input_size[0] if spec is not None else None)
+        y = torch.as_tensor(y, device=x.device)
+        if spec is not None:
+            num_classes = spec.num_classes
+        else:
+            with torch.no_grad(), eval_mode(self.defended.model):
+                num_classes = self.defended.model(x[:1]).shape[1]
+        check_labels(y, x.shape[0], num_classes)
+        return x, y.long()
+
+    def _settings(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self._settings()
+        return (f"{type(self).__name__}(eps={self.eps:.5g}, step_size={self.step_size:.5g}, steps={self.steps}, "
+                f"norm={self.norm!r}, restarts={self.restarts}{', ' + extra if extra else ''})")
+
+
+# ---- Carlini & Wagner's construction, by PGD and by APGD ------------------------------------------
+class KPlusOnePGD(AdaptiveAttack):
+    """PGD on the (K + 1) combined logits (Carlini & Wagner 2017): away from both y and the detector class.
+
+    `loss`: "margin" (max_{j not in {y, K}} G_j - max(G_y, G_K)), "ce" (log p of the best other
+    class) or "dlr" (the margin on DLR's scale).
+
+    Example:
+        >>> attack = KPlusOnePGD(DefendedClassifier(model, reject), eps=8/255, steps=100, restarts=5, generator=g)
+        >>> x_adv = attack(x, y)
+    """
+
+    def __init__(self, defended, eps: float = 8 / 255, step_size: Optional[float] = None, steps: int = 100,
+                 norm: str = "linf", restarts: int = 1, loss: str = "margin", random_start: bool = True,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(defended, eps, step_size, steps, norm, restarts, random_start, generator)
+        self.loss = _loss(loss, KPLUSONE_LOSSES)
+
+    def _objective(self, y: torch.Tensor):
+        loss = KPLUSONE_LOSSES[self.loss]
+        return lambda outputs: loss(outputs.combined, y)
+
+    def _once(self, x, y, restart, watch, index):
+        return projected_gradient_ascent(DefendedOutputs(self.defended), x, self._objective(y), self.constraint,
+                                         self.steps, self.step_size, random_start=self._starts_random(restart),
+                                         generator=self.generator, watch=watch)
+
+    def _settings(self) -> str:
+        return f"loss={self.loss!r}"
+
+
+class KPlusOneAPGD(KPlusOnePGD):
+    """APGD (Croce & Hein 2020: momentum 0.75, step halving at checkpoints, restart from the best point)
+    on the (K + 1) combined logits; `loss` "ce" or "dlr" (or "margin"). Picks its own step sizes.
+
+    Example:
+        >>> x_adv = KPlusOneAPGD(defended, eps=8/255, steps=100, loss="dlr", generator=g)(x, y)
+    """
+
+    def __init__(self, defended, eps: float = 8 / 255, steps: int = 100, norm: str = "linf", restarts: int = 1,
+                 loss: str = "ce", rho: float = 0.75, random_start: bool = True,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(defended, eps, 2 * eps, steps, norm, restarts, loss, random_start, generator)
+        self.rho = float(rho)
+
+    def _once(self, x, y, restart, watch, index):
+        return auto_projected_gradient_ascent(DefendedOutputs(self.defended), x, self._objective(y), self.constraint,
+                                              self.steps, random_start=self._starts_random(restart),
+                                              generator=self.generator, rho=self.rho, watch=watch)
+
+
+# ---- the Lagrangian ------------------------------------------------------------------------------
+class PenaltyPGD(AdaptiveAttack):
+    """PGD on min(margin(f(x), y), kappa) - lam * relu(score(x) + m), lam searched per image.
+
+    The classification margin (max_{j != y} f_j - f_y, capped at `confidence` = kappa as in Carlini
+    & Wagner's loss, so that a point misclassified by kappa is moved by the penalty alone; the cap
+    makes the attack far less sensitive to lam's scale) against the reject score pushed
+    `score_margin` = m (in the score's units) below 0, safely inside the accepted region (for the
+    energy band, whose score is the larger of its two sides, both edges at once). With kappa = 0 a
+    point misclassified and at least m inside has no gradient left and stays put.
+
+    lam starts at `lam`; after each restart an image still not evaded gets 2 lam if its final point
+    was rejected, lam / 2 if it was accepted and classified correctly; evaded images are done.
+    `restarts` is the number of lam rounds.
+
+    Example:
+        >>> x_adv = PenaltyPGD(defended, eps=8/255, steps=100, restarts=4, lam=1.0, generator=g)(x, y)
+    """
+
+    def __init__(self, defended, eps: float = 8 / 255, step_size: Optional[float] = None, steps: int = 100,
+                 norm: str = "linf", restarts: int = 4, lam: float = 1.0, score_margin: float = 0.01,
+                 confidence: float = 0.0, random_start: bool = True,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(defended, eps, step_size, steps, norm, restarts, random_start, generator)
+        self.lam = check_positive(lam, "lam")
+        self.score_margin, self.confidence = float(score_margin), float(confidence)
+        self.lams: Optional[torch.Tensor] = None  # per image, the lam of its last run (after a call)
+
+    def _begin(self, x, y):
+        self.lams = torch.full((x.shape[0],), self.lam, dtype=x.dtype, device=x.device)
+
+    def _once(self, x, y, restart, watch, index):
+        lam = self.lams[index]
+
+        def objective(outputs: Outputs) -> torch.Tensor:
+            margin = classification_margin(outputs.logits, y).clamp(max=self.confidence)
+            return margin - lam * F.relu(outputs.score + self.score_margin).to(margin.dtype)
+
+        return projected_gradient_ascent(DefendedOutputs(self.defended), x, objective, self.constraint, self.steps,
+                                         self.step_size, random_start=self._starts_random(restart),
+                                         generator=self.generator, watch=watch)
+
+    def _adapt(self, index, misclassified, rejected):
+        lam = self.lams[index]
+        self.lams[index] = torch.where(rejected, lam * 2, torch.where(misclassified, lam, lam / 2))
+
+    def _settings(self) -> str:
+        return f"lam={self.lam:g}, score_margin={self.score_margin:g}, confidence={self.confidence:g}"

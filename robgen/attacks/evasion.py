@@ -1,0 +1,139 @@
+"""What an adaptive attack sees of a defended classifier, and which of its points count as evasions.
+
+    module = DefendedOutputs(defended)              # x -> Outputs(logits, score, features): one model pass
+    tracker = EvasionTracker(defended, x, y)
+    projected_gradient_ascent(module, x, objective, constraint, steps, step_size, watch=tracker.watch())
+    tracker.check(x_final)                          # the returned point too (one forward pass)
+    tracker.evaded, tracker.images                  # (N,) bool; the first evading point of each image
+
+A point *evades* the defended classifier when it is misclassified (argmax of the K logits != y)
+and accepted (reject score <= 0). Every iterate of an attack is a point the attacker may submit,
+so the tracker keeps, per image, the first evading iterate it is shown: a later iterate that drifts
+back (classified correctly again, or rejected) cannot undo a success, and a longer run of the same
+attack from the same start can only add evasions (Carlini et al. 2019, "On evaluating adversarial
+robustness": more steps never help the defence). The engine's loops show the tracker every
+iterate through their `watch` hook, from the forward pass the step makes anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..detection.baselines import last_linear
+from ..detection.defended import DefendedClassifier, combine_logits
+
+
+class Outputs(NamedTuple):
+    """One forward pass of a defended classifier: logits (N, K), reject score (N,) (> 0 rejected), features."""
+
+    logits: torch.Tensor
+    score: torch.Tensor
+    features: Optional[torch.Tensor] = None  # the penultimate features (N, D), when asked for
+
+    @property
+    def combined(self) -> torch.Tensor:
+        """(N, K + 1) logits of Carlini & Wagner (2017)'s construction: argmax K iff rejected (`combine_logits`)."""
+        return combine_logits(self.logits, self.score)
+
+
+def check_defended(defended) -> DefendedClassifier:
+    """Refuse anything but a `DefendedClassifier`, saying how to build one."""
+    if not isinstance(defended, DefendedClassifier):
+        raise TypeError("adaptive attacks need the model and its detector together: pass "
+                        "DefendedClassifier(model, reject) (robgen.detection.defended), got "
+                        f"{type(defended).__name__}")
+    return defended
+
+
+class DefendedOutputs(nn.Module):
+    """The defended classifier as the engine's "model": x -> `Outputs(logits, score, features)` in one pass.
+
+    `features=True` also returns the penultimate features (the input of the model's last
+    nn.Linear, caught in the same pass), for attacks that match them.
+    """
+
+    def __init__(self, defended: DefendedClassifier, features: bool = False) -> None:
+        super().__init__()
+        self.defended = check_defended(defended)
+        self.features = bool(features)
+        if self.features:
+            last_linear(defended.model)  # a model without a linear head has no penultimate features: say so now
+
+    def forward(self, x: torch.Tensor) -> Outputs:
+        if not self.features:
+            return Outputs(*self.defended.outputs(x))
+        caught: List[torch.Tensor] = []
+        hook = last_linear(self.defended.model).register_forward_hook(
+            lambda module, inputs, output: caught.append(inputs[0].flatten(1)))
+        try:
+            logits, score = self.defended.outputs(x)
+        finally:
+            hook.remove()
+        return Outputs(logits, score, caught[-1])
+
+
+class EvasionTracker:
+    """Per image, the first point shown to it that is misclassified and accepted by the defended classifier.
+
+    Attributes (on the images' device):
+        evaded: (N,) bool, an evading point was seen;
+        images: (N, C, H, W), the first evading point where `evaded`, else the clean image;
+        observed: (N,) long, how many points of each image were looked at.
+    """
+
+    def __init__(self, defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.defended = check_defended(defended)
+        self.x, self.y = x.detach(), torch.as_tensor(y, device=x.device).long()
+        if self.y.shape != (x.shape[0],):
+            raise ValueError(f"y must hold one label per image, shape ({x.shape[0]},), got {tuple(self.y.shape)}")
+        self.evaded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.images = self.x.clone()
+        self.observed = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+    def _index(self, index: Optional[torch.Tensor]) -> torch.Tensor:
+        return torch.arange(len(self.y), device=self.y.device) if index is None else index.to(self.y.device)
+
+    @torch.no_grad()
+    def observe(self, points: torch.Tensor, outputs: Tuple[torch.Tensor, ...],
+                index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Look at `points` of the images `index` (default: all, in order) with their `(logits, score, ...)`.
+
+        Keeps the points that evade for images that had none; returns (n,) bool, which evade.
+        """
+        index = self._index(index)
+        logits, score = outputs[0].detach(), outputs[1].detach()
+        if logits.shape[0] != len(index) or points.shape[0] != len(index):
+            raise ValueError(f"{points.shape[0]} points with {logits.shape[0]} outputs for {len(index)} images: "
+                             "pass one point and one output row per image of `index`")
+        evading = (logits.argmax(1) != self.y[index]) & (score <= 0)
+        self.observed[index] += 1
+        new = evading & ~self.evaded[index]
+        if bool(new.any()):
+            where = index[new]
+            self.images[where] = points.detach()[new].to(self.images.dtype)
+            self.evaded[where] = True
+        return evading
+
+    def watch(self, index: Optional[torch.Tensor] = None) -> Callable[[int, torch.Tensor, Tuple], None]:
+        """A `watch(step, x_k, outputs_k)` hook for the engine's loops, for the images `index` (default: all)."""
+        return lambda step, points, outputs: self.observe(points, outputs, index)
+
+    @torch.no_grad()
+    def check(self, points: torch.Tensor, index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass of the defended classifier on `points`: observe them; return (misclassified, rejected).
+
+        The model runs in the mode the caller left it in (attacks and `run_suite` hold it in eval mode).
+        """
+        logits, score = self.defended.outputs(points)
+        self.observe(points, (logits, score), index)
+        return logits.argmax(1) != self.y[self._index(index)], score > 0
+
+    def merge(self, other: "EvasionTracker") -> torch.Tensor:
+        """Take `other`'s evasions (of the same images) where this tracker has none; returns (N,) bool, the new ones."""
+        new = other.evaded & ~self.evaded
+        self.images[new] = other.images[new]
+        self.evaded |= new
+        return new

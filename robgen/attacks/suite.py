@@ -1,0 +1,161 @@
+"""`run_suite`: every attack against one defended classifier, and each image's first evasion across all.
+
+    defended = DefendedClassifier(model, reject)
+    result = run_suite(defended, x, y, {
+        "k+1 apgd-ce": KPlusOneAPGD(defended, eps=8/255, steps=100, loss="ce", generator=g),
+        "k+1 apgd-dlr": KPlusOneAPGD(defended, eps=8/255, steps=100, loss="dlr", generator=g),
+        "orthogonal": OrthogonalPGD(defended, eps=8/255, steps=100, generator=g),
+        "penalty": PenaltyPGD(defended, eps=8/255, steps=100, restarts=4, generator=g),
+        "logit matching": LogitMatching(defended, x_val, y_val, eps=8/255, steps=100, generator=g),
+        "pgd (bare model)": PGD(model, eps=8/255, steps=100, generator=g),          # non-adaptive references
+        "hepgd 1.2": HighEnergyPGD(model, eps=8/255, steps=100, lam=1.2, generator=g),
+    }, eps=8/255)
+    result.evaded          # (N,) bool: some attack reached a misclassified, accepted point
+    result.report(8/255)   # robgen.detection.dara.detection_aware_report: DARA, per attack, detection rates
+
+An adaptive attack (one with `run(x, y, tracker)`, robgen/attacks/adaptive.py) shows the suite
+every iterate of every restart; any other attack object, `attack(x, y) -> x_adv` (robgen's PGD or
+HE-PGD on the bare model), is judged on the point it returns. For each attack the suite also
+records whether its final point is misclassified and whether it is rejected: for an attack made
+against the bare model, its success there and the detector's detection rate among its successes.
+The clean images are scored once, for the clean accuracy with rejection and the DARA.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional
+
+import torch
+
+from ..checks import check_labels, check_pixels
+from ..detection.dara import detection_aware_report
+from ..engine import make_constraint
+from ..models.state import eval_mode
+from ..progress import step_reporter
+from .evasion import EvasionTracker, check_defended
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AttackOutcome:
+    """One attack's results, per image (N,); `images`: its first evading point where `evaded`, else its final point."""
+
+    evaded: torch.Tensor
+    images: torch.Tensor
+    misclassified: torch.Tensor  # its final point is misclassified by the model (detector aside)
+    rejected: torch.Tensor  # its final point is rejected
+    seconds: float = 0.0
+
+
+@dataclass
+class SuiteResult:
+    """All attacks together: per image the first evasion found (in the attacks' order) and which attack found it."""
+
+    clean_correct: torch.Tensor
+    clean_accepted: torch.Tensor
+    evaded: torch.Tensor
+    images: torch.Tensor  # the first evading point where `evaded`, else the clean image
+    found_by: List[Optional[str]]  # the attack whose point is in `images`, None where nothing evaded
+    attacks: Dict[str, AttackOutcome] = field(default_factory=dict)
+
+    def evaded_by_attack(self) -> Dict[str, torch.Tensor]:
+        return {name: outcome.evaded for name, outcome in self.attacks.items()}
+
+    def report(self, eps: float, norm: str = "Linf", best_known_at_half: Optional[float] = None) -> Dict[str, object]:
+        """`detection_aware_report` of the suite: DARA, the per-attack breakdown, each attack's bare-model
+        robust accuracy and detection rate (from its final points), Tramèr's ceiling note."""
+        return detection_aware_report(
+            self.clean_correct, self.clean_accepted, self.evaded_by_attack(), eps,
+            bare_adversarial_correct={name: ~o.misclassified for name, o in self.attacks.items()},
+            bare_adversarial_rejected={name: o.rejected for name, o in self.attacks.items()},
+            norm=norm, best_known_at_half=best_known_at_half)
+
+
+def _check_in_ball(name: str, points: torch.Tensor, x: torch.Tensor, constraint) -> None:
+    if points.shape != x.shape:
+        raise ValueError(f"attack {name!r} returned shape {tuple(points.shape)} for images of shape {tuple(x.shape)}")
+    if constraint is not None:
+        moved = (constraint.project(points.clone(), x) - points).abs().max()
+        if float(moved) > 1e-5:
+            raise ValueError(f"attack {name!r} left the {constraint.norm} ball of radius {constraint.eps:g} "
+                             f"(or [0, 1]) by {float(moved):.3g}: build every attack of the suite with the suite's "
+                             "eps and norm")
+
+
+def _run_batch(defended, x, y, attacks: Mapping[str, object], constraint, progress, done, total) -> SuiteResult:
+    with torch.no_grad(), eval_mode(defended.model):
+        logits, score = defended.outputs(x)
+    overall = EvasionTracker(defended, x, y)
+    found_by: List[Optional[str]] = [None] * len(x)
+    outcomes: Dict[str, AttackOutcome] = {}
+    for name, attack in attacks.items():
+        start = time.perf_counter()
+        tracker = EvasionTracker(defended, x, y)
+        if hasattr(attack, "run"):
+            final = attack.run(x, y, tracker)
+        else:
+            final = attack(x, y)
+        _check_in_ball(name, final, x, constraint)
+        with eval_mode(defended.model):
+            misclassified, rejected = tracker.check(final)
+        _check_in_ball(name, tracker.images, x, constraint)
+        images = torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
+        outcomes[name] = AttackOutcome(tracker.evaded, images, misclassified, rejected, time.perf_counter() - start)
+        for i in overall.merge(tracker).nonzero()[:, 0].tolist():
+            found_by[i] = name
+        done += 1
+        if progress is not None:
+            progress(done / total)
+    return SuiteResult(logits.argmax(1) == y, score <= 0, overall.evaded, overall.images, found_by, outcomes)
+
+
+def _concatenate(parts: List[SuiteResult]) -> SuiteResult:
+    def cat(get) -> torch.Tensor:
+        return torch.cat([get(part) for part in parts])
+
+    outcomes = {name: AttackOutcome(*(cat(lambda p, f=f: getattr(p.attacks[name], f))
+                                      for f in ("evaded", "images", "misclassified", "rejected")),
+                                    seconds=sum(p.attacks[name].seconds for p in parts))
+                for name in parts[0].attacks}
+    return SuiteResult(cat(lambda p: p.clean_correct), cat(lambda p: p.clean_accepted), cat(lambda p: p.evaded),
+                       cat(lambda p: p.images), [name for p in parts for name in p.found_by], outcomes)
+
+
+def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, object],
+              eps: Optional[float] = None, norm: str = "linf", batch_size: Optional[int] = None,
+              progress=None) -> SuiteResult:
+    """Run every attack (with its restarts) on (x, y) against `defended`; see the module docstring.
+
+    Args:
+        defended: the `DefendedClassifier` every evasion is judged by.
+        attacks: {name: attack}, adaptive attacks (robgen.attacks.adaptive) or any `attack(x, y) -> x_adv`.
+        eps, norm: the suite's threat model; when given, every point an attack returns or evades
+            with must lie in that ball (an attack built with another eps is refused).
+        batch_size: attack this many images at a time (all at once by default).
+        progress: True (a tqdm bar), None/False, or `fn(fraction, desc)` (robgen.progress), after each
+            attack on each batch.
+    """
+    check_defended(defended)
+    if not attacks:
+        raise ValueError("attacks is empty: pass {name: attack}, e.g. {'k+1 apgd-ce': KPlusOneAPGD(defended, eps)}")
+    spec = getattr(defended.model, "spec", None)
+    check_pixels(x, spec.input_size[0] if spec is not None else None)
+    y = torch.as_tensor(y, device=x.device)
+    if spec is not None:
+        check_labels(y, x.shape[0], spec.num_classes)
+    for name, attack in attacks.items():
+        if getattr(attack, "defended", defended) is not defended:
+            logger.warning("attack %r was built for another defended classifier: it does not attack this one's "
+                           "detector (its points are still judged by this one)", name)
+    constraint = make_constraint(norm, eps) if eps is not None else None
+    size = len(x) if batch_size is None else int(batch_size)
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    starts, report = range(0, len(x), size), step_reporter(progress, "adaptive attacks")
+    parts = [_run_batch(defended, x[i:i + size], y[i:i + size].long(), attacks, constraint, report,
+                        k * len(attacks), len(starts) * len(attacks)) for k, i in enumerate(starts)]
+    return parts[0] if len(parts) == 1 else _concatenate(parts)

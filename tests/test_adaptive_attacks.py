@@ -1,0 +1,404 @@
+"""Adaptive attacks on a defended classifier (robgen/attacks/adaptive.py, evasion.py, suite.py, ...).
+
+Two tiny models: the random `tiny_model()` (10 classes; its labels are its own predictions, so
+every clean image is correct) with a reject option reading only its logits, and a tiny model
+trained for a second on colour-coded images (4 classes that it separates; for logit matching,
+which needs natural targets of other classes).
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robgen.attacks import PGD, HighEnergyPGD
+from robgen.attacks.adaptive import (KPlusOneAPGD, KPlusOnePGD, PenaltyPGD, classification_margin, kplusone_dlr,
+                                     kplusone_margin)
+from robgen.attacks.evasion import DefendedOutputs, EvasionTracker, Outputs
+from robgen.attacks.matching import LogitMatching
+from robgen.attacks.orthogonal import OrthogonalPGD, remove_component
+from robgen.attacks.suite import run_suite
+from robgen.detection.defended import DefendedClassifier
+from robgen.detection.reject import EnergyReject, make_reject_option
+from robgen.engine import LinfBall, make_constraint, projected_gradient_ascent
+from robgen.engine.apgd import _checkpoint_windows, auto_projected_gradient_ascent
+from tests.conftest import tiny_model
+
+
+def images(n, seed, size=32):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded(seed=1):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def logit_detector(random_model):
+    """The random tiny model with the two-sided energy band (reads only the logits) at 5% FPR."""
+    band = make_reject_option("band", target_fpr=0.05).calibrate(random_model, images(64, 0))
+    return DefendedClassifier(random_model, band)
+
+
+@pytest.fixture(scope="module")
+def batch(random_model):
+    x = images(16, 1)
+    with torch.no_grad():
+        return x, random_model(x).argmax(1)
+
+
+def colour_images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.1]])
+    y = torch.arange(n) % 4
+    return (colours[y].view(n, 3, 1, 1) * 0.5 + 0.25 + 0.25 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny 4-class model trained for 30 steps on colour-coded images, with an energy reject option."""
+    model = tiny_model(num_classes=4).train()
+    x, y = colour_images(256, 0)
+    optimiser, g = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), seeded(0)
+    for _ in range(30):
+        i = torch.randint(0, 256, (64,), generator=g)
+        optimiser.zero_grad()
+        F.cross_entropy(model(x[i]), y[i]).backward()
+        optimiser.step()
+    model.eval()
+    return DefendedClassifier(model, EnergyReject(target_fpr=0.05).calibrate(model, colour_images(64, 2)[0]))
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+# ---- the engine's watch hook ----------------------------------------------------------------------
+def test_watch_sees_every_differentiated_iterate_with_its_logits_and_costs_no_forward_pass(random_model):
+    counting, x, steps = CountingModel(random_model), images(3, 2), 5
+    seen, after_step = [], {}
+    result = projected_gradient_ascent(
+        counting, x, lambda logits: F.cross_entropy(logits, torch.zeros(3, dtype=torch.long), reduction="none"),
+        LinfBall(8 / 255), steps, 2 / 255, random_start=True, generator=seeded(),
+        on_step=lambda k, x_k: after_step.__setitem__(k, x_k.clone()),
+        watch=lambda k, x_k, logits: seen.append((k, x_k.clone(), logits.detach().clone())))
+    assert counting.calls == steps  # exactly one forward per step: the watch reuses the step's own pass
+    assert [k for k, _, _ in seen] == list(range(steps))
+    start = LinfBall(8 / 255).random_start(x, seeded())
+    assert torch.equal(seen[0][1], start)
+    for k, x_k, logits in seen[1:]:
+        assert torch.equal(x_k, after_step[k])  # x_k is the iterate step k differentiates
+    for _, x_k, logits in seen:
+        with torch.no_grad():
+            assert torch.allclose(logits, random_model(x_k), atol=1e-5)
+    assert torch.equal(result, after_step[steps])  # the returned point is the one the watch did not see
+
+
+# ---- the tracker ----------------------------------------------------------------------------------
+def test_tracker_keeps_the_first_evading_iterate_even_when_later_ones_drift_back(logit_detector):
+    y = torch.tensor([0, 1])
+    tracker = EvasionTracker(logit_detector, torch.zeros(2, 3, 4, 4), y)
+    x = [torch.full((2, 3, 4, 4), float(k + 1) / 10) for k in range(4)]
+
+    def outputs(top, score):  # logits with class `top` on top, per image
+        return torch.nn.functional.one_hot(torch.tensor(top), 3).float(), torch.tensor(score)
+
+    assert not tracker.observe(x[0], outputs([0, 1], [-1.0, -1.0])).any()  # correct and accepted
+    assert not tracker.observe(x[1], outputs([2, 2], [0.5, 0.5])).any()  # misclassified but rejected
+    assert tracker.observe(x[2], outputs([2, 1], [0.0, -1.0])).tolist() == [True, False]  # score 0 is accepted
+    tracker.observe(x[3], outputs([2, 2], [0.5, -1.0]))  # image 0 drifts back into rejection; image 1 evades now
+    tracker.observe(x[0], outputs([0, 0], [-1.0, -1.0]))  # image 0 correct again; image 1 evades again (kept: x[3])
+    assert tracker.evaded.tolist() == [True, True]
+    assert torch.equal(tracker.images[0], x[2][0]) and torch.equal(tracker.images[1], x[3][1])
+    assert tracker.observed.tolist() == [5, 5]
+
+
+def test_tracker_check_judges_by_the_defended_classifier_and_cannot_undo_a_success(logit_detector, batch):
+    x, y = batch
+    tracker = EvasionTracker(logit_detector, x, y)
+    misclassified, rejected = tracker.check(x)
+    logits, score = logit_detector.outputs(x)
+    assert torch.equal(misclassified, logits.argmax(1) != y) and torch.equal(rejected, score > 0)
+    assert not tracker.evaded.any()  # the labels are the model's own predictions
+    fake = (torch.nn.functional.one_hot((y + 1) % 10, 10).float(), torch.full((len(y),), -1.0))
+    tracker.observe(x[:2] * 0.5, (fake[0][[3, 7]], fake[1][[3, 7]]), index=torch.tensor([3, 7]))
+    tracker.check(x)  # correct again: changes nothing
+    assert tracker.evaded.nonzero()[:, 0].tolist() == [3, 7]
+    assert torch.equal(tracker.images[[3, 7]], x[:2] * 0.5)
+
+
+# ---- objectives -----------------------------------------------------------------------------------
+def test_kplusone_margin_is_positive_exactly_where_misclassified_and_accepted():
+    g = seeded(3)
+    logits, score = torch.randn(500, 5, generator=g) * 3, torch.randn(500, generator=g)
+    labels = torch.randint(0, 5, (500,), generator=g)
+    combined = Outputs(logits, score).combined
+    evades = (logits.argmax(1) != labels) & (score <= 0)
+    assert 0 < int(evades.sum()) < 500
+    assert torch.equal(kplusone_margin(combined, labels) > 0, evades)
+    assert torch.equal(kplusone_dlr(combined, labels) > 0, evades)
+    assert torch.equal(classification_margin(logits, labels) > 0, logits.argmax(1) != labels)
+
+
+def test_kplusone_dlr_is_not_stuck_at_minus_one_when_the_label_and_the_detector_lead():
+    # y and the detector class K are the top two: DLR's usual pi1 - pi3 scale would give exactly -1 here
+    combined = torch.tensor([[0.0, -5.0, -7.0, -9.0, -1.0]], requires_grad=True)
+    value = kplusone_dlr(combined, torch.tensor([0]))
+    (grad,) = torch.autograd.grad(value.sum(), combined)
+    assert value.item() != pytest.approx(-1.0) and grad[0, 1] > 0
+
+
+def test_remove_component_leaves_a_gradient_orthogonal_to_the_other():
+    g = seeded(4)
+    a, b = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    out = remove_component(a, b)
+    assert torch.allclose((out * b).flatten(1).sum(1), torch.zeros(3), atol=1e-4)
+    assert torch.equal(remove_component(a, torch.zeros_like(b)), a)
+
+
+# ---- the attacks ----------------------------------------------------------------------------------
+def attack_builders(defended, targets=None, eps=8 / 255, norm="linf", steps=4, generator=None):
+    g = generator if generator is not None else seeded()
+    builders = {
+        "k+1 pgd margin": lambda: KPlusOnePGD(defended, eps=eps, steps=steps, norm=norm, generator=g),
+        "k+1 pgd ce": lambda: KPlusOnePGD(defended, eps=eps, steps=steps, norm=norm, loss="ce", generator=g),
+        "k+1 apgd ce": lambda: KPlusOneAPGD(defended, eps=eps, steps=steps, norm=norm, loss="ce", generator=g),
+        "k+1 apgd dlr": lambda: KPlusOneAPGD(defended, eps=eps, steps=steps, norm=norm, loss="dlr", generator=g),
+        "orthogonal": lambda: OrthogonalPGD(defended, eps=eps, steps=steps, norm=norm, generator=g),
+        "penalty": lambda: PenaltyPGD(defended, eps=eps, steps=steps, norm=norm, restarts=2, generator=g),
+    }
+    if targets is not None:
+        builders["logit matching"] = lambda: LogitMatching(defended, *targets, eps=eps, steps=steps, norm=norm,
+                                                           restarts=2, generator=g)
+    return builders
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_adaptive_attacks_stay_in_the_ball_and_the_pixel_range(trained, norm, eps):
+    x, y = colour_images(8, 3)
+    targets = colour_images(8, 4)
+    for name, build in attack_builders(trained, targets, eps=eps, norm=norm, steps=3).items():
+        x_adv = build()(x, y)
+        assert x_adv.shape == x.shape, name
+        assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1, name
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+        assert float(size.max()) <= eps * (1 + 1e-5) + 1e-7, name
+
+
+def test_each_step_costs_one_forward_pass_and_each_run_one_more_check(logit_detector, batch):
+    x, y = batch
+    model, steps = logit_detector.model, 3
+    for name, build in attack_builders(logit_detector, steps=steps).items():
+        calls = []
+        handle = model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+        try:
+            attack = build()
+            attack(x[:4], y[:4])
+        finally:
+            handle.remove()
+        per_run = steps + 1 + (1 if isinstance(attack, KPlusOneAPGD) else 0)  # APGD also evaluates its start
+        runs = [calls[i:i + per_run] for i in range(0, len(calls), per_run)]
+        assert 1 <= len(runs) <= attack.restarts and len(calls) == len(runs) * per_run, name
+        for run in runs:  # one pass per step and one check, all on the run's images (later runs: those not yet evaded)
+            assert run == [run[0]] * per_run, name
+
+
+def test_logit_matching_reaches_the_targets_and_evades_with_a_large_ball(trained):
+    x, y = colour_images(8, 3)
+    targets = colour_images(8, 4)
+    attack = LogitMatching(trained, *targets, eps=1.0, steps=60, step_size=0.02, restarts=1, generator=seeded())
+    tracker = EvasionTracker(trained, x, y)
+    attack.run(x, y, tracker)
+    assert tracker.evaded.all()  # the whole pixel range: natural images of other classes are reachable
+
+
+def test_logit_matching_refuses_a_pool_without_another_class(trained):
+    x, y = colour_images(4, 3)  # classes 0, 1, 2, 3
+    pool, labels = colour_images(8, 4)
+    attack = LogitMatching(trained, pool[labels == 0], labels[labels == 0], eps=8 / 255, steps=2)
+    with pytest.raises(ValueError, match=r"another class for images of class\(es\) \[0\]"):
+        attack(x, y)
+
+
+def test_penalty_doubles_lam_where_rejected_and_halves_it_where_still_correct(logit_detector, batch):
+    x, y = batch
+    attack = PenaltyPGD(logit_detector, eps=4 / 255, steps=3, restarts=1, lam=1.0, generator=seeded())
+    tracker = EvasionTracker(logit_detector, x, y)
+    final = attack.run(x, y, tracker)
+    misclassified, rejected = tracker.check(final)
+    expected = torch.where(rejected, 2.0, torch.where(misclassified, 1.0, 0.5))
+    assert torch.equal(attack.lams, expected)
+    assert bool(rejected.any()) and bool((~misclassified & ~rejected).any())  # both rules were exercised
+
+
+# ---- the suite and the sanity checks of Carlini et al. (2019) ---------------------------------------
+def test_adaptive_suite_evades_a_logit_detector_far_more_than_pgd_on_the_bare_model(logit_detector, batch):
+    x, y = batch
+    model, eps, steps = logit_detector.model, 16 / 255, 20
+    result = run_suite(logit_detector, x, y, {
+        "pgd (bare model)": PGD(model, eps=eps, step_size=2.5 * eps / steps, steps=steps, generator=seeded(),
+                                fused=False),
+        "hepgd 1.2 (bare model)": HighEnergyPGD(model, eps=eps, step_size=2.5 * eps / steps, steps=steps, lam=1.2,
+                                                generator=seeded(), fused=False),
+        "k+1 pgd": KPlusOnePGD(logit_detector, eps=eps, steps=steps, generator=seeded()),
+        "penalty": PenaltyPGD(logit_detector, eps=eps, steps=steps, restarts=2, generator=seeded()),
+    }, eps=eps)
+    for name in ("pgd (bare model)", "hepgd 1.2 (bare model)"):  # non-adaptive: judged on the point returned
+        outcome = result.attacks[name]
+        assert torch.equal(outcome.evaded, outcome.misclassified & ~outcome.rejected), name
+    bare = result.attacks["pgd (bare model)"]
+    assert bare.misclassified.float().mean() >= 0.9  # PGD fools the bare model ...
+    assert bare.evaded.float().mean() <= 0.1  # ... and the detector catches it
+    assert result.evaded.float().mean() >= 0.8  # the adaptive attacks get through
+    assert torch.equal(result.evaded, torch.stack([o.evaded for o in result.attacks.values()]).any(0))
+    for i in result.evaded.nonzero()[:, 0].tolist():  # every kept image really evades, inside the ball
+        assert result.found_by[i] is not None
+    logits, score = logit_detector.outputs(result.images[result.evaded])
+    assert bool((logits.argmax(1) != y[result.evaded]).all()) and bool((score <= 0).all())
+    assert float((result.images - x).abs().max()) <= eps + 1e-6
+    report = result.report(eps)
+    assert result.clean_correct.all()  # the labels are the model's predictions
+    assert report["dara"]["rate"] == pytest.approx((result.clean_accepted & ~result.evaded).float().mean().item())
+    assert report["detection_rate"]["pgd (bare model)"]["rate"] >= 0.9
+
+
+def test_with_the_detector_off_the_suite_equals_the_bare_attack(random_model, batch):
+    x, y = batch
+    off = EnergyReject().calibrate(random_model, images(16, 0))
+    off.tau = -math.inf  # rejects nothing: score = -inf - E(x)
+    defended = DefendedClassifier(random_model, off)
+    eps, steps = 8 / 255, 10
+    result = run_suite(defended, x, y, {
+        "k+1 pgd": KPlusOnePGD(defended, eps=eps, steps=steps, generator=seeded()),
+        "pgd (bare model)": PGD(random_model, eps=eps, step_size=2.5 * eps / steps, steps=steps, generator=seeded(),
+                                fused=False),
+    })
+    # the same margin attack on the bare model, every iterate counted: misclassified somewhere on the path
+    misclassified = torch.zeros(len(y), dtype=torch.bool)
+
+    def watch(k, x_k, logits):
+        misclassified.logical_or_(logits.argmax(1) != y)
+
+    final = projected_gradient_ascent(random_model, x, lambda logits: classification_margin(logits, y),
+                                      make_constraint("linf", eps), steps, 2.5 * eps / steps, random_start=True,
+                                      generator=seeded(), watch=watch)
+    with torch.no_grad():
+        misclassified |= random_model(final).argmax(1) != y
+    assert 0 < int(misclassified.sum()) < len(y)
+    assert torch.equal(result.attacks["k+1 pgd"].evaded, misclassified)
+    bare = result.attacks["pgd (bare model)"]
+    assert not bare.rejected.any() and torch.equal(bare.evaded, bare.misclassified)
+
+
+def test_a_large_ball_lets_every_image_evade(logit_detector, batch):
+    x, y = batch
+    eps = 64 / 255
+    result = run_suite(logit_detector, x, y, {
+        "k+1 pgd": KPlusOnePGD(logit_detector, eps=eps, steps=20, generator=seeded()),
+        "penalty": PenaltyPGD(logit_detector, eps=eps, steps=20, restarts=2, generator=seeded())})
+    assert result.evaded.all()
+
+
+@pytest.mark.parametrize("attack_class", [KPlusOnePGD, PenaltyPGD, OrthogonalPGD])
+def test_a_longer_run_from_the_same_start_contains_the_shorter_one_so_never_evades_less(logit_detector, batch,
+                                                                                        attack_class):
+    x, y = batch
+    eps, step_size = 12 / 255, 1.5 / 255
+    runs = {}
+    for steps in (4, 12):
+        seen = []
+        attack = attack_class(logit_detector, eps=eps, step_size=step_size, steps=steps, restarts=1, generator=seeded())
+        tracker = EvasionTracker(logit_detector, x, y)
+        original = tracker.observe
+
+        def observe(points, outputs, index=None, original=original, seen=seen):
+            seen.append(points.clone())
+            return original(points, outputs, index)
+
+        tracker.observe = observe
+        attack.run(x, y, tracker)
+        runs[steps] = seen, tracker.evaded.clone()
+    (short, short_evaded), (long, long_evaded) = runs[4], runs[12]
+    assert len(short) == 4 + 1 and len(long) == 12 + 1  # every step's iterate, and the final point
+    for k in range(5):  # the short run's iterates, its final point included, are the long run's first five
+        assert torch.equal(short[k], long[k])
+    assert bool((long_evaded | ~short_evaded).all())  # every evasion of the short run is one of the long run
+    assert int(long_evaded.sum()) > int(short_evaded.sum())  # and here the longer run finds more
+
+
+def test_run_suite_refuses_an_attack_outside_its_ball(logit_detector, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match="left the linf ball"):
+        run_suite(logit_detector, x, y, {"too big": KPlusOnePGD(logit_detector, eps=16 / 255, steps=2)}, eps=4 / 255)
+
+
+def test_run_suite_in_batches_equals_one_batch(logit_detector, batch):
+    x, y = batch
+    build = lambda: {"k+1 pgd": KPlusOnePGD(logit_detector, eps=16 / 255, steps=4, random_start=False)}
+    whole, parts = run_suite(logit_detector, x, y, build()), run_suite(logit_detector, x, y, build(), batch_size=5)
+    assert torch.equal(whole.evaded, parts.evaded) and whole.found_by == parts.found_by
+    assert torch.allclose(whole.images, parts.images, atol=1e-6)
+    assert torch.equal(whole.attacks["k+1 pgd"].rejected, parts.attacks["k+1 pgd"].rejected)
+
+
+# ---- APGD on the engine ---------------------------------------------------------------------------
+def test_apgd_checkpoints_follow_croce_and_hein():
+    windows = _checkpoint_windows(100)
+    assert [next(windows) for _ in range(7)] == [22, 19, 16, 13, 10, 7, 6]  # p_j: 0.22, then -0.03 down to 0.06
+
+
+def test_apgd_returns_the_best_iterate_it_saw_and_watches_every_pass(random_model):
+    x, y = images(4, 5), torch.tensor([0, 1, 2, 3])
+    seen, steps = [], 12
+    objective = lambda logits: F.cross_entropy(logits, y, reduction="none")
+    best = auto_projected_gradient_ascent(
+        random_model, x, objective, LinfBall(8 / 255), steps, generator=seeded(),
+        watch=lambda k, x_k, logits: seen.append((k, x_k, objective(logits).detach())))
+    assert [k for k, _, _ in seen] == list(range(steps + 1))
+    values = torch.stack([v for _, _, v in seen])  # (steps + 1, N)
+    with torch.no_grad():
+        assert torch.allclose(objective(random_model(best)), values.max(0).values, atol=1e-5)
+    assert values.max(0).values.ge(values[0]).all() and values.max(0).values.gt(values[0]).any()
+    assert float((best - x).abs().max()) <= 8 / 255 + 1e-6
+
+
+class Pixels(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def test_apgd_halves_its_step_until_it_settles_on_the_maximum():
+    # f(x) = -(x - 0.6)^2 on one pixel at 0.5, eps 0.25: sign steps of the first size, 2 eps, jump across
+    # the maximum from edge to edge of the ball; only the halvings at the checkpoints let the iterates settle
+    x, seen = torch.full((1, 1, 1, 1), 0.5), []
+    best = auto_projected_gradient_ascent(Pixels(), x, lambda out: -(out[:, 0] - 0.6) ** 2, LinfBall(0.25), 60,
+                                          random_start=False, watch=lambda k, x_k, out: seen.append(float(x_k)))
+    moves = [abs(b - a) for a, b in zip(seen, seen[1:])]
+    assert max(moves[:3]) >= 0.25 and max(moves[-10:]) < 0.03  # five halvings in 60 steps: 2 eps / 32
+    assert float(best) == pytest.approx(0.6, abs=0.01)
+
+
+def test_defended_outputs_give_the_features_from_the_same_pass(trained):
+    x = colour_images(4, 3)[0]
+    calls = []
+    handle = trained.model.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    try:
+        outputs = DefendedOutputs(trained, features=True)(x)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and outputs.features.shape[0] == 4
+    head = [m for m in trained.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert torch.allclose(head(outputs.features), outputs.logits, atol=1e-5)
