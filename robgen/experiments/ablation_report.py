@@ -1,8 +1,8 @@
 """The detection ablation's table (`results.md`), data (`results.json`) and figure (`ablation.png`).
 
 One table row per measured row (ablation.py), grouped by factor in the order the factors first appear; the
-paper's number beside the table. The figure has one panel per factor: detection rate and false-positive rate
-of each row with their 95% intervals, rows in the order given (a run's epoch snapshots make its curve).
+paper's number beside the table. The figure has one panel per factor: the two error rates of each row (missed
+attacks and false positives) with their 95% intervals, rows in the order given (a run's snapshots make its curve).
 """
 
 from __future__ import annotations
@@ -91,30 +91,38 @@ def markdown(rows: List[dict], settings: dict) -> str:
 
 
 def figure(rows: List[dict], path: Path) -> Path:
-    """Detection rate and FPR with 95% intervals, one panel per factor."""
+    """The two error rates, missed attacks (100 - detection) and false positives, with 95% intervals, one panel per
+    factor, the paper's as dotted lines: both near 0 is the paper's detector; error rates keep the points apart
+    that a 0-100 detection axis would squash together."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = by_factor(rows)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 3.6), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 3.6), dpi=110, squeeze=False,
+                             sharey=True)
+    series = (("detection_rate", True, "tab:red", "missed attacks"), ("false_positive_rate", False, "tab:blue",
+                                                                       "false positives"))
     for axis, (factor, group) in zip(axes[0], groups.items()):
         xs = list(range(len(group)))
-        for key, colour, name in (("detection_rate", "tab:red", "detection"),
-                                  ("false_positive_rate", "tab:blue", "false positives")):
-            values = [100 * row[key] for row in group]
-            low = [100 * (row[key] - row[f"{key}_ci"][0]) for row in group]
-            high = [100 * (row[f"{key}_ci"][1] - row[key]) for row in group]
-            axis.errorbar(xs, values, yerr=[low, high], marker="o", capsize=3, color=colour, label=name)
-        axis.axhline(100 * PAPER_CIFAR10["detection_rate"], color="tab:red", linestyle=":", linewidth=1)
+        for key, missed, colour, name in series:
+            value = [100 * (1 - row[key] if missed else row[key]) for row in group]
+            low, high = zip(*[[100 * (1 - b if missed else b) for b in row[f"{key}_ci"]] for row in group])
+            if missed:
+                low, high = high, low  # 1 - x reverses the interval
+            shifted = [x + (-0.06 if missed else 0.06) for x in xs]  # side by side where the two rates meet
+            axis.errorbar(shifted, value, yerr=[[v - lo for v, lo in zip(value, low)], [hi - v for v, hi in zip(value, high)]],
+                          marker="o", capsize=3, color=colour, label=name, linestyle="none")
+        axis.axhline(100 * (1 - PAPER_CIFAR10["detection_rate"]), color="tab:red", linestyle=":", linewidth=1)
         axis.axhline(100 * PAPER_CIFAR10["false_positive_rate"], color="tab:blue", linestyle=":", linewidth=1)
         axis.set_xticks(xs)
         axis.set_xticklabels([row["label"] for row in group], rotation=30, ha="right", fontsize=7)
+        axis.set_xlim(-0.5, len(group) - 0.5)
         axis.set_title(factor, fontsize=9)
-        axis.set_ylim(0, 100)
-    axes[0][0].set_ylabel("% (dotted: the paper)")
-    axes[0][0].legend(fontsize=7, loc="center left")
+        axis.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("% of test images (dotted: the paper)")
+    axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
