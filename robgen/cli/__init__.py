@@ -14,6 +14,7 @@ to its commands:
 - `synthesis`: fit-seeds, synthesize, gradmap, synthesis-quality, budget-sweep
 - `zoo`: zoo (the energy detector against the whole attack zoo)
 - `ablation`: ablation (what moves the detector: one row per model, grouped by factor)
+- `adaptive`: adaptive (detectors under attacks that know them: detection-aware robust accuracy)
 - `common`: the argument groups, loaders and `UsageError` they share
 """
 
@@ -24,12 +25,12 @@ import logging
 import sys
 from typing import List, Optional
 
-from . import ablation, attack, detection, reproduce, synthesis, training, zoo
+from . import ablation, adaptive, attack, detection, reproduce, synthesis, training, zoo
 from .common import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
 
-COMMAND_GROUPS = (attack, detection, training, reproduce, synthesis, zoo, ablation)
+COMMAND_GROUPS = (attack, detection, training, reproduce, synthesis, zoo, ablation, adaptive)
 
 
 def build_parser() -> argparse.ArgumentParser:

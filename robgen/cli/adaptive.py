@@ -1,0 +1,180 @@
+"""The `adaptive` command: detectors under attacks that know them, as detection-aware robust accuracy
+(robgen/experiments/adaptive.py).
+
+    python -m robgen adaptive --model cifar10-resnet10-standard --data cifar10 --detector energy,band \
+        --eps 4/255,8/255,64/255 --limit 500 --steps 100 --restarts 3 --out runs/adaptive
+    python -m robgen adaptive ... --estimate-only          # the model passes it would make, then stop
+
+Every input is checked before any work: the detectors, the eps list, the numbers, a model without a
+recorded validation split for the data set, and saved detectors (--detector-file) calibrated for
+another model are refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from fractions import Fraction
+from pathlib import Path
+from typing import List, Tuple
+
+from .common import UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number
+
+# A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
+DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis")
+PRODUCTS = ["results.json", "results.md", "adaptive_dara.png"]
+
+
+def add_parsers(commands) -> None:
+    adaptive = commands.add_parser(
+        "adaptive", help="detectors under adaptive attacks that know them: detection-aware robust accuracy")
+    add_model_arguments(adaptive)
+    add_data_arguments(adaptive)
+    adaptive.add_argument("--detector", action="append", default=[], metavar="KIND",
+                          help=f"{', '.join(DETECTORS)}; repeat or separate by commas (default energy)")
+    adaptive.add_argument("--detector-file", action="append", default=[], metavar="JSON",
+                          help="a saved reject option (RejectOption.save) calibrated for this model, evaluated as "
+                               "it is; repeat")
+    adaptive.add_argument("--eps", default="8/255",
+                          help="L-inf radii in (0, 1], separated by commas, e.g. 4/255,8/255,64/255 (default 8/255)")
+    adaptive.add_argument("--limit", type=int, default=500, help="first N test images (default 500)")
+    adaptive.add_argument("--steps", type=int, default=100, help="steps of every attack (default 100)")
+    adaptive.add_argument("--restarts", type=int, default=3, help="restarts of every adaptive attack (default 3)")
+    adaptive.add_argument("--target-fpr", type=parse_number, default=0.05,
+                          help="clean validation images a threshold may reject (default 0.05)")
+    adaptive.add_argument("--lambdas", default="0.6,1.2,2",
+                          help="HE-PGD's λ for the non-adaptive references, separated by commas (default 0.6,1.2,2)")
+    adaptive.add_argument("--batch-size", type=int, default=100)
+    adaptive.add_argument("--seed", type=int, default=0)
+    adaptive.add_argument("--estimate-only", action="store_true",
+                          help="print the model passes the run would make and stop (no --out needed)")
+    adaptive.add_argument("--out", help="output folder: results.json, results.md, adaptive_dara.png, detectors/")
+    adaptive.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    adaptive.set_defaults(run=command_adaptive)
+
+
+def parse_detectors(values: List[str]) -> Tuple[str, ...]:
+    """The --detector values (repeated and/or comma-separated), each a known kind; energy when none."""
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    unknown = [name for name in names if name not in DETECTORS]
+    if unknown:
+        raise UsageError(f"unknown detector {unknown[0]!r}: choose from {', '.join(DETECTORS)}")
+    if len(set(names)) < len(names):
+        raise UsageError(f"--detector names a detector twice ({', '.join(names)})")
+    return tuple(names)
+
+
+def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
+    try:
+        values = tuple(float(Fraction(part.strip())) for part in text.split(",") if part.strip())
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{flag} takes numbers separated by commas, e.g. 4/255,8/255; got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} is empty: give at least one number")
+    return values
+
+
+def parse_eps(text: str) -> Tuple[float, ...]:
+    values = parse_numbers(text, "--eps")
+    bad = [value for value in values if not 0 < value <= 1]
+    if bad:
+        raise UsageError(f"--eps must be in (0, 1] (pixels are in [0, 1]: write 8/255, not 8), got {bad[0]:g}")
+    return values
+
+
+def _check_arguments(args) -> dict:
+    """Everything argparse cannot check, before the model is loaded: the settings as keywords."""
+    for flag in ("limit", "steps", "restarts", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not 0 < args.target_fpr < 1:
+        raise UsageError(f"--target-fpr must be in (0, 1), e.g. 0.05, got {args.target_fpr:g}")
+    if not args.out and not args.estimate_only:
+        raise UsageError("--out is required (the output folder), unless --estimate-only")
+    detectors = parse_detectors(args.detector)
+    if not detectors and not args.detector_file:
+        detectors = ("energy",)
+    return dict(detectors=detectors, eps_list=parse_eps(args.eps), limit=args.limit, steps=args.steps,
+                restarts=args.restarts, target_fpr=args.target_fpr, seed=args.seed, batch_size=args.batch_size,
+                lambdas=parse_numbers(args.lambdas, "--lambdas"))
+
+
+def _detector_files(paths: List[str], model, kinds: Tuple[str, ...]) -> list:
+    """The saved reject options, each refused unless calibrated for this model, and named once with --detector."""
+    from ..detection.reject import RejectOption
+
+    options = []
+    for path in paths:
+        try:
+            option = RejectOption.load(path, model=model)
+        except ValueError as error:
+            raise UsageError(f"--detector-file {path}: {error}") from None
+        if option.kind in kinds or option.kind in [o.kind for o in options]:
+            raise UsageError(f"--detector-file {path} is a {option.kind!r} detector, which is already named: "
+                             "give each kind once")
+        options.append(option)
+    return options
+
+
+def command_adaptive(args) -> int:
+    """Under torchrun each rank attacks its share of the test images; rank 0 prints and writes."""
+    from .. import data as datasets
+    from .. import distributed
+    from ..experiments.adaptive import STAGES, AdaptiveSettings, adaptive_evaluation, estimate_passes, \
+        require_validation_split
+
+    keywords = _check_arguments(args)
+    try:  # the settings' own checks, before the model is loaded (detector files are named after loading it)
+        AdaptiveSettings(**{**keywords, "detectors": keywords["detectors"] or ("energy",)})
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    device = join_processes(args)
+    model = open_model(args, device)
+    try:
+        require_validation_split(model.spec, args.data)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    given = _detector_files(args.detector_file, model, keywords["detectors"])
+    settings = AdaptiveSettings(**{**keywords, "detectors": (*keywords["detectors"], *(o.kind for o in given))})
+    estimate = estimate_passes(
+        settings, settings.limit, datasets.model_val_size(model.spec, args.data),
+        settings.reference_size if "mahalanobis" in keywords["detectors"] else 0)
+    if distributed.is_main():
+        print(f"estimate: {estimate['forward_backward_passes']:,} forward+backward and {estimate['forward_passes']:,} "
+              f"forward image-passes at most ({estimate['suites']} suites of {len(settings.attacks)} attacks on "
+              f"{settings.limit} test images)")
+    if args.estimate_only:
+        distributed.teardown()
+        return 0
+    out = Path(args.out)
+    existing = [name for name in PRODUCTS if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
+    created = not out.exists()
+    stage_dir = out / STAGES  # an interrupted run's finished stages: the same command continues it
+    if args.overwrite and distributed.is_main():
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    distributed.barrier()
+    if stage_dir.is_dir() and distributed.is_main():
+        print(f"{stage_dir} holds the finished stages of an interrupted run: they are read back, not recomputed "
+              "(--overwrite starts again)")
+    keywords["detectors"] = (*keywords["detectors"], *given)
+    try:
+        results = adaptive_evaluation(model, args.data, out_dir=out if distributed.is_main() else None,
+                                      data_root=args.data_root, download=args.download, stage_dir=stage_dir, **keywords)
+    except (FileNotFoundError, ValueError) as error:
+        if created and distributed.is_main():  # a refused run leaves nothing behind
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: finished stages stay for the next run
+        raise UsageError(str(error)) from None
+    if distributed.is_main():
+        for row in sorted(results["rows"], key=lambda row: (row["detector"], row["eps"])):
+            dara = row["dara"]
+            print(f"{row['detector']:>14} at {row['eps_label']:>7}: DARA {100 * dara['rate']:.1f}% "
+                  f"[{100 * dara['ci'][0]:.1f}, {100 * dara['ci'][1]:.1f}] of {dara['n']}")
+        for check in results["sanity"]:
+            if check["passed"] is False:
+                print(f"sanity check FAILED: {check['check']} ({check['subject']}): {check['detail']}")
+        print(f"wrote results.json, results.md and adaptive_dara.png to {out} ({results['wall_seconds']:.0f} s)")
+    distributed.teardown()
+    return 0

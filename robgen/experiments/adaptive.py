@@ -1,0 +1,272 @@
+"""The adaptive evaluation of a detector: thresholds fixed on held-out clean images, then every attack that knows it.
+
+    results = adaptive_evaluation(model, "cifar10", detectors=("energy", "band"), eps_list=(4/255, 8/255),
+                                  limit=500, steps=100, restarts=3, out_dir=Path("runs/adaptive"))
+    results["rows"][0]["dara"]        # {"rate", "ci", "count", "n"}: detection-aware robust accuracy
+
+The protocol of Tramèr, Carlini, Brendel & Madry (2020, "On adaptive attacks to adversarial example
+defenses") with the sanity checks of Carlini et al. (2019, "On evaluating adversarial robustness"):
+
+1. Each reject option (robgen/detection/reject.py) is calibrated on the clean validation images the
+   model's training held out (`data.model_val_split`), at `target_fpr`; a model that records no such
+   split for this data set is refused before any work. Mahalanobis takes its class statistics from
+   clean training images outside the validation split (`reference_size` of them, as reproduce does).
+2. For every detector and eps, the suite (robgen/attacks/suite.py) runs on the first `limit` test
+   images: (K+1) PGD, (K+1) APGD-CE and -DLR, Orthogonal PGD, Penalty PGD, logit matching (targets:
+   validation images of other classes the defended model accepts and classifies correctly), and the
+   non-adaptive references, PGD and HE-PGD (several λ) on the bare model.
+3. The same suite runs once more per eps against the detector switched off (`DetectorOff`, which
+   accepts everything): its DARA must equal the bare model's robust accuracy under the suite, which
+   is measured by another path (the bare model re-run on every attack's points).
+4. The model passes are estimated before anything runs (`estimate_passes`), logged and reported.
+
+Each (detector, eps, attack) is one stage (experiments/stages.py): its per-image flags are kept on
+disk as soon as it finishes, its random draws come from `stage_seed(seed, stage)` and, per batch,
+`distributed.per_batch_seeds`, so an interrupted run continues with the numbers of an
+uninterrupted one, and under torchrun each rank attacks its share of the batches and every rank
+gets all the flags back (rank 0 writes). The report (adaptive_report.py) turns the flags into
+DARA with Wilson intervals, the per-attack breakdown, the sanity checks and the figure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .. import data as datasets
+from .. import distributed
+from ..detection.defended import DefendedClassifier
+from ..detection.reject import KINDS, RejectOption, make_reject_option
+from ..models.state import model_device
+from ..progress import step_reporter
+from . import stages as stage_files
+from .adaptive_report import OFF, eps_label, summarise, write_report
+from .adaptive_suite import (ADAPTIVE, DetectorOff, SuiteStageStore, hepgd_name, make_suite_attack,
+                             matching_skip_reason, suite_names, suite_stage)
+from .pipeline import detection_splits, model_outputs, tensor_batches
+from .stages import model_fingerprint, run_environment, stage_seed
+
+logger = logging.getLogger(__name__)
+
+STAGES = ".stages"  # under the output folder: the finished stages of a run not yet written
+# robgen's code besides stages.STAGE_CODE that decides a stage's flags: the reject options, the defended
+# classifier, the calibration and the suite
+ADAPTIVE_CODE = ("detection", "experiments/adaptive.py", "experiments/adaptive_suite.py")
+
+
+@dataclass
+class AdaptiveSettings:
+    """The experiment's settings, recorded in results.json and in the stage key."""
+
+    detectors: Tuple[str, ...] = ("energy",)
+    eps_list: Tuple[float, ...] = (8 / 255,)
+    limit: int = 500
+    steps: int = 100
+    restarts: int = 3
+    target_fpr: float = 0.05
+    seed: int = 0
+    batch_size: int = 100
+    lambdas: Tuple[float, ...] = (0.6, 1.2, 2.0)  # HE-PGD's λ on the bare model (non-adaptive references)
+    reference_size: int = 2000  # clean training images for Mahalanobis's class statistics
+    match_targets: int = 100  # validation images offered to logit matching as targets
+
+    def __post_init__(self) -> None:
+        self.detectors = tuple(dict.fromkeys(str(name) for name in self.detectors))
+        if not self.detectors:
+            raise ValueError(f"name at least one detector: {', '.join(KINDS)}")
+        if OFF in self.detectors:
+            raise ValueError(f"{OFF!r} is the detector switched off, which every run measures anyway: "
+                             f"choose from {', '.join(KINDS)}")
+        self.eps_list = tuple(sorted({float(eps) for eps in self.eps_list}))
+        bad = [eps for eps in self.eps_list if not 0 < eps <= 1]
+        if not self.eps_list or bad:
+            raise ValueError(f"every eps must be in (0, 1] (pixels are in [0, 1]: write 8/255, not 8), got "
+                             f"{', '.join(f'{eps:g}' for eps in bad) or 'none'}")
+        for name in ("limit", "steps", "restarts", "batch_size", "reference_size", "match_targets"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < float(self.target_fpr) < 1:
+            raise ValueError(f"target_fpr must be in (0, 1), e.g. 0.05, got {self.target_fpr}")
+        self.lambdas = tuple(float(lam) for lam in self.lambdas)
+        if not all(math.isfinite(lam) for lam in self.lambdas):
+            raise ValueError(f"HE-PGD's lambdas must be finite numbers, got {self.lambdas}")
+
+    @property
+    def attacks(self) -> Tuple[str, ...]:
+        """The suite's attacks, in the order each image's first evasion is credited to."""
+        return suite_names(self.lambdas)
+
+
+def require_validation_split(spec, data) -> None:
+    """Refuse a model whose training record names no validation split held out of `data` (read as
+    `data.model_val_size` reads it), saying what to do: the thresholds need clean images it never trained on."""
+    training = spec.training if isinstance(spec.training, dict) else {}
+    recorded = training.get("data", {}) if isinstance(training.get("data"), dict) else {}
+    if str(recorded.get("name", "")).lower() == str(data).lower() and recorded.get("val_size"):
+        return
+    trained_on = recorded.get("name") or training.get("config", {}).get("data")
+    raise ValueError(
+        f"this model records no validation split held out of {data}'s training images (its training record "
+        f"{'names ' + repr(trained_on) if trained_on else 'names no data set'}), so there are no clean images it "
+        f"never trained on to fix the detectors' thresholds with: use a model trained by robgen on {data} "
+        "(python -m robgen train records its split)")
+
+
+def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, n_reference: int = 0) -> dict:
+    """Image-passes through the model a run will make, before it runs: an upper bound (a later restart runs
+    only on the images no earlier one evaded).
+
+    Per image and suite: (K+1) PGD, Penalty PGD and logit matching `restarts x steps` forward+backward
+    passes, APGD `restarts x (steps + 1)`, Orthogonal PGD `restarts x steps` forwards with two backward
+    passes each (counted as two), PGD and each HE-PGD `steps`; forwards: one per restart (the final
+    point), the suite's clean pass and the stored point's pass per attack, logit matching's targets per
+    batch. Suites: one per detector and eps, plus the detector switched off per eps. Then the clean
+    validation pass (calibration), the Mahalanobis reference and the bare model's clean test pass.
+    """
+    s, r = settings.steps, settings.restarts
+    gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1),
+                "orthogonal pgd": 2 * r * s, "penalty pgd": r * s, "logit matching": r * s, "pgd (bare model)": s,
+                **{hepgd_name(lam): s for lam in settings.lambdas}}
+    forward = {name: (r if name in ADAPTIVE else 1) + 2 for name in gradient}
+    suites = (len(settings.detectors) + 1) * len(settings.eps_list)
+    batches = math.ceil(n_test / settings.batch_size)
+    backward_total = suites * n_test * sum(gradient.values())
+    forward_total = (suites * (n_test * sum(forward.values()) + batches * settings.match_targets)
+                     + n_validation + n_reference + n_test)
+    return {"forward_backward_passes": backward_total, "forward_passes": forward_total, "suites": suites,
+            "n_test": n_test, "per_image_per_suite": {name: {"forward_backward": gradient[name],
+                                                             "forward": forward[name]} for name in gradient},
+            "note": "an upper bound: later restarts run only on the images not yet evaded"}
+
+
+def _option_digest(option: RejectOption) -> dict:
+    """What a stage key records of a detector: kind, thresholds, and a digest of everything else it holds."""
+    text = json.dumps(option.to_dict(), sort_keys=True, default=str).encode()
+    return {"kind": option.kind, "thresholds": option.thresholds(), "sha256": hashlib.sha256(text).hexdigest()}
+
+
+def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
+                        given: Mapping[str, RejectOption]) -> Dict[str, RejectOption]:
+    """Every detector of `settings` calibrated on the clean validation split (`given` ones kept as they are),
+    and the detector switched off (OFF), fitted on the same images for its (zero) validation FPR."""
+    loader = datasets.make_loader(splits.validation, settings.batch_size)
+    validation = model_outputs(model, loader, features=True, progress=False)
+    calibration = {"data": str(data), "split": "validation images held out of the model's training",
+                   "n": len(validation)}
+    options: Dict[str, RejectOption] = {}
+    for name in settings.detectors:
+        if name in given:
+            options[name] = given[name]
+            continue
+        option = make_reject_option(name, target_fpr=settings.target_fpr)
+        if option.needs_features:  # Mahalanobis: class statistics of clean training images outside validation
+            size = min(settings.reference_size, len(splits.train))
+            reference = datasets.first(splits.train, size, "training split")
+            ref = model_outputs(model, datasets.make_loader(reference, settings.batch_size), features=True,
+                                progress=False)
+            option.fit_reference(ref.features, ref.labels, validation.logits.shape[1])
+        option.fit(validation.logits, validation.features if option.needs_features else None, model=model)
+        option.calibration = dict(calibration, **({"reference": option.reference} if option.needs_features else {}))
+        options[name] = option
+    options[OFF] = DetectorOff(target_fpr=0.0).fit(validation.logits, model=model)
+    options[OFF].calibration = calibration
+    return options
+
+
+def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSettings, x: torch.Tensor,
+               y: torch.Tensor, targets: Tuple[torch.Tensor, torch.Tensor], store: SuiteStageStore, progress=True):
+    """Every (detector, eps, attack) stage, computed or read back from `store`: ({detector: {eps: {attack:
+    per-image flags}}}, {detector: why logit matching was skipped}). A stage's generator is seeded by
+    `stage_seed(settings.seed, stage name)` alone."""
+    flags: Dict[str, Dict[float, Dict[str, Dict[str, torch.Tensor]]]] = {}
+    skipped: Dict[str, str] = {}
+    total = len(reject) * len(settings.eps_list) * len(settings.attacks)
+    bar = step_reporter(progress if distributed.is_main() else None, "adaptive attacks")
+    done = 0
+    for detector, option in reject.items():
+        defended = DefendedClassifier(model, option)
+        reason = matching_skip_reason(defended, *targets)
+        if reason is not None:
+            skipped[detector] = reason
+            logger.warning("logit matching against %s skipped: %s", detector, reason)
+        for eps in settings.eps_list:
+            for name in settings.attacks:
+                stage = f"{detector}-eps{eps_label(eps)}-{name}"
+                report = (lambda fraction, at=done: bar((at + fraction) / total)) if bar else (lambda fraction: None)
+                done += 1
+                if name == "logit matching" and reason is not None:
+                    report(1.0)
+                    continue
+                generator = torch.Generator(device=model_device(model)).manual_seed(stage_seed(settings.seed, stage))
+
+                def compute(name=name, eps=eps, generator=generator, defended=defended, report=report):
+                    attack = make_suite_attack(name, defended, eps, settings, generator, targets)
+                    return suite_stage(defended, attack, name, x, y, eps, settings.batch_size, generator, report)
+
+                flags.setdefault(detector, {}).setdefault(eps, {})[name] = store.run(stage, compute)
+    return flags, skipped
+
+
+def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption]] = ("energy",),
+                        eps_list: Sequence[float] = (8 / 255,), limit: int = 500, steps: int = 100, restarts: int = 3,
+                        target_fpr: float = 0.05, seed: int = 0, out_dir: Optional[Path] = None, *, data_root=None,
+                        download: bool = False, progress=True, stage_dir: Optional[Path] = None, **options) -> dict:
+    """Calibrate, attack, report; see the module docstring. Writes results.json, results.md, adaptive_dara.png and
+    detectors/ to `out_dir` (if given).
+
+    `detectors`: kinds ("energy", "band", "class-energy", "multi-t", "mahalanobis") to calibrate here, or reject
+    options already calibrated for this model (refused if calibrated for another). `options`: the other
+    `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets). `stage_dir` (default
+    `out_dir/.stages`): the finished stages, read back by the same call after an interruption; removed once the
+    results are written.
+    """
+    given = {option.kind: option for option in detectors if isinstance(option, RejectOption)}
+    names = [option.kind if isinstance(option, RejectOption) else str(option) for option in detectors]
+    if len(given) < sum(isinstance(option, RejectOption) for option in detectors) or len(set(names)) < len(names):
+        raise ValueError(f"a detector is named twice ({', '.join(names)}): give each kind once")
+    for name in names:
+        if name not in given:
+            make_reject_option(name)  # an unknown kind says which are known
+    settings = AdaptiveSettings(detectors=tuple(names), eps_list=tuple(eps_list), limit=limit, steps=steps,
+                                restarts=restarts, target_fpr=target_fpr, seed=seed, **options)
+    require_validation_split(model.spec, data)
+    for option in given.values():
+        option._require_fit()
+        option.check_model(model)
+    started = time.perf_counter()
+    splits = detection_splits(model, data, data_root=data_root, download=download)  # the split training held out
+    x, y = datasets.load_tensors(datasets.first(splits.test, settings.limit, "test split"))
+    n_reference = min(settings.reference_size, len(splits.train)) if "mahalanobis" in set(names) - set(given) else 0
+    estimate = estimate_passes(settings, len(x), len(splits.validation), n_reference)
+    logger.info("adaptive evaluation: at most %s forward+backward and %s forward image-passes (%d suites of %d "
+                "attacks on %d images)", f"{estimate['forward_backward_passes']:,}", f"{estimate['forward_passes']:,}",
+                estimate["suites"], len(settings.attacks), len(x))
+    reject = calibrate_detectors(model, data, splits, settings, given)
+    pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
+    targets = datasets.load_tensors(pool)
+    if stage_dir is None and out_dir is not None:
+        stage_dir = Path(out_dir) / STAGES
+    store = SuiteStageStore(stage_dir, {
+        "settings": asdict(settings), "data": str(data), "model": model_fingerprint(model),
+        "n_validation": len(splits.validation), "n_test": len(x),
+        "detectors": {name: _option_digest(option) for name, option in reject.items()},
+        "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)})
+    clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False)
+    flags, skipped = run_suites(model, reject, settings, x, y, targets, store, progress)
+    wall = time.perf_counter() - started + store.reused_seconds
+    results = summarise(model, data, settings, reject, clean.correct, flags, skipped)
+    results.update(n_validation=len(splits.validation), n_reference=n_reference, estimate=estimate,
+                   hardware=distributed.hardware(model_device(model)), wall_seconds=wall,
+                   continued={"stages_read_back": store.reused, "their_seconds": store.reused_seconds})
+    if out_dir is not None and distributed.is_main():
+        write_report(results, reject, Path(out_dir))
+    store.clear()
+    return results

@@ -1,0 +1,296 @@
+"""The adaptive evaluation's numbers, sanity checks, report (`results.md`), data (`results.json`) and figure.
+
+`summarise` turns the per-image flags of every (detector, eps, attack) stage (adaptive.py) into
+rows of `robgen.detection.dara.detection_aware_report` (DARA, clean accuracy with rejection,
+the per-attack breakdown, detection rates, Tramèr's ceiling note, all with Wilson 95%
+intervals), the bare model's robust accuracy under the same suite, and the sanity checks of
+Carlini et al. (2019, "On evaluating adversarial robustness"), kept as data:
+
+- the detector switched off gives the bare model's robust accuracy, image for image (the bare
+  model's number comes from the model re-run on every attack's points, not through the detector);
+- DARA (and the bare robust accuracy) does not rise with eps;
+- at a large eps (LARGE_EPS or more) DARA is near 0 (at most NEAR_ZERO).
+
+A failed check is flagged at the top of results.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ..detection.dara import defended_images, detection_aware_report, rate
+
+OFF = "off"  # the detector switched off (adaptive.DetectorOff)
+BARE = "bare model"
+LARGE_EPS = 64 / 255  # at this radius (L-inf) every attack should break nearly every image
+NEAR_ZERO = 0.02  # the largest DARA "near 0" allows at LARGE_EPS
+ATTACK_WORDS = {
+    "k+1 pgd": "PGD on the margin of Carlini & Wagner's (K+1)-logit model (the detector as an extra class)",
+    "k+1 apgd-ce": "APGD (Croce & Hein's step schedule) on the cross-entropy of the (K+1)-logit model",
+    "k+1 apgd-dlr": "APGD on the DLR margin of the (K+1)-logit model",
+    "orthogonal pgd": "Orthogonal PGD (Bryniarski et al. 2022): the classifier's and the detector's gradients in turn, "
+                      "each orthogonal to the other",
+    "penalty pgd": "PGD on the classification margin minus λ times the reject score, λ searched per image over the "
+                   "restarts",
+    "logit matching": "logit matching (Tramèr et al. 2020): toward the logits (or features) of an accepted, correctly "
+                      "classified validation image of another class, one target per restart",
+    "pgd (bare model)": "PGD on the bare model's cross-entropy (non-adaptive: it does not know the detector)",
+}
+
+
+def eps_label(eps: float) -> str:
+    """8/255 for a whole number of 255ths, else the number itself."""
+    scaled = float(eps) * 255
+    return f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 and round(scaled) else f"{float(eps):.6g}"
+
+
+def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, int]:
+    """Per attack, how many images it was the first (in the suite's order) to evade on."""
+    taken = torch.zeros_like(next(iter(stages.values()))["evaded"])
+    counts = {}
+    for name, flags in stages.items():
+        new = flags["evaded"] & ~taken
+        counts[name] = int(new.sum())
+        taken |= new
+    return counts
+
+
+def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch.Tensor]]) -> dict:
+    """One (detector, eps): `detection_aware_report` of the suite's flags, and which attack evaded first."""
+    first = next(iter(stages.values()))
+    report = detection_aware_report(
+        first["clean_correct"], first["clean_accepted"], {name: s["evaded"] for name, s in stages.items()}, eps,
+        bare_adversarial_correct={name: ~s["misclassified"] for name, s in stages.items()},
+        bare_adversarial_rejected={name: s["rejected"] for name, s in stages.items()})
+    # the attacks' final points judged by the model alone: not the bare model's robust accuracy (these attacks aim
+    # at the detector too), which `bare_row` measures with the detector off
+    report["accuracy_at_final_points"] = report.pop("bare_robust_accuracy")
+    report["detection_rate_at_final_points"] = report.pop("detection_rate")
+    return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages)}
+
+
+def bare_flags(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Per attack of the detector-off suite, (N,) bool: clean correct and the model still right at the attack's point
+    (its first evasion, else its final point), read from the model's own logits there; "all": every attack at once."""
+    flags = {name: clean_correct & (s["point_logits"].argmax(1) == s["labels"]) for name, s in off.items()}
+    robust = clean_correct.clone()
+    for still in flags.values():
+        robust &= still
+    return {**flags, "all": robust}
+
+
+def bare_row(eps: float, clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> dict:
+    flags = bare_flags(clean_correct, off)
+    return {"eps": float(eps), "eps_label": eps_label(eps), "clean_accuracy": rate(clean_correct),
+            "robust_accuracy": rate(flags.pop("all")), "per_attack": {name: rate(f) for name, f in flags.items()}}
+
+
+def _pct(entry: Optional[dict]) -> str:
+    if not entry or entry.get("rate") != entry.get("rate"):
+        return "n/a"
+    low, high = entry["ci"]
+    return f"{100 * entry['rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def sanity_checks(rows: List[dict], bare: List[dict], off_equal: Dict[float, Tuple[bool, int]]) -> List[dict]:
+    """The checks of Carlini et al. (2019) as data: {"check", "subject", "passed" (None: not run), "detail"}."""
+    checks = []
+    for eps, (equal, differing) in off_equal.items():
+        off = next(row for row in rows if row["detector"] == OFF and row["eps"] == eps)
+        robust = next(row for row in bare if row["eps"] == eps)["robust_accuracy"]
+        checks.append({"check": "the detector switched off gives the bare model's robust accuracy",
+                       "subject": f"eps {eps_label(eps)}", "passed": equal,
+                       "detail": f"detector off: DARA {_pct(off['dara'])}; bare model: robust accuracy {_pct(robust)}; "
+                                 f"{differing} image(s) judged differently"})
+    curves = {BARE: [(row["eps"], row["robust_accuracy"]) for row in bare]}
+    for row in rows:
+        if row["detector"] != OFF:
+            curves.setdefault(row["detector"], []).append((row["eps"], row["dara"]))
+    for name, points in curves.items():
+        points.sort(key=lambda point: point[0])
+        rises = [(a, b) for a, b in zip(points, points[1:]) if b[1]["count"] > a[1]["count"]]
+        what = "robust accuracy" if name == BARE else "DARA"
+        checks.append({"check": f"{what} does not rise with eps", "subject": name,
+                       "passed": None if len(points) < 2 else not rises,
+                       "detail": "not run: one eps only" if len(points) < 2 else ", ".join(
+                           f"{what} {_pct(entry)} at {eps_label(eps)}" for eps, entry in points)})
+    largest = max(row["eps"] for row in bare)
+    for name, points in curves.items():
+        entry = points[-1][1]
+        if largest + 1e-9 < LARGE_EPS:
+            passed, detail = None, (f"not run: the largest eps is {eps_label(largest)}; add {eps_label(LARGE_EPS)} to "
+                                    "the eps list to run it")
+        else:
+            passed = entry["rate"] <= NEAR_ZERO
+            detail = f"{_pct(entry)} at {eps_label(largest)} (near 0: at most {100 * NEAR_ZERO:.0f}%)"
+        checks.append({"check": "near 0 at a large eps", "subject": name, "passed": passed, "detail": detail})
+    return checks
+
+
+def describe(option) -> dict:
+    """A reject option as results.json records it: `to_dict` without its bulky fitted state (the saved file has it)."""
+    return {key: value for key, value in option.to_dict().items() if key != "state"}
+
+
+def summarise(model, data, settings, reject: Mapping[str, object], clean_correct: torch.Tensor,
+              flags: Mapping[str, Mapping[float, Mapping[str, Dict[str, torch.Tensor]]]],
+              skipped: Mapping[str, str]) -> dict:
+    """results.json's content (without cost and timing) from every stage's per-image flags."""
+    rows, bare, off_equal = [], [], {}
+    for eps in settings.eps_list:
+        for detector in reject:
+            rows.append({"eps": float(eps), **detector_row(detector, eps, flags[detector][eps])})
+        off = flags[OFF][eps]
+        bare.append(bare_row(eps, clean_correct, off))
+        first = next(iter(off.values()))
+        defended = defended_images(first["clean_correct"], first["clean_accepted"],
+                                   {name: s["evaded"] for name, s in off.items()})
+        robust = bare_flags(clean_correct, off)["all"]
+        off_equal[float(eps)] = (bool(torch.equal(defended, robust)), int((defended != robust).sum()))
+    spec = model.spec
+    return {
+        "model": spec.source, "architecture": spec.architecture, "arch_kwargs": spec.arch_kwargs,
+        "input_size": list(spec.input_size), "data": str(data), "n_test": len(clean_correct),
+        "settings": {**vars(settings), "attacks": list(settings.attacks)},
+        "detectors": {name: describe(option) for name, option in reject.items()},
+        "rows": rows, "bare": bare, "sanity": sanity_checks(rows, bare, off_equal),
+        "logit_matching_skipped": dict(skipped),
+        "attack_descriptions": {name: ATTACK_WORDS.get(name, "HE-PGD on the bare model: cross-entropy plus λ times "
+                                                             "the energy (non-adaptive)") for name in settings.attacks},
+    }
+
+
+def _thresholds(entry: dict) -> str:
+    if entry["kind"] == OFF:
+        return "none: accepts everything"
+    parts = []
+    for name, value in entry["thresholds"].items():
+        if isinstance(value, list):
+            parts.append(f"{name} = [{', '.join(f'{v:.4g}' for v in value)}]")
+        elif value is not None:
+            parts.append(f"{name} = {value:.4g}")
+    settings = ", ".join(f"{k} {v}" for k, v in entry.get("settings", {}).items())
+    fpr = entry.get("validation", {})
+    shown = f"{100 * fpr['false_positive_rate']:.1f}% of {fpr['n']}" if fpr else "n/a"
+    return f"{'; '.join(parts)}{' (' + settings + ')' if settings else ''}; validation FPR {shown}"
+
+
+def markdown(results: dict) -> str:
+    settings, eps_list = results["settings"], [row["eps"] for row in results["bare"]]
+    failed = [check for check in results["sanity"] if check["passed"] is False]
+    names = [name for name in results["detectors"] if name != OFF]
+    lines = [f"# Adaptive evaluation: {', '.join(names)} on {results['model']} ({results['data']})", ""]
+    if failed:
+        lines += ["**Sanity checks FAILED** (Carlini et al. 2019): read the numbers below with care.", ""]
+        lines += [f"- FAILED: {check['check']} ({check['subject']}): {check['detail']}" for check in failed] + [""]
+    lines += [
+        "## What was measured", "",
+        f"Each detector's threshold was fixed on the {results['n_validation']} clean validation images the "
+        f"model's training held out, so that at most {100 * settings['target_fpr']:g}% of them are rejected. Then, "
+        f"on the first {results['n_test']} test images, every attack below knew the model and the detector exactly "
+        "and searched the L-inf ball of each radius for a point the model misclassifies and the detector accepts; "
+        "every iterate of every restart counted. An image is defended when its clean image is classified correctly "
+        "and accepted and no attack found such a point: the detection-aware robust accuracy (DARA) is the fraction "
+        "of defended test images. The bare model's robust accuracy is the fraction still classified correctly at "
+        "every point the same suite found with the detector switched off. Brackets: 95% Wilson intervals.", "",
+        f"Attacks ({settings['steps']} steps; the adaptive ones {settings['restarts']} restarts):", ""]
+    lines += [f"- **{name}**: {text}" for name, text in results["attack_descriptions"].items()] + [""]
+    header = "| detector | thresholds | clean accuracy with rejection | clean test images rejected | " + \
+             " | ".join(f"DARA at {eps_label(eps)}" for eps in eps_list) + " |"
+    lines += ["## Detection-aware robust accuracy", "", header, "|" + "---|" * (4 + len(eps_list))]
+    bare = results["bare"]
+    lines.append(f"| {BARE} (no detector) | none | {_pct(bare[0]['clean_accuracy'])} | 0 | " +
+                 " | ".join(f"{_pct(row['robust_accuracy'])} (robust accuracy)" for row in bare) + " |")
+    for name in [OFF, *names]:
+        rows = sorted((row for row in results["rows"] if row["detector"] == name), key=lambda row: row["eps"])
+        label = "detector off" if name == OFF else name
+        clean = rows[0]["clean"]
+        lines.append(f"| {label} | {_thresholds(results['detectors'][name])} | {_pct(clean['accuracy'])} | "
+                     f"{_pct(clean['rejection_rate'])} | " + " | ".join(_pct(row["dara"]) for row in rows) + " |")
+    for eps in eps_list:
+        rows = {row["detector"]: row for row in results["rows"] if row["eps"] == eps}
+        lines += ["", f"## Which attacks evaded at {eps_label(eps)}", "",
+                  "Per attack: the fraction of the images defended on clean inputs that it evaded, and (after the "
+                  "slash) on how many images it was the first of the suite to evade.", "",
+                  "| attack | " + " | ".join("detector off" if d == OFF else d for d in rows) + " |",
+                  "|---|" + "---|" * len(rows)]
+        for attack in settings["attacks"]:
+            cells = []
+            for detector, row in rows.items():
+                if attack not in row["per_attack"]:
+                    cells.append("skipped")
+                    continue
+                cells.append(f"{_pct(row['per_attack'][attack]['evasion_rate'])} / {row['found_first'][attack]}")
+            lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    if results["logit_matching_skipped"]:
+        lines += ["", "Logit matching was skipped against: " + "; ".join(
+            f"{name} ({why})" for name, why in results["logit_matching_skipped"].items())]
+    lines += ["", "## Sanity checks (Carlini et al. 2019)", ""]
+    for check in results["sanity"]:
+        verdict = {True: "passed", False: "**FAILED**", None: "not run"}[check["passed"]]
+        lines.append(f"- {verdict}: {check['check']} ({check['subject']}): {check['detail']}")
+    lines += ["", "## Tramèr's ceiling", ""]
+    lines += [f"- {row['tramer_ceiling']}" for row in results["rows"] if row["detector"] == OFF]
+    estimate, continued = results["estimate"], results["continued"]
+    lines += ["", "## Cost", "",
+              f"Estimated before the run: {estimate['forward_backward_passes']:,} forward+backward and "
+              f"{estimate['forward_passes']:,} forward image-passes ({estimate['note']}). Wall time "
+              f"{results['wall_seconds']:.0f} s on {results['hardware']}"
+              + (f"; {continued['stages_read_back']} stages came from an interrupted run"
+                 if continued["stages_read_back"] else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def figure(results: dict, path: Path) -> Path:
+    """DARA against eps for every detector, beside the bare model's robust accuracy; 95% intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(5.8, 4.0), dpi=120)
+    names = [name for name in results["detectors"] if name != OFF]
+    largest = max(255 * row["eps"] for row in results["bare"])
+
+    def draw(points, label, series, **style):  # each series nudged sideways, so that equal values stay visible
+        nudge = 0.006 * largest * (series - len(names) / 2)
+        xs = [255 * eps + nudge for eps, _ in points]
+        ys = [100 * entry["rate"] for _, entry in points]
+        low = [100 * (entry["rate"] - entry["ci"][0]) for _, entry in points]
+        high = [100 * (entry["ci"][1] - entry["rate"]) for _, entry in points]
+        axis.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label, **style)
+
+    draw([(row["eps"], row["robust_accuracy"]) for row in results["bare"]],
+         "bare model: robust accuracy (= detector off)", 0, color="black", linestyle="--")
+    for series, name in enumerate(names, start=1):
+        draw(sorted(((row["eps"], row["dara"]) for row in results["rows"] if row["detector"] == name),
+                    key=lambda point: point[0]), f"{name}: DARA", series)
+    axis.set_xlabel("L-inf eps (x 1/255)")
+    axis.set_ylabel("% of test images")
+    axis.set_ylim(-2, 102)
+    axis.set_title(f"Adaptive attacks on {results['n_test']} test images; thresholds at "
+                   f"{100 * results['settings']['target_fpr']:g}% validation FPR; 95% intervals", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, reject: Mapping[str, object], out_dir: Path) -> List[Path]:
+    """results.json, results.md, adaptive_dara.png, and each calibrated detector as detectors/reject-<name>.json
+    (loadable with `RejectOption.load(path, model=model)`; the detector switched off is not saved)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, option in reject.items():
+        if name != OFF:
+            paths.append(option.save(out_dir / "detectors" / f"reject-{name}.json"))
+            results["detectors"][name]["file"] = f"detectors/reject-{name}.json"
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out_dir / "results.md").write_text(markdown(results))
+    return [out_dir / "results.json", out_dir / "results.md", figure(results, out_dir / "adaptive_dara.png"), *paths]

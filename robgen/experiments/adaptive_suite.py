@@ -1,0 +1,162 @@
+"""The attack suite of the adaptive evaluation (adaptive.py), one attack at a time, as a resumable stage.
+
+    attack = make_suite_attack("k+1 apgd-dlr", defended, 8/255, settings, generator, targets)
+    flags = suite_stage(defended, attack, "k+1 apgd-dlr", x, y, 8/255, batch_size, generator, report)
+    flags["evaded"], flags["point_logits"]        # per test image, in data order
+
+- `make_suite_attack`: the suite's attacks by name (SUITE order: the adaptive attacks, then the
+  non-adaptive references on the bare model), with the run's steps and restarts.
+- `DetectorOff`: the detector switched off, a reject option that accepts everything; against it the
+  suite measures the bare model (Carlini et al. 2019's sanity check).
+- `suite_stage`: one attack over the test images through `run_suite`, batch by batch, this rank's
+  share of the batches under torchrun, each batch's random draws seeded by its index; every rank
+  gets every batch's flags back, in data order.
+- `SuiteStageStore`: `experiments.stages.StageStore` for such flags (a dict of tensors per stage).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .. import distributed
+from ..attacks import PGD, HighEnergyPGD
+from ..attacks.adaptive import KPlusOneAPGD, KPlusOnePGD, PenaltyPGD
+from ..attacks.matching import LogitMatching
+from ..attacks.orthogonal import OrthogonalPGD
+from ..attacks.suite import run_suite
+from ..detection.defended import DefendedClassifier
+from ..detection.reject import RejectOption
+from ..models.state import eval_mode, model_device
+from . import stages as stage_files
+from .adaptive_report import OFF
+from .pipeline import tensor_batches
+
+ADAPTIVE = ("k+1 pgd", "k+1 apgd-ce", "k+1 apgd-dlr", "orthogonal pgd", "penalty pgd", "logit matching")
+BARE_PGD = "pgd (bare model)"
+OFF_SCORE = 1e4  # DetectorOff's score is -OFF_SCORE: far below 0, so the (K + 1)-th logit never competes
+
+
+def hepgd_name(lam: float) -> str:
+    return f"hepgd lam={lam:g} (bare model)"
+
+
+def suite_names(lambdas) -> Tuple[str, ...]:
+    """The suite's attacks, in the order each image's first evasion is credited to."""
+    return (*ADAPTIVE, BARE_PGD, *(hepgd_name(lam) for lam in lambdas))
+
+
+class DetectorOff(RejectOption):
+    """The detector switched off: accepts every input (score -OFF_SCORE, constant, still in the logits' graph).
+
+    Carlini et al. (2019): with the detector off, an evaluation must give the bare classifier's numbers.
+    Against it the (K+1)-logit attacks are the plain margin and cross-entropy attacks (the extra logit
+    sits OFF_SCORE below the top class), and Orthogonal PGD's detector gradient is zero.
+    """
+
+    kind = OFF
+
+    def values(self, logits, features=None, inputs=None):
+        return logits[:, 0] * 0.0
+
+    def _fit_values(self, values):
+        pass
+
+    def _score_from_values(self, values):
+        return values - OFF_SCORE
+
+    def thresholds(self):
+        return {}
+
+    def _set_thresholds(self, thresholds):
+        pass
+
+
+def make_suite_attack(name: str, defended: DefendedClassifier, eps: float, settings,
+                      generator: torch.Generator, targets: Tuple[torch.Tensor, torch.Tensor]):
+    """One attack of the suite by name, at `eps`, with `settings`' steps and restarts, drawing from `generator`.
+
+    `targets`: (images, labels) offered to logit matching. The references on the bare model take the
+    adaptive attacks' default step, 2.5 eps / steps (Madry et al. 2018).
+    """
+    common = dict(eps=eps, steps=settings.steps, generator=generator)
+    if name == "k+1 pgd":
+        return KPlusOnePGD(defended, restarts=settings.restarts, loss="margin", **common)
+    if name in ("k+1 apgd-ce", "k+1 apgd-dlr"):
+        return KPlusOneAPGD(defended, restarts=settings.restarts, loss=name.rsplit("-", 1)[1], **common)
+    if name == "orthogonal pgd":
+        return OrthogonalPGD(defended, restarts=settings.restarts, **common)
+    if name == "penalty pgd":
+        return PenaltyPGD(defended, restarts=settings.restarts, **common)
+    if name == "logit matching":
+        return LogitMatching(defended, *targets, restarts=settings.restarts, **common)
+    step_size = 2.5 * eps / settings.steps
+    if name == BARE_PGD:
+        return PGD(defended.model, step_size=step_size, **common)
+    for lam in settings.lambdas:
+        if name == hepgd_name(lam):
+            return HighEnergyPGD(defended.model, step_size=step_size, lam=lam, **common)
+    raise ValueError(f"unknown attack {name!r}: choose from {', '.join(suite_names(settings.lambdas))}")
+
+
+def matching_skip_reason(defended: DefendedClassifier, targets: torch.Tensor, labels: torch.Tensor) -> Optional[str]:
+    """Why logit matching cannot run (its usable targets, correct and accepted, span fewer than two classes)."""
+    with torch.no_grad(), eval_mode(defended.model):
+        logits, score = defended.outputs(targets.to(model_device(defended.model)))
+    usable = (logits.argmax(1).cpu() == labels) & (score.cpu() <= 0)
+    classes = sorted(set(labels[usable].tolist()))
+    if len(classes) >= 2:
+        return None
+    return (f"of the {len(labels)} validation target images, the defended model accepts and classifies correctly "
+            f"only ones of {len(classes)} class(es) {classes}: no image has a target of another class")
+
+
+def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor, y: torch.Tensor, eps: float,
+                batch_size: int, generator: torch.Generator,
+                report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
+    """One attack of the suite over (x, y); per image (on the CPU, in data order):
+
+    "evaded" (some point misclassified and accepted), "misclassified" / "rejected" (its final point),
+    "clean_correct" / "clean_accepted", "labels", and the model's "point_logits" and the reject
+    "point_score" at the point the attack is judged by (its first evasion, else its final point).
+    """
+    device, rows = model_device(defended.model), []
+    share = distributed.shard_batches(tensor_batches(x, y, batch_size))
+    with distributed.per_batch_seeds(generator) as reseed:
+        for done, (index, (images, labels)) in enumerate(share):
+            reseed(index)
+            images, labels = images.to(device), labels.to(device)
+            result = run_suite(defended, images, labels, {name: attack}, eps=eps)
+            outcome = result.attacks[name]
+            with torch.no_grad(), eval_mode(defended.model):
+                logits, score = defended.outputs(outcome.images)
+            row = {"evaded": outcome.evaded, "misclassified": outcome.misclassified, "rejected": outcome.rejected,
+                   "clean_correct": result.clean_correct, "clean_accepted": result.clean_accepted, "labels": labels,
+                   "point_logits": logits.float(), "point_score": score.double()}
+            rows.append((index, {key: value.detach().cpu() for key, value in row.items()}))
+            report((done + 1) / len(share))
+    rows = distributed.gather_in_order(rows)
+    return {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
+
+
+class SuiteStageStore(stage_files.StageStore):
+    """A `StageStore` whose stages are one attack's per-image flags (a dict of tensors), not `ModelOutputs`."""
+
+    def run(self, name: str, compute: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        if self.folder is not None and self.path(name).exists():
+            with safe_open(str(self.path(name)), framework="pt") as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                self.reused_seconds += float((handle.metadata() or {}).get("seconds", 0.0))
+            self.reused += 1
+            return tensors
+        started = time.perf_counter()
+        tensors = compute()
+        if self.folder is not None and distributed.is_main():
+            metadata = {"seconds": repr(time.perf_counter() - started)}
+            stage_files._write_atomically(self.path(name),
+                                          lambda path: save_file(tensors, str(path), metadata=metadata))
+        return tensors

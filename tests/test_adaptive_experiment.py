@@ -1,0 +1,275 @@
+"""The adaptive evaluation as an experiment and a command (robgen/experiments/adaptive.py, adaptive_report.py,
+robgen/cli/adaptive.py): it runs end to end, the detector switched off gives the bare model's robust accuracy
+image for image, an interrupted run continues to the same numbers, and bad input is refused before any work.
+
+A width-4 ResNet10 trained for two epochs on the toy colour images (16 x 16, 4 classes), its training record
+naming the validation split it held out; 8 test images, 2 steps, 1 restart.
+"""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+import robgen
+import robgen.experiments.adaptive as adaptive_module
+import robgen.experiments.adaptive_suite as suite_module
+import robgen.experiments.stages as stages_module
+from robgen.cli import main
+from robgen.cli.adaptive import DETECTORS
+from robgen.detection.reject import KINDS, make_reject_option
+from robgen.experiments.adaptive import STAGES, AdaptiveSettings, estimate_passes
+from robgen.experiments.adaptive_suite import DetectorOff
+from robgen.experiments.adaptive_report import markdown, sanity_checks
+from robgen.experiments.stages import StageStore
+from robgen.training import TrainConfig, train
+from tests.conftest import tiny_model
+
+EPS = "8/255,64/255"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(toy_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adaptive") / "toy-model"
+    config = TrainConfig(data=str(toy_data), width=4, epochs=2, batch_size=16, lr=0.05, val_size=40, eval_subset=8,
+                         eval_steps=1, seed=0)
+    train(config, folder, device="cpu", progress=False)
+    return folder
+
+
+def command(checkpoint, toy_data, out, *more):
+    return ["adaptive", "--model", str(checkpoint), "--data", str(toy_data), "--detector", "energy,mahalanobis",
+            "--eps", EPS, "--limit", "8", "--steps", "2", "--restarts", "1", "--lambdas", "1.2", "--batch-size", "4",
+            "--device", "cpu", "--out", str(out), *more]
+
+
+@pytest.fixture(scope="module")
+def same_code():
+    """The code fingerprints pinned (other work on this checkout while the tests run would change them)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages_module, "code_fingerprint", lambda *args, **kwargs: "this checkout")
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished(checkpoint, toy_data, tmp_path_factory, same_code):
+    """One run through the command, its stages kept: (output folder, results)."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StageStore, "clear", lambda self: None)
+        assert main(command(checkpoint, toy_data, out)) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def numbers(results):
+    """results.json without what depends on the clock or on how much came from disk."""
+    return json.dumps({k: v for k, v in results.items() if k not in ("wall_seconds", "continued")}, sort_keys=True)
+
+
+def test_the_command_writes_results_report_figure_and_detectors(finished):
+    out, results = finished
+    for name in ("results.json", "results.md", "adaptive_dara.png", "detectors/reject-energy.json",
+                 "detectors/reject-mahalanobis.json"):
+        assert (out / name).is_file(), name
+    settings = results["settings"]
+    assert settings["eps_list"] == [8 / 255, 64 / 255] and settings["steps"] == 2
+    assert {(row["detector"], row["eps_label"]) for row in results["rows"]} == {
+        (d, e) for d in ("energy", "mahalanobis", "off") for e in ("8/255", "64/255")}
+    energy = results["detectors"]["energy"]
+    assert energy["kind"] == "energy" and energy["settings"] == {"temperature": 1.0}
+    assert math.isfinite(energy["thresholds"]["tau"]) and energy["validation"]["n"] == 40
+    assert energy["validation"]["rejected"] <= math.floor(0.05 * 40)  # the calibration's promise
+    assert results["detectors"]["off"]["validation"]["rejected"] == 0
+    assert results["estimate"]["forward_backward_passes"] > 0 and results["estimate"]["suites"] == 6
+    text = (out / "results.md").read_text()
+    assert "DARA at 8/255" in text and "Sanity checks" in text and "Tramèr" in text
+
+
+def test_every_dara_has_an_interval_that_contains_it(finished):
+    _, results = finished
+    for row in results["rows"]:
+        for entry in [row["dara"], *(attack["dara"] for attack in row["per_attack"].values())]:
+            low, high = entry["ci"]
+            assert low <= entry["rate"] <= high and entry["n"] == 8
+    for row in results["bare"]:
+        low, high = row["robust_accuracy"]["ci"]
+        assert low <= row["robust_accuracy"]["rate"] <= high
+
+
+def test_the_detector_switched_off_equals_the_bare_model_exactly(finished):
+    _, results = finished
+    for bare in results["bare"]:
+        off = next(r for r in results["rows"] if r["detector"] == "off" and r["eps"] == bare["eps"])
+        assert off["dara"] == bare["robust_accuracy"]
+        assert off["clean"]["rejection_rate"]["count"] == 0
+    checks = [c for c in results["sanity"] if c["check"].startswith("the detector switched off")]
+    assert len(checks) == 2 and all(c["passed"] for c in checks)
+    # the test is not vacuous: at 64/255 the suite breaks images the bare model classified correctly
+    large = next(b for b in results["bare"] if b["eps_label"] == "64/255")
+    assert large["robust_accuracy"]["count"] < large["clean_accuracy"]["count"]
+
+
+def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tmp_path, same_code):
+    out, results = finished
+    again = tmp_path / "again"
+    shutil.copytree(out / STAGES, again / STAGES)
+    stage_files = sorted((again / STAGES).glob("*.safetensors"))
+    removed = stage_files[::3]  # every third stage: among them stages of every detector
+    for path in removed:
+        path.unlink()
+    assert main(command(checkpoint, toy_data, again)) == 0
+    continued = json.loads((again / "results.json").read_text())
+    assert continued["continued"]["stages_read_back"] == len(stage_files) - len(removed)
+    assert numbers(continued) == numbers(results)
+    assert not (again / STAGES).exists()  # cleared once the results are written
+
+
+def test_a_saved_detector_is_evaluated_as_it_is(finished, checkpoint, toy_data, tmp_path, same_code):
+    out, results = finished
+    again = tmp_path / "file"
+    args = command(checkpoint, toy_data, again, "--detector-file", str(out / "detectors" / "reject-energy.json"))
+    args[args.index("energy,mahalanobis")] = "mahalanobis"
+    assert main(args) == 0
+    loaded = json.loads((again / "results.json").read_text())
+    assert loaded["detectors"]["energy"]["thresholds"] == results["detectors"]["energy"]["thresholds"]
+    assert [r["dara"] for r in loaded["rows"] if r["detector"] == "energy"] == \
+        [r["dara"] for r in results["rows"] if r["detector"] == "energy"]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any step of the experiment proper fails the test: bad input must be refused before."""
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr(suite_module, "run_suite", work)
+    for name in ("detection_splits", "calibrate_detectors"):
+        monkeypatch.setattr(adaptive_module, name, work)
+
+
+@pytest.fixture(scope="module")
+def unrecorded(tmp_path_factory):
+    """A model with no training record (no validation split held out of any data set)."""
+    return robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path_factory.mktemp("bare") / "unrecorded")
+
+
+@pytest.fixture(scope="module")
+def foreign_detector(unrecorded, tmp_path_factory):
+    """An energy reject option calibrated for another model than the checkpoint."""
+    other = robgen.load_model(unrecorded)
+    option = make_reject_option("energy").calibrate(other, torch.rand(20, 3, 32, 32, generator=torch.Generator()
+                                                                                     .manual_seed(0)))
+    return option.save(tmp_path_factory.mktemp("foreign") / "reject-energy.json")
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"--detector": "energy,lid"}, "unknown detector 'lid': choose from energy, band, class-energy, multi-t, "
+                                   "mahalanobis"),
+    ({"--eps": "0"}, "--eps must be in (0, 1]"),
+    ({"--eps": "8"}, "write 8/255, not 8"),
+    ({"--eps": "8/255,1.5"}, "--eps must be in (0, 1]"),
+    ({"--restarts": "0"}, "--restarts must be >= 1"),
+    ({"--target-fpr": "1"}, "--target-fpr must be in (0, 1)"),
+    ({"--model": "UNRECORDED"}, "records no validation split held out of"),
+    ({"--detector-file": "FOREIGN"}, "calibrated for another model"),
+])
+def test_bad_input_is_refused_before_any_work(checkpoint, toy_data, tmp_path, capsys, no_work, unrecorded,
+                                              foreign_detector, change, says):
+    args = command(checkpoint, toy_data, tmp_path / "out")
+    for flag, value in change.items():
+        value = {"UNRECORDED": str(unrecorded), "FOREIGN": str(foreign_detector)}.get(value, value)
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_library_refuses_a_model_without_a_validation_split(unrecorded, toy_data, no_work):
+    with pytest.raises(ValueError, match="records no validation split held out of"):
+        adaptive_module.adaptive_evaluation(robgen.load_model(unrecorded), str(toy_data), limit=4, steps=1)
+
+
+def test_the_cli_knows_the_librarys_detectors():
+    assert DETECTORS == KINDS
+
+
+def test_the_detector_switched_off_accepts_everything_and_leaves_the_attack_a_plain_one():
+    model = tiny_model()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    off = DetectorOff(target_fpr=0.0).fit(model(x).detach(), model=model)
+    defended = robgen.detection.defended.DefendedClassifier(model, off)
+    x = x.requires_grad_(True)
+    logits, score = defended.outputs(x)
+    assert (score <= 0).all() and off.validation["rejected"] == 0
+    combined = defended.combined_logits(x)
+    assert torch.allclose(torch.log_softmax(combined, 1)[:, :-1], torch.log_softmax(logits, 1), atol=1e-6)
+    (grad,) = torch.autograd.grad(score.sum(), x)  # in the graph, with no pull: Orthogonal PGD can differentiate it
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_the_estimate_counts_every_attack_restart_and_suite():
+    settings = AdaptiveSettings(detectors=("energy", "band"), eps_list=(8 / 255,), steps=10, restarts=2,
+                                lambdas=(1.2,), batch_size=5, match_targets=3)
+    estimate = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
+    # per image and suite: 4 attacks at r*s (pgd, penalty, matching, orthogonal twice) + 2 APGD at r*(s+1) + 2 at s
+    per_suite = 2 * 10 * 3 + 2 * 10 * 2 + 2 * 2 * 11 + 10 + 10
+    assert estimate["suites"] == 3 and estimate["forward_backward_passes"] == 3 * 10 * per_suite
+    forwards = 6 * 2 + 2 * 1 + 8 * 2  # restarts (adaptive) or 1, plus the clean and the stored point per attack
+    assert estimate["forward_passes"] == 3 * (10 * forwards + 2 * 3) + 7 + 10
+
+
+def _entry(count, n=10):
+    from robgen.detection.dara import rate
+
+    return rate(torch.arange(n) < count)
+
+
+def test_a_dara_that_rises_with_eps_or_stays_high_at_a_large_eps_is_flagged():
+    rows = [{"detector": d, "eps": e, "dara": _entry(c)}
+            for d, e, c in (("energy", 8 / 255, 2), ("energy", 64 / 255, 5), ("off", 8 / 255, 1), ("off", 64 / 255, 0))]
+    bare = [{"eps": 8 / 255, "robust_accuracy": _entry(1)}, {"eps": 64 / 255, "robust_accuracy": _entry(0)}]
+    checks = sanity_checks(rows, bare, {8 / 255: (True, 0), 64 / 255: (False, 1)})
+    verdicts = {(c["check"], c["subject"]): c["passed"] for c in checks}
+    assert verdicts[("DARA does not rise with eps", "energy")] is False
+    assert verdicts[("near 0 at a large eps", "energy")] is False
+    assert verdicts[("robust accuracy does not rise with eps", "bare model")] is True
+    assert verdicts[("near 0 at a large eps", "bare model")] is True
+    assert verdicts[("the detector switched off gives the bare model's robust accuracy", "eps 64/255")] is False
+    one_eps = sanity_checks(rows[:1] + rows[2:3], bare[:1], {8 / 255: (True, 0)})
+    assert {c["passed"] for c in one_eps if c["check"] == "near 0 at a large eps"} == {None}  # not run below 64/255
+
+
+def test_a_failed_sanity_check_is_flagged_at_the_top_of_the_report(finished):
+    _, results = finished
+    broken = json.loads(json.dumps(results))
+    broken["sanity"][0]["passed"] = False
+    text = markdown(broken)
+    assert "Sanity checks FAILED" in text.split("## What was measured")[0]
+    if not any(c["passed"] is False for c in results["sanity"]):
+        assert "FAILED" not in markdown(results)
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_numbers_of_one_process(checkpoint, toy_data, tmp_path):
+    """12 test images in batches of 4 (rank 0: batches 0 and 2, rank 1: batch 1), every attack with random starts:
+    every number of results.json is the single process's; rank 0 alone prints and writes."""
+    from tests.test_distributed import alone, differing_keys, torchrun
+
+    arguments = ["-m", "robgen", *command(checkpoint, toy_data, "OUT")[:-2]]
+    arguments[arguments.index("--limit") + 1] = "12"
+    arguments[arguments.index("--eps") + 1] = "8/255"
+    result = alone(*arguments, "--out", str(tmp_path / "one"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(2, *arguments, "--out", str(tmp_path / "two"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote results.json") == 1, "rank 0 alone prints"
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["hardware"].startswith("2 x CPU") and two["n_test"] == 12
+    assert differing_keys(one, two, ignore=("wall_seconds", "hardware", "continued")) == []
+    assert any(row["dara"]["count"] < row["clean"]["accuracy"]["count"] for row in one["rows"]), "attacks that bite"
