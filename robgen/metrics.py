@@ -143,7 +143,9 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> Tuple
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # Exactly, the interval holds p and stays in [0, 1]; in floating point, at p = 0 or 1 its bound lands a rounding
+    # error past p (3.5e-18 above 0 for 0 of 100): clamp so that low <= p <= high always holds
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def rate_interval(flags, confidence: float = 0.95) -> Tuple[float, float]:

@@ -104,3 +104,11 @@ def test_fpr_rule_threshold_is_the_highest_candidate_within_the_budget(seed):
     assert fpr(threshold) <= target
     higher = [float(t) for t in torch.cat([clean, adv]).unique() if t > threshold]
     assert all(fpr(t) > target for t in higher), (threshold, target, higher)
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 932, 10000])
+def test_wilson_interval_holds_the_rate_even_at_0_and_1(n):
+    for successes in (0, n):
+        low, high = wilson_interval(successes, n)
+        assert low <= successes / n <= high and 0 <= low and high <= 1
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0

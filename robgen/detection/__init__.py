@@ -2,6 +2,10 @@
 
 - detector.py: `EnergyDetector` (a threshold on E(x); the rules are in robgen.metrics)
 - baselines.py: Mahalanobis, LID and KD+BU on penultimate features
+- reject.py: reject options for the adaptive evaluation: calibrated at a clean false-positive rate, a
+  differentiable score (> 0 rejects), several kinds (`make_reject_option`)
+- defended.py: `DefendedClassifier`, a model plus a reject option, with the (K+1)-logit construction
+- dara.py: detection-aware robust accuracy and the other rates of a defended classifier
 """
 
 from .baselines import KDBUScorer, LIDScorer, MahalanobisScorer, last_linear, penultimate_features

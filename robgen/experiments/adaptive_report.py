@@ -260,8 +260,9 @@ def figure(results: dict, path: Path) -> Path:
         nudge = 0.006 * largest * (series - len(names) / 2)
         xs = [255 * eps + nudge for eps, _ in points]
         ys = [100 * entry["rate"] for _, entry in points]
-        low = [100 * (entry["rate"] - entry["ci"][0]) for _, entry in points]
-        high = [100 * (entry["ci"][1] - entry["rate"]) for _, entry in points]
+        # Wilson's bounds at a rate of 0 or 1 sit a rounding error past it: no negative bar lengths
+        low = [max(0.0, 100 * (entry["rate"] - entry["ci"][0])) for _, entry in points]
+        high = [max(0.0, 100 * (entry["ci"][1] - entry["rate"])) for _, entry in points]
         axis.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label, **style)
 
     draw([(row["eps"], row["robust_accuracy"]) for row in results["bare"]],
