@@ -16,6 +16,7 @@ always runs this file first, and its `--help` should not wait seconds for torch.
 """
 
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -44,8 +45,8 @@ __all__ = [*_DEFINED_IN, *_PUBLIC_MODULES, "__version__"]
 def __getattr__(name: str):
     if name in _DEFINED_IN:
         value = getattr(importlib.import_module(f".{_DEFINED_IN[name]}", __name__), name)
-    elif name in _REACHABLE_MODULES:
-        value = importlib.import_module(f".{name}", __name__)
+    elif name in _REACHABLE_MODULES or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # any submodule, as an eager import bound them
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # later look-ups find it without coming here

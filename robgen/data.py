@@ -372,10 +372,12 @@ class _JpegCopies(Dataset):
 
         x, y = self.dataset[index]
         pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        gray = pixels.shape[2] == 1
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.quality)
+        Image.fromarray(pixels[:, :, 0] if gray else pixels).save(buffer, format="JPEG", quality=self.quality)
         buffer.seek(0)
-        decoded = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy())
+        decoded = torch.from_numpy(np.array(Image.open(buffer).convert("L" if gray else "RGB")))
+        decoded = decoded.unsqueeze(2) if gray else decoded
         return decoded.permute(2, 0, 1).float() / 255, y
 
 

@@ -93,3 +93,17 @@ def test_jpeg_copies_are_the_archives_compression(toy_data):
     assert torch.equal((x_jpeg * 255).round().byte(), reference)  # PIL's quality 75, as the archive
     with pytest.raises(ValueError, match="1..100"):
         data.jpeg_copies(images, 0)
+
+
+def test_jpeg_copies_keep_grayscale_images_grayscale():
+    class Gray(torch.utils.data.Dataset):
+        classes = ["only"]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(index)), 0
+
+    x, _ = data.jpeg_copies(Gray(), 75)[0]
+    assert x.shape == (1, 8, 8) and 0 <= x.min() and x.max() <= 1

@@ -85,6 +85,9 @@ def test_the_command_writes_results_report_figure_and_detectors(finished):
     assert results["estimate"]["forward_backward_passes"] > 0 and results["estimate"]["suites"] == 6
     text = (out / "results.md").read_text()
     assert "DARA at 8/255" in text and "Sanity checks" in text and "Tramèr" in text
+    again = next(check for check in results["sanity"] if check["check"].startswith("every evasion holds"))
+    assert again["passed"] is True and again["detail"].startswith("0 of ")
+    assert int(again["detail"].split(" of ")[1].split()[0]) > 0, "the toy run has evasions to check"
 
 
 def test_every_dara_has_an_interval_that_contains_it(finished):

@@ -294,3 +294,12 @@ def test_official_cifar_recipe_options_train_and_snapshot(toy_data, tmp_path):
 def test_bad_recipe_options_are_explained(toy_data, field, value, message):
     with pytest.raises(ValueError, match=message):
         config(toy_data, **{field: value})
+
+
+def test_resume_refuses_another_recipe(toy_data, tmp_path):
+    train(config(toy_data, epochs=1, optimizer="adam", lr=1e-3), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"optimizer 'adam' \(this run: 'sgd'\)"):
+        train(config(toy_data, epochs=2, lr=1e-3), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(ValueError, match="augment"):
+        train(config(toy_data, epochs=1, optimizer="adam", lr=1e-3, augment="flip"), tmp_path / "run", resume=True,
+              progress=False)

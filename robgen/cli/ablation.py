@@ -40,7 +40,7 @@ def command_ablation(args) -> int:
         raise UsageError(f"nothing to measure and no rows in {out}/rows: give --row or --pixels")
     try:
         records = ablation_rows(specs, args.data, out, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                                data_root=args.data_root, device=pick_device(args.device))
+                                data_root=args.data_root, download=args.download, device=pick_device(args.device))
         paths = write_report(records, out)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None

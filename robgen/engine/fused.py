@@ -26,7 +26,7 @@ module's own mode restored after): a model in eval mode with a submodule left
 in train mode (a batch norm, a dropout, a module appended after `.eval()`) is
 attacked as that eval-mode function, fused or not, and the check never folds
 its batches into the caller's batch-norm running statistics. The fusion
-machinery changes nothing in the caller's model.
+machinery leaves the caller's model as it found it (modes, weights, buffers).
 
 When no fused copy is made (the model itself runs):
 - the caller left the model in train mode (training attacks its model in train

@@ -139,14 +139,16 @@ def measure_pixels(model, splits: DetectionSplits, quality: int = ARCHIVE_JPEG_Q
     return rows
 
 
-def _settings(spec: AblationSpec, data: str, limit: Optional[int], seed: int, val_size: Optional[int]) -> dict:
-    return {"data": str(data), "limit": limit, "seed": seed, "val_size": val_size, "attack": OFFICIAL_PGD, "pixels": spec.pixels,
+def _settings(spec: AblationSpec, data: str, limit: Optional[int], seed: int, val_size: Optional[int],
+              batch_size: int) -> dict:
+    # batch_size: each batch's random start is seeded from its index, so it changes the draws
+    return {"data": str(data), "limit": limit, "seed": seed, "val_size": val_size, "batch_size": batch_size, "attack": OFFICIAL_PGD, "pixels": spec.pixels,
             "protocol": "youden, temperature searched"}
 
 
 def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, limit: Optional[int] = 2000,
-                  seed: int = 0, batch_size: int = 250, val_size: Optional[int] = None, data_root=None, device=None,
-                  progress=True) -> List[dict]:
+                  seed: int = 0, batch_size: int = 250, val_size: Optional[int] = None, data_root=None,
+                  download: bool = False, device=None, progress=True) -> List[dict]:
     """Measure every spec (or read back the ones an earlier run with the same settings measured) into
     `<out_dir>/rows/`; returns every row there, the earlier runs' too, in file order."""
     from ..models import load_model
@@ -156,7 +158,7 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
     for spec in specs:
         model = load_model(spec.model, device=device)
         path = folder / spec.file_name
-        settings, fingerprint = _settings(spec, data, limit, seed, val_size), model_fingerprint(model)
+        settings, fingerprint = _settings(spec, data, limit, seed, val_size, batch_size), model_fingerprint(model)
         if path.exists():
             kept = json.loads(path.read_text())
             if kept.get("settings") == json.loads(json.dumps(settings)) and kept.get("fingerprint") == fingerprint:
@@ -168,7 +170,8 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
             _write(path, record)
             continue
         started = time.perf_counter()
-        splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root)
+        splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root,
+                                  download=download)
         if spec.pixels:
             measured = measure_pixels(model, splits, seed=seed, batch_size=batch_size, progress=progress)
         else:

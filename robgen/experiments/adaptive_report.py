@@ -131,6 +131,22 @@ def sanity_checks(rows: List[dict], bare: List[dict], off_equal: Dict[float, Tup
     return checks
 
 
+def recheck(flags, eps_list) -> dict:
+    """Every evasion judged again: the point an attack is judged by, run once more through the defended classifier
+    in the full test batch (`point_logits`, `point_score`), must still be misclassified and accepted. The attack
+    judged it inside its own forward pass, on a sub-batch; a point just past a boundary could differ in the last
+    bits (on a GPU), and then the report would count an evasion its stored point does not show."""
+    differing, evasions = 0, 0
+    for per_eps in flags.values():
+        for eps in eps_list:
+            for stage in per_eps[eps].values():
+                again = (stage["point_logits"].argmax(1) != stage["labels"]) & (stage["point_score"] <= 0)
+                differing += int((stage["evaded"] & ~again).sum())
+                evasions += int(stage["evaded"].sum())
+    return {"check": "every evasion holds when its point is run again", "subject": "all detectors and attacks",
+            "passed": differing == 0, "detail": f"{differing} of {evasions} evasions did not hold on the second run"}
+
+
 def describe(option) -> dict:
     """A reject option as results.json records it: `to_dict` without its bulky fitted state (the saved file has it)."""
     return {key: value for key, value in option.to_dict().items() if key != "state"}
@@ -151,13 +167,14 @@ def summarise(model, data, settings, reject: Mapping[str, object], clean_correct
                                    {name: s["evaded"] for name, s in off.items()})
         robust = bare_flags(clean_correct, off)["all"]
         off_equal[float(eps)] = (bool(torch.equal(defended, robust)), int((defended != robust).sum()))
+    sanity = sanity_checks(rows, bare, off_equal) + [recheck(flags, settings.eps_list)]
     spec = model.spec
     return {
         "model": spec.source, "architecture": spec.architecture, "arch_kwargs": spec.arch_kwargs,
         "input_size": list(spec.input_size), "data": str(data), "n_test": len(clean_correct),
         "settings": {**vars(settings), "attacks": list(settings.attacks)},
         "detectors": {name: describe(option) for name, option in reject.items()},
-        "rows": rows, "bare": bare, "sanity": sanity_checks(rows, bare, off_equal),
+        "rows": rows, "bare": bare, "sanity": sanity,
         "logit_matching_skipped": dict(skipped),
         "attack_descriptions": {name: ATTACK_WORDS.get(name, "HE-PGD on the bare model: cross-entropy plus λ times "
                                                              "the energy (non-adaptive)") for name in settings.attacks},

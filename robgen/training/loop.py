@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -33,6 +34,8 @@ from .config import TrainConfig, lr_factor
 from .preparation import fresh_model, inherit_input_transform, load_data, model_to_fine_tune
 
 logger = logging.getLogger(__name__)
+
+RESUME_MAY_CHANGE = ("workers", "extra")  # recipe fields a resumed run may set differently (they change no result)
 
 
 def train(
@@ -79,6 +82,13 @@ def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
             f"{out_dir} holds a {saved.get('architecture')} (width {saved_recipe.get('width')}) checkpoint, "
             f"but this run trains {config.architecture} (width {config.width}): resume with the same architecture"
         )
+    # The rest of the recipe too: Adam's state loaded into SGD, another schedule or augmentation would go on silently
+    wanted = json.loads(json.dumps(asdict(config), default=str))
+    differ = sorted(name for name in wanted if name not in RESUME_MAY_CHANGE and name in saved_recipe
+                    and saved_recipe[name] != wanted[name])
+    if differ:
+        told = ", ".join(f"{name} {saved_recipe[name]!r} (this run: {wanted[name]!r})" for name in differ)
+        raise ValueError(f"{out_dir} was trained with {told}: resume with the recipe it was started with")
 
 
 def _train(config, out_dir, data_root, download, resume, device, progress, on_epoch) -> Classifier:
