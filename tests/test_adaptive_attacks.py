@@ -402,3 +402,16 @@ def test_defended_outputs_give_the_features_from_the_same_pass(trained):
     assert len(calls) == 1 and outputs.features.shape[0] == 4
     head = [m for m in trained.model.modules() if isinstance(m, torch.nn.Linear)][-1]
     assert torch.allclose(head(outputs.features), outputs.logits, atol=1e-5)
+
+
+def test_logit_matching_tries_each_other_class_in_turn_runner_up_first(trained):
+    x, y = colour_images(4, 3)
+    pool, labels = colour_images(16, 4)  # 4 targets of each of the 4 classes
+    attack = LogitMatching(trained, pool, labels, eps=8 / 255, steps=2, restarts=3)
+    attack._begin(x, y)
+    with torch.no_grad():
+        ranked = trained(x).argsort(1, descending=True)
+    for image in range(len(y)):
+        first = attack._goal_labels[attack._order[image, :3]].tolist()
+        others = [c for c in ranked[image].tolist() if c != int(y[image])]
+        assert first == others, (first, others)  # one target of each other class, in the image's logit order

@@ -34,8 +34,9 @@ class LogitMatching(AdaptiveAttack):
     Args:
         targets, target_labels: a pool of natural images (N_t, C, H, W) in [0, 1] and their labels;
             those the defended classifier misclassifies or rejects are dropped (with a log line).
-        restarts: targets per image: the i-th run matches the i-th accepted target of a class other
-            than the image's own (cycling through the pool when it holds fewer).
+        restarts: targets per image, one class per restart: the other classes in the order of the image's
+            clean logits (the runner-up first), one accepted target of each, then a second of each, and so on
+            (cycling through the pool when it holds fewer).
         match: "logits", "features" (the penultimate features), or "auto" (the features when the
             reject option reads them, else the logits).
 
@@ -57,7 +58,8 @@ class LogitMatching(AdaptiveAttack):
             raise ValueError(f"target_labels must hold one label per target image, shape ({targets.shape[0]},), "
                              f"got {tuple(target_labels.shape)}")
         self.targets, self.target_labels = targets.detach(), target_labels
-        self._goals: Optional[torch.Tensor] = None
+        self._goals: Optional[torch.Tensor] = None  # the usable targets' matched outputs, and their labels
+        self._goal_labels: Optional[torch.Tensor] = None
         self._order: Optional[torch.Tensor] = None
         self._counts: Optional[torch.Tensor] = None
 
@@ -80,10 +82,23 @@ class LogitMatching(AdaptiveAttack):
             raise ValueError(f"no usable target image of another class for images of class(es) "
                              f"{sorted(set(y[missing].tolist()))}: pass natural images of several classes that the "
                              "defended classifier accepts and classifies correctly")
-        # per image, the usable targets of other classes first, in pool order
-        self._order = torch.sort((~other).to(torch.int8), dim=1, stable=True).indices
+        # Per image, one target of each other class in turn (multi-targeted), the classes in the order of the image's
+        # clean logits (the runner-up first: the nearest boundary), then a second target of each class, and so on.
+        with torch.no_grad(), eval_mode(self.defended.model):
+            clean_logits = module(x).logits
+        num_classes = clean_logits.shape[1]
+        rank = torch.empty_like(clean_logits, dtype=torch.long)
+        rank.scatter_(1, clean_logits.argsort(1, descending=True),
+                      torch.arange(num_classes, device=x.device).expand_as(rank))
+        occurrence = torch.zeros_like(labels)  # the j-th target of its class in the pool: 0, 1, ...
+        for label in labels.unique():
+            where = (labels == label).nonzero()[:, 0]
+            occurrence[where] = torch.arange(len(where), device=labels.device)
+        key = occurrence[None, :] * num_classes + rank.gather(1, labels[None, :].expand(len(y), -1))
+        key = torch.where(other, key, torch.full_like(key, torch.iinfo(torch.long).max))  # own class: never used
+        self._order = torch.sort(key, dim=1, stable=True).indices
         self._counts = other.sum(1)
-        self._goals = goals
+        self._goals, self._goal_labels = goals, labels
 
     def _once(self, x, y, restart, watch, index):
         pick = self._order[index, restart % self._counts[index]]
