@@ -1,0 +1,292 @@
+"""The shared machinery of reject options (robgen/detection/reject.py has the kinds and the whole story).
+
+`RejectOption` is a detector as a calibrated, differentiable score (`score > 0` rejects): each kind defines its
+statistic and how thresholds come from clean validation values; this module does the rest: the exact
+order-statistic thresholds (at most floor(α n) clean validation images rejected), calibration on a model's
+outputs, the check that a reject option is used with the model it was calibrated on, and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
+
+import torch
+
+from ..checks import check_logits
+from ..metrics import rate_interval
+from ..models.fingerprint import model_fingerprint
+from ..models.state import eval_mode, model_device
+from .baselines import penultimate_features
+
+if TYPE_CHECKING:
+    from .reject import CallableReject
+
+FORMAT = "robgen-reject-option"
+FORMAT_VERSION = 1
+
+
+def allowed_rejections(n: int, target_fpr: float) -> int:
+    """m = floor(target_fpr · n): the most clean validation images a threshold may reject."""
+    return int(math.floor(float(target_fpr) * n + 1e-9))  # 1e-9: 0.29 * 100 is 28.999999999999996
+
+
+def upper_threshold(values: torch.Tensor, target_fpr: float) -> float:
+    """The smallest order statistic t of `values` with #{v > t} <= floor(target_fpr · n): reject `v > t`."""
+    ordered = torch.sort(values.detach().flatten()).values
+    return float(ordered[len(ordered) - 1 - allowed_rejections(len(ordered), target_fpr)])
+
+
+def lower_threshold(values: torch.Tensor, target_fpr: float) -> float:
+    """The largest order statistic tau of `values` with #{v < tau} <= floor(target_fpr · n): reject `v < tau`."""
+    ordered = torch.sort(values.detach().flatten()).values
+    return float(ordered[allowed_rejections(len(ordered), target_fpr)])
+
+
+def _check_fpr(target_fpr: float) -> float:
+    target_fpr = float(target_fpr)
+    if not 0 <= target_fpr < 1:
+        raise ValueError(f"target_fpr must be in [0, 1) (e.g. 0.05 for 5% of clean images rejected), got {target_fpr}")
+    return target_fpr
+
+
+def _check_values(values: torch.Tensor) -> torch.Tensor:
+    if values.shape[0] == 0:
+        raise ValueError("no clean validation images to calibrate on: pass at least one")
+    if not torch.isfinite(values).all():
+        raise ValueError("the detector's statistic is NaN or infinite on some clean validation images; "
+                         "check the model's outputs (or your detector function) on them")
+    return values
+
+
+class RejectOption:
+    """A detector as a calibrated score: `score_from(logits, features, inputs) > 0` means rejected.
+
+    Subclasses define `values` (the detector's statistic, differentiable), `_fit_values` (thresholds
+    from clean validation statistics) and `_score_from_values`; the rest (calibration, the model
+    check, JSON) is shared. Attributes:
+
+    - `kind`: the registry name ("energy", "band", "class-energy", "multi-t", "mahalanobis", "custom");
+    - `target_fpr`: the clean false-positive rate the thresholds were set for;
+    - `needs_features`: `score_from` needs the penultimate features (the input of the last nn.Linear);
+    - `needs_inputs`: `score_from` needs the input images (a user's detector of x);
+    - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n;
+    - `model_fingerprint`: the SHA-256 of the weights it was calibrated on;
+    - `calibration`: free-form provenance for the caller to fill (data, split, seed).
+    """
+
+    kind = ""
+    needs_features = False
+    needs_inputs = False
+
+    def __init__(self, target_fpr: float = 0.05) -> None:
+        self.target_fpr = _check_fpr(target_fpr)
+        self.model_fingerprint: Optional[str] = None
+        self.validation: Dict[str, object] = {}
+        self.calibration: Dict[str, object] = {}
+
+    # ---- what a kind defines -------------------------------------------------------------------
+    def values(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+               inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The detector's raw statistic (N,) or (N, M), differentiable in the outputs it reads."""
+        raise NotImplementedError
+
+    def _fit_values(self, values: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _score_from_values(self, values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def thresholds(self) -> Dict[str, object]:
+        """The fitted thresholds by name (None before calibration)."""
+        raise NotImplementedError
+
+    def _set_thresholds(self, thresholds: Dict[str, object]) -> None:
+        raise NotImplementedError
+
+    def settings(self) -> Dict[str, object]:
+        """The constructor's settings besides target_fpr (temperature, temperatures, ...)."""
+        return {}
+
+    def _state(self) -> Dict[str, object]:
+        """Fitted state besides thresholds (Mahalanobis: class means and precision)."""
+        return {}
+
+    def _set_state(self, state: Dict[str, object]) -> None:
+        pass
+
+    # ---- scores --------------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return all(value is not None for value in self.thresholds().values())
+
+    def _require_fit(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"this {self.kind!r} reject option has no threshold yet: call calibrate(model, images) "
+                               "or fit(clean validation outputs) first, or load a saved one")
+
+    def score_from(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+                   inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N,) score of one forward pass's outputs; > 0 means rejected. Differentiable.
+
+        `features` (the penultimate features) are needed when `needs_features`, `inputs` (the
+        images) when `needs_inputs`.
+        """
+        self._require_fit()
+        self._require_outputs(logits, features, inputs)
+        return self._score_from_values(self.values(logits, features, inputs))
+
+    def rejects(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+                inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N,) bool, True where rejected: `score_from(...) > 0`."""
+        return self.score_from(logits, features, inputs) > 0
+
+    def _require_outputs(self, logits, features, inputs) -> None:
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ValueError(f"logits must be a tensor of shape (N, num_classes), got "
+                             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+        if self.needs_features and features is None:
+            raise ValueError(f"the {self.kind!r} reject option reads the penultimate features: pass features= "
+                             "(robgen.detection.penultimate_features gives them) or use DefendedClassifier.outputs")
+        if self.needs_inputs and inputs is None:
+            raise ValueError(f"the {self.kind!r} reject option reads the input images: pass inputs=")
+
+    # ---- calibration ---------------------------------------------------------------------------
+    def fit(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
+            inputs: Optional[torch.Tensor] = None, model: Optional[torch.nn.Module] = None) -> "RejectOption":
+        """Set the thresholds on one batch of clean validation outputs (`model`: record its fingerprint)."""
+        if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
+            check_logits(logits)
+        self._require_outputs(logits, features, inputs)
+        with torch.no_grad():
+            values = self.values(logits.detach(), None if features is None else features.detach(),
+                                 None if inputs is None else inputs.detach())
+        self.fit_values(values)
+        if model is not None:
+            self.bind(model)
+        return self
+
+    def fit_values(self, values: torch.Tensor) -> "RejectOption":
+        """Set the thresholds on the statistic `values(...)` of clean validation images; record the FPR reached."""
+        values = _check_values(values.detach())
+        self._fit_values(values)
+        rejected = self._score_from_values(values) > 0
+        self.validation = {
+            "n": int(values.shape[0]), "rejected": int(rejected.sum()),
+            "false_positive_rate": float(rejected.double().mean()),
+            "false_positive_rate_ci": list(rate_interval(rejected)), "confidence": 0.95,
+        }
+        return self
+
+    @torch.no_grad()
+    def calibrate(self, model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> "RejectOption":
+        """Run `model` (in eval mode) over clean validation `images` once and fit the thresholds on its outputs.
+
+        The images must be held out of the model's training (robgen.data.model_val_split gives the
+        split a robgen model's training held out). Records the model's fingerprint.
+        """
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
+            raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
+        if self.needs_features:
+            features, logits = penultimate_features(model, images, batch_size)
+        else:
+            device, chunks = model_device(model), []
+            with eval_mode(model):
+                for start in range(0, len(images), batch_size):
+                    chunks.append(model(images[start:start + batch_size].to(device)).detach())
+            logits, features = torch.cat(chunks), None
+        check_logits(logits)
+        values = []
+        for start in range(0, len(images), batch_size):
+            part = slice(start, start + batch_size)
+            inputs = images[part].to(model_device(model)) if self.needs_inputs else None
+            values.append(self.values(logits[part], None if features is None else features[part], inputs).detach().cpu())
+        self.fit_values(torch.cat(values))
+        return self.bind(model)
+
+    # ---- the model it belongs to ---------------------------------------------------------------
+    def bind(self, model: torch.nn.Module) -> "RejectOption":
+        """Record that the thresholds belong to `model` (its weights' fingerprint)."""
+        self.model_fingerprint = model_fingerprint(model)
+        return self
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse a model other than the one the thresholds were calibrated on, saying what to do."""
+        if self.model_fingerprint is None:
+            raise ValueError(f"this {self.kind!r} reject option does not record which model it was calibrated on: "
+                             "calibrate(model, val_images), or fit(..., model=model) on that model's outputs")
+        found = model_fingerprint(model)
+        if found != self.model_fingerprint:
+            raise ValueError(f"this {self.kind!r} reject option was calibrated for another model (weights "
+                             f"{self.model_fingerprint[:12]}…, this model's are {found[:12]}…): calibrate it again "
+                             "on this model's clean validation images")
+
+    # ---- saving --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        state = self._state()
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "target_fpr": self.target_fpr,
+                "settings": self.settings(), "thresholds": self.thresholds(), "validation": self.validation,
+                "model_fingerprint": self.model_fingerprint, "calibration": self.calibration,
+                **({"state": state} if state else {})}
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the reject option as JSON (next to the checkpoint, like detector.json)."""
+        self._require_fit()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "RejectOption":
+        """Rebuild a reject option from `to_dict` data (a "custom" one needs its function back: `fn`)."""
+        from .reject import CallableReject, make_reject_option  # the kinds live above this module
+
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a saved reject option (no \"format\": \"{FORMAT}\")")
+        kind = data.get("kind")
+        if kind == CallableReject.kind:
+            if fn is None:
+                raise ValueError(f"this reject option is a user's detector ({data.get('settings', {}).get('name')!r}): "
+                                 "pass its function again, RejectOption.load(path, fn=my_detector)")
+            option = CallableReject(fn, target_fpr=data["target_fpr"], **data.get("settings", {}))
+        else:
+            option = make_reject_option(kind, target_fpr=data["target_fpr"], **data.get("settings", {}))
+        option._set_state(data.get("state", {}))
+        option._set_thresholds(data["thresholds"])
+        option.validation = data.get("validation", {})
+        option.model_fingerprint = data.get("model_fingerprint")
+        option.calibration = data.get("calibration", {})
+        return option
+
+    @classmethod
+    def load(cls, path: Union[str, Path], model: Optional[torch.nn.Module] = None,
+             fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "RejectOption":
+        """Read a saved reject option; with `model`, refuse it unless it was calibrated on that model."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
+        try:
+            option = cls.from_dict(data, fn=fn)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
+        if model is not None:
+            option.check_model(model)
+        return option
+
+    @staticmethod
+    def from_callable(fn: Callable[[torch.Tensor], torch.Tensor], on: str = "input", name: str = "custom",
+                      target_fpr: float = 0.05) -> "CallableReject":
+        """A user's differentiable detector `fn` -> (N,) score, higher = more adversarial; see `CallableReject`."""
+        from .reject import CallableReject
+
+        return CallableReject(fn, on=on, name=name, target_fpr=target_fpr)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        state = "fitted" if self.fitted else "unfitted"
+        return f"{type(self).__name__}({settings + ', ' if settings else ''}target_fpr={self.target_fpr:g}, {state})"
+
