@@ -125,9 +125,10 @@ def per_attack_breakdown(clean_correct, clean_accepted, evaded: Flags) -> Dict[s
             for name, flags in attacks.items()}
 
 
-def _format_eps(eps: float) -> str:
-    scaled = eps * 255
-    return f"{round(scaled):d}/255" if abs(scaled - round(scaled)) < 1e-6 and round(scaled) else f"{eps:g}"
+def eps_label(eps: float) -> str:
+    """8/255 for a whole number of 255ths, else the number itself (reports and stage names)."""
+    scaled = float(eps) * 255
+    return f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 and round(scaled) else f"{float(eps):.6g}"
 
 
 def tramer_ceiling_note(eps: float, norm: str = "Linf", best_known_at_half: Optional[float] = None) -> str:
@@ -141,9 +142,9 @@ def tramer_ceiling_note(eps: float, norm: str = "Linf", best_known_at_half: Opti
     eps = float(eps)
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    note = (f"Tramèr (2022): a detector robust at {norm} ε = {_format_eps(eps)} gives a (slow) classifier robust at "
-            f"ε/2 = {_format_eps(eps / 2)}, so detection-aware robust accuracy at {_format_eps(eps)} cannot credibly "
-            f"exceed the best robust accuracy known at {_format_eps(eps / 2)}")
+    note = (f"Tramèr (2022): a detector robust at {norm} ε = {eps_label(eps)} gives a (slow) classifier robust at "
+            f"ε/2 = {eps_label(eps / 2)}, so detection-aware robust accuracy at {eps_label(eps)} cannot credibly "
+            f"exceed the best robust accuracy known at {eps_label(eps / 2)}")
     if best_known_at_half is not None:
         note += f" ({100 * float(best_known_at_half):.1f}%)"
     return note + "; a higher number points to a weak attack, not a strong detector."

@@ -43,12 +43,13 @@ import torch
 
 from .. import data as datasets
 from .. import distributed
+from ..detection.dara import eps_label
 from ..detection.defended import DefendedClassifier
 from ..detection.reject import KINDS, RejectOption, make_reject_option
 from ..models.state import model_device
 from ..progress import step_reporter
 from . import stages as stage_files
-from .adaptive_report import OFF, eps_label, summarise, write_report
+from .adaptive_report import OFF, summarise, write_report
 from .adaptive_suite import (ADAPTIVE, DetectorOff, SuiteStageStore, hepgd_name, make_suite_attack,
                              matching_skip_reason, suite_names, suite_stage)
 from .pipeline import detection_splits, model_outputs, tensor_batches

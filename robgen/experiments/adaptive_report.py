@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..detection.dara import defended_images, detection_aware_report, rate
+from ..detection.dara import defended_images, detection_aware_report, eps_label, rate
 
 OFF = "off"  # the detector switched off (adaptive.DetectorOff)
 BARE = "bare model"
@@ -40,12 +40,6 @@ ATTACK_WORDS = {
                       "classified validation image of another class, one target per restart",
     "pgd (bare model)": "PGD on the bare model's cross-entropy (non-adaptive: it does not know the detector)",
 }
-
-
-def eps_label(eps: float) -> str:
-    """8/255 for a whole number of 255ths, else the number itself."""
-    scaled = float(eps) * 255
-    return f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 and round(scaled) else f"{float(eps):.6g}"
 
 
 def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, int]:
