@@ -64,18 +64,12 @@ __all__ = ["KINDS", "REJECT_OPTIONS", "RejectOption", "make_reject_option", "Ene
            "allowed_rejections", "lower_threshold", "upper_threshold", "FORMAT", "FORMAT_VERSION"]
 
 
-class EnergyReject(RejectOption):
-    """Beadini & Masi (2023)'s one-sided energy detector: reject E_T(x) < tau; score = tau - E_T(x)."""
+class _LowStatisticReject(RejectOption):
+    """A statistic that is low on adversarial inputs: reject it below tau; score = tau - statistic."""
 
-    kind = "energy"
-
-    def __init__(self, temperature: float = 1.0, target_fpr: float = 0.05) -> None:
+    def __init__(self, target_fpr: float = 0.05) -> None:
         super().__init__(target_fpr)
-        self.temperature = check_positive(temperature, "temperature")
         self.tau: Optional[float] = None
-
-    def values(self, logits, features=None, inputs=None):
-        return energy(logits, self.temperature, check=False)
 
     def _fit_values(self, values):
         self.tau = lower_threshold(values, self.target_fpr)
@@ -88,6 +82,19 @@ class EnergyReject(RejectOption):
 
     def _set_thresholds(self, thresholds):
         self.tau = float(thresholds["tau"])
+
+
+class EnergyReject(_LowStatisticReject):
+    """Beadini & Masi (2023)'s one-sided energy detector: reject E_T(x) < tau; score = tau - E_T(x)."""
+
+    kind = "energy"
+
+    def __init__(self, temperature: float = 1.0, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.temperature = check_positive(temperature, "temperature")
+
+    def values(self, logits, features=None, inputs=None):
+        return energy(logits, self.temperature, check=False)
 
     def settings(self):
         return {"temperature": self.temperature}
@@ -133,7 +140,7 @@ class EnergyBandReject(RejectOption):
         return {"temperature": self.temperature}
 
 
-class ClassEnergyReject(RejectOption):
+class ClassEnergyReject(_LowStatisticReject):
     """Reject a low class energy at the predicted class: E(x, ŷ) = -max_k f_k(x) < tau.
 
     score = tau - E(x, ŷ) = tau + max_k f_k(x): an over-confident top logit is rejected. (A
@@ -143,24 +150,8 @@ class ClassEnergyReject(RejectOption):
 
     kind = "class-energy"
 
-    def __init__(self, target_fpr: float = 0.05) -> None:
-        super().__init__(target_fpr)
-        self.tau: Optional[float] = None
-
     def values(self, logits, features=None, inputs=None):
         return class_energy(logits, logits.argmax(1), check=False)
-
-    def _fit_values(self, values):
-        self.tau = lower_threshold(values, self.target_fpr)
-
-    def _score_from_values(self, values):
-        return self.tau - values
-
-    def thresholds(self):
-        return {"tau": self.tau}
-
-    def _set_thresholds(self, thresholds):
-        self.tau = float(thresholds["tau"])
 
 
 class MultiTemperatureReject(RejectOption):
