@@ -4,10 +4,12 @@
 #
 # Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
 #                (.device-data/ is git-ignored; name it in the device tool's `carry`)
-# There:         STAGE=train bash scripts/device_cifar10.sh      # ~8 min on an H200: train, snapshots every 10 epochs
+# There:         STAGE=train bash scripts/device_cifar10.sh      # ~8-13 min on an H200 (estimated): train, snapshots
+#                every 10 epochs; past the 10-minute limit of one call, the same call again resumes the run
 #                STAGE=measure bash scripts/device_cifar10.sh    # the same warm machine: ablation rows + evals
 #                (runs/ is git-ignored, so the warm machine keeps it between the two calls; STAGE=all does both)
-# Anywhere:      SMOKE=1 bash scripts/device_cifar10.sh          # the whole flow on 512 images, 2 epochs (CPU too)
+# Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_cifar10.sh   # the whole flow on 512
+#                images, 2 epochs (CPU too: its measure stage took 2 min on the 2-core CPU)
 #
 # The official recipe (PAPER.md; the notebooks' optimiser is inferred from their `learning_rate = 0.001` and the
 # Imagenette recipe): ResNet10 width 64, horizontal flips only, Adam lr 1e-3, weight decay 5e-4, batch 64,
@@ -40,7 +42,8 @@ if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
     $PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_cifar --width 64 --mode standard \
         --optimizer adam --lr 1e-3 --weight-decay 5e-4 --batch-size 64 --schedule multistep --milestones "$MILESTONES" \
         --augment flip --epochs "$EPOCHS" --snapshot-every "$EVERY" --eval-steps 2 --workers 12 --out "$RUN" \
-        "${RESUME[@]}" "${EXTRA[@]}" 2>&1 | grep -v 'it/s' | tail -n 5
+        "${RESUME[@]}" "${EXTRA[@]}" > "$OUT/train.log" 2>&1
+    tail -n 3 "$OUT/train.log"
 fi
 
 if [ "$STAGE" = measure ] || [ "$STAGE" = all ]; then
@@ -50,7 +53,8 @@ if [ "$STAGE" = measure ] || [ "$STAGE" = all ]; then
     done
     $PY -m robgen ablation --data cifar10 --data-root "$DATA" --limit "$LIMIT" "${ROWS[@]}" \
         --row "width/w64 (official recipe)=$RUN" --pixels "pixels/w64 official recipe=$RUN" --out "$OUT/ablation" \
-        2>&1 | grep -v 'it/s' | tail -n 3
+        > "$OUT/ablation.log" 2>&1
+    tail -c 300 "$OUT/ablation.log"
     $PY -m robgen eval --model "$RUN" --data cifar10 --data-root "$DATA" --steps 20 "${LIMIT_EVAL[@]}" --record \
         --out "$OUT/eval-test.json"
     $PY -m robgen eval --model "$RUN" --data cifar10 --data-root "$DATA" --steps 20 --exact "${LIMIT_EVAL[@]}" --record \
