@@ -276,3 +276,15 @@ def test_two_ranks_give_the_numbers_of_one_process(checkpoint, toy_data, tmp_pat
     assert two["hardware"].startswith("2 x CPU") and two["n_test"] == 12
     assert differing_keys(one, two, ignore=("wall_seconds", "hardware", "continued")) == []
     assert any(row["dara"]["count"] < row["clean"]["accuracy"]["count"] for row in one["rows"]), "attacks that bite"
+
+
+def test_an_error_while_attacking_is_not_reported_as_bad_input(checkpoint, toy_data, tmp_path, monkeypatch):
+    """Bad input gets a one-line message before any work; a failure hours into the attacks keeps its traceback."""
+    from robgen.experiments import adaptive as experiment
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug inside the suite")
+
+    monkeypatch.setattr(experiment, "run_suites", broken)
+    with pytest.raises(RuntimeError, match="failed while attacking.*a bug inside the suite"):
+        main(command(checkpoint, toy_data, tmp_path / "out"))

@@ -260,8 +260,11 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
         "n_validation": len(splits.validation), "n_test": len(x),
         "detectors": {name: _option_digest(option) for name, option in reject.items()},
         "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)})
-    clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False)
-    flags, skipped = run_suites(model, reject, settings, x, y, targets, store, progress)
+    try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
+        clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False)
+        flags, skipped = run_suites(model, reject, settings, x, y, targets, store, progress)
+    except (FileNotFoundError, ValueError) as error:
+        raise RuntimeError(f"the adaptive evaluation failed while attacking, after its set-up: {error}") from error
     wall = time.perf_counter() - started + store.reused_seconds
     results = summarise(model, data, settings, reject, clean.correct, flags, skipped)
     results.update(n_validation=len(splits.validation), n_reference=n_reference, estimate=estimate,
