@@ -84,6 +84,26 @@ class _LowStatisticReject(RejectOption):
         self.tau = float(thresholds["tau"])
 
 
+class _HighStatisticReject(RejectOption):
+    """A statistic that is high on adversarial inputs: reject it above the threshold; score = statistic - threshold."""
+
+    def __init__(self, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.threshold: Optional[float] = None
+
+    def _fit_values(self, values):
+        self.threshold = upper_threshold(values, self.target_fpr)
+
+    def _score_from_values(self, values):
+        return values - self.threshold
+
+    def thresholds(self):
+        return {"threshold": self.threshold}
+
+    def _set_thresholds(self, thresholds):
+        self.threshold = float(thresholds["threshold"])
+
+
 class EnergyReject(_LowStatisticReject):
     """Beadini & Masi (2023)'s one-sided energy detector: reject E_T(x) < tau; score = tau - E_T(x)."""
 
@@ -209,7 +229,7 @@ class MultiTemperatureReject(RejectOption):
         return {"temperatures": list(self.temperatures)}
 
 
-class MahalanobisReject(RejectOption):
+class MahalanobisReject(_HighStatisticReject):
     """Lee et al. (2018), simplified: reject a large Mahalanobis distance of the penultimate features.
 
     The class means and shared covariance come from clean *training* images (`fit_reference` or
@@ -224,7 +244,6 @@ class MahalanobisReject(RejectOption):
     def __init__(self, target_fpr: float = 0.05) -> None:
         super().__init__(target_fpr)
         self.scorer: Optional[MahalanobisScorer] = None
-        self.threshold: Optional[float] = None
         self.reference: Dict[str, object] = {}
 
     def fit_reference(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "MahalanobisReject":
@@ -258,18 +277,6 @@ class MahalanobisReject(RejectOption):
             scorer.means, scorer.precision = scorer.means.to(features.device), scorer.precision.to(features.device)
         return scorer.score(features)
 
-    def _fit_values(self, values):
-        self.threshold = upper_threshold(values, self.target_fpr)
-
-    def _score_from_values(self, values):
-        return values - self.threshold
-
-    def thresholds(self):
-        return {"threshold": self.threshold}
-
-    def _set_thresholds(self, thresholds):
-        self.threshold = float(thresholds["threshold"])
-
     def _state(self):
         if self.scorer is None:
             return {}
@@ -284,7 +291,7 @@ class MahalanobisReject(RejectOption):
             self.reference = state.get("reference", {})
 
 
-class CallableReject(RejectOption):
+class CallableReject(_HighStatisticReject):
     """A user's own detector: any differentiable `fn` returning one score per image, higher = more adversarial.
 
     `on="input"`: `fn(x)` of the images (it may run its own networks); `on="logits"`: `fn(logits)` of
@@ -305,7 +312,6 @@ class CallableReject(RejectOption):
             raise ValueError(f"on must be one of {', '.join(self.ON)}, got {on!r}")
         self.fn, self.on, self.name = fn, on, str(name)
         self.needs_inputs = on == "input"
-        self.threshold: Optional[float] = None
 
     def values(self, logits, features=None, inputs=None):
         source = inputs if self.on == "input" else logits
@@ -315,18 +321,6 @@ class CallableReject(RejectOption):
             raise ValueError(f"the detector function {self.name!r} must return a tensor of shape "
                              f"({source.shape[0]},), one score per image, got {shape}")
         return out
-
-    def _fit_values(self, values):
-        self.threshold = upper_threshold(values, self.target_fpr)
-
-    def _score_from_values(self, values):
-        return values - self.threshold
-
-    def thresholds(self):
-        return {"threshold": self.threshold}
-
-    def _set_thresholds(self, thresholds):
-        self.threshold = float(thresholds["threshold"])
 
     def settings(self):
         return {"on": self.on, "name": self.name}
