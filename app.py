@@ -127,7 +127,7 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
                                progress=progress)
     return (image_file(tabs.display(result.clean), "seen"), image_file(tabs.display(result.adversarial), "adversarial"),
             image_file(tabs.display(result.perturbation), "perturbation"), result.top_clean, result.top_adversarial,
-            result.summary(), plots.trace_figure(result.trace, "energy and probability per step"))
+            result.summary(), plots.trace_figure(result.trace, "energy and probability per step", result.threshold))
 
 
 @gpu
@@ -227,8 +227,10 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                     attack_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
                                             height=INPUT_HEIGHT)
                     gr.Examples(EXAMPLES, inputs=attack_image)
-                    method = gr.Radio(["fgsm", "pgd", "hepgd", "apgd"], value="pgd", label="attack",
-                                      info="hepgd = High-Energy PGD: fools the model and keeps natural energy")
+                    method = gr.Radio(["fgsm", "pgd", "hepgd", "apgd", tabs.ADAPTIVE], value="pgd", label="attack",
+                                      info="hepgd = High-Energy PGD: fools the model and keeps natural energy; "
+                                           "adaptive = knows the Detect tab's detector: fools the model and stays "
+                                           "accepted as natural")
                     with gr.Row():
                         eps = gr.Slider(0.5, 32, value=8, step=0.5, label="eps (/255, L∞)")
                         steps = gr.Slider(1, 100, value=10, step=1, label="steps")
@@ -264,7 +266,8 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                     for maker, files in example_sets.items():
                         example_datasets.append(gr.Examples(
                             files, inputs=detect_image, visible=same_classes(maker, default),
-                            label=f"natural (*_clean) and PGD-adversarial (*_adv) examples made by {maker}").dataset)
+                            label=f"natural (*_clean), PGD-adversarial (*_adv) and adaptive (*_adaptive: made by an attacker "
+                                  f"who knows the detector, so it passes as natural) examples made by {maker}").dataset)
                     gr.Examples(EXAMPLES, inputs=detect_image, label="photos (public domain / CC0)")
                     detect_button = gr.Button("Detect", variant="primary")
                 with gr.Column():

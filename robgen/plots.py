@@ -43,12 +43,21 @@ def energy_histogram(clean: torch.Tensor, adversarial: torch.Tensor, path: Path,
     return path
 
 
-def trace_figure(trace, title: str = ""):
-    """Energy E(x) and the class probability after every step of an attack or synthesis (a `Trace`)."""
+def trace_figure(trace, title: str = "", threshold: Optional[float] = None):
+    """Energy E(x) and the class probability after every step of an attack or synthesis (a `Trace`).
+
+    `threshold`: a detector's energy threshold (at the trace's temperature), drawn as a dashed line.
+    """
     figure, axis = plt.subplots(figsize=(5.2, 3.2), dpi=100)
-    axis.plot(trace.step, trace.energy_mean, marker="o", markersize=3, color="tab:red", label="E(x)")
+    temperature = getattr(trace, "temperature", 1.0)
+    name = "E(x)" if temperature == 1.0 else f"E_T(x), T = {temperature:g}"
+    axis.plot(trace.step, trace.energy_mean, marker="o", markersize=3, color="tab:red", label=name)
+    if threshold is not None:
+        axis.axhline(threshold, color="tab:red", linestyle="--", linewidth=1,
+                     label="detector threshold (flagged at or below)")
+        axis.legend(fontsize=7, loc="best")
     axis.set_xlabel("step")
-    axis.set_ylabel("energy E(x)", color="tab:red")
+    axis.set_ylabel(f"energy {name}", color="tab:red")
     twin = axis.twinx()
     targeted = bool(trace.target_prob) and not any(p != p for p in trace.target_prob)
     probs, name = (trace.target_prob, "p(target | x)") if targeted else (trace.true_prob, "p(original class | x)")

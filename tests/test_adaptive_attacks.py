@@ -415,3 +415,38 @@ def test_logit_matching_tries_each_other_class_in_turn_runner_up_first(trained):
         first = attack._goal_labels[attack._order[image, :3]].tolist()
         others = [c for c in ranked[image].tolist() if c != int(y[image])]
         assert first == others, (first, others)  # one target of each other class, in the image's logit order
+
+
+def test_evade_detector_gives_8bit_images_the_shipped_detector_accepts_and_the_model_misclassifies():
+    """The app's adaptive attack on the shipped CIFAR-10 standard model and its detector, judged independently:
+    every result is an 8-bit image within 8/255 of the photo, another class, and not flagged, where plain PGD of
+    the same budget is flagged on some of the same photos (so the detector is no pushover)."""
+    import robgen
+    from robgen.experiments.calibration import load_shipped_detector
+    from robgen.experiments.single_image import attack_own_predictions, evade_detector
+    from robgen.images import load_model_input
+    from tests.conftest import REPO
+
+    model = robgen.load_model("cifar10-resnet10-standard")
+    detector = load_shipped_detector(model)
+    x = torch.stack([load_model_input(photo, model.spec) for photo in sorted((REPO / "examples").glob("*.png"))])
+    reports = []
+    outcome = evade_detector(model, x, detector, eps=8 / 255, steps=10, generator=torch.Generator().manual_seed(0),
+                             progress=lambda fraction, desc="": reports.append(fraction))
+    with torch.no_grad():
+        clean, adversarial = model(x), model(outcome.adversarial)
+    assert torch.allclose(outcome.adversarial * 255, (outcome.adversarial * 255).round(), rtol=0, atol=1e-3)
+    assert float((outcome.adversarial - x).abs().max()) <= 8 / 255 + 1e-6
+    assert (adversarial.argmax(1) != clean.argmax(1)).all()
+    assert not detector.predict(adversarial).any() and outcome.evaded.all() and not outcome.flagged.any()
+    assert reports[-1] == 1.0 and outcome.trace.temperature == detector.temperature
+    assert len(outcome.trace.step) == len(outcome.trace.energy_mean) >= 11  # x_0 .. x_10 of the first run at least
+    pgd = attack_own_predictions(model, x, robgen.PGD(model, eps=8 / 255, step_size=1 / 255, steps=10,
+                                                      generator=torch.Generator().manual_seed(0)))
+    assert detector.predict(pgd.adversarial_logits).any()
+    # a budget too small to fool the model is reported as such, not dressed up
+    tiny = evade_detector(model, x, detector, eps=0.5 / 255, steps=1, restarts=1)
+    with torch.no_grad():
+        still = model(tiny.adversarial).argmax(1) == clean.argmax(1)
+    assert torch.equal(tiny.evaded, ~still & ~detector.predict(model(tiny.adversarial)))
+    assert still.any()

@@ -190,12 +190,44 @@ def test_detect_flags_the_shipped_adversarial_examples_default_and_passes_its_cl
             logits, adversarial_logits = model(x), model(x_adv)
         assert logits.argmax() != adversarial_logits.argmax(), adversarial
         assert robgen.energy(adversarial_logits) < robgen.energy(logits), adversarial
+    adaptive = [name for name in files if name.endswith("_adaptive.png")]
+    assert len(adaptive) == len(PHOTOS), "every photo has its adaptive twin (scripts/make_app_examples.py)"
+    for name in adaptive:  # made by an attacker who knows the detector: another class, accepted as natural
+        clean = name.replace("_adaptive.png", "_clean.png")
+        x, x_adv = (load_model_input(path, model.spec)[None] for path in (clean, name))
+        assert 0 < float((x_adv - x).abs().max()) <= 8 / 255 + 1e-6, name
+        result, twin = detect_image(model, name), detect_image(model, clean)
+        assert not result.flagged and next(iter(result.top)) != next(iter(twin.top)), name
     shown = adversarial_photo(files)
     assert detect_image(model, shown).flagged, shown
     clean = detect_image(model, shown.replace("_adv.png", "_clean.png"))
     assert not clean.flagged
     if maker == STANDARD:
         assert next(iter(clean.top)) == "cat"
+
+
+def test_the_adaptive_attack_fools_the_model_and_passes_the_detect_tabs_detector(client):
+    """The Attack tab's "adaptive" method against the Detect tab's detector: another class, a verdict that says the
+    detector accepts it (checked here on the same pixels), the threshold drawn on the plot; a target is refused."""
+    from robgen.experiments.calibration import load_shipped_detector
+    from robgen.web.handlers import attack_image
+    from robgen.web.model_cache import cached_model
+
+    photo = REPO / "examples" / "chelsea.png"
+    *_, before, after, summary, _ = attack(client, photo, method="adaptive", steps=10, step_size_255=1)
+    assert before["label"] != after["label"] and "accepts it as natural" in summary
+    model = cached_model(STANDARD)
+    detector = load_shipped_detector(model)
+    result = attack_image(model, photo, "adaptive", eps=8 / 255, steps=10, step_size=1 / 255, seed=0)
+    assert result.summary() == summary, "the same seeded attack"
+    with torch.no_grad():
+        assert not bool(detector.predict(model(result.adversarial))[0])
+    *_, figure = app.attack(str(photo), STANDARD, "adaptive", 8, 10, 1, 1.2, "", 0)
+    energy_line, threshold_line = figure.axes[0].get_lines()
+    assert set(threshold_line.get_ydata()) == {detector.threshold}
+    assert min(energy_line.get_ydata()) > detector.threshold
+    with pytest.raises(Exception, match="untargeted"):
+        attack(client, photo, method="adaptive", target="dog")
 
 
 def test_synthesize_returns_a_gallery_of_the_class(client):
@@ -338,7 +370,8 @@ def test_the_examples_script_remakes_the_detect_examples_from_the_model(imagenet
     defaults = script.detect_defaults()  # one model a data set: its standard one, not the -seed1 judge
     assert STANDARD in defaults and NETTE_STANDARD in defaults and f"{STANDARD}-seed1" not in defaults
     assert script.main(["--model", NETTE_STANDARD, "--out", str(tmp_path), "--strict"]) == 0
-    assert capsys.readouterr().out.count("adversarial\n") == 4
+    assert capsys.readouterr().out.count("adversarial\n") == 4  # the PGD ones; --strict: the adaptive ones pass
+    assert all((tmp_path / NETTE_STANDARD / f"{photo.stem}_adaptive.png").is_file() for photo in PHOTOS)
     for photo in PHOTOS:
         clean, adversarial = (tmp_path / NETTE_STANDARD / f"{photo.stem}_{kind}.png" for kind in ("clean", "adv"))
         assert same_file({"path": adversarial}, imagenette / NETTE_STANDARD / adversarial.name)

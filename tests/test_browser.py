@@ -150,3 +150,25 @@ def test_synthesize_starts_on_a_robust_model_with_an_automatic_step_and_draws_fr
     page.screenshot(path=str(shot), full_page=True)
     with Image.open(shot) as picture:
         assert picture.width == 1280 and len(set(picture.convert("RGB").resize((64, 64)).getdata())) > 200
+
+
+def test_an_adaptive_attack_from_the_page_passes_and_its_shipped_example_is_accepted_in_detect(page):
+    """On the CIFAR-10 standard model: the Attack tab's "adaptive" method says the detector accepts its result, and
+    the Detect tab accepts the shipped `_adaptive` example as natural, drawn above the threshold."""
+    fresh(page)
+    picker = page.get_by_label("model (Attack and Detect)")
+    picker.click()
+    page.get_by_role("option", name=STANDARD, exact=True).click()
+    page.get_by_text(f"{STANDARD} (CIFAR-10, 32×32 inputs)").first.wait_for(state="visible", timeout=10_000)
+    page.get_by_label("adaptive", exact=True).check()
+    page.get_by_role("button", name="Attack", exact=True).click()
+    page.get_by_text("accepts it as natural").first.wait_for(state="visible", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "attack-adaptive.png"), full_page=True)
+    open_tab(page, "Detect")
+    example = REPO / "examples" / "adversarial" / STANDARD / "chelsea_adaptive.png"
+    page.locator("input[type=file]").nth(1).set_input_files(str(example))
+    page.get_by_role("button", name="Detect", exact=True).click()
+    verdict = page.get_by_text("flagged as natural").first
+    verdict.wait_for(state="visible", timeout=60_000)
+    assert "> threshold" in verdict.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "detect-adaptive.png"), full_page=True)

@@ -228,3 +228,25 @@ def test_mahalanobis_score_is_differentiable_in_the_input_and_rejects_far_featur
     assert option.score_from(logits[:1], far)[0] > 0
     with pytest.raises(ValueError, match="penultimate features"):
         option.score_from(logits)
+
+
+def test_an_energy_detector_becomes_the_reject_option_that_rejects_exactly_what_it_flags():
+    """`EnergyReject.from_detector`: the detector flags E <= threshold; the option rejects E < tau, tau the next float64
+    up, so on float64 logits the two agree everywhere, also on an energy equal to the threshold."""
+    from robgen.detection import EnergyDetector
+
+    logits = clean_logits(300).double()
+    detector = EnergyDetector(rule="youden", temperature=0.5).fit(logits[:150], logits[150:] * 3)
+    at_threshold = energy(logits[:40], 0.5)
+    detector.threshold = float(at_threshold[7])  # an energy that some input has exactly
+    model = tiny_model()
+    option = EnergyReject.from_detector(detector, model)
+    assert option.temperature == 0.5 and option.tau > detector.threshold
+    assert torch.equal(option.rejects(logits), detector.predict(logits))
+    assert bool(option.rejects(logits[7:8])) and bool(detector.predict(logits[7:8]))
+    assert option.calibration["threshold"] == detector.threshold
+    DefendedClassifier(model, option)  # bound to the model it was given
+    with pytest.raises(ValueError, match="calibrated for another model"):
+        DefendedClassifier(tiny_model(seed=1), option)
+    with pytest.raises(RuntimeError, match="no threshold"):
+        EnergyReject.from_detector(EnergyDetector(), model)

@@ -47,6 +47,7 @@ model it was calibrated on (`robgen.models.fingerprint`) and refuses any other.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -54,7 +55,7 @@ import torch
 from ..checks import check_positive
 from ..energy import class_energy, energy
 from .baselines import MahalanobisScorer, penultimate_features
-from .detector import TEMPERATURES
+from .detector import TEMPERATURES, EnergyDetector
 from .reject_base import (  # noqa: F401  (re-exported: the public face of reject options is this module)
     FORMAT, FORMAT_VERSION, RejectOption, allowed_rejections, lower_threshold, upper_threshold,
 )
@@ -118,6 +119,29 @@ class EnergyReject(_LowStatisticReject):
 
     def settings(self):
         return {"temperature": self.temperature}
+
+    @classmethod
+    def from_detector(cls, detector: EnergyDetector, model: torch.nn.Module) -> "EnergyReject":
+        """The reject option that rejects what a fitted `EnergyDetector` flags, bound to `model`.
+
+        The detector flags E_T(x) <= its threshold (Youden's or another rule, fitted on clean *and*
+        attacked images, so it is no FPR-calibrated threshold); this option rejects E_T(x) < tau with
+        tau the next float64 above that threshold, which is the same set for energies computed in
+        float64, as the detector computes them. Its `target_fpr` is the detector's clean validation
+        FPR when recorded (else 0.05), and `calibration` says where the threshold came from. The
+        caller vouches that `model` is the one the detector was fitted for: an `EnergyDetector`
+        records no weights' fingerprint.
+        """
+        if not isinstance(detector, EnergyDetector):
+            raise TypeError(f"detector must be a fitted EnergyDetector, got {type(detector).__name__}")
+        threshold = float(detector._require_fit())
+        fpr = detector.validation.get("false_positive_rate")
+        option = cls(detector.temperature, fpr if fpr is not None and 0 < fpr < 1 else 0.05)
+        option.tau = math.nextafter(threshold, math.inf)
+        option.validation = {key: detector.validation[key] for key in ("false_positive_rate", "false_positive_rate_ci")
+                             if key in detector.validation}
+        option.calibration = {"from": "EnergyDetector", "rule": detector.rule, "threshold": threshold}
+        return option.bind(model)
 
 
 class EnergyBandReject(RejectOption):

@@ -20,12 +20,13 @@ class Trace:
     """Batch means per step of an attack; entry k describes the iterate after k steps."""
 
     step: List[int] = field(default_factory=list)
-    energy_mean: List[float] = field(default_factory=list)  # mean E(x) at T = 1
+    energy_mean: List[float] = field(default_factory=list)  # mean E(x) at T = `temperature` (1 unless said)
     energy_std: List[float] = field(default_factory=list)
     accuracy: List[float] = field(default_factory=list)  # fraction still classified as the true label
     loss: List[float] = field(default_factory=list)  # mean objective
     true_prob: List[float] = field(default_factory=list)  # mean p(y | x), true label
     target_prob: List[float] = field(default_factory=list)  # mean p(t | x), targeted attacks only
+    temperature: float = 1.0  # of energy_mean and energy_std (an attack on a detector: the detector's T)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +53,7 @@ class Trace:
         return Trace(
             step=list(traces[0].step), energy_mean=energy_mean.tolist(), energy_std=pooled_std.tolist(),
             accuracy=mean("accuracy").tolist(), loss=mean("loss").tolist(), true_prob=mean("true_prob").tolist(),
-            target_prob=mean("target_prob").tolist(),
+            target_prob=mean("target_prob").tolist(), temperature=traces[0].temperature,
         )
 
 

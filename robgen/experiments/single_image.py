@@ -7,6 +7,12 @@ report the top classes and energies of the quantised images.
 
     outcome = attack_own_predictions(model, x, PGD(model, eps=8/255, steps=10))
     outcome.top(0)                       # {label: probability} of image 0 after the attack
+    outcome = evade_detector(model, x, load_shipped_detector(model), eps=8/255, steps=40)
+    outcome.evaded                       # misclassified and accepted by the detector, as 8-bit images
+
+`evade_detector` is the adaptive attacker (one who knows the detector): `PenaltyPGD` on the model
+defended by its energy detector, aiming a margin inside the accepted region so that rounding to 8
+bits keeps the point accepted and misclassified; the verdict is the detector's own, on the PNG.
 """
 
 from __future__ import annotations
@@ -17,8 +23,15 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ..attacks import Attack
+from ..attacks.adaptive import PenaltyPGD
+from ..attacks.evasion import EvasionTracker
+from ..detection.defended import DefendedClassifier
+from ..detection.detector import EnergyDetector
+from ..detection.reject import EnergyReject
 from ..energy import energy
 from ..engine import Trace
+from ..models.state import eval_mode
+from ..progress import step_reporter
 
 
 def quantise(x_adv: torch.Tensor, x: torch.Tensor, attack: Attack) -> torch.Tensor:
@@ -85,4 +98,106 @@ def combine_outcomes(outcomes: List[AttackOutcome]) -> AttackOutcome:
         torch.cat([o.clean for o in outcomes]), torch.cat([o.adversarial for o in outcomes]),
         torch.cat([o.clean_logits for o in outcomes]), torch.cat([o.adversarial_logits for o in outcomes]),
         outcomes[0].labels, Trace.combine([o.trace for o in outcomes], [len(o.clean) for o in outcomes]),
+    )
+
+
+# The adaptive attacker aims this far inside what the detector accepts, so that rounding to 8 bits keeps it
+# there: a misclassification margin in logits, and an energy margin as a fraction of the spread (std) of
+# the clean validation energies the detector was fitted on (0 when the detector does not record them).
+EVASION_CONFIDENCE = 0.5
+EVASION_ENERGY_MARGIN = 0.1
+
+
+@dataclass
+class EvasionOutcome(AttackOutcome):
+    """An `AttackOutcome` of an attack that knows the detector, with the detector's verdicts on the 8-bit images."""
+
+    flagged_clean: torch.Tensor = None  # (N,) bool: the detector flags the clean image
+    flagged: torch.Tensor = None  # (N,) bool: the detector flags the (8-bit) adversarial image
+    evaded: torch.Tensor = None  # (N,) bool: the adversarial image is misclassified and not flagged
+    threshold: float = float("nan")  # the detector's: flagged when E_T(x) <= threshold
+    temperature: float = 1.0
+    attack: str = ""
+
+
+class _TracingTracker(EvasionTracker):
+    """An `EvasionTracker` that also records every iterate it sees (a `Trace`, steps counted over all runs,
+    means over the images still attacked) and reports the fraction of the steps done."""
+
+    def __init__(self, defended, x, y, temperature: float, total: int, progress) -> None:
+        super().__init__(defended, x, y)
+        self.temperature, self.total, self.report = temperature, max(1, total), progress
+        self.rows: List[List[float]] = []
+
+    def observe(self, points, outputs, index=None):
+        evading = super().observe(points, outputs, index)
+        logits, score = outputs[0].detach().float(), outputs[1].detach().float()
+        labels = self.y[self._index(index)]
+        energies = energy(logits, self.temperature, check=False)
+        self.rows.append([float(energies.mean()), float(energies.std()) if len(energies) > 1 else 0.0,
+                          float((logits.argmax(1) == labels).float().mean()), float(score.mean()),
+                          float(logits.softmax(1).gather(1, labels[:, None]).mean())])
+        if self.report is not None:
+            self.report(min(1.0, len(self.rows) / self.total))
+        return evading
+
+    def trace(self) -> Trace:
+        columns = [list(column) for column in zip(*self.rows)] if self.rows else [[] for _ in range(5)]
+        energy_mean, energy_std, accuracy, score, true_prob = columns
+        return Trace(list(range(len(self.rows))), energy_mean, energy_std, accuracy, score, true_prob, [],
+                     temperature=self.temperature)
+
+
+def _quantised_evasions(model, detector, x, y, candidates, constraint):
+    """Per image, the first candidate that still evades once rounded to 8 bits (else the first candidate's)."""
+    chosen = None
+    for candidate in candidates:
+        quantised = constraint.project((candidate * 255).round() / 255, x)
+        with torch.no_grad():
+            logits = model(quantised)
+        evades = (logits.argmax(1) != y) & ~detector.predict(logits).to(y.device)
+        if chosen is None:
+            chosen, chosen_logits, chosen_evades = quantised, logits, evades
+        else:
+            better = evades & ~chosen_evades
+            chosen = torch.where(better.view(-1, 1, 1, 1), quantised, chosen)
+            chosen_logits = torch.where(better[:, None], logits, chosen_logits)
+            chosen_evades = chosen_evades | evades
+    return chosen, chosen_logits
+
+
+def evade_detector(model, x: torch.Tensor, detector: EnergyDetector, eps: float = 8 / 255, steps: int = 40,
+                   restarts: int = 4, step_size: Optional[float] = None, generator: Optional[torch.Generator] = None,
+                   progress: Optional[Callable] = None) -> EvasionOutcome:
+    """Attack `x` away from the model's predictions while the energy `detector` keeps accepting it.
+
+    The attacker knows the detector: `PenaltyPGD` (L-inf ball of `eps`, `steps` per run, `restarts`
+    rounds of its penalty weight) on the model defended by `EnergyReject.from_detector(detector)`,
+    aiming `EVASION_CONFIDENCE` logits past the decision boundary and `EVASION_ENERGY_MARGIN` clean
+    standard deviations inside the threshold. Every iterate counts. Of the final point and the first
+    evading iterate, the first that still evades as an 8-bit image is returned.
+    """
+    reject = EnergyReject.from_detector(detector, model)
+    defended = DefendedClassifier(model, reject)
+    clean_energies = torch.tensor(detector.calibration.get("clean_energy", []), dtype=torch.float64)
+    spread = float(clean_energies.std()) if len(clean_energies) > 1 else 0.0
+    attack = PenaltyPGD(defended, eps=eps, step_size=step_size, steps=steps, restarts=restarts,
+                        score_margin=EVASION_ENERGY_MARGIN * spread, confidence=EVASION_CONFIDENCE, generator=generator)
+    x = attack._check_inputs(x, torch.zeros(len(x), dtype=torch.long, device=x.device))[0]
+    with torch.no_grad(), eval_mode(model):
+        clean_logits = model(x)
+        labels = clean_logits.argmax(1)
+        tracker = _TracingTracker(defended, x, labels, detector.temperature, steps * restarts,
+                                  step_reporter(progress, "adaptive attack"))
+        final = attack.run(x, labels, tracker)
+        if tracker.report is not None:
+            tracker.report(1.0)  # done, also when every image evaded before the last run
+        x_adv, adv_logits = _quantised_evasions(model, detector, x, labels, [final, tracker.images], attack.constraint)
+    clean_logits, adv_logits = clean_logits.float().cpu(), adv_logits.float().cpu()
+    flagged = detector.predict(adv_logits)
+    return EvasionOutcome(
+        x.cpu(), x_adv.cpu(), clean_logits, adv_logits, list(model.spec.class_labels), tracker.trace(),
+        flagged_clean=detector.predict(clean_logits), flagged=flagged,
+        evaded=(adv_logits.argmax(1) != labels.cpu()) & ~flagged, threshold=float(detector.threshold),
+        temperature=float(detector.temperature), attack=f"{attack!r} against {reject!r}",
     )

@@ -3,35 +3,41 @@
     examples/<photo>.png                                  scikit-image's public-domain / CC0 photos
     examples/adversarial/<model>/<photo>_clean.png        the photo resized as <model>'s eval transform resizes it
     examples/adversarial/<model>/<photo>_adv.png          the same, PGD applied to the crop <model> sees
+    examples/adversarial/<model>/<photo>_adaptive.png     the same, attacked by one who knows <model>'s detector
 
 A pair is adversarial only for the weights that made it, so each folder is named after its model;
 `scripts/make_app_examples.py` writes one from the model. The attack is the CLI `attack` command's
 default (and the one `fit-detector` calibrates the shipped detector on): L-inf PGD, eps 8/255, 10 steps
 of 1/255 from a random start, seed 0; for a model with crop_pct 1 (CIFAR-10's),
-`python -m robgen attack --model NAME --out DIR examples/*.png` writes the same files.
+`python -m robgen attack --model NAME --out DIR examples/*.png` writes the same files. The `_adaptive`
+file is `evade_detector` against the model's shipped detector (the Attack tab's "adaptive"): misclassified,
+yet the Detect tab accepts it as natural.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from ..attacks import make_attack
-from ..experiments.single_image import attack_own_predictions
+from ..detection.detector import EnergyDetector
+from ..experiments.single_image import attack_own_predictions, evade_detector
 from ..images import load_image, load_model_input, save_image
 from ..models.state import model_device
 from .handlers import resized_size
 
 # The CLI's `attack` defaults, which are also `fit-detector`'s calibration attack.
 EXAMPLE_ATTACK = dict(attack="pgd", eps=8 / 255, step_size=1 / 255, steps=10)
-CLEAN_SUFFIX, ADVERSARIAL_SUFFIX = "_clean", "_adv"
+EXAMPLE_ADAPTIVE = dict(eps=8 / 255, steps=40, restarts=4)  # `evade_detector`'s settings for the `_adaptive` files
+CLEAN_SUFFIX, ADVERSARIAL_SUFFIX, ADAPTIVE_SUFFIX = "_clean", "_adv", "_adaptive"
 
 
 def make_adversarial_examples(model, photos: Sequence[Union[str, Path]], out: Union[str, Path],
-                              seed: int = 0) -> List[dict]:
-    """Write `<photo>_clean.png` and `<photo>_adv.png` (PGD against the model's prediction) to `out`.
+                              seed: int = 0, detector: Optional[EnergyDetector] = None) -> List[dict]:
+    """Write `<photo>_clean.png` and `<photo>_adv.png` (PGD against the model's prediction) to `out`, and
+    with a `detector`, `<photo>_adaptive.png` (`evade_detector`: misclassified and accepted by it).
 
     Each file is the photo resized as the model's eval transform resizes it, before the centre crop
     (so 146x146 for a 128-px model with crop_pct 0.875, 32x32 for CIFAR-10's crop_pct 1). Reading
@@ -55,13 +61,21 @@ def make_adversarial_examples(model, photos: Sequence[Union[str, Path]], out: Un
     attack = make_attack(settings.pop("attack"), model, generator=torch.Generator(device=device).manual_seed(seed),
                          **settings)
     outcome = attack_own_predictions(model, x, attack)
+    evasion = (evade_detector(model, x, detector, generator=torch.Generator(device=device).manual_seed(seed),
+                              **EXAMPLE_ADAPTIVE) if detector is not None else None)
     rows = []
     for i, photo in enumerate(photos):
-        adversarial_image = resized[i].clone()
-        adversarial_image[:, top:top + height, left:left + width] = outcome.adversarial[i]
+        def written(crop, suffix):  # the resized photo with its crop replaced by `crop`, as a PNG
+            image = resized[i].clone()
+            image[:, top:top + height, left:left + width] = crop
+            return save_image(image, out / f"{photo.stem}{suffix}.png")
+
         clean = save_image(resized[i], out / f"{photo.stem}{CLEAN_SUFFIX}.png")
-        adversarial = save_image(adversarial_image, out / f"{photo.stem}{ADVERSARIAL_SUFFIX}.png")
-        for path, expected in ((clean, outcome.clean[i]), (adversarial, outcome.adversarial[i])):
+        adversarial = written(outcome.adversarial[i], ADVERSARIAL_SUFFIX)
+        expected = [(clean, outcome.clean[i]), (adversarial, outcome.adversarial[i])]
+        if evasion is not None:
+            expected.append((written(evasion.adversarial[i], ADAPTIVE_SUFFIX), evasion.adversarial[i]))
+        for path, expected in expected:
             if not torch.allclose(load_model_input(path, spec), expected, rtol=0, atol=1e-5):  # 8-bit levels
                 raise RuntimeError(f"{path} does not read back as the pixels the model was attacked on: the eval "
                                    f"transform of {spec.input_size} with crop_pct {spec.crop_pct} changed them")
@@ -70,6 +84,8 @@ def make_adversarial_examples(model, photos: Sequence[Union[str, Path]], out: Un
         rows.append({"clean": clean.name, "adversarial": adversarial.name, "clean_label": clean_label,
                      "adversarial_label": adversarial_label, "clean_energy": float(outcome.clean_energy[i]),
                      "adversarial_energy": float(outcome.adversarial_energy[i])})
+        if evasion is not None:
+            rows[-1].update(adaptive=f"{photo.stem}{ADAPTIVE_SUFFIX}.png", adaptive_evaded=bool(evasion.evaded[i]))
     return rows
 
 
@@ -81,7 +97,7 @@ def adversarial_examples(folder: Union[str, Path]) -> Dict[str, List[str]]:
     found = {}
     for sub in sorted(path for path in folder.iterdir() if path.is_dir()):
         files = sorted(str(path) for path in sub.glob("*.png")
-                       if path.stem.endswith((CLEAN_SUFFIX, ADVERSARIAL_SUFFIX)))
+                       if path.stem.endswith((CLEAN_SUFFIX, ADVERSARIAL_SUFFIX, ADAPTIVE_SUFFIX)))
         if any(Path(name).stem.endswith(ADVERSARIAL_SUFFIX) for name in files):
             found[sub.name] = files
     return found

@@ -22,7 +22,7 @@ from ..attacks.factory import attack_key
 from ..detection import EnergyDetector
 from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
-from ..experiments.single_image import attack_own_predictions, top_classes
+from ..experiments.single_image import attack_own_predictions, evade_detector, top_classes
 from ..images import cover_size, load_model_input, tensor_to_pil
 from ..models.state import model_device
 from ..plots import energy_histogram_figure
@@ -113,6 +113,8 @@ class AttackResult:
     trace: Trace
     attack: str
     note: str = ""  # about the upload (see `upsampling_note`)
+    verdict: str = ""  # the adaptive attack: what the Detect tab's detector says of both images
+    threshold: Optional[float] = None  # the adaptive attack: the detector's threshold, drawn on the trace
 
     @property
     def perturbation(self) -> torch.Tensor:
@@ -130,14 +132,22 @@ class AttackResult:
             f"Energy E(x) {self.energy_clean:.2f} → {self.energy_adversarial:.2f} "
             f"({'lower: looks *more* likely to the model' if self.energy_adversarial < self.energy_clean else 'higher'}). "
             f"Change: L∞ {float(delta.abs().max()) * 255:.1f}/255, L2 {float(delta.norm()):.3f}."
-        ) + (f"\n\n*{self.note}*" if self.note else "")
+        ) + (f"\n\n{self.verdict}" if self.verdict else "") + (f"\n\n*{self.note}*" if self.note else "")
+
+
+ADAPTIVE = "adaptive"  # the Attack tab's name for `evade_detector`: the attacker who knows the Detect tab's detector
 
 
 def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 / 255, steps: int = 10,
                  step_size: float = 1 / 255, lam: float = 1.2, target: Optional[Union[int, str]] = None,
                  seed: int = 0, progress: Optional[Callable] = None) -> AttackResult:
-    """Attack one image against the model's own prediction (or toward `target`) with FGSM / PGD / HE-PGD / APGD."""
+    """Attack one image against the model's own prediction (or toward `target`) with FGSM / PGD / HE-PGD / APGD,
+    or, with attack="adaptive", away from it while the model's shipped energy detector accepts the result."""
     x = model_input(model, image)
+    if str(attack).lower() == ADAPTIVE:
+        if target not in (None, ""):
+            raise ValueError("the adaptive attack is untargeted here: clear the target class or use PGD / FGSM")
+        return evade_shipped_detector(model, image, x, eps, steps, step_size, seed, progress)
     key = attack_key(attack)
     attacker = make_attack(key, model, eps=eps, step_size=step_size, steps=steps, lam=lam,
                            generator=torch.Generator(device=x.device).manual_seed(int(seed)))
@@ -152,6 +162,35 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
         top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
         energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=repr(attacker),
         note=upsampling_note(model, image),
+    )
+
+
+def evade_shipped_detector(model, image: ImageInput, x: torch.Tensor, eps: float, steps: int, step_size: float,
+                           seed: int, progress: Optional[Callable]) -> AttackResult:
+    """`evade_detector` against the detector the Detect tab uses, as the Attack tab shows it."""
+    detector = load_shipped_detector(model)
+    outcome = evade_detector(model, x, detector, eps=eps, steps=steps, step_size=step_size,
+                             generator=torch.Generator(device=x.device).manual_seed(int(seed)), progress=progress)
+    energy_at_t = detector.energies(outcome.adversarial_logits)[0]
+    clean_at_t = detector.energies(outcome.clean_logits)[0]
+    if bool(outcome.evaded[0]):
+        verdict = (f"**The Detect tab's detector accepts it as natural**: E_T(x) = {float(energy_at_t):.3f} > threshold "
+                   f"{outcome.threshold:.3f} (T = {outcome.temperature:g}), and the model calls it "
+                   f"**{next(iter(outcome.top(0)))}**. The Detect tab's `*_adaptive` examples are images made this way.")
+    elif bool(outcome.flagged[0]):
+        verdict = (f"**Not found**: the 8-bit result is still flagged (E_T(x) = {float(energy_at_t):.3f} ≤ threshold "
+                   f"{outcome.threshold:.3f}). Allow more steps or a larger eps.")
+    else:
+        verdict = ("**Not found**: the model still gives the image its original class. Allow more steps or a larger "
+                   "eps.")
+    if bool(outcome.flagged_clean[0]):
+        verdict += (f" Note: the detector already flags the clean image (E_T(x) = {float(clean_at_t):.3f}), so the "
+                    "attack had to raise the energy too.")
+    return AttackResult(
+        clean=outcome.clean, adversarial=outcome.adversarial, top_clean=outcome.top(0, adversarial=False),
+        top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
+        energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=outcome.attack,
+        note=upsampling_note(model, image), verdict=verdict, threshold=outcome.threshold,
     )
 
 
