@@ -324,9 +324,9 @@ def test_a_longer_run_from_the_same_start_contains_the_shorter_one_so_never_evad
         tracker = EvasionTracker(logit_detector, x, y)
         original = tracker.observe
 
-        def observe(points, outputs, index=None, original=original, seen=seen):
+        def observe(points, outputs, index=None, verify=False, original=original, seen=seen):
             seen.append(points.clone())
-            return original(points, outputs, index)
+            return original(points, outputs, index, verify)
 
         tracker.observe = observe
         attack.run(x, y, tracker)
@@ -450,3 +450,55 @@ def test_evade_detector_gives_8bit_images_the_shipped_detector_accepts_and_the_m
         still = model(tiny.adversarial).argmax(1) == clean.argmax(1)
     assert torch.equal(tiny.evaded, ~still & ~detector.predict(model(tiny.adversarial)))
     assert still.any()
+
+
+def test_adaptive_attacks_step_through_the_fused_copy_and_find_what_the_model_itself_finds(trained, monkeypatch):
+    """With fusion on, every step runs the model's fused copy, and every attack evades on the same images as with
+    fusion off: the copy is the same function up to float rounding. Each evasion holds on the model itself."""
+    import robgen.attacks.adaptive as adaptive
+    from robgen.engine.fused import fusion
+
+    steps_seen, handles = [], []
+
+    def spy(model, fused=None, *, example=None, real=adaptive.inference_graph):
+        network = real(model, fused, example=example)
+        if network is not model and not handles:  # a hook on the copy: the model itself stays hook-free, so it fuses
+            handles.append(network.register_forward_pre_hook(lambda module, inputs: steps_seen.append(len(inputs[0]))))
+        return network
+
+    monkeypatch.setattr(adaptive, "inference_graph", spy)
+    x, y = colour_images(12, 7)
+    targets = colour_images(16, 8)
+    for name, build in attack_builders(trained, targets=targets, eps=16 / 255, steps=6).items():
+        found = {}
+        for fused in (True, False):
+            steps_seen.clear()
+            with fusion(fused):
+                attack = build()
+                tracker = EvasionTracker(trained, x, y)
+                attack.run(x, y, tracker)
+            found[fused] = tracker.evaded.clone(), tracker.images.clone(), len(steps_seen)
+        (evaded, points, copy_passes), (evaded_unfused, _, copy_passes_unfused) = found[True], found[False]
+        assert torch.equal(evaded, evaded_unfused), name
+        assert copy_passes >= 6 and copy_passes_unfused == 0, name
+        with torch.no_grad():
+            logits, score = trained.outputs(points[evaded])
+        assert ((logits.argmax(1) != y[evaded]) & (score <= 0)).all(), name
+    for handle in handles:  # the cached copy outlives this test
+        handle.remove()
+
+
+def test_a_first_evasion_seen_through_another_network_counts_only_if_the_model_confirms_it(trained):
+    """`observe(verify=True)`: outputs that claim an evasion (from a copy that disagrees) are checked by the defended
+    classifier itself; the claim is dropped where the model finds the point classified correctly."""
+    x, y = colour_images(8, 9)
+    with torch.no_grad():
+        logits, score = trained.outputs(x)
+    correct = (logits.argmax(1) == y) & (score <= 0)
+    assert correct.any()
+    claimed = torch.nn.functional.one_hot((y + 1) % 4, 4).float() * 10  # "misclassified", by a lying network
+    tracker = EvasionTracker(trained, x, y)
+    evading = tracker.observe(x, (claimed, torch.full_like(score, -1.0)), verify=True)
+    assert not evading[correct].any() and not tracker.evaded[correct].any()
+    unverified = EvasionTracker(trained, x, y)
+    assert unverified.observe(x, (claimed, torch.full_like(score, -1.0))).all()  # without verify: taken at its word

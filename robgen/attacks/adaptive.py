@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ..checks import check_labels, check_pixels, check_positive, check_steps
 from ..engine import make_constraint, projected_gradient_ascent
 from ..engine.apgd import auto_projected_gradient_ascent
+from ..engine.fused import inference_graph
 from ..models.state import eval_mode
 from .evasion import DefendedOutputs, EvasionTracker, Outputs, check_defended
 
@@ -104,8 +105,17 @@ class AdaptiveAttack:
 
     `attack(x, y)` returns, per image, the first evading point found, else its final iterate;
     `attack.run(x, y, tracker)` returns the final iterates and shows every iterate to `tracker`
-    (what `run_suite` calls). Subclasses define `_once` (one run on some of the images).
+    (what `run_suite` calls). Subclasses define `_once` (one run on some of the images, through
+    `network`: a `DefendedOutputs(self.defended, network=network)`).
+
+    Like robgen's other attacks, the steps run through the model's fused copy when the caller left
+    it in eval mode (robgen/engine/fused.py; `attack.fused = False` or `set_fusion(False)` runs the
+    model itself). The copy computes the same function up to float rounding, so every first evasion
+    it shows is confirmed by the defended classifier itself before it counts (`EvasionTracker.observe`
+    with `verify`), and each run's final point is judged by the model.
     """
+
+    fused: Optional[bool] = None  # True / False / None (follow robgen.engine.fused.fusion_enabled())
 
     def __init__(self, defended, eps: float = 8 / 255, step_size: Optional[float] = None, steps: int = 100,
                  norm: str = "linf", restarts: int = 1, random_start: bool = True,
@@ -131,19 +141,22 @@ class AdaptiveAttack:
         """Every restart, every iterate shown to `tracker`; returns each image's final iterate of its last run."""
         x, y = x.detach(), torch.as_tensor(y, device=x.device).long()
         final = x.clone()
-        with eval_mode(self.defended.model):
+        model = self.defended.model
+        network = inference_graph(model, self.fused, example=x)  # before eval_mode: train mode runs the model
+        with eval_mode(model):
             self._begin(x, y)
             for restart in range(self.restarts):
                 todo = (~tracker.evaded).nonzero()[:, 0]
                 if len(todo) == 0:
                     break
-                final[todo] = self._once(x[todo], y[todo], restart, tracker.watch(todo), todo)
+                watch = tracker.watch(todo, verify=network is not model)
+                final[todo] = self._once(x[todo], y[todo], restart, watch, todo, network)
                 misclassified, rejected = tracker.check(final[todo], todo)
                 self._adapt(todo, misclassified, rejected)
         return final
 
-    def _once(self, x, y, restart: int, watch, index: torch.Tensor) -> torch.Tensor:
-        """One run on the images `index` (x, y are theirs); returns the final iterates."""
+    def _once(self, x, y, restart: int, watch, index: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        """One run on the images `index` (x, y are theirs) through `network`; returns the final iterates."""
         raise NotImplementedError
 
     def _begin(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -198,8 +211,9 @@ class KPlusOnePGD(AdaptiveAttack):
         loss = KPLUSONE_LOSSES[self.loss]
         return lambda outputs: loss(outputs.combined, y)
 
-    def _once(self, x, y, restart, watch, index):
-        return projected_gradient_ascent(DefendedOutputs(self.defended), x, self._objective(y), self.constraint,
+    def _once(self, x, y, restart, watch, index, network):
+        return projected_gradient_ascent(DefendedOutputs(self.defended, network=network), x, self._objective(y),
+                                         self.constraint,
                                          self.steps, self.step_size, random_start=self._starts_random(restart),
                                          generator=self.generator, watch=watch)
 
@@ -221,8 +235,9 @@ class KPlusOneAPGD(KPlusOnePGD):
         super().__init__(defended, eps, 2 * eps, steps, norm, restarts, loss, random_start, generator)
         self.rho = float(rho)
 
-    def _once(self, x, y, restart, watch, index):
-        return auto_projected_gradient_ascent(DefendedOutputs(self.defended), x, self._objective(y), self.constraint,
+    def _once(self, x, y, restart, watch, index, network):
+        return auto_projected_gradient_ascent(DefendedOutputs(self.defended, network=network), x,
+                                              self._objective(y), self.constraint,
                                               self.steps, random_start=self._starts_random(restart),
                                               generator=self.generator, rho=self.rho, watch=watch)
 
@@ -258,14 +273,15 @@ class PenaltyPGD(AdaptiveAttack):
     def _begin(self, x, y):
         self.lams = torch.full((x.shape[0],), self.lam, dtype=x.dtype, device=x.device)
 
-    def _once(self, x, y, restart, watch, index):
+    def _once(self, x, y, restart, watch, index, network):
         lam = self.lams[index]
 
         def objective(outputs: Outputs) -> torch.Tensor:
             margin = classification_margin(outputs.logits, y).clamp(max=self.confidence)
             return margin - lam * F.relu(outputs.score + self.score_margin).to(margin.dtype)
 
-        return projected_gradient_ascent(DefendedOutputs(self.defended), x, objective, self.constraint, self.steps,
+        return projected_gradient_ascent(DefendedOutputs(self.defended, network=network), x, objective,
+                                         self.constraint, self.steps,
                                          self.step_size, random_start=self._starts_random(restart),
                                          generator=self.generator, watch=watch)
 

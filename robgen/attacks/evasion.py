@@ -55,21 +55,23 @@ class DefendedOutputs(nn.Module):
     nn.Linear, caught in the same pass), for attacks that match them.
     """
 
-    def __init__(self, defended: DefendedClassifier, features: bool = False) -> None:
+    def __init__(self, defended: DefendedClassifier, features: bool = False,
+                 network: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.defended = check_defended(defended)
         self.features = bool(features)
+        self.network = defended.model if network is None else network  # the model, or its fused copy
         if self.features:
-            last_linear(defended.model)  # a model without a linear head has no penultimate features: say so now
+            last_linear(self.network)  # a model without a linear head has no penultimate features: say so now
 
     def forward(self, x: torch.Tensor) -> Outputs:
         if not self.features:
-            return Outputs(*self.defended.outputs(x))
+            return Outputs(*self.defended.outputs(x, self.network))
         caught: List[torch.Tensor] = []
-        hook = last_linear(self.defended.model).register_forward_hook(
+        hook = last_linear(self.network).register_forward_hook(
             lambda module, inputs, output: caught.append(inputs[0].flatten(1)))
         try:
-            logits, score = self.defended.outputs(x)
+            logits, score = self.defended.outputs(x, self.network)
         finally:
             hook.remove()
         return Outputs(logits, score, caught[-1])
@@ -98,10 +100,13 @@ class EvasionTracker:
 
     @torch.no_grad()
     def observe(self, points: torch.Tensor, outputs: Tuple[torch.Tensor, ...],
-                index: Optional[torch.Tensor] = None) -> torch.Tensor:
+                index: Optional[torch.Tensor] = None, verify: bool = False) -> torch.Tensor:
         """Look at `points` of the images `index` (default: all, in order) with their `(logits, score, ...)`.
 
         Keeps the points that evade for images that had none; returns (n,) bool, which evade.
+        `verify`: the outputs came from another network than the defended model (its fused copy),
+        so a point that would be a first evasion is kept only if the defended classifier itself,
+        run once more on it, also finds it misclassified and accepted (a pass over those few points).
         """
         index = self._index(index)
         logits, score = outputs[0].detach(), outputs[1].detach()
@@ -111,15 +116,23 @@ class EvasionTracker:
         evading = (logits.argmax(1) != self.y[index]) & (score <= 0)
         self.observed[index] += 1
         new = evading & ~self.evaded[index]
+        if verify and bool(new.any()):
+            candidates = new.nonzero()[:, 0]
+            again_logits, again_score = self.defended.outputs(points.detach()[candidates])
+            lost = candidates[~((again_logits.argmax(1) != self.y[index[candidates]]) & (again_score <= 0))]
+            evading, new = evading.clone(), new.clone()
+            evading[lost], new[lost] = False, False
         if bool(new.any()):
             where = index[new]
             self.images[where] = points.detach()[new].to(self.images.dtype)
             self.evaded[where] = True
         return evading
 
-    def watch(self, index: Optional[torch.Tensor] = None) -> Callable[[int, torch.Tensor, Tuple], None]:
-        """A `watch(step, x_k, outputs_k)` hook for the engine's loops, for the images `index` (default: all)."""
-        return lambda step, points, outputs: self.observe(points, outputs, index)
+    def watch(self, index: Optional[torch.Tensor] = None,
+              verify: bool = False) -> Callable[[int, torch.Tensor, Tuple], None]:
+        """A `watch(step, x_k, outputs_k)` hook for the engine's loops, for the images `index` (default: all);
+        `verify`: the loop runs another network than the defended model (see `observe`)."""
+        return lambda step, points, outputs: self.observe(points, outputs, index, verify)
 
     @torch.no_grad()
     def check(self, points: torch.Tensor, index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -100,14 +100,14 @@ class LogitMatching(AdaptiveAttack):
         self._counts = other.sum(1)
         self._goals, self._goal_labels = goals, labels
 
-    def _once(self, x, y, restart, watch, index):
+    def _once(self, x, y, restart, watch, index, network):
         pick = self._order[index, restart % self._counts[index]]
         goal = self._goals[pick]
 
         def objective(outputs: Outputs) -> torch.Tensor:
             return -(self._matched(outputs) - goal).pow(2).flatten(1).sum(1)
 
-        module = DefendedOutputs(self.defended, features=self.match == "features")
+        module = DefendedOutputs(self.defended, features=self.match == "features", network=network)
         return projected_gradient_ascent(module, x, objective, self.constraint, self.steps, self.step_size,
                                          random_start=self._starts_random(restart), generator=self.generator,
                                          watch=watch)

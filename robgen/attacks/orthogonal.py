@@ -60,8 +60,8 @@ class OrthogonalPGD(AdaptiveAttack):
         self.project_classifier, self.project_detector = bool(project_classifier), bool(project_detector)
         self.flip_margin = float(flip_margin)
 
-    def _once(self, x, y, restart, watch, index):
-        model, classification = DefendedOutputs(self.defended), CLASSIFICATION_LOSSES[self.loss]
+    def _once(self, x, y, restart, watch, index, network):
+        model, classification = DefendedOutputs(self.defended, network=network), CLASSIFICATION_LOSSES[self.loss]
         per_image = (-1,) + (1,) * (x.ndim - 1)
         x_k = self.constraint.random_start(x, self.generator) if self._starts_random(restart) else x.clone()
         for step in range(self.steps):

@@ -87,16 +87,22 @@ class DefendedClassifier(nn.Module):
         """The model's logits (N, K), as if undefended."""
         return self.model(x)
 
-    def outputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(logits (N, K), score (N,)) from one forward pass of the model; score > 0 means rejected."""
+    def outputs(self, x: torch.Tensor, network: Optional[nn.Module] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, K), score (N,)) from one forward pass of the model; score > 0 means rejected.
+
+        `network`: what runs the pass instead of the model, the model's fused copy during an attack
+        (robgen.engine.fused: the same function up to float rounding, which is why an attack's
+        evasions are confirmed by the model itself, `EvasionTracker.observe(verify=True)`).
+        """
+        network = self.model if network is None else network
         features: Optional[torch.Tensor] = None
         caught: List[torch.Tensor] = []
         hook = None
         if self.reject.needs_features:  # catch the last linear layer's input, inside the autograd graph
-            hook = last_linear(self.model).register_forward_hook(
+            hook = last_linear(network).register_forward_hook(
                 lambda module, inputs, output: caught.append(inputs[0].flatten(1)))
         try:
-            logits = self.model(x)
+            logits = network(x)
         finally:
             if hook is not None:
                 hook.remove()

@@ -129,8 +129,8 @@ class _TracingTracker(EvasionTracker):
         self.temperature, self.total, self.report = temperature, max(1, total), progress
         self.rows: List[List[float]] = []
 
-    def observe(self, points, outputs, index=None):
-        evading = super().observe(points, outputs, index)
+    def observe(self, points, outputs, index=None, verify=False):
+        evading = super().observe(points, outputs, index, verify)
         logits, score = outputs[0].detach().float(), outputs[1].detach().float()
         labels = self.y[self._index(index)]
         energies = energy(logits, self.temperature, check=False)

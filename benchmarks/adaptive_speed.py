@@ -1,0 +1,95 @@
+"""The adaptive attacks fused and unfused, side by side: what the fused copy saves an adaptive evaluation.
+
+On the shipped `cifar10-resnet10-standard` with an energy reject option (5% FPR, calibrated on
+the first 512 CIFAR-10 training images, or on random pixels where the data set is absent: this
+times the attacks, it measures no detector), prints in one run, for each of (K+1) APGD-CE,
+Penalty PGD and Orthogonal PGD:
+
+- fused: the attack as `python -m robgen adaptive` runs it (steps through the model's fused copy,
+  robgen/engine/fused.py; first evasions confirmed by the model itself);
+- unfused: the same attack with `attack.fused = False`;
+
+the median time over rounds (the two on the same batch, alternating which goes first) and the ratio
+fused / unfused, and checks that both find evasions on the same images.
+
+    python benchmarks/adaptive_speed.py [--rounds 3] [--batch 32] [--steps 20] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import robgen  # noqa: E402
+from robgen.attacks.adaptive import KPlusOneAPGD, PenaltyPGD  # noqa: E402
+from robgen.attacks.evasion import EvasionTracker  # noqa: E402
+from robgen.attacks.orthogonal import OrthogonalPGD  # noqa: E402
+from robgen.detection.defended import DefendedClassifier  # noqa: E402
+from robgen.detection.reject import make_reject_option  # noqa: E402
+
+
+def images(n: int, offset: int, train: bool, device: torch.device):
+    """n CIFAR-10 images (train or test split) from `offset`, or random pixels where the data set is absent."""
+    try:
+        from robgen.data import load_dataset
+
+        data = load_dataset("cifar10", split="train" if train else "test")
+        xs = torch.stack([data[i][0] for i in range(offset, offset + n)])
+    except Exception as error:  # noqa: BLE001  (absent data: random pixels still time the attacks)
+        print(f"CIFAR-10 not found ({type(error).__name__}): random pixels")
+        xs = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(offset))
+    return xs.to(device)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    model = robgen.load_model("cifar10-resnet10-standard").to(device).eval()
+    reject = make_reject_option("energy", target_fpr=0.05).calibrate(model, images(512, 0, True, device))
+    defended = DefendedClassifier(model, reject)
+    builders = {
+        "k+1 apgd-ce": lambda g: KPlusOneAPGD(defended, eps=8 / 255, steps=args.steps, loss="ce", generator=g),
+        "penalty": lambda g: PenaltyPGD(defended, eps=8 / 255, steps=args.steps, restarts=1, generator=g),
+        "orthogonal": lambda g: OrthogonalPGD(defended, eps=8 / 255, steps=args.steps, generator=g),
+    }
+    print(f"{'attack':>14} {'fused s':>9} {'unfused s':>10} {'ratio':>7}  same evasions")
+    for name, build in builders.items():
+        times = {True: [], False: []}
+        same = True
+        for round_ in range(args.rounds):
+            x = images(args.batch, round_ * args.batch, False, device)
+            with torch.no_grad():
+                y = model(x).argmax(1)
+            evaded = {}
+            for fused in ((True, False) if round_ % 2 == 0 else (False, True)):
+                attack = build(torch.Generator(device=device).manual_seed(round_))
+                attack.fused = fused
+                tracker = EvasionTracker(defended, x, y)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                attack.run(x, y, tracker)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[fused].append(time.perf_counter() - start)
+                evaded[fused] = tracker.evaded
+            same &= bool(torch.equal(evaded[True], evaded[False]))
+        fused_s, unfused_s = statistics.median(times[True]), statistics.median(times[False])
+        print(f"{name:>14} {fused_s:9.2f} {unfused_s:10.2f} {fused_s / unfused_s:7.2f}  {same}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
