@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU work of the adaptive-evaluation issue, for a session that is lent an accelerator: the committed adaptive
+# runs (every detector, 500 test images, 100 steps, 3 restarts, a range of eps for the DARA-against-eps figure).
+#
+# Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
+#                (.device-data/ is git-ignored; name it in the device tool's `carry`)
+# There:         bash scripts/device_adaptive.sh [MODEL ...]     # default: the three CIFAR-10 models, in order
+#                Each model's run keeps its finished stages in runs/adaptive/<model>/.stages on the warm machine,
+#                so a call cut at the 10-minute limit continues where it stopped when made again.
+# Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
+#                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
+#
+# Estimated cost (python -m robgen adaptive --estimate-only): per CIFAR-10 model and eps, about 7.5 million
+# forward+backward image-passes at most (6 suites: 5 detectors and the detector off). $OUT gets, per model, the
+# folder `python -m robgen adaptive` writes (results.json, results.md, adaptive_dara.png, detectors/), without
+# its stages: copy each to results/adaptive/<model>/ here. Imagenette models (DATA=imagenette) need the
+# Imagenette archive: see scripts/device_imagenette.sh for how it travels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/device}
+DATA_ROOT=${ROBGEN_DATA:-$PWD/.device-data}
+DATA=${DATA:-cifar10}
+EPS=${EPS:-4/255,8/255,64/255}  # 64/255: the "near 0 at a large eps" sanity check
+DETECTORS=${DETECTORS:-energy,band,class-energy,multi-t,mahalanobis}
+LIMIT=500 STEPS=100 RESTARTS=3 BATCH=${BATCH:-500}
+if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255; fi
+MODELS=("$@")
+if [ ${#MODELS[@]} -eq 0 ]; then
+    MODELS=(cifar10-resnet10-standard cifar10-resnet10-robust cifar10-resnet10-quasirobust)
+fi
+mkdir -p "$OUT" "$DATA_ROOT" runs/adaptive
+if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
+    tar xzf .device-data/cifar10-imagefolder.tar.gz -C "$DATA_ROOT"
+fi
+PY=${PYTHON:-python3}
+for model in "${MODELS[@]}"; do
+    run="runs/adaptive/$model"
+    if [ -e "$run/results.json" ]; then echo "$model: done before"; else
+        $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \
+            --eps "$EPS" --limit "$LIMIT" --steps "$STEPS" --restarts "$RESTARTS" --batch-size "$BATCH" \
+            --out "$run" > "$OUT/adaptive-$model.log" 2>&1 || { tail -n 20 "$OUT/adaptive-$model.log"; exit 1; }
+    fi
+    mkdir -p "$OUT/adaptive/$model"
+    cp -r "$run"/results.json "$run"/results.md "$run"/adaptive_dara.png "$run"/detectors "$OUT/adaptive/$model/"
+    tail -n 12 "$OUT/adaptive-$model.log" 2>/dev/null || true
+done
+ls -la "$OUT/adaptive"
