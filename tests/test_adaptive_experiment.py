@@ -218,12 +218,16 @@ def test_the_detector_switched_off_accepts_everything_and_leaves_the_attack_a_pl
 def test_the_estimate_counts_every_attack_restart_and_suite():
     settings = AdaptiveSettings(detectors=("energy", "band"), eps_list=(8 / 255,), steps=10, restarts=2,
                                 lambdas=(1.2,), batch_size=5, match_targets=3)
-    estimate = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
+    estimate = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0, shared_references=False)
     # per image and suite: 4 attacks at r*s (pgd, penalty, matching, orthogonal twice) + 2 APGD at r*(s+1) + 2 at s
     per_suite = 2 * 10 * 3 + 2 * 10 * 2 + 2 * 2 * 11 + 10 + 10
     assert estimate["suites"] == 3 and estimate["forward_backward_passes"] == 3 * 10 * per_suite
     forwards = 6 * 2 + 2 * 1 + 8 * 2  # restarts (adaptive) or 1, plus the clean and the stored point per attack
     assert estimate["forward_passes"] == 3 * (10 * forwards + 2 * 3) + 7 + 10
+    # the references (PGD, one HE-PGD) computed once per eps for all three suites: s passes and one forward each
+    shared = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
+    assert shared["forward_backward_passes"] == 3 * 10 * (per_suite - 2 * 10) + 10 * 2 * 10
+    assert shared["forward_passes"] == 3 * (10 * 6 * 4 + 2 * 3) + 10 * 2 + 7 + 10
 
 
 def _entry(count, n=10):
@@ -288,3 +292,59 @@ def test_an_error_while_attacking_is_not_reported_as_bad_input(checkpoint, toy_d
     monkeypatch.setattr(experiment, "run_suites", broken)
     with pytest.raises(RuntimeError, match="failed while attacking.*a bug inside the suite"):
         main(command(checkpoint, toy_data, tmp_path / "out"))
+
+
+def test_a_reference_computed_once_and_judged_by_each_detector_equals_running_it_per_detector(checkpoint, toy_data):
+    """The shared references (`reference_stage` + `judge_reference`) give, detector by detector, the flags that
+    `suite_stage` gives the same attack from the same seed: evasions, final-point verdicts, clean flags, scores."""
+    from robgen import data as datasets
+    from robgen.detection.defended import DefendedClassifier
+    from robgen.experiments.adaptive_suite import judge_reference, make_suite_attack, reference_stage, suite_stage
+    from robgen.experiments.pipeline import detection_splits, model_outputs, tensor_batches
+
+    model = robgen.load_model(checkpoint).eval()
+    splits = detection_splits(model, str(toy_data))
+    x, y = datasets.load_tensors(datasets.first(splits.test, 12, "test"))
+    validation, _ = datasets.load_tensors(splits.validation)
+    train_x, train_y = datasets.load_tensors(datasets.first(splits.train, 40, "train"))
+    energy = make_reject_option("energy").calibrate(model, validation)
+    mahalanobis = make_reject_option("mahalanobis").fit_reference_on(model, train_x, train_y)
+    mahalanobis.calibrate(model, validation)
+    settings = AdaptiveSettings(detectors=("energy", "mahalanobis"), steps=3, lambdas=(1.2,))
+    clean = model_outputs(model, tensor_batches(x, y, 5), features=True, progress=False)
+    for name in ("pgd (bare model)", "hepgd lam=1.2 (bare model)"):
+        seed = torch.Generator().manual_seed(7)
+        attack = make_suite_attack(name, DefendedClassifier(model, energy), 16 / 255, settings, seed, (x, y))
+        points = reference_stage(model, attack, x, y, 5, True, lambda fraction: None)
+        for option in (energy, mahalanobis):
+            defended = DefendedClassifier(model, option)
+            judged = judge_reference(option, points, clean.logits, clean.features)
+            seed = torch.Generator().manual_seed(7)
+            direct = suite_stage(defended, make_suite_attack(name, defended, 16 / 255, settings, seed, (x, y)), name,
+                                 x, y, 16 / 255, 5, seed, lambda fraction: None)
+            for key in ("evaded", "misclassified", "rejected", "clean_correct", "clean_accepted", "labels"):
+                assert torch.equal(judged[key], direct[key]), (name, option.kind, key)
+            assert torch.allclose(judged["point_score"], direct["point_score"], rtol=1e-5, atol=1e-5)
+            assert judged["misclassified"].any(), "the toy attack succeeds somewhere: the comparison is not vacuous"
+
+
+def test_references_run_once_per_eps_unless_a_detector_reads_the_images(checkpoint, toy_data, monkeypatch, same_code):
+    from robgen.detection.reject import RejectOption
+    from robgen.experiments.adaptive import adaptive_evaluation
+    from robgen.experiments.adaptive_suite import SuiteStageStore
+
+    model = robgen.load_model(checkpoint).eval()
+    stages = []
+    real_run = SuiteStageStore.run
+    monkeypatch.setattr(SuiteStageStore, "run", lambda self, name, compute: stages.append(name) or real_run(
+        self, name, compute))
+    settings = dict(eps_list=(8 / 255,), limit=4, steps=1, restarts=1, lambdas=(1.2,), batch_size=4, progress=False)
+    adaptive_evaluation(model, str(toy_data), detectors=("energy", "band"), **settings)
+    references = [name for name in stages if "bare model" in name]
+    assert sorted(references) == ["reference-eps8/255-hepgd lam=1.2 (bare model)", "reference-eps8/255-pgd (bare model)"]
+    stages.clear()
+    brightness = RejectOption.from_callable(lambda x: x.mean((1, 2, 3)), on="input", name="brightness")
+    brightness.calibrate(model, torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    adaptive_evaluation(model, str(toy_data), detectors=(brightness, "energy"), **settings)
+    references = [name for name in stages if "bare model" in name]
+    assert len(references) == 3 * 2 and not any(name.startswith("reference") for name in references)

@@ -121,7 +121,7 @@ def command_adaptive(args) -> int:
     from .. import data as datasets
     from .. import distributed
     from ..experiments.adaptive import STAGES, AdaptiveSettings, adaptive_evaluation, estimate_passes, \
-        require_validation_split
+        require_validation_split, shares_references
 
     keywords = _check_arguments(args)
     try:  # the settings' own checks, before the model is loaded (detector files are named after loading it)
@@ -138,7 +138,8 @@ def command_adaptive(args) -> int:
     settings = AdaptiveSettings(**{**keywords, "detectors": (*keywords["detectors"], *(o.kind for o in given))})
     estimate = estimate_passes(
         settings, settings.limit, datasets.model_val_size(model.spec, args.data),
-        settings.reference_size if "mahalanobis" in keywords["detectors"] else 0)
+        settings.reference_size if "mahalanobis" in keywords["detectors"] else 0,
+        shares_references({option.kind: option for option in given}))
     if distributed.is_main():
         print(f"estimate: {estimate['forward_backward_passes']:,} forward+backward and {estimate['forward_passes']:,} "
               f"forward image-passes at most ({estimate['suites']} suites of {len(settings.attacks)} attacks on "

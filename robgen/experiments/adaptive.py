@@ -50,8 +50,8 @@ from ..models.state import model_device
 from ..progress import step_reporter
 from . import stages as stage_files
 from .adaptive_report import OFF, summarise, write_report
-from .adaptive_suite import (ADAPTIVE, DetectorOff, SuiteStageStore, hepgd_name, make_suite_attack,
-                             matching_skip_reason, suite_names, suite_stage)
+from .adaptive_suite import (ADAPTIVE, DetectorOff, SuiteStageStore, hepgd_name, judge_reference,
+                             make_suite_attack, matching_skip_reason, reference_stage, suite_names, suite_stage)
 from .pipeline import detection_splits, model_outputs, tensor_batches
 from .stages import model_fingerprint, run_environment, stage_seed
 
@@ -121,30 +121,39 @@ def require_validation_split(spec, data) -> None:
         "(python -m robgen train records its split)")
 
 
-def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, n_reference: int = 0) -> dict:
+def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, n_reference: int = 0,
+                    shared_references: bool = True) -> dict:
     """Image-passes through the model a run will make, before it runs: an upper bound (a later restart runs
     only on the images no earlier one evaded).
 
     Per image and suite: (K+1) PGD, Penalty PGD and logit matching `restarts x steps` forward+backward
     passes, APGD `restarts x (steps + 1)`, Orthogonal PGD `restarts x steps` forwards with two backward
-    passes each (counted as two), PGD and each HE-PGD `steps`; forwards: one per restart (the final
-    point), the suite's clean pass and the stored point's pass per attack, logit matching's targets per
-    batch. Suites: one per detector and eps, plus the detector switched off per eps. Then the clean
-    validation pass (calibration), the Mahalanobis reference and the bare model's clean test pass.
+    passes each (counted as two); forwards: one per restart (the final point), the suite's clean pass and
+    the stored point's pass per attack, logit matching's targets per batch. Suites: one per detector and
+    eps, plus the detector switched off per eps. The non-adaptive references, PGD and each HE-PGD, `steps`
+    forward+backward passes and one forward: once per eps when `shared_references` (`run_suites`), else
+    in every suite. Then the clean validation pass (calibration), the Mahalanobis reference and the
+    clean test pass.
     """
     s, r = settings.steps, settings.restarts
     gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1),
                 "orthogonal pgd": 2 * r * s, "penalty pgd": r * s, "logit matching": r * s, "pgd (bare model)": s,
                 **{hepgd_name(lam): s for lam in settings.lambdas}}
-    forward = {name: (r if name in ADAPTIVE else 1) + 2 for name in gradient}
+    forward = {name: (r + 2 if name in ADAPTIVE else (1 if shared_references else 3)) for name in gradient}
     suites = (len(settings.detectors) + 1) * len(settings.eps_list)
+    per_suite = [name for name in gradient if name in ADAPTIVE or not shared_references]
+    once = [name for name in gradient if name not in per_suite]
     batches = math.ceil(n_test / settings.batch_size)
-    backward_total = suites * n_test * sum(gradient.values())
-    forward_total = (suites * (n_test * sum(forward.values()) + batches * settings.match_targets)
+    backward_total = n_test * (suites * sum(gradient[name] for name in per_suite)
+                               + len(settings.eps_list) * sum(gradient[name] for name in once))
+    forward_total = (suites * (n_test * sum(forward[name] for name in per_suite) + batches * settings.match_targets)
+                     + len(settings.eps_list) * n_test * sum(forward[name] for name in once)
                      + n_validation + n_reference + n_test)
     return {"forward_backward_passes": backward_total, "forward_passes": forward_total, "suites": suites,
             "n_test": n_test, "per_image_per_suite": {name: {"forward_backward": gradient[name],
-                                                             "forward": forward[name]} for name in gradient},
+                                                             "forward": forward[name]} for name in per_suite},
+            "per_image_per_eps": {name: {"forward_backward": gradient[name], "forward": forward[name]}
+                                  for name in once},
             "note": "an upper bound: later restarts run only on the images not yet evaded"}
 
 
@@ -182,16 +191,54 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
     return options
 
 
+def shares_references(reject: Mapping[str, RejectOption]) -> bool:
+    """Whether the non-adaptive references can be computed once per eps for every detector: each detector's score
+    is a function of the logits (and penultimate features) at a point, which the reference stage keeps. A user's
+    detector of the input images needs the points themselves, so then each detector runs its own references."""
+    return not any(option.needs_inputs for option in reject.values())
+
+
 def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSettings, x: torch.Tensor,
-               y: torch.Tensor, targets: Tuple[torch.Tensor, torch.Tensor], store: SuiteStageStore, progress=True):
+               y: torch.Tensor, targets: Tuple[torch.Tensor, torch.Tensor], store: SuiteStageStore, clean=None,
+               progress=True):
     """Every (detector, eps, attack) stage, computed or read back from `store`: ({detector: {eps: {attack:
     per-image flags}}}, {detector: why logit matching was skipped}). A stage's generator is seeded by
-    `stage_seed(settings.seed, stage name)` alone."""
+    `stage_seed(settings.seed, stage name)` alone.
+
+    The adaptive attacks run once per detector and eps. The non-adaptive references (PGD and HE-PGD on the bare
+    model) run once per eps, as stages "reference-eps<eps>-<attack>", and each detector judges their points
+    (`judge_reference`), when `shares_references` and `clean` (the clean test images' `ModelOutputs`, in data
+    order, with features when a detector reads them) is given; else once per detector, like the adaptive ones.
+    """
     flags: Dict[str, Dict[float, Dict[str, Dict[str, torch.Tensor]]]] = {}
     skipped: Dict[str, str] = {}
-    total = len(reject) * len(settings.eps_list) * len(settings.attacks)
+    shared = clean is not None and shares_references(reject)
+    references = tuple(name for name in settings.attacks if name not in ADAPTIVE) if shared else ()
+    features = any(option.needs_features for option in reject.values())
+    total = (len(reject) * (len(settings.attacks) - len(references)) + len(references)) * len(settings.eps_list)
     bar = step_reporter(progress if distributed.is_main() else None, "adaptive attacks")
     done = 0
+
+    def reporter():
+        nonlocal done
+        done += 1
+        return (lambda fraction, at=done - 1: bar((at + fraction) / total)) if bar else (lambda fraction: None)
+
+    def generator_for(stage: str) -> torch.Generator:
+        return torch.Generator(device=model_device(model)).manual_seed(stage_seed(settings.seed, stage))
+
+    shared_points: Dict[float, Dict[str, Dict[str, torch.Tensor]]] = {}
+    if references:
+        bare = DefendedClassifier(model, reject[OFF])  # the references attack `bare.model` alone
+        for eps in settings.eps_list:
+            for name in references:
+                stage, report = f"reference-eps{eps_label(eps)}-{name}", reporter()
+
+                def compute(name=name, eps=eps, generator=generator_for(stage), report=report):
+                    attack = make_suite_attack(name, bare, eps, settings, generator, targets)
+                    return reference_stage(model, attack, x, y, settings.batch_size, features, report)
+
+                shared_points.setdefault(eps, {})[name] = store.run(stage, compute)
     for detector, option in reject.items():
         defended = DefendedClassifier(model, option)
         reason = matching_skip_reason(defended, *targets)
@@ -200,15 +247,16 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
             logger.warning("logit matching against %s skipped: %s", detector, reason)
         for eps in settings.eps_list:
             for name in settings.attacks:
-                stage = f"{detector}-eps{eps_label(eps)}-{name}"
-                report = (lambda fraction, at=done: bar((at + fraction) / total)) if bar else (lambda fraction: None)
-                done += 1
+                if name in references:
+                    flags.setdefault(detector, {}).setdefault(eps, {})[name] = judge_reference(
+                        option, shared_points[eps][name], clean.logits, clean.features)
+                    continue
+                stage, report = f"{detector}-eps{eps_label(eps)}-{name}", reporter()
                 if name == "logit matching" and reason is not None:
                     report(1.0)
                     continue
-                generator = torch.Generator(device=model_device(model)).manual_seed(stage_seed(settings.seed, stage))
 
-                def compute(name=name, eps=eps, generator=generator, defended=defended, report=report):
+                def compute(name=name, eps=eps, generator=generator_for(stage), defended=defended, report=report):
                     attack = make_suite_attack(name, defended, eps, settings, generator, targets)
                     return suite_stage(defended, attack, name, x, y, eps, settings.batch_size, generator, report)
 
@@ -246,7 +294,7 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     splits = detection_splits(model, data, data_root=data_root, download=download)  # the split training held out
     x, y = datasets.load_tensors(datasets.first(splits.test, settings.limit, "test split"))
     n_reference = min(settings.reference_size, len(splits.train)) if "mahalanobis" in set(names) - set(given) else 0
-    estimate = estimate_passes(settings, len(x), len(splits.validation), n_reference)
+    estimate = estimate_passes(settings, len(x), len(splits.validation), n_reference, shares_references(given))
     logger.info("adaptive evaluation: at most %s forward+backward and %s forward image-passes (%d suites of %d "
                 "attacks on %d images)", f"{estimate['forward_backward_passes']:,}", f"{estimate['forward_passes']:,}",
                 estimate["suites"], len(settings.attacks), len(x))
@@ -261,8 +309,9 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
         "detectors": {name: _option_digest(option) for name, option in reject.items()},
         "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)})
     try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
-        clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False)
-        flags, skipped = run_suites(model, reject, settings, x, y, targets, store, progress)
+        clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False,
+                              features=any(option.needs_features for option in reject.values()))
+        flags, skipped = run_suites(model, reject, settings, x, y, targets, store, clean, progress)
     except (FileNotFoundError, ValueError) as error:
         raise RuntimeError(f"the adaptive evaluation failed while attacking, after its set-up: {error}") from error
     wall = time.perf_counter() - started + store.reused_seconds

@@ -11,6 +11,8 @@
 - `suite_stage`: one attack over the test images through `run_suite`, batch by batch, this rank's
   share of the batches under torchrun, each batch's random draws seeded by its index; every rank
   gets every batch's flags back, in data order.
+- `reference_stage`, `judge_reference`: a non-adaptive reference's points, computed once per eps (they
+  do not depend on the detector), then judged by each detector.
 - `SuiteStageStore`: `experiments.stages.StageStore` for such flags (a dict of tensors per stage).
 """
 
@@ -34,7 +36,7 @@ from ..detection.reject import RejectOption
 from ..models.state import eval_mode, model_device
 from . import stages as stage_files
 from .adaptive_report import OFF
-from .pipeline import tensor_batches
+from .pipeline import model_outputs, tensor_batches
 
 ADAPTIVE = ("k+1 pgd", "k+1 apgd-ce", "k+1 apgd-dlr", "orthogonal pgd", "penalty pgd", "logit matching")
 BARE_PGD = "pgd (bare model)"
@@ -141,6 +143,42 @@ def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor
             report((done + 1) / len(share))
     rows = distributed.gather_in_order(rows)
     return {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
+
+
+def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, features: bool,
+                    report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
+    """A non-adaptive reference (PGD or HE-PGD on the bare model) over (x, y), once for every detector: per image
+    (on the CPU, in data order) the model's "point_logits" at the attack's final point, "labels", and with
+    `features` the penultimate "point_features" there. `judge_reference` turns it into a detector's flags.
+
+    The attack knows no detector, so its points are the same whichever detector judges them: the suite computes
+    them once per eps instead of once per detector. Batches, per-batch seeds and the torchrun share as in
+    `suite_stage` (through `pipeline.model_outputs`).
+    """
+    outputs = model_outputs(model, tensor_batches(x, y, batch_size), attack=attack, features=features,
+                            progress=lambda fraction, desc="": report(fraction))
+    stage = {"point_logits": outputs.logits.float(), "labels": outputs.labels}
+    if features:
+        stage["point_features"] = outputs.features
+    return {key: value.detach().cpu().contiguous() for key, value in stage.items()}
+
+
+@torch.no_grad()
+def judge_reference(reject: RejectOption, stage: Dict[str, torch.Tensor], clean_logits: torch.Tensor,
+                    clean_features: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A reference stage (`reference_stage`) judged by one detector: the flags `suite_stage` gives an attack.
+
+    A non-adaptive attack is judged at its final point only: "evaded" = misclassified and accepted there.
+    The clean flags come from the clean test images' logits (and features) in data order.
+    """
+    needs = reject.needs_features
+    logits, labels = stage["point_logits"], stage["labels"]
+    score = reject.score_from(logits, stage["point_features"] if needs else None).double()
+    clean_score = reject.score_from(clean_logits, clean_features if needs else None)
+    misclassified, rejected = logits.argmax(1) != labels, score > 0
+    return {"evaded": misclassified & ~rejected, "misclassified": misclassified, "rejected": rejected,
+            "clean_correct": clean_logits.argmax(1) == labels, "clean_accepted": clean_score <= 0, "labels": labels,
+            "point_logits": logits, "point_score": score}
 
 
 class SuiteStageStore(stage_files.StageStore):
