@@ -250,3 +250,15 @@ def test_an_energy_detector_becomes_the_reject_option_that_rejects_exactly_what_
         DefendedClassifier(tiny_model(seed=1), option)
     with pytest.raises(RuntimeError, match="no threshold"):
         EnergyReject.from_detector(EnergyDetector(), model)
+
+
+def test_energy_gap_is_minus_log_top_probability_and_rejects_doubt():
+    logits = clean_logits(200)
+    option = make_reject_option("energy-gap", target_fpr=0.1).fit(logits)
+    gap = option.values(logits)
+    assert torch.allclose(gap, -torch.log_softmax(logits, 1).max(1).values, atol=1e-5)
+    assert torch.allclose(option.score_from(logits), gap - option.threshold)
+    assert not bool(option.rejects(adversarial_looking_logits())[0])  # confident: accepted
+    assert bool(option.rejects(torch.zeros(1, 10))[0])  # uniform doubt, -log 0.1: the largest gap there is
+    hot = make_reject_option("energy-gap", temperature=2.0).values(logits)
+    assert torch.allclose(hot, -logits.max(1).values + 2.0 * torch.logsumexp(logits / 2.0, 1), atol=1e-5)

@@ -21,7 +21,7 @@ from typing import List, Tuple
 from .common import UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
-DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis")
+DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap")
 PRODUCTS = ["results.json", "results.md", "adaptive_dara.png"]
 
 

@@ -11,6 +11,8 @@ looks adversarial is positive:
     "multi-t"       E_t(x) at temperatures t_1..t_M        some E_t(x) < tau_t    max_t (tau_t - E_t(x))
     "mahalanobis"   min_c Mahalanobis distance of the      distance > t           distance - t
                     penultimate features to class c
+    "energy-gap"    E(x, ŷ) - E_T(x) (= -log p(ŷ|x) at     gap > t                gap - t
+                    T = 1)
     "custom"        a user's s(x) (or s(logits))           s > t                  s - t
 
 "energy" is Beadini & Masi (2023)'s detector: untargeted PGD lowers E(x), so low energy is
@@ -61,7 +63,7 @@ from .reject_base import (  # noqa: F401  (re-exported: the public face of rejec
 )
 
 __all__ = ["KINDS", "REJECT_OPTIONS", "RejectOption", "make_reject_option", "EnergyReject", "EnergyBandReject",
-           "ClassEnergyReject", "MultiTemperatureReject", "MahalanobisReject", "CallableReject",
+           "ClassEnergyReject", "MultiTemperatureReject", "MahalanobisReject", "EnergyGapReject", "CallableReject",
            "allowed_rejections", "lower_threshold", "upper_threshold", "FORMAT", "FORMAT_VERSION"]
 
 
@@ -196,6 +198,29 @@ class ClassEnergyReject(_LowStatisticReject):
 
     def values(self, logits, features=None, inputs=None):
         return class_energy(logits, logits.argmax(1), check=False)
+
+
+class EnergyGapReject(_HighStatisticReject):
+    """Reject a large gap between the class energy and the free energy: E(x, ŷ) - E_T(x) > t.
+
+    At T = 1 the gap is -log p(ŷ | x): the classifier's own doubt, read as a difference of the
+    paper's two energies. A robust model's adversarial examples sit near a decision boundary, so a
+    point the attacker can only just push across it has a low top probability; the adaptive
+    attacker must find a point misclassified *with confidence*. (Selective classification, as in
+    Stutz et al. 2020's confidence thresholding; here one more reject option under the same attacks.)
+    """
+
+    kind = "energy-gap"
+
+    def __init__(self, temperature: float = 1.0, target_fpr: float = 0.05) -> None:
+        super().__init__(target_fpr)
+        self.temperature = check_positive(temperature, "temperature")
+
+    def values(self, logits, features=None, inputs=None):
+        return class_energy(logits, logits.argmax(1), check=False) - energy(logits, self.temperature, check=False)
+
+    def settings(self):
+        return {"temperature": self.temperature}
 
 
 class MultiTemperatureReject(RejectOption):
@@ -351,14 +376,15 @@ class CallableReject(_HighStatisticReject):
 
 
 REJECT_OPTIONS = {option.kind: option for option in
-                  (EnergyReject, EnergyBandReject, ClassEnergyReject, MultiTemperatureReject, MahalanobisReject)}
+                  (EnergyReject, EnergyBandReject, ClassEnergyReject, MultiTemperatureReject, MahalanobisReject,
+                   EnergyGapReject)}
 KINDS: Tuple[str, ...] = tuple(REJECT_OPTIONS)
 
 
 def make_reject_option(kind: str, **settings) -> RejectOption:
     """An uncalibrated reject option of a known kind, e.g. `make_reject_option("energy", temperature=2.0)`.
 
-    Kinds: "energy", "band", "class-energy", "multi-t", "mahalanobis"; a user's detector comes
+    Kinds: "energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap"; a user's detector comes
     from `RejectOption.from_callable(fn)`.
     """
     if kind not in REJECT_OPTIONS:

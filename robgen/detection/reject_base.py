@@ -68,7 +68,7 @@ class RejectOption:
     from clean validation statistics) and `_score_from_values`; the rest (calibration, the model
     check, JSON) is shared. Attributes:
 
-    - `kind`: the registry name ("energy", "band", "class-energy", "multi-t", "mahalanobis", "custom");
+    - `kind`: the registry name ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "custom");
     - `target_fpr`: the clean false-positive rate the thresholds were set for;
     - `needs_features`: `score_from` needs the penultimate features (the input of the last nn.Linear);
     - `needs_inputs`: `score_from` needs the input images (a user's detector of x);

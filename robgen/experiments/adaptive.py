@@ -271,8 +271,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     """Calibrate, attack, report; see the module docstring. Writes results.json, results.md, adaptive_dara.png and
     detectors/ to `out_dir` (if given).
 
-    `detectors`: kinds ("energy", "band", "class-energy", "multi-t", "mahalanobis") to calibrate here, or reject
-    options already calibrated for this model (refused if calibrated for another). `options`: the other
+    `detectors`: kinds ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap") to calibrate
+    here, or reject options already calibrated for this model (refused if calibrated for another). `options`: the other
     `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets). `stage_dir` (default
     `out_dir/.stages`): the finished stages, read back by the same call after an interruption; removed once the
     results are written.
