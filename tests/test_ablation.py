@@ -37,6 +37,11 @@ def test_rows_are_measured_once_and_read_back(toy_data, four_class_checkpoint, t
     row = records[1]["rows"][0]
     assert row["n_validation"] == row["n_test"] == 24
     assert 0 <= row["detection_rate_ci"][0] <= row["detection_rate"] <= row["detection_rate_ci"][1] <= 1
+    at_fpr = row["at_paper_fpr"]  # the threshold that flags at most 1.67% of the 24 clean validation images: none
+    assert at_fpr["target_fpr"] == ablation.PAPER_CIFAR10["false_positive_rate"]
+    for key in ("detection_rate", "false_positive_rate"):
+        low, high = at_fpr[f"{key}_ci"]
+        assert 0 <= low <= at_fpr[key] <= high <= 1
     exact, jpeg = records[0]["rows"]
     assert exact["pixels"] == "exact PNG" and jpeg["pixels"] == "JPEG q75"
     assert jpeg["detection_rate_minus_exact"] == pytest.approx(jpeg["detection_rate"] - exact["detection_rate"])
@@ -59,6 +64,8 @@ def test_rows_are_measured_once_and_read_back(toy_data, four_class_checkpoint, t
     assert {path.name for path in paths} == {"results.json", "results.md", "ablation.png"}
     table = (out / "results.md").read_text()
     assert "| seed | a |" in table and "tiny (JPEG q75)" in table
+    assert f"{100 * at_fpr['detection_rate']:.1f} [" in table.split("| seed | a |")[1].split("\n")[0]
+    assert "not measured" in table  # the pixel rows do not read it
     assert len(json.loads((out / "results.json").read_text())["rows"]) == 3  # the first two files: 2 + 1 rows
 
 
@@ -107,3 +114,16 @@ def test_jpeg_copies_keep_grayscale_images_grayscale():
 
     x, _ = data.jpeg_copies(Gray(), 75)[0]
     assert x.shape == (1, 8, 8) and 0 <= x.min() and x.max() <= 1
+
+
+def test_a_kept_model_row_without_the_detection_at_the_papers_fpr_is_measured_again(toy_data, four_class_checkpoint,
+                                                                                     tmp_path):
+    out = tmp_path / "ablation"
+    spec = AblationSpec("seed", "a", str(four_class_checkpoint))
+    (record,) = ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
+    path = out / "rows" / spec.file_name
+    older = json.loads(path.read_text())
+    del older["rows"][0]["at_paper_fpr"]  # as a row measured before robgen recorded it
+    path.write_text(json.dumps(older))
+    (again,) = ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
+    assert again["rows"][0]["at_paper_fpr"] == record["rows"][0]["at_paper_fpr"]
