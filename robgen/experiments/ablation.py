@@ -29,6 +29,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import data as datasets
+from ..files import write_text_atomically
 from ..attacks import PGD
 from ..metrics import mean_interval, rate_interval
 from ..models.state import model_device
@@ -221,9 +222,7 @@ def _measured_elsewhere(folder: Path, settings: dict, fingerprint: str) -> Optio
 
 
 def _write(path: Path, record: dict) -> None:
-    temporary = path.with_suffix(".partial")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    temporary.replace(path)
+    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
 
 
 def read_rows(out_dir: Path) -> List[dict]:

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import distributed
+from ..files import write_atomically
 from ..attacks import PGD, HighEnergyPGD
 from ..attacks.adaptive import KPlusOneAPGD, KPlusOnePGD, PenaltyPGD
 from ..attacks.matching import LogitMatching
@@ -195,6 +196,6 @@ class SuiteStageStore(stage_files.StageStore):
         tensors = compute()
         if self.folder is not None and distributed.is_main():
             metadata = {"seconds": repr(time.perf_counter() - started)}
-            stage_files._write_atomically(self.path(name),
+            write_atomically(self.path(name),
                                           lambda path: save_file(tensors, str(path), metadata=metadata))
         return tensors

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from importlib import metadata
@@ -43,6 +42,7 @@ from safetensors.torch import save_file
 from .. import distributed
 from ..engine.fused import fusion_enabled
 from ..engine.trace import Trace
+from ..files import write_atomically
 from ..models.fingerprint import model_fingerprint  # noqa: F401  (a stage key's "model"; re-exported)
 from ..models.state import model_device
 from .pipeline import ModelOutputs
@@ -138,7 +138,7 @@ class StageStore:
                                  "with the same software to continue it, or pass --overwrite to start again")
         elif distributed.is_main():
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomically(key_file, lambda path: path.write_text(json.dumps(self.key, indent=2, sort_keys=True)))
+            write_atomically(key_file, lambda path: path.write_text(json.dumps(self.key, indent=2, sort_keys=True)))
 
     def path(self, name: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
@@ -155,7 +155,7 @@ class StageStore:
         outputs = compute()
         if self.folder is not None and distributed.is_main():
             seconds = time.perf_counter() - started
-            _write_atomically(self.path(name), lambda path: write_stage(outputs, seconds, path))
+            write_atomically(self.path(name), lambda path: write_stage(outputs, seconds, path))
         return outputs
 
     def clear(self) -> None:
@@ -198,8 +198,3 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:16] + "…"
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename it, so that a run killed mid-write leaves no half file."""
-    temporary = path.with_name(path.name + ".partial")
-    write(temporary)
-    os.replace(temporary, path)

@@ -11,7 +11,6 @@ through `model_folder(model)`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..files import write_atomically, write_text_atomically
 from .classifier import Classifier, ModelSpec
 
 FORMAT = "robgen-checkpoint"
@@ -79,11 +79,8 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
         state[key] = tensor
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.spec.to_dict()}
     config.pop("source", None)  # how it was loaded this time; `folder` is never in to_dict()
-    tmp_weights, tmp_config = folder / (WEIGHTS_FILE + ".tmp"), folder / (CONFIG_FILE + ".tmp")
-    save_file(state, str(tmp_weights))
-    tmp_config.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp_weights, folder / WEIGHTS_FILE)
-    os.replace(tmp_config, folder / CONFIG_FILE)
+    write_atomically(folder / WEIGHTS_FILE, lambda temporary: save_file(state, str(temporary)))
+    write_text_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return folder
 
 

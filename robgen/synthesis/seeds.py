@@ -15,7 +15,6 @@ time. `python -m robgen fit-seeds --model NAME --data cifar10` writes it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..engine.random import random_normal, random_uniform
+from ..files import write_atomically
 from ..models.checkpoint import companion_file
 from ..progress import progress_bar
 
@@ -111,14 +111,11 @@ class SeedDistribution:
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write to a safetensors file (atomically), the labels and resolution in its metadata."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         metadata = {"format": "robgen-seeds", "channels": str(self.channels), "resolution": str(self.resolution),
                     "class_labels": json.dumps(self.class_labels)}
-        save_file({"means": self.means.contiguous(), "factors": self.factors.half().contiguous(),
-                   "residual": self.residual.contiguous()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        tensors = {"means": self.means.contiguous(), "factors": self.factors.half().contiguous(),
+                   "residual": self.residual.contiguous()}
+        return write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SeedDistribution":

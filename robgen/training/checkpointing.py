@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .. import distributed
+from ..files import write_atomically
 from ..models import save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -100,9 +100,8 @@ def read_trainer_state(out_dir: Path, device: torch.device) -> dict:
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """`torch.save(obj)` to `path`, all or nothing (`robgen.files.write_atomically`)."""
+    write_atomically(path, lambda temporary: torch.save(obj, temporary))
 
 
 def write_epoch(model, config, out_dir: Path, classes, history, device, optimizer, scheduler, epoch: int, row: dict,

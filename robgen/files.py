@@ -1,0 +1,42 @@
+"""Writing a file so that a process killed mid-write leaves the old file or the new one, never half of one.
+
+    write_atomically(path, lambda temporary: save_file(tensors, str(temporary)))
+    write_text_atomically(path, json.dumps(record))
+
+Every file robgen keeps across an interruption goes through here: checkpoints and trainer state,
+synthesis seeds, the stage cache of `reproduce` and `adaptive`, ablation rows. The new content is
+written to `<name>.partial` beside the target, then renamed over it (`os.replace`, atomic on one
+file system), so a reader sees either the complete old file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Union
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path: Union[str, Path]) -> Path:
+    """Where the new content of `path` is written before it replaces `path`."""
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
+    """Call `write(temporary)` to write the whole new content, then rename it to `path`; returns `path`."""
+    path = Path(path)
+    temporary = partial_path(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a failed write leaves no stray .partial file beside the target
+        raise
+    return path
+
+
+def write_text_atomically(path: Union[str, Path], text: str) -> Path:
+    """`path` replaced by `text` (UTF-8) in one step; see `write_atomically`."""
+    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
