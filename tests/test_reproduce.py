@@ -373,3 +373,36 @@ def test_stages_of_another_run_are_not_mixed_in(cifar_root, tmp_path, capsys):
     assert "holds the finished stages of another run" in capsys.readouterr().err
     assert main(args + ["--limit", "10", "--steps", "2", "--overwrite"]) == 0, "--overwrite starts again"
     assert (tmp_path / "run" / "results.json").exists() and not stages.exists()
+
+
+def test_a_rerun_over_earlier_results_with_overwrite_continues_when_cut_and_run_again(cifar_root, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Redoing committed results takes --overwrite; when that run is cut, the same command (--overwrite included)
+    reads its finished stages back instead of starting again, and still replaces the results."""
+    import robgen.experiments.reproduce as reproduce_module
+
+    args = ["reproduce", "--data", "cifar10", "--data-root", str(cifar_root), "--model", "cifar10-resnet10-standard",
+            "--attacks", "pgd-8", "--val-size", "1000", "--reference-size", "200", "--limit", "10", "--steps", "2",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    earlier = (tmp_path / "run" / "results.json").read_text()
+    real, calls = reproduce_module.model_outputs, []
+
+    def dies_on_the_fourth(*arguments, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*arguments, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "model_outputs", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--overwrite", "--lam", "1.0"])  # a changed setting: the results must be redone
+    kept = sorted((tmp_path / "run" / ".stages").glob("*.safetensors"))
+    assert len(kept) >= 2, "stages finished before the cut"
+    monkeypatch.setattr(reproduce_module, "model_outputs", real)
+    capsys.readouterr()
+    assert main(args + ["--overwrite", "--lam", "1.0"]) == 0
+    assert "are read back" in capsys.readouterr().out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["continued"]["stages_read_back"] == len(kept) and results["settings"]["lam"] == 1.0
+    assert (tmp_path / "run" / "results.json").read_text() != earlier

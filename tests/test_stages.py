@@ -210,3 +210,19 @@ def test_the_code_fingerprint_follows_the_files(tmp_path):
     assert edited != before
     (package / "app.py").write_text("TITLE = 'robgen'\n")  # not one of the parts
     assert CODE_FINGERPRINT(package, parts) == edited
+
+
+def test_with_overwrite_stages_of_another_run_are_removed_and_those_of_this_run_kept(stopped_run, toy_data,
+                                                                                      monkeypatch):
+    """`replace_stale` (the commands' --overwrite): a key that differs empties the folder and the run starts afresh;
+    the key of this very run keeps its stages."""
+    from robgen.experiments.stages import StageStore
+
+    key = json.loads((stopped_run / "key.json").read_text())
+    kept = StageStore(stopped_run, key, replace_stale=True)
+    assert kept.replaced == [] and len(list(stopped_run.glob("*.safetensors"))) == 4
+    other = dict(key, code="other code")
+    fresh = StageStore(stopped_run, other, replace_stale=True)
+    assert fresh.replaced and "code" in fresh.replaced[0]
+    assert list(stopped_run.glob("*.safetensors")) == []
+    assert json.loads((stopped_run / "key.json").read_text()) == fresh.key

@@ -13,7 +13,6 @@ another model are refused with a message that says what to do.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from fractions import Fraction
 from pathlib import Path
 from typing import List, Tuple
@@ -153,16 +152,15 @@ def command_adaptive(args) -> int:
         raise UsageError(f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
     created = not out.exists()
     stage_dir = out / STAGES  # an interrupted run's finished stages: the same command continues it
-    if args.overwrite and distributed.is_main():
-        shutil.rmtree(stage_dir, ignore_errors=True)
-    distributed.barrier()
     if stage_dir.is_dir() and distributed.is_main():
-        print(f"{stage_dir} holds the finished stages of an interrupted run: they are read back, not recomputed "
-              "(--overwrite starts again)")
+        print(f"{stage_dir} holds the finished stages of an interrupted run: those of this same run (settings, "
+              "detectors, weights, code) are read back, not recomputed" + ("; those of another run are removed"
+                                                                           if args.overwrite else ""))
     keywords["detectors"] = (*keywords["detectors"], *given)
     try:
         results = adaptive_evaluation(model, args.data, out_dir=out if distributed.is_main() else None,
-                                      data_root=args.data_root, download=args.download, stage_dir=stage_dir, **keywords)
+                                      data_root=args.data_root, download=args.download, stage_dir=stage_dir,
+                                      replace_stale_stages=args.overwrite, **keywords)
     except (FileNotFoundError, ValueError) as error:
         if created and distributed.is_main():  # a refused run leaves nothing behind
             with contextlib.suppress(OSError):

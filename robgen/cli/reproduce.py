@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 
 from .common import (
@@ -63,15 +62,14 @@ def command_reproduce(args) -> int:
     created = not out.exists()
     prepare_out_dir(out, args.overwrite, PRODUCTS)  # on every rank, so that a refusal stops them all
     stage_dir = out / STAGES  # an interrupted run's finished attacks: the same command continues it
-    if args.overwrite and distributed.is_main():
-        shutil.rmtree(stage_dir, ignore_errors=True)
-    distributed.barrier()
     if stage_dir.is_dir() and distributed.is_main():
-        print(f"{stage_dir} holds the finished stages of an interrupted run: the ones of this run are read back, "
-              "not recomputed (--overwrite starts again)")
+        print(f"{stage_dir} holds the finished stages of an interrupted run: those of this same run (settings, "
+              "data, weights, code) are read back, not recomputed" + ("; those of another run are removed"
+                                                                      if args.overwrite else ""))
     try:
         results = reproduce(model, args.data, out if distributed.is_main() else None, data_root=args.data_root,
-                            settings=settings, download=args.download, stage_dir=stage_dir)
+                            settings=settings, download=args.download, stage_dir=stage_dir,
+                            replace_stale_stages=args.overwrite)
     except (FileNotFoundError, ValueError) as error:
         if created and distributed.is_main():  # a refused run leaves nothing behind
             with contextlib.suppress(OSError):

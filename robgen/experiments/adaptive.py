@@ -267,7 +267,8 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
 def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption]] = ("energy",),
                         eps_list: Sequence[float] = (8 / 255,), limit: int = 500, steps: int = 100, restarts: int = 3,
                         target_fpr: float = 0.05, seed: int = 0, out_dir: Optional[Path] = None, *, data_root=None,
-                        download: bool = False, progress=True, stage_dir: Optional[Path] = None, **options) -> dict:
+                        download: bool = False, progress=True, stage_dir: Optional[Path] = None,
+                        replace_stale_stages: bool = False, **options) -> dict:
     """Calibrate, attack, report; see the module docstring. Writes results.json, results.md, adaptive_dara.png and
     detectors/ to `out_dir` (if given).
 
@@ -275,7 +276,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     here, or reject options already calibrated for this model (refused if calibrated for another). `options`: the other
     `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets). `stage_dir` (default
     `out_dir/.stages`): the finished stages, read back by the same call after an interruption; removed once the
-    results are written.
+    results are written. `replace_stale_stages` (the command's --overwrite): stages of another run there are
+    removed instead of refused.
     """
     given = {option.kind: option for option in detectors if isinstance(option, RejectOption)}
     names = [option.kind if isinstance(option, RejectOption) else str(option) for option in detectors]
@@ -307,7 +309,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
         "settings": asdict(settings), "data": str(data), "model": model_fingerprint(model),
         "n_validation": len(splits.validation), "n_test": len(x),
         "detectors": {name: _option_digest(option) for name, option in reject.items()},
-        "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)})
+        "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)},
+        replace_stale=replace_stale_stages)
     try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
         clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False,
                               features=any(option.needs_features for option in reject.values()))

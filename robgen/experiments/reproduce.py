@@ -177,12 +177,13 @@ def _score_rule(clean_val, adv_val, clean_test, adv_test) -> dict:
 
 def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data_root=None,
               settings: Optional[ReproduceSettings] = None, progress=True, download: bool = False,
-              stage_dir: Optional[Path] = None) -> dict:
+              stage_dir: Optional[Path] = None, replace_stale_stages: bool = False) -> dict:
     """Run every experiment; write results.json, results.md and the figures to `out_dir` (if given).
 
     `stage_dir` (default `out_dir/.stages`): where each finished attack's outputs are kept
     (`experiments.stages`), so that the same call after an interruption continues where it stopped;
-    removed once the results are written.
+    removed once the results are written. `replace_stale_stages` (the command's --overwrite): stages of
+    another run there are removed instead of refused.
     """
     settings = (settings or ReproduceSettings()).resolved(model, data)  # recorded in results.json as resolved
     facts = paper_facts(data)
@@ -193,7 +194,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
         stage_dir = Path(out_dir) / STAGES
     stages = StageStore(stage_dir, {"settings": asdict(settings), "data": str(data), "model": model_fingerprint(model),
                                     "n_validation": len(splits.validation), "n_test": len(splits.test),
-                                    **run_environment(model)})
+                                    **run_environment(model)}, replace_stale=replace_stale_stages)
     reference = datasets.first(splits.train, min(settings.reference_size, len(splits.train)), "training split")
     loaders = {"val": datasets.make_loader(splits.validation, settings.batch_size),
                "test": datasets.make_loader(splits.test, settings.batch_size)}

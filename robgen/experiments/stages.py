@@ -21,14 +21,19 @@ model's weights, and what else decides the outputs (`run_environment`: the
 eval transform, fusion, the device type, the versions of robgen, torch and
 torchattacks, the code that computes the stages). A store opened with another
 key refuses, saying what differs, to mix its stages into a different
-experiment. Under torchrun only rank 0 writes; every rank reads. `clear()`
-removes the folder (after the run has written its results).
+experiment; opened with `replace_stale=True` (the commands' --overwrite) it
+removes those stale stages instead and starts afresh, while stages of this
+very run are still read back: a run started with --overwrite and interrupted
+continues when the same command, --overwrite included, is run again. Under
+torchrun only rank 0 writes; every rank reads. `clear()` removes the folder
+(after the run has written its results).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from importlib import metadata
@@ -46,6 +51,8 @@ from ..files import write_atomically
 from ..models.fingerprint import model_fingerprint  # noqa: F401  (a stage key's "model"; re-exported)
 from ..models.state import model_device
 from .pipeline import ModelOutputs
+
+logger = logging.getLogger(__name__)
 
 KEY_FILE = "key.json"
 PACKAGE = Path(__file__).resolve().parents[1]  # robgen/
@@ -121,24 +128,34 @@ def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dic
 class StageStore:
     """Stages of one experiment in `folder` (None: nothing is kept, every stage is computed)."""
 
-    def __init__(self, folder: Optional[Path], key: dict) -> None:
+    def __init__(self, folder: Optional[Path], key: dict, replace_stale: bool = False) -> None:
         self.folder = Path(folder) if folder is not None else None
         self.key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back from JSON
         self.reused = 0  # stages read back in this run
         self.reused_seconds = 0.0  # what they took when they were computed
+        self.replaced: List[str] = []  # how the key of the stale stages removed (replace_stale) differed
         if self.folder is None:
             return
         key_file = self.folder / KEY_FILE
-        if key_file.exists():
-            recorded = json.loads(key_file.read_text())
-            if recorded != self.key:
+        recorded = json.loads(key_file.read_text()) if key_file.exists() else None
+        if recorded is not None and recorded != self.key:
+            differences = _differences(recorded, self.key)
+            if not replace_stale:
                 differ = sorted(k for k in set(recorded) | set(self.key) if recorded.get(k) != self.key.get(k))
                 raise ValueError(f"{self.folder} holds the finished stages of another run (its {', '.join(differ)} "
-                                 f"differ: {'; '.join(_differences(recorded, self.key))}): run the same command "
+                                 f"differ: {'; '.join(differences)}): run the same command "
                                  "with the same software to continue it, or pass --overwrite to start again")
-        elif distributed.is_main():
+            logger.warning("%s held the stages of another run (%s): removed, starting afresh", self.folder,
+                           "; ".join(differences))
+            self.replaced = differences
+            distributed.barrier()  # every rank has read the old key before rank 0 removes it
+            self.clear()
+            recorded = None
+        if recorded is None and distributed.is_main():
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomically(key_file, lambda path: path.write_text(json.dumps(self.key, indent=2, sort_keys=True)))
+        if self.replaced:
+            distributed.barrier()  # no rank looks for a stage before rank 0 has removed the stale ones
 
     def path(self, name: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
