@@ -31,7 +31,8 @@ from robgen.web.space import gpu
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))  # free photos (examples/README.md)
-# <model>/<photo>_clean.png and _adv.png: natural and PGD-adversarial pairs, made by scripts/make_app_examples.py
+# <model>/<photo>_clean.png, _adv.png and _adaptive.png: natural, PGD-adversarial and detector-aware examples, made by
+# scripts/make_app_examples.py
 ADVERSARIAL_EXAMPLES = HERE / "examples" / "adversarial"
 PHOTO = str(HERE / "examples" / "chelsea.png")  # what the image inputs hold before an upload (the API's default)
 INPUT_HEIGHT = 240  # pixels: the image inputs keep one size, whatever the picture's

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Dict, Union
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -35,6 +35,22 @@ def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> P
         temporary.unlink(missing_ok=True)  # a failed write leaves no stray .partial file beside the target
         raise
     return path
+
+
+def write_together(writes: Dict[Path, Callable[[Path], None]]) -> None:
+    """Several files that belong together (a checkpoint's weights and config): every new content is written
+    to its temporary file first, and only then are they renamed, one after the other, so a failed write
+    replaces none of them."""
+    temporaries = {Path(path): partial_path(path) for path in writes}
+    try:
+        for path, write in writes.items():
+            write(temporaries[Path(path)])
+    except BaseException:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    for path, temporary in temporaries.items():
+        os.replace(temporary, path)
 
 
 def write_text_atomically(path: Union[str, Path], text: str) -> Path:

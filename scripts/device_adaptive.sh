@@ -23,18 +23,19 @@ DATA=${DATA:-cifar10}
 EPS=${EPS:-4/255,8/255,64/255}  # 64/255: the "near 0 at a large eps" sanity check
 DETECTORS=${DETECTORS:-energy,band,class-energy,multi-t,mahalanobis}
 LIMIT=500 STEPS=100 RESTARTS=3 BATCH=${BATCH:-500}
-if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255; fi
+RUNS=runs/adaptive
+if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255 RUNS=runs/adaptive-smoke; fi
 MODELS=("$@")
 if [ ${#MODELS[@]} -eq 0 ]; then
     MODELS=(cifar10-resnet10-standard cifar10-resnet10-robust cifar10-resnet10-quasirobust)
 fi
-mkdir -p "$OUT" "$DATA_ROOT" runs/adaptive
+mkdir -p "$OUT" "$DATA_ROOT" "$RUNS"
 if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
     tar xzf .device-data/cifar10-imagefolder.tar.gz -C "$DATA_ROOT"
 fi
 PY=${PYTHON:-python3}
 for model in "${MODELS[@]}"; do
-    run="runs/adaptive/$model"
+    run="$RUNS/$model"  # a smoke run's folder is its own: never taken for a finished real run
     if [ -e "$run/results.json" ]; then echo "$model: done before"; else
         $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \
             --eps "$EPS" --limit "$LIMIT" --steps "$STEPS" --restarts "$RESTARTS" --batch-size "$BATCH" \

@@ -65,7 +65,7 @@ def test_rows_are_measured_once_and_read_back(toy_data, four_class_checkpoint, t
     table = (out / "results.md").read_text()
     assert "| seed | a |" in table and "tiny (JPEG q75)" in table
     assert f"{100 * at_fpr['detection_rate']:.1f} [" in table.split("| seed | a |")[1].split("\n")[0]
-    assert "not measured" in table  # the pixel rows do not read it
+    assert "n/a (pixel row" in table  # the pixel rows use one Youden detector: no paper-FPR reading
     assert len(json.loads((out / "results.json").read_text())["rows"]) == 3  # the first two files: 2 + 1 rows
 
 

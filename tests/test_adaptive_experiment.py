@@ -222,12 +222,13 @@ def test_the_estimate_counts_every_attack_restart_and_suite():
     # per image and suite: 4 attacks at r*s (pgd, penalty, matching, orthogonal twice) + 2 APGD at r*(s+1) + 2 at s
     per_suite = 2 * 10 * 3 + 2 * 10 * 2 + 2 * 2 * 11 + 10 + 10
     assert estimate["suites"] == 3 and estimate["forward_backward_passes"] == 3 * 10 * per_suite
-    forwards = 6 * 2 + 2 * 1 + 8 * 2  # restarts (adaptive) or 1, plus the clean and the stored point per attack
+    # restarts (adaptive) or 1, plus the clean and the stored point per attack, plus a confirmation per adaptive one
+    forwards = 6 * 2 + 2 * 1 + 8 * 2 + 6
     assert estimate["forward_passes"] == 3 * (10 * forwards + 2 * 3) + 7 + 10
     # the references (PGD, one HE-PGD) computed once per eps for all three suites: s passes and one forward each
     shared = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
     assert shared["forward_backward_passes"] == 3 * 10 * (per_suite - 2 * 10) + 10 * 2 * 10
-    assert shared["forward_passes"] == 3 * (10 * 6 * 4 + 2 * 3) + 10 * 2 + 7 + 10
+    assert shared["forward_passes"] == 3 * (10 * 6 * 5 + 2 * 3) + 10 * 2 + 7 + 10
 
 
 def _entry(count, n=10):

@@ -24,3 +24,18 @@ def test_a_write_that_dies_halfway_keeps_the_old_file_and_leaves_nothing_else(tm
         write_atomically(path, dies_halfway)
     assert path.read_text() == "complete old content"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.bin"]
+
+
+def test_files_written_together_are_replaced_together_or_not_at_all(tmp_path):
+    from robgen.files import write_together
+
+    weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    write_together({weights: lambda t: t.write_text("w1"), config: lambda t: t.write_text("c1")})
+
+    def full_disk(temporary):
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError):
+        write_together({weights: lambda t: t.write_text("w2"), config: full_disk})
+    assert (weights.read_text(), config.read_text()) == ("w1", "c1")  # neither replaced: they still match
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]

@@ -244,7 +244,12 @@ def test_an_energy_detector_becomes_the_reject_option_that_rejects_exactly_what_
     assert option.temperature == 0.5 and option.tau > detector.threshold
     assert torch.equal(option.rejects(logits), detector.predict(logits))
     assert bool(option.rejects(logits[7:8])) and bool(detector.predict(logits[7:8]))
-    assert option.calibration["threshold"] == detector.threshold
+    float32 = logits.float()  # what a model returns: the option still computes E_T in float64, as the detector does
+    for i in range(40):
+        detector.threshold = float(energy(float32[i:i + 1].double(), 0.5)[0])
+        option = EnergyReject.from_detector(detector, model)
+        assert torch.equal(option.rejects(float32), detector.predict(float32)), i
+    assert option.calibration["threshold"] == detector.threshold and option.settings()["float64"]
     DefendedClassifier(model, option)  # bound to the model it was given
     with pytest.raises(ValueError, match="calibrated for another model"):
         DefendedClassifier(tiny_model(seed=1), option)

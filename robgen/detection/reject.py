@@ -112,15 +112,16 @@ class EnergyReject(_LowStatisticReject):
 
     kind = "energy"
 
-    def __init__(self, temperature: float = 1.0, target_fpr: float = 0.05) -> None:
+    def __init__(self, temperature: float = 1.0, target_fpr: float = 0.05, float64: bool = False) -> None:
         super().__init__(target_fpr)
         self.temperature = check_positive(temperature, "temperature")
+        self.float64 = bool(float64)  # compute E_T in float64, as EnergyDetector does (`from_detector` sets it)
 
     def values(self, logits, features=None, inputs=None):
-        return energy(logits, self.temperature, check=False)
+        return energy(logits.double() if self.float64 else logits, self.temperature, check=False)
 
     def settings(self):
-        return {"temperature": self.temperature}
+        return {"temperature": self.temperature, **({"float64": True} if self.float64 else {})}
 
     @classmethod
     def from_detector(cls, detector: EnergyDetector, model: torch.nn.Module) -> "EnergyReject":
@@ -128,9 +129,9 @@ class EnergyReject(_LowStatisticReject):
 
         The detector flags E_T(x) <= its threshold (Youden's or another rule, fitted on clean *and*
         attacked images, so it is no FPR-calibrated threshold); this option rejects E_T(x) < tau with
-        tau the next float64 above that threshold, which is the same set for energies computed in
-        float64, as the detector computes them. Its `target_fpr` is the detector's clean validation
-        FPR when recorded (else 0.05), and `calibration` says where the threshold came from. The
+        tau the next float64 above that threshold and computes E_T in float64 as the detector does
+        (`float64=True`), so the two reject the same inputs. Its `target_fpr` is the detector's clean
+        validation FPR when recorded (else 0.05), and `calibration` says where the threshold came from. The
         caller vouches that `model` is the one the detector was fitted for: an `EnergyDetector`
         records no weights' fingerprint.
         """
@@ -138,7 +139,7 @@ class EnergyReject(_LowStatisticReject):
             raise TypeError(f"detector must be a fitted EnergyDetector, got {type(detector).__name__}")
         threshold = float(detector._require_fit())
         fpr = detector.validation.get("false_positive_rate")
-        option = cls(detector.temperature, fpr if fpr is not None and 0 < fpr < 1 else 0.05)
+        option = cls(detector.temperature, fpr if fpr is not None and 0 <= fpr < 1 else 0.05, float64=True)
         option.tau = math.nextafter(threshold, math.inf)
         option.validation = {key: detector.validation[key] for key in ("false_positive_rate", "false_positive_rate_ci")
                              if key in detector.validation}

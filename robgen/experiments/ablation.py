@@ -33,6 +33,7 @@ from ..files import write_text_atomically
 from ..attacks import PGD
 from ..metrics import mean_interval, rate_interval
 from ..models.state import model_device
+from .ablation_report import PAPER_CIFAR10
 from .pipeline import (DetectionSplits, detection_experiment, detection_splits, evaluate_detector, fit_detector,
                        model_outputs)
 from .stages import model_fingerprint
@@ -69,9 +70,6 @@ def parse_spec(text: str, pixels: bool = False) -> AblationSpec:
     if not (sep and slash and factor and label and model):
         raise ValueError(f"a row is FACTOR/LABEL=MODEL, e.g. width/w32=cifar10-resnet10-standard; got {text!r}")
     return AblationSpec(factor.strip(), label.strip(), model.strip(), pixels)
-
-
-PAPER_CIFAR10 = {"detection_rate": 0.9838, "false_positive_rate": 0.0167}  # notebook: TPR 98.38 / FPR 1.67
 
 
 def official_attack(model, seed: int = 0) -> PGD:

@@ -53,7 +53,7 @@ from .adaptive_report import OFF, summarise, write_report
 from .adaptive_suite import (ADAPTIVE, DetectorOff, SuiteStageStore, hepgd_name, judge_reference,
                              make_suite_attack, matching_skip_reason, reference_stage, suite_names, suite_stage)
 from .pipeline import detection_splits, model_outputs, tensor_batches
-from .stages import model_fingerprint, run_environment, stage_seed
+from .stages import data_location, model_fingerprint, run_environment, stage_seed
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,9 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     Per image and suite: (K+1) PGD, Penalty PGD and logit matching `restarts x steps` forward+backward
     passes, APGD `restarts x (steps + 1)`, Orthogonal PGD `restarts x steps` forwards with two backward
     passes each (counted as two); forwards: one per restart (the final point), the suite's clean pass and
-    the stored point's pass per attack, logit matching's targets per batch. Suites: one per detector and
+    the stored point's pass per attack, one confirmation per image and adaptive attack (its first evasion,
+    seen through the fused copy, run through the model itself: a second one only where the two disagree at
+    a boundary, which the bound leaves out), logit matching's targets per batch. Suites: one per detector and
     eps, plus the detector switched off per eps. The non-adaptive references, PGD and each HE-PGD, `steps`
     forward+backward passes and one forward: once per eps when `shared_references` (`run_suites`), else
     in every suite. Then the clean validation pass (calibration), the Mahalanobis reference and the
@@ -139,7 +141,7 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1),
                 "orthogonal pgd": 2 * r * s, "penalty pgd": r * s, "logit matching": r * s, "pgd (bare model)": s,
                 **{hepgd_name(lam): s for lam in settings.lambdas}}
-    forward = {name: (r + 2 if name in ADAPTIVE else (1 if shared_references else 3)) for name in gradient}
+    forward = {name: (r + 3 if name in ADAPTIVE else (1 if shared_references else 3)) for name in gradient}
     suites = (len(settings.detectors) + 1) * len(settings.eps_list)
     per_suite = [name for name in gradient if name in ADAPTIVE or not shared_references]
     once = [name for name in gradient if name not in per_suite]
@@ -229,7 +231,7 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
 
     shared_points: Dict[float, Dict[str, Dict[str, torch.Tensor]]] = {}
     if references:
-        bare = DefendedClassifier(model, reject[OFF])  # the references attack `bare.model` alone
+        bare = DefendedClassifier(model, next(iter(reject.values())))  # the references attack `bare.model` alone
         for eps in settings.eps_list:
             for name in references:
                 stage, report = f"reference-eps{eps_label(eps)}-{name}", reporter()
@@ -249,7 +251,7 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
             for name in settings.attacks:
                 if name in references:
                     flags.setdefault(detector, {}).setdefault(eps, {})[name] = judge_reference(
-                        option, shared_points[eps][name], clean.logits, clean.features)
+                        option, shared_points[eps][name], clean.logits, clean.features, model_device(model))
                     continue
                 stage, report = f"{detector}-eps{eps_label(eps)}-{name}", reporter()
                 if name == "logit matching" and reason is not None:
@@ -306,7 +308,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
     store = SuiteStageStore(stage_dir, {
-        "settings": asdict(settings), "data": str(data), "model": model_fingerprint(model),
+        "settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
+        "model": model_fingerprint(model),
         "n_validation": len(splits.validation), "n_test": len(x),
         "detectors": {name: _option_digest(option) for name, option in reject.items()},
         "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)},

@@ -166,16 +166,18 @@ def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size:
 
 @torch.no_grad()
 def judge_reference(reject: RejectOption, stage: Dict[str, torch.Tensor], clean_logits: torch.Tensor,
-                    clean_features: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+                    clean_features: Optional[torch.Tensor], device=None) -> Dict[str, torch.Tensor]:
     """A reference stage (`reference_stage`) judged by one detector: the flags `suite_stage` gives an attack.
 
     A non-adaptive attack is judged at its final point only: "evaded" = misclassified and accepted there.
-    The clean flags come from the clean test images' logits (and features) in data order.
+    The clean flags come from the clean test images' logits (and features) in data order. The scores are
+    computed on `device` (the model's: a user's detector may hold tensors there); the flags come back on the CPU.
     """
     needs = reject.needs_features
+    on = (lambda tensor: tensor.to(device)) if device is not None else (lambda tensor: tensor)  # noqa: E731
     logits, labels = stage["point_logits"], stage["labels"]
-    score = reject.score_from(logits, stage["point_features"] if needs else None).double()
-    clean_score = reject.score_from(clean_logits, clean_features if needs else None)
+    score = reject.score_from(on(logits), on(stage["point_features"]) if needs else None).double().cpu()
+    clean_score = reject.score_from(on(clean_logits), on(clean_features) if needs else None).cpu()
     misclassified, rejected = logits.argmax(1) != labels, score > 0
     return {"evaded": misclassified & ~rejected, "misclassified": misclassified, "rejected": rejected,
             "clean_correct": clean_logits.argmax(1) == labels, "clean_accepted": clean_score <= 0, "labels": labels,

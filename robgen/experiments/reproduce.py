@@ -46,7 +46,7 @@ from .pipeline import (
     successful,
 )
 from .reproduce_report import write_report
-from .stages import StageStore, model_fingerprint, run_environment, stage_seed
+from .stages import StageStore, data_location, model_fingerprint, run_environment, stage_seed
 
 TABLE_ATTACKS = {"pgd-8": ("pgd", 8 / 255), "pgd-16": ("pgd", 16 / 255), "apgd-8": ("apgd", 8 / 255)}
 STAGES = ".stages"  # under the output folder: finished attacks of a run not yet written (experiments.stages)
@@ -193,6 +193,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
     stages = StageStore(stage_dir, {"settings": asdict(settings), "data": str(data), "model": model_fingerprint(model),
+                                    "data_root": data_location(data, data_root),
                                     "n_validation": len(splits.validation), "n_test": len(splits.test),
                                     **run_environment(model)}, replace_stale=replace_stale_stages)
     reference = datasets.first(splits.train, min(settings.reference_size, len(splits.train)), "training split")

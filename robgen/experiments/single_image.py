@@ -122,7 +122,8 @@ class EvasionOutcome(AttackOutcome):
 
 class _TracingTracker(EvasionTracker):
     """An `EvasionTracker` that also records every iterate it sees (a `Trace`, steps counted over all runs,
-    means over the images still attacked) and reports the fraction of the steps done."""
+    means over the images still attacked) and reports the fraction of the steps done. The trace's energies
+    are at the detector's temperature, and its `loss` column holds the mean reject score (> 0: rejected)."""
 
     def __init__(self, defended, x, y, temperature: float, total: int, progress) -> None:
         super().__init__(defended, x, y)
@@ -187,8 +188,8 @@ def evade_detector(model, x: torch.Tensor, detector: EnergyDetector, eps: float 
     with torch.no_grad(), eval_mode(model):
         clean_logits = model(x)
         labels = clean_logits.argmax(1)
-        tracker = _TracingTracker(defended, x, labels, detector.temperature, steps * restarts,
-                                  step_reporter(progress, "adaptive attack"))
+        tracker = _TracingTracker(defended, x, labels, detector.temperature, (steps + 1) * restarts,
+                                  step_reporter(progress, "adaptive attack"))  # each run: its steps and its check
         final = attack.run(x, labels, tracker)
         if tracker.report is not None:
             tracker.report(1.0)  # done, also when every image evaded before the last run

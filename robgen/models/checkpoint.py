@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..files import write_atomically, write_text_atomically
+from ..files import write_together
 from .classifier import Classifier, ModelSpec
 
 FORMAT = "robgen-checkpoint"
@@ -79,8 +79,9 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
         state[key] = tensor
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.spec.to_dict()}
     config.pop("source", None)  # how it was loaded this time; `folder` is never in to_dict()
-    write_atomically(folder / WEIGHTS_FILE, lambda temporary: save_file(state, str(temporary)))
-    write_text_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    text = json.dumps(config, indent=2) + "\n"
+    write_together({folder / WEIGHTS_FILE: lambda temporary: save_file(state, str(temporary)),
+                    folder / CONFIG_FILE: lambda temporary: temporary.write_text(text)})
     return folder
 
 
