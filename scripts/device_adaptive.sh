@@ -21,7 +21,7 @@ OUT=${OUT:-out/device}
 DATA_ROOT=${ROBGEN_DATA:-$PWD/.device-data}
 DATA=${DATA:-cifar10}
 EPS=${EPS:-4/255,8/255,64/255}  # 64/255: the "near 0 at a large eps" sanity check
-DETECTORS=${DETECTORS:-energy,band,class-energy,multi-t,mahalanobis}
+DETECTORS=${DETECTORS:-energy,band,class-energy,multi-t,mahalanobis,energy-gap}
 LIMIT=500 STEPS=100 RESTARTS=3 BATCH=${BATCH:-500}
 RUNS=runs/adaptive
 if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255 RUNS=runs/adaptive-smoke; fi
