@@ -65,21 +65,26 @@ class TraceRecorder:
     trace leaves `accuracy` and `true_prob` empty rather than invent a class.
     """
 
-    def __init__(self, labels: Optional[torch.Tensor], target: Optional[torch.Tensor] = None) -> None:
-        self.labels, self.target = labels, target
+    def __init__(self, labels: Optional[torch.Tensor], target: Optional[torch.Tensor] = None,
+                 temperature: float = 1.0) -> None:
+        self.labels, self.target, self.temperature = labels, target, float(temperature)
         self.steps: List[int] = []
         self.rows: List[torch.Tensor] = []
 
     @torch.no_grad()
-    def record(self, step: int, logits: torch.Tensor, loss: torch.Tensor) -> None:
+    def record(self, step: int, logits: torch.Tensor, loss: torch.Tensor,
+               labels: Optional[torch.Tensor] = None) -> None:
+        """Statistics of one iterate; `labels`: those of the images `logits` hold, when they are not all of
+        `self.labels` (an attack whose later restarts run on the images not yet broken)."""
+        labels = self.labels if labels is None else labels
         logits = logits.float()
-        energies = energy(logits, check=False)
+        energies = energy(logits, self.temperature, check=False)
         probs = logits.softmax(1)
         missing = energies.new_tensor(float("nan"))
-        true_prob = probs.gather(1, self.labels.view(-1, 1)).mean() if self.labels is not None else missing
+        true_prob = probs.gather(1, labels.view(-1, 1)).mean() if labels is not None else missing
         target_prob = probs.gather(1, self.target.view(-1, 1)).mean() if self.target is not None else missing
         std = energies.std() if energies.numel() > 1 else energies.new_zeros(())
-        accuracy = (logits.argmax(1) == self.labels).float().mean() if self.labels is not None else missing
+        accuracy = (logits.argmax(1) == labels).float().mean() if labels is not None else missing
         self.steps.append(step)
         self.rows.append(torch.stack([energies.mean(), std, accuracy, loss.float().mean(), true_prob, target_prob]))
 
@@ -91,4 +96,4 @@ class TraceRecorder:
             accuracy, true_prob = [], []
         if self.target is None:
             target_prob = []
-        return Trace(self.steps, energy_mean, energy_std, accuracy, loss, true_prob, target_prob)
+        return Trace(self.steps, energy_mean, energy_std, accuracy, loss, true_prob, target_prob, self.temperature)

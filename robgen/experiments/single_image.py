@@ -25,17 +25,20 @@ import torch
 from ..attacks import Attack
 from ..attacks.adaptive import PenaltyPGD
 from ..attacks.evasion import EvasionTracker
+from ..checks import check_pixels
 from ..detection.defended import DefendedClassifier
 from ..detection.detector import EnergyDetector
 from ..detection.reject import EnergyReject
 from ..energy import energy
 from ..engine import Trace
+from ..engine.trace import TraceRecorder
 from ..models.state import eval_mode
 from ..progress import step_reporter
 
 
-def quantise(x_adv: torch.Tensor, x: torch.Tensor, attack: Attack) -> torch.Tensor:
-    """`x_adv` rounded to 8-bit levels, then projected back into the attack's threat model around `x`."""
+def quantise(x_adv: torch.Tensor, x: torch.Tensor, attack) -> torch.Tensor:
+    """`x_adv` rounded to 8-bit levels, then projected back into the attack's threat model around `x`
+    (`attack.constraint`: a robgen `Attack` or an adaptive attack)."""
     return attack.constraint.project((x_adv * 255).round() / 255, x)
 
 
@@ -121,39 +124,29 @@ class EvasionOutcome(AttackOutcome):
 
 
 class _TracingTracker(EvasionTracker):
-    """An `EvasionTracker` that also records every iterate it sees (a `Trace`, steps counted over all runs,
-    means over the images still attacked) and reports the fraction of the steps done. The trace's energies
-    are at the detector's temperature, and its `loss` column holds the mean reject score (> 0: rejected)."""
+    """An `EvasionTracker` that also records every iterate it sees (a `TraceRecorder`, steps counted over all
+    runs, means over the images still attacked) and reports the fraction of the steps done. The trace's
+    energies are at the detector's temperature, and its `loss` column holds the mean reject score (> 0: rejected)."""
 
     def __init__(self, defended, x, y, temperature: float, total: int, progress) -> None:
         super().__init__(defended, x, y)
-        self.temperature, self.total, self.report = temperature, max(1, total), progress
-        self.rows: List[List[float]] = []
+        self.recorder = TraceRecorder(self.y, temperature=temperature)
+        self.total, self.report, self.seen = max(1, total), progress, 0
 
     def observe(self, points, outputs, index=None, verify=False):
         evading = super().observe(points, outputs, index, verify)
-        logits, score = outputs[0].detach().float(), outputs[1].detach().float()
-        labels = self.y[self._index(index)]
-        energies = energy(logits, self.temperature, check=False)
-        self.rows.append([float(energies.mean()), float(energies.std()) if len(energies) > 1 else 0.0,
-                          float((logits.argmax(1) == labels).float().mean()), float(score.mean()),
-                          float(logits.softmax(1).gather(1, labels[:, None]).mean())])
+        self.recorder.record(self.seen, outputs[0].detach(), outputs[1].detach(), labels=self.y[self._index(index)])
+        self.seen += 1
         if self.report is not None:
-            self.report(min(1.0, len(self.rows) / self.total))
+            self.report(min(1.0, self.seen / self.total))
         return evading
 
-    def trace(self) -> Trace:
-        columns = [list(column) for column in zip(*self.rows)] if self.rows else [[] for _ in range(5)]
-        energy_mean, energy_std, accuracy, score, true_prob = columns
-        return Trace(list(range(len(self.rows))), energy_mean, energy_std, accuracy, score, true_prob, [],
-                     temperature=self.temperature)
 
-
-def _quantised_evasions(model, detector, x, y, candidates, constraint):
+def _quantised_evasions(model, detector, x, y, candidates, attack):
     """Per image, the first candidate that still evades once rounded to 8 bits (else the first candidate's)."""
     chosen = None
     for candidate in candidates:
-        quantised = constraint.project((candidate * 255).round() / 255, x)
+        quantised = quantise(candidate, x, attack)
         with torch.no_grad():
             logits = model(quantised)
         evades = (logits.argmax(1) != y) & ~detector.predict(logits).to(y.device)
@@ -184,7 +177,7 @@ def evade_detector(model, x: torch.Tensor, detector: EnergyDetector, eps: float 
     spread = float(clean_energies.std()) if len(clean_energies) > 1 else 0.0
     attack = PenaltyPGD(defended, eps=eps, step_size=step_size, steps=steps, restarts=restarts,
                         score_margin=EVASION_ENERGY_MARGIN * spread, confidence=EVASION_CONFIDENCE, generator=generator)
-    x = attack._check_inputs(x, torch.zeros(len(x), dtype=torch.long, device=x.device))[0]
+    check_pixels(x, model.spec.input_size[0])
     with torch.no_grad(), eval_mode(model):
         clean_logits = model(x)
         labels = clean_logits.argmax(1)
@@ -193,11 +186,11 @@ def evade_detector(model, x: torch.Tensor, detector: EnergyDetector, eps: float 
         final = attack.run(x, labels, tracker)
         if tracker.report is not None:
             tracker.report(1.0)  # done, also when every image evaded before the last run
-        x_adv, adv_logits = _quantised_evasions(model, detector, x, labels, [final, tracker.images], attack.constraint)
+        x_adv, adv_logits = _quantised_evasions(model, detector, x, labels, [final, tracker.images], attack)
     clean_logits, adv_logits = clean_logits.float().cpu(), adv_logits.float().cpu()
     flagged = detector.predict(adv_logits)
     return EvasionOutcome(
-        x.cpu(), x_adv.cpu(), clean_logits, adv_logits, list(model.spec.class_labels), tracker.trace(),
+        x.cpu(), x_adv.cpu(), clean_logits, adv_logits, list(model.spec.class_labels), tracker.recorder.finish(),
         flagged_clean=detector.predict(clean_logits), flagged=flagged,
         evaded=(adv_logits.argmax(1) != labels.cpu()) & ~flagged, threshold=float(detector.threshold),
         temperature=float(detector.temperature), attack=f"{attack!r} against {reject!r}",
