@@ -106,6 +106,59 @@ def test_watch_sees_every_differentiated_iterate_with_its_logits_and_costs_no_fo
     assert torch.equal(result, after_step[steps])  # the returned point is the one the watch did not see
 
 
+@pytest.mark.parametrize("loop", ["pgd", "apgd", "orthogonal"])
+def test_a_watch_that_returns_true_stops_the_loop_at_the_point_it_watched(random_model, logit_detector, loop):
+    x, y, steps, stop_at = images(3, 2), torch.tensor([0, 1, 2]), 10, 4
+    seen = []
+
+    def watch(k, x_k, outputs):
+        seen.append(x_k.clone())
+        return k == stop_at
+
+    counting = CountingModel(random_model)
+    objective = lambda logits: F.cross_entropy(logits, y, reduction="none")
+    if loop == "pgd":
+        result = projected_gradient_ascent(counting, x, objective, LinfBall(8 / 255), steps, 2 / 255,
+                                           random_start=True, generator=seeded(), watch=watch)
+    elif loop == "apgd":
+        result = auto_projected_gradient_ascent(counting, x, objective, LinfBall(8 / 255), steps, generator=seeded(),
+                                                watch=watch)
+    else:
+        handle = random_model.register_forward_hook(lambda *args: setattr(counting, "calls", counting.calls + 1))
+        try:
+            result = OrthogonalPGD(logit_detector, eps=8 / 255, steps=steps, generator=seeded())._once(
+                x, y, 0, watch, torch.arange(3), random_model)
+        finally:
+            handle.remove()
+    assert len(seen) == stop_at + 1 and counting.calls == stop_at + 1  # no step, no pass after the stop
+    assert torch.equal(result, seen[-1])
+
+
+def test_the_suite_stops_a_batch_once_all_of_it_evaded_and_finds_the_same_first_evasions(logit_detector, batch):
+    x, y = batch
+    model, saved = logit_detector.model, []
+    for name in attack_builders(logit_detector):
+        runs = {}
+        for stop in (False, True):
+            build = attack_builders(logit_detector, eps=64 / 255, steps=30, generator=seeded())[name]  # same draws
+            calls = []
+            handle = model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+            try:
+                tracker = EvasionTracker(logit_detector, x, y, stop_when_all_evaded=stop)
+                build().run(x, y, tracker)
+            finally:
+                handle.remove()
+            runs[stop] = tracker, sum(calls)
+        (full, full_passes), (stopped, stopped_passes) = runs[False], runs[True]
+        assert torch.equal(stopped.evaded, full.evaded) and torch.equal(stopped.images, full.images), name
+        if full.evaded.all():  # a large ball: every image evades, early in the run, and the steps after are saved
+            assert stopped_passes < full_passes, name
+            saved.append(name)
+        else:  # an image that never evades keeps its batch running to the end
+            assert stopped_passes == full_passes, name
+    assert {"k+1 pgd margin", "k+1 apgd dlr", "penalty"} <= set(saved), saved  # both engine loops
+
+
 # ---- the tracker ----------------------------------------------------------------------------------
 def test_tracker_keeps_the_first_evading_iterate_even_when_later_ones_drift_back(logit_detector):
     y = torch.tensor([0, 1])

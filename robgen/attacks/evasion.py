@@ -84,10 +84,17 @@ class EvasionTracker:
         evaded: (N,) bool, an evading point was seen;
         images: (N, C, H, W), the first evading point where `evaded`, else the clean image;
         observed: (N,) long, how many points of each image were looked at.
+
+    `stop_when_all_evaded`: its `watch` hooks tell the engine's loop to stop once every image they
+    watch has evaded (for a caller that wants only the evasions, as `run_suite`: the flags and first
+    evading points are the same, the steps after are saved). Off by default: an attack's final point
+    is then the end of its full run (the app's single-image attack goes on past the boundary).
     """
 
-    def __init__(self, defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor,
+                 stop_when_all_evaded: bool = False) -> None:
         self.defended = check_defended(defended)
+        self.stop_when_all_evaded = bool(stop_when_all_evaded)
         self.x, self.y = x.detach(), torch.as_tensor(y, device=x.device).long()
         if self.y.shape != (x.shape[0],):
             raise ValueError(f"y must hold one label per image, shape ({x.shape[0]},), got {tuple(self.y.shape)}")
@@ -129,10 +136,14 @@ class EvasionTracker:
         return evading
 
     def watch(self, index: Optional[torch.Tensor] = None,
-              verify: bool = False) -> Callable[[int, torch.Tensor, Tuple], None]:
+              verify: bool = False) -> Callable[[int, torch.Tensor, Tuple], bool]:
         """A `watch(step, x_k, outputs_k)` hook for the engine's loops, for the images `index` (default: all);
-        `verify`: the loop runs another network than the defended model (see `observe`)."""
-        return lambda step, points, outputs: self.observe(points, outputs, index, verify)
+        `verify`: the loop runs another network than the defended model (see `observe`). It returns True (stop)
+        when `stop_when_all_evaded` and every image of `index` has evaded."""
+        def watch(step: int, points: torch.Tensor, outputs: Tuple) -> bool:
+            self.observe(points, outputs, index, verify)
+            return self.stop_when_all_evaded and bool(self.evaded[self._index(index)].all())
+        return watch
 
     @torch.no_grad()
     def check(self, points: torch.Tensor, index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,8 @@ class OrthogonalPGD(AdaptiveAttack):
                 (toward_accept,) = torch.autograd.grad((-outputs.score).sum(), x_k, allow_unused=True)
             if toward_accept is None:  # a score that does not depend on the input: nothing to avoid
                 toward_accept = torch.zeros_like(toward_class)
-            watch(step, x_k.detach(), outputs)
+            if watch(step, x_k.detach(), outputs):
+                return x_k.detach()  # every image has evaded: nothing left to look for
             with torch.no_grad():
                 flipped = (classification_margin(outputs.logits, y) > self.flip_margin).view(per_image)
                 if self.project_detector:

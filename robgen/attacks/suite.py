@@ -14,10 +14,12 @@
     result.report(8/255)   # robgen.detection.dara.detection_aware_report: DARA, per attack, detection rates
 
 An adaptive attack (one with `run(x, y, tracker)`, robgen/attacks/adaptive.py) shows the suite
-every iterate of every restart; any other attack object, `attack(x, y) -> x_adv` (robgen's PGD or
-HE-PGD on the bare model), is judged on the point it returns. For each attack the suite also
-records whether its final point is misclassified and whether it is rejected: for an attack made
-against the bare model, its success there and the detector's detection rate among its successes.
+every iterate of every restart, and stops it on a batch once every image of the batch has evaded
+(what follows could not change a flag); any other attack object, `attack(x, y) -> x_adv` (robgen's
+PGD or HE-PGD on the bare model), is judged on the point it returns. For each attack the suite also
+records whether its final point (where it stopped) is misclassified and whether it is rejected: for
+an attack made against the bare model, its success there and the detector's detection rate among
+its successes.
 The clean images are scored once, for the clean accuracy with rejection and the DARA.
 """
 
@@ -94,7 +96,7 @@ def _run_batch(defended, x, y, attacks: Mapping[str, object], constraint, progre
     outcomes: Dict[str, AttackOutcome] = {}
     for name, attack in attacks.items():
         start = time.perf_counter()
-        tracker = EvasionTracker(defended, x, y)
+        tracker = EvasionTracker(defended, x, y, stop_when_all_evaded=True)
         if hasattr(attack, "run"):
             final = attack.run(x, y, tracker)
         else:

@@ -44,14 +44,15 @@ def auto_projected_gradient_ascent(
     generator: Optional[torch.Generator] = None,
     rho: float = 0.75,
     momentum: float = 0.75,
-    watch: Optional[Callable[[int, torch.Tensor, object], None]] = None,
+    watch: Optional[Callable[[int, torch.Tensor, object], Optional[bool]]] = None,
     progress: Optional[Callable[[float], None]] = None,
 ) -> torch.Tensor:
     """Ascend `objective(model(x'))` over x' in `constraint` with APGD's schedule; returns each image's best point.
 
     `steps` steps cost `steps + 1` forward and backward passes (the start is evaluated too), and
     `watch(k, x_k, outputs_k)` sees every one of them, k = 0 (the start) to `steps`, with the
-    outputs of that pass (as in `projected_gradient_ascent`; detach what you keep). Unlike the
+    outputs of that pass (as in `projected_gradient_ascent`; detach what you keep). A `watch` that
+    returns True stops the run there: the point it just watched is returned. Unlike the
     fixed-step loop, a longer run is not an extension of a shorter one: the checkpoints depend on
     `steps`. The caller chooses the model's mode.
     """
@@ -66,12 +67,13 @@ def auto_projected_gradient_ascent(
             outputs = model(point)
             values = objective(outputs)
             (grad,) = torch.autograd.grad(values.sum(), point)
-        if watch is not None:
-            watch(step, point.detach(), outputs)
-        return values.detach(), grad
+        stop = watch is not None and bool(watch(step, point.detach(), outputs))
+        return values.detach(), grad, stop
 
     x_k = constraint.random_start(x, generator) if random_start else x.clone()
-    value, grad = evaluate(0, x_k)
+    value, grad, stop = evaluate(0, x_k)
+    if stop:
+        return x_k
     best_x, best_value, best_grad = x_k.clone(), value.clone(), grad.clone()
     eta = torch.full(per_image, 2 * constraint.eps, dtype=x.dtype, device=x.device)
     x_previous = x_k
@@ -85,7 +87,11 @@ def auto_projected_gradient_ascent(
             alpha = momentum if step > 1 else 1.0
             z = constraint.project(x_k + eta * constraint.direction(grad), x)
             x_previous, x_k = x_k, constraint.project(x_k + alpha * (z - x_k) + (1 - alpha) * (x_k - x_previous), x)
-        new_value, grad = evaluate(step, x_k)
+        new_value, grad, stop = evaluate(step, x_k)
+        if stop:
+            if progress is not None:
+                progress(1.0)
+            return x_k
         increases += (new_value > value).to(increases.dtype)
         value = new_value
         improved = value > best_value

@@ -34,7 +34,7 @@ def projected_gradient_ascent(
     recorder: Optional[TraceRecorder] = None,
     progress: Optional[Callable] = None,
     on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
-    watch: Optional[Callable[[int, torch.Tensor, object], None]] = None,
+    watch: Optional[Callable[[int, torch.Tensor, object], Optional[bool]]] = None,
 ) -> torch.Tensor:
     """Ascend `objective(model(x'))` over x' in `constraint` around x; returns x' (detached).
 
@@ -49,7 +49,9 @@ def projected_gradient_ascent(
     extra pass). The outputs come as the model returned them, a tensor or a tuple, their
     graph already freed by the backward pass: detach what you keep. The returned point
     x_steps is not watched: a caller for whom every iterate counts
-    (robgen.attacks.evasion.EvasionTracker) checks it with one more forward pass.
+    (robgen.attacks.evasion.EvasionTracker) checks it with one more forward pass. A `watch` that
+    returns True has seen all it needs (every image evaded): the loop stops there and returns
+    x_k, the point it just watched, without taking its step.
     """
     x = x.detach()
     x_adv = constraint.random_start(x, generator) if random_start else x.clone()
@@ -59,8 +61,12 @@ def projected_gradient_ascent(
             logits = model(x_adv)
             loss = objective(logits)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        if watch is not None:
-            watch(step, x_adv.detach(), logits)
+        if watch is not None and watch(step, x_adv.detach(), logits):
+            x_adv = x_adv.detach()
+            if progress is not None:
+                progress(1.0)
+            steps = step  # the returned point is x_step: the recorder records it under that index
+            break
         if step == 0 and not bool(grad.any()):
             logger.warning(
                 "the input gradient is exactly zero: the attack cannot move. Is the model returning "

@@ -105,6 +105,11 @@ class AdaptiveSettings:
         """The suite's attacks, in the order each image's first evasion is credited to."""
         return suite_names(self.lambdas)
 
+    @property
+    def references(self) -> Tuple[str, ...]:
+        """The suite's attacks that do not know the detector (on the bare model): judged at their final points."""
+        return tuple(name for name in self.attacks if name not in ADAPTIVE)
+
 
 def require_validation_split(spec, data) -> None:
     """Refuse a model whose training record names no validation split held out of `data` (read as
@@ -124,7 +129,7 @@ def require_validation_split(spec, data) -> None:
 def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, n_reference: int = 0,
                     shared_references: bool = True) -> dict:
     """Image-passes through the model a run will make, before it runs: an upper bound (a later restart runs
-    only on the images no earlier one evaded).
+    only on the images no earlier one evaded, and an adaptive attack stops on a batch once all of it evaded).
 
     Per image and suite: (K+1) PGD, Penalty PGD and logit matching `restarts x steps` forward+backward
     passes, APGD `restarts x (steps + 1)`, Orthogonal PGD `restarts x steps` forwards with two backward
@@ -156,7 +161,8 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
                                                              "forward": forward[name]} for name in per_suite},
             "per_image_per_eps": {name: {"forward_backward": gradient[name], "forward": forward[name]}
                                   for name in once},
-            "note": "an upper bound: later restarts run only on the images not yet evaded"}
+            "note": "an upper bound: later restarts run only on the images not yet evaded, and an adaptive "
+                    "attack stops on a batch once every image of it has evaded"}
 
 
 def _option_digest(option: RejectOption) -> dict:

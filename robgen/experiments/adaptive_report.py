@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -53,17 +53,25 @@ def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, in
     return counts
 
 
-def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch.Tensor]]) -> dict:
-    """One (detector, eps): `detection_aware_report` of the suite's flags, and which attack evaded first."""
+def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch.Tensor]],
+                 references: Sequence[str] = ()) -> dict:
+    """One (detector, eps): `detection_aware_report` of the suite's flags, and which attack evaded first.
+
+    `references`: the attacks that do not know the detector (PGD and HE-PGD on the bare model). Their final
+    points give "accuracy_at_final_points" (the model alone at those points) and "detection_rate_at_final_points"
+    (the share of their successes the detector rejects: what it catches of an attacker who ignores it). The
+    adaptive attacks' final points are left out: they stop on a batch once all of it evaded, so where they end
+    depends on the batch, and the bare model's robust accuracy is `bare_row`'s, with the detector off.
+    """
     first = next(iter(stages.values()))
+    judged = {name: s for name, s in stages.items() if name in set(references)}
     report = detection_aware_report(
         first["clean_correct"], first["clean_accepted"], {name: s["evaded"] for name, s in stages.items()}, eps,
-        bare_adversarial_correct={name: ~s["misclassified"] for name, s in stages.items()},
-        bare_adversarial_rejected={name: s["rejected"] for name, s in stages.items()})
-    # the attacks' final points judged by the model alone: not the bare model's robust accuracy (these attacks aim
-    # at the detector too), which `bare_row` measures with the detector off
-    report["accuracy_at_final_points"] = report.pop("bare_robust_accuracy")
-    report["detection_rate_at_final_points"] = report.pop("detection_rate")
+        bare_adversarial_correct={name: ~s["misclassified"] for name, s in judged.items()} if judged else None,
+        bare_adversarial_rejected={name: s["rejected"] for name, s in judged.items()} if judged else None)
+    if judged:
+        report["accuracy_at_final_points"] = report.pop("bare_robust_accuracy")
+        report["detection_rate_at_final_points"] = report.pop("detection_rate")
     return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages)}
 
 
@@ -153,7 +161,7 @@ def summarise(model, data, settings, reject: Mapping[str, object], clean_correct
     rows, bare, off_equal = [], [], {}
     for eps in settings.eps_list:
         for detector in reject:
-            rows.append({"eps": float(eps), **detector_row(detector, eps, flags[detector][eps])})
+            rows.append({"eps": float(eps), **detector_row(detector, eps, flags[detector][eps], settings.references)})
         off = flags[OFF][eps]
         bare.append(bare_row(eps, clean_correct, off))
         first = next(iter(off.values()))

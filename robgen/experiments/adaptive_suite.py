@@ -123,7 +123,8 @@ def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor
                 report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
     """One attack of the suite over (x, y); per image (on the CPU, in data order):
 
-    "evaded" (some point misclassified and accepted), "misclassified" / "rejected" (its final point),
+    "evaded" (some point misclassified and accepted), "misclassified" / "rejected" (its final point: where
+    it stopped, `run_suite` stopping a batch once all of it evaded),
     "clean_correct" / "clean_accepted", "labels", and the model's "point_logits" and the reject
     "point_score" at the point the attack is judged by (its first evasion, else its final point).
     """
