@@ -26,6 +26,9 @@ from robgen.engine.apgd import _checkpoint_windows, auto_projected_gradient_asce
 from tests.conftest import tiny_model
 
 
+EPS_FEW = 12 / 255  # a ball in which the tiny random model's images evade over several restarts, not all at once
+
+
 def images(n, seed, size=32):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -390,6 +393,23 @@ def test_a_longer_run_from_the_same_start_contains_the_shorter_one_so_never_evad
         assert torch.equal(short[k], long[k])
     assert bool((long_evaded | ~short_evaded).all())  # every evasion of the short run is one of the long run
     assert int(long_evaded.sum()) > int(short_evaded.sum())  # and here the longer run finds more
+
+
+@pytest.mark.parametrize("attack_class", [KPlusOnePGD, PenaltyPGD])
+def test_an_attack_with_r_restarts_finds_exactly_the_evasions_of_the_first_r_restarts_of_a_longer_one(
+        logit_detector, batch, attack_class):
+    x, y = batch
+    runs = {}
+    for restarts in (1, 2, 4):
+        tracker = EvasionTracker(logit_detector, x, y, stop_when_all_evaded=True)
+        attack_class(logit_detector, eps=EPS_FEW, steps=10, restarts=restarts, generator=seeded()).run(x, y, tracker)
+        runs[restarts] = tracker
+    longest = runs[4]
+    assert {1, 2} <= set(longest.first_run[longest.evaded].tolist()), "here more restarts should find more"
+    assert not longest.first_run[~longest.evaded].any() and not longest.evaded.all()
+    for restarts in (1, 2):  # what robgen's report reads as "DARA after r restarts"
+        assert torch.equal(runs[restarts].evaded, longest.evaded & (longest.first_run <= restarts)), restarts
+        assert torch.equal(runs[restarts].first_run, torch.where(longest.first_run <= restarts, longest.first_run, 0))
 
 
 def test_run_suite_refuses_an_attack_outside_its_ball(logit_detector, batch):

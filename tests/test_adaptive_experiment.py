@@ -22,7 +22,7 @@ from robgen.cli.adaptive import DETECTORS
 from robgen.detection.reject import KINDS, make_reject_option
 from robgen.experiments.adaptive import STAGES, AdaptiveSettings, estimate_passes
 from robgen.experiments.adaptive_suite import DetectorOff
-from robgen.experiments.adaptive_report import markdown, sanity_checks
+from robgen.experiments.adaptive_report import convergence_checks, dara_by_restarts, markdown, sanity_checks
 from robgen.experiments.stages import StageStore
 from robgen.training import TrainConfig, train
 from tests.conftest import tiny_model
@@ -85,6 +85,8 @@ def test_the_command_writes_results_report_figure_and_detectors(finished):
     assert results["estimate"]["forward_backward_passes"] > 0 and results["estimate"]["suites"] == 6
     text = (out / "results.md").read_text()
     assert "DARA at 8/255" in text and "Sanity checks" in text and "Tramèr" in text
+    for row in results["rows"]:  # one restart: the curve has one point, the suite's own DARA
+        assert row["dara_by_restarts"] == [row["dara"]]
     again = next(check for check in results["sanity"] if check["check"].startswith("every evasion holds"))
     assert again["passed"] is True and again["detail"].startswith("0 of ")
     assert int(again["detail"].split(" of ")[1].split()[0]) > 0, "the toy run has evasions to check"
@@ -250,6 +252,24 @@ def test_a_dara_that_rises_with_eps_or_stays_high_at_a_large_eps_is_flagged():
     assert verdicts[("the detector switched off gives the bare model's robust accuracy", "eps 64/255")] is False
     one_eps = sanity_checks(rows[:1] + rows[2:3], bare[:1], {8 / 255: (True, 0)})
     assert {c["passed"] for c in one_eps if c["check"] == "near 0 at a large eps"} == {None}  # not run below 64/255
+
+
+def test_dara_by_restarts_counts_each_evasion_from_its_restart_and_flags_a_suite_still_falling():
+    clean = torch.ones(20, dtype=torch.bool)
+    first_run = torch.tensor([1] * 4 + [2] * 2 + [3] * 6 + [0] * 8)  # 12 images evaded: 4, 2 and 6 per restart
+    stages = {"k+1 pgd": {"evaded": first_run > 0, "first_run": first_run, "clean_correct": clean,
+                          "clean_accepted": clean},
+              "pgd (bare model)": {"evaded": torch.arange(20) == 19, "first_run": (torch.arange(20) == 19).long(),
+                                   "clean_correct": clean, "clean_accepted": clean}}
+    curve = dara_by_restarts(stages, 3)
+    assert [entry["count"] for entry in curve] == [15, 13, 7]  # 20 - evaded so far - the reference's 1
+    rows = [{"detector": "energy", "eps": 8 / 255, "dara_by_restarts": curve},
+            {"detector": "off", "eps": 8 / 255, "dara_by_restarts": curve[:2] + [curve[1]]}]
+    verdicts = {check["subject"]: check["passed"] for check in convergence_checks(rows)}
+    assert verdicts == {"energy": False, "detector off": True}  # 13/20 lies outside 7/20's interval; 13 = 13
+    assert dara_by_restarts({"k+1 pgd": {"evaded": clean}}, 3) is None  # stages that do not record the restart
+    one = convergence_checks([{"detector": "energy", "eps": 8 / 255, "dara_by_restarts": curve[:1]}])
+    assert one[0]["passed"] is None and "one restart" in one[0]["detail"]
 
 
 def test_a_failed_sanity_check_is_flagged_at_the_top_of_the_report(finished):

@@ -149,6 +149,7 @@ class AdaptiveAttack:
                 todo = (~tracker.evaded).nonzero()[:, 0]
                 if len(todo) == 0:
                     break
+                tracker.run = restart
                 watch = tracker.watch(todo, verify=network is not model)
                 final[todo] = self._once(x[todo], y[todo], restart, watch, todo, network)
                 misclassified, rejected = tracker.check(final[todo], todo)

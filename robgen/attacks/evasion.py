@@ -83,7 +83,9 @@ class EvasionTracker:
     Attributes (on the images' device):
         evaded: (N,) bool, an evading point was seen;
         images: (N, C, H, W), the first evading point where `evaded`, else the clean image;
-        observed: (N,) long, how many points of each image were looked at.
+        observed: (N,) long, how many points of each image were looked at;
+        first_run: (N,) long, the run (1-based) in which the first evasion was seen, 0 where none: an attack with
+            restarts sets `run` (0-based) before each, so a report can tell what fewer restarts would have found.
 
     `stop_when_all_evaded`: its `watch` hooks tell the engine's loop to stop once every image they
     watch has evaded (for a caller that wants only the evasions, as `run_suite`: the flags and first
@@ -101,6 +103,8 @@ class EvasionTracker:
         self.evaded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         self.images = self.x.clone()
         self.observed = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.first_run = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.run = 0  # the run (restart) now shown, 0-based
 
     def _index(self, index: Optional[torch.Tensor]) -> torch.Tensor:
         return torch.arange(len(self.y), device=self.y.device) if index is None else index.to(self.y.device)
@@ -133,6 +137,7 @@ class EvasionTracker:
             where = index[new]
             self.images[where] = points.detach()[new].to(self.images.dtype)
             self.evaded[where] = True
+            self.first_run[where] = self.run + 1
         return evading
 
     def watch(self, index: Optional[torch.Tensor] = None,
@@ -159,5 +164,6 @@ class EvasionTracker:
         """Take `other`'s evasions (of the same images) where this tracker has none; returns (N,) bool, the new ones."""
         new = other.evaded & ~self.evaded
         self.images[new] = other.images[new]
+        self.first_run[new] = other.first_run[new]
         self.evaded |= new
         return new

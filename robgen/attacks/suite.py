@@ -51,6 +51,7 @@ class AttackOutcome:
     misclassified: torch.Tensor  # its final point is misclassified by the model (detector aside)
     rejected: torch.Tensor  # its final point is rejected
     seconds: float = 0.0
+    first_run: Optional[torch.Tensor] = None  # the run (1-based, restarts) of the first evasion, 0 where none
 
 
 @dataclass
@@ -106,7 +107,8 @@ def _run_batch(defended, x, y, attacks: Mapping[str, object], constraint, progre
             misclassified, rejected = tracker.check(final)
         _check_in_ball(name, tracker.images, x, constraint)
         images = torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
-        outcomes[name] = AttackOutcome(tracker.evaded, images, misclassified, rejected, time.perf_counter() - start)
+        outcomes[name] = AttackOutcome(tracker.evaded, images, misclassified, rejected, time.perf_counter() - start,
+                                       first_run=tracker.first_run)
         for i in overall.merge(tracker).nonzero()[:, 0].tolist():
             found_by[i] = name
         done += 1
@@ -121,7 +123,8 @@ def _concatenate(parts: List[SuiteResult]) -> SuiteResult:
 
     outcomes = {name: AttackOutcome(*(cat(lambda p, f=f: getattr(p.attacks[name], f))
                                       for f in ("evaded", "images", "misclassified", "rejected")),
-                                    seconds=sum(p.attacks[name].seconds for p in parts))
+                                    seconds=sum(p.attacks[name].seconds for p in parts),
+                                    first_run=cat(lambda p: p.attacks[name].first_run))
                 for name in parts[0].attacks}
     return SuiteResult(cat(lambda p: p.clean_correct), cat(lambda p: p.clean_accepted), cat(lambda p: p.evaded),
                        cat(lambda p: p.images), [name for p in parts for name in p.found_by], outcomes)

@@ -9,7 +9,10 @@ Carlini et al. (2019, "On evaluating adversarial robustness"), kept as data:
 - the detector switched off gives the bare model's robust accuracy, image for image (the bare
   model's number comes from the model re-run on every attack's points, not through the detector);
 - DARA (and the bare robust accuracy) does not rise with eps;
-- at a large eps (LARGE_EPS or more) DARA is near 0 (at most NEAR_ZERO).
+- at a large eps (LARGE_EPS or more) DARA is near 0 (at most NEAR_ZERO);
+- the attacks have converged: their last restart lowers DARA by no more than noise (the DARA of one
+  restart fewer lies inside the full run's 95% interval). `dara_by_restarts` is exact, not a rerun: a run
+  with r restarts is the first r restarts of this one (same draws, and later restarts only add evasions).
 
 A failed check is flagged at the top of results.md.
 """
@@ -22,7 +25,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..detection.dara import defended_images, detection_aware_report, eps_label, rate
+from ..detection.dara import (defended_images, detection_aware_report, detection_aware_robust_accuracy, eps_label,
+                             rate)
 
 OFF = "off"  # the detector switched off (adaptive.DetectorOff)
 BARE = "bare model"
@@ -53,8 +57,20 @@ def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, in
     return counts
 
 
+def dara_by_restarts(stages: Mapping[str, Dict[str, torch.Tensor]], restarts: int) -> Optional[List[dict]]:
+    """DARA had the adaptive attacks made only their first r restarts, r = 1..`restarts` (the references, one
+    run each, count in full); None for stages that do not record each evasion's restart ("first_run")."""
+    if any("first_run" not in flags for flags in stages.values()):
+        return None
+    first = next(iter(stages.values()))
+    return [detection_aware_robust_accuracy(first["clean_correct"], first["clean_accepted"],
+                                            {name: flags["evaded"] & (flags["first_run"] <= r)
+                                             for name, flags in stages.items()})
+            for r in range(1, int(restarts) + 1)]
+
+
 def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch.Tensor]],
-                 references: Sequence[str] = ()) -> dict:
+                 references: Sequence[str] = (), restarts: int = 1) -> dict:
     """One (detector, eps): `detection_aware_report` of the suite's flags, and which attack evaded first.
 
     `references`: the attacks that do not know the detector (PGD and HE-PGD on the bare model). Their final
@@ -72,7 +88,8 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
     if judged:
         report["accuracy_at_final_points"] = report.pop("bare_robust_accuracy")
         report["detection_rate_at_final_points"] = report.pop("detection_rate")
-    return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages)}
+    return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages),
+            "dara_by_restarts": dara_by_restarts(stages, restarts)}
 
 
 def bare_flags(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -130,6 +147,28 @@ def sanity_checks(rows: List[dict], bare: List[dict], off_equal: Dict[float, Tup
             passed = entry["rate"] <= NEAR_ZERO
             detail = f"{_pct(entry)} at {eps_label(largest)} (near 0: at most {100 * NEAR_ZERO:.0f}%)"
         checks.append({"check": "near 0 at a large eps", "subject": name, "passed": passed, "detail": detail})
+    return checks + convergence_checks(rows)
+
+
+def convergence_checks(rows: List[dict]) -> List[dict]:
+    """Per detector (the detector off included): did the last restart lower DARA by more than noise, at any eps?"""
+    checks = []
+    for name in dict.fromkeys(row["detector"] for row in rows):
+        curves = sorted(((row["eps"], row.get("dara_by_restarts")) for row in rows if row["detector"] == name),
+                        key=lambda point: point[0])
+        subject = "detector off" if name == OFF else name
+        if any(curve is None for _, curve in curves) or len(curves[0][1]) < 2:
+            why = "one restart only" if all(curve is not None for _, curve in curves) else \
+                "the stages do not record each evasion's restart"
+            checks.append({"check": "the last restart lowers DARA by no more than noise", "subject": subject,
+                           "passed": None, "detail": f"not run: {why}"})
+            continue
+        moved = [(eps, curve) for eps, curve in curves if curve[-2]["rate"] > curve[-1]["ci"][1]]
+        checks.append({"check": "the last restart lowers DARA by no more than noise", "subject": subject,
+                       "passed": not moved, "detail": ", ".join(
+                           f"{_pct(curve[-2])} after {len(curve) - 1}, {_pct(curve[-1])} after {len(curve)} restarts "
+                           f"at {eps_label(eps)}" for eps, curve in curves)
+                       + ("" if not moved else ": not converged, run more restarts or steps")})
     return checks
 
 
@@ -161,7 +200,8 @@ def summarise(model, data, settings, reject: Mapping[str, object], clean_correct
     rows, bare, off_equal = [], [], {}
     for eps in settings.eps_list:
         for detector in reject:
-            rows.append({"eps": float(eps), **detector_row(detector, eps, flags[detector][eps], settings.references)})
+            rows.append({"eps": float(eps), **detector_row(detector, eps, flags[detector][eps], settings.references,
+                                                            settings.restarts)})
         off = flags[OFF][eps]
         bare.append(bare_row(eps, clean_correct, off))
         first = next(iter(off.values()))
@@ -245,6 +285,18 @@ def markdown(results: dict) -> str:
                     continue
                 cells.append(f"{_pct(row['per_attack'][attack]['evasion_rate'])} / {row['found_first'][attack]}")
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    by_restarts = [row for row in results["rows"] if row.get("dara_by_restarts")]
+    if by_restarts and settings["restarts"] > 1:
+        lines += ["", "## DARA after each restart", "",
+                  "What the suite would have found with fewer restarts of its adaptive attacks (exact: the first r "
+                  "restarts of this run); a DARA still falling at the last restart means the attacks have not "
+                  "converged.", "",
+                  "| detector | eps | " + " | ".join(f"after {r}" for r in range(1, settings["restarts"] + 1)) + " |",
+                  "|---|---|" + "---|" * settings["restarts"]]
+        for row in sorted(by_restarts, key=lambda row: row["eps"]):
+            label = "detector off" if row["detector"] == OFF else row["detector"]
+            lines.append(f"| {label} | {row['eps_label']} | " +
+                         " | ".join(_pct(entry) for entry in row["dara_by_restarts"]) + " |")
     if results["logit_matching_skipped"]:
         lines += ["", "Logit matching was skipped against: " + "; ".join(
             f"{name} ({why})" for name, why in results["logit_matching_skipped"].items())]

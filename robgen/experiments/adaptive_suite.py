@@ -123,7 +123,8 @@ def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor
                 report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
     """One attack of the suite over (x, y); per image (on the CPU, in data order):
 
-    "evaded" (some point misclassified and accepted), "misclassified" / "rejected" (its final point: where
+    "evaded" (some point misclassified and accepted), "first_run" (in which restart, 1-based; 0: none),
+    "misclassified" / "rejected" (its final point: where
     it stopped, `run_suite` stopping a batch once all of it evaded),
     "clean_correct" / "clean_accepted", "labels", and the model's "point_logits" and the reject
     "point_score" at the point the attack is judged by (its first evasion, else its final point).
@@ -138,7 +139,8 @@ def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor
             outcome = result.attacks[name]
             with torch.no_grad(), eval_mode(defended.model):
                 logits, score = defended.outputs(outcome.images)
-            row = {"evaded": outcome.evaded, "misclassified": outcome.misclassified, "rejected": outcome.rejected,
+            row = {"evaded": outcome.evaded, "first_run": outcome.first_run,
+                   "misclassified": outcome.misclassified, "rejected": outcome.rejected,
                    "clean_correct": result.clean_correct, "clean_accepted": result.clean_accepted, "labels": labels,
                    "point_logits": logits.float(), "point_score": score.double()}
             rows.append((index, {key: value.detach().cpu() for key, value in row.items()}))
@@ -180,7 +182,8 @@ def judge_reference(reject: RejectOption, stage: Dict[str, torch.Tensor], clean_
     score = reject.score_from(on(logits), on(stage["point_features"]) if needs else None).double().cpu()
     clean_score = reject.score_from(on(clean_logits), on(clean_features) if needs else None).cpu()
     misclassified, rejected = logits.argmax(1) != labels, score > 0
-    return {"evaded": misclassified & ~rejected, "misclassified": misclassified, "rejected": rejected,
+    evaded = misclassified & ~rejected
+    return {"evaded": evaded, "first_run": evaded.long(), "misclassified": misclassified, "rejected": rejected,
             "clean_correct": clean_logits.argmax(1) == labels, "clean_accepted": clean_score <= 0, "labels": labels,
             "point_logits": logits, "point_score": score}
 
