@@ -18,7 +18,7 @@ def config(toy_data, **overrides):
     return TrainConfig(**settings)
 
 
-@pytest.mark.parametrize("mode", ["standard", "pgd", "fast", "quasi"])
+@pytest.mark.parametrize("mode", ["standard", "pgd", "fast", "quasi", "reject"])
 def test_every_mode_lowers_the_loss(toy_data, tmp_path, mode):
     rows = []
     model = train(config(toy_data, mode=mode, attack_steps=2), tmp_path / mode, progress=False, on_epoch=rows.append)
@@ -38,7 +38,7 @@ def test_quasi_mode_uses_the_small_l2_budget(toy_data):
     assert quasi.step_size == pytest.approx(1.25 * training.QUASI_EPS)
 
 
-@pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25)])
+@pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25), ("reject", "linf", 8 / 255)])
 def test_adversarial_training_trains_on_examples_in_the_ball(toy_data, tmp_path, monkeypatch, mode, norm, eps):
     seen = []
     original = robgen.PGD.__call__
@@ -289,7 +289,7 @@ def test_official_cifar_recipe_options_train_and_snapshot(toy_data, tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("optimizer", "rmsprop", "sgd, adam"), ("schedule", "step", "onecycle, cosine, multistep"),
     ("augment", "mixup", "crop-flip, flip, none"), ("milestones", (80, 30), "increasing"),
-    ("snapshot_every", -1, ">= 0"),
+    ("snapshot_every", -1, ">= 0"), ("reject_cap", 1.5, r"probability in \(0, 1\)"), ("reject_weight", -1, ">= 0"),
 ])
 def test_bad_recipe_options_are_explained(toy_data, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -303,3 +303,57 @@ def test_resume_refuses_another_recipe(toy_data, tmp_path):
     with pytest.raises(ValueError, match="augment"):
         train(config(toy_data, epochs=1, optimizer="adam", lr=1e-3, augment="flip"), tmp_path / "run", resume=True,
               progress=False)
+
+
+def test_the_reject_loss_is_the_clean_cross_entropy_plus_the_excess_of_the_most_likely_wrong_class():
+    import math
+
+    import torch.nn.functional as F
+
+    from robgen.attacks.objectives import wrong_class_log_prob
+    from robgen.training.losses import batch_loss
+
+    class Table(torch.nn.Module):  # logits looked up by two pixels: (attacked or clean, which image)
+        def __init__(self, clean, attacked):
+            super().__init__()
+            self.clean, self.attacked = clean, attacked
+
+        def forward(self, x):
+            row = x[:, 0, 0, 1].long()
+            return torch.where(x[:, :1, 0, 0] > 0.5, self.attacked[row], self.clean[row])
+
+    y = torch.tensor([0, 1])
+    clean = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    attacked = torch.tensor([[0.0, 2.0, 0.0],  # fooled: p(wrong) = e^2 / (e^2 + 2) = 0.79, above the cap
+                             [0.0, 1.0, 0.0]])  # still right: p(best wrong) = 1 / (e + 2) = 0.21, below a cap of 0.25
+    x, x_star = torch.zeros(2, 3, 2, 2), torch.ones(2, 3, 2, 2)
+    x[1, 0, 0, 1] = x_star[1, 0, 0, 1] = 1.0
+    x_star[0, 0, 0, 1] = 0.0
+    recipe = TrainConfig(mode="reject", reject_cap=0.25, reject_weight=2.0)
+    loss, logits = batch_loss(recipe, Table(clean, attacked), x, x_star, y)
+    assert torch.equal(logits, clean)  # the training accuracy is counted on the clean images
+    excess = math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(0.25)  # only the fooled image's counts
+    assert float(loss) == pytest.approx(float(F.cross_entropy(clean, y)) + 2.0 * excess / 2, rel=1e-6)
+    assert torch.allclose(wrong_class_log_prob(attacked, y), torch.log_softmax(attacked, 1)[[0, 1], [1, 0]])
+    pgd_loss, pgd_logits = batch_loss(TrainConfig(mode="pgd"), Table(clean, attacked), x, x_star, y)
+    assert torch.equal(pgd_logits, attacked) and float(pgd_loss) == pytest.approx(float(F.cross_entropy(attacked, y)))
+
+
+def test_confident_pgd_makes_more_confident_mistakes_than_pgd():
+    from robgen.attacks.objectives import wrong_class_log_prob
+    from robgen.attacks.pgd import ConfidentPGD
+    from tests.conftest import tiny_model
+
+    model = tiny_model().eval()
+    x = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    found = {}
+    for kind in (robgen.PGD, ConfidentPGD):
+        x_adv = kind(model, eps=8 / 255, step_size=2 / 255, steps=10, generator=torch.Generator().manual_seed(1))(x, y)
+        assert float((x_adv - x).abs().max()) <= 8 / 255 + 1e-6
+        with torch.no_grad():
+            found[kind] = wrong_class_log_prob(model(x_adv), y).mean()
+    assert found[ConfidentPGD] > found[robgen.PGD]
+    with pytest.raises(ValueError, match="untargeted"):
+        ConfidentPGD(model)(x, y, target=(y + 1) % 10)

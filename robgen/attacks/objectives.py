@@ -30,3 +30,11 @@ def high_energy_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float, tem
     energies of natural images, which hides the example from EnergyDetector.
     """
     return F.cross_entropy(logits, labels, reduction="none") + lam * energy(logits, temperature, check=False)
+
+
+def wrong_class_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """max over k != y of log p(k | x): ascending it makes x a confident mistake (the attack a confidence reject
+    option faces: Stutz et al. 2020's CCAT trains against it). In energies, -(E(x, k) - E(x)) for the best wrong k."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    own = F.one_hot(labels, logits.shape[1]).bool()
+    return log_p.masked_fill(own, float("-inf")).max(dim=1).values

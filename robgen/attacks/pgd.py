@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from .base import Attack
+from .objectives import wrong_class_log_prob
 
 
 class PGD(Attack):
@@ -21,6 +22,24 @@ class PGD(Attack):
         >>> x_adv = attack(x, y)
         >>> x_adv, trace = attack(x, y, return_trace=True)   # per-step energy, accuracy, loss
     """
+
+
+class ConfidentPGD(PGD):
+    """PGD toward a confident mistake: ascends the log-probability of the most likely wrong class
+    (`objectives.wrong_class_log_prob`) instead of the cross-entropy. Untargeted only.
+
+    Against a classifier that rejects unconfident inputs this is the attack that matters (the
+    high-confidence attack of Stutz et al. 2020); robgen's "reject" training mode learns from it.
+
+    Example:
+        >>> x_adv = ConfidentPGD(model, eps=8/255, step_size=2/255, steps=10)(x, y)
+    """
+
+    def objective(self, labels, target):
+        if target is not None:
+            raise ValueError("ConfidentPGD is untargeted (it seeks the most confident wrong class): use PGD for a "
+                             "targeted attack")
+        return lambda logits: wrong_class_log_prob(logits, labels)
 
 
 class FGSM(Attack):

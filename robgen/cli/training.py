@@ -22,10 +22,15 @@ def add_parsers(commands) -> None:
     add_data_arguments(train, required=False)
     train.add_argument("--arch", default="resnet10_cifar", help="timm architecture (default resnet10_cifar)")
     train.add_argument("--width", type=int, help="width of robgen's CIFAR ResNets (default 64)")
-    train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi"])
+    train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi", "reject"],
+                       help="reject: train a confidence reject option (robgen/training/losses.py)")
     train.add_argument("--norm", default="linf", choices=["linf", "l2"])
     train.add_argument("--eps", type=parse_number, default=8 / 255, help="training budget (quasi default: L2 0.05)")
-    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd")
+    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd and reject")
+    train.add_argument("--reject-cap", type=float, default=0.25,
+                       help="--mode reject: the probability the most likely wrong class is held below at the attack's "
+                            "point (default 0.25)")
+    train.add_argument("--reject-weight", type=float, default=1.0, help="--mode reject: that term's weight (default 1)")
     train.add_argument("--attack-step-size", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=128, help="per process")
@@ -116,7 +121,8 @@ def command_train(args) -> int:
     try:
         config = TrainConfig(
             data=args.data, architecture=args.arch, width=args.width, mode=args.mode, norm=args.norm, eps=args.eps,
-            attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, epochs=args.epochs,
+            attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, reject_cap=args.reject_cap,
+            reject_weight=args.reject_weight, epochs=args.epochs,
             batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
             schedule=args.schedule, milestones=args.milestones, augment=args.augment, snapshot_every=args.snapshot_every,
             label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,

@@ -4,10 +4,11 @@
     model = train(TrainConfig(data="cifar10", mode="fast", eps=8/255, epochs=20), "runs/robust")
 
 One concern a module:
-- `config.py`: the recipe (`TrainConfig`: modes "standard", "pgd", "fast", "quasi"; optimiser, schedule,
-  augmentation) and the learning-rate schedules;
+- `config.py`: the recipe (`TrainConfig`: modes "standard", "pgd", "fast", "quasi", "reject"; optimiser,
+  schedule, augmentation) and the learning-rate schedules;
 - `preparation.py`: the data splits and the initial model (fresh, or a checkpoint to fine-tune);
-- `adversarial.py`: the adversarial examples the robust and quasi-robust modes train on;
+- `adversarial.py`: the adversarial examples the robust, quasi-robust and reject modes train on;
+- `losses.py`: what a training step minimises (the cross-entropy; "reject": a reject option's objective);
 - `loop.py`: the epochs, the per-epoch validation check, `train`;
 - `checkpointing.py`: what each epoch writes (checkpoint, best/ and snapshot copies, trainer state, log) and
   how a run resumes.

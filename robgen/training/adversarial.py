@@ -1,11 +1,13 @@
-"""The adversarial examples a training run learns from (modes "pgd", "fast" and "quasi").
+"""The adversarial examples a training run learns from (modes "pgd", "fast", "quasi" and "reject").
 
 They come from robgen's own PGD (the same loop as the attacks and the synthesis), run with the model in eval
 mode (the attack restores the train mode), from a random start drawn from a generator of this run's own:
 
 - "pgd": Madry et al. 2018, `attack_steps` steps of `step_size` (default 2.5·eps/steps);
 - "fast": Wong et al. 2020, "Fast is better than free": one step of 1.25·eps from a uniform random start;
-- "quasi": the same single step at a very small budget (default L2 0.05, `config.QUASI_EPS`).
+- "quasi": the same single step at a very small budget (default L2 0.05, `config.QUASI_EPS`);
+- "reject": `attack_steps` steps of `ConfidentPGD`, toward the most confident mistake in the ball (losses.py says
+  what is learnt from it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from .. import distributed
 from ..attacks import PGD
+from ..attacks.pgd import ConfidentPGD
 from .config import TrainConfig
 
 
@@ -27,7 +30,8 @@ def training_attack(config: TrainConfig, model, device: torch.device) -> Optiona
     """
     if config.mode == "standard":
         return None
-    steps = config.attack_steps if config.mode == "pgd" else 1
+    steps = config.attack_steps if config.mode in ("pgd", "reject") else 1
     generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
-    return PGD(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
-               generator=generator)
+    kind = ConfidentPGD if config.mode == "reject" else PGD
+    return kind(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
+                generator=generator)

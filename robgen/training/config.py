@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from .. import data as datasets
 
-MODES = ("standard", "pgd", "fast", "quasi")
+MODES = ("standard", "pgd", "fast", "quasi", "reject")
 SCHEDULES = ("onecycle", "cosine", "multistep")
 OPTIMIZERS = ("sgd", "adam")
 # Quasi-robust budget. MAGIC (AAAI 2023) uses L2 eps 0.05 on ImageNet, 1/60 of the usual robust
@@ -38,8 +38,12 @@ class TrainConfig:
     mode: str = "standard"
     norm: str = "linf"  # threat model for training (adversarial modes) and per-epoch evaluation
     eps: float = 8 / 255
-    attack_steps: int = 7  # "pgd" mode
-    attack_step_size: Optional[float] = None  # default: 2.5·eps/steps ("pgd"), 1.25·eps ("fast", "quasi")
+    attack_steps: int = 7  # "pgd" and "reject" modes
+    attack_step_size: Optional[float] = None  # default: 2.5·eps/steps ("pgd", "reject"), 1.25·eps ("fast", "quasi")
+    # "reject" mode (losses.py): at the attack's point, the most likely wrong class is trained below probability
+    # `reject_cap`, with weight `reject_weight` beside the clean cross-entropy
+    reject_cap: float = 0.25
+    reject_weight: float = 1.0
     epochs: int = 30
     batch_size: int = 128  # per process
     optimizer: str = "sgd"  # "sgd": SGD with Nesterov momentum; "adam": Adam (weight decay as an L2 term, as torch's)
@@ -110,6 +114,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "attack_steps", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.reject_cap < 1:
+            raise ValueError(f"reject_cap is a probability in (0, 1), e.g. 0.25, got {self.reject_cap}")
+        if self.reject_weight < 0:
+            raise ValueError(f"reject_weight must be >= 0, got {self.reject_weight}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 
@@ -117,7 +125,7 @@ class TrainConfig:
     def step_size(self) -> float:
         if self.attack_step_size is not None:
             return self.attack_step_size
-        return 2.5 * self.eps / self.attack_steps if self.mode == "pgd" else 1.25 * self.eps
+        return 2.5 * self.eps / self.attack_steps if self.mode in ("pgd", "reject") else 1.25 * self.eps
 
 
 def lr_factor(schedule: str, total: int, steps_per_epoch: int = 1,

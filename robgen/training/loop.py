@@ -1,7 +1,8 @@
 """The training loop: epochs of optimiser steps, a validation check after each, a checkpoint after each.
 
 `train(config, out_dir)` trains a classifier as the recipe (`TrainConfig`) says. Each epoch: the optimiser
-steps over the training split (on clean images, or on the adversarial examples of `adversarial.py`), then
+steps over the training split (on clean images, or on the adversarial examples of `adversarial.py`, minimising
+`losses.batch_loss`), then
 clean and PGD accuracy are measured on the first `eval_subset` validation images, then everything is written
 (`checkpointing.py`) so that `resume=True` continues a run that died as if it had not. Runs unchanged under
 `torchrun --nproc_per_node N` (DistributedDataParallel).
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -31,6 +31,7 @@ from ..progress import progress_bar
 from . import checkpointing
 from .adversarial import training_attack
 from .config import TrainConfig, lr_factor
+from .losses import batch_loss
 from .preparation import fresh_model, inherit_input_transform, load_data, model_to_fine_tune
 
 logger = logging.getLogger(__name__)
@@ -150,11 +151,9 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if attack is not None:
-                x = attack(x, y)  # eval-mode attack; the model's train mode is restored
+            x_attacked = attack(x, y) if attack is not None else x  # eval-mode attack; train mode is restored
             with autocast:
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                loss, logits = batch_loss(config, net, x, x_attacked, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,41 @@
+"""What one training step minimises, per mode.
+
+- "standard", "pgd", "fast", "quasi": the cross-entropy on the batch the mode trains on (clean images, or their
+  adversarial examples, adversarial.py), with the recipe's label smoothing.
+- "reject": training for a reject option. A test point is defended when it is classified correctly, or when every
+  mistake in its ball is unconfident enough to be rejected (detection-aware robust accuracy with a confidence or
+  energy-gap detector, robgen.detection). So the step minimises
+
+      CE(f(x), y) + reject_weight * relu(log max_{k != y} p(k | x*) - log reject_cap)
+
+  with x* the most confident mistake `ConfidentPGD` finds in the ball: clean images stay correct and confident
+  (accepted), and wherever the model can still be fooled, the fooling class is held below `reject_cap`. In
+  energies the second term asks E(x*, k) - E(x*) >= -log reject_cap for every wrong class k. Stutz et al. 2020
+  (CCAT) and Pang et al. 2022 (rectified rejection) train rejection from adversarial examples too; this is the
+  plainest form, with no extra head, read by robgen's existing "energy-gap" reject option.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..attacks.objectives import wrong_class_log_prob
+from .config import TrainConfig
+
+
+def batch_loss(config: TrainConfig, net: torch.nn.Module, x: torch.Tensor, x_attacked: torch.Tensor,
+               y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the step's loss, the logits its training accuracy is counted on) for clean `x` and the mode's `x_attacked`
+    (`x` itself in "standard" mode). "reject" runs both in one forward pass (one set of batch-norm statistics) and
+    counts accuracy on the clean images; the other modes on the images they train on."""
+    if config.mode != "reject":
+        logits = net(x_attacked)
+        return F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing), logits
+    both = net(torch.cat([x, x_attacked])).float()
+    clean, attacked = both[:len(x)], both[len(x):]
+    cap = F.relu(wrong_class_log_prob(attacked, y) - math.log(config.reject_cap)).mean()
+    return F.cross_entropy(clean, y, label_smoothing=config.label_smoothing) + config.reject_weight * cap, clean
