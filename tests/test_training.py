@@ -290,6 +290,7 @@ def test_official_cifar_recipe_options_train_and_snapshot(toy_data, tmp_path):
     ("optimizer", "rmsprop", "sgd, adam"), ("schedule", "step", "onecycle, cosine, multistep"),
     ("augment", "mixup", "crop-flip, flip, none"), ("milestones", (80, 30), "increasing"),
     ("snapshot_every", -1, ">= 0"), ("reject_cap", 1.5, r"probability in \(0, 1\)"), ("reject_weight", -1, ">= 0"),
+    ("reject_adversarial_share", 1.5, r"share in \[0, 1\]"),
 ])
 def test_bad_recipe_options_are_explained(toy_data, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -335,6 +336,10 @@ def test_the_reject_loss_is_the_clean_cross_entropy_plus_the_excess_of_the_most_
     excess = math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(0.25)  # only the fooled image's counts
     assert float(loss) == pytest.approx(float(F.cross_entropy(clean, y)) + 2.0 * excess / 2, rel=1e-6)
     assert torch.allclose(wrong_class_log_prob(attacked, y), torch.log_softmax(attacked, 1)[[0, 1], [1, 0]])
+    mixed = TrainConfig(mode="reject", reject_cap=0.25, reject_weight=2.0, reject_adversarial_share=0.75)
+    mixed_loss, _ = batch_loss(mixed, Table(clean, attacked), x, x_star, y)  # a quarter clean, three quarters at x*
+    assert float(mixed_loss) == pytest.approx(0.25 * float(F.cross_entropy(clean, y))
+                                              + 0.75 * float(F.cross_entropy(attacked, y)) + 2.0 * excess / 2, rel=1e-6)
     pgd_loss, pgd_logits = batch_loss(TrainConfig(mode="pgd"), Table(clean, attacked), x, x_star, y)
     assert torch.equal(pgd_logits, attacked) and float(pgd_loss) == pytest.approx(float(F.cross_entropy(attacked, y)))
 

@@ -41,9 +41,11 @@ class TrainConfig:
     attack_steps: int = 7  # "pgd" and "reject" modes
     attack_step_size: Optional[float] = None  # default: 2.5·eps/steps ("pgd", "reject"), 1.25·eps ("fast", "quasi")
     # "reject" mode (losses.py): at the attack's point, the most likely wrong class is trained below probability
-    # `reject_cap`, with weight `reject_weight` beside the clean cross-entropy
+    # `reject_cap`, with weight `reject_weight` beside the cross-entropy; `reject_adversarial_share` of that
+    # cross-entropy is taken at the attack's point instead of the clean image (0: all clean; 1: adversarial training)
     reject_cap: float = 0.25
     reject_weight: float = 1.0
+    reject_adversarial_share: float = 0.0
     epochs: int = 30
     batch_size: int = 128  # per process
     optimizer: str = "sgd"  # "sgd": SGD with Nesterov momentum; "adam": Adam (weight decay as an L2 term, as torch's)
@@ -118,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"reject_cap is a probability in (0, 1), e.g. 0.25, got {self.reject_cap}")
         if self.reject_weight < 0:
             raise ValueError(f"reject_weight must be >= 0, got {self.reject_weight}")
+        if not 0 <= self.reject_adversarial_share <= 1:
+            raise ValueError(f"reject_adversarial_share is a share in [0, 1], got {self.reject_adversarial_share}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 

@@ -6,11 +6,13 @@
   mistake in its ball is unconfident enough to be rejected (detection-aware robust accuracy with a confidence or
   energy-gap detector, robgen.detection). So the step minimises
 
-      CE(f(x), y) + reject_weight * relu(log max_{k != y} p(k | x*) - log reject_cap)
+      (1 - a) * CE(f(x), y) + a * CE(f(x*), y) + reject_weight * relu(log max_{k != y} p(k | x*) - log reject_cap)
 
-  with x* the most confident mistake `ConfidentPGD` finds in the ball: clean images stay correct and confident
-  (accepted), and wherever the model can still be fooled, the fooling class is held below `reject_cap`. In
-  energies the second term asks E(x*, k) - E(x*) >= -log reject_cap for every wrong class k. Stutz et al. 2020
+  with x* the most confident mistake `ConfidentPGD` finds in the ball and a = `reject_adversarial_share`: clean
+  images stay correct and confident (accepted), and wherever the model can still be fooled, the fooling class is
+  held below `reject_cap`. In energies the third term asks E(x*, k) - E(x*) >= -log reject_cap for every wrong
+  class k. With a = 0 the model is free to trade robustness for clean accuracy; a > 0 keeps adversarial
+  training's term, at no extra cost (x* is in the forward pass already). Stutz et al. 2020
   (CCAT) and Pang et al. 2022 (rectified rejection) train rejection from adversarial examples too; this is the
   plainest form, with no extra head, read by robgen's existing "energy-gap" reject option.
 """
@@ -38,4 +40,9 @@ def batch_loss(config: TrainConfig, net: torch.nn.Module, x: torch.Tensor, x_att
     both = net(torch.cat([x, x_attacked])).float()
     clean, attacked = both[:len(x)], both[len(x):]
     cap = F.relu(wrong_class_log_prob(attacked, y) - math.log(config.reject_cap)).mean()
-    return F.cross_entropy(clean, y, label_smoothing=config.label_smoothing) + config.reject_weight * cap, clean
+    share = config.reject_adversarial_share
+    cross_entropy = F.cross_entropy(clean, y, label_smoothing=config.label_smoothing)
+    if share:  # (a share of 0 leaves the loss exactly as before the option existed)
+        cross_entropy = (1 - share) * cross_entropy + share * F.cross_entropy(
+            attacked, y, label_smoothing=config.label_smoothing)
+    return cross_entropy + config.reject_weight * cap, clean
