@@ -4,8 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from robgen import data, distributed
 from robgen.evaluation import evaluate_robustness
 from robgen.training import TrainConfig, train

@@ -4,7 +4,6 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
 
 import robgen
 from robgen.cli import main

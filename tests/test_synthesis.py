@@ -307,8 +307,6 @@ def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():
 
 
 def test_the_budget_sweep_starts_every_candidate_from_the_references_seeds(monkeypatch):
-    import copy
-
     from torch.utils.data import TensorDataset
 
     import robgen.experiments.budget_sweep as sweep_module
