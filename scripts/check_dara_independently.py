@@ -1,0 +1,157 @@
+"""Cross-check a committed adaptive run with an attack written apart from robgen's attack code.
+
+    python scripts/check_dara_independently.py results/adaptive/cifar10-resnet10-robust [--limit 500] [--steps 100]
+
+`python -m robgen adaptive` reports detection-aware robust accuracy (DARA): the share of test images classified
+correctly and accepted, for which its suite found no point in the ball that the model misclassifies and the detector
+accepts. A DARA is only as good as the suite behind it, so this script attacks the same model, the same calibrated
+detectors (read from the run's `detectors/`) and the same first test images with a different attack, implemented
+here in plain torch on purpose (none of robgen.attacks or robgen.engine): a multi-targeted max-min attack. For each
+of the three most likely wrong classes t at the clean image, signed-gradient ascent with a cosine step schedule from
+a random start on
+
+    min( z_t(x) - max_{k != t} z_k(x),  -s * score(x) )
+
+(the two conditions of an evasion, being classified as t and being accepted, score <= 0; s puts the score in logit
+units: the ratio of the spreads of the margin and of the score over clean validation images). Every iterate counts.
+Prints, per detector and eps, robgen's DARA beside this attack's, with 95% Wilson intervals, and says whether
+robgen's number exceeds what this attack finds beyond its interval (the suite would then be too weak). It can only
+find robgen too optimistic, never confirm a DARA as true robustness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import robgen  # noqa: E402
+from robgen import data as datasets  # noqa: E402
+from robgen.detection.defended import DefendedClassifier  # noqa: E402
+from robgen.detection.reject import RejectOption  # noqa: E402
+from robgen.experiments.pipeline import detection_splits  # noqa: E402
+from robgen.metrics import wilson_interval  # noqa: E402
+
+
+def rate(count: int, n: int) -> str:
+    low, high = wilson_interval(count, n)
+    return f"{count / n:.1%} [{low:.1%}, {high:.1%}]"
+
+
+class NoDetector(torch.nn.Module):
+    """The bare model with the interface of a `DefendedClassifier` that accepts everything (score -1)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def outputs(self, x):
+        logits = self.model(x)
+        return logits, logits.new_full((len(x),), -1.0)
+
+
+def targeted_max_min(defended, x, y, target, eps, steps, scale, generator):
+    """((N,) bool: some iterate of one max-min run toward `target` is misclassified and accepted, (N, ...) the first
+    such iterate where found, else the clean image)."""
+    found = torch.zeros(len(x), dtype=torch.bool)
+    first = x.clone()
+    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    delta = (x + delta).clamp(0, 1) - x
+    for i in range(steps + 1):
+        point = (x + delta).detach().requires_grad_(True)
+        logits, score = defended.outputs(point)
+        with torch.no_grad():
+            new = (logits.argmax(1) != y) & (score <= 0) & ~found
+            first[new] = point[new]
+            found |= new
+        if i == steps:
+            break
+        chosen = logits.gather(1, target[:, None])[:, 0]
+        others = logits.scatter(1, target[:, None], float("-inf")).amax(1)
+        objective = torch.minimum(chosen - others, -scale * score)
+        gradient, = torch.autograd.grad(objective.sum(), point)
+        step = eps / 4 * 0.5 * (1 + math.cos(math.pi * i / steps)) + eps / 50
+        with torch.no_grad():
+            delta = (delta + step * gradient.sign()).clamp(-eps, eps)
+            delta = (x + delta).clamp(0, 1) - x
+    return found, first
+
+
+def check(defended, x, y, eps, steps, scale, batch, generator, targets=3):
+    """(clean correct and accepted, evaded) per image, the attack run only where the clean image is defended."""
+    with torch.no_grad():
+        logits, score = zip(*(defended.outputs(x[i:i + batch]) for i in range(0, len(x), batch)))
+    logits, score = torch.cat(logits), torch.cat(score)
+    defended_clean = (logits.argmax(1) == y) & (score <= 0)
+    evaded = torch.zeros(len(x), dtype=torch.bool)
+    ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+    for rank in range(targets):
+        todo = torch.nonzero(defended_clean & ~evaded)[:, 0]
+        for start in range(0, len(todo), batch):
+            rows = todo[start:start + batch]
+            evaded[rows] |= targeted_max_min(defended, x[rows], y[rows], ranked[rows, rank], eps, steps, scale,
+                                             generator)[0]
+    return defended_clean, evaded
+
+
+def logit_units(defended, x_val) -> float:
+    """The spread of the top-2 logit margin over that of the score on clean validation images."""
+    with torch.no_grad():
+        logits, score = defended.outputs(x_val)
+    top2 = logits.topk(2, 1).values
+    margin = top2[:, 0] - top2[:, 1]
+    return float(margin.std() / score.std().clamp_min(1e-12)) if score.std() > 0 else 1.0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a folder `python -m robgen adaptive` wrote (results.json, detectors/)")
+    parser.add_argument("--limit", type=int, help="first test images (default: the run's)")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--detector", action="append", help="only these detectors (default: all the run has, and off)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    results = json.loads((args.run / "results.json").read_text())
+    model = robgen.load_model(results["model"]).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    splits = detection_splits(model, results["data"])
+    n = args.limit or results["n_test"]
+    x, y = datasets.load_tensors(datasets.first(splits.test, n, "test split"))
+    x_val, _ = datasets.load_tensors(datasets.first(splits.validation, 256, "validation split"))
+    generator = torch.Generator().manual_seed(args.seed)
+    names = args.detector or list(results["detectors"])
+    print(f"{results['model']} ({results['data']}), first {n} test images, {args.steps} steps, 3 targets\n")
+    print("| detector | eps | robgen's DARA (its run) | this attack's DARA | verdict |\n|---|---|---|---|---|")
+    failed = 0
+    for name in names:
+        if name == "off":
+            defended = NoDetector(model)
+        else:
+            option = RejectOption.load(args.run / results["detectors"][name]["file"], model)
+            defended = DefendedClassifier(model, option)
+        scale = logit_units(defended, x_val) if name != "off" else 1.0
+        for row in results["rows"]:
+            if row["detector"] != name:
+                continue
+            clean, evaded = check(defended, x, y, row["eps"], args.steps, scale, args.batch, generator)
+            count = int((clean & ~evaded).sum())
+            low, high = wilson_interval(count, n)
+            reported = row["dara"]["rate"]
+            bad = reported > high
+            failed += bad
+            verdict = "robgen too optimistic" if bad else "consistent"
+            print(f"| {name} | {row['eps_label']} | {rate(row['dara']['count'], row['dara']['n'])} | "
+                  f"{rate(count, n)} | {verdict} |", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""scripts/check_dara_independently.py: the plain-torch attack that cross-checks committed adaptive runs."""
+
+import importlib.util
+
+import torch
+
+from robgen.detection.defended import DefendedClassifier
+from robgen.detection.reject import make_reject_option
+from tests.conftest import REPO, tiny_model
+
+spec = importlib.util.spec_from_file_location("check_dara", REPO / "scripts" / "check_dara_independently.py")
+check_dara = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(check_dara)
+
+
+def defended_tiny_model():
+    model = tiny_model()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    g = torch.Generator().manual_seed(5)
+    option = make_reject_option("energy-gap", target_fpr=0.2).calibrate(model, torch.rand(64, 3, 32, 32, generator=g))
+    x = torch.rand(24, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every clean image classified correctly
+    return DefendedClassifier(model, option), x, y
+
+
+def test_every_evasion_it_counts_is_misclassified_and_accepted_and_a_large_ball_holds_many():
+    defended, x, y = defended_tiny_model()
+    clean, evaded = check_dara.check(defended, x, y, eps=0.5, steps=20, scale=1.0, batch=8,
+                                     generator=torch.Generator().manual_seed(0))
+    assert clean.sum() >= 12  # the option rejects about a fifth of clean images, never most
+    assert not (evaded & ~clean).any()  # only clean-defended images are attacked
+    assert evaded.sum() >= clean.sum() // 2  # an eps of 0.5 leaves a random tiny model little
+
+
+def test_a_ball_too_small_to_move_the_model_leaves_every_defended_image_defended():
+    defended, x, y = defended_tiny_model()
+    with torch.no_grad():
+        logits, score = defended.outputs(x)
+    top2 = logits.topk(2, 1).values
+    steady = (top2[:, 0] - top2[:, 1] > 1e-3) & (score < -1e-3)  # not at a boundary of either condition
+    clean, evaded = check_dara.check(defended, x, y, eps=1e-7, steps=5, scale=1.0, batch=8,
+                                     generator=torch.Generator().manual_seed(0))
+    assert not (evaded & steady).any()
+
+
+def test_a_found_evasion_is_a_point_in_the_ball_the_defended_model_misclassifies_and_accepts():
+    defended, x, y = defended_tiny_model()
+    eps = 0.5
+    with torch.no_grad():
+        target = defended.model(x).scatter(1, y[:, None], float("-inf")).argmax(1)  # the likeliest wrong class
+    found, points = check_dara.targeted_max_min(defended, x, y, target, eps=eps, steps=20, scale=1.0,
+                                                generator=torch.Generator().manual_seed(0))
+    assert found.any()
+    with torch.no_grad():
+        logits, score = defended.outputs(points[found])
+    assert (logits.argmax(1) != y[found]).all() and (score <= 0).all()
+    assert ((points - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all() and points.min() >= 0 and points.max() <= 1
+    assert torch.equal(points[~found], x[~found])
