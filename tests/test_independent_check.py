@@ -25,7 +25,7 @@ def defended_tiny_model():
     return DefendedClassifier(model, option), x, y
 
 
-def test_every_evasion_it_counts_is_misclassified_and_accepted_and_a_large_ball_holds_many():
+def test_it_attacks_only_clean_defended_images_and_a_large_ball_evades_most_of_them():
     defended, x, y = defended_tiny_model()
     clean, evaded = check_dara.check(defended, x, y, eps=0.5, steps=20, scale=1.0, batch=8,
                                      generator=torch.Generator().manual_seed(0))
