@@ -116,6 +116,16 @@ def test_the_detector_switched_off_equals_the_bare_model_exactly(finished):
     assert large["robust_accuracy"]["count"] < large["clean_accuracy"]["count"]
 
 
+def test_results_json_names_the_defended_images_so_another_attack_can_be_compared_image_by_image(finished):
+    _, results = finished
+    for row in results["rows"]:
+        assert len(row["defended"]) == row["dara"]["count"] and len(set(row["defended"])) == len(row["defended"])
+        assert all(0 <= i < results["n_test"] for i in row["defended"])
+    for bare in results["bare"]:
+        off = next(r for r in results["rows"] if r["detector"] == "off" and r["eps"] == bare["eps"])
+        assert off["defended"] == bare["robust"] and len(bare["robust"]) == bare["robust_accuracy"]["count"]
+
+
 def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tmp_path, same_code):
     out, results = finished
     again = tmp_path / "again"

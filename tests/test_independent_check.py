@@ -58,3 +58,10 @@ def test_a_found_evasion_is_a_point_in_the_ball_the_defended_model_misclassifies
     assert (logits.argmax(1) != y[found]).all() and (score <= 0).all()
     assert ((points - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all() and points.min() >= 0 and points.max() <= 1
     assert torch.equal(points[~found], x[~found])
+
+
+def test_image_by_image_it_counts_robgens_defended_images_it_breaks_and_those_both_leave():
+    clean = torch.tensor([True, True, True, False, True])
+    evaded = torch.tensor([False, True, False, False, True])  # this attack leaves images 0 and 2 defended
+    broken, both = check_dara.compare_images([0, 1, 4], clean, evaded)  # robgen's suite left 0, 1 and 4
+    assert (broken, both) == (2, 1)  # it breaks 1 and 4; only 0 is defended against both

@@ -46,6 +46,12 @@ ATTACK_WORDS = {
 }
 
 
+def indices(flags: torch.Tensor) -> List[int]:
+    """The positions (in the run's test images, data order) where `flags` is True: results.json's per-image record
+    (a row's "defended", the bare model's "robust"), so that another attack can be compared image by image."""
+    return [int(i) for i in torch.nonzero(flags)[:, 0]]
+
+
 def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, int]:
     """Per attack, how many images it was the first (in the suite's order) to evade on."""
     taken = torch.zeros_like(next(iter(stages.values()))["evaded"])
@@ -88,8 +94,10 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
     if judged:
         report["accuracy_at_final_points"] = report.pop("bare_robust_accuracy")
         report["detection_rate_at_final_points"] = report.pop("detection_rate")
+    defended = defended_images(first["clean_correct"], first["clean_accepted"],
+                               {name: s["evaded"] for name, s in stages.items()})
     return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages),
-            "dara_by_restarts": dara_by_restarts(stages, restarts)}
+            "dara_by_restarts": dara_by_restarts(stages, restarts), "defended": indices(defended)}
 
 
 def bare_flags(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -104,8 +112,10 @@ def bare_flags(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Te
 
 def bare_row(eps: float, clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> dict:
     flags = bare_flags(clean_correct, off)
+    robust = flags.pop("all")
     return {"eps": float(eps), "eps_label": eps_label(eps), "clean_accuracy": rate(clean_correct),
-            "robust_accuracy": rate(flags.pop("all")), "per_attack": {name: rate(f) for name, f in flags.items()}}
+            "robust_accuracy": rate(robust), "per_attack": {name: rate(f) for name, f in flags.items()},
+            "robust": indices(robust)}
 
 
 def _pct(entry: Optional[dict]) -> str:
