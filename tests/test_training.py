@@ -290,7 +290,7 @@ def test_official_cifar_recipe_options_train_and_snapshot(toy_data, tmp_path):
     ("optimizer", "rmsprop", "sgd, adam"), ("schedule", "step", "onecycle, cosine, multistep"),
     ("augment", "mixup", "crop-flip, flip, none"), ("milestones", (80, 30), "increasing"),
     ("snapshot_every", -1, ">= 0"), ("reject_cap", 1.5, r"probability in \(0, 1\)"), ("reject_weight", -1, ">= 0"),
-    ("reject_adversarial_share", 1.5, r"share in \[0, 1\]"),
+    ("reject_adversarial_share", 1.5, r"share in \[0, 1\]"), ("reject_attack", "cw", "confident, pgd"),
 ])
 def test_bad_recipe_options_are_explained(toy_data, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -362,3 +362,20 @@ def test_confident_pgd_makes_more_confident_mistakes_than_pgd():
     assert found[ConfidentPGD] > found[robgen.PGD]
     with pytest.raises(ValueError, match="untargeted"):
         ConfidentPGD(model)(x, y, target=(y + 1) % 10)
+
+
+def test_reject_mode_makes_its_point_with_the_attack_the_recipe_names_and_the_cli_offers_the_same_choices():
+    from robgen.attacks.pgd import ConfidentPGD
+    from robgen.cli import build_parser
+    from robgen.training.adversarial import training_attack
+    from robgen.training.config import REJECT_ATTACKS
+    from tests.conftest import tiny_model
+
+    model = tiny_model()
+    confident = training_attack(TrainConfig(mode="reject"), model, torch.device("cpu"))
+    plain = training_attack(TrainConfig(mode="reject", reject_attack="pgd"), model, torch.device("cpu"))
+    assert type(confident) is ConfidentPGD and type(plain) is robgen.PGD
+    assert (plain.steps, plain.eps) == (confident.steps, confident.eps) == (7, 8 / 255)
+    train_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    option = next(a for a in train_parser._actions if a.dest == "reject_attack")
+    assert tuple(option.choices) == REJECT_ATTACKS and option.default == TrainConfig().reject_attack

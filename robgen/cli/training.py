@@ -34,6 +34,9 @@ def add_parsers(commands) -> None:
     train.add_argument("--reject-adversarial-share", type=float, default=0.0,
                        help="--mode reject: the share of the cross-entropy taken at the attack's point rather than the "
                             "clean image, in [0, 1] (default 0; 1 keeps adversarial training's robustness)")
+    train.add_argument("--reject-attack", default="confident", choices=["confident", "pgd"],
+                       help="--mode reject: the attack that makes the point x* the loss reads: confident (toward the "
+                            "most confident mistake, default) or pgd (the cross-entropy's maximum, as --mode pgd)")
     train.add_argument("--attack-step-size", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=128, help="per process")
@@ -125,7 +128,8 @@ def command_train(args) -> int:
         config = TrainConfig(
             data=args.data, architecture=args.arch, width=args.width, mode=args.mode, norm=args.norm, eps=args.eps,
             attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, reject_cap=args.reject_cap,
-            reject_weight=args.reject_weight, reject_adversarial_share=args.reject_adversarial_share, epochs=args.epochs,
+            reject_weight=args.reject_weight, reject_adversarial_share=args.reject_adversarial_share,
+            reject_attack=args.reject_attack, epochs=args.epochs,
             batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
             schedule=args.schedule, milestones=args.milestones, augment=args.augment, snapshot_every=args.snapshot_every,
             label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,

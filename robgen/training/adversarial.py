@@ -6,8 +6,8 @@ mode (the attack restores the train mode), from a random start drawn from a gene
 - "pgd": Madry et al. 2018, `attack_steps` steps of `step_size` (default 2.5·eps/steps);
 - "fast": Wong et al. 2020, "Fast is better than free": one step of 1.25·eps from a uniform random start;
 - "quasi": the same single step at a very small budget (default L2 0.05, `config.QUASI_EPS`);
-- "reject": `attack_steps` steps of `ConfidentPGD`, toward the most confident mistake in the ball (losses.py says
-  what is learnt from it).
+- "reject": `attack_steps` steps of `ConfidentPGD`, toward the most confident mistake in the ball, or of PGD with
+  `reject_attack="pgd"` (losses.py says what is learnt from it).
 """
 
 from __future__ import annotations
@@ -32,6 +32,6 @@ def training_attack(config: TrainConfig, model, device: torch.device) -> Optiona
         return None
     steps = config.attack_steps if config.mode in ("pgd", "reject") else 1
     generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
-    kind = ConfidentPGD if config.mode == "reject" else PGD
+    kind = ConfidentPGD if config.mode == "reject" and config.reject_attack == "confident" else PGD
     return kind(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
                 generator=generator)

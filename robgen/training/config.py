@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence, Tuple
 from .. import data as datasets
 
 MODES = ("standard", "pgd", "fast", "quasi", "reject")
+REJECT_ATTACKS = ("confident", "pgd")  # what makes "reject" mode's x*: ConfidentPGD, or PGD on the cross-entropy
 SCHEDULES = ("onecycle", "cosine", "multistep")
 OPTIMIZERS = ("sgd", "adam")
 # Quasi-robust budget. MAGIC (AAAI 2023) uses L2 eps 0.05 on ImageNet, 1/60 of the usual robust
@@ -46,6 +47,9 @@ class TrainConfig:
     reject_cap: float = 0.25
     reject_weight: float = 1.0
     reject_adversarial_share: float = 0.0
+    # the attack that makes x*: "confident" (ConfidentPGD, toward the most confident mistake: what the reject option
+    # must hold down) or "pgd" (PGD on the cross-entropy: adversarial training's own point, the cap then at it)
+    reject_attack: str = "confident"
     epochs: int = 30
     batch_size: int = 128  # per process
     optimizer: str = "sgd"  # "sgd": SGD with Nesterov momentum; "adam": Adam (weight decay as an L2 term, as torch's)
@@ -122,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"reject_weight must be >= 0, got {self.reject_weight}")
         if not 0 <= self.reject_adversarial_share <= 1:
             raise ValueError(f"reject_adversarial_share is a share in [0, 1], got {self.reject_adversarial_share}")
+        if self.reject_attack not in REJECT_ATTACKS:
+            raise ValueError(f"unknown reject attack {self.reject_attack!r}: choose from {', '.join(REJECT_ATTACKS)}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 

@@ -8,7 +8,8 @@
 
       (1 - a) * CE(f(x), y) + a * CE(f(x*), y) + reject_weight * relu(log max_{k != y} p(k | x*) - log reject_cap)
 
-  with x* the most confident mistake `ConfidentPGD` finds in the ball and a = `reject_adversarial_share`: clean
+  with x* the most confident mistake `ConfidentPGD` finds in the ball (or, with `reject_attack="pgd"`, PGD's
+  cross-entropy maximum: a = 1 is then adversarial training plus the cap) and a = `reject_adversarial_share`: clean
   images stay correct and confident (accepted), and wherever the model can still be fooled, the fooling class is
   held below `reject_cap`. In energies the third term asks E(x*, k) - E(x*) >= -log reject_cap for every wrong
   class k. With a = 0 the model is free to trade robustness for clean accuracy; a > 0 keeps adversarial
