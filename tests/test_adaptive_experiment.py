@@ -379,3 +379,80 @@ def test_references_run_once_per_eps_unless_a_detector_reads_the_images(checkpoi
     adaptive_evaluation(model, str(toy_data), detectors=(brightness, "energy"), **settings)
     references = [name for name in stages if "bare model" in name]
     assert len(references) == 3 * 2 and not any(name.startswith("reference") for name in references)
+
+
+def test_a_stage_given_the_standing_images_attacks_only_those_and_finds_on_them_what_a_full_stage_finds(
+        checkpoint, toy_data):
+    """`suite_stage(..., standing)` (--skip-evaded): a deterministic attack sees exactly the standing images and
+    gives them the flags and points of a stage over all images; the others keep their clean image as their point."""
+    from robgen import data as datasets
+    from robgen.detection.defended import DefendedClassifier
+    from robgen.experiments.adaptive_suite import suite_stage
+    from robgen.experiments.pipeline import detection_splits, model_outputs, tensor_batches
+
+    model = robgen.load_model(checkpoint).eval()
+    splits = detection_splits(model, str(toy_data))
+    x, y = datasets.load_tensors(datasets.first(splits.test, 12, "test"))
+    validation, _ = datasets.load_tensors(splits.validation)
+    defended = DefendedClassifier(model, make_reject_option("energy").calibrate(model, validation))
+    eps, seen = 96 / 255, []
+
+    def push(images, labels):  # a fixed signed step per pixel: the same point for an image in any batch
+        seen.append(len(images))
+        return (images + eps * torch.sign(0.5 - images)).clamp(0, 1)
+
+    def stage(standing=None):
+        seen.clear()
+        flags = suite_stage(defended, push, "push", x, y, eps, 5, torch.Generator().manual_seed(0),
+                            lambda fraction: None, standing)
+        return flags, sum(seen)
+
+    full, attacked_all = stage()
+    standing = torch.tensor([i % 3 != 0 for i in range(len(x))])
+    part, attacked_some = stage(standing)
+    assert attacked_all == len(x) and attacked_some == int(standing.sum())
+    assert full["attacked"].all() and torch.equal(part["attacked"], standing)
+    for key in ("clean_correct", "clean_accepted", "labels"):
+        assert torch.equal(part[key], full[key]), key
+    for key in ("evaded", "misclassified", "rejected", "first_run"):
+        assert torch.equal(part[key][standing], full[key][standing]), key
+    assert torch.allclose(part["point_logits"][standing], full["point_logits"][standing], atol=1e-5)
+    assert not part["evaded"][~standing].any() and full["evaded"].any(), "the push evades somewhere: not vacuous"
+    clean = model_outputs(model, tensor_batches(x, y, 5), progress=False)
+    assert torch.allclose(part["point_logits"][~standing], clean.logits[~standing].float(), atol=1e-5)
+    assert torch.equal(part["misclassified"][~standing], ~full["clean_correct"][~standing])
+
+
+def test_a_run_that_skips_evaded_images_attacks_only_the_standing_ones_and_keeps_every_sanity_check(
+        finished, checkpoint, toy_data, tmp_path, monkeypatch, same_code):
+    from robgen.experiments.adaptive_suite import ADAPTIVE, SuiteStageStore
+
+    stages = {}
+    real_run = SuiteStageStore.run
+    monkeypatch.setattr(SuiteStageStore, "run", lambda self, name, compute: stages.setdefault(
+        name, real_run(self, name, compute)))
+    out = tmp_path / "skipping"
+    assert main(command(checkpoint, toy_data, out, "--skip-evaded")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["skip_evaded"] is True
+    skipped_some = False
+    for detector in ("energy", "mahalanobis", "off"):
+        for eps in ("8/255", "64/255"):
+            order = [stages[f"{detector}-eps{eps}-{name}"] for name in ADAPTIVE if f"{detector}-eps{eps}-{name}" in stages]
+            assert order[0]["attacked"].all()  # the first adaptive attack runs on every image
+            standing = order[0]["clean_correct"] & order[0]["clean_accepted"] & ~order[0]["evaded"]
+            for flags in order[1:]:
+                assert torch.equal(flags["attacked"], standing), (detector, eps)
+                skipped_some |= bool((~flags["attacked"]).any())
+                standing &= ~flags["evaded"]
+    assert skipped_some, "some image was skipped: the test is not vacuous"
+    # the same seed and all images for the first attack: its flags are the full run's
+    _, full = finished
+    for row in results["rows"]:
+        twin = next(r for r in full["rows"] if r["detector"] == row["detector"] and r["eps"] == row["eps"])
+        assert row["per_attack"][ADAPTIVE[0]]["evasion_rate"] == twin["per_attack"][ADAPTIVE[0]]["evasion_rate"]
+        assert row["clean"] == twin["clean"]
+    for check in results["sanity"]:
+        if check["check"].startswith("the detector switched off"):
+            assert check["passed"], check
+    assert "--skip-evaded" in (out / "results.md").read_text()

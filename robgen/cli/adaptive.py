@@ -45,6 +45,10 @@ def add_parsers(commands) -> None:
                           help="HE-PGD's λ for the non-adaptive references, separated by commas (default 0.6,1.2,2)")
     adaptive.add_argument("--batch-size", type=int, default=100)
     adaptive.add_argument("--seed", type=int, default=0)
+    adaptive.add_argument("--skip-evaded", action="store_true",
+                          help="run each adaptive attack after the first only on the images no earlier one evaded: "
+                               "the same DARA for about half the passes on a robust model, the per-attack rates then "
+                               "among the images each attack ran on")
     adaptive.add_argument("--estimate-only", action="store_true",
                           help="print the model passes the run would make and stop (no --out needed)")
     adaptive.add_argument("--out", help="output folder: results.json, results.md, adaptive_dara.png, detectors/")
@@ -95,7 +99,7 @@ def _check_arguments(args) -> dict:
         detectors = ("energy",)
     return dict(detectors=detectors, eps_list=parse_eps(args.eps), limit=args.limit, steps=args.steps,
                 restarts=args.restarts, target_fpr=args.target_fpr, seed=args.seed, batch_size=args.batch_size,
-                lambdas=parse_numbers(args.lambdas, "--lambdas"))
+                lambdas=parse_numbers(args.lambdas, "--lambdas"), skip_evaded=args.skip_evaded)
 
 
 def _detector_files(paths: List[str], model, kinds: Tuple[str, ...]) -> list:

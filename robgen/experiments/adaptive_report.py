@@ -94,6 +94,10 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
     if judged:
         report["accuracy_at_final_points"] = report.pop("bare_robust_accuracy")
         report["detection_rate_at_final_points"] = report.pop("detection_rate")
+    clean_ok = first["clean_correct"] & first["clean_accepted"]
+    for name, s in stages.items():  # a suite run with skip_evaded: each rate among the images the attack ran on
+        if "attacked" in s and not bool(s["attacked"][clean_ok].all()):
+            report["per_attack"][name]["evasion_rate"] = rate(s["evaded"][clean_ok & s["attacked"]])
     defended = defended_images(first["clean_correct"], first["clean_accepted"],
                                {name: s["evaded"] for name, s in stages.items()})
     return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages),
@@ -282,8 +286,11 @@ def markdown(results: dict) -> str:
                      f"{_pct(clean['rejection_rate'])} | " + " | ".join(_pct(row["dara"]) for row in rows) + " |")
     for eps in eps_list:
         rows = {row["detector"]: row for row in results["rows"] if row["eps"] == eps}
+        among = ("the images defended on clean inputs that no adaptive attack before it had evaded (this run skipped "
+                 "the others: --skip-evaded; the references ran on all)" if settings.get("skip_evaded") else
+                 "the images defended on clean inputs")
         lines += ["", f"## Which attacks evaded at {eps_label(eps)}", "",
-                  "Per attack: the fraction of the images defended on clean inputs that it evaded, and (after the "
+                  f"Per attack: the fraction of {among} that it evaded, and (after the "
                   "slash) on how many images it was the first of the suite to evade.", "",
                   "| attack | " + " | ".join("detector off" if d == OFF else d for d in rows) + " |",
                   "|---|" + "---|" * len(rows)]
@@ -298,9 +305,11 @@ def markdown(results: dict) -> str:
     by_restarts = [row for row in results["rows"] if row.get("dara_by_restarts")]
     if by_restarts and settings["restarts"] > 1:
         lines += ["", "## DARA after each restart", "",
-                  "What the suite would have found with fewer restarts of its adaptive attacks (exact: the first r "
-                  "restarts of this run); a DARA still falling at the last restart means the attacks have not "
-                  "converged.", "",
+                  "What the suite would have found with fewer restarts of its adaptive attacks (" +
+                  ("an upper bound: this run skipped an image once an attack evaded it, at whichever restart, so a "
+                   "later attack never tried it; the check on the last restart is therefore only stricter"
+                   if settings.get("skip_evaded") else "exact: the first r restarts of this run") +
+                  "); a DARA still falling at the last restart means the attacks have not converged.", "",
                   "| detector | eps | " + " | ".join(f"after {r}" for r in range(1, settings["restarts"] + 1)) + " |",
                   "|---|---|" + "---|" * settings["restarts"]]
         for row in sorted(by_restarts, key=lambda row: row["eps"]):

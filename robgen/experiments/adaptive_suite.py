@@ -119,15 +119,19 @@ def matching_skip_reason(defended: DefendedClassifier, targets: torch.Tensor, la
 
 
 def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor, y: torch.Tensor, eps: float,
-                batch_size: int, generator: torch.Generator,
-                report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
+                batch_size: int, generator: torch.Generator, report: Callable[[float], None],
+                standing: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """One attack of the suite over (x, y); per image (on the CPU, in data order):
 
     "evaded" (some point misclassified and accepted), "first_run" (in which restart, 1-based; 0: none),
     "misclassified" / "rejected" (its final point: where
     it stopped, `run_suite` stopping a batch once all of it evaded),
     "clean_correct" / "clean_accepted", "labels", and the model's "point_logits" and the reject
-    "point_score" at the point the attack is judged by (its first evasion, else its final point).
+    "point_score" at the point the attack is judged by (its first evasion, else its final point),
+    "attacked" (whether the attack ran on the image).
+
+    `standing` (N bool, data order; `AdaptiveSettings.skip_evaded`): attack only these images. The others
+    are recorded as not attacked: not evaded, their point the clean image.
     """
     device, rows = model_device(defended.model), []
     share = distributed.shard_batches(tensor_batches(x, y, batch_size))
@@ -135,18 +139,42 @@ def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor
         for done, (index, (images, labels)) in enumerate(share):
             reseed(index)
             images, labels = images.to(device), labels.to(device)
-            result = run_suite(defended, images, labels, {name: attack}, eps=eps)
-            outcome = result.attacks[name]
-            with torch.no_grad(), eval_mode(defended.model):
-                logits, score = defended.outputs(outcome.images)
-            row = {"evaded": outcome.evaded, "first_run": outcome.first_run,
-                   "misclassified": outcome.misclassified, "rejected": outcome.rejected,
-                   "clean_correct": result.clean_correct, "clean_accepted": result.clean_accepted, "labels": labels,
-                   "point_logits": logits.float(), "point_score": score.double()}
+            chosen = None if standing is None else standing[index * batch_size:index * batch_size + len(images)]
+            row = _attack_batch(defended, attack, name, images, labels, eps, chosen)
             rows.append((index, {key: value.detach().cpu() for key, value in row.items()}))
             report((done + 1) / len(share))
     rows = distributed.gather_in_order(rows)
     return {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
+
+
+def _attack_batch(defended: DefendedClassifier, attack, name: str, images: torch.Tensor, labels: torch.Tensor,
+                  eps: float, chosen: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """`suite_stage`'s flags for one batch, the attack run on the `chosen` images only (all when None); an image
+    not chosen keeps its clean image as its point (the clean flags then come from one more forward pass)."""
+    if chosen is None or bool(chosen.all()):
+        result = run_suite(defended, images, labels, {name: attack}, eps=eps)
+        outcome = result.attacks[name]
+        points, evaded, first_run = outcome.images, outcome.evaded, outcome.first_run
+        misclassified, rejected = outcome.misclassified, outcome.rejected
+        clean_correct, clean_accepted = result.clean_correct, result.clean_accepted
+        chosen = torch.ones_like(evaded)
+    else:
+        chosen = chosen.to(images.device)
+        with torch.no_grad(), eval_mode(defended.model):
+            clean_logits, clean_score = defended.outputs(images)
+        clean_correct, clean_accepted = clean_logits.argmax(1) == labels, clean_score <= 0
+        points, evaded = images.clone(), torch.zeros_like(chosen)
+        first_run = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        misclassified, rejected = ~clean_correct, ~clean_accepted
+        if chosen.any():
+            outcome = run_suite(defended, images[chosen], labels[chosen], {name: attack}, eps=eps).attacks[name]
+            points[chosen], evaded[chosen], first_run[chosen] = outcome.images, outcome.evaded, outcome.first_run
+            misclassified[chosen], rejected[chosen] = outcome.misclassified, outcome.rejected
+    with torch.no_grad(), eval_mode(defended.model):
+        logits, score = defended.outputs(points)
+    return {"evaded": evaded, "first_run": first_run, "misclassified": misclassified, "rejected": rejected,
+            "clean_correct": clean_correct, "clean_accepted": clean_accepted, "labels": labels,
+            "point_logits": logits.float(), "point_score": score.double(), "attacked": chosen}
 
 
 def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, features: bool,
