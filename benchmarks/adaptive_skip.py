@@ -2,7 +2,7 @@
 
 On a shipped model (default `cifar10-resnet10-robust`, where the saving matters: some image of every
 batch holds out, so stopping a batch once all of it evaded saves nothing) with an energy reject
-option (5% FPR on 512 CIFAR-10 training images), the six adaptive attacks of
+option (5% FPR on 512 CIFAR-10 training images), the adaptive attacks of
 `python -m robgen adaptive` on the first `--limit` test images (their true labels), through the
 experiment's own `run_suites`:
 

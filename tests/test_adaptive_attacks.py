@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from robgen.attacks import PGD, HighEnergyPGD
-from robgen.attacks.adaptive import (KPlusOneAPGD, KPlusOnePGD, PenaltyPGD, classification_margin, kplusone_dlr,
+from robgen.attacks.adaptive import (KPlusOneAPGD, KPlusOnePGD, KPlusOneTargetedAPGD, PenaltyPGD,
+                                     classification_margin, kplusone_dlr, kplusone_targeted_margin,
                                      kplusone_margin)
 from robgen.attacks.evasion import DefendedOutputs, EvasionTracker, Outputs
 from robgen.attacks.matching import LogitMatching
@@ -234,6 +235,7 @@ def attack_builders(defended, targets=None, eps=8 / 255, norm="linf", steps=4, g
         "k+1 apgd dlr": lambda: KPlusOneAPGD(defended, eps=eps, steps=steps, norm=norm, loss="dlr", generator=g),
         "orthogonal": lambda: OrthogonalPGD(defended, eps=eps, steps=steps, norm=norm, generator=g),
         "penalty": lambda: PenaltyPGD(defended, eps=eps, steps=steps, norm=norm, restarts=2, generator=g),
+        "k+1 apgd-t": lambda: KPlusOneTargetedAPGD(defended, eps=eps, steps=steps, norm=norm, restarts=2, generator=g),
     }
     if targets is not None:
         builders["logit matching"] = lambda: LogitMatching(defended, *targets, eps=eps, steps=steps, norm=norm,
@@ -266,6 +268,9 @@ def test_each_step_costs_one_forward_pass_and_each_run_one_more_check(logit_dete
         finally:
             handle.remove()
         per_run = steps + 1 + (1 if isinstance(attack, KPlusOneAPGD) else 0)  # APGD also evaluates its start
+        if isinstance(attack, KPlusOneTargetedAPGD):  # one clean pass first, which orders the target classes
+            assert calls[0] == 4, name
+            calls = calls[1:]
         runs = [calls[i:i + per_run] for i in range(0, len(calls), per_run)]
         assert 1 <= len(runs) <= attack.restarts and len(calls) == len(runs) * per_run, name
         for run in runs:  # one pass per step and one check, all on the run's images (later runs: those not yet evaded)
@@ -575,3 +580,33 @@ def test_a_first_evasion_seen_through_another_network_counts_only_if_the_model_c
     assert not evading[correct].any() and not tracker.evaded[correct].any()
     unverified = EvasionTracker(trained, x, y)
     assert unverified.observe(x, (claimed, torch.full_like(score, -1.0))).all()  # without verify: taken at its word
+
+
+def test_kplusone_targeted_margin_is_positive_exactly_where_the_target_leads_class_and_detector():
+    g = seeded(4)
+    logits, score = torch.randn(500, 5, generator=g) * 3, torch.randn(500, generator=g)
+    targets = torch.randint(0, 5, (500,), generator=g)
+    combined = Outputs(logits, score).combined
+    leads = (logits.argmax(1) == targets) & (score <= 0)
+    assert 0 < int(leads.sum()) < 500
+    margin = kplusone_targeted_margin(combined, targets)
+    assert torch.equal(margin[margin != 0] > 0, leads[margin != 0])  # (a tie at 0 is neither)
+
+
+def test_targeted_apgd_takes_the_other_classes_in_turn_runner_up_first_and_reaches_them(trained):
+    x, y = colour_images(8, 3)
+    attack = KPlusOneTargetedAPGD(trained, eps=1.0, steps=30, restarts=3, generator=seeded())
+    with torch.no_grad():
+        ranked = trained.model(x).argsort(1, descending=True)
+    attack._begin(x, y)
+    for image in range(len(y)):
+        others = [c for c in ranked[image].tolist() if c != int(y[image])]
+        assert attack.targets[image].tolist() == others
+    # with the whole pixel range, one run toward the runner-up makes it the class, accepted
+    one = KPlusOneTargetedAPGD(trained, eps=1.0, steps=30, restarts=1, generator=seeded())
+    tracker = EvasionTracker(trained, x, y)
+    final = one.run(x, y, tracker)
+    assert tracker.evaded.all()
+    with torch.no_grad():
+        reached = trained.model(final).argmax(1) == one.targets[:, 0]
+    assert int(reached.sum()) >= 6, reached

@@ -231,16 +231,17 @@ def test_the_estimate_counts_every_attack_restart_and_suite():
     settings = AdaptiveSettings(detectors=("energy", "band"), eps_list=(8 / 255,), steps=10, restarts=2,
                                 lambdas=(1.2,), batch_size=5, match_targets=3)
     estimate = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0, shared_references=False)
-    # per image and suite: 4 attacks at r*s (pgd, penalty, matching, orthogonal twice) + 2 APGD at r*(s+1) + 2 at s
-    per_suite = 2 * 10 * 3 + 2 * 10 * 2 + 2 * 2 * 11 + 10 + 10
+    # per image and suite: 4 attacks at r*s (pgd, penalty, matching, orthogonal twice) + 3 APGD at r*(s+1) + 2 at s
+    per_suite = 2 * 10 * 3 + 2 * 10 * 2 + 3 * 2 * 11 + 10 + 10
     assert estimate["suites"] == 3 and estimate["forward_backward_passes"] == 3 * 10 * per_suite
-    # restarts (adaptive) or 1, plus the clean and the stored point per attack, plus a confirmation per adaptive one
-    forwards = 6 * 2 + 2 * 1 + 8 * 2 + 6
+    # restarts (adaptive) or 1, plus the clean and the stored point per attack, plus a confirmation per adaptive one,
+    # plus the clean pass that orders the targets of logit matching and APGD-T
+    forwards = 7 * 2 + 2 * 1 + 9 * 2 + 7 + 2
     assert estimate["forward_passes"] == 3 * (10 * forwards + 2 * 3) + 7 + 10
     # the references (PGD, one HE-PGD) computed once per eps for all three suites: s passes and one forward each
     shared = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
     assert shared["forward_backward_passes"] == 3 * 10 * (per_suite - 2 * 10) + 10 * 2 * 10
-    assert shared["forward_passes"] == 3 * (10 * 6 * 5 + 2 * 3) + 10 * 2 + 7 + 10
+    assert shared["forward_passes"] == 3 * (10 * (7 * 5 + 2) + 2 * 3) + 10 * 2 + 7 + 10
 
 
 def _entry(count, n=10):

@@ -18,7 +18,8 @@ found (else the final iterate). Later restarts run only on the images not yet ev
   than y *and* K. Objectives on G: the margin max_{j not in {y, K}} G_j - max(G_y, G_K)
   (`kplusone_margin`, CW-like), log p(best other class) (`kplusone_cross_entropy`) and the margin
   over Croce & Hein (2020)'s DLR scale (`kplusone_dlr`). PGD takes fixed steps, APGD its step-size
-  schedule (robgen/engine/apgd.py).
+  schedule (robgen/engine/apgd.py). `KPlusOneTargetedAPGD`: APGD toward one other class per restart
+  (the runner-up first), `kplusone_targeted_margin` G_t - max_{j != t} G_j.
 - `PenaltyPGD`: the Lagrangian min(margin(f(x), y), kappa) - lam * relu(score(x) + m), with lam
   searched per image over the restarts (doubled for an image whose final point is still rejected,
   halved for one still classified correctly).
@@ -71,6 +72,13 @@ def kplusone_dlr(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     ordered = combined.sort(1, descending=True).values
     return kplusone_margin(combined, labels) / (ordered[:, 0] - ordered[:, min(3, combined.shape[1] - 1)] + 1e-12)
+
+
+def kplusone_targeted_margin(combined: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """G_t - max_{j != t} G_j, the true class and the detector class K among the j: > 0 exactly where the
+    target t (a class other than y) leads the combined logits, so the point is classified t and accepted."""
+    others = combined.masked_fill(F.one_hot(targets, combined.shape[1]).bool(), float("-inf")).max(1).values
+    return combined.gather(1, targets[:, None])[:, 0] - others
 
 
 KPLUSONE_LOSSES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -241,6 +249,47 @@ class KPlusOneAPGD(KPlusOnePGD):
                                               self._objective(y), self.constraint,
                                               self.steps, random_start=self._starts_random(restart),
                                               generator=self.generator, rho=self.rho, watch=watch)
+
+
+class KPlusOneTargetedAPGD(KPlusOneAPGD):
+    """Multi-targeted APGD on the (K + 1) combined logits (the targeted attack of Croce & Hein 2020's APGD-T,
+    one target class per restart as in Gowal et al. 2019's multi-targeted attack): restart r ascends
+    `kplusone_targeted_margin` toward target t_r, the image's r-th likeliest class other than y at its clean
+    point (the runner-up first), so that t_r overtakes the true class and the detector class at once. After
+    the K - 1 other classes the targets start again from the runner-up.
+
+    An untargeted attack climbs toward whichever wrong class is closest now, which may lead into a region the
+    detector rejects; one target per restart searches each nearby class's region in turn.
+
+    Example:
+        >>> x_adv = KPlusOneTargetedAPGD(defended, eps=8/255, steps=100, restarts=3, generator=g)(x, y)
+    """
+
+    def __init__(self, defended, eps: float = 8 / 255, steps: int = 100, norm: str = "linf", restarts: int = 3,
+                 rho: float = 0.75, random_start: bool = True, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(defended, eps, steps, norm, restarts, "margin", rho, random_start, generator)
+        self.targets: Optional[torch.Tensor] = None  # per image, the other classes in its clean logits' order
+
+    def _begin(self, x, y):
+        with torch.no_grad():
+            logits = self.defended.model(x)
+        if logits.shape[1] < 2:
+            raise ValueError("a targeted attack needs at least two classes")
+        others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+        self.targets = others.argsort(1, descending=True)[:, :logits.shape[1] - 1]
+
+    def _objective(self, targets: torch.Tensor):
+        return lambda outputs: kplusone_targeted_margin(outputs.combined, targets)
+
+    def _once(self, x, y, restart, watch, index, network):
+        targets = self.targets[index, restart % self.targets.shape[1]]
+        return auto_projected_gradient_ascent(DefendedOutputs(self.defended, network=network), x,
+                                              self._objective(targets), self.constraint,
+                                              self.steps, random_start=self._starts_random(restart),
+                                              generator=self.generator, rho=self.rho, watch=watch)
+
+    def _settings(self) -> str:
+        return "targets: one class per restart, the runner-up first"
 
 
 # ---- the Lagrangian ------------------------------------------------------------------------------

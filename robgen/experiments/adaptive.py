@@ -13,7 +13,8 @@ defenses") with the sanity checks of Carlini et al. (2019, "On evaluating advers
    clean training images outside the validation split (`reference_size` of them, as reproduce does).
 2. For every detector and eps, the suite (robgen/attacks/suite.py) runs on the first `limit` test
    images: (K+1) PGD, (K+1) APGD-CE and -DLR, Orthogonal PGD, Penalty PGD, logit matching (targets:
-   validation images of other classes the defended model accepts and classifies correctly), and the
+   validation images of other classes the defended model accepts and classifies correctly), (K+1) APGD-T
+   (one target class per restart, the runner-up first), and the
    non-adaptive references, PGD and HE-PGD (several λ) on the bare model. With `skip_evaded` each
    adaptive attack after the first runs only on the images still defended (`still_defended`).
 3. The same suite runs once more per eps against the detector switched off (`DetectorOff`, which
@@ -136,8 +137,9 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     only on the images no earlier one evaded, and an adaptive attack stops on a batch once all of it evaded).
 
     Per image and suite: (K+1) PGD, Penalty PGD and logit matching `restarts x steps` forward+backward
-    passes, APGD `restarts x (steps + 1)`, Orthogonal PGD `restarts x steps` forwards with two backward
-    passes each (counted as two); forwards: one per restart (the final point), the suite's clean pass and
+    passes, APGD (CE, DLR, targeted) `restarts x (steps + 1)`, Orthogonal PGD `restarts x steps` forwards with two
+    backward passes each (counted as two); forwards: one per restart (the final point), the suite's clean pass (and
+    for logit matching and APGD-T another, which orders the target classes) and
     the stored point's pass per attack, one confirmation per image and adaptive attack (its first evasion,
     seen through the fused copy, run through the model itself: a second one only where the two disagree at
     a boundary, which the bound leaves out), logit matching's targets per batch. Suites: one per detector and
@@ -147,10 +149,12 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     clean test pass.
     """
     s, r = settings.steps, settings.restarts
-    gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1),
+    gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1), "k+1 apgd-t": r * (s + 1),
                 "orthogonal pgd": 2 * r * s, "penalty pgd": r * s, "logit matching": r * s, "pgd (bare model)": s,
                 **{hepgd_name(lam): s for lam in settings.lambdas}}
-    forward = {name: (r + 3 if name in ADAPTIVE else (1 if shared_references else 3)) for name in gradient}
+    ordering = ("logit matching", "k+1 apgd-t")  # a clean pass orders each image's target classes
+    forward = {name: (r + 3 + (name in ordering) if name in ADAPTIVE else (1 if shared_references else 3))
+               for name in gradient}
     suites = (len(settings.detectors) + 1) * len(settings.eps_list)
     per_suite = [name for name in gradient if name in ADAPTIVE or not shared_references]
     once = [name for name in gradient if name not in per_suite]

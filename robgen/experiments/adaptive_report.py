@@ -42,6 +42,8 @@ ATTACK_WORDS = {
                    "restarts",
     "logit matching": "logit matching (Tramèr et al. 2020): toward the logits (or features) of an accepted, correctly "
                       "classified validation image of another class, one target per restart",
+    "k+1 apgd-t": "APGD toward one target class per restart (the runner-up first, then the next likeliest) on the "
+                  "targeted margin of the (K+1)-logit model: the target against the true class and the detector",
     "pgd (bare model)": "PGD on the bare model's cross-entropy (non-adaptive: it does not know the detector)",
 }
 

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from .. import distributed
 from ..files import write_atomically
 from ..attacks import PGD, HighEnergyPGD
-from ..attacks.adaptive import KPlusOneAPGD, KPlusOnePGD, PenaltyPGD
+from ..attacks.adaptive import KPlusOneAPGD, KPlusOnePGD, KPlusOneTargetedAPGD, PenaltyPGD
 from ..attacks.matching import LogitMatching
 from ..attacks.orthogonal import OrthogonalPGD
 from ..attacks.suite import run_suite
@@ -39,7 +39,8 @@ from . import stages as stage_files
 from .adaptive_report import OFF
 from .pipeline import model_outputs, tensor_batches
 
-ADAPTIVE = ("k+1 pgd", "k+1 apgd-ce", "k+1 apgd-dlr", "orthogonal pgd", "penalty pgd", "logit matching")
+ADAPTIVE = ("k+1 pgd", "k+1 apgd-ce", "k+1 apgd-dlr", "orthogonal pgd", "penalty pgd", "logit matching",
+            "k+1 apgd-t")
 BARE_PGD = "pgd (bare model)"
 OFF_SCORE = 1e4  # DetectorOff's score is -OFF_SCORE: far below 0, so the (K + 1)-th logit never competes
 
@@ -95,6 +96,8 @@ def make_suite_attack(name: str, defended: DefendedClassifier, eps: float, setti
         return OrthogonalPGD(defended, restarts=settings.restarts, **common)
     if name == "penalty pgd":
         return PenaltyPGD(defended, restarts=settings.restarts, **common)
+    if name == "k+1 apgd-t":
+        return KPlusOneTargetedAPGD(defended, restarts=settings.restarts, **common)
     if name == "logit matching":
         return LogitMatching(defended, *targets, restarts=settings.restarts, **common)
     step_size = 2.5 * eps / settings.steps
