@@ -1,0 +1,89 @@
+"""One attack of the suite against the images a finished adaptive run left defended: what it adds to that run.
+
+    python scripts/probe_attack_on_defended.py results/adaptive/cifar10-resnet10-quasirobust [--attack "k+1 apgd-t"]
+        [--eps 8/255] [--steps 100] [--restarts 3]
+
+A run made before an attack joined the suite (robgen/experiments/adaptive_suite.py) need not be made again to
+see what the attack changes: an image it did not leave defended stays broken, so only the defended images
+(results.json's per-row "defended") are attacked, with the run's model and its calibrated detectors
+(detectors/), and each row's DARA is given before and after. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import robgen  # noqa: E402
+from robgen import data as datasets  # noqa: E402
+from robgen.attacks.evasion import EvasionTracker  # noqa: E402
+from robgen.detection.dara import rate  # noqa: E402
+from robgen.detection.defended import DefendedClassifier  # noqa: E402
+from robgen.detection.reject import RejectOption  # noqa: E402
+from robgen.experiments.adaptive import AdaptiveSettings  # noqa: E402
+from robgen.experiments.adaptive_report import OFF  # noqa: E402
+from robgen.experiments.adaptive_suite import ADAPTIVE, DetectorOff, make_suite_attack  # noqa: E402
+from robgen.experiments.pipeline import detection_splits  # noqa: E402
+
+
+def pct(entry: dict) -> str:
+    return f"{100 * entry['rate']:.1f}% [{100 * entry['ci'][0]:.1f}, {100 * entry['ci'][1]:.1f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a finished `python -m robgen adaptive` folder")
+    parser.add_argument("--attack", default="k+1 apgd-t", choices=ADAPTIVE)
+    parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--steps", type=int, default=None, help="default: the run's")
+    parser.add_argument("--restarts", type=int, default=None, help="default: the run's")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    results = json.loads((args.run / "results.json").read_text())
+    if not all("defended" in row for row in results["rows"]):
+        sys.exit(f"{args.run}/results.json names no defended images (a run older than the per-image record): "
+                 "run the adaptive evaluation again")
+    eps = float(Fraction(args.eps))
+    run_settings = results["settings"]
+    settings = AdaptiveSettings(detectors=("energy",), steps=args.steps or run_settings["steps"],
+                                restarts=args.restarts or run_settings["restarts"])
+    model = robgen.load_model(results["model"]).eval()
+    splits = detection_splits(model, results["data"])
+    x, y = datasets.load_tensors(datasets.first(splits.test, results["n_test"], "test split"))
+    targets = datasets.load_tensors(datasets.first(splits.validation, run_settings["match_targets"], "validation"))
+    print(f"{args.attack} ({settings.steps} steps, {settings.restarts} restarts) on the images "
+          f"{args.run} left defended at {args.eps}\n")
+    print("| detector | the run's DARA | images the attack breaks | DARA with it |\n|---|---|---|---|")
+    for row in results["rows"]:
+        if abs(row["eps"] - eps) > 1e-9:
+            continue
+        name = row["detector"]
+        if name == OFF:
+            option = DetectorOff(target_fpr=0.0).fit(torch.zeros(2, model.spec.num_classes), model=model)
+        else:
+            option = RejectOption.load(args.run / "detectors" / f"reject-{name}.json", model=model)
+        defended = DefendedClassifier(model, option)
+        index = torch.tensor(row["defended"], dtype=torch.long)
+        left = torch.zeros(len(x), dtype=torch.bool)
+        left[index] = True
+        if len(index):
+            generator = torch.Generator().manual_seed(args.seed)
+            attack = make_suite_attack(args.attack, defended, eps, settings, generator, targets)
+            tracker = EvasionTracker(defended, x[index], y[index])
+            attack.run(x[index], y[index], tracker)
+            left[index[tracker.evaded]] = False
+        broken = len(index) - int(left.sum())
+        print(f"| {'detector off' if name == OFF else name} | {pct(row['dara'])} | {broken} of {len(index)} | "
+              f"{pct(rate(left))} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
