@@ -294,12 +294,14 @@ def test_a_failed_sanity_check_is_flagged_at_the_top_of_the_report(finished):
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_numbers_of_one_process(checkpoint, toy_data, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--skip-evaded",)], ids=["every image", "skipping evaded"])
+def test_two_ranks_give_the_numbers_of_one_process(checkpoint, toy_data, tmp_path, extra):
     """12 test images in batches of 4 (rank 0: batches 0 and 2, rank 1: batch 1), every attack with random starts:
-    every number of results.json is the single process's; rank 0 alone prints and writes."""
+    every number of results.json is the single process's; rank 0 alone prints and writes. With --skip-evaded each
+    rank picks its batches' standing images from the flags every rank got back."""
     from tests.test_distributed import alone, differing_keys, torchrun
 
-    arguments = ["-m", "robgen", *command(checkpoint, toy_data, "OUT")[:-2]]
+    arguments = ["-m", "robgen", *command(checkpoint, toy_data, "OUT")[:-2], *extra]
     arguments[arguments.index("--limit") + 1] = "12"
     arguments[arguments.index("--eps") + 1] = "8/255"
     result = alone(*arguments, "--out", str(tmp_path / "one"))
@@ -312,6 +314,9 @@ def test_two_ranks_give_the_numbers_of_one_process(checkpoint, toy_data, tmp_pat
     assert two["hardware"].startswith("2 x CPU") and two["n_test"] == 12
     assert differing_keys(one, two, ignore=("wall_seconds", "hardware", "continued")) == []
     assert any(row["dara"]["count"] < row["clean"]["accuracy"]["count"] for row in one["rows"]), "attacks that bite"
+    if extra:  # and images skipped: some later attack ran on fewer images than the first
+        assert any(attack["evasion_rate"]["n"] < row["per_attack"]["k+1 pgd"]["evasion_rate"]["n"]
+                   for row in one["rows"] for attack in row["per_attack"].values())
 
 
 def test_an_error_while_attacking_is_not_reported_as_bad_input(checkpoint, toy_data, tmp_path, monkeypatch):
