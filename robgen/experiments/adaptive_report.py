@@ -288,12 +288,12 @@ def markdown(results: dict) -> str:
                      f"{_pct(clean['rejection_rate'])} | " + " | ".join(_pct(row["dara"]) for row in rows) + " |")
     for eps in eps_list:
         rows = {row["detector"]: row for row in results["rows"] if row["eps"] == eps}
-        among = ("the images defended on clean inputs that no adaptive attack before it had evaded (this run skipped "
-                 "the others: --skip-evaded; the references ran on all)" if settings.get("skip_evaded") else
-                 "the images defended on clean inputs")
+        among = (" This run skipped evaded images (--skip-evaded): each adaptive attack after the first ran only on "
+                 "the images defended on clean inputs that no adaptive attack before it had evaded, and its fraction "
+                 "is of those (n/a: none was left); the references ran on all." if settings.get("skip_evaded") else "")
         lines += ["", f"## Which attacks evaded at {eps_label(eps)}", "",
-                  f"Per attack: the fraction of {among} that it evaded, and (after the "
-                  "slash) on how many images it was the first of the suite to evade.", "",
+                  "Per attack: the fraction of the images defended on clean inputs that it evaded, and (after the "
+                  f"slash) on how many images it was the first of the suite to evade.{among}", "",
                   "| attack | " + " | ".join("detector off" if d == OFF else d for d in rows) + " |",
                   "|---|" + "---|" * len(rows)]
         for attack in settings["attacks"]:
