@@ -365,7 +365,7 @@ def figure(results: dict, path: Path) -> Path:
     axis.set_xlabel("L-inf eps (x 1/255)")
     axis.set_ylabel("% of test images")
     axis.set_ylim(-2, 102)
-    axis.set_title(f"Adaptive attacks on {results['n_test']} test images; thresholds at "
+    axis.set_title(f"Adaptive attacks on {results['n_test']} test images ({results['model']})\nthresholds at "
                    f"{100 * results['settings']['target_fpr']:g}% validation FPR; 95% intervals", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
