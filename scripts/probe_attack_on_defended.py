@@ -16,6 +16,7 @@ import json
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 
@@ -37,6 +38,45 @@ def pct(entry: dict) -> str:
     return f"{100 * entry['rate']:.1f}% [{100 * entry['ci'][0]:.1f}, {100 * entry['ci'][1]:.1f}]"
 
 
+def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Optional[int] = None,
+          restarts: Optional[int] = None, seed: int = 0) -> List[dict]:
+    """Per row of the finished run at `eps`: its DARA, how many of its defended images `attack` breaks, the DARA
+    with it. The model is loaded by the name (or path) the run recorded."""
+    results = json.loads((run / "results.json").read_text())
+    if not all("defended" in row for row in results["rows"]):
+        raise SystemExit(f"{run}/results.json names no defended images (a run older than the per-image record): "
+                         "run the adaptive evaluation again")
+    run_settings = results["settings"]
+    settings = AdaptiveSettings(detectors=("energy",), steps=steps or run_settings["steps"],
+                                restarts=restarts or run_settings["restarts"])
+    model = robgen.load_model(results["model"]).eval()
+    splits = detection_splits(model, results["data"])
+    x, y = datasets.load_tensors(datasets.first(splits.test, results["n_test"], "test split"))
+    pool = min(run_settings["match_targets"], len(splits.validation))  # logit matching's targets, as the run took
+    targets = datasets.load_tensors(datasets.first(splits.validation, pool, "validation split"))
+    found = []
+    for row in results["rows"]:
+        if abs(row["eps"] - eps) > 1e-9:
+            continue
+        name = row["detector"]
+        if name == OFF:
+            option = DetectorOff(target_fpr=0.0).fit(torch.zeros(2, model.spec.num_classes), model=model)
+        else:
+            option = RejectOption.load(run / "detectors" / f"reject-{name}.json", model=model)
+        defended = DefendedClassifier(model, option)
+        index = torch.tensor(row["defended"], dtype=torch.long)
+        left = torch.zeros(len(x), dtype=torch.bool)
+        left[index] = True
+        if len(index):
+            generator = torch.Generator().manual_seed(seed)
+            tracker = EvasionTracker(defended, x[index], y[index])
+            make_suite_attack(attack, defended, eps, settings, generator, targets).run(x[index], y[index], tracker)
+            left[index[tracker.evaded]] = False
+        found.append({"detector": name, "dara": row["dara"], "broken": len(index) - int(left.sum()),
+                      "defended": len(index), "dara_with_it": rate(left)})
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a finished `python -m robgen adaptive` folder")
@@ -46,42 +86,12 @@ def main() -> int:
     parser.add_argument("--restarts", type=int, default=None, help="default: the run's")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    results = json.loads((args.run / "results.json").read_text())
-    if not all("defended" in row for row in results["rows"]):
-        sys.exit(f"{args.run}/results.json names no defended images (a run older than the per-image record): "
-                 "run the adaptive evaluation again")
-    eps = float(Fraction(args.eps))
-    run_settings = results["settings"]
-    settings = AdaptiveSettings(detectors=("energy",), steps=args.steps or run_settings["steps"],
-                                restarts=args.restarts or run_settings["restarts"])
-    model = robgen.load_model(results["model"]).eval()
-    splits = detection_splits(model, results["data"])
-    x, y = datasets.load_tensors(datasets.first(splits.test, results["n_test"], "test split"))
-    targets = datasets.load_tensors(datasets.first(splits.validation, run_settings["match_targets"], "validation"))
-    print(f"{args.attack} ({settings.steps} steps, {settings.restarts} restarts) on the images "
-          f"{args.run} left defended at {args.eps}\n")
+    rows = probe(args.run, args.attack, float(Fraction(args.eps)), args.steps, args.restarts, args.seed)
+    print(f"{args.attack} on the images {args.run} left defended at {args.eps}\n")
     print("| detector | the run's DARA | images the attack breaks | DARA with it |\n|---|---|---|---|")
-    for row in results["rows"]:
-        if abs(row["eps"] - eps) > 1e-9:
-            continue
-        name = row["detector"]
-        if name == OFF:
-            option = DetectorOff(target_fpr=0.0).fit(torch.zeros(2, model.spec.num_classes), model=model)
-        else:
-            option = RejectOption.load(args.run / "detectors" / f"reject-{name}.json", model=model)
-        defended = DefendedClassifier(model, option)
-        index = torch.tensor(row["defended"], dtype=torch.long)
-        left = torch.zeros(len(x), dtype=torch.bool)
-        left[index] = True
-        if len(index):
-            generator = torch.Generator().manual_seed(args.seed)
-            attack = make_suite_attack(args.attack, defended, eps, settings, generator, targets)
-            tracker = EvasionTracker(defended, x[index], y[index])
-            attack.run(x[index], y[index], tracker)
-            left[index[tracker.evaded]] = False
-        broken = len(index) - int(left.sum())
-        print(f"| {'detector off' if name == OFF else name} | {pct(row['dara'])} | {broken} of {len(index)} | "
-              f"{pct(rate(left))} |", flush=True)
+    for row in rows:
+        print(f"| {'detector off' if row['detector'] == OFF else row['detector']} | {pct(row['dara'])} | "
+              f"{row['broken']} of {row['defended']} | {pct(row['dara_with_it'])} |")
     return 0
 
 

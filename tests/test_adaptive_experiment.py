@@ -462,3 +462,23 @@ def test_a_run_that_skips_evaded_images_attacks_only_the_standing_ones_and_keeps
         if check["check"].startswith("the detector switched off"):
             assert check["passed"], check
     assert "--skip-evaded" in (out / "results.md").read_text()
+
+
+def test_probing_a_finished_run_with_one_attack_only_lowers_its_dara_by_the_images_it_breaks(finished):
+    """scripts/probe_attack_on_defended.py: the attack runs on each row's defended images, with the run's model and
+    calibrated detectors; the DARA with it is the run's less exactly the images it broke."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("probe_defended", REPO / "scripts" / "probe_attack_on_defended.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, results = finished
+    rows = module.probe(out, "k+1 apgd-t", eps=8 / 255, steps=2, restarts=1)
+    assert sorted(row["detector"] for row in rows) == sorted(r["detector"] for r in results["rows"]
+                                                            if r["eps_label"] == "8/255")
+    assert any(row["defended"] for row in rows), "some row has defended images: the attack ran"
+    for row in rows:
+        assert 0 <= row["broken"] <= row["defended"] == row["dara"]["count"]
+        assert row["dara_with_it"]["count"] == row["dara"]["count"] - row["broken"]
