@@ -37,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import robgen  # noqa: E402
 from robgen import data as datasets  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
-from robgen.detection.reject import RejectOption  # noqa: E402
-from robgen.experiments.adaptive_suite import DetectorOff  # noqa: E402
+from robgen.experiments.adaptive_suite import saved_detector  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
 from robgen.metrics import wilson_interval  # noqa: E402
 
@@ -134,12 +133,8 @@ def main(argv=None) -> int:
           "| DARA against both | verdict |\n|---|---|---|---|---|---|---|")
     failed = 0
     for name in names:
-        if name == "off":  # the detector switched off: the bare model's robust accuracy
-            with torch.no_grad():
-                option = DetectorOff(target_fpr=0.0).fit(model(x_val[:8]), model=model)
-        else:
-            option = RejectOption.load(args.run / results["detectors"][name]["file"], model)
-        defended = DefendedClassifier(model, option)
+        # as the run calibrated it ("off": the detector switched off, the bare model's robust accuracy)
+        defended = DefendedClassifier(model, saved_detector(args.run, results, name, model))
         scale = logit_units(defended, x_val) if name != "off" else 1.0
         for row in results["rows"]:
             if row["detector"] != name:

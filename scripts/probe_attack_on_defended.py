@@ -27,10 +27,9 @@ from robgen import data as datasets  # noqa: E402
 from robgen.attacks.evasion import EvasionTracker  # noqa: E402
 from robgen.detection.dara import rate  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
-from robgen.detection.reject import RejectOption  # noqa: E402
 from robgen.experiments.adaptive import AdaptiveSettings  # noqa: E402
 from robgen.experiments.adaptive_report import OFF  # noqa: E402
-from robgen.experiments.adaptive_suite import ADAPTIVE, DetectorOff, make_suite_attack  # noqa: E402
+from robgen.experiments.adaptive_suite import ADAPTIVE, make_suite_attack, saved_detector  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
 
 
@@ -59,11 +58,7 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
         if abs(row["eps"] - eps) > 1e-9:
             continue
         name = row["detector"]
-        if name == OFF:
-            option = DetectorOff(target_fpr=0.0).fit(torch.zeros(2, model.spec.num_classes), model=model)
-        else:
-            option = RejectOption.load(run / "detectors" / f"reject-{name}.json", model=model)
-        defended = DefendedClassifier(model, option)
+        defended = DefendedClassifier(model, saved_detector(run, results, name, model))
         index = torch.tensor(row["defended"], dtype=torch.long)
         left = torch.zeros(len(x), dtype=torch.bool)
         left[index] = True

@@ -81,7 +81,7 @@ class AdaptiveSettings:
     reference_size: int = 2000  # clean training images for Mahalanobis's class statistics
     match_targets: int = 100  # validation images offered to logit matching as targets
     # each adaptive attack after the first runs only on the images no earlier one evaded (and that are clean-correct
-    # and accepted): the same DARA for far fewer passes on a robust model, but no per-attack evasion rate
+    # and accepted): the same DARA for far fewer passes on a robust model; per-attack rates among the images attacked
     skip_evaded: bool = False
 
     def __post_init__(self) -> None:

@@ -8,6 +8,8 @@
   non-adaptive references on the bare model), with the run's steps and restarts.
 - `DetectorOff`: the detector switched off, a reject option that accepts everything; against it the
   suite measures the bare model (Carlini et al. 2019's sanity check).
+- `saved_detector`: a finished run's detector as it saved it (or the detector switched off), for the
+  scripts that attack a finished run again.
 - `suite_stage`: one attack over the test images through `run_suite`, batch by batch, this rank's
   share of the batches under torchrun, each batch's random draws seeded by its index; every rank
   gets every batch's flags back, in data order.
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -78,6 +81,14 @@ class DetectorOff(RejectOption):
 
     def _set_thresholds(self, thresholds):
         pass
+
+
+def saved_detector(run_dir, results: dict, name: str, model) -> RejectOption:
+    """Detector `name` of a finished run (its results.json as `results`), as the run calibrated and saved it in
+    detectors/; for OFF, the detector switched off. Refused if calibrated for another model."""
+    if name == OFF:
+        return DetectorOff(target_fpr=0.0).fit(torch.zeros(2, model.spec.num_classes), model=model)
+    return RejectOption.load(Path(run_dir) / results["detectors"][name]["file"], model=model)
 
 
 def make_suite_attack(name: str, defended: DefendedClassifier, eps: float, settings,
