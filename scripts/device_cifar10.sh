@@ -1,64 +1,125 @@
 #!/usr/bin/env bash
 # The GPU work of the CIFAR-10 detection issue, for a session that is lent an accelerator: the official recipe at the
-# paper's width, its detector along the run, and the measurements that settle what the CPU models' gap depends on.
+# paper's width 64 and at the shipped width 32, trained side by side on the one GPU, and the detector measured along
+# both runs (the ablation's curve: what training length and width are worth).
 #
 # Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
 #                (.device-data/ is git-ignored; name it in the device tool's `carry`)
-# There:         STAGE=train bash scripts/device_cifar10.sh      # ~8-13 min on an H200 (estimated): train, snapshots
-#                every 10 epochs; past the 10-minute limit of one call, the same call again resumes the run
-#                STAGE=measure bash scripts/device_cifar10.sh    # the same warm machine: ablation rows + evals
-#                (runs/ is git-ignored, so the warm machine keeps it between the two calls; STAGE=all does both)
+# There, in one call (a lease is 15 minutes of device time, a call at most 10):
+#                TRAIN_SECONDS=360 MEASURE_SECONDS=140 bash scripts/device_cifar10.sh
+#                trains until TRAIN_SECONDS have passed or the 98 epochs are done, then measures every snapshot for at
+#                most MEASURE_SECONDS, and packs what it has. With more time: STAGE=train, then STAGE=measure on the
+#                same warm machine (runs/ is git-ignored, so it stays there between calls; a train call resumes).
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_cifar10.sh   # the whole flow on 512
-#                images, 2 epochs (CPU too: its measure stage took 2 min on the 2-core CPU)
+#                images, 2 epochs, widths 16 and 8 (about 3 minutes on the 2-core CPU)
 #
 # The official recipe (PAPER.md; the notebooks' optimiser is inferred from their `learning_rate = 0.001` and the
-# Imagenette recipe): ResNet10 width 64, horizontal flips only, Adam lr 1e-3, weight decay 5e-4, batch 64,
-# MultiStepLR at epochs 30 and 80, 98 epochs. Its detector is measured (official protocol: PGD-40 8/255, Youden,
-# temperature searched) on every 10th epoch's snapshot and on the last epoch, on 5,000 validation and 5,000 test
-# images, plus the pixel factor (the 932 exact PNGs against their JPEG q75 copies). Everything comes back in
-# $OUT: the ablation rows (merge them into results/cifar10/ablation/rows/ here and run `python -m robgen ablation
-# --out results/cifar10/ablation` to redraw the table), the evals and the final checkpoint (no trainer state).
+# Imagenette recipe): ResNet10, horizontal flips only, Adam lr 1e-3, weight decay 5e-4, batch 64, MultiStepLR at
+# epochs 30 and 80, 98 epochs. The detector (official protocol: PGD-40 8/255, Youden, temperature searched, and the
+# paper's FPR) is measured on each run's last epoch, the pixel factor (the 932 exact PNGs against their JPEG q75
+# copies) and every 10th epoch's snapshot, on 2,000 validation and 2,000 test images like the CPU rows. Back in $OUT:
+# results.tar.gz (ablation rows, evals, logs; unpack it in out/device and merge its rows into
+# results/cifar10/ablation/rows/, then `python -m robgen ablation --out results/cifar10/ablation` redraws the table)
+# and each run's last checkpoint without trainer state (model-wN.tar.gz, split into 15 MB parts: `cat` them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
 DATA=${ROBGEN_DATA:-$PWD/.device-data}
 STAGE=${STAGE:-all}
-NAME=cifar10-resnet10-w64-official
-EPOCHS=98 LIMIT=5000 EVERY=10 MILESTONES=30,80
+TRAIN_SECONDS=${TRAIN_SECONDS:-0}      # 0: no limit
+MEASURE_SECONDS=${MEASURE_SECONDS:-0}  # 0: no limit
+# EPOCHS, MILESTONES, AUGMENT (flip | crop-flip) and TAG (a run-name suffix) vary the recipe for an ablation row
+EPOCHS=${EPOCHS:-98} MILESTONES=${MILESTONES:-30,80} AUGMENT=${AUGMENT:-flip} TAG=${TAG:-}
+LIMIT=2000 EVERY=10 WORKERS=${WORKERS:-12}
 EXTRA=() LIMIT_EVAL=()
 if [ -n "${SMOKE:-}" ]; then
     EPOCHS=2 LIMIT=64 EVERY=1 MILESTONES=1 EXTRA=(--train-limit 512 --eval-subset 64) LIMIT_EVAL=(--limit 128)
+    WIDTHS=${WIDTHS:-16 8} WORKERS=2
 fi
-mkdir -p "$OUT" "$DATA" runs
+WIDTHS=${WIDTHS:-64 32}
+WORK=runs/device-results$TAG
+mkdir -p "$OUT" "$DATA" "$WORK"
 if [ ! -d "$DATA/cifar10/train" ]; then
     tar xzf .device-data/cifar10-imagefolder.tar.gz -C "$DATA"
 fi
 PY=${PYTHON:-python3}
-RUN="runs/$NAME"
+export PYTHONUNBUFFERED=1
+run_dir() { echo "runs/cifar10-resnet10-w$1-official$TAG"; }
+
+# Run "$@" for at most $1 seconds (0: no limit). Being stopped by the limit is not a failure: a stopped training run
+# resumes from its last epoch, a stopped ablation keeps the rows it finished.
+limited() {
+    local seconds=$1; shift
+    if [ "$seconds" -gt 0 ]; then
+        timeout --signal=INT --kill-after=15 "$seconds" "$@" || [ $? -eq 124 ]
+    else
+        "$@"
+    fi
+}
+
+# Wait for every background job; say which failed, but go on: what the others made is still worth packing.
+wait_all() {
+    local pid
+    for pid in "$@"; do wait "$pid" || echo "a job failed (exit $?): see the logs in $WORK"; done
+}
 
 if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
-    RESUME=()
-    if [ -e "$RUN/trainer_state.pt" ]; then RESUME=(--resume); fi
-    $PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_cifar --width 64 --mode standard \
-        --optimizer adam --lr 1e-3 --weight-decay 5e-4 --batch-size 64 --schedule multistep --milestones "$MILESTONES" \
-        --augment flip --epochs "$EPOCHS" --snapshot-every "$EVERY" --eval-steps 2 --workers 12 --out "$RUN" \
-        "${RESUME[@]}" "${EXTRA[@]}" > "$OUT/train.log" 2>&1
-    tail -n 3 "$OUT/train.log"
+    jobs=() per_run=$(( WORKERS / $(wc -w <<< "$WIDTHS") ))
+    for width in $WIDTHS; do
+        run=$(run_dir "$width") resume=()
+        if [ -e "$run/trainer_state.pt" ]; then resume=(--resume); fi
+        limited "$TRAIN_SECONDS" $PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_cifar \
+            --width "$width" --mode standard --optimizer adam --lr 1e-3 --weight-decay 5e-4 --batch-size 64 \
+            --schedule multistep --milestones "$MILESTONES" --augment "$AUGMENT" --epochs "$EPOCHS" \
+            --snapshot-every "$EVERY" --eval-steps 2 --workers "$per_run" --out "$run" "${resume[@]}" "${EXTRA[@]}" \
+            > "$WORK/train-w$width.log" 2>&1 &
+        jobs+=($!)
+    done
+    wait_all "${jobs[@]}"
+    for width in $WIDTHS; do echo "w$width: $(wc -l < "$(run_dir "$width")/log.jsonl") epochs"; done
 fi
 
 if [ "$STAGE" = measure ] || [ "$STAGE" = all ]; then
-    ROWS=()
-    for snapshot in "$RUN"/epochs/epoch-*; do
-        ROWS+=(--row "official recipe, w64/e$((10#${snapshot##*-}))=$snapshot")
+    jobs=()
+    for width in $WIDTHS; do
+        run=$(run_dir "$width")
+        if [ ! -e "$run/config.json" ]; then echo "w$width: no checkpoint to measure"; continue; fi
+        done_epochs=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['training']['epochs_done'])" \
+            "$run/config.json")
+        # the rows in order of worth, as a cut-off keeps the first ones: the last epoch, its pixels, the curve
+        rows=(--row "official recipe$TAG/w$width, epoch $done_epochs of $EPOCHS=$run"
+              --pixels "pixels/w$width official recipe$TAG, epoch $done_epochs=$run")
+        for snapshot in "$run"/epochs/epoch-*; do
+            epoch=$((10#${snapshot##*-}))
+            if [ "$epoch" -ne "$done_epochs" ]; then
+                rows+=(--row "official recipe$TAG/w$width, epoch $epoch of $EPOCHS=$snapshot")
+            fi
+        done
+        limited "$MEASURE_SECONDS" $PY -m robgen ablation --data cifar10 --data-root "$DATA" --limit "$LIMIT" \
+            "${rows[@]}" --out "$WORK/ablation-w$width" > "$WORK/ablation-w$width.log" 2>&1 &
+        jobs+=($!)
     done
-    $PY -m robgen ablation --data cifar10 --data-root "$DATA" --limit "$LIMIT" "${ROWS[@]}" \
-        --row "width/w64 (official recipe)=$RUN" --pixels "pixels/w64 official recipe=$RUN" --out "$OUT/ablation" \
-        > "$OUT/ablation.log" 2>&1
-    tail -c 300 "$OUT/ablation.log"
-    $PY -m robgen eval --model "$RUN" --data cifar10 --data-root "$DATA" --steps 20 "${LIMIT_EVAL[@]}" --record \
-        --out "$OUT/eval-test.json"
-    $PY -m robgen eval --model "$RUN" --data cifar10 --data-root "$DATA" --steps 20 --exact "${LIMIT_EVAL[@]}" --record \
-        --out "$OUT/eval-test-png.json"
-    tar czf "$OUT/$NAME.tar.gz" --exclude=trainer_state.pt --exclude=epochs -C runs "$NAME"
+    wait_all "${jobs[@]}"
+    jobs=()
+    for width in $WIDTHS; do
+        run=$(run_dir "$width")
+        if [ ! -e "$run/config.json" ] || [ "${EVALS:-1}" = 0 ]; then continue; fi
+        ( limited 40 $PY -m robgen eval --model "$run" --data cifar10 --data-root "$DATA" --steps 20 \
+              "${LIMIT_EVAL[@]}" --record --out "$WORK/eval-test-w$width.json" \
+          && limited 20 $PY -m robgen eval --model "$run" --data cifar10 --data-root "$DATA" --steps 20 --exact \
+              "${LIMIT_EVAL[@]}" --record --out "$WORK/eval-test-png-w$width.json" ) > "$WORK/eval-w$width.log" 2>&1 &
+        jobs+=($!)
+    done
+    wait_all "${jobs[@]}"
+    for width in $WIDTHS; do
+        run=$(run_dir "$width")
+        if [ ! -e "$run/config.json" ]; then continue; fi
+        cp "$run/log.jsonl" "$WORK/train_log-w$width.jsonl"
+        tar czf "$WORK/model-w$width$TAG.tar.gz" --exclude=trainer_state.pt --exclude=epochs -C runs "$(basename "$run")"
+        split -b 15m -d "$WORK/model-w$width$TAG.tar.gz" "$OUT/model-w$width$TAG.tar.gz.part"
+        rm "$WORK/model-w$width$TAG.tar.gz"
+    done
 fi
+tar czf "$OUT/results$TAG.tar.gz" -C "$(dirname "$WORK")" "$(basename "$WORK")"
+tail -q -n 2 "$WORK"/ablation-w*.log 2>/dev/null || true
 ls -la "$OUT"

@@ -107,6 +107,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         model = model_to_fine_tune(config, base, classes, input_size=tuple(plain[0][0].shape))
     else:
         model = fresh_model(config, plain, classes).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input shape for the whole run: let cuDNN pick its fastest kernels
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -145,7 +147,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             sampler.set_epoch(epoch)
         else:
             sampler.generator.manual_seed(config.seed * 1000 + epoch)
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        # loss sum, correct, count: kept on the device, so a step never waits for the GPU to finish the last one
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
         for x, y in progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs} ({config.mode})",
                                  progress=progress and distributed.is_main()):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -158,7 +161,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             loss.backward()
             optimizer.step()
             scheduler.step()
-            totals += torch.tensor([float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), len(y)], dtype=torch.float64)
+            totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                   totals.new_tensor(len(y))])
         loss_sum, correct, count = distributed.reduce_sums(totals.tolist(), device)
         _share_buffers(model)
         check = evaluate_robustness(model, eval_set, eps=config.eps, norm=config.norm, steps=config.eval_steps,
