@@ -4,6 +4,9 @@
 #
 # Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
 #                (.device-data/ is git-ignored; name it in the device tool's `carry`)
+#                bash scripts/device_tree.sh hide    # the tracked tree alone is over the 64 MiB a call carries (for
+#                Imagenette models: hide results/synthesis results/adaptive examples checkpoints/cifar10-*);
+#                `bash scripts/device_tree.sh restore` after the calls, before any commit
 # There:         bash scripts/device_adaptive.sh [MODEL ...]     # default: the three CIFAR-10 models, in order
 #                Each model's run keeps its finished stages in runs/adaptive/<model>/.stages on the warm machine,
 #                so a call cut at the 10-minute limit continues where it stopped when made again.

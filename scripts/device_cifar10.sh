@@ -5,6 +5,8 @@
 #
 # Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
 #                (.device-data/ is git-ignored; name it in the device tool's `carry`)
+#                bash scripts/device_tree.sh hide    # the tracked tree alone is over the 64 MiB a call carries;
+#                                                    # `restore` after the calls, before any commit
 # There, in one call (a lease is 15 minutes of device time, a call at most 10):
 #                TRAIN_SECONDS=360 MEASURE_SECONDS=140 bash scripts/device_cifar10.sh
 #                trains until TRAIN_SECONDS have passed or the 98 epochs are done, then measures every snapshot for at

@@ -8,6 +8,8 @@
 # Call 1:       carry .device-data/imagenette2-160.tar.gz.part-aa;  bash scripts/device_imagenette.sh stage
 # Call 2:       carry .device-data/imagenette2-160.tar.gz.part-ab;  bash scripts/device_imagenette.sh stage train
 #               (trains; calls after it on the same warm machine can run `eval` alone)
+# Before:      bash scripts/device_tree.sh hide results/synthesis results/adaptive examples checkpoints/cifar10-*
+#               (the tracked tree alone is over the 64 MiB a call carries); after: bash scripts/device_tree.sh restore
 # Anywhere:     SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_imagenette.sh train eval   (CPU too)
 #
 # `train`: the official architecture (3x3 stride-2 stem, width 64, 150-px crops, 60 epochs: the notebook's,
