@@ -127,3 +127,31 @@ def test_a_kept_model_row_without_the_detection_at_the_papers_fpr_is_measured_ag
     path.write_text(json.dumps(older))
     (again,) = ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
     assert again["rows"][0]["at_paper_fpr"] == record["rows"][0]["at_paper_fpr"]
+
+
+def test_a_run_measured_at_several_epochs_becomes_a_curve(tmp_path):
+    """Rows of one recipe (the epoch aside) make one curve, sorted by epoch; a recipe measured once, pixel rows and
+    rows without a paper-FPR reading make none; the report draws the curves' figure beside the table."""
+    from robgen.experiments.ablation_report import training_curves
+
+    def record(factor, label, width, epoch, lr, pixels=False):
+        rate = {"detection_rate": 0.9, "detection_rate_ci": [0.85, 0.94], "false_positive_rate": 0.05,
+                "false_positive_rate_ci": [0.03, 0.08], "auroc": 0.97, "temperature": 1.0, "clean_accuracy": 0.8,
+                "clean_accuracy_ci": [0.75, 0.85], "n_test": 100}
+        rows = [{**rate, "pixels": "exact PNG"}] if pixels else [{**rate, "at_paper_fpr": dict(rate)}]
+        model = {"width": width, "epochs_done": epoch, "recipe": {"optimizer": "adam", "lr": lr, "epochs": 98}}
+        return {"spec": {"factor": factor, "label": label}, "model": model, "rows": rows,
+                "settings": {"limit": 100, "seed": 0}}
+
+    records = [record("run", "e20", 32, 20, 1e-3), record("run", "e10", 32, 10, 1e-3), record("run", "w64", 64, 10, 1e-3),
+               record("other", "lr", 32, 30, 1e-4), record("pixels", "p", 32, 30, 1e-3, pixels=True)]
+    from robgen.experiments.ablation_report import flat_rows
+
+    curves = training_curves(flat_rows(records))
+    assert len(curves) == 1
+    name, rows = curves[0]
+    assert name.startswith("w32, adam lr 0.001") and "epoch" not in name
+    assert [row["model"]["epochs_done"] for row in rows] == [10, 20]
+    paths = write_report(records, tmp_path)
+    assert (tmp_path / "ablation_epochs.png") in paths and (tmp_path / "ablation_epochs.png").stat().st_size > 0
+    assert training_curves(flat_rows(records[2:])) == []  # each recipe once: no curve

@@ -1,17 +1,22 @@
-"""The detection ablation's table (`results.md`), data (`results.json`) and figure (`ablation.png`).
+"""The detection ablation's table (`results.md`), data (`results.json`) and figures (`ablation.png`,
+`ablation_epochs.png`).
 
 One table row per measured row (ablation.py), grouped by factor in the order the factors first appear; the
-paper's number beside the table. The figure has one panel per factor: the two error rates of each row (missed
-attacks and false positives) with their 95% intervals, rows in the order given (a run's snapshots make its curve).
+paper's number beside the table. `ablation.png` has one panel per factor: the two error rates of each row (missed
+attacks and false positives) with their 95% intervals, rows in the order given. `ablation_epochs.png` follows
+each training run measured at two or more epochs (its snapshots): detection at the paper's FPR and clean accuracy
+against the epoch, one line per recipe.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 PAPER_CIFAR10 = {"detection_rate": 0.9838, "false_positive_rate": 0.0167}  # notebook: TPR 98.38 / FPR 1.67
+PAPER_CLEAN_ACCURACY = 0.876  # the official CIFAR-10 model's test accuracy (PAPER.md)
 
 
 def flat_rows(records: List[dict]) -> List[dict]:
@@ -114,11 +119,15 @@ def figure(rows: List[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     groups = by_factor(rows)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 3.6), dpi=110, squeeze=False,
+    columns = min(3, len(groups))  # wrapped, so that many factors stay readable
+    lines = math.ceil(len(groups) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns + 1, 3.9 * lines), dpi=110, squeeze=False,
                              sharey=True)
+    for spare in list(axes.flat)[len(groups):]:
+        spare.set_visible(False)
     series = (("detection_rate", True, "tab:red", "missed attacks"), ("false_positive_rate", False, "tab:blue",
                                                                        "false positives"))
-    for axis, (factor, group) in zip(axes[0], groups.items()):
+    for axis, (factor, group) in zip(axes.flat, groups.items()):
         xs = list(range(len(group)))
         for key, missed, colour, name in series:
             value = [100 * (1 - row[key] if missed else row[key]) for row in group]
@@ -135,8 +144,65 @@ def figure(rows: List[dict], path: Path) -> Path:
         axis.set_xlim(-0.5, len(group) - 0.5)
         axis.set_title(factor, fontsize=9)
         axis.set_ylim(bottom=0)
-    axes[0][0].set_ylabel("% of test images (dotted: the paper)")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("% of test images (dotted: the paper)")
     axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def training_curves(rows: List[dict]) -> List[Tuple[str, List[dict]]]:
+    """The runs measured at two or more epochs: (a name for the recipe, its model rows sorted by epoch).
+
+    Rows belong to one run when their width and recorded recipe agree (the epoch aside); pixel rows and rows
+    without a paper-FPR reading are left out. Ordered as the recipes first appear.
+    """
+    groups: Dict[str, List[dict]] = {}
+    for row in rows:
+        model = row["model"]
+        if row.get("pixels") or not row.get("at_paper_fpr") or model.get("epochs_done") is None:
+            continue
+        key = json.dumps({"width": model.get("width"), "recipe": model.get("recipe", {})}, sort_keys=True)
+        groups.setdefault(key, []).append(row)
+    curves = []
+    for group in groups.values():
+        if len({row["model"]["epochs_done"] for row in group}) >= 2:
+            name = _recipe(group[0]["model"]).rsplit(", epoch", 1)[0]
+            curves.append((name, sorted(group, key=lambda row: row["model"]["epochs_done"])))
+    return curves
+
+
+def epochs_figure(curves: List[Tuple[str, List[dict]]], path: Path) -> Path:
+    """Detection at the paper's FPR (left) and clean accuracy (right) against the epoch, with 95% intervals, one
+    line per run (`training_curves`); the paper's detection and clean accuracy dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for name, group in curves:
+        epochs = [row["model"]["epochs_done"] for row in group]
+        for axis, value, interval in (
+                (left, lambda row: row["at_paper_fpr"]["detection_rate"],
+                 lambda row: row["at_paper_fpr"]["detection_rate_ci"]),
+                (right, lambda row: row["clean_accuracy"], lambda row: row.get("clean_accuracy_ci"))):
+            ys = [100 * value(row) for row in group]
+            bounds = [interval(row) or (value(row), value(row)) for row in group]
+            errors = [[y - 100 * b[0] for y, b in zip(ys, bounds)], [100 * b[1] - y for y, b in zip(ys, bounds)]]
+            axis.errorbar(epochs, ys, yerr=errors, marker="o", capsize=3, label=name)
+    left.axhline(100 * PAPER_CIFAR10["detection_rate"], color="grey", linestyle=":", linewidth=1)
+    right.axhline(100 * PAPER_CLEAN_ACCURACY, color="grey", linestyle=":", linewidth=1)
+    left.set_ylabel(f"PGD detected at {100 * PAPER_CIFAR10['false_positive_rate']:.1f}% validation FPR (%)")
+    right.set_ylabel("clean accuracy (%)")
+    for axis in (left, right):
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    left.set_title("detection at the paper's FPR (dotted: the paper)", fontsize=9)
+    right.set_title("clean accuracy (dotted: the paper's model)", fontsize=9)
+    left.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -157,4 +223,8 @@ def write_report(records: List[dict], out_dir: Path) -> List[Path]:
                              "measure every row with the same --limit and --seed, or write to another --out")
     (out_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     (out_dir / "results.md").write_text(markdown(rows, settings))
-    return [out_dir / "results.json", out_dir / "results.md", figure(rows, out_dir / "ablation.png")]
+    written = [out_dir / "results.json", out_dir / "results.md", figure(rows, out_dir / "ablation.png")]
+    curves = training_curves(rows)
+    if curves:
+        written.append(epochs_figure(curves, out_dir / "ablation_epochs.png"))
+    return written
