@@ -406,3 +406,41 @@ def test_a_rerun_over_earlier_results_with_overwrite_continues_when_cut_and_run_
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["continued"]["stages_read_back"] == len(kept) and results["settings"]["lam"] == 1.0
     assert (tmp_path / "run" / "results.json").read_text() != earlier
+
+
+def test_table1_from_the_stages_of_a_stopped_run_is_the_reports_table1(cifar_root, tmp_path, monkeypatch):
+    """scripts/table1_from_stages.py on a run stopped after its attacks gives the official row the finished run's
+    report gives, and the official detector's rate on the HE-PGD examples."""
+    import importlib.util
+
+    import robgen.experiments.reproduce as reproduce_module
+    from robgen.experiments.reproduce import reproduce
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("table1_from_stages", REPO / "scripts" / "table1_from_stages.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = robgen.load_model("cifar10-resnet10-standard")
+    settings = ReproduceSettings(attacks=("pgd-8",), steps=3, limit=20, val_size=1000, reference_size=200,
+                                 lambdas=(0.0, 1.2))
+    whole = reproduce(model, "cifar10", tmp_path / "whole", data_root=cifar_root, settings=settings, progress=False)
+
+    class StopsHere:  # the baselines come right after Table 1's attacks: the run is cut there
+        def fit(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce_module, "MahalanobisScorer", StopsHere)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(model, "cifar10", tmp_path / "cut", data_root=cifar_root, settings=settings, progress=False)
+    rows = script.table1(tmp_path / "cut")["rows"]
+    assert set(rows) == {"pgd-8"}
+    official = next(row for row in whole["table1"] if row["attack"] == "pgd-8" and row["official_protocol"])
+    for key in ("detection_rate", "false_positive_rate", "auroc", "temperature", "clean_accuracy",
+                "detection_rate_successful"):
+        assert rows["pgd-8"][key] == pytest.approx(official[key]), key
+    he = next(row for row in whole["table1"] if row["attack"].startswith("hepgd") and row["official_protocol"])
+    assert list(rows["pgd-8"]["hepgd_detection_rate"]) == [he["attack"]]
+    fpr = rows["pgd-8"]["at_paper_fpr"]
+    assert 0 <= fpr["false_positive_rate_ci"][0] <= fpr["false_positive_rate"] <= fpr["false_positive_rate_ci"][1] <= 1
+    with pytest.raises(SystemExit, match="no clean-val stage"):
+        script.table1(tmp_path / "whole")  # a finished run keeps no stages
