@@ -116,6 +116,10 @@ def test_bad_input_is_refused(cifar_root, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--hepgd-steps", "10,x", "--out", str(tmp_path / "d")]) == 2
     assert "--hepgd-steps takes whole numbers" in capsys.readouterr().err
+    assert main(args + ["--lambdas", "0,-1", "--out", str(tmp_path / "e")]) == 2
+    assert "each a finite number >= 0" in capsys.readouterr().err
+    assert main(args + ["--lambdas", "0,x", "--out", str(tmp_path / "f")]) == 2
+    assert "--lambdas takes numbers separated by commas" in capsys.readouterr().err
 
 
 # ---- Imagenette ----
@@ -361,6 +365,41 @@ def test_an_interrupted_run_continues_where_it_stopped_with_the_same_results(cif
     assert json.dumps(comparable(continued), sort_keys=True) == json.dumps(comparable(uninterrupted), sort_keys=True)
     assert not (tmp_path / "cut" / STAGES).exists()
     assert "continued an interrupted one" in (tmp_path / "cut" / "results.md").read_text()
+
+
+def test_a_run_cut_in_its_lambda_sweep_finishes_with_a_shorter_sweep_without_attacking_again(cifar_root, tmp_path,
+                                                                                             monkeypatch):
+    """The sweep's λ values are not part of the stages' key: a run cut in its sweep (λ = 3 left) is finished by the
+    same run with --lambdas 0,1.2, whose attacks (PGD and the Table 1 HE-PGD) are all read back."""
+    import robgen.experiments.reproduce as reproduce_module
+    from robgen.experiments.reproduce import reproduce
+
+    model = robgen.load_model("cifar10-resnet10-standard")
+    base = dict(attacks=("pgd-8",), steps=3, limit=20, val_size=1000, reference_size=200, lam=1.2)
+    real_hepgd = reproduce_module._make_hepgd
+
+    def cut_at_lambda_3(model, settings, lam, steps=None):
+        if lam == 3.0:
+            raise KeyboardInterrupt  # the session ends in the sweep
+        return real_hepgd(model, settings, lam, steps)
+
+    monkeypatch.setattr(reproduce_module, "_make_hepgd", cut_at_lambda_3)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(model, "cifar10", tmp_path / "run", data_root=cifar_root,
+                  settings=ReproduceSettings(**base, lambdas=(0.0, 1.2, 3.0)), progress=False)
+    monkeypatch.setattr(reproduce_module, "_make_hepgd", real_hepgd)
+    real_outputs, calls = reproduce_module.model_outputs, []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("attack"))
+        return real_outputs(*args, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "model_outputs", counted)
+    results = reproduce(model, "cifar10", tmp_path / "run", data_root=cifar_root,
+                        settings=ReproduceSettings(**base, lambdas=(0.0, 1.2)), progress=False)
+    assert calls == [None], "no attack ran again (the one pass is the clean reference images, never staged)"
+    assert [row["lam"] for row in results["adaptive"]["rows"]] == [0.0, 1.2]
+    assert list(results["settings"]["lambdas"]) == [0.0, 1.2]
 
 
 def test_stages_of_another_run_are_not_mixed_in(cifar_root, tmp_path, capsys):

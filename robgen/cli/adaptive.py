@@ -13,11 +13,12 @@ another model are refused with a message that says what to do.
 from __future__ import annotations
 
 import contextlib
-from fractions import Fraction
 from pathlib import Path
 from typing import List, Tuple
 
-from .common import UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number
+from .common import (
+    UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number, parse_numbers,
+)
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
 DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap")
@@ -65,16 +66,6 @@ def parse_detectors(values: List[str]) -> Tuple[str, ...]:
     if len(set(names)) < len(names):
         raise UsageError(f"--detector names a detector twice ({', '.join(names)})")
     return tuple(names)
-
-
-def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
-    try:
-        values = tuple(float(Fraction(part.strip())) for part in text.split(",") if part.strip())
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{flag} takes numbers separated by commas, e.g. 4/255,8/255; got {text!r}") from None
-    if not values:
-        raise UsageError(f"{flag} is empty: give at least one number")
-    return values
 
 
 def parse_eps(text: str) -> Tuple[float, ...]:

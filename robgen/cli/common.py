@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,17 @@ def parse_number(text: str) -> float:
         return float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"not a number: {text!r} (write e.g. 0.03 or 8/255)") from None
+
+
+def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
+    """Numbers separated by commas, each also written as a fraction (4/255,8/255); at least one."""
+    try:
+        values = tuple(float(Fraction(part.strip())) for part in text.split(",") if part.strip())
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{flag} takes numbers separated by commas, e.g. 4/255,8/255; got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} is empty: give at least one number")
+    return values
 
 
 def pick_device(name: str) -> torch.device:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model, parse_number,
-    prepare_out_dir,
+    parse_numbers, prepare_out_dir,
 )
 
 PRODUCTS = ["results.json", "results.md"]
@@ -21,6 +21,9 @@ def add_parsers(commands) -> None:
     repro.add_argument("--attacks", default="pgd-8,pgd-16,apgd-8", help="comma-separated, from pgd-8, pgd-16, apgd-8")
     repro.add_argument("--steps", type=int, default=40, help="attack steps (the paper: 40)")
     repro.add_argument("--lam", type=parse_number, help="HE-PGD's λ (default: the data set's; the paper: 1.2)")
+    repro.add_argument("--lambdas", default="0,0.3,0.6,1.2,2,4",
+        help="HE-PGD's λ values of the adaptive sweep (default 0,0.3,0.6,1.2,2,4); each other than 0 and --lam is "
+             "one more attack on the test split, so e.g. 0,1.2 adds none")
     repro.add_argument("--hepgd-steps",
         help="comma-separated HE-PGD step counts run besides --steps (default: the official notebook's, "
              "Imagenette 10; none for CIFAR-10)")
@@ -53,7 +56,7 @@ def command_reproduce(args) -> int:
     try:
         settings = ReproduceSettings(
             attacks=tuple(name.strip() for name in args.attacks.split(",") if name.strip()), steps=args.steps,
-            lam=args.lam, hepgd_steps=_step_counts(args.hepgd_steps), limit=args.limit, val_size=args.val_size,
+            lam=args.lam, hepgd_steps=_step_counts(args.hepgd_steps), lambdas=parse_numbers(args.lambdas, "--lambdas"), limit=args.limit, val_size=args.val_size,
             reference_size=args.reference_size, batch_size=args.batch_size, seed=args.seed,
         )
     except ValueError as error:

@@ -26,6 +26,7 @@ table, PAPER_FACTS; everything else is the same code for every data set.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -113,7 +114,7 @@ class ReproduceSettings:
     step_size: float = 1 / 255
     lam: Optional[float] = None  # HE-PGD's λ; None: the data set's (PAPER_FACTS)
     hepgd_steps: Optional[Tuple[int, ...]] = None  # HE-PGD runs besides `steps`; None: the data set's (Imagenette: 10)
-    lambdas: Tuple[float, ...] = (0.0, 0.3, 0.6, 1.2, 2.0, 4.0)
+    lambdas: Tuple[float, ...] = (0.0, 0.3, 0.6, 1.2, 2.0, 4.0)  # the adaptive sweep; 0 and `lam` cost no attack
     val_size: Optional[int] = None  # None: the split the model's training held out (data.model_val_size)
     limit: Optional[int] = None
     batch_size: int = 250
@@ -132,6 +133,9 @@ class ReproduceSettings:
                             ("reference_size", self.reference_size), ("timing_repeats", self.timing_repeats)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        self.lambdas = tuple(float(lam) for lam in self.lambdas)
+        if not self.lambdas or not all(math.isfinite(lam) and lam >= 0 for lam in self.lambdas):
+            raise ValueError(f"the λ sweep needs at least one λ, each a finite number >= 0; got {self.lambdas}")
 
     def resolved(self, model, data) -> "ReproduceSettings":
         """These settings with the data set's defaults filled in (val split, λ, HE-PGD step counts)."""
@@ -192,7 +196,9 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
                               data_root=data_root, download=download)
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
-    stages = StageStore(stage_dir, {"settings": asdict(settings), "data": str(data), "model": model_fingerprint(model),
+    # the sweep's stages are named by their λ: another sweep reuses the attacks it shares with this one
+    keyed_settings = {name: value for name, value in asdict(settings).items() if name != "lambdas"}
+    stages = StageStore(stage_dir, {"settings": keyed_settings, "data": str(data), "model": model_fingerprint(model),
                                     "data_root": data_location(data, data_root),
                                     "n_validation": len(splits.validation), "n_test": len(splits.test),
                                     **run_environment(model)}, replace_stale=replace_stale_stages)
