@@ -55,6 +55,11 @@ def test_rows_are_measured_once_and_read_back(toy_data, four_class_checkpoint, t
     monkeypatch.setattr(ablation, "measure_pixels", refuse)
     again = ablation_rows(specs, str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
     assert again == records
+    row_file = out / "rows" / "seed--a.json"  # a row kept before robgen recorded a fact of the checkpoint
+    kept = json.loads(row_file.read_text())
+    row_file.write_text(json.dumps({key: value for key, value in kept.items() if key != "model"}))
+    assert ablation_rows(specs[:1], str(toy_data), out, limit=24, val_size=40, batch_size=12,
+                         progress=False) == records, "read back, its model facts filled in again, not measured"
     same_model = ablation_rows([AblationSpec("width", "w4", str(four_class_checkpoint))], str(toy_data), out, limit=24,
                                val_size=40, batch_size=12, progress=False)  # measured already as seed/a
     assert [record["spec"]["label"] for record in same_model] == ["tiny", "a", "w4"]
@@ -132,7 +137,7 @@ def test_a_kept_model_row_without_the_detection_at_the_papers_fpr_is_measured_ag
 def test_a_run_measured_at_several_epochs_becomes_a_curve(tmp_path):
     """Rows of one recipe (the epoch aside) make one curve, sorted by epoch; a recipe measured once, pixel rows and
     rows without a paper-FPR reading make none; the report draws the curves' figure beside the table."""
-    from robgen.experiments.ablation_report import training_curves
+    from robgen.experiments.ablation_report import _recipe, training_curves
 
     def record(factor, label, width, epoch, lr, pixels=False):
         rate = {"detection_rate": 0.9, "detection_rate_ci": [0.85, 0.94], "false_positive_rate": 0.05,
@@ -152,6 +157,9 @@ def test_a_run_measured_at_several_epochs_becomes_a_curve(tmp_path):
     name, rows = curves[0]
     assert name.startswith("w32, adam lr 0.001") and "epoch" not in name
     assert [row["model"]["epochs_done"] for row in rows] == [10, 20]
+    tuned = record("run", "tuned", 32, 5, 1e-4)
+    tuned["model"]["recipe"]["init_from"] = "cifar10-resnet10-standard"
+    assert _recipe(tuned["model"]).endswith(", from cifar10-resnet10-standard, epoch 5/98")
     paths = write_report(records, tmp_path)
     assert (tmp_path / "ablation_epochs.png") in paths and (tmp_path / "ablation_epochs.png").stat().st_size > 0
     assert training_curves(flat_rows(records[2:])) == []  # each recipe once: no curve

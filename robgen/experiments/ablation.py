@@ -95,7 +95,7 @@ def _model_facts(model) -> dict:
         "width": model.spec.arch_kwargs.get("width"), "epochs_done": training.get("epochs_done"),
         "recipe": {name: recipe.get(name) for name in ("epochs", "optimizer", "lr", "weight_decay", "schedule",
                                                          "milestones", "augment", "batch_size", "label_smoothing",
-                                                         "seed") if name in recipe},
+                                                         "seed", "init_from") if name in recipe},
     }
 
 
@@ -184,6 +184,9 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
             if (kept.get("settings") == json.loads(json.dumps(settings)) and kept.get("fingerprint") == fingerprint
                     and _complete(kept)):
                 logger.info("%s: measured already, read back", path)
+                facts = _model_facts(model)  # the checkpoint's facts as robgen records them now (no measurement)
+                if kept.get("model") != facts:
+                    _write(path, {**kept, "model": facts})
                 continue
         same = _measured_elsewhere(folder, settings, fingerprint)
         if same is not None:  # the same model measured as another row: its numbers, under this row's name

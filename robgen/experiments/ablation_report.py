@@ -47,6 +47,8 @@ def _recipe(model: dict) -> str:
         if schedule == "multistep":
             schedule += " " + ",".join(str(m) for m in recipe.get("milestones", []))
         parts += [str(schedule), str(recipe.get("augment", "crop-flip")), f"batch {recipe.get('batch_size')}"]
+    if recipe.get("init_from"):
+        parts.append(f"from {recipe['init_from']}")  # a fine-tune: its epochs count from that checkpoint
     parts.append(f"epoch {model.get('epochs_done')}/{recipe.get('epochs', '?')}")
     return ", ".join(parts)
 
