@@ -163,3 +163,21 @@ def test_a_run_measured_at_several_epochs_becomes_a_curve(tmp_path):
     paths = write_report(records, tmp_path)
     assert (tmp_path / "ablation_epochs.png") in paths and (tmp_path / "ablation_epochs.png").stat().st_size > 0
     assert training_curves(flat_rows(records[2:])) == []  # each recipe once: no curve
+
+
+def test_the_error_rate_figure_shows_every_row_whatever_panel_it_is_in(tmp_path, monkeypatch):
+    """The panels share one y axis: its top is set after every panel is drawn, so a large error rate in a later
+    panel is not cut off at the height the first panels needed."""
+    import matplotlib.pyplot as plt
+
+    from robgen.experiments.ablation_report import figure
+
+    def row(factor, fpr, fpr_high):
+        return {"factor": factor, "label": factor, "detection_rate": 0.98, "detection_rate_ci": [0.97, 0.99],
+                "false_positive_rate": fpr, "false_positive_rate_ci": [fpr / 2, fpr_high]}
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig))
+    figure([row("a small", 0.01, 0.02), row("b large", 0.30, 0.36)], tmp_path / "ablation.png")
+    (fig,) = drawn
+    assert all(axis.get_ylim()[1] >= 36 for axis in fig.axes if axis.get_visible())

@@ -129,6 +129,7 @@ def figure(rows: List[dict], path: Path) -> Path:
         spare.set_visible(False)
     series = (("detection_rate", True, "tab:red", "missed attacks"), ("false_positive_rate", False, "tab:blue",
                                                                        "false positives"))
+    top = 100 * max(PAPER_CIFAR10["false_positive_rate"], 1 - PAPER_CIFAR10["detection_rate"])
     for axis, (factor, group) in zip(axes.flat, groups.items()):
         xs = list(range(len(group)))
         for key, missed, colour, name in series:
@@ -136,6 +137,7 @@ def figure(rows: List[dict], path: Path) -> Path:
             low, high = zip(*[[100 * (1 - b if missed else b) for b in row[f"{key}_ci"]] for row in group])
             if missed:
                 low, high = high, low  # 1 - x reverses the interval
+            top = max(top, *high)
             shifted = [x + (-0.06 if missed else 0.06) for x in xs]  # side by side where the two rates meet
             axis.errorbar(shifted, value, yerr=[[v - lo for v, lo in zip(value, low)], [hi - v for v, hi in zip(value, high)]],
                           marker="o", capsize=3, color=colour, label=name, linestyle="none")
@@ -145,7 +147,7 @@ def figure(rows: List[dict], path: Path) -> Path:
         axis.set_xticklabels([row["label"] for row in group], rotation=30, ha="right", fontsize=7)
         axis.set_xlim(-0.5, len(group) - 0.5)
         axis.set_title(factor, fontsize=9)
-        axis.set_ylim(bottom=0)
+    axes[0][0].set_ylim(0, 1.05 * top)  # shared by every panel: set once, after all are drawn, so none is cut off
     for axis in axes[:, 0]:
         axis.set_ylabel("% of test images (dotted: the paper)")
     axes[0][0].legend(fontsize=7, loc="upper left")
