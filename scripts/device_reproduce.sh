@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The paper's reproduction on all 10,000 CIFAR-10 test images (or all 3,925 Imagenette ones) for a session that is
+# lent an accelerator: `python -m robgen reproduce` with its default attacks (PGD 8/255 and 16/255, APGD-CE) and
+# the whole HE-PGD λ sweep, which take about two hours of the 2-core CPU for one CIFAR-10 model.
+#
+# Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
+#                (.device-data/ is git-ignored; name it in the device tool's `carry`)
+#                bash scripts/device_tree.sh hide    # the tracked tree alone is over the 64 MiB a call carries;
+#                                                    # `restore` after the calls, before any commit
+#                A model that is not shipped yet (a run in runs/): name its folder in `carry` too.
+# There:         bash scripts/device_reproduce.sh [MODEL]      # default: cifar10-resnet10-standard
+#                The run keeps its finished attacks in runs/reproduce/<model>/.stages on the warm machine, so a
+#                call cut at the 10-minute limit continues where it stopped when made again.
+# Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_reproduce.sh
+#                (the whole flow on 64 images and 3 attack steps: a few minutes on the CPU)
+#
+# $OUT gets reproduce/<model>/ (results.json, results.md, the figures), without the stages: copy it to
+# results/cifar10/ (or results/imagenette/) here when the model is the one the folder is about.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/device}
+DATA_ROOT=${ROBGEN_DATA:-$PWD/.device-data}
+DATA=${DATA:-cifar10}
+MODEL=${1:-cifar10-resnet10-standard}
+BATCH=${BATCH:-500}
+EXTRA=() RUNS=runs/reproduce
+if [ -n "${SMOKE:-}" ]; then EXTRA=(--limit 64 --steps 3 --reference-size 64) BATCH=32 RUNS=runs/reproduce-smoke; fi
+mkdir -p "$OUT" "$DATA_ROOT" "$RUNS"
+if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
+    tar xzf .device-data/cifar10-imagefolder.tar.gz -C "$DATA_ROOT"
+fi
+PY=${PYTHON:-python3}
+name=$(basename "$MODEL")
+run="$RUNS/$name"  # a smoke run's folder is its own: never taken for a finished real run
+log="$OUT/reproduce-$name.log"
+if [ -e "$run/results.json" ]; then echo "$MODEL: done before"; else
+    $PY -m robgen reproduce --model "$MODEL" --data "$DATA" --data-root "$DATA_ROOT" --batch-size "$BATCH" \
+        "${EXTRA[@]}" --out "$run" > "$log" 2>&1 || { tail -n 20 "$log"; exit 1; }
+fi
+mkdir -p "$OUT/reproduce/$name"
+find "$run" -maxdepth 1 -type f -exec cp {} "$OUT/reproduce/$name/" \;
+tail -n 12 "$log" 2>/dev/null || true
+ls -la "$OUT/reproduce/$name"
