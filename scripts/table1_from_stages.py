@@ -5,7 +5,8 @@ in `<out>/.stages/` and writes its report only at the end, after the HE-PGD λ s
 from the stages alone, what the report's Table 1 would say for each attack whose two stages are there: the official
 protocol (Youden's J, temperature searched on validation), the same detector at the paper's false-positive rate, and
 that detector on the HE-PGD stages (which the paper shows evading it). The same functions as the report
-(`pipeline.fit_detector`, `pipeline.evaluate_detector`); rerunning the `reproduce` command resumes from the stages.
+(`pipeline.fit_detector`, `pipeline.evaluate_detector`) and the ablation (`ablation.detection_at_fpr`); rerunning
+the `reproduce` command resumes from the stages.
 
     python scripts/table1_from_stages.py results/cifar10-official-recipe [--json OUT.json]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robgen.experiments.ablation import PAPER_CIFAR10  # noqa: E402
+from robgen.experiments.ablation import detection_at_fpr  # noqa: E402
 from robgen.experiments.pipeline import evaluate_detector, fit_detector  # noqa: E402
 from robgen.experiments.stages import read_stage  # noqa: E402
 
@@ -42,11 +43,8 @@ def table1(run_dir: Path) -> dict:
         official = fit_detector(clean["val"], attacked[name]["val"], "youden", "search")
         row = {k: v for k, v in evaluate_detector(official, clean["test"], attacked[name]["test"]).items() if k in KEEP}
         row["threshold"] = float(official.threshold)
-        at_fpr = fit_detector(clean["val"], attacked[name]["val"], "fpr", official.temperature,
-                              target_fpr=PAPER_CIFAR10["false_positive_rate"])
-        report = at_fpr.evaluate(clean["test"].logits, attacked[name]["test"].logits)
-        row["at_paper_fpr"] = {k: report[k] for k in ("detection_rate", "detection_rate_ci", "false_positive_rate",
-                                                     "false_positive_rate_ci")}
+        row["at_paper_fpr"] = detection_at_fpr(clean["val"], attacked[name]["val"], clean["test"],
+                                               attacked[name]["test"], official.temperature)
         row["hepgd_detection_rate"] = {
             other: official.evaluate(clean["test"].logits, attacked[other]["test"].logits)["detection_rate"]
             for other in attacked if other.startswith("hepgd")}

@@ -56,8 +56,9 @@ def command_reproduce(args) -> int:
     try:
         settings = ReproduceSettings(
             attacks=tuple(name.strip() for name in args.attacks.split(",") if name.strip()), steps=args.steps,
-            lam=args.lam, hepgd_steps=_step_counts(args.hepgd_steps), lambdas=parse_numbers(args.lambdas, "--lambdas"), limit=args.limit, val_size=args.val_size,
-            reference_size=args.reference_size, batch_size=args.batch_size, seed=args.seed,
+            lam=args.lam, hepgd_steps=_step_counts(args.hepgd_steps), lambdas=parse_numbers(args.lambdas, "--lambdas"),
+            limit=args.limit, val_size=args.val_size, reference_size=args.reference_size, batch_size=args.batch_size,
+            seed=args.seed,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -107,9 +107,15 @@ def at_false_positive_rate(result, target_fpr: float = PAPER_CIFAR10["false_posi
     Youden's J lets every model pick its own FPR (4.1% for one seed, 6.7% for another), so two rows can differ
     in detection only because they sit at different FPRs; at the paper's FPR they are read at one operating point.
     """
-    detector = fit_detector(result.clean["validation"], result.adversarial["validation"], rule="fpr",
-                            temperature=result.detector.temperature, target_fpr=target_fpr)
-    report = detector.evaluate(result.clean["test"].logits, result.adversarial["test"].logits)
+    return detection_at_fpr(result.clean["validation"], result.adversarial["validation"], result.clean["test"],
+                            result.adversarial["test"], result.detector.temperature, target_fpr)
+
+
+def detection_at_fpr(clean_val, attacked_val, clean_test, attacked_test, temperature: float,
+                     target_fpr: float = PAPER_CIFAR10["false_positive_rate"]) -> dict:
+    """`at_false_positive_rate` from the four model outputs (ModelOutputs) themselves, e.g. a stopped run's stages."""
+    detector = fit_detector(clean_val, attacked_val, rule="fpr", temperature=temperature, target_fpr=target_fpr)
+    report = detector.evaluate(clean_test.logits, attacked_test.logits)
     return {"target_fpr": float(target_fpr), "threshold": float(detector.threshold),
             **{name: report[name] for name in ("detection_rate", "detection_rate_ci", "false_positive_rate",
                                                "false_positive_rate_ci")}}
