@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The CPU work left for the CIFAR-10 fidelity issue, as stages that survive an interruption.
+# The CPU work left for the CIFAR-10 fidelity issue, as stages that survive an interruption. The robust and
+# quasi-robust models start from `cifar10-resnet10-standard-crop`, the standard model of that time (called
+# `cifar10-resnet10-standard` then; see checkpoints/README.md).
 #
 #   nohup bash scripts/cpu_cifar10.sh > runs/cpu-cifar10.log 2>&1 &     # run (again) until it stops
 #   DRY=1 bash scripts/cpu_cifar10.sh                                    # print what it would run
@@ -46,7 +48,7 @@ train() {
 if ! done_already robust; then
     say robust
     train runs/cifar10-w32-robust-linf8 --mode fast --norm linf --eps 8/255 --epochs 20 --lr 0.05 \
-        --eval-steps 10 --init-from cifar10-resnet10-standard
+        --eval-steps 10 --init-from cifar10-resnet10-standard-crop
     run bash scripts/ship_checkpoint.sh runs/cifar10-w32-robust-linf8/best cifar10-resnet10-robust cifar10
     mark_done robust
 fi
@@ -77,7 +79,7 @@ if ! done_already quasi; then
         set -- $c
         if [ ! -e "$STATE/quasi-$3.done" ]; then
             train "runs/cifar10-w32-quasi-$3" --mode quasi --norm "$1" --eps "$2" --epochs 3 --lr 0.02 \
-                --eval-steps 2 --init-from cifar10-resnet10-standard
+                --eval-steps 2 --init-from cifar10-resnet10-standard-crop
             mark_done "quasi-$3"
         fi
         runs_made+=("runs/cifar10-w32-quasi-$3")

@@ -141,9 +141,11 @@ def default_models(names: Iterable[str]) -> Tuple[str, str]:
 
     Only shipped checkpoints (`list_models()`) compete: Hub models download when first used. Attack and
     Detect start on a standard model with a shipped detector, the one with the largest input (photos are
-    what people upload: a 128-px Imagenette model before a 32-px CIFAR-10 one), then the one most accurate
-    on its validation images (as recorded after training: the test set does not choose), the first of
-    `names` on ties; without any such model, the first shipped one. Synthesize starts on the most robust model of
+    what people upload: a 128-px Imagenette model before a 32-px CIFAR-10 one), then the project's chosen
+    standard model of its data set (the name ending in `-standard`, as `cifar10-resnet10-standard`: kept
+    variants and judges carry a suffix), then the one most accurate on its validation images (as recorded
+    after training: the test set does not choose), the first of `names` on ties; without any such model,
+    the first shipped one. Synthesize starts on the most robust model of
     the same classes (`most_robust`). The one place the app's defaults are chosen.
     """
     names = list(names)
@@ -155,7 +157,8 @@ def default_models(names: Iterable[str]) -> Tuple[str, str]:
     def suits_attack_and_detect(name: str) -> tuple:
         spec = model_spec(name)
         validation_accuracy = float((spec.metrics or {}).get("val_clean_accuracy") or 0.0)
-        return robustness(spec) == 0, has_detector(name), spec.input_size[1] * spec.input_size[2], validation_accuracy
+        size = spec.input_size[1] * spec.input_size[2]
+        return robustness(spec) == 0, has_detector(name), size, name.endswith("-standard"), validation_accuracy
 
     attack_default = max(candidates, key=suits_attack_and_detect)  # max keeps the first of equals
     return attack_default, most_robust(candidates, like=attack_default)
