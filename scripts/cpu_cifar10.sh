@@ -14,7 +14,7 @@
 #
 # Stages and their time on 2 CPU cores with nothing else running (measured on earlier runs):
 #   robust      fast AT, L-inf 8/255, 20 epochs from the standard model (about 3.5 min an epoch), shipped
-#   reproduce   results/cifar10 on 5,000 validation + all 10,000 test images (~3.6 M passes with the λ sweep
+#   reproduce   results/cifar10 on 5,000 validation + all 10,000 test images (~2.5 M passes with the λ sweep
 #               cut to 0 and 1.2); it needs only the standard model, so it runs before the sweep that stops for
 #               a human pick
 #   robust-pgd  5 epochs of PGD-4 training from the fast run's best epoch (about 7 min an epoch); the last
@@ -85,7 +85,7 @@ if ! done_already quasi; then
         fi
         runs_made+=("runs/cifar10-w32-quasi-$3")
     done
-    run bash scripts/synthesis_reports.sh cifar10 "${runs_made[@]}"
+    run env REFERENCE=checkpoints/cifar10-resnet10-standard-crop bash scripts/synthesis_reports.sh cifar10 "${runs_made[@]}"
     mark_done quasi
 fi
 
