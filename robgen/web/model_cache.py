@@ -145,8 +145,8 @@ def default_models(names: Iterable[str]) -> Tuple[str, str]:
     standard model of its data set (the name ending in `-standard`, as `cifar10-resnet10-standard`: kept
     variants and judges carry a suffix), then the one most accurate on its validation images (as recorded
     after training: the test set does not choose), the first of `names` on ties; without any such model,
-    the first shipped one. Synthesize starts on the most robust model of
-    the same classes (`most_robust`). The one place the app's defaults are chosen.
+    the first shipped one. Synthesize starts on the most robust model of the same classes (`most_robust`).
+    The one place the app's defaults are chosen.
     """
     names = list(names)
     if not names:
