@@ -46,3 +46,13 @@ def log_prob_given_x(logits: torch.Tensor, y: torch.Tensor, check: bool = True) 
     if check:
         check_logits(logits)
     return F.log_softmax(logits, dim=1).gather(1, y.long().view(-1, 1)).squeeze(1)
+
+
+def classification_margin(logits: torch.Tensor, y: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """max_{k != y} f_k - f_y = E(x, y) - min_{k != y} E(x, k), shape (N,): Carlini & Wagner's margin, > 0
+    exactly where class y is not the top class (its class energy is not the lowest)."""
+    if check:
+        check_logits(logits)
+    y = y.long().view(-1, 1)
+    others = logits.scatter(1, y, float("-inf")).max(1).values
+    return others - logits.gather(1, y).squeeze(1)

@@ -1,6 +1,7 @@
 """A quick adaptive screen of one reject option: DARA under a short suite, beside the bare model's robust accuracy.
 
     python scripts/probe_reject_dara.py --model cifar10-resnet10-robust --detector energy-gap [--test 200] [--steps 50]
+    python scripts/probe_reject_dara.py --detector robust-margin --radius 2/255 [--inner-steps 3]
 
 Cheaper than `python -m robgen adaptive` (which runs the whole suite with restarts on at least 500 images and is
 what results are reported from): the option is calibrated at 5% FPR on 2,000 clean validation images the model's
@@ -26,6 +27,7 @@ from robgen import data as datasets  # noqa: E402
 from robgen.attacks import PGD  # noqa: E402
 from robgen.attacks.adaptive import KPlusOneAPGD, PenaltyPGD  # noqa: E402
 from robgen.attacks.suite import run_suite  # noqa: E402
+from robgen.cli.common import parse_number  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
 from robgen.experiments.adaptive_suite import DetectorOff  # noqa: E402
@@ -46,13 +48,17 @@ def main(argv=None) -> int:
     parser.add_argument("--val", type=int, default=2000)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--eps", type=float, default=8 / 255)
+    parser.add_argument("--eps", type=parse_number, default=8 / 255)
+    parser.add_argument("--radius", type=parse_number, default=None, help="robust-margin's ball, e.g. 2/255")
+    parser.add_argument("--inner-steps", type=int, default=None, help="robust-margin's steps inside its ball")
     args = parser.parse_args(argv)
+    settings = {name: value for name, value in (("radius", args.radius), ("steps", args.inner_steps))
+                if value is not None}
     model = robgen.load_model(args.model).eval()
     splits = detection_splits(model, args.data)
     xv, _ = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
     x, y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
-    option = make_reject_option(args.detector, target_fpr=0.05).calibrate(model, xv)
+    option = make_reject_option(args.detector, target_fpr=0.05, **settings).calibrate(model, xv)
     with torch.no_grad():
         off = DetectorOff(target_fpr=0.0).fit(model(xv[:8]), model=model)
     print(f"{args.model}: {option!r} {option.thresholds()}, validation FPR {option.validation['false_positive_rate']:.1%}")

@@ -482,3 +482,21 @@ def test_probing_a_finished_run_with_one_attack_only_lowers_its_dara_by_the_imag
     for row in rows:
         assert 0 <= row["broken"] <= row["defended"] == row["dara"]["count"]
         assert row["dara_with_it"]["count"] == row["dara"]["count"] - row["broken"]
+
+
+def test_robust_margin_by_name_calibrates_on_the_validation_images_and_its_inner_passes_are_estimated(
+        checkpoint, toy_data, same_code):
+    from robgen.experiments.adaptive import adaptive_evaluation
+
+    model = robgen.load_model(checkpoint).eval()
+    results = adaptive_evaluation(model, str(toy_data), detectors=("robust-margin", "energy"), eps_list=(8 / 255,),
+                                  limit=4, steps=1, restarts=1, lambdas=(1.2,), batch_size=4, progress=False)
+    detector = results["detectors"]["robust-margin"]
+    assert detector["settings"] == {"radius": 2 / 255, "steps": 3}
+    assert detector["validation"]["n"] == 40 and detector["validation"]["rejected"] <= 2  # floor(5% of 40)
+    rows = {row["detector"]: row for row in results["rows"]}
+    assert rows["robust-margin"]["dara"]["n"] == 4
+    settings = AdaptiveSettings(detectors=("robust-margin", "energy"), steps=1, restarts=1, lambdas=(1.2,),
+                                batch_size=4, limit=4)
+    plain = estimate_passes(settings, 4, 40, shared_references=False)
+    assert results["estimate"]["forward_backward_passes"] > plain["forward_backward_passes"] + 40 * 4

@@ -267,3 +267,71 @@ def test_energy_gap_is_minus_log_top_probability_and_rejects_doubt():
     assert bool(option.rejects(torch.zeros(1, 10))[0])  # uniform doubt, -log 0.1: the largest gap there is
     hot = make_reject_option("energy-gap", temperature=2.0).values(logits)
     assert torch.allclose(hot, -logits.max(1).values + 2.0 * torch.logsumexp(logits / 2.0, 1), atol=1e-5)
+
+
+# ---- robust-margin: the predicted class's worst class-energy margin in a small ball --------------
+
+def linear_two_class(seed=0, pixels=12):
+    """f(x) = W x + b with two classes: the worst margin in an L-inf ball has a closed form."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(pixels, 2)).eval()
+
+
+def exact_worst_margin(model, x, radius):
+    """max over ||z - x||_inf <= radius of f_other(z) - f_pred(z) = margin(x) + radius * ||w_other - w_pred||_1
+    (x far enough inside [0, 1] that the ball needs no clipping)."""
+    logits = model(x)
+    pred = logits.argmax(1)
+    weight = model[1].weight
+    gap = logits.gather(1, (1 - pred)[:, None])[:, 0] - logits.gather(1, pred[:, None])[:, 0]
+    return gap + radius * (weight[1 - pred] - weight[pred]).abs().sum(1), weight[1 - pred] - weight[pred]
+
+
+def test_robust_margin_finds_the_exact_worst_point_of_a_linear_model_and_danskins_gradient():
+    model = linear_two_class()
+    x = (0.4 + 0.2 * torch.rand(16, 3, 2, 2, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    option = make_reject_option("robust-margin", radius=0.02, steps=3)
+    values = option.values(model(x), inputs=x, network=model)
+    exact, direction = exact_worst_margin(model, x, 0.02)
+    assert torch.allclose(values, exact, atol=1e-5)
+    (grad,) = torch.autograd.grad(values.sum(), x)  # the margin's gradient at the worst point: w_other - w_pred
+    assert torch.allclose(grad.flatten(1), direction, atol=1e-6)
+    assert option.passes_per_score == 4
+
+
+def test_robust_margin_needs_the_network_and_refuses_a_radius_outside_the_pixel_range():
+    model = linear_two_class()
+    x = torch.rand(4, 3, 2, 2)
+    option = make_reject_option("robust-margin").calibrate(model, torch.rand(20, 3, 2, 2))
+    with pytest.raises(ValueError, match="network="):
+        option.score_from(model(x), inputs=x)
+    assert torch.equal(option.score_from(model(x), inputs=x, network=model), DefendedClassifier(model, option).score(x))
+    with pytest.raises(ValueError, match="255"):
+        make_reject_option("robust-margin", radius=8)
+
+
+def test_an_exact_robust_margin_leaves_no_accepted_mistake_where_the_model_is_robust_at_eps_minus_radius():
+    """The reduction behind the kind: a model right on the whole (eps - rho)-ball of x, with an exact inner max and
+    t = 0, rejects every point of the eps-ball that it misclassifies, although the bare model is broken at eps."""
+    from robgen.attacks.adaptive import KPlusOneAPGD, PenaltyPGD
+    from robgen.attacks.pgd import PGD
+
+    model = linear_two_class(seed=3)
+    eps, radius = 0.03, 0.015
+    x = 0.5 + 0.001 * torch.rand(16, 3, 2, 2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # class 1's margin over class 0 about -(eps - radius / 2) ||w_1 - w_0||_1 near x
+        model[1].weight[0] = 0
+        model[1].bias[0] = 0
+        d = model[1].weight[1]
+        model[1].bias[1] = -0.5 * d.sum() - (eps - radius / 2) * d.abs().sum()
+    worst_small, _ = exact_worst_margin(model, x, eps - radius)
+    worst_large, _ = exact_worst_margin(model, x, eps)
+    assert bool((worst_small < 0).all() and (worst_large > 0).all())  # right on the smaller ball, broken at eps
+    y = model(x).argmax(1)
+    option = make_reject_option("robust-margin", radius=radius, steps=3).fit_values(torch.zeros(1)).bind(model)
+    assert option.threshold == 0.0
+    defended = DefendedClassifier(model, option)
+    assert bool((model(PGD(model, eps=eps, steps=20)(x, y)).argmax(1) != y).all())  # the bare model falls
+    for attack in (KPlusOneAPGD(defended, eps=eps, steps=50, loss="ce"), PenaltyPGD(defended, eps=eps, steps=50)):
+        z = attack(x, y)
+        assert bool((defended.predict(z) == y).logical_or(defended.predict(z) == -1).all())

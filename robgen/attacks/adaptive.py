@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_labels, check_pixels, check_positive, check_steps
+from ..energy import classification_margin
 from ..engine import make_constraint, projected_gradient_ascent
 from ..engine.apgd import auto_projected_gradient_ascent
 from ..engine.fused import inference_graph
@@ -83,12 +84,6 @@ def kplusone_targeted_margin(combined: torch.Tensor, targets: torch.Tensor) -> t
 
 KPLUSONE_LOSSES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "margin": kplusone_margin, "ce": kplusone_cross_entropy, "dlr": kplusone_dlr}
-
-
-def classification_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """max_{j != y} f_j - f_y (Carlini & Wagner's margin): > 0 exactly where misclassified."""
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).max(1).values
-    return others - logits.gather(1, labels[:, None])[:, 0]
 
 
 def _loss(name: str, table: Dict[str, Callable]) -> str:
@@ -327,7 +322,7 @@ class PenaltyPGD(AdaptiveAttack):
         lam = self.lams[index]
 
         def objective(outputs: Outputs) -> torch.Tensor:
-            margin = classification_margin(outputs.logits, y).clamp(max=self.confidence)
+            margin = classification_margin(outputs.logits, y, check=False).clamp(max=self.confidence)
             return margin - lam * F.relu(outputs.score + self.score_margin).to(margin.dtype)
 
         return projected_gradient_ascent(DefendedOutputs(self.defended, network=network), x, objective,

@@ -26,10 +26,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .adaptive import AdaptiveAttack, _loss, classification_margin
+from ..energy import classification_margin
+from .adaptive import AdaptiveAttack, _loss
 from .evasion import DefendedOutputs
 
-CLASSIFICATION_LOSSES = {"margin": classification_margin,
+CLASSIFICATION_LOSSES = {"margin": lambda logits, labels: classification_margin(logits, labels, check=False),
                          "ce": lambda logits, labels: F.cross_entropy(logits, labels, reduction="none")}
 
 
@@ -75,7 +76,7 @@ class OrthogonalPGD(AdaptiveAttack):
             if watch(step, x_k.detach(), outputs):
                 return x_k.detach()  # every image has evaded: nothing left to look for
             with torch.no_grad():
-                flipped = (classification_margin(outputs.logits, y) > self.flip_margin).view(per_image)
+                flipped = (classification_margin(outputs.logits, y, check=False) > self.flip_margin).view(per_image)
                 if self.project_detector:
                     detector_step = remove_component(toward_accept, toward_class)
                 else:

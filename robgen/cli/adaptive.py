@@ -21,7 +21,7 @@ from .common import (
 )
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
-DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap")
+DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "robust-margin")
 PRODUCTS = ["results.json", "results.md", "adaptive_dara.png"]
 
 
@@ -114,8 +114,8 @@ def command_adaptive(args) -> int:
     """Under torchrun each rank attacks its share of the test images; rank 0 prints and writes."""
     from .. import data as datasets
     from .. import distributed
-    from ..experiments.adaptive import STAGES, AdaptiveSettings, adaptive_evaluation, estimate_passes, \
-        require_validation_split, shares_references
+    from ..experiments.adaptive import STAGES, AdaptiveSettings, adaptive_evaluation, detector_profiles, \
+        estimate_passes, require_validation_split, shares_references
 
     keywords = _check_arguments(args)
     try:  # the settings' own checks, before the model is loaded (detector files are named after loading it)
@@ -130,10 +130,11 @@ def command_adaptive(args) -> int:
         raise UsageError(str(error)) from None
     given = _detector_files(args.detector_file, model, keywords["detectors"])
     settings = AdaptiveSettings(**{**keywords, "detectors": (*keywords["detectors"], *(o.kind for o in given))})
+    profiles = detector_profiles(settings.detectors, {option.kind: option for option in given})
     estimate = estimate_passes(
         settings, settings.limit, datasets.model_val_size(model.spec, args.data),
-        settings.reference_size if "mahalanobis" in keywords["detectors"] else 0,
-        shares_references({option.kind: option for option in given}))
+        settings.reference_size if "mahalanobis" in keywords["detectors"] else 0, shares_references(profiles),
+        {name: option.passes_per_score for name, option in profiles.items()})
     if distributed.is_main():
         print(f"estimate: {estimate['forward_backward_passes']:,} forward+backward and {estimate['forward_passes']:,} "
               f"forward image-passes at most ({estimate['suites']} suites of {len(settings.attacks)} attacks on "

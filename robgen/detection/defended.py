@@ -112,7 +112,7 @@ class DefendedClassifier(nn.Module):
                                    "input is not one set of penultimate features")
             features = caught[0]
         inputs = x if self.reject.needs_inputs else None
-        return logits, self.reject.score_from(logits, features, inputs)
+        return logits, self.reject.score_from(logits, features, inputs, network if self.reject.needs_network else None)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) reject score of the inputs; > 0 means rejected."""

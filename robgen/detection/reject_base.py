@@ -72,6 +72,9 @@ class RejectOption:
     - `target_fpr`: the clean false-positive rate the thresholds were set for;
     - `needs_features`: `score_from` needs the penultimate features (the input of the last nn.Linear);
     - `needs_inputs`: `score_from` needs the input images (a user's detector of x);
+    - `needs_network`: `score_from` needs the network that made the logits, to run it again near the input
+      ("robust-margin" attacks it inside a small ball); `passes_per_score` says how many forward+backward
+      passes one score costs on top of the classifier's own (0 for a score read off one forward pass);
     - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n;
     - `model_fingerprint`: the SHA-256 of the weights it was calibrated on;
     - `calibration`: free-form provenance for the caller to fill (data, split, seed).
@@ -80,6 +83,8 @@ class RejectOption:
     kind = ""
     needs_features = False
     needs_inputs = False
+    needs_network = False
+    passes_per_score = 0
 
     def __init__(self, target_fpr: float = 0.05) -> None:
         self.target_fpr = _check_fpr(target_fpr)
@@ -89,7 +94,7 @@ class RejectOption:
 
     # ---- what a kind defines -------------------------------------------------------------------
     def values(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
-               inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+               inputs: Optional[torch.Tensor] = None, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
         """The detector's raw statistic (N,) or (N, M), differentiable in the outputs it reads."""
         raise NotImplementedError
 
@@ -128,22 +133,22 @@ class RejectOption:
                                "or fit(clean validation outputs) first, or load a saved one")
 
     def score_from(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
-                   inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   inputs: Optional[torch.Tensor] = None, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
         """(N,) score of one forward pass's outputs; > 0 means rejected. Differentiable.
 
         `features` (the penultimate features) are needed when `needs_features`, `inputs` (the
-        images) when `needs_inputs`.
+        images) when `needs_inputs`, `network` (what made the logits, in eval mode) when `needs_network`.
         """
         self._require_fit()
-        self._require_outputs(logits, features, inputs)
-        return self._score_from_values(self.values(logits, features, inputs))
+        self._require_outputs(logits, features, inputs, network)
+        return self._score_from_values(self.values(logits, features, inputs, network))
 
     def rejects(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
-                inputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+                inputs: Optional[torch.Tensor] = None, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
         """(N,) bool, True where rejected: `score_from(...) > 0`."""
-        return self.score_from(logits, features, inputs) > 0
+        return self.score_from(logits, features, inputs, network) > 0
 
-    def _require_outputs(self, logits, features, inputs) -> None:
+    def _require_outputs(self, logits, features, inputs, network=None) -> None:
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise ValueError(f"logits must be a tensor of shape (N, num_classes), got "
                              f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
@@ -152,17 +157,21 @@ class RejectOption:
                              "(robgen.detection.penultimate_features gives them) or use DefendedClassifier.outputs")
         if self.needs_inputs and inputs is None:
             raise ValueError(f"the {self.kind!r} reject option reads the input images: pass inputs=")
+        if self.needs_network and network is None:
+            raise ValueError(f"the {self.kind!r} reject option runs the model again near each input: pass "
+                             "network= (the model, in eval mode), or use DefendedClassifier.outputs")
 
     # ---- calibration ---------------------------------------------------------------------------
     def fit(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
             inputs: Optional[torch.Tensor] = None, model: Optional[torch.nn.Module] = None) -> "RejectOption":
-        """Set the thresholds on one batch of clean validation outputs (`model`: record its fingerprint)."""
+        """Set the thresholds on one batch of clean validation outputs (`model`: record its fingerprint; a
+        kind that `needs_network` runs it, so it needs `model` and the `inputs` its logits came from)."""
         if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
             check_logits(logits)
-        self._require_outputs(logits, features, inputs)
+        self._require_outputs(logits, features, inputs, model if self.needs_network else None)
         with torch.no_grad():
             values = self.values(logits.detach(), None if features is None else features.detach(),
-                                 None if inputs is None else inputs.detach())
+                                 None if inputs is None else inputs.detach(), model if self.needs_network else None)
         self.fit_values(values)
         if model is not None:
             self.bind(model)
@@ -199,10 +208,12 @@ class RejectOption:
             logits, features = torch.cat(chunks), None
         check_logits(logits)
         values = []
-        for start in range(0, len(images), batch_size):
-            part = slice(start, start + batch_size)
-            inputs = images[part].to(model_device(model)) if self.needs_inputs else None
-            values.append(self.values(logits[part], None if features is None else features[part], inputs).detach().cpu())
+        with eval_mode(model):
+            for start in range(0, len(images), batch_size):
+                part = slice(start, start + batch_size)
+                inputs = images[part].to(model_device(model)) if self.needs_inputs else None
+                values.append(self.values(logits[part], None if features is None else features[part], inputs,
+                                          model if self.needs_network else None).detach().cpu())
         self.fit_values(torch.cat(values))
         return self.bind(model)
 

@@ -132,7 +132,7 @@ def require_validation_split(spec, data) -> None:
 
 
 def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, n_reference: int = 0,
-                    shared_references: bool = True) -> dict:
+                    shared_references: bool = True, score_passes: Optional[Mapping[str, int]] = None) -> dict:
     """Image-passes through the model a run will make, before it runs: an upper bound (a later restart runs
     only on the images no earlier one evaded, and an adaptive attack stops on a batch once all of it evaded).
 
@@ -146,7 +146,10 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     eps, plus the detector switched off per eps. The non-adaptive references, PGD and each HE-PGD, `steps`
     forward+backward passes and one forward: once per eps when `shared_references` (`run_suites`), else
     in every suite. Then the clean validation pass (calibration), the Mahalanobis reference and the
-    clean test pass.
+    clean test pass. `score_passes`: detector -> the forward+backward passes one of its scores costs on top
+    of the model's pass (`RejectOption.passes_per_score`, "robust-margin"'s inner steps; 0 if not named):
+    every step of an adaptive attack on it, and every pass of its suite and calibration that scores a point,
+    pays them too.
     """
     s, r = settings.steps, settings.restarts
     gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1), "k+1 apgd-t": r * (s + 1),
@@ -159,8 +162,12 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     per_suite = [name for name in gradient if name in ADAPTIVE or not shared_references]
     once = [name for name in gradient if name not in per_suite]
     batches = math.ceil(n_test / settings.batch_size)
-    backward_total = n_test * (suites * sum(gradient[name] for name in per_suite)
-                               + len(settings.eps_list) * sum(gradient[name] for name in once))
+    extra = sum(int((score_passes or {}).get(name, 0)) for name in settings.detectors)
+    scored = sum(gradient[name] for name in per_suite if name in ADAPTIVE) + sum(forward[name] for name in per_suite)
+    backward_total = (n_test * (suites * sum(gradient[name] for name in per_suite)
+                                + len(settings.eps_list) * sum(gradient[name] for name in once)
+                                + len(settings.eps_list) * scored * extra)
+                      + n_validation * extra)
     forward_total = (suites * (n_test * sum(forward[name] for name in per_suite) + batches * settings.match_targets)
                      + len(settings.eps_list) * n_test * sum(forward[name] for name in once)
                      + n_validation + n_reference + n_test)
@@ -193,6 +200,12 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
             options[name] = given[name]
             continue
         option = make_reject_option(name, target_fpr=settings.target_fpr)
+        if option.needs_inputs:  # it reads the images (robust-margin runs the model near them): calibrate on them
+            images, _ = datasets.load_tensors(splits.validation)
+            option.calibrate(model, images, settings.batch_size)
+            option.calibration = dict(calibration)
+            options[name] = option
+            continue
         if option.needs_features:  # Mahalanobis: class statistics of clean training images outside validation
             size = min(settings.reference_size, len(splits.train))
             reference = datasets.first(splits.train, size, "training split")
@@ -205,6 +218,13 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
     options[OFF] = DetectorOff(target_fpr=0.0).fit(validation.logits, model=model)
     options[OFF].calibration = calibration
     return options
+
+
+def detector_profiles(names: Sequence[str], given: Mapping[str, RejectOption]) -> Dict[str, RejectOption]:
+    """Each named detector: the calibrated one `given` for it, else a new uncalibrated one of its kind, which
+    says what a run will cost before it calibrates (`passes_per_score`, `shares_references`). An unknown kind
+    is refused, naming the known ones."""
+    return {name: given[name] if name in given else make_reject_option(name) for name in names}
 
 
 def shares_references(reject: Mapping[str, RejectOption]) -> bool:
@@ -314,9 +334,7 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     names = [option.kind if isinstance(option, RejectOption) else str(option) for option in detectors]
     if len(given) < sum(isinstance(option, RejectOption) for option in detectors) or len(set(names)) < len(names):
         raise ValueError(f"a detector is named twice ({', '.join(names)}): give each kind once")
-    for name in names:
-        if name not in given:
-            make_reject_option(name)  # an unknown kind says which are known
+    profiles = detector_profiles(names, given)  # an unknown kind says which are known
     settings = AdaptiveSettings(detectors=tuple(names), eps_list=tuple(eps_list), limit=limit, steps=steps,
                                 restarts=restarts, target_fpr=target_fpr, seed=seed, **options)
     require_validation_split(model.spec, data)
@@ -327,7 +345,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     splits = detection_splits(model, data, data_root=data_root, download=download)  # the split training held out
     x, y = datasets.load_tensors(datasets.first(splits.test, settings.limit, "test split"))
     n_reference = min(settings.reference_size, len(splits.train)) if "mahalanobis" in set(names) - set(given) else 0
-    estimate = estimate_passes(settings, len(x), len(splits.validation), n_reference, shares_references(given))
+    estimate = estimate_passes(settings, len(x), len(splits.validation), n_reference, shares_references(profiles),
+                               {name: option.passes_per_score for name, option in profiles.items()})
     logger.info("adaptive evaluation: at most %s forward+backward and %s forward image-passes (%d suites of %d "
                 "attacks on %d images)", f"{estimate['forward_backward_passes']:,}", f"{estimate['forward_passes']:,}",
                 estimate["suites"], len(settings.attacks), len(x))

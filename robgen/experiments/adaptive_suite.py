@@ -67,7 +67,7 @@ class DetectorOff(RejectOption):
 
     kind = OFF
 
-    def values(self, logits, features=None, inputs=None):
+    def values(self, logits, features=None, inputs=None, network=None):
         return logits[:, 0] * 0.0
 
     def _fit_values(self, values):
