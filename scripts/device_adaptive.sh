@@ -10,6 +10,8 @@
 # There:         bash scripts/device_adaptive.sh [MODEL ...]     # default: the three CIFAR-10 models, in order
 #                Each model's run keeps its finished stages in runs/adaptive/<model>/.stages on the warm machine,
 #                so a call cut at the 10-minute limit continues where it stopped when made again.
+# The moonshot's reject option (robust-margin: 5 passes a score) on the robust model, in its own folder:
+#                DETECTORS=robust-margin EPS=8/255 TAG=-robust-margin bash scripts/device_adaptive.sh cifar10-resnet10-robust
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
 #                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
 #
@@ -38,14 +40,14 @@ if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
 fi
 PY=${PYTHON:-python3}
 for model in "${MODELS[@]}"; do
-    run="$RUNS/$model"  # a smoke run's folder is its own: never taken for a finished real run
+    run="$RUNS/$model${TAG:-}"  # a smoke run's folder is its own: never taken for a finished real run
     if [ -e "$run/results.json" ]; then echo "$model: done before"; else
         $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \
             --eps "$EPS" --limit "$LIMIT" --steps "$STEPS" --restarts "$RESTARTS" --batch-size "$BATCH" \
-            --out "$run" > "$OUT/adaptive-$model.log" 2>&1 || { tail -n 20 "$OUT/adaptive-$model.log"; exit 1; }
+            --out "$run" > "$OUT/adaptive-$model${TAG:-}.log" 2>&1 || { tail -n 20 "$OUT/adaptive-$model${TAG:-}.log"; exit 1; }
     fi
-    mkdir -p "$OUT/adaptive/$model"
-    cp -r "$run"/results.json "$run"/results.md "$run"/adaptive_dara.png "$run"/detectors "$OUT/adaptive/$model/"
-    tail -n 12 "$OUT/adaptive-$model.log" 2>/dev/null || true
+    mkdir -p "$OUT/adaptive/$model${TAG:-}"
+    cp -r "$run"/results.json "$run"/results.md "$run"/adaptive_dara.png "$run"/detectors "$OUT/adaptive/$model${TAG:-}/"
+    tail -n 12 "$OUT/adaptive-$model${TAG:-}.log" 2>/dev/null || true
 done
 ls -la "$OUT/adaptive"

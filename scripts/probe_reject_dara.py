@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eps", type=parse_number, default=8 / 255)
     parser.add_argument("--radius", type=parse_number, default=None, help="robust-margin's ball, e.g. 2/255")
     parser.add_argument("--inner-steps", type=int, default=None, help="robust-margin's steps inside its ball")
+    parser.add_argument("--skip-bare", action="store_true",
+                        help="attack only the option, not the detector switched off (same seeds: same bare numbers)")
     args = parser.parse_args(argv)
     settings = {name: value for name, value in (("radius", args.radius), ("steps", args.inner_steps))
                 if value is not None}
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
         off = DetectorOff(target_fpr=0.0).fit(model(xv[:8]), model=model)
     print(f"{args.model}: {option!r} {option.thresholds()}, validation FPR {option.validation['false_positive_rate']:.1%}")
     eps, steps = args.eps, args.steps
-    for label, reject in (("detector off (bare model)", off), (args.detector, option)):
+    for label, reject in (() if args.skip_bare else (("detector off (bare model)", off),)) + ((args.detector, option),):
         started = time.perf_counter()
         defended = DefendedClassifier(model, reject)
         seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
