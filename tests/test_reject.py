@@ -335,3 +335,8 @@ def test_an_exact_robust_margin_leaves_no_accepted_mistake_where_the_model_is_ro
     for attack in (KPlusOneAPGD(defended, eps=eps, steps=50, loss="ce"), PenaltyPGD(defended, eps=eps, steps=50)):
         z = attack(x, y)
         assert bool((defended.predict(z) == y).logical_or(defended.predict(z) == -1).all())
+    # too small a ball (the model is not right on the whole eps - rho ball): the same attack finds accepted mistakes
+    small = make_reject_option("robust-margin", radius=radius / 3, steps=3).fit_values(torch.zeros(1)).bind(model)
+    defended = DefendedClassifier(model, small)
+    predicted = defended.predict(KPlusOneAPGD(defended, eps=eps, steps=50, loss="ce")(x, y))
+    assert bool(((predicted != y) & (predicted != -1)).all())
