@@ -340,3 +340,21 @@ def test_an_exact_robust_margin_leaves_no_accepted_mistake_where_the_model_is_ro
     defended = DefendedClassifier(model, small)
     predicted = defended.predict(KPlusOneAPGD(defended, eps=eps, steps=50, loss="ce")(x, y))
     assert bool(((predicted != y) & (predicted != -1)).all())
+
+
+def test_robust_margin_fit_runs_the_model_in_eval_mode_and_the_attacks_see_features_at_x():
+    from robgen.attacks.evasion import DefendedOutputs
+    from robgen.detection.baselines import penultimate_features
+
+    model = tiny_model()
+    x = images(12, 3)
+    before, logits = model_fingerprint(model), model(x).detach()
+    model.train()  # batch norm would update its running statistics on every pass of the inner steps
+    option = make_reject_option("robust-margin", target_fpr=0.1).fit(logits, inputs=x, model=model)
+    assert model.training and model_fingerprint(model.eval()) == before == option.model_fingerprint
+    with pytest.raises(ValueError, match="model="):
+        make_reject_option("robust-margin").fit(logits, inputs=x)
+    features, logits = penultimate_features(model, x)
+    outputs = DefendedOutputs(DefendedClassifier(model, option), features=True)(x)
+    assert torch.allclose(outputs.features, features, atol=1e-5)  # the pass at x, not one of the inner steps'
+    assert torch.allclose(outputs.logits, logits, atol=1e-5)

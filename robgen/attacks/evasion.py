@@ -74,7 +74,8 @@ class DefendedOutputs(nn.Module):
             logits, score = self.defended.outputs(x, self.network)
         finally:
             hook.remove()
-        return Outputs(logits, score, caught[-1])
+        # the first pass is the one at x: a score that runs the network again near x (robust-margin) adds more
+        return Outputs(logits, score, caught[0])
 
 
 class EvasionTracker:

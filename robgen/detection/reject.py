@@ -237,8 +237,9 @@ class RobustMarginReject(_HighStatisticReject):
     the class-energy margin of the predicted class at the worst point of the ball (> 0 where some point
     within rho is classified otherwise). The max is taken by `steps` signed-gradient steps of the one
     engine loop from z = x (no random start: the defended classifier stays a deterministic function), step
-    2.5 rho / steps. Its gradient is Danskin's, the margin's gradient at the point found, so an adaptive
-    attacker differentiates it like any other score; one score costs `steps + 1` extra forward+backward
+    2.5 rho / steps. Its gradient is Danskin's, the margin's gradient at the point found (passed through
+    where the ball is clipped to [0, 1], where the exact one is 0), so an adaptive attacker differentiates
+    it like any other score; one score costs `steps + 1` extra forward+backward
     passes (`passes_per_score`).
 
     Why it can survive an attacker who knows it (the idea of consistency-based rejection; Tramèr 2022's

@@ -8,6 +8,7 @@ outputs, the check that a reject option is used with the model it was calibrated
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -68,7 +69,8 @@ class RejectOption:
     from clean validation statistics) and `_score_from_values`; the rest (calibration, the model
     check, JSON) is shared. Attributes:
 
-    - `kind`: the registry name ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "custom");
+    - `kind`: the registry name ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap",
+      "robust-margin", "custom");
     - `target_fpr`: the clean false-positive rate the thresholds were set for;
     - `needs_features`: `score_from` needs the penultimate features (the input of the last nn.Linear);
     - `needs_inputs`: `score_from` needs the input images (a user's detector of x);
@@ -168,8 +170,11 @@ class RejectOption:
         kind that `needs_network` runs it, so it needs `model` and the `inputs` its logits came from)."""
         if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
             check_logits(logits)
+        if self.needs_network and model is None:
+            raise ValueError(f"the {self.kind!r} reject option runs the model again near each input: pass model= "
+                             "(and the inputs= its logits came from), or use calibrate(model, images)")
         self._require_outputs(logits, features, inputs, model if self.needs_network else None)
-        with torch.no_grad():
+        with torch.no_grad(), (eval_mode(model) if self.needs_network else contextlib.nullcontext()):
             values = self.values(logits.detach(), None if features is None else features.detach(),
                                  None if inputs is None else inputs.detach(), model if self.needs_network else None)
         self.fit_values(values)

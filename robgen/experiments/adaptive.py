@@ -149,7 +149,8 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     clean test pass. `score_passes`: detector -> the forward+backward passes one of its scores costs on top
     of the model's pass (`RejectOption.passes_per_score`, "robust-margin"'s inner steps; 0 if not named):
     every step of an adaptive attack on it, and every pass of its suite and calibration that scores a point,
-    pays them too.
+    pays them too (and its calibration, which reads the images, runs its own clean validation pass; counted
+    also for a detector given already calibrated, which the bound may overcount).
     """
     s, r = settings.steps, settings.restarts
     gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1), "k+1 apgd-t": r * (s + 1),
@@ -162,15 +163,20 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     per_suite = [name for name in gradient if name in ADAPTIVE or not shared_references]
     once = [name for name in gradient if name not in per_suite]
     batches = math.ceil(n_test / settings.batch_size)
-    extra = sum(int((score_passes or {}).get(name, 0)) for name in settings.detectors)
-    scored = sum(gradient[name] for name in per_suite if name in ADAPTIVE) + sum(forward[name] for name in per_suite)
+    costs = [int((score_passes or {}).get(name, 0)) for name in settings.detectors]
+    extra, rerun = sum(costs), sum(cost > 0 for cost in costs)
+    # the points a suite scores, per image: each adaptive step (Orthogonal PGD's two backward passes share one
+    # forward), each forward pass; and per eps logit matching's targets (per batch, and once to check them)
+    scored = (sum(r * s if name == "orthogonal pgd" else gradient[name] for name in per_suite if name in ADAPTIVE)
+              + sum(forward[name] for name in per_suite))
+    scored_targets = (batches + 1) * settings.match_targets
     backward_total = (n_test * (suites * sum(gradient[name] for name in per_suite)
-                                + len(settings.eps_list) * sum(gradient[name] for name in once)
-                                + len(settings.eps_list) * scored * extra)
+                                + len(settings.eps_list) * sum(gradient[name] for name in once))
+                      + len(settings.eps_list) * (n_test * scored + scored_targets) * extra
                       + n_validation * extra)
     forward_total = (suites * (n_test * sum(forward[name] for name in per_suite) + batches * settings.match_targets)
                      + len(settings.eps_list) * n_test * sum(forward[name] for name in once)
-                     + n_validation + n_reference + n_test)
+                     + n_validation * (1 + rerun) + n_reference + n_test)
     return {"forward_backward_passes": backward_total, "forward_passes": forward_total, "suites": suites,
             "n_test": n_test, "per_image_per_suite": {name: {"forward_backward": gradient[name],
                                                              "forward": forward[name]} for name in per_suite},
@@ -229,8 +235,9 @@ def detector_profiles(names: Sequence[str], given: Mapping[str, RejectOption]) -
 
 def shares_references(reject: Mapping[str, RejectOption]) -> bool:
     """Whether the non-adaptive references can be computed once per eps for every detector: each detector's score
-    is a function of the logits (and penultimate features) at a point, which the reference stage keeps. A user's
-    detector of the input images needs the points themselves, so then each detector runs its own references."""
+    is a function of the logits (and penultimate features) at a point, which the reference stage keeps. A detector
+    of the input images (a user's, or robust-margin, which runs the model near them) needs the points themselves,
+    so then each detector runs its own references."""
     return not any(option.needs_inputs for option in reject.values())
 
 
@@ -323,8 +330,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     """Calibrate, attack, report; see the module docstring. Writes results.json, results.md, adaptive_dara.png and
     detectors/ to `out_dir` (if given).
 
-    `detectors`: kinds ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap") to calibrate
-    here, or reject options already calibrated for this model (refused if calibrated for another). `options`: the other
+    `detectors`: kinds ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "robust-margin") to
+    calibrate here, or reject options already calibrated for this model (refused if calibrated for another). `options`: the other
     `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets). `stage_dir` (default
     `out_dir/.stages`): the finished stages, read back by the same call after an interruption; removed once the
     results are written. `replace_stale_stages` (the command's --overwrite): stages of another run there are
