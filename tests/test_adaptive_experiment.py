@@ -141,6 +141,40 @@ def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tm
     assert not (again / STAGES).exists()  # cleared once the results are written
 
 
+def test_a_resumed_run_attacks_the_detectors_it_calibrated_first_though_calibrating_again_would_differ(
+        finished, checkpoint, toy_data, tmp_path, same_code, monkeypatch):
+    """Calibration is not bit-reproducible (a Mahalanobis threshold moves in its 15th digit with the thread
+    count); the interrupted attempt's detectors, kept in the stage folder, are read back instead, so its finished
+    stages stay this run's."""
+    out, results = finished
+    again = tmp_path / "again"
+    shutil.copytree(out / STAGES, again / STAGES)
+    assert sorted(p.name for p in (again / STAGES / adaptive_module.CALIBRATION).iterdir()) == \
+        ["energy.json", "mahalanobis.json"]
+    calibrate = adaptive_module.calibrate_detectors
+
+    def drifting(model, data, splits, settings, given):  # a fresh calibration lands a hair away
+        options = calibrate(model, data, splits, settings, given)
+        for name, option in options.items():
+            if name not in given and name != adaptive_module.OFF:
+                option._set_thresholds({k: v * (1 + 1e-12) for k, v in option.thresholds().items()})
+        return options
+
+    monkeypatch.setattr(adaptive_module, "calibrate_detectors", drifting)
+    assert main(command(checkpoint, toy_data, again)) == 0
+    continued = json.loads((again / "results.json").read_text())
+    assert continued["continued"]["stages_read_back"] == len(list((out / STAGES).glob("*.safetensors")))
+    assert numbers(continued) == numbers(results)
+
+    other = tmp_path / "other"  # another run's kept detectors are not taken: calibrated afresh (and drifted)
+    shutil.copytree(out / STAGES, other / STAGES)
+    args = command(checkpoint, toy_data, other, "--overwrite")
+    args[args.index("--steps") + 1] = "3"
+    assert main(args) == 0
+    fresh = json.loads((other / "results.json").read_text())["detectors"]["energy"]["thresholds"]["tau"]
+    assert fresh == results["detectors"]["energy"]["thresholds"]["tau"] * (1 + 1e-12)
+
+
 def test_a_saved_detector_is_evaluated_as_it_is(finished, checkpoint, toy_data, tmp_path, same_code):
     out, results = finished
     again = tmp_path / "file"

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -160,6 +161,8 @@ def test_json_round_trip_gives_equal_scores_and_refuses_another_model(kind, smal
     loaded = RejectOption.load(path, model=model)
     assert type(loaded) is type(option) and loaded.thresholds() == option.thresholds()
     assert loaded.validation == option.validation and loaded.target_fpr == option.target_fpr
+    as_json = lambda o: json.dumps(o.to_dict(), sort_keys=True, default=str)  # noqa: E731
+    assert as_json(loaded) == as_json(option)  # the same detector in every field: a resumed run reads it back
     x = images(8, 5)
     a, b = DefendedClassifier(model, option).score(x), DefendedClassifier(model, loaded).score(x)
     assert torch.equal(a, b)

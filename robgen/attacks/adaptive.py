@@ -78,8 +78,7 @@ def kplusone_dlr(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def kplusone_targeted_margin(combined: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """G_t - max_{j != t} G_j, the true class and the detector class K among the j: > 0 exactly where the
     target t (a class other than y) leads the combined logits, so the point is classified t and accepted."""
-    others = combined.masked_fill(F.one_hot(targets, combined.shape[1]).bool(), float("-inf")).max(1).values
-    return combined.gather(1, targets[:, None])[:, 0] - others
+    return -classification_margin(combined, targets, check=False)
 
 
 KPLUSONE_LOSSES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

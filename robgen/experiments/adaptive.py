@@ -47,7 +47,8 @@ from .. import data as datasets
 from .. import distributed
 from ..detection.dara import eps_label
 from ..detection.defended import DefendedClassifier
-from ..detection.reject import KINDS, RejectOption, make_reject_option
+from ..detection.reject import KINDS, CallableReject, RejectOption, make_reject_option
+from ..files import write_atomically
 from ..models.state import model_device
 from ..progress import step_reporter
 from . import stages as stage_files
@@ -60,6 +61,7 @@ from .stages import data_location, model_fingerprint, run_environment, stage_see
 logger = logging.getLogger(__name__)
 
 STAGES = ".stages"  # under the output folder: the finished stages of a run not yet written
+CALIBRATION = "detectors"  # in the stage folder: the detectors as the run calibrated them, read back on resume
 # robgen's code besides stages.STAGE_CODE that decides a stage's flags: the reject options, the defended
 # classifier, the calibration and the suite
 ADAPTIVE_CODE = ("detection", "experiments/adaptive.py", "experiments/adaptive_suite.py")
@@ -190,6 +192,53 @@ def _option_digest(option: RejectOption) -> dict:
     """What a stage key records of a detector: kind, thresholds, and a digest of everything else it holds."""
     text = json.dumps(option.to_dict(), sort_keys=True, default=str).encode()
     return {"kind": option.kind, "thresholds": option.thresholds(), "sha256": hashlib.sha256(text).hexdigest()}
+
+
+def kept_calibration(stage_dir: Optional[Path], run_key: dict, model) -> Dict[str, RejectOption]:
+    """The detectors an interrupted attempt of this same run calibrated and kept in its stage folder (CALIBRATION),
+    so that the resumed run attacks exactly the thresholds its finished stages were computed against.
+
+    Calibration is not bit-reproducible: a Mahalanobis threshold computed with one thread and with two differs in
+    its 15th digit (BLAS adds in another order), and the stage key, which records every threshold, would then call
+    the finished stages another run's. Empty unless the folder's key equals `run_key` in all but the detectors
+    (same settings, data, weights, code) and each kept file is the detector that key records (its digest).
+    """
+    if stage_dir is None:
+        return {}
+    key_file, folder = Path(stage_dir) / stage_files.KEY_FILE, Path(stage_dir) / CALIBRATION
+    try:
+        recorded = json.loads(key_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    same_run = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+    if not isinstance(recorded, dict) or {k: v for k, v in recorded.items() if k != "detectors"} != same_run:
+        return {}
+    kept = {}
+    for name, digest in (recorded.get("detectors") or {}).items():
+        path = folder / f"{name}.json"
+        if name == OFF or not path.is_file():
+            continue
+        try:
+            option = RejectOption.load(path, model=model)
+        except ValueError:  # unreadable or for another model: calibrate it again
+            continue
+        if _option_digest(option) == json.loads(json.dumps(digest)):
+            kept[name] = option
+    return kept
+
+
+def keep_calibration(stage_dir: Optional[Path], reject: Mapping[str, RejectOption]) -> None:
+    """Write each calibrated detector (not OFF, not a user's own function) into the stage folder for
+    `kept_calibration` (rank 0); removed with the stages once the results are written."""
+    if stage_dir is None or not distributed.is_main():
+        return
+    for name, option in reject.items():
+        if name == OFF or isinstance(option, CallableReject):
+            continue
+        path = Path(stage_dir) / CALIBRATION / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(option.to_dict(), indent=1) + "\n"
+        write_atomically(path, lambda target: target.write_text(text))
 
 
 def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
@@ -357,18 +406,19 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     logger.info("adaptive evaluation: at most %s forward+backward and %s forward image-passes (%d suites of %d "
                 "attacks on %d images)", f"{estimate['forward_backward_passes']:,}", f"{estimate['forward_passes']:,}",
                 estimate["suites"], len(settings.attacks), len(x))
-    reject = calibrate_detectors(model, data, splits, settings, given)
-    pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
-    targets = datasets.load_tensors(pool)
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
-    store = SuiteStageStore(stage_dir, {
-        "settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
-        "model": model_fingerprint(model),
-        "n_validation": len(splits.validation), "n_test": len(x),
-        "detectors": {name: _option_digest(option) for name, option in reject.items()},
-        "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)},
-        replace_stale=replace_stale_stages)
+    run_key = {"settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
+               "model": model_fingerprint(model), "n_validation": len(splits.validation), "n_test": len(x),
+               "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)}
+    kept = kept_calibration(stage_dir, run_key, model)  # an interrupted attempt's detectors, exactly
+    reject = calibrate_detectors(model, data, splits, settings, {**kept, **given})
+    pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
+    targets = datasets.load_tensors(pool)
+    store = SuiteStageStore(stage_dir, dict(run_key, detectors={name: _option_digest(option)
+                                                                for name, option in reject.items()}),
+                            replace_stale=replace_stale_stages)
+    keep_calibration(stage_dir, reject)
     try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
         clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False,
                               features=any(option.needs_features for option in reject.values()))
