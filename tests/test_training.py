@@ -2,6 +2,9 @@
 checkpoints round-trip, runs resume exactly, and bad input is explained."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -379,3 +382,20 @@ def test_reject_mode_makes_its_point_with_the_attack_the_recipe_names_and_the_cl
     train_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
     option = next(a for a in train_parser._actions if a.dest == "reject_attack")
     assert tuple(option.choices) == REJECT_ATTACKS and option.default == TrainConfig().reject_attack
+
+
+def test_after_training_on_the_cpu_subnormals_are_computed_again_on_every_thread():
+    """Training flushes subnormals to zero (a per-thread CPU mode); torch's worker threads, if started during the
+    run, would copy the mode and keep it for the rest of the process. In a fresh process with two threads, whose
+    first multi-threaded operation runs inside the training context."""
+    child = (
+        "import torch\n"
+        "from robgen.training.loop import _subnormals_as_zero\n"
+        "torch.set_num_threads(2)\n"
+        "with _subnormals_as_zero(torch.device('cpu')):\n"
+        "    torch.ones(4_000_000).mul(2).sum()\n"
+        "tiny = torch.full((1_000_000,), 1e-40, dtype=torch.float64).float()\n"
+        "print(bool((tiny * 1 > 0).all()), bool((tiny * 1 > 0).any()))\n")
+    out = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1], check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["True", "True"]  # none of the million read as 0, on any thread

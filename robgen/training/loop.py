@@ -71,8 +71,16 @@ def _subnormals_as_zero(device: torch.device):
     Adam with weight decay drives the weights it no longer needs below float32's smallest normal number, and x86
     CPUs compute on those many times slower (7 times, for a forward+backward of the paper-recipe CIFAR-10 model).
     Their share of any output is below 1e-30. GPUs flush them at full speed and need nothing.
+
+    The mode is a per-thread CPU register that a new thread copies from the thread that starts it: torch's worker
+    threads, started inside the run, would flush for the rest of the process (a 1e-40 read as 0 after training).
+    So they are started first, with torch's default: the same speed (python benchmarks/subnormals.py).
     """
-    if device.type != "cpu" or not torch.set_flush_denormal(True):
+    if device.type != "cpu":
+        yield
+        return
+    torch.zeros(1 << 17).add_(1)  # big enough to run on every intra-op thread: starts them, not flushing
+    if not torch.set_flush_denormal(True):
         yield
         return
     try:
