@@ -4,6 +4,7 @@ checkpoints round-trip, runs resume exactly, and bad input is explained."""
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -384,18 +385,38 @@ def test_reject_mode_makes_its_point_with_the_attack_the_recipe_names_and_the_cl
     assert tuple(option.choices) == REJECT_ATTACKS and option.default == TrainConfig().reject_attack
 
 
-def test_after_training_on_the_cpu_subnormals_are_computed_again_on_every_thread():
-    """Training flushes subnormals to zero (a per-thread CPU mode); torch's worker threads, if started during the
-    run, would copy the mode and keep it for the rest of the process. In a fresh process with two threads, whose
-    first multi-threaded operation runs inside the training context."""
+def test_each_step_on_the_cpu_zeroes_the_subnormal_weights_and_optimiser_state_and_nothing_else():
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 4)).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.weight[0, :2] = torch.tensor([1e-40, -3e-39])  # subnormal float32
+        model.weight[1, 0] = 2e-38  # the smallest normal is 1.18e-38: kept
+    exp_avg_sq = optimizer.state[model.weight]["exp_avg_sq"]
+    exp_avg_sq[2, 3] = 1e-41
+    before = model.weight.detach().clone(), exp_avg_sq.clone()
+    training.loop.flush_subnormals_(model, optimizer)
+    assert model.weight[0, :2].detach().tolist() == [0.0, 0.0] and float(exp_avg_sq[2, 3]) == 0.0
+    changed = (model.weight != before[0]) | (exp_avg_sq != before[1])
+    assert int(changed.sum()) == 3 and float(model.weight[1, 0].detach()) == pytest.approx(2e-38)
+
+
+def test_training_leaves_the_processs_float_mode_as_it_found_it(toy_data):
+    """The CPU's flush-to-zero mode is per thread and torch's worker threads copy it when they start: a run that
+    switched it on left some threads reading 1e-40 as 0 afterwards (seen: scores of 1e-40 accepted). A fresh
+    process with two threads, whose first multi-threaded operation is inside the run."""
     child = (
-        "import torch\n"
-        "from robgen.training.loop import _subnormals_as_zero\n"
+        "import sys, torch\n"
+        "from robgen.training import TrainConfig, train\n"
         "torch.set_num_threads(2)\n"
-        "with _subnormals_as_zero(torch.device('cpu')):\n"
-        "    torch.ones(4_000_000).mul(2).sum()\n"
+        "config = TrainConfig(data=sys.argv[1], width=4, epochs=1, batch_size=16, lr=0.05, val_size=40,\n"
+        "                     eval_subset=8, eval_steps=1, optimizer='adam', seed=0)\n"
+        "train(config, sys.argv[2], device='cpu', progress=False)\n"
         "tiny = torch.full((1_000_000,), 1e-40, dtype=torch.float64).float()\n"
-        "print(bool((tiny * 1 > 0).all()), bool((tiny * 1 > 0).any()))\n")
-    out = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1], check=True,
-                         capture_output=True, text=True).stdout.split()
-    assert out == ["True", "True"]  # none of the million read as 0, on any thread
+        "print(bool((tiny * 1 > 0).all()))\n")
+    with tempfile.TemporaryDirectory() as out:
+        result = subprocess.run([sys.executable, "-c", child, str(toy_data), out],
+                                cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "True"  # none of the million read as 0, on any thread

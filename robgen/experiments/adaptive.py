@@ -222,22 +222,24 @@ def kept_calibration(stage_dir: Optional[Path], run_key: dict, model) -> Dict[st
             option = RejectOption.load(path, model=model)
         except ValueError:  # unreadable or for another model: calibrate it again
             continue
-        if _option_digest(option) == json.loads(json.dumps(digest)):
+        if json.loads(json.dumps(_option_digest(option), default=str)) == digest:
             kept[name] = option
     return kept
 
 
-def keep_calibration(stage_dir: Optional[Path], reject: Mapping[str, RejectOption]) -> None:
-    """Write each calibrated detector (not OFF, not a user's own function) into the stage folder for
-    `kept_calibration` (rank 0); removed with the stages once the results are written."""
+def keep_calibration(stage_dir: Optional[Path], reject: Mapping[str, RejectOption],
+                     given: Mapping[str, RejectOption]) -> None:
+    """Write each detector this run calibrated (not OFF, not one `given` calibrated by the caller, which a later
+    run naming only its kind must not take for its own) into the stage folder for `kept_calibration` (rank 0);
+    removed with the stages once the results are written."""
     if stage_dir is None or not distributed.is_main():
         return
     for name, option in reject.items():
-        if name == OFF or isinstance(option, CallableReject):
+        if name == OFF or name in given or isinstance(option, CallableReject):
             continue
         path = Path(stage_dir) / CALIBRATION / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(option.to_dict(), indent=1) + "\n"
+        text = json.dumps(option.to_dict(), indent=1, default=str) + "\n"
         write_atomically(path, lambda target: target.write_text(text))
 
 
@@ -418,7 +420,7 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     store = SuiteStageStore(stage_dir, dict(run_key, detectors={name: _option_digest(option)
                                                                 for name, option in reject.items()}),
                             replace_stale=replace_stale_stages)
-    keep_calibration(stage_dir, reject)
+    keep_calibration(stage_dir, reject, given)
     try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
         clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False,
                               features=any(option.needs_features for option in reject.values()))

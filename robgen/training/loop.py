@@ -10,7 +10,6 @@ clean and PGD accuracy are measured on the first `eval_subset` validation images
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -59,34 +58,27 @@ def train(
     device = distributed.setup(device)
     out_dir = Path(out_dir)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _subnormals_as_zero(device):
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
         return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch)
 
 
-@contextlib.contextmanager
-def _subnormals_as_zero(device: torch.device):
-    """On the CPU, compute with subnormal numbers flushed to zero for the run (torch's default again after it).
+def flush_subnormals_(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Set the subnormal numbers among the model's parameters and buffers and the optimiser's state to zero.
 
-    Adam with weight decay drives the weights it no longer needs below float32's smallest normal number, and x86
-    CPUs compute on those many times slower (7 times, for a forward+backward of the paper-recipe CIFAR-10 model).
-    Their share of any output is below 1e-30. GPUs flush them at full speed and need nothing.
-
-    The mode is a per-thread CPU register that a new thread copies from the thread that starts it: torch's worker
-    threads, started inside the run, would flush for the rest of the process (a 1e-40 read as 0 after training).
-    So they are started first, with torch's default: the same speed (python benchmarks/subnormals.py).
+    Adam with weight decay drives the weights it no longer needs (and their moment estimates) below float32's
+    smallest normal number, and x86 CPUs compute on those many times slower (7 times, for a forward+backward of the
+    paper-recipe CIFAR-10 model); their share of any output is below 1e-30. Called after every optimiser step on
+    the CPU (GPUs compute on them at full speed). Zeroing them, rather than switching the CPU's flush-to-zero mode
+    on, leaves the process as it was: that mode is a per-thread register, which torch's worker threads copy from
+    the thread that starts them, so it reached some threads of a run and outlived it in others
+    (`python benchmarks/subnormals.py` compares the two).
     """
-    if device.type != "cpu":
-        yield
-        return
-    torch.zeros(1 << 17).add_(1)  # big enough to run on every intra-op thread: starts them, not flushing
-    if not torch.set_flush_denormal(True):
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
+    state = (value for entry in optimizer.state.values() for value in entry.values())
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers(), *state):
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                tensor.masked_fill_(tensor.abs() < torch.finfo(tensor.dtype).tiny, 0.0)
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -186,6 +178,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if device.type == "cpu":
+                flush_subnormals_(model, optimizer)
             scheduler.step()
             totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                    totals.new_tensor(len(y))])
