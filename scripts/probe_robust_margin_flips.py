@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robgen  # noqa: E402
 from robgen import data as datasets  # noqa: E402
-from robgen.cli.common import parse_numbers  # noqa: E402
+from robgen.cli.common import UsageError, parse_numbers  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
 from robgen.metrics import wilson_interval  # noqa: E402
@@ -43,6 +43,10 @@ def main() -> None:
     parser.add_argument("--radii", default="2/255,3/255,4/255")
     parser.add_argument("--batch-size", type=int, default=250)
     args = parser.parse_args()
+    try:
+        radii = parse_numbers(args.radii, "--radii")
+    except UsageError as error:
+        parser.error(str(error))
     model = robgen.load_model(args.model, device="cpu")
     splits = detection_splits(model, args.data)
     x, y = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
@@ -50,7 +54,7 @@ def main() -> None:
         logits = torch.cat([model(x[s:s + args.batch_size]) for s in range(0, len(x), args.batch_size)])
     correct = logits.argmax(1) == y
     print(f"{args.model}: {len(x)} validation images, clean accuracy {share(correct)}")
-    for radius in parse_numbers(args.radii, "--radii"):
+    for radius in radii:
         option = make_reject_option("robust-margin", radius=radius)
         text = f"{radius * 255:g}/255"
         with eval_mode(model):
