@@ -9,11 +9,12 @@ less than their size), each setting in a fresh process:
 - none: torch's default, subnormals computed as they are;
 - zeroed each step: `flush_subnormals_` after every optimiser step (what training does);
 - flush-to-zero mode: the CPU's mode switched on before torch starts its worker threads, which copy it (what
-  training did before; the mode then outlives the run on those threads);
+  training did before when it started them; the mode then outlives the run on those threads); the line says
+  whether every thread flushed;
 
 the median time of a training step (forward, backward, the optimiser, and the zeroing where it applies) over rounds, the
-three settings in turn each round, and the ratios. The subnormal weights are made before any mode is switched on
-(under it, writing 1e-39 stores 0).
+three settings in turn each round, and the ratios. The subnormal weights are written as their bits (under the
+mode, writing the float 1e-39 stores 0).
 
     python benchmarks/subnormals.py [--rounds 3] [--steps 3]
 """
@@ -35,14 +36,17 @@ from robgen.models.checkpoint import build_network
 from robgen.models.classifier import ModelSpec
 from robgen.training.loop import flush_subnormals_
 setting, steps = sys.argv[1], int(sys.argv[2])
+if setting == "flush-to-zero mode":  # before any torch work: every worker thread starts with it
+    assert torch.set_flush_denormal(True), "this CPU has no flush-to-zero mode"
 torch.manual_seed(0)
 net = build_network(ModelSpec("resnet10_cifar", 10, [str(i) for i in range(10)], arch_kwargs={"width": 32}))
 with torch.no_grad():
-    for p in net.parameters():
-        p[torch.rand_like(p) < 0.57] = 1e-39
-share = sum(int(((p != 0) & (p.abs() < 1e-38)).sum()) for p in net.parameters()) / sum(p.numel() for p in net.parameters())
-if setting == "flush-to-zero mode":
-    assert torch.set_flush_denormal(True), "this CPU has no flush-to-zero mode"
+    for p in net.parameters():  # 1e-39's bits, written as integers (which no mode flushes)
+        p.view(torch.int32)[torch.rand_like(p) < 0.57] = 713_311
+bits = [p.detach().view(torch.int32) for p in net.parameters()]
+subnormal = sum(int(((b & 0x7F800000) == 0).logical_and((b & 0x7FFFFF) != 0).sum()) for b in bits)
+share = subnormal / sum(b.numel() for b in bits)
+flushing = bool((torch.full((1_000_000,), 1e-40, dtype=torch.float64).float().mul(1) == 0).all())
 optimizer = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
 x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
 def step():
@@ -55,7 +59,8 @@ step()
 started = time.perf_counter()
 for _ in range(steps):
     step()
-print(json.dumps({"seconds": (time.perf_counter() - started) / steps, "subnormal_share": share}))
+print(json.dumps({"seconds": (time.perf_counter() - started) / steps, "subnormal_share": share,
+                  "every_thread_flushes": flushing}))
 """
 
 SETTINGS = ("none", "zeroed each step", "flush-to-zero mode")
@@ -67,7 +72,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     times = {name: [] for name in SETTINGS}
-    share = 0.0
+    share, flushing = 0.0, {}
     for _ in range(args.rounds):
         for name in SETTINGS:
             out = subprocess.run([sys.executable, "-c", CHILD, name, str(args.steps)], cwd=ROOT, check=True,
@@ -75,10 +80,11 @@ def main() -> None:
             record = json.loads(out.strip().splitlines()[-1])
             times[name].append(record["seconds"])
             share = record["subnormal_share"]
+            flushing[name] = record["every_thread_flushes"]
     print(f"weights subnormal at the start: {share:.1%}")
     median = {name: statistics.median(values) for name, values in times.items()}
     for name in SETTINGS:
-        print(f"{name:20s} {median[name]:.3f} s a training step (batch 64)")
+        print(f"{name:20s} {median[name]:.3f} s a training step (batch 64); every thread flushes: {flushing[name]}")
     print(f"zeroed each step / none: {median['zeroed each step'] / median['none']:.3f}   "
           f"zeroed each step / flush-to-zero mode: {median['zeroed each step'] / median['flush-to-zero mode']:.3f}")
 

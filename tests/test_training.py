@@ -402,6 +402,18 @@ def test_each_step_on_the_cpu_zeroes_the_subnormal_weights_and_optimiser_state_a
     assert int(changed.sum()) == 3 and float(model.weight[1, 0].detach()) == pytest.approx(2e-38)
 
 
+def test_training_on_the_cpu_zeroes_subnormals_after_every_step(toy_data, tmp_path, monkeypatch):
+    calls, steps = [], []
+    real = training.loop.flush_subnormals_
+    monkeypatch.setattr(training.loop, "flush_subnormals_", lambda *a: calls.append(1) or real(*a))
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    config = TrainConfig(data=str(toy_data), width=4, epochs=1, batch_size=16, lr=0.05, val_size=40, eval_subset=8,
+                         eval_steps=1, optimizer="adam", seed=0)
+    train(config, tmp_path / "run", device="cpu", progress=False)
+    assert len(steps) > 1 and len(calls) == len(steps)
+
+
 def test_training_leaves_the_processs_float_mode_as_it_found_it(toy_data):
     """The CPU's flush-to-zero mode is per thread and torch's worker threads copy it when they start: a run that
     switched it on left some threads reading 1e-40 as 0 afterwards (seen: scores of 1e-40 accepted). A fresh

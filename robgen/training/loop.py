@@ -78,7 +78,7 @@ def flush_subnormals_(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     with torch.no_grad():
         for tensor in (*model.parameters(), *model.buffers(), *state):
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                tensor.masked_fill_(tensor.abs() < torch.finfo(tensor.dtype).tiny, 0.0)
+                tensor.masked_fill_((tensor.abs() < torch.finfo(tensor.dtype).tiny) & (tensor != 0), 0.0)
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
