@@ -72,7 +72,8 @@ def flush_subnormals_(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     the CPU (GPUs compute on them at full speed). Zeroing them, rather than switching the CPU's flush-to-zero mode
     on, leaves the process as it was: that mode is a per-thread register, which torch's worker threads copy from
     the thread that starts them, so it reached some threads of a run and outlived it in others
-    (`python benchmarks/subnormals.py` compares the two).
+    (`python benchmarks/subnormals.py` compares the two). A loaded checkpoint's subnormals are zeroed once by
+    `robgen.models.loading.flush_subnormals`, which finds them from their bits; one helper should serve both.
     """
     state = (value for entry in optimizer.state.values() for value in entry.values())
     with torch.no_grad():
