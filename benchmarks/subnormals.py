@@ -1,5 +1,5 @@
-"""What training on the CPU does about subnormal numbers (robgen/training/loop.py, `flush_subnormals_`), and
-against what.
+"""What training on the CPU does about subnormal numbers (robgen/models/subnormals.py,
+`flush_training_subnormals`), and against what.
 
 A width-32 ResNet10 whose weights are 57% subnormal (what Adam with weight decay left in the official-recipe
 model), a training step on a random batch of 64 with an optimiser that leaves them where they are (SGD with
@@ -7,7 +7,7 @@ momentum at learning rate 0: in a real run such weights have no gradient but the
 less than their size), each setting in a fresh process:
 
 - none: torch's default, subnormals computed as they are;
-- zeroed each step: `flush_subnormals_` after every optimiser step (what training does);
+- zeroed each step: `flush_training_subnormals` after every optimiser step (what training does);
 - flush-to-zero mode: the CPU's mode switched on before torch starts its worker threads, which copy it (what
   training did before when it started them; the mode then outlives the run on those threads); the line says
   whether every thread flushed;
@@ -34,7 +34,7 @@ CHILD = r"""
 import json, sys, time, torch
 from robgen.models.checkpoint import build_network
 from robgen.models.classifier import ModelSpec
-from robgen.training.loop import flush_subnormals_
+from robgen.models.subnormals import flush_training_subnormals
 setting, steps = sys.argv[1], int(sys.argv[2])
 if setting == "flush-to-zero mode":  # before any torch work: every worker thread starts with it
     assert torch.set_flush_denormal(True), "this CPU has no flush-to-zero mode"
@@ -54,7 +54,7 @@ def step():
     torch.nn.functional.cross_entropy(net(x), y).backward()
     optimizer.step()
     if setting == "zeroed each step":
-        flush_subnormals_(net, optimizer)
+        flush_training_subnormals(net, optimizer)
 step()
 started = time.perf_counter()
 for _ in range(steps):

@@ -10,7 +10,7 @@ import torch
 import robgen
 from robgen.models import ModelSpec
 from robgen.models import checkpoint as checkpoint_module
-from robgen.models import loading
+from robgen.models import loading, subnormals
 from robgen.models.checkpoint import model_folder
 from tests.conftest import REPO, tiny_model
 
@@ -90,13 +90,13 @@ def test_subnormal_weights_load_as_zero_and_change_no_output(tmp_path):
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), rtol=0, atol=1e-6)
-    assert loading.flush_subnormals(loaded) == 0  # nothing left to flush
+    assert subnormals.flush_subnormals(loaded) == 0  # nothing left to flush
     # found from their bits, also while the CPU reads them as zero (flush-denormal mode)
     if torch.set_flush_denormal(True):  # False where the CPU has no such mode
         try:
-            assert loading.flush_subnormals(robgen.load_model(folder).net.head) == 0
+            assert subnormals.flush_subnormals(robgen.load_model(folder).net.head) == 0
             unflushed = robgen.models.load_checkpoint(folder)
-            assert loading.flush_subnormals(unflushed) == planted
+            assert subnormals.flush_subnormals(unflushed) == planted
         finally:
             torch.set_flush_denormal(False)  # torch's default
 

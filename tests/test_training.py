@@ -396,7 +396,7 @@ def test_each_step_on_the_cpu_zeroes_the_subnormal_weights_and_optimiser_state_a
     exp_avg_sq = optimizer.state[model.weight]["exp_avg_sq"]
     exp_avg_sq[2, 3] = 1e-41
     before = model.weight.detach().clone(), exp_avg_sq.clone()
-    training.loop.flush_subnormals_(model, optimizer)
+    training.loop.flush_training_subnormals(model, optimizer)
     assert model.weight[0, :2].detach().tolist() == [0.0, 0.0] and float(exp_avg_sq[2, 3]) == 0.0
     changed = (model.weight != before[0]) | (exp_avg_sq != before[1])
     assert int(changed.sum()) == 3 and float(model.weight[1, 0].detach()) == pytest.approx(2e-38)
@@ -404,8 +404,8 @@ def test_each_step_on_the_cpu_zeroes_the_subnormal_weights_and_optimiser_state_a
 
 def test_training_on_the_cpu_zeroes_subnormals_after_every_step(toy_data, tmp_path, monkeypatch):
     calls, steps = [], []
-    real = training.loop.flush_subnormals_
-    monkeypatch.setattr(training.loop, "flush_subnormals_", lambda *a: calls.append(1) or real(*a))
+    real = training.loop.flush_training_subnormals
+    monkeypatch.setattr(training.loop, "flush_training_subnormals", lambda *a: calls.append(1) or real(*a))
     step = torch.optim.Adam.step
     monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
     config = TrainConfig(data=str(toy_data), width=4, epochs=1, batch_size=16, lr=0.05, val_size=40, eval_subset=8,

@@ -39,6 +39,7 @@ from . import resnets  # noqa: F401  (registers robgen's architectures with timm
 from .checkpoint import (COMPANION_FILES, CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_checkpoint_dir, load_checkpoint,
                          load_weights)
 from .classifier import Classifier, ModelSpec
+from .subnormals import flush_subnormals
 
 logger = logging.getLogger(__name__)
 
@@ -131,41 +132,6 @@ def load_model(
         raise ValueError(_unknown_model_message(text))
     flush_subnormals(model)
     return model.to(device).eval()
-
-
-def flush_subnormals(module: torch.nn.Module) -> int:
-    """Set the subnormal numbers among `module`'s floating-point parameters and buffers to zero; return how many.
-
-    Adam with weight decay parks the weights it no longer needs at values like 1e-40, below the smallest normal
-    float32 (57% of the weights of the CIFAR-10 model trained with the paper's recipe). x86 CPUs compute on such
-    numbers many times slower (that model's forward+backward: 7 times), while their share of any logit is below
-    1e-30: zero changes no prediction, energy or gradient, and gives back the CPU's speed.
-    """
-    flushed = 0
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            if tensor.dtype in _FLOAT_BITS:
-                subnormal = _subnormal(tensor)
-                count = int(subnormal.sum())
-                if count:
-                    tensor.masked_fill_(subnormal, 0.0)
-                    flushed += count
-    return flushed
-
-
-# per float type: the integer type of its bits, its mantissa bits and its exponent bits
-_FLOAT_BITS = {torch.float16: (torch.int16, 10, 5), torch.bfloat16: (torch.int16, 7, 8),
-               torch.float32: (torch.int32, 23, 8), torch.float64: (torch.int64, 52, 11)}
-
-
-def _subnormal(tensor: torch.Tensor) -> torch.Tensor:
-    """Where `tensor` holds a subnormal number (exponent bits all 0, mantissa not), read from the bits: a float
-    comparison would miss them while `torch.set_flush_denormal(True)` makes the CPU read them as 0."""
-    int_type, mantissa, exponent = _FLOAT_BITS[tensor.dtype]
-    bits = tensor.detach().contiguous().view(int_type)
-    exponent_field = (bits >> mantissa) & ((1 << exponent) - 1)
-    mantissa_field = bits & ((1 << mantissa) - 1)
-    return ((exponent_field == 0) & (mantissa_field != 0)).view(tensor.shape)
 
 
 def _unknown_model_message(name: str) -> str:

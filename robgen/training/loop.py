@@ -27,6 +27,7 @@ from .. import distributed
 from ..evaluation import evaluate_robustness
 from ..models import Classifier
 from ..models.checkpoint import is_checkpoint_dir, load_checkpoint, read_config
+from ..models.subnormals import flush_training_subnormals
 from ..progress import progress_bar
 from . import checkpointing
 from .adversarial import training_attack
@@ -61,25 +62,6 @@ def train(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
         return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch)
-
-
-def flush_subnormals_(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Set the subnormal numbers among the model's parameters and buffers and the optimiser's state to zero.
-
-    Adam with weight decay drives the weights it no longer needs (and their moment estimates) below float32's
-    smallest normal number, and x86 CPUs compute on those many times slower (7 times, for a forward+backward of the
-    paper-recipe CIFAR-10 model); their share of any output is below 1e-30. Called after every optimiser step on
-    the CPU (GPUs compute on them at full speed). Zeroing them, rather than switching the CPU's flush-to-zero mode
-    on, leaves the process as it was: that mode is a per-thread register, which torch's worker threads copy from
-    the thread that starts them, so it reached some threads of a run and outlived it in others
-    (`python benchmarks/subnormals.py` compares the two). A loaded checkpoint's subnormals are zeroed once by
-    `robgen.models.loading.flush_subnormals`, which finds them from their bits; one helper should serve both.
-    """
-    state = (value for entry in optimizer.state.values() for value in entry.values())
-    with torch.no_grad():
-        for tensor in (*model.parameters(), *model.buffers(), *state):
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                tensor.masked_fill_((tensor.abs() < torch.finfo(tensor.dtype).tiny) & (tensor != 0), 0.0)
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -180,7 +162,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             loss.backward()
             optimizer.step()
             if device.type == "cpu":
-                flush_subnormals_(model, optimizer)
+                flush_training_subnormals(model, optimizer)
             scheduler.step()
             totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                    totals.new_tensor(len(y))])
