@@ -1,6 +1,7 @@
 """Where robust-margin's 5%-FPR threshold has to sit: how many clean validation images flip within its ball.
 
     python scripts/probe_robust_margin_flips.py --model cifar10-resnet10-robust [--val 2000] [--radii 2/255,3/255,4/255]
+        [--test 500 --eps 8/255]
 
 robust-margin (robgen/detection/reject.py) rejects an input whose predicted class's margin at the worst point of
 an L-inf ball of radius rho exceeds a threshold t. Its guarantee (DARA at eps reaches the bare model's robust
@@ -10,6 +11,12 @@ this prints, on the first `--val` validation images the model's training held ou
 for the ones the model classifies correctly and wrongly, and the thresholds robgen's calibration sets at 5% of all
 of them (`upper_threshold`, robgen's protocol) and at 5% of the correctly classified ones (the convention
 ../shared/FOLLOWUPS.md attributes to Chen et al. 2023), with how many of all images the latter rejects.
+
+With `--test N` it also measures how much of the guarantee the calibrated threshold keeps, on the first N test
+images against plain PGD (50 steps, step 2.5 eps / 50, random start, seed 0; no attacker that knows the detector,
+so an upper bound on what the option catches): the bare model's robust accuracy at `--eps` and at eps - rho (the
+reduction's ceiling for the option's DARA at eps), and the share of PGD's successes at eps whose statistic is
+above 0 (what an exact option would reject) and above the calibrated threshold (what this one rejects).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robgen  # noqa: E402
 from robgen import data as datasets  # noqa: E402
+from robgen.attacks import PGD  # noqa: E402
 from robgen.cli.common import UsageError, parse_numbers  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
 from robgen.detection.reject_base import upper_threshold  # noqa: E402
@@ -44,6 +52,8 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=2000)
     parser.add_argument("--radii", default="2/255,3/255,4/255")
     parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--test", type=int, default=0, help="test images attacked with plain PGD (default 0: none)")
+    parser.add_argument("--eps", default="8/255", help="PGD's L-inf radius with --test (default 8/255)")
     args = parser.parse_args()
     try:
         radii = parse_numbers(args.radii, "--radii")
@@ -51,24 +61,61 @@ def main() -> None:
         parser.error(str(error))
     if not all(0 < radius <= 1 for radius in radii):
         parser.error(f"--radii must lie in (0, 1] (pixels are in [0, 1]), e.g. 2/255; got {args.radii}")
+    try:
+        (eps,) = parse_numbers(args.eps, "--eps")
+    except (UsageError, ValueError):
+        parser.error(f"--eps takes one number, e.g. 8/255; got {args.eps!r}")
+    if args.test and not all(0 < radius < eps <= 1 for radius in radii):
+        parser.error(f"with --test every radius must lie below --eps in (0, 1]; got --radii {args.radii} "
+                     f"--eps {args.eps}")
     model = robgen.load_model(args.model, device="cpu")
     splits = detection_splits(model, args.data)
     x, y = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
-    with torch.no_grad(), eval_mode(model):
-        logits = torch.cat([model(x[s:s + args.batch_size]) for s in range(0, len(x), args.batch_size)])
+    logits = outputs(model, x, args.batch_size)
     correct = logits.argmax(1) == y
     print(f"{args.model}: {len(x)} validation images, clean accuracy {share(correct)}")
+    if args.test:
+        test_x, test_y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
+        test_correct = outputs(model, test_x, args.batch_size).argmax(1) == test_y
+        points = pgd_points(model, test_x, test_y, eps, args.batch_size)
+        adv_logits = outputs(model, points, args.batch_size)
+        succeeded = test_correct & (adv_logits.argmax(1) != test_y)
+        print(f"first {len(test_x)} test images: clean accuracy {share(test_correct)}, robust accuracy under PGD-50 "
+              f"at {eps * 255:g}/255 {share(test_correct & ~succeeded)} ({int(succeeded.sum())} successes)")
     for radius in radii:
         option = make_reject_option("robust-margin", radius=radius)
         text = f"{radius * 255:g}/255"
-        with eval_mode(model):
-            values = torch.cat([option.values(logits[s:s + args.batch_size], None, x[s:s + args.batch_size], model)
-                                .detach() for s in range(0, len(x), args.batch_size)])
+        values = statistic(option, model, x, logits, args.batch_size)
         at_all, at_correct = upper_threshold(values, 0.05), upper_threshold(values[correct], 0.05)
         print(f"rho = {text}: flip within rho: all {share(values > 0)}, correctly classified "
               f"{share(values[correct] > 0)}, misclassified {share(values[~correct] > 0)}; threshold at 5% of all "
               f"{at_all:.3f}, at 5% of the correctly classified {at_correct:.3f} (rejecting "
               f"{share(values > at_correct)} of all)", flush=True)
+        if args.test:
+            smaller = pgd_points(model, test_x, test_y, eps - radius, args.batch_size)
+            robust = test_correct & (outputs(model, smaller, args.batch_size).argmax(1) == test_y)
+            caught = statistic(option, model, points, adv_logits, args.batch_size)[succeeded]
+            print(f"    robust accuracy at eps - rho = {(eps - radius) * 255:g}/255: {share(robust)} (the ceiling); "
+                  f"PGD's successes at {eps * 255:g}/255 with statistic > 0: {share(caught > 0)}, above the "
+                  f"threshold {at_all:.3f}: {share(caught > at_all)}", flush=True)
+
+
+def outputs(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([model(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
+
+
+def statistic(option, model, images: torch.Tensor, logits: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with eval_mode(model):
+        return torch.cat([option.values(logits[s:s + batch_size], None, images[s:s + batch_size], model).detach()
+                          for s in range(0, len(images), batch_size)])
+
+
+def pgd_points(model, images: torch.Tensor, labels: torch.Tensor, eps: float, batch_size: int) -> torch.Tensor:
+    attack = PGD(model, eps=eps, step_size=2.5 * eps / 50, steps=50, generator=torch.Generator().manual_seed(0))
+    with eval_mode(model):
+        return torch.cat([attack(images[s:s + batch_size], labels[s:s + batch_size])
+                          for s in range(0, len(images), batch_size)])
 
 
 if __name__ == "__main__":

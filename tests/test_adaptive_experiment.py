@@ -6,6 +6,7 @@ A width-4 ResNet10 trained for two epochs on the toy colour images (16 x 16, 4 c
 naming the validation split it held out; 8 test images, 2 steps, 1 restart.
 """
 
+import inspect
 import json
 import math
 import shutil
@@ -227,6 +228,12 @@ def foreign_detector(unrecorded, tmp_path_factory):
     ({"--target-fpr": "1"}, "--target-fpr must be in (0, 1)"),
     ({"--model": "UNRECORDED"}, "records no validation split held out of"),
     ({"--detector-file": "FOREIGN"}, "calibrated for another model"),
+    ({"--radius": "1/255"}, "--radius sets robust-margin, which this run does not name (--detector "
+                            "energy,mahalanobis)"),
+    ({"--detector": "robust-margin", "--radius": "8"}, "robust-margin's radius: L-inf eps=8 is larger than"),
+    ({"--detector": "robust-margin", "--inner-steps": "0"}, "steps must be"),
+    ({"--temperature": "0"}, "temperature must be"),
+    ({"--detector": "multi-t", "--temperatures": "1,hot"}, "--temperatures takes numbers separated by commas"),
 ])
 def test_bad_input_is_refused_before_any_work(checkpoint, toy_data, tmp_path, capsys, no_work, unrecorded,
                                               foreign_detector, change, says):
@@ -249,6 +256,43 @@ def test_the_library_refuses_a_model_without_a_validation_split(unrecorded, toy_
 
 def test_the_cli_knows_the_librarys_detectors():
     assert DETECTORS == KINDS
+
+
+def test_each_settings_flag_sets_every_kind_that_takes_that_setting():
+    from robgen.cli.adaptive import SETTING_FLAGS
+    from robgen.detection.reject import REJECT_OPTIONS
+
+    for flag, (name, kinds) in SETTING_FLAGS.items():
+        takers = tuple(kind for kind in KINDS
+                       if name in inspect.signature(REJECT_OPTIONS[kind].__init__).parameters)
+        assert kinds == takers, flag
+
+
+def test_the_command_calibrates_each_detector_with_the_settings_given(checkpoint, toy_data, tmp_path, same_code):
+    out = tmp_path / "out"
+    args = ["adaptive", "--model", str(checkpoint), "--data", str(toy_data), "--detector", "robust-margin,energy",
+            "--radius", "1/255", "--inner-steps", "2", "--temperature", "2", "--eps", "8/255", "--limit", "4",
+            "--steps", "1", "--restarts", "1", "--lambdas", "1.2", "--batch-size", "4", "--device", "cpu",
+            "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    given = {"robust-margin": {"radius": 1 / 255, "steps": 2}, "energy": {"temperature": 2.0}}
+    assert results["settings"]["detector_settings"] == given
+    assert {kind: results["detectors"][kind]["settings"] for kind in given} == given
+    assert "radius 0.0039215686" in (out / "results.md").read_text()
+
+
+def test_the_library_refuses_settings_for_a_detector_not_named_or_given_calibrated(checkpoint, toy_data, no_work):
+    model = robgen.load_model(checkpoint)
+    with pytest.raises(ValueError, match="which this run does not name"):
+        adaptive_module.adaptive_evaluation(model, str(toy_data), detectors=("energy",), limit=4, steps=1,
+                                            detector_settings={"band": {"temperature": 2.0}})
+    with pytest.raises(ValueError, match="takes no setting radius"):
+        AdaptiveSettings(detectors=("energy",), detector_settings={"energy": {"radius": 0.1}})
+    calibrated = make_reject_option("energy").calibrate(model, torch.rand(20, 3, 32, 32))
+    with pytest.raises(ValueError, match="given calibrated, with its own settings"):
+        adaptive_module.adaptive_evaluation(model, str(toy_data), detectors=(calibrated,), limit=4, steps=1,
+                                            detector_settings={"energy": {"temperature": 2.0}})
 
 
 def test_the_detector_switched_off_accepts_everything_and_leaves_the_attack_a_plain_one():

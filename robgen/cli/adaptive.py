@@ -4,6 +4,8 @@
     python -m robgen adaptive --model cifar10-resnet10-standard --data cifar10 --detector energy,band \
         --eps 4/255,8/255,64/255 --limit 500 --steps 100 --restarts 3 --out runs/adaptive
     python -m robgen adaptive ... --estimate-only          # the model passes it would make, then stop
+    python -m robgen adaptive --model cifar10-resnet10-robust --data cifar10 --detector robust-margin \
+        --radius 1/255 --inner-steps 5 ...                 # a detector's own settings (--temperature(s) too)
 
 Every input is checked before any work: the detectors, the eps list, the numbers, a model without a
 recorded validation split for the data set, and saved detectors (--detector-file) calibrated for
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number, parse_numbers,
@@ -23,6 +25,13 @@ from .common import (
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
 DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "robust-margin")
 PRODUCTS = ["results.json", "results.md", "adaptive_dara.png"]
+# the detectors' own settings the command sets: flag -> (setting, the kinds that take it); a test pins the kinds
+SETTING_FLAGS = {
+    "temperature": ("temperature", ("energy", "band", "energy-gap")),
+    "temperatures": ("temperatures", ("multi-t",)),
+    "radius": ("radius", ("robust-margin",)),
+    "inner_steps": ("steps", ("robust-margin",)),
+}
 
 
 def add_parsers(commands) -> None:
@@ -35,6 +44,12 @@ def add_parsers(commands) -> None:
     adaptive.add_argument("--detector-file", action="append", default=[], metavar="JSON",
                           help="a saved reject option (RejectOption.save) calibrated for this model, evaluated as "
                                "it is; repeat")
+    adaptive.add_argument("--temperature", type=parse_number,
+                          help="the energy's temperature T of energy, band and energy-gap (default 1)")
+    adaptive.add_argument("--temperatures", help="multi-t's temperatures, separated by commas (default 0.1,1,10)")
+    adaptive.add_argument("--radius", type=parse_number,
+                          help="robust-margin's ball, L-inf in (0, 1], e.g. 2/255 (the default)")
+    adaptive.add_argument("--inner-steps", type=int, help="robust-margin's steps inside its ball (default 3)")
     adaptive.add_argument("--eps", default="8/255",
                           help="L-inf radii in (0, 1], separated by commas, e.g. 4/255,8/255,64/255 (default 8/255)")
     adaptive.add_argument("--limit", type=int, default=500, help="first N test images (default 500)")
@@ -68,6 +83,26 @@ def parse_detectors(values: List[str]) -> Tuple[str, ...]:
     return tuple(names)
 
 
+def detector_settings(args, detectors: Tuple[str, ...]) -> Dict[str, Dict[str, object]]:
+    """The settings flags given, as {kind: {setting: value}} for the named kinds that take each; a flag that no
+    named detector takes is refused (it would change nothing)."""
+    settings: Dict[str, Dict[str, object]] = {}
+    for flag, (name, kinds) in SETTING_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        takers = [kind for kind in detectors if kind in kinds]
+        if not takers:
+            named = f"--detector {','.join(detectors)}" if detectors else "no --detector"
+            raise UsageError(f"--{flag.replace('_', '-')} sets {' and '.join(kinds)}, which this run does not name "
+                             f"({named}): add one, or drop the flag")
+        if flag == "temperatures":
+            value = parse_numbers(value, "--temperatures")
+        for kind in takers:
+            settings.setdefault(kind, {})[name] = value
+    return settings
+
+
 def parse_eps(text: str) -> Tuple[float, ...]:
     values = parse_numbers(text, "--eps")
     bad = [value for value in values if not 0 < value <= 1]
@@ -90,7 +125,8 @@ def _check_arguments(args) -> dict:
         detectors = ("energy",)
     return dict(detectors=detectors, eps_list=parse_eps(args.eps), limit=args.limit, steps=args.steps,
                 restarts=args.restarts, target_fpr=args.target_fpr, seed=args.seed, batch_size=args.batch_size,
-                lambdas=parse_numbers(args.lambdas, "--lambdas"), skip_evaded=args.skip_evaded)
+                lambdas=parse_numbers(args.lambdas, "--lambdas"), skip_evaded=args.skip_evaded,
+                detector_settings=detector_settings(args, detectors))
 
 
 def _detector_files(paths: List[str], model, kinds: Tuple[str, ...]) -> list:
@@ -130,7 +166,8 @@ def command_adaptive(args) -> int:
         raise UsageError(str(error)) from None
     given = _detector_files(args.detector_file, model, keywords["detectors"])
     settings = AdaptiveSettings(**{**keywords, "detectors": (*keywords["detectors"], *(o.kind for o in given))})
-    profiles = detector_profiles(settings.detectors, {option.kind: option for option in given})
+    profiles = detector_profiles(settings.detectors, {option.kind: option for option in given},
+                                 settings.detector_settings)
     estimate = estimate_passes(
         settings, settings.limit, datasets.model_val_size(model.spec, args.data),
         settings.reference_size if "mahalanobis" in keywords["detectors"] else 0, shares_references(profiles),

@@ -259,7 +259,10 @@ class RobustMarginReject(_HighStatisticReject):
 
     def __init__(self, radius: float = 2 / 255, steps: int = 3, target_fpr: float = 0.05) -> None:
         super().__init__(target_fpr)
-        self.ball = LinfBall(radius)  # refuses radius <= 0 or > 1 (pixels are in [0, 1])
+        try:
+            self.ball = LinfBall(radius)  # refuses radius <= 0 or > 1 (pixels are in [0, 1])
+        except ValueError as error:
+            raise ValueError(f"robust-margin's radius: {error}") from None
         self.radius = self.ball.eps
         self.steps = check_steps(steps)
         self.passes_per_score = self.steps + 1

@@ -37,9 +37,9 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -85,6 +85,8 @@ class AdaptiveSettings:
     # each adaptive attack after the first runs only on the images no earlier one evaded (and that are clean-correct
     # and accepted): the same DARA for far fewer passes on a robust model; per-attack rates among the images attacked
     skip_evaded: bool = False
+    # each named detector's own settings besides target_fpr, e.g. {"robust-margin": {"radius": 4 / 255}}
+    detector_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.detectors = tuple(dict.fromkeys(str(name) for name in self.detectors))
@@ -106,6 +108,17 @@ class AdaptiveSettings:
         self.lambdas = tuple(float(lam) for lam in self.lambdas)
         if not all(math.isfinite(lam) for lam in self.lambdas):
             raise ValueError(f"HE-PGD's lambdas must be finite numbers, got {self.lambdas}")
+        self.detector_settings = {str(kind): dict(values) for kind, values in (self.detector_settings or {}).items()}
+        for kind, values in self.detector_settings.items():
+            if kind not in self.detectors:
+                raise ValueError(f"settings for the {kind!r} detector, which this run does not name "
+                                 f"({', '.join(self.detectors)}): name it, or drop its settings")
+            if "target_fpr" in values:
+                raise ValueError("target_fpr is the run's setting, shared by every detector, not one detector's")
+            try:  # refuses a setting the kind does not take, and a bad value (a radius outside (0, 1], ...)
+                make_reject_option(kind, **values)
+            except TypeError as error:
+                raise ValueError(str(error)) from None
 
     @property
     def attacks(self) -> Tuple[str, ...]:
@@ -256,7 +269,7 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
         if name in given:
             options[name] = given[name]
             continue
-        option = make_reject_option(name, target_fpr=settings.target_fpr)
+        option = make_reject_option(name, target_fpr=settings.target_fpr, **settings.detector_settings.get(name, {}))
         if option.needs_inputs:  # it reads the images (robust-margin runs the model near them): calibrate on them
             images, _ = datasets.load_tensors(splits.validation)
             option.calibrate(model, images, settings.batch_size)
@@ -277,11 +290,14 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
     return options
 
 
-def detector_profiles(names: Sequence[str], given: Mapping[str, RejectOption]) -> Dict[str, RejectOption]:
-    """Each named detector: the calibrated one `given` for it, else a new uncalibrated one of its kind, which
-    says what a run will cost before it calibrates (`passes_per_score`, `shares_references`). An unknown kind
-    is refused, naming the known ones."""
-    return {name: given[name] if name in given else make_reject_option(name) for name in names}
+def detector_profiles(names: Sequence[str], given: Mapping[str, RejectOption],
+                      detector_settings: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, RejectOption]:
+    """Each named detector: the calibrated one `given` for it, else a new uncalibrated one of its kind with its
+    `detector_settings`, which says what a run will cost before it calibrates (`passes_per_score`,
+    `shares_references`). An unknown kind is refused, naming the known ones."""
+    settings = detector_settings or {}
+    return {name: given[name] if name in given else make_reject_option(name, **settings.get(name, {}))
+            for name in names}
 
 
 def shares_references(reject: Mapping[str, RejectOption]) -> bool:
@@ -383,7 +399,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
 
     `detectors`: kinds ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "robust-margin") to
     calibrate here, or reject options already calibrated for this model (refused if calibrated for another). `options`: the other
-    `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets). `stage_dir` (default
+    `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets, skip_evaded, detector_settings: each
+    named kind's settings, e.g. {"robust-margin": {"radius": 4 / 255}}). `stage_dir` (default
     `out_dir/.stages`): the finished stages, read back by the same call after an interruption; removed once the
     results are written. `replace_stale_stages` (the command's --overwrite): stages of another run there are
     removed instead of refused.
@@ -392,9 +409,13 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     names = [option.kind if isinstance(option, RejectOption) else str(option) for option in detectors]
     if len(given) < sum(isinstance(option, RejectOption) for option in detectors) or len(set(names)) < len(names):
         raise ValueError(f"a detector is named twice ({', '.join(names)}): give each kind once")
-    profiles = detector_profiles(names, given)  # an unknown kind says which are known
     settings = AdaptiveSettings(detectors=tuple(names), eps_list=tuple(eps_list), limit=limit, steps=steps,
                                 restarts=restarts, target_fpr=target_fpr, seed=seed, **options)
+    calibrated_with_settings = sorted(set(given) & set(settings.detector_settings))
+    if calibrated_with_settings:
+        raise ValueError(f"the {calibrated_with_settings[0]!r} detector is given calibrated, with its own settings: "
+                         "drop its detector_settings, or name its kind to calibrate it here with them")
+    profiles = detector_profiles(names, given, settings.detector_settings)  # an unknown kind says which are known
     require_validation_split(model.spec, data)
     for option in given.values():
         option._require_fit()
