@@ -96,6 +96,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's `value` (picklable) on every rank; `value` itself when alone."""
+    if not is_distributed():
+        return value
+    box = [value if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def check_shareable(n_images: int, fix: str = "or give it more images") -> None:
     """Refuse, on every rank alike, to share fewer images than there are processes (a rank would get none)."""
     processes = world_size()

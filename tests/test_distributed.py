@@ -206,3 +206,51 @@ def test_more_ranks_than_images_is_refused_on_every_rank(command, tmp_path):
               "(torchrun --nproc_per_node 3) or raise --limit"
     assert result.stderr.count(message) == 4, result.stderr[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+CALIBRATION_WORKER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    from robgen import distributed
+    from robgen.detection.reject import make_reject_option
+    from robgen.experiments.adaptive import shared_calibration
+    from robgen.experiments.adaptive_report import OFF
+    from robgen.experiments.adaptive_suite import DetectorOff
+    from tests.conftest import tiny_model
+
+    distributed.setup(torch.device("cpu"))
+    model = tiny_model()
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, features = model(x), torch.rand(40, 8, generator=torch.Generator().manual_seed(1))
+    # rank 1 calibrates a hair apart (another thread count, another machine)
+    apart = 1 + 1e-6 * distributed.rank()
+    mine = make_reject_option("mahalanobis").fit_reference(features * apart, torch.arange(40) % 10, 10)
+    mine.fit(logits, features * apart, model=model)
+    energy = make_reject_option("energy").fit(logits * apart, model=model)
+    given = make_reject_option("band").fit(logits * apart, model=model)
+    reject = {"mahalanobis": mine, "energy": energy, "band": given, OFF: DetectorOff(target_fpr=0.0).fit(logits)}
+    shared = shared_calibration(reject, {"band": given})
+    report = {name: option.thresholds() for name, option in shared.items() if name != OFF}
+    report["same objects"] = [name for name in (OFF, "band") if shared[name] is reject[name]]
+    report["mahalanobis scores"] = shared["mahalanobis"].score_from(logits, features).tolist()
+    Path(sys.argv[1], f"rank{distributed.rank()}.json").write_text(json.dumps(report))
+    distributed.teardown()
+""")
+
+
+def test_every_rank_attacks_the_detectors_rank_0_calibrated(tmp_path):
+    """`shared_calibration`: rank 1's own calibration, a hair apart from rank 0's, is replaced by rank 0's for every
+    detector the run calibrated (Mahalanobis with its class statistics too), while a given detector and the detector
+    switched off stay each rank's own object."""
+    worker = tmp_path / "calibration_worker.py"
+    worker.write_text(CALIBRATION_WORKER)
+    result = torchrun(2, str(worker), str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    zero, one = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    for name in ("mahalanobis", "energy"):
+        assert one[name] == zero[name], name
+    assert one["mahalanobis scores"] == zero["mahalanobis scores"]
+    assert one["band"] != zero["band"], "a given detector is left as the caller gave it"
+    assert one["same objects"] == zero["same objects"] == ["off", "band"]

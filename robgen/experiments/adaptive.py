@@ -290,6 +290,19 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
     return options
 
 
+def shared_calibration(reject: Mapping[str, RejectOption],
+                       given: Mapping[str, RejectOption]) -> Dict[str, RejectOption]:
+    """Under torchrun, every rank's detectors replaced by rank 0's (the ones it calibrated or read back; `given`
+    ones and the detector switched off are the same everywhere): calibration is not bit-reproducible across
+    thread counts and machines, and every rank must attack the thresholds rank 0 records in the stage key and
+    results.json."""
+    if not distributed.is_distributed():
+        return dict(reject)
+    own = {name: option.to_dict() for name, option in reject.items() if name != OFF and name not in given}
+    main = distributed.broadcast_from_main(own)
+    return {name: RejectOption.from_dict(main[name]) if name in main else option for name, option in reject.items()}
+
+
 def detector_profiles(names: Sequence[str], given: Mapping[str, RejectOption],
                       detector_settings: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, RejectOption]:
     """Each named detector: the calibrated one `given` for it, else a new uncalibrated one of its kind with its
@@ -435,7 +448,7 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                "model": model_fingerprint(model), "n_validation": len(splits.validation), "n_test": len(x),
                "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)}
     kept = kept_calibration(stage_dir, run_key, model)  # an interrupted attempt's detectors, exactly
-    reject = calibrate_detectors(model, data, splits, settings, {**kept, **given})
+    reject = shared_calibration(calibrate_detectors(model, data, splits, settings, {**kept, **given}), given)
     pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
     targets = datasets.load_tensors(pool)
     store = SuiteStageStore(stage_dir, dict(run_key, detectors={name: _option_digest(option)
