@@ -11,6 +11,7 @@ defenses") with the sanity checks of Carlini et al. (2019, "On evaluating advers
    model's training held out (`data.model_val_split`), at `target_fpr`; a model that records no such
    split for this data set is refused before any work. Mahalanobis takes its class statistics from
    clean training images outside the validation split (`reference_size` of them, as reproduce does).
+   Under torchrun every rank then takes rank 0's detectors (`shared_calibration`).
 2. For every detector and eps, the suite (robgen/attacks/suite.py) runs on the first `limit` test
    images: (K+1) PGD, (K+1) APGD-CE and -DLR, Orthogonal PGD, Penalty PGD, logit matching (targets:
    validation images of other classes the defended model accepts and classifies correctly), (K+1) APGD-T
