@@ -299,3 +299,13 @@ def test_the_imagenette_resnets_come_from_timm(name, size, kwargs, features):
     assert net(x).shape == (2, 10)
     stem_out = net.stem(x)
     assert stem_out.shape[-1] == (size // 4 if "official" not in name else (size + 1) // 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_subnormals_are_read_from_the_bits_of_every_float_type(dtype):
+    info = torch.finfo(dtype)
+    values = torch.tensor([0.0, -0.0, info.tiny, -info.tiny, info.tiny / 2, -info.tiny / 4, 1.0, -2.0, float("inf"),
+                           float("nan"), info.max], dtype=dtype)
+    assert subnormals.subnormal_mask(values).tolist() == [False] * 4 + [True] * 2 + [False] * 5
+    assert subnormals.zero_subnormals_([values, torch.tensor([1], dtype=torch.int32)]) == 2
+    assert values[4:6].tolist() == [0.0, 0.0] and str(values[1].item()) == "-0.0"  # zeros keep their sign

@@ -24,10 +24,8 @@ def subnormal_mask(tensor: torch.Tensor) -> torch.Tensor:
     """Where `tensor` holds a subnormal number (exponent bits all 0, mantissa not), read from the bits: a float
     comparison would miss them while `torch.set_flush_denormal(True)` makes the CPU read them as 0."""
     int_type, mantissa, exponent = _FLOAT_BITS[tensor.dtype]
-    bits = tensor.detach().contiguous().view(int_type)
-    exponent_field = (bits >> mantissa) & ((1 << exponent) - 1)
-    mantissa_field = bits & ((1 << mantissa) - 1)
-    return ((exponent_field == 0) & (mantissa_field != 0)).view(tensor.shape)
+    magnitude = tensor.detach().contiguous().view(int_type) & ((1 << (mantissa + exponent)) - 1)  # sign bit off
+    return ((magnitude > 0) & (magnitude < (1 << mantissa))).view(tensor.shape)  # exponent bits 0, mantissa not
 
 
 @torch.no_grad()
