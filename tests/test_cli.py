@@ -206,3 +206,17 @@ def test_eval_on_the_validation_split_the_models_training_held_out(tmp_path, toy
     capsys.readouterr()
     assert main(["eval", "--model", str(folder), "--data", str(toy_data), "--val-size", "10", "--steps", "0"]) == 2
     assert "give it with --split val" in capsys.readouterr().err
+
+
+def test_numbers_may_be_fractions_of_decimals_divided_exactly():
+    import argparse
+
+    from robgen.cli.common import UsageError, parse_number, parse_numbers
+
+    assert parse_number("8/255") == 8 / 255 and parse_number("0.5/255") == 1 / 510 and parse_number("0.03") == 0.03
+    assert parse_numbers("0.5/255, 8/255,1e-3", "--eps") == (1 / 510, 8 / 255, 0.001)
+    for bad in ("1/0", "a/2", "1/2/3", "8/"):
+        with pytest.raises(UsageError, match="takes numbers separated by commas"):
+            parse_numbers(bad, "--eps")
+        with pytest.raises(argparse.ArgumentTypeError, match="not a number"):
+            parse_number(bad)

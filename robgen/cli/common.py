@@ -27,18 +27,26 @@ class UsageError(Exception):
     """Bad command-line input: printed without a traceback, exit code 2."""
 
 
+def _exact(text: str) -> float:
+    """A decimal number or a fraction of two (8/255, 0.5/255), divided exactly before rounding to a float."""
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise ValueError(f"one fraction bar at most: {text!r}")
+    return float(Fraction(parts[0].strip()) / Fraction(parts[1].strip())) if len(parts) == 2 else float(Fraction(text))
+
+
 def parse_number(text: str) -> float:
-    """A float, also written as a fraction such as 8/255."""
+    """A float, also written as a fraction such as 8/255 or 0.5/255."""
     try:
-        return float(Fraction(text)) if "/" in text else float(text)
+        return _exact(text) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"not a number: {text!r} (write e.g. 0.03 or 8/255)") from None
 
 
 def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
-    """Numbers separated by commas, each also written as a fraction (4/255,8/255); at least one."""
+    """Numbers separated by commas, each also written as a fraction (4/255,0.5/255); at least one."""
     try:
-        values = tuple(float(Fraction(part.strip())) for part in text.split(",") if part.strip())
+        values = tuple(_exact(part) for part in text.split(",") if part.strip())
     except (ValueError, ZeroDivisionError):
         raise UsageError(f"{flag} takes numbers separated by commas, e.g. 4/255,8/255; got {text!r}") from None
     if not values:
