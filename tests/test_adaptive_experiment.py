@@ -176,6 +176,36 @@ def test_a_resumed_run_attacks_the_detectors_it_calibrated_first_though_calibrat
     assert fresh == results["detectors"]["energy"]["thresholds"]["tau"] * (1 + 1e-12)
 
 
+def test_a_run_cut_before_keeping_its_detectors_continues_though_it_calibrates_apart(
+        finished, checkpoint, toy_data, tmp_path, same_code, monkeypatch, capsys):
+    """An attempt cut after writing its key and before keeping its detectors or finishing a stage left a key whose
+    detectors a fresh calibration misses by a hair: the same command continues (nothing of it to lose), while the
+    key of another run (other settings) is refused as before, stages or not."""
+    out, _ = finished
+    calibrate = adaptive_module.calibrate_detectors
+
+    def drifting(model, data, splits, settings, given):
+        options = calibrate(model, data, splits, settings, given)
+        for name, option in options.items():
+            if name not in given and name != adaptive_module.OFF:
+                option._set_thresholds({k: v * (1 + 1e-12) for k, v in option.thresholds().items()})
+        return options
+
+    monkeypatch.setattr(adaptive_module, "calibrate_detectors", drifting)
+    cut = tmp_path / "cut"
+    (cut / STAGES).mkdir(parents=True)
+    shutil.copy(out / STAGES / "key.json", cut / STAGES / "key.json")
+    assert main(command(checkpoint, toy_data, cut)) == 0
+    assert (cut / "results.json").exists()
+    other = tmp_path / "other"
+    (other / STAGES).mkdir(parents=True)
+    shutil.copy(out / STAGES / "key.json", other / STAGES / "key.json")
+    args = command(checkpoint, toy_data, other)
+    args[args.index("--steps") + 1] = "3"
+    assert main(args) == 2
+    assert "holds the finished stages of another run" in capsys.readouterr().err
+
+
 def test_a_saved_detector_is_evaluated_as_it_is(finished, checkpoint, toy_data, tmp_path, same_code):
     out, results = finished
     again = tmp_path / "file"
@@ -230,8 +260,9 @@ def foreign_detector(unrecorded, tmp_path_factory):
     ({"--detector-file": "FOREIGN"}, "calibrated for another model"),
     ({"--radius": "1/255"}, "--radius sets robust-margin, which this run does not name (--detector "
                             "energy,mahalanobis)"),
+    ({"--temperature": "2", "--detector": "mahalanobis"}, "--temperature sets energy, band or energy-gap, which"),
     ({"--detector": "robust-margin", "--radius": "8"}, "robust-margin's radius: L-inf eps=8 is larger than"),
-    ({"--detector": "robust-margin", "--inner-steps": "0"}, "steps must be"),
+    ({"--detector": "robust-margin", "--inner-steps": "0"}, "robust-margin's inner steps: steps must be"),
     ({"--temperature": "0"}, "temperature must be"),
     ({"--detector": "multi-t", "--temperatures": "1,hot"}, "--temperatures takes numbers separated by commas"),
 ])
@@ -289,6 +320,8 @@ def test_the_library_refuses_settings_for_a_detector_not_named_or_given_calibrat
                                             detector_settings={"band": {"temperature": 2.0}})
     with pytest.raises(ValueError, match="takes no setting radius"):
         AdaptiveSettings(detectors=("energy",), detector_settings={"energy": {"radius": 0.1}})
+    with pytest.raises(ValueError, match="maps each kind to its settings"):
+        AdaptiveSettings(detectors=("energy",), detector_settings={"energy": 2.0})
     calibrated = make_reject_option("energy").calibrate(model, torch.rand(20, 3, 32, 32))
     with pytest.raises(ValueError, match="given calibrated, with its own settings"):
         adaptive_module.adaptive_evaluation(model, str(toy_data), detectors=(calibrated,), limit=4, steps=1,

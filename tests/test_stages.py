@@ -227,15 +227,3 @@ def test_with_overwrite_stages_of_another_run_are_removed_and_those_of_this_run_
     assert list(stopped_run.glob("*.safetensors")) == []
     assert json.loads((stopped_run / "key.json").read_text()) == fresh.key
 
-
-def test_a_key_with_no_stage_beside_it_is_replaced_without_asking(tmp_path):
-    """A run cut between writing its key and finishing its first stage left nothing to lose: another run may start
-    there without --overwrite (the adaptive run writes its key before it keeps its detectors, so a continued run that
-    calibrated a hair apart would otherwise be refused over an empty folder)."""
-    folder = tmp_path / "stages"
-    StageStore(folder, {"run": 1})
-    store = StageStore(folder, {"run": 2})
-    assert store.replaced and json.loads((folder / KEY_FILE).read_text()) == {"run": 2}
-    (folder / "stage.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="another run"):
-        StageStore(folder, {"run": 3})

@@ -109,7 +109,12 @@ class AdaptiveSettings:
         self.lambdas = tuple(float(lam) for lam in self.lambdas)
         if not all(math.isfinite(lam) for lam in self.lambdas):
             raise ValueError(f"HE-PGD's lambdas must be finite numbers, got {self.lambdas}")
-        self.detector_settings = {str(kind): dict(values) for kind, values in (self.detector_settings or {}).items()}
+        given = dict(self.detector_settings or {})
+        bad = [kind for kind, values in given.items() if not isinstance(values, Mapping)]
+        if bad:
+            raise ValueError(f"detector_settings maps each kind to its settings, e.g. {{'robust-margin': {{'radius': "
+                             f"2 / 255}}}}; got {given[bad[0]]!r} for {bad[0]!r}")
+        self.detector_settings = {str(kind): dict(values) for kind, values in given.items()}
         for kind, values in self.detector_settings.items():
             if kind not in self.detectors:
                 raise ValueError(f"settings for the {kind!r} detector, which this run does not name "
@@ -208,6 +213,21 @@ def _option_digest(option: RejectOption) -> dict:
     return {"kind": option.kind, "thresholds": option.thresholds(), "sha256": hashlib.sha256(text).hexdigest()}
 
 
+def recorded_key_of_this_run(stage_dir: Optional[Path], run_key: dict) -> Optional[dict]:
+    """The stage folder's key if an earlier attempt of this same run wrote it (equal to `run_key` in all but the
+    detectors: same settings, data, weights, code), else None."""
+    if stage_dir is None:
+        return None
+    try:
+        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same_run = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+    if not isinstance(recorded, dict) or {k: v for k, v in recorded.items() if k != "detectors"} != same_run:
+        return None
+    return recorded
+
+
 def kept_calibration(stage_dir: Optional[Path], run_key: dict, model) -> Dict[str, RejectOption]:
     """The detectors an interrupted attempt of this same run calibrated and kept in its stage folder (CALIBRATION),
     so that the resumed run attacks exactly the thresholds its finished stages were computed against.
@@ -217,16 +237,10 @@ def kept_calibration(stage_dir: Optional[Path], run_key: dict, model) -> Dict[st
     the finished stages another run's. Empty unless the folder's key equals `run_key` in all but the detectors
     (same settings, data, weights, code) and each kept file is the detector that key records (its digest).
     """
-    if stage_dir is None:
+    recorded = recorded_key_of_this_run(stage_dir, run_key)
+    if recorded is None:
         return {}
-    key_file, folder = Path(stage_dir) / stage_files.KEY_FILE, Path(stage_dir) / CALIBRATION
-    try:
-        recorded = json.loads(key_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    same_run = json.loads(json.dumps(run_key, sort_keys=True, default=str))
-    if not isinstance(recorded, dict) or {k: v for k, v in recorded.items() if k != "detectors"} != same_run:
-        return {}
+    folder = Path(stage_dir) / CALIBRATION
     kept = {}
     for name, digest in (recorded.get("detectors") or {}).items():
         path = folder / f"{name}.json"
@@ -452,9 +466,13 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     reject = shared_calibration(calibrate_detectors(model, data, splits, settings, {**kept, **given}), given)
     pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
     targets = datasets.load_tensors(pool)
+    # an attempt of this run cut after writing its key but before keeping its detectors or finishing a stage left
+    # nothing to lose: its key, a hair apart in the detectors, is replaced without --overwrite
+    cut_before_any_stage = (recorded_key_of_this_run(stage_dir, run_key) is not None
+                            and not any(Path(stage_dir).glob("*.safetensors")))
     store = SuiteStageStore(stage_dir, dict(run_key, detectors={name: _option_digest(option)
                                                                 for name, option in reject.items()}),
-                            replace_stale=replace_stale_stages)
+                            replace_stale=replace_stale_stages or cut_before_any_stage)
     keep_calibration(stage_dir, reject, given)
     try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
         clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False,

@@ -150,13 +150,12 @@ class StageStore:
         recorded = json.loads(key_file.read_text()) if key_file.exists() else None
         if recorded is not None and recorded != self.key:
             differences = _differences(recorded, self.key)
-            # a key with no stage beside it (a run cut before its first stage): nothing of that run to keep
-            if not replace_stale and any(self.folder.glob("*.safetensors")):
+            if not replace_stale:
                 differ = sorted(k for k in set(recorded) | set(self.key) if recorded.get(k) != self.key.get(k))
                 raise ValueError(f"{self.folder} holds the finished stages of another run (its {', '.join(differ)} "
                                  f"differ: {'; '.join(differences)}): run the same command "
                                  "with the same software to continue it, or pass --overwrite to start again")
-            logger.warning("%s belonged to another run (%s): removed, starting afresh", self.folder,
+            logger.warning("%s held the stages of another run (%s): removed, starting afresh", self.folder,
                            "; ".join(differences))
             self.replaced = differences
             distributed.barrier()  # every rank has read the old key before rank 0 removes it
