@@ -14,9 +14,10 @@ of them (`upper_threshold`, robgen's protocol) and at 5% of the correctly classi
 
 With `--test N` it also measures how much of the guarantee the calibrated threshold keeps, on the first N test
 images against plain PGD (50 steps, step 2.5 eps / 50, random start, seed 0; no attacker that knows the detector,
-so an upper bound on what the option catches): the bare model's robust accuracy at `--eps` and at eps - rho (the
-reduction's ceiling for the option's DARA at eps), and the share of PGD's successes at eps whose statistic is
-above 0 (what an exact option would reject) and above the calibrated threshold (what this one rejects).
+so an upper bound on what the option catches): the bare model's robust accuracy at `--eps` and at eps - rho (what
+the reduction guarantees an exact option at threshold 0 at eps, for rho <= eps / 2), and the share of PGD's
+successes at eps whose statistic is above 0 (what the option would reject at threshold 0; its few inner steps
+make this a lower bound for an exact one) and above the calibrated threshold (what it rejects).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from robgen.models.state import eval_mode  # noqa: E402
 
 def share(flags: torch.Tensor) -> str:
     low, high = wilson_interval(int(flags.sum()), len(flags))
-    return f"{flags.float().mean():.1%} [{low:.1%}, {high:.1%}]"
+    return f"{flags.double().mean():.1%} [{low:.1%}, {high:.1%}]"
 
 
 def main() -> None:
@@ -65,9 +66,9 @@ def main() -> None:
         (eps,) = parse_numbers(args.eps, "--eps")
     except (UsageError, ValueError):
         parser.error(f"--eps takes one number, e.g. 8/255; got {args.eps!r}")
-    if args.test and not all(0 < radius < eps <= 1 for radius in radii):
-        parser.error(f"with --test every radius must lie below --eps in (0, 1]; got --radii {args.radii} "
-                     f"--eps {args.eps}")
+    if args.test and not all(0 < radius <= eps / 2 and eps <= 1 for radius in radii):
+        parser.error(f"with --test every radius must be at most half of --eps (the reduction's condition), --eps in "
+                     f"(0, 1]; got --radii {args.radii} --eps {args.eps}")
     model = robgen.load_model(args.model, device="cpu")
     splits = detection_splits(model, args.data)
     x, y = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
@@ -95,7 +96,7 @@ def main() -> None:
             smaller = pgd_points(model, test_x, test_y, eps - radius, args.batch_size)
             robust = test_correct & (outputs(model, smaller, args.batch_size).argmax(1) == test_y)
             caught = statistic(option, model, points, adv_logits, args.batch_size)[succeeded]
-            print(f"    robust accuracy at eps - rho = {(eps - radius) * 255:g}/255: {share(robust)} (the ceiling); "
+            print(f"    robust accuracy at eps - rho = {(eps - radius) * 255:g}/255: {share(robust)} (the guarantee); "
                   f"PGD's successes at {eps * 255:g}/255 with statistic > 0: {share(caught > 0)}, above the "
                   f"threshold {at_all:.3f}: {share(caught > at_all)}", flush=True)
 

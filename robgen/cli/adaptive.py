@@ -46,7 +46,7 @@ def add_parsers(commands) -> None:
                                "it is; repeat")
     adaptive.add_argument("--temperature", type=parse_number,
                           help="the energy's temperature T of energy, band and energy-gap (default 1)")
-    adaptive.add_argument("--temperatures", help="multi-t's temperatures, separated by commas (default 0.1,1,10)")
+    adaptive.add_argument("--temperatures", help="multi-t's temperatures, separated by commas (default 0.1,0.2,0.5,1,2,10,20)")
     adaptive.add_argument("--radius", type=parse_number,
                           help="robust-margin's ball, L-inf in (0, 1], e.g. 2/255 (the default)")
     adaptive.add_argument("--inner-steps", type=int, help="robust-margin's steps inside its ball (default 3)")
@@ -94,8 +94,9 @@ def detector_settings(args, detectors: Tuple[str, ...]) -> Dict[str, Dict[str, o
         takers = [kind for kind in detectors if kind in kinds]
         if not takers:
             named = f"--detector {','.join(detectors)}" if detectors else "no --detector"
-            raise UsageError(f"--{flag.replace('_', '-')} sets {' and '.join(kinds)}, which this run does not name "
-                             f"({named}): add one, or drop the flag")
+            raise UsageError(f"--{flag.replace('_', '-')} sets {', '.join(kinds[:-1]) + ' or ' if kinds[1:] else ''}"
+                             f"{kinds[-1]}, which this run does not name ({named}): add one, or drop the flag (a "
+                             "--detector-file detector keeps the settings it was calibrated with)")
         if flag == "temperatures":
             value = parse_numbers(value, "--temperatures")
         for kind in takers:

@@ -39,7 +39,7 @@ def parse_number(text: str) -> float:
     """A float, also written as a fraction such as 8/255 or 0.5/255."""
     try:
         return _exact(text) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a number: {text!r} (write e.g. 0.03 or 8/255)") from None
 
 
@@ -47,7 +47,7 @@ def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
     """Numbers separated by commas, each also written as a fraction (4/255,0.5/255); at least one."""
     try:
         values = tuple(_exact(part) for part in text.split(",") if part.strip())
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise UsageError(f"{flag} takes numbers separated by commas, e.g. 4/255,8/255; got {text!r}") from None
     if not values:
         raise UsageError(f"{flag} is empty: give at least one number")

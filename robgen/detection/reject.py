@@ -264,7 +264,10 @@ class RobustMarginReject(_HighStatisticReject):
         except ValueError as error:
             raise ValueError(f"robust-margin's radius: {error}") from None
         self.radius = self.ball.eps
-        self.steps = check_steps(steps)
+        try:
+            self.steps = check_steps(steps)
+        except ValueError as error:
+            raise ValueError(f"robust-margin's inner steps: {error}") from None
         self.passes_per_score = self.steps + 1
 
     def values(self, logits, features=None, inputs=None, network=None):
