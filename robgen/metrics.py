@@ -154,6 +154,13 @@ def rate_interval(flags, confidence: float = 0.95) -> Tuple[float, float]:
     return wilson_interval(float(flags.sum()), int(flags.numel()), confidence)
 
 
+def rate_text(flags) -> str:
+    """The fraction of true values in a boolean tensor with its Wilson 95% interval: "17.3% [12.2%, 23.8%]"."""
+    flags = torch.as_tensor(flags).flatten()
+    low, high = rate_interval(flags)
+    return f"{flags.double().mean():.1%} [{low:.1%}, {high:.1%}]"
+
+
 def mean_interval(values, confidence: float = 0.95) -> Tuple[float, float]:
     """mean ± z·s/√n (normal approximation; fine for the hundreds of images robgen reports on)."""
     z = _z(confidence)

@@ -32,12 +32,8 @@ from robgen.detection.defended import DefendedClassifier  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
 from robgen.experiments.adaptive_suite import DetectorOff  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
-from robgen.metrics import wilson_interval  # noqa: E402
+from robgen.metrics import rate_text  # noqa: E402
 
-
-def rate(flags: torch.Tensor) -> str:
-    low, high = wilson_interval(int(flags.sum()), len(flags))
-    return f"{flags.double().mean():.1%} [{low:.1%}, {high:.1%}]"
 
 
 def main(argv=None) -> int:
@@ -76,10 +72,11 @@ def main(argv=None) -> int:
         result = run_suite(defended, x, y, attacks, eps=eps, batch_size=100)
         pgd = result.attacks["pgd (bare model)"]
         caught = pgd.rejected[pgd.misclassified & result.clean_correct]
-        print(f"{label}: clean accuracy with rejection {rate(result.clean_correct & result.clean_accepted)}, "
-              f"DARA {rate(result.clean_correct & result.clean_accepted & ~result.evaded)}; evaded per attack: "
+        print(f"{label}: clean accuracy with rejection {rate_text(result.clean_correct & result.clean_accepted)}, "
+              f"DARA {rate_text(result.clean_correct & result.clean_accepted & ~result.evaded)}; evaded per attack: "
               + ", ".join(f"{name} {outcome.evaded.double().mean():.1%}" for name, outcome in result.attacks.items())
-              + f"; bare-PGD successes rejected {rate(caught)} ({time.perf_counter() - started:.0f} s)", flush=True)
+              + f"; bare-PGD successes rejected {rate_text(caught)} ({time.perf_counter() - started:.0f} s)",
+              flush=True)
     return 0
 
 

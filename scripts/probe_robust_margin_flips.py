@@ -37,13 +37,9 @@ from robgen.cli.common import UsageError, parse_numbers  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
 from robgen.detection.reject_base import upper_threshold  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
-from robgen.metrics import wilson_interval  # noqa: E402
+from robgen.metrics import rate_text  # noqa: E402
 from robgen.models.state import eval_mode  # noqa: E402
 
-
-def share(flags: torch.Tensor) -> str:
-    low, high = wilson_interval(int(flags.sum()), len(flags))
-    return f"{flags.double().mean():.1%} [{low:.1%}, {high:.1%}]"
 
 
 def main() -> None:
@@ -74,31 +70,34 @@ def main() -> None:
     x, y = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
     logits = outputs(model, x, args.batch_size)
     correct = logits.argmax(1) == y
-    print(f"{args.model}: {len(x)} validation images, clean accuracy {share(correct)}")
+    print(f"{args.model}: {len(x)} validation images, clean accuracy {rate_text(correct)}")
     if args.test:
         test_x, test_y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
         test_correct = outputs(model, test_x, args.batch_size).argmax(1) == test_y
         points = pgd_points(model, test_x, test_y, eps, args.batch_size)
         adv_logits = outputs(model, points, args.batch_size)
         succeeded = test_correct & (adv_logits.argmax(1) != test_y)
-        print(f"first {len(test_x)} test images: clean accuracy {share(test_correct)}, robust accuracy under PGD-50 "
-              f"at {eps * 255:g}/255 {share(test_correct & ~succeeded)} ({int(succeeded.sum())} successes)")
+        print(f"first {len(test_x)} test images: clean accuracy {rate_text(test_correct)}, robust accuracy under "
+              f"PGD-50 "
+              f"at {eps * 255:g}/255 {rate_text(test_correct & ~succeeded)} ({int(succeeded.sum())} successes)")
     for radius in radii:
         option = make_reject_option("robust-margin", radius=radius)
         text = f"{radius * 255:g}/255"
         values = statistic(option, model, x, logits, args.batch_size)
         at_all, at_correct = upper_threshold(values, 0.05), upper_threshold(values[correct], 0.05)
-        print(f"rho = {text}: flip within rho: all {share(values > 0)}, correctly classified "
-              f"{share(values[correct] > 0)}, misclassified {share(values[~correct] > 0)}; threshold at 5% of all "
+        print(f"rho = {text}: flip within rho: all {rate_text(values > 0)}, correctly classified "
+              f"{rate_text(values[correct] > 0)}, misclassified {rate_text(values[~correct] > 0)}; threshold at 5% "
+              f"of all "
               f"{at_all:.3f}, at 5% of the correctly classified {at_correct:.3f} (rejecting "
-              f"{share(values > at_correct)} of all)", flush=True)
+              f"{rate_text(values > at_correct)} of all)", flush=True)
         if args.test:
             smaller = pgd_points(model, test_x, test_y, eps - radius, args.batch_size)
             robust = test_correct & (outputs(model, smaller, args.batch_size).argmax(1) == test_y)
             caught = statistic(option, model, points, adv_logits, args.batch_size)[succeeded]
-            print(f"    robust accuracy at eps - rho = {(eps - radius) * 255:g}/255: {share(robust)} (the guarantee); "
-                  f"PGD's successes at {eps * 255:g}/255 with statistic > 0: {share(caught > 0)}, above the "
-                  f"threshold {at_all:.3f}: {share(caught > at_all)}", flush=True)
+            print(f"    robust accuracy at eps - rho = {(eps - radius) * 255:g}/255: {rate_text(robust)} "
+                  f"(the guarantee); "
+                  f"PGD's successes at {eps * 255:g}/255 with statistic > 0: {rate_text(caught > 0)}, above the "
+                  f"threshold {at_all:.3f}: {rate_text(caught > at_all)}", flush=True)
 
 
 def outputs(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -5,9 +5,10 @@
 A screen for the moonshot of results/adaptive/README.md (avenue 4): the energy gap (-log p(ŷ|x)) and robust-margin
 catch partly different points, so their union might catch more than either. Each threshold is set at the same share
 a of the first `--val` clean validation images the model's training held out (robgen's `upper_threshold`), with a
-the largest (in steps of 0.1%) at which the union rejects at most 5% of them. Printed: the share of PGD-50's successes at 8/255 on the first
-`--test` test images (step 2.5 eps / 50, random start, seed 0) each option flags alone at 5% and the union flags
-(Wilson 95% intervals), with the clean test FPR. No attacker that knows the detector: an upper bound.
+the largest (in steps of 0.1%) at which the union rejects at most 5% of them. Printed: the share of PGD-50's
+successes at 8/255 on the first `--test` test images (step 2.5 eps / 50, random start, seed 0) each option flags
+alone at 5% and the union flags (Wilson 95% intervals), with the clean test FPR. No attacker that knows the
+detector: an upper bound.
 """
 
 from __future__ import annotations
@@ -27,13 +28,9 @@ from robgen.cli.common import UsageError, parse_numbers  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
 from robgen.detection.reject_base import upper_threshold  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
-from robgen.metrics import wilson_interval  # noqa: E402
+from robgen.metrics import rate_text  # noqa: E402
 from robgen.models.state import eval_mode  # noqa: E402
 
-
-def share(flags: torch.Tensor) -> str:
-    low, high = wilson_interval(int(flags.sum()), len(flags))
-    return f"{flags.double().mean():.1%} [{low:.1%}, {high:.1%}]"
 
 
 def main() -> None:
@@ -78,15 +75,15 @@ def main() -> None:
         correct = torch.cat([model(x[i:i + size]).argmax(1) for i in range(0, len(x), size)]) == y
         fooled = torch.cat([model(points[i:i + size]).argmax(1) for i in range(0, len(x), size)]) != y
     succeeded = correct & fooled
-    print(f"{args.model}: clean accuracy {share(correct)} on {len(x)} test images; PGD-50 at 8/255 succeeded on "
+    print(f"{args.model}: clean accuracy {rate_text(correct)} on {len(x)} test images; PGD-50 at 8/255 succeeded on "
           f"{int(succeeded.sum())}; thresholds from {len(xv)} validation images; robust-margin at {radius * 255:g}/255")
 
     def flags(stats, thresholds):
         return torch.stack([stats[name] > thresholds[name] for name in options]).any(0)
 
     def report(label, thresholds):
-        print(f"{label:>32}: PGD successes flagged {share(flags(attacked, thresholds)[succeeded])}, validation FPR "
-              f"{flags(val, thresholds).double().mean():.1%}, clean test FPR {share(flags(clean, thresholds))}")
+        print(f"{label:>32}: PGD successes flagged {rate_text(flags(attacked, thresholds)[succeeded])}, validation FPR "
+              f"{flags(val, thresholds).double().mean():.1%}, clean test FPR {rate_text(flags(clean, thresholds))}")
 
     for name in options:
         report(f"{name} alone at 5%", {name: upper_threshold(val[name], 0.05), **{n: float("inf") for n in options

@@ -142,6 +142,21 @@ def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tm
     assert not (again / STAGES).exists()  # cleared once the results are written
 
 
+def calibrate_a_hair_apart(monkeypatch):
+    """Every fresh calibration from now on lands a hair away from the last (thresholds × (1 + 1e-12)), as with
+    another thread count."""
+    calibrate = adaptive_module.calibrate_detectors
+
+    def drifting(model, data, splits, settings, given):
+        options = calibrate(model, data, splits, settings, given)
+        for name, option in options.items():
+            if name not in given and name != adaptive_module.OFF:
+                option._set_thresholds({k: v * (1 + 1e-12) for k, v in option.thresholds().items()})
+        return options
+
+    monkeypatch.setattr(adaptive_module, "calibrate_detectors", drifting)
+
+
 def test_a_resumed_run_attacks_the_detectors_it_calibrated_first_though_calibrating_again_would_differ(
         finished, checkpoint, toy_data, tmp_path, same_code, monkeypatch):
     """Calibration is not bit-reproducible (a Mahalanobis threshold moves in its 15th digit with the thread
@@ -152,16 +167,7 @@ def test_a_resumed_run_attacks_the_detectors_it_calibrated_first_though_calibrat
     shutil.copytree(out / STAGES, again / STAGES)
     assert sorted(p.name for p in (again / STAGES / adaptive_module.CALIBRATION).iterdir()) == \
         ["energy.json", "mahalanobis.json"]
-    calibrate = adaptive_module.calibrate_detectors
-
-    def drifting(model, data, splits, settings, given):  # a fresh calibration lands a hair away
-        options = calibrate(model, data, splits, settings, given)
-        for name, option in options.items():
-            if name not in given and name != adaptive_module.OFF:
-                option._set_thresholds({k: v * (1 + 1e-12) for k, v in option.thresholds().items()})
-        return options
-
-    monkeypatch.setattr(adaptive_module, "calibrate_detectors", drifting)
+    calibrate_a_hair_apart(monkeypatch)
     assert main(command(checkpoint, toy_data, again)) == 0
     continued = json.loads((again / "results.json").read_text())
     assert continued["continued"]["stages_read_back"] == len(list((out / STAGES).glob("*.safetensors")))
@@ -182,16 +188,7 @@ def test_a_run_cut_before_keeping_its_detectors_continues_though_it_calibrates_a
     detectors a fresh calibration misses by a hair: the same command continues (nothing of it to lose), while the
     key of another run (other settings) is refused as before, stages or not."""
     out, _ = finished
-    calibrate = adaptive_module.calibrate_detectors
-
-    def drifting(model, data, splits, settings, given):
-        options = calibrate(model, data, splits, settings, given)
-        for name, option in options.items():
-            if name not in given and name != adaptive_module.OFF:
-                option._set_thresholds({k: v * (1 + 1e-12) for k, v in option.thresholds().items()})
-        return options
-
-    monkeypatch.setattr(adaptive_module, "calibrate_detectors", drifting)
+    calibrate_a_hair_apart(monkeypatch)
     cut = tmp_path / "cut"
     (cut / STAGES).mkdir(parents=True)
     shutil.copy(out / STAGES / "key.json", cut / STAGES / "key.json")

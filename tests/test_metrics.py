@@ -112,3 +112,12 @@ def test_wilson_interval_holds_the_rate_even_at_0_and_1(n):
         low, high = wilson_interval(successes, n)
         assert low <= successes / n <= high and 0 <= low and high <= 1
     assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+
+
+def test_rate_text_gives_the_share_with_its_wilson_interval():
+    from robgen.metrics import rate_text, wilson_interval
+
+    flags = torch.tensor([True] * 3 + [False] * 7)
+    low, high = wilson_interval(3, 10)
+    assert rate_text(flags) == f"30.0% [{low:.1%}, {high:.1%}]" == "30.0% [10.8%, 60.3%]"
+    assert rate_text([[True, True], [True, True]]) == "100.0% [51.0%, 100.0%]"
