@@ -67,12 +67,16 @@ def main() -> None:
                      f"(0, 1]; got --radii {args.radii} --eps {args.eps}")
     model = robgen.load_model(args.model, device="cpu")
     splits = detection_splits(model, args.data)
-    x, y = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
+    try:
+        x, y = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
+        test = datasets.first(splits.test, args.test, "test split") if args.test else None
+    except ValueError as error:  # more images asked for than the split holds
+        parser.error(f"{error}: lower --val or --test")
     logits = outputs(model, x, args.batch_size)
     correct = logits.argmax(1) == y
     print(f"{args.model}: {len(x)} validation images, clean accuracy {rate_text(correct)}")
     if args.test:
-        test_x, test_y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
+        test_x, test_y = datasets.load_tensors(test)
         test_correct = outputs(model, test_x, args.batch_size).argmax(1) == test_y
         points = pgd_points(model, test_x, test_y, eps, args.batch_size)
         adv_logits = outputs(model, points, args.batch_size)

@@ -50,8 +50,11 @@ def main() -> None:
         parser.error(f"--radius must lie in (0, 1] (pixels are in [0, 1]), e.g. 2/255; got {args.radius}")
     model = robgen.load_model(args.model, device="cpu")
     splits = detection_splits(model, args.data)
-    xv, _ = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
-    x, y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
+    try:
+        xv, _ = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
+        x, y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
+    except ValueError as error:  # more images asked for than the split holds
+        parser.error(f"{error}: lower --val or --test")
     eps, size = 8 / 255, args.batch_size
     attack = PGD(model, eps=eps, step_size=2.5 * eps / 50, steps=50, generator=torch.Generator().manual_seed(0))
     with eval_mode(model):
