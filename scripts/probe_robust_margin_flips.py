@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--test", type=int, default=0, help="test images attacked with plain PGD (default 0: none)")
     parser.add_argument("--eps", default="8/255", help="PGD's L-inf radius with --test (default 8/255)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     try:
         radii = parse_numbers(args.radii, "--radii")
@@ -65,10 +66,11 @@ def main() -> None:
     if args.test and not all(0 < radius <= eps / 2 and eps <= 1 for radius in radii):
         parser.error(f"with --test every radius must be at most half of --eps (the reduction's condition), --eps in "
                      f"(0, 1]; got --radii {args.radii} --eps {args.eps}")
-    model = robgen.load_model(args.model, device="cpu")
+    model = robgen.load_model(args.model, device=args.device)
     splits = detection_splits(model, args.data)
     try:
-        x, y = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
+        x, y = (t.to(args.device) for t in datasets.load_tensors(datasets.first(splits.validation, args.val,
+                                                                                 "validation split")))
         test = datasets.first(splits.test, args.test, "test split") if args.test else None
     except ValueError as error:  # more images asked for than the split holds
         parser.error(f"{error}: lower --val or --test")
@@ -76,7 +78,7 @@ def main() -> None:
     correct = logits.argmax(1) == y
     print(f"{args.model}: {len(x)} validation images, clean accuracy {rate_text(correct)}")
     if args.test:
-        test_x, test_y = datasets.load_tensors(test)
+        test_x, test_y = (t.to(args.device) for t in datasets.load_tensors(test))
         test_correct = outputs(model, test_x, args.batch_size).argmax(1) == test_y
         points = pgd_points(model, test_x, test_y, eps, args.batch_size)
         adv_logits = outputs(model, points, args.batch_size)
