@@ -35,7 +35,6 @@ from robgen.experiments.pipeline import detection_splits  # noqa: E402
 from robgen.metrics import rate_text  # noqa: E402
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="cifar10-resnet10-robust")

@@ -32,7 +32,6 @@ from robgen.metrics import rate_text  # noqa: E402
 from robgen.models.state import eval_mode  # noqa: E402
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cifar10-resnet10-robust")

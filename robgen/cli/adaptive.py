@@ -46,7 +46,8 @@ def add_parsers(commands) -> None:
                                "it is; repeat")
     adaptive.add_argument("--temperature", type=parse_number,
                           help="the energy's temperature T of energy, band and energy-gap (default 1)")
-    adaptive.add_argument("--temperatures", help="multi-t's temperatures, separated by commas (default 0.1,0.2,0.5,1,2,10,20)")
+    adaptive.add_argument("--temperatures",
+                          help="multi-t's temperatures, separated by commas (default 0.1,0.2,0.5,1,2,10,20)")
     adaptive.add_argument("--radius", type=parse_number,
                           help="robust-margin's ball, L-inf in (0, 1], e.g. 2/255 (the default)")
     adaptive.add_argument("--inner-steps", type=int, help="robust-margin's steps inside its ball (default 3)")
