@@ -226,4 +226,3 @@ def test_with_overwrite_stages_of_another_run_are_removed_and_those_of_this_run_
     assert fresh.replaced and "code" in fresh.replaced[0]
     assert list(stopped_run.glob("*.safetensors")) == []
     assert json.loads((stopped_run / "key.json").read_text()) == fresh.key
-

@@ -228,16 +228,16 @@ def recorded_key_of_this_run(stage_dir: Optional[Path], run_key: dict) -> Option
     return recorded
 
 
-def kept_calibration(stage_dir: Optional[Path], run_key: dict, model) -> Dict[str, RejectOption]:
+def kept_calibration(stage_dir: Optional[Path], recorded: Optional[dict], model) -> Dict[str, RejectOption]:
     """The detectors an interrupted attempt of this same run calibrated and kept in its stage folder (CALIBRATION),
     so that the resumed run attacks exactly the thresholds its finished stages were computed against.
 
     Calibration is not bit-reproducible: a Mahalanobis threshold computed with one thread and with two differs in
     its 15th digit (BLAS adds in another order), and the stage key, which records every threshold, would then call
-    the finished stages another run's. Empty unless the folder's key equals `run_key` in all but the detectors
-    (same settings, data, weights, code) and each kept file is the detector that key records (its digest).
+    the finished stages another run's. `recorded`: the folder's key when it is this same run's
+    (`recorded_key_of_this_run`; None: nothing is read back); each kept file is taken only if it is the detector
+    that key records (its digest).
     """
-    recorded = recorded_key_of_this_run(stage_dir, run_key)
     if recorded is None:
         return {}
     folder = Path(stage_dir) / CALIBRATION
@@ -462,14 +462,14 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     run_key = {"settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
                "model": model_fingerprint(model), "n_validation": len(splits.validation), "n_test": len(x),
                "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)}
-    kept = kept_calibration(stage_dir, run_key, model)  # an interrupted attempt's detectors, exactly
+    earlier = recorded_key_of_this_run(stage_dir, run_key)  # an interrupted attempt's key, if this same run's
+    kept = kept_calibration(stage_dir, earlier, model)  # its detectors, exactly
     reject = shared_calibration(calibrate_detectors(model, data, splits, settings, {**kept, **given}), given)
     pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
     targets = datasets.load_tensors(pool)
     # an attempt of this run cut after writing its key but before keeping its detectors or finishing a stage left
     # nothing to lose: its key, a hair apart in the detectors, is replaced without --overwrite
-    cut_before_any_stage = (recorded_key_of_this_run(stage_dir, run_key) is not None
-                            and not any(Path(stage_dir).glob("*.safetensors")))
+    cut_before_any_stage = earlier is not None and not any(Path(stage_dir).glob("*.safetensors"))
     store = SuiteStageStore(stage_dir, dict(run_key, detectors={name: _option_digest(option)
                                                                 for name, option in reject.items()}),
                             replace_stale=replace_stale_stages or cut_before_any_stage)
