@@ -22,14 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robgen  # noqa: E402
+from probe_robust_margin_flips import outputs, pgd_points, statistic  # noqa: E402  (the same PGD and batching)
 from robgen import data as datasets  # noqa: E402
-from robgen.attacks import PGD  # noqa: E402
 from robgen.cli.common import UsageError, parse_numbers  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
 from robgen.detection.reject_base import upper_threshold  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
 from robgen.metrics import rate_text  # noqa: E402
-from robgen.models.state import eval_mode  # noqa: E402
 
 
 def main() -> None:
@@ -54,29 +53,18 @@ def main() -> None:
         x, y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
     except ValueError as error:  # more images asked for than the split holds
         parser.error(f"{error}: lower --val or --test")
-    eps, size = 8 / 255, args.batch_size
-    attack = PGD(model, eps=eps, step_size=2.5 * eps / 50, steps=50, generator=torch.Generator().manual_seed(0))
-    with eval_mode(model):
-        points = torch.cat([attack(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)])
+    size = args.batch_size
+    points = pgd_points(model, x, y, 8 / 255, size)
     options = {"energy gap": make_reject_option("energy-gap"),
                "robust-margin": make_reject_option("robust-margin", radius=radius)}
 
     def statistics(images):
-        out = {name: [] for name in options}
-        with eval_mode(model):
-            for i in range(0, len(images), size):
-                batch = images[i:i + size]
-                with torch.no_grad():
-                    logits = model(batch)
-                for name, option in options.items():
-                    out[name].append(option.values(logits, None, batch, model).detach().double())
-        return {name: torch.cat(values) for name, values in out.items()}
+        logits = outputs(model, images, size)
+        return {name: statistic(option, model, images, logits, size).double() for name, option in options.items()}
 
     val, attacked, clean = statistics(xv), statistics(points), statistics(x)
-    with torch.no_grad(), eval_mode(model):
-        correct = torch.cat([model(x[i:i + size]).argmax(1) for i in range(0, len(x), size)]) == y
-        fooled = torch.cat([model(points[i:i + size]).argmax(1) for i in range(0, len(x), size)]) != y
-    succeeded = correct & fooled
+    correct = outputs(model, x, size).argmax(1) == y
+    succeeded = correct & (outputs(model, points, size).argmax(1) != y)
     print(f"{args.model}: clean accuracy {rate_text(correct)} on {len(x)} test images; PGD-50 at 8/255 succeeded on "
           f"{int(succeeded.sum())}; thresholds from {len(xv)} validation images; robust-margin at {radius * 255:g}/255")
 
