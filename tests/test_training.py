@@ -22,7 +22,7 @@ def config(toy_data, **overrides):
     return TrainConfig(**settings)
 
 
-@pytest.mark.parametrize("mode", ["standard", "pgd", "fast", "quasi", "reject"])
+@pytest.mark.parametrize("mode", training.MODES)
 def test_every_mode_lowers_the_loss(toy_data, tmp_path, mode):
     rows = []
     model = train(config(toy_data, mode=mode, attack_steps=2), tmp_path / mode, progress=False, on_epoch=rows.append)
@@ -42,7 +42,8 @@ def test_quasi_mode_uses_the_small_l2_budget(toy_data):
     assert quasi.step_size == pytest.approx(1.25 * training.QUASI_EPS)
 
 
-@pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25), ("reject", "linf", 8 / 255)])
+@pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25), ("reject", "linf", 8 / 255),
+                                             ("trades", "linf", 8 / 255)])
 def test_adversarial_training_trains_on_examples_in_the_ball(toy_data, tmp_path, monkeypatch, mode, norm, eps):
     seen = []
     original = robgen.PGD.__call__
@@ -121,7 +122,7 @@ def test_bad_input_is_explained(toy_data, tmp_path):
     with pytest.raises(ValueError, match="8/255"):
         TrainConfig(eps=8)
     with pytest.raises(ValueError, match="unknown training mode"):
-        TrainConfig(mode="trades")
+        TrainConfig(mode="mart")
     with pytest.raises(FileNotFoundError, match="unknown data set"):
         train(config(toy_data, data=str(tmp_path / "nowhere")), tmp_path / "x", progress=False)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
@@ -294,6 +295,7 @@ def test_official_cifar_recipe_options_train_and_snapshot(toy_data, tmp_path):
     ("optimizer", "rmsprop", "sgd, adam"), ("schedule", "step", "onecycle, cosine, multistep"),
     ("augment", "mixup", "crop-flip, flip, none"), ("milestones", (80, 30), "increasing"),
     ("snapshot_every", -1, ">= 0"), ("reject_cap", 1.5, r"probability in \(0, 1\)"), ("reject_weight", -1, ">= 0"),
+    ("trades_beta", -1, ">= 0"),
     ("reject_adversarial_share", 1.5, r"share in \[0, 1\]"), ("reject_attack", "cw", "confident, pgd"),
 ])
 def test_bad_recipe_options_are_explained(toy_data, field, value, message):
@@ -310,6 +312,25 @@ def test_resume_refuses_another_recipe(toy_data, tmp_path):
               progress=False)
 
 
+class Table(torch.nn.Module):
+    """A 'model' whose logits are looked up by two pixels of the image: the first says attacked (1) or clean (0),
+    the second which image; `table_inputs` makes the clean images x and their attacked points x*."""
+
+    def __init__(self, clean, attacked):
+        super().__init__()
+        self.clean, self.attacked = clean, attacked
+
+    def forward(self, x):
+        row = x[:, 0, 0, 1].long()
+        return torch.where(x[:, :1, 0, 0] > 0.5, self.attacked[row], self.clean[row])
+
+
+def table_inputs(n):
+    x, x_star = torch.zeros(n, 3, 2, 2), torch.ones(n, 3, 2, 2)
+    x[:, 0, 0, 1] = x_star[:, 0, 0, 1] = torch.arange(n, dtype=torch.float)
+    return x, x_star
+
+
 def test_the_reject_loss_is_the_clean_cross_entropy_plus_the_excess_of_the_most_likely_wrong_class():
     import math
 
@@ -318,22 +339,11 @@ def test_the_reject_loss_is_the_clean_cross_entropy_plus_the_excess_of_the_most_
     from robgen.attacks.objectives import wrong_class_log_prob
     from robgen.training.losses import batch_loss
 
-    class Table(torch.nn.Module):  # logits looked up by two pixels: (attacked or clean, which image)
-        def __init__(self, clean, attacked):
-            super().__init__()
-            self.clean, self.attacked = clean, attacked
-
-        def forward(self, x):
-            row = x[:, 0, 0, 1].long()
-            return torch.where(x[:, :1, 0, 0] > 0.5, self.attacked[row], self.clean[row])
-
     y = torch.tensor([0, 1])
     clean = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
     attacked = torch.tensor([[0.0, 2.0, 0.0],  # fooled: p(wrong) = e^2 / (e^2 + 2) = 0.79, above the cap
                              [0.0, 1.0, 0.0]])  # still right: p(best wrong) = 1 / (e + 2) = 0.21, below a cap of 0.25
-    x, x_star = torch.zeros(2, 3, 2, 2), torch.ones(2, 3, 2, 2)
-    x[1, 0, 0, 1] = x_star[1, 0, 0, 1] = 1.0
-    x_star[0, 0, 0, 1] = 0.0
+    x, x_star = table_inputs(2)
     recipe = TrainConfig(mode="reject", reject_cap=0.25, reject_weight=2.0)
     loss, logits = batch_loss(recipe, Table(clean, attacked), x, x_star, y)
     assert torch.equal(logits, clean)  # the training accuracy is counted on the clean images
@@ -346,6 +356,55 @@ def test_the_reject_loss_is_the_clean_cross_entropy_plus_the_excess_of_the_most_
                                               + 0.75 * float(F.cross_entropy(attacked, y)) + 2.0 * excess / 2, rel=1e-6)
     pgd_loss, pgd_logits = batch_loss(TrainConfig(mode="pgd"), Table(clean, attacked), x, x_star, y)
     assert torch.equal(pgd_logits, attacked) and float(pgd_loss) == pytest.approx(float(F.cross_entropy(attacked, y)))
+
+
+def test_trades_loss_is_the_clean_cross_entropy_plus_beta_times_the_divergence_at_the_attacked_point():
+    import torch.nn.functional as F
+
+    from robgen.attacks.objectives import prediction_divergence
+    from robgen.training.losses import batch_loss
+
+    y = torch.tensor([0, 1])
+    clean = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    attacked = torch.tensor([[0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
+    x, x_star = table_inputs(2)
+    p, q = torch.softmax(clean, 1), torch.softmax(attacked, 1)
+    kl = (p * (p.log() - q.log())).sum(1)  # KL(p(x) || p(x*)) per image, written out
+    loss, logits = batch_loss(TrainConfig(mode="trades", trades_beta=6.0), Table(clean, attacked), x, x_star, y)
+    assert torch.equal(logits, clean)  # the training accuracy is counted on the clean images
+    assert float(loss) == pytest.approx(float(F.cross_entropy(clean, y)) + 6.0 * float(kl.mean()), rel=1e-6)
+    assert torch.allclose(prediction_divergence(attacked, torch.log_softmax(clean, 1)), kl)
+    unmoved, _ = batch_loss(TrainConfig(mode="trades"), Table(clean, clean), x, x_star, y)  # same prediction: no term
+    assert float(unmoved) == pytest.approx(float(F.cross_entropy(clean, y)), rel=1e-6)
+
+
+def test_divergence_pgd_moves_the_prediction_further_than_pgd_stays_in_the_ball_and_ignores_the_labels():
+    from robgen.attacks.objectives import prediction_divergence
+    from robgen.attacks.pgd import DivergencePGD
+    from robgen.training.adversarial import training_attack
+    from tests.conftest import tiny_model
+
+    model = tiny_model().eval()
+    x = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        clean = torch.log_softmax(model(x), 1)
+    moved = {}
+    for kind in (robgen.PGD, DivergencePGD):
+        x_adv = kind(model, eps=8 / 255, step_size=2 / 255, steps=10, generator=torch.Generator().manual_seed(1))(x, y)
+        assert float((x_adv - x).abs().max()) <= 8 / 255 + 1e-6
+        with torch.no_grad():
+            moved[kind] = prediction_divergence(model(x_adv), clean).mean()
+    assert moved[DivergencePGD] > moved[robgen.PGD] > 0
+    other_labels = DivergencePGD(model, eps=8 / 255, step_size=2 / 255, steps=10,
+                                 generator=torch.Generator().manual_seed(1))(x, (y + 1) % 10)
+    again = DivergencePGD(model, eps=8 / 255, step_size=2 / 255, steps=10, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(other_labels, again(x, y))
+    with pytest.raises(ValueError, match="random_start=True"):
+        DivergencePGD(model, random_start=False)
+    with pytest.raises(ValueError, match="untargeted"):
+        again(x, y, target=(y + 1) % 10)
+    assert type(training_attack(TrainConfig(mode="trades"), model, torch.device("cpu"))) is DivergencePGD
 
 
 def test_confident_pgd_makes_more_confident_mistakes_than_pgd():
@@ -383,6 +442,10 @@ def test_reject_mode_makes_its_point_with_the_attack_the_recipe_names_and_the_cl
     train_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
     option = next(a for a in train_parser._actions if a.dest == "reject_attack")
     assert tuple(option.choices) == REJECT_ATTACKS and option.default == TrainConfig().reject_attack
+    modes = next(a for a in train_parser._actions if a.dest == "mode")
+    assert tuple(modes.choices) == training.MODES
+    beta = next(a for a in train_parser._actions if a.dest == "trades_beta")
+    assert beta.default == TrainConfig().trades_beta
 
 
 def test_each_step_on_the_cpu_zeroes_the_subnormal_weights_and_optimiser_state_and_nothing_else():

@@ -38,3 +38,12 @@ def wrong_class_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     log_p = F.log_softmax(logits.float(), dim=1)
     own = F.one_hot(labels, logits.shape[1]).bool()
     return log_p.masked_fill(own, float("-inf")).max(dim=1).values
+
+
+def prediction_divergence(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p(x')) = sum_k p_ref(k) (log p_ref(k) - log p(k | x')), with p_ref given as log-probabilities
+    (typically the clean image's prediction): how far x' moves the model's whole prediction, labels unused.
+    TRADES (Zhang et al. 2019) ascends it to find its training point and minimises it, weighted, beside the
+    clean cross-entropy."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return (reference_log_probs.exp() * (reference_log_probs - log_p)).sum(dim=1)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .base import Attack
-from .objectives import wrong_class_log_prob
+from .objectives import prediction_divergence, wrong_class_log_prob
 
 
 class PGD(Attack):
@@ -40,6 +41,38 @@ class ConfidentPGD(PGD):
             raise ValueError("ConfidentPGD is untargeted (it seeks the most confident wrong class): use PGD for a "
                              "targeted attack")
         return lambda logits: wrong_class_log_prob(logits, labels)
+
+
+class DivergencePGD(PGD):
+    """PGD away from the model's own clean prediction: ascends KL(p(·|x) || p(·|x')) (`objectives.
+    prediction_divergence`), the labels unused. The inner maximisation of TRADES (Zhang et al. 2019, "Theoretically
+    Principled Trade-off between Robustness and Accuracy"), which robgen's "trades" training mode learns from.
+    Its start must be random: at x' = x the divergence is at its minimum and its gradient is zero.
+
+    Example:
+        >>> x_adv = DivergencePGD(model, eps=8/255, step_size=2/255, steps=10)(x, y)
+    """
+
+    def __init__(self, model: torch.nn.Module, *args, **kwargs) -> None:
+        super().__init__(model, *args, **kwargs)
+        if not self.random_start:
+            raise ValueError("DivergencePGD needs random_start=True: from x itself the divergence's gradient is zero "
+                             "and no step would move")
+
+    def perturb(self, x, y, target, recorder, progress):
+        with torch.no_grad():
+            self._clean_log_probs = F.log_softmax(self.graph(x).float(), dim=1)
+        try:
+            return super().perturb(x, y, target, recorder, progress)
+        finally:
+            del self._clean_log_probs
+
+    def objective(self, labels, target):
+        if target is not None:
+            raise ValueError("DivergencePGD is untargeted (it moves away from the clean prediction): use PGD for a "
+                             "targeted attack")
+        reference = self._clean_log_probs
+        return lambda logits: prediction_divergence(logits, reference)
 
 
 class FGSM(Attack):

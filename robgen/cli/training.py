@@ -22,11 +22,14 @@ def add_parsers(commands) -> None:
     add_data_arguments(train, required=False)
     train.add_argument("--arch", default="resnet10_cifar", help="timm architecture (default resnet10_cifar)")
     train.add_argument("--width", type=int, help="width of robgen's CIFAR ResNets (default 64)")
-    train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi", "reject"],
-                       help="reject: train a confidence reject option (robgen/training/losses.py)")
+    train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi", "reject", "trades"],
+                       help="reject: train a confidence reject option; trades: TRADES (robgen/training/losses.py)")
     train.add_argument("--norm", default="linf", choices=["linf", "l2"])
     train.add_argument("--eps", type=parse_number, default=8 / 255, help="training budget (quasi default: L2 0.05)")
-    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd and reject")
+    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd, reject and trades")
+    train.add_argument("--trades-beta", type=float, default=6.0,
+                       help="--mode trades: the weight of KL(p(x) || p(x*)) beside the clean cross-entropy (default 6, "
+                            "TRADES' CIFAR-10 value)")
     train.add_argument("--reject-cap", type=float, default=0.25,
                        help="--mode reject: the probability the most likely wrong class is held below at the attack's "
                             "point (default 0.25)")
@@ -129,7 +132,7 @@ def command_train(args) -> int:
             data=args.data, architecture=args.arch, width=args.width, mode=args.mode, norm=args.norm, eps=args.eps,
             attack_steps=args.attack_steps, attack_step_size=args.attack_step_size, reject_cap=args.reject_cap,
             reject_weight=args.reject_weight, reject_adversarial_share=args.reject_adversarial_share,
-            reject_attack=args.reject_attack, epochs=args.epochs,
+            reject_attack=args.reject_attack, trades_beta=args.trades_beta, epochs=args.epochs,
             batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
             schedule=args.schedule, milestones=args.milestones, augment=args.augment, snapshot_every=args.snapshot_every,
             label_smoothing=args.label_smoothing, val_size=args.val_size, eval_subset=args.eval_subset,

@@ -1,4 +1,4 @@
-"""The adversarial examples a training run learns from (modes "pgd", "fast", "quasi" and "reject").
+"""The adversarial examples a training run learns from (modes "pgd", "fast", "quasi", "reject" and "trades").
 
 They come from robgen's own PGD (the same loop as the attacks and the synthesis), run with the model in eval
 mode (the attack restores the train mode), from a random start drawn from a generator of this run's own:
@@ -7,7 +7,9 @@ mode (the attack restores the train mode), from a random start drawn from a gene
 - "fast": Wong et al. 2020, "Fast is better than free": one step of 1.25·eps from a uniform random start;
 - "quasi": the same single step at a very small budget (default L2 0.05, `config.QUASI_EPS`);
 - "reject": `attack_steps` steps of `ConfidentPGD`, toward the most confident mistake in the ball, or of PGD with
-  `reject_attack="pgd"` (losses.py says what is learnt from it).
+  `reject_attack="pgd"` (losses.py says what is learnt from it);
+- "trades": Zhang et al. 2019, `attack_steps` steps of `DivergencePGD`, away from the model's own clean prediction
+  (the labels unused), from the uniform random start of the others (TRADES' code starts at x + 0.001·N(0, 1)).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch
 
 from .. import distributed
 from ..attacks import PGD
-from ..attacks.pgd import ConfidentPGD
-from .config import TrainConfig
+from ..attacks.pgd import ConfidentPGD, DivergencePGD
+from .config import MULTI_STEP_MODES, TrainConfig
 
 
 def training_attack(config: TrainConfig, model, device: torch.device) -> Optional[PGD]:
@@ -30,8 +32,12 @@ def training_attack(config: TrainConfig, model, device: torch.device) -> Optiona
     """
     if config.mode == "standard":
         return None
-    steps = config.attack_steps if config.mode in ("pgd", "reject") else 1
+    steps = config.attack_steps if config.mode in MULTI_STEP_MODES else 1
     generator = torch.Generator(device=device).manual_seed(config.seed + 1 + distributed.rank())
-    kind = ConfidentPGD if config.mode == "reject" and config.reject_attack == "confident" else PGD
+    kind = PGD
+    if config.mode == "reject" and config.reject_attack == "confident":
+        kind = ConfidentPGD
+    elif config.mode == "trades":
+        kind = DivergencePGD
     return kind(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
                 generator=generator)

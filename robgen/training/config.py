@@ -13,7 +13,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from .. import data as datasets
 
-MODES = ("standard", "pgd", "fast", "quasi", "reject")
+MODES = ("standard", "pgd", "fast", "quasi", "reject", "trades")
+MULTI_STEP_MODES = ("pgd", "reject", "trades")  # the modes whose training attack takes `attack_steps` steps
 REJECT_ATTACKS = ("confident", "pgd")  # what makes "reject" mode's x*: ConfidentPGD, or PGD on the cross-entropy
 SCHEDULES = ("onecycle", "cosine", "multistep")
 OPTIMIZERS = ("sgd", "adam")
@@ -39,8 +40,8 @@ class TrainConfig:
     mode: str = "standard"
     norm: str = "linf"  # threat model for training (adversarial modes) and per-epoch evaluation
     eps: float = 8 / 255
-    attack_steps: int = 7  # "pgd" and "reject" modes
-    attack_step_size: Optional[float] = None  # default: 2.5·eps/steps ("pgd", "reject"), 1.25·eps ("fast", "quasi")
+    attack_steps: int = 7  # "pgd", "reject" and "trades" modes
+    attack_step_size: Optional[float] = None  # default: 2.5·eps/steps (those three), 1.25·eps ("fast", "quasi")
     # "reject" mode (losses.py): at the attack's point, the most likely wrong class is trained below probability
     # `reject_cap`, with weight `reject_weight` beside the cross-entropy; `reject_adversarial_share` of that
     # cross-entropy is taken at the attack's point instead of the clean image (0: all clean; 1: adversarial training)
@@ -50,6 +51,9 @@ class TrainConfig:
     # the attack that makes x*: "confident" (ConfidentPGD, toward the most confident mistake: what the reject option
     # must hold down) or "pgd" (PGD on the cross-entropy: adversarial training's own point, the cap then at it)
     reject_attack: str = "confident"
+    # "trades" mode (losses.py): the clean cross-entropy plus `trades_beta` times KL(p(x) || p(x*)), x* the point of
+    # the ball farthest from the clean prediction (Zhang et al. 2019; their CIFAR-10 beta is 6)
+    trades_beta: float = 6.0
     epochs: int = 30
     batch_size: int = 128  # per process
     optimizer: str = "sgd"  # "sgd": SGD with Nesterov momentum; "adam": Adam (weight decay as an L2 term, as torch's)
@@ -128,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"reject_adversarial_share is a share in [0, 1], got {self.reject_adversarial_share}")
         if self.reject_attack not in REJECT_ATTACKS:
             raise ValueError(f"unknown reject attack {self.reject_attack!r}: choose from {', '.join(REJECT_ATTACKS)}")
+        if self.trades_beta < 0:
+            raise ValueError(f"trades_beta must be >= 0 (TRADES' CIFAR-10 value: 6), got {self.trades_beta}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 
@@ -135,7 +141,7 @@ class TrainConfig:
     def step_size(self) -> float:
         if self.attack_step_size is not None:
             return self.attack_step_size
-        return 2.5 * self.eps / self.attack_steps if self.mode in ("pgd", "reject") else 1.25 * self.eps
+        return 2.5 * self.eps / self.attack_steps if self.mode in MULTI_STEP_MODES else 1.25 * self.eps
 
 
 def lr_factor(schedule: str, total: int, steps_per_epoch: int = 1,

@@ -16,6 +16,15 @@
   training's term, at no extra cost (x* is in the forward pass already). Stutz et al. 2020
   (CCAT) and Pang et al. 2022 (rectified rejection) train rejection from adversarial examples too; this is the
   plainest form, with no extra head, read by robgen's existing "energy-gap" reject option.
+- "trades": Zhang et al. 2019 (TRADES), a robust model that trades less clean accuracy:
+
+      CE(f(x), y) + trades_beta * KL(p(. | x) || p(. | x*))
+
+  with x* the point of the ball whose prediction is farthest from the clean one (`DivergencePGD`). The second term
+  asks the prediction to stay constant on the whole ball, misclassified images included, which is the property
+  the `robust-margin` reject option needs of clean images (results/adaptive/README.md, avenue 4). The gradient flows
+  through both predictions, as in TRADES; unlike its code, x and x* share one forward pass (one set of batch-norm
+  statistics), as "reject" does.
 """
 
 from __future__ import annotations
@@ -26,23 +35,26 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from ..attacks.objectives import wrong_class_log_prob
+from ..attacks.objectives import prediction_divergence, wrong_class_log_prob
 from .config import TrainConfig
 
 
 def batch_loss(config: TrainConfig, net: torch.nn.Module, x: torch.Tensor, x_attacked: torch.Tensor,
                y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(the step's loss, the logits its training accuracy is counted on) for clean `x` and the mode's `x_attacked`
-    (`x` itself in "standard" mode). "reject" runs both in one forward pass (one set of batch-norm statistics) and
-    counts accuracy on the clean images; the other modes on the images they train on."""
-    if config.mode != "reject":
+    (`x` itself in "standard" mode). "reject" and "trades" run both in one forward pass (one set of batch-norm
+    statistics) and count accuracy on the clean images; the other modes on the images they train on."""
+    if config.mode not in ("reject", "trades"):
         logits = net(x_attacked)
         return F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing), logits
     both = net(torch.cat([x, x_attacked])).float()
     clean, attacked = both[:len(x)], both[len(x):]
+    cross_entropy = F.cross_entropy(clean, y, label_smoothing=config.label_smoothing)
+    if config.mode == "trades":
+        divergence = prediction_divergence(attacked, F.log_softmax(clean, dim=1)).mean()
+        return cross_entropy + config.trades_beta * divergence, clean
     cap = F.relu(wrong_class_log_prob(attacked, y) - math.log(config.reject_cap)).mean()
     share = config.reject_adversarial_share
-    cross_entropy = F.cross_entropy(clean, y, label_smoothing=config.label_smoothing)
     if share:  # (a share of 0 leaves the loss exactly as before the option existed)
         cross_entropy = (1 - share) * cross_entropy + share * F.cross_entropy(
             attacked, y, label_smoothing=config.label_smoothing)
