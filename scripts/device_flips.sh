@@ -4,7 +4,8 @@
 # whose label flips within a small ball? That share decides the robust-margin reject option: under 5% at rho = 2/255
 # its 5%-FPR threshold could fall to 0, where the reduction guarantees DARA at 8/255 >= robust accuracy at 6/255.
 # It trains a robust model (PGD adversarial training at 8/255, the shipped recipe but EPOCHS epochs, ATTACK_STEPS
-# steps, width WIDTH), then runs scripts/probe_robust_margin_flips.py --test on it and on the shipped robust model.
+# steps, width WIDTH; MODE=trades for TRADES with beta TRADES_BETA, default 6), then runs
+# scripts/probe_robust_margin_flips.py --test on it and on the shipped robust model.
 #
 # Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
 #                bash scripts/device_tree.sh hide    # the tracked tree alone is over the 64 MiB a call carries;
@@ -20,18 +21,19 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
 DATA=${ROBGEN_DATA:-$PWD/.device-data}
 EPOCHS=${EPOCHS:-30} WIDTH=${WIDTH:-32} ATTACK_STEPS=${ATTACK_STEPS:-7} TRAIN_SECONDS=${TRAIN_SECONDS:-0}
+MODE=${MODE:-pgd} TRADES_BETA=${TRADES_BETA:-6}
 VAL=2000 TEST=500 EXTRA=()
 if [ -n "${SMOKE:-}" ]; then EPOCHS=2 WIDTH=8 ATTACK_STEPS=1 VAL=64 TEST=32 EXTRA=(--train-limit 256 --eval-subset 32); fi
-RUN=runs/cifar10-resnet10-w$WIDTH-robust-e$EPOCHS${SMOKE:+-smoke}
+RUN=runs/cifar10-resnet10-w$WIDTH-$MODE-e$EPOCHS${SMOKE:+-smoke}
 mkdir -p "$OUT" "$DATA"
 if [ ! -d "$DATA/cifar10/train" ]; then tar xzf .device-data/cifar10-imagefolder.tar.gz -C "$DATA"; fi
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 ROBGEN_DATA="$DATA"
 resume=()
 if [ -e "$RUN/trainer_state.pt" ]; then resume=(--resume); fi
-train=($PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_cifar --width "$WIDTH" --mode pgd
-       --eps 8/255 --attack-steps "$ATTACK_STEPS" --epochs "$EPOCHS" --lr 0.02 --batch-size 128 --schedule onecycle
-       --val-size 5000 --out "$RUN" "${resume[@]}" "${EXTRA[@]}")
+train=($PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_cifar --width "$WIDTH" --mode "$MODE"
+       --trades-beta "$TRADES_BETA" --eps 8/255 --attack-steps "$ATTACK_STEPS" --epochs "$EPOCHS" --lr 0.02
+       --batch-size 128 --schedule onecycle --val-size 5000 --out "$RUN" "${resume[@]}" "${EXTRA[@]}")
 if [ "$TRAIN_SECONDS" -gt 0 ]; then
     timeout --signal=INT --kill-after=15 "$TRAIN_SECONDS" "${train[@]}" > "$OUT/train.log" 2>&1 || [ $? -eq 124 ]
 else

@@ -18,7 +18,7 @@ from .common import (
 
 
 def add_parsers(commands) -> None:
-    train = commands.add_parser("train", help="train a standard, robust (PGD / fast) or quasi-robust classifier")
+    train = commands.add_parser("train", help="train a standard, robust (PGD / fast / TRADES) or quasi-robust classifier")
     add_data_arguments(train, required=False)
     train.add_argument("--arch", default="resnet10_cifar", help="timm architecture (default resnet10_cifar)")
     train.add_argument("--width", type=int, help="width of robgen's CIFAR ResNets (default 64)")
