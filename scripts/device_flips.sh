@@ -4,7 +4,7 @@
 # whose label flips within a small ball? That share decides the robust-margin reject option: under 5% at rho = 2/255
 # its 5%-FPR threshold could fall to 0, where the reduction guarantees DARA at 8/255 >= robust accuracy at 6/255.
 # It trains a robust model (PGD adversarial training at 8/255, the shipped recipe but EPOCHS epochs, ATTACK_STEPS
-# steps, width WIDTH; MODE=trades for TRADES with beta TRADES_BETA, default 6), then runs
+# steps, width WIDTH; MODE=trades for TRADES with beta TRADES_BETA, default 6, MODE=weat for WEAT), then runs
 # scripts/probe_robust_margin_flips.py --test on it and on the shipped robust model.
 #
 # Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/

@@ -42,8 +42,8 @@ def test_quasi_mode_uses_the_small_l2_budget(toy_data):
     assert quasi.step_size == pytest.approx(1.25 * training.QUASI_EPS)
 
 
-@pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25), ("reject", "linf", 8 / 255),
-                                             ("trades", "linf", 8 / 255)])
+@pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25),
+                                             ("reject", "linf", 8 / 255), ("trades", "linf", 8 / 255)])
 def test_adversarial_training_trains_on_examples_in_the_ball(toy_data, tmp_path, monkeypatch, mode, norm, eps):
     seen = []
     original = robgen.PGD.__call__
@@ -358,7 +358,7 @@ def test_the_reject_loss_is_the_clean_cross_entropy_plus_the_excess_of_the_most_
     assert torch.equal(pgd_logits, attacked) and float(pgd_loss) == pytest.approx(float(F.cross_entropy(attacked, y)))
 
 
-def test_trades_loss_is_the_clean_cross_entropy_plus_beta_times_the_divergence_at_the_attacked_point():
+def test_trades_loss_is_the_clean_cross_entropy_plus_beta_times_the_divergence_at_the_attacked_point_weat_weighs_it():
     import torch.nn.functional as F
 
     from robgen.attacks.objectives import prediction_divergence
@@ -376,6 +376,11 @@ def test_trades_loss_is_the_clean_cross_entropy_plus_beta_times_the_divergence_a
     assert torch.allclose(prediction_divergence(attacked, torch.log_softmax(clean, 1)), kl)
     unmoved, _ = batch_loss(TrainConfig(mode="trades"), Table(clean, clean), x, x_star, y)  # same prediction: no term
     assert float(unmoved) == pytest.approx(float(F.cross_entropy(clean, y)), rel=1e-6)
+    # WEAT: each image's term weighted by 1 / softplus(|E(x)|), E(x) = -logsumexp of its clean logits
+    weights = 1 / F.softplus(torch.logsumexp(clean, 1).abs())
+    per_image = F.cross_entropy(clean, y, reduction="none") + 6.0 * kl
+    weighted, _ = batch_loss(TrainConfig(mode="weat"), Table(clean, attacked), x, x_star, y)
+    assert float(weighted) == pytest.approx(float((weights * per_image).mean()), rel=1e-6)
 
 
 def test_divergence_pgd_moves_the_prediction_further_than_pgd_stays_in_the_ball_and_ignores_the_labels():
@@ -404,7 +409,8 @@ def test_divergence_pgd_moves_the_prediction_further_than_pgd_stays_in_the_ball_
         DivergencePGD(model, random_start=False)
     with pytest.raises(ValueError, match="untargeted"):
         again(x, y, target=(y + 1) % 10)
-    assert type(training_attack(TrainConfig(mode="trades"), model, torch.device("cpu"))) is DivergencePGD
+    for mode in ("trades", "weat"):
+        assert type(training_attack(TrainConfig(mode=mode), model, torch.device("cpu"))) is DivergencePGD
 
 
 def test_confident_pgd_makes_more_confident_mistakes_than_pgd():

@@ -18,18 +18,20 @@ from .common import (
 
 
 def add_parsers(commands) -> None:
-    train = commands.add_parser("train", help="train a standard, robust (PGD / fast / TRADES) or quasi-robust classifier")
+    train = commands.add_parser("train", help="train a standard, robust (PGD, fast, TRADES) or quasi-robust model")
     add_data_arguments(train, required=False)
     train.add_argument("--arch", default="resnet10_cifar", help="timm architecture (default resnet10_cifar)")
     train.add_argument("--width", type=int, help="width of robgen's CIFAR ResNets (default 64)")
-    train.add_argument("--mode", default="standard", choices=["standard", "pgd", "fast", "quasi", "reject", "trades"],
-                       help="reject: train a confidence reject option; trades: TRADES (robgen/training/losses.py)")
+    train.add_argument("--mode", default="standard",
+                       choices=["standard", "pgd", "fast", "quasi", "reject", "trades", "weat"],
+                       help="reject: train a confidence reject option; trades: TRADES; weat: energy-weighted "
+                            "TRADES (robgen/training/losses.py)")
     train.add_argument("--norm", default="linf", choices=["linf", "l2"])
     train.add_argument("--eps", type=parse_number, default=8 / 255, help="training budget (quasi default: L2 0.05)")
-    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd, reject and trades")
+    train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd, reject, trades, weat")
     train.add_argument("--trades-beta", type=float, default=6.0,
-                       help="--mode trades: the weight of KL(p(x) || p(x*)) beside the clean cross-entropy (default 6, "
-                            "TRADES' CIFAR-10 value)")
+                       help="--mode trades and weat: the weight of KL(p(x) || p(x*)) beside the clean cross-entropy "
+                            "(default 6, TRADES' CIFAR-10 value)")
     train.add_argument("--reject-cap", type=float, default=0.25,
                        help="--mode reject: the probability the most likely wrong class is held below at the attack's "
                             "point (default 0.25)")

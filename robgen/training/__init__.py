@@ -4,12 +4,13 @@
     model = train(TrainConfig(data="cifar10", mode="fast", eps=8/255, epochs=20), "runs/robust")
 
 One concern a module:
-- `config.py`: the recipe (`TrainConfig`: modes "standard", "pgd", "fast", "quasi", "reject", "trades"; optimiser,
+- `config.py`: the recipe (`TrainConfig`: modes "standard", "pgd", "fast", "quasi", "reject", "trades",
+  "weat"; optimiser,
   schedule, augmentation) and the learning-rate schedules;
 - `preparation.py`: the data splits and the initial model (fresh, or a checkpoint to fine-tune);
-- `adversarial.py`: the adversarial examples the robust, quasi-robust, reject and TRADES modes train on;
+- `adversarial.py`: the adversarial examples the robust, quasi-robust, reject and TRADES / WEAT modes train on;
 - `losses.py`: what a training step minimises (the cross-entropy; "reject": a reject option's objective;
-  "trades": TRADES' clean cross-entropy plus the divergence at the attacked point);
+  "trades": TRADES' clean cross-entropy plus the divergence at the attacked point; "weat": the same, weighted);
 - `loop.py`: the epochs, the per-epoch validation check, `train`;
 - `checkpointing.py`: what each epoch writes (checkpoint, best/ and snapshot copies, trainer state, log) and
   how a run resumes.

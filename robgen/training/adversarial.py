@@ -1,4 +1,4 @@
-"""The adversarial examples a training run learns from (modes "pgd", "fast", "quasi", "reject" and "trades").
+"""The adversarial examples a training run learns from (modes "pgd", "fast", "quasi", "reject", "trades", "weat").
 
 They come from robgen's own PGD (the same loop as the attacks and the synthesis), run with the model in eval
 mode (the attack restores the train mode), from a random start drawn from a generator of this run's own:
@@ -8,8 +8,9 @@ mode (the attack restores the train mode), from a random start drawn from a gene
 - "quasi": the same single step at a very small budget (default L2 0.05, `config.QUASI_EPS`);
 - "reject": `attack_steps` steps of `ConfidentPGD`, toward the most confident mistake in the ball, or of PGD with
   `reject_attack="pgd"` (losses.py says what is learnt from it);
-- "trades": Zhang et al. 2019, `attack_steps` steps of `DivergencePGD`, away from the model's own clean prediction
-  (the labels unused), from the uniform random start of the others (TRADES' code starts at x + 0.001·N(0, 1)).
+- "trades" and "weat": Zhang et al. 2019, `attack_steps` steps of `DivergencePGD`, away from the model's own clean
+  prediction (the labels unused), from the uniform random start of the others (TRADES' code starts at
+  x + 0.001·N(0, 1)).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def training_attack(config: TrainConfig, model, device: torch.device) -> Optiona
     kind = PGD
     if config.mode == "reject" and config.reject_attack == "confident":
         kind = ConfidentPGD
-    elif config.mode == "trades":
+    elif config.mode in ("trades", "weat"):
         kind = DivergencePGD
     return kind(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
                 generator=generator)

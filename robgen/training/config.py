@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from .. import data as datasets
 
-MODES = ("standard", "pgd", "fast", "quasi", "reject", "trades")
-MULTI_STEP_MODES = ("pgd", "reject", "trades")  # the modes whose training attack takes `attack_steps` steps
+MODES = ("standard", "pgd", "fast", "quasi", "reject", "trades", "weat")
+MULTI_STEP_MODES = ("pgd", "reject", "trades", "weat")  # the modes whose training attack takes `attack_steps` steps
 REJECT_ATTACKS = ("confident", "pgd")  # what makes "reject" mode's x*: ConfidentPGD, or PGD on the cross-entropy
 SCHEDULES = ("onecycle", "cosine", "multistep")
 OPTIMIZERS = ("sgd", "adam")
@@ -40,8 +40,8 @@ class TrainConfig:
     mode: str = "standard"
     norm: str = "linf"  # threat model for training (adversarial modes) and per-epoch evaluation
     eps: float = 8 / 255
-    attack_steps: int = 7  # "pgd", "reject" and "trades" modes
-    attack_step_size: Optional[float] = None  # default: 2.5·eps/steps (those three), 1.25·eps ("fast", "quasi")
+    attack_steps: int = 7  # "pgd", "reject", "trades" and "weat" modes
+    attack_step_size: Optional[float] = None  # default: 2.5·eps/steps (those four), 1.25·eps ("fast", "quasi")
     # "reject" mode (losses.py): at the attack's point, the most likely wrong class is trained below probability
     # `reject_cap`, with weight `reject_weight` beside the cross-entropy; `reject_adversarial_share` of that
     # cross-entropy is taken at the attack's point instead of the clean image (0: all clean; 1: adversarial training)
@@ -51,8 +51,8 @@ class TrainConfig:
     # the attack that makes x*: "confident" (ConfidentPGD, toward the most confident mistake: what the reject option
     # must hold down) or "pgd" (PGD on the cross-entropy: adversarial training's own point, the cap then at it)
     reject_attack: str = "confident"
-    # "trades" mode (losses.py): the clean cross-entropy plus `trades_beta` times KL(p(x) || p(x*)), x* the point of
-    # the ball farthest from the clean prediction (Zhang et al. 2019; their CIFAR-10 beta is 6)
+    # "trades" and "weat" modes (losses.py): the clean cross-entropy plus `trades_beta` times KL(p(x) || p(x*)), x*
+    # the point of the ball farthest from the clean prediction (Zhang et al. 2019; their CIFAR-10 beta is 6)
     trades_beta: float = 6.0
     epochs: int = 30
     batch_size: int = 128  # per process

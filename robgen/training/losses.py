@@ -25,6 +25,9 @@
   the `robust-margin` reject option needs of clean images (results/adaptive/README.md, avenue 4). The gradient flows
   through both predictions, as in TRADES; unlike its code, x and x* share one forward pass (one set of batch-norm
   statistics), as "reject" does.
+- "weat": TRADES with each image's term weighted by 1 / softplus(|E(x)|), E(x) its clean free energy (detached, the
+  weights not normalised): the energy-weighted TRADES of Mirza et al. 2024 (../shared/FOLLOWUPS.md), which gives
+  more weight to images of energy near 0, the ones the model is least sure are data.
 """
 
 from __future__ import annotations
@@ -36,23 +39,27 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.objectives import prediction_divergence, wrong_class_log_prob
+from ..energy import energy
 from .config import TrainConfig
 
 
 def batch_loss(config: TrainConfig, net: torch.nn.Module, x: torch.Tensor, x_attacked: torch.Tensor,
                y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(the step's loss, the logits its training accuracy is counted on) for clean `x` and the mode's `x_attacked`
-    (`x` itself in "standard" mode). "reject" and "trades" run both in one forward pass (one set of batch-norm
-    statistics) and count accuracy on the clean images; the other modes on the images they train on."""
-    if config.mode not in ("reject", "trades"):
+    (`x` itself in "standard" mode). "reject", "trades" and "weat" run both in one forward pass (one set of
+    batch-norm statistics) and count accuracy on the clean images; the other modes on the images they train on."""
+    if config.mode not in ("reject", "trades", "weat"):
         logits = net(x_attacked)
         return F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing), logits
     both = net(torch.cat([x, x_attacked])).float()
     clean, attacked = both[:len(x)], both[len(x):]
+    if config.mode in ("trades", "weat"):
+        per_image = (F.cross_entropy(clean, y, label_smoothing=config.label_smoothing, reduction="none")
+                     + config.trades_beta * prediction_divergence(attacked, F.log_softmax(clean, dim=1)))
+        if config.mode == "weat":
+            per_image = per_image / F.softplus(energy(clean, check=False).abs()).detach()
+        return per_image.mean(), clean
     cross_entropy = F.cross_entropy(clean, y, label_smoothing=config.label_smoothing)
-    if config.mode == "trades":
-        divergence = prediction_divergence(attacked, F.log_softmax(clean, dim=1)).mean()
-        return cross_entropy + config.trades_beta * divergence, clean
     cap = F.relu(wrong_class_log_prob(attacked, y) - math.log(config.reject_cap)).mean()
     share = config.reject_adversarial_share
     if share:  # (a share of 0 leaves the loss exactly as before the option existed)
