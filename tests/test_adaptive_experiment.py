@@ -142,6 +142,24 @@ def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tm
     assert not (again / STAGES).exists()  # cleared once the results are written
 
 
+def test_under_torchrun_only_rank_0_calibrates_a_detector_that_reads_the_images(checkpoint, toy_data, monkeypatch):
+    """The other ranks take rank 0's detectors (`shared_calibration`, tested under torchrun in test_distributed.py),
+    so they skip robust-margin's calibration passes (not collective): it comes back unfitted there, fitted on rank
+    0; the logit detectors and the detector switched off are fitted on every rank (their passes are collective)."""
+    model = robgen.load_model(checkpoint)
+    splits = adaptive_module.detection_splits(model, str(toy_data))
+    settings = AdaptiveSettings(detectors=("energy", "robust-margin"), limit=8, steps=1, restarts=1, batch_size=4)
+    main_rank = adaptive_module.calibrate_detectors(model, str(toy_data), splits, settings, {})
+    monkeypatch.setattr(adaptive_module.distributed, "is_main", lambda: False)
+    other_rank = adaptive_module.calibrate_detectors(model, str(toy_data), splits, settings, {})
+    for name in ("energy", "robust-margin", adaptive_module.OFF):
+        main_rank[name]._require_fit()
+    for name in ("energy", adaptive_module.OFF):
+        other_rank[name]._require_fit()
+    with pytest.raises(RuntimeError, match="no threshold yet"):
+        other_rank["robust-margin"]._require_fit()
+
+
 def calibrate_a_hair_apart(monkeypatch):
     """Every fresh calibration from now on lands a hair away from the last (thresholds × (1 + 1e-12)), as with
     another thread count."""
@@ -409,13 +427,14 @@ def test_a_failed_sanity_check_is_flagged_at_the_top_of_the_report(finished):
 @pytest.mark.parametrize("extra", [(), ("--skip-evaded",)], ids=["every image", "skipping evaded"])
 def test_two_ranks_give_the_numbers_of_one_process(checkpoint, toy_data, tmp_path, extra):
     """12 test images in batches of 4 (rank 0: batches 0 and 2, rank 1: batch 1), every attack with random starts:
-    every number of results.json is the single process's; rank 0 alone prints and writes. With --skip-evaded each
-    rank picks its batches' standing images from the flags every rank got back."""
+    every number of results.json is the single process's; rank 0 alone prints and writes, and calibrates
+    robust-margin (the others take its detectors). With --skip-evaded each rank picks its batches' standing images from the flags every rank got back."""
     from tests.test_distributed import alone, differing_keys, torchrun
 
     arguments = ["-m", "robgen", *command(checkpoint, toy_data, "OUT")[:-2], *extra]
     arguments[arguments.index("--limit") + 1] = "12"
     arguments[arguments.index("--eps") + 1] = "8/255"
+    arguments[arguments.index("--detector") + 1] = "energy,mahalanobis,robust-margin"  # rank 0 alone calibrates it
     result = alone(*arguments, "--out", str(tmp_path / "one"))
     assert result.returncode == 0, result.stderr[-3000:]
     result = torchrun(2, *arguments, "--out", str(tmp_path / "two"))

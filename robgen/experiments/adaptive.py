@@ -274,7 +274,12 @@ def keep_calibration(stage_dir: Optional[Path], reject: Mapping[str, RejectOptio
 def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
                         given: Mapping[str, RejectOption]) -> Dict[str, RejectOption]:
     """Every detector of `settings` calibrated on the clean validation split (`given` ones kept as they are),
-    and the detector switched off (OFF), fitted on the same images for its (zero) validation FPR."""
+    and the detector switched off (OFF), fitted on the same images for its (zero) validation FPR.
+
+    Under torchrun the detectors that read the images (robust-margin: several passes per validation image) are
+    calibrated on rank 0 alone; the other ranks' come back unfitted, and `shared_calibration` hands every rank
+    rank 0's detectors anyway. The rest are fitted on every rank: their validation and reference passes are
+    collective (each rank runs its share) and their fits cost next to nothing."""
     loader = datasets.make_loader(splits.validation, settings.batch_size)
     validation = model_outputs(model, loader, features=True, progress=False)
     calibration = {"data": str(data), "split": "validation images held out of the model's training",
@@ -286,9 +291,10 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
             continue
         option = make_reject_option(name, target_fpr=settings.target_fpr, **settings.detector_settings.get(name, {}))
         if option.needs_inputs:  # it reads the images (robust-margin runs the model near them): calibrate on them
-            images, _ = datasets.load_tensors(splits.validation)
-            option.calibrate(model, images, settings.batch_size)
-            option.calibration = dict(calibration)
+            if distributed.is_main():
+                images, _ = datasets.load_tensors(splits.validation)
+                option.calibrate(model, images, settings.batch_size)
+                option.calibration = dict(calibration)
             options[name] = option
             continue
         if option.needs_features:  # Mahalanobis: class statistics of clean training images outside validation
@@ -310,7 +316,7 @@ def shared_calibration(reject: Mapping[str, RejectOption],
     """Under torchrun, every rank's detectors replaced by rank 0's (the ones it calibrated or read back; `given`
     ones and the detector switched off are the same everywhere): calibration is not bit-reproducible across
     thread counts and machines, and every rank must attack the thresholds rank 0 records in the stage key and
-    results.json."""
+    results.json. (The other ranks' detectors that read the images come unfitted from `calibrate_detectors`.)"""
     if not distributed.is_distributed():
         return dict(reject)
     own = {name: option.to_dict() for name, option in reject.items() if name != OFF and name not in given}
