@@ -26,8 +26,9 @@
   through both predictions, as in TRADES; unlike its code, x and x* share one forward pass (one set of batch-norm
   statistics), as "reject" does.
 - "weat": TRADES with each image's term weighted by 1 / softplus(|E(x)|), E(x) its clean free energy (detached, the
-  weights not normalised): the energy-weighted TRADES of Mirza et al. 2024 (../shared/FOLLOWUPS.md), which gives
-  more weight to images of energy near 0, the ones the model is least sure are data.
+  weights not normalised): WEAT, the energy-weighted TRADES of Mirza et al. 2024 ("Shedding more light on robust
+  classifiers under the lens of energy-based models"), which gives more weight to the images of high energy
+  (near 0), the ones the model's energy ranks least like its data.
 """
 
 from __future__ import annotations
