@@ -22,7 +22,7 @@ import torch
 from .. import distributed
 from ..attacks import PGD
 from ..attacks.pgd import ConfidentPGD, DivergencePGD
-from .config import MULTI_STEP_MODES, TrainConfig
+from .config import DIVERGENCE_MODES, MULTI_STEP_MODES, TrainConfig
 
 
 def training_attack(config: TrainConfig, model, device: torch.device) -> Optional[PGD]:
@@ -38,7 +38,7 @@ def training_attack(config: TrainConfig, model, device: torch.device) -> Optiona
     kind = PGD
     if config.mode == "reject" and config.reject_attack == "confident":
         kind = ConfidentPGD
-    elif config.mode in ("trades", "weat"):
+    elif config.mode in DIVERGENCE_MODES:
         kind = DivergencePGD
     return kind(model, eps=config.eps, step_size=config.step_size, steps=steps, norm=config.norm, random_start=True,
                 generator=generator)

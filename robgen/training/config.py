@@ -15,6 +15,7 @@ from .. import data as datasets
 
 MODES = ("standard", "pgd", "fast", "quasi", "reject", "trades", "weat")
 MULTI_STEP_MODES = ("pgd", "reject", "trades", "weat")  # the modes whose training attack takes `attack_steps` steps
+DIVERGENCE_MODES = ("trades", "weat")  # TRADES and WEAT: DivergencePGD's point, the KL term (losses.py)
 REJECT_ATTACKS = ("confident", "pgd")  # what makes "reject" mode's x*: ConfidentPGD, or PGD on the cross-entropy
 SCHEDULES = ("onecycle", "cosine", "multistep")
 OPTIMIZERS = ("sgd", "adam")

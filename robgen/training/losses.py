@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from ..attacks.objectives import prediction_divergence, wrong_class_log_prob
 from ..energy import energy
-from .config import TrainConfig
+from .config import DIVERGENCE_MODES, TrainConfig
 
 
 def batch_loss(config: TrainConfig, net: torch.nn.Module, x: torch.Tensor, x_attacked: torch.Tensor,
@@ -49,12 +49,12 @@ def batch_loss(config: TrainConfig, net: torch.nn.Module, x: torch.Tensor, x_att
     """(the step's loss, the logits its training accuracy is counted on) for clean `x` and the mode's `x_attacked`
     (`x` itself in "standard" mode). "reject", "trades" and "weat" run both in one forward pass (one set of
     batch-norm statistics) and count accuracy on the clean images; the other modes on the images they train on."""
-    if config.mode not in ("reject", "trades", "weat"):
+    if config.mode != "reject" and config.mode not in DIVERGENCE_MODES:
         logits = net(x_attacked)
         return F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing), logits
     both = net(torch.cat([x, x_attacked])).float()
     clean, attacked = both[:len(x)], both[len(x):]
-    if config.mode in ("trades", "weat"):
+    if config.mode in DIVERGENCE_MODES:
         per_image = (F.cross_entropy(clean, y, label_smoothing=config.label_smoothing, reduction="none")
                      + config.trades_beta * prediction_divergence(attacked, F.log_softmax(clean, dim=1)))
         if config.mode == "weat":
