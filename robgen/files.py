@@ -2,18 +2,21 @@
 
     write_atomically(path, lambda temporary: save_file(tensors, str(temporary)))
     write_text_atomically(path, json.dumps(record))
+    path.write_text(json_text(results))   # results.json: strict JSON, a rate over no images as null
 
 Every file robgen keeps across an interruption goes through here: checkpoints and trainer state,
 synthesis seeds, the stage cache of `reproduce` and `adaptive`, ablation rows. The new content is
 written to `<name>.partial` beside the target, then renamed over it (`os.replace`, atomic on one
-file system), so a reader sees either the complete old file or the complete new one.
+file system), so a reader sees either the complete old file or the complete new one. Every results.json
+is written as `json_text` gives it: strict JSON, which any reader parses.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, Union
+from typing import Any, Callable, Dict, Union
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -56,3 +59,21 @@ def write_together(writes: Dict[Path, Callable[[Path], None]]) -> None:
 def write_text_atomically(path: Union[str, Path], text: str) -> Path:
     """`path` replaced by `text` (UTF-8) in one step; see `write_atomically`."""
     return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def without_nan(value: Any) -> Any:
+    """`value` with every float NaN (a rate or mean over no images) as None, through dicts, lists and tuples."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    return value
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """A results.json's text: indented, strict JSON (a NaN, which `json.dumps` writes as the non-standard `NaN`
+    that strict readers refuse, becomes null), ending in a newline. `options`: more `json.dumps` arguments
+    (`default=str` for values JSON has no type for)."""
+    return json.dumps(without_nan(value), indent=2, allow_nan=False, **options) + "\n"

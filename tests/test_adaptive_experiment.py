@@ -233,6 +233,7 @@ def test_a_saved_detector_is_evaluated_as_it_is(finished, checkpoint, toy_data, 
     assert sorted(p.name for p in (again / STAGES / adaptive_module.CALIBRATION).iterdir()) == ["mahalanobis.json"]
     loaded = json.loads((again / "results.json").read_text())
     assert loaded["detectors"]["energy"]["thresholds"] == results["detectors"]["energy"]["thresholds"]
+    assert "except" not in (again / "results.md").read_text(), "calibrated as the run calibrates: nothing to say"
     assert [r["dara"] for r in loaded["rows"] if r["detector"] == "energy"] == \
         [r["dara"] for r in results["rows"] if r["detector"] == "energy"]
 
@@ -423,6 +424,38 @@ def test_a_failed_sanity_check_is_flagged_at_the_top_of_the_report(finished):
         assert "FAILED" not in markdown(results)
 
 
+def test_a_detector_given_calibrated_at_another_fpr_is_described_as_it_was_calibrated(finished, tmp_path,
+                                                                                       monkeypatch):
+    from robgen.experiments.adaptive_report import figure
+
+    _, results = finished
+    given = json.loads(json.dumps(results))
+    given["detectors"]["energy"]["target_fpr"] = 0.01
+    text = markdown(given).split("## Detection-aware")[0]
+    assert "at most 5% of them are rejected (except: energy was given calibrated, at 1% target FPR on" in text
+    titles = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, path: titles.append(fig.axes[0].get_title()))
+    figure(given, tmp_path / "given.png")
+    figure(results, tmp_path / "own.png")
+    assert "each detector's own validation FPR" in titles[0] and "at 5% validation FPR" in titles[1]
+
+
+def test_the_figure_of_one_eps_shows_it_in_a_window_of_its_size_not_the_nudges_width(finished, tmp_path,
+                                                                                        monkeypatch):
+    from robgen.experiments.adaptive_report import figure
+
+    _, results = finished
+    one = json.loads(json.dumps(results))
+    one["bare"] = [row for row in one["bare"] if row["eps_label"] == "8/255"]
+    one["rows"] = [row for row in one["rows"] if row["eps_label"] == "8/255"]
+    limits = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, path: limits.append(fig.axes[0].get_xlim()))
+    figure(one, tmp_path / "one.png")
+    figure(results, tmp_path / "two.png")
+    assert limits[0] == pytest.approx((4.0, 12.0))
+    assert limits[1][0] < 8 and limits[1][1] > 64
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [(), ("--skip-evaded",)], ids=["every image", "skipping evaded"])
 def test_two_ranks_give_the_numbers_of_one_process(checkpoint, toy_data, tmp_path, extra):
@@ -583,6 +616,19 @@ def test_a_run_that_skips_evaded_images_attacks_only_the_standing_ones_and_keeps
                 skipped_some |= bool((~flags["attacked"]).any())
                 standing &= ~flags["evaded"]
     assert skipped_some, "some image was skipped: the test is not vacuous"
+    # an attack that skipped images has no DARA alone and no suite has "only this attack" counts: neither is known
+    ran_on_fewer = {}
+    for row in results["rows"]:
+        fewer = {name for name, attack in row["per_attack"].items()
+                 if attack["evasion_rate"]["n"] < row["clean"]["accuracy"]["count"]}
+        ran_on_fewer[row["detector"], row["eps"]] = fewer
+        for name, attack in row["per_attack"].items():
+            assert (attack["dara"] is None) == (name in fewer), (row["detector"], name)
+            assert (attack["only_this_attack"] is None) == bool(fewer)
+    assert any(ran_on_fewer.values())
+    for bare in results["bare"]:  # the bare model per attack, likewise, from the detector-off suite
+        fewer = ran_on_fewer["off", bare["eps"]]
+        assert {name for name, entry in bare["per_attack"].items() if entry is None} == fewer
     # the same seed and all images for the first attack: its flags are the full run's
     _, full = finished
     for row in results["rows"]:

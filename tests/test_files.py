@@ -1,4 +1,5 @@
-"""robgen.files: a write that fails halfway leaves the old file whole and no partial file beside it."""
+"""robgen.files: a write that fails halfway leaves the old file whole and no partial file beside it; results.json
+text is strict JSON."""
 
 import pytest
 
@@ -39,3 +40,20 @@ def test_files_written_together_are_replaced_together_or_not_at_all(tmp_path):
         write_together({weights: lambda t: t.write_text("w2"), config: full_disk})
     assert (weights.read_text(), config.read_text()) == ("w1", "c1")  # neither replaced: they still match
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_results_json_text_is_strict_json_with_a_rate_over_no_images_as_null():
+    import json
+    import math
+
+    from robgen.files import json_text
+
+    record = {"rate": math.nan, "ci": (math.nan, math.nan), "rows": [{"n": 0, "mean": float("nan")}], "ok": 0.5}
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    text = json_text(record)
+    assert json.loads(text, parse_constant=refuse) == {"rate": None, "ci": [None, None],
+                                                       "rows": [{"n": 0, "mean": None}], "ok": 0.5}
+    assert text.endswith("}\n") and "NaN" not in text

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
+from ..files import json_text
 from .common import (
     UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, open_model,
     pick_device, prepare_out_dir, read_images,
@@ -81,7 +81,7 @@ def command_attack(args) -> int:
         "model": spec.source, "attack": repr(attack), "target": args.target, "seconds": seconds,
         "device": str(device), "images": rows, "trace": trace.to_dict(),
     }
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.json").write_text(json_text(report))
     for row in rows:
         print(
             f"{row['image']}: {row['clean']['label']} ({row['clean']['probability']:.2f}, E={row['clean']['energy']:.2f})"

@@ -5,10 +5,10 @@ with the model, with its calibration energies).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from ..files import json_text
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
     companion_output_path, open_model, pick_device, prepare_out_dir,
@@ -100,7 +100,7 @@ def command_detect(args) -> int:
     detector, metrics = result.detector, result.report
     metrics.update(model=model.spec.source, seconds=time.perf_counter() - started, device=str(device))
     detector.save(out / "detector.json")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "metrics.json").write_text(json_text(metrics))
     print(
         f"threshold {detector.threshold:.4f} (rule {args.rule}, T={detector.temperature:g}) on {metrics['n_validation']} "
         f"validation images; test ({metrics['n_test']} images): detection rate {metrics['detection_rate']:.3f}, "

@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from ..files import json_text
+
 PAPER_CIFAR10 = {"detection_rate": 0.9838, "false_positive_rate": 0.0167}  # notebook: TPR 98.38 / FPR 1.67
 PAPER_CLEAN_ACCURACY = 0.876  # the official CIFAR-10 model's test accuracy (PAPER.md)
 
@@ -225,7 +227,7 @@ def write_report(records: List[dict], out_dir: Path) -> List[Path]:
             differ = sorted(name for name in set(other) | set(settings) if other.get(name) != settings.get(name))
             raise ValueError(f"{out_dir}/rows holds rows measured with other settings ({', '.join(differ)} differ): "
                              "measure every row with the same --limit and --seed, or write to another --out")
-    (out_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    (out_dir / "results.json").write_text(json_text({"settings": settings, "rows": rows}))
     (out_dir / "results.md").write_text(markdown(rows, settings))
     written = [out_dir / "results.json", out_dir / "results.md", figure(rows, out_dir / "ablation.png")]
     curves = training_curves(rows)

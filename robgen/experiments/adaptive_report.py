@@ -19,7 +19,6 @@ A failed check is flagged at the top of results.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,6 +26,7 @@ import torch
 
 from ..detection.dara import (defended_images, detection_aware_report, detection_aware_robust_accuracy, eps_label,
                              rate)
+from ..files import json_text
 
 OFF = "off"  # the detector switched off (adaptive.DetectorOff)
 BARE = "bare model"
@@ -85,7 +85,9 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
     points give "accuracy_at_final_points" (the model alone at those points) and "detection_rate_at_final_points"
     (the share of their successes the detector rejects: what it catches of an attacker who ignores it). The
     adaptive attacks' final points are left out: they stop on a batch once all of it evaded, so where they end
-    depends on the batch, and the bare model's robust accuracy is `bare_row`'s, with the detector off.
+    depends on the batch, and the bare model's robust accuracy is `bare_row`'s, with the detector off. In a suite
+    run with `skip_evaded` an attack that skipped images has its evasion rate among the images it ran on and no
+    DARA alone (None), and no attack has an "only_this_attack" count (None): neither is known.
     """
     first = next(iter(stages.values()))
     judged = {name: s for name, s in stages.items() if name in set(references)}
@@ -97,13 +99,25 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
         report["accuracy_at_final_points"] = report.pop("bare_robust_accuracy")
         report["detection_rate_at_final_points"] = report.pop("detection_rate")
     clean_ok = first["clean_correct"] & first["clean_accepted"]
-    for name, s in stages.items():  # a suite run with skip_evaded: each rate among the images the attack ran on
-        if "attacked" in s and not bool(s["attacked"][clean_ok].all()):
-            report["per_attack"][name]["evasion_rate"] = rate(s["evaded"][clean_ok & s["attacked"]])
+    skipping = skipped_some(stages, clean_ok)
+    for name in skipping:  # a suite run with skip_evaded: each rate among the images the attack ran on
+        entry = report["per_attack"][name]
+        entry["evasion_rate"] = rate(stages[name]["evaded"][clean_ok & stages[name]["attacked"]])
+        entry["dara"] = None  # it never ran on the images an earlier attack evaded: its DARA alone is unknown
+    if skipping:  # an image the first attack evaded was tried by no later one: "only this attack" is unknown
+        for entry in report["per_attack"].values():
+            entry["only_this_attack"] = None
     defended = defended_images(first["clean_correct"], first["clean_accepted"],
                                {name: s["evaded"] for name, s in stages.items()})
     return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages),
             "dara_by_restarts": dara_by_restarts(stages, restarts), "defended": indices(defended)}
+
+
+def skipped_some(stages: Mapping[str, Dict[str, torch.Tensor]], eligible: torch.Tensor) -> List[str]:
+    """The attacks of a suite that did not run on every `eligible` image (`AdaptiveSettings.skip_evaded`: an
+    attack after the first skips the images an earlier one evaded), whose per-attack numbers then cover only
+    the images they ran on."""
+    return [name for name, s in stages.items() if "attacked" in s and not bool(s["attacked"][eligible].all())]
 
 
 def bare_flags(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -117,10 +131,14 @@ def bare_flags(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Te
 
 
 def bare_row(eps: float, clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> dict:
+    """The bare model at `eps`: its robust accuracy under the detector-off suite `off` and per attack (None for an
+    attack that skipped images an earlier one broke: its robust accuracy alone is unknown)."""
     flags = bare_flags(clean_correct, off)
     robust = flags.pop("all")
+    skipping = set(skipped_some(off, clean_correct))
     return {"eps": float(eps), "eps_label": eps_label(eps), "clean_accuracy": rate(clean_correct),
-            "robust_accuracy": rate(robust), "per_attack": {name: rate(f) for name, f in flags.items()},
+            "robust_accuracy": rate(robust),
+            "per_attack": {name: None if name in skipping else rate(f) for name, f in flags.items()},
             "robust": indices(robust)}
 
 
@@ -254,8 +272,23 @@ def _thresholds(entry: dict) -> str:
     return f"{'; '.join(parts)}{' (' + settings + ')' if settings else ''}; validation FPR {shown}"
 
 
+def calibrated_apart(results: dict) -> Dict[str, str]:
+    """The detectors a caller gave calibrated at another target FPR or on other images than the run calibrates
+    on (`--detector-file`): {name: how}, for the report to say so instead of the run's own FPR and split."""
+    apart = {}
+    for name, entry in results["detectors"].items():
+        if name == OFF:
+            continue
+        fpr, n = entry.get("target_fpr"), (entry.get("calibration") or {}).get("n")
+        if fpr != results["settings"]["target_fpr"] or n != results["n_validation"]:
+            apart[name] = (f"{name} was given calibrated, at {100 * fpr:g}% target FPR" if fpr is not None else
+                           f"{name} was given calibrated") + (f" on {n} images" if n is not None else "")
+    return apart
+
+
 def markdown(results: dict) -> str:
     settings, eps_list = results["settings"], [row["eps"] for row in results["bare"]]
+    apart = calibrated_apart(results)
     failed = [check for check in results["sanity"] if check["passed"] is False]
     names = [name for name in results["detectors"] if name != OFF]
     lines = [f"# Adaptive evaluation: {', '.join(names)} on {results['model']} ({results['data']})", ""]
@@ -265,7 +298,9 @@ def markdown(results: dict) -> str:
     lines += [
         "## What was measured", "",
         f"Each detector's threshold was fixed on the {results['n_validation']} clean validation images the "
-        f"model's training held out, so that at most {100 * settings['target_fpr']:g}% of them are rejected. Then, "
+        f"model's training held out, so that at most {100 * settings['target_fpr']:g}% of them are rejected"
+        + (f" (except: {'; '.join(apart.values())}; its thresholds column says what it rejects)" if apart else "")
+        + ". Then, "
         f"on the first {results['n_test']} test images, every attack below knew the model and the detector exactly "
         "and searched the L-inf ball of each radius for a point the model misclassifies and the detector accepts; "
         "every iterate of every restart counted. An image is defended when its clean image is classified correctly "
@@ -346,7 +381,8 @@ def figure(results: dict, path: Path) -> Path:
 
     fig, axis = plt.subplots(figsize=(5.8, 4.0), dpi=120)
     names = [name for name in results["detectors"] if name != OFF]
-    largest = max(255 * row["eps"] for row in results["bare"])
+    radii = sorted(255 * row["eps"] for row in results["bare"])
+    largest = radii[-1]
 
     def draw(points, label, series, **style):  # each series nudged sideways, so that equal values stay visible
         nudge = 0.006 * largest * (series - len(names) / 2)
@@ -362,11 +398,15 @@ def figure(results: dict, path: Path) -> Path:
     for series, name in enumerate(names, start=1):
         draw(sorted(((row["eps"], row["dara"]) for row in results["rows"] if row["detector"] == name),
                     key=lambda point: point[0]), f"{name}: DARA", series)
+    if len(radii) == 1:  # the nudges alone would span the axis: show the one eps in a window of its own size
+        axis.set_xlim(0.5 * largest, 1.5 * largest)
     axis.set_xlabel("L-inf eps (x 1/255)")
     axis.set_ylabel("% of test images")
     axis.set_ylim(-2, 102)
+    fpr = ("each detector's own validation FPR" if calibrated_apart(results) else
+           f"{100 * results['settings']['target_fpr']:g}% validation FPR")
     axis.set_title(f"Adaptive attacks on {results['n_test']} test images ({results['model']})\nthresholds at "
-                   f"{100 * results['settings']['target_fpr']:g}% validation FPR; 95% intervals", fontsize=9)
+                   f"{fpr}; 95% intervals", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     fig.tight_layout()
@@ -384,6 +424,6 @@ def write_report(results: dict, reject: Mapping[str, object], out_dir: Path) -> 
         if name != OFF:
             paths.append(option.save(out_dir / "detectors" / f"reject-{name}.json"))
             results["detectors"][name]["file"] = f"detectors/reject-{name}.json"
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out_dir / "results.json").write_text(json_text(results, default=str))
     (out_dir / "results.md").write_text(markdown(results))
     return [out_dir / "results.json", out_dir / "results.md", figure(results, out_dir / "adaptive_dara.png"), *paths]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from .. import plots
+from ..files import json_text
 from .pipeline import definitions_markdown
 
 DATA_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": "Imagenette"}
@@ -47,7 +47,7 @@ def write_report(results: dict, clean, adversarial, out: Path) -> None:
         "detected: two-sided band on E(x)": [r["detection_rate_band"] for r in rows],
         "detected: E(x, ŷ) <= t": [r["detection_rate_class_energy"] for r in rows],
     }, out / "adaptive_lambda.png", f"Adaptive attacker ({title}): HE-PGD 8/255 against λ")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(json_text(results))
     (out / "results.md").write_text(markdown_report(results))
 
 

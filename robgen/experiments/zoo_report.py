@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List
 
@@ -11,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..files import json_text  # noqa: E402
 from .pipeline import definitions_markdown  # noqa: E402
 
 FIGURE = "delta_energy.png"
@@ -21,19 +21,8 @@ def write_report(results: dict, out: Path) -> None:
     """Write results.json, results.md and delta_energy.png into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     delta_energy_figure(results, out / FIGURE)
-    (out / "results.json").write_text(json.dumps(_without_nan(results), indent=2, allow_nan=False) + "\n")
+    (out / "results.json").write_text(json_text(results))
     (out / "results.md").write_text(markdown_report(results))
-
-
-def _without_nan(value):
-    """`value` with every NaN (a rate or mean over no images) as None, so that results.json is strict JSON."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without_nan(item) for item in value]
-    return value
 
 
 def _missing(value) -> bool:
