@@ -271,6 +271,8 @@ def foreign_detector(unrecorded, tmp_path_factory):
     ({"--eps": "8"}, "write 8/255, not 8"),
     ({"--eps": "8/255,1.5"}, "--eps must be in (0, 1]"),
     ({"--restarts": "0"}, "--restarts must be >= 1"),
+    ({"--eps": "8/255,0.03137255"}, "eps 0.03137254901960784 and 0.03137255 are one radius to 6 digits (both 8/255)"),
+    ({"--lambdas": "0.6,0.6000001"}, "lambdas 0.6 and 0.6000001 are one to 6 digits"),
     ({"--target-fpr": "1"}, "--target-fpr must be in (0, 1)"),
     ({"--model": "UNRECORDED"}, "records no validation split held out of"),
     ({"--detector-file": "FOREIGN"}, "calibrated for another model"),
@@ -549,6 +551,33 @@ def test_references_run_once_per_eps_unless_a_detector_reads_the_images(checkpoi
     adaptive_evaluation(model, str(toy_data), detectors=(brightness, "energy"), **settings)
     references = [name for name in stages if "bare model" in name]
     assert len(references) == 3 * 2 and not any(name.startswith("reference") for name in references)
+
+
+def test_references_run_per_detector_attack_every_image_though_the_run_skips_evaded_ones(checkpoint, toy_data,
+                                                                                         monkeypatch, same_code):
+    """With a detector that reads the images the references run once per detector, after its adaptive attacks;
+    --skip-evaded must not narrow them: their final points measure the bare model on every image."""
+    from robgen.detection.reject import RejectOption
+    from robgen.experiments.adaptive import adaptive_evaluation
+    from robgen.experiments.adaptive_suite import ADAPTIVE, SuiteStageStore
+
+    model = robgen.load_model(checkpoint).eval()
+    stages = {}
+    real_run = SuiteStageStore.run
+    monkeypatch.setattr(SuiteStageStore, "run", lambda self, name, compute: stages.setdefault(
+        name, real_run(self, name, compute)))
+    brightness = RejectOption.from_callable(lambda x: x.mean((1, 2, 3)), on="input", name="brightness")
+    brightness.calibrate(model, torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    results = adaptive_evaluation(model, str(toy_data), detectors=(brightness,), eps_list=(64 / 255,), limit=8,
+                                  steps=2, restarts=1, lambdas=(1.2,), batch_size=4, skip_evaded=True, progress=False)
+    adaptive = [flags for name, flags in stages.items() if name.split("-eps")[1].split("-", 1)[1] in ADAPTIVE]
+    assert any(not flags["attacked"].all() for flags in adaptive), "some adaptive attack skipped: not vacuous"
+    references = {name: flags for name, flags in stages.items() if "bare model" in name}
+    assert len(references) == 2 * 2  # PGD and HE-PGD, for brightness and the detector switched off
+    for name, flags in references.items():
+        assert flags["attacked"].all(), name
+    row = next(row for row in results["rows"] if row["detector"] == "custom")
+    assert row["per_attack"]["pgd (bare model)"]["evasion_rate"]["n"] == row["clean"]["accuracy"]["count"]
 
 
 def test_a_stage_given_the_standing_images_attacks_only_those_and_finds_on_them_what_a_full_stage_finds(

@@ -361,3 +361,60 @@ def test_robust_margin_fit_runs_the_model_in_eval_mode_and_the_attacks_see_featu
     outputs = DefendedOutputs(DefendedClassifier(model, option), features=True)(x)
     assert torch.allclose(outputs.features, features, atol=1e-5)  # the pass at x, not one of the inner steps'
     assert torch.allclose(outputs.logits, logits, atol=1e-5)
+
+
+# ---- less common uses: refitting, a NaN score, a target FPR near 1 -------------------------------
+
+def test_refitting_on_another_models_outputs_forgets_the_model_it_was_bound_to(small):
+    model, _, _, val_x = small
+    other = tiny_model(seed=1)
+    option = make_reject_option("energy", target_fpr=0.1).calibrate(model, val_x)
+    with torch.no_grad():
+        option.fit(other(val_x))  # new thresholds, from the other model's outputs, no model= given
+    with pytest.raises(ValueError, match="does not record which model"):
+        DefendedClassifier(model, option)  # not the thresholds of `model`: refused, not silently accepted
+    with torch.no_grad():
+        option.fit(other(val_x), model=other)
+    assert DefendedClassifier(other, option).reject is option
+
+
+def test_a_new_mahalanobis_reference_drops_the_thresholds_fitted_on_the_old_statistic(small):
+    model, train_x, train_y, val_x = small
+    option = calibrated("mahalanobis", small)
+    assert option.fitted and option.model_fingerprint is not None
+    option.fit_reference_on(model, train_x[:30], train_y[:30])
+    assert not option.fitted and option.validation == {} and option.model_fingerprint is None
+    with pytest.raises(RuntimeError, match="no threshold yet"):
+        DefendedClassifier(model, option).score(val_x[:2])
+    assert option.calibrate(model, val_x).validation["rejected"] <= 3
+
+
+def test_a_nan_score_is_rejected_by_every_part_that_asks(small):
+    """A user's detector undefined at some inputs: those points are rejected (fail closed), by `rejects`, the
+    defended classifier's predict and accepts, the (K+1)-logit model, and the attacks' evasion check."""
+    from robgen.attacks import PGD
+    from robgen.attacks.suite import run_suite
+
+    model, _, _, val_x = small
+    undefined_when_bright = lambda x: torch.where(x.mean((1, 2, 3)) > 0.8, torch.nan, x.mean((1, 2, 3)))  # noqa
+    option = RejectOption.from_callable(undefined_when_bright, name="partial", target_fpr=0.1).calibrate(model, val_x)
+    defended = DefendedClassifier(model, option)
+    bright = torch.full((3, 3, 32, 32), 0.9)
+    with torch.no_grad():
+        logits = model(bright)
+    assert torch.isinf(defended.score(bright)).all()
+    assert option.rejects(logits, inputs=bright).all() and not defended.accepts(bright).any()
+    assert (defended.predict(bright) == -1).all()
+    assert (defended.combined_logits(bright).argmax(1) == logits.shape[1]).all()
+    wrong = (logits.argmax(1) + 1) % logits.shape[1]  # every bright point is misclassified: only the score decides
+    attack = PGD(model, eps=0.05, step_size=0.01, steps=2, random_start=False)
+    result = run_suite(defended, bright, wrong, {"pgd": attack}, eps=0.05)
+    assert not result.clean_accepted.any() and not result.attacks["pgd"].evaded.any()
+
+
+@pytest.mark.parametrize("fpr", [0.999, 1 - 1e-12])
+def test_a_target_fpr_just_below_one_keeps_one_validation_value_accepted(fpr):
+    values = torch.arange(1000, dtype=torch.float64)
+    assert allowed_rejections(1000, fpr) == 999 and allowed_rejections(1, fpr) == 0
+    assert upper_threshold(values, fpr) == 0.0  # rejects v > 0: 999 of 1000, not none
+    assert lower_threshold(values, fpr) == 999.0  # rejects v < 999

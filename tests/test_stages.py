@@ -226,3 +226,16 @@ def test_with_overwrite_stages_of_another_run_are_removed_and_those_of_this_run_
     assert fresh.replaced and "code" in fresh.replaced[0]
     assert list(stopped_run.glob("*.safetensors")) == []
     assert json.loads((stopped_run / "key.json").read_text()) == fresh.key
+
+
+def test_a_known_data_sets_stages_follow_its_data_root_whatever_folder_the_working_directory_holds(tmp_path,
+                                                                                                    monkeypatch):
+    """`load_dataset("cifar10")` reads the data root whatever is in the working directory, so the key must too:
+    two copies of the data (exact PNGs, JPEG copies) under two roots never share stages."""
+    from robgen.experiments.stages import data_location
+
+    (tmp_path / "cifar10").mkdir()
+    monkeypatch.chdir(tmp_path)
+    first, second = data_location("cifar10", tmp_path / "copy-a"), data_location("cifar10", tmp_path / "copy-b")
+    assert first != second and first.endswith("copy-a") and second.endswith("copy-b")
+    assert data_location("./cifar10") == str((tmp_path / "cifar10").resolve())  # a folder named by its path

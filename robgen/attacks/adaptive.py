@@ -312,7 +312,7 @@ class PenaltyPGD(AdaptiveAttack):
         super().__init__(defended, eps, step_size, steps, norm, restarts, random_start, generator)
         self.lam = check_positive(lam, "lam")
         self.score_margin, self.confidence = float(score_margin), float(confidence)
-        self.lams: Optional[torch.Tensor] = None  # per image, the lam of its last run (after a call)
+        self.lams: Optional[torch.Tensor] = None  # per image, after a call: the lam a next run would take
 
     def _begin(self, x, y):
         self.lams = torch.full((x.shape[0],), self.lam, dtype=x.dtype, device=x.device)

@@ -355,13 +355,16 @@ class MahalanobisReject(_HighStatisticReject):
         self.reference: Dict[str, object] = {}
 
     def fit_reference(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "MahalanobisReject":
-        """Class means and the shared covariance of clean training features (N, D) with their labels."""
+        """Class means and the shared covariance of clean training features (N, D) with their labels. A new
+        reference makes a new statistic: the thresholds fitted on the old one (and the model they were bound to)
+        are dropped, so the option must be fitted again before it scores."""
         labels = torch.as_tensor(labels).long().cpu()
         missing = sorted(set(range(num_classes)) - set(labels.tolist()))
         if missing:
             raise ValueError(f"Mahalanobis needs clean training features of every class; classes {missing} have none")
         self.scorer = MahalanobisScorer().fit(features.detach().cpu(), labels, num_classes)
         self.reference = {"n": int(len(labels)), "num_classes": int(num_classes), "dim": int(features.shape[1])}
+        self.threshold, self.validation, self.model_fingerprint = None, {}, None
         return self
 
     def fit_reference_on(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

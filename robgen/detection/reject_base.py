@@ -30,8 +30,10 @@ FORMAT_VERSION = 1
 
 
 def allowed_rejections(n: int, target_fpr: float) -> int:
-    """m = floor(target_fpr · n): the most clean validation images a threshold may reject."""
-    return int(math.floor(float(target_fpr) * n + 1e-9))  # 1e-9: 0.29 * 100 is 28.999999999999996
+    """m = floor(target_fpr · n), at most n - 1: the most clean validation images a threshold may reject (a
+    threshold is one of the n values, so it keeps at least one on its accepted side)."""
+    m = int(math.floor(float(target_fpr) * n + 1e-9))  # 1e-9: 0.29 * 100 is 28.999999999999996
+    return max(0, min(m, n - 1))
 
 
 def upper_threshold(values: torch.Tensor, target_fpr: float) -> float:
@@ -136,14 +138,17 @@ class RejectOption:
 
     def score_from(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
                    inputs: Optional[torch.Tensor] = None, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
-        """(N,) score of one forward pass's outputs; > 0 means rejected. Differentiable.
+        """(N,) score of one forward pass's outputs; > 0 means rejected. Differentiable. A NaN score (NaN
+        logits, or a user's function undefined at a point) is +inf: such a point is rejected, by every part of
+        robgen that asks (`rejects`, the attacks' evasion check, the (K+1)-logit model), never half accepted.
 
         `features` (the penultimate features) are needed when `needs_features`, `inputs` (the
         images) when `needs_inputs`, `network` (what made the logits, in eval mode) when `needs_network`.
         """
         self._require_fit()
         self._require_outputs(logits, features, inputs, network)
-        return self._score_from_values(self.values(logits, features, inputs, network))
+        score = self._score_from_values(self.values(logits, features, inputs, network))
+        return torch.where(torch.isnan(score), torch.full_like(score, math.inf), score)  # fail closed
 
     def rejects(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
                 inputs: Optional[torch.Tensor] = None, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
@@ -183,8 +188,11 @@ class RejectOption:
         return self
 
     def fit_values(self, values: torch.Tensor) -> "RejectOption":
-        """Set the thresholds on the statistic `values(...)` of clean validation images; record the FPR reached."""
+        """Set the thresholds on the statistic `values(...)` of clean validation images; record the FPR reached.
+        Forgets the model it was bound to: new thresholds belong to the model whose outputs gave `values`, which
+        `fit(..., model=)`, `calibrate` or `bind` records."""
         values = _check_values(values.detach())
+        self.model_fingerprint = None
         self._fit_values(values)
         rejected = self._score_from_values(values) > 0
         self.validation = {

@@ -40,7 +40,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -66,6 +66,15 @@ CALIBRATION = "detectors"  # in the stage folder: the detectors as the run calib
 # robgen's code besides stages.STAGE_CODE that decides a stage's flags: the reject options, the defended
 # classifier, the calibration and the suite
 ADAPTIVE_CODE = ("detection", "experiments/adaptive.py", "experiments/adaptive_suite.py")
+
+
+def same_name(values: Sequence[float], name: Callable[[float], str]) -> Optional[Tuple[str, List[float]]]:
+    """The first name two different `values` share (eps 8/255 and 0.03137255 are both "8/255"), with those
+    values; None when every value has its own name."""
+    named: Dict[str, List[float]] = {}
+    for value in values:
+        named.setdefault(name(value), []).append(value)
+    return next(((label, group) for label, group in named.items() if len(group) > 1), None)
 
 
 @dataclass
@@ -101,14 +110,22 @@ class AdaptiveSettings:
         if not self.eps_list or bad:
             raise ValueError(f"every eps must be in (0, 1] (pixels are in [0, 1]: write 8/255, not 8), got "
                              f"{', '.join(f'{eps:g}' for eps in bad) or 'none'}")
+        clash = same_name(self.eps_list, eps_label)
+        if clash:  # stages and report rows are named by the label: one would be read back as the other
+            raise ValueError(f"eps {' and '.join(repr(eps) for eps in clash[1])} are one radius to 6 digits (both "
+                             f"{clash[0]}): give it once")
         for name in ("limit", "steps", "restarts", "batch_size", "reference_size", "match_targets"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < float(self.target_fpr) < 1:
             raise ValueError(f"target_fpr must be in (0, 1), e.g. 0.05, got {self.target_fpr}")
-        self.lambdas = tuple(float(lam) for lam in self.lambdas)
+        self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
         if not all(math.isfinite(lam) for lam in self.lambdas):
             raise ValueError(f"HE-PGD's lambdas must be finite numbers, got {self.lambdas}")
+        clash = same_name(self.lambdas, hepgd_name)
+        if clash:  # the attack is named by it: the second would never run
+            raise ValueError(f"HE-PGD's lambdas {' and '.join(repr(lam) for lam in clash[1])} are one to 6 digits "
+                             f"(both {clash[0]!r}): give it once")
         given = dict(self.detector_settings or {})
         bad = [kind for kind, values in given.items() if not isinstance(values, Mapping)]
         if bad:
@@ -401,8 +418,10 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
                     report(1.0)
                     continue
 
-                standing = still_defended(flags[detector][eps]) if settings.skip_evaded and flags.get(
-                    detector, {}).get(eps) else None
+                # a reference (run per detector when the detectors read the images) attacks every image: its
+                # final points measure the bare model, whatever the adaptive attacks before it evaded
+                standing = still_defended(flags[detector][eps]) if (
+                    settings.skip_evaded and name in ADAPTIVE and flags.get(detector, {}).get(eps)) else None
 
                 def compute(name=name, eps=eps, generator=generator_for(stage), defended=defended, report=report,
                             standing=standing):

@@ -108,10 +108,11 @@ def data_location(data, data_root=None) -> str:
     """Where a run's images come from, for a store's key: the resolved folder of a data set named by path, else the
     resolved data root a known data set ("cifar10", "imagenette") is read from. Two copies of a data set with
     the same name and sizes (exact PNGs, JPEG copies) then never share stages."""
-    from ..data import default_data_root
+    from ..data import KNOWN, default_data_root
 
-    path = Path(str(data)).expanduser()
-    return str((path if path.exists() else default_data_root(data_root)).resolve())
+    if str(data).lower() in KNOWN:  # as `load_dataset` reads it: from the data root, whatever folder is here
+        return str(default_data_root(data_root).resolve())
+    return str(Path(str(data)).expanduser().resolve())
 
 
 def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dict:
