@@ -18,10 +18,12 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 8
 MAX_PIXELS = 40_000_000  # 40 megapixels
+MAX_ASPECT = 20  # long side / short side: a strip beyond it is no photo, and scaling it to cover a model's input
+                 # would make an image of gigapixels (20000 x 8 to cover 146 x 146: 365000 x 146) before the crop
 RESAMPLE = {
     "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
     "box": Image.BOX, "hamming": Image.HAMMING,
@@ -33,12 +35,14 @@ class ImageError(ValueError):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of a PIL image (alpha composited on white, 16-bit scaled down)."""
+    """An 8-bit RGB copy of a PIL image, upright (a camera's EXIF orientation applied), alpha composited on white,
+    16-bit scaled down (I;16: 65535 is white; 32-bit "I": 65535 where a value exceeds 255, else 255)."""
     if getattr(image, "is_animated", False):
         image.seek(0)
+    image = ImageOps.exif_transpose(image)  # a phone photo stored sideways, as its viewer shows it
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
+        peak = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
@@ -58,6 +62,9 @@ def check_image_size(image: Image.Image, what: str = "the image") -> None:
         raise ImageError(
             f"{what} is {width}x{height} pixels, over the {MAX_PIXELS // 1_000_000} megapixel limit: resize it first"
         )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(f"{what} is {width}x{height} pixels, a strip more than {MAX_ASPECT} times longer than it is "
+                         "wide: crop it to the object first")
 
 
 def pil_to_tensor(
@@ -138,6 +145,7 @@ def load_image(
     data = _WatchedBytes(path.read_bytes())
     try:
         with Image.open(data) as image:
+            check_image_size(image, str(path))  # from the header, before decoding a file too large to use
             data.watching = True
             image.load()
             data.watching = False

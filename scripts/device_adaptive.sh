@@ -12,6 +12,10 @@
 #                so a call cut at the 10-minute limit continues where it stopped when made again.
 # The moonshot's reject option (robust-margin: 5 passes a score) on the robust model, in its own folder:
 #                DETECTORS=robust-margin EPS=8/255 TAG=-robust-margin bash scripts/device_adaptive.sh cifar10-resnet10-robust
+# Imagenette's robust model (every detector; on the CPU only the energy detector's run was affordable): first the
+#                two `stage` calls of scripts/device_imagenette.sh (they put the archive together in ~/robgen-data),
+#                then  DATA=imagenette ROBGEN_DATA=$HOME/robgen-data EPS=4/255,64/255 BATCH=250 \
+#                      bash scripts/device_adaptive.sh imagenette-resnet10-robust
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
 #                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
 #

@@ -220,3 +220,13 @@ def test_numbers_may_be_fractions_of_decimals_divided_exactly():
             parse_numbers(bad, "--eps")
         with pytest.raises(argparse.ArgumentTypeError, match="not a number"):
             parse_number(bad)
+
+
+@pytest.mark.parametrize("name, says", [("gpu", "is not a device: use auto, cpu, cuda or cuda:N"),
+                                        ("CUDA", "is not a device")])
+def test_a_device_name_torch_does_not_know_is_a_usage_error(name, says):
+    from robgen.cli.common import UsageError, pick_device
+
+    with pytest.raises(UsageError, match=says):
+        pick_device(name)
+    assert pick_device("cpu").type == "cpu"

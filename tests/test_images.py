@@ -44,8 +44,10 @@ def palette_image():
         (palette_image(), (10, 200, 30), 0),
         # 16-bit 40000 scaled to 8 bits: 40000 / 65535 * 255 = 155.64 -> 156
         (Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), (156, 156, 156), 0),
+        # a dark 16-bit image is 16-bit too: 200 / 65535 * 255 = 0.78 -> 1, not 200 (read as if 8-bit)
+        (Image.fromarray(np.full((20, 20), 200, dtype=np.uint16)), (1, 1, 1), 0),
     ],
-    ids=["rgba", "gray", "cmyk", "palette", "16bit"],
+    ids=["rgba", "gray", "cmyk", "palette", "16bit", "dark-16bit"],
 )
 def test_common_modes_become_rgb(tmp_path, image, rgb, tolerance):
     ext = "jpg" if image.mode == "CMYK" else "png"
@@ -81,6 +83,20 @@ def test_bad_files_are_explained(tmp_path):
         load_image(save(Image.new("RGB", (1, 1)), tmp_path / "dot.png"))
     with pytest.raises(ImageError, match="does not exist"):
         load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="20000x8 pixels, a strip more than 20 times longer.*crop it"):
+        load_image(save(Image.new("RGB", (20000, 8)), tmp_path / "strip.png"), size=(128, 128))
+
+
+def test_a_photo_stored_sideways_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    """A phone's JPEG: pixels stored 40 wide x 20 high, red left and blue right, with EXIF orientation 6 (shown
+    turned 90 degrees clockwise): upright it is 20 wide x 40 high, red on top."""
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    x = load_image(save(stored, tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95))
+    assert x.shape == (3, 40, 20)
+    assert float(x[0, :15].mean()) > 0.9 and float(x[2, 25:].mean()) > 0.9  # red above, blue below
 
 
 def noise_png(path, height, width, seed=0):

@@ -91,6 +91,17 @@ def test_subnormal_weights_load_as_zero_and_change_no_output(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), rtol=0, atol=1e-6)
     assert subnormals.flush_subnormals(loaded) == 0  # nothing left to flush
+    # one file, one model: read keeping its subnormals (load_checkpoint) or zeroing them, the same fingerprint,
+    # so a detector calibrated on either is taken by the other; a weight that is not subnormal still counts
+    from robgen.models.checkpoint import load_checkpoint
+    from robgen.models.fingerprint import model_fingerprint
+
+    kept = load_checkpoint(folder)
+    assert subnormals.subnormal_mask(kept.net.head.weight).any()
+    assert model_fingerprint(kept) == model_fingerprint(loaded) == model_fingerprint(model)
+    with torch.no_grad():
+        kept.net.stem[1].running_mean[0] = 0.0
+    assert model_fingerprint(kept) != model_fingerprint(loaded)
     # found from their bits, also while the CPU reads them as zero (flush-denormal mode)
     if torch.set_flush_denormal(True):  # False where the CPU has no such mode
         try:
@@ -310,3 +321,18 @@ def test_subnormals_are_read_from_the_bits_of_every_float_type(dtype):
     assert subnormals.zero_subnormals_([values, torch.tensor([1], dtype=torch.int32)]) == 2
     assert values[4:6].tolist() == [0.0, 0.0] and not torch.signbit(values[4:6]).any()  # +0, the negative one too
     assert torch.signbit(values[1])  # zeros keep their sign
+
+
+def test_a_config_for_another_architecture_is_a_clear_error_not_a_type_error(tmp_path):
+    model = tiny_model()
+    folder = robgen.save_checkpoint(model, tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["arch_kwargs"] = {**config.get("arch_kwargs", {}), "no_such_argument": 3}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not take .*the config belongs to another model"):
+        robgen.load_model(folder)
+    del config["arch_kwargs"]["no_such_argument"]
+    config["training"], config["metrics"] = None, None  # null for "none"
+    (folder / "config.json").write_text(json.dumps(config))
+    spec = robgen.load_model(folder).spec
+    assert spec.training == {} and spec.metrics == {}

@@ -144,6 +144,9 @@ def test_bad_space_settings_are_refused(tmp_path):
         path.write_text("title: x\nsdk_version: '6'\npython_version: '3.11'\n" + extra)
         with pytest.raises(ValueError, match=message):
             space.SpaceSettings.load(path)
+    path.write_text("title: x\nsdk_version: '6'\npython_version: 3.10\n")  # YAML: the number 3.1
+    with pytest.raises(ValueError, match=r"write python_version in quotes.*3.10 becomes 3.1; got 3.1\)"):
+        space.SpaceSettings.load(path)
     with pytest.raises(ValueError, match="USER/NAME"):
         space.deploy("robgen", space.SpaceSettings.load(), dry_run=True)
 

@@ -109,7 +109,12 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
     except (TypeError, ValueError) as error:
         raise ValueError(f"{folder / CONFIG_FILE} does not describe a model: {error}") from None
     spec.source = spec.folder = str(folder)
-    net = build_network(spec)
+    try:
+        net = build_network(spec)
+    except TypeError as error:  # an architecture that takes other arguments than the config gives it
+        raise ValueError(f"{folder / CONFIG_FILE} names architecture {spec.architecture!r} with arguments "
+                         f"{spec.arch_kwargs} that it does not take ({error}); the config belongs to another "
+                         "model") from None
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
     except (SafetensorError, OSError) as error:

@@ -40,6 +40,12 @@ class ModelSpec:
         self.std = tuple(float(v) for v in self.std)
         self.input_size = tuple(int(v) for v in self.input_size)
         self.class_labels = [str(label) for label in self.class_labels]
+        for name in ("arch_kwargs", "training", "metrics"):  # a config written with null for "none"
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, {})
+            elif not isinstance(value, dict):
+                raise ValueError(f"{name} must be a mapping (or null), got {value!r}")
         if len(self.input_size) != 3:
             raise ValueError(f"input_size must be (C, H, W), got {self.input_size}")
         channels = self.input_size[0]

@@ -13,12 +13,19 @@ import hashlib
 
 import torch
 
+from .subnormals import FLOAT_BITS, subnormal_mask
+
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes and values), on any device."""
+    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes and values), on any device.
+
+    A subnormal weight counts as the +0 that `load_model` makes of it (robgen.models.subnormals): the same file
+    read by `load_checkpoint`, which keeps them, or by `load_model`, which zeroes them, is the same model."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN counters) too
+        if tensor.dtype in FLOAT_BITS:
+            tensor = tensor.masked_fill(subnormal_mask(tensor), 0.0)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()

@@ -123,8 +123,8 @@ def load_model(
         from .madrylab import load_madrylab
 
         model = load_madrylab(text[len("madrylab:"):])
-    elif is_checkpoint_dir(text):
-        model = load_checkpoint(text)
+    elif is_checkpoint_dir(Path(text).expanduser()):  # "~/models/mine" as a shell would read it
+        model = load_checkpoint(Path(text).expanduser())
     elif find_checkpoint(text) is not None:
         model = load_checkpoint(find_checkpoint(text))
         model.spec.source = text  # a shipped name shows as itself, not as this machine's path to it

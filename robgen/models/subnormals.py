@@ -16,14 +16,14 @@ from typing import Iterable
 import torch
 
 # per float type: the integer type of its bits, its mantissa bits and its exponent bits
-_FLOAT_BITS = {torch.float16: (torch.int16, 10, 5), torch.bfloat16: (torch.int16, 7, 8),
+FLOAT_BITS = {torch.float16: (torch.int16, 10, 5), torch.bfloat16: (torch.int16, 7, 8),
                torch.float32: (torch.int32, 23, 8), torch.float64: (torch.int64, 52, 11)}
 
 
 def subnormal_mask(tensor: torch.Tensor) -> torch.Tensor:
     """Where `tensor` holds a subnormal number (exponent bits all 0, mantissa not), read from the bits: a float
     comparison would miss them while `torch.set_flush_denormal(True)` makes the CPU read them as 0."""
-    int_type, mantissa, exponent = _FLOAT_BITS[tensor.dtype]
+    int_type, mantissa, exponent = FLOAT_BITS[tensor.dtype]
     magnitude = tensor.detach().contiguous().view(int_type) & ((1 << (mantissa + exponent)) - 1)  # sign bit off
     return ((magnitude > 0) & (magnitude < (1 << mantissa))).view(tensor.shape)  # exponent bits 0, mantissa not
 
@@ -35,7 +35,7 @@ def zero_subnormals_(tensors: Iterable[object]) -> int:
     either sign."""
     zeroed = 0
     for tensor in tensors:
-        if isinstance(tensor, torch.Tensor) and tensor.dtype in _FLOAT_BITS:
+        if isinstance(tensor, torch.Tensor) and tensor.dtype in FLOAT_BITS:
             subnormal = subnormal_mask(tensor)
             count = int(subnormal.sum())
             if count:

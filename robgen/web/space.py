@@ -85,6 +85,10 @@ class SpaceSettings:
         missing = [name for name in ("title", "sdk_version", "python_version") if name not in data]
         if missing:
             raise ValueError(f"{path}: missing {', '.join(missing)}")
+        unquoted = [name for name in ("sdk_version", "python_version") if not isinstance(data[name], str)]
+        if unquoted:  # YAML reads 3.10 as the number 3.1
+            raise ValueError(f"{path}: write {unquoted[0]} in quotes, e.g. python_version: \"3.10\" (unquoted, YAML "
+                             f"reads a number, and 3.10 becomes 3.1; got {data[unquoted[0]]!r})")
         settings = cls(**{key: (str(value) if key in ("sdk_version", "python_version") else value)
                           for key, value in data.items()})
         if settings.hardware not in HARDWARE:
