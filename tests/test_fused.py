@@ -279,6 +279,42 @@ def test_a_change_that_touches_no_weight_makes_a_new_copy():
         assert torch.allclose(third(x), model(x), atol=1e-5)
 
 
+class Calibrated(nn.Module):
+    """A wrapper that keeps its temperature as a plain tensor attribute and its activation as a function."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.temperature, self.squash = net, torch.tensor(1.0), torch.relu
+
+    def forward(self, x):
+        return self.squash(self.net(x)) / self.temperature
+
+
+def test_a_tensor_or_function_kept_as_a_plain_attribute_makes_a_new_copy_when_it_changes():
+    model = Calibrated(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                           torch.nn.Linear(4 * 6 * 6, 3))).eval()
+    x = torch.rand(2, 3, 8, 8)
+    first = inference_graph(model, example=x)
+    assert first is not model and inference_graph(model, example=x) is first  # nothing changed: the same copy
+    model.temperature = torch.tensor(4.0)  # a new tensor
+    second = inference_graph(model, example=x)
+    with torch.no_grad():
+        model.temperature.fill_(2.0)  # the same tensor, new contents
+        third = inference_graph(model, example=x)
+        assert second is not first and third is not second
+        assert torch.allclose(third(x), model(x), atol=1e-6)
+    model.squash = torch.tanh  # a swapped function
+    fourth = inference_graph(model, example=x)
+    with torch.no_grad():
+        assert fourth is not third and torch.allclose(fourth(x), model(x), atol=1e-6)
+
+
+def test_a_batch_the_model_cannot_take_leaves_it_fused_for_the_batches_it_takes(bn_model, batch):
+    x, _ = batch
+    assert inference_graph(bn_model, example=x.double()) is bn_model  # float64 pixels, float32 weights: unfused
+    assert inference_graph(bn_model, example=x) is not bn_model
+
+
 def l2_pgd(model, x, y, fused):
     """A deterministic attack (no random start, continuous L2 steps): fused and unfused agree to float drift."""
     return PGD(model, eps=0.5, step_size=0.125, steps=4, norm="l2", random_start=False, fused=fused)(x, y)

@@ -12,6 +12,7 @@ from robgen.attacks.zoo import (
 )
 from robgen.cli import zoo as zoo_cli
 from robgen.cli.common import UsageError
+from tests.conftest import tiny_model
 from robgen.models import Classifier, ModelSpec
 from robgen.models.checkpoint import build_network
 
@@ -186,3 +187,31 @@ def test_zoo_command_writes_a_well_formed_table(toy_data, tmp_path, monkeypatch)
                                   "--out", str(tmp_path / "other")])
         args.run(args)
 
+
+
+def test_a_norm_a_torchattacks_class_cannot_attack_in_is_refused_not_ignored(model):
+    with pytest.raises(ValueError, match="PGD attacks in the linf norm only, not l2: pass norm='linf', or use PGDL2"):
+        TorchAttacksAttack(model, "PGD", eps=0.5, norm="l2")
+    with pytest.raises(ValueError, match="PGDL2 attacks in the l2 norm only"):
+        TorchAttacksAttack(model, "PGDL2", eps=0.5)
+    TorchAttacksAttack(model, "DeepFool", eps=1 / 255, norm="linf")  # minimum-norm: projected into any ball
+
+
+def test_attacks_that_call_backward_leave_the_callers_gradients_as_they_were(model, own_predictions):
+    x, y = own_predictions
+    head = next(iter(model.parameters()))
+    head.grad = torch.full_like(head, 0.5)  # the caller's own gradient, mid-way through a training step
+    for name in ("CW", "FAB"):
+        TorchAttacksAttack(model, name, eps=None, norm="l2", steps=2, fused=False)(x[:4], y[:4])
+        assert torch.equal(head.grad, torch.full_like(head, 0.5)), name
+        assert all(p.grad is None for p in list(model.parameters())[1:]), name
+    head.grad = None
+
+
+def test_apgd_with_the_dlr_loss_on_two_classes_says_to_use_cross_entropy():
+    from robgen.attacks import APGD
+
+    two = tiny_model(num_classes=2)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="DLR loss needs at least 3 classes.*use loss='ce'"):
+        APGD(two, eps=8 / 255, steps=2, loss="dlr")(x, y)

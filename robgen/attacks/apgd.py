@@ -56,6 +56,12 @@ class APGD(Attack):
             raise ValueError("APGD here is untargeted: call it without target (torchattacks.APGDT is the targeted one)")
         import torchattacks
 
+        if self.loss == "dlr":  # DLR divides by the gap between the largest and the third-largest logit
+            with torch.no_grad():
+                classes = int(self.graph(x[:1]).shape[1])
+            if classes < 3:
+                raise ValueError(f"APGD's DLR loss needs at least 3 classes (it reads the third-largest logit); "
+                                 f"this model has {classes}: use loss='ce'")
         seed = random_seed(self.generator, x.device)
         if recorder is not None:
             self._record(recorder, 0, x, y)

@@ -49,6 +49,11 @@ from .hepgd import HighEnergyPGD
 from .pgd import FGSM, PGD
 
 _TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
+# the ball of the torchattacks classes that take an eps but no `norm`: asked for another, they would silently
+# attack in theirs (a minimum-norm attack, CW or DeepFool, may be projected into any ball: it has none of its own)
+_NATIVE_NORMS = {**{name: "linf" for name in ("PGD", "FGSM", "BIM", "MIFGSM", "EOTPGD", "TPGD", "RFGSM", "FFGSM",
+                                              "UPGD", "DIFGSM", "TIFGSM", "NIFGSM", "SINIFGSM", "VMIFGSM", "VNIFGSM")},
+                 **{name: "l2" for name in ("PGDL2", "PGDRSL2")}}
 
 
 class TorchAttacksAttack(Attack):
@@ -97,6 +102,11 @@ class TorchAttacksAttack(Attack):
             settings.setdefault("eps", self.eps)
         if "norm" in takes and self.attack_norm in _TORCHATTACKS_NORMS:
             settings.setdefault("norm", _TORCHATTACKS_NORMS[self.attack_norm])
+        native = _NATIVE_NORMS.get(self.attack_class.__name__)
+        if bounded and "norm" not in takes and native is not None and native != self.attack_norm:
+            raise ValueError(f"torchattacks.{self.attack_class.__name__} attacks in the {native} norm only, not "
+                             f"{self.attack_norm}: pass norm={native!r}"
+                             + (", or use PGDL2 for l2" if self.attack_class.__name__ == "PGD" else ""))
         self._takes, self.settings = takes, settings
 
     def perturb(self, x, y, target, recorder, progress):
@@ -118,11 +128,18 @@ class TorchAttacksAttack(Attack):
             settings["seed"] = seed
         if recorder is not None:
             self._record(recorder, 0, x, y, target)
-        with seeded_global_rng(seed):
-            atk = self.attack_class(graph, **settings)
-            if self.targeted:
-                atk.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its labels as targets
-            x_adv = atk(x, target if self.targeted else y).detach()
+        kept = [(parameter, parameter.grad) for parameter in graph.parameters()]
+        for parameter, _ in kept:  # set aside, not left in place: backward() would add into them
+            parameter.grad = None
+        try:
+            with seeded_global_rng(seed):
+                atk = self.attack_class(graph, **settings)
+                if self.targeted:
+                    atk.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its labels as targets
+                x_adv = atk(x, target if self.targeted else y).detach()
+        finally:  # CW and FAB call backward(): the caller's model (unfused) keeps the gradients it had, not theirs
+            for parameter, grad in kept:
+                parameter.grad = grad
         x_adv = self.constraint.project(x_adv, x)  # the eps-ball and [0, 1] (only [0, 1] if unbounded)
         if recorder is not None:
             self._record(recorder, self.steps, x_adv, y, target)

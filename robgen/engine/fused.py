@@ -127,8 +127,9 @@ _this_thread = threading.local()  # .building: ids of the models this thread is 
 
 def weights_signature(model: nn.Module) -> Optional[Tuple]:
     """What identifies the current network: (id, address, shape, dtype, device, version) of every tensor,
-    every module's name, type, identity and plain settings (a swapped activation, a BN `eps`), and
-    `content_fingerprint` of the tensors (the updates that bump no version counter).
+    every module's name, type, identity and plain settings (a BN `eps`), which object each of its other public
+    attributes is (a swapped activation function), tensors kept as plain attributes like the registered ones,
+    and `content_fingerprint` of the tensors (the updates that bump no version counter).
 
     None for a model whose tensors keep no version counter (made under
     `torch.inference_mode`) or whose contents cannot be read (meta tensors):
@@ -143,10 +144,25 @@ def weights_signature(model: nn.Module) -> Optional[Tuple]:
         rows.append(content_fingerprint(tensors))
     except (RuntimeError, NotImplementedError):  # inference tensors have no version counter; meta ones no values
         return None
+    loose: List[torch.Tensor] = []  # tensors kept as plain attributes, not registered (a wrapper's temperature)
     for name, module in model.named_modules():  # the structure and each module's plain settings
-        settings = tuple(sorted((key, value) for key, value in vars(module).items()
-                                if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))))
-        rows.append((name, type(module), id(module), settings))
+        settings, others = [], []
+        for key, value in sorted(vars(module).items()):
+            if key.startswith("_"):
+                continue
+            if isinstance(value, (bool, int, float, str, tuple)):
+                settings.append((key, value))
+            elif isinstance(value, torch.Tensor):
+                loose.append(value)
+                others.append((key, "tensor"))
+            else:  # a function, a class, an object: which one (a swapped activation is another object)
+                others.append((key, id(value)))
+        rows.append((name, type(module), id(module), tuple(settings), tuple(others)))
+    try:
+        rows.extend((id(t), t.data_ptr(), tuple(t.shape), t.dtype, t.device, t._version) for t in loose)
+        rows.append(content_fingerprint(loose))
+    except (RuntimeError, NotImplementedError):
+        return None
     return tuple(rows)
 
 
@@ -312,6 +328,10 @@ def inference_graph(model: nn.Module, fused: Optional[bool] = None, *,
     signature = weights_signature(model)
     if signature is None:
         return model
+    # and what it is run on: a build that fails on one batch (float64 pixels for a float32 model) must not keep
+    # the model unfused for the batches it takes
+    reference = example if example is not None else next(iter(model.parameters()), None)
+    signature = (signature, None if reference is None else (reference.dtype, reference.device))
     entry = _cached(model, signature)
     if entry is None:
         building = _building()
