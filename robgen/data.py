@@ -181,7 +181,10 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
         cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
         pickled = data_root / ("cifar-10-batches-py" if key == "cifar10" else "cifar-100-python")
         if pickled.is_dir() or download:
-            return cls(str(data_root), train=split == "train", transform=transform, download=download)
+            dataset = cls(str(data_root), train=split == "train", transform=transform, download=download)
+            # the order an ImageFolder copy (<class>/NNNN, NNNN: the image's rank in its class) gets, so that a
+            # model's recorded validation split names the same images whichever copy it is read from
+            return _interleaved(dataset, dataset.targets, dataset.classes)
     else:
         if (data_root / "imagenette2-160" / split).is_dir() or download:
             dataset = datasets.Imagenette(str(data_root), split=split, size="160px", transform=transform, download=download)
@@ -194,11 +197,24 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
     )
 
 
+def read_rgb(path: str):
+    """An image file of a data set decoded as `load_image` decodes an upload (`images.to_rgb`: upright, alpha on
+    white, 16-bit scaled), not as torchvision's default loader (a bare convert("RGB"): alpha dropped, 16-bit
+    clipped), so a folder of images and the same files one by one give the model the same pixels."""
+    from PIL import Image
+
+    from .images import to_rgb
+
+    with open(path, "rb") as file, Image.open(file) as image:
+        image.load()
+        return to_rgb(image)
+
+
 def _image_folder(folder: Path, transform) -> Dataset:
     from torchvision import datasets
 
     try:
-        dataset = datasets.ImageFolder(str(folder), transform=transform)
+        dataset = datasets.ImageFolder(str(folder), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as error:
         raise FileNotFoundError(
             f"{folder} does not have the ImageFolder layout <root>/<class>/<image> with images inside ({error})"

@@ -28,6 +28,57 @@ def test_image_folder_pixels_and_interleaved_order(tmp_path):
         assert torch.allclose(x[k], expected, atol=1e-6), f"image {k}"
 
 
+def test_torchvisions_pickled_cifar10_is_read_in_the_order_of_the_image_folder_copy(tmp_path, monkeypatch):
+    """Online, `download=True` gives torchvision's CIFAR-10 (the original order); offline, the ImageFolder copy
+    (<class>/NNNN, NNNN the image's rank in its class). Both must come in one order, or a model's recorded
+    validation split (indices) would name other images, most of them trained on, in the other copy."""
+    import torchvision
+
+    original = [2, 0, 0, 1, 2, 1, 0, 2, 1, 1]  # labels in the original order; image k is the number k
+
+    class Pickled(torch.utils.data.Dataset):
+        classes = ["ant", "bee", "cat"]
+
+        def __init__(self, root, train=True, transform=None, download=False):
+            self.targets = list(original)
+
+        def __len__(self):
+            return len(original)
+
+        def __getitem__(self, k):
+            return torch.full((3, 2, 2), float(k)), original[k]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Pickled)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    pickled = data.load_dataset("cifar10", split="train", root=tmp_path)
+    folder = tmp_path / "folder"
+    for label, name in enumerate(Pickled.classes):  # the ImageFolder copy of the same images
+        ranks = [k for k, y in enumerate(original) if y == label]
+        (folder / name).mkdir(parents=True)
+        for rank, k in enumerate(ranks):
+            Image.new("RGB", (2, 2), (k, 0, 0)).save(folder / name / f"{rank:04d}.png")
+    copy = data.load_dataset(folder)
+    from_pickle = [int(pickled[i][0][0, 0, 0]) for i in range(len(original))]
+    from_folder = [round(float(copy[i][0][0, 0, 0]) * 255) for i in range(len(original))]
+    assert from_pickle == from_folder == [1, 3, 0, 2, 5, 4, 6, 8, 7, 9]
+    assert pickled.targets == copy.targets
+
+
+def test_a_folder_of_images_is_decoded_as_the_same_files_are_one_by_one(tmp_path):
+    import numpy as np
+
+    from robgen.images import load_image
+
+    folder = tmp_path / "odd" / "only"
+    folder.mkdir(parents=True)
+    Image.new("RGBA", (12, 12), (255, 0, 0, 0)).save(folder / "0000.png")  # transparent: white, not red
+    Image.fromarray(np.full((12, 12), 30000, dtype=np.uint16)).save(folder / "0001.png")  # 16-bit gray
+    x, _ = data.load_tensors(data.load_dataset(tmp_path / "odd"))
+    for k, name in enumerate(("0000.png", "0001.png")):
+        assert torch.equal(x[k], load_image(folder / name)), name
+    assert torch.allclose(x[0], torch.ones_like(x[0]))
+
+
 def test_train_val_split_is_deterministic_and_disjoint(tmp_path):
     dataset = data.load_dataset(make_image_folder(tmp_path / "imgs", per_class=10))
     train_a, val_a = data.train_val_split(dataset, 7, seed=0)
