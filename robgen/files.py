@@ -14,6 +14,7 @@ is written as `json_text` gives it: strict JSON, which any reader parses.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Union
@@ -62,8 +63,9 @@ def write_text_atomically(path: Union[str, Path], text: str) -> Path:
 
 
 def without_nan(value: Any) -> Any:
-    """`value` with every float NaN (a rate or mean over no images) as None, through dicts, lists and tuples."""
-    if isinstance(value, float) and value != value:
+    """`value` with every float NaN (a rate or mean over no images) or infinity as None, through dicts, lists and
+    tuples: what strict JSON can hold."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {key: without_nan(item) for key, item in value.items()}
@@ -73,7 +75,7 @@ def without_nan(value: Any) -> Any:
 
 
 def json_text(value: Any, **options: Any) -> str:
-    """A results.json's text: indented, strict JSON (a NaN, which `json.dumps` writes as the non-standard `NaN`
-    that strict readers refuse, becomes null), ending in a newline. `options`: more `json.dumps` arguments
+    """A results.json's text: indented, strict JSON (a NaN or infinity, which `json.dumps` writes as the
+    non-standard `NaN` or `Infinity` that strict readers refuse, becomes null), ending in a newline. `options`: more `json.dumps` arguments
     (`default=str` for values JSON has no type for)."""
     return json.dumps(without_nan(value), indent=2, allow_nan=False, **options) + "\n"

@@ -48,12 +48,14 @@ def test_results_json_text_is_strict_json_with_a_rate_over_no_images_as_null():
 
     from robgen.files import json_text
 
-    record = {"rate": math.nan, "ci": (math.nan, math.nan), "rows": [{"n": 0, "mean": float("nan")}], "ok": 0.5}
+    record = {"rate": math.nan, "ci": (math.nan, math.nan), "rows": [{"n": 0, "mean": float("nan")}], "ok": 0.5,
+              "score": -math.inf}
 
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
 
     text = json_text(record)
     assert json.loads(text, parse_constant=refuse) == {"rate": None, "ci": [None, None],
-                                                       "rows": [{"n": 0, "mean": None}], "ok": 0.5}
+                                                       "rows": [{"n": 0, "mean": None}], "ok": 0.5,
+                                                       "score": None}
     assert text.endswith("}\n") and "NaN" not in text

@@ -299,6 +299,10 @@ def test_per_data_set_defaults_resolve_from_the_one_table():
     assert ReproduceSettings().resolved(model, "cifar100").hepgd_steps == (40,), "no paper facts: HE-PGD at --steps"
     with pytest.raises(ValueError, match="hepgd_steps must be >= 1"):
         ReproduceSettings(hepgd_steps=(0,))
+    # two λ of one name would share a stage ("hepgd-8-lam0.6"): refused; the same λ twice is kept once
+    with pytest.raises(ValueError, match="0.6 and 0.6000001 are one λ to 6 digits"):
+        ReproduceSettings(lambdas=(0.6, 0.6000001))
+    assert ReproduceSettings(lambdas=(0.6, 1.2, 0.6)).lambdas == (0.6, 1.2)
 
 
 def _settings(r):

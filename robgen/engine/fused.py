@@ -331,7 +331,8 @@ def inference_graph(model: nn.Module, fused: Optional[bool] = None, *,
     # and what it is run on: a build that fails on one batch (float64 pixels for a float32 model) must not keep
     # the model unfused for the batches it takes
     reference = example if example is not None else next(iter(model.parameters()), None)
-    signature = (signature, None if reference is None else (reference.dtype, reference.device))
+    signature = (signature, None if reference is None else (reference.dtype, reference.device,
+                                                            tuple(reference.shape[1:]) if example is not None else ()))
     entry = _cached(model, signature)
     if entry is None:
         building = _building()

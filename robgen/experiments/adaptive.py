@@ -40,7 +40,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -57,7 +57,7 @@ from .adaptive_report import OFF, summarise, write_report
 from .adaptive_suite import (ADAPTIVE, DetectorOff, SuiteStageStore, hepgd_name, judge_reference,
                              make_suite_attack, matching_skip_reason, reference_stage, suite_names, suite_stage)
 from .pipeline import detection_splits, model_outputs, tensor_batches
-from .stages import data_location, model_fingerprint, run_environment, stage_seed
+from .stages import data_location, model_fingerprint, run_environment, same_name, stage_seed
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +66,6 @@ CALIBRATION = "detectors"  # in the stage folder: the detectors as the run calib
 # robgen's code besides stages.STAGE_CODE that decides a stage's flags: the reject options, the defended
 # classifier, the calibration and the suite
 ADAPTIVE_CODE = ("detection", "experiments/adaptive.py", "experiments/adaptive_suite.py")
-
-
-def same_name(values: Sequence[float], name: Callable[[float], str]) -> Optional[Tuple[str, List[float]]]:
-    """The first name two different `values` share (eps 8/255 and 0.03137255 are both "8/255"), with those
-    values; None when every value has its own name."""
-    named: Dict[str, List[float]] = {}
-    for value in values:
-        named.setdefault(name(value), []).append(value)
-    return next(((label, group) for label, group in named.items() if len(group) > 1), None)
 
 
 @dataclass

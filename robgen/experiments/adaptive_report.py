@@ -143,7 +143,7 @@ def bare_row(eps: float, clean_correct: torch.Tensor, off: Mapping[str, Dict[str
 
 
 def _pct(entry: Optional[dict]) -> str:
-    if not entry or entry.get("rate") != entry.get("rate"):
+    if not entry or entry.get("rate") is None or entry.get("rate") != entry.get("rate"):  # null or NaN: no images
         return "n/a"
     low, high = entry["ci"]
     return f"{100 * entry['rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"

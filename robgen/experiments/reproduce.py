@@ -47,7 +47,7 @@ from .pipeline import (
     successful,
 )
 from .reproduce_report import write_report
-from .stages import StageStore, data_location, model_fingerprint, run_environment, stage_seed
+from .stages import StageStore, data_location, model_fingerprint, run_environment, same_name, stage_seed
 
 TABLE_ATTACKS = {"pgd-8": ("pgd", 8 / 255), "pgd-16": ("pgd", 16 / 255), "apgd-8": ("apgd", 8 / 255)}
 STAGES = ".stages"  # under the output folder: finished attacks of a run not yet written (experiments.stages)
@@ -133,9 +133,13 @@ class ReproduceSettings:
                             ("reference_size", self.reference_size), ("timing_repeats", self.timing_repeats)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.lambdas = tuple(float(lam) for lam in self.lambdas)
+        self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
         if not self.lambdas or not all(math.isfinite(lam) and lam >= 0 for lam in self.lambdas):
             raise ValueError(f"the λ sweep needs at least one λ, each a finite number >= 0; got {self.lambdas}")
+        clash = same_name(self.lambdas, lambda lam: f"{lam:g}")  # its stages are named "hepgd-8-lam<λ:g>"
+        if clash:
+            raise ValueError(f"the λ sweep's {' and '.join(repr(lam) for lam in clash[1])} are one λ to 6 digits "
+                             f"(both {clash[0]}): give it once")
 
     def resolved(self, model, data) -> "ReproduceSettings":
         """These settings with the data set's defaults filled in (val split, λ, HE-PGD step counts)."""

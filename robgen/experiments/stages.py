@@ -38,7 +38,7 @@ import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors import safe_open
@@ -102,6 +102,16 @@ def code_fingerprint(package: Path = PACKAGE, parts: Sequence[str] = STAGE_CODE)
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def same_name(values: Sequence[float], name: Callable[[float], str]) -> Optional[Tuple[str, List[float]]]:
+    """The first name two different `values` share (eps 8/255 and 0.03137255 are both "8/255"), with those
+    values; None when every value has its own name. Stages are named by such names: two values of one name
+    would share a stage, and the second would read back the first's."""
+    named: Dict[str, List[float]] = {}
+    for value in values:
+        named.setdefault(name(value), []).append(value)
+    return next(((label, group) for label, group in named.items() if len(group) > 1), None)
 
 
 def data_location(data, data_root=None) -> str:
