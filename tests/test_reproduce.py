@@ -204,7 +204,8 @@ def test_every_rate_and_auroc_has_its_95_interval(nette_results):
         for key in keys:
             low, high = row[f"{key}_ci"]
             value = row[key]
-            if value == value:  # nan: a rate over no examples (e.g. detection on successful attacks that did not succeed)
+            if value is not None:  # null: a rate over no examples (e.g. detection on successful attacks that did not
+                # succeed), which results.json writes as null (strict JSON), its interval too
                 assert low - 1e-9 <= value <= high + 1e-9, (key, low, value, high)
     report = (out / "results.md").read_text()
     assert "Wilson's score interval for proportions" in report and "percentile bootstrap over images" in report
