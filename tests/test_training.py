@@ -237,6 +237,19 @@ def test_evaluation_with_zero_steps_measures_clean_accuracy_only(toy_data, tmp_p
         evaluate_robustness(model, images, steps=0, apgd=True, progress=False)
 
 
+def test_a_crop_margin_on_images_kept_at_their_size_is_applied_to_the_validation_images(toy_data):
+    """--crop-pct without --image-size (CIFAR-10's own 32 px): the validation images during training are resized
+    and cropped as the model's eval transform (its spec records the crop_pct) will show them, not left raw."""
+    from robgen import data as datasets
+
+    _, val, _, _ = training.preparation.load_data(config(toy_data, crop_pct=0.875), None, False)
+    _, raw_val, _, _ = training.preparation.load_data(config(toy_data), None, False)
+    as_evaluated = datasets.load_dataset(str(toy_data), "train", transform=datasets.pixel_transform(16, crop_pct=0.875))
+    index = val.indices[0]
+    assert raw_val.indices[0] == index and val[0][0].shape == (3, 16, 16)
+    assert torch.equal(val[0][0], as_evaluated[index][0]) and not torch.equal(val[0][0], raw_val[0][0])
+
+
 def test_a_second_seed_can_hold_out_the_same_validation_split(toy_data, tmp_path):
     from robgen import data as datasets
 

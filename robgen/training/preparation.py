@@ -26,6 +26,11 @@ def load_data(config: TrainConfig, data_root, download: bool):
     """(training split with the recipe's augmentation, validation split, class names, the whole train split
     without augmentation)."""
     size = config.image_size
+    if size is None and config.crop_pct not in (None, 1.0):  # a crop margin on images kept at their own size:
+        # resize and crop them as the model's eval transform will (its spec records this crop_pct), not raw
+        raw = datasets.load_dataset(config.data, "train", root=data_root, download=download,
+                                    transform=datasets.pixel_transform(None))
+        size = int(raw[0][0].shape[-1])
     how = dict(crop_pct=config.crop_pct, interpolation=config.interpolation)
     augmented = datasets.load_dataset(config.data, "train", root=data_root, download=download,
                                       transform=datasets.pixel_transform(size, train=True, augment=config.augment, **how))
