@@ -221,6 +221,33 @@ def test_a_run_cut_before_keeping_its_detectors_continues_though_it_calibrates_a
     assert "holds the finished stages of another run" in capsys.readouterr().err
 
 
+def test_the_progress_of_a_run_read_from_its_stages_gives_its_dara(finished, checkpoint, toy_data, tmp_path,
+                                                                    same_code):
+    """scripts/adaptive_progress.py on a run's stages (kept here: a finished run removes them) prints, per
+    detector and eps, the DARA after its last stage: the DARA results.json gives."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "kept"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StageStore, "clear", lambda self: None)
+        assert main(command(checkpoint, toy_data, out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    shown = subprocess.run([sys.executable, str(REPO / "scripts" / "adaptive_progress.py"), str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    blocks = shown.stdout.split("\n\n")
+    for row in results["rows"]:
+        if row["detector"] == "off":
+            continue
+        block = next(b for b in blocks if b.strip().startswith(f"{row['detector']} at {row['eps_label']}:"))
+        last = [line for line in block.splitlines() if "DARA after" in line][-1]
+        assert f"({row['dara']['count']}/{row['dara']['n']})" in last.split(";")[0], (last, row["dara"])
+        assert "complete" in block
+
+
 def test_a_saved_detector_is_evaluated_as_it_is(finished, checkpoint, toy_data, tmp_path, same_code):
     out, results = finished
     again = tmp_path / "file"

@@ -1,0 +1,97 @@
+"""What an unfinished adaptive run has found so far, read from its finished stages (no model, no attack).
+
+    python scripts/adaptive_progress.py results/adaptive/imagenette-resnet10-robust
+
+`python -m robgen adaptive` writes results.json only at the end; a run of hours keeps each finished (detector,
+eps, attack) stage in `<out>/.stages/` (per-image flags). Per detector and eps this prints the DARA after each
+finished stage, in the suite's order (an upper bound until the suite is complete: a later attack only removes
+images), the non-adaptive references judged by the detector the run calibrated (kept in `.stages/detectors/`),
+and the bare model's accuracy at the references' points (an upper bound on its robust accuracy under the whole
+suite, which the detector-off suite gives). Brackets: 95% Wilson intervals. Detectors that read the logits only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robgen.detection.dara import eps_label, rate  # noqa: E402
+from robgen.detection.reject import RejectOption  # noqa: E402
+from robgen.experiments.adaptive import CALIBRATION, STAGES  # noqa: E402
+from robgen.experiments.adaptive_suite import ADAPTIVE, suite_names  # noqa: E402
+from robgen.experiments.stages import KEY_FILE, StageStore  # noqa: E402
+
+
+def read(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def shown(flags: torch.Tensor) -> str:
+    entry = rate(flags)
+    return f"{100 * entry['rate']:.1f}% [{100 * entry['ci'][0]:.1f}, {100 * entry['ci'][1]:.1f}] ({entry['count']}/{entry['n']})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="the --out folder of an adaptive run under way")
+    args = parser.parse_args()
+    folder = args.run / STAGES
+    if not (folder / KEY_FILE).is_file():
+        print(f"{folder} holds no stages of an adaptive run", file=sys.stderr)
+        return 2
+    settings = json.loads((folder / KEY_FILE).read_text())["settings"]
+    store = StageStore(None, {})  # a store without a folder checks no key: here only for its file names
+    store.folder = folder
+    attacks = suite_names(settings["lambdas"])
+    for eps in settings["eps_list"]:
+        label = eps_label(eps)
+        references = {name: read(store.path(f"reference-eps{label}-{name}")) for name in attacks
+                      if name not in ADAPTIVE and store.path(f"reference-eps{label}-{name}").exists()}
+        for detector in (*settings["detectors"], "off"):
+            # the adaptive attacks, and the references where they ran per detector (one that reads the images)
+            stages = {name: read(store.path(f"{detector}-eps{label}-{name}")) for name in attacks
+                      if store.path(f"{detector}-eps{label}-{name}").exists()}
+            if not stages:
+                print(f"\n{detector} at {label}: no stage finished yet")
+                continue
+            first = next(iter(stages.values()))
+            correct, accepted = first["clean_correct"].bool(), first["clean_accepted"].bool()
+            print(f"\n{detector} at {label}: clean accuracy {shown(correct)}, with rejection {shown(correct & accepted)}")
+            defended = correct & accepted
+            for name, flags in stages.items():
+                defended &= ~flags["evaded"].bool()
+                print(f"  DARA after {name}: {shown(defended)}")
+            missing = [name for name in attacks if name not in stages and (name in ADAPTIVE or not references)]
+            kept = folder / CALIBRATION / f"{detector}.json"
+            if detector != "off" and kept.is_file() and not RejectOption.load(kept).needs_inputs:
+                option = RejectOption.load(kept)
+                for name, points in references.items():  # run once for every detector: judged by this one
+                    logits, features = points["point_logits"], points.get("point_features")
+                    with torch.no_grad():
+                        accepted_there = option.score_from(
+                            logits.float(), features.float() if option.needs_features else None) <= 0
+                    fooled = logits.argmax(1) != points["labels"]
+                    defended &= ~(fooled & accepted_there)
+                    print(f"  DARA after {name}: {shown(defended)}; of its successes on the bare model the detector "
+                          f"rejects {shown(~accepted_there[correct & fooled])}")
+            print(f"  {'complete' if not missing else 'still to run: ' + ', '.join(missing)}")
+        clean = next((read(path) for path in sorted(folder.glob(f"*-eps{label.replace('/', '_')}-*"))
+                      if not path.name.startswith("reference-")), None)
+        if references and clean is not None:
+            robust = clean["clean_correct"].bool()
+            for points in references.values():
+                robust &= points["point_logits"].argmax(1) == points["labels"]
+            print(f"\nbare model at {label} under the references alone ({', '.join(references)}): {shown(robust)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
