@@ -336,3 +336,9 @@ def test_a_config_for_another_architecture_is_a_clear_error_not_a_type_error(tmp
     (folder / "config.json").write_text(json.dumps(config))
     spec = robgen.load_model(folder).spec
     assert spec.training == {} and spec.metrics == {}
+
+
+def test_a_checkpoint_named_from_the_home_folder_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    robgen.save_checkpoint(tiny_model(), tmp_path / "my models" / "tiny")
+    assert robgen.load_model("~/my models/tiny").spec.num_classes == tiny_model().spec.num_classes
