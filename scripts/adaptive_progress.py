@@ -26,7 +26,7 @@ from robgen.detection.dara import eps_label, rate  # noqa: E402
 from robgen.detection.reject import RejectOption  # noqa: E402
 from robgen.experiments.adaptive import CALIBRATION, STAGES  # noqa: E402
 from robgen.experiments.adaptive_suite import ADAPTIVE, suite_names  # noqa: E402
-from robgen.experiments.stages import KEY_FILE, StageStore  # noqa: E402
+from robgen.experiments.stages import KEY_FILE, stage_file  # noqa: E402
 
 
 def read(path: Path) -> dict:
@@ -36,7 +36,8 @@ def read(path: Path) -> dict:
 
 def shown(flags: torch.Tensor) -> str:
     entry = rate(flags)
-    return f"{100 * entry['rate']:.1f}% [{100 * entry['ci'][0]:.1f}, {100 * entry['ci'][1]:.1f}] ({entry['count']}/{entry['n']})"
+    low, high = entry["ci"]
+    return f"{100 * entry['rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({entry['count']}/{entry['n']})"
 
 
 def main() -> int:
@@ -48,31 +49,30 @@ def main() -> int:
         print(f"{folder} holds no stages of an adaptive run", file=sys.stderr)
         return 2
     settings = json.loads((folder / KEY_FILE).read_text())["settings"]
-    store = StageStore(None, {})  # a store without a folder checks no key: here only for its file names
-    store.folder = folder
     attacks = suite_names(settings["lambdas"])
     for eps in settings["eps_list"]:
         label = eps_label(eps)
-        references = {name: read(store.path(f"reference-eps{label}-{name}")) for name in attacks
-                      if name not in ADAPTIVE and store.path(f"reference-eps{label}-{name}").exists()}
+        references = {name: read(stage_file(folder, f"reference-eps{label}-{name}")) for name in attacks
+                      if name not in ADAPTIVE and stage_file(folder, f"reference-eps{label}-{name}").exists()}
         for detector in (*settings["detectors"], "off"):
             # the adaptive attacks, and the references where they ran per detector (one that reads the images)
-            stages = {name: read(store.path(f"{detector}-eps{label}-{name}")) for name in attacks
-                      if store.path(f"{detector}-eps{label}-{name}").exists()}
+            stages = {name: read(stage_file(folder, f"{detector}-eps{label}-{name}")) for name in attacks
+                      if stage_file(folder, f"{detector}-eps{label}-{name}").exists()}
             if not stages:
                 print(f"\n{detector} at {label}: no stage finished yet")
                 continue
             first = next(iter(stages.values()))
             correct, accepted = first["clean_correct"].bool(), first["clean_accepted"].bool()
-            print(f"\n{detector} at {label}: clean accuracy {shown(correct)}, with rejection {shown(correct & accepted)}")
+            print(f"\n{detector} at {label}: clean accuracy {shown(correct)}, "
+                  f"with rejection {shown(correct & accepted)}")
             defended = correct & accepted
             for name, flags in stages.items():
                 defended &= ~flags["evaded"].bool()
                 print(f"  DARA after {name}: {shown(defended)}")
             missing = [name for name in attacks if name not in stages and (name in ADAPTIVE or not references)]
             kept = folder / CALIBRATION / f"{detector}.json"
-            if detector != "off" and kept.is_file() and not RejectOption.load(kept).needs_inputs:
-                option = RejectOption.load(kept)
+            option = RejectOption.load(kept) if detector != "off" and kept.is_file() else None
+            if option is not None and not option.needs_inputs:
                 for name, points in references.items():  # run once for every detector: judged by this one
                     logits, features = points["point_logits"], points.get("point_features")
                     with torch.no_grad():

@@ -146,6 +146,12 @@ def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dic
     }
 
 
+def stage_file(folder: Path, name: str) -> Path:
+    """Where the stage `name` is kept in `folder` (its name with every character but letters, digits and -_.= as _)."""
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
+    return Path(folder) / f"{safe}.safetensors"
+
+
 class StageStore:
     """Stages of one experiment in `folder` (None: nothing is kept, every stage is computed)."""
 
@@ -179,8 +185,7 @@ class StageStore:
             distributed.barrier()  # no rank looks for a stage before rank 0 has removed the stale ones
 
     def path(self, name: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
-        return self.folder / f"{safe}.safetensors"
+        return stage_file(self.folder, name)
 
     def run(self, name: str, compute: Callable[[], ModelOutputs]) -> ModelOutputs:
         """The stage's outputs: read back when an earlier run finished it, else computed (and kept)."""
