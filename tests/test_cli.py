@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,19 @@ def test_a_device_name_torch_does_not_know_is_a_usage_error(name, says):
     with pytest.raises(UsageError, match=says):
         pick_device(name)
     assert pick_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("argv", [
+    ["attack", "--model", "m", "--out=~/robgen-out", "a.png"],
+    ["adaptive", "--model", "m", "--data", "cifar10", "--out=~/robgen-out", "--detector-file=~/robgen-out"],
+    ["gradmap", "--out=~/robgen-out", "--models", "m", "--", "a.png"],
+    ["fit-detector", "--model", "m", "--data", "cifar10", "--out=~/robgen-out"],
+])
+def test_a_path_after_an_equals_sign_starts_at_the_home_folder(argv):
+    # "--out=~/x" reaches the program with its "~": no shell expands it after "="
+    from robgen.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    home = str(Path.home() / "robgen-out")
+    assert args.out == home
+    assert getattr(args, "detector_file", [home]) == [home]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UsageError, add_data_arguments, pick_device
+from .common import UsageError, add_data_arguments, pick_device, user_path
 
 
 def add_parsers(commands) -> None:
@@ -21,7 +21,7 @@ def add_parsers(commands) -> None:
     ablation.add_argument("--batch-size", type=int, default=250)
     ablation.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
     ablation.add_argument("--device", default="auto")
-    ablation.add_argument("--out", required=True,
+    ablation.add_argument("--out", required=True, type=user_path,
                           help="folder: rows/ (one file per measured row, reused by later runs), results.md, "
                                "results.json, ablation.png")
     ablation.set_defaults(run=command_ablation)

@@ -20,6 +20,7 @@ from typing import Dict, List, Tuple
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number, parse_numbers,
+    user_path,
 )
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
@@ -41,7 +42,7 @@ def add_parsers(commands) -> None:
     add_data_arguments(adaptive)
     adaptive.add_argument("--detector", action="append", default=[], metavar="KIND",
                           help=f"{', '.join(DETECTORS)}; repeat or separate by commas (default energy)")
-    adaptive.add_argument("--detector-file", action="append", default=[], metavar="JSON",
+    adaptive.add_argument("--detector-file", action="append", default=[], metavar="JSON", type=user_path,
                           help="a saved reject option (RejectOption.save) calibrated for this model, evaluated as "
                                "it is; repeat")
     adaptive.add_argument("--temperature", type=parse_number,
@@ -68,7 +69,7 @@ def add_parsers(commands) -> None:
                                "among the images each attack ran on")
     adaptive.add_argument("--estimate-only", action="store_true",
                           help="print the model passes the run would make and stop (no --out needed)")
-    adaptive.add_argument("--out", help="output folder: results.json, results.md, adaptive_dara.png, detectors/")
+    adaptive.add_argument("--out", type=user_path, help="output folder: results.json, results.md, adaptive_dara.png, detectors/")
     adaptive.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     adaptive.set_defaults(run=command_adaptive)
 

@@ -95,6 +95,11 @@ def companion_output_path(args, model, name: str) -> Path:
     return path
 
 
+def user_path(text: str) -> str:
+    """A path argument as a shell would read it: "~" is the home folder also after "--out=", where no shell expands it."""
+    return str(Path(text).expanduser())
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="shipped name, checkpoint folder, timm:<name> or hf-hub:<org>/<repo>")
     parser.add_argument("--random-weights", action="store_true", help="timm: models: random weights instead of downloading")
@@ -109,7 +114,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output folder") -> None:
-    parser.add_argument("--out", required=True, help=what)
+    parser.add_argument("--out", required=True, type=user_path, help=what)
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..files import json_text
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
-    companion_output_path, open_model, pick_device, prepare_out_dir,
+    companion_output_path, open_model, pick_device, prepare_out_dir, user_path,
 )
 
 # The official temperature grid, a plain copy of robgen.detection.TEMPERATURES for parsing without
@@ -43,7 +43,7 @@ def add_parsers(commands) -> None:
     fit_detector.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     fit_detector.add_argument("--batch-size", type=int, default=250)
-    fit_detector.add_argument("--out", help="file or folder to write (default: detector.json in the checkpoint folder)")
+    fit_detector.add_argument("--out", type=user_path, help="file or folder to write (default: detector.json in the checkpoint folder)")
     fit_detector.add_argument("--overwrite", action="store_true")
     fit_detector.set_defaults(run=command_fit_detector)
 

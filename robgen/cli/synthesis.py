@@ -13,7 +13,7 @@ from pathlib import Path
 from ..files import json_text
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, open_model,
-    parse_number, pick_device, prepare_out_dir, read_images,
+    parse_number, pick_device, prepare_out_dir, read_images, user_path,
 )
 
 
@@ -25,7 +25,7 @@ def add_parsers(commands) -> None:
     seeds.add_argument("--rank", type=int, default=64, help="principal components kept per class (default 64)")
     seeds.add_argument("--limit", type=int, help="the first N training images (class-balanced)")
     seeds.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    seeds.add_argument("--out", help="file or folder to write (default: seeds.safetensors in the checkpoint folder)")
+    seeds.add_argument("--out", type=user_path, help="file or folder to write (default: seeds.safetensors in the checkpoint folder)")
     seeds.add_argument("--overwrite", action="store_true")
     seeds.set_defaults(run=command_fit_seeds)
 
@@ -52,7 +52,7 @@ def add_parsers(commands) -> None:
     gradmap.add_argument("--models", nargs="+", required=True, help="model names (e.g. standard, quasi-robust, robust)")
     gradmap.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     gradmap.add_argument("--device", default="auto")
-    gradmap.add_argument("--out", required=True, help="the PNG figure to write")
+    gradmap.add_argument("--out", required=True, type=user_path, help="the PNG figure to write")
     gradmap.add_argument("--overwrite", action="store_true")
     gradmap.add_argument("images", nargs="+", help="image files")
     gradmap.set_defaults(run=command_gradmap)

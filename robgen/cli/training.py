@@ -13,7 +13,7 @@ from typing import List
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model, parse_number,
-    pick_device,
+    pick_device, user_path,
 )
 
 
@@ -109,7 +109,7 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--out", help="write the result as JSON here")
+    evaluate.add_argument("--out", type=user_path, help="write the result as JSON here")
     evaluate.add_argument("--record", action="store_true", help="store the result in the checkpoint's config.json")
     evaluate.set_defaults(run=command_eval)
 
