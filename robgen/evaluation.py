@@ -37,7 +37,8 @@ def evaluate_robustness(
     seed: int = 0,
     progress=True,
 ) -> dict:
-    """Clean accuracy and accuracy under PGD-`steps` (and APGD) at `eps`; `steps=0`: clean accuracy only.
+    """Clean accuracy and robust accuracy under PGD-`steps` (and APGD) at `eps` (right on the clean image and on the
+    attacked one); `steps=0`: clean accuracy only.
 
     PGD uses a random start and step `step_size` (default 2.5 * eps / steps, as in
     Madry et al.); the random start is seeded per batch from `seed`, so results
@@ -61,12 +62,13 @@ def evaluate_robustness(
             x, y = x.to(device), y.to(device)
             x_pgd = pgd(x, y) if pgd is not None else None
             x_auto = auto(x, y) if auto is not None else None
-            with torch.no_grad():
-                counts[1] += float((model(x).argmax(1) == y).sum())
+            with torch.no_grad():  # robust: right on the clean image and on the attacked one, as everywhere in robgen
+                right = model(x).argmax(1) == y
+                counts[1] += float(right.sum())
                 if x_pgd is not None:
-                    counts[2] += float((model(x_pgd).argmax(1) == y).sum())
+                    counts[2] += float((right & (model(x_pgd).argmax(1) == y)).sum())
                 if x_auto is not None:
-                    counts[3] += float((model(x_auto).argmax(1) == y).sum())
+                    counts[3] += float((right & (model(x_auto).argmax(1) == y)).sum())
             counts[0] += len(y)
     n, clean, robust, auto_robust = distributed.reduce_sums(counts.tolist(), device)
     result = {"n": int(n), "clean_accuracy": clean / n, "clean_accuracy_ci": wilson_interval(clean, int(n)),

@@ -43,7 +43,7 @@ def auroc(clean_energy, adv_energy) -> float:
     strictly_below = torch.searchsorted(clean, adv, right=False)  # clean < a
     clean_above = clean.numel() - below_or_equal
     ties = below_or_equal - strictly_below
-    return float((clean_above + 0.5 * ties).sum() / (clean.numel() * adv.numel()))
+    return float((clean_above.double() + 0.5 * ties.double()).sum() / (clean.numel() * adv.numel()))
 
 
 def roc_curve(clean_energy, adv_energy) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,8 +88,9 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
             raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
         best = int(torch.argmax(score))  # first maximum = lowest threshold
     threshold = float(thresholds[best])
-    if math.isinf(threshold):  # flag nothing: sit just below the lowest energy
-        threshold = float(torch.min(thresholds[1:])) - 1.0
+    if math.isinf(threshold):  # flag nothing: sit below the lowest energy (by 1, or by one float where that is lost)
+        lowest = float(torch.min(thresholds[1:]))
+        threshold = lowest - 1.0 if lowest - 1.0 < lowest else math.nextafter(lowest, -math.inf)
     return threshold
 
 

@@ -32,6 +32,15 @@ def test_mahalanobis_distance_is_chi_square_on_gaussian_classes():
     assert (scorer.score(features + 30) > 100).all()
 
 
+def test_mahalanobis_refuses_a_class_without_reference_features_and_fits_one_image_per_class():
+    features = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"classes \[2\] have none: use more reference images"):
+        MahalanobisScorer().fit(features[:4], torch.tensor([0, 1, 0, 1]), 3)  # NaN class means before
+    one_each = MahalanobisScorer().fit(features[:3], torch.tensor([0, 1, 2]), 3)  # no spread: singular before
+    scores = one_each.score(features)
+    assert torch.isfinite(scores).all() and (scores[:3] == 0).all() and (scores[3:] > 0).all()
+
+
 class ManifoldData:
     """Clean penultimate features on a 2-D plane and logits on a 3-D subspace, both slanted in 10-D;
     adversarial ones are clean points pushed a distance `off` out of those subspaces."""

@@ -121,3 +121,16 @@ def test_rate_text_gives_the_share_with_its_wilson_interval():
     low, high = wilson_interval(3, 10)
     assert rate_text(flags) == f"30.0% [{low:.1%}, {high:.1%}]" == "30.0% [10.8%, 60.3%]"
     assert rate_text([[True, True], [True, True]]) == "100.0% [51.0%, 100.0%]"
+
+
+def test_auroc_is_the_exact_fraction_of_pairs_in_double_precision():
+    clean = torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)
+    adversarial = torch.tensor([-1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 1.0], dtype=torch.float64)
+    pairs = sum(1.0 if a < c else 0.5 if a == c else 0.0 for a in adversarial.tolist() for c in clean.tolist())
+    assert auroc(clean, adversarial) == pairs / 21  # 15/42, not float32's 0.3571428656578064
+
+
+def test_a_threshold_that_flags_nothing_flags_nothing_at_any_energy_scale():
+    for clean in ([2.0 ** 57, 2.0 ** 58], [-1.0, 2.0], [2.0 ** 100, 2.0 ** 101]):  # floats of both precisions
+        threshold = choose_threshold(clean, [3 * max(clean)], "fpr", 0.0)
+        assert threshold < min(clean), clean

@@ -94,3 +94,26 @@ def test_quantise_stays_inside_an_l2_ball():
     x = torch.full((1, 3, 32, 32), 0.5)
     x_adv = x + 0.3 * torch.ones_like(x) / (3 * 32 * 32) ** 0.5  # on the sphere; rounding may push it out
     assert (quantise(x_adv, x, attack) - x).flatten().norm() <= 0.3 + 1e-5
+
+
+def test_the_stored_calibration_energies_are_the_ones_the_threshold_was_fitted_on(toy_data):
+    # an attack that gives up on half of each batch (as APGD may): the images it returns unchanged are clean, the fit
+    # leaves them out, and so must the energies stored for the Detect tab's histogram behind the threshold
+    from conftest import tiny_model
+
+    from robgen.experiments.calibration import calibrate_detector, calibration_energies
+
+    four_class = tiny_model(num_classes=4)
+    four_class.spec.class_labels = [f"class{i}" for i in range(4)]  # the toy folder's classes
+
+    def half_attack(x, y):
+        out = x.clone()
+        out[: len(x) // 2] = (out[: len(x) // 2] + 0.3).clamp(0, 1)
+        return out
+
+    detector = calibrate_detector(four_class, str(toy_data), half_attack, n=24, val_size=40, rule="youden",
+                                  temperature=1.0, batch_size=8, progress=False)
+    clean, adversarial = calibration_energies(detector)
+    assert len(clean) == detector.calibration["n_validation"] == 24
+    assert len(adversarial) == detector.calibration["n_validation_perturbed"] == 12
+    assert detector.threshold == pytest.approx(choose_threshold(clean, adversarial, "youden"), abs=1e-3)

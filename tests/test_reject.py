@@ -260,6 +260,20 @@ def test_an_energy_detector_becomes_the_reject_option_that_rejects_exactly_what_
         EnergyReject.from_detector(EnergyDetector(), model)
 
 
+def test_the_adaptive_report_states_the_validation_fpr_of_an_option_made_from_a_detector():
+    # such an option, saved and given back with --detector-file, reached results.md and failed there (no "n")
+    from robgen.detection import EnergyDetector
+    from robgen.experiments.adaptive_report import _thresholds, describe
+
+    logits = clean_logits(300).double()
+    detector = EnergyDetector(rule="youden", temperature=0.5).fit(logits[:150], logits[150:] * 3)
+    option = EnergyReject.from_detector(detector, tiny_model())
+    fpr = detector.validation["false_positive_rate"]
+    assert _thresholds(describe(option)).endswith(f"validation FPR {100 * fpr:.1f}% of 150")
+    option.validation.pop("n")  # saved by an older robgen
+    assert _thresholds(describe(option)).endswith(f"validation FPR {100 * fpr:.1f}%")
+
+
 def test_energy_gap_is_minus_log_top_probability_and_rejects_doubt():
     logits = clean_logits(200)
     option = make_reject_option("energy-gap", target_fpr=0.1).fit(logits)

@@ -266,6 +266,40 @@ def test_judges_of_another_input_size_see_the_samples_resized_to_theirs(robust):
     assert "resized to its own input side" in quality_markdown(result)
 
 
+def test_a_drop_of_exactly_the_budget_is_within_it():
+    # 93 of 100 right for the reference, 90 for the candidate: a drop of exactly 3 points (in float32, 0.93 - 0.90
+    # came out a hair above 0.03 and the candidate was ruled out)
+    from torch.utils.data import TensorDataset
+
+    from robgen.experiments.budget_sweep import budget_sweep
+    from robgen.models import Classifier
+
+    class ColourNet(torch.nn.Module):  # predicts the brightest channel; `blue` added to the blue one
+        def __init__(self, blue):
+            super().__init__()
+            self.blue = torch.nn.Parameter(torch.tensor(blue))
+
+        def forward(self, x):
+            means = x.mean((2, 3)) + torch.stack([0 * self.blue, 0 * self.blue, self.blue])
+            return torch.cat([means, means.new_full((len(x), 7), -1.0)], 1)
+
+    spec = tiny_model().spec
+    reference, candidate = Classifier(ColourNet(0.0), spec).eval(), Classifier(ColourNet(0.5), spec).eval()  # (0.5 after normalising)
+
+    def colour(r, g, b, count):
+        return torch.tensor([r, g, b]).view(1, 3, 1, 1).expand(count, 3, 32, 32).clone()
+
+    x = torch.cat([colour(0.9, 0.1, 0.1, 90),  # red, labelled 0: both right
+                   colour(0.1, 0.5, 0.45, 3),  # labelled 1: the candidate's blue bias tips it to 2
+                   colour(0.1, 0.9, 0.1, 7)])  # green, labelled 0: both wrong
+    labels = torch.cat([torch.zeros(90), torch.ones(3), torch.zeros(7)]).long()
+    result = budget_sweep({"standard": reference, "candidate": candidate}, "standard", "judge", tiny_model(seed=3),
+                          TensorDataset(x, labels), max_drop=0.03, n=2, steps=1, init="uniform", progress=False)
+    rows = {row["model"]: row for row in result["rows"]}
+    assert (rows["standard"]["n_correct"], rows["candidate"]["n_correct"]) == (93, 90)
+    assert rows["candidate"]["within_budget"] and result["pick"] == "candidate"
+
+
 def test_the_budget_sweep_picks_the_eligible_candidate_the_judge_prefers():
     import copy
 
@@ -332,3 +366,4 @@ def test_gradient_map_titles_drop_the_prefix_the_models_share():
     assert shared_prefix(["imagenette-resnet10-standard", "imagenette-resnet10-robust"]) == "imagenette-resnet10-"
     assert shared_prefix(["cifar10-resnet10-standard", "cifar10-resnet10-standard-seed1"]) == "cifar10-resnet10-"
     assert shared_prefix(["robust", "standard"]) == "" and shared_prefix(["only-one"]) == ""
+

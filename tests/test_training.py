@@ -237,6 +237,30 @@ def test_evaluation_with_zero_steps_measures_clean_accuracy_only(toy_data, tmp_p
         evaluate_robustness(model, images, steps=0, apgd=True, progress=False)
 
 
+def test_robust_accuracy_counts_only_images_the_model_gets_right_clean():
+    # a model wrong exactly at its clean images and right everywhere near them: PGD's random start lands where it is
+    # right, and counting that as robust gave a robust accuracy above the clean one
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    from robgen.evaluation import evaluate_robustness
+
+    class WrongOnlyAtTheCentre(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+            self.spec = SimpleNamespace(num_classes=2, input_size=(1, 2, 2), class_labels=["a", "b"])
+
+        def forward(self, x):
+            distance = (x - 0.5).abs().flatten(1).sum(1) * self.scale
+            return torch.stack([1000 * distance - 1e-3, torch.zeros_like(distance)], 1)
+
+    images = TensorDataset(torch.full((8, 1, 2, 2), 0.5), torch.zeros(8, dtype=torch.long))
+    result = evaluate_robustness(WrongOnlyAtTheCentre().eval(), images, eps=8 / 255, steps=5, progress=False)
+    assert result["clean_accuracy"] == 0.0 and result["pgd_accuracy"] == 0.0
+
+
 def test_a_crop_margin_on_images_kept_at_their_size_is_applied_to_the_validation_images(toy_data):
     """--crop-pct without --image-size (CIFAR-10's own 32 px): the validation images during training are resized
     and cropped as the model's eval transform (its spec records the crop_pct) will show them, not left raw."""

@@ -68,11 +68,18 @@ class MahalanobisScorer:
     """Distance of penultimate features to the nearest class mean under a tied covariance."""
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "MahalanobisScorer":
+        missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+        if missing:  # a class without a mean would make every distance NaN
+            raise ValueError(f"Mahalanobis needs clean reference features of every class; classes {missing} have none: "
+                             "use more reference images")
         features = features.double()
         means = torch.stack([features[labels == c].mean(0) for c in range(num_classes)])
         centred = features - means[labels]
         covariance = centred.T @ centred / len(features)
-        covariance += 1e-6 * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
+        ridge = 1e-6 * float(covariance.diagonal().mean())
+        if not ridge > 0:  # no spread at all (e.g. one image per class): an absolute ridge keeps it invertible
+            ridge = 1e-6
+        covariance += ridge * torch.eye(len(covariance), dtype=covariance.dtype)
         self.means, self.precision = means, torch.linalg.inv(covariance)
         return self
 

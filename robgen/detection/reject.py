@@ -148,6 +148,8 @@ class EnergyReject(_LowStatisticReject):
         option.tau = math.nextafter(threshold, math.inf)
         option.validation = {key: detector.validation[key] for key in ("false_positive_rate", "false_positive_rate_ci")
                              if key in detector.validation}
+        if "n_clean" in detector.validation:
+            option.validation["n"] = detector.validation["n_clean"]  # the clean images that FPR was measured on
         option.calibration = {"from": "EnergyDetector", "rule": detector.rule, "threshold": threshold}
         return option.bind(model)
 
@@ -359,9 +361,6 @@ class MahalanobisReject(_HighStatisticReject):
         reference makes a new statistic: the thresholds fitted on the old one (and the model they were bound to)
         are dropped, so the option must be fitted again before it scores."""
         labels = torch.as_tensor(labels).long().cpu()
-        missing = sorted(set(range(num_classes)) - set(labels.tolist()))
-        if missing:
-            raise ValueError(f"Mahalanobis needs clean training features of every class; classes {missing} have none")
         self.scorer = MahalanobisScorer().fit(features.detach().cpu(), labels, num_classes)
         self.reference = {"n": int(len(labels)), "num_classes": int(num_classes), "dim": int(features.shape[1])}
         self.threshold, self.validation, self.model_fingerprint = None, {}, None

@@ -85,7 +85,7 @@ def markdown(rows: List[dict], settings: dict) -> str:
         f"FPR {_pct(PAPER_CIFAR10['false_positive_rate'])}.",
         "",
         f"The last column reads the same images at the paper's false-positive rate: the threshold with at most "
-        f"{_pct(PAPER_CIFAR10['false_positive_rate'])}% validation FPR, its test detection (test FPR in brackets "
+        f"{100 * PAPER_CIFAR10['false_positive_rate']:g}% validation FPR, its test detection (test FPR in brackets "
         "after it); \"not measured\" marks a model row measured before robgen recorded it (the same command "
         "measures it again and fills it).",
         "",
@@ -201,7 +201,7 @@ def epochs_figure(curves: List[Tuple[str, List[dict]]], path: Path) -> Path:
             axis.errorbar(epochs, ys, yerr=errors, marker="o", capsize=3, label=name)
     left.axhline(100 * PAPER_CIFAR10["detection_rate"], color="grey", linestyle=":", linewidth=1)
     right.axhline(100 * PAPER_CLEAN_ACCURACY, color="grey", linestyle=":", linewidth=1)
-    left.set_ylabel(f"PGD detected at {100 * PAPER_CIFAR10['false_positive_rate']:.1f}% validation FPR (%)")
+    left.set_ylabel(f"PGD detected at {100 * PAPER_CIFAR10['false_positive_rate']:g}% validation FPR (%)")
     right.set_ylabel("clean accuracy (%)")
     for axis in (left, right):
         axis.set_xlabel("epoch")

@@ -35,7 +35,7 @@ NEAR_ZERO = 0.02  # the largest DARA "near 0" allows at LARGE_EPS
 ATTACK_WORDS = {
     "k+1 pgd": "PGD on the margin of Carlini & Wagner's (K+1)-logit model (the detector as an extra class)",
     "k+1 apgd-ce": "APGD (Croce & Hein's step schedule) on the cross-entropy of the (K+1)-logit model",
-    "k+1 apgd-dlr": "APGD on the DLR margin of the (K+1)-logit model",
+    "k+1 apgd-dlr": "APGD on the DLR margin of the (K+1)-logit model (on 2 classes, the margin unscaled)",
     "orthogonal pgd": "Orthogonal PGD (Bryniarski et al. 2022): the classifier's and the detector's gradients in turn, "
                       "each orthogonal to the other",
     "penalty pgd": "PGD on the classification margin minus λ times the reject score, λ searched per image over the "
@@ -268,7 +268,9 @@ def _thresholds(entry: dict) -> str:
             parts.append(f"{name} = {value:.4g}")
     settings = ", ".join(f"{k} {v}" for k, v in entry.get("settings", {}).items())
     fpr = entry.get("validation", {})
-    shown = f"{100 * fpr['false_positive_rate']:.1f}% of {fpr['n']}" if fpr else "n/a"
+    shown = "n/a"
+    if fpr.get("false_positive_rate") is not None:
+        shown = f"{100 * fpr['false_positive_rate']:.1f}%" + (f" of {fpr['n']}" if fpr.get("n") is not None else "")
     return f"{'; '.join(parts)}{' (' + settings + ')' if settings else ''}; validation FPR {shown}"
 
 

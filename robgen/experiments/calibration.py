@@ -18,7 +18,7 @@ import torch
 
 from ..detection.detector import TEMPERATURES, EnergyDetector
 from ..models.checkpoint import companion_file
-from .pipeline import detection_experiment, detection_splits
+from .pipeline import detection_experiment, detection_splits, perturbed_only
 
 DETECTOR_FILE = "detector.json"
 
@@ -40,9 +40,11 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
                                   temperatures=temperatures, batch_size=batch_size,
                                   progress=progress)
     detector = result.detector
-    val_clean, val_adv = result.clean["validation"], result.adversarial["validation"]
+    val_clean = result.clean["validation"]
+    val_adv = perturbed_only(result.adversarial["validation"])  # the adversarial side the threshold was fitted on
     detector.calibration = {
         "data": str(dataset_name), "attack": repr(attack), "n_validation": len(val_clean),
+        "n_validation_perturbed": len(val_adv),
         "n_test": result.report["n_test"], "test": detector.evaluate(result.clean["test"].logits,
                                                                      result.adversarial["test"].logits),
         "clean_accuracy": result.report["clean_accuracy"], "adversarial_accuracy": result.report["adversarial_accuracy"],
