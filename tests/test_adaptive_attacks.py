@@ -217,6 +217,26 @@ def test_kplusone_dlr_is_not_stuck_at_minus_one_when_the_label_and_the_detector_
     assert value.item() != pytest.approx(-1.0) and grad[0, 1] > 0
 
 
+def test_on_two_classes_the_kplusone_dlr_is_refused_and_the_suites_dlr_member_climbs_the_margin():
+    # with K = 2 the (K+1) DLR's scale is pi1 - pi3, and it is -1 with no gradient wherever y and K lead: the
+    # suite's DLR member never left its random start on a binary model and reported every image defended
+    from robgen.experiments.adaptive import AdaptiveSettings
+    from robgen.experiments.adaptive_suite import make_suite_attack
+
+    binary = tiny_model(num_classes=2)
+    defended = DefendedClassifier(binary, make_reject_option("energy").calibrate(binary, images(64, 0)))
+    for attack in (KPlusOneAPGD, KPlusOnePGD):
+        with pytest.raises(ValueError, match="DLR loss needs at least 3 classes"):
+            attack(defended, loss="dlr")
+    member = make_suite_attack("k+1 apgd-dlr", defended, 16 / 255, AdaptiveSettings(steps=10, restarts=1),
+                               seeded(3), None)
+    assert member.loss == "margin"
+    x = images(8, 1)
+    with torch.no_grad():
+        y = binary(x).argmax(1)
+    assert (member(x, y) - x).abs().amax() > 1 / 255  # it moves
+
+
 def test_remove_component_leaves_a_gradient_orthogonal_to_the_other():
     g = seeded(4)
     a, b = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)

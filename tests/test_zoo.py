@@ -215,3 +215,13 @@ def test_apgd_with_the_dlr_loss_on_two_classes_says_to_use_cross_entropy():
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="DLR loss needs at least 3 classes.*use loss='ce'"):
         APGD(two, eps=8 / 255, steps=2, loss="dlr")(x, y)
+
+
+def test_torchattacks_targeted_dlr_on_fewer_than_four_classes_is_refused_with_the_reason():
+    # torchattacks reads the fourth-largest logit there and fails deep inside with an IndexError
+    three = tiny_model(num_classes=3)
+    for name in ("APGDT", "AutoAttack"):
+        with pytest.raises(ValueError, match=f"torchattacks.{name} needs at least 4 classes .* this model has 3"):
+            TorchAttacksAttack(three, name, eps=8 / 255)
+    TorchAttacksAttack(three, "AutoAttack", eps=8 / 255, version="rand")  # APGD-CE and APGD-DLR: 3 suffice
+    TorchAttacksAttack(tiny_model(num_classes=4), "APGDT", eps=8 / 255)

@@ -209,6 +209,10 @@ class KPlusOnePGD(AdaptiveAttack):
                  generator: Optional[torch.Generator] = None) -> None:
         super().__init__(defended, eps, step_size, steps, norm, restarts, random_start, generator)
         self.loss = _loss(loss, KPLUSONE_LOSSES)
+        if self.loss == "dlr" and self.defended.num_classes < 3:
+            raise ValueError(f"the (K+1) DLR loss needs at least 3 classes (it scales by the fourth-largest of the K+1 "
+                             f"logits; with {self.defended.num_classes} it is -1 wherever y and the detector lead, "
+                             "with no gradient): use loss 'margin' or 'ce'")
 
     def _objective(self, y: torch.Tensor):
         loss = KPLUSONE_LOSSES[self.loss]

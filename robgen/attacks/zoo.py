@@ -107,7 +107,18 @@ class TorchAttacksAttack(Attack):
             raise ValueError(f"torchattacks.{self.attack_class.__name__} attacks in the {native} norm only, not "
                              f"{self.attack_norm}: pass norm={native!r}"
                              + (", or use PGDL2 for l2" if self.attack_class.__name__ == "PGD" else ""))
+        self._check_classes(model, settings)
         self._takes, self.settings = takes, settings
+
+    def _check_classes(self, model, settings) -> None:
+        """torchattacks' targeted DLR (APGDT, AutoAttack's APGD-T) reads the fourth-largest logit, its DLR the third:
+        on fewer classes it fails deep inside with an IndexError."""
+        name = self.attack_class.__name__
+        need = {"APGDT": 4, "AutoAttack": 3 if settings.get("version") == "rand" else 4}.get(name)
+        classes = getattr(getattr(model, "spec", None), "num_classes", None)
+        if need is not None and classes is not None and classes < need:
+            raise ValueError(f"torchattacks.{name} needs at least {need} classes (its DLR loss reads the "
+                             f"{'fourth' if need == 4 else 'third'}-largest logit); this model has {classes}")
 
     def perturb(self, x, y, target, recorder, progress):
         if self.targeted and target is None:

@@ -102,7 +102,10 @@ def make_suite_attack(name: str, defended: DefendedClassifier, eps: float, setti
     if name == "k+1 pgd":
         return KPlusOnePGD(defended, restarts=settings.restarts, loss="margin", **common)
     if name in ("k+1 apgd-ce", "k+1 apgd-dlr"):
-        return KPlusOneAPGD(defended, restarts=settings.restarts, loss=name.rsplit("-", 1)[1], **common)
+        loss = name.rsplit("-", 1)[1]
+        if loss == "dlr" and defended.num_classes < 3:  # DLR has no scale on 2 classes: its margin, unscaled
+            loss = "margin"
+        return KPlusOneAPGD(defended, restarts=settings.restarts, loss=loss, **common)
     if name == "orthogonal pgd":
         return OrthogonalPGD(defended, restarts=settings.restarts, **common)
     if name == "penalty pgd":
