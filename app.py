@@ -99,6 +99,16 @@ def need_image(image) -> str:
     return path
 
 
+MAX_SEED = 2 ** 63 - 1
+
+
+def seed_number(seed) -> int:
+    """A seed field's value as the int torch takes, or a message that says what to enter (a cleared field is None)."""
+    if seed is None or seed != seed or not float(seed).is_integer() or not 0 <= seed <= MAX_SEED:
+        raise gr.Error(f"Enter a whole-number seed from 0 to {MAX_SEED}.", print_exception=False)
+    return int(seed)
+
+
 def image_file(picture, name: str = "image") -> str:
     """`picture` written to a PNG file of its own in Gradio's cache folder; its path is what the page gets.
 
@@ -124,7 +134,7 @@ def gallery_files(items, name: str):
 def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target, seed, progress=gr.Progress()):
     model = cached_model(model_name)
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
-                               step_size=step_size_255 / 255, lam=lam, target=target or None, seed=int(seed),
+                               step_size=step_size_255 / 255, lam=lam, target=target or None, seed=seed_number(seed),
                                progress=progress)
     return (image_file(tabs.display(result.clean), "seen"), image_file(tabs.display(result.adversarial), "adversarial"),
             image_file(tabs.display(result.perturbation), "perturbation"), result.top_clean, result.top_adversarial,
@@ -143,7 +153,8 @@ def detect(image, model_name):
 def synthesize(model_name, target_class, n, steps, automatic_step_size, step_size, seed, progress=gr.Progress()):
     """`automatic_step_size` (the default) takes the library's L2 step, 2.5·eps/steps, and ignores `step_size`."""
     gallery, trace = tabs.synthesize_gallery(cached_model(model_name), target_class, n=int(n), steps=int(steps),
-                                             step_size=None if automatic_step_size else step_size, seed=int(seed),
+                                             step_size=None if automatic_step_size else step_size,
+                                             seed=seed_number(seed),
                                              progress=progress)
     return (gallery_files(gallery, "sample"),
             plots.trace_figure(trace, f"synthesising '{target_class}': mean over the samples"))
@@ -166,13 +177,20 @@ def translate(image, model_name, target_class, steps, progress=gr.Progress()):
     return gallery_files(path, "step")
 
 
-def follow_model(model_name, synthesis_model, models, example_makers):
-    """After the Attack/Detect model changes: its classes as targets and in the notes, the Synthesize tab on a
-    model of its data set (the most robust one, unless it is there already), the Detect examples of its data set."""
+def kept(value, labels, fallback):
+    """A class picked before a model change, if the new model has it; else `fallback`."""
+    return value if value in labels else fallback
+
+
+def follow_model(model_name, synthesis_model, target, models, example_makers):
+    """After the Attack/Detect model changes: its classes as targets (the picked target kept where it has it) and
+    in the notes, the Synthesize tab on a model of its data set (the most robust one, unless it is there already),
+    the Detect examples of its data set."""
     spec = model_spec(model_name)
     note = tabs.describe_classes(spec, model_name)
     synthesis = synthesis_model if same_classes(synthesis_model, model_name) else most_robust(models, like=model_name)
-    return (gr.Dropdown(choices=[""] + spec.class_labels, value=""), gr.Dropdown(choices=models, value=synthesis),
+    return (gr.Dropdown(choices=[""] + spec.class_labels, value=kept(target, spec.class_labels, "")),
+            gr.Dropdown(choices=models, value=synthesis),
             note, note, *[gr.Dataset(visible=same_classes(maker, model_name)) for maker in example_makers])
 
 
@@ -194,10 +212,11 @@ def detect_default(default, example_sets) -> str:
     return adversarial_photo(example_sets[maker]) if maker else PHOTO
 
 
-def class_choices(model_name):
+def class_choices(model_name, synthesis_class=None, translate_class=None):
+    """The Synthesize tab's class pickers for a model: the classes picked before, where it has them."""
     labels = model_spec(model_name).class_labels
-    return (gr.Dropdown(choices=labels, value=labels[0]),
-            gr.Dropdown(choices=labels, value=labels[min(5, len(labels) - 1)]))
+    return (gr.Dropdown(choices=labels, value=kept(synthesis_class, labels, labels[0])),
+            gr.Dropdown(choices=labels, value=kept(translate_class, labels, labels[min(5, len(labels) - 1)])))
 
 
 def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> gr.Blocks:
@@ -321,10 +340,11 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
         with gr.Tab("About"):
             gr.Markdown(ABOUT)
         model_name.change(functools.partial(follow_model, models=models, example_makers=list(example_sets)),
-                          [model_name, synthesis_model],
+                          [model_name, synthesis_model, target],
                           [target, synthesis_model, attack_classes, detect_classes, *example_datasets],
                           api_visibility="private")
-        synthesis_model.change(class_choices, synthesis_model, [synth_class, translate_class], api_visibility="private")
+        synthesis_model.change(class_choices, [synthesis_model, synth_class, translate_class], [synth_class, translate_class],
+                               api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return app
 

@@ -14,8 +14,9 @@ import torch  # noqa: E402
 
 def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, title: str = "",
                             adversarial_label: str = "PGD", threshold: Optional[float] = None,
-                            mark: Optional[float] = None):
-    """Histograms of E(x) for clean and adversarial images; optionally the threshold and one image's energy."""
+                            mark: Optional[float] = None, temperature: float = 1.0):
+    """Histograms of E(x) for clean and adversarial images; optionally the threshold and one image's energy.
+    Energies at another `temperature` T are E_T(x) = -T logsumexp(f(x) / T), and the axis says so."""
     figure, axis = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     values = [float(v) for v in (clean.min(), clean.max(), adversarial.min(), adversarial.max())] if len(clean) and len(adversarial) else []
     values += [v for v in (threshold, mark) if v is not None]
@@ -27,7 +28,8 @@ def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, titl
         axis.axvline(threshold, color="black", linestyle="--", label="threshold")
     if mark is not None:
         axis.axvline(mark, color="tab:green", linewidth=2.5, label="this image")
-    axis.set_xlabel("E(x) = -logsumexp f(x)   (lower = more likely)")
+    axis.set_xlabel("E(x) = -logsumexp f(x)   (lower = more likely)" if temperature == 1 else
+                    f"E_T(x) = -T logsumexp(f(x) / T), T = {temperature:g}   (lower = more likely)")
     axis.set_ylabel("images")
     axis.set_title(title)
     axis.legend(fontsize=8)

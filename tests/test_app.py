@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import robgen
 from robgen.data import IMAGENETTE_CLASSES
 from robgen.detection import EnergyDetector
 from robgen.images import load_image, load_model_input
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO))
 import app  # noqa: E402
 
 STANDARD, ROBUST = "cifar10-resnet10-standard", "cifar10-resnet10-robust"
+ENERGY_SHOWN = re.compile(r"E(_T)?\(x\) = -?[0-9]")  # the Detect verdict: E(x), or E_T(x) at the detector's T
 NETTE_STANDARD, NETTE_ROBUST = "imagenette-resnet10-standard", "imagenette-resnet10-robust"
 PHOTOS = sorted((REPO / "examples").glob("*.png"))
 
@@ -332,15 +334,23 @@ def test_picking_a_model_of_another_data_set_moves_the_other_tabs_to_it(imagenet
     from robgen.web.model_cache import available_models, model_spec
 
     models, makers = available_models(), [STANDARD, NETTE_STANDARD]
-    target, synthesis, attack_note, detect_note, *columns = app.follow_model(STANDARD, NETTE_ROBUST, models, makers)
+    target, synthesis, attack_note, detect_note, *columns = app.follow_model(STANDARD, NETTE_ROBUST, "", models, makers)
     assert target.choices == [("", "")] + [(label, label) for label in model_spec(STANDARD).class_labels]
     assert synthesis.value == ROBUST and [column.visible for column in columns] == [True, False]
     assert attack_note == detect_note and attack_note.startswith(f"**{STANDARD}** (CIFAR-10, 32×32 inputs)")
-    _, synthesis, note, _, *columns = app.follow_model(NETTE_STANDARD, STANDARD, models, makers)
+    _, synthesis, note, _, *columns = app.follow_model(NETTE_STANDARD, STANDARD, "cat", models, makers)
     assert synthesis.value == NETTE_ROBUST and [column.visible for column in columns] == [False, True]
     assert note.startswith(f"**{NETTE_STANDARD}** (Imagenette, 160×160 inputs) knows 10 classes: "
                            + ", ".join(IMAGENETTE_CLASSES.values()) + ".")
-    assert app.follow_model(NETTE_STANDARD, NETTE_STANDARD, models, makers)[1].value == NETTE_STANDARD  # kept
+    assert app.follow_model(NETTE_STANDARD, NETTE_STANDARD, "", models, makers)[1].value == NETTE_STANDARD  # kept
+    # the picked target class stays where the new model has it; a class it lacks ("cat" on Imagenette) is cleared
+    assert app.follow_model(ROBUST, ROBUST, "cat", models, makers)[0].value == "cat"
+    assert app.follow_model(NETTE_STANDARD, NETTE_ROBUST, "cat", models, makers)[0].value == ""
+    synthesis_class, translate_class = app.class_choices(ROBUST, "cat", "ship")  # the Synthesize model's change
+    assert (synthesis_class.value, translate_class.value) == ("cat", "ship")
+    synthesis_class, translate_class = app.class_choices(NETTE_ROBUST, "cat", "ship")
+    labels = model_spec(NETTE_ROBUST).class_labels
+    assert (synthesis_class.value, translate_class.value) == (labels[0], labels[5])
 
 
 def test_the_eval_transform_comes_from_the_model_spec_and_a_small_upload_gets_a_note(client, imagenette, tmp_path):
@@ -365,7 +375,7 @@ def test_the_eval_transform_comes_from_the_model_spec_and_a_small_upload_gets_a_
         photo.convert("RGB").resize((6, 6)).save(tmp_path / "tiny.png")
     _, verdict, top, _ = client.predict(image=upload(tmp_path / "small.png"), model_name=NETTE_STANDARD,
                                         api_name="/detect")
-    assert "E(x) =" in verdict and top["label"] in IMAGENETTE_CLASSES.values()
+    assert ENERGY_SHOWN.search(verdict) and top["label"] in IMAGENETTE_CLASSES.values()
     enlarged = f"enlarged {182 / 40:.1f}×"
     assert f"the image is 40×40 pixels, far smaller than the 160×160 the model sees, so it was {enlarged}" in verdict
     summary = attack(client, tmp_path / "small.png", model_name=NETTE_STANDARD, steps=2)[5]
@@ -490,7 +500,7 @@ def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(client, tm
     for name, message in write_bad_uploads(tmp_path).items():
         if message is None:
             _, verdict, top, _ = client.predict(image=upload(tmp_path / name), model_name=STANDARD, api_name="/detect")
-            assert "E(x) =" in verdict, name
+            assert ENERGY_SHOWN.search(verdict), name
             continue
         with pytest.raises(gradio_client.exceptions.AppError, match=message) as error:
             client.predict(image=upload(tmp_path / name), model_name=STANDARD, api_name="/detect")
@@ -501,6 +511,18 @@ def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(client, tm
         attack(client, REPO / "examples" / "rocket.png", method="hepgd", target="cat")
     # and everyone else is still served
     assert attack(client, REPO / "examples" / "rocket.png")[5].startswith("PGD")
+
+
+def test_a_transparent_upload_is_seen_on_white_as_the_library_reads_it(client, tmp_path):
+    # transparent pixels over black RGB: the handlers read the upload themselves (preprocess=False), compositing
+    # on white; Gradio's own conversion to RGB would show the model black
+    picture = np.zeros((64, 64, 4), dtype=np.uint8)
+    picture[16:48, 16:48] = (200, 30, 30, 255)  # an opaque red square; the rest transparent black
+    Image.fromarray(picture, "RGBA").save(tmp_path / "logo.png")
+    seen, verdict, _, _ = client.predict(image=upload(tmp_path / "logo.png"), model_name=STANDARD, api_name="/detect")
+    corner = np.asarray(Image.open(seen).convert("RGB"))[0, 0]
+    assert corner.min() >= 250, corner
+    assert ENERGY_SHOWN.search(verdict)
 
 
 def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
@@ -515,9 +537,9 @@ def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
 
     photo = REPO / "examples" / "coffee.png"
     _, verdict, _, _ = client.predict(image=upload(photo), model_name=STANDARD, api_name="/detect")
-    assert "E(x) =" in verdict
+    assert ENERGY_SHOWN.search(verdict)
     energy, relation, threshold, word = re.search(
-        r"E\(x\) = (\S+) (≤|>) threshold (\S+): flagged as \*\*(\w+)\*\*", verdict).groups()
+        r"E(?:_T)?\(x\) = (\S+) (≤|>) threshold (\S+)(?: \(T = [^)]*\))?: flagged as \*\*(\w+)\*\*", verdict).groups()
     model = cached_model(STANDARD)
     detector = load_shipped_detector(model)
     with torch.no_grad():
@@ -536,3 +558,44 @@ def test_detect_warns_when_the_models_detector_barely_separates():
     assert "barely separates" in uninformative_warning({"auroc": 0.65, "auroc_ci": [0.58, 0.71]}), "may be < 0.6"
     assert uninformative_warning({"auroc": 0.86, "auroc_ci": [0.83, 0.88]}) == ""
     assert uninformative_warning({"auroc": 0.86}) == "", "an older detector file without intervals: no claim"
+
+
+def test_the_detect_verdict_and_histogram_name_the_detectors_temperature():
+    # the shipped detectors use T from 0.1 to 20: E_T(x) at T = 20 is no E(x), which the Attack tab shows
+    from robgen.web.handlers import detect_image, detection_figure
+
+    model = robgen.load_model(REPO / "checkpoints" / ROBUST)
+    detector = EnergyDetector.load(REPO / "checkpoints" / ROBUST / "detector.json")
+    assert detector.temperature == 20
+    result = detect_image(model, REPO / "examples" / "rocket.png", detector)
+    assert result.summary().startswith("E_T(x) = ") and "(T = 20, the detector's temperature)" in result.summary()
+    assert "T = 20" in detection_figure(result).axes[0].get_xlabel()
+    detector.temperature = 1.0
+    assert detect_image(model, REPO / "examples" / "rocket.png", detector).summary().startswith("E(x) = ")
+
+
+def test_synthesize_draws_from_noise_for_a_model_without_seeds_and_says_so(tmp_path):
+    # a Hub model has no seeds.safetensors: the tab failed with an error pointing at an option it does not offer
+    from robgen.web.handlers import synthesize_gallery
+    from tests.conftest import tiny_model
+
+    save_checkpoint(tiny_model(), tmp_path / "no-seeds")
+    model = robgen.load_model(tmp_path / "no-seeds")
+    gallery, _ = synthesize_gallery(model, "c3", n=2, steps=2, seed=0)
+    assert len(gallery) == 2 and all(caption.endswith("(from noise: this model has no seeds)")
+                                     for _, caption in gallery)
+    shipped = robgen.load_model(REPO / "checkpoints" / ROBUST)  # it has seeds: no such note
+    gallery, _ = synthesize_gallery(shipped, "cat", n=1, steps=1, seed=0)
+    assert "noise" not in gallery[0][1]
+
+
+def test_a_cleared_or_out_of_range_seed_gets_a_message_that_says_what_to_enter(client):
+    for seed in (None, 1e20, -1, 2.5):
+        with pytest.raises(gradio_client.exceptions.AppError, match="Enter a whole-number seed from 0 to"):
+            attack(client, REPO / "examples" / "rocket.png", seed=seed)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Enter a whole-number seed"):
+        client.predict(model_name=ROBUST, target_class="cat", n=1, steps=1, automatic_step_size=True, step_size=0.25,
+                       seed=None, api_name="/synthesize")
+    with pytest.raises(gradio_client.exceptions.AppError, match="no class given: pick a class"):
+        client.predict(image=upload(REPO / "examples" / "rocket.png"), model_name=ROBUST, target_class=None, steps=1,
+                       api_name="/translate")

@@ -283,6 +283,32 @@ def test_spec_class_index_by_name_or_number():
         spec.class_index(10)
 
 
+
+def test_imagenet_labels_name_one_class_each_and_a_synonym_picks_its_class():
+    # timm's table has "crane" twice (the bird, 134; the machine, 517): the top-5 dict kept one of them, with the
+    # other's probability, and the machine could not be picked by name; a label lists synonyms ("tench, Tinca tinca")
+    from robgen.experiments.single_image import top_classes
+
+    labels = loading._imagenet_labels()
+    if labels[0].startswith("class "):
+        pytest.skip("this timm ships no ImageNet label table")
+    spec = ModelSpec("resnet18", 1000, labels)
+    assert len(set(spec.class_labels)) == 1000
+    assert (spec.class_labels[134], spec.class_labels[517]) == ("crane (class 134)", "crane (class 517)")
+    assert spec.class_index("crane (class 517)") == 517 and spec.class_index("Tench") == 0
+    assert spec.class_index("tank suit") == 639 and spec.class_index("maillot") == 638  # a whole label first
+    with pytest.raises(ValueError, match=r"'crane' names several classes: 134 .*; 517 .*: give the index"):
+        spec.class_index("crane")
+    with pytest.raises(ValueError, match=r"unknown class 'tenchh'; give one of this model's 1000 labels or an index "
+                                         r"0\.\.999 \(close: .*trench"):
+        spec.class_index("tenchh")
+    with pytest.raises(ValueError, match="no class given"):
+        spec.class_index(None)
+    logits = torch.zeros(1000)
+    logits[134], logits[517] = 5.0, 4.0
+    top = top_classes(logits, spec.class_labels, k=3)
+    assert len(top) == 3 and top["crane (class 134)"] > top["crane (class 517)"]
+
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     folder = robgen.save_checkpoint(tiny_model(seed=0), tmp_path / "c")
     before = (folder / "model.safetensors").read_bytes()

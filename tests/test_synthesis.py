@@ -367,3 +367,18 @@ def test_gradient_map_titles_drop_the_prefix_the_models_share():
     assert shared_prefix(["cifar10-resnet10-standard", "cifar10-resnet10-standard-seed1"]) == "cifar10-resnet10-"
     assert shared_prefix(["robust", "standard"]) == "" and shared_prefix(["only-one"]) == ""
 
+
+def test_synthesis_takes_numpys_float64_images_and_refuses_a_size_or_count_it_cannot_use():
+    model = tiny_model()
+    start = torch.rand(1, 3, 32, 32, dtype=torch.float64)  # numpy's default type: "expected scalar type" before
+    assert synthesize(model, 3, 1, steps=2, init=start).dtype == torch.float32
+    assert translate(model, start, 3, steps=2).images.dtype == torch.float32
+    assert sgld_sample(model, 3, 1, steps=2, init=start).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"image is 64x64 pixels but the model takes 32x32: resize it first"):
+        translate(model, torch.rand(1, 3, 64, 64), 3, steps=1)  # the L2 budget is the model's size's
+    with pytest.raises(ValueError, match="give one image .* or n images, not 2"):
+        inpaint(model, torch.rand(2, 3, 32, 32), torch.ones(32, 32), 3, n=3, fill="uniform", steps=1)
+    with pytest.raises(ValueError, match="2 masks for 3 images: give one mask for all or one per image"):
+        synthesize(model, 3, 3, steps=1, init="uniform", mask=torch.ones(2, 1, 32, 32))
+    two = inpaint(model, torch.rand(2, 3, 32, 32), torch.ones(32, 32), 3, n=2, fill="uniform", steps=1)
+    assert two.shape == (2, 3, 32, 32)

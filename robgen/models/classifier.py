@@ -7,6 +7,8 @@ them before the wrapped network, and `model.spec` says what the model is.
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Tuple
 
@@ -39,7 +41,7 @@ class ModelSpec:
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         self.input_size = tuple(int(v) for v in self.input_size)
-        self.class_labels = [str(label) for label in self.class_labels]
+        self.class_labels = distinct_labels([str(label) for label in self.class_labels])
         for name in ("arch_kwargs", "training", "metrics"):  # a config written with null for "none"
             value = getattr(self, name)
             if value is None:
@@ -76,16 +78,43 @@ class ModelSpec:
         return cls(**{key: value for key, value in data.items() if key in known})
 
     def class_index(self, label) -> int:
-        """The index of a class given as an index or a label name."""
+        """The index of a class given as an index or a label, any case: the whole label, or one of the synonyms
+        an ImageNet label lists ("tench" for "tench, Tinca tinca") where it names one class only."""
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise ValueError("no class given: pick a class (a label or an index)")
         if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
+            wanted = label.strip().lower()
             lowered = [name.lower() for name in self.class_labels]
-            if label.lower() not in lowered:
-                raise ValueError(f"unknown class {label!r}; this model's classes are: {', '.join(self.class_labels)}")
-            return lowered.index(label.lower())
+            if wanted in lowered:
+                return lowered.index(wanted)
+            named = [i for i, name in enumerate(lowered)  # a synonym, or a repeated label without its "(class i)"
+                     if wanted in (part.strip() for part in re.sub(r" \(class \d+\)$", "", name).split(","))]
+            if len(named) == 1:
+                return named[0]
+            if named:
+                raise ValueError(f"{label!r} names several classes: "
+                                 f"{'; '.join(f'{i} ({self.class_labels[i]})' for i in named)}: give the index")
+            raise ValueError(f"unknown class {label!r}; {self._classes_hint(wanted)}")
         index = int(label)
         if not 0 <= index < self.num_classes:
             raise ValueError(f"class index {index} is out of range: this model has classes 0..{self.num_classes - 1}")
         return index
+
+    def _classes_hint(self, wanted: str) -> str:
+        if self.num_classes <= 20:
+            return f"this model's classes are: {', '.join(self.class_labels)}"
+        close = difflib.get_close_matches(wanted, [name.lower() for name in self.class_labels], n=3, cutoff=0.5)
+        near = f" (close: {'; '.join(close)})" if close else ""
+        return f"give one of this model's {self.num_classes} labels or an index 0..{self.num_classes - 1}{near}"
+
+
+def distinct_labels(labels: List[str]) -> List[str]:
+    """The labels, each one that occurs more than once told apart by its index ("crane (class 134)" and "crane
+    (class 517)" in ImageNet's table), so that a label names one class wherever it is shown or picked."""
+    counts: Dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return [f"{label} (class {i})" if counts[label] > 1 else label for i, label in enumerate(labels)]
 
 
 class Classifier(nn.Module):

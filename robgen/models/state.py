@@ -1,6 +1,6 @@
-"""Where a model lives and which mode it is in: the one place robgen asks either question.
+"""Where a model lives, in which floating-point type, and which mode it is in: the one place robgen asks.
 
-    device = model_device(model)
+    device, dtype = model_device(model), model_dtype(model)
     with eval_mode(model):      # batch norm and dropout frozen; the caller's mode comes back after
         logits = model(x)
 """
@@ -20,6 +20,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating-point type of the model's first float parameter (or buffer), which its inputs must have;
+    float32 for a model with neither."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
 
 
 @contextmanager

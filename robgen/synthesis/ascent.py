@@ -21,7 +21,7 @@ import torch
 
 from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode, model_device
+from ..models.state import eval_mode, model_device, model_dtype
 from ..checks import check_pixels, check_positive, check_steps
 from ..energy import class_energy, energy, log_prob_given_x
 from ..progress import step_reporter
@@ -63,6 +63,21 @@ def class_indices(model, target_class, n: int, device: torch.device) -> torch.Te
     return torch.tensor(indices, device=device, dtype=torch.long)
 
 
+def model_images(images: torch.Tensor, model, name: str = "image") -> torch.Tensor:
+    """`images` as the model takes them: (N, C, H, W) (one image may come as (C, H, W)), on its device and in its
+    floating-point type (numpy's float64 too), checked as [0, 1] pixels of its channels and size (the L2 budget
+    and the seeds are the model's size's)."""
+    x = images.to(device=model_device(model), dtype=model_dtype(model))
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    check_pixels(x, model.spec.input_size[0], name=name)
+    if tuple(x.shape[2:]) != tuple(model.spec.input_size[1:]):
+        height, width = model.spec.input_size[1:]
+        raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} pixels but the model takes {height}x{width}: resize it "
+                         f"first (robgen.load_image(path, size=({height}, {width})))")
+    return x
+
+
 def check_mask(mask: torch.Tensor, n: int, size: Tuple[int, int], device: torch.device) -> torch.Tensor:
     """A boolean (n or 1, 1, H, W) mask from an (H, W), (1, H, W) or (N, 1, H, W) tensor of 0/1 or bools."""
     if not isinstance(mask, torch.Tensor):
@@ -72,11 +87,13 @@ def check_mask(mask: torch.Tensor, n: int, size: Tuple[int, int], device: torch.
         shaped = shaped[None, None]
     elif shaped.ndim == 3:
         shaped = shaped[:, None] if shaped.shape[0] not in (1,) else shaped[None]
-    if shaped.ndim != 4 or tuple(shaped.shape[2:]) != tuple(size) or shaped.shape[1] != 1 or shaped.shape[0] not in (1, n):
+    if shaped.ndim != 4 or tuple(shaped.shape[2:]) != tuple(size) or shaped.shape[1] != 1:
         raise ValueError(
             f"mask has shape {tuple(mask.shape)} but the images are {size[0]}x{size[1]}: give an (H, W) = "
-            f"{tuple(size)} mask (or (N, 1, H, W) with N = 1 or {n})"
+            f"{tuple(size)} mask (or (N, 1, H, W) masks)"
         )
+    if shaped.shape[0] not in (1, n):
+        raise ValueError(f"{shaped.shape[0]} masks for {n} images: give one mask for all or one per image")
     if shaped.dtype != torch.bool:
         values = shaped.unique()
         if not bool(((values == 0) | (values == 1)).all()):
@@ -173,12 +190,9 @@ def inpaint(model, image: torch.Tensor, mask: torch.Tensor, target_class, n: int
     """
     device = model_device(model)
     n = check_steps(n, "n")
-    image = image.to(device)
-    if image.ndim == 3:
-        image = image.unsqueeze(0)
-    check_pixels(image, model.spec.input_size[0], name="image")
-    if tuple(image.shape[2:]) != tuple(model.spec.input_size[1:]):
-        raise ValueError(f"image is {tuple(image.shape[2:])} but the model takes {tuple(model.spec.input_size[1:])}")
+    image = model_images(image, model)
+    if image.shape[0] not in (1, n):
+        raise ValueError(f"give one image (redrawn n = {n} times) or n images, not {image.shape[0]}")
     region = check_mask(mask, n, model.spec.input_size[1:], device)
     target = class_indices(model, target_class, n, device)
     seed = initial_images(fill, target, model, generator, device, settings.get("seeds"))
@@ -220,10 +234,7 @@ def translate(
     an invisible adversarial perturbation.
     """
     device = model_device(model)
-    x = image.to(device)
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    check_pixels(x, model.spec.input_size[0], name="image")
+    x = model_images(image, model)
     settings = SynthesisSettings.resolve(model, steps, step_size, eps)
     snapshots = check_steps(snapshots, "snapshots")
     target = class_indices(model, target_class, x.shape[0], device)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..engine.random import random_normal, random_uniform
 from ..files import write_atomically
 from ..models.checkpoint import companion_file
+from ..models.state import model_dtype
 from ..progress import progress_bar
 
 SEEDS_FILE = "seeds.safetensors"
@@ -151,7 +152,7 @@ def initial_images(init, classes: torch.Tensor, model, generator: Optional[torch
     channels, height, width = model.spec.input_size
     n = len(classes)
     if isinstance(init, torch.Tensor):
-        images = init.to(device)
+        images = init.to(device=device, dtype=model_dtype(model))  # e.g. float64 images from numpy, float32 model
         if images.ndim == 3:
             images = images.unsqueeze(0)
         if images.shape[0] == 1:

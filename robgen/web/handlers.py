@@ -27,6 +27,7 @@ from ..images import cover_size, load_model_input, tensor_to_pil
 from ..models.state import model_device
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
+from ..synthesis.seeds import load_seeds
 
 ImageInput = Union[str, Path, torch.Tensor]
 DISPLAY_SIZE = 192  # small model inputs are enlarged (nearest neighbour) to this many pixels for display
@@ -212,7 +213,9 @@ class DetectResult:
         measured = (f" On {calibration.get('n_test', '?')} test images this threshold caught "
                     f"{test.get('detection_rate', float('nan')):.1%} of {calibration.get('attack', 'attacked')} examples "
                     f"with {test.get('false_positive_rate', float('nan')):.1%} false positives.") if test else ""
-        return (f"E(x) = {self.energy:.3f} {relation} threshold {self.threshold:.3f}: flagged as {verdict} "
+        temperature = self.detector.temperature
+        name, at = ("E(x)", "") if temperature == 1 else ("E_T(x)", f" (T = {temperature:g}, the detector's temperature)")
+        return (f"{name} = {self.energy:.3f} {relation} threshold {self.threshold:.3f}{at}: flagged as {verdict} "
                 f"(adversarial examples get *lower* energy).{measured}" + uninformative_warning(test)
                 + (f"\n\n*{self.note}*" if self.note else ""))
 
@@ -247,21 +250,31 @@ def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = 
 def detection_figure(result: DetectResult):
     """The calibration set's clean and adversarial energies, the threshold, and this image."""
     clean, adversarial = calibration_energies(result.detector)
-    return energy_histogram_figure(clean, adversarial, "calibration set", "adversarial", result.threshold, result.energy)
+    return energy_histogram_figure(clean, adversarial, "calibration set", "adversarial", result.threshold, result.energy,
+                                   temperature=result.detector.temperature)
 
 
 def synthesize_gallery(model, target_class, n: int = 8, steps: int = 60, step_size: Optional[float] = None,
                        seed: int = 0, progress: Optional[Callable] = None) -> Tuple[List[Tuple[object, str]], Trace]:
-    """`n` images of a class, each captioned with the model's probability of that class."""
+    """`n` images of a class, each captioned with the model's probability of that class.
+
+    They start from the class's seed distribution (Santurkar et al. 2019), or from uniform noise for a model
+    with no seeds.safetensors (a Hub model: `python -m robgen fit-seeds` makes one), as the captions say."""
     device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     index = model.spec.class_index(target_class)
+    try:
+        seeds, start = load_seeds(model), ""
+    except FileNotFoundError:
+        seeds, start = None, " (from noise: this model has no seeds)"
     images, trace = synthesize(model, index, n, steps=steps, step_size=step_size, generator=generator,
+                               init="gaussian" if seeds is not None else "uniform", seeds=seeds,
                                progress=progress, return_trace=True)
     with torch.no_grad():
         probs = model(images).float().softmax(1)[:, index]
     label = model.spec.class_labels[index]
-    return [(display(image), f"p({label}) = {float(p):.2f}") for image, p in zip(images.cpu(), probs.cpu())], trace
+    return [(display(image), f"p({label}) = {float(p):.2f}{start}")
+            for image, p in zip(images.cpu(), probs.cpu())], trace
 
 
 def gradient_gallery(models: Dict[str, torch.nn.Module], image: ImageInput) -> List[Tuple[object, str]]:
