@@ -225,3 +225,42 @@ def test_torchattacks_targeted_dlr_on_fewer_than_four_classes_is_refused_with_th
             TorchAttacksAttack(three, name, eps=8 / 255)
     TorchAttacksAttack(three, "AutoAttack", eps=8 / 255, version="rand")  # APGD-CE and APGD-DLR: 3 suffice
     TorchAttacksAttack(tiny_model(num_classes=4), "APGDT", eps=8 / 255)
+
+
+def test_a_zoo_attacks_test_numbers_do_not_depend_on_how_many_validation_images_came_first(toy_data):
+    # the recorder hid the attack's generator from the per-batch seeding, so the random starts ran on in one stream
+    from robgen.experiments.pipeline import detection_splits
+    from robgen.experiments.zoo import ZooStudySettings, zoo_study
+
+    model = tiny_model(num_classes=4)
+    model.spec.class_labels = [f"class{i}" for i in range(4)]  # the toy folder's classes
+    settings = ZooStudySettings(attacks=("PGD-10",), batch_size=4, n_boot=10)
+
+    def test_energy_changes(val_size):
+        splits = detection_splits(model, str(toy_data), val_size=40, seed=0)
+        splits.validation = robgen.data.first(splits.validation, val_size)
+        splits.test = robgen.data.first(splits.test, 4)  # the same 4 test images
+        return zoo_study(model, splits, settings, progress=False)["delta_energy"]["PGD-10"]
+
+    assert test_energy_changes(4) == test_energy_changes(8)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--temperature", "0"], "temperature must be > 0 or 'search'"),
+    (["--temperature", "nan"], "temperature must be > 0 or 'search'"),
+    (["--l2-eps", "0"], "l2_eps must be > 0"),
+    (["--square-queries", "0"], "square_queries must be >= 1"),
+    (["--eps", "8"], "eps is an L-inf radius in"),
+])
+def test_zoo_settings_are_refused_before_any_attack_runs(toy_data, tmp_path, monkeypatch, flags, says):
+    # they were refused after PGD-40 ran on both splits, or reported as that attack's failure
+    from robgen.experiments import zoo as zoo_module
+
+    monkeypatch.setattr(zoo_module, "model_outputs", lambda *args, **kwargs: pytest.fail("work started"))
+    parser = argparse.ArgumentParser()
+    zoo_cli.add_parsers(parser.add_subparsers())
+    args = parser.parse_args(["zoo", "--model", "cifar10-resnet10-standard", "--data", str(toy_data),
+                              "--out", str(tmp_path / "zoo"), *flags])
+    with pytest.raises(UsageError, match=says):
+        args.run(args)
+    assert not (tmp_path / "zoo").exists()

@@ -34,6 +34,7 @@ top-scoring wrong classes) and are called like untargeted attacks.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple, Type, Union
@@ -41,6 +42,7 @@ from typing import Callable, Dict, Optional, Tuple, Type, Union
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_positive, check_steps
 from ..engine import make_constraint, random_seed
 from ..engine.random import generator_device, seeded_global_rng
 from .apgd import APGD
@@ -227,6 +229,14 @@ class ZooSettings:
     step_size: float = 1 / 255  # PGD-40, PGD-T and HE-PGD (the paper's)
     lam: float = 1.2  # HE-PGD's energy weight (the paper's text)
     square_queries: int = 1000  # Square's query budget (AutoAttack uses 5000)
+
+    def __post_init__(self) -> None:  # here, before any attack runs, not when the zoo reaches the attack
+        if check_positive(self.eps, "eps") > 1:
+            raise ValueError(f"eps is an L-inf radius in (0, 1] pixel units (e.g. 8/255), got {self.eps}")
+        check_positive(self.l2_eps, "l2_eps"), check_positive(self.step_size, "step_size")
+        if not (math.isfinite(float(self.lam)) and self.lam >= 0):
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam}")
+        check_steps(self.square_queries, "square_queries")
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,9 @@ class ZooStudySettings:
             raise ValueError(f"no attacks given: choose from {', '.join(ZOO_NAMES)}")
         if self.batch_size < 1 or self.n_boot < 1:
             raise ValueError("batch_size and n_boot must be >= 1")
+        if self.temperature != "search" and not (isinstance(self.temperature, (int, float))
+                                                  and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0 or 'search', got {self.temperature!r}")
 
 
 class PerturbationRecorder:
@@ -79,6 +82,12 @@ class PerturbationRecorder:
         self.attack = attack
         self.linf: List[torch.Tensor] = []
         self.l2: List[torch.Tensor] = []
+
+    @property
+    def generator(self):
+        """The attack's generator, which `model_outputs` reseeds per batch from its index: without it one stream ran
+        on from the validation batches into the test batches, and --val-size changed the test numbers."""
+        return getattr(self.attack, "generator", None)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, **call_settings) -> torch.Tensor:
         adversarial = self.attack(images, labels, **call_settings)
