@@ -310,6 +310,9 @@ def foreign_detector(unrecorded, tmp_path_factory):
     ({"--detector": "robust-margin", "--inner-steps": "0"}, "robust-margin's inner steps: steps must be"),
     ({"--temperature": "0"}, "temperature must be"),
     ({"--detector": "multi-t", "--temperatures": "1,hot"}, "--temperatures takes numbers separated by commas"),
+    ({"--limit": "100000"}, "limit 100000 is larger than the test split"),
+    ({"--limit": "100000", "--estimate-only": None}, "limit 100000 is larger than the test split"),  # no estimate
+    ({"--limit": "0"}, "--limit must be >= 1"),
 ])
 def test_bad_input_is_refused_before_any_work(checkpoint, toy_data, tmp_path, capsys, no_work, unrecorded,
                                               foreign_detector, change, says):
@@ -319,7 +322,7 @@ def test_bad_input_is_refused_before_any_work(checkpoint, toy_data, tmp_path, ca
         if flag in args:
             args[args.index(flag) + 1] = value
         else:
-            args += [flag, value]
+            args += [flag] if value is None else [flag, value]
     assert main(args) == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

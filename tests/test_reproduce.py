@@ -120,6 +120,14 @@ def test_bad_input_is_refused(cifar_root, tmp_path, capsys):
     assert "each a finite number >= 0" in capsys.readouterr().err
     assert main(args + ["--lambdas", "0,x", "--out", str(tmp_path / "f")]) == 2
     assert "--lambdas takes numbers separated by commas" in capsys.readouterr().err
+    # refused before any attack (these failed after all of them)
+    assert main(args + ["--reference-size", "20", "--out", str(tmp_path / "g")]) == 2
+    assert "reference_size and lid_reference must exceed 20" in capsys.readouterr().err
+    assert main(args + ["--lam", "inf", "--out", str(tmp_path / "h")]) == 2
+    assert "lam must be a finite number >= 0" in capsys.readouterr().err
+    assert main(args + ["--limit", "0", "--out", str(tmp_path / "i")]) == 2
+    assert "--limit must be >= 1 (the first N test images), got 0" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "ghi")
 
 
 # ---- Imagenette ----
@@ -400,8 +408,10 @@ def test_a_run_cut_in_its_lambda_sweep_finishes_with_a_shorter_sweep_without_att
         return real_outputs(*args, **kwargs)
 
     monkeypatch.setattr(reproduce_module, "model_outputs", counted)
+    # settings used only after the attacks may change too (more reference images for the baselines)
+    after = {**base, "reference_size": 300, "timing_repeats": 2}
     results = reproduce(model, "cifar10", tmp_path / "run", data_root=cifar_root,
-                        settings=ReproduceSettings(**base, lambdas=(0.0, 1.2)), progress=False)
+                        settings=ReproduceSettings(**after, lambdas=(0.0, 1.2)), progress=False)
     assert calls == [None], "no attack ran again (the one pass is the clean reference images, never staged)"
     assert [row["lam"] for row in results["adaptive"]["rows"]] == [0.0, 1.2]
     assert list(results["settings"]["lambdas"]) == [0.0, 1.2]

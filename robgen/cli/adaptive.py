@@ -155,6 +155,7 @@ def command_adaptive(args) -> int:
     from .. import distributed
     from ..experiments.adaptive import STAGES, AdaptiveSettings, adaptive_evaluation, detector_profiles, \
         estimate_passes, require_validation_split, shares_references
+    from ..experiments.pipeline import detection_splits
 
     keywords = _check_arguments(args)
     try:  # the settings' own checks, before the model is loaded (detector files are named after loading it)
@@ -167,12 +168,17 @@ def command_adaptive(args) -> int:
         require_validation_split(model.spec, args.data)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    try:  # the images exist (--estimate-only counts passes on them), before any work
+        splits = detection_splits(model, args.data, data_root=args.data_root, download=args.download)
+        datasets.first(splits.test, args.limit, "test split")
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
     given = _detector_files(args.detector_file, model, keywords["detectors"])
     settings = AdaptiveSettings(**{**keywords, "detectors": (*keywords["detectors"], *(o.kind for o in given))})
     profiles = detector_profiles(settings.detectors, {option.kind: option for option in given},
                                  settings.detector_settings)
     estimate = estimate_passes(
-        settings, settings.limit, datasets.model_val_size(model.spec, args.data),
+        settings, settings.limit, len(splits.validation),
         settings.reference_size if "mahalanobis" in keywords["detectors"] else 0, shares_references(profiles),
         {name: option.passes_per_score for name, option in profiles.items()})
     if distributed.is_main():

@@ -176,8 +176,11 @@ def join_processes(args) -> torch.device:
     the number of processes is refused on every rank before any work."""
     from .. import distributed
 
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be >= 1 (the first N test images), got {limit}")
     device = distributed.setup(pick_device(args.device))
-    if getattr(args, "limit", None) is not None:
+    if limit is not None:
         try:
             distributed.check_shareable(args.limit, "or raise --limit")
         except ValueError as error:

@@ -105,6 +105,13 @@ def paper_facts(data) -> PaperFacts:
     return PAPER_FACTS.get(str(data).lower(), NO_PAPER_FACTS)
 
 
+# Settings that no stage's outputs depend on, left out of the stage key so that changing one reuses the attacks:
+# named in their stages (an attack's name, HE-PGD's λ and step count: another sweep reuses the attacks it shares
+# with this one), or used only after the attacks (the baselines' reference images, the band, the timing).
+NOT_IN_STAGES = ("attacks", "lam", "lambdas", "hepgd_steps", "reference_size", "lid_reference", "band_quantile",
+                 "timing_repeats")
+
+
 @dataclass
 class ReproduceSettings:
     """The experiment's settings; stored in results.json (with every None resolved)."""
@@ -133,6 +140,14 @@ class ReproduceSettings:
                             ("reference_size", self.reference_size), ("timing_repeats", self.timing_repeats)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam}")
+        lid_k = LIDScorer().k
+        if min(self.reference_size, self.lid_reference) <= lid_k:  # checked after every attack otherwise
+            raise ValueError(f"LID compares each image with its {lid_k} nearest reference images: reference_size and "
+                             f"lid_reference must exceed {lid_k}, got {self.reference_size} and {self.lid_reference}")
+        if not 0 < self.band_quantile < 1:
+            raise ValueError(f"band_quantile must be in (0, 1), got {self.band_quantile}")
         self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
         if not self.lambdas or not all(math.isfinite(lam) and lam >= 0 for lam in self.lambdas):
             raise ValueError(f"the λ sweep needs at least one λ, each a finite number >= 0; got {self.lambdas}")
@@ -200,8 +215,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
                               data_root=data_root, download=download)
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
-    # the sweep's stages are named by their λ: another sweep reuses the attacks it shares with this one
-    keyed_settings = {name: value for name, value in asdict(settings).items() if name != "lambdas"}
+    keyed_settings = {name: value for name, value in asdict(settings).items() if name not in NOT_IN_STAGES}
     stages = StageStore(stage_dir, {"settings": keyed_settings, "data": str(data), "model": model_fingerprint(model),
                                     "data_root": data_location(data, data_root),
                                     "n_validation": len(splits.validation), "n_test": len(splits.test),
