@@ -81,10 +81,44 @@ def test_a_row_is_measured_again_when_the_settings_change_and_the_report_refuses
     ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
     records = ablation_rows([AblationSpec("seed", "b", str(four_class_checkpoint))], str(toy_data), out, limit=12,
                             val_size=40, batch_size=12, progress=False)
-    with pytest.raises(ValueError, match="limit differ"):
+    with pytest.raises(ValueError, match="limit, test_images differ"):
         write_report(records, out)
     remeasured = ablation_rows([spec], str(toy_data), out, limit=12, val_size=40, batch_size=12, progress=False)
     assert {record["rows"][0]["n_test"] for record in remeasured} == {12}
+
+
+def test_a_row_measured_on_another_copy_of_the_data_is_measured_again(toy_data, four_class_checkpoint, tmp_path):
+    # the row's key held the data set's name, not its images: a row measured on exact PNGs under one --data-root was
+    # read back for the JPEG copies under another
+    import shutil
+
+    copy = shutil.copytree(toy_data, tmp_path / "copy")
+    out, spec = tmp_path / "ablation", AblationSpec("seed", "a", str(four_class_checkpoint))
+    first = ablation_rows([spec], str(copy), out, limit=24, val_size=40, batch_size=12, progress=False)
+    for path in copy.rglob("*.png"):  # the same name, other images: every one a little darker
+        robgen.save_image(robgen.load_image(path) * 0.9, path)
+    again = ablation_rows([spec], str(copy), out, limit=24, val_size=40, batch_size=12, progress=False)
+    assert again[0]["settings"]["test_images"] != first[0]["settings"]["test_images"]
+    assert again[0]["rows"][0]["auroc"] != first[0]["rows"][0]["auroc"] or \
+        again[0]["rows"][0]["threshold"] != first[0]["rows"][0]["threshold"], "measured again, on the new images"
+
+
+def test_a_bad_model_name_is_refused_before_any_row_is_measured(toy_data, four_class_checkpoint, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setattr(ablation, "measure_model", lambda *a, **k: pytest.fail("a row was measured first"))
+    with pytest.raises(ValueError, match="no-such-model"):
+        ablation_rows([AblationSpec("width", "a", str(four_class_checkpoint)), AblationSpec("width", "b", "no-such-model")],
+                      str(toy_data), tmp_path / "ablation", limit=24, val_size=40, batch_size=12, progress=False)
+
+
+def test_the_command_does_not_write_over_another_commands_results(tmp_path, capsys):
+    from robgen.cli import main
+
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "results.json").write_text(json.dumps({"rows": [{"attack": "FGSM"}], "n_test": 6}))
+    assert main(["ablation", "--row", "width/a=cifar10-resnet10-standard", "--data", "cifar10",
+                 "--out", str(tmp_path / "zoo")]) == 2
+    assert "holds another command's results: choose another --out or pass --overwrite" in capsys.readouterr().err
 
 
 def test_jpeg_copies_are_the_archives_compression(toy_data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .common import UsageError, add_data_arguments, pick_device, user_path
@@ -24,7 +25,22 @@ def add_parsers(commands) -> None:
     ablation.add_argument("--out", required=True, type=user_path,
                           help="folder: rows/ (one file per measured row, reused by later runs), results.md, "
                                "results.json, ablation.png")
+    ablation.add_argument("--overwrite", action="store_true",
+                          help="write into a folder whose results.json is another command's")
     ablation.set_defaults(run=command_ablation)
+
+
+def _foreign_results(out: Path) -> bool:
+    """Whether `out` holds a results.json that is not an ablation report (another command's results)."""
+    path = out / "results.json"
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return True
+    rows = data.get("rows") if isinstance(data, dict) else None
+    return not (isinstance(rows, list) and all(isinstance(row, dict) and "factor" in row for row in rows))
 
 
 def command_ablation(args) -> int:
@@ -36,6 +52,9 @@ def command_ablation(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     out = Path(args.out)
+    if _foreign_results(out) and not args.overwrite:
+        raise UsageError(f"{out}/results.json holds another command's results: choose another --out or pass "
+                         "--overwrite")
     if not specs and not read_rows(out):
         raise UsageError(f"nothing to measure and no rows in {out}/rows: give --row or --pixels")
     try:

@@ -19,6 +19,7 @@ row of a model already measured under another factor copies those numbers), so r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -166,10 +167,22 @@ def measure_pixels(model, splits: DetectionSplits, quality: int = ARCHIVE_JPEG_Q
 
 
 def _settings(spec: AblationSpec, data: str, limit: Optional[int], seed: int, val_size: Optional[int],
-              batch_size: int) -> dict:
+              batch_size: int, test_images: str) -> dict:
     # batch_size: each batch's random start is seeded from its index, so it changes the draws
-    return {"data": str(data), "limit": limit, "seed": seed, "val_size": val_size, "batch_size": batch_size, "attack": OFFICIAL_PGD, "pixels": spec.pixels,
-            "protocol": "youden, temperature searched"}
+    return {"data": str(data), "limit": limit, "seed": seed, "val_size": val_size, "batch_size": batch_size,
+            "attack": OFFICIAL_PGD, "pixels": spec.pixels, "protocol": "youden, temperature searched",
+            "test_images": test_images}
+
+
+def images_fingerprint(dataset) -> str:
+    """A hash of a split's pixels and labels, the same on every machine with the same images: a row measured on
+    another copy of the data (the JPEG copies, a fresh download, another --data-root) is measured again, not read
+    back (a row is committed with the results and read back on other machines, so no local path can say this)."""
+    digest = hashlib.sha256()
+    images, labels = datasets.load_tensors(dataset)
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, limit: Optional[int] = 2000,
@@ -179,12 +192,17 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
     `<out_dir>/rows/`; returns every row there, the earlier runs' too, in file order."""
     from ..models import load_model
 
+    for spec in specs:  # every name loads before any row is measured
+        load_model(spec.model, device="cpu")
     folder = Path(out_dir) / ROWS
     folder.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         model = load_model(spec.model, device=device)
         path = folder / spec.file_name
-        settings, fingerprint = _settings(spec, data, limit, seed, val_size, batch_size), model_fingerprint(model)
+        splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root,
+                                  download=download)
+        settings = _settings(spec, data, limit, seed, val_size, batch_size, images_fingerprint(splits.test))
+        fingerprint = model_fingerprint(model)
         if path.exists():
             kept = json.loads(path.read_text())
             if (kept.get("settings") == json.loads(json.dumps(settings)) and kept.get("fingerprint") == fingerprint
@@ -200,8 +218,6 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
             _write(path, record)
             continue
         started = time.perf_counter()
-        splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root,
-                                  download=download)
         if spec.pixels:
             measured = measure_pixels(model, splits, seed=seed, batch_size=batch_size, progress=progress)
         else:
