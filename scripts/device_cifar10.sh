@@ -21,7 +21,7 @@
 # paper's FPR) is measured on each run's last epoch, the pixel factor (the 932 exact PNGs against their JPEG q75
 # copies) and every 10th epoch's snapshot, on 2,000 validation and 2,000 test images like the CPU rows. Back in $OUT:
 # results.tar.gz (ablation rows, evals, logs; unpack it in out/device and merge its rows into
-# results/cifar10/ablation/rows/, then `python -m robgen ablation --out results/cifar10/ablation` redraws the table)
+# results/cifar10/ablation/rows/, then `python -m robgen ablation --data cifar10 --out results/cifar10/ablation` redraws the table)
 # and each run's last checkpoint (model-wN.tar.gz, split into 15 MB parts: `cat` them), with its trainer state for
 # the widths in KEEP_STATE (default 32: its optimiser state is 10 MB, width 64's 40 MB would crowd the lease's 8
 # files). A run with its trainer state continues on the next lent machine: unpack it into runs/ here, name
