@@ -231,6 +231,62 @@ def test_hub_names_load_robgen_checkpoints_from_the_hub_cache(tmp_path, monkeypa
     assert torch.equal(model.net.head.weight, tiny_model().net.head.weight)
 
 
+def test_offline_a_weights_file_missing_from_the_cache_is_not_blamed_on_the_repo(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    remote = robgen.save_checkpoint(tiny_model(), tmp_path / "remote")
+    _fake_hub(monkeypatch, remote, tmp_path / "cache")
+    fetch = huggingface_hub.hf_hub_download
+
+    def offline(repo_id, filename, revision=None, **kwargs):  # the config is cached, the weights are not
+        if filename == "model.safetensors":
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        return fetch(repo_id, filename, revision=revision, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(RuntimeError, match="model.safetensors of the Hugging Face Hub repo 'someone/m' is not in "
+                                           "the local cache and the Hub cannot be reached"):
+        robgen.load_model("hf-hub:someone/m")
+
+
+def test_the_app_reads_hf_hub_offline_as_huggingface_hub_does(monkeypatch):
+    from robgen.web.model_cache import hub_reachable
+
+    for value in ("1", "ON", "yes", "TRUE"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub_reachable(timeout=0.01) is False, value
+    import socket
+
+    tried = []
+
+    def refused(*args, **kwargs):
+        tried.append(args)
+        raise OSError("no network here")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    for value in ("0", "off", "no", "FALSE", ""):  # online to huggingface_hub: the app tries the Hub
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        hub_reachable(timeout=0.01)
+    assert len(tried) == 5
+
+
+def test_a_vit_built_for_another_size_records_that_size():
+    model = robgen.load_model("timm:vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=10)
+    assert model.spec.input_size == (3, 64, 64)
+    assert model(torch.rand(1, *model.spec.input_size)).shape == (1, 10)
+
+
+def test_a_half_precision_save_refuses_values_it_would_turn_into_infinity(tmp_path):
+    model = tiny_model()
+    batch_norm = next(module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d))
+    batch_norm.running_var[0] = 7e4  # finite in float32, infinity in float16
+    with pytest.raises(ValueError, match=r"running_var holds values up to 7e\+04, beyond torch.float16's range"):
+        robgen.save_checkpoint(model, tmp_path / "half", dtype=torch.float16)
+    batch_norm.running_var[0] = 1.0
+    robgen.save_checkpoint(model, tmp_path / "half", dtype=torch.float16)
+
+
 def test_hub_checkpoints_bring_their_seeds_and_detector(tmp_path, monkeypatch):
     from robgen.experiments.calibration import load_shipped_detector
     from robgen.synthesis import load_seeds

@@ -75,7 +75,11 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
     for key, tensor in model.net.state_dict().items():
         tensor = tensor.detach().to("cpu").contiguous()
         if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+            narrow = tensor.to(dtype)
+            if bool(torch.isinf(narrow).any()) and not bool(torch.isinf(tensor).any()):
+                raise ValueError(f"{key} holds values up to {float(tensor.abs().max()):.3g}, beyond {dtype}'s range "
+                                 f"(they would load back as infinity): save this model without dtype=")
+            tensor = narrow
         state[key] = tensor
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.spec.to_dict()}
     config.pop("source", None)  # how it was loaded this time; `folder` is never in to_dict()

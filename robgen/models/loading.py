@@ -174,6 +174,10 @@ def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weigh
     input_size = tuple(cfg.get("input_size") or (3, 224, 224))
     if "in_chans" in timm_kwargs:
         input_size = (int(timm_kwargs["in_chans"]),) + input_size[1:]
+    if "img_size" in timm_kwargs:  # a ViT built for another size takes only that size
+        side = timm_kwargs["img_size"]
+        height, width = (side, side) if isinstance(side, int) else tuple(side)
+        input_size = (input_size[0], int(height), int(width))
     mean = tuple(cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
     std = tuple(cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD)
     if len(mean) != input_size[0]:
@@ -251,13 +255,16 @@ def _download_into(snapshot: Path, repo_id: str, filename: str, revision: Option
     from huggingface_hub import hf_hub_download
 
     try:
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError:  # huggingface_hub < 0.24
-        from huggingface_hub.utils import EntryNotFoundError
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         path = Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception as error:
+        if isinstance(error, LocalEntryNotFoundError) and not optional:  # offline: the cache, not the repo, lacks it
+            raise RuntimeError(f"{filename} of the Hugging Face Hub repo {repo_id!r} is not in the local cache and the "
+                               "Hub cannot be reached (offline, or HF_HUB_OFFLINE is set): load it once online") from error
         missing = isinstance(error, EntryNotFoundError)  # not in the repo (or, offline, not in the cache)
         if optional and missing:
             logger.debug("hf-hub:%s has no %s", repo_id, filename)

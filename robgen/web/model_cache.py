@@ -50,7 +50,10 @@ def hub_reachable(timeout: float = 1.0) -> bool:
     """Whether huggingface.co answers (False at once under HF_HUB_OFFLINE=1)."""
     import socket
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    # read now (the app may set it after import) and as huggingface_hub reads it: "1", "ON", "YES", "TRUE"
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ENV_VARS_TRUE_VALUES:
         return False
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
