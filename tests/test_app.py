@@ -92,11 +92,11 @@ def checkpoints_first(folder):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROBGEN_CHECKPOINTS", str(folder))
-        model_cache._cached.cache_clear()
+        model_cache._load.cache_clear()
         try:
             yield
         finally:
-            model_cache._cached.cache_clear()
+            model_cache._load.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -599,3 +599,16 @@ def test_a_cleared_or_out_of_range_seed_gets_a_message_that_says_what_to_enter(c
     with pytest.raises(gradio_client.exceptions.AppError, match="no class given: pick a class"):
         client.predict(image=upload(REPO / "examples" / "rocket.png"), model_name=ROBUST, target_class=None, steps=1,
                        api_name="/translate")
+
+
+def test_a_checkpoint_rewritten_on_disk_is_loaded_again_not_served_stale(tmp_path):
+    from robgen.models.fingerprint import model_fingerprint
+    from robgen.web.model_cache import cached_model
+    from tests.conftest import tiny_model
+
+    folder = save_checkpoint(tiny_model(seed=0), tmp_path / "retrained")
+    first = cached_model(str(folder), device="cpu")
+    assert cached_model(str(folder), device="cpu") is first  # loaded once while unchanged
+    save_checkpoint(tiny_model(seed=1), folder)  # retrained in place
+    again = cached_model(str(folder), device="cpu")
+    assert model_fingerprint(again) == model_fingerprint(robgen.load_model(folder)) != model_fingerprint(first)

@@ -108,3 +108,26 @@ def test_files_without_robustness_weights_are_explained():
         convert_state_dict({"model": {"fc.weight": torch.zeros(1)}})
     with pytest.raises(ValueError, match="no 'model' state dict"):
         convert_state_dict([1, 2])
+
+
+def test_a_named_file_is_converted_again_and_so_is_a_conversion_from_before_the_eval_transform(
+        robustness_checkpoint, cache, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    path, net = robustness_checkpoint
+    load_madrylab("resnet18_l2_eps3", ckpt_path=path)
+    other = tmp_path / "other.ckpt"  # another file under the same name: its weights, not the cached ones
+    state = torch.load(path, weights_only=False)
+    state["model"] = {key: value + 1 if key.endswith("fc.bias") else value for key, value in state["model"].items()}
+    torch.save(state, other)
+    model = load_madrylab("resnet18_l2_eps3", ckpt_path=other)
+    assert torch.equal(model.net.fc.bias, net.fc.bias + 1)
+    assert model.spec.training["source"] == f"file:{other.resolve()}"
+    config_path = cache / "resnet18_l2_eps3" / "config.json"  # as a robgen before crop_pct wrote it
+    config = json.loads(config_path.read_text())
+    config.pop("crop_pct"), config.pop("interpolation")
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, filename, **kwargs: str(path))
+    model = robgen.load_model("madrylab:resnet18_l2_eps3")
+    assert (model.spec.crop_pct, model.spec.interpolation) == (0.875, "bilinear")
+    assert torch.equal(model.net.fc.bias, net.fc.bias)

@@ -250,6 +250,35 @@ def test_offline_a_weights_file_missing_from_the_cache_is_not_blamed_on_the_repo
         robgen.load_model("hf-hub:someone/m")
 
 
+def test_a_timm_model_from_the_hub_rebuilds_keeps_its_labels_and_a_revision_is_read(tmp_path, monkeypatch):
+    # its spec named the repo as the architecture: a saved copy could not be rebuilt, nor the source loaded again
+    import json
+
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    root, commit = tmp_path / "hub" / "models--me--timm-tiny", "a" * 40
+    (root / "refs").mkdir(parents=True)
+    for ref in ("main", "v1"):
+        (root / "refs" / ref).write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text(json.dumps({
+        "architecture": "test_resnet", "num_classes": 3, "label_names": ["cat", "dog", "cat"],
+        "pretrained_cfg": {"input_size": [3, 96, 96], "mean": [0.1, 0.2, 0.3], "std": [0.3, 0.3, 0.3],
+                           "crop_pct": 0.9, "interpolation": "bilinear", "num_classes": 3}}))
+    model = robgen.load_model("hf-hub:me/timm-tiny@v1")
+    assert (model.spec.architecture, model.spec.source) == ("test_resnet", "hf-hub:me/timm-tiny@v1")
+    assert model.spec.class_labels == ["cat (class 0)", "dog", "cat (class 2)"] and model.spec.input_size == (3, 96, 96)
+    copy = robgen.load_model(robgen.save_checkpoint(model, tmp_path / "saved"))
+    x = torch.rand(1, 3, 96, 96)
+    assert torch.equal(copy(x), model(x)) and copy.spec.class_labels == model.spec.class_labels
+
+
 def test_the_app_reads_hf_hub_offline_as_huggingface_hub_does(monkeypatch):
     from robgen.web.model_cache import hub_reachable
 

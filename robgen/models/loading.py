@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from . import resnets  # noqa: F401  (registers robgen's architectures with timm)
 from .checkpoint import (COMPANION_FILES, CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_checkpoint_dir, load_checkpoint,
                          load_weights)
-from .classifier import Classifier, ModelSpec
+from .classifier import Classifier, ModelSpec, distinct_labels
 from .subnormals import flush_subnormals
 
 logger = logging.getLogger(__name__)
@@ -224,12 +224,14 @@ def _read_state_dict(path: Union[str, Path]) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def _load_hub(repo_id: str) -> Classifier:
-    """A robgen checkpoint on the Hub (with its companion files), or else a timm model (`hf-hub:` in timm)."""
+def _load_hub(name: str) -> Classifier:
+    """A robgen checkpoint on the Hub (with its companion files), or else a timm model (`hf-hub:` in timm).
+    `name` is `org/repo`, or `org/repo@revision` (a branch, tag or commit) as timm writes it."""
     from huggingface_hub import hf_hub_download
 
+    repo_id, _, asked = name.partition("@")
     try:
-        config_path = Path(hf_hub_download(repo_id, CONFIG_FILE))
+        config_path = Path(hf_hub_download(repo_id, CONFIG_FILE, revision=asked or None))
     except Exception as error:
         raise RuntimeError(
             f"could not fetch {CONFIG_FILE} from the Hugging Face Hub repo {repo_id!r} ({type(error).__name__}: {error}). "
@@ -237,8 +239,15 @@ def _load_hub(repo_id: str) -> Classifier:
         ) from error
     config = json.loads(config_path.read_text())
     if config.get("format") != FORMAT:
-        net = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)
-        return Classifier(net, _timm_spec(repo_id, net, {}, "pretrained"))
+        net = timm.create_model(f"hf-hub:{name}", pretrained=True)
+        # the spec names the architecture timm builds (so that a saved copy rebuilds) and the repo it came from
+        model_args = config.get("model_args") or {}
+        spec = _timm_spec(config.get("architecture") or repo_id, net, model_args, "pretrained")
+        spec.source = f"hf-hub:{name}"
+        labels = config.get("label_names")
+        if isinstance(labels, list) and len(labels) == spec.num_classes:
+            spec.class_labels = distinct_labels([str(label) for label in labels])
+        return Classifier(net, spec)
     snapshot = config_path.parent
     # the cache's snapshot folder is named after the commit: pin the other files to that same commit
     revision = snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else None
@@ -246,7 +255,7 @@ def _load_hub(repo_id: str) -> Classifier:
     for filename in COMPANION_FILES:
         _download_into(snapshot, repo_id, filename, revision, optional=True)
     model = load_checkpoint(snapshot)
-    model.spec.source = f"hf-hub:{repo_id}"
+    model.spec.source = f"hf-hub:{name}"
     return model
 
 

@@ -29,7 +29,7 @@ from typing import Optional, Union
 import timm
 import torch
 
-from .checkpoint import is_checkpoint_dir, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import is_checkpoint_dir, load_checkpoint, load_weights, read_config, save_checkpoint
 from .classifier import Classifier, ModelSpec
 
 REPO_ID = "madrylab/robust-imagenet-models"
@@ -71,7 +71,12 @@ def load_madrylab(name: str, ckpt_path: Optional[Union[str, Path]] = None) -> Cl
         raise ValueError(f"madrylab:{name} is a {arch}, which timm cannot build, so robgen cannot convert it; "
                          "use a resnet18, resnet50 or wide_resnet50_2 model (e.g. 'wide_resnet50_2_l2_eps3')")
     folder = cache_dir() / name
-    if not is_checkpoint_dir(folder):
+    # convert again a file the caller names, and a cached conversion from before robgen recorded the eval transform
+    # (it would load with no crop and another resampling filter)
+    stale = is_checkpoint_dir(folder) and "crop_pct" not in read_config(folder)
+    if ckpt_path is not None or stale or not is_checkpoint_dir(folder):
+        source = f"file:{Path(ckpt_path).expanduser().resolve()}" if ckpt_path is not None else \
+            f"hf-hub:{REPO_ID}/{name}.ckpt"
         if ckpt_path is None:
             from huggingface_hub import hf_hub_download
 
@@ -85,7 +90,7 @@ def load_madrylab(name: str, ckpt_path: Optional[Union[str, Path]] = None) -> Cl
         spec = ModelSpec(
             architecture=arch, num_classes=1000, class_labels=_labels(), mean=mean, std=std,
             input_size=(3, 224, 224), crop_pct=CROP_PCT, interpolation=INTERPOLATION,
-            training={"source": f"hf-hub:{REPO_ID}/{name}.ckpt", **training_recipe(match["norm"], float(match["eps"])),
+            training={"source": source, **training_recipe(match["norm"], float(match["eps"])),
                       "paper": "Salman et al. 2020, Do Adversarially Robust ImageNet Models Transfer Better?"},
         )
         net = timm.create_model(arch, pretrained=False, num_classes=1000)

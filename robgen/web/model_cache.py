@@ -68,8 +68,28 @@ def available_models(online: bool = False) -> List[str]:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached(name: str):
+def _load(name: str, stamp: tuple):
     return load_model(name)
+
+
+def _stamp(name: str) -> tuple:
+    """(time, size) of a local checkpoint's weights and config: a checkpoint rewritten on disk (retrained in place)
+    is loaded again instead of served from the cache; () for a model that is no local folder (timm, the Hub)."""
+    from pathlib import Path
+
+    from ..models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_checkpoint_dir
+    from ..models.loading import find_checkpoint
+
+    folder = Path(name).expanduser()
+    folder = folder if is_checkpoint_dir(folder) else find_checkpoint(name)
+    if folder is None:
+        return ()
+    files = [Path(folder) / WEIGHTS_FILE, Path(folder) / CONFIG_FILE]
+    return tuple((file.stat().st_mtime_ns, file.stat().st_size) for file in files if file.is_file())
+
+
+def _cached(name: str):
+    return _load(name, _stamp(name))
 
 
 def cached_model(name: str, device: Optional[Union[str, torch.device]] = None):
