@@ -340,6 +340,18 @@ def test_bad_recipe_options_are_explained(toy_data, field, value, message):
         config(toy_data, **{field: value})
 
 
+def test_resume_with_data_loading_workers_continues_exactly(toy_data, tmp_path):
+    # the workers were kept across epochs: their augmentation streams were not in the trainer state
+    settings = dict(epochs=2, workers=1, augment="flip")
+    straight = train(config(toy_data, **settings), tmp_path / "straight", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, **settings), tmp_path / "resumed", progress=False, on_epoch=stop_after_epoch(1))
+    assert_same_weights(straight, train(config(toy_data, **settings), tmp_path / "resumed", resume=True,
+                                        progress=False))
+    with pytest.raises(ValueError, match="workers"):  # another number of workers augments differently
+        train(config(toy_data, **{**settings, "workers": 0}), tmp_path / "resumed", resume=True, progress=False)
+
+
 def test_resume_refuses_another_recipe(toy_data, tmp_path):
     train(config(toy_data, epochs=1, optimizer="adam", lr=1e-3), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match=r"optimizer 'adam' \(this run: 'sgd'\)"):

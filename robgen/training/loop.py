@@ -37,7 +37,9 @@ from .preparation import fresh_model, inherit_input_transform, load_data, model_
 
 logger = logging.getLogger(__name__)
 
-RESUME_MAY_CHANGE = ("workers", "extra")  # recipe fields a resumed run may set differently (they change no result)
+# Recipe fields a resumed run may set differently (they change no result). Not `workers`: augmentation draws from
+# the workers' seeds with workers, from this process's generator without, so their number changes the weights.
+RESUME_MAY_CHANGE = ("extra",)
 
 
 def train(
@@ -123,7 +125,10 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
     else:
         sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed))
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+                        drop_last=True, pin_memory=device.type == "cuda",
+                        persistent_workers=False)  # each epoch's workers seeded from the saved generator state:
+    # kept across epochs, their random streams (the augmentation's) were not in the trainer state, and a resumed
+    # run augmented differently from one that was not stopped
     if len(loader) == 0:
         raise ValueError(f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size}")
     optimizer = make_optimizer(config, model)
