@@ -69,15 +69,22 @@ def main() -> int:
             for name, flags in stages.items():
                 defended &= ~flags["evaded"].bool()
                 print(f"  DARA after {name}: {shown(defended)}")
-            missing = [name for name in attacks if name not in stages and (name in ADAPTIVE or not references)]
             kept = folder / CALIBRATION / f"{detector}.json"
             option = RejectOption.load(kept) if detector != "off" and kept.is_file() else None
-            if option is not None and not option.needs_inputs:
+            judged = detector == "off" or (option is not None and not option.needs_inputs)
+            # a shared reference this script cannot judge (a detector given by file, or one that reads the
+            # images) is still to run as far as these numbers go
+            missing = [name for name in attacks if name not in stages and (name in ADAPTIVE or not judged
+                                                                              or name not in references)]
+            if judged:
                 for name, points in references.items():  # run once for every detector: judged by this one
                     logits, features = points["point_logits"], points.get("point_features")
-                    with torch.no_grad():
-                        accepted_there = option.score_from(
-                            logits.float(), features.float() if option.needs_features else None) <= 0
+                    if option is None:  # the detector switched off accepts everything
+                        accepted_there = torch.ones(len(logits), dtype=torch.bool)
+                    else:
+                        with torch.no_grad():
+                            accepted_there = option.score_from(
+                                logits.float(), features.float() if option.needs_features else None) <= 0
                     fooled = logits.argmax(1) != points["labels"]
                     defended &= ~(fooled & accepted_there)
                     print(f"  DARA after {name}: {shown(defended)}; of its successes on the bare model the detector "

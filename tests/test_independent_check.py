@@ -63,5 +63,22 @@ def test_a_found_evasion_is_a_point_in_the_ball_the_defended_model_misclassifies
 def test_image_by_image_it_counts_robgens_defended_images_it_breaks_and_those_both_leave():
     clean = torch.tensor([True, True, True, False, True])
     evaded = torch.tensor([False, True, False, False, True])  # this attack leaves images 0 and 2 defended
-    broken, both = check_dara.compare_images([0, 1, 4], clean, evaded)  # robgen's suite left 0, 1 and 4
-    assert (broken, both) == (2, 1)  # it breaks 1 and 4; only 0 is defended against both
+    broken, both, unattacked = check_dara.compare_images([0, 1, 4], clean, evaded)  # robgen's suite left 0, 1, 4
+    assert (broken, both, unattacked) == (2, 1, 0)  # it breaks 1 and 4; only 0 is defended against both
+    # an image robgen calls defended whose clean image this script's pass rejects was never attacked: not a break
+    assert check_dara.compare_images([0, 3], clean, evaded) == (0, 1, 1)
+
+
+def test_on_two_classes_it_attacks_the_one_wrong_class_and_never_the_true_one():
+    # the targets ranked the true class last: a third target on 3 classes was y itself, on 2 an IndexError
+    model = tiny_model(num_classes=2)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    g = torch.Generator().manual_seed(5)
+    option = make_reject_option("energy-gap", target_fpr=0.2).calibrate(model, torch.rand(64, 3, 32, 32, generator=g))
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    clean, evaded = check_dara.check(DefendedClassifier(model, option), x, y, eps=0.5, steps=5, scale=1.0, batch=8,
+                                     generator=torch.Generator().manual_seed(0))
+    assert not (evaded & ~clean).any()
