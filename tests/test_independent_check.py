@@ -13,13 +13,13 @@ check_dara = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check_dara)
 
 
-def defended_tiny_model():
-    model = tiny_model()
+def defended_tiny_model(num_classes=10, n=24):
+    model = tiny_model(num_classes=num_classes)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     g = torch.Generator().manual_seed(5)
     option = make_reject_option("energy-gap", target_fpr=0.2).calibrate(model, torch.rand(64, 3, 32, 32, generator=g))
-    x = torch.rand(24, 3, 32, 32, generator=g)
+    x = torch.rand(n, 3, 32, 32, generator=g)
     with torch.no_grad():
         y = model(x).argmax(1)  # every clean image classified correctly
     return DefendedClassifier(model, option), x, y
@@ -71,14 +71,7 @@ def test_image_by_image_it_counts_robgens_defended_images_it_breaks_and_those_bo
 
 def test_on_two_classes_it_attacks_the_one_wrong_class_and_never_the_true_one():
     # the targets ranked the true class last: a third target on 3 classes was y itself, on 2 an IndexError
-    model = tiny_model(num_classes=2)
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    g = torch.Generator().manual_seed(5)
-    option = make_reject_option("energy-gap", target_fpr=0.2).calibrate(model, torch.rand(64, 3, 32, 32, generator=g))
-    x = torch.rand(8, 3, 32, 32, generator=g)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    clean, evaded = check_dara.check(DefendedClassifier(model, option), x, y, eps=0.5, steps=5, scale=1.0, batch=8,
+    defended, x, y = defended_tiny_model(num_classes=2, n=8)
+    clean, evaded = check_dara.check(defended, x, y, eps=0.5, steps=5, scale=1.0, batch=8,
                                      generator=torch.Generator().manual_seed(0))
     assert not (evaded & ~clean).any()
