@@ -453,3 +453,21 @@ def test_a_checkpoint_named_from_the_home_folder_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     robgen.save_checkpoint(tiny_model(), tmp_path / "my models" / "tiny")
     assert robgen.load_model("~/my models/tiny").spec.num_classes == tiny_model().spec.num_classes
+
+
+def test_a_config_from_before_the_eval_transform_was_recorded_loads_with_a_warning(tmp_path, caplog):
+    import json
+    import logging
+
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("crop_pct"), config.pop("interpolation")
+    (folder / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        model = robgen.load_model(folder)
+    assert (model.spec.crop_pct, model.spec.interpolation) == (1.0, "bicubic")
+    assert "records no crop_pct or interpolation (written by an older robgen)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        robgen.load_model(robgen.save_checkpoint(tiny_model(), tmp_path / "new"))
+    assert "older robgen" not in caplog.text

@@ -11,6 +11,7 @@ through `model_folder(model)`.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,6 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from ..files import write_together
 from .classifier import Classifier, ModelSpec
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "robgen-checkpoint"
 FORMAT_VERSION = 1
@@ -113,6 +116,11 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
     except (TypeError, ValueError) as error:
         raise ValueError(f"{folder / CONFIG_FILE} does not describe a model: {error}") from None
     spec.source = spec.folder = str(folder)
+    unrecorded = [name for name in ("crop_pct", "interpolation") if name not in config]
+    if unrecorded:  # written before robgen recorded the eval transform (the format version did not change then)
+        logger.warning("%s records no %s (written by an older robgen): images are read with crop_pct %g and %s "
+                       "resampling; add the model's own to its config if it was trained otherwise",
+                       folder / CONFIG_FILE, " or ".join(unrecorded), spec.crop_pct, spec.interpolation)
     try:
         net = build_network(spec)
     except TypeError as error:  # an architecture that takes other arguments than the config gives it
