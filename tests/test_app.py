@@ -168,7 +168,9 @@ def test_attack_fools_the_standard_model_and_lowers_the_energy(client):
     assert result.summary() == summary
     energies = list(energy_line.get_ydata())
     assert energies == pytest.approx(result.trace.energy_mean, abs=1e-6) and len(energies) == 6
-    assert energies[-1] == pytest.approx(energy_after, abs=0.05), "the last step: the summary's, before 8-bit rounding"
+    # the last step is the summary's before 8-bit rounding (which, on a resized photo, takes the pixels the rounding
+    # would carry out of the ball one level back toward the clean image)
+    assert energies[-1] == pytest.approx(energy_after, abs=0.15), "the last step: the summary's, before 8-bit rounding"
     assert energies[-1] < energies[0]
 
 

@@ -96,6 +96,25 @@ def test_quantise_stays_inside_an_l2_ball():
     assert (quantise(x_adv, x, attack) - x).flatten().norm() <= 0.3 + 1e-5
 
 
+@pytest.mark.parametrize("eps, norm", [(8.5 / 255, "linf"), (0.5, "l2"), (1.0, "l2")])
+def test_quantise_gives_8_bit_pixels_inside_a_ball_of_any_radius(eps, norm):
+    # a half-step L-inf eps or an L2 ball: rounding then projecting left the pixels off the 8-bit levels, so the
+    # PNG written (rounded again) was another image, outside the ball
+    from conftest import tiny_model
+
+    model = tiny_model()
+    x = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).round() / 255  # a file's pixels
+    attack = PGD(model, eps=eps, step_size=eps / 2, steps=3, norm=norm, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x_adv = attack(x, model(x).argmax(1))
+    quantised = quantise(x_adv, x, attack)
+    levels = quantised * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    change = (quantised - x).flatten(1)
+    size = change.abs().amax(1) if norm == "linf" else change.norm(dim=1)
+    assert (size <= eps + 1e-6).all() and (size > 0).all()
+
+
 def test_the_stored_calibration_energies_are_the_ones_the_threshold_was_fitted_on(toy_data):
     # an attack that gives up on half of each batch (as APGD may): the images it returns unchanged are clean, the fit
     # leaves them out, and so must the energies stored for the Detect tab's histogram behind the threshold

@@ -37,9 +37,25 @@ from ..progress import step_reporter
 
 
 def quantise(x_adv: torch.Tensor, x: torch.Tensor, attack) -> torch.Tensor:
-    """`x_adv` rounded to 8-bit levels, then projected back into the attack's threat model around `x`
-    (`attack.constraint`: a robgen `Attack` or an adaptive attack)."""
-    return attack.constraint.project((x_adv * 255).round() / 255, x)
+    """`x_adv` on 8-bit levels inside the attack's threat model around `x` (`attack.constraint`: a robgen `Attack`
+    or an adaptive attack), so that the PNG written is the image measured.
+
+    Each pixel goes to the nearest level, or, where that would leave the ball, to the level next to it toward the
+    clean pixel: for an image file's pixels (on the levels) no pixel moves farther from its clean value than the
+    attack moved it, so an L2 or L-inf ball of any radius (8.5/255 too) holds the result. Where the clean pixels
+    are off the levels (a resized photo) and a level would still leave the ball, the ball's projection decides, off
+    the levels."""
+    constraint = attack.constraint
+    levels = x_adv * 255
+    nearest = levels.round() / 255
+    if torch.equal(constraint.project(nearest, x), nearest):
+        return nearest
+    toward = torch.where(x_adv > x, levels.floor(), levels.ceil()) / 255  # never farther from x than x_adv
+    if constraint.norm == "linf":  # only the pixels the rounding took out of the ball
+        candidate = torch.where((nearest - x).abs() > constraint.eps, toward, nearest)
+    else:  # a norm of the whole change: every pixel the rounding moved away from x
+        candidate = torch.where((nearest - x).abs() > (x_adv - x).abs(), toward, nearest)
+    return constraint.project(candidate, x)
 
 
 def top_classes(logits: torch.Tensor, labels: List[str], k: int = 5) -> Dict[str, float]:
