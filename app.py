@@ -343,8 +343,8 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                           [model_name, synthesis_model, target],
                           [target, synthesis_model, attack_classes, detect_classes, *example_datasets],
                           api_visibility="private")
-        synthesis_model.change(class_choices, [synthesis_model, synth_class, translate_class], [synth_class, translate_class],
-                               api_visibility="private")
+        synthesis_model.change(class_choices, [synthesis_model, synth_class, translate_class],
+                               [synth_class, translate_class], api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return app
 

@@ -69,7 +69,8 @@ def add_parsers(commands) -> None:
                                "among the images each attack ran on")
     adaptive.add_argument("--estimate-only", action="store_true",
                           help="print the model passes the run would make and stop (no --out needed)")
-    adaptive.add_argument("--out", type=user_path, help="output folder: results.json, results.md, adaptive_dara.png, detectors/")
+    adaptive.add_argument("--out", type=user_path,
+                          help="output folder: results.json, results.md, adaptive_dara.png, detectors/")
     adaptive.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     adaptive.set_defaults(run=command_adaptive)
 

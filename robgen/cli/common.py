@@ -96,7 +96,8 @@ def companion_output_path(args, model, name: str) -> Path:
 
 
 def user_path(text: str) -> str:
-    """A path argument as a shell would read it: "~" is the home folder also after "--out=", where no shell expands it."""
+    """A path argument as a shell would read it: "~" is the home folder, also after "--out=" (no shell expands it
+    there)."""
     return str(Path(text).expanduser())
 
 
@@ -182,7 +183,7 @@ def join_processes(args) -> torch.device:
     device = distributed.setup(pick_device(args.device))
     if limit is not None:
         try:
-            distributed.check_shareable(args.limit, "or raise --limit")
+            distributed.check_shareable(limit, "or raise --limit")
         except ValueError as error:
             raise UsageError(str(error)) from None
     return device

@@ -43,7 +43,8 @@ def add_parsers(commands) -> None:
     fit_detector.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     fit_detector.add_argument("--batch-size", type=int, default=250)
-    fit_detector.add_argument("--out", type=user_path, help="file or folder to write (default: detector.json in the checkpoint folder)")
+    fit_detector.add_argument("--out", type=user_path,
+                              help="file or folder to write (default: detector.json in the checkpoint folder)")
     fit_detector.add_argument("--overwrite", action="store_true")
     fit_detector.set_defaults(run=command_fit_detector)
 

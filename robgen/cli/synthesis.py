@@ -25,7 +25,8 @@ def add_parsers(commands) -> None:
     seeds.add_argument("--rank", type=int, default=64, help="principal components kept per class (default 64)")
     seeds.add_argument("--limit", type=int, help="the first N training images (class-balanced)")
     seeds.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    seeds.add_argument("--out", type=user_path, help="file or folder to write (default: seeds.safetensors in the checkpoint folder)")
+    seeds.add_argument("--out", type=user_path,
+                       help="file or folder to write (default: seeds.safetensors in the checkpoint folder)")
     seeds.add_argument("--overwrite", action="store_true")
     seeds.set_defaults(run=command_fit_seeds)
 

@@ -192,12 +192,10 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
     `<out_dir>/rows/`; returns every row there, the earlier runs' too, in file order."""
     from ..models import load_model
 
-    for spec in specs:  # every name loads before any row is measured
-        load_model(spec.model, device="cpu")
+    models = [load_model(spec.model, device=device) for spec in specs]  # every name loads before any measuring
     folder = Path(out_dir) / ROWS
     folder.mkdir(parents=True, exist_ok=True)
-    for spec in specs:
-        model = load_model(spec.model, device=device)
+    for spec, model in zip(specs, models):
         path = folder / spec.file_name
         splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root,
                                   download=download)

@@ -69,9 +69,10 @@ def budget_sweep(candidates: Dict[str, torch.nn.Module], reference: str, judge_n
     rows = []
     for name, model in candidates.items():
         correct = model_outputs(model, loader, progress=False).correct
+        right = int(correct.sum())
         rows.append({
-            "model": name, "budget": training_budget(model.spec), "n_test": len(correct),
-            "n_correct": int(correct.sum()), "clean_accuracy": int(correct.sum()) / len(correct), "clean_accuracy_ci": list(rate_interval(correct)),
+            "model": name, "budget": training_budget(model.spec), "n_test": len(correct), "n_correct": right,
+            "clean_accuracy": right / len(correct), "clean_accuracy_ci": list(rate_interval(correct)),
             "judge_mean_probability": judged[name]["mean_target_probability"],
             "judge_mean_probability_ci": judged[name]["mean_target_probability_ci"],
             "judge_accuracy": judged[name]["judge_accuracy"], "judge_accuracy_ci": judged[name]["judge_accuracy_ci"],

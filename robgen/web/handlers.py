@@ -214,7 +214,8 @@ class DetectResult:
                     f"{test.get('detection_rate', float('nan')):.1%} of {calibration.get('attack', 'attacked')} examples "
                     f"with {test.get('false_positive_rate', float('nan')):.1%} false positives.") if test else ""
         temperature = self.detector.temperature
-        name, at = ("E(x)", "") if temperature == 1 else ("E_T(x)", f" (T = {temperature:g}, the detector's temperature)")
+        name, at = (("E(x)", "") if temperature == 1 else
+                    ("E_T(x)", f" (T = {temperature:g}, the detector's temperature)"))
         return (f"{name} = {self.energy:.3f} {relation} threshold {self.threshold:.3f}{at}: flagged as {verdict} "
                 f"(adversarial examples get *lower* energy).{measured}" + uninformative_warning(test)
                 + (f"\n\n*{self.note}*" if self.note else ""))
@@ -250,8 +251,8 @@ def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = 
 def detection_figure(result: DetectResult):
     """The calibration set's clean and adversarial energies, the threshold, and this image."""
     clean, adversarial = calibration_energies(result.detector)
-    return energy_histogram_figure(clean, adversarial, "calibration set", "adversarial", result.threshold, result.energy,
-                                   temperature=result.detector.temperature)
+    return energy_histogram_figure(clean, adversarial, "calibration set", "adversarial", result.threshold,
+                                   result.energy, temperature=result.detector.temperature)
 
 
 def synthesize_gallery(model, target_class, n: int = 8, steps: int = 60, step_size: Optional[float] = None,
