@@ -38,6 +38,7 @@ PHOTO = str(HERE / "examples" / "chelsea.png")  # what the image inputs hold bef
 INPUT_HEIGHT = 240  # pixels: the image inputs keep one size, whatever the picture's
 MAX_FILE_SIZE = "10mb"
 CONCURRENCY = int(os.environ.get("ROBGEN_CONCURRENCY", "2"))
+ENLARGED_BUTTONS = ["fullscreen"]  # a picture enlarged for display, downloaded, would be read as another image
 DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete this app's result files older than six hours
 
 ABOUT = """
@@ -138,7 +139,15 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
                                progress=progress)
     return (image_file(tabs.display(result.clean), "seen"), image_file(tabs.display(result.adversarial), "adversarial"),
             image_file(tabs.display(result.perturbation), "perturbation"), result.top_clean, result.top_adversarial,
-            result.summary(), plots.trace_figure(result.trace, "energy and probability per step", result.threshold))
+            result.summary(), plots.trace_figure(result.trace, "energy and probability per step", result.threshold),
+            image_file(result.saved(), "adversarial-exact"))
+
+
+def check_in_detect(adversarial_file):
+    """The Attack tab's adversarial file (the exact pixels, not the enlarged picture) in the Detect tab, shown."""
+    if not adversarial_file:
+        raise gr.Error("Run an attack first.", print_exception=False)
+    return adversarial_file, gr.Tabs(selected="detect")
 
 
 @gpu
@@ -238,107 +247,130 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
     with gr.Blocks(title="robgen", delete_cache=DELETE_CACHE) as app:
         gr.Markdown("# robgen — the generative model inside a classifier\n"
                     "Attack an image, detect adversarial examples by their energy, and draw images from robust models.")
-        with gr.Tab("Attack"):
-            model_name = gr.Dropdown(models, value=default, label="model (Attack and Detect)",
-                                     info=models_info([default] + shipped))  # the default's data set first
-            attack_classes = gr.Markdown(classes_note)
-            with gr.Row():
-                with gr.Column():
-                    attack_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
-                                            height=INPUT_HEIGHT)
-                    gr.Examples(EXAMPLES, inputs=attack_image)
-                    method = gr.Radio(["fgsm", "pgd", "hepgd", "apgd", tabs.ADAPTIVE], value="pgd", label="attack",
-                                      info="hepgd = High-Energy PGD: fools the model and keeps natural energy; "
-                                           "adaptive = knows the Detect tab's detector: fools the model and stays "
-                                           "accepted as natural")
-                    with gr.Row():
-                        eps = gr.Slider(0.5, 32, value=8, step=0.5, label="eps (/255, L∞)")
-                        steps = gr.Slider(1, 100, value=10, step=1, label="steps")
-                    with gr.Row():
-                        step_size = gr.Slider(0.25, 8, value=1, step=0.25, label="step size (/255)")
-                        lam = gr.Slider(0, 4, value=1.2, step=0.1, label="λ (HE-PGD energy weight)")
-                    with gr.Row():
-                        target = gr.Dropdown([""] + labels, value="", label="target class (optional, PGD/FGSM)",
-                                             allow_custom_value=True)
-                        attack_seed = gr.Number(0, precision=0, label="seed")
-                    attack_button = gr.Button("Attack", variant="primary")
-                with gr.Column():
-                    with gr.Row():
-                        seen = gr.Image(label="as the model sees it", interactive=False, format="png")
-                        adversarial = gr.Image(label="adversarial", interactive=False, format="png")
-                        perturbation = gr.Image(label="perturbation (amplified)", interactive=False, format="png")
-                    attack_summary = gr.Markdown()
-                    with gr.Row():
-                        top_before = gr.Label(num_top_classes=5, label="top-5 before")
-                        top_after = gr.Label(num_top_classes=5, label="top-5 after")
-                    attack_plot = gr.Plot(label="per step")
-            attack_button.click(attack, [attack_image, model_name, method, eps, steps, step_size, lam, target, attack_seed],
-                                [seen, adversarial, perturbation, top_before, top_after, attack_summary, attack_plot],
-                                api_name="attack", preprocess=False)
-        with gr.Tab("Detect"):
-            gr.Markdown("Uses the model picked in the Attack tab, and the energy threshold shipped with it.")
-            detect_classes = gr.Markdown(classes_note)
-            with gr.Row():
-                with gr.Column():
-                    detect_image = gr.Image(detect_default(default, example_sets), type="filepath", label="image",
-                                            sources=["upload", "clipboard"], height=INPUT_HEIGHT)
-                    example_datasets = []  # one per model that made examples; those of the picked model's classes show
-                    for maker, files in example_sets.items():
-                        example_datasets.append(gr.Examples(
-                            files, inputs=detect_image, visible=same_classes(maker, default),
-                            label=f"natural (*_clean), PGD-adversarial (*_adv) and adaptive (*_adaptive: made by an attacker "
-                                  f"who knows the detector, so it passes as natural) examples made by {maker}").dataset)
-                    gr.Examples(EXAMPLES, inputs=detect_image, label="photos (public domain / CC0)")
-                    detect_button = gr.Button("Detect", variant="primary")
-                with gr.Column():
-                    detect_seen = gr.Image(label="as the model sees it", interactive=False, format="png")
-                    verdict = gr.Markdown()
-                    detect_top = gr.Label(num_top_classes=5, label="prediction")
-                    detect_plot = gr.Plot(label="calibration energies")
-            detect_button.click(detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
-                                api_name="detect", preprocess=False)
-        with gr.Tab("Synthesize"):
-            synthesis_model = gr.Dropdown(models, value=synthesis_default, label="model to draw from",
-                                          info="robust or quasi-robust: a standard model only makes adversarial noise")
-            with gr.Row():
-                with gr.Column():
-                    synth_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[0], label="class",
-                                              allow_custom_value=True)
-                    with gr.Row():
-                        synth_n = gr.Slider(1, 16, value=8, step=1, label="images")
-                        synth_steps = gr.Slider(1, 200, value=60, step=1, label="steps")
-                    with gr.Row():
-                        synth_auto = gr.Checkbox(True, label="automatic step size", info="L2 step 2.5·eps/steps")
-                        synth_step = gr.Number(0.25, minimum=1e-4, label="step size (L2)", visible=False)
-                        synth_seed = gr.Number(0, precision=0, label="seed")
-                    synth_button = gr.Button("Synthesize", variant="primary")
-                with gr.Column():
-                    gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png")
-                    synth_plot = gr.Plot(label="per step")
-            synth_button.click(synthesize, [synthesis_model, synth_class, synth_n, synth_steps, synth_auto, synth_step,
-                                            synth_seed], [gallery, synth_plot], api_name="synthesize")
-            synth_auto.change(lambda automatic: gr.Number(visible=not automatic), synth_auto, synth_step,
-                              api_visibility="private")
-            gr.Markdown("### Gradient maps and image-to-class translation of an upload")
-            with gr.Row():
-                with gr.Column():
-                    explain_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
-                                             height=INPUT_HEIGHT)
-                    gr.Examples(EXAMPLES, inputs=explain_image)
-                    maps_button = gr.Button("Gradient maps (up to 4 models of this data set)")
-                    translate_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[min(5, len(synthesis_labels) - 1)],
-                                                  label="translate toward", allow_custom_value=True)
-                    translate_steps = gr.Slider(1, 200, value=60, step=1, label="translation steps")
-                    translate_button = gr.Button("Translate")
-                with gr.Column():
-                    maps = gr.Gallery(label="-∇ₓ loss and |∇ₓ loss| per model", columns=4, height="auto", format="png")
-                    path = gr.Gallery(label="translation path", columns=6, height="auto", format="png")
-            maps_button.click(gradient_maps, [explain_image, synthesis_model], maps, api_name="gradient_maps",
-                              preprocess=False)
-            translate_button.click(translate, [explain_image, synthesis_model, translate_class, translate_steps], path,
-                                   api_name="translate", preprocess=False)
-        with gr.Tab("About"):
-            gr.Markdown(ABOUT)
+        with gr.Tabs() as tab_set:
+            with gr.Tab("Attack", id="attack"):
+                model_name = gr.Dropdown(models, value=default, label="model (Attack and Detect)",
+                                         info=models_info([default] + shipped))  # the default's data set first
+                attack_classes = gr.Markdown(classes_note)
+                with gr.Row():
+                    with gr.Column():
+                        attack_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
+                                                height=INPUT_HEIGHT)
+                        gr.Examples(EXAMPLES, inputs=attack_image)
+                        method = gr.Radio(["fgsm", "pgd", "hepgd", "apgd", tabs.ADAPTIVE], value="pgd", label="attack",
+                                          info="hepgd = High-Energy PGD: fools the model and keeps natural energy; "
+                                               "adaptive = knows the Detect tab's detector: fools the model and stays "
+                                               "accepted as natural")
+                        with gr.Row():
+                            eps = gr.Slider(0.5, 32, value=8, step=0.5, label="eps (/255, L∞)")
+                            steps = gr.Slider(1, 100, value=10, step=1, label="steps")
+                        with gr.Row():
+                            step_size = gr.Slider(0.25, 8, value=1, step=0.25, label="step size (/255)")
+                            lam = gr.Slider(0, 4, value=1.2, step=0.1, label="λ (HE-PGD energy weight)")
+                        with gr.Row():
+                            target = gr.Dropdown([""] + labels, value="", label="target class (optional, PGD/FGSM)",
+                                                 allow_custom_value=True)
+                            attack_seed = gr.Number(0, precision=0, label="seed")
+                        attack_button = gr.Button("Attack", variant="primary")
+                    with gr.Column():
+                        with gr.Row():
+                            # enlarged for display, so no download button: the file below is the image itself
+                            seen = gr.Image(label="as the model sees it", interactive=False, format="png",
+                                            buttons=ENLARGED_BUTTONS)
+                            adversarial = gr.Image(label="adversarial", interactive=False, format="png",
+                                                   buttons=ENLARGED_BUTTONS)
+                            perturbation = gr.Image(label="perturbation (amplified)", interactive=False, format="png")
+                        attack_summary = gr.Markdown()
+                        with gr.Row():
+                            top_before = gr.Label(num_top_classes=5, label="top-5 before")
+                            top_after = gr.Label(num_top_classes=5, label="top-5 after")
+                        attack_plot = gr.Plot(label="per step")
+                        # the adversarial image as a file whose eval transform gives back exactly the attacked
+                        # pixels (the pictures above are enlarged for display: the model would read another image)
+                        adversarial_file = gr.File(label="the adversarial image, as the model reads it back "
+                                                         "(download it, or check it in the Detect tab)",
+                                                   interactive=False)
+                        to_detect = gr.Button("Check it in the Detect tab")
+                attack_button.click(attack, [attack_image, model_name, method, eps, steps, step_size, lam, target,
+                                             attack_seed],
+                                    [seen, adversarial, perturbation, top_before, top_after, attack_summary,
+                                     attack_plot, adversarial_file],
+                                    api_name="attack", preprocess=False)
+            with gr.Tab("Detect", id="detect"):
+                gr.Markdown("Uses the model picked in the Attack tab, and the energy threshold shipped with it.")
+                detect_classes = gr.Markdown(classes_note)
+                with gr.Row():
+                    with gr.Column():
+                        detect_image = gr.Image(detect_default(default, example_sets), type="filepath", label="image",
+                                                sources=["upload", "clipboard"], height=INPUT_HEIGHT)
+                        # one per model that made examples; those of the picked model's classes show
+                        example_datasets = []
+                        for maker, files in example_sets.items():
+                            example_datasets.append(gr.Examples(
+                                files, inputs=detect_image, visible=same_classes(maker, default),
+                                label=f"natural (*_clean), PGD-adversarial (*_adv) and adaptive (*_adaptive: made by "
+                                      f"an attacker who knows the detector, so it passes as natural) examples made by "
+                                      f"{maker}").dataset)
+                        gr.Examples(EXAMPLES, inputs=detect_image, label="photos (public domain / CC0)")
+                        detect_button = gr.Button("Detect", variant="primary")
+                    with gr.Column():
+                        detect_seen = gr.Image(label="as the model sees it", interactive=False, format="png",
+                                               buttons=ENLARGED_BUTTONS)
+                        verdict = gr.Markdown()
+                        detect_top = gr.Label(num_top_classes=5, label="prediction")
+                        detect_plot = gr.Plot(label="calibration energies")
+                detect_button.click(detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
+                                    api_name="detect", preprocess=False)
+                to_detect.click(check_in_detect, adversarial_file, [detect_image, tab_set],
+                                api_visibility="private").then(
+                    detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
+                    preprocess=False, api_visibility="private")
+            with gr.Tab("Synthesize"):
+                synthesis_model = gr.Dropdown(models, value=synthesis_default, label="model to draw from",
+                                              info="robust or quasi-robust: a standard model only makes "
+                                                   "adversarial noise")
+                with gr.Row():
+                    with gr.Column():
+                        synth_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[0], label="class",
+                                                  allow_custom_value=True)
+                        with gr.Row():
+                            synth_n = gr.Slider(1, 16, value=8, step=1, label="images")
+                            synth_steps = gr.Slider(1, 200, value=60, step=1, label="steps")
+                        with gr.Row():
+                            synth_auto = gr.Checkbox(True, label="automatic step size", info="L2 step 2.5·eps/steps")
+                            synth_step = gr.Number(0.25, minimum=1e-4, label="step size (L2)", visible=False)
+                            synth_seed = gr.Number(0, precision=0, label="seed")
+                        synth_button = gr.Button("Synthesize", variant="primary")
+                    with gr.Column():
+                        gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png")
+                        synth_plot = gr.Plot(label="per step")
+                synth_button.click(synthesize, [synthesis_model, synth_class, synth_n, synth_steps, synth_auto,
+                                                synth_step, synth_seed],
+                                   [gallery, synth_plot], api_name="synthesize")
+                synth_auto.change(lambda automatic: gr.Number(visible=not automatic), synth_auto, synth_step,
+                                  api_visibility="private")
+                gr.Markdown("### Gradient maps and image-to-class translation of an upload")
+                with gr.Row():
+                    with gr.Column():
+                        explain_image = gr.Image(PHOTO, type="filepath", label="image", sources=["upload", "clipboard"],
+                                                 height=INPUT_HEIGHT)
+                        gr.Examples(EXAMPLES, inputs=explain_image)
+                        maps_button = gr.Button("Gradient maps (up to 4 models of this data set)")
+                        translate_class = gr.Dropdown(synthesis_labels,
+                                                      value=synthesis_labels[min(5, len(synthesis_labels) - 1)],
+                                                      label="translate toward", allow_custom_value=True)
+                        translate_steps = gr.Slider(1, 200, value=60, step=1, label="translation steps")
+                        translate_button = gr.Button("Translate")
+                    with gr.Column():
+                        maps = gr.Gallery(label="-∇ₓ loss and |∇ₓ loss| per model", columns=4, height="auto",
+                                          format="png")
+                        path = gr.Gallery(label="translation path", columns=6, height="auto", format="png")
+                maps_button.click(gradient_maps, [explain_image, synthesis_model], maps, api_name="gradient_maps",
+                                  preprocess=False)
+                translate_button.click(translate, [explain_image, synthesis_model, translate_class, translate_steps],
+                                       path, api_name="translate", preprocess=False)
+            with gr.Tab("About"):
+                gr.Markdown(ABOUT)
         model_name.change(functools.partial(follow_model, models=models, example_makers=list(example_sets)),
                           [model_name, synthesis_model, target],
                           [target, synthesis_model, attack_classes, detect_classes, *example_datasets],

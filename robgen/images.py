@@ -4,7 +4,8 @@
 16-bit, CMYK, animated GIF: first frame) and refuses what is not an image,
 is truncated or is too small to classify, with a message that says what is
 wrong. `load_model_input` applies a model's eval transform (timm's: resize
-the short side to size / crop_pct, centre-crop size). Nothing here changes
+the short side to size / crop_pct, centre-crop size); `save_model_input` writes
+a model input as a file that transform reads back exactly. Nothing here changes
 PIL's global settings (`ImageFile.LOAD_TRUNCATED_IMAGES` included), so
 concurrent requests cannot race on them.
 """
@@ -162,6 +163,49 @@ def load_model_input(path: Union[str, Path], spec) -> torch.Tensor:
     """An image file as a (3, H, W) tensor exactly as the model of `spec` sees it (its eval transform)."""
     return load_image(path, size=tuple(spec.input_size[1:]), crop_pct=getattr(spec, "crop_pct", 1.0),
                       interpolation=getattr(spec, "interpolation", "bicubic"))
+
+
+def load_resized(path: Union[str, Path], spec) -> torch.Tensor:
+    """An image file as the model of `spec`'s eval transform resizes it, before its centre crop: a (3, H', W')
+    tensor of the cover size (input size / crop_pct; the input size itself at crop_pct 1)."""
+    return load_image(path, size=cover_size(tuple(spec.input_size[1:]), getattr(spec, "crop_pct", 1.0) or 1.0),
+                      crop_pct=1.0, interpolation=getattr(spec, "interpolation", "bicubic"))
+
+
+def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The (3, H', W') picture that the eval transform of `spec` reads back as the model input `x`, (3, H, W).
+
+    A model input is the centre crop of an image resized to cover input size / crop_pct. Written as it is,
+    a crop_pct < 1 model (Imagenette's 0.875) would resize it again and see another picture; framed at the
+    cover size, the eval transform resizes nothing and crops exactly `x`. The frame is `surround` (the
+    photo as `load_resized` reads it, so the file looks like the photo) or, without one, `x`'s own edge
+    pixels repeated. At crop_pct 1 the cover size is the input size: `x` itself.
+    """
+    height, width = (int(side) for side in spec.input_size[1:])
+    if x.ndim != 3 or tuple(x.shape[1:]) != (height, width):
+        raise ValueError(f"expected one model input of shape (C, {height}, {width}), got {tuple(x.shape)}")
+    cover_height, cover_width = cover_size((height, width), getattr(spec, "crop_pct", 1.0) or 1.0)
+    top, left = (cover_height - height) // 2, (cover_width - width) // 2  # where `resize_and_crop` crops
+    if surround is None:
+        surround = torch.nn.functional.pad(x[None], (left, cover_width - width - left, top, cover_height - height - top),
+                                           mode="replicate")[0]
+    elif tuple(surround.shape[1:]) != (cover_height, cover_width):
+        raise ValueError(f"the surround must be the photo resized to the cover size {(cover_height, cover_width)} "
+                         f"(`load_resized`), got {tuple(surround.shape)}")
+    framed = surround.detach().to(device=x.device, dtype=x.dtype).clone()
+    framed[:, top:top + height, left:left + width] = x
+    return framed
+
+
+def save_model_input(x: torch.Tensor, path: Union[str, Path], spec, surround: Optional[torch.Tensor] = None) -> Path:
+    """Write the model input `x` (3, H, W) as a PNG that `load_model_input(path, spec)` reads back as `x` on 8-bit
+    levels (`framed_model_input`: at crop_pct < 1 the file is larger than `x`, its centre crop is `x`)."""
+    path = save_image(framed_model_input(x, spec, surround), path)
+    expected = (x.detach().float().cpu().clamp(0, 1) * 255).round() / 255
+    if not torch.allclose(load_model_input(path, spec), expected, rtol=0, atol=1e-5):
+        raise RuntimeError(f"{path} does not read back as the pixels it was written from: the eval transform of "
+                           f"{tuple(spec.input_size)} with crop_pct {spec.crop_pct} changed them")
+    return path
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:

@@ -150,7 +150,7 @@ def test_attack_fools_the_standard_model_and_lowers_the_energy(client):
     from robgen.web.model_cache import cached_model
 
     photo = REPO / "examples" / "chelsea.png"
-    seen, adversarial, perturbation, before, after, summary, _ = attack(client, photo)
+    seen, adversarial, perturbation, before, after, summary, _, _ = attack(client, photo)
     assert before["label"] != after["label"]
     energy_before, energy_after = map(float, re.search(r"Energy E\(x\) (\S+) → (\S+) ", summary).groups())
     assert energy_after < energy_before
@@ -160,7 +160,7 @@ def test_attack_fools_the_standard_model_and_lowers_the_energy(client):
         assert 0 < delta <= 8
     # The page's plot (a matplotlib figure: the handler called directly, as the client gets only its picture)
     # holds steps + 1 energies, those of the attack the summary reports: the random start, then every step.
-    *_, direct_summary, figure = app.attack(str(photo), STANDARD, "pgd", 8, 5, 2, 1.2, "", 0)
+    *_, direct_summary, figure, _ = app.attack(str(photo), STANDARD, "pgd", 8, 5, 2, 1.2, "", 0)
     assert direct_summary == summary, "the same seeded attack"
     (energy_line,) = figure.axes[0].get_lines()
     assert list(energy_line.get_xdata()) == [0, 1, 2, 3, 4, 5]
@@ -172,6 +172,43 @@ def test_attack_fools_the_standard_model_and_lowers_the_energy(client):
     # would carry out of the ball one level back toward the clean image)
     assert energies[-1] == pytest.approx(energy_after, abs=0.15), "the last step: the summary's, before 8-bit rounding"
     assert energies[-1] < energies[0]
+
+
+def test_the_attack_tabs_download_is_the_attacked_image_and_the_detect_tab_reads_it_so(client):
+    """The pictures shown are enlarged for display, and read by the model they are another image; the download is
+    the file the model's eval transform reads back as exactly the attacked pixels: 32x32 for CIFAR-10, and for the
+    Imagenette stand-in (160 px, crop_pct 0.875) the photo resized to 182x182 with its 160-px centre attacked. So
+    the Detect tab, given that file, sees the image the Attack tab made."""
+    from robgen.web.handlers import attack_image, detect_image
+    from robgen.web.model_cache import cached_model
+
+    photo = REPO / "examples" / "coffee.png"
+    for name, size in ((STANDARD, (32, 32)), (NETTE_STANDARD, (182, 182))):
+        outputs = attack(client, photo, model_name=name, steps=3)
+        shown, download = outputs[1], outputs[7]
+        model = cached_model(name)
+        result = attack_image(model, photo, "pgd", eps=8 / 255, steps=3, step_size=2 / 255, seed=0)
+        with Image.open(download) as picture:
+            assert picture.size == size, name
+        assert torch.allclose(load_model_input(download, model.spec), result.adversarial[0], rtol=0, atol=1e-6), name
+        assert not torch.allclose(load_model_input(shown, model.spec), result.adversarial[0], rtol=0, atol=1 / 255)
+        detected = detect_image(model, download)
+        assert torch.allclose(detected.image, result.adversarial, rtol=0, atol=1e-6), name
+        _, verdict, top, _ = client.predict(image=upload(download), model_name=name, api_name="/detect")
+        assert top["label"] == next(iter(result.top_adversarial)), name
+
+
+def test_the_attack_summary_says_when_the_label_did_not_move_or_the_target_was_not_reached(client):
+    photo = REPO / "examples" / "chelsea.png"
+    feeble = dict(model_name=ROBUST, eps_255=0.5, steps=1, step_size_255=0.25)
+    _, _, _, before, after, summary, *_ = attack(client, photo, **feeble)
+    assert before["label"] == after["label"] and "**The label did not change**" in summary
+    _, _, _, before, after, summary, *_ = attack(client, photo, **feeble, target="truck")
+    assert after["label"] != "truck" and "**Target not reached**: the model says" in summary
+    _, _, _, before, after, summary, *_ = attack(client, photo, target="truck", steps=10)
+    assert after["label"] == "truck" and "Target reached." in summary and "did not change" not in summary
+    summary = attack(client, photo)[5]
+    assert "did not change" not in summary and "Target" not in summary  # untargeted, and the label moved
 
 
 @pytest.mark.parametrize("maker", sorted(adversarial_examples(app.ADVERSARIAL_EXAMPLES)))
@@ -214,11 +251,11 @@ def test_the_adaptive_attack_fools_the_model_and_passes_the_detect_tabs_detector
     """The Attack tab's "adaptive" method against the Detect tab's detector: another class, a verdict that says the
     detector accepts it (checked here on the same pixels), the threshold drawn on the plot; a target is refused."""
     from robgen.experiments.calibration import load_shipped_detector
-    from robgen.web.handlers import attack_image
+    from robgen.web.handlers import attack_image, detect_image
     from robgen.web.model_cache import cached_model
 
     photo = REPO / "examples" / "chelsea.png"
-    *_, before, after, summary, _ = attack(client, photo, method="adaptive", steps=10, step_size_255=1)
+    *_, before, after, summary, _, download = attack(client, photo, method="adaptive", steps=10, step_size_255=1)
     assert before["label"] != after["label"] and "accepts it as natural" in summary
     model = cached_model(STANDARD)
     detector = load_shipped_detector(model)
@@ -226,7 +263,8 @@ def test_the_adaptive_attack_fools_the_model_and_passes_the_detect_tabs_detector
     assert result.summary() == summary, "the same seeded attack"
     with torch.no_grad():
         assert not bool(detector.predict(model(result.adversarial))[0])
-    *_, figure = app.attack(str(photo), STANDARD, "adaptive", 8, 10, 1, 1.2, "", 0)
+    assert not detect_image(model, download).flagged, "the downloaded file is the accepted image"
+    *_, figure, _ = app.attack(str(photo), STANDARD, "adaptive", 8, 10, 1, 1.2, "", 0)
     energy_line, threshold_line = figure.axes[0].get_lines()
     assert set(threshold_line.get_ydata()) == {detector.threshold}
     assert min(energy_line.get_ydata()) > detector.threshold

@@ -166,11 +166,17 @@ def test_an_adaptive_attack_from_the_page_passes_and_its_shipped_example_is_acce
     page.get_by_role("button", name="Attack", exact=True).click()
     page.get_by_text("accepts it as natural").first.wait_for(state="visible", timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "attack-adaptive.png"), full_page=True)
-    open_tab(page, "Detect")
+    # its file (the exact pixels, not the enlarged picture), sent to the Detect tab, which opens and accepts it
+    page.get_by_role("button", name="Check it in the Detect tab").click()
+    verdict = page.get_by_text("flagged as natural").first
+    verdict.wait_for(state="visible", timeout=60_000)
+    assert page.get_by_role("tab", name="Detect").get_attribute("aria-selected") == "true"
+    made_here = verdict.inner_text()
+    assert "> threshold" in made_here
+    page.screenshot(path=str(ARTIFACTS / "detect-adaptive-from-attack.png"), full_page=True)
     example = REPO / "examples" / "adversarial" / STANDARD / "chelsea_adaptive.png"
     page.locator("input[type=file]").nth(1).set_input_files(str(example))
     page.get_by_role("button", name="Detect", exact=True).click()
-    verdict = page.get_by_text("flagged as natural").first
-    verdict.wait_for(state="visible", timeout=60_000)
-    assert "> threshold" in verdict.inner_text()
+    playwright_api.expect(verdict).not_to_have_text(made_here, timeout=60_000)  # the example's own verdict
+    assert "flagged as natural" in verdict.inner_text() and "> threshold" in verdict.inner_text()
     page.screenshot(path=str(ARTIFACTS / "detect-adaptive.png"), full_page=True)

@@ -31,7 +31,16 @@ def test_help_runs_as_a_module():
     assert result.returncode == 0 and "attack" in result.stdout and "detect" in result.stdout
 
 
-def test_attack_writes_pngs_inside_the_ball_and_a_report(tmp_path, checkpoint, images, capsys):
+@pytest.mark.parametrize("crop_pct, side", [(1.0, 32), (0.875, 36)])
+def test_attack_writes_pngs_inside_the_ball_and_a_report(tmp_path, images, capsys, crop_pct, side):
+    """The PNGs read back through the model's eval transform as the attacked pixels: at crop_pct 1 the model's
+    32x32 input, at 0.875 the photo resized to 36x36 around it (written as 32x32, the transform would resize
+    it again and the model would see another image)."""
+    from robgen.images import load_model_input
+
+    net = tiny_model()
+    net.spec.crop_pct = crop_pct
+    checkpoint = robgen.save_checkpoint(net, tmp_path / "tiny")
     out = tmp_path / "out"
     code = main(["attack", "--model", str(checkpoint), "--attack", "pgd", "--eps", "8/255", "--steps", "3",
                  "--out", str(out), *map(str, images)])
@@ -39,11 +48,13 @@ def test_attack_writes_pngs_inside_the_ball_and_a_report(tmp_path, checkpoint, i
     report = json.loads((out / "results.json").read_text())
     assert len(report["images"]) == 2 and report["trace"]["step"] == [0, 1, 2, 3]
     model = robgen.load_model(checkpoint)
-    for row in report["images"]:
-        clean = robgen.load_image(out / row["clean_png"])
-        adv = robgen.load_image(out / row["adversarial_png"])
-        assert clean.shape == (3, 32, 32), "saved as the model sees it"
-        assert (adv - clean).abs().max() <= 8 / 255 + 1e-6
+    assert model.spec.crop_pct == crop_pct
+    for row, photo in zip(report["images"], images):
+        assert robgen.load_image(out / row["adversarial_png"]).shape == (3, side, side)
+        clean = load_model_input(out / row["clean_png"], model.spec)
+        adv = load_model_input(out / row["adversarial_png"], model.spec)
+        assert torch.equal(clean, load_model_input(photo, model.spec)), "the clean file is the photo as the model sees it"
+        assert 0 < (adv - clean).abs().max() <= 8 / 255 + 1e-6
         with torch.no_grad():
             e = robgen.energy(model(adv[None]))
         assert row["adversarial"]["energy"] == pytest.approx(float(e), abs=1e-4), "report describes the PNG"
@@ -163,10 +174,13 @@ def test_attack_reads_images_through_the_models_eval_transform(tmp_path, images)
     folder = robgen.save_checkpoint(model, tmp_path / "cropping")
     out = tmp_path / "out"
     assert main(["attack", "--model", str(folder), "--steps", "1", "--out", str(out), str(images[0])]) == 0
-    clean = robgen.load_image(out / json.loads((out / "results.json").read_text())["images"][0]["clean_png"])
-    expected = robgen.images.load_model_input(images[0], robgen.load_model(folder).spec)
+    written = out / json.loads((out / "results.json").read_text())["images"][0]["clean_png"]
+    spec = robgen.load_model(folder).spec
+    expected = robgen.images.load_model_input(images[0], spec)
     plain = robgen.load_image(images[0], size=32)
-    assert (clean - expected).abs().max() <= 0.5 / 255 + 1e-6, "the PNG is the model's view (crop 0.5, bilinear)"
+    assert robgen.load_image(written).shape == (3, 64, 64), "the photo resized to 32 / 0.5 around the model's crop"
+    clean = robgen.images.load_model_input(written, spec)
+    assert torch.equal(clean, expected), "read back, the PNG is the model's view (crop 0.5, bilinear)"
     assert (clean - plain).abs().max() > 0.1, "not a plain resize"
 
 

@@ -1,4 +1,7 @@
-"""The `attack` command: attack image files, write the adversarial PNGs and a JSON report."""
+"""The `attack` command: attack image files, write the adversarial PNGs and a JSON report.
+
+Each PNG reads back, through the model's eval transform (`detect`, the app's Detect tab), as exactly the pixels
+the model was attacked on (`robgen.images.save_model_input`)."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def top_prediction(logits: torch.Tensor, labels: List[str]) -> dict:
 
 def command_attack(args) -> int:
     from ..experiments.single_image import attack_own_predictions, combine_outcomes
-    from ..images import save_image
+    from ..images import load_resized, save_model_input
     from ..progress import progress_bar
 
     device = pick_device(args.device)
@@ -68,8 +71,9 @@ def command_attack(args) -> int:
         if stem in used:  # two inputs with one name: keep both
             stem = f"{stem}-{i}"
         used.add(stem)
-        save_image(x[i], out / f"{stem}_clean.png")
-        save_image(x_adv[i], out / f"{stem}_adv.png")
+        surround = load_resized(path, spec)  # at crop_pct < 1 the files keep the photo's margin, which the model crops
+        save_model_input(x[i], out / f"{stem}_clean.png", spec, surround)
+        save_model_input(x_adv[i], out / f"{stem}_adv.png", spec, surround)
         delta = (x_adv[i] - x[i]).flatten()
         rows.append({
             "image": str(path), "clean_png": f"{stem}_clean.png", "adversarial_png": f"{stem}_adv.png",

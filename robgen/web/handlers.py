@@ -23,7 +23,7 @@ from ..detection import EnergyDetector
 from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
 from ..experiments.single_image import attack_own_predictions, evade_detector, top_classes
-from ..images import cover_size, load_model_input, tensor_to_pil
+from ..images import cover_size, framed_model_input, load_model_input, load_resized, tensor_to_pil
 from ..models.state import model_device
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
@@ -116,6 +116,25 @@ class AttackResult:
     note: str = ""  # about the upload (see `upsampling_note`)
     verdict: str = ""  # the adaptive attack: what the Detect tab's detector says of both images
     threshold: Optional[float] = None  # the adaptive attack: the detector's threshold, drawn on the trace
+    target: str = ""  # the targeted attack's class label ("" untargeted)
+    framed: Optional[torch.Tensor] = None  # (C, H', W'): `adversarial` framed as a file should hold it (see `saved`)
+
+    def saved(self):
+        """The adversarial image as a PIL image to save: read back through the model's eval transform (the Detect
+        tab, `load_model_input`) it is exactly `adversarial`, unlike the enlarged picture shown beside it. For a
+        crop_pct < 1 model it is the resized photo with the model's crop replaced (`framed_model_input`)."""
+        return tensor_to_pil(self.framed if self.framed is not None else self.adversarial[0])
+
+    def outcome(self) -> str:
+        """Whether the attack did what it was asked: moved the label (untargeted) or reached `target`."""
+        clean_label, adv_label = next(iter(self.top_clean)), next(iter(self.top_adversarial))
+        if self.target:
+            return ("Target reached." if adv_label == self.target else
+                    f"**Target not reached**: the model says {adv_label}, not {self.target}. Allow more steps, a larger "
+                    "eps or a larger step size.")
+        return "" if adv_label != clean_label else ("**The label did not change**: the model still says "
+                                                    f"{clean_label}. Allow more steps, a larger eps or a larger step "
+                                                    "size.")
 
     @property
     def perturbation(self) -> torch.Tensor:
@@ -133,7 +152,8 @@ class AttackResult:
             f"Energy E(x) {self.energy_clean:.2f} → {self.energy_adversarial:.2f} "
             f"({'lower: looks *more* likely to the model' if self.energy_adversarial < self.energy_clean else 'higher'}). "
             f"Change: L∞ {float(delta.abs().max()) * 255:.1f}/255, L2 {float(delta.norm()):.3f}."
-        ) + (f"\n\n{self.verdict}" if self.verdict else "") + (f"\n\n*{self.note}*" if self.note else "")
+        ) + (f" {self.outcome()}" if self.outcome() and not self.verdict else "") + (
+            f"\n\n{self.verdict}" if self.verdict else "") + (f"\n\n*{self.note}*" if self.note else "")
 
 
 ADAPTIVE = "adaptive"  # the Attack tab's name for `evade_detector`: the attacker who knows the Detect tab's detector
@@ -162,8 +182,15 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
         clean=outcome.clean, adversarial=outcome.adversarial, top_clean=outcome.top(0, adversarial=False),
         top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
         energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=repr(attacker),
-        note=upsampling_note(model, image),
+        note=upsampling_note(model, image), framed=framed(model, image, outcome.adversarial[0]),
+        target=model.spec.class_labels[target_index] if target_index is not None else "",
     )
+
+
+def framed(model, image: ImageInput, adversarial: torch.Tensor) -> torch.Tensor:
+    """`adversarial` (C, H, W) as a file should hold it (`framed_model_input`), framed by the uploaded photo."""
+    surround = None if isinstance(image, torch.Tensor) else load_resized(image, model.spec)
+    return framed_model_input(adversarial.cpu(), model.spec, surround)
 
 
 def evade_shipped_detector(model, image: ImageInput, x: torch.Tensor, eps: float, steps: int, step_size: float,
@@ -192,6 +219,7 @@ def evade_shipped_detector(model, image: ImageInput, x: torch.Tensor, eps: float
         top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
         energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=outcome.attack,
         note=upsampling_note(model, image), verdict=verdict, threshold=outcome.threshold,
+        framed=framed(model, image, outcome.adversarial[0]),
     )
 
 
