@@ -37,9 +37,17 @@ def test_every_mode_lowers_the_loss(toy_data, tmp_path, mode):
 
 
 def test_quasi_mode_uses_the_small_l2_budget(toy_data):
-    quasi = config(toy_data, mode="quasi")
+    quasi = config(toy_data, mode="quasi", eps=None)
     assert (quasi.norm, quasi.eps) == ("l2", training.QUASI_EPS)
     assert quasi.step_size == pytest.approx(1.25 * training.QUASI_EPS)
+    # a budget given explicitly is kept (it was replaced by L2 0.05 when it equalled the L-inf default 8/255)
+    explicit = config(toy_data, mode="quasi", norm="linf", eps=8 / 255)
+    assert (explicit.norm, explicit.eps) == ("linf", 8 / 255)
+    assert (config(toy_data, mode="quasi", eps=0.1).norm, config(toy_data, mode="pgd", eps=None).eps) == ("l2", 8 / 255)
+    with pytest.raises(ValueError, match="quasi mode's default budget is L2 0.05: give an linf eps"):
+        config(toy_data, mode="quasi", norm="linf", eps=None)
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        config(toy_data, norm="l1")
 
 
 @pytest.mark.parametrize("mode, norm, eps", [("fast", "linf", 8 / 255), ("pgd", "l2", 0.25),

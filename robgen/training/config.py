@@ -39,8 +39,10 @@ class TrainConfig:
     architecture: str = "resnet10_cifar"
     width: Optional[int] = None  # for robgen's CIFAR ResNets; None = the architecture's default
     mode: str = "standard"
-    norm: str = "linf"  # threat model for training (adversarial modes) and per-epoch evaluation
-    eps: float = 8 / 255
+    # threat model for training (adversarial modes) and per-epoch evaluation. None: L-inf 8/255, or for the "quasi"
+    # mode L2 `QUASI_EPS`; a budget set explicitly is kept in every mode
+    norm: Optional[str] = None
+    eps: Optional[float] = None
     attack_steps: int = 7  # "pgd", "reject", "trades" and "weat" modes
     attack_step_size: Optional[float] = None  # default: 2.5·eps/steps (those four), 1.25·eps ("fast", "quasi")
     # "reject" mode (losses.py): at the attack's point, the most likely wrong class is trained below probability
@@ -107,8 +109,16 @@ class TrainConfig:
             raise ValueError(f"crop_pct must be in (0, 1] (1: no margin, 0.875: ImageNet's), got {self.crop_pct}")
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}: choose from {', '.join(MODES)}")
-        if self.mode == "quasi" and self.norm == "linf" and self.eps == 8 / 255:
-            self.norm, self.eps = QUASI_NORM, QUASI_EPS
+        quasi = self.mode == "quasi"
+        if self.norm is None:
+            self.norm = QUASI_NORM if quasi else "linf"
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {self.norm!r}: choose linf or l2")
+        if self.eps is None:
+            if quasi and self.norm != QUASI_NORM:
+                raise ValueError(f"the quasi mode's default budget is {QUASI_NORM.upper()} {QUASI_EPS}: give an "
+                                 f"{self.norm} eps for it (e.g. --eps 1/255), or leave --norm out")
+            self.eps = QUASI_EPS if quasi else 8 / 255
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"L-inf eps={self.eps:g} is on the 0-255 scale; pixels are in [0, 1]: use {self.eps:g}/255")
         if self.eps <= 0:
