@@ -23,10 +23,11 @@ from robgen.cli.adaptive import DETECTORS
 from robgen.detection.reject import KINDS, make_reject_option
 from robgen.experiments.adaptive import STAGES, AdaptiveSettings, estimate_passes
 from robgen.experiments.adaptive_suite import DetectorOff
-from robgen.experiments.adaptive_report import convergence_checks, dara_by_restarts, markdown, sanity_checks
+from robgen.experiments.adaptive_report import (convergence_checks, dara_by_restarts, detector_row, markdown,
+                                               sanity_checks)
 from robgen.experiments.stages import StageStore
 from robgen.training import TrainConfig, train
-from tests.conftest import tiny_model
+from tests.conftest import REPO, tiny_model
 
 EPS = "8/255,64/255"
 
@@ -450,6 +451,34 @@ def test_a_dara_that_rises_with_eps_or_stays_high_at_a_large_eps_is_flagged():
     assert {c["passed"] for c in one_eps if c["check"] == "near 0 at a large eps"} == {None}  # not run below 64/255
 
 
+def test_first_to_evade_counts_only_images_defended_on_clean_inputs_and_adds_up_to_what_the_suite_broke():
+    """10 images: 2 misclassified and 1 rejected on clean inputs (never defended: an attack "evades" on them at
+    once); of the 7 defended ones the first attack breaks 3, the second 2 more (and one the first broke), 2 stand.
+    The counts were 6 and 2 (the 3 never-defended images credited to the first attack)."""
+    correct = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    accepted = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1, 1, 0], dtype=torch.bool)
+    first = torch.tensor([1, 1, 1, 0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    second = torch.tensor([1, 0, 0, 1, 1, 0, 0, 1, 1, 1], dtype=torch.bool)
+    stages = {name: {"evaded": evaded, "clean_correct": correct, "clean_accepted": accepted}
+              for name, evaded in (("k+1 pgd", first), ("penalty pgd", second))}
+    row = detector_row("energy", 8 / 255, stages)
+    assert row["found_first"] == {"k+1 pgd": 3, "penalty pgd": 2}
+    assert row["dara"]["count"] == 2 and sum(row["found_first"].values()) == 7 - row["dara"]["count"]
+
+
+@pytest.mark.parametrize("run", sorted((REPO / "results" / "adaptive").glob("*/results.json")), ids=lambda p: p.parent.name)
+def test_the_committed_runs_first_to_evade_counts_add_up_or_are_marked_unknown(run):
+    """scripts/fix_found_first.py mended the committed runs made before the fix: each row's counts add up to the
+    images the suite broke, or are None (unknown) and results.md says so."""
+    results = json.loads(run.read_text())
+    for row in results["rows"]:
+        if row["found_first"] is None:
+            assert "No count for" in (run.parent / "results.md").read_text()
+            continue
+        broken = row["clean"]["accuracy"]["count"] - row["dara"]["count"]
+        assert sum(row["found_first"].values()) == broken, (row["detector"], row["eps_label"])
+
+
 def test_dara_by_restarts_counts_each_evasion_from_its_restart_and_flags_a_suite_still_falling():
     clean = torch.ones(20, dtype=torch.bool)
     first_run = torch.tensor([1] * 4 + [2] * 2 + [3] * 6 + [0] * 8)  # 12 images evaded: 4, 2 and 6 per restart
@@ -603,6 +632,27 @@ def test_references_run_once_per_eps_unless_a_detector_reads_the_images(checkpoi
     adaptive_evaluation(model, str(toy_data), detectors=(brightness, "energy"), **settings)
     references = [name for name in stages if "bare model" in name]
     assert len(references) == 3 * 2 and not any(name.startswith("reference") for name in references)
+
+
+def test_references_run_per_detector_judge_the_same_points_of_the_bare_model(checkpoint, toy_data, same_code):
+    """Run per detector (one reads the images), PGD and HE-PGD on the bare model draw the same random starts for
+    every detector, so each detector's detection rate is over the same successes and the bare model's accuracy
+    at those points is one number (seeded by the detector's stage name, it was 12, 11 and 11 images of 16 here)."""
+    from robgen.detection.reject import RejectOption
+    from robgen.experiments.adaptive import adaptive_evaluation
+
+    model = robgen.load_model(checkpoint).eval()
+    brightness = RejectOption.from_callable(lambda x: x.mean((1, 2, 3)), on="input", name="brightness")
+    brightness.calibrate(model, torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    results = adaptive_evaluation(model, str(toy_data), detectors=(brightness, "energy"), eps_list=(20 / 255,),
+                                  limit=16, steps=1, restarts=1, lambdas=(1.2,), batch_size=4, progress=False)
+    rows = results["rows"]
+    assert len(rows) == 3  # custom, energy, and the detector switched off
+    assert len({row["accuracy_at_final_points"]["count"] for row in rows}) == 1
+    for name in ("pgd (bare model)", "hepgd lam=1.2 (bare model)"):
+        successes = {row["detector"]: row["detection_rate_at_final_points"][name]["n"] for row in rows}
+        assert len(set(successes.values())) == 1, (name, successes)
+    assert rows[0]["detection_rate_at_final_points"]["pgd (bare model)"]["n"] > 0, "successes to compare"
 
 
 def test_references_run_per_detector_attack_every_image_though_the_run_skips_evaded_ones(checkpoint, toy_data,

@@ -414,7 +414,11 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
                 standing = still_defended(flags[detector][eps]) if (
                     settings.skip_evaded and name in ADAPTIVE and flags.get(detector, {}).get(eps)) else None
 
-                def compute(name=name, eps=eps, generator=generator_for(stage), defended=defended, report=report,
+                # a reference per detector draws the random starts of the shared one, so that every detector
+                # judges the same points of the bare model (its detection rate is then over the same successes)
+                seeded = stage if name in ADAPTIVE else f"reference-eps{eps_label(eps)}-{name}"
+
+                def compute(name=name, eps=eps, generator=generator_for(seeded), defended=defended, report=report,
                             standing=standing):
                     attack = make_suite_attack(name, defended, eps, settings, generator, targets)
                     return suite_stage(defended, attack, name, x, y, eps, settings.batch_size, generator, report,

@@ -54,9 +54,12 @@ def indices(flags: torch.Tensor) -> List[int]:
     return [int(i) for i in torch.nonzero(flags)[:, 0]]
 
 
-def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, int]:
-    """Per attack, how many images it was the first (in the suite's order) to evade on."""
-    taken = torch.zeros_like(next(iter(stages.values()))["evaded"])
+def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]], eligible: torch.Tensor) -> Dict[str, int]:
+    """Per attack, on how many of the `eligible` images (those defended on clean inputs: classified correctly and
+    accepted) it was the first, in the suite's order, to evade. The counts add up to the images the suite broke:
+    eligible ones minus the DARA's count (an image the model gets wrong or rejects when clean is never defended,
+    so no attack breaks it)."""
+    taken = ~eligible.bool()
     counts = {}
     for name, flags in stages.items():
         new = flags["evaded"] & ~taken
@@ -109,7 +112,7 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
             entry["only_this_attack"] = None
     defended = defended_images(first["clean_correct"], first["clean_accepted"],
                                {name: s["evaded"] for name, s in stages.items()})
-    return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages),
+    return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages, clean_ok),
             "dara_by_restarts": dara_by_restarts(stages, restarts), "defended": indices(defended)}
 
 
@@ -288,6 +291,16 @@ def calibrated_apart(results: dict) -> Dict[str, str]:
     return apart
 
 
+def unknown_first(rows: Mapping[str, dict]) -> str:
+    """A sentence for the detectors whose "first to evade" counts are unknown (None in results.json)."""
+    missing = [name for name, row in rows.items() if row.get("found_first") is None]
+    if not missing:
+        return ""
+    return (f" No count for {', '.join('detector off' if name == OFF else name for name in missing)}: the run "
+            "counted, before a fix of 2026-12-05, the images not defended on clean inputs as well, and its stages, "
+            "which would give the right count, are gone (`scripts/fix_found_first.py`).")
+
+
 def markdown(results: dict) -> str:
     settings, eps_list = results["settings"], [row["eps"] for row in results["bare"]]
     apart = calibrated_apart(results)
@@ -330,7 +343,8 @@ def markdown(results: dict) -> str:
                  "is of those (n/a: none was left); the references ran on all." if settings.get("skip_evaded") else "")
         lines += ["", f"## Which attacks evaded at {eps_label(eps)}", "",
                   "Per attack: the fraction of the images defended on clean inputs that it evaded, and (after the "
-                  f"slash) on how many images it was the first of the suite to evade.{among}", "",
+                  "slash) on how many of them it was the first of the suite to evade." + among + unknown_first(rows),
+                  "",
                   "| attack | " + " | ".join("detector off" if d == OFF else d for d in rows) + " |",
                   "|---|" + "---|" * len(rows)]
         for attack in settings["attacks"]:
@@ -339,7 +353,9 @@ def markdown(results: dict) -> str:
                 if attack not in row["per_attack"]:
                     cells.append("skipped")
                     continue
-                cells.append(f"{_pct(row['per_attack'][attack]['evasion_rate'])} / {row['found_first'][attack]}")
+                first = row["found_first"][attack] if row.get("found_first") is not None else None
+                cells.append(_pct(row["per_attack"][attack]["evasion_rate"]) + (f" / {first}" if first is not None
+                                                                                 else ""))
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     by_restarts = [row for row in results["rows"] if row.get("dara_by_restarts")]
     if by_restarts and settings["restarts"] > 1:
