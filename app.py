@@ -38,6 +38,11 @@ PHOTO = str(HERE / "examples" / "chelsea.png")  # what the image inputs hold bef
 INPUT_HEIGHT = 240  # pixels: the image inputs keep one size, whatever the picture's
 MAX_FILE_SIZE = "10mb"
 CONCURRENCY = int(os.environ.get("ROBGEN_CONCURRENCY", "2"))
+# The sliders' ranges. The handlers check them too: an API call skips the page's own checks of the image events
+# (preprocess=False, so that robgen reads every upload), and a million steps would hold a worker for hours.
+EPS_255, STEPS, STEP_SIZE_255, LAMBDA, SYNTHESIS_STEPS = (0.5, 32), (1, 100), (0.25, 8), (0, 4), (1, 200)
+COMPUTE = "compute"  # the events that run a model share one queue group: CONCURRENCY of them at once in all
+OFFERED = set()  # the model names some page built here offers; a request for any other is refused
 ENLARGED_BUTTONS = ["fullscreen"]  # a picture enlarged for display, downloaded, would be read as another image
 DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete this app's result files older than six hours
 
@@ -75,6 +80,13 @@ The same from the command line: `python -m robgen attack|detect|synthesize|gradm
 """
 
 
+def without_server_paths(message: str) -> str:
+    """`message` with the folders of gradio's upload folder left out (an upload's hash folder, this app's
+    robgen/ for results): the file's own name stays, the server's layout does not show."""
+    folder = re.escape(str(Path(gradio.utils.get_upload_folder())))
+    return re.sub(rf"(?:{folder}|\S*/gradio)/(?:[0-9a-f]{{16,}}|robgen)/", "", message)
+
+
 def friendly_errors(handler):
     """Show the library's messages about bad input in the page instead of a generic error."""
 
@@ -85,10 +97,25 @@ def friendly_errors(handler):
         except gr.Error:
             raise
         except (ValueError, FileNotFoundError, RuntimeError, TypeError) as error:
-            message = re.sub(r"\S*/gradio/[0-9a-f]{16,}/", "", str(error))  # the upload's name, not the server's path
+            message = without_server_paths(str(error))
             raise gr.Error(message, print_exception=False) from None
 
     return wrapped
+
+
+def need_model(model_name) -> str:
+    """A model the page offers (an API call could name any checkpoint folder or Hub model, which would load it)."""
+    if model_name not in OFFERED:
+        raise gr.Error(f"unknown model {model_name!r}: pick one of {', '.join(sorted(OFFERED))}", print_exception=False)
+    return model_name
+
+
+def within(value, bounds, label: str) -> float:
+    """`value` if inside the slider's `bounds`, else a message that gives them."""
+    low, high = bounds
+    if value is None or value != value or not low <= float(value) <= high:
+        raise gr.Error(f"{label} must be from {low:g} to {high:g}, got {value}", print_exception=False)
+    return float(value)
 
 
 def need_image(image) -> str:
@@ -133,7 +160,9 @@ def gallery_files(items, name: str):
 @gpu
 @friendly_errors
 def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target, seed, progress=gr.Progress()):
-    model = cached_model(model_name)
+    model = cached_model(need_model(model_name))
+    eps_255, steps = within(eps_255, EPS_255, "eps (/255)"), within(steps, STEPS, "steps")
+    step_size_255, lam = within(step_size_255, STEP_SIZE_255, "step size (/255)"), within(lam, LAMBDA, "λ")
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
                                step_size=step_size_255 / 255, lam=lam, target=target or None, seed=seed_number(seed),
                                progress=progress)
@@ -144,16 +173,20 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
 
 
 def check_in_detect(adversarial_file):
-    """The Attack tab's adversarial file (the exact pixels, not the enlarged picture) in the Detect tab, shown."""
+    """The Attack tab's adversarial file (the exact pixels, not the enlarged picture) in the Detect tab, shown.
+    A model change clears the file (`build_app`): it belongs to the model that made it."""
     if not adversarial_file:
-        raise gr.Error("Run an attack first.", print_exception=False)
+        raise gr.Error("Run an attack first (a change of model clears the last one).", print_exception=False)
+    if not Path(adversarial_file).is_file():
+        raise gr.Error("The last attack's result has expired (results are kept six hours): run the attack again.",
+                       print_exception=False)
     return adversarial_file, gr.Tabs(selected="detect")
 
 
 @gpu
 @friendly_errors
 def detect(image, model_name):
-    result = tabs.detect_image(cached_model(model_name), need_image(image))
+    result = tabs.detect_image(cached_model(need_model(model_name)), need_image(image))
     return image_file(tabs.display(result.image), "seen"), result.summary(), result.top, tabs.detection_figure(result)
 
 
@@ -161,7 +194,8 @@ def detect(image, model_name):
 @friendly_errors
 def synthesize(model_name, target_class, n, steps, automatic_step_size, step_size, seed, progress=gr.Progress()):
     """`automatic_step_size` (the default) takes the library's L2 step, 2.5·eps/steps, and ignores `step_size`."""
-    gallery, trace = tabs.synthesize_gallery(cached_model(model_name), target_class, n=int(n), steps=int(steps),
+    gallery, trace = tabs.synthesize_gallery(cached_model(need_model(model_name)), target_class, n=int(n),
+                                             steps=int(within(steps, SYNTHESIS_STEPS, "steps")),
                                              step_size=None if automatic_step_size else step_size,
                                              seed=seed_number(seed),
                                              progress=progress)
@@ -172,7 +206,7 @@ def synthesize(model_name, target_class, n, steps, automatic_step_size, step_siz
 @gpu
 @friendly_errors
 def gradient_maps(image, model_name):
-    labels = model_spec(model_name).class_labels
+    labels = model_spec(need_model(model_name)).class_labels
     siblings = [name for name in available_models() if model_spec(name).class_labels == labels]
     models = {name: cached_model(name) for name in ([model_name] + [s for s in siblings if s != model_name])[:4]}
     return gallery_files(tabs.gradient_gallery(models, need_image(image)), "gradient")
@@ -181,7 +215,8 @@ def gradient_maps(image, model_name):
 @gpu
 @friendly_errors
 def translate(image, model_name, target_class, steps, progress=gr.Progress()):
-    path = tabs.translate_gallery(cached_model(model_name), need_image(image), target_class, steps=int(steps),
+    path = tabs.translate_gallery(cached_model(need_model(model_name)), need_image(image), target_class,
+                                  steps=int(within(steps, SYNTHESIS_STEPS, "translation steps")),
                                   progress=progress)
     return gallery_files(path, "step")
 
@@ -238,6 +273,8 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
     classes; the handlers check the class against the model's own (an unknown one gets the list of its classes).
     """
     models = list(models or available_models(online=hub_reachable()))
+    OFFERED.update(models)
+    compute = dict(concurrency_id=COMPUTE, concurrency_limit=CONCURRENCY)  # one group for every event that computes
     default, synthesis_default = default_models(models)
     shipped = [name for name in models if name in available_models()]  # cheap to load; Hub models load when used
     labels, synthesis_labels = model_spec(default).class_labels, model_spec(synthesis_default).class_labels
@@ -262,11 +299,11 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                                                "adaptive = knows the Detect tab's detector: fools the model and stays "
                                                "accepted as natural")
                         with gr.Row():
-                            eps = gr.Slider(0.5, 32, value=8, step=0.5, label="eps (/255, L∞)")
-                            steps = gr.Slider(1, 100, value=10, step=1, label="steps")
+                            eps = gr.Slider(*EPS_255, value=8, step=0.5, label="eps (/255, L∞)")
+                            steps = gr.Slider(*STEPS, value=10, step=1, label="steps")
                         with gr.Row():
-                            step_size = gr.Slider(0.25, 8, value=1, step=0.25, label="step size (/255)")
-                            lam = gr.Slider(0, 4, value=1.2, step=0.1, label="λ (HE-PGD energy weight)")
+                            step_size = gr.Slider(*STEP_SIZE_255, value=1, step=0.25, label="step size (/255)")
+                            lam = gr.Slider(*LAMBDA, value=1.2, step=0.1, label="λ (HE-PGD energy weight)")
                         with gr.Row():
                             target = gr.Dropdown([""] + labels, value="", label="target class (optional, PGD/FGSM)",
                                                  allow_custom_value=True)
@@ -295,7 +332,7 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                                              attack_seed],
                                     [seen, adversarial, perturbation, top_before, top_after, attack_summary,
                                      attack_plot, adversarial_file],
-                                    api_name="attack", preprocess=False)
+                                    api_name="attack", preprocess=False, **compute)
             with gr.Tab("Detect", id="detect"):
                 gr.Markdown("Uses the model picked in the Attack tab, and the energy threshold shipped with it.")
                 detect_classes = gr.Markdown(classes_note)
@@ -320,11 +357,11 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                         detect_top = gr.Label(num_top_classes=5, label="prediction")
                         detect_plot = gr.Plot(label="calibration energies")
                 detect_button.click(detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
-                                    api_name="detect", preprocess=False)
+                                    api_name="detect", preprocess=False, **compute)
                 to_detect.click(check_in_detect, adversarial_file, [detect_image, tab_set],
                                 api_visibility="private").then(
                     detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
-                    preprocess=False, api_visibility="private")
+                    preprocess=False, api_visibility="private", **compute)
             with gr.Tab("Synthesize"):
                 synthesis_model = gr.Dropdown(models, value=synthesis_default, label="model to draw from",
                                               info="robust or quasi-robust: a standard model only makes "
@@ -335,7 +372,7 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                                                   allow_custom_value=True)
                         with gr.Row():
                             synth_n = gr.Slider(1, 16, value=8, step=1, label="images")
-                            synth_steps = gr.Slider(1, 200, value=60, step=1, label="steps")
+                            synth_steps = gr.Slider(*SYNTHESIS_STEPS, value=60, step=1, label="steps")
                         with gr.Row():
                             synth_auto = gr.Checkbox(True, label="automatic step size", info="L2 step 2.5·eps/steps")
                             synth_step = gr.Number(0.25, minimum=1e-4, label="step size (L2)", visible=False)
@@ -346,7 +383,7 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                         synth_plot = gr.Plot(label="per step")
                 synth_button.click(synthesize, [synthesis_model, synth_class, synth_n, synth_steps, synth_auto,
                                                 synth_step, synth_seed],
-                                   [gallery, synth_plot], api_name="synthesize")
+                                   [gallery, synth_plot], api_name="synthesize", **compute)
                 synth_auto.change(lambda automatic: gr.Number(visible=not automatic), synth_auto, synth_step,
                                   api_visibility="private")
                 gr.Markdown("### Gradient maps and image-to-class translation of an upload")
@@ -359,22 +396,24 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                         translate_class = gr.Dropdown(synthesis_labels,
                                                       value=synthesis_labels[min(5, len(synthesis_labels) - 1)],
                                                       label="translate toward", allow_custom_value=True)
-                        translate_steps = gr.Slider(1, 200, value=60, step=1, label="translation steps")
+                        translate_steps = gr.Slider(*SYNTHESIS_STEPS, value=60, step=1,
+                                                    label="translation steps")
                         translate_button = gr.Button("Translate")
                     with gr.Column():
                         maps = gr.Gallery(label="-∇ₓ loss and |∇ₓ loss| per model", columns=4, height="auto",
                                           format="png")
                         path = gr.Gallery(label="translation path", columns=6, height="auto", format="png")
                 maps_button.click(gradient_maps, [explain_image, synthesis_model], maps, api_name="gradient_maps",
-                                  preprocess=False)
+                                  preprocess=False, **compute)
                 translate_button.click(translate, [explain_image, synthesis_model, translate_class, translate_steps],
-                                       path, api_name="translate", preprocess=False)
+                                       path, api_name="translate", preprocess=False, **compute)
             with gr.Tab("About"):
                 gr.Markdown(ABOUT)
         model_name.change(functools.partial(follow_model, models=models, example_makers=list(example_sets)),
                           [model_name, synthesis_model, target],
                           [target, synthesis_model, attack_classes, detect_classes, *example_datasets],
                           api_visibility="private")
+        model_name.change(lambda: None, None, adversarial_file, api_visibility="private")  # it was another model's
         synthesis_model.change(class_choices, [synthesis_model, synth_class, translate_class],
                                [synth_class, translate_class], api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)

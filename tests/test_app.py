@@ -24,11 +24,12 @@ from robgen.models import Classifier, ModelSpec, save_checkpoint
 from robgen.models.checkpoint import build_network
 from robgen.synthesis.seeds import SeedDistribution
 from robgen.web.examples import adversarial_examples, adversarial_photo, make_adversarial_examples
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_model
 
 gradio_client = pytest.importorskip("gradio_client")
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402
+import gradio as gr  # noqa: E402
 
 STANDARD, ROBUST = "cifar10-resnet10-standard", "cifar10-resnet10-robust"
 ENERGY_SHOWN = re.compile(r"E(_T)?\(x\) = -?[0-9]")  # the Detect verdict: E(x), or E_T(x) at the detector's T
@@ -551,6 +552,53 @@ def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(client, tm
         attack(client, REPO / "examples" / "rocket.png", method="hepgd", target="cat")
     # and everyone else is still served
     assert attack(client, REPO / "examples" / "rocket.png")[5].startswith("PGD")
+
+
+def test_an_api_call_gets_the_pages_checks_of_model_and_ranges(client, tmp_path):
+    """The image events skip Gradio's own checks of the other inputs (preprocess=False), so the handlers make them:
+    a model the page does not offer (any checkpoint folder or Hub name would load; a server path would be probed)
+    and numbers outside the sliders (a thousand steps hold a worker) are refused with what to enter."""
+    photo = upload(REPO / "examples" / "rocket.png")
+    for model_name in ("/etc", str(REPO / "checkpoints" / STANDARD), "timm:resnet18"):
+        with pytest.raises(gradio_client.exceptions.AppError, match=r"unknown model .*: pick one of .*" + STANDARD):
+            client.predict(image=photo, model_name=model_name, api_name="/detect")
+    with pytest.raises(gradio_client.exceptions.AppError, match="steps must be from 1 to 100, got 1000"):
+        attack(client, REPO / "examples" / "rocket.png", steps=1000)
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"eps \(/255\) must be from 0.5 to 32, got 255"):
+        attack(client, REPO / "examples" / "rocket.png", eps_255=255)
+    with pytest.raises(gradio_client.exceptions.AppError, match="translation steps must be from 1 to 200, got 5000"):
+        client.predict(image=photo, model_name=ROBUST, target_class="dog", steps=5000, api_name="/translate")
+    with pytest.raises(gradio_client.exceptions.AppError, match="unknown model"):
+        client.predict(image=photo, model_name="/etc", api_name="/gradient_maps")
+
+
+def test_every_event_that_runs_a_model_shares_one_queue_group_of_the_concurrency_the_readme_gives():
+    """Gradio gives each event a group of its own, so a limit of 2 per event let 2 attacks, 2 translations, ...
+    run together; one group keeps the whole server at `ROBGEN_CONCURRENCY`."""
+    demo = app.build_app()
+    named = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    for name in ("attack", "detect", "synthesize", "gradient_maps", "translate"):
+        assert (named[name].concurrency_id, named[name].concurrency_limit) == (app.COMPUTE, app.CONCURRENCY), name
+
+
+def test_check_it_in_detect_needs_a_live_result_and_says_so():
+    with pytest.raises(gr.Error, match="Run an attack first"):
+        app.check_in_detect(None)
+    with pytest.raises(gr.Error, match="expired"):
+        app.check_in_detect("/nonexistent/adversarial-exact-x.png")
+    assert app.without_server_paths("/tmp/gradio/robgen/adversarial-exact-ab.png does not exist") == (
+        "adversarial-exact-ab.png does not exist")
+
+
+def test_a_model_without_a_detector_gets_a_message_without_server_paths():
+    from robgen.web.handlers import attack_image, detect_image
+
+    model = tiny_model().eval()  # no checkpoint folder, as a Hub model converted without a detector
+    photo = REPO / "examples" / "rocket.png"
+    for call in (lambda: detect_image(model, photo), lambda: attack_image(model, photo, "adaptive", steps=1)):
+        with pytest.raises(ValueError, match="has no energy detector fitted for it.*pick one of the shipped") as error:
+            call()
+        assert "/" not in str(error.value).split("`")[0]
 
 
 def test_a_transparent_upload_is_seen_on_white_as_the_library_reads_it(client, tmp_path):

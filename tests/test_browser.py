@@ -180,3 +180,19 @@ def test_an_adaptive_attack_from_the_page_passes_and_its_shipped_example_is_acce
     playwright_api.expect(verdict).not_to_have_text(made_here, timeout=60_000)  # the example's own verdict
     assert "flagged as natural" in verdict.inner_text() and "> threshold" in verdict.inner_text()
     page.screenshot(path=str(ARTIFACTS / "detect-adaptive.png"), full_page=True)
+
+
+def test_a_change_of_model_clears_the_attacks_file_so_another_model_never_judges_it(page):
+    """The file under the Attack tab's result belongs to the model that made it: after a change of model the
+    "Check it in the Detect tab" button asks for a new attack instead of showing another model's verdict."""
+    fresh(page)
+    page.get_by_role("button", name="Attack", exact=True).click()
+    page.get_by_text("Energy E(x)").first.wait_for(state="visible", timeout=60_000)
+    page.get_by_text("adversarial-exact-").first.wait_for(state="visible", timeout=10_000)
+    picker = page.get_by_label("model (Attack and Detect)")
+    picker.click()
+    page.get_by_role("option", name=STANDARD, exact=True).click()
+    page.get_by_text(f"{STANDARD} (CIFAR-10, 32×32 inputs)").first.wait_for(state="visible", timeout=10_000)
+    page.get_by_role("button", name="Check it in the Detect tab").click()
+    page.get_by_text("Run an attack first").first.wait_for(state="visible", timeout=30_000)
+    assert page.get_by_role("tab", name="Attack").get_attribute("aria-selected") == "true"

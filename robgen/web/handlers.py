@@ -193,10 +193,21 @@ def framed(model, image: ImageInput, adversarial: torch.Tensor) -> torch.Tensor:
     return framed_model_input(adversarial.cpu(), model.spec, surround)
 
 
+def shipped_detector(model) -> EnergyDetector:
+    """The detector shipped in the model's checkpoint folder, or a message for the page (no server path in it)."""
+    try:
+        return load_shipped_detector(model)
+    except FileNotFoundError:
+        name = model.spec.source or "this model"
+        raise ValueError(f"{name} has no energy detector fitted for it, so the Detect tab and the adaptive attack "
+                         "cannot use it: pick one of the shipped models (`python -m robgen fit-detector --model "
+                         f"{name} --data DATASET` fits one)") from None
+
+
 def evade_shipped_detector(model, image: ImageInput, x: torch.Tensor, eps: float, steps: int, step_size: float,
                            seed: int, progress: Optional[Callable]) -> AttackResult:
     """`evade_detector` against the detector the Detect tab uses, as the Attack tab shows it."""
-    detector = load_shipped_detector(model)
+    detector = shipped_detector(model)
     outcome = evade_detector(model, x, detector, eps=eps, steps=steps, step_size=step_size,
                              generator=torch.Generator(device=x.device).manual_seed(int(seed)), progress=progress)
     energy_at_t = detector.energies(outcome.adversarial_logits)[0]
@@ -267,7 +278,7 @@ def uninformative_warning(test: dict) -> str:
 
 def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = None) -> DetectResult:
     """Energy of one image against the detector shipped with the model (or `detector`)."""
-    detector = detector if detector is not None else load_shipped_detector(model)
+    detector = detector if detector is not None else shipped_detector(model)
     x = model_input(model, image)
     with torch.no_grad():
         logits = model(x).float()
