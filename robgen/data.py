@@ -128,8 +128,9 @@ def load_dataset(
     """A data set yielding (pixels in [0, 1] of shape (3, H, W), label); `.classes` lists its labels.
 
     Args:
-        name: "cifar10", "cifar100", "imagenette", or the path of an ImageFolder root
-            (class sub-folders; pass the split folder itself).
+        name: "cifar10", "cifar100", "imagenette", or the path of an ImageFolder root: class sub-folders,
+            or train/ and test/ (or val/) folders of them (`split_folder`); one without those serves as
+            every split (`one_folder`: `detection_splits` splits it itself).
         split: "train" or "test" ("val" is the test split of Imagenette).
         root: where the data sets live (see module docs); ignored for a path name.
         download: let torchvision download a missing data set (needs the internet).
@@ -154,8 +155,28 @@ def load_dataset(
                 f"unknown data set {str(name)!r}: use one of {', '.join(KNOWN)} or an existing ImageFolder path"
             )
         transform = transform or pixel_transform(image_size, train_augment)
-        dataset = _image_folder(folder, transform)
+        dataset = _image_folder(split_folder(folder, split) or folder, transform)
     return dataset
+
+
+SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val"), "val": ("val", "test")}
+
+
+def split_folder(folder: Path, split: str) -> Optional[Path]:
+    """The sub-folder of an image-folder root that holds `split` (train/; test/ or val/), None where it has none."""
+    for name in SPLIT_FOLDERS.get(str(split).lower(), (str(split),)):
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+def one_folder(name: Union[str, Path]) -> bool:
+    """Whether `name` is an image folder without train/ and test/ (or val/) sub-folders, which then serves as
+    every split: the callers that need disjoint splits split it themselves (`detection_splits`)."""
+    if str(name).lower() in KNOWN:
+        return False
+    folder = Path(name).expanduser()
+    return folder.is_dir() and split_folder(folder, "train") is None and split_folder(folder, "test") is None
 
 
 def _normalise_split(key: str, split: str) -> str:
@@ -254,13 +275,31 @@ def default_val_size(data: Union[str, Path]) -> int:
     return 500 if str(data).lower() == "imagenette" else 5000
 
 
+def same_data(recorded: Union[str, Path, None], data: Union[str, Path]) -> bool:
+    """Whether a data set name a model's training recorded is `data`: a named data set in any case, a folder
+    however spelled (trailing slash, ~, relative path)."""
+    if recorded is None or str(recorded) == "":
+        return False
+    if str(recorded).lower() == str(data).lower():
+        return True
+    if str(recorded).lower() in KNOWN or str(data).lower() in KNOWN:
+        return False
+    return Path(str(recorded)).expanduser().resolve() == Path(str(data)).expanduser().resolve()
+
+
+def recorded_val_size(spec, data: Union[str, Path]) -> Optional[int]:
+    """The validation split the model's training held out of `data`, None when it was not trained on `data`."""
+    recorded = spec.training.get("data", {}) if isinstance(spec.training, dict) else {}
+    if same_data(recorded.get("name"), data) and recorded.get("val_size"):
+        return int(recorded["val_size"])
+    return None
+
+
 def model_val_size(spec, data: Union[str, Path]) -> int:
     """The validation split to use with a model: the one its training held out (so no validation image
     was trained on) when it was trained on `data`, else `default_val_size(data)`."""
-    recorded = spec.training.get("data", {}) if isinstance(spec.training, dict) else {}
-    if str(recorded.get("name", "")).lower() == str(data).lower() and recorded.get("val_size"):
-        return int(recorded["val_size"])
-    return default_val_size(data)
+    recorded = recorded_val_size(spec, data)
+    return recorded if recorded is not None else default_val_size(data)
 
 
 def model_split_seed(spec, data: Union[str, Path], default: int = 0) -> int:
@@ -271,7 +310,7 @@ def model_split_seed(spec, data: Union[str, Path], default: int = 0) -> int:
     """
     training = spec.training if isinstance(spec.training, dict) else {}
     recorded = training.get("data", {})
-    if str(recorded.get("name", "")).lower() != str(data).lower():
+    if not same_data(recorded.get("name"), data):
         return default
     if recorded.get("split_seed") is not None:
         return int(recorded["split_seed"])
@@ -284,8 +323,12 @@ def model_val_split(train: Dataset, spec, data: Union[str, Path], val_size: Opti
     """`train` split into (the rest, the validation images) as the model's training split it: its recorded
     size (or `val_size`) and seed (`model_split_seed`; `default_seed` for a model not trained on `data`), so
     no validation image was trained on."""
+    recorded = recorded_val_size(spec, data)
     if val_size is None:
         val_size = model_val_size(spec, data)
+    elif recorded is not None and val_size > recorded:  # a smaller one is part of it: the same seeded order
+        raise ValueError(f"val_size {val_size} is larger than the {recorded} images the model's training held out of "
+                         f"{data}: the rest were trained on; use at most {recorded} (or leave it out)")
     return train_val_split(train, val_size, seed=model_split_seed(spec, data, default=default_seed))
 
 
@@ -303,10 +346,18 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) ->
     if key in KNOWN and trained_on.lower() in KNOWN and trained_on.lower() != key:
         raise ValueError(f"this model was trained on {trained_on}, not {data}: pick a model trained on {data} "
                          f"(python -m robgen models lists the shipped ones)")
-    if key in KNOWN and [c.lower() for c in classes] != [c.lower() for c in spec.class_labels] \
-            and not all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels)):
+    folders, labels = [c.lower() for c in classes], [c.lower() for c in spec.class_labels]
+    generic = all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels))
+    if key in KNOWN and folders != labels and not generic:
         raise ValueError(f"{data}'s classes ({', '.join(classes)}) are not the model's "
                          f"({', '.join(spec.class_labels)}): pick a model trained on {data}")
+    if key not in KNOWN and folders != labels and not generic and set(folders) & set(labels):
+        # an image folder numbers its class folders alphabetically; named after the model's classes in another
+        # order (or some of them), every image would be scored against another class's label
+        raise ValueError(f"the class folders of {data} ({', '.join(classes)}) name the model's classes in another "
+                         f"order, or other classes, than the model's ({', '.join(spec.class_labels)}): image folders "
+                         "number their class folders alphabetically, so labels would be mixed up; rename the folders "
+                         "so that sorted they follow the model's order (e.g. 0_airplane, 1_automobile, ...)")
 
 
 def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Subset, Subset]:

@@ -209,3 +209,59 @@ def test_the_models_validation_split_uses_its_recorded_size_and_seed():
     assert len(data.model_val_split(items, spec, "toy", val_size=3)[1]) == 3
     other = data.model_val_split(items, spec, "other", val_size=7, default_seed=2)[1]  # not trained on it
     assert list(other) == list(data.train_val_split(items, 7, seed=2)[1])
+
+
+def test_a_smaller_validation_split_is_part_of_the_recorded_one_and_a_larger_is_refused(tmp_path, monkeypatch):
+    """A smaller split is the start of the same seeded order, so no image the model trained on; a larger one would
+    take trained-on images. The recorded folder is recognised however it is spelled."""
+    from robgen.models import ModelSpec
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=10, class_labels=[f"c{i}" for i in range(10)],
+                     training={"data": {"name": str(folder), "val_size": 7, "split_seed": 5}})
+    items = list(range(50))
+    recorded = set(data.model_val_split(items, spec, str(folder))[1])
+    assert set(data.model_val_split(items, spec, str(folder), val_size=3)[1]) <= recorded
+    with pytest.raises(ValueError, match="val_size 8 is larger than the 7 images the model's training held out"):
+        data.model_val_split(items, spec, str(folder), val_size=8)
+    monkeypatch.chdir(tmp_path)
+    for spelled in (str(folder) + "/", "shots", "./shots/"):
+        assert set(data.model_val_split(items, spec, spelled)[1]) == recorded, spelled
+
+
+def test_an_image_folder_with_split_folders_gives_them_and_one_without_never_tests_a_validation_image(tmp_path):
+    """detect / zoo / reproduce / adaptive on a folder: its train/ and test/ (or val/) when it has them; a single
+    folder served as both splits, so the threshold was fitted on images it was then tested on."""
+    from robgen.experiments.pipeline import detection_splits
+    from tests.conftest import make_toy_image_folder, tiny_model
+
+    make_toy_image_folder(tmp_path / "split" / "train", per_class=6)
+    make_toy_image_folder(tmp_path / "split" / "val", per_class=3)
+    assert len(data.load_dataset(tmp_path / "split", "train")) == 24
+    assert len(data.load_dataset(tmp_path / "split", "test")) == 12 == len(data.load_dataset(tmp_path / "split", "val"))
+    model = tiny_model(num_classes=4)
+    model.spec.class_labels = ["class0", "class1", "class2", "class3"]
+    splits = detection_splits(model, str(tmp_path / "split"), val_size=8)
+    assert (len(splits.validation), len(splits.test)) == (8, 12)
+    single = make_toy_image_folder(tmp_path / "single", per_class=5)
+    assert not data.one_folder(tmp_path / "split") and data.one_folder(single) and not data.one_folder("cifar10")
+    splits = detection_splits(model, str(single), val_size=8)
+    pixels = [torch.stack([split[i][0] for i in range(len(split))]).flatten(1) for split in (splits.validation,
+                                                                                              splits.test)]
+    assert (len(pixels[0]), len(pixels[1])) == (8, 12)
+    assert not (pixels[0][:, None] == pixels[1][None]).all(-1).any(), "no image both fits and tests the threshold"
+
+
+def test_class_folders_named_after_the_models_classes_in_another_order_are_refused():
+    """An image folder numbers its class folders alphabetically: named after the model's classes in another order,
+    every image would be scored against another class's label. Folders named otherwise cannot be checked."""
+    from robgen.models import ModelSpec
+
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=3, class_labels=["tench", "church", "French horn"])
+    with pytest.raises(ValueError, match="name the model's classes in another order"):
+        data.check_model_matches(spec, "/data/nette", ["French horn", "church", "tench"])
+    with pytest.raises(ValueError, match="rename the folders"):
+        data.check_model_matches(spec, "/data/nette", ["church", "dog", "tench"])
+    data.check_model_matches(spec, "/data/nette", ["Tench", "Church", "French Horn"])  # the model's order
+    data.check_model_matches(spec, "/data/nette", ["0_tench", "1_church", "2_french_horn"])  # cannot tell

@@ -33,7 +33,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from ..models.state import eval_mode, model_device
+from ..models.state import eval_mode, model_device, widened
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -52,13 +52,14 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 25
     """
     head = last_linear(model)
     captured: List[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].flatten(1).float().cpu()))
+    hook = head.register_forward_hook(
+        lambda module, inputs, output: captured.append(widened(inputs[0].flatten(1)).cpu()))
     logits = []
     device = model_device(model)
     try:
         with eval_mode(model):
             for start in range(0, len(x), batch_size):
-                logits.append(model(x[start:start + batch_size].to(device)).float().cpu())
+                logits.append(widened(model(x[start:start + batch_size].to(device))).cpu())
     finally:
         hook.remove()
     return torch.cat(captured), torch.cat(logits)

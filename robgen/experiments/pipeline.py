@@ -23,6 +23,7 @@ examples apart (DEFINITIONS).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -35,8 +36,10 @@ from ..detection.baselines import penultimate_features
 from ..detection.detector import TEMPERATURES, EnergyDetector
 from ..energy import energy
 from ..engine import Trace
-from ..models.state import eval_mode, model_device
+from ..models.state import eval_mode, model_device, widened
 from ..progress import progress_bar
+
+logger = logging.getLogger(__name__)
 
 # What the reports count; results.json carries these words and results.md prints them.
 DEFINITIONS = {
@@ -135,7 +138,7 @@ def model_outputs(
                 batch_features, batch_logits = penultimate_features(model, images)
             else:
                 with torch.no_grad():
-                    batch_logits = model(images).float().cpu()
+                    batch_logits = widened(model(images)).cpu()
             rows.append((index, (batch_logits, targets.cpu(), batch_features, batch_trace, batch_perturbed)))
     rows = distributed.gather_in_order(rows)
     if not rows:
@@ -184,7 +187,9 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
     """Validation images held out of train by a seeded split, and the test split, through the model's eval transform.
 
     `limit` keeps the first N images of each (class-balanced: the loaders
-    interleave classes). `val_size` None: the split the model's training held out
+    interleave classes). An image folder with train/ and test/ (or val/) sub-folders gives its splits; one
+    without serves as both, and its test images are then those the validation split leaves out, so that no
+    image both fits the threshold and tests it. `val_size` None: the split the model's training held out
     (`data.model_val_split`: its recorded size and seed; `seed` for a model not trained
     on `data`), so no validation image was trained on. A data set whose classes are not
     the model's is refused.
@@ -194,6 +199,11 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
     classes = datasets.class_names(test)
     datasets.check_model_matches(model.spec, data, classes)
     train_part, validation = datasets.model_val_split(train, model.spec, data, val_size, default_seed=seed)
+    if datasets.one_folder(data):  # one folder for every split: test on the images the validation split left out
+        test = train_part
+        logger.warning("%s has no train/ and test/ sub-folders: the threshold is fitted on its validation split and "
+                       "tested on the other %d images (if the model trained on them, its accuracy there is "
+                       "optimistic)", data, len(test))
     return DetectionSplits(
         str(data), datasets.first(validation, limit, "validation split"), datasets.first(test, limit, "test split"),
         train_part, classes,

@@ -22,6 +22,12 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def widened(outputs: torch.Tensor) -> torch.Tensor:
+    """A model's outputs for keeping: float32, or float64 where they are float64 (a float64 model's logits and
+    features keep their precision, so thresholds fitted on them hold when the model scores the same images)."""
+    return outputs if outputs.dtype == torch.float64 else outputs.float()
+
+
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
     """The floating-point type of the model's first float parameter (or buffer), which its inputs must have;
     float32 for a model with neither."""
