@@ -25,6 +25,7 @@ if and only if d(x) > 0, exactly, also in float32. Ties (d = 0) go to the class,
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -46,7 +47,11 @@ def combine_logits(logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     dtype = torch.promote_types(logits.dtype, score.dtype)
     logits, score = logits.to(dtype), score.to(dtype)
     top = logits.max(dim=1, keepdim=True).values
-    return torch.cat([logits - top, score[:, None]], dim=1)
+    # a row with NaN or +inf logits makes NaN here (inf - inf), which argmax would take for the top class: -inf
+    # instead, so the extra class wins where the score rejects such a point (it scores +inf, `score_from`)
+    shifted = logits - top
+    shifted = torch.where(torch.isnan(shifted), torch.full_like(shifted, -math.inf), shifted)
+    return torch.cat([shifted, score[:, None]], dim=1)
 
 
 class DefendedClassifier(nn.Module):

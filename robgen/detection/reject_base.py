@@ -138,9 +138,10 @@ class RejectOption:
 
     def score_from(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
                    inputs: Optional[torch.Tensor] = None, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
-        """(N,) score of one forward pass's outputs; > 0 means rejected. Differentiable. A NaN score (NaN
-        logits, or a user's function undefined at a point) is +inf: such a point is rejected, by every part of
-        robgen that asks (`rejects`, the attacks' evasion check, the (K+1)-logit model), never half accepted.
+        """(N,) score of one forward pass's outputs; > 0 means rejected. Differentiable. A NaN score (a user's
+        function undefined at a point), and any point whose logits are not all finite (NaN, or infinite: all
+        -inf gave an energy of +inf, accepted), score +inf: such a point is rejected, by every part of robgen
+        that asks (`rejects`, the attacks' evasion check, the (K+1)-logit model), never half accepted.
 
         `features` (the penultimate features) are needed when `needs_features`, `inputs` (the
         images) when `needs_inputs`, `network` (what made the logits, in eval mode) when `needs_network`.
@@ -148,7 +149,8 @@ class RejectOption:
         self._require_fit()
         self._require_outputs(logits, features, inputs, network)
         score = self._score_from_values(self.values(logits, features, inputs, network))
-        return torch.where(torch.isnan(score), torch.full_like(score, math.inf), score)  # fail closed
+        broken = torch.isnan(score) | ~torch.isfinite(logits).all(dim=1).to(score.device)
+        return torch.where(broken, torch.full_like(score, math.inf), score)  # fail closed
 
     def rejects(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
                 inputs: Optional[torch.Tensor] = None, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
