@@ -22,7 +22,8 @@ from .checks import check_logits, check_positive
 
 
 def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -> torch.Tensor:
-    """Free energy E(x) = -T * logsumexp(logits / T) with T = `temperature`, shape (N,).
+    """Free energy E(x) = -T * logsumexp(logits / T) with T = `temperature`, shape (N,); float32 for
+    half-precision logits.
 
     Example:
         >>> energy(torch.tensor([[0.0, 0.0]]))  # -log 2
@@ -31,6 +32,8 @@ def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -
     temperature = check_positive(temperature, "temperature")
     if check:
         check_logits(logits)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # logits / T would overflow half precision at small T
+        logits = logits.float()
     return -temperature * torch.logsumexp(logits / temperature, dim=1)
 
 

@@ -27,7 +27,10 @@ RULES = ("gmean", "youden", "fpr")
 
 
 def _as_1d(values, name: str) -> torch.Tensor:
-    t = torch.as_tensor(values).detach().to("cpu", torch.float64).flatten()
+    # a list or array is read as float64 at once (torch would make float32 of a list, rounding close energies
+    # together); a tensor keeps its values, cast up
+    t = (values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=torch.float64))
+    t = t.to("cpu", torch.float64).flatten()
     if t.numel() == 0:
         raise ValueError(f"{name} is empty: need at least one energy")
     if not torch.isfinite(t).all():

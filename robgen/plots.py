@@ -18,12 +18,20 @@ def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, titl
     """Histograms of E(x) for clean and adversarial images; optionally the threshold and one image's energy.
     Energies at another `temperature` T are E_T(x) = -T logsumexp(f(x) / T), and the axis says so."""
     figure, axis = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    values = [float(v) for v in (clean.min(), clean.max(), adversarial.min(), adversarial.max())] if len(clean) and len(adversarial) else []
-    values += [v for v in (threshold, mark) if v is not None]
+    clean, adversarial = (torch.as_tensor(side, dtype=torch.float64).flatten() for side in (clean, adversarial))
+    dropped = int((~torch.isfinite(clean)).sum() + (~torch.isfinite(adversarial)).sum())
+    clean, adversarial = clean[torch.isfinite(clean)], adversarial[torch.isfinite(adversarial)]  # NaN/inf: no bin
     if len(clean) and len(adversarial):
-        bins = torch.linspace(min(values), max(values), 60).tolist()
+        values = [float(v) for v in (clean.min(), clean.max(), adversarial.min(), adversarial.max())]
+        values += [v for v in (threshold, mark) if v is not None and v == v and abs(v) != float("inf")]
+        low, high = min(values), max(values)
+        if high - low < 1e-9:  # every energy equal: a window of width 1 around it, not bins of width 0
+            low, high = low - 0.5, high + 0.5
+        bins = torch.linspace(low, high, 60).tolist()
         axis.hist(clean.tolist(), bins=bins, alpha=0.6, label="clean", color="tab:blue")
         axis.hist(adversarial.tolist(), bins=bins, alpha=0.6, label=adversarial_label, color="tab:red")
+    if dropped:
+        title = f"{title} ({dropped} NaN or infinite energies not drawn)".strip()
     if threshold is not None:
         axis.axvline(threshold, color="black", linestyle="--", label="threshold")
     if mark is not None:

@@ -78,3 +78,13 @@ def test_eval_mode_restores_each_modules_own_mode():
     with eval_mode(model):
         assert not any(module.training for module in model.modules())
     assert model.training and model[0].training and not model[1].training
+
+
+def test_half_precision_logits_at_a_small_temperature_do_not_overflow():
+    """logits / T in float16 overflowed to inf at T = 1e-3 (energy -inf or +inf where the limit is -max logit)."""
+    from robgen.energy import energy
+
+    for row, expected in (([70.0, 3.0], -70.0), ([-70.0, -80.0], 70.0), ([20.0, 3.0, -5.0], -20.0)):
+        for dtype in (torch.float16, torch.bfloat16):
+            value = energy(torch.tensor([row], dtype=dtype), temperature=1e-3, check=False)
+            assert value.dtype == torch.float32 and float(value) == pytest.approx(expected, abs=0.1), (row, dtype)

@@ -134,3 +134,13 @@ def test_a_threshold_that_flags_nothing_flags_nothing_at_any_energy_scale():
     for clean in ([2.0 ** 57, 2.0 ** 58], [-1.0, 2.0], [2.0 ** 100, 2.0 ** 101]):  # floats of both precisions
         threshold = choose_threshold(clean, [3 * max(clean)], "fpr", 0.0)
         assert threshold < min(clean), clean
+
+
+def test_energies_given_as_lists_keep_float64_precision():
+    """A list went through float32 before float64: energies 1e-7 apart became equal (AUROC 0.5, not 1)."""
+    from robgen.metrics import auroc, choose_threshold
+
+    clean, adversarial = [-10.0000001, -10.0000002], [-10.0000003, -10.0000004]
+    assert auroc(clean, adversarial) == 1.0 == auroc(torch.tensor(clean, dtype=torch.float64),
+                                                     torch.tensor(adversarial, dtype=torch.float64))
+    assert choose_threshold(clean, adversarial, "youden") == pytest.approx(-10.0000003, abs=1e-9)

@@ -1,0 +1,23 @@
+import math
+
+import torch
+
+from robgen.plots import energy_histogram_figure
+
+
+def bars(figure):
+    return [patch for patch in figure.axes[0].patches if patch.get_height() > 0]
+
+
+def test_the_energy_histogram_draws_the_finite_energies_and_says_how_many_it_left_out():
+    """One NaN or inf energy made the bins NaN (an empty plot); all-equal energies made bins of width 0."""
+    clean = torch.linspace(-12, -8, 100)
+    adversarial = torch.linspace(-20, -15, 100)
+    plain = energy_histogram_figure(clean, adversarial, "calibration set")
+    broken = energy_histogram_figure(torch.cat([clean, torch.tensor([math.nan])]),
+                                     torch.cat([adversarial, torch.tensor([-math.inf])]), "calibration set")
+    assert len(bars(broken)) == len(bars(plain)) > 20
+    assert broken.axes[0].get_title() == "calibration set (2 NaN or infinite energies not drawn)"
+    flat = energy_histogram_figure(torch.full((10,), -5.0), torch.full((10,), -5.0), threshold=-5.0)
+    (left, right) = flat.axes[0].get_xlim()
+    assert right - left > 0.5 and all(patch.get_width() > 0 for patch in bars(flat))
