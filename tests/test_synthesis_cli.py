@@ -133,3 +133,26 @@ def test_fit_detector_stores_the_detector_and_its_calibration_energies(tmp_path,
     assert calibration["n_test"] == 20 and "detection_rate" in calibration["test"]
     assert min(calibration["clean_energy"]) <= detector.threshold <= max(calibration["clean_energy"] + calibration["adversarial_energy"])
     assert main(arguments) == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_fit_detector_takes_the_false_positive_budget_of_rule_fpr(tmp_path, toy_data):
+    """`fit-detector --rule fpr` fitted at 5% whatever was wanted (it had no --target-fpr): a larger budget now
+    records itself and lifts the threshold over more of the clean validation energies (stored rounded to 4
+    decimals for the histogram, hence the margin)."""
+    from robgen.experiments.calibration import load_shipped_detector
+
+    model = tiny_model(num_classes=4)
+    model.spec.class_labels = ["class0", "class1", "class2", "class3"]
+    model.spec.input_size = (3, 16, 16)
+    folder = robgen.save_checkpoint(model, tmp_path / "toy-model")
+    thresholds = {}
+    for budget in (0.05, 0.3):
+        arguments = ["fit-detector", "--model", str(folder), "--data", str(toy_data), "--val-size", "40", "--limit",
+                     "20", "--steps", "2", "--device", "cpu", "--rule", "fpr", "--target-fpr", str(budget),
+                     "--temperature", "1", "--overwrite"]
+        assert main(arguments) == 0
+        detector = load_shipped_detector(robgen.load_model(folder))
+        flagged = sum(energy < detector.threshold - 1e-4 for energy in detector.calibration["clean_energy"])
+        assert detector.target_fpr == budget and flagged <= budget * 20, budget
+        thresholds[budget] = detector.threshold
+    assert thresholds[0.3] > thresholds[0.05], "the larger budget is used, not 5%"

@@ -25,7 +25,6 @@ def add_parsers(commands) -> None:
     add_attack_arguments(detect, steps=40)
     add_data_arguments(detect)
     add_protocol_arguments(detect)
-    detect.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
     detect.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     detect.add_argument("--limit", type=int, help="use the first N images of the validation and test splits")
@@ -57,6 +56,7 @@ def add_protocol_arguments(parser) -> None:
                         help="energy temperature, or 'search' (by validation AUROC over --temperatures; the default)")
     parser.add_argument("--temperatures", type=parse_grid, default=TEMPERATURES,
                         help="the grid searched (default the official 0.1,0.2,0.5,1,2,10,20)")
+    parser.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
 
 
 def parse_grid(text: str) -> tuple:
@@ -124,7 +124,7 @@ def command_fit_detector(args) -> int:
         detector = calibrate_detector(model, args.data, attack, n=args.limit, rule=args.rule, temperature=temperature,
                                       temperatures=args.temperatures, val_size=args.val_size,
                                       data_root=args.data_root, download=args.download, batch_size=args.batch_size,
-                                      seed=args.seed)
+                                      seed=args.seed, target_fpr=args.target_fpr)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     detector.save(path)

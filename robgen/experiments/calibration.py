@@ -27,17 +27,18 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
                        temperature: Union[float, str] = "search", temperatures: Sequence[float] = TEMPERATURES,
                        val_size: Optional[int] = None,
                        data_root: Optional[str] = None, download: bool = False, batch_size: int = 250,
-                       progress=True, seed: int = 0) -> EnergyDetector:
+                       progress=True, seed: int = 0, target_fpr: float = 0.05) -> EnergyDetector:
     """Fit on the first `n` images of the seeded validation split; evaluate on the first `n` test images.
 
     The defaults are the official protocol: Youden's J, temperature searched over the official grid.
+    `target_fpr`: the false-positive budget of rule "fpr".
     """
     splits = detection_splits(model, dataset_name, val_size=val_size, limit=n, seed=seed, data_root=data_root,
                               download=download)
     if splits.classes != list(model.spec.class_labels):
         raise ValueError(f"{dataset_name}'s classes are not the model's {model.spec.class_labels}")
     result = detection_experiment(model, splits, attack, rule=rule, temperature=temperature,
-                                  temperatures=temperatures, batch_size=batch_size,
+                                  temperatures=temperatures, target_fpr=target_fpr, batch_size=batch_size,
                                   progress=progress)
     detector = result.detector
     val_clean = result.clean["validation"]
