@@ -160,23 +160,37 @@ def load_dataset(
 
 
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val"), "val": ("val", "test")}
+SPLIT_NAMES = {"train", "test", "val"}
+
+
+def split_layout(folder: Path) -> bool:
+    """Whether an image-folder root holds split folders (train/, test/ or val/, and nothing else), not classes: a
+    folder of classes may have one called "train" (CIFAR-100 does)."""
+    names = {path.name.lower() for path in folder.iterdir() if path.is_dir()} if folder.is_dir() else set()
+    return bool(names) and names <= SPLIT_NAMES
 
 
 def split_folder(folder: Path, split: str) -> Optional[Path]:
-    """The sub-folder of an image-folder root that holds `split` (train/; test/ or val/), None where it has none."""
+    """The sub-folder of an image-folder root with split folders (`split_layout`) that holds `split` (train/;
+    test/ or val/); None for a root of class folders. A split that root lacks is an error that says so."""
+    if not split_layout(folder):
+        return None
     for name in SPLIT_FOLDERS.get(str(split).lower(), (str(split),)):
         if (folder / name).is_dir():
             return folder / name
-    return None
+    wanted = " or ".join(f"{name}/" for name in SPLIT_FOLDERS.get(str(split).lower(), (str(split),)))
+    present = ", ".join(sorted(f"{path.name}/" for path in folder.iterdir() if path.is_dir()))
+    raise FileNotFoundError(f"{folder} has {present} but no {wanted} for the {split} split: add it, or pass a folder "
+                            "of class folders (it then serves as every split)")
 
 
 def one_folder(name: Union[str, Path]) -> bool:
-    """Whether `name` is an image folder without train/ and test/ (or val/) sub-folders, which then serves as
-    every split: the callers that need disjoint splits split it themselves (`detection_splits`)."""
+    """Whether `name` is a root of class folders, without train/ and test/ (or val/) split folders: it then serves
+    as every split, and the callers that need disjoint splits split it themselves (`detection_splits`)."""
     if str(name).lower() in KNOWN:
         return False
     folder = Path(name).expanduser()
-    return folder.is_dir() and split_folder(folder, "train") is None and split_folder(folder, "test") is None
+    return folder.is_dir() and not split_layout(folder)
 
 
 def _normalise_split(key: str, split: str) -> str:

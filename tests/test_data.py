@@ -249,8 +249,24 @@ def test_an_image_folder_with_split_folders_gives_them_and_one_without_never_tes
     splits = detection_splits(model, str(single), val_size=8)
     pixels = [torch.stack([split[i][0] for i in range(len(split))]).flatten(1) for split in (splits.validation,
                                                                                               splits.test)]
-    assert (len(pixels[0]), len(pixels[1])) == (8, 12)
-    assert not (pixels[0][:, None] == pixels[1][None]).all(-1).any(), "no image both fits and tests the threshold"
+    reference = torch.stack([splits.train[i][0] for i in range(len(splits.train))]).flatten(1)
+    assert (len(pixels[0]), len(pixels[1]), len(reference)) == (8, 6, 6)
+    for one, other in ((pixels[0], pixels[1]), (pixels[0], reference), (pixels[1], reference)):
+        assert not (one[:, None] == other[None]).all(-1).any(), "no image in two of validation, test, reference"
+
+
+def test_a_class_folder_called_train_is_a_class_and_a_missing_split_folder_is_named(tmp_path):
+    """CIFAR-100 has a class "train": a folder of class folders stays one even so; a root of split folders that
+    lacks test/ (and val/) says so instead of loading train/ as the only class."""
+    from tests.conftest import make_toy_image_folder
+
+    classes = make_toy_image_folder(tmp_path / "classes", classes=2, per_class=3)
+    (classes / "class0").rename(classes / "train")
+    assert data.one_folder(classes) and data.class_names(data.load_dataset(classes, "train")) == ["class1", "train"]
+    make_toy_image_folder(tmp_path / "half" / "train", classes=2, per_class=3)
+    assert len(data.load_dataset(tmp_path / "half", "train")) == 6 and not data.one_folder(tmp_path / "half")
+    with pytest.raises(FileNotFoundError, match=r"half has train/ but no test/ or val/ for the test split"):
+        data.load_dataset(tmp_path / "half", "test")
 
 
 def test_class_folders_named_after_the_models_classes_in_another_order_are_refused():

@@ -187,9 +187,9 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
     """Validation images held out of train by a seeded split, and the test split, through the model's eval transform.
 
     `limit` keeps the first N images of each (class-balanced: the loaders
-    interleave classes). An image folder with train/ and test/ (or val/) sub-folders gives its splits; one
-    without serves as both, and its test images are then those the validation split leaves out, so that no
-    image both fits the threshold and tests it. `val_size` None: the split the model's training held out
+    interleave classes). An image folder with train/ and test/ (or val/) sub-folders gives its splits; a folder
+    of class folders serves as both, and the images its validation split leaves out are then halved into the
+    test images and the baselines' reference images (`train`), so that no image is in two of the three. `val_size` None: the split the model's training held out
     (`data.model_val_split`: its recorded size and seed; `seed` for a model not trained
     on `data`), so no validation image was trained on. A data set whose classes are not
     the model's is refused.
@@ -199,11 +199,11 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
     classes = datasets.class_names(test)
     datasets.check_model_matches(model.spec, data, classes)
     train_part, validation = datasets.model_val_split(train, model.spec, data, val_size, default_seed=seed)
-    if datasets.one_folder(data):  # one folder for every split: test on the images the validation split left out
-        test = train_part
-        logger.warning("%s has no train/ and test/ sub-folders: the threshold is fitted on its validation split and "
-                       "tested on the other %d images (if the model trained on them, its accuracy there is "
-                       "optimistic)", data, len(test))
+    if datasets.one_folder(data):  # one folder for every split: the images outside the validation split, halved
+        train_part, test = datasets.train_val_split(train_part, len(train_part) // 2, seed=seed)
+        logger.warning("%s has no train/ and test/ sub-folders: the threshold is fitted on its validation split, "
+                       "tested on half the other images (%d) and the baselines' reference statistics taken on the "
+                       "rest (if the model trained on them, its accuracy there is optimistic)", data, len(test))
     return DetectionSplits(
         str(data), datasets.first(validation, limit, "validation split"), datasets.first(test, limit, "test split"),
         train_part, classes,
