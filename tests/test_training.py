@@ -43,7 +43,9 @@ def test_quasi_mode_uses_the_small_l2_budget(toy_data):
     # a budget given explicitly is kept (it was replaced by L2 0.05 when it equalled the L-inf default 8/255)
     explicit = config(toy_data, mode="quasi", norm="linf", eps=8 / 255)
     assert (explicit.norm, explicit.eps) == ("linf", 8 / 255)
-    assert (config(toy_data, mode="quasi", eps=0.1).norm, config(toy_data, mode="pgd", eps=None).eps) == ("l2", 8 / 255)
+    # an eps alone is L-inf, as the shipped quasi-robust models were trained (--mode quasi --eps 2/255)
+    assert (config(toy_data, mode="quasi", eps=2 / 255).norm, config(toy_data, mode="pgd", eps=None).eps) == (
+        "linf", 8 / 255)
     with pytest.raises(ValueError, match="quasi mode's default budget is L2 0.05: give an linf eps"):
         config(toy_data, mode="quasi", norm="linf", eps=None)
     with pytest.raises(ValueError, match="unknown norm 'l1'"):

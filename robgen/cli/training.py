@@ -26,7 +26,8 @@ def add_parsers(commands) -> None:
                        choices=["standard", "pgd", "fast", "quasi", "reject", "trades", "weat"],
                        help="reject: train a confidence reject option; trades: TRADES; weat: energy-weighted "
                             "TRADES (robgen/training/losses.py)")
-    train.add_argument("--norm", choices=["linf", "l2"], help="threat model (default linf; quasi: l2)")
+    train.add_argument("--norm", choices=["linf", "l2"],
+                       help="threat model (default linf; quasi without --eps: l2)")
     train.add_argument("--eps", type=parse_number,
                        help="training budget (default 8/255; quasi: L2 0.05); an eps given is used in every mode")
     train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd, reject, trades, weat")

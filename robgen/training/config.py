@@ -40,7 +40,7 @@ class TrainConfig:
     width: Optional[int] = None  # for robgen's CIFAR ResNets; None = the architecture's default
     mode: str = "standard"
     # threat model for training (adversarial modes) and per-epoch evaluation. None: L-inf 8/255, or for the "quasi"
-    # mode L2 `QUASI_EPS`; a budget set explicitly is kept in every mode
+    # mode with neither set L2 `QUASI_EPS`; a budget set explicitly is kept in every mode, an eps alone is L-inf
     norm: Optional[str] = None
     eps: Optional[float] = None
     attack_steps: int = 7  # "pgd", "reject", "trades" and "weat" modes
@@ -110,8 +110,8 @@ class TrainConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}: choose from {', '.join(MODES)}")
         quasi = self.mode == "quasi"
-        if self.norm is None:
-            self.norm = QUASI_NORM if quasi else "linf"
+        if self.norm is None:  # an eps alone is L-inf, as it always was (the shipped quasi models: L-inf 2/255)
+            self.norm = QUASI_NORM if quasi and self.eps is None else "linf"
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"unknown norm {self.norm!r}: choose linf or l2")
         if self.eps is None:
