@@ -41,6 +41,7 @@ CONCURRENCY = int(os.environ.get("ROBGEN_CONCURRENCY", "2"))
 # The sliders' ranges. The handlers check them too: an API call skips the page's own checks of the image events
 # (preprocess=False, so that robgen reads every upload), and a million steps would hold a worker for hours.
 EPS_255, STEPS, STEP_SIZE_255, LAMBDA, SYNTHESIS_STEPS = (0.5, 32), (1, 100), (0.25, 8), (0, 4), (1, 200)
+SYNTHESIS_IMAGES, SYNTHESIS_STEP = (1, 16), (1e-4, 100.0)  # samples; an L2 step typed in
 COMPUTE = "compute"  # the events that run a model share one queue group: CONCURRENCY of them at once in all
 OFFERED = set()  # the model names some page built here offers; a request for any other is refused
 ENLARGED_BUTTONS = ["fullscreen"]  # a picture enlarged for display, downloaded, would be read as another image
@@ -194,9 +195,11 @@ def detect(image, model_name):
 @friendly_errors
 def synthesize(model_name, target_class, n, steps, automatic_step_size, step_size, seed, progress=gr.Progress()):
     """`automatic_step_size` (the default) takes the library's L2 step, 2.5·eps/steps, and ignores `step_size`."""
-    gallery, trace = tabs.synthesize_gallery(cached_model(need_model(model_name)), target_class, n=int(n),
+    gallery, trace = tabs.synthesize_gallery(cached_model(need_model(model_name)), target_class,
+                                             n=int(within(n, SYNTHESIS_IMAGES, "images")),
                                              steps=int(within(steps, SYNTHESIS_STEPS, "steps")),
-                                             step_size=None if automatic_step_size else step_size,
+                                             step_size=None if automatic_step_size else within(
+                                                 step_size, SYNTHESIS_STEP, "step size (L2)"),
                                              seed=seed_number(seed),
                                              progress=progress)
     return (gallery_files(gallery, "sample"),
@@ -371,11 +374,12 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                         synth_class = gr.Dropdown(synthesis_labels, value=synthesis_labels[0], label="class",
                                                   allow_custom_value=True)
                         with gr.Row():
-                            synth_n = gr.Slider(1, 16, value=8, step=1, label="images")
+                            synth_n = gr.Slider(*SYNTHESIS_IMAGES, value=8, step=1, label="images")
                             synth_steps = gr.Slider(*SYNTHESIS_STEPS, value=60, step=1, label="steps")
                         with gr.Row():
                             synth_auto = gr.Checkbox(True, label="automatic step size", info="L2 step 2.5·eps/steps")
-                            synth_step = gr.Number(0.25, minimum=1e-4, label="step size (L2)", visible=False)
+                            synth_step = gr.Number(0.25, minimum=SYNTHESIS_STEP[0], maximum=SYNTHESIS_STEP[1],
+                                                   label="step size (L2)", visible=False)
                             synth_seed = gr.Number(0, precision=0, label="seed")
                         synth_button = gr.Button("Synthesize", variant="primary")
                     with gr.Column():

@@ -570,6 +570,9 @@ def test_an_api_call_gets_the_pages_checks_of_model_and_ranges(client, tmp_path)
         client.predict(image=photo, model_name=ROBUST, target_class="dog", steps=5000, api_name="/translate")
     with pytest.raises(gradio_client.exceptions.AppError, match="unknown model"):
         client.predict(image=photo, model_name="/etc", api_name="/gradient_maps")
+    for limit in ("images must be from 1 to 16, got 10000000", "step size \\(L2\\) must be from 0.0001 to 100"):
+        with pytest.raises(gr.Error, match=limit):
+            app.synthesize(ROBUST, "horse", 10_000_000 if "images" in limit else 3, 10, "step" not in limit, -5.0, 0)
 
 
 def test_every_event_that_runs_a_model_shares_one_queue_group_of_the_concurrency_the_readme_gives():
