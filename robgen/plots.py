@@ -21,8 +21,9 @@ def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, titl
     clean, adversarial = (torch.as_tensor(side, dtype=torch.float64).flatten() for side in (clean, adversarial))
     dropped = int((~torch.isfinite(clean)).sum() + (~torch.isfinite(adversarial)).sum())
     clean, adversarial = clean[torch.isfinite(clean)], adversarial[torch.isfinite(adversarial)]  # NaN/inf: no bin
-    if len(clean) and len(adversarial):
-        values = [float(v) for v in (clean.min(), clean.max(), adversarial.min(), adversarial.max())]
+    if len(clean) or len(adversarial):
+        drawn = torch.cat([clean, adversarial])
+        values = [float(drawn.min()), float(drawn.max())]
         values += [v for v in (threshold, mark) if v is not None and v == v and abs(v) != float("inf")]
         low, high = min(values), max(values)
         if high - low < 1e-9:  # every energy equal: a window of width 1 around it, not bins of width 0

@@ -8,8 +8,9 @@ more than the images the suite broke, the excess on the suite's first attack. Th
 stage's per-image flags, which results.json does not keep; it follows from the old one exactly where only the
 first attack was credited with anything (no later attack then evaded an image the first had not): the first
 attack broke every image the suite broke, the images defended on clean inputs minus the DARA's count. Elsewhere
-the count is unknown and set to None (results.md then gives the rate alone and says why). Rewrites results.json
-and results.md in place; a file already mended is left as it is.
+the count is unknown and set to None (results.md then gives the rate alone and says why). Counts that already add
+up to the images the suite broke are right (a run made after the fix) and kept. Rewrites results.json and
+results.md in place; a file already mended is left as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def mend_row(row: dict) -> str:
     if counts is None:
         return "unknown already"
     broken = row["clean"]["accuracy"]["count"] - row["dara"]["count"]
+    if sum(counts.values()) == broken:  # right already: a run after the fix, or one no undefended image reached
+        return "right already"
     first, *later = counts
     if any(counts[name] for name in later):
         row["found_first"] = None

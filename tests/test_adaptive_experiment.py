@@ -479,6 +479,25 @@ def test_the_committed_runs_first_to_evade_counts_add_up_or_are_marked_unknown(r
         assert sum(row["found_first"].values()) == broken, (row["detector"], row["eps_label"])
 
 
+def test_the_mending_script_fixes_old_counts_where_exact_and_keeps_right_ones():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fix_found_first", REPO / "scripts" / "fix_found_first.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def row(first, later, clean_ok=414, dara=0):
+        return {"clean": {"accuracy": {"count": clean_ok}}, "dara": {"count": dara},
+                "found_first": {"k+1 pgd": first, "penalty pgd": later}}
+
+    old = row(500, 0)  # every image credited to the first attack, 86 of them never defended
+    assert script.mend_row(old) == "k+1 pgd: 500 -> 414" and old["found_first"] == {"k+1 pgd": 414, "penalty pgd": 0}
+    unknown = row(480, 7, clean_ok=352, dara=175)  # 487 > 177 broken, with a later attack credited
+    assert script.mend_row(unknown).startswith("unknown") and unknown["found_first"] is None
+    new = row(170, 7, clean_ok=352, dara=175)  # a run after the fix: 177 = the images broken
+    assert script.mend_row(new) == "right already" and new["found_first"] == {"k+1 pgd": 170, "penalty pgd": 7}
+
+
 def test_dara_by_restarts_counts_each_evasion_from_its_restart_and_flags_a_suite_still_falling():
     clean = torch.ones(20, dtype=torch.bool)
     first_run = torch.tensor([1] * 4 + [2] * 2 + [3] * 6 + [0] * 8)  # 12 images evaded: 4, 2 and 6 per restart

@@ -21,3 +21,8 @@ def test_the_energy_histogram_draws_the_finite_energies_and_says_how_many_it_lef
     flat = energy_histogram_figure(torch.full((10,), -5.0), torch.full((10,), -5.0), threshold=-5.0)
     (left, right) = flat.axes[0].get_xlim()
     assert right - left > 0.5 and all(patch.get_width() > 0 for patch in bars(flat))
+
+
+def test_one_side_without_finite_energies_still_draws_the_other():
+    figure = energy_histogram_figure(torch.linspace(-12, -8, 100), torch.full((5,), math.inf), "calibration set")
+    assert len(bars(figure)) > 20 and "(5 NaN or infinite energies not drawn)" in figure.axes[0].get_title()
