@@ -75,12 +75,13 @@ def pil_to_tensor(
     *,
     crop_pct: float = 1.0,
     interpolation: str = "bicubic",
+    frame: Optional[Tuple[int, int]] = None,
 ) -> torch.Tensor:
     """A (3, H, W) float tensor in [0, 1]; with `size`, as the model sees it (see `resize_and_crop`)."""
     check_image_size(image, what)
     image = to_rgb(image)
     if size is not None:
-        image = resize_and_crop(image, size, crop_pct=crop_pct, interpolation=interpolation)
+        image = resize_and_crop(image, size, crop_pct=crop_pct, interpolation=interpolation, frame=frame)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
@@ -94,12 +95,14 @@ def cover_size(size: Union[int, Tuple[int, int]], crop_pct: float = 1.0) -> Tupl
 
 
 def resize_and_crop(
-    image: Image.Image, size: Union[int, Tuple[int, int]], *, crop_pct: float = 1.0, interpolation: str = "bicubic"
+    image: Image.Image, size: Union[int, Tuple[int, int]], *, crop_pct: float = 1.0, interpolation: str = "bicubic",
+    frame: Optional[Tuple[int, int]] = None,
 ) -> Image.Image:
     """timm's eval transform: scale (keeping the aspect ratio) to cover size / crop_pct, then centre-crop `size`.
 
     `size` is an int (square) or (height, width). crop_pct=1 fits the short side to the crop;
-    0.875 is the ImageNet convention (short side 256, crop 224).
+    0.875 is the ImageNet convention (short side 256, crop 224). `frame` (height, width), at least `size`: crop
+    that much instead, around the same centre crop, which then sits at ((frame - size) // 2) inside it.
     """
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     scaled_height, scaled_width = cover_size(size, crop_pct)
@@ -109,6 +112,9 @@ def resize_and_crop(
     new_size = (max(scaled_width, round(image.width * scale)), max(scaled_height, round(image.height * scale)))
     image = image.resize(new_size, RESAMPLE[interpolation], reducing_gap=3.0)
     left, top = (image.width - width) // 2, (image.height - height) // 2
+    if frame is not None:
+        left, top = left - (int(frame[1]) - width) // 2, top - (int(frame[0]) - height) // 2
+        height, width = int(frame[0]), int(frame[1])
     return image.crop((left, top, left + width, top + height))
 
 
@@ -138,6 +144,7 @@ def load_image(
     *,
     crop_pct: float = 1.0,
     interpolation: str = "bicubic",
+    frame: Optional[Tuple[int, int]] = None,
 ) -> torch.Tensor:
     """Read an image file as a (3, H, W) tensor in [0, 1] (see `pil_to_tensor` and `resize_and_crop`)."""
     path = Path(path)
@@ -152,7 +159,8 @@ def load_image(
             data.watching = False
             if data.ran_out:
                 raise OSError("image file is truncated")
-            return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation)
+            return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation,
+                                 frame=frame)
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image file PIL can read (PNG, JPEG, GIF, WebP, BMP, TIFF, ...)") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
@@ -167,9 +175,11 @@ def load_model_input(path: Union[str, Path], spec) -> torch.Tensor:
 
 def load_resized(path: Union[str, Path], spec) -> torch.Tensor:
     """An image file as the model of `spec`'s eval transform resizes it, before its centre crop: a (3, H', W')
-    tensor of the cover size (input size / crop_pct; the input size itself at crop_pct 1)."""
-    return load_image(path, size=cover_size(tuple(spec.input_size[1:]), getattr(spec, "crop_pct", 1.0) or 1.0),
-                      crop_pct=1.0, interpolation=getattr(spec, "interpolation", "bicubic"))
+    tensor of the cover size (input size / crop_pct; the input size itself at crop_pct 1) around the model's
+    crop, which sits at ((cover - input size) // 2) inside it, as `framed_model_input` puts it."""
+    size = tuple(spec.input_size[1:])
+    return load_image(path, size=size, crop_pct=spec.crop_pct, interpolation=getattr(spec, "interpolation", "bicubic"),
+                      frame=cover_size(size, spec.crop_pct))
 
 
 def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -184,7 +194,7 @@ def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] =
     height, width = (int(side) for side in spec.input_size[1:])
     if x.ndim != 3 or tuple(x.shape[1:]) != (height, width):
         raise ValueError(f"expected one model input of shape (C, {height}, {width}), got {tuple(x.shape)}")
-    cover_height, cover_width = cover_size((height, width), getattr(spec, "crop_pct", 1.0) or 1.0)
+    cover_height, cover_width = cover_size((height, width), spec.crop_pct)
     top, left = (cover_height - height) // 2, (cover_width - width) // 2  # where `resize_and_crop` crops
     if surround is None:
         surround = torch.nn.functional.pad(x[None], (left, cover_width - width - left, top, cover_height - height - top),

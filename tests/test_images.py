@@ -183,17 +183,18 @@ def test_loading_leaves_pils_global_truncation_flag_alone(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("input_size, crop_pct, cover", [((3, 32, 32), 1.0, (32, 32)), ((3, 160, 160), 0.875, (182, 182)),
-                                                         ((3, 15, 21), 0.6, (25, 35))])
+                                                         ((3, 15, 21), 0.6, (25, 35)), ((3, 32, 32), 0.9, (35, 35))])
 def test_a_saved_model_input_reads_back_through_the_eval_transform_as_the_same_pixels(tmp_path, input_size, crop_pct,
                                                                                       cover):
     """Written as it is, a model input of a crop_pct < 1 model is resized again when read (another picture: the
     bug of the app's and the CLI's attack files); framed at the cover size, it reads back exactly, with the photo's
-    margin around it or, without a photo, its own edge pixels repeated. Odd margins (25 - 15, 35 - 21) included."""
+    margin around it or, without a photo, its own edge pixels repeated. Odd margins (35 - 32) included; the photo's
+    margin lines up with the model's crop (no one-pixel seam where two centre crops would round apart)."""
     from robgen.images import framed_model_input, load_resized, save_model_input
 
     spec = ModelSpec(architecture="x", num_classes=1, class_labels=["a"], input_size=input_size, crop_pct=crop_pct,
                      interpolation="bilinear")
-    photo = save(Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)),
+    photo = save(Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 72, 3), dtype=np.uint8)),
                  tmp_path / "photo.png")
     x = load_model_input(photo, spec)
     attacked = ((x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 0.02).clamp(0, 1) * 255
@@ -213,6 +214,8 @@ def test_a_saved_model_input_reads_back_through_the_eval_transform_as_the_same_p
         outside = torch.ones(cover, dtype=torch.bool)
         outside[top:top + input_size[1], left:left + input_size[2]] = False
         assert torch.equal(framed[:, outside], surround[:, outside]), "the photo's margin, as the model would crop it"
+        inner = surround[:, top:top + input_size[1], left:left + input_size[2]]
+        assert torch.equal(inner, x), "the surround's centre is the model's own crop of the photo"
     with pytest.raises(ValueError, match=r"expected one model input of shape \(C, "):
         framed_model_input(attacked[:, 1:], spec)
     with pytest.raises(ValueError, match="the surround must be the photo resized to the cover size"):
