@@ -156,3 +156,36 @@ def test_fit_detector_takes_the_false_positive_budget_of_rule_fpr(tmp_path, toy_
         assert detector.target_fpr == budget and flagged <= budget * 20, budget
         thresholds[budget] = detector.threshold
     assert thresholds[0.3] > thresholds[0.05], "the larger budget is used, not 5%"
+
+
+def test_synthesis_commands_refuse_settings_they_would_misuse_and_record_what_they_used(tmp_path, capsys):
+    """SGLD --step-size 0 ran with 1 (0 read as "not given"); --scale 0 wrote an empty grid, -2 crashed after all
+    the work; fit-seeds --resolution 0 wrote seeds no sample could use; gradmap --out NAME wrote NAME.png past
+    the overwrite check. results.json now records the settings the method used."""
+    common = ["synthesize", "--model", ROBUST, "--classes", "cat", "--n", "1", "--steps", "1"]
+    assert main(common + ["--method", "sgld", "--step-size", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "step_size must be > 0" in capsys.readouterr().err
+    for scale in ("0", "-2"):
+        assert main(common + ["--scale", scale, "--out", str(tmp_path / "b")]) == 2
+        assert "--scale must be at least 1" in capsys.readouterr().err
+    assert main(common + ["--method", "sgld", "--init", "uniform", "--out", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert (report["n"], report["step_size"], report["noise"]) == (1, 1.0, 0.01)
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "tiny")
+    assert main(["fit-seeds", "--model", str(folder), "--data", "cifar10", "--resolution", "0"]) == 2
+    assert "--resolution must be at least 1" in capsys.readouterr().err and not (folder / SEEDS_FILE).exists()
+    maps = ["gradmap", "--models", ROBUST, "--out", str(tmp_path / "maps"), str(REPO / "examples" / "chelsea.png")]
+    assert main(maps) == 0 and (tmp_path / "maps.png").is_file()
+    assert main(maps) == 2 and "maps.png exists" in capsys.readouterr().err
+
+
+def test_synthesis_refuses_seeds_of_other_classes_and_init_pixels_outside_0_1():
+    from robgen.synthesis import sgld_sample, synthesize
+
+    model = robgen.load_model(ROBUST)
+    seeds = load_seeds(model)
+    seeds.class_labels = seeds.class_labels[:4] + ["unicorn"] + seeds.class_labels[5:]
+    with pytest.raises(ValueError, match="was fitted for the classes .* not this model's"):
+        synthesize(model, "cat", 1, steps=1, seeds=seeds)
+    with pytest.raises(ValueError, match="0-255"):
+        sgld_sample(model, "cat", 1, steps=1, init=torch.full((1, 3, 32, 32), 200.0))

@@ -97,6 +97,9 @@ def command_fit_seeds(args) -> int:
     from .. import data as datasets
     from ..synthesis.seeds import SEEDS_FILE, SeedDistribution
 
+    if args.resolution < 1 or args.rank < 0:
+        raise UsageError(f"--resolution must be at least 1 and --rank at least 0, got {args.resolution} and "
+                         f"{args.rank}")
     device = pick_device("cpu")
     model = open_model(args, device)
     path = companion_output_path(args, model, SEEDS_FILE)
@@ -132,6 +135,9 @@ def command_synthesize(args) -> int:
         classes = [spec.class_index(c) for c in (args.classes or range(spec.num_classes))]
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.scale is not None and args.scale < 1:
+        raise UsageError(f"--scale must be at least 1 (times each sample is enlarged in the grid), got {args.scale}")
+    step_size = SGLD_STEP_SIZE if args.method == "sgld" and args.step_size is None else args.step_size  # 0 refused
     init = args.init
     if init not in ("gaussian", "uniform", "gray"):
         init = read_images([init], spec)
@@ -142,7 +148,7 @@ def command_synthesize(args) -> int:
         try:
             if args.method == "sgld":
                 images, trace = sgld_sample(model, index, args.n, steps=args.steps,
-                                            step_size=args.step_size or SGLD_STEP_SIZE, noise=args.noise, init=init,
+                                            step_size=step_size, noise=args.noise, init=init,
                                             generator=generator, return_trace=True)
             else:
                 images, trace = synthesize(model, index, args.n, steps=args.steps, step_size=args.step_size,
@@ -156,9 +162,11 @@ def command_synthesize(args) -> int:
     image_grid(grid, out / "grid.png", row_labels=[spec.class_labels[i] for i in classes], scale=args.scale)
     with torch.no_grad():
         probs = model(grid.flatten(0, 1).to(device)).float().softmax(1).view(len(classes), args.n, -1).cpu()
+    settings = ({"step_size": step_size, "noise": args.noise} if args.method == "sgld" else
+                {"step_size": args.step_size, "eps": args.eps, "objective": args.objective})  # None: the default
     report = {
         "model": spec.source, "method": args.method, "init": args.init, "seed": args.seed, "steps": args.steps,
-        "seconds": time.perf_counter() - started,
+        "n": args.n, **settings, "seconds": time.perf_counter() - started,
         "classes": [{"class": spec.class_labels[i], "mean_target_probability": float(probs[row, :, i].mean())}
                     for row, i in enumerate(classes)],
         "traces": traces,
@@ -175,6 +183,8 @@ def command_gradmap(args) -> int:
     from ..synthesis import input_gradient
 
     out = Path(args.out)
+    if not out.suffix:  # matplotlib would write NAME.png: check and report that file
+        out = out.with_name(out.name + ".png")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
     device = pick_device(args.device)

@@ -165,7 +165,6 @@ def synthesize(
     settings = SynthesisSettings.resolve(model, steps, step_size, eps)
     target = class_indices(model, target_class, n, device)
     start = initial_images(init, target, model, generator, device, seeds)
-    check_pixels(start, model.spec.input_size[0], name="init")
     constraint = L2Ball(settings.eps)
     if mask is not None:
         constraint = Masked(constraint, check_mask(mask, n, model.spec.input_size[1:], device))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..checks import check_pixels
 from ..engine.random import random_normal, random_uniform
 from ..files import write_atomically
 from ..models.checkpoint import companion_file
@@ -140,9 +141,15 @@ def downsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
 def load_seeds(model) -> SeedDistribution:
     """The seed distribution shipped next to the model's checkpoint, checked against its classes."""
     path = companion_file(model, SEEDS_FILE, "fit-seeds", "or use init='uniform' or 'gray'")
-    seeds = SeedDistribution.load(path)
-    if seeds.class_labels != list(model.spec.class_labels):
-        raise ValueError(f"{path} was fitted for the classes {seeds.class_labels}, not this model's")
+    return check_seeds(SeedDistribution.load(path), model, str(path))
+
+
+def check_seeds(seeds: SeedDistribution, model, what: str = "the seed distribution") -> SeedDistribution:
+    """Refuse seeds fitted for other classes than the model's (class k would start from another class's
+    Gaussian, or a class beyond them fail with an IndexError)."""
+    if list(seeds.class_labels) != list(model.spec.class_labels):
+        raise ValueError(f"{what} was fitted for the classes {list(seeds.class_labels)}, not this model's "
+                         f"({list(model.spec.class_labels)}): fit seeds for it (`python -m robgen fit-seeds`)")
     return seeds
 
 
@@ -162,9 +169,10 @@ def initial_images(init, classes: torch.Tensor, model, generator: Optional[torch
                 f"init images have shape {tuple(init.shape)}; the model needs (1 or {n}, {channels}, {height}, {width}) "
                 "(load them with robgen.load_image(path, size=model.spec.input_size[1:]))"
             )
+        check_pixels(images, channels, name="init")  # 0-255 images, say, refused for every method
         return images.clone()
     if init == "gaussian":
-        seeds = seeds if seeds is not None else load_seeds(model)
+        seeds = check_seeds(seeds, model) if seeds is not None else load_seeds(model)
         return seeds.sample(classes, (height, width), generator, device)
     if init == "uniform":
         return random_uniform((n, channels, height, width), torch.empty(0, device=device), generator)
