@@ -221,6 +221,10 @@ def test_eval_on_the_validation_split_the_models_training_held_out(tmp_path, toy
     capsys.readouterr()
     assert main(["eval", "--model", str(folder), "--data", str(toy_data), "--val-size", "10", "--steps", "0"]) == 2
     assert "give it with --split val" in capsys.readouterr().err
+    # a folder of class folders has no test split: --split test measures the images trained on too, and says so
+    assert main(["eval", "--model", str(folder), "--data", str(toy_data), "--split", "test", "--steps", "0",
+                 "--limit", "8"]) == 0
+    assert "the ones the model trained on included" in capsys.readouterr().err
 
 
 def test_numbers_may_be_fractions_of_decimals_divided_exactly():

@@ -218,6 +218,10 @@ def _eval_split(model, args):
     dataset = datasets.load_dataset(args.data, split, root=args.data_root, download=args.download, spec=model.spec)
     datasets.check_model_matches(model.spec, args.data, datasets.class_names(dataset))
     if args.split != "val":
+        if datasets.one_folder(args.data) and datasets.recorded_val_size(model.spec, args.data) is not None:
+            print(f"note: {args.data} has no test split (no train/ and test/ folders), so --split {args.split} "
+                  "measures every image in it, the ones the model trained on included; --split val measures the "
+                  "images its training held out", file=sys.stderr)
         return dataset
     return datasets.model_val_split(dataset, model.spec, args.data, args.val_size)[1]
 
