@@ -291,14 +291,19 @@ def default_val_size(data: Union[str, Path]) -> int:
 
 def same_data(recorded: Union[str, Path, None], data: Union[str, Path]) -> bool:
     """Whether a data set name a model's training recorded is `data`: a named data set in any case, a folder
-    however spelled (trailing slash, ~, relative path)."""
+    however spelled (trailing slash, ~, relative path), and a named data set's own folder under the data root
+    (`default_data_root() / "cifar10"`) as that data set."""
     if recorded is None or str(recorded) == "":
         return False
     if str(recorded).lower() == str(data).lower():
         return True
-    if str(recorded).lower() in KNOWN or str(data).lower() in KNOWN:
+    named = [str(name).lower() for name in (recorded, data) if str(name).lower() in KNOWN]
+    if len(named) == 2:
         return False
-    return Path(str(recorded)).expanduser().resolve() == Path(str(data)).expanduser().resolve()
+    folders = [Path(str(name)).expanduser().resolve() for name in (recorded, data) if str(name).lower() not in KNOWN]
+    if named:  # a named data set and a folder: the same when the folder is where that data set is read from
+        return folders[0] == (default_data_root() / named[0]).resolve()
+    return folders[0] == folders[1]
 
 
 def recorded_val_size(spec, data: Union[str, Path]) -> Optional[int]:

@@ -111,6 +111,17 @@ def test_a_bad_model_name_is_refused_before_any_row_is_measured(toy_data, four_c
                       str(toy_data), tmp_path / "ablation", limit=24, val_size=40, batch_size=12, progress=False)
 
 
+def test_two_rows_of_one_row_file_are_refused_before_any_row_is_measured(toy_data, four_class_checkpoint, tmp_path,
+                                                                         monkeypatch):
+    """"w4, crop+flip" and "w4, crop flip" both became w4__crop_flip.json: the second overwrote the first."""
+    monkeypatch.setattr(ablation, "measure_model", lambda *a, **k: pytest.fail("a row was measured first"))
+    specs = [AblationSpec("augment", "w4, crop+flip", str(four_class_checkpoint)),
+             AblationSpec("augment", "w4, crop flip", str(four_class_checkpoint))]
+    with pytest.raises(ValueError, match="would share a row file"):
+        ablation_rows(specs, str(toy_data), tmp_path / "ablation", limit=24, val_size=40, batch_size=12,
+                      progress=False)
+
+
 def test_the_command_does_not_write_over_another_commands_results(tmp_path, capsys):
     from robgen.cli import main
 

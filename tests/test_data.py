@@ -281,3 +281,20 @@ def test_class_folders_named_after_the_models_classes_in_another_order_are_refus
         data.check_model_matches(spec, "/data/nette", ["church", "dog", "tench"])
     data.check_model_matches(spec, "/data/nette", ["Tench", "Church", "French Horn"])  # the model's order
     data.check_model_matches(spec, "/data/nette", ["0_tench", "1_church", "2_french_horn"])  # cannot tell
+
+
+def test_a_named_data_sets_own_folder_is_that_data_set_for_the_recorded_split(tmp_path, monkeypatch):
+    """A model trained on "cifar10", given --data <data root>/cifar10, drew its validation split with another seed:
+    1,813 of 2,000 validation images had been trained on (found by review)."""
+    from robgen.models import ModelSpec
+
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    (tmp_path / "cifar10").mkdir()
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=10, class_labels=[f"c{i}" for i in range(10)],
+                     training={"data": {"name": "cifar10", "val_size": 7, "split_seed": 5}})
+    items = list(range(50))
+    recorded = list(data.model_val_split(items, spec, "cifar10", default_seed=1)[1])
+    for spelled in (str(tmp_path / "cifar10"), str(tmp_path / "cifar10") + "/"):
+        assert data.same_data("cifar10", spelled)
+        assert list(data.model_val_split(items, spec, spelled, default_seed=1)[1]) == recorded, spelled
+    assert not data.same_data("cifar10", str(tmp_path)) and not data.same_data("cifar10", "imagenette")

@@ -189,3 +189,12 @@ def test_synthesis_refuses_seeds_of_other_classes_and_init_pixels_outside_0_1():
         synthesize(model, "cat", 1, steps=1, seeds=seeds)
     with pytest.raises(ValueError, match="0-255"):
         sgld_sample(model, "cat", 1, steps=1, init=torch.full((1, 3, 32, 32), 200.0))
+
+
+def test_the_budget_sweep_refuses_two_models_of_one_folder_name(tmp_path, capsys):
+    """runs/A/best and runs/B/best were both "best": the second replaced the first, unmeasured and unsaid."""
+    folders = [robgen.save_checkpoint(tiny_model(seed=seed), tmp_path / run / "best") for seed, run in enumerate("AB")]
+    arguments = ["budget-sweep", "--models", *map(str, folders), "--judge", ROBUST, "--data", "cifar10",
+                 "--out", str(tmp_path / "sweep")]
+    assert main(arguments) == 2
+    assert "share the folder name best" in capsys.readouterr().err and not (tmp_path / "sweep").exists()

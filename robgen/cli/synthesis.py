@@ -233,6 +233,12 @@ def command_budget_sweep(args) -> int:
     from ..experiments.budget_sweep import budget_sweep, sweep_markdown
     from ..plots import image_grid
 
+    names = [Path(name).name for name in dict.fromkeys(args.models)]
+    judge_clash = {Path(args.judge).name} & set(names) if args.judge not in args.models else set()  # same: refused below
+    clashes = sorted({name for name in names if names.count(name) > 1} | judge_clash)
+    if clashes:  # the table names each model by its folder: two folders of one name would replace each other
+        raise UsageError(f"two of the models (the judge included) share the folder name {', '.join(clashes)}: "
+                         "copy or link them to folders of distinct names")
     device = pick_device(args.device)
     candidates = {Path(name).name: open_model(args, device, name) for name in dict.fromkeys(args.models)}
     reference = Path(args.reference).name if args.reference else next(iter(candidates))

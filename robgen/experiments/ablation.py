@@ -192,6 +192,11 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
     `<out_dir>/rows/`; returns every row there, the earlier runs' too, in file order."""
     from ..models import load_model
 
+    files = [spec.file_name for spec in specs]
+    clashes = sorted({f"{spec.factor}/{spec.label}" for spec in specs if files.count(spec.file_name) > 1})
+    if clashes:  # one row file each: two specs of one file name would overwrite each other, run after run
+        raise ValueError(f"the rows {', '.join(clashes)} would share a row file ({', '.join(sorted(set(files)))}): "
+                         "give them labels that differ in a letter or digit")
     models = [load_model(spec.model, device=device) for spec in specs]  # every name loads before any measuring
     folder = Path(out_dir) / ROWS
     folder.mkdir(parents=True, exist_ok=True)
