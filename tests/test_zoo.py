@@ -264,3 +264,24 @@ def test_zoo_settings_are_refused_before_any_attack_runs(toy_data, tmp_path, mon
     with pytest.raises(UsageError, match=says):
         args.run(args)
     assert not (tmp_path / "zoo").exists()
+
+
+def test_cw_leaves_an_image_it_did_not_attack_exactly_as_it_was(model):
+    """On images the model already gets wrong, torchattacks' CW returned tanh(atanh(2x - 1)), 6e-8 off: counted as
+    perturbed, they reached the adversarial side of the refitted detector."""
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 4
+    adversarial = zoo_attack("CW-L2", model, THREAT, torch.Generator().manual_seed(0))(x, wrong)
+    assert torch.equal(adversarial, x)
+
+
+def test_fab_on_a_float64_model_is_refused_with_the_reason_and_the_others_attack_it(own_predictions):
+    double = fragile_model().double()
+    x, y = own_predictions
+    for name in ("FAB-L2", "AutoAttack"):
+        with pytest.raises(ValueError, match="builds float32 tensors inside .* attack a float32 copy"):
+            zoo_attack(name, double, THREAT, torch.Generator().manual_seed(0))
+    adversarial = zoo_attack("DeepFool", double, THREAT, torch.Generator().manual_seed(0))(x, y)
+    with torch.no_grad():
+        assert bool((double(adversarial.double()).argmax(1) != y).any())

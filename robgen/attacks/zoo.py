@@ -45,12 +45,15 @@ import torch.nn.functional as F
 from ..checks import check_positive, check_steps
 from ..engine import make_constraint, random_seed
 from ..engine.random import generator_device, seeded_global_rng
+from ..models.state import model_dtype
 from .apgd import APGD
 from .base import Attack
 from .hepgd import HighEnergyPGD
 from .pgd import FGSM, PGD
 
 _TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
+FLOAT32_ONLY = ("FAB", "AutoAttack")  # FAB (AutoAttack's FAB-T too) fails on float64 gradients
+ROUNDING = 1e-6  # a torchattacks output this close to its input (in every pixel) is the input, round-tripped
 # the ball of the torchattacks classes that take an eps but no `norm`: asked for another, they would silently
 # attack in theirs (a minimum-norm attack, CW or DeepFool, may be projected into any ball: it has none of its own)
 _NATIVE_NORMS = {**{name: "linf" for name in ("PGD", "FGSM", "BIM", "MIFGSM", "EOTPGD", "TPGD", "RFGSM", "FFGSM",
@@ -110,6 +113,10 @@ class TorchAttacksAttack(Attack):
                              f"{self.attack_norm}: pass norm={native!r}"
                              + (", or use PGDL2 for l2" if self.attack_class.__name__ == "PGD" else ""))
         self._check_classes(model, settings)
+        if self.attack_class.__name__ in FLOAT32_ONLY and model_dtype(model) != torch.float32:
+            raise ValueError(f"torchattacks.{self.attack_class.__name__} builds float32 tensors inside (FAB's "
+                             f"projection) and fails on a {model_dtype(model)} model: attack a float32 copy "
+                             "(model.float())")
         self._takes, self.settings = takes, settings
 
     def _check_classes(self, model, settings) -> None:
@@ -149,10 +156,15 @@ class TorchAttacksAttack(Attack):
                 atk = self.attack_class(graph, **settings)
                 if self.targeted:
                     atk.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its labels as targets
-                x_adv = atk(x, target if self.targeted else y).detach()
+                # in the model's dtype: FAB writes float64 gradients into a float32 copy of a float32 input
+                x_adv = atk(x.to(model_dtype(graph)), target if self.targeted else y).detach().to(x.dtype)
         finally:  # CW and FAB call backward(): the caller's model (unfused) keeps the gradients it had, not theirs
             for parameter, grad in kept:
                 parameter.grad = grad
+        # CW returns tanh(atanh(2x - 1)) where it changed nothing (an image already misclassified): a copy 1e-8 off,
+        # which would count as perturbed and reach the adversarial side of a fit; such rows are the clean image
+        untouched = (x_adv - x).abs().flatten(1).amax(1) <= ROUNDING
+        x_adv = torch.where(untouched.view(-1, *[1] * (x.ndim - 1)), x, x_adv)
         x_adv = self.constraint.project(x_adv, x)  # the eps-ball and [0, 1] (only [0, 1] if unbounded)
         if recorder is not None:
             self._record(recorder, self.steps, x_adv, y, target)
