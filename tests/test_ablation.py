@@ -226,3 +226,12 @@ def test_the_error_rate_figure_shows_every_row_whatever_panel_it_is_in(tmp_path,
     figure([row("a small", 0.01, 0.02), row("b large", 0.30, 0.36)], tmp_path / "ablation.png")
     (fig,) = drawn
     assert all(axis.get_ylim()[1] >= 36 for axis in fig.axes if axis.get_visible())
+
+
+def test_rows_read_back_in_the_order_of_their_numbers(tmp_path):
+    """A training-length factor e5, e10, e20 read back as e10, e20, e5 (file-name order) in results.md and the figure."""
+    rows = tmp_path / ablation.ROWS
+    rows.mkdir()
+    for label in ("e10", "e5", "e20"):
+        (rows / f"epochs--{label}.json").write_text(json.dumps({"label": label}))
+    assert [row["label"] for row in ablation.read_rows(tmp_path)] == ["e5", "e10", "e20"]

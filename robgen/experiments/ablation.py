@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -252,5 +253,10 @@ def _write(path: Path, record: dict) -> None:
 
 
 def read_rows(out_dir: Path) -> List[dict]:
-    """Every row file under `<out_dir>/rows/`, sorted by name."""
-    return [json.loads(path.read_text()) for path in sorted((Path(out_dir) / ROWS).glob("*.json"))]
+    """Every row file under `<out_dir>/rows/`, sorted by name, numbers by value (e5 before e10 and e20)."""
+    return [json.loads(path.read_text()) for path in sorted((Path(out_dir) / ROWS).glob("*.json"), key=natural_key)]
+
+
+def natural_key(path: Path) -> list:
+    """A file name as text and numbers, so that "e5" sorts before "e10"."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
