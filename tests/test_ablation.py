@@ -235,3 +235,15 @@ def test_rows_read_back_in_the_order_of_their_numbers(tmp_path):
     for label in ("e10", "e5", "e20"):
         (rows / f"epochs--{label}.json").write_text(json.dumps({"label": label}))
     assert [row["label"] for row in ablation.read_rows(tmp_path)] == ["e5", "e10", "e20"]
+
+
+def test_a_data_folder_with_a_trailing_slash_reads_the_rows_back(toy_data, four_class_checkpoint, tmp_path,
+                                                                  monkeypatch):
+    """`toy` and `toy/` are one folder: the second spelling measured every row again, and the report then refused
+    to mix the two ("data differ")."""
+    out = tmp_path / "ablation"
+    spec = AblationSpec("seed", "a", str(four_class_checkpoint))
+    first = ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
+    monkeypatch.setattr(ablation, "measure_model", lambda *a, **k: pytest.fail("measured again"))
+    again = ablation_rows([spec], str(toy_data) + "/", out, limit=24, val_size=40, batch_size=12, progress=False)
+    assert again[0]["rows"] == first[0]["rows"]
