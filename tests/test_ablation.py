@@ -208,6 +208,16 @@ def test_a_run_measured_at_several_epochs_becomes_a_curve(tmp_path):
     paths = write_report(records, tmp_path)
     assert (tmp_path / "ablation_epochs.png") in paths and (tmp_path / "ablation_epochs.png").stat().st_size > 0
     assert training_curves(flat_rows(records[2:])) == []  # each recipe once: no curve
+    # two runs of one recipe (snapshots of two run folders) are two lines, and a model measured twice counts once:
+    # the committed w32 line had two points at epoch 10, from the GPU run and from a CPU run
+    for item, source in zip(records[:2], ("runs/gpu/epochs/epoch-020", "runs/gpu/epochs/epoch-010")):
+        item["model"]["source"] = source
+    cpu = record("schedule", "cpu e10", 32, 10, 1e-3)
+    cpu["model"]["source"] = "runs/cpu/epochs/epoch-010"
+    twice = record("seed", "seed 0", 32, 20, 1e-3)
+    twice["model"]["source"] = "runs/gpu/epochs/epoch-020"
+    curves = training_curves(flat_rows(records[:2] + [cpu, twice]))
+    assert [[row["model"]["epochs_done"] for row in rows] for _, rows in curves] == [[10, 20]]
 
 
 def test_the_error_rate_figure_shows_every_row_whatever_panel_it_is_in(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -162,15 +163,21 @@ def figure(rows: List[dict], path: Path) -> Path:
 def training_curves(rows: List[dict]) -> List[Tuple[str, List[dict]]]:
     """The runs measured at two or more epochs: (a name for the recipe, its model rows sorted by epoch).
 
-    Rows belong to one run when their width and recorded recipe agree (the epoch aside); pixel rows and rows
-    without a paper-FPR reading are left out. Ordered as the recipes first appear.
+    Rows belong to one run when their width and recorded recipe agree (the epoch aside) and their checkpoints
+    are snapshots of one run folder (`<run>/epochs/epoch-NNN`, `<run>/best`: two runs of one recipe, on two
+    machines, are two lines); a model measured as two rows counts once. Pixel rows and rows without a paper-FPR
+    reading are left out. Ordered as the recipes first appear.
     """
     groups: Dict[str, List[dict]] = {}
     for row in rows:
         model = row["model"]
         if row.get("pixels") or not row.get("at_paper_fpr") or model.get("epochs_done") is None:
             continue
-        key = json.dumps({"width": model.get("width"), "recipe": model.get("recipe", {})}, sort_keys=True)
+        run = re.sub(r"/(epochs/epoch-\d+|best)/?$", "", str(model.get("source", "")))
+        key = json.dumps({"width": model.get("width"), "recipe": model.get("recipe", {}), "run": run},
+                         sort_keys=True)
+        if model.get("source") and any(kept["model"].get("source") == model["source"] for kept in groups.get(key, [])):
+            continue
         groups.setdefault(key, []).append(row)
     curves = []
     for group in groups.values():
