@@ -161,9 +161,9 @@ def gallery_files(items, name: str):
 @gpu
 @friendly_errors
 def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target, seed, progress=gr.Progress()):
-    model = cached_model(need_model(model_name))
     eps_255, steps = within(eps_255, EPS_255, "eps (/255)"), within(steps, STEPS, "steps")
     step_size_255, lam = within(step_size_255, STEP_SIZE_255, "step size (/255)"), within(lam, LAMBDA, "λ")
+    model = cached_model(need_model(model_name))  # loaded once the numbers are known to be good
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
                                step_size=step_size_255 / 255, lam=lam, target=target or None, seed=seed_number(seed),
                                progress=progress)

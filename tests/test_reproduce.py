@@ -114,19 +114,17 @@ def test_bad_input_is_refused(cifar_root, tmp_path, capsys):
     (tmp_path / "c" / "results.json").write_text("{}")
     assert main(args + ["--limit", "5", "--out", str(tmp_path / "c")]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(args + ["--hepgd-steps", "10,x", "--out", str(tmp_path / "d")]) == 2
-    assert "--hepgd-steps takes whole numbers" in capsys.readouterr().err
-    assert main(args + ["--lambdas", "0,-1", "--out", str(tmp_path / "e")]) == 2
-    assert "each a finite number >= 0" in capsys.readouterr().err
-    assert main(args + ["--lambdas", "0,x", "--out", str(tmp_path / "f")]) == 2
-    assert "--lambdas takes numbers separated by commas" in capsys.readouterr().err
-    # refused before any attack (these failed after all of them)
-    assert main(args + ["--reference-size", "20", "--out", str(tmp_path / "g")]) == 2
-    assert "reference_size and lid_reference must exceed 20" in capsys.readouterr().err
-    assert main(args + ["--lam", "inf", "--out", str(tmp_path / "h")]) == 2
-    assert "lam must be a finite number >= 0" in capsys.readouterr().err
-    assert main(args + ["--limit", "0", "--out", str(tmp_path / "i")]) == 2
-    assert "--limit must be >= 1 (the first N test images), got 0" in capsys.readouterr().err
+    refused = {  # out folder: (arguments, what the message says); g-i were refused after every attack had run
+        "d": (["--hepgd-steps", "10,x"], "--hepgd-steps takes whole numbers"),
+        "e": (["--lambdas", "0,-1"], "each a finite number >= 0"),
+        "f": (["--lambdas", "0,x"], "--lambdas takes numbers separated by commas"),
+        "g": (["--reference-size", "20"], "reference_size and lid_reference must exceed 20"),
+        "h": (["--lam", "inf"], "lam must be a finite number >= 0"),
+        "i": (["--limit", "0"], "--limit must be >= 1 (the first N test images), got 0"),
+    }
+    for name, (arguments, says) in refused.items():
+        assert main(args + arguments + ["--out", str(tmp_path / name)]) == 2, name
+        assert says in capsys.readouterr().err, name
     assert not any((tmp_path / name).exists() for name in "ghi")
 
 

@@ -147,12 +147,13 @@ class AttackResult:
         clean_label, clean_p = next(iter(self.top_clean.items()))
         adv_label, adv_p = next(iter(self.top_adversarial.items()))
         delta = (self.adversarial - self.clean).flatten()
+        outcome = self.outcome()
         return (
             f"{self.attack}: **{clean_label}** ({clean_p:.1%}) → **{adv_label}** ({adv_p:.1%}). "
             f"Energy E(x) {self.energy_clean:.2f} → {self.energy_adversarial:.2f} "
             f"({'lower: looks *more* likely to the model' if self.energy_adversarial < self.energy_clean else 'higher'}). "
             f"Change: L∞ {float(delta.abs().max()) * 255:.1f}/255, L2 {float(delta.norm()):.3f}."
-        ) + (f" {self.outcome()}" if self.outcome() and not self.verdict else "") + (
+        ) + (f" {outcome}" if outcome and not self.verdict else "") + (
             f"\n\n{self.verdict}" if self.verdict else "") + (f"\n\n*{self.note}*" if self.note else "")
 
 
@@ -182,12 +183,12 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
         clean=outcome.clean, adversarial=outcome.adversarial, top_clean=outcome.top(0, adversarial=False),
         top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
         energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=repr(attacker),
-        note=upsampling_note(model, image), framed=framed(model, image, outcome.adversarial[0]),
+        note=upsampling_note(model, image), framed=framed_for_file(model, image, outcome.adversarial[0]),
         target=model.spec.class_labels[target_index] if target_index is not None else "",
     )
 
 
-def framed(model, image: ImageInput, adversarial: torch.Tensor) -> torch.Tensor:
+def framed_for_file(model, image: ImageInput, adversarial: torch.Tensor) -> torch.Tensor:
     """`adversarial` (C, H, W) as a file should hold it (`framed_model_input`), framed by the uploaded photo."""
     surround = None if isinstance(image, torch.Tensor) else load_resized(image, model.spec)
     return framed_model_input(adversarial.cpu(), model.spec, surround)
@@ -230,7 +231,7 @@ def evade_shipped_detector(model, image: ImageInput, x: torch.Tensor, eps: float
         top_adversarial=outcome.top(0), energy_clean=float(outcome.clean_energy[0]),
         energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=outcome.attack,
         note=upsampling_note(model, image), verdict=verdict, threshold=outcome.threshold,
-        framed=framed(model, image, outcome.adversarial[0]),
+        framed=framed_for_file(model, image, outcome.adversarial[0]),
     )
 
 
