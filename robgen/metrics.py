@@ -30,6 +30,9 @@ def _as_1d(values, name: str) -> torch.Tensor:
     # a list or array is read as float64 at once (torch would make float32 of a list, rounding close energies
     # together); a tensor keeps its values, cast up
     t = (values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=torch.float64))
+    if sum(size > 1 for size in t.shape) > 1:
+        raise ValueError(f"{name} must be energies of shape (N,), got shape {tuple(t.shape)}: for (N, K) logits "
+                         "pass robgen.energy(logits)")
     t = t.to("cpu", torch.float64).flatten()
     if t.numel() == 0:
         raise ValueError(f"{name} is empty: need at least one energy")
@@ -49,15 +52,21 @@ def auroc(clean_energy, adv_energy) -> float:
     return float((clean_above.double() + 0.5 * ties.double()).sum() / (clean.numel() * adv.numel()))
 
 
-def roc_curve(clean_energy, adv_energy) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(thresholds, tpr, fpr) for every distinct threshold, ascending; the first flags nothing."""
+def _roc_counts(clean_energy, adv_energy) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """(thresholds, adversarial flagged, clean flagged, n_adversarial, n_clean): exact counts per threshold."""
     clean = torch.sort(_as_1d(clean_energy, "clean_energy")).values
     adv = torch.sort(_as_1d(adv_energy, "adv_energy")).values
     candidates = torch.unique(torch.cat([clean, adv]))
     thresholds = torch.cat([candidates.new_tensor([-math.inf]), candidates])
-    tpr = torch.searchsorted(adv, thresholds, right=True).double() / adv.numel()
-    fpr = torch.searchsorted(clean, thresholds, right=True).double() / clean.numel()
-    return thresholds, tpr, fpr
+    flagged_adv = torch.searchsorted(adv, thresholds, right=True)
+    flagged_clean = torch.searchsorted(clean, thresholds, right=True)
+    return thresholds, flagged_adv, flagged_clean, adv.numel(), clean.numel()
+
+
+def roc_curve(clean_energy, adv_energy) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(thresholds, tpr, fpr) for every distinct threshold, ascending; the first flags nothing."""
+    thresholds, flagged_adv, flagged_clean, n_adv, n_clean = _roc_counts(clean_energy, adv_energy)
+    return thresholds, flagged_adv.double() / n_adv, flagged_clean.double() / n_clean
 
 
 def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: float = 0.05) -> float:
@@ -76,17 +85,19 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     it, the threshold flags nothing.
     A threshold that flags nothing is returned as 1 below the lowest energy.
     """
-    thresholds, tpr, fpr = roc_curve(clean_energy, adv_energy)
+    thresholds, a, c, n_a, n_c = _roc_counts(clean_energy, adv_energy)  # TPR = a / n_a, FPR = c / n_c
     if rule == "fpr":
         if not 0 <= target_fpr < 1:
             raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
-        allowed = fpr <= target_fpr + 1e-12  # a prefix (FPR is non-decreasing); thresholds[0] = -inf always in it
+        allowed = c.double() / n_c <= target_fpr + 1e-12  # a prefix (FPR non-decreasing); thresholds[0] = -inf in it
         best = int(allowed.sum()) - 1  # its last entry = the highest threshold within the budget
     else:
+        # Each score scaled to whole numbers, so that tied rates tie exactly (in floats 0.3 - 0.1 < 0.4 - 0.2):
+        # gmean^2 * n_a * n_c = a * (n_c - c), Youden's J * n_a * n_c = a * n_c - c * n_a.
         if rule == "gmean":
-            score = torch.sqrt(tpr * (1 - fpr))
+            score = a * (n_c - c)
         elif rule == "youden":
-            score = tpr - fpr
+            score = a * n_c - c * n_a
         else:
             raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
         best = int(torch.argmax(score))  # first maximum = lowest threshold

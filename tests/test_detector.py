@@ -119,3 +119,26 @@ def test_bad_use_is_explained():
         EnergyDetector().predict(torch.zeros(3))
     with pytest.raises(ValueError, match="empty"):
         EnergyDetector().fit(torch.zeros(0), torch.zeros(3))
+    with pytest.raises(ValueError, match="finite number > 0"):
+        EnergyDetector(temperature=math.inf)
+    with pytest.raises(ValueError, match="finite numbers > 0"):
+        EnergyDetector(temperature="search", temperatures=(1.0, math.inf))
+
+
+def test_non_finite_energies_are_refused_not_called_natural():
+    """NaN <= t is False: a NaN energy passed as (N,) energies came out 'not adversarial'."""
+    detector = EnergyDetector("youden").fit(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-3.0, -2.0, -1.0]))
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            detector.predict(torch.tensor([bad, -5.0]))
+    assert detector.predict(torch.tensor([-5.0, 5.0])).tolist() == [True, False]
+
+
+def test_energies_given_as_lists_keep_float64_precision_in_the_detector():
+    clean, adversarial = [-10.000001, -10.000002, -10.000003], [-10.0000015, -10.0000025, -10.0000035]
+    as_list = EnergyDetector("youden").fit(clean, adversarial)
+    as_tensor = EnergyDetector("youden").fit(torch.tensor(clean, dtype=torch.float64),
+                                             torch.tensor(adversarial, dtype=torch.float64))
+    assert as_list.threshold == as_tensor.threshold == choose_threshold(clean, adversarial, "youden")
+    assert as_list.validation["auroc"] == auroc(clean, adversarial)
+    assert as_list.predict(adversarial).tolist() == as_tensor.predict(torch.tensor(adversarial, dtype=torch.float64)).tolist()

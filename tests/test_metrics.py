@@ -144,3 +144,26 @@ def test_energies_given_as_lists_keep_float64_precision():
     assert auroc(clean, adversarial) == 1.0 == auroc(torch.tensor(clean, dtype=torch.float64),
                                                      torch.tensor(adversarial, dtype=torch.float64))
     assert choose_threshold(clean, adversarial, "youden") == pytest.approx(-10.0000003, abs=1e-9)
+
+
+@pytest.mark.parametrize("rule, labels, lowest_best", [
+    # ascending energies 0, 1, ... labelled A (adversarial) or C (clean).
+    # Youden: J = 0.2 at thresholds 3 (0.3 - 0.1), 5 (0.4 - 0.2) and 7, which floats order 0.19999999999999998 < 0.2
+    ("youden", "ACAACACA" + "C" * 7 + "A" * 5, 3.0),
+    # G-mean: TPR * (1 - FPR) = 1/3 * 1 = 3/3 * 1/3 at thresholds 0 and 4, whose square roots differ in the last bit
+    ("gmean", "ACCAAC", 0.0),
+])
+def test_tied_scores_go_to_the_lowest_threshold_exactly(rule, labels, lowest_best):
+    energies = torch.arange(len(labels), dtype=torch.float64)
+    adversarial = energies[[i for i, label in enumerate(labels) if label == "A"]]
+    clean = energies[[i for i, label in enumerate(labels) if label == "C"]]
+    assert choose_threshold(clean, adversarial, rule) == lowest_best
+
+
+def test_energies_of_another_shape_are_refused_not_flattened():
+    logits = torch.randn(5, 10, generator=torch.Generator().manual_seed(0))
+    for call in (lambda: auroc(logits, logits + 1), lambda: choose_threshold(logits, logits - 1, "youden"),
+                 lambda: detection_metrics(logits, logits, 0.0, n_boot=0)):
+        with pytest.raises(ValueError, match=r"energies of shape \(N,\), got shape \(5, 10\)"):
+            call()
+    assert auroc(torch.zeros(3, 1), torch.ones(1, 3)) == 0.0  # a column or a row of energies is still energies

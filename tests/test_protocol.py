@@ -28,7 +28,7 @@ def test_ties_keep_the_first_temperature_of_the_grid():
 
 @pytest.mark.parametrize("grid", [(), (0.1, 0.0), (1.0, -2.0)])
 def test_a_grid_with_a_non_positive_temperature_is_refused(grid):
-    with pytest.raises(ValueError, match="temperature grid must hold numbers > 0"):
+    with pytest.raises(ValueError, match="temperature grid must hold finite numbers > 0"):
         EnergyDetector(temperature="search", temperatures=grid)
 
 
@@ -48,5 +48,5 @@ def test_the_cli_refuses_a_non_positive_grid_before_loading_anything(tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         main(["detect", "--model", "nope", "--data", "cifar10", "--temperatures", "0.5,0", "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
-    assert "temperatures must be numbers > 0" in capsys.readouterr().err
+    assert "temperatures must be finite numbers > 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

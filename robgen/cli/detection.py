@@ -5,6 +5,7 @@ with the model, with its calibration energies).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -67,8 +68,8 @@ def parse_grid(text: str) -> tuple:
         grid = tuple(float(part) for part in str(text).split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r} (write e.g. 0.1,0.5,1,2)") from None
-    if not grid or any(not t > 0 for t in grid):
-        raise argparse.ArgumentTypeError(f"temperatures must be numbers > 0, got {text!r}")
+    if not grid or any(not 0 < t < math.inf for t in grid):
+        raise argparse.ArgumentTypeError(f"temperatures must be finite numbers > 0, got {text!r}")
     return grid
 
 
@@ -82,10 +83,23 @@ def parse_temperature(text: str):
         raise UsageError(f"--temperature must be a number or 'search', got {text!r}") from None
 
 
+def checked_protocol(args):
+    """The temperature of --temperature, once the detector's settings (--rule, --temperature, --temperatures,
+    --target-fpr) are known to be valid: refused here, not after both splits have been attacked."""
+    from ..detection import EnergyDetector
+
+    temperature = parse_temperature(args.temperature)
+    try:
+        EnergyDetector(args.rule, temperature, args.target_fpr, args.temperatures)
+    except ValueError as error:
+        raise UsageError(str(error).replace("target_fpr", "--target-fpr")) from None
+    return temperature
+
+
 def command_detect(args) -> int:
     from ..experiments.pipeline import detection_experiment, detection_splits
 
-    temperature = parse_temperature(args.temperature)
+    temperature = checked_protocol(args)
     device = pick_device(args.device)
     model = open_model(args, device)
     try:
@@ -115,7 +129,7 @@ def command_detect(args) -> int:
 def command_fit_detector(args) -> int:
     from ..experiments.calibration import DETECTOR_FILE, calibrate_detector
 
-    temperature = parse_temperature(args.temperature)
+    temperature = checked_protocol(args)
     device = pick_device(args.device)
     model = open_model(args, device)
     path = companion_output_path(args, model, DETECTOR_FILE)

@@ -19,6 +19,7 @@ as if they were T energies.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
@@ -59,14 +60,16 @@ class EnergyDetector:
         self.search_temperature = temperature == "search"
         if not self.search_temperature:
             temperature = float(temperature)
-            if not temperature > 0:
-                raise ValueError(f"temperature must be > 0 or 'search', got {temperature}")
+            if not 0 < temperature < math.inf:
+                raise ValueError(f"temperature must be a finite number > 0 or 'search', got {temperature}")
         self.rule = rule
         self.temperature = 1.0 if self.search_temperature else temperature
         self.target_fpr = float(target_fpr)
+        if not 0 <= self.target_fpr < 1:
+            raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
         self.temperatures = tuple(float(t) for t in temperatures)
-        if not self.temperatures or any(not t > 0 for t in self.temperatures):
-            raise ValueError(f"the temperature grid must hold numbers > 0, got {list(temperatures)}")
+        if not self.temperatures or any(not 0 < t < math.inf for t in self.temperatures):
+            raise ValueError(f"the temperature grid must hold finite numbers > 0, got {list(temperatures)}")
         self.threshold: Optional[float] = None
         self.validation: Dict[str, object] = {}
         # Optional record of how it was fitted (see robgen.experiments.calibration): the attack, the data and the
@@ -75,7 +78,7 @@ class EnergyDetector:
 
     def energies(self, scores: torch.Tensor) -> torch.Tensor:
         """E(x) at the detector's temperature: `scores` are logits (2-D), or energies at T = 1 (1-D)."""
-        scores = torch.as_tensor(scores)
+        scores = _as_tensor(scores)
         if scores.ndim == 2:
             return free_energy(scores.double(), self.temperature)
         if scores.ndim == 1:
@@ -85,13 +88,15 @@ class EnergyDetector:
                     f"robgen.energy computes at T = 1 unless told otherwise: pass the logits (N, K) instead, so that "
                     f"it computes E(x) at T = {self.temperature:g} itself"
                 )
+            if not bool(torch.isfinite(scores).all()):
+                raise ValueError("energies contain NaN or infinite values")
             return scores.double()
         raise ValueError(f"expected energies (N,) or logits (N, K), got shape {tuple(scores.shape)}")
 
     def fit(self, clean: torch.Tensor, adversarial: torch.Tensor) -> "EnergyDetector":
         """Choose the temperature (if searching) and the threshold on validation data."""
         if self.search_temperature:
-            clean, adversarial = torch.as_tensor(clean), torch.as_tensor(adversarial)
+            clean, adversarial = _as_tensor(clean), _as_tensor(adversarial)
             if clean.ndim != 2 or adversarial.ndim != 2:
                 raise ValueError("temperature='search' needs logits of shape (N, K) for fit, not energies")
             table = {t: auroc(free_energy(clean.double(), t), free_energy(adversarial.double(), t)) for t in self.temperatures}
@@ -151,3 +156,9 @@ class EnergyDetector:
     def __repr__(self) -> str:
         threshold = "unfitted" if self.threshold is None else f"{self.threshold:.4f}"
         return f"EnergyDetector(rule={self.rule!r}, temperature={self.temperature:g}, threshold={threshold})"
+
+
+def _as_tensor(scores) -> torch.Tensor:
+    """A tensor as it is; a list or array read as float64 (torch would round a list to float32, merging energies
+    closer than its precision, as robgen.metrics does not)."""
+    return scores if isinstance(scores, torch.Tensor) else torch.as_tensor(scores, dtype=torch.float64)
