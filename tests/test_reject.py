@@ -132,6 +132,19 @@ def test_the_fingerprint_tells_weights_apart():
     assert model_fingerprint(model) != model_fingerprint(tiny_model(seed=1))
 
 
+def test_the_fingerprint_tells_shapes_apart():
+    """Two networks with the same tensor names and bytes, kernels (1, 3) and (3, 1): other functions, so other
+    fingerprints (the shape was once recorded after flattening)."""
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 4, (1, 3)), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+    tall = torch.nn.Sequential(torch.nn.Conv2d(3, 4, (3, 1)), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+    with torch.no_grad():
+        tall[0].weight.copy_(wide[0].weight.reshape(4, 3, 3, 1))
+        tall[0].bias.copy_(wide[0].bias)
+        tall[2].load_state_dict(wide[2].state_dict())
+    assert model_fingerprint(wide) != model_fingerprint(tall)
+
+
 def images(n, seed):
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 

@@ -23,9 +23,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     read by `load_checkpoint`, which keeps them, or by `load_model`, which zeroes them, is the same model."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        shape = tuple(tensor.shape)  # before flattening: a (4, 3, 1, 3) and a (4, 3, 3, 1) kernel are other models
         tensor = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN counters) too
         if tensor.dtype in FLOAT_BITS:
             tensor = tensor.masked_fill(subnormal_mask(tensor), 0.0)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(f"{name}:{shape}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
