@@ -356,6 +356,22 @@ def test_the_library_refuses_a_model_without_a_validation_split(unrecorded, toy_
         adaptive_module.adaptive_evaluation(robgen.load_model(unrecorded), str(toy_data), limit=4, steps=1)
 
 
+def test_the_validation_split_is_found_however_the_data_folder_is_spelled(tmp_path, monkeypatch):
+    """A trailing slash (tab completion), a relative path: the same data as the recorded folder, as `detect` reads
+    it; the adaptive command compared the strings and refused them."""
+    from robgen.models import ModelSpec
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    spec = ModelSpec(architecture="tiny", num_classes=2, class_labels=["a", "b"], input_size=(3, 4, 4),
+                     training={"data": {"name": str(folder), "val_size": 8}})
+    monkeypatch.chdir(tmp_path)
+    for spelling in (str(folder), str(folder) + "/", "images", "./images/"):
+        adaptive_module.require_validation_split(spec, spelling)
+    with pytest.raises(ValueError, match="records no validation split"):
+        adaptive_module.require_validation_split(spec, str(tmp_path / "other"))
+
+
 def test_the_cli_knows_the_librarys_detectors():
     assert DETECTORS == KINDS
 

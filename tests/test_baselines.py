@@ -166,3 +166,17 @@ def test_kdbu_separates_off_manifold_features_and_needs_adversarial_examples_to_
     scorer.fit(*features(clean_val, adv_val))
     clean_scores, adv_scores = (scorer.score(f) for f in features(clean_test, adv_test))
     assert auroc(-clean_scores, -adv_scores) > 0.95  # higher score = more adversarial
+
+
+def test_fitting_on_features_that_carry_a_graph_keeps_none_of_it():
+    """Features computed outside no_grad: the logistic regression's L-BFGS went back through their graph on its
+    second closure call (RuntimeError), and Mahalanobis kept statistics that required a gradient."""
+    from robgen.detection.baselines import LogisticRegression
+
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(4, 2, requires_grad=True)
+    features = torch.randn(40, 4, generator=g) @ mixing
+    regression = LogisticRegression().fit(features[:20], features[20:] + 1)
+    assert not regression.weights.requires_grad and not regression.mean.requires_grad
+    scorer = MahalanobisScorer().fit(features, torch.arange(40) % 2, 2)
+    assert not scorer.means.requires_grad and not scorer.precision.requires_grad

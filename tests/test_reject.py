@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from robgen.detection.baselines import penultimate_features
 from robgen.detection.defended import DefendedClassifier
 from robgen.detection.reject import (
     KINDS, CallableReject, EnergyBandReject, EnergyReject, MultiTemperatureReject, RejectOption, allowed_rejections,
@@ -416,6 +417,17 @@ def test_a_new_mahalanobis_reference_drops_the_thresholds_fitted_on_the_old_stat
     assert option.calibrate(model, val_x).validation["rejected"] <= 3
 
 
+def test_mahalanobis_statistics_from_one_model_are_not_calibrated_on_another(small):
+    model, train_x, train_y, val_x = small
+    other = tiny_model(seed=1)
+    option = make_reject_option("mahalanobis", target_fpr=0.1).fit_reference_on(model, train_x, train_y)
+    with pytest.raises(ValueError, match="class statistics come from another model"):
+        option.calibrate(other, val_x)
+    with pytest.raises(ValueError, match="class statistics come from another model"):
+        option.fit(other(val_x).detach(), penultimate_features(other, val_x)[0], model=other)
+    assert option.calibrate(model, val_x).fitted  # its own model is fine
+
+
 def test_a_nan_score_is_rejected_by_every_part_that_asks(small):
     """A user's detector undefined at some inputs: those points are rejected (fail closed), by `rejects`, the
     defended classifier's predict and accepts, the (K+1)-logit model, and the attacks' evasion check."""
@@ -445,3 +457,17 @@ def test_a_target_fpr_just_below_one_keeps_one_validation_value_accepted(fpr):
     assert allowed_rejections(1000, fpr) == 999 and allowed_rejections(1, fpr) == 0
     assert upper_threshold(values, fpr) == 0.0  # rejects v > 0: 999 of 1000, not none
     assert lower_threshold(values, fpr) == 999.0  # rejects v < 999
+
+
+@pytest.mark.parametrize("kind", ["energy", "mahalanobis", "robust-margin"])
+def test_calibration_casts_the_images_to_the_models_precision(small, kind):
+    """float64 validation images for a float32 model failed with torch's raw 'mat1 and mat2' dtype error."""
+    model, train_x, train_y, val_x = small
+    option = make_reject_option(kind, target_fpr=0.1)
+    if kind == "mahalanobis":
+        option.fit_reference_on(model, train_x.double(), train_y)
+    as_float64 = option.calibrate(model, val_x.double()).thresholds()
+    reference = make_reject_option(kind, target_fpr=0.1)
+    if kind == "mahalanobis":
+        reference.fit_reference_on(model, train_x, train_y)
+    assert as_float64 == reference.calibrate(model, val_x).thresholds()

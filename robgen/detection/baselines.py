@@ -33,7 +33,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from ..models.state import eval_mode, model_device, widened
+from ..models.state import eval_mode, model_device, model_dtype, widened
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -55,11 +55,11 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 25
     hook = head.register_forward_hook(
         lambda module, inputs, output: captured.append(widened(inputs[0].flatten(1)).cpu()))
     logits = []
-    device = model_device(model)
+    device, dtype = model_device(model), model_dtype(model)
     try:
         with eval_mode(model):
             for start in range(0, len(x), batch_size):
-                logits.append(widened(model(x[start:start + batch_size].to(device))).cpu())
+                logits.append(widened(model(x[start:start + batch_size].to(device, dtype))).cpu())
     finally:
         hook.remove()
     return torch.cat(captured), torch.cat(logits)
@@ -73,7 +73,7 @@ class MahalanobisScorer:
         if missing:  # a class without a mean would make every distance NaN
             raise ValueError(f"Mahalanobis needs clean reference features of every class; classes {missing} have none: "
                              "use more reference images")
-        features = features.double()
+        features, labels = features.detach().double(), labels.detach()  # statistics, not part of any graph
         means = torch.stack([features[labels == c].mean(0) for c in range(num_classes)])
         centred = features - means[labels]
         covariance = centred.T @ centred / len(features)
@@ -110,7 +110,7 @@ class LIDScorer:
         n = min(self.reference_size, len(clean_features))
         if n <= self.k:
             raise ValueError(f"LID needs more than k={self.k} clean reference images, got {n}")
-        self.reference = (clean_features[:n], clean_logits[:n])
+        self.reference = (clean_features[:n].detach(), clean_logits[:n].detach())
         return self
 
     def lid_features(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,7 @@ class LogisticRegression:
 
     def fit(self, negatives: torch.Tensor, positives: torch.Tensor, steps: int = 500) -> "LogisticRegression":
         """Fit on feature rows of negatives (label 0: clean) and positives (label 1: adversarial)."""
-        x = torch.cat([negatives, positives]).double()
+        x = torch.cat([negatives, positives]).detach().double()  # the fit differentiates its weights only
         y = torch.cat([torch.zeros(len(negatives)), torch.ones(len(positives))]).double()
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-12)
         x = (x - self.mean) / self.std

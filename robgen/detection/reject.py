@@ -61,6 +61,7 @@ import torch
 from ..checks import check_positive, check_steps
 from ..energy import class_energy, classification_margin, energy
 from ..engine import LinfBall, projected_gradient_ascent
+from ..models.fingerprint import model_fingerprint
 from .baselines import MahalanobisScorer, penultimate_features
 from .detector import TEMPERATURES, EnergyDetector
 from .reject_base import (  # noqa: F401  (re-exported: the public face of reject options is this module)
@@ -356,13 +357,17 @@ class MahalanobisReject(_HighStatisticReject):
         self.scorer: Optional[MahalanobisScorer] = None
         self.reference: Dict[str, object] = {}
 
-    def fit_reference(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "MahalanobisReject":
-        """Class means and the shared covariance of clean training features (N, D) with their labels. A new
-        reference makes a new statistic: the thresholds fitted on the old one (and the model they were bound to)
-        are dropped, so the option must be fitted again before it scores."""
+    def fit_reference(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                      model: Optional[torch.nn.Module] = None) -> "MahalanobisReject":
+        """Class means and the shared covariance of clean training features (N, D) with their labels (`model`: the
+        network the features came from, recorded so that calibrating on another is refused). A new reference makes
+        a new statistic: the thresholds fitted on the old one (and the model they were bound to) are dropped, so
+        the option must be fitted again before it scores."""
         labels = torch.as_tensor(labels).long().cpu()
         self.scorer = MahalanobisScorer().fit(features.detach().cpu(), labels, num_classes)
         self.reference = {"n": int(len(labels)), "num_classes": int(num_classes), "dim": int(features.shape[1])}
+        if model is not None:
+            self.reference["model_fingerprint"] = model_fingerprint(model)
         self.threshold, self.validation, self.model_fingerprint = None, {}, None
         return self
 
@@ -370,7 +375,24 @@ class MahalanobisReject(_HighStatisticReject):
                          batch_size: int = 256) -> "MahalanobisReject":
         """`fit_reference` on the penultimate features of clean training `images` through `model`."""
         features, logits = penultimate_features(model, images, batch_size)
-        return self.fit_reference(features, labels, logits.shape[1])
+        return self.fit_reference(features, labels, logits.shape[1], model=model)
+
+    def _check_reference_model(self, model: torch.nn.Module) -> None:
+        """The class statistics are a model's feature space: thresholds fitted on another model's would describe
+        neither. Statistics from `fit_reference` (features alone) record no model and are taken on trust."""
+        recorded = self.reference.get("model_fingerprint")
+        if recorded is not None and recorded != model_fingerprint(model):
+            raise ValueError("this Mahalanobis reject option's class statistics come from another model's features "
+                             f"(weights {recorded[:12]}…): fit_reference_on(this model, train_images, train_labels) "
+                             "before calibrating it on this model")
+
+    def calibrate(self, model, images, batch_size=256):
+        self._check_reference_model(model)  # before the model runs over the images
+        return super().calibrate(model, images, batch_size)
+
+    def bind(self, model):
+        self._check_reference_model(model)
+        return super().bind(model)
 
     def _require_reference(self) -> MahalanobisScorer:
         if self.scorer is None:

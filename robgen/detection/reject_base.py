@@ -19,7 +19,7 @@ import torch
 from ..checks import check_logits
 from ..metrics import rate_interval
 from ..models.fingerprint import model_fingerprint
-from ..models.state import eval_mode, model_device
+from ..models.state import eval_mode, model_device, model_dtype
 from .baselines import penultimate_features
 
 if TYPE_CHECKING:
@@ -213,20 +213,21 @@ class RejectOption:
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
+        dtype = model_dtype(model)  # float64 images for a float32 model (or the other way round) are cast
         if self.needs_features:
             features, logits = penultimate_features(model, images, batch_size)
         else:
             device, chunks = model_device(model), []
             with eval_mode(model):
                 for start in range(0, len(images), batch_size):
-                    chunks.append(model(images[start:start + batch_size].to(device)).detach())
+                    chunks.append(model(images[start:start + batch_size].to(device, dtype)).detach())
             logits, features = torch.cat(chunks), None
         check_logits(logits)
         values = []
         with eval_mode(model):
             for start in range(0, len(images), batch_size):
                 part = slice(start, start + batch_size)
-                inputs = images[part].to(model_device(model)) if self.needs_inputs else None
+                inputs = images[part].to(model_device(model), dtype) if self.needs_inputs else None
                 values.append(self.values(logits[part], None if features is None else features[part], inputs,
                                           model if self.needs_network else None).detach().cpu())
         self.fit_values(torch.cat(values))

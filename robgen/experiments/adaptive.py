@@ -148,10 +148,10 @@ class AdaptiveSettings:
 def require_validation_split(spec, data) -> None:
     """Refuse a model whose training record names no validation split held out of `data` (read as
     `data.model_val_size` reads it), saying what to do: the thresholds need clean images it never trained on."""
+    if datasets.recorded_val_size(spec, data) is not None:
+        return
     training = spec.training if isinstance(spec.training, dict) else {}
     recorded = training.get("data", {}) if isinstance(training.get("data"), dict) else {}
-    if str(recorded.get("name", "")).lower() == str(data).lower() and recorded.get("val_size"):
-        return
     trained_on = recorded.get("name") or training.get("config", {}).get("data")
     raise ValueError(
         f"this model records no validation split held out of {data}'s training images (its training record "
@@ -310,7 +310,7 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
             reference = datasets.first(splits.train, size, "training split")
             ref = model_outputs(model, datasets.make_loader(reference, settings.batch_size), features=True,
                                 progress=False)
-            option.fit_reference(ref.features, ref.labels, validation.logits.shape[1])
+            option.fit_reference(ref.features, ref.labels, validation.logits.shape[1], model=model)
         option.fit(validation.logits, validation.features if option.needs_features else None, model=model)
         option.calibration = dict(calibration, **({"reference": option.reference} if option.needs_features else {}))
         options[name] = option
