@@ -244,6 +244,9 @@ def test_remove_component_leaves_a_gradient_orthogonal_to_the_other():
     assert torch.allclose((out * b).flatten(1).sum(1), torch.zeros(3), atol=1e-4)
     assert torch.equal(remove_component(a, torch.zeros_like(b)), a)
 
+    tiny = b * 1e-18 / b.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # |a|^2 = 1e-36 underflows float32's squares
+    assert remove_component(3 * tiny, tiny).abs().max() <= 1e-24  # the whole component goes, however short a is
+
 
 # ---- the attacks ----------------------------------------------------------------------------------
 def attack_builders(defended, targets=None, eps=8 / 255, norm="linf", steps=4, generator=None):

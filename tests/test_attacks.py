@@ -47,6 +47,19 @@ def test_l2_pgd_without_random_start_equals_torchattacks(model, batch):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [1.0, 1e-9, 1e-12, 1e-20])
+def test_an_l2_step_has_its_length_however_short_the_gradient(length):
+    """A confident image's float32 gradient can be 1e-12 long; grad / (|grad| + 1e-10) made its step 1% long."""
+    from robgen.engine import L2Ball, Unconstrained
+
+    grad = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    grad = grad * length / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    grad[2] = 0  # no gradient: no step
+    for constraint in (L2Ball(0.5), Unconstrained()):
+        lengths = constraint.direction(grad).flatten(1).norm(dim=1)
+        assert torch.allclose(lengths[:2], torch.ones(2), atol=1e-5) and lengths[2] == 0
+
+
 def test_hepgd_with_zero_lambda_is_pgd(model, batch):
     x, y = batch
     pgd = PGD(model, eps=8 / 255, step_size=1 / 255, steps=5, generator=torch.Generator().manual_seed(3))(x, y)

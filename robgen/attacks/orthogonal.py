@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..energy import classification_margin
+from ..engine.constraints import unit_direction
 from .adaptive import AdaptiveAttack, _loss
 from .evasion import DefendedOutputs
 
@@ -35,10 +36,11 @@ CLASSIFICATION_LOSSES = {"margin": lambda logits, labels: classification_margin(
 
 
 def remove_component(g: torch.Tensor, along: torch.Tensor) -> torch.Tensor:
-    """g minus its projection on `along`, per image: g - (<g, a> / |a|^2) a (g itself where a = 0)."""
-    flat_g, flat_a = g.flatten(1), along.flatten(1)
-    coefficient = (flat_g * flat_a).sum(1) / flat_a.pow(2).sum(1).clamp_min(1e-30)
-    return (flat_g - coefficient[:, None] * flat_a).view_as(g)
+    """g minus its projection on `along`, per image: g - <g, â> â with â = a / |a| (g itself where a = 0).
+    `along` is normalised first: |a|^2 of a tiny float32 gradient underflows, and any floor on it would leave
+    part of the component that must go."""
+    flat_g, unit = g.flatten(1), unit_direction(along).flatten(1)
+    return (flat_g - (flat_g * unit).sum(1, keepdim=True) * unit).view_as(g)
 
 
 class OrthogonalPGD(AdaptiveAttack):

@@ -16,6 +16,15 @@ from ..checks import check_positive
 from .random import random_normal, random_uniform
 
 
+def unit_direction(grad: torch.Tensor) -> torch.Tensor:
+    """grad / ||grad||_2 per image, 0 where the gradient is 0. Not grad / (||grad|| + c): a confident image's
+    float32 gradient can be 1e-12 long, and any constant c shortens its step (1e-10: to 1% of step_size). Scaled
+    by its largest entry first, so that the squares of a still shorter one do not underflow."""
+    tiny = torch.finfo(grad.dtype).tiny
+    scaled = grad / grad.abs().flatten(1).amax(1).clamp_min(tiny).view(-1, *([1] * (grad.ndim - 1)))
+    return scaled / _flat_norms(scaled).clamp_min(tiny)
+
+
 def _flat_norms(t: torch.Tensor) -> torch.Tensor:
     """Per-example L2 norms, shaped (N, 1, 1, 1) for broadcasting."""
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
@@ -71,7 +80,7 @@ class L2Ball:
         return (x + direction * radius).clamp_(0, 1)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad / (_flat_norms(grad) + 1e-10)
+        return unit_direction(grad)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         delta = x_adv - x
@@ -89,7 +98,7 @@ class Unconstrained:
         return x.clone()
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad / (_flat_norms(grad) + 1e-10)
+        return unit_direction(grad)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x_adv.clamp_(0, 1)
