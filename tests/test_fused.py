@@ -309,6 +309,32 @@ def test_a_tensor_or_function_kept_as_a_plain_attribute_makes_a_new_copy_when_it
         assert fourth is not third and torch.allclose(fourth(x), model(x), atol=1e-6)
 
 
+class Configured(torch.nn.Module):
+    """A wrapper whose forward reads a dict and a tuple of tensors kept as plain attributes."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.cfg, self.stats = net, {"temperature": 1.0}, (torch.zeros(3), torch.ones(3))
+
+    def forward(self, x):
+        return (self.net(x) - self.stats[0]) * self.stats[1] / self.cfg["temperature"]
+
+
+def test_a_container_kept_as_a_plain_attribute_is_read_by_what_it_holds():
+    model = Configured(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                           torch.nn.Linear(4 * 6 * 6, 3))).eval()
+    x = torch.rand(2, 3, 8, 8)
+    first = inference_graph(model, example=x)
+    assert first is not model and inference_graph(model, example=x) is first
+    with torch.no_grad():
+        model.cfg["temperature"] = 100.0  # the same dict, changed in place
+        assert torch.allclose(inference_graph(model, example=x)(x), model(x), atol=1e-6)
+        model.stats[1].mul_(50.0)  # a tensor inside a tuple, changed in place
+        assert torch.allclose(inference_graph(model, example=x)(x), model(x), atol=1e-6)
+        model.stats = (torch.zeros(3), torch.full((3,), 2.0))  # a new tuple of tensors: compared, not ==
+        assert torch.allclose(inference_graph(model, example=x)(x), model(x), atol=1e-6)
+
+
 def test_a_batch_the_model_cannot_take_leaves_it_fused_for_the_batches_it_takes(bn_model, batch):
     x, _ = batch
     assert inference_graph(bn_model, example=x.double()) is bn_model  # float64 pixels, float32 weights: unfused

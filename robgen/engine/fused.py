@@ -127,8 +127,9 @@ _this_thread = threading.local()  # .building: ids of the models this thread is 
 
 def weights_signature(model: nn.Module) -> Optional[Tuple]:
     """What identifies the current network: (id, address, shape, dtype, device, version) of every tensor,
-    every module's name, type, identity and plain settings (a BN `eps`), which object each of its other public
-    attributes is (a swapped activation function), tensors kept as plain attributes like the registered ones,
+    every module's name, type, identity and plain settings (a BN `eps`, and what its tuples, lists and dicts
+    hold), which object each of its other public attributes is (a swapped activation function), tensors kept as
+    plain attributes (in containers too) like the registered ones,
     and `content_fingerprint` of the tensors (the updates that bump no version counter).
 
     None for a model whose tensors keep no version counter (made under
@@ -146,24 +147,32 @@ def weights_signature(model: nn.Module) -> Optional[Tuple]:
         return None
     loose: List[torch.Tensor] = []  # tensors kept as plain attributes, not registered (a wrapper's temperature)
     for name, module in model.named_modules():  # the structure and each module's plain settings
-        settings, others = [], []
-        for key, value in sorted(vars(module).items()):
-            if key.startswith("_"):
-                continue
-            if isinstance(value, (bool, int, float, str, tuple)):
-                settings.append((key, value))
-            elif isinstance(value, torch.Tensor):
-                loose.append(value)
-                others.append((key, "tensor"))
-            else:  # a function, a class, an object: which one (a swapped activation is another object)
-                others.append((key, id(value)))
-        rows.append((name, type(module), id(module), tuple(settings), tuple(others)))
+        settings = tuple((key, _setting(value, loose)) for key, value in sorted(vars(module).items())
+                         if not key.startswith("_"))
+        rows.append((name, type(module), id(module), settings))
     try:
         rows.extend((id(t), t.data_ptr(), tuple(t.shape), t.dtype, t.device, t._version) for t in loose)
         rows.append(content_fingerprint(loose))
     except (RuntimeError, NotImplementedError):
         return None
     return tuple(rows)
+
+
+def _setting(value, loose: List[torch.Tensor], depth: int = 0):
+    """A module attribute as the signature records it: a plain value as itself; a tuple, list or dict by what it
+    holds (a wrapper's `cfg["temperature"]` changed in place is another network), to a few levels; a tensor as a
+    place in `loose`, compared by content below (never with ==, which a tensor answers element-wise); any other
+    object (a function, a class, an activation) by which one it is."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        loose.append(value)
+        return "tensor"
+    if depth < 4 and isinstance(value, (tuple, list)):
+        return (type(value).__name__,) + tuple(_setting(item, loose, depth + 1) for item in value)
+    if depth < 4 and isinstance(value, dict):
+        return ("dict",) + tuple((repr(key), _setting(item, loose, depth + 1)) for key, item in value.items())
+    return ("object", id(value))
 
 
 def content_fingerprint(tensors: List[torch.Tensor]) -> bytes:
