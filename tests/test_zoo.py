@@ -134,6 +134,13 @@ def test_unknown_names_list_the_known_ones(model):
     assert zoo_entry("pgd 40").name == "PGD-40" and zoo_entry("cw").name == "CW-L2"
 
 
+def test_two_spellings_of_one_attack_run_it_once():
+    from robgen.experiments.zoo import ZooStudySettings
+
+    settings = ZooStudySettings(attacks=("PGD-40", "pgd", "pgd 40", "CW", "cw-l2", "FGSM"))
+    assert settings.attacks == ("PGD-40", "CW-L2", "FGSM")  # the order of first mention
+
+
 def test_registry_covers_the_issue_list():
     wanted = {"FGSM", "PGD-10", "PGD-40", "PGD-L2", "PGD-T", "CW-L2", "DeepFool", "APGD-CE", "APGD-DLR", "APGD-T",
               "FAB-L2", "Square", "AutoAttack", "HE-PGD"}
@@ -194,6 +201,9 @@ def test_a_norm_a_torchattacks_class_cannot_attack_in_is_refused_not_ignored(mod
         TorchAttacksAttack(model, "PGD", eps=0.5, norm="l2")
     with pytest.raises(ValueError, match="PGDL2 attacks in the l2 norm only"):
         TorchAttacksAttack(model, "PGDL2", eps=0.5)
+    for linf_only in ("Jitter", "PGDRS", "SPSA"):  # eps but no norm, not in any list: L-inf like PGD
+        with pytest.raises(ValueError, match=f"{linf_only} attacks in the linf norm only, not l2"):
+            TorchAttacksAttack(model, linf_only, eps=0.5, norm="l2")
     TorchAttacksAttack(model, "DeepFool", eps=1 / 255, norm="linf")  # minimum-norm: projected into any ball
 
 

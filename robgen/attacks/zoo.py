@@ -54,11 +54,16 @@ from .pgd import FGSM, PGD
 _TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
 FLOAT32_ONLY = ("FAB", "AutoAttack")  # FAB (AutoAttack's FAB-T too) fails on float64 gradients
 ROUNDING = 1e-6  # a torchattacks output this close to its input (in every pixel) is the input, round-tripped
-# the ball of the torchattacks classes that take an eps but no `norm`: asked for another, they would silently
-# attack in theirs (a minimum-norm attack, CW or DeepFool, may be projected into any ball: it has none of its own)
-_NATIVE_NORMS = {**{name: "linf" for name in ("PGD", "FGSM", "BIM", "MIFGSM", "EOTPGD", "TPGD", "RFGSM", "FFGSM",
-                                              "UPGD", "DIFGSM", "TIFGSM", "NIFGSM", "SINIFGSM", "VMIFGSM", "VNIFGSM")},
-                 **{name: "l2" for name in ("PGDL2", "PGDRSL2")}}
+
+
+def _native_norm(attack_class: Type, takes) -> Optional[str]:
+    """The ball of a torchattacks class that takes an eps but no `norm` (asked for another, it would silently attack
+    in its own): L2 for the classes named ...L2 (PGDL2, PGDRSL2), L-inf for the rest (PGD, Jitter, SPSA, ...). None
+    for the others: those with a `norm` argument, the minimum-norm attacks (CW, DeepFool), which have no ball of
+    their own and may be projected into any, and a class from outside torchattacks (taken on trust)."""
+    if "eps" not in takes or "norm" in takes or not attack_class.__module__.startswith("torchattacks"):
+        return None
+    return "l2" if attack_class.__name__.endswith("L2") else "linf"
 
 
 class TorchAttacksAttack(Attack):
@@ -107,8 +112,8 @@ class TorchAttacksAttack(Attack):
             settings.setdefault("eps", self.eps)
         if "norm" in takes and self.attack_norm in _TORCHATTACKS_NORMS:
             settings.setdefault("norm", _TORCHATTACKS_NORMS[self.attack_norm])
-        native = _NATIVE_NORMS.get(self.attack_class.__name__)
-        if bounded and "norm" not in takes and native is not None and native != self.attack_norm:
+        native = _native_norm(self.attack_class, takes)
+        if bounded and native is not None and native != self.attack_norm:
             raise ValueError(f"torchattacks.{self.attack_class.__name__} attacks in the {native} norm only, not "
                              f"{self.attack_norm}: pass norm={native!r}"
                              + (", or use PGDL2 for l2" if self.attack_class.__name__ == "PGD" else ""))

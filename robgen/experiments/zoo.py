@@ -65,7 +65,8 @@ class ZooStudySettings:
     fused: Optional[bool] = None  # None: robgen.engine.fused's setting
 
     def __post_init__(self) -> None:
-        self.attacks = tuple(zoo_entry(name).name for name in self.attacks)  # unknown names fail here, listing all
+        # unknown names fail here, listing all; two spellings of one attack ("PGD-40", "pgd") run it once
+        self.attacks = tuple(dict.fromkeys(zoo_entry(name).name for name in self.attacks))
         if not self.attacks:
             raise ValueError(f"no attacks given: choose from {', '.join(ZOO_NAMES)}")
         if self.batch_size < 1 or self.n_boot < 1:
