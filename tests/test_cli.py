@@ -197,6 +197,10 @@ def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, to
     (key, result), = recorded.items()
     assert key.endswith("-first8") and result["n"] == 8
     assert result["clean_accuracy_ci"][0] <= result["clean_accuracy"] <= result["clean_accuracy_ci"][1]
+    capsys.readouterr()
+    assert main(args[:-4] + ["--steps", "2", "--limit", "8", "--batch-size", "8", "--record"]) == 0
+    note = capsys.readouterr().err
+    assert "replaced the record" in note and "(PGD-1 at L∞ 8/255; now PGD-2 at L∞ 8/255)" in note
 
 
 def test_eval_on_the_validation_split_the_models_training_held_out(tmp_path, toy_data, capsys):

@@ -169,6 +169,28 @@ def test_standard_and_quasi_runs_keep_no_best_copy(toy_data, tmp_path):
     assert not (tmp_path / "q" / training.BEST_DIR).exists()
 
 
+def test_overwrite_removes_the_old_runs_files_only_after_its_checks_pass(toy_data, tmp_path, capsys):
+    """--overwrite deleted the log and trainer state before checking --data, and kept the old run's detector.json,
+    seeds, best/ and snapshots, which were then read as the new model's."""
+    from robgen.cli import main
+
+    out = tmp_path / "run"
+    train(config(toy_data, mode="fast", attack_steps=1, epochs=2, snapshot_every=1), out, progress=False)
+    (out / "detector.json").write_text("{}")  # fitted to the old weights
+    (out / "notes.txt").write_text("mine")
+    before = sorted(path.name for path in out.iterdir())
+    assert {"best", "epochs", "log.jsonl", "trainer_state.pt"} <= set(before)
+    flags = ["train", "--arch", "resnet10_cifar", "--width", "4", "--epochs", "1", "--batch-size", "16",
+             "--val-size", "32", "--eval-subset", "16", "--eval-steps", "1", "--out", str(out), "--overwrite"]
+    assert main(flags + ["--data", str(tmp_path / "nowhere")]) == 2
+    assert "unknown data set" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == before  # a typo loses nothing
+    assert main(flags + ["--data", str(toy_data)]) == 0
+    left = sorted(path.name for path in out.iterdir())
+    assert left == ["config.json", "log.jsonl", "model.safetensors", "notes.txt", "trainer_state.pt"], left
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
 def test_fine_tuning_starts_from_the_given_checkpoint(toy_data, tmp_path):
     base = train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
     # one epoch at a tiny learning rate: the tuned weights stay far closer to the base than a fresh start's

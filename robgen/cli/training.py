@@ -150,13 +150,11 @@ def command_train(args) -> int:
     out = Path(args.out)
     if not args.resume and (out / "config.json").exists() and not args.overwrite:
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite to start again")
-    if args.overwrite and not args.resume:
-        for name in ("log.jsonl", "trainer_state.pt"):
-            (out / name).unlink(missing_ok=True)
     device = pick_device(args.device)
     try:
         model = train(config, out, data_root=args.data_root, resume=args.resume, device=device,
-                      on_epoch=lambda row: print(json.dumps(row), flush=True), download=args.download)
+                      on_epoch=lambda row: print(json.dumps(row), flush=True), download=args.download,
+                      overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     print(f"wrote {out} ({model.spec.training['wall_seconds']:.0f} s on {model.spec.training['hardware']})")
@@ -201,7 +199,12 @@ def command_eval(args) -> int:
         if args.record:
             config = json.loads((folder / CONFIG_FILE).read_text())
             key = f"{args.data}-{args.split}{'-png' if args.exact else ''}{f'-first{args.limit}' if args.limit else ''}"
-            config.setdefault("metrics", {}).setdefault("eval", {})[key] = result
+            records = config.setdefault("metrics", {}).setdefault("eval", {})
+            if key in records and records[key].get("attack") != result.get("attack"):
+                print(f"note: replaced the record {key!r} of {folder}, measured with another attack "
+                      f"({_attack_words(records[key].get('attack'))}; now {_attack_words(result.get('attack'))})",
+                      file=sys.stderr)
+            records[key] = result
             (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     distributed.teardown()
     return 0
@@ -246,7 +249,7 @@ def models_table(names: List[str]) -> str:
     for data_name, models in by_data.items():
         keys, label = _EVAL_COLUMNS.get(data_name, ((f"{data_name}-test",), "test split"))
         lines = [
-            f"| name | architecture | training | epochs | hardware | wall time | clean acc. ({label}) | PGD-20 acc. ({label}) |",
+            f"| name | architecture | training | epochs | hardware | wall time | clean acc. ({label}) | robust acc. ({label}) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, spec in models:
@@ -262,7 +265,7 @@ def models_table(names: List[str]) -> str:
                 return " / ".join(one(result) for result in evals)
 
             attack = next((result["attack"] for result in evals if result.get("attack")), {})
-            budget = f" at {_budget(attack.get('norm'), attack.get('eps', 0))}" if attack else " (not measured)"
+            budget = f" ({_attack_words(attack)})" if attack else " (not measured)"
             mode = recipe.get("mode", "?")
             if mode != "standard":
                 mode += f" ({_budget(recipe.get('norm'), recipe.get('eps', 0))})"
@@ -284,6 +287,13 @@ def models_table(names: List[str]) -> str:
 
 def _budget(norm, eps) -> str:
     return f"L∞ {eps * 255:.3g}/255" if norm == "linf" else f"L2 {eps:g}"
+
+
+def _attack_words(attack) -> str:
+    """A recorded evaluation attack in words: "PGD-20 at L∞ 8/255"; "none" when there was none."""
+    if not attack:
+        return "none"
+    return f"{str(attack.get('name', 'pgd')).upper()}-{attack.get('steps', '?')} at {_budget(attack.get('norm'), attack.get('eps', 0))}"
 
 
 def command_models(args) -> int:

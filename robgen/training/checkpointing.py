@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from .. import distributed
 from ..files import write_atomically
 from ..models import save_checkpoint
+from ..models.checkpoint import COMPANION_FILES, CONFIG_FILE, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,17 @@ STATE_FILE = "trainer_state.pt"
 BEST_DIR = "best"  # the best-PGD-epoch checkpoint of adversarial runs
 SNAPSHOT_DIR = "epochs"  # every `snapshot_every`-th epoch's checkpoint: epochs/epoch-010/, ...
 LOG_FILE = "log.jsonl"
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove what an earlier run left in `out_dir` (`train --overwrite`): its checkpoint, trainer state, log,
+    best/ and epoch snapshots, and the files fitted to its weights (detector.json, seeds.safetensors), which
+    would otherwise be read as the new model's. Other files are left alone."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, LOG_FILE, *COMPANION_FILES):
+        (out_dir / name).unlink(missing_ok=True)
+    for name in (BEST_DIR, SNAPSHOT_DIR):
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
 
 
 def snapshot_folder(out_dir: Path, epoch: int) -> Path:

@@ -51,8 +51,10 @@ def train(
     progress=True,
     on_epoch: Optional[Callable[[dict], None]] = None,
     download: bool = False,
+    overwrite: bool = False,
 ) -> Classifier:
-    """Train a classifier as `config` says; checkpoints go to `out_dir` every epoch.
+    """Train a classifier as `config` says; checkpoints go to `out_dir` every epoch. `overwrite`: a run already in
+    `out_dir` is removed (`checkpointing.clear_run`) once this one has checked its data and built its model.
 
     The caller's global RNG state is left untouched: the run seeds a forked
     RNG from `config.seed`, so the same config gives the same model.
@@ -63,7 +65,7 @@ def train(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch)
+        return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch, overwrite)
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -95,7 +97,7 @@ def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
         raise ValueError(f"{out_dir} was trained with {told}: resume with the recipe it was started with")
 
 
-def _train(config, out_dir, data_root, download, resume, device, progress, on_epoch) -> Classifier:
+def _train(config, out_dir, data_root, download, resume, device, progress, on_epoch, overwrite) -> Classifier:
     base = None
     if config.init_from is not None:
         from ..models import load_model
@@ -146,6 +148,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         logger.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
 
     eval_set = datasets.first(val_set, min(config.eval_subset, len(val_set)), "validation split")
+    if overwrite and not resume and distributed.is_main():  # every check passed: only now is the old run gone
+        checkpointing.clear_run(out_dir)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
