@@ -284,6 +284,22 @@ def class_names(dataset: Dataset) -> List[str]:
     return list(dataset.classes)
 
 
+def labels_of(dataset: Dataset) -> List[int]:
+    """The label of every example, from the data set's `targets` (through Subsets) without reading an image; a data
+    set that keeps no targets is read through."""
+    targets = _targets(dataset)
+    return targets if targets is not None else [int(label) for _, label in dataset]
+
+
+def _targets(dataset: Dataset) -> Optional[List[int]]:
+    if getattr(dataset, "targets", None) is not None:
+        return [int(label) for label in dataset.targets]
+    if isinstance(dataset, Subset):
+        inner = _targets(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    return None
+
+
 def default_val_size(data: Union[str, Path]) -> int:
     """Images held out of train for validation by default: the paper's 500 on Imagenette, 5,000 elsewhere."""
     return 500 if str(data).lower() == "imagenette" else 5000

@@ -257,3 +257,14 @@ def test_a_data_folder_with_a_trailing_slash_reads_the_rows_back(toy_data, four_
     monkeypatch.setattr(ablation, "measure_model", lambda *a, **k: pytest.fail("measured again"))
     again = ablation_rows([spec], str(toy_data) + "/", out, limit=24, val_size=40, batch_size=12, progress=False)
     assert again[0]["rows"] == first[0]["rows"]
+
+
+def test_the_pixel_factor_on_data_without_image_files_is_refused_before_any_attack(monkeypatch):
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    monkeypatch.setattr(ablation, "model_outputs", lambda *a, **k: pytest.fail("an attack ran before the refusal"))
+    tensors = TensorDataset(torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="only image-file data sets"):
+        ablation.measure_pixels(torch.nn.Identity(), SimpleNamespace(validation=tensors, test=tensors))

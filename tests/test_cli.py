@@ -98,6 +98,24 @@ def test_attack_input_errors_say_what_to_fix(tmp_path, checkpoint, images, capsy
         main(["attack", "--model", str(checkpoint), "--eps", "eight", "--out", str(out), str(images[0])])
 
 
+def test_attack_gives_every_input_its_own_files_whatever_the_names(tmp_path, checkpoint):
+    """x/cat.png, cat-2.png, y/cat.png: the third was renamed cat-2 and overwrote the second's PNGs."""
+    import json
+
+    g = torch.Generator().manual_seed(1)
+    paths = []
+    for place in ("x/cat.png", "cat-2.png", "y/cat.png", "cat-3.png"):
+        (tmp_path / place).parent.mkdir(parents=True, exist_ok=True)
+        paths.append(robgen.save_image(torch.rand(3, 32, 32, generator=g), tmp_path / place))
+    out = tmp_path / "out"
+    assert main(["attack", "--model", str(checkpoint), "--steps", "1", "--out", str(out), *map(str, paths)]) == 0
+    rows = json.loads((out / "results.json").read_text())["images"]
+    names = [row["clean_png"] for row in rows]
+    assert len(set(names)) == len(paths), names
+    for path, row in zip(paths, rows):  # each file is its own input, read back
+        assert torch.equal(robgen.load_image(out / row["clean_png"]), robgen.load_image(path))
+
+
 def test_detect_refuses_a_model_of_other_classes(tmp_path, cifar_root, capsys):
     five = robgen.save_checkpoint(tiny_model(num_classes=5), tmp_path / "five")
     code = main(["detect", "--model", str(five), "--data", "cifar10", "--data-root", str(cifar_root),
@@ -165,6 +183,21 @@ def test_each_command_group_module_holds_its_commands():
 def test_detect_refuses_a_temperature_that_is_not_a_number(tmp_path, capsys):
     code = main(["detect", "--model", "nope", "--data", "cifar10", "--temperature", "warm", "--out", str(tmp_path / "d")])
     assert code == 2 and "--temperature must be a number or 'search', got 'warm'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("command", ["detect", "fit-detector"])
+@pytest.mark.parametrize("flags, says", [
+    (["--temperature", "0"], "temperature must be a finite number > 0"),
+    (["--temperature", "nan"], "temperature must be a finite number > 0"),
+    (["--temperature", "inf"], "temperature must be a finite number > 0"),
+    (["--rule", "fpr", "--target-fpr", "1.5"], "--target-fpr must be in [0, 1), got 1.5"),
+])
+def test_detector_settings_are_refused_before_the_model_loads(tmp_path, capsys, command, flags, says):
+    """They were checked only when the detector was fitted, after both splits had been attacked."""
+    code = main([command, "--model", "nope", "--data", "cifar10", "--out", str(tmp_path / "d")] + flags)
+    error = capsys.readouterr().err
+    assert code == 2 and says in error and "unknown model" not in error
     assert not (tmp_path / "d").exists()
 
 

@@ -298,3 +298,18 @@ def test_a_named_data_sets_own_folder_is_that_data_set_for_the_recorded_split(tm
         assert data.same_data("cifar10", spelled)
         assert list(data.model_val_split(items, spec, spelled, default_seed=1)[1]) == recorded, spelled
     assert not data.same_data("cifar10", str(tmp_path)) and not data.same_data("cifar10", "imagenette")
+
+
+def test_labels_of_reads_the_targets_through_subsets_without_reading_an_image():
+    from torch.utils.data import Dataset, Subset
+
+    class Unreadable(Dataset):
+        targets = [3, 1, 4, 1, 5]
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            raise AssertionError("an image was read")
+
+    assert data.labels_of(Subset(Subset(Unreadable(), [4, 2, 0]), [0, 2])) == [5, 3]

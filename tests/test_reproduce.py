@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import robgen
 from robgen.cli import main
@@ -126,6 +127,20 @@ def test_bad_input_is_refused(cifar_root, tmp_path, capsys):
         assert main(args + arguments + ["--out", str(tmp_path / name)]) == 2, name
         assert says in capsys.readouterr().err, name
     assert not any((tmp_path / name).exists() for name in "ghi")
+
+
+def test_the_baselines_reference_images_are_checked_before_any_attack():
+    """A reference missing a class (or with no more images than LID's 20 neighbours) failed after every attack."""
+    from torch.utils.data import Subset, TensorDataset
+
+    from robgen.experiments.reproduce import check_reference
+
+    images = TensorDataset(torch.zeros(30, 1), torch.tensor([0, 1] * 15))
+    check_reference(images, 2)
+    with pytest.raises(ValueError, match=r"hold no image of classes \[2\]: raise --reference-size"):
+        check_reference(images, 3)
+    with pytest.raises(ValueError, match="gives only 20"):
+        check_reference(Subset(images, range(20)), 2)
 
 
 # ---- Imagenette ----

@@ -198,3 +198,19 @@ def test_the_budget_sweep_refuses_two_models_of_one_folder_name(tmp_path, capsys
                  "--out", str(tmp_path / "sweep")]
     assert main(arguments) == 2
     assert "share the folder name best" in capsys.readouterr().err and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("command", ["synthesis-quality", "gradmap"])
+def test_synthesis_quality_and_gradmap_refuse_two_models_of_one_folder_name(tmp_path, capsys, command):
+    """Keyed by folder name, runs/A/best and runs/B/best became one entry: the second silently replaced the first."""
+    folders = [str(robgen.save_checkpoint(tiny_model(seed=seed), tmp_path / run / "best")) for seed, run in enumerate("AB")]
+    out, image = tmp_path / "out", str(REPO / "examples" / "chelsea.png")
+    if command == "gradmap":
+        arguments = ["gradmap", "--models", *folders, "--out", str(out), image]
+    else:
+        arguments = ["synthesis-quality", "--models", *folders, "--judges", ROBUST, "--out", str(out)]
+    assert main(arguments) == 2
+    assert "share the folder name best" in capsys.readouterr().err and not out.exists()
+    same_twice = [folders[0], folders[0] + "/"]  # one model, written twice: fine
+    if command == "gradmap":
+        assert main(["gradmap", "--models", *same_twice, "--out", str(out), image]) == 0

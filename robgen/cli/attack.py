@@ -67,9 +67,9 @@ def command_attack(args) -> int:
     clean_energy, adv_energy = outcome.clean_energy, outcome.adversarial_energy
     rows, used = [], set()
     for i, path in enumerate(args.images):
-        stem = Path(path).stem
-        if stem in used:  # two inputs with one name: keep both
-            stem = f"{stem}-{i}"
+        stem, number = Path(path).stem, i
+        while stem in used:  # two inputs with one name: keep both, under a name no other input has taken
+            stem, number = f"{Path(path).stem}-{number}", number + 1
         used.add(stem)
         surround = load_resized(path, spec)  # at crop_pct < 1 the files keep the photo's margin, which the model crops
         save_model_input(x[i], out / f"{stem}_clean.png", spec, surround)

@@ -10,9 +10,10 @@ answer at once: the helpers that need them import them when a command calls them
 from __future__ import annotations
 
 import argparse
+import os
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:
     import torch
@@ -153,6 +154,20 @@ def open_model(args, device: torch.device, name: Optional[str] = None):
         return load_model(args.model if name is None else name, pretrained=not args.random_weights, device=device)
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
+
+
+def keyed_by_folder(names: List[str], what: str = "models") -> Dict[str, str]:
+    """Each model (a name or a folder) under its folder's name, as tables, figures and file names show it; the
+    same model given twice counts once; two models of one folder name (runs/a/best, runs/b/best) are refused,
+    since one would replace the other."""
+    keyed: Dict[str, str] = {}
+    for name in names:
+        key = Path(name).name
+        if key in keyed and os.path.normpath(keyed[key]) != os.path.normpath(name):
+            raise UsageError(f"two of the {what} share the folder name {key} ({keyed[key]}, {name}): copy or link "
+                             "them to folders of distinct names")
+        keyed.setdefault(key, name)
+    return keyed
 
 
 def read_images(paths: List[str], spec) -> torch.Tensor:

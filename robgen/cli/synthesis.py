@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..files import json_text
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, open_model,
-    parse_number, pick_device, prepare_out_dir, read_images, user_path,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, keyed_by_folder,
+    open_model, parse_number, pick_device, prepare_out_dir, read_images, user_path,
 )
 
 
@@ -188,7 +188,7 @@ def command_gradmap(args) -> int:
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
     device = pick_device(args.device)
-    models = {Path(name).name: open_model(args, device, name) for name in args.models}
+    models = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
     classes = {tuple(m.spec.class_labels) for m in models.values()}
     if len(classes) > 1:
         raise UsageError("the models classify different classes: compare models of one data set")
@@ -205,10 +205,11 @@ def command_synthesis_quality(args) -> int:
     from ..plots import image_grid
     from ..synthesis.quality import measure_quality, quality_markdown
 
+    generator_names, judge_names = keyed_by_folder(args.models), keyed_by_folder(args.judges, "judges")
     device = pick_device(args.device)
     loaded = {name: open_model(args, device, name) for name in dict.fromkeys(args.models + args.judges)}
-    generators = {Path(name).name: loaded[name] for name in args.models}
-    judges = {Path(name).name: loaded[name] for name in args.judges}
+    generators = {key: loaded[name] for key, name in generator_names.items()}
+    judges = {key: loaded[name] for key, name in judge_names.items()}
     out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])
     started = time.perf_counter()
     try:
@@ -233,14 +234,9 @@ def command_budget_sweep(args) -> int:
     from ..experiments.budget_sweep import budget_sweep, sweep_markdown
     from ..plots import image_grid
 
-    names = [Path(name).name for name in dict.fromkeys(args.models)]
-    judge_clash = {Path(args.judge).name} & set(names) if args.judge not in args.models else set()  # same: refused below
-    clashes = sorted({name for name in names if names.count(name) > 1} | judge_clash)
-    if clashes:  # the table names each model by its folder: two folders of one name would replace each other
-        raise UsageError(f"two of the models (the judge included) share the folder name {', '.join(clashes)}: "
-                         "copy or link them to folders of distinct names")
+    keyed_by_folder(list(args.models) + [args.judge], "models (the judge included)")  # the table names them so
     device = pick_device(args.device)
-    candidates = {Path(name).name: open_model(args, device, name) for name in dict.fromkeys(args.models)}
+    candidates = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
     reference = Path(args.reference).name if args.reference else next(iter(candidates))
     judge = open_model(args, device, args.judge)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])

@@ -143,11 +143,11 @@ def measure_pixels(model, splits: DetectionSplits, quality: int = ARCHIVE_JPEG_Q
     from .pipeline import fit_detector
 
     loader = lambda dataset: datasets.make_loader(dataset, batch_size=batch_size)  # noqa: E731
+    exact = datasets.lossless_only(splits.test)  # refused here for data without image files, before any attack
     attack = official_attack(model, seed)
     clean_val = model_outputs(model, loader(splits.validation), progress=progress, desc="validation: clean")
     adv_val = model_outputs(model, loader(splits.validation), attack=attack, progress=progress, desc="validation: attack")
     detector = fit_detector(clean_val, adv_val)
-    exact = datasets.lossless_only(splits.test)
     rows, flags = [], []
     for name, images in (("exact PNG", exact), (f"JPEG q{quality}", datasets.jpeg_copies(exact, quality))):
         clean = model_outputs(model, loader(images), progress=progress, desc=f"{name}: clean")

@@ -173,6 +173,19 @@ def hepgd_name(settings: ReproduceSettings, steps: int) -> str:
     return f"hepgd-8-lam{settings.lam:g}" + ("" if steps == settings.steps else f"-{steps}steps")
 
 
+def check_reference(reference, num_classes: int) -> None:
+    """The baselines' clean training images must hold every class (Mahalanobis and KD fit one mean per class) and
+    more images than LID's neighbours."""
+    missing = sorted(set(range(num_classes)) - set(datasets.labels_of(reference)))
+    if missing:
+        raise ValueError(f"the baselines' {len(reference)} reference images (the first of the training split) hold no "
+                         f"image of classes {missing}: raise --reference-size")
+    lid_k = LIDScorer().k
+    if len(reference) <= lid_k:  # the settings' sizes are checked with them; the training split may be smaller
+        raise ValueError(f"LID compares each image with its {lid_k} nearest reference images, but the training "
+                         f"split gives only {len(reference)}: use more training images")
+
+
 def _generator(model, settings: ReproduceSettings) -> torch.Generator:
     return torch.Generator(device=model_device(model)).manual_seed(settings.seed)
 
@@ -221,6 +234,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
                                     "n_validation": len(splits.validation), "n_test": len(splits.test),
                                     **run_environment(model)}, replace_stale=replace_stale_stages)
     reference = datasets.first(splits.train, min(settings.reference_size, len(splits.train)), "training split")
+    check_reference(reference, model.spec.num_classes)  # before any attack, not after all of them
     loaders = {"val": datasets.make_loader(splits.validation, settings.batch_size),
                "test": datasets.make_loader(splits.test, settings.batch_size)}
     timing = measure_pass_time(model, min(settings.batch_size, len(splits.test)), settings.timing_repeats,
