@@ -40,7 +40,9 @@ MAX_FILE_SIZE = "10mb"
 CONCURRENCY = int(os.environ.get("ROBGEN_CONCURRENCY", "2"))
 # The sliders' ranges. The handlers check them too: an API call skips the page's own checks of the image events
 # (preprocess=False, so that robgen reads every upload), and a million steps would hold a worker for hours.
-EPS_255, STEPS, STEP_SIZE_255, LAMBDA, SYNTHESIS_STEPS = (0.5, 32), (1, 100), (0.25, 8), (0, 4), (1, 200)
+# eps in whole 8-bit levels: an uploaded picture's pixels are on them, and so is the attacked picture it gets back
+# (quantised inside the ball), so a half level moves nothing and 2.5/255 is 2/255
+EPS_255, STEPS, STEP_SIZE_255, LAMBDA, SYNTHESIS_STEPS = (1, 32), (1, 100), (0.25, 8), (0, 4), (1, 200)
 SYNTHESIS_IMAGES, SYNTHESIS_STEP = (1, 16), (1e-4, 100.0)  # samples; an L2 step typed in
 COMPUTE = "compute"  # the events that run a model share one queue group: CONCURRENCY of them at once in all
 OFFERED = set()  # the model names some page built here offers; a request for any other is refused
@@ -162,6 +164,9 @@ def gallery_files(items, name: str):
 @friendly_errors
 def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target, seed, progress=gr.Progress()):
     eps_255, steps = within(eps_255, EPS_255, "eps (/255)"), within(steps, STEPS, "steps")
+    if eps_255 != int(eps_255):
+        raise gr.Error(f"eps (/255) must be a whole number: the picture's pixels move in steps of 1/255, so "
+                       f"{eps_255:g}/255 would attack as {int(eps_255)}/255", print_exception=False)
     step_size_255, lam = within(step_size_255, STEP_SIZE_255, "step size (/255)"), within(lam, LAMBDA, "λ")
     model = cached_model(need_model(model_name))  # loaded once the numbers are known to be good
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
@@ -302,7 +307,7 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                                                "adaptive = knows the Detect tab's detector: fools the model and stays "
                                                "accepted as natural")
                         with gr.Row():
-                            eps = gr.Slider(*EPS_255, value=8, step=0.5, label="eps (/255, L∞)")
+                            eps = gr.Slider(*EPS_255, value=8, step=1, label="eps (/255, L∞)")
                             steps = gr.Slider(*STEPS, value=10, step=1, label="steps")
                         with gr.Row():
                             step_size = gr.Slider(*STEP_SIZE_255, value=1, step=0.25, label="step size (/255)")
@@ -331,11 +336,11 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                                                          "(download it, or check it in the Detect tab)",
                                                    interactive=False)
                         to_detect = gr.Button("Check it in the Detect tab")
-                attack_button.click(attack, [attack_image, model_name, method, eps, steps, step_size, lam, target,
-                                             attack_seed],
-                                    [seen, adversarial, perturbation, top_before, top_after, attack_summary,
-                                     attack_plot, adversarial_file],
-                                    api_name="attack", preprocess=False, **compute)
+                attacking = attack_button.click(
+                    attack, [attack_image, model_name, method, eps, steps, step_size, lam, target, attack_seed],
+                    [seen, adversarial, perturbation, top_before, top_after, attack_summary, attack_plot,
+                     adversarial_file],
+                    api_name="attack", preprocess=False, **compute)
             with gr.Tab("Detect", id="detect"):
                 gr.Markdown("Uses the model picked in the Attack tab, and the energy threshold shipped with it.")
                 detect_classes = gr.Markdown(classes_note)
@@ -417,7 +422,8 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                           [model_name, synthesis_model, target],
                           [target, synthesis_model, attack_classes, detect_classes, *example_datasets],
                           api_visibility="private")
-        model_name.change(lambda: None, None, adversarial_file, api_visibility="private")  # it was another model's
+        # the file was another model's; an attack still running is too, and would land after the change
+        model_name.change(lambda: None, None, adversarial_file, cancels=[attacking], api_visibility="private")
         synthesis_model.change(class_choices, [synthesis_model, synth_class, translate_class],
                                [synth_class, translate_class], api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)

@@ -63,6 +63,8 @@ def upsampling_note(model, image: ImageInput) -> str:
 
     with Image.open(image) as picture:  # the header only: `load_model_input` has already read and checked it
         width, height = picture.size
+        if picture.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: stored sideways, read upright
+            width, height = height, width
     factor = enlargement(width, height, model.spec)
     if factor < UPSAMPLED_NOTE:
         return ""
@@ -143,6 +145,11 @@ class AttackResult:
         peak = float(delta.abs().max())
         return (0.5 + delta / (2 * peak)).clamp(0, 1) if peak > 0 else torch.full_like(delta, 0.5)
 
+    def energy_change(self) -> str:
+        if self.energy_adversarial < self.energy_clean:
+            return "lower: looks *more* likely to the model"
+        return "higher" if self.energy_adversarial > self.energy_clean else "unchanged"
+
     def summary(self) -> str:
         clean_label, clean_p = next(iter(self.top_clean.items()))
         adv_label, adv_p = next(iter(self.top_adversarial.items()))
@@ -151,7 +158,7 @@ class AttackResult:
         return (
             f"{self.attack}: **{clean_label}** ({clean_p:.1%}) → **{adv_label}** ({adv_p:.1%}). "
             f"Energy E(x) {self.energy_clean:.2f} → {self.energy_adversarial:.2f} "
-            f"({'lower: looks *more* likely to the model' if self.energy_adversarial < self.energy_clean else 'higher'}). "
+            f"({self.energy_change()}). "
             f"Change: L∞ {float(delta.abs().max()) * 255:.1f}/255, L2 {float(delta.norm()):.3f}."
         ) + (f" {outcome}" if outcome and not self.verdict else "") + (
             f"\n\n{self.verdict}" if self.verdict else "") + (f"\n\n*{self.note}*" if self.note else "")
