@@ -369,6 +369,17 @@ def test_spec_class_index_by_name_or_number():
 
 
 
+def test_a_label_made_of_digits_is_that_label_not_an_index():
+    """An ImageFolder of classes 1..10 sorts them '1', '10', '2', ...: "1" was read as index 1, label '10'."""
+    from robgen.models import ModelSpec
+
+    labels = sorted(str(i) for i in range(1, 11))
+    spec = ModelSpec(architecture="tiny", num_classes=10, class_labels=labels)
+    assert [labels[spec.class_index(name)] for name in ("1", "10", "5")] == ["1", "10", "5"]
+    assert spec.class_index(1) == 1  # a number is still an index
+
+
+
 def test_imagenet_labels_name_one_class_each_and_a_synonym_picks_its_class():
     # timm's table has "crane" twice (the bird, 134; the machine, 517): the top-5 dict kept one of them, with the
     # other's probability, and the machine could not be picked by name; a label lists synonyms ("tench, Tinca tinca")

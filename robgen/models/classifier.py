@@ -79,14 +79,16 @@ class ModelSpec:
 
     def class_index(self, label) -> int:
         """The index of a class given as an index or a label, any case: the whole label, or one of the synonyms
-        an ImageNet label lists ("tench" for "tench, Tinca tinca") where it names one class only."""
+        an ImageNet label lists ("tench" for "tench, Tinca tinca") where it names one class only. A string that
+        is a label is that label, digits or not (an ImageFolder of classes "1" ... "10" sorts "10" second); other
+        digit strings are indices."""
         if label is None or (isinstance(label, str) and not label.strip()):
             raise ValueError("no class given: pick a class (a label or an index)")
+        lowered = [name.lower() for name in self.class_labels]
+        if isinstance(label, str) and label.strip().lower() in lowered:
+            return lowered.index(label.strip().lower())
         if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
             wanted = label.strip().lower()
-            lowered = [name.lower() for name in self.class_labels]
-            if wanted in lowered:
-                return lowered.index(wanted)
             named = [i for i, name in enumerate(lowered)  # a synonym, or a repeated label without its "(class i)"
                      if wanted in (part.strip() for part in re.sub(r" \(class \d+\)$", "", name).split(","))]
             if len(named) == 1:
