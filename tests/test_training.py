@@ -152,6 +152,37 @@ def test_a_run_that_dies_keeps_its_last_complete_checkpoint(toy_data, tmp_path):
     assert resumed.spec.training["epochs_done"] == 3
 
 
+def test_a_run_killed_between_its_weights_and_its_trainer_state_is_not_resumed_as_if_whole(toy_data, tmp_path,
+                                                                                          monkeypatch):
+    """Epoch 2's weights beside epoch 1's optimiser and schedule: resuming trained epoch 2 again on top of them."""
+    from robgen.training import checkpointing
+
+    real_save = checkpointing.atomic_save
+
+    def killed_writing_epoch_2(obj, path):
+        if obj["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpointing, "atomic_save", killed_writing_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, epochs=3), tmp_path / "torn", progress=False)
+    monkeypatch.setattr(checkpointing, "atomic_save", real_save)
+    with pytest.raises(ValueError, match="weights of epoch 2 but the optimiser, schedule and random state of epoch 1"):
+        train(config(toy_data, epochs=3), tmp_path / "torn", resume=True, progress=False)
+
+
+def test_a_fine_tuned_model_is_the_model_in_its_own_folder_not_its_bases(toy_data, tmp_path):
+    """It kept the base checkpoint's folder: the base's detector.json and seeds were read as its own."""
+    from robgen.models.checkpoint import model_folder
+
+    train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
+    (tmp_path / "base" / "detector.json").write_text("{}")
+    tuned = train(config(toy_data, epochs=1, init_from=str(tmp_path / "base")), tmp_path / "tuned", progress=False)
+    assert model_folder(tuned) == tmp_path / "tuned" and tuned.spec.source == str(tmp_path / "tuned")
+    assert robgen.load_model(tmp_path / "tuned").spec.source == str(tmp_path / "tuned")
+
+
 @pytest.mark.parametrize("mode", ["fast", "pgd"])
 def test_adversarial_runs_keep_their_best_pgd_epoch(toy_data, tmp_path, mode):
     rows = []

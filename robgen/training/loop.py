@@ -62,10 +62,15 @@ def train(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = distributed.setup(device)
     out_dir = Path(out_dir)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)
-        return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch, overwrite)
+    # torch.manual_seed seeds every CUDA device, so every one's state is kept and given back (not only the run's)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    benchmark = torch.backends.cudnn.benchmark  # set for the run (one input shape), given back after it
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)
+            return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch, overwrite)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -143,6 +148,12 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
+        weights_epoch = (model.spec.training or {}).get("epochs_done")
+        if weights_epoch is not None and int(weights_epoch) != start_epoch:  # a run killed between the two writes
+            raise ValueError(f"{out_dir} holds the weights of epoch {weights_epoch} but the optimiser, schedule and "
+                             f"random state of epoch {start_epoch} ({checkpointing.STATE_FILE}): the run was stopped "
+                             "while writing an epoch, so it cannot continue exactly; start it again (--overwrite), "
+                             f"or fine-tune from its weights (--init-from {out_dir})")
         history = json.loads(state["history"])
         checkpointing.restore_random_states(state, device, attack, sampler, out_dir)
         logger.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
@@ -197,6 +208,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         if on_epoch is not None:
             on_epoch(row)
         distributed.barrier()
+    if is_checkpoint_dir(out_dir):  # the model returned is the one in out_dir: its companion files live there
+        model.spec.source = model.spec.folder = str(out_dir)
     return model.eval()
 
 

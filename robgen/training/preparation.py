@@ -83,6 +83,8 @@ def model_to_fine_tune(config: TrainConfig, model: Classifier, classes, input_si
         raise ValueError(f"{config.init_from} is a {model.spec.architecture} (width {width}), but this run trains "
                          f"{config.architecture} (width {config.width}): pass the same --arch and --width")
     model.spec.metrics = {}  # measured again every epoch; the recipe records init_from
+    # no longer the model in the base's folder: its detector.json and seeds were fitted to the base's weights
+    model.spec.source = model.spec.folder = ""
     model.spec.input_size = input_size
     model.spec.crop_pct, model.spec.interpolation = config.crop_pct, config.interpolation
     return model
