@@ -8,6 +8,7 @@ passed as logits fails at once instead of producing plausible-looking numbers.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional
 
 import torch
@@ -97,9 +98,15 @@ def check_positive(value: float, name: str) -> float:
 
 
 def check_steps(steps: int, name: str = "steps") -> int:
-    """Require an integer >= 1."""
-    if isinstance(steps, bool) or not isinstance(steps, int) and not (isinstance(steps, float) and steps.is_integer()):
-        raise TypeError(f"{name} must be an integer >= 1, got {steps!r}")
+    """Require an integer >= 1 (a Python, numpy or 0-d tensor integer, or a whole float)."""
+    if isinstance(steps, float) and steps.is_integer():
+        steps = int(steps)
+    try:
+        if isinstance(steps, bool) or (isinstance(steps, torch.Tensor) and steps.is_floating_point()):
+            raise TypeError
+        steps = operator.index(steps)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer >= 1, got {steps!r}") from None
     if int(steps) < 1:
         raise ValueError(f"{name} must be >= 1, got {steps}")
     return int(steps)

@@ -48,7 +48,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.clip(array * (255.0 if array.max() <= 1 else 1.0), 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # also RGB, L and P with a tRNS colour
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)

@@ -49,3 +49,9 @@ def test_labels_and_numbers():
     with pytest.raises(ValueError):
         check_steps(0)
     assert check_steps(3) == 3
+    import numpy as np
+
+    assert check_steps(np.int64(4)) == 4 and check_steps(torch.tensor(5)) == 5 and check_steps(6.0) == 6
+    for bad in (True, 2.5, torch.tensor(2.0), "3"):
+        with pytest.raises(TypeError, match="must be an integer >= 1"):
+            check_steps(bad)

@@ -60,6 +60,12 @@ def test_common_modes_become_rgb(tmp_path, image, rgb, tolerance):
 def test_transparent_pixels_are_composited_on_white(tmp_path):
     x = load_image(save(Image.new("RGBA", (10, 10), (255, 0, 0, 0)), tmp_path / "t.png"))
     assert torch.allclose(x, torch.ones_like(x))
+    for mode, transparent in (("RGB", (0, 0, 0)), ("L", 0)):  # a tRNS colour, not an alpha channel
+        picture = Image.new(mode, (10, 10), transparent)
+        picture.paste(Image.new(mode, (10, 5), (200, 30, 30) if mode == "RGB" else 120), (0, 5))
+        x = load_image(save(picture, tmp_path / f"trns-{mode}.png", transparency=transparent))
+        assert torch.equal(x[:, :5], torch.ones_like(x[:, :5])), mode  # transparent: white, as RGBA reads it
+        assert float(x[:, 5:].max()) < 0.9, mode  # the opaque half as it is
 
 
 def test_animated_gif_uses_the_first_frame(tmp_path):

@@ -382,3 +382,28 @@ def test_synthesis_takes_numpys_float64_images_and_refuses_a_size_or_count_it_ca
         synthesize(model, 3, 3, steps=1, init="uniform", mask=torch.ones(2, 1, 32, 32))
     two = inpaint(model, torch.rand(2, 3, 32, 32), torch.ones(32, 32), 3, n=2, fill="uniform", steps=1)
     assert two.shape == (2, 3, 32, 32)
+
+
+def test_seeds_refuse_images_that_are_not_pixels_in_0_1():
+    """0-255 images fitted means near 127: every sample clamped to white, with no error until it was drawn."""
+    from robgen.synthesis.seeds import SeedDistribution
+
+    images, labels = torch.randint(0, 256, (8, 3, 16, 16)).float(), torch.arange(8) % 2
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        SeedDistribution.fit([(images, labels)], ["a", "b"], resolution=4, rank=2, progress=False)
+    SeedDistribution.fit([(images / 255, labels)], ["a", "b"], resolution=4, rank=2, progress=False)
+
+
+def test_judges_score_in_eval_mode_and_leave_their_statistics_alone():
+    from robgen.synthesis.quality import judge_samples
+
+    judge = tiny_model(seed=1).train()
+    before = {name: value.clone() for name, value in judge.state_dict().items()}
+    grid = torch.rand(10, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    row, = judge_samples(grid, "generator", {"judge": judge}, None)
+    assert judge.training and all(torch.equal(before[name], value) for name, value in judge.state_dict().items())
+    with torch.no_grad():
+        probabilities = judge.eval()(grid.flatten(0, 1)).softmax(1)
+    targets = torch.arange(10).repeat_interleave(2)
+    assert row["mean_target_probability"] == pytest.approx(float(probabilities[torch.arange(20), targets].mean()),
+                                                           rel=1e-5)

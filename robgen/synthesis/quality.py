@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import mean_interval, rate_interval
+from ..models.state import eval_mode, model_device
 from ..progress import progress_bar
 from .ascent import synthesize
 from .seeds import SeedDistribution, initial_images
-from ..models.state import model_device
 
 SEEDS_ROW = "seeds only (no ascent)"
 
@@ -127,7 +127,7 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
     rows = []
     for judge_name, judge in judges.items():
         judge_device = model_device(judge)
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(judge):  # batch norm on its running statistics, which stay as they were
             probs = judge(as_judge_input(grid.flatten(0, 1), judge).to(judge_device)).float().softmax(1).cpu()
         target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)
         hits = probs.argmax(1) == targets

@@ -64,6 +64,7 @@ class SeedDistribution:
         num_classes = len(class_labels)
         sums = counts = outer = None
         for images, labels in progress_bar(batches, desc="fitting seed Gaussians", progress=progress):
+            check_pixels(images, name="images")  # 0-255 or normalised images would make white or black seeds
             small = downsample(images, resolution).flatten(1).double()
             if sums is None:
                 dim = small.shape[1]
