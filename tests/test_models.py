@@ -38,6 +38,17 @@ def test_timm_model_normalises_inside_and_carries_spec():
     assert {name for name, _ in model.named_buffers()} >= {"mean", "std"}, "normalisation moves with .to(device)"
 
 
+def test_a_timm_model_whose_eval_transform_is_not_a_centre_crop_says_so(caplog):
+    """timm squashes the whole photo for these weights (crop_mode 'squash'); robgen centre-crops it."""
+    with caplog.at_level("WARNING", logger="robgen.models.loading"):
+        robgen.load_model("timm:convnextv2_nano.fcmae_ft_in22k_in1k_384", pretrained=False)
+    assert "crop_mode='squash'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robgen.models.loading"):
+        robgen.load_model("timm:resnet10_cifar", pretrained=False, width=4)
+    assert "crop_mode" not in caplog.text
+
+
 def test_forward_refuses_wrong_channel_count():
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         tiny_model()(torch.rand(2, 1, 32, 32))

@@ -184,6 +184,10 @@ def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weigh
         mean, std = (0.5,) * input_size[0], (0.5,) * input_size[0]
     # timm's eval transform for this model: crop_pct and interpolation, with timm's defaults where unset
     data_cfg = timm.data.resolve_data_config(pretrained_cfg=cfg) if cfg else {}
+    if data_cfg.get("crop_mode", "center") != "center":  # robgen's eval transform knows the centre crop only
+        logger.warning("timm reads %s's images with crop_mode=%r; robgen resizes and centre-crops them (crop_pct "
+                       "%g), so its inputs differ from timm's at the borders", architecture, data_cfg["crop_mode"],
+                       data_cfg.get("crop_pct", 1.0))
     labels = _imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     arch_kwargs = {k: v for k, v in timm_kwargs.items() if k not in ("num_classes", "in_chans")}
     return ModelSpec(
