@@ -87,6 +87,11 @@ def test_the_command_writes_results_report_figure_and_detectors(finished):
     assert results["estimate"]["forward_backward_passes"] > 0 and results["estimate"]["suites"] == 6
     text = (out / "results.md").read_text()
     assert "DARA at 8/255" in text and "Sanity checks" in text and "Tramèr" in text
+    # what each detector catches of the references, as results.json has it, with its counts
+    caught = next(row for row in results["rows"] if row["detector"] == "energy" and row["eps_label"] == "8/255")
+    entry = caught["detection_rate_at_final_points"]["pgd (bare model)"]
+    assert f"| pgd (bare model) | 8/255 | {100 * entry['rate']:.1f}% [" in text
+    assert f"({entry['count']} of {entry['n']}) |" in text.split("What each detector catches")[1]
     for row in results["rows"]:  # one restart: the curve has one point, the suite's own DARA
         assert row["dara_by_restarts"] == [row["dara"]]
     again = next(check for check in results["sanity"] if check["check"].startswith("every evasion holds"))
@@ -397,7 +402,7 @@ def test_the_command_calibrates_each_detector_with_the_settings_given(checkpoint
     given = {"robust-margin": {"radius": 1 / 255, "steps": 2}, "energy": {"temperature": 2.0}}
     assert results["settings"]["detector_settings"] == given
     assert {kind: results["detectors"][kind]["settings"] for kind in given} == given
-    assert "radius 0.0039215686" in (out / "results.md").read_text()
+    assert "(radius 1/255, steps 2)" in (out / "results.md").read_text()
 
 
 def test_the_library_refuses_settings_for_a_detector_not_named_or_given_calibrated(checkpoint, toy_data, no_work):

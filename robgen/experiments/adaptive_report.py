@@ -269,7 +269,7 @@ def _thresholds(entry: dict) -> str:
             parts.append(f"{name} = [{', '.join(f'{v:.4g}' for v in value)}]")
         elif value is not None:
             parts.append(f"{name} = {value:.4g}")
-    settings = ", ".join(f"{k} {v}" for k, v in entry.get("settings", {}).items())
+    settings = ", ".join(f"{k} {eps_label(v) if k == 'radius' else v}" for k, v in entry.get("settings", {}).items())
     fpr = entry.get("validation", {})
     shown = "n/a"
     if fpr.get("false_positive_rate") is not None:
@@ -299,6 +299,29 @@ def unknown_first(rows: Mapping[str, dict]) -> str:
     return (f" No count for {', '.join('detector off' if name == OFF else name for name in missing)}: the run "
             "counted, before a fix of 2026-12-05, the images not defended on clean inputs as well, and its stages, "
             "which would give the right count, are gone (`scripts/fix_found_first.py`).")
+
+
+def caught_section(results: dict, names: Sequence[str]) -> List[str]:
+    """What each detector catches of an attacker who ignores it: the share of each reference attack's successes on
+    the bare model (its final points, misclassified) that the detector rejects."""
+    rows = [row for row in results["rows"] if row["detector"] in names and row.get("detection_rate_at_final_points")]
+    if not rows:
+        return []
+    shown = [name for name in names if any(row["detector"] == name for row in rows)]
+    lines = ["", "## What each detector catches of an attacker who ignores it", "",
+             "Of each non-adaptive attack's successes on the bare model (its final point misclassified), the share "
+             "the detector rejects; in brackets the 95% interval, then caught of successful.", "",
+             "| attack | eps | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+    for eps in sorted({row["eps"] for row in rows}):
+        at_eps = sorted((row for row in rows if row["eps"] == eps), key=lambda row: shown.index(row["detector"]))
+        for attack in at_eps[0]["detection_rate_at_final_points"]:
+            cells = []
+            for row in at_eps:
+                entry = row["detection_rate_at_final_points"].get(attack)
+                cells.append(_pct(entry) + (f" ({entry['count']} of {entry['n']})" if entry and "count" in entry
+                                            else ""))
+            lines.append(f"| {attack} | {eps_label(eps)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -357,6 +380,7 @@ def markdown(results: dict) -> str:
                 cells.append(_pct(row["per_attack"][attack]["evasion_rate"]) + (f" / {first}" if first is not None
                                                                                  else ""))
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    lines += caught_section(results, names)
     by_restarts = [row for row in results["rows"] if row.get("dara_by_restarts")]
     if by_restarts and settings["restarts"] > 1:
         lines += ["", "## DARA after each restart", "",
