@@ -198,6 +198,16 @@ def test_unknown_kind_is_refused_listing_the_known_ones(tmp_path):
         RejectOption.load(path)
 
 
+
+def test_a_reject_option_of_a_newer_format_is_refused_not_read_as_this_one(tmp_path):
+    path = EnergyReject().fit(clean_logits()).save(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    assert data["version"] == 1
+    path.write_text(json.dumps({**data, "version": 2}))
+    with pytest.raises(ValueError, match="format version 2, by a newer robgen; this one reads versions up to 1"):
+        RejectOption.load(path)
+
+
 def test_an_unbound_or_unfitted_option_says_what_to_do():
     with pytest.raises(RuntimeError, match="call calibrate"):
         EnergyReject().score_from(clean_logits())

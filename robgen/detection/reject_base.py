@@ -248,7 +248,8 @@ class RejectOption:
         if found != self.model_fingerprint:
             raise ValueError(f"this {self.kind!r} reject option was calibrated for another model (weights "
                              f"{self.model_fingerprint[:12]}…, this model's are {found[:12]}…): calibrate it again "
-                             "on this model's clean validation images")
+                             "on this model's clean validation images (a file saved by robgen before 2026-12-05 "
+                             "records an older kind of fingerprint: scripts/refingerprint.py rewrites it)")
 
     # ---- saving --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -273,6 +274,10 @@ class RejectOption:
 
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a saved reject option (no \"format\": \"{FORMAT}\")")
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(f"this reject option was saved in format version {version!r}, by a newer robgen; this one "
+                             f"reads versions up to {FORMAT_VERSION}: upgrade robgen")
         kind = data.get("kind")
         if kind == CallableReject.kind:
             if fn is None:
