@@ -333,6 +333,11 @@ def test_a_container_kept_as_a_plain_attribute_is_read_by_what_it_holds():
         assert torch.allclose(inference_graph(model, example=x)(x), model(x), atol=1e-6)
         model.stats = (torch.zeros(3), torch.full((3,), 2.0))  # a new tuple of tensors: compared, not ==
         assert torch.allclose(inference_graph(model, example=x)(x), model(x), atol=1e-6)
+        model.activations = {"logits": model(x)}  # a dict of tensors a forward refills: read as the object it is,
+        copy = inference_graph(model, example=x)  # not copied again at every call
+        for _ in range(3):
+            model.activations["logits"] = model(x)
+            assert inference_graph(model, example=x) is copy
 
 
 def test_a_batch_the_model_cannot_take_leaves_it_fused_for_the_batches_it_takes(bn_model, batch):

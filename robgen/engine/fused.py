@@ -127,9 +127,9 @@ _this_thread = threading.local()  # .building: ids of the models this thread is 
 
 def weights_signature(model: nn.Module) -> Optional[Tuple]:
     """What identifies the current network: (id, address, shape, dtype, device, version) of every tensor,
-    every module's name, type, identity and plain settings (a BN `eps`, and what its tuples, lists and dicts
-    hold), which object each of its other public attributes is (a swapped activation function), tensors kept as
-    plain attributes (in containers too) like the registered ones,
+    every module's name, type, identity and plain settings (a BN `eps`, and what its small tuples, lists and
+    dicts of plain values hold: `_setting`), which object each of its other public attributes is (a swapped
+    activation function), tensors kept as plain attributes (alone or in a small tuple) like the registered ones,
     and `content_fingerprint` of the tensors (the updates that bump no version counter).
 
     None for a model whose tensors keep no version counter (made under
@@ -158,20 +158,28 @@ def weights_signature(model: nn.Module) -> Optional[Tuple]:
     return tuple(rows)
 
 
-def _setting(value, loose: List[torch.Tensor], depth: int = 0):
-    """A module attribute as the signature records it: a plain value as itself; a tuple, list or dict by what it
-    holds (a wrapper's `cfg["temperature"]` changed in place is another network), to a few levels; a tensor as a
-    place in `loose`, compared by content below (never with ==, which a tensor answers element-wise); any other
-    object (a function, a class, an activation) by which one it is."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+_PLAIN = (type(None), bool, int, float, str)
+_SMALL = 64  # items of a container read by content; a larger one (a label list) is recorded by which one it is
+
+
+def _setting(value, loose: List[torch.Tensor]):
+    """A module attribute as the signature records it. A plain value as itself; a small tuple, list or dict of
+    plain values by what it holds (a wrapper's `cfg["temperature"]` changed in place is another network); a
+    tensor, and a small tuple of tensors and plain values (`stats = (mean, std)`), as places in `loose`, compared
+    by content below (never with ==, which a tensor answers element-wise); anything else (a function, a class, a
+    dict of activations a forward writes into) by which object it is, so a forward that refills its own dict does
+    not make a new copy every call."""
+    if isinstance(value, _PLAIN):
         return value
     if isinstance(value, torch.Tensor):
         loose.append(value)
         return "tensor"
-    if depth < 4 and isinstance(value, (tuple, list)):
-        return (type(value).__name__,) + tuple(_setting(item, loose, depth + 1) for item in value)
-    if depth < 4 and isinstance(value, dict):
-        return ("dict",) + tuple((repr(key), _setting(item, loose, depth + 1)) for key, item in value.items())
+    if isinstance(value, (tuple, list, dict)) and len(value) <= _SMALL:
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        if all(isinstance(key, _PLAIN) and isinstance(item, _PLAIN) for key, item in items):
+            return (type(value).__name__,) + tuple(items)
+        if isinstance(value, tuple) and all(isinstance(item, (torch.Tensor, *_PLAIN)) for item in value):
+            return ("tuple",) + tuple(_setting(item, loose) for item in value)
     return ("object", id(value))
 
 
