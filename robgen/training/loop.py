@@ -62,12 +62,14 @@ def train(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = distributed.setup(device)
     out_dir = Path(out_dir)
-    # torch.manual_seed seeds every CUDA device, so every one's state is kept and given back (not only the run's)
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # With CUDA in use, torch.manual_seed seeds every device, so every one's state is kept and given back (not only
+    # the run's); a CPU run where CUDA is not started seeds the CPU alone and never starts it.
+    uses_cuda = device.type == "cuda" or (torch.cuda.is_available() and torch.cuda.is_initialized())
+    devices = list(range(torch.cuda.device_count())) if uses_cuda else []
     benchmark = torch.backends.cudnn.benchmark  # set for the run (one input shape), given back after it
     try:
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(config.seed)
+            (torch.manual_seed if uses_cuda else torch.default_generator.manual_seed)(config.seed)
             return _train(config, out_dir, data_root, download, resume, device, progress, on_epoch, overwrite)
     finally:
         torch.backends.cudnn.benchmark = benchmark
