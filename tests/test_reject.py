@@ -433,9 +433,11 @@ def test_mahalanobis_statistics_from_one_model_are_not_calibrated_on_another(sma
     option = make_reject_option("mahalanobis", target_fpr=0.1).fit_reference_on(model, train_x, train_y)
     with pytest.raises(ValueError, match="class statistics come from another model"):
         option.calibrate(other, val_x)
+    assert option.calibrate(model, val_x).fitted  # its own model is fine
+    before = option.to_dict()
     with pytest.raises(ValueError, match="class statistics come from another model"):
         option.fit(other(val_x).detach(), penultimate_features(other, val_x)[0], model=other)
-    assert option.calibrate(model, val_x).fitted  # its own model is fine
+    assert option.to_dict() == before, "a refused fit leaves the calibrated option as it was"
 
 
 def test_a_nan_score_is_rejected_by_every_part_that_asks(small):

@@ -377,21 +377,17 @@ class MahalanobisReject(_HighStatisticReject):
         features, logits = penultimate_features(model, images, batch_size)
         return self.fit_reference(features, labels, logits.shape[1], model=model)
 
-    def _check_reference_model(self, model: torch.nn.Module) -> None:
+    def _check_model_first(self, model: torch.nn.Module) -> None:
         """The class statistics are a model's feature space: thresholds fitted on another model's would describe
-        neither. Statistics from `fit_reference` (features alone) record no model and are taken on trust."""
+        neither. Statistics from `fit_reference` without `model` record none and are taken on trust."""
         recorded = self.reference.get("model_fingerprint")
         if recorded is not None and recorded != model_fingerprint(model):
             raise ValueError("this Mahalanobis reject option's class statistics come from another model's features "
                              f"(weights {recorded[:12]}…): fit_reference_on(this model, train_images, train_labels) "
                              "before calibrating it on this model")
 
-    def calibrate(self, model, images, batch_size=256):
-        self._check_reference_model(model)  # before the model runs over the images
-        return super().calibrate(model, images, batch_size)
-
     def bind(self, model):
-        self._check_reference_model(model)
+        self._check_model_first(model)
         return super().bind(model)
 
     def _require_reference(self) -> MahalanobisScorer:

@@ -177,6 +177,8 @@ class RejectOption:
         kind that `needs_network` runs it, so it needs `model` and the `inputs` its logits came from)."""
         if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
             check_logits(logits)
+        if model is not None:
+            self._check_model_first(model)
         if self.needs_network and model is None:
             raise ValueError(f"the {self.kind!r} reject option runs the model again near each input: pass model= "
                              "(and the inputs= its logits came from), or use calibrate(model, images)")
@@ -213,6 +215,7 @@ class RejectOption:
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
+        self._check_model_first(model)
         dtype = model_dtype(model)  # float64 images for a float32 model (or the other way round) are cast
         if self.needs_features:
             features, logits = penultimate_features(model, images, batch_size)
@@ -234,6 +237,10 @@ class RejectOption:
         return self.bind(model)
 
     # ---- the model it belongs to ---------------------------------------------------------------
+    def _check_model_first(self, model: torch.nn.Module) -> None:
+        """Refuse `model` before fitting on it, leaving the option as it was (a kind whose statistics belong to
+        one model says so here)."""
+
     def bind(self, model: torch.nn.Module) -> "RejectOption":
         """Record that the thresholds belong to `model` (its weights' fingerprint)."""
         self.model_fingerprint = model_fingerprint(model)
