@@ -52,6 +52,8 @@ class AttackOutcome:
     rejected: torch.Tensor  # its final point is rejected
     seconds: float = 0.0
     first_run: Optional[torch.Tensor] = None  # the run (1-based, restarts) of the first evasion, 0 where none
+    adaptive: bool = False  # it knows the detector and stops on a batch once all of it evaded: its final points
+    # depend on the batch, so they say nothing of the bare model's robustness
 
 
 @dataclass
@@ -69,12 +71,17 @@ class SuiteResult:
         return {name: outcome.evaded for name, outcome in self.attacks.items()}
 
     def report(self, eps: float, norm: str = "Linf", best_known_at_half: Optional[float] = None) -> Dict[str, object]:
-        """`detection_aware_report` of the suite: DARA, the per-attack breakdown, each attack's bare-model
-        robust accuracy and detection rate (from its final points), Tramèr's ceiling note."""
+        """`detection_aware_report` of the suite: DARA, the per-attack breakdown, Tramèr's ceiling note, and from
+        the final points of the attacks that do not know the detector (PGD, HE-PGD on the bare model) the bare
+        model's robust accuracy under them and the detector's detection rate among their successes. An adaptive
+        attack's final points are left out: it stops on a batch once all of it evaded, so an image it evaded may
+        end classified correctly, and where it ends depends on the batch (robust accuracy with the detector off
+        is a suite run against `DetectorOff`)."""
+        judged = {name: o for name, o in self.attacks.items() if not o.adaptive}
         return detection_aware_report(
             self.clean_correct, self.clean_accepted, self.evaded_by_attack(), eps,
-            bare_adversarial_correct={name: ~o.misclassified for name, o in self.attacks.items()},
-            bare_adversarial_rejected={name: o.rejected for name, o in self.attacks.items()},
+            bare_adversarial_correct={name: ~o.misclassified for name, o in judged.items()} if judged else None,
+            bare_adversarial_rejected={name: o.rejected for name, o in judged.items()} if judged else None,
             norm=norm, best_known_at_half=best_known_at_half)
 
 
@@ -108,7 +115,7 @@ def _run_batch(defended, x, y, attacks: Mapping[str, object], constraint, progre
         _check_in_ball(name, tracker.images, x, constraint)
         images = torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
         outcomes[name] = AttackOutcome(tracker.evaded, images, misclassified, rejected, time.perf_counter() - start,
-                                       first_run=tracker.first_run)
+                                       first_run=tracker.first_run, adaptive=hasattr(attack, "run"))
         for i in overall.merge(tracker).nonzero()[:, 0].tolist():
             found_by[i] = name
         done += 1
@@ -124,7 +131,8 @@ def _concatenate(parts: List[SuiteResult]) -> SuiteResult:
     outcomes = {name: AttackOutcome(*(cat(lambda p, f=f: getattr(p.attacks[name], f))
                                       for f in ("evaded", "images", "misclassified", "rejected")),
                                     seconds=sum(p.attacks[name].seconds for p in parts),
-                                    first_run=cat(lambda p: p.attacks[name].first_run))
+                                    first_run=cat(lambda p: p.attacks[name].first_run),
+                                    adaptive=parts[0].attacks[name].adaptive)
                 for name in parts[0].attacks}
     return SuiteResult(cat(lambda p: p.clean_correct), cat(lambda p: p.clean_accepted), cat(lambda p: p.evaded),
                        cat(lambda p: p.images), [name for p in parts for name in p.found_by], outcomes)
