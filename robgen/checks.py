@@ -102,7 +102,8 @@ def check_steps(steps: int, name: str = "steps") -> int:
     if isinstance(steps, float) and steps.is_integer():
         steps = int(steps)
     try:
-        if isinstance(steps, bool) or (isinstance(steps, torch.Tensor) and steps.is_floating_point()):
+        if isinstance(steps, bool) or (isinstance(steps, torch.Tensor) and (
+                steps.ndim or steps.is_floating_point() or steps.dtype == torch.bool)):
             raise TypeError
         steps = operator.index(steps)
     except TypeError:

@@ -30,7 +30,7 @@ def _as_1d(values, name: str) -> torch.Tensor:
     # a list or array is read as float64 at once (torch would make float32 of a list, rounding close energies
     # together); a tensor keeps its values, cast up
     t = (values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=torch.float64))
-    if sum(size > 1 for size in t.shape) > 1:
+    if t.ndim > 1 and math.prod(t.shape[1:]) != 1:  # (1, K) too: one image's logits, not K energies
         raise ValueError(f"{name} must be energies of shape (N,), got shape {tuple(t.shape)}: for (N, K) logits "
                          "pass robgen.energy(logits)")
     t = t.to("cpu", torch.float64).flatten()

@@ -52,6 +52,6 @@ def test_labels_and_numbers():
     import numpy as np
 
     assert check_steps(np.int64(4)) == 4 and check_steps(torch.tensor(5)) == 5 and check_steps(6.0) == 6
-    for bad in (True, 2.5, torch.tensor(2.0), "3"):
+    for bad in (True, 2.5, torch.tensor(2.0), torch.tensor(True), torch.tensor([3]), "3"):
         with pytest.raises(TypeError, match="must be an integer >= 1"):
             check_steps(bad)

@@ -166,4 +166,6 @@ def test_energies_of_another_shape_are_refused_not_flattened():
                  lambda: detection_metrics(logits, logits, 0.0, n_boot=0)):
         with pytest.raises(ValueError, match=r"energies of shape \(N,\), got shape \(5, 10\)"):
             call()
-    assert auroc(torch.zeros(3, 1), torch.ones(1, 3)) == 0.0  # a column or a row of energies is still energies
+    with pytest.raises(ValueError, match=r"got shape \(1, 10\)"):
+        auroc(logits[:1], logits[1:2])  # one image's logits are not ten energies
+    assert auroc(torch.zeros(3, 1), torch.ones(1)) == 0.0  # a column of energies is still energies
