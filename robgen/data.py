@@ -322,6 +322,17 @@ def same_data(recorded: Union[str, Path, None], data: Union[str, Path]) -> bool:
     return folders[0] == folders[1]
 
 
+def canonical_data(data: Union[str, Path]) -> str:
+    """One spelling per data set, for records compared as text: a named data set as its name (also when given as
+    its own folder under the data root), any other folder as its absolute path."""
+    if str(data).lower() in KNOWN:
+        return str(data).lower()
+    for name in KNOWN:
+        if same_data(name, data):
+            return name
+    return str(Path(str(data)).expanduser().resolve())
+
+
 def recorded_val_size(spec, data: Union[str, Path]) -> Optional[int]:
     """The validation split the model's training held out of `data`, None when it was not trained on `data`."""
     recorded = spec.training.get("data", {}) if isinstance(spec.training, dict) else {}

@@ -313,3 +313,14 @@ def test_labels_of_reads_the_targets_through_subsets_without_reading_an_image():
             raise AssertionError("an image was read")
 
     assert data.labels_of(Subset(Subset(Unreadable(), [4, 2, 0]), [0, 2])) == [5, 3]
+
+
+def test_canonical_data_spells_each_data_set_one_way(tmp_path, monkeypatch):
+    """Records compared as text (ablation rows) measured 'cifar10' and its own folder as two data sets."""
+    monkeypatch.setenv("ROBGEN_DATA", str(tmp_path))
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert data.canonical_data("CIFAR10") == data.canonical_data(tmp_path / "cifar10") == "cifar10"
+    assert data.canonical_data(str(tmp_path / "cifar10") + "/") == "cifar10"
+    assert data.canonical_data("mine/") == data.canonical_data("./mine") == str(tmp_path / "mine")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -171,8 +170,9 @@ def measure_pixels(model, splits: DetectionSplits, quality: int = ARCHIVE_JPEG_Q
 def _settings(spec: AblationSpec, data: str, limit: Optional[int], seed: int, val_size: Optional[int],
               batch_size: int, test_images: str) -> dict:
     # batch_size: each batch's random start is seeded from its index, so it changes the draws
-    # data as written, less a trailing slash or ./ (the same folder; `test_images` tells copies apart)
-    return {"data": os.path.normpath(str(data)), "limit": limit, "seed": seed, "val_size": val_size, "batch_size": batch_size,
+    # data in one spelling ("cifar10" also when given as its folder under the data root; `test_images` tells copies
+    # apart)
+    return {"data": datasets.canonical_data(data), "limit": limit, "seed": seed, "val_size": val_size, "batch_size": batch_size,
             "attack": OFFICIAL_PGD, "pixels": spec.pixels, "protocol": "youden, temperature searched",
             "test_images": test_images}
 
