@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     names = args.detector or list(results["detectors"])
     print(f"{results['model']} ({results['data']}), first {n} test images, {args.steps} steps, 3 targets\n")
-    print("| detector | eps | robgen's DARA (its run) | this attack's DARA | robgen-defended images it breaks "
+    print("| detector | eps | robgen's DARA (its run, these images) | this attack's DARA | robgen-defended images it breaks "
           "| DARA against both | verdict |\n|---|---|---|---|---|---|---|")
     failed = 0
     for name in names:
@@ -142,17 +142,22 @@ def main(argv=None) -> int:
                 continue
             clean, evaded = check(defended, x, y, row["eps"], args.steps, scale, args.batch, generator)
             count = int((clean & ~evaded).sum())
-            bad = row["dara"]["rate"] > wilson_interval(count, n)[1]
+            theirs_count, theirs_n, breaks = row["dara"]["count"], row["dara"]["n"], None
             broken, both = "n/a (the run does not name its images)", "n/a"
-            if "defended" in row and row["dara"]["n"] == n:
-                broken, both, unattacked = compare_images(row["defended"], clean, evaded)
-                bad = bad or broken > 0  # one image robgen calls defended and this attack breaks proves it optimistic
-                broken = f"{broken} of {row['dara']['count']}" + (
+            if "defended" in row and n <= row["dara"]["n"]:  # the run's first n images: compared image by image
+                defended_here = [i for i in row["defended"] if i < n]
+                theirs_count, theirs_n = len(defended_here), n
+                breaks, together, unattacked = compare_images(defended_here, clean, evaded)
+                broken = f"{breaks} of {len(defended_here)}" + (
                     f" ({unattacked} more its clean pass does not accept: not attacked)" if unattacked else "")
-                both = rate(both, n)
+                both = rate(together, n)
+            elif n != row["dara"]["n"]:
+                broken = f"n/a (the run's {row['dara']['n']} images are not named; this checks {n})"
+            # too optimistic: robgen's DARA above this attack's interval, or one image robgen calls defended broken
+            bad = theirs_count / theirs_n > wilson_interval(count, n)[1] or bool(breaks)
             failed += bad
             verdict = "robgen too optimistic" if bad else "consistent"
-            print(f"| {name} | {row['eps_label']} | {rate(row['dara']['count'], row['dara']['n'])} | "
+            print(f"| {name} | {row['eps_label']} | {rate(theirs_count, theirs_n)} | "
                   f"{rate(count, n)} | {broken} | {both} | {verdict} |", flush=True)
     return 1 if failed else 0
 

@@ -71,9 +71,12 @@ def main(argv=None) -> int:
         result = run_suite(defended, x, y, attacks, eps=eps, batch_size=100)
         pgd = result.attacks["pgd (bare model)"]
         caught = pgd.rejected[pgd.misclassified & result.clean_correct]
-        print(f"{label}: clean accuracy with rejection {rate_text(result.clean_correct & result.clean_accepted)}, "
-              f"DARA {rate_text(result.clean_correct & result.clean_accepted & ~result.evaded)}; evaded per attack: "
-              + ", ".join(f"{name} {outcome.evaded.double().mean():.1%}" for name, outcome in result.attacks.items())
+        defended_clean = result.clean_correct & result.clean_accepted  # what an attack can evade at all
+        print(f"{label}: clean accuracy with rejection {rate_text(defended_clean)}, "
+              f"DARA {rate_text(defended_clean & ~result.evaded)}; evaded per attack (of the {int(defended_clean.sum())} "
+              "images defended on clean inputs): "
+              + ", ".join(f"{name} {outcome.evaded[defended_clean].double().mean():.1%}"
+                          for name, outcome in result.attacks.items())
               + f"; bare-PGD successes rejected {rate_text(caught)} ({time.perf_counter() - started:.0f} s)",
               flush=True)
     return 0
