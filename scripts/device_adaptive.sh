@@ -19,8 +19,8 @@
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
 #                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
 #
-# Estimated cost (python -m robgen adaptive --estimate-only): per CIFAR-10 model and eps, about 7.5 million
-# forward+backward image-passes at most (6 suites: 5 detectors and the detector off). $OUT gets, per model, the
+# Estimated cost (python -m robgen adaptive --estimate-only): per CIFAR-10 model and eps, about 8.6 million
+# forward+backward image-passes at most (7 suites: 6 detectors and the detector off). $OUT gets, per model, the
 # folder `python -m robgen adaptive` writes (results.json, results.md, adaptive_dara.png, detectors/), without
 # its stages: copy each to results/adaptive/<model>/ here. Imagenette models (DATA=imagenette) need the
 # Imagenette archive: see scripts/device_imagenette.sh for how it travels.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the working tree small enough to travel to a lent accelerator, and put it back afterwards.
 #
-# The device tool sends the tracked files plus the `carry` paths, 64 MiB at most. The tracked tree is about 70 MB
+# The device tool sends the tracked files plus the `carry` paths, 64 MiB at most. The tracked tree is about 83 MB
 # (the shipped checkpoints and the committed figures), so a device call fails before it starts. The device scripts
 # need neither the Imagenette checkpoints (for CIFAR-10 work) nor the committed figures, so:
 #
