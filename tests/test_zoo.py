@@ -295,3 +295,13 @@ def test_fab_on_a_float64_model_is_refused_with_the_reason_and_the_others_attack
     adversarial = zoo_attack("DeepFool", double, THREAT, torch.Generator().manual_seed(0))(x, y)
     with torch.no_grad():
         assert bool((double(adversarial.double()).argmax(1) != y).any())
+
+
+def test_the_zoo_study_refuses_to_run_split_across_processes(monkeypatch):
+    """Each rank would record the perturbation sizes of its own batches only, beside every rank's outputs."""
+    from robgen import distributed
+    from robgen.experiments.zoo import zoo_study
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    with pytest.raises(ValueError, match="one process: start it without torchrun"):
+        zoo_study(torch.nn.Identity(), None)

@@ -157,6 +157,8 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
     `on_attack(name, row)` is called after each attack (the CLI prints a line).
     The per-image ΔE of every attack (test split) is in `results["delta_energy"]`.
     """
+    if distributed.is_distributed():  # the perturbation sizes are recorded per process, in its share's order
+        raise ValueError("zoo_study runs in one process: start it without torchrun")
     settings = settings or ZooStudySettings()
     started = time.perf_counter()
     loaders = splits.loaders(settings.batch_size)
