@@ -483,3 +483,42 @@ def test_calibration_casts_the_images_to_the_models_precision(small, kind):
     if kind == "mahalanobis":
         reference.fit_reference_on(model, train_x, train_y)
     assert as_float64 == reference.calibrate(model, val_x).thresholds()
+
+
+def test_robust_margins_gradient_near_the_pixel_bounds_is_the_scores():
+    """Where the ball reaches past 0 or 1 and the inner point sits on the bound, that coordinate does not move with
+    x: passing the margin's gradient through it gave 3 of 8 directional derivatives the wrong sign."""
+    model = tiny_model().double()
+    g = torch.Generator().manual_seed(0)
+    radius = 4 / 255
+    option = make_reject_option("robust-margin", radius=radius, steps=3, target_fpr=0.1).calibrate(
+        model, torch.rand(32, 3, 32, 32, generator=g, dtype=torch.float64))
+    defended = DefendedClassifier(model, option)
+    u = torch.rand(8, 3, 32, 32, generator=g, dtype=torch.float64)
+    x = torch.where(u < 0.5, 0.005 + 0.01 * u, 0.995 - 0.01 * (u - 0.5)).requires_grad_(True)  # all near a bound
+    (gradient,) = torch.autograd.grad(defended.score(x).sum(), x)
+    direction = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    h = 1e-8
+    with torch.no_grad():
+        finite = (defended.score(x + h * direction) - defended.score(x - h * direction)) / (2 * h)
+    analytic = (gradient * direction).flatten(1).sum(1)
+    assert torch.equal(torch.sign(analytic), torch.sign(finite)), (analytic, finite)
+    assert torch.allclose(analytic, finite, atol=1e-2)
+
+
+def test_a_defended_model_left_in_train_mode_is_scored_in_eval_mode_and_left_as_it_was(small):
+    """Scoring in train mode updated batch norm's running statistics (robust-margin: five times a call), changed the
+    model's fingerprint and made a score depend on its batch."""
+    model, _, _, val_x = small
+    for kind in ("energy", "robust-margin"):
+        option = make_reject_option(kind, target_fpr=0.1).calibrate(model, val_x)
+        defended = DefendedClassifier(model, option)
+        expected = defended.predict(val_x[:4])
+        before = {name: value.clone() for name, value in model.state_dict().items()}
+        model.train()
+        try:
+            assert torch.equal(defended.predict(val_x[:4]), expected), kind
+            assert model.training, kind  # the caller's mode, given back
+            assert all(torch.equal(before[name], value) for name, value in model.state_dict().items()), kind
+        finally:
+            model.eval()

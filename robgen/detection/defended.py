@@ -31,6 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..models.state import eval_mode
 from .baselines import last_linear
 from .reject import RejectOption
 
@@ -100,6 +101,10 @@ class DefendedClassifier(nn.Module):
         evasions are confirmed by the model itself, `EvasionTracker.observe(verify=True)`).
         """
         network = self.model if network is None else network
+        with eval_mode(network):  # a model left in train mode: batch norm on its running statistics, not updated
+            return self._outputs(x, network)
+
+    def _outputs(self, x: torch.Tensor, network: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
         features: Optional[torch.Tensor] = None
         caught: List[torch.Tensor] = []
         hook = None

@@ -278,7 +278,12 @@ class RobustMarginReject(_HighStatisticReject):
         worst = projected_gradient_ascent(network, inputs.detach(),
                                           lambda out: classification_margin(out, predicted, check=False),
                                           self.ball, self.steps, 2.5 * self.radius / self.steps)
-        point = inputs + (worst - inputs.detach())  # the point found, with the input's gradient (Danskin)
+        # The point found, with the input's gradient (Danskin): the ball moves with x, and its maximiser with it,
+        # except in the coordinates the pixel range [0, 1] holds (the ball reaches past 0 or 1 and the point sits
+        # there), which do not move with x.
+        start = inputs.detach()
+        held = ((worst <= 0) & (start - self.radius < 0)) | ((worst >= 1) & (start + self.radius > 1))
+        point = torch.where(held, worst, inputs + (worst - start))
         return classification_margin(network(point), predicted, check=False)
 
     def settings(self):
