@@ -317,6 +317,14 @@ def test_logit_matching_refuses_a_pool_without_another_class(trained):
         attack(x, y)
 
 
+def test_penalty_refuses_a_negative_confidence_or_score_margin(logit_detector):
+    """Below 0 the objective stops pushing while the point is still correct (or still rejected): evaded 8 of 16
+    where 0 evaded all 16, with no error."""
+    for setting in ("confidence", "score_margin"):
+        with pytest.raises(ValueError, match=f"{setting} must be a finite number >= 0"):
+            PenaltyPGD(logit_detector, **{setting: -1.0})
+
+
 def test_penalty_doubles_lam_where_rejected_and_halves_it_where_still_correct(logit_detector, batch):
     x, y = batch
     attack = PenaltyPGD(logit_detector, eps=4 / 255, steps=3, restarts=1, lam=1.0, generator=seeded())

@@ -29,6 +29,7 @@ found (else the final iterate). Later restarts run only on the images not yet ev
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import torch
@@ -316,6 +317,9 @@ class PenaltyPGD(AdaptiveAttack):
         super().__init__(defended, eps, step_size, steps, norm, restarts, random_start, generator)
         self.lam = check_positive(lam, "lam")
         self.score_margin, self.confidence = float(score_margin), float(confidence)
+        for name, value in (("score_margin", self.score_margin), ("confidence", self.confidence)):
+            if not 0 <= value < math.inf:  # below 0 the objective stops pushing before the point misclassifies or
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")  # is accepted
         self.lams: Optional[torch.Tensor] = None  # per image, after a call: the lam a next run would take
 
     def _begin(self, x, y):
