@@ -42,15 +42,10 @@ def model_input(model, image: ImageInput) -> torch.Tensor:
     return (x if x.ndim == 4 else x.unsqueeze(0)).to(model_device(model))
 
 
-def resized_size(spec) -> Tuple[int, int]:
-    """(height, width) that the eval transform of `spec` resizes an image to cover before its centre crop:
-    input size / crop_pct (`robgen.images.resize_and_crop`)."""
-    return cover_size(tuple(spec.input_size[1:]), spec.crop_pct)
-
-
 def enlargement(width: int, height: int, spec) -> float:
-    """How much the eval transform of `spec` enlarges a `width` x `height` image (below 1: shrinks it)."""
-    rows, columns = resized_size(spec)
+    """How much the eval transform of `spec` enlarges a `width` x `height` image (below 1: shrinks it): to cover
+    input size / crop_pct (`robgen.images.cover_size`) before its centre crop."""
+    rows, columns = cover_size(tuple(spec.input_size[1:]), spec.crop_pct)
     return max(rows / height, columns / width)
 
 
