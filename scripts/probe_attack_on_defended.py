@@ -1,7 +1,7 @@
 """One attack of the suite against the images a finished adaptive run left defended: what it adds to that run.
 
     python scripts/probe_attack_on_defended.py results/adaptive/cifar10-resnet10-quasirobust [--attack "k+1 apgd-t"]
-        [--eps 8/255] [--steps 100] [--restarts 3]
+        [--eps 8/255] [--steps 100] [--restarts 3] [--detector robust-margin]
 
 A run made before an attack joined the suite (robgen/experiments/adaptive_suite.py) need not be made again to
 see what the attack changes: an image it did not leave defended stays broken, so only the defended images
@@ -38,9 +38,9 @@ def pct(entry: dict) -> str:
 
 
 def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Optional[int] = None,
-          restarts: Optional[int] = None, seed: int = 0) -> List[dict]:
-    """Per row of the finished run at `eps`: its DARA, how many of its defended images `attack` breaks, the DARA
-    with it. The model is loaded by the name (or path) the run recorded."""
+          restarts: Optional[int] = None, seed: int = 0, detectors: Optional[List[str]] = None) -> List[dict]:
+    """Per row of the finished run at `eps` (of `detectors` only, if given): its DARA, how many of its defended
+    images `attack` breaks, the DARA with it. The model is loaded by the name (or path) the run recorded."""
     results = json.loads((run / "results.json").read_text())
     if not all("defended" in row for row in results["rows"]):
         raise SystemExit(f"{run}/results.json names no defended images (a run older than the per-image record): "
@@ -53,9 +53,12 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
     x, y = datasets.load_tensors(datasets.first(splits.test, results["n_test"], "test split"))
     pool = min(run_settings["match_targets"], len(splits.validation))  # logit matching's targets, as the run took
     targets = datasets.load_tensors(datasets.first(splits.validation, pool, "validation split"))
+    if detectors is not None and not set(detectors) <= {row["detector"] for row in results["rows"]}:
+        raise SystemExit(f"--detector {','.join(detectors)}: {run} has rows for "
+                         f"{', '.join(sorted({row['detector'] for row in results['rows']}))}")
     found = []
     for row in results["rows"]:
-        if abs(row["eps"] - eps) > 1e-9:
+        if abs(row["eps"] - eps) > 1e-9 or (detectors is not None and row["detector"] not in detectors):
             continue
         name = row["detector"]
         defended = DefendedClassifier(model, saved_detector(run, results, name, model))
@@ -80,8 +83,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the run's")
     parser.add_argument("--restarts", type=int, default=None, help="default: the run's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detector", help="only these rows, comma-separated (default: every row at --eps)")
     args = parser.parse_args()
-    rows = probe(args.run, args.attack, float(Fraction(args.eps)), args.steps, args.restarts, args.seed)
+    detectors = None if args.detector is None else args.detector.split(",")
+    rows = probe(args.run, args.attack, float(Fraction(args.eps)), args.steps, args.restarts, args.seed, detectors)
     print(f"{args.attack} on the images {args.run} left defended at {args.eps}\n")
     print("| detector | the run's DARA | images the attack breaks | DARA with it |\n|---|---|---|---|")
     for row in rows:

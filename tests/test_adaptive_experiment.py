@@ -830,6 +830,11 @@ def test_probing_a_finished_run_with_one_attack_only_lowers_its_dara_by_the_imag
     for row in rows:
         assert 0 <= row["broken"] <= row["defended"] == row["dara"]["count"]
         assert row["dara_with_it"]["count"] == row["dara"]["count"] - row["broken"]
+    only = module.probe(out, "k+1 apgd-t", eps=8 / 255, steps=2, restarts=1, detectors=["energy"])
+    assert [row["detector"] for row in only] == ["energy"]
+    assert only[0] == next(row for row in rows if row["detector"] == "energy"), "the same seed, the same images"
+    with pytest.raises(SystemExit, match="has rows for"):
+        module.probe(out, "k+1 apgd-t", eps=8 / 255, steps=2, restarts=1, detectors=["no-such-detector"])
 
 
 def test_robust_margin_by_name_calibrates_on_the_validation_images_and_its_inner_passes_are_estimated(
