@@ -251,6 +251,50 @@ def test_fine_tuning_at_another_resolution_records_the_new_input(toy_data, tmp_p
     assert loaded.spec.interpolation == "bicubic"
 
 
+def test_fine_tuning_holds_out_the_validation_split_its_base_held_out(toy_data, tmp_path):
+    """A fine-tune with another seed held out the split of its own seed: 28 of its 32 validation images were
+    images its base had trained on (per-epoch checks, best/ and later evaluations all scored them)."""
+    from robgen import data as datasets
+    from robgen.models import ModelSpec
+
+    base = train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
+    base_val = set(datasets.model_val_split(datasets.load_dataset(str(toy_data)), base.spec, str(toy_data))[1].indices)
+    tuned_config = training.inherit_validation_split(config(toy_data, seed=1, val_size=None,
+                                                            init_from=str(tmp_path / "base")), base.spec)
+    assert (tuned_config.split_seed, tuned_config.val_size) == (0, 32)
+    _, val, _, _ = training.preparation.load_data(tuned_config, None, False)
+    assert set(val.indices) == base_val
+    smaller = training.inherit_validation_split(config(toy_data, seed=1, val_size=16, init_from="base"), base.spec)
+    _, part, _, _ = training.preparation.load_data(smaller, None, False)
+    assert set(part.indices) < base_val, "a smaller split is a part of the base's"
+    with pytest.raises(ValueError, match="leave --split-seed out"):
+        training.inherit_validation_split(config(toy_data, split_seed=1, init_from="base"), base.spec)
+    with pytest.raises(ValueError, match="--val-size 32 or less"):
+        training.inherit_validation_split(config(toy_data, val_size=48, init_from="base"), base.spec)
+    tuned = train(config(toy_data, epochs=1, seed=1, val_size=None, init_from=str(tmp_path / "base")),
+                  tmp_path / "tuned", progress=False)
+    recorded = tuned.spec.training["data"]
+    assert (recorded["split_seed"], recorded["val_size"]) == (0, 32), "recorded: later evaluations use it"
+    # a base trained on other data (or not by robgen): the split of a fresh run
+    untrained = ModelSpec(architecture="resnet10_cifar", num_classes=4, class_labels=list("abcd"), mean=(0.5,) * 3,
+                          std=(0.5,) * 3, input_size=(3, 16, 16))
+    foreign = training.inherit_validation_split(config(toy_data, seed=1, val_size=None, init_from="x"), untrained)
+    assert foreign.split_seed is None and foreign.val_size == datasets.default_val_size(str(toy_data))
+
+
+def test_a_fresh_models_normalisation_comes_from_its_training_images_only(toy_data, tmp_path):
+    from robgen import data as datasets
+
+    model = train(config(toy_data, epochs=1), tmp_path / "m", progress=False)
+    plain = datasets.load_dataset(str(toy_data))
+    training_part, validation = datasets.train_val_split(plain, 32, seed=0)
+    x, _ = datasets.load_tensors(training_part)
+    assert model.spec.mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert model.spec.std == pytest.approx(x.std(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    everything, _ = datasets.load_tensors(plain)
+    assert model.spec.mean != pytest.approx(everything.mean(dim=(0, 2, 3)).tolist(), abs=1e-6), "not with validation"
+
+
 def test_fine_tuning_keeps_the_base_models_input_transform_unless_told_otherwise():
     from robgen.models import ModelSpec
 
@@ -379,7 +423,8 @@ def test_official_cifar_recipe_options_train_and_snapshot(toy_data, tmp_path):
     rows = []
     train(config(toy_data, epochs=4, optimizer="adam", lr=1e-3, schedule="multistep", milestones=(2, 3),
                  augment="flip", snapshot_every=2), tmp_path / "run", progress=False, on_epoch=rows.append)
-    assert [row["lr"] for row in rows] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-5])
+    # each row's rate is the one its epoch trained at (the rate after the epoch logged a milestone an epoch early)
+    assert [row["lr"] for row in rows] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["training"]["config"]
     assert (saved["optimizer"], saved["augment"], saved["milestones"]) == ("adam", "flip", [2, 3])
     snapshots = sorted(p.name for p in (tmp_path / "run" / training.SNAPSHOT_DIR).iterdir())

@@ -60,7 +60,8 @@ def add_parsers(commands) -> None:
                             "64 px, and flip), flip (horizontal flips only: the official CIFAR-10 recipe), none")
     train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument("--val-size", type=int,
-                       help="images held out of train for validation (default: 5000; Imagenette 500, as the paper)")
+                       help="images held out of train for validation (default: 5000; Imagenette 500, as the paper; "
+                            "--init-from: its base's, or fewer)")
     train.add_argument("--eval-subset", type=int, default=500,
                        help="validation images for the per-epoch PGD check (500: a 95%% interval of about ±4 "
                             "points, enough to catch catastrophic overfitting but not to rank epochs 1-2 points "
@@ -76,8 +77,8 @@ def add_parsers(commands) -> None:
                        help="resampling filter of the resizes (default: --init-from's; else bilinear)")
     train.add_argument("--seed", type=int, default=0, help="initialisation, data order and attack starts (default 0)")
     train.add_argument("--split-seed", type=int, default=None,
-                       help="seed of the held-out validation split (default: --seed); 0 holds out the split that "
-                            "detect, fit-detector and reproduce use")
+                       help="seed of the held-out validation split (default: --seed; --init-from: its base's); 0 "
+                            "holds out the split that detect, fit-detector and reproduce use")
     train.add_argument("--workers", type=int, default=0, help="data-loading processes")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels-last memory format (default: on CUDA only)")

@@ -19,10 +19,11 @@ One concern a module:
 from .checkpointing import BEST_DIR, LOG_FILE, SNAPSHOT_DIR, STATE_FILE, snapshot_folder
 from .config import DATA_DEFAULTS, MODES, OPTIMIZERS, QUASI_EPS, QUASI_NORM, SCHEDULES, TrainConfig, lr_factor
 from .loop import train
-from .preparation import channel_stats, inherit_input_transform
+from .preparation import channel_stats, inherit_input_transform, inherit_validation_split
 
 __all__ = [
     "BEST_DIR", "DATA_DEFAULTS", "LOG_FILE", "MODES", "OPTIMIZERS", "QUASI_EPS", "QUASI_NORM", "SCHEDULES",
-    "SNAPSHOT_DIR", "STATE_FILE", "TrainConfig", "channel_stats", "inherit_input_transform", "lr_factor",
+    "SNAPSHOT_DIR", "STATE_FILE", "TrainConfig", "channel_stats", "inherit_input_transform", "inherit_validation_split",
+    "lr_factor",
     "snapshot_folder", "train",
 ]

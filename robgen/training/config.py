@@ -71,7 +71,9 @@ class TrainConfig:
     # a horizontal flip), "flip" (horizontal flip only: the official CIFAR-10 recipe), "none"
     augment: str = "crop-flip"
     label_smoothing: float = 0.0
-    val_size: Optional[int] = None  # held out of train; None: data.default_val_size (Imagenette 500, else 5000)
+    # held out of train; None: data.default_val_size (Imagenette 500, else 5000), or, fine-tuning a model trained
+    # on this data, the base's split (its size and seed: preparation.inherit_validation_split)
+    val_size: Optional[int] = None
     eval_subset: int = 500  # first N validation images for the per-epoch PGD accuracy
     eval_steps: int = 10
     train_limit: Optional[int] = None  # first N training images only (tests, smoke runs)
@@ -81,8 +83,8 @@ class TrainConfig:
     crop_pct: Optional[float] = None  # eval transform: resize the short side to image_size / crop_pct, centre-crop
     interpolation: Optional[str] = None  # resampling filter of the eval resize and of the training crops
     seed: int = 0  # weights' initialisation, data order, attacks' random starts
-    split_seed: Optional[int] = None  # the held-out validation split's seed; None: `seed`. Give 0 to a second
-    # seed's run to hold out the split every robgen evaluation uses (data.train_val_split(..., seed=0))
+    split_seed: Optional[int] = None  # the held-out validation split's seed; None: `seed` (fine-tuning: the base's).
+    # Give 0 to a second seed's run to hold out the split every robgen evaluation uses (data.train_val_split(..., seed=0))
     workers: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA
     # None: on CUDA only. On the CPU (torch 2.14, 2 cores shared with another job) channels-last train steps
@@ -103,7 +105,7 @@ class TrainConfig:
             for name, value in defaults.items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
-        if self.val_size is None:
+        if self.val_size is None and self.init_from is None:  # fine-tuning holds out its base's (see preparation)
             self.val_size = datasets.default_val_size(self.data)
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1] (1: no margin, 0.875: ImageNet's), got {self.crop_pct}")

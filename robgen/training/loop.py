@@ -33,7 +33,9 @@ from . import checkpointing
 from .adversarial import training_attack
 from .config import TrainConfig, lr_factor
 from .losses import batch_loss
-from .preparation import fresh_model, inherit_input_transform, load_data, model_to_fine_tune
+from .preparation import (
+    fresh_model, inherit_input_transform, inherit_validation_split, load_data, model_to_fine_tune,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         from ..models import load_model
 
         base = load_model(config.init_from, device=device)
-        config = inherit_input_transform(config, base.spec)
+        config = inherit_validation_split(inherit_input_transform(config, base.spec), base.spec)
     train_set, val_set, classes, plain = load_data(config, data_root, download)
     if resume:
         _check_resumable(config, out_dir)
@@ -185,6 +187,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             optimizer.step()
             if device.type == "cpu":
                 flush_training_subnormals(model, optimizer)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler sets the next one)
             scheduler.step()
             totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                    totals.new_tensor(len(y))])
@@ -196,7 +199,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         row = {
             "epoch": epoch + 1, "loss": loss_sum / count, "train_accuracy": correct / count,
             "val_clean_accuracy": check["clean_accuracy"], "val_pgd_accuracy": check["pgd_accuracy"],
-            "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started + wall_before,
+            "lr": lr, "seconds": time.perf_counter() - started + wall_before,
         }
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"the training loss became {row['loss']} at epoch {epoch + 1}: lower the learning rate")

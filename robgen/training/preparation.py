@@ -3,7 +3,8 @@
 The training split is the data set's train split minus a seeded validation split (held out, recorded in the
 checkpoint, and used by every later robgen evaluation of the model). The initial model is a fresh network
 (normalised by the training images' channel statistics), or, with `init_from`, a trained checkpoint to
-fine-tune, which keeps its input transform unless the recipe sets another.
+fine-tune, which keeps its input transform unless the recipe sets another, and holds out the validation split
+its base held out (another split would hold out images the base was trained on).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def channel_stats(dataset, n: int = 5000, batch_size: int = 500):
 
 
 def load_data(config: TrainConfig, data_root, download: bool):
-    """(training split with the recipe's augmentation, validation split, class names, the whole train split
-    without augmentation)."""
+    """(training split with the recipe's augmentation, validation split, class names, the training split without
+    augmentation)."""
     size = config.image_size
     if size is None and config.crop_pct not in (None, 1.0):  # a crop margin on images kept at their own size:
         # resize and crop them as the model's eval transform will (its spec records this crop_pct), not raw
@@ -38,10 +39,11 @@ def load_data(config: TrainConfig, data_root, download: bool):
                                   transform=datasets.pixel_transform(size, **how))
     split_seed = config.seed if config.split_seed is None else config.split_seed
     train_part, _ = datasets.train_val_split(augmented, config.val_size, seed=split_seed)
-    _, val = datasets.train_val_split(plain, config.val_size, seed=split_seed)
+    plain_train, val = datasets.train_val_split(plain, config.val_size, seed=split_seed)
     if config.train_limit is not None:
         train_part = datasets.first(train_part, config.train_limit, "training split")
-    return train_part, val, datasets.class_names(plain), plain
+        plain_train = datasets.first(plain_train, config.train_limit, "training split")
+    return train_part, val, datasets.class_names(plain), plain_train
 
 
 def inherit_input_transform(config: TrainConfig, base_spec) -> TrainConfig:
@@ -57,9 +59,28 @@ def inherit_input_transform(config: TrainConfig, base_spec) -> TrainConfig:
     )
 
 
+def inherit_validation_split(config: TrainConfig, base_spec) -> TrainConfig:
+    """A fine-tuning config that holds out the validation split its base model held out of the same data set
+    (its seed and size), so that the per-epoch checks, `best/` and every later evaluation score images neither
+    model was trained on. A smaller `val_size` is a part of that split (the same seeded order); another seed or a
+    larger size is refused. A base not trained on this data set: the split of a fresh run."""
+    recorded = datasets.recorded_val_size(base_spec, config.data)
+    if recorded is None:
+        return replace(config, val_size=config.val_size or datasets.default_val_size(config.data))
+    seed = datasets.model_split_seed(base_spec, config.data)
+    if config.split_seed is not None and config.split_seed != seed:
+        raise ValueError(f"{config.init_from} held out the validation split of seed {seed}; split seed "
+                         f"{config.split_seed} would hold out images it was trained on: leave --split-seed out")
+    if config.val_size is not None and config.val_size > recorded:
+        raise ValueError(f"{config.init_from} held out {recorded} validation images; {config.val_size} would hold "
+                         f"out images it was trained on: give --val-size {recorded} or less, or leave it out")
+    return replace(config, split_seed=seed, val_size=config.val_size or recorded)
+
+
 def fresh_model(config: TrainConfig, plain, classes) -> Classifier:
-    """A network of the recipe's architecture at random initialisation, normalised by `plain`'s statistics."""
-    mean, std = channel_stats(plain, n=min(5000, config.train_limit or 5000))  # smoke runs: fewer
+    """A network of the recipe's architecture at random initialisation, normalised by the channel statistics of
+    `plain`, the training images (validation images left out) without augmentation."""
+    mean, std = channel_stats(plain, n=5000)  # the first 5,000 (smoke runs with train_limit: those)
     sample, _ = plain[0]
     arch_kwargs = {"width": config.width} if config.width is not None else {}
     spec = ModelSpec(
