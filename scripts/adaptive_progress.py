@@ -5,9 +5,9 @@
 `python -m robgen adaptive` writes results.json only at the end; a run of hours keeps each finished (detector,
 eps, attack) stage in `<out>/.stages/` (per-image flags). Per detector and eps this prints the DARA after each
 finished stage, in the suite's order (an upper bound until the suite is complete: a later attack only removes
-images), the non-adaptive references judged by the detector the run calibrated (kept in `.stages/detectors/`),
-and the bare model's accuracy at the references' points (an upper bound on its robust accuracy under the whole
-suite, which the detector-off suite gives). Brackets: 95% Wilson intervals. Detectors that read the logits only.
+images), the non-adaptive references (each point they passed through judged by every detector as they ran),
+and the bare model's accuracy under the references (an upper bound on its robust accuracy under the whole suite,
+which the detector-off suite gives). Brackets: 95% Wilson intervals.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from safetensors import safe_open
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robgen.detection.dara import eps_label, rate  # noqa: E402
-from robgen.detection.reject import RejectOption  # noqa: E402
-from robgen.experiments.adaptive import CALIBRATION, STAGES  # noqa: E402
+from robgen.experiments.adaptive import STAGES  # noqa: E402
 from robgen.experiments.adaptive_suite import ADAPTIVE, suite_names  # noqa: E402
 from robgen.experiments.stages import KEY_FILE, stage_file  # noqa: E402
 
@@ -69,33 +68,26 @@ def main() -> int:
             for name, flags in stages.items():
                 defended &= ~flags["evaded"].bool()
                 print(f"  DARA after {name}: {shown(defended)}")
-            kept = folder / CALIBRATION / f"{detector}.json"
-            option = RejectOption.load(kept) if detector != "off" and kept.is_file() else None
-            judged = detector == "off" or (option is not None and not option.needs_inputs)
-            # a shared reference this script cannot judge (a detector given by file, or one that reads the
-            # images) is still to run as far as these numbers go
-            missing = [name for name in attacks if name not in stages and (name in ADAPTIVE or not judged
-                                                                              or name not in references)]
-            if judged:
-                for name, points in references.items():  # run once for every detector: judged by this one
-                    logits, features = points["point_logits"], points.get("point_features")
-                    if option is None:  # the detector switched off accepts everything
-                        accepted_there = torch.ones(len(logits), dtype=torch.bool)
-                    else:
-                        with torch.no_grad():
-                            accepted_there = option.score_from(
-                                logits.float(), features.float() if option.needs_features else None) <= 0
-                    fooled = logits.argmax(1) != points["labels"]
-                    defended &= ~(fooled & accepted_there)
-                    print(f"  DARA after {name}: {shown(defended)}; of its successes on the bare model the detector "
-                          f"rejects {shown(~accepted_there[correct & fooled])}")
+            # the references run once for every detector, each point they passed through judged by each
+            missing = [name for name in attacks if name not in stages and (name in ADAPTIVE or name not in references)]
+            for name, points in references.items():
+                if f"{detector}/evaded" not in points:  # a stage of an older run, judged at its final point only
+                    print(f"  {name}: its stage predates the judging of every point; rerun to count it")
+                    missing.append(name)
+                    continue
+                defended &= ~points[f"{detector}/evaded"].bool()
+                fooled = points["final_logits"].argmax(1) != points["labels"]
+                rejected = points[f"{detector}/rejected"].bool()
+                print(f"  DARA after {name}: {shown(defended)}; of its successes on the bare model (final points) "
+                      f"the detector rejects {shown(rejected[correct & fooled])}")
             print(f"  {'complete' if not missing else 'still to run: ' + ', '.join(missing)}")
         clean = next((read(path) for path in sorted(folder.glob(f"*-eps{label.replace('/', '_')}-*"))
                       if not path.name.startswith("reference-")), None)
         if references and clean is not None:
             robust = clean["clean_correct"].bool()
             for points in references.values():
-                robust &= points["point_logits"].argmax(1) == points["labels"]
+                if "off/evaded" in points:  # misclassified at some point the reference passed through
+                    robust &= ~points["off/evaded"].bool()
             print(f"\nbare model at {label} under the references alone ({', '.join(references)}): {shown(robust)}")
     return 0
 

@@ -3,8 +3,9 @@
     python scripts/probe_attack_on_defended.py results/adaptive/cifar10-resnet10-quasirobust [--attack "k+1 apgd-t"]
         [--eps 8/255] [--steps 100] [--restarts 3] [--detector robust-margin]
 
-A run made before an attack joined the suite (robgen/experiments/adaptive_suite.py) need not be made again to
-see what the attack changes: an image it did not leave defended stays broken, so only the defended images
+A run made before an attack joined the suite (robgen/experiments/adaptive_suite.py), or before the suite judged
+every point a reference (PGD or HE-PGD on the bare model, `--attack "pgd (bare model)"`) passes through, need not
+be made again to see what the change adds: an image it did not leave defended stays broken, so only the defended images
 (results.json's per-row "defended") are attacked, with the run's model and its calibrated detectors
 (detectors/), and each row's DARA is given before and after. Prints a Markdown table.
 """
@@ -24,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robgen  # noqa: E402
 from robgen import data as datasets  # noqa: E402
-from robgen.attacks.evasion import EvasionTracker  # noqa: E402
+from robgen.attacks.suite import run_suite  # noqa: E402
 from robgen.detection.dara import rate  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
 from robgen.experiments.adaptive import AdaptiveSettings  # noqa: E402
 from robgen.experiments.adaptive_report import OFF  # noqa: E402
-from robgen.experiments.adaptive_suite import ADAPTIVE, make_suite_attack, saved_detector  # noqa: E402
+from robgen.experiments.adaptive_suite import make_suite_attack, saved_detector, suite_names  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
 
 
@@ -47,7 +48,8 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
                          "run the adaptive evaluation again")
     run_settings = results["settings"]
     settings = AdaptiveSettings(detectors=("energy",), steps=steps or run_settings["steps"],
-                                restarts=restarts or run_settings["restarts"])
+                                restarts=restarts or run_settings["restarts"], lambdas=tuple(run_settings["lambdas"]))
+    batch_size = run_settings["batch_size"]
     model = robgen.load_model(results["model"]).eval()
     splits = detection_splits(model, results["data"])
     x, y = datasets.load_tensors(datasets.first(splits.test, results["n_test"], "test split"))
@@ -67,9 +69,9 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
         left[index] = True
         if len(index):
             generator = torch.Generator().manual_seed(seed)
-            tracker = EvasionTracker(defended, x[index], y[index])
-            make_suite_attack(attack, defended, eps, settings, generator, targets).run(x[index], y[index], tracker)
-            left[index[tracker.evaded]] = False
+            made = make_suite_attack(attack, defended, eps, settings, generator, targets)
+            evaded = run_suite(defended, x[index], y[index], {attack: made}, eps=eps, batch_size=batch_size).evaded
+            left[index[evaded]] = False
         found.append({"detector": name, "dara": row["dara"], "broken": len(index) - int(left.sum()),
                       "defended": len(index), "dara_with_it": rate(left)})
     return found
@@ -78,7 +80,8 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a finished `python -m robgen adaptive` folder")
-    parser.add_argument("--attack", default="k+1 apgd-t", choices=ADAPTIVE)
+    parser.add_argument("--attack", default="k+1 apgd-t", help="an attack of the suite: "
+                        + ", ".join(suite_names((0.6, 1.2, 2.0))))
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--steps", type=int, default=None, help="default: the run's")
     parser.add_argument("--restarts", type=int, default=None, help="default: the run's")

@@ -442,13 +442,14 @@ def test_the_estimate_counts_every_attack_restart_and_suite():
     per_suite = 2 * 10 * 3 + 2 * 10 * 2 + 3 * 2 * 11 + 10 + 10
     assert estimate["suites"] == 3 and estimate["forward_backward_passes"] == 3 * 10 * per_suite
     # restarts (adaptive) or 1, plus the clean and the stored point per attack, plus a confirmation per adaptive one,
-    # plus the clean pass that orders the targets of logit matching and APGD-T
-    forwards = 7 * 2 + 2 * 1 + 9 * 2 + 7 + 2
+    # plus the clean pass that orders the targets of logit matching and APGD-T, plus the references' s judged iterates
+    forwards = 7 * 2 + 2 * 1 + 9 * 2 + 7 + 2 + 2 * 10
     assert estimate["forward_passes"] == 3 * (10 * forwards + 2 * 3) + 7 + 10
-    # the references (PGD, one HE-PGD) computed once per eps for all three suites: s passes and one forward each
+    # the references (PGD, one HE-PGD) computed once per eps for all three suites: s passes each, and s + 1 forwards
+    # (each iterate judged, and the final point)
     shared = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
     assert shared["forward_backward_passes"] == 3 * 10 * (per_suite - 2 * 10) + 10 * 2 * 10
-    assert shared["forward_passes"] == 3 * (10 * (7 * 5 + 2) + 2 * 3) + 10 * 2 + 7 + 10
+    assert shared["forward_passes"] == 3 * (10 * (7 * 5 + 2) + 2 * 3) + 10 * 2 * 11 + 7 + 10
 
 
 def _entry(count, n=10):
@@ -620,7 +621,8 @@ def test_an_error_while_attacking_is_not_reported_as_bad_input(checkpoint, toy_d
 
 def test_a_reference_computed_once_and_judged_by_each_detector_equals_running_it_per_detector(checkpoint, toy_data):
     """The shared references (`reference_stage` + `judge_reference`) give, detector by detector, the flags that
-    `suite_stage` gives the same attack from the same seed: evasions, final-point verdicts, clean flags, scores."""
+    `suite_stage` gives the same attack from the same seed: evasions (every iterate judged), final-point verdicts,
+    clean flags, scores."""
     from robgen import data as datasets
     from robgen.detection.defended import DefendedClassifier
     from robgen.experiments.adaptive_suite import judge_reference, make_suite_attack, reference_stage, suite_stage
@@ -639,17 +641,76 @@ def test_a_reference_computed_once_and_judged_by_each_detector_equals_running_it
     for name in ("pgd (bare model)", "hepgd lam=1.2 (bare model)"):
         seed = torch.Generator().manual_seed(7)
         attack = make_suite_attack(name, DefendedClassifier(model, energy), 16 / 255, settings, seed, (x, y))
-        points = reference_stage(model, attack, x, y, 5, True, lambda fraction: None)
+        points = reference_stage(model, attack, x, y, 5, {"energy": energy, "mahalanobis": mahalanobis},
+                                 lambda fraction: None)
         for option in (energy, mahalanobis):
             defended = DefendedClassifier(model, option)
-            judged = judge_reference(option, points, clean.logits, clean.features)
+            judged = judge_reference(option.kind, option, points, clean.logits, clean.features)
             seed = torch.Generator().manual_seed(7)
             direct = suite_stage(defended, make_suite_attack(name, defended, 16 / 255, settings, seed, (x, y)), name,
                                  x, y, 16 / 255, 5, seed, lambda fraction: None)
             for key in ("evaded", "misclassified", "rejected", "clean_correct", "clean_accepted", "labels"):
                 assert torch.equal(judged[key], direct[key]), (name, option.kind, key)
             assert torch.allclose(judged["point_score"], direct["point_score"], rtol=1e-5, atol=1e-5)
+            assert torch.allclose(judged["point_logits"], direct["point_logits"], rtol=1e-5, atol=1e-5)
             assert judged["misclassified"].any(), "the toy attack succeeds somewhere: the comparison is not vacuous"
+
+
+def test_every_point_a_reference_passes_through_counts_not_only_its_last(checkpoint, toy_data):
+    """PGD on the bare model may pass through a point that is misclassified and accepted and end where the detector
+    rejects it: that point is an evasion (the suite's DARA counts any point in the ball). Judged at its final point
+    only, the references left such images defended. Both ways of running a reference (per detector, and once for
+    all detectors) must find exactly the images where some iterate evades, as a replay of the same attack that
+    judges every iterate itself finds them."""
+    from robgen import data as datasets
+    from robgen import distributed
+    from robgen.detection.defended import DefendedClassifier
+    from robgen.experiments.adaptive_suite import judge_reference, make_suite_attack, reference_stage, suite_stage
+    from robgen.experiments.pipeline import detection_splits, model_outputs, tensor_batches
+
+    model = robgen.load_model(checkpoint).eval()
+    splits = detection_splits(model, str(toy_data))
+    x, y = datasets.load_tensors(datasets.first(splits.test, 40, "test"))
+    validation, _ = datasets.load_tensors(splits.validation)
+    band = make_reject_option("band").calibrate(model, validation)
+    defended = DefendedClassifier(model, band)
+    settings = AdaptiveSettings(detectors=("band",), steps=20, lambdas=(1.2,))
+    eps = 64 / 255
+    # the replay: the suite's batches of 10 and per-batch seeds, every iterate and the end judged here
+    seen = torch.zeros(len(x), dtype=torch.bool)
+    ends = []
+    generator = torch.Generator().manual_seed(3)
+    with distributed.per_batch_seeds(generator) as reseed:
+        attack = make_suite_attack("pgd (bare model)", defended, eps, settings, generator, (x, y))
+        for index, start in enumerate(range(0, 40, 10)):
+            reseed(index)
+            rows = slice(start, start + 10)
+
+            def judge(step, points, outputs, rows=rows):
+                with torch.no_grad():
+                    logits, score = defended.outputs(points)
+                seen[rows] |= (logits.argmax(1) != y[rows]) & (score <= 0)
+
+            ends.append(attack(x[rows], y[rows], watch=judge))
+            judge(None, ends[-1], None)
+    with torch.no_grad():
+        logits, score = defended.outputs(torch.cat(ends))
+    at_the_end = (logits.argmax(1) != y) & (score <= 0)
+    assert (seen & ~at_the_end).any(), "some image evades on the way and not at the end: the test can fail"
+    generator = torch.Generator().manual_seed(3)
+    direct = suite_stage(defended, make_suite_attack("pgd (bare model)", defended, eps, settings, generator, (x, y)),
+                         "pgd (bare model)", x, y, eps, 10, generator, lambda fraction: None)
+    assert torch.equal(direct["evaded"], seen)
+    assert torch.equal(direct["misclassified"] & ~direct["rejected"], at_the_end), "final-point verdicts unchanged"
+    clean = model_outputs(model, tensor_batches(x, y, 10), progress=False)
+    generator = torch.Generator().manual_seed(3)
+    shared = reference_stage(model, make_suite_attack("pgd (bare model)", defended, eps, settings, generator, (x, y)),
+                             x, y, 10, {"band": band}, lambda fraction: None)
+    judged = judge_reference("band", band, shared, clean.logits, None)
+    assert torch.equal(judged["evaded"], seen)
+    assert torch.equal(judged["misclassified"] & ~judged["rejected"], at_the_end)
+    again = (judged["point_logits"].argmax(1) != y) & (judged["point_score"] <= 0)
+    assert torch.equal(again, seen), "the stored point of each evasion is one that evades"
 
 
 def test_references_run_once_per_eps_unless_a_detector_reads_the_images(checkpoint, toy_data, monkeypatch, same_code):
@@ -833,6 +894,8 @@ def test_probing_a_finished_run_with_one_attack_only_lowers_its_dara_by_the_imag
     only = module.probe(out, "k+1 apgd-t", eps=8 / 255, steps=2, restarts=1, detectors=["energy"])
     assert [row["detector"] for row in only] == ["energy"]
     assert only[0] == next(row for row in rows if row["detector"] == "energy"), "the same seed, the same images"
+    reference = module.probe(out, "pgd (bare model)", eps=8 / 255, steps=2, restarts=1, detectors=["energy"])
+    assert reference[0]["dara_with_it"]["count"] == reference[0]["dara"]["count"] - reference[0]["broken"]
     with pytest.raises(SystemExit, match="has rows for"):
         module.probe(out, "k+1 apgd-t", eps=8 / 255, steps=2, restarts=1, detectors=["no-such-detector"])
 

@@ -155,6 +155,26 @@ def test_trace_records_every_iterate(model, batch):
     assert trace.target_prob == []
 
 
+def test_watch_sees_every_iterate_the_attack_steps_from_and_changes_nothing(model, batch):
+    """`attack(x, y, watch=fn)`: fn sees x_0 (the start) to x_{steps-1} with their logits, and the attack runs to
+    its end whatever fn returns (a caller judging every iterate still gets the final point)."""
+    x, y = batch
+    plain = PGD(model, eps=8 / 255, step_size=2 / 255, steps=4, generator=torch.Generator().manual_seed(1))(x, y)
+    seen = []
+
+    def watch(step, points, logits):
+        seen.append((step, points.clone(), logits.detach().clone()))
+        return True  # "stop": ignored
+
+    watched = PGD(model, eps=8 / 255, step_size=2 / 255, steps=4,
+                  generator=torch.Generator().manual_seed(1))(x, y, watch=watch)
+    assert torch.equal(watched, plain)
+    assert [step for step, _, _ in seen] == [0, 1, 2, 3]
+    assert not torch.equal(seen[0][1], x) and (seen[0][1] - x).abs().max() <= 8 / 255 + 1e-6, "x_0: the random start"
+    with torch.no_grad():
+        assert torch.allclose(seen[-1][2], model(seen[-1][1]), atol=1e-4)
+
+
 def test_fgsm_is_one_step_of_size_eps(model, batch):
     x, y = batch
     x.requires_grad_(True)

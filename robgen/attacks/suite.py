@@ -15,8 +15,11 @@
 
 An adaptive attack (one with `run(x, y, tracker)`, robgen/attacks/adaptive.py) shows the suite
 every iterate of every restart, and stops it on a batch once every image of the batch has evaded
-(what follows could not change a flag); any other attack object, `attack(x, y) -> x_adv` (robgen's
-PGD or HE-PGD on the bare model), is judged on the point it returns. For each attack the suite also
+(what follows could not change a flag). A robgen `Attack` on the bare model (PGD, HE-PGD) runs to its
+end, and the suite judges every iterate it steps from (its `watch`, one more pass of the defended
+classifier per step) and the point it returns: a point it passes through that is misclassified and
+accepted counts, even where it ends rejected. Any other attack object, `attack(x, y) -> x_adv`, is
+judged on the point it returns. For each attack the suite also
 records whether its final point (where it stopped) is misclassified and whether it is rejected: for
 an attack made against the bare model, its success there and the detector's detection rate among
 its successes.
@@ -37,6 +40,7 @@ from ..detection.dara import detection_aware_report
 from ..engine import make_constraint
 from ..models.state import eval_mode
 from ..progress import step_reporter
+from .base import Attack
 from .evasion import EvasionTracker, check_defended
 
 logger = logging.getLogger(__name__)
@@ -107,6 +111,8 @@ def _run_batch(defended, x, y, attacks: Mapping[str, object], constraint, progre
         tracker = EvasionTracker(defended, x, y, stop_when_all_evaded=True)
         if hasattr(attack, "run"):
             final = attack.run(x, y, tracker)
+        elif isinstance(attack, Attack):  # every iterate judged by the defended classifier itself
+            final = attack(x, y, watch=lambda step, points, outputs: tracker.check(points))
         else:
             final = attack(x, y)
         _check_in_ball(name, final, x, constraint)

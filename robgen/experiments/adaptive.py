@@ -173,8 +173,8 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     seen through the fused copy, run through the model itself: a second one only where the two disagree at
     a boundary, which the bound leaves out), logit matching's targets per batch. Suites: one per detector and
     eps, plus the detector switched off per eps. The non-adaptive references, PGD and each HE-PGD, `steps`
-    forward+backward passes and one forward: once per eps when `shared_references` (`run_suites`), else
-    in every suite. Then the clean validation pass (calibration), the Mahalanobis reference and the
+    forward+backward passes and `steps` forwards that judge each point they pass through: once per eps, with one
+    more forward at the final point, when `shared_references` (`run_suites`), else in every suite, with three. Then the clean validation pass (calibration), the Mahalanobis reference and the
     clean test pass. `score_passes`: detector -> the forward+backward passes one of its scores costs on top
     of the model's pass (`RejectOption.passes_per_score`, "robust-margin"'s inner steps; 0 if not named):
     every step of an adaptive attack on it, and every pass of its suite and calibration that scores a point,
@@ -186,7 +186,7 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
                 "orthogonal pgd": 2 * r * s, "penalty pgd": r * s, "logit matching": r * s, "pgd (bare model)": s,
                 **{hepgd_name(lam): s for lam in settings.lambdas}}
     ordering = ("logit matching", "k+1 apgd-t")  # a clean pass orders each image's target classes
-    forward = {name: (r + 3 + (name in ordering) if name in ADAPTIVE else (1 if shared_references else 3))
+    forward = {name: (r + 3 + (name in ordering) if name in ADAPTIVE else s + (1 if shared_references else 3))
                for name in gradient}
     suites = (len(settings.detectors) + 1) * len(settings.eps_list)
     per_suite = [name for name in gradient if name in ADAPTIVE or not shared_references]
@@ -344,7 +344,8 @@ def detector_profiles(names: Sequence[str], given: Mapping[str, RejectOption],
 
 def shares_references(reject: Mapping[str, RejectOption]) -> bool:
     """Whether the non-adaptive references can be computed once per eps for every detector: each detector's score
-    is a function of the logits (and penultimate features) at a point, which the reference stage keeps. A detector
+    is a function of the logits (and penultimate features) at a point, which the reference stage computes at
+    each point the attack passes through and judges by every detector. A detector
     of the input images (a user's, or robust-margin, which runs the model near them) needs the points themselves,
     so then each detector runs its own references."""
     return not any(option.needs_inputs for option in reject.values())
@@ -359,15 +360,14 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
 
     The adaptive attacks run once per detector and eps; with `settings.skip_evaded` each after the first only on
     the images still defended (`still_defended`). The non-adaptive references (PGD and HE-PGD on the bare
-    model) run once per eps, as stages "reference-eps<eps>-<attack>", and each detector judges their points
-    (`judge_reference`), when `shares_references` and `clean` (the clean test images' `ModelOutputs`, in data
+    model) run once per eps, as stages "reference-eps<eps>-<attack>", every detector judging each point they pass
+    through (`reference_stage`, `judge_reference`), when `shares_references` and `clean` (the clean test images' `ModelOutputs`, in data
     order, with features when a detector reads them) is given; else once per detector, like the adaptive ones.
     """
     flags: Dict[str, Dict[float, Dict[str, Dict[str, torch.Tensor]]]] = {}
     skipped: Dict[str, str] = {}
     shared = clean is not None and shares_references(reject)
     references = tuple(name for name in settings.attacks if name not in ADAPTIVE) if shared else ()
-    features = any(option.needs_features for option in reject.values())
     total = (len(reject) * (len(settings.attacks) - len(references)) + len(references)) * len(settings.eps_list)
     bar = step_reporter(progress if distributed.is_main() else None, "adaptive attacks")
     done = 0
@@ -389,7 +389,7 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
 
                 def compute(name=name, eps=eps, generator=generator_for(stage), report=report):
                     attack = make_suite_attack(name, bare, eps, settings, generator, targets)
-                    return reference_stage(model, attack, x, y, settings.batch_size, features, report)
+                    return reference_stage(model, attack, x, y, settings.batch_size, reject, report)
 
                 shared_points.setdefault(eps, {})[name] = store.run(stage, compute)
     for detector, option in reject.items():
@@ -402,7 +402,7 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
             for name in settings.attacks:
                 if name in references:
                     flags.setdefault(detector, {}).setdefault(eps, {})[name] = judge_reference(
-                        option, shared_points[eps][name], clean.logits, clean.features, model_device(model))
+                        detector, option, shared_points[eps][name], clean.logits, clean.features, model_device(model))
                     continue
                 stage, report = f"{detector}-eps{eps_label(eps)}-{name}", reporter()
                 if name == "logit matching" and reason is not None:

@@ -44,7 +44,8 @@ ATTACK_WORDS = {
                       "classified validation image of another class, one target per restart",
     "k+1 apgd-t": "APGD toward one target class per restart (the runner-up first, then the next likeliest) on the "
                   "targeted margin of the (K+1)-logit model: the target against the true class and the detector",
-    "pgd (bare model)": "PGD on the bare model's cross-entropy (non-adaptive: it does not know the detector)",
+    "pgd (bare model)": "PGD on the bare model's cross-entropy (non-adaptive: it does not know the detector; every "
+                        "point it passes through is judged)",
 }
 
 
@@ -256,7 +257,8 @@ def summarise(model, data, settings, reject: Mapping[str, object], clean_correct
         "rows": rows, "bare": bare, "sanity": sanity,
         "logit_matching_skipped": dict(skipped),
         "attack_descriptions": {name: ATTACK_WORDS.get(name, "HE-PGD on the bare model: cross-entropy plus λ times "
-                                                             "the energy (non-adaptive)") for name in settings.attacks},
+                                                             "the energy (non-adaptive; every point it passes "
+                                                             "through is judged)") for name in settings.attacks},
     }
 
 

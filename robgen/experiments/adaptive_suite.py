@@ -14,7 +14,7 @@
   share of the batches under torchrun, each batch's random draws seeded by its index; every rank
   gets every batch's flags back, in data order.
 - `reference_stage`, `judge_reference`: a non-adaptive reference's points, computed once per eps (they
-  do not depend on the detector), then judged by each detector.
+  do not depend on the detector), each point it passes through judged by every detector as it goes.
 - `SuiteStageStore`: `experiments.stages.StageStore` for such flags (a dict of tensors per stage).
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from safetensors import safe_open
@@ -37,10 +37,11 @@ from ..attacks.orthogonal import OrthogonalPGD
 from ..attacks.suite import run_suite
 from ..detection.defended import DefendedClassifier
 from ..detection.reject import RejectOption
-from ..models.state import eval_mode, model_device
+from ..detection.baselines import penultimate_features
+from ..models.state import eval_mode, model_device, widened
 from . import stages as stage_files
 from .adaptive_report import OFF
-from .pipeline import model_outputs, tensor_batches
+from .pipeline import tensor_batches
 
 ADAPTIVE = ("k+1 pgd", "k+1 apgd-ce", "k+1 apgd-dlr", "orthogonal pgd", "penalty pgd", "logit matching",
             "k+1 apgd-t")
@@ -194,43 +195,91 @@ def _attack_batch(defended: DefendedClassifier, attack, name: str, images: torch
             "point_logits": logits.float(), "point_score": score.double(), "attacked": chosen}
 
 
-def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, features: bool,
-                    report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
-    """A non-adaptive reference (PGD or HE-PGD on the bare model) over (x, y), once for every detector: per image
-    (on the CPU, in data order) the model's "point_logits" at the attack's final point, "labels", and with
-    `features` the penultimate "point_features" there. `judge_reference` turns it into a detector's flags.
+def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                    reject: Mapping[str, RejectOption], report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
+    """A non-adaptive reference (PGD or HE-PGD on the bare model) over (x, y), once for every detector of `reject`
+    (each a function of the logits and penultimate features at a point: `shares_references`). Per image (on the
+    CPU, in data order): "labels", the model's "final_logits" at the attack's final point, and per detector d
+    (every point the attack passed through judged by it, the final one too): "d/evaded" (one was misclassified and
+    accepted), "d/rejected" (the final point is rejected), "d/logits" and "d/score" at the first evading point,
+    else at the final point. `judge_reference` turns it into the detector's flags.
 
     The attack knows no detector, so its points are the same whichever detector judges them: the suite computes
-    them once per eps instead of once per detector. Batches, per-batch seeds and the torchrun share as in
-    `suite_stage` (through `pipeline.model_outputs`).
+    them once per eps instead of once per detector, and judges each iterate by every detector from one more pass
+    of the model there. Batches, per-batch seeds and the torchrun share as in `suite_stage`.
     """
-    outputs = model_outputs(model, tensor_batches(x, y, batch_size), attack=attack, features=features,
-                            progress=lambda fraction, desc="": report(fraction))
-    stage = {"point_logits": outputs.logits.float(), "labels": outputs.labels}
-    if features:
-        stage["point_features"] = outputs.features
-    return {key: value.detach().cpu().contiguous() for key, value in stage.items()}
+    device, rows = model_device(model), []
+    share = distributed.shard_batches(tensor_batches(x, y, batch_size))
+    with eval_mode(model), distributed.per_batch_seeds(attack.generator) as reseed:
+        for done, (index, (images, labels)) in enumerate(share):
+            reseed(index)
+            judge = _EveryPoint(model, reject, labels)
+            final = attack(images.to(device), labels.to(device), watch=lambda step, points, outputs: judge(points))
+            rows.append((index, judge.finish(final)))
+            report((done + 1) / len(share))
+    rows = distributed.gather_in_order(rows)
+    return {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
+
+
+class _EveryPoint:
+    """`reference_stage`'s judge of one batch: shown each point the attack passes through, it runs the model there
+    once and keeps, per detector, the first point that is misclassified and accepted (its logits and score);
+    `finish(final)` judges the final point too and gives the batch's row of the stage."""
+
+    def __init__(self, model, reject: Mapping[str, RejectOption], labels: torch.Tensor) -> None:
+        self.model, self.reject, self.labels = model, reject, labels.cpu()
+        self.features = any(option.needs_features for option in reject.values())
+        self.evaded = {name: torch.zeros(len(labels), dtype=torch.bool) for name in reject}
+        self.logits = {name: torch.zeros(0) for name in reject}
+        self.score = {name: torch.zeros(0, dtype=torch.float64) for name in reject}
+
+    @torch.no_grad()
+    def __call__(self, points: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(the model's logits at `points`, on the CPU, {detector: score}); first evasions kept."""
+        if self.features:
+            features, logits = penultimate_features(self.model, points.detach())
+        else:
+            features, logits = None, widened(self.model(points.detach())).cpu()
+        device, logits = model_device(self.model), logits.float()
+        wrong, scores = logits.argmax(1) != self.labels, {}
+        for name, option in self.reject.items():
+            score = option.score_from(logits.to(device), features.to(device) if option.needs_features else None)
+            scores[name] = score = score.double().cpu()
+            new = wrong & (score <= 0) & ~self.evaded[name]
+            if not len(self.logits[name]):  # room for the first evading points (filled where one is found)
+                self.logits[name], self.score[name] = torch.zeros_like(logits), torch.zeros_like(score)
+            self.logits[name][new], self.score[name][new] = logits[new], score[new]
+            self.evaded[name] |= new
+        return logits, scores
+
+    def finish(self, final: torch.Tensor) -> Dict[str, torch.Tensor]:
+        logits, scores = self(final)
+        row = {"labels": self.labels, "final_logits": logits}
+        for name in self.reject:
+            evaded = self.evaded[name]
+            row.update({f"{name}/evaded": evaded, f"{name}/rejected": scores[name] > 0,
+                        f"{name}/logits": torch.where(evaded[:, None], self.logits[name], logits),
+                        f"{name}/score": torch.where(evaded, self.score[name], scores[name])})
+        return row
 
 
 @torch.no_grad()
-def judge_reference(reject: RejectOption, stage: Dict[str, torch.Tensor], clean_logits: torch.Tensor,
+def judge_reference(name: str, reject: RejectOption, stage: Dict[str, torch.Tensor], clean_logits: torch.Tensor,
                     clean_features: Optional[torch.Tensor], device=None) -> Dict[str, torch.Tensor]:
-    """A reference stage (`reference_stage`) judged by one detector: the flags `suite_stage` gives an attack.
-
-    A non-adaptive attack is judged at its final point only: "evaded" = misclassified and accepted there.
-    The clean flags come from the clean test images' logits (and features) in data order. The scores are
-    computed on `device` (the model's: a user's detector may hold tensors there); the flags come back on the CPU.
-    """
+    """A reference stage (`reference_stage`) judged by its detector `name` (`reject`): the flags `suite_stage`
+    gives the attack. "evaded": some point it passed through (every iterate and the final point) is misclassified
+    and accepted; "misclassified" / "rejected": at its final point (for the bare model's robustness and the
+    detection rate); "point_logits" / "point_score": at its first evasion, else at its final point. The clean
+    flags come from the clean test images' logits (and features) in data order, scored on `device` (the model's:
+    a user's detector may hold tensors there); the flags come back on the CPU."""
     needs = reject.needs_features
     on = (lambda tensor: tensor.to(device)) if device is not None else (lambda tensor: tensor)  # noqa: E731
-    logits, labels = stage["point_logits"], stage["labels"]
-    score = reject.score_from(on(logits), on(stage["point_features"]) if needs else None).double().cpu()
+    labels, evaded = stage["labels"], stage[f"{name}/evaded"]
     clean_score = reject.score_from(on(clean_logits), on(clean_features) if needs else None).cpu()
-    misclassified, rejected = logits.argmax(1) != labels, score > 0
-    evaded = misclassified & ~rejected
-    return {"evaded": evaded, "first_run": evaded.long(), "misclassified": misclassified, "rejected": rejected,
-            "clean_correct": clean_logits.argmax(1) == labels, "clean_accepted": clean_score <= 0, "labels": labels,
-            "point_logits": logits, "point_score": score}
+    return {"evaded": evaded, "first_run": evaded.long(), "misclassified": stage["final_logits"].argmax(1) != labels,
+            "rejected": stage[f"{name}/rejected"], "clean_correct": clean_logits.argmax(1) == labels,
+            "clean_accepted": clean_score <= 0, "labels": labels, "point_logits": stage[f"{name}/logits"],
+            "point_score": stage[f"{name}/score"]}
 
 
 class SuiteStageStore(stage_files.StageStore):
