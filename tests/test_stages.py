@@ -189,12 +189,51 @@ def test_the_environment_names_what_decides_a_stages_outputs(monkeypatch):
     model = _model()
     environment = run_environment(model)
     assert environment["eval_transform"] == {"input_size": [3, 16, 16], "crop_pct": 1.0, "interpolation": "bicubic"}
+    assert environment["network"] == {"architecture": model.spec.architecture,
+                                      "arch_kwargs": dict(model.spec.arch_kwargs), "num_classes": 4}
     assert environment["fusion"] is fusion_enabled() and environment["device"] == "cpu"
     assert environment["torch"] == torch.__version__ and environment["robgen"]
     assert environment["code"] == "this checkout" and len(CODE_FINGERPRINT()) == 64  # (pinned here, see same_code)
     assert run_environment(model, fused=not fusion_enabled())["fusion"] is not fusion_enabled(), "a run's own setting"
     monkeypatch.setattr(stages_module, "model_device", lambda model: torch.device("cuda", 0))
     assert run_environment(model)["device"] == "cuda"
+
+
+def test_another_network_for_the_same_weights_is_refused(stopped_run, toy_data):
+    """An edited config.json's architecture arguments load the same weights into another network (other outputs):
+    the stages were read back."""
+    model = _model()
+    model.spec.arch_kwargs = dict(model.spec.arch_kwargs, edited=True)
+    with pytest.raises(ValueError, match=r"another run \(its network differ: network.arch_kwargs"):
+        _run(model, toy_data, stopped_run)
+
+
+def test_stages_whose_key_is_gone_are_never_read_as_this_runs(stopped_run, toy_data):
+    """A removal cut short after key.json went (or a key.json deleted) left stages that any run then read back."""
+    (stopped_run / KEY_FILE).unlink()
+    with pytest.raises(ValueError, match="without their key.json"):
+        _run(_model(), toy_data, stopped_run)
+    key = {"settings": "whatever"}
+    fresh = StageStore(stopped_run, key, replace_stale=True)
+    assert fresh.replaced and list(stopped_run.glob("*.safetensors")) == []
+    assert json.loads((stopped_run / KEY_FILE).read_text()) == fresh.key
+
+
+def test_a_stage_file_cut_short_is_computed_again(stopped_run, toy_data):
+    """A 0-byte stage (a crash or a full disk while writing it) failed every later run, --overwrite included."""
+    _stage_file(stopped_run, ORDER[0]).write_bytes(b"")
+    assert _run(_model(), toy_data, stopped_run)["continued"]["stages_read_back"] == 3
+
+
+def test_clearing_removes_the_key_before_the_stages(tmp_path, monkeypatch):
+    folder = tmp_path / "stages"
+    store = StageStore(folder, {"settings": 1})
+    (folder / "a.safetensors").write_bytes(b"x")
+    seen = []
+    monkeypatch.setattr(stages_module.shutil, "rmtree", lambda path, ignore_errors: seen.append(
+        sorted(p.name for p in folder.iterdir())))
+    store.clear()
+    assert seen == [["a.safetensors"]], "key.json went first: an interrupted removal leaves no key to trust"
 
 
 def test_the_code_fingerprint_follows_the_files(tmp_path):

@@ -286,12 +286,9 @@ class SuiteStageStore(stage_files.StageStore):
     """A `StageStore` whose stages are one attack's per-image flags (a dict of tensors), not `ModelOutputs`."""
 
     def run(self, name: str, compute: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        if self.folder is not None and self.path(name).exists():
-            with safe_open(str(self.path(name)), framework="pt") as handle:
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-                self.reused_seconds += float((handle.metadata() or {}).get("seconds", 0.0))
-            self.reused += 1
-            return tensors
+        kept = self.read(name, _read_flags)
+        if kept is not None:
+            return kept
         started = time.perf_counter()
         tensors = compute()
         if self.folder is not None and distributed.is_main():
@@ -299,3 +296,8 @@ class SuiteStageStore(stage_files.StageStore):
             write_atomically(self.path(name),
                                           lambda path: save_file(tensors, str(path), metadata=metadata))
         return tensors
+
+
+def _read_flags(path: Path) -> Tuple[Dict[str, torch.Tensor], float]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, float((handle.metadata() or {}).get("seconds", 0.0))

@@ -353,7 +353,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
         "wall_seconds": wall,
         "continued": {"stages_read_back": stages.reused, "their_seconds": stages.reused_seconds},
     }
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():  # under torchrun every rank has the results; one writes
         write_report(results, clean, adversarial, Path(out_dir))
     stages.clear()
     return results

@@ -130,6 +130,7 @@ def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dic
 
     The model's eval transform (its spec's input size, crop_pct and
     interpolation: not in the weights, and an edited config.json changes them);
+    the network the weights are loaded into (architecture, its arguments, classes);
     whether attacks run the fused graph (`fused`, the run's own setting; None:
     `engine.fused.fusion_enabled()`), which changes the float rounding; the device
     type; the versions of robgen, torch and torchattacks; and `code_fingerprint`,
@@ -139,6 +140,9 @@ def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dic
     return {
         "eval_transform": {"input_size": list(spec.input_size), "crop_pct": float(spec.crop_pct),
                            "interpolation": spec.interpolation},
+        # the network the weights are loaded into (an edited config.json's stem or width changes the outputs)
+        "network": {"architecture": spec.architecture, "arch_kwargs": dict(spec.arch_kwargs or {}),
+                    "num_classes": int(spec.num_classes)},
         "fusion": fusion_enabled() if fused is None else bool(fused),
         "device": model_device(model).type,
         **{package: installed_version(package) for package in VERSIONED},
@@ -161,10 +165,26 @@ class StageStore:
         self.reused = 0  # stages read back in this run
         self.reused_seconds = 0.0  # what they took when they were computed
         self.replaced: List[str] = []  # how the key of the stale stages removed (replace_stale) differed
+        if distributed.is_distributed():  # every rank must read back (or compute) the same stages
+            main_folder = distributed.broadcast_from_main(None if self.folder is None else str(self.folder))
+            if main_folder != (None if self.folder is None else str(self.folder)):
+                raise ValueError(f"under torchrun every rank must keep its stages in one folder: rank 0 has "
+                                 f"{main_folder}, rank {distributed.rank()} {self.folder} (pass the same stage_dir)")
         if self.folder is None:
             return
         key_file = self.folder / KEY_FILE
         recorded = json.loads(key_file.read_text()) if key_file.exists() else None
+        orphaned = recorded is None and any(self.folder.glob("*.safetensors"))
+        if distributed.is_distributed():  # what rank 0 found decides for all (a rank must not see it half removed)
+            recorded, orphaned = distributed.broadcast_from_main((recorded, orphaned))
+        if orphaned:
+            # stages whose key is gone (a removal cut short after key.json went): nothing says what they belong to
+            if not replace_stale:
+                raise ValueError(f"{self.folder} holds stages without their {KEY_FILE} (a removal cut short?): nothing "
+                                 "says which run they belong to; pass --overwrite to start again")
+            logger.warning("%s held stages without their %s: removed, starting afresh", self.folder, KEY_FILE)
+            self.replaced = [f"stages without a {KEY_FILE}"]
+            self.clear()
         if recorded is not None and recorded != self.key:
             differences = _differences(recorded, self.key)
             if not replace_stale:
@@ -189,11 +209,9 @@ class StageStore:
 
     def run(self, name: str, compute: Callable[[], ModelOutputs]) -> ModelOutputs:
         """The stage's outputs: read back when an earlier run finished it, else computed (and kept)."""
-        if self.folder is not None and self.path(name).exists():
-            outputs, seconds = read_stage(self.path(name))
-            self.reused += 1
-            self.reused_seconds += seconds
-            return outputs
+        kept = self.read(name, read_stage)
+        if kept is not None:
+            return kept
         started = time.perf_counter()
         outputs = compute()
         if self.folder is not None and distributed.is_main():
@@ -201,9 +219,26 @@ class StageStore:
             write_atomically(self.path(name), lambda path: write_stage(outputs, seconds, path))
         return outputs
 
+    def read(self, name: str, reader: Callable[[Path], Tuple[object, float]]):
+        """Stage `name` as `reader(path) -> (outputs, seconds)` reads it, None when it is not kept or cannot be
+        read (a file cut short by a crash or a full disk: it is computed again and replaced)."""
+        if self.folder is None or not self.path(name).exists():
+            return None
+        try:
+            outputs, seconds = reader(self.path(name))
+        except Exception as error:  # safetensors' errors, OSError, a missing tensor: every way a file can be bad
+            logger.warning("stage %s could not be read (%s): computing it again", self.path(name), error)
+            return None
+        self.reused += 1
+        self.reused_seconds += seconds
+        return outputs
+
     def clear(self) -> None:
-        """Remove the folder and every stage in it (rank 0)."""
+        """Remove the folder and every stage in it (rank 0, once every rank is done with it); its key first, so that
+        stages a removal interrupted leaves behind are never read as some run's."""
+        distributed.barrier()
         if self.folder is not None and distributed.is_main():
+            (self.folder / KEY_FILE).unlink(missing_ok=True)
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
