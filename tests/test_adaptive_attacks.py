@@ -399,6 +399,36 @@ def test_with_the_detector_off_the_suite_equals_the_bare_attack(random_model, ba
     assert not bare.rejected.any() and torch.equal(bare.evaded, bare.misclassified)
 
 
+def test_an_attack_built_for_another_defended_classifier_is_judged_by_the_suites(random_model, batch):
+    """An adaptive attack built against the detector switched off, run in a suite of a strict detector: its iterates
+    carried the other classifier's scores, so the suite counted points its own detector rejects as evasions."""
+    x, y = batch
+    strict = DefendedClassifier(random_model, make_reject_option("band", target_fpr=0.25).calibrate(
+        random_model, images(40, 0)))
+    from robgen.experiments.adaptive_suite import DetectorOff
+
+    with torch.no_grad():
+        other = DefendedClassifier(random_model, DetectorOff(target_fpr=0.0).fit(random_model(images(8, 0)),
+                                                                                 model=random_model))
+    def attack():  # on the model itself (a fused copy's first evasions are checked by the tracker's classifier)
+        made = KPlusOnePGD(other, eps=64 / 255, steps=10, restarts=1, generator=seeded())
+        made.fused = False
+        return made
+
+    outcome = run_suite(strict, x, y, {"built for another": attack()}, eps=64 / 255).attacks["built for another"]
+    with torch.no_grad():
+        logits, score = strict.outputs(outcome.images)
+    assert torch.equal(outcome.evaded, outcome.evaded & (logits.argmax(1) != y) & (score <= 0)), \
+        "every evasion counted is misclassified and accepted by the suite's own detector"
+    # the same iterates judged by the suite's classifier, replayed: the suite found exactly those
+    tracker = EvasionTracker(strict, x, y, judge_itself=True)
+    attack().run(x, y, tracker)
+    assert torch.equal(outcome.evaded, tracker.evaded)
+    loose = EvasionTracker(strict, x, y)  # the outputs the attack shows: the other classifier's acceptance
+    attack().run(x, y, loose)
+    assert not torch.equal(loose.evaded, tracker.evaded), "judged by the other classifier, the count differed"
+
+
 def test_a_large_ball_lets_every_image_evade(logit_detector, batch):
     x, y = batch
     eps = 64 / 255

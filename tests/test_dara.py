@@ -82,6 +82,11 @@ def test_bad_inputs_say_what_to_fix():
         clean_accuracy_with_rejection(CORRECT, torch.tensor([0.3, -1.0, 2.0, 0.1, 0.0, 1.0]))
     with pytest.raises(ValueError, match="names no attack"):
         detection_aware_robust_accuracy(CORRECT, ACCEPTED, {})
+    # an empty (0, N) stack read as "no attack broke anything": the DARA was the clean accuracy with rejection
+    with pytest.raises(ValueError, match="empty stack of attacks"):
+        detection_aware_robust_accuracy(CORRECT, ACCEPTED, torch.zeros(0, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="empty stack of attacks"):
+        bare_robust_accuracy(CORRECT, torch.zeros(0, 6, dtype=torch.bool))
 
 
 def test_tramer_ceiling_note_halves_the_radius():

@@ -88,6 +88,10 @@ class EvasionTracker:
         first_run: (N,) long, the run (1-based) in which the first evasion was seen, 0 where none: an attack with
             restarts sets `run` (0-based) before each, so a report can tell what fewer restarts would have found.
 
+    `judge_itself`: every point shown is judged by running this tracker's defended classifier on it, whatever
+    outputs come with it (for an attack built against another defended classifier, whose outputs carry that
+    one's score: one more pass per point).
+
     `stop_when_all_evaded`: its `watch` hooks tell the engine's loop to stop once every image they
     watch has evaded (for a caller that wants only the evasions, as `run_suite`: the flags and first
     evading points are the same, the steps after are saved). Off by default: an attack's final point
@@ -95,9 +99,10 @@ class EvasionTracker:
     """
 
     def __init__(self, defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor,
-                 stop_when_all_evaded: bool = False) -> None:
+                 stop_when_all_evaded: bool = False, judge_itself: bool = False) -> None:
         self.defended = check_defended(defended)
         self.stop_when_all_evaded = bool(stop_when_all_evaded)
+        self.judge_itself = bool(judge_itself)
         self.x, self.y = x.detach(), torch.as_tensor(y, device=x.device).long()
         if self.y.shape != (x.shape[0],):
             raise ValueError(f"y must hold one label per image, shape ({x.shape[0]},), got {tuple(self.y.shape)}")
@@ -121,6 +126,8 @@ class EvasionTracker:
         run once more on it, also finds it misclassified and accepted (a pass over those few points).
         """
         index = self._index(index)
+        if self.judge_itself:
+            outputs, verify = self.defended.outputs(points.detach()), False
         logits, score = outputs[0].detach(), outputs[1].detach()
         if logits.shape[0] != len(index) or points.shape[0] != len(index):
             raise ValueError(f"{points.shape[0]} points with {logits.shape[0]} outputs for {len(index)} images: "

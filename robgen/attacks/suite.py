@@ -108,7 +108,9 @@ def _run_batch(defended, x, y, attacks: Mapping[str, object], constraint, progre
     outcomes: Dict[str, AttackOutcome] = {}
     for name, attack in attacks.items():
         start = time.perf_counter()
-        tracker = EvasionTracker(defended, x, y, stop_when_all_evaded=True)
+        # an attack built against another defended classifier shows that one's scores: judged again by this one
+        tracker = EvasionTracker(defended, x, y, stop_when_all_evaded=True,
+                                 judge_itself=getattr(attack, "defended", defended) is not defended)
         if hasattr(attack, "run"):
             final = attack.run(x, y, tracker)
         elif isinstance(attack, Attack):  # every iterate judged by the defended classifier itself
@@ -169,7 +171,7 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
     for name, attack in attacks.items():
         if getattr(attack, "defended", defended) is not defended:
             logger.warning("attack %r was built for another defended classifier: it does not attack this one's "
-                           "detector (its points are still judged by this one)", name)
+                           "detector (each point it passes through is judged by this one, one more pass a step)", name)
     constraint = make_constraint(norm, eps) if eps is not None else None
     size = len(x) if batch_size is None else int(batch_size)
     if size < 1:

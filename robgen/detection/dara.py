@@ -56,6 +56,8 @@ def _stack(values: Flags, name: str, n: int) -> Dict[str, torch.Tensor]:
     if tensor.ndim == 1:
         return {"attack": as_flags(tensor, name, n)}
     if tensor.ndim == 2:
+        if tensor.shape[0] == 0:  # read as "no attack broke anything", the DARA was the clean accuracy
+            raise ValueError(f"{name} is an empty stack of attacks, shape {tuple(tensor.shape)}: pass at least one")
         return {f"attack {i}": as_flags(row, f"{name}[{i}]", n) for i, row in enumerate(tensor)}
     raise ValueError(f"{name} must be (N,), (attacks, N) or a mapping of attack names to (N,), got {tuple(tensor.shape)}")
 
