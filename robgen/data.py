@@ -47,9 +47,10 @@ def default_data_root(root: Optional[Union[str, Path]] = None) -> Path:
 AUGMENTATIONS = ("crop-flip", "flip", "none")  # what `pixel_transform(train=True, augment=...)` does in training
 
 
-def pixel_transform(image_size: Optional[int] = None, train: bool = False, crop_pct: float = 1.0,
-                    interpolation: str = "bilinear", augment: str = "crop-flip"):
-    """PIL image -> float tensor in [0, 1], as a model of input side `image_size` sees it.
+def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, train: bool = False,
+                    crop_pct: float = 1.0, interpolation: str = "bilinear", augment: str = "crop-flip"):
+    """PIL image -> float tensor in [0, 1], as a model of input side `image_size` sees it ((height, width): a
+    non-square one, evaluation only).
 
     Evaluation (`train=False`) is timm's eval transform, the one `robgen.load_image`
     applies to a single file: resize the short side to image_size / crop_pct with
@@ -63,6 +64,8 @@ def pixel_transform(image_size: Optional[int] = None, train: bool = False, crop_
 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augment!r}: choose from {', '.join(AUGMENTATIONS)}")
+    if train and image_size is not None and not isinstance(image_size, int):
+        raise ValueError(f"training takes a square image size (one side), got {image_size}")
     steps = []
     if train and augment == "crop-flip":
         if image_size is None or image_size <= 64:
@@ -80,14 +83,17 @@ def pixel_transform(image_size: Optional[int] = None, train: bool = False, crop_
 
 
 def eval_transform(spec):
-    """The eval transform of the model `spec` describes (its input size, crop_pct and interpolation)."""
-    return pixel_transform(spec.input_size[1], crop_pct=spec.crop_pct, interpolation=spec.interpolation)
+    """The eval transform of the model `spec` describes (its input size, crop_pct and interpolation): the pixels
+    `images.load_model_input` gives a file, a non-square input's height and width both."""
+    height, width = spec.input_size[1:]
+    size = height if height == width else (height, width)
+    return pixel_transform(size, crop_pct=spec.crop_pct, interpolation=spec.interpolation)
 
 
 class _EvalResize:
     """`images.resize_and_crop` as a transform step (one implementation for files and data sets)."""
 
-    def __init__(self, size: int, crop_pct: float, interpolation: str) -> None:
+    def __init__(self, size: Union[int, Tuple[int, int]], crop_pct: float, interpolation: str) -> None:
         self.size, self.crop_pct, self.interpolation = size, crop_pct, interpolation
 
     def __call__(self, image):
@@ -163,10 +169,17 @@ SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val"), "val": ("val", "t
 SPLIT_NAMES = {"train", "test", "val"}
 
 
+def ignored_folder(name: str) -> bool:
+    """A folder an image folder's reader skips: hidden ones (.ipynb_checkpoints, .git) and the __MACOSX folder of a
+    zip made on a Mac, which are neither classes nor splits."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def split_layout(folder: Path) -> bool:
     """Whether an image-folder root holds split folders (train/, test/ or val/, and nothing else), not classes: a
     folder of classes may have one called "train" (CIFAR-100 does)."""
-    names = {path.name.lower() for path in folder.iterdir() if path.is_dir()} if folder.is_dir() else set()
+    names = ({path.name.lower() for path in folder.iterdir() if path.is_dir() and not ignored_folder(path.name)}
+             if folder.is_dir() else set())
     return bool(names) and names <= SPLIT_NAMES
 
 
@@ -246,10 +259,10 @@ def read_rgb(path: str):
 
 
 def _image_folder(folder: Path, transform) -> Dataset:
-    from torchvision import datasets
+    from .image_folder import ImageFolder  # torchvision's, without hidden folders and files
 
     try:
-        dataset = datasets.ImageFolder(str(folder), transform=transform, loader=read_rgb)
+        dataset = ImageFolder(str(folder), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as error:
         raise FileNotFoundError(
             f"{folder} does not have the ImageFolder layout <root>/<class>/<image> with images inside ({error})"

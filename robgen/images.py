@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -118,6 +119,11 @@ def resize_and_crop(
     return image.crop((left, top, left + width, top + height))
 
 
+# formats whose PIL reader reads on to the end of the file (JPEG 2000's box reader): an empty read there is no sign
+# of a file cut short (their decoders fail on a cut codestream themselves)
+READ_TO_THE_END = ("JPEG2000",)
+
+
 class _WatchedBytes(io.BytesIO):
     """A file's bytes that note a read finding nothing left while `watching`.
 
@@ -157,13 +163,16 @@ def load_image(
             data.watching = True
             image.load()
             data.watching = False
-            if data.ran_out:
+            if data.ran_out and image.format not in READ_TO_THE_END:
                 raise OSError("image file is truncated")
             return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation,
                                  frame=frame)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image file PIL can read (PNG, JPEG, GIF, WebP, BMP, TIFF, ...)") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError, IndexError, TypeError,
+            struct.error) as error:  # PIL's decoders fail on corrupt files in all these ways (PPM, SGI, QOI, ...)
         raise ImageError(f"{path} could not be decoded: {error} (truncated or corrupt file?)") from None
 
 

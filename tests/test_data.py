@@ -269,6 +269,45 @@ def test_a_class_folder_called_train_is_a_class_and_a_missing_split_folder_is_na
         data.load_dataset(tmp_path / "half", "test")
 
 
+def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
+    """A zip made on a Mac holds __MACOSX/ beside the splits and "._0000.png" AppleDouble files beside the images;
+    a notebook leaves .ipynb_checkpoints/. They were read as splits' classes (train and test mixed) and decoded as
+    images (a crash part way through a run)."""
+    from tests.conftest import make_toy_image_folder
+
+    root = tmp_path / "unzipped"
+    make_toy_image_folder(root / "train", classes=2, per_class=3)
+    make_toy_image_folder(root / "test", classes=2, per_class=2)
+    (root / "__MACOSX" / "train" / "class0").mkdir(parents=True)
+    (root / "__MACOSX" / "train" / "class0" / "._0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "train" / "class0" / "._0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (16, 16)).save(root / "train" / ".ipynb_checkpoints" / "copy.png")
+    assert not data.one_folder(root), "still a root of splits"
+    train = data.load_dataset(root, "train")
+    assert data.class_names(train) == ["class0", "class1"] and len(train) == 6
+    x, _ = data.load_tensors(train)  # every file read is an image
+    assert x.shape[0] == 6 and len(data.load_dataset(root, "test")) == 4
+
+
+def test_a_non_square_models_data_set_images_have_its_height_and_width(tmp_path):
+    """`eval_transform` passed the height alone: a (32, 48) model got 32 x 32 images from a data set and
+    32 x 48 from a file (a ViT then failed, a CNN ran on other pixels than the app's)."""
+    from robgen import images
+    from robgen.models import ModelSpec
+
+    folder = tmp_path / "photos" / "church"
+    folder.mkdir(parents=True)
+    _photo(90, 50).save(folder / "a.png")
+    spec = ModelSpec(architecture="resnet10_imagenette", num_classes=1, class_labels=["church"],
+                     input_size=(3, 32, 48), crop_pct=0.875, interpolation="bicubic")
+    x, _ = data.load_dataset(tmp_path / "photos", spec=spec)[0]
+    assert x.shape == (3, 32, 48)
+    assert torch.equal(x, images.load_model_input(folder / "a.png", spec))
+    with pytest.raises(ValueError, match="square"):
+        data.pixel_transform((32, 48), train=True)
+
+
 def test_class_folders_named_after_the_models_classes_in_another_order_are_refused():
     """An image folder numbers its class folders alphabetically: named after the model's classes in another order,
     every image would be scored against another class's label. Folders named otherwise cannot be checked."""

@@ -226,3 +226,28 @@ def test_a_saved_model_input_reads_back_through_the_eval_transform_as_the_same_p
         framed_model_input(attacked[:, 1:], spec)
     with pytest.raises(ValueError, match="the surround must be the photo resized to the cover size"):
         framed_model_input(attacked, spec, surround[:, 1:])
+
+
+def test_a_corrupt_file_of_any_format_is_an_image_error_naming_it(tmp_path):
+    """PIL's PPM reader fails on a corrupt header with a bare ValueError (SGI, IM and DDS likewise, QOI with an
+    IndexError): it escaped ImageError, so `attack` stopped at the first bad file without naming it."""
+    bad = tmp_path / "bad.ppm"
+    bad.write_bytes(b"P6\n\xd54 4\n255\n" + bytes(48))
+    with pytest.raises(ImageError, match="bad.ppm could not be decoded"):
+        load_image(bad)
+
+
+def test_jpeg_2000_files_load_and_cut_ones_are_refused(tmp_path):
+    """PIL's JPEG 2000 reader reads on to the end of the file: that empty read was taken for a truncated file, so
+    every .jp2 was refused."""
+    from PIL import features
+
+    if not features.check("jpg_2000"):
+        pytest.skip("this Pillow has no JPEG 2000 codec")
+    pixels = (np.random.default_rng(0).random((24, 24, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(tmp_path / "photo.jp2")
+    assert load_image(tmp_path / "photo.jp2").shape == (3, 24, 24)
+    data = (tmp_path / "photo.jp2").read_bytes()
+    (tmp_path / "cut.jp2").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ImageError, match="cut.jp2"):
+        load_image(tmp_path / "cut.jp2")

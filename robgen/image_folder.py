@@ -1,0 +1,35 @@
+"""torchvision's `ImageFolder` as robgen reads class folders: without the folders and files that are no classes or
+images (hidden ones, a Mac's __MACOSX folder and "._photo.png" AppleDouble files), which torchvision reads as a
+class or tries to decode. Its own module so that `robgen.data` imports torchvision only when it reads a folder, and
+a DataLoader's worker processes can unpickle it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+from .data import ignored_folder
+
+
+def image_file(path: str) -> bool:
+    """An image of a class folder: an image extension, and not hidden (an AppleDouble "._photo.png" has one)."""
+    return not Path(path).name.startswith(".") and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+
+class ImageFolder(datasets.ImageFolder):
+    """`<root>/<class>/<image>`, classes numbered in sorted order as torchvision numbers them, skipping the folders
+    `data.ignored_folder` names and the files `image_file` refuses."""
+
+    def __init__(self, root, transform=None, loader=None) -> None:
+        kwargs = {} if loader is None else {"loader": loader}
+        super().__init__(root, transform=transform, is_valid_file=image_file, **kwargs)
+
+    def find_classes(self, directory):
+        classes = sorted(entry.name for entry in os.scandir(directory)
+                         if entry.is_dir() and not ignored_folder(entry.name))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: index for index, name in enumerate(classes)}
