@@ -123,6 +123,24 @@ def test_subnormal_weights_load_as_zero_and_change_no_output(tmp_path):
             torch.set_flush_denormal(False)  # torch's default
 
 
+def test_saving_other_weights_into_a_model_folder_removes_the_files_fitted_to_the_old_ones(tmp_path):
+    """A detector.json or seeds fitted to the weights a save replaces were read back as the new model's."""
+    from robgen.models.checkpoint import companion_file
+
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "m")
+    (folder / "detector.json").write_text("{}")
+    (folder / "seeds.safetensors").write_bytes(b"seeds")
+    robgen.save_checkpoint(robgen.load_model(folder), folder)  # the same weights again: kept
+    assert (folder / "detector.json").is_file() and (folder / "seeds.safetensors").is_file()
+    other = tiny_model()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    robgen.save_checkpoint(other, folder)
+    assert not (folder / "detector.json").exists() and not (folder / "seeds.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="no detector.json"):
+        companion_file(robgen.load_model(folder), "detector.json", "fit-detector")
+
+
 def test_half_precision_checkpoint_loads_as_float(tmp_path):
     model = tiny_model()
     folder = robgen.save_checkpoint(model, tmp_path / "half", dtype=torch.float16)

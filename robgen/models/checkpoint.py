@@ -70,7 +70,8 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
     """Write `model` to `folder` (created); `dtype=torch.float16` halves the size.
 
     The files are written under temporary names and renamed into place, so a
-    run that dies mid-write keeps the previous complete checkpoint.
+    run that dies mid-write keeps the previous complete checkpoint. Saved over other weights,
+    the files fitted to those (`COMPANION_FILES`: a detector.json, synthesis seeds) are removed.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,9 +88,26 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.spec.to_dict()}
     config.pop("source", None)  # how it was loaded this time; `folder` is never in to_dict()
     text = json.dumps(config, indent=2) + "\n"
+    stale = [folder / name for name in COMPANION_FILES if (folder / name).is_file()] if not _same_weights(
+        folder / WEIGHTS_FILE, state) else []
     write_together({folder / WEIGHTS_FILE: lambda temporary: save_file(state, str(temporary)),
                     folder / CONFIG_FILE: lambda temporary: temporary.write_text(text)})
+    for path in stale:  # fitted to the weights replaced: read as the new model's, they would be wrong
+        logger.warning("removed %s: it was fitted to the model whose weights were just replaced in %s", path.name, folder)
+        path.unlink()
     return folder
+
+
+def _same_weights(path: Path, state: dict) -> bool:
+    """Whether the weights file at `path` (if any) holds exactly `state`; True when there is none to compare."""
+    if not path.is_file():
+        return True
+    try:
+        old = load_file(str(path))
+    except (SafetensorError, OSError):
+        return False
+    return old.keys() == state.keys() and all(old[key].dtype == state[key].dtype and old[key].shape == state[key].shape
+                                              and torch.equal(old[key], state[key]) for key in state)
 
 
 def read_config(folder: Union[str, Path]) -> dict:
