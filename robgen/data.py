@@ -405,7 +405,8 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) ->
     if key in KNOWN and trained_on.lower() in KNOWN and trained_on.lower() != key:
         raise ValueError(f"this model was trained on {trained_on}, not {data}: pick a model trained on {data} "
                          f"(python -m robgen models lists the shipped ones)")
-    folders, labels = [c.lower() for c in classes], [c.lower() for c in spec.class_labels]
+    # Imagenette's classes by WordNet id (its own folder's names) or by name (the named data set's labels): one class
+    folders, labels = ([IMAGENETTE_CLASSES.get(c, c).lower() for c in names] for names in (classes, spec.class_labels))
     generic = all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels))
     if key in KNOWN and folders != labels and not generic:
         raise ValueError(f"{data}'s classes ({', '.join(classes)}) are not the model's "

@@ -179,6 +179,11 @@ def test_a_model_of_another_data_set_is_refused():
     nette = ModelSpec(architecture="resnet10_imagenette", num_classes=10, class_labels=nette_classes,
                       training={"data": {"name": "imagenette", "val_size": 500}})
     data.check_model_matches(nette, "imagenette", nette_classes)
+    # a model trained on Imagenette's own folder is labelled by WordNet ids: the same classes
+    by_id = ModelSpec(architecture="resnet10_imagenette", num_classes=10, class_labels=list(data.IMAGENETTE_CLASSES))
+    data.check_model_matches(by_id, "imagenette", nette_classes)
+    with pytest.raises(ValueError, match="not the model's"):
+        data.check_model_matches(by_id, "imagenette", nette_classes[1:] + nette_classes[:1])
     assert data.model_val_size(nette, "imagenette") == 500
     assert data.model_val_size(cifar, "imagenette") == 500 and data.model_val_size(cifar, "cifar10") == 5000
 
