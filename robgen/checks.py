@@ -48,12 +48,11 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int, name: str = "y") -> 
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},) to match the images, got {tuple(y.shape)}")
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():  # any integer type is indices
         raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"{name} holds class indices in [{int(y.min())}, {int(y.max())}] but the model has {num_classes} classes"
-        )
+    low, high = (int(y.long().min()), int(y.long().max())) if n else (0, 0)  # (torch has no min of uint16)
+    if n and (low < 0 or high >= num_classes):
+        raise ValueError(f"{name} holds class indices in [{low}, {high}] but the model has {num_classes} classes")
 
 
 def check_logits(logits: torch.Tensor, name: str = "logits") -> None:

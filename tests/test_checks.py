@@ -42,6 +42,11 @@ def test_labels_and_numbers():
         check_labels(torch.tensor([0, 10]), 2, 10)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         check_labels(torch.tensor([0, 1]), 3, 10)
+    for dtype in (torch.int8, torch.uint16, torch.int32):  # any integer type holds indices (int8 was refused)
+        check_labels(torch.tensor([0, 9]).to(dtype), 2, 10)
+    for labels in (torch.tensor([0.0, 1.0]), torch.tensor([True, False])):
+        with pytest.raises(TypeError, match="integer class indices"):
+            check_labels(labels, 2, 10)
     with pytest.raises(ValueError):
         check_positive(0, "eps")
     with pytest.raises(ValueError):

@@ -391,6 +391,10 @@ def test_offline_pretrained_download_says_what_to_do(monkeypatch):
 def test_spec_class_index_by_name_or_number():
     spec = tiny_model().spec
     assert spec.class_index("c3") == 3 and spec.class_index("3") == 3 and spec.class_index(2) == 2
+    assert spec.class_index(2.0) == 2
+    for neither in (3.7, True):  # 3.7 was class 3, True class 1
+        with pytest.raises(ValueError, match="neither a label nor a whole index"):
+            spec.class_index(neither)
     with pytest.raises(ValueError, match="c0, c1"):
         spec.class_index("dog")
     with pytest.raises(ValueError, match="0..9"):
