@@ -62,6 +62,9 @@ def test_unknown_names_list_what_is_known(tmp_path, monkeypatch):
     assert "timm:" in str(info.value) and "hf-hub:" in str(info.value)
     with pytest.raises(ValueError, match="unknown timm architecture"):
         robgen.load_model("timm:resnet_does_not_exist", pretrained=False)
+    for spelled in ("ResNet18", "resnet-18", "vit_bse_patch16_224"):  # no suggestion was made for these
+        with pytest.raises(ValueError, match=r"similar names: .*\b(resnet18|vit_base_patch16_224)\b"):
+            robgen.load_model(f"timm:{spelled}", pretrained=False)
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path, monkeypatch):

@@ -147,11 +147,21 @@ def _unknown_model_message(name: str) -> str:
     )
 
 
+def _similar_timm_names(architecture: str) -> str:
+    """"; similar names: ..." for a name timm does not know ("ResNet18", "resnet-18", " resnet18"), or ""."""
+    import difflib
+
+    wanted = architecture.strip().lower()
+    close = timm.list_models(f"*{wanted}*")[:10]
+    if not close:
+        spelled = wanted.replace("-", "").replace(" ", "")
+        close = difflib.get_close_matches(spelled, timm.list_models(), n=5, cutoff=0.75)
+    return f"; similar names: {', '.join(close)}" if close else ""
+
+
 def _load_timm(architecture: str, pretrained: bool, weights, timm_kwargs: dict) -> Classifier:
     if not timm.is_model(architecture):
-        close = timm.list_models(f"*{architecture}*")[:10]
-        suggestion = f"; similar names: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown timm architecture {architecture!r}{suggestion}")
+        raise ValueError(f"unknown timm architecture {architecture!r}{_similar_timm_names(architecture)}")
     use_download = pretrained and weights is None
     try:
         net = timm.create_model(architecture, pretrained=use_download, **timm_kwargs)
