@@ -169,6 +169,22 @@ def test_corrupt_and_mismatched_checkpoints_are_explained(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         robgen.load_model(folder)
 
+    folder = robgen.save_checkpoint(tiny_model(width=4), tmp_path / "c")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, format_version="1")))  # was a bare TypeError
+    with pytest.raises(ValueError, match="format_version must be a whole number"):
+        robgen.load_model(folder)
+
+
+def test_a_config_without_channel_statistics_is_warned_about(tmp_path, caplog):
+    folder = robgen.save_checkpoint(tiny_model(width=4), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    del config["mean"], config["std"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        model = robgen.load_model(folder)
+    assert "records no mean or std" in caplog.text and tuple(model.spec.mean) == (0.0, 0.0, 0.0)
+
 
 class _Payload:
     def __reduce__(self):

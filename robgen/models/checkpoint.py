@@ -127,7 +127,11 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
     if not is_checkpoint_dir(folder):
         raise FileNotFoundError(f"{folder} is not a robgen checkpoint: it needs {WEIGHTS_FILE} and {CONFIG_FILE}")
     config = read_config(folder)
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{folder / CONFIG_FILE}'s format_version must be a whole number (this robgen writes "
+                         f"{FORMAT_VERSION}), got {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(f"{folder} was written by a newer robgen (format {config['format_version']}); upgrade robgen")
     try:
         spec = ModelSpec.from_dict(config)
@@ -139,6 +143,11 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
         logger.warning("%s records no %s (written by an older robgen): images are read with crop_pct %g and %s "
                        "resampling; add the model's own to its config if it was trained otherwise",
                        folder / CONFIG_FILE, " or ".join(unrecorded), spec.crop_pct, spec.interpolation)
+    unnormalised = [name for name in ("mean", "std") if name not in config]
+    if unnormalised:  # robgen always writes them: a config written by hand, whose model may expect normalised pixels
+        logger.warning("%s records no %s: the model is fed unnormalised [0, 1] pixels (mean %s, std %s); add the "
+                       "channel statistics it was trained with", folder / CONFIG_FILE, " or ".join(unnormalised),
+                       list(spec.mean), list(spec.std))
     try:
         net = build_network(spec)
     except TypeError as error:  # an architecture that takes other arguments than the config gives it
