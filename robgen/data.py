@@ -418,6 +418,13 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) ->
                          f"order, or other classes, than the model's ({', '.join(spec.class_labels)}): image folders "
                          "number their class folders alphabetically, so labels would be mixed up; rename the folders "
                          "so that sorted they follow the model's order (e.g. 0_airplane, 1_automobile, ...)")
+    numbered = all(name.isdigit() for name in classes)
+    if key not in KNOWN and generic and numbered and [int(name) for name in classes] != sorted(int(n) for n in classes):
+        # folders 0 ... 10 sort as text (0, 1, 10, 2, ...): the model's class i would be matched to the i-th of those
+        raise ValueError(f"the class folders of {data} are numbers sorted as text ({', '.join(classes[:4])}, ...), so "
+                         f"folder {classes[2]} would be scored as the model's class 2; the model's labels "
+                         f"({spec.class_labels[0]}, ...) do not say which is which: rename the folders with leading "
+                         f"zeros ({', '.join(str(i).zfill(len(max(classes, key=len))) for i in range(3))}, ...)")
 
 
 def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Subset, Subset]:

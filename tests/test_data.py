@@ -188,6 +188,19 @@ def test_a_model_of_another_data_set_is_refused():
     assert data.model_val_size(cifar, "imagenette") == 500 and data.model_val_size(cifar, "cifar10") == 5000
 
 
+def test_numbered_class_folders_sorted_as_text_are_refused_for_a_model_with_generic_labels():
+    """Folders 0 ... 10 sort as 0, 1, 10, 2, ...: a model labelled "class i" scored folder 10 as its class 2."""
+    from robgen.models import ModelSpec
+
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=11, class_labels=[f"class {i}" for i in range(11)])
+    folders = sorted(str(i) for i in range(11))
+    with pytest.raises(ValueError, match="numbers sorted as text .* leading zeros \\(00, 01, 02"):
+        data.check_model_matches(spec, "/photos", folders)
+    data.check_model_matches(spec, "/photos", sorted(str(i).zfill(2) for i in range(11)))  # sorted as numbers
+    named = ModelSpec(architecture="resnet10_cifar", num_classes=11, class_labels=folders)  # trained on them
+    data.check_model_matches(named, "/photos", folders)
+
+
 def test_the_split_seed_is_the_one_the_models_training_recorded():
     from robgen.models import ModelSpec
 
