@@ -105,6 +105,15 @@ def broadcast_from_main(value: T) -> T:
     return box[0]
 
 
+def all_true(flag: bool) -> bool:
+    """Whether `flag` holds on every rank (every rank must call it); `flag` itself when alone."""
+    if not is_distributed():
+        return bool(flag)
+    flags = [None] * world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
 def check_shareable(n_images: int, fix: str = "or give it more images") -> None:
     """Refuse, on every rank alike, to share fewer images than there are processes (a rank would get none)."""
     processes = world_size()

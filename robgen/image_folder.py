@@ -6,6 +6,7 @@ a DataLoader's worker processes can unpickle it."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from torchvision import datasets
@@ -14,9 +15,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from .data import ignored_folder
 
 
-def image_file(path: str) -> bool:
-    """An image of a class folder: an image extension, and not hidden (an AppleDouble "._photo.png" has one)."""
-    return not Path(path).name.startswith(".") and has_file_allowed_extension(path, IMG_EXTENSIONS)
+def image_file(path: str, root: str) -> bool:
+    """An image of a class folder under `root`: an image extension, not hidden (an AppleDouble "._photo.png" has
+    one), and in no folder `ignored_folder` names below `root` (a class's .ipynb_checkpoints/)."""
+    parts = Path(path).relative_to(root).parts
+    return (not parts[-1].startswith(".") and not any(ignored_folder(part) for part in parts[:-1])
+            and has_file_allowed_extension(path, IMG_EXTENSIONS))
 
 
 class ImageFolder(datasets.ImageFolder):
@@ -25,7 +29,8 @@ class ImageFolder(datasets.ImageFolder):
 
     def __init__(self, root, transform=None, loader=None) -> None:
         kwargs = {} if loader is None else {"loader": loader}
-        super().__init__(root, transform=transform, is_valid_file=image_file, **kwargs)
+        below = partial(image_file, root=os.path.expanduser(str(root)))  # torchvision's paths: root/class/...
+        super().__init__(root, transform=transform, is_valid_file=below, **kwargs)
 
     def find_classes(self, directory):
         classes = sorted(entry.name for entry in os.scandir(directory)

@@ -158,21 +158,25 @@ def load_image(
         raise ImageError(f"{path} does not exist or is not a file")
     data = _WatchedBytes(path.read_bytes())
     try:
-        with Image.open(data) as image:
-            check_image_size(image, str(path))  # from the header, before decoding a file too large to use
-            data.watching = True
-            image.load()
-            data.watching = False
-            if data.ran_out and image.format not in READ_TO_THE_END:
-                raise OSError("image file is truncated")
-            return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation,
-                                 frame=frame)
+        image = Image.open(data)
+        check_image_size(image, str(path))  # from the header, before decoding a file too large to use
+        data.watching = True
+        image.load()
+        data.watching = False
+        if data.ran_out and image.format not in READ_TO_THE_END:
+            raise OSError("image file is truncated")
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image file PIL can read (PNG, JPEG, GIF, WebP, BMP, TIFF, ...)") from None
     except (OSError, SyntaxError, Image.DecompressionBombError, ValueError, IndexError, TypeError,
             struct.error) as error:  # PIL's decoders fail on corrupt files in all these ways (PPM, SGI, QOI, ...)
+        raise ImageError(f"{path} could not be decoded: {error} (truncated or corrupt file?)") from None
+    try:  # decoded: what fails now is the arguments' (an unknown interpolation), said as it is, or a later frame's
+        with image:
+            return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation,
+                                 frame=frame)
+    except (OSError, SyntaxError) as error:
         raise ImageError(f"{path} could not be decoded: {error} (truncated or corrupt file?)") from None
 
 

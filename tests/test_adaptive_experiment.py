@@ -711,6 +711,18 @@ def test_every_point_a_reference_passes_through_counts_not_only_its_last(checkpo
     assert torch.equal(judged["misclassified"] & ~judged["rejected"], at_the_end)
     again = (judged["point_logits"].argmax(1) != y) & (judged["point_score"] <= 0)
     assert torch.equal(again, seen), "the stored point of each evasion is one that evades"
+    # with the detector switched off the DARA is the bare model's robust accuracy, both counted at every point
+    # (the suite's report read the bare model at the final points: 14 against a DARA of 13 on a toy run)
+    from robgen.attacks.suite import run_suite
+    from robgen.experiments.adaptive_suite import DetectorOff
+
+    off = DefendedClassifier(model, DetectorOff(target_fpr=0.0).fit(clean.logits[:2], model=model))
+    attack = make_suite_attack("pgd (bare model)", off, eps, AdaptiveSettings(detectors=("band",), steps=10),
+                               torch.Generator().manual_seed(0), (x, y))
+    result = run_suite(off, x, y, {"pgd": attack}, eps=eps)
+    outcome, report = result.attacks["pgd"], result.report(eps)
+    assert (outcome.ever_misclassified & ~outcome.misclassified).any(), "some image is right again at the end"
+    assert report["dara"]["count"] == report["bare_robust_accuracy"]["count"]
 
 
 def test_references_run_once_per_eps_unless_a_detector_reads_the_images(checkpoint, toy_data, monkeypatch, same_code):

@@ -301,6 +301,8 @@ def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
     (root / "train" / "class0" / "._0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     (root / "train" / ".ipynb_checkpoints").mkdir()
     Image.new("RGB", (16, 16)).save(root / "train" / ".ipynb_checkpoints" / "copy.png")
+    (root / "train" / "class1" / ".ipynb_checkpoints").mkdir()  # inside a class: its images are no examples
+    Image.new("RGB", (16, 16)).save(root / "train" / "class1" / ".ipynb_checkpoints" / "0000-checkpoint.png")
     assert not data.one_folder(root), "still a root of splits"
     train = data.load_dataset(root, "train")
     assert data.class_names(train) == ["class0", "class1"] and len(train) == 6

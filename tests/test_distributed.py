@@ -254,3 +254,40 @@ def test_every_rank_attacks_the_detectors_rank_0_calibrated(tmp_path):
     assert one["mahalanobis scores"] == zero["mahalanobis scores"]
     assert one["band"] != zero["band"], "a given detector is left as the caller gave it"
     assert one["same objects"] == zero["same objects"] == ["off", "band"]
+
+
+STAGE_READ_WORKER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    from robgen import distributed
+    from robgen.experiments import stages
+    from robgen.experiments.pipeline import ModelOutputs
+
+    distributed.setup(torch.device("cpu"))
+    folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+    computed = []
+
+    def compute():  # a stage made together, as every stage of a run is (each rank's share gathered)
+        computed.append(1)
+        rows = distributed.gather_in_order([(distributed.rank(), torch.full((1, 2), float(distributed.rank())))])
+        return ModelOutputs(torch.cat(rows), torch.zeros(len(rows), dtype=torch.long))
+
+    first = stages.StageStore(folder, {"settings": 1}).run("s", compute)
+    distributed.barrier()
+    if distributed.rank() == 1:  # this rank alone cannot read the kept stage (a bad disk block, a file cut short)
+        stages.read_stage = lambda path: (_ for _ in ()).throw(OSError("unreadable"))
+    again = stages.StageStore(folder, {"settings": 1}).run("s", compute)
+    (out / f"rank{distributed.rank()}.json").write_text(json.dumps(
+        {"computed": len(computed), "same": bool(torch.equal(first.logits, again.logits))}))
+""")
+
+
+def test_a_stage_one_rank_cannot_read_is_computed_again_by_every_rank(tmp_path):
+    """The rank that could not read it computed it (with its collectives) while the others read it back: a hang."""
+    script = tmp_path / "worker.py"
+    script.write_text(STAGE_READ_WORKER)
+    result = torchrun(2, str(script), str(tmp_path / "stages"), str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"computed": 2, "same": True}] * 2

@@ -235,6 +235,11 @@ def test_a_corrupt_file_of_any_format_is_an_image_error_naming_it(tmp_path):
     bad.write_bytes(b"P6\n\xd54 4\n255\n" + bytes(48))
     with pytest.raises(ImageError, match="bad.ppm could not be decoded"):
         load_image(bad)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 20)).save(good)
+    with pytest.raises(ValueError, match="unknown interpolation 'bicubc'") as caught:  # the argument's fault
+        load_image(good, size=8, interpolation="bicubc")
+    assert not isinstance(caught.value, ImageError), "not blamed on the file"
 
 
 def test_jpeg_2000_files_load_and_cut_ones_are_refused(tmp_path):

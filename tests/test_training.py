@@ -275,6 +275,16 @@ def test_fine_tuning_holds_out_the_validation_split_its_base_held_out(toy_data, 
                   tmp_path / "tuned", progress=False)
     recorded = tuned.spec.training["data"]
     assert (recorded["split_seed"], recorded["val_size"]) == (0, 32), "recorded: later evaluations use it"
+    # a fine-tune started before (its recipe: split seed None, i.e. its own seed 0, the base's split) still resumes
+    older = tmp_path / "older"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, epochs=2, val_size=None, init_from=str(tmp_path / "base")), older, progress=False,
+              on_epoch=stop_after_epoch(1))
+    saved = json.loads((older / "config.json").read_text())
+    saved["training"]["config"]["split_seed"] = None
+    (older / "config.json").write_text(json.dumps(saved))
+    train(config(toy_data, epochs=2, val_size=None, init_from=str(tmp_path / "base")), older, resume=True,
+          progress=False)
     # a base trained on other data (or not by robgen): the split of a fresh run
     untrained = ModelSpec(architecture="resnet10_cifar", num_classes=4, class_labels=list("abcd"), mean=(0.5,) * 3,
                           std=(0.5,) * 3, input_size=(3, 16, 16))

@@ -18,8 +18,10 @@ every iterate of every restart, and stops it on a batch once every image of the 
 (what follows could not change a flag). A robgen `Attack` on the bare model (PGD, HE-PGD) runs to its
 end, and the suite judges every iterate it steps from (its `watch`, one more pass of the defended
 classifier per step) and the point it returns: a point it passes through that is misclassified and
-accepted counts, even where it ends rejected. Any other attack object, `attack(x, y) -> x_adv`, is
-judged on the point it returns. For each attack the suite also
+accepted counts, even where it ends rejected, and one it passes through that is misclassified counts
+against the bare model. An `Attack` that does not step through the engine loop (APGD, the zoo's) shows
+no iterate, and any other attack object, `attack(x, y) -> x_adv`, is judged on the point it returns.
+For each attack the suite also
 records whether its final point (where it stopped) is misclassified and whether it is rejected: for
 an attack made against the bare model, its success there and the detector's detection rate among
 its successes.
@@ -55,6 +57,9 @@ class AttackOutcome:
     misclassified: torch.Tensor  # its final point is misclassified by the model (detector aside)
     rejected: torch.Tensor  # its final point is rejected
     seconds: float = 0.0
+    # some point it passed through (every iterate judged, the final one too) is misclassified: the bare model's
+    # robustness against it; None: its final point's (`misclassified`)
+    ever_misclassified: Optional[torch.Tensor] = None
     first_run: Optional[torch.Tensor] = None  # the run (1-based, restarts) of the first evasion, 0 where none
     adaptive: bool = False  # it knows the detector and stops on a batch once all of it evaded: its final points
     # depend on the batch, so they say nothing of the bare model's robustness
@@ -75,17 +80,21 @@ class SuiteResult:
         return {name: outcome.evaded for name, outcome in self.attacks.items()}
 
     def report(self, eps: float, norm: str = "Linf", best_known_at_half: Optional[float] = None) -> Dict[str, object]:
-        """`detection_aware_report` of the suite: DARA, the per-attack breakdown, Tramèr's ceiling note, and from
-        the final points of the attacks that do not know the detector (PGD, HE-PGD on the bare model) the bare
-        model's robust accuracy under them and the detector's detection rate among their successes. An adaptive
+        """`detection_aware_report` of the suite: DARA, the per-attack breakdown, Tramèr's ceiling note, and for
+        the attacks that do not know the detector (PGD, HE-PGD on the bare model) the bare model's robust accuracy
+        under them (misclassified at any point they passed through, as the DARA counts) and the detector's
+        detection rate among their successes (at their final points). An adaptive
         attack's final points are left out: it stops on a batch once all of it evaded, so an image it evaded may
         end classified correctly, and where it ends depends on the batch (robust accuracy with the detector off
         is a suite run against `DetectorOff`)."""
         judged = {name: o for name, o in self.attacks.items() if not o.adaptive}
+        fooled = {name: o.misclassified if o.ever_misclassified is None else o.ever_misclassified
+                  for name, o in judged.items()}  # as the DARA counts evasions: at any point it passed through
         return detection_aware_report(
             self.clean_correct, self.clean_accepted, self.evaded_by_attack(), eps,
-            bare_adversarial_correct={name: ~o.misclassified for name, o in judged.items()} if judged else None,
+            bare_adversarial_correct={name: ~flags for name, flags in fooled.items()} if judged else None,
             bare_adversarial_rejected={name: o.rejected for name, o in judged.items()} if judged else None,
+            bare_final_correct={name: ~o.misclassified for name, o in judged.items()} if judged else None,
             norm=norm, best_known_at_half=best_known_at_half)
 
 
@@ -111,19 +120,26 @@ def _run_batch(defended, x, y, attacks: Mapping[str, object], constraint, progre
         # an attack built against another defended classifier shows that one's scores: judged again by this one
         tracker = EvasionTracker(defended, x, y, stop_when_all_evaded=True,
                                  judge_itself=getattr(attack, "defended", defended) is not defended)
+        ever = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+
+        def judge(step, points, outputs):  # every iterate judged by the defended classifier itself
+            ever.logical_or_(tracker.check(points)[0])
+
         if hasattr(attack, "run"):
             final = attack.run(x, y, tracker)
-        elif isinstance(attack, Attack):  # every iterate judged by the defended classifier itself
-            final = attack(x, y, watch=lambda step, points, outputs: tracker.check(points))
+        elif isinstance(attack, Attack):
+            final = attack(x, y, watch=judge)
         else:
             final = attack(x, y)
         _check_in_ball(name, final, x, constraint)
         with eval_mode(defended.model):
             misclassified, rejected = tracker.check(final)
+        ever |= misclassified
         _check_in_ball(name, tracker.images, x, constraint)
         images = torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
         outcomes[name] = AttackOutcome(tracker.evaded, images, misclassified, rejected, time.perf_counter() - start,
-                                       first_run=tracker.first_run, adaptive=hasattr(attack, "run"))
+                                       first_run=tracker.first_run, adaptive=hasattr(attack, "run"),
+                                       ever_misclassified=None if hasattr(attack, "run") else ever)
         for i in overall.merge(tracker).nonzero()[:, 0].tolist():
             found_by[i] = name
         done += 1
@@ -140,7 +156,9 @@ def _concatenate(parts: List[SuiteResult]) -> SuiteResult:
                                       for f in ("evaded", "images", "misclassified", "rejected")),
                                     seconds=sum(p.attacks[name].seconds for p in parts),
                                     first_run=cat(lambda p: p.attacks[name].first_run),
-                                    adaptive=parts[0].attacks[name].adaptive)
+                                    adaptive=parts[0].attacks[name].adaptive,
+                                    ever_misclassified=None if parts[0].attacks[name].ever_misclassified is None
+                                    else cat(lambda p: p.attacks[name].ever_misclassified))
                 for name in parts[0].attacks}
     return SuiteResult(cat(lambda p: p.clean_correct), cat(lambda p: p.clean_accepted), cat(lambda p: p.evaded),
                        cat(lambda p: p.images), [name for p in parts for name in p.found_by], outcomes)

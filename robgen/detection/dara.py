@@ -155,9 +155,14 @@ def tramer_ceiling_note(eps: float, norm: str = "Linf", best_known_at_half: Opti
 def detection_aware_report(clean_correct, clean_accepted, evaded: Flags, eps: float,
                            bare_adversarial_correct: Optional[Flags] = None,
                            bare_adversarial_rejected: Optional[Flags] = None, norm: str = "Linf",
-                           best_known_at_half: Optional[float] = None) -> Dict[str, object]:
+                           best_known_at_half: Optional[float] = None,
+                           bare_final_correct: Optional[Flags] = None) -> Dict[str, object]:
     """Every metric at once: clean accuracy with rejection, DARA, the per-attack breakdown, and, given the
-    attacks' results on the bare model, its robust accuracy and the detection rate of each; Tramèr's note."""
+    attacks' results on the bare model, its robust accuracy and the detection rate of each; Tramèr's note.
+
+    `bare_adversarial_correct`: per attack, the model right at every point it tried (its robust accuracy);
+    `bare_final_correct` and `bare_adversarial_rejected`: right and rejected at the point it ended on, where the
+    detection rate is taken (default `bare_final_correct`: `bare_adversarial_correct`)."""
     report: Dict[str, object] = {
         "clean": clean_accuracy_with_rejection(clean_correct, clean_accepted),
         "dara": detection_aware_robust_accuracy(clean_correct, clean_accepted, evaded),
@@ -173,5 +178,10 @@ def detection_aware_report(clean_correct, clean_accepted, evaded: Flags, eps: fl
             if set(rejected) != set(bare):
                 raise ValueError(f"bare_adversarial_rejected names attacks {sorted(rejected)} but "
                                  f"bare_adversarial_correct names {sorted(bare)}: give both for the same attacks")
-            report["detection_rate"] = {name: detection_rate(clean_correct, bare[name], rejected[name]) for name in bare}
+            final = bare if bare_final_correct is None else _stack(bare_final_correct, "bare_final_correct", n)
+            if set(final) != set(bare):
+                raise ValueError(f"bare_final_correct names attacks {sorted(final)} but bare_adversarial_correct "
+                                 f"names {sorted(bare)}: give both for the same attacks")
+            report["detection_rate"] = {name: detection_rate(clean_correct, final[name], rejected[name])
+                                        for name in bare}
     return report

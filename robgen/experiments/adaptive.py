@@ -141,7 +141,8 @@ class AdaptiveSettings:
 
     @property
     def references(self) -> Tuple[str, ...]:
-        """The suite's attacks that do not know the detector (on the bare model): judged at their final points."""
+        """The suite's attacks that do not know the detector (on the bare model): every point they pass through is
+        judged for the DARA, their final points for the bare model's accuracy there and the detection rate."""
         return tuple(name for name in self.attacks if name not in ADAPTIVE)
 
 

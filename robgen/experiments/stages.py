@@ -222,12 +222,15 @@ class StageStore:
     def read(self, name: str, reader: Callable[[Path], Tuple[object, float]]):
         """Stage `name` as `reader(path) -> (outputs, seconds)` reads it, None when it is not kept or cannot be
         read (a file cut short by a crash or a full disk: it is computed again and replaced)."""
-        if self.folder is None or not self.path(name).exists():
+        if self.folder is None:
             return None
-        try:
-            outputs, seconds = reader(self.path(name))
-        except Exception as error:  # safetensors' errors, OSError, a missing tensor: every way a file can be bad
-            logger.warning("stage %s could not be read (%s): computing it again", self.path(name), error)
+        outputs = None
+        if self.path(name).exists():
+            try:
+                outputs, seconds = reader(self.path(name))
+            except Exception as error:  # safetensors' errors, OSError, a missing tensor: every way a file can be bad
+                logger.warning("stage %s could not be read (%s): computing it again", self.path(name), error)
+        if not distributed.all_true(outputs is not None):  # a rank that computes it needs every other one to
             return None
         self.reused += 1
         self.reused_seconds += seconds

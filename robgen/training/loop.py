@@ -99,6 +99,9 @@ def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
         )
     # The rest of the recipe too: Adam's state loaded into SGD, another schedule or augmentation would go on silently
     wanted = json.loads(json.dumps(asdict(config), default=str))
+    for recipe in (wanted, saved_recipe):  # the split used: an unset split seed is the run's seed (older fine-tunes
+        if "split_seed" in recipe and recipe["split_seed"] is None:  # recorded None, which now reads as the base's)
+            recipe["split_seed"] = recipe.get("seed")
     differ = sorted(name for name in wanted if name not in RESUME_MAY_CHANGE and name in saved_recipe
                     and saved_recipe[name] != wanted[name])
     if differ:
