@@ -135,9 +135,13 @@ MAX_SEED = 2 ** 63 - 1
 
 def seed_number(seed) -> int:
     """A seed field's value as the int torch takes, or a message that says what to enter (a cleared field is None)."""
-    if seed is None or seed != seed or not float(seed).is_integer() or not 0 <= seed <= MAX_SEED:
-        raise gr.Error(f"Enter a whole-number seed from 0 to {MAX_SEED}.", print_exception=False)
-    return int(seed)
+    try:  # an API call may send it as text
+        number = float(seed) if isinstance(seed, str) else seed
+        if number is None or number != number or not float(number).is_integer() or not 0 <= number <= MAX_SEED:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise gr.Error(f"Enter a whole-number seed from 0 to {MAX_SEED}.", print_exception=False) from None
+    return int(number)
 
 
 def image_file(picture, name: str = "image") -> str:
@@ -167,10 +171,13 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
     if eps_255 != int(eps_255):
         raise gr.Error(f"eps (/255) must be a whole number: the picture's pixels move in steps of 1/255, so "
                        f"{eps_255:g}/255 would attack as {int(eps_255)}/255", print_exception=False)
+    if steps != int(steps):  # (an API call: the slider gives whole numbers)
+        raise gr.Error(f"steps must be a whole number, got {steps:g}", print_exception=False)
     step_size_255, lam = within(step_size_255, STEP_SIZE_255, "step size (/255)"), within(lam, LAMBDA, "λ")
     model = cached_model(need_model(model_name))  # loaded once the numbers are known to be good
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
-                               step_size=step_size_255 / 255, lam=lam, target=target or None, seed=seed_number(seed),
+                               step_size=step_size_255 / 255, lam=lam, target=None if target in (None, "") else target,
+                               seed=seed_number(seed),
                                progress=progress)
     return (image_file(tabs.display(result.clean), "seen"), image_file(tabs.display(result.adversarial), "adversarial"),
             image_file(tabs.display(result.perturbation), "perturbation"), result.top_clean, result.top_adversarial,
@@ -364,10 +371,11 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                         verdict = gr.Markdown()
                         detect_top = gr.Label(num_top_classes=5, label="prediction")
                         detect_plot = gr.Plot(label="calibration energies")
-                detect_button.click(detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
-                                    api_name="detect", preprocess=False, **compute)
-                to_detect.click(check_in_detect, adversarial_file, [detect_image, tab_set],
-                                api_visibility="private").then(
+                detecting = detect_button.click(detect, [detect_image, model_name],
+                                                [detect_seen, verdict, detect_top, detect_plot],
+                                                api_name="detect", preprocess=False, **compute)
+                checking = to_detect.click(check_in_detect, adversarial_file, [detect_image, tab_set],
+                                           api_visibility="private").then(
                     detect, [detect_image, model_name], [detect_seen, verdict, detect_top, detect_plot],
                     preprocess=False, api_visibility="private", **compute)
             with gr.Tab("Synthesize"):
@@ -422,8 +430,12 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                           [model_name, synthesis_model, target],
                           [target, synthesis_model, attack_classes, detect_classes, *example_datasets],
                           api_visibility="private")
-        # the file was another model's; an attack still running is too, and would land after the change
-        model_name.change(lambda: None, None, adversarial_file, cancels=[attacking], api_visibility="private")
+        # every result shown was the previous model's (its verdict beside the new model's classes); a run still
+        # going is too, and would land after the change
+        shown = [seen, adversarial, perturbation, top_before, top_after, attack_summary, attack_plot, adversarial_file,
+                 detect_seen, verdict, detect_top, detect_plot]
+        model_name.change(lambda: [None] * len(shown), None, shown, cancels=[attacking, detecting, checking],
+                          api_visibility="private")
         synthesis_model.change(class_choices, [synthesis_model, synth_class, translate_class],
                                [synth_class, translate_class], api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)

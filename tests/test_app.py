@@ -586,13 +586,43 @@ def test_every_event_that_runs_a_model_shares_one_queue_group_of_the_concurrency
         assert (named[name].concurrency_id, named[name].concurrency_limit) == (app.COMPUTE, app.CONCURRENCY), name
 
 
-def test_a_change_of_model_cancels_an_attack_still_running():
-    """Its result belongs to the old model: landing after the change, it would fill the file that 'Check it in the
-    Detect tab' then judges with the new model's detector."""
-    dependencies = app.build_app().config["dependencies"]
-    attack_id = next(d["id"] for d in dependencies if d.get("api_name") == "attack")
-    clears_the_file = [d for d in dependencies if d.get("cancels")]
-    assert any(attack_id in d["cancels"] and any(t[1] == "change" for t in d["targets"]) for d in clears_the_file)
+def test_a_change_of_model_cancels_what_is_running_and_clears_what_is_shown():
+    """Results belong to the old model: an attack landing after the change would fill the file that 'Check it in
+    the Detect tab' then judges with the new model's detector, and a Detect verdict left on screen showed the old
+    model's energy and threshold beside the new model's classes."""
+    config = app.build_app().config
+    dependencies = config["dependencies"]
+    ids = {d.get("api_name"): d["id"] for d in dependencies}
+    labels = {c["id"]: c.get("props", {}).get("label") for c in config["components"]}
+    model_id = next(i for i, label in labels.items() if label == "model (Attack and Detect)")
+    on_change = [d for d in dependencies if [model_id, "change"] in [list(t) for t in d["targets"]]]
+    cancelled = {i for d in on_change for i in (d.get("cancels") or [])}
+    assert {ids["attack"], ids["detect"]} <= cancelled
+    cleared = {labels.get(output) for d in on_change for output in d["outputs"]}
+    assert {"as the model sees it", "prediction", "calibration energies", "adversarial"} <= cleared, cleared
+
+
+def test_the_detect_summary_gives_intervals_and_digits_that_tell_energy_and_threshold_apart():
+    from robgen.web.handlers import DetectResult
+
+    detector = EnergyDetector.load(REPO / "checkpoints" / ROBUST / "detector.json")
+    result = DetectResult(torch.zeros(3, 2, 2), energy=-46.0612, threshold=-46.06104, flagged=True, top={},
+                          detector=detector)
+    text = result.summary()
+    assert "-46.0612 ≤ threshold -46.0610" in text, text  # at 3 decimals both read -46.061
+    test = detector.calibration["test"]
+    low, high = test["detection_rate_ci"]
+    assert f"{test['detection_rate']:.1%} [{100 * low:.1f}, {100 * high:.1f}]" in text
+    assert f"[{100 * test['false_positive_rate_ci'][0]:.1f}, " in text
+
+
+def test_an_api_call_with_target_class_0_attacks_toward_class_0(client):
+    """target=0 (an int, as an API call may send it) read as no target: an untargeted attack ran."""
+    summary = attack(client, REPO / "examples" / "rocket.png", target=0, steps=3)[5]
+    assert "arget" in summary, summary
+    with pytest.raises(gradio_client.exceptions.AppError, match="steps must be a whole number"):
+        attack(client, REPO / "examples" / "rocket.png", steps=2.7)
+    assert app.seed_number("5") == 5
 
 
 def test_check_it_in_detect_needs_a_live_result_and_says_so():

@@ -215,13 +215,14 @@ def evade_shipped_detector(model, image: ImageInput, x: torch.Tensor, eps: float
                              generator=torch.Generator(device=x.device).manual_seed(int(seed)), progress=progress)
     energy_at_t = detector.energies(outcome.adversarial_logits)[0]
     clean_at_t = detector.energies(outcome.clean_logits)[0]
+    shown, threshold = _apart(float(energy_at_t), float(outcome.threshold))
     if bool(outcome.evaded[0]):
-        verdict = (f"**The Detect tab's detector accepts it as natural**: E_T(x) = {float(energy_at_t):.3f} > threshold "
-                   f"{outcome.threshold:.3f} (T = {outcome.temperature:g}), and the model calls it "
+        verdict = (f"**The Detect tab's detector accepts it as natural**: E_T(x) = {shown} > threshold "
+                   f"{threshold} (T = {outcome.temperature:g}), and the model calls it "
                    f"**{next(iter(outcome.top(0)))}**. The Detect tab's `*_adaptive` examples are images made this way.")
     elif bool(outcome.flagged[0]):
-        verdict = (f"**Not found**: the 8-bit result is still flagged (E_T(x) = {float(energy_at_t):.3f} ≤ threshold "
-                   f"{outcome.threshold:.3f}). Allow more steps or a larger eps.")
+        verdict = (f"**Not found**: the 8-bit result is still flagged (E_T(x) = {shown} ≤ threshold "
+                   f"{threshold}). Allow more steps or a larger eps.")
     else:
         verdict = ("**Not found**: the model still gives the image its original class. Allow more steps or a larger "
                    "eps.")
@@ -253,14 +254,32 @@ class DetectResult:
         calibration = self.detector.calibration
         test = calibration.get("test", {})
         measured = (f" On {calibration.get('n_test', '?')} test images this threshold caught "
-                    f"{test.get('detection_rate', float('nan')):.1%} of {calibration.get('attack', 'attacked')} examples "
-                    f"with {test.get('false_positive_rate', float('nan')):.1%} false positives.") if test else ""
+                    f"{_rate(test, 'detection_rate')} of {calibration.get('attack', 'attacked')} examples "
+                    f"with {_rate(test, 'false_positive_rate')} false positives.") if test else ""
         temperature = self.detector.temperature
         name, at = (("E(x)", "") if temperature == 1 else
                     ("E_T(x)", f" (T = {temperature:g}, the detector's temperature)"))
-        return (f"{name} = {self.energy:.3f} {relation} threshold {self.threshold:.3f}{at}: flagged as {verdict} "
+        energy, threshold = _apart(self.energy, self.threshold)
+        return (f"{name} = {energy} {relation} threshold {threshold}{at}: flagged as {verdict} "
                 f"(adversarial examples get *lower* energy).{measured}" + uninformative_warning(test)
                 + (f"\n\n*{self.note}*" if self.note else ""))
+
+
+def _rate(test: dict, name: str) -> str:
+    """A calibration rate with its 95% interval, as detector.json records them ("77.0% [73.1, 80.5]")."""
+    value, interval = test.get(name, float("nan")), test.get(f"{name}_ci")
+    shown = f"{value:.1%}"
+    return f"{shown} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else shown
+
+
+def _apart(energy: float, threshold: float) -> Tuple[str, str]:
+    """The energy and the threshold with enough digits to show which is larger (3 decimals, more when they
+    agree that far: "-46.061 > -46.061" beside a verdict read as a contradiction)."""
+    for digits in range(3, 10):
+        shown = f"{energy:.{digits}f}", f"{threshold:.{digits}f}"
+        if shown[0] != shown[1] or energy == threshold:
+            return shown
+    return f"{energy!r}", f"{threshold!r}"
 
 
 UNINFORMATIVE_AUROC = 0.6
