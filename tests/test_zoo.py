@@ -305,3 +305,20 @@ def test_the_zoo_study_refuses_to_run_split_across_processes(monkeypatch):
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
     with pytest.raises(ValueError, match="one process: start it without torchrun"):
         zoo_study(torch.nn.Identity(), None)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchattacks' SparseFool and numpy 2's __array__
+def test_torchattacks_l2_attacks_run_on_the_fused_graph():
+    """The fused copy's input gradients are channels-last; torchattacks' PGDL2 (the L2 attack the PGD error names)
+    and SparseFool `.view` them, and failed on every call unless fused=False."""
+    model = tiny_model().eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    fused = TorchAttacksAttack(model, "PGDL2", eps=0.5, norm="l2", steps=5, generator=torch.Generator().manual_seed(1))
+    plain = TorchAttacksAttack(model, "PGDL2", eps=0.5, norm="l2", steps=5, generator=torch.Generator().manual_seed(1),
+                               fused=False)
+    moved, reference = fused(x, y), plain(x, y)
+    assert ((moved - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert torch.allclose(moved, reference, atol=1e-4), "the same attack as on the model itself"
+    TorchAttacksAttack(model, "SparseFool", eps=None, norm="l2", steps=2)(x, y)

@@ -66,6 +66,31 @@ def _native_norm(attack_class: Type, takes) -> Optional[str]:
     return "l2" if attack_class.__name__.endswith("L2") else "linf"
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose gradient comes back contiguous: the fused copy's is channels-last, and torchattacks'
+    PGDL2 and SparseFool `.view` it (a RuntimeError on every call)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class _ContiguousGradients(torch.nn.Module):
+    """`model` as torchattacks gets it: the same outputs, and input gradients in the inputs' own layout."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_ContiguousGrad.apply(x))
+
+
 class TorchAttacksAttack(Attack):
     """A torchattacks attack behind robgen's `Attack` interface and conventions (see the module notes).
 
@@ -158,7 +183,7 @@ class TorchAttacksAttack(Attack):
             parameter.grad = None
         try:
             with seeded_global_rng(seed):
-                atk = self.attack_class(graph, **settings)
+                atk = self.attack_class(_ContiguousGradients(graph), **settings)
                 if self.targeted:
                     atk.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its labels as targets
                 # in the model's dtype: FAB writes float64 gradients into a float32 copy of a float32 input
