@@ -30,6 +30,25 @@ def test_fit_seeds_writes_a_seed_file_next_to_the_checkpoint(tmp_path, toy_data,
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_fit_seeds_takes_the_data_every_other_command_takes(tmp_path, capsys):
+    """Imagenette's own folder names its classes by WordNet id; fit-seeds compared them with the model's labels
+    (names) and refused the data zoo, detect and ablation accept. The seeds are named by the model's labels."""
+    from robgen import data
+
+    images = tmp_path / "imagenette-folder"
+    for index, wnid in enumerate(data.IMAGENETTE_CLASSES):
+        (images / wnid).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (20 * index, 40 * i, 0)).save(images / wnid / f"{i}.png")
+    model = tiny_model(num_classes=10)
+    model.spec.class_labels = list(data.IMAGENETTE_CLASSES.values())
+    model.spec.input_size = (3, 16, 16)
+    folder = robgen.save_checkpoint(model, tmp_path / "nette-model")
+    assert main(["fit-seeds", "--model", str(folder), "--data", str(images), "--resolution", "2"]) == 0, \
+        capsys.readouterr().err
+    assert load_seeds(robgen.load_model(folder)).class_labels == list(data.IMAGENETTE_CLASSES.values())
+
+
 def test_synthesize_writes_a_grid_of_classes_by_samples(tmp_path, capsys):
     out = tmp_path / "synth"
     assert main(["synthesize", "--model", ROBUST, "--classes", "cat", "8", "--n", "3", "--steps", "4",

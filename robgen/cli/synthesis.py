@@ -106,9 +106,9 @@ def command_fit_seeds(args) -> int:
     try:
         train = datasets.load_dataset(args.data, "train", root=args.data_root, download=args.download,
                                       spec=model.spec)
-        classes = datasets.class_names(train)
-        if classes != list(model.spec.class_labels):
-            raise UsageError(f"{args.data} has the classes {classes}, the model {model.spec.class_labels}")
+        # the data set's classes, by whatever names its folders give (Imagenette's WordNet ids), are the model's
+        datasets.check_model_matches(model.spec, args.data, datasets.class_names(train))
+        classes = list(model.spec.class_labels)  # what the seeds are named by, and checked against when used
         train = datasets.first(train, args.limit, "train split")
         seeds = SeedDistribution.fit(datasets.make_loader(train, batch_size=500, workers=args.workers), classes,
                                      resolution=args.resolution, rank=args.rank)

@@ -34,9 +34,7 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
     `target_fpr`: the false-positive budget of rule "fpr".
     """
     splits = detection_splits(model, dataset_name, val_size=val_size, limit=n, seed=seed, data_root=data_root,
-                              download=download)
-    if splits.classes != list(model.spec.class_labels):
-        raise ValueError(f"{dataset_name}'s classes are not the model's {model.spec.class_labels}")
+                              download=download)  # (which checks the data's classes are the model's)
     result = detection_experiment(model, splits, attack, rule=rule, temperature=temperature,
                                   temperatures=temperatures, target_fpr=target_fpr, batch_size=batch_size,
                                   progress=progress)
