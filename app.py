@@ -136,7 +136,9 @@ MAX_SEED = 2 ** 63 - 1
 def seed_number(seed) -> int:
     """A seed field's value as the int torch takes, or a message that says what to enter (a cleared field is None)."""
     try:  # an API call may send it as text
-        number = float(seed) if isinstance(seed, str) else seed
+        number = seed
+        if isinstance(seed, str):  # whole digits exactly (a float would round 2**53 + 1)
+            number = int(seed.strip()) if seed.strip().isdigit() else float(seed)
         if number is None or number != number or not float(number).is_integer() or not 0 <= number <= MAX_SEED:
             raise ValueError
     except (TypeError, ValueError):

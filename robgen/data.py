@@ -391,11 +391,13 @@ def model_val_split(train: Dataset, spec, data: Union[str, Path], val_size: Opti
     return train_val_split(train, val_size, seed=model_split_seed(spec, data, default=default_seed))
 
 
-def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) -> None:
+def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by_name: bool = False) -> None:
     """Refuse a data set that is not the one the model of `spec` classifies, saying which it needs.
 
     Checked: the number of classes, the data set the model was trained on (when its spec
-    records one of the named data sets), and, for named data sets, the class labels.
+    records one of the named data sets), and, for named data sets, the class labels. `by_name`: a folder's class
+    names too must be the model's labels (where the model's labels are names, not "class i"), for what is fitted
+    to the classes themselves (seeds, a detector's calibration), where a folder of other names is other data.
     """
     key = str(data).lower()
     if len(classes) != spec.num_classes:
@@ -418,13 +420,19 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str]) ->
                          f"order, or other classes, than the model's ({', '.join(spec.class_labels)}): image folders "
                          "number their class folders alphabetically, so labels would be mixed up; rename the folders "
                          "so that sorted they follow the model's order (e.g. 0_airplane, 1_automobile, ...)")
-    numbered = all(name.isdigit() for name in classes)
-    if key not in KNOWN and generic and numbered and [int(name) for name in classes] != sorted(int(n) for n in classes):
+    if by_name and folders != labels and not generic:
+        raise ValueError(f"the class folders of {data} ({', '.join(classes)}) are not the model's classes "
+                         f"({', '.join(spec.class_labels)}): fit on the data set the model classifies, its folders "
+                         "named after its classes")
+    numbers = [int(name) for name in classes] if all(name.isdigit() for name in classes) else []
+    misplaced = next((i for i, (number, wanted) in enumerate(zip(numbers, sorted(numbers))) if number != wanted), None)
+    if key not in KNOWN and generic and misplaced is not None:
         # folders 0 ... 10 sort as text (0, 1, 10, 2, ...): the model's class i would be matched to the i-th of those
+        width = max(len(name) for name in classes)
         raise ValueError(f"the class folders of {data} are numbers sorted as text ({', '.join(classes[:4])}, ...), so "
-                         f"folder {classes[2]} would be scored as the model's class 2; the model's labels "
-                         f"({spec.class_labels[0]}, ...) do not say which is which: rename the folders with leading "
-                         f"zeros ({', '.join(str(i).zfill(len(max(classes, key=len))) for i in range(3))}, ...)")
+                         f"folder {classes[misplaced]} would be scored as the model's class {misplaced}; the model's "
+                         f"labels ({spec.class_labels[0]}, ...) do not say which is which: rename the folders with "
+                         f"leading zeros ({', '.join(str(n).zfill(width) for n in sorted(numbers)[:3])}, ...)")
 
 
 def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Subset, Subset]:

@@ -622,7 +622,8 @@ def test_an_api_call_with_target_class_0_attacks_toward_class_0(client):
     assert "arget" in summary, summary
     with pytest.raises(gradio_client.exceptions.AppError, match="steps must be a whole number"):
         attack(client, REPO / "examples" / "rocket.png", steps=2.7)
-    assert app.seed_number("5") == 5
+    assert app.seed_number("5") == 5 and app.seed_number(str(2 ** 53 + 1)) == 2 ** 53 + 1  # (a float rounds it)
+    assert app.seed_number(str(app.MAX_SEED)) == app.MAX_SEED
 
 
 def test_check_it_in_detect_needs_a_live_result_and_says_so():

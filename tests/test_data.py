@@ -197,6 +197,9 @@ def test_numbered_class_folders_sorted_as_text_are_refused_for_a_model_with_gene
     with pytest.raises(ValueError, match="numbers sorted as text .* leading zeros \\(00, 01, 02"):
         data.check_model_matches(spec, "/photos", folders)
     data.check_model_matches(spec, "/photos", sorted(str(i).zfill(2) for i in range(11)))  # sorted as numbers
+    with pytest.raises(ValueError, match="folder 10 would be scored as the model's class 0"):  # (two folders: crashed)
+        data.check_model_matches(ModelSpec(architecture="resnet10_cifar", num_classes=2,
+                                           class_labels=["class 0", "class 1"]), "/photos", ["10", "9"])
     named = ModelSpec(architecture="resnet10_cifar", num_classes=11, class_labels=folders)  # trained on them
     data.check_model_matches(named, "/photos", folders)
 

@@ -135,6 +135,10 @@ def test_saving_other_weights_into_a_model_folder_removes_the_files_fitted_to_th
     (folder / "seeds.safetensors").write_bytes(b"seeds")
     robgen.save_checkpoint(robgen.load_model(folder), folder)  # the same weights again: kept
     assert (folder / "detector.json").is_file() and (folder / "seeds.safetensors").is_file()
+    half = robgen.save_checkpoint(tiny_model(), tmp_path / "half", dtype=torch.float16)
+    (half / "detector.json").write_text("{}")
+    robgen.save_checkpoint(robgen.load_model(half), half)  # loaded as float32: the same values, kept
+    assert (half / "detector.json").is_file()
     other = tiny_model()
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
@@ -174,6 +178,8 @@ def test_corrupt_and_mismatched_checkpoints_are_explained(tmp_path):
     (folder / "config.json").write_text(json.dumps(dict(config, format_version="1")))  # was a bare TypeError
     with pytest.raises(ValueError, match="format_version must be a whole number"):
         robgen.load_model(folder)
+    (folder / "config.json").write_text(json.dumps(dict(config, format_version=1.0)))  # a whole number
+    robgen.load_model(folder)
 
 
 def test_a_config_without_channel_statistics_is_warned_about(tmp_path, caplog):
@@ -411,7 +417,10 @@ def test_spec_class_index_by_name_or_number():
     spec = tiny_model().spec
     assert spec.class_index("c3") == 3 and spec.class_index("3") == 3 and spec.class_index(2) == 2
     assert spec.class_index(2.0) == 2
-    for neither in (3.7, True):  # 3.7 was class 3, True class 1
+    import numpy as np
+
+    assert spec.class_index(np.int64(3)) == 3 and spec.class_index(torch.tensor(4)) == 4
+    for neither in (3.7, True, np.float32(3.7), np.bool_(True), torch.tensor(3.7)):  # 3.7 was class 3, True class 1
         with pytest.raises(ValueError, match="neither a label nor a whole index"):
             spec.class_index(neither)
     with pytest.raises(ValueError, match="c0, c1"):

@@ -47,6 +47,12 @@ def test_fit_seeds_takes_the_data_every_other_command_takes(tmp_path, capsys):
     assert main(["fit-seeds", "--model", str(folder), "--data", str(images), "--resolution", "2"]) == 0, \
         capsys.readouterr().err
     assert load_seeds(robgen.load_model(folder)).class_labels == list(data.IMAGENETTE_CLASSES.values())
+    other = tmp_path / "other-folder"  # folders that name other classes: other data, refused
+    for index, name in enumerate("abcdefghij"):
+        (other / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (20 * index, 0, 0)).save(other / name / "0.png")
+    assert main(["fit-seeds", "--model", str(folder), "--data", str(other), "--overwrite"]) == 2
+    assert "are not the model's classes" in capsys.readouterr().err
 
 
 def test_synthesize_writes_a_grid_of_classes_by_samples(tmp_path, capsys):

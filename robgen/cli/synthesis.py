@@ -107,7 +107,7 @@ def command_fit_seeds(args) -> int:
         train = datasets.load_dataset(args.data, "train", root=args.data_root, download=args.download,
                                       spec=model.spec)
         # the data set's classes, by whatever names its folders give (Imagenette's WordNet ids), are the model's
-        datasets.check_model_matches(model.spec, args.data, datasets.class_names(train))
+        datasets.check_model_matches(model.spec, args.data, datasets.class_names(train), by_name=True)
         classes = list(model.spec.class_labels)  # what the seeds are named by, and checked against when used
         train = datasets.first(train, args.limit, "train split")
         seeds = SeedDistribution.fit(datasets.make_loader(train, batch_size=500, workers=args.workers), classes,

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .. import data as datasets
 from ..detection.detector import TEMPERATURES, EnergyDetector
 from ..models.checkpoint import companion_file
 from .pipeline import detection_experiment, detection_splits, perturbed_only
@@ -34,7 +35,8 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
     `target_fpr`: the false-positive budget of rule "fpr".
     """
     splits = detection_splits(model, dataset_name, val_size=val_size, limit=n, seed=seed, data_root=data_root,
-                              download=download)  # (which checks the data's classes are the model's)
+                              download=download)
+    datasets.check_model_matches(model.spec, dataset_name, splits.classes, by_name=True)  # fitted to these classes
     result = detection_experiment(model, splits, attack, rule=rule, temperature=temperature,
                                   temperatures=temperatures, target_fpr=target_fpr, batch_size=batch_size,
                                   progress=progress)

@@ -106,8 +106,12 @@ def _same_weights(path: Path, state: dict) -> bool:
         old = load_file(str(path))
     except (SafetensorError, OSError):
         return False
-    return old.keys() == state.keys() and all(old[key].dtype == state[key].dtype and old[key].shape == state[key].shape
-                                              and torch.equal(old[key], state[key]) for key in state)
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:  # by value: fp16 weights loaded as fp32 are the same weights
+        if a.shape != b.shape or a.is_floating_point() != b.is_floating_point():
+            return False
+        return torch.equal(a.double(), b.double()) if a.is_floating_point() else torch.equal(a, b)
+
+    return old.keys() == state.keys() and all(same(old[key], state[key]) for key in state)
 
 
 def read_config(folder: Union[str, Path]) -> dict:
@@ -128,7 +132,7 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
         raise FileNotFoundError(f"{folder} is not a robgen checkpoint: it needs {WEIGHTS_FILE} and {CONFIG_FILE}")
     config = read_config(folder)
     version = config.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
+    if isinstance(version, bool) or not isinstance(version, (int, float)) or not float(version).is_integer():
         raise ValueError(f"{folder / CONFIG_FILE}'s format_version must be a whole number (this robgen writes "
                          f"{FORMAT_VERSION}), got {version!r}")
     if version > FORMAT_VERSION:
@@ -145,7 +149,7 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
                        folder / CONFIG_FILE, " or ".join(unrecorded), spec.crop_pct, spec.interpolation)
     unnormalised = [name for name in ("mean", "std") if name not in config]
     if unnormalised:  # robgen always writes them: a config written by hand, whose model may expect normalised pixels
-        logger.warning("%s records no %s: the model is fed unnormalised [0, 1] pixels (mean %s, std %s); add the "
+        logger.warning("%s records no %s: the model normalises its [0, 1] pixels with mean %s, std %s; add the "
                        "channel statistics it was trained with", folder / CONFIG_FILE, " or ".join(unnormalised),
                        list(spec.mean), list(spec.std))
     try:

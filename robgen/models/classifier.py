@@ -97,8 +97,10 @@ class ModelSpec:
                 raise ValueError(f"{label!r} names several classes: "
                                  f"{'; '.join(f'{i} ({self.class_labels[i]})' for i in named)}: give the index")
             raise ValueError(f"unknown class {label!r}; {self._classes_hint(wanted)}")
-        if isinstance(label, bool) or (isinstance(label, float) and not label.is_integer()):
-            raise ValueError(f"class {label!r} is neither a label nor a whole index: give a label or an index")
+        if not isinstance(label, str):  # a number of any kind (numpy, torch): whole, and not a truth value
+            kind = getattr(label, "dtype", type(label))
+            if isinstance(label, bool) or str(kind) in ("bool", "torch.bool") or not float(label).is_integer():
+                raise ValueError(f"class {label!r} is neither a label nor a whole index: give a label or an index")
         index = int(label)
         if not 0 <= index < self.num_classes:
             raise ValueError(f"class index {index} is out of range: this model has classes 0..{self.num_classes - 1}")
