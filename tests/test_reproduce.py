@@ -321,9 +321,15 @@ def test_per_data_set_defaults_resolve_from_the_one_table():
     assert ReproduceSettings().resolved(model, "cifar100").hepgd_steps == (40,), "no paper facts: HE-PGD at --steps"
     with pytest.raises(ValueError, match="hepgd_steps must be >= 1"):
         ReproduceSettings(hepgd_steps=(0,))
-    # two λ of one name would share a stage ("hepgd-8-lam0.6"): refused; the same λ twice is kept once
-    with pytest.raises(ValueError, match="0.6 and 0.6000001 are one λ to 6 digits"):
-        ReproduceSettings(lambdas=(0.6, 0.6000001))
+    # two λ of one 6-digit name shared a stage ("hepgd-8-lam0.6"), in one run or (λ is not in the stage key) across
+    # two: each is named by all its digits where 6 would make them one; the same λ twice is kept once
+    from robgen.experiments.reproduce import hepgd_name, lam_label
+
+    assert ReproduceSettings(lambdas=(0.6, 0.6000001)).lambdas == (0.6, 0.6000001)
+    assert [lam_label(lam) for lam in (0.6, 1.2, 2.0, 3, 0.6000001)] == ["0.6", "1.2", "2", "3", "0.6000001"]
+    assert hepgd_name(ReproduceSettings(lam=1.5000004, steps=40), 40) != hepgd_name(ReproduceSettings(lam=1.5,
+                                                                                                      steps=40), 40)
+    assert hepgd_name(ReproduceSettings(lam=1.2, steps=40), 10) == "hepgd-8-lam1.2-10steps", "the names kept"
     assert ReproduceSettings(lambdas=(0.6, 1.2, 0.6)).lambdas == (0.6, 1.2)
 
 

@@ -151,10 +151,10 @@ class ReproduceSettings:
         self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
         if not self.lambdas or not all(math.isfinite(lam) and lam >= 0 for lam in self.lambdas):
             raise ValueError(f"the λ sweep needs at least one λ, each a finite number >= 0; got {self.lambdas}")
-        clash = same_name(self.lambdas, lambda lam: f"{lam:g}")  # its stages are named "hepgd-8-lam<λ:g>"
+        clash = same_name(self.lambdas, lam_label)  # its stages are named "hepgd-8-lam<label>"
         if clash:
-            raise ValueError(f"the λ sweep's {' and '.join(repr(lam) for lam in clash[1])} are one λ to 6 digits "
-                             f"(both {clash[0]}): give it once")
+            raise ValueError(f"the λ sweep's {' and '.join(repr(lam) for lam in clash[1])} share the name "
+                             f"{clash[0]}: give it once")
 
     def resolved(self, model, data) -> "ReproduceSettings":
         """These settings with the data set's defaults filled in (val split, λ, HE-PGD step counts)."""
@@ -168,9 +168,17 @@ class ReproduceSettings:
         )
 
 
+def lam_label(lam: float) -> str:
+    """λ as stage names and results' keys spell it: 6 significant digits ("1.2"), all of them where those would
+    make two λ one ("1.5000004", which λ stays out of the stage key for, so a rerun with another λ would read the
+    first one's stages back)."""
+    short = f"{lam:g}"
+    return short if float(short) == lam else repr(float(lam))
+
+
 def hepgd_name(settings: ReproduceSettings, steps: int) -> str:
     """The results' key of an HE-PGD run: "hepgd-8-lam1.2" at the detector's step count, else "...-10steps"."""
-    return f"hepgd-8-lam{settings.lam:g}" + ("" if steps == settings.steps else f"-{steps}steps")
+    return f"hepgd-8-lam{lam_label(settings.lam)}" + ("" if steps == settings.steps else f"-{steps}steps")
 
 
 def check_reference(reference, num_classes: int) -> None:
@@ -417,7 +425,7 @@ def _adaptive_study(model, settings, clean, adversarial, he_name, attack_test) -
             adv = adversarial[he_name]["test"]
         else:
             attack = _make_hepgd(model, settings, lam)
-            adv = attack_test(attack, f"HE-PGD λ={lam:g}", f"hepgd-8-lam{lam:g} (adaptive)")
+            adv = attack_test(attack, f"HE-PGD λ={lam:g}", f"hepgd-8-lam{lam_label(lam)} (adaptive)")
         e = adv.energy()
         class_e = -adv.logits.max(1).values
         flagged = {"one_sided": e <= one_sided.threshold, "band": (e <= one_sided.threshold) | (e >= upper),
