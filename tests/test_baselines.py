@@ -180,3 +180,43 @@ def test_fitting_on_features_that_carry_a_graph_keeps_none_of_it():
     assert not regression.weights.requires_grad and not regression.mean.requires_grad
     scorer = MahalanobisScorer().fit(features, torch.arange(40) % 2, 2)
     assert not scorer.means.requires_grad and not scorer.precision.requires_grad
+
+
+def test_lid_leaves_out_reference_points_at_distance_zero():
+    """A duplicate of a query in the reference set (log 0): its LID was 1e12 with all k at 0, near 0 with one."""
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    query = reference[:3].clone()
+    with_duplicates = lid_estimates(query, reference, k=20)  # each query's twin is in the reference set
+    alone = torch.cat([lid_estimates(query[i:i + 1], torch.cat([reference[:i], reference[i + 1:]]), k=20)
+                       for i in range(3)])
+    assert torch.isfinite(with_duplicates).all() and (with_duplicates > 0).all()
+    assert torch.allclose(with_duplicates, alone), "the twin is left out: the estimate of the other points"
+    with pytest.raises(ValueError, match="distance > 0"):
+        lid_estimates(query[:1], torch.cat([query[:1]] * 30), k=20)  # nothing but twins
+
+
+def test_mahalanobis_warns_of_a_rank_deficient_covariance_and_scores_in_batches(caplog, monkeypatch):
+    """2,000 reference images of 2,048 features (the Imagenette model's defaults) gave a singular covariance, ridge
+    1e-6: scores led by what the references do not span; and scoring built an (N, K, D) array at once (8 GB for
+    CIFAR-100's test set)."""
+    import robgen.detection.baselines as baselines
+
+    g = torch.Generator().manual_seed(0)
+    features, labels = torch.randn(30, 40, generator=g), torch.arange(30) % 3
+    with caplog.at_level("WARNING"):
+        MahalanobisScorer().fit(features, labels, 3)
+    assert "rank at most 27 for 40 features" in caplog.text
+    scorer = MahalanobisScorer().fit(torch.randn(300, 8, generator=g), torch.arange(300) % 3, 3)
+    queries = torch.randn(50, 8, generator=g)
+    whole = scorer.score(queries)
+    monkeypatch.setattr(baselines, "SCORE_ELEMENTS", 3 * 8 * 7)  # seven rows a batch
+    assert torch.allclose(scorer.score(queries), whole, rtol=1e-12)
+
+
+def test_kernel_density_refuses_a_prediction_outside_the_classes():
+    from robgen.detection.baselines import KDBUScorer
+
+    kd = KDBUScorer().fit_reference(torch.randn(20, 4), torch.arange(20) % 2, 2)
+    with pytest.raises(ValueError, match="classes 0..1"):  # an uninitialised value came back
+        kd.log_density(torch.randn(3, 4), torch.tensor([0, 1, 2]))

@@ -27,6 +27,7 @@ and is thresholded like the energy detector (rules in metrics.py):
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import List, Optional
 
@@ -34,6 +35,8 @@ import torch
 import torch.nn as nn
 
 from ..models.state import eval_mode, model_device, model_dtype, widened
+
+logger = logging.getLogger(__name__)
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -62,7 +65,16 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 25
                 logits.append(widened(model(x[start:start + batch_size].to(device, dtype))).cpu())
     finally:
         hook.remove()
-    return torch.cat(captured), torch.cat(logits)
+    features, logits = torch.cat(captured), torch.cat(logits)
+    if len(features) != len(logits):  # a model that runs its head more than once a pass: which rows are whose?
+        raise ValueError(f"the model's last nn.Linear ran {len(features) // max(len(logits), 1)} times a pass "
+                         f"({len(features)} feature rows for {len(logits)} images): its penultimate features are "
+                         "not one row per image")
+    return features, logits
+
+
+SCORE_ELEMENTS = 2 ** 25  # float64 elements of one batch of (x - mean) differences: 256 MB (CIFAR-100's 10,000
+# test images at once needed about 8 GB); CIFAR-10's and Imagenette's test sets fit in one batch, as before
 
 
 class MahalanobisScorer:
@@ -74,6 +86,12 @@ class MahalanobisScorer:
             raise ValueError(f"Mahalanobis needs clean reference features of every class; classes {missing} have none: "
                              "use more reference images")
         features, labels = features.detach().double(), labels.detach()  # statistics, not part of any graph
+        if len(features) - num_classes < features.shape[1]:
+            logger.warning("Mahalanobis: %d reference images of %d classes give a tied covariance of rank at most %d "
+                           "for %d features: the distances are then led by the directions the references do not "
+                           "span (tiny ridge), and the scores say little; use more than %d reference images",
+                           len(features), num_classes, len(features) - num_classes, features.shape[1],
+                           features.shape[1] + num_classes)
         means = torch.stack([features[labels == c].mean(0) for c in range(num_classes)])
         centred = features - means[labels]
         covariance = centred.T @ centred / len(features)
@@ -85,18 +103,29 @@ class MahalanobisScorer:
         return self
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
-        diff = features.double()[:, None, :] - self.means[None]  # (N, K, D)
-        distances = torch.einsum("nkd,de,nke->nk", diff, self.precision, diff)
-        return distances.min(1).values
+        features = features.double()
+        classes, dimensions = self.means.shape
+        rows = max(1, SCORE_ELEMENTS // (classes * dimensions))  # an (N, K, D) difference per batch of rows
+        parts = []
+        for start in range(0, len(features), rows):
+            diff = features[start:start + rows, None, :] - self.means[None]
+            parts.append(torch.einsum("nkd,de,nke->nk", diff, self.precision, diff).min(1).values)
+        return torch.cat(parts) if parts else features.new_zeros(0)
 
 
 def lid_estimates(queries: torch.Tensor, reference: torch.Tensor, k: int = 20) -> torch.Tensor:
     """Maximum-likelihood LID: -1 / mean_i log(r_i / r_k) over the k nearest reference points.
 
-    The reference points must not include the queries themselves (a zero distance).
+    A reference point at distance 0 (the query itself, or a duplicate of it) is left out, as Ma et al. leave the
+    point itself out: log 0 would put the estimate at 0 or, all k at 0, at 1e12.
     """
-    distances = torch.cdist(queries.double(), reference.double())
-    nearest = distances.topk(k, dim=1, largest=False).values.clamp_min(1e-12)
+    # exact differences (the matrix-product shortcut leaves a twin 1e-8 away, not at 0)
+    distances = torch.cdist(queries.double(), reference.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    distances = distances.masked_fill(distances == 0, math.inf)
+    if k > len(reference) or bool(torch.isinf(distances.topk(k, dim=1, largest=False).values).any()):
+        raise ValueError(f"LID needs more than k={k} clean reference images at a distance > 0 from every query, "
+                         f"got {len(reference)} (duplicates of a query do not count)")
+    nearest = distances.topk(k, dim=1, largest=False).values
     return -1.0 / torch.log(nearest / nearest[:, -1:]).mean(1).clamp_max(-1e-12)
 
 
@@ -186,7 +215,10 @@ class KDBUScorer:
     def log_density(self, features: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
         """log KD(x) under the reference features of each example's predicted class."""
         features = features.double()
-        out = torch.empty(len(features), dtype=torch.float64)
+        if len(predictions) and not 0 <= int(predictions.min()) <= int(predictions.max()) < len(self.reference):
+            raise ValueError(f"predictions must be classes 0..{len(self.reference) - 1}, got "
+                             f"{int(predictions.min())}..{int(predictions.max())}")
+        out = torch.full((len(features),), math.nan, dtype=torch.float64)
         for c, reference in enumerate(self.reference):
             rows = predictions == c
             if rows.any():
