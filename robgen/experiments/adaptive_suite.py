@@ -230,8 +230,8 @@ class _EveryPoint:
         self.model, self.reject, self.labels = model, reject, labels.cpu()
         self.features = any(option.needs_features for option in reject.values())
         self.evaded = {name: torch.zeros(len(labels), dtype=torch.bool) for name in reject}
-        self.logits = {name: torch.zeros(0) for name in reject}
-        self.score = {name: torch.zeros(0, dtype=torch.float64) for name in reject}
+        self.logits: Dict[str, torch.Tensor] = {}  # per detector, at its first evading points (made at the first call)
+        self.score: Dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, points: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -246,7 +246,7 @@ class _EveryPoint:
             score = option.score_from(logits.to(device), features.to(device) if option.needs_features else None)
             scores[name] = score = score.double().cpu()
             new = wrong & (score <= 0) & ~self.evaded[name]
-            if not len(self.logits[name]):  # room for the first evading points (filled where one is found)
+            if name not in self.logits:
                 self.logits[name], self.score[name] = torch.zeros_like(logits), torch.zeros_like(score)
             self.logits[name][new], self.score[name][new] = logits[new], score[new]
             self.evaded[name] |= new
