@@ -48,9 +48,10 @@ AUGMENTATIONS = ("crop-flip", "flip", "none")  # what `pixel_transform(train=Tru
 
 
 def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, train: bool = False,
-                    crop_pct: float = 1.0, interpolation: str = "bilinear", augment: str = "crop-flip"):
+                    crop_pct: float = 1.0, interpolation: str = "bilinear", augment: str = "crop-flip",
+                    channels: int = 3):
     """PIL image -> float tensor in [0, 1], as a model of input side `image_size` sees it ((height, width): a
-    non-square one, evaluation only).
+    non-square one, evaluation only) and of `channels` input channels (1: the luma of the RGB picture, last).
 
     Evaluation (`train=False`) is timm's eval transform, the one `robgen.load_image`
     applies to a single file: resize the short side to image_size / crop_pct with
@@ -61,6 +62,8 @@ def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, tr
     image (the official CIFAR-10 recipe); "none", the eval transform alone.
     """
     from torchvision import transforms as T
+
+    from .images import check_channels
 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augment!r}: choose from {', '.join(AUGMENTATIONS)}")
@@ -78,6 +81,8 @@ def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, tr
         steps += [_EvalResize(image_size, crop_pct, interpolation)]
     if train and augment != "none":
         steps += [T.RandomHorizontalFlip()]
+    if check_channels(channels) != 3:
+        steps += [_Channels(channels)]
     steps.append(T.ToTensor())
     return T.Compose(steps)
 
@@ -85,9 +90,9 @@ def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, tr
 def eval_transform(spec):
     """The eval transform of the model `spec` describes (its input size, crop_pct and interpolation): the pixels
     `images.load_model_input` gives a file, a non-square input's height and width both."""
-    height, width = spec.input_size[1:]
+    channels, height, width = spec.input_size
     size = height if height == width else (height, width)
-    return pixel_transform(size, crop_pct=spec.crop_pct, interpolation=spec.interpolation)
+    return pixel_transform(size, crop_pct=spec.crop_pct, interpolation=spec.interpolation, channels=channels)
 
 
 class _EvalResize:
@@ -103,6 +108,21 @@ class _EvalResize:
 
     def __repr__(self) -> str:
         return f"EvalResize(size={self.size}, crop_pct={self.crop_pct}, interpolation={self.interpolation!r})"
+
+
+class _Channels:
+    """`images.to_channels` as a transform step: a grayscale model's luma, as a single file gives it."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def __call__(self, image):
+        from .images import to_channels
+
+        return to_channels(image.convert("RGB"), self.channels)
+
+    def __repr__(self) -> str:
+        return f"Channels({self.channels})"
 
 
 def _torchvision_mode(interpolation: str):
@@ -131,7 +151,8 @@ def load_dataset(
     transform=None,
     spec=None,
 ) -> Dataset:
-    """A data set yielding (pixels in [0, 1] of shape (3, H, W), label); `.classes` lists its labels.
+    """A data set yielding (pixels in [0, 1] of shape (3, H, W), label); `.classes` lists its labels (with
+    `spec`, a grayscale model's: (1, H, W)).
 
     Args:
         name: "cifar10", "cifar100", "imagenette", or the path of an ImageFolder root: class sub-folders,

@@ -56,6 +56,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+CHANNEL_MODES = {1: "L", 3: "RGB"}  # the models robgen reads images for: grayscale and colour
+
+
+def check_channels(channels: int) -> int:
+    """`channels`, a number of input channels robgen can read image files for (1: grayscale, 3: RGB)."""
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or int(channels) not in CHANNEL_MODES:
+        raise ValueError(f"robgen reads images for models of 1 (grayscale) or 3 (RGB) input channels, not {channels!r}")
+    return int(channels)
+
+
+def to_channels(image: Image.Image, channels: int = 3) -> Image.Image:
+    """An RGB image (`to_rgb`) as a model of `channels` channels sees it: itself, or for a grayscale model its
+    luma (PIL's ITU-R 601-2: L = 0.299 R + 0.587 G + 0.114 B, exact on a gray image's equal channels)."""
+    return image.convert(CHANNEL_MODES[check_channels(channels)])
+
+
 def check_image_size(image: Image.Image, what: str = "the image") -> None:
     width, height = image.size
     if min(width, height) < MIN_SIDE:
@@ -77,14 +93,17 @@ def pil_to_tensor(
     crop_pct: float = 1.0,
     interpolation: str = "bicubic",
     frame: Optional[Tuple[int, int]] = None,
+    channels: int = 3,
 ) -> torch.Tensor:
-    """A (3, H, W) float tensor in [0, 1]; with `size`, as the model sees it (see `resize_and_crop`)."""
+    """A (channels, H, W) float tensor in [0, 1]; with `size`, as the model sees it (see `resize_and_crop`); one
+    channel: the luma of the RGB picture, taken after the resize (`to_channels`, as `data.pixel_transform` does)."""
+    check_channels(channels)
     check_image_size(image, what)
     image = to_rgb(image)
     if size is not None:
         image = resize_and_crop(image, size, crop_pct=crop_pct, interpolation=interpolation, frame=frame)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    array = np.asarray(to_channels(image, channels), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1).copy()).permute(2, 0, 1).contiguous()
 
 
 def cover_size(size: Union[int, Tuple[int, int]], crop_pct: float = 1.0) -> Tuple[int, int]:
@@ -151,8 +170,10 @@ def load_image(
     crop_pct: float = 1.0,
     interpolation: str = "bicubic",
     frame: Optional[Tuple[int, int]] = None,
+    channels: int = 3,
 ) -> torch.Tensor:
-    """Read an image file as a (3, H, W) tensor in [0, 1] (see `pil_to_tensor` and `resize_and_crop`)."""
+    """Read an image file as a (channels, H, W) tensor in [0, 1] (see `pil_to_tensor` and `resize_and_crop`)."""
+    check_channels(channels)
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path} does not exist or is not a file")
@@ -175,28 +196,29 @@ def load_image(
     try:  # decoded: what fails now is the arguments' (an unknown interpolation), said as it is, or a later frame's
         with image:
             return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation,
-                                 frame=frame)
+                                 frame=frame, channels=channels)
     except (OSError, SyntaxError) as error:
         raise ImageError(f"{path} could not be decoded: {error} (truncated or corrupt file?)") from None
 
 
 def load_model_input(path: Union[str, Path], spec) -> torch.Tensor:
-    """An image file as a (3, H, W) tensor exactly as the model of `spec` sees it (its eval transform)."""
+    """An image file as a (C, H, W) tensor exactly as the model of `spec` sees it (its eval transform; C, H, W its
+    input size: a grayscale model's one channel is the picture's luma)."""
     return load_image(path, size=tuple(spec.input_size[1:]), crop_pct=getattr(spec, "crop_pct", 1.0),
-                      interpolation=getattr(spec, "interpolation", "bicubic"))
+                      interpolation=getattr(spec, "interpolation", "bicubic"), channels=spec.input_size[0])
 
 
 def load_resized(path: Union[str, Path], spec) -> torch.Tensor:
-    """An image file as the model of `spec`'s eval transform resizes it, before its centre crop: a (3, H', W')
+    """An image file as the model of `spec`'s eval transform resizes it, before its centre crop: a (C, H', W')
     tensor of the cover size (input size / crop_pct; the input size itself at crop_pct 1) around the model's
     crop, which sits at ((cover - input size) // 2) inside it, as `framed_model_input` puts it."""
     size = tuple(spec.input_size[1:])
     return load_image(path, size=size, crop_pct=spec.crop_pct, interpolation=getattr(spec, "interpolation", "bicubic"),
-                      frame=cover_size(size, spec.crop_pct))
+                      frame=cover_size(size, spec.crop_pct), channels=spec.input_size[0])
 
 
 def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The (3, H', W') picture that the eval transform of `spec` reads back as the model input `x`, (3, H, W).
+    """The (C, H', W') picture that the eval transform of `spec` reads back as the model input `x`, (C, H, W).
 
     A model input is the centre crop of an image resized to cover input size / crop_pct. Written as it is,
     a crop_pct < 1 model (Imagenette's 0.875) would resize it again and see another picture; framed at the
@@ -221,7 +243,7 @@ def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] =
 
 
 def save_model_input(x: torch.Tensor, path: Union[str, Path], spec, surround: Optional[torch.Tensor] = None) -> Path:
-    """Write the model input `x` (3, H, W) as a PNG that `load_model_input(path, spec)` reads back as `x` on 8-bit
+    """Write the model input `x` (C, H, W) as a PNG that `load_model_input(path, spec)` reads back as `x` on 8-bit
     levels (`framed_model_input`: at crop_pct < 1 the file is larger than `x`, its centre crop is `x`)."""
     path = save_image(framed_model_input(x, spec, surround), path)
     expected = (x.detach().float().cpu().clamp(0, 1) * 255).round() / 255
@@ -232,15 +254,15 @@ def save_model_input(x: torch.Tensor, path: Union[str, Path], spec, surround: Op
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB PIL image (rounded, not truncated)."""
+    """A (3, H, W) or (1, H, W) tensor in [0, 1] as an 8-bit RGB or grayscale PIL image (rounded, not truncated)."""
     if x.ndim != 3 or x.shape[0] not in (1, 3):
-        raise ValueError(f"expected one image of shape (3, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"expected one image of shape (3, H, W) or (1, H, W), got {tuple(x.shape)}")
     array = (x.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
 
 
 def save_image(x: torch.Tensor, path: Union[str, Path]) -> Path:
-    """Write a (3, H, W) tensor in [0, 1] as a lossless PNG."""
+    """Write a (3, H, W) or (1, H, W) tensor in [0, 1] as a lossless PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensor_to_pil(x).save(path, format="PNG")

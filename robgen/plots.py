@@ -128,6 +128,11 @@ def adaptive_sweep(lams: Sequence[float], series: dict, path: Path, title: str) 
     return path
 
 
+def picture(x: torch.Tensor):
+    """A (C, H, W) image in [0, 1] as the (H, W, 3) array `imshow` draws (a grayscale model's one channel as gray)."""
+    return x.detach().float().cpu().expand(3, -1, -1).permute(1, 2, 0).clamp(0, 1).numpy()
+
+
 def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), scale: Optional[int] = None) -> Path:
     """A (rows, columns, C, H, W) tensor of images in [0, 1] as one PNG, each row labelled on its left.
 
@@ -144,7 +149,7 @@ def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), s
             left = (label_width + c * (width + 4) / dpi) / figure.get_figwidth()
             bottom = 1 - (r + 1) * (height + 4) / dpi / figure.get_figheight()
             axis = figure.add_axes([left, bottom, width / dpi / figure.get_figwidth(), height / dpi / figure.get_figheight()])
-            axis.imshow(grid[r, c].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axis.imshow(picture(grid[r, c]), interpolation="nearest")
             axis.set_axis_off()
         if row_labels:
             figure.text(0.02, 1 - (r + 0.5) * (height + 4) / dpi / figure.get_figheight(), row_labels[r],
@@ -183,10 +188,10 @@ def gradient_maps(images: torch.Tensor, gradients: dict, path: Path) -> Path:
     figure, axes = plt.subplots(len(images), columns, figsize=(1.6 * columns, 1.7 * len(images) + 0.4), dpi=120,
                                 squeeze=False)
     for row, image in enumerate(images):
-        axes[row, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        axes[row, 0].imshow(picture(image), interpolation="nearest")
         for k, name in enumerate(names):
             grad = gradients[name][row:row + 1]
-            axes[row, 1 + 2 * k].imshow(signed_map(-grad)[0].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[row, 1 + 2 * k].imshow(picture(signed_map(-grad)[0]), interpolation="nearest")
             axes[row, 2 + 2 * k].imshow(magnitude_map(grad)[0, 0].numpy(), cmap="inferno", vmin=0, vmax=1,
                                         interpolation="nearest")
             if row == 0:

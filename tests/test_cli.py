@@ -302,3 +302,29 @@ def test_a_path_after_an_equals_sign_starts_at_the_home_folder(argv):
     home = str(Path.home() / "robgen-out")
     assert args.out == home
     assert getattr(args, "detector_file", [home]) == [home]
+
+
+def test_attack_and_synthesize_work_for_a_grayscale_model(tmp_path, images):
+    """A one-channel model (timm's in_chans=1) read every file as three channels and failed on its first image;
+    now its files are its luma, its PNGs and grids are grayscale."""
+    from PIL import Image
+
+    from robgen.images import load_model_input
+    from robgen.models import Classifier, ModelSpec
+    from robgen.models.checkpoint import build_network
+
+    torch.manual_seed(0)
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=3, class_labels=["a", "b", "c"],
+                     input_size=(1, 28, 28), mean=(0.5,), std=(0.25,), arch_kwargs={"width": 4})
+    checkpoint = robgen.save_checkpoint(Classifier(build_network(spec), spec).eval(), tmp_path / "gray")
+    out = tmp_path / "out"
+    assert main(["attack", "--model", str(checkpoint), "--steps", "3", "--out", str(out), str(images[0])]) == 0
+    row = json.loads((out / "results.json").read_text())["images"][0]
+    clean = load_model_input(out / row["clean_png"], spec)
+    adv = load_model_input(out / row["adversarial_png"], spec)
+    assert clean.shape == (1, 28, 28) and Image.open(out / row["adversarial_png"]).mode == "L"
+    assert torch.equal(clean, load_model_input(images[0], spec))
+    assert 0 < (adv - clean).abs().max() <= 8 / 255 + 1e-6
+    assert main(["synthesize", "--model", str(checkpoint), "--steps", "2", "--n", "2", "--init", "uniform",
+                 "--out", str(tmp_path / "syn")]) == 0
+    assert Image.open(tmp_path / "syn" / "grid.png").size[0] > 0

@@ -386,3 +386,22 @@ def test_canonical_data_spells_each_data_set_one_way(tmp_path, monkeypatch):
     assert data.canonical_data("CIFAR10") == data.canonical_data(tmp_path / "cifar10") == "cifar10"
     assert data.canonical_data(str(tmp_path / "cifar10") + "/") == "cifar10"
     assert data.canonical_data("mine/") == data.canonical_data("./mine") == str(tmp_path / "mine")
+
+
+def test_a_grayscale_model_reads_a_data_set_as_it_reads_the_files(tmp_path):
+    """`eval_transform` of a one-channel model gave three channels; now the luma, the pixels `load_model_input`
+    gives each file."""
+    from robgen import images
+    from robgen.models import ModelSpec
+
+    for name, (width, height) in {"church": (60, 40), "tench": (40, 70)}.items():
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        _photo(width, height).save(tmp_path / "photos" / name / "a.png")
+    spec = ModelSpec(architecture="resnet10_imagenette", num_classes=2, class_labels=["church", "tench"],
+                     input_size=(1, 24, 24), mean=(0.5,), std=(0.25,), crop_pct=0.75, interpolation="bicubic")
+    dataset = data.load_dataset(tmp_path / "photos", spec=spec)
+    for index, name in enumerate(["church", "tench"]):
+        x, _ = dataset[index]
+        assert x.shape == (1, 24, 24)
+        assert torch.equal(x, images.load_model_input(tmp_path / "photos" / name / "a.png", spec))
+    assert data.pixel_transform(8, train=True, channels=1)(_photo(20, 20)).shape == (1, 8, 8)

@@ -256,3 +256,28 @@ def test_jpeg_2000_files_load_and_cut_ones_are_refused(tmp_path):
     (tmp_path / "cut.jp2").write_bytes(data[:len(data) // 2])
     with pytest.raises(ImageError, match="cut.jp2"):
         load_image(tmp_path / "cut.jp2")
+
+
+def test_a_grayscale_model_reads_one_channel_the_luma_of_the_picture(tmp_path):
+    """Every reader gave three channels, so a one-channel model (timm's in_chans=1, an MNIST-like checkpoint) got
+    a shape error from any file. Now it reads the luma after the resize: a gray picture its own values exactly,
+    a colour one PIL's ITU-R 601-2 luma; a file written from a one-channel input reads back as it."""
+    from robgen.images import save_model_input
+
+    Image.new("L", (30, 20), 77).save(tmp_path / "gray.png")
+    gray = load_image(tmp_path / "gray.png", size=16, channels=1)
+    assert gray.shape == (1, 16, 16) and torch.all(gray == 77 / 255)
+    pixels = (np.random.default_rng(1).random((20, 30, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(tmp_path / "colour.png")
+    rgb = load_image(tmp_path / "colour.png", size=16)
+    luma = load_image(tmp_path / "colour.png", size=16, channels=1)
+    expected = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]
+    assert luma.shape == (1, 16, 16) and (luma - expected).abs().max() <= 1 / 255 + 1e-6
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=2, class_labels=["a", "b"], input_size=(1, 16, 16),
+                     mean=(0.5,), std=(0.25,), crop_pct=0.875, interpolation="bicubic")
+    x = load_model_input(tmp_path / "colour.png", spec)
+    assert x.shape == (1, 16, 16)
+    written = save_model_input(x.flip(-1), tmp_path / "out.png", spec)
+    assert Image.open(written).mode == "L" and torch.equal(load_model_input(written, spec), x.flip(-1))
+    with pytest.raises(ValueError, match="1 \\(grayscale\\) or 3 \\(RGB\\) input channels, not 4"):
+        load_image(tmp_path / "gray.png", channels=4)

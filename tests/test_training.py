@@ -669,3 +669,23 @@ def test_training_leaves_the_processs_float_mode_as_it_found_it(toy_data):
                                 cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "True"  # none of the million read as 0, on any thread
+
+
+def test_a_grayscale_model_fine_tunes_on_the_luma_of_its_data(toy_data, tmp_path):
+    """Training read every data set as three channels, so a one-channel checkpoint could not be fine-tuned."""
+    from dataclasses import replace
+
+    from robgen.models import Classifier
+    from robgen.models.checkpoint import build_network
+
+    base = train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
+    spec = replace(base.spec, input_size=(1,) + tuple(base.spec.input_size[1:]), mean=(0.5,), std=(0.25,))
+    gray = Classifier(build_network(spec), spec)
+    state = base.net.state_dict()
+    stem = next(name for name, value in state.items() if value.ndim == 4)  # the first convolution reads the input
+    state[stem] = state[stem].sum(dim=1, keepdim=True)
+    gray.net.load_state_dict(state)
+    robgen.save_checkpoint(gray.eval(), tmp_path / "gray")
+    tuned = train(config(toy_data, epochs=1, val_size=None, init_from=str(tmp_path / "gray")), tmp_path / "tuned",
+                  progress=False)
+    assert tuned.spec.input_size[0] == 1 and robgen.load_model(tmp_path / "tuned").spec.input_size[0] == 1
