@@ -38,13 +38,15 @@ class ImageError(ValueError):
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of a PIL image, upright (a camera's EXIF orientation applied), alpha composited on white,
-    16-bit scaled down (I;16: 65535 is white; 32-bit "I": 65535 where a value exceeds 255, else 255)."""
+    16-bit scaled down (I;16 and 16-bit PGM/PPM: 65535 is white, as PIL rescales their maxval to it; other 32-bit
+    "I": 65535 where a value exceeds 255, else 255)."""
     if getattr(image, "is_animated", False):
         image.seek(0)
+    sixteen_bit = image.mode in ("I;16", "I;16B", "I;16L") or (image.mode == "I" and image.format == "PPM")
     image = ImageOps.exif_transpose(image)  # a phone photo stored sideways, as its viewer shows it
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
+        peak = 65535.0 if sixteen_bit or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)

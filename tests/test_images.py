@@ -281,3 +281,13 @@ def test_a_grayscale_model_reads_one_channel_the_luma_of_the_picture(tmp_path):
     assert Image.open(written).mode == "L" and torch.equal(load_model_input(written, spec), x.flip(-1))
     with pytest.raises(ValueError, match="1 \\(grayscale\\) or 3 \\(RGB\\) input channels, not 4"):
         load_image(tmp_path / "gray.png", channels=4)
+
+
+@pytest.mark.parametrize("maxval, value, level", [(65535, 200, 1), (65535, 40000, 156), (1000, 200, 51), (255, 200, 200)])
+def test_a_16_bit_pgm_is_scaled_by_its_maxval(tmp_path, maxval, value, level):
+    """PIL opens a 16-bit PGM as 32-bit "I", rescaled to 0-65535; a dark one (every value at most 255) was read
+    as if 8-bit: 200 of 65535 became level 200, not 1."""
+    body = np.full(100, value, ">u2" if maxval > 255 else "u1").tobytes()
+    (tmp_path / "scan.pgm").write_bytes(b"P5\n10 10\n%d\n" % maxval + body)
+    x = load_image(tmp_path / "scan.pgm")
+    assert torch.all(x == level / 255), (x[0, 0, 0] * 255).item()
