@@ -74,6 +74,17 @@ def to_channels(image: Image.Image, channels: int = 3) -> Image.Image:
     return image.convert(CHANNEL_MODES[check_channels(channels)])
 
 
+def upright_size(image: Image.Image) -> Tuple[int, int]:
+    """(width, height) of an opened image as `to_rgb` turns it upright, from its header: a camera's EXIF
+    orientation 5-8 swaps them, except where PIL's reader has already swapped them itself (TIFF, in Pillow 12)."""
+    width, height = image.size
+    if image.getexif().get(0x0112) in (5, 6, 7, 8):
+        stored = (image.tag_v2.get(256), image.tag_v2.get(257)) if image.format == "TIFF" else (width, height)
+        if (width, height) == stored:
+            width, height = height, width
+    return width, height
+
+
 def check_image_size(image: Image.Image, what: str = "the image") -> None:
     width, height = image.size
     if min(width, height) < MIN_SIDE:

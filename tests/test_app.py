@@ -757,3 +757,12 @@ def test_the_small_image_note_gives_a_sideways_photos_size_upright(tmp_path):
     model = tiny_model()
     model.spec.input_size = (3, 160, 160)
     assert "the image is 90×40 pixels" in upsampling_note(model, str(tmp_path / "phone.jpg"))
+    # TIFF's orientation tag too, which Pillow 12's reader applies itself (its header size is upright already):
+    # the note swapped that size back
+    from PIL.TiffImagePlugin import ImageFileDirectory_v2
+
+    tags = ImageFileDirectory_v2()
+    tags[0x0112] = 6
+    Image.new("RGB", (40, 90), "gray").save(tmp_path / "scan.tif", tiffinfo=tags)
+    assert load_model_input(tmp_path / "scan.tif", model.spec).shape == (3, 160, 160)
+    assert "the image is 90×40 pixels" in upsampling_note(model, str(tmp_path / "scan.tif"))

@@ -23,7 +23,7 @@ from ..detection import EnergyDetector
 from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
 from ..experiments.single_image import attack_own_predictions, evade_detector, top_classes
-from ..images import cover_size, framed_model_input, load_model_input, load_resized, tensor_to_pil
+from ..images import cover_size, framed_model_input, load_model_input, load_resized, tensor_to_pil, upright_size
 from ..models.state import model_device
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
@@ -57,9 +57,7 @@ def upsampling_note(model, image: ImageInput) -> str:
     from PIL import Image
 
     with Image.open(image) as picture:  # the header only: `load_model_input` has already read and checked it
-        width, height = picture.size
-        if picture.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: stored sideways, read upright
-            width, height = height, width
+        width, height = upright_size(picture)  # a photo stored sideways, as it is read
     factor = enlargement(width, height, model.spec)
     if factor < UPSAMPLED_NOTE:
         return ""
