@@ -212,6 +212,19 @@ def test_apgd_stays_in_the_ball_and_fools_the_model(model, batch):
     assert trace.step == [0, 5] and trace.accuracy[0] == 1.0 and trace.accuracy[1] < 1.0
 
 
+def test_apgd_reports_progress_while_it_runs_and_gives_the_same_result(model, batch):
+    """It reported once, at the end (torchattacks shows no steps), so the app's bar sat at 0 through the attack;
+    now it counts the model's passes, and watching them changes nothing."""
+    x, _ = batch
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    seen = []
+    attack = lambda: APGD(model, eps=16 / 255, steps=8, generator=torch.Generator().manual_seed(0))
+    watched = attack()(x, y, progress=lambda fraction, desc="": seen.append(fraction))
+    assert torch.equal(watched, attack()(x, y))
+    assert len(seen) >= 8 and seen == sorted(seen) and 0 < seen[0] < 0.5 and seen[-1] == 1.0
+
+
 def test_apgd_draws_its_seed_on_the_generators_device(model, batch, monkeypatch):
     x, y = batch
     generator = torch.Generator().manual_seed(0)

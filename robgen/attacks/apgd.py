@@ -20,6 +20,20 @@ from ..engine.random import seeded_global_rng
 from .base import Attack
 
 
+class _ReportedGraph(torch.nn.Module):
+    """`graph`, reporting progress as the share of `expected` forward passes made (torchattacks' APGD does not
+    show its steps: one pass per step and restart, one more to start each; below 1 until the attack returns)."""
+
+    def __init__(self, graph: torch.nn.Module, progress, expected: int) -> None:
+        super().__init__()
+        self.graph, self.progress, self.expected, self.calls = graph, progress, expected, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.progress(min(self.calls / self.expected, 0.99))
+        return self.graph(x)
+
+
 class APGD(Attack):
     """Step-size-free PGD with momentum; `loss` is "ce" or "dlr".
 
@@ -65,9 +79,10 @@ class APGD(Attack):
         seed = random_seed(self.generator, x.device)
         if recorder is not None:
             self._record(recorder, 0, x, y)
+        graph = self.graph if progress is None else _ReportedGraph(self.graph, progress, self.n_restarts * (self.steps + 1))
         with seeded_global_rng(seed):  # torchattacks reseeds the global RNG with `seed` itself
             atk = torchattacks.APGD(
-                self.graph, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps, steps=self.steps,
+                graph, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps, steps=self.steps,
                 n_restarts=self.n_restarts, seed=seed, loss=self.loss, eot_iter=1, rho=self.rho, verbose=False,
             )
             x_adv = atk(x, y).detach()
