@@ -49,7 +49,7 @@ AUGMENTATIONS = ("crop-flip", "flip", "none")  # what `pixel_transform(train=Tru
 
 def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, train: bool = False,
                     crop_pct: float = 1.0, interpolation: str = "bilinear", augment: str = "crop-flip",
-                    channels: int = 3):
+                    channels: int = 3, crop_mode: str = "center"):
     """PIL image -> float tensor in [0, 1], as a model of input side `image_size` sees it ((height, width): a
     non-square one, evaluation only) and of `channels` input channels (1: the luma of the RGB picture, last).
 
@@ -78,7 +78,7 @@ def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, tr
         else:
             steps += [T.RandomResizedCrop(image_size, scale=(0.35, 1.0), interpolation=_torchvision_mode(interpolation))]
     elif image_size is not None:
-        steps += [_EvalResize(image_size, crop_pct, interpolation)]
+        steps += [_EvalResize(image_size, crop_pct, interpolation, crop_mode)]
     if train and augment != "none":
         steps += [T.RandomHorizontalFlip()]
     if check_channels(channels) != 3:
@@ -92,22 +92,26 @@ def eval_transform(spec):
     `images.load_model_input` gives a file, a non-square input's height and width both."""
     channels, height, width = spec.input_size
     size = height if height == width else (height, width)
-    return pixel_transform(size, crop_pct=spec.crop_pct, interpolation=spec.interpolation, channels=channels)
+    return pixel_transform(size, crop_pct=spec.crop_pct, interpolation=spec.interpolation, channels=channels,
+                           crop_mode=spec.crop_mode)
 
 
 class _EvalResize:
     """`images.resize_and_crop` as a transform step (one implementation for files and data sets)."""
 
-    def __init__(self, size: Union[int, Tuple[int, int]], crop_pct: float, interpolation: str) -> None:
-        self.size, self.crop_pct, self.interpolation = size, crop_pct, interpolation
+    def __init__(self, size: Union[int, Tuple[int, int]], crop_pct: float, interpolation: str,
+                 crop_mode: str = "center") -> None:
+        self.size, self.crop_pct, self.interpolation, self.crop_mode = size, crop_pct, interpolation, crop_mode
 
     def __call__(self, image):
         from .images import resize_and_crop
 
-        return resize_and_crop(image.convert("RGB"), self.size, crop_pct=self.crop_pct, interpolation=self.interpolation)
+        return resize_and_crop(image.convert("RGB"), self.size, crop_pct=self.crop_pct, interpolation=self.interpolation,
+                               crop_mode=self.crop_mode)
 
     def __repr__(self) -> str:
-        return f"EvalResize(size={self.size}, crop_pct={self.crop_pct}, interpolation={self.interpolation!r})"
+        return (f"EvalResize(size={self.size}, crop_pct={self.crop_pct}, interpolation={self.interpolation!r}, "
+                f"crop_mode={self.crop_mode!r})")
 
 
 class _Channels:

@@ -107,6 +107,7 @@ def pil_to_tensor(
     interpolation: str = "bicubic",
     frame: Optional[Tuple[int, int]] = None,
     channels: int = 3,
+    crop_mode: str = "center",
 ) -> torch.Tensor:
     """A (channels, H, W) float tensor in [0, 1]; with `size`, as the model sees it (see `resize_and_crop`); one
     channel: the luma of the RGB picture, taken after the resize (`to_channels`, as `data.pixel_transform` does)."""
@@ -114,7 +115,8 @@ def pil_to_tensor(
     check_image_size(image, what)
     image = to_rgb(image)
     if size is not None:
-        image = resize_and_crop(image, size, crop_pct=crop_pct, interpolation=interpolation, frame=frame)
+        image = resize_and_crop(image, size, crop_pct=crop_pct, interpolation=interpolation, frame=frame,
+                                crop_mode=crop_mode)
     array = np.asarray(to_channels(image, channels), dtype=np.float32) / 255.0
     return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1).copy()).permute(2, 0, 1).contiguous()
 
@@ -129,9 +131,10 @@ def cover_size(size: Union[int, Tuple[int, int]], crop_pct: float = 1.0) -> Tupl
 
 def resize_and_crop(
     image: Image.Image, size: Union[int, Tuple[int, int]], *, crop_pct: float = 1.0, interpolation: str = "bicubic",
-    frame: Optional[Tuple[int, int]] = None,
+    frame: Optional[Tuple[int, int]] = None, crop_mode: str = "center",
 ) -> Image.Image:
-    """timm's eval transform: scale (keeping the aspect ratio) to cover size / crop_pct, then centre-crop `size`.
+    """timm's eval transform: scale (keeping the aspect ratio) to cover size / crop_pct, then centre-crop `size`;
+    crop_mode "squash" (timm's, for some models) scales each side to size / crop_pct, the aspect ratio not kept.
 
     `size` is an int (square) or (height, width). crop_pct=1 fits the short side to the crop;
     0.875 is the ImageNet convention (short side 256, crop 224). `frame` (height, width), at least `size`: crop
@@ -141,8 +144,12 @@ def resize_and_crop(
     scaled_height, scaled_width = cover_size(size, crop_pct)
     if interpolation not in RESAMPLE:
         raise ValueError(f"unknown interpolation {interpolation!r}; use one of {', '.join(RESAMPLE)}")
+    if crop_mode not in ("center", "squash"):
+        raise ValueError(f"unknown crop_mode {crop_mode!r}; use center or squash")
     scale = max(scaled_height / image.height, scaled_width / image.width)
     new_size = (max(scaled_width, round(image.width * scale)), max(scaled_height, round(image.height * scale)))
+    if crop_mode == "squash":
+        new_size = (scaled_width, scaled_height)
     image = image.resize(new_size, RESAMPLE[interpolation], reducing_gap=3.0)
     left, top = (image.width - width) // 2, (image.height - height) // 2
     if frame is not None:
@@ -184,6 +191,7 @@ def load_image(
     interpolation: str = "bicubic",
     frame: Optional[Tuple[int, int]] = None,
     channels: int = 3,
+    crop_mode: str = "center",
 ) -> torch.Tensor:
     """Read an image file as a (channels, H, W) tensor in [0, 1] (see `pil_to_tensor` and `resize_and_crop`)."""
     check_channels(channels)
@@ -209,7 +217,7 @@ def load_image(
     try:  # decoded: what fails now is the arguments' (an unknown interpolation), said as it is, or a later frame's
         with image:
             return pil_to_tensor(image, size, what=str(path), crop_pct=crop_pct, interpolation=interpolation,
-                                 frame=frame, channels=channels)
+                                 frame=frame, channels=channels, crop_mode=crop_mode)
     except (OSError, SyntaxError) as error:
         raise ImageError(f"{path} could not be decoded: {error} (truncated or corrupt file?)") from None
 
@@ -218,7 +226,8 @@ def load_model_input(path: Union[str, Path], spec) -> torch.Tensor:
     """An image file as a (C, H, W) tensor exactly as the model of `spec` sees it (its eval transform; C, H, W its
     input size: a grayscale model's one channel is the picture's luma)."""
     return load_image(path, size=tuple(spec.input_size[1:]), crop_pct=getattr(spec, "crop_pct", 1.0),
-                      interpolation=getattr(spec, "interpolation", "bicubic"), channels=spec.input_size[0])
+                      interpolation=getattr(spec, "interpolation", "bicubic"), channels=spec.input_size[0],
+                      crop_mode=getattr(spec, "crop_mode", "center"))
 
 
 def load_resized(path: Union[str, Path], spec) -> torch.Tensor:
@@ -227,7 +236,8 @@ def load_resized(path: Union[str, Path], spec) -> torch.Tensor:
     crop, which sits at ((cover - input size) // 2) inside it, as `framed_model_input` puts it."""
     size = tuple(spec.input_size[1:])
     return load_image(path, size=size, crop_pct=spec.crop_pct, interpolation=getattr(spec, "interpolation", "bicubic"),
-                      frame=cover_size(size, spec.crop_pct), channels=spec.input_size[0])
+                      frame=cover_size(size, spec.crop_pct), channels=spec.input_size[0],
+                      crop_mode=getattr(spec, "crop_mode", "center"))
 
 
 def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] = None) -> torch.Tensor:

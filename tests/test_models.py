@@ -3,6 +3,7 @@ import os
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -38,15 +39,39 @@ def test_timm_model_normalises_inside_and_carries_spec():
     assert {name for name, _ in model.named_buffers()} >= {"mean", "std"}, "normalisation moves with .to(device)"
 
 
-def test_a_timm_model_whose_eval_transform_is_not_a_centre_crop_says_so(caplog):
-    """timm squashes the whole photo for these weights (crop_mode 'squash'); robgen centre-crops it."""
+def test_a_timm_model_that_squashes_its_images_is_read_as_timm_reads_it(caplog, tmp_path):
+    """timm squashes the whole photo for these weights (crop_mode 'squash': each side to size / crop_pct, the
+    aspect ratio not kept); robgen centre-cropped it (with a warning). Now it squashes too, as timm's own eval
+    transform does, for files and data sets, and a checkpoint keeps the mode; "border" still warns."""
+    import timm
+    from PIL import Image
+
+    from robgen import data, images
+    from robgen.models.loading import _timm_spec
+
     with caplog.at_level("WARNING", logger="robgen.models.loading"):
-        robgen.load_model("timm:convnextv2_nano.fcmae_ft_in22k_in1k_384", pretrained=False)
-    assert "crop_mode='squash'" in caplog.text
+        model = robgen.load_model("timm:convnextv2_nano.fcmae_ft_in22k_in1k_384", pretrained=False)
+    assert model.spec.crop_mode == "squash" and "crop_mode" not in caplog.text
+    photo = tmp_path / "wide.png"
+    pixels = (np.random.default_rng(0).random((300, 500, 3)) * 255).astype("uint8")  # less than 3x the input
+    Image.fromarray(pixels).save(photo)
+    config = dict(timm.data.resolve_data_config(model=model.net), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    timm_transform = timm.data.create_transform(**config)  # its pixels, not normalised
+    x = images.load_model_input(photo, model.spec)
+    with Image.open(photo) as picture:
+        assert torch.equal(x, timm_transform(picture.convert("RGB"))), "timm's own eval transform, pixel for pixel"
+    assert torch.equal(data.eval_transform(model.spec)(Image.open(photo)), x), "data sets read the same"
+    saved = robgen.save_checkpoint(model, tmp_path / "squash")
+    assert robgen.load_model(saved).spec.crop_mode == "squash"
+    assert images.load_model_input(images.save_model_input(x, tmp_path / "again.png", model.spec), model.spec).equal(x)
     caplog.clear()
+    net = timm.create_model("resnet10_cifar", pretrained=False, width=4)
+    net.pretrained_cfg = dict(timm.models.get_pretrained_cfg("resnet10_cifar").to_dict(), crop_mode="border")
     with caplog.at_level("WARNING", logger="robgen.models.loading"):
-        robgen.load_model("timm:resnet10_cifar", pretrained=False, width=4)
-    assert "crop_mode" not in caplog.text
+        assert _timm_spec("resnet10_cifar", net, {"width": 4}, "random").crop_mode == "center"
+    assert "crop_mode='border'" in caplog.text
+    with pytest.raises(ValueError, match="unknown crop_mode 'stretch'"):
+        ModelSpec(architecture="resnet10_cifar", num_classes=2, class_labels=["a", "b"], crop_mode="stretch")
 
 
 def test_forward_refuses_wrong_channel_count():

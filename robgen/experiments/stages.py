@@ -139,7 +139,9 @@ def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dic
     spec = model.spec
     return {
         "eval_transform": {"input_size": list(spec.input_size), "crop_pct": float(spec.crop_pct),
-                           "interpolation": spec.interpolation},
+                           "interpolation": spec.interpolation,
+                           # a squashing model's only (the stages of the centre crop's keep their keys)
+                           **({"crop_mode": spec.crop_mode} if spec.crop_mode != "center" else {})},
         # the network the weights are loaded into (an edited config.json's stem or width changes the outputs)
         "network": {"architecture": spec.architecture, "arch_kwargs": dict(spec.arch_kwargs or {}),
                     "num_classes": int(spec.num_classes)},

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 # Resampling filters an eval transform may name (timm's names; PIL has all of them).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+CROP_MODES = ("center", "squash")  # timm's eval crops robgen reads images with (`images.resize_and_crop`)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ModelSpec:
     metrics: Dict[str, Any] = field(default_factory=dict)  # accuracies measured after training
     crop_pct: float = 1.0  # eval transform (timm's): resize the short side to size / crop_pct, centre-crop size
     interpolation: str = "bicubic"  # resampling filter of that resize
+    crop_mode: str = "center"  # timm's: "center" keeps the aspect ratio; "squash" resizes each side to size / crop_pct
     source: str = ""  # what it was loaded as, for display: "hf-hub:org/repo", "madrylab:...", a path
     folder: str = ""  # the local checkpoint folder it was read from (runtime only, never saved)
 
@@ -63,6 +65,9 @@ class ModelSpec:
         self.interpolation = str(self.interpolation).lower()
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+        self.crop_mode = str(self.crop_mode).lower()
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"unknown crop_mode {self.crop_mode!r}; use one of {', '.join(CROP_MODES)}")
 
     def to_dict(self) -> Dict[str, Any]:
         """The spec as JSON-ready data, without the local `folder` (a property of this machine)."""

@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from . import resnets  # noqa: F401  (registers robgen's architectures with timm)
 from .checkpoint import (COMPANION_FILES, CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_checkpoint_dir, load_checkpoint,
                          load_weights)
-from .classifier import Classifier, ModelSpec, distinct_labels
+from .classifier import CROP_MODES, Classifier, ModelSpec, distinct_labels
 from .subnormals import flush_subnormals
 
 logger = logging.getLogger(__name__)
@@ -194,10 +194,12 @@ def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weigh
         mean, std = (0.5,) * input_size[0], (0.5,) * input_size[0]
     # timm's eval transform for this model: crop_pct and interpolation, with timm's defaults where unset
     data_cfg = timm.data.resolve_data_config(pretrained_cfg=cfg) if cfg else {}
-    if data_cfg.get("crop_mode", "center") != "center":  # robgen's eval transform knows the centre crop only
+    crop_mode = data_cfg.get("crop_mode", "center")
+    if crop_mode not in CROP_MODES:  # "border": the aspect ratio kept, the short side padded
         logger.warning("timm reads %s's images with crop_mode=%r; robgen resizes and centre-crops them (crop_pct "
-                       "%g), so its inputs differ from timm's at the borders", architecture, data_cfg["crop_mode"],
+                       "%g), so its inputs differ from timm's at the borders", architecture, crop_mode,
                        data_cfg.get("crop_pct", 1.0))
+        crop_mode = "center"
     labels = _imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     arch_kwargs = {k: v for k, v in timm_kwargs.items() if k not in ("num_classes", "in_chans")}
     return ModelSpec(
@@ -205,7 +207,7 @@ def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weigh
         input_size=input_size, arch_kwargs=arch_kwargs,
         training={"source": "timm", "weights": weights_from, "pretrained_tag": cfg.get("tag")},
         crop_pct=data_cfg.get("crop_pct", 1.0), interpolation=data_cfg.get("interpolation", "bicubic"),
-        source=f"timm:{architecture}",
+        crop_mode=crop_mode, source=f"timm:{architecture}",
     )
 
 
