@@ -10,16 +10,16 @@ or below the threshold (`energy <= threshold`), because PGD lowers E(x).
     AUROC = P(E(adv) < E(clean)) + 1/2 P(E(adv) = E(clean))
 
 Every rate comes with a 95% interval: Wilson's score interval for
-proportions (detection rate, FPR, accuracies), a percentile bootstrap over
-images for AUROC (clean and adversarial images resampled independently, with a
-fixed generator so that a report repeats exactly), and a normal-approximation
-interval for means (mean ± z·s/√n).
+proportions (detection rate, FPR, accuracies), its counterpart for AUROC (the
+score interval of Hanley & McNeil's variance, `auroc_interval`: it keeps its
+coverage near AUROC 1, where a bootstrap over images collapses to a point), and
+a normal-approximation interval for means (mean ± z·s/√n).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -108,11 +108,10 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     return threshold
 
 
-def detection_metrics(clean_energy, adv_energy, threshold: float, n_boot: int = 500) -> Dict[str, float]:
+def detection_metrics(clean_energy, adv_energy, threshold: float) -> Dict[str, float]:
     """Rates of the rule `energy <= threshold` on clean and adversarial energies, with 95% intervals.
 
-    `*_ci` entries are (low, high): Wilson for the detection rate and FPR, a
-    bootstrap of `n_boot` resamples for AUROC (0 skips it).
+    `*_ci` entries are (low, high): Wilson for the detection rate and FPR, `auroc_interval` for AUROC.
     """
     clean = _as_1d(clean_energy, "clean_energy")
     adv = _as_1d(adv_energy, "adv_energy")
@@ -130,7 +129,7 @@ def detection_metrics(clean_energy, adv_energy, threshold: float, n_boot: int = 
         "auroc": area,
         "detection_rate_ci": rate_interval(adv <= threshold),
         "false_positive_rate_ci": rate_interval(clean <= threshold),
-        "auroc_ci": bootstrap_interval(auroc, clean, adv, n_boot=n_boot) if n_boot else (math.nan, math.nan),
+        "auroc_ci": auroc_interval(clean, adv, area=area),
         "confidence": 0.95,
         "threshold": float(threshold),
         "n_clean": int(clean.numel()),
@@ -163,6 +162,51 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> Tuple
     return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
+def auroc_interval(clean_energy, adv_energy, confidence: float = 0.95, *,
+                   area: Optional[float] = None) -> Tuple[float, float]:
+    """A score interval for AUROC: the θ in [0, 1] with (AUROC - θ)² <= z² V(θ), V being Hanley & McNeil's (1982)
+    variance of the AUROC of n₊ adversarial and n₋ clean images at true value θ,
+
+        V(θ) = θ(1 - θ) [1 + (n₊ - 1)(1 - θ)/(2 - θ) + (n₋ - 1) θ/(1 + θ)] / (n₊ n₋),
+
+    inverted as Wilson's interval inverts the binomial variance (Newcombe 2006 studies such intervals). Unlike a
+    bootstrap over images it does not collapse at a perfect separation (AUROC 1 of 30 + 30 images: [0.93, 1]);
+    simulated with Gaussian energies it covers the true AUROC 94-99% of the time from 10 + 10 to 500 + 500 images
+    and AUROC 0.5 to 0.999. `area`: the AUROC of these energies, when already computed."""
+    z2 = _z(confidence) ** 2
+    clean, adv = _as_1d(clean_energy, "clean_energy"), _as_1d(adv_energy, "adv_energy")
+    value = auroc(clean, adv) if area is None else float(area)
+    n_adv, n_clean = adv.numel(), clean.numel()
+
+    def outside(theta: float) -> bool:  # theta is outside the interval
+        variance = theta * (1 - theta) * (1 + (n_adv - 1) * (1 - theta) / (2 - theta)
+                                          + (n_clean - 1) * theta / (1 + theta)) / (n_adv * n_clean)
+        return (value - theta) ** 2 > z2 * variance
+
+    def boundary(far: float) -> float:  # from `far` (outside) towards `value` (inside), by bisection
+        if not outside(far):
+            return far
+        out, inside = far, value
+        for _ in range(60):
+            middle = (out + inside) / 2
+            out, inside = (middle, inside) if outside(middle) else (out, middle)
+        return inside
+
+    return (min(value, boundary(0.0)), max(value, boundary(1.0)))
+
+
+AUROC_INTERVAL = "hanley-mcneil score"  # what a report records to say its AUROC intervals are `auroc_interval`'s
+
+
+def auroc_interval_words(results: dict) -> str:
+    """How the AUROC intervals of a results.json were made, in words: `auroc_interval` where it records
+    AUROC_INTERVAL, else the percentile bootstrap of the runs made before (its resamples, 500 by default)."""
+    if results.get("auroc_interval") == AUROC_INTERVAL:
+        return "the score interval of Hanley & McNeil's variance (`robgen.metrics.auroc_interval`)"
+    resamples = (results.get("settings") or {}).get("n_boot", 500)
+    return f"a percentile bootstrap over images ({resamples} resamples, clean and adversarial images resampled separately)"
+
+
 def rate_interval(flags, confidence: float = 0.95) -> Tuple[float, float]:
     """Wilson interval of the fraction of true values in a boolean tensor."""
     flags = torch.as_tensor(flags).flatten()
@@ -184,23 +228,3 @@ def mean_interval(values, confidence: float = 0.95) -> Tuple[float, float]:
         return (math.nan, math.nan)
     mean, half = float(values.mean()), z * float(values.std()) / math.sqrt(values.numel())
     return (mean - half, mean + half)
-
-
-def bootstrap_interval(statistic: Callable[..., float], *samples, n_boot: int = 1000, confidence: float = 0.95,
-                       generator: Optional[torch.Generator] = None) -> Tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(*samples)`, each sample resampled with replacement on its own.
-
-    The default generator is seeded with 0, so a report computed twice gives the same interval.
-    """
-    _z(confidence)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    tensors = [torch.as_tensor(sample).detach().cpu() for sample in samples]
-    values = []
-    for _ in range(n_boot):
-        resampled = [t[torch.randint(0, len(t), (len(t),), generator=generator)] for t in tensors]
-        values.append(float(statistic(*resampled)))
-    table = torch.tensor(values, dtype=torch.float64)
-    tail = (1 - confidence) / 2
-    return (float(torch.quantile(table, tail)), float(torch.quantile(table, 1 - tail)))

@@ -131,7 +131,7 @@ def test_zoo_study_fits_on_perturbed_images_and_reports_both_rates(toy_data, tmp
     monkeypatch.setitem(ZOO, "PGD-40", dataclasses.replace(ZOO["PGD-40"], build=lambda m, s, g, f: PGD(  # fast
         m, eps=s.eps, step_size=s.eps / 2, steps=2, generator=g)))
     splits = detection_splits(model, toy_data, val_size=40, limit=12)
-    settings = ZooStudySettings(attacks=("Square",), n_boot=20, batch_size=5)
+    settings = ZooStudySettings(attacks=("Square",), batch_size=5)
     results = zoo_study(model, splits, settings, progress=False)
     row = results["rows"][0]
     assert "error" not in row, row.get("error")

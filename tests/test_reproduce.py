@@ -229,7 +229,7 @@ def test_every_rate_and_auroc_has_its_95_interval(nette_results):
                 # succeed), which results.json writes as null (strict JSON), its interval too
                 assert low - 1e-9 <= value <= high + 1e-9, (key, low, value, high)
     report = (out / "results.md").read_text()
-    assert "Wilson's score interval for proportions" in report and "percentile bootstrap over images" in report
+    assert "Wilson's score interval for proportions" in report and "score interval of Hanley & McNeil's variance" in report
     section = report.split("## Table 1")[1].split("\n## ")[0]
     table = [line for line in section.splitlines() if line.startswith(("| pgd-", "| apgd-", "| hepgd-"))]
     assert len(table) == len(r["table1"])

@@ -164,7 +164,7 @@ def test_zoo_command_writes_a_well_formed_table(toy_data, tmp_path, monkeypatch)
     out = tmp_path / "zoo"
     attacks = ["FGSM", "DeepFool", "Square"]
     args = parser.parse_args(["zoo", "--model", str(folder), "--data", str(toy_data), "--limit", "6",
-                              "--val-size", "40", "--attacks", ",".join(attacks), "--n-boot", "50", "--device", "cpu",
+                              "--val-size", "40", "--attacks", ",".join(attacks), "--device", "cpu",
                               "--out", str(out)])
     assert args.run(args) == 0
     results = json.loads((out / "results.json").read_text())
@@ -244,7 +244,7 @@ def test_a_zoo_attacks_test_numbers_do_not_depend_on_how_many_validation_images_
 
     model = tiny_model(num_classes=4)
     model.spec.class_labels = [f"class{i}" for i in range(4)]  # the toy folder's classes
-    settings = ZooStudySettings(attacks=("PGD-10",), batch_size=4, n_boot=10)
+    settings = ZooStudySettings(attacks=("PGD-10",), batch_size=4)
 
     def test_energy_changes(val_size):
         splits = detection_splits(model, str(toy_data), val_size=40, seed=0)

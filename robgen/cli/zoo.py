@@ -34,7 +34,6 @@ def add_parsers(commands) -> None:
     zoo.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     zoo.add_argument("--batch-size", type=int, default=250)
-    zoo.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the AUROC intervals")
     zoo.add_argument("--seed", type=int, default=0)
     zoo.add_argument("--no-fusion", action="store_true", help="attack the model itself, not its fused copy")
     add_output_arguments(zoo)
@@ -52,7 +51,7 @@ def command_zoo(args) -> int:
         settings = ZooStudySettings(
             attacks=tuple(name.strip() for name in args.attacks.split(",") if name.strip()),
             threat=ZooSettings(eps=args.eps, l2_eps=args.l2_eps, lam=args.lam, square_queries=args.square_queries),
-            rule=args.rule, temperature=temperature, batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed,
+            rule=args.rule, temperature=temperature, batch_size=args.batch_size, seed=args.seed,
             fused=False if args.no_fusion else None,
         )
     except ValueError as error:

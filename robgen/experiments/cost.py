@@ -60,7 +60,7 @@ class PassLedger:
             "floor_fraction_of_wall": floor / wall_seconds if wall_seconds > 0 else float("nan"),
             "runs": self.runs,
             "not_counted": "KD+BU's MC-dropout passes (through the final linear layer only), the baselines' fits, "
-                           "bootstrap intervals, data loading and decoding; the figures are drawn after the clock stops",
+                           "intervals, data loading and decoding; the figures are drawn after the clock stops",
         }
 
 

@@ -39,7 +39,7 @@ from .. import distributed
 from ..attacks import APGD, PGD, HighEnergyPGD
 from ..detection.baselines import KDBUScorer, LIDScorer, MahalanobisScorer, last_linear
 from ..detection.detector import EnergyDetector
-from ..metrics import choose_threshold, detection_metrics, rate_interval
+from ..metrics import AUROC_INTERVAL, choose_threshold, detection_metrics, rate_interval
 from ..models.state import model_device
 from .cost import PassLedger, measure_pass_time
 from .pipeline import (
@@ -353,7 +353,7 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
         "settings": asdict(settings), "paper_facts": asdict(facts), "hardware": distributed.hardware(model_device(model)),
         "hepgd_runs": [{"name": name, "steps": steps_of[name], "lam": settings.lam, "main": name == he_name}
                        for name in he_names],
-        "definitions": DEFINITIONS,
+        "definitions": DEFINITIONS, "auroc_interval": AUROC_INTERVAL,
         "table1": table, "unfitted": unfitted, "baselines": baselines, "adaptive": adaptive, "curves": curves,
         "energy_means": {"clean": float(clean["test"].energy().mean()),
                          **{name: float(adv["test"].energy().mean()) for name, adv in adversarial.items()}},

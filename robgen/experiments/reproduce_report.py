@@ -7,12 +7,10 @@ from typing import Optional
 
 from .. import plots
 from ..files import json_text
+from ..metrics import auroc_interval_words
 from .pipeline import definitions_markdown
 
 DATA_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": "Imagenette"}
-INTERVALS = ("Every rate and every AUROC comes with its 95% interval in brackets: Wilson's score interval for "
-             "proportions (detection, FPR, FNR, attack success, accuracy), a percentile bootstrap over images "
-             "(500 resamples, clean and adversarial images resampled separately) for AUROC.")
 
 
 def data_title(data: str) -> str:
@@ -108,7 +106,8 @@ def markdown_report(results: dict) -> str:
         f"HE-PGD λ = {s['lam']:g} at {', '.join(str(k) for k in s['hepgd_steps'])} steps. Hardware: {results['hardware']}; "
         f"wall time {results['wall_seconds']:.0f} s (see Cost).",
         "",
-        INTERVALS,
+        "Every rate and every AUROC comes with its 95% interval in brackets: Wilson's score interval for proportions "
+        f"(detection, FPR, FNR, attack success, accuracy), {auroc_interval_words(results)} for AUROC.",
         "",
         "## Table 1: the energy detector",
         "",

@@ -20,8 +20,8 @@ pipeline (`model_outputs`, `fit_detector`, `evaluate_detector`):
   the attack could do with a threshold on E(x)), on its perturbed validation
   images only (`fit_detector`): the same rates.
 
-Intervals are 95%: Wilson's for proportions, a percentile bootstrap over images
-for AUROC, the normal approximation for means. An attack that fails on a model
+Intervals are 95%: Wilson's for proportions, its counterpart for AUROC
+(`metrics.auroc_interval`), the normal approximation for means. An attack that fails on a model
 (an exception) is reported in the table with its error, and the study goes on.
 """
 
@@ -40,7 +40,7 @@ import torch
 from .. import distributed
 from ..attacks.zoo import ZOO_NAMES, ZooSettings, zoo_attack, zoo_entry
 from ..detection.detector import EnergyDetector
-from ..metrics import bootstrap_interval, auroc, mean_interval, wilson_interval
+from ..metrics import AUROC_INTERVAL, auroc_interval, mean_interval, wilson_interval
 from ..models.state import model_device
 from .pipeline import (
     DEFINITIONS, DetectionSplits, ModelOutputs, evaluate_detector, fit_detector, model_outputs, successful,
@@ -60,7 +60,6 @@ class ZooStudySettings:
     rule: str = "youden"  # the official notebooks' threshold rule
     temperature: Union[float, str] = "search"  # the official notebooks search T by validation AUROC
     batch_size: int = 250
-    n_boot: int = 1000  # bootstrap resamples for the AUROC intervals
     seed: int = 0
     fused: Optional[bool] = None  # None: robgen.engine.fused's setting
 
@@ -69,8 +68,8 @@ class ZooStudySettings:
         self.attacks = tuple(dict.fromkeys(zoo_entry(name).name for name in self.attacks))
         if not self.attacks:
             raise ValueError(f"no attacks given: choose from {', '.join(ZOO_NAMES)}")
-        if self.batch_size < 1 or self.n_boot < 1:
-            raise ValueError("batch_size and n_boot must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.temperature != "search" and not (isinstance(self.temperature, (int, float))
                                                   and math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be > 0 or 'search', got {self.temperature!r}")
@@ -119,8 +118,7 @@ def _mean(values: torch.Tensor) -> dict:
     return {"value": float(values.mean()) if n else math.nan, "ci": list(mean_interval(values)), "n": n}
 
 
-def detector_rates(detector: EnergyDetector, clean: ModelOutputs, adversarial: ModelOutputs, n_boot: int,
-                   seed: int) -> dict:
+def detector_rates(detector: EnergyDetector, clean: ModelOutputs, adversarial: ModelOutputs) -> dict:
     """Detection rate, FPR and AUROC (with intervals) and the detection rate on successful examples, on test."""
     report = evaluate_detector(detector, clean, adversarial)
     flagged_adv, flagged_clean = detector.predict(adversarial.logits), detector.predict(clean.logits)
@@ -129,8 +127,7 @@ def detector_rates(detector: EnergyDetector, clean: ModelOutputs, adversarial: M
     return {
         "detection_rate": _proportion(flagged_adv),
         "false_positive_rate": _proportion(flagged_clean),
-        "auroc": {"value": report["auroc"], "ci": list(bootstrap_interval(
-            auroc, clean_energy, adv_energy, n_boot=n_boot, generator=torch.Generator().manual_seed(seed)))},
+        "auroc": {"value": report["auroc"], "ci": list(auroc_interval(clean_energy, adv_energy, area=report["auroc"]))},
         "detection_rate_successful": _proportion(flagged_adv[success]),
         "threshold": detector.threshold, "temperature": detector.temperature,
     }
@@ -201,8 +198,8 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
             attack_repr=description, seconds=seconds,
             **attack_effect(clean["test"], test, sizes["test"]),
             n_perturbed_validation=int(adversarial["validation"].perturbed_mask.sum()),
-            fitted_on_pgd40=detector_rates(paper_detector, clean["test"], test, settings.n_boot, settings.seed),
-            refitted=detector_rates(refit, clean["test"], test, settings.n_boot, settings.seed),
+            fitted_on_pgd40=detector_rates(paper_detector, clean["test"], test),
+            refitted=detector_rates(refit, clean["test"], test),
         )
         delta_energy[name] = (test.energy() - clean["test"].energy()).tolist()
         rows.append(row)
@@ -215,7 +212,7 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
         "clean_energy_mean": _mean(clean["test"].energy()),
         "fit_attack": FIT_ATTACK, "detector": paper_detector.to_dict(),
         "n_validation_perturbed_fit_attack": int(fit_run[0]["validation"].perturbed_mask.sum()),
-        "definitions": DEFINITIONS,
+        "definitions": DEFINITIONS, "auroc_interval": AUROC_INTERVAL,
         "settings": {**asdict(settings), "attacks": list(settings.attacks)},
         "rows": rows, "delta_energy": delta_energy,
         "hardware": distributed.hardware(model_device(model)), "wall_seconds": time.perf_counter() - started,

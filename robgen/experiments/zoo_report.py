@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..files import json_text  # noqa: E402
+from ..metrics import auroc_interval_words  # noqa: E402
 from .pipeline import definitions_markdown  # noqa: E402
 
 FIGURE = "delta_energy.png"
@@ -101,8 +102,8 @@ def markdown_report(results: dict) -> str:
         f"examples of the validation split ({results['n_validation_perturbed_fit_attack']} of "
         f"{results['n_validation']} perturbed), rule {settings['rule']}, temperature {settings['temperature']} "
         f"(chosen: T = {detector['temperature']:g}, threshold {detector['threshold']:.4f}). "
-        "Intervals are 95%: Wilson for rates, a percentile bootstrap over images "
-        f"({settings['n_boot']} resamples) for AUROC, the normal approximation for means.",
+        f"Intervals are 95%: Wilson for rates, {auroc_interval_words(results)} for AUROC, the normal approximation "
+        "for means.",
         "",
         "Which examples count:",
         "",
