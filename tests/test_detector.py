@@ -142,3 +142,39 @@ def test_energies_given_as_lists_keep_float64_precision_in_the_detector():
     assert as_list.threshold == as_tensor.threshold == choose_threshold(clean, adversarial, "youden")
     assert as_list.validation["auroc"] == auroc(clean, adversarial)
     assert as_list.predict(adversarial).tolist() == as_tensor.predict(torch.tensor(adversarial, dtype=torch.float64)).tolist()
+
+
+def test_a_detector_fitted_for_other_weights_is_refused_where_a_model_uses_it(tmp_path):
+    """A detector.json copied or written (`detect --out`, `fit-detector --out`) next to another model was used
+    silently, its threshold on that model's energy scale. Now it records the weights it was fitted for; the
+    checkpoint folder's detector and `EnergyReject.from_detector` refuse others. A file without the record (older
+    robgen) is taken as it is."""
+    import robgen
+    from robgen.detection.reject import EnergyReject
+    from robgen.experiments.calibration import load_shipped_detector
+    from tests.conftest import tiny_model
+
+    model, other = tiny_model(seed=0), tiny_model(seed=1)
+    folder = robgen.save_checkpoint(other, tmp_path / "other")
+    detector = EnergyDetector(rule="youden").fit(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-1.0, 0.5])).bind(model)
+    assert EnergyDetector.load(detector.save(tmp_path / "d.json")).model_fingerprint == detector.model_fingerprint
+    detector.save(folder / "detector.json")
+    loaded_other = robgen.load_model(folder)
+    with pytest.raises(ValueError, match="fitted for another model .* fit-detector --model"):
+        load_shipped_detector(loaded_other)
+    with pytest.raises(ValueError, match="fitted for another model"):
+        EnergyReject.from_detector(detector, loaded_other)
+    assert EnergyReject.from_detector(detector, model).tau > detector.threshold
+    detector.model_fingerprint = None  # an older file
+    detector.save(folder / "detector.json")
+    assert load_shipped_detector(loaded_other).threshold == detector.threshold
+
+
+def test_every_shipped_detector_records_the_weights_it_was_fitted_for():
+    import robgen
+    from robgen.experiments.calibration import load_shipped_detector
+    from robgen.models.fingerprint import model_fingerprint
+
+    for name in robgen.list_models():
+        model = robgen.load_model(name)
+        assert load_shipped_detector(model).model_fingerprint == model_fingerprint(model), name

@@ -112,7 +112,7 @@ def command_detect(args) -> int:
     started = time.perf_counter()
     result = detection_experiment(model, splits, attack, rule=args.rule, temperature=temperature,
                                   temperatures=args.temperatures, target_fpr=args.target_fpr, batch_size=args.batch_size, workers=args.workers)
-    detector, metrics = result.detector, result.report
+    detector, metrics = result.detector.bind(model), result.report
     metrics.update(model=model.spec.source, seconds=time.perf_counter() - started, device=str(device))
     detector.save(out / "detector.json")
     (out / "metrics.json").write_text(json_text(metrics))

@@ -27,6 +27,7 @@ import torch
 
 from ..energy import energy as free_energy
 from ..metrics import RULES, auroc, choose_threshold, detection_metrics
+from ..models.fingerprint import model_fingerprint
 
 # The official notebooks' grid (no 5), searched in this order; a temperature replaces the current
 # choice only with a strictly larger validation AUROC.
@@ -75,6 +76,25 @@ class EnergyDetector:
         # Optional record of how it was fitted (see robgen.experiments.calibration): the attack, the data and the
         # clean and adversarial validation energies, which the app draws as a histogram.
         self.calibration: Dict[str, object] = {}
+        # the SHA-256 of the weights whose outputs it was fitted on (`bind`), checked by `check_model`
+        self.model_fingerprint: Optional[str] = None
+
+    def bind(self, model: torch.nn.Module) -> "EnergyDetector":
+        """Record that the threshold was fitted on `model`'s outputs (its weights' fingerprint)."""
+        self.model_fingerprint = model_fingerprint(model)
+        return self
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse a model other than the one the detector was fitted for (a detector that records none, saved by
+        robgen before 2026-12-06 or fitted without `bind`, is taken as it is)."""
+        if self.model_fingerprint is None:
+            return
+        found = model_fingerprint(model)
+        if found != self.model_fingerprint:
+            source = getattr(getattr(model, "spec", None), "source", "") or "this model"
+            raise ValueError(f"this energy detector was fitted for another model (weights {self.model_fingerprint[:12]}…, "
+                             f"{source}'s are {found[:12]}…): its threshold is on that model's energy scale. Fit one "
+                             f"for this model: python -m robgen fit-detector --model {source} --data DATASET")
 
     def energies(self, scores: torch.Tensor) -> torch.Tensor:
         """E(x) at the detector's temperature: `scores` are logits (2-D), or energies at T = 1 (1-D)."""
@@ -131,6 +151,7 @@ class EnergyDetector:
             "rule": self.rule, "temperature": self.temperature, "search_temperature": self.search_temperature,
             "target_fpr": self.target_fpr, "temperatures": list(self.temperatures), "threshold": self.threshold,
             "validation": self.validation, **({"calibration": self.calibration} if self.calibration else {}),
+            **({"model_fingerprint": self.model_fingerprint} if self.model_fingerprint else {}),
         }
 
     def save(self, path: Union[str, Path]) -> Path:
@@ -151,6 +172,7 @@ class EnergyDetector:
             raise ValueError(f"{path} is not a saved EnergyDetector ({type(error).__name__}: {error})") from None
         detector.validation = data.get("validation", {})
         detector.calibration = data.get("calibration", {})
+        detector.model_fingerprint = data.get("model_fingerprint")
         return detector
 
     def __repr__(self) -> str:

@@ -137,12 +137,12 @@ class EnergyReject(_LowStatisticReject):
         attacked images, so it is no FPR-calibrated threshold); this option rejects E_T(x) < tau with
         tau the next float64 above that threshold and computes E_T in float64 as the detector does
         (`float64=True`), so the two reject the same inputs. Its `target_fpr` is the detector's clean
-        validation FPR when recorded (else 0.05), and `calibration` says where the threshold came from. The
-        caller vouches that `model` is the one the detector was fitted for: an `EnergyDetector`
-        records no weights' fingerprint.
+        validation FPR when recorded (else 0.05), and `calibration` says where the threshold came from. A
+        detector that records the weights it was fitted for refuses other ones (`EnergyDetector.check_model`).
         """
         if not isinstance(detector, EnergyDetector):
             raise TypeError(f"detector must be a fitted EnergyDetector, got {type(detector).__name__}")
+        detector.check_model(model)
         threshold = float(detector._require_fit())
         fpr = detector.validation.get("false_positive_rate")
         option = cls(detector.temperature, fpr if fpr is not None and 0 <= fpr < 1 else 0.05, float64=True)

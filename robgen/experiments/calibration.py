@@ -40,7 +40,7 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
     result = detection_experiment(model, splits, attack, rule=rule, temperature=temperature,
                                   temperatures=temperatures, target_fpr=target_fpr, batch_size=batch_size,
                                   progress=progress)
-    detector = result.detector
+    detector = result.detector.bind(model)
     val_clean = result.clean["validation"]
     val_adv = perturbed_only(result.adversarial["validation"])  # the adversarial side the threshold was fitted on
     detector.calibration = {
@@ -56,8 +56,11 @@ def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str
 
 
 def load_shipped_detector(model) -> EnergyDetector:
-    """The detector in the model's checkpoint folder, or an error that says how to fit one."""
-    return EnergyDetector.load(companion_file(model, DETECTOR_FILE, "fit-detector"))
+    """The detector in the model's checkpoint folder (refused if fitted for other weights), or an error that says
+    how to fit one."""
+    detector = EnergyDetector.load(companion_file(model, DETECTOR_FILE, "fit-detector"))
+    detector.check_model(model)
+    return detector
 
 
 def calibration_energies(detector: EnergyDetector) -> tuple:
