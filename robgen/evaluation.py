@@ -43,10 +43,13 @@ def evaluate_robustness(
     PGD uses a random start and step `step_size` (default 2.5 * eps / steps, as in
     Madry et al.); the random start is seeded per batch from `seed`, so results
     repeat exactly, with any number of torchrun processes. Fewer images than
-    processes is refused (ValueError) on every rank before any work.
+    processes (an empty data set too) is refused (ValueError) on every rank before any work. APGD runs at least
+    10 steps (its step-size schedule needs them): its entry in the result says how many.
     """
     if steps < 0 or (steps == 0 and apgd):
         raise ValueError(f"steps must be >= 0 (0: clean accuracy only, without APGD), got {steps}")
+    if len(dataset) == 0:
+        raise ValueError("the data set is empty: there are no images to measure accuracy on")
     device = model_device(model)
     step_size = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -80,4 +83,5 @@ def evaluate_robustness(
     if auto is not None:
         result["apgd_accuracy"] = auto_robust / n
         result["apgd_accuracy_ci"] = wilson_interval(auto_robust, int(n))
+        result["apgd"] = {"name": "apgd", "eps": eps, "norm": norm, "steps": auto.steps, "loss": "ce", "seed": seed}
     return result

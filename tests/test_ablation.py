@@ -268,3 +268,19 @@ def test_the_pixel_factor_on_data_without_image_files_is_refused_before_any_atta
     tensors = TensorDataset(torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="only image-file data sets"):
         ablation.measure_pixels(torch.nn.Identity(), SimpleNamespace(validation=tensors, test=tensors))
+
+
+def test_a_bar_in_a_factor_or_label_stays_inside_its_table_cell():
+    """The report wrote factors and labels as they were named: "lr|schedule" split its row into two more cells than
+    the header, every later cell under the wrong column."""
+    import json
+
+    from robgen.experiments.ablation_report import markdown
+    from tests.conftest import REPO
+
+    committed = json.loads((REPO / "results" / "cifar10" / "ablation" / "results.json").read_text())
+    row = dict(committed["rows"][0], factor="lr|schedule", label="0.1 | cosine")
+    table = [line for line in markdown([row], committed["settings"]).splitlines() if line.startswith("| ")]
+    header, body = table[0], table[1]
+    cells = lambda line: len(line.replace("\\|", "").split("|"))
+    assert cells(body) == cells(header) and "lr\\|schedule" in body and "0.1 \\| cosine" in body

@@ -675,3 +675,29 @@ def test_targeted_apgd_takes_the_other_classes_in_turn_runner_up_first_and_reach
     with torch.no_grad():
         reached = trained.model(final).argmax(1) == one.targets[:, 0]
     assert int(reached.sum()) >= 6, reached
+
+
+def test_adaptive_and_zoo_attacks_on_a_module_without_a_spec_check_its_classes_from_its_logits():
+    """A defended plain module (no robgen spec) failed (K+1) APGD-DLR with "no attribute 'num_classes'"; torchattacks'
+    APGD-T on 3 classes failed deep inside with an IndexError, the class check being skipped without a spec."""
+    from robgen.attacks.zoo import TorchAttacksAttack
+
+    def mlp(classes):
+        torch.manual_seed(0)  # tests only
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 16), torch.nn.ReLU(),
+                                   torch.nn.Linear(16, classes)).eval()
+
+    x = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    four = mlp(4)
+    defended = DefendedClassifier(four, make_reject_option("band", target_fpr=0.1).calibrate(four, torch.rand(64, 3, 4, 4)))
+    y = four(x).argmax(1)
+    x_adv = KPlusOneAPGD(defended, steps=3, loss="dlr", generator=seeded())(x, y)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+    two = mlp(2)
+    defended2 = DefendedClassifier(two, make_reject_option("band", target_fpr=0.1).calibrate(two, torch.rand(64, 3, 4, 4)))
+    with pytest.raises(ValueError, match="DLR loss needs at least 3 classes"):  # read from the logits at the call
+        KPlusOneAPGD(defended2, steps=2, loss="dlr")(x, two(x).argmax(1))
+    with pytest.raises(ValueError, match="no robgen spec"):
+        defended.num_classes
+    with pytest.raises(ValueError, match="needs at least 4 classes"):
+        TorchAttacksAttack(mlp(3), "APGDT", eps=8 / 255, steps=2)(x, mlp(3)(x).argmax(1))

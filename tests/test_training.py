@@ -352,6 +352,10 @@ def test_evaluation_with_zero_steps_measures_clean_accuracy_only(toy_data, tmp_p
     assert clean_only["clean_accuracy_ci"] == full["clean_accuracy_ci"]
     with pytest.raises(ValueError, match="steps must be >= 0"):
         evaluate_robustness(model, images, steps=0, apgd=True, progress=False)
+    with pytest.raises(ValueError, match="the data set is empty"):  # was a ZeroDivisionError after the loop
+        evaluate_robustness(model, torch.utils.data.Subset(images, []), steps=0, progress=False)
+    apgd = evaluate_robustness(model, images, steps=2, apgd=True, progress=False)
+    assert apgd["apgd"]["steps"] == 10 and apgd["attack"]["steps"] == 2  # APGD's least, said in the result
 
 
 def test_robust_accuracy_counts_only_images_the_model_gets_right_clean():

@@ -210,14 +210,19 @@ class KPlusOnePGD(AdaptiveAttack):
                  generator: Optional[torch.Generator] = None) -> None:
         super().__init__(defended, eps, step_size, steps, norm, restarts, random_start, generator)
         self.loss = _loss(loss, KPLUSONE_LOSSES)
-        if self.loss == "dlr" and self.defended.num_classes < 3:
-            raise ValueError(f"the (K+1) DLR loss needs at least 3 classes (it scales by the fourth-largest of the K+1 "
-                             f"logits; with {self.defended.num_classes} it is -1 wherever y and the detector lead, "
-                             "with no gradient): use loss 'margin' or 'ce'")
+        classes = getattr(getattr(defended.model, "spec", None), "num_classes", None)  # else read from the logits
+        if self.loss == "dlr" and classes is not None:
+            _check_dlr_classes(classes)
 
     def _objective(self, y: torch.Tensor):
         loss = KPLUSONE_LOSSES[self.loss]
-        return lambda outputs: loss(outputs.combined, y)
+
+        def objective(outputs):
+            if self.loss == "dlr":
+                _check_dlr_classes(outputs.combined.shape[1] - 1)
+            return loss(outputs.combined, y)
+
+        return objective
 
     def _once(self, x, y, restart, watch, index, network):
         return projected_gradient_ascent(DefendedOutputs(self.defended, network=network), x, self._objective(y),
@@ -227,6 +232,13 @@ class KPlusOnePGD(AdaptiveAttack):
 
     def _settings(self) -> str:
         return f"loss={self.loss!r}"
+
+
+def _check_dlr_classes(classes: int) -> None:
+    if classes < 3:
+        raise ValueError(f"the (K+1) DLR loss needs at least 3 classes (it scales by the fourth-largest of the K+1 "
+                         f"logits; with {classes} it is -1 wherever y and the detector lead, with no gradient): use "
+                         "loss 'margin' or 'ce'")
 
 
 class KPlusOneAPGD(KPlusOnePGD):

@@ -149,12 +149,13 @@ class TorchAttacksAttack(Attack):
                              "(model.float())")
         self._takes, self.settings = takes, settings
 
-    def _check_classes(self, model, settings) -> None:
+    def _check_classes(self, model, settings, classes: Optional[int] = None) -> None:
         """torchattacks' targeted DLR (APGDT, AutoAttack's APGD-T) reads the fourth-largest logit, its DLR the third:
-        on fewer classes it fails deep inside with an IndexError."""
+        on fewer classes it fails deep inside with an IndexError. `classes`: the count read from the logits, for a
+        model without a robgen spec (checked again at the first call)."""
         name = self.attack_class.__name__
         need = {"APGDT": 4, "AutoAttack": 3 if settings.get("version") == "rand" else 4}.get(name)
-        classes = getattr(getattr(model, "spec", None), "num_classes", None)
+        classes = classes if classes is not None else getattr(getattr(model, "spec", None), "num_classes", None)
         if need is not None and classes is not None and classes < need:
             raise ValueError(f"torchattacks.{name} needs at least {need} classes (its DLR loss reads the "
                              f"{'fourth' if need == 4 else 'third'}-largest logit); this model has {classes}")
@@ -170,9 +171,12 @@ class TorchAttacksAttack(Attack):
         if not self.bounded and "eps" in self._takes:  # a minimum-norm attack that keeps points within eps:
             # the whole pixel cube's diameter, so that it rejects none
             settings.setdefault("eps", 1.0 if self.attack_norm == "linf" else float(x[0].numel()) ** 0.5)
-        if "n_classes" in self._takes:
+        if "n_classes" in self._takes or getattr(self.model, "spec", None) is None:
             with torch.no_grad():
-                settings.setdefault("n_classes", int(graph(x[:1]).shape[1]))
+                classes = int(graph(x[:1]).shape[1])
+            self._check_classes(self.model, settings, classes)
+            if "n_classes" in self._takes:
+                settings.setdefault("n_classes", classes)
         seed = random_seed(self.generator, x.device)
         if "seed" in self._takes:
             settings["seed"] = seed

@@ -192,7 +192,7 @@ def command_eval(args) -> int:
         if "pgd_accuracy" in result:
             line += f", PGD-{args.steps} ({args.norm}, eps {args.eps:.4g}) accuracy {result['pgd_accuracy']:.4f}"
         if args.apgd:
-            line += f", APGD accuracy {result['apgd_accuracy']:.4f}"
+            line += f", APGD-{result['apgd']['steps']} accuracy {result['apgd_accuracy']:.4f}"
         print(line)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

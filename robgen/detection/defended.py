@@ -87,7 +87,13 @@ class DefendedClassifier(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.model.spec.num_classes
+        """The model's number of classes, from its spec (a ValueError for a module without one, where torch would
+        say the defended classifier has no attribute `num_classes`)."""
+        spec = getattr(self.model, "spec", None)
+        if spec is None:
+            raise ValueError("the defended model has no robgen spec, so its number of classes is not known here: "
+                             "wrap it as robgen.models.Classifier(net, ModelSpec(...)) to name its classes")
+        return spec.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's logits (N, K), as if undefended."""

@@ -56,6 +56,11 @@ def _recipe(model: dict) -> str:
     return ", ".join(parts)
 
 
+def _cell(text) -> str:
+    """`text` as one markdown table cell: a "|" in a factor or label the user named would split it into two."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def by_factor(rows: List[dict]) -> Dict[str, List[dict]]:
     groups: Dict[str, List[dict]] = {}
     for row in rows:
@@ -97,7 +102,7 @@ def markdown(rows: List[dict], settings: dict) -> str:
     for factor, group in by_factor(rows).items():
         for row in group:
             lines.append(
-                f"| {factor} | {row['label']} | {_recipe(row['model'])} | "
+                f"| {_cell(factor)} | {_cell(row['label'])} | {_cell(_recipe(row['model']))} | "
                 f"{_pct(row.get('clean_accuracy'), row.get('clean_accuracy_ci'))} | "
                 f"{_pct(row.get('detection_rate'), row.get('detection_rate_ci'))} | "
                 f"{_pct(row.get('false_positive_rate'), row.get('false_positive_rate_ci'))} | "
