@@ -286,6 +286,21 @@ def test_cw_leaves_an_image_it_did_not_attack_exactly_as_it_was(model):
     assert torch.equal(adversarial, x)
 
 
+def test_cw_fools_a_model_whatever_constant_its_logits_carry(own_predictions):
+    """torchattacks' CW read the logits through a 0/1 mask: on a model whose logits were all negative its loss was
+    flat and it fooled nothing. The zoo's CW (Carlini & Wagner's f6) depends on logit differences only: the same
+    model with every logit 200 lower (all negative) is attacked exactly as before."""
+    x, y = own_predictions
+    plain, lowered = fragile_model(), fragile_model()
+    with torch.no_grad():
+        lowered.net.head.bias.sub_(200.0)
+        assert bool((lowered(x) < 0).all()) and torch.equal(lowered(x).argmax(1), y)
+    attacked = [zoo_attack("CW-L2", m, THREAT, torch.Generator().manual_seed(0))(x, y) for m in (plain, lowered)]
+    assert torch.allclose(attacked[0], attacked[1], atol=1e-5)
+    with torch.no_grad():
+        assert bool((lowered(attacked[1]).argmax(1) != y).any()), "it fools the lowered model as it fools the plain one"
+
+
 def test_fab_on_a_float64_model_is_refused_with_the_reason_and_the_others_attack_it(own_predictions):
     double = fragile_model().double()
     x, y = own_predictions
