@@ -129,16 +129,25 @@ def cover_size(size: Union[int, Tuple[int, int]], crop_pct: float = 1.0) -> Tupl
     return math.floor(height / crop_pct), math.floor(width / crop_pct)
 
 
+def crop_offset(outer: int, inner: int) -> int:
+    """Where a centre crop of `inner` pixels starts in `outer` ones: torchvision's CenterCrop, round((outer - inner)
+    / 2) with Python's rounding (half to even: 1 for a margin of 3, 2 for 5)."""
+    return int(round((outer - inner) / 2.0))
+
+
 def resize_and_crop(
     image: Image.Image, size: Union[int, Tuple[int, int]], *, crop_pct: float = 1.0, interpolation: str = "bicubic",
     frame: Optional[Tuple[int, int]] = None, crop_mode: str = "center",
 ) -> Image.Image:
-    """timm's eval transform: scale (keeping the aspect ratio) to cover size / crop_pct, then centre-crop `size`;
-    crop_mode "squash" (timm's, for some models) scales each side to size / crop_pct, the aspect ratio not kept.
+    """timm's eval transform, pixel for pixel: scale (keeping the aspect ratio) to cover size / crop_pct, then
+    centre-crop `size`; crop_mode "squash" (timm's, for some models) scales each side to size / crop_pct, the
+    aspect ratio not kept.
 
     `size` is an int (square) or (height, width). crop_pct=1 fits the short side to the crop;
-    0.875 is the ImageNet convention (short side 256, crop 224). `frame` (height, width), at least `size`: crop
-    that much instead, around the same centre crop, which then sits at ((frame - size) // 2) inside it.
+    0.875 is the ImageNet convention (short side 256, crop 224). The sizes are torchvision's and timm's: a square
+    cover is torchvision's Resize(side) (the long side truncated), another timm's ResizeKeepRatio (both sides
+    rounded); the crop sits at `crop_offset`. `frame` (height, width), at least `size`: crop that much instead,
+    around the same centre crop, which then sits at `crop_offset(frame, size)` inside it.
     """
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     scaled_height, scaled_width = cover_size(size, crop_pct)
@@ -146,14 +155,19 @@ def resize_and_crop(
         raise ValueError(f"unknown interpolation {interpolation!r}; use one of {', '.join(RESAMPLE)}")
     if crop_mode not in ("center", "squash"):
         raise ValueError(f"unknown crop_mode {crop_mode!r}; use center or squash")
-    scale = max(scaled_height / image.height, scaled_width / image.width)
-    new_size = (max(scaled_width, round(image.width * scale)), max(scaled_height, round(image.height * scale)))
     if crop_mode == "squash":
         new_size = (scaled_width, scaled_height)
-    image = image.resize(new_size, RESAMPLE[interpolation], reducing_gap=3.0)
-    left, top = (image.width - width) // 2, (image.height - height) // 2
+    elif scaled_height == scaled_width:  # the short side to the cover's, the long side int(side * long / short)
+        short, long = sorted((image.width, image.height))
+        stretched = int(scaled_height * long / short)
+        new_size = (scaled_width, stretched) if image.width <= image.height else (stretched, scaled_height)
+    else:
+        ratio = min(image.height / scaled_height, image.width / scaled_width)
+        new_size = (round(image.width / ratio), round(image.height / ratio))
+    image = image.resize(new_size, RESAMPLE[interpolation])
+    left, top = crop_offset(image.width, width), crop_offset(image.height, height)
     if frame is not None:
-        left, top = left - (int(frame[1]) - width) // 2, top - (int(frame[0]) - height) // 2
+        left, top = left - crop_offset(int(frame[1]), width), top - crop_offset(int(frame[0]), height)
         height, width = int(frame[0]), int(frame[1])
     return image.crop((left, top, left + width, top + height))
 
@@ -233,7 +247,7 @@ def load_model_input(path: Union[str, Path], spec) -> torch.Tensor:
 def load_resized(path: Union[str, Path], spec) -> torch.Tensor:
     """An image file as the model of `spec`'s eval transform resizes it, before its centre crop: a (C, H', W')
     tensor of the cover size (input size / crop_pct; the input size itself at crop_pct 1) around the model's
-    crop, which sits at ((cover - input size) // 2) inside it, as `framed_model_input` puts it."""
+    crop, which sits at `crop_offset(cover, input size)` inside it, as `framed_model_input` puts it."""
     size = tuple(spec.input_size[1:])
     return load_image(path, size=size, crop_pct=spec.crop_pct, interpolation=getattr(spec, "interpolation", "bicubic"),
                       frame=cover_size(size, spec.crop_pct), channels=spec.input_size[0],
@@ -253,7 +267,7 @@ def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] =
     if x.ndim != 3 or tuple(x.shape[1:]) != (height, width):
         raise ValueError(f"expected one model input of shape (C, {height}, {width}), got {tuple(x.shape)}")
     cover_height, cover_width = cover_size((height, width), spec.crop_pct)
-    top, left = (cover_height - height) // 2, (cover_width - width) // 2  # where `resize_and_crop` crops
+    top, left = crop_offset(cover_height, height), crop_offset(cover_width, width)  # where `resize_and_crop` crops
     if surround is None:
         surround = torch.nn.functional.pad(x[None], (left, cover_width - width - left, top, cover_height - height - top),
                                            mode="replicate")[0]
