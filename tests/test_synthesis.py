@@ -407,3 +407,17 @@ def test_judges_score_in_eval_mode_and_leave_their_statistics_alone():
     targets = torch.arange(10).repeat_interleave(2)
     assert row["mean_target_probability"] == pytest.approx(float(probabilities[torch.arange(20), targets].mean()),
                                                            rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_synthesis_and_gradient_maps_run_on_a_model_of_another_dtype(dtype):
+    """The uniform, gray and Gaussian starts were float32 and `input_gradient` passed x as given: a half-precision
+    model failed with "Input type and weight type should be the same" (translate, which casts, worked)."""
+    model = tiny_model().to(dtype)
+    for init in ("uniform", "gray"):
+        x = robgen.synthesize(model, 1, n=2, steps=1, init=init, generator=torch.Generator().manual_seed(0))
+        assert x.dtype == dtype and x.shape == (2, 3, 32, 32)
+    assert robgen.sgld_sample(model, 1, n=2, steps=1, generator=torch.Generator().manual_seed(0)).dtype == dtype
+    from robgen.synthesis.gradmaps import input_gradient
+
+    assert input_gradient(model, torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)

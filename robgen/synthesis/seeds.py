@@ -172,11 +172,12 @@ def initial_images(init, classes: torch.Tensor, model, generator: Optional[torch
             )
         check_pixels(images, channels, name="init")  # 0-255 images, say, refused for every method
         return images.clone()
+    dtype = model_dtype(model)  # the starts are drawn in float32: a float16 model takes float16 images
     if init == "gaussian":
         seeds = check_seeds(seeds, model) if seeds is not None else load_seeds(model)
-        return seeds.sample(classes, (height, width), generator, device)
+        return seeds.sample(classes, (height, width), generator, device).to(dtype)
     if init == "uniform":
-        return random_uniform((n, channels, height, width), torch.empty(0, device=device), generator)
+        return random_uniform((n, channels, height, width), torch.empty(0, device=device), generator).to(dtype)
     if init == "gray":
-        return torch.full((n, channels, height, width), 0.5, device=device)
+        return torch.full((n, channels, height, width), 0.5, device=device, dtype=dtype)
     raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)} or a tensor of images")
