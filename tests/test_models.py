@@ -568,3 +568,38 @@ def test_a_config_from_before_the_eval_transform_was_recorded_loads_with_a_warni
     with caplog.at_level(logging.WARNING):
         robgen.load_model(robgen.save_checkpoint(tiny_model(), tmp_path / "new"))
     assert "older robgen" not in caplog.text
+
+
+def test_a_local_copy_of_a_timm_hub_repo_loads_with_its_readable_labels_and_a_transformers_repo_is_explained(
+        tmp_path, monkeypatch):
+    """A folder as `huggingface-cli download` leaves a timm repo was refused ("not a robgen checkpoint config");
+    timm's export keeps WordNet ids in label_names, the names in label_descriptions (the ids were shown); a
+    transformers repo failed with a bare KeyError 'architecture'."""
+    import json
+
+    from timm.models import save_for_hf
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    save_for_hf(net, tmp_path / "timm-repo", safe_serialization=True, model_config={
+        "label_names": ["n01", "n02", "n03"], "label_descriptions": {"n01": "tench", "n02": "goldfish", "n03": "shark"}})
+    model = robgen.load_model(tmp_path / "timm-repo")
+    assert model.spec.class_labels == ["tench", "goldfish", "shark"] and model.spec.architecture == "test_resnet"
+    x = torch.rand(1, *model.spec.input_size)
+    normalised = (x - torch.tensor(model.spec.mean).view(1, 3, 1, 1)) / torch.tensor(model.spec.std).view(1, 3, 1, 1)
+    assert torch.allclose(model(x), net(normalised), atol=1e-6), "its own weights"
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"architectures": ["ViTForImageClassification"], "model_type": "vit"}))
+    _fake_hub(monkeypatch, remote, tmp_path / "cache")
+    with pytest.raises(ValueError, match="neither a robgen checkpoint .* nor a timm model"):
+        robgen.load_model("hf-hub:someone/vit")
+
+
+def test_arguments_only_a_timm_name_takes_are_refused_for_other_names_and_a_headless_model_too():
+    """weights=, pretrained=False and timm arguments were silently ignored for a checkpoint name (a missing weights
+    file raised nothing); timm:<name> with num_classes=0 (a feature extractor) was labelled a 1000-class model."""
+    for ignored in (dict(weights="mine.pth"), dict(pretrained=False), dict(width=8)):
+        with pytest.raises(ValueError, match="apply to timm: names only"):
+            robgen.load_model("cifar10-resnet10-standard", **ignored)
+    with pytest.raises(ValueError, match="num_classes=0 has no classifier head"):
+        robgen.load_model("timm:resnet10_cifar", pretrained=False, num_classes=0, width=4)

@@ -152,7 +152,7 @@ def open_model(args, device: torch.device, name: Optional[str] = None):
 
     try:
         return load_model(args.model if name is None else name, pretrained=not args.random_weights, device=device)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:  # RuntimeError: a download that failed, said so
         raise UsageError(str(error)) from None
 
 

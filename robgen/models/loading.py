@@ -115,6 +115,12 @@ def load_model(
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     text = str(name)
+    if not text.startswith("timm:"):  # what only a timm: name takes would be ignored: say so
+        given = (["weights"] if weights is not None else []) + sorted(timm_kwargs) \
+            + (["pretrained=False (CLI: --random-weights)"] if not pretrained else [])
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to timm: names only; {text} is loaded as it was saved (to "
+                             "load other weights into a timm architecture, name it timm:<architecture>)")
     if text.startswith("timm:"):
         model = _load_timm(text[len("timm:"):], pretrained, weights, timm_kwargs)
     elif text.startswith("hf-hub:"):
@@ -123,6 +129,9 @@ def load_model(
         from .madrylab import load_madrylab
 
         model = load_madrylab(text[len("madrylab:"):])
+    elif _timm_folder_config(Path(text).expanduser()) is not None:  # a Hub repo of timm's, downloaded
+        folder = Path(text).expanduser()
+        model = _timm_pretrained(f"local-dir:{folder.resolve()}", _timm_folder_config(folder), str(folder))
     elif is_checkpoint_dir(Path(text).expanduser()):  # "~/models/mine" as a shell would read it
         model = load_checkpoint(Path(text).expanduser())
     elif find_checkpoint(text) is not None:
@@ -180,7 +189,11 @@ def _load_timm(architecture: str, pretrained: bool, weights, timm_kwargs: dict) 
 
 def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weights_from: str) -> ModelSpec:
     cfg = dict(getattr(net, "pretrained_cfg", None) or timm.models.get_pretrained_cfg(architecture).to_dict())
-    num_classes = int(getattr(net, "num_classes", 0) or cfg.get("num_classes") or 1000)
+    classes = getattr(net, "num_classes", None)  # 0 is timm's feature extractor, not "unset"
+    num_classes = int(classes if classes is not None else cfg.get("num_classes") or 1000)
+    if num_classes < 2:
+        raise ValueError(f"timm:{architecture} with num_classes={num_classes} has no classifier head (it returns "
+                         "features): robgen needs a classifier, num_classes 2 or more")
     input_size = tuple(cfg.get("input_size") or (3, 224, 224))
     if "in_chans" in timm_kwargs:
         input_size = (int(timm_kwargs["in_chans"]),) + input_size[1:]
@@ -240,6 +253,43 @@ def _read_state_dict(path: Union[str, Path]) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def _timm_folder_config(folder: Path) -> Optional[dict]:
+    """The config.json of a folder that holds a timm model as the Hub stores one (its "architecture", no robgen
+    "format", and its weights), else None."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    has_weights = any((folder / file).is_file() for file in ("model.safetensors", "pytorch_model.bin"))
+    if not isinstance(config, dict) or config.get("format") == FORMAT or "architecture" not in config:
+        return None
+    return config if has_weights else None
+
+
+def _timm_pretrained(timm_name: str, config: dict, source: str) -> Classifier:
+    """A timm model from a Hub repo or a local copy of one (`timm_name`: "hf-hub:org/repo" or "local-dir:path"),
+    with its config.json's classes: its label_names, by their label_descriptions where it has them (timm's
+    export keeps ImageNet's WordNet ids in the first, the readable names in the second)."""
+    try:
+        net = timm.create_model(timm_name, pretrained=True)
+    except Exception as error:
+        raise RuntimeError(f"could not load the timm model {timm_name} ({type(error).__name__}: {error}). From the "
+                           "Hub: check the name and that you are online, or that its files are in the local cache "
+                           "(HF_HUB_OFFLINE=1)") from error
+    # the spec names the architecture timm builds (so that a saved copy rebuilds) and where it came from
+    spec = _timm_spec(config["architecture"], net, config.get("model_args") or {}, "pretrained")
+    spec.source = source
+    labels = config.get("label_names")
+    if isinstance(labels, dict):  # {"0": "tench", ...}
+        labels = [labels.get(str(index), labels.get(index)) for index in range(len(labels))]
+    descriptions = config.get("label_descriptions")
+    if isinstance(labels, list) and isinstance(descriptions, dict):
+        labels = [descriptions.get(label, label) for label in labels]
+    if isinstance(labels, list) and len(labels) == spec.num_classes and None not in labels:
+        spec.class_labels = distinct_labels([str(label) for label in labels])
+    return Classifier(net, spec)
+
+
 def _load_hub(name: str) -> Classifier:
     """A robgen checkpoint on the Hub (with its companion files), or else a timm model (`hf-hub:` in timm).
     `name` is `org/repo`, or `org/repo@revision` (a branch, tag or commit) as timm writes it."""
@@ -255,15 +305,11 @@ def _load_hub(name: str) -> Classifier:
         ) from error
     config = json.loads(config_path.read_text())
     if config.get("format") != FORMAT:
-        net = timm.create_model(f"hf-hub:{name}", pretrained=True)
-        # the spec names the architecture timm builds (so that a saved copy rebuilds) and the repo it came from
-        model_args = config.get("model_args") or {}
-        spec = _timm_spec(config.get("architecture") or repo_id, net, model_args, "pretrained")
-        spec.source = f"hf-hub:{name}"
-        labels = config.get("label_names")
-        if isinstance(labels, list) and len(labels) == spec.num_classes:
-            spec.class_labels = distinct_labels([str(label) for label in labels])
-        return Classifier(net, spec)
+        if "architecture" not in config:
+            raise ValueError(f"hf-hub:{name} is neither a robgen checkpoint (its config.json has no \"format\": "
+                             f"\"{FORMAT}\") nor a timm model (no \"architecture\"); robgen loads those two kinds "
+                             "(a transformers model is neither)")
+        return _timm_pretrained(f"hf-hub:{name}", config, f"hf-hub:{name}")
     snapshot = config_path.parent
     # the cache's snapshot folder is named after the commit: pin the other files to that same commit
     revision = snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else None
