@@ -603,3 +603,24 @@ def test_arguments_only_a_timm_name_takes_are_refused_for_other_names_and_a_head
             robgen.load_model("cifar10-resnet10-standard", **ignored)
     with pytest.raises(ValueError, match="num_classes=0 has no classifier head"):
         robgen.load_model("timm:resnet10_cifar", pretrained=False, num_classes=0, width=4)
+
+
+def test_a_spec_refuses_a_class_count_that_is_no_whole_number_and_a_crop_pct_written_as_a_percentage():
+    """num_classes "10" was "10 classes but 10 class labels"; crop_pct 87.5 loaded and every image then failed
+    with a ZeroDivisionError."""
+    labels = [f"c{i}" for i in range(10)]
+    for bad in ("10", 10.0, True):
+        with pytest.raises(ValueError, match="num_classes must be a whole number"):
+            ModelSpec(architecture="resnet10_cifar", num_classes=bad, class_labels=labels)
+    with pytest.raises(ValueError, match="crop_pct must be a fraction .* not a percentage; got 87.5"):
+        ModelSpec(architecture="resnet10_cifar", num_classes=10, class_labels=labels, crop_pct=87.5)
+    assert ModelSpec(architecture="resnet10_cifar", num_classes=np.int64(10), class_labels=labels).num_classes == 10
+    assert ModelSpec(architecture="x", num_classes=10, class_labels=labels, crop_pct=1.15).crop_pct == 1.15  # timm's
+
+
+def test_a_label_given_as_written_is_that_class_even_beside_one_differing_in_case():
+    """class_index("cat") was class 0 of ["Cat", "cat"]: case was ignored first, the first match taken."""
+    spec = ModelSpec(architecture="x", num_classes=3, class_labels=["Cat", "cat", "dog"])
+    assert (spec.class_index("cat"), spec.class_index("Cat"), spec.class_index("DOG")) == (1, 0, 2)
+    with pytest.raises(ValueError, match="names several classes but for their case"):
+        spec.class_index("CAT")

@@ -8,6 +8,7 @@ them before the wrapped network, and `model.spec` says what the model is.
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Tuple
@@ -40,6 +41,9 @@ class ModelSpec:
     folder: str = ""  # the local checkpoint folder it was read from (runtime only, never saved)
 
     def __post_init__(self) -> None:
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, numbers.Integral):
+            raise ValueError(f"num_classes must be a whole number, got {self.num_classes!r}")
+        self.num_classes = int(self.num_classes)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         self.input_size = tuple(int(v) for v in self.input_size)
@@ -60,8 +64,9 @@ class ModelSpec:
         if len(self.class_labels) != self.num_classes:
             raise ValueError(f"{self.num_classes} classes but {len(self.class_labels)} class labels")
         self.crop_pct = float(self.crop_pct)
-        if not self.crop_pct > 0:
-            raise ValueError(f"crop_pct must be positive (1.0: no crop margin), got {self.crop_pct}")
+        if not 0 < self.crop_pct <= 2:  # timm's run to 1.15 (a margin of black around the image above 1)
+            raise ValueError(f"crop_pct must be a fraction in (0, 2] (1.0: no crop margin, 0.875: ImageNet's), not a "
+                             f"percentage; got {self.crop_pct}")
         self.interpolation = str(self.interpolation).lower()
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
@@ -90,8 +95,15 @@ class ModelSpec:
         if label is None or (isinstance(label, str) and not label.strip()):
             raise ValueError("no class given: pick a class (a label or an index)")
         lowered = [name.lower() for name in self.class_labels]
+        if isinstance(label, str) and label.strip() in self.class_labels:  # exactly, before any case is ignored
+            return self.class_labels.index(label.strip())
         if isinstance(label, str) and label.strip().lower() in lowered:
-            return lowered.index(label.strip().lower())
+            same = [i for i, name in enumerate(lowered) if name == label.strip().lower()]
+            if len(same) > 1:  # "Cat" and "cat"
+                raise ValueError(f"{label!r} names several classes but for their case: "
+                                 f"{'; '.join(f'{i} ({self.class_labels[i]})' for i in same)}: give the label as "
+                                 "written, or the index")
+            return same[0]
         if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
             wanted = label.strip().lower()
             named = [i for i, name in enumerate(lowered)  # a synonym, or a repeated label without its "(class i)"
