@@ -121,6 +121,14 @@ def within(value, bounds, label: str) -> float:
     return float(value)
 
 
+def whole(value, bounds, label: str) -> int:
+    """`value` if a whole number inside the slider's `bounds` (an API call may send 2.5), else a message."""
+    value = within(value, bounds, label)
+    if value != int(value):
+        raise gr.Error(f"{label} must be a whole number, got {value:g}", print_exception=False)
+    return int(value)
+
+
 def need_image(image) -> str:
     """The uploaded file's path. Image events skip Gradio's own decoding (preprocess=False), so that
     robgen's image reader reads every upload and a bad one gets its message, not a decoder traceback."""
@@ -169,12 +177,10 @@ def gallery_files(items, name: str):
 @gpu
 @friendly_errors
 def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target, seed, progress=gr.Progress()):
-    eps_255, steps = within(eps_255, EPS_255, "eps (/255)"), within(steps, STEPS, "steps")
+    eps_255, steps = within(eps_255, EPS_255, "eps (/255)"), whole(steps, STEPS, "steps")
     if eps_255 != int(eps_255):
         raise gr.Error(f"eps (/255) must be a whole number: the picture's pixels move in steps of 1/255, so "
                        f"{eps_255:g}/255 would attack as {int(eps_255)}/255", print_exception=False)
-    if steps != int(steps):  # (an API call: the slider gives whole numbers)
-        raise gr.Error(f"steps must be a whole number, got {steps:g}", print_exception=False)
     step_size_255, lam = within(step_size_255, STEP_SIZE_255, "step size (/255)"), within(lam, LAMBDA, "λ")
     model = cached_model(need_model(model_name))  # loaded once the numbers are known to be good
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
@@ -210,8 +216,8 @@ def detect(image, model_name):
 def synthesize(model_name, target_class, n, steps, automatic_step_size, step_size, seed, progress=gr.Progress()):
     """`automatic_step_size` (the default) takes the library's L2 step, 2.5·eps/steps, and ignores `step_size`."""
     gallery, trace = tabs.synthesize_gallery(cached_model(need_model(model_name)), target_class,
-                                             n=int(within(n, SYNTHESIS_IMAGES, "images")),
-                                             steps=int(within(steps, SYNTHESIS_STEPS, "steps")),
+                                             n=whole(n, SYNTHESIS_IMAGES, "images"),
+                                             steps=whole(steps, SYNTHESIS_STEPS, "steps"),
                                              step_size=None if automatic_step_size else within(
                                                  step_size, SYNTHESIS_STEP, "step size (L2)"),
                                              seed=seed_number(seed),
@@ -233,7 +239,7 @@ def gradient_maps(image, model_name):
 @friendly_errors
 def translate(image, model_name, target_class, steps, progress=gr.Progress()):
     path = tabs.translate_gallery(cached_model(need_model(model_name)), need_image(image), target_class,
-                                  steps=int(within(steps, SYNTHESIS_STEPS, "translation steps")),
+                                  steps=whole(steps, SYNTHESIS_STEPS, "translation steps"),
                                   progress=progress)
     return gallery_files(path, "step")
 
@@ -400,7 +406,7 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                     with gr.Column():
                         gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png")
                         synth_plot = gr.Plot(label="per step")
-                synth_button.click(synthesize, [synthesis_model, synth_class, synth_n, synth_steps, synth_auto,
+                synthesizing = synth_button.click(synthesize, [synthesis_model, synth_class, synth_n, synth_steps, synth_auto,
                                                 synth_step, synth_seed],
                                    [gallery, synth_plot], api_name="synthesize", **compute)
                 synth_auto.change(lambda automatic: gr.Number(visible=not automatic), synth_auto, synth_step,
@@ -422,9 +428,9 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                         maps = gr.Gallery(label="-∇ₓ loss and |∇ₓ loss| per model", columns=4, height="auto",
                                           format="png")
                         path = gr.Gallery(label="translation path", columns=6, height="auto", format="png")
-                maps_button.click(gradient_maps, [explain_image, synthesis_model], maps, api_name="gradient_maps",
+                mapping = maps_button.click(gradient_maps, [explain_image, synthesis_model], maps, api_name="gradient_maps",
                                   preprocess=False, **compute)
-                translate_button.click(translate, [explain_image, synthesis_model, translate_class, translate_steps],
+                translating = translate_button.click(translate, [explain_image, synthesis_model, translate_class, translate_steps],
                                        path, api_name="translate", preprocess=False, **compute)
             with gr.Tab("About"):
                 gr.Markdown(ABOUT)
@@ -440,6 +446,9 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                           api_visibility="private")
         synthesis_model.change(class_choices, [synthesis_model, synth_class, translate_class],
                                [synth_class, translate_class], api_visibility="private")
+        drawn = [gallery, synth_plot, maps, path]  # the Synthesize tab's results: the previous model's, likewise
+        synthesis_model.change(lambda: [None] * len(drawn), None, drawn, cancels=[synthesizing, mapping, translating],
+                               api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return app
 

@@ -572,6 +572,10 @@ def test_an_api_call_gets_the_pages_checks_of_model_and_ranges(client, tmp_path)
         client.predict(image=photo, model_name=ROBUST, target_class="dog", steps=5000, api_name="/translate")
     with pytest.raises(gradio_client.exceptions.AppError, match="unknown model"):
         client.predict(image=photo, model_name="/etc", api_name="/gradient_maps")
+    for fraction in ("images", "steps"):  # an API call's 2.5 images ran 2, its 1.7 steps 1
+        with pytest.raises(gr.Error, match=f"{fraction} must be a whole number, got 2.5"):
+            app.synthesize(ROBUST, "horse", 2.5 if fraction == "images" else 2, 2.5 if fraction == "steps" else 2,
+                           True, 1.0, 0)
     for limit in ("images must be from 1 to 16, got 10000000", "step size \\(L2\\) must be from 0.0001 to 100"):
         with pytest.raises(gr.Error, match=limit):
             app.synthesize(ROBUST, "horse", 10_000_000 if "images" in limit else 3, 10, "step" not in limit, -5.0, 0)
@@ -600,6 +604,24 @@ def test_a_change_of_model_cancels_what_is_running_and_clears_what_is_shown():
     assert {ids["attack"], ids["detect"]} <= cancelled
     cleared = {labels.get(output) for d in on_change for output in d["outputs"]}
     assert {"as the model sees it", "prediction", "calibration energies", "adversarial"} <= cleared, cleared
+    # the Synthesize tab's model likewise (its samples, maps and translation path were left beside the new classes)
+    synthesis_id = next(i for i, label in labels.items() if label == "model to draw from")
+    on_change = [d for d in dependencies if [synthesis_id, "change"] in [list(t) for t in d["targets"]]]
+    assert {ids["synthesize"], ids["gradient_maps"], ids["translate"]} <= {
+        i for d in on_change for i in (d.get("cancels") or [])}
+    cleared = {labels.get(output) for d in on_change for output in d["outputs"]}
+    assert {"samples", "per step", "-∇ₓ loss and |∇ₓ loss| per model", "translation path"} <= cleared, cleared
+
+
+def test_the_attack_summary_shows_energies_that_differ_as_it_says_they_do():
+    """"E(x) -6.92 → -6.92 (lower ...)": the energies were printed to 2 decimals, compared in full."""
+    from robgen.web.handlers import AttackResult
+
+    result = AttackResult(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), {"a": 0.5}, {"a": 0.5}, -6.9212, -6.9238,
+                          trace=None, attack="PGD")
+    assert "E(x) -6.921 → -6.924 (lower" in result.summary(), result.summary()
+    assert "E(x) -6.90 → -6.80 (higher)" in AttackResult(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), {"a": 0.5},
+                                                          {"a": 0.5}, -6.9, -6.8, trace=None, attack="PGD").summary()
 
 
 def test_the_detect_summary_gives_intervals_and_digits_that_tell_energy_and_threshold_apart():

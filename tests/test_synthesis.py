@@ -421,3 +421,23 @@ def test_synthesis_and_gradient_maps_run_on_a_model_of_another_dtype(dtype):
     from robgen.synthesis.gradmaps import input_gradient
 
     assert input_gradient(model, torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+
+
+def test_inpaint_without_seeds_names_its_own_argument_and_classes_may_come_as_a_numpy_array():
+    """A model without seeds.safetensors (any timm or Hub model) told inpaint's caller to "use init='uniform'",
+    which inpaint then refused (or passed twice to synthesize); a numpy array of classes failed with "only
+    0-dimensional arrays can be converted to Python scalars"."""
+    import numpy as np
+
+    model = tiny_model()  # in no checkpoint folder: no seeds beside it
+    image, mask = torch.rand(1, 3, 32, 32), torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1
+    with pytest.raises(FileNotFoundError, match="fill='uniform' or 'gray'"):
+        robgen.inpaint(model, image, mask, "c3")
+    with pytest.raises(TypeError, match="not `init`: pass fill="):
+        robgen.inpaint(model, image, mask, "c3", init="uniform")
+    out = robgen.inpaint(model, image, mask, "c3", fill="uniform", steps=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[..., :8, :], image[..., :8, :]), "outside the mask the image stays"
+    x = robgen.synthesize(model, np.array([1, 2]), n=2, init="uniform", steps=1,
+                          generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 32, 32)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
@@ -25,7 +26,7 @@ from ..models.state import eval_mode, model_device, model_dtype
 from ..checks import check_pixels, check_positive, check_steps
 from ..energy import class_energy, energy, log_prob_given_x
 from ..progress import step_reporter
-from .seeds import SeedDistribution, initial_images
+from .seeds import SeedDistribution, initial_images, load_seeds
 
 OBJECTIVES = ("log_prob", "class_energy")
 DEFAULT_STEPS = 60
@@ -52,7 +53,10 @@ def target_objective(target: torch.Tensor, objective: str) -> Callable[[torch.Te
 def class_indices(model, target_class, n: int, device: torch.device) -> torch.Tensor:
     """(n,) class indices from one class (index or label name) or a sequence of n of them."""
     spec = model.spec
-    if isinstance(target_class, torch.Tensor):
+    if isinstance(target_class, (torch.Tensor, np.ndarray)):
+        if target_class.ndim > 1:
+            raise ValueError(f"target classes must be one class or a flat sequence of n, got shape "
+                             f"{tuple(target_class.shape)}")
         target_class = target_class.tolist()
     if isinstance(target_class, (list, tuple)):
         if len(target_class) != n:
@@ -187,6 +191,9 @@ def inpaint(model, image: torch.Tensor, mask: torch.Tensor, target_class, n: int
     mask-shaped object (MAGIC-style layout guidance). Keyword `settings` are
     those of `synthesize`.
     """
+    if "init" in settings:
+        raise TypeError("inpaint starts the masked region from `fill` (\"gaussian\", \"uniform\" or \"gray\"), "
+                        "not `init`: pass fill=...")
     device = model_device(model)
     n = check_steps(n, "n")
     image = model_images(image, model)
@@ -194,7 +201,10 @@ def inpaint(model, image: torch.Tensor, mask: torch.Tensor, target_class, n: int
         raise ValueError(f"give one image (redrawn n = {n} times) or n images, not {image.shape[0]}")
     region = check_mask(mask, n, model.spec.input_size[1:], device)
     target = class_indices(model, target_class, n, device)
-    seed = initial_images(fill, target, model, generator, device, settings.get("seeds"))
+    seeds = settings.get("seeds")
+    if fill == "gaussian" and seeds is None:  # the seeds beside the model; without them, say what `fill` takes
+        seeds = load_seeds(model, instead="or use fill='uniform' or 'gray'")
+    seed = initial_images(fill, target, model, generator, device, seeds)
     start = torch.where(region, seed, image.expand(n, -1, -1, -1))
     return synthesize(model, target_class, n, init=start, mask=region, generator=generator, **settings)
 

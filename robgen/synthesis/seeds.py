@@ -139,9 +139,10 @@ def downsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(images.float(), resolution)
 
 
-def load_seeds(model) -> SeedDistribution:
-    """The seed distribution shipped next to the model's checkpoint, checked against its classes."""
-    path = companion_file(model, SEEDS_FILE, "fit-seeds", "or use init='uniform' or 'gray'")
+def load_seeds(model, instead: str = "or use init='uniform' or 'gray'") -> SeedDistribution:
+    """The seed distribution shipped next to the model's checkpoint, checked against its classes (`instead`: what
+    the caller can do without one, for the error that says there is none)."""
+    path = companion_file(model, SEEDS_FILE, "fit-seeds", instead)
     return check_seeds(SeedDistribution.load(path), model, str(path))
 
 

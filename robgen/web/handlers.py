@@ -150,7 +150,7 @@ class AttackResult:
         outcome = self.outcome()
         return (
             f"{self.attack}: **{clean_label}** ({clean_p:.1%}) → **{adv_label}** ({adv_p:.1%}). "
-            f"Energy E(x) {self.energy_clean:.2f} → {self.energy_adversarial:.2f} "
+            f"Energy E(x) {' → '.join(_apart(self.energy_clean, self.energy_adversarial, digits=2))} "
             f"({self.energy_change()}). "
             f"Change: L∞ {float(delta.abs().max()) * 255:.1f}/255, L2 {float(delta.norm()):.3f}."
         ) + (f" {outcome}" if outcome and not self.verdict else "") + (
@@ -270,10 +270,11 @@ def _rate(test: dict, name: str) -> str:
     return f"{shown} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else shown
 
 
-def _apart(energy: float, threshold: float) -> Tuple[str, str]:
-    """The energy and the threshold with enough digits to show which is larger (3 decimals, more when they
-    agree that far: "-46.061 > -46.061" beside a verdict read as a contradiction)."""
-    for digits in range(3, 10):
+def _apart(energy: float, threshold: float, digits: int = 3) -> Tuple[str, str]:
+    """Two numbers (an energy and the threshold, or the energies before and after an attack) with enough digits
+    to show which is larger (`digits` decimals, more when they agree that far: "-46.061 > -46.061" beside a
+    verdict, or "-6.92 → -6.92 (lower)", read as a contradiction)."""
+    for digits in range(digits, 10):
         shown = f"{energy:.{digits}f}", f"{threshold:.{digits}f}"
         if shown[0] != shown[1] or energy == threshold:
             return shown
