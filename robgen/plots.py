@@ -30,7 +30,7 @@ def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, titl
             low, high = low - 0.5, high + 0.5
         bins = torch.linspace(low, high, 60).tolist()
         axis.hist(clean.tolist(), bins=bins, alpha=0.6, label="clean", color="tab:blue")
-        axis.hist(adversarial.tolist(), bins=bins, alpha=0.6, label=adversarial_label, color="tab:red")
+        axis.hist(adversarial.tolist(), bins=bins, alpha=0.6, label=plain(adversarial_label), color="tab:red")
     if dropped:
         title = f"{title} ({dropped} NaN or infinite energies not drawn)".strip()
     if threshold is not None:
@@ -40,7 +40,7 @@ def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, titl
     axis.set_xlabel("E(x) = -logsumexp f(x)   (lower = more likely)" if temperature == 1 else
                     f"E_T(x) = -T logsumexp(f(x) / T), T = {temperature:g}   (lower = more likely)")
     axis.set_ylabel("images")
-    axis.set_title(title)
+    axis.set_title(plain(title))
     axis.legend(fontsize=8)
     figure.tight_layout()
     plt.close(figure)
@@ -75,7 +75,7 @@ def trace_figure(trace, title: str = "", threshold: Optional[float] = None):
     twin.plot(trace.step, probs, marker="s", markersize=3, color="tab:blue", label=name)
     twin.set_ylim(-0.02, 1.02)
     twin.set_ylabel(name, color="tab:blue")
-    axis.set_title(title, fontsize=9)
+    axis.set_title(plain(title), fontsize=9)
     figure.tight_layout()
     plt.close(figure)
     return figure
@@ -103,7 +103,7 @@ def energy_vs_steps(steps: Sequence[int], means: Sequence[float], stds: Sequence
     axis.set_xticks(positions, [str(s) for s in steps])
     axis.set_xlabel("attack steps (accuracy above each point)")
     axis.set_ylabel("E(x), mean ± std")
-    axis.set_title(title)
+    axis.set_title(plain(title))
     axis.margins(y=0.15)
     figure.tight_layout()
     figure.savefig(path)
@@ -119,13 +119,19 @@ def adaptive_sweep(lams: Sequence[float], series: dict, path: Path, title: str) 
     axis.set_xlabel("HE-PGD λ")
     axis.set_ylabel("rate")
     axis.set_ylim(-0.02, 1.02)
-    axis.set_title(title)
+    axis.set_title(plain(title))
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plain(text) -> str:
+    """`text` (a class label, a model name) drawn as written: matplotlib reads what lies between two "$" as maths
+    ("$5 and $10 bills" lost its dollars and spaces; an odd label could fail the whole figure)."""
+    return str(text).replace("$", r"\$")
 
 
 def picture(x: torch.Tensor):
@@ -152,7 +158,7 @@ def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), s
             axis.imshow(picture(grid[r, c]), interpolation="nearest")
             axis.set_axis_off()
         if row_labels:
-            figure.text(0.02, 1 - (r + 0.5) * (height + 4) / dpi / figure.get_figheight(), row_labels[r],
+            figure.text(0.02, 1 - (r + 0.5) * (height + 4) / dpi / figure.get_figheight(), plain(row_labels[r]),
                         va="center", ha="left", fontsize=9)
     figure.savefig(path, dpi=dpi)
     plt.close(figure)
@@ -195,14 +201,14 @@ def gradient_maps(images: torch.Tensor, gradients: dict, path: Path) -> Path:
             axes[row, 2 + 2 * k].imshow(magnitude_map(grad)[0, 0].numpy(), cmap="inferno", vmin=0, vmax=1,
                                         interpolation="nearest")
             if row == 0:
-                axes[row, 1 + 2 * k].set_title(f"{name[len(prefix):]}\n-∇ₓ loss", fontsize=7)
-                axes[row, 2 + 2 * k].set_title(f"{name[len(prefix):]}\n|∇ₓ loss|", fontsize=7)
+                axes[row, 1 + 2 * k].set_title(plain(f"{name[len(prefix):]}\n-∇ₓ loss"), fontsize=7)
+                axes[row, 2 + 2 * k].set_title(plain(f"{name[len(prefix):]}\n|∇ₓ loss|"), fontsize=7)
         if row == 0:
             axes[row, 0].set_title("image", fontsize=7)
     for axis in axes.flat:
         axis.set_axis_off()
     if prefix:
-        figure.suptitle(prefix.rstrip("-"), fontsize=8)
+        figure.suptitle(plain(prefix.rstrip("-")), fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -26,3 +26,18 @@ def test_the_energy_histogram_draws_the_finite_energies_and_says_how_many_it_lef
 def test_one_side_without_finite_energies_still_draws_the_other():
     figure = energy_histogram_figure(torch.linspace(-12, -8, 100), torch.full((5,), math.inf), "calibration set")
     assert len(bars(figure)) > 20 and "(5 NaN or infinite energies not drawn)" in figure.axes[0].get_title()
+
+
+def test_class_labels_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """matplotlib took what lies between two "$" for maths: a row labelled "$5 or $10 bill" lost its dollars and
+    spacing, and a label such as "$\\x$" failed the whole figure."""
+    from robgen import plots
+
+    labels = ["$5 or $10 bill", "$\\x$ sign"]
+    path = plots.image_grid(torch.rand(2, 1, 3, 8, 8), tmp_path / "grid.png", row_labels=labels)
+    assert path.is_file()
+    figure = plots.plt.figure()
+    text = figure.text(0, 0, plots.plain(labels[0]))
+    figure.canvas.draw()
+    assert not text._preprocess_math(text.get_text())[1], "drawn as plain text, not maths"
+    plots.plt.close(figure)
