@@ -220,6 +220,28 @@ def rate_text(flags) -> str:
     return f"{flags.double().mean():.1%} [{low:.1%}, {high:.1%}]"
 
 
+PAIRED_INTERVAL = "agresti-min"  # what a result records to say its paired differences' intervals are this one's
+
+
+def paired_difference_interval(first, second, confidence: float = 0.95) -> Tuple[float, float]:
+    """An interval for P(second) - P(first) of paired yes/no outcomes (each image judged twice): Agresti & Min
+    (2005)'s, the Wald interval after adding 1/2 to each cell of the 2x2 table. The normal approximation of the
+    mean difference gives (0, 0) whenever no pair differs, and covered a difference of -1 point on 500 pairs
+    48% of the time in a simulation (this one: 100%); near a difference of 0 it is conservative."""
+    z = _z(confidence)
+    first, second = torch.as_tensor(first).flatten().bool(), torch.as_tensor(second).flatten().bool()
+    if first.shape != second.shape:
+        raise ValueError(f"paired outcomes need one of each per pair, got {first.numel()} and {second.numel()}")
+    if first.numel() == 0:
+        return (math.nan, math.nan)
+    cells = first.numel() + 2
+    only_first = float((first & ~second).sum()) + 0.5
+    only_second = float((second & ~first).sum()) + 0.5
+    difference = (only_second - only_first) / cells
+    half = z * math.sqrt(((only_first + only_second) - (only_second - only_first) ** 2 / cells) / cells ** 2)
+    return (max(-1.0, difference - half), min(1.0, difference + half))
+
+
 def mean_interval(values, confidence: float = 0.95) -> Tuple[float, float]:
     """mean ± z·s/√n (normal approximation; fine for the hundreds of images robgen reports on)."""
     z = _z(confidence)

@@ -33,7 +33,7 @@ import torch
 from .. import data as datasets
 from ..files import write_text_atomically
 from ..attacks import PGD
-from ..metrics import mean_interval, rate_interval
+from ..metrics import PAIRED_INTERVAL, paired_difference_interval, rate_interval
 from ..models.state import model_device
 from .ablation_report import PAPER_CIFAR10
 from .pipeline import (DetectionSplits, detection_experiment, detection_splits, evaluate_detector, fit_detector,
@@ -163,7 +163,8 @@ def measure_pixels(model, splits: DetectionSplits, quality: int = ARCHIVE_JPEG_Q
                                           ("false_positive_rate", clean_exact, clean_jpeg)):
         paired = jpeg_flags - exact_flags  # per image: +1 flagged only as JPEG, -1 only as exact
         rows[1][f"{rate}_minus_exact"] = float(paired.mean())
-        rows[1][f"{rate}_minus_exact_ci"] = list(mean_interval(paired))
+        rows[1][f"{rate}_minus_exact_ci"] = list(paired_difference_interval(exact_flags, jpeg_flags))
+    rows[1]["minus_exact_interval"] = PAIRED_INTERVAL
     return rows
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from ..files import json_text
+from ..metrics import PAIRED_INTERVAL
 
 PAPER_CIFAR10 = {"detection_rate": 0.9838, "false_positive_rate": 0.0167}  # notebook: TPR 98.38 / FPR 1.67
 PAPER_CLEAN_ACCURACY = 0.876  # the official CIFAR-10 model's test accuracy (PAPER.md)
@@ -56,6 +57,14 @@ def _recipe(model: dict) -> str:
     return ", ".join(parts)
 
 
+def _paired_words(rows: List[dict]) -> str:
+    """How the paired differences' intervals were made: Agresti & Min's where a row records it, else (the rows
+    made before) the normal interval over images."""
+    if any(row.get("minus_exact_interval") == PAIRED_INTERVAL for row in rows):
+        return "Agresti & Min's interval for paired proportions (robgen.metrics.paired_difference_interval)"
+    return "normal interval over images"
+
+
 def _cell(text) -> str:
     """`text` as one markdown table cell: a "|" in a factor or label the user named would split it into two."""
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -85,7 +94,7 @@ def markdown(rows: List[dict], settings: dict) -> str:
         f"{settings.get('limit')} test images; Youden's J, temperature searched by validation AUROC. Pixel rows: "
         "the same detector (fitted on the validation images) on the exact PNG test images among those, and on "
         "the same images JPEG-compressed at the archive's quality 75. 95% intervals: Wilson for rates; the "
-        "paired JPEG - exact difference: normal interval over images.",
+        f"paired JPEG - exact difference: {_paired_words(rows)}.",
         "",
         f"Paper (official width-64 model, all 10,000 test images): detection {_pct(PAPER_CIFAR10['detection_rate'])}, "
         f"FPR {_pct(PAPER_CIFAR10['false_positive_rate'])}.",
