@@ -56,6 +56,15 @@ def test_detection_splits_refuse_a_model_of_another_data_set(model, toy_data):
         detection_splits(model, toy_data, val_size=40)
 
 
+def test_the_one_folder_warning_counts_the_test_images_a_limit_keeps(toy_data, caplog):
+    """It gave the images before --limit (60 with --limit 20)."""
+    from conftest import tiny_model
+
+    with caplog.at_level("WARNING", logger="robgen.experiments.pipeline"):
+        splits = detection_splits(tiny_model(num_classes=4), toy_data, val_size=40, limit=24)
+    assert len(splits.test) == 24 and "of them, 24 used)" in caplog.text, caplog.text
+
+
 def test_detection_experiment_fits_on_validation_and_reports_on_test(toy_data):
     from conftest import tiny_model
 

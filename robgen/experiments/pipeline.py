@@ -201,9 +201,11 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
     train_part, validation = datasets.model_val_split(train, model.spec, data, val_size, default_seed=seed)
     if datasets.one_folder(data):  # one folder for every split: the images outside the validation split, halved
         train_part, test = datasets.train_val_split(train_part, len(train_part) // 2, seed=seed)
+        used = len(test) if limit is None else min(limit, len(test))
         logger.warning("%s has no train/ and test/ sub-folders: the threshold is fitted on its validation split, "
-                       "tested on half the other images (%d) and the baselines' reference statistics taken on the "
-                       "rest (if the model trained on them, its accuracy there is optimistic)", data, len(test))
+                       "tested on half the other images (%d of them, %d used) and the baselines' reference statistics "
+                       "taken on the rest (if the model trained on them, its accuracy there is optimistic)", data,
+                       len(test), used)
     return DetectionSplits(
         str(data), datasets.first(validation, limit, "validation split"), datasets.first(test, limit, "test split"),
         train_part, classes,
