@@ -5,7 +5,8 @@
     python scripts/make_app_examples.py --model NAME --out /tmp/examples      # default examples/adversarial
 
 For each model it writes `OUT/<model>/<photo>_clean.png` (the photo resized as the model's eval
-transform resizes it, before the centre crop: 146x146 for a 128-px model with crop_pct 0.875) and
+transform resizes it, cut to the cover size around its centre crop: 146x146 for a 128-px model with
+crop_pct 0.875) and
 `<photo>_adv.png` (the same with L-inf PGD, eps 8/255, 10 steps of 1/255 from a random start, seed 0,
 applied to the crop the model sees, against its own prediction: the attack the shipped detector was
 calibrated on; `robgen.web.examples.make_adversarial_examples`), and `<photo>_adaptive.png` (an

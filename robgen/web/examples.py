@@ -1,7 +1,8 @@
 """The app's example images: free photos, and natural/adversarial pairs made by a shipped model.
 
     examples/<photo>.png                                  scikit-image's public-domain / CC0 photos
-    examples/adversarial/<model>/<photo>_clean.png        the photo resized as <model>'s eval transform resizes it
+    examples/adversarial/<model>/<photo>_clean.png        the photo as <model>'s eval transform resizes it (the cover
+                                                          size around its crop)
     examples/adversarial/<model>/<photo>_adv.png          the same, PGD applied to the crop <model> sees
     examples/adversarial/<model>/<photo>_adaptive.png     the same, attacked by one who knows <model>'s detector
 
