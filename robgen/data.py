@@ -9,8 +9,7 @@ layout:
 
 ImageFolder lists images class by class, so the loaders here reorder them to
 interleave the classes (image 0 of every class, then image 1, ...): the first
-N images of a split are then class-balanced, and for CIFAR-10 the order is
-close to the original test order.
+N images of a split are then class-balanced.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 `load_image` accepts what people actually upload (RGBA, grayscale, palette,
 16-bit, CMYK, animated GIF: first frame) and refuses what is not an image,
 is truncated or is too small to classify, with a message that says what is
-wrong. `load_model_input` applies a model's eval transform (timm's: resize
-the short side to size / crop_pct, centre-crop size); `save_model_input` writes
+wrong. `load_model_input` applies a model's eval transform, timm's pixel for
+pixel (resize the short side to size / crop_pct and centre-crop size, or with
+timm's crop_mode "squash" resize each side; a grayscale model gets the luma of
+the picture); `save_model_input` writes
 a model input as a file that transform reads back exactly. Nothing here changes
 PIL's global settings (`ImageFile.LOAD_TRUNCATED_IMAGES` included), so
 concurrent requests cannot race on them.

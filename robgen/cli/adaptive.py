@@ -1,4 +1,4 @@
-"""The `adaptive` command: detectors under attacks that know them, as detection-aware robust accuracy
+r"""The `adaptive` command: detectors under attacks that know them, as detection-aware robust accuracy
 (robgen/experiments/adaptive.py).
 
     python -m robgen adaptive --model cifar10-resnet10-standard --data cifar10 --detector energy,band \

@@ -50,7 +50,7 @@ def add_parsers(commands) -> None:
     synth.set_defaults(run=command_synthesize)
 
     gradmap = commands.add_parser("gradmap", help="input-gradient maps of images under several models, side by side")
-    gradmap.add_argument("--models", nargs="+", required=True, help="model names (e.g. standard, quasi-robust, robust)")
+    gradmap.add_argument("--models", nargs="+", required=True, help="model names (e.g. cifar10-resnet10-standard cifar10-resnet10-robust)")
     gradmap.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     gradmap.add_argument("--device", default="auto")
     gradmap.add_argument("--out", required=True, type=user_path, help="the PNG figure to write")

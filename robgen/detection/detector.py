@@ -14,6 +14,10 @@ Inputs are 2-D logits, or 1-D energies E(x) at T = 1. Energies carry no
 temperature, so a detector at any other temperature (given, or chosen by the
 search) refuses them and asks for logits rather than threshold T = 1 energies
 as if they were T energies.
+
+`bind(model)` records the fingerprint of the weights the detector was fitted for (`fit-detector` and `detect`
+do it; the shipped detector.json files carry it), and `check_model` refuses other weights where a model uses
+it: its threshold is on one model's energy scale.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ class EnergyDetector:
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Refuse a model other than the one the detector was fitted for (a detector that records none, saved by
-        robgen before 2026-12-06 or fitted without `bind`, is taken as it is)."""
+        robgen before the record was added on 2026-12-05, or fitted without `bind`, is taken as it is)."""
         if self.model_fingerprint is None:
             return
         found = model_fingerprint(model)

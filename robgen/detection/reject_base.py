@@ -255,8 +255,8 @@ class RejectOption:
         if found != self.model_fingerprint:
             raise ValueError(f"this {self.kind!r} reject option was calibrated for another model (weights "
                              f"{self.model_fingerprint[:12]}…, this model's are {found[:12]}…): calibrate it again "
-                             "on this model's clean validation images (a file saved by robgen before 2026-12-05 "
-                             "records an older kind of fingerprint: scripts/refingerprint.py rewrites it)")
+                             "on this model's clean validation images (a file saved by robgen before the fingerprint "
+                             "changed on 2026-12-05 records an older kind of it: scripts/refingerprint.py rewrites it)")
 
     # ---- saving --------------------------------------------------------------------------------
     def to_dict(self) -> dict:

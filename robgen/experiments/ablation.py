@@ -8,7 +8,9 @@ snapshots of one run (`train --snapshot-every 10`) give that run's curve.
 
 The pixel factor needs no model of its own: `pixel_rows` fits the detector on the validation split as usual
 and evaluates it twice on the same test images, the exact PNG pixels of the CIFAR-10 archive and the same
-images JPEG-compressed as the archive compressed the rest (quality 75), with the paired difference (a normal interval over the per-image differences).
+images JPEG-compressed as the archive compressed the rest (quality 75), with the paired difference
+(Agresti & Min's interval for matched proportions; rows made before 2026-12-05: a normal interval over the
+per-image differences).
 
     rows = ablation_rows([AblationSpec("width", "w32", "cifar10-resnet10-standard")], "cifar10", out_dir)
 

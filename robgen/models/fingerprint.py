@@ -2,7 +2,8 @@
 
     fingerprint = model_fingerprint(model)   # 64 hex digits; equal weights give equal fingerprints
 
-Things fitted to one model's outputs (a reject option's thresholds, an experiment's stages) record this
+Things fitted to one model's outputs (a reject option's thresholds, an energy detector's threshold, an
+experiment's stages) record this
 fingerprint and refuse another model's. It lives with the models (layer 1), so the detection methods can use
 it without importing from the experiments above them (`robgen.experiments.stages` re-exports it).
 """

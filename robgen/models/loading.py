@@ -3,9 +3,12 @@
 Names it understands:
 - a shipped checkpoint, by bare name (`"cifar10-resnet10-robust"`), looked up
   on the checkpoint search path (below);
-- a path to a checkpoint folder (`model.safetensors` + `config.json`);
+- a path to a checkpoint folder (`model.safetensors` + `config.json`), or to a folder holding a timm model
+  as the Hub stores one (`config.json` with its "architecture", and `model.safetensors` or
+  `pytorch_model.bin`: `huggingface-cli download org/repo --local-dir DIR`);
 - `timm:<name>`: any timm architecture, pretrained through timm / the Hugging
-  Face Hub when online, or random weights with `pretrained=False`;
+  Face Hub when online, or random weights with `pretrained=False`; only these names take `weights=`,
+  `pretrained=` and timm's arguments (elsewhere they are refused, not ignored);
 - `hf-hub:<org>/<repo>`: a robgen checkpoint (with its `seeds.safetensors` and
   `detector.json` when the repo has them) or a timm model on the Hub;
 - `madrylab:<stem>`: a robust ImageNet ResNet of `madrylab/robust-imagenet-models`
