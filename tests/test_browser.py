@@ -193,6 +193,9 @@ def test_a_change_of_model_clears_the_attacks_file_so_another_model_never_judges
     picker.click()
     page.get_by_role("option", name=STANDARD, exact=True).click()
     page.get_by_text(f"{STANDARD} (CIFAR-10, 32×32 inputs)").first.wait_for(state="visible", timeout=10_000)
+    # the change's events run one after another: the file goes once its clearing event has run (a busy machine
+    # ran the click first)
+    page.get_by_text("adversarial-exact-").first.wait_for(state="hidden", timeout=30_000)
     page.get_by_role("button", name="Check it in the Detect tab").click()
     page.get_by_text("Run an attack first").first.wait_for(state="visible", timeout=30_000)
     assert page.get_by_role("tab", name="Attack").get_attribute("aria-selected") == "true"
