@@ -216,10 +216,28 @@ def test_overwrite_removes_the_old_runs_files_only_after_its_checks_pass(toy_dat
     assert main(flags + ["--data", str(tmp_path / "nowhere")]) == 2
     assert "unknown data set" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == before  # a typo loses nothing
+    # a run stopped in its first epoch (Ctrl-C, a diverging loss) left an empty folder: the old run was removed
+    # before any batch ran; now it goes when the first epoch is written
+    from robgen.training import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_loss = loop.batch_loss
+    loop.batch_loss = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(flags + ["--data", str(toy_data)])
+    finally:
+        loop.batch_loss = real_loss
+    assert sorted(path.name for path in out.iterdir()) == before
     assert main(flags + ["--data", str(toy_data)]) == 0
     left = sorted(path.name for path in out.iterdir())
     assert left == ["config.json", "log.jsonl", "model.safetensors", "notes.txt", "trainer_state.pt"], left
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    for bad in (["--lr", "0"], ["--label-smoothing", "2"]):  # refused before any work, not in the first batch
+        assert main(flags + ["--data", str(toy_data)] + bad) == 2
+    assert "label_smoothing is a probability" in capsys.readouterr().err
 
 
 def test_fine_tuning_starts_from_the_given_checkpoint(toy_data, tmp_path):

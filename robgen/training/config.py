@@ -149,6 +149,10 @@ class TrainConfig:
             raise ValueError(f"trades_beta must be >= 0 (TRADES' CIFAR-10 value: 6), got {self.trades_beta}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing is a probability in [0, 1), e.g. 0.1, got {self.label_smoothing}")
 
     @property
     def step_size(self) -> float:

@@ -167,8 +167,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         logger.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
 
     eval_set = datasets.first(val_set, min(config.eval_subset, len(val_set)), "validation split")
-    if overwrite and not resume and distributed.is_main():  # every check passed: only now is the old run gone
-        checkpointing.clear_run(out_dir)
+    old_run_left = overwrite and not resume  # removed when the first epoch is written, not before: a run that
+    # fails or is stopped in its first epoch (a setting, a diverging loss, Ctrl-C) leaves the old one as it was
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
@@ -206,11 +206,14 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             "lr": lr, "seconds": time.perf_counter() - started + wall_before,
         }
         if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"the training loss became {row['loss']} at epoch {epoch + 1}: lower the learning rate")
+            raise ValueError(f"the training loss became {row['loss']} at epoch {epoch + 1}: lower the learning rate")
         history.append(row)
         best = _is_best(config, history)
         states = checkpointing.gather_random_states(checkpointing.random_states(device, attack, sampler))
         if distributed.is_main():
+            if old_run_left:
+                checkpointing.clear_run(out_dir)
+                old_run_left = False
             checkpointing.write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch,
                                       row, eval_set, states, best)
             logger.info("epoch %d: %s", epoch + 1, json.dumps(row))
