@@ -83,7 +83,13 @@ def test_a_row_is_measured_again_when_the_settings_change_and_the_report_refuses
                             val_size=40, batch_size=12, progress=False)
     with pytest.raises(ValueError, match="limit, test_images differ"):
         write_report(records, out)
-    remeasured = ablation_rows([spec], str(toy_data), out, limit=12, val_size=40, batch_size=12, progress=False)
+    # row a, measured at limit 24, was replaced without a word by a run at limit 12: now only with overwrite
+    kept = (out / "rows" / spec.file_name).read_bytes()
+    with pytest.raises(ValueError, match=r"seed--a.json \(limit 24 -> 12, test_images .*pass --overwrite"):
+        ablation_rows([spec], str(toy_data), out, limit=12, val_size=40, batch_size=12, progress=False)
+    assert (out / "rows" / spec.file_name).read_bytes() == kept
+    remeasured = ablation_rows([spec], str(toy_data), out, limit=12, val_size=40, batch_size=12, progress=False,
+                               overwrite=True)
     assert {record["rows"][0]["n_test"] for record in remeasured} == {12}
 
 
@@ -97,7 +103,8 @@ def test_a_row_measured_on_another_copy_of_the_data_is_measured_again(toy_data, 
     first = ablation_rows([spec], str(copy), out, limit=24, val_size=40, batch_size=12, progress=False)
     for path in copy.rglob("*.png"):  # the same name, other images: every one a little darker
         robgen.save_image(robgen.load_image(path) * 0.9, path)
-    again = ablation_rows([spec], str(copy), out, limit=24, val_size=40, batch_size=12, progress=False)
+    again = ablation_rows([spec], str(copy), out, limit=24, val_size=40, batch_size=12, progress=False,
+                          overwrite=True)
     assert again[0]["settings"]["test_images"] != first[0]["settings"]["test_images"]
     assert again[0]["rows"][0]["auroc"] != first[0]["rows"][0]["auroc"] or \
         again[0]["rows"][0]["threshold"] != first[0]["rows"][0]["threshold"], "measured again, on the new images"

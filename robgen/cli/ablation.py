@@ -26,7 +26,8 @@ def add_parsers(commands) -> None:
                           help="folder: rows/ (one file per measured row, reused by later runs), results.md, "
                                "results.json, ablation.png")
     ablation.add_argument("--overwrite", action="store_true",
-                          help="write into a folder whose results.json is another command's")
+                          help="write into a folder whose results.json is another command's, and measure again "
+                               "rows kept there with other settings or weights")
     ablation.set_defaults(run=command_ablation)
 
 
@@ -59,7 +60,8 @@ def command_ablation(args) -> int:
         raise UsageError(f"nothing to measure and no rows in {out}/rows: give --row or --pixels")
     try:
         records = ablation_rows(specs, args.data, out, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                                data_root=args.data_root, download=args.download, device=pick_device(args.device))
+                                data_root=args.data_root, download=args.download, device=pick_device(args.device),
+                                overwrite=args.overwrite)
         paths = write_report(records, out)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None

@@ -193,9 +193,11 @@ def images_fingerprint(dataset) -> str:
 
 def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, limit: Optional[int] = 2000,
                   seed: int = 0, batch_size: int = 250, val_size: Optional[int] = None, data_root=None,
-                  download: bool = False, device=None, progress=True) -> List[dict]:
+                  download: bool = False, device=None, progress=True, overwrite: bool = False) -> List[dict]:
     """Measure every spec (or read back the ones an earlier run with the same settings measured) into
-    `<out_dir>/rows/`; returns every row there, the earlier runs' too, in file order."""
+    `<out_dir>/rows/`; returns every row there, the earlier runs' too, in file order. A row measured before with
+    other settings or weights is measured again only with `overwrite` (a quick check run into the folder would
+    replace rows that took hours): otherwise the differences are named before anything is measured."""
     from ..models import load_model
 
     files = [spec.file_name for spec in specs]
@@ -205,13 +207,22 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
                          "give them labels that differ in a letter or digit")
     models = [load_model(spec.model, device=device) for spec in specs]  # every name loads before any measuring
     folder = Path(out_dir) / ROWS
-    folder.mkdir(parents=True, exist_ok=True)
+    planned = []
     for spec, model in zip(specs, models):
-        path = folder / spec.file_name
         splits = detection_splits(model, data, val_size=val_size, limit=limit, seed=seed, data_root=data_root,
                                   download=download)
         settings = _settings(spec, data, limit, seed, val_size, batch_size, images_fingerprint(splits.test))
-        fingerprint = model_fingerprint(model)
+        planned.append((spec, model, splits, settings, model_fingerprint(model)))
+    if not overwrite:
+        replaced = [_replaced(folder / spec.file_name, settings, fingerprint)
+                    for spec, _, _, settings, fingerprint in planned]
+        replaced = [text for text in replaced if text]
+        if replaced:
+            raise ValueError(f"{folder} holds rows measured otherwise: {'; '.join(replaced)}. Measure into another "
+                             "--out, or pass --overwrite to measure them again")
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec, model, splits, settings, fingerprint in planned:
+        path = folder / spec.file_name
         if path.exists():
             kept = json.loads(path.read_text())
             if (kept.get("settings") == json.loads(json.dumps(settings)) and kept.get("fingerprint") == fingerprint
@@ -235,6 +246,20 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
                   "rows": measured, "seconds": time.perf_counter() - started}
         _write(path, record)
     return read_rows(out_dir)
+
+
+def _replaced(path: Path, settings: dict, fingerprint: str) -> str:
+    """What differs between the row kept in `path` and the one these settings and weights would measure ("" when
+    nothing is kept, or nothing differs but the row's completeness)."""
+    if not path.exists():
+        return ""
+    kept = json.loads(path.read_text())
+    old, new = kept.get("settings") or {}, json.loads(json.dumps(settings))
+    differ = [f"{name} {old.get(name)!r} -> {new.get(name)!r}" for name in sorted(set(old) | set(new))
+              if old.get(name) != new.get(name)]
+    if kept.get("fingerprint") != fingerprint:
+        differ.append("other weights")
+    return f"{path.name} ({', '.join(differ)})" if differ else ""
 
 
 def _complete(record: dict) -> bool:
