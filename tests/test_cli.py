@@ -234,6 +234,16 @@ def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, to
     assert main(args[:-4] + ["--steps", "2", "--limit", "8", "--batch-size", "8", "--record"]) == 0
     note = capsys.readouterr().err
     assert "replaced the record" in note and "(PGD-1 at L∞ 8/255; now PGD-2 at L∞ 8/255)" in note
+    # --out replaced any file without a word (the checkpoint's own config.json too), and a folder failed after the
+    # whole evaluation with a traceback
+    config = (folder / "config.json").read_bytes()
+    assert main(args + ["--out", str(folder / "config.json")]) == 2
+    assert "exists: choose another --out, or pass --overwrite" in capsys.readouterr().err
+    assert (folder / "config.json").read_bytes() == config
+    assert main(args + ["--out", str(folder)]) == 2 and "is a folder" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "eval.json")]) == 0
+    assert main(args + ["--out", str(tmp_path / "eval.json"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 8
 
 
 def test_eval_on_the_validation_split_the_models_training_held_out(tmp_path, toy_data, capsys):

@@ -15,6 +15,7 @@ from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model, parse_number,
     pick_device, user_path,
 )
+from ..files import write_text_atomically
 
 
 def add_parsers(commands) -> None:
@@ -112,7 +113,8 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--out", type=user_path, help="write the result as JSON here")
+    evaluate.add_argument("--out", type=user_path, help="write the result as JSON to this file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace the file --out names")
     evaluate.add_argument("--record", action="store_true", help="store the result in the checkpoint's config.json")
     evaluate.set_defaults(run=command_eval)
 
@@ -174,6 +176,10 @@ def command_eval(args) -> int:
     folder = model_folder(model)
     if args.record and folder is None:  # refused before the evaluation, not after it
         raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
+    if args.out is not None and Path(args.out).is_dir():
+        raise UsageError(f"--out names a file to write the result to; {args.out} is a folder")
+    if args.out is not None and Path(args.out).exists() and not args.overwrite:
+        raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite to replace it")
     try:
         dataset = _eval_split(model, args)
         what = f"{args.split} split"
@@ -196,7 +202,7 @@ def command_eval(args) -> int:
         print(line)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            write_text_atomically(args.out, json.dumps(result, indent=2) + "\n")
         if args.record:
             config = json.loads((folder / CONFIG_FILE).read_text())
             key = f"{args.data}-{args.split}{'-png' if args.exact else ''}{f'-first{args.limit}' if args.limit else ''}"
@@ -206,7 +212,7 @@ def command_eval(args) -> int:
                       f"({_attack_words(records[key].get('attack'))}; now {_attack_words(result.get('attack'))})",
                       file=sys.stderr)
             records[key] = result
-            (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            write_text_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")  # never half a config
     distributed.teardown()
     return 0
 
