@@ -273,13 +273,22 @@ def read_rgb(path: str):
     """An image file of a data set decoded as `load_image` decodes an upload (`images.to_rgb`: upright, alpha on
     white, 16-bit scaled), not as torchvision's default loader (a bare convert("RGB"): alpha dropped, 16-bit
     clipped), so a folder of images and the same files one by one give the model the same pixels."""
+    import struct
+
     from PIL import Image
 
-    from .images import to_rgb
+    from .images import ImageError, to_rgb
 
-    with open(path, "rb") as file, Image.open(file) as image:
-        image.load()
-        return to_rgb(image)
+    try:
+        with open(path, "rb") as file, Image.open(file) as image:
+            image.load()
+            return to_rgb(image)
+    except (OSError, SyntaxError, ValueError, IndexError, TypeError, struct.error,
+            Image.DecompressionBombError) as error:
+        # (PIL's decoders fail on corrupt files in all these ways) a run would stop part-way with PIL's bare
+        # message, naming no file: say which one
+        raise ImageError(f"{path} in the data set could not be read ({type(error).__name__}: {error}): remove or "
+                         "replace it") from None
 
 
 def _image_folder(folder: Path, transform) -> Dataset:

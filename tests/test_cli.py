@@ -338,3 +338,53 @@ def test_attack_and_synthesize_work_for_a_grayscale_model(tmp_path, images):
     assert main(["synthesize", "--model", str(checkpoint), "--steps", "2", "--n", "2", "--init", "uniform",
                  "--out", str(tmp_path / "syn")]) == 0
     assert Image.open(tmp_path / "syn" / "grid.png").size[0] > 0
+
+
+def test_output_paths_and_counts_that_cannot_work_are_refused_and_a_refused_run_leaves_no_folder(
+        tmp_path, checkpoint, images, capsys):
+    """A review's list: --out naming a file gave FileExistsError/NotADirectoryError tracebacks; --batch-size 0 a
+    ZeroDivision-like error deep inside; a run refused after its --out folder was made left it there, empty;
+    --out "" (an unset $OUT) wrote into the current folder; "newdir/" became a file named newdir; gradmap's
+    "maps-eps0.03" failed (format "03") after computing every gradient."""
+    (tmp_path / "afile").write_text("mine")
+    assert main(["attack", "--model", str(checkpoint), "--out", str(tmp_path / "afile"), str(images[0])]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
+    with pytest.raises(SystemExit) as stopped:
+        main(["attack", "--model", str(checkpoint), "--batch-size", "0", "--out", str(tmp_path / "o"), str(images[0])])
+    assert stopped.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["attack", "--model", str(checkpoint), "--out", "", str(images[0])])
+    assert "an empty path" in capsys.readouterr().err
+    assert main(["attack", "--model", str(checkpoint), "--target", "dog", "--out", str(tmp_path / "refused"),
+                 str(images[0])]) == 2
+    assert not (tmp_path / "refused").exists(), "the refused run's empty folder is gone"
+    assert main(["gradmap", "--models", str(checkpoint), "--out", str(tmp_path / "maps-eps0.03"), str(images[0])]) == 2
+    assert "end it with .png" in capsys.readouterr().err
+
+
+def test_a_companion_file_given_a_new_folder_goes_inside_it(tmp_path, toy_data):
+    """fit-seeds / fit-detector --out newdir/ (not yet made) wrote a file named newdir."""
+    from conftest import tiny_model
+
+    folder = robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "four")
+    assert main(["fit-seeds", "--model", str(folder), "--data", str(toy_data), "--limit", "40",
+                 "--out", str(tmp_path / "newdir") + "/"]) == 0
+    assert (tmp_path / "newdir").is_dir() and (tmp_path / "newdir" / "seeds.safetensors").is_file()
+
+
+def test_a_corrupt_image_in_a_data_set_is_named(tmp_path, toy_data, capsys):
+    """A truncated PNG among a data set's images stopped `detect` part-way with PIL's "image file is truncated",
+    naming no file (and a traceback)."""
+    import shutil
+
+    from conftest import tiny_model
+
+    data = shutil.copytree(toy_data, tmp_path / "data")
+    broken = sorted(data.rglob("*.png"))[3]
+    broken.write_bytes(broken.read_bytes()[:60])
+    folder = robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "four")
+    assert main(["detect", "--model", str(folder), "--data", str(data), "--val-size", "40", "--steps", "1",
+                 "--out", str(tmp_path / "det")]) == 2
+    error = capsys.readouterr().err
+    assert broken.name in error and "could not be read" in error and "remove or replace it" in error
+    assert not (tmp_path / "det").exists(), "nothing was written: the folder it made is gone"

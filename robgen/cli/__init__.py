@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from . import ablation, adaptive, attack, detection, reproduce, synthesis, training, zoo
@@ -45,8 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = getattr(args, "out", None)
+    new_out = Path(out) if out and not Path(out).exists() else None  # made by this run, if it makes it
+    finished = False
     try:
-        return args.run(args)
+        code = args.run(args)
+        finished = code == 0
+        return code
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ValueError as error:  # a file that is no usable image, found part-way (robgen.images.ImageError: that
+        # module, which imports torch, is loaded once such an error exists; --help stays light)
+        images = sys.modules.get("robgen.images")
+        if images is None or not isinstance(error, images.ImageError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if new_out is not None and not finished:
+            _remove_if_empty(new_out)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove `folder`, which a refused or failed command created, when it holds no file (an output folder made
+    before the check that stopped the command: nothing in it to keep)."""
+    if folder.is_dir() and not any(not path.is_dir() for path in folder.rglob("*")):
+        shutil.rmtree(folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, add_data_arguments, pick_device, user_path
+from .common import UsageError, add_data_arguments, pick_device, positive_int, user_path
 
 
 def add_parsers(commands) -> None:
@@ -19,7 +19,7 @@ def add_parsers(commands) -> None:
     add_data_arguments(ablation)
     ablation.add_argument("--limit", type=int, default=2000,
                           help="first N validation and N test images per row (default 2000)")
-    ablation.add_argument("--batch-size", type=int, default=250)
+    ablation.add_argument("--batch-size", type=positive_int, default=250)
     ablation.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
     ablation.add_argument("--device", default="auto")
     ablation.add_argument("--out", required=True, type=user_path,

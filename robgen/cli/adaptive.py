@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number, parse_numbers,
-    user_path,
+    positive_int, user_path,
 )
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
@@ -61,7 +61,7 @@ def add_parsers(commands) -> None:
                           help="clean validation images a threshold may reject (default 0.05)")
     adaptive.add_argument("--lambdas", default="0.6,1.2,2",
                           help="HE-PGD's λ for the non-adaptive references, separated by commas (default 0.6,1.2,2)")
-    adaptive.add_argument("--batch-size", type=int, default=100)
+    adaptive.add_argument("--batch-size", type=positive_int, default=100)
     adaptive.add_argument("--seed", type=int, default=0)
     adaptive.add_argument("--skip-evaded", action="store_true",
                           help="run each adaptive attack after the first only on the images no earlier one evaded: "

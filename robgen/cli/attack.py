@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, List
 
 from ..files import json_text
 from .common import (
-    UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, open_model,
-    pick_device, prepare_out_dir, read_images,
+    UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, open_model, pick_device,
+    positive_int, prepare_out_dir, read_images,
 )
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def add_parsers(commands) -> None:
     add_model_arguments(attack)
     add_attack_arguments(attack, steps=10)
     attack.add_argument("--target", help="class index or label for a targeted attack (PGD / FGSM)")
-    attack.add_argument("--batch-size", type=int, default=64, help="images attacked at once")
+    attack.add_argument("--batch-size", type=positive_int, default=64, help="images attacked at once")
     add_output_arguments(attack)
     attack.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     attack.set_defaults(run=command_attack)

@@ -74,6 +74,8 @@ def pick_device(name: str) -> torch.device:
 
 def prepare_out_dir(path: Path, overwrite: bool, products: List[str]) -> Path:
     """Create the output folder; refuse to replace earlier results unless --overwrite."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file; --out names a folder to write into")
     existing = [name for name in products if (path / name).exists()]
     if existing and not overwrite:
         raise UsageError(f"{path} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
@@ -89,7 +91,8 @@ def companion_output_path(args, model, name: str) -> Path:
     path = Path(args.out) if args.out else (folder / name if folder is not None else None)
     if path is None:
         raise UsageError(f"this model has no checkpoint folder to store {name} in: pass --out FILE")
-    if path.is_dir():
+    if path.is_dir() or str(args.out or "").endswith(("/", os.sep)):  # "newdir/": a folder, made if need be
+        path.mkdir(parents=True, exist_ok=True)
         path = path / name
     if path.exists() and not args.overwrite:
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
@@ -98,8 +101,33 @@ def companion_output_path(args, model, name: str) -> Path:
 
 def user_path(text: str) -> str:
     """A path argument as a shell would read it: "~" is the home folder, also after "--out=" (no shell expands it
-    there)."""
-    return str(Path(text).expanduser())
+    there); a trailing "/" is kept (it says a folder). An empty path (an unset "$OUT") is refused, not taken
+    for the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?): give a file or folder name")
+    return str(Path(text).expanduser()) + (os.sep if text.endswith(("/", os.sep)) and len(text) > 1 else "")
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (a batch size): 0 would loop forever or divide by zero deep inside."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number >= 0 (data-loading processes: 0 loads in the main process)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

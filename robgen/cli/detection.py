@@ -12,7 +12,7 @@ from pathlib import Path
 from ..files import json_text
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
-    companion_output_path, open_model, pick_device, prepare_out_dir, user_path,
+    companion_output_path, count, open_model, pick_device, positive_int, prepare_out_dir, user_path,
 )
 
 # The official temperature grid, a plain copy of robgen.detection.TEMPERATURES for parsing without
@@ -29,8 +29,8 @@ def add_parsers(commands) -> None:
     detect.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     detect.add_argument("--limit", type=int, help="use the first N images of the validation and test splits")
-    detect.add_argument("--batch-size", type=int, default=256)
-    detect.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    detect.add_argument("--batch-size", type=positive_int, default=256)
+    detect.add_argument("--workers", type=count, default=0, help="data-loading processes")
     add_output_arguments(detect)
     detect.set_defaults(run=command_detect)
 
@@ -42,7 +42,7 @@ def add_parsers(commands) -> None:
     fit_detector.add_argument("--limit", type=int, default=500, help="validation images to fit on, test images to check on")
     fit_detector.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
-    fit_detector.add_argument("--batch-size", type=int, default=250)
+    fit_detector.add_argument("--batch-size", type=positive_int, default=250)
     fit_detector.add_argument("--out", type=user_path,
                               help="file or folder to write (default: detector.json in the checkpoint folder)")
     fit_detector.add_argument("--overwrite", action="store_true")

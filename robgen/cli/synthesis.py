@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..files import json_text
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, keyed_by_folder,
-    open_model, parse_number, pick_device, prepare_out_dir, read_images, user_path,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, count,
+    keyed_by_folder, open_model, parse_number, pick_device, prepare_out_dir, read_images, user_path,
 )
 
 
@@ -24,7 +24,7 @@ def add_parsers(commands) -> None:
     seeds.add_argument("--resolution", type=int, default=8, help="fit on images downsampled to this size (default 8)")
     seeds.add_argument("--rank", type=int, default=64, help="principal components kept per class (default 64)")
     seeds.add_argument("--limit", type=int, help="the first N training images (class-balanced)")
-    seeds.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    seeds.add_argument("--workers", type=count, default=0, help="data-loading processes")
     seeds.add_argument("--out", type=user_path,
                        help="file or folder to write (default: seeds.safetensors in the checkpoint folder)")
     seeds.add_argument("--overwrite", action="store_true")
@@ -178,6 +178,13 @@ def command_synthesize(args) -> int:
     return 0
 
 
+def gradient_map_formats() -> set:
+    """The file endings matplotlib writes figures in (png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
+
+
 def command_gradmap(args) -> int:
     from ..plots import gradient_maps
     from ..synthesis import input_gradient
@@ -185,6 +192,12 @@ def command_gradmap(args) -> int:
     out = Path(args.out)
     if not out.suffix:  # matplotlib would write NAME.png: check and report that file
         out = out.with_name(out.name + ".png")
+    formats = gradient_map_formats()
+    if out.suffix.lstrip(".").lower() not in formats:  # "maps-eps0.03" reads as format "03"
+        raise UsageError(f"--out {args.out}: the figure's format is its ending, and {out.suffix!r} is none of "
+                         f"{', '.join('.' + name for name in sorted(formats))}: end it with .png")
+    if out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; --out names the figure's file, e.g. maps.png")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
     device = pick_device(args.device)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import List
 
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model, parse_number,
-    pick_device, user_path,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, count, join_processes, open_model,
+    parse_number, pick_device, positive_int, user_path,
 )
 from ..files import write_text_atomically
 
@@ -47,7 +47,7 @@ def add_parsers(commands) -> None:
                             "most confident mistake, default) or pgd (the cross-entropy's maximum, as --mode pgd)")
     train.add_argument("--attack-step-size", type=parse_number, help="attack step (default 2.5 eps/steps, or 1.25 eps)")
     train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=128, help="per process")
+    train.add_argument("--batch-size", type=positive_int, default=128, help="per process")
     train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
                        help="sgd: Nesterov momentum 0.9 (default); adam: Adam, weight decay as an L2 term")
     train.add_argument("--lr", type=float, default=0.1)
@@ -80,7 +80,7 @@ def add_parsers(commands) -> None:
     train.add_argument("--split-seed", type=int, default=None,
                        help="seed of the held-out validation split (default: --seed; --init-from: its base's); 0 "
                             "holds out the split that detect, fit-detector and reproduce use")
-    train.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    train.add_argument("--workers", type=count, default=0, help="data-loading processes")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels-last memory format (default: on CUDA only)")
     train.add_argument("--device", default="auto")
@@ -111,7 +111,7 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--steps", type=int, default=20, help="PGD steps (default 20; 0: clean accuracy only)")
     evaluate.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, help="PGD step (default 2.5 eps / steps)")
     evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", type=user_path, help="write the result as JSON to this file")
     evaluate.add_argument("--overwrite", action="store_true", help="replace the file --out names")

@@ -137,7 +137,8 @@ class ReproduceSettings:
         if unknown:
             raise ValueError(f"unknown attack {unknown[0]!r}: choose from {', '.join(TABLE_ATTACKS)}")
         for name, value in (("steps", self.steps), *(("hepgd_steps", k) for k in self.hepgd_steps or ()),
-                            ("reference_size", self.reference_size), ("timing_repeats", self.timing_repeats)):
+                            ("reference_size", self.reference_size), ("timing_repeats", self.timing_repeats),
+                            ("batch_size", self.batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
