@@ -475,7 +475,8 @@ def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Sub
     """
     n = len(dataset)
     if not 0 < val_size < n:
-        raise ValueError(f"val_size must be between 1 and {n - 1} for a data set of {n} examples, got {val_size}")
+        raise ValueError(f"val_size must be between 1 and {n - 1} for a data set of {n} examples, got {val_size} "
+                         "(the default is 5,000 held-out images, 500 for Imagenette: pass --val-size N)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(dataset, sorted(order[val_size:])), Subset(dataset, sorted(order[:val_size]))
 
@@ -487,7 +488,8 @@ def first(dataset: Dataset, limit: Optional[int], what: str = "split") -> Datase
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if limit > len(dataset):
-        raise ValueError(f"limit {limit} is larger than the {what}, which has {len(dataset)} examples")
+        raise ValueError(f"limit {limit} is larger than the {what}, which has {len(dataset)} examples (pass "
+                         f"--limit {len(dataset)} or less)")
     return Subset(dataset, range(limit))
 
 

@@ -388,3 +388,27 @@ def test_a_corrupt_image_in_a_data_set_is_named(tmp_path, toy_data, capsys):
     error = capsys.readouterr().err
     assert broken.name in error and "could not be read" in error and "remove or replace it" in error
     assert not (tmp_path / "det").exists(), "nothing was written: the folder it made is gone"
+
+
+def test_a_setting_the_chosen_method_would_ignore_is_refused(tmp_path, checkpoint, images, capsys, toy_data):
+    """--lam with PGD, --steps with FGSM, --target-fpr without --rule fpr, --noise with ascent, --milestones without
+    --schedule multistep ... were ignored without a word (and some recorded as if used)."""
+    attack = ["attack", "--model", str(checkpoint), "--out", str(tmp_path / "a"), str(images[0])]
+    for extra, flag in ((["--lam", "3"], "--lam"), (["--attack", "fgsm", "--steps", "40"], "--steps"),
+                        (["--attack", "apgd", "--step-size", "2/255"], "--step-size")):
+        assert main(attack + extra) == 2
+        assert f"does not take {flag}" in capsys.readouterr().err
+    assert main(attack + ["--attack", "hepgd", "--lam", "3", "--steps", "2"]) == 0
+    detect = ["detect", "--model", str(checkpoint), "--data", str(toy_data), "--out", str(tmp_path / "d")]
+    assert main(detect + ["--target-fpr", "0.01"]) == 2 and "--rule fpr" in capsys.readouterr().err
+    assert main(detect + ["--temperature", "1", "--temperatures", "0.5,2"]) == 2
+    assert "would be ignored" in capsys.readouterr().err
+    synth = ["synthesize", "--model", str(checkpoint), "--out", str(tmp_path / "s"), "--init", "Uniform", "--n", "1",
+             "--steps", "1", "--classes", "c1"]
+    assert main(synth + ["--noise", "0.5"]) == 2 and "does not take --noise" in capsys.readouterr().err
+    assert main(synth + ["--method", "sgld", "--eps", "3"]) == 2 and "does not take --eps" in capsys.readouterr().err
+    assert main(synth) == 0, "--init is read in any case"
+    assert main(synth[:-6] + ["--init", "nowhere.png"]) == 2
+    assert "neither gaussian, uniform, gray nor an image file" in capsys.readouterr().err
+    assert main(["train", "--data", str(toy_data), "--milestones", "1,2", "--out", str(tmp_path / "t")]) == 2
+    assert "milestones would be ignored" in capsys.readouterr().err

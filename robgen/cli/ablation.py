@@ -20,6 +20,9 @@ def add_parsers(commands) -> None:
     ablation.add_argument("--limit", type=int, default=2000,
                           help="first N validation and N test images per row (default 2000)")
     ablation.add_argument("--batch-size", type=positive_int, default=250)
+    ablation.add_argument("--val-size", type=positive_int,
+                          help="validation images held out of train (default: the split each model's training held "
+                               "out, else 5000; Imagenette 500)")
     ablation.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
     ablation.add_argument("--device", default="auto")
     ablation.add_argument("--out", required=True, type=user_path,
@@ -60,6 +63,7 @@ def command_ablation(args) -> int:
         raise UsageError(f"nothing to measure and no rows in {out}/rows: give --row or --pixels")
     try:
         records = ablation_rows(specs, args.data, out, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
+                                val_size=args.val_size,
                                 data_root=args.data_root, download=args.download, device=pick_device(args.device),
                                 overwrite=args.overwrite)
         paths = write_report(records, out)

@@ -158,14 +158,26 @@ def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--lam", type=parse_number, default=1.2, help="HE-PGD energy weight (default 1.2)")
     parser.add_argument("--no-random-start", action="store_true", help="start PGD / HE-PGD at the clean image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random start")
+    parser.set_defaults(default_steps=steps)
 
 
 def build_attack(args, model, device: torch.device):
-    """The attack of the `add_attack_arguments` flags, seeded by --seed on `device`."""
+    """The attack of the `add_attack_arguments` flags, seeded by --seed on `device`. A flag set away from its
+    default that the attack does not take (--steps for FGSM, --lam for all but HE-PGD) is refused, not ignored."""
     import torch
 
     from ..attacks import make_attack
+    from ..attacks.factory import ATTACKS, _settings_of, attack_key
 
+    takes = _settings_of(ATTACKS[attack_key(args.attack)])
+    given = {"steps": ("--steps", args.steps != getattr(args, "default_steps", args.steps)),
+             "step_size": ("--step-size", args.step_size != 1 / 255), "lam": ("--lam", args.lam != 1.2),
+             "random_start": ("--no-random-start", args.no_random_start)}
+    unused = [flag for setting, (flag, set_here) in given.items() if set_here and setting not in takes]
+    if unused:
+        raise UsageError(f"--attack {args.attack} does not take {', '.join(unused)}: leave "
+                         f"{'it' if len(unused) == 1 else 'them'} out, or pick an attack that does (HE-PGD takes --lam; "
+                         "FGSM a single step of eps; APGD sets its own step size and always starts at random)")
     generator = torch.Generator(device=device).manual_seed(args.seed)
     try:
         return make_attack(args.attack, model, eps=args.eps, step_size=args.step_size, steps=args.steps, lam=args.lam,

@@ -89,6 +89,11 @@ def checked_protocol(args):
     from ..detection import EnergyDetector
 
     temperature = parse_temperature(args.temperature)
+    if args.target_fpr != 0.05 and args.rule != "fpr":
+        raise UsageError(f"--target-fpr is the budget of --rule fpr; with --rule {args.rule} it would be ignored")
+    if tuple(args.temperatures) != TEMPERATURES and temperature != "search":
+        raise UsageError("--temperatures is the grid --temperature search searches; with --temperature "
+                         f"{args.temperature} it would be ignored")
     try:
         EnergyDetector(args.rule, temperature, args.target_fpr, args.temperatures)
     except ValueError as error:

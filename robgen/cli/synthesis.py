@@ -137,9 +137,17 @@ def command_synthesize(args) -> int:
         raise UsageError(str(error)) from None
     if args.scale is not None and args.scale < 1:
         raise UsageError(f"--scale must be at least 1 (times each sample is enlarged in the grid), got {args.scale}")
+    ignored = ([flag for flag, given in (("--eps", args.eps is not None),
+                                         ("--objective", args.objective != "log_prob")) if given]
+               if args.method == "sgld" else (["--noise"] if args.noise != 0.01 else []))
+    if ignored:  # another method's settings would be ignored (and not recorded)
+        raise UsageError(f"--method {args.method} does not take {', '.join(ignored)} (--eps and --objective are "
+                         "ascent's, --noise is sgld's): leave it out")
     step_size = SGLD_STEP_SIZE if args.method == "sgld" and args.step_size is None else args.step_size  # 0 refused
-    init = args.init
+    init = args.init.lower() if args.init.lower() in ("gaussian", "uniform", "gray") else args.init
     if init not in ("gaussian", "uniform", "gray"):
+        if not Path(init).is_file():
+            raise UsageError(f"--init {init}: neither gaussian, uniform, gray nor an image file")
         init = read_images([init], spec)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["grid.png", "results.json"])
     generator = torch.Generator(device=device).manual_seed(args.seed)

@@ -153,6 +153,17 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing is a probability in [0, 1), e.g. 0.1, got {self.label_smoothing}")
+        # a setting of another mode or schedule, set away from its default, would be ignored yet recorded in the
+        # recipe as if used: refused
+        unused = [name for name, applies in (
+            ("milestones", self.schedule == "multistep"), ("trades_beta", self.mode in DIVERGENCE_MODES),
+            *((name, self.mode == "reject") for name in
+              ("reject_cap", "reject_weight", "reject_adversarial_share", "reject_attack")))
+            if not applies and getattr(self, name) != type(self).__dataclass_fields__[name].default]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} would be ignored by --mode {self.mode} --schedule {self.schedule} "
+                             "(milestones belong to --schedule multistep, trades_beta to --mode trades or weat, the "
+                             "reject_ settings to --mode reject): leave them out")
 
     @property
     def step_size(self) -> float:
