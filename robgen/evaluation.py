@@ -46,8 +46,10 @@ def evaluate_robustness(
     processes (an empty data set too) is refused (ValueError) on every rank before any work. APGD runs at least
     10 steps (its step-size schedule needs them): its entry in the result says how many.
     """
-    if steps < 0 or (steps == 0 and apgd):
-        raise ValueError(f"steps must be >= 0 (0: clean accuracy only, without APGD), got {steps}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0 (0: clean accuracy only), got {steps}")
+    if steps == 0 and apgd:
+        raise ValueError("APGD is an attack: give it steps >= 1 (steps 0 measures clean accuracy only, without it)")
     if len(dataset) == 0:
         raise ValueError("the data set is empty: there are no images to measure accuracy on")
     device = model_device(model)

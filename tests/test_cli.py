@@ -412,3 +412,21 @@ def test_a_setting_the_chosen_method_would_ignore_is_refused(tmp_path, checkpoin
     assert "neither gaussian, uniform, gray nor an image file" in capsys.readouterr().err
     assert main(["train", "--data", str(toy_data), "--milestones", "1,2", "--out", str(tmp_path / "t")]) == 2
     assert "milestones would be ignored" in capsys.readouterr().err
+
+
+def test_more_numbers_that_cannot_work_are_refused_with_what_to_enter(tmp_path, checkpoint, images, capsys, toy_data):
+    """--eps inf was "eps must be > 0, got inf"; zoo --temperature abc "could not convert string to float";
+    --grid-columns 0 drew grids without samples; fit-seeds --resolution 64 on 32-px images ran for minutes."""
+    with pytest.raises(SystemExit):
+        main(["attack", "--model", str(checkpoint), "--eps", "inf", "--out", str(tmp_path / "a"), str(images[0])])
+    assert "not a finite number: 'inf'" in capsys.readouterr().err
+    assert main(["zoo", "--model", str(checkpoint), "--data", str(toy_data), "--temperature", "abc",
+                 "--out", str(tmp_path / "z")]) == 2
+    assert "--temperature must be a number or 'search'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synthesis-quality", "--models", str(checkpoint), "--judges", str(checkpoint), "--grid-columns", "0",
+              "--out", str(tmp_path / "q")])
+    assert "must be at least 1" in capsys.readouterr().err
+    assert main(["fit-seeds", "--model", str(checkpoint), "--data", str(toy_data), "--resolution", "64",
+                 "--out", str(tmp_path / "seeds.safetensors")]) == 2
+    assert "above the model's input side 32" in capsys.readouterr().err

@@ -368,7 +368,7 @@ def test_evaluation_with_zero_steps_measures_clean_accuracy_only(toy_data, tmp_p
     assert clean_only["clean_accuracy"] == full["clean_accuracy"] and clean_only["n"] == 40
     assert "pgd_accuracy" not in clean_only and "attack" not in clean_only
     assert clean_only["clean_accuracy_ci"] == full["clean_accuracy_ci"]
-    with pytest.raises(ValueError, match="steps must be >= 0"):
+    with pytest.raises(ValueError, match="APGD is an attack: give it steps >= 1"):
         evaluate_robustness(model, images, steps=0, apgd=True, progress=False)
     with pytest.raises(ValueError, match="the data set is empty"):  # was a ZeroDivisionError after the loop
         evaluate_robustness(model, torch.utils.data.Subset(images, []), steps=0, progress=False)

@@ -10,6 +10,7 @@ answer at once: the helpers that need them import them when a command calls them
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -37,19 +38,23 @@ def _exact(text: str) -> float:
 
 
 def parse_number(text: str) -> float:
-    """A float, also written as a fraction such as 8/255 or 0.5/255."""
+    """A finite float, also written as a fraction such as 8/255 or 0.5/255."""
     try:
-        return _exact(text) if "/" in text else float(text)
+        value = _exact(text) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a number: {text!r} (write e.g. 0.03 or 8/255)") from None
+    if not math.isfinite(value):  # float("inf") and float("nan") parse
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r} (write e.g. 0.03 or 8/255)")
+    return value
 
 
 def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
     """Numbers separated by commas, each also written as a fraction (4/255,0.5/255); at least one."""
+    example = {"--lambdas": "0,0.6,1.2", "--temperatures": "0.1,1,10"}.get(flag, "4/255,8/255")
     try:
         values = tuple(_exact(part) for part in text.split(",") if part.strip())
     except (ValueError, ZeroDivisionError, OverflowError):
-        raise UsageError(f"{flag} takes numbers separated by commas, e.g. 4/255,8/255; got {text!r}") from None
+        raise UsageError(f"{flag} takes numbers separated by commas, e.g. {example}; got {text!r}") from None
     if not values:
         raise UsageError(f"{flag} is empty: give at least one number")
     return values

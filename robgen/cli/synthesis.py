@@ -13,7 +13,7 @@ from pathlib import Path
 from ..files import json_text
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, count,
-    keyed_by_folder, open_model, parse_number, pick_device, prepare_out_dir, read_images, user_path,
+    keyed_by_folder, open_model, parse_number, pick_device, positive_int, prepare_out_dir, read_images, user_path,
 )
 
 
@@ -90,7 +90,7 @@ def add_judged_synthesis_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--grid-columns", type=int, default=8, help="samples per class shown in each grid PNG")
+    parser.add_argument("--grid-columns", type=positive_int, default=8, help="samples per class shown in each grid PNG")
 
 
 def command_fit_seeds(args) -> int:
@@ -102,6 +102,9 @@ def command_fit_seeds(args) -> int:
                          f"{args.rank}")
     device = pick_device("cpu")
     model = open_model(args, device)
+    if args.resolution > min(model.spec.input_size[1:]):  # seeds are drawn at it and upsampled to the input
+        raise UsageError(f"--resolution {args.resolution} is above the model's input side "
+                         f"{min(model.spec.input_size[1:])}: seeds are fitted on images downsampled to it")
     path = companion_output_path(args, model, SEEDS_FILE)
     try:
         train = datasets.load_dataset(args.data, "train", root=args.data_root, download=args.download,

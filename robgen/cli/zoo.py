@@ -44,10 +44,11 @@ def command_zoo(args) -> int:
     from ..attacks.zoo import ZooSettings
     from ..experiments.zoo import ZooStudySettings, run_zoo
     from ..experiments.zoo_report import PRODUCTS
+    from .detection import parse_temperature
 
     device = pick_device(args.device)
     try:
-        temperature = args.temperature if args.temperature == "search" else float(args.temperature)
+        temperature = parse_temperature(args.temperature)
         settings = ZooStudySettings(
             attacks=tuple(name.strip() for name in args.attacks.split(",") if name.strip()),
             threat=ZooSettings(eps=args.eps, l2_eps=args.l2_eps, lam=args.lam, square_queries=args.square_queries),

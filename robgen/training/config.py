@@ -134,7 +134,7 @@ class TrainConfig:
         self.milestones = tuple(int(m) for m in self.milestones)
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError(f"milestones must be increasing epochs >= 1, got {list(self.milestones)}")
-        for name in ("epochs", "batch_size", "attack_steps", "eval_steps"):
+        for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "eval_subset"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.reject_cap < 1:
