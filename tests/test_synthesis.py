@@ -241,6 +241,10 @@ def test_quality_refuses_what_would_fail_after_synthesis_before_it_starts(robust
     other = tiny_model(seed=2, num_classes=3)
     with pytest.raises(ValueError, match="classify different data"):
         measure_quality({"robust": robust}, {"other": other}, n=2, steps=5, progress=False)
+    relabelled = tiny_model(seed=2)
+    relabelled.spec.class_labels = ["dog"] + relabelled.spec.class_labels[1:]  # the same count: the labels said
+    with pytest.raises(ValueError, match=r"other class labels: 'dog' for 'airplane'"):
+        measure_quality({"robust": robust}, {"relabelled": relabelled}, n=2, steps=5, progress=False)
 
 
 def test_judges_of_another_input_size_see_the_samples_resized_to_theirs(robust):

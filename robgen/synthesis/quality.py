@@ -107,9 +107,12 @@ def check_comparable(generators: Dict[str, torch.nn.Module], judges: Dict[str, t
     first_name, first = next(iter(shapes.items()))
     for name, shape in shapes.items():
         if shape != first:
-            raise ValueError(f"{name} ({len(shape[0])} classes, {shape[1]} channels) and {first_name} "
-                             f"({len(first[0])} classes, {first[1]} channels) classify different data: give "
-                             "generators and judges of one data set")
+            differ = (f"{len(shape[0])} classes against {len(first[0])}" if len(shape[0]) != len(first[0]) else
+                      f"{shape[1]} channels against {first[1]}" if shape[1] != first[1] else
+                      "other class labels: " + ", ".join(f"{a!r} for {b!r}" for a, b in zip(shape[0], first[0])
+                                                          if a != b)[:200])
+            raise ValueError(f"{name} and {first_name} classify different data ({differ}): give generators and "
+                             "judges of one data set")
 
 
 def as_judge_input(images: torch.Tensor, judge) -> torch.Tensor:
