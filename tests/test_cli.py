@@ -430,3 +430,14 @@ def test_more_numbers_that_cannot_work_are_refused_with_what_to_enter(tmp_path, 
     assert main(["fit-seeds", "--model", str(checkpoint), "--data", str(toy_data), "--resolution", "64",
                  "--out", str(tmp_path / "seeds.safetensors")]) == 2
     assert "above the model's input side 32" in capsys.readouterr().err
+
+
+def test_attack_overwrite_replaces_the_earlier_runs_pngs_and_keeps_other_files(tmp_path, checkpoint, images):
+    """--overwrite left the replaced run's PNGs beside the new results.json, which no longer named them."""
+    out = tmp_path / "out"
+    assert main(["attack", "--model", str(checkpoint), "--steps", "1", "--out", str(out), *map(str, images)]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main(["attack", "--model", str(checkpoint), "--steps", "1", "--out", str(out), "--overwrite",
+                 str(images[1])]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "photo1_adv.png", "photo1_clean.png",
+                                                           "results.json"]

@@ -36,6 +36,19 @@ def top_prediction(logits: torch.Tensor, labels: List[str]) -> dict:
     return {"class": index, "label": labels[index], "probability": float(probs[index])}
 
 
+def previous_pngs(out: Path) -> set:
+    """The PNG names the results.json in `out` records (an earlier run's, which --overwrite replaces); none if
+    there is none or it is not an attack's."""
+    import json
+
+    try:
+        rows = json.loads((out / "results.json").read_text()).get("images", [])
+        return {row[key] for row in rows for key in ("clean_png", "adversarial_png")
+                if isinstance(row.get(key), str) and "/" not in row[key] and "\\" not in row[key]}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
+
+
 def command_attack(args) -> int:
     from ..experiments.single_image import attack_own_predictions, combine_outcomes
     from ..images import load_resized, save_model_input
@@ -46,13 +59,13 @@ def command_attack(args) -> int:
     spec = model.spec
     x = read_images(args.images, spec)
     attack = build_attack(args, model, device)
-    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json"])
     target_class = None
     if args.target is not None:
         try:
             target_class = spec.class_index(args.target)
         except ValueError as error:
             raise UsageError(str(error)) from None
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json"])
     started = time.perf_counter()
     outcomes = []
     for start in progress_bar(range(0, len(x), args.batch_size), desc=f"{args.attack}", progress=len(x) > args.batch_size):
@@ -85,6 +98,9 @@ def command_attack(args) -> int:
         "model": spec.source, "attack": repr(attack), "target": args.target, "seconds": seconds,
         "device": str(device), "images": rows, "trace": trace.to_dict(),
     }
+    written = {row[key] for row in rows for key in ("clean_png", "adversarial_png")}
+    for name in previous_pngs(out) - written:  # --overwrite: the replaced run's own PNGs go with its results.json
+        (out / name).unlink(missing_ok=True)
     (out / "results.json").write_text(json_text(report))
     for row in rows:
         print(
