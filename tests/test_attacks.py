@@ -223,6 +223,11 @@ def test_apgd_reports_progress_while_it_runs_and_gives_the_same_result(model, ba
     watched = attack()(x, y, progress=lambda fraction, desc="": seen.append(fraction))
     assert torch.equal(watched, attack()(x, y))
     assert len(seen) >= 8 and seen == sorted(seen) and 0 < seen[0] < 0.5 and seen[-1] == 1.0
+    # the watcher, a new module, was in train mode: torchattacks left the model's cached fused copy in train mode
+    # after the attack (batch statistics for every later attack wherever batch norm was not folded)
+    from robgen.engine.fused import inference_graph
+
+    assert not inference_graph(model, None, example=x).training
 
 
 def test_apgd_draws_its_seed_on_the_generators_device(model, batch, monkeypatch):

@@ -79,7 +79,10 @@ class APGD(Attack):
         seed = random_seed(self.generator, x.device)
         if recorder is not None:
             self._record(recorder, 0, x, y)
-        graph = self.graph if progress is None else _ReportedGraph(self.graph, progress, self.n_restarts * (self.steps + 1))
+        graph = self.graph
+        if progress is not None:  # in the graph's own mode: torchattacks puts its model back in the mode it found
+            # it in, and a new module's is train (the cached fused copy stayed in train mode after the attack)
+            graph = _ReportedGraph(graph, progress, self.n_restarts * (self.steps + 1)).train(graph.training)
         with seeded_global_rng(seed):  # torchattacks reseeds the global RNG with `seed` itself
             atk = torchattacks.APGD(
                 graph, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps, steps=self.steps,
