@@ -501,6 +501,26 @@ def test_resume_refuses_another_recipe(toy_data, tmp_path):
               progress=False)
 
 
+
+def test_a_run_that_recorded_a_setting_its_mode_ignores_still_resumes(toy_data, tmp_path):
+    """Older runs recorded --milestones under onecycle (ignored, now refused when given): resuming with them was
+    refused by the new check, and without them by the recipe comparison."""
+    import json
+
+    train(config(toy_data, epochs=1), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    saved["training"]["config"]["milestones"] = [10, 20]  # as such a run recorded it
+    path.write_text(json.dumps(saved))
+    from robgen.training.loop import _check_resumable
+
+    _check_resumable(config(toy_data, epochs=1), tmp_path / "run")  # the recipe it ran: accepted
+    with pytest.raises(ValueError, match="milestones would be ignored"):  # given again: refused, as for any run
+        config(toy_data, epochs=1, milestones=(10, 20))
+    with pytest.raises(ValueError, match="augment"):  # a setting the run used still has to match
+        _check_resumable(config(toy_data, epochs=1, augment="flip"), tmp_path / "run")
+
+
 class Table(torch.nn.Module):
     """A 'model' whose logits are looked up by two pixels of the image: the first says attacked (1) or clean (0),
     the second which image; `table_inputs` makes the clean images x and their attacked points x*."""

@@ -31,6 +31,15 @@ DATA_DEFAULTS = {
 }
 
 
+def unused_settings(mode: str, schedule: str) -> Tuple[str, ...]:
+    """The recipe settings that a run of `mode` and `schedule` does not use: the milestones of another schedule
+    than multistep, TRADES' beta outside trades and weat, the reject_ settings outside reject."""
+    return tuple(name for name, used in (
+        ("milestones", schedule == "multistep"), ("trades_beta", mode in DIVERGENCE_MODES),
+        *((name, mode == "reject") for name in ("reject_cap", "reject_weight", "reject_adversarial_share",
+                                               "reject_attack"))) if not used)
+
+
 @dataclass
 class TrainConfig:
     """The full training recipe; it is stored in the checkpoint's config.json."""
@@ -155,11 +164,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing is a probability in [0, 1), e.g. 0.1, got {self.label_smoothing}")
         # a setting of another mode or schedule, set away from its default, would be ignored yet recorded in the
         # recipe as if used: refused
-        unused = [name for name, applies in (
-            ("milestones", self.schedule == "multistep"), ("trades_beta", self.mode in DIVERGENCE_MODES),
-            *((name, self.mode == "reject") for name in
-              ("reject_cap", "reject_weight", "reject_adversarial_share", "reject_attack")))
-            if not applies and getattr(self, name) != type(self).__dataclass_fields__[name].default]
+        unused = [name for name in unused_settings(self.mode, self.schedule)
+                  if getattr(self, name) != type(self).__dataclass_fields__[name].default]
         if unused:
             raise ValueError(f"{', '.join(unused)} would be ignored by --mode {self.mode} --schedule {self.schedule} "
                              "(milestones belong to --schedule multistep, trades_beta to --mode trades or weat, the "

@@ -31,7 +31,7 @@ from ..models.subnormals import flush_training_subnormals
 from ..progress import progress_bar
 from . import checkpointing
 from .adversarial import training_attack
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, lr_factor, unused_settings
 from .losses import batch_loss
 from .preparation import (
     fresh_model, inherit_input_transform, inherit_validation_split, load_data, model_to_fine_tune,
@@ -102,8 +102,10 @@ def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
     for recipe in (wanted, saved_recipe):  # the split used: an unset split seed is the run's seed (older fine-tunes
         if "split_seed" in recipe and recipe["split_seed"] is None:  # recorded None, which now reads as the base's)
             recipe["split_seed"] = recipe.get("seed")
+    unused = unused_settings(saved_recipe.get("mode", config.mode), saved_recipe.get("schedule", config.schedule))
     differ = sorted(name for name in wanted if name not in RESUME_MAY_CHANGE and name in saved_recipe
-                    and saved_recipe[name] != wanted[name])
+                    and name not in unused and saved_recipe[name] != wanted[name])  # (older runs recorded unused
+    # settings as given: their run is resumed without them)
     if differ:
         told = ", ".join(f"{name} {saved_recipe[name]!r} (this run: {wanted[name]!r})" for name in differ)
         raise ValueError(f"{out_dir} was trained with {told}: resume with the recipe it was started with")
