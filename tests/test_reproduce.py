@@ -120,12 +120,14 @@ def test_bad_input_is_refused(cifar_root, tmp_path, capsys):
         "e": (["--lambdas", "0,-1"], "each a finite number >= 0"),
         "f": (["--lambdas", "0,x"], "--lambdas takes numbers separated by commas"),
         "g": (["--reference-size", "20"], "reference_size and lid_reference must exceed 20"),
-        "h": (["--lam", "inf"], "lam must be a finite number >= 0"),
         "i": (["--limit", "0"], "--limit must be >= 1 (the first N test images), got 0"),
     }
     for name, (arguments, says) in refused.items():
         assert main(args + arguments + ["--out", str(tmp_path / name)]) == 2, name
         assert says in capsys.readouterr().err, name
+    with pytest.raises(SystemExit):  # refused as it is read (it was refused after every attack had run)
+        main(args + ["--lam", "inf", "--out", str(tmp_path / "h")])
+    assert "not a finite number: 'inf'" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "ghi")
 
 
