@@ -114,9 +114,9 @@ if [ "$STAGE" = measure ] || [ "$STAGE" = all ]; then
         run=$(run_dir "$width")
         if [ ! -e "$run/config.json" ] || [ "${EVALS:-1}" = 0 ]; then continue; fi
         ( limited 40 $PY -m robgen eval --model "$run" --data cifar10 --data-root "$DATA" --steps 20 \
-              "${LIMIT_EVAL[@]}" --record --out "$WORK/eval-test-w$width.json" \
+              "${LIMIT_EVAL[@]}" --record --overwrite --out "$WORK/eval-test-w$width.json" \
           && limited 20 $PY -m robgen eval --model "$run" --data cifar10 --data-root "$DATA" --steps 20 --exact \
-              "${LIMIT_EVAL[@]}" --record --out "$WORK/eval-test-png-w$width.json" ) > "$WORK/eval-w$width.log" 2>&1 &
+              "${LIMIT_EVAL[@]}" --record --overwrite --out "$WORK/eval-test-png-w$width.json" ) > "$WORK/eval-w$width.log" 2>&1 &
         jobs+=($!)
     done
     wait_all "${jobs[@]}"

@@ -44,7 +44,7 @@ for step in "$@"; do
     eval)
       for run in imagenette-official-w64-standard imagenette-w32-standard-gpu; do
         $PY -m robgen eval --model "runs/$run" --data imagenette --data-root "$DATA" --eps 4/255 --steps 20 \
-            "${LIMIT[@]}" --record --out "$OUT/eval-$run.json"
+            "${LIMIT[@]}" --record --overwrite --out "$OUT/eval-$run.json"
       done
       tar czf "$OUT/imagenette-runs.tar.gz" --exclude=trainer_state.pt -C runs \
           imagenette-official-w64-standard imagenette-w32-standard-gpu ;;

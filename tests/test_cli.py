@@ -241,6 +241,7 @@ def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, to
     assert "exists: choose another --out, or pass --overwrite" in capsys.readouterr().err
     assert (folder / "config.json").read_bytes() == config
     assert main(args + ["--out", str(folder)]) == 2 and "is a folder" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "new") + "/"]) == 2 and "is a folder" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "eval.json")]) == 0
     assert main(args + ["--out", str(tmp_path / "eval.json"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 8
@@ -360,6 +361,8 @@ def test_output_paths_and_counts_that_cannot_work_are_refused_and_a_refused_run_
     assert not (tmp_path / "refused").exists(), "the refused run's empty folder is gone"
     assert main(["gradmap", "--models", str(checkpoint), "--out", str(tmp_path / "maps-eps0.03"), str(images[0])]) == 2
     assert "end it with .png" in capsys.readouterr().err
+    assert main(["gradmap", "--models", str(checkpoint), "--out", str(tmp_path / "figs") + "/", str(images[0])]) == 2
+    assert "names a folder" in capsys.readouterr().err  # (it wrote figs.png)
 
 
 def test_a_companion_file_given_a_new_folder_goes_inside_it(tmp_path, toy_data):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -200,6 +201,8 @@ def command_gradmap(args) -> int:
     from ..plots import gradient_maps
     from ..synthesis import input_gradient
 
+    if args.out.endswith(("/", os.sep)):
+        raise UsageError(f"--out {args.out} names a folder; --out names the figure's file, e.g. maps.png")
     out = Path(args.out)
     if not out.suffix:  # matplotlib would write NAME.png: check and report that file
         out = out.with_name(out.name + ".png")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List
@@ -176,7 +177,7 @@ def command_eval(args) -> int:
     folder = model_folder(model)
     if args.record and folder is None:  # refused before the evaluation, not after it
         raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
-    if args.out is not None and Path(args.out).is_dir():
+    if args.out is not None and (Path(args.out).is_dir() or args.out.endswith(("/", os.sep))):
         raise UsageError(f"--out names a file to write the result to; {args.out} is a folder")
     if args.out is not None and Path(args.out).exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite to replace it")
