@@ -133,7 +133,10 @@ def cover_size(size: Union[int, Tuple[int, int]], crop_pct: float = 1.0) -> Tupl
 
 def crop_offset(outer: int, inner: int) -> int:
     """Where a centre crop of `inner` pixels starts in `outer` ones: torchvision's CenterCrop, round((outer - inner)
-    / 2) with Python's rounding (half to even: 1 for a margin of 3, 2 for 5)."""
+    / 2) with Python's rounding (half to even: 1 for a margin of 3, 2 for 5); a crop larger than the image (crop_pct
+    above 1) pads it with (inner - outer) // 2 black pixels before it, a negative offset."""
+    if outer < inner:
+        return -((inner - outer) // 2)
     return int(round((outer - inner) / 2.0))
 
 
@@ -269,6 +272,10 @@ def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] =
     if x.ndim != 3 or tuple(x.shape[1:]) != (height, width):
         raise ValueError(f"expected one model input of shape (C, {height}, {width}), got {tuple(x.shape)}")
     cover_height, cover_width = cover_size((height, width), spec.crop_pct)
+    if cover_height < height or cover_width < width:
+        raise ValueError(f"crop_pct {spec.crop_pct} > 1: the eval transform pads the picture with black to the input "
+                         f"size, so a changed border cannot be written as a file that reads back as the input; "
+                         "keep the input as a tensor (or save_image it as it is)")
     top, left = crop_offset(cover_height, height), crop_offset(cover_width, width)  # where `resize_and_crop` crops
     if surround is None:
         surround = torch.nn.functional.pad(x[None], (left, cover_width - width - left, top, cover_height - height - top),

@@ -312,3 +312,23 @@ def test_the_eval_transform_is_timms_pixel_for_pixel():
             photo = Image.fromarray((rng.random((height, width, 3)) * 255).astype("uint8"))
             ours = pil_to_tensor(photo, shape, crop_pct=crop_pct, interpolation=interpolation)
             assert torch.equal(ours, timm_transform(photo)), (size, width, height)
+
+
+def test_a_crop_larger_than_the_cover_pads_as_timm_pads_and_is_not_written_back():
+    """crop_pct above 1 (timm's volo_d5_512: 1.15) pads the picture with (input - cover) // 2 black pixels before
+    it; robgen put one pixel more there whenever the margin was 3 mod 4. Such an input cannot be written as a file
+    that reads back as it: refused with the reason (a broadcasting error before)."""
+    import timm
+
+    from robgen.images import pil_to_tensor, save_model_input
+
+    photo = Image.fromarray((np.random.default_rng(2).random((40, 50, 3)) * 255).astype("uint8"))
+    for side in (64, 72):  # margins 9, 15, 10 and 17 (15 is 3 mod 4, where the offset was a pixel off)
+        for crop_pct in (1.15, 1.3):
+            timm_transform = timm.data.create_transform(input_size=(3, side, side), crop_pct=crop_pct,
+                                                        crop_mode="center", interpolation="bicubic",
+                                                        mean=(0, 0, 0), std=(1, 1, 1))
+            assert torch.equal(pil_to_tensor(photo, side, crop_pct=crop_pct), timm_transform(photo)), (side, crop_pct)
+    spec = ModelSpec(architecture="x", num_classes=1, class_labels=["a"], input_size=(3, 64, 64), crop_pct=1.15)
+    with pytest.raises(ValueError, match="crop_pct 1.15 > 1: the eval transform pads"):
+        save_model_input(torch.rand(3, 64, 64), "unused.png", spec)
