@@ -731,3 +731,27 @@ def test_a_grayscale_model_fine_tunes_on_the_luma_of_its_data(toy_data, tmp_path
     tuned = train(config(toy_data, epochs=1, val_size=None, init_from=str(tmp_path / "gray")), tmp_path / "tuned",
                   progress=False)
     assert tuned.spec.input_size[0] == 1 and robgen.load_model(tmp_path / "tuned").spec.input_size[0] == 1
+
+
+def test_a_squashing_base_is_fine_tuned_on_squashed_validation_images(tmp_path):
+    """The fine-tune's validation images were centre-cropped while the model's spec (kept from its timm base,
+    crop_mode "squash") reads images squashed: its per-epoch accuracy and best/ were measured on other pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from robgen import data as datasets
+    from robgen.models import ModelSpec
+    from robgen.training.preparation import load_data
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "wide" / label).mkdir(parents=True)
+        for index in range(12):
+            Image.fromarray((rng.random((24, 40, 3)) * 255).astype("uint8")).save(tmp_path / "wide" / label / f"{index}.png")
+    settings = config(tmp_path / "wide", val_size=4, image_size=16, crop_pct=0.9, interpolation="bilinear")
+    _, validation, _, _ = load_data(settings, None, False, crop_mode="squash")
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=2, class_labels=["a", "b"], input_size=(3, 16, 16),
+                     crop_pct=0.9, interpolation="bilinear", crop_mode="squash")
+    as_spec = datasets.load_dataset(tmp_path / "wide", "train", spec=spec)
+    x, _ = validation[0]
+    assert any(torch.equal(x, as_spec[i][0]) for i in range(len(as_spec))), "the pixels the model's spec reads"

@@ -118,8 +118,9 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
 
         base = load_model(config.init_from, device=device)
         config = inherit_validation_split(inherit_input_transform(config, base.spec), base.spec)
-    train_set, val_set, classes, plain = load_data(config, data_root, download,
-                                                   channels=base.spec.input_size[0] if base is not None else 3)
+    train_set, val_set, classes, plain = load_data(
+        config, data_root, download, channels=base.spec.input_size[0] if base is not None else 3,
+        crop_mode=base.spec.crop_mode if base is not None else "center")
     if resume:
         _check_resumable(config, out_dir)
         model = load_checkpoint(out_dir, map_location=device)

@@ -23,16 +23,17 @@ def channel_stats(dataset, n: int = 5000, batch_size: int = 500):
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
 
 
-def load_data(config: TrainConfig, data_root, download: bool, channels: int = 3):
+def load_data(config: TrainConfig, data_root, download: bool, channels: int = 3, crop_mode: str = "center"):
     """(training split with the recipe's augmentation, validation split, class names, the training split without
-    augmentation), images of `channels` channels (a grayscale model's fine-tune: 1)."""
+    augmentation), images of `channels` channels (a grayscale model's fine-tune: 1), resized by `crop_mode` (a
+    fine-tuned timm model that squashes its images is validated on squashed ones, as its spec reads them)."""
     size = config.image_size
     if size is None and config.crop_pct not in (None, 1.0):  # a crop margin on images kept at their own size:
         # resize and crop them as the model's eval transform will (its spec records this crop_pct), not raw
         raw = datasets.load_dataset(config.data, "train", root=data_root, download=download,
                                     transform=datasets.pixel_transform(None))
         size = int(raw[0][0].shape[-1])
-    how = dict(crop_pct=config.crop_pct, interpolation=config.interpolation, channels=channels)
+    how = dict(crop_pct=config.crop_pct, interpolation=config.interpolation, channels=channels, crop_mode=crop_mode)
     augmented = datasets.load_dataset(config.data, "train", root=data_root, download=download,
                                       transform=datasets.pixel_transform(size, train=True, augment=config.augment, **how))
     plain = datasets.load_dataset(config.data, "train", root=data_root, download=download,
