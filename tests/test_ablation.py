@@ -291,3 +291,20 @@ def test_a_bar_in_a_factor_or_label_stays_inside_its_table_cell():
     header, body = table[0], table[1]
     cells = lambda line: len(line.replace("\\|", "").split("|"))
     assert cells(body) == cells(header) and "lr\\|schedule" in body and "0.1 \\| cosine" in body
+
+
+def test_paired_rows_of_both_interval_methods_are_told_apart():
+    """The report named Agresti & Min's interval for every paired row as soon as one had it: the committed rows,
+    made with the normal interval, were relabelled by a new one."""
+    import json
+
+    from robgen.experiments.ablation_report import markdown
+    from tests.conftest import REPO
+
+    committed = json.loads((REPO / "results" / "cifar10" / "ablation" / "results.json").read_text())
+    old = [row for row in committed["rows"] if "detection_rate_minus_exact" in row]
+    new = dict(old[0], label="new", minus_exact_interval="agresti-min")
+    lines = markdown(committed["rows"] + [new], committed["settings"]).splitlines()
+    listed = [line for line in lines if line.startswith("- ")]
+    assert all(line.endswith("(normal interval)") for line in listed[:-1]) and "(normal interval)" not in listed[-1]
+    assert "normal interval" not in markdown(committed["rows"], committed["settings"]).split("Pixels, paired")[1]

@@ -57,12 +57,25 @@ def _recipe(model: dict) -> str:
     return ", ".join(parts)
 
 
+AGRESTI_MIN = "Agresti & Min's interval for paired proportions (robgen.metrics.paired_difference_interval)"
+
+
 def _paired_words(rows: List[dict]) -> str:
     """How the paired differences' intervals were made: Agresti & Min's where a row records it, else (the rows
-    made before) the normal interval over images."""
-    if any(row.get("minus_exact_interval") == PAIRED_INTERVAL for row in rows):
-        return "Agresti & Min's interval for paired proportions (robgen.metrics.paired_difference_interval)"
+    made before) the normal interval over images; rows of both kinds are marked one by one (`_paired_mark`)."""
+    kinds = {row.get("minus_exact_interval") == PAIRED_INTERVAL for row in rows if "detection_rate_minus_exact" in row}
+    if kinds == {True}:
+        return AGRESTI_MIN
+    if kinds == {True, False}:
+        return f"{AGRESTI_MIN}, or where a row says so the normal interval over images of the rows measured before"
     return "normal interval over images"
+
+
+def _paired_mark(row: dict, rows: List[dict]) -> str:
+    """" (normal interval)" on a paired row made before Agresti & Min's interval, when rows of both kinds show."""
+    kinds = {r.get("minus_exact_interval") == PAIRED_INTERVAL for r in rows if "detection_rate_minus_exact" in r}
+    old = row.get("minus_exact_interval") != PAIRED_INTERVAL
+    return " (normal interval)" if old and len(kinds) == 2 else ""
 
 
 def _cell(text) -> str:
@@ -124,7 +137,7 @@ def markdown(rows: List[dict], settings: dict) -> str:
             d, f = row["detection_rate_minus_exact_ci"], row["false_positive_rate_minus_exact_ci"]
             lines.append(f"- {row['label']}: detection {100 * row['detection_rate_minus_exact']:+.1f} "
                          f"[{100 * d[0]:+.1f}, {100 * d[1]:+.1f}], FPR {100 * row['false_positive_rate_minus_exact']:+.1f} "
-                         f"[{100 * f[0]:+.1f}, {100 * f[1]:+.1f}] ({row['n_test']} images)")
+                         f"[{100 * f[0]:+.1f}, {100 * f[1]:+.1f}] ({row['n_test']} images){_paired_mark(row, rows)}")
     return "\n".join(lines) + "\n"
 
 
