@@ -165,6 +165,15 @@ def test_a_detector_fitted_for_other_weights_is_refused_where_a_model_uses_it(tm
     with pytest.raises(ValueError, match="fitted for another model"):
         EnergyReject.from_detector(detector, loaded_other)
     assert EnergyReject.from_detector(detector, model).tau > detector.threshold
+    # the same weights held otherwise are the same model: a float64 copy, a torch.compile'd one; a float16 copy is
+    # another (rounded) set of weights, refused with the advice that applies
+    import copy
+
+    detector.save(folder / "detector.json")
+    assert EnergyReject.from_detector(detector, copy.deepcopy(model).double()).tau > detector.threshold
+    assert EnergyReject.from_detector(detector, torch.compile(model)).tau > detector.threshold
+    with pytest.raises(ValueError, match="at a lower precision, use a float32 copy"):
+        EnergyReject.from_detector(detector, copy.deepcopy(model).half())
     detector.model_fingerprint = None  # an older file
     detector.save(folder / "detector.json")
     assert load_shipped_detector(loaded_other).threshold == detector.threshold

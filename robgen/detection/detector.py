@@ -31,7 +31,7 @@ import torch
 
 from ..energy import energy as free_energy
 from ..metrics import RULES, auroc, choose_threshold, detection_metrics
-from ..models.fingerprint import model_fingerprint
+from ..models.fingerprint import weights_fingerprint
 
 # The official notebooks' grid (no 5), searched in this order; a temperature replaces the current
 # choice only with a strictly larger validation AUROC.
@@ -84,8 +84,9 @@ class EnergyDetector:
         self.model_fingerprint: Optional[str] = None
 
     def bind(self, model: torch.nn.Module) -> "EnergyDetector":
-        """Record that the threshold was fitted on `model`'s outputs (its weights' fingerprint)."""
-        self.model_fingerprint = model_fingerprint(model)
+        """Record that the threshold was fitted on `model`'s outputs (its weights' fingerprint, read as float32
+        and without torch.compile's or DDP's wrapper: `weights_fingerprint`)."""
+        self.model_fingerprint = weights_fingerprint(model)
         return self
 
     def check_model(self, model: torch.nn.Module) -> None:
@@ -93,12 +94,17 @@ class EnergyDetector:
         robgen before the record was added on 2026-12-05, or fitted without `bind`, is taken as it is)."""
         if self.model_fingerprint is None:
             return
-        found = model_fingerprint(model)
+        found = weights_fingerprint(model)
         if found != self.model_fingerprint:
             source = getattr(getattr(model, "spec", None), "source", "") or "this model"
+            dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()} - {"torch.float32"})
+            precision = (f" (its weights are {', '.join(dtypes)}: if they are the fitted model's at a lower "
+                         "precision, use a float32 copy, model.float(), whose energies the threshold was set on)"
+                         if dtypes else "")
             raise ValueError(f"this energy detector was fitted for another model (weights {self.model_fingerprint[:12]}…, "
-                             f"{source}'s are {found[:12]}…): its threshold is on that model's energy scale. Fit one "
-                             f"for this model: python -m robgen fit-detector --model {source} --data DATASET")
+                             f"{source}'s are {found[:12]}…){precision}: its threshold is on that model's energy "
+                             f"scale. Fit one for this model: python -m robgen fit-detector --model {source} --data "
+                             "DATASET")
 
     def energies(self, scores: torch.Tensor) -> torch.Tensor:
         """E(x) at the detector's temperature: `scores` are logits (2-D), or energies at T = 1 (1-D)."""

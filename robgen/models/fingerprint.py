@@ -1,6 +1,7 @@
 """Which weights a model has: a SHA-256 of its parameters and buffers, so that a file fitted to a model knows it.
 
     fingerprint = model_fingerprint(model)   # 64 hex digits; equal weights give equal fingerprints
+    weights_fingerprint(model)               # the same, read as float32 and unwrapped (an energy detector's)
 
 Things fitted to one model's outputs (a reject option's thresholds, an energy detector's threshold, an
 experiment's stages) record this
@@ -22,8 +23,27 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
     A subnormal weight counts as the +0 that `load_model` makes of it (robgen.models.subnormals): the same file
     read by `load_checkpoint`, which keeps them, or by `load_model`, which zeroes them, is the same model."""
-    digest = hashlib.sha256()
+    return _digest(model.state_dict().items())
+
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """`model_fingerprint` of the weights whatever holds them: float tensors read as float32 (a float64 copy of a
+    float32 model is the same model; a float16 one is not, its values being rounded) and torch.compile's and
+    DDP's name prefixes left out. Equal to `model_fingerprint` for a plain float32 model."""
+    items = []
     for name, tensor in model.state_dict().items():
+        while name.startswith(WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        items.append((name, tensor.float() if tensor.is_floating_point() else tensor))
+    return _digest(items)
+
+
+def _digest(items) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in items:
         shape = tuple(tensor.shape)  # before flattening: a (4, 3, 1, 3) and a (4, 3, 3, 1) kernel are other models
         tensor = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN counters) too
         if tensor.dtype in FLOAT_BITS:
