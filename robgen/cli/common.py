@@ -195,8 +195,12 @@ def open_model(args, device: torch.device, name: Optional[str] = None):
     """The model named by --model (or `name`, for commands that take several), on `device`."""
     from ..models import load_model
 
-    try:
-        return load_model(args.model if name is None else name, pretrained=not args.random_weights, device=device)
+    name = args.model if name is None else name
+    if args.random_weights and not str(name).startswith("timm:") and name == getattr(args, "model", None):
+        raise UsageError(f"--random-weights applies to timm: names only; {name} is loaded as it was saved")
+    timm_only = {"pretrained": not args.random_weights} if str(name).startswith("timm:") else {}
+    try:  # (commands of several models: --random-weights for their timm: names, the others as saved)
+        return load_model(name, device=device, **timm_only)
     except (ValueError, FileNotFoundError, RuntimeError) as error:  # RuntimeError: a download that failed, said so
         raise UsageError(str(error)) from None
 
