@@ -488,8 +488,8 @@ def first(dataset: Dataset, limit: Optional[int], what: str = "split") -> Datase
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if limit > len(dataset):
-        raise ValueError(f"limit {limit} is larger than the {what}, which has {len(dataset)} examples (pass "
-                         f"--limit {len(dataset)} or less)")
+        raise ValueError(f"limit {limit} is larger than the {what}, which has {len(dataset)} examples: ask for "
+                         f"{len(dataset)} or fewer")
     return Subset(dataset, range(limit))
 
 

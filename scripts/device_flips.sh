@@ -31,8 +31,10 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 ROBGEN_DATA="$DATA"
 resume=()
 if [ -e "$RUN/trainer_state.pt" ]; then resume=(--resume); fi
+beta=()  # TRADES' weight: trades and weat take it (train refuses a setting its mode would ignore)
+if [ "$MODE" = trades ] || [ "$MODE" = weat ]; then beta=(--trades-beta "$TRADES_BETA"); fi
 train=($PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_cifar --width "$WIDTH" --mode "$MODE"
-       --trades-beta "$TRADES_BETA" --eps 8/255 --attack-steps "$ATTACK_STEPS" --epochs "$EPOCHS" --lr 0.02
+       "${beta[@]}" --eps 8/255 --attack-steps "$ATTACK_STEPS" --epochs "$EPOCHS" --lr 0.02
        --batch-size 128 --schedule onecycle --val-size 5000 --out "$RUN" "${resume[@]}" "${EXTRA[@]}")
 if [ "$TRAIN_SECONDS" -gt 0 ]; then
     timeout --signal=INT --kill-after=15 "$TRAIN_SECONDS" "${train[@]}" > "$OUT/train.log" 2>&1 || [ $? -eq 124 ]
