@@ -113,26 +113,25 @@ def user_path(text: str) -> str:
     return str(Path(text).expanduser()) + (os.sep if text.endswith(("/", os.sep)) and len(text) > 1 else "")
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1 (a batch size): 0 would loop forever or divide by zero deep inside."""
+def whole_number(text: str, least: int) -> int:
+    """`text` as a whole number of at least `least`, or an argparse error that says so."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (a batch size): 0 would loop forever or divide by zero deep inside."""
+    return whole_number(text, 1)
 
 
 def count(text: str) -> int:
     """A whole number >= 0 (data-loading processes: 0 loads in the main process)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return whole_number(text, 0)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
