@@ -328,6 +328,7 @@ def foreign_detector(unrecorded, tmp_path_factory):
     ({"--restarts": "0"}, "--restarts must be >= 1"),
     ({"--eps": "8/255,0.03137255"}, "eps 0.03137254901960784 and 0.03137255 are one radius to 6 digits (both 8/255)"),
     ({"--lambdas": "0.6,0.6000001"}, "lambdas 0.6 and 0.6000001 are one to 6 digits"),
+    ({"--lambdas": "0.6,-1"}, "lambdas must be finite numbers >= 0"),  # (was accepted; reproduce refused it)
     ({"--target-fpr": "1"}, "--target-fpr must be in (0, 1)"),
     ({"--model": "UNRECORDED"}, "records no validation split held out of"),
     ({"--detector-file": "FOREIGN"}, "calibrated for another model"),

@@ -111,8 +111,9 @@ class AdaptiveSettings:
         if not 0 < float(self.target_fpr) < 1:
             raise ValueError(f"target_fpr must be in (0, 1), e.g. 0.05, got {self.target_fpr}")
         self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
-        if not all(math.isfinite(lam) for lam in self.lambdas):
-            raise ValueError(f"HE-PGD's lambdas must be finite numbers, got {self.lambdas}")
+        if not all(math.isfinite(lam) and lam >= 0 for lam in self.lambdas):  # as reproduce's sweep: a negative λ
+            # would pull the energy down, the paper's PGD side, not HE-PGD's
+            raise ValueError(f"HE-PGD's lambdas must be finite numbers >= 0, got {self.lambdas}")
         clash = same_name(self.lambdas, hepgd_name)
         if clash:  # the attack is named by it: the second would never run
             raise ValueError(f"HE-PGD's lambdas {' and '.join(repr(lam) for lam in clash[1])} are one to 6 digits "
