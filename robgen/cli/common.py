@@ -194,8 +194,9 @@ def open_model(args, device: torch.device, name: Optional[str] = None):
     """The model named by --model (or `name`, for commands that take several), on `device`."""
     from ..models import load_model
 
-    name = args.model if name is None else name
-    if args.random_weights and not str(name).startswith("timm:") and name == getattr(args, "model", None):
+    single = name is None  # the command's one --model (commands of several pass each name)
+    name = args.model if single else name
+    if args.random_weights and single and not str(name).startswith("timm:"):
         raise UsageError(f"--random-weights applies to timm: names only; {name} is loaded as it was saved")
     timm_only = {"pretrained": not args.random_weights} if str(name).startswith("timm:") else {}
     try:  # (commands of several models: --random-weights for their timm: names, the others as saved)

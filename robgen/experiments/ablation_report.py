@@ -60,22 +60,21 @@ def _recipe(model: dict) -> str:
 AGRESTI_MIN = "Agresti & Min's interval for paired proportions (robgen.metrics.paired_difference_interval)"
 
 
+def _agresti_min(rows: List[dict]) -> set:
+    """Which interval the paired rows among `rows` carry: {True} Agresti & Min's (rows that record it), {False}
+    the normal interval over images (the rows made before), both, or none."""
+    return {row.get("minus_exact_interval") == PAIRED_INTERVAL for row in rows if "detection_rate_minus_exact" in row}
+
+
 def _paired_words(rows: List[dict]) -> str:
-    """How the paired differences' intervals were made: Agresti & Min's where a row records it, else (the rows
-    made before) the normal interval over images; rows of both kinds are marked one by one (`_paired_mark`)."""
-    kinds = {row.get("minus_exact_interval") == PAIRED_INTERVAL for row in rows if "detection_rate_minus_exact" in row}
+    """How the paired differences' intervals were made; where rows of both kinds show, the older ones are marked
+    one by one (" (normal interval)")."""
+    kinds = _agresti_min(rows)
     if kinds == {True}:
         return AGRESTI_MIN
     if kinds == {True, False}:
         return f"{AGRESTI_MIN}, or where a row says so the normal interval over images of the rows measured before"
     return "normal interval over images"
-
-
-def _paired_mark(row: dict, rows: List[dict]) -> str:
-    """" (normal interval)" on a paired row made before Agresti & Min's interval, when rows of both kinds show."""
-    kinds = {r.get("minus_exact_interval") == PAIRED_INTERVAL for r in rows if "detection_rate_minus_exact" in r}
-    old = row.get("minus_exact_interval") != PAIRED_INTERVAL
-    return " (normal interval)" if old and len(kinds) == 2 else ""
 
 
 def _cell(text) -> str:
@@ -131,13 +130,15 @@ def markdown(rows: List[dict], settings: dict) -> str:
                 f"{row.get('auroc', float('nan')):.3f} | {row.get('temperature', float('nan')):g} | "
                 f"{_pct(row.get('detection_rate_successful'))} | {_at_fpr(row)} |")
     paired = [row for row in rows if "detection_rate_minus_exact" in row]
+    mixed = len(_agresti_min(rows)) == 2  # then the older rows are marked
     if paired:
         lines += ["", "Pixels, paired on the same test images (JPEG minus exact, points):", ""]
         for row in paired:
             d, f = row["detection_rate_minus_exact_ci"], row["false_positive_rate_minus_exact_ci"]
+            mark = " (normal interval)" if mixed and row.get("minus_exact_interval") != PAIRED_INTERVAL else ""
             lines.append(f"- {row['label']}: detection {100 * row['detection_rate_minus_exact']:+.1f} "
                          f"[{100 * d[0]:+.1f}, {100 * d[1]:+.1f}], FPR {100 * row['false_positive_rate_minus_exact']:+.1f} "
-                         f"[{100 * f[0]:+.1f}, {100 * f[1]:+.1f}] ({row['n_test']} images){_paired_mark(row, rows)}")
+                         f"[{100 * f[0]:+.1f}, {100 * f[1]:+.1f}] ({row['n_test']} images){mark}")
     return "\n".join(lines) + "\n"
 
 
