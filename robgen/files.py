@@ -20,6 +20,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Union
 
 PARTIAL_SUFFIX = ".partial"
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it), and put back
+os.umask(_UMASK)
+
+
+def _usual_permissions(path: Path) -> None:
+    """Give a written file the permissions a plain `open(path, "w")` would: safetensors writes its files
+    readable by their owner alone (0600), which hides a checkpoint from the other users of a shared machine
+    or a Space's server process."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def partial_path(path: Union[str, Path]) -> Path:
@@ -34,6 +43,7 @@ def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> P
     temporary = partial_path(path)
     try:
         write(temporary)
+        _usual_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)  # a failed write leaves no stray .partial file beside the target
@@ -49,6 +59,7 @@ def write_together(writes: Dict[Path, Callable[[Path], None]]) -> None:
     try:
         for path, write in writes.items():
             write(temporaries[Path(path)])
+            _usual_permissions(temporaries[Path(path)])
     except BaseException:
         for temporary in temporaries.values():
             temporary.unlink(missing_ok=True)

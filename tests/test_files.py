@@ -59,3 +59,18 @@ def test_results_json_text_is_strict_json_with_a_rate_over_no_images_as_null():
                                                        "rows": [{"n": 0, "mean": None}], "ok": 0.5,
                                                        "score": None}
     assert text.endswith("}\n") and "NaN" not in text
+
+
+def test_written_files_get_the_usual_permissions_not_safetensors_owner_only(tmp_path):
+    """safetensors writes 0600: a checkpoint saved through robgen is readable as any file its user writes."""
+    import os
+    import torch
+    from safetensors.torch import save_file
+    from robgen.files import write_together
+    umask = os.umask(0o022)
+    os.umask(umask)
+    weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    write_atomically(weights, lambda t: save_file({"w": torch.zeros(2)}, str(t)))
+    assert os.stat(weights).st_mode & 0o777 == 0o666 & ~umask
+    write_together({weights: lambda t: save_file({"w": torch.ones(2)}, str(t)), config: lambda t: t.write_text("{}")})
+    assert os.stat(weights).st_mode & 0o777 == 0o666 & ~umask
