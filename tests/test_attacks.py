@@ -66,6 +66,9 @@ def test_hepgd_with_zero_lambda_is_pgd(model, batch):
     he = HEPGD(model, eps=8 / 255, step_size=1 / 255, steps=5, lam=0.0, generator=torch.Generator().manual_seed(3))(x, y)
     assert torch.equal(pgd, he)
     assert HEPGD is HighEnergyPGD
+    for lam in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+            HighEnergyPGD(torch.nn.Linear(2, 2), lam=lam)
 
 
 @pytest.mark.parametrize("lam", [0.5, 1.0, 1.2, 3.0])

@@ -433,6 +433,10 @@ def test_more_numbers_that_cannot_work_are_refused_with_what_to_enter(tmp_path, 
     assert main(["fit-seeds", "--model", str(checkpoint), "--data", str(toy_data), "--resolution", "64",
                  "--out", str(tmp_path / "seeds.safetensors")]) == 2
     assert "above the model's input side 32" in capsys.readouterr().err
+    out = tmp_path / "negative-lam"  # a negative λ pulls the energy down: it was run as asked
+    assert main(["attack", "--model", str(checkpoint), "--attack", "hepgd", "--lam", "-1", "--out", str(out),
+                 str(images[0])]) == 2
+    assert "lam must be a finite number >= 0" in capsys.readouterr().err and not out.exists()
 
 
 def test_attack_overwrite_replaces_the_earlier_runs_pngs_and_keeps_other_files(tmp_path, checkpoint, images):

@@ -48,8 +48,9 @@ class HighEnergyPGD(Attack):
         super().__init__(model, eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start,
                          generator=generator, alpha=alpha, fused=fused)
         lam = float(lam)
-        if not math.isfinite(lam):
-            raise ValueError(f"lam must be a finite number, got {lam}")
+        if not (math.isfinite(lam) and lam >= 0):  # a negative weight pulls the energy down: plain PGD's side,
+            # the opposite of what HE-PGD is for (and of every λ the paper reports)
+            raise ValueError(f"lam must be a finite number >= 0 (HE-PGD raises the energy; 0 is plain PGD), got {lam}")
         self.lam = lam
         self.temperature = check_positive(temperature, "temperature")
 
