@@ -522,3 +522,9 @@ def test_a_defended_model_left_in_train_mode_is_scored_in_eval_mode_and_left_as_
             assert all(torch.equal(before[name], value) for name, value in model.state_dict().items()), kind
         finally:
             model.eval()
+
+
+def test_the_adaptive_report_writes_multi_ts_level_as_a_count():
+    from robgen.experiments.adaptive_report import _thresholds
+    entry = {"kind": "multi-t", "thresholds": {"taus": [-8.0, -12345.678], "level": 10000}, "validation": {}}
+    assert _thresholds(entry).startswith("taus = [-8, -1.235e+04]; level = 10000;")

@@ -269,6 +269,8 @@ def _thresholds(entry: dict) -> str:
     for name, value in entry["thresholds"].items():
         if isinstance(value, list):
             parts.append(f"{name} = [{', '.join(f'{v:.4g}' for v in value)}]")
+        elif isinstance(value, int):  # a count (multi-t's level): 10000 as written, not 1e+04
+            parts.append(f"{name} = {value}")
         elif value is not None:
             parts.append(f"{name} = {value:.4g}")
     settings = ", ".join(f"{k} {eps_label(v) if k == 'radius' else v}" for k, v in entry.get("settings", {}).items())
