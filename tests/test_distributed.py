@@ -56,6 +56,13 @@ def test_two_ranks_agree(toy_data, tmp_path):
     assert ranks[0]["eval"]["pgd_accuracy"] == ranks[1]["eval"]["pgd_accuracy"]
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
     assert saved["training"]["world_size"] == 2 and saved["training"]["epochs_done"] == 2
+    # each rank augments with its own random stream (they drew the same crops and flips, image for image)
+    assert ranks[0]["streams"] != ranks[1]["streams"] and len(ranks[0]["streams"]) == 2
+    # a run of two processes resumed by one would go on at the wrong step of its schedule: refused
+    from robgen.training import TrainConfig, train
+    with pytest.raises(ValueError, match="trained by 2 process"):
+        train(TrainConfig(data=str(toy_data), width=4, epochs=2, batch_size=8, val_size=32, eval_subset=16,
+                          eval_steps=1), tmp_path / "checkpoint", device="cpu", progress=False, resume=True)
 
 
 RESUME_WORKER = textwrap.dedent("""

@@ -152,9 +152,12 @@ def test_a_run_that_dies_keeps_its_last_complete_checkpoint(toy_data, tmp_path):
     assert resumed.spec.training["epochs_done"] == 3
 
 
-def test_a_run_killed_between_its_weights_and_its_trainer_state_is_not_resumed_as_if_whole(toy_data, tmp_path,
-                                                                                          monkeypatch):
-    """Epoch 2's weights beside epoch 1's optimiser and schedule: resuming trained epoch 2 again on top of them."""
+def test_a_run_killed_between_its_weights_and_its_trainer_state_goes_on_from_the_last_whole_epoch(
+        toy_data, tmp_path, monkeypatch):
+    """Epoch 2's weights beside epoch 1's optimiser and schedule: resuming trained epoch 2 again on top of them, and
+    then refused such a run for good (every finished epoch lost to a Ctrl-C in the instant of writing). The trainer
+    state keeps its epoch's weights, so the run goes on from epoch 1 exactly; an older state without them is
+    refused, as it was."""
     from robgen.training import checkpointing
 
     real_save = checkpointing.atomic_save
@@ -164,12 +167,35 @@ def test_a_run_killed_between_its_weights_and_its_trainer_state_is_not_resumed_a
             raise KeyboardInterrupt
         real_save(obj, path)
 
-    monkeypatch.setattr(checkpointing, "atomic_save", killed_writing_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(toy_data, epochs=3), tmp_path / "torn", progress=False)
-    monkeypatch.setattr(checkpointing, "atomic_save", real_save)
+    settings = dict(epochs=3, mode="pgd", attack_steps=2)
+    for folder in ("torn", "torn-old"):
+        monkeypatch.setattr(checkpointing, "atomic_save", killed_writing_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(toy_data, **settings), tmp_path / folder, progress=False)
+        monkeypatch.setattr(checkpointing, "atomic_save", real_save)
+    assert json.loads((tmp_path / "torn" / "config.json").read_text())["training"]["epochs_done"] == 2
+    resumed = train(config(toy_data, **settings), tmp_path / "torn", resume=True, progress=False)
+    assert_same_weights(train(config(toy_data, **settings), tmp_path / "straight", progress=False), resumed)
+    state = torch.load(tmp_path / "torn-old" / training.STATE_FILE, weights_only=True)
+    torch.save({key: value for key, value in state.items() if key != "model"}, tmp_path / "torn-old" / training.STATE_FILE)
     with pytest.raises(ValueError, match="weights of epoch 2 but the optimiser, schedule and random state of epoch 1"):
-        train(config(toy_data, epochs=3), tmp_path / "torn", resume=True, progress=False)
+        train(config(toy_data, **settings), tmp_path / "torn-old", resume=True, progress=False)
+
+
+def test_a_state_of_the_other_device_resumes_with_fresh_random_starts(toy_data, tmp_path, caplog):
+    """A run trained on a lent GPU and resumed on the CPU (or back): the attack generator's state of the other
+    device (16 bytes on CUDA, 5,056 on the CPU) crashed set_state. Simulated: a CUDA-sized state in a CPU run's file."""
+    settings = dict(mode="pgd", epochs=2, attack_steps=2)
+    folder = tmp_path / "gpu-run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, **settings), folder, progress=False, on_epoch=stop_after_epoch(1))
+    state = torch.load(folder / training.STATE_FILE, weights_only=True)
+    state["random_states"][0]["attack"] = torch.zeros(16, dtype=torch.uint8)  # a Philox (CUDA) generator's state
+    torch.save(state, folder / training.STATE_FILE)
+    with caplog.at_level("WARNING", logger="robgen.training"):
+        resumed = train(config(toy_data, **settings), folder, resume=True, progress=False)
+    assert resumed.spec.training["epochs_done"] == 2
+    assert "generator of another device (a 16-byte state" in caplog.text
 
 
 def test_a_fine_tuned_model_is_the_model_in_its_own_folder_not_its_bases(toy_data, tmp_path):

@@ -3,7 +3,7 @@
 Every epoch writes, atomically, to the run's folder:
 - a complete robgen checkpoint (`model.safetensors` + `config.json` with the recipe, data and measured
   accuracies), loadable by `robgen.load_model(folder)`;
-- `trainer_state.pt`: optimiser, schedule, epoch, history and every random state (the torch CPU RNG, the CUDA
+- `trainer_state.pt`: the weights again, optimiser, schedule, epoch, history and every random state (the torch CPU RNG, the CUDA
   RNG, the attack's random-start generator and the sampler's generator, per rank), so a resumed run continues
   as if it had not stopped;
 - a line of `log.jsonl`;
@@ -88,20 +88,22 @@ def restore_random_states(state: dict, device: torch.device, attack, sampler, ou
                 "starts and the CUDA RNG restart from the seed, so this resumed run is not bit-identical to an "
                 "uninterrupted one", out_dir, STATE_FILE)
         return
-    if len(per_rank) != distributed.world_size():
-        torch.set_rng_state(per_rank[0]["cpu"].cpu())
-        logger.warning(
-            "%s/%s was written by %d process(es) but this run has %d: only rank 0's torch CPU RNG is restored and "
-            "the other generators restart from the seed, so the run is not bit-identical to an uninterrupted one "
-            "(resume with the same --nproc_per_node for that)", out_dir, STATE_FILE, len(per_rank),
-            distributed.world_size())
-        return
+    if len(per_rank) != distributed.world_size():  # the training loop refuses this before it gets here
+        raise ValueError(f"{out_dir}/{STATE_FILE} holds the random states of {len(per_rank)} process(es), and this "
+                         f"run has {distributed.world_size()}: resume with the same number")
     mine = per_rank[distributed.rank()]
     torch.set_rng_state(mine["cpu"].cpu())
     if device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
     if attack is not None and attack.generator is not None and "attack" in mine:
-        attack.generator.set_state(mine["attack"].cpu())
+        if mine["attack"].numel() == attack.generator.get_state().numel():
+            attack.generator.set_state(mine["attack"].cpu())
+        else:  # a CUDA generator's state on a CPU run or the other way round (trained on a lent GPU, resumed here)
+            logger.warning(
+                "%s/%s holds the attack's random-start generator of another device (a %d-byte state, this run's "
+                "takes %d): its random starts restart from the seed, so this resumed run is not bit-identical to "
+                "an uninterrupted one", out_dir, STATE_FILE, mine["attack"].numel(),
+                attack.generator.get_state().numel())
     generator = getattr(sampler, "generator", None)
     if generator is not None and "sampler" in mine:
         generator.set_state(mine["sampler"].cpu())
@@ -140,6 +142,8 @@ def write_epoch(model, config, out_dir: Path, classes, history, device, optimize
     if config.snapshot_every and (epoch + 1) % config.snapshot_every == 0:
         save_checkpoint(model, snapshot_folder(out_dir, epoch + 1))
     atomic_save({
+        "model": model.state_dict(),  # this epoch's weights again: resume reads them from here, so a run stopped
+        # after model.safetensors and before this file goes on from the epoch before, exactly
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
         "wall_seconds": row["seconds"], "history": json.dumps(history),
         "rng": states[0]["cpu"],  # the only random state of files from before "random_states"

@@ -92,6 +92,14 @@ def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
                                 f"{checkpointing.STATE_FILE}")
     saved = read_config(out_dir)
     saved_recipe = saved.get("training", {}).get("config", {})
+    processes = saved.get("training", {}).get("world_size")
+    if processes is not None and int(processes) != distributed.world_size():
+        # the schedule counts steps per process and the batch is per process: with another count the learning
+        # rate would go on from the wrong step (0 for the rest of a one-cycle run) and the global batch would change
+        raise ValueError(f"{out_dir} was trained by {processes} process(es) and this run has "
+                         f"{distributed.world_size()}: resume it with the same number (torchrun --nproc_per_node "
+                         f"{processes}{'' if int(processes) > 1 else ', or plain python'}), or fine-tune from its "
+                         f"weights (--init-from {out_dir})")
     if saved.get("architecture") != config.architecture or saved_recipe.get("width") != config.width:
         raise ValueError(
             f"{out_dir} holds a {saved.get('architecture')} (width {saved_recipe.get('width')}) checkpoint, "
@@ -137,6 +145,14 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
     net = model
     if distributed.is_distributed():
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if distributed.rank() > 0:  # every rank drew the same stream from the same seed, so the k-th image of each
+            # rank got the same crop and flip (and the loader workers the same seeds): each rank its own from here,
+            # after the weights (rank 0's, which DDP gives every rank); rank 0, and a run alone, keep the seed's
+            seed = config.seed + 1_000_003 * distributed.rank()
+            torch.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
 
     if distributed.is_distributed():
         sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed, drop_last=True)
@@ -160,7 +176,9 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
         weights_epoch = (model.spec.training or {}).get("epochs_done")
-        if weights_epoch is not None and int(weights_epoch) != start_epoch:  # a run killed between the two writes
+        if "model" in state:  # the weights of the state's own epoch: a run stopped between writing model.safetensors
+            model.load_state_dict(state["model"])  # and trainer_state.pt goes on from the last complete state
+        elif weights_epoch is not None and int(weights_epoch) != start_epoch:  # (files from before it kept them)
             raise ValueError(f"{out_dir} holds the weights of epoch {weights_epoch} but the optimiser, schedule and "
                              f"random state of epoch {start_epoch} ({checkpointing.STATE_FILE}): the run was stopped "
                              "while writing an epoch, so it cannot continue exactly; start it again (--overwrite), "
