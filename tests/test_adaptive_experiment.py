@@ -929,3 +929,24 @@ def test_robust_margin_by_name_calibrates_on_the_validation_images_and_its_inner
                                 batch_size=4, limit=4)
     plain = estimate_passes(settings, 4, 40, shared_references=False)
     assert results["estimate"]["forward_backward_passes"] > plain["forward_backward_passes"] + 40 * 4
+
+
+def test_images_replaced_in_place_are_not_read_back_as_this_runs(finished, checkpoint, toy_data, tmp_path, capsys):
+    """The key named the data folder and the image counts: images replaced under the same names kept both, and the
+    run read back stages (and detectors) of the old pixels."""
+    out, _ = finished
+    again = tmp_path / "again"
+    shutil.copytree(out / STAGES, again / STAGES)
+    from PIL import Image
+    backup = tmp_path / "backup"
+    shutil.copytree(toy_data, backup)
+    try:
+        for path in (path for path in toy_data.rglob("*") if path.is_file()):
+            with Image.open(path) as image:
+                mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            mirrored.save(path)
+        assert main(command(checkpoint, toy_data, again)) == 2
+    finally:  # the toy data set is shared by the other tests
+        shutil.rmtree(toy_data)
+        shutil.copytree(backup, toy_data)
+    assert "holds the finished stages of another run" in capsys.readouterr().err

@@ -278,3 +278,21 @@ def test_a_known_data_sets_stages_follow_its_data_root_whatever_folder_the_worki
     first, second = data_location("cifar10", tmp_path / "copy-a"), data_location("cifar10", tmp_path / "copy-b")
     assert first != second and first.endswith("copy-a") and second.endswith("copy-b")
     assert data_location("./cifar10") == str((tmp_path / "cifar10").resolve())  # a folder named by its path
+
+
+def test_an_image_replaced_in_place_is_refused(toy_data, tmp_path):
+    """The key named the data folder and the image counts: an image file replaced by another under the same name
+    kept both, and its run read back clean outputs of the old pixels beside attacks on the new ones."""
+    data = tmp_path / "images"
+    shutil.copytree(toy_data, data)
+    folder = tmp_path / "stages"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StageStore, "clear", lambda self: None)
+        _run(_model(), data, folder)
+    from PIL import Image
+    for path in (path for path in data.rglob("*") if path.is_file()):  # every file, whichever split it is in
+        with Image.open(path) as image:
+            mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        mirrored.save(path)
+    with pytest.raises(ValueError, match="pixels"):
+        _run(_model(), data, folder)

@@ -21,7 +21,6 @@ row of a model already measured under another factor copies those numbers), so r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -184,11 +183,7 @@ def images_fingerprint(dataset) -> str:
     """A hash of a split's pixels and labels, the same on every machine with the same images: a row measured on
     another copy of the data (the JPEG copies, a fresh download, another --data-root) is measured again, not read
     back (a row is committed with the results and read back on other machines, so no local path can say this)."""
-    digest = hashlib.sha256()
-    images, labels = datasets.load_tensors(dataset)
-    digest.update(images.contiguous().numpy().tobytes())
-    digest.update(labels.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return datasets.pixels_fingerprint(dataset)
 
 
 def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, limit: Optional[int] = 2000,

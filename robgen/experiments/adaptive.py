@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.utils.data import TensorDataset
 
 from .. import data as datasets
 from .. import distributed
@@ -483,6 +484,9 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
         stage_dir = Path(out_dir) / STAGES
     run_key = {"settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
                "model": model_fingerprint(model), "n_validation": len(splits.validation), "n_test": len(x),
+               # the images themselves: a file replaced in place keeps the path and the counts
+               "pixels": {"validation": datasets.pixels_fingerprint(splits.validation),
+                          "test": datasets.pixels_fingerprint(TensorDataset(x, y))},
                "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)}
     earlier = recorded_key_of_this_run(stage_dir, run_key)  # an interrupted attempt's key, if this same run's
     kept = kept_calibration(stage_dir, earlier, model)  # its detectors, exactly

@@ -241,6 +241,9 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
     stages = StageStore(stage_dir, {"settings": keyed_settings, "data": str(data), "model": model_fingerprint(model),
                                     "data_root": data_location(data, data_root),
                                     "n_validation": len(splits.validation), "n_test": len(splits.test),
+                                    # the images themselves: a file replaced in place keeps the path and the counts
+                                    "pixels": {split: datasets.pixels_fingerprint(getattr(splits, split))
+                                               for split in ("validation", "test")},
                                     **run_environment(model)}, replace_stale=replace_stale_stages)
     reference = datasets.first(splits.train, min(settings.reference_size, len(splits.train)), "training split")
     check_reference(reference, model.spec.num_classes)  # before any attack, not after all of them

@@ -59,6 +59,7 @@ PACKAGE = Path(__file__).resolve().parents[1]  # robgen/
 # robgen's code that computes a stage's outputs (attacks, the model's forward pass, the data's pixels, the loop
 # over batches and their seeds, the stage files): an edit here changes the outputs without changing the version
 STAGE_CODE = ("attacks", "engine", "models", "checks.py", "data.py", "distributed.py", "energy.py", "images.py",
+              "image_folder.py",  # which files a folder holds, in which order
               "detection/baselines.py",  # the penultimate features stages keep
               "experiments/pipeline.py", "experiments/stages.py", "experiments/reproduce.py")  # (it builds the attacks)
 VERSIONED = ("robgen", "torch", "torchattacks")  # the packages whose versions a key records
