@@ -442,15 +442,16 @@ def test_the_estimate_counts_every_attack_restart_and_suite():
     # per image and suite: 4 attacks at r*s (pgd, penalty, matching, orthogonal twice) + 3 APGD at r*(s+1) + 2 at s
     per_suite = 2 * 10 * 3 + 2 * 10 * 2 + 3 * 2 * 11 + 10 + 10
     assert estimate["suites"] == 3 and estimate["forward_backward_passes"] == 3 * 10 * per_suite
-    # restarts (adaptive) or 1, plus the clean and the stored point per attack, plus a confirmation per adaptive one,
-    # plus the clean pass that orders the targets of logit matching and APGD-T, plus the references' s judged iterates
-    forwards = 7 * 2 + 2 * 1 + 9 * 2 + 7 + 2 + 2 * 10
-    assert estimate["forward_passes"] == 3 * (10 * forwards + 2 * 3) + 7 + 10
+    # restarts (adaptive) or 1, plus the clean and the stored point per attack, plus a confirmation and the check of
+    # the final point per adaptive one, plus the clean pass that orders the targets of logit matching and APGD-T,
+    # plus the references' s judged iterates; logit matching's 3 targets per batch (2) and once to check them
+    forwards = 7 * 2 + 2 * 1 + 9 * 2 + 7 + 7 + 2 + 2 * 10
+    assert estimate["forward_passes"] == 3 * (10 * forwards + (2 + 1) * 3) + 7 + 10
     # the references (PGD, one HE-PGD) computed once per eps for all three suites: s passes each, and s + 1 forwards
     # (each iterate judged, and the final point)
     shared = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
     assert shared["forward_backward_passes"] == 3 * 10 * (per_suite - 2 * 10) + 10 * 2 * 10
-    assert shared["forward_passes"] == 3 * (10 * (7 * 5 + 2) + 2 * 3) + 10 * 2 * 11 + 7 + 10
+    assert shared["forward_passes"] == 3 * (10 * (7 * 6 + 2) + (2 + 1) * 3) + 10 * 2 * 11 + 7 + 10
 
 
 def _entry(count, n=10):
@@ -950,3 +951,66 @@ def test_images_replaced_in_place_are_not_read_back_as_this_runs(finished, check
         shutil.rmtree(toy_data)
         shutil.copytree(backup, toy_data)
     assert "holds the finished stages of another run" in capsys.readouterr().err
+
+
+def test_the_references_judge_a_float64_models_points_as_the_defended_classifier_does():
+    """The references' judge rounded a float64 model's logits to float32 before scoring them, while the
+    calibration and every adaptive attack's verdict read them whole: at the images the thresholds sit on
+    (score exactly 0, accepted) it rejected a mistake the defended classifier accepts."""
+    from robgen.detection.defended import DefendedClassifier
+    from robgen.experiments.adaptive_suite import _EveryPoint
+    from robgen.experiments.pipeline import model_outputs, tensor_batches
+
+    model = tiny_model().double()
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(200, 3, 32, 32, generator=g).double(), torch.randint(0, 10, (200,), generator=g)
+    validation = model_outputs(model, tensor_batches(x, y, 50), progress=False)
+    edges = 0
+    for kind in ("energy", "band", "class-energy", "multi-t", "energy-gap"):
+        option = make_reject_option(kind, target_fpr=0.05).fit(validation.logits, model=model)
+        with torch.no_grad():
+            logits, score = DefendedClassifier(model, option).outputs(x)
+        edge = (score == 0).nonzero()[:, 0]  # the images a threshold sits on
+        edges += len(edge)
+        wrong = (logits[edge].argmax(1) + 1) % 10  # labels that make those points mistakes
+        with torch.no_grad():  # the same batch both ways (another batch moves float64 logits by 1e-16)
+            _, at_edge = DefendedClassifier(model, option).outputs(x[edge])
+        _, scores = _EveryPoint(model, {kind: option}, wrong)(x[edge])
+        assert torch.equal(scores[kind] <= 0, at_edge <= 0), kind
+    assert edges > 0, "some threshold sits on an image, so the comparison tests a tie"
+
+
+def test_an_adaptive_attack_makes_no_more_model_passes_than_the_estimate_allows():
+    """The estimate, called an upper bound, left out the check of each attack's final point: one image that
+    evades at once and one that never moves made 9 forward passes against "at most 8"."""
+    from robgen.detection.defended import DefendedClassifier
+    from robgen.engine.fused import inference_graph
+    from robgen.experiments.adaptive_suite import make_suite_attack, suite_stage
+    from robgen.models import Classifier
+
+    model = tiny_model(num_classes=4)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[0] = (y[0] + 1) % 4  # image 0 is a mistake from the start (evades at once); image 1 barely moves at eps 1e-4
+    defended = DefendedClassifier(model, DetectorOff(target_fpr=0.0).fit(model(x).detach(), model=model))
+    settings = AdaptiveSettings(detectors=("energy",), eps_list=(1e-4,), steps=3, restarts=1, batch_size=2,
+                                lambdas=(1.2,))
+    inference_graph(model, example=x)  # the fused copy the attacks step on, built before counting
+    counts = {True: 0, False: 0}
+    real_forward = Classifier.forward
+
+    def counting(self, images):
+        counts[torch.is_grad_enabled()] += images.shape[0]
+        return real_forward(self, images)
+
+    for name in ("k+1 pgd", "penalty pgd"):
+        counts.update({True: 0, False: 0})
+        generator = torch.Generator().manual_seed(0)
+        attack = make_suite_attack(name, defended, 1e-4, settings, generator, (x, y))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Classifier, "forward", counting)
+            flags = suite_stage(defended, attack, name, x, y, 1e-4, 2, generator, lambda fraction: None)
+        assert flags["evaded"].tolist() == [True, False]
+        bound = estimate_passes(settings, 2, 0)["per_image_per_suite"][name]
+        assert counts[False] <= 2 * bound["forward"] and counts[True] <= 2 * bound["forward_backward"], name

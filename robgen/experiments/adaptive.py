@@ -171,10 +171,11 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     Per image and suite: (K+1) PGD, Penalty PGD and logit matching `restarts x steps` forward+backward
     passes, APGD (CE, DLR, targeted) `restarts x (steps + 1)`, Orthogonal PGD `restarts x steps` forwards with two
     backward passes each (counted as two); forwards: one per restart (the final point), the suite's clean pass (and
-    for logit matching and APGD-T another, which orders the target classes) and
+    for logit matching and APGD-T another, which orders the target classes), the check of the attack's final point,
     the stored point's pass per attack, one confirmation per image and adaptive attack (its first evasion,
     seen through the fused copy, run through the model itself: a second one only where the two disagree at
-    a boundary, which the bound leaves out), logit matching's targets per batch. Suites: one per detector and
+    a boundary, which the bound leaves out), logit matching's targets per batch and once per suite (does it have
+    targets to match). Suites: one per detector and
     eps, plus the detector switched off per eps. The non-adaptive references, PGD and each HE-PGD, `steps`
     forward+backward passes and `steps` forwards that judge each point they pass through: once per eps, with one
     more forward at the final point, when `shared_references` (`run_suites`), else in every suite, with three. Then the clean validation pass (calibration), the Mahalanobis reference and the
@@ -189,7 +190,7 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
                 "orthogonal pgd": 2 * r * s, "penalty pgd": r * s, "logit matching": r * s, "pgd (bare model)": s,
                 **{hepgd_name(lam): s for lam in settings.lambdas}}
     ordering = ("logit matching", "k+1 apgd-t")  # a clean pass orders each image's target classes
-    forward = {name: (r + 3 + (name in ordering) if name in ADAPTIVE else s + (1 if shared_references else 3))
+    forward = {name: (r + 4 + (name in ordering) if name in ADAPTIVE else s + (1 if shared_references else 3))
                for name in gradient}
     suites = (len(settings.detectors) + 1) * len(settings.eps_list)
     per_suite = [name for name in gradient if name in ADAPTIVE or not shared_references]
@@ -205,8 +206,9 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     backward_total = (n_test * (suites * sum(gradient[name] for name in per_suite)
                                 + len(settings.eps_list) * sum(gradient[name] for name in once))
                       + len(settings.eps_list) * (n_test * scored + scored_targets) * extra
+                      + settings.match_targets * extra  # the check that logit matching has targets, per detector
                       + n_validation * extra)
-    forward_total = (suites * (n_test * sum(forward[name] for name in per_suite) + batches * settings.match_targets)
+    forward_total = (suites * (n_test * sum(forward[name] for name in per_suite) + (batches + 1) * settings.match_targets)
                      + len(settings.eps_list) * n_test * sum(forward[name] for name in once)
                      + n_validation * (1 + rerun) + n_reference + n_test)
     return {"forward_backward_passes": backward_total, "forward_passes": forward_total, "suites": suites,

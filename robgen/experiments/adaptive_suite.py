@@ -192,7 +192,7 @@ def _attack_batch(defended: DefendedClassifier, attack, name: str, images: torch
         logits, score = defended.outputs(points)
     return {"evaded": evaded, "first_run": first_run, "misclassified": misclassified, "rejected": rejected,
             "clean_correct": clean_correct, "clean_accepted": clean_accepted, "labels": labels,
-            "point_logits": logits.float(), "point_score": score.double(), "attacked": chosen}
+            "point_logits": widened(logits), "point_score": score.double(), "attacked": chosen}
 
 
 def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -240,7 +240,8 @@ class _EveryPoint:
             features, logits = penultimate_features(self.model, points.detach())
         else:
             features, logits = None, widened(self.model(points.detach())).cpu()
-        device, logits = model_device(self.model), logits.float()
+        device, logits = model_device(self.model), widened(logits)  # a float64 model's logits as the calibration
+        # and the adaptive attacks' verdicts read them: rounded to float32, a point on a threshold was judged apart
         wrong, scores = logits.argmax(1) != self.labels, {}
         for name, option in self.reject.items():
             score = option.score_from(logits.to(device), features.to(device) if option.needs_features else None)
