@@ -370,3 +370,17 @@ def test_without_a_generator_the_torchattacks_seed_follows_the_global_rng():
     assert first != second, "repeated calls are not all seeded alike"
     torch.manual_seed(0)
     assert random_seed(None, torch.device("cpu")) == first
+
+
+def test_an_l2_attack_without_a_step_size_steps_across_its_ball(model, batch):
+    """The default step was 1/255 whatever the norm: in L2 that is the length of a whole step, so 10 steps moved
+    0.04 in a ball of 0.5 and robust accuracy under L2 PGD was the random start's."""
+    from robgen.attacks.base import default_step_size
+
+    x, y = batch
+    assert PGD(model, eps=0.5, steps=10, norm="l2").step_size == pytest.approx(2.5 * 0.5 / 10)
+    assert PGD(model, eps=8 / 255, steps=10).step_size == pytest.approx(1 / 255)  # L-inf: the paper's step
+    assert HighEnergyPGD(model, eps=1.0, steps=5, norm="l2").step_size == default_step_size("l2", 1.0, 5) == 0.5
+    start = torch.Generator().manual_seed(0)
+    x_adv = PGD(model, eps=0.5, steps=10, norm="l2", random_start=False, generator=start)(x, y)
+    assert (x_adv - x).flatten(1).norm(dim=1).max() > 0.4  # it reaches the ball's edge from the clean image

@@ -36,6 +36,13 @@ def resolve_step_size(step_size: Optional[float], alpha: Optional[float], defaul
     return alpha if alpha is not None else default
 
 
+def default_step_size(norm: str, eps: float, steps: int) -> float:
+    """The step an attack takes when none is given: 1/255 per pixel in L-inf (the paper's PGD), and in L2
+    2.5·eps/steps of the whole step (Madry et al.'s rule; a 1/255 step there crosses 0.04 of a 0.5 ball in 10
+    steps, and the random start alone decides what it finds)."""
+    return 1 / 255 if norm == "linf" else 2.5 * eps / steps
+
+
 def _never_stopping(watch: Callable) -> Callable[[int, torch.Tensor, object], bool]:
     """`watch` as an engine-loop hook that never stops the loop (the caller asked for the attack's final point)."""
     def shown(step: int, points: torch.Tensor, outputs: object) -> bool:
@@ -50,7 +57,8 @@ class Attack:
     Args:
         model: a classifier taking [0, 1] pixels and returning logits.
         eps: radius of the threat model (L-inf: in pixel units, e.g. 8/255).
-        step_size: length of one step (L-inf: per pixel; L2: of the whole step).
+        step_size: length of one step (L-inf: per pixel; L2: of the whole step); default
+            `default_step_size`: 1/255 in L-inf, 2.5·eps/steps in L2.
         steps: number of gradient steps (>= 1).
         norm: "linf" or "l2".
         random_start: start from a uniform point of the eps-ball.
@@ -82,8 +90,9 @@ class Attack:
         self.constraint = make_constraint(norm, eps)
         self.eps = self.constraint.eps
         self.norm = self.constraint.norm
-        self.step_size = check_positive(resolve_step_size(step_size, alpha, default=1 / 255), "step_size")
         self.steps = check_steps(steps)
+        self.step_size = check_positive(resolve_step_size(step_size, alpha, default=default_step_size(
+            self.norm, self.eps, self.steps)), "step_size")
         self.random_start = bool(random_start)
         self.generator = generator
 

@@ -155,8 +155,9 @@ def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output fo
 def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--attack", default="pgd", choices=ATTACK_NAMES, help="attack (default pgd)")
     parser.add_argument("--eps", type=parse_number, default=8 / 255, help="threat-model radius (default 8/255)")
-    parser.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, default=1 / 255,
-                        help="step size (default 1/255; --alpha is torchattacks' name for it)")
+    parser.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number,
+                        help="step size (default 1/255 in L-inf, 2.5 eps/steps in L2; --alpha is torchattacks' name "
+                             "for it)")
     parser.add_argument("--steps", type=int, default=steps, help=f"gradient steps (default {steps})")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--lam", type=parse_number, default=1.2, help="HE-PGD energy weight (default 1.2)")
@@ -175,7 +176,7 @@ def build_attack(args, model, device: torch.device):
 
     takes = _settings_of(ATTACKS[attack_key(args.attack)])
     given = {"steps": ("--steps", args.steps != getattr(args, "default_steps", args.steps)),
-             "step_size": ("--step-size", args.step_size != 1 / 255), "lam": ("--lam", args.lam != 1.2),
+             "step_size": ("--step-size", args.step_size is not None), "lam": ("--lam", args.lam != 1.2),
              "random_start": ("--no-random-start", args.no_random_start)}
     unused = [flag for setting, (flag, set_here) in given.items() if set_here and setting not in takes]
     if unused:
