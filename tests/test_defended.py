@@ -155,3 +155,33 @@ def test_a_float64_models_mahalanobis_threshold_rejects_on_its_calibration_image
         with torch.no_grad():
             rejected = int((DefendedClassifier(net, option).score(validation) > 0).sum())
         assert rejected == option.validation["rejected"] <= 5, seed
+
+
+def test_pixels_of_0_to_255_are_refused_and_float64_ones_are_read_as_the_model_reads_float32(model):
+    """model_outputs, calibrate and the defended classifier's predict/score took 0-255 pixels (accuracy near
+    chance, energies near -1000, a threshold fitted on them) where the attacks refused them; float64 pixels, numpy's
+    usual arrays, crashed the attacks, the suite, model_outputs and predict with "expected scalar type Double"."""
+    from robgen import PGD
+    from robgen.attacks.adaptive import KPlusOnePGD
+    from robgen.attacks.suite import run_suite
+    from robgen.experiments.pipeline import model_outputs, tensor_batches
+
+    x, y = images(8, 3), torch.arange(8) % 10
+    defended = energy_defended(model)
+    bytes_like = (x * 255).round()
+    for call in (lambda: model_outputs(model, tensor_batches(bytes_like, y, 4), progress=False),
+                 lambda: EnergyReject(target_fpr=0.5).calibrate(model, bytes_like),
+                 lambda: defended.predict(bytes_like), lambda: defended.score(bytes_like)):
+        with pytest.raises(ValueError, match="divide by 255"):
+            call()
+    wide = x.double()
+    assert torch.equal(defended.predict(wide), defended.predict(x))
+    assert torch.equal(model_outputs(model, tensor_batches(wide, y, 4), progress=False).logits,
+                       model_outputs(model, tensor_batches(x, y, 4), progress=False).logits)
+    def pgd():
+        return PGD(model, eps=8 / 255, steps=2, generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(pgd()(wide, y), pgd()(x, y))
+    attack = KPlusOnePGD(defended, eps=8 / 255, steps=2, restarts=1)
+    suite = run_suite(defended, wide, y, {"k+1 pgd": attack}, eps=8 / 255)
+    assert suite.attacks["k+1 pgd"].images.dtype == torch.float32

@@ -35,12 +35,12 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_labels, check_pixels, check_positive, check_steps
+from ..checks import check_labels, check_positive, check_steps
 from ..energy import classification_margin
 from ..engine import make_constraint, projected_gradient_ascent
 from ..engine.apgd import auto_projected_gradient_ascent
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode
+from ..models.state import eval_mode, pixels_for
 from .evasion import DefendedOutputs, EvasionTracker, Outputs, check_defended
 
 
@@ -174,7 +174,7 @@ class AdaptiveAttack:
 
     def _check_inputs(self, x, y):
         spec = getattr(self.defended.model, "spec", None)
-        check_pixels(x, spec.input_size[0] if spec is not None else None)
+        x = pixels_for(self.defended.model, x)
         y = torch.as_tensor(y, device=x.device)
         if spec is not None:
             num_classes = spec.num_classes

@@ -19,11 +19,11 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 
-from ..checks import check_labels, check_pixels, check_positive, check_steps
+from ..checks import check_labels, check_positive, check_steps
 from ..progress import step_reporter
 from ..engine import Objective, Trace, TraceRecorder, make_constraint, projected_gradient_ascent
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode
+from ..models.state import eval_mode, pixels_for
 from .objectives import cross_entropy, negative_cross_entropy
 
 
@@ -146,8 +146,7 @@ class Attack:
 
     def _check_inputs(self, x, y, target):
         spec = getattr(self.model, "spec", None)
-        channels = spec.input_size[0] if spec is not None else None
-        check_pixels(x, channels)
+        x = pixels_for(self.model, x)
         num_classes = spec.num_classes if spec is not None else None
         if num_classes is None:
             with torch.no_grad(), eval_mode(self.model):

@@ -37,10 +37,10 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
-from ..checks import check_labels, check_pixels
+from ..checks import check_labels
 from ..detection.dara import detection_aware_report
 from ..engine import make_constraint
-from ..models.state import eval_mode
+from ..models.state import eval_mode, pixels_for
 from ..progress import step_reporter
 from .base import Attack
 from .evasion import EvasionTracker, check_defended
@@ -182,7 +182,7 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
     if not attacks:
         raise ValueError("attacks is empty: pass {name: attack}, e.g. {'k+1 apgd-ce': KPlusOneAPGD(defended, eps)}")
     spec = getattr(defended.model, "spec", None)
-    check_pixels(x, spec.input_size[0] if spec is not None else None)
+    x = pixels_for(defended.model, x)
     y = torch.as_tensor(y, device=x.device)
     if spec is not None:
         check_labels(y, x.shape[0], spec.num_classes)

@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.state import eval_mode
+from ..models.state import eval_mode, pixels_for
 from .baselines import last_linear
 from .reject import RejectOption
 
@@ -102,6 +102,8 @@ class DefendedClassifier(nn.Module):
     def outputs(self, x: torch.Tensor, network: Optional[nn.Module] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, K), score (N,)) from one forward pass of the model; score > 0 means rejected.
 
+        `x`: [0, 1] pixels in the model's floating-point type, unchecked here (an attack calls this at every step;
+        `predict`, `accepts` and `score` check what a caller gives them).
         `network`: what runs the pass instead of the model, the model's fused copy during an attack
         (robgen.engine.fused: the same function up to float rounding, which is why an attack's
         evasions are confirmed by the model itself, `EvasionTracker.observe(verify=True)`).
@@ -132,7 +134,7 @@ class DefendedClassifier(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) reject score of the inputs; > 0 means rejected."""
-        return self.outputs(x)[1]
+        return self.outputs(pixels_for(self.model, x))[1]
 
     def combined_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K + 1): Carlini & Wagner (2017)'s construction; argmax K (from 0) iff rejected. See `combine_logits`."""
@@ -146,7 +148,7 @@ class DefendedClassifier(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) long: the predicted class where accepted, -1 where rejected."""
-        logits, score = self.outputs(x)
+        logits, score = self.outputs(pixels_for(self.model, x))
         return torch.where(score > 0, torch.full_like(score, -1, dtype=torch.long), logits.argmax(1))
 
     def extra_repr(self) -> str:

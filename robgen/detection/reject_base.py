@@ -19,7 +19,7 @@ import torch
 from ..checks import check_logits
 from ..metrics import rate_interval
 from ..models.fingerprint import model_fingerprint
-from ..models.state import eval_mode, model_device, model_dtype
+from ..models.state import eval_mode, model_device, model_dtype, pixels_for
 from .baselines import penultimate_features
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ class RejectOption:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
         self._check_model_first(model)
+        images = pixels_for(model, images, name="images")  # 0-255 pixels fitted a threshold on nonsense
         dtype = model_dtype(model)  # float64 images for a float32 model (or the other way round) are cast
         if self.needs_features:
             features, logits = penultimate_features(model, images, batch_size)

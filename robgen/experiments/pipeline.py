@@ -36,7 +36,7 @@ from ..detection.baselines import penultimate_features
 from ..detection.detector import TEMPERATURES, EnergyDetector
 from ..energy import energy
 from ..engine import Trace
-from ..models.state import eval_mode, model_device, widened
+from ..models.state import eval_mode, model_device, pixels_for, widened
 from ..progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def model_outputs(
         for index, (images, targets) in progress_bar(share, desc=desc,
                                                      progress=progress if distributed.is_main() else False):
             reseed(index)
-            images, targets = images.to(device), targets.to(device)
+            images, targets = pixels_for(model, images.to(device), name="images"), targets.to(device)
             batch_trace = batch_perturbed = None
             if attack is not None:
                 clean_images = images

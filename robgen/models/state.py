@@ -37,6 +37,18 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """`x` checked as a batch of [0, 1] pixels of the model's channels (`checks.check_pixels`: 0-255 pixels and
+    normalised ones are refused, saying so) and in the model's floating-point type (numpy's float64 arrays
+    for a float32 model are cast, as synthesis casts them, where torch said "expected scalar type Double")."""
+    from ..checks import check_pixels
+
+    spec = getattr(model, "spec", None)
+    check_pixels(x, spec.input_size[0] if spec is not None else None, name=name)
+    dtype = model_dtype(model)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put `model` in eval mode for the block and restore every module's own mode after.
