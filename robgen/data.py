@@ -163,7 +163,8 @@ def load_dataset(
         name: "cifar10", "cifar100", "imagenette", or the path of an ImageFolder root: class sub-folders,
             or train/ and test/ (or val/) folders of them (`split_folder`); one without those serves as
             every split (`one_folder`: `detection_splits` splits it itself).
-        split: "train" or "test" ("val" is the test split of Imagenette).
+        split: "train" or "test" (Imagenette's "val" folder is its test split, and split="val" reads it; CIFAR's
+            "val" is refused: its validation images are held out of train, `model_val_split`).
         root: where the data sets live (see module docs); ignored for a path name.
         download: let torchvision download a missing data set (needs the internet).
         image_size: resize + centre-crop to this size (Imagenette default: 160).
@@ -237,8 +238,12 @@ def _normalise_split(key: str, split: str) -> str:
     split = split.lower()
     if split in ("train",):
         return train_name
-    if split in ("test", "val", "validation"):
+    if split == "test" or split == test_name:  # Imagenette's test images are its folder "val"
         return test_name
+    if split in ("val", "validation"):  # elsewhere in robgen "validation" is the split held out of train
+        raise ValueError(f"{key} has no {split!r} split of its own: its validation images are the ones a model's "
+                         "training held out of 'train' (robgen.data.model_val_split(train, model.spec, data), or "
+                         "train_val_split(train, n)); for its test images pass split='test'")
     raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
 
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checks import check_pixels
+
 MIN_SIDE = 8
 MAX_PIXELS = 40_000_000  # 40 megapixels
 MAX_ASPECT = 20  # long side / short side: a strip beyond it is no photo, and scaling it to cover a model's input
@@ -303,6 +305,7 @@ def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """A (3, H, W) or (1, H, W) tensor in [0, 1] as an 8-bit RGB or grayscale PIL image (rounded, not truncated)."""
     if x.ndim != 3 or x.shape[0] not in (1, 3):
         raise ValueError(f"expected one image of shape (3, H, W) or (1, H, W), got {tuple(x.shape)}")
+    check_pixels(x[None], name="x")  # 0-255, normalised or NaN pixels were clamped into a white, grey or black file
     array = (x.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
 

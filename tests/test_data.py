@@ -112,6 +112,11 @@ def test_offline_root_from_environment_and_clear_errors(tmp_path, monkeypatch):
         data.load_dataset(tmp_path / "empty")
     with pytest.raises(ValueError, match="unknown split"):
         data.load_dataset("cifar10", "dev")
+    for split in ("val", "Validation"):  # were the test images: a detector "calibrated on validation" saw the test set
+        with pytest.raises(ValueError, match="held out of 'train'"):
+            data.load_dataset("cifar10", split)
+    make_image_folder(tmp_path / "imagenette" / "val", classes=[f"k{i}" for i in range(10)], per_class=1, size=32)
+    assert len(data.load_dataset("imagenette", "val")) == len(data.load_dataset("imagenette", "test")) == 10
 
 
 def test_real_cifar10_loads_as_the_paper_uses_it(cifar_root):

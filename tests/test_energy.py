@@ -88,3 +88,20 @@ def test_half_precision_logits_at_a_small_temperature_do_not_overflow():
         for dtype in (torch.float16, torch.bfloat16):
             value = energy(torch.tensor([row], dtype=dtype), temperature=1e-3, check=False)
             assert value.dtype == torch.float32 and float(value) == pytest.approx(expected, abs=0.1), (row, dtype)
+
+
+def test_labels_that_do_not_fit_the_logits_are_refused_saying_why():
+    """y was never checked: 2 labels for 4 rows gave 2 energies, float labels were truncated, an int raised an
+    AttributeError and a label past the classes torch's index error."""
+    from robgen.energy import classification_margin
+
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    for function in (class_energy, log_prob_given_x, classification_margin):
+        with pytest.raises(ValueError, match=r"shape \(4,\) to match the images"):
+            function(logits, torch.tensor([0, 1]))
+        with pytest.raises(TypeError, match="integer class indices"):
+            function(logits, torch.tensor([0.9, 1.9, 2.9, 3.9]))
+        with pytest.raises(ValueError, match="the model has 5 classes"):
+            function(logits, torch.tensor([0, 1, 2, 5]))
+        assert torch.equal(function(logits, 3), function(logits, torch.full((4,), 3)))  # one class for every row
+        assert torch.equal(function(logits, [0, 1, 2, 3]), function(logits, torch.arange(4)))

@@ -332,3 +332,13 @@ def test_a_crop_larger_than_the_cover_pads_as_timm_pads_and_is_not_written_back(
     spec = ModelSpec(architecture="x", num_classes=1, class_labels=["a"], input_size=(3, 64, 64), crop_pct=1.15)
     with pytest.raises(ValueError, match="crop_pct 1.15 > 1: the eval transform pads"):
         save_model_input(torch.rand(3, 64, 64), "unused.png", spec)
+
+
+@pytest.mark.parametrize("pixels, says", [(torch.full((3, 4, 4), 200.0), "divide by 255"),
+                                          (torch.full((3, 4, 4), -0.4), "normalised"),
+                                          (torch.full((3, 4, 4), float("nan")), "NaN")])
+def test_save_image_refuses_what_is_no_image_in_0_1(tmp_path, pixels, says):
+    """0-255 pixels were clamped into an all-white file, normalised ones into grey, NaN into black, silently."""
+    with pytest.raises(ValueError, match=says):
+        save_image(pixels, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

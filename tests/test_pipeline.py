@@ -95,6 +95,24 @@ def test_attack_own_predictions_attacks_the_prediction_and_keeps_8_bit_pixels_in
     assert len(both.clean) == 2 * len(x) and both.trace.step == outcome.trace.step
 
 
+def test_attack_own_predictions_on_a_model_in_train_mode_reads_and_leaves_it_as_in_eval_mode(model, batch):
+    """Its two forward passes ran in the caller's mode: a train-mode model reported batch-statistics predictions
+    and had its running statistics overwritten."""
+    x = batch[0]
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    in_eval = attack_own_predictions(model, x, PGD(model, eps=8 / 255, steps=2, generator=torch.Generator().manual_seed(0)))
+    model.train()
+    try:
+        in_train = attack_own_predictions(model, x, PGD(model, eps=8 / 255, steps=2,
+                                                        generator=torch.Generator().manual_seed(0)))
+        assert model.training
+    finally:
+        model.eval()
+    assert torch.equal(in_train.clean_logits, in_eval.clean_logits)
+    assert torch.equal(in_train.adversarial_logits, in_eval.adversarial_logits)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
 def test_quantise_stays_inside_an_l2_ball():
     from robgen.attacks import FGSM
     from conftest import tiny_model

@@ -445,3 +445,14 @@ def test_inpaint_without_seeds_names_its_own_argument_and_classes_may_come_as_a_
     x = robgen.synthesize(model, np.array([1, 2]), n=2, init="uniform", steps=1,
                           generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 32, 32)
+
+
+def test_gradient_maps_of_one_unbatched_gradient_are_refused_with_the_fix():
+    """A (C, H, W) gradient was read as C one-channel images: (3, 1, 32) out of magnitude_map."""
+    from robgen.synthesis.gradmaps import magnitude_map, signed_map
+
+    grad = torch.randn(3, 32, 32)
+    for draw in (magnitude_map, signed_map):
+        with pytest.raises(ValueError, match=r"grad.unsqueeze\(0\)"):
+            draw(grad)
+    assert magnitude_map(grad[None]).shape == (1, 1, 32, 32) and signed_map(grad[None]).shape == (1, 3, 32, 32)

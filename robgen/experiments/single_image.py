@@ -97,13 +97,13 @@ class AttackOutcome:
 def attack_own_predictions(model, x: torch.Tensor, attack: Attack, target_class: Optional[int] = None,
                            progress: Optional[Callable] = None) -> AttackOutcome:
     """Attack `x` (on the model's device) away from the model's predictions, or toward `target_class`."""
-    with torch.no_grad():
-        clean_logits = model(x)
+    with torch.no_grad(), eval_mode(model):  # a model in train mode: its running statistics, not the batch's,
+        clean_logits = model(x)  # as the attack between runs it (and they stay as they were)
     labels = clean_logits.argmax(1)
     target = torch.full_like(labels, int(target_class)) if target_class is not None else None
     x_adv, trace = attack(x, labels, target=target, return_trace=True, progress=progress)
     x_adv = quantise(x_adv, x, attack)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         adv_logits = model(x_adv)
     return AttackOutcome(x.cpu(), x_adv.cpu(), clean_logits.float().cpu(), adv_logits.float().cpu(),
                          list(model.spec.class_labels), trace)
@@ -163,7 +163,7 @@ def _quantised_evasions(model, detector, x, y, candidates, attack):
     chosen = None
     for candidate in candidates:
         quantised = quantise(candidate, x, attack)
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             logits = model(quantised)
         evades = (logits.argmax(1) != y) & ~detector.predict(logits).to(y.device)
         if chosen is None:

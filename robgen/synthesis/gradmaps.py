@@ -39,8 +39,18 @@ def _robust_scale(values: torch.Tensor, quantile: float) -> torch.Tensor:
     return scale.view(-1, *([1] * (values.ndim - 1)))
 
 
+def _batch(grad: torch.Tensor) -> torch.Tensor:
+    """`grad` as (N, C, H, W): one (C, H, W) gradient was read as C images of one channel."""
+    if not isinstance(grad, torch.Tensor) or grad.ndim != 4:
+        shape = tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__
+        hint = " (one image's: add a batch dimension with grad.unsqueeze(0))" if getattr(grad, "ndim", 0) == 3 else ""
+        raise ValueError(f"grad must be a batch of input gradients of shape (N, C, H, W), got {shape}{hint}")
+    return grad
+
+
 def magnitude_map(grad: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
     """(N, 1, H, W) in [0, 1]: the L2 norm over channels, divided by its per-image `quantile`."""
+    grad = _batch(grad)
     magnitude = grad.float().norm(dim=1, keepdim=True)
     return (magnitude / _robust_scale(magnitude, quantile)).clamp_(0, 1)
 
@@ -51,5 +61,5 @@ def signed_map(grad: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
     Pass -input_gradient(...) to see the change that makes the class more
     likely: on robust models it shows the object's edges in its own colours.
     """
-    grad = grad.float()
+    grad = _batch(grad).float()
     return (0.5 + grad / (2 * _robust_scale(grad, quantile))).clamp_(0, 1)
