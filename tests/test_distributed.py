@@ -298,3 +298,13 @@ def test_a_stage_one_rank_cannot_read_is_computed_again_by_every_rank(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks == [{"computed": 2, "same": True}] * 2
+
+
+def test_a_per_epoch_check_of_fewer_images_than_ranks_is_refused_before_the_first_epoch(toy_data, tmp_path):
+    """--eval-subset 1 on two ranks trained a whole epoch and then failed in its check."""
+    result = torchrun(2, "--monitor-interval", "5", "-m", "robgen", "train", "--data", str(toy_data), "--width", "4",
+                      "--epochs", "1", "--batch-size", "8", "--val-size", "32", "--eval-subset", "1",
+                      "--out", str(tmp_path / "run"), timeout=300)
+    assert result.returncode != 0
+    assert "or raise --eval-subset" in result.stderr, result.stderr[-3000:]
+    assert "epoch 1/1" not in result.stderr and not (tmp_path / "run" / "model.safetensors").exists()

@@ -188,6 +188,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
         logger.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
 
     eval_set = datasets.first(val_set, min(config.eval_subset, len(val_set)), "validation split")
+    distributed.check_shareable(len(eval_set), "or raise --eval-subset")  # now, not after the first epoch trained
     old_run_left = overwrite and not resume  # removed when the first epoch is written, not before: a run that
     # fails or is stopped in its first epoch (a setting, a diverging loss, Ctrl-C) leaves the old one as it was
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
