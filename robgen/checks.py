@@ -33,7 +33,7 @@ def check_pixels(x: torch.Tensor, channels: Optional[int] = None, name: str = "x
         raise TypeError(f"{name} must be a float tensor with pixels in [0, 1], got dtype {x.dtype} (divide uint8 images by 255)")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN pixels")
     if lo < -PIXEL_TOLERANCE or hi > 1 + PIXEL_TOLERANCE:

@@ -235,6 +235,20 @@ def test_a_users_callable_detector_is_calibrated_saved_and_differentiable(small,
         RejectOption.from_callable(lambda x: x.mean(1)).calibrate(model, val_x)
 
 
+def test_a_callable_detector_without_a_gradient_is_refused_when_an_attack_differentiates_it(small):
+    """Computed under no_grad (or in numpy), its score gave the adaptive attacks no gradient: they attacked the
+    bare model, and the DARA credited the detector with what they never saw."""
+    from robgen.attacks.adaptive import KPlusOnePGD
+
+    model, _, _, val_x = small
+    detached = lambda x: x.mean(dim=(1, 2, 3)).detach()  # noqa: E731
+    option = RejectOption.from_callable(detached, name="detached", target_fpr=0.1).calibrate(model, val_x)  # fine
+    defended = DefendedClassifier(model, option)
+    assert defended.score(val_x[:2]).shape == (2,)  # scoring without a gradient is fine too
+    with pytest.raises(ValueError, match="'detached' returned a score with no gradient"):
+        KPlusOnePGD(defended, eps=8 / 255, steps=1)(val_x[:2], torch.zeros(2, dtype=torch.long))
+
+
 def test_a_callable_on_logits_reads_no_images():
     option = RejectOption.from_callable(lambda logits: logits.max(1).values, on="logits").fit(clean_logits())
     assert not option.needs_inputs
