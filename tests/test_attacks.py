@@ -381,6 +381,7 @@ def test_an_l2_attack_without_a_step_size_steps_across_its_ball(model, batch):
     assert PGD(model, eps=0.5, steps=10, norm="l2").step_size == pytest.approx(2.5 * 0.5 / 10)
     assert PGD(model, eps=8 / 255, steps=10).step_size == pytest.approx(1 / 255)  # L-inf: the paper's step
     assert HighEnergyPGD(model, eps=1.0, steps=5, norm="l2").step_size == default_step_size("l2", 1.0, 5) == 0.5
+    assert PGD(model, steps=5, norm="none").step_size == pytest.approx(1 / 255)  # no ball: eps is inf
     start = torch.Generator().manual_seed(0)
     x_adv = PGD(model, eps=0.5, steps=10, norm="l2", random_start=False, generator=start)(x, y)
     assert (x_adv - x).flatten(1).norm(dim=1).max() > 0.4  # it reaches the ball's edge from the clean image

@@ -40,7 +40,7 @@ def default_step_size(norm: str, eps: float, steps: int) -> float:
     """The step an attack takes when none is given: 1/255 per pixel in L-inf (the paper's PGD), and in L2
     2.5·eps/steps of the whole step (Madry et al.'s rule; a 1/255 step there crosses 0.04 of a 0.5 ball in 10
     steps, and the random start alone decides what it finds)."""
-    return 1 / 255 if norm == "linf" else 2.5 * eps / steps
+    return 2.5 * eps / steps if norm == "l2" else 1 / 255  # (no ball, "none": 1/255, as before the L2 rule)
 
 
 def _never_stopping(watch: Callable) -> Callable[[int, torch.Tensor, object], bool]:
