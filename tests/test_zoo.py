@@ -337,3 +337,20 @@ def test_torchattacks_l2_attacks_run_on_the_fused_graph():
     assert ((moved - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
     assert torch.allclose(moved, reference, atol=1e-4), "the same attack as on the model itself"
     TorchAttacksAttack(model, "SparseFool", eps=None, norm="l2", steps=2)(x, y)
+
+
+def test_deepfool_overshoots_the_summed_perturbation_and_fools_every_image_it_can(cifar_root):
+    """torchattacks 3.5.1 overshoots each step from the last point: near the boundary the steps shrink and the point
+    stays on it, top two logits tied (5 of the 88 images the shipped standard model classifies right among the first
+    100 test images). Moosavi-Dezfooli et al. overshoot x₀ + r_tot: every image is fooled, by a minimal step."""
+    import robgen
+    from robgen.data import load_dataset, load_tensors
+
+    model = robgen.load_model("cifar10-resnet10-standard")
+    x, y = load_tensors(load_dataset("cifar10", "test", root=cifar_root, spec=model.spec), 100)
+    points = TorchAttacksAttack(model, "DeepFool", eps=None, norm="l2", steps=50, overshoot=0.02)(x, y)
+    with torch.no_grad():
+        right, fooled = model(x).argmax(1) == y, model(points).argmax(1) != y
+    assert right.sum() > 80 and bool(fooled[right].all())
+    assert points.min() >= 0 and points.max() <= 1
+    assert float((points - x)[right].flatten(1).norm(dim=1).median()) < 0.5  # minimal: a fraction of a pixel level each

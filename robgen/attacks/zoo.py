@@ -227,6 +227,8 @@ def _torchattacks_class(attack: Union[str, Type]) -> Type:
 
     if attack == "CW" or attack is torchattacks.CW:
         return _carlini_wagner_class()
+    if attack == "DeepFool" or attack is torchattacks.DeepFool:
+        return _deepfool_class()
     if not isinstance(attack, str):
         return attack
     found = getattr(torchattacks, attack, None)
@@ -256,6 +258,59 @@ def _carlini_wagner_class() -> Type:
             return torch.clamp(other - real if self.targeted else real - other, min=-self.kappa)
 
     return CW
+
+
+@functools.lru_cache(maxsize=None)
+def _deepfool_class() -> Type:
+    """torchattacks.DeepFool with Moosavi-Dezfooli et al. (2016)'s overshoot: the point is x₀ + (1 + η)·r_tot, the
+    overshoot applied to the summed perturbation, each step r_i = (|f'|/‖w'‖ + 1e-4) w'/‖w'‖ toward the nearest
+    boundary of the model linearised at the last point (as their code takes it), every point clamped to [0, 1].
+
+    torchattacks 3.5.1 applies (1 + η) to each step from the last point instead; as r_i shrinks near the boundary
+    the iterate creeps onto it and stays with the top two logits tied (a review's run on the shipped standard model:
+    83 of 88 images fooled, the other 5 at margins of 1e-5 and below, against 88 of 88 with the overshoot on r_tot).
+    """
+    import torchattacks
+
+    class DeepFool(torchattacks.DeepFool):
+        def forward_return_target_labels(self, images, labels):
+            images = images.clone().detach().to(self.device)
+            labels = labels.clone().detach().to(self.device)
+            points, total, reached = images.clone(), torch.zeros_like(images), labels.clone()
+            going = list(range(len(images)))
+            for _ in range(self.steps):
+                still = []
+                for i in going:
+                    fooled, predicted, step = self._step(points[i:i + 1], labels[i])
+                    reached[i] = predicted
+                    if fooled:
+                        continue
+                    total[i] += step
+                    points[i] = torch.clamp(images[i] + (1 + self.overshoot) * total[i], 0, 1)
+                    still.append(i)
+                going = still
+                if not going:
+                    break
+            return points.detach(), reached
+
+        def _step(self, image, label):
+            """(fooled, class reached, r_i): the step to the nearest linearised boundary from `image`."""
+            image = image.clone().detach().requires_grad_(True)
+            logits = self.get_logits(image)[0]
+            predicted = logits.argmax()
+            if predicted != label:
+                return True, predicted, None
+            jacobian = self._construct_jacobian(logits, image)
+            others = [k for k in range(len(logits)) if k != label]
+            gaps = (logits[others] - logits[label]).detach()
+            normals = (jacobian[others] - jacobian[label]).flatten(1)
+            lengths = normals.norm(dim=1).clamp_min(1e-12)
+            nearest = int(torch.argmin(gaps.abs() / lengths))
+            distance = gaps[nearest].abs() / lengths[nearest] + 1e-4  # to that boundary, a hair past it
+            step = distance * normals[nearest] / lengths[nearest]
+            return False, torch.tensor(others[nearest], device=label.device), step.view_as(image[0])
+
+    return DeepFool
 
 
 def random_other_class(labels: torch.Tensor, num_classes: int, generator: Optional[torch.Generator]) -> torch.Tensor:
