@@ -55,6 +55,16 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int, name: str = "y") -> 
         raise ValueError(f"{name} holds class indices in [{low}, {high}] but the model has {num_classes} classes")
 
 
+def labels_for(y, n: int, num_classes: int, device=None, name: str = "y") -> torch.Tensor:
+    """`y` as (n,) long class indices on `device`, from a tensor, a list, a NumPy array or one int for all n
+    images; `check_labels` says what is wrong with anything else (a shorter y, float labels, a class past K)."""
+    y = torch.as_tensor(y, device=device)
+    if y.ndim == 0:
+        y = y.expand(n)  # one class for every image
+    check_labels(y, n, num_classes, name=name)
+    return y.long()
+
+
 def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
     """Require (N, K) finite logits, and refuse probabilities or log-probabilities.
 
@@ -97,7 +107,7 @@ def check_positive(value: float, name: str) -> float:
 
 
 def check_steps(steps: int, name: str = "steps") -> int:
-    """Require an integer >= 1 (a Python, numpy or 0-d tensor integer, or a whole float)."""
+    """Require an integer >= 1 (a Python, numpy or 0-d tensor integer, or a whole float): steps, counts, sizes."""
     if isinstance(steps, float) and steps.is_integer():
         steps = int(steps)
     try:

@@ -15,7 +15,6 @@ N images of a split are then class-balanced.
 from __future__ import annotations
 
 import hashlib
-
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -23,6 +22,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from .checks import check_steps
 
 DATA_ENV = "ROBGEN_DATA"
 KNOWN = ("cifar10", "cifar100", "imagenette")
@@ -481,6 +482,10 @@ def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Sub
     The same seed always gives the same split (the paper uses 45k/5k on CIFAR-10).
     """
     n = len(dataset)
+    if isinstance(val_size, float) and 0 < val_size < 1:
+        raise TypeError(f"val_size is a number of images, not a share: for {val_size:.0%} of these {n} pass "
+                        f"{round(val_size * n)}")
+    val_size = check_steps(val_size, "val_size")
     if not 0 < val_size < n:
         raise ValueError(f"val_size must be between 1 and {n - 1} for a data set of {n} examples, got {val_size} "
                          "(the default is 5,000 held-out images, 500 for Imagenette: pass --val-size N)")
@@ -492,8 +497,7 @@ def first(dataset: Dataset, limit: Optional[int], what: str = "split") -> Datase
     """The first `limit` examples (all if None); a limit beyond the data is an error."""
     if limit is None:
         return dataset
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    limit = check_steps(limit, "limit")  # a whole number >= 1 (10.0 is 10; 0.5 says so, not a slice TypeError)
     if limit > len(dataset):
         raise ValueError(f"limit {limit} is larger than the {what}, which has {len(dataset)} examples: ask for "
                          f"{len(dataset)} or fewer")

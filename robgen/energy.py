@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_labels, check_logits, check_positive
+from .checks import check_logits, check_positive, labels_for
 
 
 def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -> torch.Tensor:
@@ -37,21 +37,11 @@ def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -
     return -temperature * torch.logsumexp(logits / temperature, dim=1)
 
 
-def _checked_labels(logits: torch.Tensor, y) -> torch.Tensor:
-    """`y` as (N,) class indices of the logits' N rows and K classes (a list or a NumPy array too), or a ValueError
-    saying what is wrong: a shorter y gave a shorter result, float labels were truncated, an int an AttributeError."""
-    y = torch.as_tensor(y, device=logits.device)
-    if y.ndim == 0:
-        y = y.expand(logits.shape[0])  # one class for every row
-    check_labels(y, logits.shape[0], logits.shape[1])
-    return y
-
-
 def class_energy(logits: torch.Tensor, y: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Class-conditional energy E(x, y) = -logits[y], shape (N,); `y` one class per row (or one for all rows)."""
     if check:
         check_logits(logits)
-        y = _checked_labels(logits, y)
+        y = labels_for(y, logits.shape[0], logits.shape[1], logits.device)
     return -logits.gather(1, y.long().view(-1, 1)).squeeze(1)
 
 
@@ -59,7 +49,7 @@ def log_prob_given_x(logits: torch.Tensor, y: torch.Tensor, check: bool = True) 
     """log p(y | x) = log_softmax(logits)[y] = -E(x, y) + E(x), shape (N,)."""
     if check:
         check_logits(logits)
-        y = _checked_labels(logits, y)
+        y = labels_for(y, logits.shape[0], logits.shape[1], logits.device)
     return F.log_softmax(logits, dim=1).gather(1, y.long().view(-1, 1)).squeeze(1)
 
 
@@ -68,7 +58,7 @@ def classification_margin(logits: torch.Tensor, y: torch.Tensor, check: bool = T
     exactly where class y is not the top class (its class energy is not the lowest)."""
     if check:
         check_logits(logits)
-        y = _checked_labels(logits, y)
+        y = labels_for(y, logits.shape[0], logits.shape[1], logits.device)
     y = y.long().view(-1, 1)
     others = logits.scatter(1, y, float("-inf")).max(1).values
     return others - logits.gather(1, y).squeeze(1)

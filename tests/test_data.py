@@ -410,3 +410,13 @@ def test_a_grayscale_model_reads_a_data_set_as_it_reads_the_files(tmp_path):
         assert x.shape == (1, 24, 24)
         assert torch.equal(x, images.load_model_input(tmp_path / "photos" / name / "a.png", spec))
     assert data.pixel_transform(8, train=True, channels=1)(_photo(20, 20)).shape == (1, 8, 8)
+
+
+def test_counts_that_are_no_whole_numbers_are_refused_saying_so():
+    """train_val_split(ds, 0.1) and first(ds, 10.0) failed in a slice with a TypeError that named no argument."""
+    dataset = torch.utils.data.TensorDataset(torch.zeros(50, 1))
+    with pytest.raises(TypeError, match="a number of images, not a share: for 10% of these 50 pass 5"):
+        data.train_val_split(dataset, 0.1)
+    with pytest.raises(TypeError, match="limit must be an integer"):
+        data.first(dataset, 2.5)
+    assert len(data.first(dataset, 10.0)) == 10 and len(data.train_val_split(dataset, 5.0)[1]) == 5

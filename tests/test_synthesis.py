@@ -456,3 +456,13 @@ def test_gradient_maps_of_one_unbatched_gradient_are_refused_with_the_fix():
         with pytest.raises(ValueError, match=r"grad.unsqueeze\(0\)"):
             draw(grad)
     assert magnitude_map(grad[None]).shape == (1, 1, 32, 32) and signed_map(grad[None]).shape == (1, 3, 32, 32)
+
+
+def test_input_gradient_takes_one_label_for_every_image_and_refuses_labels_that_do_not_fit():
+    """An int label gave "Expected input batch_size (1) to match target batch_size (0)"."""
+    from robgen.synthesis.gradmaps import input_gradient
+
+    model, x = tiny_model(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(input_gradient(model, x, 3), input_gradient(model, x, torch.tensor([3, 3])))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        input_gradient(model, x, torch.tensor([1, 2, 3]))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.state import eval_mode, model_device, model_dtype
-from ..checks import check_pixels
+from ..checks import check_pixels, labels_for
 
 
 def input_gradient(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -26,7 +26,7 @@ def input_gradient(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None
     x = x.detach().to(model_device(model), model_dtype(model)).clone().requires_grad_(True)  # e.g. a float16 model
     with eval_mode(model), torch.enable_grad():
         logits = model(x)
-        y = logits.argmax(1) if labels is None else torch.as_tensor(labels, device=x.device).long()
+        y = logits.argmax(1) if labels is None else labels_for(labels, len(x), logits.shape[1], x.device, "labels")
         loss = F.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     return grad
