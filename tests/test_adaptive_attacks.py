@@ -362,6 +362,11 @@ def test_adaptive_suite_evades_a_logit_detector_far_more_than_pgd_on_the_bare_mo
     assert bool((logits.argmax(1) != y[result.evaded]).all()) and bool((score <= 0).all())
     assert float((result.images - x).abs().max()) <= eps + 1e-6
     report = result.report(eps)
+    assert result.report() == report  # the suite knows the eps and norm it ran at
+    with pytest.raises(ValueError, match="ran at eps"):  # another eps put in the Tramèr note went unnoticed
+        result.report(2 * eps)
+    with pytest.raises(ValueError, match="ran in the linf norm"):
+        result.report(eps, norm="L2")
     assert result.clean_correct.all()  # the labels are the model's predictions
     assert report["dara"]["rate"] == pytest.approx((result.clean_accepted & ~result.evaded).float().mean().item())
     assert report["detection_rate"]["pgd (bare model)"]["rate"] >= 0.9

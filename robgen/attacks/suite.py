@@ -11,7 +11,7 @@
         "hepgd 1.2": HighEnergyPGD(model, eps=8/255, steps=100, lam=1.2, generator=g),
     }, eps=8/255)
     result.evaded          # (N,) bool: some attack reached a misclassified, accepted point
-    result.report(8/255)   # robgen.detection.dara.detection_aware_report: DARA, per attack, detection rates
+    result.report()        # robgen.detection.dara.detection_aware_report at the suite's eps: DARA, per attack, ... 
 
 An adaptive attack (one with `run(x, y, tracker)`, robgen/attacks/adaptive.py) shows the suite
 every iterate of every restart, and stops it on a batch once every image of the batch has evaded
@@ -31,6 +31,7 @@ The clean images are scored once, for the clean accuracy with rejection and the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
@@ -75,18 +76,31 @@ class SuiteResult:
     images: torch.Tensor  # the first evading point where `evaded`, else the clean image
     found_by: List[Optional[str]]  # the attack whose point is in `images`, None where nothing evaded
     attacks: Dict[str, AttackOutcome] = field(default_factory=dict)
+    eps: Optional[float] = None  # the threat model the suite was run at (None: run_suite was given no eps)
+    norm: Optional[str] = None  # "linf" or "l2"
 
     def evaded_by_attack(self) -> Dict[str, torch.Tensor]:
         return {name: outcome.evaded for name, outcome in self.attacks.items()}
 
-    def report(self, eps: float, norm: str = "Linf", best_known_at_half: Optional[float] = None) -> Dict[str, object]:
-        """`detection_aware_report` of the suite: DARA, the per-attack breakdown, Tramèr's ceiling note, and for
+    def report(self, eps: Optional[float] = None, norm: Optional[str] = None,
+               best_known_at_half: Optional[float] = None) -> Dict[str, object]:
+        """`detection_aware_report` of the suite at its threat model (`eps` and `norm` are the run's: given, they
+        must agree with it; needed where run_suite was given no eps): DARA, the per-attack breakdown, Tramèr's ceiling note, and for
         the attacks that do not know the detector (PGD, HE-PGD on the bare model) the bare model's robust accuracy
         under them (misclassified at any point they passed through, as the DARA counts) and the detector's
         detection rate among their successes (at their final points). An adaptive
         attack's final points are left out: it stops on a batch once all of it evaded, so an image it evaded may
         end classified correctly, and where it ends depends on the batch (robust accuracy with the detector off
         is a suite run against `DetectorOff`)."""
+        if eps is not None and self.eps is not None and not math.isclose(float(eps), self.eps, rel_tol=1e-9):
+            raise ValueError(f"the suite ran at eps {self.eps:g}, not {float(eps):g}: report it at its own eps")
+        if norm is not None and self.norm is not None and norm.lower() != self.norm:
+            raise ValueError(f"the suite ran in the {self.norm} norm, not {norm}: report it in its own norm")
+        eps = self.eps if eps is None else float(eps)
+        if eps is None:
+            raise ValueError("pass the eps the suite's attacks were built with: report(eps=8/255) (run_suite was "
+                             "given no eps to record)")
+        norm = {"linf": "Linf", "l2": "L2"}.get((norm or self.norm or "linf").lower(), norm)
         judged = {name: o for name, o in self.attacks.items() if not o.adaptive}
         fooled = {name: o.misclassified if o.ever_misclassified is None else o.ever_misclassified
                   for name, o in judged.items()}  # as the DARA counts evasions: at any point it passed through
@@ -197,4 +211,7 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
     starts, report = range(0, len(x), size), step_reporter(progress, "adaptive attacks")
     parts = [_run_batch(defended, x[i:i + size], y[i:i + size].long(), attacks, constraint, report,
                         k * len(attacks), len(starts) * len(attacks)) for k, i in enumerate(starts)]
-    return parts[0] if len(parts) == 1 else _concatenate(parts)
+    result = parts[0] if len(parts) == 1 else _concatenate(parts)
+    if constraint is not None:
+        result.eps, result.norm = constraint.eps, constraint.norm
+    return result
