@@ -542,3 +542,20 @@ def test_the_adaptive_report_writes_multi_ts_level_as_a_count():
     from robgen.experiments.adaptive_report import _thresholds
     entry = {"kind": "multi-t", "thresholds": {"taus": [-8.0, -12345.678], "level": 10000}, "validation": {}}
     assert _thresholds(entry).startswith("taus = [-8, -1.235e+04]; level = 10000;")
+
+
+def test_a_detector_network_in_train_mode_scores_in_eval_mode_and_is_left_as_it_was(small):
+    """A user's detector that is a module with batch norm, left in train mode, scored with batch statistics (a
+    score that depends on the batch) and had its running statistics overwritten by calibration and every attack."""
+    model, _, _, val_x = small
+    torch.manual_seed(0)  # tests only
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1),
+                                  torch.nn.LazyLinear(1), torch.nn.Flatten(0))
+    network(val_x[:2])  # the lazy layer's shape
+    network.train()
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    option = RejectOption.from_callable(network, name="net", target_fpr=0.1).calibrate(model, val_x)
+    defended = DefendedClassifier(model, option)
+    alone = torch.cat([defended.score(val_x[i:i + 1]) for i in range(4)])
+    assert torch.allclose(defended.score(val_x[:4]), alone, atol=1e-5)  # no batch statistics
+    assert network.training and all(torch.equal(v, before[k]) for k, v in network.state_dict().items())

@@ -62,6 +62,7 @@ from ..checks import check_positive, check_steps
 from ..energy import class_energy, classification_margin, energy
 from ..engine import LinfBall, projected_gradient_ascent
 from ..models.fingerprint import model_fingerprint
+from ..models.state import eval_mode
 from .baselines import MahalanobisScorer, penultimate_features
 from .detector import TEMPERATURES, EnergyDetector
 from .reject_base import (  # noqa: F401  (re-exported: the public face of reject options is this module)
@@ -448,7 +449,11 @@ class CallableReject(_HighStatisticReject):
 
     def values(self, logits, features=None, inputs=None, network=None):
         source = inputs if self.on == "input" else logits
-        out = self.fn(source)
+        if isinstance(self.fn, torch.nn.Module):  # a detector network left in train mode: its running statistics,
+            with eval_mode(self.fn):  # not the batch's (and not updated), as the defended model is run
+                out = self.fn(source)
+        else:
+            out = self.fn(source)
         if not isinstance(out, torch.Tensor) or out.shape != (source.shape[0],):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the detector function {self.name!r} must return a tensor of shape "
