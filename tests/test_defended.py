@@ -185,3 +185,18 @@ def test_pixels_of_0_to_255_are_refused_and_float64_ones_are_read_as_the_model_r
     attack = KPlusOnePGD(defended, eps=8 / 255, steps=2, restarts=1)
     suite = run_suite(defended, wide, y, {"k+1 pgd": attack}, eps=8 / 255)
     assert suite.attacks["k+1 pgd"].images.dtype == torch.float32
+
+
+def test_images_of_another_size_than_the_models_are_refused_where_a_detector_judges_them(model):
+    """A threshold fitted on 32 x 32 images judged 64 x 64 ones (another energy distribution) without a word."""
+    from robgen.attacks.adaptive import KPlusOnePGD
+    from robgen.attacks.suite import run_suite
+
+    defended, big = energy_defended(model), torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(2, dtype=torch.long)
+    for call in (lambda: defended.predict(big), lambda: defended.score(big),
+                 lambda: EnergyReject(target_fpr=0.5).calibrate(model, big),
+                 lambda: KPlusOnePGD(defended, eps=8 / 255, steps=1)(big, y),
+                 lambda: run_suite(defended, big, y, {"k+1 pgd": KPlusOnePGD(defended, eps=8 / 255, steps=1)})):
+        with pytest.raises(ValueError, match="64x64 pixels but the model takes 32x32"):
+            call()

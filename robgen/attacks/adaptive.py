@@ -174,7 +174,7 @@ class AdaptiveAttack:
 
     def _check_inputs(self, x, y):
         spec = getattr(self.defended.model, "spec", None)
-        x = pixels_for(self.defended.model, x)
+        x = pixels_for(self.defended.model, x, model_size=True)
         y = torch.as_tensor(y, device=x.device)
         if spec is not None:
             num_classes = spec.num_classes

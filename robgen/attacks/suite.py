@@ -196,7 +196,7 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
     if not attacks:
         raise ValueError("attacks is empty: pass {name: attack}, e.g. {'k+1 apgd-ce': KPlusOneAPGD(defended, eps)}")
     spec = getattr(defended.model, "spec", None)
-    x = pixels_for(defended.model, x)
+    x = pixels_for(defended.model, x, model_size=True)
     y = torch.as_tensor(y, device=x.device)
     if spec is not None:
         check_labels(y, x.shape[0], spec.num_classes)

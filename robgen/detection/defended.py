@@ -134,7 +134,7 @@ class DefendedClassifier(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) reject score of the inputs; > 0 means rejected."""
-        return self.outputs(pixels_for(self.model, x))[1]
+        return self.outputs(pixels_for(self.model, x, model_size=True))[1]
 
     def combined_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K + 1): Carlini & Wagner (2017)'s construction; argmax K (from 0) iff rejected. See `combine_logits`."""
@@ -148,7 +148,7 @@ class DefendedClassifier(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) long: the predicted class where accepted, -1 where rejected."""
-        logits, score = self.outputs(pixels_for(self.model, x))
+        logits, score = self.outputs(pixels_for(self.model, x, model_size=True))
         return torch.where(score > 0, torch.full_like(score, -1, dtype=torch.long), logits.argmax(1))
 
     def extra_repr(self) -> str:

@@ -216,7 +216,7 @@ class RejectOption:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
         self._check_model_first(model)
-        images = pixels_for(model, images, name="images")  # 0-255 pixels fitted a threshold on nonsense
+        images = pixels_for(model, images, name="images", model_size=True)  # 0-255 pixels fitted a threshold on nonsense
         dtype = model_dtype(model)  # float64 images for a float32 model (or the other way round) are cast
         if self.needs_features:
             features, logits = penultimate_features(model, images, batch_size)

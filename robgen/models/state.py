@@ -37,14 +37,21 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_size: bool = False) -> torch.Tensor:
     """`x` checked as a batch of [0, 1] pixels of the model's channels (`checks.check_pixels`: 0-255 pixels and
     normalised ones are refused, saying so) and in the model's floating-point type (numpy's float64 arrays
-    for a float32 model are cast, as synthesis casts them, where torch said "expected scalar type Double")."""
+    for a float32 model are cast, as synthesis casts them, where torch said "expected scalar type Double").
+    `model_size`: the images must also have the model's input size (where a detector's thresholds, fitted on
+    images of that size, judge them: its energies at another size are another distribution)."""
     from ..checks import check_pixels
 
     spec = getattr(model, "spec", None)
     check_pixels(x, spec.input_size[0] if spec is not None else None, name=name)
+    if model_size and spec is not None and tuple(x.shape[2:]) != tuple(spec.input_size[1:]):
+        height, width = spec.input_size[1:]
+        raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} pixels but the model takes {height}x{width}, the size "
+                         f"its detector was calibrated at: read them at that size (robgen.images.load_model_input(path, "
+                         "model.spec) applies the model's eval transform)")
     dtype = model_dtype(model)
     return x if x.dtype == dtype else x.to(dtype)
 
