@@ -16,19 +16,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Union
 
 PARTIAL_SUFFIX = ".partial"
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it), and put back
-os.umask(_UMASK)
+_UMASK_LOCK = threading.Lock()
+
+
+def _current_umask() -> int:
+    """The process's umask now (Linux: read from /proc, which changes nothing; elsewhere set and put back at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def _usual_permissions(path: Path) -> None:
-    """Give a written file the permissions a plain `open(path, "w")` would: safetensors writes its files
+    """Give a written file the permissions a plain `open(path, "w")` would now: safetensors writes its files
     readable by their owner alone (0600), which hides a checkpoint from the other users of a shared machine
     or a Space's server process."""
-    os.chmod(path, 0o666 & ~_UMASK)
+    os.chmod(path, 0o666 & ~_current_umask())
 
 
 def partial_path(path: Union[str, Path]) -> Path:

@@ -74,3 +74,9 @@ def test_written_files_get_the_usual_permissions_not_safetensors_owner_only(tmp_
     assert os.stat(weights).st_mode & 0o777 == 0o666 & ~umask
     write_together({weights: lambda t: save_file({"w": torch.ones(2)}, str(t)), config: lambda t: t.write_text("{}")})
     assert os.stat(weights).st_mode & 0o777 == 0o666 & ~umask
+    os.umask(0o077)  # a umask tightened after robgen was imported holds for what it writes next
+    try:
+        write_atomically(weights, lambda t: save_file({"w": torch.zeros(2)}, str(t)))
+        assert os.stat(weights).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)

@@ -247,6 +247,12 @@ def test_a_callable_detector_without_a_gradient_is_refused_when_an_attack_differ
     assert defended.score(val_x[:2]).shape == (2,)  # scoring without a gradient is fine too
     with pytest.raises(ValueError, match="'detached' returned a score with no gradient"):
         KPlusOnePGD(defended, eps=8 / 255, steps=1)(val_x[:2], torch.zeros(2, dtype=torch.long))
+    on_logits = RejectOption.from_callable(lambda logits: torch.as_tensor(logits.detach().numpy().max(1)),
+                                           on="logits", name="numpy").calibrate(model, val_x)
+    numpy_defended = DefendedClassifier(model, on_logits)
+    assert numpy_defended.score(val_x[:2]).shape == (2,)  # the logits need a gradient, not the images: scored
+    with pytest.raises(ValueError, match="'numpy' returned a score with no gradient"):
+        KPlusOnePGD(numpy_defended, eps=8 / 255, steps=1)(val_x[:2], torch.zeros(2, dtype=torch.long))
 
 
 def test_a_callable_on_logits_reads_no_images():

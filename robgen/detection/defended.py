@@ -130,7 +130,16 @@ class DefendedClassifier(nn.Module):
                                    "input is not one set of penultimate features")
             features = caught[0]
         inputs = x if self.reject.needs_inputs else None
-        return logits, self.reject.score_from(logits, features, inputs, network if self.reject.needs_network else None)
+        score = self.reject.score_from(logits, features, inputs, network if self.reject.needs_network else None)
+        if torch.is_grad_enabled() and x.requires_grad and not score.requires_grad:
+            # an attack is differentiating the score: without a gradient every adaptive attack is blind to the
+            # detector, and a DARA measured so would credit it with what the attacker never saw
+            name = getattr(self.reject, "name", self.reject.kind)
+            raise ValueError(f"the detector {name!r} returned a score with no gradient with respect to the images "
+                             "(computed under torch.no_grad, detached, or outside torch, e.g. with numpy): the "
+                             "adaptive attacks could not see it, and its DARA would overstate it; return a "
+                             "differentiable score (for a step function, a smooth surrogate of it)")
+        return logits, score
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) reject score of the inputs; > 0 means rejected."""

@@ -458,13 +458,6 @@ class CallableReject(_HighStatisticReject):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the detector function {self.name!r} must return a tensor of shape "
                              f"({source.shape[0]},), one score per image, got {shape}")
-        if torch.is_grad_enabled() and source.requires_grad and not out.requires_grad:
-            # an attack is differentiating the score: without a gradient every adaptive attack is blind to the
-            # detector, and a DARA measured so would credit it with what the attacker never saw
-            raise ValueError(f"the detector function {self.name!r} returned a score with no gradient with respect to "
-                             f"its {self.on} (computed under torch.no_grad, detached, or outside torch, e.g. with "
-                             "numpy): the adaptive attacks could not see it, and its DARA would overstate it; return "
-                             "a differentiable score (for a step function, a smooth surrogate of it)")
         return out
 
     def settings(self):

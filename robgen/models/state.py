@@ -39,8 +39,9 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_size: bool = False) -> torch.Tensor:
     """`x` checked as a batch of [0, 1] pixels of the model's channels (`checks.check_pixels`: 0-255 pixels and
-    normalised ones are refused, saying so) and in the model's floating-point type (numpy's float64 arrays
-    for a float32 model are cast, as synthesis casts them, where torch said "expected scalar type Double").
+    normalised ones are refused, saying so) and in the model's floating-point type (float64 tensors, e.g.
+    torch.from_numpy of numpy's arrays, for a float32 model are cast, as synthesis casts them, where torch said
+    "expected scalar type Double").
     `model_size`: the images must also have the model's input size (where a detector's thresholds, fitted on
     images of that size, judge them: its energies at another size are another distribution)."""
     from ..checks import check_pixels
