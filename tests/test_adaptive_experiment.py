@@ -415,7 +415,7 @@ def test_the_library_refuses_settings_for_a_detector_not_named_or_given_calibrat
         AdaptiveSettings(detectors=("energy",), detector_settings={"energy": {"radius": 0.1}})
     with pytest.raises(ValueError, match="maps each kind to its settings"):
         AdaptiveSettings(detectors=("energy",), detector_settings={"energy": 2.0})
-    calibrated = make_reject_option("energy").calibrate(model, torch.rand(20, 3, 32, 32))
+    calibrated = make_reject_option("energy").calibrate(model, torch.rand(20, *model.spec.input_size))
     with pytest.raises(ValueError, match="given calibrated, with its own settings"):
         adaptive_module.adaptive_evaluation(model, str(toy_data), detectors=(calibrated,), limit=4, steps=1,
                                             detector_settings={"energy": {"temperature": 2.0}})

@@ -147,8 +147,8 @@ def test_the_same_command_is_accepted(stopped_run, toy_data):
 def test_another_eval_transform_is_refused(stopped_run, toy_data):
     model = _model()
     model.spec.crop_pct = 0.875  # an edited config.json: same weights, other pixels
-    with pytest.raises(ValueError, match=r"holds the finished stages of another run \(its eval_transform differ: "
-                                         r"eval_transform.crop_pct: 1.0 → 0.875\)"):
+    with pytest.raises(ValueError, match=r"holds the finished stages of another run \(its eval_transform, pixels "
+                                         r"differ: eval_transform.crop_pct: 1.0 → 0.875; pixels.test: "):
         _run(model, toy_data, stopped_run)
     model = _model()
     model.spec.interpolation = "bilinear"
