@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, help="first test images (default: the run's)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=250)
-    parser.add_argument("--detector", action="append", help="only these detectors (default: all the run has, and off)")
+    parser.add_argument("--detector", action="append",
+                        help="only these detectors, repeated or comma-separated (default: all the run has, and off)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     results = json.loads((args.run / "results.json").read_text())
@@ -128,7 +129,10 @@ def main(argv=None) -> int:
     x, y = datasets.load_tensors(datasets.first(splits.test, n, "test split"))
     x_val, _ = datasets.load_tensors(datasets.first(splits.validation, min(256, len(splits.validation))))
     generator = torch.Generator().manual_seed(args.seed)
-    names = args.detector or list(results["detectors"])
+    names = [name for given in args.detector for name in given.split(",")] if args.detector else list(results["detectors"])
+    unknown = sorted(set(names) - set(results["detectors"]))
+    if unknown:
+        raise SystemExit(f"--detector {', '.join(unknown)}: {args.run} has {', '.join(results['detectors'])}")
     print(f"{results['model']} ({results['data']}), first {n} test images, {args.steps} steps, 3 targets\n")
     print("| detector | eps | robgen's DARA (its run, these images) | this attack's DARA | robgen-defended images it breaks "
           "| DARA against both | verdict |\n|---|---|---|---|---|---|---|")

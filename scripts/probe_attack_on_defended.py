@@ -58,6 +58,9 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
     if detectors is not None and not set(detectors) <= {row["detector"] for row in results["rows"]}:
         raise SystemExit(f"--detector {','.join(detectors)}: {run} has rows for "
                          f"{', '.join(sorted({row['detector'] for row in results['rows']}))}")
+    at_eps = sorted({row["eps"] for row in results["rows"]})
+    if not any(abs(value - eps) <= 1e-9 for value in at_eps):
+        raise SystemExit(f"--eps {eps:.6g}: {run} has rows at {', '.join(f'{value * 255:g}/255' for value in at_eps)}")
     found = []
     for row in results["rows"]:
         if abs(row["eps"] - eps) > 1e-9 or (detectors is not None and row["detector"] not in detectors):
