@@ -12,6 +12,8 @@ from typing import Iterator
 
 import torch
 
+from ..checks import check_pixels
+
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
@@ -40,19 +42,16 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_size: bool = False) -> torch.Tensor:
     """`x` checked as a batch of [0, 1] pixels of the model's channels (`checks.check_pixels`: 0-255 pixels and
     normalised ones are refused, saying so) and in the model's floating-point type (float64 tensors, e.g.
-    torch.from_numpy of numpy's arrays, for a float32 model are cast, as synthesis casts them, where torch said
-    "expected scalar type Double").
-    `model_size`: the images must also have the model's input size (where a detector's thresholds, fitted on
-    images of that size, judge them: its energies at another size are another distribution)."""
-    from ..checks import check_pixels
-
+    torch.from_numpy of numpy's arrays, for a float32 model are cast, where torch said "expected scalar type Double").
+    `model_size`: the images must also have the model's input size (synthesis, whose budget and seeds are that
+    size's; and wherever a detector judges them: its thresholds, fitted at that size, say nothing of another)."""
     spec = getattr(model, "spec", None)
     check_pixels(x, spec.input_size[0] if spec is not None else None, name=name)
     if model_size and spec is not None and tuple(x.shape[2:]) != tuple(spec.input_size[1:]):
         height, width = spec.input_size[1:]
-        raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} pixels but the model takes {height}x{width}, the size "
-                         f"its detector was calibrated at: read them at that size (robgen.images.load_model_input(path, "
-                         "model.spec) applies the model's eval transform)")
+        raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} pixels but the model takes {height}x{width}: resize it "
+                         f"first (robgen.load_image(path, size=({height}, {width})), or "
+                         "robgen.images.load_model_input(path, model.spec) for the model's eval transform)")
     dtype = model_dtype(model)
     return x if x.dtype == dtype else x.to(dtype)
 

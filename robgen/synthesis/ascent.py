@@ -22,8 +22,8 @@ import torch
 
 from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode, model_device, model_dtype
-from ..checks import check_pixels, check_positive, check_steps
+from ..models.state import eval_mode, model_device, pixels_for
+from ..checks import check_positive, check_steps
 from ..energy import class_energy, energy, log_prob_given_x
 from ..progress import step_reporter
 from .seeds import SeedDistribution, initial_images, load_seeds
@@ -71,14 +71,10 @@ def model_images(images: torch.Tensor, model, name: str = "image") -> torch.Tens
     """`images` as the model takes them: (N, C, H, W) (one image may come as (C, H, W)), on its device and in its
     floating-point type (numpy's float64 too), checked as [0, 1] pixels of its channels and size (the L2 budget
     and the seeds are the model's size's)."""
-    x = images.to(device=model_device(model), dtype=model_dtype(model))
+    x = images.to(model_device(model))
     if x.ndim == 3:
         x = x.unsqueeze(0)
-    check_pixels(x, model.spec.input_size[0], name=name)
-    if tuple(x.shape[2:]) != tuple(model.spec.input_size[1:]):
-        height, width = model.spec.input_size[1:]
-        raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} pixels but the model takes {height}x{width}: resize it "
-                         f"first (robgen.load_image(path, size=({height}, {width})))")
+    x = pixels_for(model, x, name=name, model_size=True)
     return x
 
 

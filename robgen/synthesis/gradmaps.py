@@ -16,14 +16,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..models.state import eval_mode, model_device, model_dtype
-from ..checks import check_pixels, labels_for
+from ..checks import labels_for
+from ..models.state import eval_mode, model_device, pixels_for
 
 
 def input_gradient(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """∇ₓ CE(f(x), y) for each image (y: the given labels, or the model's own predictions)."""
-    check_pixels(x, model.spec.input_size[0] if hasattr(model, "spec") else None)
-    x = x.detach().to(model_device(model), model_dtype(model)).clone().requires_grad_(True)  # e.g. a float16 model
+    x = pixels_for(model, x.detach().to(model_device(model))).clone().requires_grad_(True)  # e.g. a float16 model
     with eval_mode(model), torch.enable_grad():
         logits = model(x)
         y = logits.argmax(1) if labels is None else labels_for(labels, len(x), logits.shape[1], x.device, "labels")
