@@ -309,6 +309,28 @@ def test_a_tensor_or_function_kept_as_a_plain_attribute_makes_a_new_copy_when_it
         assert fourth is not third and torch.allclose(fourth(x), model(x), atol=1e-6)
 
 
+class PrivatelyScaled(torch.nn.Module):
+    """A wrapper whose forward reads a private plain attribute."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self._temperature = net, 1.0
+
+    def forward(self, x):
+        return self.net(x) / self._temperature
+
+
+def test_a_private_attribute_the_forward_reads_makes_a_new_copy_when_it_changes():
+    model = PrivatelyScaled(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))).eval()
+    x = torch.rand(2, 3, 8, 8)
+    first = inference_graph(model, example=x)
+    assert first is not model and inference_graph(model, example=x) is first
+    model._temperature = 100.0
+    with torch.no_grad():
+        assert torch.allclose(inference_graph(model, example=x)(x), model(x), atol=1e-6)
+
+
 class Configured(torch.nn.Module):
     """A wrapper whose forward reads a dict and a tuple of tensors kept as plain attributes."""
 

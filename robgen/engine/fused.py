@@ -127,10 +127,10 @@ _this_thread = threading.local()  # .building: ids of the models this thread is 
 
 def weights_signature(model: nn.Module) -> Optional[Tuple]:
     """What identifies the current network: (id, address, shape, dtype, device, version) of every tensor,
-    every module's name, type, identity and plain settings (a BN `eps`, and what its small tuples, lists and
-    dicts of plain values hold: `_setting`), which object each of its other public attributes is (a swapped
-    activation function), tensors kept as plain attributes (alone or in a small tuple) like the registered ones,
-    and `content_fingerprint` of the tensors (the updates that bump no version counter).
+    every module's name, type, identity and plain settings (a BN `eps`, a private `_temperature`, and what its
+    small tuples, lists and dicts of plain values hold: `_setting`), which object each of its other attributes
+    is (a swapped activation function), tensors kept as plain attributes (alone or in a small tuple) like the
+    registered ones, and `content_fingerprint` of the tensors (the updates that bump no version counter).
 
     None for a model whose tensors keep no version counter (made under
     `torch.inference_mode`) or whose contents cannot be read (meta tensors):
@@ -148,7 +148,7 @@ def weights_signature(model: nn.Module) -> Optional[Tuple]:
     loose: List[torch.Tensor] = []  # tensors kept as plain attributes, not registered (a wrapper's temperature)
     for name, module in model.named_modules():  # the structure and each module's plain settings
         settings = tuple((key, _setting(value, loose)) for key, value in sorted(vars(module).items())
-                         if not key.startswith("_"))
+                         if key not in _MODULE_INTERNALS)
         rows.append((name, type(module), id(module), settings))
     try:
         rows.extend((id(t), t.data_ptr(), tuple(t.shape), t.dtype, t.device, t._version) for t in loose)
@@ -159,6 +159,9 @@ def weights_signature(model: nn.Module) -> Optional[Tuple]:
 
 
 _PLAIN = (type(None), bool, int, float, str)
+# What every nn.Module keeps for itself (its parameters, buffers and children, read above; its hooks; its mode):
+# every other attribute, a private `_temperature` too, is a setting its forward may read.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _SMALL = 64  # items of a container read by content; a larger one (a label list) is recorded by which one it is
 
 
@@ -398,8 +401,10 @@ def _build(model: nn.Module, example: torch.Tensor) -> Optional[nn.Module]:
 
 
 def clear_fusion_cache(model: Optional[nn.Module] = None) -> None:
-    """Forget the fused copy of `model` (of every model without one) to free its memory; never needed for
-    correctness: every call sees a change of the weights, `.data` writes and fused optimiser steps included."""
+    """Forget the fused copy of `model` (of every model without one) to free its memory, or after changing in
+    place a tensor held in a list or dict attribute its forward reads (those containers are recorded by which
+    object they are, `_setting`, so that a forward refilling one does not make a new copy at every call). Every
+    other change is seen by the next call: the weights, `.data` writes and fused optimiser steps included."""
     with _lock:
         if model is None:
             _cache.clear()
