@@ -25,8 +25,8 @@ import gradio.utils
 from robgen import plots
 from robgen.web import handlers as tabs
 from robgen.web.examples import adversarial_examples, adversarial_photo
-from robgen.web.model_cache import (available_models, cached_model, default_models, hub_reachable, model_spec,
-                                    most_robust, preload, same_classes)
+from robgen.web.model_cache import (available_models, cached_model, default_models, hub_reachable, loadable,
+                                    model_spec, most_robust, preload, same_classes)
 from robgen.web.space import gpu
 
 HERE = Path(__file__).resolve().parent
@@ -295,7 +295,7 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
     value (`allow_custom_value`), so that an API call may name a model of another data set with one of its
     classes; the handlers check the class against the model's own (an unknown one gets the list of its classes).
     """
-    models = list(models or available_models(online=hub_reachable()))
+    models = loadable(models or available_models(online=hub_reachable()))
     OFFERED.update(models)
     compute = dict(concurrency_id=COMPUTE, concurrency_limit=CONCURRENCY)  # one group for every event that computes
     default, synthesis_default = default_models(models)
@@ -453,7 +453,7 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
     return app
 
 
-MODELS = available_models(online=hub_reachable())
+MODELS = loadable(available_models(online=hub_reachable()))  # a local folder that fails to load is logged, not offered
 demo = build_app(MODELS)  # module level, so that `gradio app.py` (reload mode) finds it; starts no server
 
 

@@ -581,6 +581,28 @@ def test_an_api_call_gets_the_pages_checks_of_model_and_ranges(client, tmp_path)
             app.synthesize(ROBUST, "horse", 10_000_000 if "images" in limit else 3, 10, "step" not in limit, -5.0, 0)
 
 
+def test_a_checkpoint_folder_that_fails_to_load_is_left_out_and_the_app_still_builds(tmp_path, caplog):
+    """One folder on the search path written by a newer robgen stopped `import app` (build_app loads the spec of
+    every offered model); it is now logged and not offered."""
+    import json
+    import logging
+
+    from robgen.models.loading import find_checkpoint
+
+    broken = tmp_path / "my-newer-model"
+    shutil.copytree(find_checkpoint(ROBUST), broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["format_version"] = 99
+    (broken / "config.json").write_text(json.dumps(config))
+    with checkpoints_first(tmp_path), caplog.at_level(logging.WARNING):
+        assert "my-newer-model" in robgen.list_models()
+        demo = app.build_app(adversarial_examples_folder=tmp_path / "no-examples")
+        assert "not offering my-newer-model" in caplog.text
+        offered = [c for c in demo.config["components"] if c.get("props", {}).get("label") == "model (Attack and Detect)"]
+        choices = [choice[0] if isinstance(choice, (list, tuple)) else choice for choice in offered[0]["props"]["choices"]]
+        assert "my-newer-model" not in choices and ROBUST in choices
+
+
 def test_every_event_that_runs_a_model_shares_one_queue_group_of_the_concurrency_the_readme_gives():
     """Gradio gives each event a group of its own, so a limit of 2 per event let 2 attacks, 2 translations, ...
     run together; one group keeps the whole server at `ROBGEN_CONCURRENCY`."""

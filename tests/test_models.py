@@ -595,6 +595,20 @@ def test_a_local_copy_of_a_timm_hub_repo_loads_with_its_readable_labels_and_a_tr
         robgen.load_model("hf-hub:someone/vit")
 
 
+def test_a_timm_folder_on_the_search_path_loads_by_its_name_as_it_is_listed(tmp_path, monkeypatch):
+    """list_models() listed such a folder, but its name went to load_checkpoint: "not a robgen checkpoint config"."""
+    from timm.models import save_for_hf
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    save_for_hf(net, tmp_path / "my-timm-model", safe_serialization=True)
+    monkeypatch.setenv("ROBGEN_CHECKPOINTS", str(tmp_path))
+    assert "my-timm-model" in robgen.list_models()
+    model = robgen.load_model("my-timm-model")
+    assert model.spec.architecture == "test_resnet" and model.spec.source == "my-timm-model"
+    x = torch.rand(1, *model.spec.input_size)
+    assert torch.allclose(model(x), robgen.load_model(tmp_path / "my-timm-model")(x), atol=1e-6)
+
+
 def test_arguments_only_a_timm_name_takes_are_refused_for_other_names_and_a_headless_model_too():
     """weights=, pretrained=False and timm arguments were silently ignored for a checkpoint name (a missing weights
     file raised nothing); timm:<name> with num_classes=0 (a feature extractor) was labelled a 1000-class model."""

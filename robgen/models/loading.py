@@ -137,8 +137,11 @@ def load_model(
         model = _timm_pretrained(f"local-dir:{folder.resolve()}", _timm_folder_config(folder), str(folder))
     elif is_checkpoint_dir(Path(text).expanduser()):  # "~/models/mine" as a shell would read it
         model = load_checkpoint(Path(text).expanduser())
-    elif find_checkpoint(text) is not None:
-        model = load_checkpoint(find_checkpoint(text))
+    elif find_checkpoint(text) is not None:  # a name on the search path: a robgen checkpoint or a timm folder
+        folder = find_checkpoint(text)
+        config = _timm_folder_config(folder)
+        model = _timm_pretrained(f"local-dir:{folder.resolve()}", config, text) if config is not None \
+            else load_checkpoint(folder)
         model.spec.source = text  # a shipped name shows as itself, not as this machine's path to it
     else:
         raise ValueError(_unknown_model_message(text))

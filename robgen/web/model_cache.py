@@ -159,6 +159,23 @@ def most_robust(names: Iterable[str], like: Optional[str] = None) -> str:
     return max(names, key=lambda name: robustness(model_spec(name)))  # max keeps the first of equals
 
 
+def loadable(names: Iterable[str]) -> List[str]:
+    """`names` without the local checkpoints that fail to load, each logged with its error: one broken folder on
+    the search path (a checkpoint written by a newer robgen, a damaged file) must not stop the app. Models that
+    are no local folder (the Hub's) are kept unloaded: they download when first used."""
+    local = set(list_models())
+    kept = []
+    for name in names:
+        if name in local:
+            try:
+                model_spec(name)
+            except Exception as error:  # whatever the files raise (safetensors has its own error type)
+                logger.warning("not offering %s: it does not load (%s: %s)", name, type(error).__name__, error)
+                continue
+        kept.append(name)
+    return kept
+
+
 def default_models(names: Iterable[str]) -> Tuple[str, str]:
     """(the Attack and Detect tabs' model, the Synthesize tab's model) out of the app's `names`.
 
