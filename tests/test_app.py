@@ -690,6 +690,27 @@ def test_a_model_without_a_detector_gets_a_message_without_server_paths():
         assert "/" not in str(error.value).split("`")[0]
 
 
+def test_the_handlers_attack_a_half_precision_model_and_refuse_a_tensor_the_detector_was_not_fitted_for():
+    """attack_image fed float32 pixels to float16 weights ("expected scalar type Float but found Half"), as the
+    library's attacks do not; detect_image judged 0-255 pixels and images of another size than the model's."""
+    from robgen.web.handlers import attack_image, detect_image
+
+    photo = REPO / "examples" / "rocket.png"
+    half = tiny_model().to(torch.float16)
+    result = attack_image(half, photo, "pgd", eps=8 / 255, steps=2, step_size=2 / 255, seed=0)
+    assert result.adversarial.dtype == torch.float16  # the ball holds to float16's precision, no better
+    assert (result.adversarial.float() - result.clean.float()).abs().max() <= 8 / 255 + torch.finfo(torch.float16).eps
+    model = tiny_model()
+    detector = EnergyDetector()
+    detector.threshold = 0.0
+    x = torch.rand(3, 32, 32)
+    assert isinstance(detect_image(model, x, detector).flagged, bool)
+    with pytest.raises(ValueError, match="pixels look like 0-255"):
+        detect_image(model, x * 255, detector)
+    with pytest.raises(ValueError, match="is 64x64 pixels but the model takes 32x32"):
+        detect_image(model, torch.rand(3, 64, 64), detector)
+
+
 def test_a_transparent_upload_is_seen_on_white_as_the_library_reads_it(client, tmp_path):
     # transparent pixels over black RGB: the handlers read the upload themselves (preprocess=False), compositing
     # on white; Gradio's own conversion to RGB would show the model black

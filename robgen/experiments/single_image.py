@@ -32,7 +32,7 @@ from ..detection.reject import EnergyReject
 from ..energy import energy
 from ..engine import Trace
 from ..engine.trace import TraceRecorder
-from ..models.state import eval_mode
+from ..models.state import eval_mode, pixels_for
 from ..progress import step_reporter
 
 
@@ -96,7 +96,9 @@ class AttackOutcome:
 
 def attack_own_predictions(model, x: torch.Tensor, attack: Attack, target_class: Optional[int] = None,
                            progress: Optional[Callable] = None) -> AttackOutcome:
-    """Attack `x` (on the model's device) away from the model's predictions, or toward `target_class`."""
+    """Attack `x` (on the model's device) away from the model's predictions, or toward `target_class`; the
+    outcome's images in `x`'s type (a float16 model attacks them in float16)."""
+    given, x = x, pixels_for(model, x)
     with torch.no_grad(), eval_mode(model):  # a model in train mode: its running statistics, not the batch's,
         clean_logits = model(x)  # as the attack between runs it (and they stay as they were)
     labels = clean_logits.argmax(1)
@@ -105,7 +107,7 @@ def attack_own_predictions(model, x: torch.Tensor, attack: Attack, target_class:
     x_adv = quantise(x_adv, x, attack)
     with torch.no_grad(), eval_mode(model):
         adv_logits = model(x_adv)
-    return AttackOutcome(x.cpu(), x_adv.cpu(), clean_logits.float().cpu(), adv_logits.float().cpu(),
+    return AttackOutcome(given.cpu(), x_adv.to(given.dtype).cpu(), clean_logits.float().cpu(), adv_logits.float().cpu(),
                          list(model.spec.class_labels), trace)
 
 

@@ -24,7 +24,7 @@ from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
 from ..experiments.single_image import attack_own_predictions, evade_detector, top_classes
 from ..images import cover_size, framed_model_input, load_model_input, load_resized, tensor_to_pil, upright_size
-from ..models.state import model_device
+from ..models.state import model_device, pixels_for
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
 from ..synthesis.seeds import load_seeds
@@ -37,9 +37,12 @@ DATA_SET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": 
 
 
 def model_input(model, image: ImageInput) -> torch.Tensor:
-    """A (1, C, H, W) batch on the model's device: a file read as the model sees it (`load_model_input`)."""
+    """A (1, C, H, W) batch on the model's device, in its floating-point type: a file read as the model sees it
+    (`load_model_input`); a tensor checked as [0, 1] pixels of the model's input size (`pixels_for`), which the
+    detector's threshold and the attack's budget were set for."""
     x = image if isinstance(image, torch.Tensor) else load_model_input(image, model.spec)
-    return (x if x.ndim == 4 else x.unsqueeze(0)).to(model_device(model))
+    x = (x if x.ndim == 4 else x.unsqueeze(0)).to(model_device(model))
+    return pixels_for(model, x, name="image", model_size=True)
 
 
 def enlargement(width: int, height: int, spec) -> float:
