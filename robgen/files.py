@@ -6,7 +6,7 @@
 
 Every file robgen keeps across an interruption goes through here: checkpoints and trainer state,
 synthesis seeds, the stage cache of `reproduce` and `adaptive`, ablation rows. The new content is
-written to `<name>.partial` beside the target, then renamed over it (`os.replace`, atomic on one
+written to `<name>.<pid>-<random>.partial` beside the target, then renamed over it (`os.replace`, atomic on one
 file system), so a reader sees either the complete old file or the complete new one. Every results.json
 is written as `json_text` gives it: strict JSON, which any reader parses.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Union
@@ -47,9 +48,11 @@ def _usual_permissions(path: Path) -> None:
 
 
 def partial_path(path: Union[str, Path]) -> Path:
-    """Where the new content of `path` is written before it replaces `path`."""
+    """Where the new content of `path` is written before it replaces `path`: `<name>.<pid>-<random>.partial`, a
+    new name at each call, so that two processes writing the same file at once (the CLI and the app converting
+    one model on first use) neither rename nor delete each other's half-written file. The last rename wins."""
     path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
 
 
 def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> Path:

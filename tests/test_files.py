@@ -10,7 +10,34 @@ def test_a_complete_write_replaces_the_file(tmp_path):
     path = tmp_path / "record.json"
     write_text_atomically(path, "old")
     assert write_text_atomically(path, "new") == path
-    assert path.read_text() == "new" and not partial_path(path).exists()
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_two_writers_of_one_file_at_once_never_share_a_temporary_file(tmp_path):
+    """Every writer wrote `<name>.partial`: two processes saving one checkpoint renamed or deleted each other's
+    half-written file (FileNotFoundError), and a failing one removed the other's."""
+    import threading
+
+    path = tmp_path / "model.safetensors"
+    assert partial_path(path) != partial_path(path) and partial_path(path).parent == tmp_path
+    started, errors = threading.Barrier(2), []
+
+    def writer(text):
+        def write(temporary):
+            temporary.write_text(text)
+            started.wait()  # both temporaries exist before either is renamed
+        try:
+            write_atomically(path, write)
+        except Exception as error:  # noqa: BLE001 - collected for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(text,)) for text in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and path.read_text() in ("first", "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
 def test_a_write_that_dies_halfway_keeps_the_old_file_and_leaves_nothing_else(tmp_path):
