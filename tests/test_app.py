@@ -603,6 +603,25 @@ def test_a_checkpoint_folder_that_fails_to_load_is_left_out_and_the_app_still_bu
         assert "my-newer-model" not in choices and ROBUST in choices
 
 
+def test_gradient_maps_of_a_model_beyond_the_shipped_ones_show_its_offered_siblings(tmp_path):
+    """Siblings were looked up among the shipped checkpoints only: a Hub model's maps came alone, although the
+    page offered other models of its classes."""
+    import json
+
+    from robgen.models.loading import find_checkpoint
+
+    offered = []
+    for name in ("other-a", "other-b"):
+        shutil.copytree(find_checkpoint(STANDARD), tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["class_labels"] = [f"thing {i}" for i in range(len(config["class_labels"]))]
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        offered.append(str(tmp_path / name))
+    app.build_app(models=app.available_models() + offered, adversarial_examples_folder=tmp_path / "no-examples")
+    gallery = app.gradient_maps(str(REPO / "examples" / "rocket.png"), offered[0])
+    assert sorted({caption.split(":")[0] for _, caption in gallery}) == offered
+
+
 def test_every_event_that_runs_a_model_shares_one_queue_group_of_the_concurrency_the_readme_gives():
     """Gradio gives each event a group of its own, so a limit of 2 per event let 2 attacks, 2 translations, ...
     run together; one group keeps the whole server at `ROBGEN_CONCURRENCY`."""
