@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import pickle
 import shutil
@@ -593,6 +594,26 @@ def test_a_local_copy_of_a_timm_hub_repo_loads_with_its_readable_labels_and_a_tr
     _fake_hub(monkeypatch, remote, tmp_path / "cache")
     with pytest.raises(ValueError, match="neither a robgen checkpoint .* nor a timm model"):
         robgen.load_model("hf-hub:someone/vit")
+
+
+def test_a_spec_refuses_a_mean_or_std_that_is_not_finite_and_an_input_size_that_is_not_positive():
+    """A config.json holding NaN (json.dumps writes it) loaded without a word and every logit was NaN."""
+    labels = ["a", "b"]
+    for mean, std in (((math.nan,) * 3, (0.5,) * 3), ((0.5,) * 3, (math.nan,) * 3), ((0.5,) * 3, (math.inf,) * 3)):
+        with pytest.raises(ValueError, match="mean must be finite and std finite and positive"):
+            ModelSpec(architecture="x", num_classes=2, class_labels=labels, mean=mean, std=std)
+    for size in ((3, -32, 32), (3, 0, 32), (0, 32, 32)):
+        with pytest.raises(ValueError, match="input_size must be positive|mean and std need"):
+            ModelSpec(architecture="x", num_classes=2, class_labels=labels, input_size=size)
+
+
+def test_a_one_channel_timm_model_is_normalised_as_the_average_of_its_three_channel_statistics():
+    """in_chans=1 got mean = std = 0.5, where timm's summed RGB kernels expect ImageNet's (std about 0.226): the
+    first layer saw its input at about half the scale it was trained for."""
+    model = robgen.load_model("timm:resnet18", pretrained=False, in_chans=1, num_classes=10)
+    mean, std = timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD
+    assert model.spec.input_size[0] == 1
+    assert model.spec.mean == pytest.approx((sum(mean) / 3,)) and model.spec.std == pytest.approx((sum(std) / 3,))
 
 
 def test_a_timm_folder_on_the_search_path_loads_by_its_name_as_it_is_listed(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ them before the wrapped network, and `model.spec` says what the model is.
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 import re
 from dataclasses import asdict, dataclass, field
@@ -59,8 +60,10 @@ class ModelSpec:
         channels = self.input_size[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean and std need {channels} values each, got {self.mean} and {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+        if not all(math.isfinite(m) for m in self.mean) or not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ValueError(f"mean must be finite and std finite and positive, got {self.mean} and {self.std}")
+        if any(side < 1 for side in self.input_size):
+            raise ValueError(f"input_size must be positive (C, H, W), got {self.input_size}")
         if len(self.class_labels) != self.num_classes:
             raise ValueError(f"{self.num_classes} classes but {len(self.class_labels)} class labels")
         self.crop_pct = float(self.crop_pct)

@@ -209,8 +209,10 @@ def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weigh
         input_size = (input_size[0], int(height), int(width))
     mean = tuple(cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
     std = tuple(cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD)
-    if len(mean) != input_size[0]:
-        mean, std = (0.5,) * input_size[0], (0.5,) * input_size[0]
+    if len(mean) != input_size[0]:  # in_chans=1: timm sums the first layer's RGB kernels, so the input it
+        # expects is normalised as the channels' average (0.5 would halve the scale an ImageNet std of 0.226 sets)
+        mean = (sum(mean) / len(mean),) * input_size[0]
+        std = (sum(std) / len(std),) * input_size[0]
     # timm's eval transform for this model: crop_pct and interpolation, with timm's defaults where unset
     data_cfg = timm.data.resolve_data_config(pretrained_cfg=cfg) if cfg else {}
     crop_mode = data_cfg.get("crop_mode", "center")
