@@ -297,6 +297,15 @@ def test_every_endpoint_runs_with_its_defaults_alone(client):
     assert float(path[-1]["caption"].split("= ")[1]) > float(path[0]["caption"].split("= ")[1])
 
 
+def test_every_training_mode_has_a_robustness_the_defaults_rank_it_by():
+    """A model trained with --mode reject (adversarial training at its confident mistakes) ranked as a standard
+    model: ROBUSTNESS had no entry for it."""
+    from robgen.training.config import MODES
+    from robgen.web.model_cache import ROBUSTNESS
+
+    assert set(ROBUSTNESS) == set(MODES)
+
+
 def test_default_models_suit_their_tabs(client, imagenette):
     """With Imagenette models shipped, Attack and Detect start on the standard one (photos are what people upload:
     160 px, not CIFAR-10's 32) with its shipped detector and its own adversarial example; Synthesize and

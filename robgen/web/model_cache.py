@@ -29,7 +29,7 @@ from ..models.state import model_device
 # preloads their files at build time (space.yaml's preload_from_hub); tests/test_space.py checks both agree.
 HUB_MODELS = ["madrylab:resnet50_l2_eps3", "madrylab:resnet50_l2_eps0.05", "timm:inception_v3.tf_adv_in1k"]
 # How robust a training mode makes a model (robgen.training's modes; MadryLab's models say "pgd" or "quasi").
-ROBUSTNESS = {"standard": 0, "quasi": 1, "fast": 2, "pgd": 2, "trades": 2, "weat": 2}
+ROBUSTNESS = {"standard": 0, "quasi": 1, "fast": 2, "pgd": 2, "reject": 2, "trades": 2, "weat": 2}  # per training mode
 
 logger = logging.getLogger(__name__)
 _load_lock = threading.Lock()
