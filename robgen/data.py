@@ -189,6 +189,8 @@ def load_dataset(
                 f"unknown data set {str(name)!r}: use one of {', '.join(KNOWN)} or an existing ImageFolder path"
             )
         transform = transform or pixel_transform(image_size, train_augment)
+        if split_layout(folder):
+            check_split_classes(folder)
         dataset = _image_folder(split_folder(folder, split) or folder, transform)
     return dataset
 
@@ -223,6 +225,21 @@ def split_folder(folder: Path, split: str) -> Optional[Path]:
     present = ", ".join(sorted(f"{path.name}/" for path in folder.iterdir() if path.is_dir()))
     raise FileNotFoundError(f"{folder} has {present} but no {wanted} for the {split} split: add it, or pass a folder "
                             "of class folders (it then serves as every split)")
+
+
+def check_split_classes(folder: Path) -> None:
+    """Refuse an image-folder root whose split folders (train/, test/, val/) hold different class folders: each
+    split numbers its classes by their sorted names, so a class missing from one split shifts the label of every
+    class after it there (validation images, held out of train/, scored against the wrong classes)."""
+    splits = {path.name: {entry.name for entry in path.iterdir() if entry.is_dir() and not ignored_folder(entry.name)}
+              for path in sorted(folder.iterdir()) if path.is_dir() and not ignored_folder(path.name)}
+    every = set().union(*splits.values())
+    lacking = {name: sorted(every - classes) for name, classes in splits.items() if every - classes}
+    if lacking:
+        raise ValueError(f"the split folders of {folder} hold different classes ("
+                         + "; ".join(f"{name}/ lacks {', '.join(missing)}" for name, missing in lacking.items())
+                         + "): labels are numbered by the sorted class folders of each split, so they would not "
+                         "match; give every split the same class folders")
 
 
 def one_folder(name: Union[str, Path]) -> bool:

@@ -281,6 +281,22 @@ def test_an_image_folder_with_split_folders_gives_them_and_one_without_never_tes
         assert not (one[:, None] == other[None]).all(-1).any(), "no image in two of validation, test, reference"
 
 
+def test_split_folders_with_different_classes_are_refused_before_their_labels_shift(tmp_path):
+    """A train/ without one class numbered the rest 0..2: every validation label after the gap was off by one,
+    and detect fitted its detector on them without a word."""
+    import shutil
+
+    from tests.conftest import make_toy_image_folder
+
+    make_toy_image_folder(tmp_path / "split" / "train", per_class=4)
+    make_toy_image_folder(tmp_path / "split" / "test", per_class=2)
+    assert len(data.load_dataset(tmp_path / "split", "train")) == 16
+    shutil.rmtree(tmp_path / "split" / "train" / "class1")
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match=r"hold different classes \(train/ lacks class1\)"):
+            data.load_dataset(tmp_path / "split", split)
+
+
 def test_a_class_folder_called_train_is_a_class_and_a_missing_split_folder_is_named(tmp_path):
     """CIFAR-100 has a class "train": a folder of class folders stays one even so; a root of split folders that
     lacks test/ (and val/) says so instead of loading train/ as the only class."""
