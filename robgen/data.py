@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -373,7 +374,7 @@ def _targets(dataset: Dataset) -> Optional[List[int]]:
 
 def default_val_size(data: Union[str, Path]) -> int:
     """Images held out of train for validation by default: the paper's 500 on Imagenette, 5,000 elsewhere."""
-    return 500 if str(data).lower() == "imagenette" else 5000
+    return 500 if canonical_data(data) == "imagenette" else 5000
 
 
 def same_data(recorded: Union[str, Path, None], data: Union[str, Path]) -> bool:
@@ -389,8 +390,16 @@ def same_data(recorded: Union[str, Path, None], data: Union[str, Path]) -> bool:
         return False
     folders = [Path(str(name)).expanduser().resolve() for name in (recorded, data) if str(name).lower() not in KNOWN]
     if named:  # a named data set and a folder: the same when the folder is where that data set is read from
-        return folders[0] == (default_data_root() / named[0]).resolve()
+        return folders[0] in [folder.resolve() for folder in known_folders(named[0])]
     return folders[0] == folders[1]
+
+
+def known_folders(name: str) -> List[Path]:
+    """The image folders under the data root that a named data set is read from (`_load_known`): `<root>/<name>`,
+    and for Imagenette torchvision's `<root>/imagenette2-160` too, which it reads in the same order (both
+    interleaved by rank in class), so that a model's recorded validation split names the same images."""
+    root = default_data_root()
+    return [root / name] + ([root / "imagenette2-160"] if name == "imagenette" else [])
 
 
 def canonical_data(data: Union[str, Path]) -> str:
@@ -449,6 +458,27 @@ def model_val_split(train: Dataset, spec, data: Union[str, Path], val_size: Opti
     return train_val_split(train, val_size, seed=model_split_seed(spec, data, default=default_seed))
 
 
+def _prefixed(labels: Sequence[str]) -> str:
+    """The folder names that keep `labels` in order when sorted as text: "00_airplane, 01_automobile, ..."."""
+    width = len(str(len(labels) - 1))
+    return ", ".join(f"{str(i).zfill(width)}_{label}" for i, label in enumerate(labels[:3])) + ", ..."
+
+
+def _without_order_prefix(data, classes: Sequence[str]) -> List[str]:
+    """Class folder names without the index prefix that puts them in the model's order ("03_cat" -> "cat"), when
+    every folder has one and, sorted as the folders are, they run 0, 1, 2, ...; `classes` as they are otherwise.
+    Prefixes that sort out of order (1_, 10_, 2_, ...: numbers sorted as text) are refused, saying how to pad."""
+    found = [re.fullmatch(r"(\d+)_(.+)", name) for name in classes]
+    if len(classes) < 2 or not all(found):
+        return list(classes)
+    numbers = [int(match.group(1)) for match in found]
+    if numbers == list(range(len(classes))):
+        return [match.group(2) for match in found]
+    raise ValueError(f"the class folders of {data} carry index prefixes ({', '.join(classes[:4])}, ...) that do not "
+                     "run 0, 1, 2, ... as the folders sort (as text: 10_ before 2_), so labels would be mixed up; pad "
+                     f"them with zeros: {_prefixed([match.group(2) for match in sorted(found, key=lambda m: int(m.group(1)))])}")
+
+
 def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by_name: bool = False) -> None:
     """Refuse a data set that is not the one the model of `spec` classifies, saying which it needs.
 
@@ -457,27 +487,33 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by
     names too must be the model's labels (where the model's labels are names, not "class i"), for what is fitted
     to the classes themselves (seeds, a detector's calibration), where a folder of other names is other data.
     """
-    key = str(data).lower()
+    key = canonical_data(data) if canonical_data(data) in KNOWN else str(data).lower()  # a named set's own folder too
+    named_in_order = _without_order_prefix(data, classes)
+    ordered = named_in_order != list(classes)  # index prefixes put the folders in the model's order
+    classes = named_in_order
     if len(classes) != spec.num_classes:
         raise ValueError(f"the model has {spec.num_classes} classes but {data} has {len(classes)}: "
                          "pick a model trained on this data set")
     trained_on = str(spec.training.get("data", {}).get("name") or spec.training.get("config", {}).get("data") or "")
-    if key in KNOWN and trained_on.lower() in KNOWN and trained_on.lower() != key:
+    trained_on = canonical_data(trained_on) if trained_on else ""
+    if key in KNOWN and trained_on in KNOWN and trained_on != key:
         raise ValueError(f"this model was trained on {trained_on}, not {data}: pick a model trained on {data} "
                          f"(python -m robgen models lists the shipped ones)")
     # Imagenette's classes by WordNet id (its own folder's names) or by name (the named data set's labels): one class
-    folders, labels = ([IMAGENETTE_CLASSES.get(c, c).lower() for c in names] for names in (classes, spec.class_labels))
+    folders, labels = ([IMAGENETTE_CLASSES.get(c, c).lower().replace("_", " ") for c in names]  # french_horn
+                       for names in (classes, spec.class_labels))
     generic = all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels))
     if key in KNOWN and folders != labels and not generic:
         raise ValueError(f"{data}'s classes ({', '.join(classes)}) are not the model's "
                          f"({', '.join(spec.class_labels)}): pick a model trained on {data}")
-    if key not in KNOWN and folders != labels and not generic and set(folders) & set(labels):
+    if key not in KNOWN and folders != labels and not generic and not ordered and set(folders) & set(labels):
         # an image folder numbers its class folders alphabetically; named after the model's classes in another
         # order (or some of them), every image would be scored against another class's label
         raise ValueError(f"the class folders of {data} ({', '.join(classes)}) name the model's classes in another "
                          f"order, or other classes, than the model's ({', '.join(spec.class_labels)}): image folders "
                          "number their class folders alphabetically, so labels would be mixed up; rename the folders "
-                         "so that sorted they follow the model's order (e.g. 0_airplane, 1_automobile, ...)")
+                         "so that sorted they follow the model's order: the model's labels behind their index, "
+                         f"{_prefixed(spec.class_labels)}")
     if by_name and folders != labels and not generic:
         raise ValueError(f"the class folders of {data} ({', '.join(classes)}) are not the model's classes "
                          f"({', '.join(spec.class_labels)}): fit on the data set the model classifies, its folders "

@@ -297,6 +297,43 @@ def test_split_folders_with_different_classes_are_refused_before_their_labels_sh
             data.load_dataset(tmp_path / "split", split)
 
 
+def test_a_named_data_sets_own_folder_is_that_data_set_for_its_split_and_its_model(tmp_path, monkeypatch):
+    """~/.cache/robgen-data/imagenette2-160 given as a path was a new data set: a 5,000-image "validation" split of
+    its train/, 4,500 of them trained on; and a model ran on another named data set's folder without a word."""
+    from robgen.models import ModelSpec
+
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    for name in ("imagenette2-160", "imagenette", "cifar10"):
+        (tmp_path / name).mkdir()
+    assert data.same_data("imagenette", tmp_path / "imagenette2-160") and data.same_data("imagenette", tmp_path / "imagenette")
+    assert data.canonical_data(str(tmp_path / "imagenette2-160") + "/") == "imagenette"
+    assert data.default_val_size(tmp_path / "imagenette2-160") == 500
+    spec = ModelSpec(architecture="resnet10_imagenette", num_classes=10, class_labels=list(data.IMAGENETTE_CLASSES.values()),
+                     training={"data": {"name": "imagenette", "val_size": 500, "split_seed": 3}})
+    assert data.recorded_val_size(spec, tmp_path / "imagenette2-160") == 500
+    assert data.model_split_seed(spec, tmp_path / "imagenette2-160") == 3
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with pytest.raises(ValueError, match="this model was trained on imagenette, not"):
+        data.check_model_matches(spec, tmp_path / "cifar10", cifar)
+    data.check_model_matches(spec, tmp_path / "imagenette2-160", list(data.IMAGENETTE_CLASSES))  # WordNet ids
+
+
+def test_class_folders_prefixed_with_the_models_order_are_its_classes_and_prefixes_sorted_as_text_are_refused():
+    """The message advised renaming to 0_airplane, 1_automobile, ...: fit-seeds and fit-detector then refused those
+    folders, and with 11 classes or more (1_, 10_, 2_ sorted as text) the labels were mixed up without a word."""
+    from robgen.models import ModelSpec
+
+    labels = [f"kind{i}" for i in range(12)]
+    spec = ModelSpec(architecture="x", num_classes=12, class_labels=labels)
+    padded = sorted(f"{i:02d}_{label}" for i, label in enumerate(labels))
+    data.check_model_matches(spec, "/somewhere/shots", padded, by_name=True)
+    as_text = sorted(f"{i}_{label}" for i, label in enumerate(labels))
+    with pytest.raises(ValueError, match="do not run 0, 1, 2.*pad them with zeros: 00_kind0, 01_kind1"):
+        data.check_model_matches(spec, "/somewhere/shots", as_text)
+    with pytest.raises(ValueError, match="00_kind0, 01_kind1, 02_kind2"):  # the advice of the order check itself
+        data.check_model_matches(spec, "/somewhere/shots", sorted(labels))
+
+
 def test_a_class_folder_called_train_is_a_class_and_a_missing_split_folder_is_named(tmp_path):
     """CIFAR-100 has a class "train": a folder of class folders stays one even so; a root of split folders that
     lacks test/ (and val/) says so instead of loading train/ as the only class."""
@@ -363,7 +400,8 @@ def test_class_folders_named_after_the_models_classes_in_another_order_are_refus
     with pytest.raises(ValueError, match="rename the folders"):
         data.check_model_matches(spec, "/data/nette", ["church", "dog", "tench"])
     data.check_model_matches(spec, "/data/nette", ["Tench", "Church", "French Horn"])  # the model's order
-    data.check_model_matches(spec, "/data/nette", ["0_tench", "1_church", "2_french_horn"])  # cannot tell
+    data.check_model_matches(spec, "/data/nette", ["0_tench", "1_church", "2_french_horn"])  # in order by prefix
+    data.check_model_matches(spec, "/data/nette", ["0_tench", "1_church", "2_french_horn"], by_name=True)
 
 
 def test_a_named_data_sets_own_folder_is_that_data_set_for_the_recorded_split(tmp_path, monkeypatch):
