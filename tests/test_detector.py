@@ -112,6 +112,27 @@ def test_save_and_load_round_trip(tmp_path):
         EnergyDetector.load(tmp_path / "bad.json")
 
 
+def test_a_save_that_fails_halfway_keeps_the_old_detector_whole(tmp_path, monkeypatch):
+    """fit-detector --overwrite wrote detector.json in place: a full disk left half a file the app could not read."""
+    from pathlib import Path
+
+    old = EnergyDetector(rule="youden").fit(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-1.0, 0.5]))
+    path = old.save(tmp_path / "detector.json")
+    new = EnergyDetector(rule="youden").fit(torch.tensor([5.0, 6.0]), torch.tensor([-5.0, 0.0]))
+    write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        new.save(path)
+    monkeypatch.undo()
+    assert EnergyDetector.load(path).threshold == old.threshold
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detector.json"]
+
+
 def test_bad_use_is_explained():
     with pytest.raises(ValueError, match="gmean, youden, fpr"):
         EnergyDetector(rule="best")

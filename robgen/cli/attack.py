@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
-from ..files import json_text
+from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, open_model, pick_device,
     positive_int, prepare_out_dir, read_images,
@@ -101,7 +101,7 @@ def command_attack(args) -> int:
     written = {row[key] for row in rows for key in ("clean_png", "adversarial_png")}
     for name in previous_pngs(out) - written:  # --overwrite: the replaced run's own PNGs go with its results.json
         (out / name).unlink(missing_ok=True)
-    (out / "results.json").write_text(json_text(report))
+    write_text_atomically(out / "results.json", json_text(report))
     for row in rows:
         print(
             f"{row['image']}: {row['clean']['label']} ({row['clean']['probability']:.2f}, E={row['clean']['energy']:.2f})"

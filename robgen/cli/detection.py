@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from ..files import json_text
+from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
     companion_output_path, count, open_model, pick_device, positive_int, prepare_out_dir, user_path,
@@ -120,7 +120,7 @@ def command_detect(args) -> int:
     detector, metrics = result.detector.bind(model), result.report
     metrics.update(model=model.spec.source, seconds=time.perf_counter() - started, device=str(device))
     detector.save(out / "detector.json")
-    (out / "metrics.json").write_text(json_text(metrics))
+    write_text_atomically(out / "metrics.json", json_text(metrics))
     print(
         f"threshold {detector.threshold:.4f} (rule {args.rule}, T={detector.temperature:g}) on {metrics['n_validation']} "
         f"validation images; test ({metrics['n_test']} images): detection rate {metrics['detection_rate']:.3f}, "

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from ..files import json_text
+from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, count,
     keyed_by_folder, open_model, parse_number, pick_device, positive_int, prepare_out_dir, read_images, user_path,
@@ -183,7 +183,7 @@ def command_synthesize(args) -> int:
                     for row, i in enumerate(classes)],
         "traces": traces,
     }
-    (out / "results.json").write_text(json_text(report))
+    write_text_atomically(out / "results.json", json_text(report))
     for row in report["classes"]:
         print(f"{row['class']}: mean p(class | sample) = {row['mean_target_probability']:.3f} under {Path(spec.source).name}")
     print(f"wrote grid.png ({len(classes)} classes x {args.n} samples) and results.json to {out}")
@@ -249,8 +249,8 @@ def command_synthesis_quality(args) -> int:
         image_grid(grid[:, : args.grid_columns], out / f"grid_{name}.png", row_labels=labels)
     result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
                   wall_seconds=time.perf_counter() - started, device=str(device))
-    (out / "results.json").write_text(json_text(result))
-    (out / "results.md").write_text(quality_markdown(result))
+    write_text_atomically(out / "results.json", json_text(result))
+    write_text_atomically(out / "results.md", quality_markdown(result))
     print(quality_markdown(result))
     print(f"wrote results.json, results.md and grid_*.png to {out}")
     return 0
@@ -283,8 +283,8 @@ def command_budget_sweep(args) -> int:
         image_grid(grid[:, : args.grid_columns], out / f"grid_{name}.png", row_labels=spec.class_labels)
     result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
                   data=str(args.data), wall_seconds=time.perf_counter() - started, device=str(device))
-    (out / "results.json").write_text(json_text(result))
-    (out / "results.md").write_text(sweep_markdown(result))
+    write_text_atomically(out / "results.json", json_text(result))
+    write_text_atomically(out / "results.md", sweep_markdown(result))
     print(sweep_markdown(result))
     print(f"wrote results.json, results.md and grid_*.png to {out}")
     return 0

@@ -30,6 +30,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from ..energy import energy as free_energy
+from ..files import write_text_atomically
 from ..metrics import RULES, auroc, choose_threshold, detection_metrics
 from ..models.fingerprint import weights_fingerprint
 
@@ -167,7 +168,7 @@ class EnergyDetector:
     def save(self, path: Union[str, Path]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod

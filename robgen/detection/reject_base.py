@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
 
 import torch
 
+from ..files import write_text_atomically
 from ..checks import check_logits
 from ..metrics import rate_interval
 from ..models.fingerprint import model_fingerprint
@@ -272,7 +273,7 @@ class RejectOption:
         self._require_fit()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from ..files import json_text
+from ..files import json_text, write_text_atomically
 from ..metrics import PAIRED_INTERVAL
 
 PAPER_CIFAR10 = {"detection_rate": 0.9838, "false_positive_rate": 0.0167}  # notebook: TPR 98.38 / FPR 1.67
@@ -262,8 +262,8 @@ def write_report(records: List[dict], out_dir: Path) -> List[Path]:
             differ = sorted(name for name in set(other) | set(settings) if other.get(name) != settings.get(name))
             raise ValueError(f"{out_dir}/rows holds rows measured with other settings ({', '.join(differ)} differ): "
                              "measure every row with the same --limit and --seed, or write to another --out")
-    (out_dir / "results.json").write_text(json_text({"settings": settings, "rows": rows}))
-    (out_dir / "results.md").write_text(markdown(rows, settings))
+    write_text_atomically(out_dir / "results.json", json_text({"settings": settings, "rows": rows}))
+    write_text_atomically(out_dir / "results.md", markdown(rows, settings))
     written = [out_dir / "results.json", out_dir / "results.md", figure(rows, out_dir / "ablation.png")]
     curves = training_curves(rows)
     if curves:

@@ -26,7 +26,7 @@ import torch
 
 from ..detection.dara import (defended_images, detection_aware_report, detection_aware_robust_accuracy, eps_label,
                              rate)
-from ..files import json_text
+from ..files import json_text, write_text_atomically
 
 OFF = "off"  # the detector switched off (adaptive.DetectorOff)
 BARE = "bare model"
@@ -470,6 +470,6 @@ def write_report(results: dict, reject: Mapping[str, object], out_dir: Path) -> 
         if name != OFF:
             paths.append(option.save(out_dir / "detectors" / f"reject-{name}.json"))
             results["detectors"][name]["file"] = f"detectors/reject-{name}.json"
-    (out_dir / "results.json").write_text(json_text(results, default=str))
-    (out_dir / "results.md").write_text(markdown(results))
+    write_text_atomically(out_dir / "results.json", json_text(results, default=str))
+    write_text_atomically(out_dir / "results.md", markdown(results))
     return [out_dir / "results.json", out_dir / "results.md", figure(results, out_dir / "adaptive_dara.png"), *paths]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import plots
-from ..files import json_text
+from ..files import json_text, write_text_atomically
 from ..metrics import auroc_interval_words
 from .pipeline import definitions_markdown
 
@@ -45,8 +45,8 @@ def write_report(results: dict, clean, adversarial, out: Path) -> None:
         "detected: two-sided band on E(x)": [r["detection_rate_band"] for r in rows],
         "detected: E(x, ŷ) <= t": [r["detection_rate_class_energy"] for r in rows],
     }, out / "adaptive_lambda.png", f"Adaptive attacker ({title}): HE-PGD 8/255 against λ")
-    (out / "results.json").write_text(json_text(results))
-    (out / "results.md").write_text(markdown_report(results))
+    write_text_atomically(out / "results.json", json_text(results))
+    write_text_atomically(out / "results.md", markdown_report(results))
 
 
 def _pct(value) -> str:

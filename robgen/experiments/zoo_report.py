@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..files import json_text  # noqa: E402
+from ..files import json_text, write_text_atomically  # noqa: E402
 from ..metrics import auroc_interval_words  # noqa: E402
 from .pipeline import definitions_markdown  # noqa: E402
 
@@ -22,8 +22,8 @@ def write_report(results: dict, out: Path) -> None:
     """Write results.json, results.md and delta_energy.png into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     delta_energy_figure(results, out / FIGURE)
-    (out / "results.json").write_text(json_text(results))
-    (out / "results.md").write_text(markdown_report(results))
+    write_text_atomically(out / "results.json", json_text(results))
+    write_text_atomically(out / "results.md", markdown_report(results))
 
 
 def _missing(value) -> bool:
