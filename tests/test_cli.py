@@ -61,6 +61,30 @@ def test_attack_writes_pngs_inside_the_ball_and_a_report(tmp_path, images, capsy
     assert "->" in capsys.readouterr().out
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, checkpoint, images, toy_data, capsys):
+    """--out under a file ran the whole command (train: an epoch; eval, fit-seeds, gradmap: their work) and ended in
+    a FileExistsError or NotADirectoryError traceback."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    under = str(blocker / "sub")
+    calls = {
+        "attack": ["attack", "--model", str(checkpoint), "--steps", "1", "--out", under, str(images[0])],
+        "gradmap": ["gradmap", "--model", str(checkpoint), "--out", under + "/maps.png", str(images[0])],
+        "eval": ["eval", "--model", str(checkpoint), "--data", str(toy_data), "--steps", "0", "--out", under + "/e.json"],
+        "train": ["train", "--data", str(toy_data), "--arch", "resnet10_cifar", "--width", "4", "--epochs", "1",
+                  "--out", under],
+        "adaptive": ["adaptive", "--model", str(checkpoint), "--data", str(toy_data), "--detector", "energy",
+                     "--limit", "4", "--steps", "1", "--out", under],
+        "fit-seeds": ["fit-seeds", "--model", str(checkpoint), "--data", str(toy_data), "--out", under + "/s.safetensors"],
+    }
+    for command, argv in calls.items():
+        capsys.readouterr()
+        assert main(argv) == 2, command
+        message = capsys.readouterr().err
+        assert "has a file on its way" in message and str(blocker) in message, (command, message)
+    assert blocker.read_text() == "not a folder"
+
+
 def test_targeted_attack_by_label(tmp_path, checkpoint, images):
     out = tmp_path / "o"
     code = main(["attack", "--model", str(checkpoint), "--target", "c5", "--steps", "5", "--step-size", "2/255",

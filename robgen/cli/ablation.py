@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, add_data_arguments, pick_device, positive_int, user_path
+from .common import UsageError, add_data_arguments, check_writable_folder, pick_device, positive_int, user_path
 
 
 def add_parsers(commands) -> None:
@@ -56,6 +56,7 @@ def command_ablation(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     out = Path(args.out)
+    check_writable_folder(out)
     if _foreign_results(out) and not args.overwrite:
         raise UsageError(f"{out}/results.json holds another command's results: choose another --out or pass "
                          "--overwrite")

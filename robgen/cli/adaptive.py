@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, join_processes, open_model, parse_number, parse_numbers,
-    positive_int, user_path,
+    UsageError, add_data_arguments, add_model_arguments, check_writable_folder, join_processes, open_model,
+    parse_number, parse_numbers, positive_int, user_path,
 )
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
@@ -124,6 +124,8 @@ def _check_arguments(args) -> dict:
         raise UsageError(f"--target-fpr must be in (0, 1), e.g. 0.05, got {args.target_fpr:g}")
     if not args.out and not args.estimate_only:
         raise UsageError("--out is required (the output folder), unless --estimate-only")
+    if args.out and not args.estimate_only:
+        check_writable_folder(Path(args.out))
     detectors = parse_detectors(args.detector)
     if not detectors and not args.detector_file:
         detectors = ("energy",)

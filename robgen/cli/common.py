@@ -77,15 +77,38 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def check_writable_folder(path: Path, flag: str = "--out") -> None:
+    """Refuse, before any work starts, a folder that cannot be made or written into: a file on its way (the folder
+    itself or one above it), or a first existing folder this user may not write. The work would otherwise run to
+    its end and fail at its first write."""
+    path = Path(path)
+    for place in [path, *path.parents]:
+        if place.exists():
+            if not place.is_dir():
+                what = "is a file" if place == path else f"has a file on its way ({place})"
+                raise UsageError(f"{flag} {path} {what}; {flag} names a folder to write into: choose another")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag} {path}: {place} is not writable by this user; choose another {flag}")
+            return
+
+
+def make_folder(path: Path, flag: str = "--out") -> Path:
+    """`path` created (with the folders above it), or a usage error that names it (a read-only place)."""
+    check_writable_folder(path, flag)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag} {path} cannot be created ({error.strerror or error}); choose another {flag}") from None
+    return Path(path)
+
+
 def prepare_out_dir(path: Path, overwrite: bool, products: List[str]) -> Path:
     """Create the output folder; refuse to replace earlier results unless --overwrite."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path} is a file; --out names a folder to write into")
+    check_writable_folder(path)
     existing = [name for name in products if (path / name).exists()]
     if existing and not overwrite:
         raise UsageError(f"{path} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return make_folder(path)
 
 
 def companion_output_path(args, model, name: str) -> Path:
@@ -97,8 +120,8 @@ def companion_output_path(args, model, name: str) -> Path:
     if path is None:
         raise UsageError(f"this model has no checkpoint folder to store {name} in: pass --out FILE")
     if path.is_dir() or str(args.out or "").endswith(("/", os.sep)):  # "newdir/": a folder, made if need be
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / name
+        path = make_folder(path) / name
+    check_writable_folder(path.parent)
     if path.exists() and not args.overwrite:
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
     return path

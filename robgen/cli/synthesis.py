@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..files import json_text, write_text_atomically
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, companion_output_path, count,
-    keyed_by_folder, open_model, parse_number, pick_device, positive_int, prepare_out_dir, read_images, user_path,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder,
+    companion_output_path, count, keyed_by_folder, open_model, parse_number, pick_device, positive_int,
+    prepare_out_dir, read_images, user_path,
 )
 
 
@@ -214,6 +215,7 @@ def command_gradmap(args) -> int:
         raise UsageError(f"--out {args.out} is a folder; --out names the figure's file, e.g. maps.png")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
+    check_writable_folder(out.parent)
     device = pick_device(args.device)
     models = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
     classes = {tuple(m.spec.class_labels) for m in models.values()}

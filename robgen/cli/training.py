@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import List
 
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, count, join_processes, open_model,
-    parse_number, pick_device, positive_int, user_path,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder, count,
+    join_processes, open_model, parse_number, pick_device, positive_int, user_path,
 )
 from ..files import write_text_atomically
 
@@ -152,6 +152,7 @@ def command_train(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     out = Path(args.out)
+    check_writable_folder(out)
     if not args.resume and (out / "config.json").exists() and not args.overwrite:
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite to start again")
     device = pick_device(args.device)
@@ -181,6 +182,8 @@ def command_eval(args) -> int:
         raise UsageError(f"--out names a file to write the result to; {args.out} is a folder")
     if args.out is not None and Path(args.out).exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite to replace it")
+    if args.out is not None:
+        check_writable_folder(Path(args.out).parent)
     try:
         dataset = _eval_split(model, args)
         what = f"{args.split} split"
