@@ -472,3 +472,22 @@ def test_attack_overwrite_replaces_the_earlier_runs_pngs_and_keeps_other_files(t
                  str(images[1])]) == 0
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "photo1_adv.png", "photo1_clean.png",
                                                            "results.json"]
+
+
+def test_numbers_that_would_change_a_result_silently_are_refused_before_the_work(tmp_path, checkpoint, toy_data, capsys):
+    """--weight-decay nan trained an epoch and advised a lower learning rate; --max-drop nan (or 3, meant as points)
+    changed budget-sweep's pick; reproduce --attacks "," ran Table 1 without its PGD rows."""
+    train = ["train", "--data", str(toy_data), "--arch", "resnet10_cifar", "--width", "4", "--epochs", "1",
+             "--out", str(tmp_path / "run")]
+    for flags, says in ((["--weight-decay", "nan"], "weight_decay=nan: every number of a recipe must be finite"),
+                        (["--weight-decay", "-0.1"], "weight_decay and momentum must be >= 0")):
+        assert main(train + flags) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()
+    for drop in ("nan", "3"):
+        assert main(["budget-sweep", "--models", str(checkpoint), "--judge", str(checkpoint), "--data", str(toy_data),
+                     "--max-drop", drop, "--out", str(tmp_path / "sweep")]) == 2
+        assert "--max-drop is a share of clean accuracy in [0, 1)" in capsys.readouterr().err
+    assert main(["reproduce", "--model", str(checkpoint), "--data", str(toy_data), "--attacks", ",",
+                 "--out", str(tmp_path / "repro")]) == 2
+    assert "no attacks given" in capsys.readouterr().err

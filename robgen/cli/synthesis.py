@@ -264,6 +264,8 @@ def command_budget_sweep(args) -> int:
     from ..plots import image_grid
 
     keyed_by_folder(list(args.models) + [args.judge], "models (the judge included)")  # the table names them so
+    if not 0 <= args.max_drop < 1:  # NaN fails this too; 3 (meant as points) would make every candidate eligible
+        raise UsageError(f"--max-drop is a share of clean accuracy in [0, 1), e.g. 0.03 for 3 points, got {args.max_drop}")
     device = pick_device(args.device)
     candidates = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
     reference = Path(args.reference).name if args.reference else next(iter(candidates))

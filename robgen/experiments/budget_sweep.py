@@ -49,6 +49,8 @@ def budget_sweep(candidates: Dict[str, torch.nn.Module], reference: str, judge_n
     `candidates` maps names to models and includes the `reference` (the standard model) as a row.
     `synthesis_settings` go to `synthesize` (steps, eps, step_size, init).
     """
+    if not (isinstance(max_drop, (int, float)) and 0 <= max_drop < 1):  # NaN fails this too
+        raise ValueError(f"max_drop is a share of clean accuracy in [0, 1), e.g. 0.03 for 3 points, got {max_drop}")
     if reference not in candidates:
         raise ValueError(f"the reference model {reference!r} must be one of the candidates ({', '.join(candidates)})")
     if judge_name in candidates:

@@ -133,6 +133,8 @@ class ReproduceSettings:
     extra: Dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.attacks:  # Table 1 without its PGD rows
+            raise ValueError(f"no attacks given: name at least one of {', '.join(TABLE_ATTACKS)}")
         unknown = [name for name in self.attacks if name not in TABLE_ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack {unknown[0]!r}: choose from {', '.join(TABLE_ATTACKS)}")

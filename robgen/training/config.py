@@ -154,6 +154,12 @@ class TrainConfig:
             raise ValueError(f"reject_adversarial_share is a share in [0, 1], got {self.reject_adversarial_share}")
         if self.reject_attack not in REJECT_ATTACKS:
             raise ValueError(f"unknown reject attack {self.reject_attack!r}: choose from {', '.join(REJECT_ATTACKS)}")
+        not_finite = [f"{name}={value}" for name, value in vars(self).items()
+                      if isinstance(value, float) and not math.isfinite(value)]
+        if not_finite:  # NaN passes every "< 0" check below and ends an epoch later as "the loss became nan"
+            raise ValueError(f"{', '.join(not_finite)}: every number of a recipe must be finite")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise ValueError(f"weight_decay and momentum must be >= 0, got {self.weight_decay} and {self.momentum}")
         if self.trades_beta < 0:
             raise ValueError(f"trades_beta must be >= 0 (TRADES' CIFAR-10 value: 6), got {self.trades_beta}")
         if self.snapshot_every < 0:
