@@ -491,3 +491,6 @@ def test_numbers_that_would_change_a_result_silently_are_refused_before_the_work
     assert main(["reproduce", "--model", str(checkpoint), "--data", str(toy_data), "--attacks", ",",
                  "--out", str(tmp_path / "repro")]) == 2
     assert "no attacks given" in capsys.readouterr().err
+    assert main(["adaptive", "--model", str(checkpoint), "--data", str(toy_data), "--detector-file",
+                 str(tmp_path / "none.json"), "--out", str(tmp_path / "adaptive")]) == 2
+    assert "none.json does not exist" in capsys.readouterr().err

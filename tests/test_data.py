@@ -272,6 +272,8 @@ def test_an_image_folder_with_split_folders_gives_them_and_one_without_never_tes
     assert (len(splits.validation), len(splits.test)) == (8, 12)
     single = make_toy_image_folder(tmp_path / "single", per_class=5)
     assert not data.one_folder(tmp_path / "split") and data.one_folder(single) and not data.one_folder("cifar10")
+    with pytest.raises(ValueError, match="has 20 images and the validation split takes 19 of them, leaving 1"):
+        detection_splits(model, str(single), val_size=19)  # was "val_size must be >= 1, got 0": not what was given
     splits = detection_splits(model, str(single), val_size=8)
     pixels = [torch.stack([split[i][0] for i in range(len(split))]).flatten(1) for split in (splits.validation,
                                                                                               splits.test)]

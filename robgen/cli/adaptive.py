@@ -126,6 +126,9 @@ def _check_arguments(args) -> dict:
         raise UsageError("--out is required (the output folder), unless --estimate-only")
     if args.out and not args.estimate_only:
         check_writable_folder(Path(args.out))
+    for path in args.detector_file or ():
+        if not Path(path).is_file():
+            raise UsageError(f"--detector-file {path} does not exist: give the JSON a reject option was saved to")
     detectors = parse_detectors(args.detector)
     if not detectors and not args.detector_file:
         detectors = ("energy",)

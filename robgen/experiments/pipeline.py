@@ -200,6 +200,10 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
     datasets.check_model_matches(model.spec, data, classes)
     train_part, validation = datasets.model_val_split(train, model.spec, data, val_size, default_seed=seed)
     if datasets.one_folder(data):  # one folder for every split: the images outside the validation split, halved
+        if len(train_part) < 2:
+            raise ValueError(f"{data} has {len(train)} images and the validation split takes {len(validation)} of "
+                             f"them, leaving {len(train_part)} to halve into test and reference images: use a "
+                             "smaller --val-size")
         train_part, test = datasets.train_val_split(train_part, len(train_part) // 2, seed=seed)
         used = len(test) if limit is None else min(limit, len(test))
         logger.warning("%s has no train/ and test/ sub-folders: the threshold is fitted on its validation split, "

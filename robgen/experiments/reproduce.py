@@ -26,6 +26,7 @@ table, PAPER_FACTS; everything else is the same code for every data set.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +49,8 @@ from .pipeline import (
 )
 from .reproduce_report import write_report
 from .stages import StageStore, data_location, model_fingerprint, run_environment, same_name, stage_seed
+
+logger = logging.getLogger(__name__)
 
 TABLE_ATTACKS = {"pgd-8": ("pgd", 8 / 255), "pgd-16": ("pgd", 16 / 255), "apgd-8": ("apgd", 8 / 255)}
 STAGES = ".stages"  # under the output folder: finished attacks of a run not yet written (experiments.stages)
@@ -247,6 +250,10 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
                                     "pixels": {split: datasets.pixels_fingerprint(getattr(splits, split))
                                                for split in ("validation", "test")},
                                     **run_environment(model)}, replace_stale=replace_stale_stages)
+    if settings.reference_size > len(splits.train):
+        logger.warning("reference_size %d is larger than the %d training images outside the validation split: the "
+                       "baselines' reference statistics are taken on all %d", settings.reference_size,
+                       len(splits.train), len(splits.train))
     reference = datasets.first(splits.train, min(settings.reference_size, len(splits.train)), "training split")
     check_reference(reference, model.spec.num_classes)  # before any attack, not after all of them
     loaders = {"val": datasets.make_loader(splits.validation, settings.batch_size),
