@@ -98,6 +98,8 @@ class MahalanobisScorer:
         ridge = 1e-6 * float(covariance.diagonal().mean())
         if not ridge > 0:  # no spread at all (e.g. one image per class): an absolute ridge keeps it invertible
             ridge = 1e-6
+        # A ridge, not Lee et al.'s pseudo-inverse: a direction the references never span then counts heavily
+        # instead of not at all (the shipped models' covariances have full rank, smallest eigenvalue ~1e4 x ridge)
         covariance += ridge * torch.eye(len(covariance), dtype=covariance.dtype)
         self.means, self.precision = means, torch.linalg.inv(covariance)
         return self
