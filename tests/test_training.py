@@ -19,6 +19,8 @@ def config(toy_data, **overrides):
     settings = dict(data=str(toy_data), width=4, epochs=3, batch_size=16, lr=0.05, val_size=32, eval_subset=16,
                     eval_steps=2, eps=8 / 255, seed=0)
     settings.update(overrides)
+    if settings.get("mode", "standard") not in training.config.MULTI_STEP_MODES:  # one step or none: refused there
+        settings.pop("attack_steps", None)
     return TrainConfig(**settings)
 
 
@@ -781,3 +783,27 @@ def test_a_squashing_base_is_fine_tuned_on_squashed_validation_images(tmp_path):
     as_spec = datasets.load_dataset(tmp_path / "wide", "train", spec=spec)
     x, _ = validation[0]
     assert any(torch.equal(x, as_spec[i][0]) for i in range(len(as_spec))), "the pixels the model's spec reads"
+
+
+def test_a_folder_holding_a_run_is_refused_to_a_python_caller_unless_resumed_or_overwritten(toy_data, tmp_path):
+    """Only the CLI refused it: train(config, out) over an earlier run kept that run's best/, snapshots and log
+    lines, so load_model(out / "best") gave the earlier model."""
+    out = tmp_path / "run"
+    train(config(toy_data, epochs=1), out, progress=False)
+    with pytest.raises(ValueError, match="already holds a checkpoint: resume=True to continue it, overwrite=True"):
+        train(config(toy_data, epochs=1, mode="quasi"), out, progress=False)
+    assert json.loads((out / "config.json").read_text())["training"]["config"]["mode"] == "standard"
+
+
+def test_settings_a_mode_would_ignore_and_an_l2_run_without_its_radius_are_refused():
+    """attack_steps=10 with --mode fast ran one step and recorded 10; norm="l2" without eps trained at L2 8/255 =
+    0.031, sixteen times below the usual CIFAR-10 L2 radius, and called it L2 adversarial training."""
+    for mode, setting in (("fast", dict(attack_steps=10)), ("quasi", dict(attack_steps=10)),
+                          ("standard", dict(attack_step_size=0.01))):
+        with pytest.raises(ValueError, match=f"{next(iter(setting))} would be ignored by --mode {mode}"):
+            TrainConfig(mode=mode, **setting)
+    for mode in ("pgd", "fast", "trades"):
+        with pytest.raises(ValueError, match=f"the {mode} mode's default budget is L-inf 8/255"):
+            TrainConfig(mode=mode, norm="l2")
+        assert TrainConfig(mode=mode, norm="l2", eps=0.5).eps == 0.5
+    assert TrainConfig(mode="pgd", attack_steps=10).attack_steps == 10

@@ -33,9 +33,11 @@ DATA_DEFAULTS = {
 
 def unused_settings(mode: str, schedule: str) -> Tuple[str, ...]:
     """The recipe settings that a run of `mode` and `schedule` does not use: the milestones of another schedule
-    than multistep, TRADES' beta outside trades and weat, the reject_ settings outside reject."""
+    than multistep, TRADES' beta outside trades and weat, the reject_ settings outside reject, a number of attack
+    steps outside the multi-step modes, an attack step size in standard training (which runs no attack)."""
     return tuple(name for name, used in (
         ("milestones", schedule == "multistep"), ("trades_beta", mode in DIVERGENCE_MODES),
+        ("attack_steps", mode in MULTI_STEP_MODES), ("attack_step_size", mode != "standard"),
         *((name, mode == "reject") for name in ("reject_cap", "reject_weight", "reject_adversarial_share",
                                                "reject_attack"))) if not used)
 
@@ -129,6 +131,9 @@ class TrainConfig:
             if quasi and self.norm != QUASI_NORM:
                 raise ValueError(f"the quasi mode's default budget is {QUASI_NORM.upper()} {QUASI_EPS}: give an "
                                  f"{self.norm} eps for it (e.g. --eps 1/255), or leave --norm out")
+            if not quasi and self.norm != "linf" and self.mode != "standard":  # 8/255 is an L-inf radius
+                raise ValueError(f"the {self.mode} mode's default budget is L-inf 8/255, a tiny {self.norm.upper()} "
+                                 "radius (the usual CIFAR-10 L2 one is 0.5): give an eps for it (e.g. --eps 0.5)")
             self.eps = QUASI_EPS if quasi else 8 / 255
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"L-inf eps={self.eps:g} is on the 0-255 scale; pixels are in [0, 1]: use {self.eps:g}/255")
@@ -175,7 +180,8 @@ class TrainConfig:
         if unused:
             raise ValueError(f"{', '.join(unused)} would be ignored by --mode {self.mode} --schedule {self.schedule} "
                              "(milestones belong to --schedule multistep, trades_beta to --mode trades or weat, the "
-                             "reject_ settings to --mode reject): leave them out")
+                             "reject_ settings to --mode reject, attack_steps to --mode pgd, reject, trades or weat, "
+                             "attack_step_size to every mode but standard): leave them out")
 
     @property
     def step_size(self) -> float:

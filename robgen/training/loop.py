@@ -61,9 +61,13 @@ def train(
     The caller's global RNG state is left untouched: the run seeds a forked
     RNG from `config.seed`, so the same config gives the same model.
     """
+    out_dir = Path(out_dir)
+    if not resume and not overwrite and (out_dir / checkpointing.CONFIG_FILE).exists():  # the CLI's check, for
+        # Python callers too: a second run there kept the first's best/, snapshots and log lines beside its own
+        raise ValueError(f"{out_dir} already holds a checkpoint: resume=True to continue it, overwrite=True to "
+                         "start again, or another folder")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = distributed.setup(device)
-    out_dir = Path(out_dir)
     # With CUDA in use, torch.manual_seed seeds every device, so every one's state is kept and given back (not only
     # the run's); a CPU run where CUDA is not started seeds the CPU alone and never starts it.
     uses_cuda = device.type == "cuda" or (torch.cuda.is_available() and torch.cuda.is_initialized())
