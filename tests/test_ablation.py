@@ -74,6 +74,25 @@ def test_rows_are_measured_once_and_read_back(toy_data, four_class_checkpoint, t
     assert len(json.loads((out / "results.json").read_text())["rows"]) == 3  # the first two files: 2 + 1 rows
 
 
+def test_a_row_taken_from_another_row_of_the_same_weights_records_its_own_checkpoint(toy_data, four_class_checkpoint,
+                                                                                       tmp_path, monkeypatch):
+    """The copied record kept the other checkpoint's facts (its source) until the next run rewrote them: the same
+    command wrote two different results.json (a run's final snapshot has its root checkpoint's weights)."""
+    import shutil
+
+    copy = tmp_path / "run" / "epochs" / "epoch-003"
+    shutil.copytree(four_class_checkpoint, copy)
+    out = tmp_path / "ablation"
+    settings = dict(limit=24, val_size=40, batch_size=12, progress=False)
+    ablation_rows([AblationSpec("seed", "a", str(four_class_checkpoint))], str(toy_data), out, **settings)
+    monkeypatch.setattr(ablation, "measure_model", lambda *args, **kwargs: pytest.fail("measured again"))
+    first = ablation_rows([AblationSpec("epochs", "3", str(copy))], str(toy_data), out, **settings)
+    again = ablation_rows([AblationSpec("epochs", "3", str(copy))], str(toy_data), out, **settings)
+    rows = {record["spec"]["factor"]: record for record in first}
+    assert rows["epochs"]["model"]["source"] != rows["seed"]["model"]["source"]
+    assert first == again
+
+
 def test_a_row_is_measured_again_when_the_settings_change_and_the_report_refuses_to_mix(toy_data, four_class_checkpoint,
                                                                                        tmp_path):
     out = tmp_path / "ablation"

@@ -169,7 +169,7 @@ def test_another_device_type_is_refused(stopped_run, toy_data, monkeypatch):
         _run(_model(), toy_data, stopped_run)
 
 
-@pytest.mark.parametrize("package", ["robgen", "torch", "torchattacks"])
+@pytest.mark.parametrize("package", ["robgen", "torch", "torchattacks", "timm"])
 def test_other_software_versions_are_refused(stopped_run, toy_data, monkeypatch, package):
     real = stages_module.installed_version
     monkeypatch.setattr(stages_module, "installed_version",

@@ -413,6 +413,30 @@ def test_judges_score_in_eval_mode_and_leave_their_statistics_alone():
                                                            rel=1e-5)
 
 
+def test_a_near_certain_judges_mean_probability_lies_inside_its_interval():
+    """The mean was taken in float32 and the interval in float64: a near-certain judge's mean read 1.0 above its
+    own interval [0.99999998, 0.99999999] (two committed synthesis rows), and such candidates tied in a sweep."""
+    from robgen.synthesis.quality import judge_samples
+
+    class Certain(torch.nn.Module):
+        """Class 0 at 16.5 to 17.5 logits above class 1: p(class 0) within 1e-7 of 1."""
+
+        def __init__(self):
+            super().__init__()
+            self.spec = ModelSpec(architecture="x", num_classes=2, class_labels=["a", "b"], input_size=(3, 8, 8))
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+            self.draws = torch.Generator().manual_seed(0)
+
+        def forward(self, x):
+            logits = torch.zeros(len(x), 2)
+            logits[:, 0] = 16.5 + torch.rand(len(x), generator=self.draws)
+            return logits
+
+    row, = judge_samples(torch.rand(1, 200, 3, 8, 8), "generator", {"judge": Certain()}, None)  # 200 of class 0
+    low, high = row["mean_target_probability_ci"]
+    assert low <= row["mean_target_probability"] <= high < 1
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 def test_synthesis_and_gradient_maps_run_on_a_model_of_another_dtype(dtype):
     """The uniform, gray and Gaussian starts were float32 and `input_gradient` passed x as given: a half-precision

@@ -229,7 +229,7 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
                 continue
         same = _measured_elsewhere(folder, settings, fingerprint)
         if same is not None:  # the same model measured as another row: its numbers, under this row's name
-            record = {**same, "spec": asdict(spec)}
+            record = {**same, "spec": asdict(spec), "model": _model_facts(model)}  # this checkpoint's facts
             _write(path, record)
             continue
         started = time.perf_counter()

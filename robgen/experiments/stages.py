@@ -62,7 +62,8 @@ STAGE_CODE = ("attacks", "engine", "models", "checks.py", "data.py", "distribute
               "image_folder.py",  # which files a folder holds, in which order
               "detection/baselines.py",  # the penultimate features stages keep
               "experiments/pipeline.py", "experiments/stages.py", "experiments/reproduce.py")  # (it builds the attacks)
-VERSIONED = ("robgen", "torch", "torchattacks")  # the packages whose versions a key records
+VERSIONED = ("robgen", "torch", "torchattacks", "timm")  # the packages whose versions a key records (timm's code
+# runs in the forward of its own architectures: timm: names, the MadryLab models)
 
 
 def stage_seed(seed: int, name: str) -> int:
