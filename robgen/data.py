@@ -500,8 +500,12 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by
         raise ValueError(f"this model was trained on {trained_on}, not {data}: pick a model trained on {data} "
                          f"(python -m robgen models lists the shipped ones)")
     # Imagenette's classes by WordNet id (its own folder's names) or by name (the named data set's labels): one class
+    try:  # a model trained on such folders has their prefixes in its labels: compared without them too
+        model_labels = _without_order_prefix("the model's labels", spec.class_labels)
+    except ValueError:
+        model_labels = list(spec.class_labels)
     folders, labels = ([IMAGENETTE_CLASSES.get(c, c).lower().replace("_", " ") for c in names]  # french_horn
-                       for names in (classes, spec.class_labels))
+                       for names in (classes, model_labels))
     generic = all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels))
     if key in KNOWN and folders != labels and not generic:
         raise ValueError(f"{data}'s classes ({', '.join(classes)}) are not the model's "

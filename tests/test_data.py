@@ -329,6 +329,8 @@ def test_class_folders_prefixed_with_the_models_order_are_its_classes_and_prefix
     spec = ModelSpec(architecture="x", num_classes=12, class_labels=labels)
     padded = sorted(f"{i:02d}_{label}" for i, label in enumerate(labels))
     data.check_model_matches(spec, "/somewhere/shots", padded, by_name=True)
+    trained_on_them = ModelSpec(architecture="x", num_classes=12, class_labels=padded)  # its labels: the folders'
+    data.check_model_matches(trained_on_them, "/somewhere/shots", padded, by_name=True)
     as_text = sorted(f"{i}_{label}" for i, label in enumerate(labels))
     with pytest.raises(ValueError, match="do not run 0, 1, 2.*pad them with zeros: 00_kind0, 01_kind1"):
         data.check_model_matches(spec, "/somewhere/shots", as_text)
