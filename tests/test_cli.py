@@ -494,3 +494,22 @@ def test_numbers_that_would_change_a_result_silently_are_refused_before_the_work
     assert main(["adaptive", "--model", str(checkpoint), "--data", str(toy_data), "--detector-file",
                  str(tmp_path / "none.json"), "--out", str(tmp_path / "adaptive")]) == 2
     assert "none.json does not exist" in capsys.readouterr().err
+
+
+def test_every_number_flag_takes_a_fraction_as_the_readme_says(capsys):
+    """The README says numbers may be written as fractions; train's --lr, detect's --target-fpr and --temperature,
+    budget-sweep's --max-drop took plain floats only ("invalid float value: '1/10'")."""
+    from robgen.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "cifar10", "--lr", "1/10", "--weight-decay", "1/2000",
+                              "--label-smoothing", "1/10", "--out", "x"])
+    assert (args.lr, args.weight_decay, args.label_smoothing) == (0.1, 0.0005, 0.1)
+    assert parser.parse_args(["detect", "--model", "m", "--data", "cifar10", "--target-fpr", "1/20",
+                              "--out", "x"]).target_fpr == 0.05
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "cifar10", "--lr", "nan", "--out", "x"])
+    assert "not a finite number" in capsys.readouterr().err
+    from robgen.cli.detection import parse_temperature
+
+    assert parse_temperature("1/2") == 0.5

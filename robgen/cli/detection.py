@@ -12,7 +12,7 @@ from pathlib import Path
 from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
-    companion_output_path, count, open_model, pick_device, positive_int, prepare_out_dir, user_path,
+    companion_output_path, count, open_model, parse_number, pick_device, positive_int, prepare_out_dir, user_path,
 )
 
 # The official temperature grid, a plain copy of robgen.detection.TEMPERATURES for parsing without
@@ -57,7 +57,7 @@ def add_protocol_arguments(parser) -> None:
                         help="energy temperature, or 'search' (by validation AUROC over --temperatures; the default)")
     parser.add_argument("--temperatures", type=parse_grid, default=TEMPERATURES,
                         help="the grid searched (default the official 0.1,0.2,0.5,1,2,10,20)")
-    parser.add_argument("--target-fpr", type=float, default=0.05, help="false-positive budget of --rule fpr")
+    parser.add_argument("--target-fpr", type=parse_number, default=0.05, help="false-positive budget of --rule fpr")
 
 
 def parse_grid(text: str) -> tuple:
@@ -78,8 +78,8 @@ def parse_temperature(text: str):
     if text == "search":
         return text
     try:
-        return float(text)
-    except ValueError:
+        return parse_number(text)  # 1/2 too, as every other number
+    except argparse.ArgumentTypeError:
         raise UsageError(f"--temperature must be a number or 'search', got {text!r}") from None
 
 

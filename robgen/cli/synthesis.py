@@ -76,7 +76,7 @@ def add_parsers(commands) -> None:
     sweep.add_argument("--judge", required=True, help="an independent robust model that judges the samples")
     add_data_arguments(sweep)
     sweep.add_argument("--limit", type=int, default=1000, help="test images for the clean accuracy (default 1000)")
-    sweep.add_argument("--max-drop", type=float, default=0.03, help="eligible: clean accuracy within this of the reference")
+    sweep.add_argument("--max-drop", type=parse_number, default=0.03, help="eligible: clean accuracy within this of the reference")
     add_judged_synthesis_arguments(sweep)
     add_output_arguments(sweep)
     sweep.set_defaults(run=command_budget_sweep)

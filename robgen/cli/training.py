@@ -33,14 +33,14 @@ def add_parsers(commands) -> None:
     train.add_argument("--eps", type=parse_number,
                        help="training budget (default 8/255; quasi: L2 0.05); an eps given is used in every mode")
     train.add_argument("--attack-steps", type=int, default=7, help="PGD steps of --mode pgd, reject, trades, weat")
-    train.add_argument("--trades-beta", type=float, default=6.0,
+    train.add_argument("--trades-beta", type=parse_number, default=6.0,
                        help="--mode trades and weat: the weight of KL(p(x) || p(x*)) beside the clean cross-entropy "
                             "(default 6, TRADES' CIFAR-10 value)")
-    train.add_argument("--reject-cap", type=float, default=0.25,
+    train.add_argument("--reject-cap", type=parse_number, default=0.25,
                        help="--mode reject: the probability the most likely wrong class is held below at the attack's "
                             "point (default 0.25)")
-    train.add_argument("--reject-weight", type=float, default=1.0, help="--mode reject: that term's weight (default 1)")
-    train.add_argument("--reject-adversarial-share", type=float, default=0.0,
+    train.add_argument("--reject-weight", type=parse_number, default=1.0, help="--mode reject: that term's weight (default 1)")
+    train.add_argument("--reject-adversarial-share", type=parse_number, default=0.0,
                        help="--mode reject: the share of the cross-entropy taken at the attack's point rather than the "
                             "clean image, in [0, 1] (default 0; 1 keeps adversarial training's robustness)")
     train.add_argument("--reject-attack", default="confident", choices=["confident", "pgd"],
@@ -51,8 +51,8 @@ def add_parsers(commands) -> None:
     train.add_argument("--batch-size", type=positive_int, default=128, help="per process")
     train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
                        help="sgd: Nesterov momentum 0.9 (default); adam: Adam, weight decay as an L2 term")
-    train.add_argument("--lr", type=float, default=0.1)
-    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--lr", type=parse_number, default=0.1)
+    train.add_argument("--weight-decay", type=parse_number, default=5e-4)
     train.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "multistep"],
                        help="onecycle (default) and cosine step every iteration; multistep: x0.1 at each --milestones epoch")
     train.add_argument("--milestones", type=epoch_list, default=(30, 80),
@@ -60,7 +60,7 @@ def add_parsers(commands) -> None:
     train.add_argument("--augment", default="crop-flip", choices=["crop-flip", "flip", "none"],
                        help="training augmentation: crop-flip (default: random crop, or random resized crop above "
                             "64 px, and flip), flip (horizontal flips only: the official CIFAR-10 recipe), none")
-    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--label-smoothing", type=parse_number, default=0.0)
     train.add_argument("--val-size", type=int,
                        help="images held out of train for validation (default: 5000; Imagenette 500, as the paper; "
                             "--init-from: its base's, or fewer)")
@@ -72,7 +72,7 @@ def add_parsers(commands) -> None:
     train.add_argument("--train-limit", type=int, help="train on the first N images only")
     train.add_argument("--image-size", type=int,
                        help="input side in pixels (default: --init-from's; else the images' own, Imagenette 128)")
-    train.add_argument("--crop-pct", type=float,
+    train.add_argument("--crop-pct", type=parse_number,
                        help="eval transform: resize the short side to size / crop-pct, centre-crop (default: "
                             "--init-from's; else 1, Imagenette 0.875)")
     train.add_argument("--interpolation", choices=["bilinear", "bicubic", "lanczos", "nearest"],

@@ -5,7 +5,7 @@ Names it understands:
   on the checkpoint search path (below);
 - a path to a checkpoint folder (`model.safetensors` + `config.json`), or to a folder holding a timm model
   as the Hub stores one (`config.json` with its "architecture", and `model.safetensors` or
-  `pytorch_model.bin`: `huggingface-cli download org/repo --local-dir DIR`);
+  `pytorch_model.bin`: `hf download org/repo --local-dir DIR`, formerly `huggingface-cli download`);
 - `timm:<name>`: any timm architecture, pretrained through timm / the Hugging
   Face Hub when online, or random weights with `pretrained=False`; only these names take `weights=`,
   `pretrained=` and timm's arguments (elsewhere they are refused, not ignored);
