@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -479,14 +480,21 @@ def test_numbers_that_would_change_a_result_silently_are_refused_before_the_work
     changed budget-sweep's pick; reproduce --attacks "," ran Table 1 without its PGD rows."""
     train = ["train", "--data", str(toy_data), "--arch", "resnet10_cifar", "--width", "4", "--epochs", "1",
              "--out", str(tmp_path / "run")]
-    for flags, says in ((["--weight-decay", "nan"], "weight_decay=nan: every number of a recipe must be finite"),
-                        (["--weight-decay", "-0.1"], "weight_decay and momentum must be >= 0")):
-        assert main(train + flags) == 2
-        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused as it is parsed
+        main(train + ["--weight-decay", "nan"])
+    assert "argument --weight-decay: not a finite number: 'nan'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="weight_decay=nan: every number of a recipe must be finite"):
+        robgen.training.TrainConfig(weight_decay=math.nan)  # and by the recipe, for Python callers
+    assert main(train + ["--weight-decay", "-0.1"]) == 2
+    assert "weight_decay and momentum must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "run" / "config.json").exists()
-    for drop in ("nan", "3"):
-        assert main(["budget-sweep", "--models", str(checkpoint), "--judge", str(checkpoint), "--data", str(toy_data),
-                     "--max-drop", drop, "--out", str(tmp_path / "sweep")]) == 2
+    sweep = ["budget-sweep", "--models", str(checkpoint), "--judge", str(checkpoint), "--data", str(toy_data),
+             "--out", str(tmp_path / "sweep"), "--max-drop"]
+    with pytest.raises(SystemExit):
+        main(sweep + ["nan"])
+    assert "argument --max-drop: not a finite number" in capsys.readouterr().err
+    for drop in ("3", "1"):
+        assert main(sweep + [drop]) == 2
         assert "--max-drop is a share of clean accuracy in [0, 1)" in capsys.readouterr().err
     assert main(["reproduce", "--model", str(checkpoint), "--data", str(toy_data), "--attacks", ",",
                  "--out", str(tmp_path / "repro")]) == 2

@@ -5,6 +5,7 @@ with the model, with its calibration energies).
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from pathlib import Path
@@ -62,8 +63,6 @@ def add_protocol_arguments(parser) -> None:
 
 def parse_grid(text: str) -> tuple:
     """--temperatures: comma-separated numbers > 0, e.g. 0.1,0.5,1,2."""
-    import argparse
-
     try:
         grid = tuple(float(part) for part in str(text).split(",") if part.strip())
     except ValueError:
@@ -77,9 +76,9 @@ def parse_temperature(text: str):
     """--temperature: a number, or 'search' (picked by validation AUROC)."""
     if text == "search":
         return text
-    try:
-        return parse_number(text)  # 1/2 too, as every other number
-    except argparse.ArgumentTypeError:
+    try:  # 1/2 too, as every other number; NaN and infinity get the detector's own message (checked_protocol)
+        return parse_number(text) if "/" in text else float(text)
+    except (argparse.ArgumentTypeError, ValueError):
         raise UsageError(f"--temperature must be a number or 'search', got {text!r}") from None
 
 
