@@ -14,9 +14,11 @@ N images of a split are then class-balanced.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import urllib.error
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -279,13 +281,16 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
         cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
         pickled = data_root / ("cifar-10-batches-py" if key == "cifar10" else "cifar-100-python")
         if pickled.is_dir() or download:
-            dataset = cls(str(data_root), train=split == "train", transform=transform, download=download)
+            with _download_errors(key, data_root, download):
+                dataset = cls(str(data_root), train=split == "train", transform=transform, download=download)
             # the order an ImageFolder copy (<class>/NNNN, NNNN: the image's rank in its class) gets, so that a
             # model's recorded validation split names the same images whichever copy it is read from
             return _interleaved(dataset, dataset.targets, dataset.classes)
     else:
         if (data_root / "imagenette2-160" / split).is_dir() or download:
-            dataset = datasets.Imagenette(str(data_root), split=split, size="160px", transform=transform, download=download)
+            with _download_errors(key, data_root, download):
+                dataset = datasets.Imagenette(str(data_root), split=split, size="160px", transform=transform,
+                                              download=download)
             return _interleaved(dataset, [label for _, label in dataset._samples], [names[0] for names in dataset.classes])
     raise FileNotFoundError(
         f"{key} ({split}) not found under {data_root}. Online: pass download=True (CLI: --download). Offline: point "
@@ -293,6 +298,20 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
         + (" or imagenette2-160/" if key == "imagenette" else f" or torchvision's {key} files")
         + " (e.g. unpack an archive there with tar xzf)"
     )
+
+
+@contextlib.contextmanager
+def _download_errors(key: str, data_root: Path, download: bool):
+    """A failed download (offline, a proxy, a server error) as an error that says what to do, not urllib's
+    traceback."""
+    try:
+        yield
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        if not download:
+            raise
+        raise RuntimeError(f"could not download {key} into {data_root} ({type(error).__name__}: {error}): check "
+                           f"the connection, or unpack the data set under --data-root / ${DATA_ENV} yourself and run "
+                           "without --download") from None
 
 
 def read_rgb(path: str):

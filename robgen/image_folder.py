@@ -15,12 +15,16 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from .data import ignored_folder
 
 
+IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS) + (".gif",)  # torchvision's, and GIF (its first frame), which a single
+# upload reads too: a folder of GIFs was skipped without a word
+
+
 def image_file(path: str, root: str) -> bool:
     """An image of a class folder under `root`: an image extension, not hidden (an AppleDouble "._photo.png" has
     one), and in no folder `ignored_folder` names below `root` (a class's .ipynb_checkpoints/)."""
     parts = Path(path).relative_to(root).parts
     return (not parts[-1].startswith(".") and not any(ignored_folder(part) for part in parts[:-1])
-            and has_file_allowed_extension(path, IMG_EXTENSIONS))
+            and has_file_allowed_extension(path, IMAGE_EXTENSIONS))
 
 
 class ImageFolder(datasets.ImageFolder):

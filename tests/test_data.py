@@ -478,3 +478,31 @@ def test_counts_that_are_no_whole_numbers_are_refused_saying_so():
     with pytest.raises(TypeError, match="limit must be an integer"):
         data.first(dataset, 2.5)
     assert len(data.first(dataset, 10.0)) == 10 and len(data.train_val_split(dataset, 5.0)[1]) == 5
+
+
+def test_gif_images_in_a_data_folder_are_read_as_a_single_upload_is(tmp_path):
+    """A folder's GIF files were skipped without a word (torchvision's extensions), though `attack` reads a GIF."""
+    from PIL import Image
+
+    from robgen import images
+
+    for name in ("a", "b"):
+        (tmp_path / "shots" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 30, 30) if name == "a" else (30, 30, 200)).save(tmp_path / "shots" / name / "x.gif")
+    dataset = data.load_dataset(tmp_path / "shots", "train")
+    assert len(dataset) == 2 and data.class_names(dataset) == ["a", "b"]
+    x, _ = dataset[0]
+    assert torch.equal(x, images.load_image(tmp_path / "shots" / "a" / "x.gif"))
+
+
+def test_a_download_that_fails_says_what_to_do_instead_of_urllibs_traceback(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(RuntimeError, match="could not download cifar10 into .*: check the connection, or unpack"):
+        data.load_dataset("cifar10", "train", root=tmp_path, download=True)
