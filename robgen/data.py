@@ -506,7 +506,8 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by
     names too must be the model's labels (where the model's labels are names, not "class i"), for what is fitted
     to the classes themselves (seeds, a detector's calibration), where a folder of other names is other data.
     """
-    key = canonical_data(data) if canonical_data(data) in KNOWN else str(data).lower()  # a named set's own folder too
+    named = canonical_data(data)  # a named data set's own folder too
+    key = named if named in KNOWN else str(data).lower()
     named_in_order = _without_order_prefix(data, classes)
     ordered = named_in_order != list(classes)  # index prefixes put the folders in the model's order
     classes = named_in_order

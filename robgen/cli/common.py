@@ -104,7 +104,6 @@ def make_folder(path: Path, flag: str = "--out") -> Path:
 
 def prepare_out_dir(path: Path, overwrite: bool, products: List[str]) -> Path:
     """Create the output folder; refuse to replace earlier results unless --overwrite."""
-    check_writable_folder(path)
     existing = [name for name in products if (path / name).exists()]
     if existing and not overwrite:
         raise UsageError(f"{path} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
@@ -121,7 +120,8 @@ def companion_output_path(args, model, name: str) -> Path:
         raise UsageError(f"this model has no checkpoint folder to store {name} in: pass --out FILE")
     if path.is_dir() or str(args.out or "").endswith(("/", os.sep)):  # "newdir/": a folder, made if need be
         path = make_folder(path) / name
-    check_writable_folder(path.parent)
+    else:
+        check_writable_folder(path.parent)
     if path.exists() and not args.overwrite:
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
     return path
