@@ -65,8 +65,9 @@ def labels_for(y, n: int, num_classes: int, device=None, name: str = "y") -> tor
     return y.long()
 
 
-def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
-    """Require (N, K) finite logits, and refuse probabilities or log-probabilities.
+def check_logits(logits: torch.Tensor, name: str = "logits", energy: bool = True) -> None:
+    """Require (N, K) finite logits, and (`energy`: for a statistic that reads the energy) refuse probabilities
+    or log-probabilities.
 
     A row of non-negative numbers summing to 1 is a softmax output; a row of
     non-positive numbers whose exponentials sum to 1 is a log-softmax output.
@@ -80,7 +81,7 @@ def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
         raise ValueError(f"{name} must have at least 2 classes, got shape {tuple(logits.shape)}")
     if not torch.isfinite(logits).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    if logits.shape[0] == 0:
+    if logits.shape[0] == 0 or not energy:
         return
     work = logits.detach().double()
     if bool((work >= 0).all()) and bool(torch.allclose(work.sum(1), torch.ones_like(work[:, 0]), atol=1e-4)):

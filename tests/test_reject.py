@@ -255,6 +255,57 @@ def test_a_callable_detector_without_a_gradient_is_refused_when_an_attack_differ
         KPlusOnePGD(numpy_defended, eps=8 / 255, steps=1)(val_x[:2], torch.zeros(2, dtype=torch.long))
 
 
+def test_a_detector_network_that_reads_the_images_detached_is_refused_though_its_score_needs_a_gradient(small):
+    """A detector with its own weights gives a score that requires a gradient (for those weights) even when it
+    read the images detached: the guard must ask whether the gradient reaches the images."""
+    from robgen.attacks.adaptive import KPlusOnePGD
+
+    model, _, _, val_x = small
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(val_x[0].numel(), 1))
+    option = RejectOption.from_callable(lambda x: head(x.detach()).squeeze(1), name="blind",
+                                        target_fpr=0.1).calibrate(model, val_x)
+    x = val_x[:2].clone().requires_grad_(True)
+    assert head(x.detach()).requires_grad  # the old guard's test passed it
+    with pytest.raises(ValueError, match="'blind' returned a score with no gradient"):
+        KPlusOnePGD(DefendedClassifier(model, option), eps=8 / 255, steps=1)(val_x[:2],
+                                                                          torch.zeros(2, dtype=torch.long))
+    seeing = RejectOption.from_callable(lambda x: head(x).squeeze(1), name="seeing",
+                                        target_fpr=0.1).calibrate(model, val_x)
+    KPlusOnePGD(DefendedClassifier(model, seeing), eps=8 / 255, steps=1)(val_x[:2], torch.zeros(2, dtype=torch.long))
+
+
+def _bn_detector(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.LazyLinear(1)).train()
+
+
+def test_a_callable_detector_runs_its_networks_in_eval_mode_and_refuses_other_weights_on_load(small, tmp_path):
+    """A detector network in a closure, left in train mode: calibrating must not move its batch-norm statistics,
+    and its scores must not depend on the batch; loading it with a network of other weights is refused."""
+    model, _, _, val_x = small
+    net = _bn_detector(0)
+    net(val_x[:2])  # materialise the lazy layer
+    before = net[1].running_mean.clone()
+    option = RejectOption.from_callable(lambda x: net(x).squeeze(1), name="bn", target_fpr=0.1).calibrate(
+        model, val_x, batch_size=3)
+    assert torch.equal(net[1].running_mean, before) and net.training  # untouched, its mode given back
+    defended = DefendedClassifier(model, option)
+    whole = defended.score(val_x)
+    pairs = torch.cat([defended.score(val_x[i:i + 2]) for i in range(0, len(val_x), 2)])
+    assert torch.allclose(whole, pairs, atol=1e-5)
+    path = option.save(tmp_path / "bn.json")
+    assert RejectOption.load(path, model=model, fn=lambda x: net(x).squeeze(1)).threshold == option.threshold
+    other = _bn_detector(1)
+    other(val_x[:2])
+    with pytest.raises(ValueError, match="calibrated with networks of other weights"):
+        RejectOption.load(path, model=model, fn=lambda x: other(x).squeeze(1))
+    hidden = {"net": net}  # reached through a dict: robgen cannot find it, the caller names it
+    option = RejectOption.from_callable(lambda x: hidden["net"](x).squeeze(1), modules=[net]).calibrate(model, val_x)
+    assert option.modules == [net] and torch.equal(net[1].running_mean, before)
+
+
 def test_a_callable_on_logits_reads_no_images():
     option = RejectOption.from_callable(lambda logits: logits.max(1).values, on="logits").fit(clean_logits())
     assert not option.needs_inputs
@@ -287,6 +338,9 @@ def test_an_energy_detector_becomes_the_reject_option_that_rejects_exactly_what_
     at_threshold = energy(logits[:40], 0.5)
     detector.threshold = float(at_threshold[7])  # an energy that some input has exactly
     model = tiny_model()
+    with pytest.raises(ValueError, match="does not record which model"):  # bound to this model, it would be trusted
+        EnergyReject.from_detector(detector, model)
+    detector.bind(model)
     option = EnergyReject.from_detector(detector, model)
     assert option.temperature == 0.5 and option.tau > detector.threshold
     assert torch.equal(option.rejects(logits), detector.predict(logits))
@@ -310,7 +364,7 @@ def test_the_adaptive_report_states_the_validation_fpr_of_an_option_made_from_a_
     from robgen.experiments.adaptive_report import _thresholds, describe
 
     logits = clean_logits(300).double()
-    detector = EnergyDetector(rule="youden", temperature=0.5).fit(logits[:150], logits[150:] * 3)
+    detector = EnergyDetector(rule="youden", temperature=0.5).fit(logits[:150], logits[150:] * 3).bind(tiny_model())
     option = EnergyReject.from_detector(detector, tiny_model())
     fpr = detector.validation["false_positive_rate"]
     assert _thresholds(describe(option)).endswith(f"validation FPR {100 * fpr:.1f}% of 150")
@@ -565,3 +619,37 @@ def test_a_detector_network_in_train_mode_scores_in_eval_mode_and_is_left_as_it_
     alone = torch.cat([defended.score(val_x[i:i + 1]) for i in range(4)])
     assert torch.allclose(defended.score(val_x[:4]), alone, atol=1e-5)  # no batch statistics
     assert network.training and all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
+
+
+def test_a_compiled_or_wrapped_model_is_the_model_its_options_were_calibrated_on(small):
+    model, _, _, val_x = small
+    option = calibrated("energy", small)
+    DefendedClassifier(torch.compile(model), option)  # was refused: "calibrated for another model"
+    assert model_fingerprint(torch.compile(model)) == model_fingerprint(model)
+
+
+def test_kinds_that_do_not_read_the_energy_calibrate_on_a_model_that_outputs_log_probabilities(small):
+    model, _, _, val_x = small
+    log_probs = torch.nn.Sequential(model, torch.nn.LogSoftmax(dim=1)).eval()
+    option = RejectOption.from_callable(lambda logits: -logits.max(1).values, on="logits", target_fpr=0.1)
+    assert option.calibrate(log_probs, val_x).fitted  # refused before: "look like log-probabilities"
+    with pytest.raises(ValueError, match="log-probabilities"):  # the energy of log-probabilities is 0 everywhere
+        make_reject_option("energy").calibrate(log_probs, val_x)
+
+
+def test_a_multi_t_file_without_its_level_scores_and_bad_calibration_settings_are_refused_before_any_pass(small):
+    model, _, _, val_x = small
+    option = calibrated("multi-t", small)
+    data = option.to_dict()
+    del data["thresholds"]["level"]
+    again = RejectOption.from_dict(data)
+    assert again.fitted and torch.equal(again.score_from(model(val_x)), option.score_from(model(val_x)))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a whole number"):
+            make_reject_option("energy").calibrate(model, val_x, batch_size=bad)
+    calls = []
+    hook = model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(RuntimeError, match="no class statistics yet"):
+        make_reject_option("mahalanobis").calibrate(model, val_x)
+    hook.remove()
+    assert not calls  # refused before the model's passes

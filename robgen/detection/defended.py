@@ -79,6 +79,7 @@ class DefendedClassifier(nn.Module):
         self.model = model
         self.reject = reject
         self.training = model.training  # its own flag only: model.train() would reset the model's submodules' modes
+        self._gradient_checked = False  # `_check_gradient` has passed
 
     @property
     def spec(self):
@@ -131,15 +132,25 @@ class DefendedClassifier(nn.Module):
             features = caught[0]
         inputs = x if self.reject.needs_inputs else None
         score = self.reject.score_from(logits, features, inputs, network if self.reject.needs_network else None)
-        if torch.is_grad_enabled() and x.requires_grad and not score.requires_grad:
-            # an attack is differentiating the score: without a gradient every adaptive attack is blind to the
-            # detector, and a DARA measured so would credit it with what the attacker never saw
+        if torch.is_grad_enabled() and x.requires_grad and not self._gradient_checked:
+            self._check_gradient(x, score)
+        return logits, score
+
+    def _check_gradient(self, x: torch.Tensor, score: torch.Tensor) -> None:
+        """Refuse a score that does not depend on the images through autograd, once per defended classifier (on
+        the first pass an attack differentiates): every adaptive attack would be blind to the detector, and a
+        DARA measured so would credit it with what the attacker never saw. `score.requires_grad` alone is not
+        enough: a user's detector network with its own weights gives a score that requires a gradient (for
+        those weights) even when it read the images detached or through numpy."""
+        reaches = score.requires_grad and torch.autograd.grad(
+            score.sum(), x, retain_graph=True, allow_unused=True)[0] is not None
+        if not reaches:
             name = getattr(self.reject, "name", self.reject.kind)
             raise ValueError(f"the detector {name!r} returned a score with no gradient with respect to the images "
-                             "(computed under torch.no_grad, detached, or outside torch, e.g. with numpy): the "
-                             "adaptive attacks could not see it, and its DARA would overstate it; return a "
-                             "differentiable score (for a step function, a smooth surrogate of it)")
-        return logits, score
+                             "(computed under torch.no_grad, from detached images, or outside torch, e.g. with "
+                             "numpy): the adaptive attacks could not see it, and its DARA would overstate it; return "
+                             "a differentiable score (for a step function, a smooth surrogate of it)")
+        self._gradient_checked = True
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) reject score of the inputs; > 0 means rejected."""

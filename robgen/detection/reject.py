@@ -52,6 +52,9 @@ and refuses any other.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import inspect
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -138,13 +141,19 @@ class EnergyReject(_LowStatisticReject):
         attacked images, so it is no FPR-calibrated threshold); this option rejects E_T(x) < tau with
         tau the next float64 above that threshold and computes E_T in float64 as the detector does
         (`float64=True`), so the two reject the same inputs. Its `target_fpr` is the detector's clean
-        validation FPR when recorded (else 0.05), and `calibration` says where the threshold came from. A
-        detector that records the weights it was fitted for refuses other ones (`EnergyDetector.check_model`).
+        validation FPR when recorded (else 0.05), and `calibration` says where the threshold came from. The
+        detector must record the weights it was fitted for (`EnergyDetector.bind`), and refuses other ones.
         """
         if not isinstance(detector, EnergyDetector):
             raise TypeError(f"detector must be a fitted EnergyDetector, got {type(detector).__name__}")
-        detector.check_model(model)
         threshold = float(detector._require_fit())
+        if detector.model_fingerprint is None:  # a threshold on an unknown model's energy scale: bound to this one,
+            # DefendedClassifier would trust it
+            raise ValueError("this energy detector does not record which model it was fitted for (fitted without "
+                             "bind(model), or saved by robgen before 2026-12-05): if it was fitted on this model's "
+                             "energies, detector.bind(model) first; else fit one for this model (python -m robgen "
+                             "fit-detector)")
+        detector.check_model(model)
         fpr = detector.validation.get("false_positive_rate")
         option = cls(detector.temperature, fpr if fpr is not None and 0 <= fpr < 1 else 0.05, float64=True)
         option.tau = math.nextafter(threshold, math.inf)
@@ -258,6 +267,7 @@ class RobustMarginReject(_HighStatisticReject):
     """
 
     kind = "robust-margin"
+    reads_energy = False
     needs_inputs = True
     needs_network = True
 
@@ -336,6 +346,10 @@ class MultiTemperatureReject(RejectOption):
     def thresholds(self):
         return {"taus": self.taus, "level": self.level}
 
+    @property
+    def fitted(self) -> bool:
+        return self.taus is not None  # the level only records how they were found: a file without it scores
+
     def _set_thresholds(self, thresholds):
         self.taus = [float(t) for t in thresholds["taus"]]
         self.level = None if thresholds.get("level") is None else int(thresholds["level"])
@@ -356,6 +370,7 @@ class MahalanobisReject(_HighStatisticReject):
     """
 
     kind = "mahalanobis"
+    reads_energy = False
     needs_features = True
 
     def __init__(self, target_fpr: float = 0.05) -> None:
@@ -396,6 +411,9 @@ class MahalanobisReject(_HighStatisticReject):
         self._check_model_first(model)
         return super().bind(model)
 
+    def _check_ready(self) -> None:
+        self._require_reference()
+
     def _require_reference(self) -> MahalanobisScorer:
         if self.scorer is None:
             raise RuntimeError("the Mahalanobis reject option has no class statistics yet: call "
@@ -425,34 +443,90 @@ class MahalanobisReject(_HighStatisticReject):
             self.reference = state.get("reference", {})
 
 
+def detector_modules(fn: Callable) -> List[torch.nn.Module]:
+    """The torch modules a user's detector function runs, as far as they can be found: `fn` itself, the module
+    of a bound method, a functools.partial's function and arguments, and the modules a function reads from its
+    closure or by a global name (`lambda x: my_detector(x)` at a module's top level). Duplicates once."""
+    found: List[torch.nn.Module] = []
+    seen, todo = set(), [fn]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.nn.Module):
+            found.append(item)
+            continue
+        if isinstance(item, functools.partial):
+            todo += [item.func, *item.args, *item.keywords.values()]
+            continue
+        owner = getattr(item, "__self__", None)
+        if owner is not None:
+            todo.append(owner)
+        code = getattr(item, "__code__", None)
+        if code is not None:
+            todo += [cell.cell_contents for cell in (getattr(item, "__closure__", None) or ())
+                     if _cell_filled(cell)]
+            names = getattr(item, "__globals__", {})
+            todo += [names[name] for name in code.co_names if name in names]
+    return found
+
+
+def _cell_filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a closure variable not yet assigned
+        return False
+    return True
+
+
 class CallableReject(_HighStatisticReject):
     """A user's own detector: any differentiable `fn` returning one score per image, higher = more adversarial.
 
     `on="input"`: `fn(x)` of the images (it may run its own networks); `on="logits"`: `fn(logits)` of
     the defended model's logits (no extra pass). Calibrated like the others: reject `fn > t`, t
-    the clean validation order statistic; score = fn - t. Saved with its threshold and name; the
-    function itself is passed again to `RejectOption.load(path, fn=...)`.
+    the clean validation order statistic; score = fn - t. Saved with its threshold, its name and the
+    fingerprint of the networks it runs; the function itself is passed again to
+    `RejectOption.load(path, fn=...)`, which refuses one whose networks have other weights.
+
+    The networks `fn` runs (`detector_modules`: `fn` itself, a bound method's module, a partial's arguments,
+    the modules its closure or its global names hold) run in eval mode whenever it scores, as the defended
+    model does: a batch-norm layer left in train mode would score each batch by its own statistics and
+    update them, so calibration would change the detector and an attack batch would be judged unlike the
+    calibration batches. A network reached some other way (an attribute of a global object) is not found:
+    pass `modules=[...]`, or put it in eval mode yourself.
     """
 
     kind = "custom"
+    reads_energy = False
     ON = ("input", "logits")
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], on: str = "input", name: str = "custom",
-                 target_fpr: float = 0.05) -> None:
+                 target_fpr: float = 0.05, modules: Sequence[torch.nn.Module] = ()) -> None:
         super().__init__(target_fpr)
         if not callable(fn):
             raise TypeError(f"fn must be a function of the images (or logits) returning (N,) scores, got {fn!r}")
         if on not in self.ON:
             raise ValueError(f"on must be one of {', '.join(self.ON)}, got {on!r}")
+        if any(not isinstance(module, torch.nn.Module) for module in modules):
+            raise TypeError("modules must be the torch.nn.Module networks fn runs")
         self.fn, self.on, self.name = fn, on, str(name)
         self.needs_inputs = on == "input"
+        found = detector_modules(fn)
+        self.modules = found + [module for module in modules if all(module is not f for f in found)]
+        self.detector_fingerprint: Optional[str] = None  # the networks' weights when the threshold was fitted
+
+    def networks_fingerprint(self) -> Optional[str]:
+        """A SHA-256 of the weights of the networks `fn` runs (None when it runs none that robgen can find)."""
+        if not self.modules:
+            return None
+        return hashlib.sha256("".join(model_fingerprint(module) for module in self.modules).encode()).hexdigest()
 
     def values(self, logits, features=None, inputs=None, network=None):
         source = inputs if self.on == "input" else logits
-        if isinstance(self.fn, torch.nn.Module):  # a detector network left in train mode: its running statistics,
-            with eval_mode(self.fn):  # not the batch's (and not updated), as the defended model is run
-                out = self.fn(source)
-        else:
+        with contextlib.ExitStack() as stack:  # its networks in eval mode, as the defended model is run
+            for module in self.modules:
+                stack.enter_context(eval_mode(module))
             out = self.fn(source)
         if not isinstance(out, torch.Tensor) or out.shape != (source.shape[0],):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -460,8 +534,26 @@ class CallableReject(_HighStatisticReject):
                              f"({source.shape[0]},), one score per image, got {shape}")
         return out
 
+    def fit_values(self, values):
+        super().fit_values(values)
+        self.detector_fingerprint = self.networks_fingerprint()
+        return self
+
     def settings(self):
         return {"on": self.on, "name": self.name}
+
+    def _state(self):
+        return {"detector_fingerprint": self.detector_fingerprint} if self.detector_fingerprint else {}
+
+    def _set_state(self, state):
+        recorded = state.get("detector_fingerprint")
+        found = self.networks_fingerprint()
+        if recorded is not None and found != recorded:
+            raise ValueError(f"the detector {self.name!r} was calibrated with networks of other weights (theirs "
+                             f"{recorded[:12]}…, the function given now runs "
+                             f"{'none robgen can find' if found is None else found[:12] + '…'}): its threshold is "
+                             "on that detector's scale; calibrate this one again on clean validation images")
+        self.detector_fingerprint = recorded
 
 
 REJECT_OPTIONS = {option.kind: option for option in

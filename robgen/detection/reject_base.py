@@ -80,6 +80,8 @@ class RejectOption:
     - `needs_network`: `score_from` needs the network that made the logits, to run it again near the input
       ("robust-margin" attacks it inside a small ball); `passes_per_score` says how many forward+backward
       passes one score costs on top of the classifier's own (0 for a score read off one forward pass);
+    - `reads_energy`: its statistic is an energy of the logits, so probabilities or log-probabilities given as
+      logits (which make it constant) are refused;
     - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n;
     - `model_fingerprint`: the SHA-256 of the weights it was calibrated on;
     - `calibration`: free-form provenance for the caller to fill (data, split, seed).
@@ -90,6 +92,7 @@ class RejectOption:
     needs_inputs = False
     needs_network = False
     passes_per_score = 0
+    reads_energy = True  # its statistic reads the energy, which softmax or log-softmax outputs make constant
 
     def __init__(self, target_fpr: float = 0.05) -> None:
         self.target_fpr = _check_fpr(target_fpr)
@@ -177,7 +180,7 @@ class RejectOption:
         """Set the thresholds on one batch of clean validation outputs (`model`: record its fingerprint; a
         kind that `needs_network` runs it, so it needs `model` and the `inputs` its logits came from)."""
         if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
-            check_logits(logits)
+            check_logits(logits, energy=self.reads_energy)
         if model is not None:
             self._check_model_first(model)
         if self.needs_network and model is None:
@@ -216,6 +219,9 @@ class RejectOption:
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1 (images per model pass), got {batch_size!r}")
+        self._check_ready()
         self._check_model_first(model)
         images = pixels_for(model, images, name="images", model_size=True)  # 0-255 pixels fitted a threshold on nonsense
         dtype = model_dtype(model)  # float64 images for a float32 model (or the other way round) are cast
@@ -227,7 +233,7 @@ class RejectOption:
                 for start in range(0, len(images), batch_size):
                     chunks.append(model(images[start:start + batch_size].to(device, dtype)).detach())
             logits, features = torch.cat(chunks), None
-        check_logits(logits)
+        check_logits(logits, energy=self.reads_energy)
         values = []
         with eval_mode(model):
             for start in range(0, len(images), batch_size):
@@ -237,6 +243,10 @@ class RejectOption:
                                           model if self.needs_network else None).detach().cpu())
         self.fit_values(torch.cat(values))
         return self.bind(model)
+
+    def _check_ready(self) -> None:
+        """Refuse to calibrate before the model's passes when something the kind needs is missing (Mahalanobis:
+        its class statistics)."""
 
     # ---- the model it belongs to ---------------------------------------------------------------
     def _check_model_first(self, model: torch.nn.Module) -> None:
@@ -277,8 +287,10 @@ class RejectOption:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict, fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "RejectOption":
-        """Rebuild a reject option from `to_dict` data (a "custom" one needs its function back: `fn`)."""
+    def from_dict(cls, data: dict, fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                  modules=()) -> "RejectOption":
+        """Rebuild a reject option from `to_dict` data (a "custom" one needs its function back: `fn`, and the
+        networks it runs that robgen cannot find from it: `modules`)."""
         from .reject import CallableReject, make_reject_option  # the kinds live above this module
 
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -292,7 +304,7 @@ class RejectOption:
             if fn is None:
                 raise ValueError(f"this reject option is a user's detector ({data.get('settings', {}).get('name')!r}): "
                                  "pass its function again, RejectOption.load(path, fn=my_detector)")
-            option = CallableReject(fn, target_fpr=data["target_fpr"], **data.get("settings", {}))
+            option = CallableReject(fn, target_fpr=data["target_fpr"], modules=modules, **data.get("settings", {}))
         else:
             option = make_reject_option(kind, target_fpr=data["target_fpr"], **data.get("settings", {}))
         option._set_state(data.get("state", {}))
@@ -304,14 +316,15 @@ class RejectOption:
 
     @classmethod
     def load(cls, path: Union[str, Path], model: Optional[torch.nn.Module] = None,
-             fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> "RejectOption":
-        """Read a saved reject option; with `model`, refuse it unless it was calibrated on that model."""
+             fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, modules=()) -> "RejectOption":
+        """Read a saved reject option; with `model`, refuse it unless it was calibrated on that model (a user's
+        detector: its function `fn`, refused unless its networks have the weights it was calibrated with)."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
         try:
-            option = cls.from_dict(data, fn=fn)
+            option = cls.from_dict(data, fn=fn, modules=modules)
         except (KeyError, TypeError) as error:
             raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
         if model is not None:
@@ -320,11 +333,12 @@ class RejectOption:
 
     @staticmethod
     def from_callable(fn: Callable[[torch.Tensor], torch.Tensor], on: str = "input", name: str = "custom",
-                      target_fpr: float = 0.05) -> "CallableReject":
-        """A user's differentiable detector `fn` -> (N,) score, higher = more adversarial; see `CallableReject`."""
+                      target_fpr: float = 0.05, modules=()) -> "CallableReject":
+        """A user's differentiable detector `fn` -> (N,) score, higher = more adversarial; see `CallableReject`
+        (`modules`: networks `fn` runs that robgen cannot find from it, to run in eval mode and fingerprint)."""
         from .reject import CallableReject
 
-        return CallableReject(fn, on=on, name=name, target_fpr=target_fpr)
+        return CallableReject(fn, on=on, name=name, target_fpr=target_fpr, modules=modules)
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())

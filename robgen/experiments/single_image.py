@@ -17,6 +17,7 @@ bits keeps the point accepted and misclassified; the verdict is the detector's o
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -189,6 +190,9 @@ def evade_detector(model, x: torch.Tensor, detector: EnergyDetector, eps: float 
     standard deviations inside the threshold. Every iterate counts. Of the final point and the first
     evading iterate, the first that still evades as an 8-bit image is returned.
     """
+    if detector.model_fingerprint is None:  # an older detector.json, taken as the model's own by the loading path
+        # (load_shipped_detector): trusted here too, on a copy
+        detector = copy.deepcopy(detector).bind(model)
     reject = EnergyReject.from_detector(detector, model)
     defended = DefendedClassifier(model, reject)
     clean_energies = torch.tensor(detector.calibration.get("clean_energy", []), dtype=torch.float64)

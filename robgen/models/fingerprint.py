@@ -1,7 +1,7 @@
 """Which weights a model has: a SHA-256 of its parameters and buffers, so that a file fitted to a model knows it.
 
     fingerprint = model_fingerprint(model)   # 64 hex digits; equal weights give equal fingerprints
-    weights_fingerprint(model)               # the same, read as float32 and unwrapped (an energy detector's)
+    weights_fingerprint(model)               # the same, read as float32 (an energy detector's)
 
 Things fitted to one model's outputs (a reject option's thresholds, an energy detector's threshold, an
 experiment's stages) record this
@@ -22,22 +22,27 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """SHA-256 of the model's parameters and buffers (names, shapes, dtypes and values), on any device.
 
     A subnormal weight counts as the +0 that `load_model` makes of it (robgen.models.subnormals): the same file
-    read by `load_checkpoint`, which keeps them, or by `load_model`, which zeroes them, is the same model."""
-    return _digest(model.state_dict().items())
+    read by `load_checkpoint`, which keeps them, or by `load_model`, which zeroes them, is the same model. The
+    names are read without torch.compile's and DDP's prefixes: the compiled or wrapped model is the same model."""
+    return _digest((_unwrapped(name), tensor) for name, tensor in model.state_dict().items())
 
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
 
 
+def _unwrapped(name: str) -> str:
+    while name.startswith(WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """`model_fingerprint` of the weights whatever holds them: float tensors read as float32 (a float64 copy of a
-    float32 model is the same model; a float16 one is not, its values being rounded) and torch.compile's and
-    DDP's name prefixes left out. Equal to `model_fingerprint` for a plain float32 model."""
+    float32 model is the same model; a float16 one is not, its values being rounded). Equal to `model_fingerprint`
+    for a float32 model."""
     items = []
     for name, tensor in model.state_dict().items():
-        while name.startswith(WRAPPER_PREFIXES):
-            name = name.split(".", 1)[1]
-        items.append((name, tensor.float() if tensor.is_floating_point() else tensor))
+        items.append((_unwrapped(name), tensor.float() if tensor.is_floating_point() else tensor))
     return _digest(items)
 
 
