@@ -309,6 +309,17 @@ def test_logit_matching_reaches_the_targets_and_evades_with_a_large_ball(trained
     assert tracker.evaded.all()  # the whole pixel range: natural images of other classes are reachable
 
 
+def test_logit_matching_takes_targets_of_another_float_type(trained):
+    """float64 targets (numpy's) for a float32 model failed with "expected scalar type Double"."""
+    from robgen.experiments.adaptive_suite import matching_skip_reason
+
+    x, y = colour_images(4, 3)
+    targets, labels = colour_images(8, 4)
+    attack = LogitMatching(trained, targets.double(), labels, eps=8 / 255, steps=2, restarts=1, generator=seeded())
+    assert attack(x, y).dtype == x.dtype
+    assert matching_skip_reason(trained, targets.double(), labels) == matching_skip_reason(trained, targets, labels)
+
+
 def test_logit_matching_refuses_a_pool_without_another_class(trained):
     x, y = colour_images(4, 3)  # classes 0, 1, 2, 3
     pool, labels = colour_images(8, 4)
@@ -489,8 +500,16 @@ def test_an_attack_with_r_restarts_finds_exactly_the_evasions_of_the_first_r_res
 
 def test_run_suite_refuses_an_attack_outside_its_ball(logit_detector, batch):
     x, y = batch
-    with pytest.raises(ValueError, match="left the linf ball"):
-        run_suite(logit_detector, x, y, {"too big": KPlusOnePGD(logit_detector, eps=16 / 255, steps=2)}, eps=4 / 255)
+    with pytest.raises(ValueError, match="left the linf ball"):  # a plain function: its points are checked
+        run_suite(logit_detector, x, y, {"too big": lambda x, y: (x + 16 / 255).clamp(0, 1)}, eps=4 / 255)
+    # an attack built for a smaller ball passed that check and was reported at the suite's eps; a larger one or
+    # another norm is refused before it runs
+    for attack in (KPlusOnePGD(logit_detector, eps=1 / 255, steps=2), KPlusOnePGD(logit_detector, eps=16 / 255, steps=2),
+                   KPlusOnePGD(logit_detector, eps=4 / 255, steps=2, norm="l2")):
+        with pytest.raises(ValueError, match="was built for the"):
+            run_suite(logit_detector, x, y, {"other ball": attack}, eps=4 / 255)
+    run_suite(logit_detector, x, y, {"same": KPlusOnePGD(logit_detector, eps=4 / 255, steps=2, norm="Linf")},
+              eps=4 / 255)
 
 
 def test_run_suite_in_batches_equals_one_batch(logit_detector, batch):
@@ -706,3 +725,28 @@ def test_adaptive_and_zoo_attacks_on_a_module_without_a_spec_check_its_classes_f
         defended.num_classes
     with pytest.raises(ValueError, match="needs at least 4 classes"):
         TorchAttacksAttack(mlp(3), "APGDT", eps=8 / 255, steps=2)(x, mlp(3)(x).argmax(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_is_attacked_with_float32_iterates(dtype):
+    """Iterates kept in bfloat16 rounded a step of 2.5 eps / steps away on bright pixels (1/256 apart in [0.5, 1)):
+    the (K+1) PGD evaded 0 of 16 images where the float32 model gave 8, and projected points left the ball by up
+    to 3e-3. Now the iterates are float32 (the model runs on them cast to its type), and the attack finds what it
+    finds on the float32 model."""
+    from robgen.attacks import PGD
+
+    found = {}
+    for kind in (torch.float32, dtype):
+        model = tiny_model().to(kind)
+        val = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        defended = DefendedClassifier(model, make_reject_option("energy", target_fpr=0.05).calibrate(model, val))
+        x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            y = model(x.to(kind)).argmax(1)
+        result = run_suite(defended, x, y, {"pgd": KPlusOnePGD(defended, eps=8 / 255, steps=100, random_start=False)},
+                           eps=8 / 255)
+        found[kind] = int(result.evaded.sum())
+        points = PGD(model, eps=8 / 255, steps=20)(x, y)
+        assert points.dtype == torch.float32 and float((points - x).abs().max()) <= 8 / 255 + 1e-6
+        assert float((points != x).float().mean()) > 0.9  # the steps move the pixels
+    assert found[torch.float32] > 0 and abs(found[dtype] - found[torch.float32]) <= 2, found

@@ -174,7 +174,7 @@ class AdaptiveAttack:
 
     def _check_inputs(self, x, y):
         spec = getattr(self.defended.model, "spec", None)
-        x = pixels_for(self.defended.model, x, model_size=True)
+        x = pixels_for(self.defended.model, x, model_size=True, working=True)  # float32 for a float16 model
         y = torch.as_tensor(y, device=x.device)
         if spec is not None:
             num_classes = spec.num_classes

@@ -146,7 +146,7 @@ class Attack:
 
     def _check_inputs(self, x, y, target):
         spec = getattr(self.model, "spec", None)
-        x = pixels_for(self.model, x)
+        x = pixels_for(self.model, x, working=True)  # float32 iterates for a float16 model: its grid rounds steps away
         num_classes = spec.num_classes if spec is not None else None
         if num_classes is None:
             with torch.no_grad(), eval_mode(self.model):

@@ -69,7 +69,7 @@ class LogitMatching(AdaptiveAttack):
     def _begin(self, x, y):
         module = DefendedOutputs(self.defended, features=self.match == "features")
         with torch.no_grad(), eval_mode(self.defended.model):
-            outputs = module(self.targets.to(x.device))
+            outputs = module(self.targets.to(x.device, x.dtype))  # float64 targets for a float32 model, ...
         labels = self.target_labels.to(x.device)
         usable = (outputs.logits.argmax(1) == labels) & (outputs.score <= 0)
         if not bool(usable.all()):

@@ -186,8 +186,9 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
     Args:
         defended: the `DefendedClassifier` every evasion is judged by.
         attacks: {name: attack}, adaptive attacks (robgen.attacks.adaptive) or any `attack(x, y) -> x_adv`.
-        eps, norm: the suite's threat model; when given, every point an attack returns or evades
-            with must lie in that ball (an attack built with another eps is refused).
+        eps, norm: the suite's threat model; when given, an attack built with another eps or norm (its `eps`
+            and `norm` attributes) is refused, and every point an attack returns or evades with must lie in
+            that ball.
         batch_size: attack this many images at a time (all at once by default).
         progress: True (a tqdm bar), None/False, or `fn(fraction, desc)` (robgen.progress), after each
             attack on each batch.
@@ -196,7 +197,7 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
     if not attacks:
         raise ValueError("attacks is empty: pass {name: attack}, e.g. {'k+1 apgd-ce': KPlusOneAPGD(defended, eps)}")
     spec = getattr(defended.model, "spec", None)
-    x = pixels_for(defended.model, x, model_size=True)
+    x = pixels_for(defended.model, x, model_size=True, working=True)  # float32 for a float16 model
     y = torch.as_tensor(y, device=x.device)
     if spec is not None:
         check_labels(y, x.shape[0], spec.num_classes)
@@ -205,6 +206,16 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
             logger.warning("attack %r was built for another defended classifier: it does not attack this one's "
                            "detector (each point it passes through is judged by this one, one more pass a step)", name)
     constraint = make_constraint(norm, eps) if eps is not None else None
+    if constraint is not None:  # a smaller ball passes the check on the points, and would be reported at this eps
+        for name, attack in attacks.items():
+            own_eps, own_norm = getattr(attack, "eps", None), getattr(attack, "norm", None)
+            if isinstance(own_norm, str) and own_norm.lower().replace("-", "") in ("linf", "inf", "l2"):
+                own_norm = make_constraint(own_norm, 1.0).norm
+            if own_eps is not None and (not math.isclose(float(own_eps), constraint.eps, rel_tol=1e-6) or (
+                    isinstance(own_norm, str) and own_norm != constraint.norm)):
+                raise ValueError(f"attack {name!r} was built for the {own_norm} ball of radius {float(own_eps):g}, "
+                                 f"the suite reports the {constraint.norm} ball of radius {constraint.eps:g}: build "
+                                 "every attack of the suite with the suite's eps and norm")
     size = len(x) if batch_size is None else int(batch_size)
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

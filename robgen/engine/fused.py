@@ -80,7 +80,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..models.state import eval_mode
+from ..models.state import LOW_PRECISION, CastInputs, eval_mode, model_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,12 @@ def inference_graph(model: nn.Module, fused: Optional[bool] = None, *,
     run (finds and checks the folding; None: random pixels of
     `model.spec.input_size`).
     `fused` overrides the module setting (None: `fusion_enabled()`).
+    An `example` in a wider type than a float16 or bfloat16 model's (an attack's iterates, kept in
+    `working_dtype`) gets the module wrapped so that it runs on them cast to the model's type (`CastInputs`).
     """
+    dtype = model_dtype(model)
+    if example is not None and example.is_floating_point() and example.dtype != dtype and dtype in LOW_PRECISION:
+        return CastInputs(inference_graph(model, fused, example=example.to(dtype)), dtype)
     if not (fusion_enabled() if fused is None else fused) or model.training or has_hooks(model):
         return model
     signature = weights_signature(model)

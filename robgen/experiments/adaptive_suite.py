@@ -38,7 +38,7 @@ from ..attacks.suite import run_suite
 from ..detection.defended import DefendedClassifier
 from ..detection.reject import RejectOption
 from ..detection.baselines import penultimate_features
-from ..models.state import eval_mode, model_device, widened
+from ..models.state import eval_mode, model_device, pixels_for, widened
 from . import stages as stage_files
 from .adaptive_report import OFF
 from .pipeline import tensor_batches
@@ -127,7 +127,8 @@ def make_suite_attack(name: str, defended: DefendedClassifier, eps: float, setti
 def matching_skip_reason(defended: DefendedClassifier, targets: torch.Tensor, labels: torch.Tensor) -> Optional[str]:
     """Why logit matching cannot run (its usable targets, correct and accepted, span fewer than two classes)."""
     with torch.no_grad(), eval_mode(defended.model):
-        logits, score = defended.outputs(targets.to(model_device(defended.model)))
+        logits, score = defended.outputs(pixels_for(defended.model, targets, name="targets", model_size=True).to(
+            model_device(defended.model)))  # in the model's dtype: float64 targets failed on a float32 model
     usable = (logits.argmax(1).cpu() == labels) & (score.cpu() <= 0)
     classes = sorted(set(labels[usable].tolist()))
     if len(classes) >= 2:

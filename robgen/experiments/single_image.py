@@ -98,16 +98,16 @@ class AttackOutcome:
 def attack_own_predictions(model, x: torch.Tensor, attack: Attack, target_class: Optional[int] = None,
                            progress: Optional[Callable] = None) -> AttackOutcome:
     """Attack `x` (on the model's device) away from the model's predictions, or toward `target_class`; the
-    outcome's images in `x`'s type (a float16 model attacks them in float16)."""
-    given, x = x, pixels_for(model, x)
+    outcome's images in `x`'s type (a float16 model's attack steps in float32, `working_dtype`)."""
+    given, x = x, pixels_for(model, x, working=True)
     with torch.no_grad(), eval_mode(model):  # a model in train mode: its running statistics, not the batch's,
-        clean_logits = model(x)  # as the attack between runs it (and they stay as they were)
+        clean_logits = model(pixels_for(model, x))  # as the attack between runs it (and they stay as they were)
     labels = clean_logits.argmax(1)
     target = torch.full_like(labels, int(target_class)) if target_class is not None else None
     x_adv, trace = attack(x, labels, target=target, return_trace=True, progress=progress)
     x_adv = quantise(x_adv, x, attack)
     with torch.no_grad(), eval_mode(model):
-        adv_logits = model(x_adv)
+        adv_logits = model(pixels_for(model, x_adv))
     return AttackOutcome(given.cpu(), x_adv.to(given.dtype).cpu(), clean_logits.float().cpu(), adv_logits.float().cpu(),
                          list(model.spec.class_labels), trace)
 

@@ -39,12 +39,37 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_size: bool = False) -> torch.Tensor:
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def working_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The type an attack's iterates are kept in: the model's, but float32 for a float16 or bfloat16 model, whose
+    pixel grid (bfloat16: 1/256 apart in [0.5, 1)) would round a step of 2.5 eps / steps away and let the ball's
+    projection overshoot (the model is run on the iterates cast to its own type: `CastInputs`)."""
+    dtype = model_dtype(model)
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+class CastInputs(torch.nn.Module):
+    """`network` run on its inputs cast to `dtype` (the model's), so that an attack keeps its iterates in
+    `working_dtype` and its gradient comes back in that type."""
+
+    def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.network, self.dtype = network, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.to(self.dtype))
+
+
+def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_size: bool = False,
+               working: bool = False) -> torch.Tensor:
     """`x` checked as a batch of [0, 1] pixels of the model's channels (`checks.check_pixels`: 0-255 pixels and
     normalised ones are refused, saying so) and in the model's floating-point type (float64 tensors, e.g.
     torch.from_numpy of numpy's arrays, for a float32 model are cast, where torch said "expected scalar type Double").
     `model_size`: the images must also have the model's input size (synthesis, whose budget and seeds are that
-    size's; and wherever a detector judges them: its thresholds, fitted at that size, say nothing of another)."""
+    size's; and wherever a detector judges them: its thresholds, fitted at that size, say nothing of another).
+    `working`: in `working_dtype` instead (an attack's iterates: float32 for a float16 or bfloat16 model)."""
     spec = getattr(model, "spec", None)
     check_pixels(x, spec.input_size[0] if spec is not None else None, name=name)
     if model_size and spec is not None and tuple(x.shape[2:]) != tuple(spec.input_size[1:]):
@@ -52,7 +77,7 @@ def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_s
         raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]} pixels but the model takes {height}x{width}: resize it "
                          f"first (robgen.load_image(path, size=({height}, {width})), or "
                          "robgen.images.load_model_input(path, model.spec) for the model's eval transform)")
-    dtype = model_dtype(model)
+    dtype = working_dtype(model) if working else model_dtype(model)
     return x if x.dtype == dtype else x.to(dtype)
 
 
