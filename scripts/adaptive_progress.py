@@ -80,7 +80,9 @@ def main() -> int:
                 rejected = points[f"{detector}/rejected"].bool()
                 print(f"  DARA after {name}: {shown(defended)}; of its successes on the bare model (final points) "
                       f"the detector rejects {shown(rejected[correct & fooled])}")
-            print(f"  {'complete' if not missing else 'still to run: ' + ', '.join(missing)}")
+            print(f"  {'complete' if not missing else 'still to run: ' + ', '.join(missing)}"
+                  + (" (logit matching writes no stage where it is skipped, for want of accepted targets of two "
+                     "classes: results.json names it then)" if "logit matching" in missing else ""))
         clean = next((read(path) for path in sorted(folder.glob(f"*-eps{label.replace('/', '_')}-*"))
                       if not path.name.startswith("reference-")), None)
         if references and clean is not None:

@@ -6,7 +6,9 @@
 correctly and accepted, for which its suite found no point in the ball that the model misclassifies and the detector
 accepts. A DARA is only as good as the suite behind it, so this script attacks the same model, the same calibrated
 detectors (read from the run's `detectors/`) and the same first test images with a different attack, implemented
-here in plain torch on purpose (none of robgen.attacks or robgen.engine): a multi-targeted max-min attack. For each
+here in plain torch on purpose (none of robgen.attacks or robgen.engine in the attack itself; what it attacks is
+robgen's: the model's outputs and the detector's score come from `DefendedClassifier.outputs`, and robust-margin's
+score runs robgen's engine loop inside, so a fault in scoring would be shared): a multi-targeted max-min attack. For each
 of the three most likely wrong classes t at the clean image, signed-gradient ascent with a cosine step schedule from
 a random start on
 
@@ -34,11 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import robgen  # noqa: E402
 from robgen import data as datasets  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
+from robgen.experiments.adaptive import load_run  # noqa: E402
 from robgen.experiments.adaptive_suite import saved_detector  # noqa: E402
-from robgen.experiments.pipeline import detection_splits  # noqa: E402
 from robgen.metrics import wilson_interval  # noqa: E402
 
 
@@ -121,10 +122,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     results = json.loads((args.run / "results.json").read_text())
-    model = robgen.load_model(results["model"]).eval()
+    model, splits = load_run(results)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    splits = detection_splits(model, results["data"])
     n = args.limit or results["n_test"]
     x, y = datasets.load_tensors(datasets.first(splits.test, n, "test split"))
     x_val, _ = datasets.load_tensors(datasets.first(splits.validation, min(256, len(splits.validation))))

@@ -23,15 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import robgen  # noqa: E402
 from robgen import data as datasets  # noqa: E402
 from robgen.attacks.suite import run_suite  # noqa: E402
 from robgen.detection.dara import rate  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
-from robgen.experiments.adaptive import AdaptiveSettings  # noqa: E402
+from robgen.experiments.adaptive import AdaptiveSettings, load_run  # noqa: E402
 from robgen.experiments.adaptive_report import OFF  # noqa: E402
 from robgen.experiments.adaptive_suite import make_suite_attack, saved_detector, suite_names  # noqa: E402
-from robgen.experiments.pipeline import detection_splits  # noqa: E402
 
 
 def pct(entry: dict) -> str:
@@ -50,8 +48,7 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
     settings = AdaptiveSettings(detectors=("energy",), steps=steps or run_settings["steps"],
                                 restarts=restarts or run_settings["restarts"], lambdas=tuple(run_settings["lambdas"]))
     batch_size = run_settings["batch_size"]
-    model = robgen.load_model(results["model"]).eval()
-    splits = detection_splits(model, results["data"])
+    model, splits = load_run(results)
     x, y = datasets.load_tensors(datasets.first(splits.test, results["n_test"], "test split"))
     pool = min(run_settings["match_targets"], len(splits.validation))  # logit matching's targets, as the run took
     targets = datasets.load_tensors(datasets.first(splits.validation, pool, "validation split"))

@@ -466,13 +466,93 @@ def test_a_dara_that_rises_with_eps_or_stays_high_at_a_large_eps_is_flagged():
     bare = [{"eps": 8 / 255, "robust_accuracy": _entry(1)}, {"eps": 64 / 255, "robust_accuracy": _entry(0)}]
     checks = sanity_checks(rows, bare, {8 / 255: (True, 0), 64 / 255: (False, 1)})
     verdicts = {(c["check"], c["subject"]): c["passed"] for c in checks}
-    assert verdicts[("DARA does not rise with eps", "energy")] is False
+    assert verdicts[("DARA does not rise with eps (each eps's suite alone)", "energy")] is False
     assert verdicts[("near 0 at a large eps", "energy")] is False
-    assert verdicts[("robust accuracy does not rise with eps", "bare model")] is True
+    assert verdicts[("robust accuracy does not rise with eps (each eps's suite alone)", "bare model")] is True
     assert verdicts[("near 0 at a large eps", "bare model")] is True
     assert verdicts[("the detector switched off gives the bare model's robust accuracy", "eps 64/255")] is False
     one_eps = sanity_checks(rows[:1] + rows[2:3], bare[:1], {8 / 255: (True, 0)})
     assert {c["passed"] for c in one_eps if c["check"] == "near 0 at a large eps"} == {None}  # not run below 64/255
+
+
+def test_adaptive_attacks_weaker_than_plain_pgd_with_the_detector_off_and_a_logit_detector_that_survives_are_flagged():
+    """Two checks of Carlini et al. (2019) the report lacked: against no detector the adaptive attacks must find what
+    plain PGD on the bare model finds; a detector of the logits alone on a standard model must fall to about its FPR.
+    (The check "detector off = bare model" reads both from the same points, so it cannot catch a weak suite.)"""
+    from robgen.experiments.adaptive_report import adaptive_against_references
+
+    ok = torch.ones(10, dtype=torch.bool)
+
+    def stage(evaded):
+        evaded = torch.tensor(evaded, dtype=torch.bool)
+        return {"evaded": evaded, "point_logits": torch.stack([evaded.float(), (~evaded).float()], 1),
+                "labels": torch.ones(10).long()}
+
+    off = {"k+1 pgd": stage([1] * 3 + [0] * 7), "pgd (bare model)": stage([1] * 9 + [0])}
+    found = adaptive_against_references(ok, off, ["pgd (bare model)"])
+    assert found["adaptive"]["count"] == 7 and found["references"]["count"] == 1 and found["only_references"] == 6
+    assert adaptive_against_references(ok, off, []) is None
+    rows = [{"detector": "energy", "eps": 8 / 255, "dara": _entry(6)}, {"detector": "off", "eps": 8 / 255,
+                                                                         "dara": _entry(0)}]
+    bare = [{"eps": 8 / 255, "robust_accuracy": _entry(0)}]
+    checks = sanity_checks(rows, bare, {8 / 255: (True, 0)}, {8 / 255: found}, ["energy"], True, 0.05)
+    verdicts = {c["check"]: c["passed"] for c in checks}
+    assert verdicts["with the detector off, the adaptive attacks find what plain attacks on the bare model find"] \
+        is False
+    assert verdicts["a detector of the logits alone on a standard model is driven to about its FPR"] is False
+    rows[0]["dara"] = _entry(0)
+    again = sanity_checks(rows, bare, {8 / 255: (True, 0)}, {8 / 255: adaptive_against_references(
+        ok, {**off, "k+1 pgd": stage([1] * 9 + [0])}, ["pgd (bare model)"])}, ["energy"], True, 0.05)
+    assert all(c["passed"] is not False for c in again)
+    robust = sanity_checks(rows, bare, {8 / 255: (True, 0)}, None, ["energy"], False, 0.05)
+    assert [c["passed"] for c in robust if "standard model" in c["check"]] == [None]
+
+
+def test_an_evasion_found_at_a_smaller_eps_counts_at_every_larger_one():
+    """4 images, all defended on clean inputs: the 4/255 suite breaks 0 and 1, the 8/255 suite 0 and 2. A point of
+    the 4/255 ball lies in the 8/255 one, so only image 3 is defended at 8/255; each eps alone said 2 of 4 at both,
+    and the check on counts passed."""
+    from robgen.experiments.adaptive_report import SMALLER, bare_flags, with_smaller_eps
+
+    ok = torch.ones(4, dtype=torch.bool)
+
+    def stage(evaded, run):
+        evaded = torch.tensor(evaded, dtype=torch.bool)
+        return {"evaded": evaded, "clean_correct": ok, "clean_accepted": ok, "first_run": evaded.long() * run,
+                "point_logits": torch.stack([evaded.float(), (~evaded).float()], 1), "labels": torch.ones(4).long()}
+
+    per_eps = {8 / 255: {"k+1 pgd": stage([1, 0, 1, 0], 1)}, 4 / 255: {"k+1 pgd": stage([1, 1, 0, 0], 2)}}
+    carried = with_smaller_eps(per_eps)
+    assert SMALLER not in carried[4 / 255] and list(carried[8 / 255])[0] == SMALLER
+    small, large = (detector_row("energy", eps, carried[eps], restarts=2) for eps in (4 / 255, 8 / 255))
+    assert small["dara"]["count"] == 2 and large["dara"]["count"] == 1 and large["defended"] == [3]
+    assert large["found_first"] == {SMALLER: 2, "k+1 pgd": 1}
+    # image 1 fell at the smaller eps's second restart: one restart of the larger eps's suite leaves it standing
+    assert [entry["count"] for entry in large["dara_by_restarts"]] == [2, 1]
+    assert torch.equal(bare_flags(ok, carried[8 / 255])["all"], torch.tensor([False, False, False, True]))
+
+
+def test_the_restart_check_of_a_skip_evaded_run_is_not_a_false_alarm():
+    """With --skip-evaded, an image the first attack broke only at the last restart was tried by no later attack,
+    so the DARA of one restart fewer counted it defended: the check failed on a run that had converged. It now
+    reads the lower bound too, and says "not known" where the two bounds disagree."""
+    n = 100
+    ok = torch.ones(n, dtype=torch.bool)
+    first = torch.arange(n) < 60  # attack A breaks 0-59, ten of them (50-59) only at its second restart
+    first_run = torch.where(first, torch.where(torch.arange(n) >= 50, 2, 1), 0)
+    attacked = ~first  # B skips every image A broke
+    second = (torch.arange(n) >= 60) & (torch.arange(n) < 70)  # B breaks 60-69
+    stages = {"a": {"evaded": first, "clean_correct": ok, "clean_accepted": ok, "first_run": first_run,
+                    "attacked": ok.clone()},
+              "b": {"evaded": second, "clean_correct": ok, "clean_accepted": ok, "first_run": second.long(),
+                    "attacked": attacked}}
+    row = {"eps": 8 / 255, **detector_row("energy", 8 / 255, stages, restarts=2)}
+    assert [e["count"] for e in row["dara_by_restarts"]] == [40, 30]
+    assert [e["count"] for e in row["dara_by_restarts_floor"]] == [30, 30]
+    check = convergence_checks([row])[0]
+    assert check["passed"] is None and "not known" in check["detail"]
+    row["dara_by_restarts_floor"] = [row["dara_by_restarts_floor"][0] | {"rate": 0.4}, row["dara_by_restarts"][1]]
+    assert convergence_checks([row])[0]["passed"] is False  # even the floor lies above: the last restart mattered
 
 
 def test_first_to_evade_counts_only_images_defended_on_clean_inputs_and_adds_up_to_what_the_suite_broke():
@@ -1014,3 +1094,18 @@ def test_an_adaptive_attack_makes_no_more_model_passes_than_the_estimate_allows(
         assert flags["evaded"].tolist() == [True, False]
         bound = estimate_passes(settings, 2, 0)["per_image_per_suite"][name]
         assert counts[False] <= 2 * bound["forward"] and counts[True] <= 2 * bound["forward_backward"], name
+
+
+def test_a_run_read_again_refuses_a_model_whose_weights_changed_since(tmp_path):
+    """The scripts that attack a finished run's images again (the independent check, the reference probes) loaded
+    the model by name, whatever its weights now, and the data under the default root whatever the run used."""
+    import robgen
+    from robgen.experiments.adaptive import load_run
+    from robgen.models.fingerprint import model_fingerprint
+    from tests.conftest import tiny_model
+
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "model")
+    with pytest.raises(ValueError, match="now has other weights than the run attacked"):
+        load_run({"model": str(folder), "data": "cifar10", "model_fingerprint": "0" * 64})
+    model = robgen.load_model(folder)
+    assert model_fingerprint(model) != "0" * 64

@@ -148,6 +148,21 @@ class AdaptiveSettings:
         return tuple(name for name in self.attacks if name not in ADAPTIVE)
 
 
+def load_run(results: Mapping[str, Any]):
+    """(model in eval mode, splits) of a finished run, from its results.json: the model it names, refused if its
+    weights are not the ones the run recorded, and the data under the data root it ran on (runs since 2026-12-06
+    record both; an older one is read under the default root, unchecked). For the scripts that attack a run's
+    images again (scripts/check_dara_independently.py, scripts/probe_attack_on_defended.py)."""
+    import robgen
+
+    model = robgen.load_model(results["model"]).eval()
+    recorded = results.get("model_fingerprint")
+    if recorded is not None and model_fingerprint(model) != recorded:
+        raise ValueError(f"{results['model']} now has other weights than the run attacked ({recorded[:12]}…): its "
+                         "detectors and images belong to those; run the adaptive evaluation again")
+    return model, detection_splits(model, results["data"], data_root=results.get("data_root"))
+
+
 def require_validation_split(spec, data) -> None:
     """Refuse a model whose training record names no validation split held out of `data` (read as
     `data.model_val_size` reads it), saying what to do: the thresholds need clean images it never trained on."""
@@ -510,7 +525,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
         raise RuntimeError(f"the adaptive evaluation failed while attacking, after its set-up: {error}") from error
     wall = time.perf_counter() - started + store.reused_seconds
     results = summarise(model, data, settings, reject, clean.correct, flags, skipped)
-    results.update(n_validation=len(splits.validation), n_reference=n_reference, estimate=estimate,
+    results.update(data_root=None if data_root is None else str(data_root), model_fingerprint=model_fingerprint(model),
+                   n_validation=len(splits.validation), n_reference=n_reference, estimate=estimate,
                    hardware=distributed.hardware(model_device(model)), wall_seconds=wall,
                    continued={"stages_read_back": store.reused, "their_seconds": store.reused_seconds})
     if out_dir is not None and distributed.is_main():

@@ -30,6 +30,7 @@ from ..files import json_text, write_text_atomically
 
 OFF = "off"  # the detector switched off (adaptive.DetectorOff)
 BARE = "bare model"
+SMALLER = "found at a smaller eps"  # the evasions a smaller ball's suite found: its points lie in every larger ball
 LARGE_EPS = 64 / 255  # at this radius (L-inf) every attack should break nearly every image
 NEAR_ZERO = 0.02  # the largest DARA "near 0" allows at LARGE_EPS
 ATTACK_WORDS = {
@@ -67,6 +68,33 @@ def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]], eligible: torch
         counts[name] = int(new.sum())
         taken |= new
     return counts
+
+
+def with_smaller_eps(per_eps: Mapping[float, Mapping[str, Dict[str, torch.Tensor]]]
+                     ) -> Dict[float, Dict[str, Dict[str, torch.Tensor]]]:
+    """One detector's stages per eps, each eps's with a stage SMALLER in front where a smaller eps's suite found
+    evasions: a point of the smaller ball lies in the larger one, so the DARA at an eps is the worst case over every
+    eps up to it, image by image (each eps's suite alone could miss, at 8/255, an image it broke at 4/255). The
+    stage holds those evasions, each at the earliest restart that found it ("first_run", so that
+    `dara_by_restarts` stays exact), and "carried": the model's own verdict at their points is not stored here."""
+    out: Dict[float, Dict[str, Dict[str, torch.Tensor]]] = {}
+    before: Optional[torch.Tensor] = None  # per image, the earliest restart that evaded at a smaller eps, 0 if none
+    for eps in sorted(per_eps):
+        stages = dict(per_eps[eps])
+        first = next(iter(stages.values()))
+        if before is not None and bool((before > 0).any()):
+            evaded = before > 0
+            stages = {SMALLER: {"clean_correct": first["clean_correct"], "clean_accepted": first["clean_accepted"],
+                                "evaded": evaded, "misclassified": evaded, "rejected": torch.zeros_like(evaded),
+                                "attacked": torch.ones_like(evaded), "first_run": before.clone(), "carried": evaded},
+                      **stages}
+        here = torch.zeros_like(first["evaded"], dtype=torch.long)
+        for flags in stages.values():
+            run = flags["first_run"].long() if "first_run" in flags else flags["evaded"].long()
+            run = torch.where(flags["evaded"], run.clamp_min(1), torch.zeros_like(run))
+            here = torch.where((here == 0) | ((run > 0) & (run < here)), run, here)
+        before, out[eps] = here, stages
+    return out
 
 
 def dara_by_restarts(stages: Mapping[str, Dict[str, torch.Tensor]], restarts: int) -> Optional[List[dict]]:
@@ -113,8 +141,19 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
             entry["only_this_attack"] = None
     defended = defended_images(first["clean_correct"], first["clean_accepted"],
                                {name: s["evaded"] for name, s in stages.items()})
+    by_restarts = dara_by_restarts(stages, restarts)
+    floor = None
+    if skipping and by_restarts is not None:  # the curve is an upper bound: the images some attack skipped after an
+        # evasion at a later restart are unknown at fewer restarts, and this counts them broken
+        tried_by_all = clean_ok.clone()
+        for s in stages.values():
+            if "attacked" in s:
+                tried_by_all &= s["attacked"]
+        floor = [rate(defended_images(first["clean_correct"], first["clean_accepted"],
+                                      {name: s["evaded"] & (s["first_run"] <= r) for name, s in stages.items()})
+                      & tried_by_all) for r in range(1, int(restarts) + 1)]
     return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages, clean_ok),
-            "dara_by_restarts": dara_by_restarts(stages, restarts), "defended": indices(defended)}
+            "dara_by_restarts": by_restarts, "dara_by_restarts_floor": floor, "defended": indices(defended)}
 
 
 def skipped_some(stages: Mapping[str, Dict[str, torch.Tensor]], eligible: torch.Tensor) -> List[str]:
@@ -127,11 +166,32 @@ def skipped_some(stages: Mapping[str, Dict[str, torch.Tensor]], eligible: torch.
 def bare_flags(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     """Per attack of the detector-off suite, (N,) bool: clean correct and the model still right at the attack's point
     (its first evasion, else its final point), read from the model's own logits there; "all": every attack at once."""
-    flags = {name: clean_correct & (s["point_logits"].argmax(1) == s["labels"]) for name, s in off.items()}
+    flags = {name: clean_correct & (~s["carried"] if "carried" in s else s["point_logits"].argmax(1) == s["labels"])
+             for name, s in off.items()}
     robust = clean_correct.clone()
     for still in flags.values():
         robust &= still
     return {**flags, "all": robust}
+
+
+def adaptive_against_references(clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]],
+                                references: Sequence[str]) -> Optional[dict]:
+    """With the detector off (one eps's own suite): the bare model's robust accuracy under the adaptive attacks alone
+    and under the non-adaptive references alone (plain PGD and HE-PGD on the bare model), and how many images only
+    the references broke. Against no detector the (K+1) construction and the rest reduce to ordinary attacks, so
+    they should find at least what plain PGD finds (Carlini et al. 2019); None without references."""
+    judged = [name for name in off if name in set(references)]
+    adaptive = [name for name in off if name not in set(references)]
+    if not judged or not adaptive:
+        return None
+    flags = bare_flags(clean_correct, off)
+    by_adaptive, by_references = clean_correct.clone(), clean_correct.clone()
+    for name in adaptive:
+        by_adaptive &= flags[name]
+    for name in judged:
+        by_references &= flags[name]
+    return {"adaptive": rate(by_adaptive), "references": rate(by_references),
+            "only_references": int((by_adaptive & ~by_references).sum())}
 
 
 def bare_row(eps: float, clean_correct: torch.Tensor, off: Mapping[str, Dict[str, torch.Tensor]]) -> dict:
@@ -153,9 +213,47 @@ def _pct(entry: Optional[dict]) -> str:
     return f"{100 * entry['rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def sanity_checks(rows: List[dict], bare: List[dict], off_equal: Dict[float, Tuple[bool, int]]) -> List[dict]:
-    """The checks of Carlini et al. (2019) as data: {"check", "subject", "passed" (None: not run), "detail"}."""
+def sanity_checks(rows: List[dict], bare: List[dict], off_equal: Dict[float, Tuple[bool, int]],
+                  off_against_references: Optional[Dict[float, Optional[dict]]] = None,
+                  logit_only: Sequence[str] = (), standard: Optional[bool] = None,
+                  target_fpr: Optional[float] = None) -> List[dict]:
+    """The checks of Carlini et al. (2019) as data: {"check", "subject", "passed" (None: not run), "detail"}.
+
+    `off_against_references` (per eps, `adaptive_against_references`): with the detector off, the adaptive attacks
+    alone against the references alone. `logit_only`, `standard`, `target_fpr`: the detectors that read only the
+    logits, whether the model is a standard one (its training mode), and the detectors' target FPR, for the check
+    that such a detector on a standard model is driven to about its FPR."""
     checks = []
+    for eps, found in (off_against_references or {}).items():
+        if found is None:
+            checks.append({"check": "with the detector off, the adaptive attacks find what plain attacks on the bare "
+                                    "model find", "subject": f"eps {eps_label(eps)}", "passed": None,
+                           "detail": "not run: the suite has no non-adaptive reference"})
+            continue
+        passed = found["adaptive"]["rate"] <= found["references"]["ci"][1]
+        checks.append({"check": "with the detector off, the adaptive attacks find what plain attacks on the bare model "
+                                "find", "subject": f"eps {eps_label(eps)}", "passed": passed,
+                       "detail": f"robust accuracy under the adaptive attacks alone {_pct(found['adaptive'])}, under the "
+                                 f"references alone {_pct(found['references'])}; {found['only_references']} image(s) "
+                                 "only the references broke" + ("" if passed else ": the adaptive attacks are weaker "
+                                                                "than plain PGD on the bare model")})
+    for row in rows:
+        if row["detector"] not in logit_only:
+            continue
+        robust = next(entry["robust_accuracy"] for entry in bare if entry["eps"] == row["eps"])
+        subject = f"{row['detector']} at {eps_label(row['eps'])}"
+        if not standard or target_fpr is None:
+            checks.append({"check": "a detector of the logits alone on a standard model is driven to about its FPR",
+                           "subject": subject, "passed": None,
+                           "detail": "not run: the model is not a standard one" if not standard else "not run"})
+            continue
+        ceiling = robust["ci"][1] + target_fpr
+        passed = row["dara"]["rate"] <= ceiling
+        checks.append({"check": "a detector of the logits alone on a standard model is driven to about its FPR",
+                       "subject": subject, "passed": passed,
+                       "detail": f"DARA {_pct(row['dara'])}, at most the bare model's robust accuracy "
+                                 f"{_pct(robust)} plus the {100 * target_fpr:g}% FPR allowed"
+                                 + ("" if passed else ": the adaptive attacks miss what they should find")})
     for eps, (equal, differing) in off_equal.items():
         off = next(row for row in rows if row["detector"] == OFF and row["eps"] == eps)
         robust = next(row for row in bare if row["eps"] == eps)["robust_accuracy"]
@@ -163,18 +261,24 @@ def sanity_checks(rows: List[dict], bare: List[dict], off_equal: Dict[float, Tup
                        "subject": f"eps {eps_label(eps)}", "passed": equal,
                        "detail": f"detector off: DARA {_pct(off['dara'])}; bare model: robust accuracy {_pct(robust)}; "
                                  f"{differing} image(s) judged differently"})
+    # each eps's own suite (the DARA reported carries a smaller eps's evasions, so it cannot rise): does a larger
+    # ball's suite find at least as many images as a smaller one's?
+    own = {BARE: [(row["eps"], row.get("robust_accuracy_own_suite", row["robust_accuracy"])) for row in bare]}
     curves = {BARE: [(row["eps"], row["robust_accuracy"]) for row in bare]}
     for row in rows:
         if row["detector"] != OFF:
             curves.setdefault(row["detector"], []).append((row["eps"], row["dara"]))
-    for name, points in curves.items():
+            own.setdefault(row["detector"], []).append((row["eps"], row.get("dara_own_suite", row["dara"])))
+    for name, points in own.items():
         points.sort(key=lambda point: point[0])
         rises = [(a, b) for a, b in zip(points, points[1:]) if b[1]["count"] > a[1]["count"]]
         what = "robust accuracy" if name == BARE else "DARA"
-        checks.append({"check": f"{what} does not rise with eps", "subject": name,
+        checks.append({"check": f"{what} does not rise with eps (each eps's suite alone)", "subject": name,
                        "passed": None if len(points) < 2 else not rises,
                        "detail": "not run: one eps only" if len(points) < 2 else ", ".join(
                            f"{what} {_pct(entry)} at {eps_label(eps)}" for eps, entry in points)})
+    for points in curves.values():
+        points.sort(key=lambda point: point[0])
     largest = max(row["eps"] for row in bare)
     for name, points in curves.items():
         entry = points[-1][1]
@@ -201,12 +305,27 @@ def convergence_checks(rows: List[dict]) -> List[dict]:
             checks.append({"check": "the last restart lowers DARA by no more than noise", "subject": subject,
                            "passed": None, "detail": f"not run: {why}"})
             continue
-        moved = [(eps, curve) for eps, curve in curves if curve[-2]["rate"] > curve[-1]["ci"][1]]
-        checks.append({"check": "the last restart lowers DARA by no more than noise", "subject": subject,
-                       "passed": not moved, "detail": ", ".join(
-                           f"{_pct(curve[-2])} after {len(curve) - 1}, {_pct(curve[-1])} after {len(curve)} restarts "
+        # with --skip-evaded the curve is an upper bound and "dara_by_restarts_floor" a lower one: the last restart
+        # surely moved DARA when even the floor of one restart fewer lies above the interval, and surely did not
+        # when the upper bound lies inside it; in between it is not known
+        floors = {row["eps"]: row.get("dara_by_restarts_floor") for row in rows if row["detector"] == name}
+        moved, unknown = [], []
+        for eps, curve in curves:
+            if curve[-2]["rate"] <= curve[-1]["ci"][1]:
+                continue
+            floor = floors.get(eps)
+            (unknown if floor is not None and floor[-2]["rate"] <= curve[-1]["ci"][1] else moved).append(eps)
+        detail = ", ".join(f"{_pct(curve[-2])} after {len(curve) - 1}, {_pct(curve[-1])} after {len(curve)} restarts "
                            f"at {eps_label(eps)}" for eps, curve in curves)
-                       + ("" if not moved else ": not converged, run more restarts or steps")})
+        if moved:
+            detail += ": not converged, run more restarts or steps"
+        elif unknown:
+            detail += (" (with --skip-evaded an upper bound; at least " + ", ".join(
+                f"{_pct(floors[eps][-2])} at {eps_label(eps)}" for eps in unknown) + " after one restart fewer): "
+                "not known whether the last restart lowered DARA by more than noise; a run without --skip-evaded "
+                "tells")
+        checks.append({"check": "the last restart lowers DARA by no more than noise", "subject": subject,
+                       "passed": False if moved else (None if unknown else True), "detail": detail})
     return checks
 
 
@@ -236,18 +355,31 @@ def summarise(model, data, settings, reject: Mapping[str, object], clean_correct
               skipped: Mapping[str, str]) -> dict:
     """results.json's content (without cost and timing) from every stage's per-image flags."""
     rows, bare, off_equal = [], [], {}
+    carried = {detector: with_smaller_eps(flags[detector]) for detector in reject}
+    carried[OFF] = with_smaller_eps(flags[OFF])
     for eps in settings.eps_list:
         for detector in reject:
-            rows.append({"eps": float(eps), **detector_row(detector, eps, flags[detector][eps], settings.references,
-                                                            settings.restarts)})
-        off = flags[OFF][eps]
-        bare.append(bare_row(eps, clean_correct, off))
+            row = detector_row(detector, eps, carried[detector][eps], settings.references, settings.restarts)
+            own = next(iter(flags[detector][eps].values()))
+            rows.append({"eps": float(eps), **row, "dara_own_suite": detection_aware_robust_accuracy(
+                own["clean_correct"], own["clean_accepted"],
+                {name: s["evaded"] for name, s in flags[detector][eps].items()})})
+        off = carried[OFF][eps]
+        bare.append({**bare_row(eps, clean_correct, off),
+                     "robust_accuracy_own_suite": rate(bare_flags(clean_correct, flags[OFF][eps])["all"])})
         first = next(iter(off.values()))
         defended = defended_images(first["clean_correct"], first["clean_accepted"],
                                    {name: s["evaded"] for name, s in off.items()})
         robust = bare_flags(clean_correct, off)["all"]
         off_equal[float(eps)] = (bool(torch.equal(defended, robust)), int((defended != robust).sum()))
-    sanity = sanity_checks(rows, bare, off_equal) + [recheck(flags, settings.eps_list)]
+    logit_only = [name for name, option in reject.items() if name != OFF and not (
+        option.needs_features or option.needs_inputs or option.needs_network)]
+    training = model.spec.training or {}
+    mode = training.get("mode") or (training.get("config") or {}).get("mode")
+    against = {float(eps): adaptive_against_references(clean_correct, flags[OFF][eps], settings.references)
+               for eps in settings.eps_list}
+    sanity = sanity_checks(rows, bare, off_equal, against, logit_only, None if mode is None else mode == "standard",
+                           settings.target_fpr) + [recheck(flags, settings.eps_list)]
     spec = model.spec
     return {
         "model": spec.source, "architecture": spec.architecture, "arch_kwargs": spec.arch_kwargs,
@@ -370,11 +502,14 @@ def markdown(results: dict) -> str:
                  "is of those (n/a: none was left); the references ran on all." if settings.get("skip_evaded") else "")
         lines += ["", f"## Which attacks evaded at {eps_label(eps)}", "",
                   "Per attack: the fraction of the images defended on clean inputs that it evaded, and (after the "
-                  "slash) on how many of them it was the first of the suite to evade." + among + unknown_first(rows),
+                  "slash) on how many of them it was the first of the suite to evade." + among + unknown_first(rows)
+                  + (f" \"{SMALLER}\": the images a smaller eps's suite broke (its points lie in this ball too)."
+                     if any(SMALLER in row["per_attack"] for row in rows.values()) else ""),
                   "",
                   "| attack | " + " | ".join("detector off" if d == OFF else d for d in rows) + " |",
                   "|---|" + "---|" * len(rows)]
-        for attack in settings["attacks"]:
+        carried = [SMALLER] if any(SMALLER in row["per_attack"] for row in rows.values()) else []
+        for attack in [*carried, *settings["attacks"]]:
             cells = []
             for detector, row in rows.items():
                 if attack not in row["per_attack"]:
@@ -390,7 +525,7 @@ def markdown(results: dict) -> str:
         lines += ["", "## DARA after each restart", "",
                   "What the suite would have found with fewer restarts of its adaptive attacks (" +
                   ("an upper bound: this run skipped an image once an attack evaded it, at whichever restart, so a "
-                   "later attack never tried it; the check on the last restart is therefore only stricter"
+                   "later attack never tried it; the check on the last restart also reads a lower bound"
                    if settings.get("skip_evaded") else "exact: the first r restarts of this run") +
                   "); a DARA still falling at the last restart means the attacks have not converged.", "",
                   "| detector | eps | " + " | ".join(f"after {r}" for r in range(1, settings["restarts"] + 1)) + " |",
