@@ -9,20 +9,24 @@
 #                `bash scripts/device_tree.sh restore` after the calls, before any commit
 # There:         bash scripts/device_adaptive.sh [MODEL ...]     # default: the three CIFAR-10 models, in order
 #                Each model's run keeps its finished stages in runs/adaptive/<model>/.stages on the warm machine,
-#                so a call cut at the 10-minute limit continues where it stopped when made again.
+#                so a call cut at the 10-minute limit continues where it stopped when made again at once.
 # The moonshot's reject option (robust-margin: 5 passes a score) on the robust model, in its own folder:
 #                DETECTORS=robust-margin EPS=8/255 TAG=-robust-margin bash scripts/device_adaptive.sh cifar10-resnet10-robust
 # Imagenette's robust model (every detector; on the CPU only the energy detector's run was affordable): first the
-#                two `stage` calls of scripts/device_imagenette.sh (they put the archive together in ~/robgen-data),
-#                then  DATA=imagenette ROBGEN_DATA=$HOME/robgen-data EPS=4/255,64/255 BATCH=250 \
+#                three `stage` calls of scripts/device_imagenette.sh (they put the archive together in ~/robgen-data),
+#                with  bash scripts/device_tree.sh hide checkpoints/cifar10-* checkpoints/imagenette-resnet10-standard*
+#                checkpoints/imagenette-resnet10-quasirobust results examples  (so that the model's checkpoint travels
+#                beside a 42 MB part), then  DATA=imagenette ROBGEN_DATA=$HOME/robgen-data EPS=4/255,64/255 BATCH=250 \
 #                      bash scripts/device_adaptive.sh imagenette-resnet10-robust
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
 #                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
 #
 # Estimated cost (python -m robgen adaptive --estimate-only): per CIFAR-10 model and eps, about 8.6 million
-# forward+backward image-passes at most (7 suites: 6 detectors and the detector off). $OUT gets, per model, the
-# folder `python -m robgen adaptive` writes (results.json, results.md, adaptive_dara.png, detectors/), without
-# its stages: copy each to results/adaptive/<model>/ here. Imagenette models (DATA=imagenette) need the
+# forward+backward image-passes at most (7 suites: 6 detectors and the detector off), 25.9 million for the default
+# three eps: name one model per call. $OUT gets, per model, adaptive-<model>.tar.gz: what `python -m robgen
+# adaptive` writes (results.json, results.md, adaptive_dara.png, detectors/), without its stages; unpack each into
+# results/adaptive/<model>/ here. The stages stay on the machine only while it is warm (a short while after each
+# call): a call cut at its limit continues only if the next call follows at once. Imagenette models (DATA=imagenette) need the
 # Imagenette archive: see scripts/device_imagenette.sh for how it travels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,8 +54,9 @@ for model in "${MODELS[@]}"; do
             --eps "$EPS" --limit "$LIMIT" --steps "$STEPS" --restarts "$RESTARTS" --batch-size "$BATCH" \
             --out "$run" > "$OUT/adaptive-$model${TAG:-}.log" 2>&1 || { tail -n 20 "$OUT/adaptive-$model${TAG:-}.log"; exit 1; }
     fi
-    mkdir -p "$OUT/adaptive/$model${TAG:-}"
-    cp -r "$run"/results.json "$run"/results.md "$run"/adaptive_dara.png "$run"/detectors "$OUT/adaptive/$model${TAG:-}/"
+    # one archive per model: a call brings back at most 8 files, none deeper than $OUT/a/b/ (detectors/ has one per
+    # detector); unpack here with  mkdir -p results/adaptive/M && tar xzf adaptive-M.tar.gz -C results/adaptive/M
+    tar czf "$OUT/adaptive-$model${TAG:-}.tar.gz" -C "$run" results.json results.md adaptive_dara.png detectors
     tail -n 12 "$OUT/adaptive-$model${TAG:-}.log" 2>/dev/null || true
 done
-ls -la "$OUT/adaptive"
+ls -la "$OUT"

@@ -5,7 +5,9 @@
 #
 # Here (once):   mkdir -p .device-data && cp ../shared/data/cifar10-imagefolder.tar.gz .device-data/
 #                (.device-data/ is git-ignored; name it in the device tool's `carry`)
-#                bash scripts/device_tree.sh hide    # the tracked tree alone is over the 64 MiB a call carries;
+#                bash scripts/device_tree.sh hide checkpoints results examples   # the tracked tree alone is over
+#                                                    # the 64 MiB a call carries, and this reads no checkpoint (a
+#                                                    # resumed run's folder travels beside the archive then);
 #                                                    # `restore` after the calls, before any commit
 # There, in one call (a lease is 15 minutes of device time, a call at most 10):
 #                TRAIN_SECONDS=360 MEASURE_SECONDS=140 bash scripts/device_cifar10.sh
@@ -75,12 +77,16 @@ wait_all() {
 if [ "$STAGE" = train ] || [ "$STAGE" = all ]; then
     jobs=() per_run=$(( WORKERS / $(wc -w <<< "$WIDTHS") ))
     for width in $WIDTHS; do
-        run=$(run_dir "$width") resume=()
-        if [ -e "$run/trainer_state.pt" ]; then resume=(--resume); fi
+        run=$(run_dir "$width") resume=() workers=$per_run
+        if [ -e "$run/trainer_state.pt" ]; then  # a resumed run keeps the loader workers it was started with
+            resume=(--resume)
+            workers=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['training']['config']['workers'])" \
+                      "$run/config.json")
+        fi
         limited "$TRAIN_SECONDS" $PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_cifar \
             --width "$width" --mode standard --optimizer adam --lr 1e-3 --weight-decay 5e-4 --batch-size 64 \
             --schedule multistep --milestones "$MILESTONES" --augment "$AUGMENT" --epochs "$EPOCHS" \
-            --snapshot-every "$EVERY" --eval-steps 2 --workers "$per_run" --out "$run" "${resume[@]}" "${EXTRA[@]}" \
+            --snapshot-every "$EVERY" --eval-steps 2 --workers "$workers" --out "$run" "${resume[@]}" "${EXTRA[@]}" \
             > "$WORK/train-w$width.log" 2>&1 &
         jobs+=($!)
     done
@@ -99,6 +105,7 @@ if [ "$STAGE" = measure ] || [ "$STAGE" = all ]; then
         rows=(--row "official recipe$TAG/w$width, epoch $done_epochs of $EPOCHS=$run"
               --pixels "pixels/w$width official recipe$TAG, epoch $done_epochs=$run")
         for snapshot in "$run"/epochs/epoch-*; do
+            [ -e "$snapshot" ] || continue  # no snapshot yet (cut before its 10th epoch, or carried without them)
             epoch=$((10#${snapshot##*-}))
             if [ "$epoch" -ne "$done_epochs" ]; then
                 rows+=(--row "official recipe$TAG/w$width, epoch $epoch of $EPOCHS=$snapshot")

@@ -15,7 +15,8 @@
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_flips.sh   (2 tiny epochs, 64 images)
 #
 # Back in $OUT: the probe's output per model (flips-*.txt), the training log, and the model (model.tar.gz, about
-# 5 MB at width 32): unpack it under runs/ here to attack it with `python -m robgen adaptive --detector robust-margin`.
+# 5 MB at width 32; its paths start with runs/): unpack it in the repository root here (tar xzf model.tar.gz) to
+# attack it with `python -m robgen adaptive --detector robust-margin`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
@@ -37,14 +38,17 @@ train=($PY -m robgen train --data cifar10 --data-root "$DATA" --arch resnet10_ci
        "${beta[@]}" --eps 8/255 --attack-steps "$ATTACK_STEPS" --epochs "$EPOCHS" --lr 0.02
        --batch-size 128 --schedule onecycle --val-size 5000 --out "$RUN" "${resume[@]}" "${EXTRA[@]}")
 if [ "$TRAIN_SECONDS" -gt 0 ]; then
-    timeout --signal=INT --kill-after=15 "$TRAIN_SECONDS" "${train[@]}" > "$OUT/train.log" 2>&1 || [ $? -eq 124 ]
+    # 124: stopped at its time limit (137: killed after the grace), not a failure: the probes measure what it has
+    status=0
+    timeout --signal=INT --kill-after=15 "$TRAIN_SECONDS" "${train[@]}" > "$OUT/train.log" 2>&1 || status=$?
+    [ "$status" -eq 0 ] || [ "$status" -eq 124 ] || [ "$status" -eq 137 ] || { tail -n 20 "$OUT/train.log"; exit "$status"; }
 else
     "${train[@]}" > "$OUT/train.log" 2>&1
 fi
 tail -n 3 "$OUT/train.log"
 for model in "$RUN" cifar10-resnet10-robust; do
     $PY scripts/probe_robust_margin_flips.py --model "$model" --val "$VAL" --test "$TEST" --radii 1/255,2/255,4/255 \
-        --device "${DEVICE:-cuda}" | tee "$OUT/flips-$(basename "$model").txt"
+        --device "${DEVICE:-$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}" | tee "$OUT/flips-$(basename "$model").txt"
 done
 tar czf "$OUT/model.tar.gz" "$RUN"/config.json "$RUN"/model.safetensors "$RUN"/log.jsonl
 ls -la "$OUT"

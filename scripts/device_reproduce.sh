@@ -8,13 +8,19 @@
 #                bash scripts/device_tree.sh hide    # the tracked tree alone is over the 64 MiB a call carries;
 #                                                    # `restore` after the calls, before any commit
 #                A model that is not shipped yet (a run in runs/): name its folder in `carry` too.
+#                APGD-CE comes from torchattacks, which the lent machines lack: bring its wheel once,
+#                python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl torchattacks==3.5.1
+#                (.whl/ is git-ignored), name .whl in `carry`, and begin the command with
+#                python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
 # There:         bash scripts/device_reproduce.sh [MODEL]      # default: cifar10-resnet10-standard
 #                The run keeps its finished attacks in runs/reproduce/<model>/.stages on the warm machine, so a
 #                call cut at the 10-minute limit continues where it stopped when made again.
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_reproduce.sh
 #                (the whole flow on 64 images and 3 attack steps: a few minutes on the CPU)
 #
-# $OUT gets reproduce/<model>/ (results.json, results.md, the figures), without the stages: copy it to
+# Imagenette (DATA=imagenette): first the `stage` calls of scripts/device_imagenette.sh, then
+#                DATA=imagenette ROBGEN_DATA=$HOME/robgen-data bash scripts/device_reproduce.sh imagenette-resnet10-standard
+# $OUT gets reproduce-<model>.tar.gz (results.json, results.md, the figures), without the stages: unpack it into
 # results/cifar10/ (or results/imagenette/) here when the model is the one the folder is about.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +36,7 @@ if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
     tar xzf .device-data/cifar10-imagefolder.tar.gz -C "$DATA_ROOT"
 fi
 PY=${PYTHON:-python3}
+$PY -c "import torchattacks" 2>/dev/null || { echo "torchattacks is missing (the default attacks' APGD-CE needs it): see this script's header" >&2; exit 1; }
 name=$(basename "$MODEL")
 run="$RUNS/$name"  # a smoke run's folder is its own: never taken for a finished real run
 log="$OUT/reproduce-$name.log"
@@ -37,7 +44,7 @@ if [ -e "$run/results.json" ]; then echo "$MODEL: done before"; else
     $PY -m robgen reproduce --model "$MODEL" --data "$DATA" --data-root "$DATA_ROOT" --batch-size "$BATCH" \
         "${EXTRA[@]}" --out "$run" > "$log" 2>&1 || { tail -n 20 "$log"; exit 1; }
 fi
-mkdir -p "$OUT/reproduce/$name"
-find "$run" -maxdepth 1 -type f -exec cp {} "$OUT/reproduce/$name/" \;
+# one archive (a call brings back at most 8 files): unpack here with  tar xzf reproduce-<model>.tar.gz -C results/cifar10
+find "$run" -maxdepth 1 -type f -printf '%f\n' | tar czf "$OUT/reproduce-$name.tar.gz" -C "$run" -T -
 tail -n 12 "$log" 2>/dev/null || true
-ls -la "$OUT/reproduce/$name"
+ls -la "$OUT"

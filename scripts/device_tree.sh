@@ -32,8 +32,15 @@ hide)
     echo "DO NOT COMMIT until: bash $0 restore"
     ;;
 restore)
-    if [ -e "$EXCLUDE" ]; then sed -i "/^$BEGIN\$/,/^$END\$/d" "$EXCLUDE"; fi
-    git reset -q
+    hidden=()  # the paths `hide` took out, from between its marker lines: only they go back into the index, so
+    # that a change the user had staged stays staged
+    if [ -e "$EXCLUDE" ]; then
+        while IFS= read -r line; do
+            line=${line#/}; hidden+=("${line%/}")
+        done < <(sed -n "/^$BEGIN\$/,/^$END\$/p" "$EXCLUDE" | sed '1d;$d')
+        sed -i "/^$BEGIN\$/,/^$END\$/d" "$EXCLUDE"
+    fi
+    if [ ${#hidden[@]} -gt 0 ]; then git reset -q -- "${hidden[@]}"; fi
     git status --short | head -n 5
     ;;
 *)

@@ -1109,3 +1109,18 @@ def test_a_run_read_again_refuses_a_model_whose_weights_changed_since(tmp_path):
         load_run({"model": str(folder), "data": "cifar10", "model_fingerprint": "0" * 64})
     model = robgen.load_model(folder)
     assert model_fingerprint(model) != "0" * 64
+
+
+def test_a_run_made_on_another_machine_is_read_under_this_machines_data_root(tmp_path, monkeypatch):
+    """A lent GPU's run records its checkout's data root, which is not here: the scripts read the named data set
+    under the default root then (its recorded split still checks the images)."""
+    import robgen
+    from robgen.experiments import adaptive as experiment
+    from tests.conftest import tiny_model
+
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "model")
+    asked = []
+    monkeypatch.setattr(experiment, "detection_splits", lambda model, data, data_root=None: asked.append(data_root))
+    experiment.load_run({"model": str(folder), "data": "cifar10", "data_root": str(tmp_path / "elsewhere")})
+    experiment.load_run({"model": str(folder), "data": "cifar10", "data_root": str(tmp_path)})
+    assert asked == [None, str(tmp_path)]

@@ -151,7 +151,7 @@ class AdaptiveSettings:
 def load_run(results: Mapping[str, Any]):
     """(model in eval mode, splits) of a finished run, from its results.json: the model it names, refused if its
     weights are not the ones the run recorded, and the data under the data root it ran on (runs since 2026-12-06
-    record both; an older one is read under the default root, unchecked). For the scripts that attack a run's
+    record both; an older one, or one whose root is not on this machine, is read under the default root). For the scripts that attack a run's
     images again (scripts/check_dara_independently.py, scripts/probe_attack_on_defended.py)."""
     import robgen
 
@@ -160,7 +160,11 @@ def load_run(results: Mapping[str, Any]):
     if recorded is not None and model_fingerprint(model) != recorded:
         raise ValueError(f"{results['model']} now has other weights than the run attacked ({recorded[:12]}…): its "
                          "detectors and images belong to those; run the adaptive evaluation again")
-    return model, detection_splits(model, results["data"], data_root=results.get("data_root"))
+    root = results.get("data_root")
+    if root is not None and not Path(root).exists():  # made on another machine (a lent GPU's checkout): the same
+        logger.warning("the run's data root %s is not here: reading %s under the default one", root, results["data"])
+        root = None  # named data set under this machine's default root, which its recorded split then checks
+    return model, detection_splits(model, results["data"], data_root=root)
 
 
 def require_validation_split(spec, data) -> None:
