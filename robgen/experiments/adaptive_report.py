@@ -7,12 +7,19 @@ intervals), the bare model's robust accuracy under the same suite, and the sanit
 Carlini et al. (2019, "On evaluating adversarial robustness"), kept as data:
 
 - the detector switched off gives the bare model's robust accuracy, image for image (the bare
-  model's number comes from the model re-run on every attack's points, not through the detector);
-- DARA (and the bare robust accuracy) does not rise with eps;
+  model's number comes from the model's logits at every attack's points, not through the detector: a check of
+  the bookkeeping, which cannot catch a weak suite, hence the next one);
+- with the detector off, the adaptive attacks alone find what the non-adaptive references (plain PGD and HE-PGD
+  on the bare model) find: their robust accuracy lies inside the references' interval or below;
+- a detector that reads only the logits, on a standard model, falls to about its FPR: DARA at most the bare
+  model's robust accuracy (its upper bound) plus the target FPR;
+- DARA (and the bare robust accuracy) does not rise with eps, each eps's suite alone (the DARA reported at an eps
+  counts the evasions every smaller eps found, `with_smaller_eps`, and so cannot rise);
 - at a large eps (LARGE_EPS or more) DARA is near 0 (at most NEAR_ZERO);
 - the attacks have converged: their last restart lowers DARA by no more than noise (the DARA of one
   restart fewer lies inside the full run's 95% interval). `dara_by_restarts` is exact, not a rerun: a run
-  with r restarts is the first r restarts of this one (same draws, and later restarts only add evasions).
+  with r restarts is the first r restarts of this one (same draws, and later restarts only add evasions);
+  with --skip-evaded it is an upper bound, and the check also reads a lower one ("not known" between them).
 
 A failed check is flagged at the top of results.md.
 """
@@ -243,9 +250,10 @@ def sanity_checks(rows: List[dict], bare: List[dict], off_equal: Dict[float, Tup
         robust = next(entry["robust_accuracy"] for entry in bare if entry["eps"] == row["eps"])
         subject = f"{row['detector']} at {eps_label(row['eps'])}"
         if not standard or target_fpr is None:
+            why = ("the model's training mode is not recorded" if standard is None else
+                   "the model is not a standard one" if not standard else "no target FPR")
             checks.append({"check": "a detector of the logits alone on a standard model is driven to about its FPR",
-                           "subject": subject, "passed": None,
-                           "detail": "not run: the model is not a standard one" if not standard else "not run"})
+                           "subject": subject, "passed": None, "detail": f"not run: {why}"})
             continue
         ceiling = robust["ci"][1] + target_fpr
         passed = row["dara"]["rate"] <= ceiling
