@@ -734,6 +734,7 @@ def test_a_half_precision_model_is_attacked_with_float32_iterates(dtype):
     to 3e-3. Now the iterates are float32 (the model runs on them cast to its type), and the attack finds what it
     finds on the float32 model."""
     from robgen.attacks import PGD
+    from robgen.attacks.apgd import APGD
 
     found = {}
     for kind in (torch.float32, dtype):
@@ -749,4 +750,6 @@ def test_a_half_precision_model_is_attacked_with_float32_iterates(dtype):
         points = PGD(model, eps=8 / 255, steps=20)(x, y)
         assert points.dtype == torch.float32 and float((points - x).abs().max()) <= 8 / 255 + 1e-6
         assert float((points != x).float().mean()) > 0.9  # the steps move the pixels
+        points = APGD(model, eps=8 / 255, steps=5)(x, y)  # torchattacks' loss went through numpy: no bfloat16 there
+        assert float((points - x).abs().max()) <= 8 / 255 + 1e-6
     assert found[torch.float32] > 0 and abs(found[dtype] - found[torch.float32]) <= 2, found

@@ -52,14 +52,16 @@ def working_dtype(model: torch.nn.Module) -> torch.dtype:
 
 class CastInputs(torch.nn.Module):
     """`network` run on its inputs cast to `dtype` (the model's), so that an attack keeps its iterates in
-    `working_dtype` and its gradient comes back in that type."""
+    `working_dtype` and its gradient comes back in that type; its outputs come back in the inputs' type too (the
+    same values, widened: torchattacks' APGD reads its losses through numpy, which has no bfloat16)."""
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.network, self.dtype = network, dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.to(self.dtype))
+        out = self.network(x.to(self.dtype))
+        return out.to(x.dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
 
 def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_size: bool = False,
