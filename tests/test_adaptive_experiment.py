@@ -319,6 +319,19 @@ def foreign_detector(unrecorded, tmp_path_factory):
     return option.save(tmp_path_factory.mktemp("foreign") / "reject-energy.json")
 
 
+@pytest.fixture
+def unfitted_detector(checkpoint, tmp_path):
+    """A reject option for the checkpoint whose saved thresholds were edited to null."""
+    model = robgen.load_model(checkpoint)
+    option = make_reject_option("band").calibrate(model, torch.rand(
+        20, *model.spec.input_size, generator=torch.Generator().manual_seed(0)))
+    path = option.save(tmp_path / "reject-band.json")
+    data = json.loads(path.read_text())
+    data["thresholds"] = {"lo": None, "hi": None}
+    path.write_text(json.dumps(data))
+    return path
+
+
 @pytest.mark.parametrize("change, says", [
     ({"--detector": "energy,lid"}, "unknown detector 'lid': choose from energy, band, class-energy, multi-t, "
                                    "mahalanobis"),
@@ -332,6 +345,7 @@ def foreign_detector(unrecorded, tmp_path_factory):
     ({"--target-fpr": "1"}, "--target-fpr must be in (0, 1)"),
     ({"--model": "UNRECORDED"}, "records no validation split held out of"),
     ({"--detector-file": "FOREIGN"}, "calibrated for another model"),
+    ({"--detector-file": "UNFITTED"}, "is not a saved reject option"),  # null thresholds, hand-edited
     ({"--radius": "1/255"}, "--radius sets robust-margin, which this run does not name (--detector "
                             "energy,mahalanobis)"),
     ({"--temperature": "2", "--detector": "mahalanobis"}, "--temperature sets energy, band or energy-gap, which"),
@@ -344,10 +358,11 @@ def foreign_detector(unrecorded, tmp_path_factory):
     ({"--limit": "0"}, "--limit must be >= 1"),
 ])
 def test_bad_input_is_refused_before_any_work(checkpoint, toy_data, tmp_path, capsys, no_work, unrecorded,
-                                              foreign_detector, change, says):
+                                              foreign_detector, unfitted_detector, change, says):
     args = command(checkpoint, toy_data, tmp_path / "out")
     for flag, value in change.items():
-        value = {"UNRECORDED": str(unrecorded), "FOREIGN": str(foreign_detector)}.get(value, value)
+        value = {"UNRECORDED": str(unrecorded), "FOREIGN": str(foreign_detector),
+                 "UNFITTED": str(unfitted_detector)}.get(value, value)
         if flag in args:
             args[args.index(flag) + 1] = value
         else:

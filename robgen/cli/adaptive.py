@@ -146,8 +146,7 @@ def _detector_files(paths: List[str], model, kinds: Tuple[str, ...]) -> list:
     for path in paths:
         try:
             option = RejectOption.load(path, model=model)
-            option._require_fit()  # a hand-edited file with null thresholds: refused here, not after the estimate
-        except (ValueError, RuntimeError) as error:
+        except ValueError as error:
             raise UsageError(f"--detector-file {path}: {error}") from None
         if option.kind in kinds or option.kind in [o.kind for o in options]:
             raise UsageError(f"--detector-file {path} is a {option.kind!r} detector, which is already named: "
@@ -186,8 +185,8 @@ def command_adaptive(args) -> int:
                                  settings.detector_settings)
     estimate = estimate_passes(
         settings, settings.limit, len(splits.validation),
-        min(settings.reference_size, len(splits.train)) if "mahalanobis" in keywords["detectors"] else 0,
-        shares_references(profiles),  # the reference images the run takes (fewer where the folder has fewer)
+        settings.reference_images(len(splits.train)) if "mahalanobis" in keywords["detectors"] else 0,
+        shares_references(profiles),
         {name: option.passes_per_score for name, option in profiles.items()})
     if distributed.is_main():
         print(f"estimate: {estimate['forward_backward_passes']:,} forward+backward and {estimate['forward_passes']:,} "

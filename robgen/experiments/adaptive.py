@@ -51,6 +51,7 @@ from ..detection.dara import eps_label
 from ..detection.defended import DefendedClassifier
 from ..detection.reject import KINDS, CallableReject, RejectOption, make_reject_option
 from ..files import write_atomically
+from ..models.loading import load_model
 from ..models.state import model_device
 from ..progress import step_reporter
 from . import stages as stage_files
@@ -147,15 +148,19 @@ class AdaptiveSettings:
         judged for the DARA, their final points for the bare model's accuracy there and the detection rate."""
         return tuple(name for name in self.attacks if name not in ADAPTIVE)
 
+    def reference_images(self, n_train: int) -> int:
+        """How many clean training images Mahalanobis's class statistics take: `reference_size`, fewer where the
+        training split has fewer."""
+        return min(self.reference_size, n_train)
+
 
 def load_run(results: Mapping[str, Any]):
     """(model in eval mode, splits) of a finished run, from its results.json: the model it names, refused if its
     weights are not the ones the run recorded, and the data under the data root it ran on (runs since 2026-12-06
-    record both; an older one, or one whose root is not on this machine, is read under the default root). For the scripts that attack a run's
-    images again (scripts/check_dara_independently.py, scripts/probe_attack_on_defended.py)."""
-    import robgen
-
-    model = robgen.load_model(results["model"]).eval()
+    record both; an older one, or one whose root is not on this machine, is read under the default root). For
+    the scripts that attack a run's images again (scripts/check_dara_independently.py,
+    scripts/probe_attack_on_defended.py)."""
+    model = load_model(results["model"]).eval()
     recorded = results.get("model_fingerprint")
     if recorded is not None and model_fingerprint(model) != recorded:
         raise ValueError(f"{results['model']} now has other weights than the run attacked ({recorded[:12]}…): its "
@@ -330,8 +335,7 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
             options[name] = option
             continue
         if option.needs_features:  # Mahalanobis: class statistics of clean training images outside validation
-            size = min(settings.reference_size, len(splits.train))
-            reference = datasets.first(splits.train, size, "training split")
+            reference = datasets.first(splits.train, settings.reference_images(len(splits.train)), "training split")
             ref = model_outputs(model, datasets.make_loader(reference, settings.batch_size), features=True,
                                 progress=False)
             option.fit_reference(ref.features, ref.labels, validation.logits.shape[1], model=model)
@@ -495,7 +499,7 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     started = time.perf_counter()
     splits = detection_splits(model, data, data_root=data_root, download=download)  # the split training held out
     x, y = datasets.load_tensors(datasets.first(splits.test, settings.limit, "test split"))
-    n_reference = min(settings.reference_size, len(splits.train)) if "mahalanobis" in set(names) - set(given) else 0
+    n_reference = settings.reference_images(len(splits.train)) if "mahalanobis" in set(names) - set(given) else 0
     estimate = estimate_passes(settings, len(x), len(splits.validation), n_reference, shares_references(profiles),
                                {name: option.passes_per_score for name, option in profiles.items()})
     logger.info("adaptive evaluation: at most %s forward+backward and %s forward image-passes (%d suites of %d "
