@@ -1048,10 +1048,24 @@ def test_images_replaced_in_place_are_not_read_back_as_this_runs(finished, check
     assert "holds the finished stages of another run" in capsys.readouterr().err
 
 
+def _threshold_on_image(option, values, i):
+    """Move `option`'s threshold(s) onto image i's own statistic (score exactly 0, accepted): calibration sets
+    them halfway between two images, so a tie has to be made."""
+    if option.kind in ("energy", "class-energy"):
+        option.tau = float(values[i])
+    elif option.kind == "energy-gap":
+        option.threshold = float(values[i])
+    elif option.kind == "band":
+        option.lo, option.hi = float(values[i]), float(values[i]) + 1
+    elif option.kind == "multi-t":
+        option.taus = [float(v) for v in values[i]]
+    return option
+
+
 def test_the_references_judge_a_float64_models_points_as_the_defended_classifier_does():
     """The references' judge rounded a float64 model's logits to float32 before scoring them, while the
-    calibration and every adaptive attack's verdict read them whole: at the images the thresholds sit on
-    (score exactly 0, accepted) it rejected a mistake the defended classifier accepts."""
+    calibration and every adaptive attack's verdict read them whole: at an image a threshold sits on (score
+    exactly 0, accepted) it rejected a mistake the defended classifier accepts."""
     from robgen.detection.defended import DefendedClassifier
     from robgen.experiments.adaptive_suite import _EveryPoint
     from robgen.experiments.pipeline import model_outputs, tensor_batches
@@ -1060,19 +1074,17 @@ def test_the_references_judge_a_float64_models_points_as_the_defended_classifier
     g = torch.Generator().manual_seed(5)
     x, y = torch.rand(200, 3, 32, 32, generator=g).double(), torch.randint(0, 10, (200,), generator=g)
     validation = model_outputs(model, tensor_batches(x, y, 50), progress=False)
-    edges = 0
     for kind in ("energy", "band", "class-energy", "multi-t", "energy-gap"):
         option = make_reject_option(kind, target_fpr=0.05).fit(validation.logits, model=model)
-        with torch.no_grad():
-            logits, score = DefendedClassifier(model, option).outputs(x)
-        edge = (score == 0).nonzero()[:, 0]  # the images a threshold sits on
-        edges += len(edge)
-        wrong = (logits[edge].argmax(1) + 1) % 10  # labels that make those points mistakes
-        with torch.no_grad():  # the same batch both ways (another batch moves float64 logits by 1e-16)
-            _, at_edge = DefendedClassifier(model, option).outputs(x[edge])
-        _, scores = _EveryPoint(model, {kind: option}, wrong)(x[edge])
-        assert torch.equal(scores[kind] <= 0, at_edge <= 0), kind
-    assert edges > 0, "some threshold sits on an image, so the comparison tests a tie"
+        for i in range(0, 200, 7):  # 29 images, one tie each
+            with torch.no_grad():  # the statistic from a batch of one, as the two judges below read it
+                _threshold_on_image(option, option.values(model(x[i:i + 1])), 0)
+            with torch.no_grad():  # the same batch both ways (another batch moves float64 logits by 1e-16)
+                logits, at_edge = DefendedClassifier(model, option).outputs(x[i:i + 1])
+            assert float(at_edge) == 0, kind  # the tie is there, so the comparison below tests it
+            wrong = (logits.argmax(1) + 1) % 10  # a label that makes the point a mistake
+            _, scores = _EveryPoint(model, {kind: option}, wrong)(x[i:i + 1])
+            assert torch.equal(scores[kind] <= 0, at_edge <= 0), kind
 
 
 def test_an_adaptive_attack_makes_no_more_model_passes_than_the_estimate_allows():

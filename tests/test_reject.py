@@ -52,6 +52,21 @@ def test_thresholds_never_exceed_the_budget_with_ties():
     assert int((values > upper_threshold(values, 0.15)).sum()) == 10  # the whole tie block of 9 fits in 15
 
 
+@pytest.mark.parametrize("kind", ["energy", "band", "multi-t", "energy-gap"])
+def test_thresholds_sit_between_calibration_values_so_last_bit_noise_moves_no_image(kind):
+    """A threshold on a calibration value rejected that image as soon as a recomputation (another batch size,
+    another device) came out a few ulps higher: one more than the budget. Halfway to the next value, it holds."""
+    logits = torch.randn(400, 10, generator=torch.Generator().manual_seed(5)) * 3
+    option = fitted(kind, logits)
+    rejected = option.rejects(logits)
+    assert int(rejected.sum()) == allowed_rejections(400, 0.05)  # continuous values: the whole budget
+    for sign in (1, -1):
+        nudged = logits * (1 + sign * 1e-6)  # every statistic moves by far less than the gap to its neighbours
+        assert torch.equal(option.rejects(nudged), rejected)
+    score = option.score_from(logits)
+    assert (score.abs() > 0).all()  # no calibration image sits on a threshold
+
+
 def test_energy_threshold_on_a_known_distribution_is_its_quantile():
     # E(x) of logits [a, 0] with a -> -inf is ~0 - log(1 + e^a); simpler: feed the statistic directly.
     energies = torch.randn(20000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -541,8 +556,8 @@ def test_a_nan_score_is_rejected_by_every_part_that_asks(small):
 def test_a_target_fpr_just_below_one_keeps_one_validation_value_accepted(fpr):
     values = torch.arange(1000, dtype=torch.float64)
     assert allowed_rejections(1000, fpr) == 999 and allowed_rejections(1, fpr) == 0
-    assert upper_threshold(values, fpr) == 0.0  # rejects v > 0: 999 of 1000, not none
-    assert lower_threshold(values, fpr) == 999.0  # rejects v < 999
+    assert upper_threshold(values, fpr) == 0.5  # rejects v > 0.5: 999 of 1000, not none
+    assert lower_threshold(values, fpr) == 998.5  # rejects v < 998.5
 
 
 @pytest.mark.parametrize("kind", ["energy", "mahalanobis", "robust-margin"])

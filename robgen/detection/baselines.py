@@ -101,7 +101,9 @@ class MahalanobisScorer:
         # A ridge, not Lee et al.'s pseudo-inverse: a direction the references never span then counts heavily
         # instead of not at all (the shipped models' covariances have full rank, smallest eigenvalue ~1e4 x ridge)
         covariance += ridge * torch.eye(len(covariance), dtype=covariance.dtype)
-        self.means, self.precision = means, torch.linalg.inv(covariance)
+        # contiguous: linalg.inv gives a column-major matrix, and the scores a saved scorer computes from its
+        # row-major copy then differed in the last bits from the fitted one's
+        self.means, self.precision = means.contiguous(), torch.linalg.inv(covariance).contiguous()
         return self
 
     def score(self, features: torch.Tensor) -> torch.Tensor:

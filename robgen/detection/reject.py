@@ -26,10 +26,12 @@ penultimate features of clean *training* images).
 Calibration (the rule of Tramèr, Carlini, Brendel & Madry 2020, "On adaptive attacks to adversarial
 example defenses": fix the threshold on clean held-out data, then attack): every threshold comes from
 the clean validation images alone, at a target false-positive rate α (default 5%). With n validation
-images, at most m = floor(α n) of them are rejected, exactly: the threshold is an order statistic of
-the clean statistic (no interpolation), and ties with it are accepted. For an upper threshold
-(reject s > t) t is the (n - m)-th smallest value; for a lower one (reject E < tau) tau is the
-(m + 1)-th smallest. The band spends floor(α n / 2) on its low tail and the rest on its high tail.
+images, at most m = floor(α n) of them are rejected, exactly: the threshold sits halfway between two
+adjacent order statistics of the clean statistic, and ties with the last accepted one are accepted. For an
+upper threshold (reject s > t) t lies between the (n - m)-th smallest value and the next; for a lower one
+(reject E < tau) tau lies between the m-th smallest and the (m + 1)-th. Halfway, not on a value: a score
+recomputed with another batch size or on another device differs in its last bits, and a threshold on a
+calibration value would then reject that image, one more than the budget. The band spends floor(α n / 2) on its low tail and the rest on its high tail.
 "multi-t" rejects the union over temperatures, so its per-temperature thresholds sit at a common
 level k (each alone would reject at most k) found by bisection as the largest k whose union still
 rejects at most m. The validation false-positive rate achieved, with its Wilson interval, is kept.
@@ -69,7 +71,8 @@ from ..models.state import eval_mode
 from .baselines import MahalanobisScorer, penultimate_features
 from .detector import TEMPERATURES, EnergyDetector
 from .reject_base import (  # noqa: F401  (re-exported: the public face of reject options is this module)
-    FORMAT, FORMAT_VERSION, RejectOption, allowed_rejections, lower_threshold, upper_threshold,
+    FORMAT, FORMAT_VERSION, RejectOption, accept_down_to, accept_up_to, allowed_rejections, lower_threshold,
+    upper_threshold,
 )
 
 __all__ = ["KINDS", "REJECT_OPTIONS", "RejectOption", "make_reject_option", "EnergyReject", "EnergyBandReject",
@@ -189,8 +192,8 @@ class EnergyBandReject(RejectOption):
         n = len(ordered)
         total = allowed_rejections(n, self.target_fpr)
         low = total // 2
-        self.lo = float(ordered[low])  # #{E < lo} <= low
-        self.hi = float(ordered[n - 1 - (total - low)])  # #{E > hi} <= total - low; lo <= hi as total <= n - 1
+        self.lo = accept_down_to(ordered, low)  # #{E < lo} <= low
+        self.hi = accept_up_to(ordered, n - 1 - (total - low))  # #{E > hi} <= total - low; lo <= hi as total <= n - 1
 
     def _score_from_values(self, values):
         return torch.maximum(self.lo - values, values - self.hi)
@@ -304,7 +307,7 @@ class RobustMarginReject(_HighStatisticReject):
 class MultiTemperatureReject(RejectOption):
     """Energies at several temperatures: reject when any E_t(x) < tau_t; score = max_t (tau_t - E_t(x)).
 
-    The taus sit at one common level k (tau_t is the (k + 1)-th smallest clean E_t, so each alone
+    The taus sit at one common level k (tau_t just below the (k + 1)-th smallest clean E_t, so each alone
     rejects at most k), with k the largest level at which the union rejects at most floor(α n)
     clean validation images, found by bisection (the union only grows with k).
     """
@@ -337,7 +340,7 @@ class MultiTemperatureReject(RejectOption):
             else:
                 high = middle - 1
         self.level = low
-        self.taus = [float(v) for v in ordered[low]]
+        self.taus = [accept_down_to(column, low) for column in ordered.T]  # the union rejects the same images
 
     def _score_from_values(self, values):
         taus = torch.tensor(self.taus, dtype=values.dtype, device=values.device)
@@ -485,7 +488,7 @@ class CallableReject(_HighStatisticReject):
 
     `on="input"`: `fn(x)` of the images (it may run its own networks); `on="logits"`: `fn(logits)` of
     the defended model's logits (no extra pass). Calibrated like the others: reject `fn > t`, t
-    the clean validation order statistic; score = fn - t. Saved with its threshold, its name and the
+    from the clean validation order statistics; score = fn - t. Saved with its threshold, its name and the
     fingerprint of the networks it runs; the function itself is passed again to
     `RejectOption.load(path, fn=...)`, which refuses one whose networks have other weights.
 

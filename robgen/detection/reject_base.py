@@ -2,7 +2,8 @@
 
 `RejectOption` is a detector as a calibrated, differentiable score (`score > 0` rejects): each kind defines its
 statistic and how thresholds come from clean validation values; this module does the rest: the exact
-order-statistic thresholds (at most floor(α n) clean validation images rejected), calibration on a model's
+order-statistic thresholds (at most floor(α n) clean validation images rejected, each threshold halfway
+between the last accepted value and the next), calibration on a model's
 outputs, the check that a reject option is used with the model it was calibrated on, and JSON.
 """
 
@@ -37,16 +38,35 @@ def allowed_rejections(n: int, target_fpr: float) -> int:
     return max(0, min(m, n - 1))
 
 
+def accept_up_to(ordered: torch.Tensor, i: int) -> float:
+    """A threshold t for `reject v > t` that accepts ordered[: i + 1] and rejects the rest of the ascending
+    `ordered`: halfway to the next value, so that a recomputation that differs in the last bits (another
+    batch size or device) cannot move a calibration image across it; ordered[i] itself when nothing is above."""
+    if i + 1 >= len(ordered):
+        return float(ordered[i])
+    return (float(ordered[i]) + float(ordered[i + 1])) / 2
+
+
+def accept_down_to(ordered: torch.Tensor, i: int) -> float:
+    """A threshold tau for `reject v < tau` that accepts ordered[i:] and rejects ordered[:i] (ascending):
+    halfway to the value below, as `accept_up_to`; ordered[0] itself when nothing is below."""
+    if i <= 0:
+        return float(ordered[0])
+    return (float(ordered[i - 1]) + float(ordered[i])) / 2
+
+
 def upper_threshold(values: torch.Tensor, target_fpr: float) -> float:
-    """The smallest order statistic t of `values` with #{v > t} <= floor(target_fpr · n): reject `v > t`."""
+    """t with #{v > t} <= floor(target_fpr · n), as few accepted as that allows: reject `v > t`. t lies halfway
+    between the largest accepted value and the next (`accept_up_to`)."""
     ordered = torch.sort(values.detach().flatten()).values
-    return float(ordered[len(ordered) - 1 - allowed_rejections(len(ordered), target_fpr)])
+    return accept_up_to(ordered, len(ordered) - 1 - allowed_rejections(len(ordered), target_fpr))
 
 
 def lower_threshold(values: torch.Tensor, target_fpr: float) -> float:
-    """The largest order statistic tau of `values` with #{v < tau} <= floor(target_fpr · n): reject `v < tau`."""
+    """tau with #{v < tau} <= floor(target_fpr · n), as few accepted as that allows: reject `v < tau`, halfway
+    between the smallest accepted value and the one below (`accept_down_to`)."""
     ordered = torch.sort(values.detach().flatten()).values
-    return float(ordered[allowed_rejections(len(ordered), target_fpr)])
+    return accept_down_to(ordered, allowed_rejections(len(ordered), target_fpr))
 
 
 def _check_fpr(target_fpr: float) -> float:
