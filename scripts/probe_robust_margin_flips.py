@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--per-class", action="store_true",
                         help="with --test: also thresholds per predicted class, each at 5%% of its validation images")
     parser.add_argument("--skip-guarantee", action="store_true",
-                        help="with --test: skip PGD at eps - rho (the guarantee's robust accuracy), half the attack time")
+                        help="with --test: skip PGD at eps - rho (the guarantee's robust accuracy), half the attacks")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     try:

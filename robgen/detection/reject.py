@@ -31,7 +31,8 @@ adjacent order statistics of the clean statistic, and ties with the last accepte
 upper threshold (reject s > t) t lies between the (n - m)-th smallest value and the next; for a lower one
 (reject E < tau) tau lies between the m-th smallest and the (m + 1)-th. Halfway, not on a value: a score
 recomputed with another batch size or on another device differs in its last bits, and a threshold on a
-calibration value would then reject that image, one more than the budget. The band spends floor(α n / 2) on its low tail and the rest on its high tail.
+calibration value would then reject that image, one more than the budget. The band spends floor(α n / 2)
+on its low tail and the rest on its high tail.
 "multi-t" rejects the union over temperatures, so its per-temperature thresholds sit at a common
 level k (each alone would reject at most k) found by bisection as the largest k whose union still
 rejects at most m. The validation false-positive rate achieved, with its Wilson interval, is kept.
