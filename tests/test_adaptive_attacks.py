@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from robgen.attacks import PGD, HighEnergyPGD
 from robgen.attacks.adaptive import (KPlusOneAPGD, KPlusOnePGD, KPlusOneTargetedAPGD, PenaltyPGD,
-                                     classification_margin, kplusone_dlr, kplusone_targeted_margin,
-                                     kplusone_margin)
+                                     classification_margin, kplusone_cross_entropy, kplusone_dlr,
+                                     kplusone_targeted_margin, kplusone_margin)
 from robgen.attacks.evasion import DefendedOutputs, EvasionTracker, Outputs
 from robgen.attacks.matching import LogitMatching
 from robgen.attacks.orthogonal import OrthogonalPGD, remove_component
@@ -207,6 +207,24 @@ def test_kplusone_margin_is_positive_exactly_where_misclassified_and_accepted():
     assert torch.equal(kplusone_margin(combined, labels) > 0, evades)
     assert torch.equal(kplusone_dlr(combined, labels) > 0, evades)
     assert torch.equal(classification_margin(logits, labels) > 0, logits.argmax(1) != labels)
+
+
+def test_kplusone_cross_entropy_is_the_plain_cross_entropy_while_the_detector_is_silent():
+    """It was log p of the best other class, a target that moves with the logits: with the detector off, (K+1)
+    APGD-CE then missed images of the robust CIFAR-10 model that plain PGD on the cross-entropy broke (4 of the
+    first 100, 2026-12-06). -log(p_y + p_K) is the plain cross-entropy whenever p_K = 0."""
+    g = seeded(4)
+    logits = torch.randn(200, 10, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 10, (200,), generator=g)
+    silent = torch.cat([logits, torch.full((200, 1), float("-inf"), dtype=torch.float64)], 1)
+    assert torch.allclose(kplusone_cross_entropy(silent, labels), F.cross_entropy(logits, labels, reduction="none"))
+    combined = torch.cat([logits, torch.randn(200, 1, generator=g, dtype=torch.float64) * 3], 1)
+    p = combined.softmax(1)
+    expected = -torch.log(p.gather(1, labels[:, None])[:, 0] + p[:, -1])
+    assert torch.allclose(kplusone_cross_entropy(combined, labels), expected)
+    louder = combined.clone()
+    louder[:, -1] += 1  # the detector leans further toward rejecting: the attacker's loss falls
+    assert (kplusone_cross_entropy(louder, labels) < kplusone_cross_entropy(combined, labels)).all()
 
 
 def test_kplusone_dlr_is_not_stuck_at_minus_one_when_the_label_and_the_detector_lead():

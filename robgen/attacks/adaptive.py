@@ -16,7 +16,7 @@ found (else the final iterate). Later restarts run only on the images not yet ev
 - `KPlusOnePGD`, `KPlusOneAPGD`: Carlini & Wagner (2017)'s (K + 1)-logit construction: the
   detector becomes an extra class K, and the attack drives the combined logits G to a class other
   than y *and* K. Objectives on G: the margin max_{j not in {y, K}} G_j - max(G_y, G_K)
-  (`kplusone_margin`, CW-like), log p(best other class) (`kplusone_cross_entropy`) and the margin
+  (`kplusone_margin`, CW-like), -log(p_y + p_K) (`kplusone_cross_entropy`) and the margin
   over Croce & Hein (2020)'s DLR scale (`kplusone_dlr`). PGD takes fixed steps, APGD its step-size
   schedule (robgen/engine/apgd.py). `KPlusOneTargetedAPGD`: APGD toward one other class per restart
   (the runner-up first), `kplusone_targeted_margin` G_t - max_{j != t} G_j.
@@ -60,9 +60,12 @@ def kplusone_margin(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def kplusone_cross_entropy(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p_o(G), o the best class other than y and K: minus the cross-entropy toward it (ascend it)."""
-    best_other = combined.masked_fill(_wrong_for_attacker(combined, labels), float("-inf")).argmax(1)
-    return torch.log_softmax(combined, 1).gather(1, best_other[:, None])[:, 0]
+    """-log(p_y(G) + p_K(G)): the cross-entropy of the two classes the attacker must avoid taken as one (ascend
+    it). With the detector silent (p_K = 0) it is the plain cross-entropy -log p_y, so that (K+1) APGD-CE
+    finds at least what APGD-CE on the bare model finds; log p of the best other class alone, a target that
+    moves as the logits do, missed images plain PGD on the cross-entropy broke."""
+    avoided = combined.masked_fill(~_wrong_for_attacker(combined, labels), float("-inf"))
+    return torch.logsumexp(combined, 1) - torch.logsumexp(avoided, 1)
 
 
 def kplusone_dlr(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -197,8 +200,8 @@ class AdaptiveAttack:
 class KPlusOnePGD(AdaptiveAttack):
     """PGD on the (K + 1) combined logits (Carlini & Wagner 2017): away from both y and the detector class.
 
-    `loss`: "margin" (max_{j not in {y, K}} G_j - max(G_y, G_K)), "ce" (log p of the best other
-    class) or "dlr" (the margin on DLR's scale).
+    `loss`: "margin" (max_{j not in {y, K}} G_j - max(G_y, G_K)), "ce" (-log(p_y + p_K), the
+    cross-entropy of y and K taken as one) or "dlr" (the margin on DLR's scale).
 
     Example:
         >>> attack = KPlusOnePGD(DefendedClassifier(model, reject), eps=8/255, steps=100, restarts=5, generator=g)
