@@ -62,8 +62,8 @@ def kplusone_margin(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 def kplusone_cross_entropy(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """-log(p_y(G) + p_K(G)): the cross-entropy of the two classes the attacker must avoid taken as one (ascend
     it). With the detector silent (p_K = 0) it is the plain cross-entropy -log p_y, so that (K+1) APGD-CE
-    finds at least what APGD-CE on the bare model finds; log p of the best other class alone, a target that
-    moves as the logits do, missed images plain PGD on the cross-entropy broke."""
+    climbs what APGD-CE on the bare model climbs; log p of the best other class alone, a target that moves
+    as the logits do, missed images plain PGD on the cross-entropy broke."""
     avoided = combined.masked_fill(~_wrong_for_attacker(combined, labels), float("-inf"))
     return torch.logsumexp(combined, 1) - torch.logsumexp(avoided, 1)
 
