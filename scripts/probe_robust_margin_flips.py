@@ -91,7 +91,8 @@ def main() -> None:
     print(f"{args.model}: {len(x)} validation images, clean accuracy {rate_text(correct)}")
     if args.test:
         test_x, test_y = (t.to(args.device) for t in datasets.load_tensors(test))
-        test_correct = outputs(model, test_x, args.batch_size).argmax(1) == test_y
+        test_logits = outputs(model, test_x, args.batch_size)
+        test_correct = test_logits.argmax(1) == test_y
         points = pgd_points(model, test_x, test_y, eps, args.batch_size)
         adv_logits = outputs(model, points, args.batch_size)
         succeeded = test_correct & (adv_logits.argmax(1) != test_y)
@@ -119,13 +120,12 @@ def main() -> None:
                   f"threshold {at_all:.3f}: {rate_text(caught > at_all)}", flush=True)
         if args.test and args.per_class:
             thresholds = per_class_thresholds(values, logits.argmax(1), logits.shape[1])
-            clean_test_logits = outputs(model, test_x, args.batch_size)
-            clean_test = statistic(option, model, test_x, clean_test_logits, args.batch_size)
+            clean_test = statistic(option, model, test_x, test_logits, args.batch_size)
             over = lambda v, predicted: v > thresholds[predicted]  # noqa: E731
             print(f"    per predicted class, 5% of each class's validation images: thresholds "
                   f"{', '.join(f'{t:.3f}' for t in thresholds.tolist())}; validation FPR "
                   f"{rate_text(over(values, logits.argmax(1)))}, clean test FPR "
-                  f"{rate_text(over(clean_test, clean_test_logits.argmax(1)))}; PGD's successes above their "
+                  f"{rate_text(over(clean_test, test_logits.argmax(1)))}; PGD's successes above their "
                   f"class's threshold: {rate_text(over(caught, adv_logits.argmax(1)[succeeded]))}", flush=True)
 
 

@@ -319,13 +319,13 @@ def foreign_detector(unrecorded, tmp_path_factory):
     return option.save(tmp_path_factory.mktemp("foreign") / "reject-energy.json")
 
 
-@pytest.fixture
-def unfitted_detector(checkpoint, tmp_path):
-    """A reject option for the checkpoint whose saved thresholds were edited to null."""
+@pytest.fixture(scope="module")
+def unfitted_detector(checkpoint, tmp_path_factory):
+    """A reject option for the checkpoint whose saved thresholds were edited to null (made once for the module)."""
     model = robgen.load_model(checkpoint)
     option = make_reject_option("band").calibrate(model, torch.rand(
         20, *model.spec.input_size, generator=torch.Generator().manual_seed(0)))
-    path = option.save(tmp_path / "reject-band.json")
+    path = option.save(tmp_path_factory.mktemp("unfitted") / "reject-band.json")
     data = json.loads(path.read_text())
     data["thresholds"] = {"lo": None, "hi": None}
     path.write_text(json.dumps(data))
