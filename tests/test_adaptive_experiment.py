@@ -510,16 +510,16 @@ def test_adaptive_attacks_weaker_than_plain_pgd_with_the_detector_off_and_a_logi
     rows = [{"detector": "energy", "eps": 8 / 255, "dara": _entry(6)}, {"detector": "off", "eps": 8 / 255,
                                                                          "dara": _entry(0)}]
     bare = [{"eps": 8 / 255, "robust_accuracy": _entry(0)}]
-    checks = sanity_checks(rows, bare, {8 / 255: (True, 0)}, {8 / 255: found}, ["energy"], True, 0.05)
+    checks = sanity_checks(rows, bare, {8 / 255: (True, 0)}, {8 / 255: found}, ["energy"], True, {"energy": 0.05})
     verdicts = {c["check"]: c["passed"] for c in checks}
     assert verdicts["with the detector off, the adaptive attacks find what plain attacks on the bare model find"] \
         is False
     assert verdicts["a detector of the logits alone on a standard model is driven to about its FPR"] is False
     rows[0]["dara"] = _entry(0)
     again = sanity_checks(rows, bare, {8 / 255: (True, 0)}, {8 / 255: adaptive_against_references(
-        ok, {**off, "k+1 pgd": stage([1] * 9 + [0])}, ["pgd (bare model)"])}, ["energy"], True, 0.05)
+        ok, {**off, "k+1 pgd": stage([1] * 9 + [0])}, ["pgd (bare model)"])}, ["energy"], True, {"energy": 0.05})
     assert all(c["passed"] is not False for c in again)
-    robust = sanity_checks(rows, bare, {8 / 255: (True, 0)}, None, ["energy"], False, 0.05)
+    robust = sanity_checks(rows, bare, {8 / 255: (True, 0)}, None, ["energy"], False, {"energy": 0.05})
     assert [c["passed"] for c in robust if "standard model" in c["check"]] == [None]
 
 
@@ -566,8 +566,60 @@ def test_the_restart_check_of_a_skip_evaded_run_is_not_a_false_alarm():
     assert [e["count"] for e in row["dara_by_restarts_floor"]] == [30, 30]
     check = convergence_checks([row])[0]
     assert check["passed"] is None and "not known" in check["detail"]
-    row["dara_by_restarts_floor"] = [row["dara_by_restarts_floor"][0] | {"rate": 0.4}, row["dara_by_restarts"][1]]
+    row["dara_by_restarts_floor"] = [row["dara_by_restarts_floor"][0] | {"rate": 0.4, "count": 40},
+                                     row["dara_by_restarts"][1]]
     assert convergence_checks([row])[0]["passed"] is False  # even the floor lies above: the last restart mattered
+
+
+def test_the_paired_checks_count_the_images_one_side_broke_not_two_intervals():
+    """The restart curve and the detector-off comparison are on the same images, so the images the last restart
+    (or only the references) broke are counted, not sampling noise: 1% of the test images, at least one, may go. An
+    interval over test images let a 500-image run's last restart break 20 images (170 -> 150 defended) and pass,
+    and 9 of 100 images broken by the references alone pass."""
+    from robgen.experiments.adaptive_report import adaptive_against_references, noise_images
+
+    def curve(*counts, n=500):
+        return [_entry(count, n) for count in counts]
+
+    assert (noise_images(500), noise_images(100), noise_images(20)) == (5, 1, 1)
+    rows = [{"detector": "energy", "eps": 8 / 255, "dara_by_restarts": curve(180, 170, 150)},
+            {"detector": "band", "eps": 8 / 255, "dara_by_restarts": curve(180, 155, 150)},
+            {"detector": "off", "eps": 8 / 255, "dara_by_restarts": curve(180, 156, 150)}]
+    checks = {check["subject"]: check for check in convergence_checks(rows)}
+    assert rows[0]["dara_by_restarts"][1]["rate"] <= rows[0]["dara_by_restarts"][2]["ci"][1]  # the old rule passed
+    assert checks["energy"]["passed"] is False and "20 image(s) broken by the last restart" in checks["energy"]["detail"]
+    assert checks["band"]["passed"] is True and checks["detector off"]["passed"] is False  # 5 may go, 6 may not
+
+    ok = torch.ones(100, dtype=torch.bool)
+
+    def stage(broken):
+        evaded = torch.arange(100) < broken
+        return {"evaded": evaded, "point_logits": torch.stack([evaded.float(), (~evaded).float()], 1),
+                "labels": torch.ones(100).long()}
+
+    bare = [{"eps": 8 / 255, "robust_accuracy": _entry(36, 100)}]
+    off_rows = [{"detector": "off", "eps": 8 / 255, "dara": _entry(36, 100)}]
+    for references_broke, passed in ((64, False), (56, True), (57, False)):  # the adaptive attacks broke 55
+        found = adaptive_against_references(ok, {"k+1 pgd": stage(55), "pgd (bare model)": stage(references_broke)},
+                                            ["pgd (bare model)"])
+        assert found["only_references"] == references_broke - 55
+        check = next(c for c in sanity_checks(off_rows, bare, {8 / 255: (True, 0)}, {8 / 255: found})
+                     if c["check"].startswith("with the detector off"))
+        assert check["passed"] is passed, (references_broke, check)
+    assert found["adaptive"]["rate"] <= found["references"]["ci"][1]  # 45% inside 43%'s interval: the old rule passed
+
+
+def test_a_logit_detector_on_a_standard_model_is_held_to_its_own_target_fpr():
+    """A detector given calibrated at 1% FPR may leave at most the bare robust accuracy plus 1%, not the run's 5%."""
+    rows = [{"detector": "energy", "eps": 8 / 255, "dara": _entry(5, 100)},  # 5% > 3.7% + 1%, < 3.7% + 5%
+            {"detector": "off", "eps": 8 / 255, "dara": _entry(0, 100)}]
+    bare = [{"eps": 8 / 255, "robust_accuracy": _entry(0, 100)}]  # upper bound 3.7%
+
+    def verdict(fpr):
+        return next(c["passed"] for c in sanity_checks(rows, bare, {8 / 255: (True, 0)}, None, ["energy"], True,
+                                                       {"energy": fpr}) if "standard model" in c["check"])
+
+    assert verdict(0.01) is False and verdict(0.05) is True
 
 
 def test_first_to_evade_counts_only_images_defended_on_clean_inputs_and_adds_up_to_what_the_suite_broke():
