@@ -227,6 +227,18 @@ def test_kplusone_cross_entropy_is_the_plain_cross_entropy_while_the_detector_is
     assert (kplusone_cross_entropy(louder, labels) < kplusone_cross_entropy(combined, labels)).all()
 
 
+def test_kplusone_cross_entropy_keeps_the_detectors_gradient_on_a_strongly_rejected_point():
+    """logsumexp(G) - logsumexp(G_y, G_K) cancelled to exactly 0, value and gradient, once the detector's logit led
+    by about 17 in float32: (K+1) APGD-CE then ignored the detector there (a review, 2026-12-06)."""
+    for dtype, lead in ((torch.float32, 20.0), (torch.float32, 60.0), (torch.float64, 40.0)):
+        combined = torch.tensor([[0.0, -3.0, -6.0, -9.0, lead]], dtype=dtype, requires_grad=True)
+        loss = kplusone_cross_entropy(combined, torch.tensor([0]))
+        (grad,) = torch.autograd.grad(loss.sum(), combined)
+        assert loss.item() > 0, (dtype, lead)
+        assert grad[0, -1] < 0, (dtype, lead)  # to climb the loss, lower the detector's logit: be accepted
+        assert (grad[0, 1:4] > 0).all(), (dtype, lead)  # and raise the other classes
+
+
 def test_kplusone_dlr_is_not_stuck_at_minus_one_when_the_label_and_the_detector_lead():
     # y and the detector class K are the top two: DLR's usual pi1 - pi3 scale would give exactly -1 here
     combined = torch.tensor([[0.0, -5.0, -7.0, -9.0, -1.0]], requires_grad=True)

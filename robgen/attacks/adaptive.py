@@ -63,9 +63,16 @@ def kplusone_cross_entropy(combined: torch.Tensor, labels: torch.Tensor) -> torc
     """-log(p_y(G) + p_K(G)): the cross-entropy of the two classes the attacker must avoid taken as one (ascend
     it). With the detector silent (p_K = 0) it is the plain cross-entropy -log p_y, so that (K+1) APGD-CE
     climbs what APGD-CE on the bare model climbs; log p of the best other class alone, a target that moves
-    as the logits do, missed images plain PGD on the cross-entropy broke."""
-    avoided = combined.masked_fill(~_wrong_for_attacker(combined, labels), float("-inf"))
-    return torch.logsumexp(combined, 1) - torch.logsumexp(avoided, 1)
+    as the logits do, missed images plain PGD on the cross-entropy broke.
+
+    Computed as softplus(logsumexp(G_others) - logsumexp(G_y, G_K)), the same function: the difference
+    logsumexp(G) - logsumexp(G_y, G_K) cancels to exactly 0, value and gradient, once the detector's logit
+    leads the others by about 17 (float32), and the attack then ignores the detector on a strongly
+    rejected point and APGD, seeing no better point, stalls at its start."""
+    wrong = _wrong_for_attacker(combined, labels)
+    avoided = torch.logsumexp(combined.masked_fill(~wrong, float("-inf")), 1)
+    others = torch.logsumexp(combined.masked_fill(wrong, float("-inf")), 1)
+    return F.softplus(others - avoided)
 
 
 def kplusone_dlr(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
