@@ -68,11 +68,13 @@ def kplusone_cross_entropy(combined: torch.Tensor, labels: torch.Tensor) -> torc
     Computed as softplus(logsumexp(G_others) - logsumexp(G_y, G_K)), the same function: the difference
     logsumexp(G) - logsumexp(G_y, G_K) cancels to exactly 0, value and gradient, once the detector's logit
     leads the others by about 17 (float32), and the attack then ignores the detector on a strongly
-    rejected point and APGD, seeing no better point, stalls at its start."""
+    rejected point and APGD, seeing no better point, stalls at its start. The softplus moves that limit, not
+    removes it: its gradient, about e^-lead, underflows past a lead of about 87 in float32 (745 in float64);
+    the margin and DLR losses have no such limit."""
     wrong = _wrong_for_attacker(combined, labels)
-    avoided = torch.logsumexp(combined.masked_fill(~wrong, float("-inf")), 1)
-    others = torch.logsumexp(combined.masked_fill(wrong, float("-inf")), 1)
-    return F.softplus(others - avoided)
+    log_avoided = torch.logsumexp(combined.masked_fill(~wrong, float("-inf")), 1)
+    log_others = torch.logsumexp(combined.masked_fill(wrong, float("-inf")), 1)
+    return F.softplus(log_others - log_avoided)
 
 
 def kplusone_dlr(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
