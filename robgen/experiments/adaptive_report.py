@@ -334,16 +334,16 @@ def convergence_checks(rows: List[dict]) -> List[dict]:
         # restart surely broke more than noise when even the floor's count does, surely not when the upper bound's
         # does not; in between it is not known
         floors = {row["eps"]: row.get("dara_by_restarts_floor") for row in rows if row["detector"] == name}
-        moved, unknown = [], []
+        moved, unknown, parts = [], [], []
         for eps, curve in curves:
+            most, least = _broken_last(curve, floors.get(eps))
             noise = noise_images(curve[-1]["n"])
-            if curve[-2]["count"] - curve[-1]["count"] <= noise:
-                continue
-            floor = floors.get(eps)
-            (unknown if floor is not None and floor[-2]["count"] - curve[-1]["count"] <= noise else moved).append(eps)
-        detail = ", ".join(f"{_pct(curve[-2])} after {len(curve) - 1}, {_pct(curve[-1])} after {len(curve)} restarts "
-                           f"at {eps_label(eps)} ({_broken_last(curve, floors.get(eps))} image(s) broken by the last "
-                           f"restart; noise: at most {noise_images(curve[-1]['n'])})" for eps, curve in curves)
+            if most > noise:
+                (unknown if least <= noise else moved).append(eps)
+            broken = str(most) if least == most else f"at most {most} (at least {least})"
+            parts.append(f"{_pct(curve[-2])} after {len(curve) - 1}, {_pct(curve[-1])} after {len(curve)} restarts at "
+                         f"{eps_label(eps)} ({broken} image(s) broken by the last restart; noise: at most {noise})")
+        detail = ", ".join(parts)
         if moved:
             detail += ": not converged, run more restarts or steps"
         elif unknown:
@@ -356,11 +356,11 @@ def convergence_checks(rows: List[dict]) -> List[dict]:
     return checks
 
 
-def _broken_last(curve: List[dict], floor: Optional[List[dict]]) -> str:
-    """How many images the last restart broke: exact, or with --skip-evaded (a `floor`) between two bounds."""
+def _broken_last(curve: List[dict], floor: Optional[List[dict]]) -> Tuple[int, int]:
+    """(at most, at least) the images the last restart broke: the DARA of one restart fewer minus the full run's;
+    with --skip-evaded the curve is an upper bound and `floor` a lower one, else the two are equal."""
     most = curve[-2]["count"] - curve[-1]["count"]
-    least = None if floor is None else floor[-2]["count"] - curve[-1]["count"]
-    return str(most) if least is None or least == most else f"at most {most} (at least {least})"
+    return most, most if floor is None else floor[-2]["count"] - curve[-1]["count"]
 
 
 def recheck(flags, eps_list) -> dict:
