@@ -783,3 +783,19 @@ def test_a_half_precision_model_is_attacked_with_float32_iterates(dtype):
         points = APGD(model, eps=8 / 255, steps=5)(x, y)  # torchattacks' loss went through numpy: no bfloat16 there
         assert float((points - x).abs().max()) <= 8 / 255 + 1e-6
     assert found[torch.float32] > 0 and abs(found[dtype] - found[torch.float32]) <= 2, found
+
+
+def test_a_plain_float16_module_is_attacked_adaptively():
+    """A float16 module without robgen's spec failed before the first step ("mat1 and mat2 must have the same
+    dtype"): the attack asked it for its number of classes on the float32 pixels it keeps its iterates in."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    torch.nn.init.normal_(net[1].weight, std=0.2, generator=torch.Generator().manual_seed(0))
+    net = net.half().eval()
+    val = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    defended = DefendedClassifier(net, make_reject_option("energy", target_fpr=0.05).calibrate(net, val))
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x.half()).argmax(1)
+    points = KPlusOnePGD(defended, eps=8 / 255, steps=10)(x, y)
+    assert points.dtype == torch.float32 and float((points - x).abs().max()) <= 8 / 255 + 1e-6
+    assert float((points != x).float().mean()) > 0.9  # it steps

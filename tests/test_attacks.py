@@ -385,3 +385,46 @@ def test_an_l2_attack_without_a_step_size_steps_across_its_ball(model, batch):
     start = torch.Generator().manual_seed(0)
     x_adv = PGD(model, eps=0.5, steps=10, norm="l2", random_start=False, generator=start)(x, y)
     assert (x_adv - x).flatten(1).norm(dim=1).max() > 0.4  # it reaches the ball's edge from the clean image
+
+
+def _confident_linear(dtype: torch.dtype) -> torch.nn.Module:
+    """A plain module (no robgen spec) on 3x4x4 images whose class 0 leads by 24 logits at grey (0.5) and by 9 at
+    0.25, and loses to class 1 at black: at 24 every other class's probability, and so every entry of
+    dCE/dlogits, lies below float16's smallest number (6e-8)."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].weight[0], net[1].weight[1] = 0.625, -0.625
+        net[1].bias.copy_(torch.tensor([-3.0, 3.0, -30.0]))
+    return net.to(dtype).eval()
+
+
+def test_a_float16_model_is_attacked_where_its_cross_entropy_gradient_lies_below_float16s_range():
+    """PGD stood still on a float16 model's confident images: the gradient of the cross-entropy, under 6e-8 in
+    every entry, was exactly 0 once cast to float16, where the same model in float32 gives 2e-11 and flips the
+    label (per-image loss scaling in `CastInputs`). A plain float16 module, without robgen's spec, also failed
+    before any step ("mat1 and mat2 must have the same dtype"): the attack asked it for its classes on float32
+    pixels."""
+    from robgen.engine.fused import inference_graph
+
+    x = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), 0.25)])
+    y = torch.tensor([0, 0])
+    gradients = {}
+    for dtype in (torch.float32, torch.float16):
+        model = _confident_linear(dtype)
+        for train in (False, True):  # train mode: one factor for the batch (batch norm would mix the images)
+            graph = inference_graph(model.train(train), example=x)
+            point = x.clone().requires_grad_(True)
+            (gradients[dtype, train],) = torch.autograd.grad(F.cross_entropy(graph(point), y, reduction="sum"), point)
+        model.eval()
+        points = PGD(model, eps=0.5, step_size=0.05, steps=20, random_start=False)(x, y)
+        with torch.no_grad():
+            assert model(points.to(dtype)).argmax(1).tolist() != [0, 0], dtype  # the confident image flips too
+    assert float(gradients[torch.float32, False][0].abs().max()) < 1e-9  # the case: far below float16's range
+    wide, narrow = gradients[torch.float32, False], gradients[torch.float16, False]
+    assert narrow.dtype == torch.float32
+    assert torch.allclose(narrow, wide, rtol=2e-3, atol=0)  # the loss's own gradient, each image at its own scale
+    wide, narrow = gradients[torch.float32, True], gradients[torch.float16, True]
+    assert torch.allclose(narrow[1], wide[1], rtol=2e-3, atol=0)  # the batch's factor fits its largest gradient;
+    assert torch.allclose(narrow[0], wide[0], rtol=0.1, atol=0)  # 1e7 times smaller, it lands among float16's
+    # subnormals (a few bits), but no longer on 0

@@ -40,7 +40,7 @@ from ..energy import classification_margin
 from ..engine import make_constraint, projected_gradient_ascent
 from ..engine.apgd import auto_projected_gradient_ascent
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode, pixels_for
+from ..models.state import eval_mode, model_dtype, pixels_for
 from .evasion import DefendedOutputs, EvasionTracker, Outputs, check_defended
 
 
@@ -192,7 +192,7 @@ class AdaptiveAttack:
             num_classes = spec.num_classes
         else:
             with torch.no_grad(), eval_mode(self.defended.model):
-                num_classes = self.defended.model(x[:1]).shape[1]
+                num_classes = self.defended.model(x[:1].to(model_dtype(self.defended.model))).shape[1]
         check_labels(y, x.shape[0], num_classes)
         return x, y.long()
 

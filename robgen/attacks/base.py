@@ -23,7 +23,7 @@ from ..checks import check_labels, check_positive, check_steps
 from ..progress import step_reporter
 from ..engine import Objective, Trace, TraceRecorder, make_constraint, projected_gradient_ascent
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode, pixels_for
+from ..models.state import eval_mode, model_dtype, pixels_for
 from .objectives import cross_entropy, negative_cross_entropy
 
 
@@ -150,7 +150,7 @@ class Attack:
         num_classes = spec.num_classes if spec is not None else None
         if num_classes is None:
             with torch.no_grad(), eval_mode(self.model):
-                num_classes = self.model(x[:1]).shape[1]
+                num_classes = self.model(x[:1].to(model_dtype(self.model))).shape[1]
         device = x.device
         y = torch.as_tensor(y, device=device)
         check_labels(y, x.shape[0], num_classes)

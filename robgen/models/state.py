@@ -50,18 +50,78 @@ def working_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
+class _Scales:
+    """The factors one call of `CastInputs` scaled its output gradient by, handed from the backward of the output's
+    cast (which runs first) to the backward of the input's."""
+
+    def __init__(self) -> None:
+        self.factors = None
+
+
+class _NarrowInputs(torch.autograd.Function):
+    """x cast to the model's float16; backward: the gradient widened and divided by the factors `_WidenOutputs`
+    multiplied the output's gradient by, which gives back the gradient of the loss itself."""
+
+    @staticmethod
+    def forward(ctx, x, dtype, scales):
+        ctx.wide, ctx.scales = x.dtype, scales
+        return x.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.to(ctx.wide)
+        factors = ctx.scales.factors
+        return (grad if factors is None else grad / factors.reshape(factors.shape + (1,) * (grad.dim() - 1))), None, None
+
+
+class _WidenOutputs(torch.autograd.Function):
+    """The float16 model's outputs widened; backward: each image's gradient multiplied by a power of 2 that brings
+    its largest entry to between 1/2 and 1 before it enters float16 (per-image loss scaling)."""
+
+    @staticmethod
+    def forward(ctx, out, wide, scales, per_image):
+        ctx.narrow, ctx.scales, ctx.per_image = out.dtype, scales, per_image
+        return out.to(wide)
+
+    @staticmethod
+    def backward(ctx, grad):
+        per_image = ctx.per_image and grad.dim() > 0
+        largest = grad.abs().amax(dim=tuple(range(1, grad.dim()))) if per_image else grad.abs().amax()
+        usable = torch.isfinite(largest) & (largest > 0)  # a zero or non-finite gradient is passed on as it is
+        exponent = torch.where(usable, -torch.floor(torch.log2(torch.where(usable, largest, 1.0))), 0.0)
+        factors = torch.exp2(exponent)  # a power of 2: multiplying and dividing by it is exact
+        ctx.scales.factors = factors if per_image else factors.expand(1)
+        scaled = grad * (factors.reshape(factors.shape + (1,) * (grad.dim() - 1)) if per_image else factors)
+        return scaled.to(ctx.narrow), None, None, None
+
+
 class CastInputs(torch.nn.Module):
     """`network` run on its inputs cast to `dtype` (the model's), so that an attack keeps its iterates in
     `working_dtype` and its gradient comes back in that type; its outputs come back in the inputs' type too (the
-    same values, widened: torchattacks' APGD reads its losses through numpy, which has no bfloat16)."""
+    same values, widened: torchattacks' APGD reads its losses through numpy, which has no bfloat16).
+
+    A float16 network's gradient is loss-scaled per image: float16 holds nothing below 6e-8, so the gradient of a
+    cross-entropy on an image the model classifies with a logit margin above about 17 (every other class's
+    probability, and so every entry of dCE/dlogits, under 6e-8) was exactly 0 in it, and PGD stood still where
+    the same model in float32 moves. Each image's output gradient is scaled by a power of 2 to a largest entry
+    of about 1 before it enters float16 and scaled back after, so the gradient that comes back is the loss's own.
+    Per image in eval mode, where the images do not interact; one factor for the batch in train mode, where batch
+    norm mixes them. bfloat16 has float32's range and is left as it is."""
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.network, self.dtype = network, dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.network(x.to(self.dtype))
-        return out.to(x.dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+        if self.dtype != torch.float16 or not torch.is_grad_enabled() or not x.requires_grad:
+            out = self.network(x.to(self.dtype))
+            return out.to(x.dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+        scales = _Scales()
+        out = self.network(_NarrowInputs.apply(x, self.dtype, scales))
+        if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+            return out
+        per_image = not self.network.training and out.dim() > 0 and out.shape[0] == x.shape[0]
+        return _WidenOutputs.apply(out, x.dtype, scales, per_image)
 
 
 def pixels_for(model: torch.nn.Module, x: torch.Tensor, name: str = "x", model_size: bool = False,
