@@ -799,3 +799,28 @@ def test_a_plain_float16_module_is_attacked_adaptively():
     points = KPlusOnePGD(defended, eps=8 / 255, steps=10)(x, y)
     assert points.dtype == torch.float32 and float((points - x).abs().max()) <= 8 / 255 + 1e-6
     assert float((points != x).float().mean()) > 0.9  # it steps
+
+
+@pytest.mark.parametrize("norm, eps", [("l2", 1.0), ("linf", 8 / 255)])
+def test_a_detector_undefined_in_part_of_the_ball_leaves_the_iterates_finite(norm, eps):
+    """A user's detector that is NaN at some points (the square root of a negative number) gave a NaN gradient
+    there; under L2 the step's normalisation spread it to every pixel, and the image's iterate stayed NaN for the
+    rest of the attack (7 of 8 final iterates here): its later steps, and its restarts' judgement of it, were
+    lost. A NaN gradient entry now gives no direction, as `sign` already read it under L-inf."""
+    from robgen.detection.reject import CallableReject
+
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    val = 0.53 + 0.04 * torch.rand(64, 3, 32, 32, generator=g)  # image means about 0.550
+    x = 0.535 + 0.04 * torch.rand(8, 3, 32, 32, generator=g)  # about 0.555: rejected, close to the NaN region
+    option = CallableReject(lambda images: torch.sqrt(images.mean((1, 2, 3)) - 0.548), on="input")
+    defended = DefendedClassifier(model, option.calibrate(model, val))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        assert bool((defended.score(x) > 0).all())
+    tracker = EvasionTracker(defended, x, y)
+    final = KPlusOnePGD(defended, eps=eps, steps=20, norm=norm).run(x, y, tracker)
+    assert bool(torch.isfinite(final).all())
+    assert float((final.mean((1, 2, 3)) - 0.548).min()) < 0  # the attack did reach the detector's NaN region
+    distance = (final - x).flatten(1).norm(dim=1) if norm == "l2" else (final - x).flatten(1).abs().amax(1)
+    assert float(distance.max()) <= eps + 1e-5

@@ -16,10 +16,20 @@ from ..checks import check_positive
 from .random import random_normal, random_uniform
 
 
+def finite_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """`grad` with NaN entries set to 0 and infinite ones to the largest finite number of their sign. A NaN entry
+    (a detector undefined at the point: a user's sqrt of a negative number) is no direction, as `torch.sign`
+    already reads it; without this, one NaN made the L2 direction NaN in every pixel and the iterate NaN for the
+    rest of the attack, which lost the image to the attacker."""
+    return torch.nan_to_num(grad, nan=0.0)
+
+
 def unit_direction(grad: torch.Tensor) -> torch.Tensor:
     """grad / ||grad||_2 per image, 0 where the gradient is 0. Not grad / (||grad|| + c): a confident image's
     float32 gradient can be 1e-12 long, and any constant c shortens its step (1e-10: to 1% of step_size). Scaled
-    by its largest entry first, so that the squares of a still shorter one do not underflow."""
+    by its largest entry first, so that the squares of a still shorter one do not underflow. NaN entries count
+    as 0 (`finite_gradient`)."""
+    grad = finite_gradient(grad)
     tiny = torch.finfo(grad.dtype).tiny
     scaled = grad / grad.abs().flatten(1).amax(1).clamp_min(tiny).view(-1, *([1] * (grad.ndim - 1)))
     return scaled / _flat_norms(scaled).clamp_min(tiny)
@@ -48,7 +58,7 @@ class LinfBall:
         return (x + noise).clamp_(0, 1)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad.sign()
+        return finite_gradient(grad).sign()
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         delta = (x_adv - x).clamp_(-self.eps, self.eps)
