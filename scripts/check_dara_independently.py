@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     results = json.loads((args.run / "results.json").read_text())
+    if args.limit is not None and not 1 <= args.limit <= results["n_test"]:
+        raise SystemExit(f"--limit {args.limit}: {args.run} judged its first {results['n_test']} test images; "
+                         f"check 1 to {results['n_test']} of them")
     model, splits = load_run(results)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
             count = int((clean & ~evaded).sum())
             theirs_count, theirs_n, breaks = row["dara"]["count"], row["dara"]["n"], None
             broken, both = "n/a (the run does not name its images)", "n/a"
-            if "defended" in row and n <= row["dara"]["n"]:  # the run's first n images: compared image by image
+            if "defended" in row:  # the run's first n images: compared image by image
                 defended_here = [i for i in row["defended"] if i < n]
                 theirs_count, theirs_n = len(defended_here), n
                 breaks, together, unattacked = compare_images(defended_here, clean, evaded)

@@ -75,3 +75,16 @@ def test_on_two_classes_it_attacks_the_one_wrong_class_and_never_the_true_one():
     clean, evaded = check_dara.check(defended, x, y, eps=0.5, steps=5, scale=1.0, batch=8,
                                      generator=torch.Generator().manual_seed(0))
     assert not (evaded & ~clean).any()
+
+
+def test_a_limit_beyond_the_runs_images_is_refused_before_any_work(tmp_path):
+    """--limit above the run's images said that the run does not name its images (it does), after loading the
+    model and attacking: now a clear error first."""
+    import json
+
+    import pytest
+
+    (tmp_path / "results.json").write_text(json.dumps({"n_test": 500, "model": "no-such-model"}))
+    for limit in ("600", "0"):
+        with pytest.raises(SystemExit, match=r"judged its first 500 test images; check 1 to 500"):
+            check_dara.main([str(tmp_path), "--limit", limit])
