@@ -802,11 +802,12 @@ def test_a_plain_float16_module_is_attacked_adaptively():
 
 
 @pytest.mark.parametrize("norm, eps", [("l2", 1.0), ("linf", 8 / 255)])
-def test_a_detector_undefined_in_part_of_the_ball_leaves_the_iterates_finite(norm, eps):
+def test_a_detector_undefined_in_part_of_the_ball_leaves_the_iterates_finite(norm, eps, caplog):
     """A user's detector that is NaN at some points (the square root of a negative number) gave a NaN gradient
     there; under L2 the step's normalisation spread it to every pixel, and the image's iterate stayed NaN for the
     rest of the attack (7 of 8 final iterates here): its later steps, and its restarts' judgement of it, were
-    lost. A NaN gradient entry now gives no direction, as `sign` already read it under L-inf."""
+    lost. A NaN gradient entry now gives no direction, as `sign` already read it under L-inf, and a warning says
+    that such a region can mask the detector's gradient."""
     from robgen.detection.reject import CallableReject
 
     model = tiny_model()
@@ -822,5 +823,8 @@ def test_a_detector_undefined_in_part_of_the_ball_leaves_the_iterates_finite(nor
     final = KPlusOnePGD(defended, eps=eps, steps=20, norm=norm).run(x, y, tracker)
     assert bool(torch.isfinite(final).all())
     assert float((final.mean((1, 2, 3)) - 0.548).min()) < 0  # the attack did reach the detector's NaN region
+    # and the user hears of it: a region where the score is NaN is rejected with no gradient out of it
+    said = [record.getMessage() for record in caplog.records if "score is NaN" in record.getMessage()]
+    assert len(said) == 1 and "'custom' detector" in said[0] and "overstate" in said[0]
     distance = (final - x).flatten(1).norm(dim=1) if norm == "l2" else (final - x).flatten(1).abs().amax(1)
     assert float(distance.max()) <= eps + 1e-5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
@@ -23,6 +24,8 @@ from ..metrics import rate_interval
 from ..models.fingerprint import model_fingerprint
 from ..models.state import eval_mode, model_device, model_dtype, pixels_for
 from .baselines import penultimate_features
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .reject import CallableReject
@@ -173,6 +176,14 @@ class RejectOption:
         self._require_fit()
         self._require_outputs(logits, features, inputs, network)
         score = self._score_from_values(self.values(logits, features, inputs, network))
+        undefined = torch.isnan(score) & torch.isfinite(logits).all(dim=1).to(score.device)
+        if bool(undefined.any()) and not getattr(self, "_said_undefined", False):
+            self._said_undefined = True  # once per detector: an attack asks at every step
+            logger.warning("the %r detector's score is NaN at %d of %d points (finite logits): they are rejected, and "
+                           "its gradient there is no direction, so an attack that reaches such a point cannot move "
+                           "on from it: a DARA measured so can overstate the detector. Define the score at every "
+                           "point of [0, 1] (e.g. clamp what a square root or a log reads)",
+                           getattr(self, "name", self.kind), int(undefined.sum()), len(score))
         broken = torch.isnan(score) | ~torch.isfinite(logits).all(dim=1).to(score.device)
         return torch.where(broken, torch.full_like(score, math.inf), score)  # fail closed
 
