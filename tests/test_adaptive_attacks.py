@@ -828,3 +828,33 @@ def test_a_detector_undefined_in_part_of_the_ball_leaves_the_iterates_finite(nor
     assert len(said) == 1 and "'custom' detector" in said[0] and "overstate" in said[0]
     distance = (final - x).flatten(1).norm(dim=1) if norm == "l2" else (final - x).flatten(1).abs().amax(1)
     assert float(distance.max()) <= eps + 1e-5
+
+
+def test_the_adaptive_attacks_get_a_float16_models_gradient_on_confident_images():
+    """The defended classifier cast an attack's float32 iterates to float16 itself before the network that casts
+    them (and scales the gradient for float16), so (K+1) attacks still got 0 on an image classified with a margin
+    above about 17: the loss's gradient, scaled on the way out, came back through a float16 input and flushed."""
+    from robgen.attacks.adaptive import kplusone_cross_entropy
+    from robgen.detection.baselines import last_linear
+    from robgen.detection.defended import combine_logits
+    from robgen.engine.fused import inference_graph
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    val = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    found = {}
+    for dtype in (torch.float32, torch.float16):
+        model = tiny_model()
+        with torch.no_grad():
+            last_linear(model).bias[0] += 25.0  # class 0 by a margin above 20 on every image
+        model = model.to(dtype).eval()
+        defended = DefendedClassifier(model, make_reject_option("energy", target_fpr=0.05).calibrate(model, val))
+        y = torch.zeros(4, dtype=torch.long)
+        point = x.clone().requires_grad_(True)
+        outputs = DefendedOutputs(defended, network=inference_graph(model, example=x))(point)
+        combined = combine_logits(outputs.logits, outputs.score)
+        (found[dtype],) = torch.autograd.grad(kplusone_cross_entropy(combined, y).sum(), point)
+    wide, narrow = found[torch.float32].flatten(1), found[torch.float16].flatten(1)
+    assert bool((wide.abs().amax(1) < 1e-8).all())  # the case: below float16's smallest number
+    assert bool((narrow.abs().amax(1) > 0).all())  # was exactly 0
+    cosine = (F.normalize(narrow * 1e12, dim=1) * F.normalize(wide * 1e12, dim=1)).sum(1)  # (F's eps: 1e-8)
+    assert float(cosine.min()) > 0.95  # the same direction, float16's rounding of the forward pass aside

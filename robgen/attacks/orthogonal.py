@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..energy import classification_margin
-from ..engine.constraints import unit_direction
+from ..engine.constraints import finite_gradient, unit_direction
 from .adaptive import AdaptiveAttack, _loss
 from .evasion import DefendedOutputs
 
@@ -75,6 +75,8 @@ class OrthogonalPGD(AdaptiveAttack):
                 (toward_accept,) = torch.autograd.grad((-outputs.score).sum(), x_k, allow_unused=True)
             if toward_accept is None:  # a score that does not depend on the input: nothing to avoid
                 toward_accept = torch.zeros_like(toward_class)
+            # NaN entries (a detector undefined there) are no direction, before the projections mix the pixels
+            toward_class, toward_accept = finite_gradient(toward_class), finite_gradient(toward_accept)
             if watch(step, x_k.detach(), outputs):
                 return x_k.detach()  # every image has evaded: nothing left to look for
             with torch.no_grad():

@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.state import eval_mode, model_dtype, pixels_for
+from ..models.state import CastInputs, eval_mode, model_dtype, pixels_for
 from .baselines import last_linear
 from .reject import RejectOption
 
@@ -121,6 +121,8 @@ class DefendedClassifier(nn.Module):
             hook = last_linear(network).register_forward_hook(
                 lambda module, inputs, output: caught.append(inputs[0].flatten(1)))
         dtype = model_dtype(self.model)  # an attack's float32 iterates, for a float16 or bfloat16 model
+        if isinstance(network, CastInputs):  # it casts them itself (and scales a float16 model's gradient on the way)
+            dtype = x.dtype
         try:
             logits = network(x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype))
         finally:

@@ -176,9 +176,10 @@ class RejectOption:
         self._require_fit()
         self._require_outputs(logits, features, inputs, network)
         score = self._score_from_values(self.values(logits, features, inputs, network))
-        undefined = torch.isnan(score) & torch.isfinite(logits).all(dim=1).to(score.device)
-        if bool(undefined.any()) and not getattr(self, "_said_undefined", False):
-            self._said_undefined = True  # once per detector: an attack asks at every step
+        undefined = None if getattr(self, "_said_undefined", False) else (  # said once per detector: an attack
+            torch.isnan(score) & torch.isfinite(logits).all(dim=1).to(score.device))  # asks at every step
+        if undefined is not None and bool(undefined.any()):
+            self._said_undefined = True
             logger.warning("the %r detector's score is NaN at %d of %d points (finite logits): they are rejected, and "
                            "its gradient there is no direction, so an attack that reaches such a point cannot move "
                            "on from it: a DARA measured so can overstate the detector. Define the score at every "

@@ -80,7 +80,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..models.state import LOW_PRECISION, CastInputs, eval_mode, model_dtype
+from ..models.state import LOW_PRECISION, CastInputs, eval_mode, has_hooks, model_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -225,12 +225,6 @@ def fingerprint_weights(n: int, device: torch.device) -> torch.Tensor:
         have = grown if have is None else torch.cat([have, grown])
         _weights_by_device[device] = have
     return have[:n]
-
-
-def has_hooks(model: nn.Module) -> bool:
-    """Whether any module of `model` has forward, forward-pre or backward hooks."""
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return any(getattr(module, name, None) for module in model.modules() for name in names)
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -42,6 +42,12 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def has_hooks(model: torch.nn.Module) -> bool:
+    """Whether any module of `model` has forward, forward-pre or backward hooks."""
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(module, name, None) for module in model.modules() for name in names)
+
+
 def working_dtype(model: torch.nn.Module) -> torch.dtype:
     """The type an attack's iterates are kept in: the model's, but float32 for a float16 or bfloat16 model, whose
     pixel grid (bfloat16: 1/256 apart in [0.5, 1)) would round a step of 2.5 eps / steps away and let the ball's
@@ -89,6 +95,7 @@ class _WidenOutputs(torch.autograd.Function):
         largest = grad.abs().amax(dim=tuple(range(1, grad.dim()))) if per_image else grad.abs().amax()
         usable = torch.isfinite(largest) & (largest > 0)  # a zero or non-finite gradient is passed on as it is
         exponent = torch.where(usable, -torch.floor(torch.log2(torch.where(usable, largest, 1.0))), 0.0)
+        exponent = exponent.clamp(max=126)  # 2**128 is infinite in float32 (a largest entry below 2**-127)
         factors = torch.exp2(exponent)  # a power of 2: multiplying and dividing by it is exact
         ctx.scales.factors = factors if per_image else factors.expand(1)
         scaled = grad * (factors.reshape(factors.shape + (1,) * (grad.dim() - 1)) if per_image else factors)
@@ -106,14 +113,19 @@ class CastInputs(torch.nn.Module):
     the same model in float32 moves. Each image's output gradient is scaled by a power of 2 to a largest entry
     of about 1 before it enters float16 and scaled back after, so the gradient that comes back is the loss's own.
     Per image in eval mode, where the images do not interact; one factor for the batch in train mode, where batch
-    norm mixes them. bfloat16 has float32's range and is left as it is."""
+    norm mixes them. For gradients with respect to the inputs only, what attacks take: a parameter's gradient
+    taken through it comes back scaled. Not while a module of the network has hooks: a tensor a forward hook
+    catches inside it (the penultimate features a detector reads) would bring its gradient in unscaled and have it
+    divided on the way out, so such a pass runs unscaled, as float16 gives it. bfloat16 has float32's range and is
+    left as it is."""
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.network, self.dtype = network, dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dtype != torch.float16 or not torch.is_grad_enabled() or not x.requires_grad:
+        if (self.dtype != torch.float16 or not torch.is_grad_enabled() or not x.requires_grad
+                or has_hooks(self.network)):
             out = self.network(x.to(self.dtype))
             return out.to(x.dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
         scales = _Scales()
