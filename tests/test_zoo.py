@@ -354,3 +354,21 @@ def test_deepfool_overshoots_the_summed_perturbation_and_fools_every_image_it_ca
     assert right.sum() > 80 and bool(fooled[right].all())
     assert points.min() >= 0 and points.max() <= 1
     assert float((points - x)[right].flatten(1).norm(dim=1).median()) < 0.5  # minimal: a fraction of a pixel level each
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_torchattacks_steps_a_half_precision_model_with_float32_pixels(dtype):
+    """The zoo handed torchattacks the images in the model's type, so its iterates lay on that grid (bfloat16:
+    1/256 apart in [0.5, 1), which rounds a step under half of that away): every returned pixel sat on it. robgen's
+    own attacks keep float32 iterates for such a model; now torchattacks gets them too (the graph casts for the
+    model)."""
+    from robgen.attacks.zoo import TorchAttacksAttack
+
+    model = tiny_model().to(dtype)
+    x = 0.9 + 0.05 * torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x.to(dtype)).argmax(1)
+    points = TorchAttacksAttack(model, "PGD", eps=8 / 255, alpha=0.5 / 255, steps=4, random_start=False)(x, y)
+    assert points.dtype == torch.float32 and float((points - x).abs().max()) <= 8 / 255 + 1e-6
+    on_grid = points.to(dtype).float() == points
+    assert float(on_grid.float().mean()) < 0.5  # float32 steps, not the model type's grid (there: every pixel)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from ..checks import check_positive, check_steps
 from ..engine import make_constraint, random_seed
 from ..engine.random import generator_device, seeded_global_rng
-from ..models.state import model_dtype
+from ..models.state import CastInputs, model_dtype
 from .apgd import APGD
 from .base import Attack
 from .hepgd import HighEnergyPGD
@@ -191,8 +191,10 @@ class TorchAttacksAttack(Attack):
                 atk = self.attack_class(_ContiguousGradients(graph), **settings)
                 if self.targeted:
                     atk.set_mode_targeted_by_label(quiet=True)  # torchattacks then reads its labels as targets
-                # in the model's dtype: FAB writes float64 gradients into a float32 copy of a float32 input
-                x_adv = atk(x.to(model_dtype(graph)), target if self.targeted else y).detach().to(x.dtype)
+                # in the model's dtype: FAB writes float64 gradients into a float32 copy of a float32 input; but
+                # float32 iterates for a float16 or bfloat16 model, which the graph casts (its grid rounds steps away)
+                inputs = x if isinstance(graph, CastInputs) else x.to(model_dtype(graph))
+                x_adv = atk(inputs, target if self.targeted else y).detach().to(x.dtype)
         finally:  # CW and FAB call backward(): the caller's model (unfused) keeps the gradients it had, not theirs
             for parameter, grad in kept:
                 parameter.grad = grad
