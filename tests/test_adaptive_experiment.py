@@ -148,6 +148,31 @@ def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tm
     assert not (again / STAGES).exists()  # cleared once the results are written
 
 
+def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_again_from_them(
+        finished, checkpoint, toy_data, tmp_path, same_code, monkeypatch, capsys):
+    """A finished run removed its stages, so its report could not be written again with newer report code without
+    attacking again (and an --overwrite on code whose stages had gone stale removed them). --keep-stages keeps them;
+    --report-only reads every one back, attacks nothing, and refuses a run whose stages are missing, removing none."""
+    out, results = finished
+    kept = tmp_path / "kept"
+    shutil.copytree(out / STAGES, kept / STAGES)
+    stage_files = sorted((kept / STAGES).glob("*.safetensors"))
+    assert main(command(checkpoint, toy_data, kept, "--keep-stages")) == 0
+    assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files  # kept after the results are written
+    (kept / "results.md").write_text("an older report")
+    monkeypatch.setattr(suite_module, "run_suite", lambda *args, **kwargs: pytest.fail("attacked"))
+    assert main(command(checkpoint, toy_data, kept, "--report-only")) == 0
+    again = json.loads((kept / "results.json").read_text())
+    assert numbers(again) == numbers(results) and again["continued"]["stages_read_back"] == len(stage_files)
+    assert (kept / "results.md").read_text() == markdown(again)
+    assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files
+    stage_files[0].unlink()
+    capsys.readouterr()
+    assert main(command(checkpoint, toy_data, kept, "--report-only")) == 2
+    assert "has no stage" in capsys.readouterr().err
+    assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files[1:]  # nothing else lost
+
+
 def test_under_torchrun_only_rank_0_calibrates_a_detector_that_reads_the_images(checkpoint, toy_data, monkeypatch):
     """The other ranks take rank 0's detectors (`shared_calibration`, tested under torchrun in test_distributed.py),
     so they skip robust-margin's calibration passes (not collective): it comes back unfitted there, fitted on rank
@@ -356,6 +381,8 @@ def unfitted_detector(checkpoint, tmp_path_factory):
     ({"--limit": "100000"}, "limit 100000 is larger than the test split"),
     ({"--limit": "100000", "--estimate-only": None}, "limit 100000 is larger than the test split"),  # no estimate
     ({"--limit": "0"}, "--limit must be >= 1"),
+    ({"--report-only": None}, "writes a report again from the stages a run kept (--keep-stages);"),
+    ({"--report-only": None, "--overwrite": None}, "never removes them: drop --overwrite"),
 ])
 def test_bad_input_is_refused_before_any_work(checkpoint, toy_data, tmp_path, capsys, no_work, unrecorded,
                                               foreign_detector, unfitted_detector, change, says):

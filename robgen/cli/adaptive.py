@@ -72,6 +72,12 @@ def add_parsers(commands) -> None:
     adaptive.add_argument("--out", type=user_path,
                           help="output folder: results.json, results.md, adaptive_dara.png, detectors/")
     adaptive.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    adaptive.add_argument("--keep-stages", action="store_true",
+                          help="keep the finished stages in OUT/.stages after the run (a few kB each), so that "
+                               "--report-only can write its report again")
+    adaptive.add_argument("--report-only", action="store_true",
+                          help="write the results and report of a run finished with --keep-stages again from its "
+                               "stages, with today's report code: the same command and software, no attack made")
     adaptive.set_defaults(run=command_adaptive)
 
 
@@ -126,6 +132,16 @@ def _check_arguments(args) -> dict:
         raise UsageError("--out is required (the output folder), unless --estimate-only")
     if args.out and not args.estimate_only:
         check_writable_folder(Path(args.out))
+    if args.report_only and args.overwrite:
+        raise UsageError("--report-only rewrites the report from the stages a run kept and never removes them: drop "
+                         "--overwrite")
+    if args.report_only and args.out:
+        from ..experiments.adaptive import STAGES
+        from ..experiments.stages import KEY_FILE
+
+        if not (Path(args.out) / STAGES / KEY_FILE).is_file():
+            raise UsageError(f"--report-only writes a report again from the stages a run kept (--keep-stages); "
+                             f"{Path(args.out) / STAGES} holds none")
     for path in args.detector_file or ():
         if not Path(path).is_file():
             raise UsageError(f"--detector-file {path} does not exist: give the JSON a reject option was saved to")
@@ -197,11 +213,13 @@ def command_adaptive(args) -> int:
         return 0
     out = Path(args.out)
     existing = [name for name in PRODUCTS if (out / name).exists()]
-    if existing and not args.overwrite:
+    if existing and not (args.overwrite or args.report_only):
         raise UsageError(f"{out} already holds {', '.join(existing)}; choose another --out or pass --overwrite")
     created = not out.exists()
     stage_dir = out / STAGES  # an interrupted run's finished stages: the same command continues it
-    if stage_dir.is_dir() and distributed.is_main():
+    if args.report_only and distributed.is_main():
+        print(f"writing the report again from the stages in {stage_dir}; no attack is made")
+    elif stage_dir.is_dir() and distributed.is_main():
         print(f"{stage_dir} holds the finished stages of an interrupted run: those of this same run (settings, "
               "detectors, weights, code) are read back, not recomputed" + ("; those of another run are removed"
                                                                            if args.overwrite else ""))
@@ -209,7 +227,8 @@ def command_adaptive(args) -> int:
     try:
         results = adaptive_evaluation(model, args.data, out_dir=out if distributed.is_main() else None,
                                       data_root=args.data_root, download=args.download, stage_dir=stage_dir,
-                                      replace_stale_stages=args.overwrite, **keywords)
+                                      replace_stale_stages=args.overwrite, keep_stages=args.keep_stages,
+                                      report_only=args.report_only, **keywords)
     except (FileNotFoundError, ValueError) as error:
         if created and distributed.is_main():  # a refused run leaves nothing behind
             with contextlib.suppress(OSError):

@@ -56,7 +56,7 @@ from ..models.state import model_device
 from ..progress import step_reporter
 from . import stages as stage_files
 from .adaptive_report import OFF, summarise, write_report
-from .adaptive_suite import (ADAPTIVE, DetectorOff, SuiteStageStore, hepgd_name, judge_reference,
+from .adaptive_suite import (ADAPTIVE, DetectorOff, MissingStage, SuiteStageStore, hepgd_name, judge_reference,
                              make_suite_attack, matching_skip_reason, reference_stage, suite_names, suite_stage)
 from .pipeline import detection_splits, model_outputs, tensor_batches
 from .stages import data_location, model_fingerprint, run_environment, same_name, stage_seed
@@ -469,7 +469,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                         eps_list: Sequence[float] = (8 / 255,), limit: int = 500, steps: int = 100, restarts: int = 3,
                         target_fpr: float = 0.05, seed: int = 0, out_dir: Optional[Path] = None, *, data_root=None,
                         download: bool = False, progress=True, stage_dir: Optional[Path] = None,
-                        replace_stale_stages: bool = False, **options) -> dict:
+                        replace_stale_stages: bool = False, keep_stages: bool = False, report_only: bool = False,
+                        **options) -> dict:
     """Calibrate, attack, report; see the module docstring. Writes results.json, results.md, adaptive_dara.png and
     detectors/ to `out_dir` (if given).
 
@@ -478,9 +479,14 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets, skip_evaded, detector_settings: each
     named kind's settings, e.g. {"robust-margin": {"radius": 4 / 255}}). `stage_dir` (default
     `out_dir/.stages`): the finished stages, read back by the same call after an interruption; removed once the
-    results are written. `replace_stale_stages` (the command's --overwrite): stages of another run there are
-    removed instead of refused.
+    results are written, unless `keep_stages`. `replace_stale_stages` (the command's --overwrite): stages of
+    another run there are removed instead of refused. `report_only`: the same call on a run finished with
+    `keep_stages` writes its results and report again from those stages (the report code of the day), attacking
+    nothing: a missing or stale stage is an error, and no stage is removed.
     """
+    if report_only and replace_stale_stages:
+        raise ValueError("report_only reads a finished run's stages back and never removes them: drop "
+                         "replace_stale_stages (--overwrite)")
     given = {option.kind: option for option in detectors if isinstance(option, RejectOption)}
     names = [option.kind if isinstance(option, RejectOption) else str(option) for option in detectors]
     if len(given) < sum(isinstance(option, RejectOption) for option in detectors) or len(set(names)) < len(names):
@@ -507,6 +513,9 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                 estimate["suites"], len(settings.attacks), len(x))
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
+    if report_only and (stage_dir is None or not (Path(stage_dir) / stage_files.KEY_FILE).exists()):
+        raise ValueError(f"report_only writes a report again from the stages a finished run kept (--keep-stages); "
+                         f"{stage_dir} holds none")
     run_key = {"settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
                "model": model_fingerprint(model), "n_validation": len(splits.validation), "n_test": len(x),
                # the images themselves: a file replaced in place keeps the path and the counts
@@ -514,6 +523,13 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                           "test": datasets.pixels_fingerprint(TensorDataset(x, y))},
                "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)}
     earlier = recorded_key_of_this_run(stage_dir, run_key)  # an interrupted attempt's key, if this same run's
+    if report_only and earlier is None:  # before calibrating: the stages kept are another run's, or other code's
+        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
+        wanted = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+        differ = sorted(k for k in set(recorded) | set(wanted) if k != "detectors" and recorded.get(k) != wanted.get(k))
+        raise ValueError(f"{stage_dir} holds the stages of another run (its {', '.join(differ)} differ: other "
+                         "settings, data, weights or code): a report can be written again only with the command, "
+                         "software and model that made them")
     kept = kept_calibration(stage_dir, earlier, model)  # its detectors, exactly
     reject = shared_calibration(calibrate_detectors(model, data, splits, settings, {**kept, **given}), given)
     pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
@@ -523,12 +539,15 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     cut_before_any_stage = earlier is not None and not any(Path(stage_dir).glob("*.safetensors"))
     store = SuiteStageStore(stage_dir, dict(run_key, detectors={name: _option_digest(option)
                                                                 for name, option in reject.items()}),
-                            replace_stale=replace_stale_stages or cut_before_any_stage)
+                            replace_stale=not report_only and (replace_stale_stages or cut_before_any_stage),
+                            computes=not report_only)
     keep_calibration(stage_dir, reject, given)
     try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
         clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False,
                               features=any(option.needs_features for option in reject.values()))
         flags, skipped = run_suites(model, reject, settings, x, y, targets, store, clean, progress)
+    except MissingStage:
+        raise
     except (FileNotFoundError, ValueError) as error:
         raise RuntimeError(f"the adaptive evaluation failed while attacking, after its set-up: {error}") from error
     wall = time.perf_counter() - started + store.reused_seconds
@@ -539,5 +558,6 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                    continued={"stages_read_back": store.reused, "their_seconds": store.reused_seconds})
     if out_dir is not None and distributed.is_main():
         write_report(results, reject, Path(out_dir))
-    store.clear()
+    if not (keep_stages or report_only):
+        store.clear()
     return results

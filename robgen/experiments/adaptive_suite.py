@@ -284,13 +284,27 @@ def judge_reference(name: str, reject: RejectOption, stage: Dict[str, torch.Tens
             "point_score": stage[f"{name}/score"]}
 
 
+class MissingStage(ValueError):
+    """A stage a store that only reads (`computes=False`) does not hold: bad input (the run named), not a bug."""
+
+
 class SuiteStageStore(stage_files.StageStore):
-    """A `StageStore` whose stages are one attack's per-image flags (a dict of tensors), not `ModelOutputs`."""
+    """A `StageStore` whose stages are one attack's per-image flags (a dict of tensors), not `ModelOutputs`.
+    `computes=False`: only reads stages back, and a missing one is an error (a report written again from a
+    finished run's kept stages must not start attacking)."""
+
+    def __init__(self, folder, key: dict, replace_stale: bool = False, computes: bool = True) -> None:
+        super().__init__(folder, key, replace_stale)
+        self.computes = computes
 
     def run(self, name: str, compute: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         kept = self.read(name, _read_flags)
         if kept is not None:
             return kept
+        if not self.computes:
+            raise MissingStage(f"{self.folder} has no stage {name!r}: the run was not finished with its stages kept "
+                             "(--keep-stages), so its report cannot be written again without attacking; run it "
+                             "without --report-only")
         started = time.perf_counter()
         tensors = compute()
         if self.folder is not None and distributed.is_main():
