@@ -166,8 +166,12 @@ def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_aga
     assert numbers(again) == numbers(results) and again["continued"]["stages_read_back"] == len(stage_files)
     assert (kept / "results.md").read_text() == markdown(again)
     assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files
-    stage_files[0].unlink()
     capsys.readouterr()
+    other = command(checkpoint, toy_data, kept, "--report-only")
+    other[other.index("--steps") + 1] = "3"  # another run's settings: refused, its stages left as they are
+    assert main(other) == 2
+    assert "holds the stages of another run (its settings differ" in capsys.readouterr().err
+    stage_files[0].unlink()
     assert main(command(checkpoint, toy_data, kept, "--report-only")) == 2
     assert "has no stage" in capsys.readouterr().err
     assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files[1:]  # nothing else lost
