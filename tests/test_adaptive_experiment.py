@@ -21,7 +21,7 @@ import robgen.experiments.stages as stages_module
 from robgen.cli import main
 from robgen.cli.adaptive import DETECTORS
 from robgen.detection.reject import KINDS, make_reject_option
-from robgen.experiments.adaptive import STAGES, AdaptiveSettings, estimate_passes
+from robgen.experiments.adaptive import CALIBRATION, STAGES, AdaptiveSettings, estimate_passes
 from robgen.experiments.adaptive_suite import DetectorOff
 from robgen.experiments.adaptive_report import (convergence_checks, dara_by_restarts, detector_row, markdown,
                                                sanity_checks)
@@ -159,14 +159,26 @@ def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_aga
     stage_files = sorted((kept / STAGES).glob("*.safetensors"))
     assert main(command(checkpoint, toy_data, kept, "--keep-stages")) == 0
     assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files  # kept after the results are written
+    kept_run = json.loads((kept / "results.json").read_text())
+    calibration = {path.name: path.read_bytes() for path in (kept / STAGES / CALIBRATION).glob("*.json")}
+    assert calibration  # the detectors it calibrated, kept beside the stages
     (kept / "results.md").write_text("an older report")
     monkeypatch.setattr(suite_module, "run_suite", lambda *args, **kwargs: pytest.fail("attacked"))
     assert main(command(checkpoint, toy_data, kept, "--report-only")) == 0
     again = json.loads((kept / "results.json").read_text())
-    assert numbers(again) == numbers(results) and again["continued"]["stages_read_back"] == len(stage_files)
-    assert (kept / "results.md").read_text() == markdown(again)
+    made = json.loads(json.dumps(results))  # the run's own record of how it was made stays
+    made["report_written_again"] = True
+    assert numbers(again) == numbers(made)
+    assert (again["wall_seconds"], again["continued"]) == (kept_run["wall_seconds"], kept_run["continued"])
+    assert (kept / "results.md").read_text() == markdown(again) and "written again" in markdown(again)
     assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files
+    assert {path.name: path.read_bytes() for path in (kept / STAGES / CALIBRATION).glob("*.json")} == calibration
     capsys.readouterr()
+    lost = kept / "lost"  # a kept detector gone: refused before anything is calibrated again
+    shutil.copytree(kept / STAGES, lost / STAGES)
+    next((lost / STAGES / CALIBRATION).glob("*.json")).unlink()
+    assert main(command(checkpoint, toy_data, lost, "--report-only")) == 2
+    assert f"that its {CALIBRATION}/ folder does not hold" in capsys.readouterr().err
     other = command(checkpoint, toy_data, kept, "--report-only")
     other[other.index("--steps") + 1] = "3"  # another run's settings: refused, its stages left as they are
     assert main(other) == 2

@@ -370,5 +370,6 @@ def test_torchattacks_steps_a_half_precision_model_with_float32_pixels(dtype):
         y = model(x.to(dtype)).argmax(1)
     points = TorchAttacksAttack(model, "PGD", eps=8 / 255, alpha=0.5 / 255, steps=4, random_start=False)(x, y)
     assert points.dtype == torch.float32 and float((points - x).abs().max()) <= 8 / 255 + 1e-6
+    assert float((points != x).float().mean()) > 0.5  # it moved (an untouched image comes back as x exactly)
     on_grid = points.to(dtype).float() == points
     assert float(on_grid.float().mean()) < 0.5  # float32 steps, not the model type's grid (there: every pixel)

@@ -531,6 +531,14 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                          "settings, data, weights or code): a report can be written again only with the command, "
                          "software and model that made them")
     kept = kept_calibration(stage_dir, earlier, model)  # its detectors, exactly
+    if report_only:  # and none to calibrate again: a fresh calibration is another detector than the stages knew
+        unmatched = sorted(name for name, digest in (earlier.get("detectors") or {}).items()
+                           if name != OFF and name not in kept and not (
+                               name in given and json.loads(json.dumps(_option_digest(given[name]), default=str)) == digest))
+        if unmatched:
+            raise ValueError(f"{stage_dir}: its stages were made against detectors ({', '.join(unmatched)}) that its "
+                             f"{CALIBRATION}/ folder does not hold or that were not given as the same files "
+                             "(--detector-file): a report can be written again only against those detectors")
     reject = shared_calibration(calibrate_detectors(model, data, splits, settings, {**kept, **given}), given)
     pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
     targets = datasets.load_tensors(pool)
@@ -541,7 +549,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                                                                 for name, option in reject.items()}),
                             replace_stale=not report_only and (replace_stale_stages or cut_before_any_stage),
                             computes=not report_only)
-    keep_calibration(stage_dir, reject, given)
+    if not report_only:
+        keep_calibration(stage_dir, reject, given)
     try:  # past the set-up every input is checked: an error now is a bug to see whole, not bad input to explain
         clean = model_outputs(model, tensor_batches(x, y, settings.batch_size), progress=False,
                               features=any(option.needs_features for option in reject.values()))
@@ -556,6 +565,13 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                    n_validation=len(splits.validation), n_reference=n_reference, estimate=estimate,
                    hardware=distributed.hardware(model_device(model)), wall_seconds=wall,
                    continued={"stages_read_back": store.reused, "their_seconds": store.reused_seconds})
+    earlier_results = None if out_dir is None else Path(out_dir) / "results.json"
+    if report_only and earlier_results is not None and earlier_results.is_file():
+        # how the run was made is the run's, not this rewrite's (which read every stage back, on this machine)
+        made = json.loads(earlier_results.read_text())
+        results.update({key: made[key] for key in ("wall_seconds", "continued", "hardware") if key in made})
+    if report_only:
+        results["report_written_again"] = True
     if out_dir is not None and distributed.is_main():
         write_report(results, reject, Path(out_dir))
     if not (keep_stages or report_only):

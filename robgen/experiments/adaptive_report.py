@@ -585,6 +585,9 @@ def markdown(results: dict) -> str:
               f"{results['wall_seconds']:.0f} s on {results['hardware']}"
               + (f"; {continued['stages_read_back']} stages came from an interrupted run"
                  if continued["stages_read_back"] else "") + "."]
+    if results.get("report_written_again"):
+        lines += ["", "This report was written again from the run's kept stages (`--report-only`), with the report "
+                      "code of that day; the numbers are the run's."]
     return "\n".join(lines) + "\n"
 
 
