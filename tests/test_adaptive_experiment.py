@@ -380,6 +380,7 @@ def unfitted_detector(checkpoint, tmp_path_factory):
     ({"--eps": "8"}, "write 8/255, not 8"),
     ({"--eps": "8/255,1.5"}, "--eps must be in (0, 1]"),
     ({"--restarts": "0"}, "--restarts must be >= 1"),
+    ({"--target-classes": "0"}, "--target-classes must be >= 1"),
     ({"--eps": "8/255,0.03137255"}, "eps 0.03137254901960784 and 0.03137255 are one radius to 6 digits (both 8/255)"),
     ({"--lambdas": "0.6,0.6000001"}, "lambdas 0.6 and 0.6000001 are one to 6 digits"),
     ({"--lambdas": "0.6,-1"}, "lambdas must be finite numbers >= 0"),  # (was accepted; reproduce refused it)
@@ -510,6 +511,31 @@ def test_the_estimate_counts_every_attack_restart_and_suite():
     shared = estimate_passes(settings, n_test=10, n_validation=7, n_reference=0)
     assert shared["forward_backward_passes"] == 3 * 10 * (per_suite - 2 * 10) + 10 * 2 * 10
     assert shared["forward_passes"] == 3 * (10 * (7 * 6 + 2) + (2 + 1) * 3) + 10 * 2 * 11 + 7 + 10
+
+
+def test_the_targeted_attacks_take_their_own_number_of_target_classes():
+    """APGD-T and logit matching made one run per restart, one target class each: 3 classes at the default, where
+    AutoAttack's APGD-T takes 9. `target_classes` (--target-classes) sets them apart from the restarts; the
+    estimate counts them, and the convergence curve runs to the most runs any attack makes."""
+    from robgen.detection.defended import DefendedClassifier
+    from robgen.experiments.adaptive_suite import make_suite_attack
+
+    base = dict(detectors=("energy",), eps_list=(8 / 255,), steps=10, restarts=2, lambdas=(1.2,), batch_size=5,
+                match_targets=3)
+    plain, nine = AdaptiveSettings(**base), AdaptiveSettings(**base, target_classes=9)
+    assert (plain.target_runs, plain.most_runs, nine.target_runs, nine.most_runs) == (2, 2, 9, 9)
+    before, after = (estimate_passes(s, n_test=10, n_validation=7)["per_image_per_suite"] for s in (plain, nine))
+    assert after["k+1 apgd-t"]["forward_backward"] == 9 * 11 and after["logit matching"]["forward_backward"] == 90
+    assert after["k+1 apgd-t"]["forward"] == before["k+1 apgd-t"]["forward"] + 7
+    assert after["k+1 pgd"] == before["k+1 pgd"]  # the other attacks keep their restarts
+    model = tiny_model()
+    defended = DefendedClassifier(model, DetectorOff(target_fpr=0.0).fit(torch.zeros(2, 10), model=model))
+    x = torch.rand(2, 3, 32, 32)
+    for name, runs in (("k+1 apgd-t", 9), ("logit matching", 9), ("k+1 apgd-ce", 2)):
+        attack = make_suite_attack(name, defended, 8 / 255, nine, torch.Generator(), (x, torch.tensor([0, 1])))
+        assert attack.restarts == runs, name
+    with pytest.raises(ValueError, match="target_classes must be >= 1"):
+        AdaptiveSettings(**base, target_classes=0)
 
 
 def _entry(count, n=10):

@@ -57,6 +57,9 @@ def add_parsers(commands) -> None:
     adaptive.add_argument("--limit", type=int, default=500, help="first N test images (default 500)")
     adaptive.add_argument("--steps", type=int, default=100, help="steps of every attack (default 100)")
     adaptive.add_argument("--restarts", type=int, default=3, help="restarts of every adaptive attack (default 3)")
+    adaptive.add_argument("--target-classes", type=int,
+                          help="target classes of the targeted attacks, APGD-T and logit matching, one run each, "
+                               "the likeliest first (default: as many as --restarts; AutoAttack's APGD-T takes 9)")
     adaptive.add_argument("--target-fpr", type=parse_number, default=0.05,
                           help="clean validation images a threshold may reject (default 0.05)")
     adaptive.add_argument("--lambdas", default="0.6,1.2,2",
@@ -123,8 +126,8 @@ def parse_eps(text: str) -> Tuple[float, ...]:
 
 def _check_arguments(args) -> dict:
     """Everything argparse cannot check, before the model is loaded: the settings as keywords."""
-    for flag in ("limit", "steps", "restarts", "batch_size"):
-        if getattr(args, flag) < 1:
+    for flag in ("limit", "steps", "restarts", "batch_size", "target_classes"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0 < args.target_fpr < 1:
         raise UsageError(f"--target-fpr must be in (0, 1), e.g. 0.05, got {args.target_fpr:g}")
@@ -149,7 +152,7 @@ def _check_arguments(args) -> dict:
     if not detectors and not args.detector_file:
         detectors = ("energy",)
     return dict(detectors=detectors, eps_list=parse_eps(args.eps), limit=args.limit, steps=args.steps,
-                restarts=args.restarts, target_fpr=args.target_fpr, seed=args.seed, batch_size=args.batch_size,
+                restarts=args.restarts, target_classes=args.target_classes, target_fpr=args.target_fpr, seed=args.seed, batch_size=args.batch_size,
                 lambdas=parse_numbers(args.lambdas, "--lambdas"), skip_evaded=args.skip_evaded,
                 detector_settings=detector_settings(args, detectors))
 

@@ -393,7 +393,7 @@ def summarise(model, data, settings, reject: Mapping[str, object], clean_correct
     carried[OFF] = with_smaller_eps(flags[OFF])
     for eps in settings.eps_list:
         for detector in reject:
-            row = detector_row(detector, eps, carried[detector][eps], settings.references, settings.restarts)
+            row = detector_row(detector, eps, carried[detector][eps], settings.references, settings.most_runs)
             own = next(iter(flags[detector][eps].values()))
             rows.append({"eps": float(eps), **row, "dara_own_suite": detection_aware_robust_accuracy(
                 own["clean_correct"], own["clean_accepted"],

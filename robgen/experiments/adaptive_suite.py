@@ -94,7 +94,8 @@ def saved_detector(run_dir, results: dict, name: str, model) -> RejectOption:
 
 def make_suite_attack(name: str, defended: DefendedClassifier, eps: float, settings,
                       generator: torch.Generator, targets: Tuple[torch.Tensor, torch.Tensor]):
-    """One attack of the suite by name, at `eps`, with `settings`' steps and restarts, drawing from `generator`.
+    """One attack of the suite by name, at `eps`, with `settings`' steps and restarts (the targeted ones: its
+    `target_runs`, one target class each), drawing from `generator`.
 
     `targets`: (images, labels) offered to logit matching. The references on the bare model take the
     adaptive attacks' default step, 2.5 eps / steps (Madry et al. 2018).
@@ -112,9 +113,9 @@ def make_suite_attack(name: str, defended: DefendedClassifier, eps: float, setti
     if name == "penalty pgd":
         return PenaltyPGD(defended, restarts=settings.restarts, **common)
     if name == "k+1 apgd-t":
-        return KPlusOneTargetedAPGD(defended, restarts=settings.restarts, **common)
+        return KPlusOneTargetedAPGD(defended, restarts=settings.target_runs, **common)
     if name == "logit matching":
-        return LogitMatching(defended, *targets, restarts=settings.restarts, **common)
+        return LogitMatching(defended, *targets, restarts=settings.target_runs, **common)
     step_size = 2.5 * eps / settings.steps
     if name == BARE_PGD:
         return PGD(defended.model, step_size=step_size, **common)
