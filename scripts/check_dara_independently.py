@@ -7,8 +7,10 @@ correctly and accepted, for which its suite found no point in the ball that the 
 accepts. A DARA is only as good as the suite behind it, so this script attacks the same model, the same calibrated
 detectors (read from the run's `detectors/`) and the same first test images with a different attack, implemented
 here in plain torch on purpose (none of robgen.attacks or robgen.engine in the attack itself; what it attacks is
-robgen's: the model's outputs and the detector's score come from `DefendedClassifier.outputs`, and robust-margin's
-score runs robgen's engine loop inside, so a fault in scoring would be shared): a multi-targeted max-min attack. For each
+robgen's: the model's outputs and the detector's score come from `DefendedClassifier.outputs`, except robust-margin's,
+whose score is written here too from its definition, `RobustMarginScore`, and must agree with robgen's on
+validation images before the attack starts, so that a fault in robgen's engine loop or in its Danskin gradient
+would not be shared): a multi-targeted max-min attack. For each
 of the three most likely wrong classes t at the clean image, signed-gradient ascent with a cosine step schedule from
 a random start on
 
@@ -41,6 +43,62 @@ from robgen.detection.defended import DefendedClassifier  # noqa: E402
 from robgen.experiments.adaptive import load_run  # noqa: E402
 from robgen.experiments.adaptive_suite import saved_detector  # noqa: E402
 from robgen.metrics import wilson_interval  # noqa: E402
+
+
+def _margin(logits, labels):
+    """max_{k != label} z_k - z_label: > 0 where the label is not the top class."""
+    return logits.scatter(1, labels[:, None], float("-inf")).amax(1) - logits.gather(1, labels[:, None])[:, 0]
+
+
+class RobustMarginScore:
+    """robust-margin's reject score written here from its definition, not with robgen's code: the predicted class's
+    margin at the worst point z of the L-inf ball of radius r around x that `steps` signed-gradient steps of
+    2.5 r / steps (from z = x, each projected onto the ball and [0, 1]) find, minus the calibrated threshold; its
+    gradient by Danskin's theorem (z moves with x, except in coordinates the pixel range holds at the ball's edge).
+    `outputs(x)` returns (logits, score) as `DefendedClassifier.outputs` does."""
+
+    def __init__(self, model, saved: dict) -> None:
+        self.model = model
+        self.radius, self.steps = float(saved["settings"]["radius"]), int(saved["settings"]["steps"])
+        self.threshold = float(saved["thresholds"]["threshold"])
+
+    def outputs(self, x):
+        logits = self.model(x)
+        predicted = logits.detach().argmax(1)
+        start, r = x.detach(), self.radius
+        z = start.clone()
+        for _ in range(self.steps):
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                gradient, = torch.autograd.grad(_margin(self.model(z), predicted).sum(), z)
+            with torch.no_grad():
+                z = (start + (z + 2.5 * r / self.steps * gradient.sign() - start).clamp(-r, r)).clamp(0, 1)
+        held = ((z <= 0) & (start - r < 0)) | ((z >= 1) & (start + r > 1))
+        point = torch.where(held, z, x + (z - start))
+        return logits, _margin(self.model(point), predicted) - self.threshold
+
+
+def scored_here(run, results, name, model, defended, x_val, tolerance=1e-3):
+    """What this script attacks for detector `name`: robust-margin scored here (checked against robgen's score on
+    `x_val` first: a larger difference than `tolerance` stops the script), every other detector as robgen scores
+    it."""
+    if results["detectors"][name].get("kind", name) != "robust-margin":
+        return defended
+    own = RobustMarginScore(model, json.loads((run / results["detectors"][name]["file"]).read_text()))
+    with torch.no_grad():
+        gap = float((own.outputs(x_val)[1] - defended.outputs(x_val)[1]).abs().max())
+    gradients = []  # and their gradients, where a fault in a surrogate would hide behind equal values
+    for scorer in (own, defended):
+        point = x_val[:16].clone().requires_grad_(True)
+        gradients.append(torch.autograd.grad(scorer.outputs(point)[1].sum(), point)[0].flatten(1))
+    cosine = float(torch.nn.functional.cosine_similarity(gradients[0] * 1e6, gradients[1] * 1e6).min())
+    print(f"{name}: scored by this script from its definition; largest difference from robgen's score on "
+          f"{len(x_val)} validation images {gap:.2e}, smallest cosine of the two gradients on 16 of them "
+          f"{cosine:.6f}\n", flush=True)
+    if not (gap <= tolerance and cosine >= 0.999):
+        raise SystemExit(f"{name}: this script's score and robgen's differ on clean validation images (values by "
+                         f"{gap:.3g}, gradients to a cosine of {cosine:.4f}): one of the two implementations is wrong")
+    return own
 
 
 def rate(count: int, n: int) -> str:
@@ -137,12 +195,15 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"--detector {', '.join(unknown)}: {args.run} has {', '.join(results['detectors'])}")
     print(f"{results['model']} ({results['data']}), first {n} test images, {args.steps} steps, 3 targets\n")
+    # as the run calibrated them ("off": the detector switched off, the bare model's robust accuracy)
+    attacked = {name: DefendedClassifier(model, saved_detector(args.run, results, name, model)) for name in names}
+    attacked = {name: defended if name == "off" else scored_here(args.run, results, name, model, defended, x_val[:64])
+                for name, defended in attacked.items()}
     print("| detector | eps | robgen's DARA (its run, these images) | this attack's DARA | robgen-defended images it breaks "
           "| DARA against both | verdict |\n|---|---|---|---|---|---|---|")
     failed = 0
     for name in names:
-        # as the run calibrated it ("off": the detector switched off, the bare model's robust accuracy)
-        defended = DefendedClassifier(model, saved_detector(args.run, results, name, model))
+        defended = attacked[name]
         scale = logit_units(defended, x_val) if name != "off" else 1.0
         for row in results["rows"]:
             if row["detector"] != name:

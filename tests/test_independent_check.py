@@ -88,3 +88,35 @@ def test_a_limit_beyond_the_runs_images_is_refused_before_any_work(tmp_path):
     for limit in ("600", "0"):
         with pytest.raises(SystemExit, match=r"judged its first 500 test images; check 1 to 500"):
             check_dara.main([str(tmp_path), "--limit", limit])
+
+
+def test_robust_margin_is_scored_here_from_its_definition_and_agrees_with_robgen(tmp_path, capsys):
+    """The script attacked robust-margin through robgen's own score (its engine loop, its Danskin gradient), so a
+    fault there would have been shared; it now scores it itself and refuses to start where the two disagree on
+    clean images, in value or in gradient. The images sit near the pixel range's ends, where the gradient is held."""
+    import json
+
+    import pytest
+
+    model = tiny_model()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    g = torch.Generator().manual_seed(3)
+    val = torch.rand(48, 3, 32, 32, generator=g) ** 4  # many pixels within the radius of 0
+    option = make_reject_option("robust-margin", radius=4 / 255, target_fpr=0.2).calibrate(model, val)
+    option.save(tmp_path / "detectors" / "reject-robust-margin.json")
+    results = {"detectors": {"robust-margin": {"kind": "robust-margin", "file": "detectors/reject-robust-margin.json"}}}
+    defended = DefendedClassifier(model, option)
+    own = check_dara.scored_here(tmp_path, results, "robust-margin", model, defended, val)
+    assert isinstance(own, check_dara.RobustMarginScore)
+    assert "largest difference from robgen's score" in capsys.readouterr().out
+    point = val[:8].clone().requires_grad_(True)
+    mine, = torch.autograd.grad(own.outputs(point)[1].sum(), point)
+    theirs, = torch.autograd.grad(defended.outputs(point)[1].sum(), point)
+    assert float((mine - theirs).abs().max()) <= 1e-3 * float(theirs.abs().max())  # float rounding apart
+    assert float(mine.abs().max()) > 0
+    saved = json.loads((tmp_path / "detectors" / "reject-robust-margin.json").read_text())
+    saved["settings"]["steps"] = 1  # another detector than robgen's: refused before any attack
+    (tmp_path / "detectors" / "reject-robust-margin.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="one of the two implementations is wrong"):
+        check_dara.scored_here(tmp_path, results, "robust-margin", model, defended, val)
