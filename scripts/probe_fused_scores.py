@@ -87,7 +87,8 @@ def main(argv=None) -> int:
           f"{gap.quantile(0.99):.2e}, largest {gap.max():.2e} (median |score| {own_score.abs().median():.3f})")
     print(f"predicted class differs: {int((copy_logits.argmax(1) != own_logits.argmax(1)).sum())}; accepted on one "
           f"and rejected on the other: {int(((copy_score <= 0) != (own_score <= 0)).sum())}")
-    print(f"evading on the model but not on the copy (what the tracker would miss): {int((evades_own & ~evades_copy).sum())}; "
+    print("evading on the model but not on the copy (what the tracker would miss): "
+          f"{int((evades_own & ~evades_copy).sum())}; "
           f"the other way (its recheck drops them): {int((evades_copy & ~evades_own).sum())}")
     print(f"iterates scored closer to 0 than the largest difference: {int((own_score.abs() <= gap.max()).sum())}")
     return 0

@@ -152,7 +152,8 @@ def _check_arguments(args) -> dict:
     if not detectors and not args.detector_file:
         detectors = ("energy",)
     return dict(detectors=detectors, eps_list=parse_eps(args.eps), limit=args.limit, steps=args.steps,
-                restarts=args.restarts, target_classes=args.target_classes, target_fpr=args.target_fpr, seed=args.seed, batch_size=args.batch_size,
+                restarts=args.restarts, target_classes=args.target_classes, target_fpr=args.target_fpr,
+                seed=args.seed, batch_size=args.batch_size,
                 lambdas=parse_numbers(args.lambdas, "--lambdas"), skip_evaded=args.skip_evaded,
                 detector_settings=detector_settings(args, detectors))
 

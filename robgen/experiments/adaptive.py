@@ -114,7 +114,8 @@ class AdaptiveSettings:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.target_classes is not None and int(self.target_classes) < 1:
-            raise ValueError(f"target_classes must be >= 1 (or None: as many as the restarts), got {self.target_classes}")
+            raise ValueError(f"target_classes must be >= 1 (or None: as many as the restarts), got "
+                             f"{self.target_classes}")
         if not 0 < float(self.target_fpr) < 1:
             raise ValueError(f"target_fpr must be in (0, 1), e.g. 0.05, got {self.target_fpr}")
         self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
@@ -547,9 +548,11 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                          "software and model that made them")
     kept = kept_calibration(stage_dir, earlier, model)  # its detectors, exactly
     if report_only:  # and none to calibrate again: a fresh calibration is another detector than the stages knew
+        def same(option, digest) -> bool:
+            return json.loads(json.dumps(_option_digest(option), default=str)) == digest
+
         unmatched = sorted(name for name, digest in (earlier.get("detectors") or {}).items()
-                           if name != OFF and name not in kept and not (
-                               name in given and json.loads(json.dumps(_option_digest(given[name]), default=str)) == digest))
+                           if name != OFF and name not in kept and not (name in given and same(given[name], digest)))
         if unmatched:
             raise ValueError(f"{stage_dir}: its stages were made against detectors ({', '.join(unmatched)}) that its "
                              f"{CALIBRATION}/ folder does not hold or that were not given as the same files "

@@ -77,7 +77,9 @@ class _NarrowInputs(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.to(ctx.wide)
         factors = ctx.scales.factors
-        return (grad if factors is None else grad / factors.reshape(factors.shape + (1,) * (grad.dim() - 1))), None, None
+        if factors is not None:
+            grad = grad / factors.reshape(factors.shape + (1,) * (grad.dim() - 1))
+        return grad, None, None
 
 
 class _WidenOutputs(torch.autograd.Function):
