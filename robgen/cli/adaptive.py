@@ -135,16 +135,13 @@ def _check_arguments(args) -> dict:
         raise UsageError("--out is required (the output folder), unless --estimate-only")
     if args.out and not args.estimate_only:
         check_writable_folder(Path(args.out))
-    if args.report_only and args.overwrite:
-        raise UsageError("--report-only rewrites the report from the stages a run kept and never removes them: drop "
-                         "--overwrite")
     if args.report_only and args.out:
-        from ..experiments.adaptive import STAGES
-        from ..experiments.stages import KEY_FILE
+        from ..experiments.adaptive import STAGES, require_kept_stages
 
-        if not (Path(args.out) / STAGES / KEY_FILE).is_file():
-            raise UsageError(f"--report-only writes a report again from the stages a run kept (--keep-stages); "
-                             f"{Path(args.out) / STAGES} holds none")
+        try:
+            require_kept_stages(Path(args.out) / STAGES, args.overwrite)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     for path in args.detector_file or ():
         if not Path(path).is_file():
             raise UsageError(f"--detector-file {path} does not exist: give the JSON a reject option was saved to")

@@ -281,6 +281,40 @@ def recorded_key_of_this_run(stage_dir: Optional[Path], run_key: dict) -> Option
     return recorded
 
 
+def require_kept_stages(stage_dir: Optional[Path], replace_stale_stages: bool = False) -> None:
+    """What `report_only` needs before any work: a stage folder a run kept (--keep-stages), which it must not
+    remove (no --overwrite). The command checks it before loading the model; the library again."""
+    if replace_stale_stages:
+        raise ValueError("--report-only rewrites the report from the stages a run kept and never removes them: drop "
+                         "--overwrite (replace_stale_stages)")
+    if stage_dir is None or not (Path(stage_dir) / stage_files.KEY_FILE).is_file():
+        raise ValueError(f"--report-only writes a report again from the stages a run kept (--keep-stages); "
+                         f"{stage_dir} holds none")
+
+
+def refuse_other_stages(stage_dir: Path, run_key: dict, earlier: Optional[dict], kept: Mapping[str, RejectOption],
+                        given: Mapping[str, RejectOption]) -> None:
+    """For `report_only`: refuse stages another run made (other settings, data, weights or code: `earlier` is
+    None), and stages made against a detector that is neither kept in the folder nor given as the same file (a
+    fresh calibration would be another detector than the stages knew)."""
+    if earlier is None:
+        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
+        wanted = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+        differ = sorted(k for k in set(recorded) | set(wanted) if k != "detectors" and recorded.get(k) != wanted.get(k))
+        raise ValueError(f"{stage_dir} holds the stages of another run (its {', '.join(differ)} differ: other "
+                         "settings, data, weights or code): a report can be written again only with the command, "
+                         "software and model that made them")
+    def same(option: RejectOption, digest: dict) -> bool:
+        return json.loads(json.dumps(_option_digest(option), default=str)) == digest
+
+    unmatched = sorted(name for name, digest in (earlier.get("detectors") or {}).items()
+                       if name != OFF and name not in kept and not (name in given and same(given[name], digest)))
+    if unmatched:
+        raise ValueError(f"{stage_dir}: its stages were made against detectors ({', '.join(unmatched)}) that its "
+                         f"{CALIBRATION}/ folder does not hold or that were not given as the same files "
+                         "(--detector-file): a report can be written again only against those detectors")
+
+
 def kept_calibration(stage_dir: Optional[Path], recorded: Optional[dict], model) -> Dict[str, RejectOption]:
     """The detectors an interrupted attempt of this same run calibrated and kept in its stage folder (CALIBRATION),
     so that the resumed run attacks exactly the thresholds its finished stages were computed against.
@@ -500,9 +534,6 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     `keep_stages` writes its results and report again from those stages (the report code of the day), attacking
     nothing: a missing or stale stage is an error, and no stage is removed.
     """
-    if report_only and replace_stale_stages:
-        raise ValueError("report_only reads a finished run's stages back and never removes them: drop "
-                         "replace_stale_stages (--overwrite)")
     given = {option.kind: option for option in detectors if isinstance(option, RejectOption)}
     names = [option.kind if isinstance(option, RejectOption) else str(option) for option in detectors]
     if len(given) < sum(isinstance(option, RejectOption) for option in detectors) or len(set(names)) < len(names):
@@ -529,9 +560,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                 estimate["suites"], len(settings.attacks), len(x))
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
-    if report_only and (stage_dir is None or not (Path(stage_dir) / stage_files.KEY_FILE).exists()):
-        raise ValueError(f"report_only writes a report again from the stages a finished run kept (--keep-stages); "
-                         f"{stage_dir} holds none")
+    if report_only:
+        require_kept_stages(stage_dir, replace_stale_stages)
     run_key = {"settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
                "model": model_fingerprint(model), "n_validation": len(splits.validation), "n_test": len(x),
                # the images themselves: a file replaced in place keeps the path and the counts
@@ -539,24 +569,9 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
                           "test": datasets.pixels_fingerprint(TensorDataset(x, y))},
                "adaptive_code": stage_files.code_fingerprint(parts=ADAPTIVE_CODE), **run_environment(model)}
     earlier = recorded_key_of_this_run(stage_dir, run_key)  # an interrupted attempt's key, if this same run's
-    if report_only and earlier is None:  # before calibrating: the stages kept are another run's, or other code's
-        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
-        wanted = json.loads(json.dumps(run_key, sort_keys=True, default=str))
-        differ = sorted(k for k in set(recorded) | set(wanted) if k != "detectors" and recorded.get(k) != wanted.get(k))
-        raise ValueError(f"{stage_dir} holds the stages of another run (its {', '.join(differ)} differ: other "
-                         "settings, data, weights or code): a report can be written again only with the command, "
-                         "software and model that made them")
     kept = kept_calibration(stage_dir, earlier, model)  # its detectors, exactly
-    if report_only:  # and none to calibrate again: a fresh calibration is another detector than the stages knew
-        def same(option, digest) -> bool:
-            return json.loads(json.dumps(_option_digest(option), default=str)) == digest
-
-        unmatched = sorted(name for name, digest in (earlier.get("detectors") or {}).items()
-                           if name != OFF and name not in kept and not (name in given and same(given[name], digest)))
-        if unmatched:
-            raise ValueError(f"{stage_dir}: its stages were made against detectors ({', '.join(unmatched)}) that its "
-                             f"{CALIBRATION}/ folder does not hold or that were not given as the same files "
-                             "(--detector-file): a report can be written again only against those detectors")
+    if report_only:  # refused before calibrating anything
+        refuse_other_stages(stage_dir, run_key, earlier, kept, given)
     reject = shared_calibration(calibrate_detectors(model, data, splits, settings, {**kept, **given}), given)
     pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
     targets = datasets.load_tensors(pool)
