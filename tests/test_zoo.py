@@ -312,6 +312,21 @@ def test_fab_on_a_float64_model_is_refused_with_the_reason_and_the_others_attack
         assert bool((double(adversarial.double()).argmax(1) != y).any())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fab_and_autoattack_attack_a_half_precision_model(dtype, own_predictions):
+    """They were refused for every model not in float32, float16 and bfloat16 ones too, whose graph hands
+    torchattacks float32 pixels and gradients (`CastInputs`): only a float64 model's gradients break FAB."""
+    x, _ = own_predictions
+    half = fragile_model().to(dtype)
+    with torch.no_grad():
+        y = half(x.to(dtype)).argmax(1)
+    for name in ("FAB-L2", "AutoAttack"):
+        adversarial = zoo_attack(name, half, THREAT, torch.Generator().manual_seed(0))(x, y)
+        assert adversarial.dtype == torch.float32
+        with torch.no_grad():
+            assert bool((half(adversarial.to(dtype)).argmax(1) != y).any()), name
+
+
 def test_the_zoo_study_refuses_to_run_split_across_processes(monkeypatch):
     """Each rank would record the perturbation sizes of its own batches only, beside every rank's outputs."""
     from robgen import distributed

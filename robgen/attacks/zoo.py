@@ -46,14 +46,15 @@ import torch.nn.functional as F
 from ..checks import check_positive, check_steps
 from ..engine import make_constraint, random_seed
 from ..engine.random import generator_device, seeded_global_rng
-from ..models.state import CastInputs, model_dtype
+from ..models.state import CastInputs, model_dtype, working_dtype
 from .apgd import APGD
 from .base import Attack
 from .hepgd import HighEnergyPGD
 from .pgd import FGSM, PGD
 
 _TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
-FLOAT32_ONLY = ("FAB", "AutoAttack")  # FAB (AutoAttack's FAB-T too) fails on float64 gradients
+FLOAT32_ONLY = ("FAB", "AutoAttack")  # FAB (AutoAttack's FAB-T too) fails on float64 gradients: it is given float32
+# pixels and gradients by float32 models and by float16 and bfloat16 ones, whose graph casts (`working_dtype`)
 ROUNDING = 1e-6  # a torchattacks output this close to its input (in every pixel) is the input, round-tripped
 
 
@@ -144,7 +145,7 @@ class TorchAttacksAttack(Attack):
                              f"{self.attack_norm}: pass norm={native!r}"
                              + (", or use PGDL2 for l2" if self.attack_class.__name__ == "PGD" else ""))
         self._check_classes(model, settings)
-        if self.attack_class.__name__ in FLOAT32_ONLY and model_dtype(model) != torch.float32:
+        if self.attack_class.__name__ in FLOAT32_ONLY and working_dtype(model) != torch.float32:
             raise ValueError(f"torchattacks.{self.attack_class.__name__} builds float32 tensors inside (FAB's "
                              f"projection) and fails on a {model_dtype(model)} model: attack a float32 copy "
                              "(model.float())")
