@@ -183,6 +183,11 @@ def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_aga
     other[other.index("--steps") + 1] = "3"  # another run's settings: refused, its stages left as they are
     assert main(other) == 2
     assert "holds the stages of another run (its settings differ" in capsys.readouterr().err
+    whole = stage_files[0].read_bytes()
+    stage_files[0].write_bytes(whole[:len(whole) // 2])  # cut short: there, but not readable, and said so
+    assert main(command(checkpoint, toy_data, kept, "--report-only")) == 2
+    assert f"{stage_files[0].name} is there but cannot be read" in capsys.readouterr().err
+    assert stage_files[0].stat().st_size == len(whole) // 2  # left as it was, for the user to look at
     stage_files[0].unlink()
     assert main(command(checkpoint, toy_data, kept, "--report-only")) == 2
     assert "has no stage" in capsys.readouterr().err
