@@ -133,6 +133,46 @@ def test_results_json_names_the_defended_images_so_another_attack_can_be_compare
         assert off["defended"] == bare["robust"] and len(bare["robust"]) == bare["robust_accuracy"]["count"]
 
 
+def test_each_detector_is_compared_with_the_bare_model_image_by_image(finished):
+    """DARA minus the bare model's robust accuracy, paired on the same images, with the images only one side holds,
+    in results.json and in results.md."""
+    out, results = finished
+    text = (out / "results.md").read_text()
+    bare = {row["eps"]: row for row in results["bare"]}
+    compared = [row for row in results["rows"] if row["detector"] != "off"]
+    assert compared and all(row["detector"] != "off" or "gain_over_bare" not in row for row in results["rows"])
+    for row in compared:
+        gain, robust, defended = row["gain_over_bare"], set(bare[row["eps"]]["robust"]), set(row["defended"])
+        assert gain["difference"] == pytest.approx(row["dara"]["rate"] - bare[row["eps"]]["robust_accuracy"]["rate"])
+        assert (gain["only_with_detector"], gain["only_bare"]) == (len(defended - robust), len(robust - defended))
+        low, high = gain["ci"]
+        assert low <= gain["difference"] <= high and gain["n"] == results["n_test"]
+        assert (f"| {row['detector']} | {row['eps_label']} | {100 * gain['difference']:+.1f} points "
+                f"[{100 * low:+.1f}, {100 * high:+.1f}] | {gain['only_with_detector']} | {gain['only_bare']} |") in text
+
+
+def test_the_gain_script_prints_for_a_finished_run_what_its_report_says(finished, capsys):
+    """scripts/gain_over_bare.py computes the comparison from results.json alone (for runs made before the report
+    had it): the same lines as results.md, and a clear error for a file that is not there."""
+    import importlib.util
+
+    out, results = finished
+    spec = importlib.util.spec_from_file_location("gain_over_bare", REPO / "scripts" / "gain_over_bare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    older = out.parent / "older.json"  # the run as an older results.json had it: no comparison recorded
+    older.write_text(json.dumps({**results, "rows": [{k: v for k, v in row.items() if k != "gain_over_bare"}
+                                                     for row in results["rows"]]}))
+    assert script.main([str(older)]) == 0
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("| ") and "points" in line]
+    assert len(table) == len([row for row in results["rows"] if row["detector"] != "off"])
+    assert all(line in (out / "results.md").read_text() for line in table)
+    with pytest.raises(SystemExit):
+        script.main([str(out / "nowhere.json")])
+    assert "no such file" in capsys.readouterr().err
+
+
 def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tmp_path, same_code):
     out, results = finished
     again = tmp_path / "again"
@@ -165,6 +205,8 @@ def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_aga
     (kept / "results.md").write_text("an older report")
     monkeypatch.setattr(suite_module, "run_suite", lambda *args, **kwargs: pytest.fail("attacked"))
     assert main(command(checkpoint, toy_data, kept, "--report-only")) == 0
+    printed = capsys.readouterr().out  # each detector's DARA, and what it adds to the bare model's robust accuracy
+    assert "energy at   8/255: DARA" in printed and "; against the bare model " in printed
     again = json.loads((kept / "results.json").read_text())
     made = json.loads(json.dumps(results))  # the run's own record of how it was made stays
     made["report_written_again"] = True

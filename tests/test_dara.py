@@ -5,7 +5,7 @@ import torch
 
 from robgen.detection.dara import (
     bare_robust_accuracy, clean_accuracy_with_rejection, defended_images, detection_aware_report,
-    detection_aware_robust_accuracy, detection_rate, per_attack_breakdown, tramer_ceiling_note,
+    detection_aware_robust_accuracy, detection_rate, gain_over_bare, per_attack_breakdown, tramer_ceiling_note,
 )
 from robgen.metrics import wilson_interval
 
@@ -87,6 +87,19 @@ def test_bad_inputs_say_what_to_fix():
         detection_aware_robust_accuracy(CORRECT, ACCEPTED, torch.zeros(0, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="empty stack of attacks"):
         bare_robust_accuracy(CORRECT, torch.zeros(0, 6, dtype=torch.bool))
+
+
+def test_gain_over_the_bare_model_is_paired_by_hand():
+    """Bare robust: images 0, 1, 2; defended with the detector: 0, 3, 4, 5. +1 image net (3 gained, 2 lost), and
+    the interval is the paired one: Agresti & Min's, from the 2 and 3 discordant images (+ 1/2 each) of n + 2."""
+    robust = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
+    defended = torch.tensor([1, 0, 0, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    gain = gain_over_bare(robust, defended)
+    assert gain["difference"] == pytest.approx(0.1) and (gain["only_with_detector"], gain["only_bare"]) == (3, 2)
+    half = 1.959964 * math.sqrt((6 - 1 / 12) / 144)  # cells 12, discordant 2.5 and 3.5
+    assert gain["ci"] == pytest.approx([1 / 12 - half, 1 / 12 + half], abs=1e-6) and gain["n"] == 10
+    with pytest.raises(ValueError, match="pass the same test images"):
+        gain_over_bare(robust, defended[:9])
 
 
 def test_tramer_ceiling_note_halves_the_radius():

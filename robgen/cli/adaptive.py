@@ -178,6 +178,7 @@ def command_adaptive(args) -> int:
     from .. import distributed
     from ..experiments.adaptive import STAGES, AdaptiveSettings, adaptive_evaluation, detector_profiles, \
         estimate_passes, require_validation_split, shares_references
+    from ..experiments.adaptive_report import points_text
     from ..experiments.pipeline import detection_splits
 
     keywords = _check_arguments(args)
@@ -238,8 +239,10 @@ def command_adaptive(args) -> int:
     if distributed.is_main():
         for row in sorted(results["rows"], key=lambda row: (row["detector"], row["eps"])):
             dara = row["dara"]
+            gain = row.get("gain_over_bare")
             print(f"{row['detector']:>14} at {row['eps_label']:>7}: DARA {100 * dara['rate']:.1f}% "
-                  f"[{100 * dara['ci'][0]:.1f}, {100 * dara['ci'][1]:.1f}] of {dara['n']}")
+                  f"[{100 * dara['ci'][0]:.1f}, {100 * dara['ci'][1]:.1f}] of {dara['n']}"
+                  + (f"; against the bare model {points_text(gain)}" if gain is not None else ""))
         for check in results["sanity"]:
             if check["passed"] is False:
                 print(f"sanity check FAILED: {check['check']} ({check['subject']}): {check['detail']}")

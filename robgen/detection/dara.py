@@ -26,7 +26,7 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from ..metrics import rate_interval
+from ..metrics import PAIRED_INTERVAL, paired_difference_interval, rate_interval
 
 Flags = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
@@ -112,6 +112,23 @@ def bare_robust_accuracy(clean_correct, adversarial_correct: Flags) -> Dict[str,
     for flags in _stack(adversarial_correct, "adversarial_correct", len(correct)).values():
         robust &= flags
     return rate(robust)
+
+
+def gain_over_bare(robust, defended, confidence: float = 0.95) -> Dict[str, object]:
+    """What a detector adds to the bare model on the same test images: DARA minus the bare model's robust
+    accuracy, paired image by image (`robust`: the bare model right at every point of the detector-off suite;
+    `defended`: `defended_images` with the detector). The difference's interval is the paired one
+    (`metrics.paired_difference_interval`): the two rates' own intervals side by side ignore that both are
+    measured on the same images and can overlap where the difference excludes 0. Also the images each side
+    alone holds: defended only with the detector (its catches) and robust only without it (what its
+    rejections of clean images and the attacks that know it cost)."""
+    robust = as_flags(robust, "robust")
+    defended = as_flags(defended, "defended", len(robust))
+    n = int(robust.numel())
+    difference = (int(defended.sum()) - int(robust.sum())) / n if n else math.nan
+    return {"difference": difference, "ci": list(paired_difference_interval(robust, defended, confidence)),
+            "only_with_detector": int((defended & ~robust).sum()), "only_bare": int((robust & ~defended).sum()),
+            "n": n, "interval": PAIRED_INTERVAL}
 
 
 def per_attack_breakdown(clean_correct, clean_accepted, evaded: Flags) -> Dict[str, Dict[str, object]]:

@@ -35,7 +35,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..detection.dara import (defended_images, detection_aware_report, detection_aware_robust_accuracy, eps_label,
-                             rate)
+                             gain_over_bare, rate)
 from ..files import json_text, write_text_atomically
 
 OFF = "off"  # the detector switched off (adaptive.DetectorOff)
@@ -65,6 +65,24 @@ def indices(flags: torch.Tensor) -> List[int]:
     """The positions (in the run's test images, data order) where `flags` is True: results.json's per-image record
     (a row's "defended", the bare model's "robust"), so that another attack can be compared image by image."""
     return [int(i) for i in torch.nonzero(flags)[:, 0]]
+
+
+def flags_at(images: Sequence[int], n: int) -> torch.Tensor:
+    """(n,) bool, True at the test images `indices` listed (a row's "defended", the bare model's "robust")."""
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[torch.as_tensor(list(images), dtype=torch.long)] = True
+    return flags
+
+
+def add_gains(rows: List[dict], bare: List[dict], n: int) -> List[dict]:
+    """Each detector's row (not the detector switched off) given "gain_over_bare": its DARA against the bare model's
+    robust accuracy at the same eps, image by image, from the per-image records of results.json (a row's
+    "defended", the bare row's "robust"); rows of a run that recorded neither are left without one."""
+    robust = {row["eps"]: row.get("robust") for row in bare}
+    for row in rows:
+        if row["detector"] != OFF and row.get("defended") is not None and robust.get(row["eps"]) is not None:
+            row["gain_over_bare"] = gain_over_bare(flags_at(robust[row["eps"]], n), flags_at(row["defended"], n))
+    return rows
 
 
 def _first_evader(stages: Mapping[str, Dict[str, torch.Tensor]], eligible: torch.Tensor) -> Dict[str, int]:
@@ -406,6 +424,7 @@ def summarise(model, data, settings, reject: Mapping[str, object], clean_correct
                                    {name: s["evaded"] for name, s in off.items()})
         robust = bare_flags(clean_correct, off)["all"]
         off_equal[float(eps)] = (bool(torch.equal(defended, robust)), int((defended != robust).sum()))
+    add_gains(rows, bare, len(clean_correct))
     logit_only = [name for name, option in reject.items() if name != OFF and not (
         option.needs_features or option.needs_inputs or option.needs_network)]
     training = model.spec.training or {}
@@ -495,6 +514,34 @@ def caught_section(results: dict, names: Sequence[str]) -> List[str]:
     return lines
 
 
+def points_text(gain: dict) -> str:
+    """A paired difference in percentage points with its interval: "+2.6 points [1.1, 4.0]"."""
+    low, high = gain["ci"]
+    return f"{100 * gain['difference']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def gain_section(results: dict) -> List[str]:
+    """results.md's comparison of each detector's DARA with the bare model's robust accuracy on the same images
+    (none for a run made before the rows recorded it)."""
+    rows = sorted((row for row in results["rows"] if row.get("gain_over_bare") is not None),
+                  key=lambda row: (row["eps"], row["detector"]))
+    if not rows:
+        return []
+    lines = ["", "## What each detector adds to the bare model, image by image", "",
+             "DARA minus the bare model's robust accuracy on the same test images, with the 95% interval of the "
+             "paired difference (Agresti & Min 2005): the two rates' intervals side by side ignore that both are "
+             "measured on the same images. Then the images only one side holds: defended only with the detector "
+             "(what it catches that the bare model loses) and robust only without it (what its rejections of clean "
+             "images and the attacks that know it cost).", "",
+             "| detector | eps | DARA − robust accuracy | defended only with the detector | robust only without it |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        gain = row["gain_over_bare"]
+        lines.append(f"| {row['detector']} | {row['eps_label']} | {points_text(gain)} | {gain['only_with_detector']} | "
+                     f"{gain['only_bare']} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     settings, eps_list = results["settings"], [row["eps"] for row in results["bare"]]
     apart = calibrated_apart(results)
@@ -530,6 +577,7 @@ def markdown(results: dict) -> str:
         clean = rows[0]["clean"]
         lines.append(f"| {label} | {_thresholds(results['detectors'][name])} | {_pct(clean['accuracy'])} | "
                      f"{_pct(clean['rejection_rate'])} | " + " | ".join(_pct(row["dara"]) for row in rows) + " |")
+    lines += gain_section(results)
     for eps in eps_list:
         rows = {row["detector"]: row for row in results["rows"] if row["eps"] == eps}
         among = (" This run skipped evaded images (--skip-evaded): each adaptive attack after the first ran only on "
