@@ -515,7 +515,7 @@ def caught_section(results: dict, names: Sequence[str]) -> List[str]:
 
 
 def points_text(gain: dict) -> str:
-    """A paired difference in percentage points with its interval: "+2.6 points [1.1, 4.0]"."""
+    """A paired difference in percentage points with its interval: "+2.6 points [+1.1, +4.0]"."""
     low, high = gain["ci"]
     return f"{100 * gain['difference']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
 
