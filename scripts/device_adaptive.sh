@@ -18,6 +18,11 @@
 #                checkpoints/imagenette-resnet10-quasirobust results examples  (so that the model's checkpoint travels
 #                beside a 42 MB part), then  DATA=imagenette ROBGEN_DATA=$HOME/robgen-data EPS=4/255,64/255 BATCH=250 \
 #                      bash scripts/device_adaptive.sh imagenette-resnet10-robust
+#                and robust-margin on it (the moonshot's other robust model; at most 8.0 M forward+backward passes; its
+#                CPU run, started 2026-12-06 from a frozen worktree, takes many hours): after the same preparation,
+#                      DATA=imagenette ROBGEN_DATA=$HOME/robgen-data DETECTORS=robust-margin RADIUS=1/255 EPS=4/255 \
+#                      BATCH=250 TAG=-robust-margin bash scripts/device_adaptive.sh imagenette-resnet10-robust
+#                (RADIUS: robust-margin's ball, 1/255 a quarter of its eps as the default 2/255 is of CIFAR-10's 8/255)
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
 #                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
 #
@@ -37,6 +42,8 @@ EPS=${EPS:-4/255,8/255,64/255}  # 64/255: the "near 0 at a large eps" sanity che
 DETECTORS=${DETECTORS:-energy,band,class-energy,multi-t,mahalanobis,energy-gap}
 LIMIT=500 STEPS=100 RESTARTS=3 BATCH=${BATCH:-500}
 RUNS=runs/adaptive
+SETTINGS=()  # a detector's own settings: RADIUS for robust-margin's ball
+if [ -n "${RADIUS:-}" ]; then SETTINGS+=(--radius "$RADIUS"); fi
 if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255 RUNS=runs/adaptive-smoke; fi
 MODELS=("$@")
 if [ ${#MODELS[@]} -eq 0 ]; then
@@ -52,7 +59,7 @@ for model in "${MODELS[@]}"; do
     if [ -e "$run/results.json" ]; then echo "$model: done before"; else
         $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \
             --eps "$EPS" --limit "$LIMIT" --steps "$STEPS" --restarts "$RESTARTS" --batch-size "$BATCH" \
-            --out "$run" > "$OUT/adaptive-$model${TAG:-}.log" 2>&1 || { tail -n 20 "$OUT/adaptive-$model${TAG:-}.log"; exit 1; }
+            ${SETTINGS[@]+"${SETTINGS[@]}"} --out "$run" > "$OUT/adaptive-$model${TAG:-}.log" 2>&1 || { tail -n 20 "$OUT/adaptive-$model${TAG:-}.log"; exit 1; }
     fi
     # one archive per model: a call brings back at most 8 files, none deeper than $OUT/a/b/ (detectors/ has one per
     # detector); unpack here with  mkdir -p results/adaptive/M && tar xzf adaptive-M.tar.gz -C results/adaptive/M
