@@ -7,7 +7,9 @@ eps, attack) stage in `<out>/.stages/` (per-image flags). Per detector and eps t
 finished stage, in the suite's order (an upper bound until the suite is complete: a later attack only removes
 images), the non-adaptive references (each point they passed through judged by every detector as they ran),
 and the bare model's accuracy under the references (an upper bound on its robust accuracy under the whole suite,
-which the detector-off suite gives). Brackets: 95% Wilson intervals.
+which the detector-off suite gives); where the detector-off suite has begun, each detector's DARA minus the bare
+model's robust accuracy, paired image by image (the report's "what each detector adds"), each eps's own suite.
+Brackets: 95% Wilson intervals (the paired difference: Agresti & Min's).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robgen.detection.dara import eps_label, rate  # noqa: E402
+from robgen.detection.dara import eps_label, gain_over_bare, rate  # noqa: E402
+from robgen.experiments.adaptive_report import points_text  # noqa: E402
 from robgen.experiments.adaptive import STAGES  # noqa: E402
 from robgen.experiments.adaptive_suite import ADAPTIVE, suite_names  # noqa: E402
 from robgen.experiments.stages import KEY_FILE, stage_file  # noqa: E402
@@ -53,6 +56,7 @@ def main() -> int:
         label = eps_label(eps)
         references = {name: read(stage_file(folder, f"reference-eps{label}-{name}")) for name in attacks
                       if name not in ADAPTIVE and stage_file(folder, f"reference-eps{label}-{name}").exists()}
+        so_far = {}  # detector -> (its images defended so far, whether its suite is complete)
         for detector in (*settings["detectors"], "off"):
             # the adaptive attacks, and the references where they ran per detector (one that reads the images)
             stages = {name: read(stage_file(folder, f"{detector}-eps{label}-{name}")) for name in attacks
@@ -80,9 +84,17 @@ def main() -> int:
                 rejected = points[f"{detector}/rejected"].bool()
                 print(f"  DARA after {name}: {shown(defended)}; of its successes on the bare model (final points) "
                       f"the detector rejects {shown(rejected[correct & fooled])}")
+            so_far[detector] = (defended, not missing)
             print(f"  {'complete' if not missing else 'still to run: ' + ', '.join(missing)}"
                   + (" (logit matching writes no stage where it is skipped, for want of accepted targets of two "
                      "classes: results.json names it then)" if "logit matching" in missing else ""))
+        if "off" in so_far:  # each detector against the bare model (the detector switched off), image by image
+            robust, off_complete = so_far["off"]
+            for detector, (defended, complete) in so_far.items():
+                if detector != "off":
+                    print(f"\n{detector} at {label} against the detector switched off, paired: "
+                          f"{points_text(gain_over_bare(robust, defended))}"
+                          + ("" if complete and off_complete else " (so far: both suites are not complete)"))
         clean = next((read(path) for path in sorted(folder.glob(f"*-eps{label.replace('/', '_')}-*"))
                       if not path.name.startswith("reference-")), None)
         if references and clean is not None:

@@ -24,7 +24,7 @@ from robgen.detection.reject import KINDS, make_reject_option
 from robgen.experiments.adaptive import CALIBRATION, STAGES, AdaptiveSettings, estimate_passes
 from robgen.experiments.adaptive_suite import DetectorOff
 from robgen.experiments.adaptive_report import (convergence_checks, dara_by_restarts, detector_row, markdown,
-                                               sanity_checks)
+                                               points_text, sanity_checks)
 from robgen.experiments.stages import StageStore
 from robgen.training import TrainConfig, train
 from tests.conftest import REPO, tiny_model
@@ -338,6 +338,12 @@ def test_the_progress_of_a_run_read_from_its_stages_gives_its_dara(finished, che
         last = [line for line in block.splitlines() if "DARA after" in line][-1]
         assert f"({row['dara']['count']}/{row['dara']['n']})" in last.split(";")[0], (last, row["dara"])
         assert "complete" in block
+    smallest = min(row["eps"] for row in results["rows"])  # no smaller eps's evasions carried into its rows
+    for row in results["rows"]:  # each detector against the bare model, image by image, as results.json has it
+        if row["eps"] == smallest and row["detector"] != "off":
+            line = (f"{row['detector']} at {row['eps_label']} against the detector switched off, paired: "
+                    f"{points_text(row['gain_over_bare'])}")
+            assert line + "\n" in shown.stdout, (line, shown.stdout)
 
 
 def test_the_progress_of_the_detector_switched_off_counts_the_bare_model_references(checkpoint, toy_data, tmp_path,
