@@ -29,10 +29,16 @@ def main(argv=None) -> int:
     if missing:
         parser.error(f"no such file: {', '.join(missing)} (give the results.json of finished runs)")
     for path in args.results:
-        results = json.loads(path.read_text())
+        print(f"# {path}")
+        try:
+            results = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            results = {}
+        if not isinstance(results, dict) or not {"rows", "bare", "n_test"} <= set(results):
+            print("not the results.json of a `python -m robgen adaptive` run (no rows, bare or n_test)\n")
+            continue
         add_gains(results["rows"], results["bare"], results["n_test"])
         lines = gain_section(results)
-        print(f"# {path}")
         print("\n".join(lines[1:]) if lines else "no per-image records (a run made before they were kept)")
         print()
     return 0

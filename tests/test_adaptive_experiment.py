@@ -145,10 +145,16 @@ def test_each_detector_is_compared_with_the_bare_model_image_by_image(finished):
         gain, robust, defended = row["gain_over_bare"], set(bare[row["eps"]]["robust"]), set(row["defended"])
         assert gain["difference"] == pytest.approx(row["dara"]["rate"] - bare[row["eps"]]["robust_accuracy"]["rate"])
         assert (gain["only_with_detector"], gain["only_bare"]) == (len(defended - robust), len(robust - defended))
+        rejected = set(row["rejected_clean"])  # robust but rejected when clean: its false positives' cost
+        assert gain["only_bare_rejected_clean"] == len(robust & rejected) and not defended & rejected
+        assert gain["only_bare_evaded"] == gain["only_bare"] - len(robust & rejected)
         low, high = gain["ci"]
         assert low <= gain["difference"] <= high and gain["n"] == results["n_test"]
         assert (f"| {row['detector']} | {row['eps_label']} | {100 * gain['difference']:+.1f} points "
-                f"[{100 * low:+.1f}, {100 * high:+.1f}] | {gain['only_with_detector']} | {gain['only_bare']} |") in text
+                f"[{100 * low:+.1f}, {100 * high:+.1f}] | {gain['only_with_detector']} | {gain['only_bare']} "
+                f"({gain['only_bare_rejected_clean']} / {gain['only_bare_evaded']}) |") in text
+    rejections = [len(row["rejected_clean"]) for row in results["rows"] if row["detector"] != "off"]
+    assert sum(rejections) > 0, "the toy run's detectors reject some clean images: the split is exercised"
 
 
 def test_the_gain_script_prints_for_a_finished_run_what_its_report_says(finished, capsys):
@@ -171,6 +177,8 @@ def test_the_gain_script_prints_for_a_finished_run_what_its_report_says(finished
     with pytest.raises(SystemExit):
         script.main([str(out / "nowhere.json")])
     assert "no such file" in capsys.readouterr().err
+    assert script.main([str(out / "results.md")]) == 0  # another file: said so, and the others still printed
+    assert "not the results.json of a `python -m robgen adaptive` run" in capsys.readouterr().out
 
 
 def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tmp_path, same_code):

@@ -98,6 +98,10 @@ def test_gain_over_the_bare_model_is_paired_by_hand():
     assert gain["difference"] == pytest.approx(0.1) and (gain["only_with_detector"], gain["only_bare"]) == (3, 2)
     half = 1.959964 * math.sqrt((6 - 1 / 12) / 144)  # cells 12, discordant 2.5 and 3.5
     assert gain["ci"] == pytest.approx([1 / 12 - half, 1 / 12 + half], abs=1e-6) and gain["n"] == 10
+    assert gain["only_bare_rejected_clean"] is None and gain["only_bare_evaded"] is None  # not known without them
+    rejected = torch.tensor([0, 1, 0, 0, 0, 0, 0, 1, 0, 0], dtype=torch.bool)  # 1 lost to a false positive; 7 was
+    split = gain_over_bare(robust, defended, rejected)  # never robust: it does not count
+    assert (split["only_bare_rejected_clean"], split["only_bare_evaded"]) == (1, 1)  # 2: evaded, attack variance
     with pytest.raises(ValueError, match="pass the same test images"):
         gain_over_bare(robust, defended[:9])
 

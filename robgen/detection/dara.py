@@ -114,20 +114,30 @@ def bare_robust_accuracy(clean_correct, adversarial_correct: Flags) -> Dict[str,
     return rate(robust)
 
 
-def gain_over_bare(robust, defended, confidence: float = 0.95) -> Dict[str, object]:
+def gain_over_bare(robust, defended, rejected_clean=None, confidence: float = 0.95) -> Dict[str, object]:
     """What a detector adds to the bare model on the same test images: DARA minus the bare model's robust
     accuracy, paired image by image (`robust`: the bare model right at every point of the detector-off suite;
     `defended`: `defended_images` with the detector). The difference's interval is the paired one
     (`metrics.paired_difference_interval`): the two rates' own intervals side by side ignore that both are
-    measured on the same images and can overlap where the difference excludes 0. Also the images each side
-    alone holds: defended only with the detector (its catches) and robust only without it (what its
-    rejections of clean images and the attacks that know it cost)."""
+    measured on the same images and can overlap where the difference excludes 0.
+
+    Also the images only one side holds. "only_with_detector": the detector-off suite broke them and the
+    detector's suite found no accepted mistake there (the detector's catches, and whatever the two suites'
+    random draws differ by). "only_bare": robust without the detector, not defended with it; with
+    `rejected_clean` (the clean images it rejects) split into those rejected on the clean image (the cost of its
+    false positives) and the rest, where the detector's suite found an accepted mistake the detector-off suite
+    missed (so the bare model is not robust there either: attack variance, not a cost of the detector); None
+    where the clean rejections are not known."""
     robust = as_flags(robust, "robust")
     defended = as_flags(defended, "defended", len(robust))
     n = int(robust.numel())
     difference = (int(defended.sum()) - int(robust.sum())) / n if n else math.nan
+    only_bare = robust & ~defended
+    rejected = None if rejected_clean is None else as_flags(rejected_clean, "rejected_clean", n) & only_bare
     return {"difference": difference, "ci": list(paired_difference_interval(robust, defended, confidence)),
-            "only_with_detector": int((defended & ~robust).sum()), "only_bare": int((robust & ~defended).sum()),
+            "only_with_detector": int((defended & ~robust).sum()), "only_bare": int(only_bare.sum()),
+            "only_bare_rejected_clean": None if rejected is None else int(rejected.sum()),
+            "only_bare_evaded": None if rejected is None else int((only_bare & ~rejected).sum()),
             "n": n, "interval": PAIRED_INTERVAL}
 
 

@@ -81,7 +81,9 @@ def add_gains(rows: List[dict], bare: List[dict], n: int) -> List[dict]:
     robust = {row["eps"]: row.get("robust") for row in bare}
     for row in rows:
         if row["detector"] != OFF and row.get("defended") is not None and robust.get(row["eps"]) is not None:
-            row["gain_over_bare"] = gain_over_bare(flags_at(robust[row["eps"]], n), flags_at(row["defended"], n))
+            rejected = row.get("rejected_clean")  # recorded since 2026-12-06: older runs' split is unknown
+            row["gain_over_bare"] = gain_over_bare(flags_at(robust[row["eps"]], n), flags_at(row["defended"], n),
+                                                   None if rejected is None else flags_at(rejected, n))
     return rows
 
 
@@ -182,7 +184,8 @@ def detector_row(detector: str, eps: float, stages: Mapping[str, Dict[str, torch
                                       {name: s["evaded"] & (s["first_run"] <= r) for name, s in stages.items()})
                       & tried_by_all) for r in range(1, int(restarts) + 1)]
     return {"detector": detector, "eps_label": eps_label(eps), **report, "found_first": _first_evader(stages, clean_ok),
-            "dara_by_restarts": by_restarts, "dara_by_restarts_floor": floor, "defended": indices(defended)}
+            "dara_by_restarts": by_restarts, "dara_by_restarts_floor": floor, "defended": indices(defended),
+            "rejected_clean": indices(~first["clean_accepted"])}
 
 
 def skipped_some(stages: Mapping[str, Dict[str, torch.Tensor]], eligible: torch.Tensor) -> List[str]:
@@ -530,15 +533,21 @@ def gain_section(results: dict) -> List[str]:
     lines = ["", "## What each detector adds to the bare model, image by image", "",
              "DARA minus the bare model's robust accuracy on the same test images, with the 95% interval of the "
              "paired difference (Agresti & Min 2005): the two rates' intervals side by side ignore that both are "
-             "measured on the same images. Then the images only one side holds: defended only with the detector "
-             "(what it catches that the bare model loses) and robust only without it (what its rejections of clean "
-             "images and the attacks that know it cost).", "",
-             "| detector | eps | DARA − robust accuracy | defended only with the detector | robust only without it |",
+             "measured on the same images. Then the images only one side holds. Defended only with the detector: "
+             "the detector-off suite broke them and the detector's suite found no accepted mistake there (what it "
+             "catches, and whatever the two suites' random draws differ by). Robust only without it: rejected on "
+             "the clean image (the cost of its false positives), or evaded, where the detector's suite found an "
+             "accepted mistake that the detector-off suite missed (the bare model is not robust there either: the "
+             "attacks' variance, not a cost of the detector).", "",
+             "| detector | eps | DARA − robust accuracy | defended only with the detector | robust only without it "
+             "(rejected clean / evaded) |",
              "|---|---|---|---|---|"]
     for row in rows:
         gain = row["gain_over_bare"]
+        split = ("" if gain.get("only_bare_rejected_clean") is None
+                 else f" ({gain['only_bare_rejected_clean']} / {gain['only_bare_evaded']})")
         lines.append(f"| {row['detector']} | {row['eps_label']} | {points_text(gain)} | {gain['only_with_detector']} | "
-                     f"{gain['only_bare']} |")
+                     f"{gain['only_bare']}{split} |")
     return lines
 
 
