@@ -179,6 +179,18 @@ def test_the_gain_script_prints_for_a_finished_run_what_its_report_says(finished
     assert "no such file" in capsys.readouterr().err
     assert script.main([str(out / "results.md")]) == 0  # another file: said so, and the others still printed
     assert "not the results.json of a `python -m robgen adaptive` run" in capsys.readouterr().out
+    # an older run did not record its clean rejections either: --rescore finds them again, the run's own
+    unrecorded = json.loads(older.read_text())
+    for row in unrecorded["rows"]:
+        del row["rejected_clean"]
+    script.rescore_rejections(out, unrecorded)
+    assert [row.get("rejected_clean") for row in unrecorded["rows"] if row["detector"] != "off"] == \
+        [row["rejected_clean"] for row in results["rows"] if row["detector"] != "off"]
+    mended = next(row for row in unrecorded["rows"] if row["detector"] != "off")
+    mended["clean"]["rejection_rate"]["count"] += 1  # not the run's detector or images: refused, not guessed
+    del mended["rejected_clean"]
+    with pytest.raises(SystemExit, match="not the run's images or detector"):
+        script.rescore_rejections(out, unrecorded)
 
 
 def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tmp_path, same_code):
