@@ -94,7 +94,7 @@ def main() -> int:
                 if detector != "off":
                     print(f"\n{detector} at {label} against the detector switched off, paired: "
                           f"{points_text(gain_over_bare(robust, defended))}"
-                          + ("" if complete and off_complete else " (so far: both suites are not complete)"))
+                          + ("" if complete and off_complete else " (so far: a suite is still running)"))
         clean = next((read(path) for path in sorted(folder.glob(f"*-eps{label.replace('/', '_')}-*"))
                       if not path.name.startswith("reference-")), None)
         if references and clean is not None:

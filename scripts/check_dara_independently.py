@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robgen import data as datasets  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
 from robgen.experiments.adaptive import load_run  # noqa: E402
+from robgen.experiments.adaptive_report import flags_at  # noqa: E402
 from robgen.experiments.adaptive_suite import saved_detector  # noqa: E402
 from robgen.metrics import wilson_interval  # noqa: E402
 
@@ -155,8 +156,7 @@ def compare_images(robgen_defended, clean, evaded) -> tuple:
     robgen counts as defended whose clean image this script finds misclassified or rejected, so never attacked:
     a disagreement of the clean passes, e.g. across devices near a threshold, not a break): from the run's list
     of defended image indices and this attack's per-image flags."""
-    theirs = torch.zeros(len(clean), dtype=torch.bool)
-    theirs[torch.as_tensor(robgen_defended, dtype=torch.long)] = True
+    theirs = flags_at(robgen_defended, len(clean))
     return int((theirs & clean & evaded).sum()), int((theirs & clean & ~evaded).sum()), int((theirs & ~clean).sum())
 
 

@@ -28,7 +28,7 @@ from robgen.attacks.suite import run_suite  # noqa: E402
 from robgen.detection.dara import rate  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
 from robgen.experiments.adaptive import AdaptiveSettings, load_run  # noqa: E402
-from robgen.experiments.adaptive_report import OFF  # noqa: E402
+from robgen.experiments.adaptive_report import OFF, flags_at  # noqa: E402
 from robgen.experiments.adaptive_suite import make_suite_attack, saved_detector, suite_names  # noqa: E402
 
 
@@ -65,8 +65,7 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
         name = row["detector"]
         defended = DefendedClassifier(model, saved_detector(run, results, name, model))
         index = torch.tensor(row["defended"], dtype=torch.long)
-        left = torch.zeros(len(x), dtype=torch.bool)
-        left[index] = True
+        left = flags_at(row["defended"], len(x))
         if len(index):
             generator = torch.Generator().manual_seed(seed)
             made = make_suite_attack(attack, defended, eps, settings, generator, targets)

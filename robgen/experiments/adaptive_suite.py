@@ -304,9 +304,9 @@ class SuiteStageStore(stage_files.StageStore):
             return kept
         if not self.computes:
             if self.folder is not None and self.path(name).exists():
-                raise MissingStage(f"{self.path(name)} is there but cannot be read (cut short or damaged; the reader's "
-                                   "error is in the warning above), so the report cannot be written again without attacking; "
-                                   "run it without --report-only, which computes that stage again")
+                raise MissingStage(f"{self.path(name)} is there but cannot be read (cut short or damaged; the "
+                                   "reader's error is in the warning above), so the report cannot be written again "
+                                   "without attacking; run it without --report-only, which computes that stage again")
             raise MissingStage(f"{self.folder} has no stage {name!r}: the run was not finished with its stages kept "
                                "(--keep-stages), so its report cannot be written again without attacking; run it "
                                "without --report-only")
