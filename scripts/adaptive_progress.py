@@ -9,7 +9,8 @@ images), the non-adaptive references (each point they passed through judged by e
 and the bare model's accuracy under the references (an upper bound on its robust accuracy under the whole suite,
 which the detector-off suite gives); where the detector-off suite has begun, each detector's DARA minus the bare
 model's robust accuracy, paired image by image (the report's "what each detector adds"), each eps's own suite.
-Brackets: 95% Wilson intervals (the paired difference: Agresti & Min's).
+Brackets: 95% Wilson intervals (the paired difference: Agresti & Min's). Last, the stage under way: how many of
+its batches are finished and kept (`<stage>.parts/`, read back if the run stops and is continued).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,12 +28,11 @@ from robgen.detection.dara import eps_label, gain_over_bare, rate  # noqa: E402
 from robgen.experiments.adaptive_report import points_text  # noqa: E402
 from robgen.experiments.adaptive import STAGES  # noqa: E402
 from robgen.experiments.adaptive_suite import ADAPTIVE, suite_names  # noqa: E402
-from robgen.experiments.stages import KEY_FILE, stage_file  # noqa: E402
+from robgen.experiments.stages import KEY_FILE, read_tensors, stage_file  # noqa: E402
 
 
 def read(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}
+    return read_tensors(path)[0]
 
 
 def shown(flags: torch.Tensor) -> str:
@@ -95,7 +94,7 @@ def main() -> int:
                     print(f"\n{detector} at {label} against the detector switched off, paired: "
                           f"{points_text(gain_over_bare(robust, defended))}"
                           + ("" if complete and off_complete else " (so far: a suite is still running)"))
-        clean = next((read(path) for path in sorted(folder.glob(f"*-eps{label.replace('/', '_')}-*"))
+        clean = next((read(path) for path in sorted(folder.glob(f"*-eps{label.replace('/', '_')}-*.safetensors"))
                       if not path.name.startswith("reference-")), None)
         if references and clean is not None:
             robust, final_only = clean["clean_correct"].bool(), []
@@ -108,6 +107,10 @@ def main() -> int:
             note = f" ({', '.join(final_only)} judged at their final points only)" if final_only else ""
             print(f"\nbare model at {label} under the references alone ({', '.join(references)}): {shown(robust)}"
                   f"{note}")
+    for parts in sorted(folder.glob("*.parts")):  # a stage under way keeps its batches as they finish
+        batches = len(list(parts.glob("batch-*.safetensors")))
+        print(f"\nunder way: {parts.name[:-len('.parts')]}, {batches} batch(es) of "
+              f"{settings['batch_size']} images finished and kept")
     return 0
 
 

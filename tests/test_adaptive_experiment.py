@@ -10,6 +10,8 @@ import inspect
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -206,6 +208,55 @@ def test_a_resumed_run_gives_the_same_numbers(finished, checkpoint, toy_data, tm
     assert continued["continued"]["stages_read_back"] == len(stage_files) - len(removed)
     assert numbers(continued) == numbers(results)
     assert not (again / STAGES).exists()  # cleared once the results are written
+
+
+class Interrupted(BaseException):
+    """A stop in the middle of a stage, as a killed process makes one (no handler of robgen's catches it)."""
+
+
+def test_a_run_stopped_inside_a_stage_continues_from_its_finished_batches_with_the_same_numbers(
+        finished, checkpoint, toy_data, tmp_path, same_code, monkeypatch):
+    """A stage keeps each batch as it finishes (`<stage>.parts/`): stopped in the second batch of a reference
+    stage, then in the second batch of an adaptive one, the run reads back the first batch of each (not attacked
+    again) and ends with the uninterrupted run's numbers; the parts go once their stage is written."""
+    suite = suite_module
+    out, results = finished
+    again = tmp_path / "again"
+    real_attack, real_finish = suite._attack_batch, suite._EveryPoint.finish
+    calls = {"adaptive": 0, "reference": 0}
+
+    def stop_at_second(kind, real):
+        def wrapped(*args, **kwargs):
+            calls[kind] += 1
+            if calls[kind] == 2:
+                raise Interrupted
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(suite._EveryPoint, "finish", stop_at_second("reference", real_finish))
+    with pytest.raises(Interrupted):
+        main(command(checkpoint, toy_data, again))
+    kept = sorted((again / STAGES).glob("*.parts/batch-*.safetensors"))
+    assert [path.name for path in kept] == ["batch-000000.safetensors"], "the first batch of the stopped stage"
+    assert not list((again / STAGES).glob("*.safetensors")), "no stage finished before the first reference's"
+
+    monkeypatch.setattr(suite._EveryPoint, "finish", real_finish)
+    monkeypatch.setattr(suite, "_attack_batch", stop_at_second("adaptive", real_attack))
+    with pytest.raises(Interrupted):
+        main(command(checkpoint, toy_data, again))
+    parts = sorted(path.parent.name for path in (again / STAGES).glob("*.parts/batch-*.safetensors"))
+    assert len(parts) == 1 and "pgd" in parts[0] and "reference" not in parts[0], parts  # the adaptive stage's
+    assert len(list((again / STAGES).glob("reference-*.safetensors"))) == 4, "the references, both eps, finished"
+    shown = subprocess.run([sys.executable, str(REPO / "scripts" / "adaptive_progress.py"), str(again)],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"under way: {parts[0][:-len('.parts')]}, 1 batch(es) of 4 images finished and kept" in shown
+
+    calls["adaptive"] = -10**6  # no more stops; counts the batches attacked from here
+    assert main(command(checkpoint, toy_data, again)) == 0
+    continued = json.loads((again / "results.json").read_text())
+    assert continued["continued"]["batches_read_back"] == 1  # the references' was read back by the second run
+    assert numbers(continued) == numbers(results)
+    assert not (again / STAGES).exists()
 
 
 def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_again_from_them(

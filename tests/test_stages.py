@@ -225,6 +225,30 @@ def test_a_stage_file_cut_short_is_computed_again(stopped_run, toy_data):
     assert _run(_model(), toy_data, stopped_run)["continued"]["stages_read_back"] == 3
 
 
+def test_a_stages_batches_are_kept_as_they_finish_and_go_when_the_stage_is_written(tmp_path):
+    """`StageStore.parts`: a batch computed is written at once and read back instead of computed; a batch file cut
+    short is computed again; writing the stage removes its parts and counts what they took."""
+    from robgen.experiments.stages import parts_folder, write_tensors
+
+    store = StageStore(tmp_path / "stages", {"settings": 1})
+    parts, computed = store.parts("k+1 pgd (eps 8/255)"), []
+
+    def batch(index):
+        return lambda: computed.append(index) or {"evaded": torch.tensor([index % 2 == 0]), "n": torch.tensor([index])}
+
+    first = [parts.run(index, batch(index)) for index in range(3)]
+    folder = parts_folder(store.folder, "k+1 pgd (eps 8/255)")
+    assert sorted(path.name for path in folder.iterdir()) == [f"batch-{i:06d}.safetensors" for i in range(3)]
+    (folder / "batch-000001.safetensors").write_bytes(b"\0" * 5)  # cut short by a crash
+    again = store.parts("k+1 pgd (eps 8/255)")
+    second = [again.run(index, batch(index)) for index in range(3)]
+    assert computed == [0, 1, 2, 1] and again.reused == 2
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(first, second))
+    store.finish("k+1 pgd (eps 8/255)", 1.0, lambda path, seconds: write_tensors({"n": torch.ones(1)}, seconds, path))
+    assert not folder.exists() and store.path("k+1 pgd (eps 8/255)").is_file()
+    assert store.reused_batches == 2 and store.reused_seconds == again.reused_seconds >= 0
+
+
 def test_clearing_removes_the_key_before_the_stages(tmp_path, monkeypatch):
     folder = tmp_path / "stages"
     store = StageStore(folder, {"settings": 1})

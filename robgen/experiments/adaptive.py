@@ -465,9 +465,10 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
             for name in references:
                 stage, report = f"reference-eps{eps_label(eps)}-{name}", reporter()
 
-                def compute(name=name, eps=eps, generator=generator_for(stage), report=report):
+                def compute(name=name, eps=eps, generator=generator_for(stage), report=report,
+                            parts=store.parts(stage)):
                     attack = make_suite_attack(name, bare, eps, settings, generator, targets)
-                    return reference_stage(model, attack, x, y, settings.batch_size, reject, report)
+                    return reference_stage(model, attack, x, y, settings.batch_size, reject, report, parts)
 
                 shared_points.setdefault(eps, {})[name] = store.run(stage, compute)
     for detector, option in reject.items():
@@ -497,10 +498,10 @@ def run_suites(model, reject: Mapping[str, RejectOption], settings: AdaptiveSett
                 seeded = stage if name in ADAPTIVE else f"reference-eps{eps_label(eps)}-{name}"
 
                 def compute(name=name, eps=eps, generator=generator_for(seeded), defended=defended, report=report,
-                            standing=standing):
+                            standing=standing, parts=store.parts(stage)):
                     attack = make_suite_attack(name, defended, eps, settings, generator, targets)
                     return suite_stage(defended, attack, name, x, y, eps, settings.batch_size, generator, report,
-                                       standing)
+                                       standing, parts)
 
                 flags.setdefault(detector, {}).setdefault(eps, {})[name] = store.run(stage, compute)
     return flags, skipped
@@ -577,7 +578,7 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     targets = datasets.load_tensors(pool)
     # an attempt of this run cut after writing its key but before keeping its detectors or finishing a stage left
     # nothing to lose: its key, a hair apart in the detectors, is replaced without --overwrite
-    cut_before_any_stage = earlier is not None and not any(Path(stage_dir).glob("*.safetensors"))
+    cut_before_any_stage = earlier is not None and not any(Path(stage_dir).rglob("*.safetensors"))  # or batch
     store = SuiteStageStore(stage_dir, dict(run_key, detectors={name: _option_digest(option)
                                                                 for name, option in reject.items()}),
                             replace_stale=not report_only and (replace_stale_stages or cut_before_any_stage),
@@ -597,7 +598,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     results.update(data_root=None if data_root is None else str(data_root), model_fingerprint=model_fingerprint(model),
                    n_validation=len(splits.validation), n_reference=n_reference, estimate=estimate,
                    hardware=distributed.hardware(model_device(model)), wall_seconds=wall,
-                   continued={"stages_read_back": store.reused, "their_seconds": store.reused_seconds})
+                   continued={"stages_read_back": store.reused, "batches_read_back": store.reused_batches,
+                              "their_seconds": store.reused_seconds})
     earlier_results = None if out_dir is None else Path(out_dir) / "results.json"
     if report_only and earlier_results is not None and earlier_results.is_file():
         # how the run was made is the run's, not this rewrite's (which read every stage back, on this machine)

@@ -25,11 +25,8 @@ from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .. import distributed
-from ..files import write_atomically
 from ..attacks import PGD, HighEnergyPGD
 from ..attacks.adaptive import KPlusOneAPGD, KPlusOnePGD, KPlusOneTargetedAPGD, PenaltyPGD
 from ..attacks.matching import LogitMatching
@@ -140,7 +137,8 @@ def matching_skip_reason(defended: DefendedClassifier, targets: torch.Tensor, la
 
 def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor, y: torch.Tensor, eps: float,
                 batch_size: int, generator: torch.Generator, report: Callable[[float], None],
-                standing: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                standing: Optional[torch.Tensor] = None,
+                parts: Optional[stage_files.StageParts] = None) -> Dict[str, torch.Tensor]:
     """One attack of the suite over (x, y); per image (on the CPU, in data order):
 
     "evaded" (some point misclassified and accepted), "first_run" (in which restart, 1-based; 0: none),
@@ -151,17 +149,22 @@ def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor
     "attacked" (whether the attack ran on the image).
 
     `standing` (N bool, data order; `AdaptiveSettings.skip_evaded`): attack only these images. The others
-    are recorded as not attacked: not evaded, their point the clean image.
+    are recorded as not attacked: not evaded, their point the clean image. `parts` (`SuiteStageStore.parts`):
+    each batch kept as it finishes and read back by the same stage run again after an interruption.
     """
+    parts = parts if parts is not None else stage_files.StageParts(None)
     device, rows = model_device(defended.model), []
     share = distributed.shard_batches(tensor_batches(x, y, batch_size))
     with distributed.per_batch_seeds(generator) as reseed:
         for done, (index, (images, labels)) in enumerate(share):
-            reseed(index)
-            images, labels = images.to(device), labels.to(device)
+            reseed(index)  # read back or not: the next batch's draws are its own
             chosen = None if standing is None else standing[index * batch_size:index * batch_size + len(images)]
-            row = _attack_batch(defended, attack, name, images, labels, eps, chosen)
-            rows.append((index, {key: value.detach().cpu() for key, value in row.items()}))
+
+            def attack_batch(images=images.to(device), labels=labels.to(device), chosen=chosen):
+                row = _attack_batch(defended, attack, name, images, labels, eps, chosen)
+                return {key: value.detach().cpu() for key, value in row.items()}
+
+            rows.append((index, parts.run(index, attack_batch)))
             report((done + 1) / len(share))
     rows = distributed.gather_in_order(rows)
     return {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
@@ -198,7 +201,8 @@ def _attack_batch(defended: DefendedClassifier, attack, name: str, images: torch
 
 
 def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                    reject: Mapping[str, RejectOption], report: Callable[[float], None]) -> Dict[str, torch.Tensor]:
+                    reject: Mapping[str, RejectOption], report: Callable[[float], None],
+                    parts: Optional[stage_files.StageParts] = None) -> Dict[str, torch.Tensor]:
     """A non-adaptive reference (PGD or HE-PGD on the bare model) over (x, y), once for every detector of `reject`
     (each a function of the logits and penultimate features at a point: `shares_references`). Per image (on the
     CPU, in data order): "labels", the model's "final_logits" at the attack's final point, and per detector d
@@ -208,16 +212,21 @@ def reference_stage(model, attack, x: torch.Tensor, y: torch.Tensor, batch_size:
 
     The attack knows no detector, so its points are the same whichever detector judges them: the suite computes
     them once per eps instead of once per detector, and judges each iterate by every detector from one more pass
-    of the model there. Batches, per-batch seeds and the torchrun share as in `suite_stage`.
+    of the model there. Batches, per-batch seeds, the torchrun share and `parts` as in `suite_stage`.
     """
+    parts = parts if parts is not None else stage_files.StageParts(None)
     device, rows = model_device(model), []
     share = distributed.shard_batches(tensor_batches(x, y, batch_size))
     with eval_mode(model), distributed.per_batch_seeds(attack.generator) as reseed:
         for done, (index, (images, labels)) in enumerate(share):
-            reseed(index)
-            judge = _EveryPoint(model, reject, labels)
-            final = attack(images.to(device), labels.to(device), watch=lambda step, points, outputs: judge(points))
-            rows.append((index, judge.finish(final)))
+            reseed(index)  # read back or not: the next batch's draws are its own
+
+            def attack_batch(images=images, labels=labels):
+                judge = _EveryPoint(model, reject, labels)
+                final = attack(images.to(device), labels.to(device), watch=lambda step, points, outputs: judge(points))
+                return judge.finish(final)
+
+            rows.append((index, parts.run(index, attack_batch)))
             report((done + 1) / len(share))
     rows = distributed.gather_in_order(rows)
     return {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
@@ -299,7 +308,7 @@ class SuiteStageStore(stage_files.StageStore):
         self.computes = computes
 
     def run(self, name: str, compute: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        kept = self.read(name, _read_flags)
+        kept = self.read(name, stage_files.read_tensors)
         if kept is not None:
             return kept
         if not self.computes:
@@ -312,13 +321,6 @@ class SuiteStageStore(stage_files.StageStore):
                                "without --report-only")
         started = time.perf_counter()
         tensors = compute()
-        if self.folder is not None and distributed.is_main():
-            metadata = {"seconds": repr(time.perf_counter() - started)}
-            write_atomically(self.path(name),
-                                          lambda path: save_file(tensors, str(path), metadata=metadata))
+        self.finish(name, time.perf_counter() - started,
+                    lambda path, seconds: stage_files.write_tensors(tensors, seconds, path))
         return tensors
-
-
-def _read_flags(path: Path) -> Tuple[Dict[str, torch.Tensor], float]:
-    with safe_open(str(path), framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}, float((handle.metadata() or {}).get("seconds", 0.0))

@@ -27,6 +27,12 @@ very run are still read back: a run started with --overwrite and interrupted
 continues when the same command, --overwrite included, is run again. Under
 torchrun only rank 0 writes; every rank reads. `clear()` removes the folder
 (after the run has written its results).
+
+A stage longer than a working session would never finish, so a stage may
+also keep its batches as it goes (`parts(name)`, a `StageParts`): each
+finished batch is written to `<folder>/<stage>.parts/` at once, read back
+when the stage runs again, and removed once the whole stage is written.
+Exact for the same reason: a batch draws from a seed of its index alone.
 """
 
 from __future__ import annotations
@@ -167,7 +173,9 @@ class StageStore:
         self.folder = Path(folder) if folder is not None else None
         self.key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back from JSON
         self.reused = 0  # stages read back in this run
-        self.reused_seconds = 0.0  # what they took when they were computed
+        self.reused_batches = 0  # batches of unfinished stages read back (`parts`)
+        self.reused_seconds = 0.0  # what they (stages and batches) took when they were computed
+        self._parts: Dict[str, StageParts] = {}  # the batch stores handed out, by stage
         self.replaced: List[str] = []  # how the key of the stale stages removed (replace_stale) differed
         if distributed.is_distributed():  # every rank must read back (or compute) the same stages
             main_folder = distributed.broadcast_from_main(None if self.folder is None else str(self.folder))
@@ -211,6 +219,13 @@ class StageStore:
     def path(self, name: str) -> Path:
         return stage_file(self.folder, name)
 
+    def parts(self, name: str) -> "StageParts":
+        """Where stage `name` keeps its finished batches while it runs (nothing kept when the store keeps
+        nothing); the store removes them once the stage is written, and counts those read back."""
+        folder = None if self.folder is None else parts_folder(self.folder, name)
+        self._parts[name] = parts = StageParts(folder)
+        return parts
+
     def run(self, name: str, compute: Callable[[], ModelOutputs]) -> ModelOutputs:
         """The stage's outputs: read back when an earlier run finished it, else computed (and kept)."""
         kept = self.read(name, read_stage)
@@ -218,10 +233,21 @@ class StageStore:
             return kept
         started = time.perf_counter()
         outputs = compute()
-        if self.folder is not None and distributed.is_main():
-            seconds = time.perf_counter() - started
-            write_atomically(self.path(name), lambda path: write_stage(outputs, seconds, path))
+        self.finish(name, time.perf_counter() - started, lambda path, seconds: write_stage(outputs, seconds, path))
         return outputs
+
+    def finish(self, name: str, seconds: float, write: Callable[[Path, float], None]) -> None:
+        """Keep the just computed stage `name` (`write(path, seconds)`, rank 0; `seconds` its compute time
+        here, plus what the batches read back from its parts took before), then remove its parts."""
+        parts = self._parts.pop(name, None)
+        if parts is not None:
+            seconds += parts.reused_seconds
+            self.reused_batches += parts.reused
+            self.reused_seconds += parts.reused_seconds
+        if self.folder is not None and distributed.is_main():
+            write_atomically(self.path(name), lambda path: write(path, seconds))
+            # every rank has its batches back (the stage's gather is collective): its parts are done with
+            shutil.rmtree(parts_folder(self.folder, name), ignore_errors=True)
 
     def read(self, name: str, reader: Callable[[Path], Tuple[object, float]]):
         """Stage `name` as `reader(path) -> (outputs, seconds)` reads it, None when it is not kept or cannot be
@@ -247,6 +273,62 @@ class StageStore:
         if self.folder is not None and distributed.is_main():
             (self.folder / KEY_FILE).unlink(missing_ok=True)
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def parts_folder(folder: Path, name: str) -> Path:
+    """Where stage `name` of the store in `folder` keeps its finished batches: beside its file, `<stage>.parts/`."""
+    path = stage_file(folder, name)
+    return path.with_name(path.name[:-len(".safetensors")] + ".parts")
+
+
+class StageParts:
+    """The finished batches of one stage while it runs, one file each in `folder` (None: nothing is kept).
+
+        parts = store.parts("robust-margin-eps4_255-k+1 pgd")
+        row = parts.run(index, lambda: attack_batch(...))   # computed and written, or read back
+
+    A batch's value is a dict of tensors. Every rank writes the batches it computes (their files are
+    distinct) and reads back only those it runs; a file that cannot be read is computed again. Seeding each
+    batch by its index (`distributed.per_batch_seeds`) is what makes a batch read back the one an uninterrupted
+    run computes: the caller must reseed before each batch, read back or not.
+    """
+
+    def __init__(self, folder: Optional[Path]) -> None:
+        self.folder = None if folder is None else Path(folder)
+        self.reused = 0  # batches read back
+        self.reused_seconds = 0.0  # what they took when they were computed
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"batch-{index:06d}.safetensors"
+
+    def run(self, index: int, compute: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        if self.folder is not None and self.path(index).exists():
+            try:
+                tensors, seconds = read_tensors(self.path(index))
+            except Exception as error:  # safetensors' errors, OSError: every way a file can be bad
+                logger.warning("batch %s could not be read (%s): computing it again", self.path(index), error)
+            else:
+                self.reused += 1
+                self.reused_seconds += seconds
+                return tensors
+        started = time.perf_counter()
+        tensors = compute()
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            seconds = time.perf_counter() - started
+            write_atomically(self.path(index), lambda path: write_tensors(tensors, seconds, path))
+        return tensors
+
+
+def write_tensors(tensors: Dict[str, torch.Tensor], seconds: float, path: Path) -> None:
+    """A dict of tensors and the seconds it took to compute, as a safetensors file (`read_tensors` reads it)."""
+    save_file({key: value.detach().cpu().contiguous().clone() for key, value in tensors.items()}, str(path),
+              metadata={"seconds": repr(float(seconds))})
+
+
+def read_tensors(path: Path) -> Tuple[Dict[str, torch.Tensor], float]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, float((handle.metadata() or {}).get("seconds", 0.0))
 
 
 def write_stage(outputs: ModelOutputs, seconds: float, path: Path) -> None:
