@@ -119,6 +119,43 @@ def test_a_run_continued_from_any_stage_boundary_equals_the_uninterrupted_run(un
     assert _comparable(continued) == _comparable(results)
 
 
+class Interrupted(BaseException):
+    """A stop in the middle of a stage, as a killed process makes one."""
+
+
+def test_a_run_stopped_inside_an_attack_stage_continues_from_its_finished_batch_bit_for_bit(
+        uninterrupted, toy_data, tmp_path, monkeypatch):
+    """An attack's stage keeps each batch as it finishes: stopped in the second batch of pgd-8's test stage, the
+    run continued reads the first back and writes the uninterrupted run's stage (logits, features, trace, changed
+    images) and results."""
+    results, whole, _ = uninterrupted
+    folder = tmp_path / "stages"
+    real_run, calls = stages_module.StageParts.run, []
+
+    def stop_at_fourth(self, index, compute):  # batches 1-2: pgd-8's validation stage; 3-4: its test stage
+        calls.append(index)
+        if len(calls) == 4:
+            raise Interrupted
+        return real_run(self, index, compute)
+
+    monkeypatch.setattr(stages_module.StageParts, "run", stop_at_fourth)
+    with pytest.raises(Interrupted):
+        _run(_model(), toy_data, folder)
+    parts = stages_module.parts_folder(folder, "pgd-8-test")
+    assert [path.name for path in parts.iterdir()] == ["batch-000000.safetensors"]
+    monkeypatch.setattr(stages_module.StageParts, "run", real_run)
+    monkeypatch.setattr(StageStore, "clear", lambda self: None)
+    continued = _run(_model(), toy_data, folder)
+    assert continued["continued"]["stages_read_back"] == 3 and continued["continued"]["batches_read_back"] == 1
+    assert not parts.exists()
+    for name in ORDER[3:]:
+        tensors, trace = _stage(_stage_file(folder, name))
+        expected, expected_trace = _stage(_stage_file(whole, name))
+        assert tensors.keys() == expected.keys() and trace == expected_trace, name
+        assert all(torch.equal(tensors[key], expected[key]) for key in tensors), name
+    assert _comparable(continued) == _comparable(results)
+
+
 def test_stage_seeds_depend_on_the_seed_and_the_stage_alone():
     assert stage_seed(0, "pgd-8-test") == stage_seed(0, "pgd-8-test")
     seeds = {stage_seed(seed, name) for seed in (0, 1) for name in ("pgd-8-val", "pgd-8-test", "pgd-16-test")}

@@ -101,6 +101,7 @@ def model_outputs(
     trace: bool = False,
     progress=True,
     desc: str = "",
+    parts=None,
 ) -> ModelOutputs:
     """Logits (and penultimate features, and the attack's trace) over (images, labels) batches.
 
@@ -115,35 +116,46 @@ def model_outputs(
     (`distributed.per_batch_seeds`), so that under torchrun, where each rank runs
     its share of the batches (`distributed.shard_batches`) and every rank gets
     all the outputs back in data order, the outputs are those of one process.
+    The same seeding lets `parts` (`StageStore.parts(stage, write_stage, read_stage)`) keep each batch's
+    outputs as it finishes and give them back to the same stage run again after an interruption.
     """
     device = model_device(model)
     share = distributed.shard_batches(batches)
     generator = getattr(attack, "generator", None) if attack is not None else None
-    rows = []  # (batch index, (logits, labels, features, trace, perturbed))
+    rows = []  # (batch index, the batch's ModelOutputs)
+
+    def batch_outputs(images, targets) -> ModelOutputs:
+        images, targets = pixels_for(model, images.to(device), name="images"), targets.to(device)
+        batch_trace = batch_perturbed = None
+        if attack is not None:
+            clean_images = images
+            if trace:
+                images, batch_trace = attack(images, targets, return_trace=True)
+            else:
+                images = attack(images, targets)
+            batch_perturbed = perturbed_images(clean_images, images).cpu()
+        batch_features = None
+        if features:
+            batch_features, batch_logits = penultimate_features(model, images)
+        else:
+            with torch.no_grad():
+                batch_logits = widened(model(images)).cpu()
+        return ModelOutputs(batch_logits, targets.cpu(), batch_features, batch_trace, batch_perturbed)
+
     with eval_mode(model), distributed.per_batch_seeds(generator) as reseed:
         for index, (images, targets) in progress_bar(share, desc=desc,
                                                      progress=progress if distributed.is_main() else False):
-            reseed(index)
-            images, targets = pixels_for(model, images.to(device), name="images"), targets.to(device)
-            batch_trace = batch_perturbed = None
-            if attack is not None:
-                clean_images = images
-                if trace:
-                    images, batch_trace = attack(images, targets, return_trace=True)
-                else:
-                    images = attack(images, targets)
-                batch_perturbed = perturbed_images(clean_images, images).cpu()
-            batch_features = None
-            if features:
-                batch_features, batch_logits = penultimate_features(model, images)
+            reseed(index)  # read back from `parts` or not: the next batch's draws are its own
+            if parts is None:
+                rows.append((index, batch_outputs(images, targets)))
             else:
-                with torch.no_grad():
-                    batch_logits = widened(model(images)).cpu()
-            rows.append((index, (batch_logits, targets.cpu(), batch_features, batch_trace, batch_perturbed)))
+                rows.append((index, parts.run(index, lambda images=images, targets=targets: batch_outputs(
+                    images, targets))))
     rows = distributed.gather_in_order(rows)
     if not rows:
         raise ValueError("the data yielded no batches: is the data set empty?")
-    logits, labels, feature_rows, traces, perturbed = zip(*rows)
+    logits, labels, feature_rows, traces, perturbed = zip(*((row.logits, row.labels, row.features, row.trace,
+                                                             row.perturbed) for row in rows))
     traces = [batch_trace for batch_trace in traces if batch_trace is not None]
     return ModelOutputs(
         torch.cat(logits), torch.cat(labels), torch.cat(feature_rows) if features else None,

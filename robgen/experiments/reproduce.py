@@ -48,7 +48,8 @@ from .pipeline import (
     successful,
 )
 from .reproduce_report import write_report
-from .stages import StageStore, data_location, model_fingerprint, run_environment, same_name, stage_seed
+from .stages import (StageStore, data_location, model_fingerprint, read_stage, run_environment, same_name, stage_seed,
+                     write_stage)
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,9 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
             if generator is not None:  # seeded by the stage alone: the same draws whichever stages were read back
                 generator.manual_seed(stage_seed(settings.seed, stage))
             return model_outputs(model, loaders[split], attack=attack, features=True, trace=attack is not None,
-                                 progress=progress if attack is not None else False, desc=desc)
+                                 progress=progress if attack is not None else False, desc=desc,
+                                 # an attack over a split can outlast a session: its batches kept as they finish
+                                 parts=stages.parts(stage, write_stage, read_stage) if attack is not None else None)
 
         result = stages.run(stage, compute)
         ledger.add(name, split, attack, len(result), int(clean[split].correct.sum()) if attack is not None else 0)
@@ -372,7 +375,8 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
                          **{name: float(adv["test"].energy().mean()) for name, adv in adversarial.items()}},
         "cost": ledger.summary(timing, wall),
         "wall_seconds": wall,
-        "continued": {"stages_read_back": stages.reused, "their_seconds": stages.reused_seconds},
+        "continued": {"stages_read_back": stages.reused, "batches_read_back": stages.reused_batches,
+                      "their_seconds": stages.reused_seconds},
     }
     if out_dir is not None and distributed.is_main():  # under torchrun every rank has the results; one writes
         write_report(results, clean, adversarial, Path(out_dir))

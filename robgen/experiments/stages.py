@@ -44,7 +44,7 @@ import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -59,6 +59,7 @@ from ..models.state import model_device
 from .pipeline import ModelOutputs
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KEY_FILE = "key.json"
 PACKAGE = Path(__file__).resolve().parents[1]  # robgen/
@@ -219,11 +220,12 @@ class StageStore:
     def path(self, name: str) -> Path:
         return stage_file(self.folder, name)
 
-    def parts(self, name: str) -> "StageParts":
+    def parts(self, name: str, write: Optional[Callable] = None, read: Optional[Callable] = None) -> "StageParts":
         """Where stage `name` keeps its finished batches while it runs (nothing kept when the store keeps
-        nothing); the store removes them once the stage is written, and counts those read back."""
+        nothing); the store removes them once the stage is written, and counts those read back. `write` / `read`:
+        how a batch's value is kept (default: a dict of tensors; `write_stage` / `read_stage` for `ModelOutputs`)."""
         folder = None if self.folder is None else parts_folder(self.folder, name)
-        self._parts[name] = parts = StageParts(folder)
+        self._parts[name] = parts = StageParts(folder, write or write_tensors, read or read_tensors)
         return parts
 
     def run(self, name: str, compute: Callable[[], ModelOutputs]) -> ModelOutputs:
@@ -287,37 +289,40 @@ class StageParts:
         parts = store.parts("robust-margin-eps4_255-k+1 pgd")
         row = parts.run(index, lambda: attack_batch(...))   # computed and written, or read back
 
-    A batch's value is a dict of tensors. Every rank writes the batches it computes (their files are
-    distinct) and reads back only those it runs; a file that cannot be read is computed again. Seeding each
-    batch by its index (`distributed.per_batch_seeds`) is what makes a batch read back the one an uninterrupted
-    run computes: the caller must reseed before each batch, read back or not.
+    A batch's value is what `write(value, seconds, path)` keeps and `read(path) -> (value, seconds)` gives back
+    (default: a dict of tensors). Every rank writes the batches it computes (their files are distinct) and reads
+    back only those it runs; a file that cannot be read is computed again. Seeding each batch by its index
+    (`distributed.per_batch_seeds`) is what makes a batch read back the one an uninterrupted run computes: the
+    caller must reseed before each batch, read back or not.
     """
 
-    def __init__(self, folder: Optional[Path]) -> None:
+    def __init__(self, folder: Optional[Path], write: Optional[Callable] = None,
+                 read: Optional[Callable] = None) -> None:
         self.folder = None if folder is None else Path(folder)
+        self.write, self.read = write or write_tensors, read or read_tensors
         self.reused = 0  # batches read back
         self.reused_seconds = 0.0  # what they took when they were computed
 
     def path(self, index: int) -> Path:
         return self.folder / f"batch-{index:06d}.safetensors"
 
-    def run(self, index: int, compute: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    def run(self, index: int, compute: Callable[[], T]) -> T:
         if self.folder is not None and self.path(index).exists():
             try:
-                tensors, seconds = read_tensors(self.path(index))
+                value, seconds = self.read(self.path(index))
             except Exception as error:  # safetensors' errors, OSError: every way a file can be bad
                 logger.warning("batch %s could not be read (%s): computing it again", self.path(index), error)
             else:
                 self.reused += 1
                 self.reused_seconds += seconds
-                return tensors
+                return value
         started = time.perf_counter()
-        tensors = compute()
+        value = compute()
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             seconds = time.perf_counter() - started
-            write_atomically(self.path(index), lambda path: write_tensors(tensors, seconds, path))
-        return tensors
+            write_atomically(self.path(index), lambda path: self.write(value, seconds, path))
+        return value
 
 
 def write_tensors(tensors: Dict[str, torch.Tensor], seconds: float, path: Path) -> None:
