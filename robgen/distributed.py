@@ -91,6 +91,17 @@ def reduce_sums(values: Sequence[float], device: torch.device) -> list:
     return tensor.tolist()
 
 
+def sums_over_ranks(values: Sequence[float]) -> List[float]:
+    """Element-wise sums of `values` over all ranks, exchanged as Python objects (so on no device: for
+    bookkeeping, not for tensors); the values themselves when alone. Every rank must call it."""
+    values = [float(value) for value in values]
+    if not is_distributed():
+        return values
+    gathered: List[Optional[List[float]]] = [None] * world_size()
+    dist.all_gather_object(gathered, values)
+    return [sum(column) for column in zip(*gathered)]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

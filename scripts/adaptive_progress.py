@@ -28,7 +28,7 @@ from robgen.detection.dara import eps_label, gain_over_bare, rate  # noqa: E402
 from robgen.experiments.adaptive_report import points_text  # noqa: E402
 from robgen.experiments.adaptive import STAGES  # noqa: E402
 from robgen.experiments.adaptive_suite import ADAPTIVE, suite_names  # noqa: E402
-from robgen.experiments.stages import KEY_FILE, read_tensors, stage_file  # noqa: E402
+from robgen.experiments.stages import KEY_FILE, parts_folder, read_tensors, stage_file  # noqa: E402
 
 
 def read(path: Path) -> dict:
@@ -107,11 +107,24 @@ def main() -> int:
             note = f" ({', '.join(final_only)} judged at their final points only)" if final_only else ""
             print(f"\nbare model at {label} under the references alone ({', '.join(references)}): {shown(robust)}"
                   f"{note}")
-    for parts in sorted(folder.glob("*.parts")):  # a stage under way keeps its batches as they finish
+    # a stage under way keeps its batches as they finish (a finished stage's, left by a stop, are not under way)
+    key = json.loads((folder / KEY_FILE).read_text())
+    names = {parts_folder(folder, name).name: name for name in stage_names(settings, attacks)}
+    total = -(-key["n_test"] // settings["batch_size"])
+    for parts in sorted(folder.glob("*.parts")):
+        if stage_file(folder, names.get(parts.name, parts.name[:-len(".parts")])).exists():
+            continue
         batches = len(list(parts.glob("batch-*.safetensors")))
-        print(f"\nunder way: {parts.name[:-len('.parts')]}, {batches} batch(es) of "
+        print(f"\nunder way: {names.get(parts.name, parts.name)}, {batches} of its {total} batches of "
               f"{settings['batch_size']} images finished and kept")
     return 0
+
+
+def stage_names(settings: dict, attacks) -> list:
+    """Every stage a run with these settings can write (each detector's attacks and the shared references)."""
+    labels = [eps_label(eps) for eps in settings["eps_list"]]
+    return [f"{who}-eps{label}-{name}" for who in ("reference", *settings["detectors"], "off") for label in labels
+            for name in attacks]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from robgen.experiments.adaptive import CALIBRATION, STAGES, AdaptiveSettings, e
 from robgen.experiments.adaptive_suite import DetectorOff
 from robgen.experiments.adaptive_report import (convergence_checks, dara_by_restarts, detector_row, markdown,
                                                points_text, sanity_checks)
-from robgen.experiments.stages import StageStore
+from robgen.experiments.stages import StageStore, read_tensors
 from robgen.training import TrainConfig, train
 from tests.conftest import REPO, tiny_model
 
@@ -249,14 +249,22 @@ def test_a_run_stopped_inside_a_stage_continues_from_its_finished_batches_with_t
     assert len(list((again / STAGES).glob("reference-*.safetensors"))) == 4, "the references, both eps, finished"
     shown = subprocess.run([sys.executable, str(REPO / "scripts" / "adaptive_progress.py"), str(again)],
                            capture_output=True, text=True, check=True).stdout
-    assert f"under way: {parts[0][:-len('.parts')]}, 1 batch(es) of 4 images finished and kept" in shown
+    assert "under way: energy-eps8/255-k+1 pgd, 1 of its 2 batches of 4 images finished and kept" in shown
 
-    calls["adaptive"] = -10**6  # no more stops; counts the batches attacked from here
+    monkeypatch.setattr(suite, "_attack_batch", real_attack)
+    monkeypatch.setattr(StageStore, "clear", lambda self: None)  # keep the stages, to compare them with `finished`'s
     assert main(command(checkpoint, toy_data, again)) == 0
     continued = json.loads((again / "results.json").read_text())
     assert continued["continued"]["batches_read_back"] == 1  # the references' was read back by the second run
+    assert "1 batch of an unfinished one came from an interrupted run" in (again / "results.md").read_text()
     assert numbers(continued) == numbers(results)
-    assert not (again / STAGES).exists()
+    # every stage bit for bit the uninterrupted run's: per-image flags, the points' logits and scores
+    written = sorted(path.name for path in (again / STAGES).glob("*.safetensors"))
+    assert written == sorted(path.name for path in (out / STAGES).glob("*.safetensors")) and len(written) > 10
+    for name in written:
+        mine, theirs = read_tensors(again / STAGES / name)[0], read_tensors(out / STAGES / name)[0]
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    assert not list((again / STAGES).glob("*.parts")), "every stage's parts removed once it was written"
 
 
 def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_again_from_them(

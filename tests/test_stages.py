@@ -281,9 +281,32 @@ def test_a_stages_batches_are_kept_as_they_finish_and_go_when_the_stage_is_writt
     second = [again.run(index, batch(index)) for index in range(3)]
     assert computed == [0, 1, 2, 1] and again.reused == 2
     assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(first, second))
-    store.finish("k+1 pgd (eps 8/255)", 1.0, lambda path, seconds: write_tensors({"n": torch.ones(1)}, seconds, path))
+    recorded = []
+    store.finish("k+1 pgd (eps 8/255)", 1.0, lambda path, seconds: recorded.append(seconds) or write_tensors(
+        {"n": torch.ones(1)}, seconds, path))
     assert not folder.exists() and store.path("k+1 pgd (eps 8/255)").is_file()
-    assert store.reused_batches == 2 and store.reused_seconds == again.reused_seconds >= 0
+    assert store.reused_batches == 2 and store.reused_seconds == again.reused_seconds > 0
+    assert recorded == [1.0 + again.reused_seconds]  # the stage's time: here, and its batches' then
+
+
+def test_kept_batches_never_outlive_what_they_belong_to(tmp_path):
+    """Batches without the key that says whose they are (a clear() cut short) are refused like stages, and those a
+    stop left beside a stage written whole are removed when the stage is read back (never "under way" again)."""
+    from robgen.experiments.stages import parts_folder, write_tensors
+
+    folder = tmp_path / "stages"
+    store = StageStore(folder, {"settings": 1})
+    store.parts("a").run(0, lambda: {"n": torch.ones(1)})
+    (folder / KEY_FILE).unlink()
+    with pytest.raises(ValueError, match="without their key.json"):
+        StageStore(folder, {"settings": 2})
+    assert StageStore(folder, {"settings": 2}, replace_stale=True).replaced and not parts_folder(folder, "a").exists()
+
+    store = StageStore(folder, {"settings": 2})
+    store.parts("a").run(0, lambda: {"n": torch.ones(1)})
+    write_tensors({"n": torch.ones(1)}, 1.0, store.path("a"))  # stopped after writing the stage, before the cleanup
+    assert StageStore(folder, {"settings": 2}).read("a", stages_module.read_tensors) is not None
+    assert not parts_folder(folder, "a").exists()
 
 
 def test_clearing_removes_the_key_before_the_stages(tmp_path, monkeypatch):

@@ -50,6 +50,7 @@ def command_reproduce(args) -> int:
     """Under torchrun each rank attacks its share of the batches and gets every output back; rank 0 prints and writes."""
     from .. import distributed
     from ..experiments.reproduce import STAGES, ReproduceSettings, reproduce
+    from ..experiments.stages import read_back_words
 
     device = join_processes(args)
     model = open_model(args, device)
@@ -88,8 +89,8 @@ def command_reproduce(args) -> int:
         print(f"cost: {cost['forward_backward_passes']:,} forward+backward and {cost['forward_passes']:,} forward "
               f"image-passes; floor {cost['floor_seconds']:.0f} s of {cost['wall_seconds']:.0f} s wall")
         continued = results["continued"]
-        earlier = (f"; {continued['stages_read_back']} stages ({continued['their_seconds']:.0f} s) came from the "
-                   "interrupted run") if continued["stages_read_back"] else ""
+        earlier = (f"; {read_back_words(continued)} ({continued['their_seconds']:.0f} s) came from the "
+                   "interrupted run") if read_back_words(continued) else ""
         print(f"wrote results.json, results.md and figures to {out} ({results['wall_seconds']:.0f} s{earlier})")
     distributed.teardown()
     return 0

@@ -37,6 +37,7 @@ import torch
 from ..detection.dara import (defended_images, detection_aware_report, detection_aware_robust_accuracy, eps_label,
                              gain_over_bare, rate)
 from ..files import json_text, write_text_atomically
+from .stages import read_back_words
 
 OFF = "off"  # the detector switched off (adaptive.DetectorOff)
 BARE = "bare model"
@@ -640,8 +641,8 @@ def markdown(results: dict) -> str:
               f"Estimated before the run: {estimate['forward_backward_passes']:,} forward+backward and "
               f"{estimate['forward_passes']:,} forward image-passes ({estimate['note']}). Wall time "
               f"{results['wall_seconds']:.0f} s on {results['hardware']}"
-              + (f"; {continued['stages_read_back']} stages came from an interrupted run"
-                 if continued["stages_read_back"] else "") + "."]
+              + (f"; {read_back_words(continued)} came from an interrupted run"
+                 if read_back_words(continued) else "") + "."]
     if results.get("report_written_again"):
         lines += ["", "This report was written again from the run's kept stages (`--report-only`), with the report "
                       "code of that day; the numbers are the run's."]

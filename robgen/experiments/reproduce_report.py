@@ -9,6 +9,7 @@ from .. import plots
 from ..files import json_text, write_text_atomically
 from ..metrics import auroc_interval_words
 from .pipeline import definitions_markdown
+from .stages import read_back_words
 
 DATA_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": "Imagenette"}
 
@@ -225,9 +226,9 @@ def cost_section(cost: dict, continued: Optional[dict] = None) -> list:
         f"| **floor** (passes × time per pass{ranks}) | | | | **{cost['floor_seconds']:.1f}** |",
         f"| **wall time** | | | | **{cost['wall_seconds']:.1f}** |",
         "",
-        *([f"This run continued an interrupted one: {continued['stages_read_back']} finished stages were read back, "
+        *([f"This run continued an interrupted one: {read_back_words(continued)} were read back, "
            f"and the {continued['their_seconds']:.0f} s they took then are part of the wall time.", ""]
-          if continued and continued.get("stages_read_back") else []),
+          if read_back_words(continued) else []),
         f"The passes account for {100 * cost['floor_fraction_of_wall']:.0f}% of the wall time. Not counted: "
         f"{cost['not_counted']}.",
         "",

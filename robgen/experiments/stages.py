@@ -187,7 +187,8 @@ class StageStore:
             return
         key_file = self.folder / KEY_FILE
         recorded = json.loads(key_file.read_text()) if key_file.exists() else None
-        orphaned = recorded is None and any(self.folder.glob("*.safetensors"))
+        # a finished stage, or the kept batches of one under way
+        orphaned = recorded is None and (any(self.folder.glob("*.safetensors")) or any(self.folder.glob("*.parts")))
         if distributed.is_distributed():  # what rank 0 found decides for all (a rank must not see it half removed)
             recorded, orphaned = distributed.broadcast_from_main((recorded, orphaned))
         if orphaned:
@@ -242,10 +243,11 @@ class StageStore:
         """Keep the just computed stage `name` (`write(path, seconds)`, rank 0; `seconds` its compute time
         here, plus what the batches read back from its parts took before), then remove its parts."""
         parts = self._parts.pop(name, None)
-        if parts is not None:
-            seconds += parts.reused_seconds
-            self.reused_batches += parts.reused
-            self.reused_seconds += parts.reused_seconds
+        if parts is not None:  # every rank has one (each ran `compute`); each read back its own batches
+            reused, reused_seconds = distributed.sums_over_ranks([parts.reused, parts.reused_seconds])
+            seconds += reused_seconds
+            self.reused_batches += int(reused)
+            self.reused_seconds += reused_seconds
         if self.folder is not None and distributed.is_main():
             write_atomically(self.path(name), lambda path: write(path, seconds))
             # every rank has its batches back (the stage's gather is collective): its parts are done with
@@ -266,6 +268,8 @@ class StageStore:
             return None
         self.reused += 1
         self.reused_seconds += seconds
+        if distributed.is_main():  # batches left behind by a run stopped between writing the stage and removing them
+            shutil.rmtree(parts_folder(self.folder, name), ignore_errors=True)
         return outputs
 
     def clear(self) -> None:
@@ -275,6 +279,17 @@ class StageStore:
         if self.folder is not None and distributed.is_main():
             (self.folder / KEY_FILE).unlink(missing_ok=True)
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_back_words(continued: Optional[dict]) -> str:
+    """What a continued run read back from an interrupted one (results.json's "continued"), in words: "3 finished
+    stages and 2 batches of an unfinished one"; "" when it read back nothing."""
+    continued = continued or {}
+    stages, batches = continued.get("stages_read_back", 0), continued.get("batches_read_back", 0)
+    words = [f"{stages} finished stage{'s' if stages != 1 else ''}"] if stages else []
+    if batches:
+        words.append(f"{batches} batch{'es' if batches != 1 else ''} of an unfinished one")
+    return " and ".join(words)
 
 
 def parts_folder(folder: Path, name: str) -> Path:
