@@ -8,7 +8,7 @@
 #                Imagenette models: hide results/synthesis results/adaptive examples checkpoints/cifar10-*);
 #                `bash scripts/device_tree.sh restore` after the calls, before any commit
 # There:         bash scripts/device_adaptive.sh [MODEL ...]     # default: the three CIFAR-10 models, in order
-#                Each model's run keeps its finished stages in runs/adaptive/<model>/.stages on the warm machine,
+#                Each model's run keeps its finished stages in runs/adaptive/<model><TAG>-<settings>/.stages on the warm machine,
 #                so a call cut at the 10-minute limit continues where it stopped when made again at once.
 # The moonshot's reject option (robust-margin: 5 passes a score) on the robust model, in its own folder:
 #                DETECTORS=robust-margin EPS=8/255 TAG=-robust-margin bash scripts/device_adaptive.sh cifar10-resnet10-robust
@@ -55,7 +55,10 @@ if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
 fi
 PY=${PYTHON:-python3}
 for model in "${MODELS[@]}"; do
-    run="$RUNS/$model${TAG:-}"  # a smoke run's folder is its own: never taken for a finished real run
+    # the run's folder is named by its settings too: a finished run is skipped only when these very settings made it
+    # (a smoke run, or one with another RADIUS, EPS, BATCH or DETECTORS under one TAG, is never taken for it)
+    made_by=$(echo "$DATA $DETECTORS $EPS ${RADIUS:-} $LIMIT $STEPS $RESTARTS $BATCH" | sha1sum | cut -c1-8)
+    run="$RUNS/$model${TAG:-}-$made_by"
     if [ -e "$run/results.json" ]; then echo "$model: done before"; else
         $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \
             --eps "$EPS" --limit "$LIMIT" --steps "$STEPS" --restarts "$RESTARTS" --batch-size "$BATCH" \
