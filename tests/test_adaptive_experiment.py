@@ -313,6 +313,12 @@ def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_aga
     assert main(command(checkpoint, toy_data, kept, "--report-only")) == 2
     assert "has no stage" in capsys.readouterr().err
     assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files[1:]  # nothing else lost
+    parts = stages_module.parts_folder(kept / STAGES, stage_files[0].stem)  # stopped inside that stage instead
+    parts.mkdir()
+    (parts / "batch-000000.safetensors").write_bytes(b"")
+    assert main(command(checkpoint, toy_data, kept, "--report-only")) == 2
+    assert "under way, not finished (1 of its batches kept)" in capsys.readouterr().err
+    assert (parts / "batch-000000.safetensors").exists()  # left for the run that continues it
 
 
 def test_under_torchrun_only_rank_0_calibrates_a_detector_that_reads_the_images(checkpoint, toy_data, monkeypatch):

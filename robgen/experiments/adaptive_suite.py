@@ -316,6 +316,12 @@ class SuiteStageStore(stage_files.StageStore):
                 raise MissingStage(f"{self.path(name)} is there but cannot be read (cut short or damaged; the "
                                    "reader's error is in the warning above), so the report cannot be written again "
                                    "without attacking; run it without --report-only, which computes that stage again")
+            under_way = self.folder is not None and stage_files.parts_folder(self.folder, name).is_dir()
+            if under_way:  # the run was stopped inside this stage: finishing it is what is needed
+                raise MissingStage(f"{self.folder} has stage {name!r} under way, not finished ("
+                                   f"{len(list(stage_files.parts_folder(self.folder, name).glob('batch-*')))} of its "
+                                   "batches kept): the run was stopped, so there is no report to write again; run the "
+                                   "same command without --report-only, which continues it from those batches")
             raise MissingStage(f"{self.folder} has no stage {name!r}: the run was not finished with its stages kept "
                                "(--keep-stages), so its report cannot be written again without attacking; run it "
                                "without --report-only")
