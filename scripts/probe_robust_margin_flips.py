@@ -6,7 +6,8 @@
 robust-margin (robgen/detection/reject.py) rejects an input whose predicted class's margin at the worst point of
 an L-inf ball of radius rho exceeds a threshold t. Its guarantee (DARA at eps reaches the bare model's robust
 accuracy at eps - rho) needs t = 0, that is: rejecting every clean image whose label flips within rho. Per radius
-this prints, on the first `--val` validation images the model's training held out, the share of them that flip
+this prints, on the first `--val` validation images the model's training held out (`--split train`: training
+images instead, to tell a generalisation gap from a model that is not smooth anywhere), the share of them that flip
 (statistic > 0; Wilson 95% intervals; a lower bound, since the option's few inner steps are no exact max), apart
 for the ones the model classifies correctly and wrongly, and the thresholds robgen's calibration sets at 5% of all
 of them (`upper_threshold`, robgen's protocol) and at 5% of the correctly classified ones (the convention
@@ -53,6 +54,10 @@ def main() -> None:
     parser.add_argument("--model", default="cifar10-resnet10-robust")
     parser.add_argument("--data", default="cifar10")
     parser.add_argument("--val", type=int, default=2000)
+    parser.add_argument("--split", choices=("validation", "train"), default="validation",
+                        help="whose first --val images to count the flips of: the validation split the model's "
+                             "training held out (default, where the thresholds are calibrated) or the training "
+                             "images it learnt from (is the share a generalisation gap?)")
     parser.add_argument("--radii", default="2/255,3/255,4/255")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--test", type=int, default=0, help="test images attacked with plain PGD (default 0: none)")
@@ -81,14 +86,14 @@ def main() -> None:
     model = robgen.load_model(args.model, device=args.device)
     splits = detection_splits(model, args.data)
     try:
-        x, y = (t.to(args.device) for t in datasets.load_tensors(datasets.first(splits.validation, args.val,
-                                                                                 "validation split")))
+        x, y = (t.to(args.device) for t in datasets.load_tensors(datasets.first(getattr(splits, args.split),
+                                                                                 args.val, f"{args.split} split")))
         test = datasets.first(splits.test, args.test, "test split") if args.test else None
     except ValueError as error:  # more images asked for than the split holds
         parser.error(f"{error}: lower --val or --test")
     logits = outputs(model, x, args.batch_size)
     correct = logits.argmax(1) == y
-    print(f"{args.model}: {len(x)} validation images, clean accuracy {rate_text(correct)}")
+    print(f"{args.model}: {len(x)} {args.split} images, clean accuracy {rate_text(correct)}")
     if args.test:
         test_x, test_y = (t.to(args.device) for t in datasets.load_tensors(test))
         test_logits = outputs(model, test_x, args.batch_size)

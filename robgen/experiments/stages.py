@@ -301,7 +301,7 @@ def parts_folder(folder: Path, name: str) -> Path:
 class StageParts:
     """The finished batches of one stage while it runs, one file each in `folder` (None: nothing is kept).
 
-        parts = store.parts("robust-margin-eps4_255-k+1 pgd")
+        parts = store.parts("robust-margin-eps4/255-k+1 pgd")
         row = parts.run(index, lambda: attack_batch(...))   # computed and written, or read back
 
     A batch's value is what `write(value, seconds, path)` keeps and `read(path) -> (value, seconds)` gives back
