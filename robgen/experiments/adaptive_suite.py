@@ -160,8 +160,8 @@ def suite_stage(defended: DefendedClassifier, attack, name: str, x: torch.Tensor
             reseed(index)  # read back or not: the next batch's draws are its own
             chosen = None if standing is None else standing[index * batch_size:index * batch_size + len(images)]
 
-            def attack_batch(images=images.to(device), labels=labels.to(device), chosen=chosen):
-                row = _attack_batch(defended, attack, name, images, labels, eps, chosen)
+            def attack_batch(images=images, labels=labels, chosen=chosen):  # moved to the device only if attacked
+                row = _attack_batch(defended, attack, name, images.to(device), labels.to(device), eps, chosen)
                 return {key: value.detach().cpu() for key, value in row.items()}
 
             rows.append((index, parts.run(index, attack_batch)))
@@ -316,12 +316,12 @@ class SuiteStageStore(stage_files.StageStore):
                 raise MissingStage(f"{self.path(name)} is there but cannot be read (cut short or damaged; the "
                                    "reader's error is in the warning above), so the report cannot be written again "
                                    "without attacking; run it without --report-only, which computes that stage again")
-            under_way = self.folder is not None and stage_files.parts_folder(self.folder, name).is_dir()
-            if under_way:  # the run was stopped inside this stage: finishing it is what is needed
+            parts = None if self.folder is None else stage_files.parts_folder(self.folder, name)
+            if parts is not None and parts.is_dir():  # the run was stopped inside this stage: finish it
                 raise MissingStage(f"{self.folder} has stage {name!r} under way, not finished ("
-                                   f"{len(list(stage_files.parts_folder(self.folder, name).glob('batch-*')))} of its "
-                                   "batches kept): the run was stopped, so there is no report to write again; run the "
-                                   "same command without --report-only, which continues it from those batches")
+                                   f"{len(list(parts.glob('batch-*')))} of its batches kept): the run was stopped, so "
+                                   "there is no report to write again; run the same command without --report-only, "
+                                   "which continues it from those batches")
             raise MissingStage(f"{self.folder} has no stage {name!r}: the run was not finished with its stages kept "
                                "(--keep-stages), so its report cannot be written again without attacking; run it "
                                "without --report-only")
