@@ -603,6 +603,38 @@ def test_the_command_calibrates_each_detector_with_the_settings_given(checkpoint
     assert "(radius 1/255, steps 2)" in (out / "results.md").read_text()
 
 
+def test_the_fpr_counted_among_the_correctly_classified_sets_the_thresholds_on_those_and_the_report_says_so(
+        checkpoint, toy_data, tmp_path, same_code):
+    from robgen import data as datasets
+    from robgen.experiments.pipeline import detection_splits, model_outputs
+
+    out = tmp_path / "out"
+    args = ["adaptive", "--model", str(checkpoint), "--data", str(toy_data), "--detector", "energy,robust-margin",
+            "--fpr-among", "correct", "--target-fpr", "0.1", "--eps", "8/255", "--limit", "4", "--steps", "1",
+            "--restarts", "1", "--lambdas", "1.2", "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["fpr_among"] == "correct"
+    model = robgen.load_model(checkpoint).eval()
+    validation = model_outputs(model, datasets.make_loader(detection_splits(model, str(toy_data)).validation, 4),
+                               progress=False)
+    correct = validation.logits.argmax(1) == validation.labels
+    assert 0 < int(correct.sum()) < len(correct)  # both kinds of image, or the test would show nothing
+    energy = results["detectors"]["energy"]
+    alone = make_reject_option("energy", target_fpr=0.1).fit(validation.logits[correct])
+    assert energy["thresholds"] == alone.thresholds()
+    for name in ("energy", "robust-margin"):
+        fit = results["detectors"][name]["validation"]
+        assert fit["counted_among"] == "correct" and fit["n"] == int(correct.sum()) and fit["n_all"] == len(correct)
+    text = (out / "results.md").read_text()
+    assert "among those the model classifies correctly (Chen et al. 2023" in text
+    assert f"classified correctly ({100 * energy['validation']['rejection_rate_all']:.1f}% of all {len(correct)}" in text
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'some' (choose from 'all', 'correct')"
+        main(args[:-2] + ["--fpr-among", "some", "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="fpr_among must be one of all, correct"):
+        AdaptiveSettings(detectors=("energy",), fpr_among="correctly")
+
+
 def test_the_library_refuses_settings_for_a_detector_not_named_or_given_calibrated(checkpoint, toy_data, no_work):
     model = robgen.load_model(checkpoint)
     with pytest.raises(ValueError, match="which this run does not name"):

@@ -62,6 +62,10 @@ def add_parsers(commands) -> None:
                                "the likeliest first (default: as many as --restarts; AutoAttack's APGD-T takes 9)")
     adaptive.add_argument("--target-fpr", type=parse_number, default=0.05,
                           help="clean validation images a threshold may reject (default 0.05)")
+    adaptive.add_argument("--fpr-among", choices=("all", "correct"), default="all",
+                          help="the validation images --target-fpr is counted among: all (default), or correct, the "
+                               "ones the model classifies correctly (Chen et al. 2023's stratified convention: the "
+                               "misclassified ones may be rejected beyond it, so more of all clean images are)")
     adaptive.add_argument("--lambdas", default="0.6,1.2,2",
                           help="HE-PGD's λ for the non-adaptive references, separated by commas (default 0.6,1.2,2)")
     adaptive.add_argument("--batch-size", type=positive_int, default=100)
@@ -150,7 +154,7 @@ def _check_arguments(args) -> dict:
         detectors = ("energy",)
     return dict(detectors=detectors, eps_list=parse_eps(args.eps), limit=args.limit, steps=args.steps,
                 restarts=args.restarts, target_classes=args.target_classes, target_fpr=args.target_fpr,
-                seed=args.seed, batch_size=args.batch_size,
+                fpr_among=args.fpr_among, seed=args.seed, batch_size=args.batch_size,
                 lambdas=parse_numbers(args.lambdas, "--lambdas"), skip_evaded=args.skip_evaded,
                 detector_settings=detector_settings(args, detectors))
 

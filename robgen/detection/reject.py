@@ -36,6 +36,10 @@ on its low tail and the rest on its high tail.
 "multi-t" rejects the union over temperatures, so its per-temperature thresholds sit at a common
 level k (each alone would reject at most k) found by bisection as the largest k whose union still
 rejects at most m. The validation false-positive rate achieved, with its Wilson interval, is kept.
+Given the validation labels (`calibrate(..., labels=)`), the m and the rate count among the images the model
+classifies correctly (Chen et al. 2023's stratified convention): rejecting a misclassified clean image costs a
+defended classifier nothing, so the budget goes to the correct ones, and all clean images are then rejected
+more often than α (`RejectOption.fit_values`).
 The bound is exact for the statistic as computed at calibration; a threshold fitted on float32
 outputs is a float32 number, so the same float32 outputs give the same decisions again (outputs
 recomputed on another device or batch may differ in the last bits).
@@ -538,8 +542,8 @@ class CallableReject(_HighStatisticReject):
                              f"({source.shape[0]},), one score per image, got {shape}")
         return out
 
-    def fit_values(self, values):
-        super().fit_values(values)
+    def fit_values(self, values, counted=None):
+        super().fit_values(values, counted)
         self.detector_fingerprint = self.networks_fingerprint()
         return self
 

@@ -79,6 +79,22 @@ def _check_fpr(target_fpr: float) -> float:
     return target_fpr
 
 
+def correctly_classified(logits: torch.Tensor, labels) -> torch.Tensor:
+    """(N,) bool: the images whose logits put their true label on top (for `labels=`, the stratified count)."""
+    if not isinstance(labels, torch.Tensor) or labels.shape != (logits.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"labels must be a tensor of {logits.shape[0]} whole-number class indices, one per "
+                         f"validation image, got {tuple(labels.shape) if isinstance(labels, torch.Tensor) else labels!r}")
+    labels = labels.to(logits.device)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+        raise ValueError(f"labels must be class indices in [0, {logits.shape[1] - 1}] (the model's "
+                         f"{logits.shape[1]} classes), got {int(labels.min())}..{int(labels.max())}")
+    correct = logits.argmax(1) == labels
+    if len(labels) and not bool(correct.any()):
+        raise ValueError("the model classifies none of the validation images correctly, so there is nothing to count "
+                         "the false-positive rate among (labels=): calibrate without labels, or check the labels")
+    return correct.cpu()
+
+
 def _check_values(values: torch.Tensor) -> torch.Tensor:
     if values.shape[0] == 0:
         raise ValueError("no clean validation images to calibrate on: pass at least one")
@@ -105,7 +121,8 @@ class RejectOption:
       passes one score costs on top of the classifier's own (0 for a score read off one forward pass);
     - `reads_energy`: its statistic is an energy of the logits, so probabilities or log-probabilities given as
       logits (which make it constant) are refused;
-    - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n;
+    - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n, and which images it was
+      counted among ("counted_among": "all", or "correct": see `fit_values`);
     - `model_fingerprint`: the SHA-256 of the weights it was calibrated on;
     - `calibration`: free-form provenance for the caller to fill (data, split, seed).
     """
@@ -208,9 +225,11 @@ class RejectOption:
 
     # ---- calibration ---------------------------------------------------------------------------
     def fit(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
-            inputs: Optional[torch.Tensor] = None, model: Optional[torch.nn.Module] = None) -> "RejectOption":
+            inputs: Optional[torch.Tensor] = None, model: Optional[torch.nn.Module] = None,
+            labels: Optional[torch.Tensor] = None) -> "RejectOption":
         """Set the thresholds on one batch of clean validation outputs (`model`: record its fingerprint; a
-        kind that `needs_network` runs it, so it needs `model` and the `inputs` its logits came from)."""
+        kind that `needs_network` runs it, so it needs `model` and the `inputs` its logits came from).
+        `labels`: count the target FPR among the images the logits classify correctly (`fit_values`)."""
         if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
             check_logits(logits, energy=self.reads_energy)
         if model is not None:
@@ -219,35 +238,57 @@ class RejectOption:
             raise ValueError(f"the {self.kind!r} reject option runs the model again near each input: pass model= "
                              "(and the inputs= its logits came from), or use calibrate(model, images)")
         self._require_outputs(logits, features, inputs, model if self.needs_network else None)
+        counted = None if labels is None else correctly_classified(logits.detach(), labels)
         with torch.no_grad(), (eval_mode(model) if self.needs_network else contextlib.nullcontext()):
             values = self.values(logits.detach(), None if features is None else features.detach(),
                                  None if inputs is None else inputs.detach(), model if self.needs_network else None)
-        self.fit_values(values)
+        self.fit_values(values, counted)
         if model is not None:
             self.bind(model)
         return self
 
-    def fit_values(self, values: torch.Tensor) -> "RejectOption":
+    def fit_values(self, values: torch.Tensor, counted: Optional[torch.Tensor] = None) -> "RejectOption":
         """Set the thresholds on the statistic `values(...)` of clean validation images; record the FPR reached.
         Forgets the model it was bound to: new thresholds belong to the model whose outputs gave `values`, which
-        `fit(..., model=)`, `calibrate` or `bind` records."""
+        `fit(..., model=)`, `calibrate` or `bind` records.
+
+        `counted`: None (the target FPR counted among all the images), or an (N,) bool mask of the images the
+        model classifies correctly (what `fit` and `calibrate` pass given `labels=`): the thresholds then reject
+        at most target_fpr of *those*, Chen et al. (2023)'s stratified convention. A misclassified clean image
+        costs a defended classifier nothing when rejected (it is an error either way), so the budget goes to the
+        correct ones; but such thresholds reject more than target_fpr of all clean images wherever the
+        misclassified ones score high, and `validation` records that share too ("rejected_all", "n_all",
+        "rejection_rate_all" and its interval)."""
         values = _check_values(values.detach())
+        if counted is not None:
+            counted = counted.detach().cpu()
+            if counted.dtype != torch.bool or counted.shape != (values.shape[0],):
+                raise ValueError(f"counted must be an ({values.shape[0]},) bool mask, one flag per validation value")
+            _check_values(values[counted])
         self.model_fingerprint = None
-        self._fit_values(values)
-        rejected = self._score_from_values(values) > 0
+        self._fit_values(values if counted is None else values[counted])
+        rejected_all = (self._score_from_values(values) > 0).cpu()
+        rejected = rejected_all if counted is None else rejected_all[counted]
         self.validation = {
-            "n": int(values.shape[0]), "rejected": int(rejected.sum()),
+            "n": int(rejected.shape[0]), "rejected": int(rejected.sum()),
             "false_positive_rate": float(rejected.double().mean()),
             "false_positive_rate_ci": list(rate_interval(rejected)), "confidence": 0.95,
+            "counted_among": "all" if counted is None else "correct",
         }
+        if counted is not None:
+            self.validation.update(n_all=int(values.shape[0]), rejected_all=int(rejected_all.sum()),
+                                   rejection_rate_all=float(rejected_all.double().mean()),
+                                   rejection_rate_all_ci=list(rate_interval(rejected_all)))
         return self
 
     @torch.no_grad()
-    def calibrate(self, model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> "RejectOption":
+    def calibrate(self, model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256,
+                  labels: Optional[torch.Tensor] = None) -> "RejectOption":
         """Run `model` (in eval mode) over clean validation `images` once and fit the thresholds on its outputs.
 
         The images must be held out of the model's training (robgen.data.model_val_split gives the
-        split a robgen model's training held out). Records the model's fingerprint.
+        split a robgen model's training held out). Records the model's fingerprint. `labels` (their true
+        classes): count the target FPR among the images the model classifies correctly (`fit_values`).
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
@@ -266,6 +307,7 @@ class RejectOption:
                     chunks.append(model(images[start:start + batch_size].to(device, dtype)).detach())
             logits, features = torch.cat(chunks), None
         check_logits(logits, energy=self.reads_energy)
+        counted = None if labels is None else correctly_classified(logits, labels)
         values = []
         with eval_mode(model):
             for start in range(0, len(images), batch_size):
@@ -273,7 +315,7 @@ class RejectOption:
                 inputs = images[part].to(model_device(model), dtype) if self.needs_inputs else None
                 values.append(self.values(logits[part], None if features is None else features[part], inputs,
                                           model if self.needs_network else None).detach().cpu())
-        self.fit_values(torch.cat(values))
+        self.fit_values(torch.cat(values), counted)
         return self.bind(model)
 
     def _check_ready(self) -> None:

@@ -8,7 +8,8 @@ The protocol of Tramèr, Carlini, Brendel & Madry (2020, "On adaptive attacks to
 defenses") with the sanity checks of Carlini et al. (2019, "On evaluating adversarial robustness"):
 
 1. Each reject option (robgen/detection/reject.py) is calibrated on the clean validation images the
-   model's training held out (`data.model_val_split`), at `target_fpr`; a model that records no such
+   model's training held out (`data.model_val_split`), at `target_fpr` of them all (or, with
+   `fpr_among="correct"`, of the ones the model classifies correctly); a model that records no such
    split for this data set is refused before any work. Mahalanobis takes its class statistics from
    clean training images outside the validation split (`reference_size` of them, as reproduce does).
    Under torchrun every rank then takes rank 0's detectors (`shared_calibration`).
@@ -61,6 +62,8 @@ from .adaptive_suite import (ADAPTIVE, DetectorOff, MissingStage, SuiteStageStor
 from .pipeline import detection_splits, model_outputs, tensor_batches
 from .stages import data_location, model_fingerprint, run_environment, same_name, stage_seed
 
+FPR_AMONG = ("all", "correct")  # AdaptiveSettings.fpr_among: the validation images target_fpr is counted among
+
 logger = logging.getLogger(__name__)
 
 STAGES = ".stages"  # under the output folder: the finished stages of a run not yet written
@@ -83,6 +86,9 @@ class AdaptiveSettings:
     # APGD-T takes 9 on CIFAR-10)
     target_classes: Optional[int] = None
     target_fpr: float = 0.05
+    # the validation images target_fpr is counted among: "all", or "correct" (the ones the model classifies
+    # correctly, Chen et al. 2023's stratified convention; all clean images are then rejected more often)
+    fpr_among: str = "all"
     seed: int = 0
     batch_size: int = 100
     lambdas: Tuple[float, ...] = (0.6, 1.2, 2.0)  # HE-PGD's λ on the bare model (non-adaptive references)
@@ -118,6 +124,9 @@ class AdaptiveSettings:
                              f"{self.target_classes}")
         if not 0 < float(self.target_fpr) < 1:
             raise ValueError(f"target_fpr must be in (0, 1), e.g. 0.05, got {self.target_fpr}")
+        if self.fpr_among not in FPR_AMONG:
+            raise ValueError(f"fpr_among must be one of {', '.join(FPR_AMONG)} (the validation images the target FPR "
+                             f"is counted among), got {self.fpr_among!r}")
         self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
         if not all(math.isfinite(lam) and lam >= 0 for lam in self.lambdas):  # as reproduce's sweep: a negative λ
             # would pull the energy down, the paper's PGD side, not HE-PGD's
@@ -369,6 +378,7 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
     collective (each rank runs its share) and their fits cost next to nothing."""
     loader = datasets.make_loader(splits.validation, settings.batch_size)
     validation = model_outputs(model, loader, features=True, progress=False)
+    stratified = settings.fpr_among == "correct"  # the FPR counted among the correctly classified: pass the labels
     calibration = {"data": str(data), "split": "validation images held out of the model's training",
                    "n": len(validation)}
     options: Dict[str, RejectOption] = {}
@@ -379,8 +389,8 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
         option = make_reject_option(name, target_fpr=settings.target_fpr, **settings.detector_settings.get(name, {}))
         if option.needs_inputs:  # it reads the images (robust-margin runs the model near them): calibrate on them
             if distributed.is_main():
-                images, _ = datasets.load_tensors(splits.validation)
-                option.calibrate(model, images, settings.batch_size)
+                images, image_labels = datasets.load_tensors(splits.validation)
+                option.calibrate(model, images, settings.batch_size, labels=image_labels if stratified else None)
                 option.calibration = dict(calibration)
             options[name] = option
             continue
@@ -389,7 +399,8 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
             ref = model_outputs(model, datasets.make_loader(reference, settings.batch_size), features=True,
                                 progress=False)
             option.fit_reference(ref.features, ref.labels, validation.logits.shape[1], model=model)
-        option.fit(validation.logits, validation.features if option.needs_features else None, model=model)
+        option.fit(validation.logits, validation.features if option.needs_features else None, model=model,
+                   labels=validation.labels if stratified else None)
         option.calibration = dict(calibration, **({"reference": option.reference} if option.needs_features else {}))
         options[name] = option
     options[OFF] = DetectorOff(target_fpr=0.0).fit(validation.logits, model=model)
@@ -527,7 +538,7 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
 
     `detectors`: kinds ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "robust-margin") to
     calibrate here, or reject options already calibrated for this model (refused if calibrated for another). `options`: the other
-    `AdaptiveSettings` (batch_size, lambdas, reference_size, match_targets, skip_evaded, detector_settings: each
+    `AdaptiveSettings` (batch_size, fpr_among, lambdas, reference_size, match_targets, skip_evaded, detector_settings: each
     named kind's settings, e.g. {"robust-margin": {"radius": 4 / 255}}). `stage_dir` (default
     `out_dir/.stages`): the finished stages, read back by the same call after an interruption; removed once the
     results are written, unless `keep_stages`. `replace_stale_stages` (the command's --overwrite): stages of

@@ -468,7 +468,16 @@ def _thresholds(entry: dict) -> str:
     shown = "n/a"
     if fpr.get("false_positive_rate") is not None:
         shown = f"{100 * fpr['false_positive_rate']:.1f}%" + (f" of {fpr['n']}" if fpr.get("n") is not None else "")
+    if fpr.get("counted_among") == "correct" and fpr.get("rejection_rate_all") is not None:
+        shown += (f" classified correctly ({100 * fpr['rejection_rate_all']:.1f}% of all {fpr['n_all']} "
+                  "validation images rejected)")
     return f"{'; '.join(parts)}{' (' + settings + ')' if settings else ''}; validation FPR {shown}"
+
+
+def fpr_among(results: dict) -> str:
+    """The validation images the run's target FPR was counted among: "all" (also for runs made before the choice
+    existed), or "correct" (the ones the model classifies correctly)."""
+    return results["settings"].get("fpr_among", "all")
 
 
 def calibrated_apart(results: dict) -> Dict[str, str]:
@@ -479,9 +488,12 @@ def calibrated_apart(results: dict) -> Dict[str, str]:
         if name == OFF:
             continue
         fpr, n = entry.get("target_fpr"), (entry.get("calibration") or {}).get("n")
-        if fpr != results["settings"]["target_fpr"] or n != results["n_validation"]:
-            apart[name] = (f"{name} was given calibrated, at {100 * fpr:g}% target FPR" if fpr is not None else
-                           f"{name} was given calibrated") + (f" on {n} images" if n is not None else "")
+        among = (entry.get("validation") or {}).get("counted_among", "all")
+        if fpr != results["settings"]["target_fpr"] or n != results["n_validation"] or among != fpr_among(results):
+            apart[name] = ((f"{name} was given calibrated, at {100 * fpr:g}% target FPR" if fpr is not None else
+                            f"{name} was given calibrated") + (f" on {n} images" if n is not None else "")
+                           + (" counted among those classified correctly" if among == "correct" else
+                              " counted among all" if among != fpr_among(results) else ""))
     return apart
 
 
@@ -565,6 +577,9 @@ def markdown(results: dict) -> str:
         "## What was measured", "",
         f"Each detector's threshold was fixed on the {results['n_validation']} clean validation images the "
         f"model's training held out, so that at most {100 * settings['target_fpr']:g}% of them are rejected"
+        + (" among those the model classifies correctly (Chen et al. 2023's stratified convention: the misclassified "
+           "ones, errors with or without the detector, may be rejected beyond that, so more of all clean images are; "
+           "the thresholds column says how many)" if fpr_among(results) == "correct" else "")
         + (f" (except: {'; '.join(apart.values())}; its thresholds column says what it rejects)" if apart else "")
         + ". Then, "
         f"on the first {results['n_test']} test images, every attack below knew the model and the detector exactly "
@@ -681,7 +696,8 @@ def figure(results: dict, path: Path) -> Path:
     axis.set_ylabel("% of test images")
     axis.set_ylim(-2, 102)
     fpr = ("each detector's own validation FPR" if calibrated_apart(results) else
-           f"{100 * results['settings']['target_fpr']:g}% validation FPR")
+           f"{100 * results['settings']['target_fpr']:g}% validation FPR"
+           + (" (of the correctly classified)" if fpr_among(results) == "correct" else ""))
     axis.set_title(f"Adaptive attacks on {results['n_test']} test images ({results['model']})\nthresholds at "
                    f"{fpr}; 95% intervals", fontsize=9)
     axis.grid(alpha=0.3)
