@@ -12,6 +12,8 @@
 #                so a call cut at the 10-minute limit continues where it stopped when made again at once.
 # The moonshot's reject option (robust-margin: 5 passes a score) on the robust model, in its own folder:
 #                DETECTORS=robust-margin EPS=8/255 TAG=-robust-margin bash scripts/device_adaptive.sh cifar10-resnet10-robust
+#                and with its budget counted among the correctly classified validation images (Chen et al. 2023;
+#                results/adaptive/README.md, avenue 8), FPR_AMONG=correct added to the same line (and TAG=-rm-correct)
 # Imagenette's robust model (every detector; on the CPU only the energy detector's run was affordable): first the
 #                three `stage` calls of scripts/device_imagenette.sh (they put the archive together in ~/robgen-data),
 #                with  bash scripts/device_tree.sh hide checkpoints/cifar10-* checkpoints/imagenette-resnet10-standard*
@@ -44,6 +46,7 @@ LIMIT=500 STEPS=100 RESTARTS=3 BATCH=${BATCH:-500}
 RUNS=runs/adaptive
 SETTINGS=()  # a detector's own settings: RADIUS for robust-margin's ball
 if [ -n "${RADIUS:-}" ]; then SETTINGS+=(--radius "$RADIUS"); fi
+if [ -n "${FPR_AMONG:-}" ]; then SETTINGS+=(--fpr-among "$FPR_AMONG"); fi  # all (default) or correct
 if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255 RUNS=runs/adaptive-smoke; fi
 MODELS=("$@")
 if [ ${#MODELS[@]} -eq 0 ]; then
@@ -56,8 +59,8 @@ fi
 PY=${PYTHON:-python3}
 for model in "${MODELS[@]}"; do
     # the run's folder is named by its settings too: a finished run is skipped only when these very settings made it
-    # (a smoke run, or one with another RADIUS, EPS, BATCH or DETECTORS under one TAG, is never taken for it)
-    made_by=$(echo "$DATA $DETECTORS $EPS ${RADIUS:-} $LIMIT $STEPS $RESTARTS $BATCH" | sha1sum | cut -c1-8)
+    # (a smoke run, or one with another RADIUS, EPS, BATCH, DETECTORS or FPR_AMONG under one TAG, is never taken for it)
+    made_by=$(echo "$DATA $DETECTORS $EPS ${RADIUS:-} $LIMIT $STEPS $RESTARTS $BATCH ${FPR_AMONG:-all}" | sha1sum | cut -c1-8)
     run="$RUNS/$model${TAG:-}-$made_by"
     if [ -e "$run/results.json" ]; then echo "$model: done before"; else
         $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \

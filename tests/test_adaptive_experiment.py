@@ -627,7 +627,7 @@ def test_the_fpr_counted_among_the_correctly_classified_sets_the_thresholds_on_t
         fit = results["detectors"][name]["validation"]
         assert fit["counted_among"] == "correct" and fit["n"] == int(correct.sum()) and fit["n_all"] == len(correct)
     text = (out / "results.md").read_text()
-    assert "among those the model classifies correctly (Chen et al. 2023" in text
+    assert "at most 10% of those the model classifies correctly are rejected (Chen et al. 2023" in text
     assert f"classified correctly ({100 * energy['validation']['rejection_rate_all']:.1f}% of all {len(correct)}" in text
     with pytest.raises(SystemExit):  # argparse: "invalid choice: 'some' (choose from 'all', 'correct')"
         main(args[:-2] + ["--fpr-among", "some", "--out", str(tmp_path / "bad")])
@@ -948,6 +948,10 @@ def test_a_detector_given_calibrated_at_another_fpr_is_described_as_it_was_calib
     given["detectors"]["energy"]["target_fpr"] = 0.01
     text = markdown(given).split("## Detection-aware")[0]
     assert "at most 5% of them are rejected (except: energy was given calibrated, at 1% target FPR on" in text
+    stratified = json.loads(json.dumps(results))
+    stratified["detectors"]["energy"]["validation"]["counted_among"] = "correct"
+    text = markdown(stratified).split("## Detection-aware")[0]
+    assert "energy was given calibrated, at 5% target FPR on" in text and "counted among those classified correctly" in text
     titles = []
     monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, path: titles.append(fig.axes[0].get_title()))
     figure(given, tmp_path / "given.png")

@@ -576,10 +576,11 @@ def markdown(results: dict) -> str:
     lines += [
         "## What was measured", "",
         f"Each detector's threshold was fixed on the {results['n_validation']} clean validation images the "
-        f"model's training held out, so that at most {100 * settings['target_fpr']:g}% of them are rejected"
-        + (" among those the model classifies correctly (Chen et al. 2023's stratified convention: the misclassified "
-           "ones, errors with or without the detector, may be rejected beyond that, so more of all clean images are; "
-           "the thresholds column says how many)" if fpr_among(results) == "correct" else "")
+        f"model's training held out, so that at most {100 * settings['target_fpr']:g}% of "
+        + ("those the model classifies correctly are rejected (Chen et al. 2023's stratified convention: the "
+           "misclassified ones, errors with or without the detector, may be rejected beyond that, so more of all clean "
+           "images are; the thresholds column says how many)" if fpr_among(results) == "correct" else
+           "them are rejected")
         + (f" (except: {'; '.join(apart.values())}; its thresholds column says what it rejects)" if apart else "")
         + ". Then, "
         f"on the first {results['n_test']} test images, every attack below knew the model and the detector exactly "
