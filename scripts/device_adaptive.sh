@@ -44,7 +44,7 @@ EPS=${EPS:-4/255,8/255,64/255}  # 64/255: the "near 0 at a large eps" sanity che
 DETECTORS=${DETECTORS:-energy,band,class-energy,multi-t,mahalanobis,energy-gap}
 LIMIT=500 STEPS=100 RESTARTS=3 BATCH=${BATCH:-500}
 RUNS=runs/adaptive
-SETTINGS=()  # a detector's own settings: RADIUS for robust-margin's ball
+SETTINGS=()  # RADIUS for robust-margin's ball; FPR_AMONG for what the target FPR is counted among
 if [ -n "${RADIUS:-}" ]; then SETTINGS+=(--radius "$RADIUS"); fi
 if [ -n "${FPR_AMONG:-}" ]; then SETTINGS+=(--fpr-among "$FPR_AMONG"); fi  # all (default) or correct
 if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255 RUNS=runs/adaptive-smoke; fi
@@ -60,7 +60,8 @@ PY=${PYTHON:-python3}
 for model in "${MODELS[@]}"; do
     # the run's folder is named by its settings too: a finished run is skipped only when these very settings made it
     # (a smoke run, or one with another RADIUS, EPS, BATCH, DETECTORS or FPR_AMONG under one TAG, is never taken for it)
-    made_by=$(echo "$DATA $DETECTORS $EPS ${RADIUS:-} $LIMIT $STEPS $RESTARTS $BATCH ${FPR_AMONG:-all}" | sha1sum | cut -c1-8)
+    among=""; if [ "${FPR_AMONG:-all}" != all ]; then among=" $FPR_AMONG"; fi  # unset: the folders of before
+    made_by=$(echo "$DATA $DETECTORS $EPS ${RADIUS:-} $LIMIT $STEPS $RESTARTS $BATCH$among" | sha1sum | cut -c1-8)
     run="$RUNS/$model${TAG:-}-$made_by"
     if [ -e "$run/results.json" ]; then echo "$model: done before"; else
         $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \

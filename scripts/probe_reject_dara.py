@@ -2,9 +2,9 @@
 
     python scripts/probe_reject_dara.py --model cifar10-resnet10-robust --detector energy-gap [--test 200] [--steps 50]
     python scripts/probe_reject_dara.py --detector robust-margin --radius 2/255 [--inner-steps 3]
-    python scripts/probe_reject_dara.py --detector robust-margin --radius 2/255 --among correct
+    python scripts/probe_reject_dara.py --detector robust-margin --radius 2/255 --fpr-among correct
 
-`--among correct`: the 5% counted among the validation images the model classifies correctly (Chen et al. 2023's
+`--fpr-among correct`: the 5% counted among the validation images the model classifies correctly (Chen et al. 2023's
 stratified convention) instead of among all of them; the script then prints the share of all validation and of all
 clean test images rejected, which is above 5% when the misclassified images score high.
 
@@ -34,7 +34,7 @@ from robgen.attacks.adaptive import KPlusOneAPGD, PenaltyPGD  # noqa: E402
 from robgen.attacks.suite import run_suite  # noqa: E402
 from robgen.cli.common import parse_number  # noqa: E402
 from robgen.detection.defended import DefendedClassifier  # noqa: E402
-from robgen.detection.reject import make_reject_option  # noqa: E402
+from robgen.detection.reject import FPR_AMONG, make_reject_option  # noqa: E402
 from robgen.experiments.adaptive_suite import DetectorOff  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
 from robgen.metrics import rate_text  # noqa: E402
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eps", type=parse_number, default=8 / 255)
     parser.add_argument("--radius", type=parse_number, default=None, help="robust-margin's ball, e.g. 2/255")
     parser.add_argument("--inner-steps", type=int, default=None, help="robust-margin's steps inside its ball")
-    parser.add_argument("--among", choices=("all", "correct"), default="all",
+    parser.add_argument("--fpr-among", choices=FPR_AMONG, default="all",
                         help="the validation images the 5%% FPR is counted among (default all; correct: Chen et al. 2023)")
     parser.add_argument("--skip-bare", action="store_true",
                         help="attack only the option, not the detector switched off (same seeds: same bare numbers)")
@@ -63,12 +63,12 @@ def main(argv=None) -> int:
     xv, yv = datasets.load_tensors(datasets.first(splits.validation, args.val, "validation split"))
     x, y = datasets.load_tensors(datasets.first(splits.test, args.test, "test split"))
     option = make_reject_option(args.detector, target_fpr=0.05, **settings).calibrate(
-        model, xv, labels=yv if args.among == "correct" else None)
+        model, xv, fpr_among=args.fpr_among, labels=yv if args.fpr_among == "correct" else None)
     with torch.no_grad():
         off = DetectorOff(target_fpr=0.0).fit(model(xv[:8]), model=model)
     fit = option.validation
     print(f"{args.model}: {option!r} {option.thresholds()}, FPR {fit['false_positive_rate']:.1%} of the {fit['n']} "
-          f"validation images it counts among ({args.among})"
+          f"validation images it counts among ({args.fpr_among})"
           + (f"; of all {fit['n_all']} it rejects {fit['rejection_rate_all']:.1%}" if "n_all" in fit else ""))
     eps, steps = args.eps, args.steps
     for label, reject in (() if args.skip_bare else (("detector off (bare model)", off),)) + ((args.detector, option),):

@@ -575,8 +575,11 @@ def test_the_validation_split_is_found_however_the_data_folder_is_spelled(tmp_pa
         adaptive_module.require_validation_split(spec, str(tmp_path / "other"))
 
 
-def test_the_cli_knows_the_librarys_detectors():
-    assert DETECTORS == KINDS
+def test_the_cli_knows_the_librarys_detectors_and_fpr_counts():
+    from robgen.cli.adaptive import FPR_AMONG as CLI_FPR_AMONG
+    from robgen.detection.reject import FPR_AMONG
+
+    assert DETECTORS == KINDS and CLI_FPR_AMONG == FPR_AMONG
 
 
 def test_each_settings_flag_sets_every_kind_that_takes_that_setting():
@@ -606,6 +609,7 @@ def test_the_command_calibrates_each_detector_with_the_settings_given(checkpoint
 def test_the_fpr_counted_among_the_correctly_classified_sets_the_thresholds_on_those_and_the_report_says_so(
         checkpoint, toy_data, tmp_path, same_code):
     from robgen import data as datasets
+    from robgen.experiments.adaptive_report import _pct
     from robgen.experiments.pipeline import detection_splits, model_outputs
 
     out = tmp_path / "out"
@@ -625,10 +629,12 @@ def test_the_fpr_counted_among_the_correctly_classified_sets_the_thresholds_on_t
     assert energy["thresholds"] == alone.thresholds()
     for name in ("energy", "robust-margin"):
         fit = results["detectors"][name]["validation"]
-        assert fit["counted_among"] == "correct" and fit["n"] == int(correct.sum()) and fit["n_all"] == len(correct)
+        assert fit["fpr_among"] == "correct" and fit["n"] == int(correct.sum()) and fit["n_all"] == len(correct)
     text = (out / "results.md").read_text()
     assert "at most 10% of those the model classifies correctly are rejected (Chen et al. 2023" in text
     assert f"classified correctly ({100 * energy['validation']['rejection_rate_all']:.1f}% of all {len(correct)}" in text
+    clean = next(row["clean"] for row in results["rows"] if row["detector"] == "energy")
+    assert f"({_pct(clean['rejection_rate_of_correct'])} of those classified correctly)" in text
     with pytest.raises(SystemExit):  # argparse: "invalid choice: 'some' (choose from 'all', 'correct')"
         main(args[:-2] + ["--fpr-among", "some", "--out", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match="fpr_among must be one of all, correct"):
@@ -949,7 +955,7 @@ def test_a_detector_given_calibrated_at_another_fpr_is_described_as_it_was_calib
     text = markdown(given).split("## Detection-aware")[0]
     assert "at most 5% of them are rejected (except: energy was given calibrated, at 1% target FPR on" in text
     stratified = json.loads(json.dumps(results))
-    stratified["detectors"]["energy"]["validation"]["counted_among"] = "correct"
+    stratified["detectors"]["energy"]["validation"]["fpr_among"] = "correct"
     text = markdown(stratified).split("## Detection-aware")[0]
     assert "energy was given calibrated, at 5% target FPR on" in text and "counted among those classified correctly" in text
     titles = []

@@ -27,6 +27,8 @@ def test_clean_accuracy_with_rejection_by_hand():
     assert report["accuracy"]["count"] == 4 and report["accuracy"]["n"] == 6
     assert report["accuracy"]["ci"] == wilson_interval(4, 6)
     assert report["rejection_rate"]["rate"] == pytest.approx(1 / 6)  # the test FPR
+    # counted among the 5 correct ones (Chen et al. 2023): image 2 is rejected of 0, 1, 2, 3, 5
+    assert report["rejection_rate_of_correct"]["count"] == 1 and report["rejection_rate_of_correct"]["n"] == 5
     assert report["accuracy_without_detector"]["rate"] == pytest.approx(5 / 6)
     assert report["accuracy_among_accepted"]["count"] == 4 and report["accuracy_among_accepted"]["n"] == 5
 

@@ -678,16 +678,16 @@ def test_counted_among_the_correct_ones_the_thresholds_are_those_of_the_correct_
     labels = torch.randint(0, 10, (400,), generator=torch.Generator().manual_seed(3))
     labels[:150] = logits[:150].argmax(1)  # 150 classified correctly, the rest mostly not
     correct = logits.argmax(1) == labels
-    option = make_reject_option(kind, target_fpr=0.1).fit(logits, labels=labels)
+    option = make_reject_option(kind, target_fpr=0.1).fit(logits, fpr_among="correct", labels=labels)
     alone = make_reject_option(kind, target_fpr=0.1).fit(logits[correct])
     assert option.thresholds() == alone.thresholds()
     rejected = option.rejects(logits)
     fit = option.validation
-    assert fit["counted_among"] == "correct" and fit["n"] == int(correct.sum()) and fit["n_all"] == 400
+    assert fit["fpr_among"] == "correct" and fit["n"] == int(correct.sum()) and fit["n_all"] == 400
     assert fit["rejected"] == int(rejected[correct].sum()) <= allowed_rejections(int(correct.sum()), 0.1)
     assert fit["rejected_all"] == int(rejected.sum()) and fit["rejection_rate_all"] == pytest.approx(
         rejected.double().mean().item())
-    assert make_reject_option(kind, target_fpr=0.1).fit(logits).validation["counted_among"] == "all"
+    assert make_reject_option(kind, target_fpr=0.1).fit(logits).validation["fpr_among"] == "all"
 
 
 def test_misclassified_images_that_score_high_raise_the_share_of_all_clean_images_rejected():
@@ -699,7 +699,7 @@ def test_misclassified_images_that_score_high_raise_the_share_of_all_clean_image
     doubtful = torch.randn(100, 10, generator=g) * 0.1  # misclassified and doubtful
     logits = torch.cat([confident, doubtful])
     labels = torch.cat([torch.zeros(300, dtype=torch.long), (doubtful.argmax(1) + 1) % 10])
-    stratified = make_reject_option("energy-gap", target_fpr=0.05).fit(logits, labels=labels)
+    stratified = make_reject_option("energy-gap", target_fpr=0.05).fit(logits, fpr_among="correct", labels=labels)
     plain = make_reject_option("energy-gap", target_fpr=0.05).fit(logits)
     assert stratified.validation["false_positive_rate"] <= 0.05 and plain.validation["false_positive_rate"] <= 0.05
     assert stratified.validation["rejection_rate_all"] > 0.2  # every doubtful misclassified one rejected
@@ -712,8 +712,8 @@ def test_the_convention_survives_saving_and_calibrate_takes_the_labels(small, tm
         predicted = model(val_x).argmax(1)
     labels = predicted.clone()
     labels[::2] = (labels[::2] + 1) % 10  # half misclassified
-    option = make_reject_option("energy", target_fpr=0.1).calibrate(model, val_x, labels=labels)
-    assert option.validation["counted_among"] == "correct" and option.validation["n"] == 16
+    option = make_reject_option("energy", target_fpr=0.1).calibrate(model, val_x, fpr_among="correct", labels=labels)
+    assert option.validation["fpr_among"] == "correct" and option.validation["n"] == 16
     loaded = RejectOption.load(option.save(tmp_path / "stratified.json"), model=model)
     assert loaded.validation == option.validation
 
@@ -721,13 +721,27 @@ def test_the_convention_survives_saving_and_calibrate_takes_the_labels(small, tm
 def test_bad_labels_for_the_stratified_count_are_refused_saying_what_to_give(small):
     model, _, _, val_x = small
     logits = clean_logits(n=32)
+
+    def fit(labels, among="correct"):
+        return make_reject_option("energy").fit(logits, fpr_among=among, labels=labels)
+
     with pytest.raises(ValueError, match="labels must be a tensor of 32 whole-number class indices"):
-        make_reject_option("energy").fit(logits, labels=torch.zeros(31, dtype=torch.long))
+        fit(torch.zeros(31, dtype=torch.long))
     with pytest.raises(ValueError, match="labels must be a tensor of 32 whole-number"):
-        make_reject_option("energy").fit(logits, labels=torch.zeros(32))
+        fit(torch.zeros(32))
     with pytest.raises(ValueError, match=r"class indices in \[0, 9\]"):
-        make_reject_option("energy").fit(logits, labels=torch.full((32,), 10))
+        fit(torch.full((32,), 10))
     with pytest.raises(ValueError, match="classifies none of the validation images correctly"):
-        make_reject_option("energy").fit(logits, labels=(logits.argmax(1) + 1) % 10)
+        fit((logits.argmax(1) + 1) % 10)
+    with pytest.raises(ValueError, match="pass their labels= too"):
+        fit(None)
+    with pytest.raises(ValueError, match="labels= are read only with fpr_among='correct'"):
+        fit(logits.argmax(1), among="all")
+    with pytest.raises(ValueError, match="fpr_among must be one of all, correct"):
+        fit(logits.argmax(1), among="correctly")
     with pytest.raises(ValueError, match="labels must be a tensor of 32"):
-        make_reject_option("energy").calibrate(model, val_x, labels=[0] * 32)
+        make_reject_option("energy").calibrate(model, val_x, fpr_among="correct", labels=[0] * 32)
+    with pytest.raises(ValueError, match=r"correct must be a \(32,\) bool tensor"):
+        make_reject_option("energy").fit_values(energy(logits), correct=[True] * 32)
+    with pytest.raises(ValueError, match="no validation image is marked correctly classified"):
+        make_reject_option("energy").fit_values(energy(logits), correct=torch.zeros(32, dtype=torch.bool))

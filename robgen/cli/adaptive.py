@@ -25,6 +25,7 @@ from .common import (
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
 DETECTORS = ("energy", "band", "class-energy", "multi-t", "mahalanobis", "energy-gap", "robust-margin")
+FPR_AMONG = ("all", "correct")  # robgen.detection.reject.FPR_AMONG, as DETECTORS is its KINDS (a test keeps both equal)
 PRODUCTS = ["results.json", "results.md", "adaptive_dara.png"]
 # the detectors' own settings the command sets: flag -> (setting, the kinds that take it); a test pins the kinds
 SETTING_FLAGS = {
@@ -61,8 +62,9 @@ def add_parsers(commands) -> None:
                           help="target classes of the targeted attacks, APGD-T and logit matching, one run each, "
                                "the likeliest first (default: as many as --restarts; AutoAttack's APGD-T takes 9)")
     adaptive.add_argument("--target-fpr", type=parse_number, default=0.05,
-                          help="clean validation images a threshold may reject (default 0.05)")
-    adaptive.add_argument("--fpr-among", choices=("all", "correct"), default="all",
+                          help="the share of clean validation images (those --fpr-among names) a threshold may "
+                               "reject (default 0.05)")
+    adaptive.add_argument("--fpr-among", choices=FPR_AMONG, default="all",
                           help="the validation images --target-fpr is counted among: all (default), or correct, the "
                                "ones the model classifies correctly (Chen et al. 2023's stratified convention: the "
                                "misclassified ones may be rejected beyond it, so more of all clean images are)")

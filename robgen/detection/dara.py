@@ -70,11 +70,13 @@ def rate(flags: torch.Tensor) -> Dict[str, object]:
 
 
 def clean_accuracy_with_rejection(clean_correct, clean_accepted) -> Dict[str, Dict[str, object]]:
-    """Clean test images: accuracy with rejection (correct and accepted), the rejection rate (= the test FPR),
-    the accuracy without the detector, and the accuracy among accepted images."""
+    """Clean test images: accuracy with rejection (correct and accepted), the rejection rate (the test FPR counted
+    among all of them) and among the correctly classified ones (the test FPR as Chen et al. 2023 count it, a
+    threshold's fpr_among="correct"), the accuracy without the detector, and the accuracy among accepted images."""
     correct = as_flags(clean_correct, "clean_correct")
     accepted = as_flags(clean_accepted, "clean_accepted", len(correct))
     return {"accuracy": rate(correct & accepted), "rejection_rate": rate(~accepted),
+            "rejection_rate_of_correct": rate(~accepted[correct]),
             "accuracy_without_detector": rate(correct), "accuracy_among_accepted": rate(correct[accepted])}
 
 

@@ -36,7 +36,7 @@ on its low tail and the rest on its high tail.
 "multi-t" rejects the union over temperatures, so its per-temperature thresholds sit at a common
 level k (each alone would reject at most k) found by bisection as the largest k whose union still
 rejects at most m. The validation false-positive rate achieved, with its Wilson interval, is kept.
-Given the validation labels (`calibrate(..., labels=)`), the m and the rate count among the images the model
+With `calibrate(..., fpr_among="correct", labels=)`, the m and the rate count among the images the model
 classifies correctly (Chen et al. 2023's stratified convention): rejecting a misclassified clean image costs a
 defended classifier nothing, so the budget goes to the correct ones, and all clean images are then rejected
 more often than α (`RejectOption.fit_values`).
@@ -76,8 +76,8 @@ from ..models.state import eval_mode
 from .baselines import MahalanobisScorer, penultimate_features
 from .detector import TEMPERATURES, EnergyDetector
 from .reject_base import (  # noqa: F401  (re-exported: the public face of reject options is this module)
-    FORMAT, FORMAT_VERSION, RejectOption, accept_down_to, accept_up_to, allowed_rejections, lower_threshold,
-    upper_threshold,
+    FORMAT, FORMAT_VERSION, FPR_AMONG, RejectOption, accept_down_to, accept_up_to, allowed_rejections,
+    lower_threshold, upper_threshold,
 )
 
 __all__ = ["KINDS", "REJECT_OPTIONS", "RejectOption", "make_reject_option", "EnergyReject", "EnergyBandReject",
@@ -542,8 +542,8 @@ class CallableReject(_HighStatisticReject):
                              f"({source.shape[0]},), one score per image, got {shape}")
         return out
 
-    def fit_values(self, values, counted=None):
-        super().fit_values(values, counted)
+    def fit_values(self, values, correct=None):
+        super().fit_values(values, correct)
         self.detector_fingerprint = self.networks_fingerprint()
         return self
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 FORMAT = "robgen-reject-option"
 FORMAT_VERSION = 1
+# the clean validation images the target FPR is counted among: all of them, or the ones the model classifies
+# correctly (Chen et al. 2023's stratified convention; `RejectOption.fit_values`)
+FPR_AMONG = ("all", "correct")
 
 
 def allowed_rejections(n: int, target_fpr: float) -> int:
@@ -79,8 +82,20 @@ def _check_fpr(target_fpr: float) -> float:
     return target_fpr
 
 
+def check_fpr_among(fpr_among: str, labels) -> None:
+    """`fpr_among` one of FPR_AMONG, with the labels that "correct" needs (and that "all" would ignore)."""
+    if fpr_among not in FPR_AMONG:
+        raise ValueError(f"fpr_among must be one of {', '.join(FPR_AMONG)} (the clean validation images the target "
+                         f"FPR is counted among), got {fpr_among!r}")
+    if (fpr_among == "correct") != (labels is not None):
+        raise ValueError("fpr_among='correct' counts the FPR among the images the model classifies correctly: pass "
+                         "their labels= too" if labels is None else
+                         "labels= are read only with fpr_among='correct' (the FPR counted among the images the "
+                         "model classifies correctly); drop them, or say fpr_among='correct'")
+
+
 def correctly_classified(logits: torch.Tensor, labels) -> torch.Tensor:
-    """(N,) bool: the images whose logits put their true label on top (for `labels=`, the stratified count)."""
+    """(N,) bool: the images whose logits put their true label on top (fpr_among="correct")."""
     if not isinstance(labels, torch.Tensor) or labels.shape != (logits.shape[0],) or labels.is_floating_point():
         raise ValueError(f"labels must be a tensor of {logits.shape[0]} whole-number class indices, one per "
                          f"validation image, got {tuple(labels.shape) if isinstance(labels, torch.Tensor) else labels!r}")
@@ -91,7 +106,8 @@ def correctly_classified(logits: torch.Tensor, labels) -> torch.Tensor:
     correct = logits.argmax(1) == labels
     if len(labels) and not bool(correct.any()):
         raise ValueError("the model classifies none of the validation images correctly, so there is nothing to count "
-                         "the false-positive rate among (labels=): calibrate without labels, or check the labels")
+                         "the false-positive rate among (fpr_among='correct'): count it among all, or check the "
+                         "labels")
     return correct.cpu()
 
 
@@ -122,7 +138,7 @@ class RejectOption:
     - `reads_energy`: its statistic is an energy of the logits, so probabilities or log-probabilities given as
       logits (which make it constant) are refused;
     - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n, and which images it was
-      counted among ("counted_among": "all", or "correct": see `fit_values`);
+      counted among ("fpr_among": "all", or "correct": see `fit_values`);
     - `model_fingerprint`: the SHA-256 of the weights it was calibrated on;
     - `calibration`: free-form provenance for the caller to fill (data, split, seed).
     """
@@ -226,10 +242,11 @@ class RejectOption:
     # ---- calibration ---------------------------------------------------------------------------
     def fit(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
             inputs: Optional[torch.Tensor] = None, model: Optional[torch.nn.Module] = None,
-            labels: Optional[torch.Tensor] = None) -> "RejectOption":
+            fpr_among: str = "all", labels: Optional[torch.Tensor] = None) -> "RejectOption":
         """Set the thresholds on one batch of clean validation outputs (`model`: record its fingerprint; a
         kind that `needs_network` runs it, so it needs `model` and the `inputs` its logits came from).
-        `labels`: count the target FPR among the images the logits classify correctly (`fit_values`)."""
+        `fpr_among="correct"` with the images' `labels`: count the target FPR among the images the logits
+        classify correctly (`fit_values`)."""
         if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0]:
             check_logits(logits, energy=self.reads_energy)
         if model is not None:
@@ -238,44 +255,49 @@ class RejectOption:
             raise ValueError(f"the {self.kind!r} reject option runs the model again near each input: pass model= "
                              "(and the inputs= its logits came from), or use calibrate(model, images)")
         self._require_outputs(logits, features, inputs, model if self.needs_network else None)
-        counted = None if labels is None else correctly_classified(logits.detach(), labels)
+        check_fpr_among(fpr_among, labels)
+        correct = None if labels is None else correctly_classified(logits.detach(), labels)
         with torch.no_grad(), (eval_mode(model) if self.needs_network else contextlib.nullcontext()):
             values = self.values(logits.detach(), None if features is None else features.detach(),
                                  None if inputs is None else inputs.detach(), model if self.needs_network else None)
-        self.fit_values(values, counted)
+        self.fit_values(values, correct)
         if model is not None:
             self.bind(model)
         return self
 
-    def fit_values(self, values: torch.Tensor, counted: Optional[torch.Tensor] = None) -> "RejectOption":
+    def fit_values(self, values: torch.Tensor, correct: Optional[torch.Tensor] = None) -> "RejectOption":
         """Set the thresholds on the statistic `values(...)` of clean validation images; record the FPR reached.
         Forgets the model it was bound to: new thresholds belong to the model whose outputs gave `values`, which
         `fit(..., model=)`, `calibrate` or `bind` records.
 
-        `counted`: None (the target FPR counted among all the images), or an (N,) bool mask of the images the
-        model classifies correctly (what `fit` and `calibrate` pass given `labels=`): the thresholds then reject
-        at most target_fpr of *those*, Chen et al. (2023)'s stratified convention. A misclassified clean image
+        `correct`: None (the target FPR counted among all the images), or an (N,) bool mask of the images the
+        model classifies correctly (what `fit` and `calibrate` pass with fpr_among="correct"): the thresholds then
+        reject at most target_fpr of *those*, Chen et al. (2023)'s stratified convention. A misclassified clean image
         costs a defended classifier nothing when rejected (it is an error either way), so the budget goes to the
         correct ones; but such thresholds reject more than target_fpr of all clean images wherever the
         misclassified ones score high, and `validation` records that share too ("rejected_all", "n_all",
         "rejection_rate_all" and its interval)."""
         values = _check_values(values.detach())
-        if counted is not None:
-            counted = counted.detach().cpu()
-            if counted.dtype != torch.bool or counted.shape != (values.shape[0],):
-                raise ValueError(f"counted must be an ({values.shape[0]},) bool mask, one flag per validation value")
-            _check_values(values[counted])
+        if correct is not None:
+            if (not isinstance(correct, torch.Tensor) or correct.dtype != torch.bool
+                    or correct.shape != (values.shape[0],)):
+                raise ValueError(f"correct must be a ({values.shape[0]},) bool tensor, one flag per validation value "
+                                 "(True where the model classifies the image correctly)")
+            correct = correct.detach().cpu()
+            if not bool(correct.any()):
+                raise ValueError("no validation image is marked correctly classified: there is nothing to count the "
+                                 "false-positive rate among")
         self.model_fingerprint = None
-        self._fit_values(values if counted is None else values[counted])
+        self._fit_values(values if correct is None else values[correct])
         rejected_all = (self._score_from_values(values) > 0).cpu()
-        rejected = rejected_all if counted is None else rejected_all[counted]
+        rejected = rejected_all if correct is None else rejected_all[correct]
         self.validation = {
             "n": int(rejected.shape[0]), "rejected": int(rejected.sum()),
             "false_positive_rate": float(rejected.double().mean()),
             "false_positive_rate_ci": list(rate_interval(rejected)), "confidence": 0.95,
-            "counted_among": "all" if counted is None else "correct",
+            "fpr_among": "all" if correct is None else "correct",
         }
-        if counted is not None:
+        if correct is not None:
             self.validation.update(n_all=int(values.shape[0]), rejected_all=int(rejected_all.sum()),
                                    rejection_rate_all=float(rejected_all.double().mean()),
                                    rejection_rate_all_ci=list(rate_interval(rejected_all)))
@@ -283,17 +305,19 @@ class RejectOption:
 
     @torch.no_grad()
     def calibrate(self, model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256,
-                  labels: Optional[torch.Tensor] = None) -> "RejectOption":
+                  fpr_among: str = "all", labels: Optional[torch.Tensor] = None) -> "RejectOption":
         """Run `model` (in eval mode) over clean validation `images` once and fit the thresholds on its outputs.
 
         The images must be held out of the model's training (robgen.data.model_val_split gives the
-        split a robgen model's training held out). Records the model's fingerprint. `labels` (their true
-        classes): count the target FPR among the images the model classifies correctly (`fit_values`).
+        split a robgen model's training held out). Records the model's fingerprint. `fpr_among="correct"` with
+        the images' true `labels`: count the target FPR among the images the model classifies correctly
+        (`fit_values`).
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1 (images per model pass), got {batch_size!r}")
+        check_fpr_among(fpr_among, labels)
         self._check_ready()
         self._check_model_first(model)
         images = pixels_for(model, images, name="images", model_size=True)  # 0-255 pixels fitted a threshold on nonsense
@@ -307,7 +331,7 @@ class RejectOption:
                     chunks.append(model(images[start:start + batch_size].to(device, dtype)).detach())
             logits, features = torch.cat(chunks), None
         check_logits(logits, energy=self.reads_energy)
-        counted = None if labels is None else correctly_classified(logits, labels)
+        correct = None if labels is None else correctly_classified(logits, labels)
         values = []
         with eval_mode(model):
             for start in range(0, len(images), batch_size):
@@ -315,7 +339,7 @@ class RejectOption:
                 inputs = images[part].to(model_device(model), dtype) if self.needs_inputs else None
                 values.append(self.values(logits[part], None if features is None else features[part], inputs,
                                           model if self.needs_network else None).detach().cpu())
-        self.fit_values(torch.cat(values), counted)
+        self.fit_values(torch.cat(values), correct)
         return self.bind(model)
 
     def _check_ready(self) -> None:

@@ -50,7 +50,7 @@ from .. import data as datasets
 from .. import distributed
 from ..detection.dara import eps_label
 from ..detection.defended import DefendedClassifier
-from ..detection.reject import KINDS, CallableReject, RejectOption, make_reject_option
+from ..detection.reject import FPR_AMONG, KINDS, CallableReject, RejectOption, make_reject_option
 from ..files import write_atomically
 from ..models.loading import load_model
 from ..models.state import model_device
@@ -61,8 +61,6 @@ from .adaptive_suite import (ADAPTIVE, DetectorOff, MissingStage, SuiteStageStor
                              make_suite_attack, matching_skip_reason, reference_stage, suite_names, suite_stage)
 from .pipeline import detection_splits, model_outputs, tensor_batches
 from .stages import data_location, model_fingerprint, run_environment, same_name, stage_seed
-
-FPR_AMONG = ("all", "correct")  # AdaptiveSettings.fpr_among: the validation images target_fpr is counted among
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +376,7 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
     collective (each rank runs its share) and their fits cost next to nothing."""
     loader = datasets.make_loader(splits.validation, settings.batch_size)
     validation = model_outputs(model, loader, features=True, progress=False)
-    stratified = settings.fpr_among == "correct"  # the FPR counted among the correctly classified: pass the labels
+    stratified = settings.fpr_among == "correct"  # the FPR counted among the correctly classified: needs the labels
     calibration = {"data": str(data), "split": "validation images held out of the model's training",
                    "n": len(validation)}
     options: Dict[str, RejectOption] = {}
@@ -390,7 +388,8 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
         if option.needs_inputs:  # it reads the images (robust-margin runs the model near them): calibrate on them
             if distributed.is_main():
                 images, image_labels = datasets.load_tensors(splits.validation)
-                option.calibrate(model, images, settings.batch_size, labels=image_labels if stratified else None)
+                option.calibrate(model, images, settings.batch_size, fpr_among=settings.fpr_among,
+                                 labels=image_labels if stratified else None)
                 option.calibration = dict(calibration)
             options[name] = option
             continue
@@ -400,7 +399,7 @@ def calibrate_detectors(model, data, splits, settings: AdaptiveSettings,
                                 progress=False)
             option.fit_reference(ref.features, ref.labels, validation.logits.shape[1], model=model)
         option.fit(validation.logits, validation.features if option.needs_features else None, model=model,
-                   labels=validation.labels if stratified else None)
+                   fpr_among=settings.fpr_among, labels=validation.labels if stratified else None)
         option.calibration = dict(calibration, **({"reference": option.reference} if option.needs_features else {}))
         options[name] = option
     options[OFF] = DetectorOff(target_fpr=0.0).fit(validation.logits, model=model)

@@ -468,7 +468,7 @@ def _thresholds(entry: dict) -> str:
     shown = "n/a"
     if fpr.get("false_positive_rate") is not None:
         shown = f"{100 * fpr['false_positive_rate']:.1f}%" + (f" of {fpr['n']}" if fpr.get("n") is not None else "")
-    if fpr.get("counted_among") == "correct" and fpr.get("rejection_rate_all") is not None:
+    if fpr.get("fpr_among") == "correct" and fpr.get("rejection_rate_all") is not None:
         shown += (f" classified correctly ({100 * fpr['rejection_rate_all']:.1f}% of all {fpr['n_all']} "
                   "validation images rejected)")
     return f"{'; '.join(parts)}{' (' + settings + ')' if settings else ''}; validation FPR {shown}"
@@ -488,7 +488,7 @@ def calibrated_apart(results: dict) -> Dict[str, str]:
         if name == OFF:
             continue
         fpr, n = entry.get("target_fpr"), (entry.get("calibration") or {}).get("n")
-        among = (entry.get("validation") or {}).get("counted_among", "all")
+        among = (entry.get("validation") or {}).get("fpr_among", "all")
         if fpr != results["settings"]["target_fpr"] or n != results["n_validation"] or among != fpr_among(results):
             apart[name] = ((f"{name} was given calibrated, at {100 * fpr:g}% target FPR" if fpr is not None else
                             f"{name} was given calibrated") + (f" on {n} images" if n is not None else "")
@@ -594,15 +594,18 @@ def markdown(results: dict) -> str:
     header = "| detector | thresholds | clean accuracy with rejection | clean test images rejected | " + \
              " | ".join(f"DARA at {eps_label(eps)}" for eps in eps_list) + " |"
     lines += ["## Detection-aware robust accuracy", "", header, "|" + "---|" * (4 + len(eps_list))]
-    bare = results["bare"]
+    bare, stratified = results["bare"], fpr_among(results) == "correct"
     lines.append(f"| {BARE} (no detector) | none | {_pct(bare[0]['clean_accuracy'])} | 0 | " +
                  " | ".join(f"{_pct(row['robust_accuracy'])} (robust accuracy)" for row in bare) + " |")
     for name in [OFF, *names]:
         rows = sorted((row for row in results["rows"] if row["detector"] == name), key=lambda row: row["eps"])
         label = "detector off" if name == OFF else name
         clean = rows[0]["clean"]
+        of_correct = clean.get("rejection_rate_of_correct")
+        rejected = _pct(clean["rejection_rate"]) + (f" ({_pct(of_correct)} of those classified correctly)" if
+                                                     stratified and of_correct and name != OFF else "")
         lines.append(f"| {label} | {_thresholds(results['detectors'][name])} | {_pct(clean['accuracy'])} | "
-                     f"{_pct(clean['rejection_rate'])} | " + " | ".join(_pct(row["dara"]) for row in rows) + " |")
+                     f"{rejected} | " + " | ".join(_pct(row["dara"]) for row in rows) + " |")
     lines += gain_section(results)
     for eps in eps_list:
         rows = {row["detector"]: row for row in results["rows"] if row["eps"] == eps}
