@@ -18,7 +18,7 @@ images against plain PGD (50 steps, step 2.5 eps / 50, random start, seed 0; no 
 so an upper bound on what the option catches): the bare model's robust accuracy at `--eps` and at eps - rho (what
 the reduction guarantees an exact option at threshold 0 at eps, for rho <= eps / 2), and the share of PGD's
 successes at eps whose statistic is above 0 (what the option would reject at threshold 0; its few inner steps
-make this a lower bound for an exact one) and above the calibrated threshold (what it rejects).
+make this a lower bound for an exact one) and above each calibrated threshold (what it rejects).
 
 With `--per-class` (and `--test`) it also tries thresholds per predicted class, each at 5% of the validation images
 the model assigns to that class (so at most 5% of all of them rejected, as floor sums to at most the floor of the
@@ -122,7 +122,8 @@ def main() -> None:
                       f"(the guarantee)")
             caught = statistic(option, model, points, adv_logits, args.batch_size)[succeeded]
             print(f"    PGD's successes at {eps * 255:g}/255 with statistic > 0: {rate_text(caught > 0)}, above the "
-                  f"threshold {at_all:.3f}: {rate_text(caught > at_all)}", flush=True)
+                  f"threshold {at_all:.3f}: {rate_text(caught > at_all)}, above the threshold at 5% of the correctly "
+                  f"classified {at_correct:.3f}: {rate_text(caught > at_correct)}", flush=True)
         if args.test and args.per_class:
             thresholds = per_class_thresholds(values, logits.argmax(1), logits.shape[1])
             clean_test = statistic(option, model, test_x, test_logits, args.batch_size)
