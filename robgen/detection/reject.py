@@ -77,7 +77,7 @@ from .baselines import MahalanobisScorer, penultimate_features
 from .detector import TEMPERATURES, EnergyDetector
 from .reject_base import (  # noqa: F401  (re-exported: the public face of reject options is this module)
     FORMAT, FORMAT_VERSION, FPR_AMONG, RejectOption, accept_down_to, accept_up_to, allowed_rejections,
-    lower_threshold, upper_threshold,
+    check_fpr_among, lower_threshold, upper_threshold,
 )
 
 __all__ = ["KINDS", "REJECT_OPTIONS", "RejectOption", "make_reject_option", "EnergyReject", "EnergyBandReject",

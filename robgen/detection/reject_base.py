@@ -82,12 +82,17 @@ def _check_fpr(target_fpr: float) -> float:
     return target_fpr
 
 
-def check_fpr_among(fpr_among: str, labels) -> None:
-    """`fpr_among` one of FPR_AMONG, with the labels that "correct" needs (and that "all" would ignore)."""
+def check_fpr_among(fpr_among: str) -> str:
+    """`fpr_among`, refused unless one of FPR_AMONG."""
     if fpr_among not in FPR_AMONG:
         raise ValueError(f"fpr_among must be one of {', '.join(FPR_AMONG)} (the clean validation images the target "
                          f"FPR is counted among), got {fpr_among!r}")
-    if (fpr_among == "correct") != (labels is not None):
+    return fpr_among
+
+
+def _check_labels_for(fpr_among: str, labels) -> None:
+    """`fpr_among` known, with the labels that "correct" needs (and that "all" would ignore)."""
+    if (check_fpr_among(fpr_among) == "correct") != (labels is not None):
         raise ValueError("fpr_among='correct' counts the FPR among the images the model classifies correctly: pass "
                          "their labels= too" if labels is None else
                          "labels= are read only with fpr_among='correct' (the FPR counted among the images the "
@@ -103,12 +108,7 @@ def correctly_classified(logits: torch.Tensor, labels) -> torch.Tensor:
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
         raise ValueError(f"labels must be class indices in [0, {logits.shape[1] - 1}] (the model's "
                          f"{logits.shape[1]} classes), got {int(labels.min())}..{int(labels.max())}")
-    correct = logits.argmax(1) == labels
-    if len(labels) and not bool(correct.any()):
-        raise ValueError("the model classifies none of the validation images correctly, so there is nothing to count "
-                         "the false-positive rate among (fpr_among='correct'): count it among all, or check the "
-                         "labels")
-    return correct.cpu()
+    return (logits.argmax(1) == labels).cpu()  # none correct: fit_values refuses it
 
 
 def _check_values(values: torch.Tensor) -> torch.Tensor:
@@ -255,7 +255,7 @@ class RejectOption:
             raise ValueError(f"the {self.kind!r} reject option runs the model again near each input: pass model= "
                              "(and the inputs= its logits came from), or use calibrate(model, images)")
         self._require_outputs(logits, features, inputs, model if self.needs_network else None)
-        check_fpr_among(fpr_among, labels)
+        _check_labels_for(fpr_among, labels)
         correct = None if labels is None else correctly_classified(logits.detach(), labels)
         with torch.no_grad(), (eval_mode(model) if self.needs_network else contextlib.nullcontext()):
             values = self.values(logits.detach(), None if features is None else features.detach(),
@@ -285,8 +285,9 @@ class RejectOption:
                                  "(True where the model classifies the image correctly)")
             correct = correct.detach().cpu()
             if not bool(correct.any()):
-                raise ValueError("no validation image is marked correctly classified: there is nothing to count the "
-                                 "false-positive rate among")
+                raise ValueError("no validation image is marked correctly classified (the model classifies none of "
+                                 "the validation images correctly): there is nothing to count the false-positive rate "
+                                 "among; count it among all (fpr_among='all'), or check the labels")
         self.model_fingerprint = None
         self._fit_values(values if correct is None else values[correct])
         rejected_all = (self._score_from_values(values) > 0).cpu()
@@ -317,7 +318,7 @@ class RejectOption:
             raise ValueError("images must be a non-empty (N, C, H, W) batch of clean validation images in [0, 1]")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1 (images per model pass), got {batch_size!r}")
-        check_fpr_among(fpr_among, labels)
+        _check_labels_for(fpr_among, labels)
         self._check_ready()
         self._check_model_first(model)
         images = pixels_for(model, images, name="images", model_size=True)  # 0-255 pixels fitted a threshold on nonsense

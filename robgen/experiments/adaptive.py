@@ -50,7 +50,7 @@ from .. import data as datasets
 from .. import distributed
 from ..detection.dara import eps_label
 from ..detection.defended import DefendedClassifier
-from ..detection.reject import FPR_AMONG, KINDS, CallableReject, RejectOption, make_reject_option
+from ..detection.reject import KINDS, CallableReject, RejectOption, check_fpr_among, make_reject_option
 from ..files import write_atomically
 from ..models.loading import load_model
 from ..models.state import model_device
@@ -122,9 +122,7 @@ class AdaptiveSettings:
                              f"{self.target_classes}")
         if not 0 < float(self.target_fpr) < 1:
             raise ValueError(f"target_fpr must be in (0, 1), e.g. 0.05, got {self.target_fpr}")
-        if self.fpr_among not in FPR_AMONG:
-            raise ValueError(f"fpr_among must be one of {', '.join(FPR_AMONG)} (the validation images the target FPR "
-                             f"is counted among), got {self.fpr_among!r}")
+        check_fpr_among(self.fpr_among)
         self.lambdas = tuple(dict.fromkeys(float(lam) for lam in self.lambdas))
         if not all(math.isfinite(lam) and lam >= 0 for lam in self.lambdas):  # as reproduce's sweep: a negative λ
             # would pull the energy down, the paper's PGD side, not HE-PGD's
