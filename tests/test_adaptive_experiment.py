@@ -67,6 +67,15 @@ def finished(checkpoint, toy_data, tmp_path_factory, same_code):
     return out, json.loads((out / "results.json").read_text())
 
 
+def load_script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def numbers(results):
     """results.json without what depends on the clock or on how much came from disk."""
     return json.dumps({k: v for k, v in results.items() if k not in ("wall_seconds", "continued")}, sort_keys=True)
@@ -1289,13 +1298,7 @@ def test_a_run_that_skips_evaded_images_attacks_only_the_standing_ones_and_keeps
 def test_probing_a_finished_run_with_one_attack_only_lowers_its_dara_by_the_images_it_breaks(finished):
     """scripts/probe_attack_on_defended.py: the attack runs on each row's defended images, with the run's model and
     calibrated detectors; the DARA with it is the run's less exactly the images it broke."""
-    import importlib.util
-
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("probe_defended", REPO / "scripts" / "probe_attack_on_defended.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("probe_attack_on_defended")
     out, results = finished
     rows = module.probe(out, "k+1 apgd-t", eps=8 / 255, steps=2, restarts=1)
     assert sorted(row["detector"] for row in rows) == sorted(r["detector"] for r in results["rows"]
@@ -1311,6 +1314,48 @@ def test_probing_a_finished_run_with_one_attack_only_lowers_its_dara_by_the_imag
     assert reference[0]["dara_with_it"]["count"] == reference[0]["dara"]["count"] - reference[0]["broken"]
     with pytest.raises(SystemExit, match="has rows for"):
         module.probe(out, "k+1 apgd-t", eps=8 / 255, steps=2, restarts=1, detectors=["no-such-detector"])
+
+
+def test_the_flip_probe_prints_the_thresholds_the_library_calibrates(checkpoint, toy_data, monkeypatch, capsys):
+    """scripts/probe_robust_margin_flips.py: its two thresholds (5% of all validation images, 5% of the correctly
+    classified) and the share of all that the second rejects are what RejectOption.calibrate sets and records on the
+    same images; its per-class thresholds keep each predicted class within 5% of its own images."""
+    import re
+
+    from robgen import data as datasets
+    from robgen.experiments.pipeline import detection_splits
+
+    probe = load_script("probe_robust_margin_flips")
+    monkeypatch.setattr(sys, "argv", ["probe", "--model", str(checkpoint), "--data", str(toy_data), "--val", "40",
+                                      "--radii", "1/255,2/255", "--test", "8", "--eps", "8/255", "--batch-size", "16",
+                                      "--per-class", "--skip-guarantee"])
+    probe.main()
+    printed = capsys.readouterr().out
+    model = robgen.load_model(checkpoint).eval()
+    x, y = datasets.load_tensors(datasets.first(detection_splits(model, str(toy_data)).validation, 40, "validation"))
+    for text, radius in (("1/255", 1 / 255), ("2/255", 2 / 255)):
+        line = next(line for line in printed.splitlines() if line.startswith(f"rho = {text}:"))
+        at_all, at_correct = (float(v) for v in re.findall(r"at 5% of (?:all|the correctly classified) (-?[0-9.]+)",
+                                                             line))
+        everyone = make_reject_option("robust-margin", radius=radius).calibrate(model, x)
+        stratified = make_reject_option("robust-margin", radius=radius).calibrate(model, x, fpr_among="correct",
+                                                                                  labels=y)
+        (library_all,) = everyone.thresholds().values()
+        (library_correct,) = stratified.thresholds().values()
+        assert at_all == pytest.approx(library_all, abs=5e-4) and at_correct == pytest.approx(library_correct,
+                                                                                              abs=5e-4)
+        rejected = float(re.search(r"rejecting ([0-9.]+)% \[", line).group(1))
+        assert rejected == pytest.approx(100 * stratified.validation["rejected_all"] / 40, abs=0.051), line
+    assert printed.count("per predicted class") == 2 and "PGD's successes" in printed
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(120, generator=generator)  # distinct: exactly floor(5%) of a class can be rejected
+    predicted = torch.randint(0, 2, (120,), generator=generator)
+    thresholds = probe.per_class_thresholds(values, predicted, num_classes=3)
+    for k in (0, 1):
+        mine = values[predicted == k]
+        assert int((mine > thresholds[k]).sum()) == int(0.05 * len(mine)), "each class: 5% of its own images"
+    assert thresholds[2] == float("inf"), "a class the model never predicts rejects nothing"
 
 
 def test_robust_margin_by_name_calibrates_on_the_validation_images_and_its_inner_passes_are_estimated(
