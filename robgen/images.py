@@ -51,10 +51,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if sixteen_bit or array.max() > 255 else 255.0
+        transparent = image.info.get("transparency")  # a 16-bit grey PNG's tRNS: the grey level that is see-through
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        if isinstance(transparent, (int, np.integer)) and not isinstance(transparent, bool):
+            image.putalpha(Image.fromarray(np.where(array == transparent, 0, 255).astype(np.uint8)))  # L -> LA
     if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array * (255.0 if array.max() <= 1 else 1.0), 0, 255).astype(np.uint8))
+        array = np.asarray(image, dtype=np.float64)  # rounded to the nearest 8-bit level, as 16-bit images are
+        image = Image.fromarray(np.clip(array * (255.0 if array.max() <= 1 else 1.0) + 0.5, 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # also RGB, L and P with a tRNS colour
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -739,6 +739,45 @@ def test_the_handlers_attack_a_half_precision_model_and_refuse_a_tensor_the_dete
         detect_image(model, torch.rand(3, 64, 64), detector)
 
 
+def test_the_handlers_take_one_image_leave_a_training_model_as_it_was_and_attack_a_crop_pct_above_1_model():
+    """A review (2026-12-07) found: a batch of 3 images crashed the Detect handler (an IndexError) and gave the
+    Attack summary image 0's labels beside a change measured over all 3; detect_image and synthesize_gallery ran a
+    model in train mode as it was, on batch statistics, changing its BatchNorm running statistics; and for a model
+    whose crop_pct is above 1 (timm's go to 1.15) attack_image ran the whole attack, then failed framing the result
+    for the download."""
+    from dataclasses import replace
+
+    from robgen.web.handlers import attack_image, detect_image, synthesize_gallery
+
+    model = tiny_model().eval()
+    detector = EnergyDetector()
+    detector.threshold = 0.0
+    for call in (lambda x: detect_image(model, x, detector),
+                 lambda x: attack_image(model, x, "fgsm", eps=8 / 255, seed=0)):
+        with pytest.raises(ValueError, match="one image at a time.*batch of 3"):
+            call(torch.rand(3, 3, 32, 32))
+        call(torch.rand(1, 3, 32, 32))  # one image, batched, is fine
+
+    training = tiny_model().train()
+    x = torch.rand(1, 3, 32, 32)
+    statistics = {name: b.clone() for name, b in training.named_buffers()}
+    verdict = detect_image(training, x, detector)
+    synthesize_gallery(training, training.spec.class_labels[0], n=2, steps=1)
+    assert training.training, "its mode given back"
+    for name, buffer in training.named_buffers():
+        assert torch.equal(buffer, statistics[name]), f"{name} changed: the handlers ran on batch statistics"
+    with torch.no_grad():
+        assert verdict.energy == pytest.approx(float(detector.energies(training.eval()(x))[0]), abs=1e-5)
+
+    wide = Classifier(model.net, replace(model.spec, crop_pct=1.15)).eval()
+    photo = REPO / "examples" / "rocket.png"
+    for image in (photo, torch.rand(3, 32, 32)):
+        result = attack_image(wide, image, "fgsm", eps=8 / 255, seed=0)
+        assert result.framed is None and tuple(result.saved().size) == (32, 32)
+        assert torch.allclose(torch.from_numpy(np.array(result.saved())).permute(2, 0, 1).float() / 255,
+                              result.adversarial[0], atol=1e-6), "the download holds the attacked input itself"
+
+
 def test_a_transparent_upload_is_seen_on_white_as_the_library_reads_it(client, tmp_path):
     # transparent pixels over black RGB: the handlers read the upload themselves (preprocess=False), compositing
     # on white; Gradio's own conversion to RGB would show the model black

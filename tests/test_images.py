@@ -46,11 +46,14 @@ def palette_image():
         (Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), (156, 156, 156), 0),
         # a dark 16-bit image is 16-bit too: 200 / 65535 * 255 = 0.78 -> 1, not 200 (read as if 8-bit)
         (Image.fromarray(np.full((20, 20), 200, dtype=np.uint16)), (1, 1, 1), 0),
+        # 32-bit float pixels rounded to the nearest level, as 16-bit ones: 0.999 * 255 = 254.7 -> 255 (was 254)
+        (Image.fromarray(np.full((20, 20), 0.999, dtype=np.float32)), (255, 255, 255), 0),
+        (Image.fromarray(np.full((20, 20), 200.9, dtype=np.float32)), (201, 201, 201), 0),
     ],
-    ids=["rgba", "gray", "cmyk", "palette", "16bit", "dark-16bit"],
+    ids=["rgba", "gray", "cmyk", "palette", "16bit", "dark-16bit", "float", "float-0-255"],
 )
 def test_common_modes_become_rgb(tmp_path, image, rgb, tolerance):
-    ext = "jpg" if image.mode == "CMYK" else "png"
+    ext = {"CMYK": "jpg", "F": "tiff"}.get(image.mode, "png")
     x = load_image(save(image, tmp_path / f"img.{ext}"))
     expected = torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1).expand(3, 20, 20) / 255
     assert x.shape == (3, 20, 20)
@@ -60,9 +63,10 @@ def test_common_modes_become_rgb(tmp_path, image, rgb, tolerance):
 def test_transparent_pixels_are_composited_on_white(tmp_path):
     x = load_image(save(Image.new("RGBA", (10, 10), (255, 0, 0, 0)), tmp_path / "t.png"))
     assert torch.allclose(x, torch.ones_like(x))
-    for mode, transparent in (("RGB", (0, 0, 0)), ("L", 0)):  # a tRNS colour, not an alpha channel
-        picture = Image.new(mode, (10, 10), transparent)
-        picture.paste(Image.new(mode, (10, 5), (200, 30, 30) if mode == "RGB" else 120), (0, 5))
+    opaque = {"RGB": (200, 30, 30), "L": 120, "I;16": 30000}
+    for mode, transparent in (("RGB", (0, 0, 0)), ("L", 0), ("I;16", 0)):  # a tRNS colour, not an alpha channel
+        picture = Image.new(mode, (10, 10), transparent)  # 16-bit grey's was read black (a review, 2026-12-07)
+        picture.paste(Image.new(mode, (10, 5), opaque[mode]), (0, 5))
         x = load_image(save(picture, tmp_path / f"trns-{mode}.png", transparency=transparent))
         assert torch.equal(x[:, :5], torch.ones_like(x[:, :5])), mode  # transparent: white, as RGBA reads it
         assert float(x[:, 5:].max()) < 0.9, mode  # the opaque half as it is

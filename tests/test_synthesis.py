@@ -91,6 +91,10 @@ def test_translation_path_starts_at_the_image_and_moves_toward_the_target(robust
     assert torch.equal(result.path[0], image.unsqueeze(0))
     assert float(result.target_prob[-1, 0]) > float(result.target_prob[0, 0]) + 0.3
     assert float((result.images - image).norm()) <= default_budget((3, 32, 32)) + 1e-4
+    # an image that requires grad (one a user has differentiated through): the path holds pixels, not its graph
+    # (a review, 2026-12-07: path[0] kept the input's graph, and path.numpy() failed)
+    held = translate(robust, image.clone().requires_grad_(True), "dog", steps=2, snapshots=2)
+    assert not held.path.requires_grad and held.path.grad_fn is None and held.path.numpy().shape == (3, 1, 3, 32, 32)
 
 
 def test_conditional_sgld_lowers_the_class_energy_and_is_reproducible(robust):

@@ -11,6 +11,7 @@ from robgen.cli import main
 from robgen.energy import class_energy
 from robgen.images import load_model_input
 from robgen.synthesis import SEEDS_FILE, load_seeds
+from robgen.synthesis.seeds import SeedDistribution
 from tests.conftest import REPO, tiny_model
 
 ROBUST = "cifar10-resnet10-robust"
@@ -212,6 +213,10 @@ def test_synthesis_refuses_seeds_of_other_classes_and_init_pixels_outside_0_1():
     seeds.class_labels = seeds.class_labels[:4] + ["unicorn"] + seeds.class_labels[5:]
     with pytest.raises(ValueError, match="was fitted for the classes .* not this model's"):
         synthesize(model, "cat", 1, steps=1, seeds=seeds)
+    labels = torch.arange(10).repeat(2)  # seeds fitted on grayscale images of the model's classes
+    gray = SeedDistribution.fit([(torch.rand(20, 1, 32, 32), labels)], model.spec.class_labels, rank=2, progress=False)
+    with pytest.raises(ValueError, match="fitted on images of 1 channel.*this model takes 3"):
+        synthesize(model, "cat", 1, steps=1, seeds=gray)
     with pytest.raises(ValueError, match="0-255"):
         sgld_sample(model, "cat", 1, steps=1, init=torch.full((1, 3, 32, 32), 200.0))
 

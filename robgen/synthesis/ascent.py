@@ -70,8 +70,9 @@ def class_indices(model, target_class, n: int, device: torch.device) -> torch.Te
 def model_images(images: torch.Tensor, model, name: str = "image") -> torch.Tensor:
     """`images` as the model takes them: (N, C, H, W) (one image may come as (C, H, W)), on its device and in its
     floating-point type (numpy's float64 too), checked as [0, 1] pixels of its channels and size (the L2 budget
-    and the seeds are the model's size's)."""
-    x = images.to(model_device(model))
+    and the seeds are the model's size's); detached, so that what comes back holds pixels, not the graph of an input
+    that requires grad."""
+    x = images.detach().to(model_device(model))
     if x.ndim == 3:
         x = x.unsqueeze(0)
     x = pixels_for(model, x, name=name, model_size=True)

@@ -148,10 +148,15 @@ def load_seeds(model, instead: str = "or use init='uniform' or 'gray'") -> SeedD
 
 def check_seeds(seeds: SeedDistribution, model, what: str = "the seed distribution") -> SeedDistribution:
     """Refuse seeds fitted for other classes than the model's (class k would start from another class's
-    Gaussian, or a class beyond them fail with an IndexError)."""
+    Gaussian, or a class beyond them fail with an IndexError), or for images of another number of channels
+    (grayscale seeds for a colour model failed inside the model, naming no seeds)."""
     if list(seeds.class_labels) != list(model.spec.class_labels):
         raise ValueError(f"{what} was fitted for the classes {list(seeds.class_labels)}, not this model's "
                          f"({list(model.spec.class_labels)}): fit seeds for it (`python -m robgen fit-seeds`)")
+    channels = int(model.spec.input_size[0])
+    if seeds.channels != channels:
+        raise ValueError(f"{what} was fitted on images of {seeds.channels} channel(s), this model takes {channels}: "
+                         "fit seeds for it (`python -m robgen fit-seeds`)")
     return seeds
 
 

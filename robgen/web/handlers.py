@@ -24,7 +24,7 @@ from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
 from ..experiments.single_image import attack_own_predictions, evade_detector, top_classes
 from ..images import cover_size, framed_model_input, load_model_input, load_resized, tensor_to_pil, upright_size
-from ..models.state import model_device, pixels_for
+from ..models.state import eval_mode, model_device, pixels_for
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
 from ..synthesis.seeds import load_seeds
@@ -41,6 +41,9 @@ def model_input(model, image: ImageInput) -> torch.Tensor:
     (`load_model_input`); a tensor checked as [0, 1] pixels of the model's input size (`pixels_for`), which the
     detector's threshold and the attack's budget were set for."""
     x = image if isinstance(image, torch.Tensor) else load_model_input(image, model.spec)
+    if x.ndim == 4 and x.shape[0] != 1:
+        raise ValueError(f"one image at a time: give a (C, H, W) tensor or a (1, C, H, W) batch, got a batch of "
+                         f"{x.shape[0]} {tuple(x.shape)}; for many images call robgen's attacks and detectors directly")
     x = (x if x.ndim == 4 else x.unsqueeze(0)).to(model_device(model))
     return pixels_for(model, x, name="image", model_size=True)
 
@@ -120,7 +123,9 @@ class AttackResult:
     def saved(self):
         """The adversarial image as a PIL image to save: read back through the model's eval transform (the Detect
         tab, `load_model_input`) it is exactly `adversarial`, unlike the enlarged picture shown beside it. For a
-        crop_pct < 1 model it is the resized photo with the model's crop replaced (`framed_model_input`)."""
+        crop_pct < 1 model it is the resized photo with the model's crop replaced (`framed_model_input`); for a
+        crop_pct > 1 one (framed None) the model input itself, which its eval transform, padding with black, does not
+        read back exactly."""
         return tensor_to_pil(self.framed if self.framed is not None else self.adversarial[0])
 
     def outcome(self) -> str:
@@ -191,8 +196,14 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
     )
 
 
-def framed_for_file(model, image: ImageInput, adversarial: torch.Tensor) -> torch.Tensor:
-    """`adversarial` (C, H, W) as a file should hold it (`framed_model_input`), framed by the uploaded photo."""
+def framed_for_file(model, image: ImageInput, adversarial: torch.Tensor) -> Optional[torch.Tensor]:
+    """`adversarial` (C, H, W) as a file should hold it (`framed_model_input`), framed by the uploaded photo; None
+    for a crop_pct > 1 model, whose eval transform pads the picture with black, so that no file reads back as the
+    input: then the input itself is saved (`AttackResult.saved`)."""
+    rows, columns = model.spec.input_size[1:]
+    cover_rows, cover_columns = cover_size((rows, columns), model.spec.crop_pct)
+    if cover_rows < rows or cover_columns < columns:
+        return None
     surround = None if isinstance(image, torch.Tensor) else load_resized(image, model.spec)
     return framed_model_input(adversarial.cpu(), model.spec, surround)
 
@@ -304,7 +315,7 @@ def detect_image(model, image: ImageInput, detector: Optional[EnergyDetector] = 
     """Energy of one image against the detector shipped with the model (or `detector`)."""
     detector = detector if detector is not None else shipped_detector(model)
     x = model_input(model, image)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):  # a model in train mode: its running statistics, left as they were
         logits = model(x).float()
     value = float(detector.energies(logits)[0])
     return DetectResult(x.cpu(), value, float(detector.threshold), bool(detector.predict(logits)[0]),
@@ -334,7 +345,7 @@ def synthesize_gallery(model, target_class, n: int = 8, steps: int = 60, step_si
     images, trace = synthesize(model, index, n, steps=steps, step_size=step_size, generator=generator,
                                init="gaussian" if seeds is not None else "uniform", seeds=seeds,
                                progress=progress, return_trace=True)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         probs = model(images).float().softmax(1)[:, index]
     label = model.spec.class_labels[index]
     return [(display(image), f"p({label}) = {float(p):.2f}{start}")
