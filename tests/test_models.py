@@ -659,3 +659,41 @@ def test_a_label_given_as_written_is_that_class_even_beside_one_differing_in_cas
     assert (spec.class_index("cat"), spec.class_index("Cat"), spec.class_index("DOG")) == (1, 0, 2)
     with pytest.raises(ValueError, match="names several classes but for their case"):
         spec.class_index("CAT")
+
+
+def test_a_folder_named_like_a_shipped_model_is_loaded_with_a_warning_and_found_from_any_directory(
+        tmp_path, monkeypatch, caplog):
+    """./cifar10-resnet10-standard, a folder of one's own, was loaded in place of the shipped model without a word,
+    recorded as the shipped name; and its folder was kept as typed, so that from another working directory its
+    detector and seeds were not found (a review, 2026-12-07)."""
+    shipped = "cifar10-resnet10-standard"
+    robgen.save_checkpoint(tiny_model(), tmp_path / shipped)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="robgen.models.loading"):
+        model = robgen.load_model(shipped)
+    assert model.spec.arch_kwargs == {"width": 4}, "the folder, as a path in the working directory reads"
+    assert "names both the folder" in caplog.text and model.spec.source == str((tmp_path / shipped).resolve())
+    monkeypatch.chdir("/")
+    assert model_folder(model) == (tmp_path / shipped).resolve()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robgen.models.loading"):
+        assert robgen.load_model(shipped).spec.source == shipped and "names both" not in caplog.text
+
+
+def test_loading_a_model_leaves_the_global_random_stream_as_it_was(tmp_path):
+    """A checkpoint's network was built with a random initialisation drawn from the global RNG before its weights
+    replaced it, so that `torch.manual_seed(0); load_model(...); torch.rand(1)` drew another number than without
+    the load (a review, 2026-12-07). A timm architecture with random weights still draws, as asked."""
+    from robgen.engine import random as engine_random
+    from robgen.global_rng import LOCK
+
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "tiny")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    robgen.load_model(folder)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(0)
+    robgen.load_model("timm:resnet10_cifar", pretrained=False, width=4)
+    assert not torch.equal(torch.rand(3), expected)
+    assert engine_random._GLOBAL_RNG_LOCK is LOCK, "one lock for every block that draws from or restores it"

@@ -454,6 +454,21 @@ def test_a_second_seed_can_hold_out_the_same_validation_split(toy_data, tmp_path
     assert model.spec.training["data"]["split_seed"] == 0
 
 
+def test_a_run_on_a_relative_data_folder_records_it_so_that_its_split_is_found_from_anywhere(toy_data, tmp_path,
+                                                                                              monkeypatch):
+    """Training recorded the folder as typed ("toys"); read from another working directory, the model's split was not
+    found, robgen fell back to seed 0, and 4 of 6 "validation" images were training images (a review, 2026-12-07)."""
+    from robgen import data as datasets
+
+    monkeypatch.chdir(toy_data.parent)
+    model = train(config(toy_data.name, epochs=1, seed=3, val_size=16), tmp_path / "run", progress=False)
+    monkeypatch.chdir(tmp_path)
+    saved = robgen.load_model(tmp_path / "run")
+    assert saved.spec.training["data"]["name"] == str(toy_data.resolve())
+    assert datasets.model_split_seed(saved.spec, toy_data) == 3 == model.spec.training["data"]["split_seed"]
+    assert datasets.recorded_val_size(saved.spec, str(toy_data)) == 16
+
+
 def test_multistep_schedule_divides_the_rate_by_ten_at_each_milestone():
     factor = training.lr_factor("multistep", total=100 * 10, steps_per_epoch=10, milestones=(30, 80))
     assert [factor(step) for step in (0, 299)] == [1.0, 1.0]  # epochs 1-30

@@ -15,16 +15,16 @@ restore each other's saved state.
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager, nullcontext
 from typing import ContextManager, Iterator, Optional, Sequence
 
 import torch
 
+from ..global_rng import LOCK
+
 # Held for a whole `seeded_global_rng` block, and for every draw this module makes from the global RNG
-# (no generator given), so that no such draw lands inside another thread's block. Re-entrant, so that a
-# seeded block may call code that takes it again (a draw without a generator, a nested block).
-_GLOBAL_RNG_LOCK = threading.RLock()
+# (no generator given), so that no such draw lands inside another thread's block (`robgen.global_rng`).
+_GLOBAL_RNG_LOCK = LOCK
 
 
 def _guard_global_draw(generator: Optional[torch.Generator]) -> ContextManager:

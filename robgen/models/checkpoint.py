@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import global_rng
 from ..files import write_together
 from .classifier import Classifier, ModelSpec
 
@@ -141,7 +142,8 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
         spec = ModelSpec.from_dict(config)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{folder / CONFIG_FILE} does not describe a model: {error}") from None
-    spec.source = spec.folder = str(folder)
+    spec.source, spec.folder = str(folder), str(folder.resolve())  # shown as given; found again from any working
+    # directory (its detector and seeds)
     unrecorded = [name for name in ("crop_pct", "interpolation") if name not in config]
     if unrecorded:  # written before robgen recorded the eval transform (the format version did not change then)
         logger.warning("%s records no %s (written by an older robgen): images are read with crop_pct %g and %s "
@@ -153,7 +155,8 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
                        "channel statistics it was trained with", folder / CONFIG_FILE, " or ".join(unnormalised),
                        list(spec.mean), list(spec.std))
     try:
-        net = build_network(spec)
+        with global_rng.untouched():  # its random initialisation, replaced by the weights below
+            net = build_network(spec)
     except TypeError as error:  # an architecture that takes other arguments than the config gives it
         raise ValueError(f"{folder / CONFIG_FILE} names architecture {spec.architecture!r} with arguments "
                          f"{spec.arch_kwargs} that it does not take ({error}); the config belongs to another "

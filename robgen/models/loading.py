@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -38,6 +39,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from .. import global_rng
 from . import resnets  # noqa: F401  (registers robgen's architectures with timm)
 from .checkpoint import (COMPANION_FILES, CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_checkpoint_dir, load_checkpoint,
                          load_weights)
@@ -136,7 +138,14 @@ def load_model(
         folder = Path(text).expanduser()
         model = _timm_pretrained(f"local-dir:{folder.resolve()}", _timm_folder_config(folder), str(folder))
     elif is_checkpoint_dir(Path(text).expanduser()):  # "~/models/mine" as a shell would read it
-        model = load_checkpoint(Path(text).expanduser())
+        folder = Path(text).expanduser()
+        model = load_checkpoint(folder)
+        shadowed = find_checkpoint(text)
+        if shadowed is not None and shadowed.resolve() != folder.resolve():  # ./<a shipped name> is loaded, not it
+            logger.warning("%s names both the folder %s and the checkpoint %s on the search path: loading the "
+                           "folder (give ./%s or its full path to mean it, or move it to use the shipped model)",
+                           text, folder.resolve(), shadowed, text)
+            model.spec.source = str(folder.resolve())  # records name the folder, not the shipped model
     elif find_checkpoint(text) is not None:  # a name on the search path: a robgen checkpoint or a timm folder
         folder = find_checkpoint(text)
         config = _timm_folder_config(folder)
@@ -179,7 +188,8 @@ def _load_timm(architecture: str, pretrained: bool, weights, timm_kwargs: dict) 
         raise ValueError(f"unknown timm architecture {architecture!r}{_similar_timm_names(architecture)}")
     use_download = pretrained and weights is None
     try:
-        net = timm.create_model(architecture, pretrained=use_download, **timm_kwargs)
+        with global_rng.untouched() if use_download or weights is not None else nullcontext():  # random weights
+            net = timm.create_model(architecture, pretrained=use_download, **timm_kwargs)  # draw, as asked
     except (OSError, RuntimeError, ValueError) as error:
         if not use_download:
             raise
@@ -279,7 +289,8 @@ def _timm_pretrained(timm_name: str, config: dict, source: str) -> Classifier:
     with its config.json's classes: its label_names, by their label_descriptions where it has them (timm's
     export keeps ImageNet's WordNet ids in the first, the readable names in the second)."""
     try:
-        net = timm.create_model(timm_name, pretrained=True)
+        with global_rng.untouched():  # the random initialisation its weights replace
+            net = timm.create_model(timm_name, pretrained=True)
     except Exception as error:
         raise RuntimeError(f"could not load the timm model {timm_name} ({type(error).__name__}: {error}). From the "
                            "Hub: check the name and that you are online, or that its files are in the local cache "

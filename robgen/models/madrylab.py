@@ -29,6 +29,7 @@ from typing import Optional, Union
 import timm
 import torch
 
+from .. import global_rng
 from .checkpoint import is_checkpoint_dir, load_checkpoint, load_weights, read_config, save_checkpoint
 from .classifier import Classifier, ModelSpec
 
@@ -93,7 +94,8 @@ def load_madrylab(name: str, ckpt_path: Optional[Union[str, Path]] = None) -> Cl
             training={"source": source, **training_recipe(match["norm"], float(match["eps"])),
                       "paper": "Salman et al. 2020, Do Adversarially Robust ImageNet Models Transfer Better?"},
         )
-        net = timm.create_model(arch, pretrained=False, num_classes=1000)
+        with global_rng.untouched():  # the random initialisation its weights replace
+            net = timm.create_model(arch, pretrained=False, num_classes=1000)
         load_weights(net, convert_state_dict(checkpoint), str(ckpt_path))
         save_checkpoint(Classifier(net, spec), folder)
     model = load_checkpoint(folder)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .. import data as datasets
 from .. import distributed
 from ..files import write_atomically
 from ..models import save_checkpoint
@@ -123,8 +124,10 @@ def write_epoch(model, config, out_dir: Path, classes, history, device, optimize
                 eval_set, states: list, best: bool = False) -> None:
     """Write epoch `epoch` (counted from 0) of a run: checkpoint, best/ and snapshot copies, trainer state, log."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the data set by name or absolute path: a relative folder would be read against a later working directory,
+    # where the split it held out would not be found (and the validation images might be training images)
     model.spec.training = {
-        "config": asdict(config), "data": {"name": str(config.data), "classes": classes, "split": "train minus val",
+        "config": asdict(config), "data": {"name": datasets.canonical_data(config.data), "classes": classes, "split": "train minus val",
                                            "val_size": config.val_size, "train_limit": config.train_limit,
                                            "split_seed": config.seed if config.split_seed is None else config.split_seed},
         "epochs_done": epoch + 1, "hardware": distributed.hardware(device), "wall_seconds": row["seconds"],
