@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from .checks import check_steps
 
@@ -175,7 +175,11 @@ def load_dataset(
         spec: a model's `ModelSpec`: apply that model's eval transform (`eval_transform`), so the
             images are exactly what the model sees; overrides `image_size`.
     """
-    if spec is not None and transform is None and not train_augment:
+    if spec is not None and train_augment:  # the augmentation read the images at image_size, ignoring the spec
+        raise ValueError("spec= reads the images as the model sees them (its eval transform) and train_augment=True "
+                         "augments them for training: pass one; to augment at a model's size and channels, give "
+                         "transform=pixel_transform(size, train=True, channels=...)")
+    if spec is not None and transform is None:
         transform = eval_transform(spec)
     key = str(name).lower()
     if key in KNOWN:
@@ -221,9 +225,11 @@ def split_folder(folder: Path, split: str) -> Optional[Path]:
     test/ or val/); None for a root of class folders. A split that root lacks is an error that says so."""
     if not split_layout(folder):
         return None
+    by_name = {path.name.lower(): path for path in sorted(folder.iterdir())  # Train/ and Test/ too, as split_layout
+               if path.is_dir() and not ignored_folder(path.name)}            # reads them (and macOS would)
     for name in SPLIT_FOLDERS.get(str(split).lower(), (str(split),)):
-        if (folder / name).is_dir():
-            return folder / name
+        if name.lower() in by_name:
+            return by_name[name.lower()]
     wanted = " or ".join(f"{name}/" for name in SPLIT_FOLDERS.get(str(split).lower(), (str(split),)))
     present = ", ".join(sorted(f"{path.name}/" for path in folder.iterdir() if path.is_dir()))
     raise FileNotFoundError(f"{folder} has {present} but no {wanted} for the {split} split: add it, or pass a folder "
@@ -530,14 +536,15 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by
     if key in KNOWN and folders != labels and not generic:
         raise ValueError(f"{data}'s classes ({', '.join(classes)}) are not the model's "
                          f"({', '.join(spec.class_labels)}): pick a model trained on {data}")
-    if key not in KNOWN and folders != labels and not generic and not ordered and set(folders) & set(labels):
-        # an image folder numbers its class folders alphabetically; named after the model's classes in another
-        # order (or some of them), every image would be scored against another class's label
+    if key not in KNOWN and folders != labels and not generic and set(folders) & set(labels):
+        # an image folder numbers its class folders alphabetically (or by their index prefixes); named after the
+        # model's classes in another order (or some of them), every image would be scored against another label
+        numbered = ("their index prefixes number them" if ordered else
+                    "image folders number their class folders alphabetically")
         raise ValueError(f"the class folders of {data} ({', '.join(classes)}) name the model's classes in another "
-                         f"order, or other classes, than the model's ({', '.join(spec.class_labels)}): image folders "
-                         "number their class folders alphabetically, so labels would be mixed up; rename the folders "
-                         "so that sorted they follow the model's order: the model's labels behind their index, "
-                         f"{_prefixed(spec.class_labels)}")
+                         f"order, or other classes, than the model's ({', '.join(spec.class_labels)}): {numbered}, "
+                         "so labels would be mixed up; rename the folders so that sorted they follow the model's "
+                         f"order: the model's labels behind their index, {_prefixed(spec.class_labels)}")
     if by_name and folders != labels and not generic:
         raise ValueError(f"the class folders of {data} ({', '.join(classes)}) are not the model's classes "
                          f"({', '.join(spec.class_labels)}): fit on the data set the model classifies, its folders "
@@ -581,12 +588,27 @@ def first(dataset: Dataset, limit: Optional[int], what: str = "split") -> Datase
     return Subset(dataset, range(limit))
 
 
+def collate_examples(batch):
+    """torch's default batching of (image, label) examples, with a message that says what to do when a folder's
+    images differ in size (read without one size to scale them to, they cannot be stacked)."""
+    try:
+        return default_collate(batch)
+    except RuntimeError as error:
+        sizes = sorted({tuple(example[0].shape) for example in batch if isinstance(example[0], torch.Tensor)})
+        if len(sizes) < 2:
+            raise
+        shown = ", ".join("x".join(str(side) for side in size[1:]) for size in sizes[:4])
+        raise ValueError(f"the images differ in size ({shown}{', ...' if len(sizes) > 4 else ''} pixels), so they "
+                         "cannot be batched: read them at one size with image_size= (CLI: --image-size) or a model's "
+                         "spec= (its eval transform)") from None
+
+
 def make_loader(dataset: Dataset, batch_size: int = 256, shuffle: bool = False, workers: int = 0, seed: int = 0) -> DataLoader:
     """A DataLoader with a seeded shuffle (no global RNG) and pinned memory when CUDA is present."""
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, collate_fn=collate_examples,
     )
 
 

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
+from .data import collate_examples
 from .attacks import APGD, PGD
 from .metrics import wilson_interval
 from .models.state import eval_mode, model_device
@@ -57,7 +58,7 @@ def evaluate_robustness(
     generator = torch.Generator(device=device).manual_seed(seed)
     pgd = PGD(model, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=generator) if steps else None
     auto = APGD(model, eps=eps, steps=max(steps, 10), norm=norm, generator=generator) if apgd else None
-    share = distributed.shard_batches(DataLoader(dataset, batch_size=batch_size))
+    share = distributed.shard_batches(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_examples))
     counts = torch.zeros(4, dtype=torch.float64)  # n, clean, pgd, apgd
     started = time.perf_counter()
     with eval_mode(model), distributed.per_batch_seeds(generator) as reseed:

@@ -350,6 +350,10 @@ def test_a_class_folder_called_train_is_a_class_and_a_missing_split_folder_is_na
     assert len(data.load_dataset(tmp_path / "half", "train")) == 6 and not data.one_folder(tmp_path / "half")
     with pytest.raises(FileNotFoundError, match=r"half has train/ but no test/ or val/ for the test split"):
         data.load_dataset(tmp_path / "half", "test")
+    capital = tmp_path / "capital"  # Train/ and Test/: taken as split folders, then not found in them (Linux)
+    make_toy_image_folder(capital / "Train", classes=2, per_class=3)
+    make_toy_image_folder(capital / "Test", classes=2, per_class=2)
+    assert len(data.load_dataset(capital, "train")) == 6 and len(data.load_dataset(capital, "test")) == 4
 
 
 def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
@@ -406,6 +410,11 @@ def test_class_folders_named_after_the_models_classes_in_another_order_are_refus
     data.check_model_matches(spec, "/data/nette", ["Tench", "Church", "French Horn"])  # the model's order
     data.check_model_matches(spec, "/data/nette", ["0_tench", "1_church", "2_french_horn"])  # in order by prefix
     data.check_model_matches(spec, "/data/nette", ["0_tench", "1_church", "2_french_horn"], by_name=True)
+    # index prefixes that put the model's classes in another order (a review, 2026-12-07: accepted, church's images
+    # scored as tench)
+    with pytest.raises(ValueError, match="their index prefixes number them.*0_tench, 1_church"):
+        data.check_model_matches(spec, "/data/nette", ["0_church", "1_tench", "2_french_horn"])
+    data.check_model_matches(spec, "/data/nette", ["0_a", "1_b", "2_c"])  # other names: nothing to check them by
 
 
 def test_a_named_data_sets_own_folder_is_that_data_set_for_the_recorded_split(tmp_path, monkeypatch):
@@ -506,3 +515,31 @@ def test_a_download_that_fails_says_what_to_do_instead_of_urllibs_traceback(tmp_
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(RuntimeError, match="could not download cifar10 into .*: check the connection, or unpack"):
         data.load_dataset("cifar10", "train", root=tmp_path, download=True)
+
+
+def test_a_folder_of_images_of_several_sizes_read_without_a_size_says_what_to_pass(tmp_path):
+    """torch's bare "stack expects each tensor to be equal size" came out of load_tensors (and training) on a folder
+    of photos of several sizes (a review, 2026-12-07)."""
+    root = tmp_path / "mixed"
+    for k, side in enumerate((12, 16, 16)):
+        (root / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (side, side), (k * 40, 0, 0)).save(root / f"class{k % 2}" / f"{k}.png")
+    mixed = data.load_dataset(root, "train")
+    with pytest.raises(ValueError, match=r"differ in size \(12x12, 16x16 pixels\).*image_size="):
+        data.load_tensors(mixed)
+    images, labels = data.load_tensors(data.load_dataset(root, "train", image_size=16))
+    assert images.shape == (3, 3, 16, 16) and sorted(labels.tolist()) == [0, 0, 1]
+
+
+def test_augmenting_for_training_and_a_models_eval_transform_are_not_asked_for_together(tmp_path):
+    """train_augment=True with spec= gave 3-channel images at image_size, ignoring the (grayscale, 16-px) spec that
+    the docstring says overrides it (a review, 2026-12-07)."""
+    from robgen.models import ModelSpec
+    from tests.conftest import make_toy_image_folder
+
+    root = make_toy_image_folder(tmp_path / "toy", classes=2, per_class=2)
+    spec = ModelSpec(architecture="x", num_classes=2, class_labels=["class0", "class1"], input_size=(1, 16, 16),
+                     mean=(0.5,), std=(0.25,))
+    with pytest.raises(ValueError, match="spec= reads the images as the model sees them.*pass one"):
+        data.load_dataset(root, "train", spec=spec, train_augment=True)
+    assert data.load_dataset(root, "train", spec=spec)[0][0].shape == (1, 16, 16)

@@ -165,6 +165,12 @@ def test_saving_other_weights_into_a_model_folder_removes_the_files_fitted_to_th
     (half / "detector.json").write_text("{}")
     robgen.save_checkpoint(robgen.load_model(half), half)  # loaded as float32: the same values, kept
     assert (half / "detector.json").is_file()
+    from dataclasses import replace
+
+    reread = robgen.load_model(half)  # the same weights read with other channel statistics: another model
+    reread.spec = replace(reread.spec, mean=(0.4, 0.4, 0.4))
+    robgen.save_checkpoint(reread, half)
+    assert not (half / "detector.json").exists(), "fitted to the model as it read pixels before"
     other = tiny_model()
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
@@ -236,6 +242,26 @@ def test_foreign_weights_are_never_unpickled(tmp_path):
         pickle.dump({"x": _Payload()}, handle)
     with pytest.raises(ValueError, match="weights_only=True"):
         robgen.load_model("timm:resnet10_cifar", weights=evil, width=4)
+
+    # weights saved from a DistributedDataParallel wrapper ("module." keys): .pth loaded them, .safetensors was
+    # refused as "missing 74 tensors ... another architecture" (a review, 2026-12-07)
+    from safetensors.torch import save_file
+
+    wrapped = {f"module.{key}": value.contiguous() for key, value in source.net.state_dict().items()}
+    save_file(wrapped, str(tmp_path / "ddp.safetensors"))
+    torch.save(wrapped, tmp_path / "ddp.pth")
+    for name in ("ddp.safetensors", "ddp.pth"):
+        loaded = robgen.load_model("timm:resnet10_cifar", weights=tmp_path / name, width=4)
+        assert torch.equal(loaded.net.head.weight, source.net.head.weight), name
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "ddp.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="cut.safetensors cannot be read as safetensors"):
+        robgen.load_model("timm:resnet10_cifar", weights=tmp_path / "cut.safetensors", width=4)
+    # timm's checkpoint_path was saved as an architecture argument (the model recorded "weights: random", and
+    # loading its checkpoint needed the file again): weights= is the way, and says so
+    with pytest.raises(ValueError, match="weights=<file>.*not timm's checkpoint_path"):
+        robgen.load_model("timm:resnet10_cifar", width=4, checkpoint_path=str(good))
+    overlay = robgen.load_model("timm:resnet10_cifar", pretrained=False, width=4, cache_dir=str(tmp_path))
+    assert overlay.spec.arch_kwargs == {"width": 4}
 
 
 def test_checkpoint_search_path_is_env_then_checkout_then_package(tmp_path, monkeypatch):

@@ -89,14 +89,34 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.spec.to_dict()}
     config.pop("source", None)  # how it was loaded this time; `folder` is never in to_dict()
     text = json.dumps(config, indent=2) + "\n"
-    stale = [folder / name for name in COMPANION_FILES if (folder / name).is_file()] if not _same_weights(
-        folder / WEIGHTS_FILE, state) else []
+    same = _same_weights(folder / WEIGHTS_FILE, state) and _same_reading(folder, json.loads(text))  # as saved
+    stale = [folder / name for name in COMPANION_FILES if (folder / name).is_file()] if not same else []
     write_together({folder / WEIGHTS_FILE: lambda temporary: save_file(state, str(temporary)),
                     folder / CONFIG_FILE: lambda temporary: temporary.write_text(text)})
-    for path in stale:  # fitted to the weights replaced: read as the new model's, they would be wrong
-        logger.warning("removed %s: it was fitted to the model whose weights were just replaced in %s", path.name, folder)
+    for path in stale:  # fitted to the model replaced: read as the new model's, they would be wrong
+        logger.warning("removed %s: it was fitted to the model whose weights or input transform were just replaced "
+                       "in %s", path.name, folder)
         path.unlink()
     return folder
+
+
+# What a checkpoint's config says about how the network reads pixels and names classes: a detector or seeds fitted
+# with other values (another normalisation, crop, size) were fitted to another model, even with the same weights.
+READING_FIELDS = ("architecture", "arch_kwargs", "num_classes", "class_labels", "mean", "std", "input_size",
+                  "crop_pct", "interpolation", "crop_mode")
+
+
+def _same_reading(folder: Path, config: dict) -> bool:
+    """Whether the config already in `folder` (if any) reads pixels as `config` does (`READING_FIELDS`); True when
+    there is none to compare."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return True
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and all(old.get(name) == config.get(name) for name in READING_FIELDS if name in old)
 
 
 def _same_weights(path: Path, state: dict) -> bool:

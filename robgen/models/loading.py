@@ -186,6 +186,9 @@ def _similar_timm_names(architecture: str) -> str:
 def _load_timm(architecture: str, pretrained: bool, weights, timm_kwargs: dict) -> Classifier:
     if not timm.is_model(architecture):
         raise ValueError(f"unknown timm architecture {architecture!r}{_similar_timm_names(architecture)}")
+    if "checkpoint_path" in timm_kwargs:  # saved as an architecture argument, the file would be needed to load it
+        raise ValueError("load weights from a file with weights=<file> (CLI: --weights), not timm's checkpoint_path: "
+                         "robgen records where a model's weights came from and saves them in its checkpoint")
     use_download = pretrained and weights is None
     try:
         with global_rng.untouched() if use_download or weights is not None else nullcontext():  # random weights
@@ -201,6 +204,10 @@ def _load_timm(architecture: str, pretrained: bool, weights, timm_kwargs: dict) 
         load_weights(net, _read_state_dict(weights), str(weights))
     spec = _timm_spec(architecture, net, timm_kwargs, "pretrained" if use_download else ("file" if weights else "random"))
     return Classifier(net, spec)
+
+
+# timm.create_model arguments about where weights come from, not what the network is: not saved with the spec
+TIMM_LOAD_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weights_from: str) -> ModelSpec:
@@ -232,7 +239,7 @@ def _timm_spec(architecture: str, net: torch.nn.Module, timm_kwargs: dict, weigh
                        data_cfg.get("crop_pct", 1.0))
         crop_mode = "center"
     labels = _imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
-    arch_kwargs = {k: v for k, v in timm_kwargs.items() if k not in ("num_classes", "in_chans")}
+    arch_kwargs = {k: v for k, v in timm_kwargs.items() if k not in ("num_classes", "in_chans") + TIMM_LOAD_ONLY}
     return ModelSpec(
         architecture=architecture, num_classes=num_classes, class_labels=labels, mean=mean, std=std,
         input_size=input_size, arch_kwargs=arch_kwargs,
@@ -255,19 +262,25 @@ def _read_state_dict(path: Union[str, Path]) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"{path} could not be read as a plain PyTorch state dict with weights_only=True ({error}). "
-            "robgen does not unpickle arbitrary objects; convert it to safetensors first"
-        ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # safetensors' own error type, or an OSError
+            raise ValueError(f"{path} cannot be read as safetensors ({error}); the file is corrupt or not "
+                             "safetensors") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(
+                f"{path} could not be read as a plain PyTorch state dict with weights_only=True ({error}). "
+                "robgen does not unpickle arbitrary objects; convert it to safetensors first"
+            ) from None
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    # weights saved from a DistributedDataParallel wrapper, in either format
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 

@@ -163,7 +163,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
     else:
         sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed))
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        drop_last=True, pin_memory=device.type == "cuda",
+                        drop_last=True, pin_memory=device.type == "cuda", collate_fn=datasets.collate_examples,
                         persistent_workers=False)  # each epoch's workers seeded from the saved generator state:
     # kept across epochs, their random streams (the augmentation's) were not in the trainer state, and a resumed
     # run augmented differently from one that was not stopped
