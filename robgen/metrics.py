@@ -118,6 +118,8 @@ def detection_metrics(clean_energy, adv_energy, threshold: float) -> Dict[str, f
     """
     clean = _as_1d(clean_energy, "clean_energy")
     adv = _as_1d(adv_energy, "adv_energy")
+    if math.isnan(float(threshold)):  # NaN flags nothing and says nothing: a corrupt or unfitted detector
+        raise ValueError("the threshold is NaN: fit the detector again")
     tpr = float((adv <= threshold).double().mean())
     fpr = float((clean <= threshold).double().mean())
     area = auroc(clean, adv)
@@ -242,7 +244,9 @@ def paired_difference_interval(first, second, confidence: float = 0.95) -> Tuple
     only_second = float((second & ~first).sum()) + 0.5
     difference = (only_second - only_first) / cells
     half = z * math.sqrt(((only_first + only_second) - (only_second - only_first) ** 2 / cells) / cells ** 2)
-    return (max(-1.0, difference - half), min(1.0, difference + half))
+    # the interval is centred on the adjusted difference; at low confidence it could leave out the observed one
+    observed = float(second.double().mean() - first.double().mean())
+    return (max(-1.0, min(observed, difference - half)), min(1.0, max(observed, difference + half)))
 
 
 def mean_interval(values, confidence: float = 0.95) -> Tuple[float, float]:

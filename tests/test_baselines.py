@@ -39,6 +39,8 @@ def test_mahalanobis_refuses_a_class_without_reference_features_and_fits_one_ima
     one_each = MahalanobisScorer().fit(features[:3], torch.tensor([0, 1, 2]), 3)  # no spread: singular before
     scores = one_each.score(features)
     assert torch.isfinite(scores).all() and (scores[:3] == 0).all() and (scores[3:] > 0).all()
+    with pytest.raises(ValueError, match=r"labels must be classes 0-2, got \[-1\]"):  # -1: the last class's mean
+        MahalanobisScorer().fit(features, torch.tensor([0, 1, 2, 0, 1, -1]), 3)
 
 
 class ManifoldData:
@@ -194,6 +196,9 @@ def test_lid_leaves_out_reference_points_at_distance_zero():
     assert torch.allclose(with_duplicates, alone), "the twin is left out: the estimate of the other points"
     with pytest.raises(ValueError, match="distance > 0"):
         lid_estimates(query[:1], torch.cat([query[:1]] * 30), k=20)  # nothing but twins
+    for k in (0, 1):  # all NaN, and 1e12 for every query: the estimate needs two distances (a review, 2026-12-07)
+        with pytest.raises(ValueError, match="at least 2 nearest neighbours"):
+            lid_estimates(query, reference, k=k)
 
 
 def test_mahalanobis_warns_of_a_rank_deficient_covariance_and_scores_in_batches(caplog, monkeypatch):

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -153,6 +154,23 @@ def test_non_finite_energies_are_refused_not_called_natural():
         with pytest.raises(ValueError, match="NaN or infinite"):
             detector.predict(torch.tensor([bad, -5.0]))
     assert detector.predict(torch.tensor([-5.0, 5.0])).tolist() == [True, False]
+
+
+def test_a_nan_threshold_is_refused_where_it_would_flag_nothing(tmp_path):
+    """A detector.json whose threshold is NaN loaded, then flagged nothing; detection_metrics at a NaN threshold gave
+    TPR = FPR = 0 without a word (a review, 2026-12-07)."""
+    from robgen.metrics import detection_metrics
+
+    detector = EnergyDetector("youden").fit(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-3.0, -2.0, -1.0]))
+    path = detector.save(tmp_path / "detector.json")
+    saved = json.loads(path.read_text())
+    saved["threshold"] = math.nan
+    path.write_text(json.dumps(saved))  # Python writes NaN, which its own reader takes
+    with pytest.raises(ValueError, match="records a NaN threshold: fit the detector again"):
+        EnergyDetector.load(path)
+    with pytest.raises(ValueError, match="threshold is NaN"):
+        detection_metrics(torch.tensor([0.0, 1.0]), torch.tensor([-1.0]), math.nan)
+    assert detection_metrics(torch.tensor([0.0, 1.0]), torch.tensor([-1.0]), -math.inf)["detection_rate"] == 0.0
 
 
 def test_energies_given_as_lists_keep_float64_precision_in_the_detector():

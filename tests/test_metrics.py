@@ -201,3 +201,9 @@ def test_the_paired_difference_interval_keeps_a_width_where_no_pair_differs_and_
     assert covered / 300 >= 0.93
     with pytest.raises(ValueError, match="one of each per pair"):
         paired_difference_interval(torch.ones(3), torch.ones(4))
+    # the interval is centred on the adjusted difference (n21 - n12) / (n + 2); at lower confidence it left out
+    # the observed one, 1.0 for a single pair that differs (a review, 2026-12-07)
+    for first, second, confidence in (([0], [1], 0.8), ([1] * 100, [0] * 100, 0.5), ([0, 1, 1], [1, 1, 1], 0.6)):
+        observed = sum(second) / len(second) - sum(first) / len(first)
+        low, high = paired_difference_interval(torch.tensor(first), torch.tensor(second), confidence)
+        assert low <= observed <= high, (first, second, confidence, low, high)

@@ -81,6 +81,9 @@ class MahalanobisScorer:
     """Distance of penultimate features to the nearest class mean under a tied covariance."""
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "MahalanobisScorer":
+        outside = sorted(set(labels.tolist()) - set(range(num_classes)))
+        if outside:  # -1 would index the last class's mean, left out of that class's own mean
+            raise ValueError(f"Mahalanobis' reference labels must be classes 0-{num_classes - 1}, got {outside}")
         missing = sorted(set(range(num_classes)) - set(labels.tolist()))
         if missing:  # a class without a mean would make every distance NaN
             raise ValueError(f"Mahalanobis needs clean reference features of every class; classes {missing} have none: "
@@ -123,6 +126,8 @@ def lid_estimates(queries: torch.Tensor, reference: torch.Tensor, k: int = 20) -
     A reference point at distance 0 (the query itself, or a duplicate of it) is left out, as Ma et al. leave the
     point itself out: log 0 would put the estimate at 0 or, all k at 0, at 1e12.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:  # the estimate needs 2 distances: k=1 gives 1e12
+        raise ValueError(f"LID's k must be a whole number of at least 2 nearest neighbours (Ma et al.: 20), got {k!r}")
     # exact differences (the matrix-product shortcut leaves a twin 1e-8 away, not at 0)
     distances = torch.cdist(queries.double(), reference.double(), compute_mode="donot_use_mm_for_euclid_dist")
     distances = distances.masked_fill(distances == 0, math.inf)

@@ -181,6 +181,8 @@ class EnergyDetector:
             detector.threshold = None if data["threshold"] is None else float(data["threshold"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path} is not a saved EnergyDetector ({type(error).__name__}: {error})") from None
+        if detector.threshold is not None and math.isnan(detector.threshold):  # would flag nothing, unsaid
+            raise ValueError(f"{path} records a NaN threshold: fit the detector again (python -m robgen fit-detector)")
         detector.validation = data.get("validation", {})
         detector.calibration = data.get("calibration", {})
         detector.model_fingerprint = data.get("model_fingerprint")
