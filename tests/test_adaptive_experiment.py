@@ -386,6 +386,15 @@ def test_a_resumed_run_attacks_the_detectors_it_calibrated_first_though_calibrat
     assert main(args) == 0
     fresh = json.loads((other / "results.json").read_text())["detectors"]["energy"]["thresholds"]["tau"]
     assert fresh == results["detectors"]["energy"]["thresholds"]["tau"] * (1 + 1e-12)
+    # the run it replaced had two detectors: its Mahalanobis file is not left beside the new results (a review,
+    # 2026-12-07); a file of one's own in detectors/ is kept
+    shutil.copytree(out / "detectors", other / "detectors", dirs_exist_ok=True)
+    shutil.copy(out / "results.json", other / "results.json")
+    (other / "detectors" / "mine.json").write_text("{}")
+    args = command(checkpoint, toy_data, other, "--overwrite")
+    args[args.index("energy,mahalanobis")] = "energy"
+    assert main(args) == 0
+    assert sorted(p.name for p in (other / "detectors").iterdir()) == ["mine.json", "reject-energy.json"]
 
 
 def test_a_run_cut_before_keeping_its_detectors_continues_though_it_calibrates_apart(

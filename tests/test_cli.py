@@ -475,6 +475,31 @@ def test_attack_overwrite_replaces_the_earlier_runs_pngs_and_keeps_other_files(t
                                                            "results.json"]
 
 
+def test_attack_writes_over_no_file_it_did_not_make_and_never_over_its_input(tmp_path, checkpoint, images, capsys):
+    """A review (2026-12-07): --overwrite deleted this run's own input (an earlier run's cat_adv.png, attacked again
+    from the same --out), and any run wrote <stem>_clean.png over a file of that name that no attack had made."""
+    import hashlib
+
+    out = tmp_path / "out"
+    command = ["attack", "--model", str(checkpoint), "--steps", "1", "--out", str(out)]
+    assert main(command + [str(images[0])]) == 0
+    again = out / "photo0_adv.png"
+    digest = hashlib.sha256(again.read_bytes()).hexdigest()
+    assert main(command + ["--overwrite", str(again)]) == 0  # the earlier adversarial image, attacked again
+    assert again.is_file() and hashlib.sha256(again.read_bytes()).hexdigest() == digest, "the input kept"
+    capsys.readouterr()
+    # photo0.png's output photo0_adv.png is the other input, the earlier adversarial image read again
+    assert main(command + ["--overwrite", str(again), str(images[0])]) == 2
+    assert "is one of the input images" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo1_clean.png").write_bytes(b"not an attack's")
+    assert main(command[:-1] + [str(mine), str(images[1])]) == 2
+    assert "exists and is no output of an earlier attack" in capsys.readouterr().err
+    assert (mine / "photo1_clean.png").read_bytes() == b"not an attack's" and sorted(p.name for p in mine.iterdir()) == [
+        "photo1_clean.png"]
+
+
 def test_numbers_that_would_change_a_result_silently_are_refused_before_the_work(tmp_path, checkpoint, toy_data, capsys):
     """--weight-decay nan trained an epoch and advised a lower learning rate; --max-drop nan (or 3, meant as points)
     changed budget-sweep's pick; reproduce --attacks "," ran Table 1 without its PGD rows."""
@@ -521,3 +546,24 @@ def test_every_number_flag_takes_a_fraction_as_the_readme_says(capsys):
     from robgen.cli.detection import parse_temperature
 
     assert parse_temperature("1/2") == 0.5
+
+
+def test_seeds_devices_and_a_file_in_a_new_folder_are_handled_before_the_work(tmp_path, checkpoint, images, toy_data,
+                                                                              capsys):
+    """A review (2026-12-07): a seed beyond 64 bits failed inside torch after the model loaded ("Overflow when
+    unpacking long long", a traceback); --device meta got as far as the model; fit-seeds --out newdir/seeds.safetensors
+    fitted, then failed to write; a refused command left the empty parents of its --out folder behind."""
+    out = tmp_path / "a"
+    with pytest.raises(SystemExit):
+        main(["attack", "--model", str(checkpoint), "--seed", str(2**64), "--out", str(out), str(images[0])])
+    assert "argument --seed: must be at most 2^63 - 1" in capsys.readouterr().err and not out.exists()
+    assert main(["attack", "--model", str(checkpoint), "--device", "meta", "--out", str(out), str(images[0])]) == 2
+    assert "robgen runs on cpu or cuda" in capsys.readouterr().err and not out.exists()
+    seeds = tmp_path / "new" / "seeds.safetensors"
+    four = robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "four")  # the toy data's 4 classes
+    assert main(["fit-seeds", "--model", str(four), "--data", str(toy_data), "--resolution", "4",
+                 "--out", str(seeds)]) == 0
+    assert seeds.is_file()
+    nested = tmp_path / "p1" / "p2" / "p3"
+    assert main(["synthesize", "--model", str(checkpoint), "--n", "0", "--out", str(nested)]) == 2
+    assert not (tmp_path / "p1").exists()

@@ -48,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = getattr(args, "out", None)
-    new_out = Path(out) if out and not Path(out).exists() else None  # made by this run, if it makes it
+    new_out = _first_missing(Path(out)) if out else None  # made by this run, if it makes it (with its parents)
     finished = False
     try:
         code = args.run(args)
@@ -67,6 +67,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if new_out is not None and not finished:
             _remove_if_empty(new_out)
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    """The topmost folder of `path` (or `path` itself) that does not exist yet: what a run making `path` creates."""
+    missing = None
+    for place in [path, *path.parents]:
+        if place.exists():
+            break
+        missing = place
+    return missing
 
 
 def _remove_if_empty(folder: Path) -> None:

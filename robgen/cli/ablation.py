@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, add_data_arguments, check_writable_folder, pick_device, positive_int, user_path
+from .common import (
+    UsageError, add_data_arguments, check_writable_folder, pick_device, positive_int, seed_number, user_path,
+)
 
 
 def add_parsers(commands) -> None:
@@ -23,7 +25,7 @@ def add_parsers(commands) -> None:
     ablation.add_argument("--val-size", type=positive_int,
                           help="validation images held out of train (default: the split each model's training held "
                                "out, else 5000; Imagenette 500)")
-    ablation.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    ablation.add_argument("--seed", type=seed_number, default=0, help="seed of the attack's random starts")
     ablation.add_argument("--device", default="auto")
     ablation.add_argument("--out", required=True, type=user_path,
                           help="folder: rows/ (one file per measured row, reused by later runs), results.md, "

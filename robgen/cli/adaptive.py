@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, check_writable_folder, join_processes, open_model,
-    parse_number, parse_numbers, positive_int, user_path,
+    parse_number, parse_numbers, positive_int, seed_number, user_path,
 )
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
@@ -71,7 +71,7 @@ def add_parsers(commands) -> None:
     adaptive.add_argument("--lambdas", default="0.6,1.2,2",
                           help="HE-PGD's λ for the non-adaptive references, separated by commas (default 0.6,1.2,2)")
     adaptive.add_argument("--batch-size", type=positive_int, default=100)
-    adaptive.add_argument("--seed", type=int, default=0)
+    adaptive.add_argument("--seed", type=seed_number, default=0)
     adaptive.add_argument("--skip-evaded", action="store_true",
                           help="run each adaptive attack after the first only on the images no earlier one evaded: "
                                "the same DARA for about half the passes on a robust model, the per-attack rates then "

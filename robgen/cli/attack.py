@@ -49,6 +49,34 @@ def previous_pngs(out: Path) -> set:
         return set()
 
 
+def output_stems(images: List[str]) -> List[str]:
+    """The name each input's PNGs are written under (<stem>_clean.png, <stem>_adv.png): its file's stem, and for two
+    inputs with one name, the second under a name no other input has taken."""
+    stems, used = [], set()
+    for i, path in enumerate(images):
+        stem, number = Path(path).stem, i
+        while stem in used:
+            stem, number = f"{Path(path).stem}-{number}", number + 1
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def check_outputs(out: Path, stems: List[str], images: List[str]) -> None:
+    """Refuse, before the attack, to write over a file this run did not make: an input image, or a file in --out
+    that is no earlier attack's output (--overwrite replaces only what that attack's results.json records)."""
+    inputs = {Path(path).resolve() for path in images}
+    recorded = previous_pngs(out)  # replaced with --overwrite (without it, their results.json stops the run)
+    for name in (f"{stem}_{kind}.png" for stem in stems for kind in ("clean", "adv")):
+        path = out / name
+        if path.resolve() in inputs:
+            raise UsageError(f"{path} is one of the input images, and this run would write {name} over it: choose "
+                             "another --out")
+        if path.exists() and name not in recorded:
+            raise UsageError(f"{path} exists and is no output of an earlier attack recorded in {out / 'results.json'} "
+                             "(--overwrite replaces only those): choose another --out, or move the file")
+
+
 def command_attack(args) -> int:
     from ..experiments.single_image import attack_own_predictions, combine_outcomes
     from ..images import load_resized, save_model_input
@@ -65,6 +93,8 @@ def command_attack(args) -> int:
             target_class = spec.class_index(args.target)
         except ValueError as error:
             raise UsageError(str(error)) from None
+    stems = output_stems(args.images)
+    check_outputs(Path(args.out), stems, args.images)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json"])
     started = time.perf_counter()
     outcomes = []
@@ -78,12 +108,8 @@ def command_attack(args) -> int:
     x_adv, trace = outcome.adversarial, outcome.trace
     clean_logits, adv_logits = outcome.clean_logits, outcome.adversarial_logits
     clean_energy, adv_energy = outcome.clean_energy, outcome.adversarial_energy
-    rows, used = [], set()
-    for i, path in enumerate(args.images):
-        stem, number = Path(path).stem, i
-        while stem in used:  # two inputs with one name: keep both, under a name no other input has taken
-            stem, number = f"{Path(path).stem}-{number}", number + 1
-        used.add(stem)
+    rows = []
+    for i, (path, stem) in enumerate(zip(args.images, stems)):
         surround = load_resized(path, spec)  # at crop_pct < 1 the files keep the photo's margin, which the model crops
         save_model_input(x[i], out / f"{stem}_clean.png", spec, surround)
         save_model_input(x_adv[i], out / f"{stem}_adv.png", spec, surround)
@@ -99,8 +125,10 @@ def command_attack(args) -> int:
         "device": str(device), "images": rows, "trace": trace.to_dict(),
     }
     written = {row[key] for row in rows for key in ("clean_png", "adversarial_png")}
+    inputs = {Path(path).resolve() for path in args.images}
     for name in previous_pngs(out) - written:  # --overwrite: the replaced run's own PNGs go with its results.json
-        (out / name).unlink(missing_ok=True)
+        if (out / name).resolve() not in inputs:  # ... but not the images this run read
+            (out / name).unlink(missing_ok=True)
     write_text_atomically(out / "results.json", json_text(report))
     for row in rows:
         print(

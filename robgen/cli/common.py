@@ -71,6 +71,8 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # meta, mps, xla ...: robgen runs and is tested on these two
+        raise UsageError(f"--device {name!r}: robgen runs on cpu or cuda (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"numbered from 0")
@@ -120,8 +122,8 @@ def companion_output_path(args, model, name: str) -> Path:
         raise UsageError(f"this model has no checkpoint folder to store {name} in: pass --out FILE")
     if path.is_dir() or str(args.out or "").endswith(("/", os.sep)):  # "newdir/": a folder, made if need be
         path = make_folder(path) / name
-    else:
-        check_writable_folder(path.parent)
+    else:  # "newdir/seeds.safetensors": its folder made too (removed again, empty, if the command fails)
+        make_folder(path.parent)
     if path.exists() and not args.overwrite:
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
     return path
@@ -157,6 +159,18 @@ def count(text: str) -> int:
     return whole_number(text, 0)
 
 
+SEED_LIMIT = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit number
+
+
+def seed_number(text: str) -> int:
+    """A random seed: a whole number from 0 to 2^63 - 1 (a larger one failed deep inside torch, after the model
+    had loaded, as "Overflow when unpacking long long")."""
+    value = whole_number(text, 0)
+    if value > SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be at most 2^63 - 1 = {SEED_LIMIT}, got {value}")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="shipped name, checkpoint folder, timm:<name> or hf-hub:<org>/<repo>")
     parser.add_argument("--random-weights", action="store_true", help="timm: models: random weights instead of downloading")
@@ -185,7 +199,7 @@ def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--lam", type=parse_number, default=1.2, help="HE-PGD energy weight (default 1.2)")
     parser.add_argument("--no-random-start", action="store_true", help="start PGD / HE-PGD at the clean image")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random start")
+    parser.add_argument("--seed", type=seed_number, default=0, help="seed of the random start")
     parser.set_defaults(default_steps=steps)
 
 

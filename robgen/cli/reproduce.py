@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, join_processes, open_model,
-    parse_number, parse_numbers, positive_int, prepare_out_dir,
+    parse_number, parse_numbers, positive_int, prepare_out_dir, seed_number,
 )
 
 PRODUCTS = ["results.json", "results.md"]
@@ -32,7 +32,7 @@ def add_parsers(commands) -> None:
     repro.add_argument("--reference-size", type=int, default=2000,
         help="clean training images for the baselines' reference statistics (default 2000)")
     repro.add_argument("--batch-size", type=positive_int, default=250)
-    repro.add_argument("--seed", type=int, default=0)
+    repro.add_argument("--seed", type=seed_number, default=0)
     add_output_arguments(repro)
     repro.set_defaults(run=command_reproduce)
 

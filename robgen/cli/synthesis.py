@@ -15,7 +15,7 @@ from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder,
     companion_output_path, count, keyed_by_folder, open_model, parse_number, pick_device, positive_int,
-    prepare_out_dir, read_images, user_path,
+    prepare_out_dir, read_images, seed_number, user_path,
 )
 
 
@@ -45,7 +45,7 @@ def add_parsers(commands) -> None:
     synth.add_argument("--objective", default="log_prob", choices=["log_prob", "class_energy"])
     synth.add_argument("--noise", type=parse_number, default=0.01, help="sgld: noise standard deviation (default 0.01)")
     synth.add_argument("--init", default="gaussian", help="gaussian (shipped seeds), uniform, gray, or an image file")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=seed_number, default=0)
     synth.add_argument("--scale", type=int,
                        help="enlarge each sample this many times in the grid (default: to about 96 px; 3 for CIFAR-10)")
     add_output_arguments(synth)
@@ -89,7 +89,7 @@ def add_judged_synthesis_arguments(parser) -> None:
     parser.add_argument("--eps", type=parse_number, help="L2 budget of the ascent (default 0.1 sqrt(C H W))")
     parser.add_argument("--step-size", type=parse_number, help="L2 step (default 2.5 eps / steps)")
     parser.add_argument("--init", default="gaussian", choices=["gaussian", "uniform", "gray"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_number, default=0)
     parser.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--grid-columns", type=positive_int, default=8, help="samples per class shown in each grid PNG")

@@ -14,7 +14,7 @@ from typing import List
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder, count,
-    join_processes, open_model, parse_number, pick_device, positive_int, user_path,
+    join_processes, open_model, parse_number, pick_device, positive_int, seed_number, user_path,
 )
 from ..files import write_text_atomically
 
@@ -77,8 +77,8 @@ def add_parsers(commands) -> None:
                             "--init-from's; else 1, Imagenette 0.875)")
     train.add_argument("--interpolation", choices=["bilinear", "bicubic", "lanczos", "nearest"],
                        help="resampling filter of the resizes (default: --init-from's; else bilinear)")
-    train.add_argument("--seed", type=int, default=0, help="initialisation, data order and attack starts (default 0)")
-    train.add_argument("--split-seed", type=int, default=None,
+    train.add_argument("--seed", type=seed_number, default=0, help="initialisation, data order and attack starts (default 0)")
+    train.add_argument("--split-seed", type=seed_number, default=None,
                        help="seed of the held-out validation split (default: --seed; --init-from: its base's); 0 "
                             "holds out the split that detect, fit-detector and reproduce use")
     train.add_argument("--workers", type=count, default=0, help="data-loading processes")
@@ -113,7 +113,7 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--step-size", "--alpha", dest="step_size", type=parse_number, help="PGD step (default 2.5 eps / steps)")
     evaluate.add_argument("--apgd", action="store_true", help="also APGD-CE")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=seed_number, default=0)
     evaluate.add_argument("--out", type=user_path, help="write the result as JSON to this file")
     evaluate.add_argument("--overwrite", action="store_true", help="replace the file --out names")
     evaluate.add_argument("--record", action="store_true", help="store the result in the checkpoint's config.json")

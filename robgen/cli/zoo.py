@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, open_model, parse_number, pick_device,
-    positive_int, prepare_out_dir,
+    positive_int, prepare_out_dir, seed_number,
 )
 
 # The zoo's attacks, a plain copy of robgen.attacks.zoo.ZOO_NAMES for parsing without importing torch
@@ -34,7 +34,7 @@ def add_parsers(commands) -> None:
     zoo.add_argument("--val-size", type=int,
         help="validation images held out of train (default: the split the model's training held out, else 5000; Imagenette 500)")
     zoo.add_argument("--batch-size", type=positive_int, default=250)
-    zoo.add_argument("--seed", type=int, default=0)
+    zoo.add_argument("--seed", type=seed_number, default=0)
     zoo.add_argument("--no-fusion", action="store_true", help="attack the model itself, not its fused copy")
     add_output_arguments(zoo)
     zoo.set_defaults(run=command_zoo)

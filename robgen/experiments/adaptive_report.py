@@ -29,6 +29,7 @@ A failed check is flagged at the top of results.md.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -712,15 +713,29 @@ def figure(results: dict, path: Path) -> Path:
     return path
 
 
+def _recorded_detector_files(out_dir: Path) -> set:
+    """The detector files (detectors/reject-<name>.json) the results.json in `out_dir` records, if any."""
+    try:
+        recorded = json.loads((out_dir / "results.json").read_text()).get("detectors", {})
+        files = {entry.get("file") for entry in recorded.values() if isinstance(entry, dict)}
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in files if isinstance(name, str) and name.startswith("detectors/reject-")
+            and name.endswith(".json") and "/" not in name[len("detectors/"):] and ".." not in name}
+
+
 def write_report(results: dict, reject: Mapping[str, object], out_dir: Path) -> List[Path]:
     """results.json, results.md, adaptive_dara.png, and each calibrated detector as detectors/reject-<name>.json
     (loadable with `RejectOption.load(path, model=model)`; the detector switched off is not saved)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier = _recorded_detector_files(out_dir)  # an earlier run's, which this one replaces (--overwrite)
     paths = []
     for name, option in reject.items():
         if name != OFF:
             paths.append(option.save(out_dir / "detectors" / f"reject-{name}.json"))
             results["detectors"][name]["file"] = f"detectors/reject-{name}.json"
+    for name in earlier - {f"detectors/reject-{name}.json" for name in reject}:  # not left to be read as this run's
+        (out_dir / name).unlink(missing_ok=True)
     write_text_atomically(out_dir / "results.json", json_text(results, default=str))
     write_text_atomically(out_dir / "results.md", markdown(results))
     return [out_dir / "results.json", out_dir / "results.md", figure(results, out_dir / "adaptive_dara.png"), *paths]
