@@ -84,6 +84,14 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, chec
         message = capsys.readouterr().err
         assert "has a file on its way" in message and str(blocker) in message, (command, message)
     assert blocker.read_text() == "not a folder"
+    # a file --out whose folder is a file: the message quoted the folder as --out, "a folder to write into"
+    # (a review, 2026-12-07)
+    for argv in (calls["eval"][:-1] + [str(blocker / "e.json")], calls["gradmap"][:-2] + [str(blocker / "m.png"),
+                                                                                          str(images[0])]):
+        assert main(argv) == 2
+        message = capsys.readouterr().err
+        assert f"--out {argv[argv.index('--out') + 1]}: its folder {blocker} is a file; choose another" in message, \
+            message
 
 
 def test_targeted_attack_by_label(tmp_path, checkpoint, images):
@@ -270,6 +278,11 @@ def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, to
     assert main(args + ["--out", str(tmp_path / "eval.json")]) == 0
     assert main(args + ["--out", str(tmp_path / "eval.json"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 8
+    # the command recorded is the one run, also when main(argv) is called from Python (it quoted sys.argv: pytest's)
+    import shlex
+
+    recorded = json.loads((tmp_path / "eval.json").read_text())["command"]
+    assert recorded == "python -m robgen " + shlex.join(args + ["--out", str(tmp_path / "eval.json"), "--overwrite"])
 
 
 def test_eval_on_the_validation_split_the_models_training_held_out(tmp_path, toy_data, capsys):

@@ -215,7 +215,7 @@ def command_gradmap(args) -> int:
         raise UsageError(f"--out {args.out} is a folder; --out names the figure's file, e.g. maps.png")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
-    check_writable_folder(out.parent)
+    check_writable_folder(out.parent, file=out)
     device = pick_device(args.device)
     models = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
     classes = {tuple(m.spec.class_labels) for m in models.values()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List
@@ -183,7 +184,7 @@ def command_eval(args) -> int:
     if args.out is not None and Path(args.out).exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists: choose another --out, or pass --overwrite to replace it")
     if args.out is not None:
-        check_writable_folder(Path(args.out).parent)
+        check_writable_folder(Path(args.out).parent, file=Path(args.out))
     try:
         dataset = _eval_split(model, args)
         what = f"{args.split} split"
@@ -196,7 +197,7 @@ def command_eval(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     result.update(model=model.spec.source, data=str(args.data), split=args.split, exact_only=args.exact,
-                  limit=args.limit, device=str(device), command="python -m robgen " + " ".join(sys.argv[1:]))
+                  limit=args.limit, device=str(device), command="python -m robgen " + shlex.join(args.argv))
     if distributed.is_main():
         line = f"{what}, {result['n']} images: clean accuracy {result['clean_accuracy']:.4f}"
         if "pgd_accuracy" in result:
