@@ -142,6 +142,26 @@ def test_bad_input_is_explained(toy_data, tmp_path):
     train(config(toy_data, epochs=1), tmp_path / "w4", progress=False)
     with pytest.raises(ValueError, match="same architecture"):
         train(config(toy_data, epochs=2, width=8), tmp_path / "w4", resume=True, progress=False)
+    # Adam with SGD's momentum: accepted and ignored (a review, 2026-12-07)
+    with pytest.raises(ValueError, match="momentum would be ignored .*--optimizer adam"):
+        TrainConfig(optimizer="adam", momentum=0.5)
+
+
+def test_a_run_resumes_on_the_data_it_was_started_on_however_spelled(toy_data, tmp_path, monkeypatch):
+    """The resume compared the data set as typed: "images" from another working directory (another folder of the
+    same classes) resumed there, and the same folder by its absolute path was refused (a review, 2026-12-07)."""
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(toy_data, elsewhere / toy_data.name)  # another folder of the same name and classes
+    monkeypatch.chdir(toy_data.parent)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data.name, epochs=2), tmp_path / "run", progress=False, on_epoch=stop_after_epoch(1))
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ValueError, match="was trained on .* resume on the data it was started with"):
+        train(config(toy_data.name, epochs=2), tmp_path / "run", resume=True, progress=False)
+    resumed = train(config(str(toy_data.resolve()), epochs=2), tmp_path / "run", resume=True, progress=False)
+    assert resumed.spec.training["epochs_done"] == 2
 
 
 def test_a_run_that_dies_keeps_its_last_complete_checkpoint(toy_data, tmp_path):

@@ -31,12 +31,14 @@ DATA_DEFAULTS = {
 }
 
 
-def unused_settings(mode: str, schedule: str) -> Tuple[str, ...]:
-    """The recipe settings that a run of `mode` and `schedule` does not use: the milestones of another schedule
-    than multistep, TRADES' beta outside trades and weat, the reject_ settings outside reject, a number of attack
-    steps outside the multi-step modes, an attack step size in standard training (which runs no attack)."""
+def unused_settings(mode: str, schedule: str, optimizer: str = "sgd") -> Tuple[str, ...]:
+    """The recipe settings that a run of `mode`, `schedule` and `optimizer` does not use: the milestones of another
+    schedule than multistep, SGD's momentum with Adam, TRADES' beta outside trades and weat, the reject_ settings
+    outside reject, a number of attack steps outside the multi-step modes, an attack step size in standard training
+    (which runs no attack)."""
     return tuple(name for name, used in (
-        ("milestones", schedule == "multistep"), ("trades_beta", mode in DIVERGENCE_MODES),
+        ("milestones", schedule == "multistep"), ("momentum", optimizer == "sgd"),
+        ("trades_beta", mode in DIVERGENCE_MODES),
         ("attack_steps", mode in MULTI_STEP_MODES), ("attack_step_size", mode != "standard"),
         *((name, mode == "reject") for name in ("reject_cap", "reject_weight", "reject_adversarial_share",
                                                "reject_attack"))) if not used)
@@ -175,11 +177,12 @@ class TrainConfig:
             raise ValueError(f"label_smoothing is a probability in [0, 1), e.g. 0.1, got {self.label_smoothing}")
         # a setting of another mode or schedule, set away from its default, would be ignored yet recorded in the
         # recipe as if used: refused
-        unused = [name for name in unused_settings(self.mode, self.schedule)
+        unused = [name for name in unused_settings(self.mode, self.schedule, self.optimizer)
                   if getattr(self, name) != type(self).__dataclass_fields__[name].default]
         if unused:
             raise ValueError(f"{', '.join(unused)} would be ignored by --mode {self.mode} --schedule {self.schedule} "
-                             "(milestones belong to --schedule multistep, trades_beta to --mode trades or weat, the "
+                             f"--optimizer {self.optimizer} (milestones belong to --schedule multistep, momentum to "
+                             "--optimizer sgd, trades_beta to --mode trades or weat, the "
                              "reject_ settings to --mode reject, attack_steps to --mode pgd, reject, trades or weat, "
                              "attack_step_size to every mode but standard): leave them out")
 

@@ -114,8 +114,15 @@ def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
     for recipe in (wanted, saved_recipe):  # the split used: an unset split seed is the run's seed (older fine-tunes
         if "split_seed" in recipe and recipe["split_seed"] is None:  # recorded None, which now reads as the base's)
             recipe["split_seed"] = recipe.get("seed")
-    unused = unused_settings(saved_recipe.get("mode", config.mode), saved_recipe.get("schedule", config.schedule))
-    differ = sorted(name for name in wanted if name not in RESUME_MAY_CHANGE and name in saved_recipe
+    # the data set by what it names, not how it was spelled: "img" from another working directory is another folder,
+    # and its absolute path the same one (the record holds it by name or absolute path since 2026-12-07)
+    recorded_data = (saved.get("training", {}).get("data") or {}).get("name") or saved_recipe.get("data")
+    if recorded_data is not None and not datasets.same_data(recorded_data, config.data):
+        raise ValueError(f"{out_dir} was trained on {recorded_data} (this run: {config.data}, "
+                         f"{datasets.canonical_data(config.data)}): resume on the data it was started with")
+    unused = unused_settings(saved_recipe.get("mode", config.mode), saved_recipe.get("schedule", config.schedule),
+                             saved_recipe.get("optimizer", config.optimizer))
+    differ = sorted(name for name in wanted if name not in RESUME_MAY_CHANGE + ("data",) and name in saved_recipe
                     and name not in unused and saved_recipe[name] != wanted[name])  # (older runs recorded unused
     # settings as given: their run is resumed without them)
     if differ:
