@@ -102,6 +102,19 @@ def test_resume_continues_exactly(toy_data, tmp_path, mode):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
+def test_a_log_line_lost_with_the_run_is_written_again_on_resume(toy_data, tmp_path):
+    """A run stopped after its trainer state and before (or part-way through) its log line lost that epoch's line
+    for good: the resumed log.jsonl skipped it (a review, 2026-12-07)."""
+    folder = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(toy_data, epochs=3), folder, progress=False, on_epoch=stop_after_epoch(2))
+    lines = (folder / "log.jsonl").read_text().splitlines()
+    (folder / "log.jsonl").write_text(lines[0] + "\n" + lines[1][:10])  # epoch 2's line cut part-way
+    train(config(toy_data, epochs=3), folder, resume=True, progress=False)
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2, 3] and log[1] == json.loads(lines[1])
+
+
 @pytest.mark.parametrize("mode", ["standard", "pgd"])
 def test_a_trainer_state_from_before_the_generator_states_still_resumes(toy_data, tmp_path, caplog, mode):
     """Runs started by older robgen (trainer_state.pt with only the CPU RNG under "rng") must still resume."""

@@ -154,3 +154,10 @@ def write_epoch(model, config, out_dir: Path, classes, history, device, optimize
     }, out_dir / STATE_FILE)
     with open(out_dir / LOG_FILE, "a") as log:
         log.write(json.dumps(row) + "\n")
+
+
+def restore_log(out_dir: Path, history: list) -> None:
+    """Write log.jsonl again from the trainer state's `history` (all or nothing): a run stopped after its state and
+    before its log line (or part-way through it) lost that line for good, and the resumed log skipped an epoch."""
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    write_atomically(out_dir / LOG_FILE, lambda temporary: Path(temporary).write_text(text))

@@ -195,6 +195,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
                              "while writing an epoch, so it cannot continue exactly; start it again (--overwrite), "
                              f"or fine-tune from its weights (--init-from {out_dir})")
         history = json.loads(state["history"])
+        if distributed.is_main():
+            checkpointing.restore_log(out_dir, history)  # one line per epoch of the state, none lost or half
         checkpointing.restore_random_states(state, device, attack, sampler, out_dir)
         logger.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
 
