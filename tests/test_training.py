@@ -398,6 +398,16 @@ def test_fine_tuning_keeps_the_base_models_input_transform_unless_told_otherwise
     cifar = training.inherit_input_transform(TrainConfig(data="cifar10", init_from="base"), base)
     assert cifar.image_size is None, "CIFAR-10 images are used at their own size, never resized"
 
+    # a base trained on a folder at a size of its own: fine-tuned on that folder at it, not at the files' size (it
+    # was retrained at half the resolution without a word; a review, 2026-12-07); a foreign base gives no size
+    from dataclasses import replace
+
+    folder = "/data/my-photos"
+    own = replace(base, input_size=(3, 32, 32), training={
+        "config": {"image_size": 32}, "data": {"name": folder, "val_size": 40, "split_seed": 0}})
+    assert training.inherit_input_transform(TrainConfig(data=folder, init_from="base"), own).image_size == 32
+    assert training.inherit_input_transform(TrainConfig(data="/data/other", init_from="base"), own).image_size is None
+
 
 def test_data_set_defaults_fill_the_recipe():
     nette = TrainConfig(data="imagenette")

@@ -49,9 +49,14 @@ def load_data(config: TrainConfig, data_root, download: bool, channels: int = 3,
 
 def inherit_input_transform(config: TrainConfig, base_spec) -> TrainConfig:
     """A fine-tuning config whose unset input transform is the base model's: image side (where the data set
-    is resized at all, as Imagenette is), crop_pct and interpolation. Set ones are kept: `--image-size 160`
+    is resized at all, as Imagenette is, or the base was trained on it at a size of its own), crop_pct and
+    interpolation. Set ones are kept: `--image-size 160`
     fine-tunes a 128-px model at 160 px."""
     resized = "image_size" in DATA_DEFAULTS.get(str(config.data).lower(), {})
+    training = base_spec.training if isinstance(base_spec.training, dict) else {}
+    if datasets.recorded_val_size(base_spec, config.data) is not None and (training.get("config") or {}).get(
+            "image_size"):  # a base trained on this folder at a size of its own: fine-tuned at it, not at the files'
+        resized = True
     return replace(
         config,
         image_size=config.image_size or (base_spec.input_size[-1] if resized else None),
