@@ -65,6 +65,24 @@ def test_the_one_folder_warning_counts_the_test_images_a_limit_keeps(toy_data, c
     assert len(splits.test) == 24 and "of them, 24 used)" in caplog.text, caplog.text
 
 
+def test_a_model_that_records_no_split_of_the_data_is_warned_of_its_validation_images(toy_data, caplog, tmp_path):
+    """An imported model (no training record) got a validation split drawn from the training images without a word,
+    images it may have trained on (a review, 2026-12-07); one robgen trained on the data set records its split."""
+    from conftest import tiny_model
+
+    from robgen.training import TrainConfig, train
+
+    with caplog.at_level("WARNING", logger="robgen.experiments.pipeline"):
+        detection_splits(tiny_model(num_classes=4), toy_data, val_size=40, limit=8)
+    assert "records no validation split of" in caplog.text and "40 of the training images" in caplog.text
+    trained = train(TrainConfig(data=str(toy_data), width=4, epochs=1, batch_size=16, val_size=40, eval_subset=8,
+                                eval_steps=1), tmp_path / "run", progress=False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robgen.experiments.pipeline"):
+        detection_splits(trained, toy_data, limit=8)
+    assert "records no validation split" not in caplog.text
+
+
 def test_detection_experiment_fits_on_validation_and_reports_on_test(toy_data):
     from conftest import tiny_model
 

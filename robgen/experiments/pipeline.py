@@ -211,6 +211,12 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
     classes = datasets.class_names(test)
     datasets.check_model_matches(model.spec, data, classes)
     train_part, validation = datasets.model_val_split(train, model.spec, data, val_size, default_seed=seed)
+    if datasets.recorded_val_size(model.spec, data) is None:  # (the adaptive study refuses such a model outright)
+        logger.warning("%s records no validation split of %s: its validation images are %d of the training images "
+                       "drawn with seed %d, which it may have been trained on (then its clean energies there are "
+                       "lower, and the threshold fitted on them is off). A model robgen trained on this data set "
+                       "records its split: give the data set as it was given to training", model.spec.source or
+                       "this model", data, len(validation), datasets.model_split_seed(model.spec, data, seed))
     if datasets.one_folder(data):  # one folder for every split: the images outside the validation split, halved
         if len(train_part) < 2:
             raise ValueError(f"{data} has {len(train)} images and the validation split takes {len(validation)} of "
