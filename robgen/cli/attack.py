@@ -62,10 +62,15 @@ def output_stems(images: List[str]) -> List[str]:
     return stems
 
 
+def input_paths(images: List[str]) -> set:
+    """The input images as resolved paths, to tell them from the files an attack writes or replaces."""
+    return {Path(path).resolve() for path in images}
+
+
 def check_outputs(out: Path, stems: List[str], images: List[str]) -> None:
     """Refuse, before the attack, to write over a file this run did not make: an input image, or a file in --out
     that is no earlier attack's output (--overwrite replaces only what that attack's results.json records)."""
-    inputs = {Path(path).resolve() for path in images}
+    inputs = input_paths(images)
     recorded = previous_pngs(out)  # replaced with --overwrite (without it, their results.json stops the run)
     for name in (f"{stem}_{kind}.png" for stem in stems for kind in ("clean", "adv")):
         path = out / name
@@ -125,9 +130,8 @@ def command_attack(args) -> int:
         "device": str(device), "images": rows, "trace": trace.to_dict(),
     }
     written = {row[key] for row in rows for key in ("clean_png", "adversarial_png")}
-    inputs = {Path(path).resolve() for path in args.images}
     for name in previous_pngs(out) - written:  # --overwrite: the replaced run's own PNGs go with its results.json
-        if (out / name).resolve() not in inputs:  # ... but not the images this run read
+        if (out / name).resolve() not in input_paths(args.images):  # ... but not the images this run read
             (out / name).unlink(missing_ok=True)
     write_text_atomically(out / "results.json", json_text(report))
     for row in rows:

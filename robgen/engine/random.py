@@ -20,11 +20,9 @@ from typing import ContextManager, Iterator, Optional, Sequence
 
 import torch
 
-from ..global_rng import LOCK
-
 # Held for a whole `seeded_global_rng` block, and for every draw this module makes from the global RNG
 # (no generator given), so that no such draw lands inside another thread's block (`robgen.global_rng`).
-_GLOBAL_RNG_LOCK = LOCK
+from ..global_rng import LOCK as _GLOBAL_RNG_LOCK
 
 
 def _guard_global_draw(generator: Optional[torch.Generator]) -> ContextManager:

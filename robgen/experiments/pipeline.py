@@ -216,7 +216,7 @@ def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[in
                        "drawn with seed %d, which it may have been trained on (then its clean energies there are "
                        "lower, and the threshold fitted on them is off). A model robgen trained on this data set "
                        "records its split: give the data set as it was given to training", model.spec.source or
-                       "this model", data, len(validation), datasets.model_split_seed(model.spec, data, seed))
+                       "this model", data, len(validation), seed)
     if datasets.one_folder(data):  # one folder for every split: the images outside the validation split, halved
         if len(train_part) < 2:
             raise ValueError(f"{data} has {len(train)} images and the validation split takes {len(validation)} of "
