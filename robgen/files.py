@@ -4,11 +4,11 @@
     write_text_atomically(path, json.dumps(record))
     path.write_text(json_text(results))   # results.json: strict JSON, a rate over no images as null
 
-Every file robgen keeps across an interruption goes through here: checkpoints and trainer state,
-synthesis seeds, the stage cache of `reproduce` and `adaptive`, ablation rows. The new content is
-written to `<name>.<pid>-<random>.partial` beside the target, then renamed over it (`os.replace`, atomic on one
-file system), so a reader sees either the complete old file or the complete new one. Every results.json
-is written as `json_text` gives it: strict JSON, which any reader parses.
+Every file robgen writes goes through here: checkpoints and trainer state, synthesis seeds, the stage cache of
+`reproduce` and `adaptive`, ablation rows, reports, figures (`robgen.plots.save_figure`) and images. The new content
+is written to `<name>.<pid>-<random>.partial` beside the target, flushed to the disk and renamed over it
+(`os.replace`, atomic on one file system), so a reader sees either the complete old file or the complete new one.
+Every results.json is written as `json_text` gives it: strict JSON, which any reader parses.
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ def _usual_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~_current_umask())
 
 
+def _flush_to_disk(path: Path) -> None:
+    """Wait until the content written to `path` is on the disk, not only in the system's cache: a rename is
+    recorded by the file system on its own schedule, so without this a power cut soon after it can leave the new
+    name holding an empty or partial file, the one thing this module promises never happens."""
+    with open(path, "rb") as written:
+        os.fsync(written.fileno())
+
+
 def partial_path(path: Union[str, Path]) -> Path:
     """Where the new content of `path` is written before it replaces `path`: `<name>.<pid>-<random>.partial`, a
     new name at each call, so that two processes writing the same file at once (the CLI and the app converting
@@ -62,6 +70,7 @@ def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> P
     try:
         write(temporary)
         _usual_permissions(temporary)
+        _flush_to_disk(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)  # a failed write leaves no stray .partial file beside the target
@@ -78,6 +87,7 @@ def write_together(writes: Dict[Path, Callable[[Path], None]]) -> None:
         for path, write in writes.items():
             write(temporaries[Path(path)])
             _usual_permissions(temporaries[Path(path)])
+            _flush_to_disk(temporaries[Path(path)])
     except BaseException:
         for temporary in temporaries.values():
             temporary.unlink(missing_ok=True)

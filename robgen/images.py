@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checks import check_pixels
+from .files import write_atomically
 
 MIN_SIDE = 8
 MAX_PIXELS = 40_000_000  # 40 megapixels
@@ -314,8 +315,9 @@ def tensor_to_pil(x: torch.Tensor) -> Image.Image:
 
 
 def save_image(x: torch.Tensor, path: Union[str, Path]) -> Path:
-    """Write a (3, H, W) or (1, H, W) tensor in [0, 1] as a lossless PNG."""
+    """Write a (3, H, W) or (1, H, W) tensor in [0, 1] as a lossless PNG, all or nothing
+    (`robgen.files.write_atomically`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensor_to_pil(x).save(path, format="PNG")
-    return path
+    image = tensor_to_pil(x)
+    return write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))

@@ -11,6 +11,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .files import write_atomically  # noqa: E402
+
+
+def save_figure(figure, path: Path, dpi: Optional[float] = None) -> Path:
+    """Write `figure` to `path` in the format its suffix names (.png, .pdf, .svg), all or nothing
+    (`robgen.files.write_atomically`: an interrupted run leaves the old figure, not half of a new one), and close
+    it. Returns `path`."""
+    path = Path(path)
+    image_format = path.suffix[1:].lower() or "png"
+    try:
+        write_atomically(path, lambda temporary: figure.savefig(temporary, format=image_format, dpi=dpi))
+    finally:
+        plt.close(figure)
+    return path
+
 
 def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, title: str = "",
                             adversarial_label: str = "PGD", threshold: Optional[float] = None,
@@ -50,8 +65,7 @@ def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, titl
 def energy_histogram(clean: torch.Tensor, adversarial: torch.Tensor, path: Path, title: str,
                      adversarial_label: str = "PGD") -> Path:
     """Fig. 2a / 3a: histograms of E(x) for clean and adversarial images, as a PNG."""
-    energy_histogram_figure(clean, adversarial, title, adversarial_label).savefig(path)
-    return path
+    return save_figure(energy_histogram_figure(clean, adversarial, title, adversarial_label), path)
 
 
 def trace_figure(trace, title: str = "", threshold: Optional[float] = None):
@@ -106,9 +120,7 @@ def energy_vs_steps(steps: Sequence[int], means: Sequence[float], stds: Sequence
     axis.set_title(plain(title))
     axis.margins(y=0.15)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def adaptive_sweep(lams: Sequence[float], series: dict, path: Path, title: str) -> Path:
@@ -123,9 +135,7 @@ def adaptive_sweep(lams: Sequence[float], series: dict, path: Path, title: str) 
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plain(text) -> str:
@@ -160,9 +170,7 @@ def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), s
         if row_labels:
             figure.text(0.02, 1 - (r + 0.5) * (height + 4) / dpi / figure.get_figheight(), plain(row_labels[r]),
                         va="center", ha="left", fontsize=9)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=dpi)
 
 
 def shared_prefix(names: List[str]) -> str:
@@ -210,6 +218,4 @@ def gradient_maps(images: torch.Tensor, gradients: dict, path: Path) -> Path:
     if prefix:
         figure.suptitle(plain(prefix.rstrip("-")), fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

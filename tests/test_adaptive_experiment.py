@@ -12,6 +12,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -977,7 +978,8 @@ def test_a_detector_given_calibrated_at_another_fpr_is_described_as_it_was_calib
     text = markdown(stratified).split("## Detection-aware")[0]
     assert "energy was given calibrated, at 5% target FPR on" in text and "counted among those classified correctly" in text
     titles = []
-    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, path: titles.append(fig.axes[0].get_title()))
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, path, **options: (titles.append(fig.axes[0].get_title()), Path(path).touch()))
     figure(given, tmp_path / "given.png")
     figure(results, tmp_path / "own.png")
     assert "each detector's own validation FPR" in titles[0] and "at 5% validation FPR" in titles[1]
@@ -992,7 +994,8 @@ def test_the_figure_of_one_eps_shows_it_in_a_window_of_its_size_not_the_nudges_w
     one["bare"] = [row for row in one["bare"] if row["eps_label"] == "8/255"]
     one["rows"] = [row for row in one["rows"] if row["eps_label"] == "8/255"]
     limits = []
-    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, path: limits.append(fig.axes[0].get_xlim()))
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, path, **options: (limits.append(fig.axes[0].get_xlim()), Path(path).touch()))
     figure(one, tmp_path / "one.png")
     figure(results, tmp_path / "two.png")
     assert limits[0] == pytest.approx((4.0, 12.0))

@@ -107,3 +107,20 @@ def test_written_files_get_the_usual_permissions_not_safetensors_owner_only(tmp_
         assert os.stat(weights).st_mode & 0o777 == 0o600
     finally:
         os.umask(umask)
+
+
+def test_the_new_content_is_on_the_disk_before_its_name_replaces_the_old_file(tmp_path, monkeypatch):
+    """Without an fsync before the rename, a power cut soon after it could leave the name holding an empty file."""
+    import os
+
+    from robgen import files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    write_text_atomically(tmp_path / "one.json", "{}")
+    assert events == ["fsync", "replace"]
+    events.clear()
+    files.write_together({tmp_path / "a": lambda t: t.write_text("a"), tmp_path / "b": lambda t: t.write_text("b")})
+    assert events == ["fsync", "fsync", "replace", "replace"]

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from robgen.plots import energy_histogram_figure
@@ -41,3 +42,34 @@ def test_class_labels_with_dollar_signs_are_drawn_as_written(tmp_path):
     figure.canvas.draw()
     assert not text._preprocess_math(text.get_text())[1], "drawn as plain text, not maths"
     plots.plt.close(figure)
+
+
+def test_a_figure_that_fails_to_draw_leaves_the_old_file_whole_and_no_partial_file(tmp_path):
+    """Figures were drawn straight into their file: an interrupted or failing savefig left half a PNG."""
+    import matplotlib.pyplot as plt
+
+    from robgen.plots import save_figure
+
+    path = tmp_path / "figure.png"
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [0, 1])
+    save_figure(figure, path)
+    old = path.read_bytes()
+    assert old.startswith(b"\x89PNG") and not plt.fignum_exists(figure.number)
+
+    broken, axis = plt.subplots()
+    axis.text(0.5, 0.5, r"$\undefinedcommand$")  # mathtext refuses it while the file is being written
+    with pytest.raises(ValueError):
+        save_figure(broken, path)
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+    assert not plt.fignum_exists(broken.number)
+
+
+def test_a_figure_is_written_in_the_format_its_suffix_names(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from robgen.plots import save_figure
+
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [0, 1])
+    assert save_figure(figure, tmp_path / "figure.pdf").read_bytes().startswith(b"%PDF")

@@ -146,10 +146,7 @@ def figure(rows: List[dict], path: Path) -> Path:
     """The two error rates, missed attacks (100 - detection) and false positives, with 95% intervals, one panel per
     factor, the paper's as dotted lines: both near 0 is the paper's detector; error rates keep the points apart
     that a 0-100 detection axis would squash together."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure  # matplotlib is imported (without a display) only when a figure is drawn
 
     groups = by_factor(rows)
     columns = min(3, len(groups))  # wrapped, so that many factors stay readable
@@ -183,8 +180,7 @@ def figure(rows: List[dict], path: Path) -> Path:
         axis.set_ylabel("% of test images (dotted: the paper)")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -218,10 +214,7 @@ def training_curves(rows: List[dict]) -> List[Tuple[str, List[dict]]]:
 def epochs_figure(curves: List[Tuple[str, List[dict]]], path: Path) -> Path:
     """Detection at the paper's FPR (left) and clean accuracy (right) against the epoch, with 95% intervals, one
     line per run (`training_curves`); the paper's detection and clean accuracy dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure  # matplotlib is imported (without a display) only when a figure is drawn
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for name, group in curves:
@@ -245,8 +238,7 @@ def epochs_figure(curves: List[Tuple[str, List[dict]]], path: Path) -> Path:
     right.set_title("clean accuracy (dotted: the paper's model)", fontsize=9)
     left.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -671,10 +671,7 @@ def markdown(results: dict) -> str:
 
 def figure(results: dict, path: Path) -> Path:
     """DARA against eps for every detector, beside the bare model's robust accuracy; 95% intervals as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure  # matplotlib is imported (without a display) only when a figure is drawn
 
     fig, axis = plt.subplots(figsize=(5.8, 4.0), dpi=120)
     names = [name for name in results["detectors"] if name != OFF]
@@ -708,8 +705,7 @@ def figure(results: dict, path: Path) -> Path:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -5,14 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..files import json_text, write_text_atomically  # noqa: E402
-from ..metrics import auroc_interval_words  # noqa: E402
-from .pipeline import definitions_markdown  # noqa: E402
+from ..files import json_text, write_text_atomically
+from ..metrics import auroc_interval_words
+from ..plots import plt, save_figure
+from .pipeline import definitions_markdown
 
 FIGURE = "delta_energy.png"
 PRODUCTS = ("results.json", "results.md", FIGURE)
@@ -50,8 +46,7 @@ def delta_energy_figure(results: dict, path: Path) -> Path:
     model = results["model"] or results["architecture"]
     axis.set_title(f"Energy change per attack ({model}, {results['data']}, n = {results['n_test']})", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
