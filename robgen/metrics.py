@@ -219,8 +219,11 @@ def rate_interval(flags, confidence: float = 0.95) -> Tuple[float, float]:
 
 
 def rate_text(flags) -> str:
-    """The fraction of true values in a boolean tensor with its Wilson 95% interval: "17.3% [12.2%, 23.8%]"."""
+    """The fraction of true values in a boolean tensor with its Wilson 95% interval: "17.3% [12.2%, 23.8%]";
+    "no images" when there are none (a share of nothing, such as the attacks caught where none succeeded)."""
     flags = torch.as_tensor(flags).flatten()
+    if flags.numel() == 0:
+        return "no images"
     low, high = rate_interval(flags)
     return f"{flags.double().mean():.1%} [{low:.1%}, {high:.1%}]"
 

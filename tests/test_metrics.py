@@ -133,6 +133,7 @@ def test_rate_text_gives_the_share_with_its_wilson_interval():
     low, high = wilson_interval(3, 10)
     assert rate_text(flags) == f"30.0% [{low:.1%}, {high:.1%}]" == "30.0% [10.8%, 60.3%]"
     assert rate_text([[True, True], [True, True]]) == "100.0% [51.0%, 100.0%]"
+    assert rate_text(torch.zeros(0, dtype=torch.bool)) == "no images"  # was "nan% [nan%, nan%]"
 
 
 def test_auroc_is_the_exact_fraction_of_pairs_in_double_precision():

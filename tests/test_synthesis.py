@@ -446,13 +446,30 @@ def test_synthesis_and_gradient_maps_run_on_a_model_of_another_dtype(dtype):
     """The uniform, gray and Gaussian starts were float32 and `input_gradient` passed x as given: a half-precision
     model failed with "Input type and weight type should be the same" (translate, which casts, worked)."""
     model = tiny_model().to(dtype)
+    kept_in = torch.float32 if dtype == torch.bfloat16 else dtype  # iterates: float32 for a half-precision model
     for init in ("uniform", "gray"):
         x = robgen.synthesize(model, 1, n=2, steps=1, init=init, generator=torch.Generator().manual_seed(0))
-        assert x.dtype == dtype and x.shape == (2, 3, 32, 32)
-    assert robgen.sgld_sample(model, 1, n=2, steps=1, generator=torch.Generator().manual_seed(0)).dtype == dtype
+        assert x.dtype == kept_in and x.shape == (2, 3, 32, 32)
+    assert robgen.sgld_sample(model, 1, n=2, steps=1, generator=torch.Generator().manual_seed(0)).dtype == kept_in
+    assert robgen.translate(model, torch.rand(1, 3, 32, 32), 1, steps=2, snapshots=2).path.dtype == kept_in
     from robgen.synthesis.gradmaps import input_gradient
 
     assert input_gradient(model, torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("eps, steps", [(0.1, 60), (0.5, 20)])
+def test_a_half_precision_model_draws_with_steps_its_pixel_grid_would_round_away(eps, steps):
+    """Synthesis kept a bfloat16 model's iterates in bfloat16, which holds values 1/256 apart in [0.5, 1): steps of
+    about 1/10,000 per pixel were rounded away (eps 0.1, 60 steps: the image did not move at all), and the
+    rounding let the projection overshoot the ball (eps 0.5: 0.502 from the start). Its iterates are float32 now,
+    as the attacks' are: it goes as far from the start as the float32 model does, and no farther than eps."""
+    start = 0.5 + 0.5 * torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    start = start.to(torch.bfloat16).float()  # on both grids, so that the start itself is no difference
+    wide = robgen.synthesize(tiny_model(), 1, n=2, steps=steps, eps=eps, init=start)
+    narrow = robgen.synthesize(tiny_model().to(torch.bfloat16), 1, n=2, steps=steps, eps=eps, init=start)
+    wide_moved, narrow_moved = ((x.float() - start).flatten(1).norm(dim=1) for x in (wide, narrow))
+    assert float(narrow_moved.min()) > 0.9 * float(wide_moved.min()) > 0.5 * eps
+    assert float(narrow_moved.max()) <= eps * (1 + 1e-5)
 
 
 def test_inpaint_without_seeds_names_its_own_argument_and_classes_may_come_as_a_numpy_array():

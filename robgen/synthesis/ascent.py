@@ -22,7 +22,7 @@ import torch
 
 from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode, model_device, pixels_for
+from ..models.state import eval_mode, model_device, model_dtype, pixels_for
 from ..checks import check_positive, check_steps
 from ..energy import class_energy, energy, log_prob_given_x
 from ..progress import step_reporter
@@ -68,15 +68,15 @@ def class_indices(model, target_class, n: int, device: torch.device) -> torch.Te
 
 
 def model_images(images: torch.Tensor, model, name: str = "image") -> torch.Tensor:
-    """`images` as the model takes them: (N, C, H, W) (one image may come as (C, H, W)), on its device and in its
-    floating-point type (numpy's float64 too), checked as [0, 1] pixels of its channels and size (the L2 budget
-    and the seeds are the model's size's); detached, so that what comes back holds pixels, not the graph of an input
-    that requires grad."""
+    """`images` as synthesis steps them: (N, C, H, W) (one image may come as (C, H, W)), on the model's device and
+    in its floating-point type (numpy's float64 too; float32 for a float16 or bfloat16 model, whose pixel grid
+    would round small steps away, as the attacks keep their iterates: `working_dtype`), checked as [0, 1] pixels
+    of its channels and size (the L2 budget and the seeds are the model's size's); detached, so that what comes
+    back holds pixels, not the graph of an input that requires grad."""
     x = images.detach().to(model_device(model))
     if x.ndim == 3:
         x = x.unsqueeze(0)
-    x = pixels_for(model, x, name=name, model_size=True)
-    return x
+    return pixels_for(model, x, name=name, model_size=True, working=True)
 
 
 def check_mask(mask: torch.Tensor, n: int, size: Tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -259,7 +259,7 @@ def translate(
         )
         path = torch.stack([kept[step] for step in sorted(kept)])
         with torch.no_grad():
-            logits = model(path.flatten(0, 1)).float()
+            logits = model(path.flatten(0, 1).to(model_dtype(model))).float()
     probs = logits.softmax(1).gather(1, target.repeat(len(path)).view(-1, 1)).view(len(path), -1)
     energies = energy(logits, check=False).view(len(path), -1)
     return Translation(path, sorted(kept), probs.cpu(), energies.cpu())

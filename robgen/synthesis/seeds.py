@@ -26,7 +26,7 @@ from ..checks import check_pixels
 from ..engine.random import random_normal, random_uniform
 from ..files import write_atomically
 from ..models.checkpoint import companion_file
-from ..models.state import model_dtype
+from ..models.state import working_dtype
 from ..progress import progress_bar
 
 SEEDS_FILE = "seeds.safetensors"
@@ -166,7 +166,7 @@ def initial_images(init, classes: torch.Tensor, model, generator: Optional[torch
     channels, height, width = model.spec.input_size
     n = len(classes)
     if isinstance(init, torch.Tensor):
-        images = init.to(device=device, dtype=model_dtype(model))  # e.g. float64 images from numpy, float32 model
+        images = init.to(device=device, dtype=working_dtype(model))  # e.g. float64 images from numpy, float32 model
         if images.ndim == 3:
             images = images.unsqueeze(0)
         if images.shape[0] == 1:
@@ -178,7 +178,7 @@ def initial_images(init, classes: torch.Tensor, model, generator: Optional[torch
             )
         check_pixels(images, channels, name="init")  # 0-255 images, say, refused for every method
         return images.clone()
-    dtype = model_dtype(model)  # the starts are drawn in float32: a float16 model takes float16 images
+    dtype = working_dtype(model)  # the iterates' type: the model's, float32 for a float16 or bfloat16 model
     if init == "gaussian":
         seeds = check_seeds(seeds, model) if seeds is not None else load_seeds(model)
         return seeds.sample(classes, (height, width), generator, device).to(dtype)
