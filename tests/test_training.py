@@ -102,6 +102,22 @@ def test_resume_continues_exactly(toy_data, tmp_path, mode):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
+def test_a_fine_tune_resumes_exactly_after_its_base_was_deleted(toy_data, tmp_path):
+    """A resumed fine-tune loaded its base again for what it inherits (input transform, validation split): a base
+    deleted or overwritten since stopped the resume. It reads them from its own checkpoint now."""
+    import shutil
+
+    train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
+    tune = config(toy_data, epochs=2, val_size=None, seed=1, init_from=str(tmp_path / "base"))
+    straight = train(tune, tmp_path / "straight", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(tune, tmp_path / "resumed", progress=False, on_epoch=stop_after_epoch(1))
+    shutil.rmtree(tmp_path / "base")
+    resumed = train(tune, tmp_path / "resumed", resume=True, progress=False)
+    assert_same_weights(straight, resumed)
+    assert resumed.spec.training["data"] == straight.spec.training["data"]  # the base's split, held out still
+
+
 def test_a_log_line_lost_with_the_run_is_written_again_on_resume(toy_data, tmp_path):
     """A run stopped after its trainer state and before (or part-way through) its log line lost that epoch's line
     for good: the resumed log.jsonl skipped it (a review, 2026-12-07)."""

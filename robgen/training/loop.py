@@ -131,18 +131,23 @@ def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
 
 
 def _train(config, out_dir, data_root, download, resume, device, progress, on_epoch, overwrite) -> Classifier:
-    base = None
-    if config.init_from is not None:
+    base = resumed = None
+    if resume and config.init_from is not None and is_checkpoint_dir(out_dir):
+        # a fine-tune takes its input transform, validation split and channels from its base, and its checkpoint
+        # recorded them: resumed, it reads them there, so that a base deleted or replaced since stops nothing
+        base = resumed = load_checkpoint(out_dir, map_location=device)
+    elif config.init_from is not None:
         from ..models import load_model
 
         base = load_model(config.init_from, device=device)
+    if base is not None:
         config = inherit_validation_split(inherit_input_transform(config, base.spec), base.spec)
     train_set, val_set, classes, plain = load_data(
         config, data_root, download, channels=base.spec.input_size[0] if base is not None else 3,
         crop_mode=base.spec.crop_mode if base is not None else "center")
     if resume:
         _check_resumable(config, out_dir)
-        model = load_checkpoint(out_dir, map_location=device)
+        model = resumed if resumed is not None else load_checkpoint(out_dir, map_location=device)
     elif base is not None:
         model = model_to_fine_tune(config, base, classes, input_size=tuple(plain[0][0].shape))
     else:
