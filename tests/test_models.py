@@ -722,4 +722,11 @@ def test_loading_a_model_leaves_the_global_random_stream_as_it_was(tmp_path):
     torch.manual_seed(0)
     robgen.load_model("timm:resnet10_cifar", pretrained=False, width=4)
     assert not torch.equal(torch.rand(3), expected)
-    assert engine_random._GLOBAL_RNG_LOCK is LOCK, "one lock for every block that draws from or restores it"
+    import threading
+
+    acquired = []  # one lock for every block that draws from or restores it: another thread waits for the block
+    with engine_random.seeded_global_rng(1):
+        waiting = threading.Thread(target=lambda: acquired.append(LOCK.acquire(timeout=0.05)))
+        waiting.start()
+        waiting.join()
+    assert acquired == [False]

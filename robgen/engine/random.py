@@ -20,15 +20,15 @@ from typing import ContextManager, Iterator, Optional, Sequence
 
 import torch
 
-# Held for a whole `seeded_global_rng` block, and for every draw this module makes from the global RNG
-# (no generator given), so that no such draw lands inside another thread's block (`robgen.global_rng`).
-from ..global_rng import LOCK as _GLOBAL_RNG_LOCK
+# Its lock is held for a whole `seeded_global_rng` block, and for every draw this module makes from the global RNG
+# (no generator given), so that no such draw lands inside another thread's block.
+from .. import global_rng
 
 
 def _guard_global_draw(generator: Optional[torch.Generator]) -> ContextManager:
     """The process-wide lock when a draw falls back to the global RNG (not from inside another thread's
     `seeded_global_rng` block); nothing when it draws from a generator."""
-    return _GLOBAL_RNG_LOCK if generator is None else nullcontext()
+    return global_rng.LOCK if generator is None else nullcontext()
 
 
 def generator_device(generator: Optional[torch.Generator], fallback: torch.device) -> torch.device:
@@ -72,8 +72,6 @@ def seeded_global_rng(seed: int) -> Iterator[None]:
     the CPU and every CUDA device, and so may the code inside, so the state of every CUDA device is saved
     and restored, not only the inputs' device. Other threads' blocks wait for this one to end.
     """
-    with _GLOBAL_RNG_LOCK:
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
+    with global_rng.untouched(cuda=True):
+        torch.manual_seed(seed)
+        yield
