@@ -635,18 +635,26 @@ def pixels_fingerprint(dataset: Dataset, batch_size: int = 500) -> str:
 
 
 def lossless_only(dataset: Dataset) -> Subset:
-    """The examples stored as PNG files (for the CIFAR-10 archive: the exact original pixels).
+    """The examples stored as PNG files (for the CIFAR-10 archive: the exact original pixels); all of torchvision's
+    pickled CIFAR-10 or CIFAR-100, whose arrays are the original pixels.
 
-    Works on ImageFolder data sets and reorderings of them, keeping their order.
+    Works on ImageFolder data sets, torchvision's CIFAR and reorderings of them, keeping their order.
     """
+    from torchvision.datasets import CIFAR10  # CIFAR100 is one too
+
     base, indices = dataset, list(range(len(dataset)))
     while isinstance(base, Subset):
         indices = [base.indices[i] for i in indices]
         base = base.dataset
     samples = getattr(base, "samples", None)
-    if samples is None:
-        raise ValueError("only image-file data sets (ImageFolder layouts) know which images are lossless")
-    keep = [position for position, index in enumerate(indices) if str(samples[index][0]).lower().endswith(".png")]
+    if isinstance(base, CIFAR10):
+        keep = list(range(len(indices)))
+    elif samples is None:
+        raise ValueError("only image-file data sets (ImageFolder layouts) and torchvision's pickled CIFAR know "
+                         "which images are lossless")
+    else:
+        keep = [position for position, index in enumerate(indices)
+                if str(samples[index][0]).lower().endswith(".png")]
     if not keep:
         raise ValueError("this data set holds no PNG images")
     subset = Subset(dataset, keep)

@@ -64,6 +64,29 @@ def test_torchvisions_pickled_cifar10_is_read_in_the_order_of_the_image_folder_c
     assert pickled.targets == copy.targets
 
 
+def test_torchvisions_pickled_cifar_is_lossless_throughout(tmp_path):
+    """Its arrays are the original pixels, but `lossless_only` (--exact, the ablation's pixel factor) refused it as
+    no image-file data set."""
+    import torchvision
+
+    class Pickled(torchvision.datasets.CIFAR10):
+        def __init__(self):  # the real one reads (and checks) the archive's batches
+            self.targets, self.classes = [0, 1, 0, 1], ["ant", "bee"]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, k):
+            return torch.full((3, 2, 2), k / 4), self.targets[k]
+
+    reordered = torch.utils.data.Subset(Pickled(), [3, 1, 2])
+    exact = data.lossless_only(reordered)
+    assert [float(exact[i][0][0, 0, 0]) for i in range(len(exact))] == [0.75, 0.25, 0.5]
+    assert exact.classes == ["ant", "bee"]
+    with pytest.raises(ValueError, match="ImageFolder layouts"):
+        data.lossless_only(torch.utils.data.TensorDataset(torch.zeros(2, 3, 2, 2), torch.zeros(2)))
+
+
 def test_a_folder_of_images_is_decoded_as_the_same_files_are_one_by_one(tmp_path):
     import numpy as np
 

@@ -107,7 +107,7 @@ def add_parsers(commands) -> None:
                           help="--split val: images held out (default: the split the model's training held out, "
                                "else 5000; Imagenette 500)")
     evaluate.add_argument("--limit", type=int, help="the first N images of the split")
-    evaluate.add_argument("--exact", action="store_true", help="only the PNG images (CIFAR-10 archive: exact pixels)")
+    evaluate.add_argument("--exact", action="store_true", help="only the exact images: the PNG files (CIFAR-10 archive), all of torchvision's pickled CIFAR")
     evaluate.add_argument("--eps", type=parse_number, default=8 / 255)
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
     evaluate.add_argument("--steps", type=int, default=20, help="PGD steps (default 20; 0: clean accuracy only)")
@@ -189,7 +189,7 @@ def command_eval(args) -> int:
         dataset = _eval_split(model, args)
         what = f"{args.split} split"
         if args.exact:
-            dataset, what = datasets.lossless_only(dataset), f"PNG (exact) images of the {args.split} split"
+            dataset, what = datasets.lossless_only(dataset), f"exact (PNG or pickled) images of the {args.split} split"
         dataset = datasets.first(dataset, args.limit, what)
         result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps,
                                      step_size=args.step_size, apgd=args.apgd, batch_size=args.batch_size,
