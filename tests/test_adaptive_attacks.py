@@ -801,6 +801,26 @@ def test_a_plain_float16_module_is_attacked_adaptively():
     assert float((points != x).float().mean()) > 0.9  # it steps
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_targeted_adaptive_apgd_attacks_a_half_precision_model(dtype):
+    """KPlusOneTargetedAPGD ordered its target classes with the model run on its float32 iterates as they were:
+    "mat1 and mat2 must have the same dtype, but got Float and Half" before its first step."""
+    from robgen.attacks.adaptive import KPlusOneTargetedAPGD
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    torch.nn.init.normal_(net[1].weight, std=0.2, generator=torch.Generator().manual_seed(0))
+    net = net.to(dtype).eval()
+    val = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    defended = DefendedClassifier(net, make_reject_option("energy", target_fpr=0.05).calibrate(net, val))
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x.to(dtype)).argmax(1)
+    result = run_suite(defended, x, y, {"apgd-t": KPlusOneTargetedAPGD(defended, eps=8 / 255, steps=5, restarts=2,
+                                                                       generator=torch.Generator().manual_seed(2))},
+                       eps=8 / 255)
+    assert int(result.evaded.sum()) > 0  # a linear model at 8/255: it moves, and finds some
+
+
 @pytest.mark.parametrize("norm, eps", [("l2", 1.0), ("linf", 8 / 255)])
 def test_a_detector_undefined_in_part_of_the_ball_leaves_the_iterates_finite(norm, eps, caplog):
     """A user's detector that is NaN at some points (the square root of a negative number) gave a NaN gradient

@@ -470,3 +470,23 @@ def test_a_float16_pass_with_a_forward_hook_is_not_scaled():
         finally:
             hook.remove()
     assert torch.allclose(found[torch.float16], found[torch.float32], rtol=1e-3)  # 2x: the features' own term
+
+
+def test_a_half_precision_models_fused_copy_stays_in_eval_mode_after_a_torchattacks_attack():
+    """The float16/bfloat16 model's cached fused copy is wrapped in CastInputs, a new module and so in train mode:
+    torchattacks (APGD, the zoo) read that and put the copy back in train mode after its attack, and every later
+    attack on the model ran it so (dropout on, batch statistics): PGD on the same images stopped repeating itself."""
+    from robgen.attacks import PGD
+    from robgen.attacks.apgd import APGD
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(8 * 6 * 6, 5))
+    torch.manual_seed(0)  # tests only: the layers' initialisation
+    net = net.to(torch.bfloat16).eval()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3])
+    before = PGD(net, eps=8 / 255, steps=5, random_start=False)(x, y)
+    APGD(net, eps=8 / 255, steps=2, generator=torch.Generator().manual_seed(0))(x, y)
+    after = PGD(net, eps=8 / 255, steps=5, random_start=False)(x, y)
+    assert torch.equal(before, after)
+    assert not net.training and not any(module.training for module in net.modules())

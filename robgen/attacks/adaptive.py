@@ -294,8 +294,8 @@ class KPlusOneTargetedAPGD(KPlusOneAPGD):
         self.targets: Optional[torch.Tensor] = None  # per image, the other classes in its clean logits' order
 
     def _begin(self, x, y):
-        with torch.no_grad():
-            logits = self.defended.model(x)
+        with torch.no_grad():  # x: the attack's iterates, float32 for a float16 or bfloat16 model
+            logits = self.defended.model(x.to(model_dtype(self.defended.model)))
         if logits.shape[1] < 2:
             raise ValueError("a targeted attack needs at least two classes")
         others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))

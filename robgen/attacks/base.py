@@ -121,7 +121,9 @@ class Attack:
         x, y, target = self._check_inputs(x, y, target)
         recorder = TraceRecorder(y, target) if return_trace else None
         graph = inference_graph(self.model, self.fused, example=x)  # decided before eval_mode: train mode runs the model
-        with eval_mode(self.model):
+        # the fused copy (cached, kept for later calls) too has every module's mode back after the attack, whatever
+        # the code inside set (torchattacks puts a model it found in train mode back with train())
+        with eval_mode(self.model), eval_mode(graph):
             self._graph = graph
             self._watch = None if watch is None else _never_stopping(watch)
             try:

@@ -124,6 +124,7 @@ class CastInputs(torch.nn.Module):
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.network, self.dtype = network, dtype
+        self.training = network.training  # a new module says True: torchattacks read it and called train() after
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.dtype != torch.float16 or not torch.is_grad_enabled() or not x.requires_grad
