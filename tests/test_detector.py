@@ -7,6 +7,7 @@ import torch
 from robgen import EnergyDetector, energy
 from robgen.detection import TEMPERATURES
 from robgen.metrics import auroc, choose_threshold, detection_metrics, roc_curve
+from tests.conftest import tiny_model
 
 
 def test_auroc_by_hand():
@@ -226,3 +227,20 @@ def test_every_shipped_detector_records_the_weights_it_was_fitted_for():
     for name in robgen.list_models():
         model = robgen.load_model(name)
         assert load_shipped_detector(model).model_fingerprint == model_fingerprint(model), name
+
+
+def test_a_refitted_detector_forgets_the_model_it_was_bound_to():
+    """Refitted on model B's outputs, a detector bound to model A stayed A's: check_model(A) passed with a
+    threshold on B's energy scale, check_model(B) refused the model it was fitted on, and the old calibration
+    record (the app's histogram) stayed beside the new threshold."""
+    first, second = tiny_model(seed=0), tiny_model(seed=1)
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits_a, logits_b = first(x), second(x)
+    detector = EnergyDetector().fit(logits_a, logits_a - 5).bind(first)
+    detector.calibration = {"clean_energy": [1.0]}
+    detector.fit(logits_b, logits_b - 5)
+    assert detector.model_fingerprint is None and detector.calibration == {}
+    detector.bind(second).check_model(second)
+    with pytest.raises(ValueError, match="fitted for another model"):
+        detector.check_model(first)

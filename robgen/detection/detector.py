@@ -125,7 +125,10 @@ class EnergyDetector:
         raise ValueError(f"expected energies (N,) or logits (N, K), got shape {tuple(scores.shape)}")
 
     def fit(self, clean: torch.Tensor, adversarial: torch.Tensor) -> "EnergyDetector":
-        """Choose the temperature (if searching) and the threshold on validation data."""
+        """Choose the temperature (if searching) and the threshold on validation data. Forgets the model it was
+        bound to and how it was fitted before (`calibration`, `validation`): the new threshold is on the energy
+        scale of whichever model gave these outputs, which `bind` records (`RejectOption.fit_values` does the same)."""
+        self.model_fingerprint, self.calibration, self.validation = None, {}, {}
         if self.search_temperature:
             clean, adversarial = _as_tensor(clean), _as_tensor(adversarial)
             if clean.ndim != 2 or adversarial.ndim != 2:
