@@ -511,3 +511,31 @@ def test_input_gradient_takes_one_label_for_every_image_and_refuses_labels_that_
     assert torch.equal(input_gradient(model, x, 3), input_gradient(model, x, torch.tensor([3, 3])))
     with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
         input_gradient(model, x, torch.tensor([1, 2, 3]))
+
+
+def test_a_float16_models_gradient_map_is_not_blank_where_it_is_confident():
+    """The map's gradient was taken in float16 alone: on images classified with a logit margin above about 17 it
+    was exactly 0 (a blank map) where the float32 model's is not. It is taken as the attacks take theirs now."""
+    from robgen.synthesis.gradmaps import input_gradient
+
+    model = tiny_model()
+    with torch.no_grad():
+        head = model.net.head
+        head.weight.mul_(1000)  # confident: margins of 27 to 37 logits
+        head.bias.mul_(1000)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    wide = input_gradient(model, x).flatten(1).norm(dim=1)
+    narrow = input_gradient(model.half(), x).float().flatten(1).norm(dim=1)
+    assert bool((wide > 0).all()) and bool((narrow > 0).all())
+    assert torch.allclose(narrow, wide, rtol=0.2, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_judge_judges_float32_samples(dtype):
+    """The samples (float32, as synthesis keeps them) went to the judge uncast: "Input type (torch.FloatTensor) and
+    weight type (torch.HalfTensor) should be the same", after all the synthesis had been paid for."""
+    from robgen.synthesis.quality import judge_samples
+
+    judge = tiny_model().to(dtype)
+    row, = judge_samples(torch.rand(2, 3, 3, 32, 32), "generator", {"judge": judge}, None)
+    assert 0 <= row["mean_target_probability"] <= 1

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import mean_interval, rate_interval
-from ..models.state import eval_mode, model_device
+from ..models.state import eval_mode, model_device, model_dtype
 from ..progress import progress_bar
 from .ascent import synthesize
 from .seeds import SeedDistribution, initial_images
@@ -131,7 +131,8 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
     for judge_name, judge in judges.items():
         judge_device = model_device(judge)
         with torch.no_grad(), eval_mode(judge):  # batch norm on its running statistics, which stay as they were
-            probs = judge(as_judge_input(grid.flatten(0, 1), judge).to(judge_device)).float().softmax(1).cpu()
+            samples = as_judge_input(grid.flatten(0, 1), judge).to(judge_device, model_dtype(judge))  # float32
+            probs = judge(samples).float().softmax(1).cpu()  # samples of a half-precision generator, say
         target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)
         hits = probs.argmax(1) == targets
         rows.append({
