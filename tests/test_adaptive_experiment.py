@@ -964,6 +964,23 @@ def test_a_failed_sanity_check_is_flagged_at_the_top_of_the_report(finished):
         assert "FAILED" not in markdown(results)
 
 
+def test_the_restart_table_has_a_column_for_every_point_of_the_curves(finished):
+    """With more target classes than restarts the curves have a point per target class, but the table had a column
+    per restart: with 2 restarts and 3 target classes the last point (the suite's DARA) fell off the table, and with
+    1 restart the section was left out although results.json held a 3-point curve."""
+    _, results = finished
+    for restarts in (1, 2):
+        longer = json.loads(json.dumps(results))
+        longer["settings"]["restarts"] = restarts
+        for row in longer["rows"]:
+            row["dara_by_restarts"] = [dict(row["dara"], rate=rate) for rate in (0.75, 0.5, 0.25)]
+        section = markdown(longer).split("## DARA after each restart")[1].split("##")[0]
+        header, _, first = [line for line in section.splitlines() if line.startswith("|")][:3]
+        assert header.endswith("| after 1 | after 2 | after 3 |")
+        cells = [cell.strip() for cell in first.strip(" |").split("|")]
+        assert len(cells) == 5 and cells[-1].startswith("25.0% [")  # detector, eps and the three points
+
+
 def test_a_detector_given_calibrated_at_another_fpr_is_described_as_it_was_calibrated(finished, tmp_path,
                                                                                        monkeypatch):
     from robgen.experiments.adaptive_report import figure

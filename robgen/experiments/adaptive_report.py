@@ -634,15 +634,18 @@ def markdown(results: dict) -> str:
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     lines += caught_section(results, names)
     by_restarts = [row for row in results["rows"] if row.get("dara_by_restarts")]
-    if by_restarts and settings["restarts"] > 1:
+    # as many columns as the curves have points: the restarts, or more target classes of the targeted attacks
+    runs = max((len(row["dara_by_restarts"]) for row in by_restarts), default=0)
+    if runs > 1:
         lines += ["", "## DARA after each restart", "",
-                  "What the suite would have found with fewer restarts of its adaptive attacks (" +
+                  "What the suite would have found with fewer restarts of its adaptive attacks (a targeted attack's "
+                  "r-th target class counts as its r-th restart; " +
                   ("an upper bound: this run skipped an image once an attack evaded it, at whichever restart, so a "
                    "later attack never tried it; the check on the last restart also reads a lower bound"
                    if settings.get("skip_evaded") else "exact: the first r restarts of this run") +
                   "); a DARA still falling at the last restart means the attacks have not converged.", "",
-                  "| detector | eps | " + " | ".join(f"after {r}" for r in range(1, settings["restarts"] + 1)) + " |",
-                  "|---|---|" + "---|" * settings["restarts"]]
+                  "| detector | eps | " + " | ".join(f"after {r}" for r in range(1, runs + 1)) + " |",
+                  "|---|---|" + "---|" * runs]
         for row in sorted(by_restarts, key=lambda row: row["eps"]):
             label = "detector off" if row["detector"] == OFF else row["detector"]
             lines.append(f"| {label} | {row['eps_label']} | " +
