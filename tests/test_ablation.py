@@ -94,14 +94,21 @@ def test_a_row_taken_from_another_row_of_the_same_weights_records_its_own_checkp
 
 
 def test_a_row_is_measured_again_when_the_settings_change_and_the_report_refuses_to_mix(toy_data, four_class_checkpoint,
-                                                                                       tmp_path):
+                                                                                       tmp_path, monkeypatch):
     out = tmp_path / "ablation"
     spec = AblationSpec("seed", "a", str(four_class_checkpoint))
-    ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
-    records = ablation_rows([AblationSpec("seed", "b", str(four_class_checkpoint))], str(toy_data), out, limit=12,
-                            val_size=40, batch_size=12, progress=False)
-    with pytest.raises(ValueError, match="limit, test_images differ"):
-        write_report(records, out)
+    records = ablation_rows([spec], str(toy_data), out, limit=24, val_size=40, batch_size=12, progress=False)
+    other = json.loads(json.dumps(records[0]))
+    other["settings"]["limit"] = 12
+    with pytest.raises(ValueError, match="limit differ"):
+        write_report([records[0], other], out)
+    # a row measured beside the kept one with other settings: the report would refuse them after the measuring
+    # (hours, at the default --limit); refused before it now, saying which kept row differs, and nothing written
+    with monkeypatch.context() as patch, pytest.raises(ValueError, match=r"seed--a.json \(limit, test_images\) differ"):
+        patch.setattr("robgen.experiments.ablation.measure_model", lambda *a, **k: pytest.fail("measured first"))
+        ablation_rows([AblationSpec("seed", "b", str(four_class_checkpoint))], str(toy_data), out, limit=12,
+                      val_size=40, batch_size=12, progress=False)
+    assert sorted(path.name for path in (out / "rows").iterdir()) == ["seed--a.json"]
     # row a, measured at limit 24, was replaced without a word by a run at limit 12: now only with overwrite
     kept = (out / "rows" / spec.file_name).read_bytes()
     with pytest.raises(ValueError, match=r"seed--a.json \(limit 24 -> 12, test_images .*pass --overwrite"):

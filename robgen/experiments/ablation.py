@@ -36,7 +36,7 @@ from ..files import write_text_atomically
 from ..attacks import PGD
 from ..metrics import PAIRED_INTERVAL, paired_difference_interval, rate_interval
 from ..models.state import model_device
-from .ablation_report import PAPER_CIFAR10
+from .ablation_report import PAPER_CIFAR10, settings_differ
 from .pipeline import (DetectionSplits, detection_experiment, detection_splits, evaluate_detector, fit_detector,
                        model_outputs)
 from .stages import model_fingerprint
@@ -208,6 +208,17 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
                                   download=download)
         settings = _settings(spec, data, limit, seed, val_size, batch_size, images_fingerprint(splits.test))
         planned.append((spec, model, splits, settings, model_fingerprint(model)))
+    # the rows this run leaves as they are go into the same report, which needs every row's settings alike: refused
+    # now, not after hours of measuring, when the report would be
+    planned_files = {spec.file_name for spec in specs}
+    kept_apart = [f"{path.name} ({', '.join(differ)})" for path in sorted(folder.glob("*.json"), key=natural_key)
+                  if path.name not in planned_files
+                  for differ in [settings_differ(json.loads(path.read_text()).get("settings") or {},
+                                                 json.loads(json.dumps(planned[0][3])))] if differ]
+    if kept_apart:
+        raise ValueError(f"{folder} holds rows measured with other settings, which cannot share a report with these: "
+                         f"{'; '.join(kept_apart)} differ. Measure with their settings, measure those rows again "
+                         "with these (name them, with --overwrite), or measure into another --out")
     if not overwrite:
         replaced = [_replaced(folder / spec.file_name, settings, fingerprint)
                     for spec, _, _, settings, fingerprint in planned]

@@ -242,6 +242,12 @@ def epochs_figure(curves: List[Tuple[str, List[dict]]], path: Path) -> Path:
     return path
 
 
+def settings_differ(first: dict, second: dict) -> List[str]:
+    """The settings two rows of one report must share and do not: all but "pixels" (which marks the pixel rows)."""
+    names = (set(first) | set(second)) - {"pixels"}
+    return sorted(name for name in names if first.get(name) != second.get(name))
+
+
 def write_report(records: List[dict], out_dir: Path) -> List[Path]:
     out_dir = Path(out_dir)
     rows = flat_rows(records)
@@ -249,9 +255,8 @@ def write_report(records: List[dict], out_dir: Path) -> List[Path]:
         raise ValueError(f"no ablation rows under {out_dir}: measure some first")
     settings = {name: value for name, value in records[0]["settings"].items() if name != "pixels"}
     for record in records[1:]:
-        other = {name: value for name, value in record["settings"].items() if name != "pixels"}
-        if other != settings:
-            differ = sorted(name for name in set(other) | set(settings) if other.get(name) != settings.get(name))
+        differ = settings_differ(records[0]["settings"], record["settings"])
+        if differ:
             raise ValueError(f"{out_dir}/rows holds rows measured with other settings ({', '.join(differ)} differ): "
                              "measure every row with the same --limit and --seed, or write to another --out")
     write_text_atomically(out_dir / "results.json", json_text({"settings": settings, "rows": rows}))
