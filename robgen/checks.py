@@ -36,6 +36,8 @@ def check_pixels(x: torch.Tensor, channels: Optional[int] = None, name: str = "x
     lo, hi = float(x.detach().min()), float(x.detach().max())
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{name} contains NaN pixels")
+    if math.isinf(lo) or math.isinf(hi):  # not 0-255 pixels, nor normalised ones: say what it is
+        raise ValueError(f"{name} contains infinite pixels")
     if lo < -PIXEL_TOLERANCE or hi > 1 + PIXEL_TOLERANCE:
         hint = " (pixels look like 0-255: divide by 255)" if hi > 1.5 else ""
         hint = hint or (" (pixels look normalised: pass raw [0, 1] pixels, the model normalises them)" if lo < 0 else "")
@@ -79,6 +81,8 @@ def check_logits(logits: torch.Tensor, name: str = "logits", energy: bool = True
         raise ValueError(f"{name} must have shape (N, num_classes), got {tuple(logits.shape)}")
     if logits.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 classes, got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():  # class indices or counts, not a model's outputs (and -inf has no integer)
+        raise TypeError(f"{name} must be a float tensor of a model's outputs, got dtype {logits.dtype}")
     if not torch.isfinite(logits).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     if logits.shape[0] == 0 or not energy:

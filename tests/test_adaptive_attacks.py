@@ -408,6 +408,7 @@ def test_adaptive_suite_evades_a_logit_detector_far_more_than_pgd_on_the_bare_mo
         result.report(2 * eps)
     with pytest.raises(ValueError, match="ran in the linf norm"):
         result.report(eps, norm="L2")
+    assert result.report(eps, norm="inf") == result.report(eps, norm="L-inf") == report  # run_suite's spellings
     assert result.clean_correct.all()  # the labels are the model's predictions
     assert report["dara"]["rate"] == pytest.approx((result.clean_accepted & ~result.evaded).float().mean().item())
     assert report["detection_rate"]["pgd (bare model)"]["rate"] >= 0.9

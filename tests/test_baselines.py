@@ -225,3 +225,19 @@ def test_kernel_density_refuses_a_prediction_outside_the_classes():
     kd = KDBUScorer().fit_reference(torch.randn(20, 4), torch.arange(20) % 2, 2)
     with pytest.raises(ValueError, match="classes 0..1"):  # an uninitialised value came back
         kd.log_density(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+
+
+def test_lids_k_may_be_numpys_integer_and_kds_labels_must_be_classes():
+    """A numpy integer k (from a config or a sweep) was refused as not whole; KD dropped reference labels outside
+    the classes without a word, which Mahalanobis refuses."""
+    import numpy as np
+
+    from robgen.detection.baselines import KDBUScorer, lid_estimates
+
+    reference = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(lid_estimates(reference[:3], reference, k=np.int64(5)), lid_estimates(reference[:3], reference, k=5))
+    for k in (True, 2.0, 1):
+        with pytest.raises(ValueError, match="whole number of at least 2"):
+            lid_estimates(reference[:3], reference, k=k)
+    with pytest.raises(ValueError, match=r"reference labels must be classes 0-1, got \[-1, 7\]"):
+        KDBUScorer().fit_reference(reference[:6], torch.tensor([0, 1, -1, 7, 0, 1]), 2)

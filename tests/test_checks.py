@@ -18,6 +18,9 @@ def test_pixels_accepts_unit_range():
         (torch.rand(2, 3, 8, 8) - 0.5, "normalised"),
         (torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8), "divide uint8"),
         (torch.full((1, 3, 4, 4), float("nan")), "NaN"),
+        # one infinite pixel was told to divide by 255 (+inf) or that it looked normalised (-inf)
+        (torch.rand(1, 3, 4, 4).index_put_((torch.tensor([0]),) * 4, torch.tensor(float("inf"))), "infinite pixels$"),
+        (torch.rand(1, 3, 4, 4).index_put_((torch.tensor([0]),) * 4, torch.tensor(-float("inf"))), "infinite pixels$"),
     ],
 )
 def test_pixels_refuses_with_a_hint(x, message):
@@ -60,3 +63,12 @@ def test_labels_and_numbers():
     for bad in (True, 2.5, torch.tensor(2.0), torch.tensor(True), torch.tensor([3]), "3"):
         with pytest.raises(TypeError, match="must be an integer >= 1"):
             check_steps(bad)
+
+
+def test_integer_logits_are_refused_as_no_model_output():
+    """Accepted, they failed later inside torch: "value cannot be converted to type int64_t without overflow" in
+    the classification margin, "log_softmax ... not implemented for 'Long'" in log p(y | x)."""
+    from robgen.energy import classification_margin
+
+    with pytest.raises(TypeError, match="float tensor of a model's outputs, got dtype torch.int64"):
+        classification_margin(torch.tensor([[3, 1], [0, 2]]), torch.tensor([0, 1]))

@@ -94,7 +94,9 @@ class SuiteResult:
         is a suite run against `DetectorOff`)."""
         if eps is not None and self.eps is not None and not math.isclose(float(eps), self.eps, rel_tol=1e-9):
             raise ValueError(f"the suite ran at eps {self.eps:g}, not {float(eps):g}: report it at its own eps")
-        if norm is not None and self.norm is not None and norm.lower() != self.norm:
+        if norm is not None:  # any spelling run_suite takes ("inf", "L-inf"), read as run_suite reads it
+            norm = make_constraint(norm, 1.0).norm
+        if norm is not None and self.norm is not None and norm != self.norm:
             raise ValueError(f"the suite ran in the {self.norm} norm, not {norm}: report it in its own norm")
         eps = self.eps if eps is None else float(eps)
         if eps is None:

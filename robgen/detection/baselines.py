@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import operator
 from typing import List, Optional
 
 import torch
@@ -126,8 +127,14 @@ def lid_estimates(queries: torch.Tensor, reference: torch.Tensor, k: int = 20) -
     A reference point at distance 0 (the query itself, or a duplicate of it) is left out, as Ma et al. leave the
     point itself out: log 0 would put the estimate at 0 or, all k at 0, at 1e12.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:  # the estimate needs 2 distances: k=1 gives 1e12
-        raise ValueError(f"LID's k must be a whole number of at least 2 nearest neighbours (Ma et al.: 20), got {k!r}")
+    given = k
+    try:  # any integer type (numpy's too); not a bool, a float or text
+        k = None if isinstance(k, bool) else operator.index(k)
+    except TypeError:
+        k = None
+    if k is None or k < 2:  # the estimate needs 2 distances: k=1 gives 1e12
+        raise ValueError(f"LID's k must be a whole number of at least 2 nearest neighbours (Ma et al.: 20), "
+                         f"got {given!r}")
     # exact differences (the matrix-product shortcut leaves a twin 1e-8 away, not at 0)
     distances = torch.cdist(queries.double(), reference.double(), compute_mode="donot_use_mm_for_euclid_dist")
     distances = distances.masked_fill(distances == 0, math.inf)
@@ -211,6 +218,9 @@ class KDBUScorer:
     def fit_reference(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "KDBUScorer":
         """Store the clean training features of each class (and pick σ if not given)."""
         features = features.double()
+        outside = sorted(set(torch.as_tensor(labels).tolist()) - set(range(num_classes)))
+        if outside:  # left out of every class's reference without a word
+            raise ValueError(f"KD's reference labels must be classes 0-{num_classes - 1}, got {outside}")
         self.reference = [features[labels == c] for c in range(num_classes)]
         missing = [c for c, rows in enumerate(self.reference) if len(rows) == 0]
         if missing:
