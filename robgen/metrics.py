@@ -212,16 +212,28 @@ def auroc_interval_words(results: dict) -> str:
     return f"a percentile bootstrap over images ({resamples} resamples, clean and adversarial images resampled separately)"
 
 
+def yes_no(flags, name: str = "flags") -> torch.Tensor:
+    """`flags` (booleans, or numbers that are all 0 or 1, of any shape) as a flat bool tensor; other numbers
+    refused: a rate of scores or probabilities is no share of anything."""
+    flags = torch.as_tensor(flags).detach().flatten()
+    if flags.dtype != torch.bool:
+        if flags.numel() and not bool(((flags == 0) | (flags == 1)).all()):
+            raise ValueError(f"{name} must be yes/no outcomes (booleans, or 0 and 1), got other values: pass e.g. "
+                             "`score > threshold`, not the scores themselves")
+        flags = flags.bool()
+    return flags
+
+
 def rate_interval(flags, confidence: float = 0.95) -> Tuple[float, float]:
     """Wilson interval of the fraction of true values in a boolean tensor."""
-    flags = torch.as_tensor(flags).flatten()
+    flags = yes_no(flags)
     return wilson_interval(float(flags.sum()), int(flags.numel()), confidence)
 
 
 def rate_text(flags) -> str:
     """The fraction of true values in a boolean tensor with its Wilson 95% interval: "17.3% [12.2%, 23.8%]";
     "no images" when there are none (a share of nothing, such as the attacks caught where none succeeded)."""
-    flags = torch.as_tensor(flags).flatten()
+    flags = yes_no(flags)
     if flags.numel() == 0:
         return "no images"
     low, high = rate_interval(flags)
@@ -237,7 +249,7 @@ def paired_difference_interval(first, second, confidence: float = 0.95) -> Tuple
     mean difference gives (0, 0) whenever no pair differs, and covered a difference of -1 point on 500 pairs
     48% of the time in a simulation (this one: 100%); near a difference of 0 it is conservative."""
     z = _z(confidence)
-    first, second = torch.as_tensor(first).flatten().bool(), torch.as_tensor(second).flatten().bool()
+    first, second = yes_no(first, "first"), yes_no(second, "second")
     if first.shape != second.shape:
         raise ValueError(f"paired outcomes need one of each per pair, got {first.numel()} and {second.numel()}")
     if first.numel() == 0:

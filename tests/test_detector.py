@@ -244,3 +244,12 @@ def test_a_refitted_detector_forgets_the_model_it_was_bound_to():
     detector.bind(second).check_model(second)
     with pytest.raises(ValueError, match="fitted for another model"):
         detector.check_model(first)
+
+
+def test_a_column_of_energies_is_read_as_energies_not_as_logits_of_one_class():
+    """(N, 1) energies, which the metrics take, were read as logits: "logits must have at least 2 classes"."""
+    clean, adversarial = torch.linspace(-10, -5, 40), torch.linspace(-14, -9, 40)
+    column = EnergyDetector().fit(clean[:, None], adversarial[:, None])
+    flat = EnergyDetector().fit(clean, adversarial)
+    assert column.threshold == flat.threshold
+    assert torch.equal(column.predict(adversarial[:, None]), flat.predict(adversarial))

@@ -208,3 +208,14 @@ def test_the_paired_difference_interval_keeps_a_width_where_no_pair_differs_and_
         observed = sum(second) / len(second) - sum(first) / len(first)
         low, high = paired_difference_interval(torch.tensor(first), torch.tensor(second), confidence)
         assert low <= observed <= high, (first, second, confidence, low, high)
+
+
+def test_rates_and_paired_differences_refuse_what_is_no_yes_or_no():
+    """0.2 was read as True by the paired interval and summed as a fifth of a success by the Wilson interval."""
+    from robgen.metrics import paired_difference_interval, rate_interval
+
+    assert rate_interval(torch.tensor([1.0, 0.0, 1.0])) == rate_interval(torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="yes/no outcomes"):
+        rate_interval(torch.tensor([0.2, 0.9]))
+    with pytest.raises(ValueError, match="second must be yes/no"):
+        paired_difference_interval(torch.tensor([True, False]), torch.tensor([0.2, 1.0]))

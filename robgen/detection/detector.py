@@ -108,8 +108,10 @@ class EnergyDetector:
                              "DATASET")
 
     def energies(self, scores: torch.Tensor) -> torch.Tensor:
-        """E(x) at the detector's temperature: `scores` are logits (2-D), or energies at T = 1 (1-D)."""
+        """E(x) at the detector's temperature: `scores` are logits (N, K), or energies at T = 1 ((N,) or (N, 1))."""
         scores = _as_tensor(scores)
+        if scores.ndim == 2 and scores.shape[1] == 1:  # a column of energies (N, 1), as metrics take them
+            scores = scores[:, 0]
         if scores.ndim == 2:
             return free_energy(scores.double(), self.temperature)
         if scores.ndim == 1:
