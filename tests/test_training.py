@@ -881,3 +881,29 @@ def test_settings_a_mode_would_ignore_and_an_l2_run_without_its_radius_are_refus
             TrainConfig(mode=mode, norm="l2")
         assert TrainConfig(mode=mode, norm="l2", eps=0.5).eps == 0.5
     assert TrainConfig(mode="pgd", attack_steps=10).attack_steps == 10
+
+
+def test_imagenette_given_as_its_folder_gets_imagenettes_recipe(tmp_path, monkeypatch):
+    """The recipe's defaults were looked up by the spelling: Imagenette given as its folder under the data root got
+    Imagenette's validation split and name in the record, but trained at the files' own size, uncropped."""
+    monkeypatch.setenv("ROBGEN_DATA", str(tmp_path))
+    for spelling in ("imagenette", str(tmp_path / "imagenette"), str(tmp_path / "imagenette2-160")):
+        recipe = TrainConfig(data=spelling)
+        assert (recipe.image_size, recipe.crop_pct, recipe.val_size) == (128, 0.875, 500), spelling
+
+
+def test_a_recipe_takes_numpys_numbers_and_refuses_what_it_cannot_train_with(toy_data, tmp_path):
+    """numpy's numbers (a sweep's) trained an epoch, then stopped the run where the recipe is written as JSON;
+    a seed past 2**53 failed inside torch after the data loaded ("Overflow when unpacking long long"); an L-inf
+    step size of 2 (meant as 2/255) made PGD an iterated FGSM at the ball's corners; momentum 0 failed in torch
+    ("Nesterov momentum requires a momentum")."""
+    import numpy as np
+
+    recipe = config(toy_data, epochs=np.int64(1), lr=np.float32(0.05), momentum=0.0, seed=np.int32(3))
+    assert (type(recipe.epochs), type(recipe.lr), type(recipe.seed)) == (int, float, int)
+    train(recipe, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["config"]["lr"] == recipe.lr
+    for bad, says in ((dict(epochs=2.5), "epochs must be a whole number"), (dict(seed=10**17), r"\[0, 2\*\*53\]"),
+                      (dict(mode="pgd", attack_step_size=2), "use 2/255"), (dict(lr="0.1"), "lr must be a number")):
+        with pytest.raises(ValueError, match=says):
+            config(toy_data, **bad)

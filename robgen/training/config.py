@@ -8,7 +8,8 @@ resumed, compared or repeated from its checkpoint alone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from typing import Callable, Optional, Sequence, Tuple
 
 from .. import data as datasets
@@ -24,11 +25,18 @@ OPTIMIZERS = ("sgd", "adam")
 # (per-pixel RMS 0.05/sqrt(3072) = 0.23/255, below 8-bit quantisation): small enough that clean
 # accuracy stays near standard, large enough to change the gradients on a small model.
 QUASI_NORM, QUASI_EPS = "l2", 0.05
+MAX_SEED = 2**53  # the largest seed whose derived seeds (seed * 1000 + epoch) torch still takes
 # Per data set defaults of the recipe. Imagenette: 128-px inputs (random resized crops in training; at eval time the short side resized to
 # 128 / 0.875 = 146 and the centre 128 cropped), so that a CPU can train it (checkpoints/README.md).
 DATA_DEFAULTS = {
     "imagenette": dict(image_size=128, crop_pct=0.875),
 }
+
+
+def data_defaults(data) -> dict:
+    """The recipe's defaults for the data set `data` names, however spelled ("imagenette", or its folder under the
+    data root: the same data set, read the same way)."""
+    return DATA_DEFAULTS.get(datasets.canonical_data(data), {})
 
 
 def unused_settings(mode: str, schedule: str, optimizer: str = "sgd") -> Tuple[str, ...]:
@@ -113,8 +121,9 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         if self.init_from is None:  # fine-tuning fills these from the base model (inherit_input_transform)
-            defaults = {"crop_pct": 1.0, "interpolation": "bilinear", **DATA_DEFAULTS.get(str(self.data).lower(), {})}
+            defaults = {"crop_pct": 1.0, "interpolation": "bilinear", **data_defaults(self.data)}
             for name, value in defaults.items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
@@ -139,6 +148,13 @@ class TrainConfig:
             self.eps = QUASI_EPS if quasi else 8 / 255
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"L-inf eps={self.eps:g} is on the 0-255 scale; pixels are in [0, 1]: use {self.eps:g}/255")
+        if self.norm == "linf" and self.attack_step_size is not None and self.attack_step_size > 1:
+            raise ValueError(f"L-inf attack_step_size={self.attack_step_size:g} is on the 0-255 scale; pixels are in "
+                             f"[0, 1]: use {self.attack_step_size:g}/255")
+        if self.attack_step_size is not None and not self.attack_step_size > 0:
+            raise ValueError(f"attack_step_size must be > 0, got {self.attack_step_size}")
+        if not 0 <= self.seed <= MAX_SEED:  # the data order's seed of epoch e is seed * 1000 + e, a signed 64-bit number
+            raise ValueError(f"seed must be a whole number in [0, 2**53], got {self.seed}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.schedule not in SCHEDULES:
@@ -185,6 +201,23 @@ class TrainConfig:
                              "--optimizer sgd, trades_beta to --mode trades or weat, the "
                              "reject_ settings to --mode reject, attack_steps to --mode pgd, reject, trades or weat, "
                              "attack_step_size to every mode but standard): leave them out")
+
+    def _plain_numbers(self) -> None:
+        """numpy's and torch's numbers (a sweep's values) as Python's own: accepted as they were, they trained an
+        epoch and then stopped the run where its recipe is written as JSON ("Object of type float32 is not JSON
+        serializable"). A whole-number setting given a fraction is refused."""
+        for name, kind in (("float", float), ("int", int)):
+            for field_ in fields(self):
+                value = getattr(self, field_.name)
+                if field_.type not in (name, f"Optional[{name}]") or value is None or type(value) is kind:
+                    continue
+                if isinstance(value, bool) or isinstance(value, str):
+                    raise ValueError(f"{field_.name} must be a number, got {value!r}")
+                try:
+                    setattr(self, field_.name, float(value) if kind is float else operator.index(value))
+                except (TypeError, ValueError):
+                    raise ValueError(f"{field_.name} must be a {'number' if kind is float else 'whole number'}, "
+                                     f"got {value!r}") from None
 
     @property
     def step_size(self) -> float:

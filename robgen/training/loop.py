@@ -82,12 +82,12 @@ def train(
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimiser: SGD with Nesterov momentum, or Adam (weight decay added to the gradient, as
+    """The recipe's optimiser: SGD with Nesterov momentum (plain SGD with momentum 0), or Adam (weight decay added to the gradient, as
     torch's Adam and the official notebooks do)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=True)
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)  # (none without momentum)
 
 
 def _check_resumable(config: TrainConfig, out_dir: Path) -> None:

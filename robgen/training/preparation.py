@@ -14,7 +14,7 @@ from dataclasses import replace
 from .. import data as datasets
 from ..models import Classifier, ModelSpec
 from ..models.checkpoint import build_network
-from .config import DATA_DEFAULTS, TrainConfig
+from .config import TrainConfig, data_defaults
 
 
 def channel_stats(dataset, n: int = 5000, batch_size: int = 500):
@@ -52,7 +52,7 @@ def inherit_input_transform(config: TrainConfig, base_spec) -> TrainConfig:
     is resized at all, as Imagenette is, or the base was trained on it at a size of its own), crop_pct and
     interpolation. Set ones are kept: `--image-size 160`
     fine-tunes a 128-px model at 160 px."""
-    resized = "image_size" in DATA_DEFAULTS.get(str(config.data).lower(), {})
+    resized = "image_size" in data_defaults(config.data)
     training = base_spec.training if isinstance(base_spec.training, dict) else {}
     if datasets.recorded_val_size(base_spec, config.data) is not None and (training.get("config") or {}).get(
             "image_size"):  # a base trained on this folder at a size of its own: fine-tuned at it, not at the files'
