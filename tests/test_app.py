@@ -739,6 +739,16 @@ def test_the_handlers_attack_a_half_precision_model_and_refuse_a_tensor_the_dete
         detect_image(model, torch.rand(3, 64, 64), detector)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_synthesize_tab_draws_from_a_half_precision_model(dtype):
+    """Synthesis keeps a half-precision model's samples in float32; the tab fed them to its weights as they were
+    ("Input type (torch.FloatTensor) and weight type (torch.HalfTensor) should be the same") after drawing them."""
+    from robgen.web.handlers import synthesize_gallery
+
+    gallery, _ = synthesize_gallery(tiny_model().to(dtype), "c1", n=2, steps=2)
+    assert len(gallery) == 2 and all(caption.startswith("p(c1) = ") for _, caption in gallery)
+
+
 def test_the_handlers_take_one_image_leave_a_training_model_as_it_was_and_attack_a_crop_pct_above_1_model():
     """A review (2026-12-07) found: a batch of 3 images crashed the Detect handler (an IndexError) and gave the
     Attack summary image 0's labels beside a change measured over all 3; detect_image and synthesize_gallery ran a

@@ -128,6 +128,7 @@ def command_fit_seeds(args) -> int:
 def command_synthesize(args) -> int:
     import torch
 
+    from ..models.state import pixels_for
     from ..plots import image_grid
     from ..progress import progress_bar
     from ..synthesis import sgld_sample, synthesize
@@ -174,7 +175,8 @@ def command_synthesize(args) -> int:
     grid = torch.stack(rows)  # (classes, n, C, H, W)
     image_grid(grid, out / "grid.png", row_labels=[spec.class_labels[i] for i in classes], scale=args.scale)
     with torch.no_grad():
-        probs = model(grid.flatten(0, 1).to(device)).float().softmax(1).view(len(classes), args.n, -1).cpu()
+        samples = pixels_for(model, grid.flatten(0, 1).to(device))  # float32 samples: a half model's type
+        probs = model(samples).float().softmax(1).view(len(classes), args.n, -1).cpu()
     settings = ({"step_size": step_size, "noise": args.noise} if args.method == "sgld" else
                 {"step_size": args.step_size, "eps": args.eps, "objective": args.objective})  # None: the default
     report = {

@@ -346,7 +346,7 @@ def synthesize_gallery(model, target_class, n: int = 8, steps: int = 60, step_si
                                init="gaussian" if seeds is not None else "uniform", seeds=seeds,
                                progress=progress, return_trace=True)
     with torch.no_grad(), eval_mode(model):
-        probs = model(images).float().softmax(1)[:, index]
+        probs = model(pixels_for(model, images)).float().softmax(1)[:, index]  # float32 samples: a half model's type
     label = model.spec.class_labels[index]
     return [(display(image), f"p({label}) = {float(p):.2f}{start}")
             for image, p in zip(images.cpu(), probs.cpu())], trace
