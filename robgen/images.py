@@ -294,6 +294,15 @@ def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] =
     return framed
 
 
+def reads_back_from_a_file(spec) -> bool:
+    """Whether a model input of `spec` can be written as a file that its eval transform reads back as that input
+    (`save_model_input`): not at crop_pct > 1, where the transform pads the picture with black to the input size
+    (a changed border cannot be written so); then the input itself is saved, as it is (`save_image`)."""
+    rows, columns = (int(side) for side in spec.input_size[1:])
+    cover_rows, cover_columns = cover_size((rows, columns), spec.crop_pct)
+    return cover_rows >= rows and cover_columns >= columns
+
+
 def save_model_input(x: torch.Tensor, path: Union[str, Path], spec, surround: Optional[torch.Tensor] = None) -> Path:
     """Write the model input `x` (C, H, W) as a PNG that `load_model_input(path, spec)` reads back as `x` on 8-bit
     levels (`framed_model_input`: at crop_pct < 1 the file is larger than `x`, its centre crop is `x`)."""

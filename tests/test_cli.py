@@ -62,6 +62,22 @@ def test_attack_writes_pngs_inside_the_ball_and_a_report(tmp_path, images, capsy
     assert "->" in capsys.readouterr().out
 
 
+def test_attack_on_a_crop_pct_above_1_model_writes_the_inputs_themselves(tmp_path, images):
+    """Its eval transform pads a picture with black, so no file reads back as the input: the command crashed with a
+    traceback after the whole attack and wrote nothing. It writes the inputs as they are, as the app does, and
+    says so in results.json."""
+    net = tiny_model()
+    net.spec.crop_pct = 1.15
+    checkpoint = robgen.save_checkpoint(net, tmp_path / "wide")
+    out = tmp_path / "out"
+    assert main(["attack", "--model", str(checkpoint), "--steps", "1", "--out", str(out), *map(str, images)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert "pads a picture with black" in report["files"]
+    for row in report["images"]:
+        clean, adv = (robgen.load_image(out / row[name]) for name in ("clean_png", "adversarial_png"))
+        assert clean.shape == adv.shape == (3, 32, 32) and 0 < float((adv - clean).abs().max()) <= 8 / 255 + 1e-6
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, checkpoint, images, toy_data, capsys):
     """--out under a file ran the whole command (train: an epoch; eval, fit-seeds, gradmap: their work) and ended in
     a FileExistsError or NotADirectoryError traceback."""

@@ -84,7 +84,7 @@ def check_outputs(out: Path, stems: List[str], images: List[str]) -> None:
 
 def command_attack(args) -> int:
     from ..experiments.single_image import attack_own_predictions, combine_outcomes
-    from ..images import load_resized, save_model_input
+    from ..images import load_resized, reads_back_from_a_file, save_image, save_model_input
     from ..progress import progress_bar
 
     device = pick_device(args.device)
@@ -113,11 +113,15 @@ def command_attack(args) -> int:
     x_adv, trace = outcome.adversarial, outcome.trace
     clean_logits, adv_logits = outcome.clean_logits, outcome.adversarial_logits
     clean_energy, adv_energy = outcome.clean_energy, outcome.adversarial_energy
-    rows = []
+    rows, framed = [], reads_back_from_a_file(spec)
     for i, (path, stem) in enumerate(zip(args.images, stems)):
-        surround = load_resized(path, spec)  # at crop_pct < 1 the files keep the photo's margin, which the model crops
-        save_model_input(x[i], out / f"{stem}_clean.png", spec, surround)
-        save_model_input(x_adv[i], out / f"{stem}_adv.png", spec, surround)
+        if framed:  # at crop_pct < 1 the files keep the photo's margin, which the model crops
+            surround = load_resized(path, spec)
+            save_model_input(x[i], out / f"{stem}_clean.png", spec, surround)
+            save_model_input(x_adv[i], out / f"{stem}_adv.png", spec, surround)
+        else:  # crop_pct > 1: no file reads back as the input; the input itself, as the app saves it
+            save_image(x[i], out / f"{stem}_clean.png")
+            save_image(x_adv[i], out / f"{stem}_adv.png")
         delta = (x_adv[i] - x[i]).flatten()
         rows.append({
             "image": str(path), "clean_png": f"{stem}_clean.png", "adversarial_png": f"{stem}_adv.png",
@@ -127,6 +131,9 @@ def command_attack(args) -> int:
         })
     report = {
         "model": spec.source, "attack": repr(attack), "target": args.target, "seconds": seconds,
+        "files": ("model inputs framed so that the eval transform reads them back" if framed else
+                  f"the model inputs themselves: at crop_pct {spec.crop_pct} > 1 the eval transform pads a picture "
+                  "with black, so no file reads back as the input; evaluate them as tensors of the input size"),
         "device": str(device), "images": rows, "trace": trace.to_dict(),
     }
     written = {row[key] for row in rows for key in ("clean_png", "adversarial_png")}

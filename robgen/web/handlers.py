@@ -23,7 +23,8 @@ from ..detection import EnergyDetector
 from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
 from ..experiments.single_image import attack_own_predictions, evade_detector, top_classes
-from ..images import cover_size, framed_model_input, load_model_input, load_resized, tensor_to_pil, upright_size
+from ..images import (cover_size, framed_model_input, load_model_input, load_resized, reads_back_from_a_file,
+                      tensor_to_pil, upright_size)
 from ..models.state import eval_mode, model_device, pixels_for
 from ..plots import energy_histogram_figure
 from ..synthesis import input_gradient, magnitude_map, signed_map, synthesize, translate
@@ -200,9 +201,7 @@ def framed_for_file(model, image: ImageInput, adversarial: torch.Tensor) -> Opti
     """`adversarial` (C, H, W) as a file should hold it (`framed_model_input`), framed by the uploaded photo; None
     for a crop_pct > 1 model, whose eval transform pads the picture with black, so that no file reads back as the
     input: then the input itself is saved (`AttackResult.saved`)."""
-    rows, columns = model.spec.input_size[1:]
-    cover_rows, cover_columns = cover_size((rows, columns), model.spec.crop_pct)
-    if cover_rows < rows or cover_columns < columns:
+    if not reads_back_from_a_file(model.spec):
         return None
     surround = None if isinstance(image, torch.Tensor) else load_resized(image, model.spec)
     return framed_model_input(adversarial.cpu(), model.spec, surround)
