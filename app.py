@@ -230,8 +230,10 @@ def synthesize(model_name, target_class, n, steps, automatic_step_size, step_siz
 @friendly_errors
 def gradient_maps(image, model_name):
     labels = model_spec(need_model(model_name)).class_labels
-    shipped = available_models()  # a shipped model's siblings are shipped; a Hub model's, the other Hub models
-    pool = shipped if model_name in shipped else sorted(name for name in OFFERED if name not in shipped)
+    # a shipped model's siblings are the shipped ones the page offers; a Hub model's, the other Hub models it offers
+    # (the page offers those that load: a broken checkpoint folder beside them is no sibling to load)
+    shipped = [name for name in available_models() if name in OFFERED]
+    pool = shipped if model_name in shipped else sorted(name for name in OFFERED if name not in available_models())
     siblings = [name for name in pool if model_spec(name).class_labels == labels]
     models = {name: cached_model(name) for name in ([model_name] + [s for s in siblings if s != model_name])[:4]}
     return gallery_files(tabs.gradient_gallery(models, need_image(image)), "gradient")

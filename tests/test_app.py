@@ -631,6 +631,16 @@ def test_gradient_maps_of_a_model_beyond_the_shipped_ones_show_its_offered_sibli
     assert sorted({caption.split(":")[0] for _, caption in gallery}) == offered
 
 
+def test_gradient_maps_of_a_shipped_model_show_only_the_siblings_the_page_offers(tmp_path, monkeypatch):
+    """The siblings were every shipped checkpoint folder, offered or not: a page of two models drew (and loaded)
+    four, and one folder that does not load (a newer robgen's) broke the tab for every model."""
+    monkeypatch.setattr(app, "OFFERED", set())  # a fresh server process: only this page's models
+    offered = [STANDARD, ROBUST]
+    app.build_app(models=offered, adversarial_examples_folder=tmp_path / "no-examples")
+    gallery = app.gradient_maps(str(REPO / "examples" / "rocket.png"), STANDARD)
+    assert sorted({caption.split(":")[0] for _, caption in gallery}) == sorted(offered)
+
+
 def test_every_event_that_runs_a_model_shares_one_queue_group_of_the_concurrency_the_readme_gives():
     """Gradio gives each event a group of its own, so a limit of 2 per event let 2 attacks, 2 translations, ...
     run together; one group keeps the whole server at `ROBGEN_CONCURRENCY`."""
