@@ -596,3 +596,17 @@ def test_seeds_devices_and_a_file_in_a_new_folder_are_handled_before_the_work(tm
     nested = tmp_path / "p1" / "p2" / "p3"
     assert main(["synthesize", "--model", str(checkpoint), "--n", "0", "--out", str(nested)]) == 2
     assert not (tmp_path / "p1").exists()
+
+
+@pytest.mark.parametrize("markdown", [False, True])
+def test_models_lists_the_checkpoints_that_load_and_names_one_that_does_not(tmp_path, monkeypatch, capsys, markdown):
+    """One folder written by a newer robgen beside the shipped ones stopped the whole listing with a traceback."""
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "checkpoints" / "tiny")
+    newer = robgen.save_checkpoint(tiny_model(), tmp_path / "checkpoints" / "newer")
+    config = json.loads((newer / "config.json").read_text())
+    (newer / "config.json").write_text(json.dumps(dict(config, format_version=99)))
+    monkeypatch.setenv("ROBGEN_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    assert main(["models", *(["--markdown"] if markdown else [])]) == 0
+    out = capsys.readouterr().out
+    assert "newer: does not load (" in out and "newer robgen" in out
+    assert folder.is_dir() and ("`tiny`" if markdown else "tiny: resnet10_cifar") in out

@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder, count,
@@ -249,13 +249,26 @@ _EVAL_COLUMNS = {
 }
 
 
-def models_table(names: List[str]) -> str:
-    """Markdown tables of shipped checkpoints, one per data set: recipe, hardware, wall time, recorded accuracies."""
+def shipped_specs(names: List[str]) -> Tuple[List[Tuple[str, object]], List[str]]:
+    """(name, spec) of every checkpoint that loads, and a line for each that does not (a newer robgen's, a broken
+    copy): one such folder beside the others stopped the whole listing with a traceback."""
     from ..models import load_model
 
-    by_data = {}
+    loaded, broken = [], []
     for name in names:
-        spec = load_model(name).spec
+        try:
+            loaded.append((name, load_model(name).spec))
+        except (OSError, ValueError, RuntimeError) as error:
+            broken.append(f"{name}: does not load ({error})")
+    return loaded, broken
+
+
+def models_table(names: List[str]) -> str:
+    """Markdown tables of shipped checkpoints, one per data set: recipe, hardware, wall time, recorded accuracies;
+    below them, the checkpoints that do not load."""
+    loaded, broken = shipped_specs(names)
+    by_data = {}
+    for name, spec in loaded:
         by_data.setdefault(str(spec.training.get("data", {}).get("name", "?")), []).append((name, spec))
     tables = []
     for data_name, models in by_data.items():
@@ -294,7 +307,7 @@ def models_table(names: List[str]) -> str:
                 f"{pct('pgd_accuracy')}{budget} |"
             )
         tables.append(f"**{data_name}**\n\n" + "\n".join(lines))
-    return "\n\n".join(tables)
+    return "\n\n".join(tables + ["\n".join(f"- {line}" for line in broken)] if broken else tables)
 
 
 def _budget(norm, eps) -> str:
@@ -309,7 +322,7 @@ def _attack_words(attack) -> str:
 
 
 def command_models(args) -> int:
-    from ..models import list_models, load_model
+    from ..models import list_models
 
     names = list_models()
     if not names:
@@ -318,8 +331,10 @@ def command_models(args) -> int:
     if args.markdown:
         print(models_table(names))
     else:
-        for name in names:
-            spec = load_model(name).spec
+        loaded, broken = shipped_specs(names)
+        for name, spec in loaded:
             print(f"{name}: {spec.architecture} {spec.arch_kwargs}, {spec.num_classes} classes, "
                   f"trained {spec.training.get('config', {}).get('mode', '?')}")
+        for line in broken:
+            print(line)
     return 0
