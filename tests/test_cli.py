@@ -280,7 +280,10 @@ def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, to
     assert key.endswith("-first8") and result["n"] == 8
     assert result["clean_accuracy_ci"][0] <= result["clean_accuracy"] <= result["clean_accuracy_ci"][1]
     capsys.readouterr()
-    assert main(args[:-4] + ["--steps", "2", "--limit", "8", "--batch-size", "8", "--record"]) == 0
+    assert key == f"{toy_data.resolve()}-test-first8"  # the data set in one spelling: a trailing slash is none other
+    assert main(args[:-4] + ["--data", str(toy_data) + "/", "--steps", "2", "--limit", "8", "--batch-size", "8",
+                             "--record"]) == 0
+    assert list(json.loads((folder / "config.json").read_text())["metrics"]["eval"]) == [key]
     note = capsys.readouterr().err
     assert "replaced the record" in note and "(PGD-1 at L∞ 8/255; now PGD-2 at L∞ 8/255)" in note
     # --out replaced any file without a word (the checkpoint's own config.json too), and a folder failed after the

@@ -210,7 +210,9 @@ def command_eval(args) -> int:
             write_text_atomically(args.out, json.dumps(result, indent=2) + "\n")
         if args.record:
             config = json.loads((folder / CONFIG_FILE).read_text())
-            key = f"{args.data}-{args.split}{'-png' if args.exact else ''}{f'-first{args.limit}' if args.limit else ''}"
+            # the data set in one spelling ("cifar10" also when given as its folder), as the models table reads it
+            key = (f"{datasets.canonical_data(args.data)}-{args.split}{'-png' if args.exact else ''}"
+                   f"{f'-first{args.limit}' if args.limit else ''}")
             records = config.setdefault("metrics", {}).setdefault("eval", {})
             if key in records and records[key].get("attack") != result.get("attack"):
                 print(f"note: replaced the record {key!r} of {folder}, measured with another attack "
