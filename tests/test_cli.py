@@ -593,9 +593,14 @@ def test_seeds_devices_and_a_file_in_a_new_folder_are_handled_before_the_work(tm
     assert "robgen runs on cpu or cuda" in capsys.readouterr().err and not out.exists()
     seeds = tmp_path / "new" / "seeds.safetensors"
     four = robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "four")  # the toy data's 4 classes
-    assert main(["fit-seeds", "--model", str(four), "--data", str(toy_data), "--resolution", "4",
+    assert main(["fit-seeds", "--model", str(four), "--data", str(toy_data), "--resolution", "4", "--rank", "200",
                  "--out", str(seeds)]) == 0
     assert seeds.is_file()
+    assert "(4x4, rank 48)" in capsys.readouterr().out  # 3 x 4 x 4 values: what was fitted, not what was asked
+    # fit-seeds took any --device and fitted on the CPU: now refused as every command refuses it
+    assert main(["fit-seeds", "--model", str(four), "--data", str(toy_data), "--device", "meta",
+                 "--out", str(tmp_path / "other.safetensors")]) == 2
+    assert "robgen runs on cpu or cuda" in capsys.readouterr().err and not (tmp_path / "other.safetensors").exists()
     nested = tmp_path / "p1" / "p2" / "p3"
     assert main(["synthesize", "--model", str(checkpoint), "--n", "0", "--out", str(nested)]) == 2
     assert not (tmp_path / "p1").exists()

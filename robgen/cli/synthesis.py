@@ -102,8 +102,8 @@ def command_fit_seeds(args) -> int:
     if args.resolution < 1 or args.rank < 0:
         raise UsageError(f"--resolution must be at least 1 and --rank at least 0, got {args.resolution} and "
                          f"{args.rank}")
-    device = pick_device("cpu")
-    model = open_model(args, device)
+    pick_device(args.device)  # refused as every command refuses it (cuda where there is none), though unused:
+    model = open_model(args, pick_device("cpu"))  # the fit reads pixels only, on the CPU
     if args.resolution > min(model.spec.input_size[1:]):  # seeds are drawn at it and upsampled to the input
         raise UsageError(f"--resolution {args.resolution} is above the model's input side "
                          f"{min(model.spec.input_size[1:])}: seeds are fitted on images downsampled to it")
@@ -120,7 +120,7 @@ def command_fit_seeds(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     seeds.save(path)
-    print(f"fitted class-conditional seeds ({args.resolution}x{args.resolution}, rank {min(args.rank, 3 * args.resolution**2)}) "
+    print(f"fitted class-conditional seeds ({args.resolution}x{args.resolution}, rank {seeds.factors.shape[2]}) "
           f"on {len(train)} images of {args.data}; wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
 
