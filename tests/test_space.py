@@ -174,3 +174,14 @@ def test_gpu_decorator_wraps_handlers_in_spaces_gpu_on_zerogpu(monkeypatch):
     assert space.gpu(lambda x: x + 1)(1) == ("on the GPU", 2)
     assert space.gpu(duration=120)(lambda: 0)() == ("on the GPU", 0)
     assert durations == [60, 120]
+
+
+def test_render_writes_over_no_file_without_overwrite_and_refuses_a_folder(tmp_path, capsys):
+    """render --out replaced any file without a word (notes.md became the Space's front matter), and a folder
+    ended in an IsADirectoryError traceback."""
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes")
+    assert space.main(["render", "--out", str(notes)]) == 2 and notes.read_text() == "my notes"
+    assert "exists: choose another --out, or pass --overwrite" in capsys.readouterr().err
+    assert space.main(["render", "--out", str(tmp_path)]) == 2 and "is a folder" in capsys.readouterr().err
+    assert space.main(["render", "--out", str(notes), "--overwrite"]) == 0 and notes.read_text().startswith("---")

@@ -28,6 +28,8 @@ from typing import Callable, List, Optional
 
 import yaml
 
+from ..files import write_text_atomically
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACE_FILE = "space.yaml"
 HARDWARE = ("cpu-basic", "cpu-upgrade", "zero-a10g", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large",
@@ -197,7 +199,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", default=str(REPO_ROOT / SPACE_FILE), help="the Space settings (default space.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
     render_parser = commands.add_parser("render", help="write the Space README front matter")
-    render_parser.add_argument("--out", help="write here instead of printing")
+    render_parser.add_argument("--out", help="write this file instead of printing (an existing one only with "
+                                              "--overwrite)")
+    render_parser.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     render_parser.add_argument("--with-readme", action="store_true", help="append the project README")
     deploy_parser = commands.add_parser("deploy", help="create or update the Space")
     deploy_parser.add_argument("--repo", required=True, help="USER/NAME of the Space")
@@ -210,8 +214,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             body = (REPO_ROOT / "README.md").read_text() if args.with_readme else ""
             text = render(settings, body)
             if args.out:
-                Path(args.out).write_text(text)
-                print(f"wrote {args.out}")
+                out = Path(args.out)
+                if out.is_dir():
+                    raise ValueError(f"--out names the file to write; {out} is a folder")
+                if out.exists() and not args.overwrite:
+                    raise ValueError(f"{out} exists: choose another --out, or pass --overwrite to replace it")
+                write_text_atomically(out, text)
+                print(f"wrote {out}")
             else:
                 print(text, end="")
             return 0
