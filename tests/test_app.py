@@ -199,6 +199,18 @@ def test_the_attack_tabs_download_is_the_attacked_image_and_the_detect_tab_reads
         assert top["label"] == next(iter(result.top_adversarial)), name
 
 
+def test_the_attack_summary_advises_only_settings_the_attack_takes():
+    """FGSM (one step of size eps) and APGD (its own step size) were told to allow more steps or a larger step
+    size, which they ignore."""
+    from robgen.web.handlers import attack_image
+
+    photo, model = REPO / "examples" / "rocket.png", tiny_model()
+    for attack, advice in (("fgsm", "Allow a larger eps."), ("apgd", "Allow more steps or a larger eps."),
+                           ("pgd", "Allow more steps, a larger eps or a larger step size.")):
+        result = attack_image(model, photo, attack, eps=1e-4, steps=1, step_size=1e-4, seed=0)
+        assert result.outcome().endswith(advice), attack  # so small an eps leaves the label where it was
+
+
 def test_the_attack_summary_says_when_the_label_did_not_move_or_the_target_was_not_reached(client):
     photo = REPO / "examples" / "chelsea.png"
     feeble = dict(model_name=ROBUST, eps_255=1, steps=1, step_size_255=0.25)

@@ -37,6 +37,15 @@ def attack_key(name: str) -> str:
     return key
 
 
+def stronger_with(name: str) -> str:
+    """What may make the attack called `name` stronger, in words, of the settings it takes: "more steps, a larger
+    eps or a larger step size" for PGD; "a larger eps" for FGSM, which takes one step of size eps."""
+    takes = _settings_of(ATTACKS[attack_key(name)])
+    words = [words for setting, words in (("steps", "more steps"), ("eps", "a larger eps"),
+                                          ("step_size", "a larger step size")) if setting in takes]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
 def make_attack(name: str, model, **settings) -> Attack:
     """The attack called `name` ("fgsm", "pgd", "hepgd", "apgd"), built from the settings it takes."""
     cls = ATTACKS[attack_key(name)]

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..attacks import make_attack
-from ..attacks.factory import attack_key
+from ..attacks.factory import attack_key, stronger_with
 from ..detection import EnergyDetector
 from ..engine import Trace
 from ..experiments.calibration import calibration_energies, load_shipped_detector
@@ -120,6 +120,8 @@ class AttackResult:
     threshold: Optional[float] = None  # the adaptive attack: the detector's threshold, drawn on the trace
     target: str = ""  # the targeted attack's class label ("" untargeted)
     framed: Optional[torch.Tensor] = None  # (C, H', W'): `adversarial` framed as a file should hold it (see `saved`)
+    # what may make the attack stronger, of the settings it takes (FGSM: only eps; APGD: no step size)
+    stronger_with: str = "more steps, a larger eps or a larger step size"
 
     def saved(self):
         """The adversarial image as a PIL image to save: read back through the model's eval transform (the Detect
@@ -134,11 +136,9 @@ class AttackResult:
         clean_label, adv_label = next(iter(self.top_clean)), next(iter(self.top_adversarial))
         if self.target:
             return ("Target reached." if adv_label == self.target else
-                    f"**Target not reached**: the model says {adv_label}, not {self.target}. Allow more steps, a larger "
-                    "eps or a larger step size.")
+                    f"**Target not reached**: the model says {adv_label}, not {self.target}. Allow {self.stronger_with}.")
         return "" if adv_label != clean_label else ("**The label did not change**: the model still says "
-                                                    f"{clean_label}. Allow more steps, a larger eps or a larger step "
-                                                    "size.")
+                                                    f"{clean_label}. Allow {self.stronger_with}.")
 
     @property
     def perturbation(self) -> torch.Tensor:
@@ -194,6 +194,7 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
         energy_adversarial=float(outcome.adversarial_energy[0]), trace=outcome.trace, attack=repr(attacker),
         note=upsampling_note(model, image), framed=framed_for_file(model, image, outcome.adversarial[0]),
         target=model.spec.class_labels[target_index] if target_index is not None else "",
+        stronger_with=stronger_with(key),
     )
 
 
