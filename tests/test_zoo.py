@@ -388,3 +388,16 @@ def test_torchattacks_steps_a_half_precision_model_with_float32_pixels(dtype):
     assert float((points != x).float().mean()) > 0.5  # it moved (an untouched image comes back as x exactly)
     on_grid = points.to(dtype).float() == points
     assert float(on_grid.float().mean()) < 0.5  # float32 steps, not the model type's grid (there: every pixel)
+
+
+def test_a_threat_setting_no_chosen_attack_takes_is_refused_not_recorded():
+    """--lam with FGSM alone (or --l2-eps, --square-queries without their attacks) ran, and results.json recorded
+    the setting as if it had been used."""
+    from robgen.attacks.zoo import ZooSettings
+    from robgen.experiments.zoo import ZooStudySettings
+
+    with pytest.raises(ValueError, match=r"none of the attacks FGSM takes lam \(used by HE-PGD only\)"):
+        ZooStudySettings(attacks=("FGSM",), threat=ZooSettings(lam=2.0))
+    with pytest.raises(ValueError, match=r"l2-eps \(used by PGD-L2 only\), square-queries \(used by Square only\)"):
+        ZooStudySettings(attacks=("FGSM", "HE-PGD"), threat=ZooSettings(l2_eps=3.0, square_queries=7))
+    assert ZooStudySettings(attacks=("FGSM", "HE-PGD"), threat=ZooSettings(lam=2.0)).threat.lam == 2.0

@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 FIT_ATTACK = "PGD-40"  # the paper's detector is fitted on PGD examples of the validation split
 
 
+# the threat settings that one attack of the zoo alone takes (eps and step_size: many)
+THREAT_SETTING_USERS = {"l2_eps": "PGD-L2", "lam": "HE-PGD", "square_queries": "Square"}
+
+
 @dataclass
 class ZooStudySettings:
     """What the study runs; stored in results.json."""
@@ -68,6 +72,13 @@ class ZooStudySettings:
         self.attacks = tuple(dict.fromkeys(zoo_entry(name).name for name in self.attacks))
         if not self.attacks:
             raise ValueError(f"no attacks given: choose from {', '.join(ZOO_NAMES)}")
+        # a threat setting none of the chosen attacks takes would be recorded in results.json as if it were used
+        defaults = ZooSettings()
+        unused = [f"{name.replace('_', '-')} (used by {attack} only)" for name, attack in THREAT_SETTING_USERS.items()
+                  if getattr(self.threat, name) != getattr(defaults, name) and attack not in self.attacks]
+        if unused:
+            raise ValueError(f"none of the attacks {', '.join(self.attacks)} takes {', '.join(unused)}: leave it out, "
+                             "or add the attack that takes it")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.temperature != "search" and not (isinstance(self.temperature, (int, float))
