@@ -67,6 +67,13 @@ def test_synthesize_writes_a_grid_of_classes_by_samples(tmp_path, capsys):
         assert grid.width > 3 * 64 and grid.height >= 2 * 64
     assert main(["synthesize", "--model", ROBUST, "--classes", "unicorn", "--out", str(tmp_path / "x")]) == 2
     assert "unknown class 'unicorn'" in capsys.readouterr().err
+    # a class named twice kept one trace for two rows (the second replaced the first): refused before any work
+    assert main(["synthesize", "--model", ROBUST, "--classes", "cat", "3", "--out", str(tmp_path / "y")]) == 2
+    assert "names cat more than once" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    # a model without seeds was told of init='uniform', the library's words, after loading: now the command's
+    bare = robgen.save_checkpoint(tiny_model(), tmp_path / "bare")
+    assert main(["synthesize", "--model", str(bare), "--out", str(tmp_path / "z")]) == 2
+    assert "or pass --init uniform or gray" in capsys.readouterr().err and not (tmp_path / "z").exists()
 
 
 def test_synthesize_by_sgld_and_from_an_image_file(tmp_path, monkeypatch):

@@ -132,6 +132,7 @@ def command_synthesize(args) -> int:
     from ..plots import image_grid
     from ..progress import progress_bar
     from ..synthesis import sgld_sample, synthesize
+    from ..synthesis.seeds import load_seeds
     from ..synthesis.sgld import DEFAULT_STEP_SIZE as SGLD_STEP_SIZE
 
     device = pick_device(args.device)
@@ -141,6 +142,10 @@ def command_synthesize(args) -> int:
         classes = [spec.class_index(c) for c in (args.classes or range(spec.num_classes))]
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if len(set(classes)) < len(classes):  # results.json keeps one trace per class: a second row's would replace it
+        twice = sorted({spec.class_labels[i] for i in classes if classes.count(i) > 1})
+        raise UsageError(f"--classes names {', '.join(twice)} more than once: give each class once (--n draws "
+                         "more images of each)")
     if args.scale is not None and args.scale < 1:
         raise UsageError(f"--scale must be at least 1 (times each sample is enlarged in the grid), got {args.scale}")
     ignored = ([flag for flag, given in (("--eps", args.eps is not None),
@@ -151,6 +156,11 @@ def command_synthesize(args) -> int:
                          "ascent's, --noise is sgld's): leave it out")
     step_size = SGLD_STEP_SIZE if args.method == "sgld" and args.step_size is None else args.step_size  # 0 refused
     init = args.init.lower() if args.init.lower() in ("gaussian", "uniform", "gray") else args.init
+    if init == "gaussian":  # the seeds: here, before any work, and in the command's words
+        try:
+            load_seeds(model, instead="or pass --init uniform or gray")
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(str(error)) from None
     if init not in ("gaussian", "uniform", "gray"):
         if not Path(init).is_file():
             raise UsageError(f"--init {init}: neither gaussian, uniform, gray nor an image file")
