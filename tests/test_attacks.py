@@ -490,3 +490,13 @@ def test_a_half_precision_models_fused_copy_stays_in_eval_mode_after_a_torchatta
     after = PGD(net, eps=8 / 255, steps=5, random_start=False)(x, y)
     assert torch.equal(before, after)
     assert not net.training and not any(module.training for module in net.modules())
+
+
+def test_an_linf_eps_above_1_is_told_the_fix_that_fits_it():
+    """--eps 300/255 was asked whether it meant 1.17647/255; a whole number such as 8 is on the 0-255 scale."""
+    from robgen.engine import LinfBall
+
+    with pytest.raises(ValueError, match=r"did you mean 8/255 = 0\.0314\?"):
+        LinfBall(8)
+    with pytest.raises(ValueError, match=r"give at most 1 \(= 255/255\)$"):
+        LinfBall(300 / 255)

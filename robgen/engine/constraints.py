@@ -48,9 +48,10 @@ class LinfBall:
     def __init__(self, eps: float) -> None:
         self.eps = check_positive(eps, "eps")
         if self.eps > 1:
+            hint = (f"so did you mean {self.eps:g}/255 = {self.eps / 255:.4f}?" if float(self.eps).is_integer() else
+                    "so give at most 1 (= 255/255)")  # 300/255 is no 0-255 value to divide again
             raise ValueError(
-                f"L-inf eps={self.eps:g} is larger than the whole pixel range [0, 1]; pixels are in [0, 1], "
-                f"so did you mean {self.eps:g}/255 = {self.eps / 255:.4f}?"
+                f"L-inf eps={self.eps:g} is larger than the whole pixel range [0, 1]; pixels are in [0, 1], {hint}"
             )
 
     def random_start(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
