@@ -879,3 +879,20 @@ def test_the_adaptive_attacks_get_a_float16_models_gradient_on_confident_images(
     assert bool((narrow.abs().amax(1) > 0).all())  # was exactly 0
     cosine = (F.normalize(narrow * 1e12, dim=1) * F.normalize(wide * 1e12, dim=1)).sum(1)  # (F's eps: 1e-8)
     assert float(cosine.min()) > 0.95  # the same direction, float16's rounding of the forward pass aside
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_apps_adaptive_attack_takes_float32_pixels_for_a_half_precision_model(dtype):
+    """The Attack tab now gives its attacks the 8-bit pixels in float32 (in the model's type, bfloat16 moved them:
+    the clean image and the result were 8.5/255 apart at 8/255); the adaptive attack ran the model on them uncast
+    ("Input type (torch.FloatTensor) and weight type ... should be the same")."""
+    from robgen import EnergyDetector
+    from robgen.experiments.single_image import evade_detector
+
+    model = tiny_model().to(dtype)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(x.to(dtype)).float()
+    detector = EnergyDetector().fit(logits, logits - 1).bind(model)
+    outcome = evade_detector(model, x, detector, steps=3, restarts=1)
+    assert float((outcome.adversarial.float() - outcome.clean.float()).abs().max()) <= 8 / 255 + 1e-6

@@ -746,10 +746,10 @@ def test_the_handlers_attack_a_half_precision_model_and_refuse_a_tensor_the_dete
     from robgen.web.handlers import attack_image, detect_image
 
     photo = REPO / "examples" / "rocket.png"
-    half = tiny_model().to(torch.float16)
-    result = attack_image(half, photo, "pgd", eps=8 / 255, steps=2, step_size=2 / 255, seed=0)
-    # the attack steps in float32 (`working_dtype`) and the 8-bit result holds the ball exactly
-    assert (result.adversarial.float() - result.clean.float()).abs().max() <= 8 / 255 + 1e-6
+    for dtype in (torch.float16, torch.bfloat16):  # bfloat16's grid put the two 8.5/255 apart at 8/255
+        result = attack_image(tiny_model().to(dtype), photo, "pgd", eps=8 / 255, steps=2, step_size=2 / 255, seed=0)
+        # the attack steps in float32 (`working_dtype`) and the 8-bit result holds the ball exactly
+        assert (result.adversarial.float() - result.clean.float()).abs().max() <= 8 / 255 + 1e-6, dtype
     model = tiny_model()
     detector = EnergyDetector()
     detector.threshold = 0.0

@@ -167,7 +167,7 @@ def _quantised_evasions(model, detector, x, y, candidates, attack):
     for candidate in candidates:
         quantised = quantise(candidate, x, attack)
         with torch.no_grad(), eval_mode(model):
-            logits = model(quantised)
+            logits = model(pixels_for(model, quantised))  # float32 for a half-precision model: cast
         evades = (logits.argmax(1) != y) & ~detector.predict(logits).to(y.device)
         if chosen is None:
             chosen, chosen_logits, chosen_evades = quantised, logits, evades
@@ -201,7 +201,7 @@ def evade_detector(model, x: torch.Tensor, detector: EnergyDetector, eps: float 
                         score_margin=EVASION_ENERGY_MARGIN * spread, confidence=EVASION_CONFIDENCE, generator=generator)
     check_pixels(x, model.spec.input_size[0])
     with torch.no_grad(), eval_mode(model):
-        clean_logits = model(x)
+        clean_logits = model(pixels_for(model, x))  # x: an attack's float32 pixels for a half-precision model
         labels = clean_logits.argmax(1)
         tracker = _TracingTracker(defended, x, labels, detector.temperature, (steps + 1) * restarts,
                                   step_reporter(progress, "adaptive attack"))  # each run: its steps and its check

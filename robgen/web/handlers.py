@@ -37,16 +37,17 @@ CLASSES_LISTED = 20  # a model with more classes has the first ones listed, then
 DATA_SET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": "Imagenette"}
 
 
-def model_input(model, image: ImageInput) -> torch.Tensor:
+def model_input(model, image: ImageInput, working: bool = False) -> torch.Tensor:
     """A (1, C, H, W) batch on the model's device, in its floating-point type: a file read as the model sees it
     (`load_model_input`); a tensor checked as [0, 1] pixels of the model's input size (`pixels_for`), which the
-    detector's threshold and the attack's budget were set for."""
+    detector's threshold and the attack's budget were set for. `working`: in the type an attack keeps its iterates
+    in (float32 for a float16 or bfloat16 model, whose grid would move the 8-bit pixels the budget is counted on)."""
     x = image if isinstance(image, torch.Tensor) else load_model_input(image, model.spec)
     if x.ndim == 4 and x.shape[0] != 1:
         raise ValueError(f"one image at a time: give a (C, H, W) tensor or a (1, C, H, W) batch, got a batch of "
                          f"{x.shape[0]} {tuple(x.shape)}; for many images call robgen's attacks and detectors directly")
     x = (x if x.ndim == 4 else x.unsqueeze(0)).to(model_device(model))
-    return pixels_for(model, x, name="image", model_size=True)
+    return pixels_for(model, x, name="image", model_size=True, working=working)
 
 
 def enlargement(width: int, height: int, spec) -> float:
@@ -174,7 +175,7 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
                  seed: int = 0, progress: Optional[Callable] = None) -> AttackResult:
     """Attack one image against the model's own prediction (or toward `target`) with FGSM / PGD / HE-PGD / APGD,
     or, with attack="adaptive", away from it while the model's shipped energy detector accepts the result."""
-    x = model_input(model, image)
+    x = model_input(model, image, working=True)  # a bfloat16 clean image and result were 8.5/255 apart at 8/255
     if str(attack).lower() == ADAPTIVE:
         if target not in (None, ""):
             raise ValueError("the adaptive attack is untargeted here: clear the target class or use PGD / FGSM")
