@@ -107,7 +107,9 @@ def add_parsers(commands) -> None:
                           help="--split val: images held out (default: the split the model's training held out, "
                                "else 5000; Imagenette 500)")
     evaluate.add_argument("--limit", type=int, help="the first N images of the split")
-    evaluate.add_argument("--exact", action="store_true", help="only the exact images: the PNG files (CIFAR-10 archive), all of torchvision's pickled CIFAR")
+    evaluate.add_argument("--exact", action="store_true",
+                          help="only the exact images: the PNG files (CIFAR-10 archive), all of torchvision's "
+                               "pickled CIFAR")
     evaluate.add_argument("--eps", type=parse_number, default=8 / 255)
     evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
     evaluate.add_argument("--steps", type=int, default=20, help="PGD steps (default 20; 0: clean accuracy only)")

@@ -153,7 +153,7 @@ class TrainConfig:
                              f"[0, 1]: use {self.attack_step_size:g}/255")
         if self.attack_step_size is not None and not self.attack_step_size > 0:
             raise ValueError(f"attack_step_size must be > 0, got {self.attack_step_size}")
-        if not 0 <= self.seed <= MAX_SEED:  # the data order's seed of epoch e is seed * 1000 + e, a signed 64-bit number
+        if not 0 <= self.seed <= MAX_SEED:  # the data order's seed of epoch e is seed * 1000 + e, a signed 64-bit one
             raise ValueError(f"seed must be a whole number in [0, 2**53], got {self.seed}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")

@@ -82,8 +82,8 @@ def train(
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimiser: SGD with Nesterov momentum (plain SGD with momentum 0), or Adam (weight decay added to the gradient, as
-    torch's Adam and the official notebooks do)."""
+    """The recipe's optimiser: SGD with Nesterov momentum (plain SGD with momentum 0), or Adam (weight decay added to
+    the gradient, as torch's Adam and the official notebooks do)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,

@@ -137,7 +137,8 @@ class AttackResult:
         clean_label, adv_label = next(iter(self.top_clean)), next(iter(self.top_adversarial))
         if self.target:
             return ("Target reached." if adv_label == self.target else
-                    f"**Target not reached**: the model says {adv_label}, not {self.target}. Allow {self.stronger_with}.")
+                    f"**Target not reached**: the model says {adv_label}, not {self.target}. "
+                    f"Allow {self.stronger_with}.")
         return "" if adv_label != clean_label else ("**The label did not change**: the model still says "
                                                     f"{clean_label}. Allow {self.stronger_with}.")
 
