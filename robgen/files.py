@@ -4,8 +4,9 @@
     write_text_atomically(path, json.dumps(record))
     path.write_text(json_text(results))   # results.json: strict JSON, a rate over no images as null
 
-Every file robgen writes goes through here: checkpoints and trainer state, synthesis seeds, the stage cache of
-`reproduce` and `adaptive`, ablation rows, reports, figures (`robgen.plots.save_figure`) and images. The new content
+Every file robgen writes whole goes through here: checkpoints and trainer state, synthesis seeds, the stage cache
+of `reproduce` and `adaptive`, ablation rows, reports, figures (`robgen.plots.save_figure`) and images (a training
+log is appended a line at a time instead, and written again on resume). The new content
 is written to `<name>.<pid>-<random>.partial` beside the target, flushed to the disk and renamed over it
 (`os.replace`, atomic on one file system), so a reader sees either the complete old file or the complete new one.
 Every results.json is written as `json_text` gives it: strict JSON, which any reader parses.
@@ -51,7 +52,7 @@ def _flush_to_disk(path: Path) -> None:
     """Wait until the content written to `path` is on the disk, not only in the system's cache: a rename is
     recorded by the file system on its own schedule, so without this a power cut soon after it can leave the new
     name holding an empty or partial file, the one thing this module promises never happens."""
-    with open(path, "rb") as written:
+    with open(path, "r+b") as written:  # opened for writing: Windows refuses to flush a file opened to read
         os.fsync(written.fileno())
 
 

@@ -244,6 +244,14 @@ def test_a_refitted_detector_forgets_the_model_it_was_bound_to():
     detector.bind(second).check_model(second)
     with pytest.raises(ValueError, match="fitted for another model"):
         detector.check_model(first)
+    # a refit that fails leaves it as it was: bound, with its threshold (it had forgotten the model and kept the
+    # threshold, so that any model passed its check)
+    threshold = detector.threshold
+    with pytest.raises(ValueError, match="energies contain NaN"):
+        detector.fit(torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 1.0]))
+    assert detector.threshold == threshold and detector.model_fingerprint is not None
+    with pytest.raises(ValueError, match="fitted for another model"):
+        detector.check_model(first)
 
 
 def test_a_column_of_energies_is_read_as_energies_not_as_logits_of_one_class():

@@ -904,6 +904,7 @@ def test_a_recipe_takes_numpys_numbers_and_refuses_what_it_cannot_train_with(toy
     train(recipe, tmp_path / "run", progress=False)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["config"]["lr"] == recipe.lr
     for bad, says in ((dict(epochs=2.5), "epochs must be a whole number"), (dict(seed=10**17), r"\[0, 2\*\*53\]"),
-                      (dict(mode="pgd", attack_step_size=2), "use 2/255"), (dict(lr="0.1"), "lr must be a number")):
+                      (dict(mode="pgd", attack_step_size=2), "use 2/255"), (dict(lr="0.1"), "lr must be a number"),
+                      (dict(eps=300 / 255), r"give at most 1 \(= 255/255\)")):
         with pytest.raises(ValueError, match=says):
             config(toy_data, **bad)

@@ -189,9 +189,10 @@ def command_eval(args) -> int:
         check_writable_folder(Path(args.out).parent, file=Path(args.out))
     try:
         dataset = _eval_split(model, args)
-        what = f"{args.split} split"
+        what, whole = f"{args.split} split", len(dataset)
         if args.exact:
             dataset, what = datasets.lossless_only(dataset), f"exact (PNG or pickled) images of the {args.split} split"
+        only_png = len(dataset) < whole  # a part of the split (the archive's PNGs); all of it for pickled CIFAR
         dataset = datasets.first(dataset, args.limit, what)
         result = evaluate_robustness(model, dataset, eps=args.eps, norm=args.norm, steps=args.steps,
                                      step_size=args.step_size, apgd=args.apgd, batch_size=args.batch_size,
@@ -213,7 +214,7 @@ def command_eval(args) -> int:
         if args.record:
             config = json.loads((folder / CONFIG_FILE).read_text())
             # the data set in one spelling ("cifar10" also when given as its folder), as the models table reads it
-            key = (f"{datasets.canonical_data(args.data)}-{args.split}{'-png' if args.exact else ''}"
+            key = (f"{datasets.canonical_data(args.data)}-{args.split}{'-png' if args.exact and only_png else ''}"
                    f"{f'-first{args.limit}' if args.limit else ''}")
             records = config.setdefault("metrics", {}).setdefault("eval", {})
             if key in records and records[key].get("attack") != result.get("attack"):

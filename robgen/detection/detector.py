@@ -129,22 +129,30 @@ class EnergyDetector:
     def fit(self, clean: torch.Tensor, adversarial: torch.Tensor) -> "EnergyDetector":
         """Choose the temperature (if searching) and the threshold on validation data. Forgets the model it was
         bound to and how it was fitted before (`calibration`, `validation`): the new threshold is on the energy
-        scale of whichever model gave these outputs, which `bind` records (`RejectOption.fit_values` does the same)."""
-        self.model_fingerprint, self.calibration, self.validation = None, {}, {}
-        if self.search_temperature:
-            clean, adversarial = _as_tensor(clean), _as_tensor(adversarial)
-            if clean.ndim != 2 or adversarial.ndim != 2:
-                raise ValueError("temperature='search' needs logits of shape (N, K) for fit, not energies")
-            table = {t: auroc(free_energy(clean.double(), t), free_energy(adversarial.double(), t)) for t in self.temperatures}
-            best = self.temperatures[0]
-            for t in self.temperatures[1:]:
-                if table[t] > table[best]:
-                    best = t
-            self.temperature = best
-            self.validation["auroc_by_temperature"] = {str(t): a for t, a in table.items()}
-        clean_energy, adv_energy = self.energies(clean), self.energies(adversarial)
-        self.threshold = choose_threshold(clean_energy, adv_energy, self.rule, self.target_fpr)
-        self.validation.update(detection_metrics(clean_energy, adv_energy, self.threshold))
+        scale of whichever model gave these outputs, which `bind` records (`RejectOption.fit_values` does the same).
+        A fit that fails leaves the detector as it was."""
+        previous = (self.temperature, self.threshold, self.validation)
+        self.validation = {}
+        try:
+            if self.search_temperature:
+                clean, adversarial = _as_tensor(clean), _as_tensor(adversarial)
+                if clean.ndim != 2 or adversarial.ndim != 2:
+                    raise ValueError("temperature='search' needs logits of shape (N, K) for fit, not energies")
+                table = {t: auroc(free_energy(clean.double(), t), free_energy(adversarial.double(), t))
+                         for t in self.temperatures}
+                best = self.temperatures[0]
+                for t in self.temperatures[1:]:
+                    if table[t] > table[best]:
+                        best = t
+                self.temperature = best
+                self.validation["auroc_by_temperature"] = {str(t): a for t, a in table.items()}
+            clean_energy, adv_energy = self.energies(clean), self.energies(adversarial)
+            self.threshold = choose_threshold(clean_energy, adv_energy, self.rule, self.target_fpr)
+            self.validation.update(detection_metrics(clean_energy, adv_energy, self.threshold))
+        except BaseException:
+            self.temperature, self.threshold, self.validation = previous
+            raise
+        self.model_fingerprint, self.calibration = None, {}
         return self
 
     def _require_fit(self) -> float:

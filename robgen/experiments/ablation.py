@@ -143,7 +143,8 @@ def measure_pixels(model, splits: DetectionSplits, quality: int = ARCHIVE_JPEG_Q
     from .pipeline import fit_detector
 
     loader = lambda dataset: datasets.make_loader(dataset, batch_size=batch_size)  # noqa: E731
-    exact = datasets.lossless_only(splits.test)  # refused here for data without image files, before any attack
+    exact = datasets.lossless_only(splits.test)  # refused here, before any attack, for data that cannot say which
+    # images are exact (neither image files nor torchvision's pickled CIFAR, all of whose images are)
     attack = official_attack(model, seed)
     clean_val = model_outputs(model, loader(splits.validation), progress=progress, desc="validation: clean")
     adv_val = model_outputs(model, loader(splits.validation), attack=attack, progress=progress, desc="validation: attack")

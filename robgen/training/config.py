@@ -25,7 +25,9 @@ OPTIMIZERS = ("sgd", "adam")
 # (per-pixel RMS 0.05/sqrt(3072) = 0.23/255, below 8-bit quantisation): small enough that clean
 # accuracy stays near standard, large enough to change the gradients on a small model.
 QUASI_NORM, QUASI_EPS = "l2", 0.05
-MAX_SEED = 2**53  # the largest seed whose derived seeds (seed * 1000 + epoch) torch still takes
+# the largest seed: its derived seeds (seed * 1000 + epoch, for the data order) stay far inside the 64 bits torch
+# takes, and a JSON reader's float holds it exactly
+MAX_SEED = 2**53
 # Per data set defaults of the recipe. Imagenette: 128-px inputs (random resized crops in training; at eval time the short side resized to
 # 128 / 0.875 = 146 and the centre 128 cropped), so that a CPU can train it (checkpoints/README.md).
 DATA_DEFAULTS = {
@@ -146,14 +148,14 @@ class TrainConfig:
                 raise ValueError(f"the {self.mode} mode's default budget is L-inf 8/255, a tiny {self.norm.upper()} "
                                  "radius (the usual CIFAR-10 L2 one is 0.5): give an eps for it (e.g. --eps 0.5)")
             self.eps = QUASI_EPS if quasi else 8 / 255
-        if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"L-inf eps={self.eps:g} is on the 0-255 scale; pixels are in [0, 1]: use {self.eps:g}/255")
-        if self.norm == "linf" and self.attack_step_size is not None and self.attack_step_size > 1:
-            raise ValueError(f"L-inf attack_step_size={self.attack_step_size:g} is on the 0-255 scale; pixels are in "
-                             f"[0, 1]: use {self.attack_step_size:g}/255")
+        for name in ("eps", "attack_step_size"):
+            value = getattr(self, name)
+            if self.norm == "linf" and value is not None and value > 1:  # 300/255 is no 0-255 value to divide again
+                fix = f"use {value:g}/255" if float(value).is_integer() else "give at most 1 (= 255/255)"
+                raise ValueError(f"L-inf {name}={value:g} is above the whole pixel range; pixels are in [0, 1]: {fix}")
         if self.attack_step_size is not None and not self.attack_step_size > 0:
             raise ValueError(f"attack_step_size must be > 0, got {self.attack_step_size}")
-        if not 0 <= self.seed <= MAX_SEED:  # the data order's seed of epoch e is seed * 1000 + e, a signed 64-bit one
+        if not 0 <= self.seed <= MAX_SEED:  # (see MAX_SEED)
             raise ValueError(f"seed must be a whole number in [0, 2**53], got {self.seed}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
