@@ -241,3 +241,12 @@ def test_lids_k_may_be_numpys_integer_and_kds_labels_must_be_classes():
             lid_estimates(reference[:3], reference, k=k)
     with pytest.raises(ValueError, match=r"reference labels must be classes 0-1, got \[-1, 7\]"):
         KDBUScorer().fit_reference(reference[:6], torch.tensor([0, 1, -1, 7, 0, 1]), 2)
+
+
+def test_kd_refuses_reference_features_that_are_one_point_saying_what_to_give():
+    """The bandwidth was the median of the distances above 0: of none, a bare torch error."""
+    from robgen.detection.baselines import KDBUScorer
+
+    with pytest.raises(ValueError, match="all the same point.*give bandwidth="):
+        KDBUScorer().fit_reference(torch.ones(4, 3), torch.tensor([0, 1, 0, 1]), 2)
+    assert KDBUScorer(bandwidth=1.0).fit_reference(torch.ones(4, 3), torch.tensor([0, 1, 0, 1]), 2).bandwidth == 1.0

@@ -228,7 +228,11 @@ class KDBUScorer:
         if self.bandwidth is None:
             sample = features[: min(len(features), 1000)]
             distances = torch.cdist(sample, sample)
-            self.bandwidth = float(distances[distances > 0].median())
+            apart = distances[distances > 0]
+            if apart.numel() == 0:  # the median of nothing failed inside torch
+                raise ValueError("KD's reference features are all the same point, so no bandwidth can be read off "
+                                 "their distances: use reference images that differ, or give bandwidth=")
+            self.bandwidth = float(apart.median())
         return self
 
     def log_density(self, features: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
