@@ -278,7 +278,7 @@ def framed_model_input(x: torch.Tensor, spec, surround: Optional[torch.Tensor] =
     if x.ndim != 3 or tuple(x.shape[1:]) != (height, width):
         raise ValueError(f"expected one model input of shape (C, {height}, {width}), got {tuple(x.shape)}")
     cover_height, cover_width = cover_size((height, width), spec.crop_pct)
-    if cover_height < height or cover_width < width:
+    if not reads_back_from_a_file(spec):
         raise ValueError(f"crop_pct {spec.crop_pct} > 1: the eval transform pads the picture with black to the input "
                          f"size, so a changed border cannot be written as a file that reads back as the input; "
                          "keep the input as a tensor (or save_image it as it is)")

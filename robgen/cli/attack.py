@@ -137,8 +137,9 @@ def command_attack(args) -> int:
         "device": str(device), "images": rows, "trace": trace.to_dict(),
     }
     written = {row[key] for row in rows for key in ("clean_png", "adversarial_png")}
+    inputs = input_paths(args.images)
     for name in previous_pngs(out) - written:  # --overwrite: the replaced run's own PNGs go with its results.json
-        if (out / name).resolve() not in input_paths(args.images):  # ... but not the images this run read
+        if (out / name).resolve() not in inputs:  # ... but not the images this run read
             (out / name).unlink(missing_ok=True)
     write_text_atomically(out / "results.json", json_text(report))
     for row in rows:

@@ -26,7 +26,7 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from ..metrics import PAIRED_INTERVAL, paired_difference_interval, rate_interval
+from ..metrics import PAIRED_INTERVAL, paired_difference_interval, rate_interval, yes_no
 
 Flags = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
@@ -36,11 +36,7 @@ def as_flags(values, name: str, n: Optional[int] = None) -> torch.Tensor:
     flags = torch.as_tensor(values).detach().cpu()
     if flags.ndim != 1:
         raise ValueError(f"{name} must hold one boolean per test image, shape (N,), got {tuple(flags.shape)}")
-    if flags.dtype != torch.bool:
-        if flags.numel() and not bool(((flags == 0) | (flags == 1)).all()):
-            raise ValueError(f"{name} must be booleans (True/False or 0/1), got other values: pass e.g. "
-                             "`score > 0` or `logits.argmax(1) == y`, not the scores themselves")
-        flags = flags.bool()
+    flags = yes_no(flags, name)  # booleans, or numbers all 0 or 1
     if n is not None and len(flags) != n:
         raise ValueError(f"{name} has {len(flags)} entries but the clean results have {n}: pass the same test images")
     return flags
