@@ -408,15 +408,17 @@ def same_data(recorded: Union[str, Path, None], data: Union[str, Path]) -> bool:
     (`default_data_root() / "cifar10"`) as that data set."""
     if recorded is None or str(recorded) == "":
         return False
-    if str(recorded).lower() == str(data).lower():
-        return True
+    if str(recorded) == str(data) or (str(recorded).lower() == str(data).lower() and str(data).lower() in KNOWN):
+        return True  # a folder's name in another case is another folder, unless the disk says it is the same one
     named = [str(name).lower() for name in (recorded, data) if str(name).lower() in KNOWN]
     if len(named) == 2:
         return False
     folders = [Path(str(name)).expanduser().resolve() for name in (recorded, data) if str(name).lower() not in KNOWN]
     if named:  # a named data set and a folder: the same when the folder is where that data set is read from
         return folders[0] in [folder.resolve() for folder in known_folders(named[0])]
-    return folders[0] == folders[1]
+    if folders[0] == folders[1]:
+        return True
+    return all(folder.exists() for folder in folders) and os.path.samefile(*folders)  # a disk that ignores case
 
 
 def known_folders(name: str) -> List[Path]:

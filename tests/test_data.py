@@ -566,3 +566,14 @@ def test_augmenting_for_training_and_a_models_eval_transform_are_not_asked_for_t
     with pytest.raises(ValueError, match="spec= reads the images as the model sees them.*pass one"):
         data.load_dataset(root, "train", spec=spec, train_augment=True)
     assert data.load_dataset(root, "train", spec=spec)[0][0].shape == (1, 16, 16)
+
+
+def test_same_data_reads_a_folder_in_another_case_as_another_folder(tmp_path):
+    """Named data sets match in any case ("CIFAR10" is cifar10), but on a disk that tells case apart "Birds" and
+    "birds" are two data sets: a model trained on one must not be read as trained on the other (its validation
+    split would be taken from the other's images)."""
+    (tmp_path / "birds").mkdir()
+    (tmp_path / "Birds").mkdir()
+    assert data.same_data("CIFAR10", "cifar10")
+    assert data.same_data(str(tmp_path / "birds"), str(tmp_path / "birds") + "/")
+    assert not data.same_data(str(tmp_path / "birds"), str(tmp_path / "Birds"))
