@@ -618,3 +618,22 @@ def test_models_lists_the_checkpoints_that_load_and_names_one_that_does_not(tmp_
     out = capsys.readouterr().out
     assert "newer: does not load (" in out and "newer robgen" in out
     assert folder.is_dir() and ("`tiny`" if markdown else "tiny: resnet10_cifar") in out
+
+
+def test_synthesis_grids_are_outputs_that_only_overwrite_replaces(tmp_path, checkpoint, toy_data, capsys):
+    """synthesis-quality and budget-sweep checked results.json and results.md only, and drew over a folder's
+    grid_<model>.png (a figure kept from another run) without --overwrite; and a model without seeds (the default
+    --init gaussian) was found out once synthesis had begun, told to use the library's init='uniform'."""
+    kept = b"a figure from another run"
+    for command, flags in (("synthesis-quality", ["--judges", str(checkpoint)]),
+                           ("budget-sweep", ["--judge", str(checkpoint), "--data", str(toy_data)])):
+        out = tmp_path / command
+        out.mkdir()
+        (out / f"grid_{Path(checkpoint).name}.png").write_bytes(kept)
+        given = [command, "--models", str(checkpoint), *flags, "--n", "2", "--steps", "1", "--out", str(out)]
+        assert main(given) == 2
+        error = capsys.readouterr().err
+        assert "or pass --init uniform or gray" in error and "synthesising" not in error
+        assert main(given + ["--init", "uniform"]) == 2
+        assert f"already holds grid_{Path(checkpoint).name}.png" in capsys.readouterr().err
+        assert (out / f"grid_{Path(checkpoint).name}.png").read_bytes() == kept

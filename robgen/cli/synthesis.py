@@ -10,6 +10,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import List
 
 from ..files import json_text, write_text_atomically
 from .common import (
@@ -132,7 +133,6 @@ def command_synthesize(args) -> int:
     from ..plots import image_grid
     from ..progress import progress_bar
     from ..synthesis import sgld_sample, synthesize
-    from ..synthesis.seeds import load_seeds
     from ..synthesis.sgld import DEFAULT_STEP_SIZE as SGLD_STEP_SIZE
 
     device = pick_device(args.device)
@@ -156,11 +156,8 @@ def command_synthesize(args) -> int:
                          "ascent's, --noise is sgld's): leave it out")
     step_size = SGLD_STEP_SIZE if args.method == "sgld" and args.step_size is None else args.step_size  # 0 refused
     init = args.init.lower() if args.init.lower() in ("gaussian", "uniform", "gray") else args.init
-    if init == "gaussian":  # the seeds: here, before any work, and in the command's words
-        try:
-            load_seeds(model, instead="or pass --init uniform or gray")
-        except (FileNotFoundError, ValueError) as error:
-            raise UsageError(str(error)) from None
+    if init == "gaussian":
+        require_seeds([model])
     if init not in ("gaussian", "uniform", "gray"):
         if not Path(init).is_file():
             raise UsageError(f"--init {init}: neither gaussian, uniform, gray nor an image file")
@@ -242,6 +239,24 @@ def command_gradmap(args) -> int:
     return 0
 
 
+def require_seeds(models) -> None:
+    """Every model's seed distribution (the default --init gaussian draws from it), here, before any work, and in the
+    command's words."""
+    from ..synthesis import load_seeds
+
+    for model in models:
+        try:
+            load_seeds(model, instead="or pass --init uniform or gray")
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(str(error)) from None
+
+
+def grid_files(generators) -> List[str]:
+    """The sample grids `synthesis-quality` and `budget-sweep` write, one per generator: outputs like results.json,
+    which --overwrite alone replaces."""
+    return [f"grid_{name}.png" for name in generators]
+
+
 def command_synthesis_quality(args) -> int:
     from ..plots import image_grid
     from ..synthesis.quality import measure_quality, quality_markdown
@@ -251,7 +266,9 @@ def command_synthesis_quality(args) -> int:
     loaded = {name: open_model(args, device, name) for name in dict.fromkeys(args.models + args.judges)}
     generators = {key: loaded[name] for key, name in generator_names.items()}
     judges = {key: loaded[name] for key, name in judge_names.items()}
-    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])
+    if args.init == "gaussian":
+        require_seeds(generators.values())
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md", *grid_files(generators)])
     started = time.perf_counter()
     try:
         result = measure_quality(generators, judges, n=args.n, seed=args.seed, steps=args.steps, eps=args.eps,
@@ -260,7 +277,7 @@ def command_synthesis_quality(args) -> int:
         raise UsageError(str(error)) from None
     for name, grid in result.pop("samples").items():
         labels = next(iter(generators.values())).spec.class_labels
-        image_grid(grid[:, : args.grid_columns], out / f"grid_{name}.png", row_labels=labels)
+        image_grid(grid[:, : args.grid_columns], out / grid_files([name])[0], row_labels=labels)
     result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
                   wall_seconds=time.perf_counter() - started, device=str(device))
     write_text_atomically(out / "results.json", json_text(result))
@@ -282,7 +299,9 @@ def command_budget_sweep(args) -> int:
     candidates = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
     reference = Path(args.reference).name if args.reference else next(iter(candidates))
     judge = open_model(args, device, args.judge)
-    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md"])
+    if args.init == "gaussian":
+        require_seeds(candidates.values())
+    out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md", *grid_files(candidates)])
     started = time.perf_counter()
     try:
         spec = candidates[reference].spec if reference in candidates else next(iter(candidates.values())).spec
@@ -296,7 +315,7 @@ def command_budget_sweep(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     for name, grid in result.pop("samples").items():
-        image_grid(grid[:, : args.grid_columns], out / f"grid_{name}.png", row_labels=spec.class_labels)
+        image_grid(grid[:, : args.grid_columns], out / grid_files([name])[0], row_labels=spec.class_labels)
     result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
                   data=str(args.data), wall_seconds=time.perf_counter() - started, device=str(device))
     write_text_atomically(out / "results.json", json_text(result))
