@@ -523,3 +523,42 @@ def test_making_a_copy_leaves_the_batch_norm_statistics_alone(bn_model, batch):
     assert norm.training and not bn_model.training, "the caller's modes are kept"
     assert inference_graph(bn_model, example=x) is not bn_model, "the copy agreed with the eval-mode model"
     assert ((fused - plain).abs() > 1e-6).double().mean() < 0.01
+
+
+def test_attacks_synthesis_and_gradient_maps_run_inside_inference_mode_and_leave_no_broken_copy(bn_model, batch):
+    """Inside torch.inference_mode() (as an app may serve requests) an attack failed with torch's "element 0 of
+    tensors does not require grad", after caching a fused copy made of inference tensors: every later attack and
+    synthesis on that model, in any mode, then failed ("Inference tensors cannot be saved for backward")."""
+    from robgen.attacks import APGD
+    from robgen.synthesis import input_gradient, sgld_sample, synthesize
+
+    x, y = batch
+    clear_fusion_cache(bn_model)
+    expected = PGD(bn_model, eps=8 / 255, steps=3, generator=torch.Generator().manual_seed(0))(x, y)
+    clear_fusion_cache(bn_model)
+    with torch.inference_mode():
+        inside = PGD(bn_model, eps=8 / 255, steps=3, generator=torch.Generator().manual_seed(0))(x.clone(), y.clone())
+        apgd = APGD(bn_model, eps=8 / 255, steps=3, generator=torch.Generator().manual_seed(0))(x.clone(), y.clone())
+        gradient = input_gradient(bn_model, x.clone(), y.clone())
+        drawn = synthesize(bn_model, 1, 2, steps=2, init="uniform", generator=torch.Generator().manual_seed(0))
+        sampled = sgld_sample(bn_model, 1, 2, steps=2, init="uniform", generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(inside, expected, atol=1e-6)
+    assert (apgd - x).abs().max() <= 8 / 255 + 1e-6 and gradient.abs().sum() > 0
+    # a reject option whose score is an inner ascent, and an adaptive attack on it, likewise
+    from robgen.attacks.adaptive import KPlusOnePGD
+    from robgen.detection.defended import DefendedClassifier
+    from robgen.detection.reject import make_reject_option
+
+    option = make_reject_option("robust-margin", radius=2 / 255, steps=2).calibrate(bn_model, x)
+    defended = DefendedClassifier(bn_model, option)
+    with torch.no_grad():
+        scores = defended.score(x)
+    with torch.inference_mode():
+        assert torch.allclose(defended.score(x.clone()), scores, atol=1e-5)
+        evading = KPlusOnePGD(defended, eps=8 / 255, steps=2, generator=torch.Generator().manual_seed(0))(x.clone(), y)
+    assert (evading - x).abs().max() <= 8 / 255 + 1e-6
+    assert drawn.shape == sampled.shape == (2, 3, 32, 32)
+    graph = inference_graph(bn_model, example=x)
+    assert graph is not bn_model and not any(p.is_inference() for p in graph.parameters())
+    after = PGD(bn_model, eps=8 / 255, steps=3, generator=torch.Generator().manual_seed(0))(x, y)  # normal mode
+    assert torch.allclose(after, expected, atol=1e-6)

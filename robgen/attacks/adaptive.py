@@ -39,6 +39,7 @@ from ..checks import check_labels, check_positive, check_steps
 from ..energy import classification_margin
 from ..engine import make_constraint, projected_gradient_ascent
 from ..engine.apgd import auto_projected_gradient_ascent
+from ..engine.autograd import outside_inference_mode
 from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_dtype, pixels_for
 from .evasion import DefendedOutputs, EvasionTracker, Outputs, check_defended
@@ -145,6 +146,7 @@ class AdaptiveAttack:
         self.restarts = check_steps(restarts, "restarts")
         self.random_start, self.generator = bool(random_start), generator
 
+    @outside_inference_mode
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per image, the first evading point found (misclassified and accepted), else the final iterate."""
         x, y = self._check_inputs(x, y)

@@ -22,6 +22,7 @@ import torch
 from ..checks import check_labels, check_positive, check_steps
 from ..progress import step_reporter
 from ..engine import Objective, Trace, TraceRecorder, make_constraint, projected_gradient_ascent
+from ..engine.autograd import outside_inference_mode
 from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_dtype, pixels_for
 from .objectives import cross_entropy, negative_cross_entropy
@@ -102,6 +103,7 @@ class Attack:
             return lambda logits: negative_cross_entropy(logits, target)
         return lambda logits: cross_entropy(logits, labels)
 
+    @outside_inference_mode
     def __call__(
         self,
         x: torch.Tensor,

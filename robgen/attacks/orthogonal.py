@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..energy import classification_margin
+from ..engine.autograd import gradient_mode, recordable
 from ..engine.constraints import finite_gradient, unit_direction
 from .adaptive import AdaptiveAttack, _loss
 from .evasion import DefendedOutputs
@@ -68,8 +69,8 @@ class OrthogonalPGD(AdaptiveAttack):
         per_image = (-1,) + (1,) * (x.ndim - 1)
         x_k = self.constraint.random_start(x, self.generator) if self._starts_random(restart) else x.clone()
         for step in range(self.steps):
-            with torch.enable_grad():
-                x_k.requires_grad_(True)
+            with gradient_mode():
+                x_k = recordable(x_k).requires_grad_(True)
                 outputs = model(x_k)
                 (toward_class,) = torch.autograd.grad(classification(outputs.logits, y).sum(), x_k, retain_graph=True)
                 (toward_accept,) = torch.autograd.grad((-outputs.score).sum(), x_k, allow_unused=True)

@@ -35,6 +35,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from ..engine.autograd import gradient_mode, recordable
 from ..models.state import eval_mode, model_device, model_dtype, widened
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,11 @@ class LogisticRegression:
 
     def fit(self, negatives: torch.Tensor, positives: torch.Tensor, steps: int = 500) -> "LogisticRegression":
         """Fit on feature rows of negatives (label 0: clean) and positives (label 1: adversarial)."""
-        x = torch.cat([negatives, positives]).detach().double()  # the fit differentiates its weights only
+        with gradient_mode():  # also inside the caller's torch.no_grad() or torch.inference_mode()
+            return self._fit(recordable(negatives), recordable(positives), steps)
+
+    def _fit(self, negatives: torch.Tensor, positives: torch.Tensor, steps: int) -> "LogisticRegression":
+        x = torch.cat([negatives, positives]).double()  # the fit differentiates its weights only
         y = torch.cat([torch.zeros(len(negatives)), torch.ones(len(positives))]).double()
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-12)
         x = (x - self.mean) / self.std

@@ -71,6 +71,7 @@ import torch
 from ..checks import check_positive, check_steps
 from ..energy import class_energy, classification_margin, energy
 from ..engine import LinfBall, projected_gradient_ascent
+from ..engine.autograd import outside_inference_mode
 from ..models.fingerprint import model_fingerprint
 from ..models.state import eval_mode
 from .baselines import MahalanobisScorer, penultimate_features
@@ -292,6 +293,7 @@ class RobustMarginReject(_HighStatisticReject):
             raise ValueError(f"robust-margin's inner steps: {error}") from None
         self.passes_per_score = self.steps + 1
 
+    @outside_inference_mode  # its inner ascent differentiates, also when scoring inside torch.inference_mode()
     def values(self, logits, features=None, inputs=None, network=None):
         predicted = logits.detach().argmax(1)
         worst = projected_gradient_ascent(network, inputs.detach(),

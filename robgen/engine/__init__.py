@@ -8,6 +8,8 @@ they differ only in the objective they ascend and the set they stay in.
 - trace.py: `Trace`, `TraceRecorder` (per-step energy, accuracy, loss)
 - random.py: draws from a caller's `torch.Generator` on its own device
 - fused.py: `inference_graph`, the batch-norm-folded, channels-last copy that attacks and synthesis run
+- autograd.py: `outside_inference_mode`, `gradient_mode`: input gradients also inside the caller's no_grad or
+  inference mode
 """
 
 from .fused import clear_fusion_cache, fusion, inference_graph, set_fusion

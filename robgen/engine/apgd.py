@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .autograd import gradient_mode, outside_inference_mode, recordable
 from .loop import Objective
 
 
@@ -34,6 +35,7 @@ def _checkpoint_windows(steps: int):
         window = max(window - shrink, shortest)
 
 
+@outside_inference_mode
 def auto_projected_gradient_ascent(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -62,8 +64,8 @@ def auto_projected_gradient_ascent(
     per_image = (x.shape[0],) + (1,) * (x.ndim - 1)
 
     def evaluate(step: int, point: torch.Tensor):
-        with torch.enable_grad():  # also when the caller is inside torch.no_grad()
-            point = point.detach().requires_grad_(True)
+        with gradient_mode():  # also when the caller is inside torch.no_grad() or torch.inference_mode()
+            point = recordable(point).requires_grad_(True)
             outputs = model(point)
             values = objective(outputs)
             (grad,) = torch.autograd.grad(values.sum(), point)

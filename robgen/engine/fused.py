@@ -81,6 +81,7 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..models.state import LOW_PRECISION, CastInputs, eval_mode, has_hooks, model_dtype
+from .autograd import recordable
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +391,8 @@ def _building() -> set:
 def _build(model: nn.Module, example: torch.Tensor) -> Optional[nn.Module]:
     started = time.perf_counter()
     try:
-        graph = fused_copy(model, example)
+        with torch.inference_mode(False):  # a copy made in the caller's inference mode would hold inference
+            graph = fused_copy(model, recordable(example))  # tensors: no later attack could differentiate it
     except Exception as error:  # a model that cannot be run on the example, or a folding that changes it
         logger.info("%s cannot be fused (%s: %s); attacks run it unfused", type(model).__name__,
                     type(error).__name__, error)

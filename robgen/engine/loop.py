@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .autograd import gradient_mode, outside_inference_mode, recordable
 from .trace import TraceRecorder
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 Objective = Callable[[torch.Tensor], torch.Tensor]  # logits (N, K) -> per-example values (N,)
 
 
+@outside_inference_mode
 def projected_gradient_ascent(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -56,8 +58,8 @@ def projected_gradient_ascent(
     x = x.detach()
     x_adv = constraint.random_start(x, generator) if random_start else x.clone()
     for step in range(steps):
-        with torch.enable_grad():  # also when the caller is inside torch.no_grad()
-            x_adv.requires_grad_(True)
+        with gradient_mode():  # also when the caller is inside torch.no_grad() or torch.inference_mode()
+            x_adv = recordable(x_adv).requires_grad_(True)
             logits = model(x_adv)
             loss = objective(logits)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
+from ..engine.autograd import outside_inference_mode
 from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_device, model_dtype, pixels_for
 from ..checks import check_positive, check_steps
@@ -121,6 +122,7 @@ class SynthesisSettings:
         return cls(steps, step_size, eps)
 
 
+@outside_inference_mode
 def synthesize(
     model,
     target_class,
@@ -221,6 +223,7 @@ class Translation:
         return self.path[-1]
 
 
+@outside_inference_mode
 def translate(
     model,
     image: torch.Tensor,

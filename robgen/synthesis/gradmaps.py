@@ -17,19 +17,22 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import labels_for
+from ..engine.autograd import gradient_mode, outside_inference_mode, recordable
 from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_device, pixels_for
 
 
+@outside_inference_mode
 def input_gradient(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """∇ₓ CE(f(x), y) for each image (y: the given labels, or the model's own predictions).
 
     Taken as the attacks take theirs (`robgen.engine.fused.inference_graph`): a float16 or bfloat16 model is run on
     float32 pixels cast to its type with its gradient scaled per image (`CastInputs`), since in float16 alone the
     gradient of an image classified with a logit margin above about 17 is exactly 0 (a blank map)."""
-    x = pixels_for(model, x.detach().to(model_device(model)), working=True).clone().requires_grad_(True)
-    graph = inference_graph(model, example=x.detach())  # before eval_mode: a model in train mode is run as it is
-    with eval_mode(model), torch.enable_grad():
+    x = recordable(pixels_for(model, x.detach().to(model_device(model)), working=True))
+    graph = inference_graph(model, example=x)  # before eval_mode: a model in train mode is run as it is
+    with eval_mode(model), gradient_mode():
+        x = recordable(x).requires_grad_(True)
         logits = graph(x)
         y = logits.argmax(1) if labels is None else labels_for(labels, len(x), logits.shape[1], x.device, "labels")
         loss = F.cross_entropy(logits.float(), y, reduction="sum")

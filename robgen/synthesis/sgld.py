@@ -26,6 +26,7 @@ import torch
 from ..checks import check_positive, check_steps
 from ..energy import class_energy, energy
 from ..engine import Trace, TraceRecorder, random_normal
+from ..engine.autograd import gradient_mode, outside_inference_mode, recordable
 from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_device
 from ..progress import step_reporter
@@ -37,6 +38,7 @@ JEM_STEP_SIZE, JEM_NOISE = 0.25, 0.005  # JEM's recipe (step 1, noise 0.01 on [-
 DEFAULT_STEP_SIZE, DEFAULT_NOISE = 1.0, 0.01
 
 
+@outside_inference_mode
 def sgld_sample(
     model,
     target_class=None,
@@ -84,8 +86,8 @@ def sgld_sample(
     graph = inference_graph(model, example=x)  # the fused copy of an eval-mode model
     with eval_mode(model):
         for step in range(steps):
-            with torch.enable_grad():
-                x.requires_grad_(True)
+            with gradient_mode():
+                x = recordable(x).requires_grad_(True)
                 logits = graph(x)
                 energies = _energies(logits, target if conditional else None)
                 (grad,) = torch.autograd.grad(energies.sum(), x)
