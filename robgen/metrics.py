@@ -76,9 +76,9 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     - "youden": maximise Youden's J = TPR - FPR;
     - "fpr": the highest threshold whose FPR is at most `target_fpr`.
 
-    Thresholds are the energies themselves (clean and adversarial), so a
-    threshold flags every input tied with it. For "gmean" and "youden", ties of
-    the score go to the lowest threshold (fewest clean inputs flagged). For
+    The rule chooses among the energies themselves (clean and adversarial): one
+    chosen flags every input up to it, ties included. For "gmean" and "youden",
+    ties of the score go to the lowest energy (fewest clean inputs flagged). For
     "fpr", FPR only grows with the threshold, so the rule takes the last
     energy before FPR exceeds the budget (spending it, and so catching the most
     adversarial inputs it allows); when even the lowest energy would exceed
@@ -86,7 +86,12 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     new clean images of the same distribution the expected FPR can exceed it by
     up to 1/(n + 1) for n clean validation images (a review's simulation, 5% at
     n = 500: 5.14% on average), which is why every report prints the test FPR.
-    A threshold that flags nothing is returned as 1 below the lowest energy.
+    The threshold returned sits halfway between the chosen energy and the next
+    larger one, which flags the same validation inputs, so that the input at the
+    chosen energy is flagged even when its energy is computed again in another
+    precision (float32 against the float64 the detector computes from logits).
+    One that flags nothing is 1 below the lowest energy; one that flags every
+    validation input, 1 above the highest.
     """
     thresholds, a, c, n_a, n_c = _roc_counts(clean_energy, adv_energy)  # TPR = a / n_a, FPR = c / n_c
     if rule == "fpr":
@@ -104,11 +109,15 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
         else:
             raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
         best = int(torch.argmax(score))  # first maximum = lowest threshold
-    threshold = float(thresholds[best])
-    if math.isinf(threshold):  # flag nothing: sit below the lowest energy (by 1, or by one float where that is lost)
-        lowest = float(torch.min(thresholds[1:]))
-        threshold = lowest - 1.0 if lowest - 1.0 < lowest else math.nextafter(lowest, -math.inf)
-    return threshold
+    chosen = float(thresholds[best])
+    if math.isinf(chosen):  # flag nothing: sit below the lowest energy (by 1, or by one float where that is lost)
+        lowest = float(thresholds[1])
+        return lowest - 1.0 if lowest - 1.0 < lowest else math.nextafter(lowest, -math.inf)
+    if best + 1 == len(thresholds):  # flag everything: above the highest energy, likewise
+        return chosen + 1.0 if chosen + 1.0 > chosen else math.nextafter(chosen, math.inf)
+    following = float(thresholds[best + 1])
+    halfway = chosen + (following - chosen) / 2
+    return halfway if chosen <= halfway < following else chosen  # two neighbouring floats: nothing between them
 
 
 def detection_metrics(clean_energy, adv_energy, threshold: float) -> Dict[str, float]:

@@ -32,13 +32,13 @@ def test_threshold_rules_by_hand():
     clean = [1.0, 3.0, 4.0, 5.0]
     adv = [0.0, 2.0, 3.5, 6.0]
     # candidates t: (tpr, fpr): 0:(.25,0) 1:(.25,.25) 2:(.5,.25) 3:(.5,.5) 3.5:(.75,.5) 4:(.75,.75) 5:(.75,1) 6:(1,1)
-    # gmean: 0 -> .5, 2 -> sqrt(.375)=.612, 3.5 -> .612 ; first maximum (lowest) is 2
-    assert choose_threshold(clean, adv, "gmean") == 2.0
-    # youden: 0 -> .25, 2 -> .25, 3.5 -> .25 -> lowest is 0
-    assert choose_threshold(clean, adv, "youden") == 0.0
+    # gmean: 0 -> .5, 2 -> sqrt(.375)=.612, 3.5 -> .612 ; first maximum (lowest) is 2, returned halfway to 3
+    assert choose_threshold(clean, adv, "gmean") == 2.5
+    # youden: 0 -> .25, 2 -> .25, 3.5 -> .25 -> lowest is 0, halfway to 1
+    assert choose_threshold(clean, adv, "youden") == 0.5
     # fpr <= 0.25: highest tpr is at t=2 (tpr .5)
-    assert choose_threshold(clean, adv, "fpr", target_fpr=0.25) == 2.0
-    assert choose_threshold(clean, adv, "fpr", target_fpr=0.0) == 0.0
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.25) == 2.5
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.0) == 0.5
     report = detection_metrics(clean, adv, 2.0)
     assert report["detection_rate"] == 0.5 and report["false_positive_rate"] == 0.25
     assert report["false_negative_rate"] == 0.5 and report["g_mean"] == pytest.approx(math.sqrt(0.375))
@@ -261,3 +261,31 @@ def test_a_column_of_energies_is_read_as_energies_not_as_logits_of_one_class():
     flat = EnergyDetector().fit(clean, adversarial)
     assert column.threshold == flat.threshold
     assert torch.equal(column.predict(adversarial[:, None]), flat.predict(adversarial))
+
+
+def test_the_detector_flags_the_same_images_from_logits_and_from_their_float32_energies():
+    """The threshold was the energy of one validation image, computed in float64 from logits: that image's float32
+    energy (`robgen.energy`, as the README computes energies) fell on either side of it by rounding, so the
+    detector flagged differently from logits and from energies (22 of 40 seeds, a review's count)."""
+    from robgen import energy
+
+    disagreements = 0
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        clean, adversarial = torch.randn(50, 10, generator=g) * 3, torch.randn(50, 10, generator=g) * 3 - 1
+        detector = EnergyDetector(rule="gmean").fit(clean, adversarial)
+        for logits in (clean, adversarial):
+            disagreements += int((detector.predict(logits) != detector.predict(energy(logits))).sum())
+    assert disagreements == 0
+
+
+def test_a_detector_at_a_numpy_temperature_saves_and_loads(tmp_path):
+    """`temperature == "search"` was numpy's np.False_ for a numpy number, which json refused to save."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    clean, adversarial = torch.randn(20, 10, generator=g) * 3, torch.randn(20, 10, generator=g) * 3 - 1
+    detector = EnergyDetector(temperature=np.float64(2.0)).fit(clean, adversarial)
+    loaded = EnergyDetector.load(detector.save(tmp_path / "detector.json"))
+    assert loaded.temperature == 2.0 and loaded.threshold == detector.threshold
+    assert torch.equal(loaded.predict(adversarial), detector.predict(adversarial))

@@ -72,12 +72,12 @@ def test_detection_metrics_carry_intervals_around_their_rates():
 
 
 def test_fpr_rule_takes_the_highest_threshold_within_the_budget():
-    # clean 0..99, adversarial -50..-1: threshold 4 flags clean 0..4, 5 of 100 = the 5% budget exactly;
-    # a threshold of -1 (the lowest reaching full detection) would waste the budget.
+    # clean 0..99, adversarial -50..-1: energy 4 flags clean 0..4, 5 of 100 = the 5% budget exactly (the
+    # threshold sits halfway to 5); a threshold at -1 (the lowest reaching full detection) would waste the budget.
     clean = torch.arange(100, dtype=torch.float64)
     adv = torch.arange(-50, 0, dtype=torch.float64)
     threshold = choose_threshold(clean, adv, "fpr", target_fpr=0.05)
-    assert threshold == 4.0
+    assert threshold == 4.5
     report = detection_metrics(clean, adv, threshold)
     assert report["false_positive_rate"] == 0.05 and report["detection_rate"] == 1.0
 
@@ -91,13 +91,13 @@ def test_fpr_rule_flags_nothing_when_even_the_lowest_energy_is_over_budget():
 
 def test_fpr_rule_counts_tied_clean_energies_together():
     # three clean inputs share energy 1: a threshold at 1 flags them all with 0 (FPR 4/5), so any budget below
-    # 80% stops at 0.5 (FPR 1/5), the highest energy under 1
+    # 80% stops at 0.5 (FPR 1/5), the highest energy under 1 (the threshold halfway from it to 1)
     clean = [0.0, 1.0, 1.0, 1.0, 2.0]
     adv = [-1.0, 0.5, 1.0]
-    assert choose_threshold(clean, adv, "fpr", target_fpr=0.2) == 0.5
-    assert choose_threshold(clean, adv, "fpr", target_fpr=0.6) == 0.5
-    assert choose_threshold(clean, adv, "fpr", target_fpr=0.8) == 1.0
-    assert choose_threshold(clean, adv, "fpr", target_fpr=0.1) == -1.0  # the adversarial -1 alone (FPR 0)
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.2) == 0.75
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.6) == 0.75
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.8) == 1.5
+    assert choose_threshold(clean, adv, "fpr", target_fpr=0.1) == -0.5  # the adversarial -1 alone (FPR 0)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -156,7 +156,7 @@ def test_energies_given_as_lists_keep_float64_precision():
     clean, adversarial = [-10.0000001, -10.0000002], [-10.0000003, -10.0000004]
     assert auroc(clean, adversarial) == 1.0 == auroc(torch.tensor(clean, dtype=torch.float64),
                                                      torch.tensor(adversarial, dtype=torch.float64))
-    assert choose_threshold(clean, adversarial, "youden") == pytest.approx(-10.0000003, abs=1e-9)
+    assert choose_threshold(clean, adversarial, "youden") == pytest.approx(-10.00000025, abs=1e-9)
 
 
 @pytest.mark.parametrize("rule, labels, lowest_best", [
@@ -170,7 +170,7 @@ def test_tied_scores_go_to_the_lowest_threshold_exactly(rule, labels, lowest_bes
     energies = torch.arange(len(labels), dtype=torch.float64)
     adversarial = energies[[i for i, label in enumerate(labels) if label == "A"]]
     clean = energies[[i for i, label in enumerate(labels) if label == "C"]]
-    assert choose_threshold(clean, adversarial, rule) == lowest_best
+    assert choose_threshold(clean, adversarial, rule) == lowest_best + 0.5  # halfway to the next energy
 
 
 def test_energies_of_another_shape_are_refused_not_flattened():

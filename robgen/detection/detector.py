@@ -63,7 +63,7 @@ class EnergyDetector:
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
-        self.search_temperature = temperature == "search"
+        self.search_temperature = isinstance(temperature, str) and temperature == "search"  # numpy's == is np.bool_
         if not self.search_temperature:
             temperature = float(temperature)
             if not 0 < temperature < math.inf:
