@@ -500,3 +500,22 @@ def test_an_linf_eps_above_1_is_told_the_fix_that_fits_it():
         LinfBall(8)
     with pytest.raises(ValueError, match=r"give at most 1 \(= 255/255\)$"):
         LinfBall(300 / 255)
+
+
+def test_float64_images_get_float64_results_inside_the_ball(model, batch):
+    """float64 pixels (torch.from_numpy of numpy's arrays) for a float32 model came back float32, up to 4e-8
+    outside the eps ball of the images given (the ball was kept around their float32 rounding)."""
+    from robgen import FGSM, PGD, HighEnergyPGD
+
+    x, y = batch
+    x = x.double() + 1e-9 * torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = x.clamp(0, 1)
+    for attack in (PGD(model, eps=8 / 255, steps=3), FGSM(model, eps=8 / 255), HighEnergyPGD(model, eps=8 / 255, steps=3),
+                   PGD(model, eps=0.5, steps=3, norm="l2")):
+        x_adv = attack(x, y)
+        assert x_adv.dtype == torch.float64
+        if attack.norm == "linf":
+            assert (x_adv - x).abs().max() <= attack.eps
+        else:
+            assert (x_adv - x).flatten(1).norm(dim=1).max() <= attack.eps * (1 + 1e-12)
+        assert x_adv.min() >= 0 and x_adv.max() <= 1

@@ -44,6 +44,16 @@ def default_step_size(norm: str, eps: float, steps: int) -> float:
     return 2.5 * eps / steps if norm == "l2" else 1 / 255  # (no ball, "none": 1/255, as before the L2 rule)
 
 
+def in_callers_precision(x_adv: torch.Tensor, given: torch.Tensor, constraint) -> torch.Tensor:
+    """The attack's result in the type of the images it was `given`, where that is wider than the type it ran in
+    (float64 pixels for a float32 model), projected again onto the ball around them there: rounded to float32, a
+    point on the ball's edge lay up to 4e-8 outside it."""
+    if not given.is_floating_point() or torch.finfo(given.dtype).bits <= torch.finfo(x_adv.dtype).bits:
+        return x_adv
+    given = given.detach().to(x_adv.device)
+    return constraint.project(x_adv.to(given.dtype), given)
+
+
 def _never_stopping(watch: Callable) -> Callable[[int, torch.Tensor, object], bool]:
     """`watch` as an engine-loop hook that never stops the loop (the caller asked for the attack's final point)."""
     def shown(step: int, points: torch.Tensor, outputs: object) -> bool:
@@ -120,6 +130,7 @@ class Attack:
         attack runs (its fused copy, in eval mode); what it returns is ignored, the attack runs to its end. For a
         caller to whom every point the attack passes through counts (`attacks.suite.run_suite` judges each with a
         detector). Attacks that do not step through that loop (the zoo's, APGD) show it nothing."""
+        given = x
         x, y, target = self._check_inputs(x, y, target)
         recorder = TraceRecorder(y, target) if return_trace else None
         graph = inference_graph(self.model, self.fused, example=x)  # decided before eval_mode: train mode runs the model
@@ -132,6 +143,7 @@ class Attack:
                 x_adv = self.perturb(x, y, target, recorder, step_reporter(progress, type(self).__name__))
             finally:
                 self._graph = self._watch = None
+        x_adv = in_callers_precision(x_adv, given, self.constraint)
         if return_trace:
             return x_adv, recorder.finish()
         return x_adv
