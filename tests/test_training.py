@@ -317,6 +317,33 @@ def test_overwrite_removes_the_old_runs_files_only_after_its_checks_pass(toy_dat
     assert "label_smoothing is a probability" in capsys.readouterr().err
 
 
+def test_overwrite_removes_the_runs_own_files_in_best_and_epochs_and_a_lone_log_is_not_appended_to(toy_data, tmp_path,
+                                                                                                   capsys):
+    """--overwrite removed best/ and epochs/ whole, a user's files in them too; and a folder holding a log.jsonl
+    but no checkpoint took a new run without --overwrite, which added its lines to that log."""
+    from robgen.cli import main
+
+    out = tmp_path / "run"
+    train(config(toy_data, mode="fast", attack_steps=1, epochs=2, snapshot_every=1), out, progress=False)
+    (out / "best" / "photo.txt").write_text("mine")
+    (out / "epochs" / "my-notes.txt").write_text("mine")
+    (out / "epochs" / "epoch-001" / "plot.png").write_bytes(b"mine")
+    flags = ["train", "--arch", "resnet10_cifar", "--width", "4", "--epochs", "1", "--batch-size", "16",
+             "--val-size", "32", "--eval-subset", "16", "--eval-steps", "1", "--data", str(toy_data)]
+    assert main(flags + ["--out", str(out), "--overwrite"]) == 0
+    left = sorted(str(path.relative_to(out)) for path in out.rglob("*"))
+    assert left == ["best", "best/photo.txt", "config.json", "epochs", "epochs/epoch-001", "epochs/epoch-001/plot.png",
+                    "epochs/my-notes.txt", "log.jsonl", "model.safetensors", "trainer_state.pt"], left
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "log.jsonl").write_text('{"my": "experiment notes"}\n')
+    assert main(flags + ["--out", str(notes)]) == 2
+    assert "already holds log.jsonl of a training run" in capsys.readouterr().err
+    assert (notes / "log.jsonl").read_text() == '{"my": "experiment notes"}\n'
+    with pytest.raises(ValueError, match="already holds log.jsonl of a training run"):
+        train(config(toy_data, epochs=1), notes, progress=False)
+
+
 def test_fine_tuning_starts_from_the_given_checkpoint(toy_data, tmp_path):
     base = train(config(toy_data, epochs=1), tmp_path / "base", progress=False)
     # one epoch at a tiny learning rate: the tuned weights stay far closer to the base than a fresh start's
@@ -864,7 +891,8 @@ def test_a_folder_holding_a_run_is_refused_to_a_python_caller_unless_resumed_or_
     lines, so load_model(out / "best") gave the earlier model."""
     out = tmp_path / "run"
     train(config(toy_data, epochs=1), out, progress=False)
-    with pytest.raises(ValueError, match="already holds a checkpoint: resume=True to continue it, overwrite=True"):
+    with pytest.raises(ValueError, match="already holds config.json, trainer_state.pt, log.jsonl of a training run: "
+                                         "resume=True to continue it, overwrite=True"):
         train(config(toy_data, epochs=1, mode="quasi"), out, progress=False)
     assert json.loads((out / "config.json").read_text())["training"]["config"]["mode"] == "standard"
 

@@ -137,6 +137,7 @@ def epoch_list(text: str) -> tuple:
 
 def command_train(args) -> int:
     from ..training import TrainConfig, train
+    from ..training.checkpointing import earlier_run
 
     try:
         config = TrainConfig(
@@ -156,8 +157,10 @@ def command_train(args) -> int:
         raise UsageError(str(error)) from None
     out = Path(args.out)
     check_writable_folder(out)
-    if not args.resume and (out / "config.json").exists() and not args.overwrite:
-        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite to start again")
+    earlier = [] if args.resume or args.overwrite else earlier_run(out)
+    if earlier:
+        raise UsageError(f"{out} already holds {', '.join(earlier)} of a training run; pass --resume to continue it "
+                         "or --overwrite to start again, or choose another --out")
     device = pick_device(args.device)
     try:
         model = train(config, out, data_root=args.data_root, resume=args.resume, device=device,

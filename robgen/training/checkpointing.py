@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import List
 
 import torch
 
@@ -35,15 +36,43 @@ SNAPSHOT_DIR = "epochs"  # every `snapshot_every`-th epoch's checkpoint: epochs/
 LOG_FILE = "log.jsonl"
 
 
+def earlier_run(out_dir: Path) -> List[str]:
+    """The files and folders of a training run that `out_dir` already holds (a new run there would mix its log
+    lines, best/ and snapshots with them): empty where none."""
+    return [name for name in (CONFIG_FILE, STATE_FILE, LOG_FILE, BEST_DIR, SNAPSHOT_DIR) if (Path(out_dir) / name).exists()]
+
+
 def clear_run(out_dir: Path) -> None:
     """Remove what an earlier run left in `out_dir` (`train --overwrite`): its checkpoint, trainer state, log,
-    best/ and epoch snapshots, and the files fitted to its weights (detector.json, seeds.safetensors), which
-    would otherwise be read as the new model's. Other files are left alone."""
-    for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, LOG_FILE, *COMPANION_FILES):
+    best/ and epoch snapshots (epochs/epoch-NNN/), and the files fitted to its weights (detector.json,
+    seeds.safetensors), which would otherwise be read as the new model's. Other files are left alone, in best/ and
+    epochs/ too (those folders are removed only once empty)."""
+    for name in (STATE_FILE, LOG_FILE):
         (out_dir / name).unlink(missing_ok=True)
-    for name in (BEST_DIR, SNAPSHOT_DIR):
-        if (out_dir / name).is_dir():
-            shutil.rmtree(out_dir / name)
+    _remove_checkpoint(out_dir, keep_folder=True)
+    _remove_checkpoint(out_dir / BEST_DIR)
+    snapshots = out_dir / SNAPSHOT_DIR
+    if snapshots.is_dir():
+        for folder in snapshots.iterdir():
+            if folder.is_dir() and re.fullmatch(r"epoch-\d{3,}", folder.name):
+                _remove_checkpoint(folder)
+        _remove_if_empty(snapshots)
+
+
+def _remove_checkpoint(folder: Path, keep_folder: bool = False) -> None:
+    """A checkpoint's files in `folder` (weights, config and what was fitted to them); the folder too if that
+    leaves it empty, unless `keep_folder`."""
+    if not folder.is_dir():
+        return
+    for name in (CONFIG_FILE, WEIGHTS_FILE, *COMPANION_FILES):
+        (folder / name).unlink(missing_ok=True)
+    if not keep_folder:
+        _remove_if_empty(folder)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def snapshot_folder(out_dir: Path, epoch: int) -> Path:

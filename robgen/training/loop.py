@@ -62,10 +62,11 @@ def train(
     RNG from `config.seed`, so the same config gives the same model.
     """
     out_dir = Path(out_dir)
-    if not resume and not overwrite and (out_dir / checkpointing.CONFIG_FILE).exists():  # the CLI's check, for
-        # Python callers too: a second run there kept the first's best/, snapshots and log lines beside its own
-        raise ValueError(f"{out_dir} already holds a checkpoint: resume=True to continue it, overwrite=True to "
-                         "start again, or another folder")
+    earlier = [] if resume or overwrite else checkpointing.earlier_run(out_dir)
+    if earlier:  # the CLI's check, for Python callers too: a second run there kept the first's best/, snapshots
+        # and log lines beside its own (a log.jsonl alone, without a checkpoint, had the new run's lines added)
+        raise ValueError(f"{out_dir} already holds {', '.join(earlier)} of a training run: resume=True to continue "
+                         "it, overwrite=True to start again, or another folder")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = distributed.setup(device)
     # With CUDA in use, torch.manual_seed seeds every device, so every one's state is kept and given back (not only
