@@ -637,3 +637,42 @@ def test_synthesis_grids_are_outputs_that_only_overwrite_replaces(tmp_path, chec
         assert main(given + ["--init", "uniform"]) == 2
         assert f"already holds grid_{Path(checkpoint).name}.png" in capsys.readouterr().err
         assert (out / f"grid_{Path(checkpoint).name}.png").read_bytes() == kept
+
+
+def test_eval_record_into_a_folder_it_cannot_write_is_refused_before_evaluating(tmp_path, toy_data, capsys,
+                                                                                  monkeypatch):
+    """A read-only checkpoint folder ran the whole evaluation, then failed with a PermissionError traceback."""
+    import os
+
+    import robgen
+    import robgen.evaluation
+    from conftest import tiny_model
+
+    folder = robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "four")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode))
+    evaluated = []
+    monkeypatch.setattr(robgen.evaluation, "evaluate_robustness", lambda *a, **k: evaluated.append(1))
+    config = (folder / "config.json").read_bytes()
+    assert main(["eval", "--model", str(folder), "--data", str(toy_data), "--steps", "1", "--limit", "8",
+                 "--record"]) == 2
+    assert f"--record writes into {folder / 'config.json'}, but {folder} is not writable" in capsys.readouterr().err
+    assert evaluated == [] and (folder / "config.json").read_bytes() == config
+
+
+def test_detect_turns_the_experiments_refusal_into_a_clear_error(toy_data, tmp_path, capsys, monkeypatch):
+    """detect let the experiment's ValueError (e.g. "the attack changed none of the images ... raise --eps") out as a
+    traceback, where fit-detector, zoo and reproduce print it as an error."""
+    import robgen.experiments.pipeline as pipeline
+
+    def refuses(*args, **kwargs):
+        raise ValueError("the attack changed none of the 4 images, so there is nothing to fit a detector on")
+
+    import robgen
+    from conftest import tiny_model
+
+    monkeypatch.setattr(pipeline, "detection_experiment", refuses)
+    four = robgen.save_checkpoint(tiny_model(num_classes=4), tmp_path / "four")
+    assert main(["detect", "--model", str(four), "--data", str(toy_data), "--val-size", "4", "--limit", "4",
+                 "--steps", "1", "--out", str(tmp_path / "d")]) == 2
+    assert "error: the attack changed none of the 4 images" in capsys.readouterr().err

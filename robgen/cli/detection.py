@@ -114,8 +114,12 @@ def command_detect(args) -> int:
     attack = build_attack(args, model, device)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["detector.json", "metrics.json"])
     started = time.perf_counter()
-    result = detection_experiment(model, splits, attack, rule=args.rule, temperature=temperature,
-                                  temperatures=args.temperatures, target_fpr=args.target_fpr, batch_size=args.batch_size, workers=args.workers)
+    try:  # e.g. an attack that changed none of the images: nothing to fit a detector on (says what to change)
+        result = detection_experiment(model, splits, attack, rule=args.rule, temperature=temperature,
+                                      temperatures=args.temperatures, target_fpr=args.target_fpr,
+                                      batch_size=args.batch_size, workers=args.workers)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
     detector, metrics = result.detector.bind(model), result.report
     metrics.update(model=model.spec.source, seconds=time.perf_counter() - started, device=str(device))
     detector.save(out / "detector.json")

@@ -184,6 +184,9 @@ def command_eval(args) -> int:
     folder = model_folder(model)
     if args.record and folder is None:  # refused before the evaluation, not after it
         raise UsageError("--record writes into a local checkpoint folder's config.json; this model is not one")
+    if args.record and not os.access(folder, os.W_OK | os.X_OK):  # written (atomically: a file beside it) at the end
+        raise UsageError(f"--record writes into {folder / CONFIG_FILE}, but {folder} is not writable by this user: "
+                         "copy the checkpoint folder somewhere writable, or keep the result apart with --out FILE")
     if args.out is not None and (Path(args.out).is_dir() or args.out.endswith(("/", os.sep))):
         raise UsageError(f"--out names a file to write the result to; {args.out} is a folder")
     if args.out is not None and Path(args.out).exists() and not args.overwrite:
