@@ -936,3 +936,18 @@ def test_a_recipe_takes_numpys_numbers_and_refuses_what_it_cannot_train_with(toy
                       (dict(eps=300 / 255), r"give at most 1 \(= 255/255\)")):
         with pytest.raises(ValueError, match=says):
             config(toy_data, **bad)
+
+
+def test_an_architecture_that_does_not_take_a_width_is_refused_with_the_recipe(toy_data, tmp_path, capsys):
+    """train --arch resnet18 --width 32 loaded the data (channel statistics over 5,000 images), then failed with
+    timm's TypeError as a traceback ("ResNet.__init__() got an unexpected keyword argument 'width'")."""
+    from robgen.cli import main
+
+    with pytest.raises(ValueError, match="the architecture 'resnet18' does not take width=32"):
+        TrainConfig(architecture="resnet18", width=32)
+    with pytest.raises(ValueError, match="unknown architecture 'resnet_nope'"):
+        TrainConfig(architecture="resnet_nope")
+    assert TrainConfig(architecture="resnet10_cifar", width=8).width == 8
+    assert main(["train", "--data", str(toy_data), "--arch", "resnet18", "--width", "32", "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "does not take width=32" in capsys.readouterr().err and not (tmp_path / "run").exists()

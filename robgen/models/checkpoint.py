@@ -192,13 +192,36 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
     """An untrained network of the spec's architecture (from timm's registry)."""
+    check_architecture(spec.architecture, spec.arch_kwargs)
+    try:
+        return timm.create_model(spec.architecture, pretrained=False, num_classes=spec.num_classes,
+                                 in_chans=spec.input_size[0], **spec.arch_kwargs)
+    except TypeError as error:  # a setting the architecture does not take
+        raise ValueError(_settings_refused(spec.architecture, spec.arch_kwargs, error)) from None
+
+
+def check_architecture(architecture: str, arch_kwargs: Optional[dict] = None) -> None:
+    """Refuse, before any work, an architecture not in timm's registry or settings it does not take (`width`, which
+    robgen's CIFAR and Imagenette ResNets take and timm's own do not): built on the meta device, no memory."""
     from . import resnets  # noqa: F401  (registers robgen's architectures with timm)
 
-    if not timm.is_model(spec.architecture):
-        raise ValueError(f"unknown architecture {spec.architecture!r}: it is not in timm's registry")
-    return timm.create_model(
-        spec.architecture, pretrained=False, num_classes=spec.num_classes, in_chans=spec.input_size[0], **spec.arch_kwargs
-    )
+    if not timm.is_model(architecture):
+        raise ValueError(f"unknown architecture {architecture!r}: it is not in timm's registry")
+    if not arch_kwargs:
+        return
+    try:
+        with torch.device("meta"):
+            timm.create_model(architecture, pretrained=False, **arch_kwargs)
+    except TypeError as error:
+        raise ValueError(_settings_refused(architecture, arch_kwargs, error)) from None
+    except Exception:  # anything else the meta device cannot build: the real build will say
+        pass
+
+
+def _settings_refused(architecture: str, arch_kwargs: dict, error: Exception) -> str:
+    given = ", ".join(f"{name}={value!r}" for name, value in arch_kwargs.items())
+    return (f"the architecture {architecture!r} does not take {given} ({error}): leave it out (--width sizes "
+            "robgen's ResNets, e.g. resnet10_cifar and resnet10_imagenette)")
 
 
 def load_weights(net: torch.nn.Module, state: dict, where: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Optional, Sequence, Tuple
 
 from .. import data as datasets
+from ..models.checkpoint import check_architecture
 
 MODES = ("standard", "pgd", "fast", "quasi", "reject", "trades", "weat")
 MULTI_STEP_MODES = ("pgd", "reject", "trades", "weat")  # the modes whose training attack takes `attack_steps` steps
@@ -135,6 +136,8 @@ class TrainConfig:
             raise ValueError(f"crop_pct must be in (0, 1] (1: no margin, 0.875: ImageNet's), got {self.crop_pct}")
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}: choose from {', '.join(MODES)}")
+        if self.init_from is None:  # before the data load (channel statistics over 5,000 images), not after it
+            check_architecture(self.architecture, {"width": self.width} if self.width is not None else None)
         quasi = self.mode == "quasi"
         if self.norm is None:  # an eps alone is L-inf, as it always was (the shipped quasi models: L-inf 2/255)
             self.norm = QUASI_NORM if quasi and self.eps is None else "linf"
