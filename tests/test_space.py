@@ -185,3 +185,16 @@ def test_render_writes_over_no_file_without_overwrite_and_refuses_a_folder(tmp_p
     assert "exists: choose another --out, or pass --overwrite" in capsys.readouterr().err
     assert space.main(["render", "--out", str(tmp_path)]) == 2 and "is a folder" in capsys.readouterr().err
     assert space.main(["render", "--out", str(notes), "--overwrite"]) == 0 and notes.read_text().startswith("---")
+
+
+def test_a_space_yaml_that_is_not_yaml_and_an_out_in_no_folder_are_clear_errors(tmp_path, capsys):
+    """A space.yaml with an unterminated quote ended in yaml's 21-frame traceback; render --out nodir/README.md
+    said "No such file or directory: 'nodir/README.md.5874-64087acc.partial'", a file the user never named."""
+    broken = tmp_path / "space.yaml"
+    broken.write_text('title: "robgen\nsdk_version: "5.0"\n')
+    assert space.main(["--config", str(broken), "render"]) == 2
+    assert f"{broken} is not valid YAML" in capsys.readouterr().err
+    missing = tmp_path / "nodir" / "README.md"
+    assert space.main(["render", "--out", str(missing)]) == 2
+    error = capsys.readouterr().err
+    assert f"its folder {missing.parent} does not exist" in error and ".partial" not in error

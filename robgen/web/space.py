@@ -77,7 +77,10 @@ class SpaceSettings:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: the Space settings live in {SPACE_FILE} at the repo root")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML ({' '.join(str(error).split())}): mend it, e.g. close a quote") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} must be a YAML mapping of settings")
         known = {name for name in cls.__dataclass_fields__}
@@ -219,7 +222,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     raise ValueError(f"--out names the file to write; {out} is a folder")
                 if out.exists() and not args.overwrite:
                     raise ValueError(f"{out} exists: choose another --out, or pass --overwrite to replace it")
-                write_text_atomically(out, text)
+                if not out.parent.is_dir():
+                    raise ValueError(f"--out {out}: its folder {out.parent} does not exist; create it or choose another")
+                try:
+                    write_text_atomically(out, text)
+                except OSError as error:
+                    raise ValueError(f"--out {out} cannot be written ({error.strerror or error}); choose another") from None
                 print(f"wrote {out}")
             else:
                 print(text, end="")
