@@ -415,8 +415,15 @@ def test_a_run_cut_before_keeping_its_detectors_continues_though_it_calibrates_a
     shutil.copy(out / STAGES / "key.json", other / STAGES / "key.json")
     args = command(checkpoint, toy_data, other)
     args[args.index("--steps") + 1] = "3"
+    from robgen.experiments import adaptive
+
+    calibrated = []  # refused before the detectors are calibrated (passes over the validation split), not after
+    real = adaptive.calibrate_detectors
+    monkeypatch.setattr(adaptive, "calibrate_detectors", lambda *a, **k: calibrated.append(1) or real(*a, **k))
     assert main(args) == 2
-    assert "holds the finished stages of another run" in capsys.readouterr().err
+    assert "holds the finished stages of another run (its settings differ: settings.steps: 2 → 3)" in \
+        capsys.readouterr().err
+    assert calibrated == []
 
 
 def test_the_progress_of_a_run_read_from_its_stages_gives_its_dara(finished, checkpoint, toy_data, tmp_path,

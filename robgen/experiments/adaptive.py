@@ -41,7 +41,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import TensorDataset
@@ -303,9 +303,7 @@ def refuse_other_stages(stage_dir: Path, run_key: dict, earlier: Optional[dict],
     None), and stages made against a detector that is neither kept in the folder nor given as the same file (a
     fresh calibration would be another detector than the stages knew)."""
     if earlier is None:
-        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
-        wanted = json.loads(json.dumps(run_key, sort_keys=True, default=str))
-        differ = sorted(k for k in set(recorded) | set(wanted) if k != "detectors" and recorded.get(k) != wanted.get(k))
+        differ = _differing_keys(json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text()), run_key)
         raise ValueError(f"{stage_dir} holds the stages of another run (its {', '.join(differ)} differ: other "
                          "settings, data, weights or code): a report can be written again only with the command, "
                          "software and model that made them")
@@ -318,6 +316,31 @@ def refuse_other_stages(stage_dir: Path, run_key: dict, earlier: Optional[dict],
         raise ValueError(f"{stage_dir}: its stages were made against detectors ({', '.join(unmatched)}) that its "
                          f"{CALIBRATION}/ folder does not hold or that were not given as the same files "
                          "(--detector-file): a report can be written again only against those detectors")
+
+
+def refuse_stages_of_another_run(stage_dir: Optional[Path], run_key: dict) -> None:
+    """For a run that attacks, without --overwrite (`replace_stale_stages`): refuse, before its detectors are
+    calibrated (passes over the whole validation split), a stage folder that another run's stages are in (other
+    settings, data, weights or code; the stage store would refuse it only after the calibration)."""
+    if stage_dir is None or not (Path(stage_dir) / stage_files.KEY_FILE).is_file():
+        return
+    try:
+        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    differ = _differing_keys(recorded, run_key)
+    details = stage_files.key_differences({k: recorded.get(k) for k in differ},
+                                          json.loads(json.dumps({k: run_key.get(k) for k in differ}, default=str)))
+    raise ValueError(f"{stage_dir} holds the finished stages of another run (its {', '.join(differ) or 'key'} "
+                     f"differ: {'; '.join(details)}): run the same command with the same software to continue it, "
+                     "or pass --overwrite to start again")
+
+
+def _differing_keys(recorded: dict, run_key: dict) -> List[str]:
+    """The entries of a stage folder's key that differ from this run's, the detectors aside (calibrated later)."""
+    wanted = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+    return sorted(k for k in set(recorded) | set(wanted) if k != "detectors" and recorded.get(k) != wanted.get(k))
 
 
 def kept_calibration(stage_dir: Optional[Path], recorded: Optional[dict], model) -> Dict[str, RejectOption]:
@@ -581,6 +604,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
     kept = kept_calibration(stage_dir, earlier, model)  # its detectors, exactly
     if report_only:  # refused before calibrating anything
         refuse_other_stages(stage_dir, run_key, earlier, kept, given)
+    elif earlier is None and not replace_stale_stages:
+        refuse_stages_of_another_run(stage_dir, run_key)
     reject = shared_calibration(calibrate_detectors(model, data, splits, settings, {**kept, **given}), given)
     pool = datasets.first(splits.validation, min(settings.match_targets, len(splits.validation)), "validation split")
     targets = datasets.load_tensors(pool)

@@ -200,7 +200,7 @@ class StageStore:
             self.replaced = [f"stages without a {KEY_FILE}"]
             self.clear()
         if recorded is not None and recorded != self.key:
-            differences = _differences(recorded, self.key)
+            differences = key_differences(recorded, self.key)
             if not replace_stale:
                 differ = sorted(k for k in set(recorded) | set(self.key) if recorded.get(k) != self.key.get(k))
                 raise ValueError(f"{self.folder} holds the finished stages of another run (its {', '.join(differ)} "
@@ -372,11 +372,11 @@ def read_stage(path: Path) -> Tuple[ModelOutputs, float]:
     return outputs, float(metadata.get("seconds", 0.0))
 
 
-def _differences(recorded, current, name: str = "") -> List[str]:
+def key_differences(recorded, current, name: str = "") -> List[str]:
     """Each leaf where two keys differ, as "name: then → now" (nested settings by their dotted names)."""
     if isinstance(recorded, dict) and isinstance(current, dict):
         return [line for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)
-                for line in _differences(recorded.get(k), current.get(k), f"{name}.{k}" if name else k)]
+                for line in key_differences(recorded.get(k), current.get(k), f"{name}.{k}" if name else k)]
     return [f"{name}: {_shown(recorded)} → {_shown(current)}"]
 
 
