@@ -20,7 +20,7 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 PARTIAL_SUFFIX = ".partial"
 _UMASK_LOCK = threading.Lock()
@@ -79,22 +79,27 @@ def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> P
     return path
 
 
-def write_together(writes: Dict[Path, Callable[[Path], None]]) -> None:
+def write_together(writes: Dict[Path, Callable[[Path], None]],
+                   before_renaming: Optional[Callable[[], None]] = None) -> None:
     """Several files that belong together (a checkpoint's weights and config): every new content is written
     to its temporary file first, and only then are they renamed, one after the other, so a failed write
-    replaces none of them."""
+    replaces none of them. `before_renaming()`: called once every content is written, just before the renames
+    (to remove files the new contents make wrong: not when a write fails). A failure anywhere leaves no
+    temporary file behind."""
     temporaries = {Path(path): partial_path(path) for path in writes}
     try:
         for path, write in writes.items():
             write(temporaries[Path(path)])
             _usual_permissions(temporaries[Path(path)])
             _flush_to_disk(temporaries[Path(path)])
+        if before_renaming is not None:
+            before_renaming()
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
     except BaseException:
         for temporary in temporaries.values():
             temporary.unlink(missing_ok=True)
         raise
-    for path, temporary in temporaries.items():
-        os.replace(temporary, path)
 
 
 def write_text_atomically(path: Union[str, Path], text: str) -> Path:

@@ -730,3 +730,37 @@ def test_loading_a_model_leaves_the_global_random_stream_as_it_was(tmp_path):
         waiting.start()
         waiting.join()
     assert acquired == [False]
+
+
+def test_a_save_that_fails_keeps_the_files_fitted_to_the_old_weights_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """A save of other weights that failed while writing still removed nothing, but one stopped while renaming left
+    a .partial file; the companions are now removed once the new files are written, just before the renames."""
+    import robgen.files
+
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "m")
+    (folder / "detector.json").write_text("{}")
+    other = tiny_model()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    real_save_file = robgen.models.checkpoint.save_file
+
+    def full_disk(state, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(robgen.models.checkpoint, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        robgen.save_checkpoint(other, folder)
+    assert (folder / "detector.json").is_file(), "the old weights are still there, and so is what was fitted to them"
+    monkeypatch.setattr(robgen.models.checkpoint, "save_file", real_save_file)
+    real_replace, calls = os.replace, []
+
+    def stopped_at_the_second_rename(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(robgen.files.os, "replace", stopped_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        robgen.save_checkpoint(other, folder)
+    assert not list(folder.glob("*.partial")) and not (folder / "detector.json").exists()

@@ -91,12 +91,15 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
     text = json.dumps(config, indent=2) + "\n"
     same = _same_weights(folder / WEIGHTS_FILE, state) and _same_reading(folder, json.loads(text))  # as saved
     stale = [folder / name for name in COMPANION_FILES if (folder / name).is_file()] if not same else []
+
+    def remove_stale() -> None:  # fitted to the model replaced: read as the new model's, they would be wrong; removed
+        for path in stale:  # once the new files are written (a failed write keeps them) and before they replace it
+            logger.warning("removed %s: it was fitted to the model whose weights or input transform were just "
+                           "replaced in %s", path.name, folder)
+            path.unlink()
+
     write_together({folder / WEIGHTS_FILE: lambda temporary: save_file(state, str(temporary)),
-                    folder / CONFIG_FILE: lambda temporary: temporary.write_text(text)})
-    for path in stale:  # fitted to the model replaced: read as the new model's, they would be wrong
-        logger.warning("removed %s: it was fitted to the model whose weights or input transform were just replaced "
-                       "in %s", path.name, folder)
-        path.unlink()
+                    folder / CONFIG_FILE: lambda temporary: temporary.write_text(text)}, before_renaming=remove_stale)
     return folder
 
 
@@ -192,12 +195,9 @@ def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.dev
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
     """An untrained network of the spec's architecture (from timm's registry)."""
-    check_architecture(spec.architecture, spec.arch_kwargs)
-    try:
-        return timm.create_model(spec.architecture, pretrained=False, num_classes=spec.num_classes,
-                                 in_chans=spec.input_size[0], **spec.arch_kwargs)
-    except TypeError as error:  # a setting the architecture does not take
-        raise ValueError(_settings_refused(spec.architecture, spec.arch_kwargs, error)) from None
+    check_architecture(spec.architecture)  # its settings: a TypeError, which each caller words (`load_checkpoint`)
+    return timm.create_model(spec.architecture, pretrained=False, num_classes=spec.num_classes,
+                             in_chans=spec.input_size[0], **spec.arch_kwargs)
 
 
 def check_architecture(architecture: str, arch_kwargs: Optional[dict] = None) -> None:
@@ -213,15 +213,11 @@ def check_architecture(architecture: str, arch_kwargs: Optional[dict] = None) ->
         with torch.device("meta"):
             timm.create_model(architecture, pretrained=False, **arch_kwargs)
     except TypeError as error:
-        raise ValueError(_settings_refused(architecture, arch_kwargs, error)) from None
+        given = ", ".join(f"{name}={value!r}" for name, value in arch_kwargs.items())
+        raise ValueError(f"the architecture {architecture!r} does not take {given} ({error}): leave it out (--width "
+                         "sizes robgen's ResNets, e.g. resnet10_cifar and resnet10_imagenette)") from None
     except Exception:  # anything else the meta device cannot build: the real build will say
         pass
-
-
-def _settings_refused(architecture: str, arch_kwargs: dict, error: Exception) -> str:
-    given = ", ".join(f"{name}={value!r}" for name, value in arch_kwargs.items())
-    return (f"the architecture {architecture!r} does not take {given} ({error}): leave it out (--width sizes "
-            "robgen's ResNets, e.g. resnet10_cifar and resnet10_imagenette)")
 
 
 def load_weights(net: torch.nn.Module, state: dict, where: str) -> None:
