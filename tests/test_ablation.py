@@ -162,7 +162,15 @@ def test_the_command_does_not_write_over_another_commands_results(tmp_path, caps
     (tmp_path / "zoo" / "results.json").write_text(json.dumps({"rows": [{"attack": "FGSM"}], "n_test": 6}))
     assert main(["ablation", "--row", "width/a=cifar10-resnet10-standard", "--data", "cifar10",
                  "--out", str(tmp_path / "zoo")]) == 2
-    assert "holds another command's results: choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert "holds another command's results (results.json): choose another --out or pass --overwrite" in \
+        capsys.readouterr().err
+    notes = tmp_path / "notes"  # a report's names with no ablation beside them: a user's results.md was replaced
+    notes.mkdir()
+    (notes / "results.md").write_text("my notes")
+    assert main(["ablation", "--row", "width/a=cifar10-resnet10-standard", "--data", "cifar10",
+                 "--out", str(notes)]) == 2
+    assert "holds another command's results (results.md)" in capsys.readouterr().err
+    assert (notes / "results.md").read_text() == "my notes"
 
 
 def test_jpeg_copies_are_the_archives_compression(toy_data):

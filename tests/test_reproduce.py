@@ -115,6 +115,11 @@ def test_bad_input_is_refused(cifar_root, tmp_path, capsys):
     (tmp_path / "c" / "results.json").write_text("{}")
     assert main(args + ["--limit", "5", "--out", str(tmp_path / "c")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "figures").mkdir()  # a folder's own figures of the reproduction's names were drawn over
+    for name in ("adaptive_lambda.png", "fig3a_energy_hist_hepgd_7steps.png"):
+        (tmp_path / "figures" / name).write_bytes(b"mine")
+    assert main(args + ["--limit", "5", "--out", str(tmp_path / "figures")]) == 2
+    assert "already holds adaptive_lambda.png, fig3a_energy_hist_hepgd_7steps.png" in capsys.readouterr().err
     refused = {  # out folder: (arguments, what the message says); g-i were refused after every attack had run
         "d": (["--hepgd-steps", "10,x"], "--hepgd-steps takes whole numbers"),
         "e": (["--lambdas", "0,-1"], "each a finite number >= 0"),
@@ -519,3 +524,16 @@ def test_table1_from_the_stages_of_a_stopped_run_is_the_reports_table1(cifar_roo
     assert 0 <= fpr["false_positive_rate_ci"][0] <= fpr["false_positive_rate"] <= fpr["false_positive_rate_ci"][1] <= 1
     with pytest.raises(SystemExit, match="no clean-val stage"):
         script.table1(tmp_path / "whole")  # a finished run keeps no stages
+
+
+def test_a_replaced_runs_figures_of_other_hepgd_step_counts_are_removed(tmp_path):
+    """--overwrite of a run with --hepgd-steps 2 by one without left its fig3a_..._2steps.png beside a report that
+    names no such run."""
+    from robgen.experiments.reproduce_report import remove_other_step_figures
+
+    for name in ("fig3a_energy_hist_hepgd.png", "fig3a_energy_hist_hepgd_2steps.png",
+                 "fig3a_energy_hist_hepgd_10steps.png", "notes.png"):
+        (tmp_path / name).write_bytes(b"png")
+    remove_other_step_figures(tmp_path, [{"main": True, "steps": 40}, {"main": False, "steps": 10}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig3a_energy_hist_hepgd.png",
+                                                           "fig3a_energy_hist_hepgd_10steps.png", "notes.png"]

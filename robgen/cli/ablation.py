@@ -37,10 +37,14 @@ def add_parsers(commands) -> None:
 
 
 def _foreign_results(out: Path) -> bool:
-    """Whether `out` holds a results.json that is not an ablation report (another command's results)."""
+    """Whether `out` holds a results.json that is not an ablation report (another command's results), or files of
+    the report's names (results.md, the figures) beside no ablation's results.json and rows."""
+    from ..experiments.ablation import ROWS
+    from ..experiments.ablation_report import REPORT_FILES
+
     path = out / "results.json"
     if not path.is_file():
-        return False
+        return not (out / ROWS).is_dir() and any((out / name).exists() for name in REPORT_FILES)
     try:
         data = json.loads(path.read_text())
     except ValueError:
@@ -51,7 +55,7 @@ def _foreign_results(out: Path) -> bool:
 
 def command_ablation(args) -> int:
     from ..experiments.ablation import ablation_rows, parse_spec, read_rows
-    from ..experiments.ablation_report import write_report
+    from ..experiments.ablation_report import REPORT_FILES, write_report
 
     try:
         specs = [parse_spec(text) for text in args.row] + [parse_spec(text, pixels=True) for text in args.pixels]
@@ -60,7 +64,8 @@ def command_ablation(args) -> int:
     out = Path(args.out)
     check_writable_folder(out)
     if _foreign_results(out) and not args.overwrite:
-        raise UsageError(f"{out}/results.json holds another command's results: choose another --out or pass "
+        held = [name for name in ("results.json", *REPORT_FILES) if (out / name).exists()]
+        raise UsageError(f"{out} holds another command's results ({', '.join(held)}): choose another --out or pass "
                          "--overwrite")
     if not specs and not read_rows(out):
         raise UsageError(f"nothing to measure and no rows in {out}/rows: give --row or --pixels")

@@ -50,6 +50,7 @@ def command_reproduce(args) -> int:
     """Under torchrun each rank attacks its share of the batches and gets every output back; rank 0 prints and writes."""
     from .. import distributed
     from ..experiments.reproduce import STAGES, ReproduceSettings, reproduce
+    from ..experiments.reproduce_report import figures_in
     from ..experiments.stages import read_back_words
 
     device = join_processes(args)
@@ -65,7 +66,8 @@ def command_reproduce(args) -> int:
         raise UsageError(str(error)) from None
     out = Path(args.out)
     created = not out.exists()
-    prepare_out_dir(out, args.overwrite, PRODUCTS)  # on every rank, so that a refusal stops them all
+    # on every rank, so that a refusal stops them all; the figures too (a folder's own figure was drawn over)
+    prepare_out_dir(out, args.overwrite, PRODUCTS + (figures_in(out) if out.is_dir() else []))
     stage_dir = out / STAGES  # an interrupted run's finished attacks: the same command continues it
     if stage_dir.is_dir() and distributed.is_main():
         print(f"{stage_dir} holds the finished stages of an interrupted run: those of this same run (settings, "

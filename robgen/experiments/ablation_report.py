@@ -248,6 +248,9 @@ def settings_differ(first: dict, second: dict) -> List[str]:
     return sorted(name for name in names if first.get(name) != second.get(name))
 
 
+REPORT_FILES = ("results.md", "ablation.png", "ablation_epochs.png")  # beside results.json
+
+
 def write_report(records: List[dict], out_dir: Path) -> List[Path]:
     out_dir = Path(out_dir)
     rows = flat_rows(records)
@@ -260,9 +263,12 @@ def write_report(records: List[dict], out_dir: Path) -> List[Path]:
             raise ValueError(f"{out_dir}/rows holds rows measured with other settings ({', '.join(differ)} differ): "
                              "measure every row with the same --limit and --seed, or write to another --out")
     write_text_atomically(out_dir / "results.json", json_text({"settings": settings, "rows": rows}))
-    write_text_atomically(out_dir / "results.md", markdown(rows, settings))
-    written = [out_dir / "results.json", out_dir / "results.md", figure(rows, out_dir / "ablation.png")]
+    table, figure_file, epochs_file = (out_dir / name for name in REPORT_FILES)
+    write_text_atomically(table, markdown(rows, settings))
+    written = [out_dir / "results.json", table, figure(rows, figure_file)]
     curves = training_curves(rows)
     if curves:
-        written.append(epochs_figure(curves, out_dir / "ablation_epochs.png"))
+        written.append(epochs_figure(curves, epochs_file))
+    else:  # an earlier report's, of rows with training curves: not this report's
+        epochs_file.unlink(missing_ok=True)
     return written

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from .. import plots
 from ..files import json_text, write_text_atomically
@@ -18,9 +18,30 @@ def data_title(data: str) -> str:
     return DATA_TITLES.get(str(data).lower(), str(data))
 
 
+FIGURES = ("fig2a_energy_hist_pgd.png", "fig2b_energy_vs_steps_pgd.png", "fig3a_energy_hist_hepgd.png",
+           "fig3b_energy_vs_steps_hepgd.png", "adaptive_lambda.png")  # and one Fig. 3a per other HE-PGD step count:
+HEPGD_STEP_FIGURES = "fig3a_energy_hist_hepgd_*steps.png"  # `hepgd_figure_name`
+
+
 def hepgd_figure_name(run: dict) -> str:
     """Fig. 3a of one HE-PGD run: the main run's keeps the plain name, others carry their step count."""
     return "fig3a_energy_hist_hepgd.png" if run["main"] else f"fig3a_energy_hist_hepgd_{run['steps']}steps.png"
+
+
+def figures_in(folder: Path) -> List[str]:
+    """The reproduction's figures `folder` holds (outputs that only --overwrite replaces)."""
+    folder = Path(folder)
+    return [name for name in FIGURES if (folder / name).exists()] + sorted(
+        path.name for path in folder.glob(HEPGD_STEP_FIGURES))
+
+
+def remove_other_step_figures(out: Path, runs: List[dict]) -> None:
+    """Remove the Fig. 3a of HE-PGD step counts that are not among `runs`: a replaced run's (--overwrite), which
+    would stand beside a report that does not name them."""
+    drawn = {hepgd_figure_name(run) for run in runs}
+    for path in Path(out).glob(HEPGD_STEP_FIGURES):
+        if path.name not in drawn:
+            path.unlink()
 
 
 def write_report(results: dict, clean, adversarial, out: Path) -> None:
@@ -28,6 +49,7 @@ def write_report(results: dict, clean, adversarial, out: Path) -> None:
     title = data_title(results["data"])
     lam = results["settings"]["lam"]
     main = next(run for run in results["hepgd_runs"] if run["main"])
+    remove_other_step_figures(out, results["hepgd_runs"])
     plots.energy_histogram(clean["test"].energy(), adversarial["pgd-8"]["test"].energy(), out / "fig2a_energy_hist_pgd.png",
                            f"Fig. 2a ({title}): E(x), clean vs PGD 8/255")
     for run in results["hepgd_runs"]:
