@@ -676,3 +676,20 @@ def test_detect_turns_the_experiments_refusal_into_a_clear_error(toy_data, tmp_p
     assert main(["detect", "--model", str(four), "--data", str(toy_data), "--val-size", "4", "--limit", "4",
                  "--steps", "1", "--out", str(tmp_path / "d")]) == 2
     assert "error: the attack changed none of the 4 images" in capsys.readouterr().err
+
+
+def test_overwrite_removes_the_grids_of_generators_the_new_run_has_not(tmp_path, checkpoint):
+    """synthesis-quality --overwrite with other --models left the replaced run's grid_<model>.png beside results
+    that no longer name that model."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other)
+    out = tmp_path / "quality"
+    settings = ["--n", "2", "--steps", "1", "--init", "uniform", "--out", str(out)]
+    assert main(["synthesis-quality", "--models", str(checkpoint), "--judges", str(checkpoint), *settings]) == 0
+    assert (out / f"grid_{Path(checkpoint).name}.png").is_file()
+    (out / "grid_mine.png").write_bytes(b"a figure of the user's")
+    assert main(["synthesis-quality", "--models", str(other), "--judges", str(checkpoint), *settings,
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("grid_*.png")) == ["grid_mine.png", "grid_other.png"]

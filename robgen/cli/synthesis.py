@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -257,6 +258,18 @@ def grid_files(generators) -> List[str]:
     return [f"grid_{name}.png" for name in generators]
 
 
+def remove_replaced_grids(out: Path, generators) -> None:
+    """The grids of the generators a replaced run's results.json names (--overwrite) that this run has not: they
+    would stand beside results that do not name them."""
+    try:
+        replaced = json.loads((out / "results.json").read_text())
+        names = {row["generator"] for row in replaced.get("diversity", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # none, or not this command's
+        return
+    for name in grid_files(sorted(names - set(generators))):
+        (out / name).unlink(missing_ok=True)
+
+
 def command_synthesis_quality(args) -> int:
     from ..plots import image_grid
     from ..synthesis.quality import measure_quality, quality_markdown
@@ -275,6 +288,7 @@ def command_synthesis_quality(args) -> int:
                                  step_size=args.step_size, init=args.init)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
+    remove_replaced_grids(out, generators)
     for name, grid in result.pop("samples").items():
         labels = next(iter(generators.values())).spec.class_labels
         image_grid(grid[:, : args.grid_columns], out / grid_files([name])[0], row_labels=labels)
@@ -314,6 +328,7 @@ def command_budget_sweep(args) -> int:
                               init=args.init)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
+    remove_replaced_grids(out, candidates)
     for name, grid in result.pop("samples").items():
         image_grid(grid[:, : args.grid_columns], out / grid_files([name])[0], row_labels=spec.class_labels)
     result.update(settings={"steps": args.steps, "eps": args.eps, "step_size": args.step_size, "init": args.init},
