@@ -37,7 +37,9 @@ class _ReportedGraph(torch.nn.Module):
 class APGD(Attack):
     """Step-size-free PGD with momentum; `loss` is "ce" or "dlr".
 
-    Its trace holds two entries, the clean input (step 0) and the result,
+    As in AutoAttack (torchattacks runs it), an image the model already misclassifies, and one the attack does
+    not make misclassified, comes back as it was given (the clean image, not the last iterate): compare energies
+    only over the images it fooled. Its trace holds two entries, the clean input (step 0) and the result,
     since torchattacks does not expose its iterates.
 
     Example:
