@@ -2,6 +2,7 @@
 the same images, the report refusing rows of other settings, and JPEG copies as the CIFAR-10 archive made them."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -342,3 +343,16 @@ def test_paired_rows_of_both_interval_methods_are_told_apart():
     listed = [line for line in lines if line.startswith("- ")]
     assert all(line.endswith("(normal interval)") for line in listed[:-1]) and "(normal interval)" not in listed[-1]
     assert "normal interval" not in markdown(committed["rows"], committed["settings"]).split("Pixels, paired")[1]
+
+
+def test_row_files_are_strict_json_when_a_rate_is_over_no_images(tmp_path):
+    """A row whose attack succeeded on no test image kept its detection rate over the successes as a bare NaN in
+    rows/*.json, which strict readers (JavaScript's JSON.parse) refuse; results.json already wrote null."""
+    from robgen.experiments.ablation import _write
+
+    def strict(constant):
+        raise ValueError(f"non-strict constant {constant}")
+
+    _write(tmp_path / "row.json", {"rows": [{"detection_rate_successful": math.nan, "factor": "m"}]})
+    record = json.loads((tmp_path / "row.json").read_text(), parse_constant=strict)
+    assert record["rows"][0]["detection_rate_successful"] is None

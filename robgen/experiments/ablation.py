@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import data as datasets
-from ..files import write_text_atomically
+from ..files import json_text, write_text_atomically
 from ..attacks import PGD
 from ..metrics import PAIRED_INTERVAL, paired_difference_interval, rate_interval
 from ..models.state import model_device
@@ -286,7 +286,7 @@ def _measured_elsewhere(folder: Path, settings: dict, fingerprint: str) -> Optio
 
 
 def _write(path: Path, record: dict) -> None:
-    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
+    write_text_atomically(path, json_text(record))  # strict JSON: a rate over no images (NaN) is null
 
 
 def read_rows(out_dir: Path) -> List[dict]:
