@@ -156,6 +156,34 @@ def broken_entry(entry):
     return dataclasses.replace(entry, build=build)
 
 
+def idle_entry(entry):
+    """`entry` as an attack that fools nothing: every image comes back as given (torchattacks' APGD, CW and Square
+    on a model they cannot fool)."""
+    def build(*args):
+        return lambda images, labels, **kwargs: images.clone()
+    return dataclasses.replace(entry, build=build)
+
+
+def test_an_attack_that_changes_no_image_is_measured_not_reported_as_failed(toy_data, tmp_path, monkeypatch):
+    """An attack that changed no validation image had nothing to refit the detector on, and that refusal threw away
+    its measured effect: it was listed as failed, with no success rate (0 of n, a valid result)."""
+    folder = robgen.save_checkpoint(fragile_model(), tmp_path / "fragile")
+    monkeypatch.setitem(ZOO, "Square", idle_entry(ZOO["Square"]))
+    parser = argparse.ArgumentParser()
+    zoo_cli.add_parsers(parser.add_subparsers())
+    out = tmp_path / "zoo"
+    args = parser.parse_args(["zoo", "--model", str(folder), "--data", str(toy_data), "--limit", "6",
+                              "--val-size", "40", "--attacks", "Square", "--device", "cpu", "--out", str(out)])
+    assert args.run(args) == 0
+    row, = json.loads((out / "results.json").read_text())["rows"]
+    assert "error" not in row and row["n_perturbed"] == 0 and row["success_rate"]["value"] == 0
+    assert row["fitted_on_pgd40"]["detection_rate"]["n"] == 6
+    assert "changed none of the 6 images" in row["refitted"]["error"]
+    table = (out / "results.md").read_text()
+    assert "| Square |" in table.split("## What the attacks do")[1].split("##")[0]
+    assert "not fitted: the attack changed none" in table and "Attacks that failed" not in table
+
+
 def test_zoo_command_writes_a_well_formed_table(toy_data, tmp_path, monkeypatch):
     folder = robgen.save_checkpoint(fragile_model(), tmp_path / "fragile")
     monkeypatch.setitem(ZOO, "Square", broken_entry(ZOO["Square"]))

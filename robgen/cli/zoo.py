@@ -64,9 +64,12 @@ def command_zoo(args) -> int:
         if "error" in row:
             print(f"{name:>10}: failed ({row['error']})", flush=True)
             return
+        refitted = row["refitted"]
+        refit = ("no detector refitted (the attack changed no validation image)" if "error" in refitted
+                 else f"{refitted['detection_rate']['value']:.3f} (refitted)")
         print(f"{name:>10}: success {row['success_rate']['value']:.3f}, ΔE {row['delta_energy']['value']:+.3f}, "
-              f"detected {row['fitted_on_pgd40']['detection_rate']['value']:.3f} (fit on PGD-40), "
-              f"{row['refitted']['detection_rate']['value']:.3f} (refitted), {row['seconds']:.0f} s", flush=True)
+              f"detected {row['fitted_on_pgd40']['detection_rate']['value']:.3f} (fit on PGD-40), {refit}, "
+              f"{row['seconds']:.0f} s", flush=True)
 
     try:
         results = run_zoo(model, args.data, out, val_size=args.val_size, limit=args.limit, data_root=args.data_root,

@@ -196,7 +196,6 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
                "reference": entry.reference, "targeted": entry.targeted}
         try:
             adversarial, sizes, seconds, description = fit_run if name == FIT_ATTACK else run(name)
-            refit = fit_detector(clean["validation"], adversarial["validation"], settings.rule, settings.temperature)
         except Exception as error:  # an attack that fails on this model: report it and go on
             logger.warning("%s failed: %s: %s", name, type(error).__name__, error)
             row["error"] = f"{type(error).__name__}: {error}"
@@ -205,12 +204,19 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
                 on_attack(name, row)
             continue
         test = adversarial["test"]
+        try:  # on the attack's perturbed validation images: an attack that changed none has nothing to fit on,
+            # which says nothing against its measured effect (a model it cannot fool: 0 successes, as measured)
+            refit = fit_detector(clean["validation"], adversarial["validation"], settings.rule, settings.temperature)
+            refitted = detector_rates(refit, clean["test"], test)
+        except ValueError as error:
+            logger.warning("%s: no detector refitted on it: %s", name, error)
+            refitted = {"error": str(error)}
         row.update(
             attack_repr=description, seconds=seconds,
             **attack_effect(clean["test"], test, sizes["test"]),
             n_perturbed_validation=int(adversarial["validation"].perturbed_mask.sum()),
             fitted_on_pgd40=detector_rates(paper_detector, clean["test"], test),
-            refitted=detector_rates(refit, clean["test"], test),
+            refitted=refitted,
         )
         delta_energy[name] = (test.energy() - clean["test"].energy()).tolist()
         rows.append(row)

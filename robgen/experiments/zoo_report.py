@@ -137,6 +137,9 @@ def markdown_report(results: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for row in ran:
             rates = row[key]
+            if "error" in rates:  # nothing to fit on: the attack changed no validation image
+                lines.append(f"| {row['attack']} | — | — | — | — | — | not fitted: {rates['error'].replace('|', '/')} |")
+                continue
             successful = rates["detection_rate_successful"]
             lines.append(
                 f"| {row['attack']} | {_pct(rates['detection_rate'])} | {_pct(rates['false_positive_rate'])} | "
@@ -153,7 +156,7 @@ def markdown_report(results: dict) -> str:
         "- Minimum-norm attacks (CW-L2, DeepFool, FAB-L2) have no budget: compare their perturbation sizes, not "
         "only their success rates, with the bounded attacks'.",
         "- The refitted detectors are fitted on the perturbed validation images only; an attack that changed none "
-        "of them is listed with its error.",
+        "of them has none (\"not fitted\"), its effect measured all the same.",
         f"- HE-PGD ascends CE + λ·E (λ = {threat['lam']:g}): it is built to keep E(x) at the level of natural "
         "images, so a low detection rate there is the paper's Claim 4, not a bug.",
         "- Attacks: " + "; ".join(f"{row['attack']}: {row['reference']}" for row in results["rows"]) + ".",
