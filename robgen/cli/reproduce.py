@@ -87,6 +87,8 @@ def command_reproduce(args) -> int:
             if row["official_protocol"]:
                 print(f"{row['attack']:>22}: detection {row['detection_rate']:.3f}, FPR {row['false_positive_rate']:.3f}, "
                       f"AUROC {row['auroc']:.3f}")
+        for row in results.get("unfitted", []):
+            print(f"{row['attack']:>22}: no detector fitted, because {row['reason']}")
         cost = results["cost"]
         print(f"cost: {cost['forward_backward_passes']:,} forward+backward and {cost['forward_passes']:,} forward "
               f"image-passes; floor {cost['floor_seconds']:.0f} s of {cost['wall_seconds']:.0f} s wall")

@@ -399,7 +399,8 @@ def _rate(hits: torch.Tensor, among: torch.Tensor) -> float:
 
 
 def _curve(clean: ModelOutputs, adversarial: ModelOutputs, steps: int) -> dict:
-    """Energy mean/std and accuracy at FIGURE_STEPS, as the official Figs. 2b/3b.
+    """Energy mean/std and accuracy at FIGURE_STEPS up to `steps`, as the official Figs. 2b/3b, and at `steps`
+    itself (the attack's result: with --steps 1 the curve held the start alone, with 100 it stopped at 40).
 
     Step 0 is the random start (PGD with 0 steps), not the clean image; the
     clean images' energy and accuracy are kept beside it as a reference line.
@@ -409,12 +410,11 @@ def _curve(clean: ModelOutputs, adversarial: ModelOutputs, steps: int) -> dict:
     rows = {"steps": [], "energy_mean": [], "energy_std": [], "accuracy": [],
             "clean": {"energy_mean": float(energies.mean()), "energy_std": float(energies.std()),
                       "accuracy": clean.accuracy}}
-    for step in FIGURE_STEPS:
-        if step <= steps:
-            rows["steps"].append(step)
-            rows["energy_mean"].append(trace.energy_mean[step])
-            rows["energy_std"].append(trace.energy_std[step])
-            rows["accuracy"].append(trace.accuracy[step])
+    for step in sorted({step for step in FIGURE_STEPS if step <= steps} | {steps}):
+        rows["steps"].append(step)
+        rows["energy_mean"].append(trace.energy_mean[step])
+        rows["energy_std"].append(trace.energy_std[step])
+        rows["accuracy"].append(trace.accuracy[step])
     return rows
 
 

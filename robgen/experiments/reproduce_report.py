@@ -184,6 +184,8 @@ def markdown_report(results: dict) -> str:
         paper = f"{_paper(cited['detection_rate'])} / {_paper(cited.get('printed_fpr_column'))}" if cited else "—"
         lines.append(f"| {row['detector']} | {row['attack']} | {'yes' if row['needs_adversarial_training'] else 'no'} | "
                      f"{_pct_ci(row, 'detection_rate')} | {_pct_ci(row, 'false_positive_rate')} | {_auroc_ci(row)} | {paper} |")
+    for row in results.get("unfitted", []):  # the baselines are fitted on the same perturbed examples
+        lines.append(f"\nNo baseline rows for {row['attack']}, because {row['reason']} (as for Table 1).")
     lines += ["", "The energy detector needs adversarial examples only to choose its threshold (as does the Mahalanobis "
               "baseline here); LID and KD+BU train a logistic regression on them. The paper's baseline numbers are cited "
               "from Aldahdooh et al. 2022, not measured on the paper's examples; the rows here are measured on the same "
