@@ -198,12 +198,15 @@ def load_dataset(
         transform = transform or pixel_transform(image_size, train_augment)
         if split_layout(folder):
             check_split_classes(folder)
+        else:
+            refuse_splits_one_level_down(folder)
         dataset = _image_folder(split_folder(folder, split) or folder, transform)
     return dataset
 
 
-SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val"), "val": ("val", "test")}
-SPLIT_NAMES = {"train", "test", "val"}
+SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val", "valid", "validation"),
+                 "val": ("val", "valid", "validation", "test")}  # valid/: Kaggle's and Roboflow's name
+SPLIT_NAMES = {"train", "test", "val", "valid", "validation"}
 
 
 def ignored_folder(name: str) -> bool:
@@ -218,6 +221,16 @@ def split_layout(folder: Path) -> bool:
     names = ({path.name.lower() for path in folder.iterdir() if path.is_dir() and not ignored_folder(path.name)}
              if folder.is_dir() else set())
     return bool(names) and names <= SPLIT_NAMES
+
+
+def refuse_splits_one_level_down(folder: Path) -> None:
+    """Refuse a root of "class" folders one of which holds split folders (a zip unpacked one level too high:
+    wrapped/cifar10/{train,test}): its classes would be the wrapping folders, one class of every image."""
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and not ignored_folder(path.name) and split_layout(path):
+            splits = sorted(f"{split.name}/" for split in path.iterdir() if split.is_dir() and not ignored_folder(split.name))
+            raise ValueError(f"{path} holds split folders ({', '.join(splits)}), so {folder} is one level above the "
+                             f"data set: point --data at {path}")
 
 
 def split_folder(folder: Path, split: str) -> Optional[Path]:
@@ -248,7 +261,7 @@ def check_split_classes(folder: Path) -> None:
         raise ValueError(f"the split folders of {folder} hold different classes ("
                          + "; ".join(f"{name}/ lacks {', '.join(missing)}" for name, missing in lacking.items())
                          + "): labels are numbered by the sorted class folders of each split, so they would not "
-                         "match; give every split the same class folders")
+                         "match; give every split the same class folders (an archive partly unpacked: unpack it again)")
 
 
 def one_folder(name: Union[str, Path]) -> bool:
@@ -279,7 +292,8 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
 
     image_folder = data_root / key / split
     if image_folder.is_dir():
-        dataset = _image_folder(image_folder, transform)
+        check_split_classes(data_root / key)  # a partly unpacked archive: a class missing from one split shifts
+        dataset = _image_folder(image_folder, transform)  # every later label there, silently
         if key == "imagenette":
             dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
         return dataset

@@ -320,6 +320,11 @@ def test_split_folders_with_different_classes_are_refused_before_their_labels_sh
     for split in ("train", "test"):
         with pytest.raises(ValueError, match=r"hold different classes \(train/ lacks class1\)"):
             data.load_dataset(tmp_path / "split", split)
+    # the same under a named data set's own folder (a partly unpacked archive): read as cifar10, it was not checked
+    shutil.move(str(tmp_path / "split"), str(tmp_path / "cifar10"))
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match=r"hold different classes \(train/ lacks class1\).*unpack it again"):
+            data.load_dataset("cifar10", split, root=tmp_path)
 
 
 def test_a_named_data_sets_own_folder_is_that_data_set_for_its_split_and_its_model(tmp_path, monkeypatch):
@@ -371,7 +376,7 @@ def test_a_class_folder_called_train_is_a_class_and_a_missing_split_folder_is_na
     assert data.one_folder(classes) and data.class_names(data.load_dataset(classes, "train")) == ["class1", "train"]
     make_toy_image_folder(tmp_path / "half" / "train", classes=2, per_class=3)
     assert len(data.load_dataset(tmp_path / "half", "train")) == 6 and not data.one_folder(tmp_path / "half")
-    with pytest.raises(FileNotFoundError, match=r"half has train/ but no test/ or val/ for the test split"):
+    with pytest.raises(FileNotFoundError, match=r"half has train/ but no test/ or val/ or valid/ or validation/ for the test split"):
         data.load_dataset(tmp_path / "half", "test")
     capital = tmp_path / "capital"  # Train/ and Test/: taken as split folders, then not found in them (Linux)
     make_toy_image_folder(capital / "Train", classes=2, per_class=3)
@@ -577,3 +582,22 @@ def test_same_data_reads_a_folder_in_another_case_as_another_folder(tmp_path):
     assert data.same_data("CIFAR10", "cifar10")
     assert data.same_data(str(tmp_path / "birds"), str(tmp_path / "birds") + "/")
     assert not data.same_data(str(tmp_path / "birds"), str(tmp_path / "Birds"))
+
+
+def test_kaggles_valid_folder_is_a_split_and_a_data_set_one_level_down_is_refused(tmp_path):
+    """train/ valid/ test/ (Kaggle's layout) was read as a data set of three classes named after the splits, and
+    train trained a 3-class model on it; an archive unpacked one level too high was one class."""
+    from tests.conftest import make_toy_image_folder
+
+    for split, per_class in (("train", 3), ("valid", 2), ("test", 1)):
+        make_toy_image_folder(tmp_path / "kaggle" / split, per_class=per_class)
+    train, test = (data.load_dataset(tmp_path / "kaggle", split) for split in ("train", "test"))
+    assert data.class_names(train) == data.class_names(test) == [f"class{i}" for i in range(4)]
+    assert (len(train), len(test)) == (12, 4)
+    make_toy_image_folder(tmp_path / "two" / "train", per_class=3)
+    make_toy_image_folder(tmp_path / "two" / "validation", per_class=2)
+    assert len(data.load_dataset(tmp_path / "two", "test")) == 8, "validation/ serves as the test split"
+    (tmp_path / "wrapped").mkdir()
+    (tmp_path / "two").rename(tmp_path / "wrapped" / "two")
+    with pytest.raises(ValueError, match="holds split folders \\(train/, validation/\\), so .* is one level above"):
+        data.load_dataset(tmp_path / "wrapped", "train")
