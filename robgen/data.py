@@ -567,13 +567,13 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by
                          "named after its classes")
     numbers = [int(name) for name in classes] if all(name.isdigit() for name in classes) else []
     misplaced = next((i for i, (number, wanted) in enumerate(zip(numbers, sorted(numbers))) if number != wanted), None)
-    if key not in KNOWN and generic and misplaced is not None:
+    if key not in KNOWN and misplaced is not None and folders != labels:  # the model's labels named or generic
         # folders 0 ... 10 sort as text (0, 1, 10, 2, ...): the model's class i would be matched to the i-th of those
         width = max(len(name) for name in classes)
         raise ValueError(f"the class folders of {data} are numbers sorted as text ({', '.join(classes[:4])}, ...), so "
-                         f"folder {classes[misplaced]} would be scored as the model's class {misplaced}; the model's "
-                         f"labels ({spec.class_labels[0]}, ...) do not say which is which: rename the folders with "
-                         f"leading zeros ({', '.join(str(n).zfill(width) for n in sorted(numbers)[:3])}, ...)")
+                         f"folder {classes[misplaced]} would be scored as the model's class {misplaced} "
+                         f"({spec.class_labels[misplaced]}): rename the folders with leading zeros "
+                         f"({', '.join(str(n).zfill(width) for n in sorted(numbers)[:3])}, ...)")
 
 
 def train_val_split(dataset: Dataset, val_size: int, seed: int = 0) -> Tuple[Subset, Subset]:

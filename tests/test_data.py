@@ -230,6 +230,10 @@ def test_numbered_class_folders_sorted_as_text_are_refused_for_a_model_with_gene
                                            class_labels=["class 0", "class 1"]), "/photos", ["10", "9"])
     named = ModelSpec(architecture="resnet10_cifar", num_classes=11, class_labels=folders)  # trained on them
     data.check_model_matches(named, "/photos", folders)
+    # and for a model with named labels (a timm ImageNet model on val/0 ... val/999): folder 10 was its class 2
+    animals = ModelSpec(architecture="resnet10_cifar", num_classes=11, class_labels=[f"animal{i}" for i in range(11)])
+    with pytest.raises(ValueError, match=r"folder 10 would be scored as the model's class 2 \(animal2\)"):
+        data.check_model_matches(animals, "/photos", folders)
 
 
 def test_the_split_seed_is_the_one_the_models_training_recorded():
