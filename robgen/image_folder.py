@@ -27,6 +27,21 @@ def image_file(path: str, root: str) -> bool:
             and has_file_allowed_extension(path, IMAGE_EXTENSIONS))
 
 
+def refuse_loops(root: str) -> None:
+    """ValueError for a link below `root` to a folder it is in (a loop): torchvision's reader follows links, and
+    read every image under it again and again (20 images as 820, other classes' under this class's label; two such
+    links, without end). Walked without following links, so that a loop cannot hold the walk itself."""
+    for place, folders, _ in os.walk(root):
+        here = os.path.realpath(place)
+        for name in folders:
+            link = os.path.join(place, name)
+            if os.path.islink(link):
+                target = os.path.realpath(link)
+                if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                    raise ValueError(f"{link} links to {target}, a folder it is in (a loop): every image under it "
+                                     "would be read again and again, under other labels; remove the link")
+
+
 class ImageFolder(datasets.ImageFolder):
     """`<root>/<class>/<image>`, classes numbered in sorted order as torchvision numbers them, skipping the folders
     `data.ignored_folder` names and the files `image_file` refuses."""
@@ -34,6 +49,7 @@ class ImageFolder(datasets.ImageFolder):
     def __init__(self, root, transform=None, loader=None) -> None:
         kwargs = {} if loader is None else {"loader": loader}
         below = partial(image_file, root=os.path.expanduser(str(root)))  # torchvision's paths: root/class/...
+        refuse_loops(os.path.expanduser(str(root)))
         super().__init__(root, transform=transform, is_valid_file=below, **kwargs)
 
     def find_classes(self, directory):

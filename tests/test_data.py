@@ -605,3 +605,18 @@ def test_kaggles_valid_folder_is_a_split_and_a_data_set_one_level_down_is_refuse
     (tmp_path / "two").rename(tmp_path / "wrapped" / "two")
     with pytest.raises(ValueError, match="holds split folders \\(train/, validation/\\), so .* is one level above"):
         data.load_dataset(tmp_path / "wrapped", "train")
+
+
+def test_a_link_back_up_the_tree_is_refused_not_read_as_more_images(tmp_path):
+    """A link inside a class folder to the folder above made a loop: 20 images were read as 820, other classes'
+    images under the linking class's label."""
+    import os
+
+    from tests.conftest import make_toy_image_folder
+
+    root = make_toy_image_folder(tmp_path / "photos", classes=2, per_class=3)
+    os.symlink(root / "class1", root / "class0" / "more")  # a link to a folder elsewhere: its images are read
+    assert len(data.load_dataset(root, "train")) == 9
+    os.symlink("..", root / "class1" / "parent")
+    with pytest.raises(ValueError, match="class1/parent links to .*photos, a folder it is in \\(a loop\\)"):
+        data.load_dataset(root, "train")
