@@ -184,9 +184,8 @@ def attack(image, model_name, method, eps_255, steps, step_size_255, lam, target
     step_size_255, lam = within(step_size_255, STEP_SIZE_255, "step size (/255)"), within(lam, LAMBDA, "λ")
     model = cached_model(need_model(model_name))  # loaded once the numbers are known to be good
     result = tabs.attack_image(model, need_image(image), method, eps=eps_255 / 255, steps=int(steps),
-                               step_size=step_size_255 / 255, lam=lam, target=None if target in (None, "") else target,
-                               seed=seed_number(seed),
-                               progress=progress)
+                               step_size=step_size_255 / 255, lam=lam, target=target, seed=seed_number(seed),
+                               progress=progress)  # (a blank target box is no target: the handler reads it so)
     return (image_file(tabs.display(result.clean), "seen"), image_file(tabs.display(result.adversarial), "adversarial"),
             image_file(tabs.display(result.perturbation), "perturbation"), result.top_clean, result.top_adversarial,
             result.summary(), plots.trace_figure(result.trace, "energy and probability per step", result.threshold),
@@ -215,15 +214,15 @@ def detect(image, model_name):
 @friendly_errors
 def synthesize(model_name, target_class, n, steps, automatic_step_size, step_size, seed, progress=gr.Progress()):
     """`automatic_step_size` (the default) takes the library's L2 step, 2.5·eps/steps, and ignores `step_size`."""
-    gallery, trace = tabs.synthesize_gallery(cached_model(need_model(model_name)), target_class,
-                                             n=whole(n, SYNTHESIS_IMAGES, "images"),
-                                             steps=whole(steps, SYNTHESIS_STEPS, "steps"),
-                                             step_size=None if automatic_step_size else within(
-                                                 step_size, SYNTHESIS_STEP, "step size (L2)"),
-                                             seed=seed_number(seed),
+    n, steps = whole(n, SYNTHESIS_IMAGES, "images"), whole(steps, SYNTHESIS_STEPS, "steps")
+    step_size = None if automatic_step_size else within(step_size, SYNTHESIS_STEP, "step size (L2)")
+    seed = seed_number(seed)
+    model = cached_model(need_model(model_name))  # loaded once the numbers are known to be good
+    gallery, trace = tabs.synthesize_gallery(model, target_class, n=n, steps=steps, step_size=step_size, seed=seed,
                                              progress=progress)
+    label = model.spec.class_labels[model.spec.class_index(target_class)]  # as typed: "7", " Horse "
     return (gallery_files(gallery, "sample"),
-            plots.trace_figure(trace, f"synthesising '{target_class}': mean over the samples"))
+            plots.trace_figure(trace, f"synthesising '{label}': mean over the samples"))
 
 
 @gpu
@@ -242,9 +241,9 @@ def gradient_maps(image, model_name):
 @gpu
 @friendly_errors
 def translate(image, model_name, target_class, steps, progress=gr.Progress()):
-    path = tabs.translate_gallery(cached_model(need_model(model_name)), need_image(image), target_class,
-                                  steps=whole(steps, SYNTHESIS_STEPS, "translation steps"),
-                                  progress=progress)
+    steps = whole(steps, SYNTHESIS_STEPS, "translation steps")
+    path = tabs.translate_gallery(cached_model(need_model(model_name)), need_image(image), target_class, steps=steps,
+                                  progress=progress)  # the model loaded once the number is known to be good
     return gallery_files(path, "step")
 
 

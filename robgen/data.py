@@ -342,12 +342,15 @@ def read_rgb(path: str):
 
     from PIL import Image
 
-    from .images import ImageError, to_rgb
+    from .images import ImageError, open_image, to_rgb
 
     try:
-        with open(path, "rb") as file, Image.open(file) as image:
+        # held to an upload's limits on size (memory), not on smallness: a data set of tiny images is the user's
+        with open(path, "rb") as file, open_image(file, path, min_side=1) as image:
             image.load()
             return to_rgb(image)
+    except ImageError as error:  # too large or a strip: it says so, naming the file
+        raise ImageError(f"{error}: remove or replace it in the data set") from None
     except (OSError, SyntaxError, ValueError, IndexError, TypeError, struct.error,
             Image.DecompressionBombError) as error:
         # (PIL's decoders fail on corrupt files in all these ways) a run would stop part-way with PIL's bare

@@ -93,10 +93,10 @@ def upright_size(image: Image.Image) -> Tuple[int, int]:
     return width, height
 
 
-def check_image_size(image: Image.Image, what: str = "the image") -> None:
+def check_image_size(image: Image.Image, what: str = "the image", min_side: int = MIN_SIDE) -> None:
     width, height = image.size
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(f"{what} is {width}x{height} pixels: too small to classify (need at least {MIN_SIDE}x{MIN_SIDE})")
+    if min(width, height) < min_side:
+        raise ImageError(f"{what} is {width}x{height} pixels: too small to classify (need at least {min_side}x{min_side})")
     if width * height > MAX_PIXELS:
         raise ImageError(
             f"{what} is {width}x{height} pixels, over the {MAX_PIXELS // 1_000_000} megapixel limit: resize it first"
@@ -104,6 +104,18 @@ def check_image_size(image: Image.Image, what: str = "the image") -> None:
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise ImageError(f"{what} is {width}x{height} pixels, a strip more than {MAX_ASPECT} times longer than it is "
                          "wide: crop it to the object first")
+
+
+def open_image(file, what: str, min_side: int = MIN_SIDE) -> Image.Image:
+    """`Image.open(file)`, its size checked (`check_image_size`) from the header, before anything is decoded; an
+    image too large for PIL to open at all (a "decompression bomb", over 179 megapixels) refused in the same words."""
+    try:
+        image = Image.open(file)
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{what} is over the {MAX_PIXELS // 1_000_000} megapixel limit ({error}): resize it "
+                         "first") from None
+    check_image_size(image, what, min_side)
+    return image
 
 
 def pil_to_tensor(
@@ -225,8 +237,7 @@ def load_image(
         raise ImageError(f"{path} does not exist or is not a file")
     data = _WatchedBytes(path.read_bytes())
     try:
-        image = Image.open(data)
-        check_image_size(image, str(path))  # from the header, before decoding a file too large to use
+        image = open_image(data, str(path))  # its size from the header, before decoding a file too large to use
         data.watching = True
         image.load()
         data.watching = False

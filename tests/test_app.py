@@ -712,8 +712,10 @@ def test_the_detect_summary_gives_intervals_and_digits_that_tell_energy_and_thre
 
 def test_an_api_call_with_target_class_0_attacks_toward_class_0(client):
     """target=0 (an int, as an API call may send it) read as no target: an untargeted attack ran."""
-    summary = attack(client, REPO / "examples" / "rocket.png", target=0, steps=3)[5]
+    summary = attack(client, REPO / "examples" / "chelsea.png", target=0, steps=3)[5]  # a cat, not class 0
     assert "arget" in summary, summary
+    with pytest.raises(gradio_client.exceptions.AppError, match="already calls this image 'airplane'"):
+        attack(client, REPO / "examples" / "rocket.png", target=0, steps=3)  # class 0 already: read as class 0 too
     with pytest.raises(gradio_client.exceptions.AppError, match="steps must be a whole number"):
         attack(client, REPO / "examples" / "rocket.png", steps=2.7)
     assert app.seed_number("5") == 5 and app.seed_number(str(2 ** 53 + 1)) == 2 ** 53 + 1  # (a float rounds it)
@@ -930,3 +932,18 @@ def test_the_small_image_note_gives_a_sideways_photos_size_upright(tmp_path):
     Image.new("RGB", (40, 90), "gray").save(tmp_path / "scan.tif", tiffinfo=tags)
     assert load_model_input(tmp_path / "scan.tif", model.spec).shape == (3, 160, 160)
     assert "the image is 90×40 pixels" in upsampling_note(model, str(tmp_path / "scan.tif"))
+
+
+def test_a_target_the_model_already_predicts_is_refused_and_a_blank_target_is_none():
+    """A target equal to the model's own answer ran the attack, which only made the model surer, and the page said
+    "Target reached."; a target box holding only spaces was taken for a class ("no class given")."""
+    from robgen.images import load_model_input
+    from robgen.web.handlers import attack_image
+
+    photo, model = REPO / "examples" / "rocket.png", tiny_model()
+    with torch.no_grad():
+        label = model.spec.class_labels[int(model(load_model_input(photo, model.spec)[None]).argmax(1)[0])]
+    with pytest.raises(ValueError, match=f"the model already calls this image '{label}': pick another target"):
+        attack_image(model, photo, "pgd", steps=1, target=label)
+    blank = attack_image(model, photo, "pgd", steps=1, target="  ")
+    assert blank.target == "" and "Target" not in blank.summary()

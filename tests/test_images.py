@@ -346,3 +346,33 @@ def test_save_image_refuses_what_is_no_image_in_0_1(tmp_path, pixels, says):
     with pytest.raises(ValueError, match=says):
         save_image(pixels, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_image_too_large_for_pil_to_open_gets_the_size_limits_words(tmp_path):
+    """Over 179 megapixels PIL refuses to open a file at all ("could be decompression bomb DOS attack"), which was
+    reported as a corrupt file ("truncated or corrupt file?") instead of the 40 megapixel limit."""
+    from PIL import Image
+
+    from robgen.images import ImageError, load_image
+
+    Image.new("1", (15000, 12000)).save(tmp_path / "huge.png")  # 180 megapixels, a small file of one bit each
+    with pytest.raises(ImageError, match="huge.png is over the 40 megapixel limit .*: resize it first"):
+        load_image(tmp_path / "huge.png")
+
+
+def test_a_data_sets_image_is_held_to_an_uploads_limits_on_size(tmp_path):
+    """A 2x3000 strip in a class folder was read (scaling it to cover the model's input makes an image of
+    gigapixels for longer ones), where the same file uploaded is refused; small images stay the user's choice."""
+    from PIL import Image
+
+    from robgen import data
+    from tests.conftest import make_toy_image_folder
+
+    root = make_toy_image_folder(tmp_path / "photos", classes=2, per_class=2)
+    Image.new("RGB", (4, 4)).save(root / "class0" / "icon.png")
+    images = data.load_dataset(root, "train")
+    assert sorted(tuple(images[i][0].shape[1:]) for i in range(len(images)))[0] == (4, 4)  # the icon is read
+    Image.new("RGB", (3000, 2)).save(root / "class1" / "strip.png")
+    images = data.load_dataset(root, "train")
+    with pytest.raises(ValueError, match="strip.png is 3000x2 pixels, a strip .*remove or replace it"):
+        [images[i] for i in range(len(images))]

@@ -482,6 +482,15 @@ def test_spec_class_index_by_name_or_number():
 
 
 
+def test_a_class_typed_with_its_spaces_doubled_is_that_class():
+    """"golf  ball" (two spaces, as a phone's keyboard leaves them) was an unknown class, though the message
+    listed "golf ball"."""
+    from robgen.models import ModelSpec
+
+    spec = ModelSpec(architecture="tiny", num_classes=2, class_labels=["golf ball", "French horn"])
+    assert spec.class_index("golf  ball") == 0 and spec.class_index(" french   Horn ") == 1
+
+
 def test_a_label_made_of_digits_is_that_label_not_an_index():
     """An ImageFolder of classes 1..10 sorts them '1', '10', '2', ...: "1" was read as index 1, label '10'."""
     from robgen.models import ModelSpec

@@ -97,18 +97,18 @@ class ModelSpec:
         digit strings are indices."""
         if label is None or (isinstance(label, str) and not label.strip()):
             raise ValueError("no class given: pick a class (a label or an index)")
-        lowered = [name.lower() for name in self.class_labels]
+        lowered = [" ".join(name.split()).lower() for name in self.class_labels]  # "golf  ball" is "golf ball"
         if isinstance(label, str) and label.strip() in self.class_labels:  # exactly, before any case is ignored
             return self.class_labels.index(label.strip())
-        if isinstance(label, str) and label.strip().lower() in lowered:
-            same = [i for i, name in enumerate(lowered) if name == label.strip().lower()]
+        if isinstance(label, str) and " ".join(label.split()).lower() in lowered:
+            same = [i for i, name in enumerate(lowered) if name == " ".join(label.split()).lower()]
             if len(same) > 1:  # "Cat" and "cat"
                 raise ValueError(f"{label!r} names several classes but for their case: "
                                  f"{'; '.join(f'{i} ({self.class_labels[i]})' for i in same)}: give the label as "
                                  "written, or the index")
             return same[0]
         if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
-            wanted = label.strip().lower()
+            wanted = " ".join(label.split()).lower()
             named = [i for i, name in enumerate(lowered)  # a synonym, or a repeated label without its "(class i)"
                      if wanted in (part.strip() for part in re.sub(r" \(class \d+\)$", "", name).split(","))]
             if len(named) == 1:

@@ -177,18 +177,24 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
     """Attack one image against the model's own prediction (or toward `target`) with FGSM / PGD / HE-PGD / APGD,
     or, with attack="adaptive", away from it while the model's shipped energy detector accepts the result."""
     x = model_input(model, image, working=True)  # a bfloat16 clean image and result were 8.5/255 apart at 8/255
+    target = None if target is None or not str(target).strip() else target  # a box of spaces is an empty box
     if str(attack).lower() == ADAPTIVE:
-        if target not in (None, ""):
+        if target is not None:
             raise ValueError("the adaptive attack is untargeted here: clear the target class or use PGD / FGSM")
         return evade_shipped_detector(model, image, x, eps, steps, step_size, seed, progress)
     key = attack_key(attack)
     attacker = make_attack(key, model, eps=eps, step_size=step_size, steps=steps, lam=lam,
                            generator=torch.Generator(device=x.device).manual_seed(int(seed)))
     target_index = None
-    if target not in (None, ""):
+    if target is not None:
         if key in ("hepgd", "apgd"):
             raise ValueError(f"{attack} is untargeted here: clear the target class or use PGD / FGSM")
         target_index = model.spec.class_index(target)
+        with torch.no_grad(), eval_mode(model):  # the attack would only make the model surer ("Target reached.")
+            predicted = int(model(pixels_for(model, x)).argmax(1)[0])
+        if predicted == target_index:
+            raise ValueError(f"the model already calls this image {model.spec.class_labels[target_index]!r}: pick "
+                             "another target class, or clear it for an untargeted attack")
     outcome = attack_own_predictions(model, x, attacker, target_index, progress=progress)
     return AttackResult(
         clean=outcome.clean, adversarial=outcome.adversarial, top_clean=outcome.top(0, adversarial=False),
