@@ -947,3 +947,15 @@ def test_a_target_the_model_already_predicts_is_refused_and_a_blank_target_is_no
         attack_image(model, photo, "pgd", steps=1, target=label)
     blank = attack_image(model, photo, "pgd", steps=1, target="  ")
     assert blank.target == "" and "Target" not in blank.summary()
+
+
+def test_synthesize_and_translate_check_their_numbers_before_loading_a_model(monkeypatch):
+    """Synthesize loaded the model (a download, for a Hub model) before refusing 0 images; the Attack tab checks
+    first. And its plot was titled with the class as typed ("7", " Horse ") rather than its label."""
+    loaded = []
+    monkeypatch.setattr(app, "cached_model", lambda name: loaded.append(name) or pytest.fail("loaded first"))
+    with pytest.raises(gr.Error, match="images must be from 1"):
+        app.synthesize(ROBUST, "horse", 0, 2, True, 0.25, 0)
+    with pytest.raises(gr.Error, match="translation steps must be"):
+        app.translate({"path": str(REPO / "examples" / "chelsea.png")}, ROBUST, "horse", 0)
+    assert loaded == []
