@@ -360,13 +360,14 @@ def read_rgb(path: str):
 
 
 def _image_folder(folder: Path, transform) -> Dataset:
-    from .image_folder import ImageFolder  # torchvision's, without hidden folders and files
+    from .image_folder import IMAGE_EXTENSIONS, ImageFolder  # torchvision's, without hidden folders and files
 
     try:
         dataset = ImageFolder(str(folder), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as error:
         raise FileNotFoundError(
-            f"{folder} does not have the ImageFolder layout <root>/<class>/<image> with images inside ({error})"
+            f"{folder} does not have the ImageFolder layout <root>/<class>/<image> with images inside "
+            f"({' '.join(str(error).split())}; image files end in {', '.join(IMAGE_EXTENSIONS)})"
         ) from None
     return _interleaved(dataset, dataset.targets, dataset.classes)
 

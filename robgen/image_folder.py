@@ -9,14 +9,16 @@ import os
 from functools import partial
 from pathlib import Path
 
+from PIL import Image
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from .data import ignored_folder
 
 
-IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS) + (".gif",)  # torchvision's, and GIF (its first frame), which a single
-# upload reads too: a folder of GIFs was skipped without a word
+IMAGE_EXTENSIONS = tuple(IMG_EXTENSIONS) + (".gif", ".jfif", ".jpe") + tuple(  # torchvision's, and what a single
+    extension for extension in (".avif",) if extension in Image.registered_extensions())  # upload reads too: GIF (its
+# first frame), JPEG's other names (a browser saves .jfif), AVIF where this Pillow reads it; they were skipped silently
 
 
 def image_file(path: str, root: str) -> bool:

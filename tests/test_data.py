@@ -620,3 +620,21 @@ def test_a_link_back_up_the_tree_is_refused_not_read_as_more_images(tmp_path):
     os.symlink("..", root / "class1" / "parent")
     with pytest.raises(ValueError, match="class1/parent links to .*photos, a folder it is in \\(a loop\\)"):
         data.load_dataset(root, "train")
+
+
+def test_jpegs_other_names_are_images_and_a_class_without_images_lists_the_endings(tmp_path):
+    """photo.jfif (a browser's JPEG) and .jpe were skipped silently though an upload of them is read; a class of
+    such files only was "Found no valid file for the classes cat", naming no ending that counts."""
+    from PIL import Image
+
+    from tests.conftest import make_toy_image_folder
+
+    root = make_toy_image_folder(tmp_path / "photos", classes=2, per_class=1)
+    for name in ("web.jfif", "cam.jpe"):
+        Image.new("RGB", (16, 16), "red").save(root / "class0" / name, format="JPEG")
+    assert len(data.load_dataset(root, "train")) == 4
+    (root / "class1" / "notes.txt").write_text("no image")
+    for path in (root / "class1").glob("*.png"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="image files end in .*\\.png.*\\.jfif"):
+        data.load_dataset(root, "train")
