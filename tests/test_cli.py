@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -693,3 +694,21 @@ def test_overwrite_removes_the_grids_of_generators_the_new_run_has_not(tmp_path,
     assert main(["synthesis-quality", "--models", str(other), "--judges", str(checkpoint), *settings,
                  "--overwrite"]) == 0
     assert sorted(p.name for p in out.glob("grid_*.png")) == ["grid_mine.png", "grid_other.png"]
+
+
+def test_data_root_names_where_named_data_sets_live_for_the_whole_command(tmp_path, monkeypatch):
+    """--data-root COPY with --data COPY/imagenette2-160 was a data set of its own, not Imagenette: a 5,000-image
+    validation split of its train/, 4,500 of them trained on, while --data imagenette --data-root COPY read the
+    500 the models' training held out."""
+    import argparse
+
+    from robgen import data
+    from robgen.cli.common import DATA_ENV, data_root_of
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    copy = tmp_path / "copy" / "imagenette2-160"
+    copy.mkdir(parents=True)
+    assert data.canonical_data(copy) != "imagenette"
+    with data_root_of(argparse.Namespace(data_root=str(tmp_path / "copy"))):
+        assert data.same_data("imagenette", copy) and data.default_val_size(copy) == 500
+    assert DATA_ENV not in os.environ and data.canonical_data(copy) != "imagenette"  # put back after the command

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import ablation, adaptive, attack, detection, reproduce, synthesis, training, zoo
-from .common import UsageError
+from .common import UsageError, data_root_of
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -52,7 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     new_out = _first_missing(Path(out)) if out else None  # made by this run, if it makes it (with its parents)
     finished = False
     try:
-        code = args.run(args)
+        with data_root_of(args):
+            code = args.run(args)
         finished = code == 0
         return code
     except UsageError as error:

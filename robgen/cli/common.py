@@ -10,11 +10,12 @@ answer at once: the helpers that need them import them when a command calls them
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 if TYPE_CHECKING:
     import torch
@@ -184,6 +185,27 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
                         help="cifar10, cifar100, imagenette or an ImageFolder path")
     parser.add_argument("--data-root", help=f"folder holding the data sets (default ${DATA_ENV} or ~/.cache/robgen-data)")
     parser.add_argument("--download", action="store_true", help="download missing data sets through torchvision")
+
+
+@contextlib.contextmanager
+def data_root_of(args) -> Iterator[None]:
+    """--data-root as the data root of the whole command ($ROBGEN_DATA while it runs, put back after): where named
+    data sets are read from, and so also which folders are a named data set given as a path (a copy of
+    Imagenette's imagenette2-160/ under --data-root, given as that folder, was a new data set of its own: a
+    5,000-image validation split, 4,500 of them images its models trained on)."""
+    root = getattr(args, "data_root", None)
+    if not root:
+        yield
+        return
+    saved = os.environ.get(DATA_ENV)
+    os.environ[DATA_ENV] = str(root)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(DATA_ENV, None)
+        else:
+            os.environ[DATA_ENV] = saved
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output folder") -> None:
