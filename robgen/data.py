@@ -307,11 +307,15 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
             # model's recorded validation split names the same images whichever copy it is read from
             return _interleaved(dataset, dataset.targets, dataset.classes)
     else:
-        if (data_root / "imagenette2-160" / split).is_dir() or download:
-            with _download_errors(key, data_root, download):
-                dataset = datasets.Imagenette(str(data_root), split=split, size="160px", transform=transform,
-                                              download=download)
-            return _interleaved(dataset, [label for _, label in dataset._samples], [names[0] for names in dataset.classes])
+        folder = data_root / "imagenette2-160" / split  # torchvision's layout: it downloads, robgen reads (the same
+        if not folder.is_dir() and download:  # files in the same order, the same pixels on all 13,394; its own
+            with _download_errors(key, data_root, download):  # reader took a Mac's __MACOSX/ for a class)
+                datasets.Imagenette(str(data_root), split=split, size="160px", download=True)
+        if folder.is_dir():
+            check_split_classes(folder.parent)
+            dataset = _image_folder(folder, transform)
+            dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
+            return dataset
     raise FileNotFoundError(
         f"{key} ({split}) not found under {data_root}. Online: pass download=True (CLI: --download). Offline: point "
         f"--data-root or ${DATA_ENV} at a folder holding {key}/{split}/<class>/ images"

@@ -638,3 +638,21 @@ def test_jpegs_other_names_are_images_and_a_class_without_images_lists_the_endin
         path.unlink()
     with pytest.raises(FileNotFoundError, match="image files end in .*\\.png.*\\.jfif"):
         data.load_dataset(root, "train")
+
+
+def test_imagenette_in_torchvisions_layout_is_read_by_robgens_folder_reader(tmp_path):
+    """imagenette2-160/ unzipped on a Mac holds __MACOSX/ and "._x.JPEG" files: torchvision's Imagenette reader took
+    __MACOSX for a class (KeyError) and decoded the AppleDouble files (a crash at the first batch)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for wnid in data.IMAGENETTE_CLASSES:
+            folder = tmp_path / "imagenette2-160" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 20), (i * 50, 0, 0)).save(folder / f"{wnid}_{i}.JPEG")
+        (tmp_path / "imagenette2-160" / split / "__MACOSX").mkdir()
+        (tmp_path / "imagenette2-160" / split / "n01440764" / "._n01440764_0.JPEG").write_bytes(b"AppleDouble")
+    test = data.load_dataset("imagenette", "test", root=tmp_path)
+    assert len(test) == 20 and test.classes == list(data.IMAGENETTE_CLASSES.values())
+    assert [test[i][1] for i in range(4)] == [0, 1, 2, 3]  # interleaved by rank in class, as a model's split reads
