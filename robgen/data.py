@@ -302,7 +302,14 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
         pickled = data_root / ("cifar-10-batches-py" if key == "cifar10" else "cifar-100-python")
         if pickled.is_dir() or download:
             with _download_errors(key, data_root, download):
-                dataset = cls(str(data_root), train=split == "train", transform=transform, download=download)
+                try:
+                    dataset = cls(str(data_root), train=split == "train", transform=transform, download=download)
+                except RuntimeError as error:  # "Dataset not found or corrupted. You can use download=True"
+                    if download:
+                        raise
+                    raise FileNotFoundError(f"{pickled} is incomplete or corrupt (torchvision: {error}): unpack "
+                                            f"{key}'s archive there again, or pass --download (download=True) "
+                                            "online") from None
             # the order an ImageFolder copy (<class>/NNNN, NNNN: the image's rank in its class) gets, so that a
             # model's recorded validation split names the same images whichever copy it is read from
             return _interleaved(dataset, dataset.targets, dataset.classes)

@@ -656,3 +656,11 @@ def test_imagenette_in_torchvisions_layout_is_read_by_robgens_folder_reader(tmp_
     test = data.load_dataset("imagenette", "test", root=tmp_path)
     assert len(test) == 20 and test.classes == list(data.IMAGENETTE_CLASSES.values())
     assert [test[i][1] for i in range(4)] == [0, 1, 2, 3]  # interleaved by rank in class, as a model's split reads
+
+
+def test_torchvisions_cifar_files_cut_short_are_a_clear_error(tmp_path):
+    """An empty or partial cifar-10-batches-py/ ended in torchvision's RuntimeError traceback, which advised
+    download=True (the command line's flag is --download) and named no folder."""
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py is incomplete or corrupt .*pass --download"):
+        data.load_dataset("cifar10", "test", root=tmp_path)
