@@ -133,8 +133,10 @@ def need_image(image) -> str:
     """The uploaded file's path. Image events skip Gradio's own decoding (preprocess=False), so that
     robgen's image reader reads every upload and a bad one gets its message, not a decoder traceback."""
     path = image.get("path") if isinstance(image, dict) else getattr(image, "path", image)
-    if not path:
+    if path is None or (isinstance(path, str) and not path):
         raise gr.Error("Upload an image or pick an example first.", print_exception=False)
+    if not isinstance(path, (str, os.PathLike)):  # an array or a PIL image: a component that decodes uploads itself
+        raise gr.Error(f"expected an uploaded image file, got {type(path).__name__}", print_exception=False)
     return path
 
 

@@ -959,3 +959,19 @@ def test_synthesize_and_translate_check_their_numbers_before_loading_a_model(mon
     with pytest.raises(gr.Error, match="translation steps must be"):
         app.translate({"path": str(REPO / "examples" / "chelsea.png")}, ROBUST, "horse", 0)
     assert loaded == []
+
+
+def test_an_array_or_a_pil_image_is_refused_saying_what_to_give():
+    """A numpy array or a PIL image (what other Gradio components pass) failed with torch's "expected str, bytes or
+    os.PathLike object, not ndarray", or in app.detect with numpy's "truth value of an array is ambiguous"."""
+    import numpy as np
+    from PIL import Image
+
+    from robgen.web.handlers import attack_image
+
+    array = np.zeros((32, 32, 3), dtype=np.uint8)
+    for image in (array, Image.fromarray(array)):
+        with pytest.raises(TypeError, match="a file path or a \\(C, H, W\\) tensor of \\[0, 1\\] pixels, got"):
+            attack_image(tiny_model(), image, steps=1)
+        with pytest.raises(gr.Error, match="expected an uploaded image file"):
+            app.need_image(image)

@@ -42,6 +42,11 @@ def model_input(model, image: ImageInput, working: bool = False) -> torch.Tensor
     (`load_model_input`); a tensor checked as [0, 1] pixels of the model's input size (`pixels_for`), which the
     detector's threshold and the attack's budget were set for. `working`: in the type an attack keeps its iterates
     in (float32 for a float16 or bfloat16 model, whose grid would move the 8-bit pixels the budget is counted on)."""
+    if not isinstance(image, (str, Path, torch.Tensor)):  # a numpy array or a PIL image (a Gradio component's
+        raise TypeError(  # other types): torch's "expected str, bytes or os.PathLike object" named no fix
+            f"the image must be a file path or a (C, H, W) tensor of [0, 1] pixels, got {type(image).__name__}: "
+            "save it as a file first (the file is read as the model reads its images), or convert it, e.g. "
+            "torch.from_numpy(array).permute(2, 0, 1) / 255 for an 8-bit H x W x 3 array")
     x = image if isinstance(image, torch.Tensor) else load_model_input(image, model.spec)
     if x.ndim == 4 and x.shape[0] != 1:
         raise ValueError(f"one image at a time: give a (C, H, W) tensor or a (1, C, H, W) batch, got a batch of "
