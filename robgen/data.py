@@ -218,9 +218,16 @@ def ignored_folder(name: str) -> bool:
 def split_layout(folder: Path) -> bool:
     """Whether an image-folder root holds split folders (train/, test/ or val/, and nothing else), not classes: a
     folder of classes may have one called "train" (CIFAR-100 does)."""
-    names = ({path.name.lower() for path in folder.iterdir() if path.is_dir() and not ignored_folder(path.name)}
-             if folder.is_dir() else set())
-    return bool(names) and names <= SPLIT_NAMES
+    if not folder.is_dir():
+        return False
+    found = False
+    with os.scandir(folder) as entries:  # a class folder of many images: no stat per file, and out at the first
+        for entry in entries:            # folder that is no split
+            if entry.is_dir() and not ignored_folder(entry.name):
+                if entry.name.lower() not in SPLIT_NAMES:
+                    return False
+                found = True
+    return found
 
 
 def refuse_splits_one_level_down(folder: Path) -> None:
@@ -254,7 +261,7 @@ def check_split_classes(folder: Path) -> None:
     split numbers its classes by their sorted names, so a class missing from one split shifts the label of every
     class after it there (validation images, held out of train/, scored against the wrong classes)."""
     splits = {path.name: {entry.name for entry in path.iterdir() if entry.is_dir() and not ignored_folder(entry.name)}
-              for path in sorted(folder.iterdir()) if path.is_dir() and not ignored_folder(path.name)}
+              for path in sorted(folder.iterdir()) if path.is_dir() and path.name.lower() in SPLIT_NAMES}
     every = set().union(*splits.values())
     lacking = {name: sorted(every - classes) for name, classes in splits.items() if every - classes}
     if lacking:
@@ -356,8 +363,9 @@ def read_rgb(path: str):
     from .images import ImageError, open_image, to_rgb
 
     try:
-        # held to an upload's limits on size (memory), not on smallness: a data set of tiny images is the user's
-        with open(path, "rb") as file, open_image(file, path, min_side=1) as image:
+        # held to an upload's limit on strips (scaled to cover the input, one makes gigapixels), not on size: a data
+        # set of tiny images, or of 48-megapixel photos, is the user's (PIL's own 179-megapixel guard stays)
+        with open(path, "rb") as file, open_image(file, path, min_side=1, max_pixels=None) as image:
             image.load()
             return to_rgb(image)
     except ImageError as error:  # too large or a strip: it says so, naming the file

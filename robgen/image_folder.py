@@ -30,18 +30,20 @@ def image_file(path: str, root: str) -> bool:
 
 
 def refuse_loops(root: str) -> None:
-    """ValueError for a link below `root` to a folder it is in (a loop): torchvision's reader follows links, and
-    read every image under it again and again (20 images as 820, other classes' under this class's label; two such
-    links, without end). Walked without following links, so that a loop cannot hold the walk itself."""
+    """ValueError for a link below `root` to a folder inside it, or to `root` or a folder above it: torchvision's
+    reader follows links, and read the images there twice, under this class's label too (a link to a sibling
+    class), or again and again (a loop: 20 images as 820; two such links, without end). A link to a folder
+    elsewhere is read as a folder. Walked without following links, so that a loop cannot hold the walk itself."""
+    top = os.path.realpath(root).rstrip(os.sep) + os.sep
     for place, folders, _ in os.walk(root):
-        here = os.path.realpath(place)
         for name in folders:
             link = os.path.join(place, name)
             if os.path.islink(link):
-                target = os.path.realpath(link)
-                if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
-                    raise ValueError(f"{link} links to {target}, a folder it is in (a loop): every image under it "
-                                     "would be read again and again, under other labels; remove the link")
+                target = os.path.realpath(link).rstrip(os.sep) + os.sep
+                if target.startswith(top) or top.startswith(target):
+                    raise ValueError(f"{link} links to {target.rstrip(os.sep)}, inside the data set or above it: "
+                                     "its images would be read again (a loop: again and again), under this "
+                                     "class's label too; remove the link")
 
 
 class ImageFolder(datasets.ImageFolder):

@@ -93,28 +93,29 @@ def upright_size(image: Image.Image) -> Tuple[int, int]:
     return width, height
 
 
-def check_image_size(image: Image.Image, what: str = "the image", min_side: int = MIN_SIDE) -> None:
+def check_image_size(image: Image.Image, what: str = "the image", min_side: int = MIN_SIDE,
+                     max_pixels: Optional[int] = MAX_PIXELS) -> None:
     width, height = image.size
     if min(width, height) < min_side:
         raise ImageError(f"{what} is {width}x{height} pixels: too small to classify (need at least {min_side}x{min_side})")
-    if width * height > MAX_PIXELS:
+    if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
-            f"{what} is {width}x{height} pixels, over the {MAX_PIXELS // 1_000_000} megapixel limit: resize it first"
+            f"{what} is {width}x{height} pixels, over the {max_pixels // 1_000_000} megapixel limit: resize it first"
         )
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise ImageError(f"{what} is {width}x{height} pixels, a strip more than {MAX_ASPECT} times longer than it is "
                          "wide: crop it to the object first")
 
 
-def open_image(file, what: str, min_side: int = MIN_SIDE) -> Image.Image:
+def open_image(file, what: str, min_side: int = MIN_SIDE, max_pixels: Optional[int] = MAX_PIXELS) -> Image.Image:
     """`Image.open(file)`, its size checked (`check_image_size`) from the header, before anything is decoded; an
     image too large for PIL to open at all (a "decompression bomb", over 179 megapixels) refused in the same words."""
     try:
         image = Image.open(file)
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{what} is over the {MAX_PIXELS // 1_000_000} megapixel limit ({error}): resize it "
-                         "first") from None
-    check_image_size(image, what, min_side)
+        limit = f"over the {max_pixels // 1_000_000} megapixel limit" if max_pixels else "too large to open"
+        raise ImageError(f"{what} is {limit} ({error}): resize it first") from None
+    check_image_size(image, what, min_side, max_pixels)
     return image
 
 

@@ -607,19 +607,23 @@ def test_kaggles_valid_folder_is_a_split_and_a_data_set_one_level_down_is_refuse
         data.load_dataset(tmp_path / "wrapped", "train")
 
 
-def test_a_link_back_up_the_tree_is_refused_not_read_as_more_images(tmp_path):
+def test_a_link_inside_the_data_set_or_above_it_is_refused_not_read_as_more_images(tmp_path):
     """A link inside a class folder to the folder above made a loop: 20 images were read as 820, other classes'
-    images under the linking class's label."""
+    images under the linking class's label; two classes linking to each other likewise, and a link to a sibling
+    class read its images twice, once under the wrong label."""
     import os
 
     from tests.conftest import make_toy_image_folder
 
     root = make_toy_image_folder(tmp_path / "photos", classes=2, per_class=3)
-    os.symlink(root / "class1", root / "class0" / "more")  # a link to a folder elsewhere: its images are read
-    assert len(data.load_dataset(root, "train")) == 9
-    os.symlink("..", root / "class1" / "parent")
-    with pytest.raises(ValueError, match="class1/parent links to .*photos, a folder it is in \\(a loop\\)"):
-        data.load_dataset(root, "train")
+    elsewhere = make_toy_image_folder(tmp_path / "elsewhere", classes=1, per_class=2)
+    os.symlink(elsewhere / "class0", root / "class0" / "more")  # a folder outside the data set: read as one
+    assert len(data.load_dataset(root, "train")) == 8
+    for link, target in (("class1/parent", ".."), ("class1/sibling", root / "class0")):
+        os.symlink(target, root / link)
+        with pytest.raises(ValueError, match=f"{link} links to .*inside the data set or above it"):
+            data.load_dataset(root, "train")
+        (root / link).unlink()
 
 
 def test_jpegs_other_names_are_images_and_a_class_without_images_lists_the_endings(tmp_path):
@@ -664,3 +668,14 @@ def test_torchvisions_cifar_files_cut_short_are_a_clear_error(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py is incomplete or corrupt .*pass --download"):
         data.load_dataset("cifar10", "test", root=tmp_path)
+
+
+def test_a_folder_beside_a_named_data_sets_splits_is_not_a_split(tmp_path):
+    """notes/ beside cifar10/train and cifar10/test was compared as a split: "notes/ lacks airplane ... unpack it
+    again", for a data set that loaded before."""
+    from tests.conftest import make_toy_image_folder
+
+    for split in ("train", "test"):
+        make_toy_image_folder(tmp_path / "cifar10" / split, classes=2, per_class=2)
+    (tmp_path / "cifar10" / "notes").mkdir()
+    assert len(data.load_dataset("cifar10", "train", root=tmp_path)) == 4

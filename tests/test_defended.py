@@ -181,7 +181,8 @@ def test_pixels_of_0_to_255_are_refused_and_float64_ones_are_read_as_the_model_r
     def pgd():
         return PGD(model, eps=8 / 255, steps=2, generator=torch.Generator().manual_seed(0))
 
-    assert torch.equal(pgd()(wide, y), pgd()(x, y))
+    from_wide = pgd()(wide, y)  # in the caller's float64, projected onto the ball around the float64 images
+    assert from_wide.dtype == torch.float64 and torch.allclose(from_wide.float(), pgd()(x, y), atol=1e-6)
     attack = KPlusOnePGD(defended, eps=8 / 255, steps=2, restarts=1)
     suite = run_suite(defended, wide, y, {"k+1 pgd": attack}, eps=8 / 255)
     assert suite.attacks["k+1 pgd"].images.dtype == torch.float32

@@ -557,6 +557,12 @@ def test_attacks_synthesis_and_gradient_maps_run_inside_inference_mode_and_leave
         assert torch.allclose(defended.score(x.clone()), scores, atol=1e-5)
         evading = KPlusOnePGD(defended, eps=8 / 255, steps=2, generator=torch.Generator().manual_seed(0))(x.clone(), y)
     assert (evading - x).abs().max() <= 8 / 255 + 1e-6
+    with torch.inference_mode():  # made in the mode, attacked after it: the labels cross-entropy saves included
+        made_inside, labels_inside = x.clone(), bn_model(x).argmax(1)
+    assert torch.allclose(PGD(bn_model, eps=8 / 255, steps=3, generator=torch.Generator().manual_seed(0))(
+        made_inside, labels_inside), PGD(bn_model, eps=8 / 255, steps=3, generator=torch.Generator().manual_seed(0))(
+        x, labels_inside.clone()), atol=1e-6)
+    assert input_gradient(bn_model, made_inside, labels_inside).abs().sum() > 0
     assert drawn.shape == sampled.shape == (2, 3, 32, 32)
     graph = inference_graph(bn_model, example=x)
     assert graph is not bn_model and not any(p.is_inference() for p in graph.parameters())

@@ -370,8 +370,10 @@ def test_a_data_sets_image_is_held_to_an_uploads_limits_on_size(tmp_path):
 
     root = make_toy_image_folder(tmp_path / "photos", classes=2, per_class=2)
     Image.new("RGB", (4, 4)).save(root / "class0" / "icon.png")
+    Image.new("1", (8000, 6000)).save(root / "class0" / "phone.png")  # 48 megapixels: a photo, over an upload's 40
     images = data.load_dataset(root, "train")
     assert sorted(tuple(images[i][0].shape[1:]) for i in range(len(images)))[0] == (4, 4)  # the icon is read
+    assert (6000, 8000) in [tuple(images[i][0].shape[1:]) for i in range(len(images))]  # and the large photo
     Image.new("RGB", (3000, 2)).save(root / "class1" / "strip.png")
     images = data.load_dataset(root, "train")
     with pytest.raises(ValueError, match="strip.png is 3000x2 pixels, a strip .*remove or replace it"):

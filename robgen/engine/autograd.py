@@ -38,12 +38,15 @@ def recordable(x: torch.Tensor) -> torch.Tensor:
 
 
 def outside_inference_mode(function: F) -> F:
-    """`function` run with inference mode off when its caller has it on, each tensor argument made in that mode
-    given as a normal copy (what it computes is the same; the tensors it returns are normal ones)."""
+    """`function` run with inference mode off, each tensor argument made in that mode given as a normal copy (what
+    it computes is the same; the tensors it returns are normal ones): also when the caller has left the mode since
+    it made them (labels from `model(x).argmax(1)` under `torch.inference_mode()`, attacked after it)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        if not torch.is_inference_mode_enabled():
+        given = (*args, *kwargs.values())
+        if not torch.is_inference_mode_enabled() and not any(
+                isinstance(value, torch.Tensor) and value.is_inference() for value in given):
             return function(*args, **kwargs)
         with torch.inference_mode(False):
             args = tuple(_normal(value) for value in args)
