@@ -88,8 +88,9 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     n = 500: 5.14% on average), which is why every report prints the test FPR.
     The threshold returned sits halfway between the chosen energy and the next
     larger one, which flags the same validation inputs, so that the input at the
-    chosen energy is flagged even when its energy is computed again in another
-    precision (float32 against the float64 the detector computes from logits).
+    chosen energy is flagged also when its energy is computed again in another
+    precision (float32 against the float64 the detector computes from logits),
+    unless the two energies lie within that precision's rounding of each other.
     One that flags nothing is 1 below the lowest energy; one that flags every
     validation input, 1 above the highest.
     """

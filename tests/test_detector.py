@@ -266,7 +266,7 @@ def test_a_column_of_energies_is_read_as_energies_not_as_logits_of_one_class():
 def test_the_detector_flags_the_same_images_from_logits_and_from_their_float32_energies():
     """The threshold was the energy of one validation image, computed in float64 from logits: that image's float32
     energy (`robgen.energy`, as the README computes energies) fell on either side of it by rounding, so the
-    detector flagged differently from logits and from energies (22 of 40 seeds, a review's count)."""
+    detector flagged differently from logits and from energies (21 of these 40 seeds)."""
     from robgen import energy
 
     disagreements = 0

@@ -65,7 +65,7 @@ def command_zoo(args) -> int:
             print(f"{name:>10}: failed ({row['error']})", flush=True)
             return
         refitted = row["refitted"]
-        refit = ("no detector refitted (the attack changed no validation image)" if "error" in refitted
+        refit = (f"no detector refitted ({refitted['error']})" if "error" in refitted
                  else f"{refitted['detection_rate']['value']:.3f} (refitted)")
         print(f"{name:>10}: success {row['success_rate']['value']:.3f}, ΔE {row['delta_energy']['value']:+.3f}, "
               f"detected {row['fitted_on_pgd40']['detection_rate']['value']:.3f} (fit on PGD-40), {refit}, "
