@@ -19,7 +19,9 @@ a random start on
 (the two conditions of an evasion, being classified as t and being accepted, score <= 0; s puts the score in logit
 units: the ratio of the spreads of the margin and of the score over clean validation images). Every iterate counts.
 Prints, per detector and eps, robgen's DARA beside this attack's, with 95% Wilson intervals, and says whether
-robgen's number exceeds what this attack finds beyond its interval (the suite would then be too weak). Where the
+this attack breaks an image robgen counts as defended (the suite would then be too weak): image by image where the
+run names its images, else from the counts on the same images (a Wilson interval of one rate would let a paired
+excess of a dozen images through). Where the
 run's results.json names its defended images (runs made since it records them), it also compares image by image:
 how many images robgen counts as defended this attack breaks, and the DARA against both attacks together (an image
 defended only if neither finds an evasion: the stronger bound). It can only find robgen too optimistic, never
@@ -160,6 +162,13 @@ def compare_images(robgen_defended, clean, evaded) -> tuple:
     return int((theirs & clean & evaded).sum()), int((theirs & clean & ~evaded).sum()), int((theirs & ~clean).sum())
 
 
+def at_least_broken(robgen_defended: int, defended_here: int, robgen_clean: int, clean_here: int) -> int:
+    """How many of the images robgen counts as defended this attack breaks at least, from the counts alone (a run
+    that does not name its images), on the same images: robgen's count beyond this attack's, less the images the two
+    clean passes judge apart (correct and accepted in one, not in the other: never attacked here)."""
+    return max(robgen_defended - defended_here - abs(robgen_clean - clean_here), 0)
+
+
 def logit_units(defended, x_val) -> float:
     """The spread of the top-2 logit margin over that of the score on clean validation images."""
     with torch.no_grad():
@@ -210,8 +219,8 @@ def main(argv=None) -> int:
                 continue
             clean, evaded = check(defended, x, y, row["eps"], args.steps, scale, args.batch, generator)
             count = int((clean & ~evaded).sum())
-            theirs_count, theirs_n, breaks = row["dara"]["count"], row["dara"]["n"], None
-            broken, both = "n/a (the run does not name its images)", "n/a"
+            theirs_count, theirs_n = row["dara"]["count"], row["dara"]["n"]
+            both, compared = "n/a", True
             if "defended" in row:  # the run's first n images: compared image by image
                 defended_here = [i for i in row["defended"] if i < n]
                 theirs_count, theirs_n = len(defended_here), n
@@ -219,12 +228,17 @@ def main(argv=None) -> int:
                 broken = f"{breaks} of {len(defended_here)}" + (
                     f" ({unattacked} more its clean pass does not accept: not attacked)" if unattacked else "")
                 both = rate(together, n)
-            elif n != row["dara"]["n"]:
-                broken = f"n/a (the run's {row['dara']['n']} images are not named; this checks {n})"
-            # too optimistic: robgen's DARA above this attack's interval, or one image robgen calls defended broken
-            bad = theirs_count / theirs_n > wilson_interval(count, n)[1] or bool(breaks)
+            elif n == theirs_n:  # the same images, not named: as counts. Each image robgen counts as defended
+                # beyond this attack's count is one it breaks, but for images the two clean passes judge apart
+                breaks = at_least_broken(theirs_count, count, row["clean"]["accuracy"]["count"], int(clean.sum()))
+                broken = f"at least {breaks} (from the counts: the run does not name its images)"
+            else:  # other images (--limit), not named: nothing to compare
+                breaks, compared = 0, False
+                broken = f"n/a (the run's {theirs_n} images are not named; this checks its first {n})"
+            # too optimistic: one image robgen calls defended broken (image by image, or as counts at least one)
+            bad = compared and breaks > 0
             failed += bad
-            verdict = "robgen too optimistic" if bad else "consistent"
+            verdict = "robgen too optimistic" if bad else "consistent" if compared else "not compared (other images)"
             print(f"| {name} | {row['eps_label']} | {rate(theirs_count, theirs_n)} | "
                   f"{rate(count, n)} | {broken} | {both} | {verdict} |", flush=True)
     return 1 if failed else 0

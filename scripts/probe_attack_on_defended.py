@@ -46,7 +46,8 @@ def probe(run: Path, attack: str = "k+1 apgd-t", eps: float = 8 / 255, steps: Op
                          "run the adaptive evaluation again")
     run_settings = results["settings"]
     settings = AdaptiveSettings(detectors=("energy",), steps=steps or run_settings["steps"],
-                                restarts=restarts or run_settings["restarts"], lambdas=tuple(run_settings["lambdas"]))
+                                restarts=restarts or run_settings["restarts"], lambdas=tuple(run_settings["lambdas"]),
+                                target_classes=run_settings.get("target_classes"))  # APGD-T's and matching's, as run
     batch_size = run_settings["batch_size"]
     model, splits = load_run(results)
     x, y = datasets.load_tensors(datasets.first(splits.test, results["n_test"], "test split"))

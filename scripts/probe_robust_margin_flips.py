@@ -138,7 +138,8 @@ def main() -> None:
 def per_class_thresholds(values: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """robgen's 5% threshold among the validation images of each predicted class (+inf for a class with none)."""
     return torch.tensor([upper_threshold(values[predicted == k], 0.05) if (predicted == k).any() else float("inf")
-                         for k in range(num_classes)], dtype=values.dtype)
+                         for k in range(num_classes)], dtype=values.dtype, device=values.device)  # indexed by
+    # the predicted classes, on the model's device
 
 
 def outputs(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -69,6 +69,15 @@ def test_image_by_image_it_counts_robgens_defended_images_it_breaks_and_those_bo
     assert check_dara.compare_images([0, 3], clean, evaded) == (0, 1, 1)
 
 
+def test_from_counts_alone_every_image_robgen_claims_beyond_this_attacks_count_is_a_break():
+    """For a run that does not name its images the verdict read robgen's rate against this attack's Wilson interval:
+    on 500 images about 22 images of excess still printed "consistent"; on the same images each is a break, but for
+    images the two clean passes judge apart."""
+    assert check_dara.at_least_broken(202, 200, 382, 382) == 2  # robgen claims two more: two it broke at least
+    assert check_dara.at_least_broken(202, 200, 383, 382) == 1  # one of them never attacked here
+    assert check_dara.at_least_broken(200, 202, 382, 382) == 0  # this attack weaker: nothing to say
+
+
 def test_on_two_classes_it_attacks_the_one_wrong_class_and_never_the_true_one():
     # the targets ranked the true class last: a third target on 3 classes was y itself, on 2 an IndexError
     defended, x, y = defended_tiny_model(num_classes=2, n=8)
