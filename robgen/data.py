@@ -235,7 +235,8 @@ def refuse_splits_one_level_down(folder: Path) -> None:
     wrapped/cifar10/{train,test}): its classes would be the wrapping folders, one class of every image."""
     for path in sorted(folder.iterdir()):
         if path.is_dir() and not ignored_folder(path.name) and split_layout(path):
-            splits = sorted(f"{split.name}/" for split in path.iterdir() if split.is_dir() and not ignored_folder(split.name))
+            splits = sorted(f"{split.name}/" for split in path.iterdir()
+                            if split.is_dir() and not ignored_folder(split.name))
             raise ValueError(f"{path} holds split folders ({', '.join(splits)}), so {folder} is one level above the "
                              f"data set: point --data at {path}")
 
