@@ -20,11 +20,15 @@
 #                checkpoints/imagenette-resnet10-quasirobust results examples  (so that the model's checkpoint travels
 #                beside a 42 MB part), then  DATA=imagenette ROBGEN_DATA=$HOME/robgen-data EPS=4/255,64/255 BATCH=250 \
 #                      bash scripts/device_adaptive.sh imagenette-resnet10-robust
-#                and robust-margin on it (the moonshot's other robust model; at most 8.0 M forward+backward passes; its
-#                CPU run, started 2026-12-06 from a frozen worktree, takes many hours): after the same preparation,
+#                and robust-margin on it (the moonshot's other robust model; at most 8.0 M forward+backward passes,
+#                about 12 hours of the 2-core CPU: its CPU run lost its kept stages with session 53's checkout, so it
+#                is this script's to make): after the same preparation,
 #                      DATA=imagenette ROBGEN_DATA=$HOME/robgen-data DETECTORS=robust-margin RADIUS=1/255 EPS=4/255 \
 #                      BATCH=250 TAG=-robust-margin bash scripts/device_adaptive.sh imagenette-resnet10-robust
-#                (RADIUS: robust-margin's ball, 1/255 a quarter of its eps as the default 2/255 is of CIFAR-10's 8/255)
+#                (RADIUS: robust-margin's ball, 1/255 a quarter of its eps as the default 2/255 is of CIFAR-10's 8/255),
+#                and the same line with FPR_AMONG=correct TAG=-rm-correct (avenue 8's count, as on CIFAR-10)
+# Like for like: the committed CIFAR-10 runs used batches of 100 and eps 8/255 (and 64/255): a rerun meant to match
+#                one image by image passes EPS=8/255,64/255 BATCH=100 (other values draw other random starts).
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
 #                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
 #
