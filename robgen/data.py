@@ -191,6 +191,9 @@ def load_dataset(
         dataset = _load_known(key, split, data_root, download, transform)
     else:
         folder = Path(name).expanduser()
+        if folder.is_file():
+            raise FileNotFoundError(f"{name} is a file: a data set is one of {', '.join(KNOWN)} or a folder of class "
+                                    "folders (<root>/<class>/<image>), e.g. the folder an archive unpacks to")
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"unknown data set {str(name)!r}: use one of {', '.join(KNOWN)} or an existing ImageFolder path"

@@ -233,7 +233,7 @@ def load_image(
 ) -> torch.Tensor:
     """Read an image file as a (channels, H, W) tensor in [0, 1] (see `pil_to_tensor` and `resize_and_crop`)."""
     check_channels(channels)
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/photo.png" as a shell reads it, as load_dataset reads "~/photos"
     if not path.is_file():
         raise ImageError(f"{path} does not exist or is not a file")
     data = _WatchedBytes(path.read_bytes())

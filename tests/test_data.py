@@ -679,3 +679,12 @@ def test_a_folder_beside_a_named_data_sets_splits_is_not_a_split(tmp_path):
         make_toy_image_folder(tmp_path / "cifar10" / split, classes=2, per_class=2)
     (tmp_path / "cifar10" / "notes").mkdir()
     assert len(data.load_dataset("cifar10", "train", root=tmp_path)) == 4
+
+
+def test_a_file_given_as_a_data_set_is_called_a_file(tmp_path):
+    """An archive given as --data was "unknown data set": it exists, it is a file, and a folder is what is needed."""
+    archive = tmp_path / "cifar10-imagefolder.tar.gz"
+    archive.write_bytes(b"archive")
+    with pytest.raises(FileNotFoundError, match="cifar10-imagefolder.tar.gz is a file: a data set is one of .* a "
+                                                "folder of class folders"):
+        data.load_dataset(archive, "train")

@@ -378,3 +378,14 @@ def test_a_data_sets_image_is_held_to_an_uploads_limits_on_size(tmp_path):
     images = data.load_dataset(root, "train")
     with pytest.raises(ValueError, match="strip.png is 3000x2 pixels, a strip .*remove or replace it"):
         [images[i] for i in range(len(images))]
+
+
+def test_a_path_from_the_home_folder_is_read_as_a_shell_reads_it(tmp_path, monkeypatch):
+    """robgen.load_image("~/photo.png") said the file does not exist, where load_dataset("~/photos") found it."""
+    from PIL import Image
+
+    from robgen.images import load_image
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "photo.png")
+    assert load_image("~/photo.png").shape == (3, 16, 16)
