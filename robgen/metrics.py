@@ -69,6 +69,28 @@ def roc_curve(clean_energy, adv_energy) -> Tuple[torch.Tensor, torch.Tensor, tor
     return thresholds, flagged_adv.double() / n_adv, flagged_clean.double() / n_clean
 
 
+def accept_up_to(ordered: torch.Tensor, i: int) -> float:
+    """A threshold t for a rule `v <= t` (or `reject v > t`) that takes ordered[: i + 1] and not the rest of the
+    ascending `ordered`: halfway to the next value, so that a recomputation that differs in the last bits (another
+    batch size, device or precision) cannot move the value at i across it; ordered[i] itself when nothing is above
+    it, or when the two are neighbouring floats with nothing between them."""
+    if i + 1 >= len(ordered):
+        return float(ordered[i])
+    low, high = float(ordered[i]), float(ordered[i + 1])
+    halfway = (low + high) / 2
+    return halfway if low <= halfway < high else low
+
+
+def accept_down_to(ordered: torch.Tensor, i: int) -> float:
+    """A threshold tau for `reject v < tau` that accepts ordered[i:] and rejects ordered[:i] (ascending): halfway
+    to the value below, as `accept_up_to`; ordered[0] itself when nothing is below."""
+    if i <= 0:
+        return float(ordered[0])
+    low, high = float(ordered[i - 1]), float(ordered[i])
+    halfway = (low + high) / 2
+    return halfway if low < halfway <= high else high
+
+
 def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: float = 0.05) -> float:
     """The threshold a rule picks on validation energies.
 
@@ -87,12 +109,11 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
     up to 1/(n + 1) for n clean validation images (a review's simulation, 5% at
     n = 500: 5.14% on average), which is why every report prints the test FPR.
     The threshold returned sits halfway between the chosen energy and the next
-    larger one, which flags the same validation inputs, so that the input at the
-    chosen energy is flagged also when its energy is computed again in another
-    precision (float32 against the float64 the detector computes from logits),
-    unless the two energies lie within that precision's rounding of each other.
-    One that flags nothing is 1 below the lowest energy; one that flags every
-    validation input, 1 above the highest.
+    larger one (`accept_up_to`), which flags the same validation inputs, so that
+    the input at the chosen energy is flagged also when its energy is computed
+    again in another precision (float32 against the float64 the detector
+    computes from logits), unless the two energies lie within that precision's
+    rounding of each other. One that flags nothing is 1 below the lowest energy.
     """
     thresholds, a, c, n_a, n_c = _roc_counts(clean_energy, adv_energy)  # TPR = a / n_a, FPR = c / n_c
     if rule == "fpr":
@@ -110,15 +131,10 @@ def choose_threshold(clean_energy, adv_energy, rule: str = "gmean", target_fpr: 
         else:
             raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(RULES)}")
         best = int(torch.argmax(score))  # first maximum = lowest threshold
-    chosen = float(thresholds[best])
-    if math.isinf(chosen):  # flag nothing: sit below the lowest energy (by 1, or by one float where that is lost)
+    if best == 0:  # flag nothing: sit below the lowest energy (by 1, or by one float where that is lost)
         lowest = float(thresholds[1])
         return lowest - 1.0 if lowest - 1.0 < lowest else math.nextafter(lowest, -math.inf)
-    if best + 1 == len(thresholds):  # flag everything: above the highest energy, likewise
-        return chosen + 1.0 if chosen + 1.0 > chosen else math.nextafter(chosen, math.inf)
-    following = float(thresholds[best + 1])
-    halfway = chosen + (following - chosen) / 2
-    return halfway if chosen <= halfway < following else chosen  # two neighbouring floats: nothing between them
+    return accept_up_to(thresholds, best)
 
 
 def detection_metrics(clean_energy, adv_energy, threshold: float) -> Dict[str, float]:

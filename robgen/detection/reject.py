@@ -71,13 +71,14 @@ import torch
 from ..checks import check_positive, check_steps
 from ..energy import class_energy, classification_margin, energy
 from ..engine import LinfBall, projected_gradient_ascent
+from ..metrics import accept_down_to, accept_up_to
 from ..engine.autograd import outside_inference_mode
 from ..models.fingerprint import model_fingerprint
 from ..models.state import eval_mode
 from .baselines import MahalanobisScorer, penultimate_features
 from .detector import TEMPERATURES, EnergyDetector
 from .reject_base import (  # noqa: F401  (re-exported: the public face of reject options is this module)
-    FORMAT, FORMAT_VERSION, FPR_AMONG, RejectOption, accept_down_to, accept_up_to, allowed_rejections,
+    FORMAT, FORMAT_VERSION, FPR_AMONG, RejectOption, allowed_rejections,
     check_fpr_among, lower_threshold, upper_threshold,
 )
 

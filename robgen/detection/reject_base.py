@@ -20,7 +20,7 @@ import torch
 
 from ..files import write_text_atomically
 from ..checks import check_logits
-from ..metrics import rate_interval
+from ..metrics import accept_down_to, accept_up_to, rate_interval
 from ..models.fingerprint import model_fingerprint
 from ..models.state import eval_mode, model_device, model_dtype, pixels_for
 from .baselines import penultimate_features
@@ -42,23 +42,6 @@ def allowed_rejections(n: int, target_fpr: float) -> int:
     threshold is one of the n values, so it keeps at least one on its accepted side)."""
     m = int(math.floor(float(target_fpr) * n + 1e-9))  # 1e-9: 0.29 * 100 is 28.999999999999996
     return max(0, min(m, n - 1))
-
-
-def accept_up_to(ordered: torch.Tensor, i: int) -> float:
-    """A threshold t for `reject v > t` that accepts ordered[: i + 1] and rejects the rest of the ascending
-    `ordered`: halfway to the next value, so that a recomputation that differs in the last bits (another
-    batch size or device) cannot move a calibration image across it; ordered[i] itself when nothing is above."""
-    if i + 1 >= len(ordered):
-        return float(ordered[i])
-    return (float(ordered[i]) + float(ordered[i + 1])) / 2
-
-
-def accept_down_to(ordered: torch.Tensor, i: int) -> float:
-    """A threshold tau for `reject v < tau` that accepts ordered[i:] and rejects ordered[:i] (ascending):
-    halfway to the value below, as `accept_up_to`; ordered[0] itself when nothing is below."""
-    if i <= 0:
-        return float(ordered[0])
-    return (float(ordered[i - 1]) + float(ordered[i])) / 2
 
 
 def upper_threshold(values: torch.Tensor, target_fpr: float) -> float:
