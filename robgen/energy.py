@@ -32,9 +32,13 @@ def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -
     temperature = check_positive(temperature, "temperature")
     if check:
         check_logits(logits)
-    if logits.dtype in (torch.float16, torch.bfloat16):  # logits / T would overflow half precision at small T
+    if logits.dtype in (torch.float16, torch.bfloat16):  # the energy in float32, as the docstring says
         logits = logits.float()
-    return -temperature * torch.logsumexp(logits / temperature, dim=1)
+    # The same function written as -m - T * logsumexp((logits - m) / T), m the largest logit: logits / T overflows
+    # to inf at a small T (below 1e-38 in float32, 1e-3 in float16), (logits - m) / T, never above 0, does not;
+    # its gradient is -softmax(logits / T) whatever torch gives the max.
+    top = logits.amax(dim=1, keepdim=True)
+    return -top.squeeze(1) - temperature * torch.logsumexp((logits - top) / temperature, dim=1)
 
 
 def class_energy(logits: torch.Tensor, y: torch.Tensor, check: bool = True) -> torch.Tensor:

@@ -105,3 +105,23 @@ def test_labels_that_do_not_fit_the_logits_are_refused_saying_why():
             function(logits, torch.tensor([0, 1, 2, 5]))
         assert torch.equal(function(logits, 3), function(logits, torch.full((4,), 3)))  # one class for every row
         assert torch.equal(function(logits, [0, 1, 2, 3]), function(logits, torch.arange(4)))
+
+
+def test_a_temperature_below_float32s_range_for_logits_over_it_gives_the_limit():
+    """logits / T overflowed float32 to inf at T = 1e-40 (energy -inf where the limit is minus the largest logit),
+    and at T = 1e-37 for logits of 100; the gradient is still -softmax(logits / T)."""
+    from robgen.energy import energy
+
+    for temperature in (1e-37, 1e-40, 1e-45):
+        logits = torch.tensor([[100.0, 2.0, -3.0], [1.0, 1.0, 0.0]], requires_grad=True)
+        value = energy(logits, temperature=temperature)
+        assert torch.isfinite(value).all()
+        assert float(value[0].detach()) == -100.0 and float(value[1].detach()) == pytest.approx(-1.0, abs=1e-30)
+        value.sum().backward()
+        assert torch.allclose(logits.grad, torch.tensor([[-1.0, 0.0, 0.0], [-0.5, -0.5, 0.0]]))
+    logits = torch.randn(8, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    for temperature in (0.5, 1.0, 3.0):
+        value = energy(logits, temperature=temperature)
+        assert torch.allclose(value, -temperature * torch.logsumexp(logits / temperature, dim=1))
+        (gradient,) = torch.autograd.grad(value.sum(), logits)
+        assert torch.allclose(gradient, -torch.softmax(logits / temperature, dim=1))
