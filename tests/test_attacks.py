@@ -349,6 +349,17 @@ def test_traces_of_batches_combine_into_the_trace_of_the_whole(model, batch):
     combined = Trace.combine([first, second], [4, 2])
     for name in ("energy_mean", "energy_std", "accuracy", "loss", "true_prob"):
         assert getattr(combined, name) == pytest.approx(getattr(whole, name), abs=1e-5), name
+    # traces of other settings: torch's "expected sequence of length 4 at dim 1 (got 3)", or, for the same length,
+    # the steps of the first trace and the others' numbers averaged with no word
+    _, shorter = PGD(model, steps=2, random_start=False)(x[4:], y[4:], return_trace=True)
+    with pytest.raises(ValueError, match=r"different steps or temperatures.*0\.\.3 \(4 entries\) at T = 1 and "
+                                         r"0\.\.2 \(3 entries\)"):
+        Trace.combine([first, shorter], [4, 2])
+    hotter = Trace(**{**second.to_dict(), "temperature": 2.0})
+    with pytest.raises(ValueError, match="at T = 1 and 0..3 .4 entries. at T = 2"):
+        Trace.combine([first, hotter], [4, 2])
+    with pytest.raises(ValueError, match="one batch size per trace: 2 traces and 1 sizes"):
+        Trace.combine([first, second], [6])
 
 
 def test_make_attack_gives_each_attack_the_settings_it_uses(model):

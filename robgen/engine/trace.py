@@ -33,7 +33,16 @@ class Trace:
 
     @staticmethod
     def combine(traces: List["Trace"], sizes: List[int]) -> "Trace":
-        """One trace for several batches of `sizes` images (weighted means, pooled std)."""
+        """One trace for several batches of `sizes` images (weighted means, pooled std); the batches' traces must
+        record the same steps at the same temperature (one attack's settings)."""
+        if len(traces) != len(sizes) or not traces:
+            raise ValueError(f"give one batch size per trace: {len(traces)} traces and {len(sizes)} sizes")
+        for trace in traces[1:]:
+            if list(trace.step) != list(traces[0].step) or trace.temperature != traces[0].temperature:
+                raise ValueError(
+                    "traces of different steps or temperatures cannot be combined into one: steps "
+                    f"{_steps_text(traces[0])} at T = {traces[0].temperature:g} and {_steps_text(trace)} at "
+                    f"T = {trace.temperature:g} (combine the traces of batches attacked with the same settings)")
         if len(traces) == 1:
             return traces[0]
         weights = torch.tensor(sizes, dtype=torch.float64)
@@ -55,6 +64,11 @@ class Trace:
             accuracy=mean("accuracy").tolist(), loss=mean("loss").tolist(), true_prob=mean("true_prob").tolist(),
             target_prob=mean("target_prob").tolist(), temperature=traces[0].temperature,
         )
+
+
+def _steps_text(trace: Trace) -> str:
+    steps = list(trace.step)
+    return f"{steps[0]}..{steps[-1]} ({len(steps)} entries)" if steps else "none"
 
 
 class TraceRecorder:
