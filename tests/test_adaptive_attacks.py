@@ -896,3 +896,19 @@ def test_the_apps_adaptive_attack_takes_float32_pixels_for_a_half_precision_mode
     detector = EnergyDetector().fit(logits, logits - 1).bind(model)
     outcome = evade_detector(model, x, detector, steps=3, restarts=1)
     assert float((outcome.adversarial.float() - outcome.clean.float()).abs().max()) <= 8 / 255 + 1e-6
+
+
+def test_float64_images_get_float64_points_inside_the_ball(logit_detector, batch):
+    """As robgen's other attacks: float64 pixels for a float32 model came back float32, up to 5e-9 outside the
+    eps ball of the images given (the ball was kept around their float32 rounding)."""
+    _, y = batch
+    x = 0.5 + 0.1 * torch.rand(16, 3, 32, 32, generator=seeded(3), dtype=torch.float64)  # no pixel reaches 0 or 1
+    for attack in (KPlusOnePGD(logit_detector, eps=EPS_FEW, steps=3, generator=seeded()),
+                   PenaltyPGD(logit_detector, eps=0.5, norm="l2", steps=3, generator=seeded())):
+        found = attack(x, y)
+        assert found.dtype == torch.float64
+        if attack.norm == "linf":  # float64's rounding of x + delta - x (a float32 result was 5e-9 outside)
+            assert (found - x).abs().max() <= attack.eps * (1 + 1e-12)
+        else:
+            assert (found - x).flatten(1).norm(dim=1).max() <= attack.eps * (1 + 1e-12)
+        assert found.min() >= 0 and found.max() <= 1

@@ -42,6 +42,7 @@ from ..engine.apgd import auto_projected_gradient_ascent
 from ..engine.autograd import outside_inference_mode
 from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_dtype, pixels_for
+from .base import in_callers_precision
 from .evasion import DefendedOutputs, EvasionTracker, Outputs, check_defended
 
 
@@ -148,11 +149,14 @@ class AdaptiveAttack:
 
     @outside_inference_mode
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per image, the first evading point found (misclassified and accepted), else the final iterate."""
+        """Per image, the first evading point found (misclassified and accepted), else the final iterate; in the
+        type of the images given where that is wider (float64 pixels for a float32 model, as `Attack` returns)."""
+        given = x
         x, y = self._check_inputs(x, y)
         tracker = EvasionTracker(self.defended, x, y)
         final = self.run(x, y, tracker)
-        return torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
+        found = torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
+        return in_callers_precision(found, given, self.constraint)
 
     def run(self, x: torch.Tensor, y: torch.Tensor, tracker: EvasionTracker) -> torch.Tensor:
         """Every restart, every iterate shown to `tracker`; returns each image's final iterate of its last run."""
