@@ -18,6 +18,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -41,27 +42,42 @@ def _current_umask() -> int:
     return mask
 
 
-def _usual_permissions(path: Path) -> None:
-    """Give a written file the permissions a plain `open(path, "w")` would now: safetensors writes its files
-    readable by their owner alone (0600), which hides a checkpoint from the other users of a shared machine
-    or a Space's server process."""
-    os.chmod(path, 0o666 & ~_current_umask())
+def _usual_permissions(temporary: Path, path: Path) -> None:
+    """Give the new content of `path` the permissions a plain `open(path, "w")` would: the permissions `path` has
+    when it exists (a checkpoint kept private with chmod 600 stays so), else those the umask gives a new file.
+    safetensors writes its files readable by their owner alone (0600), which would hide a new checkpoint from the
+    other users of a shared machine or a Space's server process."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:  # no such file yet (or not one this user may read the mode of)
+        mode = 0o666 & ~_current_umask()
+    os.chmod(temporary, mode)
 
 
 def _flush_to_disk(path: Path) -> None:
     """Wait until the content written to `path` is on the disk, not only in the system's cache: a rename is
     recorded by the file system on its own schedule, so without this a power cut soon after it can leave the new
-    name holding an empty or partial file, the one thing this module promises never happens."""
-    with open(path, "r+b") as written:  # opened for writing: Windows refuses to flush a file opened to read
+    name holding an empty or partial file, the one thing this module promises never happens. Opened to read where
+    the system flushes a file so opened (POSIX): under umask 0222 the file is read-only from its creation, and
+    only root may open it for writing; Windows refuses to flush a file opened to read."""
+    with open(path, "r+b" if os.name == "nt" else "rb") as written:
         os.fsync(written.fileno())
+
+
+_NAME_BYTES = 255  # the longest file name most file systems take (ext4, APFS, NTFS: 255 bytes or characters)
 
 
 def partial_path(path: Union[str, Path]) -> Path:
     """Where the new content of `path` is written before it replaces `path`: `<name>.<pid>-<random>.partial`, a
     new name at each call, so that two processes writing the same file at once (the CLI and the app converting
-    one model on first use) neither rename nor delete each other's half-written file. The last rename wins."""
+    one model on first use) neither rename nor delete each other's half-written file. The last rename wins.
+    A name near the file system's limit is shortened there, so that any name `path` may have can be written."""
     path = Path(path)
-    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    suffix = f".{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
+    name = path.name
+    if len(name.encode("utf-8", "surrogateescape")) + len(suffix) > _NAME_BYTES:
+        name = name.encode("utf-8", "surrogateescape")[:_NAME_BYTES - len(suffix)].decode("utf-8", "ignore")
+    return path.with_name(name + suffix)
 
 
 def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
@@ -70,8 +86,8 @@ def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> P
     temporary = partial_path(path)
     try:
         write(temporary)
-        _usual_permissions(temporary)
         _flush_to_disk(temporary)
+        _usual_permissions(temporary, path)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)  # a failed write leaves no stray .partial file beside the target
@@ -90,8 +106,8 @@ def write_together(writes: Dict[Path, Callable[[Path], None]],
     try:
         for path, write in writes.items():
             write(temporaries[Path(path)])
-            _usual_permissions(temporaries[Path(path)])
             _flush_to_disk(temporaries[Path(path)])
+            _usual_permissions(temporaries[Path(path)], Path(path))
         if before_renaming is not None:
             before_renaming()
         for path, temporary in temporaries.items():

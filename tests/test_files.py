@@ -103,8 +103,9 @@ def test_written_files_get_the_usual_permissions_not_safetensors_owner_only(tmp_
     assert os.stat(weights).st_mode & 0o777 == 0o666 & ~umask
     os.umask(0o077)  # a umask tightened after robgen was imported holds for what it writes next
     try:
-        write_atomically(weights, lambda t: save_file({"w": torch.zeros(2)}, str(t)))
-        assert os.stat(weights).st_mode & 0o777 == 0o600
+        fresh = tmp_path / "fresh.safetensors"  # a new file (one rewritten keeps its mode, as with a plain open)
+        write_atomically(fresh, lambda t: save_file({"w": torch.zeros(2)}, str(t)))
+        assert os.stat(fresh).st_mode & 0o777 == 0o600
     finally:
         os.umask(umask)
 
@@ -124,3 +125,61 @@ def test_the_new_content_is_on_the_disk_before_its_name_replaces_the_old_file(tm
     events.clear()
     files.write_together({tmp_path / "a": lambda t: t.write_text("a"), tmp_path / "b": lambda t: t.write_text("b")})
     assert events == ["fsync", "fsync", "replace", "replace"]
+
+
+def test_a_rewritten_file_keeps_its_permissions_and_a_new_one_gets_the_umasks(tmp_path):
+    """A plain open(path, "w") keeps an existing file's mode; the atomic write gave a private (0600) checkpoint
+    0644, readable by every user of the machine."""
+    import os
+    import stat
+
+    kept, new = tmp_path / "private.json", tmp_path / "new.json"
+    kept.write_text("old")
+    os.chmod(kept, 0o600)
+    write_text_atomically(kept, "new")
+    assert kept.read_text() == "new" and stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+    previous = os.umask(0o027)
+    try:
+        write_text_atomically(new, "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(new).st_mode) == 0o640
+
+
+def test_under_a_read_only_umask_a_file_is_written(tmp_path, monkeypatch):
+    """Under umask 0222 the temporary file is read-only from its creation, and the flush opened it for writing:
+    PermissionError for every user but root, so nothing could be saved. Root may open any file for writing, so
+    the system's check for other users is played here by `open` refusing to write a file its owner may not."""
+    import builtins
+    import os
+    import stat
+
+    import robgen.files as files
+
+    def open_as_a_user(path, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wa+") and os.path.exists(path) and not os.stat(path).st_mode & stat.S_IWUSR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", open_as_a_user, raising=False)
+    path = tmp_path / "read-only.json"
+    previous = os.umask(0o222)
+    try:
+        write_text_atomically(path, "{}")
+    finally:
+        os.umask(previous)
+    assert path.read_text() == "{}" and stat.S_IMODE(os.stat(path).st_mode) == 0o444
+
+
+def test_a_name_near_the_file_systems_limit_can_be_written(tmp_path):
+    """The temporary name added 23 characters to the target's: a 244-character name (which open() takes) failed
+    with 'File name too long'."""
+    from robgen.files import write_together
+
+    for name in ("a" * 240 + ".png", "é" * 120 + ".json"):  # 244 bytes; 245 bytes in UTF-8
+        path = tmp_path / name
+        write_text_atomically(path, "x")
+        write_together({path: lambda t: t.write_text("y")})
+        assert path.read_text() == "y"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+        path.unlink()
