@@ -21,6 +21,10 @@ import torch.nn.functional as F
 from .checks import check_logits, check_positive, labels_for
 
 
+_SMALL_TEMPERATURE = 1e-3  # above it logits / T overflows float32 only for logits beyond 1e35: the plain formula,
+# whose rounding every number robgen has reported was computed with
+
+
 def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -> torch.Tensor:
     """Free energy E(x) = -T * logsumexp(logits / T) with T = `temperature`, shape (N,); float32 for
     half-precision logits.
@@ -34,9 +38,11 @@ def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -
         check_logits(logits)
     if logits.dtype in (torch.float16, torch.bfloat16):  # the energy in float32, as the docstring says
         logits = logits.float()
-    # The same function written as -m - T * logsumexp((logits - m) / T), m the largest logit: logits / T overflows
-    # to inf at a small T (below 1e-38 in float32, 1e-3 in float16), (logits - m) / T, never above 0, does not;
-    # its gradient is -softmax(logits / T) whatever torch gives the max.
+    if temperature >= _SMALL_TEMPERATURE:
+        return -temperature * torch.logsumexp(logits / temperature, dim=1)
+    # Below it, the same function written as -m - T * logsumexp((logits - m) / T), m the largest logit: logits / T
+    # overflows float32 to inf at T = 1e-40 (or at 1e-37 for logits of 100), (logits - m) / T, never above 0, does
+    # not; its gradient is -softmax(logits / T) whatever torch gives the max.
     top = logits.amax(dim=1, keepdim=True)
     return -top.squeeze(1) - temperature * torch.logsumexp((logits - top) / temperature, dim=1)
 
