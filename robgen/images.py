@@ -337,8 +337,8 @@ def tensor_to_pil(x: torch.Tensor) -> Image.Image:
 
 def save_image(x: torch.Tensor, path: Union[str, Path]) -> Path:
     """Write a (3, H, W) or (1, H, W) tensor in [0, 1] as a lossless PNG, all or nothing
-    (`robgen.files.write_atomically`)."""
-    path = Path(path)
+    (`robgen.files.write_atomically`); `~` is the home folder, as `load_image` reads it."""
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     image = tensor_to_pil(x)
     return write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))

@@ -773,3 +773,49 @@ def test_a_save_that_fails_keeps_the_files_fitted_to_the_old_weights_and_leaves_
     with pytest.raises(KeyboardInterrupt):
         robgen.save_checkpoint(other, folder)
     assert not list(folder.glob("*.partial")) and not (folder / "detector.json").exists()
+
+
+def test_every_path_a_user_names_takes_the_home_folder_as_a_shell_does(tmp_path, monkeypatch):
+    """`load_image` and `load_model` read '~/...' from the home folder, but saving wrote a folder named '~' in the
+    working directory (save_image, save_checkpoint, a detector's or reject option's or seeds' save), so what was
+    saved under '~/x' was not found there; weights='~/w.pth', a madrylab ckpt_path and $ROBGEN_CACHE were refused
+    or relative to the working directory."""
+    from robgen.detection import EnergyDetector
+    from robgen.detection.reject import make_reject_option
+    from robgen.images import load_image, save_image
+    from robgen.models.checkpoint import load_checkpoint, save_checkpoint
+    from robgen.models.madrylab import cache_dir
+    from robgen.synthesis.seeds import SeedDistribution
+    from tests.conftest import tiny_model
+
+    home, elsewhere = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    model, x = tiny_model(), torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    save_image(x[0], "~/pictures/a.png")
+    assert (home / "pictures" / "a.png").is_file() and load_image("~/pictures/a.png").shape == (3, 32, 32)
+    save_checkpoint(model, "~/models/tiny")
+    assert (home / "models" / "tiny").is_dir()
+    assert torch.equal(load_checkpoint("~/models/tiny").net.head.weight, model.net.head.weight)
+    assert torch.equal(robgen.load_model("~/models/tiny").net.head.weight, model.net.head.weight)
+    torch.save(model.net.state_dict(), home / "w.pth")
+    loaded = robgen.load_model("timm:resnet10_cifar", weights="~/w.pth", width=4)
+    assert torch.equal(loaded.net.head.weight, model.net.head.weight)
+
+    detector = EnergyDetector().fit(torch.randn(50, 10, generator=torch.Generator().manual_seed(1)),
+                                    torch.randn(50, 10, generator=torch.Generator().manual_seed(2)) + 3)
+    detector.save("~/d/detector.json")
+    assert EnergyDetector.load("~/d/detector.json").threshold == detector.threshold
+    option = make_reject_option("energy", target_fpr=0.2).calibrate(model, x)
+    option.save("~/d/reject.json")
+    assert type(option).load("~/d/reject.json", model=model).to_dict() == option.to_dict()
+    seeds = SeedDistribution.fit([(x, torch.tensor([0, 0, 0, 1, 1, 1]))], class_labels=["a", "b"], resolution=8,
+                                 rank=2, progress=False)
+    seeds.save("~/d/seeds.safetensors")
+    assert torch.equal(SeedDistribution.load("~/d/seeds.safetensors").means, seeds.means)
+
+    monkeypatch.setenv("ROBGEN_CACHE", "~/cache")
+    assert cache_dir() == home / "cache" / "madrylab"
+    assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing written where the command ran

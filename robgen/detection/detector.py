@@ -179,7 +179,7 @@ class EnergyDetector:
         }
 
     def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
+        path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
@@ -187,7 +187,7 @@ class EnergyDetector:
     @classmethod
     def load(cls, path: Union[str, Path]) -> "EnergyDetector":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).expanduser().read_text())
             detector = cls(rule=data["rule"], temperature=data["temperature"], target_fpr=data.get("target_fpr", 0.05),
                            temperatures=data.get("temperatures", TEMPERATURES))
             detector.search_temperature = bool(data.get("search_temperature", False))

@@ -363,7 +363,7 @@ class RejectOption:
     def save(self, path: Union[str, Path]) -> Path:
         """Write the reject option as JSON (next to the checkpoint, like detector.json)."""
         self._require_fit()
-        path = Path(path)
+        path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
@@ -402,7 +402,7 @@ class RejectOption:
         """Read a saved reject option; with `model`, refuse it unless it was calibrated on that model (a user's
         detector: its function `fn`, refused unless its networks have the weights it was calibrated with)."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).expanduser().read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
         try:

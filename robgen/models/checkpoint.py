@@ -74,7 +74,7 @@ def save_checkpoint(model: Classifier, folder: Union[str, Path], dtype: torch.dt
     run that dies mid-write keeps the previous complete checkpoint. Saved over other weights,
     the files fitted to those (`COMPANION_FILES`: a detector.json, synthesis seeds) are removed.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()  # `~` the home folder, as `load_model` reads it
     folder.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in model.net.state_dict().items():
@@ -151,7 +151,7 @@ def read_config(folder: Union[str, Path]) -> dict:
 
 def load_checkpoint(folder: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Classifier:
     """Rebuild the model saved in `folder` by `save_checkpoint`, in eval mode."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not is_checkpoint_dir(folder):
         raise FileNotFoundError(f"{folder} is not a robgen checkpoint: it needs {WEIGHTS_FILE} and {CONFIG_FILE}")
     config = read_config(folder)

@@ -258,7 +258,7 @@ def _imagenet_labels() -> List[str]:
 
 def _read_state_dict(path: Union[str, Path]) -> dict:
     """A state dict from a `.safetensors` file or a PyTorch file, never unpickling arbitrary objects."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":

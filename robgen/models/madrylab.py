@@ -44,7 +44,7 @@ QUASI_ROBUST_MAX_EPS = 0.1  # L2 budgets up to this (MAGIC uses 0.05) count as q
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("ROBGEN_CACHE", Path.home() / ".cache" / "robgen")) / "madrylab"
+    return Path(os.environ.get("ROBGEN_CACHE", Path.home() / ".cache" / "robgen")).expanduser() / "madrylab"
 
 
 def convert_state_dict(checkpoint: dict) -> dict:
@@ -76,7 +76,8 @@ def load_madrylab(name: str, ckpt_path: Optional[Union[str, Path]] = None) -> Cl
     # (it would load with no crop and another resampling filter)
     stale = is_checkpoint_dir(folder) and "crop_pct" not in read_config(folder)
     if ckpt_path is not None or stale or not is_checkpoint_dir(folder):
-        source = f"file:{Path(ckpt_path).expanduser().resolve()}" if ckpt_path is not None else \
+        ckpt_path = Path(ckpt_path).expanduser() if ckpt_path is not None else None  # `~`: the home folder
+        source = f"file:{ckpt_path.resolve()}" if ckpt_path is not None else \
             f"hf-hub:{REPO_ID}/{name}.ckpt"
         if ckpt_path is None:
             from huggingface_hub import hf_hub_download

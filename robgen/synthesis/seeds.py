@@ -118,13 +118,14 @@ class SeedDistribution:
                     "class_labels": json.dumps(self.class_labels)}
         tensors = {"means": self.means.contiguous(), "factors": self.factors.half().contiguous(),
                    "residual": self.residual.contiguous()}
+        path = Path(path).expanduser()
         return write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SeedDistribution":
         from safetensors import safe_open
 
-        path = Path(path)
+        path = Path(path).expanduser()
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         if metadata.get("format") != "robgen-seeds":
