@@ -201,3 +201,32 @@ def test_images_of_another_size_than_the_models_are_refused_where_a_detector_jud
                  lambda: run_suite(defended, big, y, {"k+1 pgd": KPlusOnePGD(defended, eps=8 / 255, steps=1)})):
         with pytest.raises(ValueError, match="64x64 pixels but the model takes 32x32"):
             call()
+
+
+def test_a_reject_option_reading_the_images_gets_them_in_the_models_type():
+    """The model got the attack's float32 iterates cast to its type, the reject option the iterates as they came:
+    robust-margin (which runs the network on them) and a user's detector of a bfloat16 model failed with torch's
+    'mat1 and mat2 must have the same dtype', as did robust-margin on a float32 model given a user's attack's
+    float64 points in run_suite. Calibration gives them in the model's type."""
+    from robgen.attacks.adaptive import KPlusOnePGD
+    from robgen.attacks.suite import run_suite
+    from robgen.detection.reject import RejectOption
+
+    x = images(4, 9)
+    for dtype in (torch.bfloat16, torch.float16):
+        model = tiny_model().to(dtype)
+        with torch.no_grad():
+            y = model(x.to(dtype)).argmax(1)
+        detector = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1)).to(dtype)
+        for option in (make_reject_option("robust-margin", target_fpr=0.2, steps=2),
+                       RejectOption.from_callable(lambda batch: detector(batch)[:, 0], target_fpr=0.2)):
+            defended = DefendedClassifier(model, option.calibrate(model, images(20, 1)))
+            found = KPlusOnePGD(defended, 8 / 255, steps=2, generator=torch.Generator().manual_seed(0))(x, y)
+            assert found.dtype == torch.float32 and (found - x).abs().max() <= 8 / 255 + 1e-6
+    model = tiny_model()
+    defended = DefendedClassifier(model, make_reject_option("robust-margin", target_fpr=0.2, steps=2).calibrate(
+        model, images(20, 1)))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    outcome = run_suite(defended, x, y, {"mine": lambda x, y: (x.double() + 0.01).clamp(0, 1)}, eps=8 / 255)
+    assert len(outcome.images) == 4

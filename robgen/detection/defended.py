@@ -123,8 +123,9 @@ class DefendedClassifier(nn.Module):
         dtype = model_dtype(self.model)  # an attack's float32 iterates, for a float16 or bfloat16 model
         if isinstance(network, CastInputs):  # it casts them itself (and scales a float16 model's gradient on the way)
             dtype = x.dtype
+        cast = x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype)
         try:
-            logits = network(x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype))
+            logits = network(cast)
         finally:
             if hook is not None:
                 hook.remove()
@@ -133,7 +134,12 @@ class DefendedClassifier(nn.Module):
                 raise RuntimeError(f"the model's last linear layer ran {len(caught)} times in one forward pass, so its "
                                    "input is not one set of penultimate features")
             features = caught[0]
-        inputs = x if self.reject.needs_inputs else None
+        # the images in the model's type, as calibration gave them (`RejectOption.calibrate`): a float32 iterate
+        # reached robust-margin's network, or a user's detector, of a bfloat16 model as float32 (a float64 one of
+        # a float32 model as float64); only CastInputs, the network robust-margin is then given, casts them itself
+        in_model_type = x.to(model_dtype(self.model)) if x.is_floating_point() else x
+        inputs = None if not self.reject.needs_inputs else (
+            cast if isinstance(network, CastInputs) and self.reject.needs_network else in_model_type)
         score = self.reject.score_from(logits, features, inputs, network if self.reject.needs_network else None)
         if torch.is_grad_enabled() and x.requires_grad and not self._gradient_checked:
             self._check_gradient(x, score)
