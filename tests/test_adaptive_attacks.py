@@ -912,3 +912,16 @@ def test_float64_images_get_float64_points_inside_the_ball(logit_detector, batch
         else:
             assert (found - x).flatten(1).norm(dim=1).max() <= attack.eps * (1 + 1e-12)
         assert found.min() >= 0 and found.max() <= 1
+
+
+def test_the_suite_gives_float64_images_float64_points_inside_the_ball(logit_detector, batch):
+    """run_suite returned float32 points for float64 images, up to 3e-8 outside the ball around them (hidden by its
+    own check's tolerance of 1e-5), where each attack alone returns float64 points inside it."""
+    x, y = batch
+    x = x.double()  # the model's own labels: every clean image correct
+    result = run_suite(logit_detector, x, y, {"pgd": KPlusOnePGD(logit_detector, eps=EPS_FEW, steps=10,
+                                                                 generator=seeded())}, eps=EPS_FEW)
+    for points in (result.images, result.attacks["pgd"].images):
+        assert points.dtype == torch.float64
+        assert (points - x).abs().max() <= EPS_FEW * (1 + 1e-12) and points.min() >= 0 and points.max() <= 1
+    assert 0 < int(result.evaded.sum()) < 16 and torch.equal(result.images[~result.evaded], x[~result.evaded])

@@ -47,11 +47,11 @@ def default_step_size(norm: str, eps: float, steps: int) -> float:
 def in_callers_precision(x_adv: torch.Tensor, given: torch.Tensor, constraint) -> torch.Tensor:
     """The attack's result in the type of the images it was `given`, where that is wider than the type it ran in
     (float64 pixels for a float32 model), projected again onto the ball around them there: rounded to float32, a
-    point on the ball's edge lay up to 4e-8 outside it."""
+    point on the ball's edge lay up to 4e-8 outside it (`constraint` None, no ball to keep: only the type)."""
     if not given.is_floating_point() or torch.finfo(given.dtype).bits <= torch.finfo(x_adv.dtype).bits:
         return x_adv
     given = given.detach().to(x_adv.device)
-    return constraint.project(x_adv.to(given.dtype), given)
+    return x_adv.to(given.dtype) if constraint is None else constraint.project(x_adv.to(given.dtype), given)
 
 
 def _never_stopping(watch: Callable) -> Callable[[int, torch.Tensor, object], bool]:

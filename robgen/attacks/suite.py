@@ -43,7 +43,7 @@ from ..detection.dara import detection_aware_report
 from ..engine import make_constraint
 from ..models.state import eval_mode, pixels_for
 from ..progress import step_reporter
-from .base import Attack
+from .base import Attack, in_callers_precision
 from .evasion import EvasionTracker, check_defended
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
             attack on each batch.
     """
     check_defended(defended)
+    given = x
     if not attacks:
         raise ValueError("attacks is empty: pass {name: attack}, e.g. {'k+1 apgd-ce': KPlusOneAPGD(defended, eps)}")
     spec = getattr(defended.model, "spec", None)
@@ -227,4 +228,13 @@ def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, 
     result = parts[0] if len(parts) == 1 else _concatenate(parts)
     if constraint is not None:
         result.eps, result.norm = constraint.eps, constraint.norm
+    # the points in the type of the images given where that is wider (float64 pixels of a float32 model), in the
+    # ball around them, as each attack returns them (they came back float32, up to 3e-8 outside it)
+    widened = in_callers_precision(result.images, given, constraint)
+    if widened.dtype != result.images.dtype:  # where nothing evaded: the clean image given, not its rounding
+        unevaded = ~result.evaded.to(widened.device).view(-1, *([1] * (widened.ndim - 1)))
+        widened = torch.where(unevaded, given.detach().to(widened), widened)
+    result.images = widened
+    for outcome in result.attacks.values():
+        outcome.images = in_callers_precision(outcome.images, given, constraint)
     return result
