@@ -185,7 +185,7 @@ def test_pixels_of_0_to_255_are_refused_and_float64_ones_are_read_as_the_model_r
     assert from_wide.dtype == torch.float64 and torch.allclose(from_wide.float(), pgd()(x, y), atol=1e-6)
     attack = KPlusOnePGD(defended, eps=8 / 255, steps=2, restarts=1)
     suite = run_suite(defended, wide, y, {"k+1 pgd": attack}, eps=8 / 255)
-    assert suite.attacks["k+1 pgd"].images.dtype == torch.float32
+    assert suite.attacks["k+1 pgd"].images.dtype == torch.float64  # in the caller's type too, as the attack returns it
 
 
 def test_images_of_another_size_than_the_models_are_refused_where_a_detector_judges_them(model):
