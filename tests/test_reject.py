@@ -316,6 +316,16 @@ def test_a_callable_detector_runs_its_networks_in_eval_mode_and_refuses_other_we
     other(val_x[:2])
     with pytest.raises(ValueError, match="calibrated with networks of other weights"):
         RejectOption.load(path, model=model, fn=lambda x: other(x).squeeze(1))
+    # its network's weights changed after calibration, in memory: the defended classifier used the stale threshold
+    # (rejecting 18 of 20 clean images in the review's example) where a load refuses it
+    calibrated_weights = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.mul_(-3)
+    with pytest.raises(ValueError, match="calibrated with networks of other weights"):
+        DefendedClassifier(model, option)
+    with torch.no_grad():
+        net[0].weight.copy_(calibrated_weights)
+    DefendedClassifier(model, option)  # its own weights again
     hidden = {"net": net}  # reached through a dict: robgen cannot find it, the caller names it
     option = RejectOption.from_callable(lambda x: hidden["net"](x).squeeze(1), modules=[net]).calibrate(model, val_x)
     assert option.modules == [net] and torch.equal(net[1].running_mean, before)

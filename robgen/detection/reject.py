@@ -557,14 +557,23 @@ class CallableReject(_HighStatisticReject):
         return {"detector_fingerprint": self.detector_fingerprint} if self.detector_fingerprint else {}
 
     def _set_state(self, state):
-        recorded = state.get("detector_fingerprint")
+        self._check_networks(state.get("detector_fingerprint"))
+        self.detector_fingerprint = state.get("detector_fingerprint")
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """The model's check, and the detector's own networks still those it was calibrated with: their weights
+        changed after calibration (fine-tuned, or loaded again) put the threshold on another scale, which
+        `DefendedClassifier` used as if nothing had happened (a load refuses it)."""
+        super().check_model(model)
+        self._check_networks(self.detector_fingerprint)
+
+    def _check_networks(self, recorded: Optional[str]) -> None:
         found = self.networks_fingerprint()
         if recorded is not None and found != recorded:
             raise ValueError(f"the detector {self.name!r} was calibrated with networks of other weights (theirs "
                              f"{recorded[:12]}…, the function given now runs "
                              f"{'none robgen can find' if found is None else found[:12] + '…'}): its threshold is "
                              "on that detector's scale; calibrate this one again on clean validation images")
-        self.detector_fingerprint = recorded
 
 
 REJECT_OPTIONS = {option.kind: option for option in
