@@ -118,6 +118,20 @@ def write_together(writes: Dict[Path, Callable[[Path], None]],
         raise
 
 
+def unwritable_folder(path: Union[str, Path]) -> Optional[str]:
+    """Why the folder `path` cannot be made or written into, in words ("is a file", "has a file on its way (...)",
+    "...: not writable by this user"), or None when it can: the check before work whose first write is at its end."""
+    path = Path(path).expanduser()
+    for place in [path, *path.parents]:
+        if place.exists():
+            if not place.is_dir():
+                return "is a file" if place == path else f"has a file on its way ({place})"
+            if not os.access(place, os.W_OK | os.X_OK):
+                return f"{place} is not writable by this user"
+            return None
+    return None
+
+
 def write_text_atomically(path: Union[str, Path], text: str) -> Path:
     """`path` replaced by `text` (UTF-8) in one step; see `write_atomically`."""
     return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))

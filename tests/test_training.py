@@ -951,3 +951,48 @@ def test_an_architecture_that_does_not_take_a_width_is_refused_with_the_recipe(t
     assert main(["train", "--data", str(toy_data), "--arch", "resnet18", "--width", "32", "--epochs", "1",
                  "--out", str(tmp_path / "run")]) == 2
     assert "does not take width=32" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_channels_last_on_the_cpu_is_refused_where_torchs_backward_pass_crashes(toy_data, tmp_path):
+    """--channels-last on the CPU at width 4 ended the process ("double free or corruption") in the backward pass
+    of the shortcut's strided 1x1 convolution on 4 channels (torch 2.14's oneDNN kernels); from 8 channels it
+    trains."""
+    with pytest.raises(ValueError, match="channels-last on the CPU crashes .* 1x1 convolution of stride 2 on 4 "
+                                         "channels.*without --channels-last"):
+        train(config(toy_data, epochs=1, channels_last=True), tmp_path / "w4", device="cpu", progress=False)
+    assert not (tmp_path / "w4" / "model.safetensors").exists()
+    model = train(config(toy_data, epochs=1, width=8, channels_last=True), tmp_path / "w8", device="cpu",
+                  progress=False)
+    assert (tmp_path / "w8" / "model.safetensors").exists() and model.spec.arch_kwargs["width"] == 8
+
+
+def test_a_python_callers_recipe_and_folder_are_checked_before_training(toy_data, tmp_path, monkeypatch):
+    """From Python: a pathlib.Path as the data set (or init_from) trained an epoch, then failed writing the recipe
+    ("Object of type PosixPath is not JSON serializable"), as did a Path in `extra`; a folder under a file failed at
+    the first epoch's save; resume and overwrite together were taken (overwrite ignored); the model returned named
+    its folder as given, so that after a chdir its detector and seeds were not found."""
+    from pathlib import Path
+
+    from robgen.models.checkpoint import model_folder
+
+    recipe = config(toy_data, data=Path(toy_data), epochs=1)
+    assert recipe.data == str(toy_data)
+    with pytest.raises(ValueError, match="extra is written into the checkpoint's config.json.*PosixPath"):
+        config(toy_data, extra={"notes": Path("x")})
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match=r"afile/run has a file on its way \(.*afile\): choose another"):
+        train(recipe, tmp_path / "afile" / "run", progress=False)
+    with pytest.raises(ValueError, match="give one"):
+        train(recipe, tmp_path / "r", resume=True, overwrite=True, progress=False)
+    monkeypatch.chdir(tmp_path)
+    model = train(recipe, "run", progress=False)
+    monkeypatch.chdir("/")  # another working directory
+    assert model_folder(model) == (tmp_path / "run").resolve()
+
+
+def test_a_callers_random_draws_at_each_epoch_leave_the_run_as_it_would_be(toy_data, tmp_path):
+    """on_epoch ran inside the run's seeded streams: a callback drawing from torch's RNG changed the weights (62 of
+    76 tensors in the review's example) and a resumed run no longer matched an uninterrupted one."""
+    quiet = train(config(toy_data, epochs=2), tmp_path / "quiet", progress=False)
+    drawing = train(config(toy_data, epochs=2), tmp_path / "drawing", progress=False, on_epoch=lambda row: torch.rand(5))
+    assert_same_weights(quiet, drawing)

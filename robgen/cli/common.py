@@ -84,17 +84,16 @@ def check_writable_folder(path: Path, flag: str = "--out", file: Optional[Path] 
     """Refuse, before any work starts, a folder that cannot be made or written into: a file on its way (the folder
     itself or one above it), or a first existing folder this user may not write. The work would otherwise run to
     its end and fail at its first write. `file`: `flag` names that file, to be written into `path` (its folder)."""
+    from ..files import unwritable_folder
+
     path = Path(path)
     named = f"{flag} {file}: its folder {path}" if file is not None else f"{flag} {path}"
-    for place in [path, *path.parents]:
-        if place.exists():
-            if not place.is_dir():
-                what = "is a file" if place == path else f"has a file on its way ({place})"
-                advice = "choose another" if file is not None else f"{flag} names a folder to write into: choose another"
-                raise UsageError(f"{named} {what}; {advice}")
-            if not os.access(place, os.W_OK | os.X_OK):
-                raise UsageError(f"{named}: {place} is not writable by this user; choose another {flag}")
-            return
+    problem = unwritable_folder(path)
+    if problem is not None and problem.endswith("not writable by this user"):
+        raise UsageError(f"{named}: {problem}; choose another {flag}")
+    if problem is not None:
+        advice = "choose another" if file is not None else f"{flag} names a folder to write into: choose another"
+        raise UsageError(f"{named} {problem}; {advice}")
 
 
 def make_folder(path: Path, flag: str = "--out") -> Path:

@@ -7,8 +7,10 @@ resumed, compared or repeated from its checkpoint alone.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
+import os
 from dataclasses import dataclass, field, fields
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -223,6 +225,14 @@ class TrainConfig:
                 except (TypeError, ValueError):
                     raise ValueError(f"{field_.name} must be a {'number' if kind is float else 'whole number'}, "
                                      f"got {value!r}") from None
+        for name in ("data", "init_from"):  # a pathlib.Path, as load_dataset and load_model take one: as text
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        try:
+            json.dumps(self.extra)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"extra is written into the checkpoint's config.json, so it must hold what JSON can "
+                             f"(text, numbers, lists, dicts): {error}") from None
 
     @property
     def step_size(self) -> float:

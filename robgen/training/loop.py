@@ -25,6 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .. import data as datasets
 from .. import distributed
 from ..evaluation import evaluate_robustness
+from ..files import unwritable_folder
 from ..models import Classifier
 from ..models.checkpoint import is_checkpoint_dir, load_checkpoint, read_config
 from ..models.subnormals import flush_training_subnormals
@@ -61,7 +62,12 @@ def train(
     The caller's global RNG state is left untouched: the run seeds a forked
     RNG from `config.seed`, so the same config gives the same model.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).expanduser()
+    if resume and overwrite:
+        raise ValueError("resume continues the run in the folder, overwrite removes it to start again: give one")
+    problem = unwritable_folder(out_dir)
+    if problem is not None:  # refused before the data is read, not at the first epoch's save
+        raise ValueError(f"the run's folder {out_dir} {problem}: choose another")
     earlier = [] if resume or overwrite else checkpointing.earlier_run(out_dir)
     if earlier:  # the CLI's check, for Python callers too: a second run there kept the first's best/, snapshots
         # and log lines beside its own (a log.jsonl alone, without a checkpoint, had the new run's lines added)
@@ -89,6 +95,18 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay, nesterov=config.momentum > 0)  # (none without momentum)
+
+
+def _check_channels_last_on_cpu(model: torch.nn.Module) -> None:
+    """Refuse channels-last on the CPU for a network with a strided 1x1 convolution of fewer than 8 input channels
+    (a narrow ResNet's shortcut): its backward pass in torch's CPU kernels (oneDNN, torch 2.14) writes past its
+    buffer and ends the process ("double free or corruption"), 1 to 7 channels but 2 and 3 here."""
+    for name, module in model.named_modules():
+        if (isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+                and max(module.stride) > 1 and module.in_channels < 8):
+            raise ValueError(f"channels-last on the CPU crashes torch's backward pass of {name} (a 1x1 convolution "
+                             f"of stride {max(module.stride)} on {module.in_channels} channels, fewer than 8): train "
+                             "without --channels-last, or a wider network")
 
 
 def _check_resumable(config: TrainConfig, out_dir: Path) -> None:
@@ -156,6 +174,8 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run: let cuDNN pick its fastest kernels
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    if channels_last and device.type == "cpu":
+        _check_channels_last_on_cpu(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -258,11 +278,13 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
             checkpointing.write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch,
                                       row, eval_set, states, best)
             logger.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        if on_epoch is not None:
-            on_epoch(row)
+        if on_epoch is not None:  # with the run's random streams set aside: a caller's draws would change them
+            with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if device.type == "cuda" else []):
+                on_epoch(row)
         distributed.barrier()
-    if is_checkpoint_dir(out_dir):  # the model returned is the one in out_dir: its companion files live there
-        model.spec.source = model.spec.folder = str(out_dir)
+    if is_checkpoint_dir(out_dir):  # the model returned is the one in out_dir: its companion files live there (found
+        # again from another working directory, as `load_checkpoint` records its folder)
+        model.spec.source, model.spec.folder = str(out_dir), str(out_dir.resolve())
     return model.eval()
 
 
