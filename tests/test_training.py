@@ -908,6 +908,10 @@ def test_settings_a_mode_would_ignore_and_an_l2_run_without_its_radius_are_refus
         with pytest.raises(ValueError, match=f"the {mode} mode's default budget is L-inf 8/255"):
             TrainConfig(mode=mode, norm="l2")
         assert TrainConfig(mode=mode, norm="l2", eps=0.5).eps == 0.5
+    # standard training attacks nothing, but its per-epoch check measured PGD at L2 0.031 and recorded it as such
+    with pytest.raises(ValueError, match="the per-epoch check's default budget is L-inf 8/255, a tiny L2 radius"):
+        TrainConfig(mode="standard", norm="l2")
+    assert TrainConfig(mode="standard", norm="l2", eps=0.5).eps == 0.5
     assert TrainConfig(mode="pgd", attack_steps=10).attack_steps == 10
 
 

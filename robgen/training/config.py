@@ -149,9 +149,10 @@ class TrainConfig:
             if quasi and self.norm != QUASI_NORM:
                 raise ValueError(f"the quasi mode's default budget is {QUASI_NORM.upper()} {QUASI_EPS}: give an "
                                  f"{self.norm} eps for it (e.g. --eps 1/255), or leave --norm out")
-            if not quasi and self.norm != "linf" and self.mode != "standard":  # 8/255 is an L-inf radius
-                raise ValueError(f"the {self.mode} mode's default budget is L-inf 8/255, a tiny {self.norm.upper()} "
-                                 "radius (the usual CIFAR-10 L2 one is 0.5): give an eps for it (e.g. --eps 0.5)")
+            if not quasi and self.norm != "linf":  # 8/255 is an L-inf radius (standard mode: its per-epoch check's)
+                whose = "the per-epoch check's" if self.mode == "standard" else f"the {self.mode} mode's"
+                raise ValueError(f"{whose} default budget is L-inf 8/255, a tiny {self.norm.upper()} radius (the "
+                                 "usual CIFAR-10 L2 one is 0.5): give an eps for it (e.g. --eps 0.5)")
             self.eps = QUASI_EPS if quasi else 8 / 255
         for name in ("eps", "attack_step_size"):
             value = getattr(self, name)
