@@ -83,6 +83,8 @@ def partial_path(path: Union[str, Path]) -> Path:
 def write_atomically(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
     """Call `write(temporary)` to write the whole new content, then rename it to `path`; returns `path`."""
     path = Path(path)
+    if not path.parent.is_dir():  # else the error named the temporary file ("...png.4242-1f2e3d4c.partial")
+        raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
     temporary = partial_path(path)
     try:
         write(temporary)

@@ -17,10 +17,11 @@ from .files import write_atomically  # noqa: E402
 def save_figure(figure, path: Path, dpi: Optional[float] = None) -> Path:
     """Write `figure` to `path` in the format its suffix names (.png, .pdf, .svg), all or nothing
     (`robgen.files.write_atomically`: an interrupted run leaves the old figure, not half of a new one), and close
-    it. Returns `path`."""
-    path = Path(path)
+    it; its folder is made where missing, as `save_image` makes one. Returns `path`."""
+    path = Path(path).expanduser()
     image_format = path.suffix[1:].lower() or "png"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda temporary: figure.savefig(temporary, format=image_format, dpi=dpi))
     finally:
         plt.close(figure)
@@ -83,12 +84,13 @@ def trace_figure(trace, title: str = "", threshold: Optional[float] = None):
         axis.legend(fontsize=7, loc="best")
     axis.set_xlabel("step")
     axis.set_ylabel(f"energy {name}", color="tab:red")
-    twin = axis.twinx()
     targeted = bool(trace.target_prob) and not any(p != p for p in trace.target_prob)
     probs, name = (trace.target_prob, "p(target | x)") if targeted else (trace.true_prob, "p(original class | x)")
-    twin.plot(trace.step, probs, marker="s", markersize=3, color="tab:blue", label=name)
-    twin.set_ylim(-0.02, 1.02)
-    twin.set_ylabel(name, color="tab:blue")
+    if len(probs):  # none for unconditional sampling (no class to follow): the energy alone
+        twin = axis.twinx()
+        twin.plot(trace.step, probs, marker="s", markersize=3, color="tab:blue", label=name)
+        twin.set_ylim(-0.02, 1.02)
+        twin.set_ylabel(name, color="tab:blue")
     axis.set_title(plain(title), fontsize=9)
     figure.tight_layout()
     plt.close(figure)
@@ -158,7 +160,7 @@ def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), s
     scale = max(1, round(96 / grid.shape[-2])) if scale is None else int(scale)
     height, width = grid.shape[-2] * scale, grid.shape[-1] * scale
     dpi = 100
-    label_width = 1.2 if row_labels else 0.0
+    label_width = 1.2 if row_labels is not None and len(row_labels) else 0.0
     figure = plt.figure(figsize=(label_width + columns * (width + 4) / dpi, rows * (height + 4) / dpi), dpi=dpi)
     for r in range(rows):
         for c in range(columns):
@@ -167,7 +169,7 @@ def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), s
             axis = figure.add_axes([left, bottom, width / dpi / figure.get_figwidth(), height / dpi / figure.get_figheight()])
             axis.imshow(picture(grid[r, c]), interpolation="nearest")
             axis.set_axis_off()
-        if row_labels:
+        if label_width:
             figure.text(0.02, 1 - (r + 0.5) * (height + 4) / dpi / figure.get_figheight(), plain(row_labels[r]),
                         va="center", ha="left", fontsize=9)
     return save_figure(figure, path, dpi=dpi)

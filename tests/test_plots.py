@@ -73,3 +73,25 @@ def test_a_figure_is_written_in_the_format_its_suffix_names(tmp_path):
     figure, axis = plt.subplots()
     axis.plot([0, 1], [0, 1])
     assert save_figure(figure, tmp_path / "figure.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_an_unconditional_trace_draws_its_energy_alone_and_grids_take_any_sequence_of_labels(tmp_path):
+    """trace_figure plotted p(original class | x) of a trace that has none (unconditional SGLD): matplotlib's "x and
+    y must have same first dimension"; image_grid's labels as a numpy array: "truth value ... is ambiguous"; a figure
+    into a missing folder named its temporary file in the error."""
+    import numpy as np
+
+    from robgen import plots
+    from robgen.engine.trace import Trace
+    from robgen.files import write_text_atomically
+
+    unconditional = Trace(step=[0, 1, 2], energy_mean=[-3.0, -4.0, -5.0], energy_std=[0.1] * 3)
+    figure = plots.trace_figure(unconditional, title="SGLD")
+    assert len(figure.axes) == 1 and len(figure.axes[0].lines) == 1
+    conditional = Trace(step=[0, 1], energy_mean=[-3.0, -4.0], energy_std=[0.1] * 2, true_prob=[0.9, 0.2])
+    assert len(plots.trace_figure(conditional).axes) == 2
+    grid = torch.rand(2, 3, 3, 8, 8)
+    path = plots.image_grid(grid, tmp_path / "new" / "grid.png", row_labels=np.array(["cat", "dog"]))
+    assert path.is_file()
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*missing/x.json: its folder .*missing does not exist$"):
+        write_text_atomically(tmp_path / "missing" / "x.json", "{}")
