@@ -539,3 +539,13 @@ def test_a_half_precision_judge_judges_float32_samples(dtype):
     judge = tiny_model().to(dtype)
     row, = judge_samples(torch.rand(2, 3, 3, 32, 32), "generator", {"judge": judge}, None)
     assert 0 <= row["mean_target_probability"] <= 1
+
+
+def test_classes_given_as_any_sequence_are_taken():
+    """range(2) was refused with "float() argument must be ... not 'range'"; the docstring says a sequence of n."""
+    from robgen.synthesis import synthesize
+
+    model = tiny_mlp()
+    a = synthesize(model, range(2), 2, steps=1, init="uniform", generator=gen(1))
+    b = synthesize(model, [0, 1], 2, steps=1, init="uniform", generator=gen(1))
+    assert torch.equal(a, b)

@@ -130,6 +130,7 @@ def command_fit_seeds(args) -> int:
 def command_synthesize(args) -> int:
     import torch
 
+    from ..engine.random import class_generator
     from ..models.state import pixels_for
     from ..plots import image_grid
     from ..progress import progress_bar
@@ -160,13 +161,14 @@ def command_synthesize(args) -> int:
     if init == "gaussian":
         require_seeds([model])
     if init not in ("gaussian", "uniform", "gray"):
-        if not Path(init).is_file():
+        if not Path(init).expanduser().is_file():  # `--init=~/bird.png`: no shell expands that `~`
             raise UsageError(f"--init {init}: neither gaussian, uniform, gray nor an image file")
-        init = read_images([init], spec)
+        init = read_images([str(Path(init).expanduser())], spec)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["grid.png", "results.json"])
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     rows, traces, started = [], {}, time.perf_counter()
     for index in progress_bar(classes, desc=f"{args.method}: classes", progress=len(classes) > 1):
+        # each class its own stream: its images the same whichever other classes --classes names, in any order
+        generator = class_generator(args.seed, index, device)
         try:
             if args.method == "sgld":
                 images, trace = sgld_sample(model, index, args.n, steps=args.steps,
@@ -313,8 +315,8 @@ def command_budget_sweep(args) -> int:
     candidates = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
     reference = Path(args.reference).name if args.reference else next(iter(candidates))
     judge = open_model(args, device, args.judge)
-    if args.init == "gaussian":
-        require_seeds(candidates.values())
+    if args.init == "gaussian":  # every candidate starts from the reference's seeds (experiments/budget_sweep.py)
+        require_seeds([candidates[reference]] if reference in candidates else candidates.values())
     out = prepare_out_dir(Path(args.out), args.overwrite, ["results.json", "results.md", *grid_files(candidates)])
     started = time.perf_counter()
     try:

@@ -52,6 +52,12 @@ def random_normal(shape: Sequence[int], like: torch.Tensor, generator: Optional[
     return noise.to(like.device)
 
 
+def class_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of class `index`'s draws in a run seeded `seed` (seed * 1000 + index, within torch's 64 bits):
+    a class's images do not depend on which other classes the run draws, or in what order."""
+    return torch.Generator(device=device).manual_seed((int(seed) * 1000 + int(index)) % 2**64)
+
+
 def random_seed(generator: Optional[torch.Generator], device: torch.device) -> int:
     """An integer seed drawn from `generator` (for code that seeds its own RNG, such as torchattacks).
 

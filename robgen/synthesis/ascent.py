@@ -15,7 +15,7 @@ perturbation that changes the prediction and little else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -59,7 +59,9 @@ def class_indices(model, target_class, n: int, device: torch.device) -> torch.Te
             raise ValueError(f"target classes must be one class or a flat sequence of n, got shape "
                              f"{tuple(target_class.shape)}")
         target_class = target_class.tolist()
-    if isinstance(target_class, (list, tuple)):
+    if isinstance(target_class, Sequence) and not isinstance(target_class, (str, bytes)):  # a range(n) too
+        target_class = list(target_class)
+    if isinstance(target_class, list):
         if len(target_class) != n:
             raise ValueError(f"{len(target_class)} target classes given for n={n} images; give one class or n")
         indices = [spec.class_index(c) for c in target_class]

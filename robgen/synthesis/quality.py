@@ -28,6 +28,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ..engine.random import class_generator
 from ..metrics import mean_interval, rate_interval
 from ..models.state import eval_mode, model_device, model_dtype
 from ..progress import progress_bar
@@ -71,10 +72,10 @@ def measure_quality(
         started = time.perf_counter()
         per_class, seed_images = [], []
         for k in progress_bar(range(num_classes), desc=f"synthesising from {gen_name}", progress=progress):
-            rng = torch.Generator(device=device).manual_seed(seed * 1000 + k)  # same seeds for every generator
+            rng = class_generator(seed, k, device)  # the same draws for every generator
             per_class.append(synthesize(generator_model, k, n, generator=rng, seeds=seeds, **settings).cpu())
             init = settings.get("init", "gaussian")
-            rng = torch.Generator(device=device).manual_seed(seed * 1000 + k)
+            rng = class_generator(seed, k, device)
             seed_images.append(initial_images(init, torch.full((n,), k, device=device), generator_model, rng,
                                               device, seeds).cpu())
         seconds = time.perf_counter() - started
