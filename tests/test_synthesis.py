@@ -549,3 +549,16 @@ def test_classes_given_as_any_sequence_are_taken():
     a = synthesize(model, range(2), 2, steps=1, init="uniform", generator=gen(1))
     b = synthesize(model, [0, 1], 2, steps=1, init="uniform", generator=gen(1))
     assert torch.equal(a, b)
+
+
+def test_a_model_without_a_checkpoint_folder_is_told_what_it_can_do_without_seeds():
+    """A timm model with no folder was told to run `fit-seeds --model timm:...`, which then refused it for having no
+    folder to store the seeds in: advice that led nowhere."""
+    import robgen
+    from robgen.synthesis import load_seeds
+
+    model = robgen.load_model("timm:resnet10_cifar", pretrained=False, width=4)
+    with pytest.raises(FileNotFoundError, match="no seeds.safetensors for this model: it has no checkpoint folder "
+                                                "to keep one in .*; or use init='uniform'") as error:
+        load_seeds(model)
+    assert "fit-seeds" not in str(error.value)

@@ -60,9 +60,12 @@ def companion_file(model, name: str, fit_command: str, alternative: str = "") ->
     folder = model_folder(model)
     path = folder / name if folder is not None else None
     if path is None or not path.is_file():
-        where = f" in {folder}" if folder is not None else " (it has no checkpoint folder)"
+        if folder is None:  # a fitted file would have nowhere to live that this model is found by: the alternative
+            raise FileNotFoundError(f"no {name} for this model: it has no checkpoint folder to keep one in (save it "
+                                    "with robgen.save_checkpoint and fit one there)" +
+                                    (f"; {alternative}" if alternative else ""))
         source = getattr(getattr(model, "spec", None), "source", "") or "MODEL"
-        raise FileNotFoundError(f"no {name}{where} for this model: fit one with `python -m robgen {fit_command} "
+        raise FileNotFoundError(f"no {name} in {folder} for this model: fit one with `python -m robgen {fit_command} "
                                 f"--model {source} --data DATASET`" + (f", {alternative}" if alternative else ""))
     return path
 
