@@ -819,3 +819,33 @@ def test_every_path_a_user_names_takes_the_home_folder_as_a_shell_does(tmp_path,
     monkeypatch.setenv("ROBGEN_CACHE", "~/cache")
     assert cache_dir() == home / "cache" / "madrylab"
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing written where the command ran
+
+
+def test_a_hub_config_that_is_not_a_json_object_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """A cut config.json in the Hub cache gave json's bare JSONDecodeError (no file named), a list gave
+    "'list' object has no attribute 'get'"."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    _fake_hub(monkeypatch, remote, tmp_path / "cache")
+    (remote / "config.json").write_text('{"format": "robgen-check')
+    with pytest.raises(ValueError, match=r"hf-hub:someone/cut's config.json is not valid JSON .*delete it from the "
+                                         r"local cache \(.*config.json\) to fetch it again"):
+        robgen.load_model("hf-hub:someone/cut")
+    (remote / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json holds a JSON list, not the object of settings"):
+        robgen.load_model("hf-hub:someone/list")
+
+
+def test_uint8_images_are_refused_by_the_model_and_labels_are_told_apart_whatever_they_read():
+    """A uint8 tensor (0-255) gave the logits of a nearly white image with no word; ["x", "x", "x (class 1)"] gave
+    two classes the label "x (class 1)", and class_index("x (class 1)") picked the wrong one."""
+    from robgen.models.classifier import distinct_labels
+
+    model = tiny_model()
+    with pytest.raises(TypeError, match=r"got a torch.uint8 tensor: for 8-bit images give x.float\(\) / 255"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    for labels in (["x", "x", "x (class 1)"], ["x (class 1)", "x", "x"], ["a", "b", "a"], ["a", "b"]):
+        named = distinct_labels(labels)
+        assert len(set(named)) == len(labels), labels
+        assert all(name == label or name.startswith(label) for name, label in zip(named, labels))
+    assert distinct_labels(["a", "b", "a"]) == ["a (class 0)", "b", "a (class 2)"]

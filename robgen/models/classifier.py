@@ -140,7 +140,11 @@ def distinct_labels(labels: List[str]) -> List[str]:
     counts: Dict[str, int] = {}
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
-    return [f"{label} (class {i})" if counts[label] > 1 else label for i, label in enumerate(labels)]
+    named = [f"{label} (class {i})" if counts[label] > 1 else label for i, label in enumerate(labels)]
+    while len(set(named)) < len(named):  # a label that reads like another's new name: ["x", "x", "x (class 1)"]
+        named = [f"{name} (class {i})" if named.count(name) > 1 and not name.endswith(f"(class {i})") else name
+                 for i, name in enumerate(named)]
+    return named
 
 
 class Classifier(nn.Module):
@@ -159,6 +163,9 @@ class Classifier(nn.Module):
             raise ValueError(
                 f"expected images of shape (N, {self.mean.shape[1]}, H, W) with pixels in [0, 1], got {tuple(x.shape)}"
             )
+        if not x.is_floating_point():  # 0-255 bytes read as pixels: logits of a white image, with no word
+            raise TypeError(f"expected float pixels in [0, 1], got a {x.dtype} tensor: for 8-bit images give "
+                            "x.float() / 255")
         return self.net((x - self.mean) / self.std)
 
     @property

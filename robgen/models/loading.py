@@ -335,7 +335,14 @@ def _load_hub(name: str) -> Classifier:
             f"could not fetch {CONFIG_FILE} from the Hugging Face Hub repo {repo_id!r} ({type(error).__name__}: {error}). "
             "Check the name and that you are online (or set HF_HUB_OFFLINE=1 with the files in the local cache)."
         ) from error
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"hf-hub:{name}'s {CONFIG_FILE} is not valid JSON ({error}): fix the file in the repo, "
+                         f"or delete it from the local cache ({config_path}) to fetch it again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"hf-hub:{name}'s {CONFIG_FILE} holds a JSON {type(config).__name__}, not the object of "
+                         "settings a robgen checkpoint or a timm model has")
     if config.get("format") != FORMAT:
         if "architecture" not in config:
             raise ValueError(f"hf-hub:{name} is neither a robgen checkpoint (its config.json has no \"format\": "
