@@ -849,3 +849,25 @@ def test_uint8_images_are_refused_by_the_model_and_labels_are_told_apart_whateve
         assert len(set(named)) == len(labels), labels
         assert all(name == label or name.startswith(label) for name, label in zip(named, labels))
     assert distinct_labels(["a", "b", "a"]) == ["a (class 0)", "b", "a (class 2)"]
+
+
+def test_a_timm_folder_with_pytorch_model_bin_alone_is_found_by_name_on_the_search_path(tmp_path, monkeypatch):
+    """timm's save_for_hf writes pytorch_model.bin alone: such a folder loaded by its path but was "unknown model"
+    by its name on the search path, and list_models left it out."""
+    import json
+
+    from robgen.models import loading
+
+    folder = tmp_path / "timm-tiny"
+    folder.mkdir()
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    torch.save(net.state_dict(), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "test_resnet", "num_classes": 3, "label_names": ["a", "b", "c"],
+        "pretrained_cfg": {"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0,
+                           "interpolation": "bilinear", "num_classes": 3}}))
+    monkeypatch.setenv(loading.CHECKPOINTS_ENV, str(tmp_path))
+    assert "timm-tiny" in robgen.list_models()
+    model = robgen.load_model("timm-tiny")
+    x = torch.rand(1, 3, 64, 64)
+    assert model.spec.source == "timm-tiny" and torch.equal(model(x), robgen.load_model(str(folder))(x))

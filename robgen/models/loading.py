@@ -79,9 +79,15 @@ def find_checkpoint(name: str) -> Optional[Path]:
     if not name or name in (".", "..") or any(sep and sep in name for sep in ("/", os.sep, os.altsep)):
         return None
     for folder in checkpoint_search_path():
-        if is_checkpoint_dir(folder / name):
+        if _loadable_folder(folder / name):
             return folder / name
     return None
+
+
+def _loadable_folder(path: Path) -> bool:
+    """A robgen checkpoint folder, or a timm model's folder as the Hub stores one (timm's `save_for_hf` writes its
+    weights as pytorch_model.bin alone): what `load_model` loads from a folder."""
+    return is_checkpoint_dir(path) or (path.is_dir() and _timm_folder_config(path) is not None)
 
 
 def list_models() -> List[str]:
@@ -89,7 +95,7 @@ def list_models() -> List[str]:
     names = set()
     for folder in checkpoint_search_path():
         if folder.is_dir():
-            names.update(entry.name for entry in folder.iterdir() if is_checkpoint_dir(entry))
+            names.update(entry.name for entry in folder.iterdir() if _loadable_folder(entry))
     return sorted(names)
 
 
