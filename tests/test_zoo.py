@@ -429,3 +429,21 @@ def test_a_threat_setting_no_chosen_attack_takes_is_refused_not_recorded():
     with pytest.raises(ValueError, match=r"l2-eps \(used by PGD-L2 only\), square-queries \(used by Square only\)"):
         ZooStudySettings(attacks=("FGSM", "HE-PGD"), threat=ZooSettings(l2_eps=3.0, square_queries=7))
     assert ZooStudySettings(attacks=("FGSM", "HE-PGD"), threat=ZooSettings(lam=2.0)).threat.lam == 2.0
+
+
+def test_a_bounded_torchattacks_attack_keeps_a_perturbation_smaller_than_a_millionth():
+    """Outputs within 1e-6 of the input were taken for CW's tanh round trip and reset to the clean image, also for
+    bounded attacks, whose every perturbation is that small at eps = 5e-7: it fooled the model and was thrown away."""
+    from robgen.attacks.zoo import TorchAttacksAttack
+
+    class Knife(nn.Module):  # logit 0 = 1e8 (x_000 - 0.5), logit 1 = 0: a boundary 1.2e-7 from the image
+        def forward(self, x):
+            z = 1e8 * (x[:, 0, 0, 0] - 0.5)
+            return torch.stack([z, torch.zeros_like(z)], 1)
+
+    model = Knife().eval()
+    x = torch.full((1, 1, 4, 4), 0.5)
+    x[0, 0, 0, 0] = 0.5 + 1.2e-7
+    assert int(model(x).argmax(1)) == 0
+    found = TorchAttacksAttack(model, "PGD", eps=5e-7, alpha=5e-7, steps=2, random_start=False)(x, torch.tensor([0]))
+    assert int(model(found).argmax(1)) == 1 and (found - x).abs().max() <= 5e-7 + 6e-8  # float32 spacing at 0.5

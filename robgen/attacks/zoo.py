@@ -201,7 +201,9 @@ class TorchAttacksAttack(Attack):
                 parameter.grad = grad
         # CW returns tanh(atanh(2x - 1)) where it changed nothing (an image already misclassified): a copy 1e-8 off,
         # which would count as perturbed and reach the adversarial side of a fit; such rows are the clean image
-        untouched = (x_adv - x).abs().flatten(1).amax(1) <= ROUNDING
+        # (a bounded attack's whole step may be that small: eps = 5e-7 lost every perturbation it found)
+        rounding = min(ROUNDING, 1e-3 * self.eps) if self.bounded else ROUNDING
+        untouched = (x_adv - x).abs().flatten(1).amax(1) <= rounding
         x_adv = torch.where(untouched.view(-1, *[1] * (x.ndim - 1)), x, x_adv)
         x_adv = self.constraint.project(x_adv, x)  # the eps-ball and [0, 1] (only [0, 1] if unbounded)
         if recorder is not None:
