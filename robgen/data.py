@@ -77,8 +77,8 @@ def pixel_transform(image_size: Optional[Union[int, Tuple[int, int]]] = None, tr
     steps = []
     if train and augment == "crop-flip":
         if image_size is None or image_size <= 64:
-            if image_size is not None:
-                steps += [_EvalResize(image_size, 1.0, interpolation)]
+            if image_size is not None:  # the whole picture (crop_pct 1), squashed where the model's eval squashes
+                steps += [_EvalResize(image_size, 1.0, interpolation, crop_mode)]
             steps += [_PadRandomCrop()]
         else:
             steps += [T.RandomResizedCrop(image_size, scale=(0.35, 1.0), interpolation=_torchvision_mode(interpolation))]

@@ -688,3 +688,18 @@ def test_a_file_given_as_a_data_set_is_called_a_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar10-imagefolder.tar.gz is a file: a data set is one of .* a "
                                                 "folder of class folders"):
         data.load_dataset(archive, "train")
+
+
+def test_the_training_crop_of_a_small_squashing_model_squashes_as_its_eval_does():
+    """crop-flip at <= 64 px dropped the model's crop mode: a squashing model's fine-tune trained on the centre of
+    wide pictures (their sides cut off) and was validated on the whole of them, squashed."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (32, 16), "black")
+    picture.paste((255, 0, 0), (0, 0, 8, 16))  # the left quarter red: outside a centre crop of the short side
+    for crop_mode, red_seen in (("squash", True), ("center", False)):
+        train = data.pixel_transform(16, train=True, augment="crop-flip", crop_mode=crop_mode)
+        torch.manual_seed(0)  # tests only: torchvision's random crop and flip draw from the global RNG
+        seen = [bool((train(picture)[0] > 0.5).any()) for _ in range(8)]
+        assert all(seen) if red_seen else not any(seen), crop_mode
+    assert bool((data.pixel_transform(16, crop_mode="squash")(picture)[0] > 0.5).any())  # the eval transform
