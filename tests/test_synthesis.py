@@ -562,3 +562,17 @@ def test_a_model_without_a_checkpoint_folder_is_told_what_it_can_do_without_seed
                                                 "to keep one in .*; or use init='uniform'") as error:
         load_seeds(model)
     assert "fit-seeds" not in str(error.value)
+
+
+def test_seed_fitting_refuses_labels_that_do_not_fit_saying_why():
+    """A label past the classes, or fewer labels than images, failed with torch's index_add_ errors (or, for a
+    label of class -1, added the image to the last class)."""
+    from robgen.synthesis.seeds import SeedDistribution, downsample
+
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for labels in (torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1, 1, -1])):
+        with pytest.raises(ValueError, match=r"labels must be one class index in 0\.\.1 per image"):
+            SeedDistribution.fit([(x, labels)], class_labels=["a", "b"], resolution=4, rank=2, progress=False)
+    fitted = SeedDistribution.fit([(x, [0, 0, 0, 1, 1, 1])], class_labels=["a", "b"], resolution=4, rank=2,
+                                  progress=False)
+    assert torch.allclose(fitted.means[1], downsample(x[3:], 4).flatten(1).mean(0), atol=1e-6)  # labels as a list too

@@ -65,14 +65,18 @@ class SeedDistribution:
         sums = counts = outer = None
         for images, labels in progress_bar(batches, desc="fitting seed Gaussians", progress=progress):
             check_pixels(images, name="images")  # 0-255 or normalised images would make white or black seeds
-            small = downsample(images, resolution).flatten(1).double()
+            small = downsample(images, resolution).flatten(1).double().cpu()  # summed on the CPU: GPU batches too
             if sums is None:
                 dim = small.shape[1]
                 sums = torch.zeros(num_classes, dim, dtype=torch.float64)
                 outer = torch.zeros(num_classes, dim, dim, dtype=torch.float64)
                 counts = torch.zeros(num_classes, dtype=torch.float64)
                 channels = images.shape[1]
-            labels = labels.long()
+            labels = torch.as_tensor(labels).long().cpu()
+            if len(labels) != len(small) or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes):
+                raise ValueError(f"labels must be one class index in 0..{num_classes - 1} per image; got "
+                                 f"{len(labels)} for {len(small)} images, in {labels.min().item() if len(labels) else '-'}"
+                                 f"..{labels.max().item() if len(labels) else '-'}")
             sums.index_add_(0, labels, small)
             counts += torch.bincount(labels, minlength=num_classes).double()
             for k in labels.unique().tolist():
