@@ -201,9 +201,13 @@ def test_shipped_models_carry_seeds_for_their_classes(robust):
     assert seeds.class_labels == robust.spec.class_labels
 
 
-def test_models_without_seeds_say_how_to_fit_them():
-    with pytest.raises(FileNotFoundError, match="fit-seeds"):
-        synthesize(tiny_model(), 0, 1, steps=1)
+def test_models_without_seeds_say_how_to_fit_them(tmp_path):
+    import robgen
+
+    saved = robgen.load_model(robgen.save_checkpoint(tiny_model(), tmp_path / "tiny"))  # a folder to keep seeds in
+    with pytest.raises(FileNotFoundError, match=r"no seeds.safetensors in .*tiny for this model: fit one with "
+                                                r"`python -m robgen fit-seeds --model .*tiny --data DATASET`"):
+        synthesize(saved, 0, 1, steps=1)
 
 
 def test_bad_synthesis_input_is_refused_with_what_to_fix(robust):
