@@ -568,3 +568,107 @@ def test_attacks_synthesis_and_gradient_maps_run_inside_inference_mode_and_leave
     assert graph is not bn_model and not any(p.is_inference() for p in graph.parameters())
     after = PGD(bn_model, eps=8 / 255, steps=3, generator=torch.Generator().manual_seed(0))(x, y)  # normal mode
     assert torch.allclose(after, expected, atol=1e-6)
+
+
+class _MaskedInPlace(nn.Module):
+    """conv -> ReLU(inplace=True) -> batch norm, and a class masked by a buffer (`fill` added to its logit)."""
+
+    def __init__(self, fill: float):
+        super().__init__()
+        torch.manual_seed(0)  # tests only
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(8),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+        self.register_buffer("mask", torch.tensor([0.0, 0.0, 0.0, 0.0, fill]))
+        norm = self.body[2]
+        with torch.no_grad():
+            norm.running_mean.uniform_(0, 0.5), norm.running_var.uniform_(0.5, 2), norm.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        return self.body(x) + self.mask
+
+
+def test_a_norm_after_an_in_place_op_is_not_folded_and_masked_logits_keep_the_check():
+    """The norm's input was taken for the convolution's output when an in-place ReLU (or `out += shortcut`) had
+    changed that very tensor, folding BN(conv x) where the model computes BN(relu(conv x)); the check then caught
+    it, unless a masked class's -inf (or a fill of -1e9) set its tolerance: the copy was used, 0.4 off in a
+    logit, and PGD's points moved 0.02 from the model's."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for fill in (0.0, float("-inf"), -1e9):
+        model = _MaskedInPlace(fill).eval()
+        graph = inference_graph(model, None, example=x)
+        with torch.no_grad():
+            assert torch.allclose(graph(x)[:, :4], model(x)[:, :4], atol=1e-5), fill
+        attack = PGD(model, eps=8 / 255, steps=3, random_start=False)
+        fused = attack(x, torch.tensor([0, 1]))
+        attack.fused = False
+        assert torch.allclose(fused, attack(x, torch.tensor([0, 1])), atol=1e-6), fill
+
+
+def test_the_copy_follows_settings_replaced_or_written_past_a_mask():
+    """A setting object replaced twice could get the first one's id back and the stale copy was used; a write
+    through .data beside a -inf (or a -1e30 sentinel) left the fingerprint's sums where they were."""
+
+    class Scale:
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, t):
+            return t * self.k
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)  # tests only
+            self.post = Scale(1.0)
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(8, 5))
+            self.register_buffer("mask", torch.tensor([0.0, 0.0, 0.0, 0.0, float("-inf")]))
+            self.register_buffer("sentinel", torch.tensor([0.0, -1e30]))
+
+        def forward(self, x):
+            return self.post(self.net(x)) + self.mask + self.sentinel[0]
+
+    model, x = Scaled().eval(), torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def follows():
+        with torch.no_grad():
+            return torch.allclose(inference_graph(model, None, example=x)(x), model(x), atol=1e-5)
+
+    assert follows()
+    for k in range(2, 40):  # ids of freed objects come back soon
+        model.post = Scale(float(k))
+        assert follows(), k
+    model.mask.data[3] = float("-inf")
+    assert follows()
+    model.sentinel.data[0] = 100.0
+    assert follows()
+
+
+def test_making_the_copy_runs_neither_the_callers_model_nor_its_random_numbers():
+    """The check ran the caller's model on the example and on random pixels: a model counting its queries, or
+    keeping the largest input it saw, was changed by pixels the attack never gave it; and the forward passes that
+    build and check the copy drew from the global random stream, so a fused attack left it elsewhere than the
+    same attack unfused."""
+
+    class Watching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)  # tests only
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(8, 5))
+            self.queries = 0
+
+        def forward(self, x):
+            self.queries += 1
+            return self.net(x) + 0 * torch.rand(1)  # draws from the global stream, computes nothing random
+
+    x = 0.25 + 0.25 * torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    queries, after = [], []
+    for fused in (True, False):
+        model = Watching().eval()
+        torch.manual_seed(5)  # tests only
+        PGD(model, eps=8 / 255, steps=3, random_start=False, fused=fused)(x, torch.tensor([0, 1]))
+        queries.append(model.queries)
+        after.append(torch.get_rng_state())
+    assert queries[0] == queries[1] - 3  # the fused run's 3 steps went to the copy; nothing else ran the model
+    assert torch.equal(after[0], after[1])

@@ -20,13 +20,15 @@ run the model (torch.fx tracing, the usual route, patches
 every forward pass that runs beside it: a web app serving several visitors).
 The folded copy is then checked against the model on that example and on
 random pixels; a copy that disagrees (a convolution whose output is also used
-elsewhere) is dropped and the model runs as it is. The check runs the model as
-attacks and synthesis run it, every module in eval mode (`eval_mode`, each
-module's own mode restored after): a model in eval mode with a submodule left
-in train mode (a batch norm, a dropout, a module appended after `.eval()`) is
-attacked as that eval-mode function, fused or not, and the check never folds
-its batches into the caller's batch-norm running statistics. The fusion
-machinery leaves the caller's model as it found it (modes, weights, buffers).
+elsewhere, or changed in place before its batch norm reads it) is dropped and
+the model runs as it is. The check runs a copy of the model (never the
+caller's own: a forward that counts or records its inputs would see pixels no
+attack gave it) as attacks and synthesis run it, every module in eval mode
+(`eval_mode`): a model in eval mode with a submodule left in train mode (a
+batch norm, a dropout, a module appended after `.eval()`) is attacked as that
+eval-mode function, fused or not. These forward passes leave the global random
+streams as they were. The fusion machinery leaves the caller's model as it
+found it (modes, weights, buffers, attributes).
 
 When no fused copy is made (the model itself runs):
 - the caller left the model in train mode (training attacks its model in train
@@ -48,8 +50,11 @@ counter sees every in-place update through PyTorch (`load_state_dict`,
 `.copy_()` under `no_grad`, running statistics of a train-mode forward); the
 fingerprint sees the updates that bypass it: fused optimiser steps
 (`torch.optim.SGD(..., fused=True)`, Adam's too) and writes through `.data`,
-a permutation of a tensor's values included. It costs a few passes over the
-weights, O(parameters), where one forward pass costs O(parameters x pixels).
+a permutation of a tensor's values included (the sums are of the finite values, beside where the
+infinite and NaN ones are, and of their tanh, which a huge sentinel value cannot absorb). It costs a few
+passes over the weights, O(parameters), where one forward pass costs O(parameters x pixels). An attribute
+that is neither a tensor nor a plain value is compared by which object it is: one changed in place (an
+object's field, a numpy array) is not seen.
 A change it could miss is below float64 rounding of those sums, far below
 what the model's float32 forward pass resolves.
 
@@ -68,6 +73,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import threading
 import time
@@ -80,6 +86,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .. import global_rng
 from ..models.state import LOW_PRECISION, CastInputs, eval_mode, has_hooks, model_dtype
 from .autograd import recordable
 
@@ -184,7 +191,24 @@ def _setting(value, loose: List[torch.Tensor]):
             return (type(value).__name__,) + tuple(items)
         if isinstance(value, tuple) and all(isinstance(item, (torch.Tensor, *_PLAIN)) for item in value):
             return ("tuple",) + tuple(_setting(item, loose) for item in value)
-    return ("object", id(value))
+    return ("object", _SameObject(value))
+
+
+class _SameObject:
+    """An attribute recorded by which object it is: equal to another exactly when both hold the same object. The
+    object is kept (not its id alone, which Python gives to a new object once the old one is gone: a setting
+    replaced twice could come back with the first one's id and leave a stale copy in use)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _SameObject) and other.value is self.value
+
+    def __hash__(self) -> int:
+        return id(self.value)
 
 
 def content_fingerprint(tensors: List[torch.Tensor]) -> bytes:
@@ -202,8 +226,15 @@ def content_fingerprint(tensors: List[torch.Tensor]) -> bytes:
                 values = torch.view_as_real(values)
             values = values.to(torch.float64, memory_format=torch.contiguous_format).view(-1)
             weights = fingerprint_weights(values.numel(), values.device)
-            sums.setdefault(values.device, []).append(
-                torch.stack([values.sum(), values.dot(values), values.dot(weights)]))
+            finite = torch.isfinite(values)
+            # the finite values alone (an inf or NaN made every sum inf or NaN, blind to any other write), where
+            # the others are (a mask's -inf moved), and a bounded view that a huge value cannot absorb (a -1e30
+            # sentinel hid a change of 100 elsewhere)
+            kept = torch.where(finite, values, torch.zeros_like(values))
+            sums.setdefault(values.device, []).append(torch.stack([
+                kept.sum(), kept.dot(kept), kept.dot(weights), kept.tanh().dot(weights),
+                torch.isnan(values).double().dot(weights), torch.isposinf(values).double().dot(weights),
+                torch.isneginf(values).double().dot(weights)]))
     return b"".join(torch.stack(rows).cpu().numpy().tobytes() for rows in sums.values())
 
 
@@ -249,12 +280,14 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, st
 
     def after_conv(module, inputs, output):
         calls[module] = calls.get(module, 0) + 1
-        made_by[id(output)] = (module, output)
+        made_by[id(output)] = (module, output, output._version)
 
     def before_norm(module, inputs):
         calls[module] = calls.get(module, 0) + 1
         source = made_by.get(id(inputs[0])) if inputs and isinstance(inputs[0], torch.Tensor) else None
-        if source is not None and source[1] is inputs[0]:
+        # the same tensor, unchanged since the convolution wrote it: an in-place op in between (ReLU(inplace=True),
+        # `out += shortcut`) returns that very tensor, changed, and the norm then reads op(conv x), not conv x
+        if source is not None and source[1] is inputs[0] and inputs[0]._version == source[2]:
             read.append((source[0], module))
 
     handles = []
@@ -264,7 +297,7 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, st
         elif type(module) in _NORMS and module.track_running_stats and module.running_mean is not None:
             handles.append(module.register_forward_pre_hook(before_norm))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _random_streams_untouched(example):
             model(example)
     finally:
         for handle in handles:
@@ -316,14 +349,36 @@ def check_agrees(model: nn.Module, fused: nn.Module, example: torch.Tensor) -> N
     """
     generator = torch.Generator().manual_seed(1)
     noise = torch.rand(example.shape, generator=generator).to(device=example.device, dtype=example.dtype)
-    with torch.no_grad(), eval_mode(model):
+    reference = copy.deepcopy(model)  # the caller's model is not run: its forward may count, record or draw
+    with torch.no_grad(), eval_mode(reference), _random_streams_untouched(example):
         for x in (example, noise):
-            want, got = model(x), fused(x)
-            scale = want.abs().max().item() + 1e-6
-            if want.shape != got.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4 * scale):
+            want, got = reference(x), fused(x)
+            if want.shape != got.shape or not _close(got, want):
+                finite = torch.isfinite(want) & torch.isfinite(got)
                 raise ValueError(f"the folded copy differs from the model (max |difference| "
-                                 f"{(got - want).abs().max().item():.3g}): a convolution's output is used "
-                                 "elsewhere too")
+                                 f"{(got - want)[finite].abs().max().item() if finite.any() else math.inf:.3g}): "
+                                 "a convolution's output is used elsewhere too, or changed in place, or the model "
+                                 "draws random numbers")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal up to float rounding: the same non-finite entries (a masked class's -inf), and the finite ones within
+    1e-3 of each or 1e-4 of the logits' median size (a masked class's -inf, or a fill of -1e9, set the tolerance
+    when it was the largest logit, and every copy passed)."""
+    finite = torch.isfinite(want)
+    if not torch.equal(finite, torch.isfinite(got)) or not torch.equal(want[~finite], got[~finite]):
+        return False
+    if not finite.any():
+        return True
+    scale = want[finite].abs().median().item() + 1e-6
+    return torch.allclose(got[finite], want[finite], rtol=1e-3, atol=1e-4 * scale)
+
+
+def _random_streams_untouched(example: torch.Tensor):
+    """The global random streams (the CPU's, and CUDA's for an example there) as they were before the block, one
+    such block at a time (`robgen.global_rng`): a forward pass made to build or check the copy leaves the caller's
+    random numbers alone."""
+    return global_rng.untouched(cuda=example.device.type == "cuda")
 
 
 def inference_graph(model: nn.Module, fused: Optional[bool] = None, *,
