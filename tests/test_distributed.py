@@ -309,3 +309,25 @@ def test_a_per_epoch_check_of_fewer_images_than_ranks_is_refused_before_the_firs
     assert result.returncode != 0
     assert "or raise --eval-subset" in result.stderr, result.stderr[-3000:]
     assert "epoch 1/1" not in result.stderr and not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_the_train_command_on_two_ranks_ends_as_in_one_process(toy_data, tmp_path):
+    """Every rank printed the epoch lines, and rank 1, whose model holds no record of the run, failed at the end
+    with KeyError: 'wall_seconds' (torchrun then killed rank 0 and exited 1), though the checkpoint was whole."""
+    result = torchrun(2, "--monitor-interval", "5", "-m", "robgen", "train", "--data", str(toy_data), "--width", "4",
+                      "--epochs", "2", "--batch-size", "8", "--val-size", "32", "--eval-subset", "16",
+                      "--eval-steps", "1", "--out", str(tmp_path / "run"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count('"epoch": ') == 2 and result.stdout.count("wrote ") == 1, result.stdout
+
+
+def test_a_command_that_runs_in_one_process_is_refused_under_torchrun(monkeypatch, tmp_path, capsys):
+    """zoo and ablation (and every command but train, eval, reproduce and adaptive) ran whole on every rank,
+    each writing the same files at once."""
+    from robgen.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "zoo"
+    assert main(["zoo", "--model", "cifar10-resnet10-standard", "--data", "cifar10", "--limit", "4",
+                 "--out", str(out)]) == 2
+    assert "zoo runs in one process, and torchrun started 2" in capsys.readouterr().err and not out.exists()

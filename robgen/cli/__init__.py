@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,15 @@ from .common import UsageError, data_root_of
 __all__ = ["UsageError", "build_parser", "main"]
 
 COMMAND_GROUPS = (attack, detection, training, reproduce, synthesis, zoo, ablation, adaptive)
+SHARED_BY_TORCHRUN = ("train", "eval", "reproduce", "adaptive")  # the commands whose ranks each take a share
+
+
+def _launched_by_torchrun() -> int:
+    """The number of processes torchrun started (1 when it did not)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +61,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = getattr(args, "out", None)
     new_out = _first_missing(Path(out)) if out else None  # made by this run, if it makes it (with its parents)
     finished = False
+    processes = _launched_by_torchrun()
+    if processes > 1 and args.command not in SHARED_BY_TORCHRUN:  # each rank would run all of it, writing one out
+        print(f"error: {args.command} runs in one process, and torchrun started {processes}, each of which would do "
+              f"all of the work and write the same files: start it with `python -m robgen {args.command} ...` "
+              f"(torchrun shares the work of {', '.join(SHARED_BY_TORCHRUN)})", file=sys.stderr)
+        return 2
     try:
         with data_root_of(args):
             code = args.run(args)

@@ -161,14 +161,21 @@ def command_train(args) -> int:
     if earlier:
         raise UsageError(f"{out} already holds {', '.join(earlier)} of a training run; pass --resume to continue it "
                          "or --overwrite to start again, or choose another --out")
+    from .. import distributed
+
+    def show(row: dict) -> None:  # under torchrun, once (rank 0 writes the checkpoint and its record)
+        if distributed.is_main():
+            print(json.dumps(row), flush=True)
+
     device = pick_device(args.device)
     try:
-        model = train(config, out, data_root=args.data_root, resume=args.resume, device=device,
-                      on_epoch=lambda row: print(json.dumps(row), flush=True), download=args.download,
-                      overwrite=args.overwrite)
+        model = train(config, out, data_root=args.data_root, resume=args.resume, device=device, on_epoch=show,
+                      download=args.download, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
-    print(f"wrote {out} ({model.spec.training['wall_seconds']:.0f} s on {model.spec.training['hardware']})")
+    if distributed.is_main():  # the other ranks' models carry no record of the run (KeyError: 'wall_seconds')
+        print(f"wrote {out} ({model.spec.training['wall_seconds']:.0f} s on {model.spec.training['hardware']})")
+    distributed.teardown()
     return 0
 
 
