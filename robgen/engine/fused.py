@@ -195,20 +195,28 @@ def _setting(value, loose: List[torch.Tensor]):
 
 
 class _SameObject:
-    """An attribute recorded by which object it is: equal to another exactly when both hold the same object. The
-    object is kept (not its id alone, which Python gives to a new object once the old one is gone: a setting
-    replaced twice could come back with the first one's id and leave a stale copy in use)."""
+    """An attribute recorded by which object it is: equal to another exactly when both hold the same living object.
+    Not its id alone, which Python gives to a new object once the old one is gone (a setting replaced twice could
+    come back with the first one's id and leave a stale copy in use): a weak reference where the object takes one
+    (a dead one equals nothing), else the object itself (a dict or list: kept alive by the cache while its model
+    is)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("ref",)
 
     def __init__(self, value) -> None:
-        self.value = value
+        try:
+            self.ref = weakref.ref(value)
+        except TypeError:  # no weak references to it
+            self.ref = lambda: value
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, _SameObject) and other.value is self.value
+        if not isinstance(other, _SameObject):
+            return False
+        mine, theirs = self.ref(), other.ref()
+        return mine is not None and mine is theirs
 
     def __hash__(self) -> int:
-        return id(self.value)
+        return id(self.ref())
 
 
 def content_fingerprint(tensors: List[torch.Tensor]) -> bytes:

@@ -100,7 +100,7 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
 def _check_channels_last_on_cpu(model: torch.nn.Module) -> None:
     """Refuse channels-last on the CPU for a network with a strided 1x1 convolution of fewer than 8 input channels
     (a narrow ResNet's shortcut): its backward pass in torch's CPU kernels (oneDNN, torch 2.14) writes past its
-    buffer and ends the process ("double free or corruption"), 1 to 7 channels but 2 and 3 here."""
+    buffer and ends the process ("double free or corruption"): seen on 1 and 4 to 7 channels (2 and 3 ran)."""
     for name, module in model.named_modules():
         if (isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
                 and max(module.stride) > 1 and module.in_channels < 8):
