@@ -50,9 +50,8 @@ counter sees every in-place update through PyTorch (`load_state_dict`,
 `.copy_()` under `no_grad`, running statistics of a train-mode forward); the
 fingerprint sees the updates that bypass it: fused optimiser steps
 (`torch.optim.SGD(..., fused=True)`, Adam's too) and writes through `.data`,
-a permutation of a tensor's values included (the sums are of the finite values, beside where the
-infinite and NaN ones are, and of their tanh, which a huge sentinel value cannot absorb). It costs a few
-passes over the weights, O(parameters), where one forward pass costs O(parameters x pixels). An attribute
+a permutation of a tensor's values included (for a tensor holding infinite or NaN values, also of its finite
+values, beside where the others are). It costs a few passes over the weights, O(parameters), where one forward pass costs O(parameters x pixels). An attribute
 that is neither a tensor nor a plain value is compared by which object it is: one changed in place (an
 object's field, a numpy array) is not seen.
 A change it could miss is below float64 rounding of those sums, far below
@@ -222,28 +221,40 @@ class _SameObject:
 def content_fingerprint(tensors: List[torch.Tensor]) -> bytes:
     """Per tensor, in float64: the sum of its values, the sum of their squares and their sum weighted by
     `fingerprint_weights` (sees a permutation, and a zero-sum update such as a softmax bias step); as bytes,
-    so that NaNs compare equal to themselves.
+    so that NaNs compare equal to themselves. A tensor holding infinite or NaN values (a mask's -inf) makes those
+    sums inf or NaN whatever else is written into it, so for such a tensor the same sums of its finite values and
+    where its infinite and NaN ones are are added. (A huge finite value, a -1e30 sentinel, still absorbs a change
+    below its rounding.)
 
     A few passes over each tensor and one transfer per device: far cheaper than a forward pass.
     """
     sums: Dict[torch.device, List[torch.Tensor]] = {}
+    flat: Dict[torch.device, List[torch.Tensor]] = {}
     with torch.no_grad():
         for tensor in tensors:
             values = tensor.detach()
             if values.is_complex():
                 values = torch.view_as_real(values)
             values = values.to(torch.float64, memory_format=torch.contiguous_format).view(-1)
-            weights = fingerprint_weights(values.numel(), values.device)
-            finite = torch.isfinite(values)
-            # the finite values alone (an inf or NaN made every sum inf or NaN, blind to any other write), where
-            # the others are (a mask's -inf moved), and a bounded view that a huge value cannot absorb (a -1e30
-            # sentinel hid a change of 100 elsewhere)
-            kept = torch.where(finite, values, torch.zeros_like(values))
-            sums.setdefault(values.device, []).append(torch.stack([
-                kept.sum(), kept.dot(kept), kept.dot(weights), kept.tanh().dot(weights),
-                torch.isnan(values).double().dot(weights), torch.isposinf(values).double().dot(weights),
-                torch.isneginf(values).double().dot(weights)]))
-    return b"".join(torch.stack(rows).cpu().numpy().tobytes() for rows in sums.values())
+            sums.setdefault(values.device, []).append(_sums(values))
+            flat.setdefault(values.device, []).append(values)
+        rows = []
+        for device, device_sums in sums.items():
+            table = torch.stack(device_sums).cpu()  # one transfer per device
+            rows.append(table.numpy().tobytes())
+            for index in (~torch.isfinite(table).all(1)).nonzero()[:, 0].tolist():  # rare: masks
+                values = flat[device][index]
+                finite = torch.isfinite(values)
+                weights = fingerprint_weights(values.numel(), values.device)
+                where = [kind(values).double().dot(weights) for kind in (torch.isnan, torch.isposinf, torch.isneginf)]
+                detail = torch.cat([_sums(torch.where(finite, values, torch.zeros_like(values))), torch.stack(where)])
+                rows.append(detail.cpu().numpy().tobytes())
+    return b"".join(rows)
+
+
+def _sums(values: torch.Tensor) -> torch.Tensor:
+    weights = fingerprint_weights(values.numel(), values.device)
+    return torch.stack([values.sum(), values.dot(values), values.dot(weights)])
 
 
 _FINGERPRINT_CHUNK = 1 << 16
