@@ -163,7 +163,7 @@ def command_synthesize(args) -> int:
     if init not in ("gaussian", "uniform", "gray"):
         if not Path(init).expanduser().is_file():  # `--init=~/bird.png`: no shell expands that `~`
             raise UsageError(f"--init {init}: neither gaussian, uniform, gray nor an image file")
-        init = read_images([str(Path(init).expanduser())], spec)
+        init = read_images([init], spec)  # (load_image expands the `~` itself)
     out = prepare_out_dir(Path(args.out), args.overwrite, ["grid.png", "results.json"])
     rows, traces, started = [], {}, time.perf_counter()
     for index in progress_bar(classes, desc=f"{args.method}: classes", progress=len(classes) > 1):
