@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .files import write_atomically  # noqa: E402
 
@@ -22,10 +24,25 @@ def save_figure(figure, path: Path, dpi: Optional[float] = None) -> Path:
     image_format = path.suffix[1:].lower() or "png"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda temporary: figure.savefig(temporary, format=image_format, dpi=dpi))
+        if image_format == "png":
+            write_atomically(path, lambda temporary: opaque_png(figure, dpi).save(temporary, format="PNG"))
+        else:
+            write_atomically(path, lambda temporary: figure.savefig(temporary, format=image_format, dpi=dpi))
     finally:
         plt.close(figure)
     return path
+
+
+def opaque_png(figure, dpi: Optional[float] = None) -> Image.Image:
+    """`figure` drawn as matplotlib draws a PNG, as an RGB image where every pixel is opaque (matplotlib writes
+    RGBA whatever the alpha: a quarter of a big grid's bytes), RGBA where something is transparent."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    image = Image.open(buffer)
+    image.load()
+    if image.mode == "RGBA" and image.getextrema()[3] == (255, 255):
+        image = image.convert("RGB")
+    return image
 
 
 def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, title: str = "",

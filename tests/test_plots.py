@@ -75,6 +75,36 @@ def test_a_figure_is_written_in_the_format_its_suffix_names(tmp_path):
     assert save_figure(figure, tmp_path / "figure.pdf").read_bytes().startswith(b"%PDF")
 
 
+def test_an_opaque_figure_is_written_as_rgb_with_matplotlibs_pixels_and_a_transparent_one_keeps_its_alpha(tmp_path):
+    """matplotlib writes RGBA whatever the alpha: an opaque synthesis grid took a quarter more bytes than its pixels
+    need (the Imagenette standard model's grid, 2.16 MB, over the 2 MB a committed file may take; 1.84 MB as RGB)."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from robgen.plots import save_figure
+
+    def drawn(transparent=False):
+        figure, axis = plt.subplots(figsize=(2, 2), dpi=50)
+        axis.imshow(np.random.default_rng(0).random((8, 8, 3)), interpolation="nearest")
+        if transparent:
+            figure.patch.set_alpha(0.0)
+        return figure
+
+    buffer = io.BytesIO()
+    reference = drawn()
+    reference.savefig(buffer, format="png", dpi=50)
+    plt.close(reference)
+    expected = np.asarray(Image.open(buffer))
+    assert expected.shape[-1] == 4 and (expected[..., 3] == 255).all()
+    with Image.open(save_figure(drawn(), tmp_path / "opaque.png")) as written:
+        assert written.mode == "RGB" and np.array_equal(np.asarray(written), expected[..., :3])
+    with Image.open(save_figure(drawn(transparent=True), tmp_path / "transparent.png")) as written:
+        assert written.mode == "RGBA" and np.asarray(written)[..., 3].min() < 255
+
+
 def test_an_unconditional_trace_draws_its_energy_alone_and_grids_take_any_sequence_of_labels(tmp_path):
     """trace_figure plotted p(original class | x) of a trace that has none (unconditional SGLD): matplotlib's "x and
     y must have same first dimension"; image_grid's labels as a numpy array: "truth value ... is ambiguous"; a figure
