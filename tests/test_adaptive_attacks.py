@@ -925,3 +925,27 @@ def test_the_suite_gives_float64_images_float64_points_inside_the_ball(logit_det
         assert points.dtype == torch.float64
         assert (points - x).abs().max() <= EPS_FEW * (1 + 1e-12) and points.min() >= 0 and points.max() <= 1
     assert 0 < int(result.evaded.sum()) < 16 and torch.equal(result.images[~result.evaded], x[~result.evaded])
+
+
+def test_the_suite_an_attacks_run_and_a_tracker_work_inside_inference_mode_as_outside_it(logit_detector, batch):
+    """Inside torch.inference_mode() (as an app may serve requests) run_suite failed with torch's "Inference tensors
+    cannot be saved for backward" ((K+1) PGD, Orthogonal PGD) or "Inplace update to inference tensor outside
+    InferenceMode" (APGD, PGD: the tracker's counters), and so did an adaptive attack's `run` with a tracker made
+    there; the attacks' own calls were already wrapped."""
+    x, y = batch
+    x, y = x[:6], y[:6]
+
+    def suite():
+        return run_suite(logit_detector, x, y, {
+            "k+1 pgd": KPlusOnePGD(logit_detector, eps=EPS_FEW, steps=4, generator=seeded()),
+            "orthogonal": OrthogonalPGD(logit_detector, eps=EPS_FEW, steps=4, generator=seeded()),
+            "k+1 apgd": KPlusOneAPGD(logit_detector, eps=EPS_FEW, steps=4, generator=seeded()),
+            "pgd": PGD(logit_detector.model, eps=EPS_FEW, steps=4, generator=seeded())}, eps=EPS_FEW)
+
+    outside = suite()
+    with torch.inference_mode():
+        inside = suite()
+        tracker = EvasionTracker(logit_detector, x, y)
+        KPlusOnePGD(logit_detector, eps=EPS_FEW, steps=4, generator=seeded()).run(x, y, tracker)
+    assert torch.equal(inside.evaded, outside.evaded) and torch.equal(inside.images, outside.images)
+    assert not inside.images.is_inference() and int(tracker.observed.min()) > 0

@@ -158,6 +158,7 @@ class AdaptiveAttack:
         found = torch.where(tracker.evaded.view(-1, *([1] * (x.ndim - 1))), tracker.images, final)
         return in_callers_precision(found, given, self.constraint)
 
+    @outside_inference_mode
     def run(self, x: torch.Tensor, y: torch.Tensor, tracker: EvasionTracker) -> torch.Tensor:
         """Every restart, every iterate shown to `tracker`; returns each image's final iterate of its last run."""
         x, y = x.detach(), torch.as_tensor(y, device=x.device).long()

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ..detection.baselines import last_linear
 from ..detection.defended import DefendedClassifier, combine_logits
+from ..engine.autograd import outside_inference_mode
 
 
 class Outputs(NamedTuple):
@@ -98,6 +99,7 @@ class EvasionTracker:
     is then the end of its full run (the app's single-image attack goes on past the boundary).
     """
 
+    @outside_inference_mode  # its counters are updated in place by attacks, which run with the mode off
     def __init__(self, defended: DefendedClassifier, x: torch.Tensor, y: torch.Tensor,
                  stop_when_all_evaded: bool = False, judge_itself: bool = False) -> None:
         self.defended = check_defended(defended)

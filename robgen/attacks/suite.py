@@ -41,6 +41,7 @@ import torch
 from ..checks import check_labels
 from ..detection.dara import detection_aware_report
 from ..engine import make_constraint
+from ..engine.autograd import outside_inference_mode
 from ..models.state import eval_mode, pixels_for
 from ..progress import step_reporter
 from .base import Attack, in_callers_precision
@@ -180,6 +181,7 @@ def _concatenate(parts: List[SuiteResult]) -> SuiteResult:
                        cat(lambda p: p.images), [name for p in parts for name in p.found_by], outcomes)
 
 
+@outside_inference_mode
 def run_suite(defended, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, object],
               eps: Optional[float] = None, norm: str = "linf", batch_size: Optional[int] = None,
               progress=None) -> SuiteResult:
