@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import re
+import unicodedata
 import urllib.error
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -204,6 +205,8 @@ def load_dataset(
         else:
             refuse_splits_one_level_down(folder)
         dataset = _image_folder(split_folder(folder, split) or folder, transform)
+        if canonical_data(folder) == "imagenette":  # its own folder under the data root: labelled as by its name
+            dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
     return dataset
 
 
@@ -547,6 +550,14 @@ def _without_order_prefix(data, classes: Sequence[str]) -> List[str]:
                      f"them with zeros: {_prefixed([match.group(2) for match in sorted(found, key=lambda m: int(m.group(1)))])}")
 
 
+def comparable_labels(labels: Sequence[str]) -> List[str]:
+    """Class labels as two spellings of one class compare: Imagenette's WordNet ids (its folders' names) as its
+    class names, in lower case, "_" as " " (french_horn), and in Unicode's composed form (NFC: a folder unpacked from
+    a Mac's zip names "é" as "e" and an accent, NFD, which compares as another text)."""
+    return [unicodedata.normalize("NFC", IMAGENETTE_CLASSES.get(label, label)).lower().replace("_", " ")
+            for label in labels]
+
+
 def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by_name: bool = False) -> None:
     """Refuse a data set that is not the one the model of `spec` classifies, saying which it needs.
 
@@ -573,8 +584,7 @@ def check_model_matches(spec, data: Union[str, Path], classes: Sequence[str], by
         model_labels = _without_order_prefix("the model's labels", spec.class_labels)
     except ValueError:
         model_labels = list(spec.class_labels)
-    folders, labels = ([IMAGENETTE_CLASSES.get(c, c).lower().replace("_", " ") for c in names]  # french_horn
-                       for names in (classes, model_labels))
+    folders, labels = comparable_labels(classes), comparable_labels(model_labels)
     generic = all(label == f"c{i}" or label == f"class {i}" for i, label in enumerate(spec.class_labels))
     if key in KNOWN and folders != labels and not generic:
         raise ValueError(f"{data}'s classes ({', '.join(classes)}) are not the model's "

@@ -6,6 +6,7 @@ a DataLoader's worker processes can unpickle it."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from functools import partial
 from pathlib import Path
 
@@ -30,20 +31,25 @@ def image_file(path: str, root: str) -> bool:
 
 
 def refuse_loops(root: str) -> None:
-    """ValueError for a link below `root` to a folder inside it, or to `root` or a folder above it: torchvision's
-    reader follows links, and read the images there twice, under this class's label too (a link to a sibling
-    class), or again and again (a loop: 20 images as 820; two such links, without end). A link to a folder
-    elsewhere is read as a folder. Walked without following links, so that a loop cannot hold the walk itself."""
+    """ValueError for a link below `root` to a folder inside it, or to `root` or a folder above it, and for any
+    folder reached twice through links: torchvision's reader follows links, and read the images there twice, under
+    this class's label too (a link to a sibling class), or again and again (a loop: 20 images as 820; two such
+    links, without end; a loop inside a linked folder elsewhere: 1 image as 40). A link to a folder elsewhere is read
+    as a folder. Walked as the reader walks (following links), each folder once: the walk stops at the first folder
+    seen again."""
     top = os.path.realpath(root).rstrip(os.sep) + os.sep
-    for place, folders, _ in os.walk(root):
+    seen = {os.path.realpath(root)}
+    for place, folders, _ in os.walk(root, followlinks=True):
         for name in folders:
-            link = os.path.join(place, name)
-            if os.path.islink(link):
-                target = os.path.realpath(link).rstrip(os.sep) + os.sep
-                if target.startswith(top) or top.startswith(target):
-                    raise ValueError(f"{link} links to {target.rstrip(os.sep)}, inside the data set or above it: "
-                                     "its images would be read again (a loop: again and again), under this "
-                                     "class's label too; remove the link")
+            path = os.path.join(place, name)
+            real = os.path.realpath(path)
+            if os.path.islink(path) and ((real.rstrip(os.sep) + os.sep).startswith(top) or top.startswith(real.rstrip(os.sep) + os.sep)):
+                raise ValueError(f"{path} links to {real}, inside the data set or above it: its images would be read "
+                                 "again (a loop: again and again), under this class's label too; remove the link")
+            if real in seen:
+                raise ValueError(f"{path} is {real} again, reached through links (a loop, or two links to one "
+                                 "folder): its images would be read again and again; remove the link")
+            seen.add(real)
 
 
 class ImageFolder(datasets.ImageFolder):
@@ -57,8 +63,10 @@ class ImageFolder(datasets.ImageFolder):
         super().__init__(root, transform=transform, is_valid_file=below, **kwargs)
 
     def find_classes(self, directory):
-        classes = sorted(entry.name for entry in os.scandir(directory)
-                         if entry.is_dir() and not ignored_folder(entry.name))
+        classes = sorted((entry.name for entry in os.scandir(directory)  # sorted as composed Unicode (NFC): a folder
+                          if entry.is_dir() and not ignored_folder(entry.name)),  # from a Mac's zip names "é" as e
+                         key=lambda name: (unicodedata.normalize("NFC", name), name))  # and an accent, which sorted
+        # after "f" as text, so its copies numbered their classes in two orders
         if not classes:
             raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
         return classes, {name: index for index, name in enumerate(classes)}

@@ -703,3 +703,60 @@ def test_the_training_crop_of_a_small_squashing_model_squashes_as_its_eval_does(
         seen = [bool((train(picture)[0] > 0.5).any()) for _ in range(8)]
         assert all(seen) if red_seen else not any(seen), crop_mode
     assert bool((data.pixel_transform(16, crop_mode="squash")(picture)[0] > 0.5).any())  # the eval transform
+
+
+def test_a_loop_inside_a_linked_folder_elsewhere_and_two_links_to_one_folder_are_refused(tmp_path):
+    """The link check walked without following links, so it never looked inside a folder linked from elsewhere: a
+    link there back to that folder made torchvision's reader read its 1 image 40 times (until the system's limit on
+    links), under the linking class's label."""
+    import os
+
+    from tests.conftest import make_toy_image_folder
+
+    root = make_toy_image_folder(tmp_path / "photos", classes=2, per_class=3)
+    elsewhere = make_toy_image_folder(tmp_path / "elsewhere", classes=1, per_class=1) / "class0"
+    os.symlink(elsewhere, root / "class0" / "more")
+    assert len(data.load_dataset(root, "train")) == 7
+    os.symlink(elsewhere, elsewhere / "again")
+    with pytest.raises(ValueError, match="again is .* reached through links"):
+        data.load_dataset(root, "train")
+    (elsewhere / "again").unlink()
+    os.symlink(elsewhere, root / "class1" / "same")  # one folder under two classes' labels
+    with pytest.raises(ValueError, match="reached through links"):
+        data.load_dataset(root, "train")
+
+
+def test_folders_named_in_decomposed_unicode_number_their_classes_as_composed_ones(tmp_path):
+    """A zip made on a Mac names "é" as "e" and a combining accent (NFD), which sorts after "f" as text: its copy
+    of a data set numbered "éclair" and "fraisé" the other way round from the composed (NFC) copy, so every image
+    was scored against the other label, and a model trained on one copy was taken for the other's."""
+    import unicodedata
+
+    from robgen.models import ModelSpec
+
+    names = ("éclair", "fraisé")  # sorted composed, "é" (U+00E9) comes after "f"; decomposed, "e" before it
+    for form in ("NFC", "NFD"):
+        root = tmp_path / form
+        for label, name in enumerate(names):
+            folder = root / unicodedata.normalize(form, name)
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8), (200 * (name == "éclair"), 0, 0)).save(folder / "0.png")
+        dataset = data.load_dataset(root, "train")
+        assert [unicodedata.normalize("NFC", c) for c in data.class_names(dataset)] == ["fraisé", "éclair"], form
+        assert [int(dataset[i][0][0].mean() > 0.5) for i in range(2)] == [dataset[i][1] for i in range(2)], form  # éclair: 1
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=2, class_labels=[unicodedata.normalize("NFD", n) for n in names])
+    data.check_model_matches(spec, tmp_path / "NFC", list(names), by_name=True)
+
+
+def test_imagenette_given_as_its_folder_under_the_data_root_is_labelled_by_class_name(tmp_path, monkeypatch):
+    """The named data set labelled its classes by name and its own folder, given as a path, by WordNet id, so
+    fine-tuning a shipped Imagenette model on that folder was refused ("classifies tench, ... but ... has
+    n01440764, ...")."""
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    for wnid in ("n01440764", "n03028079"):
+        for split in ("train", "val"):
+            (tmp_path / "imagenette2-160" / split / wnid).mkdir(parents=True)
+            _photo(30, 30).save(tmp_path / "imagenette2-160" / split / wnid / "x.png")
+    assert data.class_names(data.load_dataset(tmp_path / "imagenette2-160", "train")) == ["tench", "church"]
+    assert data.class_names(data.load_dataset("imagenette", "train")) == ["tench", "church"]
+    assert data.comparable_labels(["n01440764", "French_horn"]) == data.comparable_labels(["tench", "French horn"])

@@ -1000,3 +1000,19 @@ def test_a_callers_random_draws_at_each_epoch_leave_the_run_as_it_would_be(toy_d
     quiet = train(config(toy_data, epochs=2), tmp_path / "quiet", progress=False)
     drawing = train(config(toy_data, epochs=2), tmp_path / "drawing", progress=False, on_epoch=lambda row: torch.rand(5))
     assert_same_weights(quiet, drawing)
+
+
+def test_a_model_fine_tuned_on_imagenettes_own_folder_is_taken_with_labels_by_wordnet_id():
+    """A shipped Imagenette model (labels "tench", "French horn", ...) fine-tuned on Imagenette's own folder
+    (WordNet ids, n01440764, ...) was refused: "classifies tench, ... but ... has n01440764, ...: fine-tune a model
+    of this data set"; a folder of other classes still is."""
+    from robgen.training.preparation import model_to_fine_tune
+    from tests.conftest import tiny_model
+
+    base = tiny_model(num_classes=2)
+    base.spec.class_labels = ["tench", "French horn"]
+    config = TrainConfig(data="imagenette", architecture="resnet10_cifar", init_from="base", epochs=1)
+    tuned = model_to_fine_tune(config, base, ["n01440764", "n03394916"], (3, 32, 32))
+    assert tuned.spec.class_labels == ["tench", "French horn"]
+    with pytest.raises(ValueError, match="fine-tune a model of this data set"):
+        model_to_fine_tune(config, tiny_model(num_classes=2), ["ant", "bee"], (3, 32, 32))

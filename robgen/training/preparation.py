@@ -102,7 +102,7 @@ def model_to_fine_tune(config: TrainConfig, model: Classifier, classes, input_si
     as the run. Its spec takes this run's eval transform (`input_size`, crop_pct, interpolation): a model
     fine-tuned at another resolution (e.g. 128 -> 160 px) is fed as it was last trained.
     """
-    if list(model.spec.class_labels) != list(classes):
+    if datasets.comparable_labels(model.spec.class_labels) != datasets.comparable_labels(classes):
         raise ValueError(f"{config.init_from} classifies {', '.join(model.spec.class_labels)}, but {config.data} has "
                          f"{', '.join(classes)}: fine-tune a model of this data set")
     width = model.spec.arch_kwargs.get("width")
