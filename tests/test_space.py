@@ -78,7 +78,8 @@ def test_dry_run_plans_the_upload_without_tests_caches_or_training_state(capsys)
     assert shown and set(shown) <= set(files) and "examples/chelsea.png" in files
 
 
-def test_a_checkout_uploads_what_git_tracks_or_would_track(tmp_path):
+def test_a_checkout_uploads_what_git_tracks_and_names_what_it_leaves_untracked(tmp_path):
+    """Files nobody added were uploaded too: a `.env` holding a token would be published on a public Space."""
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
@@ -89,19 +90,28 @@ def test_a_checkout_uploads_what_git_tracks_or_would_track(tmp_path):
     (tmp_path / "app.py").write_text("tracked\n")
     (tmp_path / "new.py").write_text("not yet added\n")
     (tmp_path / "notes.txt").write_text("left out by space.yaml\n")
-    git("add", "app.py")
-    assert space.files_to_upload(tmp_path, ["*.txt"]) == [".gitignore", "app.py", "new.py"]
+    (tmp_path / ".env").write_text("HF_TOKEN=secret\n")
+    git("add", "app.py", ".gitignore")
+    assert space.files_to_upload(tmp_path, ["*.txt"]) == [".gitignore", "app.py"]
+    assert space.untracked_files(tmp_path) == [".env", "new.py", "notes.txt"]
+    settings = space.SpaceSettings(title="t", sdk_version="6.31.0", python_version="3.12")
+    assert space.deploy("me/x", settings, root=tmp_path, dry_run=True)["untracked"] == [".env", "new.py", "notes.txt"]
+    with pytest.raises(ValueError, match="the app file main.py is not among the files to upload"):
+        space.deploy("me/x", space.SpaceSettings(title="t", sdk_version="6", python_version="3.12", app_file="main.py"),
+                     root=tmp_path, dry_run=True)
 
 
 class RecordingApi:
     """Records every HfApi call instead of making it."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, on_the_space=()):
+        self.calls, self.on_the_space = [], list(on_the_space)
 
     def __getattr__(self, name):
         def record(*args, **kwargs):
             self.calls.append((name, args, kwargs))
+            if name == "list_repo_files":
+                return self.on_the_space
             return f"https://huggingface.co/spaces/{args[0] if args else kwargs.get('repo_id')}"
         return record
 
@@ -112,18 +122,23 @@ def test_deploy_is_one_commit_with_the_readme_and_sets_the_hardware(tmp_path):
     (tmp_path / "cache.pyc").write_bytes(b"\0")
     settings = space.SpaceSettings(title="t", sdk_version="6.31.0", python_version="3.12", hardware="zero-a10g",
                                    ignore=["*.pyc"], preload_from_hub=["org/weights model.safetensors"])
-    api = RecordingApi()
-    space.deploy("me/robgen", settings, root=tmp_path, api=api)
-    # each call once: the Space created, one commit, the hardware requested (whatever the order)
+    api = RecordingApi(on_the_space=[".gitattributes", "README.md", "app.py", "checkpoints/old/model.safetensors"])
+    plan = space.deploy("me/robgen", settings, root=tmp_path, api=api)
+    # each call once: the Space created, its files listed, one commit, the hardware requested (whatever the order)
     calls = {name: (args, kwargs) for name, args, kwargs in api.calls}
-    assert len(api.calls) == len(calls) and set(calls) == {"create_repo", "create_commit", "request_space_hardware"}
+    assert len(api.calls) == len(calls) and set(calls) == {"create_repo", "list_repo_files", "create_commit",
+                                                            "request_space_hardware"}
     create_args, create = calls["create_repo"]
     assert create_args == ("me/robgen",)
     assert create["repo_type"] == "space" and create["space_sdk"] == "gradio" and create["space_hardware"] == "zero-a10g"
     _, commit = calls["create_commit"]
     assert commit["repo_id"] == "me/robgen" and commit["repo_type"] == "space"
     operations = {op.path_in_repo: op for op in commit["operations"]}
-    assert set(operations) == {"README.md", "app.py"} and len(commit["operations"]) == 2  # not cache.pyc
+    # not cache.pyc; a checkpoint folder gone from the checkout (the app there would still offer it) deleted in the
+    # same commit, the Hub's .gitattributes kept
+    assert set(operations) == {"README.md", "app.py", "checkpoints/old/model.safetensors"} and len(operations) == 3
+    assert type(operations["checkpoints/old/model.safetensors"]).__name__ == "CommitOperationDelete"
+    assert plan["deleted"] == ["checkpoints/old/model.safetensors"]
     with open(operations["app.py"].path_or_fileobj) as app_file:
         assert app_file.read() == "print('app')\n"
     readme = operations["README.md"].path_or_fileobj.decode()
@@ -139,6 +154,10 @@ def test_bad_space_settings_are_refused(tmp_path):
         "colour: red\n": "unknown settings colour",
         "hardware: zero-a10g\n": r"ZeroGPU \(zero-a10g\) runs Python 3.10 or 3.12, not 3.11",
         "preload_from_hub: [timm/inception_v3.tf_adv_in1k]\n": "must be 'org/repo file1,file2'",
+        # a text where a list belongs was read letter by letter: ignore: "tests/*" uploaded nothing but the README
+        "ignore: 'tests/*'\n": "ignore must be a list of texts",
+        "preload_from_hub: [{timm/x: model.safetensors}]\n": "preload_from_hub must be a list of texts",
+        "short_description: 12345\n": "short_description must be a text",
     }
     for extra, message in cases.items():
         path.write_text("title: x\nsdk_version: '6'\npython_version: '3.11'\n" + extra)
@@ -149,6 +168,10 @@ def test_bad_space_settings_are_refused(tmp_path):
         space.SpaceSettings.load(path)
     with pytest.raises(ValueError, match="USER/NAME"):
         space.deploy("robgen", space.SpaceSettings.load(), dry_run=True)
+    path.write_text("title: x\nsdk_version: '6'\npython_version: '3.12'\nignore:\npreload_from_hub:\n"
+                    "  - openai-community/gpt2 config.json 11c5a3d5811f50298f278a704980280950aedb10\n")
+    settings = space.SpaceSettings.load(path)  # keys left empty: none; a pinned revision: the Hub's own form
+    assert settings.ignore == [] and settings.hub_models == ["openai-community/gpt2"]
 
 
 def test_gpu_decorator_is_a_no_op_without_the_spaces_package(monkeypatch):
@@ -185,6 +208,12 @@ def test_render_writes_over_no_file_without_overwrite_and_refuses_a_folder(tmp_p
     assert "exists: choose another --out, or pass --overwrite" in capsys.readouterr().err
     assert space.main(["render", "--out", str(tmp_path)]) == 2 and "is a folder" in capsys.readouterr().err
     assert space.main(["render", "--out", str(notes), "--overwrite"]) == 0 and notes.read_text().startswith("---")
+
+
+def test_render_out_expands_the_home_folder_the_shell_leaves_after_an_equals_sign(tmp_path, monkeypatch):
+    """--out=~/x.md (the shell expands no ~ after "=") said "its folder ~ does not exist"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert space.main(["render", "--out=~/front.md"]) == 0 and (tmp_path / "front.md").read_text().startswith("---")
 
 
 def test_a_space_yaml_that_is_not_yaml_and_an_out_in_no_folder_are_clear_errors(tmp_path, capsys):

@@ -12,8 +12,9 @@ ZeroGPU Spaces, where the `spaces` package is installed, and does nothing
 anywhere else. ZeroGPU runs each such call in a forked worker, so the app
 loads every model it offers on the CPU at start-up (`robgen.web.model_cache.preload`).
 
-A deploy is one commit: the files of the checkout (those git tracks or would
-track, minus `ignore`) and the README with its front matter, together.
+A deploy is one commit: the files of the checkout (those git tracks, minus
+`ignore`) and the README with its front matter, together; files on the Space
+that are not among them are deleted in it.
 """
 
 from __future__ import annotations
@@ -94,8 +95,20 @@ class SpaceSettings:
         if unquoted:  # YAML reads 3.10 as the number 3.1
             raise ValueError(f"{path}: write {unquoted[0]} in quotes, e.g. python_version: \"3.10\" (unquoted, YAML "
                              f"reads a number, and 3.10 becomes 3.1; got {data[unquoted[0]]!r})")
-        settings = cls(**{key: (str(value) if key in ("sdk_version", "python_version") else value)
-                          for key, value in data.items()})
+        lists = ("preload_from_hub", "ignore")
+        for name in lists:  # a string was read character by character: ignore: "tests/*" left out every file
+            value = data.get(name)
+            if value is None:  # the key with nothing after it: none
+                data[name] = []
+            elif not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+                raise ValueError(f"{path}: {name} must be a list of texts, one per line under it (\"{name}:\" then "
+                                 f"\"  - ...\"), got {value!r}")
+        texts = [name for name in cls.__dataclass_fields__ if name not in lists and name in data]
+        wrong = [name for name in texts if not isinstance(data[name], str)]
+        if wrong:
+            raise ValueError(f"{path}: {wrong[0]} must be a text (in quotes where YAML would read another type), got "
+                             f"{data[wrong[0]]!r}")
+        settings = cls(**data)
         if settings.hardware not in HARDWARE:
             raise ValueError(f"{path}: hardware {settings.hardware!r} is not one of {', '.join(HARDWARE)}")
         if len(settings.short_description) > 60:
@@ -104,11 +117,11 @@ class SpaceSettings:
         if settings.hardware == ZERO_GPU and ".".join(settings.python_version.split(".")[:2]) not in ZERO_GPU_PYTHONS:
             raise ValueError(f"{path}: ZeroGPU ({ZERO_GPU}) runs Python {' or '.join(ZERO_GPU_PYTHONS)}, "
                              f"not {settings.python_version}")
-        for entry in settings.preload_from_hub:
+        for entry in settings.preload_from_hub:  # a third part pins the repo's revision (a commit)
             parts = str(entry).split()
-            if len(parts) != 2 or parts[0].count("/") != 1 or not all(parts[1].split(",")):
-                raise ValueError(f"{path}: preload_from_hub entry {entry!r} must be 'org/repo file1,file2' "
-                                 "(the files the app downloads, not the whole repo)")
+            if len(parts) not in (2, 3) or parts[0].count("/") != 1 or not all(parts[1].split(",")):
+                raise ValueError(f"{path}: preload_from_hub entry {entry!r} must be 'org/repo file1,file2', or "
+                                 "'org/repo file1,file2 <commit>' (the files the app downloads, not the whole repo)")
         return settings
 
     @property
@@ -137,28 +150,46 @@ def render(settings: SpaceSettings, body: str = "") -> str:
     return f"---\n{matter}---\n\n{body}"
 
 
-def _candidate_files(root: Path) -> List[str]:
-    """What git tracks or would track in the checkout at `root` (so never runs/, out/ or the caches
-    .gitignore names); every file but .git/ where `root` is not the top of a git checkout."""
+def _git_files(root: Path, *which: str) -> Optional[List[str]]:
+    """The files `git ls-files` lists with `which` in the checkout at `root`; None where `root` is not the top of
+    a git checkout."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, check=True).stdout.decode()
 
     try:
-        is_checkout = Path(git("rev-parse", "--show-toplevel").strip()).resolve() == root.resolve()
+        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != root.resolve():
+            return None
+        listed = git("ls-files", "-z", *which).split("\0")
     except (OSError, subprocess.CalledProcessError):
-        is_checkout = False
-    if is_checkout:
-        listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
-        return sorted({name for name in listed if name and (root / name).is_file()})
+        return None
+    return sorted({name for name in listed if name and (root / name).is_file()})
+
+
+def _candidate_files(root: Path) -> List[str]:
+    """What git tracks in the checkout at `root` (committed or added: not a new file nobody added, such as a
+    `.env` holding a token, which a public Space would publish); every file but .git/ where `root` is not the top
+    of a git checkout."""
+    tracked = _git_files(root, "--cached")
+    if tracked is not None:
+        return tracked
     return sorted(path.relative_to(root).as_posix() for path in root.rglob("*")
                   if path.is_file() and ".git" not in path.relative_to(root).parts)
 
 
+def untracked_files(root: Path) -> List[str]:
+    """The files of the checkout at `root` that git does not track and does not ignore: left out of an upload (a
+    deploy names them, so that a new file meant for the Space is `git add`ed)."""
+    return _git_files(root, "--others", "--exclude-standard") or []
+
+
 def files_to_upload(root: Path, ignore: List[str]) -> List[str]:
-    """The repo files a Space upload takes (what git tracks or would track, minus the `ignore` globs), sorted."""
+    """The repo files a Space upload takes (what git tracks, minus the `ignore` globs), sorted."""
     return [relative for relative in _candidate_files(root)
             if not any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative + "/", pattern)
                        for pattern in ignore)]
+
+
+KEPT_ON_THE_SPACE = (".gitattributes",)  # the Hub's own file of a new Space: not deleted by a deploy
 
 
 def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_run: bool = False, api=None,
@@ -173,14 +204,18 @@ def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_ru
         raise ValueError(f"--repo must look like USER/NAME, got {repo_id!r}")
     readme = render(settings, (root / "README.md").read_text() if (root / "README.md").is_file() else "")
     files = files_to_upload(root, list(settings.ignore) + ["README.md"])
+    if settings.app_file not in files:
+        raise ValueError(f"the app file {settings.app_file} is not among the files to upload (not tracked by git, "
+                         f"missing, or left out by space.yaml's ignore): the Space could not start")
     plan = {
         "repo_id": repo_id, "create_repo": {"repo_type": "space", "space_sdk": "gradio",
                                             "space_hardware": settings.hardware, "private": private, "exist_ok": True},
         "files": files + ["README.md"], "readme": readme, "request_space_hardware": settings.hardware,
+        "untracked": untracked_files(root),
     }
     if dry_run:
         return plan
-    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     if api is None:
         from huggingface_hub import HfApi
@@ -190,6 +225,11 @@ def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_ru
                           private=private, exist_ok=True)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(root / name)) for name in files]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode()))
+    # the Space holds this checkout's files and no others: a checkpoint folder removed here (which the app would
+    # still offer there) or a file now ignored is deleted in the same commit
+    stale = sorted(set(api.list_repo_files(repo_id, repo_type="space")) - set(plan["files"]) - set(KEPT_ON_THE_SPACE))
+    operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+    plan["deleted"] = stale
     api.create_commit(repo_id=repo_id, repo_type="space", operations=operations,
                       commit_message="Deploy robgen (README front matter from space.yaml)")
     api.request_space_hardware(repo_id, settings.hardware)
@@ -217,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             body = (REPO_ROOT / "README.md").read_text() if args.with_readme else ""
             text = render(settings, body)
             if args.out:
-                out = Path(args.out)
+                out = Path(args.out).expanduser()  # --out=~/x.md: the shell leaves that ~ to us
                 if out.is_dir():
                     raise ValueError(f"--out names the file to write; {out} is a folder")
                 if out.exists() and not args.overwrite:
@@ -241,9 +281,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"hardware {settings.hardware}) and upload {len(plan['files'])} files:")
         for name in plan["files"]:
             print(f"  {name}")
+        print("files on the Space that are not in this list are deleted by the deploy")
         print("README.md front matter:\n" + plan["readme"].split("\n---\n")[0] + "\n---")
     else:
-        print(f"deployed {plan['url']}")
+        print(f"deployed {plan['url']}" + (f" (deleted there: {', '.join(plan['deleted'])})" if plan["deleted"] else ""))
+    if plan["untracked"]:
+        print(f"left out, as git does not track them (git add a file to upload it): {', '.join(plan['untracked'])}")
     return 0
 
 
