@@ -37,7 +37,22 @@ ADVERSARIAL_EXAMPLES = HERE / "examples" / "adversarial"
 PHOTO = str(HERE / "examples" / "chelsea.png")  # what the image inputs hold before an upload (the API's default)
 INPUT_HEIGHT = 240  # pixels: the image inputs keep one size, whatever the picture's
 MAX_FILE_SIZE = "10mb"
-CONCURRENCY = int(os.environ.get("ROBGEN_CONCURRENCY", "2"))
+
+
+def concurrency(text: str) -> int:
+    """$ROBGEN_CONCURRENCY: how many model events run at once, a whole number >= 1 (0 held every event in the
+    queue for ever, with no word)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise SystemExit(f"ROBGEN_CONCURRENCY must be a whole number of at least 1 (the model events run at once), "
+                         f"got {text!r}")
+    return number
+
+
+CONCURRENCY = concurrency(os.environ.get("ROBGEN_CONCURRENCY", "2"))
 # The sliders' ranges. The handlers check them too: an API call skips the page's own checks of the image events
 # (preprocess=False, so that robgen reads every upload), and a million steps would hold a worker for hours.
 # eps in whole 8-bit levels: an uploaded picture's pixels are on them, and so is the attacked picture it gets back
@@ -235,8 +250,15 @@ def gradient_maps(image, model_name):
     # (the page offers those that load: a broken checkpoint folder beside them is no sibling to load)
     shipped = [name for name in available_models() if name in OFFERED]
     pool = shipped if model_name in shipped else sorted(name for name in OFFERED if name not in available_models())
-    siblings = [name for name in pool if model_spec(name).class_labels == labels]
-    models = {name: cached_model(name) for name in ([model_name] + [s for s in siblings if s != model_name])[:4]}
+    models = {model_name: cached_model(model_name)}
+    for name in pool:  # the others of its classes shown beside it where they load: one that fails (a download, a
+        if len(models) == 4:  # checkpoint rewritten since start-up) is left out with a log line, not the request
+            break
+        try:
+            if name != model_name and model_spec(name).class_labels == labels:
+                models[name] = cached_model(name)
+        except Exception as error:  # noqa: BLE001  (whatever a load raises: the chosen model's maps still come)
+            logging.getLogger(__name__).warning("gradient maps: %s left out, it failed to load: %s", name, error)
     return gallery_files(tabs.gradient_gallery(models, need_image(image)), "gradient")
 
 
@@ -404,8 +426,11 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                             synth_steps = gr.Slider(*SYNTHESIS_STEPS, value=60, step=1, label="steps")
                         with gr.Row():
                             synth_auto = gr.Checkbox(True, label="automatic step size", info="L2 step 2.5·eps/steps")
-                            synth_step = gr.Number(0.25, minimum=SYNTHESIS_STEP[0], maximum=SYNTHESIS_STEP[1],
-                                                   label="step size (L2)", visible=False)
+                            # no minimum or maximum here: Gradio checks them also while the field is hidden (a
+                            # value typed, then "automatic" ticked again, refused every run with no field named);
+                            # the handler checks the value where it is used, naming the field
+                            synth_step = gr.Number(0.25, label=f"step size (L2, {SYNTHESIS_STEP[0]:g} to "
+                                                                f"{SYNTHESIS_STEP[1]:g})", visible=False)
                             synth_seed = gr.Number(0, precision=0, label="seed")
                         synth_button = gr.Button("Synthesize", variant="primary")
                     with gr.Column():

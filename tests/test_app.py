@@ -643,6 +643,44 @@ def test_gradient_maps_of_a_model_beyond_the_shipped_ones_show_its_offered_sibli
     assert sorted({caption.split(":")[0] for _, caption in gallery}) == offered
 
 
+def test_gradient_maps_leave_out_a_sibling_that_fails_to_load_and_show_the_chosen_models(tmp_path, caplog):
+    """A sibling that failed to load (a checkpoint rewritten since start-up, a failed download) failed the whole
+    request, with a message naming the other model and a server path."""
+    import json
+    import logging
+
+    from robgen.models.loading import find_checkpoint
+
+    offered = []
+    for name in ("sibling-a", "sibling-b"):
+        shutil.copytree(find_checkpoint(STANDARD), tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["class_labels"] = [f"item {i}" for i in range(len(config["class_labels"]))]
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        offered.append(str(tmp_path / name))
+    app.build_app(models=app.available_models() + offered, adversarial_examples_folder=tmp_path / "no-examples")
+    (tmp_path / "sibling-b" / "model.safetensors").write_bytes(b"not weights")
+    with caplog.at_level(logging.WARNING):
+        gallery = app.gradient_maps(str(REPO / "examples" / "rocket.png"), offered[0])
+    assert {caption.split(":")[0] for _, caption in gallery} == {offered[0]}
+    assert "sibling-b left out, it failed to load" in caplog.text
+
+
+def test_the_hidden_step_size_field_has_no_range_for_gradio_to_refuse_and_the_concurrency_must_be_at_least_one():
+    """A step size typed (0, or 500) and then "automatic" ticked again: Gradio still checked the hidden field's
+    minimum and maximum and refused every run ("Value 0 is less than minimum value 0.0001", no field named);
+    ROBGEN_CONCURRENCY=0 held every event in the queue for ever."""
+    config = app.build_app().config
+    step = next(c for c in config["components"] if str(c.get("props", {}).get("label", "")).startswith("step size (L2"))
+    assert step["props"].get("minimum") is None and step["props"].get("maximum") is None
+    with pytest.raises(gr.Error, match="step size \\(L2\\) must be from"):
+        app.synthesize(app.MODELS[0], "0", 1, 1, False, 0, 0)
+    assert app.concurrency("3") == 3
+    for text in ("0", "-1", "two"):
+        with pytest.raises(SystemExit, match="ROBGEN_CONCURRENCY must be a whole number of at least 1"):
+            app.concurrency(text)
+
+
 def test_gradient_maps_of_a_shipped_model_show_only_the_siblings_the_page_offers(tmp_path, monkeypatch):
     """The siblings were every shipped checkpoint folder, offered or not: a page of two models drew (and loaded)
     four, and one folder that does not load (a newer robgen's) broke the tab for every model."""
@@ -975,3 +1013,13 @@ def test_an_array_or_a_pil_image_is_refused_saying_what_to_give():
             attack_image(tiny_model(), image, steps=1)
         with pytest.raises(gr.Error, match="expected an uploaded image file"):
             app.need_image(image)
+
+
+def test_the_upsampling_note_reads_a_path_with_the_home_folder_as_the_image_reader_does(tmp_path, monkeypatch):
+    """handlers.detect_image(model, "~/photo.png") ran the whole detection and then failed in the note on the
+    image's size: FileNotFoundError for '~/photo.png' (load_model_input had expanded the ~, the note did not)."""
+    from robgen.web.handlers import upsampling_note
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(tmp_path / "tiny.png")
+    assert "enlarged" in upsampling_note(tiny_model(), "~/tiny.png")

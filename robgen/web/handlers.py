@@ -69,7 +69,8 @@ def upsampling_note(model, image: ImageInput) -> str:
         return ""
     from PIL import Image
 
-    with Image.open(image) as picture:  # the header only: `load_model_input` has already read and checked it
+    source = Path(image).expanduser() if isinstance(image, (str, Path)) else image  # ~ as load_model_input reads it
+    with Image.open(source) as picture:  # the header only: `load_model_input` has already read and checked it
         width, height = upright_size(picture)  # a photo stored sideways, as it is read
     factor = enlargement(width, height, model.spec)
     if factor < UPSAMPLED_NOTE:
