@@ -429,8 +429,8 @@ def build_app(models=None, adversarial_examples_folder=ADVERSARIAL_EXAMPLES) -> 
                             # no minimum or maximum here: Gradio checks them also while the field is hidden (a
                             # value typed, then "automatic" ticked again, refused every run with no field named);
                             # the handler checks the value where it is used, naming the field
-                            synth_step = gr.Number(0.25, label=f"step size (L2, {SYNTHESIS_STEP[0]:g} to "
-                                                                f"{SYNTHESIS_STEP[1]:g})", visible=False)
+                            synth_step = gr.Number(0.25, label="step size (L2)", visible=False,
+                                                   info=f"{SYNTHESIS_STEP[0]:g} to {SYNTHESIS_STEP[1]:g}")
                             synth_seed = gr.Number(0, precision=0, label="seed")
                         synth_button = gr.Button("Synthesize", variant="primary")
                     with gr.Column():
