@@ -356,3 +356,24 @@ def test_row_files_are_strict_json_when_a_rate_is_over_no_images(tmp_path):
     _write(tmp_path / "row.json", {"rows": [{"detection_rate_successful": math.nan, "factor": "m"}]})
     record = json.loads((tmp_path / "row.json").read_text(), parse_constant=strict)
     assert record["rows"][0]["detection_rate_successful"] is None
+
+
+def test_the_report_is_written_again_from_kept_rows_and_rows_of_other_input_sizes_are_refused_first(
+        toy_data, four_class_checkpoint, tmp_path, monkeypatch):
+    """With no row named, the command is to write the report again from the kept rows: IndexError (the kept rows
+    were compared with the first planned row, of none). Models that read the test images at other sizes (the
+    Imagenette models: 160 px and 128 px) were measured, every one, and then refused by the report, which blamed
+    --limit and --seed."""
+    from conftest import tiny_model
+
+    out = tmp_path / "ablation"
+    measured = ablation_rows([AblationSpec("seed", "a", str(four_class_checkpoint))], str(toy_data), out, limit=12,
+                             val_size=40, batch_size=12, progress=False)
+    monkeypatch.setattr(ablation, "measure_model", lambda *a, **k: pytest.fail("a row was measured"))
+    assert ablation_rows([], str(toy_data), out, limit=12, val_size=40, batch_size=12, progress=False) == measured
+    larger = tiny_model(num_classes=4)
+    larger.spec.input_size = (3, 24, 24)
+    larger = robgen.save_checkpoint(larger, tmp_path / "larger")
+    with pytest.raises(ValueError, match=r"rows size/24px \(test_images\) differ from size/16px.*same pixels"):
+        ablation_rows([AblationSpec("size", "16px", str(four_class_checkpoint)), AblationSpec("size", "24px", str(larger))],
+                      str(toy_data), tmp_path / "other", limit=12, val_size=40, batch_size=12, progress=False)

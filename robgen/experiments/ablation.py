@@ -209,11 +209,20 @@ def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, li
                                   download=download)
         settings = _settings(spec, data, limit, seed, val_size, batch_size, images_fingerprint(splits.test))
         planned.append((spec, model, splits, settings, model_fingerprint(model)))
-    # the rows this run leaves as they are go into the same report, which needs every row's settings alike: refused
-    # now, not after hours of measuring, when the report would be
+    # the rows of one report need every row's settings alike: refused now, not after hours of measuring, when the
+    # report would be; first the rows planned here (models that read the test images at other sizes or crops, such
+    # as Imagenette's 160-px standard model and its 128-px robust one, see other pixels), then the rows this run
+    # leaves as they are (none planned: the report written again from the kept rows)
+    apart = [f"{spec.factor}/{spec.label} ({', '.join(differ)})" for spec, _, _, settings, _ in planned[1:]
+             for differ in [settings_differ(planned[0][3], settings)] if differ]
+    if apart:
+        raise ValueError(f"the rows {', '.join(apart)} differ from {specs[0].factor}/{specs[0].label}: an ablation "
+                         "compares models on the same pixels and settings (test_images differ where models read "
+                         "the images at other input sizes, crops or interpolations): ablate models of one input "
+                         "transform, or measure them into separate --out folders")
     planned_files = {spec.file_name for spec in specs}
     kept_apart = [f"{path.name} ({', '.join(differ)})" for path in sorted(folder.glob("*.json"), key=natural_key)
-                  if path.name not in planned_files
+                  if planned and path.name not in planned_files
                   for differ in [settings_differ(json.loads(path.read_text()).get("settings") or {},
                                                  json.loads(json.dumps(planned[0][3])))] if differ]
     if kept_apart:

@@ -261,7 +261,9 @@ def write_report(records: List[dict], out_dir: Path) -> List[Path]:
         differ = settings_differ(records[0]["settings"], record["settings"])
         if differ:
             raise ValueError(f"{out_dir}/rows holds rows measured with other settings ({', '.join(differ)} differ): "
-                             "measure every row with the same --limit and --seed, or write to another --out")
+                             "measure every row with the same --data, --limit, --seed, --val-size and --batch-size, "
+                             "of models that read the images at the same input size (test_images), or write to another "
+                             "--out")
     write_text_atomically(out_dir / "results.json", json_text({"settings": settings, "rows": rows}))
     table, figure_file, epochs_file = (out_dir / name for name in REPORT_FILES)
     write_text_atomically(table, markdown(rows, settings))
