@@ -988,6 +988,13 @@ def test_the_restart_table_has_a_column_for_every_point_of_the_curves(finished):
         assert len(cells) == 5 and cells[-1].startswith("25.0% [")  # detector, eps and the three points
 
 
+def one_pixel_png(target) -> None:
+    """What a stubbed savefig writes, to a path or a buffer (save_figure draws a PNG into memory first)."""
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(target, format="PNG")
+
+
 def test_a_detector_given_calibrated_at_another_fpr_is_described_as_it_was_calibrated(finished, tmp_path,
                                                                                        monkeypatch):
     from robgen.experiments.adaptive_report import figure
@@ -1003,7 +1010,7 @@ def test_a_detector_given_calibrated_at_another_fpr_is_described_as_it_was_calib
     assert "energy was given calibrated, at 5% target FPR on" in text and "counted among those classified correctly" in text
     titles = []
     monkeypatch.setattr("matplotlib.figure.Figure.savefig",
-                        lambda fig, path, **options: (titles.append(fig.axes[0].get_title()), Path(path).touch()))
+                        lambda fig, target, **options: (titles.append(fig.axes[0].get_title()), one_pixel_png(target)))
     figure(given, tmp_path / "given.png")
     figure(results, tmp_path / "own.png")
     assert "each detector's own validation FPR" in titles[0] and "at 5% validation FPR" in titles[1]
@@ -1019,7 +1026,7 @@ def test_the_figure_of_one_eps_shows_it_in_a_window_of_its_size_not_the_nudges_w
     one["rows"] = [row for row in one["rows"] if row["eps_label"] == "8/255"]
     limits = []
     monkeypatch.setattr("matplotlib.figure.Figure.savefig",
-                        lambda fig, path, **options: (limits.append(fig.axes[0].get_xlim()), Path(path).touch()))
+                        lambda fig, target, **options: (limits.append(fig.axes[0].get_xlim()), one_pixel_png(target)))
     figure(one, tmp_path / "one.png")
     figure(results, tmp_path / "two.png")
     assert limits[0] == pytest.approx((4.0, 12.0))
