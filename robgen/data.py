@@ -15,19 +15,23 @@ N images of a split are then class-balanced.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import os
 import re
 import unicodedata
 import urllib.error
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from .checks import check_steps
+
+F = TypeVar("F", bound=Callable)
 
 DATA_ENV = "ROBGEN_DATA"
 KNOWN = ("cifar10", "cifar100", "imagenette")
@@ -39,6 +43,40 @@ IMAGENETTE_CLASSES = {
     "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck", "n03425413": "gas pump",
     "n03445777": "golf ball", "n03888257": "parachute",
 }
+
+
+@contextlib.contextmanager
+def data_root_as(root: Optional[Union[str, Path]]) -> Iterator[None]:
+    """`root` as the data root of the block (`$ROBGEN_DATA` while it runs, put back after; None: unchanged): where
+    named data sets are read from, and so also which folders are a named data set given as a path (`same_data`,
+    `canonical_data`: a model's recorded validation split, Imagenette's recipe defaults). The command line's
+    --data-root and every library call that takes `data_root=` (`reads_data_root`) go through it."""
+    if root is None or str(root) == "":
+        yield
+        return
+    saved = os.environ.get(DATA_ENV)
+    os.environ[DATA_ENV] = str(Path(root).expanduser())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(DATA_ENV, None)
+        else:
+            os.environ[DATA_ENV] = saved
+
+
+def reads_data_root(function: F) -> F:
+    """`function` run with its `data_root=` argument as the data root of the whole call (`data_root_as`): given to
+    `load_dataset` alone, it read the images there while the split a model's training held out was looked up under
+    the default root (a model trained on <root>/cifar10 got a validation split of images it trained on)."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with data_root_as(signature.bind_partial(*args, **kwargs).arguments.get("data_root")):
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def default_data_root(root: Optional[Union[str, Path]] = None) -> Path:

@@ -760,3 +760,29 @@ def test_imagenette_given_as_its_folder_under_the_data_root_is_labelled_by_class
     assert data.class_names(data.load_dataset(tmp_path / "imagenette2-160", "train")) == ["tench", "church"]
     assert data.class_names(data.load_dataset("imagenette", "train")) == ["tench", "church"]
     assert data.comparable_labels(["n01440764", "French_horn"]) == data.comparable_labels(["tench", "French horn"])
+
+
+def test_a_data_root_given_to_the_library_decides_which_folder_is_a_named_data_set(tmp_path, monkeypatch):
+    """data_root= went to load_dataset alone: the split a model's training held out of Imagenette was looked up
+    under the default root, so its folder under data_root was another data set, of no recorded split (a 5,000-image
+    "validation" split of images it trained on, or, here, a refusal)."""
+    from robgen.experiments.pipeline import detection_splits
+    from tests.conftest import tiny_model
+
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    root = tmp_path / "elsewhere"
+    for split in ("train", "val"):
+        for i, wnid in enumerate(data.IMAGENETTE_CLASSES):
+            (root / "imagenette2-160" / split / wnid).mkdir(parents=True)
+            for j in range(3):
+                Image.new("RGB", (20, 20), (20 * i, 40 * j, 0)).save(root / "imagenette2-160" / split / wnid / f"{j}.png")
+    model = tiny_model()
+    model.spec.class_labels = list(data.IMAGENETTE_CLASSES.values())
+    model.spec.training = {"data": {"name": "imagenette", "val_size": 4, "split_seed": 3}}
+    folder = root / "imagenette2-160"
+    assert data.canonical_data(folder) != "imagenette"  # under the default root it is a folder of its own
+    splits = detection_splits(model, folder, data_root=root)
+    train = data.load_dataset(folder, "train", spec=model.spec)
+    assert splits.validation.indices == data.train_val_split(train, 4, seed=3)[1].indices
+    assert data.DATA_ENV not in __import__("os").environ  # given back after the call
+    assert data.reads_data_root(lambda data_root=None: data.canonical_data(folder))(data_root=root) == "imagenette"

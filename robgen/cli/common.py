@@ -188,23 +188,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
 
 @contextlib.contextmanager
 def data_root_of(args) -> Iterator[None]:
-    """--data-root as the data root of the whole command ($ROBGEN_DATA while it runs, put back after): where named
-    data sets are read from, and so also which folders are a named data set given as a path (a copy of
-    Imagenette's imagenette2-160/ under --data-root, given as that folder, was a new data set of its own: a
-    5,000-image validation split, 4,500 of them images its models trained on)."""
-    root = getattr(args, "data_root", None)
-    if not root:
+    """--data-root as the data root of the whole command (`robgen.data.data_root_as`): where named data sets are
+    read from, and so also which folders are a named data set given as a path (a copy of Imagenette's
+    imagenette2-160/ under --data-root, given as that folder, was a new data set of its own: a 5,000-image
+    validation split, 4,500 of them images its models trained on)."""
+    from ..data import data_root_as
+
+    with data_root_as(getattr(args, "data_root", None) or None):
         yield
-        return
-    saved = os.environ.get(DATA_ENV)
-    os.environ[DATA_ENV] = str(root)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(DATA_ENV, None)
-        else:
-            os.environ[DATA_ENV] = saved
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output folder") -> None:

@@ -187,6 +187,7 @@ def images_fingerprint(dataset) -> str:
     return datasets.pixels_fingerprint(dataset)
 
 
+@datasets.reads_data_root
 def ablation_rows(specs: Sequence[AblationSpec], data: str, out_dir: Path, *, limit: Optional[int] = 2000,
                   seed: int = 0, batch_size: int = 250, val_size: Optional[int] = None, data_root=None,
                   download: bool = False, device=None, progress=True, overwrite: bool = False) -> List[dict]:

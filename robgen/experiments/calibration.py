@@ -24,6 +24,7 @@ from .pipeline import detection_experiment, detection_splits, perturbed_only
 DETECTOR_FILE = "detector.json"
 
 
+@datasets.reads_data_root
 def calibrate_detector(model, dataset_name: str, attack, n: int = 500, rule: str = "youden",
                        temperature: Union[float, str] = "search", temperatures: Sequence[float] = TEMPERATURES,
                        val_size: Optional[int] = None,

@@ -194,6 +194,7 @@ class DetectionSplits:
                 for name, subset in (("validation", self.validation), ("test", self.test))}
 
 
+@datasets.reads_data_root
 def detection_splits(model, data: Union[str, "object"], *, val_size: Optional[int] = None, limit: Optional[int] = None,
                      seed: int = 0, data_root=None, download: bool = False) -> DetectionSplits:
     """Validation images held out of train by a seeded split, and the test split, through the model's eval transform.

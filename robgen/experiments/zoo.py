@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
+from .. import data as datasets
 from .. import distributed
 from ..attacks.zoo import ZOO_NAMES, ZooSettings, zoo_attack, zoo_entry
 from ..detection.detector import EnergyDetector
@@ -236,6 +237,7 @@ def zoo_study(model, splits: DetectionSplits, settings: Optional[ZooStudySetting
     }
 
 
+@datasets.reads_data_root
 def run_zoo(model, data, out: Optional[Path] = None, *, val_size: Optional[int] = None, limit: Optional[int] = None,
             data_root=None, download: bool = False, settings: Optional[ZooStudySettings] = None, progress=True,
             on_attack=None) -> dict:

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 RESUME_MAY_CHANGE = ("extra",)
 
 
+@datasets.reads_data_root
 def train(
     config: TrainConfig,
     out_dir: Union[str, Path],
