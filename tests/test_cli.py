@@ -298,6 +298,12 @@ def test_eval_record_writes_into_the_checkpoint_the_model_came_from(tmp_path, to
     assert main(args + ["--out", str(tmp_path / "eval.json")]) == 0
     assert main(args + ["--out", str(tmp_path / "eval.json"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 8
+    # --split val --val-size N replaced the whole validation split's record, under a key that did not say N
+    validation = ["eval", "--model", str(folder), "--data", str(toy_data), "--split", "val", "--steps", "0",
+                  "--batch-size", "8", "--record"]
+    assert main(validation + ["--val-size", "12"]) == 0 and main(validation + ["--val-size", "16"]) == 0
+    records = json.loads((folder / "config.json").read_text())["metrics"]["eval"]
+    assert records[f"{toy_data.resolve()}-val12"]["n"] == 12 and records[f"{toy_data.resolve()}-val16"]["n"] == 16
     # the command recorded is the one run, also when main(argv) is called from Python (it quoted sys.argv: pytest's)
     import shlex
 
@@ -421,6 +427,9 @@ def test_output_paths_and_counts_that_cannot_work_are_refused_and_a_refused_run_
     assert "end it with .png" in capsys.readouterr().err
     assert main(["gradmap", "--models", str(checkpoint), "--out", str(tmp_path / "figs") + "/", str(images[0])]) == 2
     assert "names a folder" in capsys.readouterr().err  # (it wrote figs.png)
+    (tmp_path / "maps").mkdir()  # an existing folder named without a slash: it wrote maps.png beside it
+    assert main(["gradmap", "--models", str(checkpoint), "--out", str(tmp_path / "maps"), str(images[0])]) == 2
+    assert "is a folder" in capsys.readouterr().err and not (tmp_path / "maps.png").exists()
 
 
 def test_a_companion_file_given_a_new_folder_goes_inside_it(tmp_path, toy_data):

@@ -329,6 +329,8 @@ def test_per_data_set_defaults_resolve_from_the_one_table():
     assert ReproduceSettings().resolved(model, "cifar100").hepgd_steps == (40,), "no paper facts: HE-PGD at --steps"
     with pytest.raises(ValueError, match="hepgd_steps must be >= 1"):
         ReproduceSettings(hepgd_steps=(0,))
+    # --attacks pgd-8,pgd-8: Table 1 and the baselines had each of its rows twice
+    assert ReproduceSettings(attacks=("pgd-8", "apgd-8", "pgd-8")).attacks == ("pgd-8", "apgd-8")
     # two λ of one 6-digit name shared a stage ("hepgd-8-lam0.6"), in one run or (λ is not in the stage key) across
     # two: each is named by all its digits where 6 would make them one; the same λ twice is kept once
     from robgen.experiments.reproduce import hepgd_name, lam_label
@@ -405,6 +407,7 @@ def test_an_interrupted_run_continues_where_it_stopped_with_the_same_results(cif
     assert json.dumps(comparable(continued), sort_keys=True) == json.dumps(comparable(uninterrupted), sort_keys=True)
     assert not (tmp_path / "cut" / STAGES).exists()
     assert "continued an interrupted one" in (tmp_path / "cut" / "results.md").read_text()
+    assert "APGD-CE (torchattacks) with" not in (tmp_path / "cut" / "results.md").read_text(), "no APGD row was run"
 
 
 def test_a_run_cut_in_its_lambda_sweep_finishes_with_a_shorter_sweep_without_attacking_again(cifar_root, tmp_path,

@@ -256,6 +256,17 @@ def test_stages_whose_key_is_gone_are_never_read_as_this_runs(stopped_run, toy_d
     assert json.loads((stopped_run / KEY_FILE).read_text()) == fresh.key
 
 
+def test_a_damaged_key_is_named_and_removed_with_its_stages_by_overwrite(stopped_run, toy_data):
+    """A key.json cut short gave json's bare "Expecting value: line 1 column 14 (char 13)", and --overwrite (the
+    way to start again) failed the same."""
+    (stopped_run / KEY_FILE).write_text('{"settings": ')
+    with pytest.raises(ValueError, match="key.json is damaged .*pass --overwrite"):
+        _run(_model(), toy_data, stopped_run)
+    fresh = StageStore(stopped_run, {"settings": "whatever"}, replace_stale=True)
+    assert fresh.replaced and list(stopped_run.glob("*.safetensors")) == []
+    assert json.loads((stopped_run / KEY_FILE).read_text()) == fresh.key
+
+
 def test_a_stage_file_cut_short_is_computed_again(stopped_run, toy_data):
     """A 0-byte stage (a crash or a full disk while writing it) failed every later run, --overwrite included."""
     _stage_file(stopped_run, ORDER[0]).write_bytes(b"")

@@ -217,6 +217,8 @@ def command_gradmap(args) -> int:
     if args.out.endswith(("/", os.sep)):
         raise UsageError(f"--out {args.out} names a folder; --out names the figure's file, e.g. maps.png")
     out = Path(args.out)
+    if out.is_dir():  # before the ending is added: a folder named without a dot got NAME.png beside it
+        raise UsageError(f"--out {args.out} is a folder; --out names the figure's file, e.g. maps.png")
     if not out.suffix:  # matplotlib would write NAME.png: check and report that file
         out = out.with_name(out.name + ".png")
     formats = gradient_map_formats()

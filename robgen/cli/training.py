@@ -227,8 +227,12 @@ def command_eval(args) -> int:
         if args.record:
             config = json.loads((folder / CONFIG_FILE).read_text())
             # the data set in one spelling ("cifar10" also when given as its folder), as the models table reads it
-            key = (f"{datasets.canonical_data(args.data)}-{args.split}{'-png' if args.exact and only_png else ''}"
-                   f"{f'-first{args.limit}' if args.limit else ''}")
+            # a validation split of another size (--val-size) than the one training held out: its own key
+            # (cifar10-val40), not the whole split's record replaced
+            sized = args.split == "val" and args.val_size is not None and args.val_size != datasets.recorded_val_size(
+                model.spec, args.data)
+            key = (f"{datasets.canonical_data(args.data)}-{args.split}{f'{args.val_size}' if sized else ''}"
+                   f"{'-png' if args.exact and only_png else ''}{f'-first{args.limit}' if args.limit else ''}")
             records = config.setdefault("metrics", {}).setdefault("eval", {})
             if key in records and records[key].get("attack") != result.get("attack"):
                 print(f"note: replaced the record {key!r} of {folder}, measured with another attack "

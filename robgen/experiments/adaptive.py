@@ -276,12 +276,9 @@ def recorded_key_of_this_run(stage_dir: Optional[Path], run_key: dict) -> Option
     detectors: same settings, data, weights, code), else None."""
     if stage_dir is None:
         return None
-    try:
-        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    recorded = stage_files.read_key(Path(stage_dir) / stage_files.KEY_FILE)
     same_run = json.loads(json.dumps(run_key, sort_keys=True, default=str))
-    if not isinstance(recorded, dict) or {k: v for k, v in recorded.items() if k != "detectors"} != same_run:
+    if not recorded or {k: v for k, v in recorded.items() if k != "detectors"} != same_run:
         return None
     return recorded
 
@@ -303,7 +300,7 @@ def refuse_other_stages(stage_dir: Path, run_key: dict, earlier: Optional[dict],
     None), and stages made against a detector that is neither kept in the folder nor given as the same file (a
     fresh calibration would be another detector than the stages knew)."""
     if earlier is None:
-        differ = _differing_keys(json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text()), run_key)
+        differ = _differing_keys(stage_files.read_key(Path(stage_dir) / stage_files.KEY_FILE) or {}, run_key)
         raise ValueError(f"{stage_dir} holds the stages of another run (its {', '.join(differ)} differ: other "
                          "settings, data, weights or code): a report can be written again only with the command, "
                          "software and model that made them")
@@ -324,11 +321,7 @@ def refuse_stages_of_another_run(stage_dir: Optional[Path], run_key: dict) -> No
     settings, data, weights or code; the stage store would refuse it only after the calibration)."""
     if stage_dir is None or not (Path(stage_dir) / stage_files.KEY_FILE).is_file():
         return
-    try:
-        recorded = json.loads((Path(stage_dir) / stage_files.KEY_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        recorded = {}
-    recorded = recorded if isinstance(recorded, dict) else {}
+    recorded = stage_files.read_key(Path(stage_dir) / stage_files.KEY_FILE) or {}  # damaged: differs in all
     differ = _differing_keys(recorded, run_key)
     details = stage_files.key_differences({k: recorded.get(k) for k in differ},
                                           json.loads(json.dumps({k: run_key.get(k) for k in differ}, default=str)))
@@ -547,6 +540,7 @@ def still_defended(stages: Mapping[str, Dict[str, torch.Tensor]]) -> torch.Tenso
     return standing
 
 
+@datasets.reads_data_root
 def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption]] = ("energy",),
                         eps_list: Sequence[float] = (8 / 255,), limit: int = 500, steps: int = 100, restarts: int = 3,
                         target_fpr: float = 0.05, seed: int = 0, out_dir: Optional[Path] = None, *, data_root=None,

@@ -137,6 +137,7 @@ class ReproduceSettings:
     extra: Dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.attacks = tuple(dict.fromkeys(self.attacks))  # named twice: one row (Table 1 and the baselines had two)
         if not self.attacks:  # Table 1 without its PGD rows
             raise ValueError(f"no attacks given: name at least one of {', '.join(TABLE_ATTACKS)}")
         unknown = [name for name in self.attacks if name not in TABLE_ATTACKS]
@@ -226,6 +227,7 @@ def _score_rule(clean_val, adv_val, clean_test, adv_test) -> dict:
     return detection_metrics(clean_test, adv_test, threshold)
 
 
+@datasets.reads_data_root
 def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data_root=None,
               settings: Optional[ReproduceSettings] = None, progress=True, download: bool = False,
               stage_dir: Optional[Path] = None, replace_stale_stages: bool = False) -> dict:

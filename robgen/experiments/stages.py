@@ -161,6 +161,17 @@ def run_environment(model: torch.nn.Module, fused: Optional[bool] = None) -> dic
     }
 
 
+def read_key(path: Path):
+    """The key a stage folder's `key.json` records: None where there is none, False where it is damaged."""
+    if not path.exists():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return recorded if isinstance(recorded, dict) else False
+
+
 def stage_file(folder: Path, name: str) -> Path:
     """Where the stage `name` is kept in `folder` (its name with every character but letters, digits and -_.= as _)."""
     safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
@@ -186,7 +197,13 @@ class StageStore:
         if self.folder is None:
             return
         key_file = self.folder / KEY_FILE
-        recorded = json.loads(key_file.read_text()) if key_file.exists() else None
+        recorded = read_key(key_file)
+        if recorded is False:  # written half (a full disk, a copy cut short): nothing says what its stages are
+            if not replace_stale:
+                raise ValueError(f"{key_file} is damaged (not the JSON object robgen writes): nothing says which run "
+                                 "the stages beside it belong to; pass --overwrite to start again")
+            key_file.unlink()
+            recorded = None
         # a finished stage, or the kept batches of one under way
         orphaned = recorded is None and (any(self.folder.glob("*.safetensors")) or any(self.folder.glob("*.parts")))
         if distributed.is_distributed():  # what rank 0 found decides for all (a rank must not see it half removed)
