@@ -282,9 +282,9 @@ class KPlusOneAPGD(KPlusOnePGD):
 
 
 class KPlusOneTargetedAPGD(KPlusOneAPGD):
-    """Multi-targeted APGD on the (K + 1) combined logits (the targeted attack of Croce & Hein 2020's APGD-T,
-    one target class per restart as in Gowal et al. 2019's multi-targeted attack): restart r ascends
-    `kplusone_targeted_margin` toward target t_r, the image's r-th likeliest class other than y at its clean
+    """Multi-targeted APGD on the (K + 1) combined logits (the step scheme of Croce & Hein 2020's APGD-T with a
+    Carlini-Wagner margin for its loss, not their targeted DLR; one target class per restart as in Gowal et al.
+    2019's multi-targeted attack): restart r ascends `kplusone_targeted_margin` toward target t_r, the image's r-th likeliest class other than y at its clean
     point (the runner-up first), so that t_r overtakes the true class and the detector class at once. After
     the K - 1 other classes the targets start again from the runner-up.
 
