@@ -141,7 +141,7 @@ def test_quantise_stays_inside_an_l2_ball():
     assert (quantise(x_adv, x, attack) - x).flatten().norm() <= 0.3 + 1e-5
 
 
-@pytest.mark.parametrize("eps, norm", [(8.5 / 255, "linf"), (0.5, "l2"), (1.0, "l2")])
+@pytest.mark.parametrize("eps, norm", [(8 / 255, "linf"), (8.5 / 255, "linf"), (0.5, "l2"), (1.0, "l2")])
 def test_quantise_gives_8_bit_pixels_inside_a_ball_of_any_radius(eps, norm):
     # a half-step L-inf eps or an L2 ball: rounding then projecting left the pixels off the 8-bit levels, so the
     # PNG written (rounded again) was another image, outside the ball
@@ -153,11 +153,13 @@ def test_quantise_gives_8_bit_pixels_inside_a_ball_of_any_radius(eps, norm):
     with torch.no_grad():
         x_adv = attack(x, model(x).argmax(1))
     quantised = quantise(x_adv, x, attack)
-    levels = quantised * 255
-    assert torch.allclose(levels, levels.round(), atol=1e-4)
-    change = (quantised - x).flatten(1)
+    # exactly the float32 of a level (in float32 a pixel 8 levels away is 8.0000007/255 away: the 8/255 ball's
+    # projection moved 121 of 12,288 pixels 1e-6 levels off, so the PNG was not the image measured)
+    levels = (quantised.double() * 255).round()
+    assert torch.equal(quantised, (levels / 255).float())
+    change = (levels - (x.double() * 255).round()).flatten(1) / 255
     size = change.abs().amax(1) if norm == "linf" else change.norm(dim=1)
-    assert (size <= eps + 1e-6).all() and (size > 0).all()
+    assert (size <= eps + 1e-12).all() and (size > 0).all()
 
 
 def test_the_stored_calibration_energies_are_the_ones_the_threshold_was_fitted_on(toy_data):
@@ -181,3 +183,15 @@ def test_the_stored_calibration_energies_are_the_ones_the_threshold_was_fitted_o
     assert len(clean) == detector.calibration["n_validation"] == 24
     assert len(adversarial) == detector.calibration["n_validation_perturbed"] == 12
     assert detector.threshold == pytest.approx(choose_threshold(clean, adversarial, "youden"), abs=1e-3)
+
+
+def test_the_change_recorded_for_a_files_pixels_is_counted_in_whole_levels():
+    """results.json recorded linf·255 = 8.00000712 for a change of exactly 8 levels (float32's k/255 differences)."""
+    from robgen.experiments.single_image import AttackOutcome
+
+    clean = torch.arange(3 * 4 * 4, dtype=torch.float32).view(1, 3, 4, 4) * 3 / 255
+    adversarial = clean + torch.where(torch.arange(48).view(1, 3, 4, 4) % 2 == 0, 8.0, -8.0) / 255
+    outcome = AttackOutcome(clean, adversarial, torch.zeros(1, 2), torch.zeros(1, 2), ["a", "b"], None)
+    change = outcome.change(0)
+    assert change["linf"] * 255 == pytest.approx(8, abs=1e-12) and change["linf"] <= 8 / 255
+    assert change["l2"] == pytest.approx((48 * 64) ** 0.5 / 255, abs=1e-12)

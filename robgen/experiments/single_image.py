@@ -43,20 +43,28 @@ def quantise(x_adv: torch.Tensor, x: torch.Tensor, attack) -> torch.Tensor:
 
     Each pixel goes to the nearest level, or, where that would leave the ball, to the level next to it toward the
     clean pixel: for an image file's pixels (on the levels) no pixel moves farther from its clean value than the
-    attack moved it, so an L2 or L-inf ball of any radius (8.5/255 too) holds the result. Where the clean pixels
-    are off the levels (a resized photo) and a level would still leave the ball, the ball's projection decides, off
-    the levels."""
+    attack moved it, so an L2 or L-inf ball of any radius (8.5/255 too) holds the result. That is decided in whole
+    levels (in float32 a pixel 8 levels from its clean value is 8.0000007/255 from it, outside an 8/255 ball, and the
+    ball's projection moved it off the levels). Where the clean pixels are off the levels (a resized photo) and a
+    level would still leave the ball, the ball's projection decides, off the levels."""
     constraint = attack.constraint
-    levels = x_adv * 255
-    nearest = levels.round() / 255
-    if torch.equal(constraint.project(nearest, x), nearest):
-        return nearest
-    toward = torch.where(x_adv > x, levels.floor(), levels.ceil()) / 255  # never farther from x than x_adv
+    levels = x_adv.double() * 255
+    clean = x.double() * 255
+    nearest, toward = levels.round(), torch.where(x_adv > x, levels.floor(), levels.ceil())  # toward: never farther
+    if not bool(((clean - clean.round()).abs() <= 1e-3).all()):  # a resized photo: off the levels
+        nearest_image = (nearest / 255).to(x_adv.dtype)
+        if torch.equal(constraint.project(nearest_image, x), nearest_image):
+            return nearest_image
+        out = (nearest - clean).abs() > (
+            constraint.eps * 255 if constraint.norm == "linf" else (levels - clean).abs())
+        return constraint.project((torch.where(out, toward, nearest) / 255).to(x_adv.dtype), x)
+    change = nearest - clean.round()  # whole levels
     if constraint.norm == "linf":  # only the pixels the rounding took out of the ball
-        candidate = torch.where((nearest - x).abs() > constraint.eps, toward, nearest)
-    else:  # a norm of the whole change: every pixel the rounding moved away from x
-        candidate = torch.where((nearest - x).abs() > (x_adv - x).abs(), toward, nearest)
-    return constraint.project(candidate, x)
+        out = change.abs() > constraint.eps * 255 + 1e-6
+    else:  # an image whose rounded change leaves the ball: every pixel the rounding moved away from x
+        outside = change.flatten(1).norm(dim=1) > constraint.eps * 255 * (1 + 1e-9)
+        out = outside.view(-1, *[1] * (x.ndim - 1)) & ((nearest - clean).abs() > (levels - clean).abs())
+    return (torch.where(out, toward, nearest) / 255).to(x_adv.dtype)
 
 
 def top_classes(logits: torch.Tensor, labels: List[str], k: int = 5) -> Dict[str, float]:
@@ -91,7 +99,10 @@ class AttackOutcome:
 
     def change(self, index: int) -> Dict[str, float]:
         """L-inf and L2 size of the change of image `index`."""
-        delta = (self.adversarial[index] - self.clean[index]).flatten()
+        adversarial, clean = self.adversarial[index].double(), self.clean[index].double()
+        delta = (adversarial - clean).flatten()
+        if bool(((clean * 255 - (clean * 255).round()).abs() <= 1e-3).all()):  # a file's pixels: in whole levels
+            delta = ((adversarial * 255).round() - (clean * 255).round()).flatten() / 255  # (float32: 8.0000007)
         return {"linf": float(delta.abs().max()), "l2": float(delta.norm())}
 
 
