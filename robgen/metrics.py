@@ -290,11 +290,16 @@ def paired_difference_interval(first, second, confidence: float = 0.95) -> Tuple
     return (max(-1.0, min(observed, difference - half)), min(1.0, max(observed, difference + half)))
 
 
-def mean_interval(values, confidence: float = 0.95) -> Tuple[float, float]:
-    """mean ± z·s/√n (normal approximation; fine for the hundreds of images robgen reports on)."""
+def mean_interval(values, confidence: float = 0.95,
+                  within: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
+    """mean ± z·s/√n (normal approximation; fine for the hundreds of images robgen reports on), cut to `within`
+    where the values cannot leave it (probabilities: (0, 1); a judge's mean of 0.975 had [0.926, 1.024])."""
     z = _z(confidence)
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     if values.numel() < 2:
         return (math.nan, math.nan)
     mean, half = float(values.mean()), z * float(values.std()) / math.sqrt(values.numel())
-    return (mean - half, mean + half)
+    low, high = mean - half, mean + half
+    if within is not None:
+        low, high = max(low, within[0]), min(high, within[1])
+    return (low, high)

@@ -219,3 +219,14 @@ def test_rates_and_paired_differences_refuse_what_is_no_yes_or_no():
         rate_interval(torch.tensor([0.2, 0.9]))
     with pytest.raises(ValueError, match="second must be yes/no"):
         paired_difference_interval(torch.tensor([True, False]), torch.tensor([0.2, 1.0]))
+
+
+def test_a_mean_interval_of_probabilities_stays_inside_zero_and_one():
+    """The budget sweep printed a judge's mean p(target) of 0.975 as [0.926, 1.024]; synthesis-quality cut the same
+    interval at 1 when printing it, so the two reports disagreed."""
+    from robgen.metrics import mean_interval
+
+    values = torch.tensor([1.0] * 15 + [0.6])
+    low, high = mean_interval(values)
+    assert high > 1
+    assert mean_interval(values, within=(0.0, 1.0)) == (low, 1.0)

@@ -140,7 +140,7 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
             "generator": name, "judge": judge_name, "independent": judge is not generator_model,
             "mean_target_probability": float(target_probs.double().mean()),  # as its interval: in float32 a near-
             # certain judge's mean rounded to 1.0, above its own interval, and tied candidates in a budget sweep
-            "mean_target_probability_ci": list(mean_interval(target_probs)),  # mean ± 1.96 s/√n over the samples
+            "mean_target_probability_ci": list(mean_interval(target_probs, within=(0.0, 1.0))),  # mean ± 1.96 s/√n over the samples
             "judge_accuracy": float(hits.float().mean()),
             "judge_accuracy_ci": list(rate_interval(hits)),  # Wilson
             "per_class_target_probability": target_probs.view(num_classes, n).mean(1).tolist(),
