@@ -27,8 +27,10 @@
 #                      BATCH=250 TAG=-robust-margin bash scripts/device_adaptive.sh imagenette-resnet10-robust
 #                (RADIUS: robust-margin's ball, 1/255 a quarter of its eps as the default 2/255 is of CIFAR-10's 8/255),
 #                and the same line with FPR_AMONG=correct TAG=-rm-correct (avenue 8's count, as on CIFAR-10)
-# Like for like: the committed CIFAR-10 runs used batches of 100 and eps 8/255 (and 64/255): a rerun meant to match
-#                one image by image passes EPS=8/255,64/255 BATCH=100 (other values draw other random starts).
+# Like for like: the committed CIFAR-10 runs used batches of 100, eps 8/255 (and 64/255) and --skip-evaded (the
+#                default here; SKIP_EVADED=0 runs every attack on every image): a rerun meant to match one image by
+#                image passes EPS=8/255,64/255 BATCH=100 (other values draw other random starts), and the code of the
+#                run's commit (each results.json's stage key records it).
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_adaptive.sh cifar10-resnet10-standard
 #                (the whole flow on 32 images, 5 steps, 1 restart: a minute or two on the CPU)
 #
@@ -47,10 +49,12 @@ DATA=${DATA:-cifar10}
 EPS=${EPS:-4/255,8/255,64/255}  # 64/255: the "near 0 at a large eps" sanity check
 DETECTORS=${DETECTORS:-energy,band,class-energy,multi-t,mahalanobis,energy-gap}
 LIMIT=500 STEPS=100 RESTARTS=3 BATCH=${BATCH:-500}
+SKIP_EVADED=${SKIP_EVADED:-1}  # as every committed run: each attack after the first only on the images still defended
 RUNS=runs/adaptive
 SETTINGS=()  # RADIUS for robust-margin's ball; FPR_AMONG for what the target FPR is counted among
 if [ -n "${RADIUS:-}" ]; then SETTINGS+=(--radius "$RADIUS"); fi
 if [ -n "${FPR_AMONG:-}" ]; then SETTINGS+=(--fpr-among "$FPR_AMONG"); fi  # all (default) or correct
+if [ "$SKIP_EVADED" = 1 ]; then SETTINGS+=(--skip-evaded); fi
 if [ -n "${SMOKE:-}" ]; then LIMIT=32 STEPS=5 RESTARTS=1 BATCH=32 EPS=8/255 RUNS=runs/adaptive-smoke; fi
 MODELS=("$@")
 if [ ${#MODELS[@]} -eq 0 ]; then
@@ -61,11 +65,15 @@ if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
     tar xzf .device-data/cifar10-imagefolder.tar.gz -C "$DATA_ROOT"
 fi
 PY=${PYTHON:-python3}
+for model in "${MODELS[@]}"; do  # every model must have travelled (device_tree.sh hide): said before any work
+    $PY -c "import sys, robgen; robgen.load_model(sys.argv[1])" "$model" 2>/dev/null || { echo "$model does not load here: carry its checkpoint folder (see this script's header on device_tree.sh hide)" >&2; exit 1; }
+done
 for model in "${MODELS[@]}"; do
     # the run's folder is named by its settings too: a finished run is skipped only when these very settings made it
     # (a smoke run, or one with another RADIUS, EPS, BATCH, DETECTORS or FPR_AMONG under one TAG, is never taken for it)
     among=""; if [ "${FPR_AMONG:-all}" != all ]; then among=" $FPR_AMONG"; fi  # unset: the folders of before
-    made_by=$(echo "$DATA $DETECTORS $EPS ${RADIUS:-} $LIMIT $STEPS $RESTARTS $BATCH$among" | sha1sum | cut -c1-8)
+    skipping=""; if [ "$SKIP_EVADED" != 1 ]; then skipping=" every-image"; fi  # the default: the folders of before
+    made_by=$(echo "$DATA $DETECTORS $EPS ${RADIUS:-} $LIMIT $STEPS $RESTARTS $BATCH$among$skipping" | sha1sum | cut -c1-8)
     run="$RUNS/$model${TAG:-}-$made_by"
     if [ -e "$run/results.json" ]; then echo "$model: done before"; else
         $PY -m robgen adaptive --model "$model" --data "$DATA" --data-root "$DATA_ROOT" --detector "$DETECTORS" \

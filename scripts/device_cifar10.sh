@@ -30,7 +30,9 @@
 # runs/cifar10-resnet10-wN-official in `carry`, and the train stage resumes it (--resume) where it stopped.
 # Measured on the H200: two runs side by side took 6.3-6.8 s an epoch each, whatever their widths (32 beside 64, or
 # two of 32), which points at data loading; one run alone with all the workers should be faster (not measured), so
-# WIDTHS=32 TRAIN_SECONDS=450 MEASURE_SECONDS=90 in one 10-minute call gives at least 66 of the 98 epochs.
+# WIDTHS=32 TRAIN_SECONDS=400 MEASURE_SECONDS=80 in one 10-minute call gives about 59 of the 98 epochs (6.8 s an
+# epoch; the evals take up to 60 s more, each limit 15 s of grace, and the unpacking and packing the rest: 450 and 90
+# summed to the whole 600 s, and a call cut at its limit brings nothing back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}

@@ -47,8 +47,11 @@ else
 fi
 tail -n 3 "$OUT/train.log"
 for model in "$RUN" cifar10-resnet10-robust; do
+    if [ "$model" = "$RUN" ] && [ ! -e "$RUN/config.json" ]; then  # stopped before its first epoch was saved
+        echo "$RUN has no epoch yet: its probe is skipped (a longer TRAIN_SECONDS, or run again to resume)"; continue
+    fi
     $PY scripts/probe_robust_margin_flips.py --model "$model" --val "$VAL" --test "$TEST" --radii 1/255,2/255,4/255 \
         --device "${DEVICE:-$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}" | tee "$OUT/flips-$(basename "$model").txt"
 done
-tar czf "$OUT/model.tar.gz" "$RUN"/config.json "$RUN"/model.safetensors "$RUN"/log.jsonl
+if [ -e "$RUN/config.json" ]; then tar czf "$OUT/model.tar.gz" "$RUN"/config.json "$RUN"/model.safetensors "$RUN"/log.jsonl; fi
 ls -la "$OUT"

@@ -10,7 +10,8 @@
 # Calls 1, 2:   carry .device-data/imagenette2-160.tar.gz.part-aa (then -ab) and .device-data/imagenette2-160.tar.gz.sha256;
 #               bash scripts/device_imagenette.sh stage
 # Call 3:       carry .device-data/imagenette2-160.tar.gz.part-ac and the .sha256;  bash scripts/device_imagenette.sh stage train
-#               (trains; calls after it on the same warm machine can run `eval` alone)
+#               (trains each run for TRAIN_SECONDS, default 240, and says how many epochs it has; each `train` call
+#               after it on the same warm machine resumes both, ONLY=official or ONLY=w32 one; then `eval`)
 # Before:      bash scripts/device_tree.sh hide checkpoints results examples   (training reads no checkpoint; the
 #               tracked tree is then under 2 MB, and a part 42 MB); after: bash scripts/device_tree.sh restore
 # Anywhere:     SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_imagenette.sh train eval   (CPU too)
@@ -25,6 +26,17 @@ PARTS=${PARTS:-$HOME/robgen-parts}
 DATA=${ROBGEN_DATA:-$HOME/robgen-data}
 PY=${PYTHON:-python3}
 EPOCHS=${EPOCHS:-60}
+TRAIN_SECONDS=${TRAIN_SECONDS:-240}  # per run and call (0: no limit); two runs and the join fit one 10-minute call
+export PYTHONUNBUFFERED=1
+# Run "$@" for at most $1 seconds (0: no limit); stopped by the limit is no failure: the run resumes next call
+limited() {
+    local seconds=$1; shift
+    if [ "$seconds" -gt 0 ]; then
+        timeout --signal=INT --kill-after=15 "$seconds" "$@" || [ $? -eq 124 ]
+    else
+        "$@"
+    fi
+}
 EXTRA=()
 LIMIT=()
 RUNS=runs  # a smoke run's folders are its own: never over a real run unpacked here
@@ -47,12 +59,22 @@ for step in "$@"; do
         fi
       fi ;;
     train)
-      $PY -m robgen train --data imagenette --data-root "$DATA" --arch resnet10_imagenette_official --width 64 \
-          --image-size 150 --crop-pct 0.9375 --epochs "$EPOCHS" --batch-size 128 --lr 0.1 --workers 12 \
-          --out "$RUNS/imagenette-official-w64-standard" --overwrite "${EXTRA[@]}" 2>&1 | tail -n 3
-      $PY -m robgen train --data imagenette --data-root "$DATA" --arch resnet10_imagenette --width 32 \
-          --epochs "$EPOCHS" --batch-size 128 --lr 0.1 --workers 12 \
-          --out "$RUNS/imagenette-w32-standard-gpu" --overwrite "${EXTRA[@]}" 2>&1 | tail -n 3 ;;
+      # each run stops after TRAIN_SECONDS (its own, or the call's 10 minutes would cut it with nothing back) and
+      # the next `train` call on the same warm machine resumes it from its last epoch; ONLY=official or w32 trains one
+      for which in official w32; do
+        if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$which" ]; then continue; fi
+        if [ "$which" = official ]; then
+          run="$RUNS/imagenette-official-w64-standard"
+          recipe=(--arch resnet10_imagenette_official --width 64 --image-size 150 --crop-pct 0.9375)
+        else
+          run="$RUNS/imagenette-w32-standard-gpu" recipe=(--arch resnet10_imagenette --width 32)
+        fi
+        if [ -e "$run/trainer_state.pt" ]; then resume=(--resume); else resume=(--overwrite); fi
+        limited "$TRAIN_SECONDS" $PY -m robgen train --data imagenette --data-root "$DATA" "${recipe[@]}" \
+            --epochs "$EPOCHS" --batch-size 128 --lr 0.1 --workers 12 --out "$run" "${resume[@]}" "${EXTRA[@]}" \
+            > "$OUT/train-$which.log" 2>&1 || { tail -n 20 "$OUT/train-$which.log"; exit 1; }
+        echo "$which: $(wc -l < "$run/log.jsonl" 2>/dev/null || echo 0) of $EPOCHS epochs"; tail -n 2 "$OUT/train-$which.log"
+      done ;;
     eval)
       for run in imagenette-official-w64-standard imagenette-w32-standard-gpu; do
         $PY -m robgen eval --model "$RUNS/$run" --data imagenette --data-root "$DATA" --eps 4/255 --steps 20 \

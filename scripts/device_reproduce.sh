@@ -18,8 +18,11 @@
 # Anywhere:      SMOKE=1 ROBGEN_DATA=~/.cache/robgen-data bash scripts/device_reproduce.sh
 #                (the whole flow on 64 images and 3 attack steps: a few minutes on the CPU)
 #
-# Imagenette (DATA=imagenette): first the `stage` calls of scripts/device_imagenette.sh, then
-#                DATA=imagenette ROBGEN_DATA=$HOME/robgen-data bash scripts/device_reproduce.sh imagenette-resnet10-standard
+# Imagenette (DATA=imagenette): first the `stage` calls of scripts/device_imagenette.sh, with the model's checkpoint
+#                travelling beside a part (the default `hide` and device_imagenette.sh's hide it):
+#                bash scripts/device_tree.sh hide checkpoints/cifar10-* checkpoints/imagenette-resnet10-robust \
+#                    checkpoints/imagenette-resnet10-quasirobust checkpoints/imagenette-resnet10-standard-seed0 results examples
+#                then  DATA=imagenette ROBGEN_DATA=$HOME/robgen-data bash scripts/device_reproduce.sh imagenette-resnet10-standard
 # $OUT gets reproduce-<model>.tar.gz (results.json, results.md, the figures), without the stages: unpack it into
 # results/cifar10/ (or results/imagenette/) here when the model is the one the folder is about.
 set -euo pipefail
@@ -37,6 +40,8 @@ if [ "$DATA" = cifar10 ] && [ ! -d "$DATA_ROOT/cifar10/train" ]; then
 fi
 PY=${PYTHON:-python3}
 $PY -c "import torchattacks" 2>/dev/null || { echo "torchattacks is missing (the default attacks' APGD-CE needs it): see this script's header" >&2; exit 1; }
+# the model must have travelled (a hidden checkpoint folder is not on the machine): said at once, not after the data
+$PY -c "import sys, robgen; robgen.load_model(sys.argv[1])" "$MODEL" 2>/dev/null || { echo "$MODEL does not load here: carry its checkpoint folder (see this script's header on device_tree.sh hide)" >&2; exit 1; }
 name=$(basename "$MODEL")
 run="$RUNS/$name"  # a smoke run's folder is its own: never taken for a finished real run
 log="$OUT/reproduce-$name.log"

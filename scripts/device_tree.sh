@@ -24,6 +24,10 @@ hide)
         paths=(checkpoints/imagenette-* results/synthesis results/adaptive examples)
     fi
     if grep -qF "$BEGIN" "$EXCLUDE" 2>/dev/null; then echo "already hidden: run '$0 restore' first" >&2; exit 1; fi
+    for path in "${paths[@]}"; do  # before any marker is written: an untracked path failed `git rm` after them,
+        # and left the next hide refused ("already hidden") until a restore
+        git ls-files --error-unmatch -- "$path" > /dev/null 2>&1 || { echo "$path is not tracked by git: nothing to hide there" >&2; exit 1; }
+    done
     mkdir -p "$(dirname "$EXCLUDE")"
     { echo "$BEGIN"; for path in "${paths[@]}"; do echo "/${path%/}/"; done; echo "$END"; } >> "$EXCLUDE"
     git rm -r -q --cached -- "${paths[@]}"
