@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import logging
 import os
 import re
 import unicodedata
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from .checks import check_steps
 
 F = TypeVar("F", bound=Callable)
+logger = logging.getLogger(__name__)
 
 DATA_ENV = "ROBGEN_DATA"
 KNOWN = ("cifar10", "cifar100", "imagenette")
@@ -242,6 +244,7 @@ def load_dataset(
             check_split_classes(folder)
         else:
             refuse_splits_one_level_down(folder)
+            refuse_splits_of_other_names(folder)
         dataset = _image_folder(split_folder(folder, split) or folder, transform)
         if canonical_data(folder) == "imagenette":  # its own folder under the data root: labelled as by its name
             dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
@@ -283,6 +286,30 @@ def refuse_splits_one_level_down(folder: Path) -> None:
                             if split.is_dir() and not ignored_folder(split.name))
             raise ValueError(f"{path} holds split folders ({', '.join(splits)}), so {folder} is one level above the "
                              f"data set: point --data at {path}")
+
+
+def refuse_splits_of_other_names(folder: Path) -> None:
+    """Refuse a root of "class" folders that are splits by other names (Kaggle's training_set/ and test_set/, each
+    holding the same class folders and no image of its own): read as two classes, the labels would say which split
+    an image is in, and a model trained on them would learn that."""
+    inner = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_dir() or ignored_folder(path.name):
+            continue
+        with os.scandir(path) as entries:
+            names = set()
+            for entry in entries:
+                if entry.is_file() and not entry.name.startswith("."):
+                    return  # an image (or any file) of its own: a class folder
+                if entry.is_dir() and not ignored_folder(entry.name):
+                    names.add(entry.name)
+        inner[path.name] = names
+    if len(inner) >= 2 and all(inner.values()) and set.intersection(*inner.values()):
+        shared = sorted(set.intersection(*inner.values()))
+        raise ValueError(f"the folders of {folder} ({', '.join(f'{name}/' for name in inner)}) hold no image of their "
+                         f"own but the same folders ({', '.join(shared[:4])}{', ...' if len(shared) > 4 else ''}): "
+                         "they look like splits, not classes (read as classes, the labels would say which split an "
+                         "image is in); name them train/ and test/ (or val/), or point --data at one of them")
 
 
 def split_folder(folder: Path, split: str) -> Optional[Path]:
@@ -339,6 +366,22 @@ def _normalise_split(key: str, split: str) -> str:
     raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
 
 
+KNOWN_SIZES = {("cifar10", "train"): 50000, ("cifar10", "test"): 10000, ("cifar100", "train"): 50000,
+               ("cifar100", "test"): 10000, ("imagenette", "train"): 9469, ("imagenette", "val"): 3925}
+
+
+def _check_size(dataset: Dataset, key: str, split: str, folder: Path) -> Dataset:
+    """A warning where a named data set's copy has another number of images than the data set (an archive partly
+    unpacked, a file deleted): a model's validation split is a seeded draw over every training image, so with
+    one missing it names other images, most of them trained on."""
+    expected = KNOWN_SIZES.get((key, split))
+    if expected is not None and len(dataset) != expected:
+        logger.warning("%s holds %d images, not the %d of %s's %s split (an archive partly unpacked?): a model's "
+                       "recorded validation split is drawn over all of them, so here it names other images, most of "
+                       "them ones it trained on; unpack the archive again", folder, len(dataset), expected, key, split)
+    return dataset
+
+
 def _load_known(key: str, split: str, data_root: Path, download: bool, transform) -> Dataset:
     from torchvision import datasets
 
@@ -348,7 +391,7 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
         dataset = _image_folder(image_folder, transform)  # every later label there, silently
         if key == "imagenette":
             dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
-        return dataset
+        return _check_size(dataset, key, split, image_folder)
     if key in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
         pickled = data_root / ("cifar-10-batches-py" if key == "cifar10" else "cifar-100-python")
@@ -374,7 +417,7 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
             check_split_classes(folder.parent)
             dataset = _image_folder(folder, transform)
             dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
-            return dataset
+            return _check_size(dataset, key, split, folder)
     raise FileNotFoundError(
         f"{key} ({split}) not found under {data_root}. Online: pass download=True (CLI: --download). Offline: point "
         f"--data-root or ${DATA_ENV} at a folder holding {key}/{split}/<class>/ images"

@@ -786,3 +786,28 @@ def test_a_data_root_given_to_the_library_decides_which_folder_is_a_named_data_s
     assert splits.validation.indices == data.train_val_split(train, 4, seed=3)[1].indices
     assert data.DATA_ENV not in __import__("os").environ  # given back after the call
     assert data.reads_data_root(lambda data_root=None: data.canonical_data(folder))(data_root=root) == "imagenette"
+
+
+def test_split_folders_of_other_names_are_refused_not_read_as_two_classes(tmp_path):
+    """Kaggle's training_set/{cats,dogs} and test_set/{cats,dogs} were read as the classes test_set and
+    training_set: every label said which split an image was in, and a model trained on them learnt that."""
+    for split in ("training_set", "test_set"):
+        make_image_folder(tmp_path / "kaggle" / split, classes=("cats", "dogs"), per_class=2)
+    with pytest.raises(ValueError, match=r"look like splits, not classes.*name them train/ and test/"):
+        data.load_dataset(tmp_path / "kaggle", "train")
+    make_image_folder(tmp_path / "nested", classes=("ant", "bee"), per_class=2)  # classes with images of their own
+    (tmp_path / "nested" / "ant" / "more").mkdir()
+    assert len(data.load_dataset(tmp_path / "nested", "train")) == 4
+
+
+def test_a_named_data_sets_copy_of_another_size_is_named_in_a_warning(tmp_path, monkeypatch, caplog):
+    """A partly unpacked archive changed every model's recorded validation split (a seeded draw over all training
+    images) without a word: most of its "held-out" images were then ones the model trained on."""
+    import logging
+
+    monkeypatch.setattr(data, "KNOWN_SIZES", {**data.KNOWN_SIZES, ("cifar10", "test"): 7})
+    make_image_folder(tmp_path / "cifar10" / "test", classes=("airplane", "automobile"), per_class=3)
+    make_image_folder(tmp_path / "cifar10" / "train", classes=("airplane", "automobile"), per_class=3)
+    with caplog.at_level(logging.WARNING):
+        data.load_dataset("cifar10", "test", root=tmp_path)
+    assert "holds 6 images, not the 7 of cifar10's test split" in caplog.text
