@@ -1023,3 +1023,12 @@ def test_the_upsampling_note_reads_a_path_with_the_home_folder_as_the_image_read
     monkeypatch.setenv("HOME", str(tmp_path))
     Image.new("RGB", (4, 4), (10, 20, 30)).save(tmp_path / "tiny.png")
     assert "enlarged" in upsampling_note(tiny_model(), "~/tiny.png")
+
+
+def test_an_unknown_attack_names_every_attack_the_tab_offers(tmp_path):
+    """An API call with an unknown attack was told "choose from fgsm, pgd, hepgd, apgd", without the adaptive
+    attack the page offers."""
+    from robgen.web.handlers import attack_image
+
+    with pytest.raises(ValueError, match="choose from fgsm, pgd, hepgd, apgd, adaptive"):
+        attack_image(tiny_model(), str(REPO / "examples" / "rocket.png"), attack="cw")

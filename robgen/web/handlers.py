@@ -188,7 +188,10 @@ def attack_image(model, image: ImageInput, attack: str = "pgd", eps: float = 8 /
         if target is not None:
             raise ValueError("the adaptive attack is untargeted here: clear the target class or use PGD / FGSM")
         return evade_shipped_detector(model, image, x, eps, steps, step_size, seed, progress)
-    key = attack_key(attack)
+    try:
+        key = attack_key(attack)
+    except ValueError:  # the Attack tab offers the adaptive attack too: the registry's list lacks it
+        raise ValueError(f"unknown attack {attack!r}: choose from fgsm, pgd, hepgd, apgd, {ADAPTIVE}") from None
     attacker = make_attack(key, model, eps=eps, step_size=step_size, steps=steps, lam=lam,
                            generator=torch.Generator(device=x.device).manual_seed(int(seed)))
     target_index = None
