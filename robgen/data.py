@@ -15,6 +15,7 @@ N images of a split are then class-balanced.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -47,24 +48,24 @@ IMAGENETTE_CLASSES = {
 }
 
 
+_DATA_ROOT: "contextvars.ContextVar[Optional[Path]]" = contextvars.ContextVar("robgen_data_root", default=None)
+
+
 @contextlib.contextmanager
 def data_root_as(root: Optional[Union[str, Path]]) -> Iterator[None]:
-    """`root` as the data root of the block (`$ROBGEN_DATA` while it runs, put back after; None: unchanged): where
-    named data sets are read from, and so also which folders are a named data set given as a path (`same_data`,
-    `canonical_data`: a model's recorded validation split, Imagenette's recipe defaults). The command line's
-    --data-root and every library call that takes `data_root=` (`reads_data_root`) go through it."""
+    """`root` as the data root of the block (None: unchanged): where named data sets are read from, and so also
+    which folders are a named data set given as a path (`same_data`, `canonical_data`: a model's recorded validation
+    split, Imagenette's recipe defaults). The command line's --data-root and every library call that takes
+    `data_root=` (`reads_data_root`) go through it. Held in a context variable, not `$ROBGEN_DATA`: two threads'
+    calls with other roots each see their own (a process-wide variable gave one thread the other's root, or none)."""
     if root is None or str(root) == "":
         yield
         return
-    saved = os.environ.get(DATA_ENV)
-    os.environ[DATA_ENV] = str(Path(root).expanduser())
+    token = _DATA_ROOT.set(Path(root).expanduser())
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop(DATA_ENV, None)
-        else:
-            os.environ[DATA_ENV] = saved
+        _DATA_ROOT.reset(token)
 
 
 def reads_data_root(function: F) -> F:
@@ -82,9 +83,11 @@ def reads_data_root(function: F) -> F:
 
 
 def default_data_root(root: Optional[Union[str, Path]] = None) -> Path:
-    """`root`, else `$ROBGEN_DATA`, else `~/.cache/robgen-data`."""
+    """`root`, else the call's (`data_root_as`), else `$ROBGEN_DATA`, else `~/.cache/robgen-data`."""
     if root is not None:
         return Path(root).expanduser()
+    if _DATA_ROOT.get() is not None:  # the call's data root (`data_root_as`)
+        return _DATA_ROOT.get()
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
     return Path.home() / ".cache" / "robgen-data"
@@ -245,9 +248,13 @@ def load_dataset(
         else:
             refuse_splits_one_level_down(folder)
             refuse_splits_of_other_names(folder)
-        dataset = _image_folder(split_folder(folder, split) or folder, transform)
-        if canonical_data(folder) == "imagenette":  # its own folder under the data root: labelled as by its name
+        read = split_folder(folder, split) or folder
+        dataset = _image_folder(read, transform)
+        named = canonical_data(folder)  # a named data set's own folder under the data root
+        if named == "imagenette":  # labelled as by its name
             dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
+        if named in KNOWN:
+            _check_size(dataset, named, read.name.lower(), read)
     return dataset
 
 
@@ -288,28 +295,45 @@ def refuse_splits_one_level_down(folder: Path) -> None:
                              f"data set: point --data at {path}")
 
 
+SPLIT_LIKE = re.compile(r"train|test|val", re.IGNORECASE)  # training_set, test_set, Testing, validation_data, ...
+
+
 def refuse_splits_of_other_names(folder: Path) -> None:
     """Refuse a root of "class" folders that are splits by other names (Kaggle's training_set/ and test_set/, each
-    holding the same class folders and no image of its own): read as two classes, the labels would say which split
-    an image is in, and a model trained on them would learn that."""
+    holding the same class folders, maybe one level further down in a folder of its own name, and no image of its
+    own): read as two classes, the labels would say which split an image is in, and a model trained on them would
+    learn that. Class folders that keep their images in sub-folders (cat/images/, dog/images/) are classes: their
+    names do not read as splits."""
     inner = {}
     for path in sorted(folder.iterdir()):
         if not path.is_dir() or ignored_folder(path.name):
             continue
-        with os.scandir(path) as entries:
-            names = set()
-            for entry in entries:
-                if entry.is_file() and not entry.name.startswith("."):
-                    return  # an image (or any file) of its own: a class folder
-                if entry.is_dir() and not ignored_folder(entry.name):
-                    names.add(entry.name)
+        if not SPLIT_LIKE.search(path.name):
+            return
+        names, files = _entries(path)
+        if not files and names == {path.name}:  # training_set/training_set/{cats,dogs}
+            names, files = _entries(path / path.name)
+        if files:
+            return  # an image (or any file) of its own: a class folder
         inner[path.name] = names
-    if len(inner) >= 2 and all(inner.values()) and set.intersection(*inner.values()):
-        shared = sorted(set.intersection(*inner.values()))
+    if len(inner) >= 2 and all(inner.values()) and len({frozenset(names) for names in inner.values()}) == 1:
+        shared = sorted(next(iter(inner.values())))
         raise ValueError(f"the folders of {folder} ({', '.join(f'{name}/' for name in inner)}) hold no image of their "
                          f"own but the same folders ({', '.join(shared[:4])}{', ...' if len(shared) > 4 else ''}): "
                          "they look like splits, not classes (read as classes, the labels would say which split an "
                          "image is in); name them train/ and test/ (or val/), or point --data at one of them")
+
+
+def _entries(folder: Path) -> Tuple[set, bool]:
+    """The names of `folder`'s sub-folders (not the ignored ones), and whether it holds a file of its own."""
+    names = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file() and not entry.name.startswith("."):
+                return names, True
+            if entry.is_dir() and not ignored_folder(entry.name):
+                names.add(entry.name)
+    return names, False
 
 
 def split_folder(folder: Path, split: str) -> Optional[Path]:

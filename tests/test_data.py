@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -795,9 +797,16 @@ def test_split_folders_of_other_names_are_refused_not_read_as_two_classes(tmp_pa
         make_image_folder(tmp_path / "kaggle" / split, classes=("cats", "dogs"), per_class=2)
     with pytest.raises(ValueError, match=r"look like splits, not classes.*name them train/ and test/"):
         data.load_dataset(tmp_path / "kaggle", "train")
+    for split in ("training_set", "test_set"):  # the same, each split one level further down in its own name
+        make_image_folder(tmp_path / "deeper" / split / split, classes=("cats", "dogs"), per_class=2)
+    with pytest.raises(ValueError, match="look like splits, not classes"):
+        data.load_dataset(tmp_path / "deeper", "train")
     make_image_folder(tmp_path / "nested", classes=("ant", "bee"), per_class=2)  # classes with images of their own
     (tmp_path / "nested" / "ant" / "more").mkdir()
     assert len(data.load_dataset(tmp_path / "nested", "train")) == 4
+    for name in ("cat", "dog"):  # classes keeping their images one level down, under a shared name: classes
+        make_image_folder(tmp_path / "kept" / name, classes=("images",), per_class=2)
+    assert data.class_names(data.load_dataset(tmp_path / "kept", "train")) == ["cat", "dog"]
 
 
 def test_a_named_data_sets_copy_of_another_size_is_named_in_a_warning(tmp_path, monkeypatch, caplog):
@@ -811,3 +820,34 @@ def test_a_named_data_sets_copy_of_another_size_is_named_in_a_warning(tmp_path, 
     with caplog.at_level(logging.WARNING):
         data.load_dataset("cifar10", "test", root=tmp_path)
     assert "holds 6 images, not the 7 of cifar10's test split" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    with caplog.at_level(logging.WARNING):  # the same folder given as a path: the same data set
+        data.load_dataset(tmp_path / "cifar10", "test")
+    assert "holds 6 images, not the 7 of cifar10's test split" in caplog.text
+
+
+def test_two_threads_each_see_their_own_data_root(tmp_path, monkeypatch):
+    """The call's data root was the process-wide $ROBGEN_DATA: a thread inside its own call saw the default root
+    once another thread's call ended, and the variable was left set to the other thread's root."""
+    import threading
+
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    seen, inside, release = {}, threading.Barrier(2), threading.Event()
+
+    def call(name):
+        with data.data_root_as(tmp_path / name):
+            inside.wait()
+            if name == "b":
+                release.wait()  # a's call has ended by now
+            seen[name] = data.default_data_root()
+            if name == "a":
+                release.set()
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {"a": tmp_path / "a", "b": tmp_path / "b"}
+    assert data.default_data_root() == Path.home() / ".cache" / "robgen-data"
