@@ -96,6 +96,10 @@ def test_a_checkout_uploads_what_git_tracks_and_names_what_it_leaves_untracked(t
     assert space.untracked_files(tmp_path) == [".env", "new.py", "notes.txt"]
     settings = space.SpaceSettings(title="t", sdk_version="6.31.0", python_version="3.12")
     assert space.deploy("me/x", settings, root=tmp_path, dry_run=True)["untracked"] == [".env", "new.py", "notes.txt"]
+    # a file this checkout holds untracked, which an earlier deploy (of every untracked file) put on the Space, is
+    # left there, not deleted
+    api = RecordingApi(on_the_space=["app.py", "new.py", "gone.py"])
+    assert space.deploy("me/x", settings, root=tmp_path, api=api)["deleted"] == ["gone.py"]
     with pytest.raises(ValueError, match="the app file main.py is not among the files to upload"):
         space.deploy("me/x", space.SpaceSettings(title="t", sdk_version="6", python_version="3.12", app_file="main.py"),
                      root=tmp_path, dry_run=True)

@@ -227,7 +227,9 @@ def deploy(repo_id: str, settings: SpaceSettings, root: Path = REPO_ROOT, dry_ru
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode()))
     # the Space holds this checkout's files and no others: a checkpoint folder removed here (which the app would
     # still offer there) or a file now ignored is deleted in the same commit
-    stale = sorted(set(api.list_repo_files(repo_id, repo_type="space")) - set(plan["files"]) - set(KEPT_ON_THE_SPACE))
+    # (not a file this checkout holds untracked: an earlier robgen uploaded those, a checkpoint never `git add`ed)
+    stale = sorted(set(api.list_repo_files(repo_id, repo_type="space")) - set(plan["files"]) - set(KEPT_ON_THE_SPACE)
+                   - set(plan["untracked"]))
     operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
     plan["deleted"] = stale
     api.create_commit(repo_id=repo_id, repo_type="space", operations=operations,
