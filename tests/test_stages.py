@@ -391,3 +391,13 @@ def test_an_image_replaced_in_place_is_refused(toy_data, tmp_path):
         mirrored.save(path)
     with pytest.raises(ValueError, match="pixels"):
         _run(_model(), data, folder)
+
+
+def test_the_adaptive_run_names_a_damaged_key_before_calibrating(tmp_path):
+    """refuse_stages_of_another_run read a damaged key.json as "the finished stages of another run (its data,
+    settings differ: not recorded ...)", never saying the key was damaged."""
+    from robgen.experiments.adaptive import refuse_stages_of_another_run
+
+    (tmp_path / KEY_FILE).write_text('{"settings": ')
+    with pytest.raises(ValueError, match="key.json is damaged .*pass --overwrite"):
+        refuse_stages_of_another_run(tmp_path, {"settings": {}})

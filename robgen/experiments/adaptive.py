@@ -321,7 +321,11 @@ def refuse_stages_of_another_run(stage_dir: Optional[Path], run_key: dict) -> No
     settings, data, weights or code; the stage store would refuse it only after the calibration)."""
     if stage_dir is None or not (Path(stage_dir) / stage_files.KEY_FILE).is_file():
         return
-    recorded = stage_files.read_key(Path(stage_dir) / stage_files.KEY_FILE) or {}  # damaged: differs in all
+    recorded = stage_files.read_key(Path(stage_dir) / stage_files.KEY_FILE)
+    if recorded is False:
+        raise ValueError(f"{Path(stage_dir) / stage_files.KEY_FILE} is damaged (not the JSON object robgen writes): "
+                         "nothing says which run the stages beside it belong to; pass --overwrite to start again")
+    recorded = recorded or {}
     differ = _differing_keys(recorded, run_key)
     details = stage_files.key_differences({k: recorded.get(k) for k in differ},
                                           json.loads(json.dumps({k: run_key.get(k) for k in differ}, default=str)))

@@ -202,7 +202,8 @@ class StageStore:
             if not replace_stale:
                 raise ValueError(f"{key_file} is damaged (not the JSON object robgen writes): nothing says which run "
                                  "the stages beside it belong to; pass --overwrite to start again")
-            key_file.unlink()
+            if distributed.is_main():  # one rank removes it (the others' unlink would find it gone)
+                key_file.unlink(missing_ok=True)
             recorded = None
         # a finished stage, or the kept batches of one under way
         orphaned = recorded is None and (any(self.folder.glob("*.safetensors")) or any(self.folder.glob("*.parts")))
