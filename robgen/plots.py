@@ -25,7 +25,7 @@ def save_figure(figure, path: Path, dpi: Optional[float] = None) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if image_format == "png":
-            write_atomically(path, lambda temporary: opaque_png(figure, dpi).save(temporary, format="PNG"))
+            write_atomically(path, lambda temporary: save_png(opaque_png(figure, dpi), temporary))
         else:
             write_atomically(path, lambda temporary: figure.savefig(temporary, format=image_format, dpi=dpi))
     finally:
@@ -43,6 +43,19 @@ def opaque_png(figure, dpi: Optional[float] = None) -> Image.Image:
     if image.mode == "RGBA" and image.getextrema()[3] == (255, 255):
         image = image.convert("RGB")
     return image
+
+
+def save_png(image: Image.Image, target) -> None:
+    """`image` as a PNG with the resolution (dpi, which LaTeX sizes a picture by) and text (Software) matplotlib
+    wrote into it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in image.info.items():  # a PNG's text chunks are in its info too (and survive convert())
+        if isinstance(value, str):
+            info.add_text(key, value)
+    options = {"dpi": image.info["dpi"]} if "dpi" in image.info else {}
+    image.save(target, format="PNG", pnginfo=info, **options)
 
 
 def energy_histogram_figure(clean: torch.Tensor, adversarial: torch.Tensor, title: str = "",

@@ -101,6 +101,8 @@ def test_an_opaque_figure_is_written_as_rgb_with_matplotlibs_pixels_and_a_transp
     assert expected.shape[-1] == 4 and (expected[..., 3] == 255).all()
     with Image.open(save_figure(drawn(), tmp_path / "opaque.png")) as written:
         assert written.mode == "RGB" and np.array_equal(np.asarray(written), expected[..., :3])
+        # matplotlib's resolution (LaTeX sizes a PNG by it) and text kept
+        assert round(written.info["dpi"][0]) == 50 and "matplotlib" in written.text.get("Software", "")
     with Image.open(save_figure(drawn(transparent=True), tmp_path / "transparent.png")) as written:
         assert written.mode == "RGBA" and np.asarray(written)[..., 3].min() < 255
 
