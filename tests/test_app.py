@@ -624,21 +624,28 @@ def test_a_checkpoint_folder_that_fails_to_load_is_left_out_and_the_app_still_bu
         assert "my-newer-model" not in choices and ROBUST in choices
 
 
-def test_gradient_maps_of_a_model_beyond_the_shipped_ones_show_its_offered_siblings(tmp_path):
-    """Siblings were looked up among the shipped checkpoints only: a Hub model's maps came alone, although the
-    page offered other models of its classes."""
+def offered_siblings(folder, names, label):
+    """Copies of the standard CIFAR-10 model in `folder`, its classes renamed "<label> i" (so that the siblings of
+    one are these alone), offered by a page built with them."""
     import json
 
     from robgen.models.loading import find_checkpoint
 
     offered = []
-    for name in ("other-a", "other-b"):
-        shutil.copytree(find_checkpoint(STANDARD), tmp_path / name)
-        config = json.loads((tmp_path / name / "config.json").read_text())
-        config["class_labels"] = [f"thing {i}" for i in range(len(config["class_labels"]))]
-        (tmp_path / name / "config.json").write_text(json.dumps(config))
-        offered.append(str(tmp_path / name))
-    app.build_app(models=app.available_models() + offered, adversarial_examples_folder=tmp_path / "no-examples")
+    for name in names:
+        shutil.copytree(find_checkpoint(STANDARD), folder / name)
+        config = json.loads((folder / name / "config.json").read_text())
+        config["class_labels"] = [f"{label} {i}" for i in range(len(config["class_labels"]))]
+        (folder / name / "config.json").write_text(json.dumps(config))
+        offered.append(str(folder / name))
+    app.build_app(models=app.available_models() + offered, adversarial_examples_folder=folder / "no-examples")
+    return offered
+
+
+def test_gradient_maps_of_a_model_beyond_the_shipped_ones_show_its_offered_siblings(tmp_path):
+    """Siblings were looked up among the shipped checkpoints only: a Hub model's maps came alone, although the
+    page offered other models of its classes."""
+    offered = offered_siblings(tmp_path, ("other-a", "other-b"), "thing")
     gallery = app.gradient_maps(str(REPO / "examples" / "rocket.png"), offered[0])
     assert sorted({caption.split(":")[0] for _, caption in gallery}) == offered
 
@@ -646,19 +653,9 @@ def test_gradient_maps_of_a_model_beyond_the_shipped_ones_show_its_offered_sibli
 def test_gradient_maps_leave_out_a_sibling_that_fails_to_load_and_show_the_chosen_models(tmp_path, caplog):
     """A sibling that failed to load (a checkpoint rewritten since start-up, a failed download) failed the whole
     request, with a message naming the other model and a server path."""
-    import json
     import logging
 
-    from robgen.models.loading import find_checkpoint
-
-    offered = []
-    for name in ("sibling-a", "sibling-b"):
-        shutil.copytree(find_checkpoint(STANDARD), tmp_path / name)
-        config = json.loads((tmp_path / name / "config.json").read_text())
-        config["class_labels"] = [f"item {i}" for i in range(len(config["class_labels"]))]
-        (tmp_path / name / "config.json").write_text(json.dumps(config))
-        offered.append(str(tmp_path / name))
-    app.build_app(models=app.available_models() + offered, adversarial_examples_folder=tmp_path / "no-examples")
+    offered = offered_siblings(tmp_path, ("sibling-a", "sibling-b"), "item")
     (tmp_path / "sibling-b" / "model.safetensors").write_bytes(b"not weights")
     with caplog.at_level(logging.WARNING):
         gallery = app.gradient_maps(str(REPO / "examples" / "rocket.png"), offered[0])
