@@ -59,16 +59,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 run_dir() { echo "runs/cifar10-resnet10-w$1-official$TAG"; }
 
-# Run "$@" for at most $1 seconds (0: no limit). Being stopped by the limit is not a failure: a stopped training run
-# resumes from its last epoch, a stopped ablation keeps the rows it finished.
-limited() {
-    local seconds=$1; shift
-    if [ "$seconds" -gt 0 ]; then
-        timeout --signal=INT --kill-after=15 "$seconds" "$@" || [ $? -eq 124 ]
-    else
-        "$@"
-    fi
-}
+. scripts/device_lib.sh  # limited SECONDS COMMAND...: at most SECONDS (0: no limit), being stopped no failure
 
 # Wait for every background job; say which failed, but go on: what the others made is still worth packing.
 wait_all() {

@@ -28,15 +28,7 @@ PY=${PYTHON:-python3}
 EPOCHS=${EPOCHS:-60}
 TRAIN_SECONDS=${TRAIN_SECONDS:-240}  # per run and call (0: no limit); two runs and the join fit one 10-minute call
 export PYTHONUNBUFFERED=1
-# Run "$@" for at most $1 seconds (0: no limit); stopped by the limit is no failure: the run resumes next call
-limited() {
-    local seconds=$1; shift
-    if [ "$seconds" -gt 0 ]; then
-        timeout --signal=INT --kill-after=15 "$seconds" "$@" || [ $? -eq 124 ]
-    else
-        "$@"
-    fi
-}
+. scripts/device_lib.sh  # limited SECONDS COMMAND...: at most SECONDS (0: no limit), being stopped no failure
 EXTRA=()
 LIMIT=()
 RUNS=runs  # a smoke run's folders are its own: never over a real run unpacked here
