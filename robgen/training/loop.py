@@ -62,6 +62,10 @@ def train(
 
     The caller's global RNG state is left untouched: the run seeds a forked
     RNG from `config.seed`, so the same config gives the same model.
+
+    `data_root`: where named data sets are read from, for the whole call (`robgen.data.data_root_as`). A config
+    fills its recipe defaults when it is built: for a named data set's folder under `data_root` given as a path
+    (Imagenette's 128-px defaults), build it inside `with robgen.data.data_root_as(data_root):`, as the CLI does.
     """
     out_dir = Path(out_dir).expanduser()
     if resume and overwrite:
