@@ -12,7 +12,7 @@ from robgen.attacks.zoo import (
 )
 from robgen.cli import zoo as zoo_cli
 from robgen.cli.common import UsageError
-from tests.conftest import tiny_model
+from tests.conftest import REPO, tiny_model
 from robgen.models import Classifier, ModelSpec
 from robgen.models.checkpoint import build_network
 
@@ -447,3 +447,16 @@ def test_a_bounded_torchattacks_attack_keeps_a_perturbation_smaller_than_a_milli
     assert int(model(x).argmax(1)) == 0
     found = TorchAttacksAttack(model, "PGD", eps=5e-7, alpha=5e-7, steps=2, random_start=False)(x, torch.tensor([0]))
     assert int(model(found).argmax(1)) == 1 and (found - x).abs().max() <= 5e-7 + 6e-8  # float32 spacing at 0.5
+
+
+def test_the_report_states_the_fpr_rules_target_and_what_its_seconds_cover():
+    """With --rule fpr results.md named the rule but not its target (results.json had it); its "s" column, the
+    seconds of both splits, was headed as the test split's."""
+    from robgen.experiments.zoo_report import markdown_report
+
+    results = json.loads((REPO / "results" / "attack-zoo" / "cifar10" / "results.json").read_text())
+    assert "of the clean validation images flagged" not in markdown_report(results)  # rule youden
+    results["settings"]["rule"] = "fpr"
+    text = markdown_report(results)
+    assert "rule fpr (at most 5% of the clean validation images flagged)" in text
+    assert "s: the seconds the attack took on both splits" in text

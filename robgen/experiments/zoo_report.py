@@ -81,6 +81,8 @@ def _threat(row: dict, threat_settings: dict) -> str:
 def markdown_report(results: dict) -> str:
     settings, threat = results["settings"], results["settings"]["threat"]
     detector = results["detector"]
+    fpr_words = (f" (at most {100 * detector['target_fpr']:g}% of the clean validation images flagged)"
+                 if settings["rule"] == "fpr" and "target_fpr" in detector else "")
     ran = [row for row in results["rows"] if "error" not in row]
     failed = [row for row in results["rows"] if "error" in row]
     lines: List[str] = [
@@ -95,7 +97,7 @@ def markdown_report(results: dict) -> str:
         f"The paper's detector: E(x) = −T·logsumexp(f(x)/T) ≤ threshold, fitted on {results['fit_attack']} "
         f"(L∞ {threat['eps'] * 255:.3g}/255, step {threat['step_size'] * 255:.3g}/255, 40 steps, random start) "
         f"examples of the validation split ({results['n_validation_perturbed_fit_attack']} of "
-        f"{results['n_validation']} perturbed), rule {settings['rule']}, temperature {settings['temperature']} "
+        f"{results['n_validation']} perturbed), rule {settings['rule']}{fpr_words}, temperature {settings['temperature']} "
         f"(chosen: T = {detector['temperature']:g}, threshold {detector['threshold']:.4f}). "
         f"Intervals are 95%: Wilson for rates, {auroc_interval_words(results)} for AUROC, the normal approximation "
         "for means.",
@@ -109,7 +111,8 @@ def markdown_report(results: dict) -> str:
         "Perturbed: attacked test images the attack changed at all, of all attacked. Success: clean-correct images "
         "the attack makes wrong (for PGD-T too: any wrong class, not only the target). Perturbation sizes: mean over "
         "all attacked test images / over the successful ones (many attacks leave images they do not fool, or that "
-        "were misclassified already, unchanged). ΔE = E(adv) − E(clean) at T = 1, per image.",
+        "were misclassified already, unchanged). ΔE = E(adv) − E(clean) at T = 1, per image. s: the seconds the attack "
+        "took on both splits, validation and test.",
         "",
         "| attack | threat | access | perturbed / attacked | success % | adv. accuracy % "
         "| L∞ ×255: all / successful | L2: all / successful | mean ΔE | s |",
