@@ -401,3 +401,15 @@ def test_the_adaptive_run_names_a_damaged_key_before_calibrating(tmp_path):
     (tmp_path / KEY_FILE).write_text('{"settings": ')
     with pytest.raises(ValueError, match="key.json is damaged .*pass --overwrite"):
         refuse_stages_of_another_run(tmp_path, {"settings": {}})
+
+
+def test_a_key_left_alone_by_an_attempt_cut_before_any_stage_is_replaced_without_overwrite(tmp_path):
+    """An attempt stopped before its first stage finished left key.json alone; the same folder with other settings
+    was then refused as holding "the finished stages of another run", though none had finished."""
+    (tmp_path / KEY_FILE).write_text(json.dumps({"settings": "an earlier attempt's"}))
+    store = StageStore(tmp_path, {"settings": "these"})
+    assert json.loads((tmp_path / KEY_FILE).read_text()) == store.key
+    (tmp_path / "stage.safetensors").write_bytes(b"")  # a stage of that other run: refused as before
+    (tmp_path / KEY_FILE).write_text(json.dumps({"settings": "an earlier attempt's"}))
+    with pytest.raises(ValueError, match="finished stages of another run"):
+        StageStore(tmp_path, {"settings": "these"})

@@ -219,7 +219,11 @@ class StageStore:
             self.clear()
         if recorded is not None and recorded != self.key:
             differences = key_differences(recorded, self.key)
-            if not replace_stale:
+            # an attempt cut before any stage finished left its key alone: nothing to lose, nothing to refuse
+            key_alone = all(path.name == KEY_FILE for path in self.folder.iterdir())
+            if distributed.is_distributed():
+                key_alone = distributed.broadcast_from_main(key_alone)
+            if not replace_stale and not key_alone:
                 differ = sorted(k for k in set(recorded) | set(self.key) if recorded.get(k) != self.key.get(k))
                 raise ValueError(f"{self.folder} holds the finished stages of another run (its {', '.join(differ)} "
                                  f"differ: {'; '.join(differences)}): run the same command "
