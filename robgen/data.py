@@ -626,6 +626,13 @@ def model_val_split(train: Dataset, spec, data: Union[str, Path], val_size: Opti
     size (or `val_size`) and seed (`model_split_seed`; `default_seed` for a model not trained on `data`), so
     no validation image was trained on."""
     recorded = recorded_val_size(spec, data)
+    if recorded is not None:  # the split is a seeded draw over every training image: another count, other images
+        images = (spec.training.get("data") or {}).get("train_images")
+        if images is not None and int(images) != len(train):
+            raise ValueError(f"the model's training drew its validation split from {images} images of {data}'s "
+                             f"training split, and this copy has {len(train)}: the same seed here names other images, "
+                             "most of them trained on; read the copy it was trained on (an archive partly unpacked: "
+                             "unpack it again)")
     if val_size is None:
         val_size = model_val_size(spec, data)
     elif recorded is not None and val_size > recorded:  # a smaller one is part of it: the same seeded order

@@ -851,3 +851,19 @@ def test_two_threads_each_see_their_own_data_root(tmp_path, monkeypatch):
         thread.join()
     assert seen == {"a": tmp_path / "a", "b": tmp_path / "b"}
     assert data.default_data_root() == Path.home() / ".cache" / "robgen-data"
+
+
+def test_a_copy_of_another_count_than_the_training_drew_its_split_from_is_refused(tmp_path):
+    """The validation split is a seeded draw over every training image: with 5 of 200 images gone, 12 of the 50
+    "held-out" images were ones the model trained on (chance level), and nothing said so."""
+    from robgen.models import ModelSpec
+
+    folder = make_image_folder(tmp_path / "photos", per_class=6)
+    train = data.load_dataset(folder, "train")
+    spec = ModelSpec(architecture="resnet10_cifar", num_classes=3, class_labels=["ant", "bee", "cat"],
+                     training={"data": {"name": data.canonical_data(folder), "val_size": 4, "split_seed": 0,
+                                        "train_images": 18}})
+    assert len(data.model_val_split(train, spec, folder)[1]) == 4
+    spec.training["data"]["train_images"] = 20
+    with pytest.raises(ValueError, match="drew its validation split from 20 images .* this copy has 18"):
+        data.model_val_split(train, spec, folder)

@@ -397,6 +397,7 @@ def test_fine_tuning_holds_out_the_validation_split_its_base_held_out(toy_data, 
                   tmp_path / "tuned", progress=False)
     recorded = tuned.spec.training["data"]
     assert (recorded["split_seed"], recorded["val_size"]) == (0, 32), "recorded: later evaluations use it"
+    assert recorded["train_images"] == 160, "the images the split was drawn from: a copy of another count is refused"
     # a fine-tune started before (its recipe: split seed None, i.e. its own seed 0, the base's split) still resumes
     older = tmp_path / "older"
     with pytest.raises(KeyboardInterrupt):

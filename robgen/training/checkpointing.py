@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -150,7 +150,7 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def write_epoch(model, config, out_dir: Path, classes, history, device, optimizer, scheduler, epoch: int, row: dict,
-                eval_set, states: list, best: bool = False) -> None:
+                eval_set, states: list, best: bool = False, train_images: Optional[int] = None) -> None:
     """Write epoch `epoch` (counted from 0) of a run: checkpoint, best/ and snapshot copies, trainer state, log."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # the data set by name or absolute path: a relative folder would be read against a later working directory,
@@ -158,6 +158,8 @@ def write_epoch(model, config, out_dir: Path, classes, history, device, optimize
     model.spec.training = {
         "config": asdict(config), "data": {"name": datasets.canonical_data(config.data), "classes": classes, "split": "train minus val",
                                            "val_size": config.val_size, "train_limit": config.train_limit,
+                                           # the images the split was drawn from: a copy with others draws others
+                                           **({"train_images": train_images} if train_images is not None else {}),
                                            "split_seed": config.seed if config.split_seed is None else config.split_seed},
         "epochs_done": epoch + 1, "hardware": distributed.hardware(device), "wall_seconds": row["seconds"],
         "torch": torch.__version__, "world_size": distributed.world_size(),

@@ -281,7 +281,7 @@ def _train(config, out_dir, data_root, download, resume, device, progress, on_ep
                 checkpointing.clear_run(out_dir)
                 old_run_left = False
             checkpointing.write_epoch(model, config, out_dir, classes, history, device, optimizer, scheduler, epoch,
-                                      row, eval_set, states, best)
+                                      row, eval_set, states, best, train_images=len(val_set.dataset))  # the whole train split
             logger.info("epoch %d: %s", epoch + 1, json.dumps(row))
         if on_epoch is not None:  # with the run's random streams set aside: a caller's draws would change them
             with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if device.type == "cuda" else []):
