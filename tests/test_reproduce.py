@@ -453,6 +453,7 @@ def test_stages_of_another_run_are_not_mixed_in(cifar_root, tmp_path, capsys):
     stages = tmp_path / "run" / ".stages"
     stages.mkdir(parents=True)
     (stages / "key.json").write_text(json.dumps({"settings": {}, "data": "cifar10", "model": "another"}))
+    (stages / "clean-val.safetensors").write_bytes(b"")  # a stage that other run finished (a key alone is taken over)
     assert main(args + ["--limit", "10", "--steps", "2"]) == 2
     assert "holds the finished stages of another run" in capsys.readouterr().err
     assert main(args + ["--limit", "10", "--steps", "2", "--overwrite"]) == 0, "--overwrite starts again"
