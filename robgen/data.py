@@ -250,11 +250,9 @@ def load_dataset(
             refuse_splits_of_other_names(folder)
         read = split_folder(folder, split) or folder
         dataset = _image_folder(read, transform)
-        named = canonical_data(folder)  # a named data set's own folder under the data root
-        if named == "imagenette":  # labelled as by its name
-            dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
+        named = canonical_data(folder)  # a named data set's own folder under the data root: read as by its name
         if named in KNOWN:
-            _check_size(dataset, named, read.name.lower(), read)
+            dataset = _as_named(dataset, named, read.name.lower(), read)
     return dataset
 
 
@@ -394,10 +392,13 @@ KNOWN_SIZES = {("cifar10", "train"): 50000, ("cifar10", "test"): 10000, ("cifar1
                ("cifar100", "test"): 10000, ("imagenette", "train"): 9469, ("imagenette", "val"): 3925}
 
 
-def _check_size(dataset: Dataset, key: str, split: str, folder: Path) -> Dataset:
-    """A warning where a named data set's copy has another number of images than the data set (an archive partly
-    unpacked, a file deleted): a model's validation split is a seeded draw over every training image, so with
-    one missing it names other images, most of them trained on."""
+def _as_named(dataset: Dataset, key: str, split: str, folder: Path) -> Dataset:
+    """An image folder of the named data set `key` as robgen reads it by name, whichever way it was given:
+    Imagenette's classes by name, not WordNet id; and a warning where the copy has another number of images than
+    the data set (an archive partly unpacked, a file deleted): a model's validation split is a seeded draw over
+    every training image, so with one missing it names other images, most of them trained on."""
+    if key == "imagenette":
+        dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
     expected = KNOWN_SIZES.get((key, split))
     if expected is not None and len(dataset) != expected:
         logger.warning("%s holds %d images, not the %d of %s's %s split (an archive partly unpacked?): a model's "
@@ -413,9 +414,7 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
     if image_folder.is_dir():
         check_split_classes(data_root / key)  # a partly unpacked archive: a class missing from one split shifts
         dataset = _image_folder(image_folder, transform)  # every later label there, silently
-        if key == "imagenette":
-            dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
-        return _check_size(dataset, key, split, image_folder)
+        return _as_named(dataset, key, split, image_folder)
     if key in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
         pickled = data_root / ("cifar-10-batches-py" if key == "cifar10" else "cifar-100-python")
@@ -439,9 +438,7 @@ def _load_known(key: str, split: str, data_root: Path, download: bool, transform
                 datasets.Imagenette(str(data_root), split=split, size="160px", download=True)
         if folder.is_dir():
             check_split_classes(folder.parent)
-            dataset = _image_folder(folder, transform)
-            dataset.classes = [IMAGENETTE_CLASSES.get(name, name) for name in dataset.classes]
-            return _check_size(dataset, key, split, folder)
+            return _as_named(_image_folder(folder, transform), key, split, folder)
     raise FileNotFoundError(
         f"{key} ({split}) not found under {data_root}. Online: pass download=True (CLI: --download). Offline: point "
         f"--data-root or ${DATA_ENV} at a folder holding {key}/{split}/<class>/ images"

@@ -37,6 +37,12 @@ from ..models.state import eval_mode, pixels_for
 from ..progress import step_reporter
 
 
+def on_levels(x: torch.Tensor) -> bool:
+    """Whether every pixel of `x` is on the 8-bit levels (an image file's pixels; a resized photo's are not)."""
+    levels = x.double() * 255
+    return bool(((levels - levels.round()).abs() <= 1e-3).all())
+
+
 def quantise(x_adv: torch.Tensor, x: torch.Tensor, attack) -> torch.Tensor:
     """`x_adv` on 8-bit levels inside the attack's threat model around `x` (`attack.constraint`: a robgen `Attack`
     or an adaptive attack), so that the PNG written is the image measured.
@@ -51,7 +57,7 @@ def quantise(x_adv: torch.Tensor, x: torch.Tensor, attack) -> torch.Tensor:
     levels = x_adv.double() * 255
     clean = x.double() * 255
     nearest, toward = levels.round(), torch.where(x_adv > x, levels.floor(), levels.ceil())  # toward: never farther
-    if not bool(((clean - clean.round()).abs() <= 1e-3).all()):  # a resized photo: off the levels
+    if not on_levels(x):  # a resized photo
         nearest_image = (nearest / 255).to(x_adv.dtype)
         if torch.equal(constraint.project(nearest_image, x), nearest_image):
             return nearest_image
@@ -101,7 +107,7 @@ class AttackOutcome:
         """L-inf and L2 size of the change of image `index`."""
         adversarial, clean = self.adversarial[index].double(), self.clean[index].double()
         delta = (adversarial - clean).flatten()
-        if bool(((clean * 255 - (clean * 255).round()).abs() <= 1e-3).all()):  # a file's pixels: in whole levels
+        if on_levels(clean):  # a file's pixels: in whole levels
             delta = ((adversarial * 255).round() - (clean * 255).round()).flatten() / 255  # (float32: 8.0000007)
         return {"linf": float(delta.abs().max()), "l2": float(delta.norm())}
 
