@@ -42,9 +42,11 @@ def energy(logits: torch.Tensor, temperature: float = 1.0, check: bool = True) -
         return -temperature * torch.logsumexp(logits / temperature, dim=1)
     # Below it, the same function written as -m - T * logsumexp((logits - m) / T), m the largest logit: logits / T
     # overflows float32 to inf at T = 1e-40 (or at 1e-37 for logits of 100), (logits - m) / T, never above 0, does
-    # not; its gradient is -softmax(logits / T) whatever torch gives the max.
+    # not; its gradient is -softmax(logits / T) whatever torch gives the max. The division in float64: a T below
+    # float32's smallest number (1.4e-45) is 0 there, and 0 / 0 made the energy NaN.
     top = logits.amax(dim=1, keepdim=True)
-    return -top.squeeze(1) - temperature * torch.logsumexp((logits - top) / temperature, dim=1)
+    spread = torch.logsumexp((logits - top).double() / temperature, dim=1)
+    return -top.squeeze(1) - (temperature * spread).to(logits.dtype)
 
 
 def class_energy(logits: torch.Tensor, y: torch.Tensor, check: bool = True) -> torch.Tensor:

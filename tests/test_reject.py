@@ -755,3 +755,78 @@ def test_bad_labels_for_the_stratified_count_are_refused_saying_what_to_give(sma
         make_reject_option("energy").fit_values(energy(logits), correct=[True] * 32)
     with pytest.raises(ValueError, match="no validation image is marked correctly classified"):
         make_reject_option("energy").fit_values(energy(logits), correct=torch.zeros(32, dtype=torch.bool))
+
+
+def _saved(option, tmp_path, edit):
+    """`option` saved, its JSON changed by `edit(data)`, written back: the path."""
+    path = option.save(tmp_path / "reject.json")
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("kind, name", [("energy", "tau"), ("energy-gap", "threshold"), ("band", "lo"),
+                                        ("band", "hi"), ("multi-t", "taus")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_saved_threshold_no_calibration_gives_is_refused_on_load(tmp_path, kind, name, bad):
+    """A NaN or infinite threshold in an edited file loaded, and the detector then rejected every point (or none),
+    with a warning that blamed the score."""
+    option = fitted(kind, clean_logits())
+
+    def edit(data):
+        value = data["thresholds"][name]
+        data["thresholds"][name] = [bad] * len(value) if isinstance(value, list) else bad
+
+    with pytest.raises(ValueError, match=f"threshold {name} = .*calibrate the detector again"):
+        RejectOption.load(_saved(option, tmp_path, edit))
+    assert RejectOption.load(option.save(tmp_path / "good.json")).thresholds() == option.thresholds()
+
+
+def test_a_band_saved_with_its_edges_swapped_is_refused_on_load(tmp_path):
+    option = fitted("band", clean_logits())
+
+    def swap(data):
+        data["thresholds"]["lo"], data["thresholds"]["hi"] = data["thresholds"]["hi"], data["thresholds"]["lo"]
+
+    with pytest.raises(ValueError, match="lo .* is above its hi .*rejects every point"):
+        RejectOption.load(_saved(option, tmp_path, swap))
+
+
+def test_a_mahalanobis_file_without_or_with_damaged_class_statistics_is_refused_on_load(small, tmp_path):
+    """It loaded, and DefendedClassifier took it: the first score then failed inside einsum or asked to call
+    fit_reference_on."""
+    model, train_x, train_y, val_x = small
+    option = make_reject_option("mahalanobis", target_fpr=0.1).fit_reference_on(model, train_x, train_y)
+    option.calibrate(model, val_x)
+    edits = {
+        "holds no class statistics": lambda data: data.pop("state"),
+        "do not fit": lambda data: data["state"].update(precision=[row[:-1] for row in data["state"]["precision"][:-1]]),
+        "NaN or infinite": lambda data: data["state"]["means"][0].__setitem__(0, float("nan")),
+    }
+    for message, edit in edits.items():
+        with pytest.raises(ValueError, match=message):
+            RejectOption.load(_saved(option, tmp_path, edit), model=model)
+    assert RejectOption.load(option.save(tmp_path / "good.json"), model=model).fitted
+
+
+def test_mahalanobis_refuses_reference_features_that_are_not_finite():
+    """NaN features gave NaN means and precision, and the calibration after it blamed the validation images."""
+    features = torch.randn(60, 6, generator=torch.Generator().manual_seed(0))
+    features[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="reference features hold NaN or infinite"):
+        make_reject_option("mahalanobis").fit_reference(features, torch.arange(60) % 3, 3)
+
+
+@pytest.mark.parametrize("kind", ["energy", "band", "multi-t", "energy-gap", "class-energy"])
+def test_a_point_with_an_infinite_logit_is_rejected_with_a_gradient_that_is_not_nan(kind):
+    """A float16 model's overflowing logit: the score was +inf (rejected), but logsumexp's backward gave the
+    input gradient NaN, so a signed-gradient attack's iterate became NaN and never moved again."""
+    option = fitted(kind, clean_logits())
+    logits = torch.tensor([[1.0, float("inf")] + [0.0] * 8, [1.0, 2.0] + [0.0] * 8], requires_grad=True)
+    score = option.score_from(logits)
+    assert torch.isinf(score[0]) and score[0] > 0 and torch.isfinite(score[1])
+    (gradient,) = torch.autograd.grad(score[1] + score[0].clamp(max=1e6), logits)
+    assert torch.isfinite(gradient).all() and bool((gradient[0] == 0).all())
+    reference = fitted(kind, clean_logits()).score_from(logits[1:].detach().requires_grad_(True))
+    assert torch.equal(score[1:].detach(), reference.detach())  # the finite row scored as before

@@ -91,6 +91,9 @@ class MahalanobisScorer:
             raise ValueError(f"Mahalanobis needs clean reference features of every class; classes {missing} have none: "
                              "use more reference images")
         features, labels = features.detach().double(), labels.detach()  # statistics, not part of any graph
+        if not torch.isfinite(features).all():  # NaN means and precision would reject every point later, blaming those
+            raise ValueError("Mahalanobis' reference features hold NaN or infinite values: check the model's "
+                             "outputs on the reference images (or the features given)")
         if len(features) - num_classes < features.shape[1]:
             logger.warning("Mahalanobis: %d reference images of %d classes give a tied covariance of rank at most %d "
                            "for %d features: the distances are then led by the directions the references do not "

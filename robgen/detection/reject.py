@@ -211,6 +211,12 @@ class EnergyBandReject(RejectOption):
     def _set_thresholds(self, thresholds):
         self.lo, self.hi = float(thresholds["lo"]), float(thresholds["hi"])
 
+    def _check_loaded(self):
+        super()._check_loaded()
+        if self.lo > self.hi:  # a calibration keeps lo <= hi: the band would accept nothing
+            raise ValueError(f"the band's lo {self.lo!r} is above its hi {self.hi!r}, so it rejects every point: "
+                             "this file was damaged or edited; calibrate the detector again")
+
     def settings(self):
         return {"temperature": self.temperature}
 
@@ -452,6 +458,20 @@ class MahalanobisReject(_HighStatisticReject):
             self.scorer.means = torch.tensor(state["means"], dtype=torch.float64)
             self.scorer.precision = torch.tensor(state["precision"], dtype=torch.float64)
             self.reference = state.get("reference", {})
+
+    def _check_loaded(self):
+        super()._check_loaded()
+        if self.scorer is None:
+            raise ValueError("this Mahalanobis reject option holds no class statistics (\"state\": its class means "
+                             "and precision): the file was damaged or edited; calibrate the detector again")
+        means, precision = self.scorer.means, self.scorer.precision
+        if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
+            raise ValueError(f"this Mahalanobis reject option's class means {tuple(means.shape)} and precision "
+                             f"{tuple(precision.shape)} do not fit (classes x D and D x D): the file was damaged or "
+                             "edited; calibrate the detector again")
+        if not (torch.isfinite(means).all() and torch.isfinite(precision).all()):
+            raise ValueError("this Mahalanobis reject option's class means or precision hold NaN or infinite values: "
+                             "the file was damaged or edited; calibrate the detector again")
 
 
 def detector_modules(fn: Callable) -> List[torch.nn.Module]:

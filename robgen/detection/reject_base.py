@@ -169,6 +169,15 @@ class RejectOption:
     def _set_state(self, state: Dict[str, object]) -> None:
         pass
 
+    def _check_loaded(self) -> None:
+        """Refuse thresholds read from a file that no calibration gives (NaN or infinite: every point rejected, or
+        none), as `from_dict` reads them; a kind adds what its own thresholds and state must satisfy."""
+        for name, value in self.thresholds().items():
+            numbers = value if isinstance(value, (list, tuple)) else [value]
+            if any(number is not None and not math.isfinite(number) for number in numbers):
+                raise ValueError(f"threshold {name} = {value!r}: a calibration gives finite thresholds, so this file "
+                                 "was damaged or edited; calibrate the detector again")
+
     # ---- scores --------------------------------------------------------------------------------
     @property
     def fitted(self) -> bool:
@@ -191,9 +200,15 @@ class RejectOption:
         """
         self._require_fit()
         self._require_outputs(logits, features, inputs, network)
-        score = self._score_from_values(self.values(logits, features, inputs, network))
+        finite = torch.isfinite(logits).all(dim=1)
+        # a row with an infinite or NaN logit (a float16 model's overflow) is scored +inf below whatever its value;
+        # its statistic is read from a finite stand-in cut from the graph, so that its gradient is 0, not NaN
+        # (logsumexp's backward at +inf is 0 * NaN), which would make the attack's iterate NaN for good
+        readable = torch.where(finite[:, None], logits, logits.detach().nan_to_num(0.0, 0.0, 0.0))
+        score = self._score_from_values(self.values(readable, features, inputs, network))
+        finite = finite.to(score.device)
         undefined = None if getattr(self, "_said_undefined", False) else (  # said once per detector: an attack
-            torch.isnan(score) & torch.isfinite(logits).all(dim=1).to(score.device))  # asks at every step
+            torch.isnan(score) & finite)  # asks at every step
         if undefined is not None and bool(undefined.any()):
             self._said_undefined = True
             logger.warning("the %r detector's score is NaN at %d of %d points (finite logits): they are rejected, and "
@@ -201,7 +216,7 @@ class RejectOption:
                            "on from it: a DARA measured so can overstate the detector. Define the score at every "
                            "point of [0, 1] (e.g. clamp what a square root or a log reads)",
                            getattr(self, "name", self.kind), int(undefined.sum()), len(score))
-        broken = torch.isnan(score) | ~torch.isfinite(logits).all(dim=1).to(score.device)
+        broken = torch.isnan(score) | ~finite
         return torch.where(broken, torch.full_like(score, math.inf), score)  # fail closed
 
     def rejects(self, logits: torch.Tensor, features: Optional[torch.Tensor] = None,
@@ -391,6 +406,7 @@ class RejectOption:
             option = make_reject_option(kind, target_fpr=data["target_fpr"], **data.get("settings", {}))
         option._set_state(data.get("state", {}))
         option._set_thresholds(data["thresholds"])
+        option._check_loaded()
         option.validation = data.get("validation", {})
         option.model_fingerprint = data.get("model_fingerprint")
         option.calibration = data.get("calibration", {})
@@ -407,7 +423,7 @@ class RejectOption:
             raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
         try:
             option = cls.from_dict(data, fn=fn, modules=modules)
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{path} is not a saved reject option ({type(error).__name__}: {error})") from None
         if model is not None:
             option.check_model(model)
