@@ -228,7 +228,9 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     of the model's pass (`RejectOption.passes_per_score`, "robust-margin"'s inner steps; 0 if not named):
     every step of an adaptive attack on it, and every pass of its suite and calibration that scores a point,
     pays them too (and its calibration, which reads the images, runs its own clean validation pass; counted
-    also for a detector given already calibrated, which the bound may overcount).
+    also for a detector given already calibrated, which the bound may overcount); a score taken without a
+    gradient pays one of them as a forward alone, counted in both totals. And the first batch's gradient check of
+    each suite's defended classifier (one more backward pass per image).
     """
     s, r, t = settings.steps, settings.restarts, settings.target_runs
     gradient = {"k+1 pgd": r * s, "k+1 apgd-ce": r * (s + 1), "k+1 apgd-dlr": r * (s + 1), "k+1 apgd-t": t * (s + 1),
@@ -248,14 +250,18 @@ def estimate_passes(settings: AdaptiveSettings, n_test: int, n_validation: int, 
     scored = (sum(r * s if name == "orthogonal pgd" else gradient[name] for name in per_suite if name in ADAPTIVE)
               + sum(forward[name] for name in per_suite))
     scored_targets = (batches + 1) * settings.match_targets
+    # per detector whose score costs passes: its suites' points, the check that logit matching has targets, and
+    # its calibration; a score taken without a gradient pays one of its passes as a forward alone (robust-margin:
+    # the margin at the inner point), counted as both, so that each total stays a bound
+    scored_points = (len(settings.eps_list) * (n_test * scored + scored_targets) + settings.match_targets
+                     + n_validation)
+    checked = suites * min(settings.batch_size, n_test)  # each defended classifier's one gradient check, 1st batch
     backward_total = (n_test * (suites * sum(gradient[name] for name in per_suite)
                                 + len(settings.eps_list) * sum(gradient[name] for name in once))
-                      + len(settings.eps_list) * (n_test * scored + scored_targets) * extra
-                      + settings.match_targets * extra  # the check that logit matching has targets, per detector
-                      + n_validation * extra)
+                      + scored_points * extra + checked)
     forward_total = (suites * (n_test * sum(forward[name] for name in per_suite) + (batches + 1) * settings.match_targets)
                      + len(settings.eps_list) * n_test * sum(forward[name] for name in once)
-                     + n_validation * (1 + rerun) + n_reference + n_test)
+                     + n_validation * (1 + rerun) + scored_points * rerun + n_reference + n_test)
     return {"forward_backward_passes": backward_total, "forward_passes": forward_total, "suites": suites,
             "n_test": n_test, "per_image_per_suite": {name: {"forward_backward": gradient[name],
                                                              "forward": forward[name]} for name in per_suite},
