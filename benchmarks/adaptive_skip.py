@@ -13,7 +13,7 @@ experiment's own `run_suites`:
 (and once per run, in both ways alike, the non-adaptive reference PGD on the bare model);
 
 prints each way's time per round (alternating which goes first), the median ratio skipping / full, the
-images each attack ran on, and both ways' DARA with its interval (the same in distribution: skipping an
+images each attack ran on, the share of image-attacks and of the attacks' passes skipping saves, and both ways' DARA with its interval (the same in distribution: skipping an
 image an earlier attack evaded cannot change whether it is defended; the random draws differ).
 
     python benchmarks/adaptive_skip.py [--rounds 2] [--limit 100] [--steps 20] [--restarts 1]
@@ -36,7 +36,7 @@ import robgen  # noqa: E402
 from robgen.data import load_dataset  # noqa: E402
 from robgen.detection.dara import rate  # noqa: E402
 from robgen.detection.reject import make_reject_option  # noqa: E402
-from robgen.experiments.adaptive import AdaptiveSettings, run_suites, still_defended  # noqa: E402
+from robgen.experiments.adaptive import AdaptiveSettings, estimate_passes, run_suites, still_defended  # noqa: E402
 from robgen.experiments.adaptive_suite import ADAPTIVE, SuiteStageStore  # noqa: E402
 from robgen.experiments.pipeline import model_outputs, tensor_batches  # noqa: E402
 
@@ -63,7 +63,7 @@ def main() -> int:
     x, y = split("test", 0, args.limit)
     targets = split("train", 512, 100)
     clean = model_outputs(model, tensor_batches(x, y, 50), progress=False)  # the reference PGD: once, shared
-    times, dara, attacked = {True: [], False: []}, {}, {}
+    times, dara, attacked = {True: [], False: []}, {}, {True: {}, False: {}}
     for round_ in range(args.rounds):
         for skip in ((True, False) if round_ % 2 == 0 else (False, True)):
             settings = AdaptiveSettings(detectors=("energy",), limit=args.limit, steps=args.steps,
@@ -75,13 +75,20 @@ def main() -> int:
             times[skip].append(time.perf_counter() - start)
             stages = flags["energy"][settings.eps_list[0]]
             dara.setdefault(skip, []).append(rate(still_defended(stages)))
-            attacked[skip] = {name: int(stages[name]["attacked"].sum()) for name in ADAPTIVE if name in stages}
+            for name in (name for name in ADAPTIVE if name in stages):  # summed over the rounds
+                attacked[skip][name] = attacked[skip].get(name, 0) + int(stages[name]["attacked"].sum())
             print(f"round {round_ + 1}, {'skipping' if skip else 'full':>8}: {times[skip][-1]:7.1f} s, "
                   f"DARA {100 * dara[skip][-1]['rate']:.1f}% [{100 * dara[skip][-1]['ci'][0]:.1f}, "
                   f"{100 * dara[skip][-1]['ci'][1]:.1f}]", flush=True)
-    print(f"\nimages each attack ran on (of {args.limit}), skipping: {attacked[True]}")
-    print(f"image-attacks skipping / full: {sum(attacked[True].values()) / sum(attacked[False].values()):.2f} "
-          "(the adaptive attacks' share of the passes, before either way's early stopping)")
+    print(f"\nimages each attack ran on (of {args.limit} x {args.rounds} rounds), skipping: {attacked[True]}")
+    print(f"image-attacks skipping / full: {sum(attacked[True].values()) / sum(attacked[False].values()):.2f}")
+    # each attack's image-runs weighted by its forward+backward passes per image (the estimate's, before either
+    # way's early stopping): Orthogonal PGD costs twice (K+1) PGD's, APGD one step more per restart
+    cost = estimate_passes(settings, args.limit, 0)["per_image_per_suite"]
+    passes = {skip: sum(cost[name]["forward_backward"] * count for name, count in attacked[skip].items())
+              for skip in (True, False)}
+    print(f"the adaptive attacks' forward+backward passes skipping / full: {passes[True] / passes[False]:.2f} "
+          "(weighted by each attack's passes per image, before either way's early stopping)")
     ratio = statistics.median(a / b for a, b in zip(times[True], times[False]))
     print(f"median time skipping / full: {ratio:.2f} ({args.rounds} rounds, {args.limit} images, "
           f"{args.steps} steps, {args.restarts} restart(s), {args.model} on {device})")

@@ -15,7 +15,8 @@ APGD-CE, Penalty PGD and Orthogonal PGD (with `--compare early-stop`, also (K+1)
   (`EvasionTracker(stop_when_all_evaded=True)`);
 - full: every step of every run;
 
-the median time over rounds (the two on the same batch, alternating which goes first) and the ratio
+the median time over rounds (the two on the same batch, alternating which goes first, after one untimed run of
+each on 4 images) and the ratio
 first / second, and checks that both find evasions on the same images (early-stop: the same first
 evading points too).
 
@@ -80,27 +81,36 @@ def main() -> int:
         builders = {"k+1 pgd": lambda g: KPlusOnePGD(defended, generator=g, **common), **builders}
     first, second = ("fused", "unfused") if args.compare == "fused" else ("stopping", "full")
     print(f"{'attack':>14} {first + ' s':>10} {second + ' s':>10} {'ratio':>7}  same evasions")
+    def run(build, way: bool, x, y, seed: int):
+        """(seconds, tracker) of one run of the attack `build` makes, `way` the first contender or the second."""
+        attack = build(torch.Generator(device=device).manual_seed(seed))
+        if args.compare == "fused":
+            attack.fused = way
+        tracker = EvasionTracker(defended, x, y, stop_when_all_evaded=args.compare == "early-stop" and way)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        attack.run(x, y, tracker)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start, tracker
+
     for name, build in builders.items():
         times = {True: [], False: []}
         same = True
+        warm_x = images(min(args.batch, 4), 0, False, device)
+        with torch.no_grad():
+            warm_y = model(warm_x).argmax(1)
+        for way in (True, False):  # untimed: each contender's first run (the fused copy built, the first passes)
+            run(build, way, warm_x, warm_y, 0)
         for round_ in range(args.rounds):
             x = images(args.batch, round_ * args.batch, False, device)
             with torch.no_grad():
                 y = model(x).argmax(1)
             found = {}
             for way in ((True, False) if round_ % 2 == 0 else (False, True)):
-                attack = build(torch.Generator(device=device).manual_seed(round_))
-                if args.compare == "fused":
-                    attack.fused = way
-                tracker = EvasionTracker(defended, x, y, stop_when_all_evaded=args.compare == "early-stop" and way)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                attack.run(x, y, tracker)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times[way].append(time.perf_counter() - start)
-                found[way] = tracker
+                seconds, found[way] = run(build, way, x, y, round_)
+                times[way].append(seconds)
             same &= bool(torch.equal(found[True].evaded, found[False].evaded))
             if args.compare == "early-stop":
                 same &= bool(torch.equal(found[True].images, found[False].images))

@@ -76,12 +76,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", default="8,32", help="comma-separated burst sizes")
     parser.add_argument("--bursts", type=int, default=3, help="bursts per size")
-    parser.add_argument("--concurrency", type=int, default=app.CONCURRENCY, help="the queue's concurrency limit")
+    parser.add_argument("--concurrency", type=int, default=app.CONCURRENCY,
+                        help="model events run at once (the app's ROBGEN_CONCURRENCY)")
     args = parser.parse_args()
 
     started = time.perf_counter()
+    # the limit each model event is built with (a queue's default limit does not override an event's own), and
+    # the app's own queue (its max_size too): queue() again would replace it
+    app.CONCURRENCY = app.concurrency(str(args.concurrency))
     demo = app.build_app()
-    demo.queue(default_concurrency_limit=args.concurrency)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1",
                             max_file_size=app.MAX_FILE_SIZE)
     print(f"app built and serving in {time.perf_counter() - started:.1f} s at {url}")

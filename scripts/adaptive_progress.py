@@ -36,6 +36,8 @@ def read(path: Path) -> dict:
 
 
 def shown(flags: torch.Tensor) -> str:
+    if not flags.numel():  # e.g. the successes of a reference that succeeded nowhere: no rate to give
+        return "n/a (none to count)"
     entry = rate(flags)
     low, high = entry["ci"]
     return f"{100 * entry['rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({entry['count']}/{entry['n']})"

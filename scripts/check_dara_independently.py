@@ -165,7 +165,11 @@ def compare_images(robgen_defended, clean, evaded) -> tuple:
 def at_least_broken(robgen_defended: int, defended_here: int, robgen_clean: int, clean_here: int) -> int:
     """How many of the images robgen counts as defended this attack breaks at least, from the counts alone (a run
     that does not name its images), on the same images: robgen's count beyond this attack's, less the images the two
-    clean passes judge apart (correct and accepted in one, not in the other: never attacked here)."""
+    clean passes judge apart (correct and accepted in one, not in the other: never attacked here), taken to be the
+    difference of their counts. That assumes one pass accepts all the other does (as where both run robgen's
+    scoring on the same device): counts alone cannot see two images judged apart both ways (robgen's clean pass
+    takes image 0, this one image 10 instead), which would make an image this attack breaks outside robgen's set
+    look like one of robgen's, so a verdict from the counts says it rests on that."""
     return max(robgen_defended - defended_here - abs(robgen_clean - clean_here), 0)
 
 
@@ -231,14 +235,16 @@ def main(argv=None) -> int:
             elif n == theirs_n:  # the same images, not named: as counts. Each image robgen counts as defended
                 # beyond this attack's count is one it breaks, but for images the two clean passes judge apart
                 breaks = at_least_broken(theirs_count, count, row["clean"]["accuracy"]["count"], int(clean.sum()))
-                broken = f"at least {breaks} (from the counts: the run does not name its images)"
+                broken = (f"at least {breaks} (from the counts, taking both clean passes to accept the same "
+                          "images: the run does not name its images)")
             else:  # other images (--limit), not named: nothing to compare
                 breaks, compared = 0, False
                 broken = f"n/a (the run's {theirs_n} images are not named; this checks its first {n})"
             # too optimistic: one image robgen calls defended broken (image by image, or as counts at least one)
             bad = compared and breaks > 0
             failed += bad
-            verdict = "robgen too optimistic" if bad else "consistent" if compared else "not compared (other images)"
+            verdict = ("robgen too optimistic" + ("" if "defended" in row else " (by the counts)") if bad
+                       else "consistent" if compared else "not compared (other images)")
             print(f"| {name} | {row['eps_label']} | {rate(theirs_count, theirs_n)} | "
                   f"{rate(count, n)} | {broken} | {both} | {verdict} |", flush=True)
     return 1 if failed else 0

@@ -10,7 +10,7 @@ first attack was credited with anything (no later attack then evaded an image th
 attack broke every image the suite broke, the images defended on clean inputs minus the DARA's count. Elsewhere
 the count is unknown and set to None (results.md then gives the rate alone and says why). Counts that already add
 up to the images the suite broke are right (a run made after the fix) and kept. Rewrites results.json and
-results.md in place; a file already mended is left as it is.
+results.md in place where a row changed; a file already mended, or with nothing to mend, is left as it is.
 """
 
 from __future__ import annotations
@@ -54,8 +54,12 @@ def main() -> int:
         if results.get(MENDED):
             print(f"{path}: mended already")
             continue
-        for row in results["rows"]:
-            print(f"{path} {row['detector']} {row['eps_label']}: {mend_row(row)}")
+        said = [mend_row(row) for row in results["rows"]]
+        for row, what in zip(results["rows"], said):
+            print(f"{path} {row['detector']} {row['eps_label']}: {what}")
+        if all(what in ("right already", "unknown already") for what in said):  # nothing to write: the files kept
+            print(f"{path}: nothing to mend, left as it is")
+            continue
         results[MENDED] = True
         path.write_text(json_text(results))
         (path.parent / "results.md").write_text(markdown(results))

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from robgen import data as datasets  # noqa: E402
 from robgen.attacks.adaptive import KPlusOnePGD  # noqa: E402
@@ -55,7 +56,7 @@ class KeepingTracker(EvasionTracker):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, default=Path("results/adaptive/robust-margin-cifar10-resnet10-robust"))
+    parser.add_argument("--run", type=Path, default=REPO / "results/adaptive/robust-margin-cifar10-resnet10-robust")
     parser.add_argument("--detector", default="robust-margin")
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)

@@ -53,6 +53,9 @@ def main() -> int:
         (toward_class,) = torch.autograd.grad(classification_margin(logits, y).sum(), points, retain_graph=True)
         (toward_accept,) = torch.autograd.grad((-score).sum(), points)
         cosine = F.cosine_similarity(toward_class.flatten(1), toward_accept.flatten(1))[flipped]
+        if not len(cosine):  # nothing to measure the cosine on (a robust model, few test images)
+            print(f"{kind}: 0 of {len(y)} points flipped: no cosine to measure (use more --test images)")
+            continue
         print(f"{kind}: {int(flipped.sum())} of {len(y)} points flipped; cosine(∇ margin, ∇ -score) median "
               f"{float(cosine.median()):.2f}, 10th percentile {float(cosine.quantile(0.1)):.2f}, 90th "
               f"{float(cosine.quantile(0.9)):.2f}")
