@@ -35,14 +35,14 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_labels, check_positive, check_steps
+from ..checks import check_positive, check_steps
 from ..energy import classification_margin
 from ..engine import make_constraint, projected_gradient_ascent
 from ..engine.apgd import auto_projected_gradient_ascent
 from ..engine.autograd import outside_inference_mode
 from ..engine.fused import inference_graph
-from ..models.state import eval_mode, model_dtype, pixels_for
-from .base import in_callers_precision
+from ..models.state import eval_mode, model_dtype
+from .base import attack_inputs, in_callers_precision
 from .evasion import DefendedOutputs, EvasionTracker, Outputs, check_defended
 
 
@@ -151,7 +151,7 @@ class AdaptiveAttack:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per image, the first evading point found (misclassified and accepted), else the final iterate; in the
         type of the images given where that is wider (float64 pixels for a float32 model, as `Attack` returns)."""
-        given = x
+        given = x.detach() if isinstance(x, torch.Tensor) else x
         x, y = self._check_inputs(x, y)
         tracker = EvasionTracker(self.defended, x, y)
         final = self.run(x, y, tracker)
@@ -192,16 +192,8 @@ class AdaptiveAttack:
         return self.random_start or restart > 0
 
     def _check_inputs(self, x, y):
-        spec = getattr(self.defended.model, "spec", None)
-        x = pixels_for(self.defended.model, x, model_size=True, working=True)  # float32 for a float16 model
-        y = torch.as_tensor(y, device=x.device)
-        if spec is not None:
-            num_classes = spec.num_classes
-        else:
-            with torch.no_grad(), eval_mode(self.defended.model):
-                num_classes = self.defended.model(x[:1].to(model_dtype(self.defended.model))).shape[1]
-        check_labels(y, x.shape[0], num_classes)
-        return x, y.long()
+        x, y, _ = attack_inputs(self.defended.model, x, y, model_size=True)  # float32 for a float16 model
+        return x, y
 
     def _settings(self) -> str:
         return ""

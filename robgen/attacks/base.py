@@ -15,17 +15,60 @@ left in train mode, as training leaves it, is attacked as it is.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional, Tuple, Union
 
 import torch
 
-from ..checks import check_labels, check_positive, check_steps
+from ..checks import check_positive, check_steps, labels_for
 from ..progress import step_reporter
 from ..engine import Objective, Trace, TraceRecorder, make_constraint, projected_gradient_ascent
 from ..engine.autograd import outside_inference_mode
 from ..engine.fused import inference_graph
 from ..models.state import eval_mode, model_dtype, pixels_for
 from .objectives import cross_entropy, negative_cross_entropy
+
+logger = logging.getLogger(__name__)
+
+
+def _classes(model, value, n: int, num_classes: int, device, name: str) -> torch.Tensor:
+    """(n,) class indices: a tensor, a list, one class for all n images, or label names (read by the model's spec)."""
+    named = isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
+    if named:
+        spec = getattr(model, "spec", None)
+        if spec is None:
+            raise ValueError(f"{name} names classes by label ({value!r}), but the model has no robgen spec to read "
+                             "its labels from: give class indices")
+        value = spec.class_indices(value, n)
+    return labels_for(value, n, num_classes, device, name=name)
+
+
+def attack_inputs(model: torch.nn.Module, x: torch.Tensor, y, target=None, model_size: bool = False):
+    """(x, y, target) as an attack steps them, checked: `x` detached (a result attached to the caller's graph
+    through the projection sent gradients back into x) [0, 1] pixels in the model's working type; `y` and
+    `target` (n,) class indices, each given as a tensor, a list, one class for all images, or labels.
+    `model_size`: the images must have the model's input size."""
+    x = pixels_for(model, x.detach() if isinstance(x, torch.Tensor) else x, model_size=model_size, working=True)
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        num_classes = spec.num_classes
+    else:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(x[:1].to(model_dtype(model)))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise TypeError(f"the model returned {type(logits).__name__}"
+                            f"{' of shape ' + str(tuple(logits.shape)) if isinstance(logits, torch.Tensor) else ''}, "
+                            "not logits of shape (N, classes): wrap it so that its forward returns the logits alone "
+                            "(e.g. a timm or Hugging Face model's output.logits)")
+        num_classes = logits.shape[1]
+    y = _classes(model, y, x.shape[0], num_classes, x.device, "y")
+    if target is not None:
+        target = _classes(model, target, x.shape[0], num_classes, x.device, "target")
+        same = int((target == y).sum())
+        if same:  # the attack then only makes the model surer of the right class, and "reaches" the target
+            logger.warning("%d of %d images' target class is their own label: a targeted attack cannot move them "
+                           "to another class, and counts them as reaching the target", same, len(y))
+    return x, y, target
 
 
 def resolve_step_size(step_size: Optional[float], alpha: Optional[float], default: float) -> float:
@@ -130,7 +173,7 @@ class Attack:
         attack runs (its fused copy, in eval mode); what it returns is ignored, the attack runs to its end. For a
         caller to whom every point the attack passes through counts (`attacks.suite.run_suite` judges each with a
         detector). Attacks that do not step through that loop (the zoo's, APGD) show it nothing."""
-        given = x
+        given = x.detach() if isinstance(x, torch.Tensor) else x
         x, y, target = self._check_inputs(x, y, target)
         recorder = TraceRecorder(y, target) if return_trace else None
         graph = inference_graph(self.model, self.fused, example=x)  # decided before eval_mode: train mode runs the model
@@ -161,20 +204,7 @@ class Attack:
         )
 
     def _check_inputs(self, x, y, target):
-        spec = getattr(self.model, "spec", None)
-        x = pixels_for(self.model, x, working=True)  # float32 iterates for a float16 model: its grid rounds steps away
-        num_classes = spec.num_classes if spec is not None else None
-        if num_classes is None:
-            with torch.no_grad(), eval_mode(self.model):
-                num_classes = self.model(x[:1].to(model_dtype(self.model))).shape[1]
-        device = x.device
-        y = torch.as_tensor(y, device=device)
-        check_labels(y, x.shape[0], num_classes)
-        if target is not None:
-            target = torch.as_tensor(target, device=device)
-            check_labels(target, x.shape[0], num_classes, name="target")
-            target = target.long()
-        return x, y.long(), target
+        return attack_inputs(self.model, x, y, target)  # float32 iterates for a float16 model: its grid rounds steps
 
     def __repr__(self) -> str:
         return (

@@ -126,6 +126,20 @@ class ModelSpec:
             raise ValueError(f"class index {index} is out of range: this model has classes 0..{self.num_classes - 1}")
         return index
 
+    def class_indices(self, classes, n: int) -> List[int]:
+        """n class indices from one class (an index or a label, as `class_index` reads it) for all n images, or a
+        flat sequence (a list, a range, a tensor or an array) of n of them."""
+        if hasattr(classes, "tolist") and not isinstance(classes, (str, bytes)):  # a tensor or an array
+            if getattr(classes, "ndim", 0) > 1:
+                raise ValueError(f"classes must be one class or a flat sequence of n, got shape "
+                                 f"{tuple(classes.shape)}")
+            classes = classes.tolist()
+        if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__"):
+            return [self.class_index(classes)] * n
+        if len(classes) != n:
+            raise ValueError(f"{len(classes)} classes given for {n} images; give one class or {n}")
+        return [self.class_index(c) for c in classes]
+
     def _classes_hint(self, wanted: str) -> str:
         if self.num_classes <= 20:
             return f"this model's classes are: {', '.join(self.class_labels)}"

@@ -15,9 +15,8 @@ perturbation that changes the prediction and little else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from ..engine import L2Ball, Masked, Trace, TraceRecorder, projected_gradient_ascent
@@ -52,22 +51,8 @@ def target_objective(target: torch.Tensor, objective: str) -> Callable[[torch.Te
 
 
 def class_indices(model, target_class, n: int, device: torch.device) -> torch.Tensor:
-    """(n,) class indices from one class (index or label name) or a sequence of n of them."""
-    spec = model.spec
-    if isinstance(target_class, (torch.Tensor, np.ndarray)):
-        if target_class.ndim > 1:
-            raise ValueError(f"target classes must be one class or a flat sequence of n, got shape "
-                             f"{tuple(target_class.shape)}")
-        target_class = target_class.tolist()
-    if isinstance(target_class, Sequence) and not isinstance(target_class, (str, bytes)):  # a range(n) too
-        target_class = list(target_class)
-    if isinstance(target_class, list):
-        if len(target_class) != n:
-            raise ValueError(f"{len(target_class)} target classes given for n={n} images; give one class or n")
-        indices = [spec.class_index(c) for c in target_class]
-    else:
-        indices = [spec.class_index(target_class)] * n
-    return torch.tensor(indices, device=device, dtype=torch.long)
+    """(n,) class indices from one class (index or label name) or a sequence of n of them (`ModelSpec.class_indices`)."""
+    return torch.tensor(model.spec.class_indices(target_class, n), device=device, dtype=torch.long)
 
 
 def model_images(images: torch.Tensor, model, name: str = "image") -> torch.Tensor:
