@@ -867,3 +867,31 @@ def test_a_copy_of_another_count_than_the_training_drew_its_split_from_is_refuse
     spec.training["data"]["train_images"] = 20
     with pytest.raises(ValueError, match="drew its validation split from 20 images .* this copy has 18"):
         data.model_val_split(train, spec, folder)
+
+
+def test_a_download_that_fails_on_the_command_line_is_an_error_not_a_traceback_and_leaves_no_folder(
+        tmp_path, monkeypatch, capsys):
+    """`eval ... --download` offline ended in a traceback (exit 1), and the --data-root it made stayed behind."""
+    import urllib.error
+
+    import torchvision
+
+    from robgen.cli import main
+
+    def offline(root, *args, **kwargs):
+        Path(root, "cifar-10-batches-py").mkdir(parents=True)  # as torchvision makes its folders before fetching
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    root = tmp_path / "new" / "data"
+    code = main(["eval", "--model", "cifar10-resnet10-standard", "--data", "cifar10", "--limit", "4", "--steps", "0",
+                 "--device", "cpu", "--data-root", str(root), "--download"])
+    assert code == 2
+    assert "error: could not download cifar10 into" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists(), "the folders the failed download made are gone"
+    kept = tmp_path / "mine"
+    (kept / "notes").mkdir(parents=True)
+    (kept / "notes" / "readme.txt").write_text("mine")
+    assert main(["eval", "--model", "cifar10-resnet10-standard", "--data", "cifar10", "--limit", "4", "--steps", "0",
+                 "--device", "cpu", "--data-root", str(kept / "data"), "--download"]) == 2
+    assert (kept / "notes" / "readme.txt").read_text() == "mine" and not (kept / "data").exists()

@@ -75,10 +75,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:  # a file that is no usable image, found part-way (robgen.images.ImageError: that
-        # module, which imports torch, is loaded once such an error exists; --help stays light)
-        images = sys.modules.get("robgen.images")
-        if images is None or not isinstance(error, images.ImageError):
+    except (ValueError, RuntimeError) as error:  # a file that is no usable image, found part-way, or a data set
+        # that could not be downloaded (robgen.images.ImageError, robgen.data.DownloadError: those modules, which
+        # import torch, are loaded once such an error exists; --help stays light)
+        images, data = sys.modules.get("robgen.images"), sys.modules.get("robgen.data")
+        if not ((images is not None and isinstance(error, images.ImageError))
+                or (data is not None and isinstance(error, data.DownloadError))):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
