@@ -305,8 +305,13 @@ def test_a_run_with_keep_stages_keeps_them_and_report_only_writes_its_report_aga
     assert sorted((kept / STAGES).glob("*.safetensors")) == stage_files
     assert {path.name: path.read_bytes() for path in (kept / STAGES / CALIBRATION).glob("*.json")} == calibration
     capsys.readouterr()
+    cut = kept / "cut"  # the stages of a run cut short (no results.json): refused, told to continue the run
+    shutil.copytree(kept / STAGES, cut / STAGES)
+    assert main(command(checkpoint, toy_data, cut, "--report-only")) == 2
+    assert "holds no results.json: the run that kept these stages has not finished" in capsys.readouterr().err
     lost = kept / "lost"  # a kept detector gone: refused before anything is calibrated again
     shutil.copytree(kept / STAGES, lost / STAGES)
+    shutil.copy(kept / "results.json", lost / "results.json")
     next((lost / STAGES / CALIBRATION).glob("*.json")).unlink()
     assert main(command(checkpoint, toy_data, lost, "--report-only")) == 2
     assert f"that its {CALIBRATION}/ folder does not hold" in capsys.readouterr().err
@@ -564,6 +569,11 @@ def unfitted_detector(checkpoint, tmp_path_factory):
     ({"--limit": "0"}, "--limit must be >= 1"),
     ({"--report-only": None}, "writes a report again from the stages a run kept (--keep-stages);"),
     ({"--report-only": None, "--overwrite": None}, "never removes them: drop --overwrite"),
+    ({"--report-only": None, "--estimate-only": None}, "give one of them"),
+    ({"--target-classes": "4"}, "--target-classes 4: a 4-class model has 3 classes to aim an image at"),
+    ({"--eps": "8/255,,16/255"}, "--eps '8/255,,16/255' has an empty entry between commas"),
+    ({"--detector": "multi-t", "--temperatures": "0,1"}, "--temperatures must be finite numbers > 0"),
+    ({"--detector": "multi-t", "--temperatures": "1,2,1"}, "--temperatures names 1 twice"),
 ])
 def test_bad_input_is_refused_before_any_work(checkpoint, toy_data, tmp_path, capsys, no_work, unrecorded,
                                               foreign_detector, unfitted_detector, change, says):

@@ -484,6 +484,27 @@ def test_a_setting_the_chosen_method_would_ignore_is_refused(tmp_path, checkpoin
     assert "milestones would be ignored" in capsys.readouterr().err
 
 
+def test_flags_that_change_nothing_are_refused_even_when_they_repeat_the_default(tmp_path, checkpoint, images,
+                                                                                  toy_data, capsys):
+    """eval --steps 0 --eps 0.5 --norm l2 printed clean accuracy alone, the attack's flags ignored; attack --attack
+    fgsm --steps 10 passed because 10 is the default, where --steps 5 was refused; detect --temperatures 1,1 searched
+    1 twice and 0.1,,1 dropped the blank."""
+    evaluate = ["eval", "--model", str(checkpoint), "--data", str(toy_data), "--limit", "4", "--steps", "0"]
+    for extra in (["--eps", "0.5"], ["--norm", "l2"], ["--step-size=0.1"]):
+        assert main(evaluate + extra) == 2
+        assert "--steps 0 measures clean accuracy only" in capsys.readouterr().err
+    attack = ["attack", "--model", str(checkpoint), "--out", str(tmp_path / "a"), str(images[0]), "--attack", "fgsm"]
+    assert main(attack + ["--steps", "10"]) == 2 and "does not take --steps" in capsys.readouterr().err
+    assert main(attack + ["--lam=1.2"]) == 2 and "does not take --lam" in capsys.readouterr().err
+    detect = ["detect", "--model", str(checkpoint), "--data", str(toy_data), "--out", str(tmp_path / "d")]
+    for grid, says in (("1,1", "names 1 twice"), ("0.1,,1", "has an empty entry between commas"),
+                       ("0,1", "must be finite numbers > 0")):
+        with pytest.raises(SystemExit):
+            main(detect + ["--temperatures", grid])
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+
+
 def test_more_numbers_that_cannot_work_are_refused_with_what_to_enter(tmp_path, checkpoint, images, capsys, toy_data):
     """--eps inf was "eps must be > 0, got inf"; zoo --temperature abc "could not convert string to float";
     --grid-columns 0 drew grids without samples; fit-seeds --resolution 64 on 32-px images ran for minutes."""
@@ -634,13 +655,16 @@ def test_synthesis_grids_are_outputs_that_only_overwrite_replaces(tmp_path, chec
     """synthesis-quality and budget-sweep checked results.json and results.md only, and drew over a folder's
     grid_<model>.png (a figure kept from another run) without --overwrite; and a model without seeds (the default
     --init gaussian) was found out once synthesis had begun, told to use the library's init='uniform'."""
+    import shutil
+
     kept = b"a figure from another run"
-    for command, flags in (("synthesis-quality", ["--judges", str(checkpoint)]),
-                           ("budget-sweep", ["--judge", str(checkpoint), "--data", str(toy_data)])):
+    twin = shutil.copytree(checkpoint, tmp_path / "twin")  # budget-sweep's candidate beside its reference
+    for command, models, flags in (("synthesis-quality", [], ["--judges", str(checkpoint)]),
+                                   ("budget-sweep", [str(twin)], ["--judge", str(checkpoint), "--data", str(toy_data)])):
         out = tmp_path / command
         out.mkdir()
         (out / f"grid_{Path(checkpoint).name}.png").write_bytes(kept)
-        given = [command, "--models", str(checkpoint), *flags, "--n", "2", "--steps", "1", "--out", str(out)]
+        given = [command, "--models", str(checkpoint), *models, *flags, "--n", "2", "--steps", "1", "--out", str(out)]
         assert main(given) == 2
         error = capsys.readouterr().err
         assert "or pass --init uniform or gray" in error and "synthesising" not in error

@@ -228,6 +228,22 @@ def test_synthesis_refuses_seeds_of_other_classes_and_init_pixels_outside_0_1():
         sgld_sample(model, "cat", 1, steps=1, init=torch.full((1, 3, 32, 32), 200.0))
 
 
+def test_gradmap_never_writes_over_an_input_image_and_the_sweep_needs_a_candidate(tmp_path, capsys):
+    """gradmap --overwrite --out cat.png cat.png replaced the photo with the figure; budget-sweep with the reference
+    alone did all its work and reported that no candidate was eligible."""
+    import shutil
+
+    photo = tmp_path / "cat.png"
+    shutil.copy(REPO / "examples" / "chelsea.png", photo)
+    before = photo.read_bytes()
+    assert main(["gradmap", "--models", ROBUST, "--out", str(photo), "--overwrite", str(photo)]) == 2
+    assert "is one of the input images" in capsys.readouterr().err and photo.read_bytes() == before
+    assert main(["budget-sweep", "--models", "cifar10-resnet10-standard", "--judge", ROBUST, "--data", "cifar10",
+                 "--out", str(tmp_path / "sweep")]) == 2
+    assert "names only the reference (cifar10-resnet10-standard)" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_the_budget_sweep_refuses_two_models_of_one_folder_name(tmp_path, capsys):
     """runs/A/best and runs/B/best were both "best": the second replaced the first, unmeasured and unsaid."""
     folders = [robgen.save_checkpoint(tiny_model(seed=seed), tmp_path / run / "best") for seed, run in enumerate("AB")]

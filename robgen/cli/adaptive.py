@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, check_writable_folder, join_processes, open_model,
-    parse_number, parse_numbers, positive_int, seed_number, user_path,
+    parse_number, parse_numbers, parse_temperatures, positive_int, seed_number, user_path,
 )
 
 # A plain copy of robgen.detection.reject.KINDS, for parsing before the library is imported (a test pins it)
@@ -116,7 +116,7 @@ def detector_settings(args, detectors: Tuple[str, ...]) -> Dict[str, Dict[str, o
                              f"{kinds[-1]}, which this run does not name ({named}): add one, or drop the flag (a "
                              "--detector-file detector keeps the settings it was calibrated with)")
         if flag == "temperatures":
-            value = parse_numbers(value, "--temperatures")
+            value = parse_temperatures(value)
         for kind in takers:
             settings.setdefault(kind, {})[name] = value
     return settings
@@ -141,6 +141,9 @@ def _check_arguments(args) -> dict:
         raise UsageError("--out is required (the output folder), unless --estimate-only")
     if args.out and not args.estimate_only:
         check_writable_folder(Path(args.out))
+    if args.report_only and args.estimate_only:
+        raise UsageError("--report-only writes a finished run's report again and --estimate-only counts the passes "
+                         "of a run to come: give one of them")
     if args.report_only and args.out:
         from ..experiments.adaptive import STAGES, require_kept_stages
 
@@ -148,6 +151,10 @@ def _check_arguments(args) -> dict:
             require_kept_stages(Path(args.out) / STAGES, args.overwrite)
         except ValueError as error:
             raise UsageError(str(error)) from None
+        if not (Path(args.out) / "results.json").is_file():  # stages of a run cut short: some are missing
+            raise UsageError(f"{args.out} holds no results.json: the run that kept these stages has not finished, "
+                             "so a report would lack its missing stages; run the same command without --report-only "
+                             "to continue it (its finished stages are read back)")
     for path in args.detector_file or ():
         if not Path(path).is_file():
             raise UsageError(f"--detector-file {path} does not exist: give the JSON a reject option was saved to")
@@ -198,6 +205,9 @@ def command_adaptive(args) -> int:
         require_validation_split(model.spec, args.data)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.target_classes is not None and args.target_classes > model.spec.num_classes - 1:
+        raise UsageError(f"--target-classes {args.target_classes}: a {model.spec.num_classes}-class model has "
+                         f"{model.spec.num_classes - 1} classes to aim an image at; give at most that many")
     try:  # the images exist (--estimate-only counts passes on them), before any work
         splits = detection_splits(model, args.data, data_root=args.data_root, download=args.download)
         datasets.first(splits.test, args.limit, "test split")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List
 from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, open_model, pick_device,
-    positive_int, prepare_out_dir, read_images,
+    input_paths, positive_int, prepare_out_dir, read_images,
 )
 
 if TYPE_CHECKING:
@@ -60,11 +60,6 @@ def output_stems(images: List[str]) -> List[str]:
         used.add(stem)
         stems.append(stem)
     return stems
-
-
-def input_paths(images: List[str]) -> set:
-    """The input images as resolved paths, to tell them from the files an attack writes or replaces."""
-    return {Path(path).resolve() for path in images}
 
 
 def check_outputs(out: Path, stems: List[str], images: List[str]) -> None:

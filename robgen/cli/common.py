@@ -50,15 +50,43 @@ def parse_number(text: str) -> float:
 
 
 def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
-    """Numbers separated by commas, each also written as a fraction (4/255,0.5/255); at least one."""
+    """Numbers separated by commas, each also written as a fraction (4/255,0.5/255); at least one, and no empty
+    entry between commas (8/255,,16/255 is a number left out, most likely)."""
     example = {"--lambdas": "0,0.6,1.2", "--temperatures": "0.1,1,10"}.get(flag, "4/255,8/255")
+    parts = text.split(",")
+    if not text.strip():
+        raise UsageError(f"{flag} is empty: give at least one number")
+    if any(not part.strip() for part in parts):
+        raise UsageError(f"{flag} {text!r} has an empty entry between commas: give numbers separated by single "
+                         f"commas, e.g. {example}")
     try:
-        values = tuple(_exact(part) for part in text.split(",") if part.strip())
+        return tuple(_exact(part) for part in parts)
     except (ValueError, ZeroDivisionError, OverflowError):
         raise UsageError(f"{flag} takes numbers separated by commas, e.g. {example}; got {text!r}") from None
-    if not values:
-        raise UsageError(f"{flag} is empty: give at least one number")
+
+
+def parse_temperatures(text: str, flag: str = "--temperatures") -> Tuple[float, ...]:
+    """Temperatures separated by commas: each a finite number > 0, none twice."""
+    values = parse_numbers(text, flag)
+    bad = [value for value in values if not 0 < value < math.inf]
+    if bad:
+        raise UsageError(f"{flag} must be finite numbers > 0 (a temperature divides the logits), got {bad[0]:g}")
+    twice = sorted({value for value in values if values.count(value) > 1})
+    if twice:
+        raise UsageError(f"{flag} names {', '.join(f'{value:g}' for value in twice)} twice: give each temperature once")
     return values
+
+
+def input_paths(images: List[str]) -> set:
+    """The input images as resolved paths, to tell them from the files a command writes or replaces."""
+    return {Path(path).resolve() for path in images}
+
+
+def flag_given(args, *names: str) -> bool:
+    """Whether the command line as typed (`args.argv`) holds one of the flags `names` (also as --flag=value): a
+    default typed out counts too, which a comparison with the default cannot see."""
+    typed = getattr(args, "argv", None) or ()
+    return any(word == name or word.startswith(name + "=") for word in typed for name in names)
 
 
 def pick_device(name: str) -> torch.device:
@@ -213,7 +241,9 @@ def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--lam", type=parse_number, default=1.2, help="HE-PGD energy weight (default 1.2)")
     parser.add_argument("--no-random-start", action="store_true", help="start PGD / HE-PGD at the clean image")
-    parser.add_argument("--seed", type=seed_number, default=0, help="seed of the random start")
+    parser.add_argument("--seed", type=seed_number, default=0,
+                        help="seed of the random start (detect and fit-detector: also of the validation and test "
+                             "images drawn for a model or data set that records no validation split)")
     parser.set_defaults(default_steps=steps)
 
 
@@ -226,8 +256,10 @@ def build_attack(args, model, device: torch.device):
     from ..attacks.factory import ATTACKS, _settings_of, attack_key
 
     takes = _settings_of(ATTACKS[attack_key(args.attack)])
-    given = {"steps": ("--steps", args.steps != getattr(args, "default_steps", args.steps)),
-             "step_size": ("--step-size", args.step_size is not None), "lam": ("--lam", args.lam != 1.2),
+    given = {"steps": ("--steps", args.steps != getattr(args, "default_steps", args.steps)
+                       or flag_given(args, "--steps")),  # a default typed out is given too (--attack fgsm --steps 10)
+             "step_size": ("--step-size", args.step_size is not None),
+             "lam": ("--lam", args.lam != 1.2 or flag_given(args, "--lam")),
              "random_start": ("--no-random-start", args.no_random_start)}
     unused = [flag for setting, (flag, set_here) in given.items() if set_here and setting not in takes]
     if unused:

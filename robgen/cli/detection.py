@@ -6,14 +6,14 @@ with the model, with its calibration energies).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
-    companion_output_path, count, open_model, parse_number, pick_device, positive_int, prepare_out_dir, user_path,
+    companion_output_path, count, open_model, parse_number, parse_temperatures, pick_device, positive_int,
+    prepare_out_dir, user_path,
 )
 
 # The official temperature grid, a plain copy of robgen.detection.TEMPERATURES for parsing without
@@ -62,14 +62,11 @@ def add_protocol_arguments(parser) -> None:
 
 
 def parse_grid(text: str) -> tuple:
-    """--temperatures: comma-separated numbers > 0, e.g. 0.1,0.5,1,2."""
+    """--temperatures: comma-separated numbers > 0, e.g. 0.1,0.5,1,2 (`parse_temperatures`)."""
     try:
-        grid = tuple(float(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r} (write e.g. 0.1,0.5,1,2)") from None
-    if not grid or any(not 0 < t < math.inf for t in grid):
-        raise argparse.ArgumentTypeError(f"temperatures must be finite numbers > 0, got {text!r}")
-    return grid
+        return parse_temperatures(str(text))
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_temperature(text: str):

@@ -16,7 +16,7 @@ from typing import List
 from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder,
-    companion_output_path, count, keyed_by_folder, open_model, parse_number, pick_device, positive_int,
+    companion_output_path, count, input_paths, keyed_by_folder, open_model, parse_number, pick_device, positive_int,
     prepare_out_dir, read_images, seed_number, user_path,
 )
 
@@ -227,6 +227,9 @@ def command_gradmap(args) -> int:
                          f"{', '.join('.' + name for name in sorted(formats))}: end it with .png")
     if out.is_dir():
         raise UsageError(f"--out {args.out} is a folder; --out names the figure's file, e.g. maps.png")
+    if out.resolve() in input_paths(args.images):  # --overwrite replaces an earlier figure, not a photo given
+        raise UsageError(f"--out {out} is one of the input images, and the figure would be written over it: choose "
+                         "another --out")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
     check_writable_folder(out.parent, file=out)
@@ -313,9 +316,13 @@ def command_budget_sweep(args) -> int:
     keyed_by_folder(list(args.models) + [args.judge], "models (the judge included)")  # the table names them so
     if not 0 <= args.max_drop < 1:  # NaN fails this too; 3 (meant as points) would make every candidate eligible
         raise UsageError(f"--max-drop is a share of clean accuracy in [0, 1), e.g. 0.03 for 3 points, got {args.max_drop}")
+    keys = keyed_by_folder(args.models)
+    reference = Path(args.reference).name if args.reference else next(iter(keys))
+    if not [key for key in keys if key != reference]:  # the sweep compares candidates with the reference
+        raise UsageError(f"--models names only the reference ({reference}): add at least one candidate model to "
+                         "compare with it")
     device = pick_device(args.device)
-    candidates = {key: open_model(args, device, name) for key, name in keyed_by_folder(args.models).items()}
-    reference = Path(args.reference).name if args.reference else next(iter(candidates))
+    candidates = {key: open_model(args, device, name) for key, name in keys.items()}
     judge = open_model(args, device, args.judge)
     if args.init == "gaussian":  # every candidate starts from the reference's seeds (experiments/budget_sweep.py)
         require_seeds([candidates[reference]] if reference in candidates else candidates.values())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from .common import (
-    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder, count,
+    UsageError, add_data_arguments, add_model_arguments, add_output_arguments, check_writable_folder, count, flag_given,
     join_processes, open_model, parse_number, pick_device, positive_int, seed_number, user_path,
 )
 from ..files import write_text_atomically
@@ -186,6 +186,11 @@ def command_eval(args) -> int:
     from ..evaluation import evaluate_robustness
     from ..models.checkpoint import CONFIG_FILE, model_folder
 
+    if args.steps == 0:  # clean accuracy only: an attack's flags would change nothing, and the record not say so
+        unused = [flag for flag in ("--eps", "--norm", "--step-size", "--alpha") if flag_given(args, flag)]
+        if unused:
+            raise UsageError(f"--steps 0 measures clean accuracy only, which {', '.join(unused)} do not change: "
+                             "leave them out, or give --steps to attack too")
     device = join_processes(args)
     model = open_model(args, device)
     folder = model_folder(model)
