@@ -106,7 +106,9 @@ def check_positive(value: float, name: str) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number > 0, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if number <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return number
 

@@ -177,8 +177,11 @@ def plain(text) -> str:
 
 
 def picture(x: torch.Tensor):
-    """A (C, H, W) image in [0, 1] as the (H, W, 3) array `imshow` draws (a grayscale model's one channel as gray)."""
-    return x.detach().float().cpu().expand(3, -1, -1).permute(1, 2, 0).clamp(0, 1).numpy()
+    """A (C, H, W) image in [0, 1] as the (H, W, 3) 8-bit array `imshow` draws (a grayscale model's one channel as
+    gray), each pixel rounded to its nearest level as `images.tensor_to_pil` writes it (matplotlib truncates a
+    float image: 0.999 became 254, and every grid pixel one level darker than the PNG of the same image)."""
+    levels = (x.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return levels.expand(3, -1, -1).permute(1, 2, 0).numpy()
 
 
 def image_grid(grid: torch.Tensor, path: Path, row_labels: Sequence[str] = (), scale: Optional[int] = None) -> Path:

@@ -127,3 +127,20 @@ def test_an_unconditional_trace_draws_its_energy_alone_and_grids_take_any_sequen
     assert path.is_file()
     with pytest.raises(FileNotFoundError, match=r"cannot write .*missing/x.json: its folder .*missing does not exist$"):
         write_text_atomically(tmp_path / "missing" / "x.json", "{}")
+
+
+def test_grid_cells_hold_each_pixel_rounded_to_its_8_bit_level_as_the_pngs_do(tmp_path):
+    """matplotlib truncates a float image: every grid pixel came out floor(255 x), one level darker than
+    images.tensor_to_pil's rounded PNG of the same image (0.999 drawn as 254)."""
+    import numpy as np
+    from PIL import Image
+
+    from robgen import plots
+    from robgen.images import tensor_to_pil
+
+    image = torch.empty(3, 32, 32)
+    image[0], image[1], image[2] = 0.999, 0.5, 0.3
+    path = plots.image_grid(image[None, None], tmp_path / "grid.png", scale=1)
+    drawn = np.asarray(Image.open(path).convert("RGB"))
+    cell = drawn[drawn.shape[0] - 16, 16]  # inside the one cell, which sits at the figure's bottom left
+    assert cell.tolist() == list(tensor_to_pil(image).getpixel((0, 0))) == [255, 128, 76]

@@ -580,3 +580,53 @@ def test_seed_fitting_refuses_labels_that_do_not_fit_saying_why():
     fitted = SeedDistribution.fit([(x, [0, 0, 0, 1, 1, 1])], class_labels=["a", "b"], resolution=4, rank=2,
                                   progress=False)
     assert torch.allclose(fitted.means[1], downsample(x[3:], 4).flatten(1).mean(0), atol=1e-6)  # labels as a list too
+
+
+def test_a_mask_that_leaves_an_image_without_pixels_or_reads_as_channels_is_refused():
+    """One empty mask among several passed (that image came back as it went in); a (C, H, W) mask, e.g. red only
+    from zeros_like(image), was read as C images' masks where C = n."""
+    model = tiny_model()
+    start = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(3, 1, 32, 32)
+    masks[0, :, 8:24, 8:24] = 1
+    masks[2, :, :4] = 1
+    with pytest.raises(ValueError, match="the mask of image 1 marks no pixel"):
+        synthesize(model, 3, 3, steps=1, init=start, mask=masks)
+    with pytest.raises(ValueError, match="the mask of image 1 marks no pixel"):
+        inpaint(model, start, masks, 3, n=3, fill="uniform", steps=1)
+    red = torch.zeros(3, 32, 32)
+    red[0] = 1
+    with pytest.raises(ValueError, match=r"could be masks of 3 images or of 3 channels.*\(N, 1, H, W\)"):
+        synthesize(model, 3, 3, steps=1, init=start, mask=red)
+    with pytest.raises(ValueError, match="a mask covers every channel of its pixels"):
+        synthesize(model, 3, 3, steps=1, init=start, mask=red.expand(3, 3, 32, 32))
+    masks[1, :, -4:] = 1  # every image marked: each moves inside its own mask only
+    out = synthesize(model, 3, 3, steps=1, init=start, mask=masks)
+    assert torch.equal(out * (1 - masks), start * (1 - masks)) and not torch.equal(out[1], start[1])
+
+
+def test_integer_init_images_are_refused_as_everywhere_else():
+    """uint8 or bool images of 0 and 1 were cast and read as black and white pixels."""
+    model = tiny_model()
+    for init in (torch.ones(2, 3, 32, 32, dtype=torch.uint8), torch.ones(2, 3, 32, 32, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="init must be a float tensor with pixels in \\[0, 1\\]"):
+            synthesize(model, 3, 2, steps=1, init=init)
+        with pytest.raises(TypeError, match="init must be a float tensor"):
+            sgld_sample(model, 3, 2, steps=1, init=init)
+
+
+def test_a_generator_judging_its_own_weights_is_marked_however_it_was_loaded(tmp_path):
+    """Two loads of one checkpoint are two objects: the generator judging its own samples was called independent."""
+    from robgen.synthesis.quality import judge_samples
+
+    folder = robgen.save_checkpoint(tiny_model(), tmp_path / "tiny")
+    generator, again, other = robgen.load_model(folder), robgen.load_model(folder), tiny_model(seed=1)
+    grid = torch.rand(10, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = judge_samples(grid, "tiny", {"itself": generator, "again": again, "other": other}, generator)
+    assert [row["independent"] for row in rows] == [False, False, True]
+
+
+def test_identical_images_are_zero_apart_however_many():
+    """Past 25 images cdist's matrix-product shortcut left identical images about 3e-7 apart."""
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)).expand(40, -1, -1, -1)
+    assert mean_pairwise_distance(images) == 0.0

@@ -68,14 +68,22 @@ def model_images(images: torch.Tensor, model, name: str = "image") -> torch.Tens
 
 
 def check_mask(mask: torch.Tensor, n: int, size: Tuple[int, int], device: torch.device) -> torch.Tensor:
-    """A boolean (n or 1, 1, H, W) mask from an (H, W), (1, H, W) or (N, 1, H, W) tensor of 0/1 or bools."""
+    """A boolean (n or 1, 1, H, W) mask from an (H, W), (1, H, W) or (N, 1, H, W) tensor of 0/1 or bools; every
+    image's mask marks a pixel."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor of shape (H, W), got {type(mask).__name__}")
     shaped = mask
     if shaped.ndim == 2:
         shaped = shaped[None, None]
-    elif shaped.ndim == 3:
-        shaped = shaped[:, None] if shaped.shape[0] not in (1,) else shaped[None]
+    elif shaped.ndim == 3 and shaped.shape[0] == 1:
+        shaped = shaped[None]
+    elif shaped.ndim == 3:  # (K, H, W): K images' masks, or a mask per channel (zeros_like(image)) read as them
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, which could be masks of {shaped.shape[0]} images or "
+                         f"of {shaped.shape[0]} channels: give one mask as (H, W), or one per image as (N, 1, H, W) "
+                         "(a mask covers every channel of its pixels)")
+    if shaped.ndim == 4 and shaped.shape[1] != 1 and tuple(shaped.shape[2:]) == tuple(size):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}: a mask covers every channel of its pixels, so give "
+                         "one channel, (N, 1, H, W)")
     if shaped.ndim != 4 or tuple(shaped.shape[2:]) != tuple(size) or shaped.shape[1] != 1:
         raise ValueError(
             f"mask has shape {tuple(mask.shape)} but the images are {size[0]}x{size[1]}: give an (H, W) = "
@@ -90,6 +98,11 @@ def check_mask(mask: torch.Tensor, n: int, size: Tuple[int, int], device: torch.
         shaped = shaped == 1
     if not bool(shaped.any()):
         raise ValueError("mask is empty: mark at least one pixel to synthesise with 1")
+    empty = (~shaped.flatten(1).any(1)).nonzero()[:, 0].tolist()
+    if empty:  # those images would come back as they went in, counted as synthesised
+        raise ValueError(f"the mask{'s' if len(empty) > 1 else ''} of image{'s' if len(empty) > 1 else ''} "
+                         f"{', '.join(map(str, empty))} mark{'' if len(empty) > 1 else 's'} no pixel: mark at least "
+                         "one pixel of every image to synthesise with 1")
     return shaped.to(device)
 
 

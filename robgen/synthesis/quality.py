@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..engine.random import class_generator
 from ..metrics import mean_interval, rate_interval
+from ..models.fingerprint import weights_fingerprint
 from ..models.state import eval_mode, model_device, model_dtype
 from ..progress import progress_bar
 from .ascent import synthesize
@@ -43,7 +44,8 @@ def mean_pairwise_distance(images: torch.Tensor) -> float:
     flat = images.flatten(1).double()
     if len(flat) < 2:
         raise ValueError("diversity needs at least 2 images per class")
-    distances = torch.cdist(flat, flat)
+    # exact differences: the matrix-product shortcut, taken past 25 images, left identical images 3e-7 apart
+    distances = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")
     n = len(flat)
     return float(distances.sum() / (n * (n - 1)))
 
@@ -129,6 +131,9 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
     num_classes, n = grid.shape[:2]
     targets = torch.arange(num_classes).repeat_interleave(n)
     rows = []
+    # the generator judging itself is the same weights, however loaded (two loads of one checkpoint are two
+    # objects)
+    own = weights_fingerprint(generator_model) if generator_model is not None else None
     for judge_name, judge in judges.items():
         judge_device = model_device(judge)
         with torch.no_grad(), eval_mode(judge):  # batch norm on its running statistics, which stay as they were
@@ -137,7 +142,7 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
         target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)
         hits = probs.argmax(1) == targets
         rows.append({
-            "generator": name, "judge": judge_name, "independent": judge is not generator_model,
+            "generator": name, "judge": judge_name, "independent": judge is not generator_model and weights_fingerprint(judge) != own,
             "mean_target_probability": float(target_probs.double().mean()),  # as its interval: in float32 a near-
             # certain judge's mean rounded to 1.0, above its own interval, and tied candidates in a budget sweep
             "mean_target_probability_ci": list(mean_interval(target_probs, within=(0.0, 1.0))),  # mean ± 1.96 s/√n over the samples

@@ -171,6 +171,9 @@ def initial_images(init, classes: torch.Tensor, model, generator: Optional[torch
     channels, height, width = model.spec.input_size
     n = len(classes)
     if isinstance(init, torch.Tensor):
+        if not init.is_floating_point():  # before the cast, which read uint8 or bool 0/1 as black and white
+            raise TypeError(f"init must be a float tensor with pixels in [0, 1], got dtype {init.dtype} (divide uint8 "
+                            "images by 255)")
         images = init.to(device=device, dtype=working_dtype(model))  # e.g. float64 images from numpy, float32 model
         if images.ndim == 3:
             images = images.unsqueeze(0)
