@@ -1017,3 +1017,12 @@ def test_a_model_fine_tuned_on_imagenettes_own_folder_is_taken_with_labels_by_wo
     assert tuned.spec.class_labels == ["tench", "French horn"]
     with pytest.raises(ValueError, match="fine-tune a model of this data set"):
         model_to_fine_tune(config, tiny_model(num_classes=2), ["ant", "bee"], (3, 32, 32))
+
+
+@pytest.mark.parametrize("setting, value", [("image_size", 0), ("image_size", -4),
+                                            ("train_limit", 0)])
+def test_a_recipe_refuses_sizes_and_limits_that_name_no_image_before_reading_any(setting, value):
+    """--image-size 0 gave "height and width must be > 0" after 11 s of reading (naming no flag, and "width" read
+    as --width); --train-limit 0 said "limit must be >= 1", pointing at --limit."""
+    with pytest.raises(ValueError, match=f"{setting} .* must be a whole number >= 1, got {value}"):
+        TrainConfig(data="cifar10", **{setting: value})

@@ -136,6 +136,13 @@ class TrainConfig:
             self.val_size = datasets.default_val_size(self.data)
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1] (1: no margin, 0.875: ImageNet's), got {self.crop_pct}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):  # said before any image is read (CLI: --image-size)
+            raise ValueError(f"image_size (the input side in pixels) must be a whole number >= 1, got {self.image_size!r}")
+        if self.train_limit is not None and (isinstance(self.train_limit, bool) or not isinstance(self.train_limit, int)
+                                             or self.train_limit < 1):
+            raise ValueError(f"train_limit (the first N training images) must be a whole number >= 1, got "
+                             f"{self.train_limit!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}: choose from {', '.join(MODES)}")
         if self.init_from is None:  # before the data load (channel statistics over 5,000 images), not after it
