@@ -745,3 +745,24 @@ def test_data_root_names_where_named_data_sets_live_for_the_whole_command(tmp_pa
     with data_root_of(argparse.Namespace(data_root=str(tmp_path / "copy"))):
         assert data.same_data("imagenette", copy) and data.default_val_size(copy) == 500
     assert data.canonical_data(copy) != "imagenette"  # put back after the command
+
+
+def test_a_librarys_message_about_a_parameter_names_the_flag(tmp_path, checkpoint, toy_data, images, capsys):
+    """detect --limit 0 said "limit must be >= 1", train --train-limit 0 the same (pointing at --limit), --image-size
+    0 named no flag: the library's parameter names, where the command line has flags."""
+    from robgen.cli import as_flags
+
+    cases = [(["eval", "--model", str(checkpoint), "--data", str(toy_data), "--limit", "0"], "--limit must be >= 1"),
+             (["train", "--data", str(toy_data), "--train-limit", "0"], "--train-limit (the first N training images) must"),
+             (["train", "--data", str(toy_data), "--image-size", "0"], "--image-size (the input side in pixels) must"),
+             (["attack", "--model", str(checkpoint), "--step-size", "0", str(images[0])], "--step-size must be > 0")]
+    for argv, says in cases:
+        assert main(argv + ["--out", str(tmp_path / "out")]) == 2, argv
+        assert f"error: {says}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+    class Args:
+        limit = 3
+
+    assert as_flags("limits must be set", Args()) == "limits must be set"  # no such flag: left as it is
+    assert as_flags("eps must be > 0", Args()) == "eps must be > 0"

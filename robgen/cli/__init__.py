@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 import shutil
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -73,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         finished = code == 0
         return code
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {as_flags(str(error), args)}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as error:  # a file that is no usable image, found part-way, or a data set
         # that could not be downloaded (robgen.images.ImageError, robgen.data.DownloadError: those modules, which
@@ -87,6 +88,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if new_out is not None and not finished:
             _remove_if_empty(new_out)
+
+
+def as_flags(message: str, args) -> str:
+    """A library's message about one of its parameters (\"limit must be >= 1\", \"val_size must be ...\") in the
+    words of the command line, where the command has that parameter as a flag (--limit, --val-size)."""
+    match = re.match(r"([a-z][a-z0-9]*(?:_[a-z0-9]+)*)( \(.*?\))? (must|is|has) ", message)
+    if match is None or not hasattr(args, match.group(1)) or match.group(1) in ("argv", "run", "command"):
+        return message
+    return "--" + match.group(1).replace("_", "-") + message[len(match.group(1)):]
 
 
 def _first_missing(path: Path) -> Optional[Path]:
