@@ -1635,3 +1635,17 @@ def test_the_mending_script_leaves_a_file_with_nothing_to_mend_as_it_is(tmp_path
     assert script.main() == 0
     assert path.read_text() == text and (path.parent / "results.md").read_text() == "the committed report\n"
     assert "nothing to mend, left as it is" in capsys.readouterr().out
+
+
+def test_stages_another_command_made_are_refused_naming_it(checkpoint, toy_data, tmp_path, same_code, capsys):
+    """reproduce and adaptive both keep their stages in <out>/.stages: adaptive said "finished stages of another run
+    ... pass --overwrite to start again", advice that deletes reproduce's resumable work."""
+    out = tmp_path / "out"
+    (out / STAGES).mkdir(parents=True)
+    (out / STAGES / "key.json").write_text(json.dumps({"command": "reproduce", "settings": {}}))
+    (out / STAGES / "table1-pgd.safetensors").write_bytes(b"reproduce's finished stage")
+    assert main(command(checkpoint, toy_data, out)) == 2
+    captured = capsys.readouterr()
+    assert "another run's are refused, left as they are" in captured.out
+    assert "holds the stages of a `python -m robgen reproduce` run, not of `python -m robgen adaptive`" in captured.err
+    assert (out / STAGES / "table1-pgd.safetensors").read_bytes() == b"reproduce's finished stage"

@@ -413,3 +413,20 @@ def test_a_key_left_alone_by_an_attempt_cut_before_any_stage_is_replaced_without
     (tmp_path / KEY_FILE).write_text(json.dumps({"settings": "an earlier attempt's"}))
     with pytest.raises(ValueError, match="finished stages of another run"):
         StageStore(tmp_path, {"settings": "these"})
+
+
+def test_a_store_refuses_the_stages_of_another_command_naming_it(tmp_path):
+    """reproduce's store over an adaptive run's stages offered --overwrite, which removes that run's work."""
+    from robgen.experiments.stages import StageStore
+
+    folder = tmp_path / ".stages"
+    folder.mkdir()
+    (folder / "key.json").write_text(json.dumps({"command": "adaptive", "settings": {"steps": 100}}))
+    (folder / "energy-eps8_255-k+1 pgd.safetensors").write_bytes(b"adaptive's finished stage")
+    with pytest.raises(ValueError, match="holds the stages of a `python -m robgen adaptive` run, not of `python -m "
+                                         "robgen reproduce`: choose another --out"):
+        StageStore(folder, {"command": "reproduce", "settings": {"steps": 10}})
+    assert (folder / "energy-eps8_255-k+1 pgd.safetensors").read_bytes() == b"adaptive's finished stage"
+    (folder / "key.json").write_text(json.dumps({"settings": {"steps": 100}}))  # an older key names no command
+    with pytest.raises(ValueError, match="holds the finished stages of another run"):
+        StageStore(folder, {"command": "reproduce", "settings": {"steps": 10}})

@@ -332,6 +332,7 @@ def refuse_stages_of_another_run(stage_dir: Optional[Path], run_key: dict) -> No
         raise ValueError(f"{Path(stage_dir) / stage_files.KEY_FILE} is damaged (not the JSON object robgen writes): "
                          "nothing says which run the stages beside it belong to; pass --overwrite to start again")
     recorded = recorded or {}
+    stage_files.refuse_another_commands(stage_dir, recorded, run_key)
     differ = _differing_keys(recorded, run_key)
     details = stage_files.key_differences({k: recorded.get(k) for k in differ},
                                           json.loads(json.dumps({k: run_key.get(k) for k in differ}, default=str)))
@@ -598,7 +599,8 @@ def adaptive_evaluation(model, data, detectors: Sequence[Union[str, RejectOption
         stage_dir = Path(out_dir) / STAGES
     if report_only:
         require_kept_stages(stage_dir, replace_stale_stages)
-    run_key = {"settings": asdict(settings), "data": str(data), "data_root": data_location(data, data_root),
+    run_key = {"command": "adaptive", "settings": asdict(settings), "data": str(data),
+               "data_root": data_location(data, data_root),
                "model": model_fingerprint(model), "n_validation": len(splits.validation), "n_test": len(x),
                # the images themselves: a file replaced in place keeps the path and the counts
                "pixels": {"validation": datasets.pixels_fingerprint(splits.validation),

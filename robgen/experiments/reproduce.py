@@ -246,7 +246,8 @@ def reproduce(model, data: str = "cifar10", out_dir: Optional[Path] = None, data
     if stage_dir is None and out_dir is not None:
         stage_dir = Path(out_dir) / STAGES
     keyed_settings = {name: value for name, value in asdict(settings).items() if name not in NOT_IN_STAGES}
-    stages = StageStore(stage_dir, {"settings": keyed_settings, "data": str(data), "model": model_fingerprint(model),
+    stages = StageStore(stage_dir, {"command": "reproduce", "settings": keyed_settings, "data": str(data),
+                                    "model": model_fingerprint(model),
                                     "data_root": data_location(data, data_root),
                                     "n_validation": len(splits.validation), "n_test": len(splits.test),
                                     # the images themselves: a file replaced in place keeps the path and the counts

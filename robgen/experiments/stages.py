@@ -178,6 +178,15 @@ def stage_file(folder: Path, name: str) -> Path:
     return Path(folder) / f"{safe}.safetensors"
 
 
+def refuse_another_commands(folder: Path, recorded: dict, key: dict) -> None:
+    """Refuse stages that another command made (reproduce's and adaptive's share the folder name): --overwrite,
+    which a differing run's refusal offers, would remove that command's resumable work."""
+    if not recorded.get("command") or recorded.get("command") == key.get("command"):  # older keys name none
+        return
+    raise ValueError(f"{folder} holds the stages of a `python -m robgen {recorded['command']}` run, not of "
+                     f"`python -m robgen {key.get('command')}`: choose another --out (--overwrite would remove them)")
+
+
 class StageStore:
     """Stages of one experiment in `folder` (None: nothing is kept, every stage is computed)."""
 
@@ -224,6 +233,7 @@ class StageStore:
             if distributed.is_distributed():
                 key_alone = distributed.broadcast_from_main(key_alone)
             if not replace_stale and not key_alone:
+                refuse_another_commands(self.folder, recorded, self.key)
                 differ = sorted(k for k in set(recorded) | set(self.key) if recorded.get(k) != self.key.get(k))
                 raise ValueError(f"{self.folder} holds the finished stages of another run (its {', '.join(differ)} "
                                  f"differ: {'; '.join(differences)}): run the same command "
