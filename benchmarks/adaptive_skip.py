@@ -13,7 +13,8 @@ experiment's own `run_suites`:
 (and once per run, in both ways alike, the non-adaptive reference PGD on the bare model);
 
 prints each way's time per round (alternating which goes first), the median ratio skipping / full, the
-images each attack ran on, the share of image-attacks and of the attacks' passes skipping saves, and both ways' DARA with its interval (the same in distribution: skipping an
+images each attack ran on, the share of image-attacks and of the attacks' passes skipping saves, and both ways'
+DARA with its interval (the same in distribution: skipping an
 image an earlier attack evaded cannot change whether it is defended; the random draws differ).
 
     python benchmarks/adaptive_skip.py [--rounds 2] [--limit 100] [--steps 20] [--restarts 1]

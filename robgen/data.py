@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from .checks import check_steps
+from .files import first_missing, remove_if_empty
 
 F = TypeVar("F", bound=Callable)
 logger = logging.getLogger(__name__)
@@ -455,36 +456,16 @@ class DownloadError(RuntimeError):
 def _download_errors(key: str, data_root: Path, download: bool):
     """A failed download (offline, a proxy, a server error) as an error that says what to do, not urllib's
     traceback; the data root it made for the download, left empty, is removed again."""
-    made = _first_missing_folder(data_root)
+    made = first_missing(Path(data_root).absolute())
     try:
         yield
     except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
         if not download:
             raise
-        if made is not None:
-            _remove_empty_folders(made)
+        remove_if_empty(made)
         raise DownloadError(f"could not download {key} into {data_root} ({type(error).__name__}: {error}): check "
                             f"the connection, or unpack the data set under --data-root / ${DATA_ENV} yourself and "
                             "run without --download") from None
-
-
-def _first_missing_folder(path: Path) -> Optional[Path]:
-    """The outermost folder of `path` that does not exist yet (what making it would create), or None."""
-    path, missing = Path(path).absolute(), None
-    while not path.exists():
-        missing, path = path, path.parent
-    return missing
-
-
-def _remove_empty_folders(top: Path) -> None:
-    """Remove `top` and the folders under it, as long as they hold no file (a failed download's leftovers)."""
-    if not top.is_dir() or top.is_symlink():
-        return
-    for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    with contextlib.suppress(OSError):
-        top.rmdir()
 
 
 def read_rgb(path: str):

@@ -156,3 +156,23 @@ def json_text(value: Any, **options: Any) -> str:
     non-standard `NaN` or `Infinity` that strict readers refuse, becomes null), ending in a newline. `options`: more `json.dumps` arguments
     (`default=str` for values JSON has no type for)."""
     return json.dumps(without_nan(value), indent=2, allow_nan=False, **options) + "\n"
+
+
+def first_missing(path: Union[str, Path]) -> Optional[Path]:
+    """The topmost folder of `path` (or `path` itself) that does not exist yet: what making `path` creates."""
+    missing = None
+    for place in [Path(path), *Path(path).parents]:
+        if place.exists():
+            break
+        missing = place
+    return missing
+
+
+def remove_if_empty(folder: Optional[Path]) -> None:
+    """Remove `folder`, made by a command or a download that was refused or failed, when it holds no file (only
+    empty folders, if any: nothing in it to keep)."""
+    if folder is not None and folder.is_dir() and not folder.is_symlink() and not any(
+            not path.is_dir() for path in folder.rglob("*")):
+        import shutil
+
+        shutil.rmtree(folder)

@@ -571,7 +571,7 @@ def unfitted_detector(checkpoint, tmp_path_factory):
     ({"--report-only": None, "--overwrite": None}, "never removes them: drop --overwrite"),
     ({"--report-only": None, "--estimate-only": None}, "give one of them"),
     ({"--target-classes": "4"}, "--target-classes 4: a 4-class model has 3 classes to aim an image at"),
-    ({"--eps": "8/255,,16/255"}, "--eps '8/255,,16/255' has an empty entry between commas"),
+    ({"--eps": "8/255,,16/255"}, "--eps '8/255,,16/255' has an empty entry"),
     ({"--detector": "multi-t", "--temperatures": "0,1"}, "--temperatures must be finite numbers > 0"),
     ({"--detector": "multi-t", "--temperatures": "1,2,1"}, "--temperatures names 1 twice"),
 ])

@@ -574,6 +574,15 @@ def test_a_targeted_attack_takes_class_labels_and_one_class_for_every_image(mode
     with pytest.raises(ValueError, match="unknown class 'no such class'"):
         attack(x, y, target="no such class")
     assert isinstance(model.spec, ModelSpec)
+    import numpy as np
+
+    from robgen.attacks.zoo import RandomTarget
+
+    assert torch.equal(attack(x, y, target=np.array(names)), expected)  # a NumPy array of labels too
+    labels = [model.spec.class_labels[int(k)] for k in y]
+    drawn = RandomTarget(attack, 10, torch.Generator().manual_seed(0))
+    again = RandomTarget(attack, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn(x, labels), again(x, y)), "labels by name aimed at the same random other classes"
 
 
 def test_a_target_equal_to_the_label_is_named_in_a_warning(model, batch, caplog):

@@ -490,14 +490,15 @@ def test_flags_that_change_nothing_are_refused_even_when_they_repeat_the_default
     fgsm --steps 10 passed because 10 is the default, where --steps 5 was refused; detect --temperatures 1,1 searched
     1 twice and 0.1,,1 dropped the blank."""
     evaluate = ["eval", "--model", str(checkpoint), "--data", str(toy_data), "--limit", "4", "--steps", "0"]
-    for extra in (["--eps", "0.5"], ["--norm", "l2"], ["--step-size=0.1"]):
+    for extra in (["--eps", "0.5"], ["--norm", "l2"], ["--step-size=0.1"], ["--ep", "0.9"], ["--nor", "l2"]):
         assert main(evaluate + extra) == 2
         assert "--steps 0 measures clean accuracy only" in capsys.readouterr().err
     attack = ["attack", "--model", str(checkpoint), "--out", str(tmp_path / "a"), str(images[0]), "--attack", "fgsm"]
     assert main(attack + ["--steps", "10"]) == 2 and "does not take --steps" in capsys.readouterr().err
     assert main(attack + ["--lam=1.2"]) == 2 and "does not take --lam" in capsys.readouterr().err
+    assert main(attack + ["--la", "1.2"]) == 2 and "does not take --lam" in capsys.readouterr().err  # abbreviated
     detect = ["detect", "--model", str(checkpoint), "--data", str(toy_data), "--out", str(tmp_path / "d")]
-    for grid, says in (("1,1", "names 1 twice"), ("0.1,,1", "has an empty entry between commas"),
+    for grid, says in (("1,1", "names 1 twice"), ("0.1,,1", "has an empty entry"),
                        ("0,1", "must be finite numbers > 0")):
         with pytest.raises(SystemExit):
             main(detect + ["--temperatures", grid])

@@ -197,7 +197,7 @@ def test_synthesis_commands_refuse_settings_they_would_misuse_and_record_what_th
     the overwrite check. results.json now records the settings the method used."""
     common = ["synthesize", "--model", ROBUST, "--classes", "cat", "--n", "1", "--steps", "1"]
     assert main(common + ["--method", "sgld", "--step-size", "0", "--out", str(tmp_path / "a")]) == 2
-    assert "step_size must be > 0" in capsys.readouterr().err
+    assert "--step-size must be > 0" in capsys.readouterr().err
     for scale in ("0", "-2"):
         assert main(common + ["--scale", scale, "--out", str(tmp_path / "b")]) == 2
         assert "--scale must be at least 1" in capsys.readouterr().err

@@ -314,7 +314,7 @@ def test_overwrite_removes_the_old_runs_files_only_after_its_checks_pass(toy_dat
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
     for bad in (["--lr", "0"], ["--label-smoothing", "2"]):  # refused before any work, not in the first batch
         assert main(flags + ["--data", str(toy_data)] + bad) == 2
-    assert "label_smoothing is a probability" in capsys.readouterr().err
+    assert "--label-smoothing is a probability" in capsys.readouterr().err
 
 
 def test_overwrite_removes_the_runs_own_files_in_best_and_epochs_and_a_lone_log_is_not_appended_to(toy_data, tmp_path,

@@ -31,9 +31,11 @@ from .objectives import cross_entropy, negative_cross_entropy
 logger = logging.getLogger(__name__)
 
 
-def _classes(model, value, n: int, num_classes: int, device, name: str) -> torch.Tensor:
-    """(n,) class indices: a tensor, a list, one class for all n images, or label names (read by the model's spec)."""
-    named = isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
+def class_indices_for(model, value, n: int, num_classes: int, device, name: str = "y") -> torch.Tensor:
+    """(n,) class indices: a tensor, a list, one class for all n images, or label names (a string, a list or a
+    NumPy array of them, read by the model's spec)."""
+    named = (isinstance(value, str) or getattr(getattr(value, "dtype", None), "kind", None) in ("U", "S", "O")
+             or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value)))
     if named:
         spec = getattr(model, "spec", None)
         if spec is None:
@@ -61,9 +63,9 @@ def attack_inputs(model: torch.nn.Module, x: torch.Tensor, y, target=None, model
                             "not logits of shape (N, classes): wrap it so that its forward returns the logits alone "
                             "(e.g. a timm or Hugging Face model's output.logits)")
         num_classes = logits.shape[1]
-    y = _classes(model, y, x.shape[0], num_classes, x.device, "y")
+    y = class_indices_for(model, y, x.shape[0], num_classes, x.device, "y")
     if target is not None:
-        target = _classes(model, target, x.shape[0], num_classes, x.device, "target")
+        target = class_indices_for(model, target, x.shape[0], num_classes, x.device, "target")
         same = int((target == y).sum())
         if same:  # the attack then only makes the model surer of the right class, and "reaches" the target
             logger.warning("%d of %d images' target class is their own label: a targeted attack cannot move them "

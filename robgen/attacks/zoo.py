@@ -48,7 +48,7 @@ from ..engine import make_constraint, random_seed
 from ..engine.random import generator_device, seeded_global_rng
 from ..models.state import CastInputs, model_dtype, working_dtype
 from .apgd import APGD
-from .base import Attack
+from .base import Attack, class_indices_for
 from .hepgd import HighEnergyPGD
 from .pgd import FGSM, PGD
 
@@ -342,8 +342,9 @@ class RandomTarget:
         return self.attack.model
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None, **call_settings):
-        if target is None:
-            target = random_other_class(torch.as_tensor(y, device=x.device).long(), self.num_classes, self.generator)
+        if target is None:  # y as the attack reads it: class indices, one class for all, or labels
+            labels = class_indices_for(getattr(self.attack, "model", None), y, len(x), self.num_classes, x.device)
+            target = random_other_class(labels, self.num_classes, self.generator)
         return self.attack(x, y, target=target, **call_settings)
 
     def __repr__(self) -> str:

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from . import ablation, adaptive, attack, detection, reproduce, synthesis, training, zoo
+from ..files import first_missing, remove_if_empty
 from .common import UsageError, data_root_of
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -60,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for records that quote it
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = getattr(args, "out", None)
-    new_out = _first_missing(Path(out)) if out else None  # made by this run, if it makes it (with its parents)
+    new_out = first_missing(Path(out)) if out else None  # made by this run, if it makes it (with its parents)
     finished = False
     processes = _launched_by_torchrun()
     if processes > 1 and args.command not in SHARED_BY_TORCHRUN:  # each rank would run all of it, writing one out
@@ -87,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         if new_out is not None and not finished:
-            _remove_if_empty(new_out)
+            remove_if_empty(new_out)
 
 
 def as_flags(message: str, args) -> str:
@@ -99,18 +99,3 @@ def as_flags(message: str, args) -> str:
     return "--" + match.group(1).replace("_", "-") + message[len(match.group(1)):]
 
 
-def _first_missing(path: Path) -> Optional[Path]:
-    """The topmost folder of `path` (or `path` itself) that does not exist yet: what a run making `path` creates."""
-    missing = None
-    for place in [path, *path.parents]:
-        if place.exists():
-            break
-        missing = place
-    return missing
-
-
-def _remove_if_empty(folder: Path) -> None:
-    """Remove `folder`, which a refused or failed command created, when it holds no file (an output folder made
-    before the check that stopped the command: nothing in it to keep)."""
-    if folder.is_dir() and not any(not path.is_dir() for path in folder.rglob("*")):
-        shutil.rmtree(folder)

@@ -240,7 +240,8 @@ def command_adaptive(args) -> int:
     elif stage_dir.is_dir() and distributed.is_main():
         print(f"{stage_dir} holds the stages of an earlier run: those of this same run (command, settings, "
               "detectors, weights, code) are read back, not recomputed; "
-              + ("those of another run are removed" if args.overwrite else "another run's are refused, left as they are"))
+              + ("those of another run are removed" if args.overwrite
+                 else "another run's are refused, left as they are"))
     keywords["detectors"] = (*keywords["detectors"], *given)
     try:
         results = adaptive_evaluation(model, args.data, out_dir=out if distributed.is_main() else None,

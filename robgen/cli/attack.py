@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, List
 
 from ..files import json_text, write_text_atomically
 from .common import (
-    UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, open_model, pick_device,
-    input_paths, positive_int, prepare_out_dir, read_images,
+    UsageError, add_attack_arguments, add_model_arguments, add_output_arguments, build_attack, check_attack_flags,
+    input_paths, open_model, pick_device, positive_int, prepare_out_dir, read_images,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def command_attack(args) -> int:
     from ..progress import progress_bar
 
     device = pick_device(args.device)
+    check_attack_flags(args)  # before the model loads
     model = open_model(args, device)
     spec = model.spec
     x = read_images(args.images, spec)

@@ -57,8 +57,8 @@ def parse_numbers(text: str, flag: str) -> Tuple[float, ...]:
     if not text.strip():
         raise UsageError(f"{flag} is empty: give at least one number")
     if any(not part.strip() for part in parts):
-        raise UsageError(f"{flag} {text!r} has an empty entry between commas: give numbers separated by single "
-                         f"commas, e.g. {example}")
+        raise UsageError(f"{flag} {text!r} has an empty entry: give numbers separated by single commas, e.g. "
+                         f"{example}")
     try:
         return tuple(_exact(part) for part in parts)
     except (ValueError, ZeroDivisionError, OverflowError):
@@ -83,10 +83,11 @@ def input_paths(images: List[str]) -> set:
 
 
 def flag_given(args, *names: str) -> bool:
-    """Whether the command line as typed (`args.argv`) holds one of the flags `names` (also as --flag=value): a
-    default typed out counts too, which a comparison with the default cannot see."""
-    typed = getattr(args, "argv", None) or ()
-    return any(word == name or word.startswith(name + "=") for word in typed for name in names)
+    """Whether the command line as typed (`args.argv`) holds one of the flags `names`, also as --flag=value or
+    abbreviated as argparse takes it (--ep for --eps; an abbreviation argparse took names one flag only): a default
+    typed out counts too, which a comparison with the default cannot see."""
+    typed = [word.split("=", 1)[0] for word in getattr(args, "argv", None) or () if word.startswith("--")]
+    return any(len(word) > 2 and name.startswith(word) for word in typed for name in names)
 
 
 def pick_device(name: str) -> torch.device:
@@ -247,12 +248,10 @@ def add_attack_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.set_defaults(default_steps=steps)
 
 
-def build_attack(args, model, device: torch.device):
-    """The attack of the `add_attack_arguments` flags, seeded by --seed on `device`. A flag set away from its
-    default that the attack does not take (--steps for FGSM, --lam for all but HE-PGD) is refused, not ignored."""
-    import torch
-
-    from ..attacks import make_attack
+def check_attack_flags(args) -> None:
+    """Refuse a flag of `add_attack_arguments` that the chosen attack does not take (--steps for FGSM, --lam for
+    all but HE-PGD), set away from its default or typed out: it would be ignored. Before the model loads: each
+    command calls this first, and `build_attack` again."""
     from ..attacks.factory import ATTACKS, _settings_of, attack_key
 
     takes = _settings_of(ATTACKS[attack_key(args.attack)])
@@ -266,6 +265,15 @@ def build_attack(args, model, device: torch.device):
         raise UsageError(f"--attack {args.attack} does not take {', '.join(unused)}: leave "
                          f"{'it' if len(unused) == 1 else 'them'} out, or pick an attack that does (HE-PGD takes --lam; "
                          "FGSM a single step of eps; APGD sets its own step size and always starts at random)")
+
+
+def build_attack(args, model, device: torch.device):
+    """The attack of the `add_attack_arguments` flags, seeded by --seed on `device` (`check_attack_flags` first)."""
+    import torch
+
+    from ..attacks import make_attack
+
+    check_attack_flags(args)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     try:
         return make_attack(args.attack, model, eps=args.eps, step_size=args.step_size, steps=args.steps, lam=args.lam,

@@ -12,8 +12,8 @@ from pathlib import Path
 from ..files import json_text, write_text_atomically
 from .common import (
     UsageError, add_attack_arguments, add_data_arguments, add_model_arguments, add_output_arguments, build_attack,
-    companion_output_path, count, open_model, parse_number, parse_temperatures, pick_device, positive_int,
-    prepare_out_dir, user_path,
+    check_attack_flags, companion_output_path, count, open_model, parse_number, parse_temperatures, pick_device,
+    positive_int, prepare_out_dir, user_path,
 )
 
 # The official temperature grid, a plain copy of robgen.detection.TEMPERATURES for parsing without
@@ -65,8 +65,8 @@ def parse_grid(text: str) -> tuple:
     """--temperatures: comma-separated numbers > 0, e.g. 0.1,0.5,1,2 (`parse_temperatures`)."""
     try:
         return parse_temperatures(str(text))
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except UsageError as error:  # argparse names the flag itself: "argument --temperatures: ..."
+        raise argparse.ArgumentTypeError(str(error).replace("--temperatures ", "", 1)) from None
 
 
 def parse_temperature(text: str):
@@ -101,6 +101,7 @@ def command_detect(args) -> int:
     from ..experiments.pipeline import detection_experiment, detection_splits
 
     temperature = checked_protocol(args)
+    check_attack_flags(args)  # before the model and the data load
     device = pick_device(args.device)
     model = open_model(args, device)
     try:
@@ -135,6 +136,7 @@ def command_fit_detector(args) -> int:
     from ..experiments.calibration import DETECTOR_FILE, calibrate_detector
 
     temperature = checked_protocol(args)
+    check_attack_flags(args)  # before the model and the data load
     device = pick_device(args.device)
     model = open_model(args, device)
     path = companion_output_path(args, model, DETECTOR_FILE)

@@ -72,7 +72,8 @@ def command_reproduce(args) -> int:
     if stage_dir.is_dir() and distributed.is_main():
         print(f"{stage_dir} holds the stages of an earlier run: those of this same run (command, settings, "
               "data, weights, code) are read back, not recomputed; "
-              + ("those of another run are removed" if args.overwrite else "another run's are refused, left as they are"))
+              + ("those of another run are removed" if args.overwrite
+                 else "another run's are refused, left as they are"))
     try:
         results = reproduce(model, args.data, out if distributed.is_main() else None, data_root=args.data_root,
                             settings=settings, download=args.download, stage_dir=stage_dir,

@@ -187,10 +187,12 @@ def command_eval(args) -> int:
     from ..models.checkpoint import CONFIG_FILE, model_folder
 
     if args.steps == 0:  # clean accuracy only: an attack's flags would change nothing, and the record not say so
-        unused = [flag for flag in ("--eps", "--norm", "--step-size", "--alpha") if flag_given(args, flag)]
+        unused = [flag for flag in ("--eps", "--norm") if flag_given(args, flag)]
+        unused += ["--step-size"] if args.step_size is not None else []
         if unused:
-            raise UsageError(f"--steps 0 measures clean accuracy only, which {', '.join(unused)} do not change: "
-                             "leave them out, or give --steps to attack too")
+            raise UsageError(f"--steps 0 measures clean accuracy only, which {', '.join(unused)} "
+                             f"{'does' if len(unused) == 1 else 'do'} not change: leave "
+                             f"{'it' if len(unused) == 1 else 'them'} out, or give --steps to attack too")
     device = join_processes(args)
     model = open_model(args, device)
     folder = model_folder(model)

@@ -102,7 +102,7 @@ class L2Ball:
         1e-2). A pixel the nearest rounding carried past its share is moved one float back toward x."""
         wanted = x_adv.double() - x.double()
         wanted = wanted * (self.eps / _flat_norms(wanted).clamp_min(1e-300)).clamp_(max=1.0)
-        rounded = (x.double() + wanted).to(x_adv.dtype)
+        rounded = (x.double() + wanted).to(torch.promote_types(x_adv.dtype, x.dtype))  # as x + delta was
         past = (rounded.double() - x.double()).abs() > wanted.abs()
         rounded = torch.where(past, torch.nextafter(rounded, x.to(rounded.dtype)), rounded)
         return rounded.clamp_(0, 1)  # x is in [0, 1]: the clamp only brings a pixel nearer to it

@@ -51,7 +51,8 @@ def target_objective(target: torch.Tensor, objective: str) -> Callable[[torch.Te
 
 
 def class_indices(model, target_class, n: int, device: torch.device) -> torch.Tensor:
-    """(n,) class indices from one class (index or label name) or a sequence of n of them (`ModelSpec.class_indices`)."""
+    """(n,) class indices from one class (index or label name) or a sequence of n of them
+    (`ModelSpec.class_indices`)."""
     return torch.tensor(model.spec.class_indices(target_class, n), device=device, dtype=torch.long)
 
 

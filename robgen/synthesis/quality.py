@@ -142,7 +142,8 @@ def judge_samples(grid: torch.Tensor, name: str, judges: Dict[str, torch.nn.Modu
         target_probs = probs.gather(1, targets.view(-1, 1)).squeeze(1)
         hits = probs.argmax(1) == targets
         rows.append({
-            "generator": name, "judge": judge_name, "independent": judge is not generator_model and weights_fingerprint(judge) != own,
+            "generator": name, "judge": judge_name,
+            "independent": judge is not generator_model and weights_fingerprint(judge) != own,
             "mean_target_probability": float(target_probs.double().mean()),  # as its interval: in float32 a near-
             # certain judge's mean rounded to 1.0, above its own interval, and tied candidates in a budget sweep
             "mean_target_probability_ci": list(mean_interval(target_probs, within=(0.0, 1.0))),  # mean ± 1.96 s/√n over the samples

@@ -24,7 +24,7 @@ import torch
 
 from .. import data as datasets
 from .. import distributed
-from ..files import write_atomically
+from ..files import remove_if_empty, write_atomically
 from ..models import save_checkpoint
 from ..models.checkpoint import COMPANION_FILES, CONFIG_FILE, WEIGHTS_FILE
 
@@ -56,7 +56,7 @@ def clear_run(out_dir: Path) -> None:
         for folder in snapshots.iterdir():
             if folder.is_dir() and re.fullmatch(r"epoch-\d{3,}", folder.name):
                 _remove_checkpoint(folder)
-        _remove_if_empty(snapshots)
+        remove_if_empty(snapshots)
 
 
 def _remove_checkpoint(folder: Path, keep_folder: bool = False) -> None:
@@ -67,12 +67,7 @@ def _remove_checkpoint(folder: Path, keep_folder: bool = False) -> None:
     for name in (CONFIG_FILE, WEIGHTS_FILE, *COMPANION_FILES):
         (folder / name).unlink(missing_ok=True)
     if not keep_folder:
-        _remove_if_empty(folder)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+        remove_if_empty(folder)
 
 
 def snapshot_folder(out_dir: Path, epoch: int) -> Path:

@@ -137,8 +137,9 @@ class TrainConfig:
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1] (1: no margin, 0.875: ImageNet's), got {self.crop_pct}")
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
-                                            or self.image_size < 1):  # said before any image is read (CLI: --image-size)
-            raise ValueError(f"image_size (the input side in pixels) must be a whole number >= 1, got {self.image_size!r}")
+                                            or self.image_size < 1):  # before any image is read (CLI: --image-size)
+            raise ValueError(f"image_size (the input side in pixels) must be a whole number >= 1, got "
+                             f"{self.image_size!r}")
         if self.train_limit is not None and (isinstance(self.train_limit, bool) or not isinstance(self.train_limit, int)
                                              or self.train_limit < 1):
             raise ValueError(f"train_limit (the first N training images) must be a whole number >= 1, got "
