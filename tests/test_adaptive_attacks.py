@@ -949,3 +949,24 @@ def test_the_suite_an_attacks_run_and_a_tracker_work_inside_inference_mode_as_ou
         KPlusOnePGD(logit_detector, eps=EPS_FEW, steps=4, generator=seeded()).run(x, y, tracker)
     assert torch.equal(inside.evaded, outside.evaded) and torch.equal(inside.images, outside.images)
     assert not inside.images.is_inference() and int(tracker.observed.min()) > 0
+
+
+def test_the_probe_of_the_kplusone_margin_leaves_the_detector_out_of_the_guard_only_while_y_is_predicted():
+    """scripts/probe_kplusone_margin.py's third loss: where the model still predicts y the guard is G_y (the plain
+    margin: a rejected point is pushed toward misclassification, not toward y being robust), elsewhere the (K+1)
+    margin itself."""
+    import importlib.util
+    from pathlib import Path
+
+    from robgen.attacks.adaptive import kplusone_margin
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "probe_kplusone_margin.py"
+    spec = importlib.util.spec_from_file_location("probe_kplusone_margin", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    combined = torch.tensor([[0.0, -1.0, -2.0, 3.0],    # predicts y = 0, rejected (G_K = 3): guard G_y = 0
+                             [-0.5, 0.0, -2.0, 3.0],    # predicts 1 != y, rejected: guard G_K, as the (K+1) margin
+                             [0.0, -1.0, -2.0, -4.0]])  # predicts y, accepted: both the plain margin
+    labels = torch.tensor([0, 0, 0])
+    assert probe.margin_misclassified_first(combined, labels).tolist() == [-1.0, -3.0, -1.0]
+    assert kplusone_margin(combined, labels).tolist() == [-4.0, -3.0, -1.0]
