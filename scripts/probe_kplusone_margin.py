@@ -6,16 +6,17 @@
 Reads the run's kept stage of (K+1) PGD (`<run>/.stages/<detector>-eps<eps>-k_1_pgd.safetensors`, kept batch by
 batch or whole) and its calibrated detector (`<run>/.stages/detectors/<detector>.json`), takes the first `--images`
 test images that stage left defended (classified correctly, accepted, not evaded), and attacks them again, one
-restart of `--steps` steps each, with: (K+1) PGD on the margin (the suite's first attack, a fresh random start),
-on the cross-entropy, and on the margin whose guard leaves out the detector's logit while the model still predicts
-the true class ("misclassified first"); (K+1) APGD-CE; and plain PGD on the bare model, whose final points the
+restart of `--steps` steps each, with: (K+1) PGD on the margin with its plain guard max(G_y, G_K) (the suite's first
+attack until 2026-12-07), on the margin as the suite now takes it (for a detector that `scores_the_prediction`,
+the detector's logit left out of the guard while the model still predicts the true class: `kplusone_margin`'s
+`class_first`), and on the cross-entropy; (K+1) APGD-CE; and plain PGD on the bare model, whose final points the
 detector judges. Prints how many of the images each evades (misclassified and accepted at some iterate; plain PGD:
 at its final point).
 
-Why the third loss: the (K+1) margin is max_{j not in {y, K}} G_j - max(G_y, G_K). A score that depends on the
-predicted class (robust-margin: the predicted class's margin at the worst point within rho) jumps where the
-prediction flips; near the boundary, while the model still predicts y, a rejected point's guard is the detector's
-logit, and lowering it means making y robust at rho: the step pulls back toward y.
+Why the guard matters: a score that depends on the predicted class (robust-margin: the predicted class's margin at
+the worst point within rho) jumps where the prediction flips; near the boundary, while the model still predicts y,
+a rejected point's plain guard is the detector's logit, and lowering it makes y robust at rho: the step pulls back
+toward y.
 """
 
 from __future__ import annotations
@@ -39,14 +40,6 @@ from robgen.detection.reject import RejectOption  # noqa: E402
 from robgen.experiments.adaptive import STAGES  # noqa: E402
 from robgen.experiments.pipeline import detection_splits  # noqa: E402
 from robgen.experiments.stages import parts_folder, read_tensors, stage_file  # noqa: E402
-
-
-def margin_misclassified_first(combined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The (K+1) margin with the detector's logit out of the guard while the model still predicts the true class."""
-    others = combined.masked_fill(adaptive_attacks._wrong_for_attacker(combined, labels), float("-inf")).max(1).values
-    true = combined.gather(1, labels[:, None])[:, 0]
-    still_true = combined[:, :-1].argmax(1) == labels
-    return others - torch.where(still_true, true, torch.maximum(true, combined[:, -1]))
 
 
 def first_stage(folder: Path, name: str) -> dict:
@@ -82,10 +75,14 @@ def main(argv=None) -> int:
     if not torch.equal(y, flags["labels"][chosen].to(y.dtype)):
         raise SystemExit("the test images' labels differ from the stage's: another data set or split")
     print(f"{len(y)} of the {len(kept)} images (K+1) PGD left defended; {args.steps} steps, one restart each")
-    adaptive_attacks.KPLUSONE_LOSSES["margin, misclassified first"] = margin_misclassified_first
-    attacks = {f"(K+1) PGD, {loss}": lambda g, loss=loss: adaptive_attacks.KPlusOnePGD(
+    # the margin as the suite took it before 2026-12-07: the detector's logit in the guard whatever is predicted
+    adaptive_attacks.KPLUSONE_LOSSES["margin, plain guard"] = (
+        lambda combined, labels, **_: adaptive_attacks.kplusone_margin(combined, labels))
+    suites = "class first" if defended.reject.scores_the_prediction else "plain guard"
+    attacks = {f"(K+1) PGD, {name}": lambda g, loss=loss: adaptive_attacks.KPlusOnePGD(
         defended, eps=args.eps, steps=args.steps, restarts=1, loss=loss, generator=g)
-        for loss in ("margin", "ce", "margin, misclassified first")}
+        for name, loss in (("margin, plain guard", "margin, plain guard"), (f"margin as the suite takes it ({suites})",
+                                                                           "margin"), ("cross-entropy", "ce"))}
     attacks["(K+1) APGD-CE"] = lambda g: adaptive_attacks.KPlusOneAPGD(defended, eps=args.eps, steps=args.steps,
                                                                       restarts=1, loss="ce", generator=g)
     for name, build in attacks.items():

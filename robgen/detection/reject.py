@@ -286,6 +286,7 @@ class RobustMarginReject(_HighStatisticReject):
     reads_energy = False
     needs_inputs = True
     needs_network = True
+    scores_the_prediction = True  # the predicted class's margin: it jumps where the prediction flips
 
     def __init__(self, radius: float = 2 / 255, steps: int = 3, target_fpr: float = 0.05) -> None:
         super().__init__(target_fpr)

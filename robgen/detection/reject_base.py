@@ -120,6 +120,10 @@ class RejectOption:
       passes one score costs on top of the classifier's own (0 for a score read off one forward pass);
     - `reads_energy`: its statistic is an energy of the logits, so probabilities or log-probabilities given as
       logits (which make it constant) are refused;
+    - `scores_the_prediction`: the score is a property of the predicted class that jumps where the prediction
+      flips ("robust-margin": that class's margin within a small ball), so while the model still predicts the
+      true class, lowering the score makes the true class surer: the (K+1) margin attacks leave the detector out
+      of their guard until the class is won (`robgen.attacks.adaptive.kplusone_margin`);
     - `validation`: the clean validation FPR achieved, its Wilson 95% interval and n, and which images it was
       counted among ("fpr_among": "all", or "correct": see `fit_values`);
     - `model_fingerprint`: the SHA-256 of the weights it was calibrated on;
@@ -131,6 +135,7 @@ class RejectOption:
     needs_inputs = False
     needs_network = False
     passes_per_score = 0
+    scores_the_prediction = False
     reads_energy = True  # its statistic reads the energy, which softmax or log-softmax outputs make constant
 
     def __init__(self, target_fpr: float = 0.05) -> None:
