@@ -48,5 +48,5 @@ def test_the_cli_refuses_a_non_positive_grid_before_loading_anything(tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         main(["detect", "--model", "nope", "--data", "cifar10", "--temperatures", "0.5,0", "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
-    assert "temperatures must be finite numbers > 0" in capsys.readouterr().err
+    assert "argument --temperatures: must be finite numbers > 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
